@@ -1,0 +1,1 @@
+"""The Sparegrid coordinator: schedules jobs to workers, verifies results, keeps the ledger."""

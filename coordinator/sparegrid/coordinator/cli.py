@@ -1,0 +1,159 @@
+"""`sparegrid coordinator serve`: one command, SQLite inside, nothing to set up."""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.store import open_store
+from sparegrid.coordinator.store.base import Store
+
+log = logging.getLogger("sparegrid.coordinator")
+
+ADMIN_ACCOUNT = "admin"
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    group = subparsers.add_parser("coordinator", help="run the coordinator")
+    commands = group.add_subparsers(dest="coordinator_command", required=True)
+    serve = commands.add_parser("serve", help="serve the coordinator (SQLite by default)")
+    env = os.environ.get
+    serve.add_argument(
+        "--listen",
+        default=env("SPAREGRID_LISTEN", "127.0.0.1:50051"),
+        help="address to listen on, HOST:PORT (port 0 picks a free one) [%(default)s]",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env("SPAREGRID_COORDINATOR_DATA_DIR", "sparegrid-coordinator")),
+        help="database, blobs and the admin key live here [%(default)s]",
+    )
+    serve.add_argument(
+        "--database",
+        default=env("SPAREGRID_DATABASE", ""),
+        help="sqlite:///path.db or postgresql://... [DATA_DIR/coordinator.db]",
+    )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds [%(default)s]")
+    serve.add_argument("--lease", type=float, default=30.0, help="lease seconds [%(default)s]")
+    serve.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=10.0,
+        help="seconds a lost node's leases wait for it to come back [%(default)s]",
+    )
+    serve.add_argument("--max-blob-size", type=int, default=16 << 30, help="bytes [%(default)s]")
+    serve.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="KIND=CREDIT",
+        help="credit per task of a job kind (repeatable); default 1 for each kind",
+    )
+    serve.add_argument("--log-level", default=env("SPAREGRID_LOG_LEVEL", "INFO"))
+    serve.set_defaults(func=serve_command)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("error: --tls-cert and --tls-key go together")
+    for name, value in [("--heartbeat", args.heartbeat), ("--lease", args.lease)]:
+        if value <= 0:
+            raise SystemExit(f"error: {name} must be positive, got {value}")
+    if args.lease <= args.heartbeat:
+        raise SystemExit("error: --lease must be longer than --heartbeat")
+    settings = Settings(
+        data_dir=args.data_dir,
+        heartbeat_seconds=args.heartbeat,
+        lease_seconds=args.lease,
+        reconnect_grace_seconds=args.reconnect_grace,
+        max_blob_size=args.max_blob_size,
+    )
+    for item in args.price:
+        kind, _, value = item.partition("=")
+        if not value.isdigit():
+            raise SystemExit(f"error: --price takes KIND=CREDIT, got {item!r}")
+        settings.prices[kind] = int(value)
+    return settings
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_admin(app: App, data_dir: Path) -> Path:
+    """Creates the admin account on first start; its key goes to DATA_DIR/admin.key."""
+    key_file = data_dir / "admin.key"
+    if app.store.get_account_by_name(ADMIN_ACCOUNT) is None:
+        _, key = app.accounts.create(ADMIN_ACCOUNT, 0, is_admin=True)
+        _write_secret(key_file, key)
+        log.info("created the admin account; its API key is in %s", key_file)
+    elif not key_file.exists():
+        log.warning("%s is missing: admin commands need the key saved at first start", key_file)
+    return key_file
+
+
+def _user_key_file(host: str, port: int) -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "sparegrid" / "admin" / f"{host}_{port}.key"
+
+
+def open_app(args: argparse.Namespace) -> tuple[App, Store]:
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = args.database or f"sqlite:///{settings.data_dir / 'coordinator.db'}"
+    store = open_store(url)
+    return App(store, settings), store
+
+
+async def serve(args: argparse.Namespace) -> None:
+    app, _ = open_app(args)
+    key_file = ensure_admin(app, args.data_dir)
+    tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+    server, port = await build_server(app, args.listen, tls)
+    app.start()
+    await server.start()
+    host = args.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    address = f"{host}:{port}"
+    if key_file.exists():
+        _write_secret(_user_key_file(host, port), key_file.read_text().strip())
+    (args.data_dir / "coordinator.addr").write_text(address + "\n")
+    log.info(
+        "sparegrid %s coordinator serving on %s (%s); admin key: %s",
+        sparegrid_version(),
+        address,
+        "TLS" if tls else "plaintext",
+        key_file,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop(grace=2)
+    await app.stop()
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

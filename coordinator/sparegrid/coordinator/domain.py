@@ -1,0 +1,178 @@
+"""The coordinator's records: plain dataclasses, no gRPC, no SQL."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the node reported a failure
+    EXPIRED = "expired"  # lease ran out or the node went away
+    CANCELLED = "cancelled"  # the job was cancelled or another attempt won
+    REJECTED = "rejected"  # the node's result did not verify
+
+
+@dataclass
+class Account:
+    id: str
+    name: str
+    key_hash: str  # SHA-256 hex of the API key; the key itself is never stored
+    is_admin: bool
+    created_at: float
+
+
+@dataclass
+class Requirements:
+    device_kind: str = ""  # "" any, "cpu", "cuda"
+    min_memory_bytes: int = 0
+    min_compute_capability: str = ""  # "8.0"
+    software: dict[str, str] = field(default_factory=dict)  # name -> "major.minor"
+
+
+@dataclass
+class FileRef:
+    """A named blob: an input or an output of a task."""
+
+    name: str
+    digest: str
+    size: int
+
+
+@dataclass
+class Job:
+    id: str
+    account_id: str
+    kind: str
+    name: str
+    params: bytes
+    inputs: dict[str, str]
+    requirements: Requirements
+    max_attempts: int
+    price_per_task: int
+    task_count: int
+    state: JobState = JobState.QUEUED
+    cost_held: int = 0
+    cost_spent: int = 0
+    error: str = ""
+    created_at: float = 0.0
+    finished_at: float | None = None
+    idempotency_key: str = ""
+
+
+@dataclass
+class Task:
+    id: str
+    job_id: str
+    index: int
+    params: bytes
+    inputs: list[FileRef]
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0  # attempts started so far
+    node_id: str = ""  # node whose result was accepted
+    outputs: list[FileRef] = field(default_factory=list)
+    receipt: bytes = b""  # serialised sparegrid.v1.Receipt of the accepted result
+    error: str = ""
+
+
+@dataclass
+class Attempt:
+    id: str
+    task_id: str
+    job_id: str
+    node_id: str
+    device_index: int
+    deadline: float
+    state: AttemptState = AttemptState.RUNNING
+    created_at: float = 0.0
+    finished_at: float | None = None
+    error_code: str = ""
+    error: str = ""
+
+
+@dataclass
+class Device:
+    index: int
+    kind: str  # "cpu" or "cuda"
+    name: str
+    uuid: str = ""
+    memory_bytes: int = 0
+    compute_capability: str = ""
+    driver_version: str = ""
+    backend: str = ""
+
+
+@dataclass
+class Node:
+    id: str
+    public_key: bytes
+    name: str
+    devices: list[Device] = field(default_factory=list)
+    software: dict[str, str] = field(default_factory=dict)
+    executors: dict[str, str] = field(default_factory=dict)  # kind -> executor version
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+
+
+@dataclass
+class Posting:
+    account: str
+    amount: int
+
+
+@dataclass
+class Transaction:
+    """A balanced set of postings: the amounts sum to zero."""
+
+    id: str
+    idempotency_key: str
+    reason: str
+    postings: list[Posting]
+    job_id: str = ""
+    task_id: str = ""
+    created_at: float = 0.0
+
+
+@dataclass
+class LedgerEntry:
+    transaction_id: str
+    account: str
+    amount: int
+    reason: str
+    job_id: str
+    task_id: str
+    created_at: float
+
+
+# Ledger account names. Only MINT may go below zero: it is where granted credit comes from.
+MINT = "mint"
+
+
+def client_account(account_name: str) -> str:
+    return f"client:{account_name}"
+
+
+def node_account(node_id: str) -> str:
+    return f"node:{node_id}"
+
+
+def escrow_account(job_id: str) -> str:
+    return f"escrow:{job_id}"

@@ -1,0 +1,34 @@
+"""The coordinator's one error type: a stable code, a kind and a message for the user.
+
+Domain code raises these; `rpc/errors.py` is the one place that maps kinds to gRPC status
+codes.
+"""
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    INVALID = "invalid"  # INVALID_ARGUMENT
+    NOT_FOUND = "not_found"  # NOT_FOUND
+    UNAUTHENTICATED = "unauthenticated"  # UNAUTHENTICATED
+    PERMISSION = "permission"  # PERMISSION_DENIED
+    PRECONDITION = "precondition"  # FAILED_PRECONDITION
+    EXHAUSTED = "exhausted"  # RESOURCE_EXHAUSTED
+    EXISTS = "exists"  # ALREADY_EXISTS
+    ABORTED = "aborted"  # ABORTED: retry later
+
+
+class CoordinatorError(Exception):
+    def __init__(self, kind: ErrorKind, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+
+
+def invalid(code: str, message: str) -> CoordinatorError:
+    return CoordinatorError(ErrorKind.INVALID, code, message)
+
+
+def not_found(code: str, message: str) -> CoordinatorError:
+    return CoordinatorError(ErrorKind.NOT_FOUND, code, message)

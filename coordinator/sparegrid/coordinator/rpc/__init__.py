@@ -1,0 +1,1 @@
+"""gRPC servicers: decode, authenticate, call one service, encode."""

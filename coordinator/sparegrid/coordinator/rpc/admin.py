@@ -1,0 +1,100 @@
+"""AdminService: accounts, credit, nodes and the ledger, for admin accounts only."""
+
+import uuid
+from typing import Any
+
+from grpc import aio
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.domain import client_account, node_account
+from sparegrid.coordinator.rpc import convert
+from sparegrid.coordinator.rpc.auth import admin_of
+from sparegrid.coordinator.rpc.errors import unary
+from sparegrid.v1 import admin_pb2, admin_pb2_grpc
+
+Ctx = aio.ServicerContext[Any, Any]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @unary
+    async def CreateAccount(
+        self, request: admin_pb2.CreateAccountRequest, context: Ctx
+    ) -> admin_pb2.CreateAccountResponse:
+        admin_of(context, self.app.accounts)
+        account, key = self.app.accounts.create(
+            request.name, request.initial_credit, request.is_admin
+        )
+        balance = self.app.accounts.balance(account)
+        return admin_pb2.CreateAccountResponse(
+            account=convert.account_to_pb(account, balance), api_key=key
+        )
+
+    @unary
+    async def ListAccounts(
+        self, request: admin_pb2.ListAccountsRequest, context: Ctx
+    ) -> admin_pb2.ListAccountsResponse:
+        admin_of(context, self.app.accounts)
+        balances = self.app.store.balances("client:")
+        accounts = [
+            convert.account_to_pb(a, balances.get(client_account(a.name), 0))
+            for a in self.app.store.list_accounts()
+        ]
+        return admin_pb2.ListAccountsResponse(accounts=accounts)
+
+    @unary
+    async def GrantCredit(
+        self, request: admin_pb2.GrantCreditRequest, context: Ctx
+    ) -> admin_pb2.GrantCreditResponse:
+        admin_of(context, self.app.accounts)
+        key = request.idempotency_key or uuid.uuid4().hex
+        account = self.app.accounts.grant(request.name, request.amount, key, request.reason)
+        balance = self.app.accounts.balance(account)
+        return admin_pb2.GrantCreditResponse(account=convert.account_to_pb(account, balance))
+
+    @unary
+    async def ListNodes(
+        self, request: admin_pb2.ListNodesRequest, context: Ctx
+    ) -> admin_pb2.ListNodesResponse:
+        admin_of(context, self.app.accounts)
+        balances = self.app.store.balances("node:")
+        sessions = self.app.scheduler.sessions
+        nodes = []
+        for node in self.app.store.list_nodes():
+            session = sessions.get(node.id)
+            if session is None:
+                state = admin_pb2.NODE_STATE_OFFLINE
+            elif session.draining:
+                state = admin_pb2.NODE_STATE_DRAINING
+            else:
+                state = admin_pb2.NODE_STATE_ONLINE
+            credit = balances.get(node_account(node.id), 0)
+            nodes.append(convert.node_to_pb(node, state, credit))
+        return admin_pb2.ListNodesResponse(nodes=nodes)
+
+    @unary
+    async def CheckLedger(
+        self, request: admin_pb2.CheckLedgerRequest, context: Ctx
+    ) -> admin_pb2.CheckLedgerResponse:
+        admin_of(context, self.app.accounts)
+        report = self.app.ledger.check()
+        return admin_pb2.CheckLedgerResponse(
+            balanced=report.balanced,
+            problems=report.problems,
+            transactions=report.transactions,
+            entries=report.entries,
+            total=report.total,
+        )
+
+    @unary
+    async def ListLedgerEntries(
+        self, request: admin_pb2.ListLedgerEntriesRequest, context: Ctx
+    ) -> admin_pb2.ListLedgerEntriesResponse:
+        admin_of(context, self.app.accounts)
+        entries = self.app.store.ledger_entries(
+            request.account, request.job_id, min(request.limit or 100, 10_000)
+        )
+        return admin_pb2.ListLedgerEntriesResponse(
+            entries=[convert.entry_to_pb(e) for e in entries]
+        )

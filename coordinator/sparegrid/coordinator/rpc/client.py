@@ -1,0 +1,139 @@
+"""ClientService: a client's own jobs, nothing else."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.domain import Account, Job
+from sparegrid.coordinator.errors import invalid
+from sparegrid.coordinator.rpc import convert
+from sparegrid.coordinator.rpc.auth import account_of
+from sparegrid.coordinator.rpc.errors import streaming, unary
+from sparegrid.coordinator.states import FINAL_JOB_STATES
+from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
+
+Ctx = aio.ServicerContext[Any, Any]
+MAX_PAGE = 1000
+WATCH_MIN_INTERVAL = 0.1  # at most ten updates a second per watcher
+WATCH_MAX_INTERVAL = 5.0  # and at least one every five seconds
+
+
+class ClientServicer(client_pb2_grpc.ClientServiceServicer):
+    def __init__(self, app: App, version: str) -> None:
+        self.app = app
+        self.version = version
+
+    def _job_pb(self, job: Job, owner: Account) -> common_pb2.Job:
+        return convert.job_to_pb(job, self.app.jobs.counts(job.id), owner.name)
+
+    @unary
+    async def GetInfo(
+        self, request: client_pb2.GetInfoRequest, context: Ctx
+    ) -> client_pb2.GetInfoResponse:
+        account_of(context, self.app.accounts)
+        kinds = [
+            client_pb2.JobKindInfo(
+                name=k.name, description=k.description, price_per_task=self.app.jobs.price(k.name)
+            )
+            for k in self.app.jobs.kinds.values()
+        ]
+        return client_pb2.GetInfoResponse(
+            version=self.version, kinds=kinds, max_blob_size=self.app.blobs.max_blob_size
+        )
+
+    @unary
+    async def GetAccount(
+        self, request: client_pb2.GetAccountRequest, context: Ctx
+    ) -> client_pb2.GetAccountResponse:
+        account = account_of(context, self.app.accounts)
+        return client_pb2.GetAccountResponse(
+            name=account.name,
+            balance=self.app.accounts.balance(account),
+            is_admin=account.is_admin,
+        )
+
+    @unary
+    async def SubmitJob(
+        self, request: client_pb2.SubmitJobRequest, context: Ctx
+    ) -> client_pb2.SubmitJobResponse:
+        account = account_of(context, self.app.accounts)
+        job = self.app.jobs.submit(account, convert.spec_from_pb(request))
+        return client_pb2.SubmitJobResponse(job=self._job_pb(job, account))
+
+    @unary
+    async def GetJob(
+        self, request: client_pb2.GetJobRequest, context: Ctx
+    ) -> client_pb2.GetJobResponse:
+        account = account_of(context, self.app.accounts)
+        job = self.app.jobs.get(account, request.job_id)
+        return client_pb2.GetJobResponse(job=self._job_pb(job, account))
+
+    @unary
+    async def ListJobs(
+        self, request: client_pb2.ListJobsRequest, context: Ctx
+    ) -> client_pb2.ListJobsResponse:
+        account = account_of(context, self.app.accounts)
+        jobs = self.app.jobs.list_jobs(account, request.limit or 100)
+        return client_pb2.ListJobsResponse(jobs=[self._job_pb(j, account) for j in jobs])
+
+    @unary
+    async def CancelJob(
+        self, request: client_pb2.CancelJobRequest, context: Ctx
+    ) -> client_pb2.CancelJobResponse:
+        account = account_of(context, self.app.accounts)
+        job = self.app.jobs.cancel(account, request.job_id)
+        return client_pb2.CancelJobResponse(job=self._job_pb(job, account))
+
+    @streaming
+    async def WatchJob(
+        self, request: client_pb2.WatchJobRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.WatchJobResponse]:
+        account = account_of(context, self.app.accounts)
+        job = self.app.jobs.get(account, request.job_id)
+        event = self.app.watch(job.id)
+        try:
+            last = None
+            while True:
+                event.clear()
+                job = self.app.jobs.get(account, request.job_id)
+                snapshot = self._job_pb(job, account)
+                if snapshot != last:
+                    yield client_pb2.WatchJobResponse(job=snapshot)
+                    last = snapshot
+                if job.state in FINAL_JOB_STATES:
+                    return
+                await asyncio.sleep(WATCH_MIN_INTERVAL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), WATCH_MAX_INTERVAL)
+        finally:
+            self.app.unwatch(job.id, event)
+
+    @unary
+    async def GetJobResults(
+        self, request: client_pb2.GetJobResultsRequest, context: Ctx
+    ) -> client_pb2.GetJobResultsResponse:
+        account = account_of(context, self.app.accounts)
+        size = min(request.page_size or MAX_PAGE, MAX_PAGE)
+        after = _page_start(request.page_token)
+        tasks = self.app.jobs.results(account, request.job_id, after, size)
+        results = []
+        for task in tasks:
+            inline = {}
+            for ref in task.outputs:
+                data = self.app.store.get_inline_blob(ref.digest)
+                if data is not None:
+                    inline[ref.digest] = data
+            results.append(convert.task_result_to_pb(task, inline))
+        token = str(tasks[-1].index) if len(tasks) == size else ""
+        return client_pb2.GetJobResultsResponse(results=results, next_page_token=token)
+
+
+def _page_start(token: str) -> int:
+    if not token:
+        return -1
+    if not token.isdigit():
+        raise invalid("BAD_PAGE_TOKEN", f"page token {token!r} was not issued by this server")
+    return int(token)

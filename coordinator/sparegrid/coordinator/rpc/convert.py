@@ -1,0 +1,178 @@
+"""Proto <-> domain conversion, in one place."""
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sparegrid.coordinator.domain import (
+    Account,
+    Device,
+    FileRef,
+    Job,
+    JobState,
+    LedgerEntry,
+    Node,
+    Requirements,
+    Task,
+    TaskState,
+)
+from sparegrid.coordinator.errors import invalid
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
+
+_DEVICE_KINDS: dict[int, str] = {
+    common_pb2.DEVICE_KIND_UNSPECIFIED: "",
+    common_pb2.DEVICE_KIND_CPU: "cpu",
+    common_pb2.DEVICE_KIND_CUDA: "cuda",
+}
+_DEVICE_KIND_PB: dict[str, common_pb2.DeviceKind.ValueType] = {
+    "cpu": common_pb2.DEVICE_KIND_CPU,
+    "cuda": common_pb2.DEVICE_KIND_CUDA,
+}
+_JOB_STATES = {
+    JobState.QUEUED: common_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: common_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
+}
+_TASK_STATES = {
+    TaskState.QUEUED: common_pb2.TASK_STATE_QUEUED,
+    TaskState.LEASED: common_pb2.TASK_STATE_LEASED,
+    TaskState.SUCCEEDED: common_pb2.TASK_STATE_SUCCEEDED,
+    TaskState.FAILED: common_pb2.TASK_STATE_FAILED,
+    TaskState.CANCELLED: common_pb2.TASK_STATE_CANCELLED,
+}
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def device_kind(value: int) -> str:
+    if value not in _DEVICE_KINDS:
+        raise invalid("BAD_DEVICE", f"unknown device kind {value}")
+    return _DEVICE_KINDS[value]
+
+
+def device_from_pb(d: common_pb2.Device) -> Device:
+    return Device(
+        index=d.index,
+        kind=device_kind(d.kind) or "cpu",
+        name=d.name[:200],
+        uuid=d.uuid[:100],
+        memory_bytes=d.memory_bytes,
+        compute_capability=d.compute_capability[:16],
+        driver_version=d.driver_version[:64],
+        backend=d.backend[:32],
+    )
+
+
+def device_to_pb(d: Device) -> common_pb2.Device:
+    return common_pb2.Device(
+        index=d.index,
+        kind=_DEVICE_KIND_PB.get(d.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
+        name=d.name,
+        uuid=d.uuid,
+        memory_bytes=d.memory_bytes,
+        compute_capability=d.compute_capability,
+        driver_version=d.driver_version,
+        backend=d.backend,
+    )
+
+
+def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
+    spec = request.spec
+    req = spec.requirements
+    return JobSpec(
+        kind=spec.kind,
+        name=spec.name,
+        params=spec.params,
+        inputs=dict(spec.inputs),
+        requirements=Requirements(
+            device_kind=device_kind(req.device_kind),
+            min_memory_bytes=req.min_memory_bytes,
+            min_compute_capability=req.min_compute_capability,
+            software=dict(req.software),
+        ),
+        max_attempts=spec.max_attempts,
+        idempotency_key=request.idempotency_key[:200],
+    )
+
+
+def job_to_pb(job: Job, counts: dict[TaskState, int], owner: str) -> common_pb2.Job:
+    return common_pb2.Job(
+        job_id=job.id,
+        kind=job.kind,
+        name=job.name,
+        state=_JOB_STATES[job.state],
+        counts=common_pb2.JobCounts(
+            total=job.task_count,
+            queued=counts[TaskState.QUEUED],
+            leased=counts[TaskState.LEASED],
+            succeeded=counts[TaskState.SUCCEEDED],
+            failed=counts[TaskState.FAILED],
+            cancelled=counts[TaskState.CANCELLED],
+        ),
+        cost_held=job.cost_held,
+        cost_spent=job.cost_spent,
+        error=job.error,
+        created_at=timestamp(job.created_at),
+        finished_at=timestamp(job.finished_at),
+        owner=owner,
+    )
+
+
+def refs_to_pb(refs: list[FileRef]) -> list[common_pb2.OutputRef]:
+    return [common_pb2.OutputRef(name=r.name, digest=r.digest, size=r.size) for r in refs]
+
+
+def task_result_to_pb(task: Task, inline: dict[str, bytes]) -> client_pb2.TaskResult:
+    result = client_pb2.TaskResult(
+        task_id=task.id,
+        index=task.index,
+        state=_TASK_STATES[task.state],
+        node_id=task.node_id,
+        outputs=refs_to_pb(task.outputs),
+        error=task.error,
+        inline_outputs=inline,
+    )
+    if task.receipt:
+        result.receipt.ParseFromString(task.receipt)
+    return result
+
+
+def account_to_pb(account: Account, balance: int) -> admin_pb2.Account:
+    return admin_pb2.Account(
+        name=account.name,
+        balance=balance,
+        is_admin=account.is_admin,
+        created_at=timestamp(account.created_at),
+    )
+
+
+def node_to_pb(node: Node, state: int, credit: int) -> admin_pb2.Node:
+    return admin_pb2.Node(
+        node_id=node.id,
+        name=node.name,
+        devices=[device_to_pb(d) for d in node.devices],
+        state=state,  # type: ignore[arg-type]
+        tasks_succeeded=node.tasks_succeeded,
+        tasks_failed=node.tasks_failed,
+        credit=credit,
+        last_seen=timestamp(node.last_seen),
+        software=node.software,
+    )
+
+
+def entry_to_pb(entry: LedgerEntry) -> admin_pb2.LedgerEntry:
+    return admin_pb2.LedgerEntry(
+        transaction_id=entry.transaction_id,
+        account=entry.account,
+        amount=entry.amount,
+        reason=entry.reason,
+        job_id=entry.job_id,
+        task_id=entry.task_id,
+        created_at=timestamp(entry.created_at),
+    )

@@ -1,0 +1,78 @@
+"""The one place where coordinator errors become gRPC statuses.
+
+A CoordinatorError keeps its message and travels with its stable code in the trailing
+metadata `sparegrid-code`; anything unexpected becomes INTERNAL with a reference id that
+is also logged with the traceback.
+"""
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc import aio
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+
+log = logging.getLogger("sparegrid.coordinator.rpc")
+
+CODE_KEY = "sparegrid-code"
+
+STATUS = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.PERMISSION: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+}
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, CoordinatorError):
+        context.set_trailing_metadata(((CODE_KEY, exc.code),))
+        await context.abort(STATUS[exc.kind], exc.message)
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error, reference %s", ref, exc_info=exc)
+    context.set_trailing_metadata(((CODE_KEY, "INTERNAL"),))
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+
+
+def unary(
+    fn: Callable[[S, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[S, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: S, request: Req, context: aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper
+
+
+def streaming(
+    fn: Callable[[S, Req, aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[S, Req, aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(
+        self: S, request: Req, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper

@@ -1,0 +1,207 @@
+"""WorkerService.Session: one stream per worker; work goes down, results come up."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.domain import Attempt, Node, Task
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
+from sparegrid.coordinator.rpc import convert
+from sparegrid.coordinator.rpc.errors import streaming
+from sparegrid.coordinator.services.results import Failure, Verdict
+from sparegrid.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from sparegrid.wire import REGISTER_TAG, BadSignature, node_id_for, verify
+
+log = logging.getLogger("sparegrid.coordinator.worker")
+
+Ctx = aio.ServicerContext[Any, Any]
+Msg = worker_pb2.CoordinatorMessage
+MAX_DEVICES = 64
+MAX_BATCH = 10_000
+_CLOSE = object()
+
+
+class QueueSink:
+    """Puts messages for one worker on its session's outgoing queue."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Msg | object] = asyncio.Queue()
+
+    def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
+        assignments = [
+            worker_pb2.Assignment(
+                attempt_id=attempt.id,
+                task_id=task.id,
+                job_id=task.job_id,
+                kind=kind,
+                params=task.params,
+                inputs=[
+                    common_pb2.InputRef(name=r.name, digest=r.digest, size=r.size)
+                    for r in task.inputs
+                ],
+                device_index=attempt.device_index,
+                deadline=convert.timestamp(attempt.deadline),
+            )
+            for attempt, task, kind in items
+        ]
+        self.queue.put_nowait(Msg(assign=worker_pb2.Assign(assignments=assignments)))
+
+    def cancel(self, attempt_ids: list[str], reason: str) -> None:
+        if not attempt_ids:  # a newer session of the node took over: end this one
+            self.queue.put_nowait(_CLOSE)
+            return
+        self.queue.put_nowait(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
+
+
+def _seconds(value: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def _unauthenticated(message: str) -> CoordinatorError:
+    return CoordinatorError(ErrorKind.UNAUTHENTICATED, "BAD_REGISTRATION", message)
+
+
+def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
+    try:
+        node_id = node_id_for(hello.public_key)
+    except BadSignature as exc:
+        raise invalid("BAD_HELLO", str(exc)) from None
+    if not 1 <= len(hello.devices) <= MAX_DEVICES:
+        raise invalid("BAD_HELLO", f"a worker offers 1 to {MAX_DEVICES} devices")
+    devices = [convert.device_from_pb(d) for d in hello.devices]
+    if len({d.index for d in devices}) != len(devices):
+        raise invalid("BAD_HELLO", "device indices must be unique")
+    return Node(
+        id=node_id,
+        public_key=hello.public_key,
+        name=hello.node_name[:100],
+        devices=devices,
+        software={k[:64]: v[:64] for k, v in list(hello.software.items())[:64]},
+        executors={e.name[:64]: e.version[:64] for e in hello.executors[:256]},
+        first_seen=now,
+        last_seen=now,
+    )
+
+
+def _ack(batch_id: int, verdicts: list[Verdict]) -> Msg:
+    return Msg(
+        result_ack=worker_pb2.ResultAck(
+            batch_id=batch_id,
+            verdicts=[
+                worker_pb2.AttemptVerdict(
+                    attempt_id=v.attempt_id, accepted=v.accepted, code=v.code, message=v.message
+                )
+                for v in verdicts
+            ],
+        )
+    )
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @streaming
+    async def Session(
+        self, request_iterator: AsyncIterator[worker_pb2.WorkerMessage], context: Ctx
+    ) -> AsyncIterator[Msg]:
+        app = self.app
+        incoming = aiter(request_iterator)
+        first = await anext(incoming, None)
+        if first is None or not first.HasField("hello"):
+            raise invalid("BAD_HELLO", "a worker session starts with Hello")
+        node = _node_from_hello(first.hello, app.clock.now())
+        session_id, nonce = uuid.uuid4().hex, os.urandom(32)
+        yield Msg(challenge=worker_pb2.Challenge(nonce=nonce, session_id=session_id))
+        answer = await anext(incoming, None)
+        if answer is None or not answer.HasField("challenge_response"):
+            raise _unauthenticated("expected ChallengeResponse after Challenge")
+        try:
+            signed = nonce + session_id.encode()
+            verify(node.public_key, REGISTER_TAG, signed, answer.challenge_response.signature)
+        except BadSignature as exc:
+            raise _unauthenticated(f"challenge signature does not verify: {exc}") from None
+        app.store.upsert_node(node)
+        sink = QueueSink()
+        resumed, cancelled = app.scheduler.connect(node, sink, list(first.hello.running_attempts))
+        token = secrets.token_urlsafe(32)
+        app.session_tokens[token] = node.id
+        log.info("node %s (%s) connected with %d device(s)", node.id, node.name, len(node.devices))
+        reader = asyncio.create_task(self._read(node, incoming, sink))
+        try:
+            yield Msg(
+                welcome=worker_pb2.Welcome(
+                    node_id=node.id,
+                    session_token=token,
+                    heartbeat_interval=_seconds(app.settings.heartbeat_seconds),
+                    lease_duration=_seconds(app.settings.lease_seconds),
+                    resumed_attempts=resumed,
+                    cancelled_attempts=cancelled,
+                )
+            )
+            while (message := await sink.queue.get()) is not _CLOSE:
+                assert isinstance(message, Msg)
+                yield message
+            failure = reader.exception() if reader.done() else None
+            if failure is not None:
+                raise failure
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            app.session_tokens.pop(token, None)
+            app.scheduler.disconnect(node.id, sink)
+            log.info("node %s disconnected", node.id)
+
+    async def _read(
+        self, node: Node, incoming: AsyncIterator[worker_pb2.WorkerMessage], sink: QueueSink
+    ) -> None:
+        try:
+            async for message in incoming:
+                reply = self._handle(node, message)
+                if reply is not None:
+                    sink.queue.put_nowait(reply)
+                self.app.kick()
+        finally:
+            sink.queue.put_nowait(_CLOSE)
+
+    def _handle(self, node: Node, message: worker_pb2.WorkerMessage) -> Msg | None:
+        app, body = self.app, message.WhichOneof("body")
+        if body == "credit":
+            try:
+                app.scheduler.grant(node.id, message.credit.device_index, message.credit.count)
+            except (ValueError, KeyError) as exc:
+                raise invalid("BAD_CREDIT", str(exc)) from None
+        elif body == "heartbeat":
+            app.scheduler.heartbeat(node.id)
+            node.last_seen = app.clock.now()
+            app.store.upsert_node(node)
+        elif body == "results":
+            results = message.results
+            if len(results.statements) > MAX_BATCH:
+                raise invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} results per batch")
+            verdicts = app.intake.results(
+                node.id, list(results.statements), results.signature, dict(results.inline_outputs)
+            )
+            return _ack(results.batch_id, verdicts)
+        elif body == "failures":
+            failures = [
+                Failure(f.attempt_id, f.code, f.message, f.retryable)
+                for f in message.failures.failures[:MAX_BATCH]
+            ]
+            return _ack(message.failures.batch_id, app.intake.failures(node.id, failures))
+        elif body == "drain":
+            app.scheduler.drain(node.id)
+        else:
+            raise invalid("BAD_MESSAGE", f"unexpected {body or 'empty'} message in a session")
+        return None

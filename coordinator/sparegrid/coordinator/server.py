@@ -1,0 +1,88 @@
+"""The gRPC server: the four services, health checking and reflection, TLS if given."""
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.rpc.admin import AdminServicer
+from sparegrid.coordinator.rpc.blob import BlobServicer
+from sparegrid.coordinator.rpc.client import ClientServicer
+from sparegrid.coordinator.rpc.worker import WorkerServicer
+from sparegrid.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blob_pb2,
+    blob_pb2_grpc,
+    client_pb2,
+    client_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+
+log = logging.getLogger("sparegrid.coordinator")
+
+MAX_MESSAGE = 64 << 20
+SERVICES = [
+    client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    blob_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+    worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+]
+
+
+def sparegrid_version() -> str:
+    try:
+        return version("sparegrid")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Tls:
+    cert: Path
+    key: Path
+
+
+async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[aio.Server, int]:
+    """A server with every service added, bound to `listen`; returns it and its port."""
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    client_pb2_grpc.add_ClientServiceServicer_to_server(
+        ClientServicer(app, sparegrid_version()), server
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
+    blob_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(app), server)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(app), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*SERVICES, ""]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [
+            *SERVICES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+        port = server.add_secure_port(listen, creds)
+    if port == 0:
+        raise OSError(f"could not listen on {listen}")
+    return server, port

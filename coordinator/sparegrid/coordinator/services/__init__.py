@@ -1,0 +1,1 @@
+"""Plain synchronous services over a store and a clock: the coordinator's rules."""

@@ -1,0 +1,89 @@
+"""Accounts and API keys. Only the SHA-256 of a key is stored."""
+
+import hashlib
+import re
+import secrets
+import uuid
+
+from sparegrid.coordinator.clock import Clock
+from sparegrid.coordinator.domain import Account, client_account
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
+from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.store.base import Conflict, Store
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+MAX_GRANT = 10**15
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return "sg_" + secrets.token_urlsafe(32)
+
+
+class Accounts:
+    def __init__(self, store: Store, ledger: Ledger, clock: Clock) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._clock = clock
+
+    def authenticate(self, api_key: str) -> Account:
+        account = self._store.get_account_by_key_hash(hash_key(api_key)) if api_key else None
+        if account is None:
+            raise CoordinatorError(
+                ErrorKind.UNAUTHENTICATED,
+                "BAD_API_KEY",
+                "the API key is not known to this coordinator; check SPAREGRID_API_KEY",
+            )
+        return account
+
+    def create(self, name: str, credit: int, is_admin: bool = False) -> tuple[Account, str]:
+        """Creates an account and returns it with its API key (shown only now)."""
+        if not _NAME.fullmatch(name):
+            raise invalid(
+                "BAD_NAME",
+                f"account name {name!r} must be 1-63 lowercase letters, digits, '_', '.' "
+                "or '-', starting with a letter or digit",
+            )
+        _check_amount(credit, allow_zero=True)
+        key = new_api_key()
+        account = Account(
+            id=uuid.uuid4().hex,
+            name=name,
+            key_hash=hash_key(key),
+            is_admin=is_admin,
+            created_at=self._clock.now(),
+        )
+        try:
+            with self._store.transaction():
+                self._store.create_account(account)
+                if credit:
+                    self._ledger.grant(name, credit, key=f"initial:{account.id}")
+        except Conflict:
+            raise CoordinatorError(
+                ErrorKind.EXISTS, "ACCOUNT_EXISTS", f"an account named {name!r} exists already"
+            ) from None
+        return account, key
+
+    def grant(self, name: str, amount: int, key: str, reason: str) -> Account:
+        account = self.get(name)
+        _check_amount(amount, allow_zero=False)
+        self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
+        return account
+
+    def get(self, name: str) -> Account:
+        account = self._store.get_account_by_name(name)
+        if account is None:
+            raise not_found("ACCOUNT_NOT_FOUND", f"no account named {name!r}")
+        return account
+
+    def balance(self, account: Account) -> int:
+        return self._store.balance(client_account(account.name))
+
+
+def _check_amount(amount: int, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= amount <= MAX_GRANT:
+        raise invalid("BAD_AMOUNT", f"credit must be between {low} and {MAX_GRANT}, got {amount}")

@@ -1,0 +1,172 @@
+"""Submitting, reading and cancelling jobs, on behalf of one account."""
+
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from sparegrid.coordinator.blobs import BlobStore, check_digest
+from sparegrid.coordinator.clock import Clock
+from sparegrid.coordinator.domain import (
+    Account,
+    FileRef,
+    Job,
+    JobState,
+    Requirements,
+    Task,
+    TaskState,
+)
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
+from sparegrid.coordinator.kinds import JobKind, decode_params, encode_params
+from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.services.scheduler import Scheduler
+from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+
+_VERSION = re.compile(r"\d+\.\d+")
+MAX_ATTEMPTS = 10
+
+
+@dataclass
+class JobSpec:
+    kind: str
+    name: str = ""
+    params: bytes = b""
+    inputs: dict[str, str] = field(default_factory=dict)
+    requirements: Requirements = field(default_factory=Requirements)
+    max_attempts: int = 0
+    idempotency_key: str = ""
+
+
+@dataclass
+class JobsConfig:
+    prices: dict[str, int]  # credit per task, by kind
+    default_max_attempts: int = 3
+
+
+class Jobs:
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        scheduler: Scheduler,
+        blobs: BlobStore,
+        kinds: dict[str, JobKind],
+        clock: Clock,
+        config: JobsConfig,
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._scheduler = scheduler
+        self._blobs = blobs
+        self.kinds = kinds
+        self._clock = clock
+        self._config = config
+
+    def price(self, kind: str) -> int:
+        return self._config.prices.get(kind, 1)
+
+    def submit(self, account: Account, spec: JobSpec) -> Job:
+        if spec.idempotency_key:
+            existing = self._store.find_job(account.id, spec.idempotency_key)
+            if existing is not None:
+                return existing
+        kind = self.kinds.get(spec.kind)
+        if kind is None:
+            known = ", ".join(sorted(self.kinds))
+            raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
+        _check_spec(spec)
+        plans = kind.plan(decode_params(spec.params), self._inputs(account, spec.inputs))
+        job_id = uuid.uuid4().hex
+        price = self.price(spec.kind)
+        job = Job(
+            id=job_id,
+            account_id=account.id,
+            kind=spec.kind,
+            name=spec.name,
+            params=spec.params,
+            inputs=dict(spec.inputs),
+            requirements=spec.requirements,
+            max_attempts=spec.max_attempts or self._config.default_max_attempts,
+            price_per_task=price,
+            task_count=len(plans),
+            cost_held=price * len(plans),
+            created_at=self._clock.now(),
+            idempotency_key=spec.idempotency_key,
+        )
+        tasks = [
+            Task(
+                id=f"{job_id}-{i}",
+                job_id=job_id,
+                index=i,
+                params=encode_params(p.params),
+                inputs=p.inputs,
+            )
+            for i, p in enumerate(plans)
+        ]
+        try:
+            with self._store.transaction():
+                self._store.create_job(job, tasks)
+                self._ledger.hold(job, account.name)
+        except InsufficientFunds as exc:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "INSUFFICIENT_CREDIT",
+                f"job costs up to {job.cost_held} credit ({len(tasks)} tasks x {price}), "
+                f"account {account.name!r} holds {exc.balance}",
+            ) from None
+        except Conflict:  # the same submit raced itself: return the winner
+            existing = self._store.find_job(account.id, spec.idempotency_key)
+            if existing is None:
+                raise
+            return existing
+        self._scheduler.add_job(job, account.name, tasks)
+        self._scheduler.dispatch()
+        return job
+
+    def _inputs(self, account: Account, inputs: dict[str, str]) -> dict[str, FileRef]:
+        refs: dict[str, FileRef] = {}
+        for name, digest in inputs.items():
+            check_digest(digest)
+            size = self._blobs.size(digest)
+            if size is None or not self._store.blob_owned(digest, account.id):
+                raise not_found(
+                    "BLOB_NOT_FOUND", f"input {name!r}: blob {digest} not found; upload it first"
+                )
+            refs[name] = FileRef(name, digest, size)
+        return refs
+
+    def get(self, account: Account, job_id: str) -> Job:
+        job = self._store.get_job(job_id) if job_id else None
+        if job is None or job.account_id != account.id:
+            raise not_found("JOB_NOT_FOUND", f"no job {job_id!r} in account {account.name!r}")
+        return job
+
+    def list_jobs(self, account: Account, limit: int) -> list[Job]:
+        return self._store.list_jobs(account.id, limit=min(max(limit, 1), 1000))
+
+    def counts(self, job_id: str) -> dict[TaskState, int]:
+        return self._store.task_counts(job_id)
+
+    def cancel(self, account: Account, job_id: str) -> Job:
+        job = self.get(account, job_id)
+        active = self._scheduler.jobs.get(job.id)
+        if active is not None:
+            self._scheduler.finish(active, JobState.CANCELLED, "cancelled by the client")
+        return self.get(account, job_id)
+
+    def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
+        self.get(account, job_id)
+        return self._store.list_tasks(job_id, after_index=after, limit=limit)
+
+
+def _check_spec(spec: JobSpec) -> None:
+    if len(spec.name) > 200:
+        raise invalid("BAD_NAME", "job name is longer than 200 characters")
+    if not 0 <= spec.max_attempts <= MAX_ATTEMPTS:
+        raise invalid("BAD_ATTEMPTS", f"max_attempts must be 0 (default) to {MAX_ATTEMPTS}")
+    req = spec.requirements
+    if req.device_kind not in ("", "cpu", "cuda"):
+        raise invalid("BAD_REQUIREMENTS", f"device kind {req.device_kind!r} is not cpu or cuda")
+    versions = [req.min_compute_capability] if req.min_compute_capability else []
+    for version in [*versions, *req.software.values()]:
+        if not _VERSION.fullmatch(version):
+            raise invalid("BAD_REQUIREMENTS", f"version {version!r} is not major.minor")

@@ -1,0 +1,121 @@
+"""Credit: grants, escrow at submit, payment per accepted result, refund at the end.
+
+Every movement is one balanced transaction with an idempotency key, so a retried or
+replayed operation books nothing twice.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+
+from sparegrid.coordinator.clock import Clock
+from sparegrid.coordinator.domain import (
+    MINT,
+    Job,
+    Posting,
+    Transaction,
+    client_account,
+    escrow_account,
+    node_account,
+)
+from sparegrid.coordinator.states import FINAL_JOB_STATES
+from sparegrid.coordinator.store.base import Store
+
+
+@dataclass
+class LedgerReport:
+    balanced: bool
+    problems: list[str] = field(default_factory=list)
+    transactions: int = 0
+    entries: int = 0
+    total: int = 0
+
+
+class Ledger:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def _post(
+        self, key: str, reason: str, src: str, dst: str, amount: int, job: str = "", task: str = ""
+    ) -> bool:
+        txn = Transaction(
+            id=uuid.uuid4().hex,
+            idempotency_key=key,
+            reason=reason,
+            postings=[Posting(src, -amount), Posting(dst, amount)],
+            job_id=job,
+            task_id=task,
+            created_at=self._clock.now(),
+        )
+        return self._store.post(txn)
+
+    def grant(self, account_name: str, amount: int, key: str, reason: str = "grant") -> bool:
+        return self._post(key, reason, MINT, client_account(account_name), amount)
+
+    def hold(self, job: Job, account_name: str) -> None:
+        """Moves the job's maximum cost into its escrow; InsufficientFunds if short."""
+        self._post(
+            f"hold:{job.id}",
+            "escrow for job",
+            client_account(account_name),
+            escrow_account(job.id),
+            job.cost_held,
+            job=job.id,
+        )
+
+    def pay(self, job: Job, task_id: str, node_id: str, amount: int) -> bool:
+        """Pays a node for an accepted result; False if this task was paid already."""
+        return self._post(
+            f"pay:{task_id}",
+            "accepted result",
+            escrow_account(job.id),
+            node_account(node_id),
+            amount,
+            job=job.id,
+            task=task_id,
+        )
+
+    def refund(self, job: Job, account_name: str) -> int:
+        """Returns what is left in the job's escrow to the client; the amount refunded."""
+        left = self._store.balance(escrow_account(job.id))
+        if left and self._post(
+            f"refund:{job.id}",
+            f"refund ({job.state})",
+            escrow_account(job.id),
+            client_account(account_name),
+            left,
+            job=job.id,
+        ):
+            return left
+        return 0
+
+    def check(self) -> LedgerReport:
+        """Recomputes everything from the entries and says exactly where it does not add up."""
+        store = self._store
+        report = LedgerReport(balanced=True)
+        report.transactions, report.entries, report.total = store.ledger_totals()
+        problems = report.problems
+        if report.total:
+            problems.append(f"all entries sum to {report.total}, not 0")
+        for txn_id, total in store.unbalanced_transactions():
+            problems.append(f"transaction {txn_id} sums to {total}, not 0")
+        cached = store.balances()
+        computed = store.computed_balances()
+        for account in sorted(set(cached) | set(computed)):
+            want, have = computed.get(account, 0), cached.get(account, 0)
+            if want != have:
+                problems.append(f"{account}: cached balance {have}, entries sum to {want}")
+            if account != MINT and want < 0:
+                problems.append(f"{account} is below zero ({want})")
+        paid = store.payments_by_job()
+        for job in store.list_jobs(limit=1_000_000_000):
+            escrow = computed.get(escrow_account(job.id), 0)
+            if job.state in FINAL_JOB_STATES and escrow:
+                problems.append(f"job {job.id} is {job.state} but its escrow still holds {escrow}")
+            if paid.get(job.id, 0) != job.cost_spent:
+                problems.append(
+                    f"job {job.id} records {job.cost_spent} spent, "
+                    f"nodes were paid {paid.get(job.id, 0)}"
+                )
+        report.balanced = not problems
+        return report

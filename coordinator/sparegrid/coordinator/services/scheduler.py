@@ -1,0 +1,377 @@
+"""Matches queued tasks to connected workers, leases them, and takes leases back.
+
+The store is the source of truth; the scheduler keeps the active jobs' queues and the
+connected sessions in memory so a dispatch pass is one store transaction for many tasks.
+Sessions are reached through `SessionSink`, so this module never touches gRPC.
+"""
+
+import logging
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sparegrid.coordinator.clock import Clock
+from sparegrid.coordinator.domain import (
+    Attempt,
+    AttemptState,
+    Device,
+    Job,
+    JobState,
+    Node,
+    Task,
+    TaskState,
+)
+from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.states import move_attempt, move_job, move_task
+from sparegrid.coordinator.store.base import Store
+
+log = logging.getLogger("sparegrid.coordinator.scheduler")
+
+
+class SessionSink(Protocol):
+    """The way down to one connected worker."""
+
+    def assign(self, items: list[tuple[Attempt, Task, str]]) -> None: ...
+
+    def cancel(self, attempt_ids: list[str], reason: str) -> None: ...
+
+
+@dataclass
+class SchedulerConfig:
+    lease_seconds: float = 30.0
+    # how long a disconnected node's leases are kept for it to reconnect and resume
+    reconnect_grace_seconds: float = 10.0
+    # failed or expired attempts after which a node gets no more tasks of that job
+    max_node_failures_per_job: int = 2
+
+
+@dataclass
+class ActiveJob:
+    job: Job
+    owner: str  # account name, for the refund
+    queue: deque[Task]
+    running: dict[str, Attempt]  # task id -> its running attempt
+    open_tasks: int  # tasks not in a final state
+    node_failures: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Lease:
+    attempt: Attempt
+    digests: list[str]  # the task's inputs: what the node may download for it
+
+
+@dataclass
+class NodeSession:
+    node: Node
+    sink: SessionSink
+    credit: dict[int, int] = field(default_factory=dict)  # device index -> assignments owed
+    leases: dict[str, Lease] = field(default_factory=dict)  # by attempt id
+    digests: Counter[str] = field(default_factory=Counter)  # inputs it may download
+    draining: bool = False
+
+    def device(self, index: int) -> Device | None:
+        return next((d for d in self.node.devices if d.index == index), None)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def fits(job: Job, node: Node, device: Device) -> bool:
+    """Whether a device of a node meets a job's requirements."""
+    req = job.requirements
+    if job.kind not in node.executors:
+        return False
+    if req.device_kind and device.kind != req.device_kind:
+        return False
+    if device.memory_bytes < req.min_memory_bytes:
+        return False
+    if req.min_compute_capability and (
+        device.kind != "cuda"
+        or version_tuple(device.compute_capability) < version_tuple(req.min_compute_capability)
+    ):
+        return False
+    for name, wanted in req.software.items():
+        have = version_tuple(node.software.get(name, ""))[:2]
+        if have != version_tuple(wanted)[:2]:
+            return False
+    return True
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        clock: Clock,
+        config: SchedulerConfig,
+        on_change: Callable[[Iterable[str]], None] = lambda jobs: None,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.clock = clock
+        self.config = config
+        self.on_change = on_change
+        self.jobs: dict[str, ActiveJob] = {}
+        self.sessions: dict[str, NodeSession] = {}
+
+    # --- jobs ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuilds the queues from the store after a start or restart."""
+        owners = {a.id: a.name for a in self.store.list_accounts()}
+        active = self.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=10**9)
+        for job in reversed(active):  # oldest first
+            counts = self.store.task_counts(job.id)
+            open_tasks = counts[TaskState.QUEUED] + counts[TaskState.LEASED]
+            self.jobs[job.id] = ActiveJob(job, owners[job.account_id], deque(), {}, open_tasks)
+        for task in self.store.queued_tasks():
+            if task.job_id in self.jobs:
+                self.jobs[task.job_id].queue.append(task)
+        # leases survive a restart: give their nodes time to reconnect and resume them
+        grace = self.clock.now() + self.config.reconnect_grace_seconds
+        running = self.store.running_attempts()
+        for attempt in running:
+            attempt.deadline = max(attempt.deadline, grace)
+            if attempt.job_id in self.jobs:
+                self.jobs[attempt.job_id].running[attempt.task_id] = attempt
+        self.store.update_attempts(running)
+        for job_id, loaded in self.jobs.items():
+            loaded.node_failures.update(self.store.node_failures(job_id))
+        for active_job in list(self.jobs.values()):
+            if active_job.open_tasks == 0:
+                self.finish(active_job)
+
+    def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
+        self.jobs[job.id] = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
+
+    def finish(self, active: ActiveJob, state: JobState | None = None, error: str = "") -> None:
+        """Ends a job: cancels what is left, refunds the rest of the escrow."""
+        job = active.job
+        if state is None:
+            failed = self.store.task_counts(job.id)[TaskState.FAILED]
+            state = JobState.FAILED if failed else JobState.SUCCEEDED
+        cancelled = [t for t in active.queue]
+        leftover = list(active.running.values())
+        if leftover:
+            cancelled += self.store.get_tasks([a.task_id for a in leftover])
+        for task in cancelled:
+            move_task(task, TaskState.CANCELLED)
+        for attempt in leftover:
+            move_attempt(attempt, AttemptState.CANCELLED)
+            attempt.finished_at = self.clock.now()
+        move_job(job, state)
+        job.error = job.error or error
+        job.finished_at = self.clock.now()
+        with self.store.transaction():
+            self.store.update_tasks(cancelled)
+            self.store.update_attempts(leftover)
+            self.store.update_job(job)
+            self.ledger.refund(job, active.owner)
+        del self.jobs[job.id]
+        for attempt in leftover:
+            self._release(attempt, cancel_reason=f"job {job.id} is {state}")
+        self.on_change([job.id])
+
+    # --- sessions -----------------------------------------------------------
+
+    def connect(
+        self, node: Node, sink: SessionSink, running: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Attaches a node's new session; returns (resumed, cancelled) attempt ids."""
+        old = self.sessions.pop(node.id, None)
+        if old is not None:
+            old.sink.cancel([], "replaced by a newer session of the same node")
+        session = NodeSession(node, sink, credit={d.index: 0 for d in node.devices})
+        self.sessions[node.id] = session
+        now = self.clock.now()
+        mine = {a.id: a for a in self.store.running_attempts(node.id)}
+        resumed = [mine.pop(i) for i in running if i in mine]
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in resumed])}
+        for attempt in resumed:
+            attempt.deadline = now + self.config.lease_seconds
+            self._hold(session, attempt, tasks[attempt.task_id])
+        self.store.update_attempts(resumed)
+        # running attempts the node no longer reports were lost (e.g. it restarted)
+        self.expire(list(mine.values()), reason="the node restarted without it")
+        kept = {a.id for a in resumed}
+        return sorted(kept), [i for i in running if i not in kept]
+
+    def disconnect(self, node_id: str, sink: SessionSink) -> None:
+        """The stream ended: its leases get a short grace to resume, then expire."""
+        session = self.sessions.get(node_id)
+        if session is None or session.sink is not sink:
+            return
+        del self.sessions[node_id]
+        deadline = self.clock.now() + self.config.reconnect_grace_seconds
+        attempts = [lease.attempt for lease in session.leases.values()]
+        for attempt in attempts:
+            attempt.deadline = min(attempt.deadline, deadline)
+        self.store.update_attempts(attempts)
+
+    def grant(self, node_id: str, device_index: int, count: int) -> None:
+        session = self.sessions[node_id]
+        if device_index not in session.credit:
+            raise ValueError(f"node {node_id} has no device {device_index}")
+        session.credit[device_index] = min(session.credit[device_index] + count, 100_000)
+
+    def heartbeat(self, node_id: str) -> None:
+        session = self.sessions.get(node_id)
+        deadline = self.clock.now() + self.config.lease_seconds
+        if session is not None and session.leases:
+            self.store.renew_leases(node_id, deadline)
+            for lease in session.leases.values():
+                lease.attempt.deadline = deadline
+
+    def drain(self, node_id: str) -> None:
+        session = self.sessions.get(node_id)
+        if session is not None:
+            session.draining = True
+
+    def may_read(self, node_id: str, digest: str) -> bool:
+        session = self.sessions.get(node_id)
+        return session is not None and session.digests[digest] > 0
+
+    def _hold(self, session: NodeSession, attempt: Attempt, task: Task) -> None:
+        digests = [ref.digest for ref in task.inputs]
+        session.leases[attempt.id] = Lease(attempt, digests)
+        session.digests.update(digests)
+        active = self.jobs.get(attempt.job_id)
+        if active is not None:
+            active.running[attempt.task_id] = attempt
+
+    def _release(self, attempt: Attempt, cancel_reason: str = "") -> None:
+        """Forgets a lease in memory; tells the node to stop when a reason is given."""
+        active = self.jobs.get(attempt.job_id)
+        running = active.running.get(attempt.task_id) if active is not None else None
+        if active is not None and running is not None and running.id == attempt.id:
+            del active.running[attempt.task_id]
+        session = self.sessions.get(attempt.node_id)
+        lease = session.leases.pop(attempt.id, None) if session is not None else None
+        if session is None or lease is None:
+            return
+        session.digests.subtract(lease.digests)
+        if cancel_reason:
+            session.sink.cancel([attempt.id], cancel_reason)
+
+    # --- dispatch -----------------------------------------------------------
+
+    def dispatch(self) -> int:
+        """Leases queued tasks to sessions with credit; returns how many were sent."""
+        picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]] = []
+        now = self.clock.now()
+        for session in self.sessions.values():
+            if not session.draining:
+                self._pick(session, now, picked)
+        if not picked:
+            return 0
+        started = {id(a.job) for _, _, _, a in picked if a.job.state == JobState.QUEUED}
+        with self.store.transaction():
+            won = {a.id for a in self.store.lease_tasks([p[1] for p in picked])}
+            for active in {id(p[3].job): p[3] for p in picked}.values():
+                if id(active.job) in started:
+                    move_job(active.job, JobState.RUNNING)
+                    self.store.update_job(active.job)
+        outgoing: dict[str, list[tuple[Attempt, Task, str]]] = {}
+        for session, attempt, task, active in picked:
+            if attempt.id not in won:  # leased meanwhile by another coordinator
+                session.credit[attempt.device_index] += 1
+                continue
+            task.attempts += 1
+            task.state = TaskState.LEASED
+            self._hold(session, attempt, task)
+            outgoing.setdefault(session.node.id, []).append((attempt, task, active.job.kind))
+        for node_id, items in outgoing.items():
+            self.sessions[node_id].sink.assign(items)
+        if started:
+            self.on_change(a.job.id for _, _, _, a in picked if id(a.job) in started)
+        return len(won)
+
+    def _pick(
+        self,
+        session: NodeSession,
+        now: float,
+        picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]],
+    ) -> None:
+        node = session.node
+        for index, credit in session.credit.items():
+            device = session.device(index)
+            if credit <= 0 or device is None:
+                continue
+            for active in self.jobs.values():
+                if not active.queue or not self._eligible(active, node, device):
+                    continue
+                while credit and active.queue:
+                    task = active.queue.popleft()
+                    attempt = Attempt(
+                        id=uuid.uuid4().hex,
+                        task_id=task.id,
+                        job_id=task.job_id,
+                        node_id=node.id,
+                        device_index=index,
+                        deadline=now + self.config.lease_seconds,
+                        created_at=now,
+                    )
+                    picked.append((session, attempt, task, active))
+                    credit -= 1
+                if not credit:
+                    break
+            session.credit[index] = credit
+
+    def _eligible(self, active: ActiveJob, node: Node, device: Device) -> bool:
+        bad = active.node_failures[node.id] >= self.config.max_node_failures_per_job
+        return not bad and fits(active.job, node, device)
+
+    # --- taking leases back -------------------------------------------------
+
+    def reap(self) -> int:
+        """Expires every lease past its deadline; returns how many."""
+        expired = self.store.expired_attempts(self.clock.now())
+        self.expire(expired, reason="lease expired")
+        return len(expired)
+
+    def expire(self, attempts: list[Attempt], reason: str) -> None:
+        for attempt in attempts:
+            move_attempt(attempt, AttemptState.EXPIRED)
+            attempt.finished_at = self.clock.now()
+            attempt.error_code, attempt.error = "LEASE_EXPIRED", reason
+        self.settle_failures(attempts, retryable=True, tell_node=True)
+
+    def settle_failures(
+        self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False
+    ) -> None:
+        """Records failed or expired attempts; re-queues their tasks or fails their jobs."""
+        if not attempts:
+            return
+        flags = [retryable] * len(attempts) if isinstance(retryable, bool) else retryable
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+        requeue: list[tuple[ActiveJob, Task]] = []
+        doomed: list[tuple[ActiveJob, str]] = []
+        with self.store.transaction():
+            self.store.update_attempts(attempts)
+            for attempt, again in zip(attempts, flags, strict=True):
+                self.store.add_node_counts(attempt.node_id, 0, 1)
+                active = self.jobs.get(attempt.job_id)
+                task = tasks[attempt.task_id]
+                self._release(attempt, cancel_reason=attempt.error if tell_node else "")
+                if active is None or task.state != TaskState.LEASED:
+                    continue  # the job ended, or another attempt finished the task
+                active.node_failures[attempt.node_id] += 1
+                if again and task.attempts < active.job.max_attempts:
+                    move_task(task, TaskState.QUEUED)
+                    requeue.append((active, task))
+                else:
+                    move_task(task, TaskState.FAILED)
+                    task.error = f"{attempt.error_code}: {attempt.error}"
+                    active.open_tasks -= 1
+                    doomed.append((active, f"task {task.index} failed: {task.error}"))
+            self.store.update_tasks(list(tasks.values()))
+        for active, task in requeue:
+            active.queue.appendleft(task)
+        for active, error in doomed:
+            if active.job.id in self.jobs:
+                self.finish(active, JobState.FAILED, error)
+        log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))

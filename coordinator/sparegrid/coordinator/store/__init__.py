@@ -1,0 +1,52 @@
+"""Storage backends behind one interface: open_store picks one from a URL."""
+
+import re
+from urllib.parse import parse_qs
+
+from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store, StoreError
+from sparegrid.coordinator.store.memory import MemoryStore
+
+__all__ = ["Conflict", "InsufficientFunds", "MemoryStore", "Store", "StoreError", "open_store"]
+
+ACCEPTED = (
+    "'memory:', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db'"
+    " (optionally '?synchronous=NORMAL'), a plain file path,"
+    " or 'postgresql://user@host:port/database'"
+)
+
+# A scheme is two letters or more, so a Windows drive ("C:\\...") reads as a path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def open_store(url: str) -> Store:
+    """Opens the store a URL names; see ACCEPTED. Raises ValueError for anything else.
+
+    As in SQLAlchemy, the path of a sqlite URL follows its third slash: four slashes
+    make it absolute.
+    """
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if url == "memory:":
+        return MemoryStore()
+    if scheme == "sqlite" and url.startswith("sqlite:///"):
+        return _open_sqlite(url.removeprefix("sqlite:///"))
+    if scheme in ("postgresql", "postgres") and url.startswith(f"{scheme}://"):
+        from sparegrid.coordinator.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if scheme or not url:
+        raise ValueError(f"unknown store URL {url!r}; use {ACCEPTED}")
+    from sparegrid.coordinator.store.sqlite import SqliteStore
+
+    return SqliteStore(url)
+
+
+def _open_sqlite(rest: str) -> Store:
+    from sparegrid.coordinator.store.sqlite import SqliteStore
+
+    path, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query, strict_parsing=bool(query)).items()}
+    synchronous = options.pop("synchronous", "FULL").upper()
+    if options or not path or synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"bad sqlite store URL {'sqlite:///' + rest!r}; use {ACCEPTED}")
+    return SqliteStore(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")

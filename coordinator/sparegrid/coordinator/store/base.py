@@ -1,0 +1,162 @@
+"""The store interface every backend implements (memory, SQLite, PostgreSQL).
+
+Each method is atomic on its own. Inside `with store.transaction():` all calls commit
+together or not at all; transactions nest (the outermost one commits). Lists returned are
+fresh copies: mutating them never changes the store.
+"""
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from sparegrid.coordinator.domain import (
+    Account,
+    Attempt,
+    Job,
+    JobState,
+    LedgerEntry,
+    Node,
+    Task,
+    TaskState,
+    Transaction,
+)
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class Conflict(StoreError):
+    """A unique value (account name, idempotency key of a job) is taken."""
+
+
+class InsufficientFunds(StoreError):
+    """A posting would take an account other than MINT below zero."""
+
+    def __init__(self, account: str, balance: int, needed: int) -> None:
+        super().__init__(f"{account} holds {balance}, {needed} needed")
+        self.account = account
+        self.balance = balance
+        self.needed = needed
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+    # accounts
+    def create_account(self, account: Account) -> None:
+        """Raises Conflict if the name is taken."""
+
+    def get_account(self, account_id: str) -> Account | None: ...
+
+    def get_account_by_name(self, name: str) -> Account | None: ...
+
+    def get_account_by_key_hash(self, key_hash: str) -> Account | None: ...
+
+    def list_accounts(self) -> list[Account]: ...
+
+    # ledger: append-only, double-entry
+    def post(self, txn: Transaction) -> bool:
+        """Appends a transaction and updates balances.
+
+        Returns False, changing nothing, when a transaction with the same idempotency key
+        was posted before. Raises ValueError if the postings do not sum to zero, and
+        InsufficientFunds if an account other than MINT would go below zero.
+        """
+
+    def balance(self, account: str) -> int:
+        """The cached balance (0 for an account with no entries)."""
+
+    def balances(self, prefix: str = "") -> dict[str, int]:
+        """Cached balances of accounts whose name starts with prefix."""
+
+    def ledger_entries(
+        self, account: str = "", job_id: str = "", limit: int = 100
+    ) -> list[LedgerEntry]:
+        """Newest first, filtered by exact account and/or job id when given."""
+
+    def ledger_totals(self) -> tuple[int, int, int]:
+        """(number of transactions, number of entries, sum of every amount)."""
+
+    def unbalanced_transactions(self) -> list[tuple[str, int]]:
+        """(transaction id, sum of its amounts) for every transaction not summing to 0."""
+
+    def computed_balances(self) -> dict[str, int]:
+        """Per account, the sum of its entries, recomputed from the entries."""
+
+    def payments_by_job(self) -> dict[str, int]:
+        """Per job id, the total credited to node accounts by that job's transactions."""
+
+    # jobs and tasks
+    def create_job(self, job: Job, tasks: list[Task]) -> None:
+        """Raises Conflict if (account, idempotency key) is taken (a non-empty key)."""
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def find_job(self, account_id: str, idempotency_key: str) -> Job | None: ...
+
+    def list_jobs(
+        self, account_id: str | None = None, states: list[JobState] | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Newest first; all accounts when account_id is None."""
+
+    def update_job(self, job: Job) -> None:
+        """Writes state, cost_spent, error and finished_at."""
+
+    def task_counts(self, job_id: str) -> dict[TaskState, int]:
+        """Every TaskState is a key, with 0 where no task is in it."""
+
+    def get_tasks(self, task_ids: list[str]) -> list[Task]:
+        """The tasks that exist, in no particular order."""
+
+    def list_tasks(self, job_id: str, after_index: int = -1, limit: int = 1000) -> list[Task]:
+        """Tasks of a job with index > after_index, by index."""
+
+    def queued_tasks(self) -> list[Task]:
+        """Every QUEUED task, oldest job first, then by index."""
+
+    def update_tasks(self, tasks: list[Task]) -> None:
+        """Writes state, attempts, node_id, outputs, receipt and error."""
+
+    def lease_tasks(self, attempts: list[Attempt]) -> list[Attempt]:
+        """For each attempt whose task is QUEUED: the task becomes LEASED, its attempt
+        count grows by one, and the attempt is inserted. Returns those attempts; the
+        others (task no longer queued) are skipped."""
+
+    # attempts
+    def get_attempts(self, attempt_ids: list[str]) -> list[Attempt]: ...
+
+    def running_attempts(self, node_id: str | None = None) -> list[Attempt]: ...
+
+    def expired_attempts(self, now: float, limit: int = 1000) -> list[Attempt]:
+        """RUNNING attempts whose deadline is before now."""
+
+    def renew_leases(self, node_id: str, deadline: float) -> int:
+        """Moves the deadline of every RUNNING attempt of the node; returns how many."""
+
+    def update_attempts(self, attempts: list[Attempt]) -> None:
+        """Writes state, deadline, finished_at, error_code and error."""
+
+    def node_failures(self, job_id: str) -> dict[str, int]:
+        """Per node id, its FAILED, EXPIRED or REJECTED attempts on the job."""
+
+    # nodes
+    def upsert_node(self, node: Node) -> None:
+        """Inserts, or updates name, public key, devices, software, executors and
+        last_seen; counters and first_seen of a known node are kept."""
+
+    def get_node(self, node_id: str) -> Node | None: ...
+
+    def list_nodes(self) -> list[Node]: ...
+
+    def add_node_counts(self, node_id: str, succeeded: int, failed: int) -> None: ...
+
+    # blobs: who may read what, and small blobs kept in the database
+    def add_blob_owners(self, digests: list[str], account_id: str) -> None: ...
+
+    def blob_owned(self, digest: str, account_id: str) -> bool: ...
+
+    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None: ...
+
+    def get_inline_blob(self, digest: str) -> bytes | None: ...

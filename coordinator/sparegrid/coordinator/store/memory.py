@@ -1,0 +1,403 @@
+"""An in-memory store: the fake that service unit tests run on.
+
+It keeps copies of the dataclasses in dicts and hands out copies. Every method checks
+before it changes anything, so a single call is atomic; `transaction()` snapshots the
+whole state at the outermost begin and puts it back if an exception escapes.
+"""
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sparegrid.coordinator.domain import (
+    Account,
+    Attempt,
+    AttemptState,
+    Job,
+    JobState,
+    LedgerEntry,
+    Node,
+    Task,
+    TaskState,
+    Transaction,
+    node_account,
+)
+from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
+
+T = TypeVar("T")
+_AccountMatch = Callable[[Account], bool]
+_EntryKey = Callable[[LedgerEntry], str]
+
+
+def _copies(items: list[T]) -> list[T]:
+    return [copy.deepcopy(item) for item in items]
+
+
+@dataclass
+class _State:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    ledger_keys: set[str] = field(default_factory=set)  # idempotency keys posted
+    ledger_ids: set[str] = field(default_factory=set)  # transaction ids posted
+    entries: list[LedgerEntry] = field(default_factory=list)  # oldest first
+    balances: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    job_tasks: dict[str, list[str]] = field(default_factory=dict)  # task ids by index
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    blob_owners: set[tuple[str, str]] = field(default_factory=set)
+    inline_blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._s = _State()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            snapshot = copy.deepcopy(self._s) if self._depth == 0 else None
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if snapshot is not None:
+                    self._s = snapshot
+                raise
+            finally:
+                self._depth -= 1
+
+    def close(self) -> None:
+        pass
+
+    # accounts
+
+    def create_account(self, account: Account) -> None:
+        with self._lock:
+            for other in self._s.accounts.values():
+                if account.name == other.name:
+                    raise Conflict(f"account name {account.name!r} is taken")
+                if account.key_hash == other.key_hash:
+                    raise Conflict("an account with this API key exists")
+            if account.id in self._s.accounts:
+                raise Conflict(f"account id {account.id!r} is taken")
+            self._s.accounts[account.id] = copy.deepcopy(account)
+
+    def get_account(self, account_id: str) -> Account | None:
+        with self._lock:
+            return copy.deepcopy(self._s.accounts.get(account_id))
+
+    def get_account_by_name(self, name: str) -> Account | None:
+        return self._find_account(lambda a: a.name == name)
+
+    def get_account_by_key_hash(self, key_hash: str) -> Account | None:
+        return self._find_account(lambda a: a.key_hash == key_hash)
+
+    def _find_account(self, match: _AccountMatch) -> Account | None:
+        with self._lock:
+            found = [a for a in self._s.accounts.values() if match(a)]
+            return copy.deepcopy(found[0]) if found else None
+
+    def list_accounts(self) -> list[Account]:
+        with self._lock:
+            return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
+
+    # ledger
+
+    def post(self, txn: Transaction) -> bool:
+        changes = net_changes(txn)
+        with self._lock:
+            if txn.idempotency_key in self._s.ledger_keys:
+                return False
+            if txn.id in self._s.ledger_ids:
+                raise Conflict(f"transaction id {txn.id!r} is taken")
+            check_funds(changes, self._s.balances)
+            self._s.ledger_keys.add(txn.idempotency_key)
+            self._s.ledger_ids.add(txn.id)
+            self._s.entries.extend(
+                LedgerEntry(
+                    transaction_id=txn.id,
+                    account=p.account,
+                    amount=p.amount,
+                    reason=txn.reason,
+                    job_id=txn.job_id,
+                    task_id=txn.task_id,
+                    created_at=txn.created_at,
+                )
+                for p in txn.postings
+            )
+            for account, change in changes.items():
+                self._s.balances[account] = self._s.balances.get(account, 0) + change
+            return True
+
+    def balance(self, account: str) -> int:
+        with self._lock:
+            return self._s.balances.get(account, 0)
+
+    def balances(self, prefix: str = "") -> dict[str, int]:
+        with self._lock:
+            return {a: b for a, b in self._s.balances.items() if a.startswith(prefix)}
+
+    def ledger_entries(
+        self, account: str = "", job_id: str = "", limit: int = 100
+    ) -> list[LedgerEntry]:
+        with self._lock:
+            numbered = [
+                (e.created_at, n, e)
+                for n, e in enumerate(self._s.entries)
+                if (not account or e.account == account) and (not job_id or e.job_id == job_id)
+            ]
+            numbered.sort(key=lambda t: (t[0], t[1]), reverse=True)
+            return _copies([e for _, _, e in numbered[:limit]])
+
+    def ledger_totals(self) -> tuple[int, int, int]:
+        with self._lock:
+            entries = self._s.entries
+            return len(self._s.ledger_keys), len(entries), sum(e.amount for e in entries)
+
+    def unbalanced_transactions(self) -> list[tuple[str, int]]:
+        sums = self._sum_entries(lambda e: e.transaction_id)
+        return sorted((txn_id, total) for txn_id, total in sums.items() if total != 0)
+
+    def computed_balances(self) -> dict[str, int]:
+        return self._sum_entries(lambda e: e.account)
+
+    def payments_by_job(self) -> dict[str, int]:
+        prefix = node_account("")
+        with self._lock:
+            paid: dict[str, int] = {}
+            for e in self._s.entries:
+                if e.job_id and e.account.startswith(prefix):
+                    paid[e.job_id] = paid.get(e.job_id, 0) + e.amount
+            return paid
+
+    def _sum_entries(self, key: _EntryKey) -> dict[str, int]:
+        with self._lock:
+            sums: dict[str, int] = {}
+            for e in self._s.entries:
+                sums[key(e)] = sums.get(key(e), 0) + e.amount
+            return sums
+
+    # jobs and tasks
+
+    def create_job(self, job: Job, tasks: list[Task]) -> None:
+        with self._lock:
+            self._check_new_job(job, tasks)
+            self._s.jobs[job.id] = copy.deepcopy(job)
+            for task in tasks:
+                self._s.tasks[task.id] = copy.deepcopy(task)
+            by_index = sorted(tasks, key=lambda t: t.index)
+            self._s.job_tasks[job.id] = [t.id for t in by_index]
+
+    def _check_new_job(self, job: Job, tasks: list[Task]) -> None:
+        if job.id in self._s.jobs:
+            raise Conflict(f"job id {job.id!r} is taken")
+        if job.idempotency_key and self.find_job(job.account_id, job.idempotency_key):
+            raise Conflict(f"a job with idempotency key {job.idempotency_key!r} exists")
+        if any(t.job_id != job.id for t in tasks):
+            raise ValueError(f"every task of job {job.id} must carry its job id")
+        ids = {t.id for t in tasks}
+        if len(ids) < len(tasks) or ids & self._s.tasks.keys():
+            raise Conflict(f"a task id of job {job.id} is taken")
+        if len({t.index for t in tasks}) < len(tasks):
+            raise Conflict(f"job {job.id} has two tasks with the same index")
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return copy.deepcopy(self._s.jobs.get(job_id))
+
+    def find_job(self, account_id: str, idempotency_key: str) -> Job | None:
+        if not idempotency_key:
+            return None
+        with self._lock:
+            for job in self._s.jobs.values():
+                if job.account_id == account_id and job.idempotency_key == idempotency_key:
+                    return copy.deepcopy(job)
+            return None
+
+    def list_jobs(
+        self, account_id: str | None = None, states: list[JobState] | None = None, limit: int = 100
+    ) -> list[Job]:
+        with self._lock:
+            jobs = [
+                j
+                for j in self._s.jobs.values()
+                if (account_id is None or j.account_id == account_id)
+                and (states is None or j.state in states)
+            ]
+            jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+            return _copies(jobs[:limit])
+
+    def update_job(self, job: Job) -> None:
+        with self._lock:
+            stored = self._s.jobs.get(job.id)
+            if stored is not None:
+                stored.state = job.state
+                stored.cost_spent = job.cost_spent
+                stored.error = job.error
+                stored.finished_at = job.finished_at
+
+    def task_counts(self, job_id: str) -> dict[TaskState, int]:
+        with self._lock:
+            counts = dict.fromkeys(TaskState, 0)
+            for task_id in self._s.job_tasks.get(job_id, []):
+                counts[self._s.tasks[task_id].state] += 1
+            return counts
+
+    def get_tasks(self, task_ids: list[str]) -> list[Task]:
+        with self._lock:
+            found = [self._s.tasks.get(i) for i in dict.fromkeys(task_ids)]
+            return _copies([t for t in found if t is not None])
+
+    def list_tasks(self, job_id: str, after_index: int = -1, limit: int = 1000) -> list[Task]:
+        with self._lock:
+            tasks = [self._s.tasks[i] for i in self._s.job_tasks.get(job_id, [])]
+            return _copies([t for t in tasks if t.index > after_index][:limit])
+
+    def queued_tasks(self) -> list[Task]:
+        with self._lock:
+            jobs = self._s.jobs
+            queued = [t for t in self._s.tasks.values() if t.state == TaskState.QUEUED]
+            queued.sort(key=lambda t: (jobs[t.job_id].created_at, t.job_id, t.index))
+            return _copies(queued)
+
+    def update_tasks(self, tasks: list[Task]) -> None:
+        with self._lock:
+            for task in tasks:
+                stored = self._s.tasks.get(task.id)
+                if stored is not None:
+                    stored.state = task.state
+                    stored.attempts = task.attempts
+                    stored.node_id = task.node_id
+                    stored.outputs = copy.deepcopy(task.outputs)
+                    stored.receipt = task.receipt
+                    stored.error = task.error
+
+    def lease_tasks(self, attempts: list[Attempt]) -> list[Attempt]:
+        with self._lock:
+            leased: list[Attempt] = []
+            won: set[str] = set()  # a task leased earlier in this batch is no longer queued
+            for attempt in attempts:
+                task = self._s.tasks.get(attempt.task_id)
+                if task is not None and task.state == TaskState.QUEUED and task.id not in won:
+                    won.add(task.id)
+                    leased.append(attempt)
+            ids = {a.id for a in leased}
+            if len(ids) < len(leased) or ids & self._s.attempts.keys():
+                raise Conflict("an attempt id is taken")
+            for attempt in leased:
+                task = self._s.tasks[attempt.task_id]
+                task.state = TaskState.LEASED
+                task.attempts += 1
+                self._s.attempts[attempt.id] = copy.deepcopy(attempt)
+            return _copies(leased)
+
+    # attempts
+
+    def get_attempts(self, attempt_ids: list[str]) -> list[Attempt]:
+        with self._lock:
+            found = [self._s.attempts.get(i) for i in dict.fromkeys(attempt_ids)]
+            return _copies([a for a in found if a is not None])
+
+    def running_attempts(self, node_id: str | None = None) -> list[Attempt]:
+        with self._lock:
+            running = [
+                a
+                for a in self._s.attempts.values()
+                if a.state == AttemptState.RUNNING and (node_id is None or a.node_id == node_id)
+            ]
+            running.sort(key=lambda a: (a.created_at, a.id))
+            return _copies(running)
+
+    def expired_attempts(self, now: float, limit: int = 1000) -> list[Attempt]:
+        with self._lock:
+            expired = [
+                a
+                for a in self._s.attempts.values()
+                if a.state == AttemptState.RUNNING and a.deadline < now
+            ]
+            expired.sort(key=lambda a: (a.deadline, a.id))
+            return _copies(expired[:limit])
+
+    def renew_leases(self, node_id: str, deadline: float) -> int:
+        with self._lock:
+            renewed = 0
+            for a in self._s.attempts.values():
+                if a.node_id == node_id and a.state == AttemptState.RUNNING:
+                    a.deadline = deadline
+                    renewed += 1
+            return renewed
+
+    def update_attempts(self, attempts: list[Attempt]) -> None:
+        with self._lock:
+            for attempt in attempts:
+                stored = self._s.attempts.get(attempt.id)
+                if stored is not None:
+                    stored.state = attempt.state
+                    stored.deadline = attempt.deadline
+                    stored.finished_at = attempt.finished_at
+                    stored.error_code = attempt.error_code
+                    stored.error = attempt.error
+
+    def node_failures(self, job_id: str) -> dict[str, int]:
+        with self._lock:
+            failures: dict[str, int] = {}
+            for a in self._s.attempts.values():
+                if a.job_id == job_id and a.state in FAILED_ATTEMPT_STATES:
+                    failures[a.node_id] = failures.get(a.node_id, 0) + 1
+            return failures
+
+    # nodes
+
+    def upsert_node(self, node: Node) -> None:
+        with self._lock:
+            stored = self._s.nodes.get(node.id)
+            if stored is None:
+                self._s.nodes[node.id] = copy.deepcopy(node)
+                return
+            stored.name = node.name
+            stored.public_key = node.public_key
+            stored.devices = copy.deepcopy(node.devices)
+            stored.software = dict(node.software)
+            stored.executors = dict(node.executors)
+            stored.last_seen = node.last_seen
+
+    def get_node(self, node_id: str) -> Node | None:
+        with self._lock:
+            return copy.deepcopy(self._s.nodes.get(node_id))
+
+    def list_nodes(self) -> list[Node]:
+        with self._lock:
+            return _copies(sorted(self._s.nodes.values(), key=lambda n: n.id))
+
+    def add_node_counts(self, node_id: str, succeeded: int, failed: int) -> None:
+        with self._lock:
+            stored = self._s.nodes.get(node_id)
+            if stored is not None:
+                stored.tasks_succeeded += succeeded
+                stored.tasks_failed += failed
+
+    # blobs
+
+    def add_blob_owners(self, digests: list[str], account_id: str) -> None:
+        with self._lock:
+            self._s.blob_owners.update((d, account_id) for d in digests)
+
+    def blob_owned(self, digest: str, account_id: str) -> bool:
+        with self._lock:
+            return (digest, account_id) in self._s.blob_owners
+
+    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
+        with self._lock:
+            for digest, data in blobs.items():
+                self._s.inline_blobs.setdefault(digest, bytes(data))
+
+    def get_inline_blob(self, digest: str) -> bytes | None:
+        with self._lock:
+            return self._s.inline_blobs.get(digest)

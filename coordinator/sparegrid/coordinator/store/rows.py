@@ -1,0 +1,194 @@
+"""Conversions between the domain dataclasses and SQL rows.
+
+Each record has its column list, in the order of its dataclass fields, a function making
+the parameters of an INSERT and one reading a row back. Times are unix seconds, bytes
+are bytes, and lists and dicts are JSON text.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from sparegrid.coordinator.domain import (
+    Account,
+    Attempt,
+    AttemptState,
+    Device,
+    FileRef,
+    Job,
+    JobState,
+    LedgerEntry,
+    Node,
+    Posting,
+    Requirements,
+    Task,
+    TaskState,
+    Transaction,
+)
+
+Row = Sequence[Any]
+Params = tuple[object, ...]
+
+ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
+JOB_COLUMNS = (
+    "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_per_task,"
+    " task_count, state, cost_held, cost_spent, error, created_at, finished_at, idempotency_key"
+)
+TASK_COLUMNS = "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error"
+ATTEMPT_COLUMNS = (
+    "id, task_id, job_id, node_id, device_index, deadline, state, created_at, finished_at,"
+    " error_code, error"
+)
+NODE_COLUMNS = (
+    "id, public_key, name, devices, software, executors, first_seen, last_seen,"
+    " tasks_succeeded, tasks_failed"
+)
+ENTRY_COLUMNS = "transaction_id, account, amount, reason, job_id, task_id, created_at"
+
+
+def placeholders(columns: str) -> str:
+    """ "?, ?, ..." with one "?" per column of a column list."""
+    return ", ".join("?" for _ in columns.split(","))
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def refs_json(refs: list[FileRef]) -> str:
+    return to_json([asdict(r) for r in refs])
+
+
+def refs_from(text: str) -> list[FileRef]:
+    return [FileRef(**r) for r in json.loads(text)]
+
+
+def optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def account_params(a: Account) -> Params:
+    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at)
+
+
+def account_from(row: Row) -> Account:
+    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]))
+
+
+def job_params(j: Job) -> Params:
+    return (
+        j.id, j.account_id, j.kind, j.name, j.params, to_json(j.inputs),
+        to_json(asdict(j.requirements)), j.max_attempts, j.price_per_task, j.task_count,
+        j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at, j.finished_at,
+        j.idempotency_key,
+    )  # fmt: skip
+
+
+def job_from(row: Row) -> Job:
+    return Job(
+        id=row[0],
+        account_id=row[1],
+        kind=row[2],
+        name=row[3],
+        params=bytes(row[4]),
+        inputs=json.loads(row[5]),
+        requirements=Requirements(**json.loads(row[6])),
+        max_attempts=row[7],
+        price_per_task=row[8],
+        task_count=row[9],
+        state=JobState(row[10]),
+        cost_held=row[11],
+        cost_spent=row[12],
+        error=row[13],
+        created_at=float(row[14]),
+        finished_at=optional_float(row[15]),
+        idempotency_key=row[16],
+    )
+
+
+def task_params(t: Task) -> Params:
+    return (
+        t.id, t.job_id, t.index, t.params, refs_json(t.inputs), t.state.value, t.attempts,
+        t.node_id, refs_json(t.outputs), t.receipt, t.error,
+    )  # fmt: skip
+
+
+def task_update_params(t: Task) -> Params:
+    """The parameters of update_tasks: what changes, then the id."""
+    return (
+        t.state.value, t.attempts, t.node_id, refs_json(t.outputs), t.receipt, t.error, t.id,
+    )  # fmt: skip
+
+
+def task_from(row: Row) -> Task:
+    return Task(
+        id=row[0],
+        job_id=row[1],
+        index=row[2],
+        params=bytes(row[3]),
+        inputs=refs_from(row[4]),
+        state=TaskState(row[5]),
+        attempts=row[6],
+        node_id=row[7],
+        outputs=refs_from(row[8]),
+        receipt=bytes(row[9]),
+        error=row[10],
+    )
+
+
+def attempt_params(a: Attempt) -> Params:
+    return (
+        a.id, a.task_id, a.job_id, a.node_id, a.device_index, a.deadline, a.state.value,
+        a.created_at, a.finished_at, a.error_code, a.error,
+    )  # fmt: skip
+
+
+def attempt_from(row: Row) -> Attempt:
+    return Attempt(
+        id=row[0],
+        task_id=row[1],
+        job_id=row[2],
+        node_id=row[3],
+        device_index=row[4],
+        deadline=float(row[5]),
+        state=AttemptState(row[6]),
+        created_at=float(row[7]),
+        finished_at=optional_float(row[8]),
+        error_code=row[9],
+        error=row[10],
+    )
+
+
+def node_params(n: Node) -> Params:
+    return (
+        n.id, n.public_key, n.name, to_json([asdict(d) for d in n.devices]),
+        to_json(n.software), to_json(n.executors), n.first_seen, n.last_seen,
+        n.tasks_succeeded, n.tasks_failed,
+    )  # fmt: skip
+
+
+def node_from(row: Row) -> Node:
+    return Node(
+        id=row[0],
+        public_key=bytes(row[1]),
+        name=row[2],
+        devices=[Device(**d) for d in json.loads(row[3])],
+        software=json.loads(row[4]),
+        executors=json.loads(row[5]),
+        first_seen=float(row[6]),
+        last_seen=float(row[7]),
+        tasks_succeeded=row[8],
+        tasks_failed=row[9],
+    )
+
+
+def entry_params(txn: Transaction, posting: Posting) -> Params:
+    return (
+        txn.id, posting.account, posting.amount, txn.reason, txn.job_id, txn.task_id,
+        txn.created_at,
+    )  # fmt: skip
+
+
+def entry_from(row: Row) -> LedgerEntry:
+    return LedgerEntry(row[0], row[1], int(row[2]), row[3], row[4], row[5], float(row[6]))

@@ -1,0 +1,141 @@
+"""The SQL schema, as versioned migrations shared by SQLite and PostgreSQL.
+
+Scripts are written once. Statements are separated by ";" and hold no other ";". The
+column types that differ between the two are named by placeholders the dialect fills in:
+{real} for unix-second times, {blob} for bytes and {serial} for an auto-numbered primary
+key. Lists and dicts are JSON text. Append new migrations; never edit an applied one.
+"""
+
+SCHEMA_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at {real} NOT NULL
+)
+"""
+
+INITIAL = """
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL UNIQUE,
+    is_admin BOOLEAN NOT NULL,
+    created_at {real} NOT NULL
+);
+
+CREATE TABLE transactions (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    reason TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+
+CREATE TABLE entries (
+    seq {serial},
+    transaction_id TEXT NOT NULL REFERENCES transactions (id),
+    account TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE INDEX entries_account ON entries (account);
+CREATE INDEX entries_job_id ON entries (job_id);
+
+CREATE TABLE balances (
+    account TEXT PRIMARY KEY,
+    balance BIGINT NOT NULL
+);
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    params {blob} NOT NULL,
+    inputs TEXT NOT NULL,
+    requirements TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    price_per_task BIGINT NOT NULL,
+    task_count INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    cost_held BIGINT NOT NULL,
+    cost_spent BIGINT NOT NULL,
+    error TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    finished_at {real},
+    idempotency_key TEXT NOT NULL
+);
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (account_id, idempotency_key)
+    WHERE idempotency_key <> '';
+CREATE INDEX jobs_account_created ON jobs (account_id, created_at);
+CREATE INDEX jobs_created ON jobs (created_at);
+
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    idx INTEGER NOT NULL,
+    params {blob} NOT NULL,
+    inputs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    receipt {blob} NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE UNIQUE INDEX tasks_job_idx ON tasks (job_id, idx);
+CREATE INDEX tasks_state ON tasks (state);
+
+CREATE TABLE attempts (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks (id),
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    node_id TEXT NOT NULL,
+    device_index INTEGER NOT NULL,
+    deadline {real} NOT NULL,
+    state TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    finished_at {real},
+    error_code TEXT NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE INDEX attempts_node_state ON attempts (node_id, state);
+CREATE INDEX attempts_state_deadline ON attempts (state, deadline);
+CREATE INDEX attempts_job ON attempts (job_id);
+
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    public_key {blob} NOT NULL,
+    name TEXT NOT NULL,
+    devices TEXT NOT NULL,
+    software TEXT NOT NULL,
+    executors TEXT NOT NULL,
+    first_seen {real} NOT NULL,
+    last_seen {real} NOT NULL,
+    tasks_succeeded BIGINT NOT NULL,
+    tasks_failed BIGINT NOT NULL
+);
+
+CREATE TABLE blob_owners (
+    digest TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (digest, account_id)
+);
+
+CREATE TABLE inline_blobs (
+    digest TEXT PRIMARY KEY,
+    data {blob} NOT NULL
+)
+"""
+
+# (version, script), applied in order; schema_version records each one applied.
+MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL)]
+
+
+def statements(script: str, types: dict[str, str]) -> list[str]:
+    """The script's statements with the dialect's column types filled in."""
+    filled = script.format(**types)
+    return [s.strip() for s in filled.split(";") if s.strip()]

@@ -1,0 +1,427 @@
+"""The store over SQL, written once for SQLite and PostgreSQL (see engine.Dialect)."""
+
+import copy
+from typing import Any
+
+from sparegrid.coordinator.domain import (
+    Account,
+    Attempt,
+    AttemptState,
+    Job,
+    JobState,
+    LedgerEntry,
+    Node,
+    Task,
+    TaskState,
+    Transaction,
+    node_account,
+)
+from sparegrid.coordinator.store import rows as r
+from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.engine import SqlEngine, chunks, marks
+from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
+
+_RUNNING = AttemptState.RUNNING.value
+_QUEUED = TaskState.QUEUED.value
+
+
+def _prefix_filter(column: str, prefix: str) -> tuple[str, tuple[object, ...]]:
+    """A condition matching values of column that start with prefix, case-sensitively."""
+    return f"substr({column}, 1, CAST(? AS INTEGER)) = ?", (len(prefix), prefix)
+
+
+class SqlStore(SqlEngine):
+    """The Store over SQL; subclasses open the connection and pick the dialect."""
+
+    # accounts
+
+    def create_account(self, account: Account) -> None:
+        with self.transaction():
+            taken = self._query(
+                "SELECT name FROM accounts WHERE name = ? OR key_hash = ? OR id = ?",
+                (account.name, account.key_hash, account.id),
+            )
+            if taken:
+                what = "name" if taken[0][0] == account.name else "id or API key"
+                raise Conflict(f"account {what} of {account.name!r} is taken")
+            with self._conflicts(f"account {account.name!r} is taken"):
+                self._run(
+                    f"INSERT INTO accounts ({r.ACCOUNT_COLUMNS})"
+                    f" VALUES ({r.placeholders(r.ACCOUNT_COLUMNS)})",
+                    r.account_params(account),
+                )
+
+    def get_account(self, account_id: str) -> Account | None:
+        return self._account_where("id = ?", account_id)
+
+    def get_account_by_name(self, name: str) -> Account | None:
+        return self._account_where("name = ?", name)
+
+    def get_account_by_key_hash(self, key_hash: str) -> Account | None:
+        return self._account_where("key_hash = ?", key_hash)
+
+    def _account_where(self, condition: str, value: str) -> Account | None:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.ACCOUNT_COLUMNS} FROM accounts WHERE {condition}", (value,)
+            )
+        return r.account_from(rows[0]) if rows else None
+
+    def list_accounts(self) -> list[Account]:
+        with self.transaction():
+            rows = self._query(f"SELECT {r.ACCOUNT_COLUMNS} FROM accounts ORDER BY name")
+        return [r.account_from(row) for row in rows]
+
+    # ledger
+
+    def post(self, txn: Transaction) -> bool:
+        changes = net_changes(txn)
+        with self.transaction():
+            if self._query(
+                "SELECT 1 FROM transactions WHERE idempotency_key = ?", (txn.idempotency_key,)
+            ):
+                return False
+            check_funds(changes, self._locked_balances(list(changes)))
+            with self._conflicts(f"transaction id {txn.id!r} is taken"):
+                self._run(
+                    "INSERT INTO transactions (id, idempotency_key, reason, job_id, task_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        txn.id,
+                        txn.idempotency_key,
+                        txn.reason,
+                        txn.job_id,
+                        txn.task_id,
+                        txn.created_at,
+                    ),
+                )
+            self._run_many(
+                f"INSERT INTO entries ({r.ENTRY_COLUMNS}) VALUES ({r.placeholders(r.ENTRY_COLUMNS)})",
+                [r.entry_params(txn, p) for p in txn.postings],
+            )
+            self._run_many(
+                "INSERT INTO balances (account, balance) VALUES (?, ?) ON CONFLICT (account)"
+                " DO UPDATE SET balance = balances.balance + excluded.balance",
+                list(changes.items()),
+            )
+        return True
+
+    def _locked_balances(self, accounts: list[str]) -> dict[str, int]:
+        """Balances of the accounts, their rows locked until the transaction ends."""
+        rows = self._query_in(
+            "SELECT account, balance FROM balances WHERE account IN (*)" + self._dialect.lock_rows,
+            accounts,
+        )
+        return {account: int(balance) for account, balance in rows}
+
+    def balance(self, account: str) -> int:
+        with self.transaction():
+            rows = self._query("SELECT balance FROM balances WHERE account = ?", (account,))
+        return int(rows[0][0]) if rows else 0
+
+    def balances(self, prefix: str = "") -> dict[str, int]:
+        condition, params = _prefix_filter("account", prefix)
+        with self.transaction():
+            rows = self._query(f"SELECT account, balance FROM balances WHERE {condition}", params)
+        return {account: int(balance) for account, balance in rows}
+
+    def ledger_entries(
+        self, account: str = "", job_id: str = "", limit: int = 100
+    ) -> list[LedgerEntry]:
+        conditions, params = ["1 = 1"], list[object]()
+        for column, value in (("account", account), ("job_id", job_id)):
+            if value:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.ENTRY_COLUMNS} FROM entries WHERE {' AND '.join(conditions)}"
+                " ORDER BY created_at DESC, seq DESC LIMIT ?",
+                (*params, limit),
+            )
+        return [r.entry_from(row) for row in rows]
+
+    def ledger_totals(self) -> tuple[int, int, int]:
+        with self.transaction():
+            ((txns, entries, total),) = self._query(
+                "SELECT (SELECT COUNT(*) FROM transactions), COUNT(*), COALESCE(SUM(amount), 0)"
+                " FROM entries"
+            )
+        return int(txns), int(entries), int(total)
+
+    def unbalanced_transactions(self) -> list[tuple[str, int]]:
+        with self.transaction():
+            rows = self._query(
+                "SELECT transaction_id, SUM(amount) FROM entries GROUP BY transaction_id"
+                " HAVING SUM(amount) <> 0 ORDER BY transaction_id"
+            )
+        return [(txn_id, int(total)) for txn_id, total in rows]
+
+    def computed_balances(self) -> dict[str, int]:
+        with self.transaction():
+            rows = self._query("SELECT account, SUM(amount) FROM entries GROUP BY account")
+        return {account: int(total) for account, total in rows}
+
+    def payments_by_job(self) -> dict[str, int]:
+        condition, params = _prefix_filter("account", node_account(""))
+        with self.transaction():
+            rows = self._query(
+                f"SELECT job_id, SUM(amount) FROM entries WHERE job_id <> '' AND {condition}"
+                " GROUP BY job_id",
+                params,
+            )
+        return {job_id: int(total) for job_id, total in rows}
+
+    # jobs and tasks
+
+    def create_job(self, job: Job, tasks: list[Task]) -> None:
+        if any(t.job_id != job.id for t in tasks):
+            raise ValueError(f"every task of job {job.id} must carry its job id")
+        with self.transaction():
+            if self.get_job(job.id) is not None:
+                raise Conflict(f"job id {job.id!r} is taken")
+            if job.idempotency_key and self.find_job(job.account_id, job.idempotency_key):
+                raise Conflict(f"a job with idempotency key {job.idempotency_key!r} exists")
+            with self._conflicts(f"job {job.id}: a task id or task index is taken"):
+                self._run(
+                    f"INSERT INTO jobs ({r.JOB_COLUMNS}) VALUES ({r.placeholders(r.JOB_COLUMNS)})",
+                    r.job_params(job),
+                )
+                self._run_many(
+                    f"INSERT INTO tasks ({r.TASK_COLUMNS})"
+                    f" VALUES ({r.placeholders(r.TASK_COLUMNS)})",
+                    [r.task_params(t) for t in tasks],
+                )
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._job_where("id = ?", (job_id,))
+
+    def find_job(self, account_id: str, idempotency_key: str) -> Job | None:
+        if not idempotency_key:
+            return None
+        return self._job_where(
+            "account_id = ? AND idempotency_key = ?", (account_id, idempotency_key)
+        )
+
+    def _job_where(self, condition: str, params: tuple[str, ...]) -> Job | None:
+        with self.transaction():
+            rows = self._query(f"SELECT {r.JOB_COLUMNS} FROM jobs WHERE {condition}", params)
+        return r.job_from(rows[0]) if rows else None
+
+    def list_jobs(
+        self, account_id: str | None = None, states: list[JobState] | None = None, limit: int = 100
+    ) -> list[Job]:
+        if states is not None and not states:
+            return []
+        conditions, params = ["1 = 1"], list[object]()
+        if account_id is not None:
+            conditions.append("account_id = ?")
+            params.append(account_id)
+        if states is not None:
+            conditions.append(f"state IN ({marks(len(states))})")
+            params += [s.value for s in states]
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.JOB_COLUMNS} FROM jobs WHERE {' AND '.join(conditions)}"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            )
+        return [r.job_from(row) for row in rows]
+
+    def update_job(self, job: Job) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE jobs SET state = ?, cost_spent = ?, error = ?, finished_at = ? WHERE id = ?",
+                (job.state.value, job.cost_spent, job.error, job.finished_at, job.id),
+            )
+
+    def task_counts(self, job_id: str) -> dict[TaskState, int]:
+        with self.transaction():
+            rows = self._query(
+                "SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state", (job_id,)
+            )
+        counts = dict.fromkeys(TaskState, 0)
+        counts.update({TaskState(state): int(n) for state, n in rows})
+        return counts
+
+    def get_tasks(self, task_ids: list[str]) -> list[Task]:
+        with self.transaction():
+            rows = self._query_in(
+                f"SELECT {r.TASK_COLUMNS} FROM tasks WHERE id IN (*)", list(dict.fromkeys(task_ids))
+            )
+        return [r.task_from(row) for row in rows]
+
+    def list_tasks(self, job_id: str, after_index: int = -1, limit: int = 1000) -> list[Task]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.TASK_COLUMNS} FROM tasks WHERE job_id = ? AND idx > ?"
+                " ORDER BY idx LIMIT ?",
+                (job_id, after_index, limit),
+            )
+        return [r.task_from(row) for row in rows]
+
+    def queued_tasks(self) -> list[Task]:
+        columns = ", ".join(f"t.{c.strip()}" for c in r.TASK_COLUMNS.split(","))
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {columns} FROM tasks t JOIN jobs j ON j.id = t.job_id"
+                " WHERE t.state = ? ORDER BY j.created_at, j.id, t.idx",
+                (_QUEUED,),
+            )
+        return [r.task_from(row) for row in rows]
+
+    def update_tasks(self, tasks: list[Task]) -> None:
+        with self.transaction():
+            self._run_many(
+                "UPDATE tasks SET state = ?, attempts = ?, node_id = ?, outputs = ?, receipt = ?,"
+                " error = ? WHERE id = ?",
+                [r.task_update_params(t) for t in tasks],
+            )
+
+    def lease_tasks(self, attempts: list[Attempt]) -> list[Attempt]:
+        with self.transaction(), self._conflicts("an attempt id is taken"):
+            queued = self._lease_queued(list(dict.fromkeys(a.task_id for a in attempts)))
+            leased: list[Attempt] = []
+            for attempt in attempts:
+                if attempt.task_id in queued:
+                    queued.discard(attempt.task_id)  # one attempt per task
+                    leased.append(attempt)
+            self._run_many(
+                f"INSERT INTO attempts ({r.ATTEMPT_COLUMNS})"
+                f" VALUES ({r.placeholders(r.ATTEMPT_COLUMNS)})",
+                [r.attempt_params(a) for a in leased],
+            )
+        return [copy.copy(a) for a in leased]  # an Attempt holds immutable values only
+
+    def _lease_queued(self, task_ids: list[str]) -> set[str]:
+        """Leases the tasks that are queued, counting an attempt; returns their ids."""
+        leased: set[str] = set()
+        for chunk in chunks(task_ids):
+            rows = self._query(
+                "UPDATE tasks SET state = ?, attempts = attempts + 1"
+                f" WHERE state = ? AND id IN ({marks(len(chunk))}) RETURNING id",
+                (TaskState.LEASED.value, _QUEUED, *chunk),
+            )
+            leased.update(task_id for (task_id,) in rows)
+        return leased
+
+    # attempts
+
+    def get_attempts(self, attempt_ids: list[str]) -> list[Attempt]:
+        with self.transaction():
+            rows = self._query_in(
+                f"SELECT {r.ATTEMPT_COLUMNS} FROM attempts WHERE id IN (*)",
+                list(dict.fromkeys(attempt_ids)),
+            )
+        return [r.attempt_from(row) for row in rows]
+
+    def running_attempts(self, node_id: str | None = None) -> list[Attempt]:
+        condition, params = "state = ?", [_RUNNING]
+        if node_id is not None:
+            condition, params = "node_id = ? AND state = ?", [node_id, _RUNNING]
+        return self._attempts_where(condition, params, "created_at, id")
+
+    def expired_attempts(self, now: float, limit: int = 1000) -> list[Attempt]:
+        return self._attempts_where(
+            "state = ? AND deadline < ?", [_RUNNING, now], f"deadline, id LIMIT {int(limit)}"
+        )
+
+    def _attempts_where(self, condition: str, params: list[Any], order: str) -> list[Attempt]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.ATTEMPT_COLUMNS} FROM attempts WHERE {condition} ORDER BY {order}",
+                params,
+            )
+        return [r.attempt_from(row) for row in rows]
+
+    def renew_leases(self, node_id: str, deadline: float) -> int:
+        with self.transaction():
+            return self._run(
+                "UPDATE attempts SET deadline = ? WHERE node_id = ? AND state = ?",
+                (deadline, node_id, _RUNNING),
+            )
+
+    def update_attempts(self, attempts: list[Attempt]) -> None:
+        with self.transaction():
+            self._run_many(
+                "UPDATE attempts SET state = ?, deadline = ?, finished_at = ?, error_code = ?,"
+                " error = ? WHERE id = ?",
+                [
+                    (a.state.value, a.deadline, a.finished_at, a.error_code, a.error, a.id)
+                    for a in attempts
+                ],
+            )
+
+    def node_failures(self, job_id: str) -> dict[str, int]:
+        states = [s.value for s in FAILED_ATTEMPT_STATES]
+        with self.transaction():
+            rows = self._query(
+                f"SELECT node_id, COUNT(*) FROM attempts WHERE job_id = ?"
+                f" AND state IN ({marks(len(states))}) GROUP BY node_id",
+                (job_id, *states),
+            )
+        return {node_id: int(n) for node_id, n in rows}
+
+    # nodes
+
+    def upsert_node(self, node: Node) -> None:
+        kept = ("name", "public_key", "devices", "software", "executors", "last_seen")
+        with self.transaction():
+            self._run(
+                f"INSERT INTO nodes ({r.NODE_COLUMNS}) VALUES ({r.placeholders(r.NODE_COLUMNS)})"
+                " ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in kept),
+                r.node_params(node),
+            )
+
+    def get_node(self, node_id: str) -> Node | None:
+        nodes = self._nodes_where("id = ?", (node_id,))
+        return nodes[0] if nodes else None
+
+    def list_nodes(self) -> list[Node]:
+        return self._nodes_where("1 = 1", ())
+
+    def _nodes_where(self, condition: str, params: tuple[str, ...]) -> list[Node]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.NODE_COLUMNS} FROM nodes WHERE {condition} ORDER BY id", params
+            )
+        return [r.node_from(row) for row in rows]
+
+    def add_node_counts(self, node_id: str, succeeded: int, failed: int) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE nodes SET tasks_succeeded = tasks_succeeded + ?,"
+                " tasks_failed = tasks_failed + ? WHERE id = ?",
+                (succeeded, failed, node_id),
+            )
+
+    # blobs
+
+    def add_blob_owners(self, digests: list[str], account_id: str) -> None:
+        with self.transaction():
+            self._run_many(
+                "INSERT INTO blob_owners (digest, account_id) VALUES (?, ?)"
+                " ON CONFLICT (digest, account_id) DO NOTHING",
+                [(d, account_id) for d in digests],
+            )
+
+    def blob_owned(self, digest: str, account_id: str) -> bool:
+        with self.transaction():
+            rows = self._query(
+                "SELECT 1 FROM blob_owners WHERE digest = ? AND account_id = ?",
+                (digest, account_id),
+            )
+        return bool(rows)
+
+    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
+        with self.transaction():
+            self._run_many(
+                "INSERT INTO inline_blobs (digest, data) VALUES (?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                list(blobs.items()),
+            )
+
+    def get_inline_blob(self, digest: str) -> bytes | None:
+        with self.transaction():
+            rows = self._query("SELECT data FROM inline_blobs WHERE digest = ?", (digest,))
+        return bytes(rows[0][0]) if rows else None

@@ -1,0 +1,75 @@
+"""Signing result batches and checking the receipts cut from them."""
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from sparegrid.v1 import common_pb2
+from sparegrid.wire.merkle import MerkleTree, merkle_root, root_from_proof
+from sparegrid.wire.signing import RESULT_BATCH_TAG, BadSignature, Signer, node_id_for, verify
+
+
+def sign_batch(signer: Signer, statements: list[bytes]) -> bytes:
+    """One signature over the Merkle root of serialised ResultStatements."""
+    return signer.sign(RESULT_BATCH_TAG, merkle_root(statements))
+
+
+def verify_batch(public_key: bytes, statements: list[bytes], signature: bytes) -> None:
+    """Raises BadSignature unless the batch was signed by `public_key`."""
+    if not statements:
+        raise BadSignature("a result batch holds no statements")
+    verify(public_key, RESULT_BATCH_TAG, merkle_root(statements), signature)
+
+
+def decode_statement(data: bytes) -> common_pb2.ResultStatement:
+    statement = common_pb2.ResultStatement()
+    try:
+        statement.ParseFromString(data)
+    except DecodeError as exc:
+        raise BadSignature(f"result statement does not decode: {exc}") from exc
+    return statement
+
+
+def make_receipts(
+    statements: list[bytes], signature: bytes, public_key: bytes
+) -> list[common_pb2.Receipt]:
+    """A receipt per statement: each proves its statement alone, not its neighbours."""
+    tree = MerkleTree(statements)
+    return [
+        common_pb2.Receipt(
+            statement=data,
+            leaf_index=i,
+            leaf_count=len(statements),
+            proof=tree.proof(i),
+            signature=signature,
+            public_key=public_key,
+        )
+        for i, data in enumerate(statements)
+    ]
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    node_id: str
+    statement: common_pb2.ResultStatement
+
+
+def verify_receipt(receipt: common_pb2.Receipt) -> VerifiedReceipt:
+    """Checks the Merkle path and the node's signature, then decodes the statement.
+
+    Raises BadSignature saying what failed. The caller still checks that the statement
+    names the task it expects and that the outputs it holds match the digests.
+    """
+    try:
+        root = root_from_proof(
+            receipt.statement, receipt.leaf_index, receipt.leaf_count, list(receipt.proof)
+        )
+    except ValueError as exc:
+        raise BadSignature(f"receipt's Merkle proof is malformed: {exc}") from exc
+    verify(receipt.public_key, RESULT_BATCH_TAG, root, receipt.signature)
+    statement = decode_statement(receipt.statement)
+    node_id = node_id_for(receipt.public_key)
+    if statement.node_id != node_id:
+        raise BadSignature(
+            f"statement names node {statement.node_id!r} but was signed by node {node_id!r}"
+        )
+    return VerifiedReceipt(node_id=node_id, statement=statement)

@@ -1,0 +1,50 @@
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.cli import ensure_admin
+from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.store.sqlite import SqliteStore
+
+
+@dataclass
+class Served:
+    app: App
+    address: str
+    channel: aio.Channel
+    admin_key: str
+    alice_key: str
+    bob_key: str
+
+    def auth(self, key: str) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {key}"),)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    store = SqliteStore(tmp_path / "coordinator.db")
+    app = App(store, Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0))
+    key_file = ensure_admin(app, tmp_path)
+    _, alice_key = app.accounts.create("alice", 100)
+    _, bob_key = app.accounts.create("bob", 100)
+    server, port = await build_server(app, "127.0.0.1:0")
+    app.start()
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    channel = aio.insecure_channel(address, options=[("grpc.max_send_message_length", 128 << 20)])
+    try:
+        yield Served(app, address, channel, key_file.read_text().strip(), alice_key, bob_key)
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+        await app.stop()
+        await asyncio.sleep(0)
+
+
+def code_of(error: grpc.aio.AioRpcError) -> str:
+    return dict(error.trailing_metadata() or ()).get("sparegrid-code", "")

@@ -1,0 +1,107 @@
+"""A coordinator on the in-memory store with a fake clock, and fake nodes that sign."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.clock import FakeClock
+from sparegrid.coordinator.domain import Account, Attempt, Device, Node, Task
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.results import Verdict
+from sparegrid.coordinator.store.memory import MemoryStore
+from sparegrid.v1 import common_pb2
+from sparegrid.wire import Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch
+
+
+@dataclass
+class FakeSink:
+    assigned: list[tuple[Attempt, Task, str]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
+        self.assigned.extend(items)
+
+    def cancel(self, attempt_ids: list[str], reason: str) -> None:
+        if not attempt_ids:
+            self.closed = True
+        self.cancelled.extend(attempt_ids)
+
+    def take(self) -> list[tuple[Attempt, Task, str]]:
+        items, self.assigned = self.assigned, []
+        return items
+
+
+class FakeNode:
+    """Registers like a worker and answers its assignments with signed results."""
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        kinds: tuple[str, ...] = ("echo", "checksum"),
+        device: Device | None = None,
+    ) -> None:
+        self.app = app
+        self.signer = Signer.generate()
+        self.id = self.signer.node_id
+        self.sink = FakeSink()
+        self.node = Node(
+            id=self.id,
+            public_key=self.signer.public_key,
+            name=name,
+            devices=[device or Device(index=0, kind="cpu", name="test cpu", memory_bytes=1 << 30)],
+            executors={k: "1" for k in kinds},
+        )
+
+    def connect(
+        self, credit: int = 10, running: list[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        self.app.store.upsert_node(self.node)
+        out = self.app.scheduler.connect(self.node, self.sink, running or [])
+        for device in self.node.devices:
+            self.app.scheduler.grant(self.id, device.index, credit)
+        self.app.scheduler.dispatch()
+        return out
+
+    def statement(self, attempt: Attempt, task: Task, output: bytes) -> bytes:
+        return common_pb2.ResultStatement(
+            job_id=task.job_id,
+            task_id=task.id,
+            attempt_id=attempt.id,
+            node_id=self.id,
+            inputs=[
+                common_pb2.InputRef(name=r.name, digest=r.digest, size=r.size) for r in task.inputs
+            ],
+            outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(output), size=len(output))],
+            executor="echo",
+            executor_version="1",
+        ).SerializeToString()
+
+    def answer(
+        self,
+        items: list[tuple[Attempt, Task, str]],
+        output: bytes = b"ok",
+        signer: Signer | None = None,
+    ) -> list[Verdict]:
+        statements = [self.statement(a, t, output) for a, t, _ in items]
+        signature = sign_batch(signer or self.signer, statements)
+        return self.app.intake.results(self.id, statements, signature, {sha256_hex(output): output})
+
+
+def make_app(tmp_path: Path, **settings: object) -> App:
+    app = App(MemoryStore(), Settings(data_dir=tmp_path, **settings), clock=FakeClock())  # type: ignore[arg-type]
+    app.scheduler.load()
+    return app
+
+
+def make_client(app: App, name: str = "alice", credit: int = 1000) -> Account:
+    account, _ = app.accounts.create(name, credit)
+    return account
+
+
+def echo(app: App, account: Account, tasks: int, **extra: object) -> str:
+    params = json.dumps({"tasks": tasks, "data": "hi", **extra}).encode()
+    return app.jobs.submit(account, JobSpec(kind="echo", params=params)).id

@@ -1,0 +1,554 @@
+"""The store contract: what base.Store promises, checked on every backend."""
+
+import threading
+
+import pytest
+from sparegrid.coordinator.domain import (
+    MINT,
+    Account,
+    Attempt,
+    AttemptState,
+    Device,
+    FileRef,
+    Job,
+    JobState,
+    Node,
+    Posting,
+    Requirements,
+    Task,
+    TaskState,
+    Transaction,
+    client_account,
+    escrow_account,
+    node_account,
+)
+from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+
+ALICE, BOB = client_account("alice"), client_account("bob")
+
+
+def account(name: str, created_at: float = 1.0) -> Account:
+    return Account(f"acc-{name}", name, f"hash-{name}", name == "root", created_at)
+
+
+def job(
+    job_id: str,
+    account_id: str = "acc-alice",
+    created_at: float = 1.0,
+    key: str = "",
+    tasks: int = 2,
+) -> tuple[Job, list[Task]]:
+    j = Job(
+        id=job_id,
+        account_id=account_id,
+        kind="echo",
+        name=f"job {job_id}",
+        params=b"\x00params",
+        inputs={"model": "sha256:abc"},
+        requirements=Requirements("cuda", 8 << 30, "8.0", {"torch": "2.4"}),
+        max_attempts=3,
+        price_per_task=5,
+        task_count=tasks,
+        cost_held=5 * tasks,
+        created_at=created_at,
+        idempotency_key=key,
+    )
+    ts = [
+        Task(f"{job_id}-t{i}", job_id, i, bytes([i]), [FileRef(f"in{i}", f"d{i}", i)])
+        for i in range(tasks)
+    ]
+    return j, ts
+
+
+def attempt(attempt_id: str, task: Task, node: str = "n1", deadline: float = 100.0) -> Attempt:
+    return Attempt(attempt_id, task.id, task.job_id, node, 0, deadline, created_at=10.0)
+
+
+def grant(key: str, to: str, amount: int) -> Transaction:
+    return Transaction(key, key, "grant", [Posting(MINT, -amount), Posting(to, amount)])
+
+
+def transfer(key: str, src: str, dst: str, amount: int, job_id: str = "") -> Transaction:
+    postings = [Posting(src, -amount), Posting(dst, amount)]
+    return Transaction(f"txn-{key}", key, "pay", postings, job_id=job_id, created_at=2.0)
+
+
+def node(node_id: str, last_seen: float = 5.0) -> Node:
+    return Node(
+        node_id,
+        b"\x01key",
+        f"box {node_id}",
+        [Device(0, "cuda", "H200", "GPU-1", 141 << 30, "9.0", "570", "cuda")],
+        {"torch": "2.4"},
+        {"echo": "1"},
+        first_seen=last_seen,
+        last_seen=last_seen,
+    )
+
+
+def leased_job(store: Store, job_id: str = "j1", tasks: int = 2) -> list[Task]:
+    j, ts = job(job_id, tasks=tasks)
+    store.create_job(j, ts)
+    return ts
+
+
+# accounts
+
+
+def test_accounts_are_found_by_id_name_and_key_hash(store: Store) -> None:
+    alice, root = account("alice"), account("root")
+    store.create_account(alice)
+    store.create_account(root)
+    assert store.get_account(alice.id) == alice
+    assert store.get_account_by_name("root") == root
+    assert store.get_account_by_key_hash("hash-alice") == alice
+    assert store.get_account("nobody") is None
+    assert store.get_account_by_name("nobody") is None
+    assert store.get_account_by_key_hash("nothing") is None
+    assert sorted(a.name for a in store.list_accounts()) == ["alice", "root"]
+
+
+def test_taken_account_name_or_key_conflicts(store: Store) -> None:
+    store.create_account(account("alice"))
+    with pytest.raises(Conflict):
+        store.create_account(Account("acc-2", "alice", "other-hash", False, 2.0))
+    with pytest.raises(Conflict):
+        store.create_account(Account("acc-3", "carol", "hash-alice", False, 2.0))
+    assert [a.name for a in store.list_accounts()] == ["alice"]
+
+
+# ledger
+
+
+def test_post_moves_credit_and_records_entries(store: Store) -> None:
+    assert store.post(grant("g1", ALICE, 100))
+    assert store.post(transfer("t1", ALICE, escrow_account("j1"), 30, job_id="j1"))
+    assert store.balance(ALICE) == 70
+    assert store.balance(MINT) == -100
+    assert store.balance("client:nobody") == 0
+    assert store.balances("client:") == {ALICE: 70}
+    assert store.balances("CLIENT:") == {}
+    assert store.balances() == {MINT: -100, ALICE: 70, escrow_account("j1"): 30}
+    newest = store.ledger_entries(account=ALICE)
+    assert [(e.amount, e.reason, e.transaction_id) for e in newest] == [
+        (-30, "pay", "txn-t1"),
+        (100, "grant", "g1"),
+    ]
+    assert [e.account for e in store.ledger_entries(job_id="j1")] == [escrow_account("j1"), ALICE]
+    assert store.ledger_entries(account=ALICE, job_id="j1")[0].created_at == 2.0
+    assert len(store.ledger_entries(limit=3)) == 3
+    assert store.ledger_totals() == (2, 4, 0)
+
+
+def test_reposting_an_idempotency_key_changes_nothing(store: Store) -> None:
+    assert store.post(grant("g1", ALICE, 100))
+    assert not store.post(grant("g1", ALICE, 100))
+    assert not store.post(Transaction("other-id", "g1", "x", [Posting(MINT, -5), Posting(BOB, 5)]))
+    with pytest.raises(Conflict):
+        store.post(Transaction("g1", "new-key", "x", [Posting(MINT, -5), Posting(BOB, 5)]))
+    assert store.balances() == {MINT: -100, ALICE: 100}
+    assert store.ledger_totals() == (1, 2, 0)
+
+
+def test_unbalanced_postings_raise_value_error(store: Store) -> None:
+    bad = Transaction("t", "k", "bad", [Posting(MINT, -10), Posting(ALICE, 9)])
+    with pytest.raises(ValueError):
+        store.post(bad)
+    assert store.ledger_totals() == (0, 0, 0)
+    assert store.balances() == {}
+
+
+def test_insufficient_funds_leaves_ledger_unchanged(store: Store) -> None:
+    store.post(grant("g1", ALICE, 10))
+    with pytest.raises(InsufficientFunds) as raised:
+        store.post(transfer("t1", ALICE, BOB, 11))
+    assert (raised.value.account, raised.value.balance, raised.value.needed) == (ALICE, 10, 11)
+    assert store.balances() == {MINT: -10, ALICE: 10}
+    assert store.ledger_totals() == (1, 2, 0)
+    with pytest.raises(InsufficientFunds):
+        store.post(transfer("t2", BOB, ALICE, 1))
+    store.post(grant("g2", ALICE, 1))
+    assert store.post(transfer("t1", ALICE, BOB, 11)), "a failed post must not use up its key"
+    assert store.balances("client:") == {ALICE: 0, BOB: 11}
+
+
+def test_only_the_net_change_of_an_account_counts(store: Store) -> None:
+    swap = Transaction("s", "s", "swap", [Posting(ALICE, -5), Posting(ALICE, 5)])
+    assert store.post(swap)
+    assert store.balance(ALICE) == 0
+
+
+def test_ledger_audit_queries(store: Store) -> None:
+    store.post(grant("g1", ALICE, 100))
+    store.post(transfer("hold", ALICE, escrow_account("j1"), 20, job_id="j1"))
+    store.post(transfer("pay1", escrow_account("j1"), node_account("n1"), 8, job_id="j1"))
+    store.post(transfer("pay2", escrow_account("j1"), node_account("n2"), 7, job_id="j1"))
+    store.post(transfer("pay3", ALICE, node_account("n1"), 4, job_id="j2"))
+    store.post(transfer("tip", ALICE, node_account("n1"), 1))
+    assert store.unbalanced_transactions() == []
+    assert store.computed_balances() == store.balances()
+    assert store.payments_by_job() == {"j1": 15, "j2": 4}
+    assert sum(store.balances().values()) == 0
+    assert store.ledger_totals() == (6, 12, 0)
+
+
+# jobs and tasks
+
+
+def test_job_and_tasks_round_trip(store: Store) -> None:
+    j, ts = job("j1", tasks=3)
+    store.create_job(j, ts)
+    assert store.get_job("j1") == j
+    assert store.get_job("j2") is None
+    assert store.list_tasks("j1") == ts
+    assert sorted(t.id for t in store.get_tasks(["j1-t2", "j1-t0", "missing"])) == [
+        "j1-t0",
+        "j1-t2",
+    ]
+    assert store.list_tasks("j1", after_index=0, limit=1) == ts[1:2]
+    assert store.list_tasks("unknown") == []
+
+
+def test_job_idempotency_key_is_unique_per_account(store: Store) -> None:
+    store.create_job(*job("j1", key="k"))
+    with pytest.raises(Conflict):
+        store.create_job(*job("j2", key="k"))
+    with pytest.raises(Conflict):
+        store.create_job(*job("j1"))  # the job id is taken too
+    store.create_job(*job("j3", account_id="acc-bob", key="k"))
+    store.create_job(*job("j4"))
+    store.create_job(*job("j5"))  # empty keys never clash
+    found = store.find_job("acc-alice", "k")
+    assert found is not None and found.id == "j1"
+    assert store.find_job("acc-bob", "k") is not None
+    assert store.find_job("acc-alice", "") is None
+    assert store.find_job("acc-alice", "nope") is None
+    assert store.get_job("j2") is None
+    assert store.get_tasks(["j2-t0"]) == []
+
+
+def test_list_jobs_newest_first_filtered(store: Store) -> None:
+    for n, (owner, created) in enumerate([("alice", 1.0), ("bob", 2.0), ("alice", 3.0)]):
+        store.create_job(*job(f"j{n}", account_id=f"acc-{owner}", created_at=created))
+    done, _ = job("j2")
+    done.state = JobState.SUCCEEDED
+    store.update_job(done)
+    assert [j.id for j in store.list_jobs()] == ["j2", "j1", "j0"]
+    assert [j.id for j in store.list_jobs(account_id="acc-alice")] == ["j2", "j0"]
+    assert [j.id for j in store.list_jobs(states=[JobState.QUEUED])] == ["j1", "j0"]
+    assert [j.id for j in store.list_jobs("acc-alice", [JobState.SUCCEEDED])] == ["j2"]
+    assert store.list_jobs(states=[]) == []
+    assert [j.id for j in store.list_jobs(limit=1)] == ["j2"]
+
+
+def test_update_job_writes_its_outcome_only(store: Store) -> None:
+    j, ts = job("j1")
+    store.create_job(j, ts)
+    changed, _ = job("j1")
+    changed.state, changed.cost_spent, changed.error = JobState.FAILED, 7, "boom"
+    changed.finished_at, changed.cost_held, changed.name = 9.5, 999, "renamed"
+    store.update_job(changed)
+    got = store.get_job("j1")
+    assert got is not None
+    assert (got.state, got.cost_spent, got.error, got.finished_at) == (
+        JobState.FAILED,
+        7,
+        "boom",
+        9.5,
+    )
+    assert (got.cost_held, got.name) == (j.cost_held, j.name)
+
+
+def test_task_counts_name_every_state(store: Store) -> None:
+    ts = leased_job(store, tasks=3)
+    store.lease_tasks([attempt("a1", ts[0])])
+    assert store.task_counts("j1") == {
+        TaskState.QUEUED: 2,
+        TaskState.LEASED: 1,
+        TaskState.SUCCEEDED: 0,
+        TaskState.FAILED: 0,
+        TaskState.CANCELLED: 0,
+    }
+    assert set(store.task_counts("none").values()) == {0}
+
+
+def test_queued_tasks_oldest_job_first_then_by_index(store: Store) -> None:
+    store.create_job(*job("late", created_at=5.0, tasks=2))
+    early, early_tasks = job("early", created_at=1.0, tasks=3)
+    store.create_job(early, list(reversed(early_tasks)))
+    store.lease_tasks([attempt("a1", early_tasks[1])])
+    assert [t.id for t in store.queued_tasks()] == ["early-t0", "early-t2", "late-t0", "late-t1"]
+
+
+def test_update_tasks_writes_result_fields(store: Store) -> None:
+    ts = leased_job(store)
+    done = ts[0]
+    done.state, done.attempts, done.node_id = TaskState.SUCCEEDED, 2, "n1"
+    done.outputs, done.receipt, done.error = [FileRef("out", "d-out", 42)], b"\x00rcpt", ""
+    ts[1].state, ts[1].error = TaskState.FAILED, "too many failures"
+    store.update_tasks([done, ts[1]])
+    assert store.list_tasks("j1") == [done, ts[1]]
+
+
+def test_lease_tasks_leases_queued_tasks_only(store: Store) -> None:
+    ts = leased_job(store, tasks=3)
+    store.update_tasks([Task(**{**vars(ts[2]), "state": TaskState.CANCELLED})])
+    first = attempt("a1", ts[0])
+    won = store.lease_tasks(
+        [first, attempt("a2", ts[0]), attempt("a3", ts[2]), attempt("a4", ts[1], node="n2")]
+    )
+    assert [a.id for a in won] == ["a1", "a4"]
+    assert won[0] == first
+    assert store.lease_tasks([attempt("a5", ts[0])]) == []
+    by_id = {t.id: t for t in store.list_tasks("j1")}
+    assert [(by_id[t.id].state, by_id[t.id].attempts) for t in ts] == [
+        (TaskState.LEASED, 1),
+        (TaskState.LEASED, 1),
+        (TaskState.CANCELLED, 0),
+    ]
+    assert sorted(a.id for a in store.get_attempts(["a1", "a2", "a3", "a4", "a5"])) == ["a1", "a4"]
+    ts[0].state = TaskState.QUEUED  # retried: the count keeps growing
+    store.update_tasks([Task(**{**vars(ts[0]), "attempts": 1})])
+    assert [a.id for a in store.lease_tasks([attempt("a6", ts[0])])] == ["a6"]
+    assert store.get_tasks([ts[0].id])[0].attempts == 2
+    assert store.lease_tasks([]) == []
+
+
+# attempts
+
+
+def test_running_attempts_by_node(store: Store) -> None:
+    ts = leased_job(store, tasks=3)
+    store.lease_tasks([attempt("a1", ts[0]), attempt("a2", ts[1], node="n2"), attempt("a3", ts[2])])
+    done = store.get_attempts(["a3"])[0]
+    done.state, done.finished_at = AttemptState.SUCCEEDED, 12.0
+    store.update_attempts([done])
+    assert sorted(a.id for a in store.running_attempts()) == ["a1", "a2"]
+    assert [a.id for a in store.running_attempts("n1")] == ["a1"]
+    assert store.running_attempts("nobody") == []
+    assert store.get_attempts(["a3"]) == [done]
+
+
+def test_expired_attempts_and_renewed_leases(store: Store) -> None:
+    ts = leased_job(store, tasks=4)
+    store.lease_tasks(
+        [
+            attempt("a1", ts[0], deadline=10.0),
+            attempt("a2", ts[1], deadline=20.0),
+            attempt("a3", ts[2], deadline=30.0, node="n2"),
+            attempt("a4", ts[3], deadline=5.0),
+        ]
+    )
+    failed = store.get_attempts(["a4"])[0]
+    failed.state = AttemptState.FAILED
+    store.update_attempts([failed])
+    assert [a.id for a in store.expired_attempts(now=20.0)] == ["a1"]
+    assert [a.id for a in store.expired_attempts(now=31.0)] == ["a1", "a2", "a3"]
+    assert [a.id for a in store.expired_attempts(now=31.0, limit=2)] == ["a1", "a2"]
+    assert store.renew_leases("n1", 50.0) == 2
+    assert store.renew_leases("nobody", 50.0) == 0
+    assert [a.id for a in store.expired_attempts(now=40.0)] == ["a3"]
+    assert store.get_attempts(["a4"])[0].deadline == 5.0
+
+
+def test_update_attempts_writes_outcome(store: Store) -> None:
+    ts = leased_job(store)
+    store.lease_tasks([attempt("a1", ts[0]), attempt("a2", ts[1])])
+    a1 = store.get_attempts(["a1"])[0]
+    a1.state, a1.deadline, a1.finished_at = AttemptState.REJECTED, 77.0, 60.0
+    a1.error_code, a1.error = "BAD_SIGNATURE", "signature did not verify"
+    store.update_attempts([a1])
+    assert store.get_attempts(["a1"]) == [a1]
+    assert store.get_attempts(["a2"])[0].state == AttemptState.RUNNING
+
+
+def test_node_failures_count_failed_expired_and_rejected(store: Store) -> None:
+    ts = leased_job(store, tasks=5)
+    states = [
+        ("n1", AttemptState.FAILED),
+        ("n1", AttemptState.EXPIRED),
+        ("n2", AttemptState.REJECTED),
+        ("n2", AttemptState.SUCCEEDED),
+        ("n3", AttemptState.CANCELLED),
+    ]
+    attempts = [
+        attempt(f"a{i}", t, node=n) for i, (t, (n, _)) in enumerate(zip(ts, states, strict=True))
+    ]
+    store.lease_tasks(attempts)
+    for a, (_, state) in zip(attempts, states, strict=True):
+        a.state = state
+    store.update_attempts(attempts)
+    other = leased_job(store, "j2", tasks=1)
+    store.lease_tasks([Attempt("b1", other[0].id, "j2", "n1", 0, 1.0, AttemptState.FAILED)])
+    assert store.node_failures("j1") == {"n1": 2, "n2": 1}
+    assert store.node_failures("j2") == {"n1": 1}
+    assert store.node_failures("none") == {}
+
+
+# nodes
+
+
+def test_upsert_node_keeps_counters_and_first_seen(store: Store) -> None:
+    store.upsert_node(node("n1", last_seen=5.0))
+    store.add_node_counts("n1", succeeded=3, failed=1)
+    again = node("n1", last_seen=9.0)
+    again.first_seen, again.name, again.public_key = 9.0, "renamed", b"\x02new"
+    again.devices, again.software, again.executors = [], {"blender": "5.0"}, {"render": "2"}
+    store.upsert_node(again)
+    got = store.get_node("n1")
+    assert got is not None
+    assert (got.first_seen, got.last_seen, got.tasks_succeeded, got.tasks_failed) == (5, 9, 3, 1)
+    assert (got.name, got.public_key, got.devices) == ("renamed", b"\x02new", [])
+    assert (got.software, got.executors) == ({"blender": "5.0"}, {"render": "2"})
+
+
+def test_nodes_are_listed_and_counted(store: Store) -> None:
+    store.upsert_node(node("n2"))
+    store.upsert_node(node("n1"))
+    store.add_node_counts("n1", 2, 0)
+    store.add_node_counts("n1", 1, 4)
+    store.add_node_counts("nobody", 1, 1)
+    assert [n.id for n in store.list_nodes()] == ["n1", "n2"]
+    assert store.get_node("n2") == node("n2")
+    got = store.get_node("n1")
+    assert got is not None and (got.tasks_succeeded, got.tasks_failed) == (3, 4)
+    assert store.get_node("nobody") is None
+
+
+# blobs
+
+
+def test_blob_owners(store: Store) -> None:
+    store.add_blob_owners(["d1", "d2"], "acc-alice")
+    store.add_blob_owners(["d1"], "acc-alice")  # again: no error
+    store.add_blob_owners(["d1"], "acc-bob")
+    assert store.blob_owned("d1", "acc-alice") and store.blob_owned("d1", "acc-bob")
+    assert store.blob_owned("d2", "acc-alice")
+    assert not store.blob_owned("d2", "acc-bob")
+    assert not store.blob_owned("d3", "acc-alice")
+
+
+def test_inline_blobs(store: Store) -> None:
+    store.put_inline_blobs({"d1": b"\x00\xffdata", "d2": b""})
+    store.put_inline_blobs({"d1": b"\x00\xffdata"})
+    assert store.get_inline_blob("d1") == b"\x00\xffdata"
+    assert store.get_inline_blob("d2") == b""
+    assert store.get_inline_blob("d3") is None
+
+
+# transactions
+
+
+def write_everything(store: Store) -> None:
+    store.create_account(account("alice"))
+    store.post(grant("g1", ALICE, 50))
+    ts = leased_job(store)
+    store.lease_tasks([attempt("a1", ts[0])])
+    store.upsert_node(node("n1"))
+    store.put_inline_blobs({"d1": b"x"})
+    store.add_blob_owners(["d1"], "acc-alice")
+
+
+def assert_nothing_written(store: Store) -> None:
+    assert store.list_accounts() == []
+    assert store.ledger_totals() == (0, 0, 0)
+    assert store.balances() == {}
+    assert store.get_job("j1") is None
+    assert store.queued_tasks() == [] and store.get_attempts(["a1"]) == []
+    assert store.list_nodes() == []
+    assert store.get_inline_blob("d1") is None and not store.blob_owned("d1", "acc-alice")
+
+
+def test_transaction_rolls_back_everything_on_error(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        write_everything(store)
+        assert store.balance(ALICE) == 50  # visible inside the transaction
+        raise RuntimeError("abort")
+    assert_nothing_written(store)
+
+
+def test_transaction_commits_together(store: Store) -> None:
+    with store.transaction():
+        write_everything(store)
+    assert store.balance(ALICE) == 50
+    assert store.get_attempts(["a1"])[0].task_id == "j1-t0"
+
+
+def test_nested_transactions_commit_with_the_outermost(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        with store.transaction():
+            write_everything(store)
+        with store.transaction(), store.transaction():
+            store.post(grant("g2", BOB, 1))
+        assert store.balance(BOB) == 1
+        raise RuntimeError("abort")
+    assert_nothing_written(store)
+    with store.transaction():
+        with pytest.raises(InsufficientFunds):
+            store.post(transfer("t1", BOB, ALICE, 1))
+        store.post(grant("g3", BOB, 2))
+    assert store.balances() == {MINT: -2, BOB: 2}
+
+
+def test_a_conflict_inside_a_transaction_undoes_only_that_call(store: Store) -> None:
+    with store.transaction():
+        ts = leased_job(store)
+        store.lease_tasks([attempt("a1", ts[0])])
+        clash, clash_tasks = job("j2")
+        clash_tasks[1].id = ts[0].id
+        with pytest.raises(Conflict):
+            store.create_job(clash, clash_tasks)
+        with pytest.raises(Conflict):
+            store.lease_tasks([attempt("a1", ts[1])])
+        store.create_account(account("alice"))
+    assert store.get_job("j2") is None and store.get_job("j1") is not None
+    assert [(t.state, t.attempts) for t in store.list_tasks("j1")] == [
+        (TaskState.LEASED, 1),
+        (TaskState.QUEUED, 0),
+    ]
+    assert [a.task_id for a in store.get_attempts(["a1"])] == [ts[0].id]
+    assert store.get_account_by_name("alice") is not None
+
+
+def test_returned_objects_are_copies(store: Store) -> None:
+    alice = account("alice")
+    store.create_account(alice)
+    alice.name = "mallory"
+    got = store.get_account("acc-alice")
+    assert got is not None and got.name == "alice"
+    got.name = "eve"
+    assert store.list_accounts()[0].name == "alice"
+    j, ts = job("j1")
+    store.create_job(j, ts)
+    j.inputs["x"], ts[0].inputs[0].size = "y", 99
+    got_job = store.get_job("j1")
+    assert got_job is not None
+    got_job.requirements.software["torch"] = "0.1"
+    store.list_tasks("j1")[0].outputs.append(FileRef("o", "d", 1))
+    store.queued_tasks()[0].inputs.clear()
+    assert store.get_job("j1") == job("j1")[0]
+    assert store.list_tasks("j1") == job("j1")[1]
+    won = store.lease_tasks([attempt("a1", ts[1])])
+    won[0].deadline = 0.0
+    store.running_attempts()[0].state = AttemptState.FAILED
+    assert store.get_attempts(["a1"]) == [attempt("a1", ts[1])]
+    store.upsert_node(node("n1"))
+    listed = store.list_nodes()[0]
+    listed.devices[0].name, listed.software["x"] = "changed", "1"
+    assert store.get_node("n1") == node("n1")
+
+
+def test_calls_from_many_threads(store: Store) -> None:
+    store.post(grant("g", ALICE, 1000))
+
+    def pay(worker: int) -> None:
+        for i in range(25):
+            store.post(transfer(f"w{worker}-{i}", ALICE, node_account(str(worker)), 1))
+
+    threads = [threading.Thread(target=pay, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.balance(ALICE) == 900
+    assert store.ledger_totals() == (101, 202, 0)
