@@ -1,0 +1,135 @@
+"""`sparegrid admin ...`: accounts, credit, nodes and the ledger (needs an admin key)."""
+
+import argparse
+from typing import Any
+
+from sparegrid.cli import common, output
+from sparegrid.sdk import Node
+
+
+def register(subparsers: Any) -> None:
+    parents = [common.connection_parent(), common.admin_parent()]
+    group = subparsers.add_parser("admin", help="operator commands (admin API key)")
+    admin = group.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+
+    accounts = admin.add_parser("account", help="create and list accounts")
+    account = accounts.add_subparsers(dest="account_command", metavar="COMMAND", required=True)
+    p = account.add_parser("create", parents=parents, help="create an account; prints its key")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--credit", type=int, default=0, help="initial credit")
+    p.add_argument("--admin", action="store_true", help="make it an admin account")
+    p.set_defaults(func=account_create)
+    p = account.add_parser("list", parents=parents, help="list accounts")
+    p.set_defaults(func=account_list)
+
+    credits = admin.add_parser("credit", help="grant credit")
+    credit = credits.add_subparsers(dest="credit_command", metavar="COMMAND", required=True)
+    p = credit.add_parser("grant", parents=parents, help="add credit to an account")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("amount", metavar="AMOUNT", type=int)
+    p.add_argument("--reason", default="granted by an operator")
+    p.set_defaults(func=credit_grant)
+
+    p = admin.add_parser("nodes", parents=parents, help="list worker nodes")
+    p.set_defaults(func=nodes)
+
+    ledgers = admin.add_parser("ledger", help="check and list the credit ledger")
+    ledger = ledgers.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
+    p = ledger.add_parser("check", parents=parents, help="check that the ledger balances")
+    p.set_defaults(func=ledger_check)
+    p = ledger.add_parser("entries", parents=parents, help="list ledger entries")
+    p.add_argument("--account", default="", help="only this account")
+    p.add_argument("--job", default="", help="only this job")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=ledger_entries)
+
+
+def account_create(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account, key = admin.create_account(args.name, args.credit, args.admin)
+    print(key, flush=True)
+    kind = "admin account" if account.is_admin else "account"
+    output.err().print(f"created {kind} {account.name!r} with {account.balance} credit")
+    output.hint(
+        "the API key above is shown only this once; clients read it from $SPAREGRID_API_KEY"
+    )
+    return 0
+
+
+def account_list(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        accounts = admin.list_accounts()
+    t = output.table("account", "balance", "admin", "created")
+    for a in accounts:
+        t.add_row(a.name, str(a.balance), "yes" if a.is_admin else "", output.when(a.created_at))
+    output.out().print(t)
+    return 0
+
+
+def credit_grant(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account = admin.grant(args.name, args.amount, args.reason)
+    print(f"{account.name}: balance {account.balance}")
+    return 0
+
+
+def nodes_table(items: list[Node]) -> Any:
+    t = output.table(
+        "node", "name", "devices", "state", "done", "failed", "credit", "last seen",
+        fixed={"node": 16, "name": 10, "state": 8, "last seen": 9},
+    )  # fmt: skip
+    for n in items:
+        devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
+        t.add_row(
+            n.node_id,
+            n.name,
+            devices,
+            n.state,
+            str(n.tasks_succeeded),
+            str(n.tasks_failed),
+            str(n.credit),
+            output.ago(n.last_seen),
+        )
+    return t
+
+
+def nodes(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        output.out().print(nodes_table(admin.nodes()))
+    return 0
+
+
+def ledger_check(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        check = admin.ledger_check()
+    if check.balanced:
+        print(
+            f"ledger balances: {check.transactions} transactions, "
+            f"{check.entries} entries, sum {check.total}"
+        )
+        return 0
+    output.error(
+        f"ledger does not balance: {check.transactions} transactions, "
+        f"{check.entries} entries, sum {check.total}"
+    )
+    for problem in check.problems:
+        print(f"  {problem}")
+    return 1
+
+
+def ledger_entries(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        entries = admin.ledger_entries(args.account, args.job, args.limit)
+    t = output.table("transaction", "account", "amount", "reason", "job", "task", "time")
+    for e in entries:
+        t.add_row(
+            e.transaction_id,
+            e.account,
+            f"{e.amount:+d}",
+            e.reason,
+            e.job_id or "-",
+            e.task_id or "-",
+            output.when(e.created_at),
+        )
+    output.out().print(t)
+    return 0

@@ -1,0 +1,69 @@
+"""What every command shares: the connection flags, clients built from them, error exits."""
+
+import argparse
+from collections.abc import Callable
+
+from sparegrid.cli import output
+from sparegrid.sdk import AdminClient, Client, SparegridError, UnavailableError
+from sparegrid.sdk.config import ENV_ADDRESS, ENV_TLS_CA, resolve_address
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def connection_parent() -> argparse.ArgumentParser:
+    """`--coordinator` and `--tls-ca`, added to every command of the job/admin groups."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help=f"coordinator address (default: ${ENV_ADDRESS}, else 127.0.0.1:50051)",
+    )
+    group.add_argument(
+        "--tls-ca", metavar="PEM", help=f"CA certificate for TLS (default: ${ENV_TLS_CA})"
+    )
+    return parent
+
+
+def admin_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--admin-key-file",
+        metavar="PATH",
+        help="file holding an admin API key (else $SPAREGRID_ADMIN_KEY, else the key "
+        "`coordinator serve` recorded under $XDG_CONFIG_HOME/sparegrid/admin/)",
+    )
+    return parent
+
+
+def client(args: argparse.Namespace) -> Client:
+    return Client(args.coordinator, tls_ca=args.tls_ca)
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.coordinator, key_file=args.admin_key_file, tls_ca=args.tls_ca)
+
+
+def unreachable(args: argparse.Namespace, exc: UnavailableError) -> None:
+    address = resolve_address(getattr(args, "coordinator", None))
+    output.error(f"cannot reach coordinator at {address}: {exc.message}", exc.code)
+    output.hint(
+        "start one with `sparegrid coordinator serve`, or point --coordinator or "
+        f"${ENV_ADDRESS} at a running one"
+    )
+
+
+def run(handler: Handler, args: argparse.Namespace) -> int:
+    """Runs a command: SDK errors become one `error:` line and exit 1, never a traceback."""
+    try:
+        return handler(args)
+    except UnavailableError as exc:
+        unreachable(args, exc)
+    except SparegridError as exc:
+        output.sparegrid_error(exc)
+    except OSError as exc:
+        output.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        return 130
+    return 1

@@ -1,0 +1,268 @@
+"""`sparegrid job ...`: submit, wait, results, get, list, cancel, verify."""
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from sparegrid.cli import common, output
+from sparegrid.sdk import (
+    Client,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    Job,
+    JobState,
+    TaskResult,
+    TaskState,
+    VerificationError,
+)
+
+_INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def register(subparsers: Any) -> None:
+    conn = common.connection_parent()
+    group = subparsers.add_parser("job", help="submit jobs, follow them, fetch results")
+    jobs = group.add_subparsers(dest="job_command", metavar="COMMAND", required=True)
+
+    p = jobs.add_parser("submit", parents=[conn], help="upload inputs and submit a job")
+    p.add_argument("kind", metavar="KIND", help="job kind, e.g. echo or checksum")
+    p.add_argument("--tasks", type=int, help="number of tasks (params.tasks)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="file to upload as input NAME (PATH alone: input 'data'); repeatable",
+    )
+    p.add_argument("--data", help="params.data (echo)")
+    p.add_argument("--sleep-ms", type=int, help="params.sleep_ms (echo)")
+    p.add_argument("--params", metavar="JSON", help="params as a JSON object")
+    p.add_argument("--name", default="", help="a label for the job")
+    p.add_argument("--max-attempts", type=int, default=0, help="tries per task (0: default)")
+    p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    p.set_defaults(func=submit)
+
+    p = jobs.add_parser("wait", parents=[conn], help="follow a job until it is final")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--timeout", type=float, help="give up after SECONDS (exit 2)")
+    p.set_defaults(func=wait)
+
+    p = jobs.add_parser("results", parents=[conn], help="write outputs and receipts, verified")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write")
+    p.set_defaults(func=results)
+
+    for name, func, text in (
+        ("get", get, "show a job"),
+        ("cancel", cancel, "cancel a job"),
+        ("verify", verify, "check every receipt of a job"),
+    ):
+        p = jobs.add_parser(name, parents=[conn], help=text)
+        p.add_argument("job_id", metavar="JOB_ID")
+        p.set_defaults(func=func)
+
+    p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=list_jobs)
+
+
+# --- submit ------------------------------------------------------------------------------
+
+
+def parse_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError("BAD_PARAMS", f"--params is not JSON: {exc}") from exc
+        if not isinstance(params, dict):
+            raise InvalidArgumentError("BAD_PARAMS", "--params must be a JSON object")
+    for key, value in (("tasks", args.tasks), ("data", args.data), ("sleep_ms", args.sleep_ms)):
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def parse_inputs(values: list[str]) -> dict[str, Path]:
+    """`PATH` is input "data"; `NAME=PATH` names it. Every file must exist."""
+    inputs: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not _INPUT_NAME.fullmatch(name) or Path(value).exists():
+            name, path = "data", value
+        if name in inputs:
+            raise InvalidArgumentError("BAD_INPUT", f"input {name!r} is given twice")
+        if not Path(path).is_file():
+            raise InvalidArgumentError("BAD_INPUT", f"input {name!r}: no such file {path}")
+        inputs[name] = Path(path)
+    return inputs
+
+
+def upload(client: Client, name: str, path: Path) -> str:
+    total = path.stat().st_size
+    with output.transfer(f"upload {name} ({path.name})", total) as progress:
+        return client.upload(path, on_progress=progress)
+
+
+def submit(args: argparse.Namespace) -> int:
+    params = parse_params(args)
+    inputs = parse_inputs(args.input)
+    with common.client(args) as client:
+        digests = {name: upload(client, name, path) for name, path in inputs.items()}
+        job = client.submit(
+            args.kind, params, digests, name=args.name, max_attempts=args.max_attempts
+        )
+        print(job.id, flush=True)
+        output.err().print(
+            f"submitted {job.kind} job {job.id}: {job.counts.total} tasks, "
+            f"{job.cost_held} credit held"
+        )
+        if args.wait:
+            return follow(job, args.timeout, summary=output.err())
+    return 0
+
+
+# --- wait --------------------------------------------------------------------------------
+
+
+def follow(job: Job, timeout: float | None, summary: Console | None = None) -> int:
+    """Progress until final, then the summary. 0 succeeded, 1 failed/cancelled, 2 timeout."""
+    summary = summary or output.out()
+    start = time.monotonic()
+    try:
+        with output.job_progress(job) as on_progress:
+            job.wait(timeout=timeout, on_progress=on_progress)
+    except DeadlineExceededError as exc:
+        if exc.code != "WAIT_TIMEOUT":
+            raise
+        summary.print(output.job_summary(job, time.monotonic() - start))
+        output.error(exc.message, exc.code)
+        return 2
+    summary.print(output.job_summary(job, output.job_elapsed(job, time.monotonic() - start)))
+    return 0 if job.state is JobState.SUCCEEDED else 1
+
+
+def wait(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        return follow(client.get_job(args.job_id), args.timeout)
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """An output name as a file name: no directories, no hidden or empty names."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")
+    return cleaned or "output"
+
+
+def write_outputs(
+    client: Client, result: TaskResult, task_dir: Path, problems: list[str]
+) -> dict[str, str]:
+    """Writes each output whose bytes match its digest; the others become problems."""
+    written: dict[str, str] = {}
+    for ref in result.outputs:
+        dest = task_dir / safe_name(ref.name)
+        try:
+            if ref.digest in result.inline_outputs:
+                data = result.output(ref.name)
+                task_dir.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            else:
+                client.download(ref.digest, dest)
+        except VerificationError as exc:
+            problems.append(exc.message)
+            continue
+        written[ref.name] = str(dest.relative_to(task_dir.parent))
+    return written
+
+
+def check(result: TaskResult) -> str | None:
+    """None when the receipt verifies, else why not."""
+    try:
+        result.verify()
+    except VerificationError as exc:
+        return exc.message
+    return None
+
+
+def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str, Any]:
+    label = f"task_{result.index:05d}"
+    problems: list[str] = []
+    if result.state is not TaskState.SUCCEEDED:
+        problems.append(f"task {result.state.value}, no result to verify")
+    elif (problem := check(result)) is not None:
+        problems.append(problem)
+    files = write_outputs(client, result, out_dir / label, problems)
+    if result.receipt is not None:
+        receipt = out_dir / "receipts" / f"{label}.receipt"
+        receipt.parent.mkdir(parents=True, exist_ok=True)
+        receipt.write_bytes(result.receipt.SerializeToString())
+    return {
+        "task": result.index,
+        "task_id": result.task_id,
+        "state": result.state.value,
+        "node": result.node_id,
+        "error": result.error,
+        "outputs": [
+            {"name": r.name, "digest": r.digest, "size": r.size, "file": files.get(r.name)}
+            for r in result.outputs
+        ],
+        "receipt": f"receipts/{label}.receipt" if result.receipt is not None else None,
+        "verified": not problems,
+        "problems": problems,
+    }
+
+
+def results(args: argparse.Namespace) -> int:
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with common.client(args) as client:
+        entries = [write_result(client, r, out_dir) for r in client.results(args.job_id)]
+    (out_dir / "results.json").write_text(
+        json.dumps({"job": args.job_id, "results": entries}, indent=2) + "\n"
+    )
+    verified = sum(1 for e in entries if e["verified"])
+    bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
+    print(f"{len(entries)} results written, {verified} receipts verified")
+    for entry in bad:
+        output.error(f"task {entry['task']} ({entry['task_id']}): {'; '.join(entry['problems'])}")
+    return 1 if bad else 0
+
+
+# --- small commands ----------------------------------------------------------------------
+
+
+def get(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        output.out().print(output.job_details(client.get_job(args.job_id)))
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        output.out().print(output.jobs_table(client.list_jobs(args.limit)))
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        job = client.cancel(args.job_id)
+    print(f"{job.id}: {job.state.value}")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        report = client.get_job(args.job_id).verify()
+    skipped = f" ({report.skipped} tasks without a result skipped)" if report.skipped else ""
+    print(f"{report.ok} receipts verified, {len(report.failures)} failed{skipped}")
+    for failure in report.failures:
+        output.error(f"task {failure.index} ({failure.task_id}): {failure.reason}")
+    return 0 if report.passed else 1

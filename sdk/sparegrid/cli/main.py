@@ -1,0 +1,63 @@
+"""`sparegrid`: one command, a group of subcommands per role."""
+
+import argparse
+import importlib
+import sys
+from importlib import metadata
+from typing import Any
+
+from sparegrid.cli import admin, common, demo, job, output
+
+DAEMON_GROUPS = (
+    ("coordinator", "sparegrid.coordinator.cli", "run the coordinator"),
+    ("worker", "sparegrid.worker.cli", "run a worker on this machine's GPUs"),
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sparegrid")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _register_daemon(subparsers: Any, name: str, module: str, text: str) -> None:
+    """The coordinator's or worker's own group; a stub saying why when it cannot load."""
+    try:
+        importlib.import_module(module).register(subparsers)
+    except ImportError as exc:
+        stub = subparsers.add_parser(name, help=f"{text} (unavailable: {exc})")
+        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        stub.set_defaults(func=lambda _args, exc=exc: _unavailable(name, module, exc))
+
+
+def _unavailable(name: str, module: str, exc: ImportError) -> int:
+    output.error(f"`sparegrid {name}` is unavailable: cannot import {module}: {exc}")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparegrid",
+        description="Sparegrid: a decentralized GPU network.",
+        epilog="Each command takes --help. The coordinator address comes from --coordinator "
+        "or $SPAREGRID_COORDINATOR; the API key from $SPAREGRID_API_KEY.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparegrid {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, text in DAEMON_GROUPS:
+        _register_daemon(subparsers, name, module, text)
+    job.register(subparsers)
+    admin.register(subparsers)
+    demo.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: common.Handler = args.func
+    return common.run(handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The synchronous clients, on grpc's sync API: `Client` for jobs and blobs, `AdminClient`."""
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from sparegrid.sdk import convert
+from sparegrid.sdk.blobs import (
+    DEFAULT_CHUNK_SIZE,
+    BlobInput,
+    BlobSource,
+    FileSink,
+    MemorySink,
+    Progress,
+    Sink,
+    resume_offset,
+    upload_requests,
+)
+from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
+from sparegrid.sdk.errors import from_rpc_error
+from sparegrid.sdk.job import Job
+from sparegrid.sdk.models import (
+    Account,
+    Info,
+    LedgerCheck,
+    LedgerEntry,
+    Node,
+    OutputRef,
+    Requirements,
+)
+from sparegrid.sdk.results import TaskResult
+from sparegrid.sdk.retry import WATCH_RECONNECT, Attempts, RetryPolicy, call
+from sparegrid.sdk.watch import WatchState
+from sparegrid.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blob_pb2,
+    blob_pb2_grpc,
+    client_pb2,
+    client_pb2_grpc,
+    common_pb2,
+)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+PathLike = str | os.PathLike[str]
+DEFAULT_TIMEOUT = 30.0
+
+
+class _SyncBase:
+    def __init__(self, connection: Connection, timeout: float, retry: RetryPolicy | None) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.watch_retry = retry or WATCH_RECONNECT
+        self._channel = connection.channel()
+
+    @property
+    def address(self) -> str:
+        return self.connection.address
+
+    def _unary(
+        self,
+        method: "grpc.UnaryUnaryMultiCallable[Req, Resp]",
+        request: Req,
+        *,
+        idempotent: bool = True,
+    ) -> Resp:
+        md = self.connection.metadata
+        return call(
+            lambda: method(request, metadata=md, timeout=self.timeout),
+            self.retry,
+            idempotent=idempotent,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Client(_SyncBase):
+    """Submits jobs, follows them and fetches their verified results.
+
+    `address`, `api_key` and `tls_ca` default to SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
+    and SPAREGRID_TLS_CA; without an API key the constructor raises AuthenticationError.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        api_key: str | None = None,
+        *,
+        tls_ca: PathLike | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        connection: Connection | None = None,
+    ) -> None:
+        connection = connection or Connection.resolve(address, api_key, tls_ca)
+        super().__init__(connection, timeout, retry)
+        self.chunk_size = chunk_size
+        self._jobs = client_pb2_grpc.ClientServiceStub(self._channel)
+        self._blobs = blob_pb2_grpc.BlobServiceStub(self._channel)
+
+    # --- blobs ---------------------------------------------------------------------------
+
+    def upload(self, source: BlobInput, *, on_progress: Progress | None = None) -> str:
+        """Stores a file or bytes on the coordinator; returns its digest. Dedups and resumes."""
+        blob = BlobSource.open(source)
+
+        def attempt() -> None:
+            stat = self._blobs.StatBlob(
+                blob_pb2.StatBlobRequest(digest=blob.digest),
+                metadata=self.connection.metadata,
+                timeout=self.timeout,
+            )
+            offset = resume_offset(stat, blob.size)
+            if offset is None:
+                if on_progress:
+                    on_progress(blob.size, blob.size)
+                return
+            requests = upload_requests(blob, offset, self.chunk_size, on_progress)
+            self._blobs.UploadBlob(requests, metadata=self.connection.metadata)
+
+        call(attempt, self.retry)
+        return blob.digest
+
+    def download(self, digest: str, dest: PathLike, *, on_progress: Progress | None = None) -> Path:
+        """Downloads a blob to `dest` (via a partial file, resumed on retry); digest-checked."""
+        sink = FileSink(digest, Path(dest), on_progress)
+        try:
+            self._download_into(sink)
+        finally:
+            sink.close()
+        return sink.finish()
+
+    def _download_into(self, sink: Sink) -> None:
+        attempts = Attempts(self.retry)
+        while True:
+            request = blob_pb2.DownloadBlobRequest(digest=sink.digest, offset=sink.offset)
+            try:
+                for response in self._blobs.DownloadBlob(
+                    request, metadata=self.connection.metadata
+                ):
+                    sink.accept(response)
+                    attempts.succeeded()
+                return
+            except grpc.RpcError as exc:
+                time.sleep(attempts.failed(from_rpc_error(exc)))
+
+    def _fetch(self, ref: OutputRef) -> bytes:
+        sink = MemorySink(ref.digest)
+        self._download_into(sink)
+        return sink.finish()
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _job(self, msg: common_pb2.Job) -> Job:
+        return Job(self, convert.job_snapshot(msg))
+
+    def submit(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+        *,
+        name: str = "",
+        requirements: Requirements | None = None,
+        max_attempts: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submits a job; `inputs` maps input names to digests from `upload`.
+
+        The idempotency key (a fresh uuid4 by default) makes a retried submit return the
+        job the first try created instead of a second one.
+        """
+        request = convert.submit_request(
+            kind,
+            params,
+            inputs,
+            name=name,
+            requirements=requirements,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
+        return self._job(self._unary(self._jobs.SubmitJob, request).job)
+
+    def checksum(
+        self, path: PathLike, tasks: int = 1, *, name: str = "", on_upload: Progress | None = None
+    ) -> Job:
+        """Uploads a file and submits a `checksum` job over it, split into `tasks` ranges."""
+        digest = self.upload(path, on_progress=on_upload)
+        return self.submit("checksum", {"tasks": tasks}, {"data": digest}, name=name)
+
+    def echo(self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = "") -> Job:
+        params = {"tasks": tasks, "data": data, "sleep_ms": sleep_ms}
+        return self.submit("echo", params, name=name)
+
+    def get_job(self, job_id: str) -> Job:
+        return self._job(
+            self._unary(self._jobs.GetJob, client_pb2.GetJobRequest(job_id=job_id)).job
+        )
+
+    def list_jobs(self, limit: int = 50) -> list[Job]:
+        response = self._unary(self._jobs.ListJobs, client_pb2.ListJobsRequest(limit=limit))
+        return [self._job(msg) for msg in response.jobs]
+
+    def cancel(self, job_id: str) -> Job:
+        request = client_pb2.CancelJobRequest(job_id=job_id)
+        return self._job(self._unary(self._jobs.CancelJob, request).job)
+
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
+        """Yields the job each time it changes, until it is final; reconnects when cut off."""
+        state = WatchState(job_id, self.watch_retry, timeout)
+        while True:
+            stream = self._jobs.WatchJob(
+                state.request, metadata=self.connection.metadata, timeout=state.remaining()
+            )
+            try:
+                for response in stream:
+                    job = self._job(response.job)
+                    yield job
+                    if state.received(job.snapshot):
+                        return
+                delay = state.ended_early()
+            except grpc.RpcError as exc:
+                delay = state.failed(exc)
+            finally:
+                stream.cancel()
+            time.sleep(delay)
+
+    def results(self, job_id: str, page_size: int = 0) -> list[TaskResult]:
+        """Every task's result, all pages."""
+        out: list[TaskResult] = []
+        token = ""
+        while True:
+            request = client_pb2.GetJobResultsRequest(
+                job_id=job_id, page_size=page_size, page_token=token
+            )
+            response = self._unary(self._jobs.GetJobResults, request)
+            out += [convert.task_result(job_id, r, fetch=self._fetch) for r in response.results]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    def account(self) -> Account:
+        response = self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
+        return convert.account_from_client(response)
+
+    def info(self) -> Info:
+        return convert.info(self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
+
+
+class AdminClient(_SyncBase):
+    """Operator calls. The key: `api_key`, `key_file`, SPAREGRID_ADMIN_KEY, or the file
+    `coordinator serve` recorded under $XDG_CONFIG_HOME/sparegrid/admin/."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        api_key: str | None = None,
+        *,
+        key_file: PathLike | None = None,
+        tls_ca: PathLike | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        if connection is None:
+            target = resolve_address(address)
+            key = resolve_admin_key(target, api_key, key_file)
+            connection = Connection(target, key, resolve_tls_ca(tls_ca))
+        super().__init__(connection, timeout, retry)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def create_account(
+        self, name: str, credit: int = 0, admin: bool = False
+    ) -> tuple[Account, str]:
+        """Creates an account; returns it and its API key (shown this once)."""
+        request = admin_pb2.CreateAccountRequest(name=name, initial_credit=credit, is_admin=admin)
+        response = self._unary(self._admin.CreateAccount, request, idempotent=False)
+        return convert.account(response.account), response.api_key
+
+    def list_accounts(self) -> list[Account]:
+        response = self._unary(self._admin.ListAccounts, admin_pb2.ListAccountsRequest())
+        return [convert.account(a) for a in response.accounts]
+
+    def grant(
+        self, name: str, amount: int, reason: str = "", idempotency_key: str | None = None
+    ) -> Account:
+        request = convert.grant_request(name, amount, reason, idempotency_key)
+        return convert.account(self._unary(self._admin.GrantCredit, request).account)
+
+    def nodes(self) -> list[Node]:
+        response = self._unary(self._admin.ListNodes, admin_pb2.ListNodesRequest())
+        return [convert.node(n) for n in response.nodes]
+
+    def ledger_check(self) -> LedgerCheck:
+        return convert.ledger_check(
+            self._unary(self._admin.CheckLedger, admin_pb2.CheckLedgerRequest())
+        )
+
+    def ledger_entries(
+        self, account: str = "", job_id: str = "", limit: int = 100
+    ) -> list[LedgerEntry]:
+        request = admin_pb2.ListLedgerEntriesRequest(account=account, job_id=job_id, limit=limit)
+        response = self._unary(self._admin.ListLedgerEntries, request)
+        return [convert.ledger_entry(e) for e in response.entries]

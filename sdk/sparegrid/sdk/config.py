@@ -1,0 +1,145 @@
+"""Where the coordinator is, how to authenticate, and the channels to it.
+
+Resolution order, for each setting: explicit argument > environment > default.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from sparegrid.sdk.errors import AuthenticationError, SparegridError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ENV_ADDRESS = "SPAREGRID_COORDINATOR"
+ENV_API_KEY = "SPAREGRID_API_KEY"
+ENV_ADMIN_KEY = "SPAREGRID_ADMIN_KEY"
+ENV_TLS_CA = "SPAREGRID_TLS_CA"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+NO_API_KEY_MESSAGE = "no API key: set SPAREGRID_API_KEY or pass api_key="
+
+
+def _env(name: str, env: Mapping[str, str] | None) -> str | None:
+    value = (os.environ if env is None else env).get(name, "").strip()
+    return value or None
+
+
+def resolve_address(address: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    return address or _env(ENV_ADDRESS, env) or DEFAULT_ADDRESS
+
+
+def resolve_api_key(api_key: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The API key to send, or AuthenticationError(NO_API_KEY) before any call is made."""
+    key = api_key or _env(ENV_API_KEY, env)
+    if not key:
+        raise AuthenticationError("NO_API_KEY", NO_API_KEY_MESSAGE, grpc.StatusCode.UNAUTHENTICATED)
+    return key
+
+
+def resolve_tls_ca(
+    tls_ca: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    value = tls_ca or _env(ENV_TLS_CA, env)
+    return Path(value) if value else None
+
+
+def config_home(env: Mapping[str, str] | None = None) -> Path:
+    value = _env("XDG_CONFIG_HOME", env)
+    return Path(value) if value else Path.home() / ".config"
+
+
+def admin_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CONFIG_HOME/sparegrid/admin/<host>_<port>.key`, written by `coordinator serve`."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return config_home(env) / "sparegrid" / "admin" / f"{host}_{port}.key"
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise AuthenticationError(
+            "NO_ADMIN_KEY", f"cannot read admin key file {path}: {exc.strerror or exc}"
+        ) from exc
+    if not key:
+        raise AuthenticationError("NO_ADMIN_KEY", f"admin key file {path} is empty")
+    return key
+
+
+def resolve_admin_key(
+    address: str,
+    api_key: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Admin key: argument > key file > SPAREGRID_ADMIN_KEY > the file `coordinator serve` wrote."""
+    if api_key:
+        return api_key
+    if key_file:
+        return _read_key_file(Path(key_file))
+    from_env = _env(ENV_ADMIN_KEY, env)
+    if from_env:
+        return from_env
+    default = admin_key_path(address, env)
+    if default.is_file():
+        return _read_key_file(default)
+    raise AuthenticationError(
+        "NO_ADMIN_KEY",
+        "no admin key: pass --admin-key-file PATH, set SPAREGRID_ADMIN_KEY, "
+        f"or keep the key `coordinator serve` records at {default}",
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A resolved target: address, credential and optional TLS root certificate."""
+
+    address: str
+    api_key: str
+    tls_ca: Path | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        address: str | None = None,
+        api_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+    ) -> "Connection":
+        return cls(resolve_address(address), resolve_api_key(api_key), resolve_tls_ca(tls_ca))
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls_ca is None:
+            return None
+        try:
+            pem = self.tls_ca.read_bytes()
+        except OSError as exc:
+            raise SparegridError(
+                "BAD_TLS_CA",
+                f"cannot read TLS CA certificate {self.tls_ca}: {exc.strerror or exc}; "
+                f"fix the path given by --tls-ca or {ENV_TLS_CA}",
+            ) from exc
+        return grpc.ssl_channel_credentials(root_certificates=pem)
+
+    def channel(self) -> grpc.Channel:
+        creds = self.credentials()
+        if creds is None:
+            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
+
+    def aio_channel(self) -> aio.Channel:
+        creds = self.credentials()
+        if creds is None:
+            return aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return aio.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)

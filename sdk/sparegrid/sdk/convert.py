@@ -1,0 +1,248 @@
+"""The one place that turns SDK arguments into requests and responses into SDK data.
+
+Shared by the sync and the asyncio clients so neither repeats this logic.
+"""
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from sparegrid.sdk.errors import InvalidArgumentError
+from sparegrid.sdk.models import (
+    Account,
+    Device,
+    DeviceKind,
+    Info,
+    JobCounts,
+    JobSnapshot,
+    JobState,
+    KindInfo,
+    LedgerCheck,
+    LedgerEntry,
+    Node,
+    OutputRef,
+    Requirements,
+    TaskState,
+)
+from sparegrid.sdk.results import AsyncFetch, Fetch, TaskResult
+from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
+
+_JOB_STATES = {
+    common_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
+    common_pb2.JOB_STATE_RUNNING: JobState.RUNNING,
+    common_pb2.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
+    common_pb2.JOB_STATE_FAILED: JobState.FAILED,
+    common_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
+}
+_TASK_STATES = {
+    common_pb2.TASK_STATE_QUEUED: TaskState.QUEUED,
+    common_pb2.TASK_STATE_LEASED: TaskState.LEASED,
+    common_pb2.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
+    common_pb2.TASK_STATE_FAILED: TaskState.FAILED,
+    common_pb2.TASK_STATE_CANCELLED: TaskState.CANCELLED,
+}
+_DEVICE_KINDS = {
+    DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED,
+    DeviceKind.CPU: common_pb2.DEVICE_KIND_CPU,
+    DeviceKind.CUDA: common_pb2.DEVICE_KIND_CUDA,
+}
+_NODE_STATES = {
+    admin_pb2.NODE_STATE_ONLINE: "online",
+    admin_pb2.NODE_STATE_OFFLINE: "offline",
+    admin_pb2.NODE_STATE_DRAINING: "draining",
+}
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+def timestamp(msg: Any, name: str) -> datetime | None:
+    """The datetime of a Timestamp field, or None when unset."""
+    if not msg.HasField(name):
+        return None
+    value: timestamp_pb2.Timestamp = getattr(msg, name)
+    return value.ToDatetime(tzinfo=UTC)
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def encode_params(params: Mapping[str, Any] | None) -> bytes:
+    try:
+        return json.dumps(dict(params or {}), separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError("BAD_PARAMS", f"job params are not JSON: {exc}") from exc
+
+
+def requirements_pb(req: Requirements | None) -> common_pb2.Requirements | None:
+    if req is None:
+        return None
+    return common_pb2.Requirements(
+        device_kind=_DEVICE_KINDS[DeviceKind(req.device_kind)],
+        min_memory_bytes=req.min_memory_bytes,
+        min_compute_capability=req.min_compute_capability,
+        software=dict(req.software),
+    )
+
+
+def submit_request(
+    kind: str,
+    params: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, str] | None = None,
+    *,
+    name: str = "",
+    requirements: Requirements | None = None,
+    max_attempts: int = 0,
+    idempotency_key: str | None = None,
+) -> client_pb2.SubmitJobRequest:
+    spec = client_pb2.JobSpec(
+        kind=kind,
+        name=name,
+        params=encode_params(params),
+        inputs=dict(inputs or {}),
+        requirements=requirements_pb(requirements),
+        max_attempts=max_attempts,
+    )
+    return client_pb2.SubmitJobRequest(
+        spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
+    )
+
+
+def grant_request(
+    name: str, amount: int, reason: str = "", idempotency_key: str | None = None
+) -> admin_pb2.GrantCreditRequest:
+    return admin_pb2.GrantCreditRequest(
+        name=name,
+        amount=amount,
+        reason=reason,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def job_counts(msg: common_pb2.JobCounts) -> JobCounts:
+    return JobCounts(
+        total=msg.total,
+        queued=msg.queued,
+        leased=msg.leased,
+        succeeded=msg.succeeded,
+        failed=msg.failed,
+        cancelled=msg.cancelled,
+    )
+
+
+def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
+    return JobSnapshot(
+        id=msg.job_id,
+        kind=msg.kind,
+        name=msg.name,
+        state=_JOB_STATES.get(msg.state, JobState.UNSPECIFIED),
+        counts=job_counts(msg.counts),
+        cost_held=msg.cost_held,
+        cost_spent=msg.cost_spent,
+        error=msg.error,
+        created_at=timestamp(msg, "created_at"),
+        finished_at=timestamp(msg, "finished_at"),
+        owner=msg.owner,
+    )
+
+
+def output_ref(msg: common_pb2.OutputRef) -> OutputRef:
+    return OutputRef(name=msg.name, digest=msg.digest, size=msg.size)
+
+
+def task_result(
+    job_id: str,
+    msg: client_pb2.TaskResult,
+    fetch: Fetch | None = None,
+    afetch: AsyncFetch | None = None,
+) -> TaskResult:
+    receipt = common_pb2.Receipt()
+    receipt.CopyFrom(msg.receipt)
+    return TaskResult(
+        job_id=job_id,
+        task_id=msg.task_id,
+        index=msg.index,
+        state=_TASK_STATES.get(msg.state, TaskState.UNSPECIFIED),
+        node_id=msg.node_id,
+        outputs=[output_ref(ref) for ref in msg.outputs],
+        receipt=receipt if msg.HasField("receipt") and receipt.statement else None,
+        error=msg.error,
+        inline_outputs=dict(msg.inline_outputs),
+        fetch=fetch,
+        afetch=afetch,
+    )
+
+
+def info(msg: client_pb2.GetInfoResponse) -> Info:
+    kinds = [KindInfo(k.name, k.description, k.price_per_task) for k in msg.kinds]
+    return Info(version=msg.version, kinds=kinds, max_blob_size=msg.max_blob_size)
+
+
+def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:
+    return Account(name=msg.name, balance=msg.balance, is_admin=msg.is_admin)
+
+
+def account(msg: admin_pb2.Account) -> Account:
+    return Account(
+        name=msg.name,
+        balance=msg.balance,
+        is_admin=msg.is_admin,
+        created_at=timestamp(msg, "created_at"),
+    )
+
+
+def device(msg: common_pb2.Device) -> Device:
+    kind = {v: k for k, v in _DEVICE_KINDS.items()}.get(msg.kind, DeviceKind.ANY)
+    return Device(
+        index=msg.index,
+        kind=kind,
+        name=msg.name,
+        memory_bytes=msg.memory_bytes,
+        compute_capability=msg.compute_capability,
+        driver_version=msg.driver_version,
+        backend=msg.backend,
+        uuid=msg.uuid,
+    )
+
+
+def node(msg: admin_pb2.Node) -> Node:
+    return Node(
+        node_id=msg.node_id,
+        name=msg.name,
+        devices=[device(d) for d in msg.devices],
+        state=_NODE_STATES.get(msg.state, "unknown"),
+        tasks_succeeded=msg.tasks_succeeded,
+        tasks_failed=msg.tasks_failed,
+        credit=msg.credit,
+        last_seen=timestamp(msg, "last_seen"),
+        software=dict(msg.software),
+    )
+
+
+def ledger_check(msg: admin_pb2.CheckLedgerResponse) -> LedgerCheck:
+    return LedgerCheck(
+        balanced=msg.balanced,
+        problems=list(msg.problems),
+        transactions=msg.transactions,
+        entries=msg.entries,
+        total=msg.total,
+    )
+
+
+def ledger_entry(msg: admin_pb2.LedgerEntry) -> LedgerEntry:
+    return LedgerEntry(
+        transaction_id=msg.transaction_id,
+        account=msg.account,
+        amount=msg.amount,
+        reason=msg.reason,
+        job_id=msg.job_id,
+        task_id=msg.task_id,
+        created_at=timestamp(msg, "created_at"),
+    )

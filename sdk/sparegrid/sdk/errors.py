@@ -1,0 +1,129 @@
+"""Typed errors of the SDK, and the one place that turns a gRPC error into one.
+
+Every error carries a stable `code` (the coordinator's `sparegrid-code` trailing metadata,
+e.g. `JOB_NOT_FOUND`, or the status name when the server sent none), a human `message`
+and the gRPC `status`.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+CODE_METADATA_KEY = "sparegrid-code"
+
+
+class SparegridError(Exception):
+    """Root of every error the SDK raises."""
+
+    def __init__(
+        self, code: str, message: str, status: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class AuthenticationError(SparegridError):
+    """No API key, or one the coordinator does not know (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(SparegridError):
+    """The key is valid but may not do this, e.g. an admin call (PERMISSION_DENIED)."""
+
+
+class NotFoundError(SparegridError):
+    """No such job, blob or account (NOT_FOUND)."""
+
+
+class AlreadyExistsError(SparegridError):
+    """E.g. an account name that is taken (ALREADY_EXISTS)."""
+
+
+class InvalidArgumentError(SparegridError):
+    """A bad request: unknown job kind, bad params (INVALID_ARGUMENT)."""
+
+
+class FailedPreconditionError(SparegridError):
+    """The request is valid but the state forbids it, e.g. too little credit."""
+
+
+class ResourceExhaustedError(SparegridError):
+    """A limit was hit: rate limit, blob too large (RESOURCE_EXHAUSTED)."""
+
+
+class UnavailableError(SparegridError):
+    """The coordinator cannot be reached or is shutting down (UNAVAILABLE)."""
+
+
+class DeadlineExceededError(SparegridError, TimeoutError):
+    """A call or a wait ran out of time (DEADLINE_EXCEEDED)."""
+
+
+class AbortedError(SparegridError):
+    """A conflict, e.g. a concurrent change (ABORTED)."""
+
+
+class CancelledError(SparegridError):
+    """The call was cancelled (CANCELLED)."""
+
+
+class InternalError(SparegridError):
+    """A bug in the coordinator; the message carries a reference id from its log."""
+
+
+class UnimplementedError(SparegridError):
+    """The coordinator does not offer this RPC (UNIMPLEMENTED): versions differ."""
+
+
+class VerificationError(SparegridError):
+    """A receipt, signature, output digest or downloaded blob did not check out."""
+
+    def __init__(self, message: str, code: str = "VERIFICATION_FAILED") -> None:
+        super().__init__(code, message, grpc.StatusCode.DATA_LOSS)
+
+
+_BY_STATUS: dict[grpc.StatusCode, type[SparegridError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+}
+
+
+def error_class(status: grpc.StatusCode) -> type[SparegridError]:
+    """The SDK error class for a gRPC status (SparegridError for the rest)."""
+    return _BY_STATUS.get(status, SparegridError)
+
+
+def _code_from_metadata(metadata: Iterable[Any] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == CODE_METADATA_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def from_rpc_error(exc: grpc.RpcError) -> SparegridError:
+    """The typed SDK error for a failed call (sync or grpc.aio)."""
+    if not callable(getattr(exc, "code", None)):
+        return SparegridError("UNKNOWN", str(exc) or type(exc).__name__)
+    status = exc.code()
+    message = exc.details() or status.name.lower().replace("_", " ")
+    code = _code_from_metadata(exc.trailing_metadata()) or status.name
+    return error_class(status)(code, message, status)

@@ -1,0 +1,181 @@
+"""Plain data the SDK hands out: jobs, task results, accounts, nodes, ledger figures.
+
+Nothing here talks to the network; `convert` builds these from protobuf messages.
+"""
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class JobState(enum.StrEnum):
+    UNSPECIFIED = "unspecified"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class TaskState(enum.StrEnum):
+    UNSPECIFIED = "unspecified"
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeviceKind(enum.StrEnum):
+    ANY = "any"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int = 0
+    queued: int = 0
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def done(self) -> int:
+        """Tasks in a final state."""
+        return self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job as the coordinator last reported it."""
+
+    id: str
+    kind: str
+    name: str
+    state: JobState
+    counts: JobCounts
+    cost_held: int
+    cost_spent: int
+    error: str = ""
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    owner: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state.final
+
+    @property
+    def cost_refunded(self) -> int:
+        """Escrowed credit returned to the account: what was held and not spent, once final."""
+        return max(self.cost_held - self.cost_spent, 0) if self.finished else 0
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What each task of a job needs from the node and device it runs on."""
+
+    device_kind: DeviceKind = DeviceKind.ANY
+    min_memory_bytes: int = 0
+    min_compute_capability: str = ""
+    software: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    name: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    name: str
+    description: str
+    price_per_task: int
+
+
+@dataclass(frozen=True)
+class Info:
+    version: str
+    kinds: list[KindInfo]
+    max_blob_size: int
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    balance: int
+    is_admin: bool
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    kind: DeviceKind
+    name: str
+    memory_bytes: int = 0
+    compute_capability: str = ""
+    driver_version: str = ""
+    backend: str = ""
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    name: str
+    devices: list[Device]
+    state: str
+    tasks_succeeded: int
+    tasks_failed: int
+    credit: int
+    last_seen: datetime | None = None
+    software: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    balanced: bool
+    problems: list[str]
+    transactions: int
+    entries: int
+    total: int
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    transaction_id: str
+    account: str
+    amount: int
+    reason: str
+    job_id: str = ""
+    task_id: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VerificationFailure:
+    index: int
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of checking every receipt of a job; failures are listed, never raised."""
+
+    ok: int
+    failures: list[VerificationFailure]
+    skipped: int = 0  # tasks that did not succeed, so carry no receipt
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures

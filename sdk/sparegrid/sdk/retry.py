@@ -1,0 +1,96 @@
+"""Which failures are retried, and the jittered exponential backoff between tries.
+
+Only transient failures are retried: UNAVAILABLE; DEADLINE_EXCEEDED on idempotent calls;
+RESOURCE_EXHAUSTED only when the coordinator says RATE_LIMITED.
+"""
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from sparegrid.sdk.errors import SparegridError, from_rpc_error
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def backoff(self, failures: int) -> float:
+        """Delay after the `failures`-th consecutive failure (1-based), half of it jitter."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+# A watch outlives blips and coordinator restarts: about half a minute of reconnecting.
+WATCH_RECONNECT = RetryPolicy(max_attempts=12, initial_backoff=0.2, max_backoff=5.0)
+
+
+def is_transient(err: SparegridError, idempotent: bool) -> bool:
+    if err.status == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if err.status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return idempotent
+    return err.status == grpc.StatusCode.RESOURCE_EXHAUSTED and err.code == "RATE_LIMITED"
+
+
+class Attempts:
+    """Counts consecutive failures of one operation; says how long to wait or gives up."""
+
+    def __init__(self, policy: RetryPolicy, idempotent: bool = True) -> None:
+        self.policy = policy
+        self.idempotent = idempotent
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, err: SparegridError) -> float:
+        """The delay before the next try; raises `err` when it is not to be retried."""
+        self.failures += 1
+        if self.failures >= self.policy.max_attempts or not is_transient(err, self.idempotent):
+            raise err
+        return self.policy.backoff(self.failures)
+
+
+def call(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    idempotent: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Runs a unary call, retrying transient failures; raises a SparegridError."""
+    attempts = Attempts(policy, idempotent)
+    while True:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            err = from_rpc_error(exc)
+        sleep(attempts.failed(err))
+
+
+async def acall(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    idempotent: bool = True,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Like `call`, for grpc.aio."""
+    attempts = Attempts(policy, idempotent)
+    while True:
+        try:
+            return await fn()
+        except grpc.RpcError as exc:
+            err = from_rpc_error(exc)
+        await sleep(attempts.failed(err))

@@ -1,0 +1,155 @@
+"""`sparegrid job ...` against the fake coordinator."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from sparegrid.cli.job import parse_inputs, safe_name
+from sparegrid.sdk import InvalidArgumentError
+
+from tests.cli.conftest import Cli, FakeGrid
+
+
+async def test_submit_without_api_key_is_a_clear_error(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SPAREGRID_API_KEY", raising=False)
+    result = await cli("job", "submit", "echo", "--coordinator", "127.0.0.1:1")
+    assert result.code == 1
+    assert result.out == ""
+    assert "error: no API key: set SPAREGRID_API_KEY or pass api_key= [NO_API_KEY]" in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_unreachable_coordinator(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPAREGRID_API_KEY", "k")
+    monkeypatch.setattr("sparegrid.sdk.retry.RetryPolicy.backoff", lambda self, failures: 0.0)
+    result = await cli("job", "list", "--coordinator", "127.0.0.1:1")
+    assert result.code == 1
+    assert "cannot reach coordinator at 127.0.0.1:1" in result.err
+    assert "sparegrid coordinator serve" in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_submit_prints_only_the_id(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--data", "hi", "--tasks", "3")
+    assert result.code == 0
+    job_id = result.out.strip()
+    assert job_id in grid.coordinator.jobs
+    assert result.out == job_id + "\n"
+    assert "submitted echo job" in result.err
+    assert grid.coordinator.jobs[job_id].params == {"data": "hi", "tasks": 3}
+
+
+async def test_submit_unknown_kind_shows_known_kinds(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "teleport")
+    assert result.code == 1
+    assert "unknown job kind 'teleport'; known kinds: checksum, echo" in result.err
+    assert "[UNKNOWN_KIND]" in result.err
+
+
+async def test_submit_checksum_with_input_and_wait(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.bin"
+    path.write_bytes(b"0123456789" * 1000)
+    result = await cli("job", "submit", "checksum", "--input", str(path), "--tasks", "4", "--wait")
+    assert result.code == 0
+    job_id = result.out.splitlines()[0]
+    job = grid.coordinator.jobs[job_id]
+    assert job.inputs == {"data": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert result.out == job_id + "\n"  # the summary goes to stderr: stdout stays the id
+    assert "4 succeeded, 0 failed, 0 cancelled of 4" in result.err
+
+
+async def test_wait_exit_codes(cli: Cli, grid: FakeGrid) -> None:
+    ok = (await cli("job", "submit", "echo", "--tasks", "2")).out.strip()
+    assert (await cli("job", "wait", ok)).code == 0
+    grid.coordinator.fail_indices = {0}
+    bad = (await cli("job", "submit", "echo", "--tasks", "2")).out.strip()
+    failed = await cli("job", "wait", bad)
+    assert failed.code == 1
+    assert "failed" in failed.out
+    grid.coordinator.fail_indices = set()
+    grid.coordinator.tick = 1.0
+    slow = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+    timed_out = await cli("job", "wait", slow, "--timeout", "0.2")
+    assert timed_out.code == 2
+    assert "[WAIT_TIMEOUT]" in timed_out.err
+    cancelled = await cli("job", "cancel", slow)
+    assert cancelled.out.strip() == f"{slow}: cancelled"
+    assert (await cli("job", "wait", slow)).code == 1
+
+
+async def test_results_writes_outputs_receipts_and_index(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    job_id = (await cli("job", "submit", "echo", "--data", "hey", "--tasks", "4", "--wait")).out
+    job_id = job_id.splitlines()[0]
+    out_dir = tmp_path / "out"
+    result = await cli("job", "results", job_id, "-o", str(out_dir))
+    assert result.code == 0
+    assert result.out.strip() == "4 results written, 4 receipts verified"
+    assert (out_dir / "task_00003" / "data").read_bytes() == b"hey"
+    assert (out_dir / "receipts" / "task_00000.receipt").stat().st_size > 0
+    index = json.loads((out_dir / "results.json").read_text())
+    assert index["job"] == job_id
+    first = index["results"][0]
+    assert first["verified"] is True
+    assert first["node"] == grid.coordinator.signer.node_id
+    assert first["outputs"][0]["digest"] == hashlib.sha256(b"hey").hexdigest()
+    assert first["outputs"][0]["file"] == "task_00000/data"
+
+
+async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_path: Path) -> None:
+    job_id = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.splitlines()[0]
+    forged = grid.coordinator.jobs[job_id].results[1]
+    forged.outputs[0].size += 1
+    result = await cli("job", "results", job_id, "-o", str(tmp_path / "o"))
+    assert result.code == 1
+    assert "2 results written, 1 receipts verified" in result.out
+    assert "task 1 (" in result.err
+    verify = await cli("job", "verify", job_id)
+    assert verify.code == 1
+    assert "1 receipts verified, 1 failed" in verify.out
+
+
+async def test_verify_get_and_list(cli: Cli, grid: FakeGrid) -> None:
+    job_id = (await cli("job", "submit", "echo", "--tasks", "3", "--wait")).out.splitlines()[0]
+    verify = await cli("job", "verify", job_id)
+    assert (verify.code, verify.out.strip()) == (0, "3 receipts verified, 0 failed")
+    got = await cli("job", "get", job_id)
+    assert got.code == 0
+    assert "succeeded" in got.out
+    assert "3 held, 3 spent, 0 refunded" in got.out
+    listed = await cli("job", "list")
+    assert job_id in listed.out
+    missing = await cli("job", "get", "nope")
+    assert missing.code == 1
+    assert "[JOB_NOT_FOUND]" in missing.err
+
+
+def test_parse_inputs(tmp_path: Path) -> None:
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"a")
+    odd = tmp_path / "x=y.bin"
+    odd.write_bytes(b"x")
+    assert parse_inputs([str(a)]) == {"data": a}
+    assert parse_inputs([f"model={a}", str(odd)]) == {"model": a, "data": odd}
+    with pytest.raises(InvalidArgumentError, match="no such file"):
+        parse_inputs([str(tmp_path / "missing")])
+    with pytest.raises(InvalidArgumentError, match="given twice"):
+        parse_inputs([str(a), f"data={a}"])
+
+
+async def test_bad_params_json(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--params", "[1]")
+    assert result.code == 1
+    assert "--params must be a JSON object" in result.err
+
+
+def test_safe_name() -> None:
+    assert safe_name("../../etc/passwd") == "_.._etc_passwd"
+    assert safe_name("frame 0001.png") == "frame_0001.png"
+    assert safe_name("..") == "output"

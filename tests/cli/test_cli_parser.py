@@ -1,0 +1,91 @@
+"""Wiring of the `sparegrid` command: groups, shared flags, the daemon groups' stub."""
+
+import importlib
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+from sparegrid.cli import main as cli_main
+
+LEAVES = [
+    ["job", "submit", "echo"],
+    ["job", "wait", "j"],
+    ["job", "results", "j", "-o", "d"],
+    ["job", "get", "j"],
+    ["job", "list"],
+    ["job", "cancel", "j"],
+    ["job", "verify", "j"],
+    ["admin", "account", "create", "n"],
+    ["admin", "account", "list"],
+    ["admin", "credit", "grant", "n", "5"],
+    ["admin", "nodes"],
+    ["admin", "ledger", "check"],
+    ["admin", "ledger", "entries"],
+]
+
+
+def test_help_lists_every_group(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for group in ("coordinator", "worker", "job", "admin", "demo"):
+        assert group in out
+
+
+def test_python_dash_m_works() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sparegrid.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "demo" in done.stdout
+
+
+@pytest.mark.parametrize("argv", LEAVES, ids=lambda a: " ".join(a[:3]))
+def test_every_command_takes_connection_flags(argv: list[str]) -> None:
+    args = cli_main.build_parser().parse_args(
+        [*argv, "--coordinator", "h:1", "--tls-ca", "/ca.pem"]
+    )
+    assert (args.coordinator, args.tls_ca) == ("h:1", "/ca.pem")
+    assert callable(args.func)
+
+
+def test_connection_flags_default_to_none_for_the_env() -> None:
+    args = cli_main.build_parser().parse_args(["job", "list"])
+    assert (args.coordinator, args.tls_ca) == (None, None)
+
+
+def test_submit_flags() -> None:
+    args = cli_main.build_parser().parse_args(
+        ["job", "submit", "checksum", "--tasks", "8", "--input", "a.bin", "--input", "x=b.bin",
+         "--params", '{"k": 1}', "--name", "n", "--max-attempts", "3", "--wait"]
+    )  # fmt: skip
+    assert (args.kind, args.tasks, args.input) == ("checksum", 8, ["a.bin", "x=b.bin"])
+    assert (args.name, args.max_attempts, args.wait) == ("n", 3, True)
+
+
+def test_demo_flags() -> None:
+    args = cli_main.build_parser().parse_args(["demo", "--keep", "--workers", "3"])
+    assert (args.keep, args.workers, args.tasks) == (True, 3, 64)
+
+
+def test_missing_daemon_group_becomes_a_stub(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.import_module
+
+    def fake_import(name: str, package: str | None = None) -> ModuleType:
+        if name == "sparegrid.worker.cli":
+            raise ImportError("No module named 'pynvml'")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert cli_main.main(["worker", "run", "--coordinator", "x:1"]) == 1
+    err = capsys.readouterr().err
+    assert "sparegrid worker" in err
+    assert "No module named 'pynvml'" in err
