@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from sparegrid.cli.main import main
 from sparegrid.sdk.testing import FakeCoordinator, serve_fake
 

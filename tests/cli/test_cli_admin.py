@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-from sparegrid.sdk.config import admin_key_path
 
+from sparegrid.sdk.config import admin_key_path
 from tests.cli.conftest import Cli, FakeGrid
 
 ADMIN_KEY = "admin-key"  # FakeCoordinator's default

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from sparegrid.cli.main import main
 from sparegrid.cli.procs import DemoError, Processes, child_env
 

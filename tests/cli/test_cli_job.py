@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from sparegrid.cli.job import parse_inputs, safe_name
 from sparegrid.sdk import InvalidArgumentError
-
 from tests.cli.conftest import Cli, FakeGrid
 
 

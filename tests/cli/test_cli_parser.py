@@ -6,6 +6,7 @@ import sys
 from types import ModuleType
 
 import pytest
+
 from sparegrid.cli import main as cli_main
 
 LEAVES = [

@@ -6,6 +6,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server

@@ -7,6 +7,7 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from sparegrid.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -18,7 +19,6 @@ from sparegrid.v1 import (
     worker_pb2_grpc,
 )
 from sparegrid.wire import REGISTER_TAG, Signer
-
 from tests.coordinator.conftest import Served, code_of
 
 

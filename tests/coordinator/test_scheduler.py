@@ -3,12 +3,12 @@
 import json
 
 import pytest
+
 from sparegrid.coordinator.domain import Device, JobState, Requirements, TaskState
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.results import Failure
 from sparegrid.wire import Signer
-
 from tests.coordinator.helpers import FakeNode, echo, make_app, make_client
 
 

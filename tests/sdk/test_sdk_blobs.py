@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from sparegrid.sdk import AsyncClient, Client, NotFoundError, OutputRef, VerificationError
 from sparegrid.sdk.retry import RetryPolicy
 from sparegrid.sdk.testing import InMemoryBlobService, serve_blobs, signed_results

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from sparegrid.sdk import (
     AdminClient,
     AlreadyExistsError,

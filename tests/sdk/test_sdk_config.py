@@ -4,6 +4,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from sparegrid.sdk import AdminClient, AuthenticationError, Client, SparegridError, config
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+
 from sparegrid.sdk import errors
 from sparegrid.sdk.retry import NO_RETRY, RetryPolicy, acall, call, is_transient
 

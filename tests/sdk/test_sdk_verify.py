@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from sparegrid.sdk import OutputRef, TaskState, VerificationError
 from sparegrid.sdk.results import verify_all
 from sparegrid.sdk.testing import signed_results

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from sparegrid.coordinator.store.base import Store
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.coordinator.store.sql import SqlStore

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+
 from sparegrid.coordinator.domain import (
     MINT,
     Account,

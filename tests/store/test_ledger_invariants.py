@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sparegrid.coordinator.domain import MINT, Posting, Transaction, client_account, node_account
 from sparegrid.coordinator.store.base import InsufficientFunds, Store
 from sparegrid.coordinator.store.memory import MemoryStore

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.engine import SqlEngine

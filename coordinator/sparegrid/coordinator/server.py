@@ -9,6 +9,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.rpc.admin import AdminServicer
 from sparegrid.coordinator.rpc.blob import BlobServicer

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
+
 from sparegrid.v1 import common_pb2
 from sparegrid.wire.merkle import MerkleTree, merkle_root, root_from_proof
 from sparegrid.wire.signing import RESULT_BATCH_TAG, BadSignature, Signer, node_id_for, verify

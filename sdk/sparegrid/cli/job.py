@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
 from sparegrid.cli import common, output
 from sparegrid.sdk import (
     Client,

@@ -21,6 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
 from sparegrid.sdk import Job, SparegridError
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal

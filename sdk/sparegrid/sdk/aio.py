@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 from grpc import aio
+
 from sparegrid.sdk import convert
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
+
 from sparegrid.sdk import convert
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 from grpc import aio
+
 from sparegrid.sdk.errors import AuthenticationError, SparegridError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+
 from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.models import (
     Account,

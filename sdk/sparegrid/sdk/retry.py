@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+
 from sparegrid.sdk.errors import SparegridError, from_rpc_error
 
 T = TypeVar("T")

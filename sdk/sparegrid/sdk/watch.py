@@ -8,6 +8,7 @@ backoff; the first message of a new stream is the job's current state, so nothin
 import time
 
 import grpc
+
 from sparegrid.sdk.errors import DeadlineExceededError, UnavailableError, from_rpc_error
 from sparegrid.sdk.models import JobSnapshot
 from sparegrid.sdk.retry import Attempts, RetryPolicy

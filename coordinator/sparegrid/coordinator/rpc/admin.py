@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 from grpc import aio
+
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import client_account, node_account
 from sparegrid.coordinator.rpc import convert

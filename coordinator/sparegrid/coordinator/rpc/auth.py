@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
+
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.accounts import Accounts

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
+
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import check_digest
 from sparegrid.coordinator.domain import Account

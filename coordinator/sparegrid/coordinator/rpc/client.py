@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
+
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Account, Job
 from sparegrid.coordinator.errors import invalid

@@ -1,6 +1,7 @@
 """Proto <-> domain conversion, in one place."""
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from sparegrid.coordinator.domain import (
     Account,
     Device,

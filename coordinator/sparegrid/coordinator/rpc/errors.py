@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc import aio
+
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 
 log = logging.getLogger("sparegrid.coordinator.rpc")

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
+
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Attempt, Node, Task
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid

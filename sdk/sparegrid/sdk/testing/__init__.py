@@ -7,6 +7,7 @@ async with AsyncClient(address, key) as client: ...
 """
 
 from grpc import aio
+
 from sparegrid.sdk.testing.admin import FakeAdminService
 from sparegrid.sdk.testing.blobs import InMemoryBlobService, serve_blobs
 from sparegrid.sdk.testing.coordinator import FakeCoordinator

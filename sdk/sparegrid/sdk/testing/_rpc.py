@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
+
 from sparegrid.sdk.errors import CODE_METADATA_KEY
 
 Context = aio.ServicerContext[Any, Any]

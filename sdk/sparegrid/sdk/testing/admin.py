@@ -1,6 +1,7 @@
 """AdminService over the state of a FakeCoordinator."""
 
 import grpc
+
 from sparegrid.sdk.testing._rpc import Abort, Context, aborts
 from sparegrid.sdk.testing.coordinator import FakeCoordinator, now
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2

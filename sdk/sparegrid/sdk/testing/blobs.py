@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
+
 from sparegrid.sdk.testing._rpc import Abort, Context, abort
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 from sparegrid.wire import sha256_hex

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+
 from sparegrid.sdk.testing._rpc import Abort, Context, abort, aborts
 from sparegrid.sdk.testing.blobs import InMemoryBlobService
 from sparegrid.v1 import admin_pb2, client_pb2, client_pb2_grpc, common_pb2

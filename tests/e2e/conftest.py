@@ -1,0 +1,132 @@
+"""Real coordinator and worker processes on loopback (port 0), reaped after each test."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Cluster:
+    root: Path
+    env: dict[str, str]
+    procs: list[Proc] = field(default_factory=list)
+    address: str = ""
+    coordinator: Proc | None = None
+    workers: dict[str, Proc] = field(default_factory=dict)
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.root / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "sparegrid.cli.main", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_coordinator(self, *extra: str) -> str:
+        data = self.root / "coord"
+        addr_file = data / "coordinator.addr"
+        addr_file.unlink(missing_ok=True)
+        listen = self.address or "127.0.0.1:0"
+        self.coordinator = self.spawn(
+            "coordinator",
+            "coordinator",
+            "serve",
+            "--listen",
+            listen,
+            "--data-dir",
+            str(data),
+            "--heartbeat",
+            "0.5",
+            "--lease",
+            "3",
+            "--reconnect-grace",
+            "2",
+            *extra,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not addr_file.exists():
+            if self.coordinator.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coordinator did not start:\n{self.coordinator.tail()}")
+            time.sleep(0.05)
+        self.address = addr_file.read_text().strip()
+        return self.address
+
+    @property
+    def admin_key(self) -> str:
+        return (self.root / "coord" / "admin.key").read_text().strip()
+
+    def start_worker(self, name: str, *extra: str) -> Proc:
+        proc = self.spawn(
+            name,
+            "worker",
+            "run",
+            "--coordinator",
+            self.address,
+            "--data-dir",
+            str(self.root / name),
+            "--name",
+            name,
+            *extra,
+        )
+        self.workers[name] = proc
+        return proc
+
+    def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        if proc.popen.poll() is None:
+            os.killpg(proc.popen.pid, sig)
+        proc.popen.wait(timeout=20)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    env = dict(os.environ)
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env.pop("SPAREGRID_API_KEY", None)
+    env.pop("SPAREGRID_ADMIN_KEY", None)
+    c = Cluster(tmp_path, env)
+    try:
+        yield c
+    except BaseException:
+        raise
+    finally:
+        c.stop_all()
+        for proc in c.procs:
+            if proc.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+                print(f"--- {proc.name} exited {proc.popen.returncode}:\n{proc.tail()}")

@@ -1,0 +1,100 @@
+"""Whole-system tests: real coordinator and worker processes, driven through the SDK."""
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sparegrid.sdk import AdminClient, Client
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def online_nodes(admin: AdminClient) -> int:
+    return sum(1 for n in admin.nodes() if n.state == "online")
+
+
+def setup(cluster, workers: int, credit: int = 1000) -> tuple[AdminClient, Client]:
+    cluster.start_coordinator()
+    for i in range(workers):
+        cluster.start_worker(f"node{i + 1}")
+    admin = AdminClient(cluster.address, api_key=cluster.admin_key)
+    _, key = admin.create_account("alice", credit=credit)
+    wait_for(lambda: online_nodes(admin) == workers, what=f"{workers} workers online")
+    return admin, Client(cluster.address, api_key=key)
+
+
+def test_checksum_job_end_to_end(cluster, tmp_path: Path) -> None:
+    admin, client = setup(cluster, workers=2)
+    data = os.urandom(1 << 20)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    job = client.checksum(path, tasks=20)
+    job = job.wait(timeout=60)
+    assert job.state == "succeeded"
+    results = job.results()
+    assert len(results) == 20
+    for r in sorted(results, key=lambda r: r.index):
+        r.verify()
+        lo, hi = r.index * len(data) // 20, (r.index + 1) * len(data) // 20
+        assert r.output("sha256").decode() == hashlib.sha256(data[lo:hi]).hexdigest()
+    nodes = admin.nodes()
+    assert sum(n.tasks_succeeded for n in nodes) == 20
+    assert sum(n.credit for n in nodes) == 20
+    assert client.account().balance == 1000 - 20
+    assert admin.ledger_check().balanced
+
+
+def test_worker_killed_mid_task_is_released_and_finished_elsewhere(cluster) -> None:
+    admin, client = setup(cluster, workers=1)
+    job = client.echo("slow", tasks=2, sleep_ms=4000)
+    wait_for(lambda: client.get_job(job.id).counts.leased == 1, what="a task leased")
+    victim = cluster.workers["node1"]
+    cluster.kill(victim)
+    cluster.start_worker("node2")
+    job = job.wait(timeout=60)
+    assert job.state == "succeeded"
+    paid = {n.name: n.credit for n in admin.nodes()}
+    assert paid.get("node2", 0) >= 1
+    assert sum(paid.values()) == 2
+    assert admin.ledger_check().balanced
+
+
+def test_coordinator_killed_and_restarted_loses_nothing(cluster) -> None:
+    admin, client = setup(cluster, workers=2)
+    job = client.echo("x", tasks=60, sleep_ms=150)
+    wait_for(lambda: client.get_job(job.id).counts.succeeded >= 5, what="some progress")
+    cluster.kill(cluster.coordinator)
+    cluster.start_coordinator()
+    job = job.wait(timeout=90)
+    assert job.state == "succeeded"
+    assert job.counts.succeeded == 60
+    results = job.results()
+    assert {r.index for r in results} == set(range(60))
+    for r in results:
+        r.verify()
+    assert sum(n.credit for n in admin.nodes()) == 60
+    assert client.account().balance == 1000 - 60
+    report = admin.ledger_check()
+    assert report.balanced, report.problems
+
+
+def test_worker_drains_on_sigterm(cluster) -> None:
+    _, client = setup(cluster, workers=1)
+    job = client.echo("x", tasks=1, sleep_ms=1500)
+    wait_for(lambda: client.get_job(job.id).counts.leased == 1, what="the task leased")
+    worker = cluster.workers["node1"]
+    os.killpg(worker.popen.pid, signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+    assert client.get_job(job.id).state == "succeeded"

@@ -1,0 +1,146 @@
+"""The input cache and the outbox on their own."""
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sparegrid.v1 import common_pb2, worker_pb2
+from sparegrid.wire import Signer
+from sparegrid.wire.receipt import verify_batch
+from sparegrid.worker.batcher import MAX_INLINE_BYTES, ResultBatcher
+from sparegrid.worker.cache import BlobCache
+from sparegrid.worker.clock import SystemClock
+from sparegrid.worker.errors import BlobUnavailable, DigestMismatch
+from sparegrid.worker.outbox import Outbox, batch_id_of
+
+
+class FakeFetch:
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.data = data
+        self.calls: list[int] = []
+        self.fail_after = fail_after
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        self.calls.append(offset)
+        await self.gate.wait()
+        for start in range(offset, len(self.data), 1000):
+            if self.fail_after is not None and start - offset >= self.fail_after:
+                self.fail_after = None
+                raise BlobUnavailable("connection dropped")
+            yield self.data[start : start + 1000]
+
+
+async def test_concurrent_gets_download_once(tmp_path: Path) -> None:
+    data = b"abc" * 5000
+    digest = hashlib.sha256(data).hexdigest()
+    fetch = FakeFetch(data)
+    fetch.gate.clear()
+    cache = BlobCache(tmp_path, SystemClock())
+    gets = [asyncio.create_task(cache.get(digest, len(data), fetch)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    fetch.gate.set()
+    paths = await asyncio.gather(*gets)
+    assert fetch.calls == [0]
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == data
+    assert paths[0] == tmp_path / "sha256" / digest[:2] / digest
+    assert await cache.get(digest, len(data), fetch) == paths[0] and fetch.calls == [0]
+
+
+async def test_wrong_bytes_are_refused_and_never_visible(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"expected").hexdigest()
+    cache = BlobCache(tmp_path, SystemClock())
+    with pytest.raises(DigestMismatch):
+        await cache.get(digest, 0, FakeFetch(b"tampered"))
+    assert not list((tmp_path / "sha256").rglob("*"))[1:]  # only the <ab> directory
+
+
+async def test_interrupted_download_resumes_from_the_partial_file(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40
+    digest = hashlib.sha256(data).hexdigest()
+    fetch = FakeFetch(data, fail_after=3000)
+    cache = BlobCache(tmp_path, SystemClock(), retry_delay=0.001)
+    path = await cache.get(digest, len(data), fetch)
+    assert fetch.calls == [0, 3000]
+    assert path.read_bytes() == data
+
+
+def results_message(outbox: Outbox, signer: Signer, attempt: str) -> worker_pb2.WorkerMessage:
+    statement = common_pb2.ResultStatement(attempt_id=attempt, node_id=signer.node_id)
+    data = statement.SerializeToString()
+    results = worker_pb2.Results(batch_id=outbox.next_batch_id(), statements=[data])
+    return worker_pb2.WorkerMessage(results=results)
+
+
+async def test_outbox_keeps_batches_until_acked_across_reopen(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    outbox = Outbox(tmp_path)
+    assert outbox.load() == 0
+    first = results_message(outbox, signer, "a1")
+    second = results_message(outbox, signer, "a2")
+    await outbox.put(first, {})
+    await outbox.put(second, {})
+    assert outbox.ack(first.results.batch_id)
+    assert not outbox.ack(first.results.batch_id)
+
+    reopened = Outbox(tmp_path)
+    assert reopened.load() == 1
+    [entry] = reopened.pending()
+    assert entry.message == second
+    assert reopened.next_batch_id() > second.results.batch_id
+
+
+async def test_outbox_blobs_live_until_no_batch_needs_them(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    ref = common_pb2.OutputRef(name="out", digest="d" * 64, size=3)
+    statement = common_pb2.ResultStatement(attempt_id="a", outputs=[ref]).SerializeToString()
+    ids = []
+    for _ in range(2):
+        batch_id = outbox.next_batch_id()
+        message = worker_pb2.WorkerMessage(
+            results=worker_pb2.Results(batch_id=batch_id, statements=[statement])
+        )
+        await outbox.put(message, {"d" * 64: b"big"})
+        ids.append(batch_id)
+    reopened = Outbox(tmp_path)
+    reopened.load()
+    assert [e.blobs for e in reopened.pending()] == [("d" * 64,), ("d" * 64,)]
+    reopened.ack(ids[0])
+    assert reopened.blob_path("d" * 64).read_bytes() == b"big"
+    reopened.ack(ids[1])
+    assert not reopened.blob_path("d" * 64).exists()
+
+
+def test_batch_ids_are_never_reused_after_a_restart(tmp_path: Path) -> None:
+    first = Outbox(tmp_path)
+    first.load()
+    used = [first.next_batch_id() for _ in range(3)]
+    second = Outbox(tmp_path)
+    second.load()
+    assert second.next_batch_id() > max(used)
+
+
+async def test_batches_are_signed_and_split_by_count_and_inline_size(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    batcher = ResultBatcher(signer, outbox, SystemClock(), window=10.0, max_items=3)
+    big = b"x" * (MAX_INLINE_BYTES // 2 + 1)
+    for i in range(4):
+        statement = common_pb2.ResultStatement(attempt_id=f"a{i}").SerializeToString()
+        batcher.add_result(statement, {f"{i:064x}": big if i < 2 else b"s"}, {})
+    batcher.add_failure(worker_pb2.TaskFailure(attempt_id="f", code="TIMEOUT"))
+    await batcher.close()
+    batches = [e.message for e in outbox.pending()]
+    results = [m.results for m in batches if m.WhichOneof("body") == "results"]
+    assert [len(r.statements) for r in results] == [1, 3]  # the big ones may not share one
+    for batch in results:
+        verify_batch(signer.public_key, list(batch.statements), batch.signature)
+    [failures] = [m.failures for m in batches if m.WhichOneof("body") == "failures"]
+    assert failures.failures[0].attempt_id == "f"
+    assert len({batch_id_of(m) for m in batches}) == 3

@@ -1,0 +1,326 @@
+"""The worker daemon: one session with the coordinator, a slot per device, an outbox.
+
+`Worker.run()` keeps a session open (reconnecting with jittered backoff), runs the tasks
+the coordinator assigns and sends their signed results until `shutdown()`: then it says
+Drain, stops inviting work, finishes what it holds, waits for the acks (or the drain
+timeout) and returns. See docs/protocol.md for the session protocol.
+"""
+
+import asyncio
+import logging
+import random
+import shutil
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import grpc.aio
+
+from sparegrid.v1 import worker_pb2
+from sparegrid.wire import Signer
+from sparegrid.wire.receipt import decode_statement
+from sparegrid.worker.batcher import ResultBatcher
+from sparegrid.worker.cache import BlobCache
+from sparegrid.worker.childproto import Outcome
+from sparegrid.worker.clock import Backoff, Clock, SystemClock
+from sparegrid.worker.config import WorkerConfig
+from sparegrid.worker.credit import CreditWindow
+from sparegrid.worker.devices import DeviceInfo, detect_devices
+from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
+from sparegrid.worker.executors.registry import ExecutorRegistry
+from sparegrid.worker.identity import load_identity
+from sparegrid.worker.messages import hello, statement_bytes
+from sparegrid.worker.outbox import Outbox, OutboxEntry
+from sparegrid.worker.runner import DeviceRunner
+from sparegrid.worker.session import Session, connect, open_channel
+from sparegrid.worker.tasks import Phase, Slot, TaskManager
+
+_log = logging.getLogger("sparegrid.worker")
+DEFAULT_HEARTBEAT = 10.0
+OUTPUT_REJECTED = "OUTPUT_REJECTED"
+
+
+class Worker:
+    """The daemon. `devices` default to `detect_devices()`, `executors` to the built-ins
+    plus plugins, `clock` to the system clock; tests pass fakes for each."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        devices: Sequence[DeviceInfo] | None = None,
+        executors: ExecutorRegistry | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.signer: Signer = load_identity(config.data_dir)
+        self.devices = tuple(devices) if devices is not None else detect_devices().devices
+        self.executors = executors if executors is not None else ExecutorRegistry.discover()
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._outbox = Outbox(config.data_dir)
+        self._batcher = ResultBatcher(
+            self.signer, self._outbox, self._clock, config.batch_window, config.batch_max
+        )
+        self._cache = BlobCache(config.data_dir / "cache", self._clock)
+        self._tasks = TaskManager(
+            [Slot(d, self._runner(d)) for d in self.devices],
+            self.executors,
+            self._cache,
+            self._fetch,
+            self._report,
+            self._released,
+        )
+        self._credit = CreditWindow(config.prefetch, (d.index for d in self.devices))
+        self._owed: set[int] = set()
+        self._session: Session | None = None
+        self._connected = asyncio.Event()
+        self._drain_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._draining = False
+        self._forced = False
+
+    @property
+    def node_id(self) -> str:
+        return self.signer.node_id
+
+    def _runner(self, device: DeviceInfo) -> DeviceRunner:
+        work_root = self.config.data_dir / "work" / str(device.index)
+        targets = self.executors.targets()
+        return DeviceRunner(device, targets, work_root, self.config.max_attempt_seconds)
+
+    def attempt_phases(self) -> dict[str, Phase]:
+        """Each held attempt and where it is: fetching, queued or running."""
+        return self._tasks.phases()
+
+    def shutdown(self, force: bool = False) -> None:
+        """Starts a graceful drain; `force` stops now, killing running tasks."""
+        if force:
+            self._forced = True
+            self._stopped.set()
+        self._drain_requested.set()
+
+    async def run(self) -> None:
+        shutil.rmtree(self.config.data_dir / "work", ignore_errors=True)
+        pending = self._outbox.load()
+        _log.info(
+            "worker %s starting: %d device(s), %d batch(es) in the outbox",
+            self.node_id, len(self.devices), pending,
+        )  # fmt: skip
+        self._tasks.start()
+        loops = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._drain())]
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._stop(loops)
+
+    async def _stop(self, loops: list[asyncio.Task[None]]) -> None:
+        session = self._session
+        if session is not None and not self._forced:
+            await session.close(timeout=1.0)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self._tasks.close(force=self._forced)
+        await self._batcher.close()
+        await self._cache.close()
+        _log.info(
+            "worker %s stopped; %d batch(es) left in the outbox", self.node_id, len(self._outbox)
+        )
+
+    async def _drain(self) -> None:
+        await self._drain_requested.wait()
+        self._draining = True
+        _log.info("draining: finishing %d held task(s)", len(self._tasks.attempt_ids()))
+        if self._session is not None:
+            self._session.post(worker_pb2.WorkerMessage(drain=worker_pb2.Drain()))
+        await self._tasks.wait_idle()
+        await self._batcher.flush()
+        try:
+            async with asyncio.timeout(self.config.drain_timeout):
+                await self._outbox.wait_empty()
+        except TimeoutError:
+            _log.warning("drain timed out; %d batch(es) stay in the outbox", len(self._outbox))
+        self._stopped.set()
+
+    # -- the session --------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        while True:
+            try:
+                await self._run_session(backoff)
+                reason = "the coordinator ended the session"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug must not end the worker: log it and reconnect
+                _log.exception("session failed unexpectedly")
+                reason = repr(exc)
+            if self._stopped.is_set():
+                return
+            delay = backoff.next_delay()
+            _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            await self._clock.sleep(delay)
+
+    async def _run_session(self, backoff: Backoff) -> None:
+        channel = open_channel(self.config)
+        try:
+            # finished attempts waiting to be acknowledged are still ours: report them too,
+            # or a restarted coordinator would take their leases back and re-run them
+            await self._batcher.flush()
+            running = self._tasks.attempt_ids() + self._outbox.attempt_ids()
+            message = hello(
+                self.signer.public_key,
+                self.config.name,
+                self.devices,
+                self.executors.specs(),
+                running,
+            )
+            session = await connect(channel, message, self.signer)
+            backoff.reset()
+            self._start_session(session)
+            loops = (self._heartbeats(session), self._send_outbox(session))
+            await session.serve(self._on_message, *loops)
+        finally:
+            self._session = None
+            self._connected.clear()
+            await channel.close()
+
+    def _start_session(self, session: Session) -> None:
+        welcome = session.welcome
+        if welcome.node_id and welcome.node_id != self.node_id:
+            _log.warning("coordinator calls this node %s, not %s", welcome.node_id, self.node_id)
+        resumed = set(welcome.resumed_attempts)
+        dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
+        self._tasks.cancel(dropped, "the coordinator did not resume it")
+        _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._session = session
+        self._connected.set()
+        if self._draining:
+            session.post(worker_pb2.WorkerMessage(drain=worker_pb2.Drain()))
+        self._credit.reset()
+        for device in self.devices:
+            self._grant(device.index)
+
+    def _on_message(self, message: worker_pb2.CoordinatorMessage) -> None:
+        body = message.WhichOneof("body")
+        if body == "assign":
+            for assignment in message.assign.assignments:
+                self._credit.assigned(assignment.device_index)
+                self._tasks.accept(assignment)
+        elif body == "result_ack":
+            self._on_ack(message.result_ack)
+        elif body == "cancel":
+            self._tasks.cancel(message.cancel.attempt_ids, message.cancel.reason)
+        else:
+            _log.warning("ignoring an unexpected %s message from the coordinator", body)
+
+    def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
+        if not self._outbox.ack(ack.batch_id):
+            _log.debug("ack for batch %d, which is not pending", ack.batch_id)
+        for verdict in ack.verdicts:
+            if not verdict.accepted:
+                _log.warning(
+                    "result of attempt %s rejected: %s %s",
+                    verdict.attempt_id, verdict.code, verdict.message,
+                )  # fmt: skip
+
+    async def _heartbeats(self, session: Session) -> None:
+        asked = session.welcome.heartbeat_interval.ToTimedelta().total_seconds()
+        interval = self.config.heartbeat_interval or asked or DEFAULT_HEARTBEAT
+        while True:
+            await self._clock.sleep(interval)
+            session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
+
+    # -- credit ---------------------------------------------------------------------------
+
+    def _grant(self, device: int) -> None:
+        if self._draining or self._session is None:
+            return
+        count = self._credit.top_up(device, self._tasks.held(device))
+        if count:
+            credit = worker_pb2.Credit(device_index=device, count=count)
+            self._session.post(worker_pb2.WorkerMessage(credit=credit))
+
+    def _released(self, device: int) -> None:
+        """A task on `device` ended; grant its credit back once this burst of outcomes is in."""
+        if not self._owed:
+            asyncio.get_running_loop().call_soon(self._grant_owed)
+        self._owed.add(device)
+
+    def _grant_owed(self) -> None:
+        owed, self._owed = self._owed, set()
+        for device in sorted(owed):
+            self._grant(device)
+
+    # -- results --------------------------------------------------------------------------
+
+    def _report(
+        self, assignment: worker_pb2.Assignment, device: DeviceInfo | None, outcome: Outcome
+    ) -> None:
+        spec = self.executors.get(assignment.kind)
+        if not outcome.ok or device is None or spec is None:
+            failure = worker_pb2.TaskFailure(
+                attempt_id=assignment.attempt_id,
+                code=outcome.code,
+                message=outcome.message,
+                retryable=outcome.retryable,
+            )
+            _log.info(
+                "attempt %s failed: %s %s", assignment.attempt_id, outcome.code, outcome.message
+            )
+            self._batcher.add_failure(failure)
+            return
+        statement = statement_bytes(assignment, self.node_id, device, spec, outcome)
+        limit = self.config.inline_limit
+        inline = {o.digest: o.data for o in outcome.outputs if o.size <= limit}
+        blobs = {o.digest: o.data for o in outcome.outputs if o.size > limit}
+        self._batcher.add_result(statement, inline, blobs)
+
+    async def _send_outbox(self, session: Session) -> None:
+        """Sends every pending batch once per session, oldest first, as they appear."""
+        sent: set[int] = set()
+        while True:
+            changed = self._outbox.change_event()
+            for entry in self._outbox.pending():
+                if entry.batch_id in sent:
+                    continue
+                sent.add(entry.batch_id)
+                if await self._upload(session, entry):
+                    session.post(entry.message)
+            await changed.wait()
+
+    async def _upload(self, session: Session, entry: OutboxEntry) -> bool:
+        """Uploads the batch's large outputs; False if the coordinator refused one."""
+        try:
+            for digest in entry.blobs:
+                await session.blobs.upload(digest, self._outbox.blob_path(digest))
+        except BlobRejected as exc:
+            self._give_up(entry, str(exc))
+            return False
+        return True
+
+    def _give_up(self, entry: OutboxEntry, reason: str) -> None:
+        """A batch that can never be delivered becomes failures for its attempts."""
+        _log.error(
+            "batch %d cannot be delivered (%s); reporting its tasks failed", entry.batch_id, reason
+        )
+        for data in entry.message.results.statements:
+            attempt_id = decode_statement(data).attempt_id
+            message = f"the coordinator refused an output upload: {reason}"
+            self._batcher.add_failure(
+                worker_pb2.TaskFailure(
+                    attempt_id=attempt_id, code=OUTPUT_REJECTED, message=message, retryable=True
+                )
+            )
+        self._outbox.ack(entry.batch_id)
+
+    async def _fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        """Input bytes from the coordinator, waiting for a session if there is none."""
+        await self._connected.wait()
+        session = self._session
+        if session is None:
+            raise BlobUnavailable("the session ended before the download started")
+        async for chunk in session.blobs.download(digest, offset):
+            yield chunk
