@@ -151,6 +151,28 @@ def test_reposting_an_idempotency_key_changes_nothing(store: Store) -> None:
     assert store.ledger_totals() == (1, 2, 0)
 
 
+def test_post_many_books_each_new_transaction_once(store: Store) -> None:
+    store.post(grant("g1", ALICE, 10))
+    escrow = escrow_account("j1")
+    store.post(transfer("hold", ALICE, escrow, 10))
+    pays = [transfer(f"p{i}", escrow, f"node:n{i % 2}", 2, job_id="j1") for i in range(3)]
+    assert store.post_many([*pays, pays[0]]) == [True, True, True, False]
+    assert store.post_many(pays) == [False, False, False]
+    assert store.balances("node:") == {"node:n0": 4, "node:n1": 2}
+    assert store.balance(escrow) == 4
+    assert store.unbalanced_transactions() == []
+
+
+def test_post_many_short_of_funds_writes_nothing(store: Store) -> None:
+    store.post(grant("g1", ALICE, 5))
+    pays = [transfer(f"p{i}", ALICE, BOB, 2) for i in range(3)]
+    with pytest.raises(InsufficientFunds) as err:
+        store.post_many(pays)
+    assert err.value.balance == 5 and err.value.needed == 6
+    assert store.balances() == {MINT: -5, ALICE: 5}
+    assert store.post_many(pays[:2]) == [True, True]
+
+
 def test_unbalanced_postings_raise_value_error(store: Store) -> None:
     bad = Transaction("t", "k", "bad", [Posting(MINT, -10), Posting(ALICE, 9)])
     with pytest.raises(ValueError):

@@ -4,12 +4,14 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig
@@ -19,6 +21,18 @@ from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
 from sparegrid.coordinator.store.base import Store
 
 log = logging.getLogger("sparegrid.coordinator")
+
+T = TypeVar("T")
+
+
+class BufferedSink(Protocol):
+    """A worker's outgoing messages, held until the group commit they belong to."""
+
+    def flush(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -64,7 +78,10 @@ class App:
             JobsConfig(prices=settings.prices, default_max_attempts=settings.default_max_attempts),
         )
         self.session_tokens: dict[str, str] = {}  # token -> node id
+        self.sinks: set[BufferedSink] = set()  # every connected worker's way down
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._group_scheduled = False
         self._kick_pending = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -80,27 +97,75 @@ class App:
                 await task
         self.store.close()
 
-    def kick(self) -> None:
-        """Asks for a dispatch pass soon; many kicks in one loop turn make one pass."""
-        if not self._kick_pending:
-            self._kick_pending = True
-            asyncio.get_running_loop().call_soon(self._dispatch)
+    def call(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
+        """Runs `fn` in the next group commit; the future resolves once it is durable.
 
-    def _dispatch(self) -> None:
-        self._kick_pending = False
+        Everything queued during one turn of the event loop runs in one transaction, each
+        call in a savepoint of its own, followed by a dispatch pass if one was asked for.
+        Messages to workers are held back until the commit, so no node hears of a lease,
+        and no acknowledgement leaves, before it is on disk.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inbox.append((fn, future))
+        self._schedule()
+        return future
+
+    def kick(self) -> None:
+        """Asks for a dispatch pass in the next group commit."""
+        self._kick_pending = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._group_scheduled:
+            self._group_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_group)
+
+    def _commit_group(self) -> None:
+        self._group_scheduled = False
+        items, self._inbox = self._inbox, []
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            self.scheduler.dispatch()
-        except Exception:
-            log.exception("dispatch pass failed; retrying at the next reap")
+            with self.store.transaction():
+                for fn, future in items:
+                    try:
+                        with self.store.transaction():
+                            done.append((future, fn(), None))
+                    except Exception as exc:
+                        done.append((future, None, exc))
+                if self._kick_pending:
+                    self._kick_pending = False
+                    self.scheduler.dispatch()
+        except Exception as exc:  # the commit failed: nothing in this group happened
+            log.exception("group commit of %d call(s) failed", len(items))
+            self.scheduler.resync()
+            for sink in self.sinks:  # workers reconnect and grant their credit afresh
+                sink.discard()
+                sink.close()
+            failure = CoordinatorError(
+                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
+            )
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for sink in self.sinks:
+            sink.flush()
+        for future, value, error in done:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
 
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
             try:
-                self.scheduler.reap()
-                self.scheduler.dispatch()
+                await self.call(self.scheduler.reap)
             except Exception:
                 log.exception("reaping expired leases failed")
+            self.kick()
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()

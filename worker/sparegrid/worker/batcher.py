@@ -32,8 +32,15 @@ class _Result:
 
 class ResultBatcher:
     def __init__(
-        self, signer: Signer, outbox: Outbox, clock: Clock, window: float, max_items: int
+        self,
+        signer: Signer,
+        outbox: Outbox,
+        clock: Clock,
+        window: float,
+        max_items: int,
+        max_unacked: int = 4,
     ) -> None:
+        self._max_unacked = max_unacked
         self._signer = signer
         self._outbox = outbox
         self._clock = clock
@@ -61,10 +68,13 @@ class ResultBatcher:
     def __len__(self) -> int:
         return len(self._results) + len(self._failures)
 
-    def _schedule(self) -> None:
+    def _full(self) -> bool:
         full = len(self._results) >= self._max or self._inline_size >= MAX_INLINE_BYTES
-        if full or len(self._failures) >= self._max:
-            self._spawn(self.flush())
+        return full or len(self._failures) >= self._max
+
+    def _schedule(self) -> None:
+        if self._full():
+            self._spawn(self.flush(force=False))
         elif self._timer is None:
             self._timer = self._spawn(self._flush_later())
 
@@ -77,12 +87,23 @@ class ResultBatcher:
     async def _flush_later(self) -> None:
         await self._clock.sleep(self._window)
         self._timer = None
-        await self.flush()
+        await self.flush(force=False)
 
-    async def flush(self) -> None:
-        """Signs what is gathered and puts it in the outbox (durably) in batch-id order."""
+    async def flush(self, force: bool = True) -> None:
+        """Signs what is gathered and puts it in the outbox (durably) in batch-id order.
+
+        Unless forced, a batch that is not full waits while `max_unacked` batches are
+        still unacknowledged: when the coordinator falls behind, results gather into
+        fewer, larger batches (one signature, one fsync and one commit each) instead of a
+        growing queue of small ones.
+        """
         async with self._lock:
             while self._results or self._failures:
+                if not force and len(self._outbox) >= self._max_unacked and not self._full():
+                    changed = self._outbox.change_event()
+                    if len(self._outbox) >= self._max_unacked:
+                        await changed.wait()
+                    continue
                 results = self._take_results()
                 failures, self._failures = self._failures[: self._max], self._failures[self._max :]
                 try:

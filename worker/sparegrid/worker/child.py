@@ -6,6 +6,7 @@ quick tasks are sent together, at most FLUSH_SECONDS after the first is ready. I
 when stdin closes; SIGINT and SIGTERM are ignored because the daemon decides when to stop.
 """
 
+import contextlib
 import hashlib
 import os
 import select
@@ -13,6 +14,7 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 from sparegrid.worker.childproto import (
     HEADER_SIZE,
@@ -144,7 +146,8 @@ class Child:
         return self._executors[kind]
 
     def _run(self, task: ChildTask) -> Outcome:
-        workdir = self._init.work_root / str(task.serial)
+        # one scratch directory per child, emptied after each task that used it
+        workdir = self._init.work_root / "scratch"
         started = time.perf_counter_ns()
         try:
             executor = self._executor(task.kind)
@@ -159,7 +162,18 @@ class Child:
             message = f"{task.kind} executor raised {type(exc).__name__}: {exc}"
             return Outcome(task.serial, code=EXECUTOR_ERROR, message=message, retryable=True)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _empty(workdir)
+
+
+def _empty(directory: Path) -> None:
+    """Removes what a task left in its scratch directory (cheap when it left nothing)."""
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 def _output_data(outputs: list[ExecOutput]) -> list[OutputData]:

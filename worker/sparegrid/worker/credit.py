@@ -27,5 +27,7 @@ class CreditWindow:
         if device not in self._outstanding:
             return 0
         grant = max(self._prefetch - held - self._outstanding[device], 0)
+        if grant < max(1, self._prefetch // 4):
+            return 0  # a deep window is refilled in quarters: fewer, larger assignments
         self._outstanding[device] += grant
         return grant

@@ -61,7 +61,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.SubmitJobRequest, context: Ctx
     ) -> client_pb2.SubmitJobResponse:
         account = account_of(context, self.app.accounts)
-        job = self.app.jobs.submit(account, convert.spec_from_pb(request))
+        spec = convert.spec_from_pb(request)
+        job = await self.app.call(lambda: self.app.jobs.submit(account, spec))
         return client_pb2.SubmitJobResponse(job=self._job_pb(job, account))
 
     @unary
@@ -85,7 +86,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.CancelJobRequest, context: Ctx
     ) -> client_pb2.CancelJobResponse:
         account = account_of(context, self.app.accounts)
-        job = self.app.jobs.cancel(account, request.job_id)
+        job = await self.app.call(lambda: self.app.jobs.cancel(account, request.job_id))
         return client_pb2.CancelJobResponse(job=self._job_pb(job, account))
 
     @streaming

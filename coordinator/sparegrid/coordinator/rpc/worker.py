@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -31,10 +32,11 @@ _CLOSE = object()
 
 
 class QueueSink:
-    """Puts messages for one worker on its session's outgoing queue."""
+    """Messages for one worker: buffered, then queued on its stream after each commit."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Msg | object] = asyncio.Queue()
+        self._held: list[Msg | object] = []
 
     def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
         assignments = [
@@ -53,13 +55,33 @@ class QueueSink:
             )
             for attempt, task, kind in items
         ]
-        self.queue.put_nowait(Msg(assign=worker_pb2.Assign(assignments=assignments)))
+        self._held.append(Msg(assign=worker_pb2.Assign(assignments=assignments)))
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
         if not attempt_ids:  # a newer session of the node took over: end this one
-            self.queue.put_nowait(_CLOSE)
+            self._held.append(_CLOSE)
             return
-        self.queue.put_nowait(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
+        self._held.append(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
+
+    def flush(self) -> None:
+        for message in self._held:
+            self.queue.put_nowait(message)
+        self._held.clear()
+
+    def discard(self) -> None:
+        self._held.clear()
+
+    def close(self) -> None:
+        """Ends the session now; the worker reconnects."""
+        self.queue.put_nowait(_CLOSE)
+
+
+def _reply(sink: QueueSink, future: "asyncio.Future[Msg | None]") -> None:
+    error = future.exception()
+    if error is not None:
+        sink.queue.put_nowait(error)
+    elif (message := future.result()) is not None:
+        sink.queue.put_nowait(message)
 
 
 def _seconds(value: float) -> Duration:
@@ -132,14 +154,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             verify(node.public_key, REGISTER_TAG, signed, answer.challenge_response.signature)
         except BadSignature as exc:
             raise _unauthenticated(f"challenge signature does not verify: {exc}") from None
-        app.store.upsert_node(node)
         sink = QueueSink()
-        resumed, cancelled = app.scheduler.connect(node, sink, list(first.hello.running_attempts))
+        running = list(first.hello.running_attempts)
+
+        def attach() -> tuple[list[str], list[str]]:
+            app.store.upsert_node(node)
+            return app.scheduler.connect(node, sink, running)
+
+        app.sinks.add(sink)
         token = secrets.token_urlsafe(32)
-        app.session_tokens[token] = node.id
-        log.info("node %s (%s) connected with %d device(s)", node.id, node.name, len(node.devices))
-        reader = asyncio.create_task(self._read(node, incoming, sink))
+        reader: asyncio.Task[None] | None = None
         try:
+            resumed, cancelled = await app.call(attach)
+            app.session_tokens[token] = node.id
+            log.info("node %s (%s) connected, %d device(s)", node.id, node.name, len(node.devices))
+            reader = asyncio.create_task(self._read(node, incoming, sink))
             yield Msg(
                 welcome=worker_pb2.Welcome(
                     node_id=node.id,
@@ -151,30 +180,33 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 )
             )
             while (message := await sink.queue.get()) is not _CLOSE:
+                if isinstance(message, BaseException):
+                    raise message
                 assert isinstance(message, Msg)
                 yield message
-            failure = reader.exception() if reader.done() else None
-            if failure is not None:
-                raise failure
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
             app.session_tokens.pop(token, None)
-            app.scheduler.disconnect(node.id, sink)
+            app.sinks.discard(sink)
+            detach = app.call(lambda: app.scheduler.disconnect(node.id, sink))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(detach)
             log.info("node %s disconnected", node.id)
 
     async def _read(
         self, node: Node, incoming: AsyncIterator[worker_pb2.WorkerMessage], sink: QueueSink
     ) -> None:
+        """Hands each message to the next group commit; replies follow in order."""
         try:
             async for message in incoming:
-                reply = self._handle(node, message)
-                if reply is not None:
-                    sink.queue.put_nowait(reply)
+                future = self.app.call(functools.partial(self._handle, node, message))
+                future.add_done_callback(functools.partial(_reply, sink))
                 self.app.kick()
         finally:
-            sink.queue.put_nowait(_CLOSE)
+            self.app.call(lambda: None).add_done_callback(lambda _: sink.queue.put_nowait(_CLOSE))
 
     def _handle(self, node: Node, message: worker_pb2.WorkerMessage) -> Msg | None:
         app, body = self.app, message.WhichOneof("body")

@@ -144,7 +144,8 @@ class Jobs:
         return self._store.list_jobs(account.id, limit=min(max(limit, 1), 1000))
 
     def counts(self, job_id: str) -> dict[TaskState, int]:
-        return self._store.task_counts(job_id)
+        active = self._scheduler.jobs.get(job_id)
+        return active.counts() if active is not None else self._store.task_counts(job_id)
 
     def cancel(self, account: Account, job_id: str) -> Job:
         job = self.get(account, job_id)

@@ -38,7 +38,12 @@ class Ledger:
     def _post(
         self, key: str, reason: str, src: str, dst: str, amount: int, job: str = "", task: str = ""
     ) -> bool:
-        txn = Transaction(
+        return self._store.post(self._txn(key, reason, src, dst, amount, job, task))
+
+    def _txn(
+        self, key: str, reason: str, src: str, dst: str, amount: int, job: str, task: str
+    ) -> Transaction:
+        return Transaction(
             id=uuid.uuid4().hex,
             idempotency_key=key,
             reason=reason,
@@ -47,7 +52,6 @@ class Ledger:
             task_id=task,
             created_at=self._clock.now(),
         )
-        return self._store.post(txn)
 
     def grant(self, account_name: str, amount: int, key: str, reason: str = "grant") -> bool:
         return self._post(key, reason, MINT, client_account(account_name), amount)
@@ -63,17 +67,22 @@ class Ledger:
             job=job.id,
         )
 
-    def pay(self, job: Job, task_id: str, node_id: str, amount: int) -> bool:
-        """Pays a node for an accepted result; False if this task was paid already."""
-        return self._post(
-            f"pay:{task_id}",
-            "accepted result",
-            escrow_account(job.id),
-            node_account(node_id),
-            amount,
-            job=job.id,
-            task=task_id,
-        )
+    def pay(self, payments: list[tuple[Job, str, str]]) -> list[bool]:
+        """Pays nodes for accepted results, given (job, task id, node id), each at its
+        job's price per task; per payment, False if that task was paid already."""
+        txns = [
+            self._txn(
+                f"pay:{task_id}",
+                "accepted result",
+                escrow_account(job.id),
+                node_account(node_id),
+                job.price_per_task,
+                job.id,
+                task_id,
+            )
+            for job, task_id, node_id in payments
+        ]
+        return self._store.post_many(txns)
 
     def refund(self, job: Job, account_name: str) -> int:
         """Returns what is left in the job's escrow to the client; the amount refunded."""

@@ -168,13 +168,18 @@ class Intake:
                     active.queue = type(active.queue)(t for t in active.queue if t.id != task.id)
                 move_task(task, TaskState.SUCCEEDED)
                 task.node_id, task.outputs, task.receipt = node_id, outputs, receipt
-                job = active.job
-                if sched.ledger.pay(job, task.id, node_id, job.price_per_task):
-                    job.cost_spent += job.price_per_task
-                store.add_blob_owners([ref.digest for ref in outputs], job.account_id)
+                store.add_blob_owners([ref.digest for ref in outputs], active.job.account_id)
                 active.open_tasks -= 1
+                active.succeeded += 1
                 if active.open_tasks == 0:
                     finished.append(active)
+            jobs = [sched.jobs[task.job_id].job for _, task, _, _ in accepted]
+            payments = [
+                (job, task.id, node_id) for job, (_, task, _, _) in zip(jobs, accepted, strict=True)
+            ]
+            for job, paid in zip(jobs, sched.ledger.pay(payments), strict=True):
+                if paid:
+                    job.cost_spent += job.price_per_task
             store.update_attempts([a for a, _, _, _ in accepted] + superseded)
             store.update_tasks([t for _, t, _, _ in accepted])
             store.add_node_counts(node_id, len(accepted), 0)

@@ -55,6 +55,18 @@ class ActiveJob:
     running: dict[str, Attempt]  # task id -> its running attempt
     open_tasks: int  # tasks not in a final state
     node_failures: Counter[str] = field(default_factory=Counter)
+    succeeded: int = 0
+    failed: int = 0
+
+    def counts(self) -> dict[TaskState, int]:
+        """Tasks per state, from memory: no query while the job runs."""
+        return {
+            TaskState.QUEUED: len(self.queue),
+            TaskState.LEASED: len(self.running),
+            TaskState.SUCCEEDED: self.succeeded,
+            TaskState.FAILED: self.failed,
+            TaskState.CANCELLED: 0,
+        }
 
 
 @dataclass
@@ -127,7 +139,15 @@ class Scheduler:
         for job in reversed(active):  # oldest first
             counts = self.store.task_counts(job.id)
             open_tasks = counts[TaskState.QUEUED] + counts[TaskState.LEASED]
-            self.jobs[job.id] = ActiveJob(job, owners[job.account_id], deque(), {}, open_tasks)
+            self.jobs[job.id] = ActiveJob(
+                job,
+                owners[job.account_id],
+                deque(),
+                {},
+                open_tasks,
+                succeeded=counts[TaskState.SUCCEEDED],
+                failed=counts[TaskState.FAILED],
+            )
         for task in self.store.queued_tasks():
             if task.job_id in self.jobs:
                 self.jobs[task.job_id].queue.append(task)
@@ -145,6 +165,19 @@ class Scheduler:
             if active_job.open_tasks == 0:
                 self.finish(active_job)
 
+    def resync(self) -> None:
+        """Forgets what is in memory and reloads it from the store, after a failed commit
+        left memory ahead of what is durable. Sessions stay; their leases are re-read."""
+        self.jobs.clear()
+        self.load()
+        for session in self.sessions.values():
+            session.leases.clear()
+            session.digests.clear()
+            attempts = self.store.running_attempts(session.node.id)
+            tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+            for attempt in attempts:
+                self._hold(session, attempt, tasks[attempt.task_id])
+
     def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
         self.jobs[job.id] = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
 
@@ -152,8 +185,7 @@ class Scheduler:
         """Ends a job: cancels what is left, refunds the rest of the escrow."""
         job = active.job
         if state is None:
-            failed = self.store.task_counts(job.id)[TaskState.FAILED]
-            state = JobState.FAILED if failed else JobState.SUCCEEDED
+            state = JobState.FAILED if active.failed else JobState.SUCCEEDED
         cancelled = [t for t in active.queue]
         leftover = list(active.running.values())
         if leftover:
@@ -367,6 +399,7 @@ class Scheduler:
                     move_task(task, TaskState.FAILED)
                     task.error = f"{attempt.error_code}: {attempt.error}"
                     active.open_tasks -= 1
+                    active.failed += 1
                     doomed.append((active, f"task {task.index} failed: {task.error}"))
             self.store.update_tasks(list(tasks.values()))
         for active, task in requeue:

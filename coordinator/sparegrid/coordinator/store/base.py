@@ -1,7 +1,8 @@
 """The store interface every backend implements (memory, SQLite, PostgreSQL).
 
 Each method is atomic on its own. Inside `with store.transaction():` all calls commit
-together or not at all; transactions nest (the outermost one commits). Lists returned are
+together or not at all. Transactions nest: an inner block that raises undoes only its own
+writes (a savepoint), and only the outermost one commits. Lists returned are
 fresh copies: mutating them never changes the store.
 """
 
@@ -63,6 +64,15 @@ class Store(Protocol):
         Returns False, changing nothing, when a transaction with the same idempotency key
         was posted before. Raises ValueError if the postings do not sum to zero, and
         InsufficientFunds if an account other than MINT would go below zero.
+        """
+
+    def post_many(self, txns: list[Transaction]) -> list[bool]:
+        """Appends many transactions at once; per transaction, whether it was new.
+
+        A transaction whose idempotency key was posted before (or earlier in the list)
+        changes nothing. Funds are checked on the net change of all the new ones together:
+        InsufficientFunds (nothing written) if that takes an account other than MINT below
+        zero.
         """
 
     def balance(self, account: str) -> int:

@@ -83,10 +83,19 @@ class SqlEngine:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._lock:
-            if self._depth:
+            if self._depth:  # nested: a savepoint, so a failure undoes only this block
                 self._depth += 1
+                name = f"nested_{self._depth}"
+                self._run(f"SAVEPOINT {name}")
                 try:
                     yield
+                except BaseException:
+                    with suppress(Exception):
+                        self._run(f"ROLLBACK TO SAVEPOINT {name}")
+                        self._run(f"RELEASE SAVEPOINT {name}")
+                    raise
+                else:
+                    self._run(f"RELEASE SAVEPOINT {name}")
                 finally:
                     self._depth -= 1
                 return

@@ -62,7 +62,7 @@ class MemoryStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._lock:
-            snapshot = copy.deepcopy(self._s) if self._depth == 0 else None
+            snapshot = copy.deepcopy(self._s)  # nested too: a failure undoes only its block
             self._depth += 1
             try:
                 yield
@@ -111,30 +111,47 @@ class MemoryStore:
     # ledger
 
     def post(self, txn: Transaction) -> bool:
-        changes = net_changes(txn)
+        return self.post_many([txn])[0]
+
+    def post_many(self, txns: list[Transaction]) -> list[bool]:
         with self._lock:
-            if txn.idempotency_key in self._s.ledger_keys:
-                return False
-            if txn.id in self._s.ledger_ids:
-                raise Conflict(f"transaction id {txn.id!r} is taken")
-            check_funds(changes, self._s.balances)
-            self._s.ledger_keys.add(txn.idempotency_key)
-            self._s.ledger_ids.add(txn.id)
-            self._s.entries.extend(
-                LedgerEntry(
-                    transaction_id=txn.id,
-                    account=p.account,
-                    amount=p.amount,
-                    reason=txn.reason,
-                    job_id=txn.job_id,
-                    task_id=txn.task_id,
-                    created_at=txn.created_at,
-                )
-                for p in txn.postings
+            fresh: list[Transaction] = []
+            new: list[bool] = []
+            keys = set(self._s.ledger_keys)
+            total: dict[str, int] = {}
+            for txn in txns:
+                changes = net_changes(txn)
+                new.append(txn.idempotency_key not in keys)
+                if not new[-1]:
+                    continue
+                if txn.id in self._s.ledger_ids:
+                    raise Conflict(f"transaction id {txn.id!r} is taken")
+                keys.add(txn.idempotency_key)
+                fresh.append(txn)
+                for account, change in changes.items():
+                    total[account] = total.get(account, 0) + change
+            check_funds(total, self._s.balances)
+            for txn in fresh:
+                self._append(txn)
+        return new
+
+    def _append(self, txn: Transaction) -> None:
+        self._s.ledger_keys.add(txn.idempotency_key)
+        self._s.ledger_ids.add(txn.id)
+        self._s.entries.extend(
+            LedgerEntry(
+                transaction_id=txn.id,
+                account=p.account,
+                amount=p.amount,
+                reason=txn.reason,
+                job_id=txn.job_id,
+                task_id=txn.task_id,
+                created_at=txn.created_at,
             )
-            for account, change in changes.items():
-                self._s.balances[account] = self._s.balances.get(account, 0) + change
-            return True
+            for p in txn.postings
+        )
+        for account, change in net_changes(txn).items():
+            self._s.balances[account] = self._s.balances.get(account, 0) + change
 
     def balance(self, account: str) -> int:
         with self._lock:

@@ -75,36 +75,53 @@ class SqlStore(SqlEngine):
     # ledger
 
     def post(self, txn: Transaction) -> bool:
-        changes = net_changes(txn)
+        return self.post_many([txn])[0]
+
+    def post_many(self, txns: list[Transaction]) -> list[bool]:
+        changes = [net_changes(txn) for txn in txns]
         with self.transaction():
-            if self._query(
-                "SELECT 1 FROM transactions WHERE idempotency_key = ?", (txn.idempotency_key,)
-            ):
-                return False
-            check_funds(changes, self._locked_balances(list(changes)))
-            with self._conflicts(f"transaction id {txn.id!r} is taken"):
-                self._run(
-                    "INSERT INTO transactions (id, idempotency_key, reason, job_id, task_id,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        txn.id,
-                        txn.idempotency_key,
-                        txn.reason,
-                        txn.job_id,
-                        txn.task_id,
-                        txn.created_at,
-                    ),
+            taken = {
+                row[0]
+                for row in self._query_in(
+                    "SELECT idempotency_key FROM transactions WHERE idempotency_key IN (*)",
+                    [txn.idempotency_key for txn in txns],
                 )
+            }
+            fresh: list[Transaction] = []
+            new: list[bool] = []
+            total: dict[str, int] = {}
+            for txn, change in zip(txns, changes, strict=True):
+                new.append(txn.idempotency_key not in taken)
+                if not new[-1]:
+                    continue
+                taken.add(txn.idempotency_key)
+                fresh.append(txn)
+                for account, amount in change.items():
+                    total[account] = total.get(account, 0) + amount
+            if fresh:
+                check_funds(total, self._locked_balances(list(total)))
+                self._append(fresh, total)
+        return new
+
+    def _append(self, txns: list[Transaction], total: dict[str, int]) -> None:
+        with self._conflicts("a transaction id is taken"):
             self._run_many(
-                f"INSERT INTO entries ({r.ENTRY_COLUMNS}) VALUES ({r.placeholders(r.ENTRY_COLUMNS)})",
-                [r.entry_params(txn, p) for p in txn.postings],
+                "INSERT INTO transactions (id, idempotency_key, reason, job_id, task_id,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (t.id, t.idempotency_key, t.reason, t.job_id, t.task_id, t.created_at)
+                    for t in txns
+                ],
             )
-            self._run_many(
-                "INSERT INTO balances (account, balance) VALUES (?, ?) ON CONFLICT (account)"
-                " DO UPDATE SET balance = balances.balance + excluded.balance",
-                list(changes.items()),
-            )
-        return True
+        self._run_many(
+            f"INSERT INTO entries ({r.ENTRY_COLUMNS}) VALUES ({r.placeholders(r.ENTRY_COLUMNS)})",
+            [r.entry_params(t, p) for t in txns for p in t.postings],
+        )
+        self._run_many(
+            "INSERT INTO balances (account, balance) VALUES (?, ?) ON CONFLICT (account)"
+            " DO UPDATE SET balance = balances.balance + excluded.balance",
+            list(total.items()),
+        )
 
     def _locked_balances(self, accounts: list[str]) -> dict[str, int]:
         """Balances of the accounts, their rows locked until the transaction ends."""
