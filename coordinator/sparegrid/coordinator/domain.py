@@ -1,7 +1,18 @@
 """The coordinator's records: plain dataclasses, no gRPC, no SQL."""
 
+import itertools
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_id() -> str:
+    """A unique id, cheap enough for every attempt and ledger transaction: a random
+    per-process prefix (64 bits) and a counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 class JobState(StrEnum):

@@ -18,7 +18,7 @@ from sparegrid.sdk.errors import VerificationError
 from sparegrid.v1 import blob_pb2
 from sparegrid.wire import sha256_hex
 
-DEFAULT_CHUNK_SIZE = 1024 * 1024
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 HASH_BLOCK = 1024 * 1024
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) as a transfer advances."""
@@ -105,10 +105,11 @@ class Sink:
     def accept(self, response: blob_pb2.DownloadBlobResponse) -> None:
         if response.size:
             self.size = response.size
-        if response.chunk:
-            self._write(response.chunk)
-            self._hash.update(response.chunk)
-            self.offset += len(response.chunk)
+        chunk = response.chunk  # each read of a bytes field copies it: read it once
+        if chunk:
+            self._write(chunk)
+            self._hash.update(chunk)
+            self.offset += len(chunk)
         if self._on_progress:
             self._on_progress(self.offset, self.size)
 

@@ -39,8 +39,9 @@ class BlobClient:
         call = self._stub.DownloadBlob(request, metadata=self._metadata)
         try:
             async for response in call:
-                if response.chunk:
-                    yield response.chunk
+                chunk = response.chunk  # each read of a bytes field copies it
+                if chunk:
+                    yield chunk
         except grpc.aio.AioRpcError as exc:
             raise blob_error(exc, f"download of blob {digest}") from None
 

@@ -4,7 +4,6 @@ Every movement is one balanced transaction with an idempotency key, so a retried
 replayed operation books nothing twice.
 """
 
-import uuid
 from dataclasses import dataclass, field
 
 from sparegrid.coordinator.clock import Clock
@@ -15,6 +14,7 @@ from sparegrid.coordinator.domain import (
     Transaction,
     client_account,
     escrow_account,
+    new_id,
     node_account,
 )
 from sparegrid.coordinator.states import FINAL_JOB_STATES
@@ -44,7 +44,7 @@ class Ledger:
         self, key: str, reason: str, src: str, dst: str, amount: int, job: str, task: str
     ) -> Transaction:
         return Transaction(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             idempotency_key=key,
             reason=reason,
             postings=[Posting(src, -amount), Posting(dst, amount)],

@@ -58,7 +58,8 @@ class Intake:
         self, node_id: str, statements: list[bytes], signature: bytes, inline: dict[str, bytes]
     ) -> list[Verdict]:
         """Verifies and records a batch; returns a verdict per statement."""
-        node = self.store.get_node(node_id)
+        session = self.scheduler.sessions.get(node_id)
+        node = session.node if session is not None else self.store.get_node(node_id)
         if node is None or not statements:
             return [Verdict("", False, "BAD_BATCH", "empty batch or unknown node")]
         try:
@@ -152,6 +153,7 @@ class Intake:
         now = sched.clock.now()
         superseded: list[Attempt] = []
         finished: list[ActiveJob] = []
+        owned: dict[str, set[str]] = {}  # account id -> output digests it may now read
         with store.transaction():
             used = {ref.digest for _, _, outs, _ in accepted for ref in outs}
             store.put_inline_blobs({d: inline[d] for d in used if d in inline})
@@ -168,11 +170,13 @@ class Intake:
                     active.queue = type(active.queue)(t for t in active.queue if t.id != task.id)
                 move_task(task, TaskState.SUCCEEDED)
                 task.node_id, task.outputs, task.receipt = node_id, outputs, receipt
-                store.add_blob_owners([ref.digest for ref in outputs], active.job.account_id)
+                owned.setdefault(active.job.account_id, set()).update(r.digest for r in outputs)
                 active.open_tasks -= 1
                 active.succeeded += 1
                 if active.open_tasks == 0:
                     finished.append(active)
+            for account_id, digests in owned.items():
+                store.add_blob_owners(sorted(digests), account_id)
             jobs = [sched.jobs[task.job_id].job for _, task, _, _ in accepted]
             payments = [
                 (job, task.id, node_id) for job, (_, task, _, _) in zip(jobs, accepted, strict=True)

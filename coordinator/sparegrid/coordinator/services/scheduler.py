@@ -6,7 +6,6 @@ Sessions are reached through `SessionSink`, so this module never touches gRPC.
 """
 
 import logging
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sparegrid.coordinator.domain import (
     Node,
     Task,
     TaskState,
+    new_id,
 )
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.states import move_attempt, move_job, move_task
@@ -339,7 +339,7 @@ class Scheduler:
                 while credit and active.queue:
                     task = active.queue.popleft()
                     attempt = Attempt(
-                        id=uuid.uuid4().hex,
+                        id=new_id(),
                         task_id=task.id,
                         job_id=task.job_id,
                         node_id=node.id,

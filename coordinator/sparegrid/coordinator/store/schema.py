@@ -87,7 +87,6 @@ CREATE TABLE tasks (
     error TEXT NOT NULL
 );
 CREATE UNIQUE INDEX tasks_job_idx ON tasks (job_id, idx);
-CREATE INDEX tasks_state ON tasks (state);
 
 CREATE TABLE attempts (
     id TEXT PRIMARY KEY,

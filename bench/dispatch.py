@@ -1,0 +1,303 @@
+"""Dispatch benchmark: no-op task throughput, dispatch latency, blob MB/s, and peers.
+
+Starts a real coordinator (SQLite, synchronous=FULL: every credit booked durably) and two
+real worker processes on loopback, then measures, in one run on this machine:
+
+- throughput: an echo job of N no-op tasks, submit -> every result verified, paid, done;
+- dispatch latency: a 1-task job submitted while an idle worker is connected -> the
+  assignment arrives on that worker's stream (this script plays the worker, so both
+  timestamps come from one clock);
+- blob upload and download MB/s through the SDK with 1 GiB of data;
+- Ray and Dask on the same no-op tasks, when they are installed.
+
+Prints a table with the ratios and saves it under bench/results/.
+    python bench/dispatch.py [--tasks 20000] [--blob-mib 1024] [--latency-samples 300]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from sparegrid.sdk import AdminClient, Client
+from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc
+from sparegrid.wire import REGISTER_TAG, Signer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def spawn(root: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    log = (root / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "sparegrid.cli.main", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def start_cluster(root: Path, workers: int, prefetch: int, sync: str) -> tuple[str, list[Any]]:
+    data = root / "coord"
+    database = f"sqlite:///{data / 'coordinator.db'}?synchronous={sync}"
+    procs = [
+        spawn(
+            root,
+            "coordinator",
+            "coordinator",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data),
+            "--database",
+            database,
+            "--log-level",
+            "WARNING",
+        )
+    ]
+    addr = data / "coordinator.addr"
+    deadline = time.monotonic() + 30
+    while not addr.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("coordinator did not start; see " + str(root / "coordinator.log"))
+        time.sleep(0.05)
+    address = addr.read_text().strip()
+    for i in range(workers):
+        procs.append(
+            spawn(
+                root,
+                f"worker{i}",
+                "worker",
+                "run",
+                "--coordinator",
+                address,
+                "--data-dir",
+                str(root / f"node{i}"),
+                "--name",
+                f"bench{i}",
+                "--prefetch",
+                str(prefetch),
+            )
+        )
+    return address, procs
+
+
+def stop(procs: list[Any]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_online(admin: AdminClient, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while sum(1 for n in admin.nodes() if n.state == "online") < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not come online")
+        time.sleep(0.05)
+
+
+def throughput(client: Client, tasks: int) -> float:
+    client.echo("", tasks=100).wait(timeout=120)  # warm up
+    start = time.perf_counter()
+    job = client.echo("", tasks=tasks).wait(timeout=600)
+    elapsed = time.perf_counter() - start
+    if job.state != "succeeded":
+        raise RuntimeError(f"throughput job ended {job.state}")
+    return tasks / elapsed
+
+
+async def dispatch_latency(address: str, api_key: str, samples: int) -> list[float]:
+    """This process is an idle connected worker and a client on one event loop; returns
+    SubmitJob sent -> Assign received on the worker's stream, in ms."""
+    signer = Signer.generate()
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = worker_pb2_grpc.WorkerServiceStub(channel).Session()
+        hello = worker_pb2.Hello(
+            public_key=signer.public_key,
+            node_name="latency-probe",
+            devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="probe")],
+            executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
+            software={"latency-probe": "1.0"},
+        )
+        await call.write(worker_pb2.WorkerMessage(hello=hello))
+        challenge = (await call.read()).challenge
+        signature = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
+        await call.write(
+            worker_pb2.WorkerMessage(
+                challenge_response=worker_pb2.ChallengeResponse(signature=signature)
+            )
+        )
+        await call.read()  # welcome
+        await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(count=samples + 10)))
+        # only this probe advertises the software the probe jobs require, so the real
+        # workers stay connected and idle while it measures
+        spec = client_pb2.JobSpec(
+            kind="echo",
+            params=b'{"tasks": 1}',
+            requirements=common_pb2.Requirements(software={"latency-probe": "1.0"}),
+        )
+        jobs = client_pb2_grpc.ClientServiceStub(channel)
+        metadata = (("authorization", f"Bearer {api_key}"),)
+        latencies = []
+        for i in range(samples):
+            request = client_pb2.SubmitJobRequest(spec=spec, idempotency_key=f"probe-{i}")
+            start = time.perf_counter()
+            submitted = asyncio.ensure_future(jobs.SubmitJob(request, metadata=metadata))
+            message = await call.read()
+            latencies.append((time.perf_counter() - start) * 1000)
+            assert message.HasField("assign")
+            await submitted
+        call.cancel()
+    return latencies
+
+
+def blob_speed(client: Client, root: Path, mib: int) -> tuple[float, float]:
+    path = root / "blob.bin"
+    block = os.urandom(1 << 20)
+    with path.open("wb") as f:
+        for i in range(mib):
+            f.write(block[:-8] + i.to_bytes(8, "little"))
+    start = time.perf_counter()
+    digest = client.upload(path)
+    up = mib / (time.perf_counter() - start)
+    out = root / "blob.out"
+    start = time.perf_counter()
+    client.download(digest, out)
+    down = mib / (time.perf_counter() - start)
+    path.unlink()
+    out.unlink()
+    return up, down
+
+
+def peer(name: str, tasks: int) -> float | None:
+    runners: dict[str, Callable[[int], float]] = {"ray": _ray, "dask": _dask}
+    try:
+        return runners[name](tasks)
+    except ImportError:
+        return None
+
+
+def _ray(tasks: int) -> float:
+    import ray  # type: ignore[import-not-found]
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+
+    @ray.remote
+    def noop(i: int) -> int:
+        return i
+
+    ray.get([noop.remote(i) for i in range(1000)])
+    start = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(tasks)])
+    rate = tasks / (time.perf_counter() - start)
+    ray.shutdown()
+    return rate
+
+
+def _dask(tasks: int) -> float:
+    from dask.distributed import Client as DaskClient  # type: ignore[import-not-found]
+    from dask.distributed import LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        DaskClient(cluster) as dc,
+    ):
+        dc.gather(dc.map(lambda i: i, range(1000), pure=False))
+        start = time.perf_counter()
+        dc.gather(dc.map(lambda i: i, range(tasks), pure=False))
+        return tasks / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--blob-mib", type=int, default=1024)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--prefetch", type=int, default=256)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--sync",
+        choices=["FULL", "NORMAL"],
+        default="FULL",
+        help="SQLite synchronous mode: FULL fsyncs every commit (the default) [%(default)s]",
+    )
+    args = parser.parse_args()
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sparegrid-bench-") as tmp:
+        root = Path(tmp)
+        address, procs = start_cluster(root, workers=2, prefetch=args.prefetch, sync=args.sync)
+        try:
+            admin = AdminClient(address, api_key=(root / "coord/admin.key").read_text().strip())
+            _, key = admin.create_account("bench", credit=10**12)
+            client = Client(address, api_key=key)
+            wait_online(admin, 2)
+            rows["sparegrid_tasks_per_s"] = throughput(client, args.tasks)
+            assert admin.ledger_check().balanced
+            lat = asyncio.run(dispatch_latency(address, key, args.latency_samples))
+            lat.sort()
+            rows["dispatch_p50_ms"] = statistics.median(lat)
+            rows["dispatch_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            if args.blob_mib:
+                rows["upload_mb_s"], rows["download_mb_s"] = blob_speed(client, root, args.blob_mib)
+        finally:
+            stop(procs)
+    if not args.no_peers:
+        for name in ("ray", "dask"):
+            rows[f"{name}_tasks_per_s"] = peer(name, args.tasks)
+    report(rows, args)
+    return 0
+
+
+def report(rows: dict[str, Any], args: argparse.Namespace) -> None:
+    ours = rows["sparegrid_tasks_per_s"]
+    lines = [
+        f"sparegrid dispatch benchmark — {platform.node()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, SQLite synchronous={args.sync}, "
+        f"prefetch {args.prefetch}",
+        f"{'measure':<40}{'value':>14}  target",
+        f"{'no-op tasks/s (2 workers, signed, durable)':<40}{ours:>14,.0f}",
+    ]
+    for name in ("ray", "dask"):
+        rate = rows.get(f"{name}_tasks_per_s")
+        if rate:
+            lines.append(f"{name + ' no-op tasks/s':<40}{rate:>14,.0f}")
+            target = "  >= 3x" if name == "ray" else ""
+            lines.append(f"{'  sparegrid / ' + name:<40}{ours / rate:>13.2f}x{target}")
+        else:
+            lines.append(f"{name + ' no-op tasks/s':<40}{'not installed':>14}")
+    lines += [
+        f"{'dispatch latency p50 (ms)':<40}{rows['dispatch_p50_ms']:>14.2f}  <= 2",
+        f"{'dispatch latency p99 (ms)':<40}{rows['dispatch_p99_ms']:>14.2f}  <= 10",
+    ]
+    if "upload_mb_s" in rows:
+        lines += [
+            f"{f'blob upload MB/s ({args.blob_mib} MiB)':<40}{rows['upload_mb_s']:>14.0f}  >= 500",
+            f"{f'blob download MB/s ({args.blob_mib} MiB)':<40}{rows['download_mb_s']:>14.0f}  >= 500",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"dispatch-{stamp}.txt").write_text(text + "\n")
+    (RESULTS / f"dispatch-{stamp}.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
