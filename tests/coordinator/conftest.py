@@ -1,4 +1,6 @@
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.store.base import Store
 from sparegrid.coordinator.store.sqlite import SqliteStore
 
 
@@ -26,9 +29,26 @@ class Served:
         return (("authorization", f"Bearer {key}"),)
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    store = SqliteStore(tmp_path / "coordinator.db")
+def _stores() -> list[str]:
+    backends = ["sqlite"]
+    if os.environ.get("SPAREGRID_TEST_POSTGRES"):
+        backends.append("postgres")
+    return backends
+
+
+def open_backend(kind: str, tmp_path: Path, schema: str) -> Store:
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "coordinator.db")
+    from sparegrid.coordinator.store.postgres import PostgresStore
+
+    return PostgresStore(os.environ["SPAREGRID_TEST_POSTGRES"], schema=schema)
+
+
+@pytest.fixture(params=_stores())
+async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
+    """A coordinator on loopback, on SQLite and (when configured) on PostgreSQL."""
+    schema = f"t_{uuid.uuid4().hex}"
+    store = open_backend(request.param, tmp_path, schema)
     app = App(store, Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0))
     key_file = ensure_admin(app, tmp_path)
     _, alice_key = app.accounts.create("alice", 100)
@@ -45,6 +65,15 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         await server.stop(grace=None)
         await app.stop()
         await asyncio.sleep(0)
+        if request.param == "postgres":
+            drop_schema(schema)
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(os.environ["SPAREGRID_TEST_POSTGRES"], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
 
 
 def code_of(error: grpc.aio.AioRpcError) -> str:

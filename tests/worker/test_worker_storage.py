@@ -144,3 +144,47 @@ async def test_batches_are_signed_and_split_by_count_and_inline_size(tmp_path: P
     [failures] = [m.failures for m in batches if m.WhichOneof("body") == "failures"]
     assert failures.failures[0].attempt_id == "f"
     assert len({batch_id_of(m) for m in batches}) == 3
+
+
+async def test_results_gather_into_one_batch_while_the_coordinator_is_behind(
+    tmp_path: Path,
+) -> None:
+    signer = Signer.generate()
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    batcher = ResultBatcher(
+        signer, outbox, SystemClock(), window=0.001, max_items=100, max_unacked=1
+    )
+
+    def finish(i: int) -> None:
+        statement = common_pb2.ResultStatement(attempt_id=f"a{i}").SerializeToString()
+        batcher.add_result(statement, {}, {})
+
+    finish(0)
+    await asyncio.sleep(0.05)
+    assert len(outbox) == 1  # sent at once: nothing was unacknowledged
+    for i in range(1, 6):  # the first batch is not acknowledged yet: these wait
+        finish(i)
+        await asyncio.sleep(0.01)
+    assert len(outbox) == 1
+    outbox.ack(outbox.pending()[0].batch_id)
+    await asyncio.sleep(0.05)
+    [entry] = outbox.pending()
+    assert len(entry.message.results.statements) == 5  # one batch, one signature
+    await batcher.close()
+
+
+def test_a_deep_credit_window_is_refilled_in_quarters() -> None:
+    from sparegrid.worker.credit import CreditWindow
+
+    window = CreditWindow(prefetch=8, devices=[0])
+    assert window.top_up(0, held=0) == 8
+    for _ in range(8):
+        window.assigned(0)
+    assert window.top_up(0, held=7) == 0  # one free slot: not worth a message yet
+    assert window.top_up(0, held=6) == 2  # a quarter of the window
+    shallow = CreditWindow(prefetch=2, devices=[0])
+    assert shallow.top_up(0, held=0) == 2
+    shallow.assigned(0)
+    shallow.assigned(0)
+    assert shallow.top_up(0, held=1) == 1  # a GPU-sized window refills one by one

@@ -16,7 +16,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
 )
-from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
+from sparegrid.coordinator.services.scheduler import ActiveJob, NodeSession, Scheduler
 from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt, move_task
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
@@ -69,9 +69,7 @@ class Intake:
             log.warning("node %s sent a batch with a bad signature: %s", node_id, exc)
             return [Verdict("", False, "BAD_SIGNATURE", str(exc))]
         decoded = [_decode(data) for data in statements]
-        ids = [s.attempt_id for s in decoded if s is not None]
-        attempts = {a.id: a for a in self.store.get_attempts(ids)}
-        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts.values()])}
+        attempts, tasks = self._lookup(session, [s.attempt_id for s in decoded if s is not None])
         verdicts: list[Verdict] = []
         accepted: list[tuple[Attempt, Task, list[FileRef], bytes]] = []
         seen: set[str] = set()
@@ -104,6 +102,26 @@ class Intake:
             verdicts.append(Verdict(attempt.id, True))
         self._accept(node_id, accepted, inline)
         return verdicts
+
+    def _lookup(
+        self, session: NodeSession | None, attempt_ids: list[str]
+    ) -> tuple[dict[str, Attempt], dict[str, Task]]:
+        """The attempts and their tasks: from the session's leases when it holds them
+        (the usual case, no query), else from the store (late or repeated results)."""
+        attempts: dict[str, Attempt] = {}
+        tasks: dict[str, Task] = {}
+        missing: list[str] = []
+        for attempt_id in attempt_ids:
+            lease = session.leases.get(attempt_id) if session is not None else None
+            if lease is None:
+                missing.append(attempt_id)
+            else:
+                attempts[attempt_id], tasks[lease.task.id] = lease.attempt, lease.task
+        if missing:
+            stored = self.store.get_attempts(missing)
+            attempts.update((a.id, a) for a in stored)
+            tasks.update((t.id, t) for t in self.store.get_tasks([a.task_id for a in stored]))
+        return attempts, tasks
 
     def _check(
         self,

@@ -72,6 +72,7 @@ class ActiveJob:
 @dataclass
 class Lease:
     attempt: Attempt
+    task: Task  # as leased; its result is checked against this without a query
     digests: list[str]  # the task's inputs: what the node may download for it
 
 
@@ -269,7 +270,7 @@ class Scheduler:
 
     def _hold(self, session: NodeSession, attempt: Attempt, task: Task) -> None:
         digests = [ref.digest for ref in task.inputs]
-        session.leases[attempt.id] = Lease(attempt, digests)
+        session.leases[attempt.id] = Lease(attempt, task, digests)
         session.digests.update(digests)
         active = self.jobs.get(attempt.job_id)
         if active is not None:
