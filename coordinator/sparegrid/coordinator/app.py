@@ -83,6 +83,7 @@ class App:
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
         self._kick_pending = False
+        self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -90,6 +91,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._reaper()))
 
     async def stop(self) -> None:
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -123,6 +125,11 @@ class App:
     def _commit_group(self) -> None:
         self._group_scheduled = False
         items, self._inbox = self._inbox, []
+        if self._stopped:  # shutting down: the store is closed, nothing more happens
+            for _, future in items:
+                if not future.done():
+                    future.cancel()
+            return
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             with self.store.transaction():

@@ -77,6 +77,8 @@ class QueueSink:
 
 
 def _reply(sink: QueueSink, future: "asyncio.Future[Msg | None]") -> None:
+    if future.cancelled():  # the coordinator is stopping
+        return
     error = future.exception()
     if error is not None:
         sink.queue.put_nowait(error)
