@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from sparegrid.cli.admin import task_label
+from sparegrid.sdk import LedgerEntry
 from sparegrid.sdk.config import admin_key_path
 from tests.cli.conftest import Cli, FakeGrid
 
@@ -72,7 +74,7 @@ async def test_account_list_grant_nodes_and_ledger(
     accounts = await cli("admin", "account", "list")
     assert "alice" in accounts.out
     granted = await cli("admin", "credit", "grant", "alice", "25", "--reason", "bonus")
-    assert granted.out.strip() == "alice: balance 1023"
+    assert granted.out.strip() == "alice: +25 credit, balance 1023"
     nodes = await cli("admin", "nodes")
     assert grid.coordinator.signer.node_id in nodes.out
     assert "fake-node" in nodes.out
@@ -82,6 +84,38 @@ async def test_account_list_grant_nodes_and_ledger(
     entries = await cli("admin", "ledger", "entries", "--account", "alice")
     assert "+25" in entries.out
     assert "-2" in entries.out
+    assert all(line == line.rstrip() for line in entries.out.splitlines())
+
+
+async def test_empty_listings_say_so(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAREGRID_ADMIN_KEY", ADMIN_KEY)
+    entries = await cli("admin", "ledger", "entries", "--job", "nothing-here")
+    assert (entries.code, entries.out) == (0, "")
+    assert "no ledger entries match" in entries.err
+
+
+async def test_piped_ledger_entries_keep_whole_ids(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAREGRID_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal's width must not cut piped ids
+    job_id = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.split()[0]
+    long_job = "0123456789abcdef0123456789abcdef"
+    grid.coordinator._post("tx-long", long_job, (f"escrow:{long_job}", 1, "accepted result"))
+    entries = await cli("admin", "ledger", "entries")
+    assert entries.code == 0
+    assert "…" not in entries.out
+    assert f"escrow:{long_job}" in entries.out
+    assert job_id in entries.out
+
+
+def test_task_label_is_the_index_within_its_job() -> None:
+    entry = LedgerEntry("tx", "node:n", 1, "accepted result", job_id="j1", task_id="j1-17")
+    assert task_label(entry) == "17"
+    assert task_label(LedgerEntry("tx", "a", 1, "r", job_id="j1", task_id="other")) == "other"
+    assert task_label(LedgerEntry("tx", "a", 1, "grant")) == "-"
 
 
 async def test_unbalanced_ledger_exits_1(
@@ -100,3 +134,15 @@ async def test_not_admin(cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPat
     result = await cli("admin", "account", "list")
     assert result.code == 1
     assert "[NOT_ADMIN]" in result.err
+    assert "hint: use the admin key `coordinator serve` wrote" in result.err
+
+
+async def test_markup_in_names_is_shown_as_typed(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAREGRID_ADMIN_KEY", ADMIN_KEY)
+    created = await cli("admin", "account", "create", "[bold]x")
+    assert created.code == 0
+    assert "created account '[bold]x'" in created.err
+    listed = await cli("admin", "account", "list")
+    assert "[bold]x" in listed.out

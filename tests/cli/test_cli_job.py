@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sparegrid.cli.job import parse_inputs, safe_name
-from sparegrid.sdk import InvalidArgumentError
+from sparegrid.sdk import InvalidArgumentError, Job
+from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
 
 
@@ -18,8 +19,19 @@ async def test_submit_without_api_key_is_a_clear_error(
     result = await cli("job", "submit", "echo", "--coordinator", "127.0.0.1:1")
     assert result.code == 1
     assert result.out == ""
-    assert "error: no API key: set SPAREGRID_API_KEY or pass api_key= [NO_API_KEY]" in result.err
+    assert "error: no API key: set $SPAREGRID_API_KEY to your account's key [NO_API_KEY]" in (
+        result.err
+    )
+    assert "hint: an operator creates an account and its key" in result.err
     assert "Traceback" not in result.err
+
+
+async def test_wrong_api_key(cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPAREGRID_API_KEY", "sg_wrong")
+    result = await cli("job", "list")
+    assert result.code == 1
+    assert "[BAD_API_KEY]" in result.err
+    assert "sparegrid admin account create NAME" in result.err
 
 
 async def test_unreachable_coordinator(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +39,9 @@ async def test_unreachable_coordinator(cli: Cli, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("sparegrid.sdk.retry.RetryPolicy.backoff", lambda self, failures: 0.0)
     result = await cli("job", "list", "--coordinator", "127.0.0.1:1")
     assert result.code == 1
-    assert "cannot reach coordinator at 127.0.0.1:1" in result.err
+    assert "error: cannot reach coordinator at 127.0.0.1:1: Connection refused [UNAVAILABLE]" in (
+        result.err
+    )
     assert "sparegrid coordinator serve" in result.err
     assert "Traceback" not in result.err
 
@@ -42,11 +56,52 @@ async def test_submit_prints_only_the_id(cli: Cli, grid: FakeGrid) -> None:
     assert grid.coordinator.jobs[job_id].params == {"data": "hi", "tasks": 3}
 
 
-async def test_submit_unknown_kind_shows_known_kinds(cli: Cli, grid: FakeGrid) -> None:
+async def test_submit_unknown_kind_shows_known_kinds(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
     result = await cli("job", "submit", "teleport")
     assert result.code == 1
     assert "unknown job kind 'teleport'; known kinds: checksum, echo" in result.err
     assert "[UNKNOWN_KIND]" in result.err
+    path = tmp_path / "in.bin"
+    path.write_bytes(b"x" * 100)
+    with_input = await cli("job", "submit", "teleport", "--input", str(path))
+    assert with_input.code == 1
+    assert "unknown job kind 'teleport'; known kinds: checksum, echo [UNKNOWN_KIND]" in (
+        with_input.err
+    )
+    assert "upload" not in with_input.err
+    assert grid.coordinator.blobs.blobs == {}  # nothing was uploaded
+
+
+@pytest.mark.parametrize("tasks", ["0", "-3"])
+async def test_submit_fewer_than_one_task_uploads_nothing(
+    cli: Cli, grid: FakeGrid, tmp_path: Path, tasks: str
+) -> None:
+    path = tmp_path / "in.bin"
+    path.write_bytes(b"x" * 100)
+    result = await cli("job", "submit", "checksum", "--input", str(path), "--tasks", tasks)
+    assert result.code == 1
+    assert f"error: --tasks must be at least 1, got {tasks} [BAD_PARAMS]" in result.err
+    assert grid.coordinator.blobs.blobs == {}
+    assert grid.coordinator.jobs == {}
+    from_params = await cli("job", "submit", "echo", "--params", '{"tasks": 0}')
+    assert "error: params.tasks must be at least 1, got 0 [BAD_PARAMS]" in from_params.err
+
+
+async def test_submit_missing_input_file(cli: Cli, grid: FakeGrid, tmp_path: Path) -> None:
+    result = await cli("job", "submit", "checksum", "--input", str(tmp_path / "nope.bin"))
+    assert result.code == 1
+    assert f"input 'data': no such file {tmp_path / 'nope.bin'} [BAD_INPUT]" in result.err
+    assert grid.coordinator.jobs == {}
+
+
+async def test_insufficient_credit_says_what_to_do(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--tasks", "5000")
+    assert result.code == 1
+    assert "[INSUFFICIENT_CREDIT]" in result.err
+    assert "sparegrid admin credit grant ACCOUNT AMOUNT" in result.err
+    assert grid.coordinator.jobs == {}
 
 
 async def test_submit_checksum_with_input_and_wait(
@@ -79,7 +134,37 @@ async def test_wait_exit_codes(cli: Cli, grid: FakeGrid) -> None:
     assert "[WAIT_TIMEOUT]" in timed_out.err
     cancelled = await cli("job", "cancel", slow)
     assert cancelled.out.strip() == f"{slow}: cancelled"
+    assert "credit spent" in cancelled.err
     assert (await cli("job", "wait", slow)).code == 1
+    again = await cli("job", "cancel", slow)  # cancelling a cancelled job: still cancelled
+    assert (again.code, again.out.strip()) == (0, f"{slow}: cancelled")
+
+
+async def test_cancel_a_finished_job_changes_nothing(cli: Cli, grid: FakeGrid) -> None:
+    done = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.strip()
+    result = await cli("job", "cancel", done)
+    assert result.code == 1
+    assert result.out == ""
+    assert f"error: job {done} already succeeded; nothing to cancel [JOB_FINISHED]" in result.err
+    assert grid.coordinator.jobs[done].msg.counts.cancelled == 0
+
+
+async def test_interrupted_wait_says_the_job_goes_on(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid.coordinator.tick = 1.0
+    job_id = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+
+    def interrupt(self: Job, timeout: float | None = None, on_progress: object = None) -> Job:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Job, "wait", interrupt)
+    result = await cli("job", "wait", job_id)
+    assert result.code == 130
+    assert f"error: interrupted; job {job_id} goes on without you" in result.err
+    assert f"`sparegrid job cancel {job_id}`" in result.err
+    assert "Traceback" not in result.err
+    assert grid.coordinator.jobs[job_id].msg.state == common_pb2.JOB_STATE_RUNNING
 
 
 async def test_results_writes_outputs_receipts_and_index(
@@ -90,7 +175,7 @@ async def test_results_writes_outputs_receipts_and_index(
     out_dir = tmp_path / "out"
     result = await cli("job", "results", job_id, "-o", str(out_dir))
     assert result.code == 0
-    assert result.out.strip() == "4 results written, 4 receipts verified"
+    assert result.out.strip() == f"4 results written to {out_dir}, 4 receipts verified"
     assert (out_dir / "task_00003" / "data").read_bytes() == b"hey"
     assert (out_dir / "receipts" / "task_00000.receipt").stat().st_size > 0
     index = json.loads((out_dir / "results.json").read_text())
@@ -108,7 +193,8 @@ async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_pat
     forged.outputs[0].size += 1
     result = await cli("job", "results", job_id, "-o", str(tmp_path / "o"))
     assert result.code == 1
-    assert "2 results written, 1 receipts verified" in result.out
+    assert "2 results written to" in result.out
+    assert "1 receipts verified" in result.out
     assert "task 1 (" in result.err
     verify = await cli("job", "verify", job_id)
     assert verify.code == 1
@@ -125,9 +211,87 @@ async def test_verify_get_and_list(cli: Cli, grid: FakeGrid) -> None:
     assert "3 held, 3 spent, 0 refunded" in got.out
     listed = await cli("job", "list")
     assert job_id in listed.out
+    assert " name " not in listed.out.splitlines()[0]  # no job has a name: no name column
+    await cli("job", "submit", "echo", "--name", "nightly [x]")
+    named = await cli("job", "list")
+    assert " name " in named.out.splitlines()[0]
+    assert "nightly [x]" in named.out
     missing = await cli("job", "get", "nope")
     assert missing.code == 1
     assert "[JOB_NOT_FOUND]" in missing.err
+
+
+async def test_results_never_mix_into_a_directory_with_files(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    job_id = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.splitlines()[0]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    refused = await cli("job", "results", job_id, "-o", str(busy))
+    assert refused.code == 1
+    assert f"{busy} already holds files; choose a new directory, or pass --force" in refused.err
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    forced = await cli("job", "results", job_id, "-o", str(busy), "--force")
+    assert forced.code == 0
+    assert (busy / "notes.txt").read_text() == "mine"
+    assert (busy / "results.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (await cli("job", "results", job_id, "-o", str(empty))).code == 0
+    assert (empty / "results.json").is_file()
+    a_file = tmp_path / "file.bin"
+    a_file.write_bytes(b"x")
+    not_dir = await cli("job", "results", job_id, "-o", str(a_file))
+    assert not_dir.code == 1
+    assert f"{a_file} exists and is not a directory [OUTPUT_EXISTS]" in not_dir.err
+    assert a_file.read_bytes() == b"x"
+
+
+async def test_results_of_an_unknown_job_write_nothing(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    result = await cli("job", "results", "nope", "-o", str(tmp_path / "out"))
+    assert result.code == 1
+    assert "[JOB_NOT_FOUND]" in result.err
+    assert "`sparegrid job list`" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_results_failing_midway_leave_nothing_behind(
+    cli: Cli, grid: FakeGrid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.splitlines()[0]
+
+    def broken(*args: object) -> None:
+        raise OSError(28, "No space left on device", "results.json")
+
+    monkeypatch.setattr("sparegrid.cli.job.write_index", broken)
+    result = await cli("job", "results", job_id, "-o", str(tmp_path / "out"))
+    assert result.code == 1
+    assert "error: No space left on device: results.json" in result.err
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    in_place = await cli("job", "results", job_id, "-o", ".")
+    assert in_place.code == 1
+    assert list(empty.iterdir()) == []
+
+
+async def test_results_of_a_running_job_say_so(cli: Cli, grid: FakeGrid, tmp_path: Path) -> None:
+    grid.coordinator.tick = 1.0
+    job_id = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+    result = await cli("job", "results", job_id, "-o", str(tmp_path / "out"))
+    assert result.code == 0
+    assert f"job {job_id} is still running" in result.err
+    assert f"`sparegrid job wait {job_id}`" in result.err
+
+
+async def test_list_without_jobs(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "list")
+    assert (result.code, result.out) == (0, "")
+    assert "no jobs yet" in result.err
 
 
 def test_parse_inputs(tmp_path: Path) -> None:

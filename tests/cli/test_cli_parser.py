@@ -33,6 +33,10 @@ def test_help_lists_every_group(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for group in ("coordinator", "worker", "job", "admin", "demo"):
         assert group in out
+    # each command and its help on one line, aligned (argparse 3.11 broke the longest one)
+    lines = [line for line in out.splitlines() if line.startswith("    ")]
+    assert lines[0].split() == ["coordinator", "run", "the", "coordinator"]
+    assert len({line.index(line.split()[1]) for line in lines}) == 1
 
 
 def test_python_dash_m_works() -> None:

@@ -3,8 +3,10 @@
 import argparse
 from typing import Any
 
+from rich.text import Text
+
 from sparegrid.cli import common, output
-from sparegrid.sdk import Node
+from sparegrid.sdk import LedgerEntry, Node
 
 
 def register(subparsers: Any) -> None:
@@ -15,8 +17,8 @@ def register(subparsers: Any) -> None:
     accounts = admin.add_parser("account", help="create and list accounts")
     account = accounts.add_subparsers(dest="account_command", metavar="COMMAND", required=True)
     p = account.add_parser("create", parents=parents, help="create an account; prints its key")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--credit", type=int, default=0, help="initial credit")
+    p.add_argument("name", metavar="NAME", help="account name")
+    p.add_argument("--credit", type=int, default=0, metavar="N", help="initial credit (0)")
     p.add_argument("--admin", action="store_true", help="make it an admin account")
     p.set_defaults(func=account_create)
     p = account.add_parser("list", parents=parents, help="list accounts")
@@ -25,9 +27,13 @@ def register(subparsers: Any) -> None:
     credits = admin.add_parser("credit", help="grant credit")
     credit = credits.add_subparsers(dest="credit_command", metavar="COMMAND", required=True)
     p = credit.add_parser("grant", parents=parents, help="add credit to an account")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("amount", metavar="AMOUNT", type=int)
-    p.add_argument("--reason", default="granted by an operator")
+    p.add_argument("name", metavar="NAME", help="account name")
+    p.add_argument("amount", metavar="AMOUNT", type=int, help="credit to add")
+    p.add_argument(
+        "--reason",
+        default="granted by an operator",
+        help="shown in the ledger (default: granted by an operator)",
+    )
     p.set_defaults(func=credit_grant)
 
     p = admin.add_parser("nodes", parents=parents, help="list worker nodes")
@@ -38,9 +44,9 @@ def register(subparsers: Any) -> None:
     p = ledger.add_parser("check", parents=parents, help="check that the ledger balances")
     p.set_defaults(func=ledger_check)
     p = ledger.add_parser("entries", parents=parents, help="list ledger entries")
-    p.add_argument("--account", default="", help="only this account")
-    p.add_argument("--job", default="", help="only this job")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--account", default="", metavar="NAME", help="only this account")
+    p.add_argument("--job", default="", metavar="JOB_ID", help="only this job")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (100)")
     p.set_defaults(func=ledger_entries)
 
 
@@ -49,7 +55,7 @@ def account_create(args: argparse.Namespace) -> int:
         account, key = admin.create_account(args.name, args.credit, args.admin)
     print(key, flush=True)
     kind = "admin account" if account.is_admin else "account"
-    output.err().print(f"created {kind} {account.name!r} with {account.balance} credit")
+    output.note(f"created {kind} {account.name!r} with {account.balance} credit")
     output.hint(
         "the API key above is shown only this once; clients read it from $SPAREGRID_API_KEY"
     )
@@ -61,29 +67,27 @@ def account_list(args: argparse.Namespace) -> int:
         accounts = admin.list_accounts()
     t = output.table("account", "balance", "admin", "created")
     for a in accounts:
-        t.add_row(a.name, str(a.balance), "yes" if a.is_admin else "", output.when(a.created_at))
-    output.out().print(t)
+        admin_ = "yes" if a.is_admin else "no"
+        t.add_row(Text(a.name), str(a.balance), admin_, output.when(a.created_at))
+    output.show(t)
     return 0
 
 
 def credit_grant(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         account = admin.grant(args.name, args.amount, args.reason)
-    print(f"{account.name}: balance {account.balance}")
+    print(f"{account.name}: {args.amount:+d} credit, balance {account.balance}")
     return 0
 
 
 def nodes_table(items: list[Node]) -> Any:
-    t = output.table(
-        "node", "name", "devices", "state", "done", "failed", "credit", "last seen",
-        fixed={"node": 16, "name": 10, "state": 8, "last seen": 9},
-    )  # fmt: skip
+    t = output.table("node", "name", "devices", "state", "done", "failed", "credit", "last seen")
     for n in items:
         devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
         t.add_row(
             n.node_id,
-            n.name,
-            devices,
+            Text(n.name),
+            Text(devices),
             n.state,
             str(n.tasks_succeeded),
             str(n.tasks_failed),
@@ -95,7 +99,11 @@ def nodes_table(items: list[Node]) -> Any:
 
 def nodes(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
-        output.out().print(nodes_table(admin.nodes()))
+        items = admin.nodes()
+    if not items:
+        output.note("no node has connected yet: `sparegrid worker run` starts one")
+        return 0
+    output.show(nodes_table(items))
     return 0
 
 
@@ -120,16 +128,31 @@ def ledger_check(args: argparse.Namespace) -> int:
 def ledger_entries(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         entries = admin.ledger_entries(args.account, args.job, args.limit)
-    t = output.table("transaction", "account", "amount", "reason", "job", "task", "time")
+    if not entries:
+        output.note("no ledger entries match")
+        return 0
+    output.show(entries_table(entries))
+    return 0
+
+
+def task_label(entry: LedgerEntry) -> str:
+    """The task as its index when its id is `<job id>-<index>`, as the coordinator makes it."""
+    prefix = f"{entry.job_id}-"
+    if entry.job_id and entry.task_id.startswith(prefix):
+        return entry.task_id[len(prefix) :]
+    return entry.task_id or "-"
+
+
+def entries_table(entries: list[LedgerEntry]) -> Any:
+    t = output.table("time", "transaction", "account", "amount", "reason", "job", "task")
     for e in entries:
         t.add_row(
-            e.transaction_id,
-            e.account,
-            f"{e.amount:+d}",
-            e.reason,
-            e.job_id or "-",
-            e.task_id or "-",
             output.when(e.created_at),
+            e.transaction_id,
+            Text(e.account),
+            f"{e.amount:+d}",
+            Text(e.reason),
+            e.job_id or "-",
+            Text(task_label(e)),
         )
-    output.out().print(t)
-    return 0
+    return t

@@ -5,9 +5,24 @@ from collections.abc import Callable
 
 from sparegrid.cli import output
 from sparegrid.sdk import AdminClient, Client, SparegridError, UnavailableError
-from sparegrid.sdk.config import ENV_ADDRESS, ENV_TLS_CA, resolve_address
+from sparegrid.sdk.config import ENV_ADDRESS, ENV_API_KEY, ENV_TLS_CA, resolve_address
 
 Handler = Callable[[argparse.Namespace], int]
+
+CREATE_ACCOUNT = (
+    "an operator creates an account and its key with `sparegrid admin account create NAME`"
+)
+# What to do next, for the errors a user causes most often.
+HINTS = {
+    "NO_API_KEY": CREATE_ACCOUNT,
+    "BAD_API_KEY": CREATE_ACCOUNT,
+    "INSUFFICIENT_CREDIT": "submit fewer tasks, or have an operator add credit with "
+    "`sparegrid admin credit grant ACCOUNT AMOUNT`",
+    "JOB_NOT_FOUND": "`sparegrid job list` shows the jobs of your account",
+    "ACCOUNT_NOT_FOUND": "`sparegrid admin account list` shows the accounts",
+    "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
+    "(--admin-key-file), or the key of an account made with --admin",
+}
 
 
 def connection_parent() -> argparse.ArgumentParser:
@@ -44,13 +59,31 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
     return AdminClient(args.coordinator, key_file=args.admin_key_file, tls_ca=args.tls_ca)
 
 
+def short_reason(message: str) -> str:
+    """gRPC's "failed to connect to all addresses; ...: Connection refused" -> the last part."""
+    lower = message.lower()
+    if any(s in lower for s in ("failed to connect", "resolving", "resolution failed")):
+        return message.rsplit(": ", 1)[-1].strip("[] ")
+    return message
+
+
 def unreachable(args: argparse.Namespace, exc: UnavailableError) -> None:
     address = resolve_address(getattr(args, "coordinator", None))
-    output.error(f"cannot reach coordinator at {address}: {exc.message}", exc.code)
+    output.error(f"cannot reach coordinator at {address}: {short_reason(exc.message)}", exc.code)
     output.hint(
         "start one with `sparegrid coordinator serve`, or point --coordinator or "
         f"${ENV_ADDRESS} at a running one"
     )
+
+
+def failed(exc: SparegridError) -> None:
+    """One `error:` line in the user's terms, then what to do when we know it."""
+    if exc.code == "NO_API_KEY":
+        output.error(f"no API key: set ${ENV_API_KEY} to your account's key", exc.code)
+    else:
+        output.sparegrid_error(exc)
+    if exc.code in HINTS:
+        output.hint(HINTS[exc.code])
 
 
 def run(handler: Handler, args: argparse.Namespace) -> int:
@@ -60,7 +93,7 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     except UnavailableError as exc:
         unreachable(args, exc)
     except SparegridError as exc:
-        output.sparegrid_error(exc)
+        failed(exc)
     except OSError as exc:
         output.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:

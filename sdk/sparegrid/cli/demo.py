@@ -171,7 +171,7 @@ class Demo:
             detail.append(f"{report.ok} receipts verified")
 
     def show_nodes_and_ledger(self, admin: AdminClient) -> None:
-        output.out().print(nodes_table(admin.nodes()))
+        output.show(nodes_table(admin.nodes()))
         with self.timings.step("ledger check") as detail:
             check = admin.ledger_check()
             if not check.balanced:
@@ -211,9 +211,9 @@ def run(args: argparse.Namespace) -> int:
         print_tails(procs)
         output.error(f"demo failed: {failure}")
     else:
-        output.out().print(demo.timings.table())
+        output.show(demo.timings.table())
     if args.keep:
-        output.err().print(f"kept {root} (logs: {root}/*.log)")
+        output.note(f"kept {root} (logs: {root}/*.log)")
     else:
         shutil.rmtree(root, ignore_errors=True)
         if failure:

@@ -1,9 +1,13 @@
 """`sparegrid job ...`: submit, wait, results, get, list, cancel, verify."""
 
 import argparse
+import contextlib
 import json
 import re
+import shutil
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from sparegrid.sdk import (
 )
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+JOB_ID_HELP = "the id `job submit` printed (`sparegrid job list` shows them)"
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +36,7 @@ def register(subparsers: Any) -> None:
 
     p = jobs.add_parser("submit", parents=[conn], help="upload inputs and submit a job")
     p.add_argument("kind", metavar="KIND", help="job kind, e.g. echo or checksum")
-    p.add_argument("--tasks", type=int, help="number of tasks (params.tasks)")
+    p.add_argument("--tasks", type=int, metavar="N", help="split the job into N tasks")
     p.add_argument(
         "--input",
         action="append",
@@ -40,35 +45,58 @@ def register(subparsers: Any) -> None:
         help="file to upload as input NAME (PATH alone: input 'data'); repeatable",
     )
     p.add_argument("--data", help="params.data (echo)")
-    p.add_argument("--sleep-ms", type=int, help="params.sleep_ms (echo)")
+    p.add_argument("--sleep-ms", type=int, metavar="MS", help="params.sleep_ms (echo)")
     p.add_argument("--params", metavar="JSON", help="params as a JSON object")
     p.add_argument("--name", default="", help="a label for the job")
-    p.add_argument("--max-attempts", type=int, default=0, help="tries per task (0: default)")
+    p.add_argument(
+        "--max-attempts", type=int, default=0, metavar="N", help="tries per task (0: default)"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
+    )
     p.set_defaults(func=submit)
 
-    p = jobs.add_parser("wait", parents=[conn], help="follow a job until it is final")
-    p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("--timeout", type=float, help="give up after SECONDS (exit 2)")
+    p = jobs.add_parser(
+        "wait",
+        parents=[conn],
+        help="follow a job until it is final",
+        description="Follows a job until it is final, then prints a summary. Exit status: "
+        "0 succeeded, 1 failed or cancelled, 2 --timeout reached, 130 interrupted "
+        "(the job goes on).",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 2)"
+    )
     p.set_defaults(func=wait)
 
-    p = jobs.add_parser("results", parents=[conn], help="write outputs and receipts, verified")
-    p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write")
+    p = jobs.add_parser(
+        "results",
+        parents=[conn],
+        help="write outputs and receipts, verified",
+        description="Writes DIR/task_NNNNN/<output>, DIR/receipts/task_NNNNN.receipt and an "
+        "index DIR/results.json, after checking every receipt. DIR must not exist yet (or be "
+        "empty); nothing is written unless every result could be fetched.",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to create")
+    p.add_argument(
+        "--force", action="store_true", help="write into DIR even if it holds files already"
+    )
     p.set_defaults(func=results)
 
     for name, func, text in (
         ("get", get, "show a job"),
-        ("cancel", cancel, "cancel a job"),
+        ("cancel", cancel, "cancel a job; its unused credit comes back"),
         ("verify", verify, "check every receipt of a job"),
     ):
         p = jobs.add_parser(name, parents=[conn], help=text)
-        p.add_argument("job_id", metavar="JOB_ID")
+        p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
         p.set_defaults(func=func)
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
     p.set_defaults(func=list_jobs)
 
 
@@ -87,7 +115,20 @@ def parse_params(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in (("tasks", args.tasks), ("data", args.data), ("sleep_ms", args.sleep_ms)):
         if value is not None:
             params[key] = value
+    tasks = params.get("tasks")
+    if isinstance(tasks, int) and tasks < 1:
+        where = "--tasks" if args.tasks is not None else "params.tasks"
+        raise InvalidArgumentError("BAD_PARAMS", f"{where} must be at least 1, got {tasks}")
     return params
+
+
+def check_kind(client: Client, kind: str) -> None:
+    """UNKNOWN_KIND before any upload, as the coordinator would say it after."""
+    known = sorted(k.name for k in client.info().kinds)
+    if kind not in known:
+        raise InvalidArgumentError(
+            "UNKNOWN_KIND", f"unknown job kind {kind!r}; known kinds: {', '.join(known)}"
+        )
 
 
 def parse_inputs(values: list[str]) -> dict[str, Path]:
@@ -115,12 +156,14 @@ def submit(args: argparse.Namespace) -> int:
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     with common.client(args) as client:
+        if inputs:
+            check_kind(client, args.kind)
         digests = {name: upload(client, name, path) for name, path in inputs.items()}
         job = client.submit(
             args.kind, params, digests, name=args.name, max_attempts=args.max_attempts
         )
         print(job.id, flush=True)
-        output.err().print(
+        output.note(
             f"submitted {job.kind} job {job.id}: {job.counts.total} tasks, "
             f"{job.cost_held} credit held"
         )
@@ -142,11 +185,22 @@ def follow(job: Job, timeout: float | None, summary: Console | None = None) -> i
     except DeadlineExceededError as exc:
         if exc.code != "WAIT_TIMEOUT":
             raise
-        summary.print(output.job_summary(job, time.monotonic() - start))
+        output.show(output.job_summary(job, time.monotonic() - start), summary)
         output.error(exc.message, exc.code)
+        still_running(job)
         return 2
-    summary.print(output.job_summary(job, output.job_elapsed(job, time.monotonic() - start)))
+    except KeyboardInterrupt:
+        output.error(f"interrupted; job {job.id} goes on without you")
+        still_running(job)
+        return 130
+    output.show(output.job_summary(job, output.job_elapsed(job, time.monotonic() - start)), summary)
     return 0 if job.state is JobState.SUCCEEDED else 1
+
+
+def still_running(job: Job) -> None:
+    output.hint(
+        f"`sparegrid job wait {job.id}` follows it again; `sparegrid job cancel {job.id}` stops it"
+    )
 
 
 def wait(args: argparse.Namespace) -> int:
@@ -221,19 +275,75 @@ def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str,
     }
 
 
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """DIR must be new or empty (or --force): results never mix with other files unasked."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidArgumentError("OUTPUT_EXISTS", f"{out_dir} exists and is not a directory")
+    if not force and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise InvalidArgumentError(
+            "OUTPUT_EXISTS",
+            f"{out_dir} already holds files; choose a new directory, or pass --force to "
+            "write into it (files of the same names are replaced)",
+        )
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """Where to write `out_dir`'s files so that a failure leaves nothing behind.
+
+    A new `out_dir` is built beside it and renamed into place once complete; an existing
+    one (empty, or --force) is written in place, and emptied again on failure if it was empty.
+    """
+    if out_dir.is_dir():
+        was_empty = not any(out_dir.iterdir())
+        try:
+            yield out_dir
+        except BaseException:
+            if was_empty:
+                for child in out_dir.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            raise
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        stage.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def write_index(out_dir: Path, job_id: str, entries: list[dict[str, Any]]) -> None:
+    (out_dir / "results.json").write_text(
+        json.dumps({"job": job_id, "results": entries}, indent=2) + "\n"
+    )
+
+
 def results(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, args.force)
     with common.client(args) as client:
-        entries = [write_result(client, r, out_dir) for r in client.results(args.job_id)]
-    (out_dir / "results.json").write_text(
-        json.dumps({"job": args.job_id, "results": entries}, indent=2) + "\n"
-    )
+        job = client.get_job(args.job_id)  # an unknown job fails here, before any write
+        items = client.results(job.id)
+        with staged(out_dir) as stage:
+            entries = [write_result(client, r, stage) for r in items]
+            write_index(stage, job.id, entries)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
-    print(f"{len(entries)} results written, {verified} receipts verified")
+    print(f"{len(entries)} results written to {out_dir}, {verified} receipts verified")
     for entry in bad:
         output.error(f"task {entry['task']} ({entry['task_id']}): {'; '.join(entry['problems'])}")
+    if not job.finished:
+        output.hint(
+            f"job {job.id} is still {job.state.value}: {job.counts.done} of "
+            f"{job.counts.total} tasks are done; fetch again once `sparegrid job wait "
+            f"{job.id}` returns"
+        )
     return 1 if bad else 0
 
 
@@ -242,20 +352,32 @@ def results(args: argparse.Namespace) -> int:
 
 def get(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        output.out().print(output.job_details(client.get_job(args.job_id)))
+        output.show(output.job_details(client.get_job(args.job_id)))
     return 0
 
 
 def list_jobs(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        output.out().print(output.jobs_table(client.list_jobs(args.limit)))
+        jobs = client.list_jobs(args.limit)
+    if not jobs:
+        output.note("no jobs yet: `sparegrid job submit KIND ...` submits one")
+        return 0
+    output.show(output.jobs_table(jobs))
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
+    """Exit 0 once the job is cancelled (now or before); 1 if it had already ended otherwise."""
     with common.client(args) as client:
         job = client.cancel(args.job_id)
+    if job.state is not JobState.CANCELLED:
+        output.error(f"job {job.id} already {job.state.value}; nothing to cancel", "JOB_FINISHED")
+        return 1
     print(f"{job.id}: {job.state.value}")
+    output.note(
+        f"{job.counts.cancelled} tasks cancelled; {job.cost_spent} credit spent, "
+        f"{job.cost_refunded} refunded"
+    )
     return 0
 
 

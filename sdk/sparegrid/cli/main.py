@@ -36,8 +36,33 @@ def _unavailable(name: str, module: str, exc: ImportError) -> int:
     return 1
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, measuring subcommand names at the indent they are shown at.
+
+    Python 3.11 measures them one level too far left, so a long one (`coordinator`) was put
+    on a line of its own with its help below.
+    """
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.help is argparse.SUPPRESS or not isinstance(action, argparse._SubParsersAction):
+            return
+        names = [self._format_action_invocation(a) for a in action._get_subactions()]
+        if names:
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, indent + max(map(len, names)))
+
+
+class Parser(argparse.ArgumentParser):
+    """Every subcommand's parser is one of these (argparse makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sparegrid",
         description="Sparegrid: a decentralized GPU network.",
         epilog="Each command takes --help. The coordinator address comes from --coordinator "

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,15 +22,16 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from sparegrid.sdk import Job, SparegridError
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
-PIPE_WIDTH = 160
+PIPE_WIDTH = 1000  # piped tables keep their natural width: ids are never cut
 
 
 def out() -> Console:
-    """stdout; wide when piped, so tables of ids do not wrap."""
+    """stdout; wide when piped, so tables of ids neither wrap nor get cut."""
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=max(console.width, PIPE_WIDTH))
@@ -37,13 +39,27 @@ def out() -> Console:
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False)
+    """stderr; a message line is never broken, however narrow the terminal."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def show(renderable: RenderableType, console: Console | None = None) -> None:
+    """Prints a table; piped, without the spaces that pad its last column."""
+    console = console or out()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    console.file.write("".join(line + "\n" for line in lines))
+    console.file.flush()
 
 
 def error(message: str, code: str = "") -> None:
     """`error: <message> [CODE]` on stderr, one line."""
     suffix = f" [{code}]" if code else ""
-    err().print(f"[bold red]error:[/] {message}{suffix}", markup=True, soft_wrap=True)
+    err().print(f"[bold red]error:[/] {escape(message + suffix)}")
 
 
 def sparegrid_error(exc: SparegridError) -> None:
@@ -51,7 +67,13 @@ def sparegrid_error(exc: SparegridError) -> None:
 
 
 def hint(message: str) -> None:
-    err().print(f"[dim]hint:[/] {message}", soft_wrap=True)
+    """`hint: <what to do>` on stderr, after an error or a result."""
+    err().print(f"[dim]hint:[/] {escape(message)}")
+
+
+def note(message: str) -> None:
+    """A status line on stderr (stdout stays for results)."""
+    err().print(message, markup=False)
 
 
 def when(value: datetime | None) -> str:
@@ -84,8 +106,9 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def table(*columns: str, title: str | None = None, fixed: dict[str, int] | None = None) -> Table:
-    """A listing; the columns named in `fixed` (name -> width) never wrap (ids, states)."""
+def table(*columns: str, title: str | None = None) -> Table:
+    """A listing. Piped, it keeps its natural width; on a narrow terminal a long id folds
+    onto a second line rather than being cut."""
     t = Table(
         title=title,
         title_justify="left",
@@ -95,11 +118,7 @@ def table(*columns: str, title: str | None = None, fixed: dict[str, int] | None 
         show_edge=False,
     )
     for column in columns:
-        width = (fixed or {}).get(column)
-        if width:
-            t.add_column(column, no_wrap=True, min_width=width)
-        else:
-            t.add_column(column, min_width=min(len(column), 6))
+        t.add_column(column, overflow="fold")
     return t
 
 
@@ -109,7 +128,7 @@ def transfer(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
     console = err()
     if not console.is_terminal:
         yield lambda done, total: None
-        console.print(f"{label}: {size(total)} done")
+        console.print(f"{label}: {size(total)} done", markup=False)
         return
     columns = (
         TextColumn("{task.description}"),
@@ -129,7 +148,9 @@ def _plain_reporter(console: Console) -> Callable[[Job], None]:
         c = job.counts
         now = time.monotonic()
         if job.finished or (c.done != last["done"] and now - last["at"] >= PLAIN_INTERVAL):
-            console.print(f"{job.id}: {job.state.value}, {c.done}/{c.total} tasks done")
+            console.print(
+                f"{job.id}: {job.state.value}, {c.done}/{c.total} tasks done", markup=False
+            )
             last.update(at=now, done=c.done)
 
     return report
@@ -167,50 +188,64 @@ def job_elapsed(job: Job, fallback: float) -> float:
     return fallback
 
 
-def job_summary(job: Job, elapsed: float) -> Table:
-    c = job.counts
-    t = Table(show_header=False, title=f"job {job.id}", title_justify="left", box=None)
-    t.add_column(style="bold")
+def _fields(title: str, rows: list[tuple[str, str]]) -> Table:
+    t = Table(
+        show_header=False,
+        title=title,
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        padding=(0, 2, 0, 0),
+    )
+    t.add_column(style="bold", no_wrap=True)
     t.add_column()
-    t.add_row("state", job.state.value + (f" ({job.error})" if job.error else ""))
-    t.add_row(
-        "tasks", f"{c.succeeded} succeeded, {c.failed} failed, {c.cancelled} cancelled of {c.total}"
-    )
-    t.add_row(
-        "credit", f"{job.cost_held} held, {job.cost_spent} spent, {job.cost_refunded} refunded"
-    )
-    t.add_row("elapsed", duration(elapsed))
+    for name, value in rows:
+        t.add_row(name, Text(value))
     return t
+
+
+def _job_rows(job: Job) -> list[tuple[str, str]]:
+    c = job.counts
+    tasks = f"{c.succeeded} succeeded, {c.failed} failed, {c.cancelled} cancelled of {c.total}"
+    credit = f"{job.cost_held} held, {job.cost_spent} spent, {job.cost_refunded} refunded"
+    return [
+        ("state", job.state.value + (f" ({job.error})" if job.error else "")),
+        ("tasks", tasks),
+        ("credit", credit),
+    ]
+
+
+def job_summary(job: Job, elapsed: float) -> Table:
+    return _fields(f"job {job.id}", [*_job_rows(job), ("elapsed", duration(elapsed))])
 
 
 def job_details(job: Job) -> Table:
-    t = job_summary(job, job_elapsed(job, 0.0))
-    t.add_row("kind", job.kind)
-    t.add_row("name", job.name or "-")
-    t.add_row("owner", job.snapshot.owner or "-")
-    t.add_row("created", when(job.created_at))
-    t.add_row("finished", when(job.finished_at))
-    return t
+    finished = when(job.finished_at)
+    if job.finished_at is not None:
+        finished += f" (after {duration(job_elapsed(job, 0.0))})"
+    rows = [
+        ("kind", job.kind),
+        ("name", job.name or "-"),
+        ("owner", job.snapshot.owner or "-"),
+        *_job_rows(job),
+        ("created", when(job.created_at)),
+        ("finished", finished),
+    ]
+    return _fields(f"job {job.id}", rows)
 
 
 def jobs_table(jobs: list[Job]) -> Table:
-    t = table(
-        "job",
-        "kind",
-        "name",
-        "state",
-        "tasks",
-        "held",
-        "spent",
-        "created",
-        fixed={"job": 32, "state": 9},
-    )
+    """Your jobs; the name column only when a job has a name."""
+    named = any(job.name for job in jobs)
+    columns = ["job", "kind", *(["name"] if named else []), "state", "tasks", "held", "spent"]
+    t = table(*columns, "created")
     for job in jobs:
         c = job.counts
+        name = [Text(job.name or "-")] if named else []
         t.add_row(
             job.id,
-            job.kind,
-            job.name or "-",
+            Text(job.kind),
+            *name,
             job.state.value,
             f"{c.done}/{c.total}",
             str(job.cost_held),
