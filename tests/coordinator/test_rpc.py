@@ -273,3 +273,13 @@ async def test_health_is_served(served: Served) -> None:
     stub = health_pb2_grpc.HealthStub(served.channel)
     reply = await stub.Check(health_pb2.HealthCheckRequest(service="sparegrid.v1.ClientService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_taken_address_is_refused_not_shared(served: Served, tmp_path) -> None:  # noqa: ANN001
+    from sparegrid.coordinator.app import App, Settings
+    from sparegrid.coordinator.server import build_server
+    from sparegrid.coordinator.store.memory import MemoryStore
+
+    other = App(MemoryStore(), Settings(data_dir=tmp_path / "other"))
+    with pytest.raises(OSError, match="in use"):
+        await build_server(other, served.address)

@@ -19,18 +19,20 @@ ADMIN_ACCOUNT = "admin"
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     group = subparsers.add_parser("coordinator", help="run the coordinator")
-    commands = group.add_subparsers(dest="coordinator_command", required=True)
+    commands = group.add_subparsers(dest="coordinator_command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the coordinator (SQLite by default)")
     env = os.environ.get
     serve.add_argument(
         "--listen",
         default=env("SPAREGRID_LISTEN", "127.0.0.1:50051"),
-        help="address to listen on, HOST:PORT (port 0 picks a free one) [%(default)s]",
+        metavar="HOST:PORT",
+        help="address to listen on (port 0 picks a free one) [%(default)s]",
     )
     serve.add_argument(
         "--data-dir",
         type=Path,
         default=Path(env("SPAREGRID_COORDINATOR_DATA_DIR", "sparegrid-coordinator")),
+        metavar="DIR",
         help="database, blobs and the admin key live here [%(default)s]",
     )
     serve.add_argument(
@@ -56,7 +58,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         metavar="KIND=CREDIT",
         help="credit per task of a job kind (repeatable); default 1 for each kind",
     )
-    serve.add_argument("--log-level", default=env("SPAREGRID_LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--log-level",
+        default=env("SPAREGRID_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log verbosity [%(default)s]",
+    )
     serve.set_defaults(func=serve_command)
 
 
@@ -118,10 +126,14 @@ def open_app(args: argparse.Namespace) -> tuple[App, Store]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app, _ = open_app(args)
-    key_file = ensure_admin(app, args.data_dir)
+    app, store = open_app(args)
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
-    server, port = await build_server(app, args.listen, tls)
+    try:
+        server, port = await build_server(app, args.listen, tls)
+    except OSError:
+        store.close()
+        raise
+    key_file = ensure_admin(app, args.data_dir)
     app.start()
     await server.start()
     host = args.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"

@@ -59,6 +59,8 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # a second coordinator on a taken address must fail, not share the port
+            ("grpc.so_reuseport", 0),
         ]
     )
     client_pb2_grpc.add_ClientServiceServicer_to_server(
@@ -79,11 +81,17 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
         ],
         server,
     )
-    if tls is None:
-        port = server.add_insecure_port(listen)
-    else:
-        creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
-        port = server.add_secure_port(listen, creds)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+            port = server.add_secure_port(listen, creds)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {listen}")
+        raise OSError(
+            f"cannot listen on {listen}: the address is in use (another coordinator?) "
+            "or not on this machine; pick another with --listen"
+        )
     return server, port

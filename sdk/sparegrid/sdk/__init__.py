@@ -3,7 +3,7 @@
 from sparegrid.sdk import Client
 
 with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
-    job = client.checksum("scene.blend", tasks=8).wait()
+    job = client.checksum("data.bin", tasks=8).wait()
     report = job.verify()
 """
 

@@ -14,6 +14,7 @@ from sparegrid.coordinator.domain import (
     Requirements,
     Task,
     TaskState,
+    client_account,
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.kinds import JobKind, decode_params, encode_params
@@ -75,8 +76,11 @@ class Jobs:
             raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
         _check_spec(spec)
         plans = kind.plan(decode_params(spec.params), self._inputs(account, spec.inputs))
-        job_id = uuid.uuid4().hex
         price = self.price(spec.kind)
+        balance = self._store.balance(client_account(account.name))
+        if price * len(plans) > balance:  # refused before any task row is written
+            raise _short(account, len(plans), price, balance)
+        job_id = uuid.uuid4().hex
         job = Job(
             id=job_id,
             account_id=account.id,
@@ -106,13 +110,8 @@ class Jobs:
             with self._store.transaction():
                 self._store.create_job(job, tasks)
                 self._ledger.hold(job, account.name)
-        except InsufficientFunds as exc:
-            raise CoordinatorError(
-                ErrorKind.PRECONDITION,
-                "INSUFFICIENT_CREDIT",
-                f"job costs up to {job.cost_held} credit ({len(tasks)} tasks x {price}), "
-                f"account {account.name!r} holds {exc.balance}",
-            ) from None
+        except InsufficientFunds as exc:  # spent meanwhile by a concurrent submit
+            raise _short(account, len(tasks), price, exc.balance) from None
         except Conflict:  # the same submit raced itself: return the winner
             existing = self._store.find_job(account.id, spec.idempotency_key)
             if existing is None:
@@ -157,6 +156,15 @@ class Jobs:
     def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
         self.get(account, job_id)
         return self._store.list_tasks(job_id, after_index=after, limit=limit)
+
+
+def _short(account: Account, tasks: int, price: int, balance: int) -> CoordinatorError:
+    return CoordinatorError(
+        ErrorKind.PRECONDITION,
+        "INSUFFICIENT_CREDIT",
+        f"job costs up to {tasks * price} credit ({tasks} tasks x {price}), "
+        f"account {account.name!r} holds {balance}",
+    )
 
 
 def _check_spec(spec: JobSpec) -> None:
