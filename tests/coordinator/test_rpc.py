@@ -275,7 +275,7 @@ async def test_health_is_served(served: Served) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_a_taken_address_is_refused_not_shared(served: Served, tmp_path) -> None:  # noqa: ANN001
+async def test_a_taken_address_is_refused_not_shared(served: Served, tmp_path) -> None:
     from sparegrid.coordinator.app import App, Settings
     from sparegrid.coordinator.server import build_server
     from sparegrid.coordinator.store.memory import MemoryStore
