@@ -2,17 +2,55 @@
 
 Uploads land in <root>/partial/<digest> and become visible only once their SHA-256 checks
 out, so a reader never sees a torn or wrong blob; a partial file is kept to resume from.
+
+Blobs are written and read with O_DIRECT where the filesystem allows it (else buffered),
+through small aligned buffers that are reused. On the 2-core development VM, moving 1 GiB
+through the page cache cost 2.5-5 s of kernel CPU (the VM hands freed memory back to its
+host, so every fresh page is slow to come by) and fsync of buffered writes ran at 0.2-0.4
+GB/s, while 4 MiB O_DIRECT writes stored 1 GiB durably in about 1 s with little CPU,
+leaving the final fsync almost nothing to do. The price: a blob served many times is
+read from the disk each time rather than from memory.
 """
 
+import contextlib
+import ctypes
+import errno
 import hashlib
+import mmap
 import os
-from collections.abc import Iterator
+import platform
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.wire import is_digest
 
 READ_CHUNK = 4 << 20
+ALIGN = 4096  # O_DIRECT wants file offsets, lengths and memory aligned to the block size
+STAGING = 8 << 20  # the aligned buffer O_DIRECT reads and writes go through
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_KEEP_FREED = 256 << 20  # freed heap kept for reuse before malloc trims it
+_HEAP_UP_TO = 32 << 20  # allocations up to this size come from the reusable heap
+
+
+def keep_freed_memory() -> None:
+    """Stops glibc's malloc from handing freed heap back to the kernel at once.
+
+    Each chunk of a transfer allocates several buffers of its size (gRPC, protobuf, ours).
+    By default glibc serves big ones with fresh mmaps and trims the heap top as soon as
+    they are freed, so the next chunk's buffers are new pages that the kernel must fault
+    in and zero; on the development VM, whose host also reclaims freed guest pages, that
+    was half the coordinator's CPU for a 1 GiB transfer (upload 4.4 -> 2.3 CPU-seconds,
+    download 3.1 -> 1.5 with these settings). Only the glibc allocator has these knobs.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)
+        mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)
 
 
 def check_digest(digest: str) -> str:
@@ -21,8 +59,172 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+def _open(path: Path, flags: int) -> tuple[int, bool]:
+    """Opens with O_DIRECT if the filesystem takes it; returns (fd, direct)."""
+    if O_DIRECT:
+        with contextlib.suppress(OSError):
+            return os.open(path, flags | O_DIRECT, 0o644), True
+    return os.open(path, flags, 0o644), False
+
+
+def _buffered(fd: int) -> None:
+    """Turns O_DIRECT off on an open file (called only where O_DIRECT exists)."""
+    import fcntl  # POSIX only, like O_DIRECT: importing it at the top would break Windows
+
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+
+
+class Appender:
+    """Appends to a file through an aligned staging buffer, with O_DIRECT when it can.
+
+    Whole blocks go to the disk as they arrive; the unaligned tail waits in the buffer
+    until the next write or `close`/`sync`, which write it with an ordinary write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT)
+        self._buf = mmap.mmap(-1, STAGING + ALIGN)  # page-aligned
+        size = os.fstat(self._fd).st_size
+        self._pos = size - size % ALIGN  # file offset of the buffer's first byte
+        self._fill = size - self._pos
+        if self._fill:  # resuming mid-block: that block is rewritten whole
+            with path.open("rb") as f:
+                f.seek(self._pos)
+                self._buf[: self._fill] = f.read(self._fill)
+
+    @property
+    def size(self) -> int:
+        return self._pos + self._fill
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(len(view), len(self._buf) - self._fill)
+            self._buf[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            self._flush(self._fill - self._fill % ALIGN)
+
+    def _flush(self, n: int) -> None:
+        """Writes the buffer's first n bytes at the file position, keeps the rest."""
+        if not n:
+            return
+        done = 0
+        with memoryview(self._buf) as buf:
+            while done < n:
+                try:
+                    done += os.pwrite(self._fd, buf[done:n], self._pos + done)
+                except OSError as exc:  # some filesystems open O_DIRECT but refuse writes
+                    if not self._direct or exc.errno != errno.EINVAL:
+                        raise
+                    _buffered(self._fd)
+                    self._direct = False
+        rest = self._fill - n
+        if rest:
+            self._buf[:rest] = self._buf[n : self._fill]
+        self._pos += n
+        self._fill = rest
+
+    def _flush_tail(self) -> None:
+        if self._fill:
+            if self._direct:  # the tail is not a whole block: write it through the cache
+                _buffered(self._fd)
+                self._direct = False
+            self._flush(self._fill)
+
+    def sync(self) -> None:
+        """Everything written so far is on disk when this returns."""
+        self._flush_tail()
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Writes the tail, so the file holds every byte given to `write`."""
+        if self._buf.closed:
+            return
+        try:
+            self._flush_tail()
+        finally:
+            os.close(self._fd)
+            self._buf.close()
+
+
+class Reader:
+    """Reads a file at offsets, with O_DIRECT when it can; reads may run concurrently.
+
+    Several reads in flight keep the disk busy (one O_DIRECT read at a time ran at 0.6 GB/s
+    on the development VM). `close` waits for the reads in progress, so it may be called
+    from any thread at any time; a read after it returns nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd, self._direct = _open(path, os.O_RDONLY)
+        self._buffers: list[mmap.mmap] = []  # aligned buffers not in use
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Up to n bytes (at most STAGING) from offset; empty at the end of the file."""
+        with self._idle:
+            if self._fd < 0:
+                return b""
+            self._busy += 1
+            buf = (self._buffers.pop() if self._buffers else None) if self._direct else None
+        try:
+            if buf is None and self._direct:
+                buf = mmap.mmap(-1, STAGING + ALIGN)  # page-aligned
+            data = self._read_direct(buf, offset, n) if buf is not None else None
+            return os.pread(self._fd, n, offset) if data is None else data
+        finally:
+            with self._idle:
+                if buf is not None:
+                    self._buffers.append(buf)
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _read_direct(self, buffer: mmap.mmap, offset: int, n: int) -> bytes | None:
+        """Reads the aligned blocks around the range; None if O_DIRECT turns out refused."""
+        start = offset - offset % ALIGN
+        skip = offset - start
+        want = -(-(skip + min(n, STAGING)) // ALIGN) * ALIGN
+        try:
+            with memoryview(buffer) as buf:
+                got = os.preadv(self._fd, [buf[:want]], start)
+                return bytes(buf[skip : max(skip, min(got, skip + n))])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        with self._idle:
+            if self._direct:
+                _buffered(self._fd)
+                self._direct = False
+        return None
+
+    def close(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            for buf in self._buffers:
+                buf.close()
+            self._buffers.clear()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Upload:
-    """One upload call: appends chunks to the partial file, then verifies and publishes."""
+    """One upload call: appends chunks to the partial file, then verifies and publishes.
+
+    `submit` hands a chunk to two threads, one appending it to the partial file and one
+    hashing it (file writes and hashlib release the GIL), and returns a future at once,
+    so the caller can receive the next chunks meanwhile. After a failed write nothing
+    more is written or published. `close` drops the chunks not yet written and waits for
+    the one being written; it may be called at any time.
+    """
 
     def __init__(self, store: "BlobStore", digest: str, size: int, offset: int, owner: str) -> None:
         self._store = store
@@ -42,31 +244,57 @@ class Upload:
                 while block := f.read(READ_CHUNK):
                     self._hash.update(block)
         self.received = 0
-        self._written = have
-        self._file = self._partial.open("ab")
+        self._accepted = have
+        self._lock = threading.Lock()  # held while the file is written or closed
+        self._closed = False
+        self._error: BaseException | None = None
+        self._file = Appender(self._partial)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
 
-    def write(self, chunk: bytes) -> None:
-        if self._written + len(chunk) > self.size:
+    def submit(self, chunk: bytes) -> "Future[None]":
+        """Queues a chunk; the future is done once it is written and hashed."""
+        if self._closed:
+            raise self._closed_error()
+        if self._accepted + len(chunk) > self.size:
             self.close()
             raise invalid(
                 "SIZE_MISMATCH",
                 f"upload of {self.digest} sent more than the {self.size} bytes announced",
             )
-        self._file.write(chunk)
-        self._hash.update(chunk)
-        self._written += len(chunk)
+        self._accepted += len(chunk)
         self.received += len(chunk)
+        hashed = self._hasher.submit(self._hash.update, chunk)
+        return self._writer.submit(self._append, chunk, hashed)
+
+    def write(self, chunk: bytes) -> None:
+        self.submit(chunk).result()
+
+    def _append(self, chunk: bytes, hashed: "Future[None]") -> None:
+        with self._lock:
+            if self._error is not None or self._closed:
+                raise self._closed_error()
+            try:
+                self._file.write(chunk)
+            except BaseException as exc:
+                self._error = exc
+                raise
+        hashed.result()
 
     def finish(self) -> None:
         """Publishes the blob; raises if it is short or its digest does not match."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.close()
-        if self._written < self.size:
+        self._writer.shutdown()
+        self._hasher.shutdown()
+        with self._lock:
+            if self._error is not None or self._closed:
+                raise self._closed_error()
+            self._file.sync()
+            self._close()
+        if self._accepted < self.size:
             raise CoordinatorError(
                 ErrorKind.ABORTED,
                 "UPLOAD_INCOMPLETE",
-                f"upload of {self.digest} stopped at byte {self._written} of {self.size}; "
+                f"upload of {self.digest} stopped at byte {self._accepted} of {self.size}; "
                 "resume from there",
             )
         actual = self._hash.hexdigest()
@@ -81,8 +309,23 @@ class Upload:
         os.replace(self._partial, final)
 
     def close(self) -> None:
-        if not self._file.closed:
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        self._hasher.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
             self._file.close()
+
+    def _closed_error(self) -> CoordinatorError:
+        reason = "a write failed" if self._error is not None else "it was closed"
+        return CoordinatorError(
+            ErrorKind.ABORTED,
+            "UPLOAD_CLOSED",
+            f"upload of {self.digest} stopped: {reason}; resume from the stored part",
+        )
 
 
 class BlobStore:
@@ -124,13 +367,9 @@ class BlobStore:
             )
         return Upload(self, digest, size, offset, owner)
 
-    def read(self, digest: str, offset: int, chunk_size: int) -> Iterator[bytes]:
-        """Yields the blob from offset in chunks; NOT_FOUND when absent."""
+    def open(self, digest: str) -> Reader:
+        """A reader of the blob; NOT_FOUND when absent."""
         try:
-            f = self.path(digest).open("rb")
+            return Reader(self.path(digest))
         except FileNotFoundError:
             raise not_found("BLOB_NOT_FOUND", f"blob {digest} is not stored") from None
-        with f:
-            f.seek(offset)
-            while chunk := f.read(chunk_size):
-                yield chunk

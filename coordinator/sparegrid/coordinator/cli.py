@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store
@@ -126,6 +127,7 @@ def open_app(args: argparse.Namespace) -> tuple[App, Store]:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    keep_freed_memory()  # the coordinator process is ours to tune; see blobs.py
     app, store = open_app(args)
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     try:

@@ -23,8 +23,8 @@ from sparegrid.sdk.blobs import (
     MemorySink,
     Progress,
     Sink,
+    aupload_requests,
     resume_offset,
-    upload_requests,
 )
 from sparegrid.sdk.client import DEFAULT_TIMEOUT, PathLike
 from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
@@ -146,7 +146,7 @@ class AsyncClient(_AsyncBase):
                 if on_progress:
                     on_progress(blob.size, blob.size)
                 return
-            requests = upload_requests(blob, offset, self.chunk_size, on_progress)
+            requests = aupload_requests(blob, offset, self.chunk_size, on_progress)
             await self._blobs.UploadBlob(requests, metadata=md)
 
         await acall(attempt, self.retry)
@@ -156,12 +156,12 @@ class AsyncClient(_AsyncBase):
         self, digest: str, dest: PathLike, *, on_progress: Progress | None = None
     ) -> Path:
         """Downloads a blob to `dest` (via a partial file, resumed on retry); digest-checked."""
-        sink = FileSink(digest, Path(dest), on_progress)
+        sink = await asyncio.to_thread(FileSink, digest, Path(dest), on_progress)
         try:
             await self._download_into(sink)
         finally:
-            sink.close()
-        return sink.finish()
+            await asyncio.to_thread(sink.close)
+        return await asyncio.to_thread(sink.finish)
 
     async def _download_into(self, sink: Sink) -> None:
         attempts = Attempts(self.retry)
@@ -171,7 +171,7 @@ class AsyncClient(_AsyncBase):
                 async for response in self._blobs.DownloadBlob(
                     request, metadata=self.connection.metadata
                 ):
-                    sink.accept(response)
+                    await sink.accept_async(response)
                     attempts.succeeded()
                 return
             except grpc.RpcError as exc:
@@ -179,7 +179,10 @@ class AsyncClient(_AsyncBase):
 
     async def _fetch(self, ref: OutputRef) -> bytes:
         sink = MemorySink(ref.digest)
-        await self._download_into(sink)
+        try:
+            await self._download_into(sink)
+        finally:
+            sink.close()
         return sink.finish()
 
     # --- jobs ----------------------------------------------------------------------------

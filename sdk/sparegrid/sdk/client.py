@@ -165,7 +165,10 @@ class Client(_SyncBase):
 
     def _fetch(self, ref: OutputRef) -> bytes:
         sink = MemorySink(ref.digest)
-        self._download_into(sink)
+        try:
+            self._download_into(sink)
+        finally:
+            sink.close()
         return sink.finish()
 
     # --- jobs ----------------------------------------------------------------------------

@@ -4,13 +4,15 @@ A client reads only blobs it uploaded or its jobs produced; a worker reads only 
 inputs of tasks leased to it.
 """
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.blobs import check_digest
+from sparegrid.coordinator.blobs import Reader, Upload, check_digest
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc.auth import WorkerPrincipal, principal_of
@@ -18,7 +20,11 @@ from sparegrid.coordinator.rpc.errors import streaming, unary
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 
 Ctx = aio.ServicerContext[Any, Any]
-CHUNK = 4 << 20
+# Whole blocks (for O_DIRECT reads) that with their framing stay under gRPC's default
+# 4 MiB message limit, so a client with default channel options can download too.
+CHUNK = (4 << 20) - 4096
+READ_AHEAD = 3  # chunks read while one is sent
+WRITE_AHEAD = 4  # chunks received while earlier ones are written
 
 
 def _owner(principal: Account | WorkerPrincipal) -> str:
@@ -71,13 +77,12 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             )
         self._uploading.add(key)
         try:
-            upload = self.app.blobs.begin(digest, header.size, header.offset, key[0])
+            upload = await asyncio.to_thread(
+                self.app.blobs.begin, digest, header.size, header.offset, key[0]
+            )
             try:
-                async for message in request_iterator:
-                    if message.HasField("header"):
-                        raise invalid("BAD_UPLOAD", "only the first message carries a header")
-                    upload.write(message.chunk)
-                upload.finish()
+                await _receive(upload, request_iterator)
+                await asyncio.to_thread(upload.finish)
             finally:
                 upload.close()
         finally:
@@ -105,9 +110,58 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             return
         if request.offset > size:
             raise invalid("BAD_OFFSET", f"offset {request.offset} is past the end ({size} bytes)")
-        first = True
-        for chunk in self.app.blobs.read(digest, request.offset, CHUNK):
-            yield blob_pb2.DownloadBlobResponse(size=size if first else 0, chunk=chunk)
-            first = False
+        with self.app.blobs.open(digest) as reader:
+            first = True
+            async for chunk in _read_ahead(reader, request.offset, size):
+                yield blob_pb2.DownloadBlobResponse(size=size if first else 0, chunk=chunk)
+                first = False
         if first:  # empty blob, or offset at the end
             yield blob_pb2.DownloadBlobResponse(size=size)
+
+
+async def _receive(upload: Upload, requests: AsyncIterator[blob_pb2.UploadBlobRequest]) -> None:
+    """Hands the chunks to the upload; up to WRITE_AHEAD wait to be written and hashed
+    while the next ones are received."""
+    writes: deque[asyncio.Future[None]] = deque()
+    try:
+        async for message in requests:
+            if message.HasField("header"):
+                raise invalid("BAD_UPLOAD", "only the first message carries a header")
+            chunk = message.chunk  # each read of a bytes field copies it: read it once
+            writes.append(asyncio.wrap_future(upload.submit(chunk)))
+            if len(writes) > WRITE_AHEAD:
+                await writes.popleft()
+        while writes:
+            await writes.popleft()
+    finally:
+        for write in writes:
+            write.add_done_callback(_retrieve)
+
+
+async def _read_ahead(reader: Reader, start: int, size: int) -> AsyncIterator[bytes]:
+    """The blob's chunks from start; READ_AHEAD reads run in threads while one is sent."""
+    offsets = iter(range(start, size, CHUNK))
+    reads: deque[asyncio.Future[bytes]] = deque()
+
+    def more() -> None:
+        offset = next(offsets, None)
+        if offset is not None:
+            reads.append(asyncio.ensure_future(asyncio.to_thread(reader.read_at, offset, CHUNK)))
+
+    for _ in range(READ_AHEAD):
+        more()
+    try:
+        while reads:
+            chunk = await reads.popleft()
+            if not chunk:  # the file is shorter than it was: the digest check will say
+                return
+            more()
+            yield chunk
+    finally:  # the caller closes the reader, which waits for the reads in progress
+        for read in reads:
+            read.add_done_callback(_retrieve)
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
