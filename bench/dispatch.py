@@ -214,12 +214,21 @@ def peer(name: str, tasks: int) -> float | None:
         return runners[name](tasks)
     except ImportError:
         return None
+    except Exception as exc:  # a peer that fails to start must not lose our figures
+        print(f"{name} failed: {exc}", file=sys.stderr)
+        return None
 
 
 def _ray(tasks: int) -> float:
     import ray  # type: ignore[import-not-found]
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # a fresh session directory: a stale one in /tmp/ray can keep the node from starting
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _temp_dir=tempfile.mkdtemp(prefix="ray-"),
+    )
 
     @ray.remote
     def noop(i: int) -> int:
@@ -304,7 +313,7 @@ def report(rows: dict[str, Any], args: argparse.Namespace) -> None:
             target = "  >= 3x" if name == "ray" else ""
             lines.append(f"{'  sparegrid / ' + name:<40}{ours / rate:>13.2f}x{target}")
         else:
-            lines.append(f"{name + ' no-op tasks/s':<40}{'not installed':>14}")
+            lines.append(f"{name + ' no-op tasks/s':<40}{'not measured':>14}")
     for name, what in (("credit", "worker frees a slot"), ("submit", "client submits")):
         for q, target in (("p50", "<= 2"), ("p99", "<= 10")):
             label = f"dispatch {q} ms ({what})"
