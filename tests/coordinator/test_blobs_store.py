@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 
 from sparegrid.coordinator import blobs
-from sparegrid.coordinator.blobs import ALIGN, STAGING, Appender, BlobStore, Reader
+from sparegrid.coordinator.blobs import BlobStore, Reader
 from sparegrid.coordinator.errors import CoordinatorError
+from sparegrid.wire import fileio
+from sparegrid.wire.fileio import ALIGN, STAGING, Appender
 
 PIECES = [1, ALIGN - 1, ALIGN, 5000, STAGING + 123, 7, 3 << 20]
 
 
 def _direct(fd: int) -> bool:
-    return bool(blobs.O_DIRECT) and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & blobs.O_DIRECT)
+    return bool(fileio.O_DIRECT) and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & fileio.O_DIRECT)
 
 
 def _refuse_direct(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -72,7 +74,7 @@ def test_appender_sync_makes_the_tail_visible(tmp_path: Path) -> None:
 
 
 def test_appender_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blobs, "O_DIRECT", 0)
+    monkeypatch.setattr(fileio, "O_DIRECT", 0)
     pieces = [os.urandom(n) for n in PIECES]
     _append_all(tmp_path / "f", pieces)
     assert (tmp_path / "f").read_bytes() == b"".join(pieces)
@@ -81,7 +83,7 @@ def test_appender_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_appender_falls_back_when_direct_writes_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not blobs.O_DIRECT:
+    if not fileio.O_DIRECT:
         pytest.skip("no O_DIRECT on this platform")
     refused = _refuse_direct(monkeypatch, "pwrite")
     pieces = [os.urandom(n) for n in PIECES]
@@ -108,7 +110,7 @@ def test_reader_reads_any_range(tmp_path: Path) -> None:
 def test_reader_falls_back_when_direct_reads_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not blobs.O_DIRECT:
+    if not fileio.O_DIRECT:
         pytest.skip("no O_DIRECT on this platform")
     refused = _refuse_direct(monkeypatch, "preadv")
     data = os.urandom(3 * ALIGN + 11)

@@ -3,21 +3,16 @@ write with O_DIRECT (or fall back) and resume mid-block."""
 
 import asyncio
 import errno
-import fcntl
 import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sparegrid.sdk import AsyncClient, Client, VerificationError, blobs
 from sparegrid.sdk.blobs import (
-    ALIGN,
     OFFLOAD_MIN,
-    STAGING,
-    Appender,
     BlobSource,
     FileSink,
     MemorySink,
@@ -28,6 +23,7 @@ from sparegrid.sdk.blobs import (
 from sparegrid.sdk.retry import RetryPolicy
 from sparegrid.sdk.testing import InMemoryBlobService, serve_blobs
 from sparegrid.v1 import blob_pb2
+from sparegrid.wire.fileio import ALIGN, STAGING
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.01)
 DATA = os.urandom(5 * OFFLOAD_MIN + 12_345)
@@ -143,47 +139,6 @@ def test_a_failed_write_surfaces() -> None:
             sink.accept(response)
         sink.finish()
     sink.close()
-
-
-def _append_all(path: Path) -> bytes:
-    pieces = [os.urandom(n) for n in PIECES]
-    appender = Appender(path)
-    for piece in pieces:
-        appender.write(piece)
-    appender.close()
-    appender.close()
-    return b"".join(pieces)
-
-
-def test_appender_at_any_alignment(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"h" * (ALIGN + 9))
-    assert path.read_bytes() == b"h" * (ALIGN + 9)
-    data = _append_all(path)
-    assert path.read_bytes() == b"h" * (ALIGN + 9) + data
-
-
-def test_appender_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blobs, "O_DIRECT", 0)
-    data = _append_all(tmp_path / "f")
-    assert (tmp_path / "f").read_bytes() == data
-
-
-def test_appender_falls_back_when_direct_writes_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not blobs.O_DIRECT:
-        pytest.skip("no O_DIRECT on this platform")
-    real = os.pwrite
-
-    def refuse_direct(fd: int, data: Any, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & blobs.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", refuse_direct)
-    data = _append_all(tmp_path / "f")
-    assert (tmp_path / "f").read_bytes() == data
 
 
 async def test_clients_move_a_file_in_big_chunks(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ leaving the final fsync almost nothing to do. The price: a blob served many time
 read from the disk each time rather than from memory.
 """
 
-import contextlib
 import ctypes
 import errno
 import hashlib
@@ -25,11 +24,9 @@ from pathlib import Path
 
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.wire import is_digest
+from sparegrid.wire.fileio import ALIGN, STAGING, Appender, buffered, open_direct
 
 READ_CHUNK = 4 << 20
-ALIGN = 4096  # O_DIRECT wants file offsets, lengths and memory aligned to the block size
-STAGING = 8 << 20  # the aligned buffer O_DIRECT reads and writes go through
-O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _KEEP_FREED = 256 << 20  # freed heap kept for reuse before malloc trims it
 _HEAP_UP_TO = 32 << 20  # allocations up to this size come from the reusable heap
@@ -59,95 +56,6 @@ def check_digest(digest: str) -> str:
     return digest
 
 
-def _open(path: Path, flags: int) -> tuple[int, bool]:
-    """Opens with O_DIRECT if the filesystem takes it; returns (fd, direct)."""
-    if O_DIRECT:
-        with contextlib.suppress(OSError):
-            return os.open(path, flags | O_DIRECT, 0o644), True
-    return os.open(path, flags, 0o644), False
-
-
-def _buffered(fd: int) -> None:
-    """Turns O_DIRECT off on an open file (called only where O_DIRECT exists)."""
-    import fcntl  # POSIX only, like O_DIRECT: importing it at the top would break Windows
-
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
-
-
-class Appender:
-    """Appends to a file through an aligned staging buffer, with O_DIRECT when it can.
-
-    Whole blocks go to the disk as they arrive; the unaligned tail waits in the buffer
-    until the next write or `close`/`sync`, which write it with an ordinary write.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT)
-        self._buf = mmap.mmap(-1, STAGING + ALIGN)  # page-aligned
-        size = os.fstat(self._fd).st_size
-        self._pos = size - size % ALIGN  # file offset of the buffer's first byte
-        self._fill = size - self._pos
-        if self._fill:  # resuming mid-block: that block is rewritten whole
-            with path.open("rb") as f:
-                f.seek(self._pos)
-                self._buf[: self._fill] = f.read(self._fill)
-
-    @property
-    def size(self) -> int:
-        return self._pos + self._fill
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = min(len(view), len(self._buf) - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
-            self._fill += n
-            view = view[n:]
-            self._flush(self._fill - self._fill % ALIGN)
-
-    def _flush(self, n: int) -> None:
-        """Writes the buffer's first n bytes at the file position, keeps the rest."""
-        if not n:
-            return
-        done = 0
-        with memoryview(self._buf) as buf:
-            while done < n:
-                try:
-                    done += os.pwrite(self._fd, buf[done:n], self._pos + done)
-                except OSError as exc:  # some filesystems open O_DIRECT but refuse writes
-                    if not self._direct or exc.errno != errno.EINVAL:
-                        raise
-                    _buffered(self._fd)
-                    self._direct = False
-        rest = self._fill - n
-        if rest:
-            self._buf[:rest] = self._buf[n : self._fill]
-        self._pos += n
-        self._fill = rest
-
-    def _flush_tail(self) -> None:
-        if self._fill:
-            if self._direct:  # the tail is not a whole block: write it through the cache
-                _buffered(self._fd)
-                self._direct = False
-            self._flush(self._fill)
-
-    def sync(self) -> None:
-        """Everything written so far is on disk when this returns."""
-        self._flush_tail()
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        """Writes the tail, so the file holds every byte given to `write`."""
-        if self._buf.closed:
-            return
-        try:
-            self._flush_tail()
-        finally:
-            os.close(self._fd)
-            self._buf.close()
-
-
 class Reader:
     """Reads a file at offsets, with O_DIRECT when it can; reads may run concurrently.
 
@@ -157,7 +65,7 @@ class Reader:
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd, self._direct = _open(path, os.O_RDONLY)
+        self._fd, self._direct = open_direct(path, os.O_RDONLY)
         self._buffers: list[mmap.mmap] = []  # aligned buffers not in use
         self._busy = 0
         self._idle = threading.Condition()
@@ -195,7 +103,7 @@ class Reader:
                 raise
         with self._idle:
             if self._direct:
-                _buffered(self._fd)
+                buffered(self._fd)
                 self._direct = False
         return None
 

@@ -1,4 +1,4 @@
-"""The signed wire format shared by the coordinator, the worker and the SDK.
+"""What the coordinator, the worker and the SDK share: the signed wire format (and file I/O).
 
 Everything that is signed is exact bytes with a domain tag in front; nothing is ever
 re-serialised before a signature is checked.

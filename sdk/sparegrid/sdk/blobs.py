@@ -13,7 +13,6 @@ the page cache with a gigabyte cost more than the transfer on the 2-core develop
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import mmap
 import os
@@ -27,15 +26,13 @@ from typing import Protocol
 from sparegrid.sdk.errors import VerificationError
 from sparegrid.v1 import blob_pb2
 from sparegrid.wire import sha256_hex
+from sparegrid.wire.fileio import O_DIRECT, Appender
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 HASH_BLOCK = 1024 * 1024
 MAP_HASH_BLOCK = 64 * 1024 * 1024  # hashing a mapped file in big slices: ~10% faster
-ALIGN = 4096  # O_DIRECT wants file offsets, lengths and memory aligned to the block size
-STAGING = 8 * 1024 * 1024  # the aligned buffer O_DIRECT writes go through
 OFFLOAD_MIN = 256 * 1024  # smaller chunks are written and hashed inline
 SINK_AHEAD = 3  # chunks a download receives while earlier ones are written
-O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) as a transfer advances."""
 
@@ -312,80 +309,3 @@ class _Output(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
     def close(self) -> None: ...
-
-
-def _buffered(fd: int) -> None:
-    """Turns O_DIRECT off on an open file (called only where O_DIRECT exists)."""
-    import fcntl  # POSIX only, like O_DIRECT: importing it at the top would break Windows
-
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
-
-
-class Appender:
-    """Appends to a file through an aligned staging buffer, with O_DIRECT when it can.
-
-    Whole blocks go to the disk as they arrive; the unaligned tail waits in the buffer
-    until the next write or `close`, which writes it with an ordinary write.
-    """
-
-    def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CREAT
-        self._direct = False
-        if O_DIRECT:
-            with contextlib.suppress(OSError):
-                self._fd = os.open(path, flags | O_DIRECT, 0o644)
-                self._direct = True
-        if not self._direct:
-            self._fd = os.open(path, flags, 0o644)
-        self._buf = mmap.mmap(-1, STAGING + ALIGN)  # page-aligned
-        size = os.fstat(self._fd).st_size
-        self._pos = size - size % ALIGN  # file offset of the buffer's first byte
-        self._fill = size - self._pos
-        if self._fill:  # resuming mid-block: that block is rewritten whole
-            with path.open("rb") as f:
-                f.seek(self._pos)
-                self._buf[: self._fill] = f.read(self._fill)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = min(len(view), len(self._buf) - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
-            self._fill += n
-            view = view[n:]
-            if self._fill == len(self._buf):
-                self._flush(self._fill - self._fill % ALIGN)
-
-    def _flush(self, n: int) -> None:
-        """Writes the buffer's first n bytes at the file position, keeps the rest."""
-        if not n:
-            return
-        done = 0
-        with memoryview(self._buf) as buf:
-            while done < n:
-                try:
-                    done += os.pwrite(self._fd, buf[done:n], self._pos + done)
-                except OSError as exc:  # some filesystems open O_DIRECT but refuse writes
-                    if not self._direct or exc.errno != errno.EINVAL:
-                        raise
-                    _buffered(self._fd)
-                    self._direct = False
-        rest = self._fill - n
-        if rest:
-            self._buf[:rest] = self._buf[n : self._fill]
-        self._pos += n
-        self._fill = rest
-
-    def close(self) -> None:
-        """Writes the tail, so the file holds every byte given to `write`; idempotent."""
-        if self._buf.closed:
-            return
-        try:
-            if self._fill:
-                if self._direct:  # the tail is not a whole block: write it through the cache
-                    _buffered(self._fd)
-                    self._direct = False
-                self._flush(self._fill)
-        finally:
-            os.close(self._fd)
-            self._buf.close()
