@@ -25,9 +25,10 @@ class FakeSink:
         self.assigned.extend(items)
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
-        if not attempt_ids:
-            self.closed = True
         self.cancelled.extend(attempt_ids)
+
+    def close(self) -> None:
+        self.closed = True
 
     def take(self) -> list[tuple[Attempt, Task, str]]:
         items, self.assigned = self.assigned, []

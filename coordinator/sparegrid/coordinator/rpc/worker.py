@@ -58,9 +58,6 @@ class QueueSink:
         self._held.append(Msg(assign=worker_pb2.Assign(assignments=assignments)))
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
-        if not attempt_ids:  # a newer session of the node took over: end this one
-            self._held.append(_CLOSE)
-            return
         self._held.append(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
 
     def flush(self) -> None:

@@ -37,6 +37,9 @@ class SessionSink(Protocol):
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None: ...
 
+    def close(self) -> None:
+        """Ends the session (a newer one of the same node took over)."""
+
 
 @dataclass
 class SchedulerConfig:
@@ -187,7 +190,7 @@ class Scheduler:
         job = active.job
         if state is None:
             state = JobState.FAILED if active.failed else JobState.SUCCEEDED
-        cancelled = [t for t in active.queue]
+        cancelled = list(active.queue)
         leftover = list(active.running.values())
         if leftover:
             cancelled += self.store.get_tasks([a.task_id for a in leftover])
@@ -217,7 +220,7 @@ class Scheduler:
         """Attaches a node's new session; returns (resumed, cancelled) attempt ids."""
         old = self.sessions.pop(node.id, None)
         if old is not None:
-            old.sink.cancel([], "replaced by a newer session of the same node")
+            old.sink.close()
         session = NodeSession(node, sink, credit={d.index: 0 for d in node.devices})
         self.sessions[node.id] = session
         now = self.clock.now()
