@@ -75,7 +75,9 @@ class Jobs:
             known = ", ".join(sorted(self.kinds))
             raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
         _check_spec(spec)
-        plans = kind.plan(decode_params(spec.params), self._inputs(account, spec.inputs))
+        plans = kind.plan(
+            decode_params(spec.params), self._inputs(account, spec.inputs), self._blobs
+        )
         price = self.price(spec.kind)
         balance = self._store.balance(client_account(account.name))
         if price * len(plans) > balance:  # refused before any task row is written

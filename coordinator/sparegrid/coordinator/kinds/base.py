@@ -1,0 +1,85 @@
+"""What a job kind is: it checks a job's parameters at submit and splits it into tasks.
+
+A worker runs the task side of a kind (its executor); the coordinator only plans, so a bad
+job is refused at submit, before anything is charged or sent to a volunteer.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sparegrid.coordinator.domain import FileRef
+from sparegrid.coordinator.errors import CoordinatorError, invalid
+
+MAX_TASKS_PER_JOB = 1_000_000
+
+
+@dataclass
+class TaskPlan:
+    params: dict[str, Any]
+    inputs: list[FileRef]
+    # Credit units for this task, computed from the work itself (bytes, FLOPs x samples,
+    # pixels x samples), never from anything a node claims.
+    work: int = 1
+
+
+class Files(Protocol):
+    """Where an uploaded input's verified bytes are, for kinds that inspect them at submit."""
+
+    def path(self, digest: str) -> Path: ...
+
+
+class JobKind(Protocol):
+    name: str
+    description: str
+
+    def plan(
+        self, params: dict[str, Any], inputs: dict[str, FileRef], files: Files
+    ) -> list[TaskPlan]:
+        """Raises CoordinatorError(INVALID, BAD_PARAMS, ...) saying what is wrong."""
+        ...
+
+
+def bad(kind: str, message: str) -> CoordinatorError:
+    return invalid("BAD_PARAMS", f"{kind} job: {message}")
+
+
+def int_param(
+    kind: str, params: dict[str, Any], key: str, default: int, low: int, high: int
+) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(kind, f"{key!r} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise bad(kind, f"{key!r} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_keys(kind: str, params: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise bad(kind, f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+
+
+def check_inputs(kind: str, inputs: dict[str, FileRef], expected: set[str]) -> None:
+    if set(inputs) != expected:
+        want = sorted(expected) or "none"
+        raise bad(kind, f"expects inputs {want}, got {sorted(inputs) or 'none'}")
+
+
+def decode_params(raw: bytes) -> dict[str, Any]:
+    """Job parameters are a JSON object (empty bytes mean {})."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid("BAD_PARAMS", f"params are not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise invalid("BAD_PARAMS", f"params must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def encode_params(params: dict[str, Any]) -> bytes:
+    return json.dumps(params, separators=(",", ":"), sort_keys=True).encode()
