@@ -83,7 +83,20 @@ def test_registry_has_builtins_and_entry_point_plugins(monkeypatch: pytest.Monke
     ]
     monkeypatch.setattr(registry_module, "entry_points", lambda group: plugins)
     registry = ExecutorRegistry.discover()
-    assert [s.name for s in registry.specs()] == ["checksum", "crash", "echo"]
+    assert [s.name for s in registry.specs()] == ["checksum", "crash", "echo", "inference"]
     assert registry.targets()["crash"] == "sparegrid.worker.executors.fake:CrashExecutor"
     echo = registry.get("echo")
     assert echo is not None and echo.version == "1.0"
+
+
+def test_optional_executors_are_offered_only_with_their_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = registry_module.importlib.util.find_spec
+    monkeypatch.setattr(
+        registry_module.importlib.util,
+        "find_spec",
+        lambda name: None if name == "torch" else real(name),
+    )
+    names = [s.name for s in ExecutorRegistry.builtin().specs()]
+    assert "inference" not in names and "echo" in names

@@ -9,7 +9,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from sparegrid.sdk import convert
+from sparegrid.sdk import convert, inference
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,
     BlobInput,
@@ -23,6 +23,7 @@ from sparegrid.sdk.blobs import (
 )
 from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
 from sparegrid.sdk.errors import from_rpc_error
+from sparegrid.sdk.inference import InferenceJob
 from sparegrid.sdk.job import Job
 from sparegrid.sdk.models import (
     Account,
@@ -213,6 +214,38 @@ class Client(_SyncBase):
     def echo(self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = "") -> Job:
         params = {"tasks": tasks, "data": data, "sleep_ms": sleep_ms}
         return self.submit("echo", params, name=name)
+
+    def infer(
+        self,
+        model: Any,
+        inputs: Any,
+        *,
+        batch_size: int = 64,
+        precision: str = "fp32",
+        deterministic: bool = False,
+        min_vram_gb: float = 0,
+        device: str = "",
+        shard_batches: int | None = None,
+        name: str = "",
+    ) -> InferenceJob:
+        """Runs a model over inputs on the network; see sparegrid.sdk.inference.
+
+        `model`: an nn.Module (exported here, dynamic batch) or a saved .pt2 path;
+        `inputs`: a tensor, tuple/dict of tensors, a safetensors path, or an iterable of
+        batches. `precision`: fp32, tf32, bf16 or fp16, applied on the worker.
+        """
+        return inference.submit(
+            self,
+            model,
+            inputs,
+            batch_size=batch_size,
+            precision=precision,
+            deterministic=deterministic,
+            min_vram_gb=min_vram_gb,
+            device=device,
+            shard_batches=shard_batches,
+            name=name,
+        )
 
     def get_job(self, job_id: str) -> Job:
         return self._job(

@@ -90,6 +90,13 @@ class VerificationError(SparegridError):
         super().__init__(code, message, grpc.StatusCode.DATA_LOSS)
 
 
+class JobFailedError(SparegridError):
+    """A job, or one of its tasks, ended without a result; what there is stays fetchable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, grpc.StatusCode.ABORTED)
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[SparegridError]] = {
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,

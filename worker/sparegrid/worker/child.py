@@ -115,7 +115,9 @@ class Child:
     def _run_batch(self, tasks: list[ChildTask]) -> None:
         ready: list[Outcome] = []
         since = time.monotonic()
-        for task in tasks:
+        for i, task in enumerate(tasks):
+            if i + 1 < len(tasks):
+                self._prepare(tasks[i + 1])
             ready.append(self._run_or_skip(task))
             if time.monotonic() - since >= FLUSH_SECONDS:
                 self._send(ready)
@@ -123,6 +125,20 @@ class Child:
         if ready:
             self._send(ready)
         self._cancelled.clear()
+
+    def _prepare(self, task: ChildTask) -> None:
+        """Lets the executor stage the next task's inputs while this one runs (optional)."""
+        try:
+            prepare = getattr(self._executor(task.kind), "prepare", None)
+            if prepare is not None:
+                prepare(self._exec_task(task))
+        except Exception:  # staging is an optimisation: the task itself reports errors
+            pass
+
+    def _exec_task(self, task: ChildTask) -> ExecTask:
+        return ExecTask(
+            task.params, dict(task.inputs), self._init.work_root / "scratch", self._init.device
+        )
 
     def _run_or_skip(self, task: ChildTask) -> Outcome:
         self._take_cancels()
@@ -152,8 +168,7 @@ class Child:
         try:
             executor = self._executor(task.kind)
             workdir.mkdir(parents=True, exist_ok=True)
-            exec_task = ExecTask(task.params, dict(task.inputs), workdir, self._init.device)
-            outputs = executor.run(exec_task)
+            outputs = executor.run(self._exec_task(task))
             duration_us = (time.perf_counter_ns() - started) // 1000
             return Outcome(task.serial, _output_data(outputs), duration_us)
         except ExecutorError as exc:

@@ -63,3 +63,6 @@ class Executor(Protocol):
     version: ClassVar[str]
 
     def run(self, task: ExecTask) -> list[ExecOutput]: ...
+
+    # Optional: `prepare(task)` is called with the task that will run next, before the
+    # current one runs, so an executor can stage its inputs in the background.

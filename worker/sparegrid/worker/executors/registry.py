@@ -5,6 +5,7 @@ can load it by itself; the daemon only reads its name and version.
 """
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,16 @@ _log = logging.getLogger("sparegrid.worker.executors")
 BUILTIN_TARGETS = (
     "sparegrid.worker.executors.builtin:EchoExecutor",
     "sparegrid.worker.executors.builtin:ChecksumExecutor",
+)
+# Heavy executors: named without importing them (torch takes seconds to import), and
+# offered only where the packages they need are installed.
+OPTIONAL_BUILTINS = (
+    (
+        "inference",
+        "1.0",
+        "sparegrid.worker.executors.inference:InferenceExecutor",
+        ("torch", "safetensors"),
+    ),
 )
 FAKE_TARGETS = (
     "sparegrid.worker.executors.fake:CrashExecutor",
@@ -80,7 +91,14 @@ class ExecutorRegistry:
 
     @classmethod
     def builtin(cls) -> "ExecutorRegistry":
-        return cls(spec_for(t) for t in BUILTIN_TARGETS)
+        specs = [spec_for(t) for t in BUILTIN_TARGETS]
+        for name, version, target, needs in OPTIONAL_BUILTINS:
+            missing = [n for n in needs if importlib.util.find_spec(n) is None]
+            if missing:
+                _log.info("no %s executor: %s not installed", name, ", ".join(missing))
+            else:
+                specs.append(ExecutorSpec(name, version, target))
+        return cls(specs)
 
     @classmethod
     def discover(cls, group: str = ENTRY_POINT_GROUP) -> "ExecutorRegistry":

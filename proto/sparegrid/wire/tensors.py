@@ -1,0 +1,177 @@
+"""Safetensors files, read and checked without torch: headers, and inputs against a program.
+
+Inference inputs and outputs travel as safetensors (a JSON header, then raw little-endian
+tensor bytes), a format with nothing to unpickle. The coordinator checks a shard's header
+against the program's signature at submit, so a wrong shape or dtype is refused before
+any volunteer sees the job.
+"""
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparegrid.wire.pt2 import ProgramInfo
+
+MAX_HEADER = 100 << 20
+ITEM_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+
+class BadTensors(ValueError):
+    """A safetensors file is malformed, or does not fit the program it is meant for."""
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+def read_header(path: Path) -> dict[str, TensorHeader]:
+    """The tensors of a safetensors file, checked for consistency with its size."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise BadTensors(f"{path.name}: too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", raw)
+            if length > MAX_HEADER:
+                raise BadTensors(f"{path.name}: header of {length} bytes is implausible")
+            header = f.read(length)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadTensors(f"{path.name}: {exc.strerror or exc}") from None
+    return parse_header(header, size - 8 - length, path.name)
+
+
+def parse_header(header: bytes, data_size: int, label: str = "tensors") -> dict[str, TensorHeader]:
+    try:
+        raw = json.loads(header)
+    except (ValueError, UnicodeDecodeError):
+        raise BadTensors(f"{label}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(raw, dict) or data_size < 0:
+        raise BadTensors(f"{label}: not a safetensors file")
+    tensors: dict[str, TensorHeader] = {}
+    for name, meta in raw.items():
+        if name == "__metadata__":
+            continue
+        tensors[name] = _tensor(label, name, meta, data_size)
+    if not tensors:
+        raise BadTensors(f"{label}: holds no tensors")
+    return tensors
+
+
+def _tensor(label: str, name: str, meta: object, data_size: int) -> TensorHeader:
+    if not isinstance(meta, dict):
+        raise BadTensors(f"{label}: tensor {name!r} has no metadata")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if dtype not in ITEM_SIZES:
+        raise BadTensors(f"{label}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadTensors(f"{label}: tensor {name!r} has a bad shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) for o in offsets)
+    ):
+        raise BadTensors(f"{label}: tensor {name!r} has bad data_offsets {offsets!r}")
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    if not 0 <= begin <= end <= data_size or end - begin != numel * ITEM_SIZES[dtype]:
+        raise BadTensors(f"{label}: tensor {name!r} bytes {begin}..{end} do not fit the file")
+    return TensorHeader(name, dtype, tuple(shape), begin, end)
+
+
+def describe(tensors: dict[str, TensorHeader]) -> str:
+    return "(" + ", ".join(t.describe() for t in tensors.values()) + ")"
+
+
+def match_inputs(program: ProgramInfo, tensors: dict[str, TensorHeader], label: str) -> int:
+    """Checks a shard against the program's inputs; returns its number of samples.
+
+    Names and dtypes must be equal. The first dimension of every input is the sample axis:
+    the worker cuts it into batches, so only its agreement across inputs is checked here
+    (`check_batch_size` checks the batch). Other static dimensions must be equal; a
+    symbolic one must be within its range and one symbol has one value across inputs.
+    """
+    wanted = {s.name: s for s in program.inputs}
+
+    def mismatch(why: str) -> BadTensors:
+        return BadTensors(
+            f"{label}: {why}; the program takes {program.describe_inputs()}, "
+            f"the shard holds {describe(tensors)}"
+        )
+
+    if set(tensors) != set(wanted):
+        raise mismatch("input names differ")
+    bound: dict[str, int] = {}
+    for name, spec in wanted.items():
+        got = tensors[name]
+        if got.dtype != spec.dtype:
+            raise mismatch(f"{name!r} is {got.dtype}, the program wants {spec.dtype}")
+        if len(got.shape) != len(spec.shape) or not got.shape:
+            raise mismatch(f"{name!r} has {len(got.shape)} dimensions, not {len(spec.shape)}")
+        for axis in range(1, len(spec.shape)):
+            have, want = got.shape[axis], spec.shape[axis]
+            where = f"{name!r} dimension {axis} is {have}"
+            if isinstance(want, int):
+                if have != want:
+                    raise mismatch(f"{where}, the program fixes it at {want}")
+                continue
+            low, high = program.ranges.get(want, (0, 2**63 - 1))
+            if not low <= have <= high:
+                raise mismatch(f"{where}, outside {want} in [{low}, {high}]")
+            if bound.setdefault(want, have) != have:
+                raise mismatch(f"{where}, but {want} is {bound[want]} elsewhere")
+    samples = {t.shape[0] for t in tensors.values()}
+    if len(samples) != 1:
+        raise mismatch("inputs disagree on the number of samples (first dimension)")
+    return samples.pop()
+
+
+def check_batch_size(program: ProgramInfo, batch_size: int, samples: int) -> None:
+    """The program must accept batches of `batch_size` (and the last, shorter one)."""
+    first = {s.shape[0] for s in program.inputs}
+    if len(first) != 1:
+        raise BadTensors(f"the program's inputs disagree on their first dimension: {first}")
+    dim = first.pop()
+    if isinstance(dim, int):
+        if batch_size != dim or samples % dim:
+            raise BadTensors(
+                f"the program was exported for batches of exactly {dim} (no dynamic batch "
+                f"dimension): use batch_size={dim} and a multiple of {dim} samples, or "
+                "export with a dynamic batch dimension"
+            )
+        return
+    low, high = program.ranges.get(dim, (0, 2**63 - 1))
+    last = samples % batch_size or batch_size
+    for size in {batch_size, last}:
+        if not low <= size <= high:
+            raise BadTensors(
+                f"a batch of {size} is outside the program's batch range {dim} in "
+                f"[{low}, {high}]; choose a batch size in that range"
+            )

@@ -1,0 +1,347 @@
+"""Inference jobs from the SDK: export, shard, upload, submit; then outputs back in order.
+
+    job = client.infer(model, inputs, batch_size=64, precision="bf16")
+    for out in job.stream():   # one output per input batch, in input order
+        ...
+    outputs = job.result()     # everything, concatenated along the first dimension
+
+`model` is an `nn.Module` (exported here with `torch.export`, with a dynamic batch
+dimension; the example is the first batch of `inputs`) or the path of a saved `.pt2`.
+`inputs` is a tensor, a tuple or dict of tensors (by the program's input names), a
+safetensors file, or an iterable of such batches. Inputs are cut into shards of whole
+batches, each a safetensors file and a task. The program and every shard are checked here
+with the same rules the coordinator and the workers apply, before anything is uploaded.
+
+Needs torch and safetensors (`pip install sparegrid[worker]` or any torch >= 2.4).
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
+from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState, VerifyReport
+from sparegrid.sdk.results import TaskResult
+from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.tensors import BadTensors, check_batch_size, match_inputs, parse_header
+
+if TYPE_CHECKING:
+    import torch
+
+    from sparegrid.sdk.client import Client
+    from sparegrid.sdk.job import Job
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+SHARD_BYTES = 64 << 20  # a shard is at most this many input bytes...
+SHARD_BATCHES = 16  # ...and at most this many batches
+MAX_EXPORT_BATCH = 1 << 16
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    index: int
+    outputs: Any  # the program's output structure, samples along the first dimension
+    nonfinite: dict[str, int]  # output -> count of NaN/Inf values
+    meta: dict[str, Any]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise InvalidArgumentError(
+            "TORCH_MISSING", "inference jobs need torch: pip install 'sparegrid[worker]'"
+        ) from None
+    return torch
+
+
+# --- the program ------------------------------------------------------------------------
+
+
+def export_program(model: Any, example: "tuple[torch.Tensor, ...]", dest: Path) -> Path:
+    """Exports `model` with a dynamic first (batch) dimension on every input; saves a .pt2."""
+    torch = _torch()
+    if example[0].shape[0] < 2:  # a batch of one would be specialised to exactly one
+        example = tuple(torch.cat([t, t]) for t in example)
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    shapes = tuple({0: batch} for _ in example)
+    try:
+        program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            "EXPORT_FAILED", f"torch.export could not export the model: {exc}"
+        ) from exc
+    torch.export.save(program, dest)
+    return dest
+
+
+def check_program(path: Path) -> ProgramInfo:
+    try:
+        return inspect_pt2(path)
+    except UnsafeProgram as exc:
+        raise InvalidArgumentError("UNSAFE_MODEL", str(exc)) from None
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def _named(batch: Any, names: list[str] | None, where: str) -> "dict[str, torch.Tensor]":
+    torch = _torch()
+    if isinstance(batch, torch.Tensor):
+        batch = (batch,)
+    if isinstance(batch, Mapping):
+        tensors = dict(batch)
+        if names is not None and set(tensors) != set(names):
+            raise InvalidArgumentError(
+                "BAD_INPUTS", f"{where}: inputs are named {sorted(tensors)}, the program's {names}"
+            )
+    elif isinstance(batch, tuple | list):
+        if names is not None and len(batch) != len(names):
+            raise InvalidArgumentError(
+                "BAD_INPUTS", f"{where}: {len(batch)} inputs given, the program takes {names}"
+            )
+        tensors = dict(zip(names or [f"input_{i}" for i in range(len(batch))], batch, strict=True))
+    else:
+        raise InvalidArgumentError(
+            "BAD_INPUTS", f"{where}: expected a tensor, tuple or dict of tensors, got {type(batch)}"
+        )
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+            raise InvalidArgumentError(
+                "BAD_INPUTS", f"{where}: input {name!r} is not a tensor with a batch dimension"
+            )
+    return tensors
+
+
+def _batches(inputs: Any) -> Iterator[Any]:
+    """The inputs as a stream of batches (one batch when given whole)."""
+    torch = _torch()
+    if isinstance(inputs, str | os.PathLike):
+        from safetensors.torch import load_file
+
+        path = Path(inputs)
+        if not path.is_file():
+            raise InvalidArgumentError("BAD_INPUTS", f"inputs file {path} does not exist")
+        try:
+            yield load_file(str(path))
+        except Exception as exc:
+            raise InvalidArgumentError(
+                "BAD_INPUTS", f"{path} is not a safetensors file: {exc}"
+            ) from None
+    elif isinstance(inputs, torch.Tensor | tuple | list | Mapping):
+        yield inputs
+    elif isinstance(inputs, Iterable):
+        yield from inputs
+    else:
+        raise InvalidArgumentError("BAD_INPUTS", f"cannot take inputs of type {type(inputs)}")
+
+
+def _shards(
+    batches: Iterator["dict[str, torch.Tensor]"], samples_per_shard: int
+) -> Iterator["dict[str, torch.Tensor]"]:
+    cat = _torch().cat
+    pending: list[dict[str, Any]] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += next(iter(batch.values())).shape[0]
+        while count >= samples_per_shard:
+            merged = {k: cat([b[k] for b in pending]) for k in pending[0]}
+            yield {k: v[:samples_per_shard] for k, v in merged.items()}
+            rest = {k: v[samples_per_shard:] for k, v in merged.items()}
+            count -= samples_per_shard
+            pending = [rest] if count else []
+    if count:
+        yield {k: cat([b[k] for b in pending]) for k in pending[0]}
+
+
+def encode_shard(tensors: "dict[str, torch.Tensor]") -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+
+
+def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) -> int:
+    """The coordinator's submit check, run before upload: samples in the shard."""
+    length = int.from_bytes(data[:8], "little")
+    try:
+        header = parse_header(data[8 : 8 + length], len(data) - 8 - length, label)
+        samples = match_inputs(program, header, label)
+        check_batch_size(program, batch_size, samples)
+    except BadTensors as exc:
+        raise InvalidArgumentError("BAD_INPUTS", str(exc)) from None
+    return samples
+
+
+# --- submit -----------------------------------------------------------------------------
+
+
+def submit(
+    client: "Client",
+    model: Any,
+    inputs: Any,
+    *,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    deterministic: bool = False,
+    min_vram_gb: float = 0,
+    device: str = "",
+    shard_batches: int | None = None,
+    name: str = "",
+) -> "InferenceJob":
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
+    if not 1 <= batch_size <= MAX_EXPORT_BATCH:
+        raise InvalidArgumentError("BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}")
+    batches = _batches(inputs)
+    with tempfile.TemporaryDirectory(prefix="sparegrid-infer-") as tmp:
+        first = next(batches, None)
+        if first is None:
+            raise InvalidArgumentError("BAD_INPUTS", "no inputs")
+        if isinstance(model, str | os.PathLike):
+            program_path = Path(model)
+            if not program_path.is_file():
+                raise InvalidArgumentError("BAD_MODEL", f"model file {program_path} does not exist")
+        else:
+            example = tuple(_named(first, None, "inputs").values())
+            program_path = export_program(
+                model, tuple(t[:batch_size] for t in example), Path(tmp) / "model.pt2"
+            )
+        program = check_program(program_path)
+        names = [s.name for s in program.inputs]
+        named = (_named(b, names, f"batch {i}") for i, b in enumerate(_chain(first, batches)))
+        digests = {"model": client.upload(program_path)}
+        for index, shard in enumerate(
+            _shards(named, _shard_samples(first, batch_size, shard_batches))
+        ):
+            label = f"shard_{index:06d}"
+            data = encode_shard(shard)
+            check_shard(program, data, batch_size, label)
+            digests[label] = client.upload(data)
+    params = {"batch_size": batch_size, "precision": precision, "deterministic": deterministic}
+    requirements = Requirements(
+        device_kind=DeviceKind(device) if device else DeviceKind.ANY,
+        min_memory_bytes=int(min_vram_gb * 2**30),
+    )
+    job = client.submit("inference", params, digests, name=name, requirements=requirements)
+    return InferenceJob(client, job, batch_size)
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _shard_samples(first: Any, batch_size: int, shard_batches: int | None) -> int:
+    if shard_batches is not None:
+        if shard_batches < 1:
+            raise InvalidArgumentError("BAD_PARAMS", "shard_batches must be at least 1")
+        return batch_size * shard_batches
+    tensors = _named(first, None, "inputs").values()
+    per_sample = sum(t[:1].numel() * t.element_size() for t in tensors)
+    fits = SHARD_BYTES // max(1, per_sample * batch_size)
+    return batch_size * max(1, min(SHARD_BATCHES, fits))
+
+
+# --- outputs ----------------------------------------------------------------------------
+
+
+def decode(result: TaskResult) -> ShardOutput:
+    """A finished task's outputs, rebuilt into the program's output structure."""
+    from safetensors.torch import load
+    from torch.utils import _pytree as pytree
+
+    meta = json.loads(result.output("meta.json"))
+    tensors = load(result.output("outputs.safetensors"))
+    leaves = [tensors[name] for name in meta["outputs"]]
+    outputs = pytree.tree_unflatten(leaves, pytree.treespec_loads(meta["treespec"]))
+    return ShardOutput(result.index, outputs, dict(meta.get("nonfinite", {})), meta)
+
+
+def split_batches(outputs: Any, batch_size: int) -> Iterator[Any]:
+    from torch.utils import _pytree as pytree
+
+    leaves, spec = pytree.tree_flatten(outputs)
+    samples = leaves[0].shape[0] if leaves else 0
+    for start in range(0, samples, batch_size):
+        yield pytree.tree_unflatten([t[start : start + batch_size] for t in leaves], spec)
+
+
+def concat(parts: list[Any]) -> Any:
+    torch = _torch()
+    from torch.utils import _pytree as pytree
+
+    flat = [pytree.tree_flatten(p) for p in parts]
+    spec = flat[0][1]
+    return pytree.tree_unflatten(
+        [torch.cat(ts) for ts in zip(*(f[0] for f in flat), strict=True)], spec
+    )
+
+
+class InferenceJob:
+    """A submitted inference job: `stream()` outputs in input order, or `result()` them all."""
+
+    def __init__(self, client: "Client", job: "Job", batch_size: int) -> None:
+        self.client = client
+        self.job = job
+        self.batch_size = batch_size
+        self.nonfinite: dict[int, dict[str, int]] = {}  # shard -> output -> NaN/Inf count
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    def __repr__(self) -> str:
+        return f"InferenceJob({self.job!r})"
+
+    def wait(self, timeout: float | None = None) -> "InferenceJob":
+        self.job.wait(timeout=timeout)
+        return self
+
+    def shards(self, timeout: float | None = None) -> Iterator[ShardOutput]:
+        """Each shard's outputs, in order, as soon as it and those before it are done."""
+        next_index = 0
+        ready: dict[int, TaskResult] = {}
+        for snapshot in self.client.watch(self.job.id, timeout=timeout):
+            self.job = snapshot
+            if snapshot.counts.succeeded > next_index or snapshot.finished:
+                for result in self.client.results(self.job.id):
+                    if result.index >= next_index and result.state is TaskState.SUCCEEDED:
+                        ready.setdefault(result.index, result)
+                    elif result.state is TaskState.FAILED:
+                        raise JobFailedError(
+                            "TASK_FAILED", f"shard {result.index} failed: {result.error}"
+                        )
+                while next_index in ready:
+                    shard = decode(ready.pop(next_index))
+                    if shard.nonfinite:
+                        self.nonfinite[next_index] = shard.nonfinite
+                    yield shard
+                    next_index += 1
+            if snapshot.finished:
+                break
+        if self.job.state is not JobState.SUCCEEDED:
+            raise JobFailedError(
+                "JOB_" + self.job.state.name,
+                f"job {self.job.id} {self.job.state.value}: {self.job.error}",
+            )
+
+    def stream(self, timeout: float | None = None) -> Iterator[Any]:
+        """One output per input batch (the program's structure), in input order."""
+        for shard in self.shards(timeout):
+            yield from split_batches(shard.outputs, self.batch_size)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """All outputs, concatenated along the first dimension."""
+        return concat([s.outputs for s in self.shards(timeout)])
+
+    def verify(self) -> VerifyReport:
+        return self.job.verify()

@@ -1,0 +1,130 @@
+"""Loads a client's .pt2 program without running any of the client's code, on any device.
+
+1. `inspect_pt2` checks the archive against the allow-list (sparegrid.wire.pt2).
+2. Only the allowed entries are copied into a fresh archive; the pickled sample inputs
+   are replaced by nothing, so no path inside `torch.export.load` reaches an unpickler.
+3. While torch loads that copy, `torch.load` without `weights_only=True` and
+   `pickle.loads` raise: a second fence, should a future torch add a pickle path.
+4. The program is moved to the device and made portable: every `aten.view` becomes
+   `aten.reshape`. A program traced on the CPU records views that were legal for the CPU
+   kernels' output strides; CUDA kernels (e.g. attention) return other strides and the
+   same view fails ("view size is not compatible with input tensor's size and stride").
+   `reshape` is a view where the strides allow and a copy where not, and an inference
+   graph never writes through the alias. CPU-only attention kernels that a decomposed
+   program may name are swapped for the portable `scaled_dot_product_attention`.
+"""
+
+import contextlib
+import operator
+import pickle
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.export.passes import move_to_device_pass
+
+from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+class UnpicklingRefused(RuntimeError):
+    pass
+
+
+def sanitized_copy(source: Path, info: ProgramInfo, dest: Path) -> Path:
+    """A copy of the archive with only the allowed entries; sample inputs left empty."""
+    sample_inputs = f"{info.root}/data/sample_inputs/{info.model}.pt"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        for entry in src.infolist():
+            if entry.is_dir():
+                continue
+            if entry.filename == sample_inputs:
+                out.writestr(entry.filename, b"")
+                continue
+            with src.open(entry) as fin, out.open(entry.filename, "w", force_zip64=True) as fout:
+                shutil.copyfileobj(fin, fout, 1 << 22)
+    return dest
+
+
+@contextlib.contextmanager
+def no_unpickling() -> Iterator[None]:
+    real_load, real_loads = torch.load, pickle.loads
+
+    def guarded_load(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("weights_only") is not True:
+            raise UnpicklingRefused("torch.load without weights_only=True during model load")
+        return real_load(*args, **kwargs)
+
+    def refused_loads(*args: Any, **kwargs: Any) -> Any:
+        raise UnpicklingRefused("pickle.loads during model load")
+
+    torch.load = guarded_load
+    pickle.loads = refused_loads
+    try:
+        yield
+    finally:
+        torch.load = real_load
+        pickle.loads = real_loads
+
+
+def load_program(path: Path, device: torch.device, scratch: Path) -> tuple[Any, ProgramInfo]:
+    """(module, info): the program as a callable module on `device`, and its signature."""
+    info = inspect_pt2(path)
+    clean = sanitized_copy(path, info, scratch / "program.pt2")
+    try:
+        with no_unpickling():
+            program = torch.export.load(clean)
+    finally:
+        clean.unlink(missing_ok=True)
+    if device.type != "cpu":
+        program = move_to_device_pass(program, device)
+    module = program.module()
+    make_portable(module.graph)
+    module.recompile()
+    return module, info
+
+
+def make_portable(graph: torch.fx.Graph) -> int:
+    """Rewrites layout-dependent operators in place; returns how many were changed."""
+    changed = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            changed += 1
+        elif getattr(node.target, "__name__", "").startswith(_CPU_ATTENTION):
+            changed += _portable_attention(graph, node)
+    return changed
+
+
+def _portable_attention(graph: torch.fx.Graph, node: torch.fx.Node) -> int:
+    """`_scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout, causal, mask=, scale=)`
+    returns (out, logsumexp); when only `out` is used it is plain SDPA on any device."""
+    users = list(node.users)
+    if not all(u.target is operator.getitem and u.args[1] == 0 for u in users):
+        return 0  # logsumexp is used: leave it, it will say so if the device lacks it
+    q, k, v, *rest = node.args
+    dropout = rest[0] if len(rest) > 0 else 0.0
+    causal = rest[1] if len(rest) > 1 else False
+    with graph.inserting_before(node):
+        sdpa = graph.call_function(
+            torch.ops.aten.scaled_dot_product_attention.default,
+            (q, k, v, node.kwargs.get("attn_mask"), dropout, causal),
+            {"scale": node.kwargs.get("scale")},
+        )
+    for user in users:
+        user.replace_all_uses_with(sdpa)
+        graph.erase_node(user)
+    graph.erase_node(node)
+    return 1
+
+
+def cast_module(module: Any, precision: str) -> Any:
+    dtype = PRECISION_DTYPES.get(precision)
+    return module.to(dtype) if dtype is not None else module
