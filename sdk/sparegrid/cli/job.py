@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sparegrid.cli import common, output
+from sparegrid.cli import common, inference, output
 from sparegrid.sdk import (
     Client,
     DeadlineExceededError,
@@ -55,6 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
     )
+    inference.add_submit_options(p)
     p.set_defaults(func=submit)
 
     p = jobs.add_parser(
@@ -156,12 +157,15 @@ def submit(args: argparse.Namespace) -> int:
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     with common.client(args) as client:
-        if inputs:
+        if inputs or args.kind == "inference":
             check_kind(client, args.kind)
-        digests = {name: upload(client, name, path) for name, path in inputs.items()}
-        job = client.submit(
-            args.kind, params, digests, name=args.name, max_attempts=args.max_attempts
-        )
+        if args.kind == "inference":
+            job = inference.submit(client, args)
+        else:
+            digests = {name: upload(client, name, path) for name, path in inputs.items()}
+            job = client.submit(
+                args.kind, params, digests, name=args.name, max_attempts=args.max_attempts
+            )
         print(job.id, flush=True)
         output.note(
             f"submitted {job.kind} job {job.id}: {job.counts.total} tasks, "
@@ -318,10 +322,13 @@ def staged(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def write_index(out_dir: Path, job_id: str, entries: list[dict[str, Any]]) -> None:
-    (out_dir / "results.json").write_text(
-        json.dumps({"job": job_id, "results": entries}, indent=2) + "\n"
-    )
+def write_index(
+    out_dir: Path, job_id: str, entries: list[dict[str, Any]], merged: str | None = None
+) -> None:
+    index: dict[str, Any] = {"job": job_id, "results": entries}
+    if merged:
+        index["merged"] = merged
+    (out_dir / "results.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def results(args: argparse.Namespace) -> int:
@@ -332,7 +339,8 @@ def results(args: argparse.Namespace) -> int:
         items = client.results(job.id)
         with staged(out_dir) as stage:
             entries = [write_result(client, r, stage) for r in items]
-            write_index(stage, job.id, entries)
+            merged = inference.write_merged(items, stage) if job.kind == "inference" else None
+            write_index(stage, job.id, entries, merged)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
     print(f"{len(entries)} results written to {out_dir}, {verified} receipts verified")

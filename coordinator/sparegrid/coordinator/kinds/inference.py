@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from sparegrid.coordinator.domain import FileRef
-from sparegrid.coordinator.errors import CoordinatorError, invalid
+from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.kinds.base import (
     MAX_TASKS_PER_JOB,
     Files,
@@ -97,9 +97,5 @@ def _check_shard(files: Files, program: ProgramInfo, shard: FileRef, batch_size:
         samples = match_inputs(program, tensors, f"input {shard.name!r}")
         check_batch_size(program, batch_size, samples)
     except BadTensors as exc:
-        raise _bad_inputs(exc) from None
+        raise invalid("BAD_INPUTS", f"inference job: {exc}") from None
     return samples
-
-
-def _bad_inputs(exc: BadTensors) -> CoordinatorError:
-    return invalid("BAD_INPUTS", f"inference job: {exc}")

@@ -1,0 +1,70 @@
+"""`sparegrid job submit inference ...` options, and the merged outputs of `job results`."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sparegrid.cli import output
+from sparegrid.sdk import Client, InvalidArgumentError, Job, TaskResult, TaskState
+from sparegrid.sdk.inference import PRECISIONS
+
+MERGED = "outputs.safetensors"
+
+
+def add_submit_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference jobs (KIND = inference)")
+    group.add_argument("--model", metavar="PT2", help="the program, saved with torch.export.save")
+    group.add_argument(
+        "--inputs", metavar="SAFETENSORS", help="inputs by the program's input names"
+    )
+    group.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size (64)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(fp32)")
+    group.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels on the worker"
+    )
+    group.add_argument("--min-vram", type=float, default=0, metavar="GB", help="per device")
+    group.add_argument("--device", choices=("cpu", "cuda"), default="", help="(any)")
+    group.add_argument(
+        "--shard-batches", type=int, metavar="N", help="batches per task (sized by default)"
+    )
+
+
+def submit(client: Client, args: argparse.Namespace) -> Job:
+    if not args.model or not args.inputs:
+        raise InvalidArgumentError(
+            "BAD_PARAMS", "an inference job needs --model PT2 and --inputs SAFETENSORS"
+        )
+    output.note(f"checking and uploading {args.model} and the shards of {args.inputs}")
+    return client.infer(
+        Path(args.model),
+        Path(args.inputs),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        deterministic=args.deterministic,
+        min_vram_gb=args.min_vram,
+        device=args.device,
+        shard_batches=args.shard_batches,
+        name=args.name,
+    ).job
+
+
+def write_merged(results: list[TaskResult], out_dir: Path) -> str | None:
+    """All shards' outputs in input order as one safetensors file; None with a reason noted."""
+    if not results or any(r.state is not TaskState.SUCCEEDED for r in results):
+        output.hint(f"not every shard succeeded: no merged {MERGED}")
+        return None
+    try:
+        from safetensors.torch import save_file
+
+        from sparegrid.sdk.inference import concat, decode
+    except ImportError:
+        output.hint(f"install torch to get the merged {MERGED} (each task's file is written)")
+        return None
+    shards = [decode(r) for r in sorted(results, key=lambda r: r.index)]
+    merged: Any = concat([s.outputs for s in shards])
+    from torch.utils import _pytree as pytree
+
+    leaves, spec = pytree.tree_flatten(merged)
+    tensors = {f"output_{i}": t.contiguous() for i, t in enumerate(leaves)}
+    save_file(tensors, str(out_dir / MERGED), metadata={"treespec": pytree.treespec_dumps(spec)})
+    return MERGED
