@@ -30,7 +30,7 @@ def commands() -> list[str]:
 def test_the_readme_has_what_it_promises() -> None:
     text = README.read_text()
     assert "## Performance" in text and "bench/results/dispatch-" in text
-    assert len(blocks("python")) == 2  # Client and AsyncClient
+    assert len(blocks("python")) == 3  # Client, AsyncClient, inference (tests/e2e)
     assert any(c.startswith("sparegrid job submit") for c in commands())
 
 

@@ -123,3 +123,34 @@ def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_
         torch.testing.assert_close(merged["output_0"], model(x), rtol=1e-5, atol=1e-5)
     index = json.loads((tmp_path / "out" / "results.json").read_text())
     assert index["merged"] == "outputs.safetensors" and all(r["verified"] for r in index["results"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_the_worker_pipeline_on_a_gpu(cluster) -> None:
+    """A CPU-exported encoder, bf16 on the worker's GPU, against the CPU reference."""
+    _, client = setup(cluster, workers=1)
+    torch.manual_seed(0)
+    model = Encoder(dim=384, depth=4, heads=6, image=224, patch=16).eval()
+    x = torch.randn(256, 3, 224, 224)
+    job = client.infer(model, x, batch_size=64, precision="bf16", device="cuda", shard_batches=1)
+    got = job.result(timeout=300)
+    with torch.inference_mode():
+        want = model(x)
+    error = float((got.float() - want).abs().max() / want.abs().max())
+    print(f"worker pipeline bf16 on GPU: max relative error {error:.2e}")
+    assert got.dtype == torch.bfloat16 and error < 5e-2
+    assert job.verify().passed
+
+
+def test_the_readme_inference_example_runs(cluster, monkeypatch, capsys) -> None:
+    from tests.cli.test_readme import blocks
+
+    _, client = setup(cluster, workers=1)
+    monkeypatch.setenv("SPAREGRID_COORDINATOR", cluster.address)
+    monkeypatch.setenv("SPAREGRID_API_KEY", client.connection.api_key)
+    example = blocks("python")[2]
+    exec(compile(example, "README.md inference example", "exec"), {"__name__": "__main__"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["torch.Size([64, 4])", "torch.Size([64, 4])"]
+    assert len(lines) == 16 and lines[-1] == "torch.Size([40, 4])"  # 1000 = 15 x 64 + 40

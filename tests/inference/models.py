@@ -25,9 +25,10 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """ViT-B/16 in miniature: patches, a class token, attention blocks, a head."""
 
-    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4, image: int = 16) -> None:
+    def __init__(
+        self, dim: int = 32, depth: int = 2, heads: int = 4, image: int = 16, patch: int = 4
+    ) -> None:
         super().__init__()
-        patch = 4
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
