@@ -1,8 +1,9 @@
-"""`sparegrid demo`: a coordinator, workers and two jobs, end to end, in a temp dir.
+"""`sparegrid demo`: a coordinator, workers and real jobs, end to end, in a temp dir.
 
 It starts `coordinator serve` and `worker run` as child processes, creates an account,
-uploads an 8 MiB random file, runs a checksum job over it and an echo job, verifies every
-receipt and compares every checksum with one computed here, shows the nodes and the
+uploads an 8 MiB random file, runs a checksum job over it, an echo job and an inference
+job (a small PyTorch model, when torch is installed), verifies every receipt, compares
+every checksum and every model output with one computed here, shows the nodes and the
 ledger check, then stops the children and removes the temp dir (unless --keep).
 """
 
@@ -81,6 +82,7 @@ class Demo:
             with Client(connection=Connection(self.address, api_key), retry=RETRY) as client:
                 self.checksum_job(client)
                 self.echo_job(client)
+                self.inference_job(client)
             self.show_nodes_and_ledger(admin)
 
     def start_coordinator(self) -> str:
@@ -169,6 +171,30 @@ class Demo:
             if not report.passed:
                 raise DemoError(f"echo receipts failed: {report.failures[0].reason}")
             detail.append(f"{report.ok} receipts verified")
+
+    def inference_job(self, client: Client) -> None:
+        """A small PyTorch model, exported here, run by the workers, checked against a local run."""
+        try:
+            import torch
+        except ImportError:
+            with self.timings.step("inference job", "skipped: torch is not installed"):
+                return
+        with self.timings.step("inference job") as detail:
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(
+                torch.nn.Linear(32, 128), torch.nn.GELU(), torch.nn.Linear(128, 8)
+            ).eval()
+            inputs = torch.randn(1024, 32)
+            job = client.infer(model, inputs, batch_size=64, shard_batches=4)
+            outputs = job.result(timeout=self.args.timeout)
+            with torch.inference_mode():
+                expected = model(inputs)
+            if not torch.allclose(outputs, expected, rtol=1e-4, atol=1e-5):
+                raise DemoError("inference outputs differ from the same model run locally")
+            report = job.verify()
+            if not report.passed:
+                raise DemoError(f"inference receipts failed: {report.failures[0].reason}")
+            detail.append(f"{len(inputs)} samples in {report.ok} shards, match a local run")
 
     def show_nodes_and_ledger(self, admin: AdminClient) -> None:
         output.show(nodes_table(admin.nodes()))
