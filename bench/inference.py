@@ -78,6 +78,7 @@ def network_run(
         precision=args.precision,
         shard_batches=args.shard_batches,
         device=args.device,
+        compile=args.compile,
     )
     submitted = time.perf_counter()
     first = None
@@ -109,6 +110,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=32)
     parser.add_argument("--shard-batches", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="workers compile the program")
     args = parser.parse_args()
     torch.manual_seed(0)
     spec = MODELS[args.model]
@@ -154,6 +156,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "samples": x.shape[0],
         "shard_batches": args.shard_batches,
+        "compile": args.compile,
         "local_samples_per_s": local,
         "network_samples_per_s": warm["samples_per_s"],
         "ratio": warm["samples_per_s"] / local,

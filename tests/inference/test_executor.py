@@ -2,6 +2,7 @@
 
 import json
 import operator
+import os
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,23 @@ def test_bad_params_and_inputs_are_refused(encoder_pt2: Path, tmp_path: Path) ->
         executor.run(task(tmp_path, encoder_pt2, {"x": torch.randn(2, 3, 16, 16)}, precision="fp8"))
     with pytest.raises(ExecutorError, match="the program takes"):
         executor.run(task(tmp_path, encoder_pt2, {"y": torch.randn(2, 3, 16, 16)}))
+
+
+def test_compile_is_applied_once_per_program_and_recorded(
+    encoder_pt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inductor itself is exercised in the GPU set (it takes minutes on two CPU cores)."""
+    calls = []
+
+    def fake_compile(module: Any, mode: str) -> Any:
+        calls.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    executor = InferenceExecutor()
+    for _ in range(2):
+        run = task(tmp_path, encoder_pt2, {"x": torch.randn(2, 3, 16, 16)}, compile=True)
+        _, meta = outputs(executor.run(run))
+    assert calls == ["default"] and meta["compiled"] is True
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")

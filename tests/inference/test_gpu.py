@@ -86,6 +86,34 @@ def test_a_cpu_export_runs_on_cuda_within_tolerance(
         assert got.dtype == torch.bfloat16
 
 
+def test_a_compiled_program_matches_and_is_faster(
+    vit: tuple[Encoder, Path], tmp_path: Path
+) -> None:
+    model, path = vit
+    from safetensors.torch import load, save_file
+
+    x = torch.randn(256, 3, 224, 224)
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    inputs = {"model": path, "shard_000000": tmp_path / "x.safetensors"}
+    executor = InferenceExecutor()
+    seconds = {}
+    for compiled in (False, True, True):  # the second compiled run is warm
+        params = {"batch_size": 64, "precision": "bf16", "compile": compiled, "samples": 256}
+        files = {
+            o.name: o.data
+            for o in executor.run(ExecTask(json.dumps(params).encode(), inputs, tmp_path, CUDA))
+        }
+        meta = json.loads(files["meta.json"])
+        seconds[compiled] = (meta["timing"]["end_ns"] - meta["timing"]["start_ns"]) / 1e9
+    with torch.inference_mode():
+        want = model(x)
+    error = relative_error(load(files["outputs.safetensors"])["output_0"], want)
+    print(
+        f"bf16 256 samples: eager program {seconds[False]:.4f}s, compiled {seconds[True]:.4f}s, error {error:.2e}"
+    )
+    assert error < TOLERANCE["bf16"]
+
+
 def test_reruns_on_one_gpu_are_bit_exact_in_deterministic_mode(
     vit: tuple[Encoder, Path], tmp_path: Path
 ) -> None:

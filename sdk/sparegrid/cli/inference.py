@@ -22,6 +22,9 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--deterministic", action="store_true", help="deterministic kernels on the worker"
     )
+    group.add_argument(
+        "--compile", action="store_true", help="workers compile the program (slow once, then fast)"
+    )
     group.add_argument("--min-vram", type=float, default=0, metavar="GB", help="per device")
     group.add_argument("--device", choices=("cpu", "cuda"), default="", help="(any)")
     group.add_argument(
@@ -41,6 +44,7 @@ def submit(client: Client, args: argparse.Namespace) -> Job:
         batch_size=args.batch_size,
         precision=args.precision,
         deterministic=args.deterministic,
+        compile=args.compile,
         min_vram_gb=args.min_vram,
         device=args.device,
         shard_batches=args.shard_batches,

@@ -223,6 +223,7 @@ class Client(_SyncBase):
         batch_size: int = 64,
         precision: str = "fp32",
         deterministic: bool = False,
+        compile: bool = False,
         min_vram_gb: float = 0,
         device: str = "",
         shard_batches: int | None = None,
@@ -232,7 +233,8 @@ class Client(_SyncBase):
 
         `model`: an nn.Module (exported here, dynamic batch) or a saved .pt2 path;
         `inputs`: a tensor, tuple/dict of tensors, a safetensors path, or an iterable of
-        batches. `precision`: fp32, tf32, bf16 or fp16, applied on the worker.
+        batches. `precision`: fp32, tf32, bf16 or fp16, applied on the worker. `compile`:
+        the worker compiles the program (minutes, once per node and model; then faster).
         """
         return inference.submit(
             self,
@@ -241,6 +243,7 @@ class Client(_SyncBase):
             batch_size=batch_size,
             precision=precision,
             deterministic=deterministic,
+            compile=compile,
             min_vram_gb=min_vram_gb,
             device=device,
             shard_batches=shard_batches,

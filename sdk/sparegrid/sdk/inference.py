@@ -188,6 +188,7 @@ def submit(
     batch_size: int = 64,
     precision: str = "fp32",
     deterministic: bool = False,
+    compile: bool = False,
     min_vram_gb: float = 0,
     device: str = "",
     shard_batches: int | None = None,
@@ -222,7 +223,12 @@ def submit(
             data = encode_shard(shard)
             check_shard(program, data, batch_size, label)
             digests[label] = client.upload(data)
-    params = {"batch_size": batch_size, "precision": precision, "deterministic": deterministic}
+    params = {
+        "batch_size": batch_size,
+        "precision": precision,
+        "deterministic": deterministic,
+        "compile": compile,
+    }
     requirements = Requirements(
         device_kind=DeviceKind(device) if device else DeviceKind.ANY,
         min_memory_bytes=int(min_vram_gb * 2**30),

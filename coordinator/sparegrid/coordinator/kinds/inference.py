@@ -34,20 +34,21 @@ class Inference:
     name = "inference"
     description = (
         "runs a torch.export program (input 'model') over safetensors shards "
-        "('shard_000000', ...); params: batch_size, precision, deterministic"
+        "('shard_000000', ...); params: batch_size, precision, deterministic, compile"
     )
 
     def plan(
         self, params: dict[str, Any], inputs: dict[str, FileRef], files: Files
     ) -> list[TaskPlan]:
-        check_keys(self.name, params, {"batch_size", "precision", "deterministic"})
+        check_keys(self.name, params, {"batch_size", "precision", "deterministic", "compile"})
         batch_size = int_param(self.name, params, "batch_size", 64, 1, MAX_BATCH)
         precision = params.get("precision", "fp32")
         if precision not in PRECISIONS:
             raise bad(self.name, f"'precision' must be one of {list(PRECISIONS)}")
         deterministic = params.get("deterministic", False)
-        if not isinstance(deterministic, bool):
-            raise bad(self.name, "'deterministic' must be true or false")
+        compiled = params.get("compile", False)
+        if not isinstance(deterministic, bool) or not isinstance(compiled, bool):
+            raise bad(self.name, "'deterministic' and 'compile' must be true or false")
         model, shards = _split_inputs(inputs)
         program = _inspect(files, model)
         plans = []
@@ -57,6 +58,7 @@ class Inference:
                 "batch_size": batch_size,
                 "precision": precision,
                 "deterministic": deterministic,
+                "compile": compiled,
                 "shard": index,
                 "samples": samples,
             }

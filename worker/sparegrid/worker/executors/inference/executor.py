@@ -43,7 +43,7 @@ from sparegrid.worker.executors.inference.loader import (
 from sparegrid.worker.executors.params import get_int, load_params
 
 CUDA_OOM = "CUDA_OOM"
-PARAMS = ("batch_size", "precision", "deterministic", "shard", "samples")
+PARAMS = ("batch_size", "precision", "deterministic", "compile", "shard", "samples")
 DEFAULT_CACHE_BYTES = 8 << 30
 
 
@@ -122,13 +122,14 @@ class InferenceExecutor:
         if precision not in ("fp32", "tf32", *PRECISION_DTYPES):
             raise ExecutorError(BAD_PARAMS, f"unknown precision {precision!r}")
         deterministic = bool(params.get("deterministic", False))
+        compiled = bool(params.get("compile", False))
         shard = _shard_path(task)
         if "model" not in task.inputs or shard is None:
             raise ExecutorError(BAD_INPUT, "inference takes 'model' and one 'shard_NNNNNN'")
         device = _device(task)
         _set_numerics(precision, deterministic)
         started = time.perf_counter()
-        loaded = self._model(task.inputs["model"], device, precision, task.workdir)
+        loaded = self._model(task.inputs["model"], device, precision, compiled, task.workdir)
         load_ms = (time.perf_counter() - started) * 1000
         inputs, staged = self._take_inputs(shard, device.type == "cuda")
         args = _arguments(loaded.info, inputs, device, precision)
@@ -139,6 +140,7 @@ class InferenceExecutor:
         meta = {
             "precision": precision,
             "deterministic": deterministic,
+            "compiled": compiled,
             "device": _device_name(device),
             "torch": torch.__version__,
             "samples": int(args[0].shape[0]),
@@ -158,8 +160,10 @@ class InferenceExecutor:
             ExecOutput("meta.json", json.dumps(meta, sort_keys=True).encode()),
         ]
 
-    def _model(self, path: Path, device: torch.device, precision: str, scratch: Path) -> Loaded:
-        key = (path.name, f"{device}/{precision}")
+    def _model(
+        self, path: Path, device: torch.device, precision: str, compiled: bool, scratch: Path
+    ) -> Loaded:
+        key = (path.name, f"{device}/{precision}" + ("/compiled" if compiled else ""))
         cached = self.models.get(key)
         if cached is not None:
             return cached
@@ -174,6 +178,8 @@ class InferenceExecutor:
                 raise _oom(device, "loading the model") from None
         module = cast_module(module, precision)
         nbytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        if compiled:
+            module = _compile(module, device, scratch)
         entry = Loaded(module, info, nbytes)
         self.models.put(key, entry)
         return entry
@@ -224,6 +230,14 @@ class InferenceExecutor:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _compile(module: Any, device: torch.device, scratch: Path) -> Any:
+    """Inductor, cached on disk beside the scratch directory: the slow compile of a model
+    (a minute for a ViT-B on an H200) is paid once per node, not once per process."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch.parent / "inductor"))
+    mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
+    return torch.compile(module, mode=mode)
 
 
 def _shard_path(task: ExecTask) -> Path | None:
