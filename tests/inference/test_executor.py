@@ -183,6 +183,20 @@ def test_cpu_only_attention_kernels_are_made_portable() -> None:
     torch.testing.assert_close(module(q_, k_, v_), expected)
 
 
+def test_allocations_are_zeroed_so_no_task_reads_what_another_left() -> None:
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(torch.ops.aten.empty.memory_format, ([2, 3],), {"memory_format": None})
+    b = graph.call_function(torch.ops.aten.empty_like.default, (x,))
+    c = graph.call_function(torch.ops.aten.new_empty.default, (x, [2, 3]))
+    graph.output((a, b, c))
+    module = torch.fx.GraphModule(torch.nn.Module(), graph)
+    assert make_portable(module.graph) == 3
+    module.recompile()
+    for out in module(torch.randn(2, 3)):
+        assert torch.equal(out, torch.zeros(2, 3))
+
+
 def test_bad_params_and_inputs_are_refused(encoder_pt2: Path, tmp_path: Path) -> None:
     executor = InferenceExecutor()
     with pytest.raises(ExecutorError, match="precision"):

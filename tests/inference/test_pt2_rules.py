@@ -103,9 +103,14 @@ def _custom_objects(p: dict[str, Any]) -> None:
         (
             lambda s, d: edit_program(s, d, _target("torch.ops.mylib.run.default")),
             "models/model.json",
-            "outside the aten/prims",
+            "aten/prims only",
         ),
         (lambda s, d: edit_program(s, d, _custom_objects), "models/model.json", "custom objects"),
+        (
+            lambda s, d: edit_program(s, d, _target("torch.ops.aten.from_file.default")),
+            "models/model.json",
+            "no file access",
+        ),
     ],
     ids=[
         "use-pickle",
@@ -118,6 +123,7 @@ def _custom_objects(p: dict[str, Any]) -> None:
         "torch-callable",
         "custom-op",
         "torchbind",
+        "file-read",
     ],
 )
 def test_refusals_name_the_entry(

@@ -11,9 +11,11 @@ the standard library only, against an allow-list:
   drops them unread. Anything else (compiled AOTInductor code, ExecuTorch or MTIA blobs,
   legacy pickled weights, custom or opaque objects, extra files) is refused;
 - payload configs: no entry marked `use_pickle`;
-- the program: no guard code, no custom objects, no nested graphs, every operator in the
-  `aten` or `prims` namespace (or a few arithmetic helpers on sizes), and every symbolic
-  expression made only of integers, symbols and a fixed set of sympy functions.
+- the program: guard code that only compares input sizes, no custom objects, no nested
+  graphs, every operator in the `aten` or `prims` namespace (or a few arithmetic helpers
+  on sizes) except those that touch files (`from_file`, `save`) or hand out uninitialised
+  strided memory, and every symbolic expression made only of integers, symbols and a
+  fixed set of sympy functions.
 
 The same rules run in the SDK (before upload), the coordinator (at submit) and the worker
 (before load), so a refusal names the offending entry at the earliest point.
@@ -53,6 +55,8 @@ SCALAR_TYPES = {
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
 _ALLOWED_NAMESPACES = ("torch.ops.aten.", "torch.ops.prims.")
+# aten operators with effects outside the tensors: files, or memory another task left
+_DENIED_OPS = frozenset({"from_file", "save", "empty_strided", "new_empty_strided"})
 _ALLOWED_HELPERS = frozenset(
     {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod")}
     | {f"_operator.{n}" for n in ("neg", "pow", "eq", "ne", "lt", "le", "gt", "ge")}
@@ -256,7 +260,9 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
     for node in graph["nodes"]:
         target = node.get("target") if isinstance(node, dict) else None
         if not isinstance(target, str) or not _allowed_target(target):
-            raise UnsafeProgram(entry, f"operator {target!r} is outside the aten/prims namespaces")
+            raise UnsafeProgram(
+                entry, f"operator {target!r} is not allowed (aten/prims only, no file access)"
+            )
         if next(_strings_under(node.get("inputs", []), "as_graph"), None) is not None:
             raise UnsafeProgram(entry, f"operator {target!r} carries a nested graph")
         ops[target] += 1
@@ -281,7 +287,8 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
 def _allowed_target(target: str) -> bool:
     if target.startswith(_ALLOWED_NAMESPACES):
         parts = target.split(".")
-        return len(parts) == 5 and all(p.isidentifier() for p in parts)
+        valid = len(parts) == 5 and all(p.isidentifier() for p in parts)
+        return valid and parts[3] not in _DENIED_OPS
     return target in _ALLOWED_HELPERS
 
 

@@ -6,7 +6,7 @@
 3. While torch loads that copy, `torch.load` without `weights_only=True` and
    `pickle.loads` raise: a second fence, should a future torch add a pickle path.
 4. The program is moved to the device and made portable: every `aten.view` becomes
-   `aten.reshape`. A program traced on the CPU records views that were legal for the CPU
+   `aten.reshape` (and every `empty` allocation a zeroed one). A program traced on the CPU records views that were legal for the CPU
    kernels' output strides; CUDA kernels (e.g. attention) return other strides and the
    same view fails ("view size is not compatible with input tensor's size and stride").
    `reshape` is a view where the strides allow and a copy where not, and an inference
@@ -30,6 +30,13 @@ from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
+# Uninitialised memory may hold what the previous task (another client's) left on the
+# device: allocations in a client's graph are zeroed instead.
+_ZEROED = {
+    torch.ops.aten.empty.memory_format: torch.ops.aten.zeros.default,
+    torch.ops.aten.new_empty.default: torch.ops.aten.new_zeros.default,
+    torch.ops.aten.empty_like.default: torch.ops.aten.zeros_like.default,
+}
 
 
 class UnpicklingRefused(RuntimeError):
@@ -97,6 +104,11 @@ def make_portable(graph: torch.fx.Graph) -> int:
             continue
         if node.target is torch.ops.aten.view.default:
             node.target = torch.ops.aten.reshape.default
+            changed += 1
+        elif node.target in _ZEROED:
+            node.target = _ZEROED[node.target]
+            if node.target is torch.ops.aten.zeros.default:  # takes no memory_format
+                node.kwargs = {k: v for k, v in node.kwargs.items() if k != "memory_format"}
             changed += 1
         elif getattr(node.target, "__name__", "").startswith(_CPU_ATTENTION):
             changed += _portable_attention(graph, node)
