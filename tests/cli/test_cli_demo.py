@@ -59,4 +59,6 @@ def test_demo_end_to_end(temp_root: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "8 receipts verified, 8 checksums match" in captured.out
     assert "sum 0" in captured.out
     assert "demo-node1" in captured.out
-    assert list(temp_root.iterdir()) == []
+    assert "1024 samples in 4 shards, match a local run" in captured.out
+    # torch keeps its own cache beside the demo's temp dir; the demo leaves nothing
+    assert [p for p in temp_root.iterdir() if not p.name.startswith("torchinductor_")] == []
