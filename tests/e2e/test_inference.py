@@ -1,12 +1,13 @@
 """Inference through real coordinator and worker processes, driven through the SDK."""
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from sparegrid.sdk import InvalidArgumentError
+from sparegrid.sdk import AsyncClient, InvalidArgumentError
 from tests.e2e.test_cluster import setup
 from tests.inference.models import Encoder, read, rewrite
 
@@ -29,6 +30,17 @@ def test_a_model_runs_on_two_workers_and_comes_back_in_order(cluster) -> None:
     assert report.passed and report.ok == 5
     assert job.nonfinite == {}
     assert admin.ledger_check().balanced
+
+    async def the_same_with_asyncio() -> list[torch.Tensor]:
+        async with AsyncClient(cluster.address, api_key=client.connection.api_key) as aclient:
+            ajob = await aclient.infer(model, x, batch_size=8, precision="fp32")
+            outs = [out async for out in ajob.stream(timeout=120)]
+            assert (await ajob.verify()).passed
+            return outs
+
+    outs = asyncio.run(the_same_with_asyncio())
+    assert len(outs) == 5
+    torch.testing.assert_close(torch.cat(outs), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_inference_submits_are_refused_and_change_nothing(cluster, tmp_path: Path) -> None:

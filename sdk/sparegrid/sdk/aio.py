@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc import aio
 
-from sparegrid.sdk import convert
+from sparegrid.sdk import convert, inference
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,
     BlobInput,
@@ -26,9 +26,10 @@ from sparegrid.sdk.blobs import (
     aupload_requests,
     resume_offset,
 )
-from sparegrid.sdk.client import DEFAULT_TIMEOUT, PathLike
+from sparegrid.sdk.client import DEFAULT_TIMEOUT, Client, PathLike
 from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
 from sparegrid.sdk.errors import from_rpc_error
+from sparegrid.sdk.inference import AsyncInferenceJob
 from sparegrid.sdk.job import AsyncJob
 from sparegrid.sdk.models import (
     Account,
@@ -122,6 +123,19 @@ class AsyncClient(_AsyncBase):
         connection = connection or Connection.resolve(address, api_key, tls_ca)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
+        self._sync: Client | None = None  # for the blocking tensor work of `infer`
+
+    async def close(self) -> None:
+        await super().close()
+        if self._sync is not None:
+            self._sync.close()
+
+    async def infer(self, model: Any, inputs: Any, **options: Any) -> AsyncInferenceJob:
+        """`Client.infer` for asyncio (same arguments); see sparegrid.sdk.inference."""
+        if self._sync is None:
+            self._sync = Client(connection=self.connection, timeout=self.timeout, retry=self.retry)
+        job = await asyncio.to_thread(inference.submit, self._sync, model, inputs, **options)
+        return AsyncInferenceJob(job)
 
     @functools.cached_property
     def _jobs(self) -> "client_pb2_grpc.ClientServiceAsyncStub":

@@ -15,10 +15,11 @@ with the same rules the coordinator and the workers apply, before anything is up
 Needs torch and safetensors (`pip install sparegrid[worker]` or any torch >= 2.4).
 """
 
+import asyncio
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -351,3 +352,43 @@ class InferenceJob:
 
     def verify(self) -> VerifyReport:
         return self.job.verify()
+
+
+_END = object()
+
+
+class AsyncInferenceJob:
+    """`InferenceJob` for asyncio; tensor work and downloads run in a worker thread."""
+
+    def __init__(self, job: InferenceJob) -> None:
+        self.sync = job
+
+    @property
+    def id(self) -> str:
+        return self.sync.id
+
+    @property
+    def state(self) -> JobState:
+        return self.sync.state
+
+    @property
+    def nonfinite(self) -> dict[int, dict[str, int]]:
+        return self.sync.nonfinite
+
+    def __repr__(self) -> str:
+        return f"AsyncInferenceJob({self.sync.job!r})"
+
+    async def wait(self, timeout: float | None = None) -> "AsyncInferenceJob":
+        await asyncio.to_thread(self.sync.wait, timeout)
+        return self
+
+    async def stream(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        outputs = self.sync.stream(timeout)
+        while (item := await asyncio.to_thread(next, outputs, _END)) is not _END:
+            yield item
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await asyncio.to_thread(self.sync.result, timeout)
+
+    async def verify(self) -> VerifyReport:
+        return await asyncio.to_thread(self.sync.verify)
