@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MAX_PROGRAM_JSON = 256 << 20  # bytes of models/<name>.json
+MAX_PROGRAM_JSON = 64 << 20  # bytes of models/<name>.json (a ViT-B program: ~1 MB)
 MAX_ARCHIVE_ENTRIES = 200_000
 MAX_COMPRESSION_RATIO = 200  # a zip bomb inflates far more
 

@@ -283,6 +283,13 @@ class Client(_SyncBase):
                 stream.cancel()
             time.sleep(delay)
 
+    def results_from(self, job_id: str, start: int, limit: int = 64) -> list[TaskResult]:
+        """Up to `limit` results of tasks `start`, `start + 1`, ... (one page)."""
+        token = str(start - 1) if start > 0 else ""
+        request = client_pb2.GetJobResultsRequest(job_id=job_id, page_size=limit, page_token=token)
+        response = self._unary(self._jobs.GetJobResults, request)
+        return [convert.task_result(job_id, r, fetch=self._fetch) for r in response.results]
+
     def results(self, job_id: str, page_size: int = 0) -> list[TaskResult]:
         """Every task's result, all pages."""
         out: list[TaskResult] = []

@@ -316,19 +316,22 @@ class InferenceJob:
     def shards(self, timeout: float | None = None) -> Iterator[ShardOutput]:
         """Each shard's outputs, in order, as soon as it and those before it are done."""
         next_index = 0
-        ready: dict[int, TaskResult] = {}
         for snapshot in self.client.watch(self.job.id, timeout=timeout):
             self.job = snapshot
-            if snapshot.counts.succeeded > next_index or snapshot.finished:
-                for result in self.client.results(self.job.id):
-                    if result.index >= next_index and result.state is TaskState.SUCCEEDED:
-                        ready.setdefault(result.index, result)
-                    elif result.state is TaskState.FAILED:
+            while next_index < snapshot.counts.total:
+                page = self.client.results_from(self.job.id, next_index)
+                ready = [r for r in page if r.state is TaskState.SUCCEEDED]
+                for result in page:
+                    if result.state is TaskState.FAILED:
                         raise JobFailedError(
                             "TASK_FAILED", f"shard {result.index} failed: {result.error}"
                         )
-                while next_index in ready:
-                    shard = decode(ready.pop(next_index))
+                if not ready or ready[0].index != next_index:
+                    break  # the next shard is not done yet
+                for result in ready:
+                    if result.index != next_index:
+                        break
+                    shard = decode(result)
                     if shard.nonfinite:
                         self.nonfinite[next_index] = shard.nonfinite
                     yield shard
