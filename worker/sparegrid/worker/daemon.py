@@ -187,7 +187,7 @@ class Worker:
         loops = [
             asyncio.create_task(self._connect_loop()),
             asyncio.create_task(self._drain()),
-            asyncio.create_task(self._monitor.run(self._on_policy)),
+            asyncio.create_task(self._monitor.run(self._on_policy, self._grant_all)),
         ]
         try:
             await self._stopped.wait()
@@ -359,6 +359,10 @@ class Worker:
         if count:
             credit = worker_pb2.Credit(device_index=device, count=count)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
+
+    def _grant_all(self) -> None:
+        for device in self.devices:
+            self._grant(device.index)
 
     def _may_lease(self, device: int) -> bool:
         """The policy lets the device work, and a task can finish before its window closes."""

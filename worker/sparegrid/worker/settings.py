@@ -35,15 +35,21 @@ def parse_size(value: object) -> int:
 
 
 def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("is not a whole number")
-    return int(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError
+        return int(value)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
 
 
 def _float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("is not a number")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        return float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
 
 
 def _str(value: object) -> str:

@@ -77,7 +77,9 @@ class DeviceMonitor:
         """Polls again now (e.g. a task just started, so our processes changed)."""
         self._wake.set()
 
-    async def run(self, on_change: OnChange) -> None:
+    async def run(self, on_change: OnChange, after_poll: Callable[[], None] = lambda: None) -> None:
+        """Polls until cancelled: `on_change` for each device whose mode changed, then
+        `after_poll` (e.g. to lease again once a task can finish in the window)."""
         while True:
             try:
                 changed = self.poll()
@@ -91,6 +93,7 @@ class DeviceMonitor:
                     extra={"device": index, "mode": decision.mode.value},
                 )  # fmt: skip
                 on_change(index, decision)
+            after_poll()
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(self._interval))
             waker = asyncio.ensure_future(self._wake.wait())
