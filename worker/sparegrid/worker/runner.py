@@ -25,12 +25,12 @@ from sparegrid.worker.childproto import (
     Outcome,
     RunBatch,
     SharedState,
-    decode_frame,
     encode_frame,
     frame_length,
 )
 from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors.base import EXECUTOR_CRASHED, TIMEOUT, DeviceRef
+from sparegrid.worker.safeframes import ForgedFrame, decode_child_frame
 from sparegrid.worker.sandbox import ENV as SANDBOX_ENV
 from sparegrid.worker.sandbox import SandboxSettings
 
@@ -82,11 +82,17 @@ class ChildProcess:
             while True:
                 header = await stdout.readexactly(HEADER_SIZE)
                 payload = await stdout.readexactly(frame_length(header))
-                outcomes = decode_frame(payload)
-                assert isinstance(outcomes, list)
+                outcomes = decode_child_frame(payload)  # never plain pickle: see safeframes
+                if not isinstance(outcomes, list) or not all(
+                    isinstance(o, Outcome) for o in outcomes
+                ):
+                    raise ForgedFrame("child frame is not a list of outcomes")
                 self.events.put_nowait(outcomes)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ForgedFrame as exc:  # treated as the child dying: it is killed, the task fails
+            _log.error("child %d sent a forged frame (%s); killing it", self.proc.pid, exc)
+            self.kill()
         finally:
             self.events.put_nowait(_DIED)
 

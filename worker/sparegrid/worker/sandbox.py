@@ -30,8 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ENV = "SPAREGRID_SANDBOX"
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x4000, 0x40000, 0x2, 0x4
+# where local services listen on Unix sockets (D-Bus, Docker, X11, databases): hidden
+# behind an empty tmpfs, since a network namespace does not cover pathname sockets
+_SOCKET_DIRS = ("/run", "/var/run", "/tmp/.X11-unix", "/tmp/.ICE-unix")
 PR_SET_NO_NEW_PRIVS = 38
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # all Linux arches
 _VERSION_FLAG = 1
@@ -101,21 +106,41 @@ def _fail(what: str) -> str:
     return f"{what} failed ({os.strerror(err) if err else 'unknown error'})"
 
 
-def isolate_network() -> str:
-    """Moves this process into new user and network namespaces; returns "ok ..." or why not."""
+def isolate_network(keep: Iterable[Path] = ()) -> str:
+    """Moves this process into new user, network and mount namespaces and hides the local
+    Unix-socket directories (except those holding a path in `keep`); "ok ..." or why not."""
     if platform.system() != "Linux":
         return "unavailable: network namespaces need Linux"
     uid, gid = os.getuid(), os.getgid()
-    if _libc().unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-        why = _fail("unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+    libc = _libc()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) != 0:
+        why = _fail("unshare(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWNS)")
         return f"unavailable: {why}; user namespaces may be disabled (sysctl)"
     try:  # map our own ids, so files we create in the scratch dir keep their owner
         Path("/proc/self/setgroups").write_text("deny")
         Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
     except OSError as exc:
-        return f"ok (no network; id mapping failed: {exc})"
-    return "ok (own network namespace: no interfaces up)"
+        return f"ok (no network; id mapping failed: {exc}; Unix sockets not hidden)"
+    hidden = _hide_socket_dirs(libc, [p.resolve() for p in keep])
+    return f"ok (own network namespace, no interfaces up; hidden: {hidden or 'nothing'})"
+
+
+def _hide_socket_dirs(libc: ctypes.CDLL, keep: list[Path]) -> str:
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return ""
+    hidden = []
+    for name in _SOCKET_DIRS:
+        path = Path(name)
+        if path.is_symlink() or not path.is_dir():
+            continue
+        real = path.resolve()
+        if any(k == real or real in k.parents for k in keep):
+            continue  # the scratch dir or an input lives there: leave it visible
+        flags = MS_NOSUID | MS_NODEV
+        if libc.mount(b"tmpfs", os.fsencode(real), b"tmpfs", flags, b"size=64k,mode=755") == 0:
+            hidden.append(name)
+    return ", ".join(hidden)
 
 
 def landlock_abi() -> int:
@@ -235,10 +260,12 @@ def apply(settings: SandboxSettings) -> Report:
     if settings.mode == "off":
         return Report("off", "off", "off")
     report.limits = set_limits(settings)
-    report.network = isolate_network()
     scratch = Path(settings.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
+    report.network = isolate_network([scratch, *map(Path, settings.readable)])
     report.filesystem = restrict_files(scratch, settings.readable)
+    if not report.network.startswith("ok") and "no TCP" in report.filesystem:
+        report.network = f"partial: Landlock refuses TCP, UDP stays open ({report.network})"
     if settings.mode == "require" and not report.complete:
         raise SandboxError(f"isolation required but incomplete: {report.summary()}")
     return report
