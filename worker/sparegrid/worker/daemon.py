@@ -26,28 +26,32 @@ from sparegrid.worker.batcher import ResultBatcher
 from sparegrid.worker.cache import BlobCache
 from sparegrid.worker.childproto import Outcome
 from sparegrid.worker.clock import Backoff, Clock, SystemClock
-from sparegrid.worker.config import ConfigError, WorkerConfig
+from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.credit import CreditWindow
 from sparegrid.worker.devices import DeviceInfo, detect_devices
 from sparegrid.worker.earnings import Earnings
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
 from sparegrid.worker.identity import load_identity
-from sparegrid.worker.lending import check_devices, sandbox_settings, status_snapshot
+from sparegrid.worker.lending import (
+    apply_power_cap,
+    check_devices,
+    check_isolation,
+    make_monitor,
+    sandbox_settings,
+    status_snapshot,
+)
 from sparegrid.worker.messages import hello, statement_bytes
 from sparegrid.worker.outbox import Outbox, OutboxEntry
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
-    IdleSource,
     PolicyClock,
     SystemPolicyClock,
 )
-from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
-from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.ratelimit import RateLimiter, throttle
 from sparegrid.worker.runner import DeviceRunner
-from sparegrid.worker.sandbox import Report, probe
+from sparegrid.worker.sandbox import Report
 from sparegrid.worker.session import Session, connect, open_channel
 from sparegrid.worker.status import RecentErrors, StatusServer
 from sparegrid.worker.tasks import Phase, Slot, TaskManager
@@ -88,7 +92,14 @@ class Worker:
         self._sandbox = sandbox_settings(config)
         self.isolation = Report()
         self._policy_clock = policy_clock or SystemPolicyClock()
-        self._monitor = self._make_monitor(device_state)
+        self._monitor = make_monitor(
+            config,
+            self.devices,
+            device_state,
+            self._policy_clock,
+            self._our_pids,
+            self._device_busy,
+        )
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
         self.earnings = Earnings(config.data_dir / "earnings.json", self._policy_clock.now)
@@ -131,22 +142,6 @@ class Worker:
             sandbox=sandbox, vram_share=self.config.max_vram,
         )  # fmt: skip
 
-    def _make_monitor(self, source: DeviceStateSource | None) -> DeviceMonitor:
-        config = self.config
-        note = ""
-        if source is None:
-            uuids = {d.index: d.uuid for d in self.devices if d.kind == "cuda"}
-            source, note = make_source(config.device_state, uuids)
-        if note:
-            _log.warning(note)
-        settings = config.policy()
-        if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
-            settings = dataclasses.replace(settings, idle_seconds=0.0)
-        return DeviceMonitor(
-            source, settings, [d.index for d in self.devices], self._policy_clock,
-            config.poll_interval, our_pids=self._our_pids, running=self._device_busy,
-        )  # fmt: skip
-
     def _our_pids(self) -> set[int]:
         return {pid for s in self._tasks.slots.values() if (pid := s.runner.pid) is not None}
 
@@ -176,8 +171,8 @@ class Worker:
             "worker %s starting: %d device(s), %d batch(es) in the outbox",
             self.node_id, len(self.devices), pending,
         )  # fmt: skip
-        await self._check_isolation()
-        self._apply_power_cap()
+        self.isolation = await check_isolation(self.config)
+        apply_power_cap(self.config, self._monitor.source, self.devices)
         logging.getLogger("sparegrid.worker").addHandler(self.errors)
         problem = await self._status.start()
         if problem:
@@ -193,29 +188,6 @@ class Worker:
             await self._stopped.wait()
         finally:
             await self._stop(loops)
-
-    async def _check_isolation(self) -> None:
-        mode = self.config.sandbox
-        work = self.config.data_dir / "work" / "probe"
-        self.isolation = await asyncio.to_thread(probe, work, mode)
-        shutil.rmtree(work, ignore_errors=True)
-        if mode == "off":
-            _log.warning("executor isolation is off (--sandbox off)")
-        elif not self.isolation.complete:
-            if mode == "require":
-                raise ConfigError(f"--sandbox require, but {self.isolation.summary()}")
-            _log.warning("executor isolation is incomplete: %s", self.isolation.summary())
-        else:
-            _log.info("executor isolation: %s", self.isolation.summary())
-
-    def _apply_power_cap(self) -> None:
-        cap, source = self.config.power_cap, self._monitor.source
-        if cap is None or not isinstance(source, NvmlSource):
-            return
-        for device in self.devices:
-            problem = source.set_power_limit(device.index, cap)
-            if problem:
-                _log.warning(problem)
 
     async def _stop(self, loops: list[asyncio.Task[None]]) -> None:
         session = self._session
@@ -524,6 +496,10 @@ class Worker:
 
     def since(self, attempt_id: str, default: float) -> float:
         return self._since.get(attempt_id, default)
+
+    def executor_pid(self, device: int) -> int | None:
+        slot = self._tasks.slots.get(device)
+        return slot.runner.pid if slot is not None else None
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)

@@ -1,19 +1,80 @@
 """Helpers of the daemon for what the volunteer controls and sees: which devices it may
 use, the executor sandbox settings, and the status snapshot `worker status` shows."""
 
+import asyncio
+import dataclasses
+import logging
 import math
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparegrid.worker.config import ConfigError, WorkerConfig
 from sparegrid.worker.devices import DeviceInfo
-from sparegrid.worker.policy import Mode
-from sparegrid.worker.sandbox import SandboxSettings, python_paths
+from sparegrid.worker.policy import DeviceStateSource, IdleSource, Mode, PolicyClock
+from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
+from sparegrid.worker.policy.nvml import NvmlSource
+from sparegrid.worker.sandbox import Report, SandboxSettings, probe, python_paths
 
 if TYPE_CHECKING:
     from sparegrid.worker.daemon import Worker
+
+_log = logging.getLogger("sparegrid.worker")
+
+
+def make_monitor(
+    config: WorkerConfig,
+    devices: Sequence[DeviceInfo],
+    source: DeviceStateSource | None,
+    clock: PolicyClock,
+    our_pids: Callable[[], set[int]],
+    busy: Callable[[int], bool],
+) -> DeviceMonitor:
+    """The monitor for `devices`, reading `source` or the one `--device-state` names."""
+    if source is None:
+        uuids = {d.index: d.uuid for d in devices if d.kind == "cuda"}
+        source, note = make_source(config.device_state, uuids)
+        if note:
+            _log.warning(note)
+    settings = config.policy()
+    if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
+        settings = dataclasses.replace(settings, idle_seconds=0.0)
+    return DeviceMonitor(
+        source, settings, [d.index for d in devices], clock, config.poll_interval,
+        our_pids=our_pids, running=busy,
+    )  # fmt: skip
+
+
+async def check_isolation(config: WorkerConfig) -> Report:
+    """What isolation executors get here; ConfigError if it must be complete and is not."""
+    mode = config.sandbox
+    work = config.data_dir / "work" / "probe"
+    report = await asyncio.to_thread(probe, work, mode)
+    shutil.rmtree(work, ignore_errors=True)
+    if mode == "off":
+        _log.warning("executor isolation is off (--sandbox off)")
+    elif not report.complete:
+        if mode == "require":
+            raise ConfigError(f"--sandbox require, but {report.summary()}")
+        _log.warning("executor isolation is incomplete: %s", report.summary())
+    else:
+        _log.info("executor isolation: %s", report.summary())
+    return report
+
+
+def apply_power_cap(
+    config: WorkerConfig, source: DeviceStateSource, devices: Sequence[DeviceInfo]
+) -> None:
+    """Sets --power-cap on each GPU through NVML where allowed (root); the policy pauses
+    above the cap either way."""
+    if config.power_cap is None or not isinstance(source, NvmlSource):
+        return
+    for device in devices:
+        problem = source.set_power_limit(device.index, config.power_cap)
+        if problem:
+            _log.warning(problem)
 
 
 def check_devices(config: WorkerConfig, devices: Sequence[DeviceInfo]) -> None:
@@ -86,6 +147,7 @@ def _device(worker: "Worker", device: DeviceInfo, now: float) -> dict[str, Any]:
         "temperature": reading.temperature if reading else None,
         "power": reading.power if reading else None,
         "tasks": tasks,
+        "executor_pid": worker.executor_pid(device.index),
     }
 
 
