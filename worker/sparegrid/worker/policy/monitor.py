@@ -14,7 +14,7 @@ from pathlib import Path
 from sparegrid.worker.policy.clock import PolicyClock
 from sparegrid.worker.policy.nvml import NvmlSource, NvmlUnavailable
 from sparegrid.worker.policy.rules import Decision, DevicePolicy, Mode, PolicySettings
-from sparegrid.worker.policy.state import DeviceStateSource, FileSource, IdleSource
+from sparegrid.worker.policy.state import DeviceState, DeviceStateSource, FileSource, IdleSource
 
 _log = logging.getLogger("sparegrid.worker.policy")
 
@@ -46,8 +46,11 @@ class DeviceMonitor:
 
     def poll(self) -> dict[int, Decision]:
         """Reads every device once, decides, and returns the decisions that changed."""
+        return self.decide(self.source.read(self.policies))
+
+    def decide(self, states: dict[int, DeviceState]) -> dict[int, Decision]:
+        """Applies the rules to one reading of every device; returns what changed."""
         ours = self._our_pids()
-        states = self.source.read(self.policies)
         window_left = self.settings.windows.seconds_left(self._clock.now())
         mono = self._clock.monotonic()
         changed = {}
@@ -82,7 +85,9 @@ class DeviceMonitor:
         `after_poll` (e.g. to lease again once a task can finish in the window)."""
         while True:
             try:
-                changed = self.poll()
+                # NVML calls block for milliseconds per GPU: read off the event loop
+                states = await asyncio.to_thread(self.source.read, list(self.policies))
+                changed = self.decide(states)
             except Exception:  # a bad reading must not end the monitor; the next may do
                 _log.exception("reading the devices failed")
                 changed = {}
