@@ -105,7 +105,8 @@ async def test_no_lease_outside_the_window_or_when_a_task_cannot_finish_in_it(
     settings = config(tmp_path, coordinator, windows=("mon 21:00-22:00",), task_estimate=600.0)
     async with running_worker(settings, policy_clock=clock) as (worker, _):
         session = await coordinator.session()
-        assert worker.status()["devices"][0]["state"] == "outside window"
+        shown = worker.status()["devices"][0]
+        assert (shown["state"], shown["reason"]) == ("outside window", "opens in 9h 00m")
         clock.set_wall(datetime(2026, 11, 30, 21, 55))  # open, but only 300 s are left
         await wait_until(lambda: worker.decision(0) is not None and worker.decision(0).may_work)  # type: ignore[union-attr]
         snapshot = worker.status()["devices"][0]

@@ -178,6 +178,9 @@ class Worker:
         if problem:
             _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
         self._monitor.poll()  # the first decisions, before anything is leased
+        for shown in status_snapshot(self)["devices"]:
+            reason = f" ({shown['reason']})" if shown["reason"] else ""
+            _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)
         self._tasks.start()
         loops = [
             asyncio.create_task(self._connect_loop()),

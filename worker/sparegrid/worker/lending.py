@@ -123,7 +123,17 @@ def _state(worker: "Worker", index: int, tasks: int) -> tuple[str, str]:
         if left < estimate:
             return "idle-waiting", f"window closes in {left:.0f}s; tasks take ~{estimate:.0f}s"
         return "idle-waiting", "waiting for work"
+    if decision.mode is Mode.OUTSIDE_WINDOW:
+        opens = worker.config.parsed_windows.seconds_until_open(worker.wall_now())
+        return decision.mode.value, f"opens in {_duration(opens)}"
     return decision.mode.value, decision.reason
+
+
+def _duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "never"
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
 def _device(worker: "Worker", device: DeviceInfo, now: float) -> dict[str, Any]:
