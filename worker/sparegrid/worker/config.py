@@ -67,6 +67,8 @@ class WorkerConfig:
     device_state: str = "auto"  # auto | nvml | none | file:PATH
     poll_interval: float = 0.25
     task_estimate: float = 60.0  # seconds a task may take when this node has not run one yet
+    input_idle_seconds: float = 0.0  # keyboard/mouse this recent means the owner is there
+    input_source: str = "auto"  # auto | x11 | logind | none
     # -- limits on disk, network and the executor process ----------------------------
     cache_size: int | None = None  # bytes
     max_download_rate: int | None = None  # bytes per second
@@ -108,6 +110,10 @@ class WorkerConfig:
             "device_state": _device_state_problem(self.device_state),
             "poll_interval": _range_f("poll_interval", self.poll_interval, 0.01, 1.0),
             "task_estimate": _positive("task_estimate", self.task_estimate),
+            "input_idle_seconds": _range_f("input_idle_seconds", self.input_idle_seconds, 0, 86400),
+            "input_source": _choice(
+                "input_source", self.input_source, ("auto", "x11", "logind", "none")
+            ),
             "cache_size": _min_size("cache_size", self.cache_size, 64 * MiB),
             "max_download_rate": _min_size("max_download_rate", self.max_download_rate, 64 << 10),
             "max_upload_rate": _min_size("max_upload_rate", self.max_upload_rate, 64 << 10),
@@ -130,6 +136,7 @@ class WorkerConfig:
             power_cap=self.power_cap,
             max_vram=self.max_vram,
             windows=self.parsed_windows,
+            input_idle_seconds=self.input_idle_seconds,
         )
 
     @property

@@ -491,6 +491,10 @@ class Worker:
     def device_state_name(self) -> str:
         return self._monitor.source.name
 
+    @property
+    def user_input_name(self) -> str:
+        return self._monitor.user_input.name
+
     def monotonic(self) -> float:
         return self._clock.monotonic()
 

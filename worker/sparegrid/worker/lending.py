@@ -16,6 +16,7 @@ from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.policy import DeviceStateSource, IdleSource, Mode, PolicyClock
 from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
 from sparegrid.worker.policy.nvml import NvmlSource
+from sparegrid.worker.policy.userinput import InputIdle, NoInput, make_input_idle
 from sparegrid.worker.sandbox import Report, SandboxSettings, probe, python_paths
 
 if TYPE_CHECKING:
@@ -41,9 +42,14 @@ def make_monitor(
     settings = config.policy()
     if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
         settings = dataclasses.replace(settings, idle_seconds=0.0)
+    user_input: InputIdle = NoInput()
+    if config.input_idle_seconds:
+        user_input, note = make_input_idle(config.input_source)
+        if note:
+            _log.warning("--input-idle-seconds is set, but %s", note)
     return DeviceMonitor(
         source, settings, [d.index for d in devices], clock, config.poll_interval,
-        our_pids=our_pids, running=busy,
+        our_pids=our_pids, running=busy, user_input=user_input,
     )  # fmt: skip
 
 
@@ -172,6 +178,7 @@ def status_snapshot(worker: "Worker") -> dict[str, Any]:
         "connected": worker.connected,
         "draining": worker.draining,
         "device_state": worker.device_state_name,
+        "user_input": worker.user_input_name,
         "windows": windows.describe(),
         "window_left": None if math.isinf(w := windows.seconds_left(worker.wall_now())) else w,
         "devices": [_device(worker, d, now) for d in worker.devices],

@@ -137,7 +137,8 @@ def render(snapshot: Snapshot) -> str:
         f"{snapshot.get('coordinator')}: {connected}{draining}",
         f"credit earned: {credit.get('today', 0)} today, {credit.get('total', 0)} in total "
         f"({credit.get('results', 0)} results accepted)",
-        f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}",
+        f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}; "
+        f"keyboard and mouse: {snapshot.get('user_input', 'none')}",
         "devices:",
     ]
     for device in snapshot.get("devices", []):

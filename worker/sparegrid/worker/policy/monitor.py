@@ -15,6 +15,7 @@ from sparegrid.worker.policy.clock import PolicyClock
 from sparegrid.worker.policy.nvml import NvmlSource, NvmlUnavailable
 from sparegrid.worker.policy.rules import Decision, DevicePolicy, Mode, PolicySettings
 from sparegrid.worker.policy.state import DeviceState, DeviceStateSource, FileSource, IdleSource
+from sparegrid.worker.policy.userinput import InputIdle, NoInput
 
 _log = logging.getLogger("sparegrid.worker.policy")
 
@@ -32,7 +33,10 @@ class DeviceMonitor:
         our_pids: Callable[[], set[int]] = set,
         running: Callable[[int], bool] = lambda index: False,
         proc: Path = Path("/proc"),
+        user_input: InputIdle | None = None,
     ) -> None:
+        self.user_input: InputIdle = user_input or NoInput()
+        self._input_idle: float | None = None
         self.source = source
         self.settings = settings
         self.policies = {i: DevicePolicy(i, settings) for i in devices}
@@ -46,6 +50,7 @@ class DeviceMonitor:
 
     def poll(self) -> dict[int, Decision]:
         """Reads every device once, decides, and returns the decisions that changed."""
+        self._input_idle = self.user_input.seconds_idle()
         return self.decide(self.source.read(self.policies))
 
     def decide(self, states: dict[int, DeviceState]) -> dict[int, Decision]:
@@ -57,7 +62,7 @@ class DeviceMonitor:
         for index, policy in self.policies.items():
             decision = policy.evaluate(
                 states[index], lambda pid: self._is_ours(pid, ours), self._running(index), mono,
-                window_left,
+                window_left, self._input_idle,
             )  # fmt: skip
             old = self.decisions[index]
             self.decisions[index] = decision
@@ -87,6 +92,7 @@ class DeviceMonitor:
             try:
                 # NVML calls block for milliseconds per GPU: read off the event loop
                 states = await asyncio.to_thread(self.source.read, list(self.policies))
+                self._input_idle = await asyncio.to_thread(self.user_input.seconds_idle)
                 changed = self.decide(states)
             except Exception:  # a bad reading must not end the monitor; the next may do
                 _log.exception("reading the devices failed")

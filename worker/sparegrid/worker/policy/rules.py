@@ -1,8 +1,9 @@
 """The rules that decide, from one reading, whether this node may use a device now.
 
 In order of precedence: the device is disabled; the time window is closed; the reading
-failed; the owner is using the GPU (another process on it, memory used by others, or high
-utilization while none of our tasks runs); too hot (pause at `max_temp`, resume at
+failed; the owner is using the GPU (another process on it, memory used by others, high
+utilization while none of our tasks runs, or, if enabled, keyboard or mouse input within
+`input_idle_seconds`); too hot (pause at `max_temp`, resume at
 `max_temp - temp_hysteresis`); over the power cap (resume below the cap less
 `power_hysteresis`); the owner has not been away for `idle_seconds` yet. Otherwise READY.
 """
@@ -41,6 +42,7 @@ class PolicySettings:
     power_hysteresis: float = 0.1  # share of the cap
     max_vram: float = 1.0  # share of the device's memory our tasks may use
     windows: Windows = field(default_factory=Windows)
+    input_idle_seconds: float = 0.0  # keyboard/mouse used more recently: owner active (0: off)
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,19 @@ class DevicePolicy:
         self._baseline: int | None = None  # memory used with no process on the GPU at all
 
     def evaluate(
-        self, state: DeviceState, is_ours: IsOurs, running: bool, mono: float, window_left: float
+        self,
+        state: DeviceState,
+        is_ours: IsOurs,
+        running: bool,
+        mono: float,
+        window_left: float,
+        input_idle: float | None = None,  # seconds since the desktop user's last input
     ) -> Decision:
         s = self.settings
         owner = self._owner_activity(state, is_ours, running)
+        recent_input = input_idle is not None and input_idle < s.input_idle_seconds
+        if not owner and recent_input:
+            owner = f"keyboard or mouse used {input_idle:.0f}s ago"
         if owner or state.error:
             self._idle_since = None
         elif self._idle_since is None:
