@@ -123,7 +123,7 @@ class Setting:
 SETTINGS = (
     Setting("coordinator", _str, "coordinator address", env="SPAREGRID_COORDINATOR", metavar="HOST:PORT"),
     Setting("data_dir", _path, "node key, cache and outbox", metavar="DIR"),
-    Setting("name", _str, "label for this node (default: host name)"),
+    Setting("name", _str, "label for this node (default: host name)", metavar="NAME"),
     Setting("tls_ca", _path, "CA certificate for TLS", env="SPAREGRID_TLS_CA", metavar="PEM"),
     Setting("prefetch", _int, "tasks held per device (default 2)", metavar="N"),
     Setting("log_json", _log_format, "log lines as text or json (default: text)", key="log_format", metavar="FORMAT"),
