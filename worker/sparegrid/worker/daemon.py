@@ -362,14 +362,14 @@ class Worker:
         if decision.may_work and not decision.over_vram:
             self._grant(device)
             return
-        if decision.over_vram:
-            share = f"{self.config.max_vram:.0%}"
-            reason = f"the task used more than the {share} of GPU memory this node lends"
-            stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
-        else:
+        if not decision.may_work:
             self._revoke(device)
             reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
             stopped = self._tasks.preempt(device, PREEMPTED, reason)
+        else:  # the device may work, but its task uses more GPU memory than lent
+            share = f"{self.config.max_vram:.0%}"
+            reason = f"the task used more than the {share} of GPU memory this node lends"
+            stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
         if stopped:
             _log.warning(
                 "device %d: stopped %d task(s) (%s)", device, len(stopped), reason,
