@@ -138,3 +138,21 @@ def test_devices_must_exist_on_this_machine(tmp_path: Path) -> None:
 )
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_status_finds_the_socket_from_flag_env_or_settings_file(tmp_path: Path) -> None:
+    from sparegrid.worker.cli import _status_path
+
+    root = argparse.ArgumentParser(prog="sparegrid")
+    register(root.add_subparsers(dest="command", required=True))
+    toml = write_toml(tmp_path, f'data_dir = "{tmp_path / "node"}"\n')
+    args = root.parse_args(["worker", "status", "--config", str(toml)])
+    assert _status_path(args, {}) == tmp_path / "node" / "status.sock"
+    args = root.parse_args(["worker", "status"])
+    assert (
+        _status_path(args, {"SPAREGRID_WORKER_CONFIG": str(toml)})
+        == tmp_path / "node" / "status.sock"
+    )
+    assert _status_path(args, {"SPAREGRID_WORKER_DATA_DIR": "d"}) == Path("d/status.sock")
+    args = root.parse_args(["worker", "status", "--status-socket", "/run/x.sock"])
+    assert _status_path(args, {}) == Path("/run/x.sock")

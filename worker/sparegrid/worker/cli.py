@@ -20,7 +20,7 @@ from sparegrid.worker.devices import DeviceInfo, detect_devices
 from sparegrid.worker.identity import load_identity
 from sparegrid.worker.lending import check_devices
 from sparegrid.worker.logs import configure_logging
-from sparegrid.worker.settings import add_flags, layered
+from sparegrid.worker.settings import ENV_CONFIG, add_flags, layered, read_file
 from sparegrid.worker.status import StatusUnavailable, read_status, render, status_line
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     status = commands.add_parser("status", help="devices, tasks and credit of the running worker")
     _data_dir_flag(status)
     status.add_argument("--status-socket", type=Path, metavar="PATH", help="the daemon's socket")
+    status.add_argument("--config", type=Path, metavar="TOML", help="the worker's settings file")
     status.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
     status.set_defaults(func=status_command)
 
@@ -92,13 +93,23 @@ def id_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
+    """Flag, environment, the worker's settings file, then DATA_DIR/status.sock."""
+    config_path = args.config or env.get(ENV_CONFIG)
+    from_file = read_file(Path(config_path)) if config_path else {}
+    socket_path = args.status_socket or env.get(ENV_STATUS_SOCKET) or from_file.get("status_socket")
+    if socket_path:
+        return Path(socket_path)
+    data_dir = (
+        args.data_dir or env.get(ENV_DATA_DIR) or from_file.get("data_dir") or DEFAULT_DATA_DIR
+    )
+    return Path(data_dir) / "status.sock"
+
+
 def status_command(args: argparse.Namespace) -> int:
-    env = os.environ
-    socket_path = args.status_socket or env.get(ENV_STATUS_SOCKET)
-    path = Path(socket_path) if socket_path else data_dir_from(args, env) / "status.sock"
     try:
-        snapshot = read_status(path)
-    except StatusUnavailable as exc:
+        snapshot = read_status(_status_path(args, os.environ))
+    except (StatusUnavailable, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
