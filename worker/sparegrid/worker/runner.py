@@ -191,6 +191,10 @@ class DeviceRunner:
         tmp = self._init.work_root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp)  # the scratch area is the only writable place
+        cache = self._init.work_root / "cache"  # e.g. compiled kernels, for this child's life
+        env["XDG_CACHE_HOME"] = str(cache)
+        env["TRITON_CACHE_DIR"] = str(cache / "triton")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
         if self._sandbox is not None:
             env[SANDBOX_ENV] = self._sandbox.to_env()
         return env

@@ -68,6 +68,7 @@ class SandboxSettings:
     mode: str = "auto"  # auto: what works here; require: all of it or fail; off
     scratch: str = ""  # the only writable directory
     readable: list[str] = field(default_factory=list)  # inputs cache, Python, ...
+    writable: list[str] = field(default_factory=list)  # more places to write (compile caches)
     open_files: int = 1024
     output_size: int = 16 << 30
     memory: int | None = None
@@ -169,8 +170,9 @@ def _handled_fs(abi: int) -> int:
     return rights  # IOCTL_DEV (ABI 5) stays unhandled: CUDA talks to the driver by ioctl
 
 
-def restrict_files(scratch: Path, readable: Iterable[str]) -> str:
-    """Landlock: write only under `scratch`, read only `readable` and the system paths."""
+def restrict_files(scratch: Path, readable: Iterable[str], writable: Iterable[str] = ()) -> str:
+    """Landlock: write only under `scratch` (and `writable`), read only `readable` and the
+    system paths."""
     abi = landlock_abi()
     if abi < 1:
         return "unavailable: this kernel has no Landlock (Linux 5.13+ with lsm=landlock)"
@@ -189,7 +191,7 @@ def restrict_files(scratch: Path, readable: Iterable[str]) -> str:
         rules = [(p, _READ) for p in (*_SYSTEM_READ, *readable)]
         rules += [(p, _READ | WRITE_FILE) for p in _DEVICE_WRITE]
         rules += [(str(p), _READ | WRITE_FILE) for p in Path("/dev").glob("nvidia*")]
-        rules.append((str(scratch), handled))
+        rules += [(str(p), handled) for p in (scratch, *writable)]
         for path, rights in rules:
             if not _add_rule(libc, ruleset, path, rights & handled):
                 return f"unavailable: {_fail(f'landlock_add_rule on {path}')}"
@@ -262,8 +264,9 @@ def apply(settings: SandboxSettings) -> Report:
     report.limits = set_limits(settings)
     scratch = Path(settings.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    report.network = isolate_network([scratch, *map(Path, settings.readable)])
-    report.filesystem = restrict_files(scratch, settings.readable)
+    kept = [scratch, *map(Path, settings.readable), *map(Path, settings.writable)]
+    report.network = isolate_network(kept)
+    report.filesystem = restrict_files(scratch, settings.readable, settings.writable)
     if not report.network.startswith("ok") and "no TCP" in report.filesystem:
         report.network = f"partial: Landlock refuses TCP, UDP stays open ({report.network})"
     if settings.mode == "require" and not report.complete:
