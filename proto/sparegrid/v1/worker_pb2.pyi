@@ -135,23 +135,30 @@ Global___ChallengeResponse: _TypeAlias = ChallengeResponse  # noqa: Y015
 
 @_typing.final
 class Credit(_message.Message):
-    """Flow control: the worker grants the coordinator `count` more assignments on a device."""
+    """Flow control: the worker grants the coordinator `count` more assignments on a device.
+    With `reset`, the device's credit becomes `count` instead of growing by it: a worker
+    whose device is paused (owner active, too hot, outside its time window) sends
+    reset with count 0 so no more work is leased to that device.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_INDEX_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     device_index: _builtins.int
     count: _builtins.int
+    reset: _builtins.bool
     def __init__(
         self,
         *,
         device_index: _builtins.int = ...,
         count: _builtins.int = ...,
+        reset: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "device_index", b"device_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "device_index", b"device_index", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,7 +245,10 @@ class TaskFailure(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     code: _builtins.str
-    """stable reason code, e.g. EXECUTOR_CRASHED, BAD_INPUT, TIMEOUT"""
+    """stable reason code, e.g. EXECUTOR_CRASHED, BAD_INPUT, TIMEOUT. PREEMPTED: the
+    volunteer's policy stopped the task (owner came back, too hot, window closed); the
+    task is re-queued and the attempt is not counted against the node or the task.
+    """
     message: _builtins.str
     retryable: _builtins.bool
     """false: the input itself is bad, retrying elsewhere will not help"""
@@ -479,10 +489,13 @@ class AttemptVerdict(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     accepted: _builtins.bool
     code: _builtins.str
     message: _builtins.str
+    credit: _builtins.int
+    """credit paid to the node for this attempt now (0: none or not yet)"""
     def __init__(
         self,
         *,
@@ -490,10 +503,11 @@ class AttemptVerdict(_message.Message):
         accepted: _builtins.bool = ...,
         code: _builtins.str = ...,
         message: _builtins.str = ...,
+        credit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_id", b"attempt_id", "code", b"code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_id", b"attempt_id", "code", b"code", "credit", b"credit", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

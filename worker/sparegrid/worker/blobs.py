@@ -9,6 +9,7 @@ import grpc.aio
 
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable
+from sparegrid.worker.ratelimit import RateLimiter, throttle
 
 CHUNK_SIZE = 1 << 20
 _TRANSIENT = {
@@ -30,6 +31,7 @@ def blob_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
 
 class BlobClient:
     def __init__(self, channel: grpc.aio.Channel, session_token: str) -> None:
+        self.upload_limit: RateLimiter | None = None  # the volunteer's upload rate limit
         self._stub = blob_pb2_grpc.BlobServiceStub(channel)
         self._metadata = (("authorization", f"Session {session_token}"),)
 
@@ -66,18 +68,20 @@ class BlobClient:
             return
         try:
             await self._stub.UploadBlob(
-                _upload_requests(digest, path, size, offset), metadata=self._metadata
+                _upload_requests(digest, path, size, offset, self.upload_limit),
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             raise blob_error(exc, f"upload of blob {digest}") from None
 
 
 async def _upload_requests(
-    digest: str, path: Path, size: int, offset: int
+    digest: str, path: Path, size: int, offset: int, limit: RateLimiter | None = None
 ) -> AsyncIterator[blob_pb2.UploadBlobRequest]:
     header = blob_pb2.BlobHeader(digest=digest, size=size, offset=offset)
     yield blob_pb2.UploadBlobRequest(header=header)
     with path.open("rb") as f:
         f.seek(offset)
         while chunk := await asyncio.to_thread(f.read, CHUNK_SIZE):
+            await throttle(limit, len(chunk))
             yield blob_pb2.UploadBlobRequest(chunk=chunk)

@@ -43,13 +43,41 @@ def _finish(f: BinaryIO) -> None:
 
 class BlobCache:
     def __init__(
-        self, root: Path, clock: Clock, retries: int = 4, retry_delay: float = 0.2
+        self,
+        root: Path,
+        clock: Clock,
+        retries: int = 4,
+        retry_delay: float = 0.2,
+        max_bytes: int | None = None,
     ) -> None:
         self.root = root / "sha256"
         self._clock = clock
         self._retries = retries
         self._retry_delay = retry_delay
         self._downloads: dict[str, asyncio.Task[Path]] = {}
+        self._max_bytes = max_bytes
+        self.in_use: Callable[[], set[str]] = set  # digests held tasks still need
+
+    def trim(self) -> int:
+        """Deletes the least recently used blobs until the cache fits its size limit,
+        never one a held task needs; returns the bytes freed."""
+        if self._max_bytes is None or not self.root.exists():
+            return 0
+        files = [(p.stat(), p) for p in self.root.glob("??/*") if not p.name.endswith(".part")]
+        total = sum(st.st_size for st, _ in files)
+        keep = self.in_use()
+        freed = 0
+        for st, path in sorted(files, key=lambda f: f[0].st_mtime):
+            if total - freed <= self._max_bytes:
+                break
+            if path.name in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                freed += st.st_size
+        if total - freed > self._max_bytes:
+            _log.warning("input cache is over its limit: held tasks need what it holds")
+        return freed
 
     def path_for(self, digest: str) -> Path:
         if not is_digest(digest):
@@ -60,6 +88,8 @@ class BlobCache:
         """The verified local file for `digest`, downloading it once if needed."""
         path = self.path_for(digest)
         if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used: trimmed last
             return path
         task = self._downloads.get(digest)
         if task is None:
@@ -109,6 +139,7 @@ class BlobCache:
             )
         os.chmod(part, 0o444)  # executors read inputs; they must not change them
         os.replace(part, path)
+        self.trim()
         return path
 
     async def close(self) -> None:

@@ -38,6 +38,7 @@ from sparegrid.worker.executors.base import (
     ExecutorError,
 )
 from sparegrid.worker.executors.registry import instantiate
+from sparegrid.worker.sandbox import SandboxSettings, apply_from_env, before_task
 
 FLUSH_SECONDS = 0.002
 
@@ -91,6 +92,7 @@ class Child:
         self._state = state
         self._executors: dict[str, Executor] = {}
         self._cancelled: set[int] = set()
+        self.sandbox: SandboxSettings | None = None
 
     def serve(self) -> None:
         while True:
@@ -149,6 +151,7 @@ class Child:
         try:
             if task.serial in self._cancelled:
                 return Outcome(task.serial, cancelled=True)
+            before_task(self.sandbox)  # sandbox hook: this task's CPU-time budget
             return self._run(task)
         finally:
             self._state.clear()
@@ -218,7 +221,9 @@ def main(argv: list[str]) -> int:
         print(f"sparegrid child: expected ChildInit, got {type(init).__name__}", file=sys.stderr)
         return 2
     sys.path[:] = init.sys_path
-    Child(init, reader, out_fd, state).serve()
+    child = Child(init, reader, out_fd, state)
+    child.sandbox = apply_from_env()  # sandbox hook: isolate before running any task
+    child.serve()
     return 0
 
 

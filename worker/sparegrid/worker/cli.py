@@ -1,57 +1,58 @@
-"""`sparegrid worker run` and `sparegrid worker id`.
+"""`sparegrid worker run`, `sparegrid worker status` and `sparegrid worker id`.
 
-Settings are layered: defaults < SPAREGRID_* environment < flags, validated once.
+Settings are layered: defaults < TOML file < SPAREGRID_WORKER_* environment < flags,
+validated once (see sparegrid.worker.settings).
 """
 
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
+from sparegrid.worker.config import ConfigError, WorkerConfig
 from sparegrid.worker.devices import DeviceInfo, detect_devices
 from sparegrid.worker.identity import load_identity
+from sparegrid.worker.lending import check_devices
 from sparegrid.worker.logs import configure_logging
+from sparegrid.worker.settings import ENV_CONFIG, add_flags, layered, read_file
+from sparegrid.worker.status import StatusUnavailable, read_status, render, status_line
 
-ENV_COORDINATOR = "SPAREGRID_COORDINATOR"
+if TYPE_CHECKING:
+    from sparegrid.worker.daemon import Worker
+
 ENV_DATA_DIR = "SPAREGRID_WORKER_DATA_DIR"
-ENV_NAME = "SPAREGRID_WORKER_NAME"
-ENV_TLS_CA = "SPAREGRID_TLS_CA"
-ENV_PREFETCH = "SPAREGRID_WORKER_PREFETCH"
-ENV_LOG_JSON = "SPAREGRID_LOG_JSON"
+ENV_STATUS_SOCKET = "SPAREGRID_WORKER_STATUS_SOCKET"
 DEFAULT_DATA_DIR = "sparegrid-worker"
+STATUS_LINE_SECONDS = 1.0
 
 
 def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     """Adds the `worker` command group to the `sparegrid` CLI."""
     worker = subparsers.add_parser("worker", help="lend this machine's GPUs to a coordinator")
     commands = worker.add_subparsers(dest="worker_command", metavar="COMMAND", required=True)
-    run = commands.add_parser("run", help="run the worker daemon until SIGTERM or Ctrl-C")
-    run.add_argument(
-        "--coordinator",
-        metavar="HOST:PORT",
-        help=f"coordinator address (env {ENV_COORDINATOR}; default {DEFAULT_COORDINATOR})",
+    run = commands.add_parser(
+        "run",
+        help="run the worker daemon until SIGTERM or Ctrl-C",
+        description="Settings come from a TOML file (--config), then SPAREGRID_WORKER_* "
+        "environment variables, then these flags; each is checked at start.",
     )
-    _data_dir_flag(run)
-    run.add_argument("--name", help=f"label for this node (env {ENV_NAME}; default: host name)")
-    run.add_argument(
-        "--tls-ca", type=Path, metavar="PEM", help=f"CA certificate for TLS (env {ENV_TLS_CA})"
-    )
-    run.add_argument(
-        "--prefetch", type=int, help=f"tasks held per device (env {ENV_PREFETCH}; default 2)"
-    )
-    run.add_argument(
-        "--log-json", action="store_true", default=None, help=f"JSON log lines (env {ENV_LOG_JSON})"
-    )
+    add_flags(run)
     run.set_defaults(func=run_command)
     ident = commands.add_parser("id", help="print this node's id and public key")
     _data_dir_flag(ident)
     ident.set_defaults(func=id_command)
+    status = commands.add_parser("status", help="devices, tasks and credit of the running worker")
+    _data_dir_flag(status)
+    status.add_argument("--status-socket", type=Path, metavar="PATH", help="the daemon's socket")
+    status.add_argument("--config", type=Path, metavar="TOML", help="the worker's settings file")
+    status.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    status.set_defaults(func=status_command)
 
 
 def _data_dir_flag(parser: argparse.ArgumentParser) -> None:
@@ -69,30 +70,8 @@ def data_dir_from(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
 
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> WorkerConfig:
-    """Flags over environment over defaults; raises ConfigError on a bad value."""
-    settings: dict[str, Any] = {
-        "coordinator": args.coordinator or env.get(ENV_COORDINATOR) or DEFAULT_COORDINATOR,
-        "data_dir": data_dir_from(args, env),
-    }
-    name = args.name or env.get(ENV_NAME)
-    if name:
-        settings["name"] = name
-    tls_ca = args.tls_ca or env.get(ENV_TLS_CA)
-    if tls_ca:
-        settings["tls_ca"] = Path(tls_ca)
-    prefetch = args.prefetch if args.prefetch is not None else env.get(ENV_PREFETCH)
-    if prefetch is not None:
-        settings["prefetch"] = _int(prefetch, ENV_PREFETCH)
-    log_json = args.log_json if args.log_json is not None else env.get(ENV_LOG_JSON)
-    settings["log_json"] = str(log_json).lower() in ("1", "true", "yes", "on")
-    return WorkerConfig(**settings)
-
-
-def _int(value: object, source: str) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        raise ConfigError(f"{source} must be an integer, got {value!r}") from None
+    """TOML file < environment < flags over defaults; raises ConfigError on a bad value."""
+    return layered(args, env)
 
 
 def describe_device(device: DeviceInfo) -> str:
@@ -114,26 +93,65 @@ def id_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
+    """Flag, environment, the worker's settings file, then DATA_DIR/status.sock."""
+    config_path = args.config or env.get(ENV_CONFIG)
+    from_file = read_file(Path(config_path)) if config_path else {}
+    socket_path = args.status_socket or env.get(ENV_STATUS_SOCKET) or from_file.get("status_socket")
+    if socket_path:
+        return Path(socket_path)
+    data_dir = (
+        args.data_dir or env.get(ENV_DATA_DIR) or from_file.get("data_dir") or DEFAULT_DATA_DIR
+    )
+    return Path(data_dir) / "status.sock"
+
+
+def status_command(args: argparse.Namespace) -> int:
+    try:
+        snapshot = read_status(_status_path(args, os.environ))
+    except (StatusUnavailable, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from(args, os.environ)
         signer = load_identity(config.data_dir)
+        detection = detect_devices()
+        check_devices(config, detection.devices)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_json)
-    detection = detect_devices()
+    live = sys.stderr.isatty() and not config.log_json
+    configure_logging(config.log_json, live_line=live)
     print(f"node id: {signer.node_id} ({config.name}), coordinator {config.coordinator}")
     for device in detection.devices:
         print(f"  {describe_device(device)}")
     print(f"  {detection.summary}", flush=True)
-    return asyncio.run(_serve(config, detection.devices))
+    try:
+        return asyncio.run(_serve(config, detection.devices, live))
+    except ConfigError as exc:  # e.g. --sandbox require where isolation is incomplete
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
-async def _serve(config: WorkerConfig, devices: tuple[DeviceInfo, ...]) -> int:
+async def _status_line(worker: "Worker") -> None:
+    """Redraws one line on the terminal with each device's state and today's credit."""
+    while True:
+        with contextlib.suppress(OSError):
+            sys.stderr.write("\r\x1b[K" + status_line(worker.status())[:200])
+            sys.stderr.flush()
+        await asyncio.sleep(STATUS_LINE_SECONDS)
+
+
+async def _serve(config: WorkerConfig, devices: tuple[DeviceInfo, ...], live: bool) -> int:
     from sparegrid.worker.daemon import Worker  # gRPC is imported only by commands that use it
 
     worker = Worker(config, devices=devices)
+    line = asyncio.create_task(_status_line(worker)) if live else None
     signals = 0
 
     def on_signal() -> None:
@@ -150,6 +168,9 @@ async def _serve(config: WorkerConfig, devices: tuple[DeviceInfo, ...]) -> int:
     try:
         await worker.run()
     finally:
+        if line is not None:
+            line.cancel()
+            sys.stderr.write("\n")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     return 0

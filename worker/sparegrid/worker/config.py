@@ -1,8 +1,13 @@
 """The worker's settings, validated once at start and passed explicitly."""
 
+import math
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sparegrid.worker.policy.rules import MiB, PolicySettings
+from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_INLINE_LIMIT = 64 * 1024
@@ -49,15 +54,98 @@ class WorkerConfig:
     reconnect_max: float = 30.0
     batch_window: float = 0.002
     batch_max: int = 256
+    # -- when and how much of each GPU this node lends (see sparegrid.worker.policy) ----
+    devices: tuple[int, ...] | None = None  # device indices to use; None: all
+    idle_seconds: float = 60.0
+    max_utilization: float = 10.0
+    max_other_memory_mib: int = 256
+    max_temp: float | None = None
+    temp_hysteresis: float = 10.0
+    power_cap: float | None = None
+    max_vram: float = 1.0
+    windows: tuple[str, ...] = ()
+    device_state: str = "auto"  # auto | nvml | none | file:PATH
+    poll_interval: float = 0.25
+    task_estimate: float = 60.0  # seconds a task may take when this node has not run one yet
+    input_idle_seconds: float = 0.0  # keyboard/mouse this recent means the owner is there
+    input_source: str = "auto"  # auto | x11 | logind | none
+    # -- limits on disk, network and the executor process ----------------------------
+    cache_size: int | None = None  # bytes
+    max_download_rate: int | None = None  # bytes per second
+    max_upload_rate: int | None = None
+    sandbox: str = "auto"  # auto | require | off
+    task_memory: int | None = None  # bytes of address space per executor process
+    task_open_files: int = 1024
+    task_output_size: int = 16 << 30  # largest file an executor may write, bytes
+    status_socket: Path | None = None  # default: DATA_DIR/status.sock
+    # where each setting came from (flag, environment, file), for error messages
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raises ConfigError listing every bad setting at once."""
-        problems = [p for p in self._problems() if p]
+        problems = [p for p in self._problems() + self._policy_problems() if p]
         if problems:
             raise ConfigError("invalid worker settings: " + "; ".join(problems))
+
+    def _from(self, name: str, problem: str) -> str:
+        source = self.sources.get(name)
+        return f"{problem} (from {source})" if problem and source else problem
+
+    def _policy_problems(self) -> list[str]:
+        checks = {
+            "devices": _devices_problem(self.devices),
+            "idle_seconds": _range_f("idle_seconds", self.idle_seconds, 0, 86400),
+            "max_utilization": _range_f("max_utilization", self.max_utilization, 0, 100),
+            "max_other_memory_mib": _range(
+                "max_other_memory_mib", self.max_other_memory_mib, 0, 1 << 24
+            ),
+            "max_temp": _range_f("max_temp", self.max_temp, 30, 110, "degrees C, e.g. 80"),
+            "temp_hysteresis": _range_f("temp_hysteresis", self.temp_hysteresis, 0, 50),
+            "power_cap": _range_f("power_cap", self.power_cap, 10, 5000, "watts, e.g. 250"),
+            "max_vram": _range_f("max_vram", self.max_vram, 0.05, 1, "share, e.g. 0.8"),
+            "windows": _windows_problem(self.windows),
+            "device_state": _device_state_problem(self.device_state),
+            "poll_interval": _range_f("poll_interval", self.poll_interval, 0.01, 1.0),
+            "task_estimate": _positive("task_estimate", self.task_estimate),
+            "input_idle_seconds": _range_f("input_idle_seconds", self.input_idle_seconds, 0, 86400),
+            "input_source": _choice(
+                "input_source", self.input_source, ("auto", "x11", "logind", "none")
+            ),
+            "cache_size": _min_size("cache_size", self.cache_size, 64 * MiB),
+            "max_download_rate": _min_size("max_download_rate", self.max_download_rate, 64 << 10),
+            "max_upload_rate": _min_size("max_upload_rate", self.max_upload_rate, 64 << 10),
+            "sandbox": _choice("sandbox", self.sandbox, ("auto", "require", "off")),
+            "task_memory": _min_size("task_memory", self.task_memory, 256 * MiB),
+            "task_open_files": _range("task_open_files", self.task_open_files, 64, 1 << 20),
+            "task_output_size": _min_size("task_output_size", self.task_output_size, MiB),
+        }
+        return [self._from(name, problem) for name, problem in checks.items()]
+
+    def policy(self) -> PolicySettings:
+        """The rules' settings; only valid settings get here."""
+        return PolicySettings(
+            enabled=None if self.devices is None else frozenset(self.devices),
+            idle_seconds=self.idle_seconds,
+            max_utilization=self.max_utilization,
+            max_other_memory=self.max_other_memory_mib * MiB,
+            max_temp=self.max_temp,
+            temp_hysteresis=self.temp_hysteresis,
+            power_cap=self.power_cap,
+            max_vram=self.max_vram,
+            windows=self.parsed_windows,
+            input_idle_seconds=self.input_idle_seconds,
+        )
+
+    @property
+    def parsed_windows(self) -> Windows:
+        return parse_windows(self.windows)
+
+    @property
+    def status_path(self) -> Path:
+        return self.status_socket or self.data_dir / "status.sock"
 
     def _problems(self) -> list[str]:
         return [
@@ -104,6 +192,52 @@ def _tls_problem(tls_ca: Path | None) -> str:
 def _data_dir_problem(data_dir: Path) -> str:
     if data_dir.exists() and not data_dir.is_dir():
         return f"data directory {data_dir} exists but is not a directory"
+    return ""
+
+
+def _devices_problem(devices: tuple[int, ...] | None) -> str:
+    if devices is None:
+        return ""
+    if not devices or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+        return f"devices must be device indices like 0,2, got {devices!r}"
+    return ""
+
+
+def _windows_problem(windows: tuple[str, ...]) -> str:
+    try:
+        parse_windows(windows)
+    except WindowError as exc:
+        return str(exc)
+    return ""
+
+
+def _device_state_problem(value: str) -> str:
+    if value in ("auto", "nvml", "none") or (value.startswith("file:") and len(value) > 5):
+        return ""
+    return f"device_state must be auto, nvml, none or file:PATH, got {value!r}"
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        return f"{name} must be one of {', '.join(choices)}, got {value!r}"
+    return ""
+
+
+def _range_f(name: str, value: float | None, low: float, high: float, unit: str = "") -> str:
+    if value is None:
+        return ""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        what = f" ({unit})" if unit else ""
+        return f"{name} must be a number from {low:g} to {high:g}{what}, got {value!r}"
+    return ""
+
+
+def _min_size(name: str, value: int | None, low: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return f"{name} must be at least {low} bytes, got {value!r}"
     return ""
 
 

@@ -18,6 +18,11 @@ class CreditWindow:
         for device in self._outstanding:
             self._outstanding[device] = 0
 
+    def revoke(self, device: int) -> None:
+        """The device paused: the coordinator was told its credit is now 0."""
+        if device in self._outstanding:
+            self._outstanding[device] = 0
+
     def assigned(self, device: int) -> None:
         if self._outstanding.get(device, 0) > 0:
             self._outstanding[device] -= 1

@@ -7,10 +7,14 @@ timeout) and returns. See docs/protocol.md for the session protocol.
 """
 
 import asyncio
+import dataclasses
 import logging
 import random
 import shutil
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,18 +29,38 @@ from sparegrid.worker.clock import Backoff, Clock, SystemClock
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.credit import CreditWindow
 from sparegrid.worker.devices import DeviceInfo, detect_devices
+from sparegrid.worker.earnings import Earnings
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
 from sparegrid.worker.identity import load_identity
+from sparegrid.worker.lending import (
+    apply_power_cap,
+    check_devices,
+    check_isolation,
+    make_monitor,
+    sandbox_settings,
+    status_snapshot,
+)
 from sparegrid.worker.messages import hello, statement_bytes
 from sparegrid.worker.outbox import Outbox, OutboxEntry
+from sparegrid.worker.policy import (
+    Decision,
+    DeviceStateSource,
+    PolicyClock,
+    SystemPolicyClock,
+)
+from sparegrid.worker.ratelimit import RateLimiter, throttle
 from sparegrid.worker.runner import DeviceRunner
+from sparegrid.worker.sandbox import Report
 from sparegrid.worker.session import Session, connect, open_channel
+from sparegrid.worker.status import RecentErrors, StatusServer
 from sparegrid.worker.tasks import Phase, Slot, TaskManager
 
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
+PREEMPTED = "PREEMPTED"  # stopped by this node's policy: re-queued, not held against it
+OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
 class Worker:
@@ -50,10 +74,13 @@ class Worker:
         executors: ExecutorRegistry | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        device_state: DeviceStateSource | None = None,
+        policy_clock: PolicyClock | None = None,
     ) -> None:
         self.config = config
-        self.signer: Signer = load_identity(config.data_dir)
         self.devices = tuple(devices) if devices is not None else detect_devices().devices
+        check_devices(config, self.devices)
+        self.signer: Signer = load_identity(config.data_dir)
         self.executors = executors if executors is not None else ExecutorRegistry.discover()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
@@ -61,7 +88,27 @@ class Worker:
         self._batcher = ResultBatcher(
             self.signer, self._outbox, self._clock, config.batch_window, config.batch_max
         )
-        self._cache = BlobCache(config.data_dir / "cache", self._clock)
+        self._cache = BlobCache(config.data_dir / "cache", self._clock, max_bytes=config.cache_size)
+        self._sandbox = sandbox_settings(config)
+        self.isolation = Report()
+        self._policy_clock = policy_clock or SystemPolicyClock()
+        self._monitor = make_monitor(
+            config,
+            self.devices,
+            device_state,
+            self._policy_clock,
+            self._our_pids,
+            self._device_busy,
+        )
+        self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
+        self._since: dict[str, float] = {}
+        self.earnings = Earnings(config.data_dir / "earnings.json", self._policy_clock.now)
+        self.errors = RecentErrors()
+        self._status = StatusServer(config.status_path, self.status)
+        rate = config.max_download_rate
+        self._download_limit = RateLimiter(rate, self._clock) if rate else None
+        rate = config.max_upload_rate
+        self._upload_limit = RateLimiter(rate, self._clock) if rate else None
         self._tasks = TaskManager(
             [Slot(d, self._runner(d)) for d in self.devices],
             self.executors,
@@ -70,6 +117,7 @@ class Worker:
             self._report,
             self._released,
         )
+        self._cache.in_use = self._tasks.needed_digests
         self._credit = CreditWindow(config.prefetch, (d.index for d in self.devices))
         self._owed: set[int] = set()
         self._session: Session | None = None
@@ -86,7 +134,24 @@ class Worker:
     def _runner(self, device: DeviceInfo) -> DeviceRunner:
         work_root = self.config.data_dir / "work" / str(device.index)
         targets = self.executors.targets()
-        return DeviceRunner(device, targets, work_root, self.config.max_attempt_seconds)
+        sandbox = None
+        if self._sandbox is not None:
+            sandbox = dataclasses.replace(self._sandbox, scratch=str(work_root))
+        return DeviceRunner(
+            device, targets, work_root, self.config.max_attempt_seconds,
+            sandbox=sandbox, vram_share=self.config.max_vram,
+        )  # fmt: skip
+
+    def _our_pids(self) -> set[int]:
+        return {pid for s in self._tasks.slots.values() if (pid := s.runner.pid) is not None}
+
+    def _device_busy(self, device: int) -> bool:
+        slot = self._tasks.slots.get(device)
+        return slot is not None and slot.runner.busy
+
+    def decision(self, device: int) -> Decision | None:
+        """What the policy says about a device now."""
+        return self._monitor.decisions.get(device)
 
     def attempt_phases(self) -> dict[str, Phase]:
         """Each held attempt and where it is: fetching, queued or running."""
@@ -106,8 +171,22 @@ class Worker:
             "worker %s starting: %d device(s), %d batch(es) in the outbox",
             self.node_id, len(self.devices), pending,
         )  # fmt: skip
+        self.isolation = await check_isolation(self.config)
+        apply_power_cap(self.config, self._monitor.source, self.devices)
+        logging.getLogger("sparegrid.worker").addHandler(self.errors)
+        problem = await self._status.start()
+        if problem:
+            _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
+        self._monitor.poll()  # the first decisions, before anything is leased
+        for shown in status_snapshot(self)["devices"]:
+            reason = f" ({shown['reason']})" if shown["reason"] else ""
+            _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)
         self._tasks.start()
-        loops = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._drain())]
+        loops = [
+            asyncio.create_task(self._connect_loop()),
+            asyncio.create_task(self._drain()),
+            asyncio.create_task(self._monitor.run(self._on_policy, self._grant_all)),
+        ]
         try:
             await self._stopped.wait()
         finally:
@@ -123,6 +202,9 @@ class Worker:
         await self._tasks.close(force=self._forced)
         await self._batcher.close()
         await self._cache.close()
+        await self._status.close()
+        self._monitor.close()
+        logging.getLogger("sparegrid.worker").removeHandler(self.errors)
         _log.info(
             "worker %s stopped; %d batch(es) left in the outbox", self.node_id, len(self._outbox)
         )
@@ -173,11 +255,12 @@ class Worker:
             message = hello(
                 self.signer.public_key,
                 self.config.name,
-                self.devices,
+                self.lent_devices(),
                 self.executors.specs(),
                 running,
             )
             session = await connect(channel, message, self.signer)
+            session.blobs.upload_limit = self._upload_limit
             backoff.reset()
             self._start_session(session)
             loops = (self._heartbeats(session), self._send_outbox(session))
@@ -208,6 +291,12 @@ class Worker:
         if body == "assign":
             for assignment in message.assign.assignments:
                 self._credit.assigned(assignment.device_index)
+                decision = self.decision(assignment.device_index)
+                if decision is not None and not decision.may_work:
+                    # leased before the coordinator heard that the device paused
+                    self._preempted(assignment, decision)
+                    continue
+                self._since[assignment.attempt_id] = self._clock.monotonic()
                 self._tasks.accept(assignment)
         elif body == "result_ack":
             self._on_ack(message.result_ack)
@@ -219,6 +308,9 @@ class Worker:
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
+        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != "DUPLICATE"]
+        if earned:
+            self.earnings.add(sum(earned), len(earned))
         for verdict in ack.verdicts:
             if not verdict.accepted:
                 _log.warning(
@@ -236,12 +328,58 @@ class Worker:
     # -- credit ---------------------------------------------------------------------------
 
     def _grant(self, device: int) -> None:
-        if self._draining or self._session is None:
+        if self._draining or self._session is None or not self._may_lease(device):
             return
         count = self._credit.top_up(device, self._tasks.held(device))
         if count:
             credit = worker_pb2.Credit(device_index=device, count=count)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
+
+    def _grant_all(self) -> None:
+        for device in self.devices:
+            self._grant(device.index)
+
+    def _may_lease(self, device: int) -> bool:
+        """The policy lets the device work, and a task can finish before its window closes."""
+        decision = self.decision(device)
+        if decision is None or not decision.may_work:
+            return False
+        return decision.window_left >= self.task_estimate(device)
+
+    def task_estimate(self, device: int) -> float:
+        """How long the next task may take: the longest of the last few, or the setting."""
+        recent = self._durations.get(device)
+        return max(recent) if recent else self.config.task_estimate
+
+    def _revoke(self, device: int) -> None:
+        self._credit.revoke(device)
+        if self._session is not None:
+            credit = worker_pb2.Credit(device_index=device, count=0, reset=True)
+            self._session.post(worker_pb2.WorkerMessage(credit=credit))
+
+    def _on_policy(self, device: int, decision: Decision) -> None:
+        """The monitor saw a device change: lease again, or stop its work now."""
+        if decision.may_work and not decision.over_vram:
+            self._grant(device)
+            return
+        if not decision.may_work:
+            self._revoke(device)
+            reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
+            stopped = self._tasks.preempt(device, PREEMPTED, reason)
+        else:  # the device may work, but its task uses more GPU memory than lent
+            share = f"{self.config.max_vram:.0%}"
+            reason = f"the task used more than the {share} of GPU memory this node lends"
+            stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
+        if stopped:
+            _log.warning(
+                "device %d: stopped %d task(s) (%s)", device, len(stopped), reason,
+                extra={"device": device, "attempts": stopped},
+            )  # fmt: skip
+
+    def _preempted(self, assignment: worker_pb2.Assignment, decision: Decision) -> None:
+        reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
+        outcome = Outcome(0, code=PREEMPTED, message=reason, retryable=True)
+        self._report(assignment, None, outcome)
 
     def _released(self, device: int) -> None:
         """A task on `device` ended; grant its credit back once this burst of outcomes is in."""
@@ -260,6 +398,9 @@ class Worker:
         self, assignment: worker_pb2.Assignment, device: DeviceInfo | None, outcome: Outcome
     ) -> None:
         spec = self.executors.get(assignment.kind)
+        self._since.pop(assignment.attempt_id, None)
+        if outcome.ok and device is not None:
+            self._durations[device.index].append(outcome.duration_us / 1e6)
         if not outcome.ok or device is None or spec is None:
             failure = worker_pb2.TaskFailure(
                 attempt_id=assignment.attempt_id,
@@ -323,4 +464,49 @@ class Worker:
         if session is None:
             raise BlobUnavailable("the session ended before the download started")
         async for chunk in session.blobs.download(digest, offset):
+            await throttle(self._download_limit, len(chunk))
             yield chunk
+
+    # -- what the volunteer sees --------------------------------------------------------
+
+    def lent_devices(self) -> tuple[DeviceInfo, ...]:
+        """The devices as offered to the coordinator: memory scaled to --max-vram."""
+        share = self.config.max_vram
+        return tuple(
+            dataclasses.replace(d, memory_bytes=int(d.memory_bytes * share)) for d in self.devices
+        )
+
+    def status(self) -> dict[str, Any]:
+        return status_snapshot(self)
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def device_state_name(self) -> str:
+        return self._monitor.source.name
+
+    @property
+    def user_input_name(self) -> str:
+        return self._monitor.user_input.name
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def wall_now(self) -> datetime:
+        return self._policy_clock.now()
+
+    def since(self, attempt_id: str, default: float) -> float:
+        return self._since.get(attempt_id, default)
+
+    def executor_pid(self, device: int) -> int | None:
+        slot = self._tasks.slots.get(device)
+        return slot.runner.pid if slot is not None else None
+
+    def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
+        return self._tasks.attempts_on(device)

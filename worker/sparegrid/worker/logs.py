@@ -44,14 +44,27 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extra}" if extra else line
 
 
+class _AboveStatusLine(logging.StreamHandler):  # type: ignore[type-arg]
+    """Clears the live status line before a log line, so the two do not mix."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write("\r\x1b[K")
+        super().emit(record)
+
+
 def configure_logging(
-    json_lines: bool, level: int = logging.INFO, stream: TextIO | None = None
+    json_lines: bool,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    live_line: bool = False,
 ) -> None:
-    """Sends the worker's logs to `stream` (stderr) once; calling it again replaces the handler."""
+    """Sends the worker's logs to `stream` (stderr) once; calling it again replaces the handler.
+    `live_line`: a status line is kept at the bottom of the terminal (sparegrid.worker.cli)."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler_type = _AboveStatusLine if live_line else logging.StreamHandler
+    handler = handler_type(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)

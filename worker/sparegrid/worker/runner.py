@@ -25,12 +25,16 @@ from sparegrid.worker.childproto import (
     Outcome,
     RunBatch,
     SharedState,
-    decode_frame,
     encode_frame,
     frame_length,
 )
 from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors.base import EXECUTOR_CRASHED, TIMEOUT, DeviceRef
+from sparegrid.worker.safeframes import ForgedFrame, decode_child_frame
+from sparegrid.worker.sandbox import ENV as SANDBOX_ENV
+from sparegrid.worker.sandbox import SandboxSettings
+
+VRAM_SHARE_ENV = "SPAREGRID_MAX_VRAM_FRACTION"  # executors cap their GPU memory to this
 
 _log = logging.getLogger("sparegrid.worker.runner")
 _DIED = None  # what the reader queues when the child's stdout closes
@@ -78,11 +82,17 @@ class ChildProcess:
             while True:
                 header = await stdout.readexactly(HEADER_SIZE)
                 payload = await stdout.readexactly(frame_length(header))
-                outcomes = decode_frame(payload)
-                assert isinstance(outcomes, list)
+                outcomes = decode_child_frame(payload)  # never plain pickle: see safeframes
+                if not isinstance(outcomes, list) or not all(
+                    isinstance(o, Outcome) for o in outcomes
+                ):
+                    raise ForgedFrame("child frame is not a list of outcomes")
                 self.events.put_nowait(outcomes)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ForgedFrame as exc:  # treated as the child dying: it is killed, the task fails
+            _log.error("child %d sent a forged frame (%s); killing it", self.proc.pid, exc)
+            self.kill()
         finally:
             self.events.put_nowait(_DIED)
 
@@ -143,6 +153,8 @@ class DeviceRunner:
         work_root: Path,
         time_limit: float,
         monotonic: Callable[[], float] = time.monotonic,  # must match the child's clock
+        sandbox: SandboxSettings | None = None,
+        vram_share: float = 1.0,
     ) -> None:
         self.device = device
         self._init = ChildInit(
@@ -157,11 +169,34 @@ class DeviceRunner:
         self._pending: dict[int, ChildTask] = {}
         self._cancelled: set[int] = set()
         self._idle_deaths = 0
+        self._sandbox = sandbox
+        self._vram_share = vram_share
+
+    @property
+    def pid(self) -> int | None:
+        """The child process's id, while one runs."""
+        return self._child.proc.pid if self._child is not None else None
+
+    @property
+    def busy(self) -> bool:
+        """A task of this device is running (not just queued in a batch)."""
+        child = self._child
+        return bool(self._pending) and child is not None and child.state.running() is not None
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         visible = self.device.uuid or str(self.device.index)
         env["CUDA_VISIBLE_DEVICES"] = visible if self.device.kind == "cuda" else ""
+        env[VRAM_SHARE_ENV] = f"{self._vram_share:g}"
+        tmp = self._init.work_root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmp)  # the scratch area is the only writable place
+        cache = self._init.work_root / "cache"  # e.g. compiled kernels, for this child's life
+        env["XDG_CACHE_HOME"] = str(cache)
+        env["TRITON_CACHE_DIR"] = str(cache / "triton")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+        if self._sandbox is not None:
+            env[SANDBOX_ENV] = self._sandbox.to_env()
         return env
 
     async def _ensure_child(self) -> ChildProcess:

@@ -98,6 +98,17 @@ class TaskManager:
     def attempt_ids(self) -> list[str]:
         return list(self._attempts)
 
+    def needed_digests(self) -> set[str]:
+        """Inputs of every held attempt: the cache must keep them."""
+        return {r.digest for a in self._attempts.values() for r in a.assignment.inputs}
+
+    def attempts_on(self, device_index: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
+        return [
+            (a.assignment, a.phase)
+            for a in self._attempts.values()
+            if a.slot.device.index == device_index
+        ]
+
     def phases(self) -> dict[str, Phase]:
         return {a.attempt_id: a.phase for a in self._attempts.values()}
 
@@ -202,15 +213,32 @@ class TaskManager:
             if attempt is None:
                 continue
             _log.info("cancelling attempt %s: %s", attempt_id, reason or "no reason given")
-            if attempt.phase == "running":
-                attempt.slot.runner.cancel(attempt.serial)  # its outcome comes back cancelled
-                self._finish(attempt, Outcome(attempt.serial, cancelled=True))
-                continue
-            if attempt.phase == "queued":
-                attempt.slot.ready.remove(attempt)
-            elif attempt.prepare is not None:
-                attempt.prepare.cancel()
+            self._stop(attempt)
             self._finish(attempt, Outcome(attempt.serial, cancelled=True))
+
+    def preempt(self, device_index: int, code: str, message: str) -> list[str]:
+        """Stops everything held for a device now (a running task by killing its process,
+        which frees its GPU memory) and reports each attempt as failed with `code`."""
+        held = [a for a in self._attempts.values() if a.slot.device.index == device_index]
+        for attempt in held:
+            self._stop(attempt)
+            self._finish(
+                attempt, Outcome(attempt.serial, code=code, message=message, retryable=True)
+            )
+        return [a.attempt_id for a in held]
+
+    def running_on(self, device_index: int) -> list[str]:
+        slot = self.slots.get(device_index)
+        return [a.attempt_id for a in slot.running.values()] if slot else []
+
+    def _stop(self, attempt: Attempt) -> None:
+        if attempt.phase == "running":
+            attempt.slot.runner.cancel(attempt.serial)  # its outcome comes back cancelled
+            attempt.slot.running.pop(attempt.serial, None)
+        elif attempt.phase == "queued":
+            attempt.slot.ready.remove(attempt)
+        elif attempt.prepare is not None:
+            attempt.prepare.cancel()
 
     async def close(self, force: bool) -> None:
         for attempt in self._attempts.values():

@@ -121,7 +121,11 @@ def _ack(batch_id: int, verdicts: list[Verdict]) -> Msg:
             batch_id=batch_id,
             verdicts=[
                 worker_pb2.AttemptVerdict(
-                    attempt_id=v.attempt_id, accepted=v.accepted, code=v.code, message=v.message
+                    attempt_id=v.attempt_id,
+                    accepted=v.accepted,
+                    code=v.code,
+                    message=v.message,
+                    credit=v.credit,
                 )
                 for v in verdicts
             ],
@@ -211,7 +215,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         app, body = self.app, message.WhichOneof("body")
         if body == "credit":
             try:
-                app.scheduler.grant(node.id, message.credit.device_index, message.credit.count)
+                credit = message.credit
+                app.scheduler.grant(node.id, credit.device_index, credit.count, credit.reset)
             except (ValueError, KeyError) as exc:
                 raise invalid("BAD_CREDIT", str(exc)) from None
         elif body == "heartbeat":

@@ -32,6 +32,10 @@ class Verdict:
     accepted: bool
     code: str = ""
     message: str = ""
+    credit: int = 0  # paid to the node for this attempt now
+
+
+PREEMPTED = "PREEMPTED"  # the node's policy stopped the task: re-queued, not held against it
 
 
 @dataclass
@@ -99,7 +103,9 @@ class Intake:
                 public_key=node.public_key,
             )
             accepted.append((attempt, tasks[attempt.task_id], outputs, receipt.SerializeToString()))
-            verdicts.append(Verdict(attempt.id, True))
+            active = self.scheduler.jobs.get(attempt.job_id)
+            price = active.job.price_per_task if active is not None else 0
+            verdicts.append(Verdict(attempt.id, True, credit=price))
         self._accept(node_id, accepted, inline)
         return verdicts
 
@@ -223,6 +229,7 @@ class Intake:
         verdicts: list[Verdict] = []
         failed: list[Attempt] = []
         flags: list[bool] = []
+        preempted: list[Attempt] = []
         now = self.scheduler.clock.now()
         for failure in failures:
             attempt = attempts.get(failure.attempt_id)
@@ -233,11 +240,16 @@ class Intake:
             verdicts.append(Verdict(attempt.id, True))
             if attempt.state != AttemptState.RUNNING:
                 continue  # reported before, or the lease was taken back already
-            move_attempt(attempt, AttemptState.FAILED)
+            is_preempted = failure.code == PREEMPTED
+            move_attempt(attempt, AttemptState.CANCELLED if is_preempted else AttemptState.FAILED)
             attempt.finished_at = now
             attempt.error_code, attempt.error = failure.code[:64], failure.message[:2000]
+            if is_preempted:
+                preempted.append(attempt)
+                continue
             failed.append(attempt)
             flags.append(failure.retryable)
+        self.scheduler.requeue_preempted(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
         return verdicts
 

@@ -248,11 +248,13 @@ class Scheduler:
             attempt.deadline = min(attempt.deadline, deadline)
         self.store.update_attempts(attempts)
 
-    def grant(self, node_id: str, device_index: int, count: int) -> None:
+    def grant(self, node_id: str, device_index: int, count: int, reset: bool = False) -> None:
+        """Adds credit; `reset` sets it instead (0: the node paused that device)."""
         session = self.sessions[node_id]
         if device_index not in session.credit:
             raise ValueError(f"node {node_id} has no device {device_index}")
-        session.credit[device_index] = min(session.credit[device_index] + count, 100_000)
+        base = 0 if reset else session.credit[device_index]
+        session.credit[device_index] = min(base + count, 100_000)
 
     def heartbeat(self, node_id: str) -> None:
         session = self.sessions.get(node_id)
@@ -375,6 +377,30 @@ class Scheduler:
             attempt.finished_at = self.clock.now()
             attempt.error_code, attempt.error = "LEASE_EXPIRED", reason
         self.settle_failures(attempts, retryable=True, tell_node=True)
+
+    def requeue_preempted(self, attempts: list[Attempt]) -> None:
+        """Attempts a node's own policy stopped (owner back, too hot, window closed): their
+        tasks go back to the front of the queue with the attempt given back, and nothing
+        counts against the node (no failure count, no exclusion from the job)."""
+        if not attempts:
+            return
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+        requeue: list[tuple[ActiveJob, Task]] = []
+        with self.store.transaction():
+            self.store.update_attempts(attempts)
+            for attempt in attempts:
+                active = self.jobs.get(attempt.job_id)
+                task = tasks[attempt.task_id]
+                self._release(attempt)
+                if active is None or task.state != TaskState.LEASED:
+                    continue
+                task.attempts = max(task.attempts - 1, 0)
+                move_task(task, TaskState.QUEUED)
+                requeue.append((active, task))
+            self.store.update_tasks(list(tasks.values()))
+        for active, task in requeue:
+            active.queue.appendleft(task)
+        log.info("%d preempted attempt(s), %d task(s) re-queued", len(attempts), len(requeue))
 
     def settle_failures(
         self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False

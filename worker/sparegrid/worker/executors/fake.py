@@ -1,6 +1,11 @@
 """Executors that misbehave on purpose, for tests of the worker's fault handling."""
 
+import functools
+import json
 import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 from sparegrid.worker.executors.base import ExecOutput, ExecTask
@@ -24,3 +29,41 @@ class RaisingExecutor:
 
     def run(self, task: ExecTask) -> list[ExecOutput]:
         raise RuntimeError("this executor always fails")
+
+
+class EscapeExecutor:
+    """Tries what a malicious job would, and reports what happened as JSON in "report".
+
+    params: "write" (paths to create), "read" (paths to read), "connect" ([host, port]
+    pairs), "scratch_bytes" (bytes to write into its scratch directory).
+    """
+
+    name: ClassVar[str] = "escape"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        params = json.loads(task.params)
+        report: dict[str, str] = {}
+        for path in params.get("write", []):
+            report[f"write {path}"] = _attempt(functools.partial(Path(path).write_text, "escaped"))
+        for path in params.get("read", []):
+            report[f"read {path}"] = _attempt(Path(path).read_bytes)
+        for host, port in params.get("connect", []):
+            report[f"connect {host}:{port}"] = _attempt(functools.partial(_connect, host, port))
+        size = int(params.get("scratch_bytes", 0))
+        if size:
+            target = task.workdir / "big.bin"
+            report["scratch"] = _attempt(functools.partial(target.write_bytes, b"\0" * size))
+        return [ExecOutput("report", json.dumps(report, sort_keys=True).encode())]
+
+
+def _connect(host: str, port: int) -> None:
+    socket.create_connection((host, port), timeout=2).close()
+
+
+def _attempt(action: Callable[[], object]) -> str:
+    try:
+        action()
+    except OSError as exc:
+        return f"refused: {exc.strerror or exc}"
+    return "done"
