@@ -92,6 +92,9 @@ class InferenceExecutor:
         self.models = ModelCache(cache_bytes)
         self._stager = ThreadPoolExecutor(1, thread_name_prefix="stage")
         self._staged: dict[Path, Future[dict[str, torch.Tensor]]] = {}
+        # the volunteer's --max-vram, passed down by the worker's runner
+        self._vram_share = float(os.environ.get("SPAREGRID_MAX_VRAM_FRACTION", "1") or 1)
+        self._capped: set[torch.device] = set()
 
     # --- staging ---------------------------------------------------------------------
 
@@ -127,6 +130,9 @@ class InferenceExecutor:
         if "model" not in task.inputs or shard is None:
             raise ExecutorError(BAD_INPUT, "inference takes 'model' and one 'shard_NNNNNN'")
         device = _device(task)
+        if device.type == "cuda" and device not in self._capped and self._vram_share < 1:
+            torch.cuda.set_per_process_memory_fraction(self._vram_share, device)
+            self._capped.add(device)
         _set_numerics(precision, deterministic)
         started = time.perf_counter()
         loaded = self._model(task.inputs["model"], device, precision, compiled, task.workdir)
