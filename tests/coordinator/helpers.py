@@ -8,6 +8,7 @@ from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Account, Attempt, Device, Node, Task
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import Verdict
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.v1 import common_pb2
@@ -92,9 +93,15 @@ class FakeNode:
         return self.app.intake.results(self.id, statements, signature, {sha256_hex(output): output})
 
 
+# No cross-checks: the adaptive policy accepts every first result. For tests of leasing
+# and results intake; the verification tests pass a TrustConfig of their own.
+NO_CHECKS = TrustConfig(warmup=0, floor=0.0)
+
+
 def make_app(tmp_path: Path, **settings: object) -> App:
+    settings.setdefault("trust", NO_CHECKS)
     app = App(MemoryStore(), Settings(data_dir=tmp_path, **settings), clock=FakeClock())  # type: ignore[arg-type]
-    app.scheduler.load()
+    app.start_services()
     return app
 
 

@@ -193,7 +193,7 @@ def test_insufficient_credit_says_balance_and_cost(tmp_path) -> None:
     assert err.value.kind == ErrorKind.PRECONDITION
     assert "10" in err.value.message and "holds 5" in err.value.message
     assert app.store.list_jobs() == []
-    assert balances(app)["client:alice"] == 5
+    assert balances(app)["client:alice"] == 0  # 5 tasks, up to 2 paid results each
 
 
 def test_unknown_kind_lists_known_kinds(tmp_path) -> None:
@@ -243,7 +243,7 @@ def test_submit_is_idempotent(tmp_path) -> None:
     first = app.jobs.submit(alice, spec)
     second = app.jobs.submit(alice, spec)
     assert first.id == second.id
-    assert balances(app)["client:alice"] == 5
+    assert balances(app)["client:alice"] == 0  # 5 tasks, up to 2 paid results each
 
 
 def test_requirements_route_work_to_matching_devices(tmp_path) -> None:

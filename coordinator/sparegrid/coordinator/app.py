@@ -14,11 +14,16 @@ from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
-from sparegrid.coordinator.services.jobs import Jobs, JobsConfig
+from sparegrid.coordinator.services.comparators import Comparators
+from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
 from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
+from sparegrid.coordinator.services.settlement import Settlement
+from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.store.base import Store
+from sparegrid.wire import Signer
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -43,8 +48,18 @@ class Settings:
     reconnect_grace_seconds: float = 10.0
     reap_interval_seconds: float = 1.0
     max_blob_size: int = 16 << 30
-    prices: dict[str, int] = field(default_factory=lambda: {"echo": 1, "checksum": 1})
+    # credit per work unit, by kind: an echo task is 1 unit, a checksum task 1 per byte
+    prices: dict[str, Price] = field(
+        default_factory=lambda: {"echo": Price(1), "checksum": Price(1, 1 << 20)}
+    )
     default_max_attempts: int = 3
+    trust: TrustConfig = field(default_factory=TrustConfig)
+
+    @property
+    def key_path(self) -> Path:
+        """The coordinator's Ed25519 key, which countersigns accepted results. Several
+        coordinators over one database share it."""
+        return self.data_dir / "coordinator.key"
 
 
 class App:
@@ -57,6 +72,8 @@ class App:
         self.blobs = BlobStore(settings.data_dir / "blobs", settings.max_blob_size)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
+        self.signer = Signer.load_or_create(settings.key_path)
+        self.reputations = Reputations(store, self.clock, settings.trust)
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -66,8 +83,12 @@ class App:
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
             ),
             on_change=self._changed,
+            blocked=self.reputations.blocked,
         )
-        self.intake = Intake(self.scheduler, self.blobs)
+        self.verifier = Verifier(self.reputations, Comparators())
+        self.intake = Intake(
+            self.scheduler, self.blobs, Settlement(self.scheduler, self.verifier, self.signer)
+        )
         self.jobs = Jobs(
             store,
             self.ledger,
@@ -86,8 +107,13 @@ class App:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start_services(self) -> None:
+        """Loads what the services keep in memory from the store (no background work)."""
+        self.reputations.load()
         self.scheduler.load()
+
+    def start(self) -> None:
+        self.start_services()
         self._tasks.append(asyncio.create_task(self._reaper()))
 
     async def stop(self) -> None:
@@ -144,6 +170,7 @@ class App:
                     self.scheduler.dispatch()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
+            self.reputations.load()
             self.scheduler.resync()
             for sink in self.sinks:  # workers reconnect and grant their credit afresh
                 sink.discard()

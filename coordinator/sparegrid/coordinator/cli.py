@@ -10,6 +10,7 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.jobs import parse_price
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store
 
@@ -56,8 +57,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--price",
         action="append",
         default=[],
-        metavar="KIND=CREDIT",
-        help="credit per task of a job kind (repeatable); default 1 for each kind",
+        metavar="KIND=CREDIT[/UNITS]",
+        help="credit per UNITS work units of a job kind (repeatable; bytes for checksum, "
+        "1 per echo task); default: echo=1, checksum=1/1048576, others 1",
     )
     serve.add_argument(
         "--log-level",
@@ -86,9 +88,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
     for item in args.price:
         kind, _, value = item.partition("=")
-        if not value.isdigit():
-            raise SystemExit(f"error: --price takes KIND=CREDIT, got {item!r}")
-        settings.prices[kind] = int(value)
+        try:
+            settings.prices[kind] = parse_price(value)
+        except ValueError as exc:
+            raise SystemExit(
+                f"error: --price takes KIND=CREDIT[/UNITS], got {item!r}: {exc}"
+            ) from None
     return settings
 
 

@@ -27,7 +27,13 @@ from sparegrid.sdk.blobs import (
     resume_offset,
 )
 from sparegrid.sdk.client import DEFAULT_TIMEOUT, PathLike
-from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
+from sparegrid.sdk.config import (
+    Connection,
+    pin_coordinator_key,
+    resolve_address,
+    resolve_admin_key,
+    resolve_tls_ca,
+)
 from sparegrid.sdk.errors import from_rpc_error
 from sparegrid.sdk.job import AsyncJob
 from sparegrid.sdk.models import (
@@ -122,6 +128,7 @@ class AsyncClient(_AsyncBase):
         connection = connection or Connection.resolve(address, api_key, tls_ca)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
+        self._coordinator_key = b""
 
     @functools.cached_property
     def _jobs(self) -> "client_pb2_grpc.ClientServiceAsyncStub":
@@ -278,6 +285,13 @@ class AsyncClient(_AsyncBase):
 
     async def info(self) -> Info:
         return convert.info(await self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
+
+    async def coordinator_key(self) -> bytes:
+        """The coordinator's countersigning key, pinned on first use (see Client)."""
+        if not self._coordinator_key:
+            offered = (await self.info()).coordinator_key
+            self._coordinator_key = pin_coordinator_key(self.connection.address, offered)
+        return self._coordinator_key
 
 
 class AsyncAdminClient(_AsyncBase):

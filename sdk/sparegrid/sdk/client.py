@@ -21,7 +21,13 @@ from sparegrid.sdk.blobs import (
     resume_offset,
     upload_requests,
 )
-from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
+from sparegrid.sdk.config import (
+    Connection,
+    pin_coordinator_key,
+    resolve_address,
+    resolve_admin_key,
+    resolve_tls_ca,
+)
 from sparegrid.sdk.errors import from_rpc_error
 from sparegrid.sdk.job import Job
 from sparegrid.sdk.models import (
@@ -115,6 +121,7 @@ class Client(_SyncBase):
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
         self._jobs = client_pb2_grpc.ClientServiceStub(self._channel)
+        self._coordinator_key = b""
         self._blobs = blob_pb2_grpc.BlobServiceStub(self._channel)
 
     # --- blobs ---------------------------------------------------------------------------
@@ -267,6 +274,15 @@ class Client(_SyncBase):
 
     def info(self) -> Info:
         return convert.info(self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
+
+    def coordinator_key(self) -> bytes:
+        """The coordinator's countersigning key: SPAREGRID_COORDINATOR_KEY, or the key
+        pinned under $XDG_CONFIG_HOME/sparegrid/coordinators/ (by `coordinator serve`, or
+        here on first use). A coordinator offering another key raises VerificationError."""
+        if not self._coordinator_key:
+            offered = self.info().coordinator_key
+            self._coordinator_key = pin_coordinator_key(self.connection.address, offered)
+        return self._coordinator_key
 
 
 class AdminClient(_SyncBase):

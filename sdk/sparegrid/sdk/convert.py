@@ -182,8 +182,16 @@ def task_result(
 
 
 def info(msg: client_pb2.GetInfoResponse) -> Info:
-    kinds = [KindInfo(k.name, k.description, k.price_per_task) for k in msg.kinds]
-    return Info(version=msg.version, kinds=kinds, max_blob_size=msg.max_blob_size)
+    kinds = [
+        KindInfo(k.name, k.description, k.price_credit, k.price_units, k.work_unit)
+        for k in msg.kinds
+    ]
+    return Info(
+        version=msg.version,
+        kinds=kinds,
+        max_blob_size=msg.max_blob_size,
+        coordinator_key=msg.coordinator_public_key,
+    )
 
 
 def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:

@@ -96,9 +96,14 @@ class OutputRef:
 
 @dataclass(frozen=True)
 class KindInfo:
+    """A job kind; a task costs `price_credit` per `price_units` work units (rounded up,
+    at least 1) for each validated result."""
+
     name: str
     description: str
-    price_per_task: int
+    price_credit: int
+    price_units: int
+    work_unit: str = "unit"
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class Info:
     version: str
     kinds: list[KindInfo]
     max_blob_size: int
+    coordinator_key: bytes = b""  # Ed25519 public key that countersigns accepted results
 
 
 @dataclass(frozen=True)
