@@ -45,6 +45,7 @@ class FakeNode:
         name: str,
         kinds: tuple[str, ...] = ("echo", "checksum"),
         device: Device | None = None,
+        owner: str = "",
     ) -> None:
         self.app = app
         self.signer = Signer.generate()
@@ -56,6 +57,7 @@ class FakeNode:
             name=name,
             devices=[device or Device(index=0, kind="cpu", name="test cpu", memory_bytes=1 << 30)],
             executors={k: "1" for k in kinds},
+            owner=owner,
         )
 
     def connect(

@@ -193,7 +193,7 @@ def test_insufficient_credit_says_balance_and_cost(tmp_path) -> None:
     assert err.value.kind == ErrorKind.PRECONDITION
     assert "10" in err.value.message and "holds 5" in err.value.message
     assert app.store.list_jobs() == []
-    assert balances(app)["client:alice"] == 0  # 5 tasks, up to 2 paid results each
+    assert balances(app)["client:alice"] == 5
 
 
 def test_unknown_kind_lists_known_kinds(tmp_path) -> None:

@@ -147,6 +147,10 @@ async def serve(args: argparse.Namespace) -> None:
     address = f"{host}:{port}"
     if key_file.exists():
         _write_secret(_user_key_file(host, port), key_file.read_text().strip())
+    # local clients verify countersigned receipts against this key (pinned, as on first use)
+    pin = _user_key_file(host, port).parent.parent / "coordinators" / f"{host}_{port}.pub"
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text(app.signer.public_key.hex() + "\n")
     (args.data_dir / "coordinator.addr").write_text(address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",

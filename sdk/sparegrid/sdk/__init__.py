@@ -78,6 +78,7 @@ __all__ = [
     "LedgerCheck",
     "LedgerEntry",
     "Node",
+    "NodeCredit",
     "NotFoundError",
     "OutputRef",
     "PermissionDeniedError",

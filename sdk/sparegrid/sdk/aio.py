@@ -42,6 +42,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
 )
@@ -207,6 +208,8 @@ class AsyncClient(_AsyncBase):
         requirements: Requirements | None = None,
         max_attempts: int = 0,
         idempotency_key: str | None = None,
+        replicas: int = 0,
+        quorum: int = 0,
     ) -> AsyncJob:
         """Submits a job; see `Client.submit`."""
         request = convert.submit_request(
@@ -217,6 +220,8 @@ class AsyncClient(_AsyncBase):
             requirements=requirements,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            replicas=replicas,
+            quorum=quorum,
         )
         return self._job((await self._unary(self._jobs.SubmitJob, request)).job)
 
@@ -283,6 +288,12 @@ class AsyncClient(_AsyncBase):
         response = await self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
 
+    async def node_credit(self, node_id: str, limit: int = 100) -> NodeCredit:
+        """A node's credit and the ledger entries explaining it; the caller's account
+        must own the node (a worker declares its owner with SPAREGRID_OWNER_KEY)."""
+        request = client_pb2.GetNodeCreditRequest(node_id=node_id, limit=limit)
+        return convert.node_credit(await self._unary(self._jobs.GetNodeCredit, request))
+
     async def info(self) -> Info:
         return convert.info(await self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
 
@@ -334,6 +345,16 @@ class AsyncAdminClient(_AsyncBase):
     ) -> Account:
         request = convert.grant_request(name, amount, reason, idempotency_key)
         return convert.account((await self._unary(self._admin.GrantCredit, request)).account)
+
+    async def ban_node(self, node_id: str, reason: str = "") -> Node:
+        """No more work for the node until `reinstate_node`."""
+        request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((await self._unary(self._admin.BanNode, request)).node)
+
+    async def reinstate_node(self, node_id: str, reason: str = "") -> Node:
+        """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
+        request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((await self._unary(self._admin.ReinstateNode, request)).node)
 
     async def nodes(self) -> list[Node]:
         response = await self._unary(self._admin.ListNodes, admin_pb2.ListNodesRequest())

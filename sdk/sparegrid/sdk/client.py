@@ -36,6 +36,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
 )
@@ -193,6 +194,8 @@ class Client(_SyncBase):
         requirements: Requirements | None = None,
         max_attempts: int = 0,
         idempotency_key: str | None = None,
+        replicas: int = 0,
+        quorum: int = 0,
     ) -> Job:
         """Submits a job; `inputs` maps input names to digests from `upload`.
 
@@ -207,6 +210,8 @@ class Client(_SyncBase):
             requirements=requirements,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            replicas=replicas,
+            quorum=quorum,
         )
         return self._job(self._unary(self._jobs.SubmitJob, request).job)
 
@@ -272,6 +277,12 @@ class Client(_SyncBase):
         response = self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
 
+    def node_credit(self, node_id: str, limit: int = 100) -> NodeCredit:
+        """A node's credit and the ledger entries explaining it; the caller's account
+        must own the node (a worker declares its owner with SPAREGRID_OWNER_KEY)."""
+        request = client_pb2.GetNodeCreditRequest(node_id=node_id, limit=limit)
+        return convert.node_credit(self._unary(self._jobs.GetNodeCredit, request))
+
     def info(self) -> Info:
         return convert.info(self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
 
@@ -324,6 +335,16 @@ class AdminClient(_SyncBase):
     ) -> Account:
         request = convert.grant_request(name, amount, reason, idempotency_key)
         return convert.account(self._unary(self._admin.GrantCredit, request).account)
+
+    def ban_node(self, node_id: str, reason: str = "") -> Node:
+        """No more work for the node until `reinstate_node`."""
+        request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((self._unary(self._admin.BanNode, request)).node)
+
+    def reinstate_node(self, node_id: str, reason: str = "") -> Node:
+        """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
+        request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((self._unary(self._admin.ReinstateNode, request)).node)
 
     def nodes(self) -> list[Node]:
         response = self._unary(self._admin.ListNodes, admin_pb2.ListNodesRequest())

@@ -123,6 +123,20 @@ class Account:
 
 
 @dataclass(frozen=True)
+class NodeCredit:
+    """A node's credit and every entry that explains it, as its owner sees it."""
+
+    node_id: str
+    owner: str
+    balance: int
+    standing: str
+    standing_reason: str
+    validated: int
+    invalid: int
+    entries: "list[LedgerEntry]"
+
+
+@dataclass(frozen=True)
 class Device:
     index: int
     kind: DeviceKind
@@ -145,6 +159,14 @@ class Node:
     credit: int
     last_seen: datetime | None = None
     software: dict[str, str] = field(default_factory=dict)
+    owner: str = ""  # account name, or "node:<id>" for a node that declared none
+    standing: str = "active"  # active, quarantined or banned
+    standing_reason: str = ""
+    streak: int = 0  # consecutive results confirmed by another owner's node
+    validated: int = 0
+    invalid: int = 0
+    strikes: int = 0
+    check_rate: float = 1.0  # share of its results the adaptive policy cross-checks
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ ENV_NAME = "SPAREGRID_WORKER_NAME"
 ENV_TLS_CA = "SPAREGRID_TLS_CA"
 ENV_PREFETCH = "SPAREGRID_WORKER_PREFETCH"
 ENV_LOG_JSON = "SPAREGRID_LOG_JSON"
+ENV_OWNER_KEY = "SPAREGRID_OWNER_KEY"
 DEFAULT_DATA_DIR = "sparegrid-worker"
 
 
@@ -48,7 +49,26 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     run.add_argument(
         "--log-json", action="store_true", default=None, help=f"JSON log lines (env {ENV_LOG_JSON})"
     )
+    run.add_argument(
+        "--owner-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the API key of the account that owns this node (env "
+        f"{ENV_OWNER_KEY}); the coordinator never sends two copies of a task to nodes of one "
+        "owner, and the owner sees the node's credit with `sparegrid worker credit`",
+    )
     run.set_defaults(func=run_command)
+    credit = commands.add_parser(
+        "credit",
+        help="this node's credit and every ledger entry behind it (needs the owner's key)",
+        description="Lists this node's credit and the entries that explain it: job, task "
+        f"and reason. Authenticates with the owner's API key ({ENV_OWNER_KEY}, or "
+        "SPAREGRID_API_KEY); the node must have connected with that owner key.",
+    )
+    _data_dir_flag(credit)
+    credit.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address")
+    credit.add_argument("--limit", type=int, default=100, metavar="N", help="entries (100)")
+    credit.set_defaults(func=credit_command)
     ident = commands.add_parser("id", help="print this node's id and public key")
     _data_dir_flag(ident)
     ident.set_defaults(func=id_command)
@@ -83,6 +103,14 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> WorkerConfi
     prefetch = args.prefetch if args.prefetch is not None else env.get(ENV_PREFETCH)
     if prefetch is not None:
         settings["prefetch"] = _int(prefetch, ENV_PREFETCH)
+    owner_file = getattr(args, "owner_key_file", None)
+    if owner_file is not None:
+        try:
+            settings["owner_key"] = Path(owner_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --owner-key-file {owner_file}: {exc}") from None
+    elif env.get(ENV_OWNER_KEY):
+        settings["owner_key"] = env[ENV_OWNER_KEY].strip()
     log_json = args.log_json if args.log_json is not None else env.get(ENV_LOG_JSON)
     settings["log_json"] = str(log_json).lower() in ("1", "true", "yes", "on")
     return WorkerConfig(**settings)
@@ -111,6 +139,31 @@ def id_command(args: argparse.Namespace) -> int:
         return 2
     print(f"node id:    {signer.node_id}")
     print(f"public key: {signer.public_key.hex()}")
+    return 0
+
+
+def credit_command(args: argparse.Namespace) -> int:
+    from sparegrid.sdk import Client, SparegridError
+
+    try:
+        signer = load_identity(data_dir_from(args, os.environ))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    key = os.environ.get(ENV_OWNER_KEY) or os.environ.get("SPAREGRID_API_KEY") or None
+    address = args.coordinator or os.environ.get(ENV_COORDINATOR) or DEFAULT_COORDINATOR
+    try:
+        with Client(address, key) as client:
+            view = client.node_credit(signer.node_id, args.limit)
+    except SparegridError as exc:
+        print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    standing = view.standing + (f" ({view.standing_reason})" if view.standing_reason else "")
+    print(f"node {view.node_id}, owner {view.owner}: {view.balance} credit, {standing}")
+    print(f"{view.validated} results validated, {view.invalid} invalid")
+    for e in view.entries:
+        when = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"
+        print(f"{when}  {e.amount:+d}  job {e.job_id or '-'}  task {e.task_id or '-'}  {e.reason}")
     return 0
 
 

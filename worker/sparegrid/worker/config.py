@@ -49,6 +49,8 @@ class WorkerConfig:
     reconnect_max: float = 30.0
     batch_window: float = 0.002
     batch_max: int = 256
+    # API key of the account that owns this node (SPAREGRID_OWNER_KEY); empty: none
+    owner_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.validate()

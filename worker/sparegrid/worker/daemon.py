@@ -177,7 +177,7 @@ class Worker:
                 self.executors.specs(),
                 running,
             )
-            session = await connect(channel, message, self.signer)
+            session = await connect(channel, message, self.signer, self.config.owner_key)
             backoff.reset()
             self._start_session(session)
             loops = (self._heartbeats(session), self._send_outbox(session))
