@@ -145,8 +145,9 @@ class Sim:
             inline = {sha256_hex(o): o for o in outs} | {sha256_hex(CORRECT): CORRECT}
             with app.store.transaction():
                 app.intake.results(node.id, statements, sign_batch(key, statements), inline)
-            if node.quarantined_after is None and app.reputations.blocked(node.id):
-                node.quarantined_after = node.ran
+            for other in self.nodes:  # a result of one node can outvote another's
+                if other.quarantined_after is None and app.reputations.blocked(other.id):
+                    other.quarantined_after = other.ran
         app.clock.advance(1.0)  # type: ignore[attr-defined]
         with app.store.transaction():
             sched.reap()

@@ -7,6 +7,7 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Account, Attempt, Device, Node, Task
+from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import Verdict
@@ -102,6 +103,7 @@ NO_CHECKS = TrustConfig(warmup=0, floor=0.0)
 
 def make_app(tmp_path: Path, **settings: object) -> App:
     settings.setdefault("trust", NO_CHECKS)
+    settings.setdefault("canaries", CanaryConfig(rate=0.0))
     app = App(MemoryStore(), Settings(data_dir=tmp_path, **settings), clock=FakeClock())  # type: ignore[arg-type]
     app.start_services()
     return app

@@ -310,3 +310,49 @@ def test_pending_results_survive_a_restart(tmp_path: Path) -> None:
         [r.attempt_id for r in app.store.get_replicas([f"{job_id}-0"])]
     )
     assert {x.state for x in attempts} == {AttemptState.SUCCEEDED}
+
+
+def test_a_known_answer_task_catches_nodes_that_agree_on_a_lazy_answer(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, lazy = nodes(app, "g1", "g2", "lazy")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    run(g1)
+    run(g2)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    [canary] = [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT]
+    assert run(g1) == run(g2) == 0  # never to the owners that made the known answer
+    app.scheduler.grant(lazy.id, 0, 1)
+    app.scheduler.dispatch()
+    [(attempt, task, kind)] = lazy.sink.take()
+    original = app.store.list_tasks(job_id)[0]
+    assert (kind, task.params, task.inputs) == ("echo", original.params, original.inputs)
+    assert lazy.answer([(attempt, task, kind)], b"")[0].accepted  # looks like any result
+    assert app.store.get_job(canary.job.id).state == JobState.FAILED  # type: ignore[union-attr]
+    assert app.reputations.get(lazy.id).strikes == 1
+    assert credit_of(app, lazy) == 0
+    assert app.ledger.check().balanced
+
+
+def test_a_right_answer_to_a_known_answer_task_is_paid_and_earns_trust(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, g3 = nodes(app, "g1", "g2", "g3")
+    submit(app, 1, replicas=2, quorum=2)
+    run(g1)
+    run(g2)
+    app.canaries.config.rate = 0.0
+    assert run(g3) == 1
+    assert credit_of(app, g3) == 1
+    assert app.reputations.get(g3.id).streak == 1
+    alice = app.store.get_account_by_name("alice")
+    assert alice is not None
+    canaries = [j for j in app.store.list_jobs() if j.account_id != alice.id]
+    [task] = app.store.list_tasks(canaries[0].id)
+    validation = verify_countersignature(
+        common_pb2.Receipt.FromString(task.receipt), app.signer.public_key
+    )
+    assert validation.method == common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
+    assert app.ledger.check().balanced

@@ -77,7 +77,9 @@ async def test_dishonest_nodes_earn_nothing_and_wrong_results_never_win(
             nodes = {n.node_id: n for n in await admin.nodes()}
             bad = [nodes[ids[name]] for name in ("wrong", "c1", "c2")]
             assert all(n.credit == 0 for n in bad)
-            assert sum(n.credit for n in nodes.values()) == job.cost_spent == 60
+            paid = await admin.ledger_entries(job_id=job.id, limit=1000)
+            assert sum(e.amount for e in paid if e.account.startswith("node:")) == 60
+            assert job.cost_spent == 60  # known-answer tasks may pay nodes beyond this job
             for n in bad:
                 assert n.standing == ("quarantined" if n.invalid >= 3 else "active")
             assert sum(n.invalid for n in bad) >= 1

@@ -14,6 +14,7 @@ from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
+from sparegrid.coordinator.services.canaries import Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
 from sparegrid.coordinator.services.ledger import Ledger
@@ -54,6 +55,7 @@ class Settings:
     )
     default_max_attempts: int = 3
     trust: TrustConfig = field(default_factory=TrustConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
 
     @property
     def key_path(self) -> Path:
@@ -86,8 +88,11 @@ class App:
             blocked=self.reputations.blocked,
         )
         self.verifier = Verifier(self.reputations, Comparators())
+        self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
         self.intake = Intake(
-            self.scheduler, self.blobs, Settlement(self.scheduler, self.verifier, self.signer)
+            self.scheduler,
+            self.blobs,
+            Settlement(self.scheduler, self.verifier, self.signer, self.canaries),
         )
         self.jobs = Jobs(
             store,
@@ -111,6 +116,7 @@ class App:
         """Loads what the services keep in memory from the store (no background work)."""
         self.reputations.load()
         self.scheduler.load()
+        self.canaries.load()
 
     def start(self) -> None:
         self.start_services()
@@ -172,6 +178,7 @@ class App:
             log.exception("group commit of %d call(s) failed", len(items))
             self.reputations.load()
             self.scheduler.resync()
+            self.canaries.load()
             for sink in self.sinks:  # workers reconnect and grant their credit afresh
                 sink.discard()
                 sink.close()

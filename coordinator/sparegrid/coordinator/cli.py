@@ -10,6 +10,7 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobs import parse_price
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store
@@ -62,6 +63,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "1 per echo task); default: echo=1, checksum=1/1048576, others 1",
     )
     serve.add_argument(
+        "--canary-rate",
+        type=float,
+        default=0.02,
+        metavar="SHARE",
+        help="share of cross-checked results re-issued as known-answer tasks [%(default)s]",
+    )
+    serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -85,7 +93,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_seconds=args.lease,
         reconnect_grace_seconds=args.reconnect_grace,
         max_blob_size=args.max_blob_size,
+        canaries=CanaryConfig(rate=args.canary_rate),
     )
+    if not 0.0 <= args.canary_rate <= 1.0:
+        raise SystemExit(f"error: --canary-rate is a share from 0 to 1, got {args.canary_rate}")
     for item in args.price:
         kind, _, value = item.partition("=")
         try:

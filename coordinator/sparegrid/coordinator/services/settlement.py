@@ -17,6 +17,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
 )
+from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.comparators import Reader
 from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
@@ -56,8 +57,11 @@ class Settled:
 
 
 class Settlement:
-    def __init__(self, scheduler: Scheduler, verifier: Verifier, signer: Signer) -> None:
+    def __init__(
+        self, scheduler: Scheduler, verifier: Verifier, signer: Signer, canaries: Canaries
+    ) -> None:
         self._batch: dict[str, Attempt] = {}
+        self.canaries = canaries
         self.scheduler = scheduler
         self.store = scheduler.store
         self.verifier = verifier
@@ -87,7 +91,8 @@ class Settlement:
             sched.hold_replica(active, replica)
             results = active.replicas.get(c.task.id, [])
             others = sched.others_online(active, active.excluded.get(c.task.id, set()))
-            decision = self.verifier.decide(active.job, c.task, results, read, others)
+            known = self.canaries.known.get(c.task.id)
+            decision = self.verifier.decide(active.job, c.task, results, read, others, known)
             touched[c.task.id] = c.task
             out.jobs.add(active.job.id)
             self._apply(active, c, decision, out)
@@ -111,7 +116,9 @@ class Settlement:
             move_attempt(other, AttemptState.CANCELLED)
             other.finished_at = self.scheduler.clock.now()
             out.superseded.append(other)
+        self.canaries.known.pop(task.id, None)
         if decision.outcome == Outcome.FAILED:
+            self.reject(decision.losers, f"task {task.id}: {decision.detail}")
             move_task(task, TaskState.FAILED)
             task.error = f"NO_AGREEMENT: {decision.detail}"
             active.open_tasks -= 1
@@ -147,6 +154,8 @@ class Settlement:
             reputations.validated(agreeing)
         else:
             reputations.accepted_unchecked(first.node_id)
+        if len(winners) >= 2:
+            self.canaries.offer(job, task, winners)
         validation = common_pb2.Validation(
             job_id=job.id,
             task_id=task.id,

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sparegrid.coordinator.domain import Job, Replica, ReplicaState, Task
+from sparegrid.coordinator.domain import FileRef, Job, Replica, ReplicaState, Task
 from sparegrid.coordinator.kinds import decode_params
 from sparegrid.coordinator.services.comparators import Comparators, Reader
 from sparegrid.coordinator.services.reputation import Reputations
@@ -72,12 +72,26 @@ class Verifier:
         self.comparators = comparators
 
     def decide(
-        self, job: Job, task: Task, results: list[Replica], read: Reader, others_online: bool
+        self,
+        job: Job,
+        task: Task,
+        results: list[Replica],
+        read: Reader,
+        others_online: bool,
+        known: list[FileRef] | None = None,
     ) -> Decision:
         """`results`: the task's pending results, the newest last; `others_online`: whether
-        a connected node of an owner not among them could run the task."""
+        a connected node of an owner not among them could run the task; `known`: the
+        outputs of a known-answer task."""
         live = [r for r in results if r.state == ReplicaState.PENDING]
         new = live[-1]
+        if known is not None:
+            comparator = self.comparators.for_kind(job.kind)
+            if comparator.agree(decode_params(task.params), known, new.outputs, read):
+                method = common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
+                return Decision(Outcome.ACCEPTED, method, "matched the known answer", [new])
+            detail = "did not match the known answer"
+            return Decision(Outcome.FAILED, detail=detail, losers=[new])
         if job.replicas == 1:
             return Decision(
                 Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_SINGLE, "single result", [new]
