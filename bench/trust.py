@@ -11,7 +11,7 @@ and reports, per policy: the share of accepted results that are wrong, how many 
 tasks each bad node ran before quarantine, false rejections of honest results, and, for
 an honest fleet after warm-up, the compute spent per accepted result (1.00 = no checks).
 
-    python bench/trust.py [--nodes 50] [--tasks 20000] [--honest-tasks 30000] [--seed 1]
+    python bench/trust.py [--nodes 50] [--tasks 10000] [--honest-tasks 20000] [--seed 1]
 
 Prints a table and saves it under bench/results/.
 """
@@ -39,8 +39,8 @@ from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
 
 RESULTS = Path(__file__).parent / "results"
-BAD_MIX = ["wrong", "wrong", "flaky", "flaky", "flaky", "lazy", "lazy", "cartel", "cartel",
-           "forger", "claimer"]  # fmt: skip
+BAD_MIX = ["wrong", "wrong", "flaky", "flaky", "lazy", "lazy", "cartel", "cartel", "forger",
+           "claimer"]  # fmt: skip
 CORRECT = b"the right answer"
 
 
@@ -233,9 +233,9 @@ def honest_overhead(nodes: int, tasks: int, seed: int) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
-    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--honest-nodes", type=int, default=10)
-    parser.add_argument("--honest-tasks", type=int, default=30_000)
+    parser.add_argument("--honest-tasks", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # quarantines are counted, not logged

@@ -356,3 +356,20 @@ def test_a_right_answer_to_a_known_answer_task_is_paid_and_earns_trust(tmp_path:
     )
     assert validation.method == common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
     assert app.ledger.check().balanced
+
+
+def test_a_held_result_is_accepted_unchecked_when_the_checkers_leave(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    a, b = nodes(app, "o1", "o2")
+    job_id = submit(app, 1)
+    run(a)
+    app.intake.settle_stranded()  # b could still check it: nothing happens
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    app.scheduler.disconnect(b.id, b.sink)
+    app.intake.settle_stranded()
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    [task] = app.store.list_tasks(job_id)
+    v = verify_countersignature(common_pb2.Receipt.FromString(task.receipt), app.signer.public_key)
+    assert v.method == common_pb2.VALIDATION_METHOD_UNCHECKED and "left" in v.detail
+    assert credit_of(app, a) == 1 and app.ledger.check().balanced

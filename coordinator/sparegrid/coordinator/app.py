@@ -203,10 +203,14 @@ class App:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
             try:
-                await self.call(self.scheduler.reap)
+                await self.call(self._reap)
             except Exception:
                 log.exception("reaping expired leases failed")
             self.kick()
+
+    def _reap(self) -> None:
+        self.scheduler.reap()
+        self.intake.settle_stranded()
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()

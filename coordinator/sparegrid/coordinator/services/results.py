@@ -203,6 +203,16 @@ class Intake:
 
         return read
 
+    def settle_stranded(self) -> None:
+        """Adaptive tasks held for a check that no online node can run: accepted unchecked."""
+        sched = self.scheduler
+        with self.store.transaction():
+            settled = self.settlement.settle_stranded()
+        for active in settled.finished:
+            sched.finish(active)
+        if settled.jobs:
+            sched.on_change(settled.jobs)
+
     def strike(self, node_id: str, reason: str) -> None:
         """A node sent something only a broken or dishonest node sends."""
         self.settlement.verifier.reputations.invalid(node_id, reason)

@@ -5,6 +5,7 @@ Intake hands over each result that passed its checks (signature, lease, inputs, 
 digests); what happens next depends on the job's verification policy (verification.py).
 """
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -90,9 +91,12 @@ class Settlement:
             store.add_replicas([replica])
             sched.hold_replica(active, replica)
             results = active.replicas.get(c.task.id, [])
-            others = sched.others_online(active, active.excluded.get(c.task.id, set()))
+            excluded = active.excluded.get(c.task.id, set())
             known = self.canaries.known.get(c.task.id)
-            decision = self.verifier.decide(active.job, c.task, results, read, others, known)
+            decision = self.verifier.decide(
+                active.job, c.task, results, read,
+                functools.partial(sched.others_online, active, excluded), known,
+            )  # fmt: skip
             touched[c.task.id] = c.task
             out.jobs.add(active.job.id)
             self._apply(active, c, decision, out)
@@ -175,6 +179,32 @@ class Settlement:
         active.open_tasks -= 1
         active.succeeded += 1
         sched.forget_replicas(active, task.id)
+
+    def settle_stranded(self) -> Settled:
+        """Accepts, unchecked, the held result of each adaptive task waiting for a node of
+        another owner when no such node is online any more (it left after the task was
+        held), so a job never waits for a check nobody can run."""
+        sched, out = self.scheduler, Settled()
+        for active in list(sched.jobs.values()):
+            if active.job.replicas != 0:
+                continue
+            for task in [t for t in active.queue if len(active.replicas.get(t.id, [])) == 1]:
+                if sched.others_online(active, active.excluded.get(task.id, set())):
+                    continue
+                detail = "unchecked: the nodes of other owners left before checking it"
+                decision = Decision(
+                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail,
+                    [active.replicas[task.id][0]],
+                )  # fmt: skip
+                self._drop_from_queue(active, task)
+                self._accept(active, task, decision)
+                self.store.update_tasks([task])
+                out.jobs.add(active.job.id)
+                if active.open_tasks == 0:
+                    out.finished.append(active)
+        for job_id in out.jobs:
+            self.store.update_job(sched.jobs[job_id].job)
+        return out
 
     def reject(self, losers: list[Replica], reason: str) -> None:
         """Outvoted results: their attempts become REJECTED, their nodes take a strike."""

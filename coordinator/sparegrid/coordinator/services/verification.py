@@ -16,6 +16,7 @@ Agreement counts owners, not nodes: two results of one owner never make a quorum
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -77,7 +78,7 @@ class Verifier:
         task: Task,
         results: list[Replica],
         read: Reader,
-        others_online: bool,
+        others_online: Callable[[], bool],
         known: list[FileRef] | None = None,
     ) -> Decision:
         """`results`: the task's pending results, the newest last; `others_online`: whether
@@ -103,7 +104,7 @@ class Verifier:
                 return Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_TRUSTED, detail, [new]
                 )
-            if not others_online:
+            if not others_online():
                 detail = "unchecked: no node of another owner was online to cross-check it"
                 return Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [new]
