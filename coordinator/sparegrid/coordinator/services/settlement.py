@@ -191,7 +191,7 @@ class Settlement:
             for task in [t for t in active.queue if len(active.replicas.get(t.id, [])) == 1]:
                 if sched.others_online(active, active.excluded.get(task.id, set())):
                     continue
-                detail = "unchecked: the nodes of other owners left before checking it"
+                detail = "the nodes of other owners left before checking it"
                 decision = Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail,
                     [active.replicas[task.id][0]],
@@ -244,4 +244,4 @@ def _reason(decision: Decision) -> str:
         common_pb2.VALIDATION_METHOD_SINGLE: "single result",
         common_pb2.VALIDATION_METHOD_KNOWN_ANSWER: "known answer",
     }
-    return f"validated result ({names.get(decision.method, 'accepted')}: {decision.detail})"
+    return f"validated result ({names.get(decision.method, 'accepted')}): {decision.detail}"

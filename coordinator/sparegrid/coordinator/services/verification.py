@@ -105,7 +105,7 @@ class Verifier:
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_TRUSTED, detail, [new]
                 )
             if not others_online():
-                detail = "unchecked: no node of another owner was online to cross-check it"
+                detail = "no node of another owner was online to cross-check it"
                 return Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [new]
                 )
