@@ -7,7 +7,9 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Account, Attempt, Device, Node, Task
+from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import Verdict
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.v1 import common_pb2
@@ -44,6 +46,7 @@ class FakeNode:
         name: str,
         kinds: tuple[str, ...] = ("echo", "checksum"),
         device: Device | None = None,
+        owner: str = "",
     ) -> None:
         self.app = app
         self.signer = Signer.generate()
@@ -55,6 +58,7 @@ class FakeNode:
             name=name,
             devices=[device or Device(index=0, kind="cpu", name="test cpu", memory_bytes=1 << 30)],
             executors={k: "1" for k in kinds},
+            owner=owner,
         )
 
     def connect(
@@ -92,9 +96,16 @@ class FakeNode:
         return self.app.intake.results(self.id, statements, signature, {sha256_hex(output): output})
 
 
+# No cross-checks: the adaptive policy accepts every first result. For tests of leasing
+# and results intake; the verification tests pass a TrustConfig of their own.
+NO_CHECKS = TrustConfig(warmup=0, floor=0.0)
+
+
 def make_app(tmp_path: Path, **settings: object) -> App:
+    settings.setdefault("trust", NO_CHECKS)
+    settings.setdefault("canaries", CanaryConfig(rate=0.0))
     app = App(MemoryStore(), Settings(data_dir=tmp_path, **settings), clock=FakeClock())  # type: ignore[arg-type]
-    app.scheduler.load()
+    app.start_services()
     return app
 
 

@@ -49,10 +49,12 @@ def test_checksum_job_end_to_end(cluster, tmp_path: Path) -> None:
         r.verify()
         lo, hi = r.index * len(data) // 20, (r.index + 1) * len(data) // 20
         assert r.output("sha256").decode() == hashlib.sha256(data[lo:hi]).hexdigest()
+    assert job.verify().passed  # node signatures and the coordinator's countersignatures
     nodes = admin.nodes()
-    assert sum(n.tasks_succeeded for n in nodes) == 20
-    assert sum(n.credit for n in nodes) == 20
-    assert client.account().balance == 1000 - 20
+    # two new nodes of two owners: the adaptive policy cross-checks every result of each
+    assert sum(n.tasks_succeeded for n in nodes) == 40
+    assert sum(n.credit for n in nodes) == 40 == job.refresh().cost_spent
+    assert client.account().balance == 1000 - 40
     assert admin.ledger_check().balanced
 
 
@@ -84,8 +86,11 @@ def test_coordinator_killed_and_restarted_loses_nothing(cluster) -> None:
     assert {r.index for r in results} == set(range(60))
     for r in results:
         r.verify()
-    assert sum(n.credit for n in admin.nodes()) == 60
-    assert client.account().balance == 1000 - 60
+    assert job.verify().passed
+    spent = job.refresh().cost_spent
+    assert 60 < spent <= 120  # new nodes: most results were cross-checked, each check paid
+    assert sum(n.credit for n in admin.nodes()) == spent
+    assert client.account().balance == 1000 - spent
     report = admin.ledger_check()
     assert report.balanced, report.problems
 

@@ -14,11 +14,17 @@ from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
-from sparegrid.coordinator.services.jobs import Jobs, JobsConfig
+from sparegrid.coordinator.services.canaries import Canaries, CanaryConfig
+from sparegrid.coordinator.services.comparators import Comparators
+from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
 from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
+from sparegrid.coordinator.services.settlement import Settlement
+from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.store.base import Store
+from sparegrid.wire import Signer
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -43,8 +49,24 @@ class Settings:
     reconnect_grace_seconds: float = 10.0
     reap_interval_seconds: float = 1.0
     max_blob_size: int = 16 << 30
-    prices: dict[str, int] = field(default_factory=lambda: {"echo": 1, "checksum": 1})
+    # credit per work units, by kind: an echo task is 1 unit, a checksum 1 per byte, an
+    # inference shard 1 per GFLOP of its program over its samples
+    prices: dict[str, Price] = field(
+        default_factory=lambda: {
+            "echo": Price(1),
+            "checksum": Price(1, 1 << 20),
+            "inference": Price(1, 100),
+        }
+    )
     default_max_attempts: int = 3
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
+
+    @property
+    def key_path(self) -> Path:
+        """The coordinator's Ed25519 key, which countersigns accepted results. Several
+        coordinators over one database share it."""
+        return self.data_dir / "coordinator.key"
 
 
 class App:
@@ -57,6 +79,8 @@ class App:
         self.blobs = BlobStore(settings.data_dir / "blobs", settings.max_blob_size)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
+        self.signer = Signer.load_or_create(settings.key_path)
+        self.reputations = Reputations(store, self.clock, settings.trust)
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -66,8 +90,15 @@ class App:
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
             ),
             on_change=self._changed,
+            blocked=self.reputations.blocked,
         )
-        self.intake = Intake(self.scheduler, self.blobs)
+        self.verifier = Verifier(self.reputations, Comparators())
+        self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
+        self.intake = Intake(
+            self.scheduler,
+            self.blobs,
+            Settlement(self.scheduler, self.verifier, self.signer, self.canaries),
+        )
         self.jobs = Jobs(
             store,
             self.ledger,
@@ -86,8 +117,14 @@ class App:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start_services(self) -> None:
+        """Loads what the services keep in memory from the store (no background work)."""
+        self.reputations.load()
         self.scheduler.load()
+        self.canaries.load()
+
+    def start(self) -> None:
+        self.start_services()
         self._tasks.append(asyncio.create_task(self._reaper()))
 
     async def stop(self) -> None:
@@ -144,7 +181,9 @@ class App:
                     self.scheduler.dispatch()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
+            self.reputations.load()
             self.scheduler.resync()
+            self.canaries.load()
             for sink in self.sinks:  # workers reconnect and grant their credit afresh
                 sink.discard()
                 sink.close()
@@ -169,10 +208,14 @@ class App:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
             try:
-                await self.call(self.scheduler.reap)
+                await self.call(self._reap)
             except Exception:
                 log.exception("reaping expired leases failed")
             self.kick()
+
+    def _reap(self) -> None:
+        self.scheduler.reap()
+        self.intake.settle_stranded()
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()

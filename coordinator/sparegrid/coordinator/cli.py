@@ -10,6 +10,8 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.canaries import CanaryConfig
+from sparegrid.coordinator.services.jobs import parse_price
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store
 
@@ -56,8 +58,16 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--price",
         action="append",
         default=[],
-        metavar="KIND=CREDIT",
-        help="credit per task of a job kind (repeatable); default 1 for each kind",
+        metavar="KIND=CREDIT[/UNITS]",
+        help="credit per UNITS work units of a job kind (repeatable; bytes for checksum, "
+        "1 per echo task); default: echo=1, checksum=1/1048576, others 1",
+    )
+    serve.add_argument(
+        "--canary-rate",
+        type=float,
+        default=0.02,
+        metavar="SHARE",
+        help="share of cross-checked results re-issued as known-answer tasks [%(default)s]",
     )
     serve.add_argument(
         "--log-level",
@@ -83,12 +93,18 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_seconds=args.lease,
         reconnect_grace_seconds=args.reconnect_grace,
         max_blob_size=args.max_blob_size,
+        canaries=CanaryConfig(rate=args.canary_rate),
     )
+    if not 0.0 <= args.canary_rate <= 1.0:
+        raise SystemExit(f"error: --canary-rate is a share from 0 to 1, got {args.canary_rate}")
     for item in args.price:
         kind, _, value = item.partition("=")
-        if not value.isdigit():
-            raise SystemExit(f"error: --price takes KIND=CREDIT, got {item!r}")
-        settings.prices[kind] = int(value)
+        try:
+            settings.prices[kind] = parse_price(value)
+        except ValueError as exc:
+            raise SystemExit(
+                f"error: --price takes KIND=CREDIT[/UNITS], got {item!r}: {exc}"
+            ) from None
     return settings
 
 
@@ -142,6 +158,10 @@ async def serve(args: argparse.Namespace) -> None:
     address = f"{host}:{port}"
     if key_file.exists():
         _write_secret(_user_key_file(host, port), key_file.read_text().strip())
+    # local clients verify countersigned receipts against this key (pinned, as on first use)
+    pin = _user_key_file(host, port).parent.parent / "coordinators" / f"{host}_{port}.pub"
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text(app.signer.public_key.hex() + "\n")
     (args.data_dir / "coordinator.addr").write_text(address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",

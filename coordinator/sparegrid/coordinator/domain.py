@@ -76,7 +76,9 @@ class Job:
     inputs: dict[str, str]
     requirements: Requirements
     max_attempts: int
-    price_per_task: int
+    # what a task costs: price_credit credit per price_units work units (rounded up)
+    price_credit: int
+    price_units: int
     task_count: int
     state: JobState = JobState.QUEUED
     cost_held: int = 0
@@ -85,6 +87,19 @@ class Job:
     created_at: float = 0.0
     finished_at: float | None = None
     idempotency_key: str = ""
+    # verification policy: replicas=0 means the adaptive default; else `quorum` of
+    # `replicas` results from nodes of different owners must agree
+    replicas: int = 0
+    quorum: int = 0
+
+    def task_cost(self, work: int) -> int:
+        """Credit one validated result of a task of `work` units earns (and costs)."""
+        return max(1, -(-work * self.price_credit // self.price_units))
+
+    @property
+    def max_paid_results(self) -> int:
+        """Agreeing results paid per task at most: what the escrow must cover."""
+        return self.replicas if self.replicas else 2
 
 
 @dataclass
@@ -100,6 +115,7 @@ class Task:
     outputs: list[FileRef] = field(default_factory=list)
     receipt: bytes = b""  # serialised sparegrid.v1.Receipt of the accepted result
     error: str = ""
+    work: int = 1  # credit units, from the job kind's plan
 
 
 @dataclass
@@ -141,6 +157,54 @@ class Node:
     last_seen: float = 0.0
     tasks_succeeded: int = 0
     tasks_failed: int = 0
+    # who runs the node: an account name proven at connect, or "node:<id>" when none
+    owner: str = ""
+
+
+def owner_of(node: Node) -> str:
+    """Who answers for a node: its proven owner account, else the node alone."""
+    return node.owner or f"node:{node.id}"
+
+
+class Standing(StrEnum):
+    ACTIVE = "active"
+    QUARANTINED = "quarantined"  # too many invalid results: no work until reinstated
+    BANNED = "banned"  # by the operator
+
+
+@dataclass
+class Reputation:
+    """What the coordinator has learnt about a node's results."""
+
+    node_id: str
+    streak: int = 0  # consecutive results validated by comparison
+    validated: int = 0
+    invalid: int = 0
+    strikes: int = 0  # invalid results not yet forgiven; quarantine at the limit
+    standing: Standing = Standing.ACTIVE
+    reason: str = ""
+    updated_at: float = 0.0
+
+
+class ReplicaState(StrEnum):
+    PENDING = "pending"  # waiting for results to compare it with
+    VALID = "valid"
+    INVALID = "invalid"
+
+
+@dataclass
+class Replica:
+    """One node's result for a task, kept until the task's verification decides."""
+
+    attempt_id: str
+    task_id: str
+    job_id: str
+    node_id: str
+    owner: str
+    outputs: list[FileRef]
+    receipt: bytes  # the worker's receipt, without countersignature
+    state: ReplicaState = ReplicaState.PENDING
+    created_at: float = 0.0
 
 
 @dataclass

@@ -11,7 +11,12 @@ _JOB: dict[JobState, set[JobState]] = {
 }
 
 _TASK: dict[TaskState, set[TaskState]] = {
-    TaskState.QUEUED: {TaskState.LEASED, TaskState.SUCCEEDED, TaskState.CANCELLED},
+    TaskState.QUEUED: {
+        TaskState.LEASED,
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,  # a late result ended its verification without agreement
+        TaskState.CANCELLED,
+    },
     # back to QUEUED when a lease expires or an attempt fails with retries left
     TaskState.LEASED: {
         TaskState.QUEUED,
@@ -34,7 +39,8 @@ _ATTEMPT: dict[AttemptState, set[AttemptState]] = {
     },
     # a late result for an expired lease still counts if the task is not done yet
     AttemptState.EXPIRED: {AttemptState.SUCCEEDED, AttemptState.CANCELLED},
-    AttemptState.SUCCEEDED: set(),
+    # a result held for comparison that its replicas then outvoted
+    AttemptState.SUCCEEDED: {AttemptState.REJECTED},
     AttemptState.FAILED: set(),
     AttemptState.CANCELLED: set(),
     AttemptState.REJECTED: set(),

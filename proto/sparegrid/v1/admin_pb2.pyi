@@ -40,6 +40,25 @@ NODE_STATE_OFFLINE: NodeState.ValueType  # 2
 NODE_STATE_DRAINING: NodeState.ValueType  # 3
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
+class _NodeStanding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeStandingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeStanding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_STANDING_UNSPECIFIED: _NodeStanding.ValueType  # 0
+    NODE_STANDING_ACTIVE: _NodeStanding.ValueType  # 1
+    NODE_STANDING_QUARANTINED: _NodeStanding.ValueType  # 2
+    NODE_STANDING_BANNED: _NodeStanding.ValueType  # 3
+
+class NodeStanding(_NodeStanding, metaclass=_NodeStandingEnumTypeWrapper): ...
+
+NODE_STANDING_UNSPECIFIED: NodeStanding.ValueType  # 0
+NODE_STANDING_ACTIVE: NodeStanding.ValueType  # 1
+NODE_STANDING_QUARANTINED: NodeStanding.ValueType  # 2
+NODE_STANDING_BANNED: NodeStanding.ValueType  # 3
+Global___NodeStanding: _TypeAlias = NodeStanding  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -234,12 +253,32 @@ class Node(_message.Message):
     CREDIT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     SOFTWARE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    STANDING_FIELD_NUMBER: _builtins.int
+    STANDING_REASON_FIELD_NUMBER: _builtins.int
+    STREAK_FIELD_NUMBER: _builtins.int
+    VALIDATED_FIELD_NUMBER: _builtins.int
+    INVALID_FIELD_NUMBER: _builtins.int
+    STRIKES_FIELD_NUMBER: _builtins.int
+    CHECK_RATE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     state: Global___NodeState.ValueType
     tasks_succeeded: _builtins.int
     tasks_failed: _builtins.int
     credit: _builtins.int
+    owner: _builtins.str
+    """account name, or "node:<id>" for a node without one"""
+    standing: Global___NodeStanding.ValueType
+    standing_reason: _builtins.str
+    """why it is quarantined or banned"""
+    streak: _builtins.int
+    """consecutive results validated by comparison"""
+    validated: _builtins.int
+    invalid: _builtins.int
+    strikes: _builtins.int
+    check_rate: _builtins.float
+    """share of its results the adaptive policy cross-checks"""
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]: ...
     @_builtins.property
@@ -258,14 +297,106 @@ class Node(_message.Message):
         credit: _builtins.int = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         software: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        owner: _builtins.str = ...,
+        standing: Global___NodeStanding.ValueType = ...,
+        standing_reason: _builtins.str = ...,
+        streak: _builtins.int = ...,
+        validated: _builtins.int = ...,
+        invalid: _builtins.int = ...,
+        strikes: _builtins.int = ...,
+        check_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "devices", b"devices", "last_seen", b"last_seen", "name", b"name", "node_id", b"node_id", "software", b"software", "state", b"state", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_rate", b"check_rate", "credit", b"credit", "devices", b"devices", "invalid", b"invalid", "last_seen", b"last_seen", "name", b"name", "node_id", b"node_id", "owner", b"owner", "software", b"software", "standing", b"standing", "standing_reason", b"standing_reason", "state", b"state", "streak", b"streak", "strikes", b"strikes", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "validated", b"validated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class BanNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BanNodeRequest: _TypeAlias = BanNodeRequest  # noqa: Y015
+
+@_typing.final
+class BanNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BanNodeResponse: _TypeAlias = BanNodeResponse  # noqa: Y015
+
+@_typing.final
+class ReinstateNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateNodeRequest: _TypeAlias = ReinstateNodeRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateNodeResponse: _TypeAlias = ReinstateNodeResponse  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):

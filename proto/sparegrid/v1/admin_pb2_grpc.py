@@ -64,6 +64,16 @@ class AdminServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.BanNode = channel.unary_unary(
+                '/sparegrid.v1.AdminService/BanNode',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.BanNodeRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.BanNodeResponse.FromString,
+                _registered_method=True)
+        self.ReinstateNode = channel.unary_unary(
+                '/sparegrid.v1.AdminService/ReinstateNode',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -105,6 +115,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BanNode(self, request, context):
+        """A banned node gets no work until reinstated; reinstating also lifts a quarantine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +160,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'BanNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanNode,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.BanNodeRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.BanNodeResponse.SerializeToString,
+            ),
+            'ReinstateNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateNode,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +334,60 @@ class AdminService:
             '/sparegrid.v1.AdminService/ListLedgerEntries',
             sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
             sparegrid_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/BanNode',
+            sparegrid_dot_v1_dot_admin__pb2.BanNodeRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.BanNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/ReinstateNode',
+            sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

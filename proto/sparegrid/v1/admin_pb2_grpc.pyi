@@ -37,6 +37,9 @@ class AdminServiceStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]
     CheckLedger: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckLedgerRequest, _admin_pb2.CheckLedgerResponse]
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]
+    BanNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.BanNodeRequest, _admin_pb2.BanNodeResponse]
+    """A banned node gets no work until reinstated; reinstating also lifts a quarantine."""
+    ReinstateNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -47,6 +50,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     CheckLedger: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckLedgerRequest, _admin_pb2.CheckLedgerResponse]  # type: ignore[assignment]
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    BanNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.BanNodeRequest, _admin_pb2.BanNodeResponse]  # type: ignore[assignment]
+    """A banned node gets no work until reinstated; reinstating also lifts a quarantine."""
+    ReinstateNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +96,20 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListLedgerEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_admin_pb2.ListLedgerEntriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BanNode(
+        self,
+        request: _admin_pb2.BanNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.BanNodeResponse, _abc.Awaitable[_admin_pb2.BanNodeResponse]]:
+        """A banned node gets no work until reinstated; reinstating also lifts a quarantine."""
+
+    @_abc_1.abstractmethod
+    def ReinstateNode(
+        self,
+        request: _admin_pb2.ReinstateNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReinstateNodeResponse, _abc.Awaitable[_admin_pb2.ReinstateNodeResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

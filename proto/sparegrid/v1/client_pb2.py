@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sparegrid.v1 import common_pb2 as sparegrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sparegrid/v1/client.proto\x12\x0csparegrid.v1\x1a\x19sparegrid/v1/common.proto\"\x10\n\x0eGetInfoRequest\"H\n\x0bJobKindInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x16\n\x0eprice_per_task\x18\x03 \x01(\x03\"c\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05kinds\x18\x02 \x03(\x0b\x32\x19.sparegrid.v1.JobKindInfo\x12\x15\n\rmax_blob_size\x18\x03 \x01(\x04\"\x13\n\x11GetAccountRequest\"E\n\x12GetAccountResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"\xdf\x01\n\x07JobSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06params\x18\x03 \x01(\x0c\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.sparegrid.v1.JobSpec.InputsEntry\x12\x30\n\x0crequirements\x18\x05 \x01(\x0b\x32\x1a.sparegrid.v1.Requirements\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\r\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"3\n\x11SubmitJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.sparegrid.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"\xc1\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.sparegrid.v1.TaskState\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.sparegrid.v1.OutputRef\x12&\n\x07receipt\x18\x06 \x01(\x0b\x32\x15.sparegrid.v1.Receipt\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x43\n\x0einline_outputs\x18\x08 \x03(\x0b\x32+.sparegrid.v1.TaskResult.InlineOutputsEntry\x1a\x34\n\x12InlineOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"M\n\x14GetJobResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15GetJobResultsResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.sparegrid.v1.TaskResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfb\x04\n\rClientService\x12\x46\n\x07GetInfo\x12\x1c.sparegrid.v1.GetInfoRequest\x1a\x1d.sparegrid.v1.GetInfoResponse\x12O\n\nGetAccount\x12\x1f.sparegrid.v1.GetAccountRequest\x1a .sparegrid.v1.GetAccountResponse\x12L\n\tSubmitJob\x12\x1e.sparegrid.v1.SubmitJobRequest\x1a\x1f.sparegrid.v1.SubmitJobResponse\x12\x43\n\x06GetJob\x12\x1b.sparegrid.v1.GetJobRequest\x1a\x1c.sparegrid.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.sparegrid.v1.ListJobsRequest\x1a\x1e.sparegrid.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.sparegrid.v1.CancelJobRequest\x1a\x1f.sparegrid.v1.CancelJobResponse\x12K\n\x08WatchJob\x12\x1d.sparegrid.v1.WatchJobRequest\x1a\x1e.sparegrid.v1.WatchJobResponse0\x01\x12X\n\rGetJobResults\x12\".sparegrid.v1.GetJobResultsRequest\x1a#.sparegrid.v1.GetJobResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sparegrid/v1/client.proto\x12\x0csparegrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sparegrid/v1/common.proto\"\x10\n\x0eGetInfoRequest\"t\n\x0bJobKindInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cprice_credit\x18\x04 \x01(\x03\x12\x13\n\x0bprice_units\x18\x05 \x01(\x04\x12\x11\n\twork_unit\x18\x06 \x01(\tJ\x04\x08\x03\x10\x04\"\x83\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05kinds\x18\x02 \x03(\x0b\x32\x19.sparegrid.v1.JobKindInfo\x12\x15\n\rmax_blob_size\x18\x03 \x01(\x04\x12\x1e\n\x16\x63oordinator_public_key\x18\x04 \x01(\x0c\"\x13\n\x11GetAccountRequest\"E\n\x12GetAccountResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"\x81\x02\n\x07JobSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06params\x18\x03 \x01(\x0c\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.sparegrid.v1.JobSpec.InputsEntry\x12\x30\n\x0crequirements\x18\x05 \x01(\x0b\x32\x1a.sparegrid.v1.Requirements\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\r\x12\x10\n\x08replicas\x18\x07 \x01(\r\x12\x0e\n\x06quorum\x18\x08 \x01(\r\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"3\n\x11SubmitJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.sparegrid.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.sparegrid.v1.Job\"\xc1\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.sparegrid.v1.TaskState\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.sparegrid.v1.OutputRef\x12&\n\x07receipt\x18\x06 \x01(\x0b\x32\x15.sparegrid.v1.Receipt\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x43\n\x0einline_outputs\x18\x08 \x03(\x0b\x32+.sparegrid.v1.TaskResult.InlineOutputsEntry\x1a\x34\n\x12InlineOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"M\n\x14GetJobResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15GetJobResultsResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.sparegrid.v1.TaskResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x14GetNodeCreditRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\x96\x01\n\x0b\x43reditEntry\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x15GetNodeCreditResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12*\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x19.sparegrid.v1.CreditEntry\x12\x10\n\x08standing\x18\x05 \x01(\t\x12\x17\n\x0fstanding_reason\x18\x06 \x01(\t\x12\x11\n\tvalidated\x18\x07 \x01(\x04\x12\x0f\n\x07invalid\x18\x08 \x01(\x04\x32\xd5\x05\n\rClientService\x12\x46\n\x07GetInfo\x12\x1c.sparegrid.v1.GetInfoRequest\x1a\x1d.sparegrid.v1.GetInfoResponse\x12O\n\nGetAccount\x12\x1f.sparegrid.v1.GetAccountRequest\x1a .sparegrid.v1.GetAccountResponse\x12L\n\tSubmitJob\x12\x1e.sparegrid.v1.SubmitJobRequest\x1a\x1f.sparegrid.v1.SubmitJobResponse\x12\x43\n\x06GetJob\x12\x1b.sparegrid.v1.GetJobRequest\x1a\x1c.sparegrid.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.sparegrid.v1.ListJobsRequest\x1a\x1e.sparegrid.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.sparegrid.v1.CancelJobRequest\x1a\x1f.sparegrid.v1.CancelJobResponse\x12K\n\x08WatchJob\x12\x1d.sparegrid.v1.WatchJobRequest\x1a\x1e.sparegrid.v1.WatchJobResponse0\x01\x12X\n\rGetJobResults\x12\".sparegrid.v1.GetJobResultsRequest\x1a#.sparegrid.v1.GetJobResultsResponse\x12X\n\rGetNodeCredit\x12\".sparegrid.v1.GetNodeCreditRequest\x1a#.sparegrid.v1.GetNodeCreditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,48 +37,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._loaded_options = None
   _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_GETINFOREQUEST']._serialized_start=70
-  _globals['_GETINFOREQUEST']._serialized_end=86
-  _globals['_JOBKINDINFO']._serialized_start=88
-  _globals['_JOBKINDINFO']._serialized_end=160
-  _globals['_GETINFORESPONSE']._serialized_start=162
-  _globals['_GETINFORESPONSE']._serialized_end=261
-  _globals['_GETACCOUNTREQUEST']._serialized_start=263
-  _globals['_GETACCOUNTREQUEST']._serialized_end=282
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=284
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=353
-  _globals['_JOBSPEC']._serialized_start=356
-  _globals['_JOBSPEC']._serialized_end=579
-  _globals['_JOBSPEC_INPUTSENTRY']._serialized_start=534
-  _globals['_JOBSPEC_INPUTSENTRY']._serialized_end=579
-  _globals['_SUBMITJOBREQUEST']._serialized_start=581
-  _globals['_SUBMITJOBREQUEST']._serialized_end=661
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=663
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=714
-  _globals['_GETJOBREQUEST']._serialized_start=716
-  _globals['_GETJOBREQUEST']._serialized_end=747
-  _globals['_GETJOBRESPONSE']._serialized_start=749
-  _globals['_GETJOBRESPONSE']._serialized_end=797
-  _globals['_LISTJOBSREQUEST']._serialized_start=799
-  _globals['_LISTJOBSREQUEST']._serialized_end=831
-  _globals['_LISTJOBSRESPONSE']._serialized_start=833
-  _globals['_LISTJOBSRESPONSE']._serialized_end=884
-  _globals['_CANCELJOBREQUEST']._serialized_start=886
-  _globals['_CANCELJOBREQUEST']._serialized_end=920
-  _globals['_CANCELJOBRESPONSE']._serialized_start=922
-  _globals['_CANCELJOBRESPONSE']._serialized_end=973
-  _globals['_WATCHJOBREQUEST']._serialized_start=975
-  _globals['_WATCHJOBREQUEST']._serialized_end=1008
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1010
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1060
-  _globals['_TASKRESULT']._serialized_start=1063
-  _globals['_TASKRESULT']._serialized_end=1384
-  _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._serialized_start=1332
-  _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._serialized_end=1384
-  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1386
-  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1463
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1465
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=1556
-  _globals['_CLIENTSERVICE']._serialized_start=1559
-  _globals['_CLIENTSERVICE']._serialized_end=2194
+  _globals['_GETINFOREQUEST']._serialized_start=103
+  _globals['_GETINFOREQUEST']._serialized_end=119
+  _globals['_JOBKINDINFO']._serialized_start=121
+  _globals['_JOBKINDINFO']._serialized_end=237
+  _globals['_GETINFORESPONSE']._serialized_start=240
+  _globals['_GETINFORESPONSE']._serialized_end=371
+  _globals['_GETACCOUNTREQUEST']._serialized_start=373
+  _globals['_GETACCOUNTREQUEST']._serialized_end=392
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=394
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=463
+  _globals['_JOBSPEC']._serialized_start=466
+  _globals['_JOBSPEC']._serialized_end=723
+  _globals['_JOBSPEC_INPUTSENTRY']._serialized_start=678
+  _globals['_JOBSPEC_INPUTSENTRY']._serialized_end=723
+  _globals['_SUBMITJOBREQUEST']._serialized_start=725
+  _globals['_SUBMITJOBREQUEST']._serialized_end=805
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=807
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=858
+  _globals['_GETJOBREQUEST']._serialized_start=860
+  _globals['_GETJOBREQUEST']._serialized_end=891
+  _globals['_GETJOBRESPONSE']._serialized_start=893
+  _globals['_GETJOBRESPONSE']._serialized_end=941
+  _globals['_LISTJOBSREQUEST']._serialized_start=943
+  _globals['_LISTJOBSREQUEST']._serialized_end=975
+  _globals['_LISTJOBSRESPONSE']._serialized_start=977
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1028
+  _globals['_CANCELJOBREQUEST']._serialized_start=1030
+  _globals['_CANCELJOBREQUEST']._serialized_end=1064
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1066
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1117
+  _globals['_WATCHJOBREQUEST']._serialized_start=1119
+  _globals['_WATCHJOBREQUEST']._serialized_end=1152
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1154
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1204
+  _globals['_TASKRESULT']._serialized_start=1207
+  _globals['_TASKRESULT']._serialized_end=1528
+  _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._serialized_start=1476
+  _globals['_TASKRESULT_INLINEOUTPUTSENTRY']._serialized_end=1528
+  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1530
+  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1607
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1609
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=1700
+  _globals['_GETNODECREDITREQUEST']._serialized_start=1702
+  _globals['_GETNODECREDITREQUEST']._serialized_end=1756
+  _globals['_CREDITENTRY']._serialized_start=1759
+  _globals['_CREDITENTRY']._serialized_end=1909
+  _globals['_GETNODECREDITRESPONSE']._serialized_start=1912
+  _globals['_GETNODECREDITRESPONSE']._serialized_end=2107
+  _globals['_CLIENTSERVICE']._serialized_start=2110
+  _globals['_CLIENTSERVICE']._serialized_end=2835
 # @@protoc_insertion_point(module_scope)

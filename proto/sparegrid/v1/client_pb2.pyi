@@ -6,6 +6,7 @@ The service clients use to submit jobs and fetch results (API key in metadata)."
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sparegrid.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -40,20 +41,29 @@ class JobKindInfo(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
-    PRICE_PER_TASK_FIELD_NUMBER: _builtins.int
+    PRICE_CREDIT_FIELD_NUMBER: _builtins.int
+    PRICE_UNITS_FIELD_NUMBER: _builtins.int
+    WORK_UNIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
-    price_per_task: _builtins.int
+    price_credit: _builtins.int
+    """a task costs price_credit per price_units work units,"""
+    price_units: _builtins.int
+    """rounded up, at least 1, for each validated result"""
+    work_unit: _builtins.str
+    """what a work unit is for this kind ("byte", "FLOP", ...)"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
-        price_per_task: _builtins.int = ...,
+        price_credit: _builtins.int = ...,
+        price_units: _builtins.int = ...,
+        work_unit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "price_per_task", b"price_per_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "price_credit", b"price_credit", "price_units", b"price_units", "work_unit", b"work_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -66,8 +76,11 @@ class GetInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     MAX_BLOB_SIZE_FIELD_NUMBER: _builtins.int
+    COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     max_blob_size: _builtins.int
+    coordinator_public_key: _builtins.bytes
+    """Ed25519; countersigns every accepted result"""
     @_builtins.property
     def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobKindInfo]: ...
     def __init__(
@@ -76,10 +89,11 @@ class GetInfoResponse(_message.Message):
         version: _builtins.str = ...,
         kinds: _abc.Iterable[Global___JobKindInfo] | None = ...,
         max_blob_size: _builtins.int = ...,
+        coordinator_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "max_blob_size", b"max_blob_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_public_key", b"coordinator_public_key", "kinds", b"kinds", "max_blob_size", b"max_blob_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -155,12 +169,21 @@ class JobSpec(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     name: _builtins.str
     params: _builtins.bytes
     """a JSON object, checked by the job kind"""
     max_attempts: _builtins.int
     """0: the coordinator's default"""
+    replicas: _builtins.int
+    """Verification: 0 and 0 for the adaptive default; else `quorum` of `replicas` results,
+    from nodes of different owners, must agree (2 <= quorum <= replicas <= 10, and a
+    majority: 2 * quorum > replicas). Each agreeing result is paid, so a job costs up to
+    `replicas` times its work (2 times under the adaptive default).
+    """
+    quorum: _builtins.int
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """input name -> blob digest"""
@@ -176,10 +199,12 @@ class JobSpec(_message.Message):
         inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         requirements: _common_pb2.Requirements | None = ...,
         max_attempts: _builtins.int = ...,
+        replicas: _builtins.int = ...,
+        quorum: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "requirements", b"requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "quorum", b"quorum", "replicas", b"replicas", "requirements", b"requirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,3 +523,103 @@ class GetJobResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobResultsResponse: _TypeAlias = GetJobResultsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    limit: _builtins.int
+    """entries, newest first; 0: 100"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCreditRequest: _TypeAlias = GetNodeCreditRequest  # noqa: Y015
+
+@_typing.final
+class CreditEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    amount: _builtins.int
+    reason: _builtins.str
+    job_id: _builtins.str
+    task_id: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "job_id", b"job_id", "reason", b"reason", "task_id", b"task_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditEntry: _TypeAlias = CreditEntry  # noqa: Y015
+
+@_typing.final
+class GetNodeCreditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    STANDING_FIELD_NUMBER: _builtins.int
+    STANDING_REASON_FIELD_NUMBER: _builtins.int
+    VALIDATED_FIELD_NUMBER: _builtins.int
+    INVALID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    owner: _builtins.str
+    balance: _builtins.int
+    standing: _builtins.str
+    """active, quarantined or banned"""
+    standing_reason: _builtins.str
+    validated: _builtins.int
+    invalid: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditEntry]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        balance: _builtins.int = ...,
+        entries: _abc.Iterable[Global___CreditEntry] | None = ...,
+        standing: _builtins.str = ...,
+        standing_reason: _builtins.str = ...,
+        validated: _builtins.int = ...,
+        invalid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entries", b"entries", "invalid", b"invalid", "node_id", b"node_id", "owner", b"owner", "standing", b"standing", "standing_reason", b"standing_reason", "validated", b"validated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCreditResponse: _TypeAlias = GetNodeCreditResponse  # noqa: Y015

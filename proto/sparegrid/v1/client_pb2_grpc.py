@@ -74,6 +74,11 @@ class ClientServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_client__pb2.GetJobResultsRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_client__pb2.GetJobResultsResponse.FromString,
                 _registered_method=True)
+        self.GetNodeCredit = channel.unary_unary(
+                '/sparegrid.v1.ClientService/GetNodeCredit',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -128,6 +133,13 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeCredit(self, request, context):
+        """A node's credit and the entries that explain it, for the account that owns the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.GetJobResults,
                     request_deserializer=sparegrid_dot_v1_dot_client__pb2.GetJobResultsRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_client__pb2.GetJobResultsResponse.SerializeToString,
+            ),
+            'GetNodeCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeCredit,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class ClientService:
             '/sparegrid.v1.ClientService/GetJobResults',
             sparegrid_dot_v1_dot_client__pb2.GetJobResultsRequest.SerializeToString,
             sparegrid_dot_v1_dot_client__pb2.GetJobResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/GetNodeCredit',
+            sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,8 @@ class ClientServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_client_pb2.WatchJobRequest, _client_pb2.WatchJobResponse]
     """Pushes the job each time it changes, until it reaches a final state."""
     GetJobResults: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetJobResultsRequest, _client_pb2.GetJobResultsResponse]
+    GetNodeCredit: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetNodeCreditRequest, _client_pb2.GetNodeCreditResponse]
+    """A node's credit and the entries that explain it, for the account that owns the node."""
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -53,6 +55,8 @@ class ClientServiceAsyncStub(ClientServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_client_pb2.WatchJobRequest, _client_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Pushes the job each time it changes, until it reaches a final state."""
     GetJobResults: _aio.UnaryUnaryMultiCallable[_client_pb2.GetJobResultsRequest, _client_pb2.GetJobResultsResponse]  # type: ignore[assignment]
+    GetNodeCredit: _aio.UnaryUnaryMultiCallable[_client_pb2.GetNodeCreditRequest, _client_pb2.GetNodeCreditResponse]  # type: ignore[assignment]
+    """A node's credit and the entries that explain it, for the account that owns the node."""
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +115,13 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _client_pb2.GetJobResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.GetJobResultsResponse, _abc.Awaitable[_client_pb2.GetJobResultsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNodeCredit(
+        self,
+        request: _client_pb2.GetNodeCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.GetNodeCreditResponse, _abc.Awaitable[_client_pb2.GetNodeCreditResponse]]:
+        """A node's credit and the entries that explain it, for the account that owns the node."""
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -85,6 +85,44 @@ DEVICE_KIND_CPU: DeviceKind.ValueType  # 1
 DEVICE_KIND_CUDA: DeviceKind.ValueType  # 2
 Global___DeviceKind: _TypeAlias = DeviceKind  # noqa: Y015
 
+class _ValidationMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ValidationMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValidationMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VALIDATION_METHOD_UNSPECIFIED: _ValidationMethod.ValueType  # 0
+    VALIDATION_METHOD_QUORUM: _ValidationMethod.ValueType  # 1
+    """the job's replicas/quorum policy: m agreeing owners"""
+    VALIDATION_METHOD_CROSS_CHECKED: _ValidationMethod.ValueType  # 2
+    """adaptive: another owner's node agreed"""
+    VALIDATION_METHOD_TRUSTED: _ValidationMethod.ValueType  # 3
+    """adaptive: the node's record let it through unchecked"""
+    VALIDATION_METHOD_UNCHECKED: _ValidationMethod.ValueType  # 4
+    """adaptive: no node of another owner could check it"""
+    VALIDATION_METHOD_SINGLE: _ValidationMethod.ValueType  # 5
+    """jobs from before verification: one result"""
+    VALIDATION_METHOD_KNOWN_ANSWER: _ValidationMethod.ValueType  # 6
+    """matched the answer the coordinator knew"""
+
+class ValidationMethod(_ValidationMethod, metaclass=_ValidationMethodEnumTypeWrapper):
+    """How the coordinator came to accept a result."""
+
+VALIDATION_METHOD_UNSPECIFIED: ValidationMethod.ValueType  # 0
+VALIDATION_METHOD_QUORUM: ValidationMethod.ValueType  # 1
+"""the job's replicas/quorum policy: m agreeing owners"""
+VALIDATION_METHOD_CROSS_CHECKED: ValidationMethod.ValueType  # 2
+"""adaptive: another owner's node agreed"""
+VALIDATION_METHOD_TRUSTED: ValidationMethod.ValueType  # 3
+"""adaptive: the node's record let it through unchecked"""
+VALIDATION_METHOD_UNCHECKED: ValidationMethod.ValueType  # 4
+"""adaptive: no node of another owner could check it"""
+VALIDATION_METHOD_SINGLE: ValidationMethod.ValueType  # 5
+"""jobs from before verification: one result"""
+VALIDATION_METHOD_KNOWN_ANSWER: ValidationMethod.ValueType  # 6
+"""matched the answer the coordinator knew"""
+Global___ValidationMethod: _TypeAlias = ValidationMethod  # noqa: Y015
+
 @_typing.final
 class Device(_message.Message):
     """One compute device a worker offers; each device is one slot."""
@@ -315,9 +353,67 @@ class ResultStatement(_message.Message):
 Global___ResultStatement: _TypeAlias = ResultStatement  # noqa: Y015
 
 @_typing.final
+class Validation(_message.Message):
+    """The coordinator's word on one accepted result. It signs these exact bytes, with a
+    domain tag, so a client holding the coordinator's public key can check it offline.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    STATEMENT_DIGEST_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    AGREEING_NODES_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    VALIDATED_AT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    task_id: _builtins.str
+    attempt_id: _builtins.str
+    node_id: _builtins.str
+    statement_digest: _builtins.bytes
+    """SHA-256 of the receipt's statement bytes"""
+    method: Global___ValidationMethod.ValueType
+    detail: _builtins.str
+    """in words: "2 of 2 owners agreed", ..."""
+    credit: _builtins.int
+    """what this result earned its node"""
+    @_builtins.property
+    def agreeing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """every node whose result agreed, this one included"""
+
+    @_builtins.property
+    def validated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        statement_digest: _builtins.bytes = ...,
+        method: Global___ValidationMethod.ValueType = ...,
+        agreeing_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        detail: _builtins.str = ...,
+        credit: _builtins.int = ...,
+        validated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validated_at", b"validated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreeing_nodes", b"agreeing_nodes", "attempt_id", b"attempt_id", "credit", b"credit", "detail", b"detail", "job_id", b"job_id", "method", b"method", "node_id", b"node_id", "statement_digest", b"statement_digest", "task_id", b"task_id", "validated_at", b"validated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Validation: _TypeAlias = Validation  # noqa: Y015
+
+@_typing.final
 class Receipt(_message.Message):
     """Proof that a node signed a statement: the statement bytes, their Merkle path to the
-    batch root, and the node's Ed25519 signature over the domain-tagged root.
+    batch root, and the node's Ed25519 signature over the domain-tagged root; then the
+    coordinator's countersignature over a Validation of that statement.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -328,11 +424,16 @@ class Receipt(_message.Message):
     PROOF_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    COORDINATOR_SIGNATURE_FIELD_NUMBER: _builtins.int
     statement: _builtins.bytes
     leaf_index: _builtins.int
     leaf_count: _builtins.int
     signature: _builtins.bytes
     public_key: _builtins.bytes
+    validation: _builtins.bytes
+    """serialised Validation, exactly as signed"""
+    coordinator_signature: _builtins.bytes
     @_builtins.property
     def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
@@ -344,10 +445,12 @@ class Receipt(_message.Message):
         proof: _abc.Iterable[_builtins.bytes] | None = ...,
         signature: _builtins.bytes = ...,
         public_key: _builtins.bytes = ...,
+        validation: _builtins.bytes = ...,
+        coordinator_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "proof", b"proof", "public_key", b"public_key", "signature", b"signature", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_signature", b"coordinator_signature", "leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "proof", b"proof", "public_key", b"public_key", "signature", b"signature", "statement", b"statement", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,6 +505,8 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -412,6 +517,9 @@ class Job(_message.Message):
     """credit paid to nodes so far"""
     error: _builtins.str
     owner: _builtins.str
+    replicas: _builtins.int
+    """0: the adaptive policy"""
+    quorum: _builtins.int
     @_builtins.property
     def counts(self) -> Global___JobCounts: ...
     @_builtins.property
@@ -432,10 +540,12 @@ class Job(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        quorum: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "quorum", b"quorum", "replicas", b"replicas", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

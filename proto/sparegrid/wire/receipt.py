@@ -1,12 +1,20 @@
 """Signing result batches and checking the receipts cut from them."""
 
+import hashlib
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
 from sparegrid.v1 import common_pb2
 from sparegrid.wire.merkle import MerkleTree, merkle_root, root_from_proof
-from sparegrid.wire.signing import RESULT_BATCH_TAG, BadSignature, Signer, node_id_for, verify
+from sparegrid.wire.signing import (
+    RESULT_BATCH_TAG,
+    VALIDATION_TAG,
+    BadSignature,
+    Signer,
+    node_id_for,
+    verify,
+)
 
 
 def sign_batch(signer: Signer, statements: list[bytes]) -> bytes:
@@ -74,3 +82,41 @@ def verify_receipt(receipt: common_pb2.Receipt) -> VerifiedReceipt:
             f"statement names node {statement.node_id!r} but was signed by node {node_id!r}"
         )
     return VerifiedReceipt(node_id=node_id, statement=statement)
+
+
+def countersign(
+    signer: Signer, receipt: common_pb2.Receipt, validation: common_pb2.Validation
+) -> common_pb2.Receipt:
+    """A copy of the node's receipt with the coordinator's signed Validation added.
+
+    The validation's statement digest is set here, from the receipt's statement bytes.
+    """
+    validation.statement_digest = hashlib.sha256(receipt.statement).digest()
+    signed = common_pb2.Receipt()
+    signed.CopyFrom(receipt)
+    signed.validation = validation.SerializeToString()
+    signed.coordinator_signature = signer.sign(VALIDATION_TAG, signed.validation)
+    return signed
+
+
+def verify_countersignature(
+    receipt: common_pb2.Receipt, coordinator_key: bytes
+) -> common_pb2.Validation:
+    """Checks the coordinator's signature and that its Validation names this very
+    statement; returns the Validation. Raises BadSignature saying what failed."""
+    if not receipt.validation or not receipt.coordinator_signature:
+        raise BadSignature("receipt carries no coordinator countersignature")
+    try:
+        verify(coordinator_key, VALIDATION_TAG, receipt.validation, receipt.coordinator_signature)
+    except BadSignature as exc:
+        raise BadSignature(f"coordinator countersignature does not verify: {exc}") from exc
+    validation = common_pb2.Validation()
+    try:
+        validation.ParseFromString(receipt.validation)
+    except DecodeError as exc:
+        raise BadSignature(f"countersigned validation does not decode: {exc}") from exc
+    if validation.statement_digest != hashlib.sha256(receipt.statement).digest():
+        raise BadSignature("countersignature is for another result statement")
+    if validation.method == common_pb2.VALIDATION_METHOD_UNSPECIFIED:
+        raise BadSignature("countersigned validation states no method")
+    return validation

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 # can never be replayed as another.
 REGISTER_TAG = b"sparegrid/v1/register\x00"
 RESULT_BATCH_TAG = b"sparegrid/v1/result-batch\x00"
+# the coordinator's countersignature over a Validation of one result
+VALIDATION_TAG = b"sparegrid/v1/validation\x00"
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64

@@ -36,8 +36,21 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=credit_grant)
 
-    p = admin.add_parser("nodes", parents=parents, help="list worker nodes")
+    p = admin.add_parser(
+        "nodes", parents=parents, help="list worker nodes, their owners and standing"
+    )
     p.set_defaults(func=nodes)
+
+    node_group = admin.add_parser("node", help="ban or reinstate a node")
+    node = node_group.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    for name, func, text in (
+        ("ban", node_ban, "give a node no more work"),
+        ("reinstate", node_reinstate, "lift a ban or quarantine; strikes start from zero"),
+    ):
+        p = node.add_parser(name, parents=parents, help=text)
+        p.add_argument("node_id", metavar="NODE_ID", help="as `sparegrid admin nodes` lists it")
+        p.add_argument("--reason", default="", help="shown in `sparegrid admin nodes`")
+        p.set_defaults(func=func)
 
     ledgers = admin.add_parser("ledger", help="check and list the credit ledger")
     ledger = ledgers.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
@@ -81,20 +94,43 @@ def credit_grant(args: argparse.Namespace) -> int:
 
 
 def nodes_table(items: list[Node]) -> Any:
-    t = output.table("node", "name", "devices", "state", "done", "failed", "credit", "last seen")
+    t = output.table(
+        "node", "name", "owner", "devices", "state", "done", "failed", "valid", "invalid",
+        "checked", "credit", "standing", "last seen",
+    )  # fmt: skip
     for n in items:
         devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
+        standing = n.standing if n.standing == "active" else f"{n.standing}: {n.standing_reason}"
         t.add_row(
             n.node_id,
             Text(n.name),
+            Text(n.owner or "-"),
             Text(devices),
             n.state,
             str(n.tasks_succeeded),
             str(n.tasks_failed),
+            str(n.validated),
+            str(n.invalid),
+            f"{n.check_rate:.0%}",
             str(n.credit),
+            Text(standing),
             output.ago(n.last_seen),
         )
     return t
+
+
+def node_ban(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        node = admin.ban_node(args.node_id, args.reason)
+    print(f"node {node.node_id} is {node.standing}: {node.standing_reason}")
+    return 0
+
+
+def node_reinstate(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        node = admin.reinstate_node(args.node_id, args.reason)
+    print(f"node {node.node_id} is {node.standing}: {node.standing_reason}")
+    return 0
 
 
 def nodes(args: argparse.Namespace) -> int:

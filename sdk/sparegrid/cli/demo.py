@@ -22,7 +22,7 @@ from sparegrid.cli import output
 from sparegrid.cli.admin import nodes_table
 from sparegrid.cli.procs import DemoError, Processes, child_env
 from sparegrid.sdk import AdminClient, Client, Job, JobState, SparegridError
-from sparegrid.sdk.config import Connection
+from sparegrid.sdk.config import ENV_COORDINATOR_KEY, Connection
 from sparegrid.sdk.retry import RetryPolicy
 
 INPUT_SIZE = 8 * 1024 * 1024
@@ -76,6 +76,21 @@ class Demo:
 
     def run(self) -> None:
         admin_key = self.start_coordinator()
+        # the key the demo's coordinator pinned in the demo's private config home: the
+        # demo's clients check countersignatures against it, and pin nothing of their own
+        host, _, port = self.address.rpartition(":")
+        pin = self.root / "config" / "sparegrid" / "coordinators" / f"{host}_{port}.pub"
+        saved = os.environ.get(ENV_COORDINATOR_KEY)
+        os.environ[ENV_COORDINATOR_KEY] = pin.read_text().strip()
+        try:
+            self.run_jobs(admin_key)
+        finally:
+            if saved is None:
+                os.environ.pop(ENV_COORDINATOR_KEY, None)
+            else:
+                os.environ[ENV_COORDINATOR_KEY] = saved
+
+    def run_jobs(self, admin_key: str) -> None:
         with AdminClient(connection=Connection(self.address, admin_key), retry=RETRY) as admin:
             api_key = self.create_account(admin)
             self.start_workers(admin)

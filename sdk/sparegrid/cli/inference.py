@@ -49,6 +49,8 @@ def submit(client: Client, args: argparse.Namespace) -> Job:
         device=args.device,
         shard_batches=args.shard_batches,
         name=args.name,
+        replicas=args.replicas,
+        quorum=args.quorum,
     ).job
 
 

@@ -51,6 +51,17 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-attempts", type=int, default=0, metavar="N", help="tries per task (0: default)"
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run each task on K nodes of different owners (with --quorum; default: the "
+        "adaptive policy, which cross-checks new and unproven nodes)",
+    )
+    p.add_argument(
+        "--quorum", type=int, default=0, metavar="M", help="M of the K results must agree"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
@@ -164,7 +175,13 @@ def submit(args: argparse.Namespace) -> int:
         else:
             digests = {name: upload(client, name, path) for name, path in inputs.items()}
             job = client.submit(
-                args.kind, params, digests, name=args.name, max_attempts=args.max_attempts
+                args.kind,
+                params,
+                digests,
+                name=args.name,
+                max_attempts=args.max_attempts,
+                replicas=args.replicas,
+                quorum=args.quorum,
             )
         print(job.id, flush=True)
         output.note(
@@ -242,10 +259,10 @@ def write_outputs(
     return written
 
 
-def check(result: TaskResult) -> str | None:
-    """None when the receipt verifies, else why not."""
+def check(result: TaskResult, coordinator_key: bytes) -> str | None:
+    """None when the receipt and its countersignature verify, else why not."""
     try:
-        result.verify()
+        result.verify(coordinator_key=coordinator_key)
     except VerificationError as exc:
         return exc.message
     return None
@@ -256,7 +273,7 @@ def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str,
     problems: list[str] = []
     if result.state is not TaskState.SUCCEEDED:
         problems.append(f"task {result.state.value}, no result to verify")
-    elif (problem := check(result)) is not None:
+    elif (problem := check(result, client.coordinator_key())) is not None:
         problems.append(problem)
     files = write_outputs(client, result, out_dir / label, problems)
     if result.receipt is not None:

@@ -80,6 +80,7 @@ __all__ = [
     "LedgerCheck",
     "LedgerEntry",
     "Node",
+    "NodeCredit",
     "NotFoundError",
     "OutputRef",
     "PermissionDeniedError",

@@ -27,7 +27,13 @@ from sparegrid.sdk.blobs import (
     resume_offset,
 )
 from sparegrid.sdk.client import DEFAULT_TIMEOUT, Client, PathLike
-from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
+from sparegrid.sdk.config import (
+    Connection,
+    pin_coordinator_key,
+    resolve_address,
+    resolve_admin_key,
+    resolve_tls_ca,
+)
 from sparegrid.sdk.errors import from_rpc_error
 from sparegrid.sdk.inference import AsyncInferenceJob
 from sparegrid.sdk.job import AsyncJob
@@ -37,6 +43,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
 )
@@ -123,6 +130,7 @@ class AsyncClient(_AsyncBase):
         connection = connection or Connection.resolve(address, api_key, tls_ca)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
+        self._coordinator_key = b""
         self._sync: Client | None = None  # for the blocking tensor work of `infer`
 
     async def close(self) -> None:
@@ -214,6 +222,8 @@ class AsyncClient(_AsyncBase):
         requirements: Requirements | None = None,
         max_attempts: int = 0,
         idempotency_key: str | None = None,
+        replicas: int = 0,
+        quorum: int = 0,
     ) -> AsyncJob:
         """Submits a job; see `Client.submit`."""
         request = convert.submit_request(
@@ -224,6 +234,8 @@ class AsyncClient(_AsyncBase):
             requirements=requirements,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            replicas=replicas,
+            quorum=quorum,
         )
         return self._job((await self._unary(self._jobs.SubmitJob, request)).job)
 
@@ -290,8 +302,21 @@ class AsyncClient(_AsyncBase):
         response = await self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
 
+    async def node_credit(self, node_id: str, limit: int = 100) -> NodeCredit:
+        """A node's credit and the ledger entries explaining it; the caller's account
+        must own the node (a worker declares its owner with SPAREGRID_OWNER_KEY)."""
+        request = client_pb2.GetNodeCreditRequest(node_id=node_id, limit=limit)
+        return convert.node_credit(await self._unary(self._jobs.GetNodeCredit, request))
+
     async def info(self) -> Info:
         return convert.info(await self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
+
+    async def coordinator_key(self) -> bytes:
+        """The coordinator's countersigning key, pinned on first use (see Client)."""
+        if not self._coordinator_key:
+            offered = (await self.info()).coordinator_key
+            self._coordinator_key = pin_coordinator_key(self.connection.address, offered)
+        return self._coordinator_key
 
 
 class AsyncAdminClient(_AsyncBase):
@@ -334,6 +359,16 @@ class AsyncAdminClient(_AsyncBase):
     ) -> Account:
         request = convert.grant_request(name, amount, reason, idempotency_key)
         return convert.account((await self._unary(self._admin.GrantCredit, request)).account)
+
+    async def ban_node(self, node_id: str, reason: str = "") -> Node:
+        """No more work for the node until `reinstate_node`."""
+        request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((await self._unary(self._admin.BanNode, request)).node)
+
+    async def reinstate_node(self, node_id: str, reason: str = "") -> Node:
+        """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
+        request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((await self._unary(self._admin.ReinstateNode, request)).node)
 
     async def nodes(self) -> list[Node]:
         response = await self._unary(self._admin.ListNodes, admin_pb2.ListNodesRequest())

@@ -21,7 +21,13 @@ from sparegrid.sdk.blobs import (
     resume_offset,
     upload_requests,
 )
-from sparegrid.sdk.config import Connection, resolve_address, resolve_admin_key, resolve_tls_ca
+from sparegrid.sdk.config import (
+    Connection,
+    pin_coordinator_key,
+    resolve_address,
+    resolve_admin_key,
+    resolve_tls_ca,
+)
 from sparegrid.sdk.errors import from_rpc_error
 from sparegrid.sdk.inference import InferenceJob
 from sparegrid.sdk.job import Job
@@ -31,6 +37,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
 )
@@ -116,6 +123,7 @@ class Client(_SyncBase):
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
         self._jobs = client_pb2_grpc.ClientServiceStub(self._channel)
+        self._coordinator_key = b""
         self._blobs = blob_pb2_grpc.BlobServiceStub(self._channel)
 
     # --- blobs ---------------------------------------------------------------------------
@@ -187,6 +195,8 @@ class Client(_SyncBase):
         requirements: Requirements | None = None,
         max_attempts: int = 0,
         idempotency_key: str | None = None,
+        replicas: int = 0,
+        quorum: int = 0,
     ) -> Job:
         """Submits a job; `inputs` maps input names to digests from `upload`.
 
@@ -201,6 +211,8 @@ class Client(_SyncBase):
             requirements=requirements,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            replicas=replicas,
+            quorum=quorum,
         )
         return self._job(self._unary(self._jobs.SubmitJob, request).job)
 
@@ -228,6 +240,8 @@ class Client(_SyncBase):
         device: str = "",
         shard_batches: int | None = None,
         name: str = "",
+        replicas: int = 0,
+        quorum: int = 0,
     ) -> InferenceJob:
         """Runs a model over inputs on the network; see sparegrid.sdk.inference.
 
@@ -235,6 +249,7 @@ class Client(_SyncBase):
         `inputs`: a tensor, tuple/dict of tensors, a safetensors path, or an iterable of
         batches. `precision`: fp32, tf32, bf16 or fp16, applied on the worker. `compile`:
         the worker compiles the program (minutes, once per node and model; then faster).
+        `replicas`/`quorum`: the verification policy, as for `submit`.
         """
         return inference.submit(
             self,
@@ -248,6 +263,8 @@ class Client(_SyncBase):
             device=device,
             shard_batches=shard_batches,
             name=name,
+            replicas=replicas,
+            quorum=quorum,
         )
 
     def get_job(self, job_id: str) -> Job:
@@ -308,8 +325,23 @@ class Client(_SyncBase):
         response = self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
 
+    def node_credit(self, node_id: str, limit: int = 100) -> NodeCredit:
+        """A node's credit and the ledger entries explaining it; the caller's account
+        must own the node (a worker declares its owner with SPAREGRID_OWNER_KEY)."""
+        request = client_pb2.GetNodeCreditRequest(node_id=node_id, limit=limit)
+        return convert.node_credit(self._unary(self._jobs.GetNodeCredit, request))
+
     def info(self) -> Info:
         return convert.info(self._unary(self._jobs.GetInfo, client_pb2.GetInfoRequest()))
+
+    def coordinator_key(self) -> bytes:
+        """The coordinator's countersigning key: SPAREGRID_COORDINATOR_KEY, or the key
+        pinned under $XDG_CONFIG_HOME/sparegrid/coordinators/ (by `coordinator serve`, or
+        here on first use). A coordinator offering another key raises VerificationError."""
+        if not self._coordinator_key:
+            offered = self.info().coordinator_key
+            self._coordinator_key = pin_coordinator_key(self.connection.address, offered)
+        return self._coordinator_key
 
 
 class AdminClient(_SyncBase):
@@ -351,6 +383,16 @@ class AdminClient(_SyncBase):
     ) -> Account:
         request = convert.grant_request(name, amount, reason, idempotency_key)
         return convert.account(self._unary(self._admin.GrantCredit, request).account)
+
+    def ban_node(self, node_id: str, reason: str = "") -> Node:
+        """No more work for the node until `reinstate_node`."""
+        request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((self._unary(self._admin.BanNode, request)).node)
+
+    def reinstate_node(self, node_id: str, reason: str = "") -> Node:
+        """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
+        request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((self._unary(self._admin.ReinstateNode, request)).node)
 
     def nodes(self) -> list[Node]:
         response = self._unary(self._admin.ListNodes, admin_pb2.ListNodesRequest())

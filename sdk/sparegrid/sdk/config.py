@@ -62,6 +62,56 @@ def admin_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
     return config_home(env) / "sparegrid" / "admin" / f"{host}_{port}.key"
 
 
+ENV_COORDINATOR_KEY = "SPAREGRID_COORDINATOR_KEY"
+
+
+def coordinator_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CONFIG_HOME/sparegrid/coordinators/<host>_<port>.pub`: the coordinator's
+    public key (hex), written by `coordinator serve` or pinned on first use."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return config_home(env) / "sparegrid" / "coordinators" / f"{host}_{port}.pub"
+
+
+def pin_coordinator_key(
+    address: str, offered: bytes, env: Mapping[str, str] | None = None
+) -> bytes:
+    """The key receipts must be countersigned with: SPAREGRID_COORDINATOR_KEY (hex) when
+    set, else the key pinned for this address, else `offered` (from GetInfo), pinned now.
+    VerificationError when the coordinator offers a key other than the pinned one."""
+    from sparegrid.sdk.errors import VerificationError
+
+    explicit = _env(ENV_COORDINATOR_KEY, env)
+    path = coordinator_key_path(address, env)
+    if explicit:
+        source = ENV_COORDINATOR_KEY
+        text = explicit
+    elif path.exists():
+        source, text = str(path), path.read_text().strip()
+    else:
+        if len(offered) != 32:
+            raise VerificationError(
+                f"coordinator {address} offers no countersigning key", "NO_COORDINATOR_KEY"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(offered.hex() + "\n")
+        return offered
+    try:
+        pinned = bytes.fromhex(text)
+    except ValueError:
+        raise VerificationError(
+            f"{source} is not a hex Ed25519 public key", "BAD_COORDINATOR_KEY"
+        ) from None
+    if offered and offered != pinned:
+        raise VerificationError(
+            f"coordinator {address} now offers key {offered.hex()[:16]}…, but "
+            f"{pinned.hex()[:16]}… is pinned in {source}; if the operator really changed "
+            "it, remove the pin and verify again",
+            "COORDINATOR_KEY_CHANGED",
+        )
+    return pinned
+
+
 def _read_key_file(path: Path) -> str:
     try:
         key = path.read_text().strip()

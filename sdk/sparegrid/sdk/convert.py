@@ -24,6 +24,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
     TaskState,
@@ -99,6 +100,8 @@ def submit_request(
     requirements: Requirements | None = None,
     max_attempts: int = 0,
     idempotency_key: str | None = None,
+    replicas: int = 0,
+    quorum: int = 0,
 ) -> client_pb2.SubmitJobRequest:
     spec = client_pb2.JobSpec(
         kind=kind,
@@ -107,6 +110,8 @@ def submit_request(
         inputs=dict(inputs or {}),
         requirements=requirements_pb(requirements),
         max_attempts=max_attempts,
+        replicas=replicas,
+        quorum=quorum,
     )
     return client_pb2.SubmitJobRequest(
         spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
@@ -182,8 +187,16 @@ def task_result(
 
 
 def info(msg: client_pb2.GetInfoResponse) -> Info:
-    kinds = [KindInfo(k.name, k.description, k.price_per_task) for k in msg.kinds]
-    return Info(version=msg.version, kinds=kinds, max_blob_size=msg.max_blob_size)
+    kinds = [
+        KindInfo(k.name, k.description, k.price_credit, k.price_units, k.work_unit)
+        for k in msg.kinds
+    ]
+    return Info(
+        version=msg.version,
+        kinds=kinds,
+        max_blob_size=msg.max_blob_size,
+        coordinator_key=msg.coordinator_public_key,
+    )
 
 
 def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:
@@ -224,6 +237,45 @@ def node(msg: admin_pb2.Node) -> Node:
         credit=msg.credit,
         last_seen=timestamp(msg, "last_seen"),
         software=dict(msg.software),
+        owner=msg.owner,
+        standing=_STANDINGS.get(msg.standing, "unknown"),
+        standing_reason=msg.standing_reason,
+        streak=msg.streak,
+        validated=msg.validated,
+        invalid=msg.invalid,
+        strikes=msg.strikes,
+        check_rate=msg.check_rate,
+    )
+
+
+_STANDINGS = {
+    admin_pb2.NODE_STANDING_ACTIVE: "active",
+    admin_pb2.NODE_STANDING_QUARANTINED: "quarantined",
+    admin_pb2.NODE_STANDING_BANNED: "banned",
+}
+
+
+def node_credit(msg: client_pb2.GetNodeCreditResponse) -> NodeCredit:
+    return NodeCredit(
+        node_id=msg.node_id,
+        owner=msg.owner,
+        balance=msg.balance,
+        standing=msg.standing,
+        standing_reason=msg.standing_reason,
+        validated=msg.validated,
+        invalid=msg.invalid,
+        entries=[
+            LedgerEntry(
+                transaction_id=e.transaction_id,
+                account=f"node:{msg.node_id}",
+                amount=e.amount,
+                reason=e.reason,
+                job_id=e.job_id,
+                task_id=e.task_id,
+                created_at=timestamp(e, "created_at"),
+            )
+            for e in msg.entries
+        ],
     )
 
 

@@ -194,6 +194,8 @@ def submit(
     device: str = "",
     shard_batches: int | None = None,
     name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
 ) -> "InferenceJob":
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
@@ -234,7 +236,15 @@ def submit(
         device_kind=DeviceKind(device) if device else DeviceKind.ANY,
         min_memory_bytes=int(min_vram_gb * 2**30),
     )
-    job = client.submit("inference", params, digests, name=name, requirements=requirements)
+    job = client.submit(
+        "inference",
+        params,
+        digests,
+        name=name,
+        requirements=requirements,
+        replicas=replicas,
+        quorum=quorum,
+    )
     return InferenceJob(client, job, batch_size)
 
 

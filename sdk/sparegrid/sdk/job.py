@@ -78,6 +78,7 @@ class SyncJobClient(Protocol):
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator["Job"]: ...
     def results(self, job_id: str) -> list[TaskResult]: ...
     def cancel(self, job_id: str) -> "Job": ...
+    def coordinator_key(self) -> bytes: ...
 
 
 class AsyncJobClient(Protocol):
@@ -85,6 +86,7 @@ class AsyncJobClient(Protocol):
     def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator["AsyncJob"]: ...
     async def results(self, job_id: str) -> list[TaskResult]: ...
     async def cancel(self, job_id: str) -> "AsyncJob": ...
+    async def coordinator_key(self) -> bytes: ...
 
 
 class Job(_JobView):
@@ -114,7 +116,9 @@ class Job(_JobView):
         return self._client.results(self.id)
 
     def verify(self) -> VerifyReport:
-        return verify_all(self.results())
+        """Checks every receipt: the node's signature and the coordinator's
+        countersignature, against the coordinator key pinned on first use."""
+        return verify_all(self.results(), coordinator_key=self._client.coordinator_key())
 
     def cancel(self) -> "Job":
         self._snapshot = self._client.cancel(self.id).snapshot
@@ -151,7 +155,8 @@ class AsyncJob(_JobView):
         return await self._client.results(self.id)
 
     async def verify(self) -> VerifyReport:
-        return verify_all(await self.results())
+        key = await self._client.coordinator_key()
+        return verify_all(await self.results(), coordinator_key=key)
 
     async def cancel(self) -> "AsyncJob":
         self._snapshot = (await self._client.cancel(self.id)).snapshot

@@ -96,9 +96,14 @@ class OutputRef:
 
 @dataclass(frozen=True)
 class KindInfo:
+    """A job kind; a task costs `price_credit` per `price_units` work units (rounded up,
+    at least 1) for each validated result."""
+
     name: str
     description: str
-    price_per_task: int
+    price_credit: int
+    price_units: int
+    work_unit: str = "unit"
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class Info:
     version: str
     kinds: list[KindInfo]
     max_blob_size: int
+    coordinator_key: bytes = b""  # Ed25519 public key that countersigns accepted results
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,20 @@ class Account:
     balance: int
     is_admin: bool
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NodeCredit:
+    """A node's credit and every entry that explains it, as its owner sees it."""
+
+    node_id: str
+    owner: str
+    balance: int
+    standing: str
+    standing_reason: str
+    validated: int
+    invalid: int
+    entries: "list[LedgerEntry]"
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,14 @@ class Node:
     credit: int
     last_seen: datetime | None = None
     software: dict[str, str] = field(default_factory=dict)
+    owner: str = ""  # account name, or "node:<id>" for a node that declared none
+    standing: str = "active"  # active, quarantined or banned
+    standing_reason: str = ""
+    streak: int = 0  # consecutive results confirmed by another owner's node
+    validated: int = 0
+    invalid: int = 0
+    strikes: int = 0
+    check_rate: float = 1.0  # share of its results the adaptive policy cross-checks
 
 
 @dataclass(frozen=True)

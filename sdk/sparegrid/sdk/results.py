@@ -7,7 +7,7 @@ from sparegrid.sdk.errors import NotFoundError, SparegridError, VerificationErro
 from sparegrid.sdk.models import OutputRef, TaskState, VerificationFailure, VerifyReport
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, sha256_hex
-from sparegrid.wire.receipt import verify_receipt
+from sparegrid.wire.receipt import verify_countersignature, verify_receipt
 
 Fetch = Callable[[OutputRef], bytes]
 AsyncFetch = Callable[[OutputRef], Awaitable[bytes]]
@@ -68,12 +68,14 @@ class TaskResult:
             return self.output(name)
         return check_blob(ref, await self.afetch(ref))
 
-    def verify(self, public_key: bytes | None = None) -> None:
+    def verify(self, public_key: bytes | None = None, coordinator_key: bytes | None = None) -> None:
         """Checks the receipt proves this result; raises VerificationError saying what failed.
 
         The Merkle path and the node's Ed25519 signature must hold, the statement must name
         this job, task and node, and every output must have the digest and size it states.
-        With `public_key`, the receipt must also be signed by exactly that key.
+        With `public_key`, the receipt must also be signed by exactly that key. With
+        `coordinator_key`, the coordinator's countersignature must hold too, over a
+        validation of this very statement (`Client.coordinator_key()` gives the key).
         """
         if self.receipt is None:
             raise VerificationError(f"{self.label} has no receipt")
@@ -86,6 +88,28 @@ class TaskResult:
         statement = verified.statement
         self._check_ids(statement, verified.node_id)
         self._check_outputs(statement.outputs)
+        if coordinator_key is not None:
+            self.validation(coordinator_key)
+
+    def validation(self, coordinator_key: bytes) -> common_pb2.Validation:
+        """The coordinator's countersigned word on this result, checked against its key:
+        how it was validated (`method`, `detail`), which nodes agreed, what it earned."""
+        if self.receipt is None:
+            raise VerificationError(f"{self.label} has no receipt")
+        try:
+            validation = verify_countersignature(self.receipt, coordinator_key)
+        except BadSignature as exc:
+            raise VerificationError(f"{self.label}: {exc}") from exc
+        if (validation.job_id, validation.task_id) != (self.job_id, self.task_id):
+            raise VerificationError(
+                f"{self.label}: countersignature is for task {validation.task_id!r} "
+                f"of job {validation.job_id!r}"
+            )
+        if validation.node_id != self.node_id:
+            raise VerificationError(
+                f"{self.label}: countersignature names node {validation.node_id!r}"
+            )
+        return validation
 
     def _check_ids(self, statement: common_pb2.ResultStatement, signer: str) -> None:
         expected = {"job": self.job_id, "task": self.task_id, "node": self.node_id}
@@ -127,8 +151,13 @@ def check_blob(ref: OutputRef, data: bytes) -> bytes:
     return data
 
 
-def verify_all(results: Iterable[TaskResult], public_key: bytes | None = None) -> VerifyReport:
-    """Checks every succeeded task's receipt; collects failures instead of raising."""
+def verify_all(
+    results: Iterable[TaskResult],
+    public_key: bytes | None = None,
+    coordinator_key: bytes | None = None,
+) -> VerifyReport:
+    """Checks every succeeded task's receipt (and countersignature, given the coordinator's
+    key); collects failures instead of raising."""
     ok, skipped = 0, 0
     failures: list[VerificationFailure] = []
     for result in results:
@@ -136,7 +165,7 @@ def verify_all(results: Iterable[TaskResult], public_key: bytes | None = None) -
             skipped += 1
             continue
         try:
-            result.verify(public_key)
+            result.verify(public_key, coordinator_key)
         except VerificationError as exc:
             failures.append(VerificationFailure(result.index, result.task_id, exc.message))
         else:

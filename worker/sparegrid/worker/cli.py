@@ -1,4 +1,4 @@
-"""`sparegrid worker run`, `sparegrid worker status` and `sparegrid worker id`.
+"""`sparegrid worker run`, `worker status`, `worker credit` and `worker id`.
 
 Settings are layered: defaults < TOML file < SPAREGRID_WORKER_* environment < flags,
 validated once (see sparegrid.worker.settings).
@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparegrid.worker.config import ConfigError, WorkerConfig
+from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
 from sparegrid.worker.devices import DeviceInfo, detect_devices
 from sparegrid.worker.identity import load_identity
 from sparegrid.worker.lending import check_devices
 from sparegrid.worker.logs import configure_logging
-from sparegrid.worker.settings import ENV_CONFIG, add_flags, layered, read_file
+from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
 from sparegrid.worker.status import StatusUnavailable, read_status, render, status_line
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ENV_DATA_DIR = "SPAREGRID_WORKER_DATA_DIR"
 ENV_STATUS_SOCKET = "SPAREGRID_WORKER_STATUS_SOCKET"
+ENV_COORDINATOR = "SPAREGRID_COORDINATOR"
 DEFAULT_DATA_DIR = "sparegrid-worker"
 STATUS_LINE_SECONDS = 1.0
 
@@ -44,6 +45,17 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     )
     add_flags(run)
     run.set_defaults(func=run_command)
+    credit = commands.add_parser(
+        "credit",
+        help="this node's credit and every ledger entry behind it (needs the owner's key)",
+        description="Lists this node's credit and the entries that explain it: job, task "
+        f"and reason. Authenticates with the owner's API key ({ENV_OWNER_KEY}, or "
+        "SPAREGRID_API_KEY); the node must have connected with that owner key.",
+    )
+    _data_dir_flag(credit)
+    credit.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address")
+    credit.add_argument("--limit", type=int, default=100, metavar="N", help="entries (100)")
+    credit.set_defaults(func=credit_command)
     ident = commands.add_parser("id", help="print this node's id and public key")
     _data_dir_flag(ident)
     ident.set_defaults(func=id_command)
@@ -113,6 +125,31 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
+    return 0
+
+
+def credit_command(args: argparse.Namespace) -> int:
+    from sparegrid.sdk import Client, SparegridError
+
+    try:
+        signer = load_identity(data_dir_from(args, os.environ))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    key = os.environ.get(ENV_OWNER_KEY) or os.environ.get("SPAREGRID_API_KEY") or None
+    address = args.coordinator or os.environ.get(ENV_COORDINATOR) or DEFAULT_COORDINATOR
+    try:
+        with Client(address, key) as client:
+            view = client.node_credit(signer.node_id, args.limit)
+    except SparegridError as exc:
+        print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    standing = view.standing + (f" ({view.standing_reason})" if view.standing_reason else "")
+    print(f"node {view.node_id}, owner {view.owner}: {view.balance} credit, {standing}")
+    print(f"{view.validated} results validated, {view.invalid} invalid")
+    for e in view.entries:
+        when = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"
+        print(f"{when}  {e.amount:+d}  job {e.job_id or '-'}  task {e.task_id or '-'}  {e.reason}")
     return 0
 
 

@@ -80,6 +80,8 @@ class WorkerConfig:
     status_socket: Path | None = None  # default: DATA_DIR/status.sock
     # where each setting came from (flag, environment, file), for error messages
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # API key of the account that owns this node (SPAREGRID_OWNER_KEY); empty: none
+    owner_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.validate()

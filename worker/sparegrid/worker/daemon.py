@@ -259,7 +259,7 @@ class Worker:
                 self.executors.specs(),
                 running,
             )
-            session = await connect(channel, message, self.signer)
+            session = await connect(channel, message, self.signer, self.config.owner_key)
             session.blobs.upload_limit = self._upload_limit
             backoff.reset()
             self._start_session(session)

@@ -54,10 +54,17 @@ async def _read(call: Call, expected: str) -> worker_pb2.CoordinatorMessage:
 
 
 async def connect(
-    channel: grpc.aio.Channel, hello: worker_pb2.WorkerMessage, signer: Signer
+    channel: grpc.aio.Channel,
+    hello: worker_pb2.WorkerMessage,
+    signer: Signer,
+    owner_key: str = "",
 ) -> "Session":
-    """Hello, Challenge, signed answer, Welcome; raises AioRpcError or SessionError."""
-    call: Call = worker_pb2_grpc.WorkerServiceStub(channel).Session()
+    """Hello, Challenge, signed answer, Welcome; raises AioRpcError or SessionError.
+
+    With `owner_key` (an account's API key) the coordinator records that account as the
+    node's owner: replicas of one task never go to two nodes of one owner."""
+    metadata = (("authorization", f"Bearer {owner_key}"),) if owner_key else None
+    call: Call = worker_pb2_grpc.WorkerServiceStub(channel).Session(metadata=metadata)
     try:
         await call.write(hello)
         challenge = (await _read(call, "challenge")).challenge

@@ -18,6 +18,7 @@ from typing import Any
 from sparegrid.worker.config import ConfigError, WorkerConfig
 
 ENV_CONFIG = "SPAREGRID_WORKER_CONFIG"
+ENV_OWNER_KEY = "SPAREGRID_OWNER_KEY"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*(/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20,
           "gi": 1 << 30, "ti": 1 << 40}  # fmt: skip
@@ -149,6 +150,7 @@ SETTINGS = (
     Setting("task_memory", parse_size, "address-space limit of an executor process, e.g. 32GiB", metavar="SIZE"),
     Setting("task_open_files", _int, "open files an executor may hold (default 1024)", metavar="N"),
     Setting("task_output_size", parse_size, "largest file an executor may write (default 16GiB)", metavar="SIZE"),
+    Setting("owner_key_file", _path, "file holding the API key of the account that owns this node: replicas never go to two nodes of one owner, and the owner sees the node's credit with `worker credit` (or env SPAREGRID_OWNER_KEY holding the key)", metavar="FILE"),
     Setting("status_socket", _path, "local socket for `worker status` (default DATA_DIR/status.sock)", metavar="PATH"),
 )  # fmt: skip
 _BY_KEY = {s.toml_key: s for s in SETTINGS}
@@ -215,4 +217,15 @@ def layered(args: argparse.Namespace, env: Mapping[str, str]) -> WorkerConfig:
         raise ConfigError("invalid worker settings: " + "; ".join(problems))
     if "log_json" not in values and _bool(env.get("SPAREGRID_LOG_JSON", "") or "0"):
         values["log_json"] = True  # the older name, still honoured
+    values["owner_key"] = _owner_key(values.pop("owner_key_file", None), env)
     return WorkerConfig(**values, sources=sources)
+
+
+def _owner_key(path: Path | None, env: Mapping[str, str]) -> str:
+    """The owner's API key: from --owner-key-file, else SPAREGRID_OWNER_KEY; "" for none."""
+    if path is None:
+        return env.get(ENV_OWNER_KEY, "").strip()
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read owner key file {path}: {exc.strerror or exc}") from None

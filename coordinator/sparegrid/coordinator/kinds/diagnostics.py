@@ -19,6 +19,7 @@ MAX_SLEEP_MS = 60_000
 
 class Echo:
     name = "echo"
+    work_unit = "task"
     description = "returns its data; params: tasks, data, sleep_ms (diagnostics, benchmarks)"
 
     def plan(
@@ -37,6 +38,7 @@ class Echo:
 
 class Checksum:
     name = "checksum"
+    work_unit = "byte"
     description = "SHA-256 of each of N byte ranges of input 'data'; params: tasks"
 
     def plan(
@@ -49,6 +51,6 @@ class Checksum:
         tasks = int_param(self.name, params, "tasks", 1, 1, limit)
         bounds = [i * data.size // tasks for i in range(tasks + 1)]
         return [
-            TaskPlan(params={"offset": lo, "length": hi - lo}, inputs=[data])
+            TaskPlan(params={"offset": lo, "length": hi - lo}, inputs=[data], work=hi - lo)
             for lo, hi in itertools.pairwise(bounds)
         ]

@@ -32,6 +32,7 @@ _SHARD = re.compile(r"shard_(\d{6})")
 
 class Inference:
     name = "inference"
+    work_unit = "GFLOP"
     description = (
         "runs a torch.export program (input 'model') over safetensors shards "
         "('shard_000000', ...); params: batch_size, precision, deterministic, compile"

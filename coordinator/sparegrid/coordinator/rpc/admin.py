@@ -6,7 +6,8 @@ from typing import Any
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import client_account, node_account
+from sparegrid.coordinator.domain import Node, client_account, node_account
+from sparegrid.coordinator.errors import not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
 from sparegrid.coordinator.rpc.errors import unary
@@ -60,19 +61,55 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListNodesResponse:
         admin_of(context, self.app.accounts)
         balances = self.app.store.balances("node:")
-        sessions = self.app.scheduler.sessions
-        nodes = []
-        for node in self.app.store.list_nodes():
-            session = sessions.get(node.id)
-            if session is None:
-                state = admin_pb2.NODE_STATE_OFFLINE
-            elif session.draining:
-                state = admin_pb2.NODE_STATE_DRAINING
-            else:
-                state = admin_pb2.NODE_STATE_ONLINE
-            credit = balances.get(node_account(node.id), 0)
-            nodes.append(convert.node_to_pb(node, state, credit))
-        return admin_pb2.ListNodesResponse(nodes=nodes)
+        return admin_pb2.ListNodesResponse(
+            nodes=[self._node_pb(n, balances) for n in self.app.store.list_nodes()]
+        )
+
+    def _node_pb(self, node: Node, balances: dict[str, int] | None = None) -> admin_pb2.Node:
+        session = self.app.scheduler.sessions.get(node.id)
+        if session is None:
+            state = admin_pb2.NODE_STATE_OFFLINE
+        elif session.draining:
+            state = admin_pb2.NODE_STATE_DRAINING
+        else:
+            state = admin_pb2.NODE_STATE_ONLINE
+        account = node_account(node.id)
+        credit = (
+            balances.get(account, 0) if balances is not None else self.app.store.balance(account)
+        )
+        reputations = self.app.reputations
+        return convert.node_to_pb(
+            node, state, credit, reputations.get(node.id), reputations.check_rate(node.id)
+        )
+
+    def _node(self, node_id: str) -> Node:
+        node = self.app.store.get_node(node_id) if node_id else None
+        if node is None:
+            raise not_found(
+                "NODE_NOT_FOUND", f"no node {node_id!r}; `sparegrid admin nodes` lists them"
+            )
+        return node
+
+    @unary
+    async def BanNode(
+        self, request: admin_pb2.BanNodeRequest, context: Ctx
+    ) -> admin_pb2.BanNodeResponse:
+        admin_of(context, self.app.accounts)
+        node = self._node(request.node_id)
+        reason = request.reason[:500] or "banned by the operator"
+        await self.app.call(lambda: self.app.reputations.ban(node.id, reason))
+        return admin_pb2.BanNodeResponse(node=self._node_pb(node))
+
+    @unary
+    async def ReinstateNode(
+        self, request: admin_pb2.ReinstateNodeRequest, context: Ctx
+    ) -> admin_pb2.ReinstateNodeResponse:
+        admin_of(context, self.app.accounts)
+        node = self._node(request.node_id)
+        reason = request.reason[:500] or "reinstated by the operator"
+        await self.app.call(lambda: self.app.reputations.reinstate(node.id, reason))
+        self.app.kick()
+        return admin_pb2.ReinstateNodeResponse(node=self._node_pb(node))
 
     @unary
     async def CheckLedger(

@@ -8,8 +8,8 @@ from typing import Any
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Account, Job
-from sparegrid.coordinator.errors import invalid
+from sparegrid.coordinator.domain import Account, Job, node_account
+from sparegrid.coordinator.errors import invalid, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import account_of
 from sparegrid.coordinator.rpc.errors import streaming, unary
@@ -35,14 +35,61 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.GetInfoRequest, context: Ctx
     ) -> client_pb2.GetInfoResponse:
         account_of(context, self.app.accounts)
-        kinds = [
-            client_pb2.JobKindInfo(
-                name=k.name, description=k.description, price_per_task=self.app.jobs.price(k.name)
+        kinds = []
+        for k in self.app.jobs.kinds.values():
+            price = self.app.jobs.price(k.name)
+            kinds.append(
+                client_pb2.JobKindInfo(
+                    name=k.name,
+                    description=k.description,
+                    price_credit=price.credit,
+                    price_units=price.units,
+                    work_unit=getattr(k, "work_unit", "unit"),
+                )
             )
-            for k in self.app.jobs.kinds.values()
-        ]
         return client_pb2.GetInfoResponse(
-            version=self.version, kinds=kinds, max_blob_size=self.app.blobs.max_blob_size
+            version=self.version,
+            kinds=kinds,
+            max_blob_size=self.app.blobs.max_blob_size,
+            coordinator_public_key=self.app.signer.public_key,
+        )
+
+    @unary
+    async def GetNodeCredit(
+        self, request: client_pb2.GetNodeCreditRequest, context: Ctx
+    ) -> client_pb2.GetNodeCreditResponse:
+        account = account_of(context, self.app.accounts)
+        node = self.app.store.get_node(request.node_id) if request.node_id else None
+        if node is None or (node.owner != account.name and not account.is_admin):
+            raise not_found(
+                "NODE_NOT_FOUND",
+                f"no node {request.node_id!r} owned by account {account.name!r}; a worker "
+                "declares its owner with SPAREGRID_OWNER_KEY (see `sparegrid worker run -h`)",
+            )
+        ledger_account = node_account(node.id)
+        entries = self.app.store.ledger_entries(
+            ledger_account, "", min(request.limit or 100, 10_000)
+        )
+        rep = self.app.reputations.get(node.id)
+        return client_pb2.GetNodeCreditResponse(
+            node_id=node.id,
+            owner=node.owner,
+            balance=self.app.store.balance(ledger_account),
+            entries=[
+                client_pb2.CreditEntry(
+                    transaction_id=e.transaction_id,
+                    amount=e.amount,
+                    reason=e.reason,
+                    job_id=e.job_id,
+                    task_id=e.task_id,
+                    created_at=convert.timestamp(e.created_at),
+                )
+                for e in entries
+            ],
+            standing=rep.standing.value,
+            standing_reason=rep.reason,
+            validated=rep.validated,
+            invalid=rep.invalid,
         )
 
     @unary

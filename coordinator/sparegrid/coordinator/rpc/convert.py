@@ -10,7 +10,9 @@ from sparegrid.coordinator.domain import (
     JobState,
     LedgerEntry,
     Node,
+    Reputation,
     Requirements,
+    Standing,
     Task,
     TaskState,
 )
@@ -99,6 +101,8 @@ def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
         ),
         max_attempts=spec.max_attempts,
         idempotency_key=request.idempotency_key[:200],
+        replicas=spec.replicas,
+        quorum=spec.quorum,
     )
 
 
@@ -118,6 +122,8 @@ def job_to_pb(job: Job, counts: dict[TaskState, int], owner: str) -> common_pb2.
         ),
         cost_held=job.cost_held,
         cost_spent=job.cost_spent,
+        replicas=job.replicas,
+        quorum=job.quorum,
         error=job.error,
         created_at=timestamp(job.created_at),
         finished_at=timestamp(job.finished_at),
@@ -153,8 +159,25 @@ def account_to_pb(account: Account, balance: int) -> admin_pb2.Account:
     )
 
 
-def node_to_pb(node: Node, state: int, credit: int) -> admin_pb2.Node:
+_STANDINGS = {
+    Standing.ACTIVE: admin_pb2.NODE_STANDING_ACTIVE,
+    Standing.QUARANTINED: admin_pb2.NODE_STANDING_QUARANTINED,
+    Standing.BANNED: admin_pb2.NODE_STANDING_BANNED,
+}
+
+
+def node_to_pb(
+    node: Node, state: int, credit: int, rep: Reputation, check_rate: float
+) -> admin_pb2.Node:
     return admin_pb2.Node(
+        owner=node.owner,
+        standing=_STANDINGS[rep.standing],
+        standing_reason=rep.reason,
+        streak=rep.streak,
+        validated=rep.validated,
+        invalid=rep.invalid,
+        strikes=rep.strikes,
+        check_rate=check_rate,
         node_id=node.id,
         name=node.name,
         devices=[device_to_pb(d) for d in node.devices],

@@ -147,6 +147,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if first is None or not first.HasField("hello"):
             raise invalid("BAD_HELLO", "a worker session starts with Hello")
         node = _node_from_hello(first.hello, app.clock.now())
+        node.owner = self._owner(context, node.id)
         session_id, nonce = uuid.uuid4().hex, os.urandom(32)
         yield Msg(challenge=worker_pb2.Challenge(nonce=nonce, session_id=session_id))
         answer = await anext(incoming, None)
@@ -210,6 +211,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 self.app.kick()
         finally:
             self.app.call(lambda: None).add_done_callback(lambda _: sink.queue.put_nowait(_CLOSE))
+
+    def _owner(self, context: Ctx, node_id: str) -> str:
+        """The account whose API key the worker sent (`authorization: Bearer`), proving who
+        owns it; a node without one is its own owner, "node:<id>"."""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return self.app.accounts.authenticate(token.strip()).name
+        return f"node:{node_id}"
 
     def _handle(self, node: Node, message: worker_pb2.WorkerMessage) -> Msg | None:
         app, body = self.app, message.WhichOneof("body")

@@ -20,6 +20,7 @@ from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, n
 from sparegrid.coordinator.kinds import JobKind, decode_params, encode_params
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.scheduler import Scheduler
+from sparegrid.coordinator.services.verification import check_policy, policy_text
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
 
 _VERSION = re.compile(r"\d+\.\d+")
@@ -35,11 +36,36 @@ class JobSpec:
     requirements: Requirements = field(default_factory=Requirements)
     max_attempts: int = 0
     idempotency_key: str = ""
+    replicas: int = 0  # 0 and 0: the adaptive policy
+    quorum: int = 0
+
+
+@dataclass(frozen=True)
+class Price:
+    """`credit` per `units` work units of a kind; a task costs at least 1."""
+
+    credit: int = 1
+    units: int = 1
+
+    def __post_init__(self) -> None:
+        if self.credit < 1 or self.units < 1:
+            raise ValueError(f"a price is positive credit per positive units, not {self}")
+
+    def __str__(self) -> str:
+        return f"{self.credit}/{self.units}" if self.units != 1 else str(self.credit)
+
+
+def parse_price(text: str) -> Price:
+    """ "CREDIT" or "CREDIT/UNITS"; ValueError saying what is wrong."""
+    credit, _, units = text.partition("/")
+    if not credit.isdigit() or (units and not units.isdigit()):
+        raise ValueError(f"a price is CREDIT or CREDIT/UNITS (positive integers), got {text!r}")
+    return Price(int(credit), int(units or 1))
 
 
 @dataclass
 class JobsConfig:
-    prices: dict[str, int]  # credit per task, by kind
+    prices: dict[str, Price]  # by kind; a kind not listed costs 1 credit per work unit
     default_max_attempts: int = 3
 
 
@@ -62,8 +88,8 @@ class Jobs:
         self._clock = clock
         self._config = config
 
-    def price(self, kind: str) -> int:
-        return self._config.prices.get(kind, 1)
+    def price(self, kind: str) -> Price:
+        return self._config.prices.get(kind, Price())
 
     def submit(self, account: Account, spec: JobSpec) -> Job:
         if spec.idempotency_key:
@@ -79,9 +105,6 @@ class Jobs:
             decode_params(spec.params), self._inputs(account, spec.inputs), self._blobs
         )
         price = self.price(spec.kind)
-        balance = self._store.balance(client_account(account.name))
-        if price * len(plans) > balance:  # refused before any task row is written
-            raise _short(account, len(plans), price, balance)
         job_id = uuid.uuid4().hex
         job = Job(
             id=job_id,
@@ -92,12 +115,18 @@ class Jobs:
             inputs=dict(spec.inputs),
             requirements=spec.requirements,
             max_attempts=spec.max_attempts or self._config.default_max_attempts,
-            price_per_task=price,
+            price_credit=price.credit,
+            price_units=price.units,
             task_count=len(plans),
-            cost_held=price * len(plans),
             created_at=self._clock.now(),
             idempotency_key=spec.idempotency_key,
+            replicas=spec.replicas,
+            quorum=spec.quorum,
         )
+        job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
+        balance = self._store.balance(client_account(account.name))
+        if job.cost_held > balance:  # refused before any task row is written
+            raise _short(account, job, balance)
         tasks = [
             Task(
                 id=f"{job_id}-{i}",
@@ -105,6 +134,7 @@ class Jobs:
                 index=i,
                 params=encode_params(p.params),
                 inputs=p.inputs,
+                work=p.work,
             )
             for i, p in enumerate(plans)
         ]
@@ -113,7 +143,7 @@ class Jobs:
                 self._store.create_job(job, tasks)
                 self._ledger.hold(job, account.name)
         except InsufficientFunds as exc:  # spent meanwhile by a concurrent submit
-            raise _short(account, len(tasks), price, exc.balance) from None
+            raise _short(account, job, exc.balance) from None
         except Conflict:  # the same submit raced itself: return the winner
             existing = self._store.find_job(account.id, spec.idempotency_key)
             if existing is None:
@@ -160,11 +190,13 @@ class Jobs:
         return self._store.list_tasks(job_id, after_index=after, limit=limit)
 
 
-def _short(account: Account, tasks: int, price: int, balance: int) -> CoordinatorError:
+def _short(account: Account, job: Job, balance: int) -> CoordinatorError:
+    paid = job.max_paid_results
     return CoordinatorError(
         ErrorKind.PRECONDITION,
         "INSUFFICIENT_CREDIT",
-        f"job costs up to {tasks * price} credit ({tasks} tasks x {price}), "
+        f"job costs up to {job.cost_held} credit ({job.task_count} tasks, up to {paid} "
+        f"paid results each under the {policy_text(job)} policy), "
         f"account {account.name!r} holds {balance}",
     )
 
@@ -174,6 +206,9 @@ def _check_spec(spec: JobSpec) -> None:
         raise invalid("BAD_NAME", "job name is longer than 200 characters")
     if not 0 <= spec.max_attempts <= MAX_ATTEMPTS:
         raise invalid("BAD_ATTEMPTS", f"max_attempts must be 0 (default) to {MAX_ATTEMPTS}")
+    problem = check_policy(spec.replicas, spec.quorum)
+    if problem:
+        raise invalid("BAD_POLICY", f"verification policy: {problem}")
     req = spec.requirements
     if req.device_kind not in ("", "cpu", "cuda"):
         raise invalid("BAD_REQUIREMENTS", f"device kind {req.device_kind!r} is not cpu or cuda")

@@ -30,6 +30,16 @@ class LedgerReport:
     total: int = 0
 
 
+@dataclass
+class Payment:
+    job: Job
+    task_id: str
+    attempt_id: str
+    node_id: str
+    amount: int
+    reason: str  # why, in words: "validated result (2 of 2 owners agreed)"
+
+
 class Ledger:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
@@ -67,20 +77,20 @@ class Ledger:
             job=job.id,
         )
 
-    def pay(self, payments: list[tuple[Job, str, str]]) -> list[bool]:
-        """Pays nodes for accepted results, given (job, task id, node id), each at its
-        job's price per task; per payment, False if that task was paid already."""
+    def pay(self, payments: list["Payment"]) -> list[bool]:
+        """Pays nodes for validated results from their jobs' escrow; per payment, False
+        if that attempt was paid already."""
         txns = [
             self._txn(
-                f"pay:{task_id}",
-                "accepted result",
-                escrow_account(job.id),
-                node_account(node_id),
-                job.price_per_task,
-                job.id,
-                task_id,
+                f"pay:{p.task_id}:{p.attempt_id}",
+                p.reason,
+                escrow_account(p.job.id),
+                node_account(p.node_id),
+                p.amount,
+                p.job.id,
+                p.task_id,
             )
-            for job, task_id, node_id in payments
+            for p in payments
         ]
         return self._store.post_many(txns)
 

@@ -6,18 +6,21 @@ batch changes commits in one transaction, before the node is acknowledged.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
     FileRef,
+    JobState,
     Task,
-    TaskState,
+    owner_of,
 )
-from sparegrid.coordinator.services.scheduler import ActiveJob, NodeSession, Scheduler
-from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt, move_task
+from sparegrid.coordinator.services.comparators import Reader
+from sparegrid.coordinator.services.scheduler import NodeSession, Scheduler
+from sparegrid.coordinator.services.settlement import Candidate, Settlement
+from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
 from sparegrid.wire.receipt import decode_statement
@@ -32,7 +35,7 @@ class Verdict:
     accepted: bool
     code: str = ""
     message: str = ""
-    credit: int = 0  # paid to the node for this attempt now
+    credit: int = 0  # paid for this attempt now (0 also when it is paid later, once validated)
 
 
 PREEMPTED = "PREEMPTED"  # the node's policy stopped the task: re-queued, not held against it
@@ -53,10 +56,11 @@ class BadResult(Exception):
 
 
 class Intake:
-    def __init__(self, scheduler: Scheduler, blobs: BlobStore) -> None:
+    def __init__(self, scheduler: Scheduler, blobs: BlobStore, settlement: Settlement) -> None:
         self.scheduler = scheduler
         self.store = scheduler.store
         self.blobs = blobs
+        self.settlement = settlement
 
     def results(
         self, node_id: str, statements: list[bytes], signature: bytes, inline: dict[str, bytes]
@@ -71,11 +75,12 @@ class Intake:
             verify(node.public_key, RESULT_BATCH_TAG, tree.root, signature)
         except BadSignature as exc:
             log.warning("node %s sent a batch with a bad signature: %s", node_id, exc)
+            self.strike(node_id, f"a result batch with a bad signature: {exc}")
             return [Verdict("", False, "BAD_SIGNATURE", str(exc))]
         decoded = [_decode(data) for data in statements]
         attempts, tasks = self._lookup(session, [s.attempt_id for s in decoded if s is not None])
         verdicts: list[Verdict] = []
-        accepted: list[tuple[Attempt, Task, list[FileRef], bytes]] = []
+        accepted: list[Candidate] = []
         seen: set[str] = set()
         for index, statement in enumerate(decoded):
             if statement is None:
@@ -89,6 +94,8 @@ class Intake:
                 outputs = self._check(node_id, statement, attempts, tasks, inline)
             except BadResult as exc:
                 verdicts.append(Verdict(statement.attempt_id, False, exc.code, str(exc)))
+                if exc.code == "NOT_LEASED":
+                    self.strike(node_id, f"claimed a result for {exc}")
                 continue
             attempt = attempts[statement.attempt_id]
             if attempt.state == AttemptState.SUCCEEDED:
@@ -102,12 +109,11 @@ class Intake:
                 signature=signature,
                 public_key=node.public_key,
             )
-            accepted.append((attempt, tasks[attempt.task_id], outputs, receipt.SerializeToString()))
-            active = self.scheduler.jobs.get(attempt.job_id)
-            price = active.job.price_per_task if active is not None else 0
-            verdicts.append(Verdict(attempt.id, True, credit=price))
-        self._accept(node_id, accepted, inline)
-        return verdicts
+            task = tasks[attempt.task_id]
+            accepted.append(Candidate(attempt, task, outputs, receipt.SerializeToString()))
+            verdicts.append(Verdict(attempt.id, True))
+        paid = self._accept(node_id, accepted, inline)
+        return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
     def _lookup(
         self, session: NodeSession | None, attempt_ids: list[str]
@@ -166,63 +172,59 @@ class Intake:
         return FileRef(out.name, out.digest, out.size)
 
     def _accept(
-        self,
-        node_id: str,
-        accepted: list[tuple[Attempt, Task, list[FileRef], bytes]],
-        inline: dict[str, bytes],
-    ) -> None:
+        self, node_id: str, accepted: list[Candidate], inline: dict[str, bytes]
+    ) -> dict[str, int]:
+        """Settles the results; returns the credit paid now, by attempt (a result held for a
+        cross-check is paid later, when validated)."""
         if not accepted:
-            return
+            return {}
         sched, store = self.scheduler, self.store
-        now = sched.clock.now()
-        superseded: list[Attempt] = []
-        finished: list[ActiveJob] = []
-        owned: dict[str, set[str]] = {}  # account id -> output digests it may now read
+        session = sched.sessions.get(node_id)
+        node = session.node if session is not None else store.get_node(node_id)
+        owner = owner_of(node) if node is not None else f"node:{node_id}"
         with store.transaction():
-            used = {ref.digest for _, _, outs, _ in accepted for ref in outs}
+            used = {ref.digest for c in accepted for ref in c.outputs}
             store.put_inline_blobs({d: inline[d] for d in used if d in inline})
-            for attempt, task, outputs, receipt in accepted:
-                active = sched.jobs[task.job_id]
-                other = active.running.get(task.id)
-                if other is not None and other.id != attempt.id:
-                    move_attempt(other, AttemptState.CANCELLED)
-                    other.finished_at = now
-                    superseded.append(other)
-                move_attempt(attempt, AttemptState.SUCCEEDED)
-                attempt.finished_at = now
-                if task.state == TaskState.QUEUED:  # a late result for a re-queued task
-                    active.queue = type(active.queue)(t for t in active.queue if t.id != task.id)
-                move_task(task, TaskState.SUCCEEDED)
-                task.node_id, task.outputs, task.receipt = node_id, outputs, receipt
-                owned.setdefault(active.job.account_id, set()).update(r.digest for r in outputs)
-                active.open_tasks -= 1
-                active.succeeded += 1
-                if active.open_tasks == 0:
-                    finished.append(active)
-            for account_id, digests in owned.items():
-                store.add_blob_owners(sorted(digests), account_id)
-            jobs = [sched.jobs[task.job_id].job for _, task, _, _ in accepted]
-            payments = [
-                (job, task.id, node_id) for job, (_, task, _, _) in zip(jobs, accepted, strict=True)
-            ]
-            for job, paid in zip(jobs, sched.ledger.pay(payments), strict=True):
-                if paid:
-                    job.cost_spent += job.price_per_task
-            store.update_attempts([a for a, _, _, _ in accepted] + superseded)
-            store.update_tasks([t for _, t, _, _ in accepted])
-            store.add_node_counts(node_id, len(accepted), 0)
-            for active in {
-                id(a): a for a in (sched.jobs[t.job_id] for _, t, _, _ in accepted)
-            }.values():
-                store.update_job(active.job)
-        for attempt, _, _, _ in accepted:
+            settled = self.settlement.settle(node_id, owner, accepted, self._reader(inline))
+        for attempt in settled.released:
             sched._release(attempt)
-        for other in superseded:
+        for other in settled.superseded:
             sched._release(other, cancel_reason="another node finished the task first")
-        for active in finished:
+        for active in settled.finished:
             sched.finish(active)
-        sched.on_change({t.job_id for _, t, _, _ in accepted})
-        log.debug("node %s: %d result(s) accepted", node_id, len(accepted))
+        for active, error in settled.failed:
+            if active.job.id in sched.jobs:
+                sched.finish(active, JobState.FAILED, error)
+        sched.on_change(settled.jobs)
+        log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
+        return settled.paid
+
+    def _reader(self, inline: dict[str, bytes]) -> Reader:
+        """Reads an output's bytes for a comparator: inline, kept in the store, or a blob."""
+
+        def read(digest: str) -> bytes:
+            data = inline.get(digest)
+            if data is None:
+                data = self.store.get_inline_blob(digest)
+            if data is None:
+                data = self.blobs.path(digest).read_bytes()
+            return data
+
+        return read
+
+    def settle_stranded(self) -> None:
+        """Adaptive tasks held for a check that no online node can run: accepted unchecked."""
+        sched = self.scheduler
+        with self.store.transaction():
+            settled = self.settlement.settle_stranded()
+        for active in settled.finished:
+            sched.finish(active)
+        if settled.jobs:
+            sched.on_change(settled.jobs)
+
+    def strike(self, node_id: str, reason: str) -> None:
+        """A node sent something only a broken or dishonest node sends."""
+        self.settlement.verifier.reputations.invalid(node_id, reason)
 
     def failures(self, node_id: str, failures: list[Failure]) -> list[Verdict]:
         attempts = {a.id: a for a in self.store.get_attempts([f.attempt_id for f in failures])}

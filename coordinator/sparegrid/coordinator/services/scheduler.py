@@ -19,9 +19,12 @@ from sparegrid.coordinator.domain import (
     Job,
     JobState,
     Node,
+    Replica,
+    ReplicaState,
     Task,
     TaskState,
     new_id,
+    owner_of,
 )
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.states import move_attempt, move_job, move_task
@@ -60,6 +63,11 @@ class ActiveJob:
     node_failures: Counter[str] = field(default_factory=Counter)
     succeeded: int = 0
     failed: int = 0
+    # verification: results held for comparison, owners a task must not go to again, and
+    # results received per task (they do not count against the attempt limit)
+    replicas: dict[str, list[Replica]] = field(default_factory=dict)
+    excluded: dict[str, set[str]] = field(default_factory=dict)
+    results: Counter[str] = field(default_factory=Counter)
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
@@ -87,6 +95,7 @@ class NodeSession:
     leases: dict[str, Lease] = field(default_factory=dict)  # by attempt id
     digests: Counter[str] = field(default_factory=Counter)  # inputs it may download
     draining: bool = False
+    paused: set[int] = field(default_factory=set)  # devices its volunteer's policy paused
 
     def device(self, index: int) -> Device | None:
         return next((d for d in self.node.devices if d.index == index), None)
@@ -125,8 +134,10 @@ class Scheduler:
         clock: Clock,
         config: SchedulerConfig,
         on_change: Callable[[Iterable[str]], None] = lambda jobs: None,
+        blocked: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
         self.store = store
+        self.blocked = blocked  # a node that may get no work (quarantined or banned)
         self.ledger = ledger
         self.clock = clock
         self.config = config
@@ -165,6 +176,10 @@ class Scheduler:
         self.store.update_attempts(running)
         for job_id, loaded in self.jobs.items():
             loaded.node_failures.update(self.store.node_failures(job_id))
+        open_ids = [t.id for a in self.jobs.values() for t in a.queue]
+        open_ids += [a.task_id for a in running if a.job_id in self.jobs]
+        for replica in self.store.get_replicas(open_ids):
+            self._keep_replica(self.jobs[replica.job_id], replica)
         for active_job in list(self.jobs.values()):
             if active_job.open_tasks == 0:
                 self.finish(active_job)
@@ -181,6 +196,34 @@ class Scheduler:
             tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
             for attempt in attempts:
                 self._hold(session, attempt, tasks[attempt.task_id])
+
+    def _keep_replica(self, active: ActiveJob, replica: Replica) -> None:
+        active.results[replica.task_id] += 1
+        active.excluded.setdefault(replica.task_id, set()).add(replica.owner)
+        if replica.state == ReplicaState.PENDING:
+            active.replicas.setdefault(replica.task_id, []).append(replica)
+
+    def hold_replica(self, active: ActiveJob, replica: Replica) -> None:
+        """Keeps a result for comparison; its owner gets no other attempt at the task."""
+        self._keep_replica(active, replica)
+
+    def forget_replicas(self, active: ActiveJob, task_id: str) -> None:
+        active.replicas.pop(task_id, None)
+        active.excluded.pop(task_id, None)
+        active.results.pop(task_id, None)
+
+    def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
+        """Whether a connected node of an owner not in `owners` could run the job's tasks on
+        a device its volunteer has not paused (owner at the keyboard, too hot, outside its
+        window): a check never waits on a device that may stay paused for hours."""
+        for session in self.sessions.values():
+            node = session.node
+            if session.draining or node.owner in owners or self.blocked(node.id):
+                continue
+            for device in node.devices:
+                if device.index not in session.paused and self._eligible(active, node, device):
+                    return True
+        return False
 
     def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
         self.jobs[job.id] = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
@@ -218,6 +261,7 @@ class Scheduler:
         self, node: Node, sink: SessionSink, running: list[str]
     ) -> tuple[list[str], list[str]]:
         """Attaches a node's new session; returns (resumed, cancelled) attempt ids."""
+        node.owner = owner_of(node)
         old = self.sessions.pop(node.id, None)
         if old is not None:
             old.sink.close()
@@ -255,6 +299,10 @@ class Scheduler:
             raise ValueError(f"node {node_id} has no device {device_index}")
         base = 0 if reset else session.credit[device_index]
         session.credit[device_index] = min(base + count, 100_000)
+        if reset and count == 0:
+            session.paused.add(device_index)
+        elif count > 0:
+            session.paused.discard(device_index)
 
     def heartbeat(self, node_id: str) -> None:
         session = self.sessions.get(node_id)
@@ -335,6 +383,8 @@ class Scheduler:
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]],
     ) -> None:
         node = session.node
+        if self.blocked(node.id):
+            return
         for index, credit in session.credit.items():
             device = session.device(index)
             if credit <= 0 or device is None:
@@ -342,8 +392,7 @@ class Scheduler:
             for active in self.jobs.values():
                 if not active.queue or not self._eligible(active, node, device):
                     continue
-                while credit and active.queue:
-                    task = active.queue.popleft()
+                for task in self._take(active, node.owner, credit):
                     attempt = Attempt(
                         id=new_id(),
                         task_id=task.id,
@@ -358,6 +407,25 @@ class Scheduler:
                 if not credit:
                     break
             session.credit[index] = credit
+
+    @staticmethod
+    def _take(active: ActiveJob, owner: str, count: int) -> list[Task]:
+        """Up to `count` queued tasks an owner's node may run, from the front of the queue:
+        a task is never given to an owner that has returned a result for it already."""
+        queue, taken = active.queue, list[Task]()
+        if not active.excluded:
+            while len(taken) < count and queue:
+                taken.append(queue.popleft())
+            return taken
+        skipped: list[Task] = []
+        while len(taken) < count and queue:
+            task = queue.popleft()
+            if owner in active.excluded.get(task.id, ()):
+                skipped.append(task)
+            else:
+                taken.append(task)
+        queue.extendleft(reversed(skipped))
+        return taken
 
     def _eligible(self, active: ActiveJob, node: Node, device: Device) -> bool:
         bad = active.node_failures[node.id] >= self.config.max_node_failures_per_job
@@ -422,7 +490,8 @@ class Scheduler:
                 if active is None or task.state != TaskState.LEASED:
                     continue  # the job ended, or another attempt finished the task
                 active.node_failures[attempt.node_id] += 1
-                if again and task.attempts < active.job.max_attempts:
+                failures = task.attempts - active.results[task.id]
+                if again and failures < active.job.max_attempts:
                     move_task(task, TaskState.QUEUED)
                     requeue.append((active, task))
                 else:

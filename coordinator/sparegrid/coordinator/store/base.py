@@ -16,6 +16,8 @@ from sparegrid.coordinator.domain import (
     JobState,
     LedgerEntry,
     Node,
+    Replica,
+    Reputation,
     Task,
     TaskState,
     Transaction,
@@ -153,7 +155,7 @@ class Store(Protocol):
 
     # nodes
     def upsert_node(self, node: Node) -> None:
-        """Inserts, or updates name, public key, devices, software, executors and
+        """Inserts, or updates name, public key, devices, software, executors, owner and
         last_seen; counters and first_seen of a known node are kept."""
 
     def get_node(self, node_id: str) -> Node | None: ...
@@ -161,6 +163,22 @@ class Store(Protocol):
     def list_nodes(self) -> list[Node]: ...
 
     def add_node_counts(self, node_id: str, succeeded: int, failed: int) -> None: ...
+
+    # verification: results held for comparison, and what is known of each node
+    def add_replicas(self, replicas: list[Replica]) -> None:
+        """Inserts results held for comparison; Conflict if an attempt has one already."""
+
+    def update_replicas(self, replicas: list[Replica]) -> None:
+        """Writes the state of each replica."""
+
+    def get_replicas(self, task_ids: list[str]) -> list[Replica]:
+        """Every replica of the tasks, oldest first (then by attempt id)."""
+
+    def get_reputations(self, node_ids: list[str] | None = None) -> list[Reputation]:
+        """Reputations of the nodes that have one (all when node_ids is None), by node id."""
+
+    def put_reputations(self, reputations: list[Reputation]) -> None:
+        """Inserts or replaces each node's reputation."""
 
     # blobs: who may read what, and small blobs kept in the database
     def add_blob_owners(self, digests: list[str], account_id: str) -> None: ...

@@ -20,6 +20,8 @@ from sparegrid.coordinator.domain import (
     JobState,
     LedgerEntry,
     Node,
+    Replica,
+    Reputation,
     Task,
     TaskState,
     Transaction,
@@ -49,6 +51,8 @@ class _State:
     job_tasks: dict[str, list[str]] = field(default_factory=dict)  # task ids by index
     attempts: dict[str, Attempt] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    replicas: dict[str, Replica] = field(default_factory=dict)  # by attempt id
+    reputations: dict[str, Reputation] = field(default_factory=dict)
     blob_owners: set[tuple[str, str]] = field(default_factory=set)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
 
@@ -384,6 +388,7 @@ class MemoryStore:
             stored.software = dict(node.software)
             stored.executors = dict(node.executors)
             stored.last_seen = node.last_seen
+            stored.owner = node.owner
 
     def get_node(self, node_id: str) -> Node | None:
         with self._lock:
@@ -399,6 +404,41 @@ class MemoryStore:
             if stored is not None:
                 stored.tasks_succeeded += succeeded
                 stored.tasks_failed += failed
+
+    # verification
+
+    def add_replicas(self, replicas: list[Replica]) -> None:
+        with self._lock:
+            ids = [p.attempt_id for p in replicas]
+            if len(set(ids)) < len(ids) or set(ids) & self._s.replicas.keys():
+                raise Conflict("an attempt holds a replica already")
+            for replica in replicas:
+                self._s.replicas[replica.attempt_id] = copy.deepcopy(replica)
+
+    def update_replicas(self, replicas: list[Replica]) -> None:
+        with self._lock:
+            for replica in replicas:
+                stored = self._s.replicas.get(replica.attempt_id)
+                if stored is not None:
+                    stored.state = replica.state
+
+    def get_replicas(self, task_ids: list[str]) -> list[Replica]:
+        wanted = set(task_ids)
+        with self._lock:
+            found = [p for p in self._s.replicas.values() if p.task_id in wanted]
+            found.sort(key=lambda p: (p.created_at, p.attempt_id))
+            return _copies(found)
+
+    def get_reputations(self, node_ids: list[str] | None = None) -> list[Reputation]:
+        with self._lock:
+            reps = self._s.reputations
+            ids = reps.keys() if node_ids is None else set(node_ids) & reps.keys()
+            return _copies([reps[i] for i in sorted(ids)])
+
+    def put_reputations(self, reputations: list[Reputation]) -> None:
+        with self._lock:
+            for reputation in reputations:
+                self._s.reputations[reputation.node_id] = copy.deepcopy(reputation)
 
     # blobs
 

@@ -21,7 +21,11 @@ from sparegrid.coordinator.domain import (
     LedgerEntry,
     Node,
     Posting,
+    Replica,
+    ReplicaState,
+    Reputation,
     Requirements,
+    Standing,
     Task,
     TaskState,
     Transaction,
@@ -32,18 +36,23 @@ Params = tuple[object, ...]
 
 ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
 JOB_COLUMNS = (
-    "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_per_task,"
-    " task_count, state, cost_held, cost_spent, error, created_at, finished_at, idempotency_key"
+    "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
+    " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
+    " idempotency_key, replicas, quorum"
 )
-TASK_COLUMNS = "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error"
+TASK_COLUMNS = (
+    "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error, work"
+)
 ATTEMPT_COLUMNS = (
     "id, task_id, job_id, node_id, device_index, deadline, state, created_at, finished_at,"
     " error_code, error"
 )
 NODE_COLUMNS = (
     "id, public_key, name, devices, software, executors, first_seen, last_seen,"
-    " tasks_succeeded, tasks_failed"
+    " tasks_succeeded, tasks_failed, owner"
 )
+REPLICA_COLUMNS = "attempt_id, task_id, job_id, node_id, owner, outputs, receipt, state, created_at"
+REPUTATION_COLUMNS = "node_id, streak, validated, invalid, strikes, standing, reason, updated_at"
 ENTRY_COLUMNS = "transaction_id, account, amount, reason, job_id, task_id, created_at"
 
 
@@ -79,9 +88,9 @@ def account_from(row: Row) -> Account:
 def job_params(j: Job) -> Params:
     return (
         j.id, j.account_id, j.kind, j.name, j.params, to_json(j.inputs),
-        to_json(asdict(j.requirements)), j.max_attempts, j.price_per_task, j.task_count,
-        j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at, j.finished_at,
-        j.idempotency_key,
+        to_json(asdict(j.requirements)), j.max_attempts, j.price_credit, j.price_units,
+        j.task_count, j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at,
+        j.finished_at, j.idempotency_key, j.replicas, j.quorum,
     )  # fmt: skip
 
 
@@ -95,22 +104,25 @@ def job_from(row: Row) -> Job:
         inputs=json.loads(row[5]),
         requirements=Requirements(**json.loads(row[6])),
         max_attempts=row[7],
-        price_per_task=row[8],
-        task_count=row[9],
-        state=JobState(row[10]),
-        cost_held=row[11],
-        cost_spent=row[12],
-        error=row[13],
-        created_at=float(row[14]),
-        finished_at=optional_float(row[15]),
-        idempotency_key=row[16],
+        price_credit=int(row[8]),
+        price_units=int(row[9]),
+        task_count=row[10],
+        state=JobState(row[11]),
+        cost_held=row[12],
+        cost_spent=row[13],
+        error=row[14],
+        created_at=float(row[15]),
+        finished_at=optional_float(row[16]),
+        idempotency_key=row[17],
+        replicas=row[18],
+        quorum=row[19],
     )
 
 
 def task_params(t: Task) -> Params:
     return (
         t.id, t.job_id, t.index, t.params, refs_json(t.inputs), t.state.value, t.attempts,
-        t.node_id, refs_json(t.outputs), t.receipt, t.error,
+        t.node_id, refs_json(t.outputs), t.receipt, t.error, t.work,
     )  # fmt: skip
 
 
@@ -134,6 +146,7 @@ def task_from(row: Row) -> Task:
         outputs=refs_from(row[8]),
         receipt=bytes(row[9]),
         error=row[10],
+        work=int(row[11]),
     )
 
 
@@ -164,7 +177,7 @@ def node_params(n: Node) -> Params:
     return (
         n.id, n.public_key, n.name, to_json([asdict(d) for d in n.devices]),
         to_json(n.software), to_json(n.executors), n.first_seen, n.last_seen,
-        n.tasks_succeeded, n.tasks_failed,
+        n.tasks_succeeded, n.tasks_failed, n.owner,
     )  # fmt: skip
 
 
@@ -180,6 +193,48 @@ def node_from(row: Row) -> Node:
         last_seen=float(row[7]),
         tasks_succeeded=row[8],
         tasks_failed=row[9],
+        owner=row[10],
+    )
+
+
+def replica_params(p: Replica) -> Params:
+    return (
+        p.attempt_id, p.task_id, p.job_id, p.node_id, p.owner, refs_json(p.outputs),
+        p.receipt, p.state.value, p.created_at,
+    )  # fmt: skip
+
+
+def replica_from(row: Row) -> Replica:
+    return Replica(
+        attempt_id=row[0],
+        task_id=row[1],
+        job_id=row[2],
+        node_id=row[3],
+        owner=row[4],
+        outputs=refs_from(row[5]),
+        receipt=bytes(row[6]),
+        state=ReplicaState(row[7]),
+        created_at=float(row[8]),
+    )
+
+
+def reputation_params(p: Reputation) -> Params:
+    return (
+        p.node_id, p.streak, p.validated, p.invalid, p.strikes, p.standing.value, p.reason,
+        p.updated_at,
+    )  # fmt: skip
+
+
+def reputation_from(row: Row) -> Reputation:
+    return Reputation(
+        node_id=row[0],
+        streak=int(row[1]),
+        validated=int(row[2]),
+        invalid=int(row[3]),
+        strikes=int(row[4]),
+        standing=Standing(row[5]),
+        reason=row[6],
+        updated_at=float(row[7]),
     )
 
 

@@ -130,8 +130,47 @@ CREATE TABLE inline_blobs (
 )
 """
 
+# The trust layer: prices per work unit instead of a flat price per task, a verification
+# policy per job, work units per task, node owners, results held for comparison and
+# node reputations. Jobs from before keep their price (per task of 1 unit) and run with
+# the single-result policy (replicas = quorum = 1) they were submitted under.
+TRUST = """
+ALTER TABLE jobs ADD COLUMN price_credit BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN price_units BIGINT NOT NULL DEFAULT 1;
+UPDATE jobs SET price_credit = price_per_task;
+ALTER TABLE jobs DROP COLUMN price_per_task;
+ALTER TABLE jobs ADD COLUMN replicas INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN quorum INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE tasks ADD COLUMN work BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE nodes ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE replicas (
+    attempt_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks (id),
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    node_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    receipt {blob} NOT NULL,
+    state TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE INDEX replicas_task ON replicas (task_id);
+
+CREATE TABLE reputations (
+    node_id TEXT PRIMARY KEY,
+    streak BIGINT NOT NULL,
+    validated BIGINT NOT NULL,
+    invalid BIGINT NOT NULL,
+    strikes INTEGER NOT NULL,
+    standing TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    updated_at {real} NOT NULL
+)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
-MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL)]
+MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL), (2, TRUST)]
 
 
 def statements(script: str, types: dict[str, str]) -> list[str]:

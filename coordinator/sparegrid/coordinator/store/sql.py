@@ -11,6 +11,8 @@ from sparegrid.coordinator.domain import (
     JobState,
     LedgerEntry,
     Node,
+    Replica,
+    Reputation,
     Task,
     TaskState,
     Transaction,
@@ -382,7 +384,7 @@ class SqlStore(SqlEngine):
     # nodes
 
     def upsert_node(self, node: Node) -> None:
-        kept = ("name", "public_key", "devices", "software", "executors", "last_seen")
+        kept = ("name", "public_key", "devices", "software", "executors", "last_seen", "owner")
         with self.transaction():
             self._run(
                 f"INSERT INTO nodes ({r.NODE_COLUMNS}) VALUES ({r.placeholders(r.NODE_COLUMNS)})"
@@ -410,6 +412,52 @@ class SqlStore(SqlEngine):
                 "UPDATE nodes SET tasks_succeeded = tasks_succeeded + ?,"
                 " tasks_failed = tasks_failed + ? WHERE id = ?",
                 (succeeded, failed, node_id),
+            )
+
+    # verification
+
+    def add_replicas(self, replicas: list[Replica]) -> None:
+        with self.transaction(), self._conflicts("an attempt holds a replica already"):
+            self._run_many(
+                f"INSERT INTO replicas ({r.REPLICA_COLUMNS})"
+                f" VALUES ({r.placeholders(r.REPLICA_COLUMNS)})",
+                [r.replica_params(p) for p in replicas],
+            )
+
+    def update_replicas(self, replicas: list[Replica]) -> None:
+        with self.transaction():
+            self._run_many(
+                "UPDATE replicas SET state = ? WHERE attempt_id = ?",
+                [(p.state.value, p.attempt_id) for p in replicas],
+            )
+
+    def get_replicas(self, task_ids: list[str]) -> list[Replica]:
+        with self.transaction():
+            rows = self._query_in(
+                f"SELECT {r.REPLICA_COLUMNS} FROM replicas WHERE task_id IN (*)",
+                list(dict.fromkeys(task_ids)),
+            )
+        found = [r.replica_from(row) for row in rows]
+        return sorted(found, key=lambda p: (p.created_at, p.attempt_id))
+
+    def get_reputations(self, node_ids: list[str] | None = None) -> list[Reputation]:
+        with self.transaction():
+            select = f"SELECT {r.REPUTATION_COLUMNS} FROM reputations"
+            if node_ids is None:
+                rows = self._query(select)
+            else:
+                rows = self._query_in(select + " WHERE node_id IN (*)", list(set(node_ids)))
+        return sorted((r.reputation_from(row) for row in rows), key=lambda p: p.node_id)
+
+    def put_reputations(self, reputations: list[Reputation]) -> None:
+        columns = r.REPUTATION_COLUMNS.split(", ")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        with self.transaction():
+            self._run_many(
+                f"INSERT INTO reputations ({r.REPUTATION_COLUMNS})"
+                f" VALUES ({r.placeholders(r.REPUTATION_COLUMNS)})"
+                f" ON CONFLICT (node_id) DO UPDATE SET {updates}",
+                [r.reputation_params(p) for p in reputations],
             )
 
     # blobs

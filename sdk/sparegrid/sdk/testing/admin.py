@@ -97,3 +97,17 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
             if request.account in ("", e.account) and request.job_id in ("", e.job_id)
         ]
         return admin_pb2.ListLedgerEntriesResponse(entries=entries[: request.limit or 100])
+
+    @aborts
+    async def BanNode(
+        self, request: admin_pb2.BanNodeRequest, context: Context
+    ) -> admin_pb2.BanNodeResponse:
+        self.c._caller(context, admin=True)
+        raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake bans no nodes")
+
+    @aborts
+    async def ReinstateNode(
+        self, request: admin_pb2.ReinstateNodeRequest, context: Context
+    ) -> admin_pb2.ReinstateNodeResponse:
+        self.c._caller(context, admin=True)
+        raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake bans no nodes")

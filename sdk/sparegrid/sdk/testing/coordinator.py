@@ -20,7 +20,7 @@ from sparegrid.sdk.testing._rpc import Abort, Context, abort, aborts
 from sparegrid.sdk.testing.blobs import InMemoryBlobService
 from sparegrid.v1 import admin_pb2, client_pb2, client_pb2_grpc, common_pb2
 from sparegrid.wire import Signer, sha256_hex
-from sparegrid.wire.receipt import make_receipts, sign_batch
+from sparegrid.wire.receipt import countersign, make_receipts, sign_batch
 
 PRICE = 1
 INLINE_LIMIT = 64 * 1024
@@ -54,6 +54,7 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         self.tick = tick
         self.blobs = InMemoryBlobService()
         self.signer = Signer.generate()
+        self.coordinator_signer = Signer.generate()  # countersigns accepted results
         self.accounts: dict[str, admin_pb2.Account] = {}
         self.keys: dict[str, str] = {}
         self.jobs: dict[str, FakeJob] = {}
@@ -120,10 +121,22 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.GetInfoResponse:
         self._caller(context)
         kinds = [
-            client_pb2.JobKindInfo(name=k, description=d, price_per_task=PRICE)
+            client_pb2.JobKindInfo(name=k, description=d, price_credit=PRICE, price_units=1)
             for k, d in KINDS.items()
         ]
-        return client_pb2.GetInfoResponse(version="fake", kinds=kinds, max_blob_size=1 << 30)
+        return client_pb2.GetInfoResponse(
+            version="fake",
+            kinds=kinds,
+            max_blob_size=1 << 30,
+            coordinator_public_key=self.coordinator_signer.public_key,
+        )
+
+    @aborts
+    async def GetNodeCredit(
+        self, request: client_pb2.GetNodeCreditRequest, context: Context
+    ) -> client_pb2.GetNodeCreditResponse:
+        self._caller(context)
+        raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake has no nodes you own")
 
     @aborts
     async def GetAccount(
@@ -225,6 +238,12 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         receipt = make_receipts(
             [statement], sign_batch(self.signer, [statement]), self.signer.public_key
         )[0]
+        validation = common_pb2.Validation(
+            job_id=job.msg.job_id, task_id=task_id, attempt_id=f"{task_id}-a1",
+            node_id=self.signer.node_id, method=common_pb2.VALIDATION_METHOD_SINGLE,
+            agreeing_nodes=[self.signer.node_id], detail="fake coordinator", credit=PRICE,
+        )  # fmt: skip
+        receipt = countersign(self.coordinator_signer, receipt, validation)
         for value in outputs.values():
             if len(value) > INLINE_LIMIT:
                 self.blobs.blobs[sha256_hex(value)] = value

@@ -1,6 +1,7 @@
 """Executors that misbehave on purpose, for tests of the worker's fault handling."""
 
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -67,3 +68,50 @@ def _attempt(action: Callable[[], object]) -> str:
     except OSError as exc:
         return f"refused: {exc.strerror or exc}"
     return "done"
+
+
+# --- dishonest or broken nodes, for the trust layer's adversarial tests -----------------
+# Each one registers as "echo": a worker built with one of them answers echo tasks wrongly.
+
+
+class WrongEchoExecutor:
+    """Always wrong, and never twice the same way (random junk, as broken memory gives)."""
+
+    name: ClassVar[str] = "echo"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        return [ExecOutput("out", os.urandom(16).hex().encode())]
+
+
+class LazyEchoExecutor:
+    """Returns without working: an empty output, the same for every task (like zeros)."""
+
+    name: ClassVar[str] = "echo"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        return [ExecOutput("out", b"")]
+
+
+class ColludingEchoExecutor:
+    """Wrong in a way its partners copy: the same junk for the same task on every node."""
+
+    name: ClassVar[str] = "echo"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        return [ExecOutput("out", b"agreed junk: " + hashlib.sha256(task.params).digest()[:8])]
+
+
+class FlakyEchoExecutor:
+    """Right, except about one result in twenty (as an overclocked GPU might be)."""
+
+    name: ClassVar[str] = "echo"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        data = json.loads(task.params or b"{}").get("data", "")
+        if os.urandom(1)[0] < 13:  # 13/256: about 5%
+            return [ExecOutput("out", b"flipped bit " + os.urandom(4).hex().encode())]
+        return [ExecOutput("out", str(data).encode())]

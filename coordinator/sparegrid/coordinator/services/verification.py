@@ -1,0 +1,162 @@
+"""Decides, from the results a task has so far, whether one is accepted, more are needed,
+or the task cannot be settled.
+
+Policies, per job:
+
+- `replicas=k, quorum=m` (k >= 2): at least k results are gathered, from nodes of
+  different owners, and accepted once m of them agree; more are run while they disagree,
+  up to k + the job's attempt limit.
+- adaptive (k = 0, the default): a first result is cross-checked with probability given by
+  its node's reputation (always for a new node, never less than the floor); a checked task
+  is accepted once two owners agree. When no connected node of another owner could run the
+  check, the single result is accepted and the receipt says it went unchecked.
+- single (k = m = 1): jobs submitted before verification existed; the first result wins.
+
+Agreement counts owners, not nodes: two results of one owner never make a quorum.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sparegrid.coordinator.domain import FileRef, Job, Replica, ReplicaState, Task
+from sparegrid.coordinator.kinds import decode_params
+from sparegrid.coordinator.services.comparators import Comparators, Reader
+from sparegrid.coordinator.services.reputation import Reputations
+from sparegrid.v1 import common_pb2
+
+log = logging.getLogger("sparegrid.coordinator.verification")
+
+MAX_REPLICAS = 10
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    PENDING = "pending"  # another result, from a node of another owner, is needed
+    FAILED = "failed"  # no agreement within the attempt limit
+
+
+@dataclass
+class Decision:
+    outcome: Outcome
+    method: "common_pb2.ValidationMethod.ValueType" = common_pb2.VALIDATION_METHOD_UNSPECIFIED
+    detail: str = ""
+    winners: list[Replica] = field(default_factory=list)  # paid: one per agreeing owner
+    losers: list[Replica] = field(default_factory=list)  # outvoted: invalid
+
+
+def policy_text(job: Job) -> str:
+    if job.replicas == 0:
+        return "adaptive"
+    if job.replicas == 1:
+        return "single result"
+    return f"{job.quorum} of {job.replicas}"
+
+
+def check_policy(replicas: int, quorum: int) -> str:
+    """What is wrong with a requested policy, or "" when it is fine."""
+    if replicas == 0 and quorum == 0:
+        return ""
+    if not 2 <= replicas <= MAX_REPLICAS:
+        return f"replicas must be 0 (adaptive) or 2 to {MAX_REPLICAS}, got {replicas}"
+    if not 2 <= quorum <= replicas:
+        return f"quorum must be from 2 to replicas ({replicas}), got {quorum}"
+    if 2 * quorum <= replicas:
+        return f"quorum {quorum} of {replicas} is not a majority: two answers could both win"
+    return ""
+
+
+class Verifier:
+    def __init__(self, reputations: Reputations, comparators: Comparators) -> None:
+        self.reputations = reputations
+        self.comparators = comparators
+
+    def decide(
+        self,
+        job: Job,
+        task: Task,
+        results: list[Replica],
+        read: Reader,
+        others_online: Callable[[], bool],
+        known: list[FileRef] | None = None,
+    ) -> Decision:
+        """`results`: the task's pending results, the newest last; `others_online`: whether
+        a connected node of an owner not among them could run the task; `known`: the
+        outputs of a known-answer task."""
+        live = [r for r in results if r.state == ReplicaState.PENDING]
+        new = live[-1]
+        if known is not None:
+            comparator = self.comparators.for_kind(job.kind)
+            if comparator.agree(decode_params(task.params), known, new.outputs, read):
+                method = common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
+                return Decision(Outcome.ACCEPTED, method, "matched the known answer", [new])
+            detail = "did not match the known answer"
+            return Decision(Outcome.FAILED, detail=detail, losers=[new])
+        if job.replicas == 1:
+            return Decision(
+                Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_SINGLE, "single result", [new]
+            )
+        if job.replicas == 0 and len(live) == 1:
+            if not self.reputations.wants_check(new.node_id):
+                rate = self.reputations.check_rate(new.node_id)
+                detail = f"node's record let it through unchecked (check rate {rate:.0%})"
+                return Decision(
+                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_TRUSTED, detail, [new]
+                )
+            if not others_online():
+                detail = "no node of another owner was online to cross-check it"
+                return Decision(
+                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [new]
+                )
+            return Decision(Outcome.PENDING)
+        groups = self._groups(job.kind, decode_params(task.params), live, read)
+        best = max(groups, key=_owners)
+        agreeing = _owners(best)
+        wanted = job.quorum if job.replicas else 2
+        enough = len(live) >= job.replicas  # fixed policies gather all k first
+        if agreeing >= wanted and enough:
+            method = (
+                common_pb2.VALIDATION_METHOD_QUORUM
+                if job.replicas
+                else common_pb2.VALIDATION_METHOD_CROSS_CHECKED
+            )
+            detail = f"{agreeing} of {len(live)} results from different owners agreed"
+            if job.replicas:
+                detail += f" (policy {policy_text(job)})"
+            losers = [r for r in live if all(r is not w for w in best)]
+            return Decision(Outcome.ACCEPTED, method, detail, _one_per_owner(best), losers)
+        if len(live) >= max(job.replicas, 2) + job.max_attempts:
+            return Decision(
+                Outcome.FAILED, detail=f"{len(live)} results, no {wanted} of them agree"
+            )
+        return Decision(Outcome.PENDING)
+
+    def _groups(
+        self, kind: str, params: dict[str, object], live: list[Replica], read: Reader
+    ) -> list[list[Replica]]:
+        """Results grouped with the first result they agree with."""
+        comparator = self.comparators.for_kind(kind)
+        groups: list[list[Replica]] = []
+        for result in live:
+            for group in groups:
+                if comparator.agree(params, group[0].outputs, result.outputs, read):
+                    group.append(result)
+                    break
+            else:
+                groups.append([result])
+        return groups
+
+
+def _owners(group: list[Replica]) -> int:
+    return len({r.owner for r in group})
+
+
+def _one_per_owner(group: list[Replica]) -> list[Replica]:
+    seen: set[str] = set()
+    first: list[Replica] = []
+    for result in group:
+        if result.owner not in seen:
+            seen.add(result.owner)
+            first.append(result)
+    return first

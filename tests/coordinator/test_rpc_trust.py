@@ -1,0 +1,161 @@
+"""The trust layer's RPCs on a real grpc.aio server: owners, node credit, ban, policies."""
+
+import grpc
+import pytest
+from grpc import aio
+
+from sparegrid.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    client_pb2,
+    client_pb2_grpc,
+    common_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from sparegrid.wire import REGISTER_TAG, Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch, verify_countersignature
+from tests.coordinator.conftest import Served, code_of
+
+Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
+
+
+async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[Call, str]:
+    stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
+    call: Call = stub.Session(metadata=served.auth(owner_key) if owner_key else None)
+    await call.write(
+        worker_pb2.WorkerMessage(
+            hello=worker_pb2.Hello(
+                public_key=signer.public_key,
+                node_name="raw",
+                devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
+                executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
+            )
+        )
+    )
+    challenge = (await call.read()).challenge
+    signed = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
+    answer = worker_pb2.ChallengeResponse(signature=signed)
+    await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
+    welcome = (await call.read()).welcome
+    return call, welcome.node_id
+
+
+async def test_a_worker_proves_its_owner_with_the_owners_key(served: Served) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    owned, anonymous = Signer.generate(), Signer.generate()
+    call1, owned_id = await session(served, owned, served.alice_key)
+    call2, anon_id = await session(served, anonymous)
+    nodes = await admin.ListNodes(
+        admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
+    )
+    owners = {n.node_id: n.owner for n in nodes.nodes}
+    assert owners == {owned_id: "alice", anon_id: f"node:{anon_id}"}
+    assert all(n.standing == admin_pb2.NODE_STANDING_ACTIVE for n in nodes.nodes)
+    call1.cancel()
+    call2.cancel()
+
+
+async def test_a_wrong_owner_key_is_refused(served: Served) -> None:
+    with pytest.raises(aio.AioRpcError) as err:
+        await session(served, Signer.generate(), "sg_not_a_key")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(err.value) == "BAD_API_KEY"
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    nodes = await admin.ListNodes(
+        admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
+    )
+    assert list(nodes.nodes) == []
+
+
+async def test_info_offers_the_countersigning_key_and_prices(served: Served) -> None:
+    stub = client_pb2_grpc.ClientServiceStub(served.channel)
+    info = await stub.GetInfo(client_pb2.GetInfoRequest(), metadata=served.auth(served.bob_key))
+    assert info.coordinator_public_key == served.app.signer.public_key
+    kinds = {k.name: (k.price_credit, k.price_units, k.work_unit) for k in info.kinds}
+    assert kinds == {
+        "echo": (1, 1, "task"),
+        "checksum": (1, 1 << 20, "byte"),
+        "inference": (1, 100, "GFLOP"),
+    }
+
+
+async def test_a_bad_policy_is_invalid_argument(served: Served) -> None:
+    stub = client_pb2_grpc.ClientServiceStub(served.channel)
+    spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}', replicas=4, quorum=2)
+    with pytest.raises(aio.AioRpcError) as err:
+        await stub.SubmitJob(
+            client_pb2.SubmitJobRequest(spec=spec), metadata=served.auth(served.alice_key)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(err.value) == "BAD_POLICY" and "majority" in (err.value.details() or "")
+
+
+async def test_the_owner_sees_its_nodes_credit_and_why(served: Served) -> None:
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    alice, bob = served.auth(served.alice_key), served.auth(served.bob_key)
+    job = (
+        await client.SubmitJob(
+            client_pb2.SubmitJobRequest(
+                spec=client_pb2.JobSpec(kind="echo", params=b'{"tasks": 2}')
+            ),
+            metadata=bob,
+        )
+    ).job
+    signer = Signer.generate()
+    call, node_id = await session(served, signer, served.alice_key)
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=5)))
+    assign = (await call.read()).assign
+    out = b""
+    statements = [
+        common_pb2.ResultStatement(
+            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=0)],
+        ).SerializeToString()
+        for a in assign.assignments
+    ]  # fmt: skip
+    results = worker_pb2.Results(
+        batch_id=1, statements=statements, signature=sign_batch(signer, statements),
+        inline_outputs={sha256_hex(out): out},
+    )  # fmt: skip
+    await call.write(worker_pb2.WorkerMessage(results=results))
+    assert all(v.accepted for v in (await call.read()).result_ack.verdicts)
+    view = await client.GetNodeCredit(
+        client_pb2.GetNodeCreditRequest(node_id=node_id), metadata=alice
+    )
+    assert view.owner == "alice" and view.balance == 2 and view.standing == "active"
+    assert {(e.job_id, e.amount) for e in view.entries} == {(job.job_id, 1)}
+    assert all(e.task_id.startswith(job.job_id) and "unchecked" in e.reason for e in view.entries)
+    with pytest.raises(aio.AioRpcError) as err:
+        await client.GetNodeCredit(client_pb2.GetNodeCreditRequest(node_id=node_id), metadata=bob)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and code_of(err.value) == "NODE_NOT_FOUND"
+    got = await client.GetJobResults(
+        client_pb2.GetJobResultsRequest(job_id=job.job_id), metadata=bob
+    )
+    for r in got.results:
+        v = verify_countersignature(r.receipt, served.app.signer.public_key)
+        assert v.method == common_pb2.VALIDATION_METHOD_UNCHECKED and v.credit == 1
+    call.cancel()
+
+
+async def test_ban_and_reinstate(served: Served) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    root = served.auth(served.admin_key)
+    with pytest.raises(aio.AioRpcError) as err:
+        await admin.BanNode(admin_pb2.BanNodeRequest(node_id="nope"), metadata=root)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and code_of(err.value) == "NODE_NOT_FOUND"
+    with pytest.raises(aio.AioRpcError) as err:
+        await admin.BanNode(
+            admin_pb2.BanNodeRequest(node_id="x"), metadata=served.auth(served.alice_key)
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    call, node_id = await session(served, Signer.generate())
+    banned = await admin.BanNode(
+        admin_pb2.BanNodeRequest(node_id=node_id, reason="junk"), metadata=root
+    )
+    assert banned.node.standing == admin_pb2.NODE_STANDING_BANNED
+    assert banned.node.standing_reason == "junk"
+    back = await admin.ReinstateNode(admin_pb2.ReinstateNodeRequest(node_id=node_id), metadata=root)
+    assert back.node.standing == admin_pb2.NODE_STANDING_ACTIVE
+    assert back.node.standing_reason == "reinstated by the operator"
+    call.cancel()

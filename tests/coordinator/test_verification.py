@@ -1,0 +1,375 @@
+"""Verification policies, reputation and credit, on the in-memory store with fake nodes."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.domain import (
+    AttemptState,
+    JobState,
+    ReplicaState,
+    Standing,
+    TaskState,
+    node_account,
+)
+from sparegrid.coordinator.errors import CoordinatorError
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.v1 import common_pb2
+from sparegrid.wire import Signer
+from sparegrid.wire.receipt import verify_countersignature, verify_receipt
+from tests.coordinator.helpers import FakeNode, make_app, make_client
+
+ALWAYS_CHECK = TrustConfig(warmup=10**9)
+
+
+def submit(app: App, tasks: int, replicas: int = 0, quorum: int = 0) -> str:
+    account = app.store.get_account_by_name("alice") or make_client(app)
+    params = f'{{"tasks": {tasks}, "data": "hi"}}'.encode()
+    spec = JobSpec(kind="echo", params=params, replicas=replicas, quorum=quorum)
+    return app.jobs.submit(account, spec).id
+
+
+def nodes(app: App, *owners: str) -> list[FakeNode]:
+    fleet = [FakeNode(app, f"n{i}", owner=owner) for i, owner in enumerate(owners)]
+    for node in fleet:
+        node.connect(credit=0)
+    return fleet
+
+
+def run(node: FakeNode, output: bytes = b"ok", credit: int = 10) -> int:
+    """Grants credit, runs whatever the node is given, returns how many it ran."""
+    node.app.scheduler.grant(node.id, 0, credit)
+    node.app.scheduler.dispatch()
+    items = node.sink.take()
+    if items:
+        assert all(v.accepted for v in node.answer(items, output))
+    return len(items)
+
+
+def credit_of(app: App, node: FakeNode) -> int:
+    return app.store.balance(node_account(node.id))
+
+
+def test_two_of_two_pays_both_owners_and_countersigns(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    a, b = nodes(app, "alice-co", "bob-co")
+    job_id = submit(app, 3, replicas=2, quorum=2)
+    assert run(a) == 3
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    assert run(a) == 0  # its own tasks never come back to the same owner
+    assert run(b) == 3
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert credit_of(app, a) == credit_of(app, b) == 3
+    assert job.cost_spent == 6 and app.ledger.check().balanced
+    for task in app.store.list_tasks(job_id):
+        receipt = common_pb2.Receipt.FromString(task.receipt)
+        verify_receipt(receipt)
+        validation = verify_countersignature(receipt, app.signer.public_key)
+        assert validation.method == common_pb2.VALIDATION_METHOD_QUORUM
+        assert sorted(validation.agreeing_nodes) == sorted([a.id, b.id])
+        assert validation.credit == 1
+
+
+def test_a_quorum_never_counts_one_owner_twice(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    a1, a2 = nodes(app, "same", "same")
+    job_id = submit(app, 2, replicas=2, quorum=2)
+    assert run(a1) == 2
+    assert run(a2) == 0
+    assert app.store.task_counts(job_id)[TaskState.QUEUED] == 2
+    assert credit_of(app, a1) == 0
+
+
+def test_two_of_three_rejects_the_odd_one_and_strikes_it(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    good1, bad, good2 = nodes(app, "o1", "o2", "o3")
+    job_id = submit(app, 1, replicas=3, quorum=2)
+    run(good1)
+    run(bad, b"wrong")
+    run(good2)
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert (credit_of(app, good1), credit_of(app, bad), credit_of(app, good2)) == (1, 0, 1)
+    rep = app.reputations.get(bad.id)
+    assert (rep.invalid, rep.strikes, rep.streak) == (1, 1, 0)
+    assert app.reputations.get(good1.id).streak == 1
+    [task] = app.store.list_tasks(job_id)
+    states = {r.node_id: r.state for r in app.store.get_replicas([task.id])}
+    assert states == {
+        good1.id: ReplicaState.VALID,
+        bad.id: ReplicaState.INVALID,
+        good2.id: ReplicaState.VALID,
+    }
+    rejected = [a for a in app.store.running_attempts() if a.node_id == bad.id]
+    assert rejected == []
+    assert app.ledger.check().balanced
+
+
+def test_disagreement_under_two_of_two_runs_a_tie_breaker(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    a, b, c = nodes(app, "o1", "o2", "o3")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    run(a, b"wrong")
+    run(b)
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    run(c)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert (credit_of(app, a), credit_of(app, b), credit_of(app, c)) == (0, 1, 1)
+
+
+def test_no_agreement_within_the_attempt_limit_fails_the_task(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    fleet = nodes(app, *[f"o{i}" for i in range(6)])
+    job_id = submit(app, 1, replicas=2, quorum=2)  # 2 + 3 attempts = 5 results at most
+    for i, node in enumerate(fleet[:5]):
+        run(node, f"answer {i}".encode())
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.FAILED
+    assert "NO_AGREEMENT" in job.error
+    assert all(credit_of(app, n) == 0 for n in fleet)
+    assert app.ledger.check().balanced
+    assert app.store.balance("client:alice") == 1000
+
+
+def test_adaptive_cross_checks_a_new_node(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    a, b = nodes(app, "o1", "o2")
+    job_id = submit(app, 2)
+    assert run(a) == 2
+    assert run(b) == 2
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    method = {
+        verify_countersignature(
+            common_pb2.Receipt.FromString(t.receipt), app.signer.public_key
+        ).method
+        for t in app.store.list_tasks(job_id)
+    }
+    assert method == {common_pb2.VALIDATION_METHOD_CROSS_CHECKED}
+    # up to 2 paid results per task were held; what was not spent went back
+    assert job.cost_held == 4 and job.cost_spent == 4
+
+
+def test_adaptive_falls_back_to_unchecked_with_one_owner_and_says_so(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    (a,) = nodes(app, "only")
+    job_id = submit(app, 2)
+    assert run(a) == 2
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    for task in app.store.list_tasks(job_id):
+        v = verify_countersignature(
+            common_pb2.Receipt.FromString(task.receipt), app.signer.public_key
+        )
+        assert v.method == common_pb2.VALIDATION_METHOD_UNCHECKED
+        assert "no node of another owner" in v.detail
+    assert credit_of(app, a) == 2
+    assert app.reputations.get(a.id).streak == 0  # unchecked results earn no trust
+    assert app.store.balance("client:alice") == 998
+
+
+def test_check_rate_falls_with_the_streak_to_the_floor_and_resets(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=TrustConfig(warmup=20, floor=0.05))
+    reps = app.reputations
+    assert reps.check_rate("new") == 1.0
+    reps.validated(["n"] * 19)
+    assert reps.check_rate("n") == 1.0
+    reps.validated(["n"] * 81)
+    assert reps.check_rate("n") == pytest.approx(20 / 101)
+    reps.validated(["n"] * 1000)
+    assert reps.check_rate("n") == 0.05
+    reps.invalid("n", "test")
+    assert reps.check_rate("n") == 1.0
+
+
+def test_adaptive_trusts_a_proven_node_sometimes(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=TrustConfig(warmup=2, floor=0.05))
+    app.reputations._rng = random.Random(7)
+    a, b = nodes(app, "o1", "o2")
+    app.reputations.validated([a.id] * 1000)
+    job_id = submit(app, 40)
+    assert run(a, credit=100) == 40
+    done = app.store.task_counts(job_id)[TaskState.SUCCEEDED]
+    assert 30 <= done < 40  # about 95% trusted, the rest wait for b
+    run(b, credit=100)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    bad, g1, g2 = nodes(app, "bad", "g1", "g2")
+    for _ in range(3):
+        submit(app, 1)
+        run(bad, b"junk")
+        run(g1)
+        run(g2)
+    rep = app.reputations.get(bad.id)
+    assert rep.standing == Standing.QUARANTINED and "3 invalid results" in rep.reason
+    app.scheduler.drain(g1.id)
+    app.scheduler.drain(g2.id)
+    submit(app, 1)
+    assert run(bad) == 0  # no work while quarantined
+    app.reputations.reinstate(bad.id, "fixed its memory")
+    assert run(bad) == 1
+    assert app.ledger.check().balanced
+
+
+def test_ban_stops_work(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    (a,) = nodes(app, "o1")
+    app.reputations.ban(a.id, "abuse")
+    submit(app, 1)
+    assert run(a) == 0
+    assert app.reputations.get(a.id).standing == Standing.BANNED
+
+
+def test_forged_batch_and_unleased_claims_strike_and_pay_nothing(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    a, b = nodes(app, "o1", "o2")
+    submit(app, 1)
+    app.scheduler.grant(a.id, 0, 1)
+    app.scheduler.dispatch()
+    items = a.sink.take()
+    verdicts = a.answer(items, signer=Signer.generate())
+    assert [v.code for v in verdicts] == ["BAD_SIGNATURE"]
+    claimed = b.answer(items)  # b claims a's lease
+    assert [(v.accepted, v.code) for v in claimed] == [(False, "NOT_LEASED")]
+    assert app.reputations.get(a.id).strikes == 1
+    assert app.reputations.get(b.id).strikes == 1
+    assert credit_of(app, a) == credit_of(app, b) == 0
+
+
+def test_bad_policies_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    make_client(app)
+    for replicas, quorum, words in [
+        (1, 1, "replicas must be 0"),
+        (2, 1, "quorum must be from 2"),
+        (4, 2, "not a majority"),
+        (11, 6, "replicas must be 0"),
+        (0, 2, "replicas must be 0"),
+    ]:
+        with pytest.raises(CoordinatorError, match=words) as info:
+            submit(app, 1, replicas, quorum)
+        assert info.value.code == "BAD_POLICY"
+    assert app.store.list_jobs() == []
+    assert app.store.balance("client:alice") == 1000
+
+
+def test_credit_follows_work_units_and_the_price_table(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.jobs import Price
+
+    app = make_app(tmp_path, prices={"checksum": Price(3, 1000)})
+    account = make_client(app)
+    data = b"x" * 5000
+    digest = upload(app, account.id, data)
+    (a,) = nodes(app, "o1")
+    spec = JobSpec(kind="checksum", params=b'{"tasks": 2}', inputs={"data": digest})
+    job = app.jobs.submit(account, spec)
+    assert [t.work for t in app.store.list_tasks(job.id)] == [2500, 2500]
+    assert job.cost_held == 2 * 8 * 2  # ceil(2500 * 3 / 1000) = 8, 2 tasks, up to 2 results
+    run(a)
+    assert credit_of(app, a) == 16
+    entries = app.store.ledger_entries(node_account(a.id))
+    assert {(e.job_id, e.amount) for e in entries} == {(job.id, 8)}
+    assert all(e.task_id and "validated result" in e.reason for e in entries)
+    assert app.ledger.check().balanced
+
+
+def upload(app: App, account_id: str, data: bytes) -> str:
+    from sparegrid.wire import sha256_hex
+
+    digest = sha256_hex(data)
+    path = app.blobs.path(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    app.store.add_blob_owners([digest], account_id)
+    return digest
+
+
+def test_pending_results_survive_a_restart(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    a, b = nodes(app, "o1", "o2")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    run(a)
+    app.scheduler.jobs.clear()
+    app.scheduler.sessions.clear()
+    app.start_services()
+    active = app.scheduler.jobs[job_id]
+    assert [r.node_id for rs in active.replicas.values() for r in rs] == [a.id]
+    a.connect(credit=5)
+    assert a.sink.take() == []  # still excluded after the restart
+    b.connect(credit=0)
+    run(b)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    attempts = app.store.get_attempts(
+        [r.attempt_id for r in app.store.get_replicas([f"{job_id}-0"])]
+    )
+    assert {x.state for x in attempts} == {AttemptState.SUCCEEDED}
+
+
+def test_a_known_answer_task_catches_nodes_that_agree_on_a_lazy_answer(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, lazy = nodes(app, "g1", "g2", "lazy")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    run(g1)
+    run(g2)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    [canary] = [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT]
+    assert run(g1) == run(g2) == 0  # never to the owners that made the known answer
+    app.scheduler.grant(lazy.id, 0, 1)
+    app.scheduler.dispatch()
+    [(attempt, task, kind)] = lazy.sink.take()
+    original = app.store.list_tasks(job_id)[0]
+    assert (kind, task.params, task.inputs) == ("echo", original.params, original.inputs)
+    assert lazy.answer([(attempt, task, kind)], b"")[0].accepted  # looks like any result
+    assert app.store.get_job(canary.job.id).state == JobState.FAILED  # type: ignore[union-attr]
+    assert app.reputations.get(lazy.id).strikes == 1
+    assert credit_of(app, lazy) == 0
+    assert app.ledger.check().balanced
+
+
+def test_a_right_answer_to_a_known_answer_task_is_paid_and_earns_trust(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, g3 = nodes(app, "g1", "g2", "g3")
+    submit(app, 1, replicas=2, quorum=2)
+    run(g1)
+    run(g2)
+    app.canaries.config.rate = 0.0
+    assert run(g3) == 1
+    assert credit_of(app, g3) == 1
+    assert app.reputations.get(g3.id).streak == 1
+    alice = app.store.get_account_by_name("alice")
+    assert alice is not None
+    canaries = [j for j in app.store.list_jobs() if j.account_id != alice.id]
+    [task] = app.store.list_tasks(canaries[0].id)
+    validation = verify_countersignature(
+        common_pb2.Receipt.FromString(task.receipt), app.signer.public_key
+    )
+    assert validation.method == common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
+    assert app.ledger.check().balanced
+
+
+def test_a_held_result_is_accepted_unchecked_when_the_checkers_leave(tmp_path: Path) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    a, b = nodes(app, "o1", "o2")
+    job_id = submit(app, 1)
+    run(a)
+    app.intake.settle_stranded()  # b could still check it: nothing happens
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    app.scheduler.disconnect(b.id, b.sink)
+    app.intake.settle_stranded()
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    [task] = app.store.list_tasks(job_id)
+    v = verify_countersignature(common_pb2.Receipt.FromString(task.receipt), app.signer.public_key)
+    assert v.method == common_pb2.VALIDATION_METHOD_UNCHECKED and "left" in v.detail
+    assert credit_of(app, a) == 1 and app.ledger.check().balanced
