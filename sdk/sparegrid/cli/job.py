@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sparegrid.cli import common, output
+from sparegrid.cli import render as render_cli
 from sparegrid.sdk import (
     Client,
     DeadlineExceededError,
@@ -55,6 +56,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
     )
+    render_cli.add_submit_options(p)
     p.set_defaults(func=submit)
 
     p = jobs.add_parser(
@@ -153,6 +155,8 @@ def upload(client: Client, name: str, path: Path) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.kind == "render":
+        return render_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     with common.client(args) as client:
@@ -331,7 +335,10 @@ def results(args: argparse.Namespace) -> int:
         job = client.get_job(args.job_id)  # an unknown job fails here, before any write
         items = client.results(job.id)
         with staged(out_dir) as stage:
-            entries = [write_result(client, r, stage) for r in items]
+            if job.kind == "render":
+                entries = render_cli.write_results(client, items, stage)
+            else:
+                entries = [write_result(client, r, stage) for r in items]
             write_index(stage, job.id, entries)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]

@@ -26,6 +26,9 @@ def software_versions() -> dict[str, str]:
     torch = package_version("torch")
     if torch:
         versions["torch"] = torch
+    blender = package_version("bpy")  # a render job may require its major.minor
+    if blender:
+        versions["blender"] = blender
     return versions
 
 
