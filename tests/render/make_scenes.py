@@ -60,6 +60,10 @@ def main(out: Path) -> None:
     )
     save(out / "evil.blend")
 
+    base()
+    bpy.data.objects.remove(bpy.data.objects["Camera"])
+    save(out / "nocamera.blend")
+
     # a texture on disk (packed by the SDK), and one that does not exist (refused)
     texture = out / "texture.png"
     image = bpy.data.images.new("tex", 8, 8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.sdk import AdminClient, Client, InvalidArgumentError, SparegridError
+from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, SparegridError
 from sparegrid.sdk.render import stitch_tiles
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_cluster import online_nodes, wait_for
@@ -204,3 +204,25 @@ def test_bad_input_is_rejected_at_submit(grid, scenes, tmp_path) -> None:
     done = cli(cluster, "job", "submit", "render", "--blend", str(not_blend), "--samples", "4")
     assert done.returncode != 0 and "is not a .blend file" in done.stderr
     assert client.account().balance == before
+
+
+def test_a_job_runs_only_on_nodes_with_the_blender_it_requires(grid, scenes) -> None:
+    _, client = grid
+    other = client.render(scenes / "anim.blend", frames=1, blender="4.2", **SIZE)
+    same = client.render(scenes / "anim.blend", frames=2, blender="5.0", **SIZE).wait(timeout=120)
+    assert same.state == "succeeded", same.error
+    other = other.refresh()  # submitted first, but no node runs Blender 4.2
+    assert other.state == "queued" and other.counts.done == 0
+    assert other.cancel().state == "cancelled"
+
+
+async def test_async_client_renders_and_previews(grid, scenes) -> None:
+    cluster, _ = grid
+    key = cluster.env["SPAREGRID_API_KEY"]
+    async with AsyncClient(cluster.address, api_key=key) as client:
+        job = await client.render(scenes / "anim.blend", "2-3", 4, (48, 36), format="png", depth=16)
+        job = await job.wait(timeout=120)
+        assert job.state == "succeeded", job.error
+        preview = await job.preview()
+    assert preview is not None and preview[0] == "frame_0003.png"
+    assert preview[1][24] == 16  # a 16-bit PNG (IHDR bit depth)

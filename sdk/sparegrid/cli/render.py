@@ -39,6 +39,7 @@ def submit(args: argparse.Namespace) -> int:
                 chunk=args.chunk,
                 blender=args.blender,
                 name=args.name,
+                max_attempts=args.max_attempts,
                 on_upload=progress,
             )
         print(job.id, flush=True)

@@ -232,6 +232,7 @@ class AsyncClient(_AsyncBase):
         chunk: int = 1,
         blender: str | None = None,
         name: str = "",
+        max_attempts: int = 0,
         on_upload: Progress | None = None,
     ) -> AsyncJob:
         """`Client.render` for asyncio; the scene is checked and packed in a thread."""
@@ -251,7 +252,14 @@ class AsyncClient(_AsyncBase):
         finally:
             await asyncio.to_thread(prepared.__exit__, None, None, None)
         req = Requirements(software=render.requirements_software(blender))
-        return await self.submit("render", params, {"scene": digest}, name=name, requirements=req)
+        return await self.submit(
+            "render",
+            params,
+            {"scene": digest},
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+        )
 
     async def echo(
         self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = ""

@@ -63,6 +63,7 @@ def inspect(path: str) -> dict[str, Any]:
         "height": r.resolution_y * r.resolution_percentage // 100,
         "samples": scene.cycles.samples,
         "engine": r.engine,
+        "camera": scene.camera is not None,
         "blender": bpy.app.version_string,
         "external": present,
         "missing": missing,

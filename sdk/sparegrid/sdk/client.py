@@ -223,6 +223,7 @@ class Client(_SyncBase):
         chunk: int = 1,
         blender: str | None = None,
         name: str = "",
+        max_attempts: int = 0,
         on_upload: Progress | None = None,
     ) -> Job:
         """Renders a .blend with Cycles: one task per frame (or `chunk` frames), or one per
@@ -241,7 +242,14 @@ class Client(_SyncBase):
         ) as (path, params):
             digest = self.upload(path, on_progress=on_upload)
         req = Requirements(software=render.requirements_software(blender))
-        return self.submit("render", params, {"scene": digest}, name=name, requirements=req)
+        return self.submit(
+            "render",
+            params,
+            {"scene": digest},
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+        )
 
     def echo(self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = "") -> Job:
         params = {"tasks": tasks, "data": data, "sleep_ms": sleep_ms}

@@ -43,6 +43,7 @@ class SceneInfo:
     blender: str
     external: list[str]
     missing: list[str]
+    camera: bool = True
 
 
 def _tool(*args: str) -> dict[str, Any]:
@@ -90,6 +91,7 @@ def inspect_scene(path: Path) -> SceneInfo:
         info["blender"],
         list(info["external"]),
         list(info["missing"]),
+        bool(info["camera"]),
     )
 
 
@@ -268,6 +270,10 @@ def prepare(
     info = inspect_scene(blend) if have_blender() else None
     if info is not None and info.missing:
         raise missing_files_error(blend, info.missing)
+    if info is not None and not info.camera:
+        raise InvalidArgumentError(
+            "BAD_INPUT", f"{blend}'s scene has no active camera, so it cannot render"
+        )
     params = build_params(
         info,
         frames=frames,

@@ -193,7 +193,10 @@ def render_frame(bpy: Any, scene: Any, frame: int, out: Path) -> Path:
     """Renders one frame to `out` + extension; returns the file written."""
     scene.frame_set(frame)
     scene.render.filepath = str(out)
-    bpy.ops.render.render(write_still=True, scene=scene.name)
+    try:
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+    except RuntimeError as exc:  # e.g. no camera: the scene, not the node, is at fault
+        raise ExecutorError(BAD_INPUT, f"Blender could not render frame {frame}: {exc}") from None
     ext = ".png" if scene.render.image_settings.file_format == "PNG" else ".exr"
     written = out.with_name(out.name + ext)
     if not written.is_file():
