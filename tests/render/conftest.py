@@ -31,3 +31,6 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+from tests.e2e.conftest import cluster  # noqa: E402, F401  (real processes, reaped after each test)

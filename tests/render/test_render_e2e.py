@@ -226,3 +226,18 @@ async def test_async_client_renders_and_previews(grid, scenes) -> None:
         preview = await job.preview()
     assert preview is not None and preview[0] == "frame_0003.png"
     assert preview[1][24] == 16  # a 16-bit PNG (IHDR bit depth)
+
+
+def test_cli_submits_a_render_and_waits(grid, scenes) -> None:
+    cluster, client = grid
+    done = cli(
+        cluster,
+        "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
+        "--frames", "4-5", "--samples", "4", "--resolution", "48x36", "--format", "exr",
+        "--wait",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = client.get_job(done.stdout.split()[0])
+    assert job.state == "succeeded" and job.counts.total == 2
+    names = sorted(r.outputs[0].name for r in job.results())
+    assert names == ["frame_0004.exr", "frame_0005.exr"]

@@ -98,7 +98,7 @@ class MemoryGuard:
 
     def _watch(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.wait(self.interval):
+        while True:  # checks at once, then every interval, until the render ends
             with open("/proc/self/statm") as f:
                 rss = int(f.read().split()[1]) * page
             if rss > self.limit:
@@ -109,6 +109,8 @@ class MemoryGuard:
                     flush=True,
                 )
                 os._exit(MEMORY_EXIT)
+            if self._stop.wait(self.interval):
+                return
 
 
 class RenderExecutor:
