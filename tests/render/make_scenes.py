@@ -64,6 +64,15 @@ def main(out: Path) -> None:
     bpy.data.objects.remove(bpy.data.objects["Camera"])
     save(out / "nocamera.blend")
 
+    # an Alembic cache on disk: Blender cannot pack those
+    base()
+    bpy.ops.wm.alembic_export(filepath=str(out / "cube.abc"))
+    bpy.ops.cachefile.open(filepath=str(out / "cube.abc"))
+    modifier = bpy.data.objects["Cube"].modifiers.new("cache", "MESH_SEQUENCE_CACHE")
+    modifier.cache_file = bpy.data.cache_files[-1]
+    modifier.object_path = "/Cube/Cube"
+    save(out / "alembic.blend")
+
     # a texture on disk (packed by the SDK), and one that does not exist (refused)
     texture = out / "texture.png"
     image = bpy.data.images.new("tex", 8, 8)

@@ -209,11 +209,14 @@ def test_bad_input_is_rejected_at_submit(grid, scenes, tmp_path) -> None:
 def test_a_job_runs_only_on_nodes_with_the_blender_it_requires(grid, scenes) -> None:
     _, client = grid
     other = client.render(scenes / "anim.blend", frames=1, blender="4.2", **SIZE)
-    same = client.render(scenes / "anim.blend", frames=2, blender="5.0", **SIZE).wait(timeout=120)
+    optix = client.render(scenes / "anim.blend", frames=1, blender="5.0", backend="optix", **SIZE)
+    same = client.render(scenes / "anim.blend", frames=2, blender="5.0", backend="cpu", **SIZE)
+    same = same.wait(timeout=120)
     assert same.state == "succeeded", same.error
-    other = other.refresh()  # submitted first, but no node runs Blender 4.2
-    assert other.state == "queued" and other.counts.done == 0
-    assert other.cancel().state == "cancelled"
+    # submitted first, but no node runs Blender 4.2, and these CPU nodes have no OptiX
+    for job in (other.refresh(), optix.refresh()):
+        assert job.state == "queued" and job.counts.done == 0
+        assert job.cancel().state == "cancelled"
 
 
 async def test_async_client_renders_and_previews(grid, scenes) -> None:

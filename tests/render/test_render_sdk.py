@@ -12,6 +12,7 @@ from sparegrid.sdk.render import (
     latest_frame_ref,
     parse_frames,
     parse_pair,
+    prepare,
     requirements_software,
 )
 
@@ -89,6 +90,11 @@ def test_blender_requirement() -> None:
     assert requirements_software("5.0.1") == {"blender": "5.0"}
     with pytest.raises(InvalidArgumentError, match=r"not like 5\.0"):
         requirements_software("five")
+    assert requirements_software("5.0", "OptiX") == {"blender": "5.0", "cycles-optix": "5.0"}
+    with pytest.raises(InvalidArgumentError, match="needs a Blender version too"):
+        requirements_software(None, "cuda")
+    with pytest.raises(InvalidArgumentError, match="unknown backend 'metal'"):
+        requirements_software("5.0", "metal")
 
 
 def test_preview_is_the_highest_finished_frame() -> None:
@@ -113,3 +119,18 @@ def test_preview_is_the_highest_finished_frame() -> None:
     found = latest_frame_ref([*done, running])
     assert found is not None and found[0] is done[0] and found[1] == "frame_0003.png"
     assert latest_frame_ref([running]) is None
+
+
+def test_files_blender_cannot_pack_are_refused(scenes: Path) -> None:
+    options = {**DEFAULTS, "frames": 1, "samples": 4}
+    with pytest.raises(InvalidArgumentError) as info, prepare(scenes / "alembic.blend", **options):
+        pass
+    assert info.value.code == "UNPACKABLE_FILES" and "cube.abc" in info.value.message
+
+
+def test_external_files_are_packed_into_a_copy(scenes: Path) -> None:
+    options = {**DEFAULTS, "frames": 1, "samples": 4}
+    with prepare(scenes / "external.blend", **options) as (path, params):
+        assert path != scenes / "external.blend" and path.is_file()
+        assert params["resolution"] == [48, 36]
+    assert not path.exists()  # the packed copy is temporary

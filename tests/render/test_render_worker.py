@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import BAD_PARAMS, ExecutorError
-from sparegrid.worker.executors.blender import choose_backend
+from sparegrid.worker.executors.blender import choose_backend, cycles_backends
 from sparegrid.worker.executors.registry import ExecutorRegistry
 from sparegrid.worker.executors.render import MEMORY_EXIT, output_name, parse
 from sparegrid.worker.messages import software_versions
@@ -78,6 +79,17 @@ def test_backend_order_optix_cuda_hip_then_cpu() -> None:
     none = FakePrefs({})
     assert choose_backend(fake_bpy(none), "cuda") == "CPU" and none.compute_device_type == "NONE"
     assert choose_backend(fake_bpy(both), "cpu") == "CPU"  # a CPU slot renders on the CPU
+
+
+def test_advertised_cycles_backends() -> None:
+    libraries = {"cuda": "libcuda.so.1", "nvoptix": "libnvoptix.so.1"}
+    gpu = cycles_backends("5.0.1", ["cuda", "cuda"], libraries.get)
+    assert gpu == {"cycles-cpu": "5.0.1", "cycles-cuda": "5.0.1", "cycles-optix": "5.0.1"}
+    no_optix = cycles_backends("5.0.1", ["cuda"], {"cuda": "libcuda.so.1"}.get)
+    assert sorted(no_optix) == ["cycles-cpu", "cycles-cuda"]
+    assert cycles_backends("5.0.1", ["cpu"], libraries.get) == {"cycles-cpu": "5.0.1"}
+    cpu = DeviceInfo(0, "cpu", "cpu")
+    assert software_versions([cpu])["cycles-cpu"] == software_versions()["blender"]
 
 
 def test_memory_guard_ends_the_process_and_says_why() -> None:

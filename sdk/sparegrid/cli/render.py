@@ -20,6 +20,7 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tiles", metavar="NxM", help="split one still frame into NxM tiles")
     g.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per task (1)")
     g.add_argument("--blender", metavar="MAJOR.MINOR", help="only nodes with this Blender")
+    g.add_argument("--backend", metavar="optix|cuda|cpu", help="with --blender: only nodes with it")
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def submit(args: argparse.Namespace) -> int:
                 tiles=args.tiles,
                 chunk=args.chunk,
                 blender=args.blender,
+                backend=args.backend,
                 name=args.name,
                 max_attempts=args.max_attempts,
                 on_upload=progress,

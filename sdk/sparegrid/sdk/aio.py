@@ -231,6 +231,7 @@ class AsyncClient(_AsyncBase):
         tiles: "str | Sequence[int] | None" = None,
         chunk: int = 1,
         blender: str | None = None,
+        backend: str | None = None,
         name: str = "",
         max_attempts: int = 0,
         on_upload: Progress | None = None,
@@ -251,7 +252,7 @@ class AsyncClient(_AsyncBase):
             digest = await self.upload(path, on_progress=on_upload)
         finally:
             await asyncio.to_thread(prepared.__exit__, None, None, None)
-        req = Requirements(software=render.requirements_software(blender))
+        req = Requirements(software=render.requirements_software(blender, backend))
         return await self.submit(
             "render",
             params,

@@ -79,6 +79,9 @@ def pack(path: str, out: str) -> dict[str, Any]:
     bpy.ops.file.pack_all()
     if bpy.data.libraries:
         bpy.ops.file.pack_libraries()
+    left, _ = _external(bpy)  # e.g. Alembic caches, which Blender cannot pack
+    if left:
+        return {"missing": [], "unpackable": left}
     bpy.ops.wm.save_as_mainfile(filepath=out, copy=True, compress=True)
     return {"packed": present, "missing": []}
 

@@ -222,6 +222,7 @@ class Client(_SyncBase):
         tiles: "str | Sequence[int] | None" = None,
         chunk: int = 1,
         blender: str | None = None,
+        backend: str | None = None,
         name: str = "",
         max_attempts: int = 0,
         on_upload: Progress | None = None,
@@ -229,7 +230,8 @@ class Client(_SyncBase):
         """Renders a .blend with Cycles: one task per frame (or `chunk` frames), or one per
         tile of a still with `tiles=(columns, rows)`. Unset frames, samples and resolution
         come from the scene (read with bpy, when installed); external files are packed or,
-        when missing, refused. `blender="5.0"` keeps the job on nodes with that Blender."""
+        when missing, refused. `blender="5.0"` keeps the job on nodes with that Blender, and
+        `backend="optix"` (cuda, cpu) with it on nodes where Cycles can use that backend."""
         with render.prepare(
             Path(blend),
             frames=frames,
@@ -241,7 +243,7 @@ class Client(_SyncBase):
             chunk=chunk,
         ) as (path, params):
             digest = self.upload(path, on_progress=on_upload)
-        req = Requirements(software=render.requirements_software(blender))
+        req = Requirements(software=render.requirements_software(blender, backend))
         return self.submit(
             "render",
             params,

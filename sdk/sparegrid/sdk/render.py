@@ -23,6 +23,7 @@ from typing import Any
 from sparegrid.sdk.errors import InvalidArgumentError, SparegridError
 
 FORMATS = {"png": (8, 16), "exr": (16, 32)}
+BACKENDS = ("optix", "cuda", "cpu")
 BLEND_MAGICS = (b"BLENDER", b"\x28\xb5\x2f\xfd", b"\x1f\x8b")
 TILE_NAME = re.compile(r"tile_x(\d+)-(\d+)_y(\d+)-(\d+)\.(png|exr)$")
 FRAME_NAME = re.compile(r"frame_(\d+)\.(png|exr)$")
@@ -119,6 +120,12 @@ def packed(path: Path, info: SceneInfo | None) -> Iterator[Path]:
         answer = _tool("pack", str(path), str(out))
         if answer.get("missing"):
             raise missing_files_error(path, answer["missing"])
+        if answer.get("unpackable"):
+            raise InvalidArgumentError(
+                "UNPACKABLE_FILES",
+                f"{path} references files Blender cannot pack into it, and workers only read "
+                f"what is packed: {'; '.join(answer['unpackable'])}. Bake or remove them",
+            )
         yield out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -288,14 +295,27 @@ def prepare(
         yield path, params
 
 
-def requirements_software(blender: str | None) -> dict[str, str]:
-    """{"blender": "major.minor"} when the job must run on that Blender version."""
+def requirements_software(blender: str | None, backend: str | None = None) -> dict[str, str]:
+    """{"blender": "major.minor"} when the job must run on that Blender version, plus
+    {"cycles-optix": ...} (cuda, cpu) when it must run where Cycles can use that backend."""
     if not blender:
+        if backend:
+            raise InvalidArgumentError(
+                "BAD_PARAMS", f"backend {backend!r} needs a Blender version too, e.g. 5.0"
+            )
         return {}
     m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", blender.strip())
     if m is None:
         raise InvalidArgumentError("BAD_PARAMS", f"blender version {blender!r} is not like 5.0")
-    return {"blender": f"{m[1]}.{m[2]}"}
+    version = f"{m[1]}.{m[2]}"
+    software = {"blender": version}
+    if backend:
+        if backend.lower() not in BACKENDS:
+            raise InvalidArgumentError(
+                "BAD_PARAMS", f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}"
+            )
+        software[f"cycles-{backend.lower()}"] = version
+    return software
 
 
 def frame_number(name: str) -> int | None:

@@ -13,9 +13,11 @@ about half a second). The rules, all applied before the first frame:
   OSL script nodes are off.
 """
 
+import ctypes.util
+import functools
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from sparegrid.worker.executors.base import BAD_INPUT, ExecutorError
 
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP")  # preferred first; CPU when none has a device
+_find_library = functools.cache(ctypes.util.find_library)  # runs ldconfig: once per name
 _EXTERNAL = ("images", "libraries", "volumes", "cache_files", "movieclips", "fonts")
 
 
@@ -36,6 +39,24 @@ def load_bpy(home: Path) -> Any:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.context.preferences.filepaths.use_scripts_auto_execute = False
     return bpy
+
+
+def cycles_backends(
+    blender_version: str,
+    device_kinds: Iterable[str],
+    find_library: Callable[[str], str | None] | None = None,
+) -> dict[str, str]:
+    """The Cycles backends this node's slots can use, as software entries for the Hello:
+    "cycles-cpu", and on a node with CUDA devices "cycles-cuda" and, with the driver's
+    OptiX library, "cycles-optix" (each: the Blender version). Found without importing
+    bpy; the child confirms with Cycles itself and falls back in choose_backend's order."""
+    find_library = find_library or _find_library
+    backends = ["cpu"]
+    if "cuda" in set(device_kinds) and find_library("cuda"):
+        backends.append("cuda")
+        if find_library("nvoptix"):
+            backends.append("optix")
+    return {f"cycles-{name}": blender_version for name in backends}
 
 
 def choose_backend(bpy: Any, device_kind: str) -> str:
