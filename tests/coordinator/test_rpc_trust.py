@@ -77,6 +77,7 @@ async def test_info_offers_the_countersigning_key_and_prices(served: Served) -> 
         "echo": (1, 1, "task"),
         "checksum": (1, 1 << 20, "byte"),
         "inference": (1, 100, "GFLOP"),
+        "render": (1, 10_000_000, "pixel-sample"),
     }
 
 

@@ -50,12 +50,14 @@ class Settings:
     reap_interval_seconds: float = 1.0
     max_blob_size: int = 16 << 30
     # credit per work units, by kind: an echo task is 1 unit, a checksum 1 per byte, an
-    # inference shard 1 per GFLOP of its program over its samples
+    # inference shard 1 per GFLOP of its program over its samples, a render task 1 per
+    # pixel x sample (a 1920x1080 frame at 128 samples: 27 credit)
     prices: dict[str, Price] = field(
         default_factory=lambda: {
             "echo": Price(1),
             "checksum": Price(1, 1 << 20),
             "inference": Price(1, 100),
+            "render": Price(1, 10_000_000),
         }
     )
     default_max_attempts: int = 3

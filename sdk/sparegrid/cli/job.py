@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sparegrid.cli import common, inference, output
+from sparegrid.cli import render as render_cli
 from sparegrid.sdk import (
     Client,
     DeadlineExceededError,
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
     )
     inference.add_submit_options(p)
+    render_cli.add_submit_options(p)
     p.set_defaults(func=submit)
 
     p = jobs.add_parser(
@@ -165,6 +167,8 @@ def upload(client: Client, name: str, path: Path) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.kind == "render":
+        return render_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     with common.client(args) as client:
@@ -355,8 +359,13 @@ def results(args: argparse.Namespace) -> int:
         job = client.get_job(args.job_id)  # an unknown job fails here, before any write
         items = client.results(job.id)
         with staged(out_dir) as stage:
-            entries = [write_result(client, r, stage) for r in items]
-            merged = inference.write_merged(items, stage) if job.kind == "inference" else None
+            merged = None
+            if job.kind == "render":
+                entries = render_cli.write_results(client, items, stage)
+            else:
+                entries = [write_result(client, r, stage) for r in items]
+            if job.kind == "inference":
+                merged = inference.write_merged(items, stage)
             write_index(stage, job.id, entries, merged)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]

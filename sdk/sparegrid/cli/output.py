@@ -19,6 +19,7 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
@@ -169,6 +170,7 @@ def job_progress(job: Job) -> Iterator[Callable[[Job], None]]:
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),  # ETA from tasks (a render's frames) done so far
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"{job.kind} {job.id}", total=job.counts.total or None)

@@ -6,7 +6,7 @@ and retry decisions come from the modules both flavours share.
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc import aio
 
-from sparegrid.sdk import convert, inference
+from sparegrid.sdk import convert, inference, render
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,
     BlobInput,
@@ -244,6 +244,53 @@ class AsyncClient(_AsyncBase):
     ) -> AsyncJob:
         digest = await self.upload(path, on_progress=on_upload)
         return await self.submit("checksum", {"tasks": tasks}, {"data": digest}, name=name)
+
+    async def render(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None" = None,
+        samples: int | None = None,
+        resolution: "str | Sequence[int] | None" = None,
+        *,
+        format: str = "png",
+        depth: int | None = None,
+        tiles: "str | Sequence[int] | None" = None,
+        chunk: int = 1,
+        blender: str | None = None,
+        backend: str | None = None,
+        name: str = "",
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+        on_upload: Progress | None = None,
+    ) -> AsyncJob:
+        """`Client.render` for asyncio; the scene is checked and packed in a thread."""
+        prepared = render.prepare(
+            Path(blend),
+            frames=frames,
+            samples=samples,
+            resolution=resolution,
+            format=format,
+            depth=depth,
+            tiles=tiles,
+            chunk=chunk,
+        )
+        path, params = await asyncio.to_thread(prepared.__enter__)
+        try:
+            digest = await self.upload(path, on_progress=on_upload)
+        finally:
+            await asyncio.to_thread(prepared.__exit__, None, None, None)
+        req = Requirements(software=render.requirements_software(blender, backend))
+        return await self.submit(
+            "render",
+            params,
+            {"scene": digest},
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        )
 
     async def echo(
         self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = ""

@@ -2,14 +2,14 @@
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
 
-from sparegrid.sdk import convert, inference
+from sparegrid.sdk import convert, inference, render
 from sparegrid.sdk.blobs import (
     DEFAULT_CHUNK_SIZE,
     BlobInput,
@@ -222,6 +222,53 @@ class Client(_SyncBase):
         """Uploads a file and submits a `checksum` job over it, split into `tasks` ranges."""
         digest = self.upload(path, on_progress=on_upload)
         return self.submit("checksum", {"tasks": tasks}, {"data": digest}, name=name)
+
+    def render(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None" = None,
+        samples: int | None = None,
+        resolution: "str | Sequence[int] | None" = None,
+        *,
+        format: str = "png",
+        depth: int | None = None,
+        tiles: "str | Sequence[int] | None" = None,
+        chunk: int = 1,
+        blender: str | None = None,
+        backend: str | None = None,
+        name: str = "",
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+        on_upload: Progress | None = None,
+    ) -> Job:
+        """Renders a .blend with Cycles: one task per frame (or `chunk` frames), or one per
+        tile of a still with `tiles=(columns, rows)`. Unset frames, samples and resolution
+        come from the scene (read with bpy, when installed); external files are packed or,
+        when missing, refused. `blender="5.0"` keeps the job on nodes with that Blender, and
+        `backend="optix"` (cuda, cpu) with it on nodes where Cycles can use that backend."""
+        with render.prepare(
+            Path(blend),
+            frames=frames,
+            samples=samples,
+            resolution=resolution,
+            format=format,
+            depth=depth,
+            tiles=tiles,
+            chunk=chunk,
+        ) as (path, params):
+            digest = self.upload(path, on_progress=on_upload)
+        req = Requirements(software=render.requirements_software(blender, backend))
+        return self.submit(
+            "render",
+            params,
+            {"scene": digest},
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        )
 
     def echo(self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = "") -> Job:
         params = {"tasks": tasks, "data": data, "sleep_ms": sleep_ms}

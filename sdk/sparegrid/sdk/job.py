@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sparegrid.sdk.models import JobCounts, JobSnapshot, JobState, VerifyReport
+from sparegrid.sdk.render import latest_frame_ref
 from sparegrid.sdk.results import TaskResult, verify_all
 
 
@@ -120,6 +121,11 @@ class Job(_JobView):
         countersignature, against the coordinator key pinned on first use."""
         return verify_all(self.results(), coordinator_key=self._client.coordinator_key())
 
+    def preview(self) -> tuple[str, bytes] | None:
+        """A render job's latest finished frame: (name, image bytes), or None yet."""
+        found = latest_frame_ref(self.results())
+        return None if found is None else (found[1], found[0].output(found[1]))
+
     def cancel(self) -> "Job":
         self._snapshot = self._client.cancel(self.id).snapshot
         return self
@@ -157,6 +163,11 @@ class AsyncJob(_JobView):
     async def verify(self) -> VerifyReport:
         key = await self._client.coordinator_key()
         return verify_all(await self.results(), coordinator_key=key)
+
+    async def preview(self) -> tuple[str, bytes] | None:
+        """A render job's latest finished frame: (name, image bytes), or None yet."""
+        found = latest_frame_ref(await self.results())
+        return None if found is None else (found[1], await found[0].output_async(found[1]))
 
     async def cancel(self) -> "AsyncJob":
         self._snapshot = (await self._client.cancel(self.id)).snapshot

@@ -7,6 +7,7 @@ from importlib import metadata
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.worker.childproto import Outcome
 from sparegrid.worker.devices import DeviceInfo
+from sparegrid.worker.executors.blender import cycles_backends
 from sparegrid.worker.executors.registry import ExecutorSpec
 
 _KINDS = {"cpu": common_pb2.DEVICE_KIND_CPU, "cuda": common_pb2.DEVICE_KIND_CUDA}
@@ -19,13 +20,17 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def software_versions() -> dict[str, str]:
+def software_versions(devices: Sequence[DeviceInfo] = ()) -> dict[str, str]:
     """What this node runs; optional packages are looked up without importing them."""
     versions = {"sparegrid": package_version("sparegrid") or "0+unknown"}
     versions["python"] = platform.python_version()
     torch = package_version("torch")
     if torch:
         versions["torch"] = torch
+    blender = package_version("bpy")  # a render job may require its major.minor
+    if blender:
+        versions["blender"] = blender
+        versions |= cycles_backends(blender, [d.kind for d in devices])
     return versions
 
 
@@ -54,7 +59,7 @@ def hello(
             public_key=public_key,
             node_name=node_name,
             devices=[device_proto(d) for d in devices],
-            software=software_versions(),
+            software=software_versions(devices),
             executors=[worker_pb2.ExecutorInfo(name=e.name, version=e.version) for e in executors],
             running_attempts=sorted(running_attempts),
         )

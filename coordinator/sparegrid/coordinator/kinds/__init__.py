@@ -8,7 +8,8 @@ a module here and one line in BUILTIN_KINDS.
 from sparegrid.coordinator.kinds.base import JobKind, TaskPlan, decode_params, encode_params
 from sparegrid.coordinator.kinds.diagnostics import Checksum, Echo
 from sparegrid.coordinator.kinds.inference import Inference
+from sparegrid.coordinator.kinds.render import Render
 
-BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference())
+BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render())
 
 __all__ = ["BUILTIN_KINDS", "JobKind", "TaskPlan", "decode_params", "encode_params"]

@@ -1,0 +1,127 @@
+"""`sparegrid job submit render ...` options, and render results as frame_NNNN files."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sparegrid.cli import common, output
+from sparegrid.sdk import Client, InvalidArgumentError, TaskResult, TaskState
+from sparegrid.sdk import render as sdk_render
+
+
+def add_submit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("render jobs (KIND render)")
+    g.add_argument("--blend", metavar="FILE", help="the scene (.blend); external files are packed")
+    g.add_argument("--frames", metavar="A-B[:STEP]", help="frames to render (the scene's range)")
+    g.add_argument("--samples", type=int, metavar="N", help="Cycles samples (the scene's)")
+    g.add_argument("--resolution", metavar="WxH", help="e.g. 1920x1080 (the scene's)")
+    g.add_argument("--format", default="png", metavar="png|exr", help="png or exr")
+    g.add_argument("--depth", type=int, metavar="BITS", help="png: 8 or 16; exr: 16 or 32")
+    g.add_argument("--tiles", metavar="NxM", help="split one still frame into NxM tiles")
+    g.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per task (1)")
+    g.add_argument("--blender", metavar="MAJOR.MINOR", help="only nodes with this Blender")
+    g.add_argument("--backend", metavar="optix|cuda|cpu", help="with --blender: only nodes with it")
+
+
+def submit(args: argparse.Namespace) -> int:
+    if not args.blend:
+        raise InvalidArgumentError("BAD_INPUT", "a render job needs --blend FILE (the scene)")
+    blend = Path(args.blend)
+    with common.client(args) as client:
+        with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
+            job = client.render(
+                blend,
+                args.frames,
+                args.samples,
+                args.resolution,
+                format=args.format,
+                depth=args.depth,
+                tiles=args.tiles,
+                chunk=args.chunk,
+                blender=args.blender,
+                backend=args.backend,
+                name=args.name,
+                max_attempts=args.max_attempts,
+                replicas=args.replicas,
+                quorum=args.quorum,
+                on_upload=progress,
+            )
+        print(job.id, flush=True)
+        output.note(
+            f"submitted render job {job.id}: {job.counts.total} tasks, {job.cost_held} credit held"
+        )
+        if args.wait:
+            from sparegrid.cli.job import follow
+
+            return follow(job, args.timeout, summary=output.err())
+    return 0
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> list[dict[str, Any]]:
+    """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
+    receipts under out_dir/receipts/. Every output is digest-checked as it is written."""
+    from sparegrid.cli.job import check
+
+    entries = []
+    tiles: list[Path] = []
+    for result in items:
+        label = f"task_{result.index:05d}"
+        problems: list[str] = []
+        if result.state is not TaskState.SUCCEEDED:
+            problems.append(f"task {result.state.value}, no result to verify")
+        elif (problem := check(result, client.coordinator_key())) is not None:
+            problems.append(problem)
+        files: dict[str, str] = {}
+        for ref in result.outputs:
+            is_tile = sdk_render.TILE_NAME.fullmatch(ref.name) is not None
+            if not is_tile and sdk_render.FRAME_NAME.fullmatch(ref.name) is None:
+                problems.append(f"unexpected output name {ref.name!r}")
+                continue
+            dest = out_dir / ("tiles" if is_tile else "") / ref.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if ref.digest in result.inline_outputs:
+                dest.write_bytes(result.output(ref.name))
+            else:
+                client.download(ref.digest, dest)
+            files[ref.name] = str(dest.relative_to(out_dir))
+            if is_tile:
+                tiles.append(dest)
+        if result.receipt is not None:
+            receipt = out_dir / "receipts" / f"{label}.receipt"
+            receipt.parent.mkdir(parents=True, exist_ok=True)
+            receipt.write_bytes(result.receipt.SerializeToString())
+        entries.append(
+            {
+                "task": result.index,
+                "task_id": result.task_id,
+                "state": result.state.value,
+                "node": result.node_id,
+                "error": result.error,
+                "outputs": [
+                    {"name": r.name, "digest": r.digest, "size": r.size, "file": files.get(r.name)}
+                    for r in result.outputs
+                ],
+                "receipt": f"receipts/{label}.receipt" if result.receipt is not None else None,
+                "verified": not problems,
+                "problems": problems,
+            }
+        )
+    complete = all(e["state"] == "succeeded" for e in entries)
+    if tiles and complete:
+        stitch(tiles, out_dir)
+    return entries
+
+
+def stitch(tiles: list[Path], out_dir: Path) -> None:
+    width, height = sdk_render.frame_size(tiles)
+    ext = tiles[0].suffix
+    frame = out_dir / f"still{ext}"
+    if not sdk_render.have_blender():
+        output.hint(f"tiles are in {out_dir / 'tiles'}; install bpy to stitch them into {frame}")
+        return
+    sdk_render.stitch_tiles(tiles, frame, width, height)
+    output.note(f"stitched {len(tiles)} tiles into {frame.name} ({width}x{height})")

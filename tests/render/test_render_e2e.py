@@ -1,0 +1,246 @@
+"""Render jobs end to end: a real coordinator and two worker processes rendering with bpy."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, SparegridError
+from sparegrid.sdk.render import stitch_tiles
+from tests.e2e.conftest import Cluster
+from tests.e2e.test_cluster import online_nodes, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+HERE = Path(__file__).parent
+SIZE = {"samples": 4, "resolution": "48x36"}
+
+
+@pytest.fixture(scope="module")
+def grid(
+    tmp_path_factory: pytest.TempPathFactory, scenes: Path
+) -> Iterator[tuple[Cluster, Client]]:
+    root = tmp_path_factory.mktemp("grid")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(root / "config"))
+    env.pop("SPAREGRID_API_KEY", None)
+    env.pop("SPAREGRID_ADMIN_KEY", None)
+    cluster = Cluster(root, env)
+    try:
+        cluster.start_coordinator()
+        for name in ("node1", "node2"):
+            cluster.start_worker(name, "--prefetch", "1")
+        admin = AdminClient(cluster.address, api_key=cluster.admin_key)
+        _, key = admin.create_account("artist", credit=10**9)
+        wait_for(lambda: online_nodes(admin) == 2, what="2 workers online")
+        cluster.env["SPAREGRID_API_KEY"] = key
+        with Client(cluster.address, api_key=key) as client:
+            yield cluster, client
+    finally:
+        cluster.stop_all()
+
+
+def compare(a: Path, b: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "imagediff.py"), str(a), str(b)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sparegrid.cli.main", *args, "--coordinator", cluster.address],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=False,
+    )
+
+
+def test_animation_across_two_workers_comes_back_complete_and_in_order(
+    grid, scenes, tmp_path
+) -> None:
+    cluster, client = grid
+    job = client.render(scenes / "anim.blend", frames="1-6", **SIZE).wait(timeout=120)
+    assert job.state == "succeeded", job.error
+    results = sorted(job.results(), key=lambda r: r.index)
+    assert [[o.name for o in r.outputs] for r in results] == [
+        [f"frame_{n:04d}.png"] for n in range(1, 7)
+    ]
+    for r in results:
+        r.verify()
+        assert r.output(r.outputs[0].name).startswith(b"\x89PNG\r\n\x1a\n")
+    assert len({r.node_id for r in results}) == 2  # prefetch 1: both workers took frames
+    assert results[0].outputs[0].digest != results[5].outputs[0].digest  # the cube moved
+    name, data = job.preview()
+    assert name == "frame_0006.png" and data == results[5].output(name)
+
+    out = tmp_path / "frames"
+    done = cli(cluster, "job", "results", job.id, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("frame_*.png")) == [
+        f"frame_{n:04d}.png" for n in range(1, 7)
+    ]
+    assert len(list((out / "receipts").iterdir())) == 6
+    index = json.loads((out / "results.json").read_text())
+    assert all(e["verified"] for e in index["results"])
+    assert (out / "frame_0003.png").read_bytes() == results[2].output("frame_0003.png")
+
+
+def test_tiled_still_matches_the_untiled_frame(grid, scenes, tmp_path) -> None:
+    cluster, client = grid
+    whole = client.render(scenes / "anim.blend", frames=3, format="exr", depth=32, **SIZE)
+    tiled = client.render(
+        scenes / "anim.blend", frames=3, format="exr", depth=32, tiles="3x2", **SIZE
+    )
+    whole, tiled = whole.wait(timeout=120), tiled.wait(timeout=120)
+    assert whole.state == "succeeded" and tiled.state == "succeeded", (whole.error, tiled.error)
+    frame = tmp_path / "frame_0003.exr"
+    frame.write_bytes(whole.results()[0].output("frame_0003.exr"))
+    results = tiled.results()
+    assert len(results) == 6
+    tiles = []
+    for r in results:
+        r.verify()
+        (ref,) = r.outputs
+        tiles.append(tmp_path / ref.name)
+        tiles[-1].write_bytes(r.output(ref.name))
+    stitched = stitch_tiles(tiles, tmp_path / "stitched.exr", 48, 36)
+    diff = compare(frame, stitched)
+    assert diff.get("psnr", 0) >= 40, diff
+    assert diff["max"] == 0.0, diff  # Cycles is deterministic per pixel: exact
+
+    # the CLI stitches a tiled job's results itself
+    out = tmp_path / "still"
+    done = cli(cluster, "job", "results", tiled.id, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert compare(frame, out / "still.exr")["max"] == 0.0
+
+
+def test_python_in_the_scene_never_runs(grid, scenes) -> None:
+    _, client = grid
+    sentinels = [scenes / "sentinel_text", scenes / "sentinel_driver"]
+    job = client.render(scenes / "evil.blend", frames="1-2", **SIZE).wait(timeout=120)
+    assert job.state == "succeeded", job.error
+    assert [p.name for p in sentinels if p.exists()] == []
+    # the control: the same file, opened with its scripts trusted, leaves both sentinels
+    control = (
+        "import sys, bpy\n"
+        "bpy.context.preferences.filepaths.use_scripts_auto_execute = True\n"
+        "bpy.ops.wm.open_mainfile(filepath=sys.argv[1], use_scripts=True)\n"
+        "bpy.context.scene.frame_set(2)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", control, str(scenes / "evil.blend")], check=True, capture_output=True
+    )
+    try:
+        assert all(p.exists() for p in sentinels)
+    finally:
+        for p in sentinels:
+            p.unlink(missing_ok=True)
+
+
+def test_external_files_are_packed_or_refused(grid, scenes) -> None:
+    _, client = grid
+    job = client.render(scenes / "external.blend", frames=1, **SIZE).wait(timeout=120)
+    assert job.state == "succeeded", job.error
+    with pytest.raises(InvalidArgumentError) as info:
+        client.render(scenes / "missing.blend", frames=1, **SIZE)
+    assert info.value.code == "MISSING_FILES"
+    assert "no-such-texture.png" in info.value.message
+    # sent without the SDK's check, a worker refuses it rather than render a pink texture
+    digest = client.upload(scenes / "missing.blend")
+    params = {"frame_start": 1, "samples": 4, "resolution": [48, 36]}
+    job = client.submit("render", params, {"scene": digest}, max_attempts=1).wait(timeout=120)
+    assert job.state == "failed"
+    (result,) = job.results()
+    assert "not packed" in result.error and "no-such-texture.png" in result.error
+
+
+def test_bad_input_is_rejected_at_submit(grid, scenes, tmp_path) -> None:
+    cluster, client = grid
+    not_blend = tmp_path / "notes.blend"
+    not_blend.write_text("these are my notes, not a scene\n")
+    corrupt = tmp_path / "corrupt.blend"
+    data = (scenes / "anim.blend").read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    cases = [
+        ({"blend": not_blend, "frames": 1}, "BAD_INPUT", "is not a .blend file"),
+        ({"blend": corrupt, "frames": 1}, "BAD_INPUT", "not a .blend file Blender can open"),
+        (
+            {"blend": scenes / "anim.blend", "frames": "5-9"},
+            "BAD_FRAMES",
+            "outside the scene's frame range 1-6",
+        ),
+        (
+            {"blend": scenes / "anim.blend", "frames": 1, "format": "jpeg"},
+            "BAD_PARAMS",
+            "unknown output format 'jpeg'",
+        ),
+    ]
+    before = client.account().balance
+    for kwargs, code, text in cases:
+        with pytest.raises(SparegridError) as info:
+            client.render(**kwargs, **SIZE)
+        assert info.value.code == code and text in info.value.message, info.value
+    # the coordinator checks the same without the SDK: the file itself, and the params
+    for path, params, text in (
+        (corrupt, {"frame_start": 1, "samples": 4, "resolution": [48, 36]}, "truncated"),
+        (not_blend, {"frame_start": 1, "samples": 4, "resolution": [48, 36]}, "not a .blend file"),
+        (
+            scenes / "anim.blend",
+            {"samples": 4, "resolution": [48, 36], "format": "tga"},
+            "unknown output format 'tga'",
+        ),
+    ):
+        with pytest.raises(InvalidArgumentError) as info:
+            client.submit("render", params, {"scene": client.upload(path)})
+        assert info.value.code == "BAD_PARAMS" and text in info.value.message
+    done = cli(cluster, "job", "submit", "render", "--blend", str(not_blend), "--samples", "4")
+    assert done.returncode != 0 and "is not a .blend file" in done.stderr
+    assert client.account().balance == before
+
+
+def test_a_job_runs_only_on_nodes_with_the_blender_it_requires(grid, scenes) -> None:
+    _, client = grid
+    other = client.render(scenes / "anim.blend", frames=1, blender="4.2", **SIZE)
+    optix = client.render(scenes / "anim.blend", frames=1, blender="5.0", backend="optix", **SIZE)
+    same = client.render(scenes / "anim.blend", frames=2, blender="5.0", backend="cpu", **SIZE)
+    same = same.wait(timeout=120)
+    assert same.state == "succeeded", same.error
+    # submitted first, but no node runs Blender 4.2, and these CPU nodes have no OptiX
+    for job in (other.refresh(), optix.refresh()):
+        assert job.state == "queued" and job.counts.done == 0
+        assert job.cancel().state == "cancelled"
+
+
+async def test_async_client_renders_and_previews(grid, scenes) -> None:
+    cluster, _ = grid
+    key = cluster.env["SPAREGRID_API_KEY"]
+    async with AsyncClient(cluster.address, api_key=key) as client:
+        job = await client.render(scenes / "anim.blend", "2-3", 4, (48, 36), format="png", depth=16)
+        job = await job.wait(timeout=120)
+        assert job.state == "succeeded", job.error
+        preview = await job.preview()
+    assert preview is not None and preview[0] == "frame_0003.png"
+    assert preview[1][24] == 16  # a 16-bit PNG (IHDR bit depth)
+
+
+def test_cli_submits_a_render_and_waits(grid, scenes) -> None:
+    cluster, client = grid
+    done = cli(
+        cluster,
+        "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
+        "--frames", "4-5", "--samples", "4", "--resolution", "48x36", "--format", "exr",
+        "--wait",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = client.get_job(done.stdout.split()[0])
+    assert job.state == "succeeded" and job.counts.total == 2
+    names = sorted(r.outputs[0].name for r in job.results())
+    assert names == ["frame_0004.exr", "frame_0005.exr"]

@@ -1,0 +1,136 @@
+"""The SDK's side of render jobs: parsing what the artist typed, checks against the scene."""
+
+from pathlib import Path
+
+import pytest
+
+from sparegrid.sdk import InvalidArgumentError
+from sparegrid.sdk.render import (
+    SceneInfo,
+    build_params,
+    check_blend_file,
+    latest_frame_ref,
+    parse_frames,
+    parse_pair,
+    prepare,
+    requirements_software,
+)
+
+SCENE = SceneInfo(1, 240, 1920, 1080, 128, "5.0.1", [], [])
+DEFAULTS = {"frames": None, "samples": None, "resolution": None, "format": "png"}
+DEFAULTS |= {"depth": None, "tiles": None, "chunk": 1}
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        (7, (7, 7, 1)),
+        ("1-240", (1, 240, 1)),
+        ("10-20:5", (10, 20, 5)),
+        (range(1, 241), (1, 240, 1)),
+        (range(1, 10, 4), (1, 9, 4)),
+        ([3, 5, 7], (3, 7, 2)),
+        (None, None),
+    ],
+)
+def test_frames(frames, expected) -> None:
+    assert parse_frames(frames) == expected
+
+
+@pytest.mark.parametrize("frames", ["1..5", "a-b", range(5, 1), [], [1, 2, 4], True])
+def test_bad_frames(frames) -> None:
+    with pytest.raises(InvalidArgumentError):
+        parse_frames(frames)
+
+
+def test_pairs() -> None:
+    assert parse_pair("1920x1080", "resolution") == (1920, 1080)
+    assert parse_pair((4, 4), "tiles") == (4, 4)
+    with pytest.raises(InvalidArgumentError, match="is not NxM"):
+        parse_pair("4 by 4", "tiles")
+
+
+def test_defaults_come_from_the_scene() -> None:
+    params = build_params(SCENE, **DEFAULTS)
+    assert params["frame_start"] == 1 and params["frame_end"] == 240
+    assert params["resolution"] == [1920, 1080] and params["samples"] == 128
+    assert params["depth"] == 8 and "tiles" not in params
+
+
+def test_frames_outside_the_scene_are_refused() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        build_params(SCENE, **{**DEFAULTS, "frames": "200-300"})
+    assert info.value.code == "BAD_FRAMES"
+    assert "frames 200-300 are outside the scene's frame range 1-240" in info.value.message
+
+
+def test_without_blender_the_settings_must_be_given() -> None:
+    with pytest.raises(InvalidArgumentError, match="frames, resolution and samples are needed"):
+        build_params(None, **DEFAULTS)
+    params = build_params(None, **{**DEFAULTS, "frames": 1, "samples": 8, "resolution": "64x48"})
+    assert params["frame_end"] == 1 and params["resolution"] == [64, 48]
+
+
+def test_unknown_format_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown output format 'tiff'"):
+        build_params(SCENE, **{**DEFAULTS, "format": "tiff"})
+
+
+def test_not_a_blend_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.blend"
+    path.write_bytes(b"GIF89a")
+    with pytest.raises(InvalidArgumentError, match=r"is not a \.blend file"):
+        check_blend_file(path)
+    with pytest.raises(InvalidArgumentError, match=r"no such \.blend file"):
+        check_blend_file(tmp_path / "nope.blend")
+
+
+def test_blender_requirement() -> None:
+    assert requirements_software(None) == {}
+    assert requirements_software("5.0.1") == {"blender": "5.0"}
+    with pytest.raises(InvalidArgumentError, match=r"not like 5\.0"):
+        requirements_software("five")
+    assert requirements_software("5.0", "OptiX") == {"blender": "5.0", "cycles-optix": "5.0"}
+    with pytest.raises(InvalidArgumentError, match="needs a Blender version too"):
+        requirements_software(None, "cuda")
+    with pytest.raises(InvalidArgumentError, match="unknown backend 'metal'"):
+        requirements_software("5.0", "metal")
+
+
+def test_preview_is_the_highest_finished_frame() -> None:
+    class State:
+        def __init__(self, value: str) -> None:
+            self.value = value
+
+    class Ref:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Result:
+        def __init__(self, state: str, *names: str) -> None:
+            self.state = State(state)
+            self.outputs = [Ref(n) for n in names]
+
+    done = [
+        Result("succeeded", "frame_0002.png", "frame_0003.png"),
+        Result("succeeded", "frame_0001.png"),
+    ]
+    running = Result("running", "frame_0009.png")
+    found = latest_frame_ref([*done, running])
+    assert found is not None and found[0] is done[0] and found[1] == "frame_0003.png"
+    assert latest_frame_ref([running]) is None
+
+
+def test_files_blender_cannot_pack_are_refused(scenes: Path) -> None:
+    options = {**DEFAULTS, "frames": 1, "samples": 4}
+    with pytest.raises(InvalidArgumentError) as info, prepare(scenes / "alembic.blend", **options):
+        pass
+    assert info.value.code == "UNPACKABLE_FILES" and "cube.abc" in info.value.message
+
+
+def test_external_files_are_packed_into_a_copy(scenes: Path) -> None:
+    options = {**DEFAULTS, "frames": 1, "samples": 4}
+    with prepare(scenes / "external.blend", **options) as (path, params):
+        assert path != scenes / "external.blend" and path.is_file()
+        assert params["resolution"] == [48, 36]
+    assert not path.exists()  # the packed copy is temporary
