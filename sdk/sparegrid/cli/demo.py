@@ -1,9 +1,10 @@
 """`sparegrid demo`: a coordinator, workers and real jobs, end to end, in a temp dir.
 
 It starts `coordinator serve` and `worker run` as child processes, creates an account,
-uploads an 8 MiB random file, runs a checksum job over it, an echo job and an inference
-job (a small PyTorch model, when torch is installed), verifies every receipt, compares
-every checksum and every model output with one computed here, shows the nodes and the
+uploads an 8 MiB random file, runs a checksum job over it, an echo job, an inference job
+(a small PyTorch model, when torch is installed) and a render job (a 4-frame Blender scene
+made here, when bpy is installed), verifies every receipt, compares every checksum and
+every model output with one computed here, shows the nodes and the
 ledger check, then stops the children and removes the temp dir (unless --keep).
 """
 
@@ -11,6 +12,8 @@ import argparse
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,6 +69,24 @@ class Timings:
         return t
 
 
+# Blender's default scene with the cube moving over 4 frames, tiny and quick to render.
+SCENE_SCRIPT = """
+import sys, bpy
+bpy.ops.wm.read_factory_settings(use_empty=False)
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 8
+scene.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y = 64, 48
+scene.frame_start, scene.frame_end = 1, 4
+cube = bpy.data.objects["Cube"]
+cube.keyframe_insert("location", frame=1)
+cube.location = (1.5, 0.0, 0.5)
+cube.keyframe_insert("location", frame=4)
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1], compress=True)
+"""
+
+
 class Demo:
     def __init__(self, root: Path, args: argparse.Namespace, procs: Processes) -> None:
         self.root = root
@@ -98,6 +119,7 @@ class Demo:
                 self.checksum_job(client)
                 self.echo_job(client)
                 self.inference_job(client)
+                self.render_job(client)
             self.show_nodes_and_ledger(admin)
 
     def start_coordinator(self) -> str:
@@ -210,6 +232,32 @@ class Demo:
             if not report.passed:
                 raise DemoError(f"inference receipts failed: {report.failures[0].reason}")
             detail.append(f"{len(inputs)} samples in {report.ok} shards, match a local run")
+
+    def render_job(self, client: Client) -> None:
+        """A small animated scene, made here with Blender, rendered frame by frame."""
+        import importlib.util
+
+        if importlib.util.find_spec("bpy") is None:
+            with self.timings.step("render job", "skipped: bpy (Blender) is not installed"):
+                return
+        scene = self.root / "scene.blend"
+        with self.timings.step("render job") as detail:
+            made = subprocess.run(
+                [sys.executable, "-c", SCENE_SCRIPT, str(scene)], capture_output=True, text=True
+            )
+            if made.returncode != 0 or not scene.is_file():
+                raise DemoError(f"could not make the demo scene: {made.stderr.strip()[-300:]}")
+            job = self.follow(client.render(scene, frames="1-4", format="png"))
+            results = job.results()
+            frames = sorted(ref.name for r in results for ref in r.outputs)
+            if frames != [f"frame_{i:04d}.png" for i in range(1, 5)]:
+                raise DemoError(f"render job returned {frames}, expected frames 1 to 4")
+            if any(not r.output(r.outputs[0].name).startswith(b"\x89PNG") for r in results):
+                raise DemoError("a rendered frame is not a PNG image")
+            report = job.verify()
+            if not report.passed:
+                raise DemoError(f"render receipts failed: {report.failures[0].reason}")
+            detail.append(f"4 frames 64x48 with Cycles, {report.ok} receipts verified")
 
     def show_nodes_and_ledger(self, admin: AdminClient) -> None:
         output.show(nodes_table(admin.nodes()))
