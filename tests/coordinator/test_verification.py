@@ -373,3 +373,21 @@ def test_a_held_result_is_accepted_unchecked_when_the_checkers_leave(tmp_path: P
     v = verify_countersignature(common_pb2.Receipt.FromString(task.receipt), app.signer.public_key)
     assert v.method == common_pb2.VALIDATION_METHOD_UNCHECKED and "left" in v.detail
     assert credit_of(app, a) == 1 and app.ledger.check().balanced
+
+
+def test_disagreeing_results_fail_the_task_when_no_third_owner_can_decide(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, trust=ALWAYS_CHECK)
+    a, b = nodes(app, "o1", "o2")
+    job_id = submit(app, 1)
+    run(a, b"one answer")
+    run(b, b"another answer")
+    app.intake.settle_stranded()
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.FAILED
+    assert "disagree and no node of another owner is online" in job.error
+    assert credit_of(app, a) == credit_of(app, b) == 0  # neither is paid, nor struck
+    assert app.store.balance("client:alice") == 1000 and app.ledger.check().balanced  # refunded
+    standings = {r.node_id: r.invalid for r in app.store.get_reputations()}
+    assert standings.get(a.id, 0) == standings.get(b.id, 0) == 0

@@ -213,12 +213,16 @@ class Intake:
         return read
 
     def settle_stranded(self) -> None:
-        """Adaptive tasks held for a check that no online node can run: accepted unchecked."""
+        """Adaptive tasks held for a check that no online node can run: one result is
+        accepted unchecked, disagreeing results fail the task."""
         sched = self.scheduler
         with self.store.transaction():
             settled = self.settlement.settle_stranded()
         for active in settled.finished:
             sched.finish(active)
+        for active, error in settled.failed:
+            if active.job.id in sched.jobs:
+                sched.finish(active, JobState.FAILED, error)
         if settled.jobs:
             sched.on_change(settled.jobs)
 

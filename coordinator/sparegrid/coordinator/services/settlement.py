@@ -184,26 +184,39 @@ class Settlement:
         return {w.attempt_id: cost for w, new in zip(winners, paid, strict=True) if new}
 
     def settle_stranded(self) -> Settled:
-        """Accepts, unchecked, the held result of each adaptive task waiting for a node of
-        another owner when no such node is online any more (it left after the task was
-        held), so a job never waits for a check nobody can run."""
+        """Adaptive tasks held for a node of another owner when no such node is online any
+        more (it left, or its volunteer paused it), so a job never waits for a check nobody
+        can run: a single held result is accepted unchecked; results that disagree fail the
+        task, since nobody is left to tell which is right (neither node is struck)."""
         sched, out = self.scheduler, Settled()
         for active in list(sched.jobs.values()):
             if active.job.replicas != 0:
                 continue
-            for task in [t for t in active.queue if len(active.replicas.get(t.id, [])) == 1]:
+            for task in [t for t in active.queue if active.replicas.get(t.id)]:
                 if sched.others_online(active, active.excluded.get(task.id, set())):
                     continue
-                detail = "the nodes of other owners left before checking it"
-                decision = Decision(
-                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail,
-                    [active.replicas[task.id][0]],
-                )  # fmt: skip
+                held = active.replicas[task.id]
                 self._drop_from_queue(active, task)
-                self._accept(active, task, decision)
+                if len(held) == 1:
+                    detail = "the nodes of other owners left before checking it"
+                    decision = Decision(
+                        Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail,
+                        [held[0]],
+                    )  # fmt: skip
+                    self._accept(active, task, decision)
+                else:
+                    move_task(task, TaskState.FAILED)
+                    task.error = (
+                        f"NO_AGREEMENT: {len(held)} results of different owners disagree and "
+                        "no node of another owner is online to decide"
+                    )
+                    active.open_tasks -= 1
+                    active.failed += 1
+                    sched.forget_replicas(active, task.id)
+                    out.failed.append((active, f"task {task.index} failed: {task.error}"))
                 self.store.update_tasks([task])
                 out.jobs.add(active.job.id)
-                if active.open_tasks == 0:
+                if active.open_tasks == 0 and not active.failed:
                     out.finished.append(active)
         for job_id in out.jobs:
             self.store.update_job(sched.jobs[job_id].job)
