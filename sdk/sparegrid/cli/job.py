@@ -272,14 +272,19 @@ def check(result: TaskResult, coordinator_key: bytes) -> str | None:
     return None
 
 
-def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str, Any]:
-    label = f"task_{result.index:05d}"
-    problems: list[str] = []
+def problems_of(client: Client, result: TaskResult) -> list[str]:
+    """Why a result cannot be trusted (empty: its receipt verifies)."""
     if result.state is not TaskState.SUCCEEDED:
-        problems.append(f"task {result.state.value}, no result to verify")
-    elif (problem := check(result, client.coordinator_key())) is not None:
-        problems.append(problem)
-    files = write_outputs(client, result, out_dir / label, problems)
+        return [f"task {result.state.value}, no result to verify"]
+    problem = check(result, client.coordinator_key())
+    return [problem] if problem is not None else []
+
+
+def record(
+    result: TaskResult, out_dir: Path, files: dict[str, str], problems: list[str]
+) -> dict[str, Any]:
+    """Writes the task's receipt under out_dir/receipts/; its entry in results.json."""
+    label = f"task_{result.index:05d}"
     if result.receipt is not None:
         receipt = out_dir / "receipts" / f"{label}.receipt"
         receipt.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +303,12 @@ def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str,
         "verified": not problems,
         "problems": problems,
     }
+
+
+def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str, Any]:
+    problems = problems_of(client, result)
+    files = write_outputs(client, result, out_dir / f"task_{result.index:05d}", problems)
+    return record(result, out_dir, files, problems)
 
 
 def check_output_dir(out_dir: Path, force: bool) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.cli import common, output
-from sparegrid.sdk import Client, InvalidArgumentError, TaskResult, TaskState
+from sparegrid.sdk import Client, InvalidArgumentError, TaskResult
 from sparegrid.sdk import render as sdk_render
 
 
@@ -64,17 +64,12 @@ def _size(path: Path) -> int:
 def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> list[dict[str, Any]]:
     """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
     receipts under out_dir/receipts/. Every output is digest-checked as it is written."""
-    from sparegrid.cli.job import check
+    from sparegrid.cli.job import problems_of, record
 
     entries = []
     tiles: list[Path] = []
     for result in items:
-        label = f"task_{result.index:05d}"
-        problems: list[str] = []
-        if result.state is not TaskState.SUCCEEDED:
-            problems.append(f"task {result.state.value}, no result to verify")
-        elif (problem := check(result, client.coordinator_key())) is not None:
-            problems.append(problem)
+        problems = problems_of(client, result)
         files: dict[str, str] = {}
         for ref in result.outputs:
             is_tile = sdk_render.TILE_NAME.fullmatch(ref.name) is not None
@@ -90,26 +85,7 @@ def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> lis
             files[ref.name] = str(dest.relative_to(out_dir))
             if is_tile:
                 tiles.append(dest)
-        if result.receipt is not None:
-            receipt = out_dir / "receipts" / f"{label}.receipt"
-            receipt.parent.mkdir(parents=True, exist_ok=True)
-            receipt.write_bytes(result.receipt.SerializeToString())
-        entries.append(
-            {
-                "task": result.index,
-                "task_id": result.task_id,
-                "state": result.state.value,
-                "node": result.node_id,
-                "error": result.error,
-                "outputs": [
-                    {"name": r.name, "digest": r.digest, "size": r.size, "file": files.get(r.name)}
-                    for r in result.outputs
-                ],
-                "receipt": f"receipts/{label}.receipt" if result.receipt is not None else None,
-                "verified": not problems,
-                "problems": problems,
-            }
-        )
+        entries.append(record(result, out_dir, files, problems))
     complete = all(e["state"] == "succeeded" for e in entries)
     if tiles and complete:
         stitch(tiles, out_dir)
