@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the inference work, as one run for a machine with an NVIDIA GPU
+# Every GPU check (inference: issue 3; NVML detection and preemption: issue 6), as one run for a machine with an NVIDIA GPU
 # (the `device` tool's H200: Python 3.12 + torch + grpcio + protobuf + nvidia-ml-py, no
 # internet). Missing wheels travel in .whl/ (see /work/.library/device/README.md):
 #   cryptography cffi pycparser safetensors rich markdown-it-py mdurl pygments pytest
@@ -24,4 +24,5 @@ python3 bench/inference.py --model vit-b16 --device cuda --precision bf16 --batc
   --shard-batches 16 2>&1 | tail -25 | tee -a "$OUT/gpu-$stamp.txt"
 python3 bench/inference.py --model vit-b16 --device cuda --precision bf16 --batches 128 \
   --shard-batches 16 --compile 2>&1 | tail -25 | tee -a "$OUT/gpu-$stamp.txt"
-cp bench/results/inference-*.txt "$OUT"/ 2>/dev/null || true
+python3 bench/nvml_probe.py --trials 3 2>&1 | tail -30 | tee -a "$OUT/gpu-$stamp.txt"
+cp bench/results/inference-*.txt bench/results/nvml-probe-2*.txt "$OUT"/ 2>/dev/null || true
