@@ -30,6 +30,8 @@ from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.states import move_attempt, move_job, move_task
 from sparegrid.coordinator.store.base import Store
 
+OUT_OF_MEMORY = "CUDA_OOM"  # a worker's executor ran out of device memory
+
 log = logging.getLogger("sparegrid.coordinator.scheduler")
 
 
@@ -68,6 +70,8 @@ class ActiveJob:
     replicas: dict[str, list[Replica]] = field(default_factory=dict)
     excluded: dict[str, set[str]] = field(default_factory=dict)
     results: Counter[str] = field(default_factory=Counter)
+    # tasks that ran out of device memory: the least memory a device needs to take them
+    needs_memory: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
@@ -392,7 +396,7 @@ class Scheduler:
             for active in self.jobs.values():
                 if not active.queue or not self._eligible(active, node, device):
                     continue
-                for task in self._take(active, node.owner, credit):
+                for task in self._take(active, node.owner, credit, device.memory_bytes):
                     attempt = Attempt(
                         id=new_id(),
                         task_id=task.id,
@@ -409,18 +413,20 @@ class Scheduler:
             session.credit[index] = credit
 
     @staticmethod
-    def _take(active: ActiveJob, owner: str, count: int) -> list[Task]:
-        """Up to `count` queued tasks an owner's node may run, from the front of the queue:
-        a task is never given to an owner that has returned a result for it already."""
+    def _take(active: ActiveJob, owner: str, count: int, memory: int) -> list[Task]:
+        """Up to `count` queued tasks an owner's device may run, from the front of the
+        queue: never to an owner that has returned a result for the task already, nor to a
+        device with no more memory than one the task ran out of."""
         queue, taken = active.queue, list[Task]()
-        if not active.excluded:
+        if not active.excluded and not active.needs_memory:
             while len(taken) < count and queue:
                 taken.append(queue.popleft())
             return taken
         skipped: list[Task] = []
         while len(taken) < count and queue:
             task = queue.popleft()
-            if owner in active.excluded.get(task.id, ()):
+            too_small = memory < active.needs_memory.get(task.id, 0)
+            if too_small or owner in active.excluded.get(task.id, ()):
                 skipped.append(task)
             else:
                 taken.append(task)
@@ -445,6 +451,26 @@ class Scheduler:
             attempt.finished_at = self.clock.now()
             attempt.error_code, attempt.error = "LEASE_EXPIRED", reason
         self.settle_failures(attempts, retryable=True, tell_node=True)
+
+    def _needs_more_memory(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+        """Records that `task` needs a device with more memory than the one it ran out of;
+        False (with the task's error set) when no connected node has such a device."""
+        session = self.sessions.get(attempt.node_id)
+        device = session.device(attempt.device_index) if session is not None else None
+        if device is None or device.memory_bytes <= 0:
+            return True
+        need = max(active.needs_memory.get(task.id, 0), device.memory_bytes + 1)
+        active.needs_memory[task.id] = need
+        for other in self.sessions.values():
+            if any(
+                d.memory_bytes >= need and fits(active.job, other.node, d)
+                for d in other.node.devices
+            ):
+                return True
+        attempt.error += (
+            f"; no connected device has more than {device.memory_bytes / 2**30:.1f} GiB"
+        )
+        return False
 
     def requeue_preempted(self, attempts: list[Attempt]) -> None:
         """Attempts a node's own policy stopped (owner back, too hot, window closed): their
@@ -491,6 +517,8 @@ class Scheduler:
                     continue  # the job ended, or another attempt finished the task
                 active.node_failures[attempt.node_id] += 1
                 failures = task.attempts - active.results[task.id]
+                if attempt.error_code == OUT_OF_MEMORY and again:
+                    again = self._needs_more_memory(active, task, attempt)
                 if again and failures < active.job.max_attempts:
                     move_task(task, TaskState.QUEUED)
                     requeue.append((active, task))
