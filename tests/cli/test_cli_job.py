@@ -318,3 +318,18 @@ def test_safe_name() -> None:
     assert safe_name("../../etc/passwd") == "_.._etc_passwd"
     assert safe_name("frame 0001.png") == "frame_0001.png"
     assert safe_name("..") == "output"
+
+
+async def test_inference_submit_checks_its_files_before_connecting(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    missing = await cli("job", "submit", "inference", "--model", str(tmp_path / "m.pt2"))
+    assert missing.code == 1
+    assert "needs --model PT2 and --inputs SAFETENSORS [BAD_PARAMS]" in missing.err
+    absent = await cli(
+        "job", "submit", "inference",
+        "--model", str(tmp_path / "m.pt2"), "--inputs", str(tmp_path / "x.safetensors"),
+    )  # fmt: skip
+    assert absent.code == 1
+    assert f"--model: no such file {tmp_path / 'm.pt2'} [BAD_INPUT]" in absent.err
+    assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}

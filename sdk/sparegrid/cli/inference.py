@@ -32,11 +32,18 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def submit(client: Client, args: argparse.Namespace) -> Job:
+def check_args(args: argparse.Namespace) -> None:
+    """What can be checked here, before connecting to anything."""
     if not args.model or not args.inputs:
         raise InvalidArgumentError(
             "BAD_PARAMS", "an inference job needs --model PT2 and --inputs SAFETENSORS"
         )
+    for flag, path in (("--model", args.model), ("--inputs", args.inputs)):
+        if not Path(path).is_file():
+            raise InvalidArgumentError("BAD_INPUT", f"{flag}: no such file {path}")
+
+
+def submit(client: Client, args: argparse.Namespace) -> Job:
     output.note(f"checking and uploading {args.model} and the shards of {args.inputs}")
     return client.infer(
         Path(args.model),

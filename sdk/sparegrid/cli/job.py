@@ -171,6 +171,8 @@ def submit(args: argparse.Namespace) -> int:
         return render_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
+    if args.kind == "inference":
+        inference.check_args(args)
     with common.client(args) as client:
         if inputs or args.kind == "inference":
             check_kind(client, args.kind)
