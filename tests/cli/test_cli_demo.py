@@ -8,6 +8,7 @@ import pytest
 
 from sparegrid.cli.main import main
 from sparegrid.cli.procs import DemoError, Processes, child_env
+from tests.render.conftest import bpy_missing
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def test_demo_end_to_end(temp_root: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "sum 0" in captured.out
     assert "demo-node1" in captured.out
     assert "1024 samples in 4 shards, match a local run" in captured.out
-    assert "4 frames 64x48 with Cycles, 4 receipts verified" in captured.out
+    rendered = "4 frames 64x48 with Cycles, 4 receipts verified"
+    assert rendered in captured.out or (bpy_missing and "skipped: bpy" in captured.out)
     # torch keeps its own cache beside the demo's temp dir; the demo leaves nothing
     assert [p for p in temp_root.iterdir() if not p.name.startswith("torchinductor_")] == []

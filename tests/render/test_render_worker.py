@@ -9,6 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.render.conftest import bpy_missing
+
+if bpy_missing:  # the render executor will not even import without Blender
+    pytest.skip("bpy (Blender) is not installed", allow_module_level=True)
+
 from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import BAD_PARAMS, ExecutorError
 from sparegrid.worker.executors.blender import choose_backend, cycles_backends
