@@ -24,7 +24,7 @@ from typing import Any
 from sparegrid.cli import output
 from sparegrid.cli.admin import nodes_table
 from sparegrid.cli.procs import DemoError, Processes, child_env
-from sparegrid.sdk import AdminClient, Client, Job, JobState, SparegridError
+from sparegrid.sdk import AdminClient, Client, Job, JobState, SparegridError, VerifyReport
 from sparegrid.sdk.config import ENV_COORDINATOR_KEY, Connection
 from sparegrid.sdk.retry import RetryPolicy
 
@@ -204,9 +204,7 @@ class Demo:
         tasks = self.args.workers * 4
         with self.timings.step("echo job", f"{tasks} tasks") as detail:
             job = self.follow(client.echo("hello from sparegrid", tasks=tasks))
-            report = job.verify()
-            if not report.passed:
-                raise DemoError(f"echo receipts failed: {report.failures[0].reason}")
+            report = verified(job, "echo")
             detail.append(f"{report.ok} receipts verified")
 
     def inference_job(self, client: Client) -> None:
@@ -228,9 +226,7 @@ class Demo:
                 expected = model(inputs)
             if not torch.allclose(outputs, expected, rtol=1e-4, atol=1e-5):
                 raise DemoError("inference outputs differ from the same model run locally")
-            report = job.verify()
-            if not report.passed:
-                raise DemoError(f"inference receipts failed: {report.failures[0].reason}")
+            report = verified(job.job, "inference")
             detail.append(f"{len(inputs)} samples in {report.ok} shards, match a local run")
 
     def render_job(self, client: Client) -> None:
@@ -254,9 +250,7 @@ class Demo:
                 raise DemoError(f"render job returned {frames}, expected frames 1 to 4")
             if any(not r.output(r.outputs[0].name).startswith(b"\x89PNG") for r in results):
                 raise DemoError("a rendered frame is not a PNG image")
-            report = job.verify()
-            if not report.passed:
-                raise DemoError(f"render receipts failed: {report.failures[0].reason}")
+            report = verified(job, "render")
             detail.append(f"4 frames 64x48 with Cycles, {report.ok} receipts verified")
 
     def show_nodes_and_ledger(self, admin: AdminClient) -> None:
@@ -268,6 +262,14 @@ class Demo:
             line = f"{check.transactions} transactions, {check.entries} entries, sum {check.total}"
             print(f"ledger balances: {line}")
             detail.append(line)
+
+
+def verified(job: Job, what: str) -> VerifyReport:
+    """The job's receipt report; DemoError naming the first receipt that fails."""
+    report = job.verify()
+    if not report.passed:
+        raise DemoError(f"{what} receipts failed: {report.failures[0].reason}")
+    return report
 
 
 def print_tails(procs: Processes) -> None:
