@@ -9,7 +9,7 @@ must never be rejected for it. Equal digests always agree, without reading any b
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,7 @@ from sparegrid.coordinator.domain import FileRef
 from sparegrid.coordinator.services.images import decode_png, psnr
 
 Reader = Callable[[str], bytes]  # output digest -> its bytes
+T = TypeVar("T")
 
 # Largest difference allowed, relative to the tensor's largest magnitude, by precision.
 # Measured on an H200 against fp32 on the CPU (docs/facts.md): fp32 9.7e-7, TF32 4.6e-4,
@@ -41,6 +42,31 @@ def _pairs(a: list[FileRef], b: list[FileRef]) -> list[tuple[FileRef, FileRef]] 
     if left.keys() != right.keys() or len(left) != len(a) or len(right) != len(b):
         return None
     return [(left[name], right[name]) for name in sorted(left)]
+
+
+def _decoded_pairs_agree(
+    a: list[FileRef],
+    b: list[FileRef],
+    read: Reader,
+    decode: Callable[[bytes], T],
+    same: Callable[[T, T], bool],
+    skip: frozenset[str] = frozenset(),
+) -> bool:
+    """Outputs matched by name agree: equal digests, or both decode and are `same`. An
+    output that does not decode (not this comparator's format) agrees only bit for bit."""
+    pairs = _pairs(a, b)
+    if pairs is None:
+        return False
+    for x, y in pairs:
+        if x.digest == y.digest or x.name in skip:
+            continue
+        try:
+            left, right = decode(read(x.digest)), decode(read(y.digest))
+        except Exception:
+            return False
+        if not same(left, right):
+            return False
+    return True
 
 
 class ExactComparator:
@@ -75,20 +101,10 @@ class TensorComparator:
     def agree(
         self, params: dict[str, Any], a: list[FileRef], b: list[FileRef], read: Reader
     ) -> bool:
-        pairs = _pairs(a, b)
-        if pairs is None:
-            return False
         tol = self.tolerance(params)
-        for x, y in pairs:
-            if x.digest == y.digest or x.name in self.informational:
-                continue
-            try:
-                left, right = load_tensors(read(x.digest)), load_tensors(read(y.digest))
-            except Exception:  # not safetensors: only identical bytes agree
-                return False
-            if not tensors_agree(left, right, tol):
-                return False
-        return True
+        return _decoded_pairs_agree(
+            a, b, read, load_tensors, lambda x, y: tensors_agree(x, y, tol), self.informational
+        )
 
 
 def load_tensors(data: bytes) -> dict[str, npt.NDArray[Any]]:
@@ -144,19 +160,9 @@ class ImageComparator:
     def agree(
         self, params: dict[str, Any], a: list[FileRef], b: list[FileRef], read: Reader
     ) -> bool:
-        pairs = _pairs(a, b)
-        if pairs is None:
-            return False
-        for x, y in pairs:
-            if x.digest == y.digest:
-                continue
-            try:
-                left, right = decode_png(read(x.digest)), decode_png(read(y.digest))
-            except Exception:  # not a PNG this decoder reads: only identical bytes agree
-                return False
-            if psnr(left, right) < self.min_psnr:
-                return False
-        return True
+        return _decoded_pairs_agree(
+            a, b, read, decode_png, lambda x, y: psnr(x, y) >= self.min_psnr
+        )
 
 
 @dataclass
