@@ -49,21 +49,31 @@ class TensorHeader:
         return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
 
 
+def _header_length(prefix: bytes, label: str) -> int:
+    if len(prefix) < 8:
+        raise BadTensors(f"{label}: too short to be a safetensors file")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > MAX_HEADER:
+        raise BadTensors(f"{label}: header of {length} bytes is implausible")
+    return int(length)
+
+
 def read_header(path: Path) -> dict[str, TensorHeader]:
     """The tensors of a safetensors file, checked for consistency with its size."""
     try:
         with path.open("rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise BadTensors(f"{path.name}: too short to be a safetensors file")
-            (length,) = struct.unpack("<Q", raw)
-            if length > MAX_HEADER:
-                raise BadTensors(f"{path.name}: header of {length} bytes is implausible")
+            length = _header_length(f.read(8), path.name)
             header = f.read(length)
         size = path.stat().st_size
     except OSError as exc:
         raise BadTensors(f"{path.name}: {exc.strerror or exc}") from None
     return parse_header(header, size - 8 - length, path.name)
+
+
+def header_of(data: bytes, label: str) -> dict[str, TensorHeader]:
+    """The tensors of safetensors bytes in memory, checked as `read_header` checks a file."""
+    length = _header_length(data, label)
+    return parse_header(data[8 : 8 + length], len(data) - 8 - length, label)
 
 
 def parse_header(header: bytes, data_size: int, label: str = "tensors") -> dict[str, TensorHeader]:
@@ -151,6 +161,15 @@ def match_inputs(program: ProgramInfo, tensors: dict[str, TensorHeader], label: 
     if len(samples) != 1:
         raise mismatch("inputs disagree on the number of samples (first dimension)")
     return samples.pop()
+
+
+def check_shard(
+    program: ProgramInfo, tensors: dict[str, TensorHeader], batch_size: int, label: str
+) -> int:
+    """A shard fits the program and its batches fit the program: its number of samples."""
+    samples = match_inputs(program, tensors, label)
+    check_batch_size(program, batch_size, samples)
+    return samples
 
 
 def check_batch_size(program: ProgramInfo, batch_size: int, samples: int) -> None:

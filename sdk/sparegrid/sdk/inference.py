@@ -28,7 +28,8 @@ from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
 from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState, VerifyReport
 from sparegrid.sdk.results import TaskResult
 from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
-from sparegrid.wire.tensors import BadTensors, check_batch_size, match_inputs, parse_header
+from sparegrid.wire.tensors import BadTensors, header_of
+from sparegrid.wire.tensors import check_shard as check_shard_header
 
 if TYPE_CHECKING:
     import torch
@@ -168,14 +169,10 @@ def encode_shard(tensors: "dict[str, torch.Tensor]") -> bytes:
 
 def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) -> int:
     """The coordinator's submit check, run before upload: samples in the shard."""
-    length = int.from_bytes(data[:8], "little")
     try:
-        header = parse_header(data[8 : 8 + length], len(data) - 8 - length, label)
-        samples = match_inputs(program, header, label)
-        check_batch_size(program, batch_size, samples)
+        return check_shard_header(program, header_of(data, label), batch_size, label)
     except BadTensors as exc:
         raise InvalidArgumentError("BAD_INPUTS", str(exc)) from None
-    return samples
 
 
 # --- submit -----------------------------------------------------------------------------

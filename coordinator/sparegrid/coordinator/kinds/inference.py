@@ -22,7 +22,7 @@ from sparegrid.coordinator.kinds.base import (
     int_param,
 )
 from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
-from sparegrid.wire.tensors import BadTensors, check_batch_size, match_inputs, read_header
+from sparegrid.wire.tensors import BadTensors, check_shard, read_header
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 MAX_BATCH = 1 << 16
@@ -97,8 +97,6 @@ def _inspect(files: Files, model: FileRef) -> ProgramInfo:
 def _check_shard(files: Files, program: ProgramInfo, shard: FileRef, batch_size: int) -> int:
     try:
         tensors = read_header(files.path(shard.digest))
-        samples = match_inputs(program, tensors, f"input {shard.name!r}")
-        check_batch_size(program, batch_size, samples)
+        return check_shard(program, tensors, batch_size, f"input {shard.name!r}")
     except BadTensors as exc:
         raise invalid("BAD_INPUTS", f"inference job: {exc}") from None
-    return samples
