@@ -335,6 +335,30 @@ def test_a_known_answer_task_catches_nodes_that_agree_on_a_lazy_answer(tmp_path:
     assert app.ledger.check().balanced
 
 
+def test_a_known_answer_task_stays_away_from_its_owners_after_a_restart(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, g3 = nodes(app, "g1", "g2", "g3")
+    submit(app, 1, replicas=2, quorum=2)
+    run(g1)
+    run(g2)
+    app.canaries.config.rate = 0.0
+    app.scheduler.jobs.clear()
+    app.scheduler.sessions.clear()
+    app.start_services()
+    [canary] = [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT]
+    g1.connect(credit=5)
+    g2.connect(credit=5)
+    assert g1.sink.take() == g2.sink.take() == []  # the owners that made the answer
+    g3.connect(credit=0)
+    assert run(g3) == 1
+    assert app.store.get_job(canary.job.id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert credit_of(app, g1) == credit_of(app, g2) == 1  # the original task only
+    assert credit_of(app, g3) == 1
+    assert app.ledger.check().balanced
+
+
 def test_a_right_answer_to_a_known_answer_task_is_paid_and_earns_trust(tmp_path: Path) -> None:
     from sparegrid.coordinator.services.canaries import CanaryConfig
 

@@ -29,7 +29,6 @@ from sparegrid.coordinator.services.scheduler import Scheduler
 from sparegrid.coordinator.store.base import Store
 
 CANARY_ACCOUNT = "sparegrid-canary"
-KNOWN_OWNER = "known-answer"
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Canaries:
             t for a in self._scheduler.jobs.values() if self.is_canary(a.job) for t in a.running
         ]
         for replica in self._store.get_replicas(tasks):
-            if replica.owner == KNOWN_OWNER:
+            if is_reference(replica):
                 self.known[replica.task_id] = replica.outputs
 
     def is_canary(self, job: Job) -> bool:
@@ -100,10 +99,15 @@ class Canaries:
         canary.cost_held = canary.task_cost(task.work)
         copy = Task(f"{canary.id}-0", canary.id, 0, task.params, list(task.inputs), work=task.work)
         outputs = agreed[0].outputs
-        reference = Replica(
-            f"known:{copy.id}", copy.id, canary.id, "", KNOWN_OWNER, outputs, b"",
-            ReplicaState.VALID, now,
-        )  # fmt: skip
+        # the known answer, stored once per owner that made it: with no node behind them,
+        # these references are what keeps those owners off the canary, after a restart too
+        references = []
+        for owner in sorted({r.owner for r in agreed}):
+            reference = Replica(
+                f"known:{copy.id}:{owner}", copy.id, canary.id, "", owner, outputs, b"",
+                ReplicaState.VALID, now,
+            )  # fmt: skip
+            references.append(reference)
         self._store.create_job(canary, [copy])
         short = canary.cost_held - self._store.balance(client_account(CANARY_ACCOUNT))
         if short > 0:  # refunds of earlier canaries pay for later ones first
@@ -111,10 +115,11 @@ class Canaries:
                 CANARY_ACCOUNT, short, f"canary:{canary.id}", "funds known-answer tasks"
             )
         self._ledger.hold(canary, CANARY_ACCOUNT)
-        self._store.add_replicas([reference])
+        self._store.add_replicas(references)
         self._scheduler.add_job(canary, CANARY_ACCOUNT, [copy])
         active = self._scheduler.jobs[canary.id]
-        active.excluded[copy.id] = {r.owner for r in agreed}
+        for reference in references:
+            self._scheduler.hold_replica(active, reference)
         self.known[copy.id] = outputs
         return canary.id
 
@@ -128,3 +133,8 @@ class Canaries:
             self._store.create_account(account)
         self._account_id = account.id
         return account
+
+
+def is_reference(replica: Replica) -> bool:
+    """A known answer the coordinator stored, not a result some node returned."""
+    return not replica.node_id

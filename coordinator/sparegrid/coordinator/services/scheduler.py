@@ -202,7 +202,8 @@ class Scheduler:
                 self._hold(session, attempt, tasks[attempt.task_id])
 
     def _keep_replica(self, active: ActiveJob, replica: Replica) -> None:
-        active.results[replica.task_id] += 1
+        if replica.node_id:  # not a known answer the coordinator stored (canaries.py)
+            active.results[replica.task_id] += 1
         active.excluded.setdefault(replica.task_id, set()).add(replica.owner)
         if replica.state == ReplicaState.PENDING:
             active.replicas.setdefault(replica.task_id, []).append(replica)
