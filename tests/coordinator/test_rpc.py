@@ -209,6 +209,7 @@ async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
 
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     job = (await client.SubmitJob(echo_spec(3), metadata=served.auth(served.alice_key))).job
+    assert job.waiting == "no worker is connected"
     stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
     signer = Signer.generate()
     call = stub.Session()
@@ -262,6 +263,7 @@ async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
         client_pb2.GetJobRequest(job_id=job.job_id), metadata=served.auth(served.alice_key)
     )
     assert done.job.counts.succeeded == 3 and done.job.cost_spent == 3
+    assert done.job.waiting == ""
     results = await client.GetJobResults(
         client_pb2.GetJobResultsRequest(job_id=job.job_id), metadata=served.auth(served.alice_key)
     )

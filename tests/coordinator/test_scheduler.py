@@ -272,6 +272,47 @@ def test_requirements_route_work_to_matching_devices(tmp_path) -> None:
     assert len(gpu.sink.take()) == 3
 
 
+def test_a_job_that_cannot_run_says_why(tmp_path) -> None:
+    app = make_app(tmp_path)
+    alice = make_client(app)
+
+    def waiting(spec: JobSpec) -> str:
+        job = app.jobs.submit(alice, spec)
+        return app.jobs.waiting(job.id)
+
+    echo3 = {"kind": "echo", "params": b'{"tasks": 3}'}
+    assert waiting(JobSpec(**echo3)) == "no worker is connected"  # type: ignore[arg-type]
+    FakeNode(app, "sums", kinds=("checksum",), owner="o1").connect(credit=0)
+    assert waiting(JobSpec(**echo3)) == (  # type: ignore[arg-type]
+        "no connected node can run it: it needs a node with the echo executor"
+    )
+    a = FakeNode(app, "a", owner="o1")
+    a.connect(credit=0)
+    assert waiting(JobSpec(**echo3)) == ""  # type: ignore[arg-type]
+    big = Requirements(min_memory_bytes=80 << 30)
+    assert waiting(JobSpec(**echo3, requirements=big)) == (  # type: ignore[arg-type]
+        "no connected node can run it: it needs a device with 80.0 GiB of memory or more"
+    )
+    blender = Requirements(software={"blender": "5.0"})
+    assert waiting(JobSpec(**echo3, requirements=blender)).endswith("it needs blender 5.0")  # type: ignore[arg-type]
+    quorum = JobSpec(**echo3, replicas=3, quorum=2)  # type: ignore[arg-type]
+    FakeNode(app, "b", owner="o2").connect(credit=0)
+    job = app.jobs.submit(alice, quorum)
+    assert app.jobs.waiting(job.id) == (
+        "policy 2 of 3 needs results from 3 different owners; nodes of 2 owner(s) can run it now"
+    )
+    FakeNode(app, "c", owner="o3").connect(credit=0)
+    assert app.jobs.waiting(job.id) == ""
+    for node_id in list(app.scheduler.sessions):
+        app.scheduler.grant(node_id, 0, 0, reset=True)  # every volunteer paused its GPU
+    assert app.jobs.waiting(job.id).startswith("3 device(s) that can run it are paused")
+    for node_id in list(app.scheduler.sessions):
+        app.scheduler.grant(node_id, 0, 1)
+    assert app.jobs.waiting(job.id) == ""
+    app.jobs.cancel(alice, job.id)
+    assert app.jobs.waiting(job.id) == ""  # a final job waits for nothing
+
+
 def test_node_without_the_executor_gets_nothing(tmp_path) -> None:
     app = make_app(tmp_path)
     alice = make_client(app)

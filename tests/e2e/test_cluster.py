@@ -3,6 +3,8 @@
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +95,31 @@ def test_coordinator_killed_and_restarted_loses_nothing(cluster) -> None:
     assert client.account().balance == 1000 - spent
     report = admin.ledger_check()
     assert report.balanced, report.problems
+
+
+def test_a_job_needing_more_owners_says_so_until_one_connects(cluster) -> None:
+    _, client = setup(cluster, workers=2)  # each worker is its own owner
+    job = client.submit("echo", {"tasks": 2, "data": "x"}, replicas=3, quorum=2)
+    reason = "policy 2 of 3 needs results from 3 different owners; nodes of 2 owner(s)"
+    wait_for(lambda: reason in client.get_job(job.id).waiting, what="the waiting reason")
+    env = cluster.env | {
+        "SPAREGRID_COORDINATOR": cluster.address,
+        "SPAREGRID_API_KEY": client.connection.api_key,
+        "COLUMNS": "200",
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "sparegrid.cli.main", "job", "get", job.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "waiting" in shown.stdout and "3 different owners" in shown.stdout, shown.stdout
+    cluster.start_worker("node3")
+    job = job.wait(timeout=60)
+    assert job.state == "succeeded", job.error
+    assert job.waiting == ""
 
 
 def test_worker_drains_on_sigterm(cluster) -> None:

@@ -507,6 +507,7 @@ class Job(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     QUORUM_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -520,6 +521,10 @@ class Job(_message.Message):
     replicas: _builtins.int
     """0: the adaptive policy"""
     quorum: _builtins.int
+    waiting: _builtins.str
+    """why queued tasks cannot run on the nodes connected now (no node meets the
+    requirements, too few owners for the policy, all paused); empty when they can
+    """
     @_builtins.property
     def counts(self) -> Global___JobCounts: ...
     @_builtins.property
@@ -542,10 +547,11 @@ class Job(_message.Message):
         owner: _builtins.str = ...,
         replicas: _builtins.int = ...,
         quorum: _builtins.int = ...,
+        waiting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "quorum", b"quorum", "replicas", b"replicas", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -143,16 +144,19 @@ def transfer(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
 
 
 def _plain_reporter(console: Console) -> Callable[[Job], None]:
-    last = {"at": 0.0, "done": -1}
+    last: dict[str, Any] = {"at": 0.0, "done": -1, "waiting": ""}
 
     def report(job: Job) -> None:
         c = job.counts
         now = time.monotonic()
-        if job.finished or (c.done != last["done"] and now - last["at"] >= PLAIN_INTERVAL):
+        changed = c.done != last["done"] or job.waiting != last["waiting"]
+        if job.finished or (changed and now - last["at"] >= PLAIN_INTERVAL):
+            waiting = f" (waiting: {job.waiting})" if job.waiting else ""
             console.print(
-                f"{job.id}: {job.state.value}, {c.done}/{c.total} tasks done", markup=False
+                f"{job.id}: {job.state.value}, {c.done}/{c.total} tasks done{waiting}",
+                markup=False,
             )
-            last.update(at=now, done=c.done)
+            last.update(at=now, done=c.done, waiting=job.waiting)
 
     return report
 
@@ -178,7 +182,8 @@ def job_progress(job: Job) -> Iterator[Callable[[Job], None]]:
         def update(j: Job) -> None:
             c = j.counts
             progress.update(task, completed=c.done, total=c.total or None)
-            progress.update(task, description=f"{j.kind} {j.id} [dim]{j.state.value}[/]")
+            state = f"waiting: {j.waiting}" if j.waiting else j.state.value
+            progress.update(task, description=f"{j.kind} {j.id} [dim]{escape(state)}[/]")
 
         update(job)
         yield update
@@ -210,11 +215,10 @@ def _job_rows(job: Job) -> list[tuple[str, str]]:
     c = job.counts
     tasks = f"{c.succeeded} succeeded, {c.failed} failed, {c.cancelled} cancelled of {c.total}"
     credit = f"{job.cost_held} held, {job.cost_spent} spent, {job.cost_refunded} refunded"
-    return [
-        ("state", job.state.value + (f" ({job.error})" if job.error else "")),
-        ("tasks", tasks),
-        ("credit", credit),
-    ]
+    rows = [("state", job.state.value + (f" ({job.error})" if job.error else ""))]
+    if job.waiting:
+        rows.append(("waiting", job.waiting))
+    return [*rows, ("tasks", tasks), ("credit", credit)]
 
 
 def job_summary(job: Job, elapsed: float) -> Table:

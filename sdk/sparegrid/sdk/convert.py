@@ -156,6 +156,7 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         created_at=timestamp(msg, "created_at"),
         finished_at=timestamp(msg, "finished_at"),
         owner=msg.owner,
+        waiting=msg.waiting,
     )
 
 

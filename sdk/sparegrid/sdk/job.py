@@ -55,6 +55,11 @@ class _JobView:
         return self._snapshot.error
 
     @property
+    def waiting(self) -> str:
+        """Why queued tasks cannot run on the nodes connected now; "" when they can."""
+        return self._snapshot.waiting
+
+    @property
     def created_at(self) -> datetime | None:
         return self._snapshot.created_at
 

@@ -66,6 +66,8 @@ class JobSnapshot:
     created_at: datetime | None = None
     finished_at: datetime | None = None
     owner: str = ""
+    # why queued tasks cannot run on the nodes connected now; "" when they can
+    waiting: str = ""
 
     @property
     def finished(self) -> bool:

@@ -28,7 +28,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self.version = version
 
     def _job_pb(self, job: Job, owner: Account) -> common_pb2.Job:
-        return convert.job_to_pb(job, self.app.jobs.counts(job.id), owner.name)
+        jobs = self.app.jobs
+        return convert.job_to_pb(job, jobs.counts(job.id), owner.name, jobs.waiting(job.id))
 
     @unary
     async def GetInfo(

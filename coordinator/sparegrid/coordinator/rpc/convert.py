@@ -106,7 +106,9 @@ def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
     )
 
 
-def job_to_pb(job: Job, counts: dict[TaskState, int], owner: str) -> common_pb2.Job:
+def job_to_pb(
+    job: Job, counts: dict[TaskState, int], owner: str, waiting: str = ""
+) -> common_pb2.Job:
     return common_pb2.Job(
         job_id=job.id,
         kind=job.kind,
@@ -128,6 +130,7 @@ def job_to_pb(job: Job, counts: dict[TaskState, int], owner: str) -> common_pb2.
         created_at=timestamp(job.created_at),
         finished_at=timestamp(job.finished_at),
         owner=owner,
+        waiting=waiting,
     )
 
 

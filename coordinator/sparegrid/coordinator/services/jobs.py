@@ -178,6 +178,11 @@ class Jobs:
         active = self._scheduler.jobs.get(job_id)
         return active.counts() if active is not None else self._store.task_counts(job_id)
 
+    def waiting(self, job_id: str) -> str:
+        """Why a running job's queued tasks cannot run now; "" once it is final."""
+        active = self._scheduler.jobs.get(job_id)
+        return self._scheduler.waiting(active) if active is not None else ""
+
     def cancel(self, account: Account, job_id: str) -> Job:
         job = self.get(account, job_id)
         active = self._scheduler.jobs.get(job.id)

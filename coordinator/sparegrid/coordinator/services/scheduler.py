@@ -109,25 +109,41 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
+def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
+    """The first of a job's requirements a device of a node does not meet, as (how many it
+    met before that one, what the job needs); (met, "") when the device fits."""
+    req = job.requirements
+    needs = [
+        (job.kind not in node.executors, f"a node with the {job.kind} executor"),
+        (bool(req.device_kind) and device.kind != req.device_kind, f"a {req.device_kind} device"),
+        (
+            device.memory_bytes < req.min_memory_bytes,
+            f"a device with {req.min_memory_bytes / (1 << 30):.1f} GiB of memory or more",
+        ),
+        (
+            bool(req.min_compute_capability)
+            and (
+                device.kind != "cuda"
+                or version_tuple(device.compute_capability)
+                < version_tuple(req.min_compute_capability)
+            ),
+            f"a cuda device of compute capability {req.min_compute_capability} or newer",
+        ),
+        *(
+            (version_tuple(node.software.get(name, ""))[:2] != version_tuple(wanted)[:2],
+             f"{name} {wanted}")
+            for name, wanted in req.software.items()
+        ),
+    ]  # fmt: skip
+    for met, (unmet, what) in enumerate(needs):
+        if unmet:
+            return met, what
+    return len(needs), ""
+
+
 def fits(job: Job, node: Node, device: Device) -> bool:
     """Whether a device of a node meets a job's requirements."""
-    req = job.requirements
-    if job.kind not in node.executors:
-        return False
-    if req.device_kind and device.kind != req.device_kind:
-        return False
-    if device.memory_bytes < req.min_memory_bytes:
-        return False
-    if req.min_compute_capability and (
-        device.kind != "cuda"
-        or version_tuple(device.compute_capability) < version_tuple(req.min_compute_capability)
-    ):
-        return False
-    for name, wanted in req.software.items():
-        have = version_tuple(node.software.get(name, ""))[:2]
-        if have != version_tuple(wanted)[:2]:
-            return False
-    return True
+    return not misfit(job, node, device)[1]
 
 
 class Scheduler:
@@ -229,6 +245,43 @@ class Scheduler:
                 if device.index not in session.paused and self._eligible(active, node, device):
                     return True
         return False
+
+    def waiting(self, active: ActiveJob) -> str:
+        """Why the job's queued tasks cannot all run on the nodes connected now, in words
+        for its client; "" when they can (they may still wait for a free device)."""
+        if not active.queue:
+            return ""
+        job, owners, paused = active.job, set[str](), 0
+        closest = (-1, "")  # the need of the device that met the most requirements
+        for session in self.sessions.values():
+            node = session.node
+            if session.draining or self.blocked(node.id):
+                continue
+            for device in node.devices:
+                met, need = misfit(job, node, device)
+                if active.node_failures[node.id] >= self.config.max_node_failures_per_job:
+                    met, need = met + 1, need or "a node that has not failed its tasks"
+                if need:
+                    closest = max(closest, (met, need))
+                elif device.index in session.paused:
+                    paused += 1
+                else:
+                    owners.add(node.owner)
+        if owners and job.replicas > len(owners):
+            return (
+                f"policy {job.quorum} of {job.replicas} needs results from {job.replicas} "
+                f"different owners; nodes of {len(owners)} owner(s) can run it now"
+            )
+        if owners:
+            return ""
+        if paused:
+            return (
+                f"{paused} device(s) that can run it are paused by their volunteers "
+                "(in use by their owner, too hot, or outside their hours)"
+            )
+        if closest[1]:
+            return f"no connected node can run it: it needs {closest[1]}"
+        return "no worker is connected"
 
     def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
         self.jobs[job.id] = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
