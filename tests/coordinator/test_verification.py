@@ -335,8 +335,9 @@ def test_a_known_answer_task_catches_nodes_that_agree_on_a_lazy_answer(tmp_path:
     assert app.ledger.check().balanced
 
 
-def test_a_known_answer_task_stays_away_from_its_owners_after_a_restart(tmp_path: Path) -> None:
-    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+def one_canary(tmp_path: Path) -> tuple[App, FakeNode, FakeNode, FakeNode]:
+    """g1 and g2 agree on a task, which comes back as one known-answer task."""
+    from sparegrid.coordinator.services.canaries import CanaryConfig
 
     app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
     g1, g2, g3 = nodes(app, "g1", "g2", "g3")
@@ -344,6 +345,13 @@ def test_a_known_answer_task_stays_away_from_its_owners_after_a_restart(tmp_path
     run(g1)
     run(g2)
     app.canaries.config.rate = 0.0
+    return app, g1, g2, g3
+
+
+def test_a_known_answer_task_stays_away_from_its_owners_after_a_restart(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT
+
+    app, g1, g2, g3 = one_canary(tmp_path)
     app.scheduler.jobs.clear()
     app.scheduler.sessions.clear()
     app.start_services()
@@ -360,14 +368,7 @@ def test_a_known_answer_task_stays_away_from_its_owners_after_a_restart(tmp_path
 
 
 def test_a_right_answer_to_a_known_answer_task_is_paid_and_earns_trust(tmp_path: Path) -> None:
-    from sparegrid.coordinator.services.canaries import CanaryConfig
-
-    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
-    g1, g2, g3 = nodes(app, "g1", "g2", "g3")
-    submit(app, 1, replicas=2, quorum=2)
-    run(g1)
-    run(g2)
-    app.canaries.config.rate = 0.0
+    app, _, _, g3 = one_canary(tmp_path)
     assert run(g3) == 1
     assert credit_of(app, g3) == 1
     assert app.reputations.get(g3.id).streak == 1

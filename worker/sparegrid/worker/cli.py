@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparegrid.wire import Signer
 from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
 from sparegrid.worker.devices import DeviceInfo, detect_devices
 from sparegrid.worker.identity import load_identity
@@ -94,11 +95,18 @@ def describe_device(device: DeviceInfo) -> str:
     return f"device {device.index}: {device.name} ({', '.join(details)})"
 
 
-def id_command(args: argparse.Namespace) -> int:
+def _identity(args: argparse.Namespace) -> Signer | None:
+    """The node's key from its data directory; None (and a line on stderr) when unreadable."""
     try:
-        signer = load_identity(data_dir_from(args, os.environ))
+        return load_identity(data_dir_from(args, os.environ))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def id_command(args: argparse.Namespace) -> int:
+    signer = _identity(args)
+    if signer is None:
         return 2
     print(f"node id:    {signer.node_id}")
     print(f"public key: {signer.public_key.hex()}")
@@ -131,10 +139,8 @@ def status_command(args: argparse.Namespace) -> int:
 def credit_command(args: argparse.Namespace) -> int:
     from sparegrid.sdk import Client, SparegridError
 
-    try:
-        signer = load_identity(data_dir_from(args, os.environ))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    signer = _identity(args)
+    if signer is None:
         return 2
     key = os.environ.get(ENV_OWNER_KEY) or os.environ.get("SPAREGRID_API_KEY") or None
     address = args.coordinator or os.environ.get(ENV_COORDINATOR) or DEFAULT_COORDINATOR
