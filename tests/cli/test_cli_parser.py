@@ -94,3 +94,26 @@ def test_missing_daemon_group_becomes_a_stub(
     err = capsys.readouterr().err
     assert "sparegrid worker" in err
     assert "No module named 'pynvml'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--spot-share", "1.5"], "--spot-share is a share from 0 to 1, got 1.5"),
+        (["--canary-rate", "-0.1"], "--canary-rate is a share from 0 to 1, got -0.1"),
+        (["--lease", "1", "--heartbeat", "2"], "--lease must be longer than --heartbeat"),
+    ],
+)
+def test_coordinator_serve_refuses_bad_settings(flags: list[str], expected: str) -> None:
+    from sparegrid.coordinator.cli import _settings
+
+    args = cli_main.build_parser().parse_args(["coordinator", "serve", *flags])
+    with pytest.raises(SystemExit, match=expected):
+        _settings(args)
+
+
+def test_coordinator_serve_takes_the_spot_share() -> None:
+    from sparegrid.coordinator.cli import _settings
+
+    args = cli_main.build_parser().parse_args(["coordinator", "serve", "--spot-share", "0"])
+    assert _settings(args).spot_checks.share == 0.0

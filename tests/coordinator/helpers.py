@@ -1,8 +1,12 @@
 """A coordinator on the in-memory store with a fake clock, and fake nodes that sign."""
 
 import json
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
@@ -117,3 +121,44 @@ def make_client(app: App, name: str = "alice", credit: int = 1000) -> Account:
 def echo(app: App, account: Account, tasks: int, **extra: object) -> str:
     params = json.dumps({"tasks": tasks, "data": "hi", **extra}).encode()
     return app.jobs.submit(account, JobSpec(kind="echo", params=params)).id
+
+
+def png(image: np.ndarray, filters: tuple[int, ...] = (0, 1, 2, 3, 4)) -> bytes:
+    """A PNG of an 8-bit RGB image, each row with one of `filters` in turn."""
+    height, width, channels = image.shape
+    rows = image.astype(np.int32).reshape(height, width * channels)
+    raw = bytearray()
+    prior = np.zeros(width * channels, dtype=np.int32)
+    for y in range(height):
+        kind = filters[y % len(filters)]
+        line = rows[y]
+        left = np.concatenate([np.zeros(channels, dtype=np.int32), line[:-channels]])
+        up_left = np.concatenate([np.zeros(channels, dtype=np.int32), prior[:-channels]])
+        if kind == 0:
+            pred = np.zeros_like(line)
+        elif kind == 1:
+            pred = left
+        elif kind == 2:
+            pred = prior
+        elif kind == 3:
+            pred = (left + prior) // 2
+        else:
+            p = left + prior - up_left
+            pa, pb, pc = abs(p - left), abs(p - prior), abs(p - up_left)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, up_left))
+        raw.append(kind)
+        raw += ((line - pred) & 0xFF).astype(np.uint8).tobytes()
+        prior = line
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )

@@ -1,8 +1,5 @@
 """Comparators: honest float noise must agree, wrong or lazy outputs must not."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from safetensors.numpy import save
@@ -15,6 +12,7 @@ from sparegrid.coordinator.services.comparators import (
 )
 from sparegrid.coordinator.services.images import decode_png, psnr
 from sparegrid.wire import sha256_hex
+from tests.coordinator.helpers import png
 
 
 def blobs(*datas: bytes) -> tuple[list[list[FileRef]], dict[str, bytes]]:
@@ -96,47 +94,6 @@ def test_exact_comparator_wants_every_digest_and_name() -> None:
     assert comparator.agree({}, a, list(a), dict().__getitem__)
     assert not comparator.agree({}, a, b, dict().__getitem__)
     assert not comparator.agree({}, a, [*a, FileRef("extra", "d", 1)], dict().__getitem__)
-
-
-def png(image: np.ndarray, filters: tuple[int, ...] = (0, 1, 2, 3, 4)) -> bytes:
-    """A PNG of an 8-bit RGB image, each row with one of `filters` in turn."""
-    height, width, channels = image.shape
-    rows = image.astype(np.int32).reshape(height, width * channels)
-    raw = bytearray()
-    prior = np.zeros(width * channels, dtype=np.int32)
-    for y in range(height):
-        kind = filters[y % len(filters)]
-        line = rows[y]
-        left = np.concatenate([np.zeros(channels, dtype=np.int32), line[:-channels]])
-        up_left = np.concatenate([np.zeros(channels, dtype=np.int32), prior[:-channels]])
-        if kind == 0:
-            pred = np.zeros_like(line)
-        elif kind == 1:
-            pred = left
-        elif kind == 2:
-            pred = prior
-        elif kind == 3:
-            pred = (left + prior) // 2
-        else:
-            p = left + prior - up_left
-            pa, pb, pc = abs(p - left), abs(p - prior), abs(p - up_left)
-            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, up_left))
-        raw.append(kind)
-        raw += ((line - pred) & 0xFF).astype(np.uint8).tobytes()
-        prior = line
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(raw)))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_png_decoder_reads_every_filter() -> None:

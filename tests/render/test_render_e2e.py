@@ -11,6 +11,7 @@ import pytest
 
 from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, SparegridError
 from sparegrid.sdk.render import stitch_tiles
+from sparegrid.v1 import common_pb2
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_cluster import online_nodes, wait_for
 
@@ -76,6 +77,12 @@ def test_animation_across_two_workers_comes_back_complete_and_in_order(
         r.verify()
         assert r.output(r.outputs[0].name).startswith(b"\x89PNG\r\n\x1a\n")
     assert len({r.node_id for r in results}) == 2  # prefetch 1: both workers took frames
+    # new nodes are always checked: the other node re-rendered a random crop of each frame
+    # with its own Blender, and it matched the frame's pixels
+    key = client.coordinator_key()
+    checks = [r.validation(key) for r in results]
+    assert {v.method for v in checks} == {common_pb2.VALIDATION_METHOD_SPOT_CHECKED}, checks
+    assert all(len(v.agreeing_nodes) == 2 for v in checks)
     assert results[0].outputs[0].digest != results[5].outputs[0].digest  # the cube moved
     name, data = job.preview()
     assert name == "frame_0006.png" and data == results[5].output(name)

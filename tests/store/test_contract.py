@@ -15,6 +15,7 @@ from sparegrid.coordinator.domain import (
     JobState,
     Node,
     Posting,
+    Replica,
     Requirements,
     Task,
     TaskState,
@@ -336,6 +337,28 @@ def test_lease_tasks_leases_queued_tasks_only(store: Store) -> None:
     assert [a.id for a in store.lease_tasks([attempt("a6", ts[0])])] == ["a6"]
     assert store.get_tasks([ts[0].id])[0].attempts == 2
     assert store.lease_tasks([]) == []
+
+
+def test_a_spot_check_and_its_result_keep_the_params_they_ran(store: Store) -> None:
+    (task,) = leased_job(store, tasks=1)
+    crop = b'{"frames": [1], "tile": [0, 16, 0, 16]}'
+    spot = attempt("a1", task)
+    spot.params = crop
+    store.lease_tasks([spot])
+    assert store.get_attempts(["a1"])[0].params == crop
+    assert [a.params for a in store.running_attempts()] == [crop]
+    outputs = [FileRef("tile.png", "d" * 64, 3)]
+    store.add_replicas(
+        [
+            Replica("a0", task.id, task.job_id, "n0", "o0", outputs, b"r0", created_at=1.0),
+            Replica("a1", task.id, task.job_id, "n1", "o1", outputs, b"r1", created_at=2.0,
+                    params=crop),
+        ]
+    )  # fmt: skip
+    assert [(r.attempt_id, r.params) for r in store.get_replicas([task.id])] == [
+        ("a0", b""),
+        ("a1", crop),
+    ]
 
 
 # attempts

@@ -22,6 +22,7 @@ from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
 from sparegrid.coordinator.services.settlement import Settlement
+from sparegrid.coordinator.services.spotcheck import SpotChecks, SpotConfig
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.store.base import Store
 from sparegrid.wire import Signer
@@ -63,6 +64,7 @@ class Settings:
     default_max_attempts: int = 3
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
+    spot_checks: SpotConfig = field(default_factory=SpotConfig)
 
     @property
     def key_path(self) -> Path:
@@ -83,6 +85,7 @@ class App:
         self.accounts = Accounts(store, self.ledger, self.clock)
         self.signer = Signer.load_or_create(settings.key_path)
         self.reputations = Reputations(store, self.clock, settings.trust)
+        self.spot_checks = SpotChecks(settings.spot_checks)
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -93,6 +96,7 @@ class App:
             ),
             on_change=self._changed,
             blocked=self.reputations.blocked,
+            check_params=self.spot_checks.params_for,
         )
         self.verifier = Verifier(self.reputations, Comparators())
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)

@@ -12,6 +12,7 @@ from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobs import parse_price
+from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store
 
@@ -70,6 +71,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="share of cross-checked results re-issued as known-answer tasks [%(default)s]",
     )
     serve.add_argument(
+        "--spot-share",
+        type=float,
+        default=SpotConfig.share,
+        metavar="SHARE",
+        help="share of a PNG render task's pixels its spot check re-renders; 0 checks whole "
+        "tasks [%(default)s]",
+    )
+    serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -94,9 +103,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         reconnect_grace_seconds=args.reconnect_grace,
         max_blob_size=args.max_blob_size,
         canaries=CanaryConfig(rate=args.canary_rate),
+        spot_checks=SpotConfig(share=args.spot_share),
     )
-    if not 0.0 <= args.canary_rate <= 1.0:
-        raise SystemExit(f"error: --canary-rate is a share from 0 to 1, got {args.canary_rate}")
+    for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"error: {name} is a share from 0 to 1, got {share}")
     for item in args.price:
         kind, _, value = item.partition("=")
         try:

@@ -131,6 +131,8 @@ class Attempt:
     finished_at: float | None = None
     error_code: str = ""
     error: str = ""
+    # what the node was asked to run when not the task's params: a spot check's crop
+    params: bytes = b""
 
 
 @dataclass
@@ -205,6 +207,7 @@ class Replica:
     receipt: bytes  # the worker's receipt, without countersignature
     state: ReplicaState = ReplicaState.PENDING
     created_at: float = 0.0
+    params: bytes = b""  # its attempt's params when not the task's: a spot check's crop
 
 
 @dataclass

@@ -104,6 +104,8 @@ class _ValidationMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Vali
     """jobs from before verification: one result"""
     VALIDATION_METHOD_KNOWN_ANSWER: _ValidationMethod.ValueType  # 6
     """matched the answer the coordinator knew"""
+    VALIDATION_METHOD_SPOT_CHECKED: _ValidationMethod.ValueType  # 7
+    """adaptive: another owner's node re-rendered a"""
 
 class ValidationMethod(_ValidationMethod, metaclass=_ValidationMethodEnumTypeWrapper):
     """How the coordinator came to accept a result."""
@@ -121,6 +123,8 @@ VALIDATION_METHOD_SINGLE: ValidationMethod.ValueType  # 5
 """jobs from before verification: one result"""
 VALIDATION_METHOD_KNOWN_ANSWER: ValidationMethod.ValueType  # 6
 """matched the answer the coordinator knew"""
+VALIDATION_METHOD_SPOT_CHECKED: ValidationMethod.ValueType  # 7
+"""adaptive: another owner's node re-rendered a"""
 Global___ValidationMethod: _TypeAlias = ValidationMethod  # noqa: Y015
 
 @_typing.final

@@ -11,6 +11,8 @@ Input "scene" is the .blend file (external files packed). One task renders one c
 frames, or one tile; its credit units (`work`) are pixels x samples.
 """
 
+import math
+import random
 from typing import Any
 
 from sparegrid.coordinator.domain import FileRef
@@ -32,6 +34,7 @@ MAX_SIDE = 65_536
 MAX_SAMPLES = 1 << 24
 MAX_TILES = 64
 MAX_CHUNK = 1000
+MIN_CROP = 16  # pixels on a side of a spot check's crop
 _KEYS = {
     "frame_start",
     "frame_end",
@@ -77,6 +80,30 @@ def tile_boxes(width: int, height: int, columns: int, rows: int) -> list[tuple[i
     xs = [i * width // columns for i in range(columns + 1)]
     ys = [j * height // rows for j in range(rows + 1)]
     return [(xs[i], xs[i + 1], ys[j], ys[j + 1]) for j in range(rows) for i in range(columns)]
+
+
+def spot_check(params: dict[str, Any], rng: random.Random, share: float) -> dict[str, Any] | None:
+    """A task's params cut down to one random crop, about `share` of its pixels, of one of
+    its frames: what a spot check re-renders. None when frames are not compared by their
+    pixels (EXR is compared bit for bit) or the task is too small to crop."""
+    if params.get("format") != "png":
+        return None
+    width, height = params["resolution"]
+    x0, x1, y0, y1 = params.get("tile") or (0, width, 0, height)
+    side = math.sqrt(share)
+    w = min(x1 - x0, max(MIN_CROP, round((x1 - x0) * side)))
+    h = min(y1 - y0, max(MIN_CROP, round((y1 - y0) * side)))
+    if w * h * 2 > (x1 - x0) * (y1 - y0):
+        return None  # most of the task: it is as cheap to render all of it again
+    left, bottom = rng.randrange(x0, x1 - w + 1), rng.randrange(y0, y1 - h + 1)
+    frame = rng.choice(params["frames"])
+    return {**params, "frames": [frame], "tile": [left, left + w, bottom, bottom + h]}
+
+
+def crop_work(params: dict[str, Any]) -> int:
+    """Work units of rendering a crop: its pixels x samples."""
+    x0, x1, y0, y1 = params["tile"]
+    return int((x1 - x0) * (y1 - y0) * params["samples"] * len(params["frames"]))
 
 
 class Render:

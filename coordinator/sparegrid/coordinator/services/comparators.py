@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from sparegrid.coordinator.domain import FileRef
 from sparegrid.coordinator.services.images import decode_png, psnr
+from sparegrid.wire.render import output_name
 
 Reader = Callable[[str], bytes]  # output digest -> its bytes
 T = TypeVar("T")
@@ -163,6 +164,35 @@ class ImageComparator:
         return _decoded_pairs_agree(
             a, b, read, decode_png, lambda x, y: psnr(x, y) >= self.min_psnr
         )
+
+    def agree_crop(
+        self,
+        params: dict[str, Any],
+        whole: list[FileRef],
+        crop_params: dict[str, Any],
+        crop: list[FileRef],
+        read: Reader,
+    ) -> bool:
+        """Whether a spot check's crop (one frame, one box) matches the same pixels of a
+        result of the whole task, which may itself be a tile of the frame."""
+        fmt, (frame,), box = params.get("format", "png"), crop_params["frames"], crop_params["tile"]
+        width, height = params["resolution"]
+        tile = params.get("tile")
+        rx0, rx1, ry0, ry1 = tile or (0, width, 0, height)
+        x0, x1, y0, y1 = box
+        full = {r.name: r for r in whole}.get(output_name(frame, tile and tuple(tile), fmt))
+        part = {r.name: r for r in crop}.get(output_name(frame, tuple(box), fmt))
+        inside = rx0 <= x0 < x1 <= rx1 and ry0 <= y0 < y1 <= ry1
+        if full is None or part is None or len(crop) != 1 or not inside:
+            return False
+        try:
+            image, piece = decode_png(read(full.digest)), decode_png(read(part.digest))
+        except Exception:
+            return False
+        if image.shape[:2] != (ry1 - ry0, rx1 - rx0):
+            return False
+        window = image[ry1 - y1 : ry1 - y0, x0 - rx0 : x1 - rx0]  # PNG rows run top down
+        return psnr(window, piece) >= self.min_psnr
 
 
 @dataclass

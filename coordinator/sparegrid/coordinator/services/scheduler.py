@@ -155,9 +155,12 @@ class Scheduler:
         config: SchedulerConfig,
         on_change: Callable[[Iterable[str]], None] = lambda jobs: None,
         blocked: Callable[[str], bool] = lambda node_id: False,
+        check_params: Callable[[Job, Task, list[Replica]], bytes] = lambda job, task, held: b"",
     ) -> None:
         self.store = store
         self.blocked = blocked  # a node that may get no work (quarantined or banned)
+        # what an attempt at a task with results held for a check runs (spotcheck.py)
+        self.check_params = check_params
         self.ledger = ledger
         self.clock = clock
         self.config = config
@@ -451,6 +454,7 @@ class Scheduler:
                 if not active.queue or not self._eligible(active, node, device):
                     continue
                 for task in self._take(active, node.owner, credit, device.memory_bytes):
+                    held = active.replicas.get(task.id)
                     attempt = Attempt(
                         id=new_id(),
                         task_id=task.id,
@@ -459,6 +463,7 @@ class Scheduler:
                         device_index=index,
                         deadline=now + self.config.lease_seconds,
                         created_at=now,
+                        params=self.check_params(active.job, task, held) if held else b"",
                     )
                     picked.append((session, attempt, task, active))
                     credit -= 1

@@ -22,6 +22,7 @@ from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.comparators import Reader
 from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
+from sparegrid.coordinator.services.spotcheck import work_of
 from sparegrid.coordinator.services.verification import Decision, Outcome, Verifier
 from sparegrid.coordinator.states import move_attempt, move_task
 from sparegrid.v1 import common_pb2
@@ -35,6 +36,7 @@ _COMPARED = {
     common_pb2.VALIDATION_METHOD_QUORUM,
     common_pb2.VALIDATION_METHOD_CROSS_CHECKED,
     common_pb2.VALIDATION_METHOD_KNOWN_ANSWER,
+    common_pb2.VALIDATION_METHOD_SPOT_CHECKED,
 }
 
 
@@ -87,7 +89,7 @@ class Settlement:
             out.released.append(c.attempt)
             replica = Replica(
                 c.attempt.id, c.task.id, c.task.job_id, node_id, owner, c.outputs, c.receipt,
-                created_at=now,
+                created_at=now, params=c.attempt.params,
             )  # fmt: skip
             store.add_replicas([replica])
             sched.hold_replica(active, replica)
@@ -140,13 +142,14 @@ class Settlement:
         sched, job = self.scheduler, active.job
         cost = job.task_cost(task.work)
         winners, losers = decision.winners, decision.losers
+        costs = [job.task_cost(work_of(task, w)) for w in winners]  # a spot check: its crop
         paid = sched.ledger.pay(
             [
-                Payment(job, task.id, w.attempt_id, w.node_id, cost, _reason(decision))
-                for w in winners
+                Payment(job, task.id, w.attempt_id, w.node_id, c, _reason(decision))
+                for w, c in zip(winners, costs, strict=True)
             ]
         )
-        job.cost_spent += cost * sum(paid)
+        job.cost_spent += sum(c for c, new in zip(costs, paid, strict=True) if new)
         agreeing = [w.node_id for w in winners]
         first = winners[0]
         results = active.replicas.get(task.id, [])
@@ -181,7 +184,7 @@ class Settlement:
         active.open_tasks -= 1
         active.succeeded += 1
         sched.forget_replicas(active, task.id)
-        return {w.attempt_id: cost for w, new in zip(winners, paid, strict=True) if new}
+        return {w.attempt_id: c for w, c, new in zip(winners, costs, paid, strict=True) if new}
 
     def settle_stranded(self) -> Settled:
         """Adaptive tasks held for a node of another owner when no such node is online any
@@ -259,5 +262,6 @@ def _reason(decision: Decision) -> str:
         common_pb2.VALIDATION_METHOD_UNCHECKED: "unchecked",
         common_pb2.VALIDATION_METHOD_SINGLE: "single result",
         common_pb2.VALIDATION_METHOD_KNOWN_ANSWER: "known answer",
+        common_pb2.VALIDATION_METHOD_SPOT_CHECKED: "spot-checked",
     }
     return f"validated result ({names.get(decision.method, 'accepted')}): {decision.detail}"

@@ -8,7 +8,9 @@ Policies, per job:
   up to k + the job's attempt limit.
 - adaptive (k = 0, the default): a first result is cross-checked with probability given by
   its node's reputation (always for a new node, never less than the floor); a checked task
-  is accepted once two owners agree. When no connected node of another owner could run the
+  is accepted once two owners agree. A rendered frame's first check is a spot check: one
+  random crop of it, re-rendered (spotcheck.py); a result that is only a crop can confirm
+  or dispute a whole one, never stand for the task. When no connected node of another owner could run the
   check, the single result is accepted and the receipt says it went unchecked.
 - single (k = m = 1): jobs submitted before verification existed; the first result wins.
 
@@ -22,7 +24,12 @@ from enum import StrEnum
 
 from sparegrid.coordinator.domain import FileRef, Job, Replica, ReplicaState, Task
 from sparegrid.coordinator.kinds import decode_params
-from sparegrid.coordinator.services.comparators import Comparators, Reader
+from sparegrid.coordinator.services.comparators import (
+    Comparator,
+    Comparators,
+    ImageComparator,
+    Reader,
+)
 from sparegrid.coordinator.services.reputation import Reputations
 from sparegrid.v1 import common_pb2
 
@@ -111,7 +118,7 @@ class Verifier:
                 )
             return Decision(Outcome.PENDING)
         groups = self._groups(job.kind, decode_params(task.params), live, read)
-        best = max(groups, key=_owners)
+        best = max((g for g in groups if any(not r.params for r in g)), key=_owners)
         agreeing = _owners(best)
         wanted = job.quorum if job.replicas else 2
         enough = len(live) >= job.replicas  # fixed policies gather all k first
@@ -124,8 +131,12 @@ class Verifier:
             detail = f"{agreeing} of {len(live)} results from different owners agreed"
             if job.replicas:
                 detail += f" (policy {policy_text(job)})"
+            winners = sorted(_one_per_owner(best), key=lambda r: bool(r.params))  # whole first
+            if len(live) == 2 and winners[-1].params:
+                method = common_pb2.VALIDATION_METHOD_SPOT_CHECKED
+                detail = _spot_detail(winners[-1])
             losers = [r for r in live if all(r is not w for w in best)]
-            return Decision(Outcome.ACCEPTED, method, detail, _one_per_owner(best), losers)
+            return Decision(Outcome.ACCEPTED, method, detail, winners, losers)
         if len(live) >= max(job.replicas, 2) + job.max_attempts:
             return Decision(
                 Outcome.FAILED, detail=f"{len(live)} results, no {wanted} of them agree"
@@ -140,12 +151,36 @@ class Verifier:
         groups: list[list[Replica]] = []
         for result in live:
             for group in groups:
-                if comparator.agree(params, group[0].outputs, result.outputs, read):
+                if _agree(comparator, params, group[0], result, read):
                     group.append(result)
                     break
             else:
                 groups.append([result])
         return groups
+
+
+def _agree(
+    comparator: Comparator, params: dict[str, object], a: Replica, b: Replica, read: Reader
+) -> bool:
+    """Two results of a task agree; a spot check's crop is compared with the same pixels
+    of a whole result (two crops have nothing in common to compare)."""
+    if not a.params and not b.params:
+        return comparator.agree(params, a.outputs, b.outputs, read)
+    if (a.params and b.params) or not isinstance(comparator, ImageComparator):
+        return False
+    whole, crop = (a, b) if b.params else (b, a)
+    return comparator.agree_crop(
+        params, whole.outputs, decode_params(crop.params), crop.outputs, read
+    )
+
+
+def _spot_detail(crop: Replica) -> str:
+    p = decode_params(crop.params)
+    x0, x1, y0, y1 = p["tile"]
+    return (
+        f"spot check: a {x1 - x0}x{y1 - y0} crop of frame {p['frames'][0]} at ({x0}, {y0}), "
+        "re-rendered by a node of another owner, matched"
+    )
 
 
 def _owners(group: list[Replica]) -> int:

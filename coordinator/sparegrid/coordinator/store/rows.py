@@ -45,13 +45,15 @@ TASK_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "id, task_id, job_id, node_id, device_index, deadline, state, created_at, finished_at,"
-    " error_code, error"
+    " error_code, error, params"
 )
 NODE_COLUMNS = (
     "id, public_key, name, devices, software, executors, first_seen, last_seen,"
     " tasks_succeeded, tasks_failed, owner"
 )
-REPLICA_COLUMNS = "attempt_id, task_id, job_id, node_id, owner, outputs, receipt, state, created_at"
+REPLICA_COLUMNS = (
+    "attempt_id, task_id, job_id, node_id, owner, outputs, receipt, state, created_at, params"
+)
 REPUTATION_COLUMNS = "node_id, streak, validated, invalid, strikes, standing, reason, updated_at"
 ENTRY_COLUMNS = "transaction_id, account, amount, reason, job_id, task_id, created_at"
 
@@ -153,7 +155,7 @@ def task_from(row: Row) -> Task:
 def attempt_params(a: Attempt) -> Params:
     return (
         a.id, a.task_id, a.job_id, a.node_id, a.device_index, a.deadline, a.state.value,
-        a.created_at, a.finished_at, a.error_code, a.error,
+        a.created_at, a.finished_at, a.error_code, a.error, a.params,
     )  # fmt: skip
 
 
@@ -170,6 +172,7 @@ def attempt_from(row: Row) -> Attempt:
         finished_at=optional_float(row[8]),
         error_code=row[9],
         error=row[10],
+        params=bytes(row[11] or b""),
     )
 
 
@@ -200,7 +203,7 @@ def node_from(row: Row) -> Node:
 def replica_params(p: Replica) -> Params:
     return (
         p.attempt_id, p.task_id, p.job_id, p.node_id, p.owner, refs_json(p.outputs),
-        p.receipt, p.state.value, p.created_at,
+        p.receipt, p.state.value, p.created_at, p.params,
     )  # fmt: skip
 
 
@@ -215,6 +218,7 @@ def replica_from(row: Row) -> Replica:
         receipt=bytes(row[6]),
         state=ReplicaState(row[7]),
         created_at=float(row[8]),
+        params=bytes(row[9] or b""),
     )
 
 

@@ -169,8 +169,15 @@ CREATE TABLE reputations (
 )
 """
 
+# Spot checks: an attempt (and the result it returns) may run other params than its
+# task's, a crop of a rendered frame; empty for every attempt and result before.
+SPOT_CHECKS = """
+ALTER TABLE attempts ADD COLUMN params {blob} NOT NULL DEFAULT '';
+ALTER TABLE replicas ADD COLUMN params {blob} NOT NULL DEFAULT ''
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
-MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL), (2, TRUST)]
+MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL), (2, TRUST), (3, SPOT_CHECKS)]
 
 
 def statements(script: str, types: dict[str, str]) -> list[str]:

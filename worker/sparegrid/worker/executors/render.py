@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sparegrid.wire.render import output_name
 from sparegrid.worker.executors.base import BAD_PARAMS, ExecOutput, ExecTask, ExecutorError
 from sparegrid.worker.executors.params import check_inputs, load_params
 
@@ -61,13 +62,6 @@ def parse(raw: bytes) -> tuple[list[int], Any]:
             raise ExecutorError(BAD_PARAMS, f"render 'tile' {tile!r} is not a box in the frame")
         border = (tile[0], tile[1], tile[2], tile[3])
     return frames, FrameSettings(p["samples"], width, height, fmt, depth, border)
-
-
-def output_name(frame: int, border: tuple[int, int, int, int] | None, fmt: str) -> str:
-    if border is None:
-        return f"frame_{frame:04d}.{fmt}"
-    x0, x1, y0, y1 = border
-    return f"tile_x{x0:05d}-{x1:05d}_y{y0:05d}-{y1:05d}.{fmt}"
 
 
 class MemoryGuard:

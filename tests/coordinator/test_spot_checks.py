@@ -1,0 +1,188 @@
+"""Spot checks of rendered frames: a random crop, re-rendered by a node of another owner,
+confirms or disputes a whole frame; a crop alone never stands for the task."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.domain import Attempt, JobState, Task, node_account
+from sparegrid.coordinator.services.jobs import JobSpec, Price
+from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.v1 import common_pb2
+from sparegrid.wire import sha256_hex
+from sparegrid.wire.receipt import sign_batch, verify_countersignature
+from sparegrid.wire.render import output_name
+from tests.coordinator.helpers import FakeNode, make_app, make_client, png
+
+WIDTH, HEIGHT, SAMPLES = 64, 48, 10
+# a Blender 4.2 style .blend: header, one block, ENDB (enough for the coordinator's check)
+SCENE = b"BLENDER-v402REND" + (4).to_bytes(4, "little") + bytes(16) + b"abcd" + b"ENDB" + bytes(20)
+
+
+def frame_image(frame: int) -> np.ndarray:
+    """What an honest renderer makes of a frame: the same pixels on any node."""
+    return np.random.default_rng(frame).integers(0, 256, (HEIGHT, WIDTH, 3))
+
+
+def rendered(params: dict, wrong: bool) -> dict[str, bytes]:
+    """The outputs of a render task's params, as the worker names them."""
+    box = params.get("tile")
+    x0, x1, y0, y1 = box or (0, WIDTH, 0, HEIGHT)
+    out = {}
+    for frame in params["frames"]:
+        pixels = frame_image(frame)[HEIGHT - y1 : HEIGHT - y0, x0:x1]
+        if wrong:
+            pixels = 255 - pixels
+        out[output_name(frame, box and tuple(box), "png")] = png(pixels, filters=(0,))
+    return out
+
+
+def answer(node: FakeNode, items: list[tuple[Attempt, Task, str]], wrong: bool = False) -> None:
+    """Renders what each attempt asks (a spot check's crop, or the task) and reports it."""
+    statements, inline = [], {}
+    for attempt, task, _ in items:
+        outputs = rendered(json.loads(attempt.params or task.params), wrong)
+        inline.update({sha256_hex(d): d for d in outputs.values()})
+        statements.append(
+            common_pb2.ResultStatement(
+                job_id=task.job_id,
+                task_id=task.id,
+                attempt_id=attempt.id,
+                node_id=node.id,
+                inputs=[common_pb2.InputRef(name=r.name, digest=r.digest) for r in task.inputs],
+                outputs=[
+                    common_pb2.OutputRef(name=n, digest=sha256_hex(d), size=len(d))
+                    for n, d in outputs.items()
+                ],
+            ).SerializeToString()
+        )
+    verdicts = node.app.intake.results(
+        node.id, statements, sign_batch(node.signer, statements), inline
+    )
+    assert all(v.accepted for v in verdicts), verdicts
+
+
+def run(node: FakeNode, wrong: bool = False) -> list[Attempt]:
+    node.app.scheduler.grant(node.id, 0, 10)
+    node.app.scheduler.dispatch()
+    items = node.sink.take()
+    if items:
+        answer(node, items, wrong)
+    return [attempt for attempt, _, _ in items]
+
+
+def setup(tmp_path: Path, *owners: str, **params: object) -> tuple[App, str, list[FakeNode]]:
+    app = make_app(
+        tmp_path, trust=TrustConfig(warmup=10**9), prices={"render": Price(1, 1000)}
+    )  # every result checked; credit = ceil(pixels x samples / 1000)
+    app.spot_checks.rng = random.Random(7)
+    alice = make_client(app, credit=10_000)
+    digest = sha256_hex(SCENE)
+    app.blobs.path(digest).parent.mkdir(parents=True, exist_ok=True)
+    app.blobs.path(digest).write_bytes(SCENE)
+    app.store.add_blob_owners([digest], alice.id)
+    spec = {"frame_start": 1, "frame_end": 2, "samples": SAMPLES, "resolution": [WIDTH, HEIGHT]}
+    spec.update(params)
+    job = app.jobs.submit(
+        alice,
+        JobSpec(kind="render", params=json.dumps(spec).encode(), inputs={"scene": digest}),
+    )
+    fleet = [FakeNode(app, f"n{i}", kinds=("render",), owner=o) for i, o in enumerate(owners)]
+    for node in fleet:
+        node.connect(credit=0)
+    return app, job.id, fleet
+
+
+def credit(app: App, node: FakeNode) -> int:
+    return app.store.balance(node_account(node.id))
+
+
+def crop_of(attempt: Attempt) -> tuple[list[int], list[int]]:
+    params = json.loads(attempt.params)
+    return params["frames"], params["tile"]
+
+
+def test_a_frame_is_checked_by_one_random_crop_and_both_nodes_are_paid(tmp_path: Path) -> None:
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2")
+    assert [x.params for x in run(a)] == [b"", b""]  # whole frames
+    checks = run(b)
+    assert len(checks) == 2
+    for check, frame in zip(sorted(checks, key=crop_of), (1, 2), strict=True):
+        frames, (x0, x1, y0, y1) = crop_of(check)
+        assert frames == [frame]
+        assert (x1 - x0, y1 - y0) == (16, 16)  # 1/16 of 64x48, at least 16 px a side
+        assert x0 >= 0 and x1 <= WIDTH and y0 >= 0 and y1 <= HEIGHT
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    whole, crop = -(-WIDTH * HEIGHT * SAMPLES // 1000), -(-16 * 16 * SAMPLES // 1000)
+    assert (credit(app, a), credit(app, b)) == (2 * whole, 2 * crop)
+    assert job.cost_spent == 2 * (whole + crop)
+    assert app.store.balance("client:alice") == 10_000 - job.cost_spent
+    for task in app.store.list_tasks(job_id):
+        assert task.node_id == a.id
+        assert [r.name for r in task.outputs] == [f"frame_{task.index + 1:04d}.png"]
+        receipt = common_pb2.Receipt.FromString(task.receipt)
+        validation = verify_countersignature(receipt, app.signer.public_key)
+        assert validation.method == common_pb2.VALIDATION_METHOD_SPOT_CHECKED
+        assert "16x16 crop of frame" in validation.detail
+        assert sorted(validation.agreeing_nodes) == sorted([a.id, b.id])
+    assert app.reputations.get(a.id).validated == 2
+    assert app.ledger.check().balanced
+
+
+def test_a_wrong_frame_is_caught_by_the_crop_and_a_third_owner_decides(tmp_path: Path) -> None:
+    app, job_id, (a, b, c) = setup(tmp_path, "o1", "o2", "o3", frame_end=1)
+    run(a, wrong=True)
+    (check,) = run(b)
+    assert check.params
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    assert run(a) == run(b) == []  # neither owner gets the task again
+    (tie_break,) = run(c)
+    assert tie_break.params == b""  # the dispute is settled by a whole frame
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    (task,) = app.store.list_tasks(job_id)
+    assert task.node_id == c.id  # the whole frame that agreed, never the crop
+    assert credit(app, a) == 0 and app.reputations.get(a.id).strikes == 1
+    assert credit(app, b) > 0 and credit(app, c) > credit(app, b)
+    assert app.ledger.check().balanced
+
+
+def test_a_checker_that_lies_about_its_crop_is_outvoted(tmp_path: Path) -> None:
+    app, job_id, (a, b, c) = setup(tmp_path, "o1", "o2", "o3", frame_end=1)
+    run(a)
+    run(b, wrong=True)
+    run(c)
+    (task,) = app.store.list_tasks(job_id)
+    assert task.node_id == a.id
+    assert credit(app, b) == 0 and app.reputations.get(b.id).strikes == 1
+    validation = verify_countersignature(
+        common_pb2.Receipt.FromString(task.receipt), app.signer.public_key
+    )
+    assert sorted(validation.agreeing_nodes) == sorted([a.id, c.id])
+    assert app.ledger.check().balanced
+
+
+def test_a_tile_of_a_still_is_spot_checked_inside_its_own_box(tmp_path: Path) -> None:
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2", frame_end=1, tiles=[2, 1])
+    run(a)
+    checks = run(b)
+    tasks = {t.id: t for t in app.store.list_tasks(job_id)}
+    for check in checks:
+        tx0, tx1, ty0, ty1 = json.loads(tasks[check.task_id].params)["tile"]
+        _, (x0, x1, y0, y1) = crop_of(check)
+        assert tx0 <= x0 < x1 <= tx1 and ty0 <= y0 < y1 <= ty1
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert credit(app, b) > 0
+
+
+def test_exr_frames_are_checked_whole(tmp_path: Path) -> None:
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2", frame_end=1, format="exr")
+    run(a)
+    (check,) = run(b)
+    assert check.params == b""  # no crop: EXR frames are compared bit for bit
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert credit(app, a) == credit(app, b)
