@@ -48,7 +48,10 @@ def spawn(root: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def start_cluster(root: Path, workers: int, prefetch: int, sync: str) -> tuple[str, list[Any]]:
+def start_cluster(
+    root: Path, workers: int, prefetch: int, sync: str, extra: tuple[str, ...] = ()
+) -> tuple[str, list[Any]]:
+    """A coordinator (with `extra` flags) and `workers` worker processes; (address, procs)."""
     data = root / "coord"
     database = f"sqlite:///{data / 'coordinator.db'}?synchronous={sync}"
     procs = [
@@ -65,6 +68,7 @@ def start_cluster(root: Path, workers: int, prefetch: int, sync: str) -> tuple[s
             database,
             "--log-level",
             "WARNING",
+            *extra,
         )
     ]
     addr = data / "coordinator.addr"

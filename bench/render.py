@@ -9,7 +9,12 @@ signatures, results) against the executors' own time per frame (from the signed
 statements, so a noisy shared machine slows both alike), the cold start (the worker's
 child process, Blender's import, the file load: all in the cold job's executor time) and
 the scaling from 1 to 2 workers. A "cold" job is the first on fresh workers; a "warm" one
-follows it on the same scene, with Blender and the scene still open. Prints a table and saves it under bench/results/.
+follows it on the same scene, with Blender and the scene still open.
+
+With 2 workers (two owners, both new) every frame is checked: the run is made twice, with
+spot checks (a random crop re-rendered, the default) and with whole re-renders
+(--spot-share 0), and the work the checks added is reported from the credit paid (price
+1 credit per 1000 pixel-samples). Prints a table and saves it under bench/results/.
 
     python bench/render.py [--frames 12] [--resolution 160x120] [--samples 16] [--label short]
 """
@@ -76,12 +81,17 @@ def direct(scene: Path, frames: int, width: int, height: int, samples: int, out:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+PRICE = 1000  # pixel-samples per credit, so that a crop's credit shows its size
+
+
 def networked(
-    root: Path, scene: Path, workers: int, frames: int, size: str, samples: int
+    root: Path, scene: Path, workers: int, frames: int, size: str, samples: int, spot: str
 ) -> dict[str, float]:
     """Seconds for: the SDK's checks + upload + submit; a cold job (the worker's child
-    starts and imports Blender); the same job again on warm workers (scene already open)."""
-    address, procs = start_cluster(root, workers, prefetch=2, sync="FULL")
+    starts and imports Blender); the same job again on warm workers (scene already open).
+    Also the credit each job spent, which counts the checks' work."""
+    extra = ("--price", f"render=1/{PRICE}", "--spot-share", spot)
+    address, procs = start_cluster(root, workers, prefetch=2, sync="FULL", extra=extra)
     times: dict[str, float] = {}
     try:
         key_file = root / "coord" / "admin.key"
@@ -105,6 +115,7 @@ def networked(
                     statement = common_pb2.ResultStatement.FromString(result.receipt.statement)
                     executed += statement.metrics.duration_us / 1e6
                 times[f"{run}_exec"] = executed  # the executors' own time, signed by the nodes
+                times[f"{run}_spent"] = job.cost_spent
         return times
     finally:
         stop(procs)
@@ -128,12 +139,12 @@ def main() -> int:
         )
         (root / "direct").mkdir()
         d = direct(scene, args.frames, width, height, args.samples, root / "direct")
-        runs = {}
-        for workers in (1, 2):
-            run_root = root / f"grid{workers}"
+        runs: dict[str, dict[str, float]] = {}
+        for name, workers, spot in [("1", 1, "0.0625"), ("2", 2, "0.0625"), ("2w", 2, "0")]:
+            run_root = root / f"grid{name}"
             run_root.mkdir()
-            runs[workers] = networked(
-                run_root, scene, workers, args.frames, args.resolution, args.samples
+            runs[name] = networked(
+                run_root, scene, workers, args.frames, args.resolution, args.samples, spot
             )
     render_s = sum(d["frames"])
     per_frame = render_s / args.frames
@@ -146,8 +157,12 @@ def main() -> int:
             f"{60 * args.frames / (render_s + d['startup']):.1f}",
         ),
     ]
-    for workers, t in runs.items():
+    frame_credit = -(-width * height * args.samples // PRICE)
+    for name, t in runs.items():
+        workers = int(name[0])
         label = f"grid, {workers} worker{'s' if workers > 1 else ''}"
+        if name.endswith("w"):
+            label += " (checks re-render whole frames)"
         rows += [
             (f"{label}: SDK check (bpy subprocess) + upload + submit", f"{t['warm_submit']:.2f} s"),
         ]
@@ -165,7 +180,15 @@ def main() -> int:
                     f"{frame * 1000:.0f} ms / {idle * 1000:.0f} ms ({100 * idle / frame:.1f}%)",
                 ),
             ]
-    rows.append(("scaling 1 -> 2 workers (warm)", f"{runs[1]['warm'] / runs[2]['warm']:.2f}x"))
+        checks = t["warm_spent"] / (frame_credit * args.frames) - 1
+        rows.append((f"{label}: work added by checks (credit paid)", f"{100 * checks:.0f}%"))
+    rows += [
+        ("scaling 1 -> 2 workers (warm)", f"{runs['1']['warm'] / runs['2']['warm']:.2f}x"),
+        (
+            "2 workers, warm: spot checks vs whole re-renders",
+            f"{runs['2w']['warm'] / runs['2']['warm']:.2f}x faster",
+        ),
+    ]
     width_col = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width_col}}  {v}" for k, v in rows)
     text += f"\n(machine: {platform.node()}, {platform.processor() or platform.machine()})"
