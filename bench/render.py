@@ -5,10 +5,10 @@ In one run on this machine:
   (b) a real coordinator and 1 worker process: `client.render(...)`, submit -> all done;
   (c) the same with 2 worker processes.
 It reports frames per minute, the network path's overhead per frame (dispatch, transfer,
-signatures, results) against the executors' own time per frame (from the signed
-statements, so a noisy shared machine slows both alike), the cold start (the worker's
-child process, Blender's import, the file load: all in the cold job's executor time) and
-the scaling from 1 to 2 workers. A "cold" job is the first on fresh workers; a "warm" one
+signatures, results; with 2 workers also the checks' renders) against the executors' own
+time per accepted frame (from the signed statements, so a noisy shared machine slows both
+alike), the cold start (the worker's child process, Blender's import, the file load: all
+in the cold job's executor time) and the scaling from 1 to 2 workers. A "cold" job is the first on fresh workers; a "warm" one
 follows it on the same scene, with Blender and the scene still open.
 
 With 2 workers (two owners, both new) every frame is checked: the run is made twice, with
@@ -167,7 +167,8 @@ def main() -> int:
             (f"{label}: SDK check (bpy subprocess) + upload + submit", f"{t['warm_submit']:.2f} s"),
         ]
         for run in ("cold", "warm"):
-            # time a slot was not inside the executor: dispatch, transfer, signing, results
+            # time a slot was not inside an accepted frame's executor: dispatch, transfer,
+            # signing, results, and with 2 owners the checks' renders
             idle = (t[run] * workers - t[f"{run}_exec"]) / args.frames
             frame = t[f"{run}_exec"] / args.frames
             rows += [
@@ -176,7 +177,7 @@ def main() -> int:
                     f"{t[run]:.2f} s, {60 * args.frames / t[run]:.1f} frames/min",
                 ),
                 (
-                    f"{label}: {run} job, executor time / network overhead per frame",
+                    f"{label}: {run} job, executor time / other slot time per frame",
                     f"{frame * 1000:.0f} ms / {idle * 1000:.0f} ms ({100 * idle / frame:.1f}%)",
                 ),
             ]
