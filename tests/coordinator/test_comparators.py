@@ -96,11 +96,56 @@ def test_exact_comparator_wants_every_digest_and_name() -> None:
     assert not comparator.agree({}, a, [*a, FileRef("extra", "d", 1)], dict().__getitem__)
 
 
-def test_png_decoder_reads_every_filter() -> None:
+@pytest.mark.parametrize("shape", [(12, 9), (40, 3), (3, 40), (1, 1)])
+@pytest.mark.parametrize("band_cells", [None, 200])
+def test_png_decoder_reads_every_filter(
+    shape: tuple[int, int], band_cells: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparegrid.coordinator.services import images
+
+    if band_cells is not None:  # a few rows per band: every band starts below the last
+        monkeypatch.setattr(images, "_SKEW_CELLS", band_cells)
     rng = np.random.default_rng(3)
-    image = rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     decoded = decode_png(png(image))
     assert np.array_equal(np.round(decoded * 255).astype(np.uint8), image)
+    window = decode_png(png(image), rows=2, columns=1)  # only the top-left corner
+    assert np.array_equal(np.round(window * 255).astype(np.uint8), image[:2, :1])
+
+
+def test_png_decoder_reads_16_bit_frames() -> None:
+    import struct
+    import zlib
+
+    image = np.random.default_rng(1).integers(0, 65536, (5, 7, 3)).astype(">u2")
+    raw = b"".join(b"\0" + image[y].tobytes() for y in range(5))
+    header = struct.pack(">IIBBBBB", 7, 5, 16, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n"
+    for kind, body in ((b"IHDR", header), (b"IDAT", zlib.compress(raw)), (b"IEND", b"")):
+        data += struct.pack(">I", len(body)) + kind + body + b"\0" * 4
+    assert np.array_equal(np.round(decode_png(data) * 65535), image.astype(np.float64))
+    window = decode_png(data, rows=2, columns=3)
+    assert np.array_equal(np.round(window * 65535), image[:2, :3].astype(np.float64))
+
+
+def test_frames_of_the_wrong_size_are_never_decoded() -> None:
+    """A node's PNG that claims another size than the task's frame (a decompression bomb,
+    say) disagrees from its header alone."""
+    import struct
+    import zlib
+
+    frame = np.zeros((36, 48, 3), dtype=np.uint8)
+    header = struct.pack(">IIBBBBB", 1, 1 << 27, 8, 2, 0, 0, 0)  # 1 x 134M pixels
+    body = zlib.compress(b"\0" * 4 * (1 << 20))  # the start of a stream that goes on
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + b"\0" * 4
+    bomb += struct.pack(">I", len(body)) + b"IDAT" + body + b"\0" * 4
+    (a, b), store = blobs(png(frame), bomb)
+    params = {"resolution": [48, 36], "frames": [1], "format": "png"}
+    assert not ImageComparator().agree(params, a, b, store.__getitem__)
+    crop = {"resolution": [48, 36], "frames": [1], "tile": [0, 16, 0, 16], "format": "png"}
+    whole = [FileRef("frame_0001.png", a[0].digest, a[0].size)]
+    part = [FileRef("tile_x00000-00016_y00000-00016.png", b[0].digest, b[0].size)]
+    assert not ImageComparator().agree_crop(params, whole, crop, part, store.__getitem__)
 
 
 def test_frames_agree_above_the_psnr_threshold_only() -> None:

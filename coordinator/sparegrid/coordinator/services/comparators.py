@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sparegrid.coordinator.domain import FileRef
-from sparegrid.coordinator.services.images import decode_png, psnr
+from sparegrid.coordinator.services.images import decode_png, png_size, psnr
 from sparegrid.wire.render import output_name
 
 Reader = Callable[[str], bytes]  # output digest -> its bytes
@@ -161,9 +161,14 @@ class ImageComparator:
     def agree(
         self, params: dict[str, Any], a: list[FileRef], b: list[FileRef], read: Reader
     ) -> bool:
-        return _decoded_pairs_agree(
-            a, b, read, decode_png, lambda x, y: psnr(x, y) >= self.min_psnr
-        )
+        size = _frame_size(params)
+
+        def decode(data: bytes) -> npt.NDArray[np.float64]:
+            if size is not None and png_size(data) != size:
+                raise ValueError(f"not a {size[0]}x{size[1]} frame")  # never decoded
+            return decode_png(data)
+
+        return _decoded_pairs_agree(a, b, read, decode, lambda x, y: psnr(x, y) >= self.min_psnr)
 
     def agree_crop(
         self,
@@ -186,13 +191,28 @@ class ImageComparator:
         if full is None or part is None or len(crop) != 1 or not inside:
             return False
         try:
-            image, piece = decode_png(read(full.digest)), decode_png(read(part.digest))
+            whole_png, crop_png = read(full.digest), read(part.digest)
+            sizes = png_size(whole_png), png_size(crop_png)
+            if sizes != ((rx1 - rx0, ry1 - ry0), (x1 - x0, y1 - y0)):
+                return False  # never decoded: the wrong size, or a decompression bomb
+            # only the top-left window that holds the crop is decoded (PNG rows run top down)
+            image = decode_png(whole_png, rows=ry1 - y0, columns=x1 - rx0)
+            piece = decode_png(crop_png)
         except Exception:
             return False
-        if image.shape[:2] != (ry1 - ry0, rx1 - rx0):
-            return False
-        window = image[ry1 - y1 : ry1 - y0, x0 - rx0 : x1 - rx0]  # PNG rows run top down
+        window = image[ry1 - y1 : ry1 - y0, x0 - rx0 : x1 - rx0]
         return psnr(window, piece) >= self.min_psnr
+
+
+def _frame_size(params: dict[str, Any]) -> tuple[int, int] | None:
+    """(width, height) of a render task's image: its tile, or the frame; None if unknown."""
+    if "resolution" not in params:
+        return None
+    if params.get("tile"):
+        x0, x1, y0, y1 = params["tile"]
+        return x1 - x0, y1 - y0
+    width, height = params["resolution"]
+    return width, height
 
 
 @dataclass
