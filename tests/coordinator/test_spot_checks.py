@@ -6,11 +6,13 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Attempt, JobState, Task, node_account
 from sparegrid.coordinator.services.jobs import JobSpec, Price
 from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.coordinator.services.results import Verdict
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import sha256_hex
 from sparegrid.wire.receipt import sign_batch, verify_countersignature
@@ -40,8 +42,11 @@ def rendered(params: dict, wrong: bool) -> dict[str, bytes]:
     return out
 
 
-def answer(node: FakeNode, items: list[tuple[Attempt, Task, str]], wrong: bool = False) -> None:
-    """Renders what each attempt asks (a spot check's crop, or the task) and reports it."""
+def batch(
+    node: FakeNode, items: list[tuple[Attempt, Task, str]], wrong: bool = False
+) -> tuple[list[bytes], dict[str, bytes]]:
+    """Renders what each attempt asks (a spot check's crop, or the task): the statements
+    and the outputs' bytes, by digest."""
     statements, inline = [], {}
     for attempt, task, _ in items:
         outputs = rendered(json.loads(attempt.params or task.params), wrong)
@@ -59,9 +64,16 @@ def answer(node: FakeNode, items: list[tuple[Attempt, Task, str]], wrong: bool =
                 ],
             ).SerializeToString()
         )
-    verdicts = node.app.intake.results(
-        node.id, statements, sign_batch(node.signer, statements), inline
-    )
+    return statements, inline
+
+
+def report(node: FakeNode, statements: list[bytes], inline: dict[str, bytes]) -> list[Verdict]:
+    signature = sign_batch(node.signer, statements)
+    return node.app.intake.results(node.id, statements, signature, inline)
+
+
+def answer(node: FakeNode, items: list[tuple[Attempt, Task, str]], wrong: bool = False) -> None:
+    verdicts = report(node, *batch(node, items, wrong))
     assert all(v.accepted for v in verdicts), verdicts
 
 
@@ -186,3 +198,51 @@ def test_exr_frames_are_checked_whole(tmp_path: Path) -> None:
     assert check.params == b""  # no crop: EXR frames are compared bit for bit
     assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
     assert credit(app, a) == credit(app, b)
+
+
+def test_comparisons_are_made_ahead_and_settlement_finds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session handler has a batch's comparisons made in a worker thread before the
+    batch is settled on the event loop; settlement then decodes nothing."""
+    from sparegrid.coordinator.services.comparators import ImageComparator
+
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2", frame_end=1)
+    run(a)
+    app.scheduler.grant(b.id, 0, 1)
+    app.scheduler.dispatch()
+    statements, inline = batch(b, b.sink.take())
+    work = app.intake.comparisons(b.id, statements, inline)
+    assert work is not None
+    work()
+
+    def decode_again(*args: object) -> bool:
+        raise AssertionError("settlement compared the crop again")
+
+    monkeypatch.setattr(ImageComparator, "agree_crop", decode_again)
+    assert all(v.accepted for v in report(b, statements, inline))
+    (task,) = app.store.list_tasks(job_id)
+    validation = verify_countersignature(
+        common_pb2.Receipt.FromString(task.receipt), app.signer.public_key
+    )
+    assert validation.method == common_pb2.VALIDATION_METHOD_SPOT_CHECKED
+
+
+def test_bytes_that_do_not_match_their_digest_never_answer_a_comparison(tmp_path: Path) -> None:
+    """A node names the digest of a junk crop but sends the honest crop's bytes under it:
+    the answer worked out ahead must not let the junk through when it comes for real."""
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2", frame_end=1)
+    run(a)
+    app.scheduler.grant(b.id, 0, 1)
+    app.scheduler.dispatch()
+    items = b.sink.take()
+    _, honest = batch(b, items)
+    junk_statements, junk = batch(b, items, wrong=True)
+    swapped = dict(zip(junk, honest.values(), strict=True))  # junk digest -> honest bytes
+    work = app.intake.comparisons(b.id, junk_statements, swapped)
+    assert work is not None
+    work()
+    assert all(v.code == "BAD_OUTPUT" for v in report(b, junk_statements, swapped))
+    assert all(v.accepted for v in report(b, junk_statements, junk))
+    assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+    assert credit(app, b) == 0  # disputed: a third owner must decide

@@ -5,7 +5,9 @@ is then accepted only for an attempt leased to that node, and paid once. Everyth
 batch changes commits in one transaction, before the node is acknowledged.
 """
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sparegrid.coordinator.blobs import BlobStore
@@ -14,6 +16,7 @@ from sparegrid.coordinator.domain import (
     AttemptState,
     FileRef,
     JobState,
+    Replica,
     Task,
     owner_of,
 )
@@ -198,6 +201,47 @@ class Intake:
         sched.on_change(settled.jobs)
         log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
         return settled.paid
+
+    def comparisons(
+        self, node_id: str, statements: list[bytes], inline: dict[str, bytes]
+    ) -> Callable[[], None] | None:
+        """The comparisons settling this batch will make (each new result against the
+        results its task holds), as work for a worker thread to do first; None when there
+        are none. Settlement then finds the answers cached. Runs on the event loop and only
+        reads: what it gets wrong (a stale lease, say) settlement works out for itself."""
+        session = self.scheduler.sessions.get(node_id)
+        if session is None:
+            return None
+        pairs: list[tuple[str, Task, Replica, Replica]] = []
+        for statement in map(_decode, statements):
+            lease = session.leases.get(statement.attempt_id) if statement is not None else None
+            active = self.scheduler.jobs.get(lease.task.job_id) if lease is not None else None
+            if statement is None or lease is None or active is None:
+                continue
+            task, attempt = lease.task, lease.attempt
+            outputs = [FileRef(o.name, o.digest, o.size) for o in statement.outputs]
+            new = Replica(
+                attempt.id, task.id, task.job_id, node_id, "", outputs, b"", params=attempt.params
+            )
+            held = active.replicas.get(task.id, [])
+            pairs += [(active.job.kind, task, earlier, new) for earlier in held]
+        if not pairs:
+            return None
+        digests = {ref.digest for _, _, a, b in pairs for ref in a.outputs + b.outputs}
+        # the batch's inline bytes are not checked yet: only those that match their digest,
+        # or a node could have a comparison answered for bytes it never returns
+        found = {d: inline[d] for d in digests if d in inline and sha256_hex(inline[d]) == d}
+        for digest in digests - found.keys():
+            data = self.store.get_inline_blob(digest)
+            if data is not None:
+                found[digest] = data
+        blobs = self.blobs
+
+        def read(digest: str) -> bytes:  # no store: its connection stays on the loop's thread
+            data = found.get(digest)
+            return data if data is not None else blobs.path(digest).read_bytes()
+
+        return functools.partial(self.settlement.verifier.precompute, pairs, read)
 
     def _reader(self, inline: dict[str, bytes]) -> Reader:
         """Reads an output's bytes for a comparator: inline, kept in the store, or a blob."""

@@ -18,6 +18,7 @@ Agreement counts owners, not nodes: two results of one owner never make a quorum
 """
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +28,7 @@ from sparegrid.coordinator.kinds import decode_params
 from sparegrid.coordinator.services.comparators import (
     Comparator,
     Comparators,
+    ExactComparator,
     ImageComparator,
     Reader,
 )
@@ -36,6 +38,7 @@ from sparegrid.v1 import common_pb2
 log = logging.getLogger("sparegrid.coordinator.verification")
 
 MAX_REPLICAS = 10
+MAX_CACHED = 4096  # comparison answers kept
 
 
 class Outcome(StrEnum):
@@ -78,6 +81,37 @@ class Verifier:
     def __init__(self, reputations: Reputations, comparators: Comparators) -> None:
         self.reputations = reputations
         self.comparators = comparators
+        # answers of costly comparisons (frames, tensors), worked out ahead of settlement
+        # off the event loop (precompute) or during it; shared with that worker thread
+        self._agreed: dict[tuple[object, ...], bool] = {}
+        self._lock = threading.Lock()
+
+    def precompute(self, pairs: list[tuple[str, Task, Replica, Replica]], read: Reader) -> None:
+        """Works out whether each (kind, task, held result, new result) agrees, for a batch
+        about to be settled; runs in a worker thread, so that decoding frames and tensors
+        (up to seconds) never holds up the event loop. A comparison that fails here is
+        left to settlement, which makes it again and meets the same error."""
+        for kind, task, a, b in pairs:
+            try:
+                self._agree(kind, task, a, b, read)
+            except Exception:
+                log.debug("comparing results of task %s ahead failed", task.id, exc_info=True)
+
+    def _agree(self, kind: str, task: Task, a: Replica, b: Replica, read: Reader) -> bool:
+        comparator = self.comparators.for_kind(kind)
+        if isinstance(comparator, ExactComparator):
+            return _agree(comparator, {}, a, b, read)  # digests only: nothing to keep
+        key = (task.id, *sorted([_signature(a), _signature(b)]))
+        with self._lock:
+            known = self._agreed.get(key)
+        if known is not None:
+            return known
+        answer = _agree(comparator, decode_params(task.params), a, b, read)
+        with self._lock:
+            if len(self._agreed) >= MAX_CACHED:
+                del self._agreed[next(iter(self._agreed))]  # the oldest
+            self._agreed[key] = answer
+        return answer
 
     def decide(
         self,
@@ -117,7 +151,7 @@ class Verifier:
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [new]
                 )
             return Decision(Outcome.PENDING)
-        groups = self._groups(job.kind, decode_params(task.params), live, read)
+        groups = self._groups(job.kind, task, live, read)
         best = max((g for g in groups if any(not r.params for r in g)), key=_owners)
         agreeing = _owners(best)
         wanted = job.quorum if job.replicas else 2
@@ -144,14 +178,13 @@ class Verifier:
         return Decision(Outcome.PENDING)
 
     def _groups(
-        self, kind: str, params: dict[str, object], live: list[Replica], read: Reader
+        self, kind: str, task: Task, live: list[Replica], read: Reader
     ) -> list[list[Replica]]:
         """Results grouped with the first result they agree with."""
-        comparator = self.comparators.for_kind(kind)
         groups: list[list[Replica]] = []
         for result in live:
             for group in groups:
-                if _agree(comparator, params, group[0], result, read):
+                if self._agree(kind, task, group[0], result, read):
                     group.append(result)
                     break
             else:
@@ -172,6 +205,11 @@ def _agree(
     return comparator.agree_crop(
         params, whole.outputs, decode_params(crop.params), crop.outputs, read
     )
+
+
+def _signature(result: Replica) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    """What a comparison of a result depends on: what it ran, and its outputs."""
+    return result.params, tuple(sorted((r.name, r.digest) for r in result.outputs))
 
 
 def _spot_detail(crop: Replica) -> str:
