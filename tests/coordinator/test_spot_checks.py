@@ -246,3 +246,16 @@ def test_bytes_that_do_not_match_their_digest_never_answer_a_comparison(tmp_path
     assert all(v.accepted for v in report(b, junk_statements, junk))
     assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
     assert credit(app, b) == 0  # disputed: a third owner must decide
+
+
+def test_a_frame_confirmed_only_by_a_crop_never_becomes_a_known_answer(tmp_path: Path) -> None:
+    """Pixels outside the crop were never checked: a canary built on the frame could fail
+    an honest node."""
+    from sparegrid.coordinator.services.canaries import CanaryConfig
+
+    app, job_id, (a, b) = setup(tmp_path, "o1", "o2", frame_end=1)
+    app.canaries.config = CanaryConfig(rate=1.0)
+    run(a)
+    run(b)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert [j.id for j in app.store.list_jobs()] == [job_id]  # no canary job was made

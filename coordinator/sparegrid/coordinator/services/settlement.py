@@ -163,8 +163,9 @@ class Settlement:
             reputations.validated(agreeing)
         else:
             reputations.accepted_unchecked(first.node_id)
-        if len(winners) >= 2:
-            self.canaries.offer(job, task, winners)
+        whole = [w for w in winners if not w.params]
+        if len(whole) >= 2:  # a known answer only from whole results that agreed, not a crop
+            self.canaries.offer(job, task, whole)
         validation = common_pb2.Validation(
             job_id=job.id,
             task_id=task.id,
