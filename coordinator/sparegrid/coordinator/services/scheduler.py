@@ -113,32 +113,21 @@ def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
     """The first of a job's requirements a device of a node does not meet, as (how many it
     met before that one, what the job needs); (met, "") when the device fits."""
     req = job.requirements
-    needs = [
-        (job.kind not in node.executors, f"a node with the {job.kind} executor"),
-        (bool(req.device_kind) and device.kind != req.device_kind, f"a {req.device_kind} device"),
-        (
-            device.memory_bytes < req.min_memory_bytes,
-            f"a device with {req.min_memory_bytes / (1 << 30):.1f} GiB of memory or more",
-        ),
-        (
-            bool(req.min_compute_capability)
-            and (
-                device.kind != "cuda"
-                or version_tuple(device.compute_capability)
-                < version_tuple(req.min_compute_capability)
-            ),
-            f"a cuda device of compute capability {req.min_compute_capability} or newer",
-        ),
-        *(
-            (version_tuple(node.software.get(name, ""))[:2] != version_tuple(wanted)[:2],
-             f"{name} {wanted}")
-            for name, wanted in req.software.items()
-        ),
-    ]  # fmt: skip
-    for met, (unmet, what) in enumerate(needs):
-        if unmet:
-            return met, what
-    return len(needs), ""
+    if job.kind not in node.executors:
+        return 0, f"a node with the {job.kind} executor"
+    if req.device_kind and device.kind != req.device_kind:
+        return 1, f"a {req.device_kind} device"
+    if device.memory_bytes < req.min_memory_bytes:
+        return 2, f"a device with {req.min_memory_bytes / (1 << 30):.1f} GiB of memory or more"
+    if req.min_compute_capability and (
+        device.kind != "cuda"
+        or version_tuple(device.compute_capability) < version_tuple(req.min_compute_capability)
+    ):
+        return 3, f"a cuda device of compute capability {req.min_compute_capability} or newer"
+    for met, (name, wanted) in enumerate(req.software.items(), start=4):
+        if version_tuple(node.software.get(name, ""))[:2] != version_tuple(wanted)[:2]:
+            return met, f"{name} {wanted}"
+    return 4 + len(req.software), ""
 
 
 def fits(job: Job, node: Node, device: Device) -> bool:
@@ -270,6 +259,8 @@ class Scheduler:
                     paused += 1
                 else:
                     owners.add(node.owner)
+                    if len(owners) >= max(job.replicas, 1):
+                        return ""  # enough owners can take its tasks
         if owners and job.replicas > len(owners):
             return (
                 f"policy {job.quorum} of {job.replicas} needs results from {job.replicas} "
