@@ -8,8 +8,9 @@ It reports frames per minute, the network path's overhead per frame (dispatch, t
 signatures, results; with 2 workers also the checks' renders) against the executors' own
 time per accepted frame (from the signed statements, so a noisy shared machine slows both
 alike), the cold start (the worker's child process, Blender's import, the file load: all
-in the cold job's executor time) and the scaling from 1 to 2 workers. A "cold" job is the first on fresh workers; a "warm" one
-follows it on the same scene, with Blender and the scene still open.
+in the cold job's executor time) and the scaling from 1 to 2 workers. A "cold" job is the
+first on fresh workers; a "warm" one follows it on the same scene, with Blender and the
+scene still open.
 
 With 2 workers (two owners, both new) every frame is checked: the run is made twice, with
 spot checks (a random crop re-rendered, the default) and with whole re-renders

@@ -293,8 +293,8 @@ def test_a_job_that_cannot_run_says_why(tmp_path) -> None:
     assert waiting(JobSpec(**echo3, requirements=big)) == (  # type: ignore[arg-type]
         "no connected node can run it: it needs a device with 80.0 GiB of memory or more"
     )
-    blender = Requirements(software={"blender": "5.0"})
-    assert waiting(JobSpec(**echo3, requirements=blender)).endswith("it needs blender 5.0")  # type: ignore[arg-type]
+    blender = JobSpec(**echo3, requirements=Requirements(software={"blender": "5.0"}))  # type: ignore[arg-type]
+    assert waiting(blender).endswith("it needs blender 5.0")
     quorum = JobSpec(**echo3, replicas=3, quorum=2)  # type: ignore[arg-type]
     FakeNode(app, "b", owner="o2").connect(credit=0)
     job = app.jobs.submit(alice, quorum)

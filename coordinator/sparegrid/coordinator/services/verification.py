@@ -10,8 +10,9 @@ Policies, per job:
   its node's reputation (always for a new node, never less than the floor); a checked task
   is accepted once two owners agree. A rendered frame's first check is a spot check: one
   random crop of it, re-rendered (spotcheck.py); a result that is only a crop can confirm
-  or dispute a whole one, never stand for the task. When no connected node of another owner could run the
-  check, the single result is accepted and the receipt says it went unchecked.
+  or dispute a whole one, never stand for the task. When no connected node of another
+  owner could run the check, the single result is accepted and the receipt says it went
+  unchecked.
 - single (k = m = 1): jobs submitted before verification existed; the first result wins.
 
 Agreement counts owners, not nodes: two results of one owner never make a quorum.
