@@ -209,6 +209,12 @@ class Replica:
     created_at: float = 0.0
     params: bytes = b""  # its attempt's params when not the task's: a spot check's crop
 
+    @property
+    def known_answer(self) -> bool:
+        """A known answer the coordinator stored for a canary (canaries.py), not a result
+        some node returned: no node stands behind it."""
+        return not self.node_id
+
 
 @dataclass
 class Posting:

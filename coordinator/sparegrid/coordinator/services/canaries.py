@@ -68,7 +68,7 @@ class Canaries:
             t for a in self._scheduler.jobs.values() if self.is_canary(a.job) for t in a.running
         ]
         for replica in self._store.get_replicas(tasks):
-            if is_reference(replica):
+            if replica.known_answer:
                 self.known[replica.task_id] = replica.outputs
 
     def is_canary(self, job: Job) -> bool:
@@ -133,8 +133,3 @@ class Canaries:
             self._store.create_account(account)
         self._account_id = account.id
         return account
-
-
-def is_reference(replica: Replica) -> bool:
-    """A known answer the coordinator stored, not a result some node returned."""
-    return not replica.node_id

@@ -7,7 +7,7 @@ Sessions are reached through `SessionSink`, so this module never touches gRPC.
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -210,7 +210,7 @@ class Scheduler:
                 self._hold(session, attempt, tasks[attempt.task_id])
 
     def _keep_replica(self, active: ActiveJob, replica: Replica) -> None:
-        if replica.node_id:  # not a known answer the coordinator stored (canaries.py)
+        if not replica.known_answer:
             active.results[replica.task_id] += 1
         active.excluded.setdefault(replica.task_id, set()).add(replica.owner)
         if replica.state == ReplicaState.PENDING:
@@ -229,14 +229,19 @@ class Scheduler:
         """Whether a connected node of an owner not in `owners` could run the job's tasks on
         a device its volunteer has not paused (owner at the keyboard, too hot, outside its
         window): a check never waits on a device that may stay paused for hours."""
+        return any(
+            session.node.owner not in owners
+            and device.index not in session.paused
+            and self._eligible(active, session.node, device)
+            for session, device in self._offered()
+        )
+
+    def _offered(self) -> Iterator[tuple[NodeSession, Device]]:
+        """The devices of connected nodes that may get work: not draining, not quarantined
+        or banned (a device its volunteer paused is among them)."""
         for session in self.sessions.values():
-            node = session.node
-            if session.draining or node.owner in owners or self.blocked(node.id):
-                continue
-            for device in node.devices:
-                if device.index not in session.paused and self._eligible(active, node, device):
-                    return True
-        return False
+            if not session.draining and not self.blocked(session.node.id):
+                yield from ((session, device) for device in session.node.devices)
 
     def waiting(self, active: ActiveJob) -> str:
         """Why the job's queued tasks cannot all run on the nodes connected now, in words
@@ -245,22 +250,16 @@ class Scheduler:
             return ""
         job, owners, paused = active.job, set[str](), 0
         closest = (-1, "")  # the need of the device that met the most requirements
-        for session in self.sessions.values():
-            node = session.node
-            if session.draining or self.blocked(node.id):
-                continue
-            for device in node.devices:
-                met, need = misfit(job, node, device)
-                if active.node_failures[node.id] >= self.config.max_node_failures_per_job:
-                    met, need = met + 1, need or "a node that has not failed its tasks"
-                if need:
-                    closest = max(closest, (met, need))
-                elif device.index in session.paused:
-                    paused += 1
-                else:
-                    owners.add(node.owner)
-                    if len(owners) >= max(job.replicas, 1):
-                        return ""  # enough owners can take its tasks
+        for session, device in self._offered():
+            met, need = self._lack(active, session.node, device)
+            if need:
+                closest = max(closest, (met, need))
+            elif device.index in session.paused:
+                paused += 1
+            else:
+                owners.add(session.node.owner)
+                if len(owners) >= max(job.replicas, 1):
+                    return ""  # enough owners can take its tasks
         if owners and job.replicas > len(owners):
             return (
                 f"policy {job.quorum} of {job.replicas} needs results from {job.replicas} "
@@ -484,8 +483,15 @@ class Scheduler:
         return taken
 
     def _eligible(self, active: ActiveJob, node: Node, device: Device) -> bool:
-        bad = active.node_failures[node.id] >= self.config.max_node_failures_per_job
-        return not bad and fits(active.job, node, device)
+        return not self._lack(active, node, device)[1]
+
+    def _lack(self, active: ActiveJob, node: Node, device: Device) -> tuple[int, str]:
+        """What a device lacks for a job's tasks, as misfit says, or a node that keeps failing
+        them; (met, "") when it may take them."""
+        met, need = misfit(active.job, node, device)
+        if active.node_failures[node.id] >= self.config.max_node_failures_per_job:
+            return met + 1, need or "a node that has not failed its tasks"
+        return met, need
 
     # --- taking leases back -------------------------------------------------
 
