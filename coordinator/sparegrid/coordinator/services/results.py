@@ -22,7 +22,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.comparators import Reader
 from sparegrid.coordinator.services.scheduler import NodeSession, Scheduler
-from sparegrid.coordinator.services.settlement import Candidate, Settlement
+from sparegrid.coordinator.services.settlement import Candidate, Settled, Settlement
 from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
@@ -189,6 +189,13 @@ class Intake:
             used = {ref.digest for c in accepted for ref in c.outputs}
             store.put_inline_blobs({d: inline[d] for d in used if d in inline})
             settled = self.settlement.settle(node_id, owner, accepted, self._reader(inline))
+        self._settled(settled)
+        log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
+        return settled.paid
+
+    def _settled(self, settled: Settled) -> None:
+        """After the commit: leases given back, nodes told, jobs ended, watchers woken."""
+        sched = self.scheduler
         for attempt in settled.released:
             sched._release(attempt)
         for other in settled.superseded:
@@ -198,9 +205,8 @@ class Intake:
         for active, error in settled.failed:
             if active.job.id in sched.jobs:
                 sched.finish(active, JobState.FAILED, error)
-        sched.on_change(settled.jobs)
-        log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
-        return settled.paid
+        if settled.jobs:
+            sched.on_change(settled.jobs)
 
     def comparisons(
         self, node_id: str, statements: list[bytes], inline: dict[str, bytes]
@@ -259,16 +265,9 @@ class Intake:
     def settle_stranded(self) -> None:
         """Adaptive tasks held for a check that no online node can run: one result is
         accepted unchecked, disagreeing results fail the task."""
-        sched = self.scheduler
         with self.store.transaction():
             settled = self.settlement.settle_stranded()
-        for active in settled.finished:
-            sched.finish(active)
-        for active, error in settled.failed:
-            if active.job.id in sched.jobs:
-                sched.finish(active, JobState.FAILED, error)
-        if settled.jobs:
-            sched.on_change(settled.jobs)
+        self._settled(settled)
 
     def strike(self, node_id: str, reason: str) -> None:
         """A node sent something only a broken or dishonest node sends."""
