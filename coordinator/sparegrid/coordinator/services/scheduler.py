@@ -191,7 +191,7 @@ class Scheduler:
         open_ids = [t.id for a in self.jobs.values() for t in a.queue]
         open_ids += [a.task_id for a in running if a.job_id in self.jobs]
         for replica in self.store.get_replicas(open_ids):
-            self._keep_replica(self.jobs[replica.job_id], replica)
+            self.hold_replica(self.jobs[replica.job_id], replica)
         for active_job in list(self.jobs.values()):
             if active_job.open_tasks == 0:
                 self.finish(active_job)
@@ -209,16 +209,13 @@ class Scheduler:
             for attempt in attempts:
                 self._hold(session, attempt, tasks[attempt.task_id])
 
-    def _keep_replica(self, active: ActiveJob, replica: Replica) -> None:
+    def hold_replica(self, active: ActiveJob, replica: Replica) -> None:
+        """Keeps a result for comparison; its owner gets no other attempt at the task."""
         if not replica.known_answer:
             active.results[replica.task_id] += 1
         active.excluded.setdefault(replica.task_id, set()).add(replica.owner)
         if replica.state == ReplicaState.PENDING:
             active.replicas.setdefault(replica.task_id, []).append(replica)
-
-    def hold_replica(self, active: ActiveJob, replica: Replica) -> None:
-        """Keeps a result for comparison; its owner gets no other attempt at the task."""
-        self._keep_replica(active, replica)
 
     def forget_replicas(self, active: ActiveJob, task_id: str) -> None:
         active.replicas.pop(task_id, None)
