@@ -126,12 +126,7 @@ class Settlement:
         self.canaries.known.pop(task.id, None)
         if decision.outcome == Outcome.FAILED:
             self.reject(decision.losers, f"task {task.id}: {decision.detail}")
-            move_task(task, TaskState.FAILED)
-            task.error = f"NO_AGREEMENT: {decision.detail}"
-            active.open_tasks -= 1
-            active.failed += 1
-            self.scheduler.forget_replicas(active, task.id)
-            out.failed.append((active, f"task {task.index} failed: {task.error}"))
+            self._fail(active, task, decision.detail, out)
             return
         out.paid.update(self._accept(active, task, decision))
         if active.open_tasks == 0:
@@ -209,15 +204,11 @@ class Settlement:
                     )  # fmt: skip
                     self._accept(active, task, decision)
                 else:
-                    move_task(task, TaskState.FAILED)
-                    task.error = (
-                        f"NO_AGREEMENT: {len(held)} results of different owners disagree and "
-                        "no node of another owner is online to decide"
+                    detail = (
+                        f"{len(held)} results of different owners disagree and no node of "
+                        "another owner is online to decide"
                     )
-                    active.open_tasks -= 1
-                    active.failed += 1
-                    sched.forget_replicas(active, task.id)
-                    out.failed.append((active, f"task {task.index} failed: {task.error}"))
+                    self._fail(active, task, detail, out)
                 self.store.update_tasks([task])
                 out.jobs.add(active.job.id)
                 if active.open_tasks == 0 and not active.failed:
@@ -225,6 +216,15 @@ class Settlement:
         for job_id in out.jobs:
             self.store.update_job(sched.jobs[job_id].job)
         return out
+
+    def _fail(self, active: ActiveJob, task: Task, detail: str, out: Settled) -> None:
+        """The task ends failed: its results could not be brought to agree."""
+        move_task(task, TaskState.FAILED)
+        task.error = f"NO_AGREEMENT: {detail}"
+        active.open_tasks -= 1
+        active.failed += 1
+        self.scheduler.forget_replicas(active, task.id)
+        out.failed.append((active, f"task {task.index} failed: {task.error}"))
 
     def reject(self, losers: list[Replica], reason: str) -> None:
         """Outvoted results: their attempts become REJECTED, their nodes take a strike."""
