@@ -50,11 +50,17 @@ class FakeNode:
         name: str,
         kinds: tuple[str, ...] = ("echo", "checksum"),
         device: Device | None = None,
-        owner: str = "",
+        owner: str | None = None,
     ) -> None:
+        """`owner`: the account the node proves; by default one of its own, so that each
+        fake node is a vetted owner of its own; "" for a node without an owner account."""
         self.app = app
         self.signer = Signer.generate()
         self.id = self.signer.node_id
+        if owner is None:
+            owner = f"owner-{self.id}"
+        if owner and app.store.get_account_by_name(owner) is None:
+            app.accounts.create(owner, 0)  # an owner is an account, as a worker proves
         self.sink = FakeSink()
         self.node = Node(
             id=self.id,
@@ -66,12 +72,19 @@ class FakeNode:
         )
 
     def connect(
-        self, credit: int = 10, running: list[str] | None = None
+        self, credit: int = 10, running: list[str] | None = None, taking_work: bool = True
     ) -> tuple[list[str], list[str]]:
+        """Registers and grants `credit` per device. With no credit, the node still counts
+        as taking work (a checker), as a worker whose credit is spent does, unless
+        `taking_work` is False (a session that never grants any)."""
+        self.node.last_seen = self.app.clock.now()  # as a Hello records it
         self.app.store.upsert_node(self.node)
         out = self.app.scheduler.connect(self.node, self.sink, running or [])
+        session = self.app.scheduler.sessions[self.id]
         for device in self.node.devices:
             self.app.scheduler.grant(self.id, device.index, credit)
+            if taking_work:
+                session.granted.add(device.index)
         self.app.scheduler.dispatch()
         return out
 

@@ -25,6 +25,7 @@ def connected(app: App) -> QueueSink:
         "n1",
         [Device(0, "cpu", "cpu", memory_bytes=1 << 30)],
         executors={"echo": "1"},
+        owner="volunteer",
     )
     sink = QueueSink()
     app.sinks.add(sink)

@@ -212,7 +212,7 @@ async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
     assert job.waiting == "no worker is connected"
     stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
     signer = Signer.generate()
-    call = stub.Session()
+    call = stub.Session(metadata=served.auth(served.bob_key))  # owned by bob: a vetted node
     await call.write(
         worker_pb2.WorkerMessage(
             hello=worker_pb2.Hello(

@@ -12,7 +12,8 @@ Call = aio.StreamStreamCall  # type: ignore[type-arg]
 
 
 async def open_session(served: Served, signer: Signer) -> Call:
-    call = worker_pb2_grpc.WorkerServiceStub(served.channel).Session()
+    stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
+    call = stub.Session(metadata=served.auth(served.bob_key))  # owned by bob: a vetted node
     hello = worker_pb2.Hello(
         public_key=signer.public_key,
         node_name="gamer",

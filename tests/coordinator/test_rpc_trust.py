@@ -160,3 +160,109 @@ async def test_ban_and_reinstate(served: Served) -> None:
     assert back.node.standing == admin_pb2.NODE_STANDING_ACTIVE
     assert back.node.standing_reason == "reinstated by the operator"
     call.cancel()
+
+
+async def test_enrollment_owners_refuses_a_node_without_an_owner_account(
+    served: Served,
+) -> None:
+    from sparegrid.coordinator.services.identity import Enrollment
+
+    served.app.identities.config.enrollment = Enrollment.OWNERS
+    with pytest.raises(aio.AioRpcError) as err:
+        await session(served, Signer.generate())
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(err.value) == "OWNER_REQUIRED" and "SPAREGRID_OWNER_KEY" in (
+        err.value.details() or ""
+    )
+    call, node_id = await session(served, Signer.generate(), served.alice_key)
+    assert node_id
+    call.cancel()
+
+
+async def test_enrollment_approve_gives_a_new_node_work_only_once_approved(
+    served: Served,
+) -> None:
+    from sparegrid.coordinator.services.identity import Enrollment
+
+    served.app.identities.config.enrollment = Enrollment.APPROVE
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    job = await client.SubmitJob(
+        client_pb2.SubmitJobRequest(spec=client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}')),
+        metadata=served.auth(served.bob_key),
+    )
+    call, node_id = await session(served, Signer.generate(), served.alice_key)
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=5)))
+    listed = await admin.ListNodes(
+        admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
+    )
+    [node] = listed.nodes
+    assert node.standing == admin_pb2.NODE_STANDING_PENDING and "approve" in node.standing_reason
+    got = await client.GetJob(
+        client_pb2.GetJobRequest(job_id=job.job.job_id), metadata=served.auth(served.bob_key)
+    )
+    assert got.job.waiting == "no worker is connected"  # a pending node is offered no work
+    with pytest.raises(aio.AioRpcError) as err:
+        await admin.ApproveNode(
+            admin_pb2.ApproveNodeRequest(node_id="nope"), metadata=served.auth(served.admin_key)
+        )
+    assert code_of(err.value) == "NODE_NOT_FOUND"
+    approved = await admin.ApproveNode(
+        admin_pb2.ApproveNodeRequest(node_id=node_id), metadata=served.auth(served.admin_key)
+    )
+    assert approved.node.standing == admin_pb2.NODE_STANDING_ACTIVE
+    assert len((await call.read()).assign.assignments) == 1
+    call.cancel()
+
+
+async def test_an_upload_names_only_attempts_of_its_own_node(served: Served) -> None:
+    """A worker uploads an output for its attempt; a result naming it is accepted. An
+    upload for another node's attempt is refused, and a result naming a blob the node never
+    uploaded for that attempt is refused and struck."""
+    from sparegrid.v1 import blob_pb2, blob_pb2_grpc
+
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    await client.SubmitJob(
+        client_pb2.SubmitJobRequest(spec=client_pb2.JobSpec(kind="echo", params=b'{"tasks": 2}')),
+        metadata=served.auth(served.bob_key),
+    )
+    signer = Signer.generate()
+    call, node_id = await session(served, signer, served.alice_key)
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=2)))
+    first, second = (await call.read()).assign.assignments
+    token = next(t for t, n in served.app.session_tokens.items() if n == node_id)
+    blobs = blob_pb2_grpc.BlobServiceStub(served.channel)
+    big = b"x" * 100_000
+    digest = sha256_hex(big)
+
+    async def upload(attempt_ids: list[str]) -> blob_pb2.UploadBlobResponse:
+        header = blob_pb2.BlobHeader(digest=digest, size=len(big), attempt_ids=attempt_ids)
+
+        async def requests():  # type: ignore[no-untyped-def]
+            yield blob_pb2.UploadBlobRequest(header=header)
+            yield blob_pb2.UploadBlobRequest(chunk=big)
+
+        return await blobs.UploadBlob(requests(), metadata=(("authorization", f"Session {token}"),))
+
+    with pytest.raises(aio.AioRpcError) as err:
+        await upload(["someone-elses-attempt"])
+    assert code_of(err.value) == "NOT_LEASED"
+    await upload([first.attempt_id])
+    statements = [
+        common_pb2.ResultStatement(
+            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            outputs=[common_pb2.OutputRef(name="out", digest=digest, size=len(big))],
+        ).SerializeToString()
+        for a in (first, second)
+    ]  # fmt: skip
+    results = worker_pb2.Results(
+        batch_id=1, statements=statements, signature=sign_batch(signer, statements)
+    )
+    await call.write(worker_pb2.WorkerMessage(results=results))
+    verdicts = (await call.read()).result_ack.verdicts
+    assert [(v.accepted, v.code) for v in verdicts] == [
+        (True, ""),
+        (False, "OUTPUT_NOT_UPLOADED"),
+    ]
+    assert served.app.reputations.get(node_id).strikes == 1
+    call.cancel()

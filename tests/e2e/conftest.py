@@ -33,15 +33,16 @@ class Cluster:
     address: str = ""
     coordinator: Proc | None = None
     workers: dict[str, Proc] = field(default_factory=dict)
+    owner_keys: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, name: str, *args: str) -> Proc:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         log = self.root / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "sparegrid.cli.main", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 start_new_session=True,
             )
         proc = Proc(name, popen, log)
@@ -81,7 +82,21 @@ class Cluster:
     def admin_key(self) -> str:
         return (self.root / "coord" / "admin.key").read_text().strip()
 
-    def start_worker(self, name: str, *extra: str) -> Proc:
+    def owner_key(self, owner: str) -> str:
+        """The API key of an owner account, created (with no credit) on first use."""
+        if owner not in self.owner_keys:
+            from sparegrid.sdk import AdminClient
+
+            with AdminClient(self.address, api_key=self.admin_key) as admin:
+                self.owner_keys[owner] = admin.create_account(owner, credit=0)[1]
+        return self.owner_keys[owner]
+
+    def start_worker(self, name: str, *extra: str, owner: str | None = "") -> Proc:
+        """A worker whose node proves an owner account: by default one of its own, named
+        `owner-<name>` (each worker a vetted owner); None starts one without an owner."""
+        env = {}
+        if owner is not None:
+            env["SPAREGRID_OWNER_KEY"] = self.owner_key(owner or f"owner-{name}")
         proc = self.spawn(
             name,
             "worker",
@@ -93,6 +108,7 @@ class Cluster:
             "--name",
             name,
             *extra,
+            env=env,
         )
         self.workers[name] = proc
         return proc

@@ -275,13 +275,14 @@ def test_update_job_writes_its_outcome_only(store: Store) -> None:
     store.update_job(changed)
     got = store.get_job("j1")
     assert got is not None
-    assert (got.state, got.cost_spent, got.error, got.finished_at) == (
+    assert (got.state, got.cost_spent, got.error, got.finished_at, got.cost_held) == (
         JobState.FAILED,
         7,
         "boom",
         9.5,
+        999,  # a retry holds more
     )
-    assert (got.cost_held, got.name) == (j.cost_held, j.name)
+    assert got.name == j.name
 
 
 def test_task_counts_name_every_state(store: Store) -> None:
@@ -392,10 +393,13 @@ def test_expired_attempts_and_renewed_leases(store: Store) -> None:
     assert [a.id for a in store.expired_attempts(now=20.0)] == ["a1"]
     assert [a.id for a in store.expired_attempts(now=31.0)] == ["a1", "a2", "a3"]
     assert [a.id for a in store.expired_attempts(now=31.0, limit=2)] == ["a1", "a2"]
-    assert store.renew_leases("n1", 50.0) == 2
-    assert store.renew_leases("nobody", 50.0) == 0
+    assert store.renew_leases("n1", 50.0, max_age=1000.0) == 2
+    assert store.renew_leases("nobody", 50.0, max_age=1000.0) == 0
     assert [a.id for a in store.expired_attempts(now=40.0)] == ["a3"]
     assert store.get_attempts(["a4"])[0].deadline == 5.0
+    # no renewal takes an attempt past its maximum age (created at 10.0)
+    assert store.renew_leases("n1", 80.0, max_age=60.0) == 2
+    assert {a.deadline for a in store.get_attempts(["a1", "a2"])} == {70.0}
 
 
 def test_update_attempts_writes_outcome(store: Store) -> None:

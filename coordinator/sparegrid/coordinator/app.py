@@ -14,8 +14,9 @@ from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
-from sparegrid.coordinator.services.canaries import Canaries, CanaryConfig
+from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
+from sparegrid.coordinator.services.identity import Identities, IdentityConfig
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
@@ -49,6 +50,7 @@ class Settings:
     lease_seconds: float = 30.0
     reconnect_grace_seconds: float = 10.0
     reap_interval_seconds: float = 1.0
+    max_attempt_seconds: float = 3600.0
     max_blob_size: int = 16 << 30
     # credit per work units, by kind: an echo task is 1 unit, a checksum 1 per byte, an
     # inference shard 1 per GFLOP of its program over its samples, a render task 1 per
@@ -65,6 +67,7 @@ class Settings:
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     @property
     def key_path(self) -> Path:
@@ -85,6 +88,7 @@ class App:
         self.accounts = Accounts(store, self.ledger, self.clock)
         self.signer = Signer.load_or_create(settings.key_path)
         self.reputations = Reputations(store, self.clock, settings.trust)
+        self.identities = Identities(store, self.ledger, self.clock, settings.identity)
         self.spot_checks = SpotChecks(settings.spot_checks)
         self.scheduler = Scheduler(
             store,
@@ -93,17 +97,20 @@ class App:
             SchedulerConfig(
                 lease_seconds=settings.lease_seconds,
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
+                max_attempt_seconds=settings.max_attempt_seconds,
             ),
             on_change=self._changed,
             blocked=self.reputations.blocked,
             check_params=self.spot_checks.params_for,
+            vetted=self.identities.vetted,
+            proven=lambda node_id: self.reputations.get(node_id).validated,
         )
-        self.verifier = Verifier(self.reputations, Comparators())
+        self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
         self.intake = Intake(
             self.scheduler,
             self.blobs,
-            Settlement(self.scheduler, self.verifier, self.signer, self.canaries),
+            Settlement(self.scheduler, self.verifier, self.signer, self.canaries, self.identities),
         )
         self.jobs = Jobs(
             store,
@@ -112,7 +119,11 @@ class App:
             self.blobs,
             {k.name: k for k in BUILTIN_KINDS},
             self.clock,
-            JobsConfig(prices=settings.prices, default_max_attempts=settings.default_max_attempts),
+            JobsConfig(
+                prices=settings.prices,
+                default_max_attempts=settings.default_max_attempts,
+                voters=self._voters,
+            ),
         )
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
@@ -123,9 +134,18 @@ class App:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _voters(self) -> int:
+        """Accounts whose nodes' results would count as votes (for a quorum's check)."""
+        return sum(
+            1
+            for account in self.store.list_accounts()
+            if account.name != CANARY_ACCOUNT and self.identities.vetted(account.name)
+        )
+
     def start_services(self) -> None:
         """Loads what the services keep in memory from the store (no background work)."""
         self.reputations.load()
+        self.identities.load()
         self.scheduler.load()
         self.canaries.load()
 
@@ -188,6 +208,7 @@ class App:
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
             self.reputations.load()
+            self.identities.load()
             self.scheduler.resync()
             self.canaries.load()
             for sink in self.sinks:  # workers reconnect and grant their credit afresh

@@ -11,6 +11,7 @@ from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.canaries import CanaryConfig
+from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.jobs import parse_price
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.store import open_store
@@ -79,6 +80,30 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "tasks [%(default)s]",
     )
     serve.add_argument(
+        "--enrollment",
+        choices=[e.value for e in Enrollment],
+        default=env("SPAREGRID_ENROLLMENT", Enrollment.OPEN.value),
+        help="which nodes may work: open (any; only nodes of owner accounts vote), approve "
+        "(a new node works once `admin node approve` lets it), owners (only nodes of owner "
+        "accounts may connect) [%(default)s]",
+    )
+    serve.add_argument(
+        "--min-stake",
+        type=int,
+        default=0,
+        metavar="CREDIT",
+        help="credit an owner must stake (`sparegrid account stake`) for its nodes' results "
+        "to count as votes [%(default)s]",
+    )
+    serve.add_argument(
+        "--max-attempt-seconds",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="longest a task may run on a node, heartbeats included (a worker's own limit "
+        "when smaller), plus a quarter [%(default)s]",
+    )
+    serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -96,6 +121,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"error: {name} must be positive, got {value}")
     if args.lease <= args.heartbeat:
         raise SystemExit("error: --lease must be longer than --heartbeat")
+    if args.min_stake < 0 or args.max_attempt_seconds <= 0:
+        raise SystemExit("error: --min-stake must be 0 or more, --max-attempt-seconds positive")
     settings = Settings(
         data_dir=args.data_dir,
         heartbeat_seconds=args.heartbeat,
@@ -104,6 +131,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_blob_size=args.max_blob_size,
         canaries=CanaryConfig(rate=args.canary_rate),
         spot_checks=SpotConfig(share=args.spot_share),
+        identity=IdentityConfig(Enrollment(args.enrollment), min_stake=args.min_stake),
+        max_attempt_seconds=args.max_attempt_seconds,
     )
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
         if not 0.0 <= share <= 1.0:

@@ -98,8 +98,9 @@ class Job:
 
     @property
     def max_paid_results(self) -> int:
-        """Agreeing results paid per task at most: what the escrow must cover."""
-        return self.replicas if self.replicas else 2
+        """Agreeing results paid per task at most: what the escrow must cover. Adaptive:
+        a result and its check, or an anonymous node's result and two vetted checks."""
+        return self.replicas if self.replicas else 3
 
 
 @dataclass
@@ -172,6 +173,7 @@ class Standing(StrEnum):
     ACTIVE = "active"
     QUARANTINED = "quarantined"  # too many invalid results: no work until reinstated
     BANNED = "banned"  # by the operator
+    PENDING = "pending"  # new, under `--enrollment approve`: no work until approved
 
 
 @dataclass
@@ -214,6 +216,28 @@ class Replica:
         """A known answer the coordinator stored for a canary (canaries.py), not a result
         some node returned: no node stands behind it."""
         return not self.node_id
+
+
+class DisputeState(StrEnum):
+    OPEN = "open"  # results disagree; the task waits for a node of another owner
+    SETTLED = "settled"  # owners agreed on one answer; the others were outvoted
+    FAILED = "failed"  # no answer won within the attempt limit
+
+
+@dataclass
+class Dispute:
+    """Results of one task that disagree, with the evidence: what each node returned and
+    what each comparison measured. One per task, updated as results come in."""
+
+    task_id: str
+    job_id: str
+    task_index: int
+    state: DisputeState
+    # {"results": [{node, owner, attempt, outputs, crop}], "comparisons": [{a, b, agree,
+    # rule, metrics}], "decision": "..."}: JSON-able, shown as it is
+    evidence: dict[str, object]
+    created_at: float = 0.0
+    updated_at: float = 0.0
 
 
 @dataclass
@@ -260,3 +284,8 @@ def node_account(node_id: str) -> str:
 
 def escrow_account(job_id: str) -> str:
     return f"escrow:{job_id}"
+
+
+def stake_account(owner: str) -> str:
+    """Credit an owner locked as a bond for its nodes: proven fraud is slashed from it."""
+    return f"stake:{owner}"

@@ -72,3 +72,25 @@ def move_task(task: Task, state: TaskState) -> None:
 def move_attempt(attempt: Attempt, state: AttemptState) -> None:
     _check(f"attempt {attempt.id}", attempt.state, state, set(_ATTEMPT[attempt.state]))
     attempt.state = state
+
+
+# A final job (failed or cancelled), and those of its tasks that did not succeed, go back
+# to the queue only one way: `job retry --failed`.
+_REOPENED_JOB = frozenset({JobState.FAILED, JobState.CANCELLED})
+_REOPENED_TASK = frozenset({TaskState.FAILED, TaskState.CANCELLED})
+
+
+def reopen_job(job: Job) -> None:
+    if job.state not in _REOPENED_JOB:
+        raise InvalidTransition(
+            f"job {job.id} is {job.state}: only a failed or cancelled job is retried"
+        )
+    job.state = JobState.QUEUED
+
+
+def reopen_task(task: Task) -> None:
+    if task.state not in _REOPENED_TASK:
+        raise InvalidTransition(
+            f"task {task.id} is {task.state}: only a failed or cancelled task is retried"
+        )
+    task.state = TaskState.QUEUED

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sparegrid.v1 import common_pb2 as sparegrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sparegrid/v1/admin.proto\x12\x0csparegrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sparegrid/v1/common.proto\"j\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0einitial_credit\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"P\n\x15\x43reateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.Account\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\x15\n\x13ListAccountsRequest\"?\n\x14ListAccountsResponse\x12\'\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x15.sparegrid.v1.Account\"[\n\x12GrantCreditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"=\n\x13GrantCreditResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.Account\"\xf6\x03\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x14.sparegrid.v1.Device\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.sparegrid.v1.NodeState\x12\x17\n\x0ftasks_succeeded\x18\x05 \x01(\x04\x12\x14\n\x0ctasks_failed\x18\x06 \x01(\x04\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x03\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08software\x18\t \x03(\x0b\x32 .sparegrid.v1.Node.SoftwareEntry\x12\r\n\x05owner\x18\n \x01(\t\x12,\n\x08standing\x18\x0b \x01(\x0e\x32\x1a.sparegrid.v1.NodeStanding\x12\x17\n\x0fstanding_reason\x18\x0c \x01(\t\x12\x0e\n\x06streak\x18\r \x01(\x04\x12\x11\n\tvalidated\x18\x0e \x01(\x04\x12\x0f\n\x07invalid\x18\x0f \x01(\x04\x12\x0f\n\x07strikes\x18\x10 \x01(\r\x12\x12\n\ncheck_rate\x18\x11 \x01(\x01\x1a/\n\rSoftwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0e\x42\x61nNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x0f\x42\x61nNodeResponse\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.sparegrid.v1.Node\"7\n\x14ReinstateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x15ReinstateNodeResponse\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.sparegrid.v1.Node\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.sparegrid.v1.Node\"\x14\n\x12\x43heckLedgerRequest\"o\n\x13\x43heckLedgerResponse\x12\x10\n\x08\x62\x61lanced\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x14\n\x0ctransactions\x18\x03 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x03\"\xa7\x01\n\x0bLedgerEntry\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x18ListLedgerEntriesRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"G\n\x19ListLedgerEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.sparegrid.v1.LedgerEntry*o\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ONLINE\x10\x01\x12\x16\n\x12NODE_STATE_OFFLINE\x10\x02\x12\x17\n\x13NODE_STATE_DRAINING\x10\x03*\x80\x01\n\x0cNodeStanding\x12\x1d\n\x19NODE_STANDING_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_STANDING_ACTIVE\x10\x01\x12\x1d\n\x19NODE_STANDING_QUARANTINED\x10\x02\x12\x18\n\x14NODE_STANDING_BANNED\x10\x03\x32\xbd\x05\n\x0c\x41\x64minService\x12X\n\rCreateAccount\x12\".sparegrid.v1.CreateAccountRequest\x1a#.sparegrid.v1.CreateAccountResponse\x12U\n\x0cListAccounts\x12!.sparegrid.v1.ListAccountsRequest\x1a\".sparegrid.v1.ListAccountsResponse\x12R\n\x0bGrantCredit\x12 .sparegrid.v1.GrantCreditRequest\x1a!.sparegrid.v1.GrantCreditResponse\x12L\n\tListNodes\x12\x1e.sparegrid.v1.ListNodesRequest\x1a\x1f.sparegrid.v1.ListNodesResponse\x12R\n\x0b\x43heckLedger\x12 .sparegrid.v1.CheckLedgerRequest\x1a!.sparegrid.v1.CheckLedgerResponse\x12\x64\n\x11ListLedgerEntries\x12&.sparegrid.v1.ListLedgerEntriesRequest\x1a\'.sparegrid.v1.ListLedgerEntriesResponse\x12\x46\n\x07\x42\x61nNode\x12\x1c.sparegrid.v1.BanNodeRequest\x1a\x1d.sparegrid.v1.BanNodeResponse\x12X\n\rReinstateNode\x12\".sparegrid.v1.ReinstateNodeRequest\x1a#.sparegrid.v1.ReinstateNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sparegrid/v1/admin.proto\x12\x0csparegrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sparegrid/v1/common.proto\"j\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0einitial_credit\x18\x02 \x01(\x03\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"P\n\x15\x43reateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.Account\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\x15\n\x13ListAccountsRequest\"?\n\x14ListAccountsResponse\x12\'\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x15.sparegrid.v1.Account\"[\n\x12GrantCreditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"=\n\x13GrantCreditResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.sparegrid.v1.Account\"\xc0\x04\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x14.sparegrid.v1.Device\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.sparegrid.v1.NodeState\x12\x17\n\x0ftasks_succeeded\x18\x05 \x01(\x04\x12\x14\n\x0ctasks_failed\x18\x06 \x01(\x04\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x03\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08software\x18\t \x03(\x0b\x32 .sparegrid.v1.Node.SoftwareEntry\x12\r\n\x05owner\x18\n \x01(\t\x12,\n\x08standing\x18\x0b \x01(\x0e\x32\x1a.sparegrid.v1.NodeStanding\x12\x17\n\x0fstanding_reason\x18\x0c \x01(\t\x12\x0e\n\x06streak\x18\r \x01(\x04\x12\x11\n\tvalidated\x18\x0e \x01(\x04\x12\x0f\n\x07invalid\x18\x0f \x01(\x04\x12\x0f\n\x07strikes\x18\x10 \x01(\r\x12\x12\n\ncheck_rate\x18\x11 \x01(\x01\x12\x0e\n\x06vetted\x18\x12 \x01(\x08\x12\x15\n\rvetted_reason\x18\x13 \x01(\t\x12\x0e\n\x06window\x18\x14 \x01(\r\x12\x11\n\tin_flight\x18\x15 \x01(\r\x1a/\n\rSoftwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0e\x42\x61nNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x0f\x42\x61nNodeResponse\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.sparegrid.v1.Node\"7\n\x14ReinstateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x15ReinstateNodeResponse\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.sparegrid.v1.Node\"5\n\x12\x41pproveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x13\x41pproveNodeResponse\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.sparegrid.v1.Node\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.sparegrid.v1.Node\"\x14\n\x12\x43heckLedgerRequest\"o\n\x13\x43heckLedgerResponse\x12\x10\n\x08\x62\x61lanced\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x14\n\x0ctransactions\x18\x03 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x03\"\xa7\x01\n\x0bLedgerEntry\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x18ListLedgerEntriesRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"p\n\x19ListLedgerEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.sparegrid.v1.LedgerEntry\x12\'\n\x08\x64isputes\x18\x02 \x03(\x0b\x32\x15.sparegrid.v1.Dispute*o\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ONLINE\x10\x01\x12\x16\n\x12NODE_STATE_OFFLINE\x10\x02\x12\x17\n\x13NODE_STATE_DRAINING\x10\x03*\x9b\x01\n\x0cNodeStanding\x12\x1d\n\x19NODE_STANDING_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_STANDING_ACTIVE\x10\x01\x12\x1d\n\x19NODE_STANDING_QUARANTINED\x10\x02\x12\x18\n\x14NODE_STANDING_BANNED\x10\x03\x12\x19\n\x15NODE_STANDING_PENDING\x10\x04\x32\x91\x06\n\x0c\x41\x64minService\x12X\n\rCreateAccount\x12\".sparegrid.v1.CreateAccountRequest\x1a#.sparegrid.v1.CreateAccountResponse\x12U\n\x0cListAccounts\x12!.sparegrid.v1.ListAccountsRequest\x1a\".sparegrid.v1.ListAccountsResponse\x12R\n\x0bGrantCredit\x12 .sparegrid.v1.GrantCreditRequest\x1a!.sparegrid.v1.GrantCreditResponse\x12L\n\tListNodes\x12\x1e.sparegrid.v1.ListNodesRequest\x1a\x1f.sparegrid.v1.ListNodesResponse\x12R\n\x0b\x43heckLedger\x12 .sparegrid.v1.CheckLedgerRequest\x1a!.sparegrid.v1.CheckLedgerResponse\x12\x64\n\x11ListLedgerEntries\x12&.sparegrid.v1.ListLedgerEntriesRequest\x1a\'.sparegrid.v1.ListLedgerEntriesResponse\x12\x46\n\x07\x42\x61nNode\x12\x1c.sparegrid.v1.BanNodeRequest\x1a\x1d.sparegrid.v1.BanNodeResponse\x12X\n\rReinstateNode\x12\".sparegrid.v1.ReinstateNodeRequest\x1a#.sparegrid.v1.ReinstateNodeResponse\x12R\n\x0b\x41pproveNode\x12 .sparegrid.v1.ApproveNodeRequest\x1a!.sparegrid.v1.ApproveNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_SOFTWAREENTRY']._loaded_options = None
   _globals['_NODE_SOFTWAREENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=1871
-  _globals['_NODESTATE']._serialized_end=1982
-  _globals['_NODESTANDING']._serialized_start=1985
-  _globals['_NODESTANDING']._serialized_end=2113
+  _globals['_NODESTATE']._serialized_start=2098
+  _globals['_NODESTATE']._serialized_end=2209
+  _globals['_NODESTANDING']._serialized_start=2212
+  _globals['_NODESTANDING']._serialized_end=2367
   _globals['_ACCOUNT']._serialized_start=102
   _globals['_ACCOUNT']._serialized_end=208
   _globals['_CREATEACCOUNTREQUEST']._serialized_start=210
@@ -54,31 +54,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANTCREDITRESPONSE']._serialized_start=553
   _globals['_GRANTCREDITRESPONSE']._serialized_end=614
   _globals['_NODE']._serialized_start=617
-  _globals['_NODE']._serialized_end=1119
-  _globals['_NODE_SOFTWAREENTRY']._serialized_start=1072
-  _globals['_NODE_SOFTWAREENTRY']._serialized_end=1119
-  _globals['_BANNODEREQUEST']._serialized_start=1121
-  _globals['_BANNODEREQUEST']._serialized_end=1170
-  _globals['_BANNODERESPONSE']._serialized_start=1172
-  _globals['_BANNODERESPONSE']._serialized_end=1223
-  _globals['_REINSTATENODEREQUEST']._serialized_start=1225
-  _globals['_REINSTATENODEREQUEST']._serialized_end=1280
-  _globals['_REINSTATENODERESPONSE']._serialized_start=1282
-  _globals['_REINSTATENODERESPONSE']._serialized_end=1339
-  _globals['_LISTNODESREQUEST']._serialized_start=1341
-  _globals['_LISTNODESREQUEST']._serialized_end=1359
-  _globals['_LISTNODESRESPONSE']._serialized_start=1361
-  _globals['_LISTNODESRESPONSE']._serialized_end=1415
-  _globals['_CHECKLEDGERREQUEST']._serialized_start=1417
-  _globals['_CHECKLEDGERREQUEST']._serialized_end=1437
-  _globals['_CHECKLEDGERRESPONSE']._serialized_start=1439
-  _globals['_CHECKLEDGERRESPONSE']._serialized_end=1550
-  _globals['_LEDGERENTRY']._serialized_start=1553
-  _globals['_LEDGERENTRY']._serialized_end=1720
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1722
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1796
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1798
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1869
-  _globals['_ADMINSERVICE']._serialized_start=2116
-  _globals['_ADMINSERVICE']._serialized_end=2817
+  _globals['_NODE']._serialized_end=1193
+  _globals['_NODE_SOFTWAREENTRY']._serialized_start=1146
+  _globals['_NODE_SOFTWAREENTRY']._serialized_end=1193
+  _globals['_BANNODEREQUEST']._serialized_start=1195
+  _globals['_BANNODEREQUEST']._serialized_end=1244
+  _globals['_BANNODERESPONSE']._serialized_start=1246
+  _globals['_BANNODERESPONSE']._serialized_end=1297
+  _globals['_REINSTATENODEREQUEST']._serialized_start=1299
+  _globals['_REINSTATENODEREQUEST']._serialized_end=1354
+  _globals['_REINSTATENODERESPONSE']._serialized_start=1356
+  _globals['_REINSTATENODERESPONSE']._serialized_end=1413
+  _globals['_APPROVENODEREQUEST']._serialized_start=1415
+  _globals['_APPROVENODEREQUEST']._serialized_end=1468
+  _globals['_APPROVENODERESPONSE']._serialized_start=1470
+  _globals['_APPROVENODERESPONSE']._serialized_end=1525
+  _globals['_LISTNODESREQUEST']._serialized_start=1527
+  _globals['_LISTNODESREQUEST']._serialized_end=1545
+  _globals['_LISTNODESRESPONSE']._serialized_start=1547
+  _globals['_LISTNODESRESPONSE']._serialized_end=1601
+  _globals['_CHECKLEDGERREQUEST']._serialized_start=1603
+  _globals['_CHECKLEDGERREQUEST']._serialized_end=1623
+  _globals['_CHECKLEDGERRESPONSE']._serialized_start=1625
+  _globals['_CHECKLEDGERRESPONSE']._serialized_end=1736
+  _globals['_LEDGERENTRY']._serialized_start=1739
+  _globals['_LEDGERENTRY']._serialized_end=1906
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1908
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1982
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1984
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2096
+  _globals['_ADMINSERVICE']._serialized_start=2370
+  _globals['_ADMINSERVICE']._serialized_end=3155
 # @@protoc_insertion_point(module_scope)

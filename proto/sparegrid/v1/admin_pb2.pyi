@@ -50,6 +50,8 @@ class _NodeStandingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeStan
     NODE_STANDING_ACTIVE: _NodeStanding.ValueType  # 1
     NODE_STANDING_QUARANTINED: _NodeStanding.ValueType  # 2
     NODE_STANDING_BANNED: _NodeStanding.ValueType  # 3
+    NODE_STANDING_PENDING: _NodeStanding.ValueType  # 4
+    """new under `--enrollment approve`: waits for approval"""
 
 class NodeStanding(_NodeStanding, metaclass=_NodeStandingEnumTypeWrapper): ...
 
@@ -57,6 +59,8 @@ NODE_STANDING_UNSPECIFIED: NodeStanding.ValueType  # 0
 NODE_STANDING_ACTIVE: NodeStanding.ValueType  # 1
 NODE_STANDING_QUARANTINED: NodeStanding.ValueType  # 2
 NODE_STANDING_BANNED: NodeStanding.ValueType  # 3
+NODE_STANDING_PENDING: NodeStanding.ValueType  # 4
+"""new under `--enrollment approve`: waits for approval"""
 Global___NodeStanding: _TypeAlias = NodeStanding  # noqa: Y015
 
 @_typing.final
@@ -261,6 +265,10 @@ class Node(_message.Message):
     INVALID_FIELD_NUMBER: _builtins.int
     STRIKES_FIELD_NUMBER: _builtins.int
     CHECK_RATE_FIELD_NUMBER: _builtins.int
+    VETTED_FIELD_NUMBER: _builtins.int
+    VETTED_REASON_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     state: Global___NodeState.ValueType
@@ -279,6 +287,14 @@ class Node(_message.Message):
     strikes: _builtins.int
     check_rate: _builtins.float
     """share of its results the adaptive policy cross-checks"""
+    vetted: _builtins.bool
+    """its results count as votes and checks"""
+    vetted_reason: _builtins.str
+    """why not: no owner account, or too little stake"""
+    window: _builtins.int
+    """tasks it may hold at once (grows with its results)"""
+    in_flight: _builtins.int
+    """tasks it holds now"""
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]: ...
     @_builtins.property
@@ -305,10 +321,14 @@ class Node(_message.Message):
         invalid: _builtins.int = ...,
         strikes: _builtins.int = ...,
         check_rate: _builtins.float = ...,
+        vetted: _builtins.bool = ...,
+        vetted_reason: _builtins.str = ...,
+        window: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_rate", b"check_rate", "credit", b"credit", "devices", b"devices", "invalid", b"invalid", "last_seen", b"last_seen", "name", b"name", "node_id", b"node_id", "owner", b"owner", "software", b"software", "standing", b"standing", "standing_reason", b"standing_reason", "state", b"state", "streak", b"streak", "strikes", b"strikes", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "validated", b"validated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_rate", b"check_rate", "credit", b"credit", "devices", b"devices", "in_flight", b"in_flight", "invalid", b"invalid", "last_seen", b"last_seen", "name", b"name", "node_id", b"node_id", "owner", b"owner", "software", b"software", "standing", b"standing", "standing_reason", b"standing_reason", "state", b"state", "streak", b"streak", "strikes", b"strikes", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "validated", b"validated", "vetted", b"vetted", "vetted_reason", b"vetted_reason", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,6 +417,48 @@ class ReinstateNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReinstateNodeResponse: _TypeAlias = ReinstateNodeResponse  # noqa: Y015
+
+@_typing.final
+class ApproveNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveNodeRequest: _TypeAlias = ApproveNodeRequest  # noqa: Y015
+
+@_typing.final
+class ApproveNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveNodeResponse: _TypeAlias = ApproveNodeResponse  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):
@@ -553,16 +615,22 @@ class ListLedgerEntriesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    DISPUTES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]: ...
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Dispute]:
+        """with a job id: that job's disputes and their evidence"""
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        disputes: _abc.Iterable[_common_pb2.Dispute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disputes", b"disputes", "entries", b"entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

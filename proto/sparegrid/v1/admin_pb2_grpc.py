@@ -74,6 +74,11 @@ class AdminServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.FromString,
                 _registered_method=True)
+        self.ApproveNode = channel.unary_unary(
+                '/sparegrid.v1.AdminService/ApproveNode',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -128,6 +133,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveNode(self, request, context):
+        """Under `--enrollment approve`, a new node gets work only once approved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReinstateNode,
                     request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.SerializeToString,
+            ),
+            'ApproveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveNode,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class AdminService:
             '/sparegrid.v1.AdminService/ReinstateNode',
             sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeRequest.SerializeToString,
             sparegrid_dot_v1_dot_admin__pb2.ReinstateNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/ApproveNode',
+            sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

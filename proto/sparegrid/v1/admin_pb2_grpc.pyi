@@ -40,6 +40,8 @@ class AdminServiceStub:
     BanNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.BanNodeRequest, _admin_pb2.BanNodeResponse]
     """A banned node gets no work until reinstated; reinstating also lifts a quarantine."""
     ReinstateNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]
+    ApproveNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]
+    """Under `--enrollment approve`, a new node gets work only once approved."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -53,6 +55,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     BanNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.BanNodeRequest, _admin_pb2.BanNodeResponse]  # type: ignore[assignment]
     """A banned node gets no work until reinstated; reinstating also lifts a quarantine."""
     ReinstateNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]  # type: ignore[assignment]
+    ApproveNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]  # type: ignore[assignment]
+    """Under `--enrollment approve`, a new node gets work only once approved."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +115,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ReinstateNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ReinstateNodeResponse, _abc.Awaitable[_admin_pb2.ReinstateNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveNode(
+        self,
+        request: _admin_pb2.ApproveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApproveNodeResponse, _abc.Awaitable[_admin_pb2.ApproveNodeResponse]]:
+        """Under `--enrollment approve`, a new node gets work only once approved."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sparegrid/v1/blob.proto\x12\x0csparegrid.v1\":\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"X\n\x11UploadBlobRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.sparegrid.v1.BlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"D\n\x12UploadBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08received\x18\x03 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"F\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x14\n\x0cpartial_size\x18\x03 \x01(\x04\"5\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x14\x44ownloadBlobResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x32\x84\x02\n\x0b\x42lobService\x12Q\n\nUploadBlob\x12\x1f.sparegrid.v1.UploadBlobRequest\x1a .sparegrid.v1.UploadBlobResponse(\x01\x12I\n\x08StatBlob\x12\x1d.sparegrid.v1.StatBlobRequest\x1a\x1e.sparegrid.v1.StatBlobResponse\x12W\n\x0c\x44ownloadBlob\x12!.sparegrid.v1.DownloadBlobRequest\x1a\".sparegrid.v1.DownloadBlobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sparegrid/v1/blob.proto\x12\x0csparegrid.v1\"O\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x13\n\x0b\x61ttempt_ids\x18\x04 \x03(\t\"X\n\x11UploadBlobRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.sparegrid.v1.BlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"D\n\x12UploadBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08received\x18\x03 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"F\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x14\n\x0cpartial_size\x18\x03 \x01(\x04\"5\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x14\x44ownloadBlobResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x32\x84\x02\n\x0b\x42lobService\x12Q\n\nUploadBlob\x12\x1f.sparegrid.v1.UploadBlobRequest\x1a .sparegrid.v1.UploadBlobResponse(\x01\x12I\n\x08StatBlob\x12\x1d.sparegrid.v1.StatBlobRequest\x1a\x1e.sparegrid.v1.StatBlobResponse\x12W\n\x0c\x44ownloadBlob\x12!.sparegrid.v1.DownloadBlobRequest\x1a\".sparegrid.v1.DownloadBlobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sparegrid.v1.blob_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BLOBHEADER']._serialized_start=41
-  _globals['_BLOBHEADER']._serialized_end=99
-  _globals['_UPLOADBLOBREQUEST']._serialized_start=101
-  _globals['_UPLOADBLOBREQUEST']._serialized_end=189
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=191
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=259
-  _globals['_STATBLOBREQUEST']._serialized_start=261
-  _globals['_STATBLOBREQUEST']._serialized_end=294
-  _globals['_STATBLOBRESPONSE']._serialized_start=296
-  _globals['_STATBLOBRESPONSE']._serialized_end=366
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=368
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=421
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=423
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=474
-  _globals['_BLOBSERVICE']._serialized_start=477
-  _globals['_BLOBSERVICE']._serialized_end=737
+  _globals['_BLOBHEADER']._serialized_end=120
+  _globals['_UPLOADBLOBREQUEST']._serialized_start=122
+  _globals['_UPLOADBLOBREQUEST']._serialized_end=210
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=212
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=280
+  _globals['_STATBLOBREQUEST']._serialized_start=282
+  _globals['_STATBLOBREQUEST']._serialized_end=315
+  _globals['_STATBLOBRESPONSE']._serialized_start=317
+  _globals['_STATBLOBRESPONSE']._serialized_end=387
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=389
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=442
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=444
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=495
+  _globals['_BLOBSERVICE']._serialized_start=498
+  _globals['_BLOBSERVICE']._serialized_end=758
 # @@protoc_insertion_point(module_scope)

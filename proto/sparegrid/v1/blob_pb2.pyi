@@ -3,8 +3,10 @@
 isort:skip_file
 Content-addressed blob storage shared by clients (API key) and workers (session token)."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,21 +25,31 @@ class BlobHeader(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    ATTEMPT_IDS_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     """lowercase hex SHA-256 of the whole blob"""
     size: _builtins.int
     offset: _builtins.int
     """where the chunks of this call start (resume)"""
+    @_builtins.property
+    def attempt_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A worker's upload of an output: the attempts, leased to it, whose results name this
+        blob. A result may name a blob as an output only if its node sent it inline or
+        uploaded it for that attempt (else OUTPUT_NOT_UPLOADED). Such an upload always sends
+        the bytes, even of a blob the coordinator stores already.
+        """
+
     def __init__(
         self,
         *,
         digest: _builtins.str = ...,
         size: _builtins.int = ...,
         offset: _builtins.int = ...,
+        attempt_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "offset", b"offset", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_ids", b"attempt_ids", "digest", b"digest", "offset", b"offset", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

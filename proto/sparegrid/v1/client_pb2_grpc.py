@@ -79,6 +79,16 @@ class ClientServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/sparegrid.v1.ClientService/RetryJob',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
+        self.Stake = channel.unary_unary(
+                '/sparegrid.v1.ClientService/Stake',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.StakeRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.StakeResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -140,6 +150,21 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Runs the tasks of a failed or cancelled job that did not succeed again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stake(self, request, context):
+        """Locks (or, once the account's nodes have been away for the lock time, releases)
+        credit as the account's stake: a bond its nodes' proven fraud is slashed from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +212,16 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.GetNodeCredit,
                     request_deserializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.RetryJobRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'Stake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stake,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.StakeRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.StakeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +467,60 @@ class ClientService:
             '/sparegrid.v1.ClientService/GetNodeCredit',
             sparegrid_dot_v1_dot_client__pb2.GetNodeCreditRequest.SerializeToString,
             sparegrid_dot_v1_dot_client__pb2.GetNodeCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/RetryJob',
+            sparegrid_dot_v1_dot_client__pb2.RetryJobRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/Stake',
+            sparegrid_dot_v1_dot_client__pb2.StakeRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.StakeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class ClientServiceStub:
     GetJobResults: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetJobResultsRequest, _client_pb2.GetJobResultsResponse]
     GetNodeCredit: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetNodeCreditRequest, _client_pb2.GetNodeCreditResponse]
     """A node's credit and the entries that explain it, for the account that owns the node."""
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_client_pb2.RetryJobRequest, _client_pb2.RetryJobResponse]
+    """Runs the tasks of a failed or cancelled job that did not succeed again."""
+    Stake: _grpc.UnaryUnaryMultiCallable[_client_pb2.StakeRequest, _client_pb2.StakeResponse]
+    """Locks (or, once the account's nodes have been away for the lock time, releases)
+    credit as the account's stake: a bond its nodes' proven fraud is slashed from.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -57,6 +63,12 @@ class ClientServiceAsyncStub(ClientServiceStub):
     GetJobResults: _aio.UnaryUnaryMultiCallable[_client_pb2.GetJobResultsRequest, _client_pb2.GetJobResultsResponse]  # type: ignore[assignment]
     GetNodeCredit: _aio.UnaryUnaryMultiCallable[_client_pb2.GetNodeCreditRequest, _client_pb2.GetNodeCreditResponse]  # type: ignore[assignment]
     """A node's credit and the entries that explain it, for the account that owns the node."""
+    RetryJob: _aio.UnaryUnaryMultiCallable[_client_pb2.RetryJobRequest, _client_pb2.RetryJobResponse]  # type: ignore[assignment]
+    """Runs the tasks of a failed or cancelled job that did not succeed again."""
+    Stake: _aio.UnaryUnaryMultiCallable[_client_pb2.StakeRequest, _client_pb2.StakeResponse]  # type: ignore[assignment]
+    """Locks (or, once the account's nodes have been away for the lock time, releases)
+    credit as the account's stake: a bond its nodes' proven fraud is slashed from.
+    """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,5 +135,23 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.GetNodeCreditResponse, _abc.Awaitable[_client_pb2.GetNodeCreditResponse]]:
         """A node's credit and the entries that explain it, for the account that owns the node."""
+
+    @_abc_1.abstractmethod
+    def RetryJob(
+        self,
+        request: _client_pb2.RetryJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.RetryJobResponse, _abc.Awaitable[_client_pb2.RetryJobResponse]]:
+        """Runs the tasks of a failed or cancelled job that did not succeed again."""
+
+    @_abc_1.abstractmethod
+    def Stake(
+        self,
+        request: _client_pb2.StakeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.StakeResponse, _abc.Awaitable[_client_pb2.StakeResponse]]:
+        """Locks (or, once the account's nodes have been away for the lock time, releases)
+        credit as the account's stake: a bond its nodes' proven fraud is slashed from.
+        """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

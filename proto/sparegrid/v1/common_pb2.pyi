@@ -560,3 +560,39 @@ class Job(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Dispute(_message.Message):
+    """Results of one task that disagreed, and what the coordinator measured."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_JSON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    task_id: _builtins.str
+    state: _builtins.str
+    """open, settled or failed"""
+    evidence_json: _builtins.str
+    """results, comparisons (metrics, crops), the decision"""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        evidence_json: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence_json", b"evidence_json", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispute: _TypeAlias = Dispute  # noqa: Y015

@@ -78,10 +78,16 @@ class Hello(_message.Message):
     SOFTWARE_FIELD_NUMBER: _builtins.int
     EXECUTORS_FIELD_NUMBER: _builtins.int
     RUNNING_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPT_SECONDS_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """raw Ed25519 public key (32 bytes)"""
     node_name: _builtins.str
     """a label chosen by the volunteer"""
+    max_attempt_seconds: _builtins.float
+    """the longest this worker lets a task run (seconds; 0: not said). The coordinator gives
+    each attempt at most this, or its own limit if smaller, with a margin: heartbeats do
+    not renew a lease past it.
+    """
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]: ...
     @_builtins.property
@@ -103,10 +109,11 @@ class Hello(_message.Message):
         software: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         executors: _abc.Iterable[Global___ExecutorInfo] | None = ...,
         running_attempts: _abc.Iterable[_builtins.str] | None = ...,
+        max_attempt_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "executors", b"executors", "node_name", b"node_name", "public_key", b"public_key", "running_attempts", b"running_attempts", "software", b"software"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "executors", b"executors", "max_attempt_seconds", b"max_attempt_seconds", "node_name", b"node_name", "public_key", b"public_key", "running_attempts", b"running_attempts", "software", b"software"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,9 +41,10 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=nodes)
 
-    node_group = admin.add_parser("node", help="ban or reinstate a node")
+    node_group = admin.add_parser("node", help="approve, ban or reinstate a node")
     node = node_group.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
     for name, func, text in (
+        ("approve", node_approve, "let a new node work (coordinator --enrollment approve)"),
         ("ban", node_ban, "give a node no more work"),
         ("reinstate", node_reinstate, "lift a ban or quarantine; strikes start from zero"),
     ):
@@ -96,15 +97,16 @@ def credit_grant(args: argparse.Namespace) -> int:
 def nodes_table(items: list[Node]) -> Any:
     t = output.table(
         "node", "name", "owner", "devices", "state", "done", "failed", "valid", "invalid",
-        "checked", "credit", "standing", "last seen",
+        "checked", "tasks", "credit", "standing", "last seen",
     )  # fmt: skip
     for n in items:
         devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
         standing = n.standing if n.standing == "active" else f"{n.standing}: {n.standing_reason}"
+        owner = n.owner if n.vetted else f"{n.owner} (no vote: {n.vetted_reason})"
         t.add_row(
             n.node_id,
             Text(n.name),
-            Text(n.owner or "-"),
+            Text(owner or "-"),
             Text(devices),
             n.state,
             str(n.tasks_succeeded),
@@ -112,11 +114,19 @@ def nodes_table(items: list[Node]) -> Any:
             str(n.validated),
             str(n.invalid),
             f"{n.check_rate:.0%}",
+            f"{n.in_flight}/{n.window}",
             str(n.credit),
             Text(standing),
             output.ago(n.last_seen),
         )
     return t
+
+
+def node_approve(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        node = admin.approve_node(args.node_id, args.reason)
+    print(f"node {node.node_id} is {node.standing}: {node.standing_reason}")
+    return 0
 
 
 def node_ban(args: argparse.Namespace) -> int:
@@ -164,10 +174,13 @@ def ledger_check(args: argparse.Namespace) -> int:
 def ledger_entries(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         entries = admin.ledger_entries(args.account, args.job, args.limit)
+        disputes = admin.disputes(args.job) if args.job else []
     if not entries:
         output.note("no ledger entries match")
-        return 0
-    output.show(entries_table(entries))
+    else:
+        output.show(entries_table(entries))
+    if disputes:
+        output.show(output.disputes_table(disputes))
     return 0
 
 

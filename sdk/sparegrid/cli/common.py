@@ -20,6 +20,12 @@ HINTS = {
     "`sparegrid admin credit grant ACCOUNT AMOUNT`",
     "JOB_NOT_FOUND": "`sparegrid job list` shows the jobs of your account",
     "ACCOUNT_NOT_FOUND": "`sparegrid admin account list` shows the accounts",
+    "STAKE_LOCKED": "stop your workers; the stake unlocks once they have been away for the "
+    "lock time",
+    "QUORUM_UNREACHABLE": "ask for fewer replicas (--replicas), or the adaptive policy (the "
+    "default)",
+    "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state; only a failed or "
+    "cancelled job is retried",
     "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
     "(--admin-key-file), or the key of an account made with --admin",
 }

@@ -1,6 +1,7 @@
 """`sparegrid demo`: a coordinator, workers and real jobs, end to end, in a temp dir.
 
-It starts `coordinator serve` and `worker run` as child processes, creates an account,
+It starts `coordinator serve` and `worker run` as child processes (each worker owned by a
+volunteer account of its own), creates a client account,
 uploads an 8 MiB random file, runs a checksum job over it, an echo job, an inference job
 (a small PyTorch model, when torch is installed) and a render job (a 4-frame Blender scene
 made here, when bpy is installed), verifies every receipt, compares every checksum and
@@ -140,16 +141,20 @@ class Demo:
         return key
 
     def start_workers(self, admin: AdminClient) -> None:
+        """One worker per volunteer, each proving its owner account with the account's key:
+        results of nodes without one never count as votes or checks."""
         n = self.args.workers
         with self.timings.step(f"start {n} workers") as detail:
             for i in range(1, n + 1):
+                _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
                 data_dir = str(self.root / f"node{i}")
                 self.procs.start(
                     f"node{i}", "worker", "run", "--coordinator", self.address,
                     "--data-dir", data_dir, "--name", f"demo-node{i}",
+                    env={"SPAREGRID_OWNER_KEY": owner_key},
                 )  # fmt: skip
             online = self.wait_for_nodes(admin, n)
-            detail.append(f"{online} online")
+            detail.append(f"{online} online, owners volunteer1..{n}")
 
     def wait_for_nodes(self, admin: AdminClient, n: int) -> int:
         deadline = time.monotonic() + START_TIMEOUT

@@ -109,6 +109,20 @@ def register(subparsers: Any) -> None:
         p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
         p.set_defaults(func=func)
 
+    p = jobs.add_parser(
+        "retry", parents=[conn], help="run the tasks of a failed or cancelled job again"
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        required=True,
+        help="run only the tasks that did not succeed (failed, or cancelled when the job "
+        "failed); those that succeeded keep their results",
+    )
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    p.set_defaults(func=retry)
+
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
     p.set_defaults(func=list_jobs)
@@ -400,7 +414,22 @@ def results(args: argparse.Namespace) -> int:
 def get(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         output.show(output.job_details(client.get_job(args.job_id)))
+        disputes = client.disputes(args.job_id)
+    if disputes:
+        output.show(output.disputes_table(disputes))
     return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    with common.client(args) as client:
+        before = client.get_job(args.job_id).counts
+        job = client.retry_job(args.job_id)
+        print(job.id)
+        output.note(
+            f"{before.failed + before.cancelled} task(s) queued again; "
+            f"{before.succeeded} keep their results"
+        )
+        return follow(job, None) if args.wait else 0
 
 
 def list_jobs(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from sparegrid.cli import admin, common, demo, job, output
+from sparegrid.cli import account, admin, common, demo, job, output
 
 DAEMON_GROUPS = (
     ("coordinator", "sparegrid.coordinator.cli", "run the coordinator"),
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in DAEMON_GROUPS:
         _register_daemon(subparsers, name, module, text)
     job.register(subparsers)
+    account.register(subparsers)
     admin.register(subparsers)
     demo.register(subparsers)
     return parser

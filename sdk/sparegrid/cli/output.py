@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sparegrid.sdk import Job, SparegridError
+from sparegrid.sdk import Dispute, Job, SparegridError
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 PIPE_WIDTH = 1000  # piped tables keep their natural width: ids are never cut
@@ -259,3 +259,35 @@ def jobs_table(jobs: list[Job]) -> Table:
             when(job.created_at),
         )
     return t
+
+
+def disputes_table(disputes: list[Dispute]) -> Table:
+    """Tasks whose results disagreed: who returned what, and what each comparison found."""
+    t = table("task", "state", "results (node owner)", "comparisons", "decision")
+    for d in disputes:
+        results = [
+            f"{r.get('node', '?')} {r.get('owner', '?')}"
+            + ("" if r.get("vetted", True) else " (no vote)")
+            + (f" crop {r['crop']['box']}" if r.get("crop") else "")
+            for r in d.evidence.get("results", [])
+        ]
+        comparisons = [_comparison(c) for c in d.evidence.get("comparisons", [])]
+        t.add_row(
+            str(d.task_index),
+            d.state,
+            Text("\n".join(results)),
+            Text("\n".join(comparisons)),
+            Text(str(d.evidence.get("decision", ""))),
+        )
+    return t
+
+
+def _comparison(found: dict[str, Any]) -> str:
+    verdict = "agree" if found.get("agree") else "differ"
+    metrics = found.get("metrics") or {}
+    shown = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+    return f"{found.get('a', '?')} vs {found.get('b', '?')}: {verdict}" + (
+        f" ({shown})" if shown else ""
+    )

@@ -43,7 +43,8 @@ class Processes:
         self.env = dict(env)
         self.procs: list[Proc] = []
 
-    def start(self, name: str, *args: str) -> Proc:
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
+        """Starts a child; `env` adds to the shared environment."""
         log = self.root / f"{name}.log"
         cmd = [sys.executable, "-m", "sparegrid.cli.main", *args]
         with log.open("wb") as f:
@@ -52,7 +53,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 start_new_session=True,  # a Ctrl-C reaches the demo, which stops them in order
             )
         proc = Proc(name, popen, log)

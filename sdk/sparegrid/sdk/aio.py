@@ -6,6 +6,7 @@ and retry decisions come from the modules both flavours share.
 
 import asyncio
 import functools
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,7 @@ from sparegrid.sdk.inference import AsyncInferenceJob
 from sparegrid.sdk.job import AsyncJob
 from sparegrid.sdk.models import (
     Account,
+    Dispute,
     Info,
     LedgerCheck,
     LedgerEntry,
@@ -345,6 +347,26 @@ class AsyncClient(_AsyncBase):
             if not token:
                 return out
 
+    async def retry_job(self, job_id: str) -> AsyncJob:
+        """Runs the tasks of a failed or cancelled job that did not succeed again."""
+        request = client_pb2.RetryJobRequest(job_id=job_id)
+        return self._job((await self._unary(self._jobs.RetryJob, request)).job)
+
+    async def disputes(self, job_id: str) -> list[Dispute]:
+        """The job's tasks whose results disagreed, with the evidence."""
+        request = client_pb2.GetJobRequest(job_id=job_id)
+        response = await self._unary(self._jobs.GetJob, request)
+        return [convert.dispute(d) for d in response.disputes]
+
+    async def stake(self, amount: int, idempotency_key: str = "") -> Account:
+        """Locks `amount` of the account's credit as its stake (a negative amount releases
+        that much, once the account's nodes have been away for the lock time)."""
+        request = client_pb2.StakeRequest(
+            amount=amount, idempotency_key=idempotency_key or uuid.uuid4().hex
+        )
+        await self._unary(self._jobs.Stake, request)
+        return await self.account()
+
     async def account(self) -> Account:
         response = await self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
@@ -412,6 +434,11 @@ class AsyncAdminClient(_AsyncBase):
         request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
         return convert.node((await self._unary(self._admin.BanNode, request)).node)
 
+    async def approve_node(self, node_id: str, reason: str = "") -> Node:
+        """Lets a node that waits for approval (`--enrollment approve`) take work."""
+        request = admin_pb2.ApproveNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((await self._unary(self._admin.ApproveNode, request)).node)
+
     async def reinstate_node(self, node_id: str, reason: str = "") -> Node:
         """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
         request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
@@ -431,3 +458,9 @@ class AsyncAdminClient(_AsyncBase):
         request = admin_pb2.ListLedgerEntriesRequest(account=account, job_id=job_id, limit=limit)
         response = await self._unary(self._admin.ListLedgerEntries, request)
         return [convert.ledger_entry(e) for e in response.entries]
+
+    async def disputes(self, job_id: str) -> list[Dispute]:
+        """Any account's job's disputes, with their evidence."""
+        request = admin_pb2.ListLedgerEntriesRequest(job_id=job_id, limit=1)
+        response = await self._unary(self._admin.ListLedgerEntries, request)
+        return [convert.dispute(d) for d in response.disputes]

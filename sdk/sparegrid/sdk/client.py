@@ -2,6 +2,7 @@
 
 import os
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +34,7 @@ from sparegrid.sdk.inference import InferenceJob
 from sparegrid.sdk.job import Job
 from sparegrid.sdk.models import (
     Account,
+    Dispute,
     Info,
     LedgerCheck,
     LedgerEntry,
@@ -368,6 +370,25 @@ class Client(_SyncBase):
             if not token:
                 return out
 
+    def retry_job(self, job_id: str) -> Job:
+        """Runs the tasks of a failed or cancelled job that did not succeed again."""
+        request = client_pb2.RetryJobRequest(job_id=job_id)
+        return self._job(self._unary(self._jobs.RetryJob, request).job)
+
+    def disputes(self, job_id: str) -> list[Dispute]:
+        """The job's tasks whose results disagreed, with the evidence."""
+        response = self._unary(self._jobs.GetJob, client_pb2.GetJobRequest(job_id=job_id))
+        return [convert.dispute(d) for d in response.disputes]
+
+    def stake(self, amount: int, idempotency_key: str = "") -> Account:
+        """Locks `amount` of the account's credit as its stake (a negative amount releases
+        that much, once the account's nodes have been away for the lock time)."""
+        request = client_pb2.StakeRequest(
+            amount=amount, idempotency_key=idempotency_key or uuid.uuid4().hex
+        )
+        self._unary(self._jobs.Stake, request)
+        return self.account()
+
     def account(self) -> Account:
         response = self._unary(self._jobs.GetAccount, client_pb2.GetAccountRequest())
         return convert.account_from_client(response)
@@ -436,6 +457,11 @@ class AdminClient(_SyncBase):
         request = admin_pb2.BanNodeRequest(node_id=node_id, reason=reason)
         return convert.node((self._unary(self._admin.BanNode, request)).node)
 
+    def approve_node(self, node_id: str, reason: str = "") -> Node:
+        """Lets a node that waits for approval (`--enrollment approve`) take work."""
+        request = admin_pb2.ApproveNodeRequest(node_id=node_id, reason=reason)
+        return convert.node((self._unary(self._admin.ApproveNode, request)).node)
+
     def reinstate_node(self, node_id: str, reason: str = "") -> Node:
         """Lifts a ban or a quarantine; the node's strikes and streak start from zero."""
         request = admin_pb2.ReinstateNodeRequest(node_id=node_id, reason=reason)
@@ -456,3 +482,9 @@ class AdminClient(_SyncBase):
         request = admin_pb2.ListLedgerEntriesRequest(account=account, job_id=job_id, limit=limit)
         response = self._unary(self._admin.ListLedgerEntries, request)
         return [convert.ledger_entry(e) for e in response.entries]
+
+    def disputes(self, job_id: str) -> list[Dispute]:
+        """Any account's job's disputes, with their evidence."""
+        request = admin_pb2.ListLedgerEntriesRequest(job_id=job_id, limit=1)
+        response = self._unary(self._admin.ListLedgerEntries, request)
+        return [convert.dispute(d) for d in response.disputes]

@@ -16,6 +16,7 @@ from sparegrid.sdk.models import (
     Account,
     Device,
     DeviceKind,
+    Dispute,
     Info,
     JobCounts,
     JobSnapshot,
@@ -201,7 +202,19 @@ def info(msg: client_pb2.GetInfoResponse) -> Info:
 
 
 def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:
-    return Account(name=msg.name, balance=msg.balance, is_admin=msg.is_admin)
+    return Account(
+        name=msg.name, balance=msg.balance, is_admin=msg.is_admin, stake=msg.stake, held=msg.held
+    )
+
+
+def dispute(msg: common_pb2.Dispute) -> Dispute:
+    return Dispute(
+        task_index=msg.task_index,
+        task_id=msg.task_id,
+        state=msg.state,
+        evidence=json.loads(msg.evidence_json or "{}"),
+        updated_at=timestamp(msg, "updated_at"),
+    )
 
 
 def account(msg: admin_pb2.Account) -> Account:
@@ -246,6 +259,10 @@ def node(msg: admin_pb2.Node) -> Node:
         invalid=msg.invalid,
         strikes=msg.strikes,
         check_rate=msg.check_rate,
+        vetted=msg.vetted,
+        vetted_reason=msg.vetted_reason,
+        window=msg.window,
+        in_flight=msg.in_flight,
     )
 
 
@@ -253,6 +270,7 @@ _STANDINGS = {
     admin_pb2.NODE_STANDING_ACTIVE: "active",
     admin_pb2.NODE_STANDING_QUARANTINED: "quarantined",
     admin_pb2.NODE_STANDING_BANNED: "banned",
+    admin_pb2.NODE_STANDING_PENDING: "pending",
 }
 
 

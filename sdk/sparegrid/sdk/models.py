@@ -6,6 +6,7 @@ Nothing here talks to the network; `convert` builds these from protobuf messages
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 class JobState(enum.StrEnum):
@@ -122,6 +123,21 @@ class Account:
     balance: int
     is_admin: bool
     created_at: datetime | None = None
+    stake: int = 0  # credit locked as the account's stake (a bond for its nodes)
+    held: int = 0  # credit held in escrow for its running jobs
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """Results of one task that disagreed, and what the coordinator measured: `evidence`
+    holds each result (node, owner, outputs, crop) and each comparison (agreement and
+    metrics), and the decision."""
+
+    task_index: int
+    task_id: str
+    state: str  # open, settled or failed
+    evidence: dict[str, Any]
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -162,13 +178,17 @@ class Node:
     last_seen: datetime | None = None
     software: dict[str, str] = field(default_factory=dict)
     owner: str = ""  # account name, or "node:<id>" for a node that declared none
-    standing: str = "active"  # active, quarantined or banned
+    standing: str = "active"  # active, quarantined, banned or pending (approval)
     standing_reason: str = ""
     streak: int = 0  # consecutive results confirmed by another owner's node
     validated: int = 0
     invalid: int = 0
     strikes: int = 0
     check_rate: float = 1.0  # share of its results the adaptive policy cross-checks
+    vetted: bool = True  # its results count as votes and checks
+    vetted_reason: str = ""  # why not: no owner account, or too little stake
+    window: int = 0  # tasks it may hold at once (grows with its results)
+    in_flight: int = 0  # tasks it holds now
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ class BlobClient:
         except grpc.aio.AioRpcError as exc:
             raise blob_error(exc, f"download of blob {digest}") from None
 
-    async def _resume_offset(self, digest: str, size: int) -> int | None:
-        """None if the coordinator has the blob, else where the upload starts."""
+    async def _resume_offset(self, digest: str, size: int) -> int:
+        """Where the upload starts: after the part of an interrupted upload the coordinator
+        kept, else at 0 (the coordinator answers at once if the node read that blob)."""
         request = blob_pb2.StatBlobRequest(digest=digest)
         try:
             stat = await self._stub.StatBlob(request, metadata=self._metadata)
@@ -57,18 +58,18 @@ class BlobClient:
                 return 0
             raise blob_error(exc, f"stat of blob {digest}") from None
         if stat.exists:
-            return None
+            return 0
         return stat.partial_size if stat.partial_size <= size else 0
 
-    async def upload(self, digest: str, path: Path) -> None:
-        """Uploads the file at `path` (whose SHA-256 is `digest`), resuming a partial upload."""
+    async def upload(self, digest: str, path: Path, attempt_ids: list[str]) -> None:
+        """Uploads the file at `path` (whose SHA-256 is `digest`) as an output of those
+        attempts, resuming a partial upload. The bytes are sent even when the coordinator
+        stores the blob already: it takes the blob as the attempts' output only then."""
         size = path.stat().st_size
         offset = await self._resume_offset(digest, size)
-        if offset is None:
-            return
         try:
             await self._stub.UploadBlob(
-                _upload_requests(digest, path, size, offset, self.upload_limit),
+                _upload_requests(digest, path, size, offset, attempt_ids, self.upload_limit),
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
@@ -76,9 +77,14 @@ class BlobClient:
 
 
 async def _upload_requests(
-    digest: str, path: Path, size: int, offset: int, limit: RateLimiter | None = None
+    digest: str,
+    path: Path,
+    size: int,
+    offset: int,
+    attempt_ids: list[str],
+    limit: RateLimiter | None = None,
 ) -> AsyncIterator[blob_pb2.UploadBlobRequest]:
-    header = blob_pb2.BlobHeader(digest=digest, size=size, offset=offset)
+    header = blob_pb2.BlobHeader(digest=digest, size=size, offset=offset, attempt_ids=attempt_ids)
     yield blob_pb2.UploadBlobRequest(header=header)
     with path.open("rb") as f:
         f.seek(offset)

@@ -42,7 +42,7 @@ from sparegrid.worker.lending import (
     status_snapshot,
 )
 from sparegrid.worker.messages import hello, statement_bytes
-from sparegrid.worker.outbox import Outbox, OutboxEntry
+from sparegrid.worker.outbox import Outbox, OutboxEntry, output_attempts
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
@@ -171,6 +171,12 @@ class Worker:
             "worker %s starting: %d device(s), %d batch(es) in the outbox",
             self.node_id, len(self.devices), pending,
         )  # fmt: skip
+        if not self.config.owner_key:
+            _log.warning(
+                "this node has no owner account: its results are paid only once a node of "
+                "an owner account has checked them, and never count as a vote (give it an "
+                "account's API key with SPAREGRID_OWNER_KEY or --owner-key-file)"
+            )
         self.isolation = await check_isolation(self.config)
         apply_power_cap(self.config, self._monitor.source, self.devices)
         logging.getLogger("sparegrid.worker").addHandler(self.errors)
@@ -258,6 +264,7 @@ class Worker:
                 self.lent_devices(),
                 self.executors.specs(),
                 running,
+                self.config.max_attempt_seconds,
             )
             session = await connect(channel, message, self.signer, self.config.owner_key)
             session.blobs.upload_limit = self._upload_limit
@@ -435,8 +442,8 @@ class Worker:
     async def _upload(self, session: Session, entry: OutboxEntry) -> bool:
         """Uploads the batch's large outputs; False if the coordinator refused one."""
         try:
-            for digest in entry.blobs:
-                await session.blobs.upload(digest, self._outbox.blob_path(digest))
+            for digest, attempt_ids in output_attempts(entry.message).items():
+                await session.blobs.upload(digest, self._outbox.blob_path(digest), attempt_ids)
         except BlobRejected as exc:
             self._give_up(entry, str(exc))
             return False

@@ -53,9 +53,11 @@ def hello(
     devices: Sequence[DeviceInfo],
     executors: Iterable[ExecutorSpec],
     running_attempts: Iterable[str],
+    max_attempt_seconds: float = 0.0,
 ) -> worker_pb2.WorkerMessage:
     return worker_pb2.WorkerMessage(
         hello=worker_pb2.Hello(
+            max_attempt_seconds=max_attempt_seconds,
             public_key=public_key,
             node_name=node_name,
             devices=[device_proto(d) for d in devices],

@@ -43,16 +43,23 @@ def batch_id_of(message: worker_pb2.WorkerMessage) -> int:
 
 def uploaded_digests(message: worker_pb2.WorkerMessage) -> tuple[str, ...]:
     """Digests of outputs that travel as blobs rather than inline."""
+    return tuple(sorted(output_attempts(message)))
+
+
+def output_attempts(message: worker_pb2.WorkerMessage) -> dict[str, list[str]]:
+    """Per output that travels as a blob rather than inline, the attempts whose results
+    name it: the coordinator takes a blob as an attempt's output only if it was uploaded
+    for that attempt."""
     if message.WhichOneof("body") != "results":
-        return ()
+        return {}
     inline = message.results.inline_outputs
-    digests = {
-        ref.digest
-        for data in message.results.statements
-        for ref in decode_statement(data).outputs
-        if ref.digest not in inline
-    }
-    return tuple(sorted(digests))
+    attempts: dict[str, list[str]] = {}
+    for data in message.results.statements:
+        statement = decode_statement(data)
+        for ref in statement.outputs:
+            if ref.digest not in inline:
+                attempts.setdefault(ref.digest, []).append(statement.attempt_id)
+    return attempts
 
 
 class Outbox:

@@ -7,7 +7,7 @@ from grpc import aio
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Node, client_account, node_account
-from sparegrid.coordinator.errors import not_found
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
 from sparegrid.coordinator.rpc.errors import unary
@@ -77,10 +77,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         credit = (
             balances.get(account, 0) if balances is not None else self.app.store.balance(account)
         )
-        reputations = self.app.reputations
-        return convert.node_to_pb(
-            node, state, credit, reputations.get(node.id), reputations.check_rate(node.id)
+        reputations, scheduler = self.app.reputations, self.app.scheduler
+        view = convert.NodeView(
+            state,
+            credit,
+            reputations.get(node.id),
+            reputations.check_rate(node.id),
+            self.app.identities.why_not_vetted(node.owner),
+            scheduler.window(node.id),
+            len(session.leases) if session is not None else 0,
         )
+        return convert.node_to_pb(node, view)
 
     def _node(self, node_id: str) -> Node:
         node = self.app.store.get_node(node_id) if node_id else None
@@ -112,6 +119,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ReinstateNodeResponse(node=self._node_pb(node))
 
     @unary
+    async def ApproveNode(
+        self, request: admin_pb2.ApproveNodeRequest, context: Ctx
+    ) -> admin_pb2.ApproveNodeResponse:
+        admin_of(context, self.app.accounts)
+        node = self._node(request.node_id)
+        reason = request.reason[:500] or "approved by the operator"
+        try:
+            await self.app.call(lambda: self.app.reputations.approve(node.id, reason))
+        except ValueError as exc:
+            raise CoordinatorError(ErrorKind.PRECONDITION, "NOT_PENDING", str(exc)) from None
+        self.app.kick()
+        return admin_pb2.ApproveNodeResponse(node=self._node_pb(node))
+
+    @unary
     async def CheckLedger(
         self, request: admin_pb2.CheckLedgerRequest, context: Ctx
     ) -> admin_pb2.CheckLedgerResponse:
@@ -133,6 +154,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         entries = self.app.store.ledger_entries(
             request.account, request.job_id, min(request.limit or 100, 10_000)
         )
+        disputes = self.app.store.get_disputes(request.job_id) if request.job_id else []
         return admin_pb2.ListLedgerEntriesResponse(
-            entries=[convert.entry_to_pb(e) for e in entries]
+            entries=[convert.entry_to_pb(e) for e in entries],
+            disputes=[convert.dispute_to_pb(d) for d in disputes],
         )

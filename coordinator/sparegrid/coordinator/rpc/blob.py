@@ -25,6 +25,7 @@ Ctx = aio.ServicerContext[Any, Any]
 CHUNK = (4 << 20) - 4096
 READ_AHEAD = 3  # chunks read while one is sent
 WRITE_AHEAD = 4  # chunks received while earlier ones are written
+MAX_OUTPUT_OF = 10_000  # attempts one upload may be an output of (a batch's results)
 
 
 def _owner(principal: Account | WorkerPrincipal) -> str:
@@ -45,6 +46,34 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         if isinstance(principal, WorkerPrincipal):
             return self.app.scheduler.may_read(principal.node_id, digest)
         return self.app.store.blob_owned(digest, principal.id)
+
+    def _output_of(self, principal: Account | WorkerPrincipal, attempt_ids: list[str]) -> list[str]:
+        """The attempts a worker's upload is an output of: each must be one of its own."""
+        if not attempt_ids:
+            return []
+        if not isinstance(principal, WorkerPrincipal) or len(attempt_ids) > MAX_OUTPUT_OF:
+            raise invalid(
+                "BAD_UPLOAD",
+                f"only a worker names the attempts an upload is an output of, at most "
+                f"{MAX_OUTPUT_OF}",
+            )
+        found = {a.id: a for a in self.app.store.get_attempts(attempt_ids)}
+        for attempt_id in attempt_ids:
+            attempt = found.get(attempt_id)
+            if attempt is None or attempt.node_id != principal.node_id:
+                raise CoordinatorError(
+                    ErrorKind.PERMISSION,
+                    "NOT_LEASED",
+                    f"attempt {attempt_id} was never leased to this node",
+                )
+        return attempt_ids
+
+    async def _uploaded(self, attempt_ids: list[str], digest: str) -> None:
+        """Records, durably before the upload is answered, that the node uploaded this
+        output for those attempts."""
+        if attempt_ids:
+            store = self.app.store
+            await self.app.call(lambda: store.add_uploads([(a, digest) for a in attempt_ids]))
 
     @unary
     async def StatBlob(
@@ -68,7 +97,9 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             raise invalid("BAD_UPLOAD", "an upload starts with a header (digest, size, offset)")
         header = first.header
         digest = check_digest(header.digest)
+        outputs = self._output_of(principal, list(header.attempt_ids))
         if self.app.blobs.size(digest) == header.size and self._readable(principal, digest):
+            await self._uploaded(outputs, digest)  # a worker that read it has its bytes
             return blob_pb2.UploadBlobResponse(digest=digest, size=header.size, received=0)
         key = (_owner(principal), digest)
         if key in self._uploading:
@@ -89,6 +120,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             self._uploading.discard(key)
         if isinstance(principal, Account):
             self.app.store.add_blob_owners([digest], principal.id)
+        await self._uploaded(outputs, digest)
         return blob_pb2.UploadBlobResponse(
             digest=digest, size=header.size, received=upload.received
         )

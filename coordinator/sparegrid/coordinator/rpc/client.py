@@ -2,13 +2,14 @@
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Account, Job, node_account
+from sparegrid.coordinator.domain import Account, Job, TaskState, escrow_account, node_account
 from sparegrid.coordinator.errors import invalid, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import account_of
@@ -98,11 +99,44 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.GetAccountRequest, context: Ctx
     ) -> client_pb2.GetAccountResponse:
         account = account_of(context, self.app.accounts)
+        held = sum(
+            self.app.store.balance(escrow_account(a.job.id))
+            for a in self.app.scheduler.jobs.values()
+            if a.job.account_id == account.id
+        )
         return client_pb2.GetAccountResponse(
             name=account.name,
             balance=self.app.accounts.balance(account),
             is_admin=account.is_admin,
+            stake=self.app.identities.stake(account.name),
+            held=held,
         )
+
+    @unary
+    async def Stake(
+        self, request: client_pb2.StakeRequest, context: Ctx
+    ) -> client_pb2.StakeResponse:
+        account = account_of(context, self.app.accounts)
+        identities, amount = self.app.identities, request.amount
+        key = f"{account.id}:{request.idempotency_key or uuid.uuid4().hex}"
+        if amount >= 0:
+            stake = await self.app.call(lambda: identities.add_stake(account.name, amount, key))
+        else:
+            stake = await self.app.call(
+                lambda: identities.release_stake(account.name, -amount, key)
+            )
+        self.app.kick()  # a stake may make the owner's nodes vetted
+        return client_pb2.StakeResponse(stake=stake, balance=self.app.accounts.balance(account))
+
+    @unary
+    async def RetryJob(
+        self, request: client_pb2.RetryJobRequest, context: Ctx
+    ) -> client_pb2.RetryJobResponse:
+        account = account_of(context, self.app.accounts)
+        before = self.app.jobs.counts(request.job_id) if request.job_id else {}
+        job = await self.app.call(lambda: self.app.jobs.retry(account, request.job_id))
+        retried = before.get(TaskState.FAILED, 0) + before.get(TaskState.CANCELLED, 0)
+        return client_pb2.RetryJobResponse(job=self._job_pb(job, account), retried=retried)
 
     @unary
     async def SubmitJob(
@@ -119,7 +153,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.GetJobResponse:
         account = account_of(context, self.app.accounts)
         job = self.app.jobs.get(account, request.job_id)
-        return client_pb2.GetJobResponse(job=self._job_pb(job, account))
+        disputes = [convert.dispute_to_pb(d) for d in self.app.store.get_disputes(job.id)]
+        return client_pb2.GetJobResponse(job=self._job_pb(job, account), disputes=disputes)
 
     @unary
     async def ListJobs(

@@ -1,10 +1,14 @@
 """Proto <-> domain conversion, in one place."""
 
+import json
+from dataclasses import dataclass
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sparegrid.coordinator.domain import (
     Account,
     Device,
+    Dispute,
     FileRef,
     Job,
     JobState,
@@ -166,13 +170,30 @@ _STANDINGS = {
     Standing.ACTIVE: admin_pb2.NODE_STANDING_ACTIVE,
     Standing.QUARANTINED: admin_pb2.NODE_STANDING_QUARANTINED,
     Standing.BANNED: admin_pb2.NODE_STANDING_BANNED,
+    Standing.PENDING: admin_pb2.NODE_STANDING_PENDING,
 }
 
 
-def node_to_pb(
-    node: Node, state: int, credit: int, rep: Reputation, check_rate: float
-) -> admin_pb2.Node:
+@dataclass
+class NodeView:
+    """What the coordinator knows of a node beyond its record: for `admin nodes`."""
+
+    state: int  # admin_pb2.NodeState
+    credit: int
+    reputation: Reputation
+    check_rate: float
+    vetted_reason: str  # "" when its results count as votes
+    window: int
+    in_flight: int
+
+
+def node_to_pb(node: Node, view: NodeView) -> admin_pb2.Node:
+    rep = view.reputation
     return admin_pb2.Node(
+        vetted=not view.vetted_reason,
+        vetted_reason=view.vetted_reason,
+        window=view.window,
+        in_flight=view.in_flight,
         owner=node.owner,
         standing=_STANDINGS[rep.standing],
         standing_reason=rep.reason,
@@ -180,14 +201,14 @@ def node_to_pb(
         validated=rep.validated,
         invalid=rep.invalid,
         strikes=rep.strikes,
-        check_rate=check_rate,
+        check_rate=view.check_rate,
         node_id=node.id,
         name=node.name,
         devices=[device_to_pb(d) for d in node.devices],
-        state=state,  # type: ignore[arg-type]
+        state=view.state,  # type: ignore[arg-type]
         tasks_succeeded=node.tasks_succeeded,
         tasks_failed=node.tasks_failed,
-        credit=credit,
+        credit=view.credit,
         last_seen=timestamp(node.last_seen),
         software=node.software,
     )
@@ -202,4 +223,14 @@ def entry_to_pb(entry: LedgerEntry) -> admin_pb2.LedgerEntry:
         job_id=entry.job_id,
         task_id=entry.task_id,
         created_at=timestamp(entry.created_at),
+    )
+
+
+def dispute_to_pb(dispute: Dispute) -> common_pb2.Dispute:
+    return common_pb2.Dispute(
+        task_index=dispute.task_index,
+        task_id=dispute.task_id,
+        state=dispute.state.value,
+        evidence_json=json.dumps(dispute.evidence, sort_keys=True),
+        updated_at=timestamp(dispute.updated_at),
     )

@@ -148,6 +148,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise invalid("BAD_HELLO", "a worker session starts with Hello")
         node = _node_from_hello(first.hello, app.clock.now())
         node.owner = self._owner(context, node.id)
+        app.identities.admit(node)
         session_id, nonce = uuid.uuid4().hex, os.urandom(32)
         yield Msg(challenge=worker_pb2.Challenge(nonce=nonce, session_id=session_id))
         answer = await anext(incoming, None)
@@ -160,10 +161,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise _unauthenticated(f"challenge signature does not verify: {exc}") from None
         sink = QueueSink()
         running = list(first.hello.running_attempts)
+        budget = first.hello.max_attempt_seconds
 
         def attach() -> tuple[list[str], list[str]]:
             app.store.upsert_node(node)
-            return app.scheduler.connect(node, sink, running)
+            if app.identities.needs_approval:
+                app.reputations.hold_for_approval(node.id)
+            return app.scheduler.connect(node, sink, running, budget)
 
         app.sinks.add(sink)
         token = secrets.token_urlsafe(32)

@@ -2,6 +2,7 @@
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sparegrid.coordinator.blobs import BlobStore, check_digest
@@ -21,10 +22,13 @@ from sparegrid.coordinator.kinds import JobKind, decode_params, encode_params
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.scheduler import Scheduler
 from sparegrid.coordinator.services.verification import check_policy, policy_text
+from sparegrid.coordinator.states import reopen_job, reopen_task
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
 
 _VERSION = re.compile(r"\d+\.\d+")
 MAX_ATTEMPTS = 10
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
+RETRYABLE_TASKS = frozenset({TaskState.FAILED, TaskState.CANCELLED})
 
 
 @dataclass
@@ -67,6 +71,8 @@ def parse_price(text: str) -> Price:
 class JobsConfig:
     prices: dict[str, Price]  # by kind; a kind not listed costs 1 credit per work unit
     default_max_attempts: int = 3
+    # how many owners could vote on a quorum at most: accounts whose nodes' results count
+    voters: Callable[[], int] | None = None
 
 
 class Jobs:
@@ -101,6 +107,7 @@ class Jobs:
             known = ", ".join(sorted(self.kinds))
             raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
         _check_spec(spec)
+        self._check_quorum(spec)
         plans = kind.plan(
             decode_params(spec.params), self._inputs(account, spec.inputs), self._blobs
         )
@@ -153,6 +160,22 @@ class Jobs:
         self._scheduler.dispatch()
         return job
 
+    def _check_quorum(self, spec: JobSpec) -> None:
+        """Refuses a quorum that could never form: more replicas than there are owner
+        accounts whose nodes' results count."""
+        voters = self._config.voters
+        if spec.replicas < 2 or voters is None:
+            return
+        available = voters()
+        if spec.replicas > available:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "QUORUM_UNREACHABLE",
+                f"policy {spec.quorum} of {spec.replicas} needs results from {spec.replicas} "
+                f"owner accounts whose nodes' results count; this coordinator has "
+                f"{available}: ask for fewer replicas or the adaptive policy",
+            )
+
     def _inputs(self, account: Account, inputs: dict[str, str]) -> dict[str, FileRef]:
         refs: dict[str, FileRef] = {}
         for name, digest in inputs.items():
@@ -189,6 +212,50 @@ class Jobs:
         if active is not None:
             self._scheduler.finish(active, JobState.CANCELLED, "cancelled by the client")
         return self.get(account, job_id)
+
+    def retry(self, account: Account, job_id: str) -> Job:
+        """Runs the tasks of a failed or cancelled job that did not succeed again, with
+        their attempts counted afresh, holding their cost in escrow again; the results of
+        the tasks that succeeded stay."""
+        job = self.get(account, job_id)
+        if job.id in self._scheduler.jobs or job.state not in RETRYABLE:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "JOB_NOT_RETRYABLE",
+                f"job {job.id} is {job.state.value}: only a failed or cancelled job is retried",
+            )
+        tasks = [t for t in self._all_tasks(job.id) if t.state in RETRYABLE_TASKS]
+        if not tasks:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION, "NOTHING_TO_RETRY", f"every task of job {job.id} succeeded"
+            )
+        hold = sum(job.task_cost(t.work) for t in tasks) * job.max_paid_results
+        balance = self._store.balance(client_account(account.name))
+        if hold > balance:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "INSUFFICIENT_CREDIT",
+                f"running {len(tasks)} task(s) again costs up to {hold} credit, account "
+                f"{account.name!r} holds {balance}",
+            )
+        for task in tasks:
+            reopen_task(task)
+            task.attempts, task.error = 0, ""
+        reopen_job(job)
+        job.error, job.finished_at, job.cost_held = "", None, job.cost_held + hold
+        with self._store.transaction():
+            self._store.update_tasks(tasks)
+            self._store.update_job(job)
+            self._ledger.hold(job, account.name, hold, key=f":retry:{uuid.uuid4().hex}")
+        self._scheduler.add_job(job, account.name, tasks)
+        self._scheduler.dispatch()
+        return job
+
+    def _all_tasks(self, job_id: str) -> list[Task]:
+        tasks: list[Task] = []
+        while page := self._store.list_tasks(job_id, tasks[-1].index if tasks else -1, 1000):
+            tasks += page
+        return tasks
 
     def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
         self.get(account, job_id)

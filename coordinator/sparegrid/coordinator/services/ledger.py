@@ -11,11 +11,13 @@ from sparegrid.coordinator.domain import (
     MINT,
     Job,
     Posting,
+    Replica,
     Transaction,
     client_account,
     escrow_account,
     new_id,
     node_account,
+    stake_account,
 )
 from sparegrid.coordinator.states import FINAL_JOB_STATES
 from sparegrid.coordinator.store.base import Store
@@ -66,14 +68,15 @@ class Ledger:
     def grant(self, account_name: str, amount: int, key: str, reason: str = "grant") -> bool:
         return self._post(key, reason, MINT, client_account(account_name), amount)
 
-    def hold(self, job: Job, account_name: str) -> None:
-        """Moves the job's maximum cost into its escrow; InsufficientFunds if short."""
+    def hold(self, job: Job, account_name: str, amount: int = 0, key: str = "") -> None:
+        """Moves the job's maximum cost (or `amount` more, for a retry: `key` tells one
+        retry from another) into its escrow; InsufficientFunds if short."""
         self._post(
-            f"hold:{job.id}",
-            "escrow for job",
+            f"hold:{job.id}{key}",
+            "escrow for job" if not key else "escrow for a retry of the job's failed tasks",
             client_account(account_name),
             escrow_account(job.id),
-            job.cost_held,
+            amount or job.cost_held,
             job=job.id,
         )
 
@@ -93,6 +96,30 @@ class Ledger:
             for p in payments
         ]
         return self._store.post_many(txns)
+
+    def stake(self, owner: str, amount: int, key: str) -> bool:
+        """Locks an owner's credit as a bond for its nodes."""
+        return self._post(
+            f"stake:{key}", "stake locked", client_account(owner), stake_account(owner), amount
+        )
+
+    def unstake(self, owner: str, amount: int, key: str) -> bool:
+        return self._post(
+            f"unstake:{key}", "stake released", stake_account(owner), client_account(owner), amount
+        )
+
+    def slash(self, loser: Replica, job: Job, client: str, amount: int, reason: str) -> bool:
+        """Takes `amount` of a wrong result's owner's stake and pays the job's client;
+        once per result."""
+        return self._post(
+            f"slash:{loser.attempt_id}",
+            reason,
+            stake_account(loser.owner),
+            client_account(client),
+            amount,
+            job=job.id,
+            task=loser.task_id,
+        )
 
     def refund(self, job: Job, account_name: str) -> int:
         """Returns what is left in the job's escrow to the client; the amount refunded."""

@@ -107,6 +107,28 @@ class Reputations:
         self._save([rep])
         return rep
 
+    def hold_for_approval(self, node_id: str) -> None:
+        """A node seen for the first time under `--enrollment approve`: no work until the
+        operator approves it. A node seen before keeps its standing."""
+        if node_id in self._cache:
+            return
+        rep = self._mutable(node_id)
+        rep.standing = Standing.PENDING
+        rep.reason = "new node: waits for the operator's approval (sparegrid admin node approve)"
+        self._save([rep])
+
+    def approve(self, node_id: str, reason: str) -> Reputation:
+        """Lets a node waiting for approval work; refuses to lift a ban or a quarantine."""
+        rep = self._mutable(node_id)
+        if rep.standing not in (Standing.PENDING, Standing.ACTIVE):
+            raise ValueError(
+                f"node {node_id} is {rep.standing} ({rep.reason}); "
+                "`sparegrid admin node reinstate` lifts that"
+            )
+        rep.standing, rep.reason = Standing.ACTIVE, reason or "approved by the operator"
+        self._save([rep])
+        return rep
+
     def reinstate(self, node_id: str, reason: str) -> Reputation:
         """Lifts a ban or quarantine; strikes and streak start again from zero."""
         rep = self._mutable(node_id)

@@ -15,7 +15,6 @@ from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
     FileRef,
-    JobState,
     Replica,
     Task,
     owner_of,
@@ -99,6 +98,8 @@ class Intake:
                 verdicts.append(Verdict(statement.attempt_id, False, exc.code, str(exc)))
                 if exc.code == "NOT_LEASED":
                     self.strike(node_id, f"claimed a result for {exc}")
+                elif exc.code == "OUTPUT_NOT_UPLOADED":
+                    self.strike(node_id, f"claimed an output it never sent: {exc}")
                 continue
             attempt = attempts[statement.attempt_id]
             if attempt.state == AttemptState.SUCCEEDED:
@@ -116,6 +117,7 @@ class Intake:
             accepted.append(Candidate(attempt, task, outputs, receipt.SerializeToString()))
             verdicts.append(Verdict(attempt.id, True))
         paid = self._accept(node_id, accepted, inline)
+        self.scheduler.returned(node_id, len(accepted))
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
     def _lookup(
@@ -161,17 +163,35 @@ class Intake:
         claimed = [(i.name, i.digest) for i in statement.inputs]
         if claimed != [(ref.name, ref.digest) for ref in task.inputs]:
             raise BadResult("BAD_STATEMENT", "statement's inputs are not the task's inputs")
-        return [self._output(out, inline) for out in statement.outputs]
+        for out in statement.outputs:
+            if not is_digest(out.digest):
+                raise BadResult("BAD_OUTPUT", f"output {out.name!r} has a malformed digest")
+        named = [o.digest for o in statement.outputs if o.digest not in inline]
+        uploaded = self.store.uploaded(attempt.id, named)
+        return [self._output(attempt, out, inline, uploaded) for out in statement.outputs]
 
-    def _output(self, out: common_pb2.OutputRef, inline: dict[str, bytes]) -> FileRef:
-        if not is_digest(out.digest):
-            raise BadResult("BAD_OUTPUT", f"output {out.name!r} has a malformed digest")
+    def _output(
+        self,
+        attempt: Attempt,
+        out: common_pb2.OutputRef,
+        inline: dict[str, bytes],
+        uploaded: set[str],
+    ) -> FileRef:
+        """An output the node produced: sent inline in the batch, or uploaded by the node
+        for this attempt. Naming any other stored blob (another client's input, say) is
+        refused: settlement would make the job's owner an owner of it."""
         data = inline.get(out.digest)
         if data is not None:
             if len(data) != out.size or sha256_hex(data) != out.digest:
                 raise BadResult("BAD_OUTPUT", f"inline output {out.name!r} does not match")
+        elif out.digest not in uploaded:
+            raise BadResult(
+                "OUTPUT_NOT_UPLOADED",
+                f"output {out.name!r} was neither sent inline nor uploaded by this node for "
+                f"attempt {attempt.id}",
+            )
         elif self.blobs.size(out.digest) != out.size:
-            raise BadResult("MISSING_OUTPUT", f"output {out.name!r} was not uploaded")
+            raise BadResult("BAD_OUTPUT", f"output {out.name!r} is not {out.size} bytes")
         return FileRef(out.name, out.digest, out.size)
 
     def _accept(
@@ -202,9 +222,6 @@ class Intake:
             sched._release(other, cancel_reason="another node finished the task first")
         for active in settled.finished:
             sched.finish(active)
-        for active, error in settled.failed:
-            if active.job.id in sched.jobs:
-                sched.finish(active, JobState.FAILED, error)
         if settled.jobs:
             sched.on_change(settled.jobs)
 
@@ -272,6 +289,7 @@ class Intake:
     def strike(self, node_id: str, reason: str) -> None:
         """A node sent something only a broken or dishonest node sends."""
         self.settlement.verifier.reputations.invalid(node_id, reason)
+        self.scheduler.shrink(node_id, reset=True)
 
     def failures(self, node_id: str, failures: list[Failure]) -> list[Verdict]:
         attempts = {a.id: a for a in self.store.get_attempts([f.attempt_id for f in failures])}

@@ -26,6 +26,7 @@ from sparegrid.coordinator.domain import (
     new_id,
     owner_of,
 )
+from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.states import move_attempt, move_job, move_task
 from sparegrid.coordinator.store.base import Store
@@ -53,6 +54,15 @@ class SchedulerConfig:
     reconnect_grace_seconds: float = 10.0
     # failed or expired attempts after which a node gets no more tasks of that job
     max_node_failures_per_job: int = 2
+    # Tasks a node may hold at once, whatever credit it grants: a new node starts with
+    # `initial_window`, which grows by one per result it returns and halves when a lease
+    # runs out (slow start); a strike sets it back to the start. A node without an owner
+    # account starts at 1.
+    initial_window: int = 4
+    max_window: int = 4096
+    # the longest an attempt may run: heartbeats renew its lease up to this age (a
+    # worker's declared per-task budget when smaller), plus a margin for transfers
+    max_attempt_seconds: float = 3600.0
 
 
 @dataclass
@@ -100,9 +110,16 @@ class NodeSession:
     digests: Counter[str] = field(default_factory=Counter)  # inputs it may download
     draining: bool = False
     paused: set[int] = field(default_factory=set)  # devices its volunteer's policy paused
+    granted: set[int] = field(default_factory=set)  # devices it has granted credit for
+    max_age: float = 0.0  # seconds an attempt of this node may run, renewals included
 
     def device(self, index: int) -> Device | None:
         return next((d for d in self.node.devices if d.index == index), None)
+
+    def taking_work(self, index: int) -> bool:
+        """Whether a device takes work: its node granted credit for it in this session,
+        and has not paused it since."""
+        return index in self.granted and index not in self.paused
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -145,9 +162,15 @@ class Scheduler:
         on_change: Callable[[Iterable[str]], None] = lambda jobs: None,
         blocked: Callable[[str], bool] = lambda node_id: False,
         check_params: Callable[[Job, Task, list[Replica]], bytes] = lambda job, task, held: b"",
+        vetted: Callable[[str], bool] = lambda owner: not is_anonymous(owner),
+        proven: Callable[[str], int] = lambda node_id: 0,
     ) -> None:
         self.store = store
         self.blocked = blocked  # a node that may get no work (quarantined or banned)
+        # whether an owner's results count as votes (identity.py): only such nodes run a
+        # quorum job's replicas or the check of a held result
+        self.vetted = vetted
+        self.proven = proven  # results of a node accepted so far (its reputation)
         # what an attempt at a task with results held for a check runs (spotcheck.py)
         self.check_params = check_params
         self.ledger = ledger
@@ -156,6 +179,7 @@ class Scheduler:
         self.on_change = on_change
         self.jobs: dict[str, ActiveJob] = {}
         self.sessions: dict[str, NodeSession] = {}
+        self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
 
     # --- jobs ---------------------------------------------------------------
 
@@ -223,12 +247,15 @@ class Scheduler:
         active.results.pop(task_id, None)
 
     def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
-        """Whether a connected node of an owner not in `owners` could run the job's tasks on
-        a device its volunteer has not paused (owner at the keyboard, too hot, outside its
-        window): a check never waits on a device that may stay paused for hours."""
+        """Whether a connected node of a vetted owner not in `owners` could run the job's
+        tasks and is taking work: it granted credit for a device that fits, or holds a task
+        there, and its volunteer has not paused it (owner at the keyboard, too hot, outside
+        its window). A check never waits on a device that may stay paused for hours, nor on
+        a node that connects and never takes work."""
         return any(
             session.node.owner not in owners
-            and device.index not in session.paused
+            and self.vetted(session.node.owner)
+            and session.taking_work(device.index)
             and self._eligible(active, session.node, device)
             for session, device in self._offered()
         )
@@ -245,7 +272,7 @@ class Scheduler:
         for its client; "" when they can (they may still wait for a free device)."""
         if not active.queue:
             return ""
-        job, owners, paused = active.job, set[str](), 0
+        job, owners, paused, unvetted = active.job, set[str](), 0, 0
         closest = (-1, "")  # the need of the device that met the most requirements
         for session, device in self._offered():
             met, need = self._lack(active, session.node, device)
@@ -253,17 +280,22 @@ class Scheduler:
                 closest = max(closest, (met, need))
             elif device.index in session.paused:
                 paused += 1
+            elif job.replicas >= 2 and not self.vetted(session.node.owner):
+                unvetted += 1
             else:
                 owners.add(session.node.owner)
                 if len(owners) >= max(job.replicas, 1):
-                    return ""  # enough owners can take its tasks
-        if owners and job.replicas > len(owners):
-            return (
+                    break  # enough owners can take its tasks
+        if job.replicas > max(len(owners), 1) and (owners or unvetted):
+            text = (
                 f"policy {job.quorum} of {job.replicas} needs results from {job.replicas} "
                 f"different owners; nodes of {len(owners)} owner(s) can run it now"
             )
+            if unvetted:
+                text += f" ({unvetted} device(s) of nodes without an owner account do not count)"
+            return text
         if owners:
-            return ""
+            return self._held_waiting(active)
         if paused:
             return (
                 f"{paused} device(s) that can run it are paused by their volunteers "
@@ -273,14 +305,55 @@ class Scheduler:
             return f"no connected node can run it: it needs {closest[1]}"
         return "no worker is connected"
 
+    def _held_waiting(self, active: ActiveJob, limit: int = 100) -> str:
+        """Why tasks whose results wait for a check or a decision cannot get one now."""
+        anonymous = disputed = 0
+        online: dict[frozenset[str], bool] = {}
+        for task_id, held in list(active.replicas.items())[:limit]:
+            if task_id in active.running:
+                continue
+            excluded = frozenset(active.excluded.get(task_id, ()))
+            if excluded not in online:
+                online[excluded] = self.others_online(active, set(excluded))
+            if online[excluded]:
+                continue
+            owners = {r.owner for r in held if self.vetted(r.owner)}
+            if not owners:
+                anonymous += 1
+            elif len(owners) >= 2:
+                disputed += 1
+        reasons = []
+        if anonymous:
+            reasons.append(
+                f"{anonymous} result(s) of nodes without an owner account wait for a check by "
+                "a node of an owner account"
+            )
+        if disputed:
+            reasons.append(
+                f"{disputed} task(s) have results of different owners that disagree and wait "
+                "for a node of another owner to decide"
+            )
+        if not reasons:
+            return ""
+        return "; ".join(reasons) + ": no such node that can run it is connected and taking work"
+
     def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
-        self.jobs[job.id] = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
+        """A job to schedule, `tasks` queued; a retried job's other tasks succeeded."""
+        active = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
+        active.succeeded = job.task_count - len(tasks)
+        self.jobs[job.id] = active
 
     def finish(self, active: ActiveJob, state: JobState | None = None, error: str = "") -> None:
         """Ends a job: cancels what is left, refunds the rest of the escrow."""
         job = active.job
         if state is None:
             state = JobState.FAILED if active.failed else JobState.SUCCEEDED
+        if state == JobState.FAILED and active.failed and not error:
+            error = (
+                f"{active.failed} of {job.task_count} task(s) failed; first: {job.error}; "
+                f"`sparegrid job retry {job.id} --failed` runs them again"
+            )
+            job.error = ""
         cancelled = list(active.queue)
         leftover = list(active.running.values())
         if leftover:
@@ -306,21 +379,29 @@ class Scheduler:
     # --- sessions -----------------------------------------------------------
 
     def connect(
-        self, node: Node, sink: SessionSink, running: list[str]
+        self, node: Node, sink: SessionSink, running: list[str], budget: float = 0.0
     ) -> tuple[list[str], list[str]]:
-        """Attaches a node's new session; returns (resumed, cancelled) attempt ids."""
+        """Attaches a node's new session; returns (resumed, cancelled) attempt ids.
+        `budget`: the seconds the worker says it lets a task run (0: not said)."""
         node.owner = owner_of(node)
         old = self.sessions.pop(node.id, None)
         if old is not None:
             old.sink.close()
-        session = NodeSession(node, sink, credit={d.index: 0 for d in node.devices})
+        cap = self.config.max_attempt_seconds
+        max_age = min(budget, cap) if budget > 0 else cap
+        session = NodeSession(
+            node,
+            sink,
+            credit={d.index: 0 for d in node.devices},
+            max_age=max_age * 1.25 + self.config.lease_seconds,
+        )
         self.sessions[node.id] = session
         now = self.clock.now()
         mine = {a.id: a for a in self.store.running_attempts(node.id)}
         resumed = [mine.pop(i) for i in running if i in mine]
         tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in resumed])}
         for attempt in resumed:
-            attempt.deadline = now + self.config.lease_seconds
+            attempt.deadline = min(now + self.config.lease_seconds, self._oldest(session, attempt))
             self._hold(session, attempt, tasks[attempt.task_id])
         self.store.update_attempts(resumed)
         # running attempts the node no longer reports were lost (e.g. it restarted)
@@ -351,14 +432,48 @@ class Scheduler:
             session.paused.add(device_index)
         elif count > 0:
             session.paused.discard(device_index)
+            session.granted.add(device_index)
 
     def heartbeat(self, node_id: str) -> None:
+        """Renews the node's leases, none past its attempts' maximum age: a node that only
+        sends heartbeats cannot hold a task for ever."""
         session = self.sessions.get(node_id)
         deadline = self.clock.now() + self.config.lease_seconds
         if session is not None and session.leases:
-            self.store.renew_leases(node_id, deadline)
+            self.store.renew_leases(node_id, deadline, session.max_age)
             for lease in session.leases.values():
-                lease.attempt.deadline = deadline
+                lease.attempt.deadline = min(deadline, self._oldest(session, lease.attempt))
+
+    @staticmethod
+    def _oldest(session: NodeSession, attempt: Attempt) -> float:
+        """When an attempt of this session reaches its maximum age."""
+        return attempt.created_at + session.max_age
+
+    def window(self, node_id: str) -> int:
+        """How many tasks the node may hold at once now. A node this coordinator has not
+        seen yet starts where its accepted results so far (its reputation) take it."""
+        found = self.windows.get(node_id)
+        if found is None:
+            session = self.sessions.get(node_id)
+            anonymous = session is None or not self.vetted(session.node.owner)
+            start = 1 if anonymous else self.config.initial_window
+            found = self.windows[node_id] = min(
+                start + self.proven(node_id), self.config.max_window
+            )
+        return int(found)
+
+    def returned(self, node_id: str, results: int) -> None:
+        """The node returned results: its window grows by one per result."""
+        grown = self.window(node_id) + results
+        self.windows[node_id] = min(grown, self.config.max_window)
+
+    def shrink(self, node_id: str, reset: bool = False) -> None:
+        """A lease of the node ran out (the window halves) or it was struck (back to the
+        start)."""
+        if reset:
+            self.windows[node_id] = 1
+        else:
+            self.windows[node_id] = max(1, self.window(node_id) // 2)
 
     def drain(self, node_id: str) -> None:
         session = self.sessions.get(node_id)
@@ -433,14 +548,19 @@ class Scheduler:
         node = session.node
         if self.blocked(node.id):
             return
+        room = self.window(node.id) - len(session.leases)
+        vetted = self.vetted(node.owner)
         for index, credit in session.credit.items():
             device = session.device(index)
-            if credit <= 0 or device is None:
+            if credit <= 0 or device is None or room <= 0:
                 continue
             for active in self.jobs.values():
                 if not active.queue or not self._eligible(active, node, device):
                     continue
-                for task in self._take(active, node.owner, credit, device.memory_bytes):
+                if active.job.replicas >= 2 and not vetted:
+                    continue  # a quorum is made of vetted owners only
+                wanted = min(credit, room)
+                for task in self._take(active, node.owner, vetted, wanted, device.memory_bytes):
                     held = active.replicas.get(task.id)
                     attempt = Attempt(
                         id=new_id(),
@@ -454,15 +574,17 @@ class Scheduler:
                     )
                     picked.append((session, attempt, task, active))
                     credit -= 1
-                if not credit:
+                    room -= 1
+                if not credit or room <= 0:
                     break
             session.credit[index] = credit
 
     @staticmethod
-    def _take(active: ActiveJob, owner: str, count: int, memory: int) -> list[Task]:
+    def _take(active: ActiveJob, owner: str, vetted: bool, count: int, memory: int) -> list[Task]:
         """Up to `count` queued tasks an owner's device may run, from the front of the
-        queue: never to an owner that has returned a result for the task already, nor to a
-        device with no more memory than one the task ran out of."""
+        queue: never to an owner that has returned a result for the task already, a task
+        held for a check never to a node whose result would not count, nor to a device with
+        no more memory than one the task ran out of."""
         queue, taken = active.queue, list[Task]()
         if not active.excluded and not active.needs_memory:
             while len(taken) < count and queue:
@@ -472,7 +594,8 @@ class Scheduler:
         while len(taken) < count and queue:
             task = queue.popleft()
             too_small = memory < active.needs_memory.get(task.id, 0)
-            if too_small or owner in active.excluded.get(task.id, ()):
+            held = not vetted and bool(active.replicas.get(task.id))
+            if too_small or held or owner in active.excluded.get(task.id, ()):
                 skipped.append(task)
             else:
                 taken.append(task)
@@ -499,6 +622,8 @@ class Scheduler:
         return len(expired)
 
     def expire(self, attempts: list[Attempt], reason: str) -> None:
+        for node_id in {a.node_id for a in attempts}:
+            self.shrink(node_id)
         for attempt in attempts:
             move_attempt(attempt, AttemptState.EXPIRED)
             attempt.finished_at = self.clock.now()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
+    Dispute,
+    DisputeState,
     FileRef,
     Replica,
     ReplicaState,
@@ -20,6 +22,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.comparators import Reader
+from sparegrid.coordinator.services.identity import Identities, is_anonymous
 from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
 from sparegrid.coordinator.services.spotcheck import work_of
@@ -30,14 +33,6 @@ from sparegrid.wire import Signer
 from sparegrid.wire.receipt import countersign
 
 log = logging.getLogger("sparegrid.coordinator.settlement")
-
-# methods under which agreement with another owner was actually seen
-_COMPARED = {
-    common_pb2.VALIDATION_METHOD_QUORUM,
-    common_pb2.VALIDATION_METHOD_CROSS_CHECKED,
-    common_pb2.VALIDATION_METHOD_KNOWN_ANSWER,
-    common_pb2.VALIDATION_METHOD_SPOT_CHECKED,
-}
 
 
 @dataclass
@@ -55,15 +50,20 @@ class Settled:
     released: list[Attempt] = field(default_factory=list)
     superseded: list[Attempt] = field(default_factory=list)
     finished: list[ActiveJob] = field(default_factory=list)
-    failed: list[tuple[ActiveJob, str]] = field(default_factory=list)
     jobs: set[str] = field(default_factory=set)
     paid: dict[str, int] = field(default_factory=dict)  # attempt -> credit paid now
 
 
 class Settlement:
     def __init__(
-        self, scheduler: Scheduler, verifier: Verifier, signer: Signer, canaries: Canaries
+        self,
+        scheduler: Scheduler,
+        verifier: Verifier,
+        signer: Signer,
+        canaries: Canaries,
+        identities: Identities,
     ) -> None:
+        self.identities = identities
         self._batch: dict[str, Attempt] = {}
         self.canaries = canaries
         self.scheduler = scheduler
@@ -102,6 +102,8 @@ class Settlement:
             )  # fmt: skip
             touched[c.task.id] = c.task
             out.jobs.add(active.job.id)
+            if decision.evidence is not None:
+                self._dispute(c.task, decision, now)
             self._apply(active, c, decision, out)
         store.update_attempts(attempts + out.superseded)
         store.update_tasks(list(touched.values()))
@@ -125,7 +127,8 @@ class Settlement:
             out.superseded.append(other)
         self.canaries.known.pop(task.id, None)
         if decision.outcome == Outcome.FAILED:
-            self.reject(decision.losers, f"task {task.id}: {decision.detail}")
+            # only a known answer fails a task with a loser: proof of a wrong result
+            self.reject(decision.losers, f"task {task.id}: {decision.detail}", active, task)
             self._fail(active, task, decision.detail, out)
             return
         out.paid.update(self._accept(active, task, decision))
@@ -152,14 +155,17 @@ class Settlement:
             if any(replica is w for w in winners):
                 replica.state = ReplicaState.VALID
         self.store.update_replicas(results)
-        self.reject(losers, f"outvoted on task {task.id}: {decision.detail}")
+        reason = f"outvoted on task {task.id}: {decision.detail}"
+        self.reject(losers, reason, active, task if decision.confirmed else None)
         reputations = self.verifier.reputations
-        if decision.method in _COMPARED:
-            reputations.validated(agreeing)
-        else:
-            reputations.accepted_unchecked(first.node_id)
-        whole = [w for w in winners if not w.params]
-        if len(whole) >= 2:  # a known answer only from whole results that agreed, not a crop
+        confirmed = {r.node_id for r in decision.confirmed}
+        reputations.validated([n for n in agreeing if n in confirmed])
+        for node_id in agreeing:
+            if node_id not in confirmed:
+                reputations.accepted_unchecked(node_id)
+        # a known answer only from whole results of vetted owners that agreed, not a crop
+        whole = [w for w in decision.confirmed if not w.params and self.verifier.vetted(w.owner)]
+        if len(whole) >= 2:
             self.canaries.offer(job, task, whole)
         validation = common_pb2.Validation(
             job_id=job.id,
@@ -183,32 +189,28 @@ class Settlement:
         return {w.attempt_id: c for w, c, new in zip(winners, costs, paid, strict=True) if new}
 
     def settle_stranded(self) -> Settled:
-        """Adaptive tasks held for a node of another owner when no such node is online any
+        """Adaptive tasks held for a check when no node that could run it is online any
         more (it left, or its volunteer paused it), so a job never waits for a check nobody
-        can run: a single held result is accepted unchecked; results that disagree fail the
-        task, since nobody is left to tell which is right (neither node is struck)."""
+        can run: a single held result of a vetted owner is accepted unchecked. Anything
+        else stays queued and the job says why (waiting): an anonymous result needs a vetted
+        check, and results that disagree need a node of another owner to decide."""
         sched, out = self.scheduler, Settled()
+        vetted = self.verifier.vetted
         for active in list(sched.jobs.values()):
             if active.job.replicas != 0:
                 continue
-            for task in [t for t in active.queue if active.replicas.get(t.id)]:
+            for task in [t for t in active.queue if len(active.replicas.get(t.id, ())) == 1]:
+                held = active.replicas[task.id]
+                if held[0].params or not vetted(held[0].owner):
+                    continue
                 if sched.others_online(active, active.excluded.get(task.id, set())):
                     continue
-                held = active.replicas[task.id]
                 self._drop_from_queue(active, task)
-                if len(held) == 1:
-                    detail = "the nodes of other owners left before checking it"
-                    decision = Decision(
-                        Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail,
-                        [held[0]],
-                    )  # fmt: skip
-                    self._accept(active, task, decision)
-                else:
-                    detail = (
-                        f"{len(held)} results of different owners disagree and no node of "
-                        "another owner is online to decide"
-                    )
-                    self._fail(active, task, detail, out)
+                detail = "the nodes of other owners left before checking it"
+                decision = Decision(
+                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [held[0]]
+                )
+                self._accept(active, task, decision)
                 self.store.update_tasks([task])
                 out.jobs.add(active.job.id)
                 if active.open_tasks == 0 and not active.failed:
@@ -217,19 +219,53 @@ class Settlement:
             self.store.update_job(sched.jobs[job_id].job)
         return out
 
+    def _dispute(self, task: Task, decision: Decision, now: float) -> None:
+        """Stores what disagreed on a task, and how it stands."""
+        states = {
+            Outcome.PENDING: DisputeState.OPEN,
+            Outcome.ACCEPTED: DisputeState.SETTLED,
+            Outcome.FAILED: DisputeState.FAILED,
+        }
+        evidence = dict(decision.evidence or {})
+        evidence["decision"] = decision.detail or "waits for a node of another owner to decide"
+        if decision.outcome == Outcome.ACCEPTED:
+            evidence["winners"] = [w.node_id for w in decision.winners]
+            evidence["losers"] = [r.node_id for r in decision.losers]
+        self.store.put_disputes(
+            [
+                Dispute(
+                    task.id, task.job_id, task.index, states[decision.outcome], evidence, now, now
+                )
+            ]
+        )
+
     def _fail(self, active: ActiveJob, task: Task, detail: str, out: Settled) -> None:
-        """The task ends failed: its results could not be brought to agree."""
+        """The task ends failed: its results could not be brought to agree. The rest of the
+        job runs on; it ends failed, and `job retry --failed` runs such tasks again."""
         move_task(task, TaskState.FAILED)
         task.error = f"NO_AGREEMENT: {detail}"
         active.open_tasks -= 1
         active.failed += 1
         self.scheduler.forget_replicas(active, task.id)
-        out.failed.append((active, f"task {task.index} failed: {task.error}"))
+        if not active.job.error:
+            active.job.error = f"task {task.index} failed: {task.error}"
+        if active.open_tasks == 0:
+            out.finished.append(active)
 
-    def reject(self, losers: list[Replica], reason: str) -> None:
-        """Outvoted results: their attempts become REJECTED, their nodes take a strike."""
+    def reject(
+        self,
+        losers: list[Replica],
+        reason: str,
+        active: ActiveJob | None = None,
+        proven: Task | None = None,
+    ) -> None:
+        """Outvoted results: their attempts become REJECTED, their nodes take a strike.
+        `proven`: the task, when vetted owners (or a known answer) proved the results
+        wrong: their owners' stakes are slashed, paying the job's client."""
         if not losers:
             return
+        if active is not None and proven is not None:
+            self._slash(active, proven, losers, reason)
         batch = self._batch
         earlier = [r.attempt_id for r in losers if r.attempt_id not in batch]
         stored = {a.id: a for a in self.store.get_attempts(earlier)}
@@ -241,8 +277,22 @@ class Settlement:
                 move_attempt(attempt, AttemptState.REJECTED)
                 attempt.error_code, attempt.error = "INVALID_RESULT", reason[:2000]
             self.verifier.reputations.invalid(loser.node_id, reason)
+            self.scheduler.shrink(loser.node_id, reset=True)
         self.store.update_attempts(list(stored.values()))
         self.store.update_replicas(losers)
+
+    def _slash(self, active: ActiveJob, task: Task, losers: list[Replica], reason: str) -> None:
+        identities = self.identities
+        for loser in losers:
+            stake = identities.stake(loser.owner)
+            if is_anonymous(loser.owner) or stake <= 0:
+                continue
+            due = identities.config.slash_factor * active.job.task_cost(work_of(task, loser))
+            amount = min(stake, due)
+            why = f"slashed: node {loser.node_id} returned a wrong result ({reason})"
+            if self.scheduler.ledger.slash(loser, active.job, active.owner, amount, why[:500]):
+                identities.set_stake(loser.owner, stake - amount)
+                log.warning("owner %s slashed %d: %s", loser.owner, amount, why)
 
     @staticmethod
     def _drop_from_queue(active: ActiveJob, task: Task) -> None:

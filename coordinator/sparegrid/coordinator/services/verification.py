@@ -13,9 +13,14 @@ Policies, per job:
   or dispute a whole one, never stand for the task. When no connected node of another
   owner could run the check, the single result is accepted and the receipt says it went
   unchecked.
-- single (k = m = 1): jobs submitted before verification existed; the first result wins.
+- single (k = m = 1): jobs submitted before verification existed, and known-answer
+  tasks; the first result wins (or is compared with the known answer).
 
-Agreement counts owners, not nodes: two results of one owner never make a quorum.
+Agreement counts owners, not nodes: two results of one owner never make a quorum. And it
+counts only vetted owners (identity.py): a result of a node without an owner account is
+never a vote or a check. Such a result waits until a vetted owner's node returns the same
+answer (or a crop of it that matches), and is then decided as that owner's result would
+be alone; it is paid when accepted, and outvoted when the vetted owners agree on another.
 """
 
 import logging
@@ -33,6 +38,7 @@ from sparegrid.coordinator.services.comparators import (
     ImageComparator,
     Reader,
 )
+from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.reputation import Reputations
 from sparegrid.v1 import common_pb2
 
@@ -55,6 +61,10 @@ class Decision:
     detail: str = ""
     winners: list[Replica] = field(default_factory=list)  # paid: one per agreeing owner
     losers: list[Replica] = field(default_factory=list)  # outvoted: invalid
+    # results a vetted owner other than their own confirmed: they earn their nodes trust
+    confirmed: list[Replica] = field(default_factory=list)
+    # when the results disagree: what each returned and what each comparison found
+    evidence: dict[str, object] | None = None
 
 
 def policy_text(job: Job) -> str:
@@ -79,9 +89,15 @@ def check_policy(replicas: int, quorum: int) -> str:
 
 
 class Verifier:
-    def __init__(self, reputations: Reputations, comparators: Comparators) -> None:
+    def __init__(
+        self,
+        reputations: Reputations,
+        comparators: Comparators,
+        vetted: Callable[[str], bool] = lambda owner: not is_anonymous(owner),
+    ) -> None:
         self.reputations = reputations
         self.comparators = comparators
+        self.vetted = vetted  # whether an owner's results count as votes (identity.py)
         # answers of costly comparisons (frames, tensors), worked out ahead of settlement
         # off the event loop (precompute) or during it; shared with that worker thread
         self._agreed: dict[tuple[object, ...], bool] = {}
@@ -124,59 +140,153 @@ class Verifier:
         known: list[FileRef] | None = None,
     ) -> Decision:
         """`results`: the task's pending results, the newest last; `others_online`: whether
-        a connected node of an owner not among them could run the task; `known`: the
-        outputs of a known-answer task."""
+        a connected, vetted node of an owner not among them could run the task; `known`:
+        the outputs of a known-answer task."""
         live = [r for r in results if r.state == ReplicaState.PENDING]
         new = live[-1]
         if known is not None:
-            comparator = self.comparators.for_kind(job.kind)
-            if comparator.agree(decode_params(task.params), known, new.outputs, read):
-                method = common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
-                return Decision(Outcome.ACCEPTED, method, "matched the known answer", [new])
-            detail = "did not match the known answer"
-            return Decision(Outcome.FAILED, detail=detail, losers=[new])
+            return self._known(job, task, new, known, read)
         if job.replicas == 1:
             return Decision(
                 Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_SINGLE, "single result", [new]
             )
-        if job.replicas == 0 and len(live) == 1:
-            if not self.reputations.wants_check(new.node_id):
-                rate = self.reputations.check_rate(new.node_id)
-                detail = f"node's record let it through unchecked (check rate {rate:.0%})"
-                return Decision(
-                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_TRUSTED, detail, [new]
-                )
-            if not others_online():
-                detail = "no node of another owner was online to cross-check it"
-                return Decision(
-                    Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [new]
-                )
-            return Decision(Outcome.PENDING)
+        votes = [r for r in live if self.vetted(r.owner)]
+        if job.replicas == 0 and len({r.owner for r in votes}) <= 1:
+            return self._one_vote(job, task, live, votes, new, read, others_online)
         groups = self._groups(job.kind, task, live, read)
-        best = max((g for g in groups if any(not r.params for r in g)), key=_owners)
-        agreeing = _owners(best)
+        decision = self._by_votes(job, live, votes, groups)
+        if len(groups) > 1:
+            decision.evidence = self._evidence(job.kind, task, groups, read)
+        return decision
+
+    def _by_votes(
+        self, job: Job, live: list[Replica], votes: list[Replica], groups: list[list[Replica]]
+    ) -> Decision:
+        """The decision once results of two or more vetted owners are in (or any number under
+        a quorum policy): the group with the most vetted owners wins if it has enough."""
+        best = max((g for g in groups if any(not r.params for r in g)), key=self._votes)
+        agreeing = self._votes(best)
         wanted = job.quorum if job.replicas else 2
-        enough = len(live) >= job.replicas  # fixed policies gather all k first
+        enough = len(votes) >= job.replicas  # fixed policies gather all k first
         if agreeing >= wanted and enough:
             method = (
                 common_pb2.VALIDATION_METHOD_QUORUM
                 if job.replicas
                 else common_pb2.VALIDATION_METHOD_CROSS_CHECKED
             )
-            detail = f"{agreeing} of {len(live)} results from different owners agreed"
+            detail = f"{agreeing} of {len(votes)} results from different owners agreed"
             if job.replicas:
                 detail += f" (policy {policy_text(job)})"
-            winners = sorted(_one_per_owner(best), key=lambda r: bool(r.params))  # whole first
-            if len(live) == 2 and winners[-1].params:
+            winners = self._winners(job, best)
+            if len(votes) == 2 and winners[-1].params:
                 method = common_pb2.VALIDATION_METHOD_SPOT_CHECKED
                 detail = _spot_detail(winners[-1])
             losers = [r for r in live if all(r is not w for w in best)]
-            return Decision(Outcome.ACCEPTED, method, detail, winners, losers)
-        if len(live) >= max(job.replicas, 2) + job.max_attempts:
+            return Decision(Outcome.ACCEPTED, method, detail, winners, losers, winners)
+        if len(votes) >= max(job.replicas, 2) + job.max_attempts:
             return Decision(
-                Outcome.FAILED, detail=f"{len(live)} results, no {wanted} of them agree"
+                Outcome.FAILED, detail=f"{len(votes)} results, no {wanted} of them agree"
             )
         return Decision(Outcome.PENDING)
+
+    def _known(
+        self, job: Job, task: Task, new: Replica, known: list[FileRef], read: Reader
+    ) -> Decision:
+        comparator = self.comparators.for_kind(job.kind)
+        if comparator.agree(decode_params(task.params), known, new.outputs, read):
+            method = common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
+            detail = "matched the known answer"
+            return Decision(Outcome.ACCEPTED, method, detail, [new], confirmed=[new])
+        return Decision(Outcome.FAILED, detail="did not match the known answer", losers=[new])
+
+    def _one_vote(
+        self,
+        job: Job,
+        task: Task,
+        live: list[Replica],
+        votes: list[Replica],
+        new: Replica,
+        read: Reader,
+        others_online: Callable[[], bool],
+    ) -> Decision:
+        """Adaptive, with results of at most one vetted owner: that owner's node decides on
+        its record (and an anonymous result never decides alone)."""
+        if not votes or new is not votes[-1] or len(votes) > 1:
+            return Decision(Outcome.PENDING)  # anonymous results wait for a vetted check
+        vote = votes[0]
+        groups = self._groups(job.kind, task, live, read)
+        decision = self._vote_alone(job, live, vote, groups, others_online)
+        if len(groups) > 1:
+            decision.evidence = self._evidence(job.kind, task, groups, read)
+        return decision
+
+    def _vote_alone(
+        self,
+        job: Job,
+        live: list[Replica],
+        vote: Replica,
+        groups: list[list[Replica]],
+        others_online: Callable[[], bool],
+    ) -> Decision:
+        group = next(g for g in groups if vote in g)
+        if all(r.params for r in group):
+            return Decision(Outcome.PENDING)  # a crop alone never stands for the task
+        checked = [r for r in group if r is not vote]  # anonymous results that agree
+        trusted = not self.reputations.wants_check(vote.node_id)
+        if trusted and checked:
+            method = common_pb2.VALIDATION_METHOD_CROSS_CHECKED
+            detail = (
+                f"checked by a node of owner {vote.owner}, whose record lets its results "
+                "through unchecked"
+            )
+            if vote.params:
+                method, detail = common_pb2.VALIDATION_METHOD_SPOT_CHECKED, _spot_detail(vote)
+        elif trusted:
+            rate = self.reputations.check_rate(vote.node_id)
+            detail = f"node's record let it through unchecked (check rate {rate:.0%})"
+            method = common_pb2.VALIDATION_METHOD_TRUSTED
+        elif not others_online():
+            detail = "no node of another owner was online to cross-check it"
+            method = common_pb2.VALIDATION_METHOD_UNCHECKED
+        else:
+            return Decision(Outcome.PENDING)
+        losers = [r for r in live if all(r is not g for g in group)]
+        winners = self._winners(job, group)
+        return Decision(
+            Outcome.ACCEPTED, method, detail, winners, losers, checked if trusted else []
+        )
+
+    def _votes(self, group: list[Replica]) -> int:
+        """Owners whose results count, among a group of agreeing results."""
+        return len({r.owner for r in group if self.vetted(r.owner)})
+
+    def _winners(self, job: Job, group: list[Replica]) -> list[Replica]:
+        """The results paid for a task: one per owner, whole results first (the first is
+        the task's output), vetted owners before anonymous nodes, at most as many as the
+        job's escrow holds per task."""
+        ranked = sorted(
+            _one_per_owner(group), key=lambda r: (bool(r.params), not self.vetted(r.owner))
+        )
+        return ranked[: job.max_paid_results]
+
+    def _evidence(
+        self, kind: str, task: Task, groups: list[list[Replica]], read: Reader
+    ) -> dict[str, object]:
+        """What disagreed: every result, and each one's comparison with the first result of
+        every group (answers cached: nothing is decoded twice)."""
+        results = [r for g in groups for r in g]
+        leaders = [g[0] for g in groups]
+        pairs = [(a, b) for i, a in enumerate(leaders) for b in leaders[i + 1 :]]
+        pairs += [(g[0], r) for g in groups for r in g[1:]]
+        comparisons = [
+            {"a": a.node_id, "b": b.node_id, "agree": self._agree(kind, task, a, b, read)}
+            for a, b in pairs
+        ]
+        return {
+            "results": [_described(r, self.vetted(r.owner)) for r in results],
+            "groups": [[r.node_id for r in g] for g in groups],
+            "comparisons": comparisons,
+        }
 
     def _groups(
         self, kind: str, task: Task, live: list[Replica], read: Reader
@@ -191,6 +301,21 @@ class Verifier:
             else:
                 groups.append([result])
         return groups
+
+
+def _described(result: Replica, vetted: bool) -> dict[str, object]:
+    """One result, for a dispute's evidence."""
+    shown: dict[str, object] = {
+        "node": result.node_id,
+        "owner": result.owner,
+        "vetted": vetted,
+        "attempt": result.attempt_id,
+        "outputs": {ref.name: ref.digest for ref in result.outputs},
+    }
+    if result.params:
+        crop = decode_params(result.params)
+        shown["crop"] = {"frame": crop["frames"][0], "box": crop["tile"]}
+    return shown
 
 
 def _agree(
@@ -220,10 +345,6 @@ def _spot_detail(crop: Replica) -> str:
         f"spot check: a {x1 - x0}x{y1 - y0} crop of frame {p['frames'][0]} at ({x0}, {y0}), "
         "re-rendered by a node of another owner, matched"
     )
-
-
-def _owners(group: list[Replica]) -> int:
-    return len({r.owner for r in group})
 
 
 def _one_per_owner(group: list[Replica]) -> list[Replica]:

@@ -12,6 +12,7 @@ from typing import Protocol
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    Dispute,
     Job,
     JobState,
     LedgerEntry,
@@ -114,7 +115,7 @@ class Store(Protocol):
         """Newest first; all accounts when account_id is None."""
 
     def update_job(self, job: Job) -> None:
-        """Writes state, cost_spent, error and finished_at."""
+        """Writes state, cost_held, cost_spent, error and finished_at."""
 
     def task_counts(self, job_id: str) -> dict[TaskState, int]:
         """Every TaskState is a key, with 0 where no task is in it."""
@@ -144,8 +145,9 @@ class Store(Protocol):
     def expired_attempts(self, now: float, limit: int = 1000) -> list[Attempt]:
         """RUNNING attempts whose deadline is before now."""
 
-    def renew_leases(self, node_id: str, deadline: float) -> int:
-        """Moves the deadline of every RUNNING attempt of the node; returns how many."""
+    def renew_leases(self, node_id: str, deadline: float, max_age: float) -> int:
+        """Moves the deadline of every RUNNING attempt of the node to `deadline`, or to its
+        created_at + max_age when that is sooner; returns how many."""
 
     def update_attempts(self, attempts: list[Attempt]) -> None:
         """Writes state, deadline, finished_at, error_code and error."""
@@ -180,10 +182,22 @@ class Store(Protocol):
     def put_reputations(self, reputations: list[Reputation]) -> None:
         """Inserts or replaces each node's reputation."""
 
+    def put_disputes(self, disputes: list[Dispute]) -> None:
+        """Inserts or replaces each task's dispute."""
+
+    def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
+        """A job's disputes, by task index."""
+
     # blobs: who may read what, and small blobs kept in the database
     def add_blob_owners(self, digests: list[str], account_id: str) -> None: ...
 
     def blob_owned(self, digest: str, account_id: str) -> bool: ...
+
+    def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        """Records (attempt id, digest): the attempt's node uploaded that output."""
+
+    def uploaded(self, attempt_id: str, digests: list[str]) -> set[str]:
+        """Those of the digests that the attempt's node uploaded for it."""
 
     def put_inline_blobs(self, blobs: dict[str, bytes]) -> None: ...
 

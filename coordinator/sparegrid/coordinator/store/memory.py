@@ -16,6 +16,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Dispute,
     Job,
     JobState,
     LedgerEntry,
@@ -54,6 +55,8 @@ class _State:
     replicas: dict[str, Replica] = field(default_factory=dict)  # by attempt id
     reputations: dict[str, Reputation] = field(default_factory=dict)
     blob_owners: set[tuple[str, str]] = field(default_factory=set)
+    uploads: set[tuple[str, str]] = field(default_factory=set)
+    disputes: dict[str, Dispute] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -260,6 +263,7 @@ class MemoryStore:
             stored = self._s.jobs.get(job.id)
             if stored is not None:
                 stored.state = job.state
+                stored.cost_held = job.cost_held
                 stored.cost_spent = job.cost_spent
                 stored.error = job.error
                 stored.finished_at = job.finished_at
@@ -346,12 +350,12 @@ class MemoryStore:
             expired.sort(key=lambda a: (a.deadline, a.id))
             return _copies(expired[:limit])
 
-    def renew_leases(self, node_id: str, deadline: float) -> int:
+    def renew_leases(self, node_id: str, deadline: float, max_age: float) -> int:
         with self._lock:
             renewed = 0
             for a in self._s.attempts.values():
                 if a.node_id == node_id and a.state == AttemptState.RUNNING:
-                    a.deadline = deadline
+                    a.deadline = min(deadline, a.created_at + max_age)
                     renewed += 1
             return renewed
 
@@ -449,6 +453,24 @@ class MemoryStore:
     def blob_owned(self, digest: str, account_id: str) -> bool:
         with self._lock:
             return (digest, account_id) in self._s.blob_owners
+
+    def put_disputes(self, disputes: list[Dispute]) -> None:
+        with self._lock:
+            for dispute in disputes:
+                self._s.disputes[dispute.task_id] = copy.deepcopy(dispute)
+
+    def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
+        with self._lock:
+            found = [d for d in self._s.disputes.values() if d.job_id == job_id]
+            return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
+
+    def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        with self._lock:
+            self._s.uploads.update(uploads)
+
+    def uploaded(self, attempt_id: str, digests: list[str]) -> set[str]:
+        with self._lock:
+            return {d for d in digests if (attempt_id, d) in self._s.uploads}
 
     def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
         with self._lock:

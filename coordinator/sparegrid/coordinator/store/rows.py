@@ -15,6 +15,8 @@ from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
     Device,
+    Dispute,
+    DisputeState,
     FileRef,
     Job,
     JobState,
@@ -56,6 +58,7 @@ REPLICA_COLUMNS = (
 )
 REPUTATION_COLUMNS = "node_id, streak, validated, invalid, strikes, standing, reason, updated_at"
 ENTRY_COLUMNS = "transaction_id, account, amount, reason, job_id, task_id, created_at"
+DISPUTE_COLUMNS = "task_id, job_id, task_index, state, evidence, created_at, updated_at"
 
 
 def placeholders(columns: str) -> str:
@@ -251,3 +254,20 @@ def entry_params(txn: Transaction, posting: Posting) -> Params:
 
 def entry_from(row: Row) -> LedgerEntry:
     return LedgerEntry(row[0], row[1], int(row[2]), row[3], row[4], row[5], float(row[6]))
+
+
+def dispute_params(d: Dispute) -> Params:
+    evidence = json.dumps(d.evidence, sort_keys=True)
+    return (d.task_id, d.job_id, d.task_index, d.state.value, evidence, d.created_at, d.updated_at)
+
+
+def dispute_from(row: Row) -> Dispute:
+    return Dispute(
+        task_id=row[0],
+        job_id=row[1],
+        task_index=row[2],
+        state=DisputeState(row[3]),
+        evidence=json.loads(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+    )

@@ -176,8 +176,38 @@ ALTER TABLE attempts ADD COLUMN params {blob} NOT NULL DEFAULT '';
 ALTER TABLE replicas ADD COLUMN params {blob} NOT NULL DEFAULT ''
 """
 
+# Outputs a node uploaded, per attempt: a result may name a blob as an output only if its
+# node sent it inline or uploaded it for that attempt.
+UPLOADS = """
+CREATE TABLE uploads (
+    attempt_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (attempt_id, digest)
+)
+"""
+
+# Disputes: results of a task that disagreed, with the evidence (JSON).
+DISPUTES = """
+CREATE TABLE disputes (
+    task_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    task_index INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE INDEX disputes_job ON disputes (job_id, task_index)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
-MIGRATIONS: list[tuple[int, str]] = [(1, INITIAL), (2, TRUST), (3, SPOT_CHECKS)]
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, INITIAL),
+    (2, TRUST),
+    (3, SPOT_CHECKS),
+    (4, UPLOADS),
+    (5, DISPUTES),
+]
 
 
 def statements(script: str, types: dict[str, str]) -> list[str]:

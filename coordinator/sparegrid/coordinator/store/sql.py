@@ -7,6 +7,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Dispute,
     Job,
     JobState,
     LedgerEntry,
@@ -250,8 +251,16 @@ class SqlStore(SqlEngine):
     def update_job(self, job: Job) -> None:
         with self.transaction():
             self._run(
-                "UPDATE jobs SET state = ?, cost_spent = ?, error = ?, finished_at = ? WHERE id = ?",
-                (job.state.value, job.cost_spent, job.error, job.finished_at, job.id),
+                "UPDATE jobs SET state = ?, cost_held = ?, cost_spent = ?, error = ?,"
+                " finished_at = ? WHERE id = ?",
+                (
+                    job.state.value,
+                    job.cost_held,
+                    job.cost_spent,
+                    job.error,
+                    job.finished_at,
+                    job.id,
+                ),
             )
 
     def task_counts(self, job_id: str) -> dict[TaskState, int]:
@@ -353,11 +362,12 @@ class SqlStore(SqlEngine):
             )
         return [r.attempt_from(row) for row in rows]
 
-    def renew_leases(self, node_id: str, deadline: float) -> int:
+    def renew_leases(self, node_id: str, deadline: float, max_age: float) -> int:
         with self.transaction():
             return self._run(
-                "UPDATE attempts SET deadline = ? WHERE node_id = ? AND state = ?",
-                (deadline, node_id, _RUNNING),
+                "UPDATE attempts SET deadline = CASE WHEN created_at + ? < ?"
+                " THEN created_at + ? ELSE ? END WHERE node_id = ? AND state = ?",
+                (max_age, deadline, max_age, deadline, node_id, _RUNNING),
             )
 
     def update_attempts(self, attempts: list[Attempt]) -> None:
@@ -460,6 +470,26 @@ class SqlStore(SqlEngine):
                 [r.reputation_params(p) for p in reputations],
             )
 
+    def put_disputes(self, disputes: list[Dispute]) -> None:
+        columns = r.DISPUTE_COLUMNS.split(", ")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:] if c != "created_at")
+        with self.transaction():
+            self._run_many(
+                f"INSERT INTO disputes ({r.DISPUTE_COLUMNS})"
+                f" VALUES ({r.placeholders(r.DISPUTE_COLUMNS)})"
+                f" ON CONFLICT (task_id) DO UPDATE SET {updates}",
+                [r.dispute_params(d) for d in disputes],
+            )
+
+    def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.DISPUTE_COLUMNS} FROM disputes WHERE job_id = ?"
+                " ORDER BY task_index LIMIT ?",
+                (job_id, limit),
+            )
+        return [r.dispute_from(row) for row in rows]
+
     # blobs
 
     def add_blob_owners(self, digests: list[str], account_id: str) -> None:
@@ -477,6 +507,22 @@ class SqlStore(SqlEngine):
                 (digest, account_id),
             )
         return bool(rows)
+
+    def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        with self.transaction():
+            self._run_many(
+                "INSERT INTO uploads (attempt_id, digest) VALUES (?, ?)"
+                " ON CONFLICT (attempt_id, digest) DO NOTHING",
+                uploads,
+            )
+
+    def uploaded(self, attempt_id: str, digests: list[str]) -> set[str]:
+        if not digests:
+            return set()
+        with self.transaction():
+            rows = self._query("SELECT digest FROM uploads WHERE attempt_id = ?", (attempt_id,))
+        wanted = set(digests)
+        return {row[0] for row in rows if row[0] in wanted}
 
     def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
         with self.transaction():

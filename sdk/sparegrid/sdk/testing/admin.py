@@ -111,3 +111,10 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ReinstateNodeResponse:
         self.c._caller(context, admin=True)
         raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake bans no nodes")
+
+    @aborts
+    async def ApproveNode(
+        self, request: admin_pb2.ApproveNodeRequest, context: Context
+    ) -> admin_pb2.ApproveNodeResponse:
+        self.c._caller(context, admin=True)
+        raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake has no nodes")
