@@ -382,3 +382,33 @@ def test_a_quorum_that_no_set_of_accounts_could_form_is_refused(tmp_path: Path) 
     with pytest.raises(CoordinatorError) as err:
         submit(app, 1, replicas=3, quorum=2)
     assert err.value.code == "QUORUM_UNREACHABLE" and "3 owner accounts" in err.value.message
+
+
+# --- a node honest until trusted, then cheating --------------------------------------------
+
+
+def test_a_trusted_node_that_turns_has_nothing_accepted_past_its_first_check(
+    tmp_path: Path,
+) -> None:
+    import random
+
+    app = make_app(tmp_path, trust=TrustConfig(warmup=20, floor=0.05))
+    app.intake.settlement.vouching.rng = random.Random(3)
+    app.reputations._rng = random.Random(3)
+    turncoat, honest, third = (FakeNode(app, n, owner=f"o-{n}") for n in ("t", "h", "x"))
+    app.reputations.validated([turncoat.id] * 1000)  # long honest: checked 5% of the time
+    for node in (turncoat, honest, third):
+        node.connect(credit=0)
+    job_id = submit(app, 60)
+    assert run(turncoat, b"junk", credit=100) == 60
+    assert app.store.task_counts(job_id)[TaskState.SUCCEEDED] == 0  # all held
+    for _ in range(50):
+        if not (run(honest, credit=100) + run(third, credit=100)):
+            break
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    outputs = {t.outputs[0].digest for t in app.store.list_tasks(job_id)}
+    assert outputs == {sha256_hex(b"ok")}  # not one wrong answer stands
+    assert credit_of(app, turncoat) == 0
+    assert app.reputations.get(turncoat.id).strikes >= 1
+    assert app.ledger.check().balanced

@@ -25,6 +25,7 @@ from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
 from sparegrid.coordinator.services.settlement import Settlement
 from sparegrid.coordinator.services.spotcheck import SpotChecks, SpotConfig
 from sparegrid.coordinator.services.verification import Verifier
+from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.store.base import Store
 from sparegrid.wire import Signer
 
@@ -68,6 +69,7 @@ class Settings:
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    vouching: VouchConfig = field(default_factory=VouchConfig)
 
     @property
     def key_path(self) -> Path:
@@ -110,7 +112,14 @@ class App:
         self.intake = Intake(
             self.scheduler,
             self.blobs,
-            Settlement(self.scheduler, self.verifier, self.signer, self.canaries, self.identities),
+            Settlement(
+                self.scheduler,
+                self.verifier,
+                self.signer,
+                self.canaries,
+                self.identities,
+                Vouching(self.clock, settings.vouching, self.reputations.check_rate),
+            ),
         )
         self.jobs = Jobs(
             store,

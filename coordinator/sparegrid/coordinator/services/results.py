@@ -221,7 +221,9 @@ class Intake:
         for other in settled.superseded:
             sched._release(other, cancel_reason="another node finished the task first")
         for active in settled.finished:
-            sched.finish(active)
+            if active.job.id in sched.jobs:
+                sched.finish(active)
+        self.settlement.check_idle(settled.jobs)
         if settled.jobs:
             sched.on_change(settled.jobs)
 

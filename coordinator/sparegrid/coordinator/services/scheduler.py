@@ -82,11 +82,14 @@ class ActiveJob:
     results: Counter[str] = field(default_factory=Counter)
     # tasks that ran out of device memory: the least memory a device needs to take them
     needs_memory: dict[str, int] = field(default_factory=dict)
+    # tasks whose result waits for a later check of its node to vouch for it (vouching.py):
+    # queued in the store, out of the queue here
+    held: dict[str, Task] = field(default_factory=dict)
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
         return {
-            TaskState.QUEUED: len(self.queue),
+            TaskState.QUEUED: len(self.queue) + len(self.held),
             TaskState.LEASED: len(self.running),
             TaskState.SUCCEEDED: self.succeeded,
             TaskState.FAILED: self.failed,
@@ -354,7 +357,7 @@ class Scheduler:
                 f"`sparegrid job retry {job.id} --failed` runs them again"
             )
             job.error = ""
-        cancelled = list(active.queue)
+        cancelled = list(active.queue) + list(active.held.values())
         leftover = list(active.running.values())
         if leftover:
             cancelled += self.store.get_tasks([a.task_id for a in leftover])

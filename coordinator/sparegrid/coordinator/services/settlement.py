@@ -7,7 +7,8 @@ digests); what happens next depends on the job's verification policy (verificati
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 from sparegrid.coordinator.domain import (
     Attempt,
@@ -27,6 +28,7 @@ from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
 from sparegrid.coordinator.services.spotcheck import work_of
 from sparegrid.coordinator.services.verification import Decision, Outcome, Verifier
+from sparegrid.coordinator.services.vouching import Held, Vouching
 from sparegrid.coordinator.states import move_attempt, move_task
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer
@@ -62,8 +64,10 @@ class Settlement:
         signer: Signer,
         canaries: Canaries,
         identities: Identities,
+        vouching: Vouching,
     ) -> None:
         self.identities = identities
+        self.vouching = vouching
         self._batch: dict[str, Attempt] = {}
         self.canaries = canaries
         self.scheduler = scheduler
@@ -114,10 +118,13 @@ class Settlement:
 
     def _apply(self, active: ActiveJob, c: Candidate, decision: Decision, out: Settled) -> None:
         task = c.task
-        if decision.outcome == Outcome.PENDING:
+        if decision.outcome in (Outcome.PENDING, Outcome.HELD):
             if task.state == TaskState.LEASED and _running_is(active, task, c.attempt):
                 move_task(task, TaskState.QUEUED)
-                active.queue.appendleft(task)
+                if decision.outcome == Outcome.PENDING:
+                    active.queue.appendleft(task)
+            if decision.outcome == Outcome.HELD:
+                self._hold(active, task, decision)
             return
         self._drop_from_queue(active, task)
         other = active.running.get(task.id)
@@ -134,6 +141,7 @@ class Settlement:
         out.paid.update(self._accept(active, task, decision))
         if active.open_tasks == 0:
             out.finished.append(active)
+        self._after_check(task, decision, out)
 
     def _accept(self, active: ActiveJob, task: Task, decision: Decision) -> dict[str, int]:
         """Pays every agreeing replica and countersigns the receipt; attempt -> credit."""
@@ -188,6 +196,93 @@ class Settlement:
         sched.forget_replicas(active, task.id)
         return {w.attempt_id: c for w, c, new in zip(winners, costs, paid, strict=True) if new}
 
+    # --- vouching: results accepted on their node's record (vouching.py) ---------------
+
+    def _hold(self, active: ActiveJob, task: Task, decision: Decision) -> None:
+        active.held[task.id] = task
+        held = Held(active.job.id, task, decision, self.scheduler.clock.now())
+        picked = self.vouching.hold(decision.voucher, held)
+        if picked is not None:
+            self._send_to_check(picked)
+
+    def _send_to_check(self, held: Held) -> None:
+        """A held result goes to a node of another owner: the check of its node."""
+        active = self.scheduler.jobs.get(held.job_id)
+        if active is not None and active.held.pop(held.task.id, None) is not None:
+            active.queue.appendleft(held.task)
+
+    def check_idle(self, job_ids: Iterable[str]) -> None:
+        """After the commit, once leases are given back: see `_check_idle`."""
+        for job_id in job_ids:
+            active = self.scheduler.jobs.get(job_id)
+            if active is not None:
+                self._check_idle(active)
+
+    def _check_idle(self, active: ActiveJob) -> None:
+        """A job with nothing left to run but held results picks a check for each node
+        holding some of them: its client never waits for results of other jobs."""
+        if active.held and not active.queue and not active.running:
+            for node_id in self.vouching.nodes_of(active.job.id):
+                picked = self.vouching.pick(node_id, active.job.id)
+                if picked is not None:
+                    self._send_to_check(picked)
+
+    def pick_overdue(self) -> None:
+        """Picks a check for each node whose held results waited too long."""
+        for node_id in self.vouching.overdue():
+            picked = self.vouching.pick(node_id)
+            if picked is not None:
+                self._send_to_check(picked)
+
+    def _after_check(self, task: Task, decision: Decision, out: Settled) -> None:
+        """A picked result was decided: its node's held results are accepted when the
+        check confirmed it (or nobody was left to check it), thrown away otherwise."""
+        pick = self.vouching.checked(task.id)
+        if pick is None:
+            return
+        confirmed = any(r.node_id == pick.node_id for r in decision.confirmed)
+        unchecked = decision.method == common_pb2.VALIDATION_METHOD_UNCHECKED
+        for held in pick.vouched:
+            if decision.outcome == Outcome.ACCEPTED and (confirmed or unchecked):
+                self._vouch(held, task, unchecked, out)
+            else:
+                self._rerun(held)
+
+    def _vouch(self, held: Held, check: Task, unchecked: bool, out: Settled) -> None:
+        active = self.scheduler.jobs.get(held.job_id)
+        if active is None or active.held.pop(held.task.id, None) is None:
+            return
+        decision = replace(held.decision, outcome=Outcome.ACCEPTED)
+        if unchecked:
+            decision.method = common_pb2.VALIDATION_METHOD_UNCHECKED
+            decision.detail = "no node of another owner was online to check its node"
+        else:
+            decision.detail += f"; vouched for by a check of its node on task {check.id}"
+        out.paid.update(self._accept(active, held.task, decision))
+        self.store.update_tasks([held.task])
+        out.jobs.add(active.job.id)
+        if active.open_tasks == 0:
+            out.finished.append(active)
+
+    def _rerun(self, held: Held) -> None:
+        """A held result of a node caught cheating: thrown away (not paid, not struck
+        again), its task queued for a node of another owner."""
+        active = self.scheduler.jobs.get(held.job_id)
+        if active is None or active.held.pop(held.task.id, None) is None:
+            return
+        results = active.replicas.pop(held.task.id, [])
+        for replica in results:
+            replica.state = ReplicaState.INVALID
+        attempts = self.store.get_attempts([r.attempt_id for r in results])
+        for attempt in attempts:
+            if attempt.state == AttemptState.SUCCEEDED:
+                move_attempt(attempt, AttemptState.REJECTED)
+                attempt.error_code = "DISCARDED"
+                attempt.error = "held for a later check of its node, which failed one"
+        self.store.update_attempts(attempts)
+        self.store.update_replicas(results)
+        active.queue.appendleft(held.task)
+
     def settle_stranded(self) -> Settled:
         """Adaptive tasks held for a check when no node that could run it is online any
         more (it left, or its volunteer paused it), so a job never waits for a check nobody
@@ -196,9 +291,11 @@ class Settlement:
         check, and results that disagree need a node of another owner to decide."""
         sched, out = self.scheduler, Settled()
         vetted = self.verifier.vetted
+        self.pick_overdue()
         for active in list(sched.jobs.values()):
             if active.job.replicas != 0:
                 continue
+            self._check_idle(active)
             for task in [t for t in active.queue if len(active.replicas.get(t.id, ())) == 1]:
                 held = active.replicas[task.id]
                 if held[0].params or not vetted(held[0].owner):
@@ -224,6 +321,7 @@ class Settlement:
         states = {
             Outcome.PENDING: DisputeState.OPEN,
             Outcome.ACCEPTED: DisputeState.SETTLED,
+            Outcome.HELD: DisputeState.SETTLED,
             Outcome.FAILED: DisputeState.FAILED,
         }
         evidence = dict(decision.evidence or {})
@@ -270,6 +368,9 @@ class Settlement:
         earlier = [r.attempt_id for r in losers if r.attempt_id not in batch]
         stored = {a.id: a for a in self.store.get_attempts(earlier)}
         stored.update((r.attempt_id, batch[r.attempt_id]) for r in losers if r.attempt_id in batch)
+        for node_id in {r.node_id for r in losers}:
+            for held in self.vouching.discard(node_id):
+                self._rerun(held)
         for loser in losers:
             loser.state = ReplicaState.INVALID
             attempt = stored.get(loser.attempt_id)

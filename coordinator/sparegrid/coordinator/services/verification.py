@@ -52,6 +52,7 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"
     PENDING = "pending"  # another result, from a node of another owner, is needed
     FAILED = "failed"  # no agreement within the attempt limit
+    HELD = "held"  # accepted on its node's record once a later check vouches (vouching.py)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Decision:
     confirmed: list[Replica] = field(default_factory=list)
     # when the results disagree: what each returned and what each comparison found
     evidence: dict[str, object] | None = None
+    voucher: str = ""  # HELD: the node whose later check vouches for it
 
 
 def policy_text(job: Job) -> str:
@@ -252,6 +254,11 @@ class Verifier:
             return Decision(Outcome.PENDING)
         losers = [r for r in live if all(r is not g for g in group)]
         winners = self._winners(job, group)
+        if trusted and self.reputations.check_rate(vote.node_id) > 0 and others_online():
+            # accepted once a later check of its node vouches for it
+            return Decision(
+                Outcome.HELD, method, detail, winners, losers, checked, voucher=vote.node_id
+            )
         return Decision(
             Outcome.ACCEPTED, method, detail, winners, losers, checked if trusted else []
         )
