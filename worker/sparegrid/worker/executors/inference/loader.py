@@ -1,12 +1,16 @@
 """Loads a client's .pt2 program without running any of the client's code, on any device.
 
-1. `inspect_pt2` checks the archive against the allow-list (sparegrid.wire.pt2).
-2. Only the allowed entries are copied into a fresh archive; the pickled sample inputs
-   are replaced by nothing, so no path inside `torch.export.load` reaches an unpickler.
+1. `check_archive` checks the archive against the allow-list (sparegrid.wire.pt2).
+2. A fresh archive is written from what was checked: the JSON documents and markers
+   from the very bytes that were parsed, the raw tensor payloads copied from the entries
+   whose sizes were checked, each name once, and the pickled sample inputs replaced by
+   nothing, so no path inside `torch.export.load` reaches an unpickler, and torch's zip
+   reader cannot pick another copy of an entry than the one checked.
 3. While torch loads that copy, `torch.load` without `weights_only=True` and
    `pickle.loads` raise: a second fence, should a future torch add a pickle path.
 4. The program is moved to the device and made portable: every `aten.view` becomes
-   `aten.reshape` (and every `empty` allocation a zeroed one). A program traced on the CPU records views that were legal for the CPU
+   `aten.reshape`, and every `empty` allocation a zeroed one, so a program cannot read
+   what the previous task (another client's) left in the device's memory. A program traced on the CPU records views that were legal for the CPU
    kernels' output strides; CUDA kernels (e.g. attention) return other strides and the
    same view fails ("view size is not compatible with input tensor's size and stride").
    `reshape` is a view where the strides allow and a copy where not, and an inference
@@ -17,7 +21,6 @@
 import contextlib
 import operator
 import pickle
-import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +29,12 @@ from typing import Any
 import torch
 from torch.export.passes import move_to_device_pass
 
-from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
+from sparegrid.wire.pt2 import CheckedArchive, ProgramInfo, UnsafeProgram, check_archive
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
+
+
 # Uninitialised memory may hold what the previous task (another client's) left on the
 # device: allocations in a client's graph are zeroed instead.
 _ZEROED = {
@@ -43,19 +48,31 @@ class UnpicklingRefused(RuntimeError):
     pass
 
 
-def sanitized_copy(source: Path, info: ProgramInfo, dest: Path) -> Path:
-    """A copy of the archive with only the allowed entries; sample inputs left empty."""
-    sample_inputs = f"{info.root}/data/sample_inputs/{info.model}.pt"
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
-        for entry in src.infolist():
-            if entry.is_dir():
-                continue
-            if entry.filename == sample_inputs:
-                out.writestr(entry.filename, b"")
-                continue
-            with src.open(entry) as fin, out.open(entry.filename, "w", force_zip64=True) as fout:
-                shutil.copyfileobj(fin, fout, 1 << 22)
+def sanitized_copy(archive: zipfile.ZipFile, checked: CheckedArchive, dest: Path) -> Path:
+    """A fresh archive holding what `check_archive` passed, each entry once: the checked
+    bytes of the JSON documents and markers, the size-checked payloads, and the pickled
+    sample inputs left empty."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        for name, data in checked.checked.items():
+            out.writestr(name, data)
+        for name in checked.dropped:
+            out.writestr(name, b"")
+        for entry in checked.payloads:
+            _copy_entry(archive, entry, out)
     return dest
+
+
+def _copy_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, out: zipfile.ZipFile) -> None:
+    copied = 0
+    try:
+        with archive.open(entry) as fin, out.open(entry.filename, "w", force_zip64=True) as fout:
+            while chunk := fin.read(1 << 22):
+                copied += len(chunk)
+                fout.write(chunk)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise UnsafeProgram(entry.filename, f"cannot be read: {exc}") from None
+    if copied != entry.file_size:  # zipfile checks the CRC too; this is the size it declared
+        raise UnsafeProgram(entry.filename, "holds more or fewer bytes than it declares")
 
 
 @contextlib.contextmanager
@@ -81,8 +98,17 @@ def no_unpickling() -> Iterator[None]:
 
 def load_program(path: Path, device: torch.device, scratch: Path) -> tuple[Any, ProgramInfo]:
     """(module, info): the program as a callable module on `device`, and its signature."""
-    info = inspect_pt2(path)
-    clean = sanitized_copy(path, info, scratch / "program.pt2")
+    clean = scratch / "program.pt2"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            checked = check_archive(archive, path.stat().st_size)
+            sanitized_copy(archive, checked, clean)
+    except (zipfile.BadZipFile, OSError) as exc:
+        clean.unlink(missing_ok=True)
+        raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
+    except BaseException:
+        clean.unlink(missing_ok=True)
+        raise
     try:
         with no_unpickling():
             program = torch.export.load(clean)
@@ -93,7 +119,7 @@ def load_program(path: Path, device: torch.device, scratch: Path) -> tuple[Any, 
     module = program.module()
     make_portable(module.graph)
     module.recompile()
-    return module, info
+    return module, checked.info
 
 
 def make_portable(graph: torch.fx.Graph) -> int:
