@@ -13,8 +13,8 @@ the standard library only, against an allow-list:
 - payload configs: no entry marked `use_pickle`;
 - the program: guard code that only compares input sizes, no custom objects, no nested
   graphs, every operator in the `aten` or `prims` namespace (or a few arithmetic helpers
-  on sizes) except those that touch files (`from_file`, `save`) or hand out uninitialised
-  strided memory, and every symbolic expression made only of integers, symbols and a
+  on sizes) except those `sparegrid.wire.pt2ops` refuses (files, uninitialised memory,
+  unchecked views), and every symbolic expression made only of integers, symbols and a
   fixed set of sympy functions;
 - the archive itself: each name once, compared without case (torch's zip reader finds an
   entry by a case-insensitive binary search, Python's takes the last copy: a repeated
@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sparegrid.wire.pt2ops import refused_operator
 
 MAX_PROGRAM_JSON = 64 << 20  # bytes of models/<name>.json (a ViT-B program: ~1 MB)
 MAX_MARKER = 4096  # bytes of a format marker (archive_format, byteorder, ...)
@@ -80,9 +82,6 @@ ITEM_SIZES = {
 }
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
-_ALLOWED_NAMESPACES = ("torch.ops.aten.", "torch.ops.prims.")
-# aten operators with effects outside the tensors: files, or memory another task left
-_DENIED_OPS = frozenset({"from_file", "save", "empty_strided", "new_empty_strided"})
 _ALLOWED_HELPERS = frozenset(
     {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod")}
     | {f"_operator.{n}" for n in ("neg", "pow", "eq", "ne", "lt", "le", "gt", "ge")}
@@ -395,13 +394,12 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
     ops: Counter[str] = Counter()
     for node in graph["nodes"]:
         target = node.get("target") if isinstance(node, dict) else None
-        if not isinstance(target, str) or not _allowed_target(target):
-            raise UnsafeProgram(
-                entry, f"operator {target!r} is not allowed (aten/prims only, no file access)"
-            )
+        why = operator_refusal(target)
+        if why is not None:
+            raise UnsafeProgram(entry, f"operator {target!r} is refused: it {why}")
         if next(_strings_under(node.get("inputs", []), "as_graph"), None) is not None:
             raise UnsafeProgram(entry, f"operator {target!r} carries a nested graph")
-        ops[target] += 1
+        ops[str(target)] += 1
     tensors = graph.get("tensor_values") or {}
     signature = module.get("signature") or {}
     inputs = _user_tensors(entry, signature.get("input_specs", []), "user_input", tensors)
@@ -420,12 +418,13 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
     )
 
 
-def _allowed_target(target: str) -> bool:
-    if target.startswith(_ALLOWED_NAMESPACES):
-        parts = target.split(".")
-        valid = len(parts) == 5 and all(p.isidentifier() for p in parts)
-        return valid and parts[3] not in _DENIED_OPS
-    return target in _ALLOWED_HELPERS
+def operator_refusal(target: Any) -> str | None:
+    """Why a graph node's target is refused ("reads a file ..."), or None if allowed."""
+    if not isinstance(target, str):
+        return "is not an operator name"
+    if target in _ALLOWED_HELPERS:
+        return None
+    return refused_operator(target)
 
 
 def _strings_under(value: Any, key: str) -> Iterator[Any]:

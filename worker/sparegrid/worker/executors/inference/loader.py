@@ -9,13 +9,16 @@
 3. While torch loads that copy, `torch.load` without `weights_only=True` and
    `pickle.loads` raise: a second fence, should a future torch add a pickle path.
 4. The program is moved to the device and made portable: every `aten.view` becomes
-   `aten.reshape`, and every `empty` allocation a zeroed one, so a program cannot read
-   what the previous task (another client's) left in the device's memory. A program traced on the CPU records views that were legal for the CPU
+   `aten.reshape`, and every `empty` allocation a zeroed one (`ZEROED_BY_WORKER`), so
+   a program cannot read what the previous task (another client's) left in the device's
+   memory. A program traced on the CPU records views that were legal for the CPU
    kernels' output strides; CUDA kernels (e.g. attention) return other strides and the
    same view fails ("view size is not compatible with input tensor's size and stride").
    `reshape` is a view where the strides allow and a copy where not, and an inference
    graph never writes through the alias. CPU-only attention kernels that a decomposed
    program may name are swapped for the portable `scaled_dot_product_attention`.
+5. The graph torch built is checked once more, now with each operator's schema: no
+   operator the allow-list refuses, no `empty` left unzeroed, no out= argument.
 """
 
 import contextlib
@@ -30,18 +33,40 @@ import torch
 from torch.export.passes import move_to_device_pass
 
 from sparegrid.wire.pt2 import CheckedArchive, ProgramInfo, UnsafeProgram, check_archive
+from sparegrid.wire.pt2ops import refused_operator
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
 
 
+def zeroed_permuted(size: Any, physical_layout: Any, **kwargs: Any) -> torch.Tensor:
+    """`empty_permuted` (the layout a decomposed `empty_like` keeps), zero-filled."""
+    out: torch.Tensor = torch.ops.aten.empty_permuted.default(size, physical_layout, **kwargs)
+    return out.zero_()
+
+
 # Uninitialised memory may hold what the previous task (another client's) left on the
-# device: allocations in a client's graph are zeroed instead.
-_ZEROED = {
+# device: allocations in a client's graph are zeroed instead. Keys: ZEROED_BY_WORKER.
+_ZEROED: dict[Any, Any] = {
     torch.ops.aten.empty.memory_format: torch.ops.aten.zeros.default,
     torch.ops.aten.new_empty.default: torch.ops.aten.new_zeros.default,
     torch.ops.aten.empty_like.default: torch.ops.aten.zeros_like.default,
+    torch.ops.aten.empty_permuted.default: zeroed_permuted,
 }
+_OWN_TARGETS = frozenset(_ZEROED.values())
+# Fused attention kernels return scratch beside their output: log-sum-exp padding, debug
+# masks, and random seeds that flash attention leaves uninitialised when there is no
+# dropout. A program may use their first output only.
+_FIRST_OUTPUT_ONLY = frozenset(
+    {
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+    }
+)
 
 
 class UnpicklingRefused(RuntimeError):
@@ -118,8 +143,35 @@ def load_program(path: Path, device: torch.device, scratch: Path) -> tuple[Any, 
         program = move_to_device_pass(program, device)
     module = program.module()
     make_portable(module.graph)
+    check_loaded(module.graph, checked.info)
     module.recompile()
     return module, checked.info
+
+
+def check_loaded(graph: torch.fx.Graph, info: ProgramInfo) -> None:
+    """The allow-list again, on the graph torch built, with each operator's schema: no
+    refused operator, no allocation left unzeroed, no out= argument."""
+    entry = f"{info.root}/models/{info.model}.json"
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or target in _OWN_TARGETS:
+            continue
+        if not isinstance(target, torch._ops.OpOverload):
+            if getattr(target, "__module__", None) in ("_operator", "math", "torch"):
+                continue  # size arithmetic, checked by name in the archive
+            raise UnsafeProgram(entry, f"the loaded graph calls {target!r}")
+        name = f"torch.ops.{target.namespace}.{target._opname}.{target._overloadname}"
+        why = refused_operator(name) if target not in _ZEROED else "was not zeroed"
+        if why is None and any(a.is_out for a in target._schema.arguments):
+            why = "writes into a tensor it is given (out=)"
+        if why is None and target._opname in _FIRST_OUTPUT_ONLY and not _first_only(node):
+            why = "returns scratch memory beside its output, and the program reads it"
+        if why is not None:
+            raise UnsafeProgram(entry, f"operator {name!r} is refused: it {why}")
+
+
+def _first_only(node: torch.fx.Node) -> bool:
+    return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
 
 
 def make_portable(graph: torch.fx.Graph) -> int:
