@@ -128,6 +128,26 @@ def other_scenes(out: Path, host: Path) -> None:
     save(out / "disk_cache.blend")
     system.particle_system.point_cache.use_disk_cache = True
     save(out / "disk_cache.blend")
+    base()  # a fluid domain: its cache directory is on disk
+    bpy.data.objects["Cube"].modifiers.new("fluid", "FLUID").fluid_type = "DOMAIN"
+    save(out / "fluid.blend")
+    base()  # a camera running an OSL file
+    camera = bpy.data.cameras["Camera"]
+    camera.type, camera.custom_mode = "CUSTOM", "EXTERNAL"
+    camera.custom_filepath = str(host / "secret.osl")
+    save(out / "camera.blend")
+    base()  # a volume object whose grids are a file, not packed
+    volume = bpy.data.volumes.new("fog")
+    volume.filepath = str(host / "secret.vdb")
+    bpy.context.scene.collection.objects.link(bpy.data.objects.new("fog", volume))
+    save(out / "volume.blend")
+    base()  # a library: another .blend on the volunteer's disk, linked in
+    save(host / "library.blend")
+    base()
+    with bpy.data.libraries.load(str(host / "library.blend"), link=True) as (_, linked):
+        linked.materials = ["Material"]
+    bpy.data.objects["Cube"].material_slots[0].material = linked.materials[0]
+    save(out / "library.blend")
 
 
 def main(out: Path) -> None:
@@ -135,6 +155,7 @@ def main(out: Path) -> None:
     plant(host)
     (host / "secret.pc2").write_bytes(b"POINTCACHE2\0" + bytes(20))
     (host / "secret.ies").write_text("IESNA:LM-63-2002\nTILT=NONE\n")
+    (host / "secret.osl").write_text("shader camera() {}\n")
     import_scenes(out, host)
     other_scenes(out, host)
 

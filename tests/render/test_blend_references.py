@@ -28,7 +28,11 @@ OTHERS = {
     "mesh_cache": "secret.pc2",
     "ies": "secret.ies",
     "disk_cache": "point cache kept on disk",
+    "fluid": "FluidDomainSettings.cache_directory",
+    "camera": "secret.osl",
 }
+# Blender can pack these: the SDK does, the worker refuses them unpacked.
+PACKABLE = {"volume": "secret.vdb", "library": "library.blend"}
 # Path properties of structs that are never part of a scene's data (the user's
 # preferences, the file browser, operators, the asset system, runtime results).
 OUTSIDE_SCENES = (
@@ -126,13 +130,13 @@ OPEN_EACH = """
 
 
 def test_the_worker_refuses_every_scene_that_reads_a_host_file(hostile: Path) -> None:
-    names = [f"import_{k}.blend" for k in IMPORTS] + [f"{n}.blend" for n in OTHERS]
+    names = [f"import_{k}.blend" for k in IMPORTS] + [f"{n}.blend" for n in OTHERS | PACKABLE]
     out = last_json(run_bpy(OPEN_EACH, str(hostile), *names))
     for kind in IMPORTS:
         refused = out[f"import_{kind}.blend"]
         assert refused.startswith("BAD_INPUT: ") and "not packed" in refused
         assert next(n for n in FILE_READING_NODES if n.lower().endswith(kind)) in refused
-    for name, named in OTHERS.items():
+    for name, named in (OTHERS | PACKABLE).items():
         assert out[f"{name}.blend"].startswith("BAD_INPUT: ") and named in out[f"{name}.blend"]
 
 

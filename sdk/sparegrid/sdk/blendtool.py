@@ -12,6 +12,7 @@ What counts as reading a file is `sparegrid.wire.blendrefs`, the rule workers ap
 """
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -147,4 +148,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.stdout.flush()
+    # Blender can crash tearing down what the file loaded (a fluid domain's solver aborts
+    # at exit): the answer is written, so leave without the teardown.
+    os._exit(code)
