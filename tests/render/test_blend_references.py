@@ -188,6 +188,20 @@ def test_it_cannot_see_paths_without_blender(hostile: Path) -> None:
     assert blend_version(hostile / "mesh_cache.blend") == "5.0"
 
 
+def test_a_scene_too_large_to_walk_is_refused_not_half_checked(hostile: Path) -> None:
+    proc = run_bpy(
+        """
+        import json, sys, bpy
+        from sparegrid.wire import blendrefs
+        bpy.ops.wm.open_mainfile(filepath=sys.argv[1], load_ui=False, use_scripts=False)
+        blendrefs._WALK_LIMIT = 3
+        print(json.dumps([r.describe() for r in blendrefs.external_references(bpy)]))
+        """,
+        str(hostile / "host" / "library.blend"),  # a plain scene
+    )
+    assert last_json(proc) == ["more than 3 structures to check (the scene)"]
+
+
 INTROSPECT = """
     import json, re, bpy
     bpy.ops.wm.read_factory_settings(use_empty=True)

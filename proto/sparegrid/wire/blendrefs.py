@@ -126,6 +126,9 @@ def external_references(bpy: Any) -> list[Reference]:
         if block.users:
             walker.block = block
             walker.visit(block, f"{_id_kind(block)} {block.name!r}")
+    if len(walker.seen) > _WALK_LIMIT:  # what was not walked cannot pass
+        walker.block = None
+        walker._found("", "the scene", f"more than {_WALK_LIMIT} structures to check", False)
     return walker.found
 
 
@@ -157,7 +160,7 @@ class _Walker:
         name = struct.bl_rna.identifier
         key = (name, struct.as_pointer())
         if key in self.seen or len(self.seen) > _WALK_LIMIT:
-            return
+            return  # past the limit, the scene is refused whole
         self.seen.add(key)
         if name in FILE_READING_NODES:
             self._found("", where, f"a {name} node, which reads a file from disk", False)
