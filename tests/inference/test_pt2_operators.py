@@ -290,5 +290,14 @@ def test_an_out_overload_left_in_a_loaded_graph_is_refused() -> None:
         loader.check_loaded(graph, _info())
 
 
+def test_a_torch_function_in_a_loaded_graph_is_refused() -> None:
+    """`torch.from_file` is a plain torch function, not an operator: only the size
+    arithmetic helpers the archive may name pass."""
+    graph = torch.fx.Graph()
+    graph.output(graph.call_function(torch.from_file, ("/etc/passwd",)))
+    with pytest.raises(UnsafeProgram, match="from_file"):
+        loader.check_loaded(graph, _info())
+
+
 def _info() -> ProgramInfo:
     return ProgramInfo(root="m", model="model", inputs=[], outputs=[], ranges={})

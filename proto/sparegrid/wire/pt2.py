@@ -82,7 +82,7 @@ ITEM_SIZES = {
 }
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
-_ALLOWED_HELPERS = frozenset(
+ALLOWED_HELPERS = frozenset(
     {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod")}
     | {f"_operator.{n}" for n in ("neg", "pow", "eq", "ne", "lt", "le", "gt", "ge")}
     | {f"_operator.{n}" for n in ("and_", "or_", "not_")}
@@ -422,7 +422,7 @@ def operator_refusal(target: Any) -> str | None:
     """Why a graph node's target is refused ("reads a file ..."), or None if allowed."""
     if not isinstance(target, str):
         return "is not an operator name"
-    if target in _ALLOWED_HELPERS:
+    if target in ALLOWED_HELPERS:
         return None
     return refused_operator(target)
 

@@ -22,6 +22,8 @@
 """
 
 import contextlib
+import functools
+import importlib
 import operator
 import pickle
 import zipfile
@@ -32,7 +34,13 @@ from typing import Any
 import torch
 from torch.export.passes import move_to_device_pass
 
-from sparegrid.wire.pt2 import CheckedArchive, ProgramInfo, UnsafeProgram, check_archive
+from sparegrid.wire.pt2 import (
+    ALLOWED_HELPERS,
+    CheckedArchive,
+    ProgramInfo,
+    UnsafeProgram,
+    check_archive,
+)
 from sparegrid.wire.pt2ops import refused_operator
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -157,8 +165,8 @@ def check_loaded(graph: torch.fx.Graph, info: ProgramInfo) -> None:
         if node.op != "call_function" or target in _OWN_TARGETS:
             continue
         if not isinstance(target, torch._ops.OpOverload):
-            if getattr(target, "__module__", None) in ("_operator", "math", "torch"):
-                continue  # size arithmetic, checked by name in the archive
+            if target in _helpers():
+                continue  # size arithmetic, the same names the archive was checked for
             raise UnsafeProgram(entry, f"the loaded graph calls {target!r}")
         name = f"torch.ops.{target.namespace}.{target._opname}.{target._overloadname}"
         why = refused_operator(name) if target not in _ZEROED else "was not zeroed"
@@ -168,6 +176,16 @@ def check_loaded(graph: torch.fx.Graph, info: ProgramInfo) -> None:
             why = "returns scratch memory beside its output, and the program reads it"
         if why is not None:
             raise UnsafeProgram(entry, f"operator {name!r} is refused: it {why}")
+
+
+@functools.cache
+def _helpers() -> frozenset[Any]:
+    """The callables `ALLOWED_HELPERS` names ("_operator.add", "torch.sym_int", ...)."""
+    found = set()
+    for name in ALLOWED_HELPERS:
+        module, _, attr = name.rpartition(".")
+        found.add(getattr(importlib.import_module(module), attr))
+    return frozenset(found)
 
 
 def _first_only(node: torch.fx.Node) -> bool:
