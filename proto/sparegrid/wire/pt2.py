@@ -13,9 +13,15 @@ the standard library only, against an allow-list:
 - payload configs: no entry marked `use_pickle`;
 - the program: guard code that only compares input sizes, no custom objects, no nested
   graphs, every operator in the `aten` or `prims` namespace (or a few arithmetic helpers
-  on sizes) except those that touch files (`from_file`, `save`) or hand out uninitialised
-  strided memory, and every symbolic expression made only of integers, symbols and a
-  fixed set of sympy functions.
+  on sizes) except those `sparegrid.wire.pt2ops` refuses (files, uninitialised memory,
+  unchecked views), and every symbolic expression made only of integers, symbols and a
+  fixed set of sympy functions;
+- the archive itself: each name once, compared without case (torch's zip reader finds an
+  entry by a case-insensitive binary search, Python's takes the last copy: a repeated
+  name would let one copy be checked and another loaded), plain files only (no symbolic
+  links), no name that escapes the archive, and no size it declares beyond the bytes the
+  file holds. `check_archive` returns the bytes it checked, so the worker loads a copy
+  built from exactly those.
 
 The same rules run in the SDK (before upload), the coordinator (at submit) and the worker
 (before load), so a refusal names the offending entry at the earliest point.
@@ -23,6 +29,7 @@ The same rules run in the SDK (before upload), the coordinator (at submit) and t
 
 import json
 import re
+import stat
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparegrid.wire.pt2ops import refused_operator
+
 MAX_PROGRAM_JSON = 64 << 20  # bytes of models/<name>.json (a ViT-B program: ~1 MB)
+MAX_MARKER = 4096  # bytes of a format marker (archive_format, byteorder, ...)
 MAX_ARCHIVE_ENTRIES = 200_000
 MAX_COMPRESSION_RATIO = 200  # a zip bomb inflates far more
+MAX_DIMS = 64
 
 # torch/_export/serde/schema.py ScalarType -> safetensors dtype name
 SCALAR_TYPES = {
@@ -52,12 +63,26 @@ SCALAR_TYPES = {
     34: "U32",
     35: "U64",
 }
+ITEM_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
-_ALLOWED_NAMESPACES = ("torch.ops.aten.", "torch.ops.prims.")
-# aten operators with effects outside the tensors: files, or memory another task left
-_DENIED_OPS = frozenset({"from_file", "save", "empty_strided", "new_empty_strided"})
-_ALLOWED_HELPERS = frozenset(
+ALLOWED_HELPERS = frozenset(
     {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod")}
     | {f"_operator.{n}" for n in ("neg", "pow", "eq", "ne", "lt", "le", "gt", "ge")}
     | {f"_operator.{n}" for n in ("and_", "or_", "not_")}
@@ -79,8 +104,11 @@ _GUARD_TOKEN = re.compile(
     r"|\d+|==|!=|<=|>=|//|[-+*%<>()]|\b(?:and|or|not)\b|\s+"
 )
 _SYMBOL = re.compile(r"Symbol\('([A-Za-z_][A-Za-z0-9_]*)'")
+# torch counts unbacked symbols up to the largest index it sees: keep the index small
+_RANGE_SYMBOL = re.compile(r"[A-Za-z_]{1,32}[0-9]{0,6}")
 _PAYLOAD_NAME = re.compile(r"(weight|tensor)_\d+")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what torch's reader inflates
 
 
 class UnsafeProgram(ValueError):
@@ -126,6 +154,20 @@ class ProgramInfo:
         return only if isinstance(only, str) else None
 
 
+@dataclass(frozen=True)
+class CheckedArchive:
+    """What `check_archive` passed: the program, and every file entry of the archive once.
+
+    `checked` holds the bytes of the JSON documents and markers exactly as they were
+    checked; the raw tensor payloads (`payloads`) were checked by their sizes only, and
+    `dropped` (the pickled sample inputs) must never be read."""
+
+    info: ProgramInfo
+    checked: dict[str, bytes]  # full entry name -> bytes
+    payloads: list[zipfile.ZipInfo]
+    dropped: list[str]
+
+
 def inspect_pt2(path: Path) -> ProgramInfo:
     """Checks the archive at `path`; raises UnsafeProgram naming what is refused."""
     try:
@@ -133,36 +175,84 @@ def inspect_pt2(path: Path) -> ProgramInfo:
     except (zipfile.BadZipFile, OSError) as exc:
         raise UnsafeProgram(str(path), f"not a .pt2 (zip) archive: {exc}") from None
     with archive:
-        infos = archive.infolist()
-        root = _check_entries(infos)
-        names = {i.filename[len(root) + 1 :]: i for i in infos}
-        model = _check_layout(root, names)
-        for config in (
-            f"weights/{model}_weights_config.json",
-            f"constants/{model}_constants_config.json",
-        ):
-            _check_payload_config(root, archive, names, f"data/{config}")
-        program = _read_json(archive, f"{root}/models/{model}.json", MAX_PROGRAM_JSON)
-    return _check_program(f"{root}/models/{model}.json", program, root, model)
+        return check_archive(archive, path.stat().st_size).info
 
 
-def _check_entries(infos: list[zipfile.ZipInfo]) -> str:
+def check_archive(archive: zipfile.ZipFile, size: int) -> CheckedArchive:
+    """Checks an open archive of `size` bytes; raises UnsafeProgram naming what is refused."""
+    infos = archive.infolist()
+    root = _check_entries(infos, size)
+    names = {i.filename[len(root) + 1 :]: i for i in infos if not i.is_dir()}
+    model = _check_layout(root, names)
+    checked: dict[str, bytes] = {}
+    for name, info in names.items():
+        if name.startswith(("archive_", "byteorder", ".data/")):
+            checked[info.filename] = _read(archive, info, MAX_MARKER)
+    for folder, config in (
+        ("weights", f"weights/{model}_weights_config.json"),
+        ("constants", f"constants/{model}_constants_config.json"),
+    ):
+        if f"data/{config}" in names:
+            raw = _read(archive, names[f"data/{config}"], MAX_PROGRAM_JSON)
+            _check_payload_config(root, f"data/{folder}", names, f"{root}/data/{config}", raw)
+            checked[f"{root}/data/{config}"] = raw
+    entry = f"{root}/models/{model}.json"
+    raw = _read(archive, names[f"models/{model}.json"], MAX_PROGRAM_JSON)
+    program = _check_program(entry, _parse_json(entry, raw), root, model)
+    checked[entry] = raw
+    payloads = [
+        i
+        for n, i in names.items()
+        if n.startswith(("data/weights/", "data/constants/")) and i.filename not in checked
+    ]
+    dropped = [i.filename for i in names.values() if i.filename.endswith(".pt")]
+    return CheckedArchive(program, checked, payloads, dropped)
+
+
+def _check_entries(infos: list[zipfile.ZipInfo], size: int) -> str:
     if not infos:
         raise UnsafeProgram("", "the archive is empty")
     if len(infos) > MAX_ARCHIVE_ENTRIES:
         raise UnsafeProgram("", f"the archive has {len(infos)} entries")
     roots = set()
+    seen: dict[str, str] = {}
     for info in infos:
+        _check_entry(info, size)
         name = info.filename
-        parts = name.split("/")
-        if name.startswith("/") or "\\" in name or ".." in parts or len(parts) < 2:
-            raise UnsafeProgram(name, "entry path is absolute, escapes the archive or has no root")
-        if info.compress_size and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
-            raise UnsafeProgram(name, "compression ratio is implausible (a zip bomb?)")
-        roots.add(parts[0])
+        if name.lower() in seen:
+            raise UnsafeProgram(
+                name,
+                f"the name appears more than once (also as {seen[name.lower()]!r}); zip "
+                "readers disagree on which copy counts, so one could be checked and another "
+                "loaded",
+            )
+        seen[name.lower()] = name
+        roots.add(name.split("/")[0])
     if len(roots) != 1:
         raise UnsafeProgram(", ".join(sorted(roots)), "a .pt2 archive has exactly one top folder")
     return roots.pop()
+
+
+def _check_entry(info: zipfile.ZipInfo, size: int) -> None:
+    name = info.filename
+    parts = name.split("/")
+    if info.orig_filename != name or not (name.isascii() and name.isprintable()):
+        raise UnsafeProgram(name, "entry name holds a NUL, a control or a non-ASCII character")
+    if name.startswith("/") or "\\" in name or ".." in parts or len(parts) < 2:
+        raise UnsafeProgram(name, "entry path is absolute, escapes the archive or has no root")
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise UnsafeProgram(name, "entry is a symbolic link or a special file, not a plain file")
+    if info.flag_bits & 0x1 or info.compress_type not in _ZIP_METHODS:
+        raise UnsafeProgram(name, "entry is encrypted or compressed with an unknown method")
+    if info.header_offset + info.compress_size > size:
+        raise UnsafeProgram(
+            name, f"entry declares {info.compress_size} bytes; the archive has {size}"
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise UnsafeProgram(name, "entry is stored, but declares two different sizes")
+    if info.compress_size and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
+        raise UnsafeProgram(name, "compression ratio is implausible (a zip bomb?)")
 
 
 def _check_layout(root: str, names: dict[str, zipfile.ZipInfo]) -> str:
@@ -183,14 +273,14 @@ def _check_layout(root: str, names: dict[str, zipfile.ZipInfo]) -> str:
         f"data/constants/{model}_constants_config.json",
         f"data/sample_inputs/{model}.pt",  # pickled: never read, dropped by the worker
     }
-    for name, info in names.items():
-        if info.is_dir() or name in allowed_files:
+    for name in names:
+        if name in allowed_files:
             continue
         folder, _, leaf = name.rpartition("/")
         if folder in ("data/weights", "data/constants") and _PAYLOAD_NAME.fullmatch(leaf):
             continue
         raise UnsafeProgram(f"{root}/{name}", _why_refused(name))
-    for required in ("archive_format", f"models/{model}.json"):
+    for required in ("archive_format", "archive_version", f"models/{model}.json"):
         if required not in names:
             raise UnsafeProgram(f"{root}/{required}", "missing: not a torch.export archive")
     return model
@@ -206,27 +296,33 @@ def _why_refused(name: str) -> str:
     return "not part of a plain torch.export program (only weights and tensor constants are)"
 
 
-def _read_json(archive: zipfile.ZipFile, name: str, limit: int) -> Any:
-    info = archive.getinfo(name)
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
-        raise UnsafeProgram(name, f"{info.file_size} bytes of JSON, more than {limit}")
+        raise UnsafeProgram(info.filename, f"{info.file_size} bytes, more than {limit}")
     try:
-        return json.loads(archive.read(name))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnsafeProgram(name, f"not valid JSON: {exc}") from None
+        with archive.open(info) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UnsafeProgram(info.filename, f"cannot be read: {exc}") from None
+    if len(data) != info.file_size:
+        raise UnsafeProgram(info.filename, "holds more or fewer bytes than it declares")
+    return data
+
+
+def _parse_json(entry: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UnsafeProgram(entry, f"not valid JSON: {exc}") from None
 
 
 def _check_payload_config(
-    root: str, archive: zipfile.ZipFile, names: dict[str, zipfile.ZipInfo], config: str
+    root: str, folder: str, names: dict[str, zipfile.ZipInfo], entry: str, raw: bytes
 ) -> None:
-    if config not in names:
-        return
-    entry = f"{root}/{config}"
-    data = _read_json(archive, entry, MAX_PROGRAM_JSON)
+    data = _parse_json(entry, raw)
     items = data.get("config") if isinstance(data, dict) else None
     if not isinstance(items, dict):
         raise UnsafeProgram(entry, "payload config has no 'config' object")
-    folder = config.rpartition("/")[0]
     for fqn, meta in items.items():
         if not isinstance(meta, dict):
             raise UnsafeProgram(entry, f"payload {fqn!r} is not an object")
@@ -235,8 +331,47 @@ def _check_payload_config(
             raise UnsafeProgram(f"{root}/{folder}/{path_name}", f"{fqn!r} is marked use_pickle")
         if not isinstance(path_name, str) or not _PAYLOAD_NAME.fullmatch(path_name):
             raise UnsafeProgram(entry, f"payload {fqn!r} is {path_name!r}, not a raw tensor")
-        if f"{folder}/{path_name}" not in names:
+        payload = names.get(f"{folder}/{path_name}")
+        if payload is None:
             raise UnsafeProgram(f"{root}/{folder}/{path_name}", f"{fqn!r} payload is missing")
+        needed = _payload_bytes(meta.get("tensor_meta"))
+        if needed is None or needed > payload.file_size:
+            raise UnsafeProgram(
+                f"{root}/{folder}/{path_name}",
+                f"{fqn!r} declares a tensor of {needed if needed is not None else 'unreadable'} "
+                f"bytes; its payload holds {payload.file_size}",
+            )
+
+
+def _payload_bytes(meta: Any) -> int | None:
+    """The bytes a weight's declared sizes, strides and offset reach into its payload (torch
+    allocates that much for an empty payload), or None when they are not plain integers."""
+    if not isinstance(meta, dict):
+        return None
+    item = ITEM_SIZES.get(SCALAR_TYPES.get(meta.get("dtype", -1), ""))
+    sizes, strides = _plain_ints(meta.get("sizes")), _plain_ints(meta.get("strides"))
+    offset = _plain_ints([meta.get("storage_offset", {"as_int": 0})])
+    if item is None or sizes is None or strides is None or offset is None:
+        return None
+    if len(sizes) != len(strides) or len(sizes) > MAX_DIMS:
+        return None
+    if 0 in sizes:
+        return 0
+    reach = offset[0] + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True))
+    return item * (reach + 1)
+
+
+def _plain_ints(dims: Any) -> list[int] | None:
+    """[{"as_int": 3}, ...] -> [3, ...]; None if any is symbolic, negative or malformed."""
+    if not isinstance(dims, list):
+        return None
+    out = []
+    for dim in dims:
+        value = dim.get("as_int") if isinstance(dim, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return None
+        out.append(value)
+    return out
 
 
 def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramInfo:
@@ -259,13 +394,12 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
     ops: Counter[str] = Counter()
     for node in graph["nodes"]:
         target = node.get("target") if isinstance(node, dict) else None
-        if not isinstance(target, str) or not _allowed_target(target):
-            raise UnsafeProgram(
-                entry, f"operator {target!r} is not allowed (aten/prims only, no file access)"
-            )
+        why = operator_refusal(target)
+        if why is not None:
+            raise UnsafeProgram(entry, f"operator {target!r} is refused: it {why}")
         if next(_strings_under(node.get("inputs", []), "as_graph"), None) is not None:
             raise UnsafeProgram(entry, f"operator {target!r} carries a nested graph")
-        ops[target] += 1
+        ops[str(target)] += 1
     tensors = graph.get("tensor_values") or {}
     signature = module.get("signature") or {}
     inputs = _user_tensors(entry, signature.get("input_specs", []), "user_input", tensors)
@@ -284,12 +418,13 @@ def _check_program(entry: str, program: Any, root: str, model: str) -> ProgramIn
     )
 
 
-def _allowed_target(target: str) -> bool:
-    if target.startswith(_ALLOWED_NAMESPACES):
-        parts = target.split(".")
-        valid = len(parts) == 5 and all(p.isidentifier() for p in parts)
-        return valid and parts[3] not in _DENIED_OPS
-    return target in _ALLOWED_HELPERS
+def operator_refusal(target: Any) -> str | None:
+    """Why a graph node's target is refused ("reads a file ..."), or None if allowed."""
+    if not isinstance(target, str):
+        return "is not an operator name"
+    if target in ALLOWED_HELPERS:
+        return None
+    return refused_operator(target)
 
 
 def _strings_under(value: Any, key: str) -> Iterator[Any]:
@@ -336,7 +471,7 @@ def _ranges(entry: str, raw: Any) -> dict[str, tuple[int, int]]:
         raise UnsafeProgram(entry, "range_constraints is not an object")
     ranges = {}
     for symbol, bounds in raw.items():
-        if not isinstance(symbol, str) or not symbol.isidentifier():
+        if not isinstance(symbol, str) or not _RANGE_SYMBOL.fullmatch(symbol):
             raise UnsafeProgram(entry, f"range constraint on {symbol!r}")
         low, high = (bounds or {}).get("min_val"), (bounds or {}).get("max_val")
         low = low if isinstance(low, int) else 0

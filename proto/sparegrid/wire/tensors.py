@@ -7,30 +7,14 @@ any volunteer sees the job.
 """
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparegrid.wire.pt2 import ProgramInfo
+from sparegrid.wire.pt2 import ITEM_SIZES, ProgramInfo
 
 MAX_HEADER = 100 << 20
-ITEM_SIZES = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "I64": 8,
-    "U64": 8,
-    "F64": 8,
-}
 
 
 class BadTensors(ValueError):
@@ -49,12 +33,16 @@ class TensorHeader:
         return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
 
 
-def _header_length(prefix: bytes, label: str) -> int:
+def _header_length(prefix: bytes, size: int, label: str) -> int:
+    """The declared header length, checked against the real size (`size` bytes in all)
+    before anything of that length is read or allocated."""
     if len(prefix) < 8:
         raise BadTensors(f"{label}: too short to be a safetensors file")
     (length,) = struct.unpack("<Q", prefix[:8])
     if length > MAX_HEADER:
         raise BadTensors(f"{label}: header of {length} bytes is implausible")
+    if length > size - 8:
+        raise BadTensors(f"{label}: header of {length} bytes is longer than the file ({size})")
     return int(length)
 
 
@@ -62,17 +50,19 @@ def read_header(path: Path) -> dict[str, TensorHeader]:
     """The tensors of a safetensors file, checked for consistency with its size."""
     try:
         with path.open("rb") as f:
-            length = _header_length(f.read(8), path.name)
+            size = os.fstat(f.fileno()).st_size
+            length = _header_length(f.read(8), size, path.name)
             header = f.read(length)
-        size = path.stat().st_size
     except OSError as exc:
         raise BadTensors(f"{path.name}: {exc.strerror or exc}") from None
+    if len(header) != length:
+        raise BadTensors(f"{path.name}: the file changed while its header was read")
     return parse_header(header, size - 8 - length, path.name)
 
 
 def header_of(data: bytes, label: str) -> dict[str, TensorHeader]:
     """The tensors of safetensors bytes in memory, checked as `read_header` checks a file."""
-    length = _header_length(data, label)
+    length = _header_length(data, len(data), label)
     return parse_header(data[8 : 8 + length], len(data) - 8 - length, label)
 
 

@@ -3,19 +3,24 @@
 Each command prints one JSON object on the last line of stdout. The client's own .blend is
 opened with its scripts disabled here too: inspecting a file must not run it.
 
-  inspect BLEND               frame range, resolution, samples, external files
+  inspect BLEND               frame range, resolution, samples, external files, and what
+                              would read a file no packing can bring in (refused)
   pack BLEND OUT              packs external files into a copy at OUT (missing ones: error)
+
+What counts as reading a file is `sparegrid.wire.blendrefs`, the rule workers apply too.
   stitch OUT FMT DEPTH W H TILE...   tiles named tile_xA-B_yC-D.ext into one frame
 """
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from sparegrid.wire.blendrefs import external_references
+
 _TILE = re.compile(r"tile_x(\d+)-(\d+)_y(\d+)-(\d+)\.\w+$")
-_EXTERNAL = ("images", "libraries", "volumes", "cache_files", "movieclips", "fonts")
 
 
 def _bpy() -> Any:
@@ -30,23 +35,20 @@ def _open(bpy: Any, path: str) -> None:
     bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
 
 
-def _external(bpy: Any) -> tuple[list[str], list[str]]:
-    """(present, missing) absolute paths of used, unpacked external files."""
+def _external(bpy: Any) -> tuple[list[str], list[str], list[str]]:
+    """(present, missing, unpackable): files Blender can pack that exist, those that do
+    not (absolute paths), and what reads a file that no packing brings in."""
     present: list[str] = []
     missing: list[str] = []
-    for name in _EXTERNAL:
-        for block in getattr(bpy.data, name):
-            if getattr(block, "packed_file", None) is not None or not block.users:
-                continue
-            if name == "images" and block.source not in ("FILE", "SEQUENCE", "MOVIE", "TILED"):
-                continue
-            filepath = getattr(block, "filepath", "")
-            if not filepath or filepath == "<builtin>":
-                continue
-            full = bpy.path.abspath(filepath, library=getattr(block, "library", None))
-            label = f"{full} ({name[:-1]} {block.name!r})"
-            (present if Path(full).exists() else missing).append(label)
-    return present, missing
+    unpackable: list[str] = []
+    for ref in external_references(bpy):
+        if not ref.packable:
+            unpackable.append(ref.describe())
+            continue
+        full = bpy.path.abspath(ref.path, library=getattr(ref.block, "library", None))
+        label = f"{full} ({ref.where})"
+        (present if Path(full).exists() else missing).append(label)
+    return present, missing, unpackable
 
 
 def inspect(path: str) -> dict[str, Any]:
@@ -54,7 +56,7 @@ def inspect(path: str) -> dict[str, Any]:
     _open(bpy, path)
     scene = bpy.context.scene
     r = scene.render
-    present, missing = _external(bpy)
+    present, missing, unpackable = _external(bpy)
     return {
         "frame_start": scene.frame_start,
         "frame_end": scene.frame_end,
@@ -67,19 +69,20 @@ def inspect(path: str) -> dict[str, Any]:
         "blender": bpy.app.version_string,
         "external": present,
         "missing": missing,
+        "unpackable": unpackable,
     }
 
 
 def pack(path: str, out: str) -> dict[str, Any]:
     bpy = _bpy()
     _open(bpy, path)
-    present, missing = _external(bpy)
-    if missing:
-        return {"missing": missing}
+    present, missing, unpackable = _external(bpy)
+    if missing or unpackable:
+        return {"missing": missing, "unpackable": unpackable}
     bpy.ops.file.pack_all()
     if bpy.data.libraries:
         bpy.ops.file.pack_libraries()
-    left, _ = _external(bpy)  # e.g. Alembic caches, which Blender cannot pack
+    left = [ref.describe() for ref in external_references(bpy)]  # e.g. movies
     if left:
         return {"missing": [], "unpackable": left}
     bpy.ops.wm.save_as_mainfile(filepath=out, copy=True, compress=True)
@@ -145,4 +148,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.stdout.flush()
+    # Blender can crash tearing down what the file loaded (a fluid domain's solver aborts
+    # at exit): the answer is written, so leave without the teardown.
+    os._exit(code)

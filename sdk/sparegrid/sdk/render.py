@@ -2,8 +2,9 @@
 
 With bpy installed (`pip install bpy==5.0.1`), the scene is inspected in a subprocess
 (its frame range, resolution, samples and external files) and external files are packed
-into a temporary copy by Blender itself; a file that references missing files is refused
-with their list. Without bpy, resolution and samples must be given and the coordinator's
+into a temporary copy by Blender itself; a file that references missing files, or reads
+files no packing can bring in (a Geometry Nodes importer, a cache on disk: workers refuse
+those, see `sparegrid.wire.blendrefs`), is refused with their list. Without bpy, resolution and samples must be given and the coordinator's
 and workers' checks are all there is (a worker refuses a scene with unpacked files).
 """
 
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class SceneInfo:
     external: list[str]
     missing: list[str]
     camera: bool = True
+    unpackable: list[str] = field(default_factory=list)
 
 
 def _tool(*args: str) -> dict[str, Any]:
@@ -93,6 +95,7 @@ def inspect_scene(path: Path) -> SceneInfo:
         list(info["external"]),
         list(info["missing"]),
         bool(info["camera"]),
+        list(info.get("unpackable", [])),
     )
 
 
@@ -105,6 +108,16 @@ def missing_files_error(path: Path, missing: Sequence[str]) -> InvalidArgumentEr
         f"{path} references {len(missing)} file(s) that do not exist, so frames would render "
         f"with missing textures: {listing}. Fix the paths in Blender, or pack them "
         "(File > External Data > Pack Resources), and submit again",
+    )
+
+
+def unpackable_error(path: Path, found: Sequence[str]) -> InvalidArgumentError:
+    listing = "; ".join(found[:20]) + (f"; and {len(found) - 20} more" if len(found) > 20 else "")
+    return InvalidArgumentError(
+        "UNPACKABLE_FILES",
+        f"{path} reads files that Blender cannot pack into it, and workers only read what "
+        f"is packed: {listing}. Apply or bake them into the scene's own data (apply the "
+        "modifier, realize the imported geometry), or remove them, and submit again",
     )
 
 
@@ -121,11 +134,7 @@ def packed(path: Path, info: SceneInfo | None) -> Iterator[Path]:
         if answer.get("missing"):
             raise missing_files_error(path, answer["missing"])
         if answer.get("unpackable"):
-            raise InvalidArgumentError(
-                "UNPACKABLE_FILES",
-                f"{path} references files Blender cannot pack into it, and workers only read "
-                f"what is packed: {'; '.join(answer['unpackable'])}. Bake or remove them",
-            )
+            raise unpackable_error(path, answer["unpackable"])
         yield out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -277,6 +286,8 @@ def prepare(
     info = inspect_scene(blend) if have_blender() else None
     if info is not None and info.missing:
         raise missing_files_error(blend, info.missing)
+    if info is not None and info.unpackable:
+        raise unpackable_error(blend, info.unpackable)
     if info is not None and not info.camera:
         raise InvalidArgumentError(
             "BAD_INPUT", f"{blend}'s scene has no active camera, so it cannot render"

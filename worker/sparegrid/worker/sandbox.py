@@ -6,7 +6,8 @@ What it does, each step where the kernel allows it without root:
   sees only a loopback interface that is down, so it can open no network connection;
 - Landlock: the scratch directory is the only place it may create, change or delete
   files; it may read only the Python installation, system libraries, devices and its
-  inputs (not the node key or the volunteer's home); TCP bind/connect are refused (ABI 4+)
+  inputs (not the node key or the volunteer's home, nor the working directory that
+  `python -m` puts on the import path); TCP bind/connect are refused (ABI 4+)
   and signals to processes outside the sandbox are refused (ABI 6+);
 - `PR_SET_NO_NEW_PRIVS`, so nothing it runs can gain privileges;
 - rlimits: open files, largest file written, no core dumps, optionally address space,
@@ -290,10 +291,19 @@ def apply_from_env() -> SandboxSettings | None:
 
 
 def python_paths() -> list[str]:
-    """What the child must read to run Python and the executors' modules."""
+    """What the child must read to run Python and the executors' modules: the
+    installation and the import path, less the working directory (`python -m` puts it on
+    the import path; started from the home directory, that opened ~/.ssh to every task)
+    and any folder that is or holds the home directory (a PYTHONPATH of ~ or /home)."""
+    cwd = os.path.realpath(os.getcwd())
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.exists(p))
-    return sorted(paths)
+    paths.update(p for p in sys.path if p and os.path.exists(p) and os.path.realpath(p) != cwd)
+    return sorted(p for p in paths if not _holds_home(os.path.realpath(p)))
+
+
+def _holds_home(path: str) -> bool:
+    home = os.path.realpath(os.path.expanduser("~"))
+    return path == "/" or home == path or home.startswith(path.rstrip("/") + "/")
 
 
 def probe(scratch: Path, mode: str = "auto") -> Report:

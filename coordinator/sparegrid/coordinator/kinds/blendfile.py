@@ -5,9 +5,16 @@ A .blend is a header, then blocks (a code, a length, ...) up to an "ENDB" block.
 small block headers; Blender 5 writes "BLENDER17-01v0500" and 32-byte block headers. Blender
 compresses the file with zstd by default (gzip before 3.0). Walking every block header up to
 ENDB catches a truncated or corrupt file at submit instead of on a volunteer's machine.
+
+The walk also reads every block for the type names of nodes that import files from disk
+(`FILE_READING_NODES`: a node stores its type as a NUL-terminated name), and refuses the
+file if one is there. Without Blender that is all it can tell: whether an image, a cache
+or a library is packed, or a path is in use, needs the file's DNA, so those are left to
+the SDK and the worker, which check them with Blender (`sparegrid.wire.blendrefs`).
 """
 
 import gzip
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -17,9 +24,15 @@ from typing import BinaryIO, Protocol
 
 import zstandard
 
+from sparegrid.wire.blendrefs import FILE_READING_NODES
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 _MAX_BLOCKS = 50_000_000
+_NODE_NAMES = re.compile(
+    b"(" + b"|".join(n.encode() for n in sorted(FILE_READING_NODES)) + b")\x00"
+)
+_OVERLAP = max(len(n) for n in FILE_READING_NODES) + 1
 
 
 class BlendError(Exception):
@@ -43,7 +56,14 @@ def blend_version(path: Path) -> str:
             raise BlendError(f"it is not a .blend file (it starts with {head[:12]!r})")
         if not version.isdigit():
             raise BlendError(f"its header names no Blender version ({head[:17]!r})")
-        walk(f)
+        found: set[str] = set()
+        walk(_Scanned(f, found))
+    if found:
+        raise BlendError(
+            f"it uses nodes that read files from the disk of the machine rendering it "
+            f"({', '.join(sorted(found))}), which workers refuse; realize the imported "
+            "geometry into the scene's own data instead"
+        )
     number = int(version)
     return f"{number // 100}.{number % 100}"
 
@@ -92,6 +112,30 @@ class _Reader:
             if not chunk:
                 break
             done += len(chunk)
+        return done
+
+
+class _Scanned(_Reader):
+    """Reads through `inner`, and skips by reading, noting the file-reading node type names
+    in what goes past (block payloads, where nodes are)."""
+
+    def __init__(self, inner: _Reader, found: set[str]) -> None:
+        self._inner = inner
+        self._found = found
+
+    def read(self, n: int) -> bytes:
+        return self._inner.read(n)
+
+    def skip(self, n: int) -> int:
+        done, tail = 0, b""
+        while done < n:
+            chunk = self._inner.read(min(n - done, 1 << 20))
+            if not chunk:
+                break
+            done += len(chunk)
+            window = tail + chunk
+            self._found.update(m.group(1).decode() for m in _NODE_NAMES.finditer(window))
+            tail = window[-_OVERLAP:]
         return done
 
 

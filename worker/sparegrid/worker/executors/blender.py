@@ -8,9 +8,10 @@ about half a second). The rules, all applied before the first frame:
   file's registers a handler) and every driver whose expression is Python rather than a simple expression is
   removed, so not even Blender's restricted driver evaluator runs the file's Python;
 - nothing is read from or written to the volunteer's disk on the file's behalf: a file
-  that references external images, libraries, volumes, caches or fonts is refused
-  (clients pack them), compositor File Output nodes are muted, the video sequencer and
-  OSL script nodes are off.
+  that would read one is refused, naming each path (`sparegrid.wire.blendrefs`: nodes
+  that import files, unpacked images, libraries, volumes, caches, fonts, IES profiles,
+  bakes on disk ...; clients pack what can be packed), compositor File Output nodes are
+  muted, the video sequencer and OSL script nodes are off.
 """
 
 import ctypes.util
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparegrid.wire.blendrefs import external_references
 from sparegrid.worker.executors.base import BAD_INPUT, ExecutorError
 
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP")  # preferred first; CPU when none has a device
 _find_library = functools.cache(ctypes.util.find_library)  # runs ldconfig: once per name
-_EXTERNAL = ("images", "libraries", "volumes", "cache_files", "movieclips", "fonts")
 
 
 def load_bpy(home: Path) -> Any:
@@ -88,20 +89,26 @@ class OpenScene:
 
 
 def open_scene(bpy: Any, path: Path) -> OpenScene:
-    """Opens a .blend without running any of its Python; refuses external references."""
+    """Opens a .blend without running any of its Python; refuses what would read a file."""
     bpy.context.preferences.filepaths.use_scripts_auto_execute = False
+    missing: list[str] = []
+    check = _check_before_evaluation(bpy, missing)
+    bpy.app.handlers.load_post.append(check)
     try:
         bpy.ops.wm.open_mainfile(filepath=str(path), load_ui=False, use_scripts=False)
     except RuntimeError as exc:
         raise ExecutorError(BAD_INPUT, f"Blender cannot open the scene: {exc}") from None
+    finally:
+        bpy.app.handlers.load_post.remove(check)
     bpy.app.driver_namespace.clear()
     removed = _remove_python_drivers(bpy)
-    missing = external_files(bpy)
     if missing:
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         shown = ", ".join(missing[:10]) + more
         raise ExecutorError(
-            BAD_INPUT, f"the scene references files that are not packed into it: {shown}"
+            BAD_INPUT,
+            f"the scene would read files that are not packed into it, from the volunteer's "
+            f"disk: {shown}",
         )
     for tree in _node_trees(bpy):
         for node in tree.nodes:
@@ -113,6 +120,21 @@ def open_scene(bpy: Any, path: Path) -> OpenScene:
     return OpenScene(
         path, scene, removed, scene.render.dither_intensity, scene.cycles.use_denoising
     )
+
+
+def _check_before_evaluation(bpy: Any, found: list[str]) -> Callable[..., None]:
+    """A load_post handler: Blender evaluates the scene right after it (Geometry Nodes
+    importers, mesh caches and volumes read their files then), so the scene is checked
+    here, and a refused one is left with no object to evaluate."""
+
+    @bpy.app.handlers.persistent  # type: ignore[untyped-decorator]
+    def check(*_args: Any) -> None:
+        found.extend(external_files(bpy))
+        if found:
+            for block in list(bpy.data.objects):
+                bpy.data.objects.remove(block)
+
+    return check  # type: ignore[no-any-return]
 
 
 def _ids(bpy: Any) -> Iterator[Any]:
@@ -155,20 +177,8 @@ def _remove_python_drivers(bpy: Any) -> int:
 
 
 def external_files(bpy: Any) -> list[str]:
-    """Paths the scene would read from disk: anything used and not packed."""
-    found = []
-    for name in _EXTERNAL:
-        for block in getattr(bpy.data, name):
-            if getattr(block, "packed_file", None) is not None or not block.users:
-                continue
-            if name == "images" and block.source not in ("FILE", "SEQUENCE", "MOVIE", "TILED"):
-                continue
-            filepath = getattr(block, "filepath", "")
-            if name == "fonts" and filepath == "<builtin>":
-                continue
-            if filepath:
-                found.append(f"{filepath} ({name[:-1]} {block.name!r})")
-    return found
+    """What the open scene would read from disk (see `sparegrid.wire.blendrefs`)."""
+    return [ref.describe() for ref in external_references(bpy)]
 
 
 @dataclass(frozen=True)
