@@ -1,258 +1,191 @@
-"""Trust benchmark: how the verification policies fare against a fleet with bad nodes.
+"""Trust benchmark: the verification policies against an adversary, one strategy at a time.
 
-Drives the coordinator's services in-process (SQLite store in a temp dir, a fake clock,
-real Ed25519 signatures) with simulated nodes that answer echo tasks, some of them badly:
+For each strategy (bench/trustsim.py) a fleet of 50 nodes, 20% of them bad, runs jobs
+under the adaptive default and under a 2-of-3 quorum, in-process (the coordinator's
+services, SQLite, real signatures, a fake clock). Reported per run:
 
-    wrong    always wrong (random junk)        flaky    wrong 5% of the time
-    lazy     returns an empty output           cartel   a colluding pair under one owner
-    forger   signs its batches with another key  claimer  also claims tasks never leased to it
+- wrong results accepted (and their share of the accepted tasks);
+- false rejections: results of honest nodes outvoted, or honest nodes struck;
+- honest overhead: results run per accepted task, over the second half of the run;
+- tasks until quarantine: results each bad node returned before it got no more work;
+- credit paid to bad nodes, against the credit their results claimed;
+- the ledger check.
 
-and reports, per policy: the share of accepted results that are wrong, how many of its
-tasks each bad node ran before quarantine, false rejections of honest results, and, for
-an honest fleet after warm-up, the compute spent per accepted result (1.00 = no checks).
+Then an all-honest fleet after warm-up gives the overhead a trusted network pays.
 
-    python bench/trust.py [--nodes 50] [--tasks 10000] [--honest-tasks 20000] [--seed 1]
+    python bench/trust.py [--nodes 50] [--tasks 4000] [--honest-tasks 20000] [--seed 1]
 
-Prints a table and saves it under bench/results/.
+Prints a table and saves it (text and JSON) under bench/results/.
 """
 
 import argparse
 import json
 import logging
-import os
-import random
+import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparegrid.coordinator.app import App, Settings
-from sparegrid.coordinator.clock import FakeClock
-from sparegrid.coordinator.domain import Attempt, Device, JobState, Node, Task
-from sparegrid.coordinator.services.jobs import JobSpec
+from trustsim import ECHO_ANSWER, STRATEGIES, Sim, Workload, fleet, logits, safetensors_bf16
+
+from sparegrid.coordinator.domain import JobState, Task
 from sparegrid.coordinator.services.reputation import TrustConfig
-from sparegrid.coordinator.store.sqlite import SqliteStore
-from sparegrid.v1 import common_pb2
-from sparegrid.wire import Signer, sha256_hex
-from sparegrid.wire.receipt import sign_batch
+from sparegrid.wire import sha256_hex
 
 RESULTS = Path(__file__).parent / "results"
-BAD_MIX = ["wrong", "wrong", "flaky", "flaky", "lazy", "lazy", "cartel", "cartel", "forger",
-           "claimer"]  # fmt: skip
-CORRECT = b"the right answer"
+POLICIES = {"adaptive": (0, 0), "2-of-3": (3, 2)}
+JOB_TASKS = 500
 
 
-@dataclass
-class SimNode:
-    name: str
-    behaviour: str
-    owner: str
-    signer: Signer = field(default_factory=Signer.generate)
-    assigned: list[tuple[Attempt, Task, str]] = field(default_factory=list)
-    ran: int = 0
-    quarantined_after: int | None = None
-
-    @property
-    def id(self) -> str:
-        return self.signer.node_id
-
-    def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
-        self.assigned.extend(items)
-
-    def cancel(self, attempt_ids: list[str], reason: str) -> None:
-        drop = set(attempt_ids)
-        self.assigned = [i for i in self.assigned if i[0].id not in drop]
-
-    def close(self) -> None:
-        pass
-
-    def output(self, task: Task, rng: random.Random) -> bytes:
-        b = self.behaviour
-        if b == "wrong" or (b == "flaky" and rng.random() < 0.05):
-            return os.urandom(8).hex().encode()
-        if b == "lazy":
-            return b""
-        if b == "cartel":
-            return b"agreed junk " + task.id.encode()
-        return CORRECT
+def workload_for(strategy: str | None) -> Workload:
+    if strategy == "cheap-tensor":
+        return Workload("inference", lambda t: safetensors_bf16(logits(t.index, 64)))
+    return Workload("echo", lambda t: ECHO_ANSWER)
 
 
-def statement(node: SimNode, attempt: Attempt, task: Task, out: bytes) -> bytes:
-    return common_pb2.ResultStatement(
-        job_id=task.job_id, task_id=task.id, attempt_id=attempt.id, node_id=node.id,
-        outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
-        executor="echo", executor_version="1",
-    ).SerializeToString()  # fmt: skip
+def right(sim: Sim, task: Task, workload: Workload) -> bool:
+    """Whether an accepted task's output is a right answer: for tensors, one an honest node
+    could have returned (any honest summation order), never a cheap one."""
+    digest = task.outputs[0].digest
+    if workload.kind == "echo":
+        return digest == sha256_hex(ECHO_ANSWER)
+    honest = {sha256_hex(safetensors_bf16(logits(task.index, c))) for c in (32, 64, 128)}
+    return digest in honest
 
 
-class Sim:
-    def __init__(self, root: Path, nodes: list[SimNode], seed: int) -> None:
-        store = SqliteStore(root / "bench.db", synchronous="NORMAL")
-        settings = Settings(data_dir=root, trust=TrustConfig())
-        self.app = App(store, settings, clock=FakeClock())
-        self.app.reputations._rng = random.Random(seed)
-        self.app.start_services()
-        self.rng = random.Random(seed + 1)
-        self.nodes = nodes
-        self.account, _ = self.app.accounts.create("client", 10**12)
-        for node in nodes:
-            n = Node(node.id, node.signer.public_key, node.name,
-                     [Device(0, "cpu", "sim")], executors={"echo": "1"}, owner=node.owner)  # fmt: skip
-            self.app.store.upsert_node(n)
-            self.app.scheduler.connect(n, node, [])
-        self.results = 0  # results nodes returned
-        self.honest_results = 0
-
-    def run_job(self, tasks: int, replicas: int, quorum: int) -> str:
-        app = self.app
-        params = json.dumps({"tasks": tasks, "data": CORRECT.decode()}).encode()
-        spec = JobSpec("echo", params=params, replicas=replicas, quorum=quorum, max_attempts=10)
-        job = app.jobs.submit(self.account, spec)
-        while job.id in app.scheduler.jobs:
-            self.round()
-        return job.id
-
-    def round(self) -> None:
-        app, sched = self.app, self.app.scheduler
-        order = list(self.nodes)
-        self.rng.shuffle(order)
-        for node in order:
-            if node.id in sched.sessions and not node.assigned:
-                sched.grant(node.id, 0, 1)
-        sched.dispatch()
-        leased = [i for n in self.nodes for i in n.assigned]
-        for node in order:
-            items, node.assigned = node.assigned, []
-            if not items:
-                continue
-            node.ran += len(items)
-            self.results += len(items)
-            outs = [node.output(task, self.rng) for _, task, _ in items]
-            if node.behaviour == "honest":
-                self.honest_results += len(items)
-            statements = [
-                statement(node, a, t, o) for (a, t, _), o in zip(items, outs, strict=True)
-            ]
-            if node.behaviour == "claimer":
-                others = [i for i in leased if i[0].node_id != node.id]
-                if others:
-                    a, t, _ = self.rng.choice(others)
-                    forged = Attempt(a.id, a.task_id, a.job_id, node.id, 0, a.deadline)
-                    statements.append(statement(node, forged, t, CORRECT))
-            key = Signer.generate() if node.behaviour == "forger" else node.signer
-            inline = {sha256_hex(o): o for o in outs} | {sha256_hex(CORRECT): CORRECT}
-            with app.store.transaction():
-                app.intake.results(node.id, statements, sign_batch(key, statements), inline)
-            for other in self.nodes:  # a result of one node can outvote another's
-                if other.quarantined_after is None and app.reputations.blocked(other.id):
-                    other.quarantined_after = other.ran
-        app.clock.advance(1.0)  # type: ignore[attr-defined]
-        with app.store.transaction():
-            sched.reap()
-
-    def tasks_of(self, job_id: str) -> list[Task]:
-        out: list[Task] = []
-        while True:
-            page = self.app.store.list_tasks(job_id, out[-1].index if out else -1, 1000)
-            if not page:
-                return out
-            out += page
-
-
-def fleet(count: int, bad: int) -> list[SimNode]:
-    nodes = [SimNode(f"h{i}", "honest", f"owner-h{i}") for i in range(count - bad)]
-    for i in range(bad):
-        behaviour = BAD_MIX[i % len(BAD_MIX)]
-        owner = "cartel" if behaviour == "cartel" else f"owner-b{i}"
-        nodes.append(SimNode(f"b{i}-{behaviour}", behaviour, owner))
-    return nodes
-
-
-def adversarial(policy: str, nodes: int, tasks: int, seed: int) -> dict[str, object]:
-    replicas, quorum = {"adaptive": (0, 0), "2-of-3": (3, 2), "2-of-2": (2, 2)}[policy]
+def adversarial(strategy: str, policy: str, nodes: int, tasks: int, seed: int) -> dict[str, object]:
+    replicas, quorum = POLICIES[policy]
+    workload = workload_for(strategy)
     with tempfile.TemporaryDirectory() as tmp:
-        sim = Sim(Path(tmp), fleet(nodes, nodes // 5), seed)
-        accepted = wrong = 0
-        job_ids = [sim.run_job(500, replicas, quorum) for _ in range(max(1, tasks // 500))]
-        for job_id in job_ids:
+        sim = Sim(Path(tmp), fleet(nodes, strategy), seed, TrustConfig())
+        started = time.monotonic()
+        job_ids = [
+            sim.run_job(JOB_TASKS, replicas, quorum, workload)
+            for _ in range(max(1, tasks // JOB_TASKS))
+        ]
+        half = len(job_ids) // 2
+        accepted = wrong = late = 0
+        for i, job_id in enumerate(job_ids):
             for task in sim.tasks_of(job_id):
                 if task.outputs:
                     accepted += 1
-                    wrong += task.outputs[0].digest != sha256_hex(CORRECT)
-        honest_invalid = sum(
-            sim.app.reputations.get(n.id).invalid for n in sim.nodes if n.behaviour == "honest"
-        )
-        bad = [n for n in sim.nodes if n.behaviour != "honest"]
-        quarantined = {
-            n.name: n.quarantined_after if n.quarantined_after is not None else f"no ({n.ran} run)"
-            for n in bad
-        }
+                    wrong += not right(sim, task, workload)
+                    late += i >= half
+        honest = [n for n in sim.nodes if not n.bad]
+        bad = [n for n in sim.nodes if n.bad]
+        reps = sim.app.reputations
+        quarantine = [n.quarantined_after for n in bad if n.quarantined_after is not None]
         failed = sum(
             1
             for j in job_ids
             if (job := sim.app.store.get_job(j)) and job.state != JobState.SUCCEEDED
         )
-        report = sim.app.ledger.check()
         return {
+            "strategy": strategy,
             "policy": policy,
             "tasks accepted": accepted,
             "wrong accepted": wrong,
             "wrong share": wrong / max(accepted, 1),
-            "honest results rejected": honest_invalid,
-            "results per accepted task": sim.results / max(accepted, 1),
+            "false rejections": sum(reps.get(n.id).invalid for n in honest),
+            "results per task": sim.results / max(accepted, 1),
             "jobs failed": failed,
-            "ledger balanced": report.balanced,
-            "tasks before quarantine": quarantined,
+            "bad nodes quarantined": f"{len(quarantine)} of {len(bad)}",
+            "tasks until quarantine (median)": statistics.median(quarantine) if quarantine else "-",
+            "credit paid to bad nodes": sum(sim.paid(n) for n in bad),
+            "credit their results claimed": sum(n.claimed for n in bad),
+            "paid share of claimed": sum(sim.paid(n) for n in bad)
+            / max(1, sum(n.claimed for n in bad)),
+            "simulated seconds": round(sim.app.clock.now() - 1_000_000.0),
+            "ledger balanced": sim.app.ledger.check().balanced,
+            "wall seconds": round(time.monotonic() - started, 1),
         }
 
 
 def honest_overhead(nodes: int, tasks: int, seed: int) -> dict[str, object]:
-    """Results per accepted task for an all-honest fleet, over the second half of the run."""
+    """Results per accepted task for an all-honest fleet over the second half of the run."""
     with tempfile.TemporaryDirectory() as tmp:
-        sim = Sim(Path(tmp), fleet(nodes, 0), seed)
-        half = max(1, tasks // 2 // 500)
-        for _ in range(half):
-            sim.run_job(500, 0, 0)
+        sim = Sim(Path(tmp), fleet(nodes, None), seed, TrustConfig())
+        workload = workload_for(None)
+        jobs = max(2, tasks // JOB_TASKS)
+        for _ in range(jobs // 2):
+            sim.run_job(JOB_TASKS, 0, 0, workload)
         before = sim.results
-        for _ in range(half):
-            sim.run_job(500, 0, 0)
+        for _ in range(jobs - jobs // 2):
+            sim.run_job(JOB_TASKS, 0, 0, workload)
         rates = [sim.app.reputations.check_rate(n.id) for n in sim.nodes]
         return {
-            "policy": "adaptive, honest fleet after warm-up",
-            "results per accepted task": (sim.results - before) / (half * 500),
-            "warm-up tasks": half * 500,
-            "check rate now (mean)": sum(rates) / len(rates),
-            "honest results rejected": sum(
-                sim.app.reputations.get(n.id).invalid for n in sim.nodes
-            ),
+            "strategy": "all honest, after warm-up",
+            "policy": "adaptive",
+            "results per task": (sim.results - before) / ((jobs - jobs // 2) * JOB_TASKS),
+            "warm-up tasks": (jobs // 2) * JOB_TASKS,
+            "check rate now (mean)": round(sum(rates) / len(rates), 4),
+            "false rejections": sum(sim.app.reputations.get(n.id).invalid for n in sim.nodes),
+            "ledger balanced": sim.app.ledger.check().balanced,
         }
+
+
+TABLE = [
+    ("strategy", "strategy"),
+    ("policy", "policy"),
+    ("wrong accepted", "wrong"),
+    ("wrong share", "share"),
+    ("false rejections", "false rej."),
+    ("results per task", "results/task"),
+    ("tasks until quarantine (median)", "until quarantine"),
+    ("paid share of claimed", "paid/claimed"),
+    ("jobs failed", "jobs failed"),
+    ("ledger balanced", "balanced"),
+]
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    def cell(row: dict[str, object], key: str) -> str:
+        value = row.get(key, "-")
+        if key in ("wrong share", "paid share of claimed") and isinstance(value, float):
+            return f"{value:.3%}"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value)
+
+    cells = [[label for _, label in TABLE]] + [[cell(r, k) for k, _ in TABLE] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
-    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=4000, help="per strategy and policy")
     parser.add_argument("--honest-nodes", type=int, default=10)
     parser.add_argument("--honest-tasks", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--strategy", action="append", choices=STRATEGIES, help="only these")
     args = parser.parse_args()
-    logging.disable(logging.WARNING)  # quarantines are counted, not logged
+    logging.disable(logging.WARNING)  # quarantines and slashes are counted, not logged
     started = time.time()
-    rows = [
-        adversarial(p, args.nodes, args.tasks, args.seed) for p in ("2-of-2", "2-of-3", "adaptive")
-    ]
+    rows = []
+    for strategy in args.strategy or STRATEGIES:
+        for policy in POLICIES:
+            row = adversarial(strategy, policy, args.nodes, args.tasks, args.seed)
+            print(table([row]).splitlines()[-1], flush=True)
+            rows.append(row)
     rows.append(honest_overhead(args.honest_nodes, args.honest_tasks, args.seed))
-    lines = [f"trust benchmark: {args.nodes} nodes, 20% bad ({', '.join(sorted(Counter(BAD_MIX)))}),"
-             f" {args.tasks} tasks per policy; seed {args.seed}; {time.time() - started:.0f} s"]  # fmt: skip
-    for row in rows:
-        lines.append("")
-        lines += [
-            f"  {k:28} {v:.4%}" if k == "wrong share" else f"  {k:28} {v}" for k, v in row.items()
-        ]
-    text = "\n".join(lines)
-    print(text)
+    head = (
+        f"trust benchmark: {args.nodes} nodes, 20% bad per strategy, {args.tasks} tasks per "
+        f"strategy and policy (jobs of {JOB_TASKS}); honest fleet {args.honest_nodes} nodes, "
+        f"{args.honest_tasks} tasks; seed {args.seed}; {time.time() - started:.0f} s"
+    )
+    text = (
+        head
+        + "\n\n"
+        + table(rows)
+        + "\n\nper run:\n"
+        + "\n".join(json.dumps(r, default=str) for r in rows)
+    )
+    print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"trust-{stamp}.txt").write_text(text + "\n")

@@ -412,3 +412,35 @@ def test_a_trusted_node_that_turns_has_nothing_accepted_past_its_first_check(
     assert credit_of(app, turncoat) == 0
     assert app.reputations.get(turncoat.id).strikes >= 1
     assert app.ledger.check().balanced
+
+
+def test_a_hoarder_loses_its_tasks_once_they_run_far_longer_than_the_others(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, lease_seconds=30.0)
+    hoarder = FakeNode(app, "hoarder", owner="mallory")
+    hoarder.connect(credit=100)
+    job_id = submit(app, 30)
+    held = hoarder.sink.take()
+    assert len(held) == 4
+    honest = FakeNode(app, "honest", owner="carol")
+    honest.connect(credit=0)
+    for _ in range(12):  # each of its tasks takes a second
+        assert run(honest, credit=1) == 1
+        app.clock.advance(1)  # type: ignore[attr-defined]
+        app.scheduler.heartbeat(hoarder.id)
+    app.clock.advance(61)  # type: ignore[attr-defined]
+    app.scheduler.heartbeat(hoarder.id)
+    app.scheduler.reap()  # 61 s: over 20x what 9 in 10 tasks took, and the 60 s floor
+    attempts = app.store.get_attempts([a.id for a, _, _ in held])
+    assert {a.error_code for a in attempts} == {"STRAGGLER"}
+    assert sorted(hoarder.sink.cancelled) == sorted(a.id for a in attempts)
+    for _ in range(5):  # what it grabs next goes the same way
+        while run(honest, credit=10):
+            pass
+        app.clock.advance(61)  # type: ignore[attr-defined]
+        app.scheduler.reap()
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert set(app.store.node_failures(job_id)) == {hoarder.id}  # kept off the job
+    assert app.scheduler.window(hoarder.id) <= 2

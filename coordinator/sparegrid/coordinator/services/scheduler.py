@@ -63,6 +63,13 @@ class SchedulerConfig:
     # the longest an attempt may run: heartbeats renew its lease up to this age (a
     # worker's declared per-task budget when smaller), plus a margin for transfers
     max_attempt_seconds: float = 3600.0
+    # A straggler: an attempt running `straggler_factor` times longer than 9 in 10 of the
+    # job's tasks took on that kind of device (once `straggler_samples` are known, and
+    # never under `straggler_floor_seconds`) loses its lease, so that a node holding tasks
+    # it never runs (or a broken one) does not keep a job waiting for the maximum age.
+    straggler_factor: float = 20.0
+    straggler_floor_seconds: float = 60.0
+    straggler_samples: int = 10
 
 
 @dataclass
@@ -85,6 +92,10 @@ class ActiveJob:
     # tasks whose result waits for a later check of its node to vouch for it (vouching.py):
     # queued in the store, out of the queue here
     held: dict[str, Task] = field(default_factory=dict)
+    # how long its attempts took, by device kind (the latest 100): what a straggler is
+    durations: dict[str, deque[float]] = field(default_factory=dict)
+    straggled: set[str] = field(default_factory=set)  # tasks taken back from a straggler
+    returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
@@ -619,10 +630,71 @@ class Scheduler:
     # --- taking leases back -------------------------------------------------
 
     def reap(self) -> int:
-        """Expires every lease past its deadline; returns how many."""
+        """Expires every lease past its deadline, and stragglers; returns how many."""
         expired = self.store.expired_attempts(self.clock.now())
         self.expire(expired, reason="lease expired")
-        return len(expired)
+        stragglers = self._stragglers()
+        self._take_back(stragglers)
+        return len(expired) + len(stragglers)
+
+    def took(self, active: ActiveJob, attempt: Attempt) -> None:
+        """An attempt returned its result: how long it took, for what a straggler is."""
+        session = self.sessions.get(attempt.node_id)
+        device = session.device(attempt.device_index) if session is not None else None
+        active.returned[attempt.node_id] += 1
+        if device is not None:
+            kept = active.durations.setdefault(device.kind, deque(maxlen=100))
+            kept.append(self.clock.now() - attempt.created_at)
+
+    def _take_back(self, stragglers: list[tuple[Attempt, str]]) -> None:
+        """Stragglers lose their lease: their tasks go back to the front of the queue,
+        never to that owner again. A task may just be heavy: that is not counted against
+        its attempts, and a node that has returned results of the job may then take all
+        the time it needs for it. It counts against the node as a lost lease does: its
+        window halves, and two keep it off the job."""
+        if not stragglers:
+            return
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a, _ in stragglers])}
+        now = self.clock.now()
+        for attempt, reason in stragglers:
+            active, task = self.jobs[attempt.job_id], tasks[attempt.task_id]
+            move_attempt(attempt, AttemptState.EXPIRED)
+            attempt.finished_at, attempt.error_code, attempt.error = now, "STRAGGLER", reason
+            active.straggled.add(task.id)
+            session = self.sessions.get(attempt.node_id)
+            owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
+            active.excluded.setdefault(task.id, set()).add(owner)
+            self._release(attempt, cancel_reason=reason)
+            self.shrink(attempt.node_id)
+            active.node_failures[attempt.node_id] += 1
+            task.attempts = max(task.attempts - 1, 0)
+            move_task(task, TaskState.QUEUED)
+            active.queue.appendleft(task)
+        self.store.update_attempts([a for a, _ in stragglers])
+        self.store.update_tasks(list(tasks.values()))
+        log.info("%d straggling attempt(s) taken back", len(stragglers))
+
+    def _stragglers(self) -> list[tuple[Attempt, str]]:
+        cfg, now = self.config, self.clock.now()
+        found = []
+        for active in self.jobs.values():
+            for attempt in list(active.running.values()):
+                if attempt.task_id in active.straggled and active.returned[attempt.node_id]:
+                    continue  # a heavy task, on a node that works on this job
+                session = self.sessions.get(attempt.node_id)
+                device = session.device(attempt.device_index) if session is not None else None
+                taken = active.durations.get(device.kind, ()) if device is not None else ()
+                if device is None or len(taken) < cfg.straggler_samples:
+                    continue
+                p90 = sorted(taken)[int(0.9 * (len(taken) - 1))]
+                limit = max(cfg.straggler_floor_seconds, cfg.straggler_factor * p90)
+                if now - attempt.created_at > limit:
+                    reason = (
+                        f"ran {now - attempt.created_at:.0f}s, over {cfg.straggler_factor:g}x "
+                        f"what 9 in 10 of the job's tasks took on a {device.kind} ({p90:.1f}s)"
+                    )
+                    found.append((attempt, reason))
+        return found
 
     def expire(self, attempts: list[Attempt], reason: str) -> None:
         for node_id in {a.node_id for a in attempts}:

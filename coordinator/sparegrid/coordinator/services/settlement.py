@@ -87,6 +87,7 @@ class Settlement:
         self._batch = {c.attempt.id: c.attempt for c in candidates}
         for c in candidates:
             active = sched.jobs[c.task.job_id]
+            sched.took(active, c.attempt)
             move_attempt(c.attempt, AttemptState.SUCCEEDED)
             c.attempt.finished_at = now
             attempts.append(c.attempt)
