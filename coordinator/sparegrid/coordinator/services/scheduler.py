@@ -70,6 +70,9 @@ class SchedulerConfig:
     straggler_factor: float = 20.0
     straggler_floor_seconds: float = 60.0
     straggler_samples: int = 10
+    # a node new to a job may first download its inputs: the floor grows by their size
+    # at this rate (a home link)
+    straggler_download_rate: float = 5e6
 
 
 @dataclass
@@ -687,7 +690,10 @@ class Scheduler:
                 if device is None or len(taken) < cfg.straggler_samples:
                     continue
                 p90 = sorted(taken)[int(0.9 * (len(taken) - 1))]
-                limit = max(cfg.straggler_floor_seconds, cfg.straggler_factor * p90)
+                lease = session.leases.get(attempt.id) if session is not None else None
+                inputs = sum(r.size for r in lease.task.inputs) if lease is not None else 0
+                floor = cfg.straggler_floor_seconds + inputs / cfg.straggler_download_rate
+                limit = max(floor, cfg.straggler_factor * p90)
                 if now - attempt.created_at > limit:
                     reason = (
                         f"ran {now - attempt.created_at:.0f}s, over {cfg.straggler_factor:g}x "
