@@ -291,7 +291,12 @@ def test_a_job_that_cannot_run_says_why(tmp_path) -> None:
     assert waiting(JobSpec(**echo3)) == ""  # type: ignore[arg-type]
     big = Requirements(min_memory_bytes=80 << 30)
     assert waiting(JobSpec(**echo3, requirements=big)) == (  # type: ignore[arg-type]
-        "no connected node can run it: it needs a device with 80.0 GiB of memory or more"
+        "no connected node can run it: it needs a GPU with 80.0 GiB of memory or more"
+    )
+    # a CPU's memory is no GPU's: 1 MiB asked, and the CPU node has more RAM than that
+    small = Requirements(min_memory_bytes=1 << 20)
+    assert waiting(JobSpec(**echo3, requirements=small)).endswith(  # type: ignore[arg-type]
+        "it needs a GPU with 1 MiB of memory or more"
     )
     blender = JobSpec(**echo3, requirements=Requirements(software={"blender": "5.0"}))  # type: ignore[arg-type]
     assert waiting(blender).endswith("it needs blender 5.0")

@@ -151,8 +151,11 @@ def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
         return 0, f"a node with the {job.kind} executor"
     if req.device_kind and device.kind != req.device_kind:
         return 1, f"a {req.device_kind} device"
-    if device.memory_bytes < req.min_memory_bytes:
-        return 2, f"a device with {req.min_memory_bytes / (1 << 30):.1f} GiB of memory or more"
+    if req.min_memory_bytes and (
+        device.kind == "cpu" or device.memory_bytes < req.min_memory_bytes
+    ):
+        # a memory requirement is device memory: a CPU's RAM is no GPU's memory
+        return 2, f"a GPU with {_memory(req.min_memory_bytes)} of memory or more"
     if req.min_compute_capability and (
         device.kind != "cuda"
         or version_tuple(device.compute_capability) < version_tuple(req.min_compute_capability)
@@ -162,6 +165,10 @@ def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
         if version_tuple(node.software.get(name, ""))[:2] != version_tuple(wanted)[:2]:
             return met, f"{name} {wanted}"
     return 4 + len(req.software), ""
+
+
+def _memory(size: int) -> str:
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 28 else f"{size / (1 << 20):.0f} MiB"
 
 
 def fits(job: Job, node: Node, device: Device) -> bool:
