@@ -57,8 +57,9 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def decode_png(
     data: bytes, rows: int | None = None, columns: int | None = None
-) -> npt.NDArray[np.float64]:
-    """The image as floats in [0, 1], shaped (height, width, channels); with `rows` and
+) -> npt.NDArray[np.float32]:
+    """The image as floats in [0, 1] (float32 holds 16-bit levels exactly), shaped
+    (height, width, channels); with `rows` and
     `columns`, only that many of the top rows and left columns (a 16-bit PNG is then
     inflated only down to those rows)."""
     header = png_header(data)
@@ -67,11 +68,12 @@ def decode_png(
         min(header.width, columns or header.width),
     )
     if header.depth == 8:
-        return _pillow(data, header)[:height, :width].astype(np.float64) / 255.0
+        return _pillow(data, header)[:height, :width].astype(np.float32) / np.float32(255)
     if header.interlaced:
         raise ValueError("interlaced 16-bit PNGs are not compared")
     pixels = _exact(data, header, height)
-    values = pixels[:, : width * header.channels * 2].view(">u2").astype(np.float64) / 65535.0
+    values = pixels[:, : width * header.channels * 2].view(">u2").astype(np.float32)
+    values /= np.float32(65535)
     return values.reshape(height, width, header.channels)
 
 
@@ -162,11 +164,3 @@ def _band(rows: npt.NDArray[np.uint8], prior: npt.NDArray[np.int16], bpp: int) -
         pred = np.where(kind[0][lo:hi], 0, pred)  # None
         out[d + 2, lo + 1 : hi + 1] = (raw[d, lo:hi] + pred) & 0xFF
     return out[2:, 1:][diagonals, ys]
-
-
-def psnr(a: npt.NDArray[np.floating[Any]], b: npt.NDArray[np.floating[Any]]) -> float:
-    """Peak signal-to-noise ratio in dB of two images in [0, 1]; inf when identical."""
-    if a.shape != b.shape:
-        return 0.0
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
