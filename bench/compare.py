@@ -1,14 +1,14 @@
 """Frame comparison benchmark: what checking a rendered frame costs the coordinator.
 
-The coordinator decodes a node's PNG frames itself (zlib and numpy, no image library) to
-compare two renders of a frame by PSNR, or a spot check's crop with the same pixels of
-the frame. Blender writes RGBA PNGs whose rows are mostly Paeth-filtered, which a plain
-row-by-row decoder has to undo byte by byte in Python. This renders one frame with bpy
-at each size (or, without bpy, makes a noisy frame with the same filters) and times, in
-one run: the decoder before this change (row by row; on the smallest frame only, and
-scaled by pixels for the others), the decoder now (one numpy step per anti-diagonal),
-a whole-frame comparison, and a spot check's comparison (the top-left window holding a
-random 1/16 crop).
+The coordinator decodes a node's PNG frames itself to compare two renders of a frame, or
+a spot check's crop with the same pixels of the frame (framecheck.py). Blender writes
+RGBA PNGs whose rows are mostly Paeth-filtered, which a plain row-by-row decoder has to
+undo byte by byte in Python. This renders one frame with bpy at each size (or, without
+bpy, makes a noisy frame with the same filters) and times, in one run: the first decoder
+(row by row; on the smallest frame only, and scaled by pixels for the others), the
+decoder now (Pillow for 8-bit frames; 16-bit ones are unfiltered with numpy, one step per
+anti-diagonal), a whole-frame comparison, and a spot check's comparison (a random 1/16
+crop).
 
     python bench/compare.py [--sizes 320x240,1920x1080,3840x2160] [--samples 1]
 
@@ -182,9 +182,9 @@ def main() -> int:
             label = f"{width}x{height} ({source})"
             rows += [
                 (f"{label}: decode, row by row (before)", f"{old * 1000:.0f} ms"),
-                (f"{label}: decode, by diagonals (now)", f"{new * 1000:.0f} ms"),
+                (f"{label}: decode, now (Pillow)", f"{new * 1000:.0f} ms"),
                 (f"{label}: speed-up", f"{old / new:.1f}x"),
-                (f"{label}: whole-frame check (2 decodes + PSNR)", f"{full_check * 1000:.0f} ms"),
+                (f"{label}: whole-frame check (2 decodes + rule)", f"{full_check * 1000:.0f} ms"),
                 (f"{label}: spot check, mean of 5 crops", f"{spot * 1000:.0f} ms"),
             ]
             runs.append(

@@ -292,7 +292,15 @@ def test_a_dispute_keeps_its_evidence_and_the_rest_of_the_job_runs(tmp_path: Pat
     nodes = {r["node"]: r for r in dispute.evidence["results"]}  # type: ignore[union-attr]
     assert set(nodes) == {liar.id, honest.id}
     assert nodes[liar.id]["outputs"] == {"out": sha256_hex(b"junk")}
-    assert dispute.evidence["comparisons"] == [{"a": liar.id, "b": honest.id, "agree": False}]
+    assert dispute.evidence["comparisons"] == [
+        {
+            "a": liar.id,
+            "b": honest.id,
+            "agree": False,
+            "detail": "out: digests differ",
+            "metrics": {"rule": "digest", "outputs": ["out"]},
+        }
+    ]
     run(honest, credit=1)  # the other task goes on meanwhile
     run(liar, credit=1)
     assert app.store.task_counts(job_id)[TaskState.SUCCEEDED] == 1

@@ -113,8 +113,14 @@ def credit(app: App, node: FakeNode) -> int:
 
 
 def crop_of(attempt: Attempt) -> tuple[list[int], list[int]]:
+    """A spot check's frame and the box compared (the box rendered holds it)."""
     params = json.loads(attempt.params)
-    return params["frames"], params["tile"]
+    return params["frames"], params.get("crop") or params["tile"]
+
+
+def rendered_pixels(attempt: Attempt) -> int:
+    x0, x1, y0, y1 = json.loads(attempt.params)["tile"]
+    return (x1 - x0) * (y1 - y0)
 
 
 def test_a_frame_is_checked_by_one_random_crop_and_both_nodes_are_paid(tmp_path: Path) -> None:
@@ -127,11 +133,16 @@ def test_a_frame_is_checked_by_one_random_crop_and_both_nodes_are_paid(tmp_path:
         assert frames == [frame]
         assert (x1 - x0, y1 - y0) == (16, 16)  # 1/16 of 64x48, at least 16 px a side
         assert x0 >= 0 and x1 <= WIDTH and y0 >= 0 and y1 <= HEIGHT
+        # rendered with a margin for the denoiser, at most half the frame on one this small
+        rx0, rx1, ry0, ry1 = json.loads(check.params)["tile"]
+        assert rx0 <= x0 and x1 <= rx1 and ry0 <= y0 and y1 <= ry1
+        assert 16 * 16 < rendered_pixels(check) <= WIDTH * HEIGHT // 2
     job = app.store.get_job(job_id)
     assert job is not None and job.state == JobState.SUCCEEDED
-    whole, crop = -(-WIDTH * HEIGHT * SAMPLES // 1000), -(-16 * 16 * SAMPLES // 1000)
-    assert (credit(app, a), credit(app, b)) == (2 * whole, 2 * crop)
-    assert job.cost_spent == 2 * (whole + crop)
+    whole = -(-WIDTH * HEIGHT * SAMPLES // 1000)
+    crops = [-(-rendered_pixels(c) * SAMPLES // 1000) for c in checks]  # paid as rendered
+    assert (credit(app, a), credit(app, b)) == (2 * whole, sum(crops))
+    assert job.cost_spent == 2 * whole + sum(crops)
     assert app.store.balance("client:alice") == 10_000 - job.cost_spent
     for task in app.store.list_tasks(job_id):
         assert task.node_id == a.id
@@ -219,7 +230,7 @@ def test_comparisons_are_made_ahead_and_settlement_finds_them(
     def decode_again(*args: object) -> bool:
         raise AssertionError("settlement compared the crop again")
 
-    monkeypatch.setattr(ImageComparator, "agree_crop", decode_again)
+    monkeypatch.setattr(ImageComparator, "compare_crop", decode_again)
     assert all(v.accepted for v in report(b, statements, inline))
     (task,) = app.store.list_tasks(job_id)
     validation = verify_countersignature(

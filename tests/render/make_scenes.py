@@ -1,7 +1,8 @@
 """Writes the test scenes with bpy (run in a subprocess: `python make_scenes.py OUT_DIR`).
 
 Tiny on purpose: 48x36 pixels, 4 samples, no denoiser, no dither, so a frame renders in
-a fraction of a second on one core and renders are deterministic.
+a fraction of a second on one core and renders are deterministic; except default.blend,
+Blender's default scene with its denoiser and dither, for the frame checks.
 """
 
 import sys
@@ -43,10 +44,25 @@ def textured(image_path: Path) -> None:
     bpy.data.objects["Cube"].data.materials.append(material)
 
 
+def blender_default(frames: int = 6) -> None:
+    """Blender's default scene as it comes: Cycles denoises and dithers (intensity 1),
+    which is how most scenes reach the grid; the cube moves."""
+    bpy.ops.wm.read_factory_settings(use_empty=False)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.frame_start, scene.frame_end = 1, frames
+    cube = bpy.data.objects["Cube"]
+    cube.keyframe_insert("location", frame=1)
+    cube.location = (0.5, 0.0, 0.3)
+    cube.keyframe_insert("location", frame=frames)
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base()
     save(out / "anim.blend")
+    blender_default()
+    save(out / "default.blend")
 
     # a scene whose Python would leave sentinel files, if it ever ran
     base()

@@ -99,6 +99,18 @@ def test_animation_across_two_workers_comes_back_complete_and_in_order(
     assert (out / "frame_0003.png").read_bytes() == results[2].output("frame_0003.png")
 
 
+def test_spot_checks_of_a_denoised_dithered_scene_agree(grid, scenes) -> None:
+    """Blender's default scene denoises and dithers. Every frame's crop used to be rendered
+    without either (and now and then a row too tall): honest jobs failed NO_AGREEMENT."""
+    _, client = grid
+    job = client.render(scenes / "default.blend", frames="1-6", samples=8, resolution="320x180")
+    job = job.wait(timeout=150)
+    assert job.state == "succeeded", job.error
+    key = client.coordinator_key()
+    checks = [r.validation(key) for r in job.results()]
+    assert {v.method for v in checks} == {common_pb2.VALIDATION_METHOD_SPOT_CHECKED}, checks
+
+
 def test_tiled_still_matches_the_untiled_frame(grid, scenes, tmp_path) -> None:
     cluster, client = grid
     whole = client.render(scenes / "anim.blend", frames=3, format="exr", depth=32, **SIZE)

@@ -42,6 +42,19 @@ def test_params_parse() -> None:
     assert output_name(1, (0, 24, 0, 18), "png") == "tile_x00000-00024_y00000-00018.png"
 
 
+def test_a_spot_check_crop_of_a_whole_frame_is_rendered_as_the_frame() -> None:
+    """A "crop" (the box compared, inside the "tile" rendered) marks a spot check of a whole
+    frame: rendered with the scene's denoiser. A tile of a tiled still has none."""
+    spot = {**GOOD, "tile": [0, 40, 0, 30], "crop": [8, 24, 6, 20]}
+    _, settings = parse(json.dumps(spot).encode())
+    assert settings.as_frame and settings.border == (0, 40, 0, 30)
+    _, tile = parse(json.dumps({**GOOD, "tile": [0, 24, 0, 18]}).encode())
+    assert not tile.as_frame
+    for crop, tile_box in (([8, 48, 6, 20], [0, 40, 0, 30]), ([8, 24, 6, 20], None)):
+        with pytest.raises(ExecutorError, match="'crop'"):
+            parse(json.dumps({**GOOD, "tile": tile_box, "crop": crop}).encode())
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -14,3 +14,10 @@ def output_name(frame: int, box: Box | None, fmt: str) -> str:
         return f"frame_{frame:04d}.{fmt}"
     x0, x1, y0, y1 = box
     return f"tile_x{x0:05d}-{x1:05d}_y{y0:05d}-{y1:05d}.{fmt}"
+
+
+# A spot check's crop of a whole frame comes with this output too: {"denoise": bool,
+# "dither": float}, the scene's own settings, which the crop was rendered to match (with
+# the denoiser; dither it cannot match, see the worker's blender.configure). They tell
+# the coordinator how close an honest crop can come to the frame.
+CHECK_SETTINGS = "render-settings.json"

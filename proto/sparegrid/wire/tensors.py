@@ -10,7 +10,9 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from sparegrid.wire.pt2 import ITEM_SIZES, ProgramInfo
 
@@ -104,6 +106,70 @@ def _tensor(label: str, name: str, meta: object, data_size: int) -> TensorHeader
     if not 0 <= begin <= end <= data_size or end - begin != numel * ITEM_SIZES[dtype]:
         raise BadTensors(f"{label}: tensor {name!r} bytes {begin}..{end} do not fit the file")
     return TensorHeader(name, dtype, tuple(shape), begin, end)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A decoded tensor: its safetensors dtype, and its values as numpy holds them (BF16
+    and the 8-bit floats, which numpy lacks, widened exactly to float32)."""
+
+    dtype: str
+    values: Any  # numpy.ndarray, read-only, shaped as the header says
+
+
+_NUMPY = {
+    "BOOL": "?",
+    "U8": "u1",
+    "I8": "i1",
+    "I16": "<i2",
+    "U16": "<u2",
+    "F16": "<f2",
+    "I32": "<i4",
+    "U32": "<u4",
+    "F32": "<f4",
+    "I64": "<i8",
+    "U64": "<u8",
+    "F64": "<f8",
+}
+
+
+def decode(data: bytes, label: str = "tensors") -> dict[str, Tensor]:
+    """Every tensor of safetensors bytes, with numpy only (no torch): the coordinator
+    compares inference outputs in any dtype a worker writes, bf16 included."""
+    import numpy as np
+
+    headers = header_of(data, label)
+    base = 8 + _header_length(data, len(data), label)
+    out = {}
+    for name, t in headers.items():
+        raw = np.frombuffer(data, dtype=np.uint8, count=t.end - t.begin, offset=base + t.begin)
+        if t.dtype == "BF16":  # the top half of a float32
+            values = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif t.dtype in ("F8_E4M3", "F8_E5M2"):
+            values = _f8_table(t.dtype)[raw]
+        else:
+            values = raw.view(_NUMPY[t.dtype])
+        values = values.reshape(t.shape)
+        values.flags.writeable = False
+        out[name] = Tensor(t.dtype, values)
+    return out
+
+
+@cache
+def _f8_table(dtype: str) -> Any:
+    """The float32 value of each of the 256 bytes of an 8-bit float: E4M3 as in the OCP
+    spec (no infinities, NaN at S.1111.111), E5M2 as a truncated float16."""
+    import numpy as np
+
+    byte = np.arange(256, dtype=np.uint32)
+    if dtype == "F8_E5M2":
+        return (byte << 8).astype(np.uint16).view(np.float16).astype(np.float32)
+    sign = np.where(byte & 0x80, -1.0, 1.0)
+    exponent, mantissa = (byte >> 3) & 0xF, (byte & 0x7).astype(np.float64)
+    normal = (1 + mantissa / 8) * np.exp2(exponent.astype(np.float64) - 7)
+    values = sign * np.where(exponent == 0, mantissa / 8 * 2.0**-6, normal)
+    values[(exponent == 0xF) & (mantissa == 7)] = np.nan
+    return values.astype(np.float32)
 
 
 def describe(tensors: dict[str, TensorHeader]) -> str:

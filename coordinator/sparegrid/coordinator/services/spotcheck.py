@@ -3,8 +3,10 @@
 When the adaptive policy wants a render task's result checked, the node of another owner
 need not render the whole task again. It renders one crop, about 1/16 of the pixels of
 one of the task's frames, chosen at random after the result came back; the coordinator
-compares those pixels of the held frame with it, by PSNR as frames are compared. The
-client pays, and the checker earns, the crop's pixels x samples.
+compares those pixels of the held frame with it (framecheck.py). A crop of a whole frame
+is rendered as the frame was, with its denoiser, and 16 pixels wider on each side so that
+the denoiser sees about what it saw in the frame; only the crop itself is compared. The
+client pays, and the checker earns, the pixels x samples rendered.
 
 A crop that disagrees does not decide alone: the task then runs whole on a node of a
 third owner, and the owners that agree win (verification.py). Only PNG frames are spot
@@ -21,7 +23,8 @@ from sparegrid.coordinator.kinds import decode_params, render
 
 @dataclass
 class SpotConfig:
-    share: float = 1 / 16  # of a task's pixels one spot check renders; 0: whole tasks
+    share: float = 1 / 16  # of a task's pixels one spot check compares; 0: whole tasks
+    margin: int = render.SPOT_MARGIN  # pixels rendered around a crop of a whole frame
 
 
 class SpotChecks:
@@ -37,7 +40,8 @@ class SpotChecks:
             return b""
         if len(held) != 1 or held[0].params:
             return b""
-        crop = render.spot_check(decode_params(task.params), self.rng, self.config.share)
+        params = decode_params(task.params)
+        crop = render.spot_check(params, self.rng, self.config.share, self.config.margin)
         return json.dumps(crop).encode() if crop is not None else b""
 
 

@@ -21,9 +21,14 @@ counts only vetted owners (identity.py): a result of a node without an owner acc
 never a vote or a check. Such a result waits until a vetted owner's node returns the same
 answer (or a crop of it that matches), and is then decided as that owner's result would
 be alone; it is paid when accepted, and outvoted when the vetted owners agree on another.
+
+Each comparison's `Comparison` (whether two results agree, why, and the metrics) is kept
+for the pair: `Verifier.evidence(task, a, b)` gives it back, a disagreement is logged with
+it, and a dispute's evidence (settlement.py) is made of them.
 """
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from sparegrid.coordinator.kinds import decode_params
 from sparegrid.coordinator.services.comparators import (
     Comparator,
     Comparators,
+    Comparison,
     ExactComparator,
     ImageComparator,
     Reader,
@@ -45,7 +51,7 @@ from sparegrid.v1 import common_pb2
 log = logging.getLogger("sparegrid.coordinator.verification")
 
 MAX_REPLICAS = 10
-MAX_CACHED = 4096  # comparison answers kept
+MAX_CACHED = 4096  # comparisons kept (digest-only ones only when they disagree)
 
 
 class Outcome(StrEnum):
@@ -100,9 +106,9 @@ class Verifier:
         self.reputations = reputations
         self.comparators = comparators
         self.vetted = vetted  # whether an owner's results count as votes (identity.py)
-        # answers of costly comparisons (frames, tensors), worked out ahead of settlement
-        # off the event loop (precompute) or during it; shared with that worker thread
-        self._agreed: dict[tuple[object, ...], bool] = {}
+        # comparisons of results (frames, tensors), worked out ahead of settlement off the
+        # event loop (precompute) or during it; shared with that worker thread
+        self._compared: dict[tuple[object, ...], Comparison] = {}
         self._lock = threading.Lock()
 
     def precompute(self, pairs: list[tuple[str, Task, Replica, Replica]], read: Reader) -> None:
@@ -116,21 +122,45 @@ class Verifier:
             except Exception:
                 log.debug("comparing results of task %s ahead failed", task.id, exc_info=True)
 
-    def _agree(self, kind: str, task: Task, a: Replica, b: Replica, read: Reader) -> bool:
-        comparator = self.comparators.for_kind(kind)
-        if isinstance(comparator, ExactComparator):
-            return _agree(comparator, {}, a, b, read)  # digests only: nothing to keep
-        key = (task.id, *sorted([_signature(a), _signature(b)]))
+    def evidence(
+        self, task: Task, a: Replica | list[FileRef], b: Replica | list[FileRef]
+    ) -> Comparison | None:
+        """The comparison last made of two results of a task (either order; a known
+        answer's outputs stand for a result), or None: never compared, compared by digest
+        and equal, or no longer kept (the latest MAX_CACHED are)."""
         with self._lock:
-            known = self._agreed.get(key)
+            return self._compared.get(_key(task, a, b))
+
+    def _agree(self, kind: str, task: Task, a: Replica, b: Replica, read: Reader) -> bool:
+        return self._compare(kind, task, a, b, read).agree
+
+    def _compare(
+        self, kind: str, task: Task, a: Replica | list[FileRef], b: Replica, read: Reader
+    ) -> Comparison:
+        comparator = self.comparators.for_kind(kind)
+        key = _key(task, a, b)
+        with self._lock:
+            known = self._compared.get(key)
         if known is not None:
             return known
-        answer = _agree(comparator, decode_params(task.params), a, b, read)
+        params = {} if isinstance(comparator, ExactComparator) else decode_params(task.params)
+        found = _compare(comparator, params, a, b, read)
+        if not found.agree:
+            log.info(
+                "task %s: results of %s and %s disagree: %s %s",
+                task.id,
+                _who(a),
+                _who(b),
+                found.detail,
+                found.metrics,
+            )
+        if found.agree and isinstance(comparator, ExactComparator):
+            return found  # digests only: nothing worth keeping
         with self._lock:
-            if len(self._agreed) >= MAX_CACHED:
-                del self._agreed[next(iter(self._agreed))]  # the oldest
-            self._agreed[key] = answer
-        return answer
+            if len(self._compared) >= MAX_CACHED:
+                del self._compared[next(iter(self._compared))]  # the oldest
+            self._compared[key] = found
+        return found
 
     def decide(
         self,
@@ -186,20 +216,20 @@ class Verifier:
             losers = [r for r in live if all(r is not w for w in best)]
             return Decision(Outcome.ACCEPTED, method, detail, winners, losers, winners)
         if len(votes) >= max(job.replicas, 2) + job.max_attempts:
-            return Decision(
-                Outcome.FAILED, detail=f"{len(votes)} results, no {wanted} of them agree"
-            )
+            detail = f"{len(votes)} results, no {wanted} of them agree"
+            return Decision(Outcome.FAILED, detail=detail)
         return Decision(Outcome.PENDING)
 
     def _known(
         self, job: Job, task: Task, new: Replica, known: list[FileRef], read: Reader
     ) -> Decision:
-        comparator = self.comparators.for_kind(job.kind)
-        if comparator.agree(decode_params(task.params), known, new.outputs, read):
+        found = self._compare(job.kind, task, known, new, read)
+        if found.agree:
             method = common_pb2.VALIDATION_METHOD_KNOWN_ANSWER
             detail = "matched the known answer"
             return Decision(Outcome.ACCEPTED, method, detail, [new], confirmed=[new])
-        return Decision(Outcome.FAILED, detail="did not match the known answer", losers=[new])
+        detail = f"did not match the known answer: {found.detail}"
+        return Decision(Outcome.FAILED, detail=detail, losers=[new])
 
     def _one_vote(
         self,
@@ -285,10 +315,18 @@ class Verifier:
         leaders = [g[0] for g in groups]
         pairs = [(a, b) for i, a in enumerate(leaders) for b in leaders[i + 1 :]]
         pairs += [(g[0], r) for g in groups for r in g[1:]]
-        comparisons = [
-            {"a": a.node_id, "b": b.node_id, "agree": self._agree(kind, task, a, b, read)}
-            for a, b in pairs
-        ]
+        comparisons = []
+        for a, b in pairs:
+            found = self._compare(kind, task, a, b, read)
+            comparisons.append(
+                {
+                    "a": a.node_id,
+                    "b": b.node_id,
+                    "agree": found.agree,
+                    "detail": found.detail,
+                    "metrics": _plain(found.metrics),
+                }
+            )
         return {
             "results": [_described(r, self.vetted(r.owner)) for r in results],
             "groups": [[r.node_id for r in g] for g in groups],
@@ -310,6 +348,14 @@ class Verifier:
         return groups
 
 
+def _plain(metrics: dict[str, object]) -> dict[str, object]:
+    """Metrics as JSON holds them: an infinite or undefined float as text."""
+    return {
+        k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in metrics.items()
+    }
+
+
 def _described(result: Replica, vetted: bool) -> dict[str, object]:
     """One result, for a dispute's evidence."""
     shown: dict[str, object] = {
@@ -321,33 +367,57 @@ def _described(result: Replica, vetted: bool) -> dict[str, object]:
     }
     if result.params:
         crop = decode_params(result.params)
-        shown["crop"] = {"frame": crop["frames"][0], "box": crop["tile"]}
+        shown["crop"] = {"frame": crop["frames"][0], "box": crop.get("crop") or crop["tile"]}
     return shown
 
 
-def _agree(
-    comparator: Comparator, params: dict[str, object], a: Replica, b: Replica, read: Reader
-) -> bool:
-    """Two results of a task agree; a spot check's crop is compared with the same pixels
-    of a whole result (two crops have nothing in common to compare)."""
+def _compare(
+    comparator: Comparator,
+    params: dict[str, object],
+    a: Replica | list[FileRef],
+    b: Replica,
+    read: Reader,
+) -> Comparison:
+    """Two results of a task compared; a spot check's crop is compared with the same
+    pixels of a whole result (two crops have nothing in common to compare)."""
+    if isinstance(a, list):  # a known answer's outputs
+        return comparator.compare(params, a, b.outputs, read)
     if not a.params and not b.params:
-        return comparator.agree(params, a.outputs, b.outputs, read)
-    if (a.params and b.params) or not isinstance(comparator, ImageComparator):
-        return False
+        return comparator.compare(params, a.outputs, b.outputs, read)
+    if a.params and b.params:
+        return Comparison(False, "two spot checks' crops", {"rule": "crops"})
+    if not isinstance(comparator, ImageComparator):
+        return Comparison(False, "a spot check of a kind that has none", {"rule": "crops"})
     whole, crop = (a, b) if b.params else (b, a)
-    return comparator.agree_crop(
+    return comparator.compare_crop(
         params, whole.outputs, decode_params(crop.params), crop.outputs, read
     )
 
 
-def _signature(result: Replica) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+Signature = tuple[bytes, tuple[tuple[str, str], ...]]
+
+
+def _signature(result: Replica | list[FileRef]) -> Signature:
     """What a comparison of a result depends on: what it ran, and its outputs."""
+    if isinstance(result, list):
+        return b"known answer", tuple(sorted((r.name, r.digest) for r in result))
     return result.params, tuple(sorted((r.name, r.digest) for r in result.outputs))
+
+
+def _key(task: Task, a: Replica | list[FileRef], b: Replica | list[FileRef]) -> tuple[object, ...]:
+    return (task.id, *sorted([_signature(a), _signature(b)]))
+
+
+def _who(result: Replica | list[FileRef]) -> str:
+    if isinstance(result, list):
+        return "the known answer"
+    what = "a spot check" if result.params else "a result"
+    return f"{what} of node {result.node_id or '(known answer)'}"
 
 
 def _spot_detail(crop: Replica) -> str:
     p = decode_params(crop.params)
-    x0, x1, y0, y1 = p["tile"]
+    x0, x1, y0, y1 = p.get("crop") or p["tile"]
     return (
         f"spot check: a {x1 - x0}x{y1 - y0} crop of frame {p['frames'][0]} at ({x0}, {y0}), "
         "re-rendered by a node of another owner, matched"

@@ -189,10 +189,21 @@ class FrameSettings:
     fmt: str  # "png" or "exr"
     depth: int
     border: tuple[int, int, int, int] | None  # pixels x0, x1, y0, y1 (y from the bottom)
+    # A spot check's crop of a whole frame: rendered as that frame was (its denoiser),
+    # rather than as a tile of a tiled still (no denoiser)
+    as_frame: bool = False
 
 
 def configure(opened: OpenScene, s: FrameSettings) -> None:
-    """Sets everything a task decides, every time: the open scene is reused across tasks."""
+    """Sets everything a task decides, every time: the open scene is reused across tasks.
+
+    Whole frames keep the scene's dither and denoiser. Tiles of a tiled still are rendered
+    without either: the denoiser needs the whole frame and dither noise would differ at
+    the seams. A spot check's crop of a whole frame keeps the denoiser (the coordinator
+    asks for a margin around the pixels it compares, so that the denoiser sees about what
+    it saw in the frame) and drops dither: Blender's dither noise depends on where a pixel
+    sits in the image written, so a crop's could never match the frame's, and without it
+    an honest crop is at most one level per unit of dither off the frame."""
     scene = opened.scene
     render = scene.render
     render.engine = "CYCLES"
@@ -211,18 +222,31 @@ def configure(opened: OpenScene, s: FrameSettings) -> None:
     render.use_crop_to_border = s.border is not None
     render.dither_intensity = opened.dither
     scene.cycles.use_denoising = opened.denoise
+    # One denoiser on every node: OptiX's (GPU only) is another network altogether, and
+    # Open Image Denoise on a GPU does not compute exactly as it does on the CPU.
+    scene.cycles.denoiser = "OPENIMAGEDENOISE"
+    scene.cycles.denoising_use_gpu = False
     if s.border is not None:
         x0, x1, y0, y1 = s.border
-        render.border_min_x, render.border_max_x = x0 / s.width, x1 / s.width
-        render.border_min_y, render.border_max_y = y0 / s.height, y1 / s.height
-        render.dither_intensity = 0.0  # dither noise would differ at tile seams
-        scene.cycles.use_denoising = False  # the denoiser needs the whole frame
+        render.border_min_x, render.border_max_x = _edge(x0, s.width), _edge(x1, s.width)
+        render.border_min_y, render.border_max_y = _edge(y0, s.height), _edge(y1, s.height)
+        render.dither_intensity = 0.0
+        if not s.as_frame:
+            scene.cycles.use_denoising = False
     image = render.image_settings
     image.file_format = "PNG" if s.fmt == "png" else "OPEN_EXR"
     image.color_mode = "RGBA"
     image.color_depth = str(s.depth)
     if s.fmt == "exr":
         image.exr_codec = "ZIP"
+
+
+def _edge(pixel: int, size: int) -> float:
+    """A border edge as the fraction Blender stores. Blender and Cycles turn it back into
+    a pixel by truncating `fraction * size` in single precision, and the exact fraction
+    can land a hair below: 113/180 gives row 112 and a crop one row too tall. Half a pixel
+    more truncates to the pixel meant, for every size up to Blender's largest."""
+    return min(1.0, (pixel + 0.5) / size)
 
 
 def render_frame(bpy: Any, scene: Any, frame: int, out: Path) -> Path:

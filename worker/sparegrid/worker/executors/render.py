@@ -9,6 +9,7 @@ installed: the worker then skips the executor and does not offer render jobs.
 """
 
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sparegrid.wire.render import output_name
+from sparegrid.wire.render import CHECK_SETTINGS, output_name
 from sparegrid.worker.executors.base import BAD_PARAMS, ExecOutput, ExecTask, ExecutorError
 from sparegrid.worker.executors.params import check_inputs, load_params
 
@@ -26,7 +27,7 @@ if importlib.util.find_spec("bpy") is None:
 BLENDER_VERSION = metadata.version("bpy")
 MEMORY_ENV = "SPAREGRID_RENDER_MAX_MEMORY_MB"
 MEMORY_EXIT = 75  # the child exits with it when a render passes the memory limit
-_KEYS = ("frames", "tile", "samples", "resolution", "format", "depth")
+_KEYS = ("frames", "tile", "crop", "samples", "resolution", "format", "depth")
 _DEPTHS = {"png": (8, 16), "exr": (16, 32)}
 
 
@@ -61,7 +62,17 @@ def parse(raw: bytes) -> tuple[list[int], Any]:
         ):
             raise ExecutorError(BAD_PARAMS, f"render 'tile' {tile!r} is not a box in the frame")
         border = (tile[0], tile[1], tile[2], tile[3])
-    return frames, FrameSettings(p["samples"], width, height, fmt, depth, border)
+    crop = p.get("crop")
+    if crop is not None and (
+        border is None
+        or not _ints(crop, 4, 0, 65536)
+        or not (border[0] <= crop[0] < crop[1] <= border[1])
+        or not (border[2] <= crop[2] < crop[3] <= border[3])
+    ):
+        raise ExecutorError(BAD_PARAMS, f"render 'crop' {crop!r} is not a box in the 'tile'")
+    # a spot check's crop of a whole frame (the pixels compared, inside the box rendered)
+    as_frame = crop is not None
+    return frames, FrameSettings(p["samples"], width, height, fmt, depth, border, as_frame)
 
 
 class MemoryGuard:
@@ -108,8 +119,9 @@ class MemoryGuard:
 
 
 class RenderExecutor:
-    """params {frames, tile, samples, resolution, format, depth}, input "scene" (.blend):
-    one output per frame, "frame_NNNN.<fmt>", or one "tile_x..._y....<fmt>" per tile."""
+    """params {frames, tile, crop, samples, resolution, format, depth}, input "scene"
+    (.blend): one output per frame, "frame_NNNN.<fmt>", or one "tile_x..._y....<fmt>" per
+    tile; a spot check's crop of a whole frame ("crop" given) adds CHECK_SETTINGS."""
 
     name: ClassVar[str] = "render"
     version: ClassVar[str] = f"1.0+blender{BLENDER_VERSION}"
@@ -146,10 +158,33 @@ class RenderExecutor:
             else:
                 path = blender.render_frame(self._bpy, self._opened.scene, frame, stem)
             data = path.read_bytes()
+            check_size(data, settings)
             outputs.append(
                 ExecOutput(name, zero_exr_times(data) if name.endswith(".exr") else data)
             )
+        if settings.as_frame:
+            scene = {"denoise": bool(self._opened.denoise), "dither": float(self._opened.dither)}
+            outputs.append(ExecOutput(CHECK_SETTINGS, json.dumps(scene, sort_keys=True).encode()))
         return outputs
+
+
+def check_size(data: bytes, settings: Any) -> None:
+    """A PNG written must be the size of the box asked for: a crop a row too tall (as
+    Blender's rounding of a border once made) fails here, not as a disagreement."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 24:
+        return
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if settings.border is None:
+        wanted = settings.width, settings.height
+    else:
+        x0, x1, y0, y1 = settings.border
+        wanted = x1 - x0, y1 - y0
+    if (width, height) != wanted:
+        raise ExecutorError(
+            "EXECUTOR_ERROR",
+            f"Blender wrote a {width}x{height} image for a {wanted[0]}x{wanted[1]} box",
+            True,
+        )
 
 
 def zero_exr_times(data: bytes) -> bytes:
