@@ -27,7 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from trustsim import ECHO_ANSWER, STRATEGIES, Sim, Workload, fleet, logits, safetensors_bf16
+from trustsim import (
+    ECHO_ANSWER,
+    STRATEGIES,
+    Frames,
+    Sim,
+    Workload,
+    fleet,
+    logits,
+    render_frames,
+    safetensors_bf16,
+)
 
 from sparegrid.coordinator.domain import JobState, Task
 from sparegrid.coordinator.services.reputation import TrustConfig
@@ -38,18 +48,33 @@ POLICIES = {"adaptive": (0, 0), "2-of-3": (3, 2)}
 JOB_TASKS = 500
 
 
+FRAMES: list[Frames] = []  # rendered once, on first use
+
+
 def workload_for(strategy: str | None) -> Workload:
     if strategy == "cheap-tensor":
         return Workload("inference", lambda t: safetensors_bf16(logits(t.index, 64)))
+    if strategy == "cheap-render":
+        if not FRAMES:
+            with tempfile.TemporaryDirectory() as tmp:
+                FRAMES.append(render_frames(6, Path(tmp)))
+        frames = FRAMES[0]
+        workload = Workload("render", lambda t: b"", frames)
+        workload.right = lambda t: frames.honest[workload.frame_of(t)][0]
+        return workload
     return Workload("echo", lambda t: ECHO_ANSWER)
 
 
 def right(sim: Sim, task: Task, workload: Workload) -> bool:
-    """Whether an accepted task's output is a right answer: for tensors, one an honest node
-    could have returned (any honest summation order), never a cheap one."""
+    """Whether an accepted task's output is a right answer: one an honest node could have
+    returned (for tensors any honest summation order, for frames any honest render),
+    never a cheap one."""
     digest = task.outputs[0].digest
     if workload.kind == "echo":
         return digest == sha256_hex(ECHO_ANSWER)
+    if workload.kind == "render":
+        assert workload.frames is not None
+        return digest in {sha256_hex(f) for f in workload.frames.honest[workload.frame_of(task)]}
     honest = {sha256_hex(safetensors_bf16(logits(task.index, c))) for c in (32, 64, 128)}
     return digest in honest
 

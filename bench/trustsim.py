@@ -14,6 +14,10 @@ Each node answers the tasks it is leased after one simulated second. The answers
                   receipt), so it never ran the task
     turncoat      answered honestly for long enough to be trusted (check rate at the
                   floor), then wrong every time (each its own wrong answer)
+    cheap-render  a frame rendered with a fraction of the work (half resolution and 4
+                  samples denoised and upscaled, a quarter of the samples, the honest frame
+                  blurred); honest nodes return real Cycles renders of the frame that differ
+                  as two machines' would (a rerun, one thread, the camera moved by 1e-4)
     colluders     owner accounts (20% of them) agreeing on one wrong answer: what no
                   replication can catch, shown for what it costs them
 
@@ -43,6 +47,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer, sha256_hex
@@ -56,6 +61,7 @@ STRATEGIES = (
     "cheap-tensor",
     "free-rider",
     "turncoat",
+    "cheap-render",
     "colluders",
 )
 
@@ -146,17 +152,82 @@ def safetensors_bf16(array: np.ndarray) -> bytes:
     return struct.pack("<Q", len(header)) + header + raw
 
 
+# --- frames: real Cycles renders, honest and cheap ----------------------------------------
+
+FRAME_SIZE = (192, 108)
+
+
+@dataclass
+class Frames:
+    """PNG bytes per frame number: what honest nodes return, and what cheap ones do."""
+
+    honest: dict[int, list[bytes]]
+    cheap: dict[int, list[bytes]]
+
+
+def render_frames(count: int, work: Path) -> Frames:
+    """Renders Blender's default scene (denoiser on, dither 1) as workers do, on the CPU,
+    with the frames bench's renderer (bench/frames.py)."""
+    import io
+
+    import bpy
+    from frames import Renderer, _camera, _png, _threads, build_scenes, with_state
+    from PIL import Image, ImageFilter
+
+    from sparegrid.worker.executors import blender
+
+    blender.load_bpy(work / "home")
+    scenes = build_scenes(bpy, work)
+    r = Renderer(bpy, scenes["cube denoised dither1"], work, FRAME_SIZE, 32)
+
+    def png(image: np.ndarray) -> bytes:
+        return _png(Image.fromarray(np.round(image * 255).astype(np.uint8)))
+
+    honest: dict[int, list[bytes]] = {}
+    cheap: dict[int, list[bytes]] = {}
+    for frame in range(1, count + 1):
+        whole = r.render(frame=frame)
+        honest[frame] = [
+            png(whole),
+            png(with_state(_threads, r, frame=frame)),
+            png(with_state(_camera(1e-4), r, frame=frame)),
+        ]
+        blurred = Image.open(io.BytesIO(png(whole))).filter(ImageFilter.GaussianBlur(1))
+        with_denoise = r.opened.denoise
+        r.opened.denoise = True
+        cheap[frame] = [
+            png(r.render(frame=frame, samples=4, scale=2)),
+            png(r.render(frame=frame, samples=8)),
+            _png(blurred),
+        ]
+        r.opened.denoise = with_denoise
+    return Frames(honest, cheap)
+
+
 # --- the simulation ----------------------------------------------------------------------
 
 
 @dataclass
 class Workload:
-    kind: str  # "echo" or "inference"
+    kind: str  # "echo", "inference" or "render"
     right: Callable[[Task], bytes]  # the right answer to a task
+    frames: Frames | None = None
+
+    def frame_of(self, task: Task) -> int:
+        assert self.frames is not None
+        return task.index % len(self.frames.honest) + 1
 
     def answer(self, node: SimNode, task: Task, rng: random.Random) -> bytes:
         index = task.index
         who = int(node.name.lstrip("hb"))
+        if self.kind == "render":
+            assert self.frames is not None
+            frame = self.frame_of(task)
+            if node.behaviour == "cheap-render":
+                return rng.choice(self.frames.cheap[frame])
+            if node.bad:
+                return self.frames.cheap[frame][(who + frame) % 3]
+            return self.frames.honest[frame][who % 3]
         if self.kind == "echo":
             if node.behaviour in ("sybil", "one-owner", "colluders"):
                 return b"agreed junk " + task.id.encode()
@@ -176,7 +247,7 @@ class Workload:
 class Sim:
     def __init__(self, root: Path, nodes: list[SimNode], seed: int, trust: TrustConfig) -> None:
         store = SqliteStore(root / "bench.db", synchronous="NORMAL")
-        settings = Settings(data_dir=root, trust=trust)
+        settings = Settings(data_dir=root, trust=trust, spot_checks=SpotConfig(share=0.0))
         self.app = App(store, settings, clock=FakeClock())
         self.app.reputations._rng = random.Random(seed)
         self.app.intake.settlement.vouching.rng = random.Random(seed + 2)
@@ -207,18 +278,28 @@ class Sim:
             with app.store.transaction():
                 job = app.jobs.submit(self.client, spec)
         else:
-            job = self._tensor_job(tasks, replicas, quorum)
+            job = self._simulated_job(workload, tasks, replicas, quorum)
         while job.id in app.scheduler.jobs:
             self.round(workload)
         return job.id
 
-    def _tensor_job(self, tasks: int, replicas: int, quorum: int) -> Job:
-        """An inference-like job whose tasks need no model blob: the nodes are simulated."""
-        app, job_id = self.app, f"tensor-{self.rng.getrandbits(64):016x}"
-        job = Job(job_id, self.client.id, "inference", "", b"{}", {}, Requirements(), 10, 1, 1,
-                  tasks, replicas=replicas, quorum=quorum, created_at=app.clock.now())  # fmt: skip
-        params = json.dumps({"precision": "bf16"}).encode()
-        rows = [Task(f"{job_id}-{i}", job_id, i, params, [], work=1) for i in range(tasks)]
+    def _simulated_job(self, workload: Workload, tasks: int, replicas: int, quorum: int) -> Job:
+        """An inference or render job whose tasks need no model or scene blob: the nodes
+        are simulated. Render jobs are checked by whole frames (no spot checks: a crop
+        would need a render of its own)."""
+        app, job_id = self.app, f"{workload.kind}-{self.rng.getrandbits(64):016x}"
+        job = Job(job_id, self.client.id, workload.kind, "", b"{}", {}, Requirements(), 10, 1,
+                  1, tasks, replicas=replicas, quorum=quorum, created_at=app.clock.now())  # fmt: skip
+        if workload.kind == "render":
+            rows = [
+                Task(f"{job_id}-{i}", job_id, i, json.dumps({"frames": [
+                    workload.frame_of(Task("", "", i, b"", []))], "resolution": list(FRAME_SIZE),
+                    "format": "png"}).encode(), [], work=1)
+                for i in range(tasks)
+            ]  # fmt: skip
+        else:
+            params = json.dumps({"precision": "bf16"}).encode()
+            rows = [Task(f"{job_id}-{i}", job_id, i, params, [], work=1) for i in range(tasks)]
         job.cost_held = tasks * job.max_paid_results
         with app.store.transaction():
             app.store.create_job(job, rows)
@@ -302,7 +383,9 @@ class Sim:
 
 
 def statement(node: SimNode, attempt: Attempt, task: Task, out: bytes) -> bytes:
-    name = "outputs.safetensors" if task.job_id.startswith("tensor-") else "out"
+    name = {"inference": "outputs.safetensors", "render": "frame.png"}.get(
+        task.job_id.split("-")[0], "out"
+    )
     return common_pb2.ResultStatement(
         job_id=task.job_id, task_id=task.id, attempt_id=attempt.id, node_id=node.id,
         outputs=[common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))],
