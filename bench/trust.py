@@ -37,6 +37,7 @@ from trustsim import (
     logits,
     render_frames,
     safetensors_bf16,
+    seed_of,
 )
 
 from sparegrid.coordinator.domain import JobState, Task
@@ -53,7 +54,7 @@ FRAMES: list[Frames] = []  # rendered once, on first use
 
 def workload_for(strategy: str | None) -> Workload:
     if strategy == "cheap-tensor":
-        return Workload("inference", lambda t: safetensors_bf16(logits(t.index, 64)))
+        return Workload("inference", lambda t: safetensors_bf16(logits(seed_of(t), 64)))
     if strategy == "cheap-render":
         if not FRAMES:
             with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +76,7 @@ def right(sim: Sim, task: Task, workload: Workload) -> bool:
     if workload.kind == "render":
         assert workload.frames is not None
         return digest in {sha256_hex(f) for f in workload.frames.honest[workload.frame_of(task)]}
-    honest = {sha256_hex(safetensors_bf16(logits(task.index, c))) for c in (32, 64, 128)}
+    honest = {sha256_hex(safetensors_bf16(logits(seed_of(task), c))) for c in (32, 64, 128)}
     return digest in honest
 
 

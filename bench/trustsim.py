@@ -213,12 +213,18 @@ class Workload:
     right: Callable[[Task], bytes]  # the right answer to a task
     frames: Frames | None = None
 
+    @property
+    def output(self) -> str:
+        """The name of a task's one output."""
+        return {"inference": "outputs.safetensors", "render": "frame.png"}.get(self.kind, "out")
+
     def frame_of(self, task: Task) -> int:
-        assert self.frames is not None
-        return task.index % len(self.frames.honest) + 1
+        """A render task's frame: from its params, as a known-answer copy keeps them."""
+        frames: list[int] = json.loads(task.params)["frames"]
+        return frames[0]
 
     def answer(self, node: SimNode, task: Task, rng: random.Random) -> bytes:
-        index = task.index
+        index = seed_of(task)
         who = int(node.name.lstrip("hb"))
         if self.kind == "render":
             assert self.frames is not None
@@ -261,7 +267,7 @@ class Sim:
                 self.app.accounts.create(node.owner, 0)
             devices = [Device(i, "cuda", "sim", memory_bytes=80 << 30) for i in range(node.devices)]
             n = Node(node.id, node.signer.public_key, node.name, devices,
-                     executors={"echo": "1", "inference": "1"}, owner=node.owner)  # fmt: skip
+                     executors={"echo": "1", "inference": "1", "render": "1"}, owner=node.owner)  # fmt: skip
             n.last_seen = self.app.clock.now()
             self.app.store.upsert_node(n)
             self.app.scheduler.connect(n, node, [])
@@ -279,9 +285,12 @@ class Sim:
                 job = app.jobs.submit(self.client, spec)
         else:
             job = self._simulated_job(workload, tasks, replicas, quorum)
-        while job.id in app.scheduler.jobs:
+        for _ in range(100 * tasks):
+            if job.id not in app.scheduler.jobs:
+                return job.id
             self.round(workload)
-        return job.id
+        waiting = app.scheduler.waiting(app.scheduler.jobs[job.id])
+        raise RuntimeError(f"job {job.id} did not finish: {waiting or 'no reason given'}")
 
     def _simulated_job(self, workload: Workload, tasks: int, replicas: int, quorum: int) -> Job:
         """An inference or render job whose tasks need no model or scene blob: the nodes
@@ -290,16 +299,17 @@ class Sim:
         app, job_id = self.app, f"{workload.kind}-{self.rng.getrandbits(64):016x}"
         job = Job(job_id, self.client.id, workload.kind, "", b"{}", {}, Requirements(), 10, 1,
                   1, tasks, replicas=replicas, quorum=quorum, created_at=app.clock.now())  # fmt: skip
-        if workload.kind == "render":
-            rows = [
-                Task(f"{job_id}-{i}", job_id, i, json.dumps({"frames": [
-                    workload.frame_of(Task("", "", i, b"", []))], "resolution": list(FRAME_SIZE),
-                    "format": "png"}).encode(), [], work=1)
-                for i in range(tasks)
-            ]  # fmt: skip
-        else:
-            params = json.dumps({"precision": "bf16"}).encode()
-            rows = [Task(f"{job_id}-{i}", job_id, i, params, [], work=1) for i in range(tasks)]
+
+        def params(i: int) -> bytes:
+            if workload.kind == "render":
+                assert workload.frames is not None
+                frame = i % len(workload.frames.honest) + 1
+                return json.dumps(
+                    {"frames": [frame], "resolution": list(FRAME_SIZE), "format": "png"}
+                ).encode()
+            return json.dumps({"precision": "bf16", "seed": i}).encode()
+
+        rows = [Task(f"{job_id}-{i}", job_id, i, params(i), [], work=1) for i in range(tasks)]
         job.cost_held = tasks * job.max_paid_results
         with app.store.transaction():
             app.store.create_job(job, rows)
@@ -362,7 +372,7 @@ class Sim:
                 out = workload.right(task)
             else:
                 inline[sha256_hex(out)] = out
-            statements.append(statement(node, attempt, task, out))
+            statements.append(statement(node, attempt, task, out, workload.output))
         with app.store.transaction():
             app.intake.results(node.id, statements, sign_batch(node.signer, statements), inline)
         for other in self.nodes:
@@ -382,10 +392,13 @@ class Sim:
         return self.app.store.balance(client_account("client"))
 
 
-def statement(node: SimNode, attempt: Attempt, task: Task, out: bytes) -> bytes:
-    name = {"inference": "outputs.safetensors", "render": "frame.png"}.get(
-        task.job_id.split("-")[0], "out"
-    )
+def seed_of(task: Task) -> int:
+    """A tensor task's inputs: from its params, as a known-answer copy keeps them."""
+    seed: int = json.loads(task.params or b"{}").get("seed", task.index)
+    return seed
+
+
+def statement(node: SimNode, attempt: Attempt, task: Task, out: bytes, name: str) -> bytes:
     return common_pb2.ResultStatement(
         job_id=task.job_id, task_id=task.id, attempt_id=attempt.id, node_id=node.id,
         outputs=[common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))],
