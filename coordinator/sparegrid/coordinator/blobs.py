@@ -52,7 +52,10 @@ def keep_freed_memory() -> None:
 
 def check_digest(digest: str) -> str:
     if not is_digest(digest):
-        raise invalid("BAD_DIGEST", f"{digest!r} is not a lowercase hex SHA-256 digest")
+        # the value is cut short: a message travels in a gRPC trailer, which a client
+        # refuses past 16 KiB, and would then see no code at all
+        shown = digest if len(digest) <= 80 else digest[:64] + "..."
+        raise invalid("BAD_DIGEST", f"{shown!r} is not a lowercase hex SHA-256 digest")
     return digest
 
 
