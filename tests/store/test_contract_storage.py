@@ -10,7 +10,7 @@ from sparegrid.coordinator.domain import (
     Transaction,
     node_account,
 )
-from sparegrid.coordinator.store.base import Store, Usage
+from sparegrid.coordinator.store.base import LiveJob, Store, Usage
 from tests.store.test_contract import attempt, job, node
 from tests.store.test_contract_trust import replica
 
@@ -53,8 +53,10 @@ def test_blobs_are_found_by_last_use_and_dropped_with_their_charges(store: Store
     store.add_blob_owners([A, B], "acc-alice")
     assert store.stale_blobs(before=15.0) == [(B, 40), (A, 100)]
     assert store.stale_blobs(before=15.0, limit=1) == [(B, 40)]
+    assert store.blob_uses([A, B, C, "nope"], before=15.0) == [A, B]
     store.record_blob(B, 40, now=30.0)
     assert store.stale_blobs(before=15.0) == [(A, 100)]
+    assert store.blob_uses([A, B, C], before=15.0) == [A]
     store.drop_blobs([A])
     assert store.stale_blobs(before=100.0) == [(C, 1), (B, 40)]
     assert store.usage("alice") == Usage(0, 0) and store.usage("bob") == Usage(0, 40)
@@ -82,7 +84,10 @@ def test_live_jobs_and_the_blobs_their_tasks_name(store: Store) -> None:
     store.update_job(old)
     store.update_tasks(live_tasks)
     store.add_replicas([replica("r1", live_tasks[2].id)])
-    assert store.live_job_inputs(finished_after=50.0) == {"j1": {A}, "recent": {"sha256:abc"}}
+    assert store.live_jobs(finished_after=50.0) == {
+        "j1": LiveJob(1.0, {A}),
+        "recent": LiveJob(1.0, {"sha256:abc"}),
+    }
     first, after = store.task_blob_refs("j1", limit=2)
     assert (first, after) == ({"d0", "d1", B}, 1)
     rest, after = store.task_blob_refs("j1", after_index=1, limit=2)

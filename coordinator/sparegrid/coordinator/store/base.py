@@ -50,6 +50,13 @@ class Usage(NamedTuple):
     stored: int  # sizes of the blobs it uploaded, still charged to it
 
 
+class LiveJob(NamedTuple):
+    """A job whose blobs are kept: not finished, or finished within the retention."""
+
+    created_at: float
+    inputs: set[str]  # digests of its job-level inputs
+
+
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -245,6 +252,9 @@ class Store(Protocol):
     def stale_blobs(self, before: float, limit: int = 1000) -> list[tuple[str, int]]:
         """(digest, size) of recorded blobs last used before `before`, oldest first."""
 
+    def blob_uses(self, digests: list[str], before: float) -> list[str]:
+        """Those of the recorded digests last used before `before`."""
+
     def drop_blobs(self, digests: list[str]) -> None:
         """Forgets the blobs: their record, their charges and who may read them."""
 
@@ -252,9 +262,8 @@ class Store(Protocol):
         """Ends the charges of uploads made before `before` (a blob still stored then is
         kept for a job, not its uploader); returns how many."""
 
-    def live_job_inputs(self, finished_after: float) -> dict[str, set[str]]:
-        """Per job not finished, or finished at or after `finished_after`: the digests of
-        its job-level inputs."""
+    def live_jobs(self, finished_after: float) -> dict[str, LiveJob]:
+        """Every job not finished, or finished at or after `finished_after`, by id."""
 
     def task_blob_refs(
         self, job_id: str, after_index: int = -1, limit: int = 1000

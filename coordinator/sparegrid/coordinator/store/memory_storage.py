@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sparegrid.coordinator.domain import JobState, Reputation, Standing, node_account
-from sparegrid.coordinator.store.base import Usage
+from sparegrid.coordinator.store.base import LiveJob, Usage
 
 if TYPE_CHECKING:
     from sparegrid.coordinator.store.memory import _State
@@ -99,6 +99,11 @@ class MemoryStorage:
             ]
             return [(d, size) for _, d, size in sorted(found)[:limit]]
 
+    def blob_uses(self, digests: list[str], before: float) -> list[str]:
+        with self._lock:
+            blobs = self._s.storage.blobs
+            return sorted(d for d in set(digests) if d in blobs and blobs[d][1] < before)
+
     def drop_blobs(self, digests: list[str]) -> None:
         with self._lock:
             gone = set(digests)
@@ -118,10 +123,10 @@ class MemoryStorage:
 
     # what jobs still need
 
-    def live_job_inputs(self, finished_after: float) -> dict[str, set[str]]:
+    def live_jobs(self, finished_after: float) -> dict[str, LiveJob]:
         with self._lock:
             return {
-                job.id: set(job.inputs.values())
+                job.id: LiveJob(job.created_at, set(job.inputs.values()))
                 for job in self._s.jobs.values()
                 if job.state in _LIVE
                 or (job.finished_at is not None and job.finished_at >= finished_after)

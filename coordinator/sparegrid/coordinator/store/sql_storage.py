@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 
 from sparegrid.coordinator.domain import JobState, Standing, node_account
-from sparegrid.coordinator.store.base import Usage
+from sparegrid.coordinator.store.base import LiveJob, Usage
 from sparegrid.coordinator.store.engine import SqlEngine, chunks, marks
 
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
@@ -107,6 +107,13 @@ class SqlStorage(SqlEngine):
             )
         return [(digest, int(size)) for digest, size in rows]
 
+    def blob_uses(self, digests: list[str], before: float) -> list[str]:
+        with self.transaction():
+            rows = self._query_in(
+                "SELECT digest FROM blobs WHERE used_at < ? AND digest IN (*)", digests, (before,)
+            )
+        return sorted(row[0] for row in rows)
+
     def drop_blobs(self, digests: list[str]) -> None:
         with self.transaction():
             for chunk in chunks(digests):
@@ -119,14 +126,17 @@ class SqlStorage(SqlEngine):
 
     # what jobs still need
 
-    def live_job_inputs(self, finished_after: float) -> dict[str, set[str]]:
+    def live_jobs(self, finished_after: float) -> dict[str, LiveJob]:
         with self.transaction():
             rows = self._query(
-                f"SELECT id, inputs FROM jobs WHERE state IN ({marks(len(_LIVE))})"
+                f"SELECT id, created_at, inputs FROM jobs WHERE state IN ({marks(len(_LIVE))})"
                 " OR finished_at >= ?",
                 (*_LIVE, finished_after),
             )
-        return {job_id: set(json.loads(inputs).values()) for job_id, inputs in rows}
+        return {
+            job_id: LiveJob(float(created_at), set(json.loads(inputs).values()))
+            for job_id, created_at, inputs in rows
+        }
 
     def task_blob_refs(
         self, job_id: str, after_index: int = -1, limit: int = 1000
