@@ -18,7 +18,7 @@ from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
 from sparegrid.coordinator.store import open_store
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import Store, StoreError
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -312,7 +312,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(args))
-    except OSError as exc:
+    except (OSError, StoreError) as exc:  # a damaged database says which file, and why
         log.error("%s", exc)
         return 1
     return 0
