@@ -24,7 +24,8 @@ from sparegrid.coordinator.store.base import Store
 log = logging.getLogger("sparegrid.coordinator.sweeper")
 
 DAY = 86400.0
-CANDIDATE_PAGES = 100  # pages of blobs weighed against one walk of the live jobs
+CANDIDATES = 20_000  # blobs weighed against one walk of the live jobs
+COLLECT_STEP = 200  # blobs deleted in one step (a rename each: ~0.1 ms on the dev VM)
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Sweeper:
         began = self._clock.now()
         cutoff = began - self.config.blob_retention
         store, page = self._store, self.config.page
-        candidates = store.stale_blobs(cutoff, limit=page * CANDIDATE_PAGES)
+        candidates = store.stale_blobs(cutoff, limit=CANDIDATES)
         if not candidates:
             return
         live = store.live_jobs(cutoff)
@@ -106,8 +107,9 @@ class Sweeper:
                 needed |= refs
                 yield
         walked = set(live)
-        for start in range(0, len(candidates), page):
-            self._collect(dict(candidates[start : start + page]), needed, walked, began, swept)
+        step = min(page, COLLECT_STEP)
+        for start in range(0, len(candidates), step):
+            self._collect(dict(candidates[start : start + step]), needed, walked, began, swept)
             yield
 
     def _task_refs(self, job_id: str) -> Iterator[set[str]]:
