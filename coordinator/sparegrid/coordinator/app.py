@@ -34,6 +34,7 @@ from sparegrid.wire import Signer
 log = logging.getLogger("sparegrid.coordinator")
 
 T = TypeVar("T")
+ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
 
 
 class BufferedSink(Protocol):
@@ -287,7 +288,10 @@ class App:
         swept = Swept()
         swept.partials = sweeper.expire_partials(await asyncio.to_thread(blobs.partials))
         if adopt:
-            sweeper.adopt(await asyncio.to_thread(blobs.stored))
+            files = await asyncio.to_thread(blobs.stored)
+            for start in range(0, len(files), ADOPT_STEP):
+                sweeper.adopt(files[start : start + ADOPT_STEP])
+                await asyncio.sleep(0)
         for _ in sweeper.collect_blobs(swept):
             await asyncio.sleep(0)
         sweeper.expire_charges()
