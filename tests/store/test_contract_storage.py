@@ -132,3 +132,19 @@ def test_storage_writes_roll_back_with_their_transaction(store: Store) -> None:
         pass
     assert store.usage("alice") == Usage(0, 1)
     assert store.stale_blobs(before=10.0) == [(A, 1)]
+
+
+def test_totals_follow_a_reservation_or_a_charge_that_changes_holder(store: Store) -> None:
+    """A node that proves an owner account later resumes its upload under the owner."""
+    store.put_partial("node-n1", A, "node:n1", True, 100, now=1.0)
+    store.put_partial("node-n1", A, "alice", False, 120, now=2.0)
+    assert store.usage("node:n1") == Usage(0, 0) and store.anonymous_usage() == Usage(0, 0)
+    assert store.usage("alice") == Usage(120, 0)
+    store.record_blob(B, 10, now=1.0, holder="node:n2", anonymous=True)
+    store.record_blob(B, 12, now=2.0, holder="node:n2", anonymous=True)  # size corrected
+    assert store.usage("node:n2") == Usage(0, 12) and store.anonymous_usage() == Usage(0, 12)
+    store.drop_partials([("node-n1", A)])
+    store.drop_blobs([B])
+    for holder in ("alice", "node:n1", "node:n2"):
+        assert store.usage(holder) == Usage(0, 0)
+    assert store.anonymous_usage() == Usage(0, 0)

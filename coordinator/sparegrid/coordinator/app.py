@@ -295,7 +295,12 @@ class App:
         for _ in sweeper.collect_blobs(swept):
             await asyncio.sleep(0)
         sweeper.expire_charges()
-        swept.nodes = sweeper.prune_nodes()
+        while True:  # nodes registered by the thousand: as many steps as they take
+            pruned = sweeper.prune_nodes()
+            swept.nodes += pruned
+            if pruned < sweeper.config.page:
+                break
+            await asyncio.sleep(0)
         await asyncio.to_thread(blobs.empty_trash)
         return swept
 

@@ -78,7 +78,7 @@ class Sweeper:
         self._store.drop_partials(sorted(stale))
         for uploader, digest in stale:
             blobs.drop_partial(uploader, digest)
-        log.info("deleted %d unfinished upload(s) untouched since %.0f", len(stale), cutoff)
+        log.info("deleted %d unfinished upload(s) untouched for --upload-expiry", len(stale))
         return len(stale)
 
     def adopt(self, files: list[tuple[str, int, float]]) -> int:

@@ -43,6 +43,10 @@ class InsufficientFunds(StoreError):
         self.needed = needed
 
 
+# The anonymous nodes' pool among the holders' totals: no account or node has this name.
+ANONYMOUS_POOL = "*anonymous"
+
+
 class Usage(NamedTuple):
     """Upload bytes counted against a holder (or a pool of holders)."""
 

@@ -203,8 +203,10 @@ CREATE INDEX disputes_job ON disputes (job_id, task_index)
 # Storage limits: every blob stored on disk with its last use (an upload, or a node
 # naming it as an output), so that one no job needs is collected after the retention;
 # what each holder (an account, or a node's owner; anonymous nodes also count together)
-# uploaded, for its stored-bytes quota; and uploads begun and not finished, counted at
-# their announced size against the in-flight quota until they finish or expire.
+# uploaded, for its stored-bytes quota; uploads begun and not finished, counted at their
+# announced size against the in-flight quota until they finish or expire; and each
+# holder's totals of both (and the anonymous pool's, under "*anonymous"), kept with every
+# change so that a quota check reads one row.
 STORAGE = """
 CREATE TABLE blobs (
     digest TEXT PRIMARY KEY,
@@ -223,7 +225,6 @@ CREATE TABLE blob_charges (
 );
 CREATE INDEX blob_charges_digest ON blob_charges (digest);
 CREATE INDEX blob_charges_time ON blob_charges (charged_at);
-CREATE INDEX blob_charges_anonymous ON blob_charges (anonymous, size);
 
 CREATE TABLE partial_uploads (
     uploader TEXT NOT NULL,
@@ -234,7 +235,12 @@ CREATE TABLE partial_uploads (
     updated_at {real} NOT NULL,
     PRIMARY KEY (uploader, digest)
 );
-CREATE INDEX partial_uploads_holder ON partial_uploads (holder)
+
+CREATE TABLE upload_usage (
+    holder TEXT PRIMARY KEY,
+    in_flight BIGINT NOT NULL,
+    stored BIGINT NOT NULL
+)
 """
 
 # (version, script), applied in order; schema_version records each one applied.

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 
 from sparegrid.coordinator.domain import JobState, Standing, node_account
-from sparegrid.coordinator.store.base import LiveJob, Usage
+from sparegrid.coordinator.store.base import ANONYMOUS_POOL, LiveJob, Usage
 from sparegrid.coordinator.store.engine import SqlEngine, chunks, marks
 
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
@@ -20,13 +20,37 @@ def _digests(texts: Iterable[str]) -> set[str]:
     return {ref["digest"] for text in texts for ref in json.loads(text)}
 
 
+class _Deltas:
+    """Changes to holders' totals, the anonymous pool's included, written at once."""
+
+    def __init__(self) -> None:
+        self.by_holder: dict[str, list[int]] = {}
+
+    def add(self, holder: str, anonymous: bool, in_flight: int = 0, stored: int = 0) -> None:
+        for key in (holder, ANONYMOUS_POOL) if anonymous else (holder,):
+            totals = self.by_holder.setdefault(key, [0, 0])
+            totals[0] += in_flight
+            totals[1] += stored
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        return [(h, f, s) for h, (f, s) in sorted(self.by_holder.items()) if f or s]
+
+
 class SqlStorage(SqlEngine):
     # unfinished uploads
 
     def put_partial(
         self, uploader: str, digest: str, holder: str, anonymous: bool, size: int, now: float
     ) -> None:
+        deltas = _Deltas()
+        deltas.add(holder, anonymous, in_flight=size)
         with self.transaction():
+            for old_holder, old_anonymous, old_size in self._query(
+                "SELECT holder, anonymous, size FROM partial_uploads"
+                " WHERE uploader = ? AND digest = ?",
+                (uploader, digest),
+            ):
+                deltas.add(old_holder, bool(old_anonymous), in_flight=-int(old_size))
             self._run(
                 "INSERT INTO partial_uploads (uploader, digest, holder, anonymous, size,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uploader, digest) DO UPDATE"
@@ -34,12 +58,19 @@ class SqlStorage(SqlEngine):
                 " size = excluded.size, updated_at = excluded.updated_at",
                 (uploader, digest, holder, anonymous, size, now),
             )
+            self._add_usage(deltas)
 
     def drop_partials(self, keys: list[tuple[str, str]]) -> None:
+        deltas = _Deltas()
         with self.transaction():
-            self._run_many(
-                "DELETE FROM partial_uploads WHERE uploader = ? AND digest = ?", list(keys)
-            )
+            for uploader, digest in keys:
+                for holder, anonymous, size in self._query(
+                    "DELETE FROM partial_uploads WHERE uploader = ? AND digest = ?"
+                    " RETURNING holder, anonymous, size",
+                    (uploader, digest),
+                ):
+                    deltas.add(holder, bool(anonymous), in_flight=-int(size))
+            self._add_usage(deltas)
 
     def stale_partials(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
         with self.transaction():
@@ -63,13 +94,23 @@ class SqlStorage(SqlEngine):
                 " ELSE excluded.used_at END",
                 (digest, size, now),
             )
-            if holder:
-                self._run(
-                    "INSERT INTO blob_charges (holder, digest, anonymous, size, charged_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (holder, digest) DO UPDATE"
-                    " SET size = excluded.size, charged_at = excluded.charged_at",
-                    (holder, digest, anonymous, size, now),
-                )
+            if not holder:
+                return
+            deltas = _Deltas()
+            deltas.add(holder, anonymous, stored=size)
+            for old_anonymous, old_size in self._query(
+                "SELECT anonymous, size FROM blob_charges WHERE holder = ? AND digest = ?",
+                (holder, digest),
+            ):
+                deltas.add(holder, bool(old_anonymous), stored=-int(old_size))
+            self._run(
+                "INSERT INTO blob_charges (holder, digest, anonymous, size, charged_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (holder, digest) DO UPDATE"
+                " SET anonymous = excluded.anonymous, size = excluded.size,"
+                " charged_at = excluded.charged_at",
+                (holder, digest, anonymous, size, now),
+            )
+            self._add_usage(deltas)
 
     def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
         found = {digest: (digest, size, used_at) for digest, size, used_at in blobs}
@@ -85,19 +126,30 @@ class SqlStorage(SqlEngine):
         return len(fresh)
 
     def usage(self, holder: str) -> Usage:
-        return self._usage("holder = ?", (holder,))
+        with self.transaction():
+            rows = self._query(
+                "SELECT in_flight, stored FROM upload_usage WHERE holder = ?", (holder,)
+            )
+        return Usage(int(rows[0][0]), int(rows[0][1])) if rows else Usage(0, 0)
 
     def anonymous_usage(self) -> Usage:
-        return self._usage("anonymous = ?", (True,))
+        return self.usage(ANONYMOUS_POOL)
 
-    def _usage(self, condition: str, params: tuple[object, ...]) -> Usage:
-        with self.transaction():
-            ((in_flight, stored),) = self._query(
-                f"SELECT (SELECT COALESCE(SUM(size), 0) FROM partial_uploads WHERE {condition}),"
-                f" (SELECT COALESCE(SUM(size), 0) FROM blob_charges WHERE {condition})",
-                params * 2,
+    def _add_usage(self, deltas: _Deltas) -> None:
+        rows = deltas.rows()
+        self._run_many(
+            "INSERT INTO upload_usage (holder, in_flight, stored) VALUES (?, ?, ?)"
+            " ON CONFLICT (holder) DO UPDATE SET"
+            " in_flight = upload_usage.in_flight + excluded.in_flight,"
+            " stored = upload_usage.stored + excluded.stored",
+            rows,
+        )
+        for chunk in chunks([holder for holder, _, _ in rows]):
+            self._run(
+                "DELETE FROM upload_usage WHERE in_flight = 0 AND stored = 0"
+                f" AND holder IN ({marks(len(chunk))})",
+                chunk,
             )
-        return Usage(int(in_flight), int(stored))
 
     def stale_blobs(self, before: float, limit: int = 1000) -> list[tuple[str, int]]:
         with self.transaction():
@@ -115,14 +167,30 @@ class SqlStorage(SqlEngine):
         return sorted(row[0] for row in rows)
 
     def drop_blobs(self, digests: list[str]) -> None:
+        deltas = _Deltas()
         with self.transaction():
             for chunk in chunks(digests):
-                for table in ("blobs", "blob_charges", "blob_owners"):
-                    self._run(f"DELETE FROM {table} WHERE digest IN ({marks(len(chunk))})", chunk)
+                where = f"digest IN ({marks(len(chunk))})"
+                for holder, anonymous, size in self._query(
+                    f"DELETE FROM blob_charges WHERE {where} RETURNING holder, anonymous, size",
+                    chunk,
+                ):
+                    deltas.add(holder, bool(anonymous), stored=-int(size))
+                self._run(f"DELETE FROM blobs WHERE {where}", chunk)
+                self._run(f"DELETE FROM blob_owners WHERE {where}", chunk)
+            self._add_usage(deltas)
 
     def expire_charges(self, before: float) -> int:
+        deltas = _Deltas()
         with self.transaction():
-            return self._run("DELETE FROM blob_charges WHERE charged_at < ?", (before,))
+            expired = self._query(
+                "DELETE FROM blob_charges WHERE charged_at < ? RETURNING holder, anonymous, size",
+                (before,),
+            )
+            for holder, anonymous, size in expired:
+                deltas.add(holder, bool(anonymous), stored=-int(size))
+            self._add_usage(deltas)
+        return len(expired)
 
     # what jobs still need
 
