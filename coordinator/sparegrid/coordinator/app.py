@@ -19,11 +19,13 @@ from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
 from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.services.quotas import QuotaConfig, Quotas
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
 from sparegrid.coordinator.services.settlement import Settlement
 from sparegrid.coordinator.services.spotcheck import SpotChecks, SpotConfig
+from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.store.base import Store
@@ -32,6 +34,7 @@ from sparegrid.wire import Signer
 log = logging.getLogger("sparegrid.coordinator")
 
 T = TypeVar("T")
+ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
 
 
 class BufferedSink(Protocol):
@@ -70,6 +73,8 @@ class Settings:
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     vouching: VouchConfig = field(default_factory=VouchConfig)
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def key_path(self) -> Path:
@@ -134,6 +139,15 @@ class App:
                 voters=self._voters,
             ),
         )
+        self.quotas = Quotas(store, self.clock, settings.quotas)
+        self.sweeper = Sweeper(
+            store,
+            self.blobs,
+            self.clock,
+            settings.sweeps,
+            connected=lambda: set(self.scheduler.sessions),
+            nodes_deleted=self.reputations.load,
+        )
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -161,6 +175,7 @@ class App:
     def start(self) -> None:
         self.start_services()
         self._tasks.append(asyncio.create_task(self._reaper()))
+        self._tasks.append(asyncio.create_task(self._sweeps()))
 
     async def stop(self) -> None:
         self._stopped = True
@@ -252,6 +267,42 @@ class App:
     def _reap(self) -> None:
         self.scheduler.reap()
         self.intake.settle_stranded()
+
+    async def _sweeps(self) -> None:
+        first = True
+        while True:
+            await asyncio.sleep(self.settings.sweeps.interval)
+            try:
+                await self.sweep(adopt=first)
+                first = False
+            except Exception:
+                log.exception("the storage sweep failed; the next one tries again")
+
+    async def sweep(self, adopt: bool = False) -> Swept:
+        """Deletes what has expired: unfinished uploads, blobs no job needs, nodes that
+        never worked. The disk is walked in worker threads, the store's steps run on the
+        event loop between other work. `adopt` first records blob files the store does not
+        know (blobs stored before they were recorded), as the first sweep after a start
+        does."""
+        sweeper, blobs = self.sweeper, self.blobs
+        swept = Swept()
+        swept.partials = sweeper.expire_partials(await asyncio.to_thread(blobs.partials))
+        if adopt:
+            files = await asyncio.to_thread(blobs.stored)
+            for start in range(0, len(files), ADOPT_STEP):
+                sweeper.adopt(files[start : start + ADOPT_STEP])
+                await asyncio.sleep(0)
+        for _ in sweeper.collect_blobs(swept):
+            await asyncio.sleep(0)
+        sweeper.expire_charges()
+        while True:  # nodes registered by the thousand: as many steps as they take
+            pruned = sweeper.prune_nodes()
+            swept.nodes += pruned
+            if pruned < sweeper.config.page:
+                break
+            await asyncio.sleep(0)
+        await asyncio.to_thread(blobs.empty_trash)
+        return swept
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()

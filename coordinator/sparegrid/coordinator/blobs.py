@@ -1,7 +1,9 @@
 """Content-addressed blobs on local disk: <root>/sha256/<ab>/<digest>.
 
-Uploads land in <root>/partial/<digest> and become visible only once their SHA-256 checks
-out, so a reader never sees a torn or wrong blob; a partial file is kept to resume from.
+Uploads land in <root>/partial/<uploader>-<digest> and become visible only once their
+SHA-256 checks out, so a reader never sees a torn or wrong blob; a partial file is kept to
+resume from until it expires. A collected blob is first renamed into <root>/trash/ (at
+once, while nothing else runs), then deleted in a worker thread.
 
 Blobs are written and read with O_DIRECT where the filesystem allows it (else buffered),
 through small aligned buffers that are reused. On the 2-core development VM, moving 1 GiB
@@ -12,6 +14,7 @@ leaving the final fsync almost nothing to do. The price: a blob served many time
 read from the disk each time rather than from memory.
 """
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -52,7 +55,10 @@ def keep_freed_memory() -> None:
 
 def check_digest(digest: str) -> str:
     if not is_digest(digest):
-        raise invalid("BAD_DIGEST", f"{digest!r} is not a lowercase hex SHA-256 digest")
+        # the value is cut short: a message travels in a gRPC trailer, which a client
+        # refuses past 16 KiB, and would then see no code at all
+        shown = digest if len(digest) <= 80 else digest[:64] + "..."
+        raise invalid("BAD_DIGEST", f"{shown!r} is not a lowercase hex SHA-256 digest")
     return digest
 
 
@@ -240,8 +246,9 @@ class BlobStore:
     def __init__(self, root: Path, max_blob_size: int) -> None:
         self.root = root
         self.max_blob_size = max_blob_size
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
-        (root / "partial").mkdir(parents=True, exist_ok=True)
+        self.uploading: set[tuple[str, str]] = set()  # (uploader, digest) being received
+        for name in ("sha256", "partial", "trash"):
+            (root / name).mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
@@ -264,8 +271,7 @@ class BlobStore:
         except FileNotFoundError:
             return 0
 
-    def begin(self, digest: str, size: int, offset: int, owner: str) -> Upload:
-        check_digest(digest)
+    def check_size(self, size: int) -> None:
         if size > self.max_blob_size:
             raise CoordinatorError(
                 ErrorKind.EXHAUSTED,
@@ -273,7 +279,63 @@ class BlobStore:
                 f"blob of {size} bytes is over this coordinator's limit of "
                 f"{self.max_blob_size} bytes",
             )
+
+    def begin(self, digest: str, size: int, offset: int, owner: str) -> Upload:
+        check_digest(digest)
+        self.check_size(size)
         return Upload(self, digest, size, offset, owner)
+
+    # what the sweeps walk and delete
+
+    def partials(self) -> list[tuple[str, str, float]]:
+        """(uploader, digest, last write) of every partial file."""
+        found = []
+        for entry in os.scandir(self.root / "partial"):
+            uploader, _, digest = entry.name.rpartition("-")
+            with contextlib.suppress(FileNotFoundError):
+                if is_digest(digest) and uploader:
+                    found.append((uploader, digest, entry.stat().st_mtime))
+        return found
+
+    def partial_mtime(self, uploader: str, digest: str) -> float | None:
+        try:
+            return self.partial_path(digest, uploader).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def drop_partial(self, uploader: str, digest: str) -> None:
+        self.partial_path(digest, uploader).unlink(missing_ok=True)
+
+    def stored(self) -> list[tuple[str, int, float]]:
+        """(digest, size, last change) of every stored blob: reads 256 directories."""
+        found = []
+        for folder in os.scandir(self.root / "sha256"):
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder.path):
+                with contextlib.suppress(FileNotFoundError):
+                    if is_digest(entry.name):
+                        st = entry.stat()
+                        found.append((entry.name, st.st_size, st.st_mtime))
+        return found
+
+    def discard(self, digests: list[str]) -> None:
+        """Takes the blobs out of sight at once (a rename each); `empty_trash` deletes
+        them. A reader that has a blob open reads on to its end."""
+        trash = self.root / "trash"
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path(digest), trash / digest)
+
+    def empty_trash(self) -> int:
+        """Deletes what `discard` set aside; returns the bytes freed. Slow for large
+        files: run it in a worker thread."""
+        freed = 0
+        for entry in os.scandir(self.root / "trash"):
+            with contextlib.suppress(FileNotFoundError):
+                freed += entry.stat().st_size
+                os.unlink(entry.path)
+        return freed
 
     def open(self, digest: str) -> Reader:
         """A reader of the blob; NOT_FOUND when absent."""

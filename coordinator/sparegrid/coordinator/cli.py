@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.jobs import parse_price
+from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
+from sparegrid.coordinator.services.sweeper import SweepConfig
 from sparegrid.coordinator.store import open_store
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import Store, StoreError
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -103,6 +106,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="longest a task may run on a node, heartbeats included (a worker's own limit "
         "when smaller), plus a quarter [%(default)s]",
     )
+    _storage_flags(serve)
     serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
@@ -111,6 +115,86 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="log verbosity [%(default)s]",
     )
     serve.set_defaults(func=serve_command)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_AMOUNT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '64GiB', '500MB' or a plain number of bytes."""
+    match = _AMOUNT.fullmatch(text)
+    unit = _UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64GiB or 500MB")
+    return int(float(match.group(1)) * unit)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '3d', '24h', '90m', '30s' or a plain number of seconds."""
+    match = _AMOUNT.fullmatch(text)
+    unit = _SECONDS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3d, 24h or 300")
+    return float(match.group(1)) * unit
+
+
+def _storage_flags(serve: argparse.ArgumentParser) -> None:
+    """Quotas on uploads, and how long what nobody uses is kept."""
+    quotas, sweeps = QuotaConfig(), SweepConfig()
+    for flag, default, help_text in [
+        ("--in-flight-quota", quotas.in_flight, "bytes of unfinished uploads an account may "
+         "have, its nodes' included (at their announced size)"),
+        ("--stored-quota", quotas.stored, "bytes an account (its nodes included) may hold "
+         "in blobs it uploaded, each until collected or for --blob-retention after upload"),
+        ("--anonymous-in-flight-quota", quotas.anonymous_in_flight, "bytes of unfinished "
+         "uploads all nodes without an owner account may have together"),
+        ("--anonymous-stored-quota", quotas.anonymous_stored, "bytes all nodes without an "
+         "owner account may hold together in blobs they uploaded"),
+    ]:  # fmt: skip
+        shown = f"{default >> 30}GiB"
+        serve.add_argument(
+            flag, type=parse_size, default=default, metavar="SIZE", help=f"{help_text} [{shown}]"
+        )
+    for flag, seconds, help_text in [
+        ("--upload-expiry", sweeps.upload_expiry, "an unfinished upload untouched this long "
+         "is deleted"),
+        ("--blob-retention", sweeps.blob_retention, "a blob no job needs (not an input of a "
+         "job, not an output of one finished less than this long ago) is deleted this long "
+         "after its last upload"),
+        ("--node-expiry", sweeps.node_expiry, "a node that never worked is forgotten when "
+         "unseen this long"),
+        ("--sweep-interval", sweeps.interval, "how often expired uploads, blobs and nodes "
+         "are deleted"),
+    ]:  # fmt: skip
+        serve.add_argument(
+            flag,
+            type=parse_duration,
+            default=seconds,
+            metavar="DURATION",
+            help=f"{help_text}; seconds, or 30m, 24h, 3d [{seconds:g} s]",
+        )
+
+
+def _storage_settings(args: argparse.Namespace) -> tuple[QuotaConfig, SweepConfig]:
+    for name in ("upload_expiry", "blob_retention", "node_expiry", "sweep_interval"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
+    quotas = QuotaConfig(
+        in_flight=args.in_flight_quota,
+        stored=args.stored_quota,
+        anonymous_in_flight=args.anonymous_in_flight_quota,
+        anonymous_stored=args.anonymous_stored_quota,
+    )
+    sweeps = SweepConfig(
+        interval=args.sweep_interval,
+        upload_expiry=args.upload_expiry,
+        blob_retention=args.blob_retention,
+        node_expiry=args.node_expiry,
+    )
+    return quotas, sweeps
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -134,6 +218,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         identity=IdentityConfig(Enrollment(args.enrollment), min_stake=args.min_stake),
         max_attempt_seconds=args.max_attempt_seconds,
     )
+    settings.quotas, settings.sweeps = _storage_settings(args)
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"error: {name} is a share from 0 to 1, got {share}")
@@ -227,7 +312,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(args))
-    except OSError as exc:
+    except (OSError, StoreError) as exc:  # a damaged database says which file, and why
         log.error("%s", exc)
         return 1
     return 0

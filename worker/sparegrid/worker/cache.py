@@ -3,6 +3,12 @@
 A blob is downloaded into `<digest>.part` and renamed into place only once its SHA-256
 matches, so a visible file is always a verified one. An interrupted download resumes from
 the partial file's size; concurrent requests for one digest share one download.
+
+With a size limit (`--cache-size`) the cache is trimmed when it is opened and before each
+download makes room for it: partial files no download is writing go first, then verified
+blobs, least recently used first; a blob a held task needs is never deleted. Partial files
+count towards the limit, so inputs given up half way (a cancelled task, a coordinator that
+went away) cannot fill the disk.
 """
 
 import asyncio
@@ -21,6 +27,11 @@ from sparegrid.worker.errors import BlobRejected, BlobUnavailable, DigestMismatc
 Fetch = Callable[[str, int], AsyncIterator[bytes]]  # (digest, offset) -> chunks
 _log = logging.getLogger("sparegrid.worker.cache")
 _HASH_CHUNK = 1 << 20
+_PART = ".part"
+
+
+def _is_part(path: Path) -> bool:
+    return path.name.endswith(_PART)
 
 
 def _hash_file(path: Path) -> "hashlib._Hash":
@@ -57,26 +68,44 @@ class BlobCache:
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         self._max_bytes = max_bytes
         self.in_use: Callable[[], set[str]] = set  # digests held tasks still need
+        self.trim()  # a cache left over its limit (a smaller --cache-size than before)
 
-    def trim(self) -> int:
-        """Deletes the least recently used blobs until the cache fits its size limit,
-        never one a held task needs; returns the bytes freed."""
+    def _files(self) -> list[tuple[int, float, Path]]:
+        """(size, last use, path) of every file in the cache, partial ones included."""
+        found = []
+        for path in self.root.glob("??/*"):
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                found.append((st.st_size, st.st_mtime, path))
+        return found
+
+    def trim(self, room: int = 0) -> int:
+        """Deletes files until the cache, and `room` bytes more, fit its size limit:
+        partial files no download is writing first, then blobs by last use, never one a
+        held task needs. Returns the bytes freed."""
         if self._max_bytes is None or not self.root.exists():
             return 0
-        files = [(p.stat(), p) for p in self.root.glob("??/*") if not p.name.endswith(".part")]
-        total = sum(st.st_size for st, _ in files)
-        keep = self.in_use()
+        files = self._files()
+        total = sum(size for size, _, _ in files)
+        limit = self._max_bytes - room
+        keep = self.in_use() | self._downloads.keys()
         freed = 0
-        for st, path in sorted(files, key=lambda f: f[0].st_mtime):
-            if total - freed <= self._max_bytes:
+        # partial files first (False sorts before True), each group oldest first
+        for size, _, path in sorted(files, key=lambda f: (not _is_part(f[2]), f[1])):
+            if total - freed <= limit:
                 break
-            if path.name in keep:
+            if path.name.removesuffix(_PART) in keep:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                freed += st.st_size
-        if total - freed > self._max_bytes:
-            _log.warning("input cache is over its limit: held tasks need what it holds")
+                freed += size
+        if total - freed > limit:
+            _log.warning(
+                "input cache holds %d bytes%s, over its limit of %d: held tasks need them",
+                total - freed,
+                f" and needs {room} more" if room else "",
+                self._max_bytes,
+            )
         return freed
 
     def path_for(self, digest: str) -> Path:
@@ -116,12 +145,13 @@ class BlobCache:
         raise AssertionError("unreachable")
 
     async def _download_once(self, digest: str, size: int, fetch: Fetch, path: Path) -> Path:
-        part = path.with_name(f"{digest}.part")
+        part = path.with_name(f"{digest}{_PART}")
         part.parent.mkdir(parents=True, exist_ok=True)
         offset = part.stat().st_size if part.exists() else 0
         if size and offset > size:
             part.unlink()
             offset = 0
+        self.trim(room=max(0, size - offset))
         hasher = await asyncio.to_thread(_hash_file, part) if offset else hashlib.sha256()
         with part.open("ab") as f:
             async for chunk in fetch(digest, offset):
@@ -139,7 +169,6 @@ class BlobCache:
             )
         os.chmod(part, 0o444)  # executors read inputs; they must not change them
         os.replace(part, path)
-        self.trim()
         return path
 
     async def close(self) -> None:

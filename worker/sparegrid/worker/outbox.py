@@ -77,9 +77,32 @@ class Outbox:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.root.glob(f"*{_SUFFIX}")):
             self._load_entry(path)
-        stored = int(self._seq_path.read_text()) if self._seq_path.exists() else 1
+        stored = self._stored_seq()
         self._next_id = self._reserved_to = max([stored, *(i + 1 for i in self._entries)])
         return len(self._entries)
+
+    def _stored_seq(self) -> int:
+        """The counter in batch_seq; when that file is damaged (empty or not a number
+        after a crash or a full disk), the highest batch id the outbox names plus one, and
+        the file is written again. Ids the outbox no longer names were acknowledged: the
+        coordinator keys nothing on them, so only a pending batch's id must not recur."""
+        try:
+            text = self._seq_path.read_text(encoding="ascii", errors="replace").strip()
+        except FileNotFoundError:
+            return 1
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            return int(text)
+        names = [p.stem for p in self.root.glob("*") if p.suffix in (_SUFFIX, ".corrupt")]
+        recovered = 1 + max((int(n) for n in names if n.isascii() and n.isdigit()), default=0)
+        _log.warning(
+            "%s held %r, not a batch counter; going on from the outbox's highest batch id "
+            "plus one (%d)",
+            self._seq_path,
+            text[:40],
+            recovered,
+        )
+        write_atomic(self._seq_path, str(recovered).encode())
+        return recovered
 
     def _load_entry(self, path: Path) -> None:
         message = worker_pb2.WorkerMessage()

@@ -1,7 +1,9 @@
 """BlobService: chunked, resumable, deduplicated uploads and downloads by digest.
 
 A client reads only blobs it uploaded or its jobs produced; a worker reads only the
-inputs of tasks leased to it.
+inputs of tasks leased to it, and uploads only outputs of attempts it is running. Every
+upload counts against its holder's quotas (services/quotas.py): the account, or the
+uploading node's owner.
 """
 
 import asyncio
@@ -13,10 +15,11 @@ from grpc import aio
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import Reader, Upload, check_digest
-from sparegrid.coordinator.domain import Account
+from sparegrid.coordinator.domain import Account, AttemptState, owner_of
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc.auth import WorkerPrincipal, principal_of
 from sparegrid.coordinator.rpc.errors import streaming, unary
+from sparegrid.coordinator.services.quotas import Holder
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 
 Ctx = aio.ServicerContext[Any, Any]
@@ -28,7 +31,8 @@ WRITE_AHEAD = 4  # chunks received while earlier ones are written
 MAX_OUTPUT_OF = 10_000  # attempts one upload may be an output of (a batch's results)
 
 
-def _owner(principal: Account | WorkerPrincipal) -> str:
+def _uploader(principal: Account | WorkerPrincipal) -> str:
+    """Whose partial files an upload resumes: the account, or the node itself."""
     if isinstance(principal, WorkerPrincipal):
         return f"node-{principal.node_id}"
     return principal.id
@@ -37,7 +41,6 @@ def _owner(principal: Account | WorkerPrincipal) -> str:
 class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
-        self._uploading: set[tuple[str, str]] = set()
 
     def _principal(self, context: Ctx) -> Account | WorkerPrincipal:
         return principal_of(context, self.app.accounts, self.app.session_tokens)
@@ -47,33 +50,67 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             return self.app.scheduler.may_read(principal.node_id, digest)
         return self.app.store.blob_owned(digest, principal.id)
 
-    def _output_of(self, principal: Account | WorkerPrincipal, attempt_ids: list[str]) -> list[str]:
-        """The attempts a worker's upload is an output of: each must be one of its own."""
-        if not attempt_ids:
+    def _holder(self, principal: Account | WorkerPrincipal) -> Holder:
+        """Whose quotas an upload counts against: the account, or the node's owner."""
+        if isinstance(principal, Account):
+            return Holder(principal.name, False)
+        session = self.app.scheduler.sessions.get(principal.node_id)
+        node = session.node if session is not None else self.app.store.get_node(principal.node_id)
+        return Holder.of(owner_of(node) if node is not None else f"node:{principal.node_id}")
+
+    def _output_of(
+        self, principal: Account | WorkerPrincipal, digest: str, attempt_ids: list[str]
+    ) -> list[str]:
+        """The attempts a worker's upload is an output of. A worker uploads outputs only,
+        of attempts leased to it and still running (or that named this blob before: a
+        batch sent again), so what it can store is bounded by the work it holds."""
+        if isinstance(principal, Account):
+            if attempt_ids:
+                raise invalid(
+                    "BAD_UPLOAD", "only a worker names attempts an upload is an output of"
+                )
             return []
-        if not isinstance(principal, WorkerPrincipal) or len(attempt_ids) > MAX_OUTPUT_OF:
+        if not 1 <= len(attempt_ids) <= MAX_OUTPUT_OF:
             raise invalid(
                 "BAD_UPLOAD",
-                f"only a worker names the attempts an upload is an output of, at most "
-                f"{MAX_OUTPUT_OF}",
+                f"a worker uploads outputs only: name 1 to {MAX_OUTPUT_OF} attempts whose "
+                "results name this blob (BlobHeader.attempt_ids)",
             )
-        found = {a.id: a for a in self.app.store.get_attempts(attempt_ids)}
+        store = self.app.store
+        found = {a.id: a for a in store.get_attempts(attempt_ids)}
         for attempt_id in attempt_ids:
             attempt = found.get(attempt_id)
             if attempt is None or attempt.node_id != principal.node_id:
                 raise CoordinatorError(
                     ErrorKind.PERMISSION,
                     "NOT_LEASED",
-                    f"attempt {attempt_id} was never leased to this node",
+                    f"attempt {attempt_id[:64]} was never leased to this node",
+                )
+            if attempt.state != AttemptState.RUNNING and not store.uploaded(attempt_id, [digest]):
+                raise CoordinatorError(
+                    ErrorKind.PERMISSION,
+                    "NOT_LEASED",
+                    f"attempt {attempt_id} has ended ({attempt.state.value}): this node may "
+                    "upload outputs only for attempts it is running",
                 )
         return attempt_ids
 
-    async def _uploaded(self, attempt_ids: list[str], digest: str) -> None:
-        """Records, durably before the upload is answered, that the node uploaded this
-        output for those attempts."""
-        if attempt_ids:
-            store = self.app.store
-            await self.app.call(lambda: store.add_uploads([(a, digest) for a in attempt_ids]))
+    def _stored(
+        self,
+        principal: Account | WorkerPrincipal,
+        holder: Holder | None,
+        digest: str,
+        size: int,
+        outputs: list[str],
+    ) -> None:
+        """After an upload (holder: charged) or a deduplicated one (holder None for a
+        worker naming a blob it read): the blob's use, who may read it, whose output it is."""
+        store = self.app.store
+        self.app.quotas.stored(_uploader(principal), digest, holder, size)
+        if isinstance(principal, Account):
+            store.add_blob_owners([digest], principal.id)
+        if outputs:
+            store.add_uploads([(a, digest) for a in outputs])
 
     @unary
     async def StatBlob(
@@ -83,8 +120,11 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         digest = check_digest(request.digest)
         size = self.app.blobs.size(digest)
         if size is not None and self._readable(principal, digest):
+            if isinstance(principal, Account):  # about to use it: keep it, charged again
+                holder = self._holder(principal)
+                await self.app.call(lambda: self._stored(principal, holder, digest, size, []))
             return blob_pb2.StatBlobResponse(exists=True, size=size)
-        partial = self.app.blobs.partial_size(digest, _owner(principal))
+        partial = self.app.blobs.partial_size(digest, _uploader(principal))
         return blob_pb2.StatBlobResponse(exists=False, partial_size=partial)
 
     @unary
@@ -96,34 +136,54 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         if first is None or not first.HasField("header"):
             raise invalid("BAD_UPLOAD", "an upload starts with a header (digest, size, offset)")
         header = first.header
-        digest = check_digest(header.digest)
-        outputs = self._output_of(principal, list(header.attempt_ids))
-        if self.app.blobs.size(digest) == header.size and self._readable(principal, digest):
-            await self._uploaded(outputs, digest)  # a worker that read it has its bytes
-            return blob_pb2.UploadBlobResponse(digest=digest, size=header.size, received=0)
-        key = (_owner(principal), digest)
-        if key in self._uploading:
+        digest, size = check_digest(header.digest), header.size
+        outputs = self._output_of(principal, digest, list(header.attempt_ids))
+        holder = self._holder(principal)
+        app = self.app
+        if app.blobs.size(digest) == size and self._readable(principal, digest):
+            # a worker that read it has its bytes; an account that owns it uploads it again
+            charged = holder if isinstance(principal, Account) else None
+            await app.call(lambda: self._stored(principal, charged, digest, size, outputs))
+            return blob_pb2.UploadBlobResponse(digest=digest, size=size, received=0)
+        key = (_uploader(principal), digest)
+        if key in app.blobs.uploading:
             raise CoordinatorError(
                 ErrorKind.ABORTED, "UPLOAD_IN_PROGRESS", f"blob {digest} is being uploaded already"
             )
-        self._uploading.add(key)
+        app.blobs.check_size(size)
+        app.blobs.uploading.add(key)
         try:
-            upload = await asyncio.to_thread(
-                self.app.blobs.begin, digest, header.size, header.offset, key[0]
-            )
+            await app.call(lambda: app.quotas.begin(key[0], digest, holder, size))
+            received = await self._receive(key[0], digest, size, header.offset, request_iterator)
+        finally:
+            app.blobs.uploading.discard(key)
+        await app.call(lambda: self._stored(principal, holder, digest, size, outputs))
+        return blob_pb2.UploadBlobResponse(digest=digest, size=size, received=received)
+
+    async def _receive(
+        self,
+        uploader: str,
+        digest: str,
+        size: int,
+        offset: int,
+        requests: AsyncIterator[blob_pb2.UploadBlobRequest],
+    ) -> int:
+        """Receives and publishes the blob; returns the bytes this call received. An
+        upload that leaves no partial file behind (a wrong digest, a wrong offset with
+        nothing kept) gives its reservation back."""
+        app = self.app
+        try:
+            upload = await asyncio.to_thread(app.blobs.begin, digest, size, offset, uploader)
             try:
-                await _receive(upload, request_iterator)
+                await _receive(upload, requests)
                 await asyncio.to_thread(upload.finish)
             finally:
                 upload.close()
-        finally:
-            self._uploading.discard(key)
-        if isinstance(principal, Account):
-            self.app.store.add_blob_owners([digest], principal.id)
-        await self._uploaded(outputs, digest)
-        return blob_pb2.UploadBlobResponse(
-            digest=digest, size=header.size, received=upload.received
-        )
+        except BaseException:
+            if app.blobs.partial_mtime(uploader, digest) is None:
+                await asyncio.shield(app.call(lambda: app.quotas.abandoned(uploader, digest)))
+            raise
+        return upload.received
 
     @streaming
     async def DownloadBlob(

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -216,9 +217,21 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         return client_pb2.GetJobResultsResponse(results=results, next_page_token=token)
 
 
+# A page token is the index of the last task of the page before: ASCII digits, and no
+# index reaches 2^31 (a job has at most MAX_TASKS_PER_JOB tasks). Anything else is refused
+# before it is converted: int() of a 5,000-digit string raises, a 20-digit one overflows a
+# SQL integer, and str.isdigit() admits digits int() rejects ("²") or other scripts'.
+_PAGE_TOKEN = re.compile(r"[0-9]{1,10}")
+
+
 def _page_start(token: str) -> int:
     if not token:
         return -1
-    if not token.isdigit():
-        raise invalid("BAD_PAGE_TOKEN", f"page token {token!r} was not issued by this server")
+    if not _PAGE_TOKEN.fullmatch(token) or int(token) >= 1 << 31:
+        shown = token if len(token) <= 24 else token[:20] + "..."
+        raise invalid(
+            "BAD_PAGE_TOKEN",
+            f"page token {shown!r} was not issued by this server: pass the "
+            "next_page_token of the page before, or none for the first page",
+        )
     return int(token)

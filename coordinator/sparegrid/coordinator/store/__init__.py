@@ -10,7 +10,7 @@ __all__ = ["Conflict", "InsufficientFunds", "MemoryStore", "Store", "StoreError"
 
 ACCEPTED = (
     "'memory:', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db'"
-    " (optionally '?synchronous=NORMAL'), a plain file path,"
+    " (optionally '?synchronous=NORMAL', '?check=full' or '?check=off'), a plain file path,"
     " or 'postgresql://user@host:port/database'"
 )
 
@@ -47,6 +47,13 @@ def _open_sqlite(rest: str) -> Store:
     path, _, query = rest.partition("?")
     options = {k: v[-1] for k, v in parse_qs(query, strict_parsing=bool(query)).items()}
     synchronous = options.pop("synchronous", "FULL").upper()
+    check = options.pop("check", "quick").lower()
     if options or not path or synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"bad sqlite store URL {'sqlite:///' + rest!r}; use {ACCEPTED}")
-    return SqliteStore(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
+    if check not in ("quick", "full", "off"):
+        raise ValueError(f"bad sqlite store URL {'sqlite:///' + rest!r}; use {ACCEPTED}")
+    return SqliteStore(
+        path,
+        synchronous="FULL" if synchronous == "FULL" else "NORMAL",
+        check="quick" if check == "quick" else "full" if check == "full" else "off",
+    )

@@ -7,7 +7,7 @@ fresh copies: mutating them never changes the store.
 """
 
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sparegrid.coordinator.domain import (
     Account,
@@ -41,6 +41,24 @@ class InsufficientFunds(StoreError):
         self.account = account
         self.balance = balance
         self.needed = needed
+
+
+# The anonymous nodes' pool among the holders' totals: no account or node has this name.
+ANONYMOUS_POOL = "*anonymous"
+
+
+class Usage(NamedTuple):
+    """Upload bytes counted against a holder (or a pool of holders)."""
+
+    in_flight: int  # announced sizes of the uploads it has begun and not finished
+    stored: int  # sizes of the blobs it uploaded, still charged to it
+
+
+class LiveJob(NamedTuple):
+    """A job whose blobs are kept: not finished, or finished within the retention."""
+
+    created_at: float
+    inputs: set[str]  # digests of its job-level inputs
 
 
 class Store(Protocol):
@@ -202,3 +220,65 @@ class Store(Protocol):
     def put_inline_blobs(self, blobs: dict[str, bytes]) -> None: ...
 
     def get_inline_blob(self, digest: str) -> bytes | None: ...
+
+    # storage: what each holder (an account, or a node's owner) uploads, blobs by last
+    # use for collection, and nodes that never worked
+
+    def put_partial(
+        self, uploader: str, digest: str, holder: str, anonymous: bool, size: int, now: float
+    ) -> None:
+        """Records (or renews) the unfinished upload of `digest` by `uploader`, counted at
+        its announced size against `holder` (and the anonymous pool when `anonymous`)."""
+
+    def drop_partials(self, keys: list[tuple[str, str]]) -> None:
+        """Forgets the unfinished uploads (uploader, digest) named."""
+
+    def stale_partials(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """(uploader, digest) of unfinished uploads last begun before `before`, oldest
+        first."""
+
+    def record_blob(
+        self, digest: str, size: int, now: float, holder: str = "", anonymous: bool = False
+    ) -> None:
+        """A stored blob was uploaded or named again now: its last use becomes `now`, and
+        with a holder, the holder is charged its size (once per blob) from now."""
+
+    def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
+        """Records stored blobs (digest, size, last use) not recorded yet (files written
+        before blobs were recorded); returns how many were new."""
+
+    def usage(self, holder: str) -> Usage:
+        """The holder's unfinished uploads and the blobs charged to it."""
+
+    def anonymous_usage(self) -> Usage:
+        """The same, for every anonymous holder together."""
+
+    def stale_blobs(self, before: float, limit: int = 1000) -> list[tuple[str, int]]:
+        """(digest, size) of recorded blobs last used before `before`, oldest first."""
+
+    def blob_uses(self, digests: list[str], before: float) -> list[str]:
+        """Those of the recorded digests last used before `before`."""
+
+    def drop_blobs(self, digests: list[str]) -> None:
+        """Forgets the blobs: their record, their charges and who may read them."""
+
+    def expire_charges(self, before: float) -> int:
+        """Ends the charges of uploads made before `before` (a blob still stored then is
+        kept for a job, not its uploader); returns how many."""
+
+    def live_jobs(self, finished_after: float) -> dict[str, LiveJob]:
+        """Every job not finished, or finished at or after `finished_after`, by id."""
+
+    def task_blob_refs(
+        self, job_id: str, after_index: int = -1, limit: int = 1000
+    ) -> tuple[set[str], int | None]:
+        """Digests the job's tasks with index > after_index name (up to `limit` tasks):
+        inputs, outputs, and outputs of their replicas. Returns them with the last index
+        read, or None when no task is left after it."""
+
+    def idle_nodes(self, seen_before: float, limit: int = 1000) -> list[str]:
+        """Nodes last seen before `seen_before` that never did work: no attempt, no
+        ledger entry, and no standing but `pending`. Oldest first."""
+
+    def delete_nodes(self, node_ids: list[str]) -> None:
+        """Deletes the nodes and a `pending` standing they have."""

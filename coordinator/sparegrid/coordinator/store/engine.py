@@ -101,8 +101,10 @@ class SqlEngine:
                 return
             self._run(self._dialect.begin)
             self._depth = 1
+            self._began()
             try:
                 yield
+                self._committing()
                 self._run("COMMIT")
             except BaseException:
                 with suppress(Exception):  # keep the original error, not a failed rollback
@@ -110,6 +112,18 @@ class SqlEngine:
                 raise
             finally:
                 self._depth = 0
+            self._committed()
+
+    # what a backend may add around the outermost transaction (sqlite.py counts commits)
+
+    def _began(self) -> None:
+        """Just after BEGIN."""
+
+    def _committing(self) -> None:
+        """Just before COMMIT, inside the transaction."""
+
+    def _committed(self) -> None:
+        """Just after a COMMIT succeeded."""
 
     @contextmanager
     def _conflicts(self, message: str) -> Iterator[None]:

@@ -29,6 +29,7 @@ from sparegrid.coordinator.domain import (
     node_account,
 )
 from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.memory_storage import MemoryStorage, StorageState
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
 
 T = TypeVar("T")
@@ -58,9 +59,12 @@ class _State:
     uploads: set[tuple[str, str]] = field(default_factory=set)
     disputes: dict[str, Dispute] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
+    storage: StorageState = field(default_factory=StorageState)
 
 
-class MemoryStore:
+class MemoryStore(MemoryStorage):
+    """The fake store; its storage bookkeeping is in memory_storage.py."""
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0

@@ -200,6 +200,49 @@ CREATE TABLE disputes (
 CREATE INDEX disputes_job ON disputes (job_id, task_index)
 """
 
+# Storage limits: every blob stored on disk with its last use (an upload, or a node
+# naming it as an output), so that one no job needs is collected after the retention;
+# what each holder (an account, or a node's owner; anonymous nodes also count together)
+# uploaded, for its stored-bytes quota; uploads begun and not finished, counted at their
+# announced size against the in-flight quota until they finish or expire; and each
+# holder's totals of both (and the anonymous pool's, under "*anonymous"), kept with every
+# change so that a quota check reads one row.
+STORAGE = """
+CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    used_at {real} NOT NULL
+);
+CREATE INDEX blobs_used ON blobs (used_at);
+
+CREATE TABLE blob_charges (
+    holder TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    anonymous BOOLEAN NOT NULL,
+    size BIGINT NOT NULL,
+    charged_at {real} NOT NULL,
+    PRIMARY KEY (holder, digest)
+);
+CREATE INDEX blob_charges_digest ON blob_charges (digest);
+CREATE INDEX blob_charges_time ON blob_charges (charged_at);
+
+CREATE TABLE partial_uploads (
+    uploader TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    anonymous BOOLEAN NOT NULL,
+    size BIGINT NOT NULL,
+    updated_at {real} NOT NULL,
+    PRIMARY KEY (uploader, digest)
+);
+
+CREATE TABLE upload_usage (
+    holder TEXT PRIMARY KEY,
+    in_flight BIGINT NOT NULL,
+    stored BIGINT NOT NULL
+)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -207,6 +250,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (3, SPOT_CHECKS),
     (4, UPLOADS),
     (5, DISPUTES),
+    (6, STORAGE),
 ]
 
 

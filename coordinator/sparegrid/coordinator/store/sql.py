@@ -21,8 +21,9 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import Conflict
-from sparegrid.coordinator.store.engine import SqlEngine, chunks, marks
+from sparegrid.coordinator.store.engine import chunks, marks
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
+from sparegrid.coordinator.store.sql_storage import SqlStorage
 
 _RUNNING = AttemptState.RUNNING.value
 _QUEUED = TaskState.QUEUED.value
@@ -33,8 +34,9 @@ def _prefix_filter(column: str, prefix: str) -> tuple[str, tuple[object, ...]]:
     return f"substr({column}, 1, CAST(? AS INTEGER)) = ?", (len(prefix), prefix)
 
 
-class SqlStore(SqlEngine):
-    """The Store over SQL; subclasses open the connection and pick the dialect."""
+class SqlStore(SqlStorage):
+    """The Store over SQL; subclasses open the connection and pick the dialect. The
+    storage bookkeeping (quotas, blob collection, idle nodes) is in sql_storage.py."""
 
     # accounts
 

@@ -1,0 +1,400 @@
+"""Filling the coordinator's disk, attempted over real gRPC on SQLite and PostgreSQL:
+uploads under random digests, partial uploads left to lie, blobs nobody needs, and node
+keys registered by the thousand. Quotas refuse with QUOTA_EXCEEDED, the sweeps delete."""
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.cli import ensure_admin
+from sparegrid.coordinator.clock import FakeClock
+from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.quotas import QuotaConfig
+from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
+from sparegrid.v1 import (
+    blob_pb2,
+    blob_pb2_grpc,
+    client_pb2,
+    client_pb2_grpc,
+    common_pb2,
+    worker_pb2,
+)
+from sparegrid.wire import Signer
+from sparegrid.wire.receipt import sign_batch
+from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
+from tests.coordinator.test_rpc_trust import session
+
+KiB = 1 << 10
+QUOTAS = QuotaConfig(
+    in_flight=300 * KiB, stored=600 * KiB, anonymous_in_flight=250 * KiB, anonymous_stored=400 * KiB
+)
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture(params=_stores())
+async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
+    """A coordinator with small quotas and a fake clock; sweeps run when a test says."""
+    schema = f"t_{uuid.uuid4().hex}"
+    store = open_backend(request.param, tmp_path, schema)
+    settings = Settings(
+        data_dir=tmp_path,
+        max_blob_size=200 * KiB,
+        quotas=QUOTAS,
+        sweeps=SweepConfig(interval=1e9, page=3),  # small pages: several steps each
+        reap_interval_seconds=1e9,  # the fake clock jumps days: no lease runs out here
+        max_attempt_seconds=30 * DAY,
+    )
+    # fake time from now on: files' times (partial uploads, blobs) are real ones
+    app = App(store, settings, clock=FakeClock(time.time()))
+    key_file = ensure_admin(app, tmp_path)
+    _, alice_key = app.accounts.create("alice", 1000)
+    _, bob_key = app.accounts.create("bob", 1000)
+    server, port = await build_server(app, "127.0.0.1:0")
+    app.start()
+    await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Served(
+            app, f"127.0.0.1:{port}", channel, key_file.read_text().strip(), alice_key, bob_key
+        )
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+        await app.stop()
+        await asyncio.sleep(0)
+        if request.param == "postgres":
+            drop_schema(schema)
+
+
+def clock(grid: Served) -> FakeClock:
+    assert isinstance(grid.app.clock, FakeClock)
+    return grid.app.clock
+
+
+async def upload(
+    grid: Served,
+    md: Metadata,
+    data: bytes,
+    *,
+    stop: int | None = None,
+    attempt_ids: tuple[str, ...] = (),
+    size: int | None = None,
+) -> blob_pb2.UploadBlobResponse:
+    """Uploads data; with `stop`, only data[:stop], then hangs up (a partial upload)."""
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+    digest = hashlib.sha256(data).hexdigest()
+    header = blob_pb2.BlobHeader(
+        digest=digest, size=len(data) if size is None else size, attempt_ids=attempt_ids
+    )
+
+    async def parts() -> AsyncIterator[blob_pb2.UploadBlobRequest]:
+        yield blob_pb2.UploadBlobRequest(header=header)
+        end = len(data) if stop is None else stop
+        for i in range(0, end, 64 * KiB):
+            yield blob_pb2.UploadBlobRequest(chunk=data[i : min(end, i + 64 * KiB)])
+
+    response: blob_pb2.UploadBlobResponse = await stub.UploadBlob(parts(), metadata=md)
+    return response
+
+
+async def partial(grid: Served, md: Metadata, size: int) -> str:
+    """Begins an upload of `size` random bytes and breaks it off after one byte."""
+    data = os.urandom(size)
+    with pytest.raises(aio.AioRpcError) as err:
+        await upload(grid, md, data, stop=1)
+    assert code_of(err.value) == "UPLOAD_INCOMPLETE"
+    digest = hashlib.sha256(data).hexdigest()
+    for path in (grid.app.blobs.root / "partial").glob(f"*-{digest}"):
+        os.utime(path, (clock(grid).now(), clock(grid).now()))  # written at the fake now
+    return digest
+
+
+async def refused(coro: "asyncio.Future[object] | object") -> aio.AioRpcError:
+    with pytest.raises(aio.AioRpcError) as err:
+        await coro  # type: ignore[misc]
+    return err.value
+
+
+def session_md(grid: Served, node_id: str) -> Metadata:
+    token = next(t for t, n in grid.app.session_tokens.items() if n == node_id)
+    return (("authorization", f"Session {token}"),)
+
+
+async def leased_node(grid: Served, owner_key: str = "") -> tuple[Signer, str, list[str], object]:
+    """A node with a session holding two leased echo tasks: (signer, node id, attempts, call)."""
+    client = client_pb2_grpc.ClientServiceStub(grid.channel)
+    spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 2}')
+    await client.SubmitJob(client_pb2.SubmitJobRequest(spec=spec), metadata=grid.auth(grid.bob_key))
+    signer = Signer.generate()
+    call, node_id = await session(grid, signer, owner_key)
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=4)))
+    assigned = []
+    while len(assigned) < (2 if owner_key else 1):  # an anonymous node holds one task
+        assigned += (await call.read()).assign.assignments
+    return signer, node_id, [a.attempt_id for a in assigned], call
+
+
+# --- quotas ------------------------------------------------------------------------------
+
+
+async def test_an_account_cannot_open_uploads_past_its_in_flight_quota(grid: Served) -> None:
+    """Uploads begun under random digests and left unfinished had no limit at all."""
+    alice = grid.auth(grid.alice_key)
+    await partial(grid, alice, 150 * KiB)
+    await partial(grid, alice, 150 * KiB)
+    error = await refused(upload(grid, alice, os.urandom(10 * KiB), stop=1))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert code_of(error) == "QUOTA_EXCEEDED"
+    details = error.details() or ""
+    assert "account 'alice'" in details and "--in-flight-quota" in details
+    await partial(grid, grid.auth(grid.bob_key), 150 * KiB)  # bob's quota is his own
+    assert len(list((grid.app.blobs.root / "partial").iterdir())) == 3  # nothing written
+
+
+async def test_a_resumed_upload_keeps_its_reservation(grid: Served) -> None:
+    alice = grid.auth(grid.alice_key)
+    data = os.urandom(150 * KiB)
+    with pytest.raises(aio.AioRpcError):
+        await upload(grid, alice, data, stop=64 * KiB)
+    await partial(grid, alice, 150 * KiB)
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+    digest = hashlib.sha256(data).hexdigest()
+    stat = await stub.StatBlob(blob_pb2.StatBlobRequest(digest=digest), metadata=alice)
+    assert stat.partial_size == 64 * KiB
+
+    async def rest() -> AsyncIterator[blob_pb2.UploadBlobRequest]:
+        header = blob_pb2.BlobHeader(digest=digest, size=len(data), offset=64 * KiB)
+        yield blob_pb2.UploadBlobRequest(header=header)
+        yield blob_pb2.UploadBlobRequest(chunk=data[64 * KiB :])
+
+    done = await stub.UploadBlob(rest(), metadata=alice)
+    assert done.received == len(data) - 64 * KiB
+    assert grid.app.store.usage("alice") == (150 * KiB, 150 * KiB)
+
+
+async def test_stored_uploads_count_until_the_stored_quota(grid: Served) -> None:
+    alice = grid.auth(grid.alice_key)
+    for _ in range(3):
+        await upload(grid, alice, os.urandom(190 * KiB))
+    error = await refused(upload(grid, alice, os.urandom(100 * KiB)))
+    assert code_of(error) == "QUOTA_EXCEEDED" and "--stored-quota" in (error.details() or "")
+    again = await upload(grid, alice, os.urandom(10 * KiB))  # what still fits, fits
+    assert again.received == 10 * KiB
+
+
+async def test_a_wrong_digest_gives_its_reservation_back(grid: Served) -> None:
+    alice = grid.auth(grid.alice_key)
+    data = os.urandom(150 * KiB)
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+
+    async def wrong() -> AsyncIterator[blob_pb2.UploadBlobRequest]:
+        header = blob_pb2.BlobHeader(digest="0" * 64, size=len(data))
+        yield blob_pb2.UploadBlobRequest(header=header)
+        yield blob_pb2.UploadBlobRequest(chunk=data)
+
+    for _ in range(3):
+        error = await refused(stub.UploadBlob(wrong(), metadata=alice))
+        assert code_of(error) == "DIGEST_MISMATCH"
+    assert grid.app.store.usage("alice") == (0, 0)
+
+
+async def test_a_worker_uploads_only_outputs_of_attempts_it_runs(served: Served) -> None:
+    """Any self-registered node could upload 16 GiB blobs under random digests: it named
+    no attempt at all."""
+    _, node_id, attempts, call = await leased_node(served)
+    md = session_md(served, node_id)
+    error = await refused(upload(served, md, os.urandom(10 * KiB)))
+    assert (error.code(), code_of(error)) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_UPLOAD")
+    assert "outputs only" in (error.details() or "")
+    done = await upload(served, md, os.urandom(10 * KiB), attempt_ids=(attempts[0],))
+    assert done.received == 10 * KiB
+    call.cancel()  # type: ignore[attr-defined]
+
+
+async def test_a_worker_cannot_upload_for_an_attempt_that_ended(served: Served) -> None:
+    _, node_id, attempts, call = await leased_node(served)
+    md = session_md(served, node_id)
+    attempt = served.app.store.get_attempts(attempts)[0]
+    attempt.state = attempt.state.EXPIRED
+    served.app.store.update_attempts([attempt])
+    error = await refused(upload(served, md, os.urandom(10 * KiB), attempt_ids=(attempt.id,)))
+    assert (error.code(), code_of(error)) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_LEASED")
+    assert "expired" in (error.details() or "")
+    call.cancel()  # type: ignore[attr-defined]
+
+
+async def test_anonymous_nodes_share_one_pool_and_owned_nodes_their_owner(grid: Served) -> None:
+    """A fresh node key costs nothing: a quota per key alone would be no limit."""
+    anonymous = [await leased_node(grid) for _ in range(2)]
+    owned = [await leased_node(grid, grid.alice_key) for _ in range(2)]
+
+    async def begin(node: tuple[Signer, str, list[str], object], size: int) -> aio.AioRpcError:
+        md, attempt = session_md(grid, node[1]), node[2][0]
+        return await refused(upload(grid, md, os.urandom(size), stop=1, attempt_ids=(attempt,)))
+
+    assert code_of(await begin(anonymous[0], 150 * KiB)) == "UPLOAD_INCOMPLETE"
+    error = await begin(anonymous[1], 150 * KiB)
+    assert code_of(error) == "QUOTA_EXCEEDED"
+    details = error.details() or ""
+    assert "without an owner account together" in details and "SPAREGRID_OWNER_KEY" in details
+    # two nodes of alice share alice's quota, which her own uploads count against too
+    await partial(grid, grid.auth(grid.alice_key), 100 * KiB)
+    assert code_of(await begin(owned[0], 150 * KiB)) == "UPLOAD_INCOMPLETE"
+    error = await begin(owned[1], 100 * KiB)
+    assert code_of(error) == "QUOTA_EXCEEDED" and "account 'alice'" in (error.details() or "")
+    for node in anonymous + owned:
+        node[3].cancel()  # type: ignore[attr-defined]
+
+
+# --- sweeps ------------------------------------------------------------------------------
+
+
+async def test_unfinished_uploads_expire_and_free_their_quota(grid: Served) -> None:
+    alice = grid.auth(grid.alice_key)
+    await partial(grid, alice, 150 * KiB)
+    clock(grid).advance(DAY / 2)
+    await partial(grid, alice, 150 * KiB)
+    clock(grid).advance(DAY / 2 + 1)
+    swept = await grid.app.sweep()
+    assert swept.partials == 1
+    assert len(list((grid.app.blobs.root / "partial").iterdir())) == 1
+    await partial(grid, alice, 150 * KiB)  # room again
+    clock(grid).advance(2 * DAY)
+    assert (await grid.app.sweep()).partials == 2
+    assert grid.app.store.usage("alice") == (0, 0)
+
+
+async def test_a_partial_file_without_a_record_expires_too(grid: Served) -> None:
+    """Partial files from before uploads were recorded have only their file's age."""
+    stray = grid.app.blobs.partial_path("a" * 64, "acc-old")
+    stray.write_bytes(b"x" * 1000)
+    old = clock(grid).now() - DAY - 1
+    os.utime(stray, (old, old))
+    assert (await grid.app.sweep()).partials == 1 and not stray.exists()
+
+
+async def test_blobs_no_job_needs_are_collected_after_the_retention(grid: Served) -> None:
+    alice, app = grid.auth(grid.alice_key), grid.app
+    kept_data, lost_data = os.urandom(100 * KiB), os.urandom(100 * KiB)
+    await upload(grid, alice, kept_data)
+    await upload(grid, alice, lost_data)
+    kept = hashlib.sha256(kept_data).hexdigest()
+    lost = hashlib.sha256(lost_data).hexdigest()
+    client = client_pb2_grpc.ClientServiceStub(grid.channel)
+    spec = client_pb2.JobSpec(kind="checksum", params=b'{"tasks": 1}', inputs={"data": kept})
+    await client.SubmitJob(client_pb2.SubmitJobRequest(spec=spec), metadata=alice)
+    clock(grid).advance(3 * DAY - 10)
+    assert (await app.sweep()).blobs == 0  # within the retention
+    clock(grid).advance(20)
+    swept = await app.sweep()
+    assert (swept.blobs, swept.blob_bytes) == (1, 100 * KiB)
+    assert app.blobs.size(kept) == 100 * KiB  # a queued job's input
+    assert app.blobs.size(lost) is None
+    assert not list((app.blobs.root / "trash").iterdir())
+    assert app.store.usage("alice") == (0, 0)  # charges end with the retention
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+    stat = await stub.StatBlob(blob_pb2.StatBlobRequest(digest=lost), metadata=alice)
+    assert not stat.exists
+    again = await upload(grid, alice, lost_data)  # stored afresh, readable again
+    assert again.received == len(lost_data)
+
+
+async def test_asking_about_a_blob_keeps_it(grid: Served) -> None:
+    """A client that finds its blob stored (StatBlob) submits without uploading: the
+    question restarts the retention, so the blob is there for the submit."""
+    alice, app = grid.auth(grid.alice_key), grid.app
+    data = os.urandom(10 * KiB)
+    await upload(grid, alice, data)
+    clock(grid).advance(3 * DAY - 10)
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+    digest = hashlib.sha256(data).hexdigest()
+    assert (await stub.StatBlob(blob_pb2.StatBlobRequest(digest=digest), metadata=alice)).exists
+    clock(grid).advance(20)
+    assert (await app.sweep()).blobs == 0 and app.blobs.size(digest) == len(data)
+
+
+async def test_outputs_stay_for_the_retention_after_their_job_ends(grid: Served) -> None:
+    signer, node_id, attempts, call = await leased_node(grid, grid.alice_key)
+    md = session_md(grid, node_id)
+    outputs = []
+    for attempt in attempts:
+        data = os.urandom(100 * KiB)
+        await upload(grid, md, data, attempt_ids=(attempt,))
+        outputs.append(hashlib.sha256(data).hexdigest())
+    clock(grid).advance(2 * DAY)  # the job ends two days after its outputs were uploaded
+    found = {a.id: a for a in grid.app.store.get_attempts(attempts)}
+    statements = [
+        common_pb2.ResultStatement(
+            job_id=found[a].job_id, task_id=found[a].task_id, attempt_id=a, node_id=node_id,
+            outputs=[common_pb2.OutputRef(name="out", digest=d, size=100 * KiB)],
+        ).SerializeToString()
+        for a, d in zip(attempts, outputs, strict=True)
+    ]  # fmt: skip
+    results = worker_pb2.Results(
+        batch_id=1, statements=statements, signature=sign_batch(signer, statements)
+    )
+    await call.write(worker_pb2.WorkerMessage(results=results))  # type: ignore[attr-defined]
+    ack = (await call.read()).result_ack  # type: ignore[attr-defined]
+    assert all(v.accepted for v in ack.verdicts)
+    job = grid.app.store.get_job(found[attempts[0]].job_id)
+    assert job is not None and job.finished_at == clock(grid).now()
+    clock(grid).advance(1.5 * DAY)  # uploaded 3.5 days ago, the job ended 1.5 days ago
+    assert (await grid.app.sweep()).blobs == 0
+    assert all(grid.app.blobs.size(d) == 100 * KiB for d in outputs)
+    clock(grid).advance(2 * DAY)
+    assert (await grid.app.sweep()).blobs == 2
+    call.cancel()  # type: ignore[attr-defined]
+
+
+async def test_a_job_submitted_during_the_walk_keeps_its_inputs(grid: Served) -> None:
+    """The sweep reads what jobs need in steps, serving meanwhile; a job submitted between
+    two steps names a blob the walk found unneeded, and the blob must stay."""
+    app, alice = grid.app, grid.auth(grid.alice_key)
+    data = os.urandom(10 * KiB)
+    await upload(grid, alice, data)
+    digest = hashlib.sha256(data).hexdigest()
+    await leased_node(grid)  # a live job to walk
+    clock(grid).advance(4 * DAY)
+    swept = Swept()
+    steps = app.sweeper.collect_blobs(swept)
+    next(steps)  # the walk has begun
+    account = app.store.get_account_by_name("alice")
+    assert account is not None
+    spec = JobSpec(kind="checksum", params=b'{"tasks": 1}', inputs={"data": digest})
+    await app.call(lambda: app.jobs.submit(account, spec))
+    for _ in steps:
+        pass
+    assert swept.blobs == 0 and app.blobs.size(digest) == len(data)
+
+
+async def test_nodes_that_never_worked_are_forgotten(grid: Served) -> None:
+    """Every registration left a node row for good: keys by the thousand filled the
+    database."""
+    app = grid.app
+    idle = [await session(grid, Signer.generate()) for _ in range(3)]
+    for call, _ in idle[:2]:
+        call.cancel()
+    _, worker_id, _, worker = await leased_node(grid)  # it holds a task: it did work
+    worker.cancel()  # type: ignore[attr-defined]
+    await wait_disconnected(app, [n for _, n in idle[:2]] + [worker_id])
+    clock(grid).advance(DAY + 1)
+    assert (await app.sweep()).nodes == 2
+    left = {n.id for n in app.store.list_nodes()}
+    assert left == {idle[2][1], worker_id}  # the connected one and the one that worked
+    idle[2][0].cancel()
+
+
+async def wait_disconnected(app: App, node_ids: list[str]) -> None:
+    async with asyncio.timeout(5):
+        while set(node_ids) & set(app.scheduler.sessions):
+            await asyncio.sleep(0.01)
