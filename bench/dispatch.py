@@ -33,18 +33,22 @@ import grpc
 
 from sparegrid.sdk import AdminClient, Client
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc
-from sparegrid.wire import REGISTER_TAG, Signer
+from sparegrid.wire import REGISTER_TAG, Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def spawn(root: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+def spawn(
+    root: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = (root / f"{name}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "sparegrid.cli.main", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -78,7 +82,10 @@ def start_cluster(
             raise RuntimeError("coordinator did not start; see " + str(root / "coordinator.log"))
         time.sleep(0.05)
     address = addr.read_text().strip()
+    admin = AdminClient(address, api_key=(data / "admin.key").read_text().strip())
     for i in range(workers):
+        # each worker proves an owner account of its own, as volunteers do
+        _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
         procs.append(
             spawn(
                 root,
@@ -93,8 +100,10 @@ def start_cluster(
                 f"bench{i}",
                 "--prefetch",
                 str(prefetch),
+                env={"SPAREGRID_OWNER_KEY": owner_key},
             )
         )
+    admin.close()
     return address, procs
 
 
@@ -127,10 +136,43 @@ def throughput(client: Client, tasks: int) -> float:
     return tasks / elapsed
 
 
-async def _probe_session(channel: grpc.aio.Channel) -> Any:
-    """Registers this process as a worker that alone can run the probe's jobs."""
+class Probe:
+    """This process as a worker that alone can run the probe's jobs, and answers them (a
+    node that never returns results is held to a window of a few tasks)."""
+
+    def __init__(self, call: Any, signer: Signer, node_id: str) -> None:
+        self.call, self.signer, self.node_id = call, signer, node_id
+        self.batch = 0
+
+    async def assignment(self) -> worker_pb2.Assignment:
+        """The next assignment (acknowledgements of its answers are skipped)."""
+        while True:
+            message = await self.call.read()
+            if message.HasField("assign"):
+                return message.assign.assignments[0]
+
+    async def answer(self, a: worker_pb2.Assignment) -> None:
+        out = b"probe"
+        statement = common_pb2.ResultStatement(
+            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=self.node_id,
+            outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
+        ).SerializeToString()  # fmt: skip
+        self.batch += 1
+        results = worker_pb2.Results(
+            batch_id=self.batch,
+            statements=[statement],
+            signature=sign_batch(self.signer, [statement]),
+            inline_outputs={sha256_hex(out): out},
+        )
+        await self.call.write(worker_pb2.WorkerMessage(results=results))
+
+
+async def _probe_session(channel: grpc.aio.Channel, owner_key: str) -> Probe:
+    """Registers this process as a worker (of an owner account) that alone can run the
+    probe's jobs."""
     signer = Signer.generate()
-    call = worker_pb2_grpc.WorkerServiceStub(channel).Session()
+    metadata = (("authorization", f"Bearer {owner_key}"),)
+    call = worker_pb2_grpc.WorkerServiceStub(channel).Session(metadata=metadata)
     hello = worker_pb2.Hello(
         public_key=signer.public_key,
         node_name="latency-probe",
@@ -143,8 +185,8 @@ async def _probe_session(channel: grpc.aio.Channel) -> Any:
     signature = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
     answer = worker_pb2.ChallengeResponse(signature=signature)
     await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
-    await call.read()  # welcome
-    return call
+    welcome = (await call.read()).welcome
+    return Probe(call, signer, welcome.node_id)
 
 
 # only the probe advertises the software these jobs require, so the real workers stay
@@ -157,7 +199,7 @@ PROBE_SPEC = client_pb2.JobSpec(
 
 
 async def dispatch_latency(
-    address: str, api_key: str, samples: int
+    address: str, api_key: str, owner_key: str, samples: int
 ) -> tuple[list[float], list[float]]:
     """This process plays an idle connected worker and a client on one event loop.
 
@@ -168,17 +210,18 @@ async def dispatch_latency(
     metadata = (("authorization", f"Bearer {api_key}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         jobs = client_pb2_grpc.ClientServiceStub(channel)
-        call = await _probe_session(channel)
-        await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(count=samples)))
+        probe = await _probe_session(channel, owner_key)
+        credit = worker_pb2.WorkerMessage(credit=worker_pb2.Credit(count=samples))
+        await probe.call.write(credit)
         submitted = []
         for i in range(samples):
             request = client_pb2.SubmitJobRequest(spec=PROBE_SPEC, idempotency_key=f"s{i}")
             start = time.perf_counter()
             reply = asyncio.ensure_future(jobs.SubmitJob(request, metadata=metadata))
-            message = await call.read()
+            assignment = await probe.assignment()
             submitted.append((time.perf_counter() - start) * 1000)
-            assert message.HasField("assign")
             await reply
+            await probe.answer(assignment)
         # now queue work with no credit out, then hand out credit one at a time
         for i in range(samples):
             request = client_pb2.SubmitJobRequest(spec=PROBE_SPEC, idempotency_key=f"c{i}")
@@ -186,11 +229,11 @@ async def dispatch_latency(
         credited = []
         for _ in range(samples):
             start = time.perf_counter()
-            await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(count=1)))
-            message = await call.read()
+            await probe.call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(count=1)))
+            assignment = await probe.assignment()
             credited.append((time.perf_counter() - start) * 1000)
-            assert message.HasField("assign")
-        call.cancel()
+            await probe.answer(assignment)
+        probe.call.cancel()
     return submitted, credited
 
 
@@ -283,7 +326,10 @@ def main() -> int:
             _, key = admin.create_account("bench", credit=10**12)
             client = Client(address, api_key=key)
             wait_online(admin, 2)
-            submitted, credited = asyncio.run(dispatch_latency(address, key, args.latency_samples))
+            _, probe_key = admin.create_account("probe", credit=0)
+            submitted, credited = asyncio.run(
+                dispatch_latency(address, key, probe_key, args.latency_samples)
+            )
             rows["sparegrid_tasks_per_s"] = throughput(client, args.tasks)
             assert admin.ledger_check().balanced
             for name, lat in (("submit", submitted), ("credit", credited)):

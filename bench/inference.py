@@ -132,9 +132,11 @@ def main() -> int:
             admin_key = (root / "coord" / "admin.key").read_text().strip()
             admin = AdminClient(address, api_key=admin_key)
             _, key = admin.create_account("bench", credit=10**9)
+            _, owner_key = admin.create_account("volunteer", credit=0)
             procs.start(
                 "worker", "worker", "run", "--coordinator", address,
                 "--data-dir", str(root / "node"), "--name", "bench",
+                env={"SPAREGRID_OWNER_KEY": owner_key},
             )  # fmt: skip
             deadline = time.monotonic() + 60
             while not any(n.state == "online" for n in admin.nodes()):
