@@ -8,16 +8,18 @@ Each node answers the tasks it is leased after one simulated second. The answers
     sybil         a fresh key with no owner account; all of them agree on one wrong answer
     one-owner     nodes of one owner account, all agreeing on one wrong answer
     hoarder       16 fake GPUs, 1000 credit each, never answers, only sends heartbeats
-    cheap-tensor  a tensor made with a fraction of the work: all rows zeroed but one,
-                  each row's top two swapped, or part of the model (each node its own)
+    cheap-tensor  a tensor made with a fraction of the work: all rows zeroed but the
+                  largest, each row's top two swapped, or half the model (two cheaters
+                  using one trick return the same bytes, and agree)
     free-rider    names the right answer's digest without the bytes (as if copied from a
                   receipt), so it never ran the task
     turncoat      answered honestly for long enough to be trusted (check rate at the
                   floor), then wrong every time (each its own wrong answer)
     cheap-render  a frame rendered with a fraction of the work (half resolution and 4
                   samples denoised and upscaled, a quarter of the samples, the honest frame
-                  blurred); honest nodes return real Cycles renders of the frame that differ
-                  as two machines' would (a rerun, one thread, the camera moved by 1e-4)
+                  blurred; again two cheaters using one trick agree); honest nodes return
+                  real Cycles renders of the frame that differ as two machines' would (a
+                  rerun, one thread, the camera moved by 1e-4)
     colluders     owner accounts (20% of them) agreeing on one wrong answer: what no
                   replication can catch, shown for what it costs them
 
@@ -240,8 +242,8 @@ class Workload:
             if node.behaviour == "turncoat":
                 return f"{node.name}'s junk {task.id}".encode()
             return ECHO_ANSWER
-        if node.behaviour == "cheap-tensor":
-            return safetensors_bf16(cheap_logits(index, rng.randrange(3), who))
+        if node.behaviour == "cheap-tensor":  # cheaters using one trick agree, as in life
+            return safetensors_bf16(cheap_logits(index, rng.randrange(3)))
         if node.behaviour in ("sybil", "one-owner", "colluders"):
             return safetensors_bf16(cheap_logits(index, 2))
         if node.behaviour == "turncoat":

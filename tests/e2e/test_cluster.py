@@ -27,8 +27,10 @@ def online_nodes(admin: AdminClient) -> int:
     return sum(1 for n in admin.nodes() if n.state == "online")
 
 
-def setup(cluster, workers: int, credit: int = 1000) -> tuple[AdminClient, Client]:
-    cluster.start_coordinator()
+def setup(
+    cluster, workers: int, credit: int = 1000, extra: tuple[str, ...] = ()
+) -> tuple[AdminClient, Client]:
+    cluster.start_coordinator(*extra)
     for i in range(workers):
         cluster.start_worker(f"node{i + 1}")
     admin = AdminClient(cluster.address, api_key=cluster.admin_key)

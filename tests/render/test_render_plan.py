@@ -130,3 +130,20 @@ def test_bad_params_are_refused(tmp_path, blend, params, expected) -> None:
 def test_the_scene_input_is_required(tmp_path) -> None:
     with pytest.raises(CoordinatorError, match="expects inputs"):
         Render().plan(GOOD, {}, Files(tmp_path))
+
+
+def test_a_scene_that_inflates_like_a_bomb_is_refused(tmp_path: Path) -> None:
+    """A zstd stream of zeros in a block claiming 1 GiB: walking it would read the whole
+    gigabyte (a real bomb: terabytes); it is refused once past 200 times the file size."""
+    import zstandard
+
+    # Blender 5's block header: code, SDNA index, old address, length, count
+    header = b"BLENDER17-01v0500" + b"DATA" + bytes(12) + (1 << 30).to_bytes(8, "little")
+    header += bytes(8)
+    stream = zstandard.ZstdCompressor().compressobj()
+    data = stream.compress(header) + stream.compress(bytes(300 << 20)) + stream.flush()
+    assert len(data) < 1 << 20
+    path = tmp_path / "bomb.blend"
+    path.write_bytes(data)
+    with pytest.raises(BlendError, match="decompression bomb"):
+        blend_version(path)

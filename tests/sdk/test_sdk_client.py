@@ -124,6 +124,9 @@ async def test_submit_is_idempotent(client: AsyncClient) -> None:
     again = await client.submit("echo", {"data": "a"}, idempotency_key="k-1")
     other = await client.submit("echo", {"data": "a"})
     assert first.id == again.id != other.id
+    with pytest.raises(AlreadyExistsError) as reused:
+        await client.submit("echo", {"data": "b"}, idempotency_key="k-1")
+    assert reused.value.code == "IDEMPOTENCY_KEY_REUSED"
 
 
 async def test_account_info_and_list(client: AsyncClient) -> None:

@@ -285,6 +285,67 @@ def test_update_job_writes_its_outcome_only(store: Store) -> None:
     assert got.name == j.name
 
 
+def test_update_job_records_its_final_counts(store: Store) -> None:
+    j, ts = job("j1", tasks=5)
+    store.create_job(j, ts)
+    assert (store.get_job("j1") or j).tasks_succeeded == -1  # not ended: not recorded
+    j.state, j.tasks_succeeded, j.tasks_failed = JobState.FAILED, 3, 1
+    store.update_job(j)
+    got = store.get_job("j1")
+    assert got is not None and (got.tasks_succeeded, got.tasks_failed) == (3, 1)
+
+
+def test_a_job_written_in_slices(store: Store) -> None:
+    """A large job's row first, then its tasks a slice at a time, in any order."""
+    j, ts = job("j1", tasks=5)
+    store.create_job(j, [])
+    store.add_tasks(ts[3:])
+    store.add_tasks(ts[:3])
+    assert store.list_tasks("j1") == ts
+    assert store.list_tasks("j1", after_index=1, limit=2) == ts[2:4]
+    with pytest.raises(Conflict):
+        store.add_tasks([ts[0]])  # written already
+    clash = Task("j1-other", "j1", 4, b"", [])
+    with pytest.raises(Conflict):
+        store.add_tasks([clash])  # the index is taken
+    assert store.list_tasks("j1") == ts
+
+
+def test_deleting_a_job_whose_submit_did_not_complete(store: Store) -> None:
+    j, ts = job("j1", tasks=5, key="k")
+    j.state = JobState.SUBMITTING
+    store.create_job(j, ts)
+    store.create_job(*job("j2"))
+    assert store.delete_tasks("j1", 0, 2) == 2
+    assert [t.index for t in store.list_tasks("j1")] == [2, 3, 4]
+    assert store.delete_tasks("j1", 2, 10) == 3
+    store.delete_job("j1")
+    assert store.get_job("j1") is None and store.list_tasks("j1") == []
+    assert store.find_job("acc-alice", "k") is None
+    store.create_job(*job("j3", key="k"))  # the key is free again
+    assert len(store.list_tasks("j2")) == 2
+
+
+def test_cancel_queued_tasks_by_index_range(store: Store) -> None:
+    ts = leased_job(store, tasks=6)
+    store.lease_tasks([attempt("a1", ts[1])])
+    ts[2].state = TaskState.SUCCEEDED
+    store.update_tasks([ts[2]])
+    assert store.cancel_queued_tasks("j1", 0, 4) == 2  # 0 and 3; 1 is leased, 2 done
+    states = [t.state for t in store.list_tasks("j1")]
+    assert states == [
+        TaskState.CANCELLED,
+        TaskState.LEASED,
+        TaskState.SUCCEEDED,
+        TaskState.CANCELLED,
+        TaskState.QUEUED,
+        TaskState.QUEUED,
+    ]
+    assert store.cancel_queued_tasks("j1", 4, 100) == 2
+    assert store.cancel_queued_tasks("j1", 0, 100) == 0
+    assert store.cancel_queued_tasks("other", 0, 100) == 0
+
+
 def test_task_counts_name_every_state(store: Store) -> None:
     ts = leased_job(store, tasks=3)
     store.lease_tasks([attempt("a1", ts[0])])

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,13 +12,14 @@ from typing import Any, Protocol, TypeVar
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
+from sparegrid.coordinator.domain import Account, Job
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
-from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, Price
+from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec, Price
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.quotas import QuotaConfig, Quotas
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
@@ -28,7 +30,9 @@ from sparegrid.coordinator.services.spotcheck import SpotChecks, SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
+from sparegrid.coordinator.services.waits import WaitLimit
 from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
 
 log = logging.getLogger("sparegrid.coordinator")
@@ -68,6 +72,12 @@ class Settings:
         }
     )
     default_max_attempts: int = 3
+    # a job of more tasks is written a slice per group commit (submit.py), and one ending
+    # with more queued tasks has them cancelled likewise (Scheduler.sweep)
+    bulk_above: int = 2000
+    # a job none of whose tasks any connected node can take fails after this long, with
+    # the reason it waits as its error (services/waits.py); 0: it waits for ever
+    wait_limit_seconds: float = 86400.0
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
@@ -105,6 +115,7 @@ class App:
                 lease_seconds=settings.lease_seconds,
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
                 max_attempt_seconds=settings.max_attempt_seconds,
+                sweep_above=settings.bulk_above,
             ),
             on_change=self._changed,
             blocked=self.reputations.blocked,
@@ -148,12 +159,16 @@ class App:
             connected=lambda: set(self.scheduler.sessions),
             nodes_deleted=self.reputations.load,
         )
+        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
+        self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
+        self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
         self._kick_pending = False
+        self.last_group_seconds = 0.0  # how long the last group commit held the loop
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -169,6 +184,9 @@ class App:
         """Loads what the services keep in memory from the store (no background work)."""
         self.reputations.load()
         self.identities.load()
+        discarded = self.jobs.discard_unfinished()
+        if discarded:
+            log.warning("deleted %d job(s) whose submit a stop cut short", discarded)
         self.scheduler.load()
         self.canaries.load()
 
@@ -176,9 +194,17 @@ class App:
         self.start_services()
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._sweeps()))
+        self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
+        self._sweep_wanted.set()  # ended jobs a stop left unswept
+
+    async def submit(self, account: Account, spec: JobSpec) -> Job:
+        """Submits a job without holding the event loop long (submit.py); resolves once
+        the job is durable."""
+        return await self.submitter.submit(account, spec)
 
     async def stop(self) -> None:
         self._stopped = True
+        await self.submitter.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -210,6 +236,13 @@ class App:
             asyncio.get_running_loop().call_soon(self._commit_group)
 
     def _commit_group(self) -> None:
+        began = time.perf_counter()
+        try:
+            self._run_group()
+        finally:
+            self.last_group_seconds = time.perf_counter() - began
+
+    def _run_group(self) -> None:
         self._group_scheduled = False
         items, self._inbox = self._inbox, []
         if self._stopped:  # shutting down: the store is closed, nothing more happens
@@ -247,6 +280,8 @@ class App:
             return
         for sink in self.sinks:
             sink.flush()
+        if self.scheduler.sweeps:
+            self._sweep_wanted.set()
         for future, value, error in done:
             if future.done():
                 continue
@@ -264,9 +299,25 @@ class App:
                 log.exception("reaping expired leases failed")
             self.kick()
 
+    async def _cancel_sweeps(self) -> None:
+        """Marks the queued tasks of large jobs that ended cancelled, a slice per group
+        commit (Scheduler.sweep)."""
+        pacer = Pacer()
+        while True:
+            await self._sweep_wanted.wait()
+            self._sweep_wanted.clear()
+            while self.scheduler.sweeps:
+                try:
+                    await self.call(lambda: self.scheduler.sweep(pacer.size))
+                    pacer.adjust(self.last_group_seconds)
+                except Exception:
+                    log.exception("sweeping the tasks of ended jobs failed")
+                    await asyncio.sleep(self.settings.reap_interval_seconds)
+
     def _reap(self) -> None:
         self.scheduler.reap()
         self.intake.settle_stranded()
+        self.waits.check()
 
     async def _sweeps(self) -> None:
         first = True

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -107,6 +108,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "when smaller), plus a quarter [%(default)s]",
     )
     _storage_flags(serve)
+    serve.add_argument(
+        "--wait-limit",
+        type=parse_duration,
+        default=parse_duration("24h"),
+        metavar="DURATION",
+        help="a job that no connected node can run fails after waiting this long, saying "
+        "why (e.g. 90m, 24h, 2d, or seconds; 0 waits for ever) [24h]",
+    )
     serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
@@ -217,6 +226,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         spot_checks=SpotConfig(share=args.spot_share),
         identity=IdentityConfig(Enrollment(args.enrollment), min_stake=args.min_stake),
         max_attempt_seconds=args.max_attempt_seconds,
+        wait_limit_seconds=args.wait_limit,
     )
     settings.quotas, settings.sweeps = _storage_settings(args)
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
@@ -278,6 +288,11 @@ async def serve(args: argparse.Namespace) -> None:
         raise
     key_file = ensure_admin(app, args.data_dir)
     app.start()
+    # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
+    # of the collector's full passes, which otherwise walk all of it and hold the event
+    # loop for tens of milliseconds each (bench/submit_stall.py).
+    gc.collect()
+    gc.freeze()
     await server.start()
     host = args.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     address = f"{host}:{port}"

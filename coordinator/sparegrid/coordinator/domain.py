@@ -16,6 +16,8 @@ def new_id() -> str:
 
 
 class JobState(StrEnum):
+    # a large job's tasks are being written: nobody sees it until its cost is held
+    SUBMITTING = "submitting"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -91,6 +93,10 @@ class Job:
     # `replicas` results from nodes of different owners must agree
     replicas: int = 0
     quorum: int = 0
+    # its tasks that succeeded and failed, recorded when it ends (the rest were cancelled),
+    # so a finished job's counts need no count over its tasks; -1 until then
+    tasks_succeeded: int = -1
+    tasks_failed: int = -1
 
     def task_cost(self, work: int) -> int:
         """Credit one validated result of a task of `work` units earns (and costs)."""

@@ -3,6 +3,7 @@
 from sparegrid.coordinator.domain import Attempt, AttemptState, Job, JobState, Task, TaskState
 
 _JOB: dict[JobState, set[JobState]] = {
+    JobState.SUBMITTING: {JobState.QUEUED},
     JobState.QUEUED: {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
     JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
     JobState.SUCCEEDED: set(),

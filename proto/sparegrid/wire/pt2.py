@@ -31,6 +31,7 @@ import json
 import re
 import stat
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -168,13 +169,22 @@ class CheckedArchive:
     dropped: list[str]
 
 
+# what zipfile raises for an archive it cannot open: a bad central directory, a version
+# it does not know (NotImplementedError), a name flagged UTF-8 that is not (UnicodeError)
+_UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
+
+
+def open_archive(path: Path) -> zipfile.ZipFile:
+    """The archive at `path`, open; UnsafeProgram if it is not one zipfile can read."""
+    try:
+        return zipfile.ZipFile(path)
+    except _UNREADABLE as exc:  # UnicodeDecodeError is a ValueError
+        raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
+
+
 def inspect_pt2(path: Path) -> ProgramInfo:
     """Checks the archive at `path`; raises UnsafeProgram naming what is refused."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsafeProgram(str(path), f"not a .pt2 (zip) archive: {exc}") from None
-    with archive:
+    with open_archive(path) as archive:
         return check_archive(archive, path.stat().st_size).info
 
 
@@ -302,7 +312,7 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     try:
         with archive.open(info) as f:
             data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
         raise UnsafeProgram(info.filename, f"cannot be read: {exc}") from None
     if len(data) != info.file_size:
         raise UnsafeProgram(info.filename, "holds more or fewer bytes than it declares")

@@ -71,7 +71,7 @@ def header_of(data: bytes, label: str) -> dict[str, TensorHeader]:
 def parse_header(header: bytes, data_size: int, label: str = "tensors") -> dict[str, TensorHeader]:
     try:
         raw = json.loads(header)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the stack
         raise BadTensors(f"{label}: not a safetensors file (header is not JSON)") from None
     if not isinstance(raw, dict) or data_size < 0:
         raise BadTensors(f"{label}: not a safetensors file")

@@ -249,18 +249,32 @@ def stitch_tiles(tiles: Sequence[Path], out: Path, width: int, height: int) -> P
     return out
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+EXR_DEPTHS = {1: 16, 2: 32}  # OpenEXR pixel types: half, float (uint is not rendered)
+
+
 def _image_depth(path: Path, fmt: str) -> int:
-    """Bits per channel: PNG's IHDR bit depth; OpenEXR's first channel (1 half, 2 float)."""
+    """Bits per channel: PNG's IHDR bit depth; OpenEXR's first channel (1 half, 2 float).
+    A tile comes from a node: anything else is refused (BAD_TILE), never guessed."""
     with path.open("rb") as f:
         head = f.read(65536)
     if fmt == "png":
-        return int(head[24])
-    at = head.find(b"channels\x00chlist\x00")
+        if not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR" or len(head) < 25:
+            raise SparegridError("BAD_TILE", f"{path.name} is not a PNG")
+        if head[24] not in (8, 16):
+            raise SparegridError("BAD_TILE", f"{path.name} is not an 8- or 16-bit PNG")
+        return head[24]
+    at = head.find(b"channels\x00chlist\x00") if head.startswith(EXR_MAGIC) else -1
     if at < 0:
         raise SparegridError("BAD_TILE", f"{path.name} has no OpenEXR channel list")
-    name_end = head.index(b"\x00", at + 16 + 4)  # after the tag and the size
-    pixel_type = int.from_bytes(head[name_end + 1 : name_end + 5], "little")
-    return 32 if pixel_type == 2 else 16
+    name_end = head.find(b"\x00", at + 16 + 4)  # after the tag and the size
+    pixel_type = int.from_bytes(head[name_end + 1 : name_end + 5], "little", signed=True)
+    if name_end < 0 or pixel_type not in EXR_DEPTHS:
+        raise SparegridError(
+            "BAD_TILE", f"{path.name}'s first OpenEXR channel is not half or float"
+        )
+    return EXR_DEPTHS[pixel_type]
 
 
 def frame_size(tiles: Sequence[Path]) -> tuple[int, int]:

@@ -5,9 +5,10 @@ job is refused at submit, before anything is charged or sent to a volunteer.
 """
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from sparegrid.coordinator.domain import FileRef
 from sparegrid.coordinator.errors import CoordinatorError, invalid
@@ -24,6 +25,31 @@ class TaskPlan:
     work: int = 1
 
 
+class Plans(Sequence[TaskPlan]):
+    """`count` task plans made one at a time by `make(index)` when read: a job of a
+    million alike tasks is planned without a million objects."""
+
+    def __init__(self, count: int, make: Callable[[int], TaskPlan]) -> None:
+        self._count = count
+        self._make = make
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> TaskPlan: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TaskPlan]: ...
+
+    def __getitem__(self, index: int | slice) -> TaskPlan | list[TaskPlan]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return self._make(index % self._count)
+
+
 class Files(Protocol):
     """Where an uploaded input's verified bytes are, for kinds that inspect them at submit."""
 
@@ -36,8 +62,10 @@ class JobKind(Protocol):
 
     def plan(
         self, params: dict[str, Any], inputs: dict[str, FileRef], files: Files
-    ) -> list[TaskPlan]:
-        """Raises CoordinatorError(INVALID, BAD_PARAMS, ...) saying what is wrong."""
+    ) -> Sequence[TaskPlan]:
+        """The job's tasks in order (a list, or `Plans` made when read); raises
+        CoordinatorError(INVALID, BAD_PARAMS, ...) saying what is wrong. It may run on a
+        thread of its own: it reads only its arguments and the input files."""
         ...
 
 

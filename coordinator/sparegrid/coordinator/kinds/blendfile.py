@@ -14,6 +14,7 @@ the SDK and the worker, which check them with Blender (`sparegrid.wire.blendrefs
 """
 
 import gzip
+import os
 import re
 import struct
 import zlib
@@ -29,6 +30,9 @@ from sparegrid.wire.blendrefs import FILE_READING_NODES
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 _MAX_BLOCKS = 50_000_000
+# a compressed .blend inflates a few times (packed images hardly at all); a bomb far more
+MAX_INFLATION = 200
+MIN_INFLATION_LIMIT = 256 << 20
 _NODE_NAMES = re.compile(
     b"(" + b"|".join(n.encode() for n in sorted(FILE_READING_NODES)) + b")\x00"
 )
@@ -144,14 +148,25 @@ class _Readable(Protocol):
 
 
 class _Stream(_Reader):
-    def __init__(self, f: _Readable) -> None:
+    """A decompressed stream, refused once it inflates past `limit` bytes: walking a
+    decompression bomb would take the coordinator hours."""
+
+    def __init__(self, f: _Readable, limit: int | None = None) -> None:
         self._f = f
+        self._limit = limit
+        self._read = 0
 
     def read(self, n: int) -> bytes:
         try:
-            return self._f.read(n)
+            data = self._f.read(n)
         except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
             raise BlendError(f"its compressed data is corrupt ({exc})") from None
+        self._read += len(data)
+        if self._limit is not None and self._read > self._limit:
+            raise BlendError(
+                f"it inflates to more than {MAX_INFLATION} times its size (a decompression bomb?)"
+            )
+        return data
 
 
 class _Plain(_Stream):
@@ -188,11 +203,12 @@ def _opened(path: Path) -> Iterator[_Reader]:
     with path.open("rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
+        limit = max(MIN_INFLATION_LIMIT, MAX_INFLATION * os.fstat(raw.fileno()).st_size)
         if magic == ZSTD_MAGIC:
             with zstandard.ZstdDecompressor().stream_reader(raw) as z:
-                yield _Stream(z)
+                yield _Stream(z, limit)
         elif magic[:2] == GZIP_MAGIC:
             with gzip.GzipFile(fileobj=raw) as g:
-                yield _Stream(g)
+                yield _Stream(g, limit)
         else:
             yield _Plain(raw)

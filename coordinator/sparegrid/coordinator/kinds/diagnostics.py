@@ -1,12 +1,13 @@
 """Diagnostic job kinds: deterministic, cheap, for tests, the demo and benchmarks."""
 
-import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from sparegrid.coordinator.domain import FileRef
 from sparegrid.coordinator.kinds.base import (
     MAX_TASKS_PER_JOB,
     Files,
+    Plans,
     TaskPlan,
     bad,
     check_inputs,
@@ -24,7 +25,7 @@ class Echo:
 
     def plan(
         self, params: dict[str, Any], inputs: dict[str, FileRef], files: Files
-    ) -> list[TaskPlan]:
+    ) -> Sequence[TaskPlan]:
         check_keys(self.name, params, {"tasks", "data", "sleep_ms"})
         check_inputs(self.name, inputs, set())
         tasks = int_param(self.name, params, "tasks", 1, 1, MAX_TASKS_PER_JOB)
@@ -32,8 +33,8 @@ class Echo:
         data = params.get("data", "")
         if not isinstance(data, str) or len(data) > 65536:
             raise bad(self.name, "'data' must be a string of at most 65536 characters")
-        task = {"data": data, "sleep_ms": sleep_ms}
-        return [TaskPlan(params=task, inputs=[]) for _ in range(tasks)]
+        task = TaskPlan(params={"data": data, "sleep_ms": sleep_ms}, inputs=[])
+        return Plans(tasks, lambda _: task)
 
 
 class Checksum:
@@ -43,14 +44,15 @@ class Checksum:
 
     def plan(
         self, params: dict[str, Any], inputs: dict[str, FileRef], files: Files
-    ) -> list[TaskPlan]:
+    ) -> Sequence[TaskPlan]:
         check_keys(self.name, params, {"tasks"})
         check_inputs(self.name, inputs, {"data"})
         data = inputs["data"]
         limit = max(1, min(MAX_TASKS_PER_JOB, data.size))
         tasks = int_param(self.name, params, "tasks", 1, 1, limit)
-        bounds = [i * data.size // tasks for i in range(tasks + 1)]
-        return [
-            TaskPlan(params={"offset": lo, "length": hi - lo}, inputs=[data], work=hi - lo)
-            for lo, hi in itertools.pairwise(bounds)
-        ]
+
+        def byte_range(i: int) -> TaskPlan:
+            lo, hi = i * data.size // tasks, (i + 1) * data.size // tasks
+            return TaskPlan(params={"offset": lo, "length": hi - lo}, inputs=[data], work=hi - lo)
+
+        return Plans(tasks, byte_range)

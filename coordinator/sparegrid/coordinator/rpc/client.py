@@ -31,7 +31,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     def _job_pb(self, job: Job, owner: Account) -> common_pb2.Job:
         jobs = self.app.jobs
-        return convert.job_to_pb(job, jobs.counts(job.id), owner.name, jobs.waiting(job.id))
+        return convert.job_to_pb(job, jobs.counts(job), owner.name, jobs.waiting(job.id))
 
     @unary
     async def GetInfo(
@@ -134,8 +134,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.RetryJobRequest, context: Ctx
     ) -> client_pb2.RetryJobResponse:
         account = account_of(context, self.app.accounts)
-        before = self.app.jobs.counts(request.job_id) if request.job_id else {}
-        job = await self.app.call(lambda: self.app.jobs.retry(account, request.job_id))
+        before = self.app.jobs.counts(self.app.jobs.get(account, request.job_id))
+        job = await self.app.submitter.retry(account, request.job_id)
         retried = before.get(TaskState.FAILED, 0) + before.get(TaskState.CANCELLED, 0)
         return client_pb2.RetryJobResponse(job=self._job_pb(job, account), retried=retried)
 
@@ -145,7 +145,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.SubmitJobResponse:
         account = account_of(context, self.app.accounts)
         spec = convert.spec_from_pb(request)
-        job = await self.app.call(lambda: self.app.jobs.submit(account, spec))
+        job = await self.app.submit(account, spec)
         return client_pb2.SubmitJobResponse(job=self._job_pb(job, account))
 
     @unary

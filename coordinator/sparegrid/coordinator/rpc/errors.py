@@ -19,6 +19,9 @@ from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 log = logging.getLogger("sparegrid.coordinator.rpc")
 
 CODE_KEY = "sparegrid-code"
+# A status message travels in a trailer, percent-encoded; a client drops trailers past 8 KiB
+# (and the stable code with them), so a message that echoes what a caller sent is cut short.
+MAX_MESSAGE_BYTES = 2000
 
 STATUS = {
     ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,11 +42,19 @@ Resp = TypeVar("Resp")
 async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     if isinstance(exc, CoordinatorError):
         context.set_trailing_metadata(((CODE_KEY, exc.code),))
-        await context.abort(STATUS[exc.kind], exc.message)
+        await context.abort(STATUS[exc.kind], shortened(exc.message))
     ref = uuid.uuid4().hex[:12]
     log.error("internal error, reference %s", ref, exc_info=exc)
     context.set_trailing_metadata(((CODE_KEY, "INTERNAL"),))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+
+
+def shortened(message: str) -> str:
+    """The message, cut to MAX_MESSAGE_BYTES of UTF-8 (each may take 3 bytes encoded)."""
+    raw = message.encode()
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        return message
+    return raw[: MAX_MESSAGE_BYTES - 20].decode("utf-8", "ignore") + " ... (cut short)"
 
 
 def unary(

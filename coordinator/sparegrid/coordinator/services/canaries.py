@@ -62,7 +62,10 @@ class Canaries:
         self._account_id = account.id if account is not None else ""
         self.known.clear()
         tasks = [
-            t.id for a in self._scheduler.jobs.values() if self.is_canary(a.job) for t in a.queue
+            t.id
+            for a in self._scheduler.jobs.values()
+            if self.is_canary(a.job)
+            for t in a.queue.materialised()
         ]
         tasks += [
             t for a in self._scheduler.jobs.values() if self.is_canary(a.job) for t in a.running

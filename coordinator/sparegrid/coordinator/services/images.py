@@ -106,7 +106,10 @@ def _exact(data: bytes, header: PngHeader, rows: int) -> npt.NDArray[np.uint8]:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IDAT":
             body = data[pos + 8 : pos + 8 + length]
-            raw += inflater.decompress(body, wanted - len(raw))  # never past `wanted`
+            try:
+                raw += inflater.decompress(body, wanted - len(raw))  # never past `wanted`
+            except zlib.error as exc:
+                raise ValueError(f"PNG pixel data does not inflate: {exc}") from None
         elif kind == b"IEND":
             break
         pos += 12 + length

@@ -2,8 +2,9 @@
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sparegrid.coordinator.blobs import BlobStore, check_digest
 from sparegrid.coordinator.clock import Clock
@@ -12,36 +13,77 @@ from sparegrid.coordinator.domain import (
     FileRef,
     Job,
     JobState,
-    Requirements,
     Task,
     TaskState,
     client_account,
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
-from sparegrid.coordinator.kinds import JobKind, decode_params, encode_params
+from sparegrid.coordinator.kinds import JobKind, TaskPlan, decode_params, encode_params
+from sparegrid.coordinator.services.jobspec import JobSpec as JobSpec  # re-exported
+from sparegrid.coordinator.services.jobspec import spec_differences, spec_of
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.scheduler import Scheduler
 from sparegrid.coordinator.services.verification import check_policy, policy_text
-from sparegrid.coordinator.states import reopen_job, reopen_task
+from sparegrid.coordinator.states import FINAL_JOB_STATES, move_job, reopen_job, reopen_task
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
 
 _VERSION = re.compile(r"\d+\.\d+")
 MAX_ATTEMPTS = 10
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 RETRYABLE_TASKS = frozenset({TaskState.FAILED, TaskState.CANCELLED})
+# every state but SUBMITTING: a job whose submit is still being written is nobody's yet
+VISIBLE_JOB_STATES: list[JobState] = [s for s in JobState if s != JobState.SUBMITTING]
 
 
 @dataclass
-class JobSpec:
-    kind: str
-    name: str = ""
-    params: bytes = b""
-    inputs: dict[str, str] = field(default_factory=dict)
-    requirements: Requirements = field(default_factory=Requirements)
-    max_attempts: int = 0
-    idempotency_key: str = ""
-    replicas: int = 0  # 0 and 0: the adaptive policy
-    quorum: int = 0
+class Draft:
+    """A submit checked against the store, ready to plan."""
+
+    account: Account
+    spec: JobSpec
+    kind: JobKind
+    params: dict[str, Any]
+    inputs: dict[str, FileRef]
+
+
+@dataclass
+class Reopened:
+    """The tasks a retry queued again so far: their cost, and their indexes as ranges."""
+
+    cost: int = 0
+    count: int = 0
+    runs: list[range] = field(default_factory=list)
+
+    def add(self, index: int, cost: int) -> None:
+        self.cost += cost
+        self.count += 1
+        if self.runs and self.runs[-1].stop == index:
+            self.runs[-1] = range(self.runs[-1].start, index + 1)
+        else:
+            self.runs.append(range(index, index + 1))
+
+
+@dataclass
+class Planned:
+    """A job split into tasks and priced, not recorded yet."""
+
+    account: Account
+    job: Job
+    plans: Sequence[TaskPlan]
+
+    def tasks(self, start: int = 0, stop: int | None = None) -> list[Task]:
+        """The job's tasks [start, stop), made from their plans."""
+        job_id = self.job.id
+        plans = self.plans[start:stop]
+        encoded: dict[int, bytes] = {}  # plans often share one params dict (echo's do)
+        tasks = []
+        for i, p in enumerate(plans, start):
+            params = encoded.get(id(p.params))
+            if params is None:
+                params = encoded[id(p.params)] = encode_params(p.params)
+            task = Task(f"{job_id}-{i}", job_id, i, params, list(p.inputs), work=p.work)
+            tasks.append(task)
+        return tasks
 
 
 @dataclass(frozen=True)
@@ -98,9 +140,29 @@ class Jobs:
         return self._config.prices.get(kind, Price())
 
     def submit(self, account: Account, spec: JobSpec) -> Job:
+        """Checks, plans and records a job in one go, on the caller's thread: for tests and
+        in-process use. The coordinator's servicer goes through `App.submit`, which plans
+        off the event loop and writes a large job's tasks a step at a time."""
+        draft = self.prepare(account, spec)
+        if isinstance(draft, Job):
+            return draft
+        planned = self.plan(draft)
+        return self.commit(planned, planned.tasks())
+
+    def prepare(self, account: Account, spec: JobSpec) -> "Job | Draft":
+        """Checks a submit against the store: the job an identical earlier submit made
+        (its idempotency key), or a draft to plan. Refuses a key reused with another spec."""
         if spec.idempotency_key:
             existing = self._store.find_job(account.id, spec.idempotency_key)
             if existing is not None:
+                if existing.state == JobState.SUBMITTING:
+                    raise CoordinatorError(
+                        ErrorKind.ABORTED,
+                        "SUBMIT_IN_PROGRESS",
+                        f"a submit with idempotency key {spec.idempotency_key!r} is still "
+                        "being written; retry in a moment",
+                    )
+                self.check_same(spec, spec_of(existing), f"job {existing.id}")
                 return existing
         kind = self.kinds.get(spec.kind)
         if kind is None:
@@ -108,13 +170,28 @@ class Jobs:
             raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
         _check_spec(spec)
         self._check_quorum(spec)
-        plans = kind.plan(
-            decode_params(spec.params), self._inputs(account, spec.inputs), self._blobs
-        )
+        params = decode_params(spec.params)
+        return Draft(account, spec, kind, params, self._inputs(account, spec.inputs))
+
+    def check_same(self, spec: JobSpec, first: JobSpec, job: str) -> None:
+        """Refuses a submit whose idempotency key names `job` (in words), of another spec."""
+        differ = spec_differences(first, spec, self._config.default_max_attempts)
+        if differ:
+            raise CoordinatorError(
+                ErrorKind.EXISTS,
+                "IDEMPOTENCY_KEY_REUSED",
+                f"idempotency key {spec.idempotency_key!r} was used for {job}, whose "
+                f"{'; '.join(differ)}: submit with a new key, or resend the same spec",
+            )
+
+    def plan(self, draft: "Draft") -> "Planned":
+        """Splits a draft into tasks and prices it. Reads only the draft and the input
+        files, never the store, so it may run on another thread."""
+        spec, account = draft.spec, draft.account
+        plans = draft.kind.plan(draft.params, draft.inputs, self._blobs)
         price = self.price(spec.kind)
-        job_id = uuid.uuid4().hex
         job = Job(
-            id=job_id,
+            id=uuid.uuid4().hex,
             account_id=account.id,
             kind=spec.kind,
             name=spec.name,
@@ -131,34 +208,89 @@ class Jobs:
             quorum=spec.quorum,
         )
         job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
+        return Planned(account, job, plans)
+
+    def affordable(self, planned: "Planned") -> None:
+        """Refuses a job its account cannot pay for now, before any task row is written."""
+        account, job = planned.account, planned.job
         balance = self._store.balance(client_account(account.name))
-        if job.cost_held > balance:  # refused before any task row is written
+        if job.cost_held > balance:
             raise _short(account, job, balance)
-        tasks = [
-            Task(
-                id=f"{job_id}-{i}",
-                job_id=job_id,
-                index=i,
-                params=encode_params(p.params),
-                inputs=p.inputs,
-                work=p.work,
-            )
-            for i, p in enumerate(plans)
-        ]
+
+    def commit(self, planned: "Planned", tasks: list[Task]) -> Job:
+        """Records a planned job and its tasks, holds its cost in escrow and queues it, all
+        in one transaction."""
+        account, job = planned.account, planned.job
+        self.affordable(planned)
         try:
             with self._store.transaction():
                 self._store.create_job(job, tasks)
                 self._ledger.hold(job, account.name)
         except InsufficientFunds as exc:  # spent meanwhile by a concurrent submit
             raise _short(account, job, exc.balance) from None
-        except Conflict:  # the same submit raced itself: return the winner
-            existing = self._store.find_job(account.id, spec.idempotency_key)
+        except Conflict:  # the same submit raced another coordinator: return the winner
+            existing = self._store.find_job(account.id, job.idempotency_key)
             if existing is None:
                 raise
+            self.check_same(spec_of(job), spec_of(existing), f"job {existing.id}")
             return existing
         self._scheduler.add_job(job, account.name, tasks)
         self._scheduler.dispatch()
         return job
+
+    # A large job is written in steps, so the coordinator serves others meanwhile: the job
+    # row first, hidden (SUBMITTING), then its tasks a slice at a time, then `publish`
+    # holds its cost and shows it, in one transaction. No client sees it before that.
+
+    def begin(self, planned: "Planned") -> None:
+        """Writes a large job's row, hidden, with no tasks yet."""
+        self.affordable(planned)
+        job = planned.job
+        job.state = JobState.SUBMITTING
+        try:
+            self._store.create_job(job, [])
+        except Conflict:
+            raise CoordinatorError(
+                ErrorKind.ABORTED,
+                "SUBMIT_IN_PROGRESS",
+                f"a submit with idempotency key {job.idempotency_key!r} is being written "
+                "elsewhere; retry in a moment",
+            ) from None
+
+    def publish(self, planned: "Planned") -> Job:
+        """Holds a written job's cost in escrow and queues it: the moment it exists."""
+        account, job = planned.account, planned.job
+        try:
+            with self._store.transaction():
+                self._ledger.hold(job, account.name)
+                move_job(job, JobState.QUEUED)
+                self._store.update_job(job)
+        except InsufficientFunds as exc:
+            job.state = JobState.SUBMITTING
+            raise _short(account, job, exc.balance) from None
+        # its tasks stay in the store until a dispatch takes them (taskqueue.py)
+        self._scheduler.add_job(job, account.name, [], unread=[range(job.task_count)])
+        self._scheduler.dispatch()
+        return job
+
+    def discard(self, job_id: str, start: int, stop: int) -> None:
+        """Deletes tasks [start, stop) of a hidden job whose submit did not complete, and
+        the job's row once `stop` reaches its end."""
+        job = self._store.get_job(job_id)
+        if job is None or job.state != JobState.SUBMITTING:
+            return
+        self._store.delete_tasks(job_id, start, stop)
+        if stop >= job.task_count:
+            self._store.delete_job(job_id)
+
+    def discard_unfinished(self) -> int:
+        """Deletes every hidden job a stopped coordinator left half-written (at start,
+        before serving); returns how many."""
+        left = self._store.list_jobs(states=[JobState.SUBMITTING], limit=10**9)
+        for job in left:
+            with self._store.transaction():
+                self.discard(job.id, 0, job.task_count)
+        return len(left)
 
     def _check_quorum(self, spec: JobSpec) -> None:
         """Refuses a quorum that could never form: more replicas than there are owner
@@ -190,16 +322,32 @@ class Jobs:
 
     def get(self, account: Account, job_id: str) -> Job:
         job = self._store.get_job(job_id) if job_id else None
-        if job is None or job.account_id != account.id:
+        if job is None or job.account_id != account.id or job.state == JobState.SUBMITTING:
             raise not_found("JOB_NOT_FOUND", f"no job {job_id!r} in account {account.name!r}")
         return job
 
     def list_jobs(self, account: Account, limit: int) -> list[Job]:
-        return self._store.list_jobs(account.id, limit=min(max(limit, 1), 1000))
+        return self._store.list_jobs(
+            account.id, states=VISIBLE_JOB_STATES, limit=min(max(limit, 1), 1000)
+        )
 
-    def counts(self, job_id: str) -> dict[TaskState, int]:
-        active = self._scheduler.jobs.get(job_id)
-        return active.counts() if active is not None else self._store.task_counts(job_id)
+    def counts(self, job: Job) -> dict[TaskState, int]:
+        """Its tasks per state: from memory while it runs, from its row once it ended."""
+        active = self._scheduler.jobs.get(job.id)
+        if active is not None:
+            return active.counts()
+        if job.tasks_succeeded >= 0:
+            counts = dict.fromkeys(TaskState, 0)
+            counts[TaskState.SUCCEEDED], counts[TaskState.FAILED] = (
+                job.tasks_succeeded,
+                job.tasks_failed,
+            )
+            counts[TaskState.CANCELLED] = job.task_count - job.tasks_succeeded - job.tasks_failed
+            return counts
+        counts = self._store.task_counts(job.id)  # a job that ended before they were kept
+        counts[TaskState.CANCELLED] += counts[TaskState.QUEUED]
+        counts[TaskState.QUEUED] = 0
+        return counts
 
     def waiting(self, job_id: str) -> str:
         """Why a running job's queued tasks cannot run now; "" once it is final."""
@@ -216,7 +364,18 @@ class Jobs:
     def retry(self, account: Account, job_id: str) -> Job:
         """Runs the tasks of a failed or cancelled job that did not succeed again, with
         their attempts counted afresh, holding their cost in escrow again; the results of
-        the tasks that succeeded stay."""
+        the tasks that succeeded stay. In one go: `Submitter.retry` does a large job's in
+        slices, with `reopen` and `publish_retry`."""
+        job = self.retryable(account, job_id)
+        reopened = Reopened()
+        try:
+            self.reopen(job, 0, job.task_count, reopened)
+            return self.publish_retry(account, job, reopened)
+        except BaseException:  # the caller's transaction undoes the writes
+            self.abandon_retry(job)
+            raise
+
+    def retryable(self, account: Account, job_id: str) -> Job:
         job = self.get(account, job_id)
         if job.id in self._scheduler.jobs or job.state not in RETRYABLE:
             raise CoordinatorError(
@@ -224,42 +383,63 @@ class Jobs:
                 "JOB_NOT_RETRYABLE",
                 f"job {job.id} is {job.state.value}: only a failed or cancelled job is retried",
             )
-        tasks = [t for t in self._all_tasks(job.id) if t.state in RETRYABLE_TASKS]
-        if not tasks:
+        return job
+
+    def reopen(self, job: Job, start: int, stop: int, reopened: Reopened) -> int:
+        """Queues the tasks [start, stop) of an ended job that did not succeed again (in the
+        store; the job stays ended until `publish_retry`, so they count as cancelled, and a
+        stop before then has them swept back); returns `stop`."""
+        self._scheduler.sweeps.pop(job.id, None)  # its queued tasks are queued again
+        tasks = self._store.list_tasks(job.id, after_index=start - 1, limit=stop - start)
+        # a queued task of a finished job is one its end has not swept to cancelled yet
+        again = [t for t in tasks if t.state in RETRYABLE_TASKS or t.state == TaskState.QUEUED]
+        for task in again:
+            if task.state != TaskState.QUEUED:
+                reopen_task(task)
+            task.attempts, task.error = 0, ""
+            reopened.add(task.index, job.task_cost(task.work))
+        self._store.update_tasks(again)
+        return stop
+
+    def publish_retry(self, account: Account, job: Job, reopened: Reopened) -> Job:
+        """Holds the reopened tasks' cost and queues the job again, in one transaction."""
+        if not reopened.count:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION, "NOTHING_TO_RETRY", f"every task of job {job.id} succeeded"
             )
-        hold = sum(job.task_cost(t.work) for t in tasks) * job.max_paid_results
+        hold = reopened.cost * job.max_paid_results
         balance = self._store.balance(client_account(account.name))
         if hold > balance:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
                 "INSUFFICIENT_CREDIT",
-                f"running {len(tasks)} task(s) again costs up to {hold} credit, account "
+                f"running {reopened.count} task(s) again costs up to {hold} credit, account "
                 f"{account.name!r} holds {balance}",
             )
-        for task in tasks:
-            reopen_task(task)
-            task.attempts, task.error = 0, ""
         reopen_job(job)
         job.error, job.finished_at, job.cost_held = "", None, job.cost_held + hold
+        job.tasks_succeeded = job.tasks_failed = -1
         with self._store.transaction():
-            self._store.update_tasks(tasks)
             self._store.update_job(job)
             self._ledger.hold(job, account.name, hold, key=f":retry:{uuid.uuid4().hex}")
-        self._scheduler.add_job(job, account.name, tasks)
+        # its tasks are read from the store as nodes take them (taskqueue.py)
+        self._scheduler.add_job(job, account.name, [], unread=reopened.runs)
         self._scheduler.dispatch()
         return job
 
-    def _all_tasks(self, job_id: str) -> list[Task]:
-        tasks: list[Task] = []
-        while page := self._store.list_tasks(job_id, tasks[-1].index if tasks else -1, 1000):
-            tasks += page
-        return tasks
+    def abandon_retry(self, job: Job) -> None:
+        """A retry that did not complete: the tasks it queued again are swept back."""
+        if job.id not in self._scheduler.jobs:
+            self._scheduler.sweep_again(job)
 
     def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
-        self.get(account, job_id)
-        return self._store.list_tasks(job_id, after_index=after, limit=limit)
+        job = self.get(account, job_id)
+        tasks = self._store.list_tasks(job_id, after_index=after, limit=limit)
+        if job.state in FINAL_JOB_STATES and job.id not in self._scheduler.jobs:
+            for task in tasks:  # not swept yet: it will never run (see counts)
+                if task.state == TaskState.QUEUED:
+                    task.state = TaskState.CANCELLED
+        return tasks
 
 
 def _short(account: Account, job: Job, balance: int) -> CoordinatorError:

@@ -318,7 +318,7 @@ class Intake:
                 continue
             failed.append(attempt)
             flags.append(failure.retryable)
-        self.scheduler.requeue_preempted(preempted)
+        self.scheduler.give_back(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
         return verdicts
 

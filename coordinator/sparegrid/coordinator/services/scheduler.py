@@ -28,10 +28,12 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.ledger import Ledger
-from sparegrid.coordinator.states import move_attempt, move_job, move_task
+from sparegrid.coordinator.services.taskqueue import Reader, TaskQueue
+from sparegrid.coordinator.states import FINAL_JOB_STATES, move_attempt, move_job, move_task
 from sparegrid.coordinator.store.base import Store
 
 OUT_OF_MEMORY = "CUDA_OOM"  # a worker's executor ran out of device memory
+NODE_LOST = "NODE_LOST"  # the attempt was lost with its node: given back, not a failure
 
 log = logging.getLogger("sparegrid.coordinator.scheduler")
 
@@ -73,13 +75,16 @@ class SchedulerConfig:
     # a node new to a job may first download its inputs: the floor grows by their size
     # at this rate (a home link)
     straggler_download_rate: float = 5e6
+    # a job ending with more queued tasks than this has them marked cancelled in the store
+    # a range at a time afterwards (`sweep`), not in the transaction that ends it
+    sweep_above: int = 2000
 
 
 @dataclass
 class ActiveJob:
     job: Job
     owner: str  # account name, for the refund
-    queue: deque[Task]
+    queue: TaskQueue
     running: dict[str, Attempt]  # task id -> its running attempt
     open_tasks: int  # tasks not in a final state
     node_failures: Counter[str] = field(default_factory=Counter)
@@ -99,6 +104,9 @@ class ActiveJob:
     durations: dict[str, deque[float]] = field(default_factory=dict)
     straggled: set[str] = field(default_factory=set)  # tasks taken back from a straggler
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
+    # attempts per task lost with their node (it restarted without them, or went away and
+    # did not come back): given back, up to the job's attempt limit (Scheduler.lose)
+    lost: Counter[str] = field(default_factory=Counter)
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
@@ -109,6 +117,17 @@ class ActiveJob:
             TaskState.FAILED: self.failed,
             TaskState.CANCELLED: 0,
         }
+
+
+@dataclass
+class Sweep:
+    """A finished job whose queued tasks are still QUEUED in the store: they are marked
+    cancelled a range of indexes at a time, and the queue they were in is freed as much."""
+
+    job_id: str
+    stop: int  # the job's task count
+    left: TaskQueue  # what the job's queue held, dropped a slice per step
+    start: int = 0
 
 
 @dataclass
@@ -204,6 +223,7 @@ class Scheduler:
         self.jobs: dict[str, ActiveJob] = {}
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
+        self.sweeps: dict[str, Sweep] = {}  # by job id
 
     # --- jobs ---------------------------------------------------------------
 
@@ -217,15 +237,23 @@ class Scheduler:
             self.jobs[job.id] = ActiveJob(
                 job,
                 owners[job.account_id],
-                deque(),
+                TaskQueue(),
                 {},
                 open_tasks,
                 succeeded=counts[TaskState.SUCCEEDED],
                 failed=counts[TaskState.FAILED],
             )
+        queued: dict[str, list[Task]] = {}
         for task in self.store.queued_tasks():
-            if task.job_id in self.jobs:
-                self.jobs[task.job_id].queue.append(task)
+            queued.setdefault(task.job_id, []).append(task)
+        for job_id, tasks in queued.items():
+            if job_id in self.jobs:
+                self.jobs[job_id].queue = TaskQueue(tasks)
+                continue
+            ended = self.store.get_job(job_id)  # it ended before they were all swept
+            if ended is not None and ended.state in FINAL_JOB_STATES:
+                self.sweeps[job_id] = Sweep(job_id, ended.task_count, TaskQueue())
+        del queued
         # leases survive a restart: give their nodes time to reconnect and resume them
         grace = self.clock.now() + self.config.reconnect_grace_seconds
         running = self.store.running_attempts()
@@ -236,13 +264,39 @@ class Scheduler:
         self.store.update_attempts(running)
         for job_id, loaded in self.jobs.items():
             loaded.node_failures.update(self.store.node_failures(job_id))
-        open_ids = [t.id for a in self.jobs.values() for t in a.queue]
+        open_ids = [t.id for a in self.jobs.values() for t in a.queue.materialised()]
         open_ids += [a.task_id for a in running if a.job_id in self.jobs]
         for replica in self.store.get_replicas(open_ids):
             self.hold_replica(self.jobs[replica.job_id], replica)
         for active_job in list(self.jobs.values()):
+            active_job.queue = self._compact(active_job)
             if active_job.open_tasks == 0:
                 self.finish(active_job)
+
+    def _compact(self, active: ActiveJob) -> TaskQueue:
+        """A large job's queue as ranges of task indexes, read back from the store when
+        taken; tasks with results held for comparison stay objects."""
+        queue = active.queue
+        if len(queue) <= self.config.sweep_above:
+            return queue
+        tasks = list(queue.materialised())
+        kept = active.excluded.keys() | active.needs_memory.keys()
+        runs: list[range] = []
+        for index in sorted(t.index for t in tasks if t.id not in kept):
+            if runs and runs[-1].stop == index:
+                runs[-1] = range(runs[-1].start, index + 1)
+            else:
+                runs.append(range(index, index + 1))
+        return TaskQueue([t for t in tasks if t.id in kept], runs, self._reader(active.job.id))
+
+    def _reader(self, job_id: str) -> Reader:
+        """Reads a job's queued tasks from `start` on, `count` task indexes of them."""
+
+        def read(start: int, count: int) -> list[Task]:
+            tasks = self.store.list_tasks(job_id, after_index=start - 1, limit=count)
+            return [t for t in tasks if t.state == TaskState.QUEUED]
+
+        return read
 
     def resync(self) -> None:
         """Forgets what is in memory and reloads it from the store, after a failed commit
@@ -361,11 +415,17 @@ class Scheduler:
             return ""
         return "; ".join(reasons) + ": no such node that can run it is connected and taking work"
 
-    def add_job(self, job: Job, owner: str, tasks: list[Task]) -> None:
-        """A job to schedule, `tasks` queued; a retried job's other tasks succeeded."""
-        active = ActiveJob(job, owner, deque(tasks), {}, len(tasks))
-        active.succeeded = job.task_count - len(tasks)
+    def add_job(
+        self, job: Job, owner: str, tasks: list[Task], unread: list[range] | None = None
+    ) -> None:
+        """A job to schedule, `tasks` queued, then the tasks whose indexes are in `unread`,
+        read from the store when taken (a large job's); a retried job's other tasks
+        succeeded."""
+        queue = TaskQueue(tasks, unread, self._reader(job.id))
+        active = ActiveJob(job, owner, queue, {}, len(queue))
+        active.succeeded = job.task_count - len(queue)
         self.jobs[job.id] = active
+        self.sweeps.pop(job.id, None)  # retried: its queued tasks are queued again
 
     def finish(self, active: ActiveJob, state: JobState | None = None, error: str = "") -> None:
         """Ends a job: cancels what is left, refunds the rest of the escrow."""
@@ -378,7 +438,11 @@ class Scheduler:
                 f"`sparegrid job retry {job.id} --failed` runs them again"
             )
             job.error = ""
-        cancelled = list(active.queue) + list(active.held.values())
+        cancelled = list(active.held.values())
+        if len(active.queue) > self.config.sweep_above:
+            self.sweeps[job.id] = Sweep(job.id, job.task_count, active.queue)
+        else:
+            cancelled += active.queue.materialised()
         leftover = list(active.running.values())
         if leftover:
             cancelled += self.store.get_tasks([a.task_id for a in leftover])
@@ -390,6 +454,7 @@ class Scheduler:
         move_job(job, state)
         job.error = job.error or error
         job.finished_at = self.clock.now()
+        job.tasks_succeeded, job.tasks_failed = active.succeeded, active.failed
         with self.store.transaction():
             self.store.update_tasks(cancelled)
             self.store.update_attempts(leftover)
@@ -399,6 +464,24 @@ class Scheduler:
         for attempt in leftover:
             self._release(attempt, cancel_reason=f"job {job.id} is {state}")
         self.on_change([job.id])
+
+    def sweep_again(self, job: Job) -> None:
+        """Sweeps an ended job's queued tasks (again) from its first index."""
+        self.sweeps[job.id] = Sweep(job.id, job.task_count, TaskQueue())
+
+    def sweep(self, limit: int) -> int:
+        """Marks queued tasks of an ended job cancelled, `limit` task indexes of one job at
+        a time; returns how many indexes it covered (0: nothing left to sweep)."""
+        sweep = next(iter(self.sweeps.values()), None)
+        if sweep is None:
+            return 0
+        stop = min(sweep.start + max(limit, 1), sweep.stop)
+        self.store.cancel_queued_tasks(sweep.job_id, sweep.start, stop)
+        sweep.left.drop(stop - sweep.start)  # freed a slice at a time, not all in one turn
+        covered, sweep.start = stop - sweep.start, stop
+        if stop >= sweep.stop:
+            del self.sweeps[sweep.job_id]
+        return max(covered, 1)
 
     # --- sessions -----------------------------------------------------------
 
@@ -428,8 +511,9 @@ class Scheduler:
             attempt.deadline = min(now + self.config.lease_seconds, self._oldest(session, attempt))
             self._hold(session, attempt, tasks[attempt.task_id])
         self.store.update_attempts(resumed)
-        # running attempts the node no longer reports were lost (e.g. it restarted)
-        self.expire(list(mine.values()), reason="the node restarted without it")
+        # running attempts the node no longer reports were lost: it restarted (a crash, a
+        # kill, a reboot) without them, which is not a failure of the node or the task
+        self.lose(list(mine.values()), reason="the node restarted without it")
         kept = {a.id for a in resumed}
         return sorted(kept), [i for i in running if i not in kept]
 
@@ -609,22 +693,15 @@ class Scheduler:
         queue: never to an owner that has returned a result for the task already, a task
         held for a check never to a node whose result would not count, nor to a device with
         no more memory than one the task ran out of."""
-        queue, taken = active.queue, list[Task]()
         if not active.excluded and not active.needs_memory:
-            while len(taken) < count and queue:
-                taken.append(queue.popleft())
-            return taken
-        skipped: list[Task] = []
-        while len(taken) < count and queue:
-            task = queue.popleft()
+            return active.queue.take(count)
+
+        def skip(task: Task) -> bool:
             too_small = memory < active.needs_memory.get(task.id, 0)
             held = not vetted and bool(active.replicas.get(task.id))
-            if too_small or held or owner in active.excluded.get(task.id, ()):
-                skipped.append(task)
-            else:
-                taken.append(task)
-        queue.extendleft(reversed(skipped))
-        return taken
+            return too_small or held or owner in active.excluded.get(task.id, ())
+
+        return active.queue.take(count, skip)
 
     def _eligible(self, active: ActiveJob, node: Node, device: Device) -> bool:
         return not self._lack(active, node, device)[1]
@@ -640,9 +717,13 @@ class Scheduler:
     # --- taking leases back -------------------------------------------------
 
     def reap(self) -> int:
-        """Expires every lease past its deadline, and stragglers; returns how many."""
+        """Expires every lease past its deadline, and takes stragglers back; returns how
+        many. A lease of a node that went away and did not come back within the reconnect
+        grace was lost with it."""
         expired = self.store.expired_attempts(self.clock.now())
-        self.expire(expired, reason="lease expired")
+        gone = [a for a in expired if a.node_id not in self.sessions]
+        self.lose(gone, reason="its node went away and did not come back in time")
+        self.expire([a for a in expired if a.node_id in self.sessions], reason="lease expired")
         stragglers = self._stragglers()
         self._take_back(stragglers)
         return len(expired) + len(stragglers)
@@ -709,6 +790,30 @@ class Scheduler:
                     found.append((attempt, reason))
         return found
 
+    def lose(self, attempts: list[Attempt], reason: str) -> None:
+        """Attempts lost with their node (a crash is not a failure): their tasks go back to
+        the front of the queue with the attempt given back, and nothing counts against the
+        node (no failure, no exclusion from the job) but its window, halved as for any
+        lease that ran out. A task lost more times than its job's attempt limit counts as
+        an expired lease from then on, so no task goes round for ever."""
+        given: list[Attempt] = []
+        counted: list[Attempt] = []
+        for attempt in attempts:
+            active = self.jobs.get(attempt.job_id)
+            if active is not None and active.lost[attempt.task_id] >= active.job.max_attempts:
+                counted.append(attempt)
+                continue
+            if active is not None:
+                active.lost[attempt.task_id] += 1
+            move_attempt(attempt, AttemptState.CANCELLED)
+            attempt.finished_at = self.clock.now()
+            attempt.error_code, attempt.error = NODE_LOST, reason
+            given.append(attempt)
+        for node_id in {a.node_id for a in given}:
+            self.shrink(node_id)
+        self.give_back(given)
+        self.expire(counted, reason=f"{reason}, and the task was lost that way too often")
+
     def expire(self, attempts: list[Attempt], reason: str) -> None:
         for node_id in {a.node_id for a in attempts}:
             self.shrink(node_id)
@@ -738,8 +843,9 @@ class Scheduler:
         )
         return False
 
-    def requeue_preempted(self, attempts: list[Attempt]) -> None:
-        """Attempts a node's own policy stopped (owner back, too hot, window closed): their
+    def give_back(self, attempts: list[Attempt]) -> None:
+        """Attempts that were no fault of their node or task: a node's own policy stopped
+        them (owner back, too hot, window closed), or they were lost with their node. Their
         tasks go back to the front of the queue with the attempt given back, and nothing
         counts against the node (no failure count, no exclusion from the job)."""
         if not attempts:
@@ -760,7 +866,7 @@ class Scheduler:
             self.store.update_tasks(list(tasks.values()))
         for active, task in requeue:
             active.queue.appendleft(task)
-        log.info("%d preempted attempt(s), %d task(s) re-queued", len(attempts), len(requeue))
+        log.info("%d attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue))
 
     def settle_failures(
         self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False

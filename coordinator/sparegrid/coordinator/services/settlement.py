@@ -297,13 +297,16 @@ class Settlement:
             if active.job.replicas != 0:
                 continue
             self._check_idle(active)
-            for task in [t for t in active.queue if len(active.replicas.get(t.id, ())) == 1]:
-                held = active.replicas[task.id]
+            single = [i for i, held in active.replicas.items() if len(held) == 1]
+            for task_id in [i for i in single if i in active.queue]:
+                held = active.replicas[task_id]
                 if held[0].params or not vetted(held[0].owner):
                     continue
-                if sched.others_online(active, active.excluded.get(task.id, set())):
+                if sched.others_online(active, active.excluded.get(task_id, set())):
                     continue
-                self._drop_from_queue(active, task)
+                task = active.queue.remove(task_id)
+                if task is None:
+                    continue
                 detail = "the nodes of other owners left before checking it"
                 decision = Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [held[0]]
@@ -399,7 +402,7 @@ class Settlement:
     @staticmethod
     def _drop_from_queue(active: ActiveJob, task: Task) -> None:
         if task.state == TaskState.QUEUED:
-            active.queue = type(active.queue)(t for t in active.queue if t.id != task.id)
+            active.queue.remove(task.id)
 
 
 def _running_is(active: ActiveJob, task: Task, attempt: Attempt) -> bool:

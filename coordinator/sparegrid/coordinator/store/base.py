@@ -123,6 +123,21 @@ class Store(Protocol):
     def create_job(self, job: Job, tasks: list[Task]) -> None:
         """Raises Conflict if (account, idempotency key) is taken (a non-empty key)."""
 
+    def add_tasks(self, tasks: list[Task]) -> None:
+        """Inserts more tasks of jobs that exist (a large job is written in slices);
+        Conflict if a task id, or a task index within its job, is taken."""
+
+    def delete_tasks(self, job_id: str, start: int, stop: int) -> int:
+        """Deletes the job's tasks with start <= index < stop, which must have no attempts
+        or results (a submit that did not complete); returns how many."""
+
+    def delete_job(self, job_id: str) -> None:
+        """Deletes a job row whose tasks are gone, and that has no ledger entries."""
+
+    def cancel_queued_tasks(self, job_id: str, start: int, stop: int) -> int:
+        """Marks the job's QUEUED tasks with start <= index < stop CANCELLED; returns how
+        many."""
+
     def get_job(self, job_id: str) -> Job | None: ...
 
     def find_job(self, account_id: str, idempotency_key: str) -> Job | None: ...
@@ -133,7 +148,8 @@ class Store(Protocol):
         """Newest first; all accounts when account_id is None."""
 
     def update_job(self, job: Job) -> None:
-        """Writes state, cost_held, cost_spent, error and finished_at."""
+        """Writes state, cost_held, cost_spent, error, finished_at, tasks_succeeded and
+        tasks_failed."""
 
     def task_counts(self, job_id: str) -> dict[TaskState, int]:
         """Every TaskState is a key, with 0 where no task is in it."""

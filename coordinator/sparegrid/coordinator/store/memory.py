@@ -236,6 +236,52 @@ class MemoryStore(MemoryStorage):
         if len({t.index for t in tasks}) < len(tasks):
             raise Conflict(f"job {job.id} has two tasks with the same index")
 
+    def add_tasks(self, tasks: list[Task]) -> None:
+        with self._lock:
+            for job_id in {t.job_id for t in tasks}:
+                if job_id not in self._s.jobs:
+                    raise ValueError(f"no job {job_id!r} for its tasks")
+            ids = {t.id for t in tasks}
+            keys = {(t.job_id, t.index) for t in tasks}
+            held = {(t.job_id, t.index) for t in self._s.tasks.values()}
+            if len(ids) < len(tasks) or ids & self._s.tasks.keys():
+                raise Conflict("a task id is taken")
+            if len(keys) < len(tasks) or keys & held:
+                raise Conflict("a task index is taken")
+            for task in tasks:
+                self._s.tasks[task.id] = copy.deepcopy(task)
+                self._s.job_tasks.setdefault(task.job_id, []).append(task.id)
+            for job_id in {t.job_id for t in tasks}:
+                self._s.job_tasks[job_id].sort(key=lambda i: self._s.tasks[i].index)
+
+    def delete_tasks(self, job_id: str, start: int, stop: int) -> int:
+        with self._lock:
+            ids = self._s.job_tasks.get(job_id, [])
+            gone = [i for i in ids if start <= self._s.tasks[i].index < stop]
+            if any(a.task_id in gone for a in self._s.attempts.values()):
+                raise ValueError(f"tasks of job {job_id} have attempts: they cannot go")
+            for task_id in gone:
+                del self._s.tasks[task_id]
+            self._s.job_tasks[job_id] = [i for i in ids if i in self._s.tasks]
+            return len(gone)
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            if self._s.job_tasks.get(job_id):
+                raise ValueError(f"job {job_id} still has tasks")
+            self._s.jobs.pop(job_id, None)
+            self._s.job_tasks.pop(job_id, None)
+
+    def cancel_queued_tasks(self, job_id: str, start: int, stop: int) -> int:
+        with self._lock:
+            changed = 0
+            for task_id in self._s.job_tasks.get(job_id, []):
+                task = self._s.tasks[task_id]
+                if start <= task.index < stop and task.state == TaskState.QUEUED:
+                    task.state = TaskState.CANCELLED
+                    changed += 1
+            return changed
+
     def get_job(self, job_id: str) -> Job | None:
         with self._lock:
             return copy.deepcopy(self._s.jobs.get(job_id))
@@ -271,6 +317,8 @@ class MemoryStore(MemoryStorage):
                 stored.cost_spent = job.cost_spent
                 stored.error = job.error
                 stored.finished_at = job.finished_at
+                stored.tasks_succeeded = job.tasks_succeeded
+                stored.tasks_failed = job.tasks_failed
 
     def task_counts(self, job_id: str) -> dict[TaskState, int]:
         with self._lock:

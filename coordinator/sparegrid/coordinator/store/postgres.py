@@ -3,6 +3,8 @@
 import re
 from typing import cast
 
+from sparegrid.coordinator.domain import Task
+from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.engine import Connection, Dialect
 from sparegrid.coordinator.store.sql import SqlStore
 
@@ -46,5 +48,15 @@ class PostgresStore(SqlStore):
             placeholder="%s",
             integrity_error=psycopg.IntegrityError,
         )
+        self._pg = conn
         # psycopg's stubs want LiteralString queries; ours are assembled from constants.
         super().__init__(cast(Connection, conn), dialect)
+
+    def _insert_tasks(self, tasks: list[Task]) -> None:
+        """COPY: a large job's tasks go in several times faster than by INSERTs."""
+        if not tasks:
+            return
+        sql = f"COPY tasks ({r.TASK_COLUMNS}) FROM STDIN"
+        with self._lock, self._pg.cursor() as cur, cur.copy(sql) as copy:
+            for task in tasks:
+                copy.write_row(r.task_params(task))

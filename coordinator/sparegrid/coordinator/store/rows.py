@@ -40,7 +40,7 @@ ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
 JOB_COLUMNS = (
     "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
     " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
-    " idempotency_key, replicas, quorum"
+    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed"
 )
 TASK_COLUMNS = (
     "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error, work"
@@ -71,6 +71,8 @@ def to_json(value: object) -> str:
 
 
 def refs_json(refs: list[FileRef]) -> str:
+    if not refs:  # most tasks' outputs while queued, every echo task's inputs
+        return "[]"
     return to_json([asdict(r) for r in refs])
 
 
@@ -95,7 +97,7 @@ def job_params(j: Job) -> Params:
         j.id, j.account_id, j.kind, j.name, j.params, to_json(j.inputs),
         to_json(asdict(j.requirements)), j.max_attempts, j.price_credit, j.price_units,
         j.task_count, j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at,
-        j.finished_at, j.idempotency_key, j.replicas, j.quorum,
+        j.finished_at, j.idempotency_key, j.replicas, j.quorum, j.tasks_succeeded, j.tasks_failed,
     )  # fmt: skip
 
 
@@ -121,6 +123,8 @@ def job_from(row: Row) -> Job:
         idempotency_key=row[17],
         replicas=row[18],
         quorum=row[19],
+        tasks_succeeded=int(row[20]),
+        tasks_failed=int(row[21]),
     )
 
 

@@ -243,6 +243,16 @@ CREATE TABLE upload_usage (
 )
 """
 
+# Large jobs: a job's tasks may be written in slices, and a submit that did not complete
+# is deleted (without the index every deleted task would scan the attempts table for rows
+# that refer to it); a finished job records how many of its tasks succeeded and failed, so
+# showing it needs no count over a million task rows (-1: a job from before, counted).
+LARGE_JOBS = """
+CREATE INDEX attempts_task ON attempts (task_id);
+ALTER TABLE jobs ADD COLUMN tasks_succeeded BIGINT NOT NULL DEFAULT -1;
+ALTER TABLE jobs ADD COLUMN tasks_failed BIGINT NOT NULL DEFAULT -1
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -251,6 +261,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, UPLOADS),
     (5, DISPUTES),
     (6, STORAGE),
+    (7, LARGE_JOBS),
 ]
 
 

@@ -209,11 +209,37 @@ class SqlStore(SqlStorage):
                     f"INSERT INTO jobs ({r.JOB_COLUMNS}) VALUES ({r.placeholders(r.JOB_COLUMNS)})",
                     r.job_params(job),
                 )
-                self._run_many(
-                    f"INSERT INTO tasks ({r.TASK_COLUMNS})"
-                    f" VALUES ({r.placeholders(r.TASK_COLUMNS)})",
-                    [r.task_params(t) for t in tasks],
-                )
+                self._insert_tasks(tasks)
+
+    def add_tasks(self, tasks: list[Task]) -> None:
+        with self.transaction(), self._conflicts("a task id or task index is taken"):
+            self._insert_tasks(tasks)
+
+    def _insert_tasks(self, tasks: list[Task]) -> None:
+        """Inserts task rows; a dialect may do it faster (PostgreSQL: COPY)."""
+        self._run_many(
+            f"INSERT INTO tasks ({r.TASK_COLUMNS}) VALUES ({r.placeholders(r.TASK_COLUMNS)})",
+            [r.task_params(t) for t in tasks],
+        )
+
+    def delete_tasks(self, job_id: str, start: int, stop: int) -> int:
+        with self.transaction():
+            return self._run(
+                "DELETE FROM tasks WHERE job_id = ? AND idx >= ? AND idx < ?",
+                (job_id, start, stop),
+            )
+
+    def delete_job(self, job_id: str) -> None:
+        with self.transaction():
+            self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def cancel_queued_tasks(self, job_id: str, start: int, stop: int) -> int:
+        with self.transaction():
+            return self._run(
+                "UPDATE tasks SET state = ? WHERE job_id = ? AND idx >= ? AND idx < ?"
+                " AND state = ?",
+                (TaskState.CANCELLED.value, job_id, start, stop, _QUEUED),
+            )
 
     def get_job(self, job_id: str) -> Job | None:
         return self._job_where("id = ?", (job_id,))
@@ -254,13 +280,15 @@ class SqlStore(SqlStorage):
         with self.transaction():
             self._run(
                 "UPDATE jobs SET state = ?, cost_held = ?, cost_spent = ?, error = ?,"
-                " finished_at = ? WHERE id = ?",
+                " finished_at = ?, tasks_succeeded = ?, tasks_failed = ? WHERE id = ?",
                 (
                     job.state.value,
                     job.cost_held,
                     job.cost_spent,
                     job.error,
                     job.finished_at,
+                    job.tasks_succeeded,
+                    job.tasks_failed,
                     job.id,
                 ),
             )

@@ -58,7 +58,7 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         self.accounts: dict[str, admin_pb2.Account] = {}
         self.keys: dict[str, str] = {}
         self.jobs: dict[str, FakeJob] = {}
-        self.submits: dict[str, str] = {}
+        self.submits: dict[tuple[str, str], tuple[str, bytes]] = {}  # (account, key)
         self.grants: set[str] = set()
         self.ledger: list[admin_pb2.LedgerEntry] = []
         self.fail_indices: set[int] = set()
@@ -150,11 +150,21 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.SubmitJobRequest, context: Context
     ) -> client_pb2.SubmitJobResponse:
         account = self._caller(context)
-        if request.idempotency_key in self.submits:
-            job = self.jobs[self.submits[request.idempotency_key]]
-            return client_pb2.SubmitJobResponse(job=job.msg)
+        key = (account.name, request.idempotency_key)
+        spec = request.spec.SerializeToString(deterministic=True)
+        if request.idempotency_key and key in self.submits:
+            job_id, first = self.submits[key]
+            if first != spec:  # as the coordinator: a key names one spec
+                raise Abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    f"idempotency key {request.idempotency_key!r} was used for job {job_id}, "
+                    "whose spec differs: submit with a new key, or resend the same spec",
+                )
+            return client_pb2.SubmitJobResponse(job=self.jobs[job_id].msg)
         job = self._create(request, account)
-        self.submits[request.idempotency_key] = job.msg.job_id
+        if request.idempotency_key:
+            self.submits[key] = (job.msg.job_id, spec)
         run = asyncio.create_task(self._run(job))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)

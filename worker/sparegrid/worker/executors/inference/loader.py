@@ -27,6 +27,7 @@ import importlib
 import operator
 import pickle
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from sparegrid.wire.pt2 import (
     ProgramInfo,
     UnsafeProgram,
     check_archive,
+    open_archive,
 )
 from sparegrid.wire.pt2ops import refused_operator
 
@@ -102,7 +104,7 @@ def _copy_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, out: zipfile.Z
             while chunk := fin.read(1 << 22):
                 copied += len(chunk)
                 fout.write(chunk)
-    except (zipfile.BadZipFile, EOFError) as exc:
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise UnsafeProgram(entry.filename, f"cannot be read: {exc}") from None
     if copied != entry.file_size:  # zipfile checks the CRC too; this is the size it declared
         raise UnsafeProgram(entry.filename, "holds more or fewer bytes than it declares")
@@ -133,10 +135,10 @@ def load_program(path: Path, device: torch.device, scratch: Path) -> tuple[Any, 
     """(module, info): the program as a callable module on `device`, and its signature."""
     clean = scratch / "program.pt2"
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_archive(path) as archive:
             checked = check_archive(archive, path.stat().st_size)
             sanitized_copy(archive, checked, clean)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except OSError as exc:
         clean.unlink(missing_ok=True)
         raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
     except BaseException:
