@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparegrid.sdk import AdminClient, Client
-from sparegrid.worker.status import StatusUnavailable, read_status
+from sparegrid.worker.node.status import StatusUnavailable, read_status
 from tests.e2e.test_cluster import online_nodes, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from fake_coordinator import FakeCoordinator, is_kind, statement_attempts
 from worker_testing import assignment, make_config, running_worker, wait_until
 
 from sparegrid.wire.receipt import verify_batch
-from sparegrid.worker import runner as runner_module
+from sparegrid.worker.slots.child import runner as runner_module
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 

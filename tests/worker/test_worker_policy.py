@@ -13,8 +13,8 @@ from fake_coordinator import FakeCoordinator, FakeSession, is_kind
 from worker_testing import assignment, make_config, running_worker, wait_until
 
 from sparegrid.v1 import worker_pb2
+from sparegrid.worker.node.status import read_status, render, status_line
 from sparegrid.worker.policy import DeviceState, FakeClock, GpuProcess, SyntheticSource
-from sparegrid.worker.status import read_status, render, status_line
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 OWNER = DeviceState(0, processes=(GpuProcess(999_999, 1 << 30, "graphics"),))

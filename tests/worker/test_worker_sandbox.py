@@ -14,7 +14,7 @@ from worker_testing import assignment, fake_devices, make_config
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.worker.daemon import Worker
 from sparegrid.worker.executors import FAKE_TARGETS, ExecutorRegistry
-from sparegrid.worker.sandbox import probe
+from sparegrid.worker.slots.child.sandbox import probe
 
 ESCAPE = "sparegrid.worker.executors.fake:EscapeExecutor"
 

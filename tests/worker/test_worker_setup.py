@@ -19,9 +19,9 @@ from worker_testing import assignment
 
 from sparegrid.worker.cli import config_from, register
 from sparegrid.worker.config import ConfigError, WorkerConfig, parse_address
-from sparegrid.worker.devices import detect_devices
-from sparegrid.worker.identity import load_identity
 from sparegrid.worker.logs import LOGGER_NAME, configure_logging
+from sparegrid.worker.node.devices import detect_devices
+from sparegrid.worker.node.identity import load_identity
 
 
 @pytest.mark.parametrize("address", ["localhost", ":50051", "host:0", "host:99999", "::1:5", "h:x"])

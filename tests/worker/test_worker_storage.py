@@ -10,11 +10,11 @@ import pytest
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import verify_batch
-from sparegrid.worker.batcher import MAX_INLINE_BYTES, ResultBatcher
-from sparegrid.worker.cache import BlobCache
 from sparegrid.worker.clock import SystemClock
 from sparegrid.worker.errors import BlobUnavailable, DigestMismatch
-from sparegrid.worker.outbox import Outbox, batch_id_of
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.upstream.batcher import MAX_INLINE_BYTES, ResultBatcher
+from sparegrid.worker.upstream.outbox import Outbox, batch_id_of
 
 
 class FakeFetch:
@@ -174,16 +174,16 @@ async def test_results_gather_into_one_batch_while_the_coordinator_is_behind(
     await batcher.close()
 
 
-def test_a_deep_credit_window_is_refilled_in_quarters() -> None:
-    from sparegrid.worker.credit import CreditWindow
+def test_a_deep_flow_window_is_refilled_in_quarters() -> None:
+    from sparegrid.worker.upstream.flow import FlowWindow
 
-    window = CreditWindow(prefetch=8, devices=[0])
+    window = FlowWindow(prefetch=8, devices=[0])
     assert window.top_up(0, held=0) == 8
     for _ in range(8):
         window.assigned(0)
     assert window.top_up(0, held=7) == 0  # one free slot: not worth a message yet
     assert window.top_up(0, held=6) == 2  # a quarter of the window
-    shallow = CreditWindow(prefetch=2, devices=[0])
+    shallow = FlowWindow(prefetch=2, devices=[0])
     assert shallow.top_up(0, held=0) == 2
     shallow.assigned(0)
     shallow.assigned(0)

@@ -10,8 +10,8 @@ from typing import Any
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.daemon import Worker
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import FAKE_TARGETS, ExecutorRegistry
+from sparegrid.worker.node.devices import DeviceInfo
 
 
 def fake_devices(count: int = 1) -> list[DeviceInfo]:

@@ -22,39 +22,39 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import decode_statement
-from sparegrid.worker.batcher import ResultBatcher
-from sparegrid.worker.cache import BlobCache
-from sparegrid.worker.childproto import Outcome
 from sparegrid.worker.clock import Backoff, Clock, SystemClock
 from sparegrid.worker.config import WorkerConfig
-from sparegrid.worker.credit import CreditWindow
-from sparegrid.worker.devices import DeviceInfo, detect_devices
-from sparegrid.worker.earnings import Earnings
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
-from sparegrid.worker.identity import load_identity
-from sparegrid.worker.lending import (
-    apply_power_cap,
-    check_devices,
-    check_isolation,
-    make_monitor,
-    sandbox_settings,
-    status_snapshot,
-)
-from sparegrid.worker.messages import hello, statement_bytes
-from sparegrid.worker.outbox import Outbox, OutboxEntry, output_attempts
+from sparegrid.worker.node.devices import DeviceInfo, detect_devices
+from sparegrid.worker.node.earnings import Earnings
+from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.node.snapshot import status_snapshot
+from sparegrid.worker.node.status import RecentErrors, StatusServer
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
     PolicyClock,
     SystemPolicyClock,
 )
-from sparegrid.worker.ratelimit import RateLimiter, throttle
-from sparegrid.worker.runner import DeviceRunner
-from sparegrid.worker.sandbox import Report
-from sparegrid.worker.session import Session, connect, open_channel
-from sparegrid.worker.status import RecentErrors, StatusServer
-from sparegrid.worker.tasks import Phase, Slot, TaskManager
+from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.slots.child.protocol import Outcome
+from sparegrid.worker.slots.child.runner import DeviceRunner
+from sparegrid.worker.slots.child.sandbox import Report
+from sparegrid.worker.startup import (
+    apply_power_cap,
+    check_devices,
+    check_isolation,
+    make_monitor,
+    sandbox_settings,
+)
+from sparegrid.worker.upstream.batcher import ResultBatcher
+from sparegrid.worker.upstream.flow import FlowWindow
+from sparegrid.worker.upstream.messages import hello, statement_bytes
+from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
+from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
+from sparegrid.worker.upstream.session import Session, connect, open_channel
 
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
@@ -118,7 +118,7 @@ class Worker:
             self._released,
         )
         self._cache.in_use = self._tasks.needed_digests
-        self._credit = CreditWindow(config.prefetch, (d.index for d in self.devices))
+        self._flow = FlowWindow(config.prefetch, (d.index for d in self.devices))
         self._owed: set[int] = set()
         self._session: Session | None = None
         self._connected = asyncio.Event()
@@ -289,7 +289,7 @@ class Worker:
         self._connected.set()
         if self._draining:
             session.post(worker_pb2.WorkerMessage(drain=worker_pb2.Drain()))
-        self._credit.reset()
+        self._flow.reset()
         for device in self.devices:
             self._grant(device.index)
 
@@ -297,7 +297,7 @@ class Worker:
         body = message.WhichOneof("body")
         if body == "assign":
             for assignment in message.assign.assignments:
-                self._credit.assigned(assignment.device_index)
+                self._flow.assigned(assignment.device_index)
                 decision = self.decision(assignment.device_index)
                 if decision is not None and not decision.may_work:
                     # leased before the coordinator heard that the device paused
@@ -337,7 +337,7 @@ class Worker:
     def _grant(self, device: int) -> None:
         if self._draining or self._session is None or not self._may_lease(device):
             return
-        count = self._credit.top_up(device, self._tasks.held(device))
+        count = self._flow.top_up(device, self._tasks.held(device))
         if count:
             credit = worker_pb2.Credit(device_index=device, count=count)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
@@ -359,7 +359,7 @@ class Worker:
         return max(recent) if recent else self.config.task_estimate
 
     def _revoke(self, device: int) -> None:
-        self._credit.revoke(device)
+        self._flow.revoke(device)
         if self._session is not None:
             credit = worker_pb2.Credit(device_index=device, count=0, reset=True)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))

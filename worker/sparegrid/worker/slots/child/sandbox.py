@@ -313,7 +313,7 @@ def probe(scratch: Path, mode: str = "auto") -> Report:
     settings = SandboxSettings(mode="auto", scratch=str(scratch), readable=python_paths())
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "sparegrid.worker.sandbox"],
+            [sys.executable, "-m", "sparegrid.worker.slots.child.sandbox"],
             env={**os.environ, ENV: settings.to_env()},
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
