@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.worker.clock import SystemClock
+from sparegrid.wire.clock import SystemClock
 from sparegrid.worker.errors import BlobUnavailable
 from sparegrid.worker.slots.cache import BlobCache
 

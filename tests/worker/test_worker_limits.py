@@ -12,11 +12,12 @@ import pytest
 from fake_coordinator import FakeCoordinator
 from worker_testing import assignment, fake_devices, make_config, running_worker, wait_until
 
+from sparegrid.wire.clock import FakeClock
 from sparegrid.worker import startup
 from sparegrid.worker.config import ConfigError
 from sparegrid.worker.daemon import Worker
 from sparegrid.worker.node.earnings import Earnings
-from sparegrid.worker.policy import DeviceState, FakeClock, GpuProcess, SyntheticSource
+from sparegrid.worker.policy import DeviceState, GpuProcess, SyntheticSource
 from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.slots.child.sandbox import Report
@@ -37,7 +38,7 @@ async def test_rate_limiter_spreads_bytes_over_time() -> None:
 
 
 def test_cache_trims_the_least_recently_used_blobs_it_does_not_need(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path, FakeClock(), max_bytes=3000)  # type: ignore[arg-type]
+    cache = BlobCache(tmp_path, FakeClock(), max_bytes=3000)
     digests = [f"{i:x}" * 64 for i in range(1, 5)]
     for age, digest in enumerate(digests):
         path = cache.path_for(digest)

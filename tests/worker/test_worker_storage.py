@@ -9,8 +9,8 @@ import pytest
 
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import FakeClock, SystemClock
 from sparegrid.wire.receipt import verify_batch
-from sparegrid.worker.clock import SystemClock
 from sparegrid.worker.errors import BlobUnavailable, DigestMismatch
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.upstream.batcher import MAX_INLINE_BYTES, ResultBatcher
@@ -152,23 +152,27 @@ async def test_results_gather_into_one_batch_while_the_coordinator_is_behind(
     signer = Signer.generate()
     outbox = Outbox(tmp_path)
     outbox.load()
-    batcher = ResultBatcher(
-        signer, outbox, SystemClock(), window=0.001, max_items=100, max_unacked=1
-    )
+    clock = FakeClock()  # the batch window passes as soon as the batcher sleeps on it
+    batcher = ResultBatcher(signer, outbox, clock, window=0.5, max_items=100, max_unacked=1)
 
     def finish(i: int) -> None:
         statement = common_pb2.ResultStatement(attempt_id=f"a{i}").SerializeToString()
         batcher.add_result(statement, {}, {})
 
+    async def outbox_holds(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(outbox) != count:
+                await outbox.change_event().wait()
+
     finish(0)
-    await asyncio.sleep(0.05)
-    assert len(outbox) == 1  # sent at once: nothing was unacknowledged
+    await outbox_holds(1)  # sent at once: nothing was unacknowledged
     for i in range(1, 6):  # the first batch is not acknowledged yet: these wait
         finish(i)
-        await asyncio.sleep(0.01)
-    assert len(outbox) == 1
+        for _ in range(5):  # this result's window passes on the fake clock
+            await asyncio.sleep(0)
+    assert clock.monotonic() >= 1000.5 and len(outbox) == 1
     outbox.ack(outbox.pending()[0].batch_id)
-    await asyncio.sleep(0.05)
+    await outbox_holds(1)
     [entry] = outbox.pending()
     assert len(entry.message.results.statements) == 5  # one batch, one signature
     await batcher.close()

@@ -21,8 +21,8 @@ import grpc.aio
 
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import Clock, SystemClock, local_time
 from sparegrid.wire.receipt import decode_statement
-from sparegrid.worker.clock import Backoff, Clock, SystemClock
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
@@ -34,8 +34,6 @@ from sparegrid.worker.node.status import RecentErrors, StatusServer
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
-    PolicyClock,
-    SystemPolicyClock,
 )
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
@@ -49,6 +47,7 @@ from sparegrid.worker.startup import (
     make_monitor,
     sandbox_settings,
 )
+from sparegrid.worker.upstream.backoff import Backoff
 from sparegrid.worker.upstream.batcher import ResultBatcher
 from sparegrid.worker.upstream.flow import FlowWindow
 from sparegrid.worker.upstream.messages import hello, statement_bytes
@@ -75,7 +74,6 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         device_state: DeviceStateSource | None = None,
-        policy_clock: PolicyClock | None = None,
     ) -> None:
         self.config = config
         self.devices = tuple(devices) if devices is not None else detect_devices().devices
@@ -91,18 +89,17 @@ class Worker:
         self._cache = BlobCache(config.data_dir / "cache", self._clock, max_bytes=config.cache_size)
         self._sandbox = sandbox_settings(config)
         self.isolation = Report()
-        self._policy_clock = policy_clock or SystemPolicyClock()
         self._monitor = make_monitor(
             config,
             self.devices,
             device_state,
-            self._policy_clock,
+            self._clock,
             self._our_pids,
             self._device_busy,
         )
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
-        self.earnings = Earnings(config.data_dir / "earnings.json", self._policy_clock.now)
+        self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
         rate = config.max_download_rate
@@ -506,7 +503,7 @@ class Worker:
         return self._clock.monotonic()
 
     def wall_now(self) -> datetime:
-        return self._policy_clock.now()
+        return local_time(self._clock)
 
     def since(self, attempt_id: str, default: float) -> float:
         return self._since.get(attempt_id, default)

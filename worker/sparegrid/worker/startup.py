@@ -9,9 +9,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sparegrid.wire.clock import Clock
 from sparegrid.worker.config import ConfigError, WorkerConfig
 from sparegrid.worker.node.devices import DeviceInfo
-from sparegrid.worker.policy import DeviceStateSource, IdleSource, PolicyClock
+from sparegrid.worker.policy import DeviceStateSource, IdleSource
 from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
 from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.policy.userinput import InputIdle, NoInput, make_input_idle
@@ -24,7 +25,7 @@ def make_monitor(
     config: WorkerConfig,
     devices: Sequence[DeviceInfo],
     source: DeviceStateSource | None,
-    clock: PolicyClock,
+    clock: Clock,
     our_pids: Callable[[], set[int]],
     busy: Callable[[int], bool],
 ) -> DeviceMonitor:

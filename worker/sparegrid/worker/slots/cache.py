@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sparegrid.wire import is_digest
-from sparegrid.worker.clock import Clock
+from sparegrid.wire.clock import Clock
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, DigestMismatch
 
 Fetch = Callable[[str, int], AsyncIterator[bytes]]  # (digest, offset) -> chunks

@@ -9,8 +9,8 @@ from typing import Any
 
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import Clock
 from sparegrid.wire.receipt import sign_batch
-from sparegrid.worker.clock import Clock
 from sparegrid.worker.upstream.messages import message_of
 from sparegrid.worker.upstream.outbox import Outbox
 
