@@ -5,11 +5,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from fake_coordinator import FakeCoordinator, is_kind
-from worker_testing import assignment, make_config, running_worker
 
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker
 from sparegrid.worker.upstream.outbox import Outbox
 
 

@@ -9,8 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fake_coordinator import FakeCoordinator
-from worker_testing import assignment, fake_devices, make_config, running_worker, wait_until
 
 from sparegrid.wire.clock import FakeClock
 from sparegrid.worker import startup
@@ -21,6 +19,14 @@ from sparegrid.worker.policy import DeviceState, GpuProcess, SyntheticSource
 from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.slots.child.sandbox import Report
+from sparegrid.worker.testing.coordinator import FakeCoordinator
+from sparegrid.worker.testing.harness import (
+    assignment,
+    fake_devices,
+    make_config,
+    running_worker,
+    wait_until,
+)
 from sparegrid.worker.upstream.ratelimit import RateLimiter
 
 LONG = {"data": "slow", "sleep_ms": 30_000}

@@ -9,13 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fake_coordinator import FakeCoordinator, FakeSession, is_kind
-from worker_testing import assignment, make_config, running_worker, wait_until
-
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire.clock import SystemClock
 from sparegrid.worker.node.status import read_status, render, status_line
 from sparegrid.worker.policy import DeviceState, GpuProcess, SyntheticSource
+from sparegrid.worker.testing.coordinator import FakeCoordinator, FakeSession, is_kind
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 OWNER = DeviceState(0, processes=(GpuProcess(999_999, 1 << 30, "graphics"),))

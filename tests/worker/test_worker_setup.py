@@ -14,14 +14,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fake_coordinator import FakeCoordinator, is_kind
-from worker_testing import assignment
 
 from sparegrid.worker.cli import config_from, register
 from sparegrid.worker.config import ConfigError, WorkerConfig, parse_address
 from sparegrid.worker.logs import LOGGER_NAME, configure_logging
 from sparegrid.worker.node.devices import detect_devices
 from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind
+from sparegrid.worker.testing.harness import assignment
 
 
 @pytest.mark.parametrize("address", ["localhost", ":50051", "host:0", "host:99999", "::1:5", "h:x"])

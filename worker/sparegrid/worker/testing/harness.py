@@ -1,4 +1,4 @@
-"""Helpers shared by the worker tests: configs, fake devices, assignments, a running worker."""
+"""A worker under test: configs, fake devices, assignments, a running worker."""
 
 import asyncio
 import contextlib
@@ -21,7 +21,7 @@ def fake_devices(count: int = 1) -> list[DeviceInfo]:
     ]
 
 
-def test_registry() -> ExecutorRegistry:
+def fake_registry() -> ExecutorRegistry:
     return ExecutorRegistry.builtin().with_targets(FAKE_TARGETS)
 
 
@@ -65,7 +65,7 @@ async def running_worker(
     config: WorkerConfig, devices: int = 1, **kwargs: Any
 ) -> AsyncIterator[tuple[Worker, "asyncio.Task[None]"]]:
     """A worker running in a task; stopped at once (forced) when the block exits."""
-    worker = Worker(config, devices=fake_devices(devices), executors=test_registry(), **kwargs)
+    worker = Worker(config, devices=fake_devices(devices), executors=fake_registry(), **kwargs)
     task = asyncio.create_task(worker.run())
     try:
         yield worker, task
