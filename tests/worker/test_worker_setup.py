@@ -116,8 +116,11 @@ def test_nvml_devices_come_first(tmp_path: Path) -> None:
     ]
     first = found.devices[0]
     assert (first.kind, first.memory_bytes, first.driver_version, first.backend) == (
-        "cuda", 80 << 30, "550.54", "nvml",
-    )  # fmt: skip
+        "cuda",
+        80 << 30,
+        "550.54",
+        "nvml",
+    )
     assert found.summary.startswith("nvml: 2 CUDA devices")
 
 
@@ -149,9 +152,14 @@ async def test_worker_run_drains_on_sigterm(tmp_path: Path, coordinator: FakeCoo
     args = ["worker", "run", "--coordinator", coordinator.address, "--data-dir", str(tmp_path)]
     env = {**os.environ, "SPAREGRID_WORKER_NAME": "cli-node"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CLI, *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-c",
+        _CLI,
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         session = await coordinator.session()
         assert session.hello.node_name == "cli-node"

@@ -135,9 +135,13 @@ class Worker:
         if self._sandbox is not None:
             sandbox = dataclasses.replace(self._sandbox, scratch=str(work_root))
         return DeviceRunner(
-            device, targets, work_root, self.config.max_attempt_seconds,
-            sandbox=sandbox, vram_share=self.config.max_vram,
-        )  # fmt: skip
+            device,
+            targets,
+            work_root,
+            self.config.max_attempt_seconds,
+            sandbox=sandbox,
+            vram_share=self.config.max_vram,
+        )
 
     def _our_pids(self) -> set[int]:
         return {pid for s in self._tasks.slots.values() if (pid := s.runner.pid) is not None}
@@ -166,8 +170,10 @@ class Worker:
         pending = self._outbox.load()
         _log.info(
             "worker %s starting: %d device(s), %d batch(es) in the outbox",
-            self.node_id, len(self.devices), pending,
-        )  # fmt: skip
+            self.node_id,
+            len(self.devices),
+            pending,
+        )
         if not self.config.owner_key:
             _log.warning(
                 "this node has no owner account: its results are paid only once a node of "
@@ -319,8 +325,10 @@ class Worker:
             if not verdict.accepted:
                 _log.warning(
                     "result of attempt %s rejected: %s %s",
-                    verdict.attempt_id, verdict.code, verdict.message,
-                )  # fmt: skip
+                    verdict.attempt_id,
+                    verdict.code,
+                    verdict.message,
+                )
 
     async def _heartbeats(self, session: Session) -> None:
         asked = session.welcome.heartbeat_interval.ToTimedelta().total_seconds()
@@ -376,9 +384,12 @@ class Worker:
             stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
         if stopped:
             _log.warning(
-                "device %d: stopped %d task(s) (%s)", device, len(stopped), reason,
+                "device %d: stopped %d task(s) (%s)",
+                device,
+                len(stopped),
+                reason,
                 extra={"device": device, "attempts": stopped},
-            )  # fmt: skip
+            )
 
     def _preempted(self, assignment: worker_pb2.Assignment, decision: Decision) -> None:
         reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")

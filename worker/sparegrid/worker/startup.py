@@ -44,9 +44,15 @@ def make_monitor(
         if note:
             _log.warning("--input-idle-seconds is set, but %s", note)
     return DeviceMonitor(
-        source, settings, [d.index for d in devices], clock, config.poll_interval,
-        our_pids=our_pids, running=busy, user_input=user_input,
-    )  # fmt: skip
+        source,
+        settings,
+        [d.index for d in devices],
+        clock,
+        config.poll_interval,
+        our_pids=our_pids,
+        running=busy,
+        user_input=user_input,
+    )
 
 
 async def check_isolation(config: WorkerConfig) -> Report:

@@ -92,11 +92,14 @@ def _duration(seconds: float) -> str:
 def _device(worker: StatusView, device: DeviceInfo, now: float) -> dict[str, Any]:
     tasks = [
         {
-            "attempt_id": a.attempt_id, "job_id": a.job_id, "kind": a.kind, "phase": phase,
+            "attempt_id": a.attempt_id,
+            "job_id": a.job_id,
+            "kind": a.kind,
+            "phase": phase,
             "seconds": now - worker.since(a.attempt_id, now),
         }
         for a, phase in worker.tasks_on(device.index)
-    ]  # fmt: skip
+    ]
     state, reason = _state(worker, device.index, len(tasks))
     decision = worker.decision(device.index)
     reading = decision.state if decision is not None else None

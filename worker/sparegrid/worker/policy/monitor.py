@@ -61,9 +61,13 @@ class DeviceMonitor:
         changed = {}
         for index, policy in self.policies.items():
             decision = policy.evaluate(
-                states[index], lambda pid: self._is_ours(pid, ours), self._running(index), mono,
-                window_left, self._input_idle,
-            )  # fmt: skip
+                states[index],
+                lambda pid: self._is_ours(pid, ours),
+                self._running(index),
+                mono,
+                window_left,
+                self._input_idle,
+            )
             old = self.decisions[index]
             self.decisions[index] = decision
             if (old.mode, old.over_vram) != (decision.mode, decision.over_vram):
@@ -99,10 +103,12 @@ class DeviceMonitor:
                 changed = {}
             for index, decision in changed.items():
                 _log.info(
-                    "device %d: %s%s", index, decision.mode.value,
+                    "device %d: %s%s",
+                    index,
+                    decision.mode.value,
                     f" ({decision.reason})" if decision.reason else "",
                     extra={"device": index, "mode": decision.mode.value},
-                )  # fmt: skip
+                )
                 on_change(index, decision)
             after_poll()
             self._wake.clear()

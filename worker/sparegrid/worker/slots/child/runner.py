@@ -64,10 +64,16 @@ class ChildProcess:
         state = SharedState.create(init.work_root)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sparegrid.worker.slots.child.main", str(state.fd),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                pass_fds=(state.fd,), env=dict(env), start_new_session=True,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "sparegrid.worker.slots.child.main",
+                str(state.fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                pass_fds=(state.fd,),
+                env=dict(env),
+                start_new_session=True,
+            )
         except BaseException:
             state.close()
             raise
