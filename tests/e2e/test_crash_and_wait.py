@@ -6,7 +6,7 @@ import pytest
 
 from sparegrid.sdk import DeviceKind, Requirements
 from sparegrid.worker.node.status import StatusUnavailable, read_status
-from tests.e2e.test_cluster import setup, wait_for
+from tests.e2e.helpers import setup, wait_for
 
 pytestmark = pytest.mark.e2e
 
