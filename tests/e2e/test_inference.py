@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparegrid.sdk import AsyncClient, InvalidArgumentError
-from tests.e2e.test_cluster import setup
+from tests.e2e.helpers import setup
 from tests.inference.models import Encoder, read, rewrite
 
 pytestmark = pytest.mark.e2e
@@ -157,7 +157,7 @@ def test_the_worker_pipeline_on_a_gpu(cluster) -> None:
 
 
 def test_the_readme_inference_example_runs(cluster, monkeypatch, capsys) -> None:
-    from tests.cli.test_readme import blocks
+    from tests.cli.readme import blocks
 
     _, client = setup(cluster, workers=1)
     monkeypatch.setenv("SPAREGRID_COORDINATOR", cluster.address)

@@ -20,8 +20,17 @@ from sparegrid.worker.config import ConfigError, WorkerConfig
 ENV_CONFIG = "SPAREGRID_WORKER_CONFIG"
 ENV_OWNER_KEY = "SPAREGRID_OWNER_KEY"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*(/s)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20,
-          "gi": 1 << 30, "ti": 1 << 40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "t": 1e12,
+    "ki": 1 << 10,
+    "mi": 1 << 20,
+    "gi": 1 << 30,
+    "ti": 1 << 40,
+}
 
 
 def parse_size(value: object) -> int:
@@ -122,37 +131,132 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("coordinator", _str, "coordinator address", env="SPAREGRID_COORDINATOR", metavar="HOST:PORT"),
+    Setting(
+        "coordinator", _str, "coordinator address", env="SPAREGRID_COORDINATOR", metavar="HOST:PORT"
+    ),
     Setting("data_dir", _path, "node key, cache and outbox", metavar="DIR"),
     Setting("name", _str, "label for this node (default: host name)", metavar="NAME"),
     Setting("tls_ca", _path, "CA certificate for TLS", env="SPAREGRID_TLS_CA", metavar="PEM"),
     Setting("prefetch", _int, "tasks held per device (default 2)", metavar="N"),
-    Setting("log_json", _log_format, "log lines as text or json (default: text)", key="log_format", metavar="FORMAT"),
+    Setting(
+        "log_json",
+        _log_format,
+        "log lines as text or json (default: text)",
+        key="log_format",
+        metavar="FORMAT",
+    ),
     Setting("devices", _devices, "devices to use, e.g. 0,2 (default: all)", metavar="LIST"),
-    Setting("idle_seconds", _float, "seconds the GPU must be idle before work starts (default 60)", metavar="S"),
-    Setting("max_utilization", _float, "GPU %% busy from others that counts as the owner using it (default 10)", metavar="PCT"),
-    Setting("max_other_memory_mib", _int, "GPU memory others may use before the GPU counts as theirs (default 256)", metavar="MIB"),
+    Setting(
+        "idle_seconds",
+        _float,
+        "seconds the GPU must be idle before work starts (default 60)",
+        metavar="S",
+    ),
+    Setting(
+        "max_utilization",
+        _float,
+        "GPU %% busy from others that counts as the owner using it (default 10)",
+        metavar="PCT",
+    ),
+    Setting(
+        "max_other_memory_mib",
+        _int,
+        "GPU memory others may use before the GPU counts as theirs (default 256)",
+        metavar="MIB",
+    ),
     Setting("max_temp", _float, "pause at this temperature, in C (default: no limit)", metavar="C"),
-    Setting("temp_hysteresis", _float, "resume this many degrees below --max-temp (default 10)", metavar="C"),
-    Setting("power_cap", _float, "board power limit in watts (set through NVML as root; else pause above it)", metavar="W"),
-    Setting("max_vram", _float, "share of each GPU's memory tasks may use, e.g. 0.8 (default 1)", metavar="SHARE"),
-    Setting("windows", _windows, "when to work, e.g. 'mon-fri 22:00-07:00; sat-sun' (default: always)", metavar="WINDOWS"),
-    Setting("device_state", _str, "where GPU readings come from: auto, nvml, none or file:PATH", metavar="SOURCE"),
-    Setting("input_idle_seconds", _float, "keyboard or mouse used this recently pauses work (default 0: off)", metavar="S"),
-    Setting("input_source", _str, "where input idle time comes from: auto, x11, logind or none", metavar="SOURCE"),
+    Setting(
+        "temp_hysteresis",
+        _float,
+        "resume this many degrees below --max-temp (default 10)",
+        metavar="C",
+    ),
+    Setting(
+        "power_cap",
+        _float,
+        "board power limit in watts (set through NVML as root; else pause above it)",
+        metavar="W",
+    ),
+    Setting(
+        "max_vram",
+        _float,
+        "share of each GPU's memory tasks may use, e.g. 0.8 (default 1)",
+        metavar="SHARE",
+    ),
+    Setting(
+        "windows",
+        _windows,
+        "when to work, e.g. 'mon-fri 22:00-07:00; sat-sun' (default: always)",
+        metavar="WINDOWS",
+    ),
+    Setting(
+        "device_state",
+        _str,
+        "where GPU readings come from: auto, nvml, none or file:PATH",
+        metavar="SOURCE",
+    ),
+    Setting(
+        "input_idle_seconds",
+        _float,
+        "keyboard or mouse used this recently pauses work (default 0: off)",
+        metavar="S",
+    ),
+    Setting(
+        "input_source",
+        _str,
+        "where input idle time comes from: auto, x11, logind or none",
+        metavar="SOURCE",
+    ),
     Setting("poll_interval", _float, "seconds between GPU readings (default 0.25)", metavar="S"),
-    Setting("task_estimate", _float, "seconds a task may take before this node has timed one (default 60)", metavar="S"),
-    Setting("max_attempt_seconds", _float, "longest a task may run before it is stopped (default 3600)", metavar="S"),
-    Setting("cache_size", parse_size, "largest size of the input cache, e.g. 20GiB (default: no limit)", metavar="SIZE"),
+    Setting(
+        "task_estimate",
+        _float,
+        "seconds a task may take before this node has timed one (default 60)",
+        metavar="S",
+    ),
+    Setting(
+        "max_attempt_seconds",
+        _float,
+        "longest a task may run before it is stopped (default 3600)",
+        metavar="S",
+    ),
+    Setting(
+        "cache_size",
+        parse_size,
+        "largest size of the input cache, e.g. 20GiB (default: no limit)",
+        metavar="SIZE",
+    ),
     Setting("max_download_rate", parse_size, "download limit, e.g. 10MB/s", metavar="RATE"),
     Setting("max_upload_rate", parse_size, "upload limit, e.g. 5MB/s", metavar="RATE"),
-    Setting("sandbox", _str, "executor isolation: auto, require or off (default auto)", metavar="MODE"),
-    Setting("task_memory", parse_size, "address-space limit of an executor process, e.g. 32GiB", metavar="SIZE"),
+    Setting(
+        "sandbox", _str, "executor isolation: auto, require or off (default auto)", metavar="MODE"
+    ),
+    Setting(
+        "task_memory",
+        parse_size,
+        "address-space limit of an executor process, e.g. 32GiB",
+        metavar="SIZE",
+    ),
     Setting("task_open_files", _int, "open files an executor may hold (default 1024)", metavar="N"),
-    Setting("task_output_size", parse_size, "largest file an executor may write (default 16GiB)", metavar="SIZE"),
-    Setting("owner_key_file", _path, "file holding the API key of the account that owns this node: replicas never go to two nodes of one owner, and the owner sees the node's credit with `worker credit` (or env SPAREGRID_OWNER_KEY holding the key)", metavar="FILE"),
-    Setting("status_socket", _path, "local socket for `worker status` (default DATA_DIR/status.sock)", metavar="PATH"),
-)  # fmt: skip
+    Setting(
+        "task_output_size",
+        parse_size,
+        "largest file an executor may write (default 16GiB)",
+        metavar="SIZE",
+    ),
+    Setting(
+        "owner_key_file",
+        _path,
+        "file holding the API key of the account that owns this node: replicas never go to two nodes of one owner, and the owner sees the node's credit with `worker credit` (or env SPAREGRID_OWNER_KEY holding the key)",
+        metavar="FILE",
+    ),
+    Setting(
+        "status_socket",
+        _path,
+        "local socket for `worker status` (default DATA_DIR/status.sock)",
+        metavar="PATH",
+    ),
+)
 _BY_KEY = {s.toml_key: s for s in SETTINGS}
 
 
@@ -167,8 +271,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             metavar=s.metavar or None,
             help=f"{s.help} (env {s.env_name})",
         )
-    parser.add_argument("--log-json", action="store_const", const="json", dest="set_log_json",
-                        help="same as --log-format json")  # fmt: skip
+    parser.add_argument(
+        "--log-json",
+        action="store_const",
+        const="json",
+        dest="set_log_json",
+        help="same as --log-format json",
+    )
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from typing import Any
 
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import Clock
 from sparegrid.wire.receipt import sign_batch
-from sparegrid.worker.clock import Clock
-from sparegrid.worker.messages import message_of
-from sparegrid.worker.outbox import Outbox
+from sparegrid.worker.upstream.messages import message_of
+from sparegrid.worker.upstream.outbox import Outbox
 
-_log = logging.getLogger("sparegrid.worker.batcher")
+_log = logging.getLogger("sparegrid.worker.upstream.batcher")
 # Inline bytes per Results message, well under the channel's 64 MiB message limit.
 MAX_INLINE_BYTES = 16 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the worker tests: configs, fake devices, assignments, a running worker."""
+"""A worker under test: configs, fake devices, assignments, a running worker."""
 
 import asyncio
 import contextlib
@@ -10,8 +10,8 @@ from typing import Any
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.daemon import Worker
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import FAKE_TARGETS, ExecutorRegistry
+from sparegrid.worker.node.devices import DeviceInfo
 
 
 def fake_devices(count: int = 1) -> list[DeviceInfo]:
@@ -21,7 +21,7 @@ def fake_devices(count: int = 1) -> list[DeviceInfo]:
     ]
 
 
-def test_registry() -> ExecutorRegistry:
+def fake_registry() -> ExecutorRegistry:
     return ExecutorRegistry.builtin().with_targets(FAKE_TARGETS)
 
 
@@ -65,7 +65,7 @@ async def running_worker(
     config: WorkerConfig, devices: int = 1, **kwargs: Any
 ) -> AsyncIterator[tuple[Worker, "asyncio.Task[None]"]]:
     """A worker running in a task; stopped at once (forced) when the block exits."""
-    worker = Worker(config, devices=fake_devices(devices), executors=test_registry(), **kwargs)
+    worker = Worker(config, devices=fake_devices(devices), executors=fake_registry(), **kwargs)
     task = asyncio.create_task(worker.run())
     try:
         yield worker, task

@@ -19,7 +19,7 @@ from sparegrid.v1 import worker_pb2
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.worker.fsutil import write_atomic
 
-_log = logging.getLogger("sparegrid.worker.outbox")
+_log = logging.getLogger("sparegrid.worker.upstream.outbox")
 _ID_BLOCK = 1024
 _SUFFIX = ".batch"
 

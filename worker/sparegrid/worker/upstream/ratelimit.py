@@ -1,6 +1,6 @@
 """A token bucket for the volunteer's upload and download limits (bytes per second)."""
 
-from sparegrid.worker.clock import Clock
+from sparegrid.wire.clock import Clock
 
 
 class RateLimiter:

@@ -5,10 +5,10 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 
 from sparegrid.v1 import common_pb2, worker_pb2
-from sparegrid.worker.childproto import Outcome
-from sparegrid.worker.devices import DeviceInfo
-from sparegrid.worker.executors.blender import cycles_backends
 from sparegrid.worker.executors.registry import ExecutorSpec
+from sparegrid.worker.executors.render.blender import cycles_backends
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.slots.child.protocol import Outcome
 
 _KINDS = {"cpu": common_pb2.DEVICE_KIND_CPU, "cuda": common_pb2.DEVICE_KIND_CUDA}
 

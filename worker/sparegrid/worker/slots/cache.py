@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sparegrid.wire import is_digest
-from sparegrid.worker.clock import Clock
+from sparegrid.wire.clock import Clock
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, DigestMismatch
 
 Fetch = Callable[[str, int], AsyncIterator[bytes]]  # (digest, offset) -> chunks
-_log = logging.getLogger("sparegrid.worker.cache")
+_log = logging.getLogger("sparegrid.worker.slots.cache")
 _HASH_CHUNK = 1 << 20
 _PART = ".part"
 

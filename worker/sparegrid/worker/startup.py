@@ -1,26 +1,22 @@
-"""Helpers of the daemon for what the volunteer controls and sees: which devices it may
-use, the executor sandbox settings, and the status snapshot `worker status` shows."""
+"""The daemon's start-up: checks of what the volunteer asked for (devices, isolation), the
+policy monitor, the GPU power cap and the settings the executor sandbox gets."""
 
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from sparegrid.wire.clock import Clock
 from sparegrid.worker.config import ConfigError, WorkerConfig
-from sparegrid.worker.devices import DeviceInfo
-from sparegrid.worker.policy import DeviceStateSource, IdleSource, Mode, PolicyClock
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.policy import DeviceStateSource, IdleSource
 from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
 from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.policy.userinput import InputIdle, NoInput, make_input_idle
-from sparegrid.worker.sandbox import Report, SandboxSettings, probe, python_paths
-
-if TYPE_CHECKING:
-    from sparegrid.worker.daemon import Worker
+from sparegrid.worker.slots.child.sandbox import Report, SandboxSettings, probe, python_paths
 
 _log = logging.getLogger("sparegrid.worker")
 
@@ -29,7 +25,7 @@ def make_monitor(
     config: WorkerConfig,
     devices: Sequence[DeviceInfo],
     source: DeviceStateSource | None,
-    clock: PolicyClock,
+    clock: Clock,
     our_pids: Callable[[], set[int]],
     busy: Callable[[int], bool],
 ) -> DeviceMonitor:
@@ -48,9 +44,15 @@ def make_monitor(
         if note:
             _log.warning("--input-idle-seconds is set, but %s", note)
     return DeviceMonitor(
-        source, settings, [d.index for d in devices], clock, config.poll_interval,
-        our_pids=our_pids, running=busy, user_input=user_input,
-    )  # fmt: skip
+        source,
+        settings,
+        [d.index for d in devices],
+        clock,
+        config.poll_interval,
+        our_pids=our_pids,
+        running=busy,
+        user_input=user_input,
+    )
 
 
 async def check_isolation(config: WorkerConfig) -> Report:
@@ -116,77 +118,3 @@ def sandbox_settings(config: WorkerConfig) -> SandboxSettings | None:
         memory=config.task_memory,
         cpu_seconds=config.max_attempt_seconds * (os.cpu_count() or 1),
     )
-
-
-def _state(worker: "Worker", index: int, tasks: int) -> tuple[str, str]:
-    decision = worker.decision(index)
-    if decision is None:
-        return "unknown", ""
-    if decision.mode is Mode.READY:
-        if tasks:
-            return "working", ""
-        left, estimate = decision.window_left, worker.task_estimate(index)
-        if left < estimate:
-            return "idle-waiting", f"window closes in {left:.0f}s; tasks take ~{estimate:.0f}s"
-        return "idle-waiting", "waiting for work"
-    if decision.mode is Mode.OUTSIDE_WINDOW:
-        opens = worker.config.parsed_windows.seconds_until_open(worker.wall_now())
-        return decision.mode.value, f"opens in {_duration(opens)}"
-    return decision.mode.value, decision.reason
-
-
-def _duration(seconds: float) -> str:
-    if math.isinf(seconds):
-        return "never"
-    minutes = int(seconds // 60)
-    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
-def _device(worker: "Worker", device: DeviceInfo, now: float) -> dict[str, Any]:
-    tasks = [
-        {
-            "attempt_id": a.attempt_id, "job_id": a.job_id, "kind": a.kind, "phase": phase,
-            "seconds": now - worker.since(a.attempt_id, now),
-        }
-        for a, phase in worker.tasks_on(device.index)
-    ]  # fmt: skip
-    state, reason = _state(worker, device.index, len(tasks))
-    decision = worker.decision(device.index)
-    reading = decision.state if decision is not None else None
-    return {
-        "index": device.index,
-        "name": device.name,
-        "kind": device.kind,
-        "state": state,
-        "reason": reason,
-        "utilization": reading.utilization if reading else None,
-        "temperature": reading.temperature if reading else None,
-        "power": reading.power if reading else None,
-        "tasks": tasks,
-        "executor_pid": worker.executor_pid(device.index),
-    }
-
-
-def status_snapshot(worker: "Worker") -> dict[str, Any]:
-    now = worker.monotonic()
-    config = worker.config
-    windows = config.parsed_windows
-    return {
-        "node_id": worker.node_id,
-        "name": config.name,
-        "coordinator": config.coordinator,
-        "connected": worker.connected,
-        "draining": worker.draining,
-        "device_state": worker.device_state_name,
-        "user_input": worker.user_input_name,
-        "windows": windows.describe(),
-        "window_left": None if math.isinf(w := windows.seconds_left(worker.wall_now())) else w,
-        "devices": [_device(worker, d, now) for d in worker.devices],
-        "credit": worker.earnings.snapshot(),
-        "isolation": {
-            "network": worker.isolation.network,
-            "filesystem": worker.isolation.filesystem,
-            "limits": worker.isolation.limits,
-        },
-        "errors": list(worker.errors.entries),
-    }

@@ -1,25 +1,6 @@
-"""Time as the worker sees it: injectable, so policies are testable without waiting."""
+"""Jittered exponential backoff for reconnecting to the coordinator."""
 
-import asyncio
 import random
-import time
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clock: `time.monotonic` and `asyncio.sleep`."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 class Backoff:

@@ -53,10 +53,28 @@ _READ = EXECUTE | READ_FILE | READ_DIR
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1, 2
 
-_SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/proc", "/sys",
-                "/dev", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
-                "/etc/localtime", "/etc/os-release", "/etc/nsswitch.conf", "/etc/passwd",
-                "/etc/group", "/etc/alternatives", "/run/nvidia-persistenced")  # fmt: skip
+_SYSTEM_READ = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/os-release",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/alternatives",
+    "/run/nvidia-persistenced",
+)
 _DEVICE_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/dri")
 
 
@@ -313,10 +331,13 @@ def probe(scratch: Path, mode: str = "auto") -> Report:
     settings = SandboxSettings(mode="auto", scratch=str(scratch), readable=python_paths())
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "sparegrid.worker.sandbox"],
+            [sys.executable, "-m", "sparegrid.worker.slots.child.sandbox"],
             env={**os.environ, ENV: settings.to_env()},
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         return Report(**json.loads(done.stdout))
     except (OSError, ValueError, TypeError, subprocess.TimeoutExpired) as exc:
         return Report(*(f"unknown: the probe failed ({exc})",) * 3)

@@ -17,7 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparegrid.worker.childproto import (
+from sparegrid.worker.executors.base import EXECUTOR_CRASHED, TIMEOUT, DeviceRef
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.slots.child.frames import ForgedFrame, decode_child_frame
+from sparegrid.worker.slots.child.protocol import (
     HEADER_SIZE,
     CancelTasks,
     ChildInit,
@@ -28,15 +31,12 @@ from sparegrid.worker.childproto import (
     encode_frame,
     frame_length,
 )
-from sparegrid.worker.devices import DeviceInfo
-from sparegrid.worker.executors.base import EXECUTOR_CRASHED, TIMEOUT, DeviceRef
-from sparegrid.worker.safeframes import ForgedFrame, decode_child_frame
-from sparegrid.worker.sandbox import ENV as SANDBOX_ENV
-from sparegrid.worker.sandbox import SandboxSettings
+from sparegrid.worker.slots.child.sandbox import ENV as SANDBOX_ENV
+from sparegrid.worker.slots.child.sandbox import SandboxSettings
 
 VRAM_SHARE_ENV = "SPAREGRID_MAX_VRAM_FRACTION"  # executors cap their GPU memory to this
 
-_log = logging.getLogger("sparegrid.worker.runner")
+_log = logging.getLogger("sparegrid.worker.slots.child.runner")
 _DIED = None  # what the reader queues when the child's stdout closes
 _STOP_GRACE = 2.0
 _IDLE_CHECK = 0.05  # how often to look for the next task starting when none is running
@@ -64,10 +64,16 @@ class ChildProcess:
         state = SharedState.create(init.work_root)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sparegrid.worker.child", str(state.fd),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                pass_fds=(state.fd,), env=dict(env), start_new_session=True,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "sparegrid.worker.slots.child.main",
+                str(state.fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                pass_fds=(state.fd,),
+                env=dict(env),
+                start_new_session=True,
+            )
         except BaseException:
             state.close()
             raise
@@ -82,7 +88,7 @@ class ChildProcess:
             while True:
                 header = await stdout.readexactly(HEADER_SIZE)
                 payload = await stdout.readexactly(frame_length(header))
-                outcomes = decode_child_frame(payload)  # never plain pickle: see safeframes
+                outcomes = decode_child_frame(payload)  # never plain pickle: see frames.py
                 if not isinstance(outcomes, list) or not all(
                     isinstance(o, Outcome) for o in outcomes
                 ):

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-_log = logging.getLogger("sparegrid.worker.status")
+_log = logging.getLogger("sparegrid.worker.node.status")
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path less the terminating NUL
 Snapshot = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""The child process that runs executors for one device: `python -m sparegrid.worker.child FD`.
+"""The child process that runs executors for one device: `python -m sparegrid.worker.slots.child.main FD`.
 
 It reads frames on stdin (a ChildInit, then RunBatch and CancelTasks) and writes lists of
 Outcomes on the original stdout; what executors print goes to stderr instead. Results of
@@ -16,7 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from sparegrid.worker.childproto import (
+from sparegrid.worker.executors.base import (
+    EXECUTOR_ERROR,
+    UNKNOWN_KIND,
+    ExecOutput,
+    ExecTask,
+    Executor,
+    ExecutorError,
+)
+from sparegrid.worker.executors.registry import instantiate
+from sparegrid.worker.slots.child.protocol import (
     HEADER_SIZE,
     CancelTasks,
     ChildInit,
@@ -29,16 +38,7 @@ from sparegrid.worker.childproto import (
     encode_frame,
     frame_length,
 )
-from sparegrid.worker.executors.base import (
-    EXECUTOR_ERROR,
-    UNKNOWN_KIND,
-    ExecOutput,
-    ExecTask,
-    Executor,
-    ExecutorError,
-)
-from sparegrid.worker.executors.registry import instantiate
-from sparegrid.worker.sandbox import SandboxSettings, apply_from_env, before_task
+from sparegrid.worker.slots.child.sandbox import SandboxSettings, apply_from_env, before_task
 
 FLUSH_SECONDS = 0.002
 

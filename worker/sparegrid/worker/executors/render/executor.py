@@ -41,7 +41,7 @@ def _ints(value: Any, count: int, low: int, high: int) -> bool:
 
 def parse(raw: bytes) -> tuple[list[int], Any]:
     """(frames, FrameSettings) from a task's params; ExecutorError(BAD_PARAMS) if malformed."""
-    from sparegrid.worker.executors.blender import FrameSettings
+    from sparegrid.worker.executors.render.blender import FrameSettings
 
     p = load_params(raw, "render", _KEYS)
     frames, tile = p.get("frames"), p.get("tile")
@@ -133,7 +133,7 @@ class RenderExecutor:
         self.loads = 0  # how many times a .blend was opened (the warm path opens it once)
 
     def run(self, task: ExecTask) -> list[ExecOutput]:
-        from sparegrid.worker.executors import blender
+        from sparegrid.worker.executors.render import blender
 
         frames, settings = parse(task.params)
         check_inputs(task.inputs, "render", ("scene",))

@@ -9,7 +9,7 @@ import grpc.aio
 
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable
-from sparegrid.worker.ratelimit import RateLimiter, throttle
+from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
 
 CHUNK_SIZE = 1 << 20
 _TRANSIENT = {

@@ -1,5 +1,8 @@
 """Flow control: how many more assignments the worker invites per device.
 
+The protocol calls an invitation `Credit` (a count of assignments the coordinator may
+send); it has nothing to do with the money-like credit in the ledger.
+
 The worker keeps `prefetch` tasks per device in hand or invited: held (fetching, queued or
 running) plus credit granted in this session and not yet used. A new session starts with no
 credit, so its first grant is the prefetch window less what the worker still holds.
@@ -8,7 +11,7 @@ credit, so its first grant is the prefetch window less what the worker still hol
 from collections.abc import Iterable
 
 
-class CreditWindow:
+class FlowWindow:
     def __init__(self, prefetch: int, devices: Iterable[int]) -> None:
         self._prefetch = prefetch
         self._outstanding = dict.fromkeys(devices, 0)

@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 from sparegrid.v1 import worker_pb2
-from sparegrid.worker.cache import BlobCache
-from sparegrid.worker.childproto import ChildTask, Outcome
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, DigestMismatch
 from sparegrid.worker.executors.base import (
     EXECUTOR_CRASHED,
@@ -28,9 +25,12 @@ from sparegrid.worker.executors.base import (
     UNKNOWN_KIND,
 )
 from sparegrid.worker.executors.registry import ExecutorRegistry
-from sparegrid.worker.runner import DeviceRunner
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.slots.child.protocol import ChildTask, Outcome
+from sparegrid.worker.slots.child.runner import DeviceRunner
 
-_log = logging.getLogger("sparegrid.worker.tasks")
+_log = logging.getLogger("sparegrid.worker.slots.attempts")
 MAX_BATCH = 64  # tasks sent to a child in one message
 
 Fetch = Callable[[str, int], AsyncIterator[bytes]]

@@ -17,11 +17,11 @@ import grpc.aio
 
 from sparegrid.v1 import worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, Signer
-from sparegrid.worker.blobs import BlobClient
 from sparegrid.worker.config import MAX_MESSAGE_BYTES, WorkerConfig
 from sparegrid.worker.errors import SessionError
+from sparegrid.worker.upstream.blobs import BlobClient
 
-_log = logging.getLogger("sparegrid.worker.session")
+_log = logging.getLogger("sparegrid.worker.upstream.session")
 HANDSHAKE_TIMEOUT = 30.0
 _CLOSE = object()  # queued to half-close the stream after everything before it is sent
 
