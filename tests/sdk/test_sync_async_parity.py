@@ -8,9 +8,17 @@ from typing import Any
 
 import pytest
 
-from sparegrid.sdk import AdminClient, AsyncAdminClient, AsyncClient, AsyncJob, Client, Job
+from sparegrid.sdk import (
+    AdminClient,
+    AsyncAdminClient,
+    AsyncClient,
+    AsyncInferenceJob,
+    AsyncJob,
+    Client,
+    InferenceJob,
+    Job,
+)
 from sparegrid.sdk.blobs import Sink, aupload_requests, upload_requests
-from sparegrid.sdk.inference import AsyncInferenceJob, InferenceJob
 from sparegrid.sdk.results import TaskResult
 
 CLASS_PAIRS = [
@@ -18,15 +26,6 @@ CLASS_PAIRS = [
     (AdminClient, AsyncAdminClient),
     (Job, AsyncJob),
     (InferenceJob, AsyncInferenceJob),
-]
-# drifted: AsyncClient lacks results_from and takes **options in infer; AsyncInferenceJob
-# lacks shards()
-DRIFTED = pytest.mark.xfail(strict=True, reason="the hand-kept copies drifted")
-SAME_METHODS = [
-    pytest.param(Client, AsyncClient, marks=DRIFTED),
-    (AdminClient, AsyncAdminClient),
-    (Job, AsyncJob),
-    pytest.param(InferenceJob, AsyncInferenceJob, marks=DRIFTED),
 ]
 FUNCTION_PAIRS = [
     (upload_requests, aupload_requests),
@@ -64,7 +63,7 @@ def _public(cls: type) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("sync", "aio"), SAME_METHODS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(("sync", "aio"), CLASS_PAIRS, ids=lambda c: c.__name__)
 def test_classes_offer_the_same_methods(sync: type, aio: type) -> None:
     sync_members, aio_members = _public(sync), _public(aio)
     assert sorted(sync_members) == sorted(aio_members)
