@@ -21,6 +21,7 @@ import grpc.aio
 
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.codes import FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.worker.batcher import ResultBatcher
 from sparegrid.worker.cache import BlobCache
@@ -59,7 +60,7 @@ from sparegrid.worker.tasks import Phase, Slot, TaskManager
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
-PREEMPTED = "PREEMPTED"  # stopped by this node's policy: re-queued, not held against it
+PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
 OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
@@ -315,7 +316,7 @@ class Worker:
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != "DUPLICATE"]
+        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
         if earned:
             self.earnings.add(sum(earned), len(earned))
         for verdict in ack.verdicts:
