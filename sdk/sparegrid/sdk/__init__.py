@@ -7,9 +7,13 @@ with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
     report = job.verify()
 """
 
-from sparegrid.sdk.aio import AsyncAdminClient, AsyncClient
+from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient
+from sparegrid.sdk._async.inference import AsyncInferenceJob
+from sparegrid.sdk._async.job import AsyncJob
+from sparegrid.sdk._sync.client import AdminClient, Client
+from sparegrid.sdk._sync.inference import InferenceJob
+from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.blobs import DEFAULT_CHUNK_SIZE
-from sparegrid.sdk.client import AdminClient, Client
 from sparegrid.sdk.config import Connection
 from sparegrid.sdk.errors import (
     AbortedError,
@@ -29,7 +33,6 @@ from sparegrid.sdk.errors import (
     UnimplementedError,
     VerificationError,
 )
-from sparegrid.sdk.job import AsyncJob, Job
 from sparegrid.sdk.models import (
     Account,
     Device,
@@ -43,6 +46,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
     TaskState,
@@ -60,6 +64,7 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncAdminClient",
     "AsyncClient",
+    "AsyncInferenceJob",
     "AsyncJob",
     "AuthenticationError",
     "CancelledError",
@@ -70,6 +75,7 @@ __all__ = [
     "DeviceKind",
     "Dispute",
     "FailedPreconditionError",
+    "InferenceJob",
     "Info",
     "InternalError",
     "InvalidArgumentError",

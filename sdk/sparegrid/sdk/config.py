@@ -24,6 +24,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 NO_API_KEY_MESSAGE = "no API key: set SPAREGRID_API_KEY or pass api_key="
+PathLike = str | os.PathLike[str]
 
 
 def _env(name: str, env: Mapping[str, str] | None) -> str | None:

@@ -32,31 +32,15 @@ from sparegrid.sdk.models import (
 )
 from sparegrid.sdk.results import AsyncFetch, Fetch, TaskResult
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
+from sparegrid.wire import codes
 
-_JOB_STATES = {
-    common_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
-    common_pb2.JOB_STATE_RUNNING: JobState.RUNNING,
-    common_pb2.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
-    common_pb2.JOB_STATE_FAILED: JobState.FAILED,
-    common_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
+_JOB_STATES = {v: JobState(k) for k, v in codes.JOB_STATES.items()}
+_TASK_STATES = {v: TaskState(k) for k, v in codes.TASK_STATES.items()}
+_DEVICE_KINDS = {DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED} | {
+    DeviceKind(k): v for k, v in codes.DEVICE_KINDS.items()
 }
-_TASK_STATES = {
-    common_pb2.TASK_STATE_QUEUED: TaskState.QUEUED,
-    common_pb2.TASK_STATE_LEASED: TaskState.LEASED,
-    common_pb2.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED: TaskState.FAILED,
-    common_pb2.TASK_STATE_CANCELLED: TaskState.CANCELLED,
-}
-_DEVICE_KINDS = {
-    DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED,
-    DeviceKind.CPU: common_pb2.DEVICE_KIND_CPU,
-    DeviceKind.CUDA: common_pb2.DEVICE_KIND_CUDA,
-}
-_NODE_STATES = {
-    admin_pb2.NODE_STATE_ONLINE: "online",
-    admin_pb2.NODE_STATE_OFFLINE: "offline",
-    admin_pb2.NODE_STATE_DRAINING: "draining",
-}
+_NODE_STATES = codes.names(codes.NODE_STATES)
+_STANDINGS = codes.names(codes.STANDINGS)
 
 
 def new_idempotency_key() -> str:
@@ -264,14 +248,6 @@ def node(msg: admin_pb2.Node) -> Node:
         window=msg.window,
         in_flight=msg.in_flight,
     )
-
-
-_STANDINGS = {
-    admin_pb2.NODE_STANDING_ACTIVE: "active",
-    admin_pb2.NODE_STANDING_QUARANTINED: "quarantined",
-    admin_pb2.NODE_STANDING_BANNED: "banned",
-    admin_pb2.NODE_STANDING_PENDING: "pending",
-}
 
 
 def node_credit(msg: client_pb2.GetNodeCreditResponse) -> NodeCredit:

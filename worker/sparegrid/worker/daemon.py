@@ -22,6 +22,7 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
+from sparegrid.wire.codes import FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
@@ -58,7 +59,7 @@ from sparegrid.worker.upstream.session import Session, connect, open_channel
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
-PREEMPTED = "PREEMPTED"  # stopped by this node's policy: re-queued, not held against it
+PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
 OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
@@ -318,7 +319,7 @@ class Worker:
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != "DUPLICATE"]
+        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
         if earned:
             self.earnings.add(sum(earned), len(earned))
         for verdict in ack.verdicts:

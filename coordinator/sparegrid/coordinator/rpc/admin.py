@@ -12,6 +12,7 @@ from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
 from sparegrid.coordinator.rpc.errors import unary
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc
+from sparegrid.wire.codes import NODE_STATES, NodeState
 
 Ctx = aio.ServicerContext[Any, Any]
 
@@ -68,11 +69,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _node_pb(self, node: Node, balances: dict[str, int] | None = None) -> admin_pb2.Node:
         session = self.app.scheduler.sessions.get(node.id)
         if session is None:
-            state = admin_pb2.NODE_STATE_OFFLINE
+            state = NODE_STATES[NodeState.OFFLINE]
         elif session.draining:
-            state = admin_pb2.NODE_STATE_DRAINING
+            state = NODE_STATES[NodeState.DRAINING]
         else:
-            state = admin_pb2.NODE_STATE_ONLINE
+            state = NODE_STATES[NodeState.ONLINE]
         account = node_account(node.id)
         credit = (
             balances.get(account, 0) if balances is not None else self.app.store.balance(account)

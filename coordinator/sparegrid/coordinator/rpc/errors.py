@@ -15,10 +15,11 @@ import grpc
 from grpc import aio
 
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode
 
 log = logging.getLogger("sparegrid.coordinator.rpc")
 
-CODE_KEY = "sparegrid-code"
+CODE_KEY = CODE_METADATA_KEY
 # A status message travels in a trailer, percent-encoded; a client drops trailers past 8 KiB
 # (and the stable code with them), so a message that echoes what a caller sent is cut short.
 MAX_MESSAGE_BYTES = 2000
@@ -45,7 +46,7 @@ async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoRet
         await context.abort(STATUS[exc.kind], shortened(exc.message))
     ref = uuid.uuid4().hex[:12]
     log.error("internal error, reference %s", ref, exc_info=exc)
-    context.set_trailing_metadata(((CODE_KEY, "INTERNAL"),))
+    context.set_trailing_metadata(((CODE_KEY, ErrorCode.INTERNAL),))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
 
 

@@ -31,8 +31,9 @@ from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.taskqueue import Reader, TaskQueue
 from sparegrid.coordinator.states import FINAL_JOB_STATES, move_attempt, move_job, move_task
 from sparegrid.coordinator.store.base import Store
+from sparegrid.wire.codes import FailureCode
 
-OUT_OF_MEMORY = "CUDA_OOM"  # a worker's executor ran out of device memory
+OUT_OF_MEMORY = FailureCode.OUT_OF_MEMORY  # a worker's executor ran out of device memory
 NODE_LOST = "NODE_LOST"  # the attempt was lost with its node: given back, not a failure
 
 log = logging.getLogger("sparegrid.coordinator.scheduler")
