@@ -97,6 +97,9 @@ class ActiveJob:
     # attempts per task lost with their node (it restarted without them, or went away and
     # did not come back): given back, up to the job's attempt limit (Scheduler.lose)
     lost: Counter[str] = field(default_factory=Counter)
+    # the version of its queue the last dispatch pass saw (taskqueue.py): a newer one means
+    # tasks joined it, and nodes waiting with credit for such tasks get another look
+    seen_version: int = 0
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state, from memory: no query while the job runs."""
@@ -138,6 +141,8 @@ class NodeSession:
     paused: set[int] = field(default_factory=set)  # devices its volunteer's policy paused
     granted: set[int] = field(default_factory=set)  # devices it has granted credit for
     max_age: float = 0.0  # seconds an attempt of this node may run, renewals included
+    # the capability classes (executor, device kind) it waits in with credit (dispatch.py)
+    classes: set[tuple[str, str]] = field(default_factory=set)
 
     def device(self, index: int) -> Device | None:
         return next((d for d in self.node.devices if d.index == index), None)
@@ -179,6 +184,14 @@ class SchedulerBase:
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
         self.sweeps: dict[str, Sweep] = {}  # by job id
+        # A dispatch pass looks only at sessions that may have something new (dispatch.py):
+        # those whose credit or room grew (`due`, node ids in the order they became due),
+        # and those waiting with credit in a capability class one of whose queues grew
+        # (`waiting`: executor -> device kind -> node ids). An idle fleet costs nothing.
+        self.due: dict[str, None] = {}
+        self.waiting_by_class: dict[str, dict[str, dict[str, None]]] = {}
+        self.rescan_wanted = False
+        self.scanned = 0  # sessions examined by dispatch passes, in all (a metric)
 
     def lose(self, attempts: list[Attempt], reason: str) -> None:
         """Attempts lost with their node (leases.py)."""

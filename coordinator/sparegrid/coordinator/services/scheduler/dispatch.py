@@ -60,11 +60,48 @@ class DispatchPart(SessionsPart):
     """Leases queued tasks to sessions with credit."""
 
     def dispatch(self) -> int:
-        """Leases queued tasks to sessions with credit; returns how many were sent."""
+        """Leases queued tasks to sessions with credit; returns how many were sent.
+
+        Only sessions that may have something new are examined: those whose credit or
+        room grew since the last pass, and those waiting with credit in a capability
+        class (executor, device kind) one of whose queues grew. Each examined session is
+        filed again under the classes it still waits in."""
+        examined = [s for s in map(self.sessions.get, self._candidates()) if s is not None]
+        try:
+            return self._lease(examined)
+        finally:
+            for session in examined:
+                self.index(session)
+
+    def rescan(self) -> None:
+        """Asks the next pass to look again at every session waiting in the class of a job
+        with queued tasks: what changed without a mark (a node unblocked, a vote that now
+        counts) is seen within one reaper tick. Free while no task is queued."""
+        if any(active.queue for active in self.jobs.values()):
+            self.rescan_wanted = True
+
+    def _candidates(self) -> list[str]:
+        """The node ids the next pass examines, in the order they became due."""
+        due, self.due = self.due, {}
+        for active in self.jobs.values():
+            queue = active.queue
+            if not queue or (active.seen_version == queue.version and not self.rescan_wanted):
+                continue
+            active.seen_version = queue.version
+            by_kind = self.waiting_by_class.get(active.job.kind, {})
+            wanted = active.job.requirements.device_kind
+            for kind, node_ids in by_kind.items():
+                if not wanted or kind == wanted:
+                    due.update(node_ids)
+        self.rescan_wanted = False
+        return list(due)
+
+    def _lease(self, sessions: list[NodeSession]) -> int:
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]] = []
         now = self.clock.now()
-        for session in self.sessions.values():
+        for session in sessions:
             if not session.draining:
+                self.scanned += 1
                 self._pick(session, now, picked)
         if not picked:
             return 0

@@ -102,6 +102,7 @@ class QueuesPart(DispatchPart):
         left memory ahead of what is durable. Sessions stay; their leases are re-read."""
         self.jobs.clear()
         self.load()
+        self.due.update(dict.fromkeys(self.sessions))
         for session in self.sessions.values():
             session.leases.clear()
             session.digests.clear()

@@ -26,6 +26,7 @@ class SessionsPart(SchedulerBase):
         node.owner = owner_of(node)
         old = self.sessions.pop(node.id, None)
         if old is not None:
+            self.unindex(old)
             old.sink.close()
         cap = self.config.max_attempt_seconds
         max_age = min(budget, cap) if budget > 0 else cap
@@ -56,6 +57,8 @@ class SessionsPart(SchedulerBase):
         if session is None or session.sink is not sink:
             return
         del self.sessions[node_id]
+        self.unindex(session)
+        self.due.pop(node_id, None)
         deadline = self.clock.now() + self.config.reconnect_grace_seconds
         attempts = [lease.attempt for lease in session.leases.values()]
         for attempt in attempts:
@@ -74,6 +77,12 @@ class SessionsPart(SchedulerBase):
         elif count > 0:
             session.paused.discard(device_index)
             session.granted.add(device_index)
+        self.due[node_id] = None
+
+    def holds_leases(self, node_id: str) -> bool:
+        """Whether a heartbeat of the node has leases to renew (else it costs nothing)."""
+        session = self.sessions.get(node_id)
+        return session is not None and bool(session.leases)
 
     def heartbeat(self, node_id: str) -> None:
         """Renews the node's leases, none past its attempts' maximum age: a node that only
@@ -107,6 +116,8 @@ class SessionsPart(SchedulerBase):
         """The node returned results: its window grows by one per result."""
         grown = self.window(node_id) + results
         self.windows[node_id] = min(grown, self.config.max_window)
+        if node_id in self.sessions:
+            self.due[node_id] = None
 
     def shrink(self, node_id: str, reset: bool = False) -> None:
         """A lease of the node ran out (the window halves) or it was struck (back to the
@@ -144,5 +155,27 @@ class SessionsPart(SchedulerBase):
         if session is None or lease is None:
             return
         session.digests.subtract(lease.digests)
+        self.due[attempt.node_id] = None  # room for another task
         if cancel_reason:
             session.sink.cancel([attempt.id], cancel_reason)
+
+    def index(self, session: NodeSession) -> None:
+        """Files a session under the capability classes (executor, device kind) of its
+        devices that still have credit and room after a dispatch pass: when a queue of
+        such a class grows, these are the sessions the next pass looks at."""
+        self.unindex(session)
+        node = session.node
+        if session.draining or self.window(node.id) <= len(session.leases):
+            return
+        for device in node.devices:
+            if session.credit.get(device.index, 0) <= 0:
+                continue
+            for executor in node.executors:
+                kinds = self.waiting_by_class.setdefault(executor, {})
+                kinds.setdefault(device.kind, {})[node.id] = None
+                session.classes.add((executor, device.kind))
+
+    def unindex(self, session: NodeSession) -> None:
+        for executor, kind in session.classes:
+            self.waiting_by_class.get(executor, {}).get(kind, {}).pop(session.node.id, None)
+        session.classes.clear()
