@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ from sparegrid.coordinator.domain import Account, Job
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
+from sparegrid.coordinator.services.admission import Admission, AdmissionConfig
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
@@ -85,6 +87,10 @@ class Settings:
     vouching: VouchConfig = field(default_factory=VouchConfig)
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    # Heartbeats move a node's last_seen in memory; it is written for all nodes at once
+    # this often, and at a clean stop. A crash loses at most this much of it.
+    last_seen_flush_seconds: float = 30.0
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     @property
     def key_path(self) -> Path:
@@ -164,6 +170,9 @@ class App:
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
+        self.unflushed: set[BufferedSink] = set()  # those holding messages for the commit
+        self.seen: dict[str, float] = {}  # node id -> last_seen not yet written
+        self.admission = Admission(self.clock, settings.admission)
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
@@ -195,6 +204,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._sweeps()))
         self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
+        self._tasks.append(asyncio.create_task(self._write_seen()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
@@ -210,6 +220,10 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            self.write_seen()
+        except Exception:
+            log.exception("writing when %d node(s) were last seen failed", len(self.seen))
         self.store.close()
 
     def call(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
@@ -271,6 +285,7 @@ class App:
             for sink in self.sinks:  # workers reconnect and grant their credit afresh
                 sink.discard()
                 sink.close()
+            self.unflushed.clear()
             failure = CoordinatorError(
                 ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
             )
@@ -278,7 +293,9 @@ class App:
                 if not future.done():
                     future.set_exception(failure)
             return
-        for sink in self.sinks:
+        unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
+        self.unflushed.clear()
+        for sink in unflushed:  # only the workers this commit has messages for
             sink.flush()
         if self.scheduler.sweeps:
             self._sweep_wanted.set()
@@ -316,8 +333,46 @@ class App:
 
     def _reap(self) -> None:
         self.scheduler.reap()
+        self.scheduler.rescan()
         self.intake.settle_stranded()
         self.waits.check()
+
+    def saw(self, node_id: str) -> None:
+        """A heartbeat of a connected node: its last_seen, in memory until the next write."""
+        session = self.scheduler.sessions.get(node_id)
+        now = self.clock.now()
+        if session is not None:
+            session.node.last_seen = now
+        self.seen[node_id] = now
+
+    def write_seen(self) -> int:
+        """Writes the last_seen of every node heard from since the last write, in one
+        statement; returns how many."""
+        seen = dict(self.seen)
+        self._touch(seen)
+        self._written(seen)
+        return len(seen)
+
+    def _touch(self, seen: dict[str, float]) -> None:
+        if seen:
+            with self.store.transaction():
+                self.store.touch_nodes(seen)
+
+    def _written(self, seen: dict[str, float]) -> None:
+        """Forgets what is durable now; a heartbeat heard meanwhile stays for next time."""
+        for node_id, when in seen.items():
+            if self.seen.get(node_id) == when:
+                del self.seen[node_id]
+
+    async def _write_seen(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.last_seen_flush_seconds)
+            seen = dict(self.seen)
+            try:
+                await self.call(functools.partial(self._touch, seen))
+                self._written(seen)
+            except Exception:
+                log.exception("writing when nodes were last seen failed; kept for the next try")
 
     async def _sweeps(self) -> None:
         first = True

@@ -16,14 +16,16 @@ class ErrorKind(StrEnum):
     EXHAUSTED = "exhausted"  # RESOURCE_EXHAUSTED
     EXISTS = "exists"  # ALREADY_EXISTS
     ABORTED = "aborted"  # ABORTED: retry later
+    UNAVAILABLE = "unavailable"  # UNAVAILABLE: busy, retry after `retry_after` seconds
 
 
 class CoordinatorError(Exception):
-    def __init__(self, kind: ErrorKind, code: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, code: str, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.kind = kind
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds; sent as `retry-after-ms` when set
 
 
 def invalid(code: str, message: str) -> CoordinatorError:

@@ -29,6 +29,7 @@ from sparegrid.v1 import (
 log = logging.getLogger("sparegrid.coordinator")
 
 MAX_MESSAGE = 64 << 20
+MAX_PENDING_CALLS = 20_000
 SERVICES = [
     client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -61,6 +62,13 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
             ("grpc.keepalive_permit_without_calls", 1),
             # a second coordinator on a taken address must fail, not share the port
             ("grpc.so_reuseport", 0),
+            # Calls that arrived but the event loop has not taken up yet: past the default
+            # (1,000, up to 3,000) gRPC kills them at random, which a worker sees as
+            # CANCELLED, or as "INTERNAL: Internal error from Core" when it was writing its
+            # Hello, and nothing is logged. A registration storm queues here instead, and
+            # is answered at once by admission control (services/admission.py).
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
         ]
     )
     client_pb2_grpc.add_ClientServiceServicer_to_server(

@@ -54,7 +54,7 @@ from sparegrid.worker.upstream.flow import FlowWindow
 from sparegrid.worker.upstream.messages import hello, statement_bytes
 from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
 from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
-from sparegrid.worker.upstream.session import Session, connect, open_channel
+from sparegrid.worker.upstream.session import Session, connect, open_channel, reconnect_delay
 
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
@@ -239,11 +239,12 @@ class Worker:
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
         while True:
+            error: BaseException | None = None
             try:
                 await self._run_session(backoff)
                 reason = "the coordinator ended the session"
             except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
+                reason, error = f"{exc.code().name}: {exc.details()}", exc
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -251,7 +252,7 @@ class Worker:
                 reason = repr(exc)
             if self._stopped.is_set():
                 return
-            delay = backoff.next_delay()
+            delay = reconnect_delay(error, backoff.next_delay(), self._rng)
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
             await self._clock.sleep(delay)
 

@@ -6,6 +6,7 @@ writes (a savepoint), and only the outermost one commits. Lists returned are
 fresh copies: mutating them never changes the store.
 """
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
@@ -193,6 +194,10 @@ class Store(Protocol):
     def upsert_node(self, node: Node) -> None:
         """Inserts, or updates name, public key, devices, software, executors, owner and
         last_seen; counters and first_seen of a known node are kept."""
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        """Moves each node's last_seen forward to the time given (never back), all in one
+        statement: heartbeats are kept in memory and written in bulk."""
 
     def get_node(self, node_id: str) -> Node | None: ...
 

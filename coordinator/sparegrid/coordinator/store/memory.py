@@ -7,7 +7,7 @@ whole state at the outermost begin and puts it back if an exception escapes.
 
 import copy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -431,6 +431,13 @@ class MemoryStore(MemoryStorage):
             return failures
 
     # nodes
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        with self._lock:
+            for node_id, when in seen.items():
+                stored = self._s.nodes.get(node_id)
+                if stored is not None:
+                    stored.last_seen = max(stored.last_seen, when)
 
     def upsert_node(self, node: Node) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
 """The store over SQL, written once for SQLite and PostgreSQL (see engine.Dialect)."""
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from sparegrid.coordinator.domain import (
@@ -431,6 +432,11 @@ class SqlStore(SqlStorage):
                 " ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in kept),
                 r.node_params(node),
             )
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        rows = [(when, node_id, when) for node_id, when in seen.items()]
+        with self.transaction():
+            self._run_many("UPDATE nodes SET last_seen = ? WHERE id = ? AND last_seen < ?", rows)
 
     def get_node(self, node_id: str) -> Node | None:
         nodes = self._nodes_where("id = ?", (node_id,))
