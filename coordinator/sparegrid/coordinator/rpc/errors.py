@@ -14,7 +14,8 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc import aio
 
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
+from sparegrid.coordinator.store.base import StoreUnavailable
 
 log = logging.getLogger("sparegrid.coordinator.rpc")
 
@@ -32,6 +33,7 @@ STATUS = {
     ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 
 S = TypeVar("S")
@@ -40,6 +42,8 @@ Resp = TypeVar("Resp")
 
 
 async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, StoreUnavailable):  # a read outside a group commit met it
+        exc = store_unavailable(exc)
     if isinstance(exc, CoordinatorError):
         context.set_trailing_metadata(((CODE_KEY, exc.code),))
         await context.abort(STATUS[exc.kind], shortened(exc.message))
