@@ -12,6 +12,7 @@ under bench/results/.
 
     SPAREGRID_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/test \\
         python bench/engines.py [--tasks 2000] [--rounds 3] [--tag main]
+            [--baseline ../main/.venv/bin/python]
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dispatch import spawn, stop, wait_online
+from dispatch import stop, wait_online
 
 from sparegrid.sdk import AdminClient, Client
 
@@ -69,12 +71,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(root: Path, database: str, workers: int) -> tuple[str, list[Any]]:
-    """A coordinator on `database` and `workers` workers with default settings."""
+def spawn(root: Path, python: str, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    log = (root / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        [python, "-m", "sparegrid.cli.main", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start(root: Path, python: str, database: str, workers: int) -> tuple[str, list[Any]]:
+    """A coordinator on `database` and `workers` workers with default settings, run by
+    `python` (another checkout's, for a baseline)."""
     data = root / "coord"
     procs = [
         spawn(
-            root, "coordinator", "coordinator", "serve", "--listen", "127.0.0.1:0",
+            root, python, "coordinator", "coordinator", "serve", "--listen", "127.0.0.1:0",
             "--data-dir", str(data), "--database", database, "--log-level", "WARNING",
         )
     ]  # fmt: skip
@@ -91,7 +105,7 @@ def start(root: Path, database: str, workers: int) -> tuple[str, list[Any]]:
         _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
         procs.append(
             spawn(
-                root, f"worker{i}", "worker", "run", "--coordinator", address,
+                root, python, f"worker{i}", "worker", "run", "--coordinator", address,
                 "--data-dir", str(root / f"node{i}"), "--name", f"bench{i}",
                 env={"SPAREGRID_OWNER_KEY": owner_key},
             )
@@ -100,7 +114,7 @@ def start(root: Path, database: str, workers: int) -> tuple[str, list[Any]]:
     return address, procs
 
 
-def one_round(engine: str, dsn: str, tasks: int) -> dict[str, float]:
+def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="sparegrid-engines-") as tmp:
         root = Path(tmp)
         with (
@@ -108,7 +122,7 @@ def one_round(engine: str, dsn: str, tasks: int) -> dict[str, float]:
             if engine == "postgres"
             else _fixed(f"sqlite:///{root / 'coord' / 'coordinator.db'}")
         ) as database:
-            address, procs = start(root, database, workers=2)
+            address, procs = start(root, python, database, workers=2)
             try:
                 admin = AdminClient(address, api_key=(root / "coord/admin.key").read_text().strip())
                 _, key = admin.create_account("bench", credit=10**12)
@@ -139,36 +153,48 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tag", default="", help="names the result files (e.g. main)")
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run both engines with this interpreter (another checkout's venv), "
+        "interleaved in the same rounds",
+    )
     args = parser.parse_args()
     dsn = os.environ.get("SPAREGRID_TEST_POSTGRES", "")
     if not dsn:
         parser.error("set SPAREGRID_TEST_POSTGRES to a PostgreSQL server's DSN")
-    runs: dict[str, list[dict[str, float]]] = {e: [] for e in ENGINES}
+    configs = [(e, sys.executable) for e in ENGINES]
+    if args.baseline:
+        configs += [(f"{e} (baseline)", args.baseline) for e in ENGINES]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     for n in range(args.rounds):
-        for engine in ENGINES if n % 2 == 0 else ENGINES[::-1]:
-            result = one_round(engine, dsn, args.tasks)
-            print(f"round {n + 1} {engine}: {result}", flush=True)
-            runs[engine].append(result)
+        for name, python in configs if n % 2 == 0 else configs[::-1]:
+            result = one_round(name.split()[0], python, dsn, args.tasks)
+            print(f"round {n + 1} {name}: {result}", flush=True)
+            runs[name].append(result)
     report(runs, args)
     return 0
 
 
 def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in runs.items()}
-    ratio = med["postgres"]["tasks_per_s"] / med["sqlite"]["tasks_per_s"]
     lines = [
         f"sparegrid engines benchmark{' (' + args.tag + ')' if args.tag else ''} — "
         f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{args.tasks} echo tasks, 2 workers with default settings, "
-        f"median of {args.rounds} interleaved rounds",
-        f"{'engine':<12}{'tasks/s':>10}{'coordinator CPU ms/result':>28}   rounds (tasks/s)",
+        f"median of {args.rounds} interleaved rounds"
+        + (f"; baseline: {args.baseline}" if args.baseline else ""),
+        f"{'engine':<22}{'tasks/s':>10}{'coordinator CPU ms/result':>28}   rounds (tasks/s)",
     ]
-    for e in ENGINES:
-        each = ", ".join(f"{r['tasks_per_s']:.0f}" for r in runs[e])
+    for e, rs in runs.items():
+        each = ", ".join(f"{r['tasks_per_s']:.0f}" for r in rs)
         lines.append(
-            f"{e:<12}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}   {each}"
+            f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}   {each}"
         )
-    lines.append(f"{'postgres / sqlite':<22}{ratio:>6.2f}x   target >= 1.00x")
+    for suffix in ("", " (baseline)"):
+        if f"postgres{suffix}" in med:
+            ratio = med[f"postgres{suffix}"]["tasks_per_s"] / med[f"sqlite{suffix}"]["tasks_per_s"]
+            lines.append(f"{'postgres / sqlite' + suffix:<32}{ratio:>6.2f}x   target >= 1.00x")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

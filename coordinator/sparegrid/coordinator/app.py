@@ -230,6 +230,7 @@ class App:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if not self.serving:  # the database is lost: refused at once, retried by callers
             future.set_exception(store_unavailable(self._lost))
+            future.exception()  # logged once, by _pause: not again by each unread future
             return future
         self._inbox.append((fn, future))
         self._schedule()
@@ -314,6 +315,7 @@ class App:
         for future in futures:
             if not future.done():
                 future.set_exception(failure)
+                future.exception()  # logged above: not again by each unread future
 
     def _reload(self) -> None:
         """Reloads what the services keep in memory from the store."""

@@ -132,9 +132,7 @@ class SqlEngine:
                 self._began()
                 yield
                 if self._doomed is not None:
-                    raise TransactionDoomed(
-                        f"a statement of this transaction failed: {self._doomed}"
-                    ) from self._doomed
+                    raise self._doom_error(self._doomed)
                 self._committing()
                 self._run("COMMIT")
                 with self._errors():
@@ -148,6 +146,11 @@ class SqlEngine:
                 self._depth = 0
                 self._doomed = None
             self._committed()
+
+    def _doom_error(self, doomed: BaseException) -> StoreError:
+        if isinstance(doomed, Exception) and self._lost(doomed):
+            return StoreUnavailable(f"lost the {self.database}: {doomed}")
+        return TransactionDoomed(f"a statement of this transaction failed: {doomed}")
 
     def _undo(self, savepoint: str, exc: BaseException) -> None:
         """Rolls a failed nested block back to its savepoint; a pipelined transaction that a
@@ -222,7 +225,7 @@ class SqlEngine:
         random id cannot collide) dooms the transaction rather than raise Conflict.
         """
         if self._doomed is not None:
-            raise TransactionDoomed(f"a statement of this transaction failed: {self._doomed}")
+            raise self._doom_error(self._doomed)
         nested = self._depth > 0  # store methods add no depth of their own (_atomic)
         if nested:
             self._run("SAVEPOINT store_call")
