@@ -70,3 +70,10 @@ def test_reconnect_says_which_database_cannot_be_reached(pg: PostgresStore) -> N
     pg._dsn = "postgresql://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
     with pytest.raises(StoreUnavailable, match="cannot reach the PostgreSQL database"):
         pg.reconnect()
+
+
+def test_a_database_that_cannot_be_reached_at_start_is_named() -> None:
+    from sparegrid.coordinator.store import open_store
+
+    with pytest.raises(StoreUnavailable, match="cannot reach the PostgreSQL database nowhere on"):
+        open_store("postgresql://postgres@127.0.0.1:1/nowhere")

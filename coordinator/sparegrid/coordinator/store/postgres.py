@@ -42,7 +42,10 @@ class PostgresStore(SqlStore):
             f"PostgreSQL database {info.get('dbname') or info.get('user') or '?'} on "
             f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
         )
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
         dialect = Dialect(
             types={
                 "real": "DOUBLE PRECISION",
