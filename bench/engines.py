@@ -94,7 +94,7 @@ def start(root: Path, python: str, database: str, workers: int) -> tuple[str, li
     ]  # fmt: skip
     addr = data / "coordinator.addr"
     deadline = time.monotonic() + 60
-    while not addr.exists():
+    while not (addr.exists() and addr.read_text().endswith("\n")):  # written, not begun
         if time.monotonic() > deadline or procs[0].poll() is not None:
             stop(procs)
             raise RuntimeError("coordinator did not start; see " + str(root / "coordinator.log"))

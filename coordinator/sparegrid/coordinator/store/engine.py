@@ -314,10 +314,17 @@ class SqlEngine:
                 cur.close()
 
     def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Executes a statement once per row: nothing for none, as one for one."""
+        listed = rows if isinstance(rows, list) else list(rows)
+        if len(listed) == 1:
+            self._run(sql, listed[0])
+            return
+        if not listed:
+            return
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.executemany(self._sql(sql), rows)
+                cur.executemany(self._sql(sql), listed)
             finally:
                 cur.close()
             self._unsynced = self._pipelined
