@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.domain import Account, Job
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.admission import Admission, AdmissionConfig
@@ -33,7 +33,7 @@ from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.services.waits import WaitLimit
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import Store, StoreUnavailable
 from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
 
@@ -178,6 +178,11 @@ class App:
         self._group_scheduled = False
         self._kick_pending = False
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
+        # False while the database is lost: calls are refused, health says NOT_SERVING
+        self.serving = True
+        self.serving_changed: list[Callable[[bool], None]] = []  # health (server.py)
+        self._recovery: asyncio.Task[None] | None = None
+        self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -215,6 +220,8 @@ class App:
     async def stop(self) -> None:
         self._stopped = True
         await self.submitter.stop()
+        if self._recovery is not None:
+            self._tasks.append(self._recovery)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -235,12 +242,18 @@ class App:
         and no acknowledgement leaves, before it is on disk.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if not self.serving:  # the database is lost: refused at once, retried by callers
+            future.set_exception(store_unavailable(self._lost))
+            future.exception()  # logged once, by _pause: not again by each unread future
+            return future
         self._inbox.append((fn, future))
         self._schedule()
         return future
 
     def kick(self) -> None:
         """Asks for a dispatch pass in the next group commit."""
+        if not self.serving:
+            return
         self._kick_pending = True
         self._schedule()
 
@@ -278,20 +291,7 @@ class App:
                     self.scheduler.dispatch()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
-            self.reputations.load()
-            self.identities.load()
-            self.scheduler.resync()
-            self.canaries.load()
-            for sink in self.sinks:  # workers reconnect and grant their credit afresh
-                sink.discard()
-                sink.close()
-            self.unflushed.clear()
-            failure = CoordinatorError(
-                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
-            )
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(failure)
+            self._failed_commit(exc, [future for _, future in items])
             return
         unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
         self.unflushed.clear()
@@ -307,9 +307,85 @@ class App:
             else:
                 future.set_exception(error)
 
+    def _failed_commit(self, exc: Exception, futures: list["asyncio.Future[Any]"]) -> None:
+        """Memory is ahead of what is durable: it is reloaded from the store, workers
+        reconnect and grant their credit afresh, and every call of the group fails. A lost
+        database (or a reload that fails) pauses the coordinator until it is back."""
+        lost = isinstance(exc, StoreUnavailable)
+        if not lost:
+            try:
+                self._reload()
+            except Exception as again:  # the store fails its reads too
+                log.exception("reloading from the store after a failed commit failed")
+                lost, exc = True, again
+        for sink in list(self.sinks):
+            sink.discard()
+            sink.close()
+        self.unflushed.clear()
+        if lost:
+            self._pause(exc)
+            failure = store_unavailable(exc)
+        else:
+            failure = CoordinatorError(
+                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
+            )
+        for future in futures:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # logged above: not again by each unread future
+
+    def _reload(self) -> None:
+        """Reloads what the services keep in memory from the store."""
+        self.reputations.load()
+        self.identities.load()
+        self.scheduler.resync()
+        self.canaries.load()
+
+    def _pause(self, exc: Exception) -> None:
+        """The database is lost: nothing more runs until `_recover` reconnects. Work held
+        by workers stays with them (unacknowledged results in their outboxes, leases that
+        they resume when they reconnect)."""
+        self._lost = exc
+        if not self.serving:
+            return
+        self.serving = False
+        log.error(
+            "lost the database: %s; calls are refused (UNAVAILABLE) and health says "
+            "NOT_SERVING until it is back",
+            exc,
+        )
+        self.scheduler.sessions.clear()  # their streams were closed: workers reconnect
+        self._kick_pending = False
+        for listener in self.serving_changed:
+            listener(False)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Reconnects with backoff, reloads, and serves again."""
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self.store.reconnect()
+                self._reload()
+            except Exception as exc:
+                self._lost = exc
+                log.warning("the database is still unavailable (%s); next try in %.1fs", exc, delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            break
+        self.serving = True
+        self._recovery = None
+        log.warning("the database is back: serving again")
+        for listener in self.serving_changed:
+            listener(True)
+        self.kick()
+
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
+            if not self.serving:
+                continue
             try:
                 await self.call(self._reap)
             except Exception:
@@ -378,6 +454,8 @@ class App:
         first = True
         while True:
             await asyncio.sleep(self.settings.sweeps.interval)
+            if not self.serving:
+                continue
             try:
                 await self.sweep(adopt=first)
                 first = False

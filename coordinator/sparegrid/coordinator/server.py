@@ -1,6 +1,8 @@
 """The gRPC server: the four services, health checking and reflection, TLS if given."""
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,6 +53,22 @@ class Tls:
     key: Path
 
 
+def _health_follows(servicer: health.aio.HealthServicer) -> Callable[[bool], None]:
+    """Health says NOT_SERVING while the coordinator has lost its database."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in [*SERVICES, ""]:
+            task = asyncio.get_running_loop().create_task(servicer.set(name, status))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    return changed
+
+
 async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[aio.Server, int]:
     """A server with every service added, bound to `listen`; returns it and its port."""
     server = aio.server(
@@ -81,6 +99,7 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*SERVICES, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.serving_changed.append(_health_follows(health_servicer))
     reflection.enable_server_reflection(
         [
             *SERVICES,

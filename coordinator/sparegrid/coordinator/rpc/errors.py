@@ -14,7 +14,8 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc import aio
 
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
+from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode
 from sparegrid.wire.metadata import RETRY_AFTER_KEY
 
@@ -43,6 +44,8 @@ Resp = TypeVar("Resp")
 
 
 async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, StoreUnavailable):  # a read outside a group commit met it
+        exc = store_unavailable(exc)
     if isinstance(exc, CoordinatorError):
         trailers = [(CODE_KEY, exc.code)]
         if exc.retry_after > 0:

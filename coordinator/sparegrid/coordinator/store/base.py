@@ -30,6 +30,11 @@ class StoreError(Exception):
     """Base of the errors a store raises on purpose."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (its connection was lost); the message names it.
+    Nothing of the call that met it was written."""
+
+
 class Conflict(StoreError):
     """A unique value (account name, idempotency key of a job) is taken."""
 
@@ -66,6 +71,10 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
 
     def close(self) -> None: ...
+
+    def reconnect(self) -> None:
+        """Opens the database again after StoreUnavailable (a no-op where nothing was lost);
+        raises StoreUnavailable while it cannot be reached."""
 
     # accounts
     def create_account(self, account: Account) -> None:

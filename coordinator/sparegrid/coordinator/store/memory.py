@@ -87,6 +87,9 @@ class MemoryStore(MemoryStorage):
     def close(self) -> None:
         pass
 
+    def reconnect(self) -> None:
+        pass
+
     # accounts
 
     def create_account(self, account: Account) -> None:
