@@ -26,6 +26,13 @@ HINTS = {
     "default)",
     "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state; only a failed or "
     "cancelled job is retried",
+    "ACCOUNT_DISABLED": "an operator disabled this account; `sparegrid admin account enable "
+    "NAME` enables it again",
+    "LAST_ADMIN": "create another admin account first: `sparegrid admin account create NAME "
+    "--admin`",
+    "BAD_AMOUNT": "a positive whole number of credit; `sparegrid admin credit debit NAME "
+    "AMOUNT --reason WHY` takes credit away",
+    "WORKER_TOO_OLD": "upgrade the worker: pip install -U sparegrid",
     "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
     "(--admin-key-file), or the key of an account made with --admin",
 }

@@ -125,6 +125,7 @@ def register(subparsers: Any) -> None:
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
+    output.add_json_flag(p)
     p.set_defaults(func=list_jobs)
 
 
@@ -435,6 +436,9 @@ def retry(args: argparse.Namespace) -> int:
 def list_jobs(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         jobs = client.list_jobs(args.limit)
+    if args.json:
+        output.show_json(jobs)
+        return 0
     if not jobs:
         output.note("no jobs yet: `sparegrid job submit KIND ...` submits one")
         return 0

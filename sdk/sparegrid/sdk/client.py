@@ -36,6 +36,8 @@ from sparegrid.sdk.models import (
     Account,
     Dispute,
     Info,
+    JobSnapshot,
+    JobState,
     LedgerCheck,
     LedgerEntry,
     Node,
@@ -451,6 +453,49 @@ class AdminClient(_SyncBase):
     ) -> Account:
         request = convert.grant_request(name, amount, reason, idempotency_key)
         return convert.account(self._unary(self._admin.GrantCredit, request).account)
+
+    def debit(
+        self, name: str, amount: int, reason: str = "", idempotency_key: str | None = None
+    ) -> Account:
+        """Takes `amount` credit from the account back to the mint; refused (nothing
+        taken) beyond its balance."""
+        request = admin_pb2.DebitCreditRequest(
+            name=name,
+            amount=amount,
+            reason=reason,
+            idempotency_key=idempotency_key or convert.new_idempotency_key(),
+        )
+        return convert.account(self._unary(self._admin.DebitCredit, request).account)
+
+    def set_account_disabled(self, name: str, disabled: bool = True) -> Account:
+        """A disabled account's key is refused and its nodes cannot connect."""
+        request = admin_pb2.SetAccountDisabledRequest(name=name, disabled=disabled)
+        return convert.account(self._unary(self._admin.SetAccountDisabled, request).account)
+
+    def rotate_key(self, name: str) -> tuple[Account, str]:
+        """A new key for the account (shown this once); the old one stops working."""
+        request = admin_pb2.RotateKeyRequest(name=name)
+        response = self._unary(self._admin.RotateKey, request, idempotent=False)
+        return convert.account(response.account), response.api_key
+
+    def revoke_key(self, name: str) -> Account:
+        request = admin_pb2.RevokeKeyRequest(name=name)
+        return convert.account(self._unary(self._admin.RevokeKey, request).account)
+
+    def all_jobs(
+        self, account: str = "", states: Sequence[JobState | str] = (), limit: int = 100
+    ) -> list[JobSnapshot]:
+        """Jobs of every account (or of one), newest first."""
+        request = admin_pb2.ListAllJobsRequest(
+            account=account, states=convert.job_states_to_pb(states), limit=limit
+        )
+        response = self._unary(self._admin.ListAllJobs, request)
+        return [convert.job_snapshot(j) for j in response.jobs]
+
+    def cancel_job(self, job_id: str, reason: str = "") -> JobSnapshot:
+        """Cancels any account's job."""
+        request = admin_pb2.CancelAnyJobRequest(job_id=job_id, reason=reason)
+        return convert.job_snapshot(self._unary(self._admin.CancelAnyJob, request).job)
 
     def ban_node(self, node_id: str, reason: str = "") -> Node:
         """No more work for the node until `reinstate_node`."""

@@ -240,6 +240,8 @@ class Worker:
                 reason = "the coordinator ended the session"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
+                if _refused(exc):  # too old: say so loudly, with what to do
+                    _log.error("the coordinator refuses this worker: %s", exc.details())
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -517,3 +519,9 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> bool:
+    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
+    codes = dict(exc.trailing_metadata() or ()).get("sparegrid-code", "")
+    return bool(codes == "WORKER_TOO_OLD")
