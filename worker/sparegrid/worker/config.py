@@ -6,16 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
 from sparegrid.worker.policy.rules import MiB, PolicySettings
 from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_INLINE_LIMIT = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message says which one and what to do."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
