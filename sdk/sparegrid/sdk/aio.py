@@ -33,6 +33,7 @@ from sparegrid.sdk.config import (
     pin_coordinator_key,
     resolve_address,
     resolve_admin_key,
+    resolve_tls,
     resolve_tls_ca,
 )
 from sparegrid.sdk.errors import from_rpc_error
@@ -124,12 +125,13 @@ class AsyncClient(_AsyncBase):
         api_key: str | None = None,
         *,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         connection: Connection | None = None,
     ) -> None:
-        connection = connection or Connection.resolve(address, api_key, tls_ca)
+        connection = connection or Connection.resolve(address, api_key, tls_ca, tls)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
         self._coordinator_key = b""
@@ -398,6 +400,7 @@ class AsyncAdminClient(_AsyncBase):
         *,
         key_file: PathLike | None = None,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         connection: Connection | None = None,
@@ -405,7 +408,7 @@ class AsyncAdminClient(_AsyncBase):
         if connection is None:
             target = resolve_address(address)
             key = resolve_admin_key(target, api_key, key_file)
-            connection = Connection(target, key, resolve_tls_ca(tls_ca))
+            connection = Connection(target, key, resolve_tls_ca(tls_ca), resolve_tls(tls))
         super().__init__(connection, timeout, retry)
 
     @functools.cached_property

@@ -27,6 +27,7 @@ from sparegrid.sdk.config import (
     pin_coordinator_key,
     resolve_address,
     resolve_admin_key,
+    resolve_tls,
     resolve_tls_ca,
 )
 from sparegrid.sdk.errors import from_rpc_error
@@ -109,7 +110,8 @@ class Client(_SyncBase):
     """Submits jobs, follows them and fetches their verified results.
 
     `address`, `api_key` and `tls_ca` default to SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
-    and SPAREGRID_TLS_CA; without an API key the constructor raises AuthenticationError.
+    and SPAREGRID_TLS_CA; `tls=True` (or SPAREGRID_TLS=1) uses TLS with the system's trust
+    roots. Without an API key the constructor raises AuthenticationError.
     """
 
     def __init__(
@@ -118,12 +120,13 @@ class Client(_SyncBase):
         api_key: str | None = None,
         *,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         connection: Connection | None = None,
     ) -> None:
-        connection = connection or Connection.resolve(address, api_key, tls_ca)
+        connection = connection or Connection.resolve(address, api_key, tls_ca, tls)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
         self._jobs = client_pb2_grpc.ClientServiceStub(self._channel)
@@ -425,6 +428,7 @@ class AdminClient(_SyncBase):
         *,
         key_file: PathLike | None = None,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         connection: Connection | None = None,
@@ -432,7 +436,7 @@ class AdminClient(_SyncBase):
         if connection is None:
             target = resolve_address(address)
             key = resolve_admin_key(target, api_key, key_file)
-            connection = Connection(target, key, resolve_tls_ca(tls_ca))
+            connection = Connection(target, key, resolve_tls_ca(tls_ca), resolve_tls(tls))
         super().__init__(connection, timeout, retry)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 

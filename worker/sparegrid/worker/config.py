@@ -41,6 +41,7 @@ class WorkerConfig:
     data_dir: Path = Path("sparegrid-worker")
     name: str = field(default_factory=socket.gethostname)
     tls_ca: Path | None = None
+    tls: bool = False  # TLS with the system's trust roots (tls_ca implies TLS with that CA)
     prefetch: int = 2
     heartbeat_interval: float | None = None  # None: the interval the coordinator asks for
     max_attempt_seconds: float = 3600.0

@@ -22,6 +22,7 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.batcher import ResultBatcher
 from sparegrid.worker.cache import BlobCache
 from sparegrid.worker.childproto import Outcome
@@ -124,6 +125,7 @@ class Worker:
         self._connected = asyncio.Event()
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._hinted = False  # a connection failure's likely cause was logged
         self._draining = False
         self._forced = False
 
@@ -234,6 +236,7 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        uses_tls = self.config.tls or self.config.tls_ca is not None
         while True:
             try:
                 await self._run_session(backoff)
@@ -251,6 +254,11 @@ class Worker:
                 return
             delay = backoff.next_delay()
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            if "UNAVAILABLE" in reason and not self._hinted:  # once until it connects
+                self._hinted = True
+                cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
+                if cause:
+                    _log.warning("hint: %s", cause)
             await self._clock.sleep(delay)
 
     async def _run_session(self, backoff: Backoff) -> None:
@@ -287,6 +295,7 @@ class Worker:
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._hinted = False
         self._session = session
         self._connected.set()
         if self._draining:

@@ -62,6 +62,7 @@ SETTINGS = (
     Setting("data_dir", _path, "node key, cache and outbox", metavar="DIR"),
     Setting("name", _str, "label for this node (default: host name)", metavar="NAME"),
     Setting("tls_ca", _path, "CA certificate for TLS", env="SPAREGRID_TLS_CA", metavar="PEM"),
+    Setting("tls", _bool, "TLS with the system's trust roots, for a publicly trusted certificate (true or false)", env="SPAREGRID_TLS", metavar="BOOL"),
     Setting("prefetch", _int, "tasks held per device (default 2)", metavar="N"),
     Setting("log_json", _log_format, "log lines as text or json (default: text)", key="log_format", metavar="FORMAT"),
     Setting("devices", _devices, "devices to use, e.g. 0,2 (default: all)", metavar="LIST"),
