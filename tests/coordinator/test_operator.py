@@ -209,6 +209,10 @@ async def test_jobs_of_every_account_listed_and_cancelled(cli: Cli, served: Serv
     assert served.app.jobs.get_any(a.id).state.value == "queued"
     mine = json.loads((await cli("job", "list", "--json", key=served.alice_key)).out)
     assert [j["id"] for j in mine] == [a.id]  # a client still sees only its own jobs
+    one = json.loads((await cli("job", "get", a.id, "--json", key=served.alice_key)).out)
+    assert (one["job"]["id"], one["job"]["counts"]["total"], one["disputes"]) == (a.id, 3, [])
+    theirs = await cli("job", "get", b.id, "--json", key=served.alice_key)
+    assert theirs.code == 1 and "[JOB_NOT_FOUND]" in theirs.err
     assert (await cli("admin", "ledger", "check")).code == 0
 
 
@@ -239,12 +243,16 @@ async def test_an_old_worker_is_refused_and_its_log_says_why(
         await wait_until(lambda: bool(served.app.scheduler.sessions))
 
 
-async def test_a_disabled_owners_nodes_cannot_connect(
-    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_disabled_owners_nodes_are_cut_off_and_refused(
+    cli: Cli, served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    served.app.accounts.set_disabled("alice", True)
     caplog.set_level(logging.INFO)
     config = make_config(tmp_path / "w", served.address, owner_key=served.alice_key)
     async with running_worker(config):
-        await wait_until(lambda: "ACCOUNT_DISABLED" in caplog.text or "disabled" in caplog.text)
-    assert not served.app.scheduler.sessions
+        await wait_until(lambda: bool(served.app.scheduler.sessions))
+        assert (await cli("admin", "account", "disable", "alice")).code == 0
+        await wait_until(lambda: "ACCOUNT_DISABLED" in caplog.text or "is disabled" in caplog.text)
+        await asyncio.sleep(0.5)  # it keeps trying, and keeps being refused
+        assert not served.app.scheduler.sessions
+        assert (await cli("admin", "account", "enable", "alice")).code == 0
+        await wait_until(lambda: bool(served.app.scheduler.sessions))

@@ -162,6 +162,8 @@ def key_rotate(args: argparse.Namespace) -> int:
     print(key, flush=True)
     output.note(f"account {account.name!r} has a new API key; the old one no longer works")
     output.hint("the key above is shown only this once")
+    if account.name == "admin":
+        output.hint("replace the old key in the coordinator's DATA_DIR/admin.key with it")
     return 0
 
 

@@ -107,6 +107,8 @@ def register(subparsers: Any) -> None:
     ):
         p = jobs.add_parser(name, parents=[conn], help=text)
         p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+        if name == "get":
+            output.add_json_flag(p)
         p.set_defaults(func=func)
 
     p = jobs.add_parser(
@@ -414,8 +416,12 @@ def results(args: argparse.Namespace) -> int:
 
 def get(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        output.show(output.job_details(client.get_job(args.job_id)))
+        job = client.get_job(args.job_id)
         disputes = client.disputes(args.job_id)
+    if args.json:
+        output.show_json({"job": job, "disputes": disputes})
+        return 0
+    output.show(output.job_details(job))
     if disputes:
         output.show(output.disputes_table(disputes))
     return 0

@@ -171,6 +171,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         account = await self.app.call(
             lambda: self.app.accounts.set_disabled(request.name, request.disabled)
         )
+        if account.disabled:  # its nodes' sessions end; reconnecting, they are refused
+            for session in list(self.app.scheduler.sessions.values()):
+                if session.node.owner == account.name:
+                    session.sink.close()
         return admin_pb2.SetAccountDisabledResponse(account=self._account_pb(account))
 
     @unary
