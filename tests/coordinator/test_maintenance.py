@@ -166,3 +166,25 @@ def test_postgres_backup_points_to_pg_dump_and_keeps_keys(
     finally:
         store.close()
         drop_schema(schema)
+
+
+def test_a_hostile_backup_writes_nothing_outside_the_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, good = tmp_path / "data", tmp_path / "good"
+    data.mkdir()
+    coordinator(data).store.close()
+    assert run(capsys, "backup", str(good), "--data-dir", str(data))[0] == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    (good / "backup.json").write_text('{"database": "sqlite", "keys": ["../escaped", "admin.key"]}')
+    (good / "escaped").write_text("x")
+    folder = good / "blobs" / "sha256" / "cd"
+    folder.mkdir(parents=True)
+    (folder / ("cd" + "1" * 62)).symlink_to(secret)  # a link to a file outside
+    (folder / "not-a-digest").write_text("x")
+    fresh = tmp_path / "nested" / "fresh"
+    code, out = run(capsys, "restore", str(good), "--data-dir", str(fresh))
+    assert code == 0, out
+    assert not (tmp_path / "nested" / "escaped").exists()
+    assert sorted(p.name for p in fresh.iterdir()) == ["admin.key", "coordinator.db"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from sparegrid.coordinator import config
 from sparegrid.coordinator.store.schema import MIGRATIONS
+from sparegrid.wire import is_digest
 from sparegrid.wire.config import ConfigError
 
 log = logging.getLogger("sparegrid.coordinator")
@@ -147,7 +148,7 @@ def backup(target: Target, dest: Path) -> int:
 def _copy_sqlite(source: Path, dest: Path) -> int:
     """An online copy through SQLite's backup API: one consistent snapshot, the WAL's
     committed transactions included, while the coordinator goes on writing."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
     out = sqlite3.connect(dest)
     try:
         src.backup(out)
@@ -185,7 +186,12 @@ def _copy_blobs(source: Path, dest: Path) -> int:
     if not stored.is_dir():
         return 0
     for folder in sorted(stored.iterdir()):
-        for blob in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for blob in sorted(folder.iterdir()):
+            # only what a blob store writes: a regular file named by its digest
+            if blob.is_symlink() or not is_digest(blob.name) or blob.name[:2] != folder.name:
+                continue
             target = dest / "sha256" / folder.name / blob.name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -220,8 +226,9 @@ def restore(source: Path, target: Target) -> int:
     if manifest.get("database") == "sqlite" and db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / DATABASE, db)
-    for name in manifest.get("keys", []):
-        _copy_secret(source / name, data_dir / name)
+    for name in KEYS:  # only these names, whatever the manifest says
+        if name in manifest.get("keys", []) and (source / name).is_file():
+            _copy_secret(source / name, data_dir / name)
     blobs = _copy_blobs(source / "blobs", data_dir / "blobs")
     print(f"restored {source} into {data_dir} ({blobs} blob(s))")
     if manifest.get("database") != "sqlite":
@@ -289,7 +296,7 @@ def _schema_version(target: Target) -> int | None:
     if db is not None:
         if not db.is_file():
             return None
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             return _read_version(conn.execute)
         except sqlite3.OperationalError as exc:
