@@ -5,7 +5,6 @@ import asyncio
 import gc
 import logging
 import os
-import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError
-from sparegrid.wire.config import ConfigError
+from sparegrid.wire.config import ConfigError, to_duration
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -38,28 +37,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     maintenance.register(commands)
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_AMOUNT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '64GiB', '500MB' or a plain number of bytes."""
-    match = _AMOUNT.fullmatch(text)
-    unit = _UNITS.get(match.group(2).lower()) if match else None
-    if match is None or unit is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64GiB or 500MB")
-    return int(float(match.group(1)) * unit)
-
-
 def parse_duration(text: str) -> float:
-    """Seconds from '3d', '24h', '90m', '30s' or a plain number of seconds."""
-    match = _AMOUNT.fullmatch(text)
-    unit = _SECONDS.get(match.group(2).lower()) if match else None
-    if match is None or unit is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3d, 24h or 300")
-    return float(match.group(1)) * unit
+    """Seconds from '3d', '24h', '90m', '30s' or a plain number of seconds (for argparse)."""
+    try:
+        return to_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 
 
 def serve_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
