@@ -80,6 +80,8 @@ class Settings:
     # a job none of whose tasks any connected node can take fails after this long, with
     # the reason it waits as its error (services/waits.py); 0: it waits for ever
     wait_limit_seconds: float = 86400.0
+    # workers reporting an older sparegrid are refused at session start, told why; "": any
+    min_worker_version: str = ""
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)

@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     """The stable code of an error a user can see, and match on."""
 
     # raised by the coordinator, sent in the `sparegrid-code` trailer
+    ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
     ACCOUNT_EXISTS = "ACCOUNT_EXISTS"
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
     BAD_AMOUNT = "BAD_AMOUNT"
@@ -39,6 +40,7 @@ class ErrorCode(StrEnum):
     BAD_REGISTRATION = "BAD_REGISTRATION"
     BAD_REQUIREMENTS = "BAD_REQUIREMENTS"
     BAD_SESSION = "BAD_SESSION"
+    BAD_STATE = "BAD_STATE"
     BAD_UPLOAD = "BAD_UPLOAD"
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
     BLOB_NOT_FOUND = "BLOB_NOT_FOUND"
@@ -47,14 +49,17 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"
     INTERNAL = "INTERNAL"  # a bug: the message holds a reference id from the log
+    JOB_FINISHED = "JOB_FINISHED"
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_NOT_RETRYABLE = "JOB_NOT_RETRYABLE"
+    LAST_ADMIN = "LAST_ADMIN"
     NODE_NOT_FOUND = "NODE_NOT_FOUND"
     NOTHING_TO_RETRY = "NOTHING_TO_RETRY"
     NOT_ADMIN = "NOT_ADMIN"
     NOT_LEASED = "NOT_LEASED"
     NOT_PENDING = "NOT_PENDING"
     NO_API_KEY = "NO_API_KEY"  # also raised by the SDK before any call
+    NO_KEY = "NO_KEY"
     OWNER_REQUIRED = "OWNER_REQUIRED"
     QUORUM_UNREACHABLE = "QUORUM_UNREACHABLE"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
@@ -68,6 +73,7 @@ class ErrorCode(StrEnum):
     UPLOAD_CLOSED = "UPLOAD_CLOSED"
     UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
     UPLOAD_IN_PROGRESS = "UPLOAD_IN_PROGRESS"
+    WORKER_TOO_OLD = "WORKER_TOO_OLD"
     # raised by the SDK and the CLI themselves
     BAD_FRAMES = "BAD_FRAMES"
     BAD_INPUT = "BAD_INPUT"

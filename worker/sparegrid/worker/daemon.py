@@ -22,8 +22,9 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
-from sparegrid.wire.codes import FailureCode, VerdictCode
+from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
@@ -122,6 +123,7 @@ class Worker:
         self._connected = asyncio.Event()
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._hinted = False  # a connection failure's likely cause was logged
         self._draining = False
         self._forced = False
 
@@ -238,6 +240,7 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        uses_tls = self.config.tls or self.config.tls_ca is not None
         while True:
             error: BaseException | None = None
             try:
@@ -245,6 +248,8 @@ class Worker:
                 reason = "the coordinator ended the session"
             except grpc.aio.AioRpcError as exc:
                 reason, error = f"{exc.code().name}: {exc.details()}", exc
+                if _refused(exc):  # too old: say so loudly, with what to do
+                    _log.error("the coordinator refuses this worker: %s", exc.details())
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -254,6 +259,11 @@ class Worker:
                 return
             delay = reconnect_delay(error, backoff.next_delay(), self._rng)
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            if "UNAVAILABLE" in reason and not self._hinted:  # once until it connects
+                self._hinted = True
+                cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
+                if cause:
+                    _log.warning("hint: %s", cause)
             await self._clock.sleep(delay)
 
     async def _run_session(self, backoff: Backoff) -> None:
@@ -290,6 +300,7 @@ class Worker:
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._hinted = False
         self._session = session
         self._connected.set()
         if self._draining:
@@ -527,3 +538,9 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> bool:
+    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
+    code = dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, "")
+    return bool(code == ErrorCode.WORKER_TOO_OLD)

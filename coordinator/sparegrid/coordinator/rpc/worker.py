@@ -12,8 +12,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
+from packaging.version import InvalidVersion, Version
 
-from sparegrid.coordinator.app import App
+from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.domain import Attempt, Node, Task
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
@@ -119,6 +120,24 @@ def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     )
 
 
+def check_worker_version(version: str, settings: Settings) -> None:
+    """Refuses a worker older than `--min-worker-version`, saying what to do."""
+    minimum = settings.min_worker_version
+    if not minimum:
+        return
+    try:
+        too_old = Version(version) < Version(minimum)
+    except InvalidVersion:
+        too_old = True
+    if too_old:
+        raise CoordinatorError(
+            ErrorKind.PRECONDITION,
+            "WORKER_TOO_OLD",
+            f"this coordinator needs sparegrid {minimum} or newer on workers; this worker "
+            f"runs {version or 'an unknown version'}: upgrade it (pip install -U sparegrid)",
+        )
+
+
 def _ack(batch_id: int, verdicts: list[Verdict]) -> Msg:
     return Msg(
         result_ack=worker_pb2.ResultAck(
@@ -162,6 +181,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 f"({app.settings.admission.rate:g} a second); retry in {wait:.1f} s",
                 retry_after=wait,
             )
+        check_worker_version(first.hello.software.get("sparegrid", ""), app.settings)
         node = _node_from_hello(first.hello, app.clock.now())
         node.owner = self._owner(context, node.id)
         app.identities.admit(node)

@@ -88,6 +88,9 @@ class Store(Protocol):
 
     def list_accounts(self) -> list[Account]: ...
 
+    def update_account(self, account: Account) -> None:
+        """Writes its key hash, admin flag and disabled flag (found by id)."""
+
     # ledger: append-only, double-entry
     def post(self, txn: Transaction) -> bool:
         """Appends a transaction and updates balances.

@@ -122,6 +122,11 @@ class MemoryStore(MemoryStorage):
         with self._lock:
             return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
 
+    def update_account(self, account: Account) -> None:
+        with self._lock:
+            if account.id in self._s.accounts:
+                self._s.accounts[account.id] = copy.deepcopy(account)
+
     # ledger
 
     def post(self, txn: Transaction) -> bool:

@@ -78,6 +78,13 @@ class SqlStore(SqlStorage):
             rows = self._query(f"SELECT {r.ACCOUNT_COLUMNS} FROM accounts ORDER BY name")
         return [r.account_from(row) for row in rows]
 
+    def update_account(self, account: Account) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE accounts SET key_hash = ?, is_admin = ?, disabled = ? WHERE id = ?",
+                (account.key_hash, account.is_admin, account.disabled, account.id),
+            )
+
     # ledger
 
     def post(self, txn: Transaction) -> bool:

@@ -19,6 +19,7 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, Signer
 from sparegrid.wire.metadata import retry_after_seconds
+from sparegrid.wire.tls import client_credentials_roots
 from sparegrid.worker.config import MAX_MESSAGE_BYTES, WorkerConfig
 from sparegrid.worker.errors import SessionError
 from sparegrid.worker.upstream.blobs import BlobClient
@@ -51,9 +52,10 @@ def open_channel(config: WorkerConfig) -> grpc.aio.Channel:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    if config.tls_ca is None:
+    if config.tls_ca is None and not config.tls:
         return grpc.aio.insecure_channel(config.coordinator, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+    roots = client_credentials_roots(config.tls_ca)  # the CA file, else the system's roots
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     return grpc.aio.secure_channel(config.coordinator, credentials, options=options)
 
 
