@@ -18,6 +18,7 @@ from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
+from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec, Price
 from sparegrid.coordinator.services.ledger import Ledger
@@ -85,6 +86,7 @@ class Settings:
     vouching: VouchConfig = field(default_factory=VouchConfig)
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    events: EventConfig = field(default_factory=EventConfig)
 
     @property
     def key_path(self) -> Path:
@@ -101,6 +103,7 @@ class App:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.blobs = BlobStore(settings.data_dir / "blobs", settings.max_blob_size)
+        self.events = Events(store, self.clock, settings.events)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
         self.signer = Signer.load_or_create(settings.key_path)
@@ -161,6 +164,7 @@ class App:
         )
         self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
+        self._observe()
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
@@ -171,6 +175,16 @@ class App:
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _observe(self) -> None:
+        """Events from the services that make them, and the metrics counting them."""
+        from sparegrid.coordinator.metrics import CoordinatorMetrics  # prometheus_client
+
+        for service in (self.ledger, self.reputations, self.scheduler):
+            service.events = self.events
+        self.metrics = CoordinatorMetrics(self)
+        self.events.listeners.append(self.metrics.event)
+        self.intake.on_settled = self.metrics.settled
 
     def _voters(self) -> int:
         """Accounts whose nodes' results would count as votes (for a quorum's check)."""
@@ -205,6 +219,7 @@ class App:
     async def stop(self) -> None:
         self._stopped = True
         await self.submitter.stop()
+        await self.metrics.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -241,6 +256,7 @@ class App:
             self._run_group()
         finally:
             self.last_group_seconds = time.perf_counter() - began
+            self.metrics.group_commit.observe(self.last_group_seconds)
 
     def _run_group(self) -> None:
         self._group_scheduled = False
@@ -254,16 +270,20 @@ class App:
         try:
             with self.store.transaction():
                 for fn, future in items:
+                    mark = self.events.mark()
                     try:
                         with self.store.transaction():
                             done.append((future, fn(), None))
                     except Exception as exc:
+                        self.events.undo(mark)
                         done.append((future, None, exc))
                 if self._kick_pending:
                     self._kick_pending = False
-                    self.scheduler.dispatch()
+                    with self.metrics.dispatch.time():
+                        self.scheduler.dispatch()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
+            self.events.discard()
             self.reputations.load()
             self.identities.load()
             self.scheduler.resync()
@@ -280,6 +300,7 @@ class App:
             return
         for sink in self.sinks:
             sink.flush()
+        self.events.published()
         if self.scheduler.sweeps:
             self._sweep_wanted.set()
         for future, value, error in done:
@@ -318,6 +339,7 @@ class App:
         self.scheduler.reap()
         self.intake.settle_stranded()
         self.waits.check()
+        self.events.trim()
 
     async def _sweeps(self) -> None:
         first = True

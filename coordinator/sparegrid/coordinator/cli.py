@@ -20,6 +20,7 @@ from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError
+from sparegrid.coordinator.web import serve as operations
 
 log = logging.getLogger("sparegrid.coordinator")
 
@@ -123,6 +124,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         type=str.upper,
         help="log verbosity [%(default)s]",
     )
+    operations.add_flags(serve)
     serve.set_defaults(func=serve_command)
 
 
@@ -229,6 +231,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         wait_limit_seconds=args.wait_limit,
     )
     settings.quotas, settings.sweeps = _storage_settings(args)
+    operations.apply(args, settings)
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"error: {name} is a share from 0 to 1, got {share}")
@@ -283,6 +286,7 @@ async def serve(args: argparse.Namespace) -> None:
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     try:
         server, port = await build_server(app, args.listen, tls)
+        http = await operations.start(app, args, args.data_dir)
     except OSError:
         store.close()
         raise
@@ -316,6 +320,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await operations.stop(http)
     await server.stop(grace=2)
     await app.stop()
 
@@ -325,6 +330,7 @@ def serve_command(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    operations.log_events()
     try:
         asyncio.run(serve(args))
     except (OSError, StoreError) as exc:  # a damaged database says which file, and why

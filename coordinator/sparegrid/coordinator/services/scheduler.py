@@ -26,6 +26,7 @@ from sparegrid.coordinator.domain import (
     new_id,
     owner_of,
 )
+from sparegrid.coordinator.services.events import EventKind, Events
 from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.taskqueue import Reader, TaskQueue
@@ -196,6 +197,12 @@ def fits(job: Job, node: Node, device: Device) -> bool:
 
 
 class Scheduler:
+    events: Events | None = None  # job ends and task failures
+    # tasks leased by dispatch passes, and leases taken back (expired, stragglers): counts
+    # the metrics read
+    leased_total = 0
+    expired_total = 0
+
     def __init__(
         self,
         store: Store,
@@ -460,6 +467,12 @@ class Scheduler:
             self.store.update_attempts(leftover)
             self.store.update_job(job)
             self.ledger.refund(job, active.owner)
+            if self.events is not None:
+                self.events.emit(
+                    EventKind.JOB_FINISHED, f"job {job.id} {state}" + (f": {job.error}" if job.error else ""),
+                    job_id=job.id, account=active.owner, state=state.value, job_kind=job.kind,
+                    succeeded=active.succeeded, failed=active.failed, tasks=job.task_count,
+                )  # fmt: skip
         del self.jobs[job.id]
         for attempt in leftover:
             self._release(attempt, cancel_reason=f"job {job.id} is {state}")
@@ -645,6 +658,7 @@ class Scheduler:
             self.sessions[node_id].sink.assign(items)
         if started:
             self.on_change(a.job.id for _, _, _, a in picked if id(a.job) in started)
+        self.leased_total += len(won)
         return len(won)
 
     def _pick(
@@ -726,6 +740,7 @@ class Scheduler:
         self.expire([a for a in expired if a.node_id in self.sessions], reason="lease expired")
         stragglers = self._stragglers()
         self._take_back(stragglers)
+        self.expired_total += len(expired) + len(stragglers)
         return len(expired) + len(stragglers)
 
     def took(self, active: ActiveJob, attempt: Attempt) -> None:
@@ -891,7 +906,9 @@ class Scheduler:
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
-                if again and failures < active.job.max_attempts:
+                final = not (again and failures < active.job.max_attempts)
+                self._failed_event(active, task, attempt, final)
+                if not final:
                     move_task(task, TaskState.QUEUED)
                     requeue.append((active, task))
                 else:
@@ -907,3 +924,15 @@ class Scheduler:
             if active.job.id in self.jobs:
                 self.finish(active, JobState.FAILED, error)
         log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
+
+    def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:
+        if self.events is None:
+            return
+        then = "the task failed" if final else "the task is queued again"
+        self.events.emit(
+            EventKind.TASK_FAILED,
+            f"task {task.index} of job {task.job_id} on node {attempt.node_id}: "
+            f"{attempt.error_code}: {attempt.error} ({then})",
+            job_id=task.job_id, task_id=task.id, node_id=attempt.node_id,
+            account=active.owner, index=task.index, code=attempt.error_code, final=final,
+        )  # fmt: skip
