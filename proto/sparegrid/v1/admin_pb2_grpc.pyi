@@ -42,6 +42,11 @@ class AdminServiceStub:
     ReinstateNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]
     ApproveNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]
     """Under `--enrollment approve`, a new node gets work only once approved."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]
+    """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+    with `follow`, each new one as it is recorded, until the caller hangs up.
+    With `follow`, an empty message marks the moment following began.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -57,6 +62,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ReinstateNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]  # type: ignore[assignment]
     ApproveNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]  # type: ignore[assignment]
     """Under `--enrollment approve`, a new node gets work only once approved."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+    with `follow`, each new one as it is recorded, until the caller hangs up.
+    With `follow`, an empty message marks the moment following began.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,5 +133,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ApproveNodeResponse, _abc.Awaitable[_admin_pb2.ApproveNodeResponse]]:
         """Under `--enrollment approve`, a new node gets work only once approved."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _admin_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.WatchEventsResponse], _abc.AsyncIterator[_admin_pb2.WatchEventsResponse]]:
+        """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+        with `follow`, each new one as it is recorded, until the caller hangs up.
+        With `follow`, an empty message marks the moment following began.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,7 +5,7 @@ from typing import Any
 
 from rich.text import Text
 
-from sparegrid.cli import common, output
+from sparegrid.cli import common, events, output
 from sparegrid.sdk import LedgerEntry, Node
 
 
@@ -62,6 +62,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--job", default="", metavar="JOB_ID", help="only this job")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (100)")
     p.set_defaults(func=ledger_entries)
+
+    events.register(admin, parents)
 
 
 def account_create(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from sparegrid.sdk.job import AsyncJob
 from sparegrid.sdk.models import (
     Account,
     Dispute,
+    Event,
     Info,
     LedgerCheck,
     LedgerEntry,
@@ -464,3 +465,14 @@ class AsyncAdminClient(_AsyncBase):
         request = admin_pb2.ListLedgerEntriesRequest(job_id=job_id, limit=1)
         response = await self._unary(self._admin.ListLedgerEntries, request)
         return [convert.dispute(d) for d in response.disputes]
+
+    async def events(self, limit: int = 50, job_id: str = "") -> list[Event]:
+        """The latest recorded events (of one job, with `job_id`), oldest first."""
+        request = admin_pb2.WatchEventsRequest(limit=limit, job_id=job_id)
+        stream = self._admin.WatchEvents(
+            request, metadata=self.connection.metadata, timeout=self.timeout
+        )
+        try:
+            return [convert.event(e) async for response in stream for e in response.events]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None

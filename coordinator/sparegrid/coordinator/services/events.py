@@ -87,7 +87,7 @@ class Events:
         events, self._pending = self._pending, []
         for event in events:
             log.info("%s", to_json(event))
-            for listener in self.listeners:
+            for listener in list(self.listeners):
                 listener(event)
         self._since_trim += len(events)
         return events
