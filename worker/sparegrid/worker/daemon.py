@@ -42,6 +42,7 @@ from sparegrid.worker.lending import (
     status_snapshot,
 )
 from sparegrid.worker.messages import hello, statement_bytes
+from sparegrid.worker.metrics import WorkerMetrics
 from sparegrid.worker.outbox import Outbox, OutboxEntry, output_attempts
 from sparegrid.worker.policy import (
     Decision,
@@ -105,6 +106,7 @@ class Worker:
         self.earnings = Earnings(config.data_dir / "earnings.json", self._policy_clock.now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
+        self.metrics = WorkerMetrics(self)
         rate = config.max_download_rate
         self._download_limit = RateLimiter(rate, self._clock) if rate else None
         rate = config.max_upload_rate
@@ -184,6 +186,8 @@ class Worker:
         if problem:
             _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
         self._monitor.poll()  # the first decisions, before anything is leased
+        if self.config.metrics_port is not None:
+            await self.metrics.start(self.config.metrics_addr, self.config.metrics_port)
         for shown in status_snapshot(self)["devices"]:
             reason = f" ({shown['reason']})" if shown["reason"] else ""
             _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)
@@ -209,6 +213,7 @@ class Worker:
         await self._batcher.close()
         await self._cache.close()
         await self._status.close()
+        await self.metrics.close()
         self._monitor.close()
         logging.getLogger("sparegrid.worker").removeHandler(self.errors)
         _log.info(
@@ -406,6 +411,7 @@ class Worker:
     ) -> None:
         spec = self.executors.get(assignment.kind)
         self._since.pop(assignment.attempt_id, None)
+        self.metrics.report(assignment.kind, device.index if device else None, outcome)
         if outcome.ok and device is not None:
             self._durations[device.index].append(outcome.duration_us / 1e6)
         if not outcome.ok or device is None or spec is None:

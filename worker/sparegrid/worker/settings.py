@@ -152,6 +152,8 @@ SETTINGS = (
     Setting("task_output_size", parse_size, "largest file an executor may write (default 16GiB)", metavar="SIZE"),
     Setting("owner_key_file", _path, "file holding the API key of the account that owns this node: replicas never go to two nodes of one owner, and the owner sees the node's credit with `worker credit` (or env SPAREGRID_OWNER_KEY holding the key)", metavar="FILE"),
     Setting("status_socket", _path, "local socket for `worker status` (default DATA_DIR/status.sock)", metavar="PATH"),
+    Setting("metrics_port", _int, "serve Prometheus metrics over HTTP on this port (0 picks one, written to DATA_DIR/metrics.addr; default: off)", metavar="PORT"),
+    Setting("metrics_addr", _str, "address for --metrics-port (default 127.0.0.1)", metavar="HOST"),
 )  # fmt: skip
 _BY_KEY = {s.toml_key: s for s in SETTINGS}
 
