@@ -5,7 +5,7 @@ two clients. One per test module: real processes take seconds to start."""
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,7 @@ class Site:
     alice_key: str
     bob_key: str
     volunteer_key: str  # owns node1
+    _open: list[httpx.Client] = field(default_factory=list)
 
     def client(self, key: str) -> Client:
         return Client(self.cluster.address, api_key=key)
@@ -36,6 +37,7 @@ class Site:
     def browser(self, key: str | None = None) -> httpx.Client:
         """An HTTP client of the dashboard, signed in with `key` when given."""
         http = httpx.Client(base_url=self.web, follow_redirects=False, timeout=30)
+        self._open.append(http)  # closed after the test (closed_browsers)
         if key is not None:
             response = http.post("/login", data={"api_key": key})
             assert response.status_code == 303, response.text
@@ -87,3 +89,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
     finally:
         cluster.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def closed_browsers(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "site" in request.fixturenames:
+        site: Site = request.getfixturevalue("site")
+        while site._open:
+            site._open.pop().close()

@@ -1,6 +1,7 @@
 """Scraping /metrics of a live coordinator and its workers while a real job runs: the
 series move, the endpoints are off unless asked for, and a taken port fails clearly."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -30,7 +31,11 @@ def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[typ
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_series_move_while_a_job_runs(site: Site) -> None:
+def test_series_move_while_a_job_runs(site: Site, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(1 << 20))
+    with site.client(site.alice_key) as client:  # an input for the workers' caches
+        assert client.checksum(data, tasks=2).wait(timeout=60).state == "succeeded"
     before = scrape(site.metrics)
     assert value(before, "sparegrid_sessions", state="active") == 2
     with site.client(site.alice_key) as client:
@@ -98,6 +103,7 @@ def test_series_move_while_a_job_runs(site: Site) -> None:
         }
         assert len(states) == 1  # one state per device now
         assert ("sparegrid_worker_cache_bytes", ()) in w
+    assert sum(value(w, "sparegrid_worker_cache_bytes") for w in worker_after) > 0  # the scene
 
 
 def test_metrics_stay_off_unless_asked_and_a_taken_port_fails(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -36,12 +36,12 @@ _TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
 def _cache_bytes(root: Path) -> int:
+    """Bytes of the files under `root` (downloads in progress included)."""
     total = 0
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(root):
+    for folder, _, files in os.walk(root):
+        for name in files:
             with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
+                total += os.lstat(os.path.join(folder, name)).st_size
     return total
 
 

@@ -92,7 +92,8 @@ class Dashboard:
 
     def _page(self, name: str, request: Request, status: int = 200, **values: Any) -> Response:
         template = self.env.get_template(name)
-        html = template.render(account=self._account(request), refresh=0, **values)
+        values.setdefault("refresh", 0)
+        html = template.render(account=self._account(request), **values)
         return HTMLResponse(html, status_code=status)
 
     def _account(self, request: Request) -> Account | None:
