@@ -98,3 +98,11 @@ def closed_browsers(request: pytest.FixtureRequest) -> Iterator[None]:
         site: Site = request.getfixturevalue("site")
         while site._open:
             site._open.pop().close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keeps the test's outcome on it, for the browser fixture's screenshot on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
