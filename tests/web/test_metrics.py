@@ -1,6 +1,7 @@
 """Scraping /metrics of a live coordinator and its workers while a real job runs: the
 series move, the endpoints are off unless asked for, and a taken port fails clearly."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sparegrid.sdk import AdminClient
 from tests.web.conftest import Site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -121,3 +123,42 @@ def test_metrics_stay_off_unless_asked_and_a_taken_port_fails(tmp_path) -> None:
     assert f"cannot serve the metrics on 127.0.0.1:{port}" in proc.stderr
     assert "pick another port" in proc.stderr
     assert not (tmp_path / "c" / "metrics.addr").exists()
+
+
+def cli(site: Site, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sparegrid.cli.main", "admin", *args,
+            "--coordinator", site.cluster.address]  # fmt: skip
+
+
+def test_admin_events_lists_and_follows_as_json(site: Site) -> None:
+    env = site.cluster.env
+    listed = subprocess.run(cli(site, "events", "--json", "--limit", "5"), env=env,
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert 1 <= len(lines) <= 5 and all({"seq", "id", "kind", "message"} <= set(e) for e in lines)
+    assert [e["seq"] for e in lines] == sorted(e["seq"] for e in lines)
+    table = subprocess.run(cli(site, "events"), env=env, capture_output=True, text=True,
+                           timeout=60, check=True)  # fmt: skip
+    assert "kind" in table.stdout and lines[-1]["id"] in table.stdout
+    bad = subprocess.run(cli(site, "events", "--limit", "0"), env=env, capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--limit takes 1 to 10000" in bad.stderr
+    follow = subprocess.Popen(cli(site, "events", "--follow", "--json", "--limit", "1"), env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())
+        with AdminClient(site.cluster.address, api_key=site.admin_key) as admin:
+            deadline = time.monotonic() + 30
+            while True:  # the follow may open after the first grant: grant until one shows
+                admin.grant("bob", 3, "followed")
+                line = json.loads(follow.stdout.readline())
+                if line["seq"] > first["seq"] and "followed" in line["message"]:
+                    break
+                assert time.monotonic() < deadline
+        assert line["kind"] == "ledger" and line["data"]["flow"] == "granted"
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+        if follow.stdout is not None:
+            follow.stdout.close()
