@@ -267,6 +267,7 @@ class App:
                     future.cancel()
             return
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self.events.deferred = True  # written once, with the group (services/events.py)
         try:
             with self.store.transaction():
                 for fn, future in items:
@@ -281,8 +282,10 @@ class App:
                     self._kick_pending = False
                     with self.metrics.dispatch.time():
                         self.scheduler.dispatch()
+                self.events.flush()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
+            self.events.deferred = False
             self.events.discard()
             self.reputations.load()
             self.identities.load()
@@ -298,6 +301,7 @@ class App:
                 if not future.done():
                     future.set_exception(failure)
             return
+        self.events.deferred = False
         for sink in self.sinks:
             sink.flush()
         self.events.published()

@@ -89,8 +89,7 @@ class CoordinatorMetrics:
             self.credit.labels("paid").inc(paid)
 
     def event(self, event: Event) -> None:
-        kinds = {k.value for k in EventKind}
-        self.events.labels(bounded(event.kind, kinds)).inc()
+        self.events.labels(bounded(event.kind, _EVENT_KINDS)).inc()
         data = event.data
         if event.kind == EventKind.DISPUTE:
             self.disputes.labels(bounded(str(data.get("state")), _DISPUTE_STATES)).inc()
@@ -125,6 +124,7 @@ class CoordinatorMetrics:
             await asyncio.sleep(BLOB_INTERVAL)
 
 
+_EVENT_KINDS = frozenset(k.value for k in EventKind)
 _DISPUTE_STATES = frozenset({"open", "settled", "failed"})
 _FLOWS = frozenset({"escrowed", "refunded", "granted", "staked", "unstaked", "slashed", "debited"})
 

@@ -1,7 +1,8 @@
 """Events an operator follows: jobs, task failures, disputes, quarantines, bans, credit.
 
 A service emits an event inside the transaction that makes it true: the event is written
-with it (and undone with it). Once the group commit holding it is durable, the app calls
+with it (and undone with it). Within a group commit (`deferred`) the events of all its
+calls are written together, once, just before it commits; elsewhere each at once. Once the group commit holding it is durable, the app calls
 `published()`, which writes each as one JSON line to the `sparegrid.events` log and hands
 it to the listeners (the metrics). The store keeps the latest `keep` of them for
 `sparegrid admin events` and the dashboard.
@@ -49,7 +50,9 @@ class Events:
         self.config = config or EventConfig()
         self.listeners: list[Listener] = []
         self._pending: list[Event] = []
+        self._written = 0  # how many of the pending events the store has
         self._since_trim = 0
+        self.deferred = False  # set by the app while a group commit runs
 
     def emit(
         self,
@@ -67,9 +70,16 @@ class Events:
             new_id(), self.clock.now(), kind.value, message[:MESSAGE_LIMIT],
             job_id, task_id, node_id, account, dict(data),
         )  # fmt: skip
-        self.store.add_events([event])
         self._pending.append(event)
+        if not self.deferred:
+            self.flush()
         return event
+
+    def flush(self) -> None:
+        """Writes the pending events the store does not have yet."""
+        if self._written < len(self._pending):
+            self.store.add_events(self._pending[self._written :])
+            self._written = len(self._pending)
 
     def mark(self) -> int:
         """Where the pending events stand, to `undo` to when a savepoint rolls back."""
@@ -77,16 +87,21 @@ class Events:
 
     def undo(self, mark: int) -> None:
         del self._pending[mark:]
+        self._written = min(self._written, mark)
 
     def discard(self) -> None:
         """The transaction holding the pending events failed: they never happened."""
         self._pending.clear()
+        self._written = 0
 
     def published(self) -> list[Event]:
         """Logs the events made durable since the last call and tells the listeners."""
         events, self._pending = self._pending, []
+        self._written = 0
+        logged = log.isEnabledFor(logging.INFO)
         for event in events:
-            log.info("%s", to_json(event))
+            if logged:
+                log.info("%s", to_json(event))
             for listener in list(self.listeners):
                 listener(event)
         self._since_trim += len(events)
