@@ -131,7 +131,9 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def job_row(app: App, job: Job, owner: str = "") -> JobRow:
+def job_row(app: App, job: Job, owner: str = "", explain: bool = False) -> JobRow:
+    """A job's progress; with `explain`, why no node takes its tasks when none does (a scan
+    of every session: for one job's page, not for a list)."""
     counts = app.jobs.counts(job)
     done = counts[TaskState.SUCCEEDED]
     failed = counts[TaskState.FAILED]
@@ -146,7 +148,7 @@ def job_row(app: App, job: Job, owner: str = "") -> JobRow:
         ended / job.task_count if job.task_count else 1.0,
         _eta(job, done + failed, app.clock.now()),
     )
-    if job.state == JobState.QUEUED and job.id in app.scheduler.jobs:
+    if explain and job.state == JobState.QUEUED and job.id in app.scheduler.jobs:
         row.waiting = app.jobs.waiting(job.id)
     return row
 
@@ -173,7 +175,7 @@ def job_page(app: App, job: Job, owner: str) -> JobPage:
         if job.task_count > 10_000:  # a huge job: its first tasks only
             break
     return JobPage(
-        job_row(app, job, owner),
+        job_row(app, job, owner, explain=True),
         failed,
         frames,
         store.list_events(limit=EVENTS_SHOWN, newest=True, job_id=job.id)[::-1],
@@ -295,7 +297,8 @@ def operator(app: App) -> Operator:
     jobs = [
         job_row(app, j, names.get(j.account_id, "?")) for j in store.list_jobs(limit=JOBS_SHOWN)
     ]
-    nodes = node_rows(app, store.list_nodes())
+    found = sorted(store.list_nodes(), key=lambda n: n.last_seen, reverse=True)
+    nodes = node_rows(app, found)
     events = store.list_events(limit=EVENTS_SHOWN, newest=True)[::-1]
     disputes: list[tuple[Job, Dispute]] = []
     seen: set[str] = set()
