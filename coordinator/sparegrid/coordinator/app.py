@@ -20,6 +20,7 @@ from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.admission import Admission, AdmissionConfig
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
+from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec, Price
 from sparegrid.coordinator.services.ledger import Ledger
@@ -93,6 +94,7 @@ class Settings:
     # this often, and at a clean stop. A crash loses at most this much of it.
     last_seen_flush_seconds: float = 30.0
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    events: EventConfig = field(default_factory=EventConfig)
 
     @property
     def key_path(self) -> Path:
@@ -109,6 +111,7 @@ class App:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.blobs = BlobStore(settings.data_dir / "blobs", settings.max_blob_size)
+        self.events = Events(store, self.clock, settings.events)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
         self.signer = Signer.load_or_create(settings.key_path)
@@ -169,6 +172,7 @@ class App:
         )
         self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
+        self._observe()
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
@@ -187,6 +191,16 @@ class App:
         self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _observe(self) -> None:
+        """Events from the services that make them, and the metrics counting them."""
+        from sparegrid.coordinator.metrics import CoordinatorMetrics  # prometheus_client
+
+        for service in (self.ledger, self.reputations, self.scheduler):
+            service.events = self.events
+        self.metrics = CoordinatorMetrics(self)
+        self.events.listeners.append(self.metrics.event)
+        self.intake.on_settled = self.metrics.settled
 
     def _voters(self) -> int:
         """Accounts whose nodes' results would count as votes (for a quorum's check)."""
@@ -224,6 +238,7 @@ class App:
         await self.submitter.stop()
         if self._recovery is not None:
             self._tasks.append(self._recovery)
+        await self.metrics.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -270,6 +285,7 @@ class App:
             self._run_group()
         finally:
             self.last_group_seconds = time.perf_counter() - began
+            self.metrics.group_commit.observe(self.last_group_seconds)
 
     def _run_group(self) -> None:
         self._group_scheduled = False
@@ -280,25 +296,34 @@ class App:
                     future.cancel()
             return
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self.events.deferred = True  # written once, with the group (services/events.py)
         try:
             with self.store.transaction():
                 for fn, future in items:
+                    mark = self.events.mark()
                     try:
                         with self.store.transaction():
                             done.append((future, fn(), None))
                     except Exception as exc:
+                        self.events.undo(mark)
                         done.append((future, None, exc))
                 if self._kick_pending:
                     self._kick_pending = False
-                    self.scheduler.dispatch()
+                    with self.metrics.dispatch.time():
+                        self.scheduler.dispatch()
+                self.events.flush()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
+            self.events.deferred = False
+            self.events.discard()
             self._failed_commit(exc, [future for _, future in items])
             return
+        self.events.deferred = False
         unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
         self.unflushed.clear()
         for sink in unflushed:  # only the workers this commit has messages for
             sink.flush()
+        self.events.published()
         if self.scheduler.sweeps:
             self._sweep_wanted.set()
         for future, value, error in done:
@@ -414,6 +439,7 @@ class App:
         self.scheduler.rescan()
         self.intake.settle_stranded()
         self.waits.check()
+        self.events.trim()
 
     def saw(self, node_id: str) -> None:
         """A heartbeat of a connected node: its last_seen, in memory until the next write."""

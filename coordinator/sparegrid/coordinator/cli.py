@@ -16,6 +16,7 @@ from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError
+from sparegrid.coordinator.web import serve as operations
 from sparegrid.wire.config import ConfigError, to_duration
 
 log = logging.getLogger("sparegrid.coordinator")
@@ -33,6 +34,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "deploy/coordinator.toml documents every key.",
     )
     config.add_flags(serve)
+    operations.add_flags(serve)
     serve.set_defaults(func=serve_command)
     maintenance.register(commands)
 
@@ -90,13 +92,14 @@ def open_app(serving: ServeConfig) -> tuple[App, Store]:
     return App(store, settings), store
 
 
-async def serve(serving: ServeConfig) -> None:
+async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     keep_freed_memory()  # the coordinator process is ours to tune; see blobs.py
     app, store = open_app(serving)
     data_dir = serving.settings.data_dir
     tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     try:
         server, port = await build_server(app, serving.listen, tls)
+        http = await operations.start(app, args, data_dir)
     except OSError:
         store.close()
         raise
@@ -130,18 +133,21 @@ async def serve(serving: ServeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await operations.stop(http)
     await server.stop(grace=2)
     await app.stop()
 
 
 def serve_command(args: argparse.Namespace) -> int:
     serving = serve_config(args)
+    operations.apply(args, serving.settings)
     logging.basicConfig(
         level=serving.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    operations.log_events()
     try:
-        asyncio.run(serve(serving))
+        asyncio.run(serve(serving, args))
     except (OSError, StoreError) as exc:  # a damaged database says which file, and why
         log.error("%s", exc)
         return 1

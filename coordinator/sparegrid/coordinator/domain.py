@@ -306,3 +306,21 @@ def escrow_account(job_id: str) -> str:
 def stake_account(owner: str) -> str:
     """Credit an owner locked as a bond for its nodes: proven fraud is slashed from it."""
     return f"stake:{owner}"
+
+
+@dataclass
+class Event:
+    """Something an operator wants to know happened (services/events.py names the kinds),
+    kept for `sparegrid admin events` and the dashboard. `seq` orders events and is given
+    by the store; `id` names one in logs."""
+
+    id: str
+    at: float
+    kind: str
+    message: str
+    job_id: str = ""
+    task_id: str = ""
+    node_id: str = ""
+    account: str = ""
+    data: dict[str, object] = field(default_factory=dict)  # JSON-able details
+    seq: int = 0

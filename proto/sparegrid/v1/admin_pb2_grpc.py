@@ -109,6 +109,11 @@ class AdminServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/sparegrid.v1.AdminService/WatchEvents',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -214,6 +219,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+        with `follow`, each new one as it is recorded, until the caller hangs up.
+        With `follow`, an empty message marks the moment following began.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +305,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CancelAnyJob,
                     request_deserializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -698,6 +717,33 @@ class AdminService:
             '/sparegrid.v1.AdminService/CancelAnyJob',
             sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.SerializeToString,
             sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/WatchEvents',
+            sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

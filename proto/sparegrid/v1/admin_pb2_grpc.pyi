@@ -57,6 +57,11 @@ class AdminServiceStub:
     """Jobs of every account, newest first."""
     CancelAnyJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CancelAnyJobRequest, _admin_pb2.CancelAnyJobResponse]
     """Cancels any account's job; its unspent escrow goes back to the account."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]
+    """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+    with `follow`, each new one as it is recorded, until the caller hangs up.
+    With `follow`, an empty message marks the moment following began.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -87,6 +92,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Jobs of every account, newest first."""
     CancelAnyJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.CancelAnyJobRequest, _admin_pb2.CancelAnyJobResponse]  # type: ignore[assignment]
     """Cancels any account's job; its unspent escrow goes back to the account."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+    with `follow`, each new one as it is recorded, until the caller hangs up.
+    With `follow`, an empty message marks the moment following began.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -204,5 +214,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CancelAnyJobResponse, _abc.Awaitable[_admin_pb2.CancelAnyJobResponse]]:
         """Cancels any account's job; its unspent escrow goes back to the account."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _admin_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.WatchEventsResponse], _abc.AsyncIterator[_admin_pb2.WatchEventsResponse]]:
+        """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
+        with `follow`, each new one as it is recorded, until the caller hangs up.
+        With `follow`, an empty message marks the moment following began.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,7 +5,7 @@ from typing import Any
 
 from rich.text import Text
 
-from sparegrid.cli import common, output
+from sparegrid.cli import common, events, output
 from sparegrid.sdk import JobState, LedgerEntry, Node
 
 
@@ -108,6 +108,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (100)")
     output.add_json_flag(p)
     p.set_defaults(func=ledger_entries)
+
+    events.register(admin, parents)
 
 
 def account_create(args: argparse.Namespace) -> int:

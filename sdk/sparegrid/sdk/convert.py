@@ -17,6 +17,7 @@ from sparegrid.sdk.models import (
     Device,
     DeviceKind,
     Dispute,
+    Event,
     Info,
     JobCounts,
     JobSnapshot,
@@ -308,4 +309,19 @@ def ledger_entry(msg: admin_pb2.LedgerEntry) -> LedgerEntry:
         job_id=msg.job_id,
         task_id=msg.task_id,
         created_at=timestamp(msg, "created_at"),
+    )
+
+
+def event(msg: admin_pb2.Event) -> Event:
+    return Event(
+        seq=msg.seq,
+        id=msg.id,
+        kind=msg.kind,
+        message=msg.message,
+        at=timestamp(msg, "at"),
+        job_id=msg.job_id,
+        task_id=msg.task_id,
+        node_id=msg.node_id,
+        account=msg.account,
+        data=json.loads(msg.data_json or "{}"),
     )

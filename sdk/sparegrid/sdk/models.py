@@ -231,3 +231,19 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the coordinator recorded for its operator (`sparegrid admin events`)."""
+
+    seq: int
+    id: str
+    kind: str
+    message: str
+    at: datetime | None = None
+    job_id: str = ""
+    task_id: str = ""
+    node_id: str = ""
+    account: str = ""
+    data: dict[str, Any] = field(default_factory=dict)

@@ -76,6 +76,8 @@ class WorkerConfig:
     task_open_files: int = 1024
     task_output_size: int = 16 << 30  # largest file an executor may write, bytes
     status_socket: Path | None = None  # default: DATA_DIR/status.sock
+    metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: any free port
+    metrics_addr: str = "127.0.0.1"
     # where each setting came from (flag, environment, file), for error messages
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # API key of the account that owns this node (SPAREGRID_OWNER_KEY); empty: none
@@ -121,6 +123,9 @@ class WorkerConfig:
             "task_memory": _min_size("task_memory", self.task_memory, 256 * MiB),
             "task_open_files": _range("task_open_files", self.task_open_files, 64, 1 << 20),
             "task_output_size": _min_size("task_output_size", self.task_output_size, MiB),
+            "metrics_port": ""
+            if self.metrics_port is None
+            else _range("metrics_port", self.metrics_port, 0, 65535),
         }
         return [self._from(name, problem) for name, problem in checks.items()]
 

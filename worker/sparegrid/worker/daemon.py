@@ -28,6 +28,7 @@ from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
+from sparegrid.worker.metrics import WorkerMetrics
 from sparegrid.worker.node.devices import DeviceInfo, detect_devices
 from sparegrid.worker.node.earnings import Earnings
 from sparegrid.worker.node.identity import load_identity
@@ -104,6 +105,7 @@ class Worker:
         self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
+        self.metrics = WorkerMetrics(self)
         rate = config.max_download_rate
         self._download_limit = RateLimiter(rate, self._clock) if rate else None
         rate = config.max_upload_rate
@@ -190,6 +192,8 @@ class Worker:
         if problem:
             _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
         self._monitor.poll()  # the first decisions, before anything is leased
+        if self.config.metrics_port is not None:
+            await self.metrics.start(self.config.metrics_addr, self.config.metrics_port)
         for shown in status_snapshot(self)["devices"]:
             reason = f" ({shown['reason']})" if shown["reason"] else ""
             _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)
@@ -215,6 +219,7 @@ class Worker:
         await self._batcher.close()
         await self._cache.close()
         await self._status.close()
+        await self.metrics.close()
         self._monitor.close()
         logging.getLogger("sparegrid.worker").removeHandler(self.errors)
         _log.info(
@@ -427,6 +432,7 @@ class Worker:
     ) -> None:
         spec = self.executors.get(assignment.kind)
         self._since.pop(assignment.attempt_id, None)
+        self.metrics.report(assignment.kind, device.index if device else None, outcome)
         if outcome.ok and device is not None:
             self._durations[device.index].append(outcome.duration_us / 1e6)
         if not outcome.ok or device is None or spec is None:

@@ -190,6 +190,14 @@ SETTINGS = (
         "local socket for `worker status` (default DATA_DIR/status.sock)",
         metavar="PATH",
     ),
+    Setting(
+        "metrics_port",
+        _int,
+        "serve Prometheus metrics over HTTP on this port (0 picks one, written to "
+        "DATA_DIR/metrics.addr; default: off)",
+        metavar="PORT",
+    ),
+    Setting("metrics_addr", _str, "address for --metrics-port (default 127.0.0.1)", metavar="HOST"),
 )
 SCHEMA = Schema(SETTINGS, "SPAREGRID_WORKER_", "worker", ENV_CONFIG, "worker")
 

@@ -1,20 +1,25 @@
 """AdminService: accounts, credit, nodes and the ledger, for admin accounts only."""
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Account, Job, Node, client_account, node_account
+from sparegrid.coordinator.domain import Account, Event, Job, Node, client_account, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
-from sparegrid.coordinator.rpc.errors import unary
+from sparegrid.coordinator.rpc.errors import streaming, unary
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from sparegrid.wire.codes import NODE_STATES, NodeState
 
 Ctx = aio.ServicerContext[Any, Any]
+EVENTS_PAGE = 500  # events per message
+FOLLOW_POLL_SECONDS = 1.0  # a follower also reads the store this often (other coordinators)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -234,3 +239,44 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         reason = request.reason[:500] or f"cancelled by operator {operator.name!r}"
         job = await self.app.call(lambda: self.app.jobs.cancel_any(request.job_id, reason))
         return admin_pb2.CancelAnyJobResponse(job=self._job_pb(job, self._owners()))
+
+    @streaming
+    async def WatchEvents(
+        self, request: admin_pb2.WatchEventsRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
+        admin_of(context, self.app.accounts)
+        store, limit = self.app.store, min(request.limit or 50, 10_000)
+        if request.after_seq:
+            events = store.list_events(request.after_seq, limit, job_id=request.job_id)
+        else:
+            events = store.list_events(limit=limit, newest=True, job_id=request.job_id)
+        last = events[-1].seq if events else request.after_seq
+        for start in range(0, len(events), EVENTS_PAGE):
+            page = events[start : start + EVENTS_PAGE]
+            yield admin_pb2.WatchEventsResponse(events=[convert.event_to_pb(e) for e in page])
+        if not request.follow:
+            return
+        if not events and not request.after_seq:  # nothing yet: start from what comes next
+            latest = store.list_events(limit=1, newest=True)
+            last = latest[-1].seq if latest else 0
+        woken = asyncio.Event()
+
+        def wake(_: Event) -> None:
+            woken.set()
+
+        listeners = self.app.events.listeners
+        listeners.append(wake)
+        try:
+            yield admin_pb2.WatchEventsResponse()  # the follow has begun: nothing missed after
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), FOLLOW_POLL_SECONDS)
+                woken.clear()
+                new = store.list_events(last, EVENTS_PAGE, job_id=request.job_id)
+                if new:
+                    last = new[-1].seq
+                    yield admin_pb2.WatchEventsResponse(
+                        events=[convert.event_to_pb(e) for e in new]
+                    )
+        finally:
+            listeners.remove(wake)

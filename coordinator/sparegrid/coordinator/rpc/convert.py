@@ -10,6 +10,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Device,
     Dispute,
+    Event,
     FileRef,
     Job,
     JobState,
@@ -218,4 +219,19 @@ def dispute_to_pb(dispute: Dispute) -> common_pb2.Dispute:
         state=dispute.state.value,
         evidence_json=json.dumps(dispute.evidence, sort_keys=True),
         updated_at=timestamp(dispute.updated_at),
+    )
+
+
+def event_to_pb(event: Event) -> admin_pb2.Event:
+    return admin_pb2.Event(
+        seq=event.seq,
+        id=event.id,
+        at=timestamp(event.at),
+        kind=event.kind,
+        message=event.message,
+        job_id=event.job_id,
+        task_id=event.task_id,
+        node_id=event.node_id,
+        account=event.account,
+        data_json=json.dumps(event.data, sort_keys=True, default=str),
     )

@@ -19,6 +19,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.kinds import JobKind, TaskPlan, decode_params, encode_params
+from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.jobspec import JobSpec as JobSpec  # re-exported
 from sparegrid.coordinator.services.jobspec import spec_differences, spec_of
 from sparegrid.coordinator.services.ledger import Ledger
@@ -136,6 +137,16 @@ class Jobs:
         self._clock = clock
         self._config = config
 
+    def _submitted(self, job: Job, account: Account) -> None:
+        events = self._scheduler.events
+        if events is not None:
+            events.emit(
+                EventKind.JOB_SUBMITTED,
+                f"job {job.id} ({job.kind}, {job.task_count} tasks) submitted by {account.name}",
+                job_id=job.id, account=account.name, job_kind=job.kind, tasks=job.task_count,
+                name=job.name[:200], cost_held=job.cost_held,
+            )  # fmt: skip
+
     def price(self, kind: str) -> Price:
         return self._config.prices.get(kind, Price())
 
@@ -226,6 +237,7 @@ class Jobs:
             with self._store.transaction():
                 self._store.create_job(job, tasks)
                 self._ledger.hold(job, account.name)
+                self._submitted(job, account)
         except InsufficientFunds as exc:  # spent meanwhile by a concurrent submit
             raise _short(account, job, exc.balance) from None
         except Conflict:  # the same submit raced another coordinator: return the winner
@@ -265,6 +277,7 @@ class Jobs:
                 self._ledger.hold(job, account.name)
                 move_job(job, JobState.QUEUED)
                 self._store.update_job(job)
+                self._submitted(job, account)
         except InsufficientFunds as exc:
             job.state = JobState.SUBMITTING
             raise _short(account, job, exc.balance) from None

@@ -64,6 +64,7 @@ class Intake:
         self.store = scheduler.store
         self.blobs = blobs
         self.settlement = settlement
+        self.on_settled: Callable[[Settled], None] | None = None  # the metrics count them
 
     def results(
         self, node_id: str, statements: list[bytes], signature: bytes, inline: dict[str, bytes]
@@ -219,6 +220,8 @@ class Intake:
     def _settled(self, settled: Settled) -> None:
         """After the commit: leases given back, nodes told, jobs ended, watchers woken."""
         sched = self.scheduler
+        if self.on_settled is not None:
+            self.on_settled(settled)
         for attempt in settled.released:
             sched._release(attempt)
         for other in settled.superseded:

@@ -14,6 +14,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     Dispute,
+    Event,
     Job,
     JobState,
     LedgerEntry,
@@ -315,3 +316,22 @@ class Store(Protocol):
 
     def delete_nodes(self, node_ids: list[str]) -> None:
         """Deletes the nodes and a `pending` standing they have."""
+
+    # events: what an operator follows (services/events.py), oldest trimmed
+
+    def add_events(self, events: list[Event]) -> None:
+        """Appends events; each is given the next sequence number (its `seq` is ignored)."""
+
+    def list_events(
+        self,
+        after: int = 0,
+        limit: int = 100,
+        newest: bool = False,
+        job_id: str = "",
+        node_ids: list[str] | None = None,
+    ) -> list[Event]:
+        """Events with seq > after, oldest first; with `newest`, the latest `limit` of them
+        (still oldest first). Filtered by job id, or by any of the node ids, when given."""
+
+    def trim_events(self, keep: int) -> int:
+        """Deletes all but the latest `keep` events; returns how many."""

@@ -6,6 +6,7 @@ whole state at the outermost begin and puts it back if an exception escapes.
 """
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
     Dispute,
+    Event,
     Job,
     JobState,
     LedgerEntry,
@@ -60,6 +62,8 @@ class _State:
     disputes: dict[str, Dispute] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
+    events: list[Event] = field(default_factory=list)  # oldest first
+    event_seq: int = 0
 
 
 class MemoryStore(MemoryStorage):
@@ -547,3 +551,37 @@ class MemoryStore(MemoryStorage):
     def get_inline_blob(self, digest: str) -> bytes | None:
         with self._lock:
             return self._s.inline_blobs.get(digest)
+
+    # events
+
+    def add_events(self, events: list[Event]) -> None:
+        with self._lock:
+            for event in events:
+                self._s.event_seq += 1
+                self._s.events.append(dataclasses.replace(event, seq=self._s.event_seq))
+
+    def list_events(
+        self,
+        after: int = 0,
+        limit: int = 100,
+        newest: bool = False,
+        job_id: str = "",
+        node_ids: list[str] | None = None,
+    ) -> list[Event]:
+        with self._lock:
+            nodes = set(node_ids) if node_ids is not None else None
+            found = [
+                e
+                for e in self._s.events
+                if e.seq > after
+                and (not job_id or e.job_id == job_id)
+                and (nodes is None or e.node_id in nodes)
+            ]
+            return _copies(found[-limit:] if newest else found[:limit])
+
+    def trim_events(self, keep: int) -> int:
+        with self._lock:
+            events = self._s.events
+            gone = max(len(events) - max(keep, 0), 0)
+            del events[:gone]
+            return gone

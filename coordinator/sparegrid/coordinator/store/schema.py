@@ -258,6 +258,25 @@ ACCOUNT_CONTROL = """
 ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE
 """
 
+# Events an operator follows (`sparegrid admin events`, the dashboard): job, task-failure,
+# dispute, quarantine, ban and ledger events with their ids, the oldest trimmed to a bound.
+EVENTS = """
+CREATE TABLE events (
+    seq {serial},
+    id TEXT NOT NULL,
+    at {real} NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    account TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX events_job ON events (job_id, seq);
+CREATE INDEX events_node ON events (node_id, seq)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -268,6 +287,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (6, STORAGE),
     (7, LARGE_JOBS),
     (8, ACCOUNT_CONTROL),
+    (9, EVENTS),
 ]
 
 

@@ -24,6 +24,7 @@ from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import Conflict
 from sparegrid.coordinator.store.engine import CHUNK, chunks, marks
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
+from sparegrid.coordinator.store.sql_events import SqlEvents
 from sparegrid.coordinator.store.sql_storage import SqlStorage
 
 _RUNNING = AttemptState.RUNNING.value
@@ -35,9 +36,10 @@ def _prefix_filter(column: str, prefix: str) -> tuple[str, tuple[object, ...]]:
     return f"substr({column}, 1, CAST(? AS INTEGER)) = ?", (len(prefix), prefix)
 
 
-class SqlStore(SqlStorage):
+class SqlStore(SqlStorage, SqlEvents):
     """The Store over SQL; subclasses open the connection and pick the dialect. The
-    storage bookkeeping (quotas, blob collection, idle nodes) is in sql_storage.py."""
+    storage bookkeeping (quotas, blob collection, idle nodes) is in sql_storage.py, the
+    events in sql_events.py."""
 
     # accounts
 

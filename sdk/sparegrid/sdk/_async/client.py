@@ -7,7 +7,7 @@ runs through `aoffload`.
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -39,10 +39,11 @@ from sparegrid.sdk.config import (
     resolve_tls,
     resolve_tls_ca,
 )
-from sparegrid.sdk.errors import from_rpc_error
+from sparegrid.sdk.errors import UnavailableError, from_rpc_error
 from sparegrid.sdk.models import (
     Account,
     Dispute,
+    Event,
     Info,
     JobSnapshot,
     JobState,
@@ -575,3 +576,38 @@ class AsyncAdminClient(_AsyncBase):
         request = admin_pb2.ListLedgerEntriesRequest(job_id=job_id, limit=1)
         response = await self._unary(self._admin.ListLedgerEntries, request)
         return [convert.dispute(d) for d in response.disputes]
+
+    async def events(self, limit: int = 50, job_id: str = "") -> list[Event]:
+        """The latest recorded events (of one job, with `job_id`), oldest first."""
+        request = admin_pb2.WatchEventsRequest(limit=limit, job_id=job_id)
+        stream = self._admin.WatchEvents(
+            request, metadata=self.connection.metadata, timeout=self.timeout
+        )
+        try:
+            return [convert.event(e) async for response in stream for e in response.events]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def follow_events(
+        self, limit: int = 50, job_id: str = "", on_following: Callable[[], None] | None = None
+    ) -> AsyncIterator[Event]:
+        """The latest `limit` events, then each new one as it is recorded, for ever;
+        reconnects (resuming after the last one seen) when the coordinator goes away.
+        `on_following` is called each time the stream is open and following."""
+        request = admin_pb2.WatchEventsRequest(limit=limit, follow=True, job_id=job_id)
+        while True:
+            stream = self._admin.WatchEvents(request, metadata=self.connection.metadata)
+            try:
+                async for response in stream:
+                    if not response.events and on_following is not None:
+                        on_following()
+                    for msg in response.events:
+                        request.after_seq = msg.seq
+                        yield convert.event(msg)
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc)
+                if not isinstance(err, UnavailableError):
+                    raise err from None
+            finally:
+                stream.cancel()
+            await asleep(1.0)

@@ -1,8 +1,10 @@
 """AdminService over the state of a FakeCoordinator."""
 
+from collections.abc import AsyncIterator
+
 import grpc
 
-from sparegrid.sdk.testing._rpc import Abort, Context, aborts
+from sparegrid.sdk.testing._rpc import Abort, Context, abort, aborts
 from sparegrid.sdk.testing.coordinator import FakeCoordinator, now
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
@@ -128,3 +130,13 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
 
     SetAccountDisabled = RotateKey = RevokeKey = DebitCredit = _real_only  # type: ignore[assignment]
     ListAllJobs = CancelAnyJob = _real_only  # type: ignore[assignment]
+
+    async def WatchEvents(
+        self, request: admin_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
+        try:
+            self.c._caller(context, admin=True)
+            raise Abort(grpc.StatusCode.UNIMPLEMENTED, "NO_EVENTS", "the fake records no events")
+        except Abort as err:
+            await abort(context, err)
+        yield admin_pb2.WatchEventsResponse()  # never reached: makes this a generator

@@ -17,6 +17,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
 )
+from sparegrid.coordinator.services.events import Events
 from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.taskqueue import TaskQueue
@@ -156,6 +157,12 @@ class NodeSession:
 
 class SchedulerBase:
     """The scheduler's state; the parts in this package add the methods."""
+
+    events: Events | None = None  # job ends and task failures
+    # tasks leased by dispatch passes, and leases taken back (expired, stragglers): counts
+    # the metrics read
+    leased_total = 0
+    expired_total = 0
 
     def __init__(
         self,

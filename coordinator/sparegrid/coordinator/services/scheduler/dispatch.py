@@ -125,6 +125,7 @@ class DispatchPart(SessionsPart):
             self.sessions[node_id].sink.assign(items)
         if started:
             self.on_change(a.job.id for _, _, _, a in picked if id(a.job) in started)
+        self.leased_total += len(won)
         return len(won)
 
     def _pick(

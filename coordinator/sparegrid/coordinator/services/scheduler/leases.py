@@ -10,6 +10,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
 )
+from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
     NODE_LOST,
     OUT_OF_MEMORY,
@@ -34,6 +35,7 @@ class LeasesPart(QueuesPart):
         self.expire([a for a in expired if a.node_id in self.sessions], reason="lease expired")
         stragglers = self._stragglers()
         self._take_back(stragglers)
+        self.expired_total += len(expired) + len(stragglers)
         return len(expired) + len(stragglers)
 
     def took(self, active: ActiveJob, attempt: Attempt) -> None:
@@ -199,7 +201,9 @@ class LeasesPart(QueuesPart):
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
-                if again and failures < active.job.max_attempts:
+                final = not (again and failures < active.job.max_attempts)
+                self._failed_event(active, task, attempt, final)
+                if not final:
                     move_task(task, TaskState.QUEUED)
                     requeue.append((active, task))
                 else:
@@ -215,3 +219,20 @@ class LeasesPart(QueuesPart):
             if active.job.id in self.jobs:
                 self.finish(active, JobState.FAILED, error)
         log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
+
+    def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:
+        if self.events is None:
+            return
+        then = "the task failed" if final else "the task is queued again"
+        self.events.emit(
+            EventKind.TASK_FAILED,
+            f"task {task.index} of job {task.job_id} on node {attempt.node_id}: "
+            f"{attempt.error_code}: {attempt.error} ({then})",
+            job_id=task.job_id,
+            task_id=task.id,
+            node_id=attempt.node_id,
+            account=active.owner,
+            index=task.index,
+            code=attempt.error_code,
+            final=final,
+        )

@@ -13,6 +13,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
 )
+from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
     ActiveJob,
     NodeSession,
@@ -260,6 +261,19 @@ class QueuesPart(DispatchPart):
             self.store.update_attempts(leftover)
             self.store.update_job(job)
             self.ledger.refund(job, active.owner)
+        if self.events is not None:
+            ended = f"job {job.id} {state}" + (f": {job.error}" if job.error else "")
+            self.events.emit(
+                EventKind.JOB_FINISHED,
+                ended,
+                job_id=job.id,
+                account=active.owner,
+                state=state.value,
+                job_kind=job.kind,
+                succeeded=active.succeeded,
+                failed=active.failed,
+                tasks=job.task_count,
+            )
         del self.jobs[job.id]
         for attempt in leftover:
             self._release(attempt, cancel_reason=f"job {job.id} is {state}")
