@@ -14,10 +14,11 @@ from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
-from sparegrid.coordinator.services.jobs import parse_price
+from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, parse_price, prices_text
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
+from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError
 
@@ -65,8 +66,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         action="append",
         default=[],
         metavar="KIND=CREDIT[/UNITS]",
-        help="credit per UNITS work units of a job kind (repeatable; bytes for checksum, "
-        "1 per echo task); default: echo=1, checksum=1/1048576, others 1",
+        help="credit per UNITS work units of a job kind (repeatable; an echo task is 1 "
+        "unit, checksum 1 per byte, inference 1 per GFLOP x sample, render 1 per pixel x "
+        f"sample); defaults: {prices_text(DEFAULT_PRICES)}; a kind not listed 1 per unit",
     )
     serve.add_argument(
         "--canary-rate",
@@ -116,6 +118,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="a job that no connected node can run fails after waiting this long, saying "
         "why (e.g. 90m, 24h, 2d, or seconds; 0 waits for ever) [24h]",
     )
+    _client_flags(serve)
     serve.add_argument(
         "--log-level",
         default=env("SPAREGRID_LOG_LEVEL", "INFO"),
@@ -148,6 +151,23 @@ def parse_duration(text: str) -> float:
     if match is None or unit is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3d, 24h or 300")
     return float(match.group(1)) * unit
+
+
+def _client_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--max-running-per-account",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tasks one account may run at once over all its jobs, so that one account "
+        "cannot take the whole network (0: no cap) [%(default)s]",
+    )
+    serve.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        help="let job webhooks call loopback, private and link-local addresses (refused by "
+        "default: a client could otherwise make the coordinator reach its own network)",
+    )
 
 
 def _storage_flags(serve: argparse.ArgumentParser) -> None:
@@ -227,7 +247,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         identity=IdentityConfig(Enrollment(args.enrollment), min_stake=args.min_stake),
         max_attempt_seconds=args.max_attempt_seconds,
         wait_limit_seconds=args.wait_limit,
+        max_running_per_account=args.max_running_per_account,
+        webhooks=WebhookConfig(allow_private=args.webhook_allow_private),
     )
+    if args.max_running_per_account < 0:
+        raise SystemExit(
+            "error: --max-running-per-account is 0 (no cap) or more, "
+            f"got {args.max_running_per_account}"
+        )
     settings.quotas, settings.sweeps = _storage_settings(args)
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
         if not 0.0 <= share <= 1.0:

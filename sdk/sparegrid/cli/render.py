@@ -28,6 +28,27 @@ def submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_INPUT", "a render job needs --blend FILE (the scene)")
     blend = Path(args.blend)
     with common.client(args) as client:
+        if args.dry_run:
+            with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
+                found = client.render_estimate(
+                    blend,
+                    args.frames,
+                    args.samples,
+                    args.resolution,
+                    format=args.format,
+                    depth=args.depth,
+                    tiles=args.tiles,
+                    chunk=args.chunk,
+                    blender=args.blender,
+                    backend=args.backend,
+                    max_attempts=args.max_attempts,
+                    replicas=args.replicas,
+                    quorum=args.quorum,
+                    on_upload=progress,
+                )
+            from sparegrid.cli import costs
+
+            return costs.show_estimate(found, args.json)
         with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
             job = client.render(
                 blend,
@@ -44,6 +65,8 @@ def submit(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 replicas=args.replicas,
                 quorum=args.quorum,
+                priority=args.priority,
+                webhook_url=args.webhook,
                 on_upload=progress,
             )
         print(job.id, flush=True)

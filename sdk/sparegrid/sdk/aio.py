@@ -41,6 +41,7 @@ from sparegrid.sdk.job import AsyncJob
 from sparegrid.sdk.models import (
     Account,
     Dispute,
+    Estimate,
     Info,
     LedgerCheck,
     LedgerEntry,
@@ -226,6 +227,8 @@ class AsyncClient(_AsyncBase):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
     ) -> AsyncJob:
         """Submits a job; see `Client.submit`."""
         request = convert.submit_request(
@@ -238,8 +241,34 @@ class AsyncClient(_AsyncBase):
             idempotency_key=idempotency_key,
             replicas=replicas,
             quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
         )
         return self._job((await self._unary(self._jobs.SubmitJob, request)).job)
+
+    async def estimate(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+        *,
+        requirements: Requirements | None = None,
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+    ) -> Estimate:
+        """What `submit` would cost; see `Client.estimate`."""
+        spec = convert.submit_request(
+            kind,
+            params,
+            inputs,
+            requirements=requirements,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        ).spec
+        request = client_pb2.EstimateJobRequest(spec=spec)
+        return convert.estimate(await self._unary(self._jobs.EstimateJob, request))
 
     async def checksum(
         self, path: PathLike, tasks: int = 1, *, name: str = "", on_upload: Progress | None = None
@@ -264,6 +293,8 @@ class AsyncClient(_AsyncBase):
         max_attempts: int = 0,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         on_upload: Progress | None = None,
     ) -> AsyncJob:
         """`Client.render` for asyncio; the scene is checked and packed in a thread."""
@@ -292,6 +323,8 @@ class AsyncClient(_AsyncBase):
             max_attempts=max_attempts,
             replicas=replicas,
             quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
         )
 
     async def echo(

@@ -67,6 +67,10 @@ class _JobView:
     def finished_at(self) -> datetime | None:
         return self._snapshot.finished_at
 
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far; None before a task is done or once final."""
+        return self.snapshot.eta()
+
     @property
     def finished(self) -> bool:
         return self._snapshot.finished

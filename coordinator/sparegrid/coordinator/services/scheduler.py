@@ -78,6 +78,9 @@ class SchedulerConfig:
     # a job ending with more queued tasks than this has them marked cancelled in the store
     # a range at a time afterwards (`sweep`), not in the transaction that ends it
     sweep_above: int = 2000
+    # tasks of one account running at once at most, over all its jobs (0: no cap), so one
+    # account cannot take the whole network
+    max_running_per_account: int = 0
 
 
 @dataclass
@@ -207,6 +210,7 @@ class Scheduler:
         check_params: Callable[[Job, Task, list[Replica]], bytes] = lambda job, task, held: b"",
         vetted: Callable[[str], bool] = lambda owner: not is_anonymous(owner),
         proven: Callable[[str], int] = lambda node_id: 0,
+        ended: Callable[[Job], None] = lambda job: None,
     ) -> None:
         self.store = store
         self.blocked = blocked  # a node that may get no work (quarantined or banned)
@@ -220,7 +224,9 @@ class Scheduler:
         self.clock = clock
         self.config = config
         self.on_change = on_change
+        self.ended = ended  # called in the transaction that ends a job (webhooks)
         self.jobs: dict[str, ActiveJob] = {}
+        self._order: list[ActiveJob] | None = None  # dispatch order; None: to compute
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
         self.sweeps: dict[str, Sweep] = {}  # by job id
@@ -229,6 +235,7 @@ class Scheduler:
 
     def load(self) -> None:
         """Rebuilds the queues from the store after a start or restart."""
+        self._order = None
         owners = {a.id: a.name for a in self.store.list_accounts()}
         active = self.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=10**9)
         for job in reversed(active):  # oldest first
@@ -425,6 +432,7 @@ class Scheduler:
         active = ActiveJob(job, owner, queue, {}, len(queue))
         active.succeeded = job.task_count - len(queue)
         self.jobs[job.id] = active
+        self._order = None
         self.sweeps.pop(job.id, None)  # retried: its queued tasks are queued again
 
     def finish(self, active: ActiveJob, state: JobState | None = None, error: str = "") -> None:
@@ -460,7 +468,9 @@ class Scheduler:
             self.store.update_attempts(leftover)
             self.store.update_job(job)
             self.ledger.refund(job, active.owner)
+            self.ended(job)
         del self.jobs[job.id]
+        self._order = None
         for attempt in leftover:
             self._release(attempt, cancel_reason=f"job {job.id} is {state}")
         self.on_change([job.id])
@@ -620,9 +630,11 @@ class Scheduler:
         """Leases queued tasks to sessions with credit; returns how many were sent."""
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]] = []
         now = self.clock.now()
+        order = self.dispatch_order()
+        running = self._running_by_owner(order)
         for session in self.sessions.values():
             if not session.draining:
-                self._pick(session, now, picked)
+                self._pick(session, now, picked, order, running)
         if not picked:
             return 0
         started = {id(a.job) for _, _, _, a in picked if a.job.state == JobState.QUEUED}
@@ -647,11 +659,55 @@ class Scheduler:
             self.on_change(a.job.id for _, _, _, a in picked if id(a.job) in started)
         return len(won)
 
+    def dispatch_order(self) -> list[ActiveJob]:
+        """The jobs in the order nodes take their tasks: oldest first, except that an
+        account's own jobs take the places its jobs hold in that order by priority (higher
+        first, then oldest): a priority reorders an account's jobs, never puts them ahead of
+        another account's."""
+        if self._order is not None and len(self._order) == len(self.jobs):
+            return self._order
+        jobs = list(self.jobs.values())
+        if any(a.job.priority for a in jobs):
+            by_owner: dict[str, list[ActiveJob]] = {}
+            for active in jobs:
+                by_owner.setdefault(active.owner, []).append(active)
+            ranked = {
+                owner: iter(sorted(mine, key=lambda a: -a.job.priority))  # stable: oldest
+                for owner, mine in by_owner.items()
+            }
+            jobs = [next(ranked[a.owner]) for a in jobs]
+        self._order = jobs
+        return jobs
+
+    def _running_by_owner(self, order: list[ActiveJob]) -> Counter[str] | None:
+        """Tasks running per account, when accounts are capped."""
+        if not self.config.max_running_per_account:
+            return None
+        running: Counter[str] = Counter()
+        for active in order:
+            running[active.owner] += len(active.running)
+        return running
+
+    def capped(self, owner: str) -> str:
+        """Why an account's queued tasks wait for its running ones; "" when they do not."""
+        cap = self.config.max_running_per_account
+        if not cap:
+            return ""
+        running = sum(len(a.running) for a in self.jobs.values() if a.owner == owner)
+        if running < cap:
+            return ""
+        return (
+            f"account {owner!r} runs {running} task(s), this coordinator's cap per account; "
+            "the rest start as those finish"
+        )
+
     def _pick(
         self,
         session: NodeSession,
         now: float,
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]],
+        order: list[ActiveJob],
+        running: Counter[str] | None,
     ) -> None:
         node = session.node
         if self.blocked(node.id):
@@ -662,12 +718,17 @@ class Scheduler:
             device = session.device(index)
             if credit <= 0 or device is None or room <= 0:
                 continue
-            for active in self.jobs.values():
+            cap = self.config.max_running_per_account
+            for active in order:
                 if not active.queue or not self._eligible(active, node, device):
                     continue
                 if active.job.replicas >= 2 and not vetted:
                     continue  # a quorum is made of vetted owners only
                 wanted = min(credit, room)
+                if running is not None:
+                    wanted = min(wanted, cap - running[active.owner])
+                    if wanted <= 0:
+                        continue
                 for task in self._take(active, node.owner, vetted, wanted, device.memory_bytes):
                     held = active.replicas.get(task.id)
                     attempt = Attempt(
@@ -683,6 +744,8 @@ class Scheduler:
                     picked.append((session, attempt, task, active))
                     credit -= 1
                     room -= 1
+                    if running is not None:
+                        running[active.owner] += 1
                 if not credit or room <= 0:
                     break
             session.credit[index] = credit
