@@ -4,11 +4,7 @@ When a job succeeds, fails or is cancelled, a delivery is recorded in the same t
 that ends it, so a stop loses none; a background loop (App) posts it, and on failure tries
 again with a doubling delay, up to `max_attempts` times.
 
-Each call is a POST of a JSON body with the header
-
-    X-Sparegrid-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
-
-where the secret is the account's webhook secret (`sparegrid account --webhook-secret`):
+Each call is a POST of a JSON body signed as sparegrid.wire.webhook says, where the secret is the account's webhook secret (`sparegrid account --webhook-secret`):
 derived by the coordinator from its own key and the account id, never the API key, so a
 receiver that verifies calls holds nothing that could submit jobs.
 
@@ -20,7 +16,6 @@ name that resolves differently the second time (DNS rebinding) cannot slip throu
 
 import contextlib
 import hashlib
-import hmac
 import http.client
 import ipaddress
 import json
@@ -37,10 +32,10 @@ from sparegrid.coordinator.domain import Delivery, Job
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.store.base import Store
 from sparegrid.wire import Signer
+from sparegrid.wire.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, signature
 
 SECRET_TAG = b"sparegrid/webhook-secret/v1\x00"
 MAX_URL = 2000
-SIGNATURE_HEADER = "X-Sparegrid-Signature"
 
 
 @dataclass
@@ -58,23 +53,6 @@ def account_secret(signer: Signer, account_id: str) -> bytes:
     makes it (Ed25519 signatures are deterministic), and the tag keeps it apart from
     every other signature the coordinator makes."""
     return hashlib.sha256(signer.sign(SECRET_TAG, account_id.encode())).digest()
-
-
-def signature(secret: bytes, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: bytes, header: str, body: bytes, tolerance: float = 300.0) -> bool:
-    """What a receiver does: checks the signature, and that it is recent."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(fields["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - timestamp) > tolerance:
-        return False
-    return hmac.compare_digest(signature(secret, timestamp, body), header)
 
 
 def _blocked(address: str) -> bool:
@@ -214,7 +192,7 @@ def post(delivery: Delivery, secret: bytes, config: WebhookConfig) -> str:
         "Host": parts.netloc,
         "Content-Type": "application/json",
         "User-Agent": "sparegrid-webhook/1",
-        "X-Sparegrid-Delivery": delivery.id,
+        DELIVERY_HEADER: delivery.id,
         SIGNATURE_HEADER: signature(secret, int(time.time()), delivery.body),
     }
     try:
