@@ -119,8 +119,11 @@ def stitch(tiles: list[Path], out_dir: Path) -> None:
     width, height = sdk_render.frame_size(tiles)
     ext = tiles[0].suffix
     frame = out_dir / f"still{ext}"
-    if not sdk_render.have_blender():
-        output.hint(f"tiles are in {out_dir / 'tiles'}; install bpy to stitch them into {frame}")
+    if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
+        output.hint(
+            f"tiles are in {out_dir / 'tiles'}; stitching EXR tiles into {frame.name} needs "
+            "bpy: pip install 'sparegrid[render]' (Python 3.11)"
+        )
         return
     sdk_render.stitch_tiles(tiles, frame, width, height)
     output.note(f"stitched {len(tiles)} tiles into {frame.name} ({width}x{height})")
