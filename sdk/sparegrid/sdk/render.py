@@ -52,10 +52,27 @@ class SceneInfo:
     unpackable: list[str] = field(default_factory=list)
 
 
+def _tool_command(args: Sequence[str]) -> list[str]:
+    """A fresh Python with bpy: this one (bpy as a module), or, inside Blender (the add-on),
+    Blender itself in the background, told where the sparegrid package is."""
+    bpy = sys.modules.get("bpy")
+    blender = getattr(getattr(bpy, "app", None), "binary_path", "") if bpy else ""
+    if not blender:
+        return [sys.executable, "-m", "sparegrid.sdk.blendtool", *args]
+    root = str(Path(__file__).resolve().parents[2])  # holds the sparegrid package
+    expr = (
+        f"import runpy, sys; sys.path.insert(0, {root!r}); "
+        f"sys.argv = ['blendtool', *{list(args)!r}]; "
+        "runpy.run_module('sparegrid.sdk.blendtool', run_name='__main__')"
+    )
+    return [blender, "--background", "--factory-startup", "--python-exit-code", "1",
+            "--python-expr", expr]  # fmt: skip
+
+
 def _tool(*args: str) -> dict[str, Any]:
     """Runs a blendtool command in a fresh Python with bpy; its JSON answer."""
     proc = subprocess.run(
-        [sys.executable, "-m", "sparegrid.sdk.blendtool", *args],
+        _tool_command(args),
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT,
