@@ -113,7 +113,7 @@ def test_wait_get_and_list_show_progress(cluster) -> None:
     assert all(len(line) <= 80 for line in lines), lines
     running = [line for line in lines if " eta " in line and "tasks 6/6" not in line]
     assert running, err  # a line while it ran, with the time left
-    assert "tasks 6/6 (0 failed)" in lines[-1] and "succeeded" in lines[-1]
+    assert "tasks 6/6  elapsed" in lines[-1] and "succeeded" in lines[-1]
 
     stuck = client.echo("slow", tasks=1, sleep_ms=60_000)
     cancelled = cli(cluster, "job", "cancel", stuck.id)

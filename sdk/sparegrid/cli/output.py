@@ -151,9 +151,10 @@ def eta_text(job: Job) -> str:
 def progress_line(job: Job, elapsed: float) -> str:
     """One plain progress line, labelled, within 80 columns (a waiting reason aside)."""
     c = job.counts
+    failed = f" ({c.failed} failed)" if c.failed else ""
     line = (
-        f"{job.id[:12]} {job.state.value:<9} tasks {c.done}/{c.total} "
-        f"({c.failed} failed)  elapsed {duration(elapsed)}"
+        f"{job.id[:12]} {job.state.value:<9} tasks {c.done}/{c.total}{failed}  "
+        f"elapsed {duration(elapsed)}"
     )
     eta = eta_text(job)
     if eta:
