@@ -93,7 +93,7 @@ def test_dry_run_shows_the_cost_and_stores_nothing(cluster, tmp_path: Path) -> N
 
 def test_wait_get_and_list_show_progress(cluster) -> None:
     _, client = start(cluster, 1)
-    job = client.echo("hi", tasks=6, sleep_ms=1200)
+    job = client.echo("hi", tasks=10, sleep_ms=2000)
     waiter = subprocess.Popen(
         [sys.executable, "-m", "sparegrid.cli.main", "job", "wait", job.id],
         stdout=subprocess.PIPE,
@@ -108,43 +108,49 @@ def test_wait_get_and_list_show_progress(cluster) -> None:
     assert eta and eta[0].split()[1][0].isdigit(), got.stdout
     out, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 0, err
-    assert f"job {job.id}" in out and "6 succeeded" in out  # the summary
+    assert f"job {job.id}" in out and "10 succeeded" in out  # the summary
     lines = [line for line in err.splitlines() if line.startswith(job.id[:12])]
     assert all(len(line) <= 80 for line in lines), lines
-    running = [line for line in lines if " eta " in line and "tasks 6/6" not in line]
+    running = [line for line in lines if " eta " in line and "tasks 10/10" not in line]
     assert running, err  # a line while it ran, with the time left
-    assert "tasks 6/6  elapsed" in lines[-1] and "succeeded" in lines[-1]
+    assert "tasks 10/10  elapsed" in lines[-1] and "succeeded" in lines[-1]
 
     stuck = client.echo("slow", tasks=1, sleep_ms=60_000)
+    account = cli(cluster, "account")
+    assert account.returncode == 0, account.stderr
+    held = next(line for line in account.stdout.splitlines() if "escrow of running" in line)
+    assert held.split()[:2] == ["held", str(stuck.cost_held)]
+    hold = next(line for line in account.stdout.splitlines() if line.startswith(stuck.id))
+    assert f" {stuck.cost_held} " in hold and job.id not in account.stdout  # job ended
     cancelled = cli(cluster, "job", "cancel", stuck.id)
     assert cancelled.returncode == 0, cancelled.stderr
     listed = cli(cluster, "job", "list")
     row = next(line for line in listed.stdout.splitlines() if line.startswith(stuck.id))
     assert "cancelled" in row and "0/1, 1 cancelled" in row
     done = next(line for line in listed.stdout.splitlines() if line.startswith(job.id))
-    assert "6/6" in done and "cancelled" not in done
+    assert "10/10" in done and "cancelled" not in done
 
 
 def test_results_continue_fetches_only_what_is_new(cluster, tmp_path: Path) -> None:
     _, client = start(cluster, 1)
-    job = client.echo("frame", tasks=4, sleep_ms=1500)
+    job = client.echo("frame", tasks=6, sleep_ms=2500)
     out = tmp_path / "out"
     wait_for(lambda: job.refresh().counts.succeeded >= 1, what="a task done")
     first = cli(cluster, "job", "results", job.id, "--continue", "-o", str(out))
     assert first.returncode == 0, first.stderr
     fetched = int(first.stdout.split()[0])
-    assert 1 <= fetched < 4 and "run this again" in first.stderr
+    assert 1 <= fetched < 6 and "run this again" in first.stderr
     job.wait(timeout=60)
     second = cli(cluster, "job", "results", job.id, "--continue", "-o", str(out))
     assert second.returncode == 0, second.stderr
-    assert second.stdout.startswith(f"{4 - fetched} new output(s)")
-    assert f"{fetched} already there" in second.stdout and "4 of 4 tasks done" in second.stdout
+    assert second.stdout.startswith(f"{6 - fetched} new output(s)")
+    assert f"{fetched} already there" in second.stdout and "6 of 6 tasks done" in second.stdout
     files = sorted(out.glob("task_*/*"))
-    assert len(files) == 4 and all(f.read_bytes() == b"frame" for f in files)
+    assert len(files) == 6 and all(f.read_bytes() == b"frame" for f in files)
     files[0].write_bytes(b"tampered")  # a file changed on disk, another lost
     files[1].unlink()
     third = cli(cluster, "job", "results", job.id, "--continue", "-o", str(out))
-    assert third.stdout.startswith("2 new output(s)") and "2 already there" in third.stdout
+    assert third.stdout.startswith("2 new output(s)") and "4 already there" in third.stdout
     assert files[0].read_bytes() == b"frame" and files[1].read_bytes() == b"frame"
     index = json.loads((out / "results.json").read_text())
     assert index["job"] == job.id and all(r["verified"] for r in index["results"])
@@ -161,7 +167,7 @@ def test_results_continue_fetches_only_what_is_new(cluster, tmp_path: Path) -> N
 
 def test_running_cap_per_account(cluster) -> None:
     admin, client = start(cluster, 2, "--max-running-per-account", "1")
-    job = client.echo("hi", tasks=4, sleep_ms=800)
+    job = client.echo("hi", tasks=6, sleep_ms=1500)
     _, key = admin.create_account("bob", credit=100)
     bob = Client(cluster.address, api_key=key)
     seen = 0
