@@ -2,6 +2,7 @@
 before submit, prices, progress with an ETA, cancelled jobs, results fetched as they
 arrive, a cap on an account's running tasks, and webhooks."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sparegrid.coordinator.services.jobs import DEFAULT_PRICES
-from sparegrid.sdk import AdminClient, Client, InvalidArgumentError, JobState
+from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, JobState
 from sparegrid.wire.webhook import verify
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_cluster import online_nodes, wait_for
@@ -70,6 +71,11 @@ def test_dry_run_shows_the_cost_and_stores_nothing(cluster, tmp_path: Path) -> N
     assert "4 of its 4 task(s) are worth less than 1 each" in found["rounding"]
     assert client.list_jobs() == [] and client.account().balance == 100
 
+    async def estimate_async() -> int:
+        async with AsyncClient(cluster.address, api_key=cluster.env["SPAREGRID_API_KEY"]) as c:
+            return (await c.estimate("echo", {"tasks": 5, "data": "hi"})).max_held
+
+    assert asyncio.run(estimate_async()) == 15
     job = client.echo("hi", tasks=5)
     assert job.cost_held == 15  # what the estimate said
     job.cancel()

@@ -298,6 +298,72 @@ class AsyncClient(_AsyncBase):
         on_upload: Progress | None = None,
     ) -> AsyncJob:
         """`Client.render` for asyncio; the scene is checked and packed in a thread."""
+        params, inputs, req = await self._render_job(
+            blend, frames, samples, resolution, format, depth, tiles, chunk, blender, backend,
+            on_upload,
+        )  # fmt: skip
+        return await self.submit(
+            "render",
+            params,
+            inputs,
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
+        )
+
+    async def render_estimate(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None" = None,
+        samples: int | None = None,
+        resolution: "str | Sequence[int] | None" = None,
+        *,
+        format: str = "png",
+        depth: int | None = None,
+        tiles: "str | Sequence[int] | None" = None,
+        chunk: int = 1,
+        blender: str | None = None,
+        backend: str | None = None,
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+        on_upload: Progress | None = None,
+    ) -> Estimate:
+        """`Client.render_estimate` for asyncio: what `render` would cost."""
+        params, inputs, req = await self._render_job(
+            blend, frames, samples, resolution, format, depth, tiles, chunk, blender, backend,
+            on_upload,
+        )  # fmt: skip
+        return await self.estimate(
+            "render",
+            params,
+            inputs,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        )
+
+    async def _render_job(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None",
+        samples: int | None,
+        resolution: "str | Sequence[int] | None",
+        format: str,
+        depth: int | None,
+        tiles: "str | Sequence[int] | None",
+        chunk: int,
+        blender: str | None,
+        backend: str | None,
+        on_upload: Progress | None,
+    ) -> tuple[dict[str, Any], dict[str, str], Requirements]:
+        """A render job's params, its uploaded scene and its requirements; the scene is
+        checked and packed in a thread."""
         prepared = render.prepare(
             Path(blend),
             frames=frames,
@@ -314,18 +380,7 @@ class AsyncClient(_AsyncBase):
         finally:
             await asyncio.to_thread(prepared.__exit__, None, None, None)
         req = Requirements(software=render.requirements_software(blender, backend))
-        return await self.submit(
-            "render",
-            params,
-            {"scene": digest},
-            name=name,
-            requirements=req,
-            max_attempts=max_attempts,
-            replicas=replicas,
-            quorum=quorum,
-            priority=priority,
-            webhook_url=webhook_url,
-        )
+        return params, {"scene": digest}, req
 
     async def echo(
         self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = ""
