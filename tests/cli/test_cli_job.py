@@ -333,3 +333,11 @@ async def test_inference_submit_checks_its_files_before_connecting(
     assert absent.code == 1
     assert f"--model: no such file {tmp_path / 'm.pt2'} [BAD_INPUT]" in absent.err
     assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}
+
+
+async def test_dry_run_against_the_fake_submits_nothing(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--tasks", "3", "--dry-run", "--json")
+    assert result.code == 0, result.err
+    found = json.loads(result.out)
+    assert (found["tasks"], found["max_held"], found["affordable"]) == (3, 3, True)
+    assert grid.coordinator.jobs == {}
