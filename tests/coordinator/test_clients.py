@@ -245,3 +245,24 @@ def test_post_refuses_a_name_that_resolves_to_loopback(receiver, monkeypatch) ->
     # the operator's flag lets it through, to the address that was checked
     assert post(_delivery(url), b"s" * 32, WebhookConfig(allow_private=True)) == ""
     assert len(calls) == 1
+
+
+def test_an_idle_coordinator_does_not_read_the_store_for_webhooks(tmp_path) -> None:
+    app = make_app(tmp_path)
+    alice = make_client(app)
+    assert app.webhooks.wanted()  # nothing known yet: ask the store once
+    assert app.webhooks.due() == []
+    assert not app.webhooks.wanted()
+    app.clock.advance(59)
+    assert not app.webhooks.wanted()
+    app.clock.advance(1)
+    assert app.webhooks.wanted()  # once a minute: another coordinator's calls
+    app.webhooks.due()
+    job_id = app.jobs.submit(alice, spec(1, webhook_url="https://hooks.example.com/x")).id
+    app.jobs.cancel(alice, job_id)
+    assert app.webhooks.wanted()  # a job ended with a webhook: due now
+    [delivery] = app.webhooks.due()
+    app.webhooks.outcome(delivery, "HTTP 503")
+    assert app.webhooks.due() == [] and not app.webhooks.wanted()
+    app.clock.advance(1.0)
+    assert app.webhooks.wanted() and len(app.webhooks.due()) == 1  # its retry

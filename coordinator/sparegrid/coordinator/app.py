@@ -331,6 +331,8 @@ class App:
         outcome of each is recorded (services/webhooks.py)."""
         while True:
             await asyncio.sleep(self.settings.webhooks.interval)
+            if not self.webhooks.wanted():
+                continue
             try:
                 due = await self.call(self.webhooks.due)
                 if due:

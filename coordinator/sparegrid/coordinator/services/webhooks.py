@@ -36,6 +36,7 @@ from sparegrid.wire.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, signature
 
 SECRET_TAG = b"sparegrid/webhook-secret/v1\x00"
 MAX_URL = 2000
+RECHECK = 60.0  # seconds between looks for calls other coordinators left owed
 
 
 @dataclass
@@ -119,6 +120,16 @@ class Webhooks:
         self._store = store
         self._clock = clock
         self.config = config
+        # when the next call owed is due, as far as this coordinator knows (None: ask the
+        # store), so an idle coordinator does not read the store twice a second
+        self._next: float | None = None
+        self._asked = 0.0  # when the store was last asked (another coordinator's calls)
+
+    def wanted(self) -> bool:
+        """Whether a call may be due now: one this coordinator knows of, or, once a minute,
+        one that another coordinator sharing the database left."""
+        now = self._clock.now()
+        return self._next is None or now >= self._next or now - self._asked >= RECHECK
 
     def job_ended(self, job: Job) -> None:
         """Called in the transaction that ends the job."""
@@ -137,9 +148,17 @@ class Webhooks:
                 created_at=now,
             )
         )
+        self._next = now if self._next is None else min(self._next, now)
 
     def due(self, limit: int = 50) -> list[Delivery]:
-        return self._store.due_webhooks(self._clock.now(), limit)
+        """The calls due now; notes when the next one is, when none is."""
+        now = self._clock.now()
+        self._asked = now
+        found = self._store.due_webhooks(now, limit)
+        if not found:
+            pending = self._store.due_webhooks(float("inf"), 1)
+            self._next = pending[0].next_at if pending else float("inf")
+        return found
 
     def outcome(self, delivery: Delivery, error: str) -> None:
         """Records a call: delivered when `error` is empty, else tried again later, or
@@ -153,6 +172,7 @@ class Webhooks:
         else:
             delay = self.config.first_delay * 2 ** (delivery.attempts - 1)
             delivery.next_at = self._clock.now() + min(delay, self.config.max_delay)
+            self._next = min(self._next or delivery.next_at, delivery.next_at)
         self._store.update_webhook(delivery)
 
 
