@@ -365,3 +365,11 @@ async def test_render_results_keep_going_past_a_bad_frame(grid: FakeGrid, tmp_pa
     assert not (tmp_path / "frame_0002.png").exists()
     assert entries[1]["outputs"][0]["file"] is None
     assert any("expected" in p for p in entries[1]["problems"])
+
+
+async def test_dry_run_against_the_fake_submits_nothing(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--tasks", "3", "--dry-run", "--json")
+    assert result.code == 0, result.err
+    found = json.loads(result.out)
+    assert (found["tasks"], found["max_held"], found["affordable"]) == (3, 3, True)
+    assert grid.coordinator.jobs == {}

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
-from sparegrid.coordinator.domain import Account, Job
+from sparegrid.coordinator.domain import Account, Delivery, Job
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
@@ -22,7 +22,13 @@ from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, Ca
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
-from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec, Price
+from sparegrid.coordinator.services.jobs import (
+    DEFAULT_PRICES,
+    Jobs,
+    JobsConfig,
+    JobSpec,
+    Price,
+)
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.quotas import QuotaConfig, Quotas
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
@@ -34,6 +40,13 @@ from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.services.waits import WaitLimit
+from sparegrid.coordinator.services.webhooks import (
+    WebhookConfig,
+    Webhooks,
+    account_secret,
+    check_url,
+    post,
+)
 from sparegrid.coordinator.store.base import Store, StoreUnavailable
 from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
@@ -63,17 +76,8 @@ class Settings:
     reap_interval_seconds: float = 1.0
     max_attempt_seconds: float = 3600.0
     max_blob_size: int = 16 << 30
-    # credit per work units, by kind: an echo task is 1 unit, a checksum 1 per byte, an
-    # inference shard 1 per GFLOP of its program over its samples, a render task 1 per
-    # pixel x sample (a 1920x1080 frame at 128 samples: 27 credit)
-    prices: dict[str, Price] = field(
-        default_factory=lambda: {
-            "echo": Price(1),
-            "checksum": Price(1, 1 << 20),
-            "inference": Price(1, 100),
-            "render": Price(1, 10_000_000),
-        }
-    )
+    # credit per work units, by kind (jobs.DEFAULT_PRICES says what each unit is)
+    prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     default_max_attempts: int = 3
     # a job of more tasks is written a slice per group commit (submit.py), and one ending
     # with more queued tasks has them cancelled likewise (Scheduler.sweep)
@@ -95,6 +99,9 @@ class Settings:
     last_seen_flush_seconds: float = 30.0
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     events: EventConfig = field(default_factory=EventConfig)
+    # tasks one account may run at once over all its jobs (0: no cap)
+    max_running_per_account: int = 0
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def key_path(self) -> Path:
@@ -118,6 +125,7 @@ class App:
         self.reputations = Reputations(store, self.clock, settings.trust)
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)
         self.spot_checks = SpotChecks(settings.spot_checks)
+        self.webhooks = Webhooks(store, self.clock, settings.webhooks)
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -127,12 +135,14 @@ class App:
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
                 max_attempt_seconds=settings.max_attempt_seconds,
                 sweep_above=settings.bulk_above,
+                max_running_per_account=settings.max_running_per_account,
             ),
             on_change=self._changed,
             blocked=self.reputations.blocked,
             check_params=self.spot_checks.params_for,
             vetted=self.identities.vetted,
             proven=lambda node_id: self.reputations.get(node_id).validated,
+            ended=lambda job: self.webhooks.job_ended(job),
         )
         self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
@@ -159,6 +169,7 @@ class App:
                 prices=settings.prices,
                 default_max_attempts=settings.default_max_attempts,
                 voters=self._voters,
+                check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
         self.quotas = Quotas(store, self.clock, settings.quotas)
@@ -226,6 +237,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._sweeps()))
         self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
         self._tasks.append(asyncio.create_task(self._write_seen()))
+        self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
@@ -433,6 +445,32 @@ class App:
                 except Exception:
                     log.exception("sweeping the tasks of ended jobs failed")
                     await asyncio.sleep(self.settings.reap_interval_seconds)
+
+    async def _deliver_webhooks(self) -> None:
+        """Posts the webhook calls that are due, a few at a time, each on a thread; the
+        outcome of each is recorded (services/webhooks.py)."""
+        while True:
+            await asyncio.sleep(self.settings.webhooks.interval)
+            if not self.webhooks.wanted():
+                continue
+            try:
+                due = await self.call(self.webhooks.due)
+                if due:
+                    await asyncio.gather(*(self._deliver(d) for d in due))
+            except Exception:
+                log.exception("delivering webhooks failed; the next round tries again")
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        secret = account_secret(self.signer, delivery.account_id)
+        error = await asyncio.to_thread(post, delivery, secret, self.settings.webhooks)
+        if error:
+            log.warning(
+                "webhook for job %s (try %d) failed: %s",
+                delivery.job_id,
+                delivery.attempts + 1,
+                error,
+            )
+        await self.call(lambda: self.webhooks.outcome(delivery, error))
 
     def _reap(self) -> None:
         self.scheduler.reap()

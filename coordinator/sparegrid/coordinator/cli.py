@@ -14,6 +14,7 @@ from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError
 from sparegrid.coordinator.web import serve as operations
@@ -34,6 +35,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "deploy/coordinator.toml documents every key.",
     )
     config.add_flags(serve)
+    serve.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        help="let job webhooks call loopback, private and link-local addresses (refused by "
+        "default: a client could otherwise make the coordinator reach its own network)",
+    )
     operations.add_flags(serve)
     serve.set_defaults(func=serve_command)
     maintenance.register(commands)
@@ -141,6 +148,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     serving = serve_config(args)
     operations.apply(args, serving.settings)
+    serving.settings.webhooks = WebhookConfig(allow_private=args.webhook_allow_private)
     logging.basicConfig(
         level=serving.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -20,7 +20,7 @@ from typing import Any
 from sparegrid.coordinator.app import Settings
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
-from sparegrid.coordinator.services.jobs import Price, parse_price
+from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, Price, parse_price, prices_text
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
@@ -81,7 +81,7 @@ SETTINGS = (
     Setting("lease", to_float, "lease seconds: a task whose node stops heartbeating goes back to the queue", metavar="S", default=_S["lease_seconds"]),
     Setting("reconnect_grace", to_float, "seconds a lost node's leases wait for it to come back", metavar="S", default=_S["reconnect_grace_seconds"]),
     Setting("max_blob_size", to_size, "largest blob, in bytes or e.g. 16GiB", metavar="SIZE", default=_gib(_S["max_blob_size"])),
-    Setting("price", _prices, "credit per UNITS work units of a job kind (repeatable; a list in the file; bytes for checksum, 1 per echo task); default: echo=1, checksum=1/1048576, others 1", metavar="KIND=CREDIT[/UNITS]", repeat=True),
+    Setting("price", _prices, "credit per UNITS work units of a job kind (repeatable; a list in the file; an echo task is 1 unit, checksum 1 per byte, inference 1 per GFLOP x sample, render 1 per pixel x sample); defaults: " + prices_text(DEFAULT_PRICES) + "; a kind not listed 1 per unit", metavar="KIND=CREDIT[/UNITS]", repeat=True),
     Setting("canary_rate", to_float, "share of cross-checked results re-issued as known-answer tasks", metavar="SHARE", default=CanaryConfig.rate),
     Setting("spot_share", to_float, "share of a PNG render task's pixels its spot check re-renders; 0 checks whole tasks", metavar="SHARE", default=SpotConfig.share),
     Setting("enrollment", _choice(tuple(e.value for e in Enrollment)), "which nodes may work: open (any; only nodes of owner accounts vote), approve (a new node works once `admin node approve` lets it), owners (only nodes of owner accounts may connect)", env="SPAREGRID_ENROLLMENT", metavar="MODE", default=IdentityConfig.enrollment.value),
@@ -96,6 +96,7 @@ SETTINGS = (
     Setting("node_expiry", to_duration, "a node that never worked is forgotten when unseen this long", metavar="DURATION", default=f"{_W.node_expiry:g}s"),
     Setting("sweep_interval", to_duration, "how often expired uploads, blobs and nodes are deleted", metavar="DURATION", default=f"{_W.interval:g}s"),
     Setting("wait_limit", to_duration, "a job that no connected node can run fails after waiting this long, saying why (e.g. 90m, 24h, 2d; 0 waits for ever)", metavar="DURATION", default=f"{_S['wait_limit_seconds']:g}s"),
+    Setting("max_running_per_account", to_int, "tasks one account may run at once over all its jobs, so that one account cannot take the whole network (0: no cap)", metavar="N", default=0),
     Setting("min_worker_version", to_str, "workers running an older sparegrid are refused at session start, told why (default: any)", metavar="VERSION"),
     Setting("log_level", _choice(LOG_LEVELS, upper=True), "log verbosity: DEBUG, INFO, WARNING or ERROR", env="SPAREGRID_LOG_LEVEL", metavar="LEVEL", default="INFO"),
 )  # fmt: skip
@@ -141,6 +142,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         "max_attempt_seconds": "max_attempt_seconds",
         "wait_limit": "wait_limit_seconds",
         "min_worker_version": "min_worker_version",
+        "max_running_per_account": "max_running_per_account",
     }
     for key, attribute in plain.items():
         if key in values:
@@ -198,6 +200,9 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
     for name in ("upload_expiry", "blob_retention", "node_expiry", "sweep_interval"):
         if get(name, 1.0) <= 0:
             problems.append(f"{where[name]} must be positive")
+    if get("max_running_per_account", 0) < 0:
+        n = get("max_running_per_account")
+        problems.append(f"{where['max_running_per_account']} is 0 (no cap) or more, got {n}")
     if get("wait_limit", 0.0) < 0:
         problems.append(f"{where['wait_limit']} must be 0 (for ever) or more")
     for name in ("max_blob_size", "in_flight_quota", "stored_quota",

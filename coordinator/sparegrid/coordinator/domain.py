@@ -108,6 +108,9 @@ class Job:
     # so a finished job's counts need no count over its tasks; -1 until then
     tasks_succeeded: int = -1
     tasks_failed: int = -1
+    # order among its account's own jobs (higher first), and the URL called when it ends
+    priority: int = 0
+    webhook_url: str = ""
 
     def task_cost(self, work: int) -> int:
         """Credit one validated result of a task of `work` units earns (and costs)."""
@@ -324,3 +327,19 @@ class Event:
     account: str = ""
     data: dict[str, object] = field(default_factory=dict)  # JSON-able details
     seq: int = 0
+
+
+@dataclass
+class Delivery:
+    """A webhook call owed for a job that ended (services/webhooks.py)."""
+
+    id: str
+    job_id: str
+    account_id: str
+    url: str
+    body: bytes
+    attempts: int = 0
+    next_at: float = 0.0
+    state: str = "pending"  # pending, delivered, failed
+    last_error: str = ""
+    created_at: float = 0.0

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparegrid.cli import common, inference, output
+from sparegrid.cli import common, costs, fetch, inference, output
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
 from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
@@ -53,6 +53,27 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what the job would cost (tasks, work, price, replicas, credit held) and "
+        "submit nothing; exit 1 if the account cannot pay for it",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: the estimate as JSON")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="P",
+        help="order among your own jobs, -100 to 100: higher runs first (0)",
+    )
+    p.add_argument(
+        "--webhook",
+        default="",
+        metavar="URL",
+        help="called (POST, signed with your account's webhook secret) once the job ends; "
+        "see `sparegrid account --webhook-secret`",
+    )
     inference.add_submit_options(p)
     render_cli.add_submit_options(p)
     p.set_defaults(func=submit)
@@ -84,7 +105,31 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--force", action="store_true", help="write into DIR even if it holds files already"
     )
+    p.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="fetch only what is new or missing into DIR (outputs already there are kept when "
+        "their digests match); run it again as a job's frames arrive; a fetch cut short "
+        "resumes",
+    )
     p.set_defaults(func=results)
+
+    p = jobs.add_parser(
+        "preview",
+        parents=[conn],
+        help="save a render job's latest finished frame (or --frame N)",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+    p.add_argument("--frame", type=int, metavar="N", help="this frame (default: the latest)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="e.g. f.png")
+    p.set_defaults(func=preview)
+
+    p = jobs.add_parser(
+        "prices", parents=[conn], help="the coordinator's price per job kind (credit per work)"
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=prices)
 
     for name, func, text in (
         ("get", get, "show a job"),
@@ -170,12 +215,22 @@ def upload(client: Client, name: str, path: Path) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.json and not args.dry_run:
+        raise InvalidArgumentError("BAD_FLAGS", "--json goes with --dry-run")
+    if args.dry_run and args.wait:
+        raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --wait")
     if args.kind == "render":
         return render_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     if args.kind == "inference":
         inference.check_args(args)
+        if args.dry_run:
+            raise InvalidArgumentError(
+                "BAD_FLAGS",
+                "--dry-run is not available for inference jobs yet; `sparegrid job prices` "
+                "shows the price per GFLOP x sample",
+            )
     with common.client(args) as client:
         if inputs or args.kind == "inference":
             check_kind(client, args.kind)
@@ -183,6 +238,16 @@ def submit(args: argparse.Namespace) -> int:
             job = inference.submit(client, args)
         else:
             digests = {name: upload(client, name, path) for name, path in inputs.items()}
+            if args.dry_run:
+                found = client.estimate(
+                    args.kind,
+                    params,
+                    digests,
+                    max_attempts=args.max_attempts,
+                    replicas=args.replicas,
+                    quorum=args.quorum,
+                )
+                return costs.show_estimate(found, args.json)
             job = client.submit(
                 args.kind,
                 params,
@@ -191,6 +256,8 @@ def submit(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 replicas=args.replicas,
                 quorum=args.quorum,
+                priority=args.priority,
+                webhook_url=args.webhook,
             )
         print(job.id, flush=True)
         output.note(
@@ -214,6 +281,8 @@ def wait(args: argparse.Namespace) -> int:
 
 
 def results(args: argparse.Namespace) -> int:
+    if args.resume:
+        return fetch.results_continue(args)
     out_dir = Path(args.output)
     check_output_dir(out_dir, args.force)
     with common.client(args) as client:
@@ -243,6 +312,14 @@ def results(args: argparse.Namespace) -> int:
 
 
 # --- small commands ----------------------------------------------------------------------
+
+
+def preview(args: argparse.Namespace) -> int:
+    return fetch.preview(args)
+
+
+def prices(args: argparse.Namespace) -> int:
+    return costs.prices(args)
 
 
 def get(args: argparse.Namespace) -> int:

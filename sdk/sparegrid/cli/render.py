@@ -30,6 +30,27 @@ def submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_INPUT", "a render job needs --blend FILE (the scene)")
     blend = Path(args.blend)
     with common.client(args) as client:
+        if args.dry_run:
+            with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
+                found = client.render_estimate(
+                    blend,
+                    args.frames,
+                    args.samples,
+                    args.resolution,
+                    format=args.format,
+                    depth=args.depth,
+                    tiles=args.tiles,
+                    chunk=args.chunk,
+                    blender=args.blender,
+                    backend=args.backend,
+                    max_attempts=args.max_attempts,
+                    replicas=args.replicas,
+                    quorum=args.quorum,
+                    on_upload=progress,
+                )
+            from sparegrid.cli import costs
+
+            return costs.show_estimate(found, args.json)
         with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
             job = client.render(
                 blend,
@@ -46,6 +67,8 @@ def submit(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 replicas=args.replicas,
                 quorum=args.quorum,
+                priority=args.priority,
+                webhook_url=args.webhook,
                 on_upload=progress,
             )
         print(job.id, flush=True)
@@ -101,8 +124,11 @@ def stitch(tiles: list[Path], out_dir: Path) -> None:
     width, height = sdk_render.frame_size(tiles)
     ext = tiles[0].suffix
     frame = out_dir / f"still{ext}"
-    if not sdk_render.have_blender():
-        output.hint(f"tiles are in {out_dir / 'tiles'}; install bpy to stitch them into {frame}")
+    if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
+        output.hint(
+            f"tiles are in {out_dir / 'tiles'}; stitching EXR tiles into {frame.name} needs "
+            "bpy: pip install 'sparegrid[render]' (Python 3.11)"
+        )
         return
     sdk_render.stitch_tiles(tiles, frame, width, height)
     output.note(f"stitched {len(tiles)} tiles into {frame.name} ({width}x{height})")

@@ -17,6 +17,7 @@ from sparegrid.sdk.models import (
     Device,
     DeviceKind,
     Dispute,
+    Estimate,
     Event,
     Info,
     JobCounts,
@@ -88,6 +89,8 @@ def submit_request(
     idempotency_key: str | None = None,
     replicas: int = 0,
     quorum: int = 0,
+    priority: int = 0,
+    webhook_url: str = "",
 ) -> client_pb2.SubmitJobRequest:
     spec = client_pb2.JobSpec(
         kind=kind,
@@ -98,6 +101,8 @@ def submit_request(
         max_attempts=max_attempts,
         replicas=replicas,
         quorum=quorum,
+        priority=priority,
+        webhook_url=webhook_url,
     )
     return client_pb2.SubmitJobRequest(
         spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
@@ -143,6 +148,8 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         finished_at=timestamp(msg, "finished_at"),
         owner=msg.owner,
         waiting=msg.waiting,
+        priority=msg.priority,
+        has_webhook=msg.has_webhook,
     )
 
 
@@ -188,7 +195,29 @@ def info(msg: client_pb2.GetInfoResponse) -> Info:
 
 def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:
     return Account(
-        name=msg.name, balance=msg.balance, is_admin=msg.is_admin, stake=msg.stake, held=msg.held
+        name=msg.name,
+        balance=msg.balance,
+        is_admin=msg.is_admin,
+        stake=msg.stake,
+        held=msg.held,
+        webhook_secret=msg.webhook_secret,
+    )
+
+
+def estimate(msg: client_pb2.EstimateJobResponse) -> Estimate:
+    return Estimate(
+        tasks=msg.tasks,
+        work_units=msg.work_units,
+        work_unit=msg.work_unit,
+        price_credit=msg.price_credit,
+        price_units=msg.price_units,
+        exact_credit=msg.exact_credit,
+        credit_per_pass=msg.credit_per_pass,
+        max_paid_results=msg.max_paid_results,
+        max_held=msg.max_held,
+        policy=msg.policy,
+        balance=msg.balance,
+        rounding=msg.rounding,
     )
 
 

@@ -65,6 +65,11 @@ class JobView:
         return self._snapshot.finished_at
 
     @property
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far; None before a task is done or once final."""
+        return self.snapshot.eta()
+
+    @property
     def finished(self) -> bool:
         return self._snapshot.finished
 

@@ -88,6 +88,8 @@ def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
         idempotency_key=request.idempotency_key[:200],
         replicas=spec.replicas,
         quorum=spec.quorum,
+        priority=spec.priority,
+        webhook_url=spec.webhook_url,
     )
 
 
@@ -116,6 +118,8 @@ def job_to_pb(
         finished_at=timestamp(job.finished_at),
         owner=owner,
         waiting=waiting,
+        priority=job.priority,
+        has_webhook=bool(job.webhook_url),
     )
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple, Protocol
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    Delivery,
     Dispute,
     Event,
     Job,
@@ -239,6 +240,17 @@ class Store(Protocol):
 
     def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
         """A job's disputes, by task index."""
+
+    # webhook calls owed (services/webhooks.py)
+    def add_webhook(self, delivery: Delivery) -> None: ...
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        """Pending deliveries whose time has come, oldest first."""
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        """Records a delivery's attempts, next time, state and last error."""
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]: ...
 
     # blobs: who may read what, and small blobs kept in the database
     def add_blob_owners(self, digests: list[str], account_id: str) -> None: ...

@@ -17,6 +17,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Dispute,
     Event,
     Job,
@@ -60,6 +61,7 @@ class _State:
     blob_owners: set[tuple[str, str]] = field(default_factory=set)
     uploads: set[tuple[str, str]] = field(default_factory=set)
     disputes: dict[str, Dispute] = field(default_factory=dict)
+    webhooks: dict[str, Delivery] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
     events: list[Event] = field(default_factory=list)  # oldest first
@@ -534,6 +536,26 @@ class MemoryStore(MemoryStorage):
         with self._lock:
             found = [d for d in self._s.disputes.values() if d.job_id == job_id]
             return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
+
+    def add_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        with self._lock:
+            due = [d for d in self._s.webhooks.values() if d.state == "pending"]
+            due = [d for d in due if d.next_at <= now]
+            return _copies(sorted(due, key=lambda d: d.next_at)[:limit])
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            if delivery.id in self._s.webhooks:
+                self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            found = [d for d in self._s.webhooks.values() if d.job_id == job_id]
+            return _copies(sorted(found, key=lambda d: d.created_at))
 
     def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
         with self._lock:

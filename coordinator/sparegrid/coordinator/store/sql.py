@@ -8,6 +8,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Dispute,
     Job,
     JobState,
@@ -560,6 +561,47 @@ class SqlStore(SqlStorage, SqlEvents):
                 (job_id, limit),
             )
         return [r.dispute_from(row) for row in rows]
+
+    # webhooks
+
+    def add_webhook(self, delivery: Delivery) -> None:
+        with self.transaction():
+            self._run(
+                f"INSERT INTO webhooks ({r.WEBHOOK_COLUMNS})"
+                f" VALUES ({r.placeholders(r.WEBHOOK_COLUMNS)})",
+                r.webhook_params(delivery),
+            )
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.WEBHOOK_COLUMNS} FROM webhooks WHERE state = 'pending'"
+                " AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            )
+        return [r.webhook_from(row) for row in rows]
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE webhooks SET attempts = ?, next_at = ?, state = ?, last_error = ?"
+                " WHERE id = ?",
+                (
+                    delivery.attempts,
+                    delivery.next_at,
+                    delivery.state,
+                    delivery.last_error,
+                    delivery.id,
+                ),
+            )
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.WEBHOOK_COLUMNS} FROM webhooks WHERE job_id = ? ORDER BY created_at",
+                (job_id,),
+            )
+        return [r.webhook_from(row) for row in rows]
 
     # blobs
 

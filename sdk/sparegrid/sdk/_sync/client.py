@@ -45,6 +45,7 @@ from sparegrid.sdk.errors import UnavailableError, from_rpc_error
 from sparegrid.sdk.models import (
     Account,
     Dispute,
+    Estimate,
     Event,
     Info,
     JobSnapshot,
@@ -220,11 +221,14 @@ class Client(_SyncBase):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
     ) -> Job:
         """Submits a job; `inputs` maps input names to digests from `upload`.
 
         The idempotency key (a fresh uuid4 by default) makes a retried submit return the
-        job the first try created instead of a second one.
+        job the first try created instead of a second one. `priority` (-100 to 100) orders
+        the account's own jobs; `webhook_url` is called (POST, signed) once the job ends.
         """
         request = convert.submit_request(
             kind,
@@ -236,9 +240,36 @@ class Client(_SyncBase):
             idempotency_key=idempotency_key,
             replicas=replicas,
             quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
         )
         response = self._unary(self._jobs.SubmitJob, request)
         return self._job(response.job)
+
+    def estimate(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+        *,
+        requirements: Requirements | None = None,
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+    ) -> Estimate:
+        """What `submit` with these arguments would cost: the coordinator splits and prices
+        the job as it would at submit (inputs uploaded first), and stores nothing."""
+        spec = convert.submit_request(
+            kind,
+            params,
+            inputs,
+            requirements=requirements,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        ).spec
+        request = client_pb2.EstimateJobRequest(spec=spec)
+        return convert.estimate(self._unary(self._jobs.EstimateJob, request))
 
     def checksum(
         self, path: PathLike, tasks: int = 1, *, name: str = "", on_upload: Progress | None = None
@@ -264,6 +295,8 @@ class Client(_SyncBase):
         max_attempts: int = 0,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         on_upload: Progress | None = None,
     ) -> Job:
         """Renders a .blend with Cycles: one task per frame (or `chunk` frames), or one per
@@ -271,6 +304,91 @@ class Client(_SyncBase):
         come from the scene (read with bpy, when installed); external files are packed or,
         when missing, refused. `blender="5.0"` keeps the job on nodes with that Blender, and
         `backend="optix"` (cuda, cpu) with it on nodes where Cycles can use that backend."""
+        params, inputs, req = self._render_job(
+            blend,
+            frames,
+            samples,
+            resolution,
+            format,
+            depth,
+            tiles,
+            chunk,
+            blender,
+            backend,
+            on_upload,
+        )
+        return self.submit(
+            "render",
+            params,
+            inputs,
+            name=name,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
+        )
+
+    def render_estimate(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None" = None,
+        samples: int | None = None,
+        resolution: "str | Sequence[int] | None" = None,
+        *,
+        format: str = "png",
+        depth: int | None = None,
+        tiles: "str | Sequence[int] | None" = None,
+        chunk: int = 1,
+        blender: str | None = None,
+        backend: str | None = None,
+        max_attempts: int = 0,
+        replicas: int = 0,
+        quorum: int = 0,
+        on_upload: Progress | None = None,
+    ) -> Estimate:
+        """What `render` with these arguments would cost; the scene is checked, packed and
+        uploaded as for `render` (so the coordinator can split it), nothing is submitted."""
+        params, inputs, req = self._render_job(
+            blend,
+            frames,
+            samples,
+            resolution,
+            format,
+            depth,
+            tiles,
+            chunk,
+            blender,
+            backend,
+            on_upload,
+        )
+        return self.estimate(
+            "render",
+            params,
+            inputs,
+            requirements=req,
+            max_attempts=max_attempts,
+            replicas=replicas,
+            quorum=quorum,
+        )
+
+    def _render_job(
+        self,
+        blend: PathLike,
+        frames: "range | Sequence[int] | str | int | None",
+        samples: int | None,
+        resolution: "str | Sequence[int] | None",
+        format: str,
+        depth: int | None,
+        tiles: "str | Sequence[int] | None",
+        chunk: int,
+        blender: str | None,
+        backend: str | None,
+        on_upload: Progress | None,
+    ) -> tuple[dict[str, Any], dict[str, str], Requirements]:
+        """A render job's params, its uploaded scene and its requirements; the scene is
+        checked and packed off the event loop."""
         prepared = render.prepare(
             Path(blend),
             frames=frames,
@@ -287,16 +405,7 @@ class Client(_SyncBase):
         finally:
             offload(prepared.__exit__, None, None, None)
         req = Requirements(software=render.requirements_software(blender, backend))
-        return self.submit(
-            "render",
-            params,
-            {"scene": digest},
-            name=name,
-            requirements=req,
-            max_attempts=max_attempts,
-            replicas=replicas,
-            quorum=quorum,
-        )
+        return params, {"scene": digest}, req
 
     def echo(self, data: str, tasks: int = 1, sleep_ms: int = 0, *, name: str = "") -> Job:
         params = {"tasks": tasks, "data": data, "sleep_ms": sleep_ms}

@@ -70,6 +70,9 @@ class SchedulerConfig:
     # a job ending with more queued tasks than this has them marked cancelled in the store
     # a range at a time afterwards (`sweep`), not in the transaction that ends it
     sweep_above: int = 2000
+    # tasks of one account running at once at most, over all its jobs (0: no cap), so one
+    # account cannot take the whole network
+    max_running_per_account: int = 0
 
 
 @dataclass
@@ -175,6 +178,7 @@ class SchedulerBase:
         check_params: Callable[[Job, Task, list[Replica]], bytes] = lambda job, task, held: b"",
         vetted: Callable[[str], bool] = lambda owner: not is_anonymous(owner),
         proven: Callable[[str], int] = lambda node_id: 0,
+        ended: Callable[[Job], None] = lambda job: None,
     ) -> None:
         self.store = store
         self.blocked = blocked  # a node that may get no work (quarantined or banned)
@@ -188,7 +192,9 @@ class SchedulerBase:
         self.clock = clock
         self.config = config
         self.on_change = on_change
+        self.ended = ended  # called in the transaction that ends a job (webhooks)
         self.jobs: dict[str, ActiveJob] = {}
+        self._order: list[ActiveJob] | None = None  # dispatch order; None: to compute
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
         self.sweeps: dict[str, Sweep] = {}  # by job id

@@ -1,6 +1,8 @@
 """Dispatch: which device of which node meets a job's requirements, and leasing queued
 tasks to sessions with credit in one store transaction."""
 
+from collections import Counter
+
 from sparegrid.coordinator.domain import (
     Attempt,
     Device,
@@ -99,10 +101,12 @@ class DispatchPart(SessionsPart):
     def _lease(self, sessions: list[NodeSession]) -> int:
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]] = []
         now = self.clock.now()
+        order = self.dispatch_order()
+        running = self._running_by_owner(order)
         for session in sessions:
             if not session.draining:
                 self.scanned += 1
-                self._pick(session, now, picked)
+                self._pick(session, now, picked, order, running)
         if not picked:
             return 0
         started = {id(a.job) for _, _, _, a in picked if a.job.state == JobState.QUEUED}
@@ -128,11 +132,55 @@ class DispatchPart(SessionsPart):
         self.leased_total += len(won)
         return len(won)
 
+    def dispatch_order(self) -> list[ActiveJob]:
+        """The jobs in the order nodes take their tasks: oldest first, except that an
+        account's own jobs take the places its jobs hold in that order by priority (higher
+        first, then oldest): a priority reorders an account's jobs, never puts them ahead of
+        another account's."""
+        if self._order is not None and len(self._order) == len(self.jobs):
+            return self._order
+        jobs = list(self.jobs.values())
+        if any(a.job.priority for a in jobs):
+            by_owner: dict[str, list[ActiveJob]] = {}
+            for active in jobs:
+                by_owner.setdefault(active.owner, []).append(active)
+            ranked = {
+                owner: iter(sorted(mine, key=lambda a: -a.job.priority))  # stable: oldest
+                for owner, mine in by_owner.items()
+            }
+            jobs = [next(ranked[a.owner]) for a in jobs]
+        self._order = jobs
+        return jobs
+
+    def _running_by_owner(self, order: list[ActiveJob]) -> Counter[str] | None:
+        """Tasks running per account, when accounts are capped."""
+        if not self.config.max_running_per_account:
+            return None
+        running: Counter[str] = Counter()
+        for active in order:
+            running[active.owner] += len(active.running)
+        return running
+
+    def capped(self, owner: str) -> str:
+        """Why an account's queued tasks wait for its running ones; "" when they do not."""
+        cap = self.config.max_running_per_account
+        if not cap:
+            return ""
+        running = sum(len(a.running) for a in self.jobs.values() if a.owner == owner)
+        if running < cap:
+            return ""
+        return (
+            f"account {owner!r} runs {running} task(s), this coordinator's cap per account; "
+            "the rest start as those finish"
+        )
+
     def _pick(
         self,
         session: NodeSession,
         now: float,
         picked: list[tuple[NodeSession, Attempt, Task, ActiveJob]],
+        order: list[ActiveJob],
+        running: Counter[str] | None,
     ) -> None:
         node = session.node
         if self.blocked(node.id):
@@ -143,12 +191,17 @@ class DispatchPart(SessionsPart):
             device = session.device(index)
             if credit <= 0 or device is None or room <= 0:
                 continue
-            for active in self.jobs.values():
+            cap = self.config.max_running_per_account
+            for active in order:
                 if not active.queue or not self._eligible(active, node, device):
                     continue
                 if active.job.replicas >= 2 and not vetted:
                     continue  # a quorum is made of vetted owners only
                 wanted = min(credit, room)
+                if running is not None:
+                    wanted = min(wanted, cap - running[active.owner])
+                    if wanted <= 0:
+                        continue
                 for task in self._take(active, node.owner, vetted, wanted, device.memory_bytes):
                     held = active.replicas.get(task.id)
                     attempt = Attempt(
@@ -164,6 +217,8 @@ class DispatchPart(SessionsPart):
                     picked.append((session, attempt, task, active))
                     credit -= 1
                     room -= 1
+                    if running is not None:
+                        running[active.owner] += 1
                 if not credit or room <= 0:
                     break
             session.credit[index] = credit

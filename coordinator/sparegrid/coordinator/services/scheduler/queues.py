@@ -29,6 +29,7 @@ class QueuesPart(DispatchPart):
 
     def load(self) -> None:
         """Rebuilds the queues from the store after a start or restart."""
+        self._order = None
         owners = {a.id: a.name for a in self.store.list_accounts()}
         active = self.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=10**9)
         for job in reversed(active):  # oldest first
@@ -226,6 +227,7 @@ class QueuesPart(DispatchPart):
         active = ActiveJob(job, owner, queue, {}, len(queue))
         active.succeeded = job.task_count - len(queue)
         self.jobs[job.id] = active
+        self._order = None
         self.sweeps.pop(job.id, None)  # retried: its queued tasks are queued again
 
     def finish(self, active: ActiveJob, state: JobState | None = None, error: str = "") -> None:
@@ -261,6 +263,7 @@ class QueuesPart(DispatchPart):
             self.store.update_attempts(leftover)
             self.store.update_job(job)
             self.ledger.refund(job, active.owner)
+            self.ended(job)
         if self.events is not None:
             ended = f"job {job.id} {state}" + (f": {job.error}" if job.error else "")
             self.events.emit(
@@ -275,6 +278,7 @@ class QueuesPart(DispatchPart):
                 tasks=job.task_count,
             )
         del self.jobs[job.id]
+        self._order = None
         for attempt in leftover:
             self._release(attempt, cancel_reason=f"job {job.id} is {state}")
         self.on_change([job.id])
