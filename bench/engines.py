@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dispatch import stop, wait_online
+from dispatch import stop
 
 from sparegrid.sdk import AdminClient, Client
 
@@ -112,6 +112,15 @@ def start(root: Path, python: str, database: str, workers: int) -> tuple[str, li
         )  # fmt: skip
     admin.close()
     return address, procs
+
+
+def wait_online(admin: AdminClient, count: int) -> None:
+    """Workers start slowly on a loaded machine (imports): up to 3 minutes."""
+    deadline = time.monotonic() + 180
+    while sum(1 for n in admin.nodes() if n.state == "online") < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not come online")
+        time.sleep(0.1)
 
 
 def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float]:
