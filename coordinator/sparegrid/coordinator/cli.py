@@ -154,30 +154,57 @@ def _storage_flags(serve: argparse.ArgumentParser) -> None:
     """Quotas on uploads, and how long what nobody uses is kept."""
     quotas, sweeps = QuotaConfig(), SweepConfig()
     for flag, default, help_text in [
-        ("--in-flight-quota", quotas.in_flight, "bytes of unfinished uploads an account may "
-         "have, its nodes' included (at their announced size)"),
-        ("--stored-quota", quotas.stored, "bytes an account (its nodes included) may hold "
-         "in blobs it uploaded, each until collected or for --blob-retention after upload"),
-        ("--anonymous-in-flight-quota", quotas.anonymous_in_flight, "bytes of unfinished "
-         "uploads all nodes without an owner account may have together"),
-        ("--anonymous-stored-quota", quotas.anonymous_stored, "bytes all nodes without an "
-         "owner account may hold together in blobs they uploaded"),
-    ]:  # fmt: skip
+        (
+            "--in-flight-quota",
+            quotas.in_flight,
+            "bytes of unfinished uploads an account may "
+            "have, its nodes' included (at their announced size)",
+        ),
+        (
+            "--stored-quota",
+            quotas.stored,
+            "bytes an account (its nodes included) may hold "
+            "in blobs it uploaded, each until collected or for --blob-retention after upload",
+        ),
+        (
+            "--anonymous-in-flight-quota",
+            quotas.anonymous_in_flight,
+            "bytes of unfinished uploads all nodes without an owner account may have together",
+        ),
+        (
+            "--anonymous-stored-quota",
+            quotas.anonymous_stored,
+            "bytes all nodes without an owner account may hold together in blobs they uploaded",
+        ),
+    ]:
         shown = f"{default >> 30}GiB"
         serve.add_argument(
             flag, type=parse_size, default=default, metavar="SIZE", help=f"{help_text} [{shown}]"
         )
     for flag, seconds, help_text in [
-        ("--upload-expiry", sweeps.upload_expiry, "an unfinished upload untouched this long "
-         "is deleted"),
-        ("--blob-retention", sweeps.blob_retention, "a blob no job needs (not an input of a "
-         "job, not an output of one finished less than this long ago) is deleted this long "
-         "after its last upload"),
-        ("--node-expiry", sweeps.node_expiry, "a node that never worked is forgotten when "
-         "unseen this long"),
-        ("--sweep-interval", sweeps.interval, "how often expired uploads, blobs and nodes "
-         "are deleted"),
-    ]:  # fmt: skip
+        (
+            "--upload-expiry",
+            sweeps.upload_expiry,
+            "an unfinished upload untouched this long is deleted",
+        ),
+        (
+            "--blob-retention",
+            sweeps.blob_retention,
+            "a blob no job needs (not an input of a "
+            "job, not an output of one finished less than this long ago) is deleted this long "
+            "after its last upload",
+        ),
+        (
+            "--node-expiry",
+            sweeps.node_expiry,
+            "a node that never worked is forgotten when unseen this long",
+        ),
+        (
+            "--sweep-interval",
+            sweeps.interval,
+            "how often expired uploads, blobs and nodes are deleted",
+        ),
+    ]:
         serve.add_argument(
             flag,
             type=parse_duration,
