@@ -355,9 +355,10 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.GetJobResultsRequest, context: Context
     ) -> client_pb2.GetJobResultsResponse:
         job = self._job(request.job_id, context)
-        start = int(request.page_token or 0)
+        # as the coordinator: a token is the index of the last task of the page before
+        start = int(request.page_token) + 1 if request.page_token else 0
         end = start + (request.page_size or 3)
-        token = str(end) if end < len(job.results) else ""
+        token = str(end - 1) if end < len(job.results) else ""
         return client_pb2.GetJobResultsResponse(
             results=job.results[start:end], next_page_token=token
         )
