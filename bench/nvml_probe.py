@@ -96,7 +96,7 @@ def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
 
 
 def readings(samples: int, interval: float) -> tuple[list[dict[str, Any]], str]:
-    from sparegrid.worker.devices import detect_devices
+    from sparegrid.worker.node.devices import detect_devices
     from sparegrid.worker.policy.nvml import NvmlSource, NvmlUnavailable
 
     detection = detect_devices()

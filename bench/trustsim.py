@@ -176,7 +176,7 @@ def render_frames(count: int, work: Path) -> Frames:
     from frames import Renderer, _camera, _png, _threads, build_scenes, with_state
     from PIL import Image, ImageFilter
 
-    from sparegrid.worker.executors import blender
+    from sparegrid.worker.executors.render import blender
 
     blender.load_bpy(work / "home")
     scenes = build_scenes(bpy, work)

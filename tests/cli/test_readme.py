@@ -9,12 +9,7 @@ import pytest
 
 from sparegrid.cli.main import build_parser
 from tests.cli.conftest import FakeGrid
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.DOTALL)
+from tests.cli.readme import README, blocks
 
 
 def commands() -> list[str]:

@@ -32,7 +32,7 @@ from sparegrid.v1 import (
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
-from tests.coordinator.test_rpc_trust import session
+from tests.coordinator.sessions import session
 
 KiB = 1 << 10
 QUOTAS = QuotaConfig(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparegrid.sdk import AsyncClient, InvalidArgumentError
-from tests.e2e.test_cluster import setup
+from tests.e2e.helpers import setup
 from tests.inference.models import Encoder, read, rewrite
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +91,7 @@ def test_bad_inference_submits_are_refused_and_change_nothing(cluster, tmp_path:
     assert admin.ledger_check().balanced
 
 
+@pytest.mark.timeout(180)  # three CLI processes, each importing torch
 def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -164,7 +165,7 @@ def test_the_worker_pipeline_on_a_gpu(cluster) -> None:
 
 
 def test_the_readme_inference_example_runs(cluster, monkeypatch, capsys) -> None:
-    from tests.cli.test_readme import blocks
+    from tests.cli.readme import blocks
 
     _, client = setup(cluster, workers=1)
     monkeypatch.setenv("SPAREGRID_COORDINATOR", cluster.address)

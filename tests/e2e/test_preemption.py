@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sparegrid.sdk import AdminClient, Client
-from sparegrid.worker.status import StatusUnavailable, read_status
-from tests.e2e.test_cluster import online_nodes, wait_for
+from sparegrid.worker.node.status import StatusUnavailable, read_status
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = pytest.mark.e2e
 

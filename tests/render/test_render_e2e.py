@@ -13,7 +13,7 @@ from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError
 from sparegrid.sdk.render import stitch_tiles
 from sparegrid.v1 import common_pb2
 from tests.e2e.conftest import Cluster
-from tests.e2e.test_cluster import online_nodes, wait_for
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 HERE = Path(__file__).parent

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -13,9 +14,10 @@ from typing import Any, Protocol, TypeVar
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.domain import Account, Job
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
+from sparegrid.coordinator.services.admission import Admission, AdmissionConfig
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
@@ -31,7 +33,7 @@ from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.services.waits import WaitLimit
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import Store, StoreUnavailable
 from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
 
@@ -78,6 +80,8 @@ class Settings:
     # a job none of whose tasks any connected node can take fails after this long, with
     # the reason it waits as its error (services/waits.py); 0: it waits for ever
     wait_limit_seconds: float = 86400.0
+    # workers reporting an older sparegrid are refused at session start, told why; "": any
+    min_worker_version: str = ""
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
@@ -85,6 +89,10 @@ class Settings:
     vouching: VouchConfig = field(default_factory=VouchConfig)
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    # Heartbeats move a node's last_seen in memory; it is written for all nodes at once
+    # this often, and at a clean stop. A crash loses at most this much of it.
+    last_seen_flush_seconds: float = 30.0
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     @property
     def key_path(self) -> Path:
@@ -164,11 +172,19 @@ class App:
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
+        self.unflushed: set[BufferedSink] = set()  # those holding messages for the commit
+        self.seen: dict[str, float] = {}  # node id -> last_seen not yet written
+        self.admission = Admission(self.clock, settings.admission)
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
         self._kick_pending = False
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
+        # False while the database is lost: calls are refused, health says NOT_SERVING
+        self.serving = True
+        self.serving_changed: list[Callable[[bool], None]] = []  # health (server.py)
+        self._recovery: asyncio.Task[None] | None = None
+        self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -195,6 +211,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._sweeps()))
         self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
+        self._tasks.append(asyncio.create_task(self._write_seen()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
@@ -205,11 +222,17 @@ class App:
     async def stop(self) -> None:
         self._stopped = True
         await self.submitter.stop()
+        if self._recovery is not None:
+            self._tasks.append(self._recovery)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            self.write_seen()
+        except Exception:
+            log.exception("writing when %d node(s) were last seen failed", len(self.seen))
         self.store.close()
 
     def call(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
@@ -221,12 +244,18 @@ class App:
         and no acknowledgement leaves, before it is on disk.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if not self.serving:  # the database is lost: refused at once, retried by callers
+            future.set_exception(store_unavailable(self._lost))
+            future.exception()  # logged once, by _pause: not again by each unread future
+            return future
         self._inbox.append((fn, future))
         self._schedule()
         return future
 
     def kick(self) -> None:
         """Asks for a dispatch pass in the next group commit."""
+        if not self.serving:
+            return
         self._kick_pending = True
         self._schedule()
 
@@ -264,21 +293,11 @@ class App:
                     self.scheduler.dispatch()
         except Exception as exc:  # the commit failed: nothing in this group happened
             log.exception("group commit of %d call(s) failed", len(items))
-            self.reputations.load()
-            self.identities.load()
-            self.scheduler.resync()
-            self.canaries.load()
-            for sink in self.sinks:  # workers reconnect and grant their credit afresh
-                sink.discard()
-                sink.close()
-            failure = CoordinatorError(
-                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
-            )
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(failure)
+            self._failed_commit(exc, [future for _, future in items])
             return
-        for sink in self.sinks:
+        unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
+        self.unflushed.clear()
+        for sink in unflushed:  # only the workers this commit has messages for
             sink.flush()
         if self.scheduler.sweeps:
             self._sweep_wanted.set()
@@ -290,9 +309,85 @@ class App:
             else:
                 future.set_exception(error)
 
+    def _failed_commit(self, exc: Exception, futures: list["asyncio.Future[Any]"]) -> None:
+        """Memory is ahead of what is durable: it is reloaded from the store, workers
+        reconnect and grant their credit afresh, and every call of the group fails. A lost
+        database (or a reload that fails) pauses the coordinator until it is back."""
+        lost = isinstance(exc, StoreUnavailable)
+        if not lost:
+            try:
+                self._reload()
+            except Exception as again:  # the store fails its reads too
+                log.exception("reloading from the store after a failed commit failed")
+                lost, exc = True, again
+        for sink in list(self.sinks):
+            sink.discard()
+            sink.close()
+        self.unflushed.clear()
+        if lost:
+            self._pause(exc)
+            failure = store_unavailable(exc)
+        else:
+            failure = CoordinatorError(
+                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
+            )
+        for future in futures:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # logged above: not again by each unread future
+
+    def _reload(self) -> None:
+        """Reloads what the services keep in memory from the store."""
+        self.reputations.load()
+        self.identities.load()
+        self.scheduler.resync()
+        self.canaries.load()
+
+    def _pause(self, exc: Exception) -> None:
+        """The database is lost: nothing more runs until `_recover` reconnects. Work held
+        by workers stays with them (unacknowledged results in their outboxes, leases that
+        they resume when they reconnect)."""
+        self._lost = exc
+        if not self.serving:
+            return
+        self.serving = False
+        log.error(
+            "lost the database: %s; calls are refused (UNAVAILABLE) and health says "
+            "NOT_SERVING until it is back",
+            exc,
+        )
+        self.scheduler.sessions.clear()  # their streams were closed: workers reconnect
+        self._kick_pending = False
+        for listener in self.serving_changed:
+            listener(False)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Reconnects with backoff, reloads, and serves again."""
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self.store.reconnect()
+                self._reload()
+            except Exception as exc:
+                self._lost = exc
+                log.warning("the database is still unavailable (%s); next try in %.1fs", exc, delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            break
+        self.serving = True
+        self._recovery = None
+        log.warning("the database is back: serving again")
+        for listener in self.serving_changed:
+            listener(True)
+        self.kick()
+
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
+            if not self.serving:
+                continue
             try:
                 await self.call(self._reap)
             except Exception:
@@ -316,13 +411,53 @@ class App:
 
     def _reap(self) -> None:
         self.scheduler.reap()
+        self.scheduler.rescan()
         self.intake.settle_stranded()
         self.waits.check()
+
+    def saw(self, node_id: str) -> None:
+        """A heartbeat of a connected node: its last_seen, in memory until the next write."""
+        session = self.scheduler.sessions.get(node_id)
+        now = self.clock.now()
+        if session is not None:
+            session.node.last_seen = now
+        self.seen[node_id] = now
+
+    def write_seen(self) -> int:
+        """Writes the last_seen of every node heard from since the last write, in one
+        statement; returns how many."""
+        seen = dict(self.seen)
+        self._touch(seen)
+        self._written(seen)
+        return len(seen)
+
+    def _touch(self, seen: dict[str, float]) -> None:
+        if seen:
+            with self.store.transaction():
+                self.store.touch_nodes(seen)
+
+    def _written(self, seen: dict[str, float]) -> None:
+        """Forgets what is durable now; a heartbeat heard meanwhile stays for next time."""
+        for node_id, when in seen.items():
+            if self.seen.get(node_id) == when:
+                del self.seen[node_id]
+
+    async def _write_seen(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.last_seen_flush_seconds)
+            seen = dict(self.seen)
+            try:
+                await self.call(functools.partial(self._touch, seen))
+                self._written(seen)
+            except Exception:
+                log.exception("writing when nodes were last seen failed; kept for the next try")
 
     async def _sweeps(self) -> None:
         first = True
         while True:
             await asyncio.sleep(self.settings.sweeps.interval)
+            if not self.serving:
+                continue
             try:
                 await self.sweep(adopt=first)
                 first = False

@@ -49,6 +49,17 @@ class Account:
     key_hash: str  # SHA-256 hex of the API key; the key itself is never stored
     is_admin: bool
     created_at: float
+    # a disabled account's key is refused (its nodes cannot connect either); its jobs run on
+    disabled: bool = False
+
+    @property
+    def has_key(self) -> bool:
+        """False once its key is revoked (until `admin key rotate` gives it a new one)."""
+        return not self.key_hash.startswith(REVOKED_KEY)
+
+
+# key_hash of an account whose key was revoked: no SHA-256 hex digest starts like this
+REVOKED_KEY = "revoked:"
 
 
 @dataclass

@@ -12,6 +12,7 @@ def register(subparsers: Any) -> None:
     group = subparsers.add_parser(
         "account", parents=[conn], help="your account: credit, escrow held, stake"
     )
+    output.add_json_flag(group)
     group.set_defaults(func=show)
     commands = group.add_subparsers(dest="account_command", metavar="COMMAND")
     for name, func, text in (
@@ -47,7 +48,11 @@ def _show(account: Account) -> None:
 
 def show(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        _show(client.account())
+        account = client.account()
+    if args.json:
+        output.show_json(account)
+    else:
+        _show(account)
     return 0
 
 

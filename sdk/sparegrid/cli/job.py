@@ -93,6 +93,8 @@ def register(subparsers: Any) -> None:
     ):
         p = jobs.add_parser(name, parents=[conn], help=text)
         p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+        if name == "get":
+            output.add_json_flag(p)
         p.set_defaults(func=func)
 
     p = jobs.add_parser(
@@ -111,6 +113,7 @@ def register(subparsers: Any) -> None:
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
+    output.add_json_flag(p)
     p.set_defaults(func=list_jobs)
 
 
@@ -244,8 +247,12 @@ def results(args: argparse.Namespace) -> int:
 
 def get(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        output.show(output.job_details(client.get_job(args.job_id)))
+        job = client.get_job(args.job_id)
         disputes = client.disputes(args.job_id)
+    if args.json:
+        output.show_json({"job": job, "disputes": disputes})
+        return 0
+    output.show(output.job_details(job))
     if disputes:
         output.show(output.disputes_table(disputes))
     return 0
@@ -266,6 +273,9 @@ def retry(args: argparse.Namespace) -> int:
 def list_jobs(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         jobs = client.list_jobs(args.limit)
+    if args.json:
+        output.show_json(jobs)
+        return 0
     if not jobs:
         output.note("no jobs yet: `sparegrid job submit KIND ...` submits one")
         return 0

@@ -3,9 +3,13 @@
 Results a script may read go to stdout; progress, hints and errors go to stderr.
 """
 
+import argparse
 import contextlib
+import dataclasses
+import enum
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sparegrid.sdk import Dispute, Job, SparegridError
+from sparegrid.sdk import Dispute, Job, JobSnapshot, SparegridError
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 PIPE_WIDTH = 1000  # piped tables keep their natural width: ids are never cut
@@ -56,6 +60,35 @@ def show(renderable: RenderableType, console: Console | None = None) -> None:
     lines = [line.rstrip() for line in captured.get().splitlines()]
     console.file.write("".join(line + "\n" for line in lines))
     console.file.flush()
+
+
+def plain(value: Any) -> Any:
+    """A model (dataclass, enum, time) as JSON-ready values; times in ISO 8601 UTC."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    snapshot = getattr(value, "snapshot", None)  # an SDK Job: its last snapshot
+    if snapshot is not None and dataclasses.is_dataclass(snapshot):
+        return plain(snapshot)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def show_json(items: Any) -> None:
+    """A listing as one JSON document on stdout (`--json`), for scripts."""
+    print(json.dumps(plain(items), indent=2, sort_keys=True), flush=True)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the listing as JSON, for scripts"
+    )
 
 
 def error(message: str, code: str = "") -> None:
@@ -240,16 +273,19 @@ def job_details(job: Job) -> Table:
     return _fields(f"job {job.id}", rows)
 
 
-def jobs_table(jobs: list[Job]) -> Table:
-    """Your jobs; the name column only when a job has a name."""
+def jobs_table(jobs: Sequence[Job | JobSnapshot], owners: bool = False) -> Table:
+    """Jobs (with their accounts, for an operator); the name column only when a job has a
+    name."""
     named = any(job.name for job in jobs)
-    columns = ["job", "kind", *(["name"] if named else []), "state", "tasks", "held", "spent"]
-    t = table(*columns, "created")
+    columns = ["job", *(["account"] if owners else []), "kind", *(["name"] if named else [])]
+    t = table(*columns, "state", "tasks", "held", "spent", "created")
     for job in jobs:
         c = job.counts
         name = [Text(job.name or "-")] if named else []
+        owner = [Text(getattr(job, "owner", "") or "-")] if owners else []
         t.add_row(
             job.id,
+            *owner,
             Text(job.kind),
             *name,
             job.state.value,

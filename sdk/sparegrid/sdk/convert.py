@@ -5,7 +5,7 @@ Shared by the sync and the asyncio clients so neither repeats this logic.
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -207,7 +207,22 @@ def account(msg: admin_pb2.Account) -> Account:
         balance=msg.balance,
         is_admin=msg.is_admin,
         created_at=timestamp(msg, "created_at"),
+        disabled=msg.disabled,
+        has_key=msg.has_key,
     )
+
+
+def job_states_to_pb(states: Iterable[JobState | str]) -> list["common_pb2.JobState.ValueType"]:
+    """A job-state filter for a request; ValueError names an unknown state."""
+    by_state = {state: pb for pb, state in _JOB_STATES.items()}
+    wanted = []
+    for state in states:
+        try:
+            wanted.append(by_state[JobState(state)])
+        except (ValueError, KeyError):
+            known = ", ".join(by_state)
+            raise ValueError(f"{state!r} is not a job state; one of {known}") from None
+    return wanted
 
 
 def device(msg: common_pb2.Device) -> Device:

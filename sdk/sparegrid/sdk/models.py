@@ -125,6 +125,8 @@ class Account:
     created_at: datetime | None = None
     stake: int = 0  # credit locked as the account's stake (a bond for its nodes)
     held: int = 0  # credit held in escrow for its running jobs
+    disabled: bool = False  # by an operator: its key is refused
+    has_key: bool = True  # False once an operator revoked its key
 
 
 @dataclass(frozen=True)

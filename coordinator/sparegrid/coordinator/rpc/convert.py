@@ -1,6 +1,7 @@
 """Proto <-> domain conversion, in one place."""
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,6 +12,7 @@ from sparegrid.coordinator.domain import (
     Dispute,
     FileRef,
     Job,
+    JobState,
     LedgerEntry,
     Node,
     Reputation,
@@ -141,7 +143,20 @@ def account_to_pb(account: Account, balance: int) -> admin_pb2.Account:
         balance=balance,
         is_admin=account.is_admin,
         created_at=timestamp(account.created_at),
+        disabled=account.disabled,
+        has_key=account.has_key,
     )
+
+
+def job_states_from_pb(states: Iterable[int]) -> list[JobState]:
+    """Domain job states from a request's filter; an unknown one is a bad request."""
+    by_pb: dict[int, str] = {pb: state for state, pb in JOB_STATES.items()}
+    wanted = []
+    for value in states:
+        if value not in by_pb:
+            raise invalid("BAD_STATE", f"job state {value} is not one a job can be in")
+        wanted.append(JobState(by_pb[value]))
+    return wanted
 
 
 @dataclass

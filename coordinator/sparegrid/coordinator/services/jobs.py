@@ -361,6 +361,38 @@ class Jobs:
             self._scheduler.finish(active, JobState.CANCELLED, "cancelled by the client")
         return self.get(account, job_id)
 
+    def list_all(
+        self, account: Account | None, states: list[JobState] | None, limit: int
+    ) -> list[Job]:
+        """For operators: jobs of every account (or one), newest first."""
+        wanted: list[JobState] = [
+            s for s in states or VISIBLE_JOB_STATES if s != JobState.SUBMITTING
+        ]
+        return self._store.list_jobs(
+            account.id if account is not None else None, wanted, min(max(limit, 1), 10_000)
+        )
+
+    def get_any(self, job_id: str) -> Job:
+        job = self._store.get_job(job_id) if job_id else None
+        if job is None or job.state == JobState.SUBMITTING:
+            raise not_found(
+                "JOB_NOT_FOUND", f"no job {job_id!r}; `sparegrid admin jobs list` lists them"
+            )
+        return job
+
+    def cancel_any(self, job_id: str, reason: str) -> Job:
+        """For operators: cancels any account's job; its unspent escrow goes back to it."""
+        job = self.get_any(job_id)
+        active = self._scheduler.jobs.get(job.id)
+        if active is None:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "JOB_FINISHED",
+                f"job {job_id} is {job.state.value} already; nothing to cancel",
+            )
+        self._scheduler.finish(active, JobState.CANCELLED, reason)
+        return self.get_any(job_id)
+
     def retry(self, account: Account, job_id: str) -> Job:
         """Runs the tasks of a failed or cancelled job that did not succeed again, with
         their attempts counted afresh, holding their cost in escrow again; the results of

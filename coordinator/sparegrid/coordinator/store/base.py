@@ -6,6 +6,7 @@ writes (a savepoint), and only the outermost one commits. Lists returned are
 fresh copies: mutating them never changes the store.
 """
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
@@ -27,6 +28,11 @@ from sparegrid.coordinator.domain import (
 
 class StoreError(Exception):
     """Base of the errors a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (its connection was lost); the message names it.
+    Nothing of the call that met it was written."""
 
 
 class Conflict(StoreError):
@@ -66,6 +72,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """Opens the database again after StoreUnavailable (a no-op where nothing was lost);
+        raises StoreUnavailable while it cannot be reached."""
+
     # accounts
     def create_account(self, account: Account) -> None:
         """Raises Conflict if the name is taken."""
@@ -77,6 +87,9 @@ class Store(Protocol):
     def get_account_by_key_hash(self, key_hash: str) -> Account | None: ...
 
     def list_accounts(self) -> list[Account]: ...
+
+    def update_account(self, account: Account) -> None:
+        """Writes its key hash, admin flag and disabled flag (found by id)."""
 
     # ledger: append-only, double-entry
     def post(self, txn: Transaction) -> bool:
@@ -193,6 +206,10 @@ class Store(Protocol):
     def upsert_node(self, node: Node) -> None:
         """Inserts, or updates name, public key, devices, software, executors, owner and
         last_seen; counters and first_seen of a known node are kept."""
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        """Moves each node's last_seen forward to the time given (never back), all in one
+        statement: heartbeats are kept in memory and written in bulk."""
 
     def get_node(self, node_id: str) -> Node | None: ...
 

@@ -7,7 +7,7 @@ whole state at the outermost begin and puts it back if an exception escapes.
 
 import copy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -87,6 +87,9 @@ class MemoryStore(MemoryStorage):
     def close(self) -> None:
         pass
 
+    def reconnect(self) -> None:
+        pass
+
     # accounts
 
     def create_account(self, account: Account) -> None:
@@ -118,6 +121,11 @@ class MemoryStore(MemoryStorage):
     def list_accounts(self) -> list[Account]:
         with self._lock:
             return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
+
+    def update_account(self, account: Account) -> None:
+        with self._lock:
+            if account.id in self._s.accounts:
+                self._s.accounts[account.id] = copy.deepcopy(account)
 
     # ledger
 
@@ -431,6 +439,13 @@ class MemoryStore(MemoryStorage):
             return failures
 
     # nodes
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        with self._lock:
+            for node_id, when in seen.items():
+                stored = self._s.nodes.get(node_id)
+                if stored is not None:
+                    stored.last_seen = max(stored.last_seen, when)
 
     def upsert_node(self, node: Node) -> None:
         with self._lock:

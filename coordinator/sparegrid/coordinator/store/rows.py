@@ -36,7 +36,7 @@ from sparegrid.coordinator.domain import (
 Row = Sequence[Any]
 Params = tuple[object, ...]
 
-ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
+ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at, disabled"
 JOB_COLUMNS = (
     "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
     " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
@@ -85,11 +85,11 @@ def optional_float(value: Any) -> float | None:
 
 
 def account_params(a: Account) -> Params:
-    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at)
+    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at, a.disabled)
 
 
 def account_from(row: Row) -> Account:
-    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]))
+    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]), bool(row[5]))
 
 
 def job_params(j: Job) -> Params:

@@ -253,6 +253,11 @@ ALTER TABLE jobs ADD COLUMN tasks_succeeded BIGINT NOT NULL DEFAULT -1;
 ALTER TABLE jobs ADD COLUMN tasks_failed BIGINT NOT NULL DEFAULT -1
 """
 
+# Operator controls: a disabled account's key is refused.
+ACCOUNT_CONTROL = """
+ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -262,6 +267,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, DISPUTES),
     (6, STORAGE),
     (7, LARGE_JOBS),
+    (8, ACCOUNT_CONTROL),
 ]
 
 

@@ -36,6 +36,7 @@ from sparegrid.sdk.config import (
     pin_coordinator_key,
     resolve_address,
     resolve_admin_key,
+    resolve_tls,
     resolve_tls_ca,
 )
 from sparegrid.sdk.errors import from_rpc_error
@@ -43,6 +44,8 @@ from sparegrid.sdk.models import (
     Account,
     Dispute,
     Info,
+    JobSnapshot,
+    JobState,
     LedgerCheck,
     LedgerEntry,
     Node,
@@ -116,7 +119,8 @@ class AsyncClient(_AsyncBase):
     """Submits jobs, follows them and fetches their verified results.
 
     `address`, `api_key` and `tls_ca` default to SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
-    and SPAREGRID_TLS_CA; without an API key the constructor raises AuthenticationError.
+    and SPAREGRID_TLS_CA; `tls=True` (or SPAREGRID_TLS=1) uses TLS with the system's trust
+    roots. Without an API key the constructor raises AuthenticationError.
     """
 
     def __init__(
@@ -125,12 +129,13 @@ class AsyncClient(_AsyncBase):
         api_key: str | None = None,
         *,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         connection: Connection | None = None,
     ) -> None:
-        connection = connection or Connection.resolve(address, api_key, tls_ca)
+        connection = connection or Connection.resolve(address, api_key, tls_ca, tls)
         super().__init__(connection, timeout, retry)
         self.chunk_size = chunk_size
         self._coordinator_key = b""
@@ -451,6 +456,7 @@ class AsyncAdminClient(_AsyncBase):
         *,
         key_file: PathLike | None = None,
         tls_ca: PathLike | None = None,
+        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         connection: Connection | None = None,
@@ -458,7 +464,7 @@ class AsyncAdminClient(_AsyncBase):
         if connection is None:
             target = resolve_address(address)
             key = resolve_admin_key(target, api_key, key_file)
-            connection = Connection(target, key, resolve_tls_ca(tls_ca))
+            connection = Connection(target, key, resolve_tls_ca(tls_ca), resolve_tls(tls))
         super().__init__(connection, timeout, retry)
 
     @functools.cached_property
@@ -483,6 +489,53 @@ class AsyncAdminClient(_AsyncBase):
         request = convert.grant_request(name, amount, reason, idempotency_key)
         response = await self._unary(self._admin.GrantCredit, request)
         return convert.account(response.account)
+
+    async def debit(
+        self, name: str, amount: int, reason: str = "", idempotency_key: str | None = None
+    ) -> Account:
+        """Takes `amount` credit from the account back to the mint; refused (nothing
+        taken) beyond its balance."""
+        request = admin_pb2.DebitCreditRequest(
+            name=name,
+            amount=amount,
+            reason=reason,
+            idempotency_key=idempotency_key or convert.new_idempotency_key(),
+        )
+        response = await self._unary(self._admin.DebitCredit, request)
+        return convert.account(response.account)
+
+    async def set_account_disabled(self, name: str, disabled: bool = True) -> Account:
+        """A disabled account's key is refused and its nodes cannot connect."""
+        request = admin_pb2.SetAccountDisabledRequest(name=name, disabled=disabled)
+        response = await self._unary(self._admin.SetAccountDisabled, request)
+        return convert.account(response.account)
+
+    async def rotate_key(self, name: str) -> tuple[Account, str]:
+        """A new key for the account (shown this once); the old one stops working."""
+        request = admin_pb2.RotateKeyRequest(name=name)
+        response = await self._unary(self._admin.RotateKey, request, idempotent=False)
+        return convert.account(response.account), response.api_key
+
+    async def revoke_key(self, name: str) -> Account:
+        request = admin_pb2.RevokeKeyRequest(name=name)
+        response = await self._unary(self._admin.RevokeKey, request)
+        return convert.account(response.account)
+
+    async def all_jobs(
+        self, account: str = "", states: Sequence[JobState | str] = (), limit: int = 100
+    ) -> list[JobSnapshot]:
+        """Jobs of every account (or of one), newest first."""
+        request = admin_pb2.ListAllJobsRequest(
+            account=account, states=convert.job_states_to_pb(states), limit=limit
+        )
+        response = await self._unary(self._admin.ListAllJobs, request)
+        return [convert.job_snapshot(j) for j in response.jobs]
+
+    async def cancel_job(self, job_id: str, reason: str = "") -> JobSnapshot:
+        """Cancels any account's job."""
+        request = admin_pb2.CancelAnyJobRequest(job_id=job_id, reason=reason)
+        response = await self._unary(self._admin.CancelAnyJob, request)
+        return convert.job_snapshot(response.job)
 
     async def ban_node(self, node_id: str, reason: str = "") -> Node:
         """No more work for the node until `reinstate_node`."""
