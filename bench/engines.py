@@ -86,12 +86,10 @@ def start(root: Path, python: str, database: str, workers: int) -> tuple[str, li
     """A coordinator on `database` and `workers` workers with default settings, run by
     `python` (another checkout's, for a baseline)."""
     data = root / "coord"
+    flags = ["--listen", "127.0.0.1:0", "--data-dir", str(data), "--log-level", "WARNING"]
     procs = [
-        spawn(
-            root, python, "coordinator", "coordinator", "serve", "--listen", "127.0.0.1:0",
-            "--data-dir", str(data), "--database", database, "--log-level", "WARNING",
-        )
-    ]  # fmt: skip
+        spawn(root, python, "coordinator", "coordinator", "serve", *flags, "--database", database)
+    ]
     addr = data / "coordinator.addr"
     deadline = time.monotonic() + 60
     while not (addr.exists() and addr.read_text().endswith("\n")):  # written, not begun
@@ -103,13 +101,13 @@ def start(root: Path, python: str, database: str, workers: int) -> tuple[str, li
     admin = AdminClient(address, api_key=(data / "admin.key").read_text().strip())
     for i in range(workers):
         _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
+        flags = ["--coordinator", address, "--data-dir", str(root / f"node{i}")]
+        env = {"SPAREGRID_OWNER_KEY": owner_key}
         procs.append(
             spawn(
-                root, python, f"worker{i}", "worker", "run", "--coordinator", address,
-                "--data-dir", str(root / f"node{i}"), "--name", f"bench{i}",
-                env={"SPAREGRID_OWNER_KEY": owner_key},
+                root, python, f"worker{i}", "worker", "run", *flags, "--name", f"bench{i}", env=env
             )
-        )  # fmt: skip
+        )
     admin.close()
     return address, procs
 

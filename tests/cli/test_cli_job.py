@@ -330,9 +330,14 @@ async def test_inference_submit_checks_its_files_before_connecting(
     assert missing.code == 1
     assert "needs --model PT2 and --inputs SAFETENSORS [BAD_PARAMS]" in missing.err
     absent = await cli(
-        "job", "submit", "inference",
-        "--model", str(tmp_path / "m.pt2"), "--inputs", str(tmp_path / "x.safetensors"),
-    )  # fmt: skip
+        "job",
+        "submit",
+        "inference",
+        "--model",
+        str(tmp_path / "m.pt2"),
+        "--inputs",
+        str(tmp_path / "x.safetensors"),
+    )
     assert absent.code == 1
     assert f"--model: no such file {tmp_path / 'm.pt2'} [BAD_INPUT]" in absent.err
     assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}

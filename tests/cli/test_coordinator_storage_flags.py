@@ -20,11 +20,23 @@ def test_defaults() -> None:
 
 def test_sizes_and_durations_take_units() -> None:
     got = settings(
-        "--in-flight-quota", "2GiB", "--stored-quota", "500GB",
-        "--anonymous-in-flight-quota", "1048576", "--anonymous-stored-quota", "1.5TiB",
-        "--upload-expiry", "12h", "--blob-retention", "7d", "--node-expiry", "90m",
-        "--sweep-interval", "30",
-    )  # fmt: skip
+        "--in-flight-quota",
+        "2GiB",
+        "--stored-quota",
+        "500GB",
+        "--anonymous-in-flight-quota",
+        "1048576",
+        "--anonymous-stored-quota",
+        "1.5TiB",
+        "--upload-expiry",
+        "12h",
+        "--blob-retention",
+        "7d",
+        "--node-expiry",
+        "90m",
+        "--sweep-interval",
+        "30",
+    )
     assert got.quotas == QuotaConfig(2 << 30, 500 * 10**9, 1 << 20, int(1.5 * (1 << 40)))
     assert got.sweeps == SweepConfig(30.0, 12 * 3600.0, 7 * 86400.0, 90 * 60.0)
 

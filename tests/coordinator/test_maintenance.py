@@ -158,8 +158,9 @@ def test_postgres_backup_points_to_pg_dump_and_keeps_keys(
     store = PostgresStore(url, schema=schema)
     try:
         ensure_admin(App(store, Settings(data_dir=data)), data)
-        code, out = run(capsys, "backup", str(tmp_path / "b"), "--data-dir", str(data),
-                        "--database", url)  # fmt: skip
+        code, out = run(
+            capsys, "backup", str(tmp_path / "b"), "--data-dir", str(data), "--database", url
+        )
         assert code == 0, out
         assert "pg_dump --format=custom" in out and "pg_restore" in out
         assert (tmp_path / "b" / "admin.key").read_text() == (data / "admin.key").read_text()

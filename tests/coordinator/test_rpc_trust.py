@@ -87,15 +87,20 @@ async def test_the_owner_sees_its_nodes_credit_and_why(served: Served) -> None:
     out = b""
     statements = [
         common_pb2.ResultStatement(
-            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=0)],
         ).SerializeToString()
         for a in assign.assignments
-    ]  # fmt: skip
+    ]
     results = worker_pb2.Results(
-        batch_id=1, statements=statements, signature=sign_batch(signer, statements),
+        batch_id=1,
+        statements=statements,
+        signature=sign_batch(signer, statements),
         inline_outputs={sha256_hex(out): out},
-    )  # fmt: skip
+    )
     await call.write(worker_pb2.WorkerMessage(results=results))
     assert all(v.accepted for v in (await call.read()).result_ack.verdicts)
     view = await client.GetNodeCredit(
@@ -227,11 +232,14 @@ async def test_an_upload_names_only_attempts_of_its_own_node(served: Served) -> 
     await upload([first.attempt_id])
     statements = [
         common_pb2.ResultStatement(
-            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=digest, size=len(big))],
         ).SerializeToString()
         for a in (first, second)
-    ]  # fmt: skip
+    ]
     results = worker_pb2.Results(
         batch_id=1, statements=statements, signature=sign_batch(signer, statements)
     )

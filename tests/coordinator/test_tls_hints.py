@@ -67,8 +67,12 @@ async def not_a_coordinator() -> AsyncIterator[str]:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
-    for name in ("SPAREGRID_COORDINATOR", "SPAREGRID_ADMIN_KEY", "SPAREGRID_TLS_CA",
-                 "SPAREGRID_TLS"):  # fmt: skip
+    for name in (
+        "SPAREGRID_COORDINATOR",
+        "SPAREGRID_ADMIN_KEY",
+        "SPAREGRID_TLS_CA",
+        "SPAREGRID_TLS",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("SPAREGRID_API_KEY", "sg_whatever")

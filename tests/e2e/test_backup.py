@@ -30,8 +30,9 @@ def sparegrid(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 def start_on(cluster: Cluster, data: Path) -> str:
     """A second coordinator on `data`, on a free port; its address."""
-    proc = cluster.spawn("restored", "coordinator", "serve", "--listen", "127.0.0.1:0",
-                         "--data-dir", str(data))  # fmt: skip
+    proc = cluster.spawn(
+        "restored", "coordinator", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)
+    )
     addr = data / "coordinator.addr"
     deadline = time.monotonic() + START_TIMEOUT
     while not addr.exists():
@@ -60,8 +61,9 @@ def test_a_backup_taken_under_load_restores_and_balances(cluster: Cluster, tmp_p
     try:
         wait_for(lambda: len(submitted) >= 3, what="jobs submitted")
         backup = tmp_path / "backup"
-        taken = sparegrid(cluster, "coordinator", "backup", str(backup),
-                          "--data-dir", str(cluster.root / "coord"))  # fmt: skip
+        taken = sparegrid(
+            cluster, "coordinator", "backup", str(backup), "--data-dir", str(cluster.root / "coord")
+        )
         assert taken.returncode == 0, taken.stdout + taken.stderr
         assert "backed up" in taken.stdout
     finally:
@@ -90,8 +92,16 @@ def test_a_backup_taken_under_load_restores_and_balances(cluster: Cluster, tmp_p
         out = tmp_path / "download.bin"
         restored_client.download(digest, out)
         assert out.read_bytes() == data.read_bytes()
-    ledger = sparegrid(cluster, "admin", "ledger", "check", "--coordinator", address,
-                       "--admin-key-file", str(fresh / "admin.key"))  # fmt: skip
+    ledger = sparegrid(
+        cluster,
+        "admin",
+        "ledger",
+        "check",
+        "--coordinator",
+        address,
+        "--admin-key-file",
+        str(fresh / "admin.key"),
+    )
     assert ledger.returncode == 0 and "ledger balances" in ledger.stdout
     admin.close()
     client.close()

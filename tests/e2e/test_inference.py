@@ -124,9 +124,17 @@ def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_
         )
 
     submitted = cli(
-        "job", "submit", "inference", "--model", str(program),
-        "--inputs", str(tmp_path / "x.safetensors"), "--batch-size", "4", "--wait",
-    )  # fmt: skip
+        "job",
+        "submit",
+        "inference",
+        "--model",
+        str(program),
+        "--inputs",
+        str(tmp_path / "x.safetensors"),
+        "--batch-size",
+        "4",
+        "--wait",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     fetched = cli("job", "results", job_id, "-o", str(tmp_path / "out"))

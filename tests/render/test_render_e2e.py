@@ -294,10 +294,21 @@ def test_cli_submits_a_render_and_waits(grid, scenes) -> None:
     cluster, client = grid
     done = cli(
         cluster,
-        "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
-        "--frames", "4-5", "--samples", "4", "--resolution", "48x36", "--format", "exr",
+        "job",
+        "submit",
+        "render",
+        "--blend",
+        str(scenes / "anim.blend"),
+        "--frames",
+        "4-5",
+        "--samples",
+        "4",
+        "--resolution",
+        "48x36",
+        "--format",
+        "exr",
         "--wait",
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     job = client.get_job(done.stdout.split()[0])
     assert job.state == "succeeded" and job.counts.total == 2

@@ -344,10 +344,11 @@ def test_a_spot_check_and_its_result_keep_the_params_they_ran(store: Store) -> N
     store.add_replicas(
         [
             Replica("a0", task.id, task.job_id, "n0", "o0", outputs, b"r0", created_at=1.0),
-            Replica("a1", task.id, task.job_id, "n1", "o1", outputs, b"r1", created_at=2.0,
-                    params=crop),
+            Replica(
+                "a1", task.id, task.job_id, "n1", "o1", outputs, b"r1", created_at=2.0, params=crop
+            ),
         ]
-    )  # fmt: skip
+    )
     assert [(r.attempt_id, r.params) for r in store.get_replicas([task.id])] == [
         ("a0", b""),
         ("a1", crop),

@@ -209,11 +209,12 @@ def credit_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+NODE_COLUMNS = ["node", "name", "owner", "devices", "state", "done", "failed", "valid"]
+NODE_COLUMNS += ["invalid", "checked", "tasks", "credit", "standing", "last seen"]
+
+
 def nodes_table(items: list[Node]) -> Any:
-    t = output.table(
-        "node", "name", "owner", "devices", "state", "done", "failed", "valid", "invalid",
-        "checked", "tasks", "credit", "standing", "last seen",
-    )  # fmt: skip
+    t = output.table(*NODE_COLUMNS)
     for n in items:
         devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
         standing = n.standing if n.standing == "active" else f"{n.standing}: {n.standing_reason}"

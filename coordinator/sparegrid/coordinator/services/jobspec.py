@@ -52,9 +52,10 @@ def spec_differences(first: JobSpec, again: JobSpec, default_max_attempts: int) 
     differ += _param_differences(first.params, again.params)
     if first.inputs != again.inputs:
         names = sorted(
-            n for n in first.inputs.keys() | again.inputs.keys()
+            n
+            for n in first.inputs.keys() | again.inputs.keys()
             if first.inputs.get(n) != again.inputs.get(n)
-        )  # fmt: skip
+        )
         differ.append(f"inputs differ in {names}")
     if asdict(first.requirements) != asdict(again.requirements):
         differ.append("requirements differ")

@@ -95,12 +95,31 @@ def account_from(row: Row) -> Account:
 
 def job_params(j: Job) -> Params:
     return (
-        j.id, j.account_id, j.kind, j.name, j.params, to_json(j.inputs),
-        to_json(asdict(j.requirements)), j.max_attempts, j.price_credit, j.price_units,
-        j.task_count, j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at,
-        j.finished_at, j.idempotency_key, j.replicas, j.quorum, j.tasks_succeeded, j.tasks_failed,
-        j.priority, j.webhook_url,
-    )  # fmt: skip
+        j.id,
+        j.account_id,
+        j.kind,
+        j.name,
+        j.params,
+        to_json(j.inputs),
+        to_json(asdict(j.requirements)),
+        j.max_attempts,
+        j.price_credit,
+        j.price_units,
+        j.task_count,
+        j.state.value,
+        j.cost_held,
+        j.cost_spent,
+        j.error,
+        j.created_at,
+        j.finished_at,
+        j.idempotency_key,
+        j.replicas,
+        j.quorum,
+        j.tasks_succeeded,
+        j.tasks_failed,
+        j.priority,
+        j.webhook_url,
+    )
 
 
 def job_from(row: Row) -> Job:
@@ -134,16 +153,32 @@ def job_from(row: Row) -> Job:
 
 def task_params(t: Task) -> Params:
     return (
-        t.id, t.job_id, t.index, t.params, refs_json(t.inputs), t.state.value, t.attempts,
-        t.node_id, refs_json(t.outputs), t.receipt, t.error, t.work,
-    )  # fmt: skip
+        t.id,
+        t.job_id,
+        t.index,
+        t.params,
+        refs_json(t.inputs),
+        t.state.value,
+        t.attempts,
+        t.node_id,
+        refs_json(t.outputs),
+        t.receipt,
+        t.error,
+        t.work,
+    )
 
 
 def task_update_params(t: Task) -> Params:
     """The parameters of update_tasks: what changes, then the id."""
     return (
-        t.state.value, t.attempts, t.node_id, refs_json(t.outputs), t.receipt, t.error, t.id,
-    )  # fmt: skip
+        t.state.value,
+        t.attempts,
+        t.node_id,
+        refs_json(t.outputs),
+        t.receipt,
+        t.error,
+        t.id,
+    )
 
 
 def task_from(row: Row) -> Task:
@@ -165,9 +200,19 @@ def task_from(row: Row) -> Task:
 
 def attempt_params(a: Attempt) -> Params:
     return (
-        a.id, a.task_id, a.job_id, a.node_id, a.device_index, a.deadline, a.state.value,
-        a.created_at, a.finished_at, a.error_code, a.error, a.params,
-    )  # fmt: skip
+        a.id,
+        a.task_id,
+        a.job_id,
+        a.node_id,
+        a.device_index,
+        a.deadline,
+        a.state.value,
+        a.created_at,
+        a.finished_at,
+        a.error_code,
+        a.error,
+        a.params,
+    )
 
 
 def attempt_from(row: Row) -> Attempt:
@@ -189,10 +234,18 @@ def attempt_from(row: Row) -> Attempt:
 
 def node_params(n: Node) -> Params:
     return (
-        n.id, n.public_key, n.name, to_json([asdict(d) for d in n.devices]),
-        to_json(n.software), to_json(n.executors), n.first_seen, n.last_seen,
-        n.tasks_succeeded, n.tasks_failed, n.owner,
-    )  # fmt: skip
+        n.id,
+        n.public_key,
+        n.name,
+        to_json([asdict(d) for d in n.devices]),
+        to_json(n.software),
+        to_json(n.executors),
+        n.first_seen,
+        n.last_seen,
+        n.tasks_succeeded,
+        n.tasks_failed,
+        n.owner,
+    )
 
 
 def node_from(row: Row) -> Node:
@@ -213,9 +266,17 @@ def node_from(row: Row) -> Node:
 
 def replica_params(p: Replica) -> Params:
     return (
-        p.attempt_id, p.task_id, p.job_id, p.node_id, p.owner, refs_json(p.outputs),
-        p.receipt, p.state.value, p.created_at, p.params,
-    )  # fmt: skip
+        p.attempt_id,
+        p.task_id,
+        p.job_id,
+        p.node_id,
+        p.owner,
+        refs_json(p.outputs),
+        p.receipt,
+        p.state.value,
+        p.created_at,
+        p.params,
+    )
 
 
 def replica_from(row: Row) -> Replica:
@@ -235,9 +296,15 @@ def replica_from(row: Row) -> Replica:
 
 def reputation_params(p: Reputation) -> Params:
     return (
-        p.node_id, p.streak, p.validated, p.invalid, p.strikes, p.standing.value, p.reason,
+        p.node_id,
+        p.streak,
+        p.validated,
+        p.invalid,
+        p.strikes,
+        p.standing.value,
+        p.reason,
         p.updated_at,
-    )  # fmt: skip
+    )
 
 
 def reputation_from(row: Row) -> Reputation:
@@ -255,9 +322,14 @@ def reputation_from(row: Row) -> Reputation:
 
 def entry_params(txn: Transaction, posting: Posting) -> Params:
     return (
-        txn.id, posting.account, posting.amount, txn.reason, txn.job_id, txn.task_id,
+        txn.id,
+        posting.account,
+        posting.amount,
+        txn.reason,
+        txn.job_id,
+        txn.task_id,
         txn.created_at,
-    )  # fmt: skip
+    )
 
 
 def entry_from(row: Row) -> LedgerEntry:
