@@ -53,6 +53,12 @@ def _int(value: object) -> int:
         raise ValueError("is not a whole number") from None
 
 
+def _prefetch(value: object) -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return _int(value)
+
+
 def _float(value: object) -> float:
     try:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -137,7 +143,12 @@ SETTINGS = (
     Setting("data_dir", _path, "node key, cache and outbox", metavar="DIR"),
     Setting("name", _str, "label for this node (default: host name)", metavar="NAME"),
     Setting("tls_ca", _path, "CA certificate for TLS", env="SPAREGRID_TLS_CA", metavar="PEM"),
-    Setting("prefetch", _int, "tasks held per device (default 2)", metavar="N"),
+    Setting(
+        "prefetch",
+        _prefetch,
+        "tasks held per device, or auto: sized from task time and round trip (default auto)",
+        metavar="N",
+    ),
     Setting(
         "log_json",
         _log_format,
