@@ -338,7 +338,7 @@ class Worker:
             await self._clock.sleep(interval)
             session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
 
-    # -- credit ---------------------------------------------------------------------------
+    # -- flow control (Credit messages: assignments invited, not money) ------------------
 
     def _grant(self, device: int) -> None:
         if self._draining or self._session is None or not self._may_lease(device):
