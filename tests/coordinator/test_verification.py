@@ -21,14 +21,7 @@ from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import verify_countersignature, verify_receipt
 from tests.coordinator.helpers import FakeNode, make_app, make_client
-from tests.coordinator.verifying import ALWAYS_CHECK, credit_of, run, submit, upload
-
-
-def nodes(app: App, *owners: str) -> list[FakeNode]:
-    fleet = [FakeNode(app, f"n{i}", owner=owner) for i, owner in enumerate(owners)]
-    for node in fleet:
-        node.connect(credit=0)
-    return fleet
+from tests.coordinator.verifying import ALWAYS_CHECK, credit_of, nodes, run, submit, upload
 
 
 def test_two_of_two_pays_both_owners_and_countersigns(tmp_path: Path) -> None:
@@ -195,11 +188,11 @@ def test_adaptive_trusts_a_proven_node_once_a_later_check_vouches(tmp_path: Path
 def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
     app = make_app(tmp_path, trust=ALWAYS_CHECK)
     bad, g1, g2 = nodes(app, "bad", "g1", "g2")
-    for _ in range(3):
+    for _ in range(3):  # one credit each: no node holds any when the next job comes
         submit(app, 1)
-        run(bad, b"junk")
-        run(g1)
-        run(g2)
+        run(bad, b"junk", credit=1)
+        run(g1, credit=1)
+        run(g2, credit=1)
     rep = app.reputations.get(bad.id)
     assert rep.standing == Standing.QUARANTINED and "3 invalid results" in rep.reason
     app.scheduler.drain(g1.id)

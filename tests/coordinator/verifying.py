@@ -11,6 +11,13 @@ from tests.coordinator.helpers import FakeNode, make_client
 ALWAYS_CHECK = TrustConfig(warmup=10**9)
 
 
+def nodes(app: App, *owners: str) -> list[FakeNode]:
+    fleet = [FakeNode(app, f"n{i}", owner=owner) for i, owner in enumerate(owners)]
+    for node in fleet:
+        node.connect(credit=0)
+    return fleet
+
+
 def submit(app: App, tasks: int, replicas: int = 0, quorum: int = 0) -> str:
     account = app.store.get_account_by_name("alice") or make_client(app)
     params = f'{{"tasks": {tasks}, "data": "hi"}}'.encode()

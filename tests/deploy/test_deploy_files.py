@@ -3,14 +3,18 @@ keys, restart on failure, an unprivileged user, low priority), the container ima
 compose file (against a schema of the compose keys it uses) and the example worker.toml."""
 
 import argparse
+import inspect
 import json
+import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
+from sparegrid.coordinator.domain import Event
 from sparegrid.worker.cli import register
 from sparegrid.worker.settings import layered
 
@@ -118,7 +122,11 @@ SERVICE_SCHEMA = {
         },
         "image": {"type": "string"},
         "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
-        "ports": {"type": "array", "items": {"type": "string", "pattern": r"^\d+:\d+$"}},
+        "ports": {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^(127\.0\.0\.1:)?\d+:\d+$"},
+        },
+        "command": {"type": "array", "items": {"type": "string"}},
         "volumes": {"type": "array", "items": {"type": "string"}},
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
         "depends_on": {"type": "array", "items": {"type": "string"}},
@@ -175,20 +183,25 @@ COMPOSE_SCHEMA = {
 }
 
 
-def test_compose_file_has_a_coordinator_and_a_gpu_worker() -> None:
+def test_compose_file_has_the_whole_stack() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     jsonschema.validate(compose, COMPOSE_SCHEMA)
     services = compose["services"]
-    assert set(services) == {"coordinator", "worker"}
+    assert set(services) == {"coordinator", "worker", "postgres", "prometheus", "grafana"}
     for service in services.values():
-        build = service["build"]
-        assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+        build = service.get("build")
+        if build is not None:
+            assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+        else:
+            assert ":" in service["image"] and not service["image"].endswith(":latest")
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"compose mounts {source}, which is missing"
             else:
                 assert source in compose["volumes"]
+        for depended in service.get("depends_on", []):
+            assert depended in services
     worker = services["worker"]
     [gpu] = worker["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -209,3 +222,110 @@ def test_example_worker_toml_is_valid(tmp_path: Path) -> None:
     args = root.parse_args(["worker", "run", "--config", str(DEPLOY / "worker.toml")])
     config = layered(args, {"SPAREGRID_WORKER_DATA_DIR": str(tmp_path)})
     assert (config.max_vram, config.max_temp, config.cache_size) == (0.8, 80.0, 50 << 30)
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def _coordinator_args(compose: dict[str, Any]) -> argparse.Namespace:
+    """The coordinator's flags as `coordinator serve` parses them: the image's entry point
+    and the compose command together."""
+    from sparegrid.cli.main import build_parser
+
+    steps = instructions(DEPLOY / "Dockerfile.coordinator")
+    [entry] = [json.loads(arg) for op, arg in steps if op == "ENTRYPOINT"]
+    return build_parser().parse_args(entry[1:] + compose["services"]["coordinator"]["command"])
+
+
+def _hosts_and_ports(compose: dict[str, Any], service: str) -> set[int]:
+    return {int(p.rsplit(":", 1)[1]) for p in compose["services"][service].get("ports", [])}
+
+
+def test_prometheus_scrapes_the_ports_the_flags_open() -> None:
+    compose = _compose()
+    args = _coordinator_args(compose)
+    assert args.metrics_addr == "0.0.0.0" and args.web_addr == "0.0.0.0"  # reachable in-network
+    worker_env = compose["services"]["worker"]["environment"]
+    worker_port = int(worker_env["SPAREGRID_WORKER_METRICS_PORT"])
+    assert worker_env["SPAREGRID_WORKER_METRICS_ADDR"] == "0.0.0.0"
+    prometheus = compose["services"]["prometheus"]
+    [config_mount] = [v for v in prometheus["volumes"] if v.startswith("./prometheus.yml:")]
+    config_path = config_mount.split(":")[1]
+    assert f"--config.file={config_path}" in prometheus["command"]
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets == {
+        "sparegrid-coordinator": [f"coordinator:{args.metrics_port}"],
+        "sparegrid-worker": [f"worker:{worker_port}"],
+    }
+    # the dashboard is published on this machine only; metrics are not published at all
+    assert args.web_port in _hosts_and_ports(compose, "coordinator")
+    assert args.metrics_port not in _hosts_and_ports(compose, "coordinator")
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+    assert "SPAREGRID_DATABASE" in compose["services"]["coordinator"]["environment"]
+    assert "--database" not in compose["services"]["coordinator"]["command"]  # not in `ps`
+
+
+def test_grafana_reads_prometheus_and_the_dashboard_queries_real_metrics(
+    tmp_path: Path,
+) -> None:
+    compose = _compose()
+    grafana = compose["services"]["grafana"]
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith(".")
+    )
+    provisioning = DEPLOY / mounts["./grafana/provisioning"].replace(
+        "/etc/grafana/provisioning", "grafana/provisioning"
+    )
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    port = compose["services"]["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{port}" and source["type"] == "prometheus"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "sparegrid.yaml").read_text())[
+        "providers"
+    ]
+    assert provider["options"]["path"] == mounts["./grafana/dashboards"]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sparegrid.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bsparegrid_[a-z_]+", target["expr"])
+    }
+    assert all(
+        t["datasource"]["uid"] == source["uid"] for p in dashboard["panels"] for t in p["targets"]
+    )
+    exported = _exported_metrics(tmp_path)
+    missing = {q for q in queried if q not in exported}
+    assert not missing, f"the Grafana dashboard queries metrics nothing exports: {missing}"
+    assert len(dashboard["panels"]) >= 15
+
+
+def _exported_metrics(tmp_path: Path) -> set[str]:
+    """Every series name the coordinator's and the worker's registries expose."""
+    from prometheus_client import generate_latest
+
+    from sparegrid.coordinator.app import App, Settings
+    from sparegrid.coordinator.store.memory import MemoryStore
+    from sparegrid.worker import metrics as worker_metrics
+
+    app = App(MemoryStore(), Settings(data_dir=tmp_path))
+    app.metrics.results.labels("echo", "accepted").inc()  # labelled series show once used
+    for kind in ("dispute", "ledger"):
+        app.metrics.event(
+            Event("e", 0.0, kind, "", data={"state": "open", "flow": "paid", "amount": 1})
+        )
+    app.metrics.event(Event("e", 0.0, "task.failed", "", data={"final": True}))
+    names = _names(generate_latest(app.metrics.registry).decode())
+    for base in re.findall(r'"(sparegrid_worker_[a-z_]+)"', inspect.getsource(worker_metrics)):
+        names |= {base, f"{base}_total", f"{base}_bucket", f"{base}_count", f"{base}_sum"}
+    return names
+
+
+def _names(text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}

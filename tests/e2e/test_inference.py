@@ -91,6 +91,7 @@ def test_bad_inference_submits_are_refused_and_change_nothing(cluster, tmp_path:
     assert admin.ledger_check().balanced
 
 
+@pytest.mark.timeout(180)  # three CLI processes, each importing torch
 def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -595,3 +595,31 @@ def test_calls_from_many_threads(store: Store) -> None:
         t.join()
     assert store.balance(ALICE) == 900
     assert store.ledger_totals() == (101, 202, 0)
+
+
+def test_job_priority_and_webhook_round_trip(store: Store) -> None:
+    j, tasks = job("j-hook")
+    j.priority, j.webhook_url = -7, "https://hooks.example.com/x"
+    store.create_job(j, tasks)
+    got = store.get_job("j-hook")
+    assert got is not None and (got.priority, got.webhook_url) == (-7, j.webhook_url)
+
+
+def test_webhook_deliveries_are_due_in_time_order_until_settled(store: Store) -> None:
+    from sparegrid.coordinator.domain import Delivery
+
+    late = Delivery("d-late", "j1", "acc-alice", "https://h/x", b"\x00late", next_at=20.0)
+    soon = Delivery("d-soon", "j2", "acc-alice", "https://h/y", b"soon", next_at=10.0)
+    for d in (late, soon):
+        store.add_webhook(d)
+    assert [d.id for d in store.due_webhooks(15.0, 10)] == ["d-soon"]
+    assert [d.id for d in store.due_webhooks(25.0, 10)] == ["d-soon", "d-late"]
+    soon.attempts, soon.next_at, soon.last_error = 1, 30.0, "HTTP 500"
+    store.update_webhook(soon)
+    late.state, late.attempts = "delivered", 1
+    store.update_webhook(late)
+    assert store.due_webhooks(25.0, 10) == []
+    [again] = store.due_webhooks(30.0, 10)
+    assert (again.attempts, again.last_error, again.body) == (1, "HTTP 500", b"soon")
+    [delivered] = store.get_webhooks("j1")
+    assert (delivered.state, delivered.body) == ("delivered", b"\x00late")

@@ -6,16 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
 from sparegrid.worker.policy.rules import MiB, PolicySettings
 from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_INLINE_LIMIT = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message says which one and what to do."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -44,6 +41,7 @@ class WorkerConfig:
     data_dir: Path = Path("sparegrid-worker")
     name: str = field(default_factory=socket.gethostname)
     tls_ca: Path | None = None
+    tls: bool = False  # TLS with the system's trust roots (tls_ca implies TLS with that CA)
     prefetch: int | None = None  # None: the window adapts to task time and round trip
     heartbeat_interval: float | None = None  # None: the interval the coordinator asks for
     max_attempt_seconds: float = 3600.0
@@ -78,6 +76,8 @@ class WorkerConfig:
     task_open_files: int = 1024
     task_output_size: int = 16 << 30  # largest file an executor may write, bytes
     status_socket: Path | None = None  # default: DATA_DIR/status.sock
+    metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: any free port
+    metrics_addr: str = "127.0.0.1"
     # where each setting came from (flag, environment, file), for error messages
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # API key of the account that owns this node (SPAREGRID_OWNER_KEY); empty: none
@@ -123,6 +123,9 @@ class WorkerConfig:
             "task_memory": _min_size("task_memory", self.task_memory, 256 * MiB),
             "task_open_files": _range("task_open_files", self.task_open_files, 64, 1 << 20),
             "task_output_size": _min_size("task_output_size", self.task_output_size, MiB),
+            "metrics_port": ""
+            if self.metrics_port is None
+            else _range("metrics_port", self.metrics_port, 0, 65535),
         }
         return [self._from(name, problem) for name, problem in checks.items()]
 

@@ -22,10 +22,13 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
+from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
+from sparegrid.worker.metrics import WorkerMetrics
 from sparegrid.worker.node.devices import DeviceInfo, detect_devices
 from sparegrid.worker.node.earnings import Earnings
 from sparegrid.worker.node.identity import load_identity
@@ -53,12 +56,12 @@ from sparegrid.worker.upstream.flow import FlowWindow
 from sparegrid.worker.upstream.messages import hello, statement_bytes
 from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
 from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
-from sparegrid.worker.upstream.session import Session, connect, open_channel
+from sparegrid.worker.upstream.session import Session, connect, open_channel, reconnect_delay
 
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
-PREEMPTED = "PREEMPTED"  # stopped by this node's policy: re-queued, not held against it
+PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
 OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
@@ -103,6 +106,7 @@ class Worker:
         self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
+        self.metrics = WorkerMetrics(self)
         rate = config.max_download_rate
         self._download_limit = RateLimiter(rate, self._clock) if rate else None
         rate = config.max_upload_rate
@@ -122,6 +126,7 @@ class Worker:
         self._connected = asyncio.Event()
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._hinted = False  # a connection failure's likely cause was logged
         self._draining = False
         self._forced = False
 
@@ -188,6 +193,8 @@ class Worker:
         if problem:
             _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
         self._monitor.poll()  # the first decisions, before anything is leased
+        if self.config.metrics_port is not None:
+            await self.metrics.start(self.config.metrics_addr, self.config.metrics_port)
         for shown in status_snapshot(self)["devices"]:
             reason = f" ({shown['reason']})" if shown["reason"] else ""
             _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)
@@ -213,6 +220,7 @@ class Worker:
         await self._batcher.close()
         await self._cache.close()
         await self._status.close()
+        await self.metrics.close()
         self._monitor.close()
         logging.getLogger("sparegrid.worker").removeHandler(self.errors)
         _log.info(
@@ -238,12 +246,16 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        uses_tls = self.config.tls or self.config.tls_ca is not None
         while True:
+            error: BaseException | None = None
             try:
                 await self._run_session(backoff)
                 reason = "the coordinator ended the session"
             except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
+                reason, error = f"{exc.code().name}: {exc.details()}", exc
+                if _refused(exc):  # too old: say so loudly, with what to do
+                    _log.error("the coordinator refuses this worker: %s", exc.details())
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -251,8 +263,13 @@ class Worker:
                 reason = repr(exc)
             if self._stopped.is_set():
                 return
-            delay = backoff.next_delay()
+            delay = reconnect_delay(error, backoff.next_delay(), self._rng)
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            if "UNAVAILABLE" in reason and not self._hinted:  # once until it connects
+                self._hinted = True
+                cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
+                if cause:
+                    _log.warning("hint: %s", cause)
             await self._clock.sleep(delay)
 
     async def _run_session(self, backoff: Backoff) -> None:
@@ -289,6 +306,7 @@ class Worker:
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._hinted = False
         self._session = session
         self._connected.set()
         if self._draining:
@@ -319,7 +337,7 @@ class Worker:
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != "DUPLICATE"]
+        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
         if earned:
             self.earnings.add(sum(earned), len(earned))
         for verdict in ack.verdicts:
@@ -423,6 +441,7 @@ class Worker:
     ) -> None:
         spec = self.executors.get(assignment.kind)
         since = self._since.pop(assignment.attempt_id, None)
+        self.metrics.report(assignment.kind, device.index if device else None, outcome)
         if outcome.ok and device is not None:
             self._durations[device.index].append(outcome.duration_us / 1e6)
             self._timed(device.index, since)
@@ -535,3 +554,9 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> bool:
+    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
+    code = dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, "")
+    return bool(code == ErrorCode.WORKER_TOO_OLD)

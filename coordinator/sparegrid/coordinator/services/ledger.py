@@ -19,6 +19,7 @@ from sparegrid.coordinator.domain import (
     node_account,
     stake_account,
 )
+from sparegrid.coordinator.services.events import EventKind, Events
 from sparegrid.coordinator.states import FINAL_JOB_STATES
 from sparegrid.coordinator.store.base import Store
 
@@ -43,14 +44,33 @@ class Payment:
 
 
 class Ledger:
+    events: Events | None = None  # every movement but a payment is an event
+
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
 
     def _post(
-        self, key: str, reason: str, src: str, dst: str, amount: int, job: str = "", task: str = ""
+        self,
+        key: str,
+        reason: str,
+        src: str,
+        dst: str,
+        amount: int,
+        job: str = "",
+        task: str = "",
+        flow: str = "other",
     ) -> bool:
-        return self._store.post(self._txn(key, reason, src, dst, amount, job, task))
+        """Posts one movement; `flow` names it for the metrics and the event."""
+        txn = self._txn(key, reason, src, dst, amount, job, task)
+        posted = self._store.post(txn)
+        if posted and self.events is not None:
+            self.events.emit(
+                EventKind.LEDGER, f"{amount} credit from {src} to {dst}: {reason}",
+                job_id=job, task_id=task, transaction=txn.id, amount=amount, src=src, dst=dst,
+                flow=flow,
+            )  # fmt: skip
+        return posted
 
     def _txn(
         self, key: str, reason: str, src: str, dst: str, amount: int, job: str, task: str
@@ -66,7 +86,11 @@ class Ledger:
         )
 
     def grant(self, account_name: str, amount: int, key: str, reason: str = "grant") -> bool:
-        return self._post(key, reason, MINT, client_account(account_name), amount)
+        return self._post(key, reason, MINT, client_account(account_name), amount, flow="granted")
+
+    def debit(self, account_name: str, amount: int, key: str, reason: str = "debit") -> bool:
+        """Takes credit from an account back to the mint; InsufficientFunds if short."""
+        return self._post(key, reason, client_account(account_name), MINT, amount)
 
     def hold(self, job: Job, account_name: str, amount: int = 0, key: str = "") -> None:
         """Moves the job's maximum cost (or `amount` more, for a retry: `key` tells one
@@ -78,6 +102,7 @@ class Ledger:
             escrow_account(job.id),
             amount or job.cost_held,
             job=job.id,
+            flow="escrowed",
         )
 
     def pay(self, payments: list["Payment"]) -> list[bool]:
@@ -100,13 +125,15 @@ class Ledger:
     def stake(self, owner: str, amount: int, key: str) -> bool:
         """Locks an owner's credit as a bond for its nodes."""
         return self._post(
-            f"stake:{key}", "stake locked", client_account(owner), stake_account(owner), amount
-        )
+            f"stake:{key}", "stake locked", client_account(owner), stake_account(owner), amount,
+            flow="staked",
+        )  # fmt: skip
 
     def unstake(self, owner: str, amount: int, key: str) -> bool:
         return self._post(
-            f"unstake:{key}", "stake released", stake_account(owner), client_account(owner), amount
-        )
+            f"unstake:{key}", "stake released", stake_account(owner), client_account(owner),
+            amount, flow="unstaked",
+        )  # fmt: skip
 
     def slash(self, loser: Replica, job: Job, client: str, amount: int, reason: str) -> bool:
         """Takes `amount` of a wrong result's owner's stake and pays the job's client;
@@ -119,6 +146,7 @@ class Ledger:
             amount,
             job=job.id,
             task=loser.task_id,
+            flow="slashed",
         )
 
     def refund(self, job: Job, account_name: str) -> int:
@@ -131,6 +159,7 @@ class Ledger:
             client_account(account_name),
             left,
             job=job.id,
+            flow="refunded",
         ):
             return left
         return 0

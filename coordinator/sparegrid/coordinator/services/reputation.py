@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.domain import Reputation, Standing
+from sparegrid.coordinator.services.events import EventKind, Events
 from sparegrid.coordinator.store.base import Store
 
 log = logging.getLogger("sparegrid.coordinator.reputation")
@@ -33,6 +34,8 @@ class TrustConfig:
 
 class Reputations:
     """Reputations of every node seen, cached in memory, written through to the store."""
+
+    events: Events | None = None  # quarantines, bans, reinstatements and approvals
 
     def __init__(
         self, store: Store, clock: Clock, config: TrustConfig, rng: random.Random | None = None
@@ -98,12 +101,14 @@ class Reputations:
             rep.standing = Standing.QUARANTINED
             rep.reason = f"{rep.strikes} invalid results; last: {reason}"
             log.warning("node %s quarantined: %s", node_id, rep.reason)
+            self._event(EventKind.QUARANTINE, rep)
         self._save([rep])
         return rep
 
     def ban(self, node_id: str, reason: str) -> Reputation:
         rep = self._mutable(node_id)
         rep.standing, rep.reason = Standing.BANNED, reason or "banned by the operator"
+        self._event(EventKind.BAN, rep)
         self._save([rep])
         return rep
 
@@ -126,6 +131,7 @@ class Reputations:
                 "`sparegrid admin node reinstate` lifts that"
             )
         rep.standing, rep.reason = Standing.ACTIVE, reason or "approved by the operator"
+        self._event(EventKind.APPROVE, rep)
         self._save([rep])
         return rep
 
@@ -134,6 +140,7 @@ class Reputations:
         rep = self._mutable(node_id)
         rep.standing, rep.strikes, rep.streak = Standing.ACTIVE, 0, 0
         rep.reason = reason or "reinstated by the operator"
+        self._event(EventKind.REINSTATE, rep)
         self._save([rep])
         return rep
 
@@ -143,6 +150,13 @@ class Reputations:
             rep = self._cache[node_id] = Reputation(node_id)
         rep.updated_at = self._clock.now()
         return rep
+
+    def _event(self, kind: EventKind, rep: Reputation) -> None:
+        if self.events is not None:
+            self.events.emit(
+                kind, f"node {rep.node_id} is {rep.standing}: {rep.reason}",
+                node_id=rep.node_id, standing=rep.standing.value, strikes=rep.strikes,
+            )  # fmt: skip
 
     def _save(self, reps: list[Reputation]) -> None:
         if reps:

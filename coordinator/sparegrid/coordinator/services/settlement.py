@@ -7,6 +7,7 @@ digests); what happens next depends on the job's verification policy (verificati
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -23,6 +24,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.comparators import Reader
+from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.identity import Identities, is_anonymous
 from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
@@ -54,6 +56,8 @@ class Settled:
     finished: list[ActiveJob] = field(default_factory=list)
     jobs: set[str] = field(default_factory=set)
     paid: dict[str, int] = field(default_factory=dict)  # attempt -> credit paid now
+    # decisions taken, by (job kind, outcome): what the metrics count
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Settlement:
@@ -107,6 +111,7 @@ class Settlement:
             )  # fmt: skip
             touched[c.task.id] = c.task
             out.jobs.add(active.job.id)
+            out.outcomes[active.job.kind, decision.outcome.value] += 1
             if decision.evidence is not None:
                 self._dispute(c.task, decision, now)
             self._apply(active, c, decision, out)
@@ -333,13 +338,19 @@ class Settlement:
         if decision.outcome == Outcome.ACCEPTED:
             evidence["winners"] = [w.node_id for w in decision.winners]
             evidence["losers"] = [r.node_id for r in decision.losers]
+        state = states[decision.outcome]
         self.store.put_disputes(
-            [
-                Dispute(
-                    task.id, task.job_id, task.index, states[decision.outcome], evidence, now, now
-                )
-            ]
+            [Dispute(task.id, task.job_id, task.index, state, evidence, now, now)]
         )
+        events = self.scheduler.events
+        if events is not None:
+            events.emit(
+                EventKind.DISPUTE,
+                f"task {task.index} of job {task.job_id}: results disagree; {state}: "
+                f"{evidence['decision']}",
+                job_id=task.job_id, task_id=task.id, index=task.index, state=state.value,
+                nodes=sorted({str(r.get("node", "")) for r in _results(evidence)}),
+            )  # fmt: skip
 
     def _fail(self, active: ActiveJob, task: Task, detail: str, out: Settled) -> None:
         """The task ends failed: its results could not be brought to agree. The rest of the
@@ -351,6 +362,13 @@ class Settlement:
         self.scheduler.forget_replicas(active, task.id)
         if not active.job.error:
             active.job.error = f"task {task.index} failed: {task.error}"
+        events = self.scheduler.events
+        if events is not None:
+            events.emit(
+                EventKind.TASK_FAILED, f"task {task.index} of job {task.job_id}: {task.error}",
+                job_id=task.job_id, task_id=task.id, account=active.owner, index=task.index,
+                code="NO_AGREEMENT", final=True,
+            )  # fmt: skip
         if active.open_tasks == 0:
             out.finished.append(active)
 
@@ -421,3 +439,9 @@ def _reason(decision: Decision) -> str:
         common_pb2.VALIDATION_METHOD_SPOT_CHECKED: "spot-checked",
     }
     return f"validated result ({names.get(decision.method, 'accepted')}): {decision.detail}"
+
+
+def _results(evidence: dict[str, object]) -> list[dict[str, object]]:
+    """The results a dispute's evidence lists (each names its node)."""
+    results = evidence.get("results")
+    return [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []

@@ -6,8 +6,9 @@ whole state at the outermost begin and puts it back if an exception escapes.
 """
 
 import copy
+import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,7 +17,9 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Dispute,
+    Event,
     Job,
     JobState,
     LedgerEntry,
@@ -58,8 +61,11 @@ class _State:
     blob_owners: set[tuple[str, str]] = field(default_factory=set)
     uploads: set[tuple[str, str]] = field(default_factory=set)
     disputes: dict[str, Dispute] = field(default_factory=dict)
+    webhooks: dict[str, Delivery] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
+    events: list[Event] = field(default_factory=list)  # oldest first
+    event_seq: int = 0
 
 
 class MemoryStore(MemoryStorage):
@@ -85,6 +91,9 @@ class MemoryStore(MemoryStorage):
                 self._depth -= 1
 
     def close(self) -> None:
+        pass
+
+    def reconnect(self) -> None:
         pass
 
     # accounts
@@ -118,6 +127,11 @@ class MemoryStore(MemoryStorage):
     def list_accounts(self) -> list[Account]:
         with self._lock:
             return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
+
+    def update_account(self, account: Account) -> None:
+        with self._lock:
+            if account.id in self._s.accounts:
+                self._s.accounts[account.id] = copy.deepcopy(account)
 
     # ledger
 
@@ -432,6 +446,13 @@ class MemoryStore(MemoryStorage):
 
     # nodes
 
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        with self._lock:
+            for node_id, when in seen.items():
+                stored = self._s.nodes.get(node_id)
+                if stored is not None:
+                    stored.last_seen = max(stored.last_seen, when)
+
     def upsert_node(self, node: Node) -> None:
         with self._lock:
             stored = self._s.nodes.get(node.id)
@@ -516,6 +537,26 @@ class MemoryStore(MemoryStorage):
             found = [d for d in self._s.disputes.values() if d.job_id == job_id]
             return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
 
+    def add_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        with self._lock:
+            due = [d for d in self._s.webhooks.values() if d.state == "pending"]
+            due = [d for d in due if d.next_at <= now]
+            return _copies(sorted(due, key=lambda d: d.next_at)[:limit])
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            if delivery.id in self._s.webhooks:
+                self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            found = [d for d in self._s.webhooks.values() if d.job_id == job_id]
+            return _copies(sorted(found, key=lambda d: d.created_at))
+
     def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
         with self._lock:
             self._s.uploads.update(uploads)
@@ -532,3 +573,37 @@ class MemoryStore(MemoryStorage):
     def get_inline_blob(self, digest: str) -> bytes | None:
         with self._lock:
             return self._s.inline_blobs.get(digest)
+
+    # events
+
+    def add_events(self, events: list[Event]) -> None:
+        with self._lock:
+            for event in events:
+                self._s.event_seq += 1
+                self._s.events.append(dataclasses.replace(event, seq=self._s.event_seq))
+
+    def list_events(
+        self,
+        after: int = 0,
+        limit: int = 100,
+        newest: bool = False,
+        job_id: str = "",
+        node_ids: list[str] | None = None,
+    ) -> list[Event]:
+        with self._lock:
+            nodes = set(node_ids) if node_ids is not None else None
+            found = [
+                e
+                for e in self._s.events
+                if e.seq > after
+                and (not job_id or e.job_id == job_id)
+                and (nodes is None or e.node_id in nodes)
+            ]
+            return _copies(found[-limit:] if newest else found[:limit])
+
+    def trim_events(self, keep: int) -> int:
+        with self._lock:
+            events = self._s.events
+            gone = max(len(events) - max(keep, 0), 0)
+            del events[:gone]
+            return gone

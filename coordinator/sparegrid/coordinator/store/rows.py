@@ -14,6 +14,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Device,
     Dispute,
     DisputeState,
@@ -36,11 +37,11 @@ from sparegrid.coordinator.domain import (
 Row = Sequence[Any]
 Params = tuple[object, ...]
 
-ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
+ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at, disabled"
 JOB_COLUMNS = (
     "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
     " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
-    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed"
+    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed, priority, webhook_url"
 )
 TASK_COLUMNS = (
     "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error, work"
@@ -85,11 +86,11 @@ def optional_float(value: Any) -> float | None:
 
 
 def account_params(a: Account) -> Params:
-    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at)
+    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at, a.disabled)
 
 
 def account_from(row: Row) -> Account:
-    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]))
+    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]), bool(row[5]))
 
 
 def job_params(j: Job) -> Params:
@@ -98,6 +99,7 @@ def job_params(j: Job) -> Params:
         to_json(asdict(j.requirements)), j.max_attempts, j.price_credit, j.price_units,
         j.task_count, j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at,
         j.finished_at, j.idempotency_key, j.replicas, j.quorum, j.tasks_succeeded, j.tasks_failed,
+        j.priority, j.webhook_url,
     )  # fmt: skip
 
 
@@ -125,6 +127,8 @@ def job_from(row: Row) -> Job:
         quorum=row[19],
         tasks_succeeded=int(row[20]),
         tasks_failed=int(row[21]),
+        priority=int(row[22]),
+        webhook_url=row[23],
     )
 
 
@@ -274,4 +278,31 @@ def dispute_from(row: Row) -> Dispute:
         evidence=json.loads(row[4]),
         created_at=row[5],
         updated_at=row[6],
+    )
+
+
+WEBHOOK_COLUMNS = (
+    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at"
+)
+
+
+def webhook_params(d: Delivery) -> Params:
+    return (
+        d.id, d.job_id, d.account_id, d.url, d.body, d.attempts, d.next_at, d.state,
+        d.last_error, d.created_at,
+    )  # fmt: skip
+
+
+def webhook_from(row: Row) -> Delivery:
+    return Delivery(
+        id=row[0],
+        job_id=row[1],
+        account_id=row[2],
+        url=row[3],
+        body=bytes(row[4]),
+        attempts=int(row[5]),
+        next_at=float(row[6]),
+        state=row[7],
+        last_error=row[8],
+        created_at=float(row[9]),
     )

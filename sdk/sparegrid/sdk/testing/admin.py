@@ -1,8 +1,10 @@
 """AdminService over the state of a FakeCoordinator."""
 
+from collections.abc import AsyncIterator
+
 import grpc
 
-from sparegrid.sdk.testing._rpc import Abort, Context, aborts
+from sparegrid.sdk.testing._rpc import Abort, Context, abort, aborts
 from sparegrid.sdk.testing.coordinator import FakeCoordinator, now
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
@@ -118,3 +120,23 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ApproveNodeResponse:
         self.c._caller(context, admin=True)
         raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake has no nodes")
+
+    # Operator controls are tested against the real coordinator (tests/coordinator,
+    # tests/cli/test_cli_operator.py); the fake says so instead of pretending.
+    async def _real_only(self, request: object, context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "the fake coordinator has no operator controls"
+        )
+
+    SetAccountDisabled = RotateKey = RevokeKey = DebitCredit = _real_only  # type: ignore[assignment]
+    ListAllJobs = CancelAnyJob = _real_only  # type: ignore[assignment]
+
+    async def WatchEvents(
+        self, request: admin_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
+        try:
+            self.c._caller(context, admin=True)
+            raise Abort(grpc.StatusCode.UNIMPLEMENTED, "NO_EVENTS", "the fake records no events")
+        except Abort as err:
+            await abort(context, err)
+        yield admin_pb2.WatchEventsResponse()  # never reached: makes this a generator

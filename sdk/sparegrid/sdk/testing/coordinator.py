@@ -170,6 +170,27 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         run.add_done_callback(self._runs.discard)
         return client_pb2.SubmitJobResponse(job=job.msg)
 
+    @aborts
+    async def EstimateJob(
+        self, request: client_pb2.EstimateJobRequest, context: Context
+    ) -> client_pb2.EstimateJobResponse:
+        """As the coordinator: a flat PRICE per task, one paid result each; nothing stored."""
+        account = self._caller(context)
+        spec = request.spec
+        if spec.kind not in KINDS:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNKNOWN_KIND",
+                f"unknown job kind {spec.kind!r}; known kinds: {', '.join(sorted(KINDS))}",
+            )
+        tasks = int(json.loads(spec.params or b"{}").get("tasks", 1))
+        return client_pb2.EstimateJobResponse(
+            tasks=tasks, work_units=tasks, work_unit="task", price_credit=PRICE, price_units=1,
+            exact_credit=float(tasks * PRICE), credit_per_pass=tasks * PRICE,
+            max_paid_results=1, max_held=tasks * PRICE, policy="single result",
+            balance=account.balance,
+        )  # fmt: skip
+
     def _create(self, request: client_pb2.SubmitJobRequest, account: admin_pb2.Account) -> FakeJob:
         spec = request.spec
         if spec.kind not in KINDS:

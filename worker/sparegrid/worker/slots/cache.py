@@ -68,6 +68,9 @@ class BlobCache:
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         self._max_bytes = max_bytes
         self.in_use: Callable[[], set[str]] = set  # digests held tasks still need
+        # made now: the executor's sandbox grants reading it only if it exists when the
+        # executor starts, which may be before anything was downloaded (an echo task first)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.trim()  # a cache left over its limit (a smaller --cache-size than before)
 
     def _files(self) -> list[tuple[int, float, Path]]:

@@ -9,6 +9,7 @@ outbox sender); it returns when any of them ends and raises what ended it.
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +18,8 @@ import grpc.aio
 
 from sparegrid.v1 import worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, Signer
+from sparegrid.wire.metadata import retry_after_seconds
+from sparegrid.wire.tls import client_credentials_roots
 from sparegrid.worker.config import MAX_MESSAGE_BYTES, WorkerConfig
 from sparegrid.worker.errors import SessionError
 from sparegrid.worker.upstream.blobs import BlobClient
@@ -28,14 +31,31 @@ _CLOSE = object()  # queued to half-close the stream after everything before it 
 OnMessage = Callable[[worker_pb2.CoordinatorMessage], None]
 
 
+def retry_after(error: grpc.aio.AioRpcError) -> float | None:
+    """The seconds a coordinator that refused the session (UNAVAILABLE, busy admitting a
+    storm of registrations) asked the worker to wait before trying again, if it did."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    return retry_after_seconds(error.trailing_metadata())
+
+
+def reconnect_delay(error: BaseException | None, backoff_delay: float, rng: random.Random) -> float:
+    """How long to wait before the next session: the coordinator's retry hint, stretched
+    by up to a half at random so that refused workers do not all return at once, else
+    the jittered backoff's delay."""
+    hint = retry_after(error) if isinstance(error, grpc.aio.AioRpcError) else None
+    return backoff_delay if hint is None else hint * (1 + rng.random() / 2)
+
+
 def open_channel(config: WorkerConfig) -> grpc.aio.Channel:
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    if config.tls_ca is None:
+    if config.tls_ca is None and not config.tls:
         return grpc.aio.insecure_channel(config.coordinator, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+    roots = client_credentials_roots(config.tls_ca)  # the CA file, else the system's roots
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     return grpc.aio.secure_channel(config.coordinator, credentials, options=options)
 
 

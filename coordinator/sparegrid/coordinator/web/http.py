@@ -1,0 +1,81 @@
+"""An ASGI app served by uvicorn inside the coordinator's event loop, on a socket we bind
+(so a taken port fails at start with a clear error, and port 0 picks a free one)."""
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+log = logging.getLogger("sparegrid.coordinator.web")
+
+
+class _Embedded(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the coordinator handles SIGTERM and SIGINT itself
+
+
+def split_address(listen: str, flag: str) -> tuple[str, int]:
+    """(host, port) from HOST:PORT (or [v6]:PORT); SystemExit naming the flag if not."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"error: {flag} takes HOST:PORT (port 0 picks one), got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class HttpServer:
+    """One HTTP listener; `port` is the bound one once `start` returned."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, what: str) -> None:
+        self.what = what
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self._sock.close()
+            raise OSError(
+                f"cannot serve the {what} on {host}:{port}: {exc.strerror or exc}; "
+                "pick another port"
+            ) from None
+        self.host, self.port = host, self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", server_header=False
+        )
+        self._server = _Embedded(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError(f"the {self.what} server did not start")
+            await asyncio.sleep(0.01)
+        log.info("%s on http://%s:%d", self.what, self.host, self.port)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sock.close()
+
+
+def metrics_app(registry: CollectorRegistry) -> Starlette:
+    """GET /metrics: the registry in Prometheus' text format."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics)])

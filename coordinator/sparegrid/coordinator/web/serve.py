@@ -1,0 +1,101 @@
+"""`coordinator serve`'s flags for metrics, the dashboard and events, and starting them."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.services.events import EventConfig
+from sparegrid.coordinator.web.http import HttpServer, metrics_app
+
+EVENTS_LOGGER = "sparegrid.events"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks one)")
+    return int(text)
+
+
+def add_flags(serve: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    ports = {name: env(f"SPAREGRID_{name.upper()}_PORT", "") for name in ("metrics", "web")}
+    group = serve.add_argument_group("operations (metrics, dashboard, events)")
+    for name, what, variable in [
+        ("metrics", "Prometheus metrics at /metrics", "SPAREGRID_METRICS"),
+        ("web", "the read-only dashboard (sign in with an account's API key)", "SPAREGRID_WEB"),
+    ]:
+        group.add_argument(
+            f"--{name}-port",
+            type=_port,
+            default=_port(ports[name]) if ports[name] else None,
+            metavar="PORT",
+            help=f"serve {what} over HTTP on this port (0 picks one; written to "
+            f"DATA_DIR/{name}.addr) [off]",
+        )
+        group.add_argument(
+            f"--{name}-addr",
+            default=env(f"{variable}_ADDR", "127.0.0.1"),
+            metavar="HOST",
+            help=f"address for --{name}-port [%(default)s]",
+        )
+    group.add_argument(
+        "--event-retention",
+        type=int,
+        default=EventConfig.keep,
+        metavar="N",
+        help="events kept for `sparegrid admin events` and the dashboard; older ones are "
+        "deleted [%(default)s]",
+    )
+
+
+def apply(args: argparse.Namespace, settings: Settings) -> None:
+    """Checks the flags and puts what the app needs into its settings."""
+    if args.event_retention < 1:
+        raise SystemExit("error: --event-retention must be at least 1")
+    settings.events = EventConfig(keep=args.event_retention)
+
+
+def log_events(stream: object = None) -> None:
+    """Events go out as bare JSON lines (one per event), whatever the log's format."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    events = logging.getLogger(EVENTS_LOGGER)
+    events.addHandler(handler)
+    events.propagate = False
+
+
+async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[HttpServer]:
+    """Starts the HTTP servers asked for; each one's address goes to DATA_DIR/NAME.addr."""
+    servers: list[HttpServer] = []
+    try:
+        if args.metrics_port is not None:
+            servers.append(
+                HttpServer(
+                    metrics_app(app.metrics.registry), args.metrics_addr, args.metrics_port,
+                    "metrics",
+                )
+            )  # fmt: skip
+        if args.web_port is not None:
+            from sparegrid.coordinator.web.dashboard import Dashboard
+
+            servers.append(
+                HttpServer(Dashboard(app).asgi, args.web_addr, args.web_port, "dashboard")
+            )
+        for server in servers:
+            await server.start()
+            name = "metrics" if server.what == "metrics" else "web"
+            (data_dir / f"{name}.addr").write_text(f"{server.host}:{server.port}\n")
+    except BaseException:
+        await stop(servers)
+        raise
+    if args.metrics_port is not None:
+        app.metrics.start()
+    return servers
+
+
+async def stop(servers: list[HttpServer]) -> None:
+    for server in servers:
+        await server.stop()

@@ -1,0 +1,102 @@
+"""The dashboard's pages in process (Starlette's test client over the in-memory store and
+a fake clock): disputes with their evidence, why a node is quarantined, earnings per day,
+sessions that end with their key, and the sign-in's limits."""
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sparegrid.coordinator.domain import Account
+from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.coordinator.web.dashboard import Dashboard
+from sparegrid.coordinator.web.sessions import Sessions
+from tests.coordinator.helpers import FakeNode, echo, make_app
+from tests.coordinator.verifying import nodes, run, submit
+
+
+def http(dashboard: Dashboard) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=dashboard.asgi, client=("127.0.0.1", 5000))
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
+
+
+async def sign_in(client: httpx.AsyncClient, key: str) -> None:
+    response = await client.post("/login", data={"api_key": key})
+    assert response.status_code == 303
+
+
+async def test_the_operator_sees_disputes_with_their_evidence(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    _, admin_key = app.accounts.create("root", 0, is_admin=True)
+    fleet = nodes(app, "o1", "o2", "o3")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    run(fleet[0], b"wrong")
+    run(fleet[1])
+    app.events.published()
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, admin_key)
+        page = (await client.get("/operator")).text
+    disputes = page[page.index('id="disputes"') : page.index("Recent events")]
+    assert f'href="/jobs/{job_id}"' in disputes and "open" in disputes
+    assert fleet[0].id in disputes and fleet[1].id in disputes  # each result's node
+    assert "comparisons" in disputes  # what each comparison measured
+    assert "dispute" in page[page.index('id="events"') :]
+
+
+async def test_a_volunteer_sees_why_its_node_is_quarantined_and_what_it_earned(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, trust=TrustConfig(warmup=0, floor=0.0, max_strikes=1))
+    _, key = app.accounts.create("vol", 0)
+    node = FakeNode(app, "rig-1", owner="vol")
+    node.connect(credit=0)
+    client_account: Account = app.accounts.create("alice", 1000)[0]
+    echo(app, client_account, 3)
+    run(node)
+    app.clock.advance(86400)  # type: ignore[attr-defined]
+    app.reputations.invalid(node.id, "a result for work it never leased")
+    app.events.published()
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, key)
+        page = (await client.get("/volunteer")).text
+    row = page[page.index('id="nodes"') : page.index("Earnings")]
+    assert "rig-1" in row and "quarantined" in row
+    assert "a result for work it never leased" in row
+    assert 'id="earned">Earned in all: 3 credit.' in page
+    bars = re.findall(r'<rect [^>]*height="(\d+)"', page)
+    assert len(bars) == 14 and bars[-2] == "100" and bars[-1] == "0"  # yesterday's 3 credit
+    assert "node.quarantined" in page
+
+
+async def test_a_session_ends_with_its_account_and_expires(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    _, key = app.accounts.create("alice", 10)
+    dashboard = Dashboard(app)
+    async with http(dashboard) as client:
+        await sign_in(client, key)
+        assert (await client.get("/client")).status_code == 200
+        session = next(iter(dashboard.sessions._by_hash.values()))
+        session.key_hash = "0" * 64  # as after the key was rotated
+        assert (await client.get("/client")).headers["location"] == "/login"
+        assert not dashboard.sessions._by_hash  # and it is gone
+
+
+def test_sessions_expire_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions = Sessions(ttl=60, limit=3)
+    tokens = [sessions.open(f"a{i}", "h") for i in range(4)]
+    assert sessions.get(tokens[0]) is None  # the oldest went past the limit
+    assert sessions.get(tokens[3]) is not None and sessions.get("x" * 500) is None
+    import time
+
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert sessions.get(tokens[3]) is None
+
+
+async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with http(Dashboard(app)) as client:
+        response = await client.post("/login", content=b"api_key=" + b"A" * 1_000_000,
+                               headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert response.status_code == 401
