@@ -51,14 +51,18 @@ class WorkerMetrics:
         self.kinds = frozenset(spec.name for spec in worker.executors.specs())
         self.registry = CollectorRegistry(auto_describe=True)
         self.task_seconds = Histogram(
-            "sparegrid_worker_task_seconds", "Time tasks took on this node, by job kind and "
-            "outcome (ok, failed, preempted)", ["kind", "outcome"], registry=self.registry,
+            "sparegrid_worker_task_seconds",
+            "Time tasks took on this node, by job kind and outcome (ok, failed, preempted)",
+            ["kind", "outcome"],
+            registry=self.registry,
             buckets=_TASK_BUCKETS,
-        )  # fmt: skip
+        )
         self.preemptions = Counter(
-            "sparegrid_worker_preemptions", "Tasks this node's policy stopped (owner back, "
-            "too hot, over its memory share)", ["device"], registry=self.registry,
-        )  # fmt: skip
+            "sparegrid_worker_preemptions",
+            "Tasks this node's policy stopped (owner back, too hot, over its memory share)",
+            ["device"],
+            registry=self.registry,
+        )
         self.snapshot: dict[str, Any] = {}
         self.cache_bytes = 0
         self.port = 0
