@@ -53,9 +53,10 @@ def spawn(
 
 
 def start_cluster(
-    root: Path, workers: int, prefetch: int, sync: str, extra: tuple[str, ...] = ()
+    root: Path, workers: int, prefetch: int | None, sync: str, extra: tuple[str, ...] = ()
 ) -> tuple[str, list[Any]]:
-    """A coordinator (with `extra` flags) and `workers` worker processes; (address, procs)."""
+    """A coordinator (with `extra` flags) and `workers` worker processes; (address, procs).
+    Workers get `--prefetch` only when it is given: None runs them with the defaults."""
     data = root / "coord"
     database = f"sqlite:///{data / 'coordinator.db'}?synchronous={sync}"
     procs = [
@@ -98,8 +99,7 @@ def start_cluster(
                 str(root / f"node{i}"),
                 "--name",
                 f"bench{i}",
-                "--prefetch",
-                str(prefetch),
+                *(("--prefetch", str(prefetch)) if prefetch is not None else ()),
                 env={"SPAREGRID_OWNER_KEY": owner_key},
             )
         )
@@ -311,7 +311,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--blob-mib", type=int, default=1024)
     parser.add_argument("--latency-samples", type=int, default=300)
-    parser.add_argument("--prefetch", type=int, default=256)
+    parser.add_argument(
+        "--prefetch", type=int, default=None, help="pin the workers' window (default: theirs)"
+    )
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument(
         "--sync",
@@ -355,7 +357,7 @@ def report(rows: dict[str, Any], args: argparse.Namespace) -> None:
     lines = [
         f"sparegrid dispatch benchmark — {platform.node()}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, SQLite synchronous={args.sync}, "
-        f"prefetch {args.prefetch}",
+        f"prefetch {args.prefetch or 'default (adaptive)'}",
         f"{'measure':<40}{'value':>14}  target",
         f"{'no-op tasks/s (2 workers, signed, durable)':<40}{ours:>14,.0f}",
     ]

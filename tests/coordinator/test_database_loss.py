@@ -16,7 +16,7 @@ from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.memory import MemoryStore
-from tests.coordinator.test_group_commit import connected
+from tests.coordinator.commits import connected
 
 LOST = "lost the PostgreSQL database sparegrid on db.example:5432: server closed the connection"
 

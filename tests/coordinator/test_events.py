@@ -16,7 +16,7 @@ from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc
 from tests.coordinator.conftest import Served, code_of
 from tests.coordinator.helpers import FakeNode, echo, make_app, make_client
-from tests.coordinator.test_verification import nodes, run, submit
+from tests.coordinator.verifying import nodes, run, submit
 
 
 def kinds(app) -> list[str]:  # type: ignore[no-untyped-def]

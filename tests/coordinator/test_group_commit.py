@@ -9,30 +9,10 @@ import pytest
 
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
-from sparegrid.coordinator.domain import Device, Node
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
-from sparegrid.coordinator.rpc.worker import QueueSink
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.store.memory import MemoryStore
-from sparegrid.wire import Signer
-
-
-def connected(app: App) -> QueueSink:
-    signer = Signer.generate()
-    node = Node(
-        signer.node_id,
-        signer.public_key,
-        "n1",
-        [Device(0, "cpu", "cpu", memory_bytes=1 << 30)],
-        executors={"echo": "1"},
-        owner="volunteer",
-    )
-    sink = QueueSink(app.unflushed)
-    app.sinks.add(sink)
-    app.store.upsert_node(node)
-    app.scheduler.connect(node, sink, [])
-    app.scheduler.grant(node.id, 0, 10)
-    return sink
+from tests.coordinator.commits import connected
 
 
 async def test_calls_in_one_loop_turn_share_a_commit(tmp_path: Path) -> None:

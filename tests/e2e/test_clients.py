@@ -17,7 +17,7 @@ from sparegrid.coordinator.services.jobs import DEFAULT_PRICES
 from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, JobState
 from sparegrid.wire.webhook import verify
 from tests.e2e.conftest import Cluster
-from tests.e2e.test_cluster import online_nodes, wait_for
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

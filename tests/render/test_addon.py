@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from sparegrid.wire.png import png_levels
-from tests.render.test_render_e2e import grid  # noqa: F401 -- the module's live grid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +59,7 @@ def session(cluster, addon: Path, scene: Path, out: Path, *extra: str, key: bool
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_the_panel_estimates_submits_follows_and_fetches(grid, addon, scenes, tmp_path) -> None:  # noqa: F811
+def test_the_panel_estimates_submits_follows_and_fetches(grid, addon, scenes, tmp_path) -> None:
     cluster, client = grid
     out = tmp_path / "frames"
     found = session(cluster, addon, scenes / "anim.blend", out)
@@ -83,7 +82,7 @@ def test_the_panel_estimates_submits_follows_and_fetches(grid, addon, scenes, tm
     assert found["tiles_clamped"] == [1, 1] and found["samples_clamped"] == 1 << 20
 
 
-def test_the_panel_refuses_what_the_sdk_refuses(grid, addon, scenes, tmp_path) -> None:  # noqa: F811
+def test_the_panel_refuses_what_the_sdk_refuses(grid, addon, scenes, tmp_path) -> None:
     cluster, client = grid
     before = {j.id for j in client.list_jobs(1000)}
     missing = session(cluster, addon, scenes / "missing.blend", tmp_path, "submit-only")

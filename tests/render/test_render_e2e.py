@@ -1,47 +1,21 @@
 """Render jobs end to end: a real coordinator and two worker processes rendering with bpy."""
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, SparegridError
+from sparegrid.sdk import AsyncClient, InvalidArgumentError, SparegridError
 from sparegrid.sdk.render import stitch_tiles
 from sparegrid.v1 import common_pb2
 from tests.e2e.conftest import Cluster
-from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 HERE = Path(__file__).parent
 SIZE = {"samples": 4, "resolution": "48x36"}
-
-
-@pytest.fixture(scope="module")
-def grid(
-    tmp_path_factory: pytest.TempPathFactory, scenes: Path
-) -> Iterator[tuple[Cluster, Client]]:
-    root = tmp_path_factory.mktemp("grid")
-    env = dict(os.environ, XDG_CONFIG_HOME=str(root / "config"))
-    env.pop("SPAREGRID_API_KEY", None)
-    env.pop("SPAREGRID_ADMIN_KEY", None)
-    cluster = Cluster(root, env)
-    try:
-        cluster.start_coordinator()
-        for name in ("node1", "node2"):
-            cluster.start_worker(name, "--prefetch", "1")
-        admin = AdminClient(cluster.address, api_key=cluster.admin_key)
-        _, key = admin.create_account("artist", credit=10**9)
-        wait_for(lambda: online_nodes(admin) == 2, what="2 workers online")
-        cluster.env["SPAREGRID_API_KEY"] = key
-        with Client(cluster.address, api_key=key) as client:
-            yield cluster, client
-    finally:
-        cluster.stop_all()
 
 
 def compare(a: Path, b: Path) -> dict:

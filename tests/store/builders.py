@@ -13,6 +13,7 @@ from sparegrid.coordinator.domain import (
     Requirements,
     Task,
     Transaction,
+    client_account,
 )
 from sparegrid.coordinator.store.base import Store
 
@@ -94,3 +95,6 @@ def replica(attempt_id: str, task_id: str, node_id: str = "n1", at: float = 1.0)
         b"receipt-" + attempt_id.encode(),
         created_at=at,
     )
+
+
+ALICE, BOB = client_account("alice"), client_account("bob")

@@ -16,15 +16,21 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
     Transaction,
-    client_account,
     escrow_account,
     node_account,
 )
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
-from tests.store.builders import account, attempt, grant, job, leased_job, node, transfer
-
-ALICE, BOB = client_account("alice"), client_account("bob")
-
+from tests.store.builders import (
+    ALICE,
+    BOB,
+    account,
+    attempt,
+    grant,
+    job,
+    leased_job,
+    node,
+    transfer,
+)
 
 # accounts
 

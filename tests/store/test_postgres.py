@@ -7,8 +7,8 @@ from sparegrid.coordinator.domain import MINT
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.engine import TransactionDoomed
 from sparegrid.coordinator.store.postgres import APPLICATION_NAME, PostgresStore
+from tests.store.builders import ALICE, BOB, grant
 from tests.store.conftest import Backends
-from tests.store.test_contract import ALICE, BOB, grant
 
 pytestmark = pytest.mark.postgres
 

@@ -98,7 +98,10 @@ async def test_too_hot_pauses_and_cooling_resumes(
         [failure] = await session.wait_failures(1)
         assert failure.code == "PREEMPTED" and "too hot" in failure.message
         source.set(DeviceState(0, temperature=75.0))
-        await asyncio.sleep(0.1)  # several polls: still paused above 70 C
+        polled = source.reads
+        await wait_until(
+            lambda: source.reads >= polled + 5
+        )  # several polls: still paused above 70 C
         assert worker.status()["devices"][0]["state"] == "paused: too hot"
         source.set(DeviceState(0, temperature=69.0))
         await wait_until(lambda: worker.status()["devices"][0]["state"] == "idle-waiting")

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sparegrid.wire import REGISTER_TAG, node_id_for, verify
+from sparegrid.wire.clock import SystemClock
 from sparegrid.wire.receipt import decode_statement, verify_batch
 from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind, statement_attempts
 from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
@@ -237,3 +238,38 @@ def make_tls() -> tuple[bytes, bytes, bytes]:
     )
     pem = serialization.Encoding.PEM
     return ca_cert.public_bytes(pem), key_pem, server_cert.public_bytes(pem)
+
+
+class LinkClock(SystemClock):
+    """Real sleeps, but monotonic time the test moves: the round trip and task times are
+    whatever the test says they were."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+async def test_default_window_grows_to_cover_a_slow_link_for_tiny_tasks(
+    tmp_path: Path, coordinator: FakeCoordinator
+) -> None:
+    clock = LinkClock()
+    async with running_worker(make_config(tmp_path, coordinator.address), clock=clock):
+        session = await coordinator.session()
+        await session.wait_for(is_kind("credit"))
+        assert session.credit(0) == 2  # nothing measured yet: a small start
+        clock.t += 0.3  # the assignments arrive a 300 ms round trip after the grant
+        session.assign(assignment("t0"), assignment("t1"))
+        await session.wait_statements(2)  # tiny tasks: no time passes on the device
+        await wait_until(lambda: session.credit(0) >= 100)  # the window opened wide
+    # pinned, the same link leaves the window where the volunteer set it
+    pinned = make_config(tmp_path / "pinned", coordinator.address, prefetch=2)
+    async with running_worker(pinned, clock=clock):
+        session = await coordinator.session(2)
+        await session.wait_for(is_kind("credit"))
+        clock.t += 0.3
+        session.assign(assignment("p0"), assignment("p1"))
+        await session.wait_statements(2)
+        await wait_until(lambda: session.credit(0) == 4)
+        assert session.credit(0) == 4

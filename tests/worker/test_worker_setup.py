@@ -51,7 +51,10 @@ def parser() -> argparse.ArgumentParser:
 def test_flags_override_environment_over_defaults(tmp_path: Path) -> None:
     env = {"SPAREGRID_COORDINATOR": "env-host:1", "SPAREGRID_WORKER_DATA_DIR": str(tmp_path)}
     config = config_from(parser().parse_args(["worker", "run"]), env)
-    assert (config.coordinator, config.data_dir, config.prefetch) == ("env-host:1", tmp_path, 2)
+    assert (config.coordinator, config.data_dir) == ("env-host:1", tmp_path)
+    assert config.prefetch is None  # adaptive
+    args = parser().parse_args(["worker", "run", "--prefetch", "auto"])
+    assert config_from(args, env).prefetch is None
     args = parser().parse_args(["worker", "run", "--coordinator", "flag:2", "--prefetch", "5"])
     config = config_from(args, env)
     assert (config.coordinator, config.prefetch) == ("flag:2", 5)

@@ -192,3 +192,48 @@ def test_a_deep_flow_window_is_refilled_in_quarters() -> None:
     shallow.assigned(0)
     shallow.assigned(0)
     assert shallow.top_up(0, held=1) == 1  # a GPU-sized window refills one by one
+
+
+def test_the_default_window_covers_the_round_trip_at_the_device_s_pace() -> None:
+    from sparegrid.worker.upstream.flow import ADAPTIVE_MAX, ADAPTIVE_START, FlowWindow
+
+    flow = FlowWindow(None, devices=[0, 1])
+    assert flow.window(0) == ADAPTIVE_START  # nothing measured yet
+    assert flow.top_up(0, held=0, now=10.0) == ADAPTIVE_START
+    flow.assigned(0, now=10.3)  # the assignment came 300 ms after the grant
+    assert flow.round_trip == pytest.approx(0.3)
+    for _ in range(20):
+        flow.finished(0, 0.002)  # tiny tasks: 2 ms each
+        flow.finished(1, 30.0)  # long tasks
+    assert flow.window(0) == 2 * 0.3 / 0.002 + 1  # two round trips of tasks in hand
+    assert flow.window(1) == 2  # the one running and the next
+    flow.finished(0, 1e-9)
+    for _ in range(100):
+        flow.finished(0, 0.0)
+    assert flow.window(0) == ADAPTIVE_MAX  # bounded however cheap the tasks look
+
+
+def test_the_round_trip_is_the_least_recent_sample() -> None:
+    from sparegrid.worker.upstream.flow import FlowWindow
+
+    flow = FlowWindow(None, devices=[0])
+    flow.top_up(0, held=0, now=0.0)  # 2 units granted at t=0
+    flow.assigned(0, now=5.0)  # the coordinator had no work for 5 s: not the link
+    flow.finished(0, 0.01)
+    flow.top_up(0, held=0, now=6.0)
+    flow.assigned(0, now=6.05)  # the unit left from t=0 answers first, then t=6
+    flow.assigned(0, now=6.06)
+    assert flow.round_trip == pytest.approx(0.06)
+    flow.revoke(0)  # grants of a paused device time nothing
+    flow.assigned(0, now=100.0)
+    assert flow.round_trip == pytest.approx(0.06)
+
+
+def test_a_set_prefetch_pins_the_window() -> None:
+    from sparegrid.worker.upstream.flow import FlowWindow
+
+    flow = FlowWindow(5, devices=[0])
+    flow.top_up(0, held=0, now=0.0)
+    flow.assigned(0, now=1.0)
+    flow.finished(0, 0.001)
+    assert flow.window(0) == 5

@@ -42,7 +42,7 @@ class WorkerConfig:
     name: str = field(default_factory=socket.gethostname)
     tls_ca: Path | None = None
     tls: bool = False  # TLS with the system's trust roots (tls_ca implies TLS with that CA)
-    prefetch: int = 2
+    prefetch: int | None = None  # None: the window adapts to task time and round trip
     heartbeat_interval: float | None = None  # None: the interval the coordinator asks for
     max_attempt_seconds: float = 3600.0
     inline_limit: int = DEFAULT_INLINE_LIMIT
@@ -157,7 +157,7 @@ class WorkerConfig:
             _address_problem(self.coordinator),
             _name_problem(self.name),
             _tls_problem(self.tls_ca),
-            _range("prefetch", self.prefetch, 1, 1024),
+            "" if self.prefetch is None else _range("prefetch", self.prefetch, 1, 1024),
             _positive("heartbeat_interval", self.heartbeat_interval),
             _positive("max_attempt_seconds", self.max_attempt_seconds),
             _range("inline_limit", self.inline_limit, 0, MAX_MESSAGE_BYTES // 16),

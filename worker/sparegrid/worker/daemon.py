@@ -102,6 +102,7 @@ class Worker:
         )
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
+        self._last_done: dict[int, float] = {}
         self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
@@ -318,7 +319,7 @@ class Worker:
         body = message.WhichOneof("body")
         if body == "assign":
             for assignment in message.assign.assignments:
-                self._flow.assigned(assignment.device_index)
+                self._flow.assigned(assignment.device_index, self._clock.monotonic())
                 decision = self.decision(assignment.device_index)
                 if decision is not None and not decision.may_work:
                     # leased before the coordinator heard that the device paused
@@ -355,12 +356,12 @@ class Worker:
             await self._clock.sleep(interval)
             session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
 
-    # -- credit ---------------------------------------------------------------------------
+    # -- flow control (Credit messages: assignments invited, not money) ------------------
 
     def _grant(self, device: int) -> None:
         if self._draining or self._session is None or not self._may_lease(device):
             return
-        count = self._flow.top_up(device, self._tasks.held(device))
+        count = self._flow.top_up(device, self._tasks.held(device), self._clock.monotonic())
         if count:
             credit = worker_pb2.Credit(device_index=device, count=count)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
@@ -414,6 +415,14 @@ class Worker:
         outcome = Outcome(0, code=PREEMPTED, message=reason, retryable=True)
         self._report(assignment, None, outcome)
 
+    def _timed(self, device: int, since: float | None) -> None:
+        """What the task cost the device: from its arrival, or the previous task's end if
+        later (a busy device's time between results), for the flow window."""
+        now = self._clock.monotonic()
+        if since is not None:
+            self._flow.finished(device, now - max(since, self._last_done.get(device, since)))
+        self._last_done[device] = now
+
     def _released(self, device: int) -> None:
         """A task on `device` ended; grant its credit back once this burst of outcomes is in."""
         if not self._owed:
@@ -431,10 +440,11 @@ class Worker:
         self, assignment: worker_pb2.Assignment, device: DeviceInfo | None, outcome: Outcome
     ) -> None:
         spec = self.executors.get(assignment.kind)
-        self._since.pop(assignment.attempt_id, None)
+        since = self._since.pop(assignment.attempt_id, None)
         self.metrics.report(assignment.kind, device.index if device else None, outcome)
         if outcome.ok and device is not None:
             self._durations[device.index].append(outcome.duration_us / 1e6)
+            self._timed(device.index, since)
         if not outcome.ok or device is None or spec is None:
             failure = worker_pb2.TaskFailure(
                 attempt_id=assignment.attempt_id,

@@ -14,18 +14,24 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sparegrid.worker.node.snapshot import status_snapshot
+from sparegrid.worker.executors.registry import ExecutorRegistry
+from sparegrid.worker.node.snapshot import StatusView, status_snapshot
 from sparegrid.worker.policy.rules import Mode
 from sparegrid.worker.slots.child.protocol import Outcome
 
-if TYPE_CHECKING:
-    from sparegrid.worker.daemon import Worker
+
+class MetricsView(StatusView, Protocol):
+    """What the metrics read from the running daemon: its status, and its executors."""
+
+    @property
+    def executors(self) -> ExecutorRegistry: ...
+
 
 _log = logging.getLogger("sparegrid.worker.metrics")
 REFRESH_SECONDS = 1.0
@@ -46,19 +52,23 @@ def _cache_bytes(root: Path) -> int:
 
 
 class WorkerMetrics:
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: "MetricsView") -> None:
         self.worker = worker
         self.kinds = frozenset(spec.name for spec in worker.executors.specs())
         self.registry = CollectorRegistry(auto_describe=True)
         self.task_seconds = Histogram(
-            "sparegrid_worker_task_seconds", "Time tasks took on this node, by job kind and "
-            "outcome (ok, failed, preempted)", ["kind", "outcome"], registry=self.registry,
+            "sparegrid_worker_task_seconds",
+            "Time tasks took on this node, by job kind and outcome (ok, failed, preempted)",
+            ["kind", "outcome"],
+            registry=self.registry,
             buckets=_TASK_BUCKETS,
-        )  # fmt: skip
+        )
         self.preemptions = Counter(
-            "sparegrid_worker_preemptions", "Tasks this node's policy stopped (owner back, "
-            "too hot, over its memory share)", ["device"], registry=self.registry,
-        )  # fmt: skip
+            "sparegrid_worker_preemptions",
+            "Tasks this node's policy stopped (owner back, too hot, over its memory share)",
+            ["device"],
+            registry=self.registry,
+        )
         self.snapshot: dict[str, Any] = {}
         self.cache_bytes = 0
         self.port = 0

@@ -32,6 +32,12 @@ parse_size = to_size
 _int, _float, _str, _path, _bool = to_int, to_float, to_str, to_path, to_bool
 
 
+def _prefetch(value: object) -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return _int(value)
+
+
 def _devices(value: object) -> tuple[int, ...] | None:
     if isinstance(value, list):
         return tuple(_int(v) for v in value)
@@ -71,7 +77,12 @@ SETTINGS = (
         env="SPAREGRID_TLS",
         metavar="BOOL",
     ),
-    Setting("prefetch", _int, "tasks held per device (default 2)", metavar="N"),
+    Setting(
+        "prefetch",
+        _prefetch,
+        "tasks held per device, or auto: sized from task time and round trip (default auto)",
+        metavar="N",
+    ),
     Setting(
         "log_json",
         _log_format,

@@ -61,12 +61,14 @@ class SyntheticSource:
 
     states: dict[int, DeviceState] = field(default_factory=dict)
     name: str = "synthetic"
+    reads: int = 0  # how many polls read it: a test waits on polls, not on time
 
     def set(self, *states: DeviceState) -> None:
         for state in states:
             self.states[state.index] = state
 
     def read(self, indices: Iterable[int]) -> dict[int, DeviceState]:
+        self.reads += 1
         return {i: self.states.get(i, DeviceState(i)) for i in indices}
 
     def close(self) -> None:
