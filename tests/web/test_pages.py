@@ -44,7 +44,7 @@ async def test_the_operator_sees_disputes_with_their_evidence(tmp_path: Path) ->
     assert "dispute" in page[page.index('id="events"') :]
 
 
-async def test_a_volunteer_sees_why_its_node_is_quarantined_and_what_it_earned(
+async def test_a_volunteer_sees_why_its_node_is_paused_or_quarantined_and_what_it_earned(
     tmp_path: Path,
 ) -> None:
     app = make_app(tmp_path, trust=TrustConfig(warmup=0, floor=0.0, max_strikes=1))
@@ -54,6 +54,11 @@ async def test_a_volunteer_sees_why_its_node_is_quarantined_and_what_it_earned(
     client_account: Account = app.accounts.create("alice", 1000)[0]
     echo(app, client_account, 3)
     run(node)
+    app.scheduler.grant(node.id, 0, 0, reset=True)  # its owner came back to the GPU
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, key)
+        paused = (await client.get("/volunteer")).text
+    assert "paused by its owner&#39;s policy" in paused
     app.clock.advance(86400)  # type: ignore[attr-defined]
     app.reputations.invalid(node.id, "a result for work it never leased")
     app.events.published()
