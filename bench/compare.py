@@ -188,9 +188,15 @@ def main() -> int:
                 (f"{label}: spot check, mean of 5 crops", f"{spot * 1000:.0f} ms"),
             ]
             runs.append(
-                {"size": [width, height], "source": source, "old_s": old, "new_s": new,
-                 "whole_check_s": full_check, "spot_check_s": spot}
-            )  # fmt: skip
+                {
+                    "size": [width, height],
+                    "source": source,
+                    "old_s": old,
+                    "new_s": new,
+                    "whole_check_s": full_check,
+                    "spot_check_s": spot,
+                }
+            )
     rows.append(("(before: measured on the first size, scaled by pixels)", ""))
     width_col = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width_col}}  {v}" for k, v in rows)

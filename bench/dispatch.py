@@ -154,9 +154,12 @@ class Probe:
     async def answer(self, a: worker_pb2.Assignment) -> None:
         out = b"probe"
         statement = common_pb2.ResultStatement(
-            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=self.node_id,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=self.node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
-        ).SerializeToString()  # fmt: skip
+        ).SerializeToString()
         self.batch += 1
         results = worker_pb2.Results(
             batch_id=self.batch,

@@ -41,7 +41,7 @@ from PIL import Image, ImageFilter
 from sparegrid.coordinator.kinds.render import SPOT_MARGIN, spot_check
 from sparegrid.coordinator.services import framecheck
 from sparegrid.coordinator.services.images import decode_png
-from sparegrid.worker.executors import blender
+from sparegrid.worker.executors.render import blender
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("psnr", "block_psnr", "off", "noise_correlation", "ssim", "untrimmed_psnr", "max_levels")

@@ -125,19 +125,33 @@ def main() -> int:
         procs = Processes(root, child_env(root))
         try:
             coord = procs.start(
-                "coordinator", "coordinator", "serve", "--listen", "127.0.0.1:0",
-                "--data-dir", str(root / "coord"), "--log-level", "WARNING",
-            )  # fmt: skip
+                "coordinator",
+                "coordinator",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(root / "coord"),
+                "--log-level",
+                "WARNING",
+            )
             address = procs.wait_for_file(root / "coord" / "coordinator.addr", coord, 60)
             admin_key = (root / "coord" / "admin.key").read_text().strip()
             admin = AdminClient(address, api_key=admin_key)
             _, key = admin.create_account("bench", credit=10**9)
             _, owner_key = admin.create_account("volunteer", credit=0)
             procs.start(
-                "worker", "worker", "run", "--coordinator", address,
-                "--data-dir", str(root / "node"), "--name", "bench",
+                "worker",
+                "worker",
+                "run",
+                "--coordinator",
+                address,
+                "--data-dir",
+                str(root / "node"),
+                "--name",
+                "bench",
                 env={"SPAREGRID_OWNER_KEY": owner_key},
-            )  # fmt: skip
+            )
             deadline = time.monotonic() + 60
             while not any(n.state == "online" for n in admin.nodes()):
                 if time.monotonic() > deadline:

@@ -76,14 +76,16 @@ def spawn(root: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
     log = (root / f"{name}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "sparegrid.cli.main", *args],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     data = root / "coord"
-    proc = spawn(root, "coordinator", "coordinator", "serve", "--listen", "127.0.0.1:0",
-                 "--data-dir", str(data), "--heartbeat", "1", "--lease", "10")  # fmt: skip
+    flags = ["--listen", "127.0.0.1:0", "--heartbeat", "1", "--lease", "10"]
+    proc = spawn(root, "coordinator", "coordinator", "serve", *flags, "--data-dir", str(data))
     addr = data / "coordinator.addr"
     deadline = time.monotonic() + 60
     while not addr.exists():
@@ -94,7 +96,7 @@ def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
 
 
 def readings(samples: int, interval: float) -> tuple[list[dict[str, Any]], str]:
-    from sparegrid.worker.devices import detect_devices
+    from sparegrid.worker.node.devices import detect_devices
     from sparegrid.worker.policy.nvml import NvmlSource, NvmlUnavailable
 
     detection = detect_devices()
@@ -239,9 +241,14 @@ async def preemption(
         client = Client(address, api_key=key)
         source = "file:" + str(state_file) if args.simulate else "nvml"
         config = WorkerConfig(
-            coordinator=address, data_dir=root / "worker", device_state=source,
-            idle_seconds=1.0, poll_interval=args.poll, prefetch=1, devices=(0,),
-        )  # fmt: skip
+            coordinator=address,
+            data_dir=root / "worker",
+            device_state=source,
+            idle_seconds=1.0,
+            poll_interval=args.poll,
+            prefetch=1,
+            devices=(0,),
+        )
         registry = ExecutorRegistry().with_targets(["nvml_probe:GpuEcho"])
         worker = Worker(config, executors=registry)
         run = asyncio.create_task(worker.run())
@@ -262,8 +269,11 @@ async def preemption(
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"nvml_probe {result['when']} on {result['host']} ({result['mode']})",
-             f"devices: {result['devices']}", ""]  # fmt: skip
+    lines = [
+        f"nvml_probe {result['when']} on {result['host']} ({result['mode']})",
+        f"devices: {result['devices']}",
+        "",
+    ]
     idle = result["idle_readings"]
     if idle:
         lines.append(
@@ -282,8 +292,11 @@ def table(result: dict[str, Any]) -> str:
         lines.append("")
     if result.get("detection"):
         d = result["detection"]
-        lines += [f"owner detection straight from NVML: {d.get('detected_s', 'never')}s; "
-                  f"owner pid in NVML's list: {d.get('pid_matches')}", ""]  # fmt: skip
+        lines += [
+            f"owner detection straight from NVML: {d.get('detected_s', 'never')}s; "
+            f"owner pid in NVML's list: {d.get('pid_matches')}",
+            "",
+        ]
     lines.append(f"preemption, poll interval {result['poll_interval']}s, from the owner's start:")
     lines.append("  trial  paused   executor gone  GPU memory freed  re-queued")
     for t in result["trials"]:
@@ -315,10 +328,16 @@ async def main() -> None:
         trials, isolation = await preemption(args, Path(tmp))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {
-        "when": stamp, "host": platform.node(), "mode": "simulated" if args.simulate else "nvml",
-        "devices": devices, "poll_interval": args.poll, "idle_readings": idle,
-        "detection": detection, "trials": trials, "isolation": isolation,
-    }  # fmt: skip
+        "when": stamp,
+        "host": platform.node(),
+        "mode": "simulated" if args.simulate else "nvml",
+        "devices": devices,
+        "poll_interval": args.poll,
+        "idle_readings": idle,
+        "detection": detection,
+        "trials": trials,
+        "isolation": isolation,
+    }
     text = table(result)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -176,7 +176,7 @@ def render_frames(count: int, work: Path) -> Frames:
     from frames import Renderer, _camera, _png, _threads, build_scenes, with_state
     from PIL import Image, ImageFilter
 
-    from sparegrid.worker.executors import blender
+    from sparegrid.worker.executors.render import blender
 
     blender.load_bpy(work / "home")
     scenes = build_scenes(bpy, work)
@@ -268,8 +268,14 @@ class Sim:
             if node.owner and self.app.store.get_account_by_name(node.owner) is None:
                 self.app.accounts.create(node.owner, 0)
             devices = [Device(i, "cuda", "sim", memory_bytes=80 << 30) for i in range(node.devices)]
-            n = Node(node.id, node.signer.public_key, node.name, devices,
-                     executors={"echo": "1", "inference": "1", "render": "1"}, owner=node.owner)  # fmt: skip
+            n = Node(
+                node.id,
+                node.signer.public_key,
+                node.name,
+                devices,
+                executors={"echo": "1", "inference": "1", "render": "1"},
+                owner=node.owner,
+            )
             n.last_seen = self.app.clock.now()
             self.app.store.upsert_node(n)
             self.app.scheduler.connect(n, node, [])
@@ -299,8 +305,22 @@ class Sim:
         are simulated. Render jobs are checked by whole frames (no spot checks: a crop
         would need a render of its own)."""
         app, job_id = self.app, f"{workload.kind}-{self.rng.getrandbits(64):016x}"
-        job = Job(job_id, self.client.id, workload.kind, "", b"{}", {}, Requirements(), 10, 1,
-                  1, tasks, replicas=replicas, quorum=quorum, created_at=app.clock.now())  # fmt: skip
+        job = Job(
+            job_id,
+            self.client.id,
+            workload.kind,
+            "",
+            b"{}",
+            {},
+            Requirements(),
+            10,
+            1,
+            1,
+            tasks,
+            replicas=replicas,
+            quorum=quorum,
+            created_at=app.clock.now(),
+        )
 
         def params(i: int) -> bytes:
             if workload.kind == "render":
@@ -366,8 +386,11 @@ class Sim:
         if not node.bad:
             self.honest_results += len(items)
         outs = [workload.answer(node, task, self.rng) for _, task, _ in items]
-        node.claimed += sum(app.scheduler.jobs[t.job_id].job.task_cost(t.work)
-                            for _, t, _ in items if t.job_id in app.scheduler.jobs)  # fmt: skip
+        node.claimed += sum(
+            app.scheduler.jobs[t.job_id].job.task_cost(t.work)
+            for _, t, _ in items
+            if t.job_id in app.scheduler.jobs
+        )
         statements, inline = [], {}
         for (attempt, task, _), out in zip(items, outs, strict=True):
             if node.behaviour == "free-rider":  # the right digest, no bytes behind it
@@ -402,10 +425,14 @@ def seed_of(task: Task) -> int:
 
 def statement(node: SimNode, attempt: Attempt, task: Task, out: bytes, name: str) -> bytes:
     return common_pb2.ResultStatement(
-        job_id=task.job_id, task_id=task.id, attempt_id=attempt.id, node_id=node.id,
+        job_id=task.job_id,
+        task_id=task.id,
+        attempt_id=attempt.id,
+        node_id=node.id,
         outputs=[common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))],
-        executor="sim", executor_version="1",
-    ).SerializeToString()  # fmt: skip
+        executor="sim",
+        executor_version="1",
+    ).SerializeToString()
 
 
 def fleet(count: int, strategy: str | None) -> list[SimNode]:

@@ -29,9 +29,11 @@ def test_child_env_drops_sparegrid_settings(tmp_path: Path) -> None:
 
 
 def test_failed_child_is_reported_with_its_log(
-    tmp_path: Path, temp_root: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    temp_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     fake_python = tmp_path / "python"
     fake_python.write_text('#!/bin/sh\necho "boom: $*"\nexit 3\n')
     fake_python.chmod(0o755)

@@ -1,13 +1,16 @@
 """`sparegrid job ...` against the fake coordinator."""
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from sparegrid.cli.job import parse_inputs, safe_name
-from sparegrid.sdk import InvalidArgumentError, Job
+from sparegrid.cli import render as render_cli
+from sparegrid.cli.job import parse_inputs
+from sparegrid.cli.results import safe_name
+from sparegrid.sdk import Client, InvalidArgumentError, Job, OutputRef, TaskResult, TaskState
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
 
@@ -327,9 +330,51 @@ async def test_inference_submit_checks_its_files_before_connecting(
     assert missing.code == 1
     assert "needs --model PT2 and --inputs SAFETENSORS [BAD_PARAMS]" in missing.err
     absent = await cli(
-        "job", "submit", "inference",
-        "--model", str(tmp_path / "m.pt2"), "--inputs", str(tmp_path / "x.safetensors"),
-    )  # fmt: skip
+        "job",
+        "submit",
+        "inference",
+        "--model",
+        str(tmp_path / "m.pt2"),
+        "--inputs",
+        str(tmp_path / "x.safetensors"),
+    )
     assert absent.code == 1
     assert f"--model: no such file {tmp_path / 'm.pt2'} [BAD_INPUT]" in absent.err
     assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}
+
+
+async def test_render_results_keep_going_past_a_bad_frame(grid: FakeGrid, tmp_path: Path) -> None:
+    """A frame whose bytes do not match its digest is a problem of its task; the other
+    frames are still written (it used to abort the whole fetch)."""
+    good, bad = b"\x89PNG good frame", b"\x89PNG tampered"
+
+    def frame(index: int, data: bytes, stated: bytes) -> TaskResult:
+        ref = OutputRef(f"frame_{index:04d}.png", hashlib.sha256(stated).hexdigest(), len(data))
+        return TaskResult(
+            "job1",
+            f"t{index}",
+            index,
+            TaskState.SUCCEEDED,
+            "node",
+            [ref],
+            None,
+            inline_outputs={ref.digest: data},
+        )
+
+    items = [frame(1, good, good), frame(2, bad, good), frame(3, good, good)]
+    with Client(grid.address, grid.api_key) as client:
+        entries = await asyncio.to_thread(render_cli.write_results, client, items, tmp_path)
+    assert [e["task"] for e in entries] == [1, 2, 3]
+    assert (tmp_path / "frame_0001.png").read_bytes() == good
+    assert (tmp_path / "frame_0003.png").read_bytes() == good
+    assert not (tmp_path / "frame_0002.png").exists()
+    assert entries[1]["outputs"][0]["file"] is None
+    assert any("expected" in p for p in entries[1]["problems"])
+
+
+async def test_dry_run_against_the_fake_submits_nothing(cli: Cli, grid: FakeGrid) -> None:
+    result = await cli("job", "submit", "echo", "--tasks", "3", "--dry-run", "--json")
+    assert result.code == 0, result.err
+    found = json.loads(result.out)
+    assert (found["tasks"], found["max_held"], found["affordable"]) == (3, 3, True)
+    assert grid.coordinator.jobs == {}

@@ -67,9 +67,25 @@ def test_connection_flags_default_to_none_for_the_env() -> None:
 
 def test_submit_flags() -> None:
     args = cli_main.build_parser().parse_args(
-        ["job", "submit", "checksum", "--tasks", "8", "--input", "a.bin", "--input", "x=b.bin",
-         "--params", '{"k": 1}', "--name", "n", "--max-attempts", "3", "--wait"]
-    )  # fmt: skip
+        [
+            "job",
+            "submit",
+            "checksum",
+            "--tasks",
+            "8",
+            "--input",
+            "a.bin",
+            "--input",
+            "x=b.bin",
+            "--params",
+            '{"k": 1}',
+            "--name",
+            "n",
+            "--max-attempts",
+            "3",
+            "--wait",
+        ]
+    )
     assert (args.kind, args.tasks, args.input) == ("checksum", 8, ["a.bin", "x=b.bin"])
     assert (args.name, args.max_attempts, args.wait) == ("n", 3, True)
 

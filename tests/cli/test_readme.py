@@ -1,20 +1,18 @@
 """The README's commands parse, and its Python examples run, against the fake coordinator."""
 
 import asyncio
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sparegrid.cli.main import build_parser
 from tests.cli.conftest import FakeGrid
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.DOTALL)
+from tests.cli.readme import README, blocks
 
 
 def commands() -> list[str]:
@@ -59,3 +57,21 @@ async def test_python_example_runs(
     task, node, digest = lines[0].split()
     assert (task, node) == ("0", grid.coordinator.signer.node_id)
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
+
+
+def test_the_readme_prices_are_the_defaults() -> None:
+    """One source of truth: the README's table, `coordinator serve --help` and `job prices`
+    (tests/e2e/test_clients.py) all show jobs.DEFAULT_PRICES."""
+    from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, prices_text
+
+    table = README.read_text().split("### Prices", 1)[1].split("###", 1)[0]
+    rows = re.findall(r"^\| (\w+) \| ([\d/]+) \|", table, flags=re.MULTILINE)
+    assert dict(rows) == {kind: str(price) for kind, price in DEFAULT_PRICES.items()}
+    shown = subprocess.run(
+        [sys.executable, "-m", "sparegrid.cli.main", "coordinator", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "100"},
+    ).stdout
+    assert f"defaults: {prices_text(DEFAULT_PRICES)};" in " ".join(shown.split())

@@ -27,7 +27,7 @@ from sparegrid.v1 import common_pb2
 from sparegrid.wire import sha256_hex
 from sparegrid.wire.receipt import sign_batch, verify_countersignature
 from tests.coordinator.helpers import FakeNode, make_app
-from tests.coordinator.test_verification import ALWAYS_CHECK, credit_of, run, submit
+from tests.coordinator.verifying import ALWAYS_CHECK, credit_of, run, submit
 
 TRUSTED = TrustConfig(warmup=0, floor=0.0)  # a vetted node's results go through unchecked
 
@@ -246,7 +246,7 @@ def test_a_window_grows_with_the_results_a_node_returns(tmp_path: Path) -> None:
 
 
 def test_a_result_cannot_claim_a_blob_it_did_not_upload(tmp_path: Path) -> None:
-    from tests.coordinator.test_verification import upload
+    from tests.coordinator.verifying import upload
 
     app = make_app(tmp_path)
     victim = app.accounts.create("victim", 10)[0]

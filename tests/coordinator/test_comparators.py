@@ -269,7 +269,7 @@ def png16(image: np.ndarray, filters: tuple[int, ...] = (0,)) -> bytes:
 def test_png_decoder_reads_16_bit_frames_exactly(
     band_cells: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sparegrid.coordinator.services import images
+    from sparegrid.wire import png as images
 
     if band_cells is not None:  # a few rows per band: every band starts below the last
         monkeypatch.setattr(images, "_SKEW_CELLS", band_cells)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparegrid.coordinator.services.framecheck import CROP_DENOISED
-from tests.coordinator.test_spot_checks import run, setup
+from tests.coordinator.spotting import run, setup
 
 
 def test_a_disputed_frame_keeps_the_evidence_of_its_crop(

@@ -27,7 +27,7 @@ def connected(app: App) -> QueueSink:
         executors={"echo": "1"},
         owner="volunteer",
     )
-    sink = QueueSink()
+    sink = QueueSink(app.unflushed)
     app.sinks.add(sink)
     app.store.upsert_node(node)
     app.scheduler.connect(node, sink, [])

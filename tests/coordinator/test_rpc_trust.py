@@ -11,34 +11,11 @@ from sparegrid.v1 import (
     client_pb2_grpc,
     common_pb2,
     worker_pb2,
-    worker_pb2_grpc,
 )
-from sparegrid.wire import REGISTER_TAG, Signer, sha256_hex
+from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch, verify_countersignature
 from tests.coordinator.conftest import Served, code_of
-
-Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
-
-
-async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[Call, str]:
-    stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
-    call: Call = stub.Session(metadata=served.auth(owner_key) if owner_key else None)
-    await call.write(
-        worker_pb2.WorkerMessage(
-            hello=worker_pb2.Hello(
-                public_key=signer.public_key,
-                node_name="raw",
-                devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
-                executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
-            )
-        )
-    )
-    challenge = (await call.read()).challenge
-    signed = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
-    answer = worker_pb2.ChallengeResponse(signature=signed)
-    await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
-    welcome = (await call.read()).welcome
-    return call, welcome.node_id
+from tests.coordinator.sessions import session
 
 
 async def test_a_worker_proves_its_owner_with_the_owners_key(served: Served) -> None:
@@ -110,15 +87,20 @@ async def test_the_owner_sees_its_nodes_credit_and_why(served: Served) -> None:
     out = b""
     statements = [
         common_pb2.ResultStatement(
-            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=0)],
         ).SerializeToString()
         for a in assign.assignments
-    ]  # fmt: skip
+    ]
     results = worker_pb2.Results(
-        batch_id=1, statements=statements, signature=sign_batch(signer, statements),
+        batch_id=1,
+        statements=statements,
+        signature=sign_batch(signer, statements),
         inline_outputs={sha256_hex(out): out},
-    )  # fmt: skip
+    )
     await call.write(worker_pb2.WorkerMessage(results=results))
     assert all(v.accepted for v in (await call.read()).result_ack.verdicts)
     view = await client.GetNodeCredit(
@@ -250,11 +232,14 @@ async def test_an_upload_names_only_attempts_of_its_own_node(served: Served) -> 
     await upload([first.attempt_id])
     statements = [
         common_pb2.ResultStatement(
-            job_id=a.job_id, task_id=a.task_id, attempt_id=a.attempt_id, node_id=node_id,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=digest, size=len(big))],
         ).SerializeToString()
         for a in (first, second)
-    ]  # fmt: skip
+    ]
     results = worker_pb2.Results(
         batch_id=1, statements=statements, signature=sign_batch(signer, statements)
     )

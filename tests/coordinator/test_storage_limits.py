@@ -32,7 +32,7 @@ from sparegrid.v1 import (
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
-from tests.coordinator.test_rpc_trust import session
+from tests.coordinator.sessions import session
 
 KiB = 1 << 10
 QUOTAS = QuotaConfig(
@@ -335,11 +335,14 @@ async def test_outputs_stay_for_the_retention_after_their_job_ends(grid: Served)
     found = {a.id: a for a in grid.app.store.get_attempts(attempts)}
     statements = [
         common_pb2.ResultStatement(
-            job_id=found[a].job_id, task_id=found[a].task_id, attempt_id=a, node_id=node_id,
+            job_id=found[a].job_id,
+            task_id=found[a].task_id,
+            attempt_id=a,
+            node_id=node_id,
             outputs=[common_pb2.OutputRef(name="out", digest=d, size=100 * KiB)],
         ).SerializeToString()
         for a, d in zip(attempts, outputs, strict=True)
-    ]  # fmt: skip
+    ]
     results = worker_pb2.Results(
         batch_id=1, statements=statements, signature=sign_batch(signer, statements)
     )

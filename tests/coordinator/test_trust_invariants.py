@@ -65,10 +65,12 @@ def test_invariants_hold_against_a_bad_fleet(
         node.connect(credit=0)
     params = b'{"tasks": 40, "data": "right"}'
     jobs = [
-        app.jobs.submit(account, JobSpec("echo", params=params, replicas=policy[0],
-                                         quorum=policy[1], max_attempts=10)).id
+        app.jobs.submit(
+            account,
+            JobSpec("echo", params=params, replicas=policy[0], quorum=policy[1], max_attempts=10),
+        ).id
         for _ in range(3)
-    ]  # fmt: skip
+    ]
     play(app, fleet, rng, rounds=80)
     assert app.ledger.check().balanced, app.ledger.check().problems
     paid: dict[str, int] = {}

@@ -21,36 +21,7 @@ from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import verify_countersignature, verify_receipt
 from tests.coordinator.helpers import FakeNode, make_app, make_client
-
-ALWAYS_CHECK = TrustConfig(warmup=10**9)
-
-
-def submit(app: App, tasks: int, replicas: int = 0, quorum: int = 0) -> str:
-    account = app.store.get_account_by_name("alice") or make_client(app)
-    params = f'{{"tasks": {tasks}, "data": "hi"}}'.encode()
-    spec = JobSpec(kind="echo", params=params, replicas=replicas, quorum=quorum)
-    return app.jobs.submit(account, spec).id
-
-
-def nodes(app: App, *owners: str) -> list[FakeNode]:
-    fleet = [FakeNode(app, f"n{i}", owner=owner) for i, owner in enumerate(owners)]
-    for node in fleet:
-        node.connect(credit=0)
-    return fleet
-
-
-def run(node: FakeNode, output: bytes = b"ok", credit: int = 10) -> int:
-    """Grants credit, runs whatever the node is given, returns how many it ran."""
-    node.app.scheduler.grant(node.id, 0, credit)
-    node.app.scheduler.dispatch()
-    items = node.sink.take()
-    if items:
-        assert all(v.accepted for v in node.answer(items, output))
-    return len(items)
-
-
-def credit_of(app: App, node: FakeNode) -> int:
-    return app.store.balance(node_account(node.id))
+from tests.coordinator.verifying import ALWAYS_CHECK, credit_of, nodes, run, submit, upload
 
 
 def test_two_of_two_pays_both_owners_and_countersigns(tmp_path: Path) -> None:
@@ -217,11 +188,11 @@ def test_adaptive_trusts_a_proven_node_once_a_later_check_vouches(tmp_path: Path
 def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
     app = make_app(tmp_path, trust=ALWAYS_CHECK)
     bad, g1, g2 = nodes(app, "bad", "g1", "g2")
-    for _ in range(3):
+    for _ in range(3):  # one credit each: no node holds any when the next job comes
         submit(app, 1)
-        run(bad, b"junk")
-        run(g1)
-        run(g2)
+        run(bad, b"junk", credit=1)
+        run(g1, credit=1)
+        run(g2, credit=1)
     rep = app.reputations.get(bad.id)
     assert rep.standing == Standing.QUARANTINED and "3 invalid results" in rep.reason
     app.scheduler.drain(g1.id)
@@ -293,17 +264,6 @@ def test_credit_follows_work_units_and_the_price_table(tmp_path: Path) -> None:
     assert {(e.job_id, e.amount) for e in entries} == {(job.id, 8)}
     assert all(e.task_id and "validated result" in e.reason for e in entries)
     assert app.ledger.check().balanced
-
-
-def upload(app: App, account_id: str, data: bytes) -> str:
-    from sparegrid.wire import sha256_hex
-
-    digest = sha256_hex(data)
-    path = app.blobs.path(digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    app.store.add_blob_owners([digest], account_id)
-    return digest
 
 
 def test_pending_results_survive_a_restart(tmp_path: Path) -> None:

@@ -24,14 +24,14 @@ ROOT = DEPLOY.parent
 KNOWN_KEYS = {
     "Unit": {"Description", "After", "Wants", "Requires", "Documentation", "Before"},
     "Service": {
-        "Type", "User", "Group", "SupplementaryGroups", "StateDirectory", "Environment",
-        "EnvironmentFile", "ExecStart", "Restart", "RestartSec", "KillSignal", "TimeoutStopSec",
-        "Nice", "CPUSchedulingPolicy", "IOSchedulingClass", "IOSchedulingPriority", "CPUWeight",
-        "IOWeight", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
-        "ReadWritePaths", "WorkingDirectory",
+        *("Type", "User", "Group", "SupplementaryGroups", "StateDirectory", "Environment"),
+        *("EnvironmentFile", "ExecStart", "Restart", "RestartSec", "KillSignal"),
+        *("TimeoutStopSec", "Nice", "CPUSchedulingPolicy", "IOSchedulingClass"),
+        *("IOSchedulingPriority", "CPUWeight", "IOWeight", "NoNewPrivileges", "ProtectSystem"),
+        *("ProtectHome", "PrivateTmp", "ReadWritePaths", "WorkingDirectory"),
     },
     "Install": {"WantedBy"},
-}  # fmt: skip
+}
 
 
 def parse_unit(path: Path) -> dict[str, list[tuple[str, str]]]:

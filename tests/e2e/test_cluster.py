@@ -5,38 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from sparegrid.sdk import AdminClient, Client
+from tests.e2e.helpers import setup, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def online_nodes(admin: AdminClient) -> int:
-    return sum(1 for n in admin.nodes() if n.state == "online")
-
-
-def setup(
-    cluster, workers: int, credit: int = 1000, extra: tuple[str, ...] = ()
-) -> tuple[AdminClient, Client]:
-    cluster.start_coordinator(*extra)
-    for i in range(workers):
-        cluster.start_worker(f"node{i + 1}")
-    admin = AdminClient(cluster.address, api_key=cluster.admin_key)
-    _, key = admin.create_account("alice", credit=credit)
-    wait_for(lambda: online_nodes(admin) == workers, what=f"{workers} workers online")
-    return admin, Client(cluster.address, api_key=key)
 
 
 def test_checksum_job_end_to_end(cluster, tmp_path: Path) -> None:

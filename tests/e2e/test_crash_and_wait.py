@@ -5,8 +5,8 @@ Real coordinator and worker processes."""
 import pytest
 
 from sparegrid.sdk import DeviceKind, Requirements
-from sparegrid.worker.status import StatusUnavailable, read_status
-from tests.e2e.test_cluster import setup, wait_for
+from sparegrid.worker.node.status import StatusUnavailable, read_status
+from tests.e2e.helpers import setup, wait_for
 
 pytestmark = pytest.mark.e2e
 

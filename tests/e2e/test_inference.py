@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparegrid.sdk import AsyncClient, InvalidArgumentError
-from tests.e2e.test_cluster import setup
+from tests.e2e.helpers import setup
 from tests.inference.models import Encoder, read, rewrite
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +91,7 @@ def test_bad_inference_submits_are_refused_and_change_nothing(cluster, tmp_path:
     assert admin.ledger_check().balanced
 
 
+@pytest.mark.timeout(180)  # three CLI processes, each importing torch
 def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -123,9 +124,17 @@ def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_
         )
 
     submitted = cli(
-        "job", "submit", "inference", "--model", str(program),
-        "--inputs", str(tmp_path / "x.safetensors"), "--batch-size", "4", "--wait",
-    )  # fmt: skip
+        "job",
+        "submit",
+        "inference",
+        "--model",
+        str(program),
+        "--inputs",
+        str(tmp_path / "x.safetensors"),
+        "--batch-size",
+        "4",
+        "--wait",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     fetched = cli("job", "results", job_id, "-o", str(tmp_path / "out"))
@@ -156,7 +165,7 @@ def test_the_worker_pipeline_on_a_gpu(cluster) -> None:
 
 
 def test_the_readme_inference_example_runs(cluster, monkeypatch, capsys) -> None:
-    from tests.cli.test_readme import blocks
+    from tests.cli.readme import blocks
 
     _, client = setup(cluster, workers=1)
     monkeypatch.setenv("SPAREGRID_COORDINATOR", cluster.address)

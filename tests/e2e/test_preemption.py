@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sparegrid.sdk import AdminClient, Client
-from sparegrid.worker.status import StatusUnavailable, read_status
-from tests.e2e.test_cluster import online_nodes, wait_for
+from sparegrid.worker.node.status import StatusUnavailable, read_status
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +69,19 @@ def test_owner_takes_the_gpu_task_is_preempted_and_finishes_elsewhere(
     assert snapshot["devices"][0]["tasks"] == []
     assert any("stopped 1 task(s)" in e["message"] for e in snapshot["errors"])
     shown = subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", "worker", "status", "--data-dir", str(cluster.root / "node2")],
-        capture_output=True, text=True, check=True, env=cluster.env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparegrid.cli.main",
+            "worker",
+            "status",
+            "--data-dir",
+            str(cluster.root / "node2"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=cluster.env,
+    )
     assert "credit earned: 1 today, 1 in total" in shown.stdout
     assert admin.ledger_check().balanced

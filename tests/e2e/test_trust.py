@@ -11,7 +11,7 @@ import pytest
 from sparegrid.sdk import AsyncAdminClient, AsyncClient
 from sparegrid.worker.daemon import Worker
 from sparegrid.worker.executors import ExecutorRegistry
-from tests.worker.worker_testing import fake_devices, make_config
+from sparegrid.worker.testing.harness import fake_devices, make_config
 
 pytestmark = pytest.mark.e2e
 

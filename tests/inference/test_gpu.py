@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparegrid.worker.devices import detect_devices
 from sparegrid.worker.executors.base import DeviceRef, ExecTask
 from sparegrid.worker.executors.inference import InferenceExecutor
 from sparegrid.worker.executors.inference.loader import load_program
+from sparegrid.worker.node.devices import detect_devices
 from tests.inference.models import Encoder, export
 
 pytestmark = [

@@ -116,7 +116,7 @@ OPEN_EACH = """
     import json, sys
     from pathlib import Path
     from sparegrid.worker.executors.base import ExecutorError
-    from sparegrid.worker.executors.blender import load_bpy, open_scene
+    from sparegrid.worker.executors.render.blender import load_bpy, open_scene
     bpy = load_bpy(Path(sys.argv[1]) / "profile")
     out = {}
     for name in sys.argv[2:]:

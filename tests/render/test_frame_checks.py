@@ -38,8 +38,8 @@ import json, sys
 from pathlib import Path
 from PIL import Image
 from sparegrid.worker.executors import DeviceRef, ExecTask
-from sparegrid.worker.executors import blender
-from sparegrid.worker.executors.render import RenderExecutor
+from sparegrid.worker.executors.render import blender
+from sparegrid.worker.executors.render.executor import RenderExecutor
 scene, work, task, spots = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 ex = RenderExecutor()
 def run(params, name):
@@ -120,7 +120,7 @@ def test_whole_frames_of_one_seed_agree_exactly(renders) -> None:  # type: ignor
 def test_border_edges_land_on_the_pixel_meant_for_every_size() -> None:
     """Blender truncates border x size in single precision; the exact fraction lands a
     hair below for some pixels (113 of 180), half a pixel more never does."""
-    from sparegrid.worker.executors.blender import _edge
+    from sparegrid.worker.executors.render.blender import _edge
 
     def blender(fractions: np.ndarray, size: int) -> np.ndarray:
         return (fractions.astype(np.float32) * np.float32(size)).astype(np.int64)

@@ -7,13 +7,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, SparegridError
 from sparegrid.sdk.render import stitch_tiles
 from sparegrid.v1 import common_pb2
 from tests.e2e.conftest import Cluster
-from tests.e2e.test_cluster import online_nodes, wait_for
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 HERE = Path(__file__).parent
@@ -141,6 +142,45 @@ def test_tiled_still_matches_the_untiled_frame(grid, scenes, tmp_path) -> None:
     assert compare(frame, out / "still.exr")["max"] == 0.0
 
 
+def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, tmp_path) -> None:
+    """A tiled PNG still is stitched by `job results` without Blender's help (Pillow and
+    numpy), equal to the untiled frame; `job preview` saves the latest or a chosen frame."""
+    from sparegrid.wire.png import png_levels
+
+    cluster, client = grid
+    found = client.render_estimate(scenes / "anim.blend", frames="1-3", **SIZE)
+    assert (found.tasks, found.work_units, found.credit_per_pass) == (3, 48 * 36 * 4 * 3, 3)
+    assert "worth 0.002074 credit a pass, charged 3" in found.rounding
+    dry = cli(cluster, "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
+              "--frames", "3", "--samples", "4", "--resolution", "48x36", "--tiles", "2x2",
+              "--dry-run", "--json")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["tasks"] == 4  # a tiled still: 4 tiles
+    anim = client.render(scenes / "anim.blend", frames="1-3", **SIZE)
+    tiled = client.render(scenes / "anim.blend", frames=3, tiles="2x2", **SIZE)
+    anim, tiled = anim.wait(timeout=120), tiled.wait(timeout=120)
+    assert anim.state == "succeeded" and tiled.state == "succeeded", (anim.error, tiled.error)
+    out = tmp_path / "still"
+    done = cli(cluster, "job", "results", tiled.id, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    frame3 = next(r for r in anim.results() if r.outputs[0].name == "frame_0003.png")
+    whole = png_levels(frame3.output("frame_0003.png"))
+    stitched = png_levels((out / "still.png").read_bytes())
+    assert stitched.shape == whole.shape == (36, 48, 4)
+    # tiles render without the denoiser and dither a whole frame gets: close, not equal
+    assert np.abs(stitched.astype(int) - whole.astype(int)).mean() < 8
+
+    latest = cli(cluster, "job", "preview", anim.id, "-o", str(tmp_path / "latest.png"))
+    assert latest.returncode == 0, latest.stderr
+    assert "frame_0003.png" in latest.stdout
+    assert (tmp_path / "latest.png").read_bytes() == frame3.output("frame_0003.png")
+    second = cli(cluster, "job", "preview", anim.id, "--frame", "2", "-o", str(tmp_path / "2.png"))
+    assert second.returncode == 0 and "frame_0002.png" in second.stdout
+    missing = cli(cluster, "job", "preview", anim.id, "--frame", "9", "-o", str(tmp_path / "9.png"))
+    assert missing.returncode == 1 and "[FRAME_NOT_READY]" in missing.stderr
+    assert not (tmp_path / "9.png").exists()
+
+
 def test_python_in_the_scene_never_runs(grid, scenes) -> None:
     _, client = grid
     sentinels = [scenes / "sentinel_text", scenes / "sentinel_driver"]
@@ -254,10 +294,21 @@ def test_cli_submits_a_render_and_waits(grid, scenes) -> None:
     cluster, client = grid
     done = cli(
         cluster,
-        "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
-        "--frames", "4-5", "--samples", "4", "--resolution", "48x36", "--format", "exr",
+        "job",
+        "submit",
+        "render",
+        "--blend",
+        str(scenes / "anim.blend"),
+        "--frames",
+        "4-5",
+        "--samples",
+        "4",
+        "--resolution",
+        "48x36",
+        "--format",
+        "exr",
         "--wait",
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     job = client.get_job(done.stdout.split()[0])
     assert job.state == "succeeded" and job.counts.total == 2

@@ -3,7 +3,7 @@
 import pytest
 
 from sparegrid.sdk import AdminClient, Client
-from tests.e2e.test_cluster import online_nodes, wait_for
+from tests.e2e.helpers import online_nodes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

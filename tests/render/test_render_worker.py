@@ -14,12 +14,12 @@ from tests.render.conftest import bpy_missing
 if bpy_missing:  # the render executor will not even import without Blender
     pytest.skip("bpy (Blender) is not installed", allow_module_level=True)
 
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import BAD_PARAMS, ExecutorError
-from sparegrid.worker.executors.blender import choose_backend, cycles_backends
 from sparegrid.worker.executors.registry import ExecutorRegistry
-from sparegrid.worker.executors.render import MEMORY_EXIT, output_name, parse
-from sparegrid.worker.messages import software_versions
+from sparegrid.worker.executors.render.blender import choose_backend, cycles_backends
+from sparegrid.worker.executors.render.executor import MEMORY_EXIT, output_name, parse
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.upstream.messages import software_versions
 
 GOOD = {"frames": [1], "tile": None, "samples": 4, "resolution": [48, 36]}
 GOOD |= {"format": "png", "depth": 8}
@@ -114,7 +114,7 @@ def test_memory_guard_ends_the_process_and_says_why() -> None:
     proc = run_python(
         """
         import time
-        from sparegrid.worker.executors.render import MemoryGuard
+        from sparegrid.worker.executors.render.executor import MemoryGuard
         with MemoryGuard(1 << 20, interval=0.01):
             time.sleep(30)
         """
@@ -151,7 +151,7 @@ def test_blender_stays_warm_across_tasks_of_one_scene(scenes: Path, tmp_path: Pa
         import json, sys
         from pathlib import Path
         from sparegrid.worker.executors import DeviceRef, ExecTask, ExecutorError
-        from sparegrid.worker.executors.render import RenderExecutor
+        from sparegrid.worker.executors.render.executor import RenderExecutor
         scenes, work = Path(sys.argv[1]), Path(sys.argv[2])
         ex = RenderExecutor()
         params = {"tile": None, "samples": 2, "resolution": [16, 12], "format": "png", "depth": 8}
@@ -186,7 +186,7 @@ def test_blender_stays_warm_across_tasks_of_one_scene(scenes: Path, tmp_path: Pa
 def test_exr_timing_attributes_are_zeroed_in_place() -> None:
     """Cycles writes render times into every EXR: two honest renders of a frame would
     differ in those bytes alone."""
-    from sparegrid.worker.executors.render import zero_exr_times
+    from sparegrid.worker.executors.render.executor import zero_exr_times
 
     def attribute(name: bytes, kind: bytes, value: bytes) -> bytes:
         return name + b"\0" + kind + b"\0" + len(value).to_bytes(4, "little") + value

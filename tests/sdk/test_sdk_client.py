@@ -11,6 +11,7 @@ from sparegrid.sdk import (
     AlreadyExistsError,
     AsyncAdminClient,
     AsyncClient,
+    AsyncJob,
     AuthenticationError,
     Client,
     DeadlineExceededError,
@@ -194,3 +195,22 @@ def test_async_client_made_outside_a_loop() -> None:
         return info.value.code
 
     assert asyncio.run(use()) == "UNAVAILABLE"
+
+
+async def test_async_results_from_reads_one_page_from_a_task_on(client: AsyncClient) -> None:
+    job = await (await client.echo("hi", tasks=5)).wait(timeout=10)
+    page = await client.results_from(job.id, 3)
+    assert [r.index for r in page] == [3, 4]
+    assert [await r.output_async("data") for r in page] == [b"hi", b"hi"]
+    assert [r.index for r in await client.results_from(job.id, 0, limit=2)] == [0, 1]
+
+
+async def test_async_wait_awaits_a_coroutine_callback(client: AsyncClient) -> None:
+    seen: list[int] = []
+
+    async def on_progress(job: AsyncJob) -> None:
+        await asyncio.sleep(0)
+        seen.append(job.counts.done)
+
+    job = await (await client.echo("x", tasks=2)).wait(timeout=10, on_progress=on_progress)
+    assert job.finished and seen[-1] == 2

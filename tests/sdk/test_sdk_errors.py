@@ -90,7 +90,7 @@ def test_deadline_error_is_a_timeout() -> None:
         (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", False, True),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", True, True),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", False, False),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", True, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", True, False),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "BLOB_TOO_LARGE", True, False),
         (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", True, False),
         (grpc.StatusCode.INTERNAL, "INTERNAL", True, False),
@@ -150,14 +150,14 @@ def test_deadline_retried_only_when_idempotent() -> None:
     assert len(calls) == 1
 
 
-async def test_acall_retries_rate_limit() -> None:
+async def test_acall_retries_unavailable() -> None:
     attempts = 0
 
     async def fn() -> int:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
-            raise aio_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED")
+            raise aio_error(grpc.StatusCode.UNAVAILABLE, "restarting", "")
         return 7
 
     async def no_sleep(_: float) -> None:

@@ -9,14 +9,10 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
-    Device,
     FileRef,
-    Job,
     JobState,
-    Node,
     Posting,
     Replica,
-    Requirements,
     Task,
     TaskState,
     Transaction,
@@ -25,74 +21,9 @@ from sparegrid.coordinator.domain import (
     node_account,
 )
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+from tests.store.builders import account, attempt, grant, job, leased_job, node, transfer
 
 ALICE, BOB = client_account("alice"), client_account("bob")
-
-
-def account(name: str, created_at: float = 1.0) -> Account:
-    return Account(f"acc-{name}", name, f"hash-{name}", name == "root", created_at)
-
-
-def job(
-    job_id: str,
-    account_id: str = "acc-alice",
-    created_at: float = 1.0,
-    key: str = "",
-    tasks: int = 2,
-) -> tuple[Job, list[Task]]:
-    j = Job(
-        id=job_id,
-        account_id=account_id,
-        kind="echo",
-        name=f"job {job_id}",
-        params=b"\x00params",
-        inputs={"model": "sha256:abc"},
-        requirements=Requirements("cuda", 8 << 30, "8.0", {"torch": "2.4"}),
-        max_attempts=3,
-        price_credit=5,
-        price_units=1,
-        task_count=tasks,
-        cost_held=5 * tasks,
-        created_at=created_at,
-        idempotency_key=key,
-    )
-    ts = [
-        Task(f"{job_id}-t{i}", job_id, i, bytes([i]), [FileRef(f"in{i}", f"d{i}", i)])
-        for i in range(tasks)
-    ]
-    return j, ts
-
-
-def attempt(attempt_id: str, task: Task, node: str = "n1", deadline: float = 100.0) -> Attempt:
-    return Attempt(attempt_id, task.id, task.job_id, node, 0, deadline, created_at=10.0)
-
-
-def grant(key: str, to: str, amount: int) -> Transaction:
-    return Transaction(key, key, "grant", [Posting(MINT, -amount), Posting(to, amount)])
-
-
-def transfer(key: str, src: str, dst: str, amount: int, job_id: str = "") -> Transaction:
-    postings = [Posting(src, -amount), Posting(dst, amount)]
-    return Transaction(f"txn-{key}", key, "pay", postings, job_id=job_id, created_at=2.0)
-
-
-def node(node_id: str, last_seen: float = 5.0) -> Node:
-    return Node(
-        node_id,
-        b"\x01key",
-        f"box {node_id}",
-        [Device(0, "cuda", "H200", "GPU-1", 141 << 30, "9.0", "570", "cuda")],
-        {"torch": "2.4"},
-        {"echo": "1"},
-        first_seen=last_seen,
-        last_seen=last_seen,
-    )
-
-
-def leased_job(store: Store, job_id: str = "j1", tasks: int = 2) -> list[Task]:
-    j, ts = job(job_id, tasks=tasks)
-    store.create_job(j, ts)
-    return ts
 
 
 # accounts
@@ -413,10 +344,11 @@ def test_a_spot_check_and_its_result_keep_the_params_they_ran(store: Store) -> N
     store.add_replicas(
         [
             Replica("a0", task.id, task.job_id, "n0", "o0", outputs, b"r0", created_at=1.0),
-            Replica("a1", task.id, task.job_id, "n1", "o1", outputs, b"r1", created_at=2.0,
-                    params=crop),
+            Replica(
+                "a1", task.id, task.job_id, "n1", "o1", outputs, b"r1", created_at=2.0, params=crop
+            ),
         ]
-    )  # fmt: skip
+    )
     assert [(r.attempt_id, r.params) for r in store.get_replicas([task.id])] == [
         ("a0", b""),
         ("a1", crop),
@@ -664,3 +596,31 @@ def test_calls_from_many_threads(store: Store) -> None:
         t.join()
     assert store.balance(ALICE) == 900
     assert store.ledger_totals() == (101, 202, 0)
+
+
+def test_job_priority_and_webhook_round_trip(store: Store) -> None:
+    j, tasks = job("j-hook")
+    j.priority, j.webhook_url = -7, "https://hooks.example.com/x"
+    store.create_job(j, tasks)
+    got = store.get_job("j-hook")
+    assert got is not None and (got.priority, got.webhook_url) == (-7, j.webhook_url)
+
+
+def test_webhook_deliveries_are_due_in_time_order_until_settled(store: Store) -> None:
+    from sparegrid.coordinator.domain import Delivery
+
+    late = Delivery("d-late", "j1", "acc-alice", "https://h/x", b"\x00late", next_at=20.0)
+    soon = Delivery("d-soon", "j2", "acc-alice", "https://h/y", b"soon", next_at=10.0)
+    for d in (late, soon):
+        store.add_webhook(d)
+    assert [d.id for d in store.due_webhooks(15.0, 10)] == ["d-soon"]
+    assert [d.id for d in store.due_webhooks(25.0, 10)] == ["d-soon", "d-late"]
+    soon.attempts, soon.next_at, soon.last_error = 1, 30.0, "HTTP 500"
+    store.update_webhook(soon)
+    late.state, late.attempts = "delivered", 1
+    store.update_webhook(late)
+    assert store.due_webhooks(25.0, 10) == []
+    [again] = store.due_webhooks(30.0, 10)
+    assert (again.attempts, again.last_error, again.body) == (1, "HTTP 500", b"soon")
+    [delivered] = store.get_webhooks("j1")
+    assert (delivered.state, delivered.body) == ("delivered", b"\x00late")

@@ -11,8 +11,7 @@ from sparegrid.coordinator.domain import (
     node_account,
 )
 from sparegrid.coordinator.store.base import LiveJob, Store, Usage
-from tests.store.test_contract import attempt, job, node
-from tests.store.test_contract_trust import replica
+from tests.store.builders import attempt, job, node, replica
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 

@@ -5,8 +5,6 @@ from collections.abc import Callable
 import pytest
 
 from sparegrid.coordinator.domain import (
-    FileRef,
-    Replica,
     ReplicaState,
     Reputation,
     Standing,
@@ -15,20 +13,7 @@ from sparegrid.coordinator.store.base import Conflict, Store
 from sparegrid.coordinator.store.engine import SqlEngine
 from sparegrid.coordinator.store.schema import MIGRATIONS
 from sparegrid.coordinator.store.sql import SqlStore
-from tests.store.test_contract import job, node
-
-
-def replica(attempt_id: str, task_id: str, node_id: str = "n1", at: float = 1.0) -> Replica:
-    return Replica(
-        attempt_id,
-        task_id,
-        "j1",
-        node_id,
-        f"owner-{node_id}",
-        [FileRef("out", f"digest-{attempt_id}", 3)],
-        b"receipt-" + attempt_id.encode(),
-        created_at=at,
-    )
+from tests.store.builders import job, node, replica
 
 
 def test_replicas_are_kept_per_task_oldest_first(store: Store) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from sparegrid.sdk import AdminClient, Client
 from tests.e2e.conftest import Cluster
-from tests.e2e.test_cluster import online_nodes, wait_for
+from tests.e2e.helpers import online_nodes, wait_for
 from tests.render.conftest import scenes  # noqa: F401  (the render scenes, made once)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

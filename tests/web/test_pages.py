@@ -13,7 +13,7 @@ from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.web.dashboard import Dashboard
 from sparegrid.coordinator.web.sessions import Sessions
 from tests.coordinator.helpers import FakeNode, echo, make_app
-from tests.coordinator.test_verification import nodes, run, submit
+from tests.coordinator.verifying import nodes, run, submit
 
 
 def http(dashboard: Dashboard) -> httpx.AsyncClient:

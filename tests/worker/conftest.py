@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from fake_coordinator import FakeCoordinator
+
+from sparegrid.worker.testing.coordinator import FakeCoordinator
 
 
 @pytest.fixture

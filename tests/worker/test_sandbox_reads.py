@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.worker.sandbox import _SYSTEM_READ, probe, python_paths
+from sparegrid.worker.slots.child.sandbox import _SYSTEM_READ, probe, python_paths
 
 PROBE = """
     import json, os, sys
     from dataclasses import replace
     from pathlib import Path
-    from sparegrid.worker import sandbox
+    from sparegrid.worker.slots.child import sandbox
     from sparegrid.worker.config import WorkerConfig
-    from sparegrid.worker.lending import sandbox_settings
+    from sparegrid.worker.startup import sandbox_settings
 
     data_dir = Path(sys.argv[1])
     config = WorkerConfig(coordinator="127.0.0.1:1", data_dir=data_dir, name="probe")

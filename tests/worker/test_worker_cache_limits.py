@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.worker.cache import BlobCache
-from sparegrid.worker.clock import SystemClock
+from sparegrid.wire.clock import SystemClock
 from sparegrid.worker.errors import BlobUnavailable
+from sparegrid.worker.slots.cache import BlobCache
 
 
 def _put(cache: BlobCache, digest: str, size: int, age: int, part: bool = False) -> Path:

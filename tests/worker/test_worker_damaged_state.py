@@ -5,12 +5,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from fake_coordinator import FakeCoordinator, is_kind
-from worker_testing import assignment, make_config, running_worker
 
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
-from sparegrid.worker.outbox import Outbox
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker
+from sparegrid.worker.upstream.outbox import Outbox
 
 
 def _pending(outbox: Outbox, signer: Signer, batch_id: int) -> worker_pb2.WorkerMessage:
@@ -29,7 +29,7 @@ async def test_a_damaged_batch_counter_is_recovered_from_the_outbox(
     await outbox.put(_pending(outbox, signer, 41), {})
     (tmp_path / "batch_seq").write_bytes(damage)
     reopened = Outbox(tmp_path)
-    with caplog.at_level(logging.WARNING, "sparegrid.worker.outbox"):
+    with caplog.at_level(logging.WARNING, "sparegrid.worker.upstream.outbox"):
         assert reopened.load() == 1
     assert reopened.next_batch_id() == 42
     assert "batch_seq" in caplog.text and "highest batch id" in caplog.text

@@ -4,11 +4,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fake_coordinator import FakeCoordinator, is_kind, statement_attempts
-from worker_testing import assignment, make_config, running_worker, wait_until
 
 from sparegrid.wire.receipt import verify_batch
-from sparegrid.worker import runner as runner_module
+from sparegrid.worker.slots.child import runner as runner_module
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind, statement_attempts
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 

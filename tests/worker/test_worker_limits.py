@@ -9,18 +9,25 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fake_coordinator import FakeCoordinator
-from worker_testing import assignment, fake_devices, make_config, running_worker, wait_until
 
-from sparegrid.worker import lending
-from sparegrid.worker.cache import BlobCache
+from sparegrid.wire.clock import FakeClock
+from sparegrid.worker import startup
 from sparegrid.worker.config import ConfigError
 from sparegrid.worker.daemon import Worker
-from sparegrid.worker.earnings import Earnings
-from sparegrid.worker.policy import DeviceState, FakeClock, GpuProcess, SyntheticSource
+from sparegrid.worker.node.earnings import Earnings
+from sparegrid.worker.policy import DeviceState, GpuProcess, SyntheticSource
 from sparegrid.worker.policy.nvml import NvmlSource
-from sparegrid.worker.ratelimit import RateLimiter
-from sparegrid.worker.sandbox import Report
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.slots.child.sandbox import Report
+from sparegrid.worker.testing.coordinator import FakeCoordinator
+from sparegrid.worker.testing.harness import (
+    assignment,
+    fake_devices,
+    make_config,
+    running_worker,
+    wait_until,
+)
+from sparegrid.worker.upstream.ratelimit import RateLimiter
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 
@@ -37,7 +44,7 @@ async def test_rate_limiter_spreads_bytes_over_time() -> None:
 
 
 def test_cache_trims_the_least_recently_used_blobs_it_does_not_need(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path, FakeClock(), max_bytes=3000)  # type: ignore[arg-type]
+    cache = BlobCache(tmp_path, FakeClock(), max_bytes=3000)
     digests = [f"{i:x}" * 64 for i in range(1, 5)]
     for age, digest in enumerate(digests):
         path = cache.path_for(digest)
@@ -100,7 +107,7 @@ def test_power_cap_is_set_through_nvml_or_says_why_not(tmp_path: Path, caplog: A
     )
     source = NvmlSource(load=lambda: nvml)
     config = make_config(tmp_path, "127.0.0.1:1", power_cap=500.0)
-    lending.apply_power_cap(config, source, fake_devices())
+    startup.apply_power_cap(config, source, fake_devices())
     assert calls == [300_000]  # clamped to what the board allows
     assert "pausing above it instead" in caplog.text
 
@@ -109,7 +116,7 @@ async def test_required_isolation_that_is_incomplete_stops_the_worker(
     tmp_path: Path, coordinator: FakeCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     partial = Report("unavailable: user namespaces are disabled", "ok (Landlock)", "ok")
-    monkeypatch.setattr(lending, "probe", lambda work, mode: partial)
+    monkeypatch.setattr(startup, "probe", lambda work, mode: partial)
     worker = Worker(
         make_config(tmp_path, coordinator.address, sandbox="require"), devices=fake_devices()
     )

@@ -9,22 +9,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fake_coordinator import FakeCoordinator, FakeSession, is_kind
-from worker_testing import assignment, make_config, running_worker, wait_until
-
 from sparegrid.v1 import worker_pb2
-from sparegrid.worker.policy import DeviceState, FakeClock, GpuProcess, SyntheticSource
-from sparegrid.worker.status import read_status, render, status_line
+from sparegrid.wire.clock import SystemClock
+from sparegrid.worker.node.status import read_status, render, status_line
+from sparegrid.worker.policy import DeviceState, GpuProcess, SyntheticSource
+from sparegrid.worker.testing.coordinator import FakeCoordinator, FakeSession, is_kind
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
 
 LONG = {"data": "slow", "sleep_ms": 30_000}
 OWNER = DeviceState(0, processes=(GpuProcess(999_999, 1 << 30, "graphics"),))
 
 
-class WallClock(FakeClock):
-    """Fake wall time for the time windows; the poll loop itself runs on real time."""
+class WallClock(SystemClock):
+    """Fake wall time for the time windows; the daemon's loops run on real time."""
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0.01)
+    def __init__(self, start: datetime) -> None:
+        self._wall = start.timestamp()
+
+    def set_wall(self, wall: datetime) -> None:
+        self._wall = wall.timestamp()
+
+    def now(self) -> float:
+        return self._wall
 
 
 def config(tmp_path: Path, coordinator: FakeCoordinator, **overrides: Any) -> Any:
@@ -103,7 +109,7 @@ async def test_no_lease_outside_the_window_or_when_a_task_cannot_finish_in_it(
 ) -> None:
     clock = WallClock(start=datetime(2026, 11, 30, 12, 0))  # Monday noon: outside
     settings = config(tmp_path, coordinator, windows=("mon 21:00-22:00",), task_estimate=600.0)
-    async with running_worker(settings, policy_clock=clock) as (worker, _):
+    async with running_worker(settings, clock=clock) as (worker, _):
         session = await coordinator.session()
         shown = worker.status()["devices"][0]
         assert (shown["state"], shown["reason"]) == ("outside window", "opens in 9h 00m")

@@ -4,10 +4,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from sparegrid.worker.childproto import ChildTask, Outcome
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors import FAKE_TARGETS, ExecutorRegistry
-from sparegrid.worker.runner import DeviceRunner, describe_exit
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.slots.child.protocol import ChildTask, Outcome
+from sparegrid.worker.slots.child.runner import DeviceRunner, describe_exit
 
 DEVICE = DeviceInfo(index=0, kind="cpu", name="fake-0")
 

@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 
-from sparegrid.worker.childproto import Outcome, OutputData, encode_frame
-from sparegrid.worker.safeframes import ForgedFrame, decode_child_frame
+from sparegrid.worker.slots.child.frames import ForgedFrame, decode_child_frame
+from sparegrid.worker.slots.child.protocol import Outcome, OutputData, encode_frame
 
 
 class Payload:
@@ -31,3 +31,12 @@ def test_outcomes_decode() -> None:
 def test_anything_else_is_refused(payload: bytes) -> None:
     with pytest.raises(ForgedFrame):
         decode_child_frame(payload)
+
+
+def test_the_allowed_module_is_where_the_records_live() -> None:
+    """The unpickler names the protocol module by path: if that module moves and the name
+    does not follow, honest outcomes would be refused as forged."""
+    from sparegrid.worker.slots.child import frames, protocol
+
+    assert frames.ALLOWED_MODULE == Outcome.__module__ == OutputData.__module__
+    assert protocol.__name__ == frames.ALLOWED_MODULE

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_coordinator import FakeCoordinator
-from worker_testing import assignment, fake_devices, make_config
 
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.worker.daemon import Worker
 from sparegrid.worker.executors import FAKE_TARGETS, ExecutorRegistry
-from sparegrid.worker.sandbox import probe
+from sparegrid.worker.slots.child.sandbox import probe
+from sparegrid.worker.testing.coordinator import FakeCoordinator
+from sparegrid.worker.testing.harness import assignment, fake_devices, make_config
 
 ESCAPE = "sparegrid.worker.executors.fake:EscapeExecutor"
 

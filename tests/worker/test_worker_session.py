@@ -9,11 +9,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fake_coordinator import FakeCoordinator, is_kind, statement_attempts
-from worker_testing import assignment, make_config, running_worker, wait_until
 
 from sparegrid.wire import REGISTER_TAG, node_id_for, verify
 from sparegrid.wire.receipt import decode_statement, verify_batch
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind, statement_attempts
+from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
 
 
 async def test_registration_signature_verifies(

@@ -7,9 +7,9 @@ import pytest
 
 from sparegrid.worker.cli import register
 from sparegrid.worker.config import ConfigError, WorkerConfig
-from sparegrid.worker.devices import DeviceInfo
-from sparegrid.worker.lending import check_devices
+from sparegrid.worker.node.devices import DeviceInfo
 from sparegrid.worker.settings import layered, parse_size
+from sparegrid.worker.startup import check_devices
 
 
 def parse(*flags: str) -> argparse.Namespace:

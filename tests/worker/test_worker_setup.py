@@ -14,14 +14,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fake_coordinator import FakeCoordinator, is_kind
-from worker_testing import assignment
 
 from sparegrid.worker.cli import config_from, register
 from sparegrid.worker.config import ConfigError, WorkerConfig, parse_address
-from sparegrid.worker.devices import detect_devices
-from sparegrid.worker.identity import load_identity
 from sparegrid.worker.logs import LOGGER_NAME, configure_logging
+from sparegrid.worker.node.devices import detect_devices
+from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind
+from sparegrid.worker.testing.harness import assignment
 
 
 @pytest.mark.parametrize("address", ["localhost", ":50051", "host:0", "host:99999", "::1:5", "h:x"])
@@ -116,8 +116,11 @@ def test_nvml_devices_come_first(tmp_path: Path) -> None:
     ]
     first = found.devices[0]
     assert (first.kind, first.memory_bytes, first.driver_version, first.backend) == (
-        "cuda", 80 << 30, "550.54", "nvml",
-    )  # fmt: skip
+        "cuda",
+        80 << 30,
+        "550.54",
+        "nvml",
+    )
     assert found.summary.startswith("nvml: 2 CUDA devices")
 
 
@@ -149,9 +152,14 @@ async def test_worker_run_drains_on_sigterm(tmp_path: Path, coordinator: FakeCoo
     args = ["worker", "run", "--coordinator", coordinator.address, "--data-dir", str(tmp_path)]
     env = {**os.environ, "SPAREGRID_WORKER_NAME": "cli-node"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CLI, *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-c",
+        _CLI,
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         session = await coordinator.session()
         assert session.hello.node_name == "cli-node"

@@ -9,12 +9,12 @@ import pytest
 
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import FakeClock, SystemClock
 from sparegrid.wire.receipt import verify_batch
-from sparegrid.worker.batcher import MAX_INLINE_BYTES, ResultBatcher
-from sparegrid.worker.cache import BlobCache
-from sparegrid.worker.clock import SystemClock
 from sparegrid.worker.errors import BlobUnavailable, DigestMismatch
-from sparegrid.worker.outbox import Outbox, batch_id_of
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.upstream.batcher import MAX_INLINE_BYTES, ResultBatcher
+from sparegrid.worker.upstream.outbox import Outbox, batch_id_of
 
 
 class FakeFetch:
@@ -152,38 +152,42 @@ async def test_results_gather_into_one_batch_while_the_coordinator_is_behind(
     signer = Signer.generate()
     outbox = Outbox(tmp_path)
     outbox.load()
-    batcher = ResultBatcher(
-        signer, outbox, SystemClock(), window=0.001, max_items=100, max_unacked=1
-    )
+    clock = FakeClock()  # the batch window passes as soon as the batcher sleeps on it
+    batcher = ResultBatcher(signer, outbox, clock, window=0.5, max_items=100, max_unacked=1)
 
     def finish(i: int) -> None:
         statement = common_pb2.ResultStatement(attempt_id=f"a{i}").SerializeToString()
         batcher.add_result(statement, {}, {})
 
+    async def outbox_holds(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(outbox) != count:
+                await outbox.change_event().wait()
+
     finish(0)
-    await asyncio.sleep(0.05)
-    assert len(outbox) == 1  # sent at once: nothing was unacknowledged
+    await outbox_holds(1)  # sent at once: nothing was unacknowledged
     for i in range(1, 6):  # the first batch is not acknowledged yet: these wait
         finish(i)
-        await asyncio.sleep(0.01)
-    assert len(outbox) == 1
+        for _ in range(5):  # this result's window passes on the fake clock
+            await asyncio.sleep(0)
+    assert clock.monotonic() >= 1000.5 and len(outbox) == 1
     outbox.ack(outbox.pending()[0].batch_id)
-    await asyncio.sleep(0.05)
+    await outbox_holds(1)
     [entry] = outbox.pending()
     assert len(entry.message.results.statements) == 5  # one batch, one signature
     await batcher.close()
 
 
-def test_a_deep_credit_window_is_refilled_in_quarters() -> None:
-    from sparegrid.worker.credit import CreditWindow
+def test_a_deep_flow_window_is_refilled_in_quarters() -> None:
+    from sparegrid.worker.upstream.flow import FlowWindow
 
-    window = CreditWindow(prefetch=8, devices=[0])
+    window = FlowWindow(prefetch=8, devices=[0])
     assert window.top_up(0, held=0) == 8
     for _ in range(8):
         window.assigned(0)
     assert window.top_up(0, held=7) == 0  # one free slot: not worth a message yet
     assert window.top_up(0, held=6) == 2  # a quarter of the window
-    shallow = CreditWindow(prefetch=2, devices=[0])
+    shallow = FlowWindow(prefetch=2, devices=[0])
     assert shallow.top_up(0, held=0) == 2
     shallow.assigned(0)
     shallow.assigned(0)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -12,15 +13,22 @@ from typing import Any, Protocol, TypeVar
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock, SystemClock
-from sparegrid.coordinator.domain import Account, Job
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.domain import Account, Delivery, Job
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
+from sparegrid.coordinator.services.admission import Admission, AdmissionConfig
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, CanaryConfig
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
-from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec, Price
+from sparegrid.coordinator.services.jobs import (
+    DEFAULT_PRICES,
+    Jobs,
+    JobsConfig,
+    JobSpec,
+    Price,
+)
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.quotas import QuotaConfig, Quotas
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
@@ -32,7 +40,14 @@ from sparegrid.coordinator.services.sweeper import SweepConfig, Sweeper, Swept
 from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.services.waits import WaitLimit
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.services.webhooks import (
+    WebhookConfig,
+    Webhooks,
+    account_secret,
+    check_url,
+    post,
+)
+from sparegrid.coordinator.store.base import Store, StoreUnavailable
 from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
 
@@ -61,17 +76,8 @@ class Settings:
     reap_interval_seconds: float = 1.0
     max_attempt_seconds: float = 3600.0
     max_blob_size: int = 16 << 30
-    # credit per work units, by kind: an echo task is 1 unit, a checksum 1 per byte, an
-    # inference shard 1 per GFLOP of its program over its samples, a render task 1 per
-    # pixel x sample (a 1920x1080 frame at 128 samples: 27 credit)
-    prices: dict[str, Price] = field(
-        default_factory=lambda: {
-            "echo": Price(1),
-            "checksum": Price(1, 1 << 20),
-            "inference": Price(1, 100),
-            "render": Price(1, 10_000_000),
-        }
-    )
+    # credit per work units, by kind (jobs.DEFAULT_PRICES says what each unit is)
+    prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     default_max_attempts: int = 3
     # a job of more tasks is written a slice per group commit (submit.py), and one ending
     # with more queued tasks has them cancelled likewise (Scheduler.sweep)
@@ -79,6 +85,8 @@ class Settings:
     # a job none of whose tasks any connected node can take fails after this long, with
     # the reason it waits as its error (services/waits.py); 0: it waits for ever
     wait_limit_seconds: float = 86400.0
+    # workers reporting an older sparegrid are refused at session start, told why; "": any
+    min_worker_version: str = ""
     trust: TrustConfig = field(default_factory=TrustConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     spot_checks: SpotConfig = field(default_factory=SpotConfig)
@@ -86,7 +94,14 @@ class Settings:
     vouching: VouchConfig = field(default_factory=VouchConfig)
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    # Heartbeats move a node's last_seen in memory; it is written for all nodes at once
+    # this often, and at a clean stop. A crash loses at most this much of it.
+    last_seen_flush_seconds: float = 30.0
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     events: EventConfig = field(default_factory=EventConfig)
+    # tasks one account may run at once over all its jobs (0: no cap)
+    max_running_per_account: int = 0
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def key_path(self) -> Path:
@@ -110,6 +125,7 @@ class App:
         self.reputations = Reputations(store, self.clock, settings.trust)
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)
         self.spot_checks = SpotChecks(settings.spot_checks)
+        self.webhooks = Webhooks(store, self.clock, settings.webhooks)
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -119,12 +135,14 @@ class App:
                 reconnect_grace_seconds=settings.reconnect_grace_seconds,
                 max_attempt_seconds=settings.max_attempt_seconds,
                 sweep_above=settings.bulk_above,
+                max_running_per_account=settings.max_running_per_account,
             ),
             on_change=self._changed,
             blocked=self.reputations.blocked,
             check_params=self.spot_checks.params_for,
             vetted=self.identities.vetted,
             proven=lambda node_id: self.reputations.get(node_id).validated,
+            ended=lambda job: self.webhooks.job_ended(job),
         )
         self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
@@ -151,6 +169,7 @@ class App:
                 prices=settings.prices,
                 default_max_attempts=settings.default_max_attempts,
                 voters=self._voters,
+                check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
         self.quotas = Quotas(store, self.clock, settings.quotas)
@@ -168,11 +187,19 @@ class App:
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
         self.sinks: set[BufferedSink] = set()  # every connected worker's way down
+        self.unflushed: set[BufferedSink] = set()  # those holding messages for the commit
+        self.seen: dict[str, float] = {}  # node id -> last_seen not yet written
+        self.admission = Admission(self.clock, settings.admission)
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
         self._kick_pending = False
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
+        # False while the database is lost: calls are refused, health says NOT_SERVING
+        self.serving = True
+        self.serving_changed: list[Callable[[bool], None]] = []  # health (server.py)
+        self._recovery: asyncio.Task[None] | None = None
+        self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -209,6 +236,8 @@ class App:
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._sweeps()))
         self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
+        self._tasks.append(asyncio.create_task(self._write_seen()))
+        self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
@@ -219,12 +248,18 @@ class App:
     async def stop(self) -> None:
         self._stopped = True
         await self.submitter.stop()
+        if self._recovery is not None:
+            self._tasks.append(self._recovery)
         await self.metrics.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            self.write_seen()
+        except Exception:
+            log.exception("writing when %d node(s) were last seen failed", len(self.seen))
         self.store.close()
 
     def call(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
@@ -236,12 +271,18 @@ class App:
         and no acknowledgement leaves, before it is on disk.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if not self.serving:  # the database is lost: refused at once, retried by callers
+            future.set_exception(store_unavailable(self._lost))
+            future.exception()  # logged once, by _pause: not again by each unread future
+            return future
         self._inbox.append((fn, future))
         self._schedule()
         return future
 
     def kick(self) -> None:
         """Asks for a dispatch pass in the next group commit."""
+        if not self.serving:
+            return
         self._kick_pending = True
         self._schedule()
 
@@ -287,22 +328,12 @@ class App:
             log.exception("group commit of %d call(s) failed", len(items))
             self.events.deferred = False
             self.events.discard()
-            self.reputations.load()
-            self.identities.load()
-            self.scheduler.resync()
-            self.canaries.load()
-            for sink in self.sinks:  # workers reconnect and grant their credit afresh
-                sink.discard()
-                sink.close()
-            failure = CoordinatorError(
-                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
-            )
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(failure)
+            self._failed_commit(exc, [future for _, future in items])
             return
         self.events.deferred = False
-        for sink in self.sinks:
+        unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
+        self.unflushed.clear()
+        for sink in unflushed:  # only the workers this commit has messages for
             sink.flush()
         self.events.published()
         if self.scheduler.sweeps:
@@ -315,9 +346,85 @@ class App:
             else:
                 future.set_exception(error)
 
+    def _failed_commit(self, exc: Exception, futures: list["asyncio.Future[Any]"]) -> None:
+        """Memory is ahead of what is durable: it is reloaded from the store, workers
+        reconnect and grant their credit afresh, and every call of the group fails. A lost
+        database (or a reload that fails) pauses the coordinator until it is back."""
+        lost = isinstance(exc, StoreUnavailable)
+        if not lost:
+            try:
+                self._reload()
+            except Exception as again:  # the store fails its reads too
+                log.exception("reloading from the store after a failed commit failed")
+                lost, exc = True, again
+        for sink in list(self.sinks):
+            sink.discard()
+            sink.close()
+        self.unflushed.clear()
+        if lost:
+            self._pause(exc)
+            failure = store_unavailable(exc)
+        else:
+            failure = CoordinatorError(
+                ErrorKind.ABORTED, "STORE_UNAVAILABLE", f"the coordinator's store failed: {exc}"
+            )
+        for future in futures:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # logged above: not again by each unread future
+
+    def _reload(self) -> None:
+        """Reloads what the services keep in memory from the store."""
+        self.reputations.load()
+        self.identities.load()
+        self.scheduler.resync()
+        self.canaries.load()
+
+    def _pause(self, exc: Exception) -> None:
+        """The database is lost: nothing more runs until `_recover` reconnects. Work held
+        by workers stays with them (unacknowledged results in their outboxes, leases that
+        they resume when they reconnect)."""
+        self._lost = exc
+        if not self.serving:
+            return
+        self.serving = False
+        log.error(
+            "lost the database: %s; calls are refused (UNAVAILABLE) and health says "
+            "NOT_SERVING until it is back",
+            exc,
+        )
+        self.scheduler.sessions.clear()  # their streams were closed: workers reconnect
+        self._kick_pending = False
+        for listener in self.serving_changed:
+            listener(False)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Reconnects with backoff, reloads, and serves again."""
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self.store.reconnect()
+                self._reload()
+            except Exception as exc:
+                self._lost = exc
+                log.warning("the database is still unavailable (%s); next try in %.1fs", exc, delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            break
+        self.serving = True
+        self._recovery = None
+        log.warning("the database is back: serving again")
+        for listener in self.serving_changed:
+            listener(True)
+        self.kick()
+
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_seconds)
+            if not self.serving:
+                continue
             try:
                 await self.call(self._reap)
             except Exception:
@@ -339,16 +446,82 @@ class App:
                     log.exception("sweeping the tasks of ended jobs failed")
                     await asyncio.sleep(self.settings.reap_interval_seconds)
 
+    async def _deliver_webhooks(self) -> None:
+        """Posts the webhook calls that are due, a few at a time, each on a thread; the
+        outcome of each is recorded (services/webhooks.py)."""
+        while True:
+            await asyncio.sleep(self.settings.webhooks.interval)
+            if not self.webhooks.wanted():
+                continue
+            try:
+                due = await self.call(self.webhooks.due)
+                if due:
+                    await asyncio.gather(*(self._deliver(d) for d in due))
+            except Exception:
+                log.exception("delivering webhooks failed; the next round tries again")
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        secret = account_secret(self.signer, delivery.account_id)
+        error = await asyncio.to_thread(post, delivery, secret, self.settings.webhooks)
+        if error:
+            log.warning(
+                "webhook for job %s (try %d) failed: %s",
+                delivery.job_id,
+                delivery.attempts + 1,
+                error,
+            )
+        await self.call(lambda: self.webhooks.outcome(delivery, error))
+
     def _reap(self) -> None:
         self.scheduler.reap()
+        self.scheduler.rescan()
         self.intake.settle_stranded()
         self.waits.check()
         self.events.trim()
+
+    def saw(self, node_id: str) -> None:
+        """A heartbeat of a connected node: its last_seen, in memory until the next write."""
+        session = self.scheduler.sessions.get(node_id)
+        now = self.clock.now()
+        if session is not None:
+            session.node.last_seen = now
+        self.seen[node_id] = now
+
+    def write_seen(self) -> int:
+        """Writes the last_seen of every node heard from since the last write, in one
+        statement; returns how many."""
+        seen = dict(self.seen)
+        self._touch(seen)
+        self._written(seen)
+        return len(seen)
+
+    def _touch(self, seen: dict[str, float]) -> None:
+        if seen:
+            with self.store.transaction():
+                self.store.touch_nodes(seen)
+
+    def _written(self, seen: dict[str, float]) -> None:
+        """Forgets what is durable now; a heartbeat heard meanwhile stays for next time."""
+        for node_id, when in seen.items():
+            if self.seen.get(node_id) == when:
+                del self.seen[node_id]
+
+    async def _write_seen(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.last_seen_flush_seconds)
+            seen = dict(self.seen)
+            try:
+                await self.call(functools.partial(self._touch, seen))
+                self._written(seen)
+            except Exception:
+                log.exception("writing when nodes were last seen failed; kept for the next try")
 
     async def _sweeps(self) -> None:
         first = True
         while True:
             await asyncio.sleep(self.settings.sweeps.interval)
+            if not self.serving:
+                continue
             try:
                 await self.sweep(adopt=first)
                 first = False

@@ -1,24 +1,6 @@
-"""Time, injectable so that leases and expiry are testable without waiting."""
+"""The coordinator's clock is the project's one clock (`sparegrid.wire.clock`); this name
+stays so that services import time from their own package."""
 
-import time
-from typing import Protocol
+from sparegrid.wire.clock import Clock, FakeClock, SystemClock
 
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
+__all__ = ["Clock", "FakeClock", "SystemClock"]

@@ -49,6 +49,17 @@ class Account:
     key_hash: str  # SHA-256 hex of the API key; the key itself is never stored
     is_admin: bool
     created_at: float
+    # a disabled account's key is refused (its nodes cannot connect either); its jobs run on
+    disabled: bool = False
+
+    @property
+    def has_key(self) -> bool:
+        """False once its key is revoked (until `admin key rotate` gives it a new one)."""
+        return not self.key_hash.startswith(REVOKED_KEY)
+
+
+# key_hash of an account whose key was revoked: no SHA-256 hex digest starts like this
+REVOKED_KEY = "revoked:"
 
 
 @dataclass
@@ -97,6 +108,9 @@ class Job:
     # so a finished job's counts need no count over its tasks; -1 until then
     tasks_succeeded: int = -1
     tasks_failed: int = -1
+    # order among its account's own jobs (higher first), and the URL called when it ends
+    priority: int = 0
+    webhook_url: str = ""
 
     def task_cost(self, work: int) -> int:
         """Credit one validated result of a task of `work` units earns (and costs)."""
@@ -313,3 +327,19 @@ class Event:
     account: str = ""
     data: dict[str, object] = field(default_factory=dict)  # JSON-able details
     seq: int = 0
+
+
+@dataclass
+class Delivery:
+    """A webhook call owed for a job that ended (services/webhooks.py)."""
+
+    id: str
+    job_id: str
+    account_id: str
+    url: str
+    body: bytes
+    attempts: int = 0
+    next_at: float = 0.0
+    state: str = "pending"  # pending, delivered, failed
+    last_error: str = ""
+    created_at: float = 0.0

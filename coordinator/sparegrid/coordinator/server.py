@@ -1,6 +1,8 @@
 """The gRPC server: the four services, health checking and reflection, TLS if given."""
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +31,7 @@ from sparegrid.v1 import (
 log = logging.getLogger("sparegrid.coordinator")
 
 MAX_MESSAGE = 64 << 20
+MAX_PENDING_CALLS = 20_000
 SERVICES = [
     client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -50,6 +53,22 @@ class Tls:
     key: Path
 
 
+def _health_follows(servicer: health.aio.HealthServicer) -> Callable[[bool], None]:
+    """Health says NOT_SERVING while the coordinator has lost its database."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in [*SERVICES, ""]:
+            task = asyncio.get_running_loop().create_task(servicer.set(name, status))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    return changed
+
+
 async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[aio.Server, int]:
     """A server with every service added, bound to `listen`; returns it and its port."""
     server = aio.server(
@@ -61,6 +80,13 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
             ("grpc.keepalive_permit_without_calls", 1),
             # a second coordinator on a taken address must fail, not share the port
             ("grpc.so_reuseport", 0),
+            # Calls that arrived but the event loop has not taken up yet: past the default
+            # (1,000, up to 3,000) gRPC kills them at random, which a worker sees as
+            # CANCELLED, or as "INTERNAL: Internal error from Core" when it was writing its
+            # Hello, and nothing is logged. A registration storm queues here instead, and
+            # is answered at once by admission control (services/admission.py).
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
         ]
     )
     client_pb2_grpc.add_ClientServiceServicer_to_server(
@@ -73,6 +99,7 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*SERVICES, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.serving_changed.append(_health_follows(health_servicer))
     reflection.enable_server_reflection(
         [
             *SERVICES,

@@ -79,6 +79,36 @@ class AdminServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.FromString,
                 _registered_method=True)
+        self.SetAccountDisabled = channel.unary_unary(
+                '/sparegrid.v1.AdminService/SetAccountDisabled',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledResponse.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/sparegrid.v1.AdminService/RotateKey',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/sparegrid.v1.AdminService/RevokeKey',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.DebitCredit = channel.unary_unary(
+                '/sparegrid.v1.AdminService/DebitCredit',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.DebitCreditRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.DebitCreditResponse.FromString,
+                _registered_method=True)
+        self.ListAllJobs = channel.unary_unary(
+                '/sparegrid.v1.AdminService/ListAllJobs',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.ListAllJobsRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListAllJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelAnyJob = channel.unary_unary(
+                '/sparegrid.v1.AdminService/CancelAnyJob',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/sparegrid.v1.AdminService/WatchEvents',
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
@@ -145,6 +175,50 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAccountDisabled(self, request, context):
+        """A disabled account's key is refused (code ACCOUNT_DISABLED) and its nodes cannot
+        connect; the jobs it submitted before run on. The last enabled admin account with a
+        key cannot be disabled (LAST_ADMIN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """A new key for the account; the old one stops working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """No key works for the account until it is rotated; refused for the last admin key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DebitCredit(self, request, context):
+        """Takes credit back to the mint; refused beyond the balance (INSUFFICIENT_CREDIT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAllJobs(self, request, context):
+        """Jobs of every account, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelAnyJob(self, request, context):
+        """Cancels any account's job; its unspent escrow goes back to the account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
         with `follow`, each new one as it is recorded, until the caller hangs up.
@@ -201,6 +275,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ApproveNode,
                     request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.SerializeToString,
+            ),
+            'SetAccountDisabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountDisabled,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.RotateKeyRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'DebitCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DebitCredit,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.DebitCreditRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.DebitCreditResponse.SerializeToString,
+            ),
+            'ListAllJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllJobs,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListAllJobsRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.ListAllJobsResponse.SerializeToString,
+            ),
+            'CancelAnyJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelAnyJob,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -451,6 +555,168 @@ class AdminService:
             '/sparegrid.v1.AdminService/ApproveNode',
             sparegrid_dot_v1_dot_admin__pb2.ApproveNodeRequest.SerializeToString,
             sparegrid_dot_v1_dot_admin__pb2.ApproveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountDisabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/SetAccountDisabled',
+            sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.SetAccountDisabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/RotateKey',
+            sparegrid_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/RevokeKey',
+            sparegrid_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DebitCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/DebitCredit',
+            sparegrid_dot_v1_dot_admin__pb2.DebitCreditRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.DebitCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/ListAllJobs',
+            sparegrid_dot_v1_dot_admin__pb2.ListAllJobsRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.ListAllJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelAnyJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/CancelAnyJob',
+            sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.CancelAnyJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,21 @@ class AdminServiceStub:
     ReinstateNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]
     ApproveNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]
     """Under `--enrollment approve`, a new node gets work only once approved."""
+    SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAccountDisabledRequest, _admin_pb2.SetAccountDisabledResponse]
+    """A disabled account's key is refused (code ACCOUNT_DISABLED) and its nodes cannot
+    connect; the jobs it submitted before run on. The last enabled admin account with a
+    key cannot be disabled (LAST_ADMIN).
+    """
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateKeyRequest, _admin_pb2.RotateKeyResponse]
+    """A new key for the account; the old one stops working at once."""
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeKeyResponse]
+    """No key works for the account until it is rotated; refused for the last admin key."""
+    DebitCredit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DebitCreditRequest, _admin_pb2.DebitCreditResponse]
+    """Takes credit back to the mint; refused beyond the balance (INSUFFICIENT_CREDIT)."""
+    ListAllJobs: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAllJobsRequest, _admin_pb2.ListAllJobsResponse]
+    """Jobs of every account, newest first."""
+    CancelAnyJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CancelAnyJobRequest, _admin_pb2.CancelAnyJobResponse]
+    """Cancels any account's job; its unspent escrow goes back to the account."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]
     """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
     with `follow`, each new one as it is recorded, until the caller hangs up.
@@ -62,6 +77,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ReinstateNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReinstateNodeRequest, _admin_pb2.ReinstateNodeResponse]  # type: ignore[assignment]
     ApproveNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApproveNodeRequest, _admin_pb2.ApproveNodeResponse]  # type: ignore[assignment]
     """Under `--enrollment approve`, a new node gets work only once approved."""
+    SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAccountDisabledRequest, _admin_pb2.SetAccountDisabledResponse]  # type: ignore[assignment]
+    """A disabled account's key is refused (code ACCOUNT_DISABLED) and its nodes cannot
+    connect; the jobs it submitted before run on. The last enabled admin account with a
+    key cannot be disabled (LAST_ADMIN).
+    """
+    RotateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateKeyRequest, _admin_pb2.RotateKeyResponse]  # type: ignore[assignment]
+    """A new key for the account; the old one stops working at once."""
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeKeyResponse]  # type: ignore[assignment]
+    """No key works for the account until it is rotated; refused for the last admin key."""
+    DebitCredit: _aio.UnaryUnaryMultiCallable[_admin_pb2.DebitCreditRequest, _admin_pb2.DebitCreditResponse]  # type: ignore[assignment]
+    """Takes credit back to the mint; refused beyond the balance (INSUFFICIENT_CREDIT)."""
+    ListAllJobs: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAllJobsRequest, _admin_pb2.ListAllJobsResponse]  # type: ignore[assignment]
+    """Jobs of every account, newest first."""
+    CancelAnyJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.CancelAnyJobRequest, _admin_pb2.CancelAnyJobResponse]  # type: ignore[assignment]
+    """Cancels any account's job; its unspent escrow goes back to the account."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Job, task-failure, dispute, quarantine, ban and ledger events: the latest ones, then,
     with `follow`, each new one as it is recorded, until the caller hangs up.
@@ -133,6 +163,57 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ApproveNodeResponse, _abc.Awaitable[_admin_pb2.ApproveNodeResponse]]:
         """Under `--enrollment approve`, a new node gets work only once approved."""
+
+    @_abc_1.abstractmethod
+    def SetAccountDisabled(
+        self,
+        request: _admin_pb2.SetAccountDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetAccountDisabledResponse, _abc.Awaitable[_admin_pb2.SetAccountDisabledResponse]]:
+        """A disabled account's key is refused (code ACCOUNT_DISABLED) and its nodes cannot
+        connect; the jobs it submitted before run on. The last enabled admin account with a
+        key cannot be disabled (LAST_ADMIN).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _admin_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotateKeyResponse, _abc.Awaitable[_admin_pb2.RotateKeyResponse]]:
+        """A new key for the account; the old one stops working at once."""
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _admin_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeKeyResponse, _abc.Awaitable[_admin_pb2.RevokeKeyResponse]]:
+        """No key works for the account until it is rotated; refused for the last admin key."""
+
+    @_abc_1.abstractmethod
+    def DebitCredit(
+        self,
+        request: _admin_pb2.DebitCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DebitCreditResponse, _abc.Awaitable[_admin_pb2.DebitCreditResponse]]:
+        """Takes credit back to the mint; refused beyond the balance (INSUFFICIENT_CREDIT)."""
+
+    @_abc_1.abstractmethod
+    def ListAllJobs(
+        self,
+        request: _admin_pb2.ListAllJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAllJobsResponse, _abc.Awaitable[_admin_pb2.ListAllJobsResponse]]:
+        """Jobs of every account, newest first."""
+
+    @_abc_1.abstractmethod
+    def CancelAnyJob(
+        self,
+        request: _admin_pb2.CancelAnyJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CancelAnyJobResponse, _abc.Awaitable[_admin_pb2.CancelAnyJobResponse]]:
+        """Cancels any account's job; its unspent escrow goes back to the account."""
 
     @_abc_1.abstractmethod
     def WatchEvents(

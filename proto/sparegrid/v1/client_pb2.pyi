@@ -123,6 +123,7 @@ class GetAccountResponse(_message.Message):
     IS_ADMIN_FIELD_NUMBER: _builtins.int
     STAKE_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     balance: _builtins.int
     is_admin: _builtins.bool
@@ -130,6 +131,10 @@ class GetAccountResponse(_message.Message):
     """credit locked as the account's stake"""
     held: _builtins.int
     """credit held in escrow for its running jobs"""
+    webhook_secret: _builtins.str
+    """hex HMAC-SHA256 key this account's webhook calls are signed with (derived for the
+    account by the coordinator; not the API key)
+    """
     def __init__(
         self,
         *,
@@ -138,10 +143,11 @@ class GetAccountResponse(_message.Message):
         is_admin: _builtins.bool = ...,
         stake: _builtins.int = ...,
         held: _builtins.int = ...,
+        webhook_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "held", b"held", "is_admin", b"is_admin", "name", b"name", "stake", b"stake"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "held", b"held", "is_admin", b"is_admin", "name", b"name", "stake", b"stake", "webhook_secret", b"webhook_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -179,6 +185,8 @@ class JobSpec(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     QUORUM_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     name: _builtins.str
     params: _builtins.bytes
@@ -192,6 +200,14 @@ class JobSpec(_message.Message):
     `replicas` times its work (2 times under the adaptive default).
     """
     quorum: _builtins.int
+    priority: _builtins.int
+    """Order among the account's own jobs: a higher priority is dispatched first; jobs of
+    other accounts keep their turn (-100 to 100; 0 by default).
+    """
+    webhook_url: _builtins.str
+    """Called (POST, HMAC-SHA256-signed JSON) once the job succeeds, fails or is cancelled;
+    "" for none. http or https; private addresses only where the operator allows them.
+    """
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """input name -> blob digest"""
@@ -209,10 +225,12 @@ class JobSpec(_message.Message):
         max_attempts: _builtins.int = ...,
         replicas: _builtins.int = ...,
         quorum: _builtins.int = ...,
+        priority: _builtins.int = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "quorum", b"quorum", "replicas", b"replicas", "requirements", b"requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "requirements", b"requirements", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -726,3 +744,88 @@ class GetNodeCreditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeCreditResponse: _TypeAlias = GetNodeCreditResponse  # noqa: Y015
+
+@_typing.final
+class EstimateJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___JobSpec:
+        """its idempotency key, if any, is ignored"""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___JobSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateJobRequest: _TypeAlias = EstimateJobRequest  # noqa: Y015
+
+@_typing.final
+class EstimateJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    WORK_UNITS_FIELD_NUMBER: _builtins.int
+    WORK_UNIT_FIELD_NUMBER: _builtins.int
+    PRICE_CREDIT_FIELD_NUMBER: _builtins.int
+    PRICE_UNITS_FIELD_NUMBER: _builtins.int
+    EXACT_CREDIT_FIELD_NUMBER: _builtins.int
+    CREDIT_PER_PASS_FIELD_NUMBER: _builtins.int
+    MAX_PAID_RESULTS_FIELD_NUMBER: _builtins.int
+    MAX_HELD_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    ROUNDING_FIELD_NUMBER: _builtins.int
+    tasks: _builtins.int
+    work_units: _builtins.int
+    """summed over the tasks, in `work_unit`s"""
+    work_unit: _builtins.str
+    price_credit: _builtins.int
+    """credit per price_units work units"""
+    price_units: _builtins.int
+    exact_credit: _builtins.float
+    """work_units at the price, unrounded: one pass"""
+    credit_per_pass: _builtins.int
+    """one validated result of every task, as charged"""
+    max_paid_results: _builtins.int
+    """results paid per task at most (replicas, checks)"""
+    max_held: _builtins.int
+    """held in escrow at submit: credit_per_pass x max_paid_results"""
+    policy: _builtins.str
+    """the verification policy, in words"""
+    balance: _builtins.int
+    """the account's credit now"""
+    rounding: _builtins.str
+    """What rounding does to this job: each validated result costs whole credit, at least
+    1; "" when it changes nothing.
+    """
+    def __init__(
+        self,
+        *,
+        tasks: _builtins.int = ...,
+        work_units: _builtins.int = ...,
+        work_unit: _builtins.str = ...,
+        price_credit: _builtins.int = ...,
+        price_units: _builtins.int = ...,
+        exact_credit: _builtins.float = ...,
+        credit_per_pass: _builtins.int = ...,
+        max_paid_results: _builtins.int = ...,
+        max_held: _builtins.int = ...,
+        policy: _builtins.str = ...,
+        balance: _builtins.int = ...,
+        rounding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credit_per_pass", b"credit_per_pass", "exact_credit", b"exact_credit", "max_held", b"max_held", "max_paid_results", b"max_paid_results", "policy", b"policy", "price_credit", b"price_credit", "price_units", b"price_units", "rounding", b"rounding", "tasks", b"tasks", "work_unit", b"work_unit", "work_units", b"work_units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateJobResponse: _TypeAlias = EstimateJobResponse  # noqa: Y015

@@ -89,6 +89,11 @@ class ClientServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_client__pb2.StakeRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_client__pb2.StakeResponse.FromString,
                 _registered_method=True)
+        self.EstimateJob = channel.unary_unary(
+                '/sparegrid.v1.ClientService/EstimateJob',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -165,6 +170,13 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EstimateJob(self, request, context):
+        """What a job would cost, split and priced as SubmitJob would; nothing is stored or held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +234,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Stake,
                     request_deserializer=sparegrid_dot_v1_dot_client__pb2.StakeRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_client__pb2.StakeResponse.SerializeToString,
+            ),
+            'EstimateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateJob,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +538,33 @@ class ClientService:
             '/sparegrid.v1.ClientService/Stake',
             sparegrid_dot_v1_dot_client__pb2.StakeRequest.SerializeToString,
             sparegrid_dot_v1_dot_client__pb2.StakeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/EstimateJob',
+            sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

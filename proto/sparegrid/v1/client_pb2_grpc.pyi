@@ -48,6 +48,8 @@ class ClientServiceStub:
     """Locks (or, once the account's nodes have been away for the lock time, releases)
     credit as the account's stake: a bond its nodes' proven fraud is slashed from.
     """
+    EstimateJob: _grpc.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]
+    """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -69,6 +71,8 @@ class ClientServiceAsyncStub(ClientServiceStub):
     """Locks (or, once the account's nodes have been away for the lock time, releases)
     credit as the account's stake: a bond its nodes' proven fraud is slashed from.
     """
+    EstimateJob: _aio.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]  # type: ignore[assignment]
+    """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -153,5 +157,13 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         """Locks (or, once the account's nodes have been away for the lock time, releases)
         credit as the account's stake: a bond its nodes' proven fraud is slashed from.
         """
+
+    @_abc_1.abstractmethod
+    def EstimateJob(
+        self,
+        request: _client_pb2.EstimateJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.EstimateJobResponse, _abc.Awaitable[_client_pb2.EstimateJobResponse]]:
+        """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -512,6 +512,8 @@ class Job(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     QUORUM_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    HAS_WEBHOOK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -529,6 +531,10 @@ class Job(_message.Message):
     """why queued tasks cannot run on the nodes connected now (no node meets the
     requirements, too few owners for the policy, all paused); empty when they can
     """
+    priority: _builtins.int
+    """order among the account's own jobs"""
+    has_webhook: _builtins.bool
+    """a webhook is called when it ends"""
     @_builtins.property
     def counts(self) -> Global___JobCounts: ...
     @_builtins.property
@@ -552,10 +558,12 @@ class Job(_message.Message):
         replicas: _builtins.int = ...,
         quorum: _builtins.int = ...,
         waiting: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        has_webhook: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

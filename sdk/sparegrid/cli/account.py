@@ -12,6 +12,13 @@ def register(subparsers: Any) -> None:
     group = subparsers.add_parser(
         "account", parents=[conn], help="your account: credit, escrow held, stake"
     )
+    output.add_json_flag(group)
+    group.add_argument(
+        "--webhook-secret",
+        action="store_true",
+        help="print the hex key your jobs' webhook calls are signed with (HMAC-SHA256), "
+        "for the receiver to verify them; it is not your API key",
+    )
     group.set_defaults(func=show)
     commands = group.add_subparsers(dest="account_command", metavar="COMMAND")
     for name, func, text in (
@@ -47,7 +54,27 @@ def _show(account: Account) -> None:
 
 def show(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        _show(client.account())
+        account = client.account()
+        if args.webhook_secret:
+            print(account.webhook_secret)
+            return 0
+        if args.json:
+            output.show_json(account)
+            return 0
+        _show(account)
+        holding = [j for j in client.list_jobs(1000) if not j.finished]
+    if holding:
+        t = output.table("job", "kind", "state", "tasks", "in escrow", "spent", title="holds")
+        for job in holding:
+            t.add_row(
+                job.id,
+                job.kind,
+                job.state.value,
+                output.tasks_cell(job),
+                str(job.cost_held - job.cost_spent),
+                str(job.cost_spent),
+            )
+        output.show(t)
     return 0
 
 

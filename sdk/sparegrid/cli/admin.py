@@ -6,7 +6,7 @@ from typing import Any
 from rich.text import Text
 
 from sparegrid.cli import common, events, output
-from sparegrid.sdk import LedgerEntry, Node
+from sparegrid.sdk import JobState, LedgerEntry, Node
 
 
 def register(subparsers: Any) -> None:
@@ -22,9 +22,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--admin", action="store_true", help="make it an admin account")
     p.set_defaults(func=account_create)
     p = account.add_parser("list", parents=parents, help="list accounts")
+    output.add_json_flag(p)
     p.set_defaults(func=account_list)
+    for name, func, text in (
+        ("disable", account_disable, "refuse the account's key and its nodes; its jobs run on"),
+        ("enable", account_enable, "accept the account's key again"),
+    ):
+        p = account.add_parser(name, parents=parents, help=text)
+        p.add_argument("name", metavar="NAME", help="account name")
+        p.set_defaults(func=func)
 
-    credits = admin.add_parser("credit", help="grant credit")
+    keys = admin.add_parser("key", help="rotate or revoke an account's API key")
+    key = keys.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    for name, func, text in (
+        ("rotate", key_rotate, "give the account a new key (printed once); the old one stops"),
+        ("revoke", key_revoke, "stop the account's key; `key rotate` gives it a new one"),
+    ):
+        p = key.add_parser(name, parents=parents, help=text)
+        p.add_argument("name", metavar="NAME", help="account name")
+        p.set_defaults(func=func)
+
+    credits = admin.add_parser("credit", help="grant or debit credit")
     credit = credits.add_subparsers(dest="credit_command", metavar="COMMAND", required=True)
     p = credit.add_parser("grant", parents=parents, help="add credit to an account")
     p.add_argument("name", metavar="NAME", help="account name")
@@ -35,10 +53,37 @@ def register(subparsers: Any) -> None:
         help="shown in the ledger (default: granted by an operator)",
     )
     p.set_defaults(func=credit_grant)
+    p = credit.add_parser(
+        "debit", parents=parents, help="take credit from an account (not beyond its balance)"
+    )
+    p.add_argument("name", metavar="NAME", help="account name")
+    p.add_argument("amount", metavar="AMOUNT", type=int, help="credit to take")
+    p.add_argument("--reason", required=True, help="shown in the ledger")
+    p.set_defaults(func=credit_debit)
+
+    job_group = admin.add_parser("jobs", help="list or cancel the jobs of every account")
+    jobs = job_group.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    p = jobs.add_parser("list", parents=parents, help="jobs of every account, newest first")
+    p.add_argument("--account", default="", metavar="NAME", help="only this account's")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=[s.value for s in JobState if s != JobState.UNSPECIFIED],
+        help="only jobs in this state (repeatable)",
+    )
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N jobs (100)")
+    output.add_json_flag(p)
+    p.set_defaults(func=jobs_list)
+    p = jobs.add_parser("cancel", parents=parents, help="cancel any account's job")
+    p.add_argument("job_id", metavar="JOB_ID", help="as `sparegrid admin jobs list` shows it")
+    p.add_argument("--reason", default="", help="the job's error (default: cancelled by ...)")
+    p.set_defaults(func=jobs_cancel)
 
     p = admin.add_parser(
         "nodes", parents=parents, help="list worker nodes, their owners and standing"
     )
+    output.add_json_flag(p)
     p.set_defaults(func=nodes)
 
     node_group = admin.add_parser("node", help="approve, ban or reinstate a node")
@@ -61,6 +106,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--account", default="", metavar="NAME", help="only this account")
     p.add_argument("--job", default="", metavar="JOB_ID", help="only this job")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (100)")
+    output.add_json_flag(p)
     p.set_defaults(func=ledger_entries)
 
     events.register(admin, parents)
@@ -81,11 +127,78 @@ def account_create(args: argparse.Namespace) -> int:
 def account_list(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         accounts = admin.list_accounts()
-    t = output.table("account", "balance", "admin", "created")
+    if args.json:
+        output.show_json(accounts)
+        return 0
+    t = output.table("account", "balance", "admin", "status", "created")
     for a in accounts:
         admin_ = "yes" if a.is_admin else "no"
-        t.add_row(Text(a.name), str(a.balance), admin_, output.when(a.created_at))
+        status = "disabled" if a.disabled else "enabled"
+        status += "" if a.has_key else ", key revoked"
+        t.add_row(Text(a.name), str(a.balance), admin_, status, output.when(a.created_at))
     output.show(t)
+    return 0
+
+
+def account_disable(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account = admin.set_account_disabled(args.name, True)
+    print(f"account {account.name} is disabled: its key and its nodes are refused")
+    output.hint(
+        "its jobs run on; `sparegrid admin jobs list --account NAME` lists them and "
+        "`sparegrid admin jobs cancel JOB_ID` stops one"
+    )
+    return 0
+
+
+def account_enable(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account = admin.set_account_disabled(args.name, False)
+    print(f"account {account.name} is enabled")
+    return 0
+
+
+def key_rotate(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account, key = admin.rotate_key(args.name)
+    print(key, flush=True)
+    output.note(f"account {account.name!r} has a new API key; the old one no longer works")
+    output.hint("the key above is shown only this once")
+    if account.name == "admin":
+        output.hint("replace the old key in the coordinator's DATA_DIR/admin.key with it")
+    return 0
+
+
+def key_revoke(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account = admin.revoke_key(args.name)
+    print(f"account {account.name}: key revoked; `sparegrid admin key rotate` issues a new one")
+    return 0
+
+
+def credit_debit(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        account = admin.debit(args.name, args.amount, args.reason)
+    print(f"{account.name}: {-args.amount:+d} credit, balance {account.balance}")
+    return 0
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        jobs = admin.all_jobs(args.account, args.state, args.limit)
+    if args.json:
+        output.show_json(jobs)
+    elif not jobs:
+        output.note("no jobs match")
+    else:
+        output.show(output.jobs_table(jobs, owners=True))
+    return 0
+
+
+def jobs_cancel(args: argparse.Namespace) -> int:
+    with common.admin_client(args) as admin:
+        job = admin.cancel_job(args.job_id, args.reason)
+    print(f"job {job.id} of {job.owner} is {job.state.value}: {job.error}")
     return 0
 
 
@@ -96,11 +209,12 @@ def credit_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+NODE_COLUMNS = ["node", "name", "owner", "devices", "state", "done", "failed", "valid"]
+NODE_COLUMNS += ["invalid", "checked", "tasks", "credit", "standing", "last seen"]
+
+
 def nodes_table(items: list[Node]) -> Any:
-    t = output.table(
-        "node", "name", "owner", "devices", "state", "done", "failed", "valid", "invalid",
-        "checked", "tasks", "credit", "standing", "last seen",
-    )  # fmt: skip
+    t = output.table(*NODE_COLUMNS)
     for n in items:
         devices = ", ".join(f"{d.index}:{d.name or d.kind.value}" for d in n.devices) or "-"
         standing = n.standing if n.standing == "active" else f"{n.standing}: {n.standing_reason}"
@@ -148,6 +262,9 @@ def node_reinstate(args: argparse.Namespace) -> int:
 def nodes(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         items = admin.nodes()
+    if args.json:
+        output.show_json(items)
+        return 0
     if not items:
         output.note("no node has connected yet: `sparegrid worker run` starts one")
         return 0
@@ -177,6 +294,9 @@ def ledger_entries(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
         entries = admin.ledger_entries(args.account, args.job, args.limit)
         disputes = admin.disputes(args.job) if args.job else []
+    if args.json:
+        output.show_json({"entries": entries, "disputes": disputes})
+        return 0
     if not entries:
         output.note("no ledger entries match")
     else:

@@ -5,7 +5,18 @@ from collections.abc import Callable
 
 from sparegrid.cli import output
 from sparegrid.sdk import AdminClient, Client, SparegridError, UnavailableError
-from sparegrid.sdk.config import ENV_ADDRESS, ENV_API_KEY, ENV_TLS_CA, resolve_address
+from sparegrid.sdk.config import (
+    ENV_ADDRESS,
+    ENV_API_KEY,
+    ENV_TLS,
+    ENV_TLS_CA,
+    admin_key_path,
+    resolve_address,
+    resolve_tls,
+    resolve_tls_ca,
+)
+from sparegrid.wire.tls import Speaks, probe
+from sparegrid.wire.tls import hint as tls_hint
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -26,6 +37,13 @@ HINTS = {
     "default)",
     "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state; only a failed or "
     "cancelled job is retried",
+    "ACCOUNT_DISABLED": "an operator disabled this account; `sparegrid admin account enable "
+    "NAME` enables it again",
+    "LAST_ADMIN": "create another admin account first: `sparegrid admin account create NAME "
+    "--admin`",
+    "BAD_AMOUNT": "a positive whole number of credit; `sparegrid admin credit debit NAME "
+    "AMOUNT --reason WHY` takes credit away",
+    "WORKER_TOO_OLD": "upgrade the worker: pip install -U sparegrid",
     "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
     "(--admin-key-file), or the key of an account made with --admin",
 }
@@ -43,6 +61,13 @@ def connection_parent() -> argparse.ArgumentParser:
     group.add_argument(
         "--tls-ca", metavar="PEM", help=f"CA certificate for TLS (default: ${ENV_TLS_CA})"
     )
+    group.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        help=f"TLS with the system's trust roots, for a publicly trusted certificate "
+        f"(default: ${ENV_TLS}=1)",
+    )
     return parent
 
 
@@ -58,11 +83,13 @@ def admin_parent() -> argparse.ArgumentParser:
 
 
 def client(args: argparse.Namespace) -> Client:
-    return Client(args.coordinator, tls_ca=args.tls_ca)
+    return Client(args.coordinator, tls_ca=args.tls_ca, tls=args.tls)
 
 
 def admin_client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.coordinator, key_file=args.admin_key_file, tls_ca=args.tls_ca)
+    return AdminClient(
+        args.coordinator, key_file=args.admin_key_file, tls_ca=args.tls_ca, tls=args.tls
+    )
 
 
 def short_reason(message: str) -> str:
@@ -73,16 +100,44 @@ def short_reason(message: str) -> str:
     return message
 
 
-def unreachable(args: argparse.Namespace, exc: UnavailableError) -> None:
-    address = resolve_address(getattr(args, "coordinator", None))
-    output.error(f"cannot reach coordinator at {address}: {short_reason(exc.message)}", exc.code)
-    output.hint(
-        "start one with `sparegrid coordinator serve`, or point --coordinator or "
-        f"${ENV_ADDRESS} at a running one"
+def uses_tls(args: argparse.Namespace) -> bool:
+    return bool(resolve_tls_ca(getattr(args, "tls_ca", None))) or resolve_tls(
+        getattr(args, "tls", None)
     )
 
 
-def failed(exc: SparegridError) -> None:
+def unreachable(args: argparse.Namespace, exc: UnavailableError) -> None:
+    """The failure, then its likely cause: what listens at the address, if anything."""
+    address = resolve_address(getattr(args, "coordinator", None))
+    output.error(f"cannot reach coordinator at {address}: {short_reason(exc.message)}", exc.code)
+    output.hint(
+        tls_hint(address, uses_tls(args))
+        or "the coordinator may be starting or overloaded: try again shortly"
+    )
+
+
+def recorded_admin_keys() -> list[str]:
+    """The addresses `coordinator serve` recorded an admin key for, on this machine."""
+    folder = admin_key_path("127.0.0.1:1").parent
+    if not folder.is_dir():
+        return []
+    names = sorted(p.stem for p in folder.glob("*.key"))
+    return [name.replace("_", ":") if name.count("_") == 1 else name for name in names]
+
+
+def no_admin_key(args: argparse.Namespace) -> None:
+    """NO_ADMIN_KEY is often a wrong address: say what listens there, and which addresses
+    have a recorded key."""
+    address = resolve_address(getattr(args, "coordinator", None))
+    speaks = probe(address)
+    recorded = recorded_admin_keys()
+    if speaks in (Speaks.NOTHING, Speaks.OTHER):
+        output.hint(tls_hint(address, uses_tls(args), speaks))
+    if recorded:
+        output.hint(f"`coordinator serve` recorded admin keys for: {', '.join(recorded)}")
+
+
+def failed(exc: SparegridError, args: argparse.Namespace | None = None) -> None:
     """One `error:` line in the user's terms, then what to do when we know it."""
     if exc.code == "NO_API_KEY":
         output.error(f"no API key: set ${ENV_API_KEY} to your account's key", exc.code)
@@ -90,6 +145,8 @@ def failed(exc: SparegridError) -> None:
         output.sparegrid_error(exc)
     if exc.code in HINTS:
         output.hint(HINTS[exc.code])
+    if exc.code == "NO_ADMIN_KEY" and args is not None:
+        no_admin_key(args)
 
 
 def run(handler: Handler, args: argparse.Namespace) -> int:
@@ -99,7 +156,7 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     except UnavailableError as exc:
         unreachable(args, exc)
     except SparegridError as exc:
-        failed(exc)
+        failed(exc, args)
     except OSError as exc:
         output.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:

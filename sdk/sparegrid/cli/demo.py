@@ -128,8 +128,13 @@ class Demo:
         with self.timings.step("start coordinator") as detail:
             proc = self.procs.start(
                 "coordinator",
-                "coordinator", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(coord),
-            )  # fmt: skip
+                "coordinator",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(coord),
+            )
             self.address = self.procs.wait_for_file(coord / "coordinator.addr", proc, START_TIMEOUT)
             admin_key = self.procs.wait_for_file(coord / "admin.key", proc, START_TIMEOUT)
             detail.append(f"listening on {self.address}")
@@ -149,10 +154,17 @@ class Demo:
                 _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
                 data_dir = str(self.root / f"node{i}")
                 self.procs.start(
-                    f"node{i}", "worker", "run", "--coordinator", self.address,
-                    "--data-dir", data_dir, "--name", f"demo-node{i}",
+                    f"node{i}",
+                    "worker",
+                    "run",
+                    "--coordinator",
+                    self.address,
+                    "--data-dir",
+                    data_dir,
+                    "--name",
+                    f"demo-node{i}",
                     env={"SPAREGRID_OWNER_KEY": owner_key},
-                )  # fmt: skip
+                )
             online = self.wait_for_nodes(admin, n)
             detail.append(f"{online} online, owners volunteer1..{n}")
 

@@ -1,30 +1,16 @@
 """`sparegrid job ...`: submit, wait, results, get, list, cancel, verify."""
 
 import argparse
-import contextlib
 import json
 import re
-import shutil
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from sparegrid.cli import common, inference, output
+from sparegrid.cli import common, costs, fetch, inference, output
 from sparegrid.cli import render as render_cli
-from sparegrid.sdk import (
-    Client,
-    DeadlineExceededError,
-    InvalidArgumentError,
-    Job,
-    JobState,
-    TaskResult,
-    TaskState,
-    VerificationError,
-)
+from sparegrid.cli.follow import follow
+from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
+from sparegrid.sdk import Client, InvalidArgumentError, JobState
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 JOB_ID_HELP = "the id `job submit` printed (`sparegrid job list` shows them)"
@@ -67,6 +53,27 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what the job would cost (tasks, work, price, replicas, credit held) and "
+        "submit nothing; exit 1 if the account cannot pay for it",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: the estimate as JSON")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="P",
+        help="order among your own jobs, -100 to 100: higher runs first (0)",
+    )
+    p.add_argument(
+        "--webhook",
+        default="",
+        metavar="URL",
+        help="called (POST, signed with your account's webhook secret) once the job ends; "
+        "see `sparegrid account --webhook-secret`",
+    )
     inference.add_submit_options(p)
     render_cli.add_submit_options(p)
     p.set_defaults(func=submit)
@@ -98,7 +105,31 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--force", action="store_true", help="write into DIR even if it holds files already"
     )
+    p.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="fetch only what is new or missing into DIR (outputs already there are kept when "
+        "their digests match); run it again as a job's frames arrive; a fetch cut short "
+        "resumes",
+    )
     p.set_defaults(func=results)
+
+    p = jobs.add_parser(
+        "preview",
+        parents=[conn],
+        help="save a render job's latest finished frame (or --frame N)",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+    p.add_argument("--frame", type=int, metavar="N", help="this frame (default: the latest)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="e.g. f.png")
+    p.set_defaults(func=preview)
+
+    p = jobs.add_parser(
+        "prices", parents=[conn], help="the coordinator's price per job kind (credit per work)"
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=prices)
 
     for name, func, text in (
         ("get", get, "show a job"),
@@ -107,6 +138,8 @@ def register(subparsers: Any) -> None:
     ):
         p = jobs.add_parser(name, parents=[conn], help=text)
         p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
+        if name == "get":
+            output.add_json_flag(p)
         p.set_defaults(func=func)
 
     p = jobs.add_parser(
@@ -125,6 +158,7 @@ def register(subparsers: Any) -> None:
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
+    output.add_json_flag(p)
     p.set_defaults(func=list_jobs)
 
 
@@ -181,12 +215,22 @@ def upload(client: Client, name: str, path: Path) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.json and not args.dry_run:
+        raise InvalidArgumentError("BAD_FLAGS", "--json goes with --dry-run")
+    if args.dry_run and args.wait:
+        raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --wait")
     if args.kind == "render":
         return render_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     if args.kind == "inference":
         inference.check_args(args)
+        if args.dry_run:
+            raise InvalidArgumentError(
+                "BAD_FLAGS",
+                "--dry-run is not available for inference jobs yet; `sparegrid job prices` "
+                "shows the price per GFLOP x sample",
+            )
     with common.client(args) as client:
         if inputs or args.kind == "inference":
             check_kind(client, args.kind)
@@ -194,6 +238,16 @@ def submit(args: argparse.Namespace) -> int:
             job = inference.submit(client, args)
         else:
             digests = {name: upload(client, name, path) for name, path in inputs.items()}
+            if args.dry_run:
+                found = client.estimate(
+                    args.kind,
+                    params,
+                    digests,
+                    max_attempts=args.max_attempts,
+                    replicas=args.replicas,
+                    quorum=args.quorum,
+                )
+                return costs.show_estimate(found, args.json)
             job = client.submit(
                 args.kind,
                 params,
@@ -202,6 +256,8 @@ def submit(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 replicas=args.replicas,
                 quorum=args.quorum,
+                priority=args.priority,
+                webhook_url=args.webhook,
             )
         print(job.id, flush=True)
         output.note(
@@ -216,34 +272,6 @@ def submit(args: argparse.Namespace) -> int:
 # --- wait --------------------------------------------------------------------------------
 
 
-def follow(job: Job, timeout: float | None, summary: Console | None = None) -> int:
-    """Progress until final, then the summary. 0 succeeded, 1 failed/cancelled, 2 timeout."""
-    summary = summary or output.out()
-    start = time.monotonic()
-    try:
-        with output.job_progress(job) as on_progress:
-            job.wait(timeout=timeout, on_progress=on_progress)
-    except DeadlineExceededError as exc:
-        if exc.code != "WAIT_TIMEOUT":
-            raise
-        output.show(output.job_summary(job, time.monotonic() - start), summary)
-        output.error(exc.message, exc.code)
-        still_running(job)
-        return 2
-    except KeyboardInterrupt:
-        output.error(f"interrupted; job {job.id} goes on without you")
-        still_running(job)
-        return 130
-    output.show(output.job_summary(job, output.job_elapsed(job, time.monotonic() - start)), summary)
-    return 0 if job.state is JobState.SUCCEEDED else 1
-
-
-def still_running(job: Job) -> None:
-    output.hint(
-        f"`sparegrid job wait {job.id}` follows it again; `sparegrid job cancel {job.id}` stops it"
-    )
-
-
 def wait(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         return follow(client.get_job(args.job_id), args.timeout)
@@ -252,134 +280,9 @@ def wait(args: argparse.Namespace) -> int:
 # --- results -----------------------------------------------------------------------------
 
 
-def safe_name(name: str) -> str:
-    """An output name as a file name: no directories, no hidden or empty names."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")
-    return cleaned or "output"
-
-
-def write_outputs(
-    client: Client, result: TaskResult, task_dir: Path, problems: list[str]
-) -> dict[str, str]:
-    """Writes each output whose bytes match its digest; the others become problems."""
-    written: dict[str, str] = {}
-    for ref in result.outputs:
-        dest = task_dir / safe_name(ref.name)
-        try:
-            if ref.digest in result.inline_outputs:
-                data = result.output(ref.name)
-                task_dir.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-            else:
-                client.download(ref.digest, dest)
-        except VerificationError as exc:
-            problems.append(exc.message)
-            continue
-        written[ref.name] = str(dest.relative_to(task_dir.parent))
-    return written
-
-
-def check(result: TaskResult, coordinator_key: bytes) -> str | None:
-    """None when the receipt and its countersignature verify, else why not."""
-    try:
-        result.verify(coordinator_key=coordinator_key)
-    except VerificationError as exc:
-        return exc.message
-    return None
-
-
-def problems_of(client: Client, result: TaskResult) -> list[str]:
-    """Why a result cannot be trusted (empty: its receipt verifies)."""
-    if result.state is not TaskState.SUCCEEDED:
-        return [f"task {result.state.value}, no result to verify"]
-    problem = check(result, client.coordinator_key())
-    return [problem] if problem is not None else []
-
-
-def record(
-    result: TaskResult, out_dir: Path, files: dict[str, str], problems: list[str]
-) -> dict[str, Any]:
-    """Writes the task's receipt under out_dir/receipts/; its entry in results.json."""
-    label = f"task_{result.index:05d}"
-    if result.receipt is not None:
-        receipt = out_dir / "receipts" / f"{label}.receipt"
-        receipt.parent.mkdir(parents=True, exist_ok=True)
-        receipt.write_bytes(result.receipt.SerializeToString())
-    return {
-        "task": result.index,
-        "task_id": result.task_id,
-        "state": result.state.value,
-        "node": result.node_id,
-        "error": result.error,
-        "outputs": [
-            {"name": r.name, "digest": r.digest, "size": r.size, "file": files.get(r.name)}
-            for r in result.outputs
-        ],
-        "receipt": f"receipts/{label}.receipt" if result.receipt is not None else None,
-        "verified": not problems,
-        "problems": problems,
-    }
-
-
-def write_result(client: Client, result: TaskResult, out_dir: Path) -> dict[str, Any]:
-    problems = problems_of(client, result)
-    files = write_outputs(client, result, out_dir / f"task_{result.index:05d}", problems)
-    return record(result, out_dir, files, problems)
-
-
-def check_output_dir(out_dir: Path, force: bool) -> None:
-    """DIR must be new or empty (or --force): results never mix with other files unasked."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidArgumentError("OUTPUT_EXISTS", f"{out_dir} exists and is not a directory")
-    if not force and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InvalidArgumentError(
-            "OUTPUT_EXISTS",
-            f"{out_dir} already holds files; choose a new directory, or pass --force to "
-            "write into it (files of the same names are replaced)",
-        )
-
-
-@contextlib.contextmanager
-def staged(out_dir: Path) -> Iterator[Path]:
-    """Where to write `out_dir`'s files so that a failure leaves nothing behind.
-
-    A new `out_dir` is built beside it and renamed into place once complete; an existing
-    one (empty, or --force) is written in place, and emptied again on failure if it was empty.
-    """
-    if out_dir.is_dir():
-        was_empty = not any(out_dir.iterdir())
-        try:
-            yield out_dir
-        except BaseException:
-            if was_empty:
-                for child in out_dir.iterdir():
-                    if child.is_dir():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-            raise
-        return
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
-    try:
-        yield stage
-        stage.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
-def write_index(
-    out_dir: Path, job_id: str, entries: list[dict[str, Any]], merged: str | None = None
-) -> None:
-    index: dict[str, Any] = {"job": job_id, "results": entries}
-    if merged:
-        index["merged"] = merged
-    (out_dir / "results.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
 def results(args: argparse.Namespace) -> int:
+    if args.resume:
+        return fetch.results_continue(args)
     out_dir = Path(args.output)
     check_output_dir(out_dir, args.force)
     with common.client(args) as client:
@@ -411,10 +314,22 @@ def results(args: argparse.Namespace) -> int:
 # --- small commands ----------------------------------------------------------------------
 
 
+def preview(args: argparse.Namespace) -> int:
+    return fetch.preview(args)
+
+
+def prices(args: argparse.Namespace) -> int:
+    return costs.prices(args)
+
+
 def get(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        output.show(output.job_details(client.get_job(args.job_id)))
+        job = client.get_job(args.job_id)
         disputes = client.disputes(args.job_id)
+    if args.json:
+        output.show_json({"job": job, "disputes": disputes})
+        return 0
+    output.show(output.job_details(job))
     if disputes:
         output.show(output.disputes_table(disputes))
     return 0
@@ -435,6 +350,9 @@ def retry(args: argparse.Namespace) -> int:
 def list_jobs(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         jobs = client.list_jobs(args.limit)
+    if args.json:
+        output.show_json(jobs)
+        return 0
     if not jobs:
         output.note("no jobs yet: `sparegrid job submit KIND ...` submits one")
         return 0

@@ -3,9 +3,13 @@
 Results a script may read go to stdout; progress, hints and errors go to stderr.
 """
 
+import argparse
 import contextlib
+import dataclasses
+import enum
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,18 +19,15 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
-from sparegrid.sdk import Dispute, Job, SparegridError
+from sparegrid.sdk import Dispute, Job, JobSnapshot, SparegridError
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 PIPE_WIDTH = 1000  # piped tables keep their natural width: ids are never cut
@@ -56,6 +57,35 @@ def show(renderable: RenderableType, console: Console | None = None) -> None:
     lines = [line.rstrip() for line in captured.get().splitlines()]
     console.file.write("".join(line + "\n" for line in lines))
     console.file.flush()
+
+
+def plain(value: Any) -> Any:
+    """A model (dataclass, enum, time) as JSON-ready values; times in ISO 8601 UTC."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    snapshot = getattr(value, "snapshot", None)  # an SDK Job: its last snapshot
+    if snapshot is not None and dataclasses.is_dataclass(snapshot):
+        return plain(snapshot)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def show_json(items: Any) -> None:
+    """A listing as one JSON document on stdout (`--json`), for scripts."""
+    print(json.dumps(plain(items), indent=2, sort_keys=True), flush=True)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the listing as JSON, for scripts"
+    )
 
 
 def error(message: str, code: str = "") -> None:
@@ -143,19 +173,43 @@ def transfer(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total or 1)
 
 
+def eta_text(job: Job) -> str:
+    """Time left at the pace so far: "12m03s", "-" before a task is done, "" once final."""
+    if job.finished:
+        return ""
+    left = job.eta
+    return "-" if left is None else duration(left)
+
+
+def progress_line(job: Job, elapsed: float) -> str:
+    """One plain progress line, labelled, within 80 columns (a waiting reason aside)."""
+    c = job.counts
+    failed = f" ({c.failed} failed)" if c.failed else ""
+    line = (
+        f"{job.id[:12]} {job.state.value:<9} tasks {c.done}/{c.total}{failed}  "
+        f"elapsed {duration(elapsed)}"
+    )
+    eta = eta_text(job)
+    if eta:
+        line += f"  eta {eta}"
+    if job.waiting:
+        line += f"\n  waiting: {job.waiting}"
+    return line
+
+
 def _plain_reporter(console: Console) -> Callable[[Job], None]:
+    began = time.monotonic()
     last: dict[str, Any] = {"at": 0.0, "done": -1, "waiting": ""}
 
     def report(job: Job) -> None:
         c = job.counts
         now = time.monotonic()
         changed = c.done != last["done"] or job.waiting != last["waiting"]
-        if job.finished or (changed and now - last["at"] >= PLAIN_INTERVAL):
-            waiting = f" (waiting: {job.waiting})" if job.waiting else ""
-            console.print(
-                f"{job.id}: {job.state.value}, {c.done}/{c.total} tasks done{waiting}",
-                markup=False,
-            )
+        due = now - last["at"] >= PLAIN_INTERVAL
+        # a line when something changed, and one every PLAIN_INTERVAL * 6 regardless, so a
+        # log shows the job is alive and how long is left
+        if job.finished or (due and changed) or now - last["at"] >= PLAIN_INTERVAL * 6:
+            console.print(progress_line(job, now - began), markup=False)
             last.update(at=now, done=c.done, waiting=job.waiting)
 
     return report
@@ -163,27 +217,38 @@ def _plain_reporter(console: Console) -> Callable[[Job], None]:
 
 @contextlib.contextmanager
 def job_progress(job: Job) -> Iterator[Callable[[Job], None]]:
-    """Tasks done/total: a bar on a terminal, plain periodic lines otherwise."""
+    """Tasks done/total: a bar on a terminal, plain periodic lines otherwise; both with
+    labelled columns that fit 80 columns, elapsed time and an ETA."""
     console = err()
     if not console.is_terminal:
         yield _plain_reporter(console)
         return
     columns = (
         TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
+        BarColumn(bar_width=14),
+        TextColumn("tasks {task.fields[tasks]}"),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),  # ETA from tasks (a render's frames) done so far
+        TextColumn("eta {task.fields[eta]}"),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"{job.kind} {job.id}", total=job.counts.total or None)
+        task = progress.add_task("", total=job.counts.total or None, tasks="", eta="-")
+        shown = {"waiting": ""}
 
         def update(j: Job) -> None:
             c = j.counts
-            progress.update(task, completed=c.done, total=c.total or None)
-            state = f"waiting: {j.waiting}" if j.waiting else j.state.value
-            progress.update(task, description=f"{j.kind} {j.id} [dim]{escape(state)}[/]")
+            progress.update(
+                task,
+                completed=c.done,
+                total=c.total or None,
+                tasks=f"{c.done}/{c.total}",
+                eta=eta_text(j) or "0s",
+                description=f"{j.id[:12]} {j.state.value:<9}",
+            )
+            if j.waiting != shown["waiting"]:
+                if j.waiting:
+                    progress.console.print(f"waiting: {escape(j.waiting)}", style="dim")
+                shown["waiting"] = j.waiting
 
         update(job)
         yield update
@@ -193,6 +258,11 @@ def job_elapsed(job: Job, fallback: float) -> float:
     if job.created_at and job.finished_at:
         return (job.finished_at - job.created_at).total_seconds()
     return fallback
+
+
+def fields(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A record shown as label/value lines."""
+    return _fields(title, rows)
 
 
 def _fields(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -218,6 +288,9 @@ def _job_rows(job: Job) -> list[tuple[str, str]]:
     rows = [("state", job.state.value + (f" ({job.error})" if job.error else ""))]
     if job.waiting:
         rows.append(("waiting", job.waiting))
+    eta = eta_text(job)
+    if eta:
+        rows.append(("eta", eta if eta != "-" else "- (no task done yet)"))
     return [*rows, ("tasks", tasks), ("credit", credit)]
 
 
@@ -234,31 +307,47 @@ def job_details(job: Job) -> Table:
         ("name", job.name or "-"),
         ("owner", job.snapshot.owner or "-"),
         *_job_rows(job),
+        *([("priority", str(job.snapshot.priority))] if job.snapshot.priority else []),
+        *([("webhook", "called when it ends")] if job.snapshot.has_webhook else []),
         ("created", when(job.created_at)),
         ("finished", finished),
     ]
     return _fields(f"job {job.id}", rows)
 
 
-def jobs_table(jobs: list[Job]) -> Table:
-    """Your jobs; the name column only when a job has a name."""
+def jobs_table(jobs: Sequence[Job | JobSnapshot], owners: bool = False) -> Table:
+    """Jobs (with their accounts, for an operator); the name column only when a job has a
+    name."""
     named = any(job.name for job in jobs)
-    columns = ["job", "kind", *(["name"] if named else []), "state", "tasks", "held", "spent"]
-    t = table(*columns, "created")
+    columns = ["job", *(["account"] if owners else []), "kind", *(["name"] if named else [])]
+    t = table(*columns, "state", "tasks", "held", "spent", "created")
     for job in jobs:
-        c = job.counts
         name = [Text(job.name or "-")] if named else []
+        owner = [Text(getattr(job, "owner", "") or "-")] if owners else []
         t.add_row(
             job.id,
+            *owner,
             Text(job.kind),
             *name,
             job.state.value,
-            f"{c.done}/{c.total}",
+            tasks_cell(job),
             str(job.cost_held),
             str(job.cost_spent),
             when(job.created_at),
         )
     return t
+
+
+def tasks_cell(job: Job | JobSnapshot) -> str:
+    """Tasks that succeeded of all, with those that failed or were cancelled named: a
+    cancelled job of one task reads "0/1, 1 cancelled", not "1/1"."""
+    c = job.counts
+    text = f"{c.succeeded}/{c.total}"
+    if c.failed:
+        text += f", {c.failed} failed"
+    if c.cancelled:
+        text += f", {c.cancelled} cancelled"
+    return text
 
 
 def disputes_table(disputes: list[Dispute]) -> Table:

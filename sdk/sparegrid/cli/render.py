@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.cli import common, output
-from sparegrid.sdk import Client, InvalidArgumentError, TaskResult
+from sparegrid.cli.follow import follow
+from sparegrid.cli.results import problems_of, record
+from sparegrid.sdk import Client, InvalidArgumentError, TaskResult, VerificationError
 from sparegrid.sdk import render as sdk_render
 
 
@@ -28,6 +30,27 @@ def submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_INPUT", "a render job needs --blend FILE (the scene)")
     blend = Path(args.blend)
     with common.client(args) as client:
+        if args.dry_run:
+            with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
+                found = client.render_estimate(
+                    blend,
+                    args.frames,
+                    args.samples,
+                    args.resolution,
+                    format=args.format,
+                    depth=args.depth,
+                    tiles=args.tiles,
+                    chunk=args.chunk,
+                    blender=args.blender,
+                    backend=args.backend,
+                    max_attempts=args.max_attempts,
+                    replicas=args.replicas,
+                    quorum=args.quorum,
+                    on_upload=progress,
+                )
+            from sparegrid.cli import costs
+
+            return costs.show_estimate(found, args.json)
         with output.transfer(f"upload scene ({blend.name})", _size(blend)) as progress:
             job = client.render(
                 blend,
@@ -44,6 +67,8 @@ def submit(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 replicas=args.replicas,
                 quorum=args.quorum,
+                priority=args.priority,
+                webhook_url=args.webhook,
                 on_upload=progress,
             )
         print(job.id, flush=True)
@@ -51,8 +76,6 @@ def submit(args: argparse.Namespace) -> int:
             f"submitted render job {job.id}: {job.counts.total} tasks, {job.cost_held} credit held"
         )
         if args.wait:
-            from sparegrid.cli.job import follow
-
             return follow(job, args.timeout, summary=output.err())
     return 0
 
@@ -63,11 +86,11 @@ def _size(path: Path) -> int:
 
 def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> list[dict[str, Any]]:
     """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
-    receipts under out_dir/receipts/. Every output is digest-checked as it is written."""
-    from sparegrid.cli.job import problems_of, record
-
+    receipts under out_dir/receipts/. Every output is digest-checked as it is written; one
+    that does not match is a problem of its task, and the others are still written."""
     entries = []
     tiles: list[Path] = []
+    unwritten = 0  # tiles whose bytes did not match their digest
     for result in items:
         problems = problems_of(client, result)
         files: dict[str, str] = {}
@@ -78,15 +101,20 @@ def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> lis
                 continue
             dest = out_dir / ("tiles" if is_tile else "") / ref.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if ref.digest in result.inline_outputs:
-                dest.write_bytes(result.output(ref.name))
-            else:
-                client.download(ref.digest, dest)
+            try:
+                if ref.digest in result.inline_outputs:
+                    dest.write_bytes(result.output(ref.name))
+                else:
+                    client.download(ref.digest, dest)
+            except VerificationError as exc:
+                problems.append(exc.message)
+                unwritten += is_tile
+                continue
             files[ref.name] = str(dest.relative_to(out_dir))
             if is_tile:
                 tiles.append(dest)
         entries.append(record(result, out_dir, files, problems))
-    complete = all(e["state"] == "succeeded" for e in entries)
+    complete = all(e["state"] == "succeeded" for e in entries) and not unwritten
     if tiles and complete:
         stitch(tiles, out_dir)
     return entries
@@ -96,8 +124,11 @@ def stitch(tiles: list[Path], out_dir: Path) -> None:
     width, height = sdk_render.frame_size(tiles)
     ext = tiles[0].suffix
     frame = out_dir / f"still{ext}"
-    if not sdk_render.have_blender():
-        output.hint(f"tiles are in {out_dir / 'tiles'}; install bpy to stitch them into {frame}")
+    if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
+        output.hint(
+            f"tiles are in {out_dir / 'tiles'}; stitching EXR tiles into {frame.name} needs "
+            "bpy: pip install 'sparegrid[render]' (Python 3.11)"
+        )
         return
     sdk_render.stitch_tiles(tiles, frame, width, height)
     output.note(f"stitched {len(tiles)} tiles into {frame.name} ({width}x{height})")

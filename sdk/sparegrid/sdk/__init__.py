@@ -7,9 +7,13 @@ with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
     report = job.verify()
 """
 
-from sparegrid.sdk.aio import AsyncAdminClient, AsyncClient
+from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient
+from sparegrid.sdk._async.inference import AsyncInferenceJob
+from sparegrid.sdk._async.job import AsyncJob
+from sparegrid.sdk._sync.client import AdminClient, Client
+from sparegrid.sdk._sync.inference import InferenceJob
+from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.blobs import DEFAULT_CHUNK_SIZE
-from sparegrid.sdk.client import AdminClient, Client
 from sparegrid.sdk.config import Connection
 from sparegrid.sdk.errors import (
     AbortedError,
@@ -29,12 +33,12 @@ from sparegrid.sdk.errors import (
     UnimplementedError,
     VerificationError,
 )
-from sparegrid.sdk.job import AsyncJob, Job
 from sparegrid.sdk.models import (
     Account,
     Device,
     DeviceKind,
     Dispute,
+    Estimate,
     Event,
     Info,
     JobCounts,
@@ -44,6 +48,7 @@ from sparegrid.sdk.models import (
     LedgerCheck,
     LedgerEntry,
     Node,
+    NodeCredit,
     OutputRef,
     Requirements,
     TaskState,
@@ -61,6 +66,7 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncAdminClient",
     "AsyncClient",
+    "AsyncInferenceJob",
     "AsyncJob",
     "AuthenticationError",
     "CancelledError",
@@ -70,8 +76,10 @@ __all__ = [
     "Device",
     "DeviceKind",
     "Dispute",
+    "Estimate",
     "Event",
     "FailedPreconditionError",
+    "InferenceJob",
     "Info",
     "InternalError",
     "InvalidArgumentError",

@@ -12,18 +12,21 @@ import grpc
 from grpc import aio
 
 from sparegrid.sdk.errors import AuthenticationError, SparegridError
+from sparegrid.wire.tls import env_flag, system_roots
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ENV_ADDRESS = "SPAREGRID_COORDINATOR"
 ENV_API_KEY = "SPAREGRID_API_KEY"
 ENV_ADMIN_KEY = "SPAREGRID_ADMIN_KEY"
 ENV_TLS_CA = "SPAREGRID_TLS_CA"
+ENV_TLS = "SPAREGRID_TLS"  # 1: TLS with the system's trust roots (no CA file needed)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 NO_API_KEY_MESSAGE = "no API key: set SPAREGRID_API_KEY or pass api_key="
+PathLike = str | os.PathLike[str]
 
 
 def _env(name: str, env: Mapping[str, str] | None) -> str | None:
@@ -48,6 +51,11 @@ def resolve_tls_ca(
 ) -> Path | None:
     value = tls_ca or _env(ENV_TLS_CA, env)
     return Path(value) if value else None
+
+
+def resolve_tls(tls: bool | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """TLS with the system's trust roots: `tls`, else SPAREGRID_TLS=1."""
+    return tls if tls is not None else env_flag(_env(ENV_TLS, env))
 
 
 def config_home(env: Mapping[str, str] | None = None) -> Path:
@@ -151,11 +159,17 @@ def resolve_admin_key(
 
 @dataclass(frozen=True)
 class Connection:
-    """A resolved target: address, credential and optional TLS root certificate."""
+    """A resolved target: address, credential, and TLS: with a CA file (`tls_ca`), with the
+    system's trust roots (`tls`), or neither (plaintext)."""
 
     address: str
     api_key: str
     tls_ca: Path | None = None
+    tls: bool = False
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca is not None
 
     @classmethod
     def resolve(
@@ -163,8 +177,14 @@ class Connection:
         address: str | None = None,
         api_key: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
+        tls: bool | None = None,
     ) -> "Connection":
-        return cls(resolve_address(address), resolve_api_key(api_key), resolve_tls_ca(tls_ca))
+        return cls(
+            resolve_address(address),
+            resolve_api_key(api_key),
+            resolve_tls_ca(tls_ca),
+            resolve_tls(tls),
+        )
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -172,6 +192,8 @@ class Connection:
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         if self.tls_ca is None:
+            if self.tls:
+                return grpc.ssl_channel_credentials(root_certificates=system_roots())
             return None
         try:
             pem = self.tls_ca.read_bytes()

@@ -5,7 +5,7 @@ Shared by the sync and the asyncio clients so neither repeats this logic.
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from sparegrid.sdk.models import (
     Device,
     DeviceKind,
     Dispute,
+    Estimate,
     Event,
     Info,
     JobCounts,
@@ -33,31 +34,15 @@ from sparegrid.sdk.models import (
 )
 from sparegrid.sdk.results import AsyncFetch, Fetch, TaskResult
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
+from sparegrid.wire import codes
 
-_JOB_STATES = {
-    common_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
-    common_pb2.JOB_STATE_RUNNING: JobState.RUNNING,
-    common_pb2.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
-    common_pb2.JOB_STATE_FAILED: JobState.FAILED,
-    common_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
+_JOB_STATES = {v: JobState(k) for k, v in codes.JOB_STATES.items()}
+_TASK_STATES = {v: TaskState(k) for k, v in codes.TASK_STATES.items()}
+_DEVICE_KINDS = {DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED} | {
+    DeviceKind(k): v for k, v in codes.DEVICE_KINDS.items()
 }
-_TASK_STATES = {
-    common_pb2.TASK_STATE_QUEUED: TaskState.QUEUED,
-    common_pb2.TASK_STATE_LEASED: TaskState.LEASED,
-    common_pb2.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED: TaskState.FAILED,
-    common_pb2.TASK_STATE_CANCELLED: TaskState.CANCELLED,
-}
-_DEVICE_KINDS = {
-    DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED,
-    DeviceKind.CPU: common_pb2.DEVICE_KIND_CPU,
-    DeviceKind.CUDA: common_pb2.DEVICE_KIND_CUDA,
-}
-_NODE_STATES = {
-    admin_pb2.NODE_STATE_ONLINE: "online",
-    admin_pb2.NODE_STATE_OFFLINE: "offline",
-    admin_pb2.NODE_STATE_DRAINING: "draining",
-}
+_NODE_STATES = codes.names(codes.NODE_STATES)
+_STANDINGS = codes.names(codes.STANDINGS)
 
 
 def new_idempotency_key() -> str:
@@ -104,6 +89,8 @@ def submit_request(
     idempotency_key: str | None = None,
     replicas: int = 0,
     quorum: int = 0,
+    priority: int = 0,
+    webhook_url: str = "",
 ) -> client_pb2.SubmitJobRequest:
     spec = client_pb2.JobSpec(
         kind=kind,
@@ -114,6 +101,8 @@ def submit_request(
         max_attempts=max_attempts,
         replicas=replicas,
         quorum=quorum,
+        priority=priority,
+        webhook_url=webhook_url,
     )
     return client_pb2.SubmitJobRequest(
         spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
@@ -159,6 +148,8 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         finished_at=timestamp(msg, "finished_at"),
         owner=msg.owner,
         waiting=msg.waiting,
+        priority=msg.priority,
+        has_webhook=msg.has_webhook,
     )
 
 
@@ -204,7 +195,29 @@ def info(msg: client_pb2.GetInfoResponse) -> Info:
 
 def account_from_client(msg: client_pb2.GetAccountResponse) -> Account:
     return Account(
-        name=msg.name, balance=msg.balance, is_admin=msg.is_admin, stake=msg.stake, held=msg.held
+        name=msg.name,
+        balance=msg.balance,
+        is_admin=msg.is_admin,
+        stake=msg.stake,
+        held=msg.held,
+        webhook_secret=msg.webhook_secret,
+    )
+
+
+def estimate(msg: client_pb2.EstimateJobResponse) -> Estimate:
+    return Estimate(
+        tasks=msg.tasks,
+        work_units=msg.work_units,
+        work_unit=msg.work_unit,
+        price_credit=msg.price_credit,
+        price_units=msg.price_units,
+        exact_credit=msg.exact_credit,
+        credit_per_pass=msg.credit_per_pass,
+        max_paid_results=msg.max_paid_results,
+        max_held=msg.max_held,
+        policy=msg.policy,
+        balance=msg.balance,
+        rounding=msg.rounding,
     )
 
 
@@ -224,7 +237,22 @@ def account(msg: admin_pb2.Account) -> Account:
         balance=msg.balance,
         is_admin=msg.is_admin,
         created_at=timestamp(msg, "created_at"),
+        disabled=msg.disabled,
+        has_key=msg.has_key,
     )
+
+
+def job_states_to_pb(states: Iterable[JobState | str]) -> list["common_pb2.JobState.ValueType"]:
+    """A job-state filter for a request; ValueError names an unknown state."""
+    by_state = {state: pb for pb, state in _JOB_STATES.items()}
+    wanted = []
+    for state in states:
+        try:
+            wanted.append(by_state[JobState(state)])
+        except (ValueError, KeyError):
+            known = ", ".join(by_state)
+            raise ValueError(f"{state!r} is not a job state; one of {known}") from None
+    return wanted
 
 
 def device(msg: common_pb2.Device) -> Device:
@@ -265,14 +293,6 @@ def node(msg: admin_pb2.Node) -> Node:
         window=msg.window,
         in_flight=msg.in_flight,
     )
-
-
-_STANDINGS = {
-    admin_pb2.NODE_STANDING_ACTIVE: "active",
-    admin_pb2.NODE_STANDING_QUARANTINED: "quarantined",
-    admin_pb2.NODE_STANDING_BANNED: "banned",
-    admin_pb2.NODE_STANDING_PENDING: "pending",
-}
 
 
 def node_credit(msg: client_pb2.GetNodeCreditResponse) -> NodeCredit:

@@ -10,7 +10,9 @@ from typing import Any
 
 import grpc
 
-CODE_METADATA_KEY = "sparegrid-code"
+from sparegrid.wire import codes
+
+CODE_METADATA_KEY = codes.CODE_METADATA_KEY
 
 
 class SparegridError(Exception):
@@ -129,7 +131,7 @@ def _code_from_metadata(metadata: Iterable[Any] | None) -> str | None:
 def from_rpc_error(exc: grpc.RpcError) -> SparegridError:
     """The typed SDK error for a failed call (sync or grpc.aio)."""
     if not callable(getattr(exc, "code", None)):
-        return SparegridError("UNKNOWN", str(exc) or type(exc).__name__)
+        return SparegridError(codes.ErrorCode.UNKNOWN, str(exc) or type(exc).__name__)
     status = exc.code()
     message = exc.details() or status.name.lower().replace("_", " ")
     code = _code_from_metadata(exc.trailing_metadata()) or status.name

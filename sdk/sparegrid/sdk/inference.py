@@ -13,19 +13,19 @@ batches, each a safetensors file and a task. The program and every shard are che
 with the same rules the coordinator and the workers apply, before anything is uploaded.
 
 Needs torch and safetensors (`pip install sparegrid[worker]` or any torch >= 2.4).
+This module holds the work both flavours share (export, shards, checks, decoding); the
+submit and the job handles are `sparegrid.sdk._async.inference` and its generated twin.
 """
 
-import asyncio
 import json
 import os
-import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
-from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState, VerifyReport
+from sparegrid.sdk.errors import InvalidArgumentError
+from sparegrid.sdk.models import DeviceKind, Requirements
 from sparegrid.sdk.results import TaskResult
 from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
 from sparegrid.wire.tensors import BadTensors, header_of
@@ -33,9 +33,6 @@ from sparegrid.wire.tensors import check_shard as check_shard_header
 
 if TYPE_CHECKING:
     import torch
-
-    from sparegrid.sdk.client import Client
-    from sparegrid.sdk.job import Job
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 SHARD_BYTES = 64 << 20  # a shard is at most this many input bytes...
@@ -178,71 +175,69 @@ def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) 
 # --- submit -----------------------------------------------------------------------------
 
 
-def submit(
-    client: "Client",
-    model: Any,
-    inputs: Any,
-    *,
-    batch_size: int = 64,
-    precision: str = "fp32",
-    deterministic: bool = False,
-    compile: bool = False,
-    min_vram_gb: float = 0,
-    device: str = "",
-    shard_batches: int | None = None,
-    name: str = "",
-    replicas: int = 0,
-    quorum: int = 0,
-) -> "InferenceJob":
+def check_options(precision: str, batch_size: int) -> None:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     if not 1 <= batch_size <= MAX_EXPORT_BATCH:
         raise InvalidArgumentError("BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}")
-    batches = _batches(inputs)
-    with tempfile.TemporaryDirectory(prefix="sparegrid-infer-") as tmp:
+
+
+class Plan:
+    """An inference job's program (exported into `tmp` when given a module) and its input
+    shards, each encoded and checked as `next_shard` makes it: one in memory at a time."""
+
+    def __init__(
+        self, model: Any, inputs: Any, batch_size: int, shard_batches: int | None, tmp: Path
+    ) -> None:
+        batches = _batches(inputs)
         first = next(batches, None)
         if first is None:
             raise InvalidArgumentError("BAD_INPUTS", "no inputs")
         if isinstance(model, str | os.PathLike):
-            program_path = Path(model)
-            if not program_path.is_file():
-                raise InvalidArgumentError("BAD_MODEL", f"model file {program_path} does not exist")
+            self.program_path = Path(model)
+            if not self.program_path.is_file():
+                raise InvalidArgumentError(
+                    "BAD_MODEL", f"model file {self.program_path} does not exist"
+                )
         else:
             example = tuple(_named(first, None, "inputs").values())
-            program_path = export_program(
-                model, tuple(t[:batch_size] for t in example), Path(tmp) / "model.pt2"
+            self.program_path = export_program(
+                model, tuple(t[:batch_size] for t in example), tmp / "model.pt2"
             )
-        program = check_program(program_path)
-        names = [s.name for s in program.inputs]
+        self.program = check_program(self.program_path)
+        self.batch_size = batch_size
+        names = [s.name for s in self.program.inputs]
         named = (_named(b, names, f"batch {i}") for i, b in enumerate(_chain(first, batches)))
-        digests = {"model": client.upload(program_path)}
-        for index, shard in enumerate(
-            _shards(named, _shard_samples(first, batch_size, shard_batches))
-        ):
-            label = f"shard_{index:06d}"
-            data = encode_shard(shard)
-            check_shard(program, data, batch_size, label)
-            digests[label] = client.upload(data)
-    params = {
+        samples = _shard_samples(first, batch_size, shard_batches)
+        self._shards = enumerate(_shards(named, samples))
+
+    def next_shard(self) -> tuple[str, bytes] | None:
+        """The next shard's label and safetensors bytes, checked; None after the last."""
+        item = next(self._shards, None)
+        if item is None:
+            return None
+        label = f"shard_{item[0]:06d}"
+        data = encode_shard(item[1])
+        check_shard(self.program, data, self.batch_size, label)
+        return label, data
+
+
+def job_params(
+    batch_size: int, precision: str, deterministic: bool, compile: bool
+) -> dict[str, Any]:
+    return {
         "batch_size": batch_size,
         "precision": precision,
         "deterministic": deterministic,
         "compile": compile,
     }
-    requirements = Requirements(
+
+
+def job_requirements(device: str, min_vram_gb: float) -> Requirements:
+    return Requirements(
         device_kind=DeviceKind(device) if device else DeviceKind.ANY,
         min_memory_bytes=int(min_vram_gb * 2**30),
     )
-    job = client.submit(
-        "inference",
-        params,
-        digests,
-        name=name,
-        requirements=requirements,
-        replicas=replicas,
-        quorum=quorum,
-    )
-    return InferenceJob(client, job, batch_size)
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -266,14 +261,20 @@ def _shard_samples(first: Any, batch_size: int, shard_batches: int | None) -> in
 
 def decode(result: TaskResult) -> ShardOutput:
     """A finished task's outputs, rebuilt into the program's output structure."""
+    return decode_outputs(
+        result.index, result.output("meta.json"), result.output("outputs.safetensors")
+    )
+
+
+def decode_outputs(index: int, meta_json: bytes, safetensors: bytes) -> ShardOutput:
     from safetensors.torch import load
     from torch.utils import _pytree as pytree
 
-    meta = json.loads(result.output("meta.json"))
-    tensors = load(result.output("outputs.safetensors"))
+    meta = json.loads(meta_json)
+    tensors = load(safetensors)
     leaves = [tensors[name] for name in meta["outputs"]]
     outputs = pytree.tree_unflatten(leaves, pytree.treespec_loads(meta["treespec"]))
-    return ShardOutput(result.index, outputs, dict(meta.get("nonfinite", {})), meta)
+    return ShardOutput(index, outputs, dict(meta.get("nonfinite", {})), meta)
 
 
 def split_batches(outputs: Any, batch_size: int) -> Iterator[Any]:
@@ -294,111 +295,3 @@ def concat(parts: list[Any]) -> Any:
     return pytree.tree_unflatten(
         [torch.cat(ts) for ts in zip(*(f[0] for f in flat), strict=True)], spec
     )
-
-
-class InferenceJob:
-    """A submitted inference job: `stream()` outputs in input order, or `result()` them all."""
-
-    def __init__(self, client: "Client", job: "Job", batch_size: int) -> None:
-        self.client = client
-        self.job = job
-        self.batch_size = batch_size
-        self.nonfinite: dict[int, dict[str, int]] = {}  # shard -> output -> NaN/Inf count
-
-    @property
-    def id(self) -> str:
-        return self.job.id
-
-    @property
-    def state(self) -> JobState:
-        return self.job.state
-
-    def __repr__(self) -> str:
-        return f"InferenceJob({self.job!r})"
-
-    def wait(self, timeout: float | None = None) -> "InferenceJob":
-        self.job.wait(timeout=timeout)
-        return self
-
-    def shards(self, timeout: float | None = None) -> Iterator[ShardOutput]:
-        """Each shard's outputs, in order, as soon as it and those before it are done."""
-        next_index = 0
-        for snapshot in self.client.watch(self.job.id, timeout=timeout):
-            self.job = snapshot
-            while next_index < snapshot.counts.total:
-                page = self.client.results_from(self.job.id, next_index)
-                ready = [r for r in page if r.state is TaskState.SUCCEEDED]
-                for result in page:
-                    if result.state is TaskState.FAILED:
-                        raise JobFailedError(
-                            "TASK_FAILED", f"shard {result.index} failed: {result.error}"
-                        )
-                if not ready or ready[0].index != next_index:
-                    break  # the next shard is not done yet
-                for result in ready:
-                    if result.index != next_index:
-                        break
-                    shard = decode(result)
-                    if shard.nonfinite:
-                        self.nonfinite[next_index] = shard.nonfinite
-                    yield shard
-                    next_index += 1
-            if snapshot.finished:
-                break
-        if self.job.state is not JobState.SUCCEEDED:
-            raise JobFailedError(
-                "JOB_" + self.job.state.name,
-                f"job {self.job.id} {self.job.state.value}: {self.job.error}",
-            )
-
-    def stream(self, timeout: float | None = None) -> Iterator[Any]:
-        """One output per input batch (the program's structure), in input order."""
-        for shard in self.shards(timeout):
-            yield from split_batches(shard.outputs, self.batch_size)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """All outputs, concatenated along the first dimension."""
-        return concat([s.outputs for s in self.shards(timeout)])
-
-    def verify(self) -> VerifyReport:
-        return self.job.verify()
-
-
-_END = object()
-
-
-class AsyncInferenceJob:
-    """`InferenceJob` for asyncio; tensor work and downloads run in a worker thread."""
-
-    def __init__(self, job: InferenceJob) -> None:
-        self.sync = job
-
-    @property
-    def id(self) -> str:
-        return self.sync.id
-
-    @property
-    def state(self) -> JobState:
-        return self.sync.state
-
-    @property
-    def nonfinite(self) -> dict[int, dict[str, int]]:
-        return self.sync.nonfinite
-
-    def __repr__(self) -> str:
-        return f"AsyncInferenceJob({self.sync.job!r})"
-
-    async def wait(self, timeout: float | None = None) -> "AsyncInferenceJob":
-        await asyncio.to_thread(self.sync.wait, timeout)
-        return self
-
-    async def stream(self, timeout: float | None = None) -> AsyncIterator[Any]:
-        outputs = self.sync.stream(timeout)
-        while (item := await asyncio.to_thread(next, outputs, _END)) is not _END:
-            yield item
-
-    async def result(self, timeout: float | None = None) -> Any:
-        return await asyncio.to_thread(self.sync.result, timeout)
-
-    async def verify(self) -> VerifyReport:
-        return await asyncio.to_thread(self.sync.verify)

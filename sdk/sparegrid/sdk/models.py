@@ -5,7 +5,7 @@ Nothing here talks to the network; `convert` builds these from protobuf messages
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -69,10 +69,21 @@ class JobSnapshot:
     owner: str = ""
     # why queued tasks cannot run on the nodes connected now; "" when they can
     waiting: str = ""
+    priority: int = 0  # order among the account's own jobs
+    has_webhook: bool = False
 
     @property
     def finished(self) -> bool:
         return self.state.final
+
+    def eta(self, now: datetime | None = None) -> float | None:
+        """Seconds left, from the pace of the tasks done since it was submitted; None
+        before any is done or once it is final."""
+        done, total = self.counts.done, self.counts.total
+        if self.finished or not done or self.created_at is None or done >= total:
+            return None
+        elapsed = ((now or datetime.now(UTC)) - self.created_at).total_seconds()
+        return max(elapsed, 0.0) * (total - done) / done
 
     @property
     def cost_refunded(self) -> int:
@@ -125,6 +136,33 @@ class Account:
     created_at: datetime | None = None
     stake: int = 0  # credit locked as the account's stake (a bond for its nodes)
     held: int = 0  # credit held in escrow for its running jobs
+    disabled: bool = False  # by an operator: its key is refused
+    has_key: bool = True  # False once an operator revoked its key
+    # hex key of the HMAC-SHA256 signature on this account's webhook calls
+    webhook_secret: str = ""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a job would cost, split and priced by the coordinator as a submit would be;
+    nothing was stored or held."""
+
+    tasks: int
+    work_units: int
+    work_unit: str
+    price_credit: int  # per price_units work units
+    price_units: int
+    exact_credit: float  # the work at the price, unrounded, one pass
+    credit_per_pass: int  # one validated result of every task, as charged
+    max_paid_results: int  # results paid per task at most (replicas, checks)
+    max_held: int  # held in escrow at submit; unused credit comes back at the end
+    policy: str
+    balance: int
+    rounding: str = ""  # what whole-credit rounding does to this job; "" when nothing
+
+    @property
+    def affordable(self) -> bool:
+        return self.max_held <= self.balance
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sparegrid.sdk.errors import InvalidArgumentError, SparegridError
+from sparegrid.wire import png
 
 FORMATS = {"png": (8, 16), "exr": (16, 32)}
 BACKENDS = ("optix", "cuda", "cpu")
@@ -49,10 +52,27 @@ class SceneInfo:
     unpackable: list[str] = field(default_factory=list)
 
 
+def _tool_command(args: Sequence[str]) -> list[str]:
+    """A fresh Python with bpy: this one (bpy as a module), or, inside Blender (the add-on),
+    Blender itself in the background, told where the sparegrid package is."""
+    bpy = sys.modules.get("bpy")
+    blender = getattr(getattr(bpy, "app", None), "binary_path", "") if bpy else ""
+    if not blender:
+        return [sys.executable, "-m", "sparegrid.sdk.blendtool", *args]
+    root = str(Path(__file__).resolve().parents[2])  # holds the sparegrid package
+    expr = (
+        f"import runpy, sys; sys.path.insert(0, {root!r}); "
+        f"sys.argv = ['blendtool', *{list(args)!r}]; "
+        "runpy.run_module('sparegrid.sdk.blendtool', run_name='__main__')"
+    )
+    return [blender, "--background", "--factory-startup", "--python-exit-code", "1",
+            "--python-expr", expr]  # fmt: skip
+
+
 def _tool(*args: str) -> dict[str, Any]:
     """Runs a blendtool command in a fresh Python with bpy; its JSON answer."""
     proc = subprocess.run(
-        [sys.executable, "-m", "sparegrid.sdk.blendtool", *args],
+        _tool_command(args),
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT,
@@ -237,7 +257,10 @@ def build_params(
 
 
 def stitch_tiles(tiles: Sequence[Path], out: Path, width: int, height: int) -> Path:
-    """Writes the frame the tiles (named tile_xA-B_yC-D.ext) make up; needs bpy."""
+    """Writes the frame the tiles (named tile_xA-B_yC-D.ext, y counted from the bottom as
+    Blender does) make up. PNG tiles need no Blender: their levels are copied exactly
+    (sparegrid.wire.png); EXR tiles need bpy (`pip install 'sparegrid[render]'`, Python
+    3.11)."""
     if not tiles:
         raise SparegridError("NO_TILES", "no tiles to stitch")
     m = TILE_NAME.search(tiles[0].name)
@@ -245,8 +268,53 @@ def stitch_tiles(tiles: Sequence[Path], out: Path, width: int, height: int) -> P
         raise SparegridError("BAD_TILE", f"{tiles[0].name} is not a tile's name")
     fmt = m[5]
     depth = _image_depth(tiles[0], fmt)
+    if fmt == "png":
+        out.write_bytes(png.encode_png(_stitch_png(tiles, width, height)))
+        return out
+    if not have_blender():
+        raise SparegridError(
+            "NEEDS_BLENDER",
+            f"stitching EXR tiles needs Blender's Python module: pip install 'sparegrid[render]' "
+            f"(bpy, Python 3.11 only); the tiles are in {tiles[0].parent}",
+        )
     _tool("stitch", str(out), fmt, str(depth), str(width), str(height), *map(str, tiles))
     return out
+
+
+def _stitch_png(tiles: Sequence[Path], width: int, height: int) -> Any:
+    """The frame's levels; every tile checked against its name before it is decoded, and
+    the tiles must cover the frame exactly once."""
+    if width * height > png.MAX_PIXELS:
+        raise SparegridError("BAD_TILE", f"a {width}x{height} frame is too large to stitch")
+    frame: Any = None
+    covered = np.zeros((height, width), dtype=bool)
+    for tile in tiles:
+        m = TILE_NAME.search(tile.name)
+        if m is None or m[5] != "png":
+            raise SparegridError("BAD_TILE", f"{tile.name} is not a PNG tile's name")
+        x0, x1, y0, y1 = (int(v) for v in m.groups()[:4])
+        data = tile.read_bytes()
+        try:
+            header = png.png_header(data)
+            if (header.width, header.height) != (x1 - x0, y1 - y0) or x1 > width or y1 > height:
+                raise ValueError(f"is {header.width}x{header.height}, its name says otherwise")
+            levels = png.png_levels(data)
+        except ValueError as exc:
+            raise SparegridError("BAD_TILE", f"{tile.name}: {exc}") from None
+        if frame is None:
+            frame = np.zeros((height, width, levels.shape[2]), dtype=levels.dtype)
+        if levels.dtype != frame.dtype or levels.shape[2] != frame.shape[2]:
+            raise SparegridError("BAD_TILE", f"{tile.name} differs in depth or channels")
+        rows = slice(height - y1, height - y0)  # rows top-down, a tile's y bottom-up
+        if covered[rows, x0:x1].any():
+            raise SparegridError("BAD_TILE", f"{tile.name} overlaps another tile")
+        frame[rows, x0:x1] = levels
+        covered[rows, x0:x1] = True
+    if not covered.all():
+        raise SparegridError(
+            "BAD_TILE", f"tiles cover {int(covered.sum())} of {width * height} pixels"
+        )
+    return frame
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

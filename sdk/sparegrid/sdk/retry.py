@@ -1,7 +1,7 @@
 """Which failures are retried, and the jittered exponential backoff between tries.
 
-Only transient failures are retried: UNAVAILABLE; DEADLINE_EXCEEDED on idempotent calls;
-RESOURCE_EXHAUSTED only when the coordinator says RATE_LIMITED.
+Only transient failures are retried: UNAVAILABLE, and DEADLINE_EXCEEDED on idempotent
+calls. RESOURCE_EXHAUSTED is a limit (a quota, a blob too large) that waiting does not lift.
 """
 
 import asyncio
@@ -39,9 +39,7 @@ WATCH_RECONNECT = RetryPolicy(max_attempts=12, initial_backoff=0.2, max_backoff=
 def is_transient(err: SparegridError, idempotent: bool) -> bool:
     if err.status == grpc.StatusCode.UNAVAILABLE:
         return True
-    if err.status == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return idempotent
-    return err.status == grpc.StatusCode.RESOURCE_EXHAUSTED and err.code == "RATE_LIMITED"
+    return err.status == grpc.StatusCode.DEADLINE_EXCEEDED and idempotent
 
 
 class Attempts:

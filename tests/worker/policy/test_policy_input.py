@@ -32,8 +32,10 @@ class FakeLoginctl:
         if command[1] == "list-sessions":
             return "c1 1000 alice seat0 tty2\n7 0 root - pts/0\n"
         if command[2] == "c1":
-            return (f"Type={self.kind}\nActive=yes\nIdleHint={self.idle_hint}\n"
-                    f"IdleSinceHintMonotonic={self.since_us}\n")  # fmt: skip
+            return (
+                f"Type={self.kind}\nActive=yes\nIdleHint={self.idle_hint}\n"
+                f"IdleSinceHintMonotonic={self.since_us}\n"
+            )
         return "Type=tty\nActive=yes\nIdleHint=no\n"
 
 

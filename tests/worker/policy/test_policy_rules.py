@@ -4,10 +4,10 @@ from datetime import datetime
 
 import pytest
 
+from sparegrid.wire.clock import FakeClock
 from sparegrid.worker.policy import (
     DevicePolicy,
     DeviceState,
-    FakeClock,
     GpuProcess,
     Mode,
     PolicySettings,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from sparegrid.wire.clock import FakeClock
 from sparegrid.worker.policy import (
     Decision,
     DeviceState,
-    FakeClock,
     FileSource,
     GpuProcess,
     IdleSource,

@@ -13,14 +13,14 @@ if TYPE_CHECKING:
     from sparegrid.worker.cli import register
     from sparegrid.worker.config import ConfigError, WorkerConfig
     from sparegrid.worker.daemon import Worker
-    from sparegrid.worker.devices import DeviceInfo, detect_devices
+    from sparegrid.worker.node.devices import DeviceInfo, detect_devices
 
 _EXPORTS = {
     "ConfigError": "sparegrid.worker.config",
-    "DeviceInfo": "sparegrid.worker.devices",
+    "DeviceInfo": "sparegrid.worker.node.devices",
     "Worker": "sparegrid.worker.daemon",
     "WorkerConfig": "sparegrid.worker.config",
-    "detect_devices": "sparegrid.worker.devices",
+    "detect_devices": "sparegrid.worker.node.devices",
     "register": "sparegrid.worker.cli",
 }
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from sparegrid.wire import Signer
 from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
-from sparegrid.worker.devices import DeviceInfo, detect_devices
-from sparegrid.worker.identity import load_identity
-from sparegrid.worker.lending import check_devices
 from sparegrid.worker.logs import configure_logging
+from sparegrid.worker.node.devices import DeviceInfo, detect_devices
+from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.node.status import StatusUnavailable, read_status, render, status_line
 from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
-from sparegrid.worker.status import StatusUnavailable, read_status, render, status_line
+from sparegrid.worker.startup import check_devices
 
 if TYPE_CHECKING:
     from sparegrid.worker.daemon import Worker

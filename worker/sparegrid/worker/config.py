@@ -6,16 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
 from sparegrid.worker.policy.rules import MiB, PolicySettings
 from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_INLINE_LIMIT = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message says which one and what to do."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -44,6 +41,7 @@ class WorkerConfig:
     data_dir: Path = Path("sparegrid-worker")
     name: str = field(default_factory=socket.gethostname)
     tls_ca: Path | None = None
+    tls: bool = False  # TLS with the system's trust roots (tls_ca implies TLS with that CA)
     prefetch: int = 2
     heartbeat_interval: float | None = None  # None: the interval the coordinator asks for
     max_attempt_seconds: float = 3600.0

@@ -21,46 +21,47 @@ import grpc.aio
 
 from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
+from sparegrid.wire.clock import Clock, SystemClock, local_time
+from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
-from sparegrid.worker.batcher import ResultBatcher
-from sparegrid.worker.cache import BlobCache
-from sparegrid.worker.childproto import Outcome
-from sparegrid.worker.clock import Backoff, Clock, SystemClock
+from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
-from sparegrid.worker.credit import CreditWindow
-from sparegrid.worker.devices import DeviceInfo, detect_devices
-from sparegrid.worker.earnings import Earnings
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
 from sparegrid.worker.executors.registry import ExecutorRegistry
-from sparegrid.worker.identity import load_identity
-from sparegrid.worker.lending import (
+from sparegrid.worker.metrics import WorkerMetrics
+from sparegrid.worker.node.devices import DeviceInfo, detect_devices
+from sparegrid.worker.node.earnings import Earnings
+from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.node.snapshot import status_snapshot
+from sparegrid.worker.node.status import RecentErrors, StatusServer
+from sparegrid.worker.policy import (
+    Decision,
+    DeviceStateSource,
+)
+from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
+from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.slots.child.protocol import Outcome
+from sparegrid.worker.slots.child.runner import DeviceRunner
+from sparegrid.worker.slots.child.sandbox import Report
+from sparegrid.worker.startup import (
     apply_power_cap,
     check_devices,
     check_isolation,
     make_monitor,
     sandbox_settings,
-    status_snapshot,
 )
-from sparegrid.worker.messages import hello, statement_bytes
-from sparegrid.worker.metrics import WorkerMetrics
-from sparegrid.worker.outbox import Outbox, OutboxEntry, output_attempts
-from sparegrid.worker.policy import (
-    Decision,
-    DeviceStateSource,
-    PolicyClock,
-    SystemPolicyClock,
-)
-from sparegrid.worker.ratelimit import RateLimiter, throttle
-from sparegrid.worker.runner import DeviceRunner
-from sparegrid.worker.sandbox import Report
-from sparegrid.worker.session import Session, connect, open_channel
-from sparegrid.worker.status import RecentErrors, StatusServer
-from sparegrid.worker.tasks import Phase, Slot, TaskManager
+from sparegrid.worker.upstream.backoff import Backoff
+from sparegrid.worker.upstream.batcher import ResultBatcher
+from sparegrid.worker.upstream.flow import FlowWindow
+from sparegrid.worker.upstream.messages import hello, statement_bytes
+from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
+from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
+from sparegrid.worker.upstream.session import Session, connect, open_channel, reconnect_delay
 
 _log = logging.getLogger("sparegrid.worker")
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
-PREEMPTED = "PREEMPTED"  # stopped by this node's policy: re-queued, not held against it
+PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
 OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
@@ -76,7 +77,6 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         device_state: DeviceStateSource | None = None,
-        policy_clock: PolicyClock | None = None,
     ) -> None:
         self.config = config
         self.devices = tuple(devices) if devices is not None else detect_devices().devices
@@ -92,18 +92,17 @@ class Worker:
         self._cache = BlobCache(config.data_dir / "cache", self._clock, max_bytes=config.cache_size)
         self._sandbox = sandbox_settings(config)
         self.isolation = Report()
-        self._policy_clock = policy_clock or SystemPolicyClock()
         self._monitor = make_monitor(
             config,
             self.devices,
             device_state,
-            self._policy_clock,
+            self._clock,
             self._our_pids,
             self._device_busy,
         )
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
-        self.earnings = Earnings(config.data_dir / "earnings.json", self._policy_clock.now)
+        self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self._status = StatusServer(config.status_path, self.status)
         self.metrics = WorkerMetrics(self)
@@ -120,12 +119,13 @@ class Worker:
             self._released,
         )
         self._cache.in_use = self._tasks.needed_digests
-        self._credit = CreditWindow(config.prefetch, (d.index for d in self.devices))
+        self._flow = FlowWindow(config.prefetch, (d.index for d in self.devices))
         self._owed: set[int] = set()
         self._session: Session | None = None
         self._connected = asyncio.Event()
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._hinted = False  # a connection failure's likely cause was logged
         self._draining = False
         self._forced = False
 
@@ -140,9 +140,13 @@ class Worker:
         if self._sandbox is not None:
             sandbox = dataclasses.replace(self._sandbox, scratch=str(work_root))
         return DeviceRunner(
-            device, targets, work_root, self.config.max_attempt_seconds,
-            sandbox=sandbox, vram_share=self.config.max_vram,
-        )  # fmt: skip
+            device,
+            targets,
+            work_root,
+            self.config.max_attempt_seconds,
+            sandbox=sandbox,
+            vram_share=self.config.max_vram,
+        )
 
     def _our_pids(self) -> set[int]:
         return {pid for s in self._tasks.slots.values() if (pid := s.runner.pid) is not None}
@@ -171,8 +175,10 @@ class Worker:
         pending = self._outbox.load()
         _log.info(
             "worker %s starting: %d device(s), %d batch(es) in the outbox",
-            self.node_id, len(self.devices), pending,
-        )  # fmt: skip
+            self.node_id,
+            len(self.devices),
+            pending,
+        )
         if not self.config.owner_key:
             _log.warning(
                 "this node has no owner account: its results are paid only once a node of "
@@ -239,12 +245,16 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        uses_tls = self.config.tls or self.config.tls_ca is not None
         while True:
+            error: BaseException | None = None
             try:
                 await self._run_session(backoff)
                 reason = "the coordinator ended the session"
             except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
+                reason, error = f"{exc.code().name}: {exc.details()}", exc
+                if _refused(exc):  # too old: say so loudly, with what to do
+                    _log.error("the coordinator refuses this worker: %s", exc.details())
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -252,8 +262,13 @@ class Worker:
                 reason = repr(exc)
             if self._stopped.is_set():
                 return
-            delay = backoff.next_delay()
+            delay = reconnect_delay(error, backoff.next_delay(), self._rng)
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            if "UNAVAILABLE" in reason and not self._hinted:  # once until it connects
+                self._hinted = True
+                cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
+                if cause:
+                    _log.warning("hint: %s", cause)
             await self._clock.sleep(delay)
 
     async def _run_session(self, backoff: Backoff) -> None:
@@ -290,11 +305,12 @@ class Worker:
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._hinted = False
         self._session = session
         self._connected.set()
         if self._draining:
             session.post(worker_pb2.WorkerMessage(drain=worker_pb2.Drain()))
-        self._credit.reset()
+        self._flow.reset()
         for device in self.devices:
             self._grant(device.index)
 
@@ -302,7 +318,7 @@ class Worker:
         body = message.WhichOneof("body")
         if body == "assign":
             for assignment in message.assign.assignments:
-                self._credit.assigned(assignment.device_index)
+                self._flow.assigned(assignment.device_index)
                 decision = self.decision(assignment.device_index)
                 if decision is not None and not decision.may_work:
                     # leased before the coordinator heard that the device paused
@@ -320,15 +336,17 @@ class Worker:
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != "DUPLICATE"]
+        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
         if earned:
             self.earnings.add(sum(earned), len(earned))
         for verdict in ack.verdicts:
             if not verdict.accepted:
                 _log.warning(
                     "result of attempt %s rejected: %s %s",
-                    verdict.attempt_id, verdict.code, verdict.message,
-                )  # fmt: skip
+                    verdict.attempt_id,
+                    verdict.code,
+                    verdict.message,
+                )
 
     async def _heartbeats(self, session: Session) -> None:
         asked = session.welcome.heartbeat_interval.ToTimedelta().total_seconds()
@@ -342,7 +360,7 @@ class Worker:
     def _grant(self, device: int) -> None:
         if self._draining or self._session is None or not self._may_lease(device):
             return
-        count = self._credit.top_up(device, self._tasks.held(device))
+        count = self._flow.top_up(device, self._tasks.held(device))
         if count:
             credit = worker_pb2.Credit(device_index=device, count=count)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
@@ -364,7 +382,7 @@ class Worker:
         return max(recent) if recent else self.config.task_estimate
 
     def _revoke(self, device: int) -> None:
-        self._credit.revoke(device)
+        self._flow.revoke(device)
         if self._session is not None:
             credit = worker_pb2.Credit(device_index=device, count=0, reset=True)
             self._session.post(worker_pb2.WorkerMessage(credit=credit))
@@ -384,9 +402,12 @@ class Worker:
             stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
         if stopped:
             _log.warning(
-                "device %d: stopped %d task(s) (%s)", device, len(stopped), reason,
+                "device %d: stopped %d task(s) (%s)",
+                device,
+                len(stopped),
+                reason,
                 extra={"device": device, "attempts": stopped},
-            )  # fmt: skip
+            )
 
     def _preempted(self, assignment: worker_pb2.Assignment, decision: Decision) -> None:
         reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
@@ -512,7 +533,7 @@ class Worker:
         return self._clock.monotonic()
 
     def wall_now(self) -> datetime:
-        return self._policy_clock.now()
+        return local_time(self._clock)
 
     def since(self, attempt_id: str, default: float) -> float:
         return self._since.get(attempt_id, default)
@@ -523,3 +544,9 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> bool:
+    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
+    code = dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, "")
+    return bool(code == ErrorCode.WORKER_TOO_OLD)

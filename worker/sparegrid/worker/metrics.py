@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sparegrid.worker.childproto import Outcome
-from sparegrid.worker.lending import status_snapshot
+from sparegrid.worker.node.snapshot import status_snapshot
 from sparegrid.worker.policy.rules import Mode
+from sparegrid.worker.slots.child.protocol import Outcome
 
 if TYPE_CHECKING:
     from sparegrid.worker.daemon import Worker

@@ -9,12 +9,13 @@ from typing import Any
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Event, Node, client_account, node_account
+from sparegrid.coordinator.domain import Account, Event, Job, Node, client_account, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
 from sparegrid.coordinator.rpc.errors import streaming, unary
-from sparegrid.v1 import admin_pb2, admin_pb2_grpc
+from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sparegrid.wire.codes import NODE_STATES, NodeState
 
 Ctx = aio.ServicerContext[Any, Any]
 EVENTS_PAGE = 500  # events per message
@@ -72,12 +73,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def _node_pb(self, node: Node, balances: dict[str, int] | None = None) -> admin_pb2.Node:
         session = self.app.scheduler.sessions.get(node.id)
+        if session is not None:  # heartbeats are in memory until written in bulk
+            node.last_seen = max(node.last_seen, session.node.last_seen)
         if session is None:
-            state = admin_pb2.NODE_STATE_OFFLINE
+            state = NODE_STATES[NodeState.OFFLINE]
         elif session.draining:
-            state = admin_pb2.NODE_STATE_DRAINING
+            state = NODE_STATES[NodeState.DRAINING]
         else:
-            state = admin_pb2.NODE_STATE_ONLINE
+            state = NODE_STATES[NodeState.ONLINE]
         account = node_account(node.id)
         credit = (
             balances.get(account, 0) if balances is not None else self.app.store.balance(account)
@@ -164,6 +167,78 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             entries=[convert.entry_to_pb(e) for e in entries],
             disputes=[convert.dispute_to_pb(d) for d in disputes],
         )
+
+    def _account_pb(self, account: Account) -> admin_pb2.Account:
+        return convert.account_to_pb(account, self.app.accounts.balance(account))
+
+    @unary
+    async def SetAccountDisabled(
+        self, request: admin_pb2.SetAccountDisabledRequest, context: Ctx
+    ) -> admin_pb2.SetAccountDisabledResponse:
+        admin_of(context, self.app.accounts)
+        account = await self.app.call(
+            lambda: self.app.accounts.set_disabled(request.name, request.disabled)
+        )
+        if account.disabled:  # its nodes' sessions end; reconnecting, they are refused
+            for session in list(self.app.scheduler.sessions.values()):
+                if session.node.owner == account.name:
+                    session.sink.close()
+        return admin_pb2.SetAccountDisabledResponse(account=self._account_pb(account))
+
+    @unary
+    async def RotateKey(
+        self, request: admin_pb2.RotateKeyRequest, context: Ctx
+    ) -> admin_pb2.RotateKeyResponse:
+        admin_of(context, self.app.accounts)
+        account, key = await self.app.call(lambda: self.app.accounts.rotate_key(request.name))
+        return admin_pb2.RotateKeyResponse(account=self._account_pb(account), api_key=key)
+
+    @unary
+    async def RevokeKey(
+        self, request: admin_pb2.RevokeKeyRequest, context: Ctx
+    ) -> admin_pb2.RevokeKeyResponse:
+        admin_of(context, self.app.accounts)
+        account = await self.app.call(lambda: self.app.accounts.revoke_key(request.name))
+        return admin_pb2.RevokeKeyResponse(account=self._account_pb(account))
+
+    @unary
+    async def DebitCredit(
+        self, request: admin_pb2.DebitCreditRequest, context: Ctx
+    ) -> admin_pb2.DebitCreditResponse:
+        admin_of(context, self.app.accounts)
+        key = request.idempotency_key or uuid.uuid4().hex
+        account = await self.app.call(
+            lambda: self.app.accounts.debit(request.name, request.amount, key, request.reason)
+        )
+        return admin_pb2.DebitCreditResponse(account=self._account_pb(account))
+
+    def _job_pb(self, job: Job, owners: dict[str, str]) -> common_pb2.Job:
+        jobs = self.app.jobs
+        owner = owners.get(job.account_id, job.account_id)
+        return convert.job_to_pb(job, jobs.counts(job), owner, jobs.waiting(job.id))
+
+    def _owners(self) -> dict[str, str]:
+        return {a.id: a.name for a in self.app.store.list_accounts()}
+
+    @unary
+    async def ListAllJobs(
+        self, request: admin_pb2.ListAllJobsRequest, context: Ctx
+    ) -> admin_pb2.ListAllJobsResponse:
+        admin_of(context, self.app.accounts)
+        account = self.app.accounts.get(request.account) if request.account else None
+        states = convert.job_states_from_pb(request.states)
+        jobs = self.app.jobs.list_all(account, states, request.limit or 100)
+        owners = self._owners()
+        return admin_pb2.ListAllJobsResponse(jobs=[self._job_pb(j, owners) for j in jobs])
+
+    @unary
+    async def CancelAnyJob(
+        self, request: admin_pb2.CancelAnyJobRequest, context: Ctx
+    ) -> admin_pb2.CancelAnyJobResponse:
+        operator = admin_of(context, self.app.accounts)
+        reason = request.reason[:500] or f"cancelled by operator {operator.name!r}"
+        job = await self.app.call(lambda: self.app.jobs.cancel_any(request.job_id, reason))
+        return admin_pb2.CancelAnyJobResponse(job=self._job_pb(job, self._owners()))
 
     @streaming
     async def WatchEvents(

@@ -15,6 +15,9 @@ from sparegrid.coordinator.errors import invalid, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import account_of
 from sparegrid.coordinator.rpc.errors import streaming, unary
+from sparegrid.coordinator.services.estimate import estimate
+from sparegrid.coordinator.services.jobs import Draft
+from sparegrid.coordinator.services.webhooks import account_secret
 from sparegrid.coordinator.states import FINAL_JOB_STATES
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
 
@@ -96,6 +99,33 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         )
 
     @unary
+    async def EstimateJob(
+        self, request: client_pb2.EstimateJobRequest, context: Ctx
+    ) -> client_pb2.EstimateJobResponse:
+        account = account_of(context, self.app.accounts)
+        spec = convert.spec_from_pb(client_pb2.SubmitJobRequest(spec=request.spec))
+        spec.idempotency_key = ""  # an estimate never returns (or names) a job
+        jobs = self.app.jobs
+        draft = jobs.prepare(account, spec)
+        assert isinstance(draft, Draft)  # no idempotency key: never a recorded job
+        found = await asyncio.to_thread(lambda: estimate(jobs.plan(draft)))
+        kind = jobs.kinds[spec.kind]
+        return client_pb2.EstimateJobResponse(
+            tasks=found.tasks,
+            work_units=found.work_units,
+            work_unit=getattr(kind, "work_unit", "unit"),
+            price_credit=found.price_credit,
+            price_units=found.price_units,
+            exact_credit=found.exact_credit,
+            credit_per_pass=found.credit_per_pass,
+            max_paid_results=found.max_paid_results,
+            max_held=found.max_held,
+            policy=found.policy,
+            balance=self.app.accounts.balance(account),
+            rounding=found.rounding,
+        )
+
+    @unary
     async def GetAccount(
         self, request: client_pb2.GetAccountRequest, context: Ctx
     ) -> client_pb2.GetAccountResponse:
@@ -111,6 +141,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             is_admin=account.is_admin,
             stake=self.app.identities.stake(account.name),
             held=held,
+            webhook_secret=account_secret(self.app.signer, account.id).hex(),
         )
 
     @unary

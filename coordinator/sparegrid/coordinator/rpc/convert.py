@@ -1,6 +1,7 @@
 """Proto <-> domain conversion, in one place."""
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,37 +18,16 @@ from sparegrid.coordinator.domain import (
     Node,
     Reputation,
     Requirements,
-    Standing,
     Task,
     TaskState,
 )
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
+from sparegrid.wire.codes import DEVICE_KINDS, JOB_STATES, STANDINGS, TASK_STATES, names
 
-_DEVICE_KINDS: dict[int, str] = {
-    common_pb2.DEVICE_KIND_UNSPECIFIED: "",
-    common_pb2.DEVICE_KIND_CPU: "cpu",
-    common_pb2.DEVICE_KIND_CUDA: "cuda",
-}
-_DEVICE_KIND_PB: dict[str, common_pb2.DeviceKind.ValueType] = {
-    "cpu": common_pb2.DEVICE_KIND_CPU,
-    "cuda": common_pb2.DEVICE_KIND_CUDA,
-}
-_JOB_STATES = {
-    JobState.QUEUED: common_pb2.JOB_STATE_QUEUED,
-    JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
-    JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
-    JobState.FAILED: common_pb2.JOB_STATE_FAILED,
-    JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
-}
-_TASK_STATES = {
-    TaskState.QUEUED: common_pb2.TASK_STATE_QUEUED,
-    TaskState.LEASED: common_pb2.TASK_STATE_LEASED,
-    TaskState.SUCCEEDED: common_pb2.TASK_STATE_SUCCEEDED,
-    TaskState.FAILED: common_pb2.TASK_STATE_FAILED,
-    TaskState.CANCELLED: common_pb2.TASK_STATE_CANCELLED,
-}
+# requirements: DEVICE_KIND_UNSPECIFIED is "" (any kind)
+_DEVICE_KINDS: dict[int, str] = {common_pb2.DEVICE_KIND_UNSPECIFIED: ""} | names(DEVICE_KINDS)
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:
@@ -80,7 +60,7 @@ def device_from_pb(d: common_pb2.Device) -> Device:
 def device_to_pb(d: Device) -> common_pb2.Device:
     return common_pb2.Device(
         index=d.index,
-        kind=_DEVICE_KIND_PB.get(d.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
+        kind=DEVICE_KINDS.get(d.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
         name=d.name,
         uuid=d.uuid,
         memory_bytes=d.memory_bytes,
@@ -108,6 +88,8 @@ def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
         idempotency_key=request.idempotency_key[:200],
         replicas=spec.replicas,
         quorum=spec.quorum,
+        priority=spec.priority,
+        webhook_url=spec.webhook_url,
     )
 
 
@@ -118,7 +100,7 @@ def job_to_pb(
         job_id=job.id,
         kind=job.kind,
         name=job.name,
-        state=_JOB_STATES[job.state],
+        state=JOB_STATES[job.state],
         counts=common_pb2.JobCounts(
             total=job.task_count,
             queued=counts[TaskState.QUEUED],
@@ -136,6 +118,8 @@ def job_to_pb(
         finished_at=timestamp(job.finished_at),
         owner=owner,
         waiting=waiting,
+        priority=job.priority,
+        has_webhook=bool(job.webhook_url),
     )
 
 
@@ -147,7 +131,7 @@ def task_result_to_pb(task: Task, inline: dict[str, bytes]) -> client_pb2.TaskRe
     result = client_pb2.TaskResult(
         task_id=task.id,
         index=task.index,
-        state=_TASK_STATES[task.state],
+        state=TASK_STATES[task.state],
         node_id=task.node_id,
         outputs=refs_to_pb(task.outputs),
         error=task.error,
@@ -164,15 +148,20 @@ def account_to_pb(account: Account, balance: int) -> admin_pb2.Account:
         balance=balance,
         is_admin=account.is_admin,
         created_at=timestamp(account.created_at),
+        disabled=account.disabled,
+        has_key=account.has_key,
     )
 
 
-_STANDINGS = {
-    Standing.ACTIVE: admin_pb2.NODE_STANDING_ACTIVE,
-    Standing.QUARANTINED: admin_pb2.NODE_STANDING_QUARANTINED,
-    Standing.BANNED: admin_pb2.NODE_STANDING_BANNED,
-    Standing.PENDING: admin_pb2.NODE_STANDING_PENDING,
-}
+def job_states_from_pb(states: Iterable[int]) -> list[JobState]:
+    """Domain job states from a request's filter; an unknown one is a bad request."""
+    by_pb: dict[int, str] = {pb: state for state, pb in JOB_STATES.items()}
+    wanted = []
+    for value in states:
+        if value not in by_pb:
+            raise invalid("BAD_STATE", f"job state {value} is not one a job can be in")
+        wanted.append(JobState(by_pb[value]))
+    return wanted
 
 
 @dataclass
@@ -196,7 +185,7 @@ def node_to_pb(node: Node, view: NodeView) -> admin_pb2.Node:
         window=view.window,
         in_flight=view.in_flight,
         owner=node.owner,
-        standing=_STANDINGS[rep.standing],
+        standing=STANDINGS[rep.standing],
         standing_reason=rep.reason,
         streak=rep.streak,
         validated=rep.validated,

@@ -14,11 +14,14 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc import aio
 
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
+from sparegrid.coordinator.store.base import StoreUnavailable
+from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode
+from sparegrid.wire.metadata import RETRY_AFTER_KEY
 
 log = logging.getLogger("sparegrid.coordinator.rpc")
 
-CODE_KEY = "sparegrid-code"
+CODE_KEY = CODE_METADATA_KEY
 # A status message travels in a trailer, percent-encoded; a client drops trailers past 8 KiB
 # (and the stable code with them), so a message that echoes what a caller sent is cut short.
 MAX_MESSAGE_BYTES = 2000
@@ -32,6 +35,7 @@ STATUS = {
     ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 
 S = TypeVar("S")
@@ -40,12 +44,17 @@ Resp = TypeVar("Resp")
 
 
 async def abort(context: aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, StoreUnavailable):  # a read outside a group commit met it
+        exc = store_unavailable(exc)
     if isinstance(exc, CoordinatorError):
-        context.set_trailing_metadata(((CODE_KEY, exc.code),))
+        trailers = [(CODE_KEY, exc.code)]
+        if exc.retry_after > 0:
+            trailers.append((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after * 1000)))))
+        context.set_trailing_metadata(tuple(trailers))
         await context.abort(STATUS[exc.kind], shortened(exc.message))
     ref = uuid.uuid4().hex[:12]
     log.error("internal error, reference %s", ref, exc_info=exc)
-    context.set_trailing_metadata(((CODE_KEY, "INTERNAL"),))
+    context.set_trailing_metadata(((CODE_KEY, ErrorCode.INTERNAL),))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
 
 

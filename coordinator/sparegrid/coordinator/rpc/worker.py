@@ -12,8 +12,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
+from packaging.version import InvalidVersion, Version
 
-from sparegrid.coordinator.app import App
+from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.domain import Attempt, Node, Task
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
@@ -32,11 +33,13 @@ _CLOSE = object()
 
 
 class QueueSink:
-    """Messages for one worker: buffered, then queued on its stream after each commit."""
+    """Messages for one worker: buffered, then queued on its stream after each commit.
+    A sink holding messages puts itself in `unflushed`: a commit flushes only those."""
 
-    def __init__(self) -> None:
+    def __init__(self, unflushed: set[Any] | None = None) -> None:
         self.queue: asyncio.Queue[Msg | object] = asyncio.Queue()
         self._held: list[Msg | object] = []
+        self._unflushed = unflushed if unflushed is not None else set()
 
     def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
         assignments = [
@@ -56,9 +59,11 @@ class QueueSink:
             for attempt, task, kind in items
         ]
         self._held.append(Msg(assign=worker_pb2.Assign(assignments=assignments)))
+        self._unflushed.add(self)
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
         self._held.append(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
+        self._unflushed.add(self)
 
     def flush(self) -> None:
         for message in self._held:
@@ -115,6 +120,24 @@ def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     )
 
 
+def check_worker_version(version: str, settings: Settings) -> None:
+    """Refuses a worker older than `--min-worker-version`, saying what to do."""
+    minimum = settings.min_worker_version
+    if not minimum:
+        return
+    try:
+        too_old = Version(version) < Version(minimum)
+    except InvalidVersion:
+        too_old = True
+    if too_old:
+        raise CoordinatorError(
+            ErrorKind.PRECONDITION,
+            "WORKER_TOO_OLD",
+            f"this coordinator needs sparegrid {minimum} or newer on workers; this worker "
+            f"runs {version or 'an unknown version'}: upgrade it (pip install -U sparegrid)",
+        )
+
+
 def _ack(batch_id: int, verdicts: list[Verdict]) -> Msg:
     return Msg(
         result_ack=worker_pb2.ResultAck(
@@ -146,6 +169,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         first = await anext(incoming, None)
         if first is None or not first.HasField("hello"):
             raise invalid("BAD_HELLO", "a worker session starts with Hello")
+        # admitted at a bounded rate, before any costly step (the owner's key, the
+        # signature); Hello is read first so the worker hears the refusal while reading
+        # (a refusal while it writes reaches it as INTERNAL, not UNAVAILABLE)
+        wait = app.admission.admit()
+        if wait:
+            raise CoordinatorError(
+                ErrorKind.UNAVAILABLE,
+                "REGISTRATION_BUSY",
+                f"the coordinator is busy admitting registrations "
+                f"({app.settings.admission.rate:g} a second); retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+        check_worker_version(first.hello.software.get("sparegrid", ""), app.settings)
         node = _node_from_hello(first.hello, app.clock.now())
         node.owner = self._owner(context, node.id)
         app.identities.admit(node)
@@ -159,7 +195,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             verify(node.public_key, REGISTER_TAG, signed, answer.challenge_response.signature)
         except BadSignature as exc:
             raise _unauthenticated(f"challenge signature does not verify: {exc}") from None
-        sink = QueueSink()
+        sink = QueueSink(app.unflushed)
         running = list(first.hello.running_attempts)
         budget = first.hello.max_attempt_seconds
 
@@ -210,11 +246,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         """Hands each message to the next group commit; replies follow in order."""
         try:
             async for message in incoming:
-                if message.WhichOneof("body") == "results":
+                body = message.WhichOneof("body")
+                if body == "heartbeat" and not self.app.scheduler.holds_leases(node.id):
+                    self.app.saw(node.id)  # nothing to renew: no commit, no dispatch
+                    continue
+                if body == "results":
                     await self._compare_ahead(node, message.results)
                 future = self.app.call(functools.partial(self._handle, node, message))
                 future.add_done_callback(functools.partial(_reply, sink))
-                self.app.kick()
+                if body != "heartbeat":  # a renewal frees no credit and queues nothing
+                    self.app.kick()
         finally:
             self.app.call(lambda: None).add_done_callback(lambda _: sink.queue.put_nowait(_CLOSE))
 
@@ -250,8 +291,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 raise invalid("BAD_CREDIT", str(exc)) from None
         elif body == "heartbeat":
             app.scheduler.heartbeat(node.id)
-            node.last_seen = app.clock.now()
-            app.store.upsert_node(node)
+            app.saw(node.id)
         elif body == "results":
             results = message.results
             if len(results.statements) > MAX_BATCH:

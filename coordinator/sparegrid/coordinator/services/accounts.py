@@ -1,4 +1,11 @@
-"""Accounts and API keys. Only the SHA-256 of a key is stored."""
+"""Accounts and API keys. Only the SHA-256 of a key is stored.
+
+An operator may disable an account (its key is refused, and its nodes cannot connect; jobs
+it submitted before run on and settle as usual, and `admin jobs cancel` stops them), rotate
+its key (the old one stops working at once), revoke it (no key works until rotated), and
+debit its credit back to the mint. None of these may leave the coordinator without an
+enabled admin account that has a key.
+"""
 
 import hashlib
 import re
@@ -6,10 +13,10 @@ import secrets
 import uuid
 
 from sparegrid.coordinator.clock import Clock
-from sparegrid.coordinator.domain import Account, client_account
+from sparegrid.coordinator.domain import REVOKED_KEY, Account, client_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.services.ledger import Ledger
-from sparegrid.coordinator.store.base import Conflict, Store
+from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_GRANT = 10**15
@@ -36,6 +43,12 @@ class Accounts:
                 ErrorKind.UNAUTHENTICATED,
                 "BAD_API_KEY",
                 "the API key is not known to this coordinator; check SPAREGRID_API_KEY",
+            )
+        if account.disabled:
+            raise CoordinatorError(
+                ErrorKind.PERMISSION,
+                "ACCOUNT_DISABLED",
+                f"account {account.name!r} is disabled by the operator of this coordinator",
             )
         return account
 
@@ -72,6 +85,67 @@ class Accounts:
         _check_amount(amount, allow_zero=False)
         self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
         return account
+
+    def debit(self, name: str, amount: int, key: str, reason: str) -> Account:
+        """Takes credit back to the mint; refused, booking nothing, beyond the balance."""
+        account = self.get(name)
+        _check_amount(amount, allow_zero=False)
+        try:
+            self._ledger.debit(name, amount, key=f"debit:{key}", reason=reason or "debit")
+        except InsufficientFunds as exc:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "INSUFFICIENT_CREDIT",
+                f"account {name!r} holds {exc.balance} credit; a debit of {amount} would take "
+                "it below zero (nothing was debited)",
+            ) from None
+        return account
+
+    def set_disabled(self, name: str, disabled: bool) -> Account:
+        account = self.get(name)
+        if disabled:
+            self._keep_an_admin(account, "disable")
+        account.disabled = disabled
+        self._store.update_account(account)
+        return account
+
+    def rotate_key(self, name: str) -> tuple[Account, str]:
+        """A new key for the account; the old one stops working now."""
+        account = self.get(name)
+        key = new_api_key()
+        account.key_hash = hash_key(key)
+        self._store.update_account(account)
+        return account, key
+
+    def revoke_key(self, name: str) -> Account:
+        account = self.get(name)
+        if not account.has_key:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "NO_KEY",
+                f"account {name!r} has no key to revoke; `admin key rotate {name}` gives it one",
+            )
+        self._keep_an_admin(account, "revoke the key of")
+        account.key_hash = f"{REVOKED_KEY}{uuid.uuid4().hex}"
+        self._store.update_account(account)
+        return account
+
+    def _keep_an_admin(self, account: Account, action: str) -> None:
+        """Refuses to take away the last enabled admin account with a key."""
+        if not (account.is_admin and account.has_key and not account.disabled):
+            return
+        others = [
+            a
+            for a in self._store.list_accounts()
+            if a.is_admin and a.has_key and not a.disabled and a.id != account.id
+        ]
+        if not others:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "LAST_ADMIN",
+                f"cannot {action} {account.name!r}: it is the last enabled admin account with "
+                "a key; create another with `sparegrid admin account create NAME --admin` first",
+            )
 
     def get(self, name: str) -> Account:
         account = self._store.get_account_by_name(name)

@@ -107,9 +107,16 @@ class Canaries:
         references = []
         for owner in sorted({r.owner for r in agreed}):
             reference = Replica(
-                f"known:{copy.id}:{owner}", copy.id, canary.id, "", owner, outputs, b"",
-                ReplicaState.VALID, now,
-            )  # fmt: skip
+                f"known:{copy.id}:{owner}",
+                copy.id,
+                canary.id,
+                "",
+                owner,
+                outputs,
+                b"",
+                ReplicaState.VALID,
+                now,
+            )
             references.append(reference)
         self._store.create_job(canary, [copy])
         short = canary.cost_held - self._store.balance(client_account(CANARY_ACCOUNT))
@@ -130,9 +137,12 @@ class Canaries:
         account = self._store.get_account_by_name(CANARY_ACCOUNT)
         if account is None:  # a system account nobody holds a key to
             account = Account(
-                uuid.uuid4().hex, CANARY_ACCOUNT, hash_key(secrets.token_hex(32)), False,
+                uuid.uuid4().hex,
+                CANARY_ACCOUNT,
+                hash_key(secrets.token_hex(32)),
+                False,
                 self._clock.now(),
-            )  # fmt: skip
+            )
             self._store.create_account(account)
         self._account_id = account.id
         return account

@@ -30,6 +30,7 @@ from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
 
 _VERSION = re.compile(r"\d+\.\d+")
 MAX_ATTEMPTS = 10
+MAX_PRIORITY = 100
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 RETRYABLE_TASKS = frozenset({TaskState.FAILED, TaskState.CANCELLED})
 # every state but SUBMITTING: a job whose submit is still being written is nobody's yet
@@ -102,6 +103,25 @@ class Price:
         return f"{self.credit}/{self.units}" if self.units != 1 else str(self.credit)
 
 
+# The default prices, the one place they are written: `Settings`, `coordinator serve
+# --help`, `sparegrid job prices` (which asks the coordinator for the prices in force) and
+# the README's table (a test compares it) all read them from here. Credit per work units:
+# an echo task is 1 unit, a checksum 1 per byte, an inference shard 1 per GFLOP of its
+# program over its samples, a render task 1 per pixel x sample (a 1920x1080 frame at 128
+# samples: 27 credit). A kind not listed costs 1 credit per work unit.
+DEFAULT_PRICES: dict[str, Price] = {
+    "echo": Price(1),
+    "checksum": Price(1, 1 << 20),
+    "inference": Price(1, 100),
+    "render": Price(1, 10_000_000),
+}
+
+
+def prices_text(prices: dict[str, Price]) -> str:
+    """ "echo=1, checksum=1/1048576, ..." for help texts."""
+    return ", ".join(f"{kind}={price}" for kind, price in prices.items())
+
+
 def parse_price(text: str) -> Price:
     """ "CREDIT" or "CREDIT/UNITS"; ValueError saying what is wrong."""
     credit, _, units = text.partition("/")
@@ -116,6 +136,8 @@ class JobsConfig:
     default_max_attempts: int = 3
     # how many owners could vote on a quorum at most: accounts whose nodes' results count
     voters: Callable[[], int] | None = None
+    # refuses a webhook URL, raising CoordinatorError (services/webhooks.py)
+    check_webhook: Callable[[str], None] = lambda url: None
 
 
 class Jobs:
@@ -180,6 +202,8 @@ class Jobs:
             known = ", ".join(sorted(self.kinds))
             raise invalid("UNKNOWN_KIND", f"unknown job kind {spec.kind!r}; known kinds: {known}")
         _check_spec(spec)
+        if spec.webhook_url:
+            self._config.check_webhook(spec.webhook_url)
         self._check_quorum(spec)
         params = decode_params(spec.params)
         return Draft(account, spec, kind, params, self._inputs(account, spec.inputs))
@@ -217,6 +241,8 @@ class Jobs:
             idempotency_key=spec.idempotency_key,
             replicas=spec.replicas,
             quorum=spec.quorum,
+            priority=spec.priority,
+            webhook_url=spec.webhook_url,
         )
         job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
         return Planned(account, job, plans)
@@ -365,7 +391,12 @@ class Jobs:
     def waiting(self, job_id: str) -> str:
         """Why a running job's queued tasks cannot run now; "" once it is final."""
         active = self._scheduler.jobs.get(job_id)
-        return self._scheduler.waiting(active) if active is not None else ""
+        if active is None:
+            return ""
+        reason = self._scheduler.waiting(active)
+        if not reason and active.queue:  # shown, but not a reason to give up on the job
+            reason = self._scheduler.capped(active.owner)
+        return reason
 
     def cancel(self, account: Account, job_id: str) -> Job:
         job = self.get(account, job_id)
@@ -373,6 +404,38 @@ class Jobs:
         if active is not None:
             self._scheduler.finish(active, JobState.CANCELLED, "cancelled by the client")
         return self.get(account, job_id)
+
+    def list_all(
+        self, account: Account | None, states: list[JobState] | None, limit: int
+    ) -> list[Job]:
+        """For operators: jobs of every account (or one), newest first."""
+        wanted: list[JobState] = [
+            s for s in states or VISIBLE_JOB_STATES if s != JobState.SUBMITTING
+        ]
+        return self._store.list_jobs(
+            account.id if account is not None else None, wanted, min(max(limit, 1), 10_000)
+        )
+
+    def get_any(self, job_id: str) -> Job:
+        job = self._store.get_job(job_id) if job_id else None
+        if job is None or job.state == JobState.SUBMITTING:
+            raise not_found(
+                "JOB_NOT_FOUND", f"no job {job_id!r}; `sparegrid admin jobs list` lists them"
+            )
+        return job
+
+    def cancel_any(self, job_id: str, reason: str) -> Job:
+        """For operators: cancels any account's job; its unspent escrow goes back to it."""
+        job = self.get_any(job_id)
+        active = self._scheduler.jobs.get(job.id)
+        if active is None:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "JOB_FINISHED",
+                f"job {job_id} is {job.state.value} already; nothing to cancel",
+            )
+        self._scheduler.finish(active, JobState.CANCELLED, reason)
+        return self.get_any(job_id)
 
     def retry(self, account: Account, job_id: str) -> Job:
         """Runs the tasks of a failed or cancelled job that did not succeed again, with
@@ -471,6 +534,11 @@ def _check_spec(spec: JobSpec) -> None:
         raise invalid("BAD_NAME", "job name is longer than 200 characters")
     if not 0 <= spec.max_attempts <= MAX_ATTEMPTS:
         raise invalid("BAD_ATTEMPTS", f"max_attempts must be 0 (default) to {MAX_ATTEMPTS}")
+    if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        raise invalid(
+            "BAD_PRIORITY",
+            f"priority must be -{MAX_PRIORITY} to {MAX_PRIORITY}, got {spec.priority}",
+        )
     problem = check_policy(spec.replicas, spec.quorum)
     if problem:
         raise invalid("BAD_POLICY", f"verification policy: {problem}")

@@ -20,6 +20,8 @@ class JobSpec:
     idempotency_key: str = ""
     replicas: int = 0  # 0 and 0: the adaptive policy
     quorum: int = 0
+    priority: int = 0  # among the account's own jobs
+    webhook_url: str = ""
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -34,6 +36,8 @@ def spec_of(job: Job) -> JobSpec:
         idempotency_key=job.idempotency_key,
         replicas=job.replicas,
         quorum=job.quorum,
+        priority=job.priority,
+        webhook_url=job.webhook_url,
     )
 
 
@@ -48,9 +52,10 @@ def spec_differences(first: JobSpec, again: JobSpec, default_max_attempts: int) 
     differ += _param_differences(first.params, again.params)
     if first.inputs != again.inputs:
         names = sorted(
-            n for n in first.inputs.keys() | again.inputs.keys()
+            n
+            for n in first.inputs.keys() | again.inputs.keys()
             if first.inputs.get(n) != again.inputs.get(n)
-        )  # fmt: skip
+        )
         differ.append(f"inputs differ in {names}")
     if asdict(first.requirements) != asdict(again.requirements):
         differ.append("requirements differ")
@@ -64,6 +69,10 @@ def spec_differences(first: JobSpec, again: JobSpec, default_max_attempts: int) 
         differ.append(
             f"policy is {first.quorum} of {first.replicas}, not {again.quorum} of {again.replicas}"
         )
+    if first.priority != again.priority:
+        differ.append(f"priority is {first.priority}, not {again.priority}")
+    if first.webhook_url != again.webhook_url:
+        differ.append("webhook URL differs")
     return differ
 
 

@@ -88,6 +88,10 @@ class Ledger:
     def grant(self, account_name: str, amount: int, key: str, reason: str = "grant") -> bool:
         return self._post(key, reason, MINT, client_account(account_name), amount, flow="granted")
 
+    def debit(self, account_name: str, amount: int, key: str, reason: str = "debit") -> bool:
+        """Takes credit from an account back to the mint; InsufficientFunds if short."""
+        return self._post(key, reason, client_account(account_name), MINT, amount)
+
     def hold(self, job: Job, account_name: str, amount: int = 0, key: str = "") -> None:
         """Moves the job's maximum cost (or `amount` more, for a retry: `key` tells one
         retry from another) into its escrow; InsufficientFunds if short."""

@@ -25,6 +25,7 @@ from sparegrid.coordinator.services.settlement import Candidate, Settled, Settle
 from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
+from sparegrid.wire.codes import FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.wire.signing import RESULT_BATCH_TAG, verify
 
@@ -40,7 +41,7 @@ class Verdict:
     credit: int = 0  # paid for this attempt now (0 also when it is paid later, once validated)
 
 
-PREEMPTED = "PREEMPTED"  # the node's policy stopped the task: re-queued, not held against it
+PREEMPTED = FailureCode.PREEMPTED  # stopped by the node's policy: re-queued, not held against it
 
 
 @dataclass
@@ -90,7 +91,9 @@ class Intake:
                 verdicts.append(Verdict("", False, "BAD_STATEMENT", "statement does not decode"))
                 continue
             if statement.attempt_id in seen:
-                verdicts.append(Verdict(statement.attempt_id, False, "DUPLICATE", "twice in batch"))
+                verdicts.append(
+                    Verdict(statement.attempt_id, False, VerdictCode.DUPLICATE, "twice in batch")
+                )
                 continue
             seen.add(statement.attempt_id)
             try:
@@ -104,7 +107,7 @@ class Intake:
                 continue
             attempt = attempts[statement.attempt_id]
             if attempt.state == AttemptState.SUCCEEDED:
-                verdicts.append(Verdict(attempt.id, True, "DUPLICATE", "accepted before"))
+                verdicts.append(Verdict(attempt.id, True, VerdictCode.DUPLICATE, "accepted before"))
                 continue
             receipt = common_pb2.Receipt(
                 statement=statements[index],

@@ -97,18 +97,29 @@ class Settlement:
             attempts.append(c.attempt)
             out.released.append(c.attempt)
             replica = Replica(
-                c.attempt.id, c.task.id, c.task.job_id, node_id, owner, c.outputs, c.receipt,
-                created_at=now, params=c.attempt.params,
-            )  # fmt: skip
+                c.attempt.id,
+                c.task.id,
+                c.task.job_id,
+                node_id,
+                owner,
+                c.outputs,
+                c.receipt,
+                created_at=now,
+                params=c.attempt.params,
+            )
             store.add_replicas([replica])
             sched.hold_replica(active, replica)
             results = active.replicas.get(c.task.id, [])
             excluded = active.excluded.get(c.task.id, set())
             known = self.canaries.known.get(c.task.id)
             decision = self.verifier.decide(
-                active.job, c.task, results, read,
-                functools.partial(sched.others_online, active, excluded), known,
-            )  # fmt: skip
+                active.job,
+                c.task,
+                results,
+                read,
+                functools.partial(sched.others_online, active, excluded),
+                known,
+            )
             touched[c.task.id] = c.task
             out.jobs.add(active.job.id)
             out.outcomes[active.job.kind, decision.outcome.value] += 1

@@ -7,6 +7,7 @@ whatever its size, and the coordinator never holds millions of objects for the g
 collector to walk. A task with results held for comparison is never inside a range.
 """
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -14,6 +15,7 @@ from sparegrid.coordinator.domain import Task
 
 # (first index, how many): the job's tasks from that index on, in index order
 Reader = Callable[[int, int], list[Task]]
+_versions = itertools.count(1)
 
 
 class TaskQueue:
@@ -32,6 +34,9 @@ class TaskQueue:
         self._order.extend(ranges)
         self._read = read
         self._unread = sum(len(r) for r in ranges)
+        # changes whenever tasks join the queue (or a new queue is made): what dispatch
+        # looks at to know whether idle nodes are worth another look
+        self.version = next(_versions)
 
     def __len__(self) -> int:
         return len(self._tasks) + self._unread
@@ -54,11 +59,13 @@ class TaskQueue:
         self._drop(task.id)
         self._tasks[task.id] = task
         self._order.appendleft(task.id)
+        self.version = next(_versions)
 
     def append(self, task: Task) -> None:
         self._drop(task.id)
         self._tasks[task.id] = task
         self._order.append(task.id)
+        self.version = next(_versions)
 
     def remove(self, task_id: str) -> Task | None:
         """Takes a task out wherever it is; None when it is not kept as an object."""

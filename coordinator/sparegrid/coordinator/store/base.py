@@ -6,12 +6,14 @@ writes (a savepoint), and only the outermost one commits. Lists returned are
 fresh copies: mutating them never changes the store.
 """
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    Delivery,
     Dispute,
     Event,
     Job,
@@ -28,6 +30,11 @@ from sparegrid.coordinator.domain import (
 
 class StoreError(Exception):
     """Base of the errors a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (its connection was lost); the message names it.
+    Nothing of the call that met it was written."""
 
 
 class Conflict(StoreError):
@@ -67,6 +74,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """Opens the database again after StoreUnavailable (a no-op where nothing was lost);
+        raises StoreUnavailable while it cannot be reached."""
+
     # accounts
     def create_account(self, account: Account) -> None:
         """Raises Conflict if the name is taken."""
@@ -78,6 +89,9 @@ class Store(Protocol):
     def get_account_by_key_hash(self, key_hash: str) -> Account | None: ...
 
     def list_accounts(self) -> list[Account]: ...
+
+    def update_account(self, account: Account) -> None:
+        """Writes its key hash, admin flag and disabled flag (found by id)."""
 
     # ledger: append-only, double-entry
     def post(self, txn: Transaction) -> bool:
@@ -195,6 +209,10 @@ class Store(Protocol):
         """Inserts, or updates name, public key, devices, software, executors, owner and
         last_seen; counters and first_seen of a known node are kept."""
 
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        """Moves each node's last_seen forward to the time given (never back), all in one
+        statement: heartbeats are kept in memory and written in bulk."""
+
     def get_node(self, node_id: str) -> Node | None: ...
 
     def list_nodes(self) -> list[Node]: ...
@@ -222,6 +240,17 @@ class Store(Protocol):
 
     def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
         """A job's disputes, by task index."""
+
+    # webhook calls owed (services/webhooks.py)
+    def add_webhook(self, delivery: Delivery) -> None: ...
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        """Pending deliveries whose time has come, oldest first."""
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        """Records a delivery's attempts, next time, state and last error."""
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]: ...
 
     # blobs: who may read what, and small blobs kept in the database
     def add_blob_owners(self, digests: list[str], account_id: str) -> None: ...

@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.base import Conflict, StoreError, StoreUnavailable
 from sparegrid.coordinator.store.schema import MIGRATIONS, SCHEMA_VERSION_TABLE, statements
 
 # Most values bound in one statement; SQLite allows 32766 and PostgreSQL 65535.
@@ -44,6 +44,11 @@ class Dialect:
     lock_rows: str  # appended to a SELECT to lock the rows it reads
     placeholder: str  # "?" or "%s"
     integrity_error: type[Exception]
+    error: type[Exception]  # the base of the driver's errors
+
+
+class TransactionDoomed(StoreError):
+    """A pipelined transaction met a database error: it rolls back as a whole."""
 
 
 def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -60,6 +65,13 @@ class SqlEngine:
 
     A method called outside `transaction()` runs in a transaction of its own; inside one,
     only the outermost transaction commits or rolls back.
+
+    A backend may pipeline (postgres.py): inside a transaction, statements whose results
+    are not needed go out without waiting for them, and a transaction costs about one
+    round trip plus one per query. A database error then surfaces at the next query or
+    sync, perhaps in another statement than the one that failed: it dooms the whole
+    transaction (only `_conflicts` tells its own errors apart, and survives them), and
+    the outermost transaction rolls back rather than commit.
     """
 
     migrations: ClassVar[list[tuple[int, str]]] = MIGRATIONS
@@ -70,15 +82,29 @@ class SqlEngine:
         self._lock = threading.RLock()
         self._depth = 0
         self._translated: dict[str, str] = {}
+        self._pipelined = False  # statements go out without waiting for their results
+        self._unsynced = False  # statements sent whose results are not read yet
+        self._doomed: BaseException | None = None  # a database error in this transaction
+        self._method_transaction = False  # the transaction is a store method's own
         try:
             self._migrate()
         except BaseException:
             conn.close()
             raise
 
+    database = "database"  # what errors call it (postgres.py names server and database)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def reconnect(self) -> None:
+        """Nothing to do where the connection cannot be lost (SQLite: a local file)."""
+
+    def _lost(self, exc: Exception) -> bool:
+        """Whether `exc` says the connection was lost (the server or the network dropped
+        it, or left it unusable)."""
+        return False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -89,32 +115,76 @@ class SqlEngine:
                 self._run(f"SAVEPOINT {name}")
                 try:
                     yield
-                except BaseException:
-                    with suppress(Exception):
-                        self._run(f"ROLLBACK TO SAVEPOINT {name}")
-                        self._run(f"RELEASE SAVEPOINT {name}")
+                except BaseException as exc:
+                    self._undo(name, exc)
                     raise
                 else:
                     self._run(f"RELEASE SAVEPOINT {name}")
                 finally:
                     self._depth -= 1
                 return
-            self._run(self._dialect.begin)
+            self._doomed = None
             self._depth = 1
-            self._began()
             try:
+                with self._errors():
+                    self._pipeline(True)
+                self._run(self._dialect.begin)
+                self._began()
                 yield
+                if self._doomed is not None:
+                    raise self._doom_error(self._doomed)
                 self._committing()
                 self._run("COMMIT")
+                with self._errors():
+                    self._pipeline(False)  # reads every result, the COMMIT's included
             except BaseException:
                 with suppress(Exception):  # keep the original error, not a failed rollback
+                    self._pipeline(False, failed=True)
                     self._run("ROLLBACK")
                 raise
             finally:
                 self._depth = 0
+                self._doomed = None
             self._committed()
 
-    # what a backend may add around the outermost transaction (sqlite.py counts commits)
+    def _doom_error(self, doomed: BaseException) -> StoreError:
+        if isinstance(doomed, Exception) and self._lost(doomed):
+            return StoreUnavailable(f"lost the {self.database}: {doomed}")
+        return TransactionDoomed(f"a statement of this transaction failed: {doomed}")
+
+    def _undo(self, savepoint: str, exc: BaseException) -> None:
+        """Rolls a failed nested block back to its savepoint; a pipelined transaction that a
+        database error doomed is left to the outermost one to roll back."""
+        if self._pipelined and isinstance(exc, self._dialect.error):
+            self._doomed = self._doomed or exc
+        if self._doomed is not None:
+            return
+        with suppress(Exception):
+            self._run(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            self._run(f"RELEASE SAVEPOINT {savepoint}")
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """What a store method runs in: a transaction of its own when called alone.
+
+        Inside a transaction it adds no savepoint (two round trips on PostgreSQL): a
+        method raises what callers handle (Conflict, InsufficientFunds) either before it
+        writes or from a `_conflicts` block, which has a savepoint of its own; any other
+        error is undone with the enclosing block.
+        """
+        with self._lock:
+            if self._depth:
+                yield
+                return
+            with self.transaction():
+                self._method_transaction = True
+                try:
+                    yield
+                finally:
+                    self._method_transaction = False
+
+    # what a backend may add around the outermost transaction (sqlite.py counts commits;
+    # postgres.py pipelines)
 
     def _began(self) -> None:
         """Just after BEGIN."""
@@ -125,21 +195,48 @@ class SqlEngine:
     def _committed(self) -> None:
         """Just after a COMMIT succeeded."""
 
+    def _pipeline(self, on: bool, failed: bool = False) -> None:
+        """Enters or leaves pipeline mode; leaving reads every result, raising the first
+        error unless the transaction `failed` already. Not pipelined here."""
+
+    def _read_results(self) -> None:
+        """Reads the results of every statement sent, raising the first error."""
+
+    def _sync(self) -> None:
+        if not self._unsynced:
+            return
+        try:
+            with self._errors():
+                self._read_results()
+        finally:
+            self._unsynced = False
+
     @contextmanager
-    def _conflicts(self, message: str) -> Iterator[None]:
+    def _conflicts(self, message: str, lazy: bool = False) -> Iterator[None]:
         """Makes the block all-or-nothing and turns a unique violation into Conflict.
 
         Inside an enclosing transaction the block runs in a savepoint, so a failure undoes
         only its own writes and leaves the transaction usable: PostgreSQL refuses every
-        statement after an error until the transaction rolls back.
+        statement after an error until the transaction rolls back. Pipelined, the block's
+        results are read at its end. An error read there may be a statement's sent before
+        the block: then the block's SAVEPOINT never ran, rolling back to it fails in turn,
+        and that error dooms the transaction. `lazy`, inside a caller's transaction: the
+        results are not read here, and a violation (a race between coordinators, as a
+        random id cannot collide) dooms the transaction rather than raise Conflict.
         """
-        nested = self._depth > 1
+        if self._doomed is not None:
+            raise self._doom_error(self._doomed)
+        nested = self._depth > 0  # store methods add no depth of their own (_atomic)
         if nested:
             self._run("SAVEPOINT store_call")
         try:
             yield
+            if not (lazy and self._pipelined and not self._method_transaction):
+                self._sync()
         except BaseException as e:
-            if nested:
+            if isinstance(e, self._dialect.integrity_error):
+                self._doomed = None  # this block's own error, undone just below
+            if nested and self._doomed is None:
                 self._run("ROLLBACK TO SAVEPOINT store_call")
                 self._run("RELEASE SAVEPOINT store_call")
             if isinstance(e, self._dialect.integrity_error):
@@ -147,6 +244,20 @@ class SqlEngine:
             raise
         if nested:
             self._run("RELEASE SAVEPOINT store_call")
+
+    def _queries(self, statements: list[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Runs queries and returns their rows; pipelined, all in one round trip."""
+        with self._lock, self._errors():
+            cursors = [self._conn.cursor() for _ in statements]
+            try:
+                for cur, (sql, params) in zip(cursors, statements, strict=True):
+                    cur.execute(self._sql(sql), params)
+                rows = [cur.fetchall() for cur in cursors]
+            finally:
+                for cur in cursors:
+                    cur.close()
+            self._unsynced = False
+            return rows
 
     def schema_version(self) -> int:
         """The latest migration applied (0 for none)."""
@@ -180,32 +291,67 @@ class SqlEngine:
             self._translated[sql] = translated
         return translated
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Executes one statement; returns how many rows it changed."""
-        with self._lock:
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Executes one statement; pipelined, without waiting for its result."""
+        with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
                 cur.execute(self._sql(sql), params)
+            finally:
+                cur.close()
+            self._unsynced = self._pipelined
+
+    def _count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Executes one statement; returns how many rows it changed."""
+        with self._lock, self._errors():
+            cur = self._conn.cursor()
+            try:
+                cur.execute(self._sql(sql), params)
+                self._unsynced = self._pipelined
+                self._sync()
                 return cur.rowcount
             finally:
                 cur.close()
 
     def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._lock:
+        """Executes a statement once per row: nothing for none, as one for one."""
+        listed = rows if isinstance(rows, list) else list(rows)
+        if len(listed) == 1:
+            self._run(sql, listed[0])
+            return
+        if not listed:
+            return
+        with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.executemany(self._sql(sql), rows)
+                cur.executemany(self._sql(sql), listed)
             finally:
                 cur.close()
+            self._unsynced = self._pipelined
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
+        with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
                 cur.execute(self._sql(sql), params)
-                return cur.fetchall()
+                rows = cur.fetchall()  # pipelined: reads every result sent before too
             finally:
                 cur.close()
+            self._unsynced = False
+            return rows
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Pipelined, a database error may be any earlier statement's: it dooms the
+        transaction."""
+        try:
+            yield
+        except Exception as exc:
+            if self._pipelined and isinstance(exc, self._dialect.error):
+                self._doomed = self._doomed or exc
+            if isinstance(exc, self._dialect.error) and self._lost(exc):
+                raise StoreUnavailable(f"lost the {self.database}: {exc}") from exc
+            raise
 
     def _query_in(self, sql: str, values: Sequence[str], params: Sequence[Any] = ()) -> list[Any]:
         """Runs sql, whose "(*)" stands for the values, in chunks; params come first."""

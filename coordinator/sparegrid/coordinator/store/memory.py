@@ -8,7 +8,7 @@ whole state at the outermost begin and puts it back if an exception escapes.
 import copy
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -17,6 +17,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Dispute,
     Event,
     Job,
@@ -60,6 +61,7 @@ class _State:
     blob_owners: set[tuple[str, str]] = field(default_factory=set)
     uploads: set[tuple[str, str]] = field(default_factory=set)
     disputes: dict[str, Dispute] = field(default_factory=dict)
+    webhooks: dict[str, Delivery] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
     events: list[Event] = field(default_factory=list)  # oldest first
@@ -89,6 +91,9 @@ class MemoryStore(MemoryStorage):
                 self._depth -= 1
 
     def close(self) -> None:
+        pass
+
+    def reconnect(self) -> None:
         pass
 
     # accounts
@@ -122,6 +127,11 @@ class MemoryStore(MemoryStorage):
     def list_accounts(self) -> list[Account]:
         with self._lock:
             return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
+
+    def update_account(self, account: Account) -> None:
+        with self._lock:
+            if account.id in self._s.accounts:
+                self._s.accounts[account.id] = copy.deepcopy(account)
 
     # ledger
 
@@ -436,6 +446,13 @@ class MemoryStore(MemoryStorage):
 
     # nodes
 
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        with self._lock:
+            for node_id, when in seen.items():
+                stored = self._s.nodes.get(node_id)
+                if stored is not None:
+                    stored.last_seen = max(stored.last_seen, when)
+
     def upsert_node(self, node: Node) -> None:
         with self._lock:
             stored = self._s.nodes.get(node.id)
@@ -519,6 +536,26 @@ class MemoryStore(MemoryStorage):
         with self._lock:
             found = [d for d in self._s.disputes.values() if d.job_id == job_id]
             return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
+
+    def add_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        with self._lock:
+            due = [d for d in self._s.webhooks.values() if d.state == "pending"]
+            due = [d for d in due if d.next_at <= now]
+            return _copies(sorted(due, key=lambda d: d.next_at)[:limit])
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        with self._lock:
+            if delivery.id in self._s.webhooks:
+                self._s.webhooks[delivery.id] = copy.deepcopy(delivery)
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            found = [d for d in self._s.webhooks.values() if d.job_id == job_id]
+            return _copies(sorted(found, key=lambda d: d.created_at))
 
     def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
         with self._lock:

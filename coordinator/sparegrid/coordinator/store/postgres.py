@@ -1,13 +1,19 @@
 """The SQL store on PostgreSQL through psycopg 3, imported only when a store is opened."""
 
 import re
-from typing import cast
+from contextlib import AbstractContextManager, suppress
+from typing import TYPE_CHECKING, Any, cast
 
 from sparegrid.coordinator.domain import Task
 from sparegrid.coordinator.store import rows as r
+from sparegrid.coordinator.store.base import StoreError, StoreUnavailable
 from sparegrid.coordinator.store.engine import Connection, Dialect
 from sparegrid.coordinator.store.sql import SqlStore
 
+if TYPE_CHECKING:
+    import psycopg
+
+APPLICATION_NAME = "sparegrid-coordinator"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -15,7 +21,10 @@ class PostgresStore(SqlStore):
     """A store in a PostgreSQL database, over one connection.
 
     schema, when given, is created if missing and becomes the search path, so tables
-    live there (the contract tests use a throwaway schema per test).
+    live there (the contract tests use a throwaway schema per test). The connection
+    names itself `sparegrid-coordinator` (application_name) unless the DSN names it.
+    A connection the server or the network dropped makes every call raise
+    StoreUnavailable, naming the database, until `reconnect()` succeeds.
     """
 
     def __init__(self, dsn: str, schema: str | None = None) -> None:
@@ -27,16 +36,16 @@ class PostgresStore(SqlStore):
             ) from e
         if schema is not None and not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")
-        # autocommit: the store sends BEGIN, COMMIT and ROLLBACK itself.
-        conn = psycopg.connect(dsn, autocommit=True)
+        self._dsn, self._schema = dsn, schema
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        self.database = (
+            f"PostgreSQL database {info.get('dbname') or info.get('user') or '?'} on "
+            f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+        )
         try:
-            if schema is not None:
-                name = psycopg.sql.Identifier(schema)
-                conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
-                conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(name))
-        except BaseException:
-            conn.close()
-            raise
+            conn = self._connect()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
         dialect = Dialect(
             types={
                 "real": "DOUBLE PRECISION",
@@ -47,16 +56,98 @@ class PostgresStore(SqlStore):
             lock_rows=" FOR UPDATE",
             placeholder="%s",
             integrity_error=psycopg.IntegrityError,
+            error=psycopg.Error,
         )
         self._pg = conn
+        self._pipe: AbstractContextManager[object] | None = None
+        self._broken = False  # the connection was lost: reconnect() opens another
         # psycopg's stubs want LiteralString queries; ours are assembled from constants.
         super().__init__(cast(Connection, conn), dialect)
 
+    def _connect(self) -> "psycopg.Connection[tuple[Any, ...]]":
+        import psycopg
+
+        dsn = self._dsn
+        if "application_name" not in psycopg.conninfo.conninfo_to_dict(dsn):
+            dsn = psycopg.conninfo.make_conninfo(dsn, application_name=APPLICATION_NAME)
+        # autocommit: the store sends BEGIN, COMMIT and ROLLBACK itself.
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        try:
+            if self._schema is not None:
+                name = psycopg.sql.Identifier(self._schema)
+                conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+                conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(name))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _lost(self, exc: Exception) -> bool:
+        import psycopg
+
+        # OperationalError: the connection, not the statement (a few, such as a statement
+        # timeout, are not; a new connection costs them nothing)
+        self._broken = self._broken or isinstance(exc, psycopg.OperationalError)
+        return self._broken or self._pg.broken or self._pg.closed
+
+    def reconnect(self) -> None:
+        """Opens a new connection if the one held was lost; raises StoreUnavailable while
+        the database cannot be reached."""
+        with self._lock:
+            if not (self._broken or self._pg.broken or self._pg.closed):
+                return
+            try:
+                conn = self._connect()
+            except self._dialect.error as exc:
+                raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
+            old, self._pg, self._conn = self._pg, conn, cast(Connection, conn)
+            self._pipe, self._pipelined, self._unsynced = None, False, False
+            self._depth, self._doomed, self._broken = 0, None, False
+            with suppress(Exception):
+                old.close()
+
+    def _pipeline(self, on: bool, failed: bool = False) -> None:
+        """A transaction runs in psycopg's pipeline mode: what it writes goes out without
+        waiting, and leaving the mode reads every result (a Sync inside BEGIN ... COMMIT
+        commits nothing)."""
+        if on:
+            if self._pipe is None:
+                entered = self._pg.pipeline()
+                entered.__enter__()
+                self._pipe, self._pipelined = entered, True
+            return
+        pipe, self._pipe = self._pipe, None
+        self._pipelined = self._unsynced = False
+        if pipe is None:
+            return
+        if failed:  # results are dropped: the transaction rolls back anyway
+            pipe.__exit__(StoreError, StoreError("rolled back"), None)
+        else:
+            pipe.__exit__(None, None, None)
+
+    def _read_results(self) -> None:
+        pipeline = self._pg._pipeline
+        if pipeline is not None:
+            pipeline.sync()
+
     def _insert_tasks(self, tasks: list[Task]) -> None:
-        """COPY: a large job's tasks go in several times faster than by INSERTs."""
+        """COPY: a large job's tasks go in several times faster than by INSERTs. COPY
+        cannot run pipelined: the pipeline is left (every result read) and entered again."""
         if not tasks:
             return
         sql = f"COPY tasks ({r.TASK_COLUMNS}) FROM STDIN"
-        with self._lock, self._pg.cursor() as cur, cur.copy(sql) as copy:
-            for task in tasks:
-                copy.write_row(r.task_params(task))
+        with self._lock:
+            resume = self._pipelined
+            if resume:
+                try:
+                    self._pipeline(False)
+                except self._dialect.error as exc:
+                    self._doomed = self._doomed or exc
+                    raise
+            try:
+                with self._pg.cursor() as cur, cur.copy(sql) as copy:
+                    for task in tasks:
+                        copy.write_row(r.task_params(task))
+            finally:
+                if resume:
+                    self._pipeline(True)

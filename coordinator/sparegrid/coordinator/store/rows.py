@@ -14,6 +14,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Device,
     Dispute,
     DisputeState,
@@ -36,11 +37,11 @@ from sparegrid.coordinator.domain import (
 Row = Sequence[Any]
 Params = tuple[object, ...]
 
-ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at"
+ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at, disabled"
 JOB_COLUMNS = (
     "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
     " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
-    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed"
+    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed, priority, webhook_url"
 )
 TASK_COLUMNS = (
     "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error, work"
@@ -85,20 +86,40 @@ def optional_float(value: Any) -> float | None:
 
 
 def account_params(a: Account) -> Params:
-    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at)
+    return (a.id, a.name, a.key_hash, a.is_admin, a.created_at, a.disabled)
 
 
 def account_from(row: Row) -> Account:
-    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]))
+    return Account(row[0], row[1], row[2], bool(row[3]), float(row[4]), bool(row[5]))
 
 
 def job_params(j: Job) -> Params:
     return (
-        j.id, j.account_id, j.kind, j.name, j.params, to_json(j.inputs),
-        to_json(asdict(j.requirements)), j.max_attempts, j.price_credit, j.price_units,
-        j.task_count, j.state.value, j.cost_held, j.cost_spent, j.error, j.created_at,
-        j.finished_at, j.idempotency_key, j.replicas, j.quorum, j.tasks_succeeded, j.tasks_failed,
-    )  # fmt: skip
+        j.id,
+        j.account_id,
+        j.kind,
+        j.name,
+        j.params,
+        to_json(j.inputs),
+        to_json(asdict(j.requirements)),
+        j.max_attempts,
+        j.price_credit,
+        j.price_units,
+        j.task_count,
+        j.state.value,
+        j.cost_held,
+        j.cost_spent,
+        j.error,
+        j.created_at,
+        j.finished_at,
+        j.idempotency_key,
+        j.replicas,
+        j.quorum,
+        j.tasks_succeeded,
+        j.tasks_failed,
+        j.priority,
+        j.webhook_url,
+    )
 
 
 def job_from(row: Row) -> Job:
@@ -125,21 +146,39 @@ def job_from(row: Row) -> Job:
         quorum=row[19],
         tasks_succeeded=int(row[20]),
         tasks_failed=int(row[21]),
+        priority=int(row[22]),
+        webhook_url=row[23],
     )
 
 
 def task_params(t: Task) -> Params:
     return (
-        t.id, t.job_id, t.index, t.params, refs_json(t.inputs), t.state.value, t.attempts,
-        t.node_id, refs_json(t.outputs), t.receipt, t.error, t.work,
-    )  # fmt: skip
+        t.id,
+        t.job_id,
+        t.index,
+        t.params,
+        refs_json(t.inputs),
+        t.state.value,
+        t.attempts,
+        t.node_id,
+        refs_json(t.outputs),
+        t.receipt,
+        t.error,
+        t.work,
+    )
 
 
 def task_update_params(t: Task) -> Params:
     """The parameters of update_tasks: what changes, then the id."""
     return (
-        t.state.value, t.attempts, t.node_id, refs_json(t.outputs), t.receipt, t.error, t.id,
-    )  # fmt: skip
+        t.state.value,
+        t.attempts,
+        t.node_id,
+        refs_json(t.outputs),
+        t.receipt,
+        t.error,
+        t.id,
+    )
 
 
 def task_from(row: Row) -> Task:
@@ -161,9 +200,19 @@ def task_from(row: Row) -> Task:
 
 def attempt_params(a: Attempt) -> Params:
     return (
-        a.id, a.task_id, a.job_id, a.node_id, a.device_index, a.deadline, a.state.value,
-        a.created_at, a.finished_at, a.error_code, a.error, a.params,
-    )  # fmt: skip
+        a.id,
+        a.task_id,
+        a.job_id,
+        a.node_id,
+        a.device_index,
+        a.deadline,
+        a.state.value,
+        a.created_at,
+        a.finished_at,
+        a.error_code,
+        a.error,
+        a.params,
+    )
 
 
 def attempt_from(row: Row) -> Attempt:
@@ -185,10 +234,18 @@ def attempt_from(row: Row) -> Attempt:
 
 def node_params(n: Node) -> Params:
     return (
-        n.id, n.public_key, n.name, to_json([asdict(d) for d in n.devices]),
-        to_json(n.software), to_json(n.executors), n.first_seen, n.last_seen,
-        n.tasks_succeeded, n.tasks_failed, n.owner,
-    )  # fmt: skip
+        n.id,
+        n.public_key,
+        n.name,
+        to_json([asdict(d) for d in n.devices]),
+        to_json(n.software),
+        to_json(n.executors),
+        n.first_seen,
+        n.last_seen,
+        n.tasks_succeeded,
+        n.tasks_failed,
+        n.owner,
+    )
 
 
 def node_from(row: Row) -> Node:
@@ -209,9 +266,17 @@ def node_from(row: Row) -> Node:
 
 def replica_params(p: Replica) -> Params:
     return (
-        p.attempt_id, p.task_id, p.job_id, p.node_id, p.owner, refs_json(p.outputs),
-        p.receipt, p.state.value, p.created_at, p.params,
-    )  # fmt: skip
+        p.attempt_id,
+        p.task_id,
+        p.job_id,
+        p.node_id,
+        p.owner,
+        refs_json(p.outputs),
+        p.receipt,
+        p.state.value,
+        p.created_at,
+        p.params,
+    )
 
 
 def replica_from(row: Row) -> Replica:
@@ -231,9 +296,15 @@ def replica_from(row: Row) -> Replica:
 
 def reputation_params(p: Reputation) -> Params:
     return (
-        p.node_id, p.streak, p.validated, p.invalid, p.strikes, p.standing.value, p.reason,
+        p.node_id,
+        p.streak,
+        p.validated,
+        p.invalid,
+        p.strikes,
+        p.standing.value,
+        p.reason,
         p.updated_at,
-    )  # fmt: skip
+    )
 
 
 def reputation_from(row: Row) -> Reputation:
@@ -251,9 +322,14 @@ def reputation_from(row: Row) -> Reputation:
 
 def entry_params(txn: Transaction, posting: Posting) -> Params:
     return (
-        txn.id, posting.account, posting.amount, txn.reason, txn.job_id, txn.task_id,
+        txn.id,
+        posting.account,
+        posting.amount,
+        txn.reason,
+        txn.job_id,
+        txn.task_id,
         txn.created_at,
-    )  # fmt: skip
+    )
 
 
 def entry_from(row: Row) -> LedgerEntry:
@@ -274,4 +350,31 @@ def dispute_from(row: Row) -> Dispute:
         evidence=json.loads(row[4]),
         created_at=row[5],
         updated_at=row[6],
+    )
+
+
+WEBHOOK_COLUMNS = (
+    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at"
+)
+
+
+def webhook_params(d: Delivery) -> Params:
+    return (
+        d.id, d.job_id, d.account_id, d.url, d.body, d.attempts, d.next_at, d.state,
+        d.last_error, d.created_at,
+    )  # fmt: skip
+
+
+def webhook_from(row: Row) -> Delivery:
+    return Delivery(
+        id=row[0],
+        job_id=row[1],
+        account_id=row[2],
+        url=row[3],
+        body=bytes(row[4]),
+        attempts=int(row[5]),
+        next_at=float(row[6]),
+        state=row[7],
+        last_error=row[8],
+        created_at=float(row[9]),
     )

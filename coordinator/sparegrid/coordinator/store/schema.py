@@ -253,6 +253,11 @@ ALTER TABLE jobs ADD COLUMN tasks_succeeded BIGINT NOT NULL DEFAULT -1;
 ALTER TABLE jobs ADD COLUMN tasks_failed BIGINT NOT NULL DEFAULT -1
 """
 
+# Operator controls: a disabled account's key is refused.
+ACCOUNT_CONTROL = """
+ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE
+"""
+
 # Events an operator follows (`sparegrid admin events`, the dashboard): job, task-failure,
 # dispute, quarantine, ban and ledger events with their ids, the oldest trimmed to a bound.
 EVENTS = """
@@ -272,6 +277,27 @@ CREATE INDEX events_job ON events (job_id, seq);
 CREATE INDEX events_node ON events (node_id, seq)
 """
 
+# Clients: a job's priority among its account's jobs and the URL called when it ends; the
+# webhook calls owed, kept until delivered (or given up) so a restart loses none.
+CLIENTS = """
+ALTER TABLE jobs ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN webhook_url TEXT NOT NULL DEFAULT '';
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body {blob} NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_at {real} NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE INDEX webhooks_due ON webhooks (state, next_at);
+CREATE INDEX webhooks_job ON webhooks (job_id)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -281,7 +307,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, DISPUTES),
     (6, STORAGE),
     (7, LARGE_JOBS),
-    (8, EVENTS),
+    (8, ACCOUNT_CONTROL),
+    (9, EVENTS),
+    (10, CLIENTS),
 ]
 
 

@@ -1,12 +1,14 @@
 """The store over SQL, written once for SQLite and PostgreSQL (see engine.Dialect)."""
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Delivery,
     Dispute,
     Job,
     JobState,
@@ -21,7 +23,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import Conflict
-from sparegrid.coordinator.store.engine import chunks, marks
+from sparegrid.coordinator.store.engine import CHUNK, chunks, marks
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
 from sparegrid.coordinator.store.sql_events import SqlEvents
 from sparegrid.coordinator.store.sql_storage import SqlStorage
@@ -43,7 +45,7 @@ class SqlStore(SqlStorage, SqlEvents):
     # accounts
 
     def create_account(self, account: Account) -> None:
-        with self.transaction():
+        with self._atomic():
             taken = self._query(
                 "SELECT name FROM accounts WHERE name = ? OR key_hash = ? OR id = ?",
                 (account.name, account.key_hash, account.id),
@@ -68,16 +70,23 @@ class SqlStore(SqlStorage, SqlEvents):
         return self._account_where("key_hash = ?", key_hash)
 
     def _account_where(self, condition: str, value: str) -> Account | None:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.ACCOUNT_COLUMNS} FROM accounts WHERE {condition}", (value,)
             )
         return r.account_from(rows[0]) if rows else None
 
     def list_accounts(self) -> list[Account]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(f"SELECT {r.ACCOUNT_COLUMNS} FROM accounts ORDER BY name")
         return [r.account_from(row) for row in rows]
+
+    def update_account(self, account: Account) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE accounts SET key_hash = ?, is_admin = ?, disabled = ? WHERE id = ?",
+                (account.key_hash, account.is_admin, account.disabled, account.id),
+            )
 
     # ledger
 
@@ -86,14 +95,11 @@ class SqlStore(SqlStorage, SqlEvents):
 
     def post_many(self, txns: list[Transaction]) -> list[bool]:
         changes = [net_changes(txn) for txn in txns]
-        with self.transaction():
-            taken = {
-                row[0]
-                for row in self._query_in(
-                    "SELECT idempotency_key FROM transactions WHERE idempotency_key IN (*)",
-                    [txn.idempotency_key for txn in txns],
-                )
-            }
+        accounts = list(dict.fromkeys(a for change in changes for a in change))
+        with self._atomic():
+            taken, balances = self._keys_and_balances(
+                [txn.idempotency_key for txn in txns], accounts
+            )
             fresh: list[Transaction] = []
             new: list[bool] = []
             total: dict[str, int] = {}
@@ -106,12 +112,41 @@ class SqlStore(SqlStorage, SqlEvents):
                 for account, amount in change.items():
                     total[account] = total.get(account, 0) + amount
             if fresh:
-                check_funds(total, self._locked_balances(list(total)))
+                check_funds(total, balances)
                 self._append(fresh, total)
         return new
 
+    def _keys_and_balances(
+        self, keys: list[str], accounts: list[str]
+    ) -> tuple[set[str], dict[str, int]]:
+        """The idempotency keys taken among `keys`, and the balances of the accounts, their
+        rows locked until the transaction ends; a few of each in one round trip. The rows
+        are locked first: a coordinator posting the same key meanwhile has committed by
+        the time the keys are read."""
+        if not keys or not accounts or len(keys) > CHUNK or len(accounts) > CHUNK:
+            balances = self._locked_balances(accounts)
+            found = self._query_in(
+                "SELECT idempotency_key FROM transactions WHERE idempotency_key IN (*)", keys
+            )
+            return {row[0] for row in found}, balances
+        locked, found = self._queries(
+            [
+                (
+                    f"SELECT account, balance FROM balances WHERE account IN"
+                    f" ({marks(len(accounts))})" + self._dialect.lock_rows,
+                    accounts,
+                ),
+                (
+                    "SELECT idempotency_key FROM transactions WHERE idempotency_key IN"
+                    f" ({marks(len(keys))})",
+                    keys,
+                ),
+            ]
+        )
+        return {row[0] for row in found}, {a: int(b) for a, b in locked}
+
     def _append(self, txns: list[Transaction], total: dict[str, int]) -> None:
-        with self._conflicts("a transaction id is taken"):
+        with self._conflicts("a transaction id is taken", lazy=True):
             self._run_many(
                 "INSERT INTO transactions (id, idempotency_key, reason, job_id, task_id,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -139,13 +174,13 @@ class SqlStore(SqlStorage, SqlEvents):
         return {account: int(balance) for account, balance in rows}
 
     def balance(self, account: str) -> int:
-        with self.transaction():
+        with self._atomic():
             rows = self._query("SELECT balance FROM balances WHERE account = ?", (account,))
         return int(rows[0][0]) if rows else 0
 
     def balances(self, prefix: str = "") -> dict[str, int]:
         condition, params = _prefix_filter("account", prefix)
-        with self.transaction():
+        with self._atomic():
             rows = self._query(f"SELECT account, balance FROM balances WHERE {condition}", params)
         return {account: int(balance) for account, balance in rows}
 
@@ -157,7 +192,7 @@ class SqlStore(SqlStorage, SqlEvents):
             if value:
                 conditions.append(f"{column} = ?")
                 params.append(value)
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.ENTRY_COLUMNS} FROM entries WHERE {' AND '.join(conditions)}"
                 " ORDER BY created_at DESC, seq DESC LIMIT ?",
@@ -166,7 +201,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return [r.entry_from(row) for row in rows]
 
     def ledger_totals(self) -> tuple[int, int, int]:
-        with self.transaction():
+        with self._atomic():
             ((txns, entries, total),) = self._query(
                 "SELECT (SELECT COUNT(*) FROM transactions), COUNT(*), COALESCE(SUM(amount), 0)"
                 " FROM entries"
@@ -174,7 +209,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return int(txns), int(entries), int(total)
 
     def unbalanced_transactions(self) -> list[tuple[str, int]]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT transaction_id, SUM(amount) FROM entries GROUP BY transaction_id"
                 " HAVING SUM(amount) <> 0 ORDER BY transaction_id"
@@ -182,13 +217,13 @@ class SqlStore(SqlStorage, SqlEvents):
         return [(txn_id, int(total)) for txn_id, total in rows]
 
     def computed_balances(self) -> dict[str, int]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query("SELECT account, SUM(amount) FROM entries GROUP BY account")
         return {account: int(total) for account, total in rows}
 
     def payments_by_job(self) -> dict[str, int]:
         condition, params = _prefix_filter("account", node_account(""))
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT job_id, SUM(amount) FROM entries WHERE job_id <> '' AND {condition}"
                 " GROUP BY job_id",
@@ -201,7 +236,7 @@ class SqlStore(SqlStorage, SqlEvents):
     def create_job(self, job: Job, tasks: list[Task]) -> None:
         if any(t.job_id != job.id for t in tasks):
             raise ValueError(f"every task of job {job.id} must carry its job id")
-        with self.transaction():
+        with self._atomic():
             if self.get_job(job.id) is not None:
                 raise Conflict(f"job id {job.id!r} is taken")
             if job.idempotency_key and self.find_job(job.account_id, job.idempotency_key):
@@ -214,7 +249,7 @@ class SqlStore(SqlStorage, SqlEvents):
                 self._insert_tasks(tasks)
 
     def add_tasks(self, tasks: list[Task]) -> None:
-        with self.transaction(), self._conflicts("a task id or task index is taken"):
+        with self._atomic(), self._conflicts("a task id or task index is taken"):
             self._insert_tasks(tasks)
 
     def _insert_tasks(self, tasks: list[Task]) -> None:
@@ -225,19 +260,19 @@ class SqlStore(SqlStorage, SqlEvents):
         )
 
     def delete_tasks(self, job_id: str, start: int, stop: int) -> int:
-        with self.transaction():
-            return self._run(
+        with self._atomic():
+            return self._count(
                 "DELETE FROM tasks WHERE job_id = ? AND idx >= ? AND idx < ?",
                 (job_id, start, stop),
             )
 
     def delete_job(self, job_id: str) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def cancel_queued_tasks(self, job_id: str, start: int, stop: int) -> int:
-        with self.transaction():
-            return self._run(
+        with self._atomic():
+            return self._count(
                 "UPDATE tasks SET state = ? WHERE job_id = ? AND idx >= ? AND idx < ?"
                 " AND state = ?",
                 (TaskState.CANCELLED.value, job_id, start, stop, _QUEUED),
@@ -254,7 +289,7 @@ class SqlStore(SqlStorage, SqlEvents):
         )
 
     def _job_where(self, condition: str, params: tuple[str, ...]) -> Job | None:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(f"SELECT {r.JOB_COLUMNS} FROM jobs WHERE {condition}", params)
         return r.job_from(rows[0]) if rows else None
 
@@ -270,7 +305,7 @@ class SqlStore(SqlStorage, SqlEvents):
         if states is not None:
             conditions.append(f"state IN ({marks(len(states))})")
             params += [s.value for s in states]
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.JOB_COLUMNS} FROM jobs WHERE {' AND '.join(conditions)}"
                 " ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -279,7 +314,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return [r.job_from(row) for row in rows]
 
     def update_job(self, job: Job) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run(
                 "UPDATE jobs SET state = ?, cost_held = ?, cost_spent = ?, error = ?,"
                 " finished_at = ?, tasks_succeeded = ?, tasks_failed = ? WHERE id = ?",
@@ -296,7 +331,7 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def task_counts(self, job_id: str) -> dict[TaskState, int]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state", (job_id,)
             )
@@ -305,14 +340,14 @@ class SqlStore(SqlStorage, SqlEvents):
         return counts
 
     def get_tasks(self, task_ids: list[str]) -> list[Task]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query_in(
                 f"SELECT {r.TASK_COLUMNS} FROM tasks WHERE id IN (*)", list(dict.fromkeys(task_ids))
             )
         return [r.task_from(row) for row in rows]
 
     def list_tasks(self, job_id: str, after_index: int = -1, limit: int = 1000) -> list[Task]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.TASK_COLUMNS} FROM tasks WHERE job_id = ? AND idx > ?"
                 " ORDER BY idx LIMIT ?",
@@ -322,7 +357,7 @@ class SqlStore(SqlStorage, SqlEvents):
 
     def queued_tasks(self) -> list[Task]:
         columns = ", ".join(f"t.{c.strip()}" for c in r.TASK_COLUMNS.split(","))
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {columns} FROM tasks t JOIN jobs j ON j.id = t.job_id"
                 " WHERE t.state = ? ORDER BY j.created_at, j.id, t.idx",
@@ -331,7 +366,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return [r.task_from(row) for row in rows]
 
     def update_tasks(self, tasks: list[Task]) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "UPDATE tasks SET state = ?, attempts = ?, node_id = ?, outputs = ?, receipt = ?,"
                 " error = ? WHERE id = ?",
@@ -339,7 +374,7 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def lease_tasks(self, attempts: list[Attempt]) -> list[Attempt]:
-        with self.transaction(), self._conflicts("an attempt id is taken"):
+        with self._atomic(), self._conflicts("an attempt id is taken"):
             queued = self._lease_queued(list(dict.fromkeys(a.task_id for a in attempts)))
             leased: list[Attempt] = []
             for attempt in attempts:
@@ -368,7 +403,7 @@ class SqlStore(SqlStorage, SqlEvents):
     # attempts
 
     def get_attempts(self, attempt_ids: list[str]) -> list[Attempt]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query_in(
                 f"SELECT {r.ATTEMPT_COLUMNS} FROM attempts WHERE id IN (*)",
                 list(dict.fromkeys(attempt_ids)),
@@ -387,7 +422,7 @@ class SqlStore(SqlStorage, SqlEvents):
         )
 
     def _attempts_where(self, condition: str, params: list[Any], order: str) -> list[Attempt]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.ATTEMPT_COLUMNS} FROM attempts WHERE {condition} ORDER BY {order}",
                 params,
@@ -395,15 +430,15 @@ class SqlStore(SqlStorage, SqlEvents):
         return [r.attempt_from(row) for row in rows]
 
     def renew_leases(self, node_id: str, deadline: float, max_age: float) -> int:
-        with self.transaction():
-            return self._run(
+        with self._atomic():
+            return self._count(
                 "UPDATE attempts SET deadline = CASE WHEN created_at + ? < ?"
                 " THEN created_at + ? ELSE ? END WHERE node_id = ? AND state = ?",
                 (max_age, deadline, max_age, deadline, node_id, _RUNNING),
             )
 
     def update_attempts(self, attempts: list[Attempt]) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "UPDATE attempts SET state = ?, deadline = ?, finished_at = ?, error_code = ?,"
                 " error = ? WHERE id = ?",
@@ -415,7 +450,7 @@ class SqlStore(SqlStorage, SqlEvents):
 
     def node_failures(self, job_id: str) -> dict[str, int]:
         states = [s.value for s in FAILED_ATTEMPT_STATES]
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT node_id, COUNT(*) FROM attempts WHERE job_id = ?"
                 f" AND state IN ({marks(len(states))}) GROUP BY node_id",
@@ -427,12 +462,17 @@ class SqlStore(SqlStorage, SqlEvents):
 
     def upsert_node(self, node: Node) -> None:
         kept = ("name", "public_key", "devices", "software", "executors", "last_seen", "owner")
-        with self.transaction():
+        with self._atomic():
             self._run(
                 f"INSERT INTO nodes ({r.NODE_COLUMNS}) VALUES ({r.placeholders(r.NODE_COLUMNS)})"
                 " ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in kept),
                 r.node_params(node),
             )
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        rows = [(when, node_id, when) for node_id, when in seen.items()]
+        with self.transaction():
+            self._run_many("UPDATE nodes SET last_seen = ? WHERE id = ? AND last_seen < ?", rows)
 
     def get_node(self, node_id: str) -> Node | None:
         nodes = self._nodes_where("id = ?", (node_id,))
@@ -442,14 +482,14 @@ class SqlStore(SqlStorage, SqlEvents):
         return self._nodes_where("1 = 1", ())
 
     def _nodes_where(self, condition: str, params: tuple[str, ...]) -> list[Node]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.NODE_COLUMNS} FROM nodes WHERE {condition} ORDER BY id", params
             )
         return [r.node_from(row) for row in rows]
 
     def add_node_counts(self, node_id: str, succeeded: int, failed: int) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run(
                 "UPDATE nodes SET tasks_succeeded = tasks_succeeded + ?,"
                 " tasks_failed = tasks_failed + ? WHERE id = ?",
@@ -459,7 +499,7 @@ class SqlStore(SqlStorage, SqlEvents):
     # verification
 
     def add_replicas(self, replicas: list[Replica]) -> None:
-        with self.transaction(), self._conflicts("an attempt holds a replica already"):
+        with self._atomic(), self._conflicts("an attempt holds a replica already"):
             self._run_many(
                 f"INSERT INTO replicas ({r.REPLICA_COLUMNS})"
                 f" VALUES ({r.placeholders(r.REPLICA_COLUMNS)})",
@@ -467,14 +507,14 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def update_replicas(self, replicas: list[Replica]) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "UPDATE replicas SET state = ? WHERE attempt_id = ?",
                 [(p.state.value, p.attempt_id) for p in replicas],
             )
 
     def get_replicas(self, task_ids: list[str]) -> list[Replica]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query_in(
                 f"SELECT {r.REPLICA_COLUMNS} FROM replicas WHERE task_id IN (*)",
                 list(dict.fromkeys(task_ids)),
@@ -483,7 +523,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return sorted(found, key=lambda p: (p.created_at, p.attempt_id))
 
     def get_reputations(self, node_ids: list[str] | None = None) -> list[Reputation]:
-        with self.transaction():
+        with self._atomic():
             select = f"SELECT {r.REPUTATION_COLUMNS} FROM reputations"
             if node_ids is None:
                 rows = self._query(select)
@@ -494,7 +534,7 @@ class SqlStore(SqlStorage, SqlEvents):
     def put_reputations(self, reputations: list[Reputation]) -> None:
         columns = r.REPUTATION_COLUMNS.split(", ")
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 f"INSERT INTO reputations ({r.REPUTATION_COLUMNS})"
                 f" VALUES ({r.placeholders(r.REPUTATION_COLUMNS)})"
@@ -505,7 +545,7 @@ class SqlStore(SqlStorage, SqlEvents):
     def put_disputes(self, disputes: list[Dispute]) -> None:
         columns = r.DISPUTE_COLUMNS.split(", ")
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:] if c != "created_at")
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 f"INSERT INTO disputes ({r.DISPUTE_COLUMNS})"
                 f" VALUES ({r.placeholders(r.DISPUTE_COLUMNS)})"
@@ -514,7 +554,7 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT {r.DISPUTE_COLUMNS} FROM disputes WHERE job_id = ?"
                 " ORDER BY task_index LIMIT ?",
@@ -522,10 +562,51 @@ class SqlStore(SqlStorage, SqlEvents):
             )
         return [r.dispute_from(row) for row in rows]
 
+    # webhooks
+
+    def add_webhook(self, delivery: Delivery) -> None:
+        with self.transaction():
+            self._run(
+                f"INSERT INTO webhooks ({r.WEBHOOK_COLUMNS})"
+                f" VALUES ({r.placeholders(r.WEBHOOK_COLUMNS)})",
+                r.webhook_params(delivery),
+            )
+
+    def due_webhooks(self, now: float, limit: int) -> list[Delivery]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.WEBHOOK_COLUMNS} FROM webhooks WHERE state = 'pending'"
+                " AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            )
+        return [r.webhook_from(row) for row in rows]
+
+    def update_webhook(self, delivery: Delivery) -> None:
+        with self.transaction():
+            self._run(
+                "UPDATE webhooks SET attempts = ?, next_at = ?, state = ?, last_error = ?"
+                " WHERE id = ?",
+                (
+                    delivery.attempts,
+                    delivery.next_at,
+                    delivery.state,
+                    delivery.last_error,
+                    delivery.id,
+                ),
+            )
+
+    def get_webhooks(self, job_id: str) -> list[Delivery]:
+        with self.transaction():
+            rows = self._query(
+                f"SELECT {r.WEBHOOK_COLUMNS} FROM webhooks WHERE job_id = ? ORDER BY created_at",
+                (job_id,),
+            )
+        return [r.webhook_from(row) for row in rows]
+
     # blobs
 
     def add_blob_owners(self, digests: list[str], account_id: str) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "INSERT INTO blob_owners (digest, account_id) VALUES (?, ?)"
                 " ON CONFLICT (digest, account_id) DO NOTHING",
@@ -533,7 +614,7 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def blob_owned(self, digest: str, account_id: str) -> bool:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT 1 FROM blob_owners WHERE digest = ? AND account_id = ?",
                 (digest, account_id),
@@ -541,7 +622,7 @@ class SqlStore(SqlStorage, SqlEvents):
         return bool(rows)
 
     def add_uploads(self, uploads: list[tuple[str, str]]) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "INSERT INTO uploads (attempt_id, digest) VALUES (?, ?)"
                 " ON CONFLICT (attempt_id, digest) DO NOTHING",
@@ -551,13 +632,13 @@ class SqlStore(SqlStorage, SqlEvents):
     def uploaded(self, attempt_id: str, digests: list[str]) -> set[str]:
         if not digests:
             return set()
-        with self.transaction():
+        with self._atomic():
             rows = self._query("SELECT digest FROM uploads WHERE attempt_id = ?", (attempt_id,))
         wanted = set(digests)
         return {row[0] for row in rows if row[0] in wanted}
 
     def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run_many(
                 "INSERT INTO inline_blobs (digest, data) VALUES (?, ?)"
                 " ON CONFLICT (digest) DO NOTHING",
@@ -565,6 +646,6 @@ class SqlStore(SqlStorage, SqlEvents):
             )
 
     def get_inline_blob(self, digest: str) -> bytes | None:
-        with self.transaction():
+        with self._atomic():
             rows = self._query("SELECT data FROM inline_blobs WHERE digest = ?", (digest,))
         return bytes(rows[0][0]) if rows else None

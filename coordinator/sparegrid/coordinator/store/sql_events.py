@@ -74,4 +74,4 @@ class SqlEvents(SqlEngine):
             )
             if not rows:
                 return 0
-            return self._run("DELETE FROM events WHERE seq <= ?", (int(rows[0][0]),))
+            return self._count("DELETE FROM events WHERE seq <= ?", (int(rows[0][0]),))

@@ -44,7 +44,7 @@ class SqlStorage(SqlEngine):
     ) -> None:
         deltas = _Deltas()
         deltas.add(holder, anonymous, in_flight=size)
-        with self.transaction():
+        with self._atomic():
             for old_holder, old_anonymous, old_size in self._query(
                 "SELECT holder, anonymous, size FROM partial_uploads"
                 " WHERE uploader = ? AND digest = ?",
@@ -62,7 +62,7 @@ class SqlStorage(SqlEngine):
 
     def drop_partials(self, keys: list[tuple[str, str]]) -> None:
         deltas = _Deltas()
-        with self.transaction():
+        with self._atomic():
             for uploader, digest in keys:
                 for holder, anonymous, size in self._query(
                     "DELETE FROM partial_uploads WHERE uploader = ? AND digest = ?"
@@ -73,7 +73,7 @@ class SqlStorage(SqlEngine):
             self._add_usage(deltas)
 
     def stale_partials(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT uploader, digest FROM partial_uploads WHERE updated_at < ?"
                 " ORDER BY updated_at, uploader, digest LIMIT ?",
@@ -86,7 +86,7 @@ class SqlStorage(SqlEngine):
     def record_blob(
         self, digest: str, size: int, now: float, holder: str = "", anonymous: bool = False
     ) -> None:
-        with self.transaction():
+        with self._atomic():
             self._run(
                 "INSERT INTO blobs (digest, size, used_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (digest) DO UPDATE SET size = excluded.size,"
@@ -114,7 +114,7 @@ class SqlStorage(SqlEngine):
 
     def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
         found = {digest: (digest, size, used_at) for digest, size, used_at in blobs}
-        with self.transaction():
+        with self._atomic():
             known = {
                 row[0]
                 for row in self._query_in(
@@ -126,7 +126,7 @@ class SqlStorage(SqlEngine):
         return len(fresh)
 
     def usage(self, holder: str) -> Usage:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT in_flight, stored FROM upload_usage WHERE holder = ?", (holder,)
             )
@@ -152,7 +152,7 @@ class SqlStorage(SqlEngine):
             )
 
     def stale_blobs(self, before: float, limit: int = 1000) -> list[tuple[str, int]]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT digest, size FROM blobs WHERE used_at < ? ORDER BY used_at, digest LIMIT ?",
                 (before, limit),
@@ -160,7 +160,7 @@ class SqlStorage(SqlEngine):
         return [(digest, int(size)) for digest, size in rows]
 
     def blob_uses(self, digests: list[str], before: float) -> list[str]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query_in(
                 "SELECT digest FROM blobs WHERE used_at < ? AND digest IN (*)", digests, (before,)
             )
@@ -168,7 +168,7 @@ class SqlStorage(SqlEngine):
 
     def drop_blobs(self, digests: list[str]) -> None:
         deltas = _Deltas()
-        with self.transaction():
+        with self._atomic():
             for chunk in chunks(digests):
                 where = f"digest IN ({marks(len(chunk))})"
                 for holder, anonymous, size in self._query(
@@ -182,7 +182,7 @@ class SqlStorage(SqlEngine):
 
     def expire_charges(self, before: float) -> int:
         deltas = _Deltas()
-        with self.transaction():
+        with self._atomic():
             expired = self._query(
                 "DELETE FROM blob_charges WHERE charged_at < ? RETURNING holder, anonymous, size",
                 (before,),
@@ -195,7 +195,7 @@ class SqlStorage(SqlEngine):
     # what jobs still need
 
     def live_jobs(self, finished_after: float) -> dict[str, LiveJob]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 f"SELECT id, created_at, inputs FROM jobs WHERE state IN ({marks(len(_LIVE))})"
                 " OR finished_at >= ?",
@@ -209,7 +209,7 @@ class SqlStorage(SqlEngine):
     def task_blob_refs(
         self, job_id: str, after_index: int = -1, limit: int = 1000
     ) -> tuple[set[str], int | None]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT idx, inputs, outputs FROM tasks WHERE job_id = ? AND idx > ?"
                 " ORDER BY idx LIMIT ?",
@@ -230,7 +230,7 @@ class SqlStorage(SqlEngine):
     # nodes that never worked
 
     def idle_nodes(self, seen_before: float, limit: int = 1000) -> list[str]:
-        with self.transaction():
+        with self._atomic():
             rows = self._query(
                 "SELECT n.id FROM nodes n WHERE n.last_seen < ?"
                 " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.node_id = n.id)"
@@ -242,7 +242,7 @@ class SqlStorage(SqlEngine):
         return [row[0] for row in rows]
 
     def delete_nodes(self, node_ids: list[str]) -> None:
-        with self.transaction():
+        with self._atomic():
             for chunk in chunks(node_ids):
                 self._run(f"DELETE FROM nodes WHERE id IN ({marks(len(chunk))})", chunk)
                 self._run(

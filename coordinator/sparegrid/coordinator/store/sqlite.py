@@ -33,6 +33,7 @@ SQLITE = Dialect(
     lock_rows="",
     placeholder="?",
     integrity_error=sqlite3.IntegrityError,
+    error=sqlite3.Error,
 )
 
 Synchronous = Literal["FULL", "NORMAL"]

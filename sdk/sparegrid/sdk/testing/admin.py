@@ -68,10 +68,14 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
         signer = self.c.signer
         done = sum(1 for e in self.c.ledger if e.account == signer.node_id)
         node = admin_pb2.Node(
-            node_id=signer.node_id, name="fake-node", state=admin_pb2.NODE_STATE_ONLINE,
+            node_id=signer.node_id,
+            name="fake-node",
+            state=admin_pb2.NODE_STATE_ONLINE,
             devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
-            tasks_succeeded=done, credit=done, last_seen=now(),
-        )  # fmt: skip
+            tasks_succeeded=done,
+            credit=done,
+            last_seen=now(),
+        )
         return admin_pb2.ListNodesResponse(nodes=[node])
 
     @aborts
@@ -84,9 +88,12 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
         transactions = {e.transaction_id for e in ledger}
         problems = [f"entries sum to {total}, not 0"] if total else []
         return admin_pb2.CheckLedgerResponse(
-            balanced=not problems, problems=problems, transactions=len(transactions),
-            entries=len(ledger), total=total,
-        )  # fmt: skip
+            balanced=not problems,
+            problems=problems,
+            transactions=len(transactions),
+            entries=len(ledger),
+            total=total,
+        )
 
     @aborts
     async def ListLedgerEntries(
@@ -120,6 +127,16 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ApproveNodeResponse:
         self.c._caller(context, admin=True)
         raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake has no nodes")
+
+    # Operator controls are tested against the real coordinator (tests/coordinator,
+    # tests/cli/test_cli_operator.py); the fake says so instead of pretending.
+    async def _real_only(self, request: object, context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "the fake coordinator has no operator controls"
+        )
+
+    SetAccountDisabled = RotateKey = RevokeKey = DebitCredit = _real_only  # type: ignore[assignment]
+    ListAllJobs = CancelAnyJob = _real_only  # type: ignore[assignment]
 
     async def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: Context

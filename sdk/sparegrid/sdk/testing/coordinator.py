@@ -170,6 +170,27 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         run.add_done_callback(self._runs.discard)
         return client_pb2.SubmitJobResponse(job=job.msg)
 
+    @aborts
+    async def EstimateJob(
+        self, request: client_pb2.EstimateJobRequest, context: Context
+    ) -> client_pb2.EstimateJobResponse:
+        """As the coordinator: a flat PRICE per task, one paid result each; nothing stored."""
+        account = self._caller(context)
+        spec = request.spec
+        if spec.kind not in KINDS:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNKNOWN_KIND",
+                f"unknown job kind {spec.kind!r}; known kinds: {', '.join(sorted(KINDS))}",
+            )
+        tasks = int(json.loads(spec.params or b"{}").get("tasks", 1))
+        return client_pb2.EstimateJobResponse(
+            tasks=tasks, work_units=tasks, work_unit="task", price_credit=PRICE, price_units=1,
+            exact_credit=float(tasks * PRICE), credit_per_pass=tasks * PRICE,
+            max_paid_results=1, max_held=tasks * PRICE, policy="single result",
+            balance=account.balance,
+        )  # fmt: skip
+
     def _create(self, request: client_pb2.SubmitJobRequest, account: admin_pb2.Account) -> FakeJob:
         spec = request.spec
         if spec.kind not in KINDS:
@@ -192,10 +213,15 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
             )
         job_id = f"job-{len(self.jobs) + 1}"
         msg = common_pb2.Job(
-            job_id=job_id, kind=spec.kind, name=spec.name, owner=account.name,
-            state=common_pb2.JOB_STATE_QUEUED, cost_held=held, created_at=now(),
+            job_id=job_id,
+            kind=spec.kind,
+            name=spec.name,
+            owner=account.name,
+            state=common_pb2.JOB_STATE_QUEUED,
+            cost_held=held,
+            created_at=now(),
             counts=common_pb2.JobCounts(total=tasks, queued=tasks),
-        )  # fmt: skip
+        )
         job = FakeJob(msg=msg, params=params, inputs=dict(spec.inputs))
         self.jobs[job_id] = job
         self._post(
@@ -242,17 +268,25 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
             for k, v in outputs.items()
         ]
         statement = common_pb2.ResultStatement(
-            job_id=job.msg.job_id, task_id=task_id, attempt_id=f"{task_id}-a1",
-            node_id=self.signer.node_id, outputs=refs,
-        ).SerializeToString()  # fmt: skip
+            job_id=job.msg.job_id,
+            task_id=task_id,
+            attempt_id=f"{task_id}-a1",
+            node_id=self.signer.node_id,
+            outputs=refs,
+        ).SerializeToString()
         receipt = make_receipts(
             [statement], sign_batch(self.signer, [statement]), self.signer.public_key
         )[0]
         validation = common_pb2.Validation(
-            job_id=job.msg.job_id, task_id=task_id, attempt_id=f"{task_id}-a1",
-            node_id=self.signer.node_id, method=common_pb2.VALIDATION_METHOD_SINGLE,
-            agreeing_nodes=[self.signer.node_id], detail="fake coordinator", credit=PRICE,
-        )  # fmt: skip
+            job_id=job.msg.job_id,
+            task_id=task_id,
+            attempt_id=f"{task_id}-a1",
+            node_id=self.signer.node_id,
+            method=common_pb2.VALIDATION_METHOD_SINGLE,
+            agreeing_nodes=[self.signer.node_id],
+            detail="fake coordinator",
+            credit=PRICE,
+        )
         receipt = countersign(self.coordinator_signer, receipt, validation)
         for value in outputs.values():
             if len(value) > INLINE_LIMIT:
@@ -267,9 +301,14 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         )
         inline = {sha256_hex(v): v for v in outputs.values() if len(v) <= INLINE_LIMIT}
         return client_pb2.TaskResult(
-            task_id=task_id, index=index, state=common_pb2.TASK_STATE_SUCCEEDED,
-            node_id=self.signer.node_id, outputs=refs, receipt=receipt, inline_outputs=inline,
-        )  # fmt: skip
+            task_id=task_id,
+            index=index,
+            state=common_pb2.TASK_STATE_SUCCEEDED,
+            node_id=self.signer.node_id,
+            outputs=refs,
+            receipt=receipt,
+            inline_outputs=inline,
+        )
 
     def _finish(self, job: FakeJob, state: int) -> None:
         job.msg.state = state  # type: ignore[assignment]
@@ -337,9 +376,10 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.GetJobResultsRequest, context: Context
     ) -> client_pb2.GetJobResultsResponse:
         job = self._job(request.job_id, context)
-        start = int(request.page_token or 0)
+        # as the coordinator: a token is the index of the last task of the page before
+        start = int(request.page_token) + 1 if request.page_token else 0
         end = start + (request.page_size or 3)
-        token = str(end) if end < len(job.results) else ""
+        token = str(end - 1) if end < len(job.results) else ""
         return client_pb2.GetJobResultsResponse(
             results=job.results[start:end], next_page_token=token
         )

@@ -1,6 +1,6 @@
 """The executor plugin interface: what a job kind's runner receives and returns.
 
-Executors run in a child process per device (see sparegrid.worker.runner), so they may
+Executors run in a child process per device (see sparegrid.worker.slots.child.runner), so they may
 crash, leak or hog memory without harming the daemon. Only the device they were given is
 visible to them: CUDA_VISIBLE_DEVICES names it, so inside the executor it is "cuda:0".
 """

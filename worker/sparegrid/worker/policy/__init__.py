@@ -6,7 +6,6 @@ hysteresis, time windows, limits), and `DeviceMonitor` polls on an injectable cl
 tells the daemon when a device must stop (preempt) or may take work again.
 """
 
-from sparegrid.worker.policy.clock import FakeClock, PolicyClock, SystemPolicyClock
 from sparegrid.worker.policy.rules import Decision, DevicePolicy, Mode, PolicySettings
 from sparegrid.worker.policy.state import (
     DeviceState,
@@ -23,15 +22,12 @@ __all__ = [
     "DevicePolicy",
     "DeviceState",
     "DeviceStateSource",
-    "FakeClock",
     "FileSource",
     "GpuProcess",
     "IdleSource",
     "Mode",
-    "PolicyClock",
     "PolicySettings",
     "SyntheticSource",
-    "SystemPolicyClock",
     "TimeWindow",
     "WindowError",
     "Windows",

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sparegrid.worker.policy.clock import PolicyClock
+from sparegrid.wire.clock import Clock, local_time
 from sparegrid.worker.policy.nvml import NvmlSource, NvmlUnavailable
 from sparegrid.worker.policy.rules import Decision, DevicePolicy, Mode, PolicySettings
 from sparegrid.worker.policy.state import DeviceState, DeviceStateSource, FileSource, IdleSource
@@ -28,7 +28,7 @@ class DeviceMonitor:
         source: DeviceStateSource,
         settings: PolicySettings,
         devices: Iterable[int],
-        clock: PolicyClock,
+        clock: Clock,
         interval: float = 0.25,
         our_pids: Callable[[], set[int]] = set,
         running: Callable[[int], bool] = lambda index: False,
@@ -56,14 +56,18 @@ class DeviceMonitor:
     def decide(self, states: dict[int, DeviceState]) -> dict[int, Decision]:
         """Applies the rules to one reading of every device; returns what changed."""
         ours = self._our_pids()
-        window_left = self.settings.windows.seconds_left(self._clock.now())
+        window_left = self.settings.windows.seconds_left(local_time(self._clock))
         mono = self._clock.monotonic()
         changed = {}
         for index, policy in self.policies.items():
             decision = policy.evaluate(
-                states[index], lambda pid: self._is_ours(pid, ours), self._running(index), mono,
-                window_left, self._input_idle,
-            )  # fmt: skip
+                states[index],
+                lambda pid: self._is_ours(pid, ours),
+                self._running(index),
+                mono,
+                window_left,
+                self._input_idle,
+            )
             old = self.decisions[index]
             self.decisions[index] = decision
             if (old.mode, old.over_vram) != (decision.mode, decision.over_vram):
@@ -99,10 +103,12 @@ class DeviceMonitor:
                 changed = {}
             for index, decision in changed.items():
                 _log.info(
-                    "device %d: %s%s", index, decision.mode.value,
+                    "device %d: %s%s",
+                    index,
+                    decision.mode.value,
                     f" ({decision.reason})" if decision.reason else "",
                     extra={"device": index, "mode": decision.mode.value},
-                )  # fmt: skip
+                )
                 on_change(index, decision)
             after_poll()
             self._wake.clear()

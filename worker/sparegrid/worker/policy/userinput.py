@@ -63,8 +63,10 @@ class X11Idle:
         self._x11.XDefaultRootWindow.restype = ctypes.c_ulong
         self._xss.XScreenSaverAllocInfo.restype = ctypes.POINTER(_XScreenSaverInfo)
         self._xss.XScreenSaverQueryInfo.argtypes = [
-            ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(_XScreenSaverInfo),
-        ]  # fmt: skip
+            ctypes.c_void_p,
+            ctypes.c_ulong,
+            ctypes.POINTER(_XScreenSaverInfo),
+        ]
         self._display = self._x11.XOpenDisplay(None)
         if not self._display:
             raise OSError(f"cannot open X display {os.environ.get('DISPLAY')}")

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch.utils import _pytree as pytree
 
+from sparegrid.wire.codes import FailureCode
 from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram
 from sparegrid.worker.executors.base import (
     BAD_INPUT,
@@ -42,7 +43,7 @@ from sparegrid.worker.executors.inference.loader import (
 )
 from sparegrid.worker.executors.params import get_int, load_params
 
-CUDA_OOM = "CUDA_OOM"
+CUDA_OOM = FailureCode.OUT_OF_MEMORY.value  # a plain str: it crosses the child boundary
 PARAMS = ("batch_size", "precision", "deterministic", "compile", "shard", "samples")
 DEFAULT_CACHE_BYTES = 8 << 30
 

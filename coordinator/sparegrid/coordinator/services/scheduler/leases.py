@@ -1,0 +1,238 @@
+"""Taking leases back: expiry, stragglers, attempts lost with their node, given back by
+its policy, or failed."""
+
+from collections import deque
+
+from sparegrid.coordinator.domain import (
+    Attempt,
+    AttemptState,
+    JobState,
+    Task,
+    TaskState,
+)
+from sparegrid.coordinator.services.events import EventKind
+from sparegrid.coordinator.services.scheduler.base import (
+    NODE_LOST,
+    OUT_OF_MEMORY,
+    ActiveJob,
+    log,
+)
+from sparegrid.coordinator.services.scheduler.dispatch import fits
+from sparegrid.coordinator.services.scheduler.queues import QueuesPart
+from sparegrid.coordinator.states import move_attempt, move_task
+
+
+class LeasesPart(QueuesPart):
+    """Takes leases back: expired, straggling, lost, given back or failed."""
+
+    def reap(self) -> int:
+        """Expires every lease past its deadline, and takes stragglers back; returns how
+        many. A lease of a node that went away and did not come back within the reconnect
+        grace was lost with it."""
+        expired = self.store.expired_attempts(self.clock.now())
+        gone = [a for a in expired if a.node_id not in self.sessions]
+        self.lose(gone, reason="its node went away and did not come back in time")
+        self.expire([a for a in expired if a.node_id in self.sessions], reason="lease expired")
+        stragglers = self._stragglers()
+        self._take_back(stragglers)
+        self.expired_total += len(expired) + len(stragglers)
+        return len(expired) + len(stragglers)
+
+    def took(self, active: ActiveJob, attempt: Attempt) -> None:
+        """An attempt returned its result: how long it took, for what a straggler is."""
+        session = self.sessions.get(attempt.node_id)
+        device = session.device(attempt.device_index) if session is not None else None
+        active.returned[attempt.node_id] += 1
+        if device is not None:
+            kept = active.durations.setdefault(device.kind, deque(maxlen=100))
+            kept.append(self.clock.now() - attempt.created_at)
+
+    def _take_back(self, stragglers: list[tuple[Attempt, str]]) -> None:
+        """Stragglers lose their lease: their tasks go back to the front of the queue,
+        never to that owner again. A task may just be heavy: that is not counted against
+        its attempts, and a node that has returned results of the job may then take all
+        the time it needs for it. It counts against the node as a lost lease does: its
+        window halves, and two keep it off the job."""
+        if not stragglers:
+            return
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a, _ in stragglers])}
+        now = self.clock.now()
+        for attempt, reason in stragglers:
+            active, task = self.jobs[attempt.job_id], tasks[attempt.task_id]
+            move_attempt(attempt, AttemptState.EXPIRED)
+            attempt.finished_at, attempt.error_code, attempt.error = now, "STRAGGLER", reason
+            active.straggled.add(task.id)
+            session = self.sessions.get(attempt.node_id)
+            owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
+            active.excluded.setdefault(task.id, set()).add(owner)
+            self._release(attempt, cancel_reason=reason)
+            self.shrink(attempt.node_id)
+            active.node_failures[attempt.node_id] += 1
+            task.attempts = max(task.attempts - 1, 0)
+            move_task(task, TaskState.QUEUED)
+            active.queue.appendleft(task)
+        self.store.update_attempts([a for a, _ in stragglers])
+        self.store.update_tasks(list(tasks.values()))
+        log.info("%d straggling attempt(s) taken back", len(stragglers))
+
+    def _stragglers(self) -> list[tuple[Attempt, str]]:
+        cfg, now = self.config, self.clock.now()
+        found = []
+        for active in self.jobs.values():
+            for attempt in list(active.running.values()):
+                if attempt.task_id in active.straggled and active.returned[attempt.node_id]:
+                    continue  # a heavy task, on a node that works on this job
+                session = self.sessions.get(attempt.node_id)
+                device = session.device(attempt.device_index) if session is not None else None
+                taken = active.durations.get(device.kind, ()) if device is not None else ()
+                if device is None or len(taken) < cfg.straggler_samples:
+                    continue
+                p90 = sorted(taken)[int(0.9 * (len(taken) - 1))]
+                lease = session.leases.get(attempt.id) if session is not None else None
+                inputs = sum(r.size for r in lease.task.inputs) if lease is not None else 0
+                floor = cfg.straggler_floor_seconds + inputs / cfg.straggler_download_rate
+                limit = max(floor, cfg.straggler_factor * p90)
+                if now - attempt.created_at > limit:
+                    reason = (
+                        f"ran {now - attempt.created_at:.0f}s, over {cfg.straggler_factor:g}x "
+                        f"what 9 in 10 of the job's tasks took on a {device.kind} ({p90:.1f}s)"
+                    )
+                    found.append((attempt, reason))
+        return found
+
+    def lose(self, attempts: list[Attempt], reason: str) -> None:
+        """Attempts lost with their node (a crash is not a failure): their tasks go back to
+        the front of the queue with the attempt given back, and nothing counts against the
+        node (no failure, no exclusion from the job) but its window, halved as for any
+        lease that ran out. A task lost more times than its job's attempt limit counts as
+        an expired lease from then on, so no task goes round for ever."""
+        given: list[Attempt] = []
+        counted: list[Attempt] = []
+        for attempt in attempts:
+            active = self.jobs.get(attempt.job_id)
+            if active is not None and active.lost[attempt.task_id] >= active.job.max_attempts:
+                counted.append(attempt)
+                continue
+            if active is not None:
+                active.lost[attempt.task_id] += 1
+            move_attempt(attempt, AttemptState.CANCELLED)
+            attempt.finished_at = self.clock.now()
+            attempt.error_code, attempt.error = NODE_LOST, reason
+            given.append(attempt)
+        for node_id in {a.node_id for a in given}:
+            self.shrink(node_id)
+        self.give_back(given)
+        self.expire(counted, reason=f"{reason}, and the task was lost that way too often")
+
+    def expire(self, attempts: list[Attempt], reason: str) -> None:
+        for node_id in {a.node_id for a in attempts}:
+            self.shrink(node_id)
+        for attempt in attempts:
+            move_attempt(attempt, AttemptState.EXPIRED)
+            attempt.finished_at = self.clock.now()
+            attempt.error_code, attempt.error = "LEASE_EXPIRED", reason
+        self.settle_failures(attempts, retryable=True, tell_node=True)
+
+    def _needs_more_memory(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+        """Records that `task` needs a device with more memory than the one it ran out of;
+        False (with the task's error set) when no connected node has such a device."""
+        session = self.sessions.get(attempt.node_id)
+        device = session.device(attempt.device_index) if session is not None else None
+        if device is None or device.memory_bytes <= 0:
+            return True
+        need = max(active.needs_memory.get(task.id, 0), device.memory_bytes + 1)
+        active.needs_memory[task.id] = need
+        for other in self.sessions.values():
+            if any(
+                d.memory_bytes >= need and fits(active.job, other.node, d)
+                for d in other.node.devices
+            ):
+                return True
+        attempt.error += (
+            f"; no connected device has more than {device.memory_bytes / 2**30:.1f} GiB"
+        )
+        return False
+
+    def give_back(self, attempts: list[Attempt]) -> None:
+        """Attempts that were no fault of their node or task: a node's own policy stopped
+        them (owner back, too hot, window closed), or they were lost with their node. Their
+        tasks go back to the front of the queue with the attempt given back, and nothing
+        counts against the node (no failure count, no exclusion from the job)."""
+        if not attempts:
+            return
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+        requeue: list[tuple[ActiveJob, Task]] = []
+        with self.store.transaction():
+            self.store.update_attempts(attempts)
+            for attempt in attempts:
+                active = self.jobs.get(attempt.job_id)
+                task = tasks[attempt.task_id]
+                self._release(attempt)
+                if active is None or task.state != TaskState.LEASED:
+                    continue
+                task.attempts = max(task.attempts - 1, 0)
+                move_task(task, TaskState.QUEUED)
+                requeue.append((active, task))
+            self.store.update_tasks(list(tasks.values()))
+        for active, task in requeue:
+            active.queue.appendleft(task)
+        log.info("%d attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue))
+
+    def settle_failures(
+        self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False
+    ) -> None:
+        """Records failed or expired attempts; re-queues their tasks or fails their jobs."""
+        if not attempts:
+            return
+        flags = [retryable] * len(attempts) if isinstance(retryable, bool) else retryable
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+        requeue: list[tuple[ActiveJob, Task]] = []
+        doomed: list[tuple[ActiveJob, str]] = []
+        with self.store.transaction():
+            self.store.update_attempts(attempts)
+            for attempt, again in zip(attempts, flags, strict=True):
+                self.store.add_node_counts(attempt.node_id, 0, 1)
+                active = self.jobs.get(attempt.job_id)
+                task = tasks[attempt.task_id]
+                self._release(attempt, cancel_reason=attempt.error if tell_node else "")
+                if active is None or task.state != TaskState.LEASED:
+                    continue  # the job ended, or another attempt finished the task
+                active.node_failures[attempt.node_id] += 1
+                failures = task.attempts - active.results[task.id]
+                if attempt.error_code == OUT_OF_MEMORY and again:
+                    again = self._needs_more_memory(active, task, attempt)
+                final = not (again and failures < active.job.max_attempts)
+                self._failed_event(active, task, attempt, final)
+                if not final:
+                    move_task(task, TaskState.QUEUED)
+                    requeue.append((active, task))
+                else:
+                    move_task(task, TaskState.FAILED)
+                    task.error = f"{attempt.error_code}: {attempt.error}"
+                    active.open_tasks -= 1
+                    active.failed += 1
+                    doomed.append((active, f"task {task.index} failed: {task.error}"))
+            self.store.update_tasks(list(tasks.values()))
+        for active, task in requeue:
+            active.queue.appendleft(task)
+        for active, error in doomed:
+            if active.job.id in self.jobs:
+                self.finish(active, JobState.FAILED, error)
+        log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
+
+    def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:
+        if self.events is None:
+            return
+        then = "the task failed" if final else "the task is queued again"
+        self.events.emit(
+            EventKind.TASK_FAILED,
+            f"task {task.index} of job {task.job_id} on node {attempt.node_id}: "
+            f"{attempt.error_code}: {attempt.error} ({then})",
+            job_id=task.job_id,
+            task_id=task.id,
+            node_id=attempt.node_id,
+            account=active.owner,
+            index=task.index,
+            code=attempt.error_code,
+            final=final,
+        )

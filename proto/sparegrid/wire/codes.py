@@ -1,0 +1,212 @@
+"""Codes both sides act on, in one place: the stable error codes a refusal carries, the
+codes of a failed attempt and of a result's verdict, and the names of the wire enums.
+
+A refusal from the coordinator carries its `ErrorCode` in the trailing metadata
+`CODE_METADATA_KEY`; the SDK raises it as `SparegridError.code`. A worker reports a failed
+attempt with a `FailureCode`; the coordinator answers each result with a `VerdictCode`.
+tests/test_codes.py checks that every code raised in the source is registered here.
+"""
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Final
+
+from sparegrid.v1 import admin_pb2, common_pb2
+
+CODE_METADATA_KEY: Final = "sparegrid-code"
+
+
+class ErrorCode(StrEnum):
+    """The stable code of an error a user can see, and match on."""
+
+    # raised by the coordinator, sent in the `sparegrid-code` trailer
+    ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
+    ACCOUNT_EXISTS = "ACCOUNT_EXISTS"
+    ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+    BAD_AMOUNT = "BAD_AMOUNT"
+    BAD_API_KEY = "BAD_API_KEY"
+    BAD_ATTEMPTS = "BAD_ATTEMPTS"
+    BAD_CREDIT = "BAD_CREDIT"
+    BAD_DEVICE = "BAD_DEVICE"
+    BAD_DIGEST = "BAD_DIGEST"
+    BAD_HELLO = "BAD_HELLO"
+    BAD_INPUTS = "BAD_INPUTS"
+    BAD_MESSAGE = "BAD_MESSAGE"
+    BAD_NAME = "BAD_NAME"
+    BAD_OFFSET = "BAD_OFFSET"
+    BAD_PAGE_TOKEN = "BAD_PAGE_TOKEN"
+    BAD_PARAMS = "BAD_PARAMS"
+    BAD_POLICY = "BAD_POLICY"
+    BAD_PRIORITY = "BAD_PRIORITY"
+    BAD_REGISTRATION = "BAD_REGISTRATION"
+    BAD_REQUIREMENTS = "BAD_REQUIREMENTS"
+    BAD_SESSION = "BAD_SESSION"
+    BAD_STATE = "BAD_STATE"
+    BAD_UPLOAD = "BAD_UPLOAD"
+    BAD_WEBHOOK = "BAD_WEBHOOK"
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    BLOB_NOT_FOUND = "BLOB_NOT_FOUND"
+    BLOB_TOO_LARGE = "BLOB_TOO_LARGE"
+    DIGEST_MISMATCH = "DIGEST_MISMATCH"  # also: a download that does not hash to its digest
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"
+    INTERNAL = "INTERNAL"  # a bug: the message holds a reference id from the log
+    JOB_FINISHED = "JOB_FINISHED"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_NOT_RETRYABLE = "JOB_NOT_RETRYABLE"
+    LAST_ADMIN = "LAST_ADMIN"
+    NODE_NOT_FOUND = "NODE_NOT_FOUND"
+    NOTHING_TO_RETRY = "NOTHING_TO_RETRY"
+    NOT_ADMIN = "NOT_ADMIN"
+    NOT_LEASED = "NOT_LEASED"
+    NOT_PENDING = "NOT_PENDING"
+    NO_API_KEY = "NO_API_KEY"  # also raised by the SDK before any call
+    NO_KEY = "NO_KEY"
+    OWNER_REQUIRED = "OWNER_REQUIRED"
+    QUORUM_UNREACHABLE = "QUORUM_UNREACHABLE"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    REGISTRATION_BUSY = "REGISTRATION_BUSY"
+    SIZE_MISMATCH = "SIZE_MISMATCH"
+    STAKE_LOCKED = "STAKE_LOCKED"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    SUBMIT_IN_PROGRESS = "SUBMIT_IN_PROGRESS"
+    UNKNOWN_KIND = "UNKNOWN_KIND"
+    UNSAFE_MODEL = "UNSAFE_MODEL"
+    UPLOAD_CLOSED = "UPLOAD_CLOSED"
+    UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
+    UPLOAD_IN_PROGRESS = "UPLOAD_IN_PROGRESS"
+    WORKER_TOO_OLD = "WORKER_TOO_OLD"
+    # raised by the SDK and the CLI themselves
+    BAD_FLAGS = "BAD_FLAGS"
+    BAD_FRAMES = "BAD_FRAMES"
+    BAD_INPUT = "BAD_INPUT"
+    BAD_MODEL = "BAD_MODEL"
+    BAD_OUTPUT = "BAD_OUTPUT"
+    BAD_TILE = "BAD_TILE"
+    BAD_TLS_CA = "BAD_TLS_CA"
+    BLENDER_FAILED = "BLENDER_FAILED"
+    EXPORT_FAILED = "EXPORT_FAILED"
+    FRAME_NOT_READY = "FRAME_NOT_READY"
+    MISSING_FILES = "MISSING_FILES"
+    NEEDS_BLENDER = "NEEDS_BLENDER"
+    NOT_A_RENDER = "NOT_A_RENDER"
+    NO_ADMIN_KEY = "NO_ADMIN_KEY"
+    NO_CLIENT = "NO_CLIENT"
+    NO_TILES = "NO_TILES"
+    OUTPUT_EXISTS = "OUTPUT_EXISTS"
+    OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
+    TASK_FAILED = "TASK_FAILED"
+    TORCH_MISSING = "TORCH_MISSING"
+    UNKNOWN = "UNKNOWN"  # an error that is not a gRPC status
+    UNPACKABLE_FILES = "UNPACKABLE_FILES"
+    VERIFICATION_FAILED = "VERIFICATION_FAILED"
+    WAIT_TIMEOUT = "WAIT_TIMEOUT"
+    WATCH_ENDED = "WATCH_ENDED"
+
+
+class FailureCode(StrEnum):
+    """Why an attempt failed, as a worker reports it (and the coordinator records it)."""
+
+    PREEMPTED = "PREEMPTED"  # the node's own policy stopped it: re-queued, not held against it
+    OUT_OF_MEMORY = "CUDA_OOM"  # the executor ran out of device memory: retried elsewhere
+    OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # needs more GPU memory than the node lends
+    OUTPUT_REJECTED = "OUTPUT_REJECTED"
+    BAD_PARAMS = "BAD_PARAMS"
+    BAD_INPUT = "BAD_INPUT"
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"
+    EXECUTOR_CRASHED = "EXECUTOR_CRASHED"
+    TIMEOUT = "TIMEOUT"
+    UNKNOWN_KIND = "UNKNOWN_KIND"
+    UNKNOWN_DEVICE = "UNKNOWN_DEVICE"
+    INPUT_UNAVAILABLE = "INPUT_UNAVAILABLE"
+    INPUT_DIGEST_MISMATCH = "INPUT_DIGEST_MISMATCH"
+    NO_CUDA = "NO_CUDA"
+    NODE_LOST = "NODE_LOST"  # set by the coordinator: lost with its node, given back
+
+
+class VerdictCode(StrEnum):
+    """The coordinator's word on one result statement of a batch ("" when accepted)."""
+
+    DUPLICATE = "DUPLICATE"  # accepted before (earns nothing again) or twice in one batch
+    BAD_BATCH = "BAD_BATCH"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    BAD_STATEMENT = "BAD_STATEMENT"
+    BAD_OUTPUT = "BAD_OUTPUT"
+    NOT_LEASED = "NOT_LEASED"
+    OUTPUT_NOT_UPLOADED = "OUTPUT_NOT_UPLOADED"
+    STALE = "STALE"
+    TASK_DONE = "TASK_DONE"
+
+
+# --- the names of the wire enums (both sides' own enums use these values) ----------------
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Standing(StrEnum):
+    ACTIVE = "active"
+    QUARANTINED = "quarantined"
+    BANNED = "banned"
+    PENDING = "pending"
+
+
+class NodeState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+
+
+class DeviceKind(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+JOB_STATES: Final[Mapping[str, common_pb2.JobState.ValueType]] = {
+    JobState.QUEUED: common_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: common_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
+}
+TASK_STATES: Final[Mapping[str, common_pb2.TaskState.ValueType]] = {
+    TaskState.QUEUED: common_pb2.TASK_STATE_QUEUED,
+    TaskState.LEASED: common_pb2.TASK_STATE_LEASED,
+    TaskState.SUCCEEDED: common_pb2.TASK_STATE_SUCCEEDED,
+    TaskState.FAILED: common_pb2.TASK_STATE_FAILED,
+    TaskState.CANCELLED: common_pb2.TASK_STATE_CANCELLED,
+}
+STANDINGS: Final[Mapping[str, admin_pb2.NodeStanding.ValueType]] = {
+    Standing.ACTIVE: admin_pb2.NODE_STANDING_ACTIVE,
+    Standing.QUARANTINED: admin_pb2.NODE_STANDING_QUARANTINED,
+    Standing.BANNED: admin_pb2.NODE_STANDING_BANNED,
+    Standing.PENDING: admin_pb2.NODE_STANDING_PENDING,
+}
+NODE_STATES: Final[Mapping[str, admin_pb2.NodeState.ValueType]] = {
+    NodeState.ONLINE: admin_pb2.NODE_STATE_ONLINE,
+    NodeState.OFFLINE: admin_pb2.NODE_STATE_OFFLINE,
+    NodeState.DRAINING: admin_pb2.NODE_STATE_DRAINING,
+}
+# DEVICE_KIND_UNSPECIFIED is "any kind" in requirements and is not a device's kind
+DEVICE_KINDS: Final[Mapping[str, common_pb2.DeviceKind.ValueType]] = {
+    DeviceKind.CPU: common_pb2.DEVICE_KIND_CPU,
+    DeviceKind.CUDA: common_pb2.DEVICE_KIND_CUDA,
+}
+
+
+def names(table: Mapping[str, int]) -> dict[int, str]:
+    """A table the other way round: wire value -> name."""
+    return {value: name for name, value in table.items()}

@@ -1,0 +1,34 @@
+"""A worker session opened by hand over real gRPC, for RPC-level trust tests."""
+
+from grpc import aio
+
+from sparegrid.v1 import (
+    common_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from sparegrid.wire import REGISTER_TAG, Signer
+from tests.coordinator.conftest import Served
+
+Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
+
+
+async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[Call, str]:
+    stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
+    call: Call = stub.Session(metadata=served.auth(owner_key) if owner_key else None)
+    await call.write(
+        worker_pb2.WorkerMessage(
+            hello=worker_pb2.Hello(
+                public_key=signer.public_key,
+                node_name="raw",
+                devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
+                executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
+            )
+        )
+    )
+    challenge = (await call.read()).challenge
+    signed = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
+    answer = worker_pb2.ChallengeResponse(signature=signed)
+    await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
+    welcome = (await call.read()).welcome
+    return call, welcome.node_id

@@ -1,0 +1,73 @@
+"""A group commit that loses the database pauses the coordinator: calls are refused with
+UNAVAILABLE naming the database, health listeners hear NOT_SERVING, and it reconnects
+with backoff, reloads, and serves again. (tests/e2e/test_database_loss.py does it on a
+real PostgreSQL with real processes.)"""
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.clock import FakeClock
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.store.base import StoreUnavailable
+from sparegrid.coordinator.store.memory import MemoryStore
+from tests.coordinator.test_group_commit import connected
+
+LOST = "lost the PostgreSQL database sparegrid on db.example:5432: server closed the connection"
+
+
+async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Path) -> None:
+    store = MemoryStore()
+    app = App(store, Settings(data_dir=tmp_path), clock=FakeClock())
+    app.scheduler.load()
+    alice, _ = app.accounts.create("alice", 100)
+    sink = connected(app)
+    heard: list[bool] = []
+    app.serving_changed.append(heard.append)
+    real = store.transaction
+    down = {"commits": 1, "reconnects": 2}  # the commit fails, then two reconnects do
+
+    @contextmanager
+    def flaky() -> Iterator[None]:
+        outer = store._depth == 0
+        with real():
+            yield
+            if outer and down["commits"]:
+                down["commits"] -= 1
+                raise StoreUnavailable(LOST)
+
+    def reconnect() -> None:
+        if down["reconnects"]:
+            down["reconnects"] -= 1
+            raise StoreUnavailable("cannot reach the PostgreSQL database sparegrid")
+
+    store.transaction = flaky  # type: ignore[method-assign]
+    store.reconnect = reconnect  # type: ignore[method-assign]
+    spec = JobSpec(kind="echo", params=b'{"tasks": 3}')
+    with pytest.raises(CoordinatorError) as err:
+        await app.call(lambda: app.jobs.submit(alice, spec))
+    assert err.value.kind == ErrorKind.UNAVAILABLE and err.value.code == "STORE_UNAVAILABLE"
+    assert "lost the PostgreSQL database sparegrid" in err.value.message
+    assert not app.serving and heard == [False]
+    assert sink.queue.qsize() == 1  # the session was closed: no lease went out
+    assert app.scheduler.sessions == {}  # workers reconnect and resume their leases
+    with pytest.raises(CoordinatorError) as refused:  # refused at once, nothing run
+        await app.call(lambda: pytest.fail("ran while the database was lost"))
+    assert refused.value.kind == ErrorKind.UNAVAILABLE
+    for _ in range(200):
+        if app.serving:
+            break
+        await asyncio.sleep(0.05)
+    assert app.serving and heard == [False, True] and down["reconnects"] == 0
+    assert store.list_jobs() == [] and store.balance("client:alice") == 100
+    app.sinks.discard(sink)
+    sink = connected(app)
+    job = await app.call(lambda: app.jobs.submit(alice, spec))
+    assert store.get_job(job.id) is not None
+    assert len(sink.queue.get_nowait().assign.assignments) == 3  # type: ignore[union-attr]
+    await app.stop()

@@ -1,0 +1,79 @@
+"""PostgreSQL only: a pipelined transaction never commits part of itself, and a lost
+connection raises StoreUnavailable naming the database until `reconnect()`."""
+
+import pytest
+
+from sparegrid.coordinator.domain import MINT
+from sparegrid.coordinator.store.base import StoreUnavailable
+from sparegrid.coordinator.store.engine import TransactionDoomed
+from sparegrid.coordinator.store.postgres import APPLICATION_NAME, PostgresStore
+from tests.store.conftest import Backends
+from tests.store.test_contract import ALICE, BOB, grant
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg(backends: Backends) -> PostgresStore:
+    store = backends.opener("postgres")()
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+def backend_pid(store: PostgresStore) -> int:
+    with store.transaction():
+        ((pid,),) = store._query("SELECT pg_backend_pid()")
+    return int(pid)
+
+
+def test_the_connection_names_itself(pg: PostgresStore) -> None:
+    with pg.transaction():
+        ((name,),) = pg._query("SHOW application_name")
+    assert name == APPLICATION_NAME
+
+
+def test_an_error_read_in_another_call_dooms_the_whole_transaction(pg: PostgresStore) -> None:
+    import psycopg
+
+    with pytest.raises(TransactionDoomed, match="no_such_table"), pg.transaction():
+        pg.post(grant("g1", ALICE, 10))
+        with pg.transaction():  # sent, not read: this block does not see its error
+            pg._run("INSERT INTO no_such_table VALUES (1)")
+        with pytest.raises(psycopg.Error):
+            pg.post(grant("g2", BOB, 5))  # reads: meets the earlier statement's error
+    assert pg.balances() == {}
+    assert pg.post(grant("g1", ALICE, 10))  # the connection is usable again
+    assert pg.balances() == {MINT: -10, ALICE: 10}
+
+
+def test_a_killed_connection_names_the_database_until_it_reconnects(
+    pg: PostgresStore, backends: Backends
+) -> None:
+    import psycopg
+
+    pg.post(grant("g1", ALICE, 10))
+    pid = backend_pid(pg)
+    with psycopg.connect(backends.postgres_dsn(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable, match=r"lost the PostgreSQL database \w+ on "):
+        pg.balance(ALICE)
+    with pytest.raises(StoreUnavailable):
+        pg.post(grant("g2", BOB, 5))
+    pg.reconnect()
+    assert backend_pid(pg) != pid
+    assert pg.balances() == {MINT: -10, ALICE: 10}  # what was committed, nothing more
+    assert pg.post(grant("g2", BOB, 5))
+
+
+def test_reconnect_says_which_database_cannot_be_reached(pg: PostgresStore) -> None:
+    pg._pg.close()
+    pg._dsn = "postgresql://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    with pytest.raises(StoreUnavailable, match="cannot reach the PostgreSQL database"):
+        pg.reconnect()
+
+
+def test_a_database_that_cannot_be_reached_at_start_is_named() -> None:
+    from sparegrid.coordinator.store import open_store
+
+    with pytest.raises(StoreUnavailable, match="cannot reach the PostgreSQL database nowhere on"):
+        open_store("postgresql://postgres@127.0.0.1:1/nowhere")

@@ -1,0 +1,120 @@
+"""The daemon's start-up: checks of what the volunteer asked for (devices, isolation), the
+policy monitor, the GPU power cap and the settings the executor sandbox gets."""
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sparegrid.wire.clock import Clock
+from sparegrid.worker.config import ConfigError, WorkerConfig
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.policy import DeviceStateSource, IdleSource
+from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
+from sparegrid.worker.policy.nvml import NvmlSource
+from sparegrid.worker.policy.userinput import InputIdle, NoInput, make_input_idle
+from sparegrid.worker.slots.child.sandbox import Report, SandboxSettings, probe, python_paths
+
+_log = logging.getLogger("sparegrid.worker")
+
+
+def make_monitor(
+    config: WorkerConfig,
+    devices: Sequence[DeviceInfo],
+    source: DeviceStateSource | None,
+    clock: Clock,
+    our_pids: Callable[[], set[int]],
+    busy: Callable[[int], bool],
+) -> DeviceMonitor:
+    """The monitor for `devices`, reading `source` or the one `--device-state` names."""
+    if source is None:
+        uuids = {d.index: d.uuid for d in devices if d.kind == "cuda"}
+        source, note = make_source(config.device_state, uuids)
+        if note:
+            _log.warning(note)
+    settings = config.policy()
+    if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
+        settings = dataclasses.replace(settings, idle_seconds=0.0)
+    user_input: InputIdle = NoInput()
+    if config.input_idle_seconds:
+        user_input, note = make_input_idle(config.input_source)
+        if note:
+            _log.warning("--input-idle-seconds is set, but %s", note)
+    return DeviceMonitor(
+        source,
+        settings,
+        [d.index for d in devices],
+        clock,
+        config.poll_interval,
+        our_pids=our_pids,
+        running=busy,
+        user_input=user_input,
+    )
+
+
+async def check_isolation(config: WorkerConfig) -> Report:
+    """What isolation executors get here; ConfigError if it must be complete and is not."""
+    mode = config.sandbox
+    work = config.data_dir / "work" / "probe"
+    report = await asyncio.to_thread(probe, work, mode)
+    shutil.rmtree(work, ignore_errors=True)
+    if mode == "off":
+        _log.warning("executor isolation is off (--sandbox off)")
+    elif not report.complete:
+        if mode == "require":
+            raise ConfigError(f"--sandbox require, but {report.summary()}")
+        _log.warning("executor isolation is incomplete: %s", report.summary())
+    else:
+        _log.info("executor isolation: %s", report.summary())
+    return report
+
+
+def apply_power_cap(
+    config: WorkerConfig, source: DeviceStateSource, devices: Sequence[DeviceInfo]
+) -> None:
+    """Sets --power-cap on each GPU through NVML where allowed (root); the policy pauses
+    above the cap either way."""
+    if config.power_cap is None or not isinstance(source, NvmlSource):
+        return
+    for device in devices:
+        problem = source.set_power_limit(device.index, config.power_cap)
+        if problem:
+            _log.warning(problem)
+
+
+def check_devices(config: WorkerConfig, devices: Sequence[DeviceInfo]) -> None:
+    """--devices may name only devices this machine has."""
+    if config.devices is None:
+        return
+    have = sorted(d.index for d in devices)
+    missing = sorted(set(config.devices) - set(have))
+    if missing:
+        raise ConfigError(
+            f"--devices names device(s) {', '.join(map(str, missing))}, but this node has "
+            f"device(s) {', '.join(map(str, have)) or 'none'}"
+        )
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def sandbox_settings(config: WorkerConfig) -> SandboxSettings | None:
+    """What the executor child applies to itself; None when isolation is off. A Python path
+    that contains the data dir is left out: the node key must stay unreadable."""
+    if config.sandbox == "off":
+        return None
+    data_dir = config.data_dir.resolve()
+    readable = [p for p in python_paths() if not _inside(data_dir, Path(p).resolve())]
+    readable.append(str(data_dir / "cache"))
+    return SandboxSettings(
+        mode=config.sandbox,
+        readable=readable,
+        open_files=config.task_open_files,
+        output_size=config.task_output_size,
+        memory=config.task_memory,
+        cpu_seconds=config.max_attempt_seconds * (os.cpu_count() or 1),
+    )

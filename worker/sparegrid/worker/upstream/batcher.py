@@ -1,0 +1,146 @@
+"""Gathers finished tasks into signed batches: results that finish within a short window
+(or up to `max_items` of them) become one Results message under one signature."""
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sparegrid.v1 import worker_pb2
+from sparegrid.wire import Signer
+from sparegrid.wire.clock import Clock
+from sparegrid.wire.receipt import sign_batch
+from sparegrid.worker.upstream.messages import message_of
+from sparegrid.worker.upstream.outbox import Outbox
+
+_log = logging.getLogger("sparegrid.worker.upstream.batcher")
+# Inline bytes per Results message, well under the channel's 64 MiB message limit.
+MAX_INLINE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Result:
+    statement: bytes
+    inline: Mapping[str, bytes]  # digest -> bytes sent in the Results message
+    blobs: Mapping[str, bytes]  # digest -> bytes uploaded before it is sent
+
+    @property
+    def inline_size(self) -> int:
+        return sum(len(data) for data in self.inline.values())
+
+
+class ResultBatcher:
+    def __init__(
+        self,
+        signer: Signer,
+        outbox: Outbox,
+        clock: Clock,
+        window: float,
+        max_items: int,
+        max_unacked: int = 4,
+    ) -> None:
+        self._max_unacked = max_unacked
+        self._signer = signer
+        self._outbox = outbox
+        self._clock = clock
+        self._window = window
+        self._max = max_items
+        self._results: list[_Result] = []
+        self._inline_size = 0
+        self._failures: list[worker_pb2.TaskFailure] = []
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def add_result(
+        self, statement: bytes, inline: Mapping[str, bytes], blobs: Mapping[str, bytes]
+    ) -> None:
+        result = _Result(statement, inline, blobs)
+        self._results.append(result)
+        self._inline_size += result.inline_size
+        self._schedule()
+
+    def add_failure(self, failure: worker_pb2.TaskFailure) -> None:
+        self._failures.append(failure)
+        self._schedule()
+
+    def __len__(self) -> int:
+        return len(self._results) + len(self._failures)
+
+    def _full(self) -> bool:
+        full = len(self._results) >= self._max or self._inline_size >= MAX_INLINE_BYTES
+        return full or len(self._failures) >= self._max
+
+    def _schedule(self) -> None:
+        if self._full():
+            self._spawn(self.flush(force=False))
+        elif self._timer is None:
+            self._timer = self._spawn(self._flush_later())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+        return task
+
+    async def _flush_later(self) -> None:
+        await self._clock.sleep(self._window)
+        self._timer = None
+        await self.flush(force=False)
+
+    async def flush(self, force: bool = True) -> None:
+        """Signs what is gathered and puts it in the outbox (durably) in batch-id order.
+
+        Unless forced, a batch that is not full waits while `max_unacked` batches are
+        still unacknowledged: when the coordinator falls behind, results gather into
+        fewer, larger batches (one signature, one fsync and one commit each) instead of a
+        growing queue of small ones.
+        """
+        async with self._lock:
+            while self._results or self._failures:
+                if not force and len(self._outbox) >= self._max_unacked and not self._full():
+                    changed = self._outbox.change_event()
+                    if len(self._outbox) >= self._max_unacked:
+                        await changed.wait()
+                    continue
+                results = self._take_results()
+                failures, self._failures = self._failures[: self._max], self._failures[self._max :]
+                try:
+                    await self._put(results, failures)
+                except OSError:
+                    _log.exception("could not write a batch to the outbox; its tasks are lost")
+
+    def _take_results(self) -> list[_Result]:
+        """The next batch: at most `max_items` results and MAX_INLINE_BYTES inline (or one)."""
+        count, size = 0, 0
+        for result in self._results[: self._max]:
+            if count and size + result.inline_size > MAX_INLINE_BYTES:
+                break
+            count, size = count + 1, size + result.inline_size
+        taken, self._results = self._results[:count], self._results[count:]
+        self._inline_size -= size
+        return taken
+
+    async def _put(self, results: list[_Result], failures: list[worker_pb2.TaskFailure]) -> None:
+        if results:
+            statements = [r.statement for r in results]
+            body = worker_pb2.Results(
+                batch_id=self._outbox.next_batch_id(),
+                statements=statements,
+                signature=sign_batch(self._signer, statements),
+                inline_outputs={d: b for r in results for d, b in r.inline.items()},
+            )
+            blobs = {d: b for r in results for d, b in r.blobs.items()}
+            await self._outbox.put(message_of(body), blobs)
+        if failures:
+            failed = worker_pb2.Failures(batch_id=self._outbox.next_batch_id(), failures=failures)
+            await self._outbox.put(message_of(failed), {})
+
+    async def close(self) -> None:
+        """Flushes what is left; a pending timer is cancelled."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await asyncio.gather(*self._flushes, return_exceptions=True)
+        await self.flush()
