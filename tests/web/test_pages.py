@@ -105,3 +105,22 @@ async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:
         response = await client.post("/login", content=b"api_key=" + b"A" * 1_000_000,
                                headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert response.status_code == 401
+
+
+async def test_disabling_rotating_or_revoking_ends_dashboard_sessions(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    _, key = app.accounts.create("alice", 10)
+    dashboard = Dashboard(app)
+    async with http(dashboard) as client:
+        await sign_in(client, key)
+        app.accounts.set_disabled("alice", True)
+        assert (await client.get("/client")).headers["location"] == "/login"
+        assert (await client.post("/login", data={"api_key": key})).status_code == 401
+        app.accounts.set_disabled("alice", False)
+        await sign_in(client, key)
+        _, new_key = app.accounts.rotate_key("alice")
+        assert (await client.get("/client")).headers["location"] == "/login"
+        assert (await client.post("/login", data={"api_key": key})).status_code == 401
+        await sign_in(client, new_key)
+        app.accounts.revoke_key("alice")
+        assert (await client.get("/client")).headers["location"] == "/login"
