@@ -44,7 +44,7 @@ async def test_the_operator_sees_disputes_with_their_evidence(tmp_path: Path) ->
     assert "dispute" in page[page.index('id="events"') :]
 
 
-async def test_a_volunteer_sees_why_its_node_is_quarantined_and_what_it_earned(
+async def test_a_volunteer_sees_why_its_node_is_paused_or_quarantined_and_what_it_earned(
     tmp_path: Path,
 ) -> None:
     app = make_app(tmp_path, trust=TrustConfig(warmup=0, floor=0.0, max_strikes=1))
@@ -54,6 +54,11 @@ async def test_a_volunteer_sees_why_its_node_is_quarantined_and_what_it_earned(
     client_account: Account = app.accounts.create("alice", 1000)[0]
     echo(app, client_account, 3)
     run(node)
+    app.scheduler.grant(node.id, 0, 0, reset=True)  # its owner came back to the GPU
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, key)
+        paused = (await client.get("/volunteer")).text
+    assert "paused by its owner&#39;s policy" in paused
     app.clock.advance(86400)  # type: ignore[attr-defined]
     app.reputations.invalid(node.id, "a result for work it never leased")
     app.events.published()
@@ -100,3 +105,22 @@ async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:
         response = await client.post("/login", content=b"api_key=" + b"A" * 1_000_000,
                                headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert response.status_code == 401
+
+
+async def test_disabling_rotating_or_revoking_ends_dashboard_sessions(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    _, key = app.accounts.create("alice", 10)
+    dashboard = Dashboard(app)
+    async with http(dashboard) as client:
+        await sign_in(client, key)
+        app.accounts.set_disabled("alice", True)
+        assert (await client.get("/client")).headers["location"] == "/login"
+        assert (await client.post("/login", data={"api_key": key})).status_code == 401
+        app.accounts.set_disabled("alice", False)
+        await sign_in(client, key)
+        _, new_key = app.accounts.rotate_key("alice")
+        assert (await client.get("/client")).headers["location"] == "/login"
+        assert (await client.post("/login", data={"api_key": key})).status_code == 401
+        await sign_in(client, new_key)
+        app.accounts.revoke_key("alice")
+        assert (await client.get("/client")).headers["location"] == "/login"

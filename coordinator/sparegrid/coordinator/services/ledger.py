@@ -90,7 +90,7 @@ class Ledger:
 
     def debit(self, account_name: str, amount: int, key: str, reason: str = "debit") -> bool:
         """Takes credit from an account back to the mint; InsufficientFunds if short."""
-        return self._post(key, reason, client_account(account_name), MINT, amount)
+        return self._post(key, reason, client_account(account_name), MINT, amount, flow="debited")
 
     def hold(self, job: Job, account_name: str, amount: int = 0, key: str = "") -> None:
         """Moves the job's maximum cost (or `amount` more, for a retry: `key` tells one

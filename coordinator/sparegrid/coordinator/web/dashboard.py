@@ -106,9 +106,13 @@ class Dashboard:
         if session is None:
             return None
         account = self.app.store.get_account(session.account_id)
-        if account is None or not hmac.compare_digest(account.key_hash, session.key_hash):
+        if (
+            account is None
+            or account.disabled
+            or not hmac.compare_digest(account.key_hash, session.key_hash)
+        ):
             self.sessions.close(request.cookies.get(COOKIE, ""))
-            return None  # deleted, or its key was rotated or revoked since
+            return None  # disabled, or its key was rotated or revoked since
         return account
 
     async def _not_found(self, request: Request, what: str) -> Response:

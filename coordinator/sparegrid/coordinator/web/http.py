@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 log = logging.getLogger("sparegrid.coordinator.web")
+MAX_CONNECTIONS = 64
 
 
 class _Embedded(uvicorn.Server):
@@ -50,7 +51,12 @@ class HttpServer:
             ) from None
         self.host, self.port = host, self._sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", server_header=False
+            app,
+            log_level="warning",
+            access_log=False,  # nothing of a request is logged
+            lifespan="off",
+            server_header=False,
+            limit_concurrency=MAX_CONNECTIONS,  # past it: 503, not memory
         )
         self._server = _Embedded(config)
         self._task: asyncio.Task[None] | None = None

@@ -30,6 +30,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.images import decode_png
 from sparegrid.coordinator.services.ledger import LedgerReport
+from sparegrid.coordinator.services.scheduler import NodeSession
 from sparegrid.coordinator.states import FINAL_JOB_STATES
 
 THUMB_SIZE = 240  # pixels, the longer side
@@ -222,7 +223,7 @@ def node_rows(app: App, nodes: list[Node]) -> list[NodeRow]:
     for node in nodes:
         session = app.scheduler.sessions.get(node.id)
         rep = app.reputations.get(node.id)
-        online = "offline" if session is None else "draining" if session.draining else "online"
+        online = _online(session, node)
         rows.append(
             NodeRow(
                 node,
@@ -242,6 +243,21 @@ def node_rows(app: App, nodes: list[Node]) -> list[NodeRow]:
     return rows
 
 
+def _online(session: NodeSession | None, node: Node) -> str:
+    """offline, draining, online, or which devices its owner's policy paused (the owner
+    uses the GPU, it is too hot, outside its hours: the worker says which)."""
+    if session is None:
+        return "offline"
+    if session.draining:
+        return "draining"
+    paused = sorted(session.paused)
+    if paused and len(paused) >= len(node.devices):
+        return "paused by its owner's policy"
+    if paused:
+        return f"online; device(s) {', '.join(map(str, paused))} paused by its owner's policy"
+    return "online"
+
+
 def owner_rows(nodes: list[NodeRow], app: App) -> list[OwnerRow]:
     by_owner: dict[str, list[NodeRow]] = defaultdict(list)
     for row in nodes:
@@ -250,7 +266,7 @@ def owner_rows(nodes: list[NodeRow], app: App) -> list[OwnerRow]:
         OwnerRow(
             owner,
             len(rows),
-            sum(1 for r in rows if r.online != "offline"),
+            sum(1 for r in rows if r.online not in ("offline", "draining")),
             sum(1 for r in rows if r.standing != Standing.ACTIVE.value),
             sum(r.credit for r in rows),
             app.identities.stake(owner),
