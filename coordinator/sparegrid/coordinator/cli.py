@@ -12,6 +12,7 @@ from pathlib import Path
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.jobs import parse_price
@@ -53,6 +54,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds [%(default)s]")
     serve.add_argument("--lease", type=float, default=30.0, help="lease seconds [%(default)s]")
+    serve.add_argument(
+        "--registration-rate",
+        type=float,
+        default=400.0,
+        help="worker registrations admitted a second; more are told to retry later "
+        "(0: no limit) [%(default)s]",
+    )
     serve.add_argument(
         "--reconnect-grace",
         type=float,
@@ -229,6 +237,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         wait_limit_seconds=args.wait_limit,
     )
     settings.quotas, settings.sweeps = _storage_settings(args)
+    if args.registration_rate < 0:
+        raise SystemExit(
+            f"error: --registration-rate must be 0 or more, got {args.registration_rate}"
+        )
+    rate = args.registration_rate
+    settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)))
     for name, share in [("--canary-rate", args.canary_rate), ("--spot-share", args.spot_share)]:
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"error: {name} is a share from 0 to 1, got {share}")
