@@ -1,0 +1,689 @@
+"""Fleet simulator: many workers speaking the real protocol against one real coordinator.
+
+A real coordinator process (`sparegrid coordinator serve`) and a few simulator processes,
+each holding hundreds or thousands of worker sessions on one event loop. Every simulated
+worker is a node of its own: its own Ed25519 key and its own channel, the worker's own
+handshake (`sparegrid.worker.session.connect`: Hello, signed Challenge, Welcome), its
+heartbeats at the interval Welcome asks for, credit per device, the real echo executor,
+statements built by the worker's own code (`messages.statement_bytes`) and one signature
+per batch (`wire.receipt.sign_batch`), and an outbox kept in memory that is resent after a
+reconnect, with the unacknowledged attempts named in Hello, as the worker does.
+
+Scenarios (each a separate coordinator, measured from outside through /proc):
+
+- idle: N workers connect at once and only heartbeat: time to register all, handshake
+  errors, refusals (UNAVAILABLE with a retry hint, retried), sessions held, coordinator
+  CPU (seconds of CPU per second of wall time) and RSS over a quiet window;
+- tasks: an echo job of 20,000 tiny tasks on N workers (default worker settings), tasks/s;
+- churn: the same while every worker cuts its stream every 2-6 s;
+- crash: the same, with the coordinator SIGKILLed mid-run and restarted on the same port.
+
+After each task scenario: the job succeeded, every task succeeded exactly once in the
+store, no node was paid twice for one task, and `admin ledger check` balances.
+
+    python bench/fleet.py --idle 1000,5000,10000 --tasks-at 10,100,1000 --churn 100 --crash 100
+    python bench/fleet.py --idle 1000 --database postgres     # SPAREGRID_TEST_POSTGRES or local
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from sparegrid.sdk import AdminClient, Client
+from sparegrid.v1 import common_pb2, worker_pb2
+from sparegrid.wire import Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch
+from sparegrid.worker.childproto import Outcome, OutputData
+from sparegrid.worker.devices import DeviceInfo
+from sparegrid.worker.executors.base import DeviceRef, ExecTask
+from sparegrid.worker.executors.builtin import EchoExecutor
+from sparegrid.worker.executors.registry import ExecutorSpec
+from sparegrid.worker.messages import hello, message_of, statement_bytes
+from sparegrid.worker.session import Session, connect, reconnect_delay, retry_after
+
+RESULTS = Path(__file__).parent / "results"
+HERE = Path(__file__).resolve()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+DEVICE = DeviceInfo(index=0, kind="cpu", name="fleet-sim")
+ECHO = ExecutorSpec("echo", EchoExecutor.version, "sparegrid.worker.executors.builtin:EchoExecutor")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+
+
+# --- the coordinator, from outside ---------------------------------------------------------
+
+
+@dataclass
+class Coordinator:
+    root: Path
+    database: str
+    src: str = ""  # another checkout whose coordinator code to run ("": this one)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "coord"
+
+    def start(self) -> None:
+        addr = self.data / "coordinator.addr"
+        addr.unlink(missing_ok=True)
+        log = (self.root / "coordinator.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sparegrid.cli.main",
+                "coordinator",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data),
+                "--database",
+                self.database,
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=coordinator_env(self.src),
+        )
+        deadline = time.monotonic() + 60
+        while not addr.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coordinator did not start; see {self.root}/coordinator.log")
+            time.sleep(0.05)
+        self.port = int(addr.read_text().strip().rsplit(":", 1)[1])
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.address, api_key=(self.data / "admin.key").read_text().strip())
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def coordinator_env(src: str = "") -> dict[str, str]:
+    """The coordinator's environment: with `src` (another checkout, e.g. main's, for a
+    before/after comparison) its code runs the coordinator; the simulated workers always
+    run this checkout's."""
+    if not src:
+        return dict(os.environ)
+    roots = [str(Path(src) / d) for d in ("coordinator", "proto", "sdk", "worker")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(roots)}
+
+
+# --- one simulator process: many workers on one event loop ---------------------------------
+
+
+@dataclass
+class SimStats:
+    registered: int = 0  # workers that got their first Welcome
+    connected: int = 0  # sessions open now
+    last_registered_at: float = 0.0
+    refused: int = 0  # UNAVAILABLE with a retry hint: admission control, retried
+    errors: Counter[str] = field(default_factory=Counter)  # other failed handshakes
+    results: int = 0  # results acknowledged
+    reconnects: int = 0
+
+
+class SimWorker:
+    """One simulated node: the worker's handshake, heartbeats, credit and signed batches."""
+
+    def __init__(self, index: int, sim: "Sim") -> None:
+        self.index, self.sim = index, sim
+        self.signer = Signer.generate()
+        self.node_id = ""
+        self.outbox: dict[int, worker_pb2.WorkerMessage] = {}  # batch id -> unacked batch
+        self.outbox_attempts: dict[int, list[str]] = {}
+        self.next_batch = 1
+        self.pending: list[bytes] = []  # statements finished, not yet in a batch
+        self.inline: dict[str, bytes] = {}
+        self.flush_scheduled = False
+        self.session: Session | None = None
+
+    async def run(self) -> None:
+        sim, registered, failures = self.sim, False, 0
+        while not sim.stopping:
+            channel = grpc.aio.insecure_channel(sim.address, options=CHANNEL_OPTIONS)
+            delay = 0.0
+            try:
+                message = worker_pb2.WorkerMessage()
+                message.CopyFrom(sim.hello)  # software versions looked up once per process
+                message.hello.public_key = self.signer.public_key
+                message.hello.node_name = f"sim{self.index}"
+                message.hello.running_attempts.extend(
+                    sorted(a for ids in self.outbox_attempts.values() for a in ids)
+                )
+                self.session = await connect(
+                    channel, message, self.signer, sim.owner_key(self.index)
+                )
+                self.node_id = self.session.welcome.node_id
+                failures = 0
+                if not registered:
+                    registered = True
+                    sim.stats.registered += 1
+                    sim.stats.last_registered_at = time.monotonic()
+                else:
+                    sim.stats.reconnects += 1
+                sim.stats.connected += 1
+                try:
+                    await self._serve(self.session)
+                finally:
+                    sim.stats.connected -= 1
+            except grpc.aio.AioRpcError as exc:
+                if retry_after(exc) is not None:  # refused while busy: the worker's wait
+                    sim.stats.refused += 1
+                    delay = reconnect_delay(exc, 0.0, sim.rng)
+                elif not registered:
+                    sim.stats.errors[exc.code().name] += 1
+                    sim.details[f"{exc.code().name}: {exc.details()}"[:120]] += 1
+            except Exception as exc:  # a failed handshake of any kind is counted, then retried
+                if not registered:
+                    sim.stats.errors[type(exc).__name__] += 1
+            finally:
+                self.session = None
+                await channel.close()
+            if not delay:
+                failures += 1
+                delay = min(0.5 * 2 ** min(failures, 5), 10.0) * (0.5 + random.random() / 2)
+            if not sim.stopping:
+                await asyncio.sleep(delay)
+
+    async def _serve(self, session: Session) -> None:
+        for message in self.outbox.values():  # resend what was not acknowledged
+            session.post(message)
+        if self.sim.prefetch:
+            credit = worker_pb2.Credit(device_index=0, count=self.sim.prefetch)
+            session.post(worker_pb2.WorkerMessage(credit=credit))
+        loops = [self._heartbeats(session)]
+        if self.sim.churn:
+            loops.append(self._cut_later())
+        await session.serve(self._on_message, *loops)
+
+    async def _heartbeats(self, session: Session) -> None:
+        interval = session.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
+        await asyncio.sleep(random.random() * interval)  # workers started at different times
+        while True:
+            session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
+            await asyncio.sleep(interval)
+
+    async def _cut_later(self) -> None:
+        low, high = self.sim.churn
+        await asyncio.sleep(random.uniform(low, high))
+        raise ConnectionResetError("churn: the stream is cut")
+
+    def _on_message(self, message: worker_pb2.CoordinatorMessage) -> None:
+        body = message.WhichOneof("body")
+        if body == "assign":
+            for assignment in message.assign.assignments:
+                self._run(assignment)
+        elif body == "result_ack":
+            ack = message.result_ack
+            self.outbox.pop(ack.batch_id, None)
+            attempts = self.outbox_attempts.pop(ack.batch_id, [])
+            self.sim.stats.results += sum(1 for v in ack.verdicts if v.accepted)
+            if attempts and self.session is not None:  # slots freed: credit back
+                credit = worker_pb2.Credit(device_index=0, count=len(attempts))
+                self.session.post(worker_pb2.WorkerMessage(credit=credit))
+
+    def _run(self, assignment: worker_pb2.Assignment) -> None:
+        """Runs the real echo executor and queues the signed statement for the next batch."""
+        task = ExecTask(assignment.params, {}, Path("."), DeviceRef(0, "cpu", DEVICE.name))
+        outputs = EchoExecutor().run(task)
+        data = [OutputData(o.name, sha256_hex(o.data), len(o.data), o.data) for o in outputs]
+        outcome = Outcome(0, outputs=data, duration_us=50)
+        self.pending.append(statement_bytes(assignment, self.node_id, DEVICE, ECHO, outcome))
+        self.inline.update({o.digest: o.data for o in data})
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_later(0.005, self._flush)
+
+    def _flush(self) -> None:
+        """One signed batch of what finished in the last few milliseconds (the batcher's
+        window), kept until acknowledged."""
+        self.flush_scheduled = False
+        if not self.pending:
+            return
+        statements, self.pending = self.pending, []
+        attempts = [common_pb2.ResultStatement.FromString(s).attempt_id for s in statements]
+        batch_id, self.next_batch = self.next_batch, self.next_batch + 1
+        results = worker_pb2.Results(
+            batch_id=batch_id,
+            statements=statements,
+            signature=sign_batch(self.signer, statements),
+            inline_outputs=self.inline,
+        )
+        self.inline = {}
+        message = message_of(results)
+        self.outbox[batch_id] = message
+        self.outbox_attempts[batch_id] = attempts
+        if self.session is not None:
+            self.session.post(message)
+
+
+class Sim:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.address = args.address
+        self.prefetch = args.prefetch
+        self.churn = tuple(args.churn) if args.churn else ()
+        self.keys = json.loads(Path(args.keys).read_text()) if args.keys else []
+        self.first = args.first
+        self.stats = SimStats()
+        self.rng = random.Random()
+        self.details: Counter[str] = Counter()  # failed handshakes, by status and message
+        self.hello = hello(b"", "", [DEVICE], [ECHO], [])
+        self.stopping = False
+        self.status = Path(args.status)
+
+    def owner_key(self, index: int) -> str:
+        return self.keys[index - self.first] if self.keys else ""
+
+    async def main(self, count: int, ramp: float) -> None:
+        workers = [SimWorker(self.first + i, self) for i in range(count)]
+        tasks = []
+        started = time.monotonic()
+        for i, worker in enumerate(workers):
+            tasks.append(asyncio.create_task(worker.run()))
+            if ramp:  # all at once unless asked to spread the starts
+                await asyncio.sleep(max(0.0, started + ramp * i / count - time.monotonic()))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        while not stop.is_set():
+            self.write_status(started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        self.stopping = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.write_status(started)
+
+    def write_status(self, started: float) -> None:
+        s = self.stats
+        status = {
+            "registered": s.registered,
+            "connected": s.connected,
+            "register_seconds": (s.last_registered_at - started) if s.registered else None,
+            "refused": s.refused,
+            "errors": dict(s.errors),
+            "results": s.results,
+            "reconnects": s.reconnects,
+            "error_details": dict(self.details.most_common(5)),
+            "at": time.time(),
+        }
+        tmp = self.status.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.status)
+
+
+def sim_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--churn", type=float, nargs=2)
+    parser.add_argument("--keys", default="")
+    parser.add_argument("--status", required=True)
+    parser.add_argument("--ramp", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    asyncio.run(Sim(args).main(args.count, args.ramp))
+    return 0
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+class Fleet:
+    """Simulator processes holding `count` workers between them."""
+
+    def __init__(
+        self,
+        root: Path,
+        address: str,
+        count: int,
+        procs: int,
+        prefetch: int = 0,
+        churn: tuple[float, float] | None = None,
+        keys: list[str] | None = None,
+    ) -> None:
+        self.root, self.procs = root, []
+        self.status: list[Path] = []
+        per = -(-count // procs)
+        for p in range(procs):
+            first, n = p * per, min(per, count - p * per)
+            if n <= 0:
+                break
+            status = root / f"sim{p}.json"
+            status.unlink(missing_ok=True)
+            argv = [sys.executable, str(HERE), "_sim", "--address", address, "--count", str(n)]
+            argv += ["--first", str(first), "--status", str(status), "--prefetch", str(prefetch)]
+            if churn:
+                argv += ["--churn", str(churn[0]), str(churn[1])]
+            if keys:
+                keyfile = root / f"keys{p}.json"
+                keyfile.write_text(json.dumps(keys[first : first + n]))
+                argv += ["--keys", str(keyfile)]
+            log = (root / f"sim{p}.log").open("ab")
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            self.status.append(status)
+
+    def totals(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"registered": 0, "connected": 0, "refused": 0, "results": 0}
+        total |= {"reconnects": 0, "errors": Counter(), "register_seconds": 0.0}
+        for path in self.status:
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                s = json.loads(path.read_text())
+                for key in ("registered", "connected", "refused", "results", "reconnects"):
+                    total[key] += s[key]
+                total["errors"].update(s["errors"])
+                total["register_seconds"] = max(
+                    total["register_seconds"], s["register_seconds"] or 0
+                )
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def database_url(kind: str, root: Path) -> tuple[str, str]:
+    """(URL for --database, PostgreSQL schema to drop afterwards or "")."""
+    if kind == "sqlite":
+        return f"sqlite:///{root / 'coord' / 'coordinator.db'}", ""
+    import psycopg
+
+    dsn = os.environ.get("SPAREGRID_TEST_POSTGRES", PG_DEFAULT)
+    schema = f"fleet_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(schema: str) -> None:
+    if schema:
+        import psycopg
+
+        dsn = os.environ.get("SPAREGRID_TEST_POSTGRES", PG_DEFAULT)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def idle(root: Path, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`count` workers connect at once and only heartbeat."""
+    url, schema = database_url(args.database, root)
+    coord = Coordinator(root, url, args.src)
+    coord.start()
+    fleet = Fleet(root, coord.address, count, args.procs)
+    row: dict[str, Any] = {"scenario": "idle", "nodes": count, "database": args.database}
+    row["coordinator"] = args.src_label
+    try:
+        start, cpu_start = time.monotonic(), coord.cpu_seconds()
+        deadline = start + args.register_timeout
+        totals = fleet.totals()
+        while totals["registered"] < count and time.monotonic() < deadline:
+            time.sleep(0.5)
+            totals = fleet.totals()
+        row["register_cpu_core"] = round(
+            (coord.cpu_seconds() - cpu_start) / (time.monotonic() - start), 3
+        )
+        row["registered"] = totals["registered"]
+        row["register_seconds"] = round(totals["register_seconds"], 1)
+        row["refused_retried"] = totals["refused"]
+        row["errors"] = sum(totals["errors"].values())
+        row["error_kinds"] = dict(totals["errors"])
+        time.sleep(args.settle)  # let the heartbeats spread out before measuring
+        cpu0, t0 = coord.cpu_seconds(), time.monotonic()
+        time.sleep(args.window)
+        row["idle_cpu_core"] = round((coord.cpu_seconds() - cpu0) / (time.monotonic() - t0), 3)
+        row["rss_mb"] = round(coord.rss_mb())
+        totals = fleet.totals()
+        row["sessions_held"] = totals["connected"]
+        with coord.admin() as admin:
+            row["online_nodes"] = sum(1 for n in admin.nodes() if n.state == "online")
+    finally:
+        fleet.stop()
+        coord.kill(signal.SIGTERM)
+        drop_schema(schema)
+    return row
+
+
+def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> dict[str, Any]:
+    """An echo job of `args.tasks` tasks on `count` workers of their own owner accounts."""
+    url, schema = database_url(args.database, root)
+    coord = Coordinator(root, url, args.src)
+    coord.start()
+    row: dict[str, Any] = {"scenario": scenario, "nodes": count, "database": args.database}
+    row["coordinator"] = args.src_label
+    fleet = None
+    try:
+        with coord.admin() as admin:
+            keys = [admin.create_account(f"vol{i}", credit=0)[1] for i in range(count)]
+            _, client_key = admin.create_account("bench", credit=10**12)
+        churn = (2.0, 6.0) if scenario == "churn" else None
+        fleet = Fleet(
+            root, coord.address, count, min(args.procs, count), args.prefetch, churn, keys
+        )
+        deadline = time.monotonic() + args.register_timeout
+        while fleet.totals()["registered"] < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with Client(coord.address, api_key=client_key) as client:
+            cpu0, start = coord.cpu_seconds(), time.perf_counter()
+            job = client.echo("", tasks=args.tasks)
+            killed = False
+            while True:
+                try:
+                    current = client.get_job(job.id)
+                except grpc.RpcError:  # the coordinator is restarting
+                    time.sleep(0.2)
+                    continue
+                done = current.counts.done
+                if current.finished:
+                    break
+                if scenario == "crash" and not killed and done >= args.tasks * 0.4:
+                    row["killed_at_tasks"] = done
+                    cpu_before = coord.cpu_seconds()
+                    coord.kill()
+                    coord.start()  # same port, same database
+                    cpu0 -= cpu_before  # the new process starts its CPU count at 0
+                    killed = True
+                    continue
+                if time.perf_counter() - start > args.job_timeout:
+                    raise RuntimeError(f"job not done after {args.job_timeout}s: {current}")
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - start
+            row["state"] = str(current.state)
+            row["tasks"] = args.tasks
+            row["seconds"] = round(elapsed, 1)
+            row["tasks_per_s"] = round(args.tasks / elapsed)
+            row["cpu_ms_per_task"] = round((coord.cpu_seconds() - cpu0) * 1000 / args.tasks, 3)
+            row["job_id"] = job.id
+        row["reconnects"] = fleet.totals()["reconnects"]
+        with coord.admin() as admin:
+            row["ledger_balanced"] = admin.ledger_check().balanced
+        row |= audit(coord, job.id, args.database, url)
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        coord.kill(signal.SIGTERM)
+        drop_schema(schema)
+    return row
+
+
+def audit(coord: Coordinator, job_id: str, database: str, url: str) -> dict[str, Any]:
+    """Every task succeeded exactly once; no node paid twice for one task (from the store)."""
+    queries = {
+        "tasks_succeeded": "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND state = 'succeeded'",
+        "tasks_not_succeeded": "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND state <> 'succeeded'",
+        "attempts_succeeded_twice": (
+            "SELECT COUNT(*) FROM (SELECT task_id FROM attempts WHERE job_id = ?"
+            " AND state = 'succeeded' GROUP BY task_id, node_id HAVING COUNT(*) > 1) t"
+        ),
+        "paid_twice": (
+            "SELECT COUNT(*) FROM (SELECT e.task_id FROM entries e WHERE e.job_id = ?"
+            " AND e.account LIKE 'node:%' AND e.amount > 0"
+            " GROUP BY e.task_id, e.account HAVING COUNT(*) > 1) t"
+        ),
+    }
+    out: dict[str, Any] = {}
+    if database == "sqlite":
+        conn = sqlite3.connect(coord.data / "coordinator.db")
+        for name, sql in queries.items():
+            out[name] = conn.execute(sql, (job_id,)).fetchone()[0]
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            for name, sql in queries.items():
+                row = conn.execute(sql.replace("?", "%s"), (job_id,)).fetchone()
+                out[name] = row[0] if row else None
+    return out
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    lines = [
+        f"sparegrid fleet simulator — {platform.node()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, label {args.label!r}, database {args.database}",
+        "",
+        f"{'idle':<6}{'coord.':>7}{'nodes':>7}{'registered':>11}{'in s':>6}{'errors':>7}"
+        f"{'refused':>8}{'held':>7}{'reg. CPU':>9}{'idle CPU':>9}{'RSS MB':>8}",
+    ]
+    for r in rows:
+        if r["scenario"] == "idle":
+            lines.append(
+                f"{'':<6}{r['coordinator']:>7}{r['nodes']:>7}{r['registered']:>11}"
+                f"{r['register_seconds']:>6}{r['errors']:>7}{r['refused_retried']:>8}"
+                f"{r['sessions_held']:>7}{r['register_cpu_core']:>9.1%}"
+                f"{r['idle_cpu_core']:>9.1%}{r['rss_mb']:>8}"
+            )
+    lines += [
+        "",
+        f"{'tasks':<8}{'coord.':>7}{'nodes':>6}{'tasks/s':>9}{'CPU ms/task':>12}{'state':>11}"
+        f"{'once':>6}"
+        f"{'paid 2x':>8}{'balanced':>9}{'reconn.':>8}",
+    ]
+    for r in rows:
+        if r["scenario"] != "idle":
+            once = r.get("tasks_succeeded") == r["tasks"] and not r.get("attempts_succeeded_twice")
+            lines.append(
+                f"{r['scenario']:<8}{r['coordinator']:>7}{r['nodes']:>6}{r['tasks_per_s']:>9}"
+                f"{r['cpu_ms_per_task']:>12}"
+                f"{r['state']:>11}{'yes' if once else 'NO':>6}{r['paid_twice']:>8}"
+                f"{'yes' if r['ledger_balanced'] else 'NO':>9}{r['reconnects']:>8}"
+            )
+    lines.append("")
+    lines.append("targets: 10,000 idle sessions <= 25% of a core, RSS <= 1.5 GB, all registered")
+    lines.append("within 30 s with 0 errors; every task once, none paid twice, ledger balanced")
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"fleet-{args.label}-{stamp}" if args.label else f"fleet-{stamp}"
+    (RESULTS / f"{name}.txt").write_text(text + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_sim":
+        return sim_main(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=ints, default=[1000, 5000, 10000], help="fleet sizes")
+    parser.add_argument("--tasks-at", type=ints, default=[10, 100, 1000], help="fleet sizes")
+    parser.add_argument("--churn", type=ints, default=[100], help="fleet sizes")
+    parser.add_argument("--crash", type=ints, default=[100], help="fleet sizes")
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--procs", type=int, default=4, help="simulator processes")
+    parser.add_argument("--prefetch", type=int, default=2, help="credit per worker (the default)")
+    parser.add_argument("--register-timeout", type=float, default=120.0)
+    parser.add_argument("--job-timeout", type=float, default=900.0)
+    parser.add_argument("--settle", type=float, default=6.0)
+    parser.add_argument("--window", type=float, default=20.0, help="idle CPU measured over")
+    parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--baseline-src",
+        default="",
+        help="another checkout (e.g. `git archive main`) whose coordinator runs each "
+        "scenario first, interleaved with this one's",
+    )
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    plan = [("idle", n) for n in args.idle] + [("tasks", n) for n in args.tasks_at]
+    plan += [("churn", n) for n in args.churn] + [("crash", n) for n in args.crash]
+    sources = [("main", args.baseline_src)] if args.baseline_src else []
+    sources.append(("this", ""))
+    runs = [(s, n, label, src) for s, n in plan for label, src in sources]
+    for scenario, n, args.src_label, args.src in runs:
+        with tempfile.TemporaryDirectory(prefix="sparegrid-fleet-") as tmp:
+            root = Path(tmp)
+            try:
+                row = idle(root, n, args) if scenario == "idle" else tasks(root, n, args, scenario)
+            except Exception as exc:
+                print(f"{scenario} at {n} failed: {exc}", file=sys.stderr)
+                log = root / "coordinator.log"
+                if log.exists():
+                    print(log.read_text()[-3000:], file=sys.stderr)
+                continue
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    report(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
