@@ -452,6 +452,16 @@ def test_upsert_node_keeps_counters_and_first_seen(store: Store) -> None:
     assert (got.software, got.executors) == ({"blender": "5.0"}, {"render": "2"})
 
 
+def test_touch_nodes_moves_last_seen_forward_in_bulk(store: Store) -> None:
+    for node_id in ("n1", "n2", "n3"):
+        store.upsert_node(node(node_id, last_seen=10.0))
+    store.touch_nodes({"n1": 20.0, "n2": 5.0, "gone": 30.0})  # n2: never back; gone: no row
+    got = {n.id: n.last_seen for n in store.list_nodes()}
+    assert got == {"n1": 20.0, "n2": 10.0, "n3": 10.0}
+    store.touch_nodes({})
+    assert store.get_node("gone") is None
+
+
 def test_nodes_are_listed_and_counted(store: Store) -> None:
     store.upsert_node(node("n2"))
     store.upsert_node(node("n1"))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.coordinator.app import Settings
+from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, Price, parse_price, prices_text
@@ -79,6 +80,7 @@ SETTINGS = (
     Setting("tls_key", to_path, "PEM private key for --tls-cert", metavar="PEM"),
     Setting("heartbeat", to_float, "seconds between worker heartbeats", metavar="S", default=_S["heartbeat_seconds"]),
     Setting("lease", to_float, "lease seconds: a task whose node stops heartbeating goes back to the queue", metavar="S", default=_S["lease_seconds"]),
+    Setting("registration_rate", to_float, "worker registrations admitted a second; more are told to retry later (0: no limit)", metavar="N", default=AdmissionConfig.rate),
     Setting("reconnect_grace", to_float, "seconds a lost node's leases wait for it to come back", metavar="S", default=_S["reconnect_grace_seconds"]),
     Setting("max_blob_size", to_size, "largest blob, in bytes or e.g. 16GiB", metavar="SIZE", default=_gib(_S["max_blob_size"])),
     Setting("price", _prices, "credit per UNITS work units of a job kind (repeatable; a list in the file; an echo task is 1 unit, checksum 1 per byte, inference 1 per GFLOP x sample, render 1 per pixel x sample); defaults: " + prices_text(DEFAULT_PRICES) + "; a kind not listed 1 per unit", metavar="KIND=CREDIT[/UNITS]", repeat=True),
@@ -148,6 +150,8 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         if key in values:
             setattr(settings, attribute, values[key])
     settings.prices.update(get("price", {}))
+    rate = get("registration_rate", AdmissionConfig.rate)
+    settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)))
     settings.canaries = CanaryConfig(rate=get("canary_rate", CanaryConfig.rate))
     settings.spot_checks = SpotConfig(share=get("spot_share", SpotConfig.share))
     settings.identity = IdentityConfig(
@@ -193,6 +197,9 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         share = get(name, 0.0)
         if not 0.0 <= share <= 1.0:
             problems.append(f"{where[name]} is a share from 0 to 1, got {share:g}")
+    if get("registration_rate", 0.0) < 0:
+        rate = get("registration_rate")
+        problems.append(f"{where['registration_rate']} must be 0 or more, got {rate:g}")
     if get("min_stake", 0) < 0:
         problems.append(f"{where['min_stake']} must be 0 or more")
     if get("max_attempt_seconds", 1.0) <= 0:

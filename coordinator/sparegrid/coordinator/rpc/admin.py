@@ -73,8 +73,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def _node_pb(self, node: Node, balances: dict[str, int] | None = None) -> admin_pb2.Node:
         session = self.app.scheduler.sessions.get(node.id)
-        if session is not None:  # heartbeats are in memory until written in bulk
-            node.last_seen = max(node.last_seen, session.node.last_seen)
+        heard = self.app.seen.get(node.id)  # heartbeats are in memory until written in bulk
+        if heard is not None:
+            node.last_seen = max(node.last_seen, heard)
         if session is None:
             state = NODE_STATES[NodeState.OFFLINE]
         elif session.draining:

@@ -1,6 +1,7 @@
 """What the scheduler keeps in memory: its configuration, the active jobs, the connected
 sessions and their leases, and the state every part of the scheduler shares."""
 
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -148,6 +149,7 @@ class NodeSession:
     max_age: float = 0.0  # seconds an attempt of this node may run, renewals included
     # the capability classes (executor, device kind) it waits in with credit (dispatch.py)
     classes: set[tuple[str, str]] = field(default_factory=set)
+    seq: int = 0  # connect order: the order dispatch serves sessions in
 
     def device(self, index: int) -> Device | None:
         return next((d for d in self.node.devices if d.index == index), None)
@@ -206,6 +208,7 @@ class SchedulerBase:
         self.waiting_by_class: dict[str, dict[str, dict[str, None]]] = {}
         self.rescan_wanted = False
         self.scanned = 0  # sessions examined by dispatch passes, in all (a metric)
+        self.connects = itertools.count(1)
 
     def lose(self, attempts: list[Attempt], reason: str) -> None:
         """Attempts lost with their node (leases.py)."""

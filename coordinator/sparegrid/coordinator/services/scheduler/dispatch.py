@@ -68,7 +68,8 @@ class DispatchPart(SessionsPart):
         room grew since the last pass, and those waiting with credit in a capability
         class (executor, device kind) one of whose queues grew. Each examined session is
         filed again under the classes it still waits in."""
-        examined = [s for s in map(self.sessions.get, self._candidates()) if s is not None]
+        found = (s for s in map(self.sessions.get, self._candidates()) if s is not None)
+        examined = sorted(found, key=lambda s: s.seq)  # in connect order, as ever
         try:
             return self._lease(examined)
         finally:

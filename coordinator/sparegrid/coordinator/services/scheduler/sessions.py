@@ -35,6 +35,7 @@ class SessionsPart(SchedulerBase):
             sink,
             credit={d.index: 0 for d in node.devices},
             max_age=max_age * 1.25 + self.config.lease_seconds,
+            seq=next(self.connects),
         )
         self.sessions[node.id] = session
         now = self.clock.now()

@@ -1,0 +1,23 @@
+"""`coordinator serve --registration-rate`: how fast worker registrations are admitted."""
+
+import pytest
+
+from sparegrid.cli import main as cli_main
+from sparegrid.coordinator.services.admission import AdmissionConfig
+
+
+def settings(*flags: str):  # type: ignore[no-untyped-def]
+    from sparegrid.coordinator.cli import _settings
+
+    return _settings(cli_main.build_parser().parse_args(["coordinator", "serve", *flags]))
+
+
+def test_default_and_chosen_rate() -> None:
+    assert settings().admission == AdmissionConfig(rate=400.0, burst=400)
+    assert settings("--registration-rate", "50").admission == AdmissionConfig(rate=50.0, burst=50)
+    assert settings("--registration-rate", "0").admission.rate == 0  # no limit
+
+
+def test_a_negative_rate_is_refused_by_name() -> None:
+    with pytest.raises(SystemExit, match="--registration-rate must be 0 or more, got -5"):
+        settings("--registration-rate", "-5")
