@@ -119,17 +119,29 @@ def main() -> None:
         pages = asyncio.run(page_ms(app, admin_key, args.rounds))
         gather = [timed(lambda: views.operator(app)) * 1000 for _ in range(args.rounds)]
         rows = [
-            (f"scrape /metrics ({args.sessions} sessions, {args.jobs} jobs)",
-             statistics.median(scrape), "ms"),
+            (
+                f"scrape /metrics ({args.sessions} sessions, {args.jobs} jobs)",
+                statistics.median(scrape),
+                "ms",
+            ),
             ("scrape size", size / 1024, "KiB"),
             ("record one event, written at once (SQLite)", statistics.median(alone), "us"),
-            ("record one event, written with its group commit (SQLite)",
-             statistics.median(grouped), "us"),
-            (f"operator page ({args.sessions} nodes, {args.jobs} jobs), all of it",
-             statistics.median(pages), "ms"),
-            ("  of which on the event loop (reading; rendering is in a thread)",
-             statistics.median(gather), "ms"),
-        ]  # fmt: skip
+            (
+                "record one event, written with its group commit (SQLite)",
+                statistics.median(grouped),
+                "us",
+            ),
+            (
+                f"operator page ({args.sessions} nodes, {args.jobs} jobs), all of it",
+                statistics.median(pages),
+                "ms",
+            ),
+            (
+                "  of which on the event loop (reading; rendering is in a thread)",
+                statistics.median(gather),
+                "ms",
+            ),
+        ]
         app.store.close()
     lines = [f"{'what':<62} {'median':>10}", "-" * 75]
     lines += [f"{what:<62} {value:>10.2f} {unit}" for what, value, unit in rows]

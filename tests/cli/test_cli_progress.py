@@ -8,8 +8,14 @@ from sparegrid.cli import output
 from sparegrid.sdk import Job, JobCounts, JobSnapshot, JobState
 
 
-def job(state: JobState, total: int, succeeded: int, failed: int = 0, cancelled: int = 0,
-        age: float = 3600.0) -> Job:  # fmt: skip
+def job(
+    state: JobState,
+    total: int,
+    succeeded: int,
+    failed: int = 0,
+    cancelled: int = 0,
+    age: float = 3600.0,
+) -> Job:
     counts = JobCounts(total=total, succeeded=succeeded, failed=failed, cancelled=cancelled)
     created = datetime.now(UTC) - timedelta(seconds=age)
     snapshot = JobSnapshot("f" * 32, "render", "", state, counts, 10, 5, created_at=created)

@@ -92,8 +92,15 @@ def test_hostile_strings_never_become_label_values(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     before = len(generate_latest(app.metrics.registry).splitlines())
     for i in range(1000):
-        app.metrics.event(Event(f"e{i}", 0.0, f"kind-{i}", "m", data={"flow": f"f{i}",
-                          "amount": 1, "state": f"s{i}", "final": f"x{i}"}))  # fmt: skip
+        app.metrics.event(
+            Event(
+                f"e{i}",
+                0.0,
+                f"kind-{i}",
+                "m",
+                data={"flow": f"f{i}", "amount": 1, "state": f"s{i}", "final": f"x{i}"},
+            )
+        )
         app.metrics.event(Event(f"d{i}", 0.0, "dispute", "m", data={"state": f"<{i}>"}))
         app.metrics.event(Event(f"l{i}", 0.0, "ledger", "m", data={"flow": f"{i}", "amount": 1}))
     text = generate_latest(app.metrics.registry).decode()

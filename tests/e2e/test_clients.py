@@ -63,8 +63,18 @@ def test_dry_run_shows_the_cost_and_stores_nothing(cluster, tmp_path: Path) -> N
     assert "adaptive: up to 3 paid results per task" in dry.stdout
     data = tmp_path / "small.bin"
     data.write_bytes(b"x" * 4096)
-    small = cli(cluster, "job", "submit", "checksum", "--input", str(data), "--tasks", "4",
-                "--dry-run", "--json")  # fmt: skip
+    small = cli(
+        cluster,
+        "job",
+        "submit",
+        "checksum",
+        "--input",
+        str(data),
+        "--tasks",
+        "4",
+        "--dry-run",
+        "--json",
+    )
     assert small.returncode == 0, small.stderr
     found = json.loads(small.stdout)
     assert (found["tasks"], found["work_units"], found["credit_per_pass"]) == (4, 4096, 4)
@@ -187,10 +197,22 @@ def test_running_cap_per_account(cluster) -> None:
         time.sleep(0.05)
     assert job.state is JobState.SUCCEEDED and seen == 1
     refused = subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", "coordinator", "serve",
-         "--data-dir", str(cluster.root / "other"), "--max-running-per-account", "-1"],
-        capture_output=True, text=True, env=cluster.env, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparegrid.cli.main",
+            "coordinator",
+            "serve",
+            "--data-dir",
+            str(cluster.root / "other"),
+            "--max-running-per-account",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=60,
+    )
     assert refused.returncode != 0 and "--max-running-per-account is 0" in refused.stderr
 
 

@@ -51,10 +51,20 @@ def session(cluster, addon: Path, scene: Path, out: Path, *extra: str, key: bool
     if not key:
         env.pop("SPAREGRID_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, str(HERE / "addon_session.py"), str(addon.parent), str(scene),
-         str(out), *extra],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(HERE / "addon_session.py"),
+            str(addon.parent),
+            str(scene),
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -125,9 +125,24 @@ def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, 
     found = client.render_estimate(scenes / "anim.blend", frames="1-3", **SIZE)
     assert (found.tasks, found.work_units, found.credit_per_pass) == (3, 48 * 36 * 4 * 3, 3)
     assert "worth 0.002074 credit a pass, charged 3" in found.rounding
-    dry = cli(cluster, "job", "submit", "render", "--blend", str(scenes / "anim.blend"),
-              "--frames", "3", "--samples", "4", "--resolution", "48x36", "--tiles", "2x2",
-              "--dry-run", "--json")  # fmt: skip
+    dry = cli(
+        cluster,
+        "job",
+        "submit",
+        "render",
+        "--blend",
+        str(scenes / "anim.blend"),
+        "--frames",
+        "3",
+        "--samples",
+        "4",
+        "--resolution",
+        "48x36",
+        "--tiles",
+        "2x2",
+        "--dry-run",
+        "--json",
+    )
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["tasks"] == 4  # a tiled still: 4 tiles
     anim = client.render(scenes / "anim.blend", frames="1-3", **SIZE)

@@ -58,8 +58,9 @@ def test_stitch_agrees_with_blenders(tmp_path: Path) -> None:
     image = np.random.default_rng(5).integers(0, 256, (H, W, 4)).astype(np.uint8)
     tiles = tiles_of(image, tmp_path)
     ours = stitch_tiles(tiles, tmp_path / "ours.png", W, H)
-    sdk_render._tool("stitch", str(tmp_path / "blender.png"), "png", "8", str(W), str(H),
-                     *map(str, tiles))  # fmt: skip
+    sdk_render._tool(
+        "stitch", str(tmp_path / "blender.png"), "png", "8", str(W), str(H), *map(str, tiles)
+    )
     theirs = png_levels((tmp_path / "blender.png").read_bytes())
     assert np.array_equal(png_levels(ours.read_bytes()), theirs)
 

@@ -7,8 +7,15 @@ from sparegrid.coordinator.store.base import Store
 
 
 def event(n: int, job: str = "", node: str = "") -> Event:
-    return Event(f"e{n}", float(n), "job.finished", f"event {n}", job_id=job, node_id=node,
-                 data={"n": n, "text": "<b>"})  # fmt: skip
+    return Event(
+        f"e{n}",
+        float(n),
+        "job.finished",
+        f"event {n}",
+        job_id=job,
+        node_id=node,
+        data={"n": n, "text": "<b>"},
+    )
 
 
 def test_events_get_increasing_seq_and_read_back(store: Store) -> None:

@@ -47,8 +47,9 @@ def test_a_wrong_key_is_refused_and_counted(site: Site) -> None:
     assert http.post("/login", data={}).status_code == 401
     assert http.get("/login", params={"api_key": site.admin_key}).status_code == 200
     assert http.get("/operator").headers["location"] == "/login"  # a key in a URL is ignored
-    forged = http.post("/login", data={"api_key": site.admin_key},
-                       headers={"origin": "https://evil.example"})  # fmt: skip
+    forged = http.post(
+        "/login", data={"api_key": site.admin_key}, headers={"origin": "https://evil.example"}
+    )
     assert forged.status_code == 403 and "set-cookie" not in forged.headers
     forged_cookie = site.browser()
     forged_cookie.cookies.set("sparegrid_session", "A" * 43)
@@ -105,8 +106,9 @@ def test_the_key_never_reaches_the_log(site: Site) -> None:
 # still reads its cache for a render (the cache folder exists before the sandbox does)
 def test_thumbnails_of_a_render_job(site: Site, scenes) -> None:  # type: ignore[no-untyped-def]
     with site.client(site.alice_key) as client:
-        job = client.render(scenes / "anim.blend", frames="1-2", samples=4,
-                            resolution="48x36").wait(timeout=150)  # fmt: skip
+        job = client.render(
+            scenes / "anim.blend", frames="1-2", samples=4, resolution="48x36"
+        ).wait(timeout=150)
     assert job.state == "succeeded", job.error
     alice = site.browser(site.alice_key)
     page = alice.get(f"/jobs/{job.id}")

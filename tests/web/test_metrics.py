@@ -114,11 +114,25 @@ def test_metrics_stay_off_unless_asked_and_a_taken_port_fails(tmp_path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "sparegrid.cli.main", "coordinator", "serve", "--listen",
-             "127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--metrics-port", str(port)],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "sparegrid.cli.main",
+                "coordinator",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(tmp_path / "c"),
+                "--metrics-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
             env={"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        )
     assert proc.returncode == 1
     assert f"cannot serve the metrics on 127.0.0.1:{port}" in proc.stderr
     assert "pick another port" in proc.stderr
@@ -126,25 +140,49 @@ def test_metrics_stay_off_unless_asked_and_a_taken_port_fails(tmp_path) -> None:
 
 
 def cli(site: Site, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sparegrid.cli.main", "admin", *args,
-            "--coordinator", site.cluster.address]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "sparegrid.cli.main",
+        "admin",
+        *args,
+        "--coordinator",
+        site.cluster.address,
+    ]
 
 
 def test_admin_events_lists_and_follows_as_json(site: Site) -> None:
     env = site.cluster.env
-    listed = subprocess.run(cli(site, "events", "--json", "--limit", "5"), env=env,
-                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    listed = subprocess.run(
+        cli(site, "events", "--json", "--limit", "5"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
     assert 1 <= len(lines) <= 5 and all({"seq", "id", "kind", "message"} <= set(e) for e in lines)
     assert [e["seq"] for e in lines] == sorted(e["seq"] for e in lines)
-    table = subprocess.run(cli(site, "events"), env=env, capture_output=True, text=True,
-                           timeout=60, check=True)  # fmt: skip
+    table = subprocess.run(
+        cli(site, "events"), env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert "kind" in table.stdout and lines[-1]["id"] in table.stdout
-    bad = subprocess.run(cli(site, "events", "--limit", "0"), env=env, capture_output=True,
-                         text=True, timeout=60, check=False)  # fmt: skip
+    bad = subprocess.run(
+        cli(site, "events", "--limit", "0"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 2 and "--limit takes 1 to 10000" in bad.stderr
-    follow = subprocess.Popen(cli(site, "events", "--follow", "--json", "--limit", "1"), env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    follow = subprocess.Popen(
+        cli(site, "events", "--follow", "--json", "--limit", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert follow.stdout is not None
         first = json.loads(follow.stdout.readline())

@@ -102,8 +102,11 @@ def test_sessions_expire_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with http(Dashboard(app)) as client:
-        response = await client.post("/login", content=b"api_key=" + b"A" * 1_000_000,
-                               headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+        response = await client.post(
+            "/login",
+            content=b"api_key=" + b"A" * 1_000_000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
     assert response.status_code == 401
 
 

@@ -73,35 +73,195 @@ def _prices(value: object) -> dict[str, Price]:
 
 
 SETTINGS = (
-    Setting("listen", to_str, "address to listen on (port 0 picks a free one)", env="SPAREGRID_LISTEN", metavar="HOST:PORT", default=DEFAULT_LISTEN),
-    Setting("data_dir", to_path, "database, blobs, coordinator.key and admin.key live here", metavar="DIR", default=DEFAULT_DATA_DIR),
-    Setting("database", to_str, "sqlite:///path.db or postgresql://... [DATA_DIR/coordinator.db]", env="SPAREGRID_DATABASE", metavar="URL"),
+    Setting(
+        "listen",
+        to_str,
+        "address to listen on (port 0 picks a free one)",
+        env="SPAREGRID_LISTEN",
+        metavar="HOST:PORT",
+        default=DEFAULT_LISTEN,
+    ),
+    Setting(
+        "data_dir",
+        to_path,
+        "database, blobs, coordinator.key and admin.key live here",
+        metavar="DIR",
+        default=DEFAULT_DATA_DIR,
+    ),
+    Setting(
+        "database",
+        to_str,
+        "sqlite:///path.db or postgresql://... [DATA_DIR/coordinator.db]",
+        env="SPAREGRID_DATABASE",
+        metavar="URL",
+    ),
     Setting("tls_cert", to_path, "PEM certificate chain; enables TLS", metavar="PEM"),
     Setting("tls_key", to_path, "PEM private key for --tls-cert", metavar="PEM"),
-    Setting("heartbeat", to_float, "seconds between worker heartbeats", metavar="S", default=_S["heartbeat_seconds"]),
-    Setting("lease", to_float, "lease seconds: a task whose node stops heartbeating goes back to the queue", metavar="S", default=_S["lease_seconds"]),
-    Setting("registration_rate", to_float, "worker registrations admitted a second; more are told to retry later (0: no limit)", metavar="N", default=AdmissionConfig.rate),
-    Setting("reconnect_grace", to_float, "seconds a lost node's leases wait for it to come back", metavar="S", default=_S["reconnect_grace_seconds"]),
-    Setting("max_blob_size", to_size, "largest blob, in bytes or e.g. 16GiB", metavar="SIZE", default=_gib(_S["max_blob_size"])),
-    Setting("price", _prices, "credit per UNITS work units of a job kind (repeatable; a list in the file; an echo task is 1 unit, checksum 1 per byte, inference 1 per GFLOP x sample, render 1 per pixel x sample); defaults: " + prices_text(DEFAULT_PRICES) + "; a kind not listed 1 per unit", metavar="KIND=CREDIT[/UNITS]", repeat=True),
-    Setting("canary_rate", to_float, "share of cross-checked results re-issued as known-answer tasks", metavar="SHARE", default=CanaryConfig.rate),
-    Setting("spot_share", to_float, "share of a PNG render task's pixels its spot check re-renders; 0 checks whole tasks", metavar="SHARE", default=SpotConfig.share),
-    Setting("enrollment", _choice(tuple(e.value for e in Enrollment)), "which nodes may work: open (any; only nodes of owner accounts vote), approve (a new node works once `admin node approve` lets it), owners (only nodes of owner accounts may connect)", env="SPAREGRID_ENROLLMENT", metavar="MODE", default=IdentityConfig.enrollment.value),
-    Setting("min_stake", to_int, "credit an owner must stake (`sparegrid account stake`) for its nodes' results to count as votes", metavar="CREDIT", default=IdentityConfig.min_stake),
-    Setting("max_attempt_seconds", to_float, "longest a task may run on a node, heartbeats included (a worker's own limit when smaller), plus a quarter", metavar="S", default=_S["max_attempt_seconds"]),
-    Setting("in_flight_quota", to_size, "bytes of unfinished uploads an account may have, its nodes' included (at their announced size)", metavar="SIZE", default=_gib(_Q.in_flight)),
-    Setting("stored_quota", to_size, "bytes an account (its nodes included) may hold in blobs it uploaded, each until collected or for --blob-retention after upload", metavar="SIZE", default=_gib(_Q.stored)),
-    Setting("anonymous_in_flight_quota", to_size, "bytes of unfinished uploads all nodes without an owner account may have together", metavar="SIZE", default=_gib(_Q.anonymous_in_flight)),
-    Setting("anonymous_stored_quota", to_size, "bytes all nodes without an owner account may hold together in blobs they uploaded", metavar="SIZE", default=_gib(_Q.anonymous_stored)),
-    Setting("upload_expiry", to_duration, "an unfinished upload untouched this long is deleted; seconds, or 30m, 24h, 3d", metavar="DURATION", default=f"{_W.upload_expiry:g}s"),
-    Setting("blob_retention", to_duration, "a blob no job needs (not an input of a job, not an output of one finished less than this long ago) is deleted this long after its last upload", metavar="DURATION", default=f"{_W.blob_retention:g}s"),
-    Setting("node_expiry", to_duration, "a node that never worked is forgotten when unseen this long", metavar="DURATION", default=f"{_W.node_expiry:g}s"),
-    Setting("sweep_interval", to_duration, "how often expired uploads, blobs and nodes are deleted", metavar="DURATION", default=f"{_W.interval:g}s"),
-    Setting("wait_limit", to_duration, "a job that no connected node can run fails after waiting this long, saying why (e.g. 90m, 24h, 2d; 0 waits for ever)", metavar="DURATION", default=f"{_S['wait_limit_seconds']:g}s"),
-    Setting("max_running_per_account", to_int, "tasks one account may run at once over all its jobs, so that one account cannot take the whole network (0: no cap)", metavar="N", default=0),
-    Setting("min_worker_version", to_str, "workers running an older sparegrid are refused at session start, told why (default: any)", metavar="VERSION"),
-    Setting("log_level", _choice(LOG_LEVELS, upper=True), "log verbosity: DEBUG, INFO, WARNING or ERROR", env="SPAREGRID_LOG_LEVEL", metavar="LEVEL", default="INFO"),
-)  # fmt: skip
+    Setting(
+        "heartbeat",
+        to_float,
+        "seconds between worker heartbeats",
+        metavar="S",
+        default=_S["heartbeat_seconds"],
+    ),
+    Setting(
+        "lease",
+        to_float,
+        "lease seconds: a task whose node stops heartbeating goes back to the queue",
+        metavar="S",
+        default=_S["lease_seconds"],
+    ),
+    Setting(
+        "registration_rate",
+        to_float,
+        "worker registrations admitted a second; more are told to retry later (0: no limit)",
+        metavar="N",
+        default=AdmissionConfig.rate,
+    ),
+    Setting(
+        "reconnect_grace",
+        to_float,
+        "seconds a lost node's leases wait for it to come back",
+        metavar="S",
+        default=_S["reconnect_grace_seconds"],
+    ),
+    Setting(
+        "max_blob_size",
+        to_size,
+        "largest blob, in bytes or e.g. 16GiB",
+        metavar="SIZE",
+        default=_gib(_S["max_blob_size"]),
+    ),
+    Setting(
+        "price",
+        _prices,
+        "credit per UNITS work units of a job kind (repeatable; a list in the file; an echo task is 1 unit, checksum 1 per byte, inference 1 per GFLOP x sample, render 1 per pixel x sample); defaults: "
+        + prices_text(DEFAULT_PRICES)
+        + "; a kind not listed 1 per unit",
+        metavar="KIND=CREDIT[/UNITS]",
+        repeat=True,
+    ),
+    Setting(
+        "canary_rate",
+        to_float,
+        "share of cross-checked results re-issued as known-answer tasks",
+        metavar="SHARE",
+        default=CanaryConfig.rate,
+    ),
+    Setting(
+        "spot_share",
+        to_float,
+        "share of a PNG render task's pixels its spot check re-renders; 0 checks whole tasks",
+        metavar="SHARE",
+        default=SpotConfig.share,
+    ),
+    Setting(
+        "enrollment",
+        _choice(tuple(e.value for e in Enrollment)),
+        "which nodes may work: open (any; only nodes of owner accounts vote), approve (a new node works once `admin node approve` lets it), owners (only nodes of owner accounts may connect)",
+        env="SPAREGRID_ENROLLMENT",
+        metavar="MODE",
+        default=IdentityConfig.enrollment.value,
+    ),
+    Setting(
+        "min_stake",
+        to_int,
+        "credit an owner must stake (`sparegrid account stake`) for its nodes' results to count as votes",
+        metavar="CREDIT",
+        default=IdentityConfig.min_stake,
+    ),
+    Setting(
+        "max_attempt_seconds",
+        to_float,
+        "longest a task may run on a node, heartbeats included (a worker's own limit when smaller), plus a quarter",
+        metavar="S",
+        default=_S["max_attempt_seconds"],
+    ),
+    Setting(
+        "in_flight_quota",
+        to_size,
+        "bytes of unfinished uploads an account may have, its nodes' included (at their announced size)",
+        metavar="SIZE",
+        default=_gib(_Q.in_flight),
+    ),
+    Setting(
+        "stored_quota",
+        to_size,
+        "bytes an account (its nodes included) may hold in blobs it uploaded, each until collected or for --blob-retention after upload",
+        metavar="SIZE",
+        default=_gib(_Q.stored),
+    ),
+    Setting(
+        "anonymous_in_flight_quota",
+        to_size,
+        "bytes of unfinished uploads all nodes without an owner account may have together",
+        metavar="SIZE",
+        default=_gib(_Q.anonymous_in_flight),
+    ),
+    Setting(
+        "anonymous_stored_quota",
+        to_size,
+        "bytes all nodes without an owner account may hold together in blobs they uploaded",
+        metavar="SIZE",
+        default=_gib(_Q.anonymous_stored),
+    ),
+    Setting(
+        "upload_expiry",
+        to_duration,
+        "an unfinished upload untouched this long is deleted; seconds, or 30m, 24h, 3d",
+        metavar="DURATION",
+        default=f"{_W.upload_expiry:g}s",
+    ),
+    Setting(
+        "blob_retention",
+        to_duration,
+        "a blob no job needs (not an input of a job, not an output of one finished less than this long ago) is deleted this long after its last upload",
+        metavar="DURATION",
+        default=f"{_W.blob_retention:g}s",
+    ),
+    Setting(
+        "node_expiry",
+        to_duration,
+        "a node that never worked is forgotten when unseen this long",
+        metavar="DURATION",
+        default=f"{_W.node_expiry:g}s",
+    ),
+    Setting(
+        "sweep_interval",
+        to_duration,
+        "how often expired uploads, blobs and nodes are deleted",
+        metavar="DURATION",
+        default=f"{_W.interval:g}s",
+    ),
+    Setting(
+        "wait_limit",
+        to_duration,
+        "a job that no connected node can run fails after waiting this long, saying why (e.g. 90m, 24h, 2d; 0 waits for ever)",
+        metavar="DURATION",
+        default=f"{_S['wait_limit_seconds']:g}s",
+    ),
+    Setting(
+        "max_running_per_account",
+        to_int,
+        "tasks one account may run at once over all its jobs, so that one account cannot take the whole network (0: no cap)",
+        metavar="N",
+        default=0,
+    ),
+    Setting(
+        "min_worker_version",
+        to_str,
+        "workers running an older sparegrid are refused at session start, told why (default: any)",
+        metavar="VERSION",
+    ),
+    Setting(
+        "log_level",
+        _choice(LOG_LEVELS, upper=True),
+        "log verbosity: DEBUG, INFO, WARNING or ERROR",
+        env="SPAREGRID_LOG_LEVEL",
+        metavar="LEVEL",
+        default="INFO",
+    ),
+)
 SCHEMA = Schema(SETTINGS, "SPAREGRID_COORDINATOR_", "coordinator", ENV_CONFIG, "coordinator")
 
 
@@ -212,8 +372,13 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         problems.append(f"{where['max_running_per_account']} is 0 (no cap) or more, got {n}")
     if get("wait_limit", 0.0) < 0:
         problems.append(f"{where['wait_limit']} must be 0 (for ever) or more")
-    for name in ("max_blob_size", "in_flight_quota", "stored_quota",
-                 "anonymous_in_flight_quota", "anonymous_stored_quota"):  # fmt: skip
+    for name in (
+        "max_blob_size",
+        "in_flight_quota",
+        "stored_quota",
+        "anonymous_in_flight_quota",
+        "anonymous_stored_quota",
+    ):
         if get(name, 1) <= 0:
             problems.append(f"{where[name]} must be a positive size")
     version = get("min_worker_version", "")

@@ -41,37 +41,52 @@ class CoordinatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.results = Counter(
-            "sparegrid_results", "Results taken in, by job kind and verification outcome "
+            "sparegrid_results",
+            "Results taken in, by job kind and verification outcome "
             "(accepted, pending another result, held for a check, failed)",
-            ["kind", "outcome"], registry=r,
-        )  # fmt: skip
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.events = Counter(
-            "sparegrid_events", "Events recorded (sparegrid admin events), by kind",
-            ["kind"], registry=r,
-        )  # fmt: skip
+            "sparegrid_events",
+            "Events recorded (sparegrid admin events), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.disputes = Counter(
             "sparegrid_disputes", "Disputes opened or decided, by state", ["state"], registry=r
         )
         self.task_failures = Counter(
-            "sparegrid_task_failures", "Attempts that failed or ran out; final=true when the "
-            "task failed with it", ["final"], registry=r,
-        )  # fmt: skip
+            "sparegrid_task_failures",
+            "Attempts that failed or ran out; final=true when the task failed with it",
+            ["final"],
+            registry=r,
+        )
         self.credit = Counter(
-            "sparegrid_credit", "Credit moved, by flow (paid, escrowed, refunded, granted, "
-            "staked, unstaked, slashed)", ["flow"], registry=r,
-        )  # fmt: skip
+            "sparegrid_credit",
+            "Credit moved, by flow (paid, escrowed, refunded, granted, staked, unstaked, slashed)",
+            ["flow"],
+            registry=r,
+        )
         self.group_commit = Histogram(
-            "sparegrid_group_commit_seconds", "Time one group commit held the event loop",
-            registry=r, buckets=_FAST,
-        )  # fmt: skip
+            "sparegrid_group_commit_seconds",
+            "Time one group commit held the event loop",
+            registry=r,
+            buckets=_FAST,
+        )
         self.dispatch = Histogram(
-            "sparegrid_dispatch_seconds", "Time one dispatch pass (matching queued tasks to "
-            "free worker slots and leasing them) took", registry=r, buckets=_FAST,
-        )  # fmt: skip
+            "sparegrid_dispatch_seconds",
+            "Time one dispatch pass (matching queued tasks to "
+            "free worker slots and leasing them) took",
+            registry=r,
+            buckets=_FAST,
+        )
         self.loop_lag = Histogram(
-            "sparegrid_event_loop_lag_seconds", "How late a timer on the event loop fired",
-            registry=r, buckets=_FAST,
-        )  # fmt: skip
+            "sparegrid_event_loop_lag_seconds",
+            "How late a timer on the event loop fired",
+            registry=r,
+            buckets=_FAST,
+        )
         self.blob_bytes = Gauge(
             "sparegrid_blob_bytes", "Bytes of stored blobs (walked every 30 s)", registry=r
         )

@@ -106,9 +106,13 @@ def encode_png(levels: npt.NDArray[Any]) -> bytes:
     raw = np.hstack([np.zeros((height, 1), dtype=np.uint8), rows])  # filter 0 on each row
     header = struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0)
     return b"".join(
-        [SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)),
-         _chunk(b"IEND", b"")]
-    )  # fmt: skip
+        [
+            SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)),
+            _chunk(b"IEND", b""),
+        ]
+    )
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

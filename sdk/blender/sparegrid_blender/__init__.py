@@ -33,9 +33,11 @@ class SparegridPreferences(bpy.types.AddonPreferences):
         name="Coordinator", description="HOST:PORT of the coordinator", default=""
     )
     api_key: StringProperty(  # type: ignore[valid-type]
-        name="API key", description="your account's key (kept here, not in .blend files)",
-        subtype="PASSWORD", default="",
-    )  # fmt: skip
+        name="API key",
+        description="your account's key (kept here, not in .blend files)",
+        subtype="PASSWORD",
+        default="",
+    )
 
     def draw(self, context: Any) -> None:
         self.layout.prop(self, "coordinator")
@@ -296,8 +298,9 @@ class SPAREGRID_PT_render(bpy.types.Panel):
         layout, s = self.layout, context.scene.sparegrid
         address, key = connection(context)
         if not address or not key:
-            layout.label(text="Set the coordinator and API key in the extension's preferences",
-                         icon="ERROR")  # fmt: skip
+            layout.label(
+                text="Set the coordinator and API key in the extension's preferences", icon="ERROR"
+            )
         col = layout.column(align=True)
         row = col.row(align=True)
         row.prop(s, "frame_start")

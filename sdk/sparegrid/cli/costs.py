@@ -18,8 +18,12 @@ def price_text(credit: int, units: int, unit: str) -> str:
 def prices_table(info: Info) -> Table:
     t = output.table("kind", "price (credit)", "work unit", "what it is")
     for k in sorted(info.kinds, key=lambda k: k.name):
-        t.add_row(k.name, price_text(k.price_credit, k.price_units, k.work_unit), k.work_unit,
-                  k.description)  # fmt: skip
+        t.add_row(
+            k.name,
+            price_text(k.price_credit, k.price_units, k.work_unit),
+            k.work_unit,
+            k.description,
+        )
     return t
 
 

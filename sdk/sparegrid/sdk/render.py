@@ -65,8 +65,15 @@ def _tool_command(args: Sequence[str]) -> list[str]:
         f"sys.argv = ['blendtool', *{list(args)!r}]; "
         "runpy.run_module('sparegrid.sdk.blendtool', run_name='__main__')"
     )
-    return [blender, "--background", "--factory-startup", "--python-exit-code", "1",
-            "--python-expr", expr]  # fmt: skip
+    return [
+        blender,
+        "--background",
+        "--factory-startup",
+        "--python-exit-code",
+        "1",
+        "--python-expr",
+        expr,
+    ]
 
 
 def _tool(*args: str) -> dict[str, Any]:

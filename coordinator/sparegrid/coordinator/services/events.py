@@ -67,9 +67,16 @@ class Events:
     ) -> Event:
         """Records an event in the current transaction; published after it commits."""
         event = Event(
-            new_id(), self.clock.now(), kind.value, message[:MESSAGE_LIMIT],
-            job_id, task_id, node_id, account, dict(data),
-        )  # fmt: skip
+            new_id(),
+            self.clock.now(),
+            kind.value,
+            message[:MESSAGE_LIMIT],
+            job_id,
+            task_id,
+            node_id,
+            account,
+            dict(data),
+        )
         self._pending.append(event)
         if not self.deferred:
             self.flush()

@@ -165,9 +165,13 @@ class Jobs:
             events.emit(
                 EventKind.JOB_SUBMITTED,
                 f"job {job.id} ({job.kind}, {job.task_count} tasks) submitted by {account.name}",
-                job_id=job.id, account=account.name, job_kind=job.kind, tasks=job.task_count,
-                name=job.name[:200], cost_held=job.cost_held,
-            )  # fmt: skip
+                job_id=job.id,
+                account=account.name,
+                job_kind=job.kind,
+                tasks=job.task_count,
+                name=job.name[:200],
+                cost_held=job.cost_held,
+            )
 
     def price(self, kind: str) -> Price:
         return self._config.prices.get(kind, Price())

@@ -66,10 +66,16 @@ class Ledger:
         posted = self._store.post(txn)
         if posted and self.events is not None:
             self.events.emit(
-                EventKind.LEDGER, f"{amount} credit from {src} to {dst}: {reason}",
-                job_id=job, task_id=task, transaction=txn.id, amount=amount, src=src, dst=dst,
+                EventKind.LEDGER,
+                f"{amount} credit from {src} to {dst}: {reason}",
+                job_id=job,
+                task_id=task,
+                transaction=txn.id,
+                amount=amount,
+                src=src,
+                dst=dst,
                 flow=flow,
-            )  # fmt: skip
+            )
         return posted
 
     def _txn(
@@ -125,15 +131,23 @@ class Ledger:
     def stake(self, owner: str, amount: int, key: str) -> bool:
         """Locks an owner's credit as a bond for its nodes."""
         return self._post(
-            f"stake:{key}", "stake locked", client_account(owner), stake_account(owner), amount,
+            f"stake:{key}",
+            "stake locked",
+            client_account(owner),
+            stake_account(owner),
+            amount,
             flow="staked",
-        )  # fmt: skip
+        )
 
     def unstake(self, owner: str, amount: int, key: str) -> bool:
         return self._post(
-            f"unstake:{key}", "stake released", stake_account(owner), client_account(owner),
-            amount, flow="unstaked",
-        )  # fmt: skip
+            f"unstake:{key}",
+            "stake released",
+            stake_account(owner),
+            client_account(owner),
+            amount,
+            flow="unstaked",
+        )
 
     def slash(self, loser: Replica, job: Job, client: str, amount: int, reason: str) -> bool:
         """Takes `amount` of a wrong result's owner's stake and pays the job's client;

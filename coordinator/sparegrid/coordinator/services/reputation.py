@@ -154,9 +154,12 @@ class Reputations:
     def _event(self, kind: EventKind, rep: Reputation) -> None:
         if self.events is not None:
             self.events.emit(
-                kind, f"node {rep.node_id} is {rep.standing}: {rep.reason}",
-                node_id=rep.node_id, standing=rep.standing.value, strikes=rep.strikes,
-            )  # fmt: skip
+                kind,
+                f"node {rep.node_id} is {rep.standing}: {rep.reason}",
+                node_id=rep.node_id,
+                standing=rep.standing.value,
+                strikes=rep.strikes,
+            )
 
     def _save(self, reps: list[Reputation]) -> None:
         if reps:

@@ -359,9 +359,12 @@ class Settlement:
                 EventKind.DISPUTE,
                 f"task {task.index} of job {task.job_id}: results disagree; {state}: "
                 f"{evidence['decision']}",
-                job_id=task.job_id, task_id=task.id, index=task.index, state=state.value,
+                job_id=task.job_id,
+                task_id=task.id,
+                index=task.index,
+                state=state.value,
                 nodes=sorted({str(r.get("node", "")) for r in _results(evidence)}),
-            )  # fmt: skip
+            )
 
     def _fail(self, active: ActiveJob, task: Task, detail: str, out: Settled) -> None:
         """The task ends failed: its results could not be brought to agree. The rest of the
@@ -376,10 +379,15 @@ class Settlement:
         events = self.scheduler.events
         if events is not None:
             events.emit(
-                EventKind.TASK_FAILED, f"task {task.index} of job {task.job_id}: {task.error}",
-                job_id=task.job_id, task_id=task.id, account=active.owner, index=task.index,
-                code="NO_AGREEMENT", final=True,
-            )  # fmt: skip
+                EventKind.TASK_FAILED,
+                f"task {task.index} of job {task.job_id}: {task.error}",
+                job_id=task.job_id,
+                task_id=task.id,
+                account=active.owner,
+                index=task.index,
+                code="NO_AGREEMENT",
+                final=True,
+            )
         if active.open_tasks == 0:
             out.finished.append(active)
 

@@ -360,9 +360,17 @@ WEBHOOK_COLUMNS = (
 
 def webhook_params(d: Delivery) -> Params:
     return (
-        d.id, d.job_id, d.account_id, d.url, d.body, d.attempts, d.next_at, d.state,
-        d.last_error, d.created_at,
-    )  # fmt: skip
+        d.id,
+        d.job_id,
+        d.account_id,
+        d.url,
+        d.body,
+        d.attempts,
+        d.next_at,
+        d.state,
+        d.last_error,
+        d.created_at,
+    )
 
 
 def webhook_from(row: Row) -> Delivery:

@@ -33,11 +33,20 @@ class SqlEvents(SqlEngine):
                 "INSERT INTO events (id, at, kind, message, job_id, task_id, node_id, account,"
                 " data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.id, e.at, e.kind, e.message, e.job_id, e.task_id, e.node_id, e.account,
-                     json.dumps(e.data, sort_keys=True, default=str))
+                    (
+                        e.id,
+                        e.at,
+                        e.kind,
+                        e.message,
+                        e.job_id,
+                        e.task_id,
+                        e.node_id,
+                        e.account,
+                        json.dumps(e.data, sort_keys=True, default=str),
+                    )
                     for e in events
                 ],
-            )  # fmt: skip
+            )
 
     def list_events(
         self,

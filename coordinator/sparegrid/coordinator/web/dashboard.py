@@ -166,9 +166,14 @@ class Dashboard:
         token = self.sessions.open(account.id, account.key_hash)
         response = RedirectResponse("/", 303)
         response.set_cookie(
-            COOKIE, token, max_age=int(self.sessions.ttl), path="/", httponly=True,
-            samesite="strict", secure=request.url.scheme == "https",
-        )  # fmt: skip
+            COOKIE,
+            token,
+            max_age=int(self.sessions.ttl),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     async def logout(self, request: Request) -> Response:
@@ -188,9 +193,12 @@ class Dashboard:
             return RedirectResponse("/login", 303)
         if not account.is_admin:
             return await self._page(
-                "message.html", request, 403, title="Operators only",
+                "message.html",
+                request,
+                403,
+                title="Operators only",
                 message="This page is for the coordinator's admin accounts.",
-            )  # fmt: skip
+            )
         data = views.operator(self.app)
         return await self._page("operator.html", request, op=data)
 
@@ -212,9 +220,12 @@ class Dashboard:
             limit=views.EVENTS_SHOWN, newest=True, node_ids=[n.id for n in nodes][:500]
         )[::-1]
         return await self._page(
-            "volunteer.html", request, nodes=rows, earnings=views.earnings(self.app, nodes),
+            "volunteer.html",
+            request,
+            nodes=rows,
+            earnings=views.earnings(self.app, nodes),
             events=events,
-        )  # fmt: skip
+        )
 
     async def client(self, request: Request) -> Response:
         account = self._account(request)
@@ -223,9 +234,12 @@ class Dashboard:
         jobs = views.client_jobs(self.app, account)
         live = any(not row.finished for row in jobs)
         return await self._page(
-            "client.html", request, jobs=jobs, balance=self.app.accounts.balance(account),
+            "client.html",
+            request,
+            jobs=jobs,
+            balance=self.app.accounts.balance(account),
             refresh=REFRESH_SECONDS if live else 0,
-        )  # fmt: skip
+        )
 
     async def job(self, request: Request) -> Response:
         account = self._account(request)

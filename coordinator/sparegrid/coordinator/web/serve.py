@@ -74,10 +74,12 @@ async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[Http
         if args.metrics_port is not None:
             servers.append(
                 HttpServer(
-                    metrics_app(app.metrics.registry), args.metrics_addr, args.metrics_port,
+                    metrics_app(app.metrics.registry),
+                    args.metrics_addr,
+                    args.metrics_port,
                     "metrics",
                 )
-            )  # fmt: skip
+            )
         if args.web_port is not None:
             from sparegrid.coordinator.web.dashboard import Dashboard
 

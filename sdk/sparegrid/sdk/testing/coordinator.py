@@ -185,11 +185,18 @@ class FakeCoordinator(client_pb2_grpc.ClientServiceServicer):
             )
         tasks = int(json.loads(spec.params or b"{}").get("tasks", 1))
         return client_pb2.EstimateJobResponse(
-            tasks=tasks, work_units=tasks, work_unit="task", price_credit=PRICE, price_units=1,
-            exact_credit=float(tasks * PRICE), credit_per_pass=tasks * PRICE,
-            max_paid_results=1, max_held=tasks * PRICE, policy="single result",
+            tasks=tasks,
+            work_units=tasks,
+            work_unit="task",
+            price_credit=PRICE,
+            price_units=1,
+            exact_credit=float(tasks * PRICE),
+            credit_per_pass=tasks * PRICE,
+            max_paid_results=1,
+            max_held=tasks * PRICE,
+            policy="single result",
             balance=account.balance,
-        )  # fmt: skip
+        )
 
     def _create(self, request: client_pb2.SubmitJobRequest, account: admin_pb2.Account) -> FakeJob:
         spec = request.spec
