@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sparegrid.cli import common, inference, output
+from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.sdk import (
     Client,
@@ -69,6 +70,7 @@ def register(subparsers: Any) -> None:
     )
     inference.add_submit_options(p)
     render_cli.add_submit_options(p)
+    generate_cli.add_submit_options(p)
     p.set_defaults(func=submit)
 
     p = jobs.add_parser(
@@ -183,6 +185,8 @@ def upload(client: Client, name: str, path: Path) -> str:
 def submit(args: argparse.Namespace) -> int:
     if args.kind == "render":
         return render_cli.submit(args)
+    if args.kind == "generate":
+        return generate_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     if args.kind == "inference":

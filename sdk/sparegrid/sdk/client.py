@@ -3,7 +3,7 @@
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -30,6 +30,7 @@ from sparegrid.sdk.config import (
     resolve_tls_ca,
 )
 from sparegrid.sdk.errors import from_rpc_error
+from sparegrid.sdk.generate import GenerateJob
 from sparegrid.sdk.inference import InferenceJob
 from sparegrid.sdk.job import Job
 from sparegrid.sdk.models import (
@@ -315,6 +316,22 @@ class Client(_SyncBase):
             replicas=replicas,
             quorum=quorum,
         )
+
+    def generate(
+        self,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str] | Iterable[dict[str, Any]]",
+        **options: Any,
+    ) -> "GenerateJob":
+        """Decodes OpenAI Batch requests (a JSONL path, or the requests as dicts) with the
+        language model in `model_dir` (config.json, tokenizer.json, safetensors); see
+        sparegrid.sdk.generate. Options: max_tokens (256), temperature (0), seed, precision
+        (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas, quorum.
+        `.completions()` yields them in request order."""
+        from sparegrid.sdk import generate
+
+        path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts
+        return generate.submit(self, Path(model_dir), path, **options)
 
     def get_job(self, job_id: str) -> Job:
         return self._job(

@@ -243,7 +243,7 @@ def _check(
     results = []
     for b, (prompt, completion) in enumerate(zip(prompts, claimed, strict=True)):
         if not completion:
-            results.append({"fp": [], "gap": 0.0, "at": -1})
+            results.append({"fp": [], "gap": 0.0, "at": -1, "limit": prompt.max_tokens})
             continue
         first = width - len(rows[b]) + len(prompt.input_ids) - 1  # predicts token 0
         span = slice(first, first + len(completion))
@@ -259,5 +259,5 @@ def _check(
         for t in fingerprint.positions(len(completion), every):
             idx, val = fingerprint.top(hidden[b, first + t], 2 * k)
             fps.append({"pos": t, **fingerprint.encode(idx, val)})
-        results.append({"fp": fps, "gap": float(gaps[at]), "at": at})
+        results.append({"fp": fps, "gap": float(gaps[at]), "at": at, "limit": prompt.max_tokens})
     return {"rows": results}
