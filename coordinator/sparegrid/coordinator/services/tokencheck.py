@@ -97,7 +97,7 @@ def confirm(params: dict[str, Any], result: dict[str, bytes], check: dict[str, A
             return Found(False, f"{where}: {ending}", {"rule": "ending", "completion": i})
         gap = float(mine["gap"])
         worst["gap"] = max(worst["gap"], gap)
-        if gap > tol.gap:
+        if not gap <= tol.gap:  # NaN included
             detail = f"{where}: token {mine['at']} was not the model's choice (gap {gap:.3g})"
             return Found(False, detail, {"rule": "argmax", "completion": i, **worst})
         wrong = _prints(committed, mine["fp"], k, tol, worst)
@@ -145,7 +145,8 @@ def _prints(
         worst["max_error"] = max(worst["max_error"], top)
         worst["mean_error"] = max(worst["mean_error"], mean)
         worst["missing"] = max(worst["missing"], len(missing))
-        if len(missing) > tol.missing or top > tol.max_error or mean > tol.mean_error:
+        within = top <= tol.max_error and mean <= tol.mean_error  # False for NaN
+        if len(missing) > tol.missing or not within:
             return (
                 f"hidden states differ at token {c['pos']} (largest error {top:.3g}, "
                 f"mean {mean:.3g}, {len(missing)} of {k} entries missing)"
