@@ -120,3 +120,27 @@ def test_a_task_whose_lines_are_not_in_the_file_fails_cleanly(llama: Path, tmp_p
     with pytest.raises(ExecutorError) as caught:
         run_task(llama, prompts, tmp_path, lines=[0, 5])
     assert caught.value.code == "BAD_PARAMS"
+
+
+def test_config_keys_that_would_load_code_are_refused(llama: Path, tmp_path: Path) -> None:
+    folder = _copy(llama, tmp_path / "m")
+    _edit_config(folder, quantization_config={"quant_method": "bitsandbytes"})
+    with pytest.raises(BadModel) as caught:
+        check_model(model_files(folder))
+    assert caught.value.code == "UNSUPPORTED_MODEL" and "quantization_config" in str(caught.value)
+
+
+def test_a_check_refutes_claims_no_honest_node_could_make(llama: Path, tmp_path: Path) -> None:
+    """A rogue generator's completion with ids outside the vocabulary, or longer than its
+    limit, is refuted by the checker (so its node is outvoted), never a crash."""
+    prompts = [Prompt("a", [5, 6, 7], 4), Prompt("b", [8, 9], 4)]
+    outputs = run_task(llama, prompts, tmp_path)
+    honest = [c["tokens"] for c in json.loads(outputs["completions.json"])["completions"]]
+    bogus = [[10**6, 1], honest[1]]
+    rows = json.loads(run_task(llama, prompts, tmp_path, claimed=bogus)["check.json"])["rows"]
+    assert rows[0]["gap"] == float("inf") and rows[1]["gap"] == 0.0
+    too_long = [[*honest[0], 1, 2, 3], honest[1]]
+    rows = json.loads(run_task(llama, prompts, tmp_path, claimed=too_long)["check.json"])["rows"]
+    assert rows[0]["gap"] == float("inf")
+    rows = json.loads(run_task(llama, prompts, tmp_path, claimed=[honest[0]])["check.json"])["rows"]
+    assert [r["gap"] for r in rows] == [float("inf")] * 2

@@ -29,6 +29,10 @@ ARCHITECTURES = {
     "GPTNeoXForCausalLM": "gpt_neox",
     "Phi3ForCausalLM": "phi3",
 }
+# config keys that would load code or kernels from elsewhere (the Hub, other packages)
+CODE_KEYS = frozenset(
+    {"quantization_config", "_attn_implementation", "attn_implementation", "custom_pipelines"}
+)
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONFIG, TOKENIZER, WEIGHTS = "config", "tokenizer", "weights_"
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,6 +41,7 @@ MAX_WEIGHT_FILES = 1000
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}
 MAX_PROMPT_LINE = 4 << 20
+MAX_PROMPTS_FILE = 256 << 20
 
 
 class BadModel(ValueError):
@@ -83,6 +88,14 @@ def check_config(raw: bytes) -> dict[str, Any]:
         raise BadModel("BAD_MODEL", f"config.json is not JSON: {exc}") from None
     if not isinstance(config, dict):
         raise BadModel("BAD_MODEL", "config.json must be a JSON object")
+    code = sorted(CODE_KEYS & set(config))
+    if code:
+        raise BadModel(
+            "UNSUPPORTED_MODEL",
+            f"config.json sets {code}: models here are plain weights, run by the "
+            f"worker's own attention and no quantization or kernel code; supported "
+            f"architectures: {supported()}",
+        )
     if "auto_map" in config or config.get("trust_remote_code"):
         raise BadModel(
             "UNSUPPORTED_MODEL",

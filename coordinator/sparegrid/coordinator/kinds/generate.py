@@ -29,6 +29,7 @@ from sparegrid.coordinator.kinds.base import (
 )
 from sparegrid.wire.llm import (
     CONFIG,
+    MAX_PROMPTS_FILE,
     PRECISIONS,
     TOKENIZER,
     BadModel,
@@ -62,7 +63,7 @@ class Generate:
         check_keys(NAME, params, {"max_tokens", "temperature", "seed", "precision", "task_tokens"})
         max_tokens = int_param(NAME, params, "max_tokens", 256, 1, MAX_NEW_TOKENS)
         seed = int_param(NAME, params, "seed", 0, 0, 2**63 - 1)
-        budget = int_param(NAME, params, "task_tokens", 16_384, 1, 1 << 24)
+        budget = int_param(NAME, params, "task_tokens", 16_384, 1, 1 << 18)
         temperature = params.get("temperature", 0.0)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise bad(NAME, "'temperature' must be a number")
@@ -101,6 +102,8 @@ def _chunk_plans(
     budget: int,
 ) -> list[TaskPlan]:
     label = f"input {chunk.name!r}"
+    if chunk.size > MAX_PROMPTS_FILE:
+        raise bad(NAME, f"{label} is over {MAX_PROMPTS_FILE >> 20} MiB; split it")
     try:
         prompts = read_prompts(
             files.path(chunk.digest).read_bytes(),

@@ -214,13 +214,35 @@ def _check(
     loaded: Loaded, prompts: list[Any], params: dict[str, Any], device: torch.device
 ) -> dict[str, Any]:
     claimed = params["claimed"]
-    if len(claimed) != len(prompts) or not all(
-        isinstance(c, list) and all(type(t) is int for t in c) for c in claimed
-    ):
-        raise ExecutorError(BAD_PARAMS, "claimed completions do not fit the task's prompts")
     vocab = int(loaded.config["vocab_size"])
-    if any(not 0 <= t < vocab for c in claimed for t in c):
-        raise ExecutorError(BAD_PARAMS, "claimed tokens outside the vocabulary")
+    if not isinstance(claimed, list) or len(claimed) != len(prompts):
+        return {"rows": [_refuted(p) for p in prompts]}  # a result that fits no prompt
+    # a completion no honest node could return (ids outside the vocabulary, longer than
+    # its limit) is refuted without running it, so that its node is outvoted
+    fits = [
+        isinstance(c, list)
+        and len(c) <= p.max_tokens
+        and all(type(t) is int and 0 <= t < vocab for t in c)
+        for p, c in zip(prompts, claimed, strict=True)
+    ]
+    claimed = [c if ok else [] for c, ok in zip(claimed, fits, strict=True)]
+    found = _prefill(loaded, prompts, claimed, params, device)
+    return {
+        "rows": [r if ok else _refuted(p) for r, p, ok in zip(found, prompts, fits, strict=True)]
+    }
+
+
+def _refuted(prompt: Any) -> dict[str, Any]:
+    return {"fp": [], "gap": float("inf"), "at": 0, "limit": prompt.max_tokens}
+
+
+def _prefill(
+    loaded: Loaded,
+    prompts: list[Any],
+    claimed: list[list[int]],
+    params: dict[str, Any],
+    device: torch.device,
+) -> list[dict[str, Any]]:
     rows = [p.input_ids + c for p, c in zip(prompts, claimed, strict=True)]
     eos = [int(e) for e in params.get("eos") or []]
     ids, mask = _padded(rows, eos[0] if eos else 0, device)
@@ -260,4 +282,4 @@ def _check(
             idx, val = fingerprint.top(hidden[b, first + t], 2 * k)
             fps.append({"pos": t, **fingerprint.encode(idx, val)})
         results.append({"fp": fps, "gap": float(gaps[at]), "at": at, "limit": prompt.max_tokens})
-    return {"rows": results}
+    return results

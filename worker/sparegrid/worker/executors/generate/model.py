@@ -61,6 +61,7 @@ def load(inputs: dict[str, Path], precision: str, device: torch.device) -> Loade
         dtype=DTYPES[precision],
         local_files_only=True,
         use_safetensors=True,
+        attn_implementation="sdpa",  # torch's own; never a kernel fetched from elsewhere
     )
     model.to(device).eval()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
