@@ -14,7 +14,7 @@ import pytest
 from sparegrid.sdk import InvalidArgumentError
 from sparegrid.v1 import common_pb2
 from tests.e2e.test_cluster import setup, wait_for
-from tests.generate.models import build, reference, train_tokenizer
+from tests.generate.models import CONFIGS, build, reference, train_tokenizer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -96,6 +96,27 @@ def test_a_batch_file_decodes_on_two_workers_like_a_local_run(cluster, tmp_path:
     assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(5)]
     assert lines[1]["response"]["body"]["choices"][0]["message"]["content"] == done[1].text
     assert lines[0]["response"]["body"]["usage"]["completion_tokens"] == len(done[0].tokens)
+
+
+@pytest.mark.timeout(600)
+def test_every_supported_architecture_decodes_through_the_network(cluster, tmp_path: Path) -> None:
+    _, client = setup(cluster, workers=2)
+    tokenizer = train_tokenizer()
+    from sparegrid.sdk.generate import Tokenizer
+
+    jobs = {}
+    for architecture in CONFIGS:
+        model = build(tmp_path / architecture, architecture, tokenizer=tokenizer)
+        jobs[architecture] = (
+            model,
+            client.generate(model, requests(TEXTS[:3], chat_every=1), max_tokens=8, device="cpu"),
+        )
+    for architecture, (model, job) in jobs.items():
+        done = [c.tokens for c in job.completions(timeout=500)]
+        local = Tokenizer(model)
+        ids = [local.encode(t) for t in TEXTS[:3]]
+        assert done == reference(model, ids, 8), architecture
+        assert job.verify().passed
 
 
 def test_the_cli_submits_a_batch_file_and_writes_the_batch_output(cluster, tmp_path: Path) -> None:
