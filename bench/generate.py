@@ -181,6 +181,8 @@ def detection(args: argparse.Namespace, root: Path, tokenizer: Any) -> dict[str,
                 row[f"worst_{key}"] = max(row.get(f"worst_{key}", 0), verdict.metrics[key])
 
     for n in range(args.honest):
+        if n % 50 == 0:
+            print(f"honest task {n}/{args.honest}", file=sys.stderr, flush=True)
         prompts = make_prompts(tokenizer, rng, 4, 16)
         precision = "bf16" if n % 4 == 3 else "fp32"
         sampled = n % 2 == 1
@@ -189,6 +191,8 @@ def detection(args: argparse.Namespace, root: Path, tokenizer: Any) -> dict[str,
         verdict, _ = check(honest, prompts, result, params, 1)
         tally(f"honest {precision}{' sampled' if sampled else ''}", verdict, True)
     for n in range(args.cheats):
+        if n % 10 == 0:
+            print(f"cheating task {n}/{args.cheats}", file=sys.stderr, flush=True)
         prompts = make_prompts(tokenizer, rng, 4, 16)
         params = {"precision": "fp32", "temperature": 0.0, "seed": n}
         bad, _ = cheap.run(prompts, 2, **params)
@@ -366,7 +370,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sparegrid-bench-") as tmp:
         root = Path(tmp)
         if not args.skip_network:
+            print("throughput", file=sys.stderr, flush=True)
             rows.update(throughput(args, root, tokenizer))
+        print("verification overhead", file=sys.stderr, flush=True)
         rows.update(overhead(args, root, tokenizer))
         counts = detection(args, root, tokenizer)
     honest = {k: v for k, v in counts.items() if k.startswith("honest")}
