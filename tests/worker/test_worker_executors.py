@@ -83,7 +83,13 @@ def test_registry_has_builtins_and_entry_point_plugins(monkeypatch: pytest.Monke
     ]
     monkeypatch.setattr(registry_module, "entry_points", lambda group: plugins)
     registry = ExecutorRegistry.discover()
-    assert [s.name for s in registry.specs()] == ["checksum", "crash", "echo", "inference"]
+    assert [s.name for s in registry.specs()] == [
+        "checksum",
+        "crash",
+        "echo",
+        "generate",
+        "inference",
+    ]
     assert registry.targets()["crash"] == "sparegrid.worker.executors.fake:CrashExecutor"
     echo = registry.get("echo")
     assert echo is not None and echo.version == "1.0"
@@ -99,4 +105,4 @@ def test_optional_executors_are_offered_only_with_their_packages(
         lambda name: None if name == "torch" else real(name),
     )
     names = [s.name for s in ExecutorRegistry.builtin().specs()]
-    assert "inference" not in names and "echo" in names
+    assert "inference" not in names and "generate" not in names and "echo" in names

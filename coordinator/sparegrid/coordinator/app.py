@@ -124,7 +124,7 @@ class App:
         self.signer = Signer.load_or_create(settings.key_path)
         self.reputations = Reputations(store, self.clock, settings.trust)
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)
-        self.spot_checks = SpotChecks(settings.spot_checks)
+        self.spot_checks = SpotChecks(settings.spot_checks, read=self._read_output)
         self.webhooks = Webhooks(store, self.clock, settings.webhooks)
         self.scheduler = Scheduler(
             store,
@@ -565,6 +565,13 @@ class App:
             watchers.discard(event)
             if not watchers:
                 del self._watchers[job_id]
+
+    def _read_output(self, digest: str) -> bytes | None:
+        """A result's output: kept inline in the store, or a blob; None when neither."""
+        data = self.store.get_inline_blob(digest)
+        if data is None and self.blobs.size(digest) is not None:
+            data = self.blobs.path(digest).read_bytes()
+        return data
 
     def _changed(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:

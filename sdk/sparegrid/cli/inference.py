@@ -13,7 +13,9 @@ MERGED = "outputs.safetensors"
 
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inference jobs (KIND = inference)")
-    group.add_argument("--model", metavar="PT2", help="the program, saved with torch.export.save")
+    group.add_argument(
+        "--model", metavar="PT2", help="the program (torch.export.save); generate: a model DIR"
+    )
     group.add_argument(
         "--inputs", metavar="SAFETENSORS", help="inputs by the program's input names"
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.cli import common, costs, fetch, inference, output
+from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
 from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
@@ -76,6 +77,7 @@ def register(subparsers: Any) -> None:
     )
     inference.add_submit_options(p)
     render_cli.add_submit_options(p)
+    generate_cli.add_submit_options(p)
     p.set_defaults(func=submit)
 
     p = jobs.add_parser(
@@ -221,6 +223,15 @@ def submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --wait")
     if args.kind == "render":
         return render_cli.submit(args)
+    if args.kind == "generate":
+        if args.dry_run:
+            raise InvalidArgumentError(
+                "BAD_FLAGS",
+                "--dry-run is not available for generate jobs yet; `job submit generate` "
+                "prints the tokens and the credit it holds, and `sparegrid job prices` the "
+                "price per 1,000 weighted tokens",
+            )
+        return generate_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)
     if args.kind == "inference":

@@ -10,10 +10,10 @@ with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
 from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient
 from sparegrid.sdk._async.inference import AsyncInferenceJob
 from sparegrid.sdk._async.job import AsyncJob
-from sparegrid.sdk._sync.client import AdminClient, Client
 from sparegrid.sdk._sync.inference import InferenceJob
 from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.blobs import DEFAULT_CHUNK_SIZE
+from sparegrid.sdk.client import AdminClient, Client
 from sparegrid.sdk.config import Connection
 from sparegrid.sdk.errors import (
     AbortedError,

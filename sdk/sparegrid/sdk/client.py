@@ -1,9 +1,40 @@
 """The synchronous clients, on grpc's sync API: `Client` for jobs and blobs, `AdminClient`.
 
-Generated from the asyncio clients (`sparegrid.sdk._async.client`) by scripts/unasync.
+Generated from the asyncio clients (`sparegrid.sdk._async.client`) by scripts/unasync,
+except `Client.generate`, which is sync-only for now (the tokenizer and the model folder's
+upload run in the caller's thread; an asyncio flavour is not written yet).
 """
 
-from sparegrid.sdk._sync.client import DEFAULT_TIMEOUT, AdminClient, Client
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparegrid.sdk._sync.client import DEFAULT_TIMEOUT, AdminClient
+from sparegrid.sdk._sync.client import Client as _GeneratedClient
 from sparegrid.sdk.config import PathLike
 
+if TYPE_CHECKING:
+    from sparegrid.sdk.generate import GenerateJob
+
 __all__ = ["DEFAULT_TIMEOUT", "AdminClient", "Client", "PathLike"]
+
+
+class Client(_GeneratedClient):
+    __doc__ = _GeneratedClient.__doc__
+
+    def generate(
+        self,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str] | Iterable[dict[str, Any]]",
+        **options: Any,
+    ) -> "GenerateJob":
+        """Decodes OpenAI Batch requests (a JSONL path, or the requests as dicts) with the
+        language model in `model_dir` (config.json, tokenizer.json, safetensors); see
+        sparegrid.sdk.generate. Options: max_tokens (256), temperature (0), seed, precision
+        (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas, quorum.
+        `.completions()` yields them in request order."""
+        from sparegrid.sdk import generate
+
+        path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts
+        return generate.submit(self, Path(model_dir), path, **options)

@@ -7,9 +7,10 @@ a module here and one line in BUILTIN_KINDS.
 
 from sparegrid.coordinator.kinds.base import JobKind, TaskPlan, decode_params, encode_params
 from sparegrid.coordinator.kinds.diagnostics import Checksum, Echo
+from sparegrid.coordinator.kinds.generate import Generate
 from sparegrid.coordinator.kinds.inference import Inference
 from sparegrid.coordinator.kinds.render import Render
 
-BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render())
+BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render(), Generate())
 
 __all__ = ["BUILTIN_KINDS", "JobKind", "TaskPlan", "decode_params", "encode_params"]

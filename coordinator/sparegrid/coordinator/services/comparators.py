@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sparegrid.coordinator.domain import FileRef
-from sparegrid.coordinator.services import framecheck, tensorcheck
+from sparegrid.coordinator.services import framecheck, tensorcheck, tokencheck
 from sparegrid.coordinator.services.images import decode_png, png_size
 from sparegrid.wire.render import CHECK_SETTINGS, output_name
 from sparegrid.wire.tensors import Tensor, decode
@@ -274,6 +274,62 @@ class ImageComparator(_Agrees):
         return rule, {"denoise": denoise, "dither": dither, "allowance": math.ceil(dither)}
 
 
+class GenerateComparator(_Agrees):
+    """Completions of a generate task: the same token ids; a check's prefill confirms a
+    result by its fingerprints and argmaxes (tokencheck.py)."""
+
+    def compare(
+        self, params: dict[str, Any], a: list[FileRef], b: list[FileRef], read: Reader
+    ) -> Comparison:
+        left, right = {r.name: r for r in a}, {r.name: r for r in b}
+        x, y = left.get(tokencheck.COMPLETIONS), right.get(tokencheck.COMPLETIONS)
+        if x is None or y is None or left.keys() != right.keys():
+            names = {"a": sorted(left), "b": sorted(right)}
+            return Comparison(False, "output names differ", {"rule": "names", **names})
+        if x.digest == y.digest:
+            return Comparison(True, "same completions (equal digests)", {"rule": "digest"})
+        try:
+            found = tokencheck.same_tokens(read(x.digest), read(y.digest))
+        except Exception as exc:
+            return Comparison(False, f"completions do not decode ({exc})", {"rule": "undecodable"})
+        return Comparison(found.agree, found.detail, found.metrics)
+
+    def compare_crop(
+        self,
+        params: dict[str, Any],
+        whole: list[FileRef],
+        crop_params: dict[str, Any],
+        crop: list[FileRef],
+        read: Reader,
+    ) -> Comparison:
+        """Whether a checker's prefill (a check's params and check.json) confirms a whole
+        result."""
+        outputs, mine = {r.name: r for r in whole}, {r.name: r for r in crop}
+        needed = (tokencheck.COMPLETIONS, tokencheck.FINGERPRINTS)
+        if any(n not in outputs for n in needed) or set(mine) != {tokencheck.CHECK}:
+            return Comparison(False, "the check's outputs do not fit the task", {"rule": "names"})
+        try:
+            refs = [outputs[n] for n in needed] + [mine[tokencheck.CHECK]]
+            if any(r.size > tokencheck.MAX_READ for r in refs):
+                raise ValueError("an output is too large to compare")
+            result = {n: read(outputs[n].digest) for n in needed}
+            found = json.loads(read(mine[tokencheck.CHECK].digest))
+            verdict = tokencheck.confirm(params, result, {"params": crop_params, "found": found})
+        except Exception as exc:
+            return Comparison(False, f"does not decode ({exc})", {"rule": "undecodable"})
+        return Comparison(verdict.agree, verdict.detail, verdict.metrics)
+
+    def agree_crop(
+        self,
+        params: dict[str, Any],
+        whole: list[FileRef],
+        crop_params: dict[str, Any],
+        crop: list[FileRef],
+        read: Reader,
+    ) -> bool:
+        return self.compare_crop(params, whole, crop_params, crop, read).agree
+
+
 def _frame_size(params: dict[str, Any]) -> tuple[int, int] | None:
     """(width, height) of a render task's image: its tile, or the frame; None if unknown."""
     if "resolution" not in params:
@@ -290,7 +346,11 @@ class Comparators:
     """The comparator of each job kind; kinds not named compare digests."""
 
     by_kind: dict[str, Comparator] = field(
-        default_factory=lambda: {"inference": TensorComparator(), "render": ImageComparator()}
+        default_factory=lambda: {
+            "inference": TensorComparator(),
+            "render": ImageComparator(),
+            "generate": GenerateComparator(),
+        }
     )
     default: Comparator = field(default_factory=ExactComparator)
 

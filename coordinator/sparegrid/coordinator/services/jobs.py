@@ -114,6 +114,8 @@ DEFAULT_PRICES: dict[str, Price] = {
     "checksum": Price(1, 1 << 20),
     "inference": Price(1, 100),
     "render": Price(1, 10_000_000),
+    # per 1,000 weighted tokens: a prompt token 1, a generated one 4 (kinds/generate.py)
+    "generate": Price(1, 1000),
 }
 
 

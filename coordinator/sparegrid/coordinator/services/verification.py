@@ -41,6 +41,7 @@ from sparegrid.coordinator.services.comparators import (
     Comparators,
     Comparison,
     ExactComparator,
+    GenerateComparator,
     ImageComparator,
     Reader,
 )
@@ -367,7 +368,10 @@ def _described(result: Replica, vetted: bool) -> dict[str, object]:
     }
     if result.params:
         crop = decode_params(result.params)
-        shown["crop"] = {"frame": crop["frames"][0], "box": crop.get("crop") or crop["tile"]}
+        if "claimed" in crop:  # a generate check: one prefill over the claimed tokens
+            shown["check"] = {"prefill": sum(len(c) for c in crop["claimed"])}
+        else:
+            shown["crop"] = {"frame": crop["frames"][0], "box": crop.get("crop") or crop["tile"]}
     return shown
 
 
@@ -386,7 +390,7 @@ def _compare(
         return comparator.compare(params, a.outputs, b.outputs, read)
     if a.params and b.params:
         return Comparison(False, "two spot checks' crops", {"rule": "crops"})
-    if not isinstance(comparator, ImageComparator):
+    if not isinstance(comparator, ImageComparator | GenerateComparator):
         return Comparison(False, "a spot check of a kind that has none", {"rule": "crops"})
     whole, crop = (a, b) if b.params else (b, a)
     return comparator.compare_crop(
@@ -417,6 +421,11 @@ def _who(result: Replica | list[FileRef]) -> str:
 
 def _spot_detail(crop: Replica) -> str:
     p = decode_params(crop.params)
+    if "claimed" in p:
+        return (
+            f"checked: one prefill over {len(p['claimed'])} claimed completions, by a node of "
+            "another owner, matched their fingerprints and choices"
+        )
     x0, x1, y0, y1 = p.get("crop") or p["tile"]
     return (
         f"spot check: a {x1 - x0}x{y1 - y0} crop of frame {p['frames'][0]} at ({x0}, {y0}), "

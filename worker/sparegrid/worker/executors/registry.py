@@ -29,6 +29,12 @@ OPTIONAL_BUILTINS = (
         "sparegrid.worker.executors.inference:InferenceExecutor",
         ("torch", "safetensors"),
     ),
+    (
+        "generate",
+        "1.0",
+        "sparegrid.worker.executors.generate:GenerateExecutor",
+        ("torch", "safetensors", "transformers"),
+    ),
 )
 FAKE_TARGETS = (
     "sparegrid.worker.executors.fake:CrashExecutor",

@@ -33,8 +33,13 @@ def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
         return 0, f"a node with the {job.kind} executor"
     if req.device_kind and device.kind != req.device_kind:
         return 1, f"a {req.device_kind} device"
-    if req.min_memory_bytes and (
-        device.kind == "cpu" or device.memory_bytes < req.min_memory_bytes
+    if req.device_kind == "cpu" and device.memory_bytes < req.min_memory_bytes:
+        # a job kept on CPUs (a language model decoded there) counts their memory
+        return 2, f"a CPU with {_memory(req.min_memory_bytes)} of memory or more"
+    if (
+        req.min_memory_bytes
+        and req.device_kind != "cpu"
+        and (device.kind == "cpu" or device.memory_bytes < req.min_memory_bytes)
     ):
         # a memory requirement is device memory: a CPU's RAM is no GPU's memory
         return 2, f"a GPU with {_memory(req.min_memory_bytes)} of memory or more"

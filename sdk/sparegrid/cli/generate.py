@@ -1,0 +1,61 @@
+"""`sparegrid job submit generate ...`: a language model over an OpenAI Batch JSONL file."""
+
+import argparse
+from pathlib import Path
+
+from sparegrid.cli import common, output
+from sparegrid.cli.follow import follow
+from sparegrid.sdk import InvalidArgumentError
+
+
+def add_submit_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "generate jobs (KIND = generate; --model DIR, --precision, --device as above)"
+    )
+    group.add_argument("--prompts", metavar="JSONL", help="OpenAI Batch requests, one a line")
+    group.add_argument("--max-tokens", type=int, default=256, metavar="N", help="(256)")
+    group.add_argument("--temperature", type=float, default=0.0, help="0: greedy (0)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    group.add_argument(
+        "--task-tokens", type=int, metavar="N", help="prompt + generated tokens per task"
+    )
+    group.add_argument(
+        "--out", metavar="JSONL", help="with --wait: write the OpenAI Batch output here"
+    )
+
+
+def submit(args: argparse.Namespace) -> int:
+    if not args.model or not args.prompts:
+        raise InvalidArgumentError(
+            "BAD_PARAMS", "a generate job needs --model DIR and --prompts JSONL"
+        )
+    if not Path(args.prompts).is_file():
+        raise InvalidArgumentError("BAD_INPUT", f"--prompts: no such file {args.prompts}")
+    precision = args.precision if args.precision != "tf32" else "fp32"
+    with common.client(args) as client:
+        output.note(f"checking {args.model}, tokenizing {args.prompts} and uploading")
+        job = client.generate(
+            args.model,
+            args.prompts,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            precision=precision,
+            device=args.device,
+            min_vram_gb=args.min_vram,
+            task_tokens=args.task_tokens,
+            name=args.name,
+            replicas=args.replicas,
+            quorum=args.quorum,
+        )
+        print(job.id, flush=True)
+        output.note(
+            f"submitted generate job {job.id}: {job.job.counts.total} tasks; {job.price_text()}"
+        )
+        if not args.wait:
+            return 0
+        status = follow(job.job, args.timeout, summary=output.err())
+        if status == 0 and args.out:
+            written = job.write_batch_output(Path(args.out), timeout=args.timeout)
+            output.note(f"wrote {written} completions to {args.out}")
+        return status

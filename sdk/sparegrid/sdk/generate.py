@@ -1,0 +1,350 @@
+"""Generation jobs: OpenAI Batch JSONL in, completions out in request order.
+
+The client does the text work: it reads the batch file (one request per line, `custom_id`
+kept, a body with `messages` or `prompt`), renders chat messages with the model's chat
+template (jinja2's sandbox) and tokenizes with its `tokenizer.json`, so a volunteer never
+parses text or templates, and the coordinator counts and prices exact tokens. The model
+folder is checked first (sparegrid.wire.llm): an unknown architecture, remote code, pickled
+weights or a tokenizer of another model is refused before anything is uploaded.
+
+Completions come back as token ids and are decoded here; `GenerateJob.completions()`
+yields them in request order as tasks finish, and `write_batch_output` writes the OpenAI
+Batch output format.
+"""
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
+from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState
+from sparegrid.wire.llm import (
+    PRECISIONS,
+    BadModel,
+    BadPrompts,
+    ModelInfo,
+    Prompt,
+    check_model,
+    encode_prompts,
+    model_files,
+    read_prompts,
+)
+
+if TYPE_CHECKING:
+    from sparegrid.sdk.client import Client
+    from sparegrid.sdk.job import Job
+
+PROMPTS_PER_FILE = 4096
+OUT_WEIGHT = 4  # as the coordinator prices them (kinds/generate.py)
+CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
+
+
+@dataclass(frozen=True)
+class Completion:
+    custom_id: str
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (end of sequence) or "length" (its token limit)
+    prompt_tokens: int
+
+
+def _bad(path: Path | str, number: int, why: str) -> InvalidArgumentError:
+    return InvalidArgumentError("BAD_PROMPTS", f"{path} line {number}: {why}")
+
+
+def read_batch(lines: Iterable[str], path: Path | str = "prompts") -> list[dict[str, Any]]:
+    """A batch file's requests, each checked; errors name the line."""
+    requests, seen = [], set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _bad(path, number, f"not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+            raise _bad(path, number, "each line is an object with a custom_id")
+        body = item.get("body")
+        if not isinstance(body, dict):
+            raise _bad(path, number, "no request body")
+        messages, prompt = body.get("messages"), body.get("prompt")
+        ok_chat = isinstance(messages, list) and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        if not (ok_chat and messages) and not isinstance(prompt, str):
+            raise _bad(path, number, "the body needs messages (role, content) or a prompt")
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise _bad(path, number, "max_tokens must be a positive integer")
+        if item["custom_id"] in seen:
+            raise _bad(path, number, f"custom_id {item['custom_id']!r} is used twice")
+        seen.add(item["custom_id"])
+        requests.append(item)
+    if not requests:
+        raise InvalidArgumentError("BAD_PROMPTS", f"{path} holds no requests")
+    return requests
+
+
+class Tokenizer:
+    """A model's tokenizer.json, with its chat template when tokenizer_config.json has one."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tokenizer = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        config_path = folder / "tokenizer_config.json"
+        self.config: dict[str, Any] = {}
+        if config_path.is_file():
+            self.config = json.loads(config_path.read_text())
+        self.template = self.config.get("chat_template")
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        if not isinstance(self.template, str):
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join([*lines, "assistant:"])
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        special = {
+            k: v for k, v in self.config.items() if k.endswith("_token") and isinstance(v, str)
+        }
+        return env.from_string(self.template).render(
+            messages=messages, add_generation_prompt=True, **special
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def check(model_dir: Path) -> tuple[dict[str, Path], ModelInfo]:
+    try:
+        files = model_files(model_dir)
+        return files, check_model(files)
+    except BadModel as exc:
+        raise InvalidArgumentError(exc.code, str(exc)) from None
+
+
+def tokenize(
+    requests: list[dict[str, Any]],
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    max_tokens: int,
+    path: Path | str,
+) -> list[Prompt]:
+    prompts = []
+    for item in requests:
+        body = item["body"]
+        text = tokenizer.render(body["messages"]) if "messages" in body else body["prompt"]
+        limit = min(
+            max_tokens, body.get("max_completion_tokens", body.get("max_tokens")) or max_tokens
+        )
+        prompts.append(Prompt(item["custom_id"], tokenizer.encode(text), limit))
+    try:  # the coordinator's own checks, here first: a long prompt is named by its line
+        read_prompts(encode_prompts(prompts), str(path), info.vocab_size, info.context, max_tokens)
+    except BadPrompts as exc:
+        raise InvalidArgumentError(
+            exc.code, str(exc).replace(f"{path} line", f"{path} request")
+        ) from None
+    return prompts
+
+
+def submit(
+    client: "Client",
+    model_dir: Path,
+    prompts: "Path | Iterable[dict[str, Any]]",
+    *,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int = 0,
+    precision: str = "fp32",
+    device: str = "",
+    min_vram_gb: float = 0,
+    task_tokens: int | None = None,
+    name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
+) -> "GenerateJob":
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
+    model_dir = Path(model_dir)
+    files, info = check(model_dir)
+    if isinstance(prompts, str | Path):
+        path: Path | str = Path(prompts)
+        with open(prompts, encoding="utf-8") as f:
+            requests = read_batch(f, path)
+    else:
+        path = "prompts"
+        requests = read_batch((json.dumps(r) for r in prompts), path)
+    tokenizer = Tokenizer(model_dir)
+    encoded = tokenize(requests, tokenizer, info, max_tokens, path)
+    digests = {n: client.upload(p) for n, p in files.items()}
+    with tempfile.TemporaryDirectory(prefix="sparegrid-generate-") as tmp:
+        for index in range(0, len(encoded), PROMPTS_PER_FILE):
+            chunk = Path(tmp) / f"prompts_{index // PROMPTS_PER_FILE:06d}.jsonl"
+            chunk.write_bytes(encode_prompts(encoded[index : index + PROMPTS_PER_FILE]))
+            digests[chunk.stem] = client.upload(chunk)
+    params: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "precision": precision,
+    }
+    if task_tokens is not None:
+        params["task_tokens"] = task_tokens
+    need = info.memory_bytes(precision, task_tokens or 16_384)
+    requirements = Requirements(
+        device_kind=DeviceKind(device) if device else DeviceKind.ANY,
+        min_memory_bytes=max(need, int(min_vram_gb * 2**30)),
+    )
+    job = client.submit(
+        "generate",
+        params,
+        digests,
+        name=name,
+        requirements=requirements,
+        replicas=replicas,
+        quorum=quorum,
+    )
+    return GenerateJob(client, job, tokenizer, requests, encoded)
+
+
+class GenerateJob:
+    """A submitted generation job: `completions()` in request order as tasks finish."""
+
+    def __init__(
+        self,
+        client: "Client",
+        job: "Job",
+        tokenizer: Tokenizer,
+        requests: list[dict[str, Any]],
+        prompts: list[Prompt],
+    ) -> None:
+        self.client = client
+        self.job = job
+        self.tokenizer = tokenizer
+        self.requests = requests
+        self.prompts = prompts
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    @property
+    def tokens_in(self) -> int:
+        return sum(len(p.input_ids) for p in self.prompts)
+
+    @property
+    def tokens_out_max(self) -> int:
+        return sum(p.max_tokens for p in self.prompts)
+
+    def price_text(self) -> str:
+        return (
+            f"{self.tokens_in} prompt tokens, up to {self.tokens_out_max} generated "
+            f"(x{OUT_WEIGHT}): {self.job.cost_held} credit held"
+        )
+
+    def __repr__(self) -> str:
+        return f"GenerateJob({self.job!r})"
+
+    def wait(self, timeout: float | None = None) -> "GenerateJob":
+        self.job.wait(timeout=timeout)
+        return self
+
+    def completions(self, timeout: float | None = None) -> Iterator[Completion]:
+        """Every request's completion, in request order, as soon as it is done."""
+        done = 0
+        next_index = 0
+        for snapshot in self.client.watch(self.job.id, timeout=timeout):
+            self.job = snapshot
+            while next_index < snapshot.counts.total:
+                page = self.client.results_from(self.job.id, next_index)
+                for result in page:
+                    if result.state is TaskState.FAILED:
+                        raise JobFailedError(
+                            "TASK_FAILED", f"task {result.index} failed: {result.error}"
+                        )
+                ready = [r for r in page if r.state is TaskState.SUCCEEDED]
+                if not ready or ready[0].index != next_index:
+                    break
+                for result in ready:
+                    if result.index != next_index:
+                        break
+                    for item in json.loads(result.output("completions.json"))["completions"]:
+                        yield self._completion(done, item)
+                        done += 1
+                    next_index += 1
+            if snapshot.finished:
+                break
+        if self.job.state is not JobState.SUCCEEDED:
+            raise JobFailedError(
+                "JOB_" + self.job.state.name,
+                f"job {self.job.id} {self.job.state.value}: {self.job.error}",
+            )
+
+    def _completion(self, index: int, item: dict[str, Any]) -> Completion:
+        prompt = self.prompts[index]
+        if item["custom_id"] != prompt.custom_id:
+            raise JobFailedError("BAD_RESULT", f"completion {index} is for {item['custom_id']!r}")
+        tokens = [int(t) for t in item["tokens"]]
+        return Completion(
+            prompt.custom_id,
+            self.tokenizer.decode(tokens),
+            tokens,
+            str(item["finish_reason"]),
+            len(prompt.input_ids),
+        )
+
+    def write_batch_output(self, path: Path, timeout: float | None = None) -> int:
+        """Writes the OpenAI Batch output JSONL (one line per request, in order)."""
+        written = 0
+        with open(path, "w", encoding="utf-8") as f:
+            for request, done in zip(self.requests, self.completions(timeout), strict=False):
+                f.write(json.dumps(batch_line(request, done, self.job.id)) + "\n")
+                written += 1
+        return written
+
+    def verify(self) -> Any:
+        return self.job.verify()
+
+
+def batch_line(request: dict[str, Any], done: Completion, job_id: str) -> dict[str, Any]:
+    chat = "messages" in request["body"]
+    choice: dict[str, Any] = {"index": 0, "finish_reason": done.finish_reason}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": done.text}
+    else:
+        choice["text"] = done.text
+    body = {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion" if chat else "text_completion",
+        "model": request["body"].get("model", ""),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": len(done.tokens),
+            "total_tokens": done.prompt_tokens + len(done.tokens),
+        },
+    }
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+        "custom_id": done.custom_id,
+        "response": {"status_code": 200, "request_id": job_id, "body": body},
+        "error": None,
+    }
+
+
+__all__ = ["Completion", "GenerateJob", "read_batch", "submit"]
