@@ -354,7 +354,7 @@ def audit(coord: Coordinator, job_id: str, database: str, url: str) -> dict[str,
         ),
         "paid_twice": (
             "SELECT COUNT(*) FROM (SELECT e.task_id FROM entries e WHERE e.job_id = ?"
-            " AND e.account LIKE 'node:%' AND e.amount > 0"
+            " AND substr(e.account, 1, 5) = 'node:' AND e.amount > 0"
             " GROUP BY e.task_id, e.account HAVING COUNT(*) > 1) t"
         ),
     }
