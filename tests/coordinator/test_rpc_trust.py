@@ -54,6 +54,7 @@ async def test_info_offers_the_countersigning_key_and_prices(served: Served) -> 
         "echo": (1, 1, "task"),
         "checksum": (1, 1 << 20, "byte"),
         "inference": (1, 100, "GFLOP"),
+        "generate": (1, 1000, "token"),
         "render": (1, 10_000_000, "pixel-sample"),
     }
 
