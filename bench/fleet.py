@@ -3,7 +3,7 @@
 A real coordinator process (`sparegrid coordinator serve`) and a few simulator processes
 (`bench/fleetsim.py`), each holding hundreds or thousands of worker sessions on one event loop. Every simulated
 worker is a node of its own: its own Ed25519 key and its own channel, the worker's own
-handshake (`sparegrid.worker.session.connect`: Hello, signed Challenge, Welcome), its
+handshake (`sparegrid.worker.upstream.session.connect`: Hello, signed Challenge, Welcome), its
 heartbeats at the interval Welcome asks for, credit per device, the real echo executor,
 statements built by the worker's own code (`messages.statement_bytes`) and one signature
 per batch (`wire.receipt.sign_batch`), and an outbox kept in memory that is resent after a
@@ -45,9 +45,9 @@ import grpc
 import grpc.aio
 
 from sparegrid.sdk import AdminClient, Client
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors.builtin import EchoExecutor
 from sparegrid.worker.executors.registry import ExecutorSpec
+from sparegrid.worker.node.devices import DeviceInfo
 
 RESULTS = Path(__file__).parent / "results"
 SIM = Path(__file__).resolve().parent / "fleetsim.py"  # one simulator process

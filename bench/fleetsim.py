@@ -27,13 +27,13 @@ import grpc.aio
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
-from sparegrid.worker.childproto import Outcome, OutputData
-from sparegrid.worker.devices import DeviceInfo
 from sparegrid.worker.executors.base import DeviceRef, ExecTask
 from sparegrid.worker.executors.builtin import EchoExecutor
 from sparegrid.worker.executors.registry import ExecutorSpec
-from sparegrid.worker.messages import hello, message_of, statement_bytes
-from sparegrid.worker.session import Session, connect, reconnect_delay, retry_after
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.slots.child.protocol import Outcome, OutputData
+from sparegrid.worker.upstream.messages import hello, message_of, statement_bytes
+from sparegrid.worker.upstream.session import Session, connect, reconnect_delay, retry_after
 
 DEVICE = DeviceInfo(index=0, kind="cpu", name="fleet-sim")
 ECHO = ExecutorSpec("echo", EchoExecutor.version, "sparegrid.worker.executors.builtin:EchoExecutor")

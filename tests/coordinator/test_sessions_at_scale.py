@@ -20,7 +20,7 @@ from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2, worker_pb2
 from sparegrid.wire import Signer
-from sparegrid.worker.session import Session, connect, reconnect_delay, retry_after
+from sparegrid.worker.upstream.session import Session, connect, reconnect_delay, retry_after
 from tests.coordinator.conftest import code_of
 
 
