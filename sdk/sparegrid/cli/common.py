@@ -1,6 +1,8 @@
 """What every command shares: the connection flags, clients built from them, error exits."""
 
 import argparse
+import os
+import sys
 from collections.abc import Callable
 
 from sparegrid.cli import output
@@ -152,7 +154,13 @@ def failed(exc: SparegridError, args: argparse.Namespace | None = None) -> None:
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """Runs a command: SDK errors become one `error:` line and exit 1, never a traceback."""
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # the reader left (`... | head`): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # 128 + SIGPIPE
     except UnavailableError as exc:
         unreachable(args, exc)
     except SparegridError as exc:

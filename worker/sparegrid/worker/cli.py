@@ -55,6 +55,12 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     )
     _data_dir_flag(credit)
     credit.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address")
+    credit.add_argument(
+        "--owner-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the owner's API key, as `worker run` takes it (else {ENV_OWNER_KEY})",
+    )
     credit.add_argument("--limit", type=int, default=100, metavar="N", help="entries (100)")
     credit.set_defaults(func=credit_command)
     ident = commands.add_parser("id", help="print this node's id and public key")
@@ -143,6 +149,19 @@ def credit_command(args: argparse.Namespace) -> int:
     if signer is None:
         return 2
     key = os.environ.get(ENV_OWNER_KEY) or os.environ.get("SPAREGRID_API_KEY") or None
+    if args.owner_key_file is not None:
+        try:
+            key = args.owner_key_file.read_text().strip() or None
+        except OSError as exc:
+            print(f"error: --owner-key-file {args.owner_key_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    if key is None:
+        print(
+            f"error: no owner key: pass --owner-key-file FILE (the one `worker run` uses) or set "
+            f"{ENV_OWNER_KEY} to the API key of the account that owns this node",
+            file=sys.stderr,
+        )
+        return 2
     address = args.coordinator or os.environ.get(ENV_COORDINATOR) or DEFAULT_COORDINATOR
     try:
         with Client(address, key) as client:

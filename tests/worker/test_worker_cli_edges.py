@@ -1,0 +1,82 @@
+"""The worker's commands at their edges: a reader that leaves the pipe early, and
+`worker credit` without the owner's key."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def sparegrid(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sparegrid.cli.main", *args]
+
+
+def clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("SPAREGRID_OWNER_KEY", "SPAREGRID_API_KEY"):
+        env.pop(name, None)
+    return env
+
+
+def test_a_reader_that_leaves_early_gets_no_broken_pipe_error(tmp_path: Path) -> None:
+    """`sparegrid worker id | head -0`: the pipe is closed before anything is written."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        done = subprocess.run(
+            sparegrid("worker", "id", "--data-dir", str(tmp_path / "node")),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 141  # 128 + SIGPIPE, as cat and the shell report it
+
+
+def test_worker_credit_without_a_key_names_both_ways_to_give_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node")),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--owner-key-file" in done.stderr and "SPAREGRID_OWNER_KEY" in done.stderr
+    assert "api_key=" not in done.stderr  # words of the CLI, not of the SDK
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_worker_credit_with_a_bad_key_file_says_which_file(
+    tmp_path: Path, content: str | None
+) -> None:
+    key_file = tmp_path / "owner.key"
+    if content is not None:
+        key_file.write_text(content)
+    done = subprocess.run(
+        sparegrid(
+            "worker",
+            "credit",
+            "--data-dir",
+            str(tmp_path / "node"),
+            "--owner-key-file",
+            str(key_file),
+            "--coordinator",
+            "127.0.0.1:9",
+        ),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert done.returncode == 2
+    if content is None:
+        assert f"--owner-key-file {key_file}" in done.stderr
+    else:  # an empty file is no key
+        assert "no owner key" in done.stderr
