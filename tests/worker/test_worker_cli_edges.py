@@ -1,12 +1,18 @@
-"""The worker's commands at their edges: a reader that leaves the pipe early, and
-`worker credit` without the owner's key."""
+"""The worker at its edges: a reader that leaves the pipe early, `worker credit` without
+the owner's key, and limits with no sensor to read them."""
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from sparegrid.wire.clock import SystemClock
+from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.startup import make_monitor
+from sparegrid.worker.testing.harness import make_config
 
 
 def sparegrid(*args: str) -> list[str]:
@@ -80,3 +86,29 @@ def test_worker_credit_with_a_bad_key_file_says_which_file(
         assert f"--owner-key-file {key_file}" in done.stderr
     else:  # an empty file is no key
         assert "no owner key" in done.stderr
+
+
+@pytest.mark.parametrize("limit", [{"max_temp": 80.0}, {"power_cap": 150.0}])
+def test_a_heat_or_power_limit_without_a_sensor_says_it_does_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, limit: dict[str, float]
+) -> None:
+    cpu = DeviceInfo(index=0, kind="cpu", name="test CPU", memory_bytes=1 << 30)
+    config = make_config(tmp_path, "127.0.0.1:9", **limit)
+    with caplog.at_level(logging.WARNING, logger="sparegrid.worker"):
+        make_monitor(config, [cpu], None, SystemClock(), set, lambda index: False)
+    flag = "--max-temp" if "max_temp" in limit else "--power-cap"
+    assert any(flag in r.message and "does nothing" in r.message for r in caplog.records)
+
+
+def test_no_limit_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cpu = DeviceInfo(index=0, kind="cpu", name="test CPU", memory_bytes=1 << 30)
+    with caplog.at_level(logging.WARNING, logger="sparegrid.worker"):
+        make_monitor(
+            make_config(tmp_path, "127.0.0.1:9"),
+            [cpu],
+            None,
+            SystemClock(),
+            set,
+            lambda index: False,
+        )
+    assert not any("does nothing" in r.message for r in caplog.records)

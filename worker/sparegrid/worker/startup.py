@@ -36,6 +36,7 @@ def make_monitor(
         if note:
             _log.warning(note)
     settings = config.policy()
+    _warn_unread_limits(config, devices, source)
     if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
         settings = dataclasses.replace(settings, idle_seconds=0.0)
     user_input: InputIdle = NoInput()
@@ -70,6 +71,28 @@ async def check_isolation(config: WorkerConfig) -> Report:
     else:
         _log.info("executor isolation: %s", report.summary())
     return report
+
+
+def _warn_unread_limits(
+    config: WorkerConfig, devices: Sequence[DeviceInfo], source: DeviceStateSource
+) -> None:
+    """A temperature or power limit with nothing to read it from does nothing: say so, once,
+    rather than let the volunteer believe the machine is protected."""
+    if isinstance(source, IdleSource) or not any(d.kind == "cuda" for d in devices):
+        where = "no GPU here" if not any(d.kind == "cuda" for d in devices) else source.name
+        for flag, value, unit in (
+            ("--max-temp", config.max_temp, "C"),
+            ("--power-cap", config.power_cap, "W"),
+        ):
+            if value is not None:
+                _log.warning(
+                    "%s %g %s does nothing: no sensor to read it from (%s; a CPU's "
+                    "temperature and power are not read)",
+                    flag,
+                    value,
+                    unit,
+                    where,
+                )
 
 
 def apply_power_cap(
