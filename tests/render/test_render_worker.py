@@ -1,5 +1,6 @@
 """The worker's render executor, without a coordinator: params, backends, limits, warmth."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -141,7 +142,9 @@ def test_worker_advertises_render_and_its_blender_only_with_bpy() -> None:
         """
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['checksum', 'echo', 'inference']"
+    offered = ast.literal_eval(proc.stdout.strip())
+    assert "render" not in offered  # generate is offered too where transformers is installed
+    assert {"checksum", "echo", "inference"} <= set(offered)
     assert "skipping executor plugin render" in proc.stderr
 
 
