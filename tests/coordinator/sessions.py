@@ -14,6 +14,14 @@ Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMess
 
 
 async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[Call, str]:
+    call, welcome = await welcomed(served, signer, owner_key)
+    return call, welcome.node_id
+
+
+async def welcomed(
+    served: Served, signer: Signer, owner_key: str = ""
+) -> tuple[Call, worker_pb2.Welcome]:
+    """A session through its handshake, and the Welcome that ends it."""
     stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
     call: Call = stub.Session(metadata=served.auth(owner_key) if owner_key else None)
     await call.write(
@@ -30,5 +38,4 @@ async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[
     signed = signer.sign(REGISTER_TAG, challenge.nonce + challenge.session_id.encode())
     answer = worker_pb2.ChallengeResponse(signature=signed)
     await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
-    welcome = (await call.read()).welcome
-    return call, welcome.node_id
+    return call, (await call.read()).welcome

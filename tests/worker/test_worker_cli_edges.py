@@ -1,5 +1,5 @@
 """The worker at its edges: a reader that leaves the pipe early, `worker credit` without
-the owner's key, and limits with no sensor to read them."""
+the owner's key, limits with no sensor to read them, and a node the coordinator holds back."""
 
 import logging
 import os
@@ -11,8 +11,10 @@ import pytest
 
 from sparegrid.wire.clock import SystemClock
 from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.node.status import render
 from sparegrid.worker.startup import make_monitor
-from sparegrid.worker.testing.harness import make_config
+from sparegrid.worker.testing.coordinator import FakeCoordinator
+from sparegrid.worker.testing.harness import make_config, running_worker, wait_until
 
 
 def sparegrid(*args: str) -> list[str]:
@@ -112,3 +114,28 @@ def test_no_limit_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
             lambda index: False,
         )
     assert not any("does nothing" in r.message for r in caplog.records)
+
+
+async def test_a_node_held_back_says_so_in_its_status_and_log(
+    coordinator: FakeCoordinator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator.standing = ("quarantined", "3 invalid results; last: outvoted on task t-0")
+    config = make_config(tmp_path, coordinator.address)
+    with caplog.at_level(logging.WARNING, logger="sparegrid.worker"):
+        async with running_worker(config) as (worker, _):
+            await wait_until(lambda: worker.connected)
+            snapshot = worker.status()
+    assert snapshot["standing"] == {"state": "quarantined", "reason": coordinator.standing[1]}
+    assert "standing: quarantined (3 invalid results; last: outvoted on task t-0)" in render(
+        snapshot
+    )
+    assert any("is quarantined and gets no work" in r.message for r in caplog.records)
+
+
+async def test_an_active_node_shows_no_standing_line(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    async with running_worker(make_config(tmp_path, coordinator.address)) as (worker, _):
+        await wait_until(lambda: worker.connected)
+        snapshot = worker.status()
+    assert snapshot["standing"]["state"] == "active" and "standing:" not in render(snapshot)

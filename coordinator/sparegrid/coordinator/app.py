@@ -212,6 +212,14 @@ class App:
         self.metrics = CoordinatorMetrics(self)
         self.events.listeners.append(self.metrics.event)
         self.intake.on_settled = self.metrics.settled
+        self.reputations.on_blocked = self._end_session
+
+    def _end_session(self, node_id: str) -> None:
+        """A node quarantined or banned: its session ends, and the worker hears its standing
+        and why in the Welcome of the next one."""
+        session = self.scheduler.sessions.get(node_id)
+        if session is not None:
+            session.sink.close()
 
     def _voters(self) -> int:
         """Accounts whose nodes' results would count as votes (for a quorum's check)."""

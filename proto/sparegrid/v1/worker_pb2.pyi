@@ -393,9 +393,17 @@ class Welcome(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     RESUMED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     CANCELLED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    STANDING_FIELD_NUMBER: _builtins.int
+    STANDING_REASON_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_token: _builtins.str
     """for BlobService calls of this session"""
+    standing: _builtins.str
+    """the node's standing: "active", "pending" (awaits `admin node approve`), "quarantined"
+    or "banned" (it gets no work); with why. Sent again at each session start: the
+    coordinator ends the session of a node it quarantines or bans.
+    """
+    standing_reason: _builtins.str
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -417,10 +425,12 @@ class Welcome(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         resumed_attempts: _abc.Iterable[_builtins.str] | None = ...,
         cancelled_attempts: _abc.Iterable[_builtins.str] | None = ...,
+        standing: _builtins.str = ...,
+        standing_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token", "standing", b"standing", "standing_reason", b"standing_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,7 @@ class Worker:
         self._last_done: dict[int, float] = {}
         self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
+        self.standing: tuple[str, str] = ("active", "")  # from the last Welcome
         self._status = StatusServer(config.status_path, self.status)
         self.metrics = WorkerMetrics(self)
         rate = config.max_download_rate
@@ -306,6 +307,15 @@ class Worker:
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self.standing = (welcome.standing or "active", welcome.standing_reason)
+        if self.standing[0] != "active":
+            what = {
+                "pending": "waits for an operator to approve it (`sparegrid admin node approve`)",
+                "quarantined": "is quarantined and gets no work until an operator reinstates it",
+                "banned": "is banned and gets no work until an operator reinstates it",
+            }.get(self.standing[0], f"is {self.standing[0]}")
+            reason = f": {welcome.standing_reason}" if welcome.standing_reason else ""
+            _log.warning("the coordinator says this node %s%s", what, reason)
         self._hinted = False
         self._session = session
         self._connected.set()

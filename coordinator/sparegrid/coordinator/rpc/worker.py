@@ -213,6 +213,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             app.session_tokens[token] = node.id
             log.info("node %s (%s) connected, %d device(s)", node.id, node.name, len(node.devices))
             reader = asyncio.create_task(self._read(node, incoming, sink))
+            standing = app.reputations.get(node.id)
             yield Msg(
                 welcome=worker_pb2.Welcome(
                     node_id=node.id,
@@ -221,6 +222,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     lease_duration=_seconds(app.settings.lease_seconds),
                     resumed_attempts=resumed,
                     cancelled_attempts=cancelled,
+                    standing=standing.standing.value,
+                    standing_reason=standing.reason,
                 )
             )
             while (message := await sink.queue.get()) is not _CLOSE:

@@ -10,6 +10,7 @@ node with a rare hardware fault is not shut out for life.
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparegrid.coordinator.clock import Clock
@@ -36,6 +37,9 @@ class Reputations:
     """Reputations of every node seen, cached in memory, written through to the store."""
 
     events: Events | None = None  # quarantines, bans, reinstatements and approvals
+    # called with a node's id when it is quarantined or banned (the app ends its session,
+    # so the worker hears its standing and why when it reconnects)
+    on_blocked: Callable[[str], None] | None = None
 
     def __init__(
         self, store: Store, clock: Clock, config: TrustConfig, rng: random.Random | None = None
@@ -102,6 +106,7 @@ class Reputations:
             rep.reason = f"{rep.strikes} invalid results; last: {reason}"
             log.warning("node %s quarantined: %s", node_id, rep.reason)
             self._event(EventKind.QUARANTINE, rep)
+            self._blocked(node_id)
         self._save([rep])
         return rep
 
@@ -109,6 +114,7 @@ class Reputations:
         rep = self._mutable(node_id)
         rep.standing, rep.reason = Standing.BANNED, reason or "banned by the operator"
         self._event(EventKind.BAN, rep)
+        self._blocked(node_id)
         self._save([rep])
         return rep
 
@@ -150,6 +156,10 @@ class Reputations:
             rep = self._cache[node_id] = Reputation(node_id)
         rep.updated_at = self._clock.now()
         return rep
+
+    def _blocked(self, node_id: str) -> None:
+        if self.on_blocked is not None:
+            self.on_blocked(node_id)
 
     def _event(self, kind: EventKind, rep: Reputation) -> None:
         if self.events is not None:

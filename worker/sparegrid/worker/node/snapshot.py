@@ -46,6 +46,8 @@ class StatusView(Protocol):
     @property
     def draining(self) -> bool: ...
     @property
+    def standing(self) -> tuple[str, str]: ...
+    @property
     def device_state_name(self) -> str: ...
     @property
     def user_input_name(self) -> str: ...
@@ -126,6 +128,7 @@ def status_snapshot(worker: StatusView) -> dict[str, Any]:
         "name": config.name,
         "coordinator": config.coordinator,
         "connected": worker.connected,
+        "standing": {"state": worker.standing[0], "reason": worker.standing[1]},
         "draining": worker.draining,
         "device_state": worker.device_state_name,
         "user_input": worker.user_input_name,

@@ -127,6 +127,15 @@ def _device_line(device: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _standing_line(standing: dict[str, str]) -> list[str]:
+    """A line only when the coordinator holds the node back, with its reason."""
+    state = standing.get("state") or "active"
+    if state == "active":
+        return []
+    reason = standing.get("reason")
+    return [f"standing: {state}" + (f" ({reason})" if reason else "") + ": it gets no work"]
+
+
 def render(snapshot: Snapshot) -> str:
     """The table `sparegrid worker status` prints."""
     connected = "connected" if snapshot.get("connected") else "not connected"
@@ -135,6 +144,7 @@ def render(snapshot: Snapshot) -> str:
     lines = [
         f"node {snapshot.get('node_id')} ({snapshot.get('name')}), coordinator "
         f"{snapshot.get('coordinator')}: {connected}{draining}",
+        *_standing_line(snapshot.get("standing") or {}),
         f"credit earned: {credit.get('today', 0)} today, {credit.get('total', 0)} in total "
         f"({credit.get('results', 0)} results accepted)",
         f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}; "

@@ -114,6 +114,7 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
         self.heartbeat_seconds = heartbeat_seconds
         self.ack_results = ack_results
         self.resume = True  # Welcome resumes every attempt the worker reports running
+        self.standing = ("active", "")  # what Welcome says of the node's standing, and why
         self.blobs: dict[str, bytes] = {}
         self.uploads: list[str] = []
         self.downloads: list[tuple[str, int]] = []
@@ -198,6 +199,8 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
             session_token=session.token,
             resumed_attempts=running if self.resume else [],
             cancelled_attempts=[] if self.resume else running,
+            standing=self.standing[0],
+            standing_reason=self.standing[1],
         )
         welcome.heartbeat_interval.FromMilliseconds(int(self.heartbeat_seconds * 1000))
         welcome.lease_duration.FromSeconds(60)
