@@ -20,6 +20,7 @@ import pytest
 from sparegrid.cli.main import main
 from sparegrid.wire.clock import FakeClock, SystemClock
 from sparegrid.worker.node.status import read_status, render, send_command
+from sparegrid.worker.policy import DevicePolicy, DeviceState, Mode, PolicySettings
 from sparegrid.worker.policy.pause import ManualPause
 from sparegrid.worker.testing import (
     FakeCoordinator,
@@ -56,15 +57,17 @@ async def ask(path: Path, command: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(send_command, path, command)
 
 
-async def raw(path: Path, data: bytes) -> dict[str, Any]:
-    """What the daemon answers to these bytes, sent as they are."""
+async def raw(path: Path, data: bytes, hang_up: bool = True) -> dict[str, Any]:
+    """What the daemon answers to these bytes, sent as they are (then, unless `hang_up`
+    is False, the end of what the client sends: else the daemon waits for more)."""
 
     def exchange() -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect(str(path))
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            if hang_up:
+                sock.shutdown(socket.SHUT_WR)
             answer = b""
             while chunk := sock.recv(1 << 16):
                 answer += chunk
@@ -131,6 +134,25 @@ async def test_pause_for_a_while_ends_by_itself_at_its_deadline(
         assert not (tmp_path / "pause.json").exists()
 
 
+def test_the_pause_comes_before_the_other_rules_and_restarts_the_owner_idle_timer() -> None:
+    policy = DevicePolicy(0, PolicySettings(idle_seconds=60, max_temp=80.0))
+    hot, cool = DeviceState(0, temperature=90.0), DeviceState(0, temperature=50.0)
+
+    def mode(state: DeviceState, mono: float, paused: str = "", window: float = 1e9) -> Mode:
+        return policy.evaluate(state, lambda pid: False, False, mono, window, None, paused).mode
+
+    assert mode(cool, 0.0) is Mode.WAITING
+    decision = policy.evaluate(hot, lambda pid: False, True, 30.0, 0.0, None, "until 22:00")
+    assert (decision.mode, decision.reason, decision.may_work) == (
+        Mode.PAUSED,
+        "until 22:00",
+        False,
+    )
+    assert mode(cool, 61.0) is Mode.WAITING  # the owner's 60 s start when the pause ends
+    assert mode(cool, 120.0) is Mode.WAITING
+    assert mode(cool, 121.0) is Mode.READY
+
+
 def test_a_pause_ends_at_its_deadline_and_is_kept_on_disk(tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 12, 7, 23, 30))
     pause = ManualPause(tmp_path / "pause.json", clock)
@@ -190,6 +212,7 @@ BAD = [
     b'{"resume": true, "pause": 10}\n',
     b'{"shutdown": true}\n',
     b'{"pause": 10' + b" " * 400 + b"}\n",
+    b'{"resume": true}\n{"pause": null}\n',
 ]
 
 
@@ -207,6 +230,8 @@ async def test_malformed_commands_change_nothing_and_the_daemon_keeps_serving(
             assert set(answer) == {"error"}, data
             assert not worker.pause.paused and not (tmp_path / "pause.json").exists()
         assert "pause" in (await raw(sock, b'{"pause": -5}'))["error"]
+        assert "one line of JSON" in (await raw(sock, b'{"pause": 6', hang_up=False))["error"]
+        assert "devices" in await raw(sock, b"", hang_up=False)  # silent client: the status
         await asyncio.sleep(0.1)
         assert worker.attempt_phases().get("long") == "running"
         assert session.failures() == []
