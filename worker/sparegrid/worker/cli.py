@@ -1,4 +1,5 @@
-"""`sparegrid worker run`, `worker status`, `worker credit` and `worker id`.
+"""`sparegrid worker run`, `worker status`, `worker pause|snooze|resume`, `worker credit`
+and `worker id`.
 
 Settings are layered: defaults < TOML file < SPAREGRID_WORKER_* environment < flags,
 validated once (see sparegrid.worker.settings).
@@ -16,11 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparegrid.wire import Signer
+from sparegrid.wire.config import to_duration
 from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
 from sparegrid.worker.logs import configure_logging
 from sparegrid.worker.node.devices import DeviceInfo, detect_devices
 from sparegrid.worker.node.identity import load_identity
-from sparegrid.worker.node.status import StatusUnavailable, read_status, render, status_line
+from sparegrid.worker.node.status import (
+    StatusUnavailable,
+    read_status,
+    render,
+    send_command,
+    status_line,
+)
+from sparegrid.worker.policy.pause import PauseError, check_seconds
 from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
 from sparegrid.worker.startup import check_devices
 
@@ -32,6 +41,7 @@ ENV_STATUS_SOCKET = "SPAREGRID_WORKER_STATUS_SOCKET"
 ENV_COORDINATOR = "SPAREGRID_COORDINATOR"
 DEFAULT_DATA_DIR = "sparegrid-worker"
 STATUS_LINE_SECONDS = 1.0
+SNOOZE = "1h"
 
 
 def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
@@ -72,6 +82,35 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     status.add_argument("--config", type=Path, metavar="TOML", help="the worker's settings file")
     status.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
     status.set_defaults(func=status_command)
+    _control_commands(commands)
+
+
+def _control_commands(commands: "argparse._SubParsersAction[Any]") -> None:
+    """`worker pause`, `snooze` and `resume`: they talk to the running daemon's socket."""
+    pause = commands.add_parser(
+        "pause",
+        help="stop lending now (running tasks are handed back), until `worker resume`",
+        description="Pauses the running worker without a restart: its running tasks are "
+        "stopped and handed back (not held against the node), and it takes no new work "
+        "until `sparegrid worker resume`, or until the --for time is up. A restart keeps it.",
+    )
+    pause.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 90m, 2h, 1d")
+    snooze = commands.add_parser(
+        "snooze",
+        help=f"pause for {SNOOZE} (or --for), then lend again by itself",
+        description=f"`worker pause --for {SNOOZE}`: stops lending now, resumes by itself.",
+    )
+    snooze.add_argument(
+        "--for", dest="duration", metavar="DURATION", default=SNOOZE, help=f"({SNOOZE})"
+    )
+    resume = commands.add_parser("resume", help="lift a pause or snooze now")
+    for parser in (pause, snooze, resume):
+        _data_dir_flag(parser)
+        parser.add_argument("--status-socket", type=Path, metavar="PATH", help="the socket")
+        parser.add_argument("--config", type=Path, metavar="TOML", help="the settings file")
+    pause.set_defaults(func=pause_command)
+    snooze.set_defaults(func=pause_command)
+    resume.set_defaults(func=resume_command)
 
 
 def _data_dir_flag(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +178,45 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
+    return 0
+
+
+def pause_command(args: argparse.Namespace) -> int:
+    seconds = None
+    if args.duration is not None:
+        try:
+            seconds = check_seconds(to_duration(args.duration))
+        except ValueError as exc:  # PauseError too
+            print(f"error: --for {args.duration!r} {_why(exc)}", file=sys.stderr)
+            return 2
+    return _control(args, {"pause": seconds})
+
+
+def _why(exc: ValueError) -> str:
+    return str(exc).replace("the pause length ", "") if isinstance(exc, PauseError) else str(exc)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    return _control(args, {"resume": True})
+
+
+def _control(args: argparse.Namespace, command: dict[str, Any]) -> int:
+    """Sends one command to the daemon and says what it did."""
+    try:
+        answer = send_command(_status_path(args, os.environ), command)
+    except (StatusUnavailable, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if "error" in answer or not answer.get("ok"):
+        print(f"error: the worker refused: {answer.get('error', answer)}", file=sys.stderr)
+        return 1
+    pause = answer.get("pause")
+    if pause:
+        print(f"paused {pause.get('reason')}: running tasks are handed back, no new work")
+    elif answer.get("was_paused"):
+        print("resumed: the worker lends its devices again")
+    else:
+        print("the worker was not paused")
     return 0
 
 

@@ -38,6 +38,7 @@ from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
 )
+from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.slots.child.protocol import Outcome
@@ -100,13 +101,15 @@ class Worker:
             self._our_pids,
             self._device_busy,
         )
+        self.pause = ManualPause(config.data_dir / "pause.json", self._clock)
+        self._monitor.paused = self.pause.reason
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
         self._last_done: dict[int, float] = {}
         self.earnings = Earnings(config.data_dir / "earnings.json", self.wall_now)
         self.errors = RecentErrors()
         self.standing: tuple[str, str] = ("active", "")  # from the last Welcome
-        self._status = StatusServer(config.status_path, self.status)
+        self._status = StatusServer(config.status_path, self.status, self.control)
         self.metrics = WorkerMetrics(self)
         rate = config.max_download_rate
         self._download_limit = RateLimiter(rate, self._clock) if rate else None
@@ -531,7 +534,26 @@ class Worker:
         )
 
     def status(self) -> dict[str, Any]:
-        return status_snapshot(self)
+        snapshot = status_snapshot(self)
+        snapshot["pause"] = self.pause.snapshot()
+        return snapshot
+
+    def control(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A checked command from the status socket: pause (seconds, or None: until
+        resumed) or resume. The monitor applies it at once: running tasks are preempted."""
+        answer: dict[str, Any] = {"ok": True}
+        try:
+            if "pause" in command:
+                self.pause.pause(command["pause"])
+            else:
+                answer["was_paused"] = self.pause.resume()
+        except PauseError as exc:
+            return {"error": str(exc)}
+        except OSError as exc:
+            return {"error": f"cannot change the pause file: {exc}"}
+        self._monitor.poke()
+        answer["pause"] = self.pause.snapshot()
+        return answer
 
     @property
     def connected(self) -> bool:

@@ -1,8 +1,11 @@
 """`sparegrid worker status`: the daemon answers on a local socket with a JSON snapshot.
 
-The socket (DATA_DIR/status.sock by default, mode 0600) answers every connection with one
-JSON object and closes; nothing is read from the client, so it cannot be made to do
-anything. `render` turns a snapshot into the table the command prints, `status_line`
+The socket (DATA_DIR/status.sock by default, mode 0600: only the volunteer's own user can
+connect) answers every connection with one JSON object and closes. A client that sends
+nothing gets the snapshot. A client may instead send one line of at most
+`MAX_COMMAND` bytes holding exactly one command, `{"pause": SECONDS}` (`null`: until
+resumed) or `{"resume": true}`; the daemon answers `{"ok": true, "pause": ...}`, or
+`{"error": "..."}` and changes nothing for anything else. `render` turns a snapshot into the table the command prints, `status_line`
 into the one line `worker run` keeps up to date on a terminal.
 """
 
@@ -20,7 +23,36 @@ from typing import Any
 
 _log = logging.getLogger("sparegrid.worker.node.status")
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path less the terminating NUL
+MAX_COMMAND = 256  # bytes of one command line
+READ_TIMEOUT = 1.0  # seconds a client has to send its command (or nothing)
 Snapshot = dict[str, Any]
+Command = Callable[[Snapshot], Snapshot]  # a checked command -> its answer
+
+
+class CommandError(ValueError):
+    """A command the daemon refuses; the message says what was wrong."""
+
+
+def parse_command(line: bytes) -> Snapshot:
+    """The one command a line holds; raises CommandError for anything else."""
+    try:
+        command = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise CommandError("the command is not one line of JSON") from None
+    if not isinstance(command, dict) or len(command) != 1:
+        raise CommandError('the command must be {"pause": SECONDS or null} or {"resume": true}')
+    [(name, value)] = command.items()
+    if name == "resume" and value is True:
+        return command
+    if name == "pause" and (
+        value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    ):
+        return command
+    raise CommandError('the command must be {"pause": SECONDS or null} or {"resume": true}')
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
 
 
 class StatusUnavailable(Exception):
@@ -28,9 +60,12 @@ class StatusUnavailable(Exception):
 
 
 class StatusServer:
-    def __init__(self, path: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, path: Path, snapshot: Callable[[], Snapshot], command: Command | None = None
+    ) -> None:
         self.path = path
         self._snapshot = snapshot
+        self._command = command
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> str:
@@ -50,9 +85,11 @@ class StatusServer:
             os.umask(old_umask)
         return ""
 
-    async def _answer(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(json.dumps(self._snapshot(), default=str).encode() + b"\n")
+            line = await self._read_line(reader)
+            answer = self._snapshot() if not line.strip() else self._run(line)
+            writer.write(json.dumps(answer, default=str).encode() + b"\n")
             await writer.drain()
         except Exception:  # a client that hung up, or a bug in the snapshot: keep serving
             _log.debug("status request failed", exc_info=True)
@@ -60,6 +97,34 @@ class StatusServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    @staticmethod
+    async def _read_line(reader: asyncio.StreamReader) -> bytes:
+        """What the client sent up to its first newline, its hang-up or READ_TIMEOUT, and
+        at most MAX_COMMAND + 1 bytes (refused below as too long)."""
+        data = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READ_TIMEOUT):
+                while b"\n" not in data and len(data) <= MAX_COMMAND:
+                    chunk = await reader.read(MAX_COMMAND + 1 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+        return data
+
+    def _run(self, line: bytes) -> Snapshot:
+        """Checks and runs one command; an error object, and no change, if it is refused."""
+        try:
+            if len(line) > MAX_COMMAND:
+                raise CommandError(f"the command is longer than {MAX_COMMAND} bytes")
+            if b"\n" in line.strip():
+                raise CommandError("send one command per connection")
+            if self._command is None:
+                raise CommandError("this socket takes no commands")
+            return self._command(parse_command(line))
+        except CommandError as exc:
+            _log.warning("refused a command on the status socket: %s", exc)
+            return {"error": str(exc)}
 
     async def close(self) -> None:
         if self._server is not None:
@@ -71,11 +136,22 @@ class StatusServer:
 
 def read_status(path: Path, timeout: float = 5.0) -> Snapshot:
     """Asks the daemon listening on `path`; raises StatusUnavailable saying why not."""
+    return _ask(path, b"", timeout)
+
+
+def send_command(path: Path, command: Snapshot, timeout: float = 5.0) -> Snapshot:
+    """Sends one command to the daemon; its answer. Raises StatusUnavailable if none."""
+    return _ask(path, json.dumps(command).encode() + b"\n", timeout)
+
+
+def _ask(path: Path, request: bytes, timeout: float) -> Snapshot:
     hint = "is `sparegrid worker run` running with this --data-dir (or --status-socket)?"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)  # all it has to say: the daemon answers at once
             chunks = []
             while chunk := sock.recv(1 << 16):
                 chunks.append(chunk)
@@ -149,6 +225,7 @@ def render(snapshot: Snapshot) -> str:
         f"({credit.get('results', 0)} results accepted)",
         f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}; "
         f"keyboard and mouse: {snapshot.get('user_input', 'none')}",
+        f"paused by the volunteer: {_pause(snapshot.get('pause'))}",
         "devices:",
     ]
     for device in snapshot.get("devices", []):
@@ -161,6 +238,12 @@ def render(snapshot: Snapshot) -> str:
     lines.append("recent errors:" if errors else "recent errors: none")
     lines += [f"  {e['time']}  {e['message']}" for e in errors]
     return "\n".join(lines)
+
+
+def _pause(pause: Any) -> str:
+    if not isinstance(pause, dict):
+        return "no (`sparegrid worker pause` or `snooze` pauses it)"
+    return f"yes, {pause.get('reason')}"
 
 
 def status_line(snapshot: Snapshot) -> str:

@@ -6,7 +6,6 @@ VRAM overrun) changes, which is how the daemon learns to preempt and to lease ag
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -47,6 +46,7 @@ class DeviceMonitor:
         self._running = running
         self._proc = proc
         self._wake = asyncio.Event()
+        self.paused: Callable[[], str] = str  # the volunteer's pause in force, or ""
 
     def poll(self) -> dict[int, Decision]:
         """Reads every device once, decides, and returns the decisions that changed."""
@@ -58,6 +58,7 @@ class DeviceMonitor:
         ours = self._our_pids()
         window_left = self.settings.windows.seconds_left(local_time(self._clock))
         mono = self._clock.monotonic()
+        paused = self.paused()
         changed = {}
         for index, policy in self.policies.items():
             decision = policy.evaluate(
@@ -67,6 +68,7 @@ class DeviceMonitor:
                 mono,
                 window_left,
                 self._input_idle,
+                paused,
             )
             old = self.decisions[index]
             self.decisions[index] = decision
@@ -117,10 +119,11 @@ class DeviceMonitor:
             try:
                 await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for fut in (sleeper, waker):
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await fut
+                sleeper.cancel()
+                waker.cancel()
+                # not `suppress(CancelledError)` around each: that would also swallow a
+                # cancel of this loop arriving meanwhile (e.g. a poke just before shutdown)
+                await asyncio.gather(sleeper, waker, return_exceptions=True)
 
     def close(self) -> None:
         self.source.close()

@@ -1,6 +1,7 @@
 """The rules that decide, from one reading, whether this node may use a device now.
 
-In order of precedence: the device is disabled; the time window is closed; the reading
+In order of precedence: the device is disabled; the volunteer paused the node (`sparegrid
+worker pause`, until a time or until resumed); the time window is closed; the reading
 failed; the owner is using the GPU (another process on it, memory used by others, high
 utilization while none of our tasks runs, or, if enabled, keyboard or mouse input within
 `input_idle_seconds`); too hot (pause at `max_temp`, resume at
@@ -23,6 +24,7 @@ class Mode(StrEnum):
     READY = "ready"
     WAITING = "idle-waiting"
     OWNER_ACTIVE = "paused: owner active"
+    PAUSED = "paused: by the volunteer"
     TOO_HOT = "paused: too hot"
     POWER = "paused: over power cap"
     UNREADABLE = "paused: device unreadable"
@@ -80,13 +82,14 @@ class DevicePolicy:
         mono: float,
         window_left: float,
         input_idle: float | None = None,  # seconds since the desktop user's last input
+        paused: str = "",  # the volunteer's pause in force: until when; "" if none
     ) -> Decision:
         s = self.settings
         owner = self._owner_activity(state, is_ours, running)
         recent_input = input_idle is not None and input_idle < s.input_idle_seconds
         if not owner and recent_input:
             owner = f"keyboard or mouse used {input_idle:.0f}s ago"
-        if owner or state.error:
+        if owner or state.error or paused:
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = mono
@@ -98,6 +101,8 @@ class DevicePolicy:
 
         if s.enabled is not None and self.index not in s.enabled:
             return decide(Mode.DISABLED, "not in the devices this node may use")
+        if paused:
+            return decide(Mode.PAUSED, paused)
         if window_left <= 0:
             return decide(Mode.OUTSIDE_WINDOW, f"windows: {s.windows.describe()}")
         if state.error:
