@@ -1,17 +1,20 @@
 """The worker at its edges: a reader that leaves the pipe early, `worker credit` without
 the owner's key, limits with no sensor to read them, and a node the coordinator holds back."""
 
+import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sparegrid.wire.clock import SystemClock
 from sparegrid.worker.node.devices import DeviceInfo
-from sparegrid.worker.node.status import render
+from sparegrid.worker.node.status import StatusUnavailable, read_status, render
 from sparegrid.worker.startup import make_monitor
 from sparegrid.worker.testing.coordinator import FakeCoordinator
 from sparegrid.worker.testing.harness import make_config, running_worker, wait_until
@@ -139,3 +142,63 @@ async def test_an_active_node_shows_no_standing_line(
         await wait_until(lambda: worker.connected)
         snapshot = worker.status()
     assert snapshot["standing"]["state"] == "active" and "standing:" not in render(snapshot)
+
+
+async def test_reload_takes_new_limits_into_force_and_names_the_rest(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, coordinator.address)
+    async with running_worker(config) as (worker, _):
+        await wait_until(lambda: worker.connected)
+        fresh = dataclasses.replace(config, max_temp=75.0, idle_seconds=30.0, name="renamed")
+        applied, later = worker.reload(fresh)
+        snapshot = worker.status()
+    assert sorted(applied) == ["idle_seconds", "max_temp"] and later == ["name"]
+    assert snapshot["limits"]["max_temp"] == 75.0 and snapshot["name"] == "test-node"
+    assert "max temp 75 C" in render(snapshot)
+
+
+def test_sighup_rereads_the_settings_file(tmp_path: Path) -> None:
+    """A real `worker run`: the file's max_temp changes, SIGHUP, and status shows it; a
+    broken file leaves the limits in force."""
+    settings = tmp_path / "worker.toml"
+    settings.write_text("max_temp = 80\n")
+    data = tmp_path / "node"
+    cmd = sparegrid(
+        "worker",
+        "run",
+        "--config",
+        str(settings),
+        "--data-dir",
+        str(data),
+        "--coordinator",
+        "127.0.0.1:9",
+        "--sandbox",
+        "off",
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def limit() -> object:
+        try:
+            return read_status(data / "status.sock")["limits"]["max_temp"]
+        except StatusUnavailable:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        while limit() != 80 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert limit() == 80
+        settings.write_text("max_temp = 70\n")
+        proc.send_signal(signal.SIGHUP)
+        while limit() != 70 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert limit() == 70
+        settings.write_text("max_temp = 'hot'\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert limit() == 70 and proc.poll() is None  # kept, and still running
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "settings not reloaded, the limits in force stay" in err and "max_temp" in err

@@ -9,10 +9,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,7 +273,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"  {describe_device(device)}")
     print(f"  {detection.summary}", flush=True)
     try:
-        return asyncio.run(_serve(config, detection.devices, live))
+        return asyncio.run(
+            _serve(config, detection.devices, live, lambda: config_from(args, os.environ))
+        )
     except ConfigError as exc:  # e.g. --sandbox require where isolation is incomplete
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -287,7 +290,12 @@ async def _status_line(worker: "Worker") -> None:
         await asyncio.sleep(STATUS_LINE_SECONDS)
 
 
-async def _serve(config: WorkerConfig, devices: tuple[DeviceInfo, ...], live: bool) -> int:
+async def _serve(
+    config: WorkerConfig,
+    devices: tuple[DeviceInfo, ...],
+    live: bool,
+    reread: Callable[[], WorkerConfig],
+) -> int:
     from sparegrid.worker.daemon import Worker  # gRPC is imported only by commands that use it
 
     worker = Worker(config, devices=devices)
@@ -302,15 +310,24 @@ async def _serve(config: WorkerConfig, devices: tuple[DeviceInfo, ...], live: bo
             with contextlib.suppress(OSError):  # stderr may be a closed pipe
                 print("draining: finishing held tasks (signal again to stop now)", file=sys.stderr)
 
+    def on_hangup() -> None:  # SIGHUP: the limits in the settings file, read again
+        try:
+            worker.reload(reread())
+        except ConfigError as exc:
+            logging.getLogger("sparegrid.worker").error(
+                "settings not reloaded, the limits in force stay: %s", exc
+            )
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await worker.run()
     finally:
         if line is not None:
             line.cancel()
             sys.stderr.write("\n")
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0

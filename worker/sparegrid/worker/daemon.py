@@ -37,6 +37,7 @@ from sparegrid.worker.node.status import RecentErrors, StatusServer
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
+    IdleSource,
 )
 from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
@@ -60,6 +61,16 @@ from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
 from sparegrid.worker.upstream.session import Session, connect, open_channel, reconnect_delay
 
 _log = logging.getLogger("sparegrid.worker")
+# the limits `Worker.reload` (SIGHUP) takes into force without a restart
+RELOADABLE = (
+    "idle_seconds",
+    "max_utilization",
+    "max_other_memory_mib",
+    "max_temp",
+    "temp_hysteresis",
+    "power_cap",
+    "windows",
+)
 DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
 PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
@@ -536,7 +547,36 @@ class Worker:
     def status(self) -> dict[str, Any]:
         snapshot = status_snapshot(self)
         snapshot["pause"] = self.pause.snapshot()
+        snapshot["limits"] = {n: getattr(self.config, n) for n in RELOADABLE}
         return snapshot
+
+    def reload(self, fresh: WorkerConfig) -> tuple[list[str], list[str]]:
+        """Takes the limits of `fresh` (the settings read again, on SIGHUP) into force now;
+        returns (the limits changed, the other settings changed: they wait for a restart)."""
+        applied = [n for n in RELOADABLE if getattr(fresh, n) != getattr(self.config, n)]
+        later = [
+            f.name
+            for f in dataclasses.fields(WorkerConfig)
+            if f.compare
+            and f.name not in RELOADABLE
+            and getattr(fresh, f.name) != getattr(self.config, f.name)
+        ]
+        self.config = dataclasses.replace(self.config, **{n: getattr(fresh, n) for n in applied})
+        settings = self.config.policy()
+        if isinstance(self._monitor.source, IdleSource):  # no readings: no owner to wait for
+            settings = dataclasses.replace(settings, idle_seconds=0.0)
+        self._monitor.settings = settings
+        if "power_cap" in applied:
+            apply_power_cap(self.config, self._monitor.source, self.devices)
+        self._monitor.poke()
+        _log.info(
+            "settings reloaded: %s%s",
+            ", ".join(f"{n} = {getattr(self.config, n)}" for n in applied) or "no limit changed",
+            f"; {', '.join(later)} changed too: they take effect at the next start"
+            if later
+            else "",
+        )
+        return applied, later
 
     def control(self, command: dict[str, Any]) -> dict[str, Any]:
         """A checked command from the status socket: pause (seconds, or None: until

@@ -203,6 +203,21 @@ def _device_line(device: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _limits_line(limits: dict[str, Any] | None) -> list[str]:
+    """The limits in force (SIGHUP reloads them from the settings file)."""
+    if not limits:
+        return []
+    temp, cap = limits.get("max_temp"), limits.get("power_cap")
+    parts = [
+        f"idle {limits.get('idle_seconds', 0):g} s before work",
+        f"others' GPU use up to {limits.get('max_utilization', 0):g}%",
+        f"others' GPU memory up to {limits.get('max_other_memory_mib', 0)} MiB",
+        "no temperature limit" if temp is None else f"max temp {temp:g} C",
+        "no power cap" if cap is None else f"power cap {cap:g} W",
+    ]
+    return ["limits in force: " + ", ".join(parts)]
+
+
 def _standing_line(standing: dict[str, str]) -> list[str]:
     """A line only when the coordinator holds the node back, with its reason."""
     state = standing.get("state") or "active"
@@ -226,6 +241,7 @@ def render(snapshot: Snapshot) -> str:
         f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}; "
         f"keyboard and mouse: {snapshot.get('user_input', 'none')}",
         f"paused by the volunteer: {_pause(snapshot.get('pause'))}",
+        *_limits_line(snapshot.get("limits")),
         "devices:",
     ]
     for device in snapshot.get("devices", []):
