@@ -32,11 +32,33 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 if not MISSING:
     from selenium import webdriver
-    from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoAlertPresentException,
+        SessionNotCreatedException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
+
+
+def _start_chromium(options: "webdriver.ChromeOptions", tmp_path: Path) -> "WebDriver":
+    """Chromium, started again (up to 3 tries) when it exits while starting up, as it now and
+    then does under load in a container; the last try's driver log is in the failure."""
+    log = tmp_path / "chromedriver.log"
+    for attempt in range(3):
+        service = Service(executable_path=str(DRIVER), log_output=str(log))
+        try:
+            return webdriver.Chrome(options=options, service=service)
+        except SessionNotCreatedException as exc:
+            if attempt == 2:
+                tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+                raise AssertionError(
+                    f"chromium did not start 3 times; driver log:\n{tail}"
+                ) from exc
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture
@@ -55,7 +77,7 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> "Iterator[WebDriv
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
+    driver = _start_chromium(options, tmp_path)
     driver.set_page_load_timeout(30)
     try:
         yield driver
