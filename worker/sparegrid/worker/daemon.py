@@ -37,7 +37,6 @@ from sparegrid.worker.node.status import RecentErrors, StatusServer
 from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
-    IdleSource,
 )
 from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
@@ -50,6 +49,7 @@ from sparegrid.worker.startup import (
     check_devices,
     check_isolation,
     make_monitor,
+    policy_settings,
     sandbox_settings,
 )
 from sparegrid.worker.upstream.backoff import Backoff
@@ -562,10 +562,7 @@ class Worker:
             and getattr(fresh, f.name) != getattr(self.config, f.name)
         ]
         self.config = dataclasses.replace(self.config, **{n: getattr(fresh, n) for n in applied})
-        settings = self.config.policy()
-        if isinstance(self._monitor.source, IdleSource):  # no readings: no owner to wait for
-            settings = dataclasses.replace(settings, idle_seconds=0.0)
-        self._monitor.settings = settings
+        self._monitor.settings = policy_settings(self.config, self._monitor.source)
         if "power_cap" in applied:
             apply_power_cap(self.config, self._monitor.source, self.devices)
         self._monitor.poke()

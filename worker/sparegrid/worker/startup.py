@@ -12,7 +12,7 @@ from pathlib import Path
 from sparegrid.wire.clock import Clock
 from sparegrid.worker.config import ConfigError, WorkerConfig
 from sparegrid.worker.node.devices import DeviceInfo
-from sparegrid.worker.policy import DeviceStateSource, IdleSource
+from sparegrid.worker.policy import DeviceStateSource, IdleSource, PolicySettings
 from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
 from sparegrid.worker.policy.nvml import NvmlSource
 from sparegrid.worker.policy.userinput import InputIdle, NoInput, make_input_idle
@@ -35,10 +35,8 @@ def make_monitor(
         source, note = make_source(config.device_state, uuids)
         if note:
             _log.warning(note)
-    settings = config.policy()
+    settings = policy_settings(config, source)
     _warn_unread_limits(config, devices, source)
-    if isinstance(source, IdleSource):  # nothing to watch: no owner to wait for
-        settings = dataclasses.replace(settings, idle_seconds=0.0)
     user_input: InputIdle = NoInput()
     if config.input_idle_seconds:
         user_input, note = make_input_idle(config.input_source)
@@ -73,13 +71,23 @@ async def check_isolation(config: WorkerConfig) -> Report:
     return report
 
 
+def policy_settings(config: WorkerConfig, source: DeviceStateSource) -> PolicySettings:
+    """The rules' settings for what `source` can read: with no readings there is no owner
+    to wait for, so no idle time before work."""
+    settings = config.policy()
+    if isinstance(source, IdleSource):
+        settings = dataclasses.replace(settings, idle_seconds=0.0)
+    return settings
+
+
 def _warn_unread_limits(
     config: WorkerConfig, devices: Sequence[DeviceInfo], source: DeviceStateSource
 ) -> None:
     """A temperature or power limit with nothing to read it from does nothing: say so, once,
     rather than let the volunteer believe the machine is protected."""
-    if isinstance(source, IdleSource) or not any(d.kind == "cuda" for d in devices):
-        where = "no GPU here" if not any(d.kind == "cuda" for d in devices) else source.name
+    gpu = any(d.kind == "cuda" for d in devices)
+    if isinstance(source, IdleSource) or not gpu:
+        where = source.name if gpu else "no GPU here"
         for flag, value, unit in (
             ("--max-temp", config.max_temp, "C"),
             ("--power-cap", config.power_cap, "W"),
