@@ -21,6 +21,7 @@ from sparegrid.coordinator.services.webhooks import (
 from sparegrid.wire import Signer
 from sparegrid.wire.webhook import verify
 from tests.coordinator.helpers import FakeNode, echo, make_app, make_client
+from tests.coordinator.verifying import upload
 
 
 def spec(tasks: int, **extra: object) -> JobSpec:
@@ -98,6 +99,25 @@ def test_estimate_matches_submit_and_stores_nothing(tmp_path) -> None:
     FakeNode(app, "n1"), FakeNode(app, "n2")  # two vetted owners: a 2-of-2 quorum may form
     quorum = estimate(app.jobs.plan(app.jobs.prepare(alice, spec(10, replicas=2, quorum=2))))
     assert (quorum.policy, quorum.max_paid_results, quorum.max_held) == ("2 of 2", 2, 20)
+
+
+def test_an_estimate_cannot_read_or_probe_another_accounts_blob(tmp_path) -> None:
+    """A rogue client naming bob's input digest learns no more than from a made-up one."""
+    app = make_app(tmp_path)
+    alice, bob = make_client(app, "alice"), make_client(app, "bob")
+    theirs = upload(app, bob.id, b"bob's private input")
+    made_up = "ab" * 32
+    said = []
+    for digest in (theirs, made_up):
+        params = json.dumps({"tasks": 1}).encode()
+        with pytest.raises(CoordinatorError) as caught:
+            app.jobs.prepare(
+                alice, JobSpec(kind="checksum", params=params, inputs={"data": digest})
+            )
+        assert caught.value.code == "BLOB_NOT_FOUND"
+        said.append(caught.value.message.replace(digest, "DIGEST"))
+    assert said[0] == said[1]  # the same words: no oracle for what bob stored
+    assert app.store.list_jobs(alice.id) == []
 
 
 # --- webhooks ------------------------------------------------------------------------------
