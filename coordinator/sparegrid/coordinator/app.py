@@ -22,6 +22,7 @@ from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries, Ca
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
+from sparegrid.coordinator.services.invites import Invites, SignupConfig
 from sparegrid.coordinator.services.jobs import (
     DEFAULT_PRICES,
     Jobs,
@@ -102,6 +103,8 @@ class Settings:
     # tasks one account may run at once over all its jobs (0: no cap)
     max_running_per_account: int = 0
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    # signups with an invitation code: attempts allowed per caller address
+    signups: SignupConfig = field(default_factory=SignupConfig)
 
     @property
     def key_path(self) -> Path:
@@ -121,6 +124,7 @@ class App:
         self.events = Events(store, self.clock, settings.events)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
+        self.invites = Invites(store, self.accounts, self.events, self.clock, settings.signups)
         self.signer = Signer.load_or_create(settings.key_path)
         self.reputations = Reputations(store, self.clock, settings.trust)
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)

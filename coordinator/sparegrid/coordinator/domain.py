@@ -343,3 +343,20 @@ class Delivery:
     state: str = "pending"  # pending, delivered, failed
     last_error: str = ""
     created_at: float = 0.0
+
+
+@dataclass
+class Invite:
+    """An invitation code an operator issued: it lets `uses` people sign up, each granted
+    `credit`, until it expires or is revoked (services/invites.py). Only the SHA-256 of
+    the code is kept; `id` names the invitation in lists and revokes."""
+
+    id: str
+    code_hash: str
+    uses: int
+    credit: int
+    note: str
+    created_at: float
+    expires_at: float = 0.0  # 0: never
+    used: int = 0
+    revoked: bool = False

@@ -114,6 +114,21 @@ class AdminServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.CreateInvite = channel.unary_unary(
+                '/sparegrid.v1.AdminService/CreateInvite',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.CreateInviteRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.CreateInviteResponse.FromString,
+                _registered_method=True)
+        self.ListInvites = channel.unary_unary(
+                '/sparegrid.v1.AdminService/ListInvites',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.ListInvitesRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListInvitesResponse.FromString,
+                _registered_method=True)
+        self.RevokeInvite = channel.unary_unary(
+                '/sparegrid.v1.AdminService/RevokeInvite',
+                request_serializer=sparegrid_dot_v1_dot_admin__pb2.RevokeInviteRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_admin__pb2.RevokeInviteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -228,6 +243,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInvite(self, request, context):
+        """An invitation code lets `uses` people create an account of their own with
+        ClientService.Signup, each granted `credit`, until it expires or is revoked. The code
+        is returned once; the coordinator keeps only its hash. No codes: no signups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvites(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeInvite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -310,6 +346,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'CreateInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvite,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.CreateInviteRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.CreateInviteResponse.SerializeToString,
+            ),
+            'ListInvites': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvites,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.ListInvitesRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.ListInvitesResponse.SerializeToString,
+            ),
+            'RevokeInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeInvite,
+                    request_deserializer=sparegrid_dot_v1_dot_admin__pb2.RevokeInviteRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_admin__pb2.RevokeInviteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -744,6 +795,87 @@ class AdminService:
             '/sparegrid.v1.AdminService/WatchEvents',
             sparegrid_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
             sparegrid_dot_v1_dot_admin__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/CreateInvite',
+            sparegrid_dot_v1_dot_admin__pb2.CreateInviteRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.CreateInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/ListInvites',
+            sparegrid_dot_v1_dot_admin__pb2.ListInvitesRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.ListInvitesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.AdminService/RevokeInvite',
+            sparegrid_dot_v1_dot_admin__pb2.RevokeInviteRequest.SerializeToString,
+            sparegrid_dot_v1_dot_admin__pb2.RevokeInviteResponse.FromString,
             options,
             channel_credentials,
             insecure,

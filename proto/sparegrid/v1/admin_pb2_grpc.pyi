@@ -62,6 +62,13 @@ class AdminServiceStub:
     with `follow`, each new one as it is recorded, until the caller hangs up.
     With `follow`, an empty message marks the moment following began.
     """
+    CreateInvite: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateInviteRequest, _admin_pb2.CreateInviteResponse]
+    """An invitation code lets `uses` people create an account of their own with
+    ClientService.Signup, each granted `credit`, until it expires or is revoked. The code
+    is returned once; the coordinator keeps only its hash. No codes: no signups.
+    """
+    ListInvites: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListInvitesRequest, _admin_pb2.ListInvitesResponse]
+    RevokeInvite: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeInviteRequest, _admin_pb2.RevokeInviteResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -97,6 +104,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     with `follow`, each new one as it is recorded, until the caller hangs up.
     With `follow`, an empty message marks the moment following began.
     """
+    CreateInvite: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateInviteRequest, _admin_pb2.CreateInviteResponse]  # type: ignore[assignment]
+    """An invitation code lets `uses` people create an account of their own with
+    ClientService.Signup, each granted `credit`, until it expires or is revoked. The code
+    is returned once; the coordinator keeps only its hash. No codes: no signups.
+    """
+    ListInvites: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListInvitesRequest, _admin_pb2.ListInvitesResponse]  # type: ignore[assignment]
+    RevokeInvite: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeInviteRequest, _admin_pb2.RevokeInviteResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -225,5 +239,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         with `follow`, each new one as it is recorded, until the caller hangs up.
         With `follow`, an empty message marks the moment following began.
         """
+
+    @_abc_1.abstractmethod
+    def CreateInvite(
+        self,
+        request: _admin_pb2.CreateInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateInviteResponse, _abc.Awaitable[_admin_pb2.CreateInviteResponse]]:
+        """An invitation code lets `uses` people create an account of their own with
+        ClientService.Signup, each granted `credit`, until it expires or is revoked. The code
+        is returned once; the coordinator keeps only its hash. No codes: no signups.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInvites(
+        self,
+        request: _admin_pb2.ListInvitesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListInvitesResponse, _abc.Awaitable[_admin_pb2.ListInvitesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeInvite(
+        self,
+        request: _admin_pb2.RevokeInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeInviteResponse, _abc.Awaitable[_admin_pb2.RevokeInviteResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,6 +94,11 @@ class ClientServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.FromString,
                 _registered_method=True)
+        self.Signup = channel.unary_unary(
+                '/sparegrid.v1.ClientService/Signup',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.SignupRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.SignupResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -177,6 +182,14 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Signup(self, request, context):
+        """The one call that takes no API key: an invitation code from the operator creates an
+        account and returns its key, once. Attempts from one address are rate-limited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +252,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.EstimateJob,
                     request_deserializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.SerializeToString,
+            ),
+            'Signup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signup,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.SignupRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.SignupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +583,33 @@ class ClientService:
             '/sparegrid.v1.ClientService/EstimateJob',
             sparegrid_dot_v1_dot_client__pb2.EstimateJobRequest.SerializeToString,
             sparegrid_dot_v1_dot_client__pb2.EstimateJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/Signup',
+            sparegrid_dot_v1_dot_client__pb2.SignupRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.SignupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class ClientServiceStub:
     """
     EstimateJob: _grpc.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]
     """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+    Signup: _grpc.UnaryUnaryMultiCallable[_client_pb2.SignupRequest, _client_pb2.SignupResponse]
+    """The one call that takes no API key: an invitation code from the operator creates an
+    account and returns its key, once. Attempts from one address are rate-limited.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -73,6 +77,10 @@ class ClientServiceAsyncStub(ClientServiceStub):
     """
     EstimateJob: _aio.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]  # type: ignore[assignment]
     """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+    Signup: _aio.UnaryUnaryMultiCallable[_client_pb2.SignupRequest, _client_pb2.SignupResponse]  # type: ignore[assignment]
+    """The one call that takes no API key: an invitation code from the operator creates an
+    account and returns its key, once. Attempts from one address are rate-limited.
+    """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -165,5 +173,15 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.EstimateJobResponse, _abc.Awaitable[_client_pb2.EstimateJobResponse]]:
         """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+
+    @_abc_1.abstractmethod
+    def Signup(
+        self,
+        request: _client_pb2.SignupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.SignupResponse, _abc.Awaitable[_client_pb2.SignupResponse]]:
+        """The one call that takes no API key: an invitation code from the operator creates an
+        account and returns its key, once. Attempts from one address are rate-limited.
+        """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

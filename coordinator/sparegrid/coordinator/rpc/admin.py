@@ -281,3 +281,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     )
         finally:
             listeners.remove(wake)
+
+    @unary
+    async def CreateInvite(
+        self, request: admin_pb2.CreateInviteRequest, context: Ctx
+    ) -> admin_pb2.CreateInviteResponse:
+        admin_of(context, self.app.accounts)
+        expires_in = request.expires_in.ToTimedelta().total_seconds()
+        invite, code = await self.app.call(
+            lambda: self.app.invites.create(request.uses, expires_in, request.credit, request.note)
+        )
+        return admin_pb2.CreateInviteResponse(invite=convert.invite_to_pb(invite), code=code)
+
+    @unary
+    async def ListInvites(
+        self, request: admin_pb2.ListInvitesRequest, context: Ctx
+    ) -> admin_pb2.ListInvitesResponse:
+        admin_of(context, self.app.accounts)
+        invites = self.app.invites.list()
+        return admin_pb2.ListInvitesResponse(invites=[convert.invite_to_pb(i) for i in invites])
+
+    @unary
+    async def RevokeInvite(
+        self, request: admin_pb2.RevokeInviteRequest, context: Ctx
+    ) -> admin_pb2.RevokeInviteResponse:
+        admin_of(context, self.app.accounts)
+        invite = await self.app.call(lambda: self.app.invites.revoke(request.id))
+        return admin_pb2.RevokeInviteResponse(invite=convert.invite_to_pb(invite))

@@ -1,4 +1,8 @@
-"""Who is calling: an account (Bearer API key) or a worker session (Session token)."""
+"""Who is calling: an account (Bearer API key) or a worker session (Session token).
+
+Every method asks for one of them first, except those named in KEYLESS, which call
+`keyless()` instead: they are open to anyone, and rate-limited by the caller's address.
+"""
 
 from dataclasses import dataclass
 from typing import Any
@@ -8,6 +12,10 @@ from grpc import aio
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.accounts import Accounts
+
+# The only methods that take no credential (tests/coordinator/test_signup.py checks that
+# every other one refuses a call without a key).
+KEYLESS = frozenset({"/sparegrid.v1.ClientService/Signup"})
 
 
 @dataclass(frozen=True)
@@ -60,3 +68,21 @@ def principal_of(
             )
         return WorkerPrincipal(node_id)
     return account_of(context, accounts)
+
+
+def peer_address(peer: str) -> str:
+    """The caller's address without its port: "ipv4:10.0.0.7:52100" -> "10.0.0.7",
+    "ipv6:[2001:db8::1]:52100" -> "2001:db8::1"."""
+    _, _, rest = peer.partition(":")
+    if rest.startswith("["):
+        return rest[1:].partition("]")[0]
+    host, sep, port = rest.rpartition(":")
+    return host if sep and port.isdigit() else rest
+
+
+def keyless(context: aio.ServicerContext[Any, Any], method: str) -> str:
+    """For a method open without a key (one of KEYLESS): the caller's address, which its
+    rate limit counts by."""
+    if method not in KEYLESS:
+        raise AssertionError(f"{method} is not allowed without a key (rpc/auth.py KEYLESS)")
+    return peer_address(context.peer() or "")

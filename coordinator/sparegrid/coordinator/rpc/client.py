@@ -13,7 +13,7 @@ from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Account, Job, TaskState, escrow_account, node_account
 from sparegrid.coordinator.errors import invalid, not_found
 from sparegrid.coordinator.rpc import convert
-from sparegrid.coordinator.rpc.auth import account_of
+from sparegrid.coordinator.rpc.auth import account_of, keyless
 from sparegrid.coordinator.rpc.errors import streaming, unary
 from sparegrid.coordinator.services.estimate import estimate
 from sparegrid.coordinator.services.jobs import Draft
@@ -142,6 +142,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             stake=self.app.identities.stake(account.name),
             held=held,
             webhook_secret=account_secret(self.app.signer, account.id).hex(),
+        )
+
+    @unary
+    async def Signup(
+        self, request: client_pb2.SignupRequest, context: Ctx
+    ) -> client_pb2.SignupResponse:
+        address = keyless(context, "/sparegrid.v1.ClientService/Signup")
+        invites = self.app.invites
+        invites.limiter.admit(address)
+        done = await self.app.call(lambda: invites.signup(request.code, request.name))
+        return client_pb2.SignupResponse(
+            name=done.account.name,
+            balance=self.app.accounts.balance(done.account),
+            api_key=done.api_key,
         )
 
     @unary

@@ -12,6 +12,7 @@ from sparegrid.coordinator.domain import (
     Dispute,
     Event,
     FileRef,
+    Invite,
     Job,
     JobState,
     LedgerEntry,
@@ -150,6 +151,19 @@ def account_to_pb(account: Account, balance: int) -> admin_pb2.Account:
         created_at=timestamp(account.created_at),
         disabled=account.disabled,
         has_key=account.has_key,
+    )
+
+
+def invite_to_pb(invite: Invite) -> admin_pb2.Invite:
+    return admin_pb2.Invite(
+        id=invite.id,
+        uses=invite.uses,
+        used=invite.used,
+        credit=invite.credit,
+        note=invite.note,
+        created_at=timestamp(invite.created_at),
+        expires_at=timestamp(invite.expires_at or None),
+        revoked=invite.revoked,
     )
 
 

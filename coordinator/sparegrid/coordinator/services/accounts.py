@@ -52,15 +52,13 @@ class Accounts:
             )
         return account
 
-    def create(self, name: str, credit: int, is_admin: bool = False) -> tuple[Account, str]:
-        """Creates an account and returns it with its API key (shown only now)."""
-        if not _NAME.fullmatch(name):
-            raise invalid(
-                "BAD_NAME",
-                f"account name {name!r} must be 1-63 lowercase letters, digits, '_', '.' "
-                "or '-', starting with a letter or digit",
-            )
-        _check_amount(credit, allow_zero=True)
+    def create(
+        self, name: str, credit: int, is_admin: bool = False, reason: str = "grant"
+    ) -> tuple[Account, str]:
+        """Creates an account and returns it with its API key (shown only now); `reason`
+        is the initial credit's in the ledger."""
+        check_name(name)
+        check_amount(credit, allow_zero=True)
         key = new_api_key()
         account = Account(
             id=uuid.uuid4().hex,
@@ -73,7 +71,7 @@ class Accounts:
             with self._store.transaction():
                 self._store.create_account(account)
                 if credit:
-                    self._ledger.grant(name, credit, key=f"initial:{account.id}")
+                    self._ledger.grant(name, credit, key=f"initial:{account.id}", reason=reason)
         except Conflict:
             raise CoordinatorError(
                 ErrorKind.EXISTS, "ACCOUNT_EXISTS", f"an account named {name!r} exists already"
@@ -82,14 +80,14 @@ class Accounts:
 
     def grant(self, name: str, amount: int, key: str, reason: str) -> Account:
         account = self.get(name)
-        _check_amount(amount, allow_zero=False)
+        check_amount(amount, allow_zero=False)
         self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
         return account
 
     def debit(self, name: str, amount: int, key: str, reason: str) -> Account:
         """Takes credit back to the mint; refused, booking nothing, beyond the balance."""
         account = self.get(name)
-        _check_amount(amount, allow_zero=False)
+        check_amount(amount, allow_zero=False)
         try:
             self._ledger.debit(name, amount, key=f"debit:{key}", reason=reason or "debit")
         except InsufficientFunds as exc:
@@ -157,7 +155,16 @@ class Accounts:
         return self._store.balance(client_account(account.name))
 
 
-def _check_amount(amount: int, allow_zero: bool) -> None:
+def check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise invalid(
+            "BAD_NAME",
+            f"account name {name!r} must be 1-63 lowercase letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit",
+        )
+
+
+def check_amount(amount: int, allow_zero: bool) -> None:
     low = 0 if allow_zero else 1
     if not low <= amount <= MAX_GRANT:
         raise invalid("BAD_AMOUNT", f"credit must be between {low} and {MAX_GRANT}, got {amount}")

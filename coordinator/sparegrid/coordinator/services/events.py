@@ -1,4 +1,5 @@
-"""Events an operator follows: jobs, task failures, disputes, quarantines, bans, credit.
+"""Events an operator follows: jobs, task failures, disputes, quarantines, bans, credit,
+signups.
 
 A service emits an event inside the transaction that makes it true: the event is written
 with it (and undone with it). Within a group commit (`deferred`) the events of all its
@@ -33,6 +34,7 @@ class EventKind(StrEnum):
     REINSTATE = "node.reinstated"
     APPROVE = "node.approved"
     LEDGER = "ledger"  # a grant, escrow, refund, stake or slash (payments are metrics)
+    SIGNUP = "account.signup"  # an account created with an invitation code
 
 
 @dataclass

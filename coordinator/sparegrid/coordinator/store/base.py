@@ -16,6 +16,7 @@ from sparegrid.coordinator.domain import (
     Delivery,
     Dispute,
     Event,
+    Invite,
     Job,
     JobState,
     LedgerEntry,
@@ -92,6 +93,24 @@ class Store(Protocol):
 
     def update_account(self, account: Account) -> None:
         """Writes its key hash, admin flag and disabled flag (found by id)."""
+
+    # invitation codes (services/invites.py)
+    def add_invite(self, invite: Invite) -> None:
+        """Raises Conflict if its id or code hash is taken."""
+
+    def get_invite(self, invite_id: str) -> Invite | None: ...
+
+    def find_invite(self, code_hash: str) -> Invite | None: ...
+
+    def list_invites(self) -> list[Invite]:
+        """Newest first."""
+
+    def revoke_invite(self, invite_id: str) -> None: ...
+
+    def use_invite(self, code_hash: str, now: float) -> bool:
+        """Counts one use of the invitation, in one step, if it is usable now: not
+        revoked, not expired (expires_at 0 or after now), a use left. Returns whether it
+        was; two callers racing for its last use cannot both win."""
 
     # ledger: append-only, double-entry
     def post(self, txn: Transaction) -> bool:

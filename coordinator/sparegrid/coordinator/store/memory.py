@@ -20,6 +20,7 @@ from sparegrid.coordinator.domain import (
     Delivery,
     Dispute,
     Event,
+    Invite,
     Job,
     JobState,
     LedgerEntry,
@@ -32,6 +33,7 @@ from sparegrid.coordinator.domain import (
     node_account,
 )
 from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.memory_invites import MemoryInvites
 from sparegrid.coordinator.store.memory_storage import MemoryStorage, StorageState
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
 
@@ -66,10 +68,12 @@ class _State:
     storage: StorageState = field(default_factory=StorageState)
     events: list[Event] = field(default_factory=list)  # oldest first
     event_seq: int = 0
+    invites: dict[str, Invite] = field(default_factory=dict)
 
 
-class MemoryStore(MemoryStorage):
-    """The fake store; its storage bookkeeping is in memory_storage.py."""
+class MemoryStore(MemoryStorage, MemoryInvites):
+    """The fake store; its storage bookkeeping is in memory_storage.py, its invitation
+    codes in memory_invites.py."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

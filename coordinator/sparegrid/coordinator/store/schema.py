@@ -298,6 +298,23 @@ CREATE INDEX webhooks_due ON webhooks (state, next_at);
 CREATE INDEX webhooks_job ON webhooks (job_id)
 """
 
+# Invitation codes (services/invites.py): the hash of each code, how many signups it allows
+# and has let through, its credit per account, when it expires (0: never), and whether an
+# operator revoked it.
+INVITES = """
+CREATE TABLE invites (
+    id TEXT PRIMARY KEY,
+    code_hash TEXT NOT NULL UNIQUE,
+    uses BIGINT NOT NULL,
+    used BIGINT NOT NULL,
+    credit BIGINT NOT NULL,
+    note TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    expires_at {real} NOT NULL,
+    revoked BOOLEAN NOT NULL
+)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -310,6 +327,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (8, ACCOUNT_CONTROL),
     (9, EVENTS),
     (10, CLIENTS),
+    (11, INVITES),
 ]
 
 

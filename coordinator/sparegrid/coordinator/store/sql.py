@@ -26,6 +26,7 @@ from sparegrid.coordinator.store.base import Conflict
 from sparegrid.coordinator.store.engine import CHUNK, chunks, marks
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
 from sparegrid.coordinator.store.sql_events import SqlEvents
+from sparegrid.coordinator.store.sql_invites import SqlInvites
 from sparegrid.coordinator.store.sql_storage import SqlStorage
 
 _RUNNING = AttemptState.RUNNING.value
@@ -37,10 +38,10 @@ def _prefix_filter(column: str, prefix: str) -> tuple[str, tuple[object, ...]]:
     return f"substr({column}, 1, CAST(? AS INTEGER)) = ?", (len(prefix), prefix)
 
 
-class SqlStore(SqlStorage, SqlEvents):
+class SqlStore(SqlStorage, SqlEvents, SqlInvites):
     """The Store over SQL; subclasses open the connection and pick the dialect. The
     storage bookkeeping (quotas, blob collection, idle nodes) is in sql_storage.py, the
-    events in sql_events.py."""
+    events in sql_events.py, the invitation codes in sql_invites.py."""
 
     # accounts
 

@@ -128,8 +128,8 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
         self.c._caller(context, admin=True)
         raise Abort(grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", "the fake has no nodes")
 
-    # Operator controls are tested against the real coordinator (tests/coordinator,
-    # tests/cli/test_cli_operator.py); the fake says so instead of pretending.
+    # Operator controls and invitations are tested against the real coordinator
+    # (tests/coordinator); the fake says so instead of pretending.
     async def _real_only(self, request: object, context: Context) -> None:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, "the fake coordinator has no operator controls"
@@ -137,6 +137,7 @@ class FakeAdminService(admin_pb2_grpc.AdminServiceServicer):
 
     SetAccountDisabled = RotateKey = RevokeKey = DebitCredit = _real_only  # type: ignore[assignment]
     ListAllJobs = CancelAnyJob = _real_only  # type: ignore[assignment]
+    CreateInvite = ListInvites = RevokeInvite = _real_only  # type: ignore[assignment]
 
     async def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: Context
