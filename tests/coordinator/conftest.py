@@ -1,7 +1,7 @@
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from sparegrid.cli.main import main
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server
@@ -78,3 +79,41 @@ def drop_schema(schema: str) -> None:
 
 def code_of(error: grpc.aio.AioRpcError) -> str:
     return dict(error.trailing_metadata() or ()).get("sparegrid-code", "")
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Awaitable[Outcome]]
+
+
+@pytest.fixture
+def cli(
+    served: Served,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Cli:
+    """`sparegrid ARGS...` in a thread (the coordinator serves on this test's loop), as the
+    admin unless SPAREGRID_API_KEY-style keys are passed in `key`."""
+    for name in ("SPAREGRID_API_KEY", "SPAREGRID_TLS_CA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("SPAREGRID_COORDINATOR", served.address)
+    monkeypatch.setenv("SPAREGRID_ADMIN_KEY", served.admin_key)
+
+    async def run(*argv: str, key: str = "") -> Outcome:
+        if key:
+            monkeypatch.setenv("SPAREGRID_API_KEY", key)
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, list(argv))
+        captured = capsys.readouterr()
+        monkeypatch.delenv("SPAREGRID_API_KEY", raising=False)
+        return Outcome(code, captured.out, captured.err)
+
+    return run

@@ -6,54 +6,13 @@ was wrong and changes nothing."""
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sparegrid.cli.main import main
 from sparegrid.sdk import Account, AdminClient, Client, JobSnapshot
 from sparegrid.worker.testing.harness import make_config, running_worker, wait_until
-from tests.coordinator.conftest import Served
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Awaitable[Outcome]]
-
-
-@pytest.fixture
-def cli(
-    served: Served,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Cli:
-    """`sparegrid ARGS...` in a thread (the coordinator serves on this test's loop), as the
-    admin unless SPAREGRID_API_KEY-style keys are passed in `key`."""
-    for name in ("SPAREGRID_API_KEY", "SPAREGRID_TLS_CA"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("SPAREGRID_COORDINATOR", served.address)
-    monkeypatch.setenv("SPAREGRID_ADMIN_KEY", served.admin_key)
-
-    async def run(*argv: str, key: str = "") -> Outcome:
-        if key:
-            monkeypatch.setenv("SPAREGRID_API_KEY", key)
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, list(argv))
-        captured = capsys.readouterr()
-        monkeypatch.delenv("SPAREGRID_API_KEY", raising=False)
-        return Outcome(code, captured.out, captured.err)
-
-    return run
+from tests.coordinator.conftest import Cli, Served
 
 
 def list_accounts(address: str, key: str) -> list[Account]:

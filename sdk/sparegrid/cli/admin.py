@@ -1,11 +1,12 @@
-"""`sparegrid admin ...`: accounts, credit, nodes and the ledger (needs an admin key)."""
+"""`sparegrid admin ...`: accounts, credit, nodes, the ledger and invitation codes (needs an
+admin key)."""
 
 import argparse
 from typing import Any
 
 from rich.text import Text
 
-from sparegrid.cli import common, events, output
+from sparegrid.cli import common, events, invites, output
 from sparegrid.sdk import JobState, LedgerEntry, Node
 
 
@@ -110,6 +111,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=ledger_entries)
 
     events.register(admin, parents)
+    invites.register(admin, parents)
 
 
 def account_create(args: argparse.Namespace) -> int:

@@ -23,8 +23,10 @@ from sparegrid.wire.tls import hint as tls_hint
 Handler = Callable[[argparse.Namespace], int]
 
 CREATE_ACCOUNT = (
-    "an operator creates an account and its key with `sparegrid admin account create NAME`"
+    "an operator creates an account and its key with `sparegrid admin account create NAME`, "
+    "or gives you an invitation code for `sparegrid account signup --code CODE`"
 )
+NEW_CODE = "ask the coordinator's operator for a new code (`sparegrid admin invite create`)"
 # What to do next, for the errors a user causes most often.
 HINTS = {
     "NO_API_KEY": CREATE_ACCOUNT,
@@ -46,6 +48,12 @@ HINTS = {
     "BAD_AMOUNT": "a positive whole number of credit; `sparegrid admin credit debit NAME "
     "AMOUNT --reason WHY` takes credit away",
     "WORKER_TOO_OLD": "upgrade the worker: pip install -U sparegrid",
+    "INVITE_UNKNOWN": NEW_CODE,
+    "INVITE_EXPIRED": NEW_CODE,
+    "INVITE_REVOKED": NEW_CODE,
+    "INVITE_USED_UP": NEW_CODE,
+    "INVITE_NOT_FOUND": "`sparegrid admin invite list` lists the invitations",
+    "ACCOUNT_EXISTS": "choose another name",
     "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
     "(--admin-key-file), or the key of an account made with --admin",
 }

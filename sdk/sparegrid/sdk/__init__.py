@@ -10,6 +10,7 @@ with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
 from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient
 from sparegrid.sdk._async.inference import AsyncInferenceJob
 from sparegrid.sdk._async.job import AsyncJob
+from sparegrid.sdk._sync.client import signup
 from sparegrid.sdk._sync.inference import InferenceJob
 from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.blobs import DEFAULT_CHUNK_SIZE
@@ -41,6 +42,7 @@ from sparegrid.sdk.models import (
     Estimate,
     Event,
     Info,
+    Invite,
     JobCounts,
     JobSnapshot,
     JobState,
@@ -83,6 +85,7 @@ __all__ = [
     "Info",
     "InternalError",
     "InvalidArgumentError",
+    "Invite",
     "Job",
     "JobCounts",
     "JobFailedError",
@@ -107,4 +110,5 @@ __all__ = [
     "VerificationError",
     "VerificationFailure",
     "VerifyReport",
+    "signup",
 ]

@@ -1,6 +1,7 @@
 """Where the coordinator is, how to authenticate, and the channels to it.
 
-Resolution order, for each setting: explicit argument > environment > default.
+Resolution order, for each setting: explicit argument > environment > default; for the API
+key, the default is the key `sparegrid account signup` saved for the address.
 """
 
 import os
@@ -38,9 +39,13 @@ def resolve_address(address: str | None = None, env: Mapping[str, str] | None = 
     return address or _env(ENV_ADDRESS, env) or DEFAULT_ADDRESS
 
 
-def resolve_api_key(api_key: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The API key to send, or AuthenticationError(NO_API_KEY) before any call is made."""
-    key = api_key or _env(ENV_API_KEY, env)
+def resolve_api_key(
+    api_key: str | None = None, env: Mapping[str, str] | None = None, address: str | None = None
+) -> str:
+    """The API key to send: the argument, else SPAREGRID_API_KEY, else the key `sparegrid
+    account signup` saved for `address`; AuthenticationError(NO_API_KEY) before any call
+    is made when there is none."""
+    key = api_key or _env(ENV_API_KEY, env) or (saved_api_key(address, env) if address else None)
     if not key:
         raise AuthenticationError("NO_API_KEY", NO_API_KEY_MESSAGE, grpc.StatusCode.UNAUTHENTICATED)
     return key
@@ -68,6 +73,37 @@ def admin_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     return config_home(env) / "sparegrid" / "admin" / f"{host}_{port}.key"
+
+
+def api_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CONFIG_HOME/sparegrid/keys/<host>_<port>.key`: the API key `sparegrid account
+    signup` saved for the coordinator at `address` (sent to no other address)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return config_home(env) / "sparegrid" / "keys" / f"{host}_{port}.key"
+
+
+def saved_api_key(address: str, env: Mapping[str, str] | None = None) -> str | None:
+    path = api_key_path(address, env)
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise AuthenticationError(
+            "NO_API_KEY", f"cannot read the saved API key {path}: {exc.strerror or exc}"
+        ) from exc
+
+
+def save_api_key(address: str, api_key: str, env: Mapping[str, str] | None = None) -> Path:
+    """Writes the key for `address`, readable by this user only; FileExistsError when one
+    is saved already (it is not replaced)."""
+    path = api_key_path(address, env)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(api_key + "\n")
+    return path
 
 
 ENV_COORDINATOR_KEY = "SPAREGRID_COORDINATOR_KEY"
@@ -179,9 +215,10 @@ class Connection:
         tls_ca: str | os.PathLike[str] | None = None,
         tls: bool | None = None,
     ) -> "Connection":
+        target = resolve_address(address)
         return cls(
-            resolve_address(address),
-            resolve_api_key(api_key),
+            target,
+            resolve_api_key(api_key, address=target),
             resolve_tls_ca(tls_ca),
             resolve_tls(tls),
         )

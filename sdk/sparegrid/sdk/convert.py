@@ -20,6 +20,7 @@ from sparegrid.sdk.models import (
     Estimate,
     Event,
     Info,
+    Invite,
     JobCounts,
     JobSnapshot,
     JobState,
@@ -239,6 +240,19 @@ def account(msg: admin_pb2.Account) -> Account:
         created_at=timestamp(msg, "created_at"),
         disabled=msg.disabled,
         has_key=msg.has_key,
+    )
+
+
+def invite(msg: admin_pb2.Invite) -> Invite:
+    return Invite(
+        id=msg.id,
+        uses=msg.uses,
+        used=msg.used,
+        credit=msg.credit,
+        note=msg.note,
+        created_at=timestamp(msg, "created_at"),
+        expires_at=timestamp(msg, "expires_at"),
+        revoked=msg.revoked,
     )
 
 

@@ -143,6 +143,24 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Invite:
+    """An invitation code's record (the code itself is shown only when it is created)."""
+
+    id: str  # names it in `admin invite list` and `revoke`
+    uses: int  # signups it allows in all
+    used: int
+    credit: int  # granted to each account it creates
+    note: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None  # None: never
+    revoked: bool = False
+
+    @property
+    def left(self) -> int:
+        return max(self.uses - self.used, 0)
+
+
+@dataclass(frozen=True)
 class Estimate:
     """What a job would cost, split and priced by the coordinator as a submit would be;
     nothing was stored or held."""

@@ -8,6 +8,7 @@ runs through `aoffload`.
 import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -46,6 +47,7 @@ from sparegrid.sdk.models import (
     Estimate,
     Event,
     Info,
+    Invite,
     JobSnapshot,
     JobState,
     LedgerCheck,
@@ -555,6 +557,37 @@ class AsyncClient(_AsyncBase):
         return self._coordinator_key
 
 
+async def signup(
+    address: str | None,
+    code: str,
+    name: str = "",
+    *,
+    tls_ca: PathLike | None = None,
+    tls: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Account, str]:
+    """Creates an account with an invitation code the coordinator's operator issued; returns
+    it and its API key (shown this once). Needs no API key. An empty `name`: the
+    coordinator picks one. Each refusal (INVITE_UNKNOWN, INVITE_EXPIRED, INVITE_REVOKED,
+    INVITE_USED_UP, BAD_NAME, ACCOUNT_EXISTS, TOO_MANY_SIGNUPS) creates nothing."""
+    connection = Connection(resolve_address(address), "", resolve_tls_ca(tls_ca), resolve_tls(tls))
+    channel = AsyncChannelRef(connection)
+    stub: client_pb2_grpc.ClientServiceAsyncStub = client_pb2_grpc.ClientServiceStub(
+        channel.channel
+    )
+    request = client_pb2.SignupRequest(code=code, name=name)
+
+    async def once() -> client_pb2.SignupResponse:
+        return await stub.Signup(request, timeout=timeout)
+
+    try:
+        response = await acall(once, RetryPolicy(), idempotent=False)
+    finally:
+        await channel.close()
+    account = Account(name=response.name, balance=response.balance, is_admin=False)
+    return account, response.api_key
+
+
 class AsyncAdminClient(_AsyncBase):
     """Operator calls. The key: `api_key`, `key_file`, SPAREGRID_ADMIN_KEY, or the file
     `coordinator serve` recorded under $XDG_CONFIG_HOME/sparegrid/admin/."""
@@ -588,6 +621,34 @@ class AsyncAdminClient(_AsyncBase):
         request = admin_pb2.CreateAccountRequest(name=name, initial_credit=credit, is_admin=admin)
         response = await self._unary(self._admin.CreateAccount, request, idempotent=False)
         return convert.account(response.account), response.api_key
+
+    async def create_invite(
+        self,
+        uses: int = 1,
+        expires_in: float | timedelta = 0,
+        credit: int = 0,
+        note: str = "",
+    ) -> tuple[Invite, str]:
+        """Issues an invitation code for `uses` signups (`signup`), each granted `credit`,
+        expiring `expires_in` (seconds, or a timedelta) from now, or never (0); returns its
+        record and the code (shown this once)."""
+        request = admin_pb2.CreateInviteRequest(uses=uses, credit=credit, note=note)
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        if seconds:
+            request.expires_in.FromTimedelta(timedelta(seconds=seconds))
+        response = await self._unary(self._admin.CreateInvite, request, idempotent=False)
+        return convert.invite(response.invite), response.code
+
+    async def invites(self) -> list[Invite]:
+        """Every invitation issued, newest first."""
+        response = await self._unary(self._admin.ListInvites, admin_pb2.ListInvitesRequest())
+        return [convert.invite(i) for i in response.invites]
+
+    async def revoke_invite(self, invite_id: str) -> Invite:
+        """No one signs up with the invitation's code from now on."""
+        request = admin_pb2.RevokeInviteRequest(id=invite_id)
+        response = await self._unary(self._admin.RevokeInvite, request)
+        return convert.invite(response.invite)
 
     async def list_accounts(self) -> list[Account]:
         response = await self._unary(self._admin.ListAccounts, admin_pb2.ListAccountsRequest())
