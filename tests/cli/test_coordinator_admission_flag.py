@@ -1,9 +1,11 @@
-"""`coordinator serve --registration-rate`: how fast worker registrations are admitted."""
+"""`coordinator serve --registration-rate`: how fast worker registrations are admitted;
+`--signup-rate`: how many signup attempts one address may make a minute."""
 
 import pytest
 
 from sparegrid.cli import main as cli_main
 from sparegrid.coordinator.services.admission import AdmissionConfig
+from sparegrid.coordinator.services.invites import SignupConfig
 
 
 def settings(*flags: str):  # type: ignore[no-untyped-def]
@@ -21,3 +23,10 @@ def test_default_and_chosen_rate() -> None:
 def test_a_negative_rate_is_refused_by_name() -> None:
     with pytest.raises(SystemExit, match="--registration-rate must be 0 or more, got -5"):
         settings("--registration-rate", "-5")
+
+
+def test_the_signup_rate_default_chosen_and_refused() -> None:
+    assert settings().signups == SignupConfig(burst=5, per_minute=1.0)
+    assert settings("--signup-rate", "30").signups.per_minute == 30.0
+    with pytest.raises(SystemExit, match="--signup-rate must be positive, got 0"):
+        settings("--signup-rate", "0")

@@ -6,6 +6,7 @@ raced by two signups lets exactly one through; signups are rate-limited per addr
 
 import asyncio
 import hashlib
+import io
 import os
 import stat
 import time
@@ -192,9 +193,11 @@ def test_the_limit_refills_per_address_and_forgets_idle_addresses() -> None:
     assert len(limiter._buckets) <= 3
 
 
-def test_the_callers_address_drops_its_port() -> None:
+def test_the_callers_address_drops_its_port_and_an_ipv6_hosts_bits() -> None:
     assert peer_address("ipv4:10.0.0.7:52100") == "10.0.0.7"
-    assert peer_address("ipv6:[2001:db8::1]:52100") == "2001:db8::1"
+    assert peer_address("ipv6:[2001:db8::1]:52100") == "2001:db8::/64"
+    assert peer_address("ipv6:[2001:db8::ffff:2]:7") == "2001:db8::/64"  # one bucket
+    assert peer_address("ipv6:[::1]:52100") == "::/64"
     assert peer_address("unix:/tmp/sock") == "/tmp/sock"
 
 
@@ -299,7 +302,8 @@ async def test_the_cli_paths_of_the_operator_and_the_volunteer(
     assert again.code == 1 and "[KEY_SAVED]" in again.err and str(saved) in again.err
     assert served.app.store.list_invites()[0].used == 1  # nothing was sent
     saved.unlink()
-    taken = await cli("account", "signup", "--code", code, "--name", "vol")
+    monkeypatch.setattr("sys.stdin", io.StringIO(code + "\n"))  # `--code -`: out of `ps`
+    taken = await cli("account", "signup", "--code", "-", "--name", "vol")
     assert taken.code == 1 and "[ACCOUNT_EXISTS]" in taken.err and not saved.exists()
 
     monkeypatch.setenv("SPAREGRID_ADMIN_KEY", served.admin_key)

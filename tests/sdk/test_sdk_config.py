@@ -1,5 +1,6 @@
 """Address, API key and TLS come from arguments, then the environment, then defaults."""
 
+import stat
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,23 @@ def test_api_key_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPAREGRID_API_KEY", "from-env")
     assert config.resolve_api_key() == "from-env"
     assert config.resolve_api_key("explicit") == "explicit"
+
+
+def test_a_saved_key_is_the_last_resort_and_only_for_its_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = config.save_api_key("grid.example:7000", "sg_saved")
+    assert path == config.api_key_path("grid.example:7000")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert config.Connection.resolve("grid.example:7000").api_key == "sg_saved"
+    with pytest.raises(AuthenticationError):  # never sent to another coordinator
+        config.Connection.resolve("grid.example:7001")
+    monkeypatch.setenv("SPAREGRID_API_KEY", "from-env")
+    assert config.Connection.resolve("grid.example:7000").api_key == "from-env"
+    assert config.Connection.resolve("grid.example:7000", "explicit").api_key == "explicit"
+    with pytest.raises(FileExistsError):  # a saved key is never replaced
+        config.save_api_key("grid.example:7000", "sg_other")
+    assert path.read_text() == "sg_saved\n"
 
 
 def test_missing_api_key_is_a_clear_local_error() -> None:

@@ -21,6 +21,7 @@ from sparegrid.coordinator.app import Settings
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
+from sparegrid.coordinator.services.invites import SignupConfig
 from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, Price, parse_price, prices_text
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
@@ -117,6 +118,14 @@ SETTINGS = (
         "worker registrations admitted a second; more are told to retry later (0: no limit)",
         metavar="N",
         default=AdmissionConfig.rate,
+    ),
+    Setting(
+        "signup_rate",
+        to_float,
+        "signup attempts with an invitation code one address may make a minute, after "
+        f"{SignupConfig.burst} at once (more are told to wait)",
+        metavar="N",
+        default=SignupConfig.per_minute,
     ),
     Setting(
         "reconnect_grace",
@@ -312,6 +321,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     settings.prices.update(get("price", {}))
     rate = get("registration_rate", AdmissionConfig.rate)
     settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)))
+    settings.signups = SignupConfig(per_minute=get("signup_rate", SignupConfig.per_minute))
     settings.canaries = CanaryConfig(rate=get("canary_rate", CanaryConfig.rate))
     settings.spot_checks = SpotConfig(share=get("spot_share", SpotConfig.share))
     settings.identity = IdentityConfig(
@@ -360,6 +370,9 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
     if get("registration_rate", 0.0) < 0:
         rate = get("registration_rate")
         problems.append(f"{where['registration_rate']} must be 0 or more, got {rate:g}")
+    if get("signup_rate", 1.0) <= 0:
+        rate = get("signup_rate")
+        problems.append(f"{where['signup_rate']} must be positive, got {rate:g}")
     if get("min_stake", 0) < 0:
         problems.append(f"{where['min_stake']} must be 0 or more")
     if get("max_attempt_seconds", 1.0) <= 0:

@@ -928,7 +928,7 @@ class Event(_message.Message):
     kind: _builtins.str
     """job.submitted, job.finished, task.failed, dispute, node.quarantined,"""
     message: _builtins.str
-    """node.banned, node.reinstated, node.approved, ledger"""
+    """node.banned, node.reinstated, node.approved, ledger, account.signup"""
     job_id: _builtins.str
     task_id: _builtins.str
     node_id: _builtins.str

@@ -4,6 +4,7 @@ Every method asks for one of them first, except those named in KEYLESS, which ca
 `keyless()` instead: they are open to anyone, and rate-limited by the caller's address.
 """
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +72,16 @@ def principal_of(
 
 
 def peer_address(peer: str) -> str:
-    """The caller's address without its port: "ipv4:10.0.0.7:52100" -> "10.0.0.7",
-    "ipv6:[2001:db8::1]:52100" -> "2001:db8::1"."""
+    """Whom a rate limit counts the caller as: its IPv4 address, or the /64 network of its
+    IPv6 address (one host is given a whole /64 and could rotate through it), without the
+    port: "ipv4:10.0.0.7:52100" -> "10.0.0.7", "ipv6:[2001:db8::1]:52100" -> "2001:db8::/64"."""
     _, _, rest = peer.partition(":")
     if rest.startswith("["):
-        return rest[1:].partition("]")[0]
+        host = rest[1:].partition("]")[0]
+        try:
+            return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+        except ValueError:
+            return host
     host, sep, port = rest.rpartition(":")
     return host if sep and port.isdigit() else rest
 

@@ -152,13 +152,13 @@ class Invites:
         changing nothing, for a code unknown, revoked, expired or used up, and for a name
         that is bad or taken (checked only once the code is good: no names are told to
         those without one)."""
-        code_hash = hash_code(code)
-        invite = self._usable(code_hash, code)
+        code_hash = hash_code(code) if 0 < len(code) <= CODE_LIMIT else ""
+        invite = self._usable(code_hash)
         name = name or f"user-{secrets.token_hex(4)}"
         check_name(name)
         with self._store.transaction():
             if not self._store.use_invite(code_hash, self._clock.now()):
-                self._usable(code_hash, code)  # changed since it was read: says how
+                self._usable(code_hash)  # changed since it was read: says how
                 raise _used_up(invite)
             account, key = self._accounts.create(
                 name, invite.credit, reason=f"signup with invitation {invite.id}"
@@ -173,9 +173,9 @@ class Invites:
         invite.used += 1
         return SignedUp(account, key, invite)
 
-    def _usable(self, code_hash: str, code: str) -> Invite:
+    def _usable(self, code_hash: str) -> Invite:
         """The invitation the code opens, if it is usable now; else why not."""
-        invite = self._store.find_invite(code_hash) if 0 < len(code) <= CODE_LIMIT else None
+        invite = self._store.find_invite(code_hash) if code_hash else None
         if invite is None:
             raise CoordinatorError(
                 ErrorKind.PERMISSION,
