@@ -18,7 +18,8 @@ from grpc import aio
 
 from sparegrid.coordinator.domain import Invite
 from sparegrid.coordinator.rpc.auth import KEYLESS, peer_address
-from sparegrid.coordinator.services.invites import SignupConfig, SignupLimiter
+from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT
+from sparegrid.coordinator.services.invites import RESERVED_PREFIX, SignupConfig, SignupLimiter
 from sparegrid.coordinator.store.base import Store
 from sparegrid.sdk import AsyncAdminClient, AsyncClient, SparegridError
 from sparegrid.sdk.aio import signup
@@ -131,12 +132,14 @@ async def test_a_bad_or_taken_name_uses_nothing_of_the_code(served: Served) -> N
     for name, expected in (
         ("Bad Name!", "BAD_NAME"),
         ("a" * 64, "BAD_NAME"),
+        ("sparegrid-canary", "BAD_NAME"),  # a system account, made on first use
         ("alice", "ACCOUNT_EXISTS"),
         ("admin", "ACCOUNT_EXISTS"),
     ):
         err = await refused(served, code, name)
         assert err.code == expected, name
     assert snapshot(store) == before
+    assert CANARY_ACCOUNT.startswith(RESERVED_PREFIX)
     account, _ = await signup(served.address, code, "carol")  # the one use is still there
     assert account.balance == 9
     assert (await refused(served, code, "dave")).code == "INVITE_USED_UP"
