@@ -179,6 +179,20 @@ def test_two_coordinators_over_one_bucket_see_each_others_blobs(
     assert not b.path(digest).exists()
 
 
+def test_names_that_are_not_digests_reach_neither_the_bucket_nor_the_disk(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    store = _store(tmp_path / "blobs", bucket, "c")
+    s3.client().put_object(Bucket=bucket, Key="secret", Body=b"not a blob")
+    for name in ("../../secret", "../cache/x", "AB" * 32, "/etc/passwd"):
+        for look in (store.size, store.open, store.path):
+            with pytest.raises(CoordinatorError) as err:
+                look(name)
+            assert err.value.code == "BAD_DIGEST"
+    assert s3.keys(bucket) == ["secret"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "cache", "partial"]
+
+
 def test_the_read_cache_keeps_within_its_size(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     store = _store(tmp_path, bucket, "c", cache_size=3 << 20)
     first, second = _put(store, os.urandom(2 << 20)), _put(store, os.urandom(2 << 20))

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sparegrid.coordinator.blobs import BlobReader, BlobStore
+from sparegrid.coordinator.blobs import BlobReader, BlobStore, check_digest
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
 from sparegrid.wire import is_digest
 
@@ -217,10 +217,12 @@ class S3BlobStore(BlobStore):
         ) from error
 
     def key(self, digest: str) -> str:
-        return f"{self.prefix}sha256/{digest[:2]}/{digest}"
+        """The blob's key; BAD_DIGEST for anything but a digest, so no name a caller
+        passes reaches outside the prefix (nor, in `path`, outside the cache)."""
+        return f"{self.prefix}sha256/{check_digest(digest)[:2]}/{digest}"
 
     def _mark(self, digest: str) -> str:
-        return f"{self.prefix}holders/{digest}/{self.holder}"
+        return f"{self.prefix}holders/{check_digest(digest)}/{self.holder}"
 
     def size(self, digest: str) -> int | None:
         with self._trash:
@@ -323,7 +325,7 @@ class S3BlobStore(BlobStore):
     def path(self, digest: str, fetch: bool = True) -> Path:
         """A local copy of the blob from the read cache, fetched when missing (unless not
         `fetch`); a path that does not exist when the blob is not stored."""
-        cached = self.root / "cache" / digest
+        cached = self.root / "cache" / check_digest(digest)
         if cached.exists():
             with contextlib.suppress(FileNotFoundError):
                 os.utime(cached)  # recently used: evicted last
