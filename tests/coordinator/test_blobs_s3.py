@@ -112,6 +112,42 @@ async def test_a_cut_upload_resumes_and_lands_in_the_bucket_once_verified(
         assert await _download(coordinator, DIGEST, offset) == DATA[offset:]
 
 
+async def test_a_verified_upload_the_bucket_refused_is_kept_and_published_on_resume(
+    coordinator: Coordinator, s3: S3Server, bucket: str
+) -> None:
+    data = DATA[: 2 << 20]
+    digest = hashlib.sha256(data).hexdigest()
+    s3.client().delete_bucket(Bucket=bucket)  # the bucket goes away under the coordinator
+    with pytest.raises(aio.AioRpcError) as err:
+        await _upload(coordinator, data, digest)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert code_of(err.value) == "BLOB_STORE_UNAVAILABLE" and bucket in err.value.details()
+    request = blob_pb2.StatBlobRequest(digest=digest)
+    stat = await coordinator.stub.StatBlob(request, metadata=coordinator.md)
+    assert not stat.exists and stat.partial_size == len(data)  # kept, not sent again
+
+    s3.client().create_bucket(Bucket=bucket)
+    done = await _upload(coordinator, data, digest, offset=len(data))
+    assert done.received == 0
+    assert await _download(coordinator, digest) == data
+    assert f"pfx/sha256/{digest[:2]}/{digest}" in s3.keys(bucket)
+
+
+def test_a_failed_delete_is_tried_again_by_the_next_sweep(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    store = _store(tmp_path, bucket, "c")
+    digest = _put(store, os.urandom(1000))
+    store.discard([digest])
+    working, store.client = store.client, _unreachable()  # the network goes away
+    with pytest.raises(CoordinatorError):
+        store.empty_trash()
+    assert store.size(digest) is None  # still out of sight
+    store.client = working
+    store.empty_trash()
+    assert s3.keys(bucket) == []
+
+
 async def test_a_wrong_digest_is_refused_and_leaves_nothing_visible(
     coordinator: Coordinator, s3: S3Server, bucket: str
 ) -> None:
@@ -210,12 +246,24 @@ def test_a_missing_bucket_is_named_at_start(s3: S3Server, tmp_path: Path) -> Non
     assert s3.endpoint in str(err.value)
 
 
+def _closed_port() -> str:
+    """An http:// URL of a loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _unreachable() -> object:
+    """An S3 client of an endpoint that refuses connections."""
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=_closed_port())
+
+
 def test_an_endpoint_that_does_not_answer_is_named_at_start(
     s3: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as sock:  # a loopback port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    endpoint = _closed_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     with pytest.raises(BlobStoreError) as err:
         _store(tmp_path, bucket, "c")

@@ -285,16 +285,19 @@ class S3BlobStore(BlobStore):
 
     def empty_trash(self) -> int:
         """Drops this coordinator's mark on each discarded blob and deletes the blobs no
-        other coordinator marks, and their cached copies; returns the bytes freed here."""
+        other coordinator marks, and their cached copies; returns the bytes freed here.
+        Those a failed request left stay out of sight, to be deleted by the next call."""
         with self._trash:
             self._deleting, self._doomed = self._doomed, set()
             batch = sorted(self._deleting)
-        freed = 0
+        freed, done = 0, set()
         try:
             for digest in batch:
                 freed += self._delete(digest)
+                done.add(digest)
         finally:
-            with self._trash:
+            with self._trash:  # what a failed request left is tried again next time
+                self._doomed |= self._deleting - done
                 self._deleting = set()
                 self._trash.notify_all()
         return freed
