@@ -298,3 +298,12 @@ def test_serve_refuses_a_blobs_url_it_does_not_know(tmp_path: Path) -> None:
     assert ran.returncode != 0
     assert "'gs://bucket/pfx' is neither 'local' nor s3://BUCKET[/PREFIX]" in ran.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_serve_without_boto3_says_which_extra_to_install(tmp_path: Path) -> None:
+    hide = "import sys; sys.modules['boto3'] = None; from sparegrid.cli.main import main; "
+    args = ["coordinator", "serve", "--data-dir", str(tmp_path), "--blobs", "s3://b-1"]
+    command = [sys.executable, "-c", f"{hide}sys.exit(main({args!r}))"]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1
+    assert "--blobs s3://... needs boto3: pip install 'sparegrid[s3]'" in ran.stderr
