@@ -161,8 +161,8 @@ class S3BlobStore(BlobStore):
         self.bucket, self.prefix, self.holder = bucket, prefix, holder
         self.cache_size = cache_size
         self.client = client if client is not None else _client()
+        self._trash = threading.Condition()  # guards _sizes and the two sets below
         self._sizes: dict[str, int] = {}
-        self._trash = threading.Condition()  # guards the two sets below
         self._doomed: set[str] = set()  # discarded, not yet deleted
         self._deleting: set[str] = set()  # being deleted now
         self._check_bucket()
@@ -228,7 +228,7 @@ class S3BlobStore(BlobStore):
         with self._trash:
             if digest in self._doomed or digest in self._deleting:
                 return None
-        known = self._sizes.get(digest)
+            known = self._sizes.get(digest)
         if known is not None:
             return known
         try:
@@ -243,9 +243,17 @@ class S3BlobStore(BlobStore):
         return size
 
     def _remember(self, digest: str, size: int) -> None:
-        if len(self._sizes) >= SIZES_KEPT:
-            self._sizes.pop(next(iter(self._sizes)), None)
-        self._sizes[digest] = size
+        with self._trash:
+            if digest in self._doomed or digest in self._deleting:
+                return  # a look that crossed a discard
+            if len(self._sizes) >= SIZES_KEPT:
+                self._sizes.pop(next(iter(self._sizes)), None)
+            self._sizes[digest] = size
+
+    def _forget(self, digests: list[str]) -> None:
+        with self._trash:
+            for digest in digests:
+                self._sizes.pop(digest, None)
 
     def publish(self, partial: Path, digest: str) -> None:
         """Marks the blob as this coordinator's, then uploads the verified partial file
@@ -256,14 +264,17 @@ class S3BlobStore(BlobStore):
         size = partial.stat().st_size
         client, bucket = self.client, self.bucket
         self.call(lambda: client.put_object(Bucket=bucket, Key=self._mark(digest), Body=b""))
-        self._sizes.pop(digest, None)
+        self._forget([digest])
         if self.size(digest) != size:
             self.call(lambda: client.upload_file(str(partial), bucket, self.key(digest)))
         partial.unlink(missing_ok=True)
         self._remember(digest, size)
 
     def stored(self) -> list[tuple[str, int, float]]:
-        """(digest, size, last change) of every blob in the bucket under the prefix."""
+        """(digest, size, last change) of every blob in the bucket under the prefix, but
+        those discarded here."""
+        with self._trash:
+            hidden = self._doomed | self._deleting
         found = []
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"
@@ -271,7 +282,7 @@ class S3BlobStore(BlobStore):
         for page in self.call(lambda: list(pages)):
             for item in page.get("Contents", ()):
                 digest = item["Key"].rpartition("/")[2]
-                if is_digest(digest):
+                if is_digest(digest) and digest not in hidden:
                     found.append((digest, int(item["Size"]), item["LastModified"].timestamp()))
         return found
 
@@ -280,8 +291,7 @@ class S3BlobStore(BlobStore):
         them (no request here: this runs on the event loop)."""
         with self._trash:
             self._doomed.update(digests)
-        for digest in digests:
-            self._sizes.pop(digest, None)
+        self._forget(digests)
 
     def empty_trash(self) -> int:
         """Drops this coordinator's mark on each discarded blob and deletes the blobs no
@@ -299,6 +309,8 @@ class S3BlobStore(BlobStore):
             with self._trash:  # what a failed request left is tried again next time
                 self._doomed |= self._deleting - done
                 self._deleting = set()
+                for digest in done:
+                    self._sizes.pop(digest, None)
                 self._trash.notify_all()
         return freed
 
