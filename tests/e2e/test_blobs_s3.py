@@ -1,6 +1,7 @@
 """A coordinator process whose blobs are in an S3-compatible bucket (moto's standalone
 server), with real workers: a job's input goes to the bucket, the workers read it back
-through the coordinator, their outputs go to the bucket, and the client fetches them."""
+through the coordinator, their outputs go to the bucket, and the client fetches them; a
+restarted coordinator finds the input there."""
 
 import hashlib
 import os
@@ -34,6 +35,15 @@ def test_a_job_runs_with_its_blobs_in_a_bucket(cluster, s3: S3Server, tmp_path: 
     (result,) = echoed.results()
     result.verify()
     assert result.output("out") == text.encode()
+
+    # a coordinator started again knows nothing of the bucket but what it finds there
+    cluster.kill(cluster.coordinator)
+    cluster.start_coordinator("--blobs", f"s3://{bucket}/grid")
+    again = client.checksum(path, tasks=2).wait(timeout=60)
+    assert again.state == "succeeded"
+    halves = sorted(r.output("sha256").decode() for r in again.results())
+    mid = len(data) // 2
+    assert halves == sorted(hashlib.sha256(h).hexdigest() for h in (data[:mid], data[mid:]))
 
     stored = {key.rpartition("/")[2] for key in s3.keys(bucket, "grid/sha256/")}
     assert hashlib.sha256(data).hexdigest() in stored
