@@ -169,8 +169,9 @@ class S3BlobStore(BlobStore):
 
     @property
     def where(self) -> str:
+        """The URL and the endpoint, as messages name them."""
         endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", "")
-        return f"s3://{self.bucket}/{self.prefix} at {endpoint}"
+        return f"s3://{self.bucket}/{self.prefix} (endpoint {endpoint})"
 
     def _check_bucket(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -180,21 +181,15 @@ class S3BlobStore(BlobStore):
         except ClientError as exc:
             code = _status(exc)
             if code in ("404", "NoSuchBucket"):
-                raise BlobStoreError(
-                    f"--blobs: bucket {self.bucket!r} does not exist at {self.where}; "
-                    f"create it first ({ENV_HINT})"
-                ) from None
-            if code in ("403", "AccessDenied"):
-                raise BlobStoreError(
-                    f"--blobs: access to bucket {self.bucket!r} denied at {self.where}; "
-                    f"check the credentials ({ENV_HINT})"
-                ) from None
-            raise BlobStoreError(
-                f"--blobs: bucket {self.bucket!r} at {self.where}: {exc}"
-            ) from None
+                problem = f"bucket {self.bucket!r} does not exist; create it first"
+            elif code in ("403", "AccessDenied"):
+                problem = f"access to bucket {self.bucket!r} was denied; check the credentials"
+            else:
+                problem = f"bucket {self.bucket!r}: {exc}"
+            raise BlobStoreError(f"--blobs {self.where}: {problem} ({ENV_HINT})") from None
         except BotoCoreError as exc:
             raise BlobStoreError(
-                f"--blobs: cannot use bucket {self.bucket!r} at {self.where}: {exc} ({ENV_HINT})"
+                f"--blobs {self.where}: cannot reach bucket {self.bucket!r}: {exc} ({ENV_HINT})"
             ) from None
 
     def call(self, fn: Callable[[], T], missing: bool = False) -> T:
