@@ -135,3 +135,33 @@ def test_the_example_coordinator_toml_loads() -> None:
             keys.add(bare)
     assert keys <= set(config.SCHEMA.by_key), keys - set(config.SCHEMA.by_key)
     assert set(config.SCHEMA.by_key) <= keys, set(config.SCHEMA.by_key) - keys
+
+
+def test_blobs_in_a_bucket_from_the_file_the_environment_or_a_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, 'blobs = "s3://grid-blobs/coord-1"\nblob_cache_size = "2GiB"\n')
+    got = load("--config", str(path))
+    assert (got.settings.blobs, got.settings.blob_cache_size) == (
+        "s3://grid-blobs/coord-1",
+        2 << 30,
+    )
+    got = load("--config", str(path), env={"SPAREGRID_COORDINATOR_BLOBS": "local"})
+    assert got.settings.blobs == "local"
+    assert load("--blobs", "s3://other").settings.blobs == "s3://other"
+    assert load().settings.blobs == "local"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("gs://bucket", "is neither 'local' nor s3://BUCKET[/PREFIX]"),
+        ("s3://", "names no bucket"),
+        ("s3://Bad_Bucket/x", "names 'Bad_Bucket', not an S3 bucket name"),
+    ],
+)
+def test_a_bad_blobs_url_in_the_file_names_the_key_and_the_file(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    path = write(tmp_path, f'blobs = "{value}"\n')
+    with pytest.raises(ConfigError) as err:
+        load("--config", str(path))
+    assert f"blobs {value!r} {says}" in str(err.value) and str(path) in str(err.value)

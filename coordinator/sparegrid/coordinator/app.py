@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sparegrid.coordinator.blobs import BlobStore
+from sparegrid.coordinator.blobs_s3 import open_blobs
 from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.domain import Account, Delivery, Job
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
@@ -77,6 +77,10 @@ class Settings:
     reap_interval_seconds: float = 1.0
     max_attempt_seconds: float = 3600.0
     max_blob_size: int = 16 << 30
+    # where finished blobs live: "local" (DATA_DIR/blobs) or s3://BUCKET[/PREFIX]
+    blobs: str = "local"
+    # with blobs in a bucket: local copies kept for code that needs a file (blobs_s3.py)
+    blob_cache_size: int = 10 << 30
     # credit per work units, by kind (jobs.DEFAULT_PRICES says what each unit is)
     prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     default_max_attempts: int = 3
@@ -120,12 +124,19 @@ class App:
         self.store = store
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.blobs = BlobStore(settings.data_dir / "blobs", settings.max_blob_size)
+        self.signer = Signer.load_or_create(settings.key_path)
+        # coordinators over one database share the key, and so their marks on blobs
+        self.blobs = open_blobs(
+            settings.blobs,
+            settings.data_dir / "blobs",
+            settings.max_blob_size,
+            settings.blob_cache_size,
+            holder=self.signer.public_key.hex()[:32],
+        )
         self.events = Events(store, self.clock, settings.events)
         self.ledger = Ledger(store, self.clock)
         self.accounts = Accounts(store, self.ledger, self.clock)
         self.invites = Invites(store, self.accounts, self.events, self.clock, settings.signups)
-        self.signer = Signer.load_or_create(settings.key_path)
         self.reputations = Reputations(store, self.clock, settings.trust)
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)
         self.spot_checks = SpotChecks(settings.spot_checks, read=self._read_output)

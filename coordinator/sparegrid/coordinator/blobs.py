@@ -24,6 +24,7 @@ import platform
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.wire import is_digest
@@ -60,6 +61,18 @@ def check_digest(digest: str) -> str:
         shown = digest if len(digest) <= 80 else digest[:64] + "..."
         raise invalid("BAD_DIGEST", f"{shown!r} is not a lowercase hex SHA-256 digest")
     return digest
+
+
+class BlobReader(Protocol):
+    """What `BlobStore.open` returns: a blob read at offsets, from any thread."""
+
+    def read_at(self, offset: int, n: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "BlobReader": ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Reader:
@@ -218,9 +231,7 @@ class Upload:
                 "DIGEST_MISMATCH",
                 f"uploaded bytes hash to {actual}, not the announced {self.digest}",
             )
-        final = self._store.path(self.digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._partial, final)
+        self._store.publish(self._partial, self.digest)
 
     def close(self) -> None:
         self._writer.shutdown(wait=False, cancel_futures=True)
@@ -243,15 +254,29 @@ class Upload:
 
 
 class BlobStore:
+    """Blobs on local disk. blobs_s3.S3BlobStore keeps them in a bucket instead, with the
+    same partial files for uploads."""
+
+    folders: tuple[str, ...] = ("sha256", "partial", "trash")
+    remote = False  # True: a lookup is a network request, to be made off the event loop
+
     def __init__(self, root: Path, max_blob_size: int) -> None:
         self.root = root
         self.max_blob_size = max_blob_size
         self.uploading: set[tuple[str, str]] = set()  # (uploader, digest) being received
-        for name in ("sha256", "partial", "trash"):
+        for name in self.folders:
             (root / name).mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
+        """Where the blob's bytes are on local disk (for code that needs a file); the
+        path may not exist when the blob is not stored."""
         return self.root / "sha256" / digest[:2] / digest
+
+    def publish(self, partial: Path, digest: str) -> None:
+        """Makes a verified partial file the blob `digest`; the partial file is gone."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
 
     def partial_path(self, digest: str, owner: str) -> Path:
         """Each uploader resumes only its own partial file: finishing someone else's
@@ -337,7 +362,7 @@ class BlobStore:
                 os.unlink(entry.path)
         return freed
 
-    def open(self, digest: str) -> Reader:
+    def open(self, digest: str) -> BlobReader:
         """A reader of the blob; NOT_FOUND when absent."""
         try:
             return Reader(self.path(digest))

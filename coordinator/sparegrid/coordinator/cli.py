@@ -96,7 +96,11 @@ def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings = serving.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(serving.database_url)
-    return App(store, settings), store
+    try:
+        return App(store, settings), store
+    except BaseException:
+        store.close()
+        raise
 
 
 async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:

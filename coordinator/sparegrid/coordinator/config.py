@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.coordinator.app import Settings
+from sparegrid.coordinator.blobs_s3 import parse_url
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
@@ -61,6 +62,13 @@ def _choice(choices: tuple[str, ...], upper: bool = False) -> Any:
         return text
 
     return convert
+
+
+def _blobs_url(value: object) -> str:
+    text = to_str(value)
+    if text != "local":
+        parse_url(text)  # ValueError saying what is wrong
+    return text
 
 
 def _prices(value: object) -> dict[str, Price]:
@@ -140,6 +148,20 @@ SETTINGS = (
         "largest blob, in bytes or e.g. 16GiB",
         metavar="SIZE",
         default=_gib(_S["max_blob_size"]),
+    ),
+    Setting(
+        "blobs",
+        _blobs_url,
+        "where finished blobs are kept: local (DATA_DIR/blobs) or s3://BUCKET[/PREFIX], an S3-compatible bucket (pip install 'sparegrid[s3]'; endpoint from AWS_ENDPOINT_URL, credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, region from AWS_REGION)",
+        metavar="URL",
+        default="local",
+    ),
+    Setting(
+        "blob_cache_size",
+        to_size,
+        "with --blobs s3://...: local copies of blobs kept for code that needs a file (a kind inspecting an input, a comparison of outputs), least recently used out first",
+        metavar="SIZE",
+        default=_gib(_S["blob_cache_size"]),
     ),
     Setting(
         "price",
@@ -310,6 +332,8 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         "lease": "lease_seconds",
         "reconnect_grace": "reconnect_grace_seconds",
         "max_blob_size": "max_blob_size",
+        "blobs": "blobs",
+        "blob_cache_size": "blob_cache_size",
         "max_attempt_seconds": "max_attempt_seconds",
         "wait_limit": "wait_limit_seconds",
         "min_worker_version": "min_worker_version",
@@ -387,6 +411,7 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         problems.append(f"{where['wait_limit']} must be 0 (for ever) or more")
     for name in (
         "max_blob_size",
+        "blob_cache_size",
         "in_flight_quota",
         "stored_quota",
         "anonymous_in_flight_quota",

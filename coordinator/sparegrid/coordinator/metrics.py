@@ -8,6 +8,7 @@ node id or a string a node or client sent, so no input can grow the series witho
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -17,15 +18,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sparegrid.coordinator.domain import Event
+from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.events import EventKind
 
 if TYPE_CHECKING:
     from sparegrid.coordinator.app import App
     from sparegrid.coordinator.services.settlement import Settled
 
+log = logging.getLogger(__name__)
+
 OTHER = "other"  # the label value for anything outside a closed set
 LAG_INTERVAL = 0.5  # seconds between event-loop lag probes
 BLOB_INTERVAL = 30.0  # seconds between walks of the blob store for its size
+# ... of a bucket: each walk lists it, 1,000 keys a request, and requests are billed
+REMOTE_BLOB_INTERVAL = 600.0
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -88,9 +94,15 @@ class CoordinatorMetrics:
             buckets=_FAST,
         )
         self.blob_bytes = Gauge(
-            "sparegrid_blob_bytes", "Bytes of stored blobs (walked every 30 s)", registry=r
+            "sparegrid_blob_bytes",
+            "Bytes of stored blobs (walked every 30 s; in a bucket every 10 min)",
+            registry=r,
         )
-        self.blob_files = Gauge("sparegrid_blobs", "Stored blobs (walked every 30 s)", registry=r)
+        self.blob_files = Gauge(
+            "sparegrid_blobs",
+            "Stored blobs (walked every 30 s; in a bucket every 10 min)",
+            registry=r,
+        )
         self.registry.register(_StateCollector(self))
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -132,11 +144,16 @@ class CoordinatorMetrics:
             self.loop_lag.observe(max(time.perf_counter() - began - LAG_INTERVAL, 0.0))
 
     async def _blobs(self) -> None:
+        blobs = self.app.blobs
         while True:
-            stored = await asyncio.to_thread(self.app.blobs.stored)
-            self.blob_files.set(len(stored))
-            self.blob_bytes.set(sum(size for _, size, _ in stored))
-            await asyncio.sleep(BLOB_INTERVAL)
+            try:
+                stored = await asyncio.to_thread(blobs.stored)
+            except CoordinatorError as exc:  # a bucket that did not answer: next time
+                log.warning("the blob metrics were not updated: %s", exc)
+            else:
+                self.blob_files.set(len(stored))
+                self.blob_bytes.set(sum(size for _, size, _ in stored))
+            await asyncio.sleep(REMOTE_BLOB_INTERVAL if blobs.remote else BLOB_INTERVAL)
 
 
 _EVENT_KINDS = frozenset(k.value for k in EventKind)

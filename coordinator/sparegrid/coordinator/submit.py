@@ -83,6 +83,8 @@ class Submitter:
             first, task = running
             self._jobs.check_same(spec, first, "a job still being submitted")
             return await asyncio.shield(task)
+        if self._jobs.remote_blobs:
+            await asyncio.to_thread(self._jobs.look_up_inputs, spec.inputs)
         draft = self._jobs.prepare(account, spec)
         if isinstance(draft, Job):
             return draft

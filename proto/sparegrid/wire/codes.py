@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     BAD_WEBHOOK = "BAD_WEBHOOK"
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
     BLOB_NOT_FOUND = "BLOB_NOT_FOUND"
+    BLOB_STORE_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"  # the S3 bucket did not answer
     BLOB_TOO_LARGE = "BLOB_TOO_LARGE"
     DIGEST_MISMATCH = "DIGEST_MISMATCH"  # also: a download that does not hash to its digest
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"

@@ -14,7 +14,7 @@ from typing import Any
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.blobs import Reader, Upload, check_digest
+from sparegrid.coordinator.blobs import BlobReader, Upload, check_digest
 from sparegrid.coordinator.domain import Account, AttemptState, owner_of
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc.auth import WorkerPrincipal, principal_of
@@ -44,6 +44,11 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
 
     def _principal(self, context: Ctx) -> Account | WorkerPrincipal:
         return principal_of(context, self.app.accounts, self.app.session_tokens)
+
+    async def _size(self, digest: str) -> int | None:
+        """The blob's size; asked off the event loop when that is a request to a bucket."""
+        blobs = self.app.blobs
+        return await asyncio.to_thread(blobs.size, digest) if blobs.remote else blobs.size(digest)
 
     def _readable(self, principal: Account | WorkerPrincipal, digest: str) -> bool:
         if isinstance(principal, WorkerPrincipal):
@@ -118,7 +123,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
     ) -> blob_pb2.StatBlobResponse:
         principal = self._principal(context)
         digest = check_digest(request.digest)
-        size = self.app.blobs.size(digest)
+        size = await self._size(digest)
         if size is not None and self._readable(principal, digest):
             if isinstance(principal, Account):  # about to use it: keep it, charged again
                 holder = self._holder(principal)
@@ -140,7 +145,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         outputs = self._output_of(principal, digest, list(header.attempt_ids))
         holder = self._holder(principal)
         app = self.app
-        if app.blobs.size(digest) == size and self._readable(principal, digest):
+        if await self._size(digest) == size and self._readable(principal, digest):
             # a worker that read it has its bytes; an account that owns it uploads it again
             charged = holder if isinstance(principal, Account) else None
             await app.call(lambda: self._stored(principal, charged, digest, size, outputs))
@@ -193,7 +198,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         digest = check_digest(request.digest)
         if not self._readable(principal, digest):
             raise not_found("BLOB_NOT_FOUND", f"blob {digest} not found")
-        size = self.app.blobs.size(digest)
+        size = await self._size(digest)
         if size is None:
             data = self.app.store.get_inline_blob(digest)
             if data is None:
@@ -202,7 +207,11 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             return
         if request.offset > size:
             raise invalid("BAD_OFFSET", f"offset {request.offset} is past the end ({size} bytes)")
-        with self.app.blobs.open(digest) as reader:
+        blobs = self.app.blobs
+        opened = (
+            blobs.open(digest) if not blobs.remote else await asyncio.to_thread(blobs.open, digest)
+        )
+        with opened as reader:
             first = True
             async for chunk in _read_ahead(reader, request.offset, size):
                 yield blob_pb2.DownloadBlobResponse(size=size if first else 0, chunk=chunk)
@@ -230,7 +239,7 @@ async def _receive(upload: Upload, requests: AsyncIterator[blob_pb2.UploadBlobRe
             write.add_done_callback(_retrieve)
 
 
-async def _read_ahead(reader: Reader, start: int, size: int) -> AsyncIterator[bytes]:
+async def _read_ahead(reader: BlobReader, start: int, size: int) -> AsyncIterator[bytes]:
     """The blob's chunks from start; READ_AHEAD reads run in threads while one is sent."""
     offsets = iter(range(start, size, CHUNK))
     reads: deque[asyncio.Future[bytes]] = deque()

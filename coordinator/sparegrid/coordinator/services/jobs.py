@@ -27,9 +27,11 @@ from sparegrid.coordinator.services.scheduler import Scheduler
 from sparegrid.coordinator.services.verification import check_policy, policy_text
 from sparegrid.coordinator.states import FINAL_JOB_STATES, move_job, reopen_job, reopen_task
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+from sparegrid.wire import is_digest
 
 _VERSION = re.compile(r"\d+\.\d+")
 MAX_ATTEMPTS = 10
+INPUTS_LOOKED_UP = 1000  # a submit naming more looks the rest up on the event loop
 MAX_PRIORITY = 100
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 RETRYABLE_TASKS = frozenset({TaskState.FAILED, TaskState.CANCELLED})
@@ -352,6 +354,19 @@ class Jobs:
                 f"owner accounts whose nodes' results count; this coordinator has "
                 f"{available}: ask for fewer replicas or the adaptive policy",
             )
+
+    @property
+    def remote_blobs(self) -> bool:
+        """Whether a look at a blob is a request to a bucket: `look_up_inputs` first."""
+        return self._blobs.remote
+
+    def look_up_inputs(self, inputs: dict[str, str]) -> None:
+        """Asks the blob store for the inputs' sizes ahead of `prepare`; a bucket's store
+        keeps them (blobs_s3.py), so `prepare`, on the event loop, then sends no request.
+        Run it in a worker thread."""
+        for digest in list(inputs.values())[:INPUTS_LOOKED_UP]:
+            if is_digest(digest):
+                self._blobs.size(digest)
 
     def _inputs(self, account: Account, inputs: dict[str, str]) -> dict[str, FileRef]:
         refs: dict[str, FileRef] = {}

@@ -263,7 +263,10 @@ class Dashboard:
         key = (job.id, index)
         thumb = self._thumbs.get(key)
         if thumb is None:
-            source = views.thumbnail_source(self.app, job, index)
+            found = views.thumbnail_source(self.app, job, index)
+            digest, source = found if found is not None else ("", None)
+            if found is not None and source is None:
+                source = await asyncio.to_thread(views.read_blob, self.app.blobs, digest)
             if source is None:
                 return PlainTextResponse("not found", 404)
             try:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sparegrid.coordinator.app import App
+from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.domain import (
     Account,
     Dispute,
@@ -188,19 +189,26 @@ def _pngs(task: Task) -> list[FileRef]:
     return [o for o in task.outputs if o.name.lower().endswith(".png")]
 
 
-def thumbnail_source(app: App, job: Job, index: int) -> bytes | None:
-    """The first PNG output of the job's task `index`, if it succeeded with one."""
+def thumbnail_source(app: App, job: Job, index: int) -> tuple[str, bytes | None] | None:
+    """The first PNG output of the job's task `index`, if it succeeded with one: its digest,
+    and its bytes when the store keeps them inline (else `read_blob` them off the loop)."""
     tasks = app.store.list_tasks(job.id, after_index=index - 1, limit=1)
     if not tasks or tasks[0].index != index or tasks[0].state != TaskState.SUCCEEDED:
         return None
     outputs = _pngs(tasks[0])
     if not outputs:
         return None
-    data = app.store.get_inline_blob(outputs[0].digest)
-    if data is not None:
-        return data
-    path = app.blobs.path(outputs[0].digest)
-    return path.read_bytes() if path.is_file() else None
+    return outputs[0].digest, app.store.get_inline_blob(outputs[0].digest)
+
+
+def read_blob(blobs: BlobStore, digest: str) -> bytes | None:
+    """A blob's bytes from a local file (a bucket's blob through the read cache); None
+    when it is not stored. May wait for a disk or a network: run it in a worker thread."""
+    path = blobs.path(digest)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def make_thumbnail(png: bytes) -> bytes:
