@@ -50,6 +50,10 @@ class ClientServiceStub:
     """
     EstimateJob: _grpc.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]
     """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+    GetTaskLogs: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetTaskLogsRequest, _client_pb2.GetTaskLogsResponse]
+    """The logs workers returned for a job's attempts (failed ones, and successful ones when
+    the job kept them), each signed by its node. Only the job's owner may read them.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -73,6 +77,10 @@ class ClientServiceAsyncStub(ClientServiceStub):
     """
     EstimateJob: _aio.UnaryUnaryMultiCallable[_client_pb2.EstimateJobRequest, _client_pb2.EstimateJobResponse]  # type: ignore[assignment]
     """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+    GetTaskLogs: _aio.UnaryUnaryMultiCallable[_client_pb2.GetTaskLogsRequest, _client_pb2.GetTaskLogsResponse]  # type: ignore[assignment]
+    """The logs workers returned for a job's attempts (failed ones, and successful ones when
+    the job kept them), each signed by its node. Only the job's owner may read them.
+    """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -165,5 +173,15 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.EstimateJobResponse, _abc.Awaitable[_client_pb2.EstimateJobResponse]]:
         """What a job would cost, split and priced as SubmitJob would; nothing is stored or held."""
+
+    @_abc_1.abstractmethod
+    def GetTaskLogs(
+        self,
+        request: _client_pb2.GetTaskLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.GetTaskLogsResponse, _abc.Awaitable[_client_pb2.GetTaskLogsResponse]]:
+        """The logs workers returned for a job's attempts (failed ones, and successful ones when
+        the job kept them), each signed by its node. Only the job's owner may read them.
+        """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
