@@ -35,6 +35,7 @@ from sparegrid.sdk.errors import (
 )
 from sparegrid.sdk.models import (
     Account,
+    AttemptLog,
     Device,
     DeviceKind,
     Dispute,
@@ -68,6 +69,7 @@ __all__ = [
     "AsyncClient",
     "AsyncInferenceJob",
     "AsyncJob",
+    "AttemptLog",
     "AuthenticationError",
     "CancelledError",
     "Client",
