@@ -11,6 +11,7 @@ from grpc import aio
 from sparegrid.cli.logs import printable
 from sparegrid.cli.main import main
 from sparegrid.coordinator.domain import AttemptState, TaskState
+from sparegrid.coordinator.services import results
 from sparegrid.sdk import Client, NotFoundError
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
 from sparegrid.wire import Signer, sha256_hex
@@ -22,10 +23,12 @@ from tests.coordinator.sessions import Call, session
 TRACE = b"Traceback (most recent call last):\n  ...\nRuntimeError: shape mismatch\n"
 
 
-async def submit(served: Served, tasks: int = 1, keep_logs: bool = False) -> str:
+async def submit(
+    served: Served, tasks: int = 1, keep_logs: bool = False, max_attempts: int = 1
+) -> str:
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     spec = client_pb2.JobSpec(
-        kind="echo", params=b'{"tasks": %d}' % tasks, max_attempts=1, keep_logs=keep_logs
+        kind="echo", params=b'{"tasks": %d}' % tasks, max_attempts=max_attempts, keep_logs=keep_logs
     )
     response = await client.SubmitJob(
         client_pb2.SubmitJobRequest(spec=spec), metadata=served.auth(served.bob_key)
@@ -214,3 +217,17 @@ async def test_job_logs_shows_a_hostile_log_without_letting_it_drive_the_termina
     assert await asyncio.to_thread(main, ["job", "logs", job_id, "--json"]) == 0
     assert "\x1b" not in capsys.readouterr().out
     assert printable("a\x00b\u2028c") == "a\\x00b\\u2028c"
+
+
+async def test_a_job_keeps_a_bounded_number_of_logs(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "MAX_LOGS_PER_JOB", 2)
+    job_id = await submit(served, tasks=3, max_attempts=3)  # the job goes on after a failure
+    signer = Signer.generate()
+    call, _, assignments = await assigned(served, signer, count=3)
+    for a in assignments:  # each failure is taken; only the first two logs are kept
+        assert (await fail(call, a, log_for(signer, a, "EXECUTOR_ERROR", TRACE))).accepted
+    call.cancel()
+    kept = served.app.store.task_logs(job_id)
+    assert sorted(x.attempt_id for x in kept) == sorted(a.attempt_id for a in assignments[:2])

@@ -45,6 +45,9 @@ class Verdict:
     credit: int = 0  # paid for this attempt now (0 also when it is paid later, once validated)
 
 
+# the logs kept per job at most (64 MiB of text): a job whose million tasks all fail keeps
+# the first ones, which say what the rest would
+MAX_LOGS_PER_JOB = 1000
 PREEMPTED = FailureCode.PREEMPTED  # stopped by the node's policy: re-queued, not held against it
 
 
@@ -249,6 +252,18 @@ class Intake:
             received_at=self.scheduler.clock.now(),
         )
 
+    def _keep_logs(self, logs: list[AttemptLog]) -> None:
+        """Stores the logs, up to MAX_LOGS_PER_JOB per job; the rest are dropped."""
+        room: dict[str, int] = {}
+        kept: list[AttemptLog] = []
+        for log in logs:
+            if log.job_id not in room:
+                room[log.job_id] = MAX_LOGS_PER_JOB - self.store.task_log_count(log.job_id)
+            if room[log.job_id] > 0:
+                room[log.job_id] -= 1
+                kept.append(log)
+        self.store.add_task_logs(kept)
+
     def _keeps_logs(self, job_id: str) -> bool:
         active = self.scheduler.jobs.get(job_id)
         job = active.job if active is not None else self.store.get_job(job_id)
@@ -272,7 +287,7 @@ class Intake:
         with store.transaction():
             used = {ref.digest for c in accepted for ref in c.outputs}
             store.put_inline_blobs({d: inline[d] for d in used if d in inline})
-            store.add_task_logs(logs or [])
+            self._keep_logs(logs or [])
             settled = self.settlement.settle(node_id, owner, accepted, self._reader(inline))
         self._settled(settled)
         log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
@@ -395,7 +410,7 @@ class Intake:
                 continue
             failed.append(attempt)
             flags.append(failure.retryable)
-        self.store.add_task_logs(kept)
+        self._keep_logs(kept)
         self.scheduler.give_back(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
         return verdicts

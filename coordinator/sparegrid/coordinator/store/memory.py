@@ -544,6 +544,10 @@ class MemoryStore(MemoryStorage):
             for log in logs:
                 self._s.task_logs.setdefault(log.attempt_id, copy.deepcopy(log))
 
+    def task_log_count(self, job_id: str) -> int:
+        with self._lock:
+            return sum(1 for log in self._s.task_logs.values() if log.job_id == job_id)
+
     def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
         with self._lock:
             found = [

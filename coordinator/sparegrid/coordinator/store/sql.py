@@ -576,6 +576,11 @@ class SqlStore(SqlStorage, SqlEvents):
                 [r.task_log_params(log) for log in logs],
             )
 
+    def task_log_count(self, job_id: str) -> int:
+        with self._atomic():
+            rows = self._query("SELECT COUNT(*) FROM task_logs WHERE job_id = ?", (job_id,))
+        return int(rows[0][0])
+
     def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
         where, params = "job_id = ?", list[object]([job_id])
         if task_index is not None:
