@@ -216,6 +216,9 @@ async def test_job_logs_shows_a_hostile_log_without_letting_it_drive_the_termina
     assert f"attempt {a.attempt_id}" in out and "EXECUTOR_ERROR (signed)" in out
     assert await asyncio.to_thread(main, ["job", "logs", job_id, "--json"]) == 0
     assert "\x1b" not in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["job", "logs", job_id, "--task", "-1"]) != 0
+    refused = capsys.readouterr()
+    assert "--task is a task index (0 or more), got -1" in refused.err and not refused.out
     assert printable("a\x00b\u2028c") == "a\\x00b\\u2028c"
 
 
