@@ -91,10 +91,12 @@ class Cluster:
                 self.owner_keys[owner] = admin.create_account(owner, credit=0)[1]
         return self.owner_keys[owner]
 
-    def start_worker(self, name: str, *extra: str, owner: str | None = "") -> Proc:
+    def start_worker(
+        self, name: str, *extra: str, owner: str | None = "", env: dict[str, str] | None = None
+    ) -> Proc:
         """A worker whose node proves an owner account: by default one of its own, named
         `owner-<name>` (each worker a vetted owner); None starts one without an owner."""
-        env = {}
+        env = dict(env or {})
         if owner is not None:
             env["SPAREGRID_OWNER_KEY"] = self.owner_key(owner or f"owner-{name}")
         proc = self.spawn(

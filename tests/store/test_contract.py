@@ -8,6 +8,7 @@ from sparegrid.coordinator.domain import (
     MINT,
     Account,
     Attempt,
+    AttemptLog,
     AttemptState,
     FileRef,
     JobState,
@@ -640,3 +641,24 @@ def test_webhook_deliveries_are_due_in_time_order_until_settled(store: Store) ->
     assert (again.attempts, again.last_error, again.body) == (1, "HTTP 500", b"soon")
     [delivered] = store.get_webhooks("j1")
     assert (delivered.state, delivered.body) == ("delivered", b"\x00late")
+
+
+# task logs
+
+
+def _log(attempt_id: str, job_id: str, index: int, at: float) -> AttemptLog:
+    return AttemptLog(
+        attempt_id, job_id, f"{job_id}-{index}", index, "n1", "EXECUTOR_ERROR",
+        b"statement", b"signature", b"text \x1b\x00", b"k" * 32, at,
+    )  # fmt: skip
+
+
+def test_task_logs_are_kept_once_per_attempt_by_task_then_arrival(store: Store) -> None:
+    store.add_task_logs([_log("a3", "j1", 1, 3.0), _log("a1", "j1", 0, 5.0)])
+    store.add_task_logs([_log("a2", "j1", 0, 4.0), _log("b1", "j2", 0, 1.0)])
+    store.add_task_logs([_log("a1", "j1", 0, 9.0)])  # an attempt's second log is ignored
+    assert [x.attempt_id for x in store.task_logs("j1")] == ["a2", "a1", "a3"]
+    assert [x.attempt_id for x in store.task_logs("j1", 1)] == ["a3"]
+    assert store.task_logs("j1", 7) == [] and store.task_logs("nope") == []
+    assert store.task_logs("j2") == [_log("b1", "j2", 0, 1.0)]  # every byte as stored
+    assert (store.task_log_count("j1"), store.task_log_count("j2")) == (3, 1)

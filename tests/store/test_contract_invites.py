@@ -76,8 +76,10 @@ def test_a_use_is_undone_with_its_transaction(store: Store) -> None:
     assert store.use_invite("hash-of-inv1", NOW)
 
 
-def test_the_invites_migration_is_the_latest() -> None:
-    assert MIGRATIONS[-1][0] == 11 and "CREATE TABLE invites" in MIGRATIONS[-1][1]
+def test_the_invites_table_comes_in_one_migration_numbered_in_order() -> None:
+    versions = [version for version, _ in MIGRATIONS]
+    assert versions == sorted(set(versions))
+    assert sum("CREATE TABLE invites" in script for _, script in MIGRATIONS) == 1
 
 
 def test_two_coordinators_racing_for_the_last_use_cannot_both_win(

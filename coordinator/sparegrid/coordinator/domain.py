@@ -111,6 +111,7 @@ class Job:
     # order among its account's own jobs (higher first), and the URL called when it ends
     priority: int = 0
     webhook_url: str = ""
+    keep_logs: bool = False  # keep the logs of tasks that succeed too (failures' always)
 
     def task_cost(self, work: int) -> int:
         """Credit one validated result of a task of `work` units earns (and costs)."""
@@ -327,6 +328,24 @@ class Event:
     account: str = ""
     data: dict[str, object] = field(default_factory=dict)  # JSON-able details
     seq: int = 0
+
+
+@dataclass
+class AttemptLog:
+    """The log a node sent with an attempt's outcome (services/results.py): the text and
+    the statement exactly as the node signed them, and its key, for the owner to check."""
+
+    attempt_id: str
+    job_id: str
+    task_id: str
+    task_index: int
+    node_id: str
+    outcome: str  # "succeeded" or the failure code
+    statement: bytes
+    signature: bytes
+    text: bytes
+    public_key: bytes
+    received_at: float
 
 
 @dataclass

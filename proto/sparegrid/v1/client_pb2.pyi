@@ -187,6 +187,7 @@ class JobSpec(_message.Message):
     QUORUM_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    KEEP_LOGS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     name: _builtins.str
     params: _builtins.bytes
@@ -208,6 +209,8 @@ class JobSpec(_message.Message):
     """Called (POST, HMAC-SHA256-signed JSON) once the job succeeds, fails or is cancelled;
     "" for none. http or https; private addresses only where the operator allows them.
     """
+    keep_logs: _builtins.bool
+    """Keep the log of tasks that succeed too (a failed task's log is always kept)."""
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """input name -> blob digest"""
@@ -227,10 +230,11 @@ class JobSpec(_message.Message):
         quorum: _builtins.int = ...,
         priority: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
+        keep_logs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "requirements", b"requirements", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "keep_logs", b"keep_logs", "kind", b"kind", "max_attempts", b"max_attempts", "name", b"name", "params", b"params", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "requirements", b"requirements", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -878,3 +882,97 @@ class SignupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignupResponse: _TypeAlias = SignupResponse  # noqa: Y015
+
+@_typing.final
+class GetTaskLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ALL_TASKS_FIELD_NUMBER: _builtins.int
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    all_tasks: _builtins.bool
+    """false: only the task of index `task_index`"""
+    task_index: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        all_tasks: _builtins.bool = ...,
+        task_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tasks", b"all_tasks", "job_id", b"job_id", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskLogsRequest: _TypeAlias = GetTaskLogsRequest  # noqa: Y015
+
+@_typing.final
+class AttemptLog(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    task_id: _builtins.str
+    attempt_id: _builtins.str
+    node_id: _builtins.str
+    outcome: _builtins.str
+    """"succeeded" or the failure code"""
+    public_key: _builtins.bytes
+    """the node's Ed25519 key, to check the signature"""
+    @_builtins.property
+    def log(self) -> _common_pb2.TaskLog:
+        """exactly as the node signed it"""
+
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        log: _common_pb2.TaskLog | None = ...,
+        public_key: _builtins.bytes = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["log", b"log", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "log", b"log", "node_id", b"node_id", "outcome", b"outcome", "public_key", b"public_key", "received_at", b"received_at", "task_id", b"task_id", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptLog: _TypeAlias = AttemptLog  # noqa: Y015
+
+@_typing.final
+class GetTaskLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptLog]:
+        """by task index, then as received"""
+
+    def __init__(
+        self,
+        *,
+        logs: _abc.Iterable[Global___AttemptLog] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskLogsResponse: _TypeAlias = GetTaskLogsResponse  # noqa: Y015

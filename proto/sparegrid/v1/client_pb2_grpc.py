@@ -99,6 +99,11 @@ class ClientServiceStub:
                 request_serializer=sparegrid_dot_v1_dot_client__pb2.SignupRequest.SerializeToString,
                 response_deserializer=sparegrid_dot_v1_dot_client__pb2.SignupResponse.FromString,
                 _registered_method=True)
+        self.GetTaskLogs = channel.unary_unary(
+                '/sparegrid.v1.ClientService/GetTaskLogs',
+                request_serializer=sparegrid_dot_v1_dot_client__pb2.GetTaskLogsRequest.SerializeToString,
+                response_deserializer=sparegrid_dot_v1_dot_client__pb2.GetTaskLogsResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -190,6 +195,14 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskLogs(self, request, context):
+        """The logs workers returned for a job's attempts (failed ones, and successful ones when
+        the job kept them), each signed by its node. Only the job's owner may read them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +270,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Signup,
                     request_deserializer=sparegrid_dot_v1_dot_client__pb2.SignupRequest.FromString,
                     response_serializer=sparegrid_dot_v1_dot_client__pb2.SignupResponse.SerializeToString,
+            ),
+            'GetTaskLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskLogs,
+                    request_deserializer=sparegrid_dot_v1_dot_client__pb2.GetTaskLogsRequest.FromString,
+                    response_serializer=sparegrid_dot_v1_dot_client__pb2.GetTaskLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -610,6 +628,33 @@ class ClientService:
             '/sparegrid.v1.ClientService/Signup',
             sparegrid_dot_v1_dot_client__pb2.SignupRequest.SerializeToString,
             sparegrid_dot_v1_dot_client__pb2.SignupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sparegrid.v1.ClientService/GetTaskLogs',
+            sparegrid_dot_v1_dot_client__pb2.GetTaskLogsRequest.SerializeToString,
+            sparegrid_dot_v1_dot_client__pb2.GetTaskLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,10 @@ class ClientServiceStub:
     """The one call that takes no API key: an invitation code from the operator creates an
     account and returns its key, once. Attempts from one address are rate-limited.
     """
+    GetTaskLogs: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetTaskLogsRequest, _client_pb2.GetTaskLogsResponse]
+    """The logs workers returned for a job's attempts (failed ones, and successful ones when
+    the job kept them), each signed by its node. Only the job's owner may read them.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -80,6 +84,10 @@ class ClientServiceAsyncStub(ClientServiceStub):
     Signup: _aio.UnaryUnaryMultiCallable[_client_pb2.SignupRequest, _client_pb2.SignupResponse]  # type: ignore[assignment]
     """The one call that takes no API key: an invitation code from the operator creates an
     account and returns its key, once. Attempts from one address are rate-limited.
+    """
+    GetTaskLogs: _aio.UnaryUnaryMultiCallable[_client_pb2.GetTaskLogsRequest, _client_pb2.GetTaskLogsResponse]  # type: ignore[assignment]
+    """The logs workers returned for a job's attempts (failed ones, and successful ones when
+    the job kept them), each signed by its node. Only the job's owner may read them.
     """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +190,16 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_client_pb2.SignupResponse, _abc.Awaitable[_client_pb2.SignupResponse]]:
         """The one call that takes no API key: an invitation code from the operator creates an
         account and returns its key, once. Attempts from one address are rate-limited.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTaskLogs(
+        self,
+        request: _client_pb2.GetTaskLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.GetTaskLogsResponse, _abc.Awaitable[_client_pb2.GetTaskLogsResponse]]:
+        """The logs workers returned for a job's attempts (failed ones, and successful ones when
+        the job kept them), each signed by its node. Only the job's owner may read them.
         """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

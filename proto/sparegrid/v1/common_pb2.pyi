@@ -357,6 +357,76 @@ class ResultStatement(_message.Message):
 Global___ResultStatement: _TypeAlias = ResultStatement  # noqa: Y015
 
 @_typing.final
+class LogStatement(_message.Message):
+    """A task's log: the tail of what its executor wrote (stderr, stdout, tracebacks and
+    warnings), at most 64 KiB, with the node's paths replaced by placeholders such as
+    <scratch>. The node signs the serialised LogStatement with the tag
+    "sparegrid/v1/task-log\\0"; the statement names the attempt and the text's digest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TEXT_DIGEST_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    task_id: _builtins.str
+    attempt_id: _builtins.str
+    node_id: _builtins.str
+    outcome: _builtins.str
+    """"succeeded", or the failure code (e.g. EXECUTOR_ERROR)"""
+    text_digest: _builtins.bytes
+    """SHA-256 of the text"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        text_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "job_id", b"job_id", "node_id", b"node_id", "outcome", b"outcome", "task_id", b"task_id", "text_digest", b"text_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogStatement: _TypeAlias = LogStatement  # noqa: Y015
+
+@_typing.final
+class TaskLog(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    statement: _builtins.bytes
+    """serialised LogStatement, exactly as signed"""
+    signature: _builtins.bytes
+    """the node's Ed25519 signature over the tag and the statement"""
+    text: _builtins.bytes
+    """UTF-8 as far as the executor wrote UTF-8"""
+    def __init__(
+        self,
+        *,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        text: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "statement", b"statement", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskLog: _TypeAlias = TaskLog  # noqa: Y015
+
+@_typing.final
 class Validation(_message.Message):
     """The coordinator's word on one accepted result. It signs these exact bytes, with a
     domain tag, so a client holding the coordinator's public key can check it offline.

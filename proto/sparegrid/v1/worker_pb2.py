@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sparegrid.v1 import common_pb2 as sparegrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sparegrid/v1/worker.proto\x12\x0csparegrid.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sparegrid/v1/common.proto\"-\n\x0c\x45xecutorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa1\x02\n\x05Hello\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12%\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x14.sparegrid.v1.Device\x12\x33\n\x08software\x18\x04 \x03(\x0b\x32!.sparegrid.v1.Hello.SoftwareEntry\x12-\n\texecutors\x18\x05 \x03(\x0b\x32\x1a.sparegrid.v1.ExecutorInfo\x12\x18\n\x10running_attempts\x18\x06 \x03(\t\x12\x1b\n\x13max_attempt_seconds\x18\x07 \x01(\x01\x1a/\n\rSoftwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x11\x43hallengeResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"<\n\x06\x43redit\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05reset\x18\x03 \x01(\x08\"\x0b\n\tHeartbeat\"\xba\x01\n\x07Results\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x12\n\nstatements\x18\x02 \x03(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12@\n\x0einline_outputs\x18\x04 \x03(\x0b\x32(.sparegrid.v1.Results.InlineOutputsEntry\x1a\x34\n\x12InlineOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"S\n\x0bTaskFailure\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"I\n\x08\x46\x61ilures\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.sparegrid.v1.TaskFailure\"\x07\n\x05\x44rain\"\xce\x02\n\rWorkerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.sparegrid.v1.HelloH\x00\x12=\n\x12\x63hallenge_response\x18\x02 \x01(\x0b\x32\x1f.sparegrid.v1.ChallengeResponseH\x00\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.sparegrid.v1.CreditH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.sparegrid.v1.HeartbeatH\x00\x12(\n\x07results\x18\x05 \x01(\x0b\x32\x15.sparegrid.v1.ResultsH\x00\x12*\n\x08\x66\x61ilures\x18\x06 \x01(\x0b\x32\x16.sparegrid.v1.FailuresH\x00\x12$\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x13.sparegrid.v1.DrainH\x00\x42\x06\n\x04\x62ody\".\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xfc\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10resumed_attempts\x18\x05 \x03(\t\x12\x1a\n\x12\x63\x61ncelled_attempts\x18\x06 \x03(\t\x12\x10\n\x08standing\x18\x07 \x01(\t\x12\x17\n\x0fstanding_reason\x18\x08 \x01(\t\"\xcb\x01\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06params\x18\x05 \x01(\x0c\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.sparegrid.v1.InputRef\x12\x14\n\x0c\x64\x65vice_index\x18\x07 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x06\x41ssign\x12-\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x18.sparegrid.v1.Assignment\"e\n\x0e\x41ttemptVerdict\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x63redit\x18\x05 \x01(\x03\"M\n\tResultAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12.\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1c.sparegrid.v1.AttemptVerdict\"-\n\x06\x43\x61ncel\x12\x13\n\x0b\x61ttempt_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf3\x01\n\x12\x43oordinatorMessage\x12,\n\tchallenge\x18\x01 \x01(\x0b\x32\x17.sparegrid.v1.ChallengeH\x00\x12(\n\x07welcome\x18\x02 \x01(\x0b\x32\x15.sparegrid.v1.WelcomeH\x00\x12&\n\x06\x61ssign\x18\x03 \x01(\x0b\x32\x14.sparegrid.v1.AssignH\x00\x12-\n\nresult_ack\x18\x04 \x01(\x0b\x32\x17.sparegrid.v1.ResultAckH\x00\x12&\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x14.sparegrid.v1.CancelH\x00\x42\x06\n\x04\x62ody2]\n\rWorkerService\x12L\n\x07Session\x12\x1b.sparegrid.v1.WorkerMessage\x1a .sparegrid.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sparegrid/v1/worker.proto\x12\x0csparegrid.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sparegrid/v1/common.proto\"-\n\x0c\x45xecutorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa1\x02\n\x05Hello\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12%\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x14.sparegrid.v1.Device\x12\x33\n\x08software\x18\x04 \x03(\x0b\x32!.sparegrid.v1.Hello.SoftwareEntry\x12-\n\texecutors\x18\x05 \x03(\x0b\x32\x1a.sparegrid.v1.ExecutorInfo\x12\x18\n\x10running_attempts\x18\x06 \x03(\t\x12\x1b\n\x13max_attempt_seconds\x18\x07 \x01(\x01\x1a/\n\rSoftwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x11\x43hallengeResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"<\n\x06\x43redit\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05reset\x18\x03 \x01(\x08\"\x0b\n\tHeartbeat\"\xdf\x01\n\x07Results\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x12\n\nstatements\x18\x02 \x03(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12@\n\x0einline_outputs\x18\x04 \x03(\x0b\x32(.sparegrid.v1.Results.InlineOutputsEntry\x12#\n\x04logs\x18\x05 \x03(\x0b\x32\x15.sparegrid.v1.TaskLog\x1a\x34\n\x12InlineOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"w\n\x0bTaskFailure\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\"\n\x03log\x18\x05 \x01(\x0b\x32\x15.sparegrid.v1.TaskLog\"I\n\x08\x46\x61ilures\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.sparegrid.v1.TaskFailure\"\x07\n\x05\x44rain\"\xce\x02\n\rWorkerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.sparegrid.v1.HelloH\x00\x12=\n\x12\x63hallenge_response\x18\x02 \x01(\x0b\x32\x1f.sparegrid.v1.ChallengeResponseH\x00\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.sparegrid.v1.CreditH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.sparegrid.v1.HeartbeatH\x00\x12(\n\x07results\x18\x05 \x01(\x0b\x32\x15.sparegrid.v1.ResultsH\x00\x12*\n\x08\x66\x61ilures\x18\x06 \x01(\x0b\x32\x16.sparegrid.v1.FailuresH\x00\x12$\n\x05\x64rain\x18\x07 \x01(\x0b\x32\x13.sparegrid.v1.DrainH\x00\x42\x06\n\x04\x62ody\".\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xfc\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10resumed_attempts\x18\x05 \x03(\t\x12\x1a\n\x12\x63\x61ncelled_attempts\x18\x06 \x03(\t\x12\x10\n\x08standing\x18\x07 \x01(\t\x12\x17\n\x0fstanding_reason\x18\x08 \x01(\t\"\xde\x01\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06params\x18\x05 \x01(\x0c\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.sparegrid.v1.InputRef\x12\x14\n\x0c\x64\x65vice_index\x18\x07 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tkeep_logs\x18\t \x01(\x08\"7\n\x06\x41ssign\x12-\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x18.sparegrid.v1.Assignment\"e\n\x0e\x41ttemptVerdict\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x63redit\x18\x05 \x01(\x03\"M\n\tResultAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12.\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1c.sparegrid.v1.AttemptVerdict\"-\n\x06\x43\x61ncel\x12\x13\n\x0b\x61ttempt_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf3\x01\n\x12\x43oordinatorMessage\x12,\n\tchallenge\x18\x01 \x01(\x0b\x32\x17.sparegrid.v1.ChallengeH\x00\x12(\n\x07welcome\x18\x02 \x01(\x0b\x32\x15.sparegrid.v1.WelcomeH\x00\x12&\n\x06\x61ssign\x18\x03 \x01(\x0b\x32\x14.sparegrid.v1.AssignH\x00\x12-\n\nresult_ack\x18\x04 \x01(\x0b\x32\x17.sparegrid.v1.ResultAckH\x00\x12&\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x14.sparegrid.v1.CancelH\x00\x42\x06\n\x04\x62ody2]\n\rWorkerService\x12L\n\x07Session\x12\x1b.sparegrid.v1.WorkerMessage\x1a .sparegrid.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,33 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=576
   _globals['_HEARTBEAT']._serialized_end=587
   _globals['_RESULTS']._serialized_start=590
-  _globals['_RESULTS']._serialized_end=776
-  _globals['_RESULTS_INLINEOUTPUTSENTRY']._serialized_start=724
-  _globals['_RESULTS_INLINEOUTPUTSENTRY']._serialized_end=776
-  _globals['_TASKFAILURE']._serialized_start=778
-  _globals['_TASKFAILURE']._serialized_end=861
-  _globals['_FAILURES']._serialized_start=863
-  _globals['_FAILURES']._serialized_end=936
-  _globals['_DRAIN']._serialized_start=938
-  _globals['_DRAIN']._serialized_end=945
-  _globals['_WORKERMESSAGE']._serialized_start=948
-  _globals['_WORKERMESSAGE']._serialized_end=1282
-  _globals['_CHALLENGE']._serialized_start=1284
-  _globals['_CHALLENGE']._serialized_end=1330
-  _globals['_WELCOME']._serialized_start=1333
-  _globals['_WELCOME']._serialized_end=1585
-  _globals['_ASSIGNMENT']._serialized_start=1588
-  _globals['_ASSIGNMENT']._serialized_end=1791
-  _globals['_ASSIGN']._serialized_start=1793
-  _globals['_ASSIGN']._serialized_end=1848
-  _globals['_ATTEMPTVERDICT']._serialized_start=1850
-  _globals['_ATTEMPTVERDICT']._serialized_end=1951
-  _globals['_RESULTACK']._serialized_start=1953
-  _globals['_RESULTACK']._serialized_end=2030
-  _globals['_CANCEL']._serialized_start=2032
-  _globals['_CANCEL']._serialized_end=2077
-  _globals['_COORDINATORMESSAGE']._serialized_start=2080
-  _globals['_COORDINATORMESSAGE']._serialized_end=2323
-  _globals['_WORKERSERVICE']._serialized_start=2325
-  _globals['_WORKERSERVICE']._serialized_end=2418
+  _globals['_RESULTS']._serialized_end=813
+  _globals['_RESULTS_INLINEOUTPUTSENTRY']._serialized_start=761
+  _globals['_RESULTS_INLINEOUTPUTSENTRY']._serialized_end=813
+  _globals['_TASKFAILURE']._serialized_start=815
+  _globals['_TASKFAILURE']._serialized_end=934
+  _globals['_FAILURES']._serialized_start=936
+  _globals['_FAILURES']._serialized_end=1009
+  _globals['_DRAIN']._serialized_start=1011
+  _globals['_DRAIN']._serialized_end=1018
+  _globals['_WORKERMESSAGE']._serialized_start=1021
+  _globals['_WORKERMESSAGE']._serialized_end=1355
+  _globals['_CHALLENGE']._serialized_start=1357
+  _globals['_CHALLENGE']._serialized_end=1403
+  _globals['_WELCOME']._serialized_start=1406
+  _globals['_WELCOME']._serialized_end=1658
+  _globals['_ASSIGNMENT']._serialized_start=1661
+  _globals['_ASSIGNMENT']._serialized_end=1883
+  _globals['_ASSIGN']._serialized_start=1885
+  _globals['_ASSIGN']._serialized_end=1940
+  _globals['_ATTEMPTVERDICT']._serialized_start=1942
+  _globals['_ATTEMPTVERDICT']._serialized_end=2043
+  _globals['_RESULTACK']._serialized_start=2045
+  _globals['_RESULTACK']._serialized_end=2122
+  _globals['_CANCEL']._serialized_start=2124
+  _globals['_CANCEL']._serialized_end=2169
+  _globals['_COORDINATORMESSAGE']._serialized_start=2172
+  _globals['_COORDINATORMESSAGE']._serialized_end=2415
+  _globals['_WORKERSERVICE']._serialized_start=2417
+  _globals['_WORKERSERVICE']._serialized_end=2510
 # @@protoc_insertion_point(module_scope)

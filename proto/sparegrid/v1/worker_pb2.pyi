@@ -216,6 +216,7 @@ class Results(_message.Message):
     STATEMENTS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     INLINE_OUTPUTS_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     signature: _builtins.bytes
     @_builtins.property
@@ -226,6 +227,10 @@ class Results(_message.Message):
     def inline_outputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
         """digest -> bytes for small outputs"""
 
+    @_builtins.property
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskLog]:
+        """the logs of results whose job asked for them (Assignment.keep_logs), signed each"""
+
     def __init__(
         self,
         *,
@@ -233,10 +238,11 @@ class Results(_message.Message):
         statements: _abc.Iterable[_builtins.bytes] | None = ...,
         signature: _builtins.bytes = ...,
         inline_outputs: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        logs: _abc.Iterable[_common_pb2.TaskLog] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "inline_outputs", b"inline_outputs", "signature", b"signature", "statements", b"statements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "inline_outputs", b"inline_outputs", "logs", b"logs", "signature", b"signature", "statements", b"statements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,6 +256,7 @@ class TaskFailure(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     code: _builtins.str
     """stable reason code, e.g. EXECUTOR_CRASHED, BAD_INPUT, TIMEOUT. PREEMPTED: the
@@ -259,6 +266,10 @@ class TaskFailure(_message.Message):
     message: _builtins.str
     retryable: _builtins.bool
     """false: the input itself is bad, retrying elsewhere will not help"""
+    @_builtins.property
+    def log(self) -> _common_pb2.TaskLog:
+        """what the executor wrote, if anything (signed; at most 64 KiB)"""
+
     def __init__(
         self,
         *,
@@ -266,10 +277,11 @@ class TaskFailure(_message.Message):
         code: _builtins.str = ...,
         message: _builtins.str = ...,
         retryable: _builtins.bool = ...,
+        log: _common_pb2.TaskLog | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["log", b"log"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "code", b"code", "message", b"message", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "code", b"code", "log", b"log", "message", b"message", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -448,12 +460,15 @@ class Assignment(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     DEVICE_INDEX_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    KEEP_LOGS_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     task_id: _builtins.str
     job_id: _builtins.str
     kind: _builtins.str
     params: _builtins.bytes
     device_index: _builtins.int
+    keep_logs: _builtins.bool
+    """send the task's log with a result too (a failure's always goes)"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.InputRef]: ...
     @_builtins.property
@@ -469,10 +484,11 @@ class Assignment(_message.Message):
         inputs: _abc.Iterable[_common_pb2.InputRef] | None = ...,
         device_index: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        keep_logs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "deadline", b"deadline", "device_index", b"device_index", "inputs", b"inputs", "job_id", b"job_id", "kind", b"kind", "params", b"params", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "deadline", b"deadline", "device_index", b"device_index", "inputs", b"inputs", "job_id", b"job_id", "keep_logs", b"keep_logs", "kind", b"kind", "params", b"params", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     BAD_REQUIREMENTS = "BAD_REQUIREMENTS"
     BAD_SESSION = "BAD_SESSION"
     BAD_STATE = "BAD_STATE"
+    BAD_TASK = "BAD_TASK"
     BAD_UPLOAD = "BAD_UPLOAD"
     BAD_USES = "BAD_USES"
     BAD_WEBHOOK = "BAD_WEBHOOK"
@@ -145,7 +146,9 @@ class VerdictCode(StrEnum):
     """The coordinator's word on one result statement of a batch ("" when accepted)."""
 
     DUPLICATE = "DUPLICATE"  # accepted before (earns nothing again) or twice in one batch
+    LOG_TOO_LARGE = "LOG_TOO_LARGE"  # a task log over MAX_LOG_BYTES
     BAD_BATCH = "BAD_BATCH"
+    BAD_LOG = "BAD_LOG"  # a task log whose signature, statement or digest does not check out
     BAD_SIGNATURE = "BAD_SIGNATURE"
     BAD_STATEMENT = "BAD_STATEMENT"
     BAD_OUTPUT = "BAD_OUTPUT"

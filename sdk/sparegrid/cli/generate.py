@@ -47,6 +47,7 @@ def submit(args: argparse.Namespace) -> int:
             name=args.name,
             replicas=args.replicas,
             quorum=args.quorum,
+            keep_logs=args.keep_logs,
         )
         print(job.id, flush=True)
         output.note(

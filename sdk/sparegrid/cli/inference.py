@@ -60,6 +60,7 @@ def submit(client: Client, args: argparse.Namespace) -> Job:
         name=args.name,
         replicas=args.replicas,
         quorum=args.quorum,
+        keep_logs=args.keep_logs,
     ).job
 
 

@@ -1,4 +1,4 @@
-"""`sparegrid job ...`: submit, wait, results, get, list, cancel, verify."""
+"""`sparegrid job ...`: submit, wait, results, get, logs, list, cancel, verify."""
 
 import argparse
 import json
@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparegrid.cli import common, costs, fetch, inference, output
+from sparegrid.cli import common, costs, fetch, inference, logs, output
 from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
@@ -74,6 +74,12 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="called (POST, signed with your account's webhook secret) once the job ends; "
         "see `sparegrid account --webhook-secret`",
+    )
+    p.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep what successful tasks wrote too (failed ones' is always kept); "
+        "see `sparegrid job logs`",
     )
     inference.add_submit_options(p)
     render_cli.add_submit_options(p)
@@ -157,6 +163,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.set_defaults(func=retry)
+
+    logs.add_parser(jobs, [conn], JOB_ID_HELP)
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
@@ -269,6 +277,7 @@ def submit(args: argparse.Namespace) -> int:
                 quorum=args.quorum,
                 priority=args.priority,
                 webhook_url=args.webhook,
+                keep_logs=args.keep_logs,
             )
         print(job.id, flush=True)
         output.note(

@@ -69,6 +69,7 @@ def submit(args: argparse.Namespace) -> int:
                 quorum=args.quorum,
                 priority=args.priority,
                 webhook_url=args.webhook,
+                keep_logs=args.keep_logs,
                 on_upload=progress,
             )
         print(job.id, flush=True)

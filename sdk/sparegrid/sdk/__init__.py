@@ -36,6 +36,7 @@ from sparegrid.sdk.errors import (
 )
 from sparegrid.sdk.models import (
     Account,
+    AttemptLog,
     Device,
     DeviceKind,
     Dispute,
@@ -70,6 +71,7 @@ __all__ = [
     "AsyncClient",
     "AsyncInferenceJob",
     "AsyncJob",
+    "AttemptLog",
     "AuthenticationError",
     "CancelledError",
     "Client",

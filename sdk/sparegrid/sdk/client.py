@@ -32,7 +32,8 @@ class Client(_GeneratedClient):
         """Decodes OpenAI Batch requests (a JSONL path, or the requests as dicts) with the
         language model in `model_dir` (config.json, tokenizer.json, safetensors); see
         sparegrid.sdk.generate. Options: max_tokens (256), temperature (0), seed, precision
-        (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas, quorum.
+        (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas, quorum,
+        keep_logs.
         `.completions()` yields them in request order."""
         from sparegrid.sdk import generate
 

@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.models import (
     Account,
+    AttemptLog,
     Device,
     DeviceKind,
     Dispute,
@@ -35,7 +36,7 @@ from sparegrid.sdk.models import (
 )
 from sparegrid.sdk.results import AsyncFetch, Fetch, TaskResult
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
-from sparegrid.wire import codes
+from sparegrid.wire import BadSignature, codes, tasklog
 
 _JOB_STATES = {v: JobState(k) for k, v in codes.JOB_STATES.items()}
 _TASK_STATES = {v: TaskState(k) for k, v in codes.TASK_STATES.items()}
@@ -92,6 +93,7 @@ def submit_request(
     quorum: int = 0,
     priority: int = 0,
     webhook_url: str = "",
+    keep_logs: bool = False,
 ) -> client_pb2.SubmitJobRequest:
     spec = client_pb2.JobSpec(
         kind=kind,
@@ -104,6 +106,7 @@ def submit_request(
         quorum=quorum,
         priority=priority,
         webhook_url=webhook_url,
+        keep_logs=keep_logs,
     )
     return client_pb2.SubmitJobRequest(
         spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
@@ -219,6 +222,30 @@ def estimate(msg: client_pb2.EstimateJobResponse) -> Estimate:
         policy=msg.policy,
         balance=msg.balance,
         rounding=msg.rounding,
+    )
+
+
+def attempt_log(job_id: str, msg: client_pb2.AttemptLog) -> AttemptLog:
+    """An attempt's log, checked against its node's signature (not trusting the
+    coordinator's word for what the node wrote)."""
+    problem = ""
+    try:
+        signed = tasklog.verify_log(msg.public_key, msg.log).statement
+        named = (signed.job_id, signed.task_id, signed.attempt_id, signed.outcome)
+        if named != (job_id, msg.task_id, msg.attempt_id, msg.outcome):
+            problem = "the signed statement names another job, task, attempt or outcome"
+    except BadSignature as exc:
+        problem = str(exc)
+    return AttemptLog(
+        task_index=msg.task_index,
+        task_id=msg.task_id,
+        attempt_id=msg.attempt_id,
+        node_id=msg.node_id,
+        outcome=msg.outcome,
+        text=msg.log.text.decode("utf-8", errors="replace"),
+        verified=not problem,
+        problem=problem,
+        received_at=timestamp(msg, "received_at"),
     )
 
 

@@ -173,6 +173,7 @@ def submit(
     name: str = "",
     replicas: int = 0,
     quorum: int = 0,
+    keep_logs: bool = False,
 ) -> "GenerateJob":
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
@@ -214,6 +215,7 @@ def submit(
         requirements=requirements,
         replicas=replicas,
         quorum=quorum,
+        keep_logs=keep_logs,
     )
     return GenerateJob(client, job, tokenizer, requests, encoded)
 

@@ -184,6 +184,24 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class AttemptLog:
+    """What an attempt's executor wrote (the last 64 KiB, the node's paths replaced by
+    placeholders such as <scratch>), as its node returned it. `verified`: the node's
+    signature over the text holds and names this job, task and attempt; `problem` says
+    why not. `text` is the node's bytes, decoded: print it through `printable`."""
+
+    task_index: int
+    task_id: str
+    attempt_id: str
+    node_id: str
+    outcome: str  # "succeeded" or the failure code, e.g. EXECUTOR_ERROR
+    text: str
+    verified: bool
+    problem: str = ""
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Dispute:
     """Results of one task that disagreed, and what the coordinator measured: `evidence`
     holds each result (node, owner, outputs, crop) and each comparison (agreement and

@@ -19,11 +19,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sparegrid.v1 import worker_pb2
+from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
 from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.tasklog import SUCCEEDED, sign_log
 from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
 from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
@@ -41,6 +42,7 @@ from sparegrid.worker.policy import (
 from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
+from sparegrid.worker.slots.child.logfile import Redactor, node_paths
 from sparegrid.worker.slots.child.protocol import Outcome
 from sparegrid.worker.slots.child.runner import DeviceRunner
 from sparegrid.worker.slots.child.sandbox import Report
@@ -162,6 +164,7 @@ class Worker:
             self.config.max_attempt_seconds,
             sandbox=sandbox,
             vram_share=self.config.max_vram,
+            redact=Redactor(node_paths(self.config.data_dir, work_root)),
         )
 
     def _our_pids(self) -> set[int]:
@@ -476,6 +479,8 @@ class Worker:
                 message=outcome.message,
                 retryable=outcome.retryable,
             )
+            if outcome.log is not None:
+                failure.log.CopyFrom(self._log_of(assignment, outcome.code, outcome.log))
             _log.info(
                 "attempt %s failed: %s %s", assignment.attempt_id, outcome.code, outcome.message
             )
@@ -485,7 +490,17 @@ class Worker:
         limit = self.config.inline_limit
         inline = {o.digest: o.data for o in outcome.outputs if o.size <= limit}
         blobs = {o.digest: o.data for o in outcome.outputs if o.size > limit}
-        self._batcher.add_result(statement, inline, blobs)
+        log = None
+        if assignment.keep_logs and outcome.log is not None:
+            log = self._log_of(assignment, SUCCEEDED, outcome.log)
+        self._batcher.add_result(statement, inline, blobs, log)
+
+    def _log_of(
+        self, assignment: worker_pb2.Assignment, outcome: str, text: bytes
+    ) -> common_pb2.TaskLog:
+        """The attempt's log (redacted by its runner), signed by this node."""
+        a = assignment
+        return sign_log(self.signer, a.job_id, a.task_id, a.attempt_id, outcome, text)
 
     async def _send_outbox(self, session: Session) -> None:
         """Sends every pending batch once per session, oldest first, as they appear."""

@@ -263,6 +263,15 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         token = str(tasks[-1].index) if len(tasks) == size else ""
         return client_pb2.GetJobResultsResponse(results=results, next_page_token=token)
 
+    @unary
+    async def GetTaskLogs(
+        self, request: client_pb2.GetTaskLogsRequest, context: Ctx
+    ) -> client_pb2.GetTaskLogsResponse:
+        account = account_of(context, self.app.accounts)
+        index = None if request.all_tasks else request.task_index
+        logs = self.app.jobs.logs(account, request.job_id, index)
+        return client_pb2.GetTaskLogsResponse(logs=[convert.attempt_log_to_pb(x) for x in logs])
+
 
 # A page token is the index of the last task of the page before: ASCII digits, and no
 # index reaches 2^31 (a job has at most MAX_TASKS_PER_JOB tasks). Anything else is refused

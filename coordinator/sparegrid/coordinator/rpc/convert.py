@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sparegrid.coordinator.domain import (
     Account,
+    AttemptLog,
     Device,
     Dispute,
     Event,
@@ -91,6 +92,7 @@ def spec_from_pb(request: client_pb2.SubmitJobRequest) -> JobSpec:
         quorum=spec.quorum,
         priority=spec.priority,
         webhook_url=spec.webhook_url,
+        keep_logs=spec.keep_logs,
     )
 
 
@@ -252,4 +254,17 @@ def event_to_pb(event: Event) -> admin_pb2.Event:
         node_id=event.node_id,
         account=event.account,
         data_json=json.dumps(event.data, sort_keys=True, default=str),
+    )
+
+
+def attempt_log_to_pb(log: AttemptLog) -> client_pb2.AttemptLog:
+    return client_pb2.AttemptLog(
+        task_index=log.task_index,
+        task_id=log.task_id,
+        attempt_id=log.attempt_id,
+        node_id=log.node_id,
+        outcome=log.outcome,
+        log=common_pb2.TaskLog(statement=log.statement, signature=log.signature, text=log.text),
+        public_key=log.public_key,
+        received_at=timestamp(log.received_at),
     )

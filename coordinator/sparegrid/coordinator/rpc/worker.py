@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -36,10 +36,15 @@ class QueueSink:
     """Messages for one worker: buffered, then queued on its stream after each commit.
     A sink holding messages puts itself in `unflushed`: a commit flushes only those."""
 
-    def __init__(self, unflushed: set[Any] | None = None) -> None:
+    def __init__(
+        self,
+        unflushed: set[Any] | None = None,
+        keeps_logs: Callable[[str], bool] = lambda job_id: False,
+    ) -> None:
         self.queue: asyncio.Queue[Msg | object] = asyncio.Queue()
         self._held: list[Msg | object] = []
         self._unflushed = unflushed if unflushed is not None else set()
+        self._keeps_logs = keeps_logs  # by job id: does the job keep successful tasks' logs
 
     def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
         assignments = [
@@ -55,6 +60,7 @@ class QueueSink:
                 ],
                 device_index=attempt.device_index,
                 deadline=convert.timestamp(attempt.deadline),
+                keep_logs=self._keeps_logs(task.job_id),
             )
             for attempt, task, kind in items
         ]
@@ -195,7 +201,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             verify(node.public_key, REGISTER_TAG, signed, answer.challenge_response.signature)
         except BadSignature as exc:
             raise _unauthenticated(f"challenge signature does not verify: {exc}") from None
-        sink = QueueSink(app.unflushed)
+        sink = QueueSink(app.unflushed, self._keeps_logs)
         running = list(first.hello.running_attempts)
         budget = first.hello.max_attempt_seconds
 
@@ -274,6 +280,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         except Exception:  # settlement compares for itself
             log.exception("comparing node %s's results ahead failed", node.id)
 
+    def _keeps_logs(self, job_id: str) -> bool:
+        active = self.app.scheduler.jobs.get(job_id)
+        return active is not None and active.job.keep_logs
+
     def _owner(self, context: Ctx, node_id: str) -> str:
         """The account whose API key the worker sent (`authorization: Bearer`), proving who
         owns it; a node without one is its own owner, "node:<id>"."""
@@ -300,12 +310,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             if len(results.statements) > MAX_BATCH:
                 raise invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} results per batch")
             verdicts = app.intake.results(
-                node.id, list(results.statements), results.signature, dict(results.inline_outputs)
+                node.id,
+                list(results.statements),
+                results.signature,
+                dict(results.inline_outputs),
+                list(results.logs),
             )
             return _ack(results.batch_id, verdicts)
         elif body == "failures":
             failures = [
-                Failure(f.attempt_id, f.code, f.message, f.retryable)
+                Failure(
+                    f.attempt_id,
+                    f.code,
+                    f.message,
+                    f.retryable,
+                    f.log if f.HasField("log") else None,
+                )
                 for f in message.failures.failures[:MAX_BATCH]
             ]
             return _ack(message.failures.batch_id, app.intake.failures(node.id, failures))

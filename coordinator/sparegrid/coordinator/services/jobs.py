@@ -10,6 +10,7 @@ from sparegrid.coordinator.blobs import BlobStore, check_digest
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.domain import (
     Account,
+    AttemptLog,
     FileRef,
     Job,
     JobState,
@@ -251,6 +252,7 @@ class Jobs:
             quorum=spec.quorum,
             priority=spec.priority,
             webhook_url=spec.webhook_url,
+            keep_logs=spec.keep_logs,
         )
         job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
         return Planned(account, job, plans)
@@ -528,6 +530,15 @@ class Jobs:
         """A retry that did not complete: the tasks it queued again are swept back."""
         if job.id not in self._scheduler.jobs:
             self._scheduler.sweep_again(job)
+
+    def logs(self, account: Account, job_id: str, task_index: int | None) -> list[AttemptLog]:
+        """The logs of the account's job (or of one of its tasks)."""
+        job = self.get(account, job_id)
+        if task_index is not None and not 0 <= task_index < job.task_count:
+            raise invalid(
+                "BAD_TASK", f"job {job_id} has tasks 0 to {job.task_count - 1}, not {task_index}"
+            )
+        return self._store.task_logs(job.id, task_index)
 
     def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
         job = self.get(account, job_id)

@@ -22,6 +22,7 @@ class JobSpec:
     quorum: int = 0
     priority: int = 0  # among the account's own jobs
     webhook_url: str = ""
+    keep_logs: bool = False  # keep successful tasks' logs too
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -38,6 +39,7 @@ def spec_of(job: Job) -> JobSpec:
         quorum=job.quorum,
         priority=job.priority,
         webhook_url=job.webhook_url,
+        keep_logs=job.keep_logs,
     )
 
 
@@ -73,6 +75,8 @@ def spec_differences(first: JobSpec, again: JobSpec, default_max_attempts: int) 
         differ.append(f"priority is {first.priority}, not {again.priority}")
     if first.webhook_url != again.webhook_url:
         differ.append("webhook URL differs")
+    if first.keep_logs != again.keep_logs:
+        differ.append(f"keep_logs is {first.keep_logs}, not {again.keep_logs}")
     return differ
 
 

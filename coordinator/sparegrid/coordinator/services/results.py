@@ -10,9 +10,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from google.protobuf.message import DecodeError
+
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.domain import (
     Attempt,
+    AttemptLog,
     AttemptState,
     FileRef,
     Replica,
@@ -28,6 +31,7 @@ from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
 from sparegrid.wire.codes import FailureCode, VerdictCode
 from sparegrid.wire.receipt import decode_statement
 from sparegrid.wire.signing import RESULT_BATCH_TAG, verify
+from sparegrid.wire.tasklog import SUCCEEDED, LogTooLarge, verify_log
 
 log = logging.getLogger("sparegrid.coordinator.results")
 
@@ -41,6 +45,9 @@ class Verdict:
     credit: int = 0  # paid for this attempt now (0 also when it is paid later, once validated)
 
 
+# the logs kept per job at most (64 MiB of text): a job whose million tasks all fail keeps
+# the first ones, which say what the rest would
+MAX_LOGS_PER_JOB = 1000
 PREEMPTED = FailureCode.PREEMPTED  # stopped by the node's policy: re-queued, not held against it
 
 
@@ -50,6 +57,7 @@ class Failure:
     code: str
     message: str
     retryable: bool
+    log: common_pb2.TaskLog | None = None
 
 
 class BadResult(Exception):
@@ -67,9 +75,15 @@ class Intake:
         self.on_settled: Callable[[Settled], None] | None = None  # the metrics count them
 
     def results(
-        self, node_id: str, statements: list[bytes], signature: bytes, inline: dict[str, bytes]
+        self,
+        node_id: str,
+        statements: list[bytes],
+        signature: bytes,
+        inline: dict[str, bytes],
+        logs: list[common_pb2.TaskLog] | None = None,
     ) -> list[Verdict]:
-        """Verifies and records a batch; returns a verdict per statement."""
+        """Verifies and records a batch; returns a verdict per statement. A result whose
+        log does not check out is refused whole (nothing of it is recorded)."""
         session = self.scheduler.sessions.get(node_id)
         node = session.node if session is not None else self.store.get_node(node_id)
         if node is None or not statements:
@@ -83,8 +97,10 @@ class Intake:
             return [Verdict("", False, "BAD_SIGNATURE", str(exc))]
         decoded = [_decode(data) for data in statements]
         attempts, tasks = self._lookup(session, [s.attempt_id for s in decoded if s is not None])
+        by_attempt = {_log_attempt(log): log for log in logs or ()}
         verdicts: list[Verdict] = []
         accepted: list[Candidate] = []
+        kept: list[AttemptLog] = []
         seen: set[str] = set()
         for index, statement in enumerate(decoded):
             if statement is None:
@@ -98,6 +114,14 @@ class Intake:
             seen.add(statement.attempt_id)
             try:
                 outputs = self._check(node_id, statement, attempts, tasks, inline)
+                sent = by_attempt.get(statement.attempt_id)
+                if sent is not None and statement.attempt_id in attempts:
+                    attempt = attempts[statement.attempt_id]
+                    checked = self._log(node.public_key, attempt, tasks[attempt.task_id], sent)
+                    if checked.outcome != SUCCEEDED:
+                        raise BadResult(VerdictCode.BAD_LOG, "a result's log names a failure")
+                    if self._keeps_logs(attempt.job_id):
+                        kept.append(checked)
             except BadResult as exc:
                 verdicts.append(Verdict(statement.attempt_id, False, exc.code, str(exc)))
                 if exc.code == "NOT_LEASED":
@@ -120,7 +144,8 @@ class Intake:
             task = tasks[attempt.task_id]
             accepted.append(Candidate(attempt, task, outputs, receipt.SerializeToString()))
             verdicts.append(Verdict(attempt.id, True))
-        paid = self._accept(node_id, accepted, inline)
+        taken = {c.attempt.id for c in accepted}
+        paid = self._accept(node_id, accepted, inline, [k for k in kept if k.attempt_id in taken])
         self.scheduler.returned(node_id, len(accepted))
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
@@ -198,8 +223,58 @@ class Intake:
             raise BadResult("BAD_OUTPUT", f"output {out.name!r} is not {out.size} bytes")
         return FileRef(out.name, out.digest, out.size)
 
+    def _log(
+        self, public_key: bytes, attempt: Attempt, task: Task, log: common_pb2.TaskLog
+    ) -> AttemptLog:
+        """A node's signed log of one of its attempts, checked; BadResult says what is wrong."""
+        try:
+            verified = verify_log(public_key, log)
+        except LogTooLarge as exc:
+            raise BadResult(VerdictCode.LOG_TOO_LARGE, str(exc)) from None
+        except BadSignature as exc:
+            raise BadResult(
+                VerdictCode.BAD_LOG, f"the task log does not check out: {exc}"
+            ) from None
+        s = verified.statement
+        if (s.attempt_id, s.task_id, s.job_id) != (attempt.id, task.id, task.job_id):
+            raise BadResult(VerdictCode.BAD_LOG, "the task log names another attempt")
+        return AttemptLog(
+            attempt_id=attempt.id,
+            job_id=task.job_id,
+            task_id=task.id,
+            task_index=task.index,
+            node_id=attempt.node_id,
+            outcome=s.outcome[:64],
+            statement=bytes(log.statement),
+            signature=bytes(log.signature),
+            text=verified.text,
+            public_key=public_key,
+            received_at=self.scheduler.clock.now(),
+        )
+
+    def _keep_logs(self, logs: list[AttemptLog]) -> None:
+        """Stores the logs, up to MAX_LOGS_PER_JOB per job; the rest are dropped."""
+        room: dict[str, int] = {}
+        kept: list[AttemptLog] = []
+        for log in logs:
+            if log.job_id not in room:
+                room[log.job_id] = MAX_LOGS_PER_JOB - self.store.task_log_count(log.job_id)
+            if room[log.job_id] > 0:
+                room[log.job_id] -= 1
+                kept.append(log)
+        self.store.add_task_logs(kept)
+
+    def _keeps_logs(self, job_id: str) -> bool:
+        active = self.scheduler.jobs.get(job_id)
+        job = active.job if active is not None else self.store.get_job(job_id)
+        return job is not None and job.keep_logs
+
     def _accept(
-        self, node_id: str, accepted: list[Candidate], inline: dict[str, bytes]
+        self,
+        node_id: str,
+        accepted: list[Candidate],
+        inline: dict[str, bytes],
+        logs: list[AttemptLog] | None = None,
     ) -> dict[str, int]:
         """Settles the results; returns the credit paid now, by attempt (a result held for a
         cross-check is paid later, when validated)."""
@@ -212,6 +287,7 @@ class Intake:
         with store.transaction():
             used = {ref.digest for c in accepted for ref in c.outputs}
             store.put_inline_blobs({d: inline[d] for d in used if d in inline})
+            self._keep_logs(logs or [])
             settled = self.settlement.settle(node_id, owner, accepted, self._reader(inline))
         self._settled(settled)
         log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
@@ -300,7 +376,11 @@ class Intake:
         self.scheduler.shrink(node_id, reset=True)
 
     def failures(self, node_id: str, failures: list[Failure]) -> list[Verdict]:
+        """Records failed attempts. A failure whose log does not check out is refused
+        (the attempt stays leased to the node until it expires)."""
         attempts = {a.id: a for a in self.store.get_attempts([f.attempt_id for f in failures])}
+        logs = self._failure_logs(node_id, failures, attempts)
+        kept: list[AttemptLog] = []
         verdicts: list[Verdict] = []
         failed: list[Attempt] = []
         flags: list[bool] = []
@@ -312,6 +392,10 @@ class Intake:
                 msg = f"attempt {failure.attempt_id} is not leased to you"
                 verdicts.append(Verdict(failure.attempt_id, False, "NOT_LEASED", msg))
                 continue
+            task_log = logs.get(attempt.id)
+            if isinstance(task_log, BadResult):
+                verdicts.append(Verdict(attempt.id, False, task_log.code, str(task_log)))
+                continue
             verdicts.append(Verdict(attempt.id, True))
             if attempt.state != AttemptState.RUNNING:
                 continue  # reported before, or the lease was taken back already
@@ -319,14 +403,56 @@ class Intake:
             move_attempt(attempt, AttemptState.CANCELLED if is_preempted else AttemptState.FAILED)
             attempt.finished_at = now
             attempt.error_code, attempt.error = failure.code[:64], failure.message[:2000]
+            if task_log is not None:
+                kept.append(task_log)
             if is_preempted:
                 preempted.append(attempt)
                 continue
             failed.append(attempt)
             flags.append(failure.retryable)
+        self._keep_logs(kept)
         self.scheduler.give_back(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
         return verdicts
+
+    def _failure_logs(
+        self, node_id: str, failures: list[Failure], attempts: dict[str, Attempt]
+    ) -> dict[str, AttemptLog | BadResult]:
+        """The checked log of each failure of this node's attempts that carries one."""
+        carried = [
+            (attempt, f)
+            for f in failures
+            if f.log is not None
+            and (attempt := attempts.get(f.attempt_id)) is not None
+            and attempt.node_id == node_id
+        ]
+        if not carried:
+            return {}
+        session = self.scheduler.sessions.get(node_id)
+        node = session.node if session is not None else self.store.get_node(node_id)
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a, _ in carried])}
+        found: dict[str, AttemptLog | BadResult] = {}
+        for attempt, failure in carried:
+            assert failure.log is not None and node is not None
+            try:
+                checked = self._log(node.public_key, attempt, tasks[attempt.task_id], failure.log)
+                if checked.outcome != failure.code[:64]:
+                    raise BadResult(VerdictCode.BAD_LOG, "the task log names another outcome")
+                found[attempt.id] = checked
+            except BadResult as exc:
+                log.warning("node %s sent a task log that was refused: %s", node_id, exc)
+                found[attempt.id] = exc
+        return found
+
+
+def _log_attempt(log: common_pb2.TaskLog) -> str:
+    """The attempt a log says it is for (believed only once its signature is checked)."""
+    statement = common_pb2.LogStatement()
+    try:
+        statement.ParseFromString(log.statement)
+    except DecodeError:
+        return ""
+    return statement.attempt_id
 
 
 def _decode(data: bytes) -> common_pb2.ResultStatement | None:

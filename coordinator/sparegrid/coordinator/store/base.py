@@ -13,6 +13,7 @@ from typing import NamedTuple, Protocol
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    AttemptLog,
     Delivery,
     Dispute,
     Event,
@@ -259,6 +260,15 @@ class Store(Protocol):
 
     def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
         """A job's disputes, by task index."""
+
+    # task logs (services/results.py); an attempt's second log is ignored
+    def add_task_logs(self, logs: list[AttemptLog]) -> None: ...
+
+    def task_log_count(self, job_id: str) -> int: ...
+
+    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
+        """A job's logs (or one task's), by task index, then as received."""
+        ...
 
     # webhook calls owed (services/webhooks.py)
     def add_webhook(self, delivery: Delivery) -> None: ...

@@ -16,6 +16,7 @@ from typing import TypeVar
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    AttemptLog,
     AttemptState,
     Delivery,
     Dispute,
@@ -64,6 +65,7 @@ class _State:
     uploads: set[tuple[str, str]] = field(default_factory=set)
     disputes: dict[str, Dispute] = field(default_factory=dict)
     webhooks: dict[str, Delivery] = field(default_factory=dict)
+    task_logs: dict[str, AttemptLog] = field(default_factory=dict)  # by attempt id
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
     events: list[Event] = field(default_factory=list)  # oldest first
@@ -540,6 +542,24 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         with self._lock:
             found = [d for d in self._s.disputes.values() if d.job_id == job_id]
             return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
+
+    def add_task_logs(self, logs: list[AttemptLog]) -> None:
+        with self._lock:
+            for log in logs:
+                self._s.task_logs.setdefault(log.attempt_id, copy.deepcopy(log))
+
+    def task_log_count(self, job_id: str) -> int:
+        with self._lock:
+            return sum(1 for log in self._s.task_logs.values() if log.job_id == job_id)
+
+    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
+        with self._lock:
+            found = [
+                log
+                for log in self._s.task_logs.values()
+                if log.job_id == job_id and task_index in (None, log.task_index)
+            ]
+            return _copies(sorted(found, key=lambda log: (log.task_index, log.received_at)))
 
     def add_webhook(self, delivery: Delivery) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from typing import Any
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    AttemptLog,
     AttemptState,
     Delivery,
     Device,
@@ -41,7 +42,8 @@ ACCOUNT_COLUMNS = "id, name, key_hash, is_admin, created_at, disabled"
 JOB_COLUMNS = (
     "id, account_id, kind, name, params, inputs, requirements, max_attempts, price_credit,"
     " price_units, task_count, state, cost_held, cost_spent, error, created_at, finished_at,"
-    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed, priority, webhook_url"
+    " idempotency_key, replicas, quorum, tasks_succeeded, tasks_failed, priority, webhook_url,"
+    " keep_logs"
 )
 TASK_COLUMNS = (
     "id, job_id, idx, params, inputs, state, attempts, node_id, outputs, receipt, error, work"
@@ -119,6 +121,7 @@ def job_params(j: Job) -> Params:
         j.tasks_failed,
         j.priority,
         j.webhook_url,
+        j.keep_logs,
     )
 
 
@@ -148,6 +151,7 @@ def job_from(row: Row) -> Job:
         tasks_failed=int(row[21]),
         priority=int(row[22]),
         webhook_url=row[23],
+        keep_logs=bool(row[24]),
     )
 
 
@@ -385,4 +389,42 @@ def webhook_from(row: Row) -> Delivery:
         state=row[7],
         last_error=row[8],
         created_at=float(row[9]),
+    )
+
+
+TASK_LOG_COLUMNS = (
+    "attempt_id, job_id, task_id, task_index, node_id, outcome, statement, signature, text,"
+    " public_key, received_at"
+)
+
+
+def task_log_params(log: AttemptLog) -> Params:
+    return (
+        log.attempt_id,
+        log.job_id,
+        log.task_id,
+        log.task_index,
+        log.node_id,
+        log.outcome,
+        log.statement,
+        log.signature,
+        log.text,
+        log.public_key,
+        log.received_at,
+    )
+
+
+def task_log_from(row: Row) -> AttemptLog:
+    return AttemptLog(
+        attempt_id=row[0],
+        job_id=row[1],
+        task_id=row[2],
+        task_index=int(row[3]),
+        node_id=row[4],
+        outcome=row[5],
+        statement=bytes(row[6]),
+        signature=bytes(row[7]),
+        text=bytes(row[8]),
+        public_key=bytes(row[9]),
+        received_at=float(row[10]),
     )

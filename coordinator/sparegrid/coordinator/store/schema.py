@@ -315,6 +315,26 @@ CREATE TABLE invites (
 )
 """
 
+# Task logs: what an attempt's executor wrote (at most 64 KiB), as its node signed it, kept
+# for failed attempts and, for a job that asks (keep_logs), successful ones; read by job.
+TASK_LOGS = """
+ALTER TABLE jobs ADD COLUMN keep_logs BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE TABLE task_logs (
+    attempt_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    task_index BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    statement {blob} NOT NULL,
+    signature {blob} NOT NULL,
+    text {blob} NOT NULL,
+    public_key {blob} NOT NULL,
+    received_at {real} NOT NULL
+);
+CREATE INDEX task_logs_job ON task_logs (job_id, task_index, received_at)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -328,6 +348,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (9, EVENTS),
     (10, CLIENTS),
     (11, INVITES),
+    (12, TASK_LOGS),
 ]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from sparegrid.coordinator.domain import (
     Account,
     Attempt,
+    AttemptLog,
     AttemptState,
     Delivery,
     Dispute,
@@ -562,6 +563,36 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
                 (job_id, limit),
             )
         return [r.dispute_from(row) for row in rows]
+
+    # task logs
+
+    def add_task_logs(self, logs: list[AttemptLog]) -> None:
+        if not logs:
+            return
+        with self.transaction():
+            self._run_many(
+                f"INSERT INTO task_logs ({r.TASK_LOG_COLUMNS})"
+                f" VALUES ({r.placeholders(r.TASK_LOG_COLUMNS)})"
+                " ON CONFLICT (attempt_id) DO NOTHING",
+                [r.task_log_params(log) for log in logs],
+            )
+
+    def task_log_count(self, job_id: str) -> int:
+        with self._atomic():
+            rows = self._query("SELECT COUNT(*) FROM task_logs WHERE job_id = ?", (job_id,))
+        return int(rows[0][0])
+
+    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
+        where, params = "job_id = ?", list[object]([job_id])
+        if task_index is not None:
+            where, params = "job_id = ? AND task_index = ?", [job_id, task_index]
+        with self._atomic():
+            rows = self._query(
+                f"SELECT {r.TASK_LOG_COLUMNS} FROM task_logs WHERE {where}"
+                " ORDER BY task_index, received_at",
+                params,
+            )
+        return [r.task_log_from(row) for row in rows]
 
     # webhooks
 

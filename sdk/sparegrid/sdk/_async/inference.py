@@ -44,6 +44,7 @@ class AsyncInferenceClient(Protocol):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        keep_logs: bool = False,
     ) -> AsyncJob: ...
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[AsyncJob]: ...
@@ -66,6 +67,7 @@ async def submit(
     name: str = "",
     replicas: int = 0,
     quorum: int = 0,
+    keep_logs: bool = False,
 ) -> "AsyncInferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
     check_options(precision, batch_size)
@@ -82,6 +84,7 @@ async def submit(
         requirements=job_requirements(device, min_vram_gb),
         replicas=replicas,
         quorum=quorum,
+        keep_logs=keep_logs,
     )
     return AsyncInferenceJob(client, job, batch_size)
 

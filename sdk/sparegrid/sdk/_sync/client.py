@@ -45,6 +45,7 @@ from sparegrid.sdk.config import (
 from sparegrid.sdk.errors import UnavailableError, from_rpc_error
 from sparegrid.sdk.models import (
     Account,
+    AttemptLog,
     Dispute,
     Estimate,
     Event,
@@ -225,12 +226,15 @@ class Client(_SyncBase):
         quorum: int = 0,
         priority: int = 0,
         webhook_url: str = "",
+        keep_logs: bool = False,
     ) -> Job:
         """Submits a job; `inputs` maps input names to digests from `upload`.
 
         The idempotency key (a fresh uuid4 by default) makes a retried submit return the
         job the first try created instead of a second one. `priority` (-100 to 100) orders
         the account's own jobs; `webhook_url` is called (POST, signed) once the job ends.
+        A failed task's log is always kept; `keep_logs` keeps successful ones' too (see
+        `task_logs`).
         """
         request = convert.submit_request(
             kind,
@@ -244,6 +248,7 @@ class Client(_SyncBase):
             quorum=quorum,
             priority=priority,
             webhook_url=webhook_url,
+            keep_logs=keep_logs,
         )
         response = self._unary(self._jobs.SubmitJob, request)
         return self._job(response.job)
@@ -299,6 +304,7 @@ class Client(_SyncBase):
         quorum: int = 0,
         priority: int = 0,
         webhook_url: str = "",
+        keep_logs: bool = False,
         on_upload: Progress | None = None,
     ) -> Job:
         """Renders a .blend with Cycles: one task per frame (or `chunk` frames), or one per
@@ -330,6 +336,7 @@ class Client(_SyncBase):
             quorum=quorum,
             priority=priority,
             webhook_url=webhook_url,
+            keep_logs=keep_logs,
         )
 
     def render_estimate(
@@ -428,6 +435,7 @@ class Client(_SyncBase):
         name: str = "",
         replicas: int = 0,
         quorum: int = 0,
+        keep_logs: bool = False,
     ) -> InferenceJob:
         """Runs a model over inputs on the network; see sparegrid.sdk.inference.
 
@@ -451,6 +459,7 @@ class Client(_SyncBase):
             name=name,
             replicas=replicas,
             quorum=quorum,
+            keep_logs=keep_logs,
         )
 
     def get_job(self, job_id: str) -> Job:
@@ -508,6 +517,16 @@ class Client(_SyncBase):
             token = response.next_page_token
             if not token:
                 return out
+
+    def task_logs(self, job_id: str, task: int | None = None) -> list[AttemptLog]:
+        """The logs workers returned for the job's attempts (or task `task`'s): failed
+        ones, and successful ones when the job was submitted with `keep_logs`. Each is
+        checked here against its node's signature: `verified` says whether it held."""
+        request = client_pb2.GetTaskLogsRequest(
+            job_id=job_id, all_tasks=task is None, task_index=task or 0
+        )
+        response = self._unary(self._jobs.GetTaskLogs, request)
+        return [convert.attempt_log(job_id, msg) for msg in response.logs]
 
     def retry_job(self, job_id: str) -> Job:
         """Runs the tasks of a failed or cancelled job that did not succeed again."""

@@ -46,6 +46,7 @@ class InferenceClient(Protocol):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        keep_logs: bool = False,
     ) -> Job: ...
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]: ...
@@ -68,6 +69,7 @@ def submit(
     name: str = "",
     replicas: int = 0,
     quorum: int = 0,
+    keep_logs: bool = False,
 ) -> "InferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
     check_options(precision, batch_size)
@@ -84,6 +86,7 @@ def submit(
         requirements=job_requirements(device, min_vram_gb),
         replicas=replicas,
         quorum=quorum,
+        keep_logs=keep_logs,
     )
     return InferenceJob(client, job, batch_size)
 

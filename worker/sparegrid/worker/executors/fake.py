@@ -5,6 +5,9 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +33,25 @@ class RaisingExecutor:
 
     def run(self, task: ExecTask) -> list[ExecOutput]:
         raise RuntimeError("this executor always fails")
+
+
+class ChattyExecutor:
+    """Writes what a failing executor might, by every route (stderr, stdout, a warning, a
+    program it starts), naming its inputs, scratch directory and home; then raises, or
+    with params {"ok": true} returns "out"."""
+
+    name: ClassVar[str] = "chatty"
+    version: ClassVar[str] = "1.0"
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        inputs = ", ".join(str(path) for path in task.inputs.values())
+        print(f"reading {inputs} into {task.workdir}/", file=sys.stderr)
+        print(f"home is {Path.home()}", flush=True)
+        warnings.warn(f"{task.workdir} is nearly full", stacklevel=1)
+        subprocess.run(["/bin/sh", "-c", "echo from a program it started >&2"], check=False)
+        if json.loads(task.params or b"{}").get("ok"):
+            return [ExecOutput("out", b"fine")]
+        raise ValueError(f"could not parse {inputs}")
 
 
 class EscapeExecutor:

@@ -39,6 +39,7 @@ OPTIONAL_BUILTINS = (
 FAKE_TARGETS = (
     "sparegrid.worker.executors.fake:CrashExecutor",
     "sparegrid.worker.executors.fake:RaisingExecutor",
+    "sparegrid.worker.executors.fake:ChattyExecutor",
 )
 
 

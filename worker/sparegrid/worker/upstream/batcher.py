@@ -7,7 +7,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sparegrid.v1 import worker_pb2
+from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock
 from sparegrid.wire.receipt import sign_batch
@@ -24,10 +24,12 @@ class _Result:
     statement: bytes
     inline: Mapping[str, bytes]  # digest -> bytes sent in the Results message
     blobs: Mapping[str, bytes]  # digest -> bytes uploaded before it is sent
+    log: common_pb2.TaskLog | None = None  # kept when the job asked for it
 
     @property
     def inline_size(self) -> int:
-        return sum(len(data) for data in self.inline.values())
+        logged = len(self.log.text) if self.log is not None else 0
+        return logged + sum(len(data) for data in self.inline.values())
 
 
 class ResultBatcher:
@@ -54,9 +56,13 @@ class ResultBatcher:
         self._flushes: set[asyncio.Task[None]] = set()
 
     def add_result(
-        self, statement: bytes, inline: Mapping[str, bytes], blobs: Mapping[str, bytes]
+        self,
+        statement: bytes,
+        inline: Mapping[str, bytes],
+        blobs: Mapping[str, bytes],
+        log: common_pb2.TaskLog | None = None,
     ) -> None:
-        result = _Result(statement, inline, blobs)
+        result = _Result(statement, inline, blobs, log)
         self._results.append(result)
         self._inline_size += result.inline_size
         self._schedule()
@@ -105,7 +111,7 @@ class ResultBatcher:
                         await changed.wait()
                     continue
                 results = self._take_results()
-                failures, self._failures = self._failures[: self._max], self._failures[self._max :]
+                failures = self._take_failures()
                 try:
                     await self._put(results, failures)
                 except OSError:
@@ -122,6 +128,16 @@ class ResultBatcher:
         self._inline_size -= size
         return taken
 
+    def _take_failures(self) -> list[worker_pb2.TaskFailure]:
+        """At most `max_items` failures, their logs MAX_INLINE_BYTES in all (or one)."""
+        count, size = 0, 0
+        for failure in self._failures[: self._max]:
+            if count and size + len(failure.log.text) > MAX_INLINE_BYTES:
+                break
+            count, size = count + 1, size + len(failure.log.text)
+        taken, self._failures = self._failures[:count], self._failures[count:]
+        return taken
+
     async def _put(self, results: list[_Result], failures: list[worker_pb2.TaskFailure]) -> None:
         if results:
             statements = [r.statement for r in results]
@@ -130,6 +146,7 @@ class ResultBatcher:
                 statements=statements,
                 signature=sign_batch(self._signer, statements),
                 inline_outputs={d: b for r in results for d, b in r.inline.items()},
+                logs=[r.log for r in results if r.log is not None],
             )
             blobs = {d: b for r in results for d, b in r.blobs.items()}
             await self._outbox.put(message_of(body), blobs)

@@ -1,12 +1,14 @@
 """The child process that runs executors for one device: `python -m sparegrid.worker.slots.child.main FD`.
 
 It reads frames on stdin (a ChildInit, then RunBatch and CancelTasks) and writes lists of
-Outcomes on the original stdout; what executors print goes to stderr instead. Results of
+Outcomes on the original stdout; what executors print goes to the log file (logfile.py),
+emptied as each task starts, and its tail comes back with the task's outcome. Results of
 quick tasks are sent together, at most FLUSH_SECONDS after the first is ready. It exits
 when stdin closes; SIGINT and SIGTERM are ignored because the daemon decides when to stop.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import select
@@ -14,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from sparegrid.worker.executors.base import (
@@ -25,6 +28,7 @@ from sparegrid.worker.executors.base import (
     ExecutorError,
 )
 from sparegrid.worker.executors.registry import instantiate
+from sparegrid.worker.slots.child.logfile import LogFile
 from sparegrid.worker.slots.child.protocol import (
     HEADER_SIZE,
     CancelTasks,
@@ -85,8 +89,16 @@ class FrameReader:
 
 
 class Child:
-    def __init__(self, init: ChildInit, reader: FrameReader, out_fd: int, state: SharedState):
+    def __init__(
+        self,
+        init: ChildInit,
+        reader: FrameReader,
+        out_fd: int,
+        state: SharedState,
+        log: LogFile | None = None,
+    ):
         self._init = init
+        self._log = log
         self._reader = reader
         self._out_fd = out_fd
         self._state = state
@@ -152,7 +164,11 @@ class Child:
             if task.serial in self._cancelled:
                 return Outcome(task.serial, cancelled=True)
             before_task(self.sandbox)  # sandbox hook: this task's CPU-time budget
-            return self._run(task)
+            if self._log is None:
+                return self._run(task)
+            self._log.reset()
+            outcome = self._run(task)
+            return dataclasses.replace(outcome, log=self._log.tail())
         finally:
             self._state.clear()
 
@@ -177,6 +193,7 @@ class Child:
         except ExecutorError as exc:
             return Outcome(task.serial, code=exc.code, message=exc.message, retryable=exc.retryable)
         except Exception as exc:
+            traceback.print_exc()  # into the task's log
             message = f"{task.kind} executor raised {type(exc).__name__}: {exc}"
             return Outcome(task.serial, code=EXECUTOR_ERROR, message=message, retryable=True)
         finally:
@@ -212,6 +229,7 @@ def main(argv: list[str]) -> int:
     out_fd = os.dup(1)
     os.dup2(2, 1)  # executors that print must not corrupt the frames on stdout
     state = SharedState(int(argv[1]))
+    log = LogFile(int(argv[2])) if len(argv) > 2 else None
     reader = FrameReader(0)
     try:
         init = reader.read()
@@ -221,8 +239,10 @@ def main(argv: list[str]) -> int:
         print(f"sparegrid child: expected ChildInit, got {type(init).__name__}", file=sys.stderr)
         return 2
     sys.path[:] = init.sys_path
-    child = Child(init, reader, out_fd, state)
+    child = Child(init, reader, out_fd, state, log)
     child.sandbox = apply_from_env()  # sandbox hook: isolate before running any task
+    if log is not None:  # after the sandbox: its refusal still reaches the daemon's stderr
+        log.capture()
     child.serve()
     return 0
 

@@ -56,7 +56,8 @@ class OutputData:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one task ended. `code` empty means success; `cancelled` means no result is wanted."""
+    """How one task ended. `code` empty means success; `cancelled` means no result is wanted.
+    `log` is the tail of what the executor wrote (None: no executor ran)."""
 
     serial: int
     outputs: list[OutputData] = field(default_factory=list)
@@ -65,6 +66,7 @@ class Outcome:
     message: str = ""
     retryable: bool = False
     cancelled: bool = False
+    log: bytes | None = None
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,7 @@ runs past the time limit, or is cancelled while running, is stopped by killing t
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from sparegrid.worker.executors.base import EXECUTOR_CRASHED, TIMEOUT, DeviceRef
 from sparegrid.worker.node.devices import DeviceInfo
 from sparegrid.worker.slots.child.frames import ForgedFrame, decode_child_frame
+from sparegrid.worker.slots.child.logfile import LogFile, Redactor
 from sparegrid.worker.slots.child.protocol import (
     HEADER_SIZE,
     CancelTasks,
@@ -52,9 +54,11 @@ class _Kill:
 class ChildProcess:
     """One running child: its pipes, its state record and a task reading its outcomes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, state: SharedState) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, state: SharedState, log: LogFile) -> None:
         self.proc = proc
         self.state = state
+        self.log = log
+        self.last_log: bytes | None = None  # the log's tail when the child was reaped
         self.events: asyncio.Queue[list[Outcome] | None] = asyncio.Queue()
         self.killed: _Kill | None = None
         self._reader = asyncio.create_task(self._read_outcomes())
@@ -62,22 +66,25 @@ class ChildProcess:
     @classmethod
     async def start(cls, init: ChildInit, env: Mapping[str, str]) -> "ChildProcess":
         state = SharedState.create(init.work_root)
+        log = LogFile.create(init.work_root)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "sparegrid.worker.slots.child.main",
                 str(state.fd),
+                str(log.fd),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                pass_fds=(state.fd,),
+                pass_fds=(state.fd, log.fd),
                 env=dict(env),
                 start_new_session=True,
             )
         except BaseException:
             state.close()
+            log.close()
             raise
-        child = cls(proc, state)
+        child = cls(proc, state, log)
         child.post(init)
         return child
 
@@ -125,6 +132,9 @@ class ChildProcess:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.state.close()
+        if self.last_log is None:
+            self.last_log = self.log.tail()
+            self.log.close()
         return code
 
     async def stop(self) -> None:
@@ -161,8 +171,10 @@ class DeviceRunner:
         monotonic: Callable[[], float] = time.monotonic,  # must match the child's clock
         sandbox: SandboxSettings | None = None,
         vram_share: float = 1.0,
+        redact: Redactor | None = None,
     ) -> None:
         self.device = device
+        self._redact = redact or Redactor({})
         self._init = ChildInit(
             sys_path=list(sys.path),
             executors=dict(executors),
@@ -274,8 +286,13 @@ class DeviceRunner:
             self._idle_deaths = 0
             for outcome in event:
                 if self._pending.pop(outcome.serial, None) is not None:
-                    on_outcome(outcome)
+                    on_outcome(self._redacted(outcome))
         return False
+
+    def _redacted(self, outcome: Outcome) -> Outcome:
+        """The outcome with its log's paths redacted and cut to size (the child may have
+        sent anything in its place)."""
+        return dataclasses.replace(outcome, log=self._redact(outcome.log))
 
     async def _after_death(self, child: ChildProcess, on_outcome: OnOutcome) -> None:
         running = child.state.running()
@@ -287,14 +304,18 @@ class DeviceRunner:
             if serial is None:
                 return  # it died between tasks: the batch goes to a fresh child
             message = f"the executor process died ({describe_exit(code)}) while running this task"
-            outcome = Outcome(serial, code=EXECUTOR_CRASHED, message=message, retryable=True)
+            outcome = Outcome(
+                serial, code=EXECUTOR_CRASHED, message=message, retryable=True, log=child.last_log
+            )
         elif why.reason == "timeout":
             message = f"the task ran longer than this node's limit of {self._time_limit:g}s"
-            outcome = Outcome(why.serial, code=TIMEOUT, message=message, retryable=True)
+            outcome = Outcome(
+                why.serial, code=TIMEOUT, message=message, retryable=True, log=child.last_log
+            )
         else:
             outcome = Outcome(why.serial, cancelled=True)
         if self._pending.pop(outcome.serial, None) is not None:
-            on_outcome(outcome)
+            on_outcome(self._redacted(outcome))
 
     def _blame(self, running: tuple[int, float] | None) -> int | None:
         """The task a child died running; after repeated deaths between tasks, the first."""
