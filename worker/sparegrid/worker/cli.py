@@ -249,7 +249,8 @@ def credit_command(args: argparse.Namespace) -> int:
         print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
         return 1
     standing = view.standing + (f" ({view.standing_reason})" if view.standing_reason else "")
-    print(f"node {view.node_id}, owner {view.owner}: {view.balance} credit, {standing}")
+    print(f"node {view.node_id}, owner {view.owner}, {standing}")
+    print(f"credit: {view.balance} in the coordinator's ledger")
     print(f"{view.validated} results validated, {view.invalid} invalid")
     for e in view.entries:
         when = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"

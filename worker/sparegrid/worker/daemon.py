@@ -322,6 +322,7 @@ class Worker:
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
         self.standing = (welcome.standing or "active", welcome.standing_reason)
+        self.earnings.credited(welcome.credited)
         if self.standing[0] != "active":
             what = {
                 "pending": "waits for an operator to approve it (`sparegrid admin node approve`)",
@@ -355,15 +356,17 @@ class Worker:
             self._on_ack(message.result_ack)
         elif body == "cancel":
             self._tasks.cancel(message.cancel.attempt_ids, message.cancel.reason)
+        elif body == "credited":
+            self.earnings.credited(message.credited.total)
         else:
             _log.warning("ignoring an unexpected %s message from the coordinator", body)
 
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
-        if earned:
-            self.earnings.add(sum(earned), len(earned))
+        taken = [v for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
+        if taken:  # paid now or once validated: the credit comes in Credited messages
+            self.earnings.took(len(taken))
         for verdict in ack.verdicts:
             if not verdict.accepted:
                 _log.warning(
