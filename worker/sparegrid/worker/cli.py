@@ -32,7 +32,7 @@ from sparegrid.worker.node.status import (
 )
 from sparegrid.worker.policy.pause import PauseError, check_seconds
 from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
-from sparegrid.worker.startup import check_devices
+from sparegrid.worker.startup import choose_devices
 
 if TYPE_CHECKING:
     from sparegrid.worker.daemon import Worker
@@ -261,9 +261,8 @@ def credit_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from(args, os.environ)
+        detection = choose_devices(config, detect_devices())  # before a key is made
         signer = load_identity(config.data_dir)
-        detection = detect_devices()
-        check_devices(config, detection.devices)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

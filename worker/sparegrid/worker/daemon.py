@@ -48,6 +48,7 @@ from sparegrid.worker.startup import (
     apply_power_cap,
     check_devices,
     check_isolation,
+    choose_devices,
     make_monitor,
     policy_settings,
     sandbox_settings,
@@ -91,7 +92,9 @@ class Worker:
         device_state: DeviceStateSource | None = None,
     ) -> None:
         self.config = config
-        self.devices = tuple(devices) if devices is not None else detect_devices().devices
+        if devices is None:
+            devices = choose_devices(config, detect_devices()).devices
+        self.devices = tuple(devices)
         check_devices(config, self.devices)
         self.signer: Signer = load_identity(config.data_dir)
         self.executors = executors if executors is not None else ExecutorRegistry.discover()
