@@ -131,7 +131,7 @@ def choose_devices(config: WorkerConfig, found: Detection) -> Detection:
             return found
         return Detection((cpu,), f"{found.summary}; lending the CPU only (--devices cpu)")
     if not any(d.kind == "cuda" for d in found.devices):
-        raise ConfigError(f"{NO_GPU} ({found.summary})")
+        raise ConfigError(f"{NO_GPU}. {found.summary}")
     check_devices(config, found.devices)
     return found
 
