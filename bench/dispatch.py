@@ -99,6 +99,8 @@ def start_cluster(
                 str(root / f"node{i}"),
                 "--name",
                 f"bench{i}",
+                "--devices",
+                "cpu",  # the CPU executors these benchmarks measure, on any machine
                 *(("--prefetch", str(prefetch)) if prefetch is not None else ()),
                 env={"SPAREGRID_OWNER_KEY": owner_key},
             )

@@ -101,7 +101,7 @@ def start(root: Path, python: str, database: str, workers: int) -> tuple[str, li
     admin = AdminClient(address, api_key=(data / "admin.key").read_text().strip())
     for i in range(workers):
         _, owner_key = admin.create_account(f"volunteer{i}", credit=0)
-        flags = ["--coordinator", address, "--data-dir", str(root / f"node{i}")]
+        flags = ["--coordinator", address, "--data-dir", str(root / f"node{i}"), "--devices", "cpu"]
         env = {"SPAREGRID_OWNER_KEY": owner_key}
         procs.append(
             spawn(

@@ -261,7 +261,8 @@ def throughput(args: argparse.Namespace, root: Path, tokenizer: Any) -> dict[str
         _, owner_key = admin.create_account("volunteer", credit=0)
         procs.start(
             "worker", "worker", "run", "--coordinator", address, "--data-dir", str(root / "node"),
-            "--name", "bench", env={"SPAREGRID_OWNER_KEY": owner_key},
+            "--name", "bench", *(["--devices", "cpu"] if args.device == "cpu" else []),
+            env={"SPAREGRID_OWNER_KEY": owner_key},
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while not any(n.state == "online" for n in admin.nodes()):

@@ -150,6 +150,7 @@ def main() -> int:
                 str(root / "node"),
                 "--name",
                 "bench",
+                *(("--devices", "cpu") if args.device == "cpu" else ()),
                 env={"SPAREGRID_OWNER_KEY": owner_key},
             )
             deadline = time.monotonic() + 60

@@ -247,7 +247,7 @@ async def preemption(
             idle_seconds=1.0,
             poll_interval=args.poll,
             prefetch=1,
-            devices=(0,),
+            devices="cpu" if args.simulate else (0,),  # --simulate: the CPU stands in
         )
         registry = ExecutorRegistry().with_targets(["nvml_probe:GpuEcho"])
         worker = Worker(config, executors=registry)

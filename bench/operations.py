@@ -44,6 +44,9 @@ class Sink:
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
         pass
 
+    def credited(self, total: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -154,6 +154,8 @@ def one_round(tasks: int, delay: float | None, prefetch: int | None = None) -> f
                             str(root / f"node{i}"),
                             "--name",
                             f"bench{i}",
+                            "--devices",
+                            "cpu",
                             *(("--prefetch", str(prefetch)) if prefetch else ()),
                             env={"SPAREGRID_OWNER_KEY": owner_key},
                         )

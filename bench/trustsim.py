@@ -96,6 +96,9 @@ class SimNode:
         drop = set(attempt_ids)
         self.assigned = [i for i in self.assigned if i[0].id not in drop]
 
+    def credited(self, total: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

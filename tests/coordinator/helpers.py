@@ -25,6 +25,7 @@ from sparegrid.wire.receipt import sign_batch
 class FakeSink:
     assigned: list[tuple[Attempt, Task, str]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    totals: list[int] = field(default_factory=list)  # each Credited total, in order
     closed: bool = False
 
     def assign(self, items: list[tuple[Attempt, Task, str]]) -> None:
@@ -32,6 +33,9 @@ class FakeSink:
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
         self.cancelled.extend(attempt_ids)
+
+    def credited(self, total: int) -> None:
+        self.totals.append(total)
 
     def close(self) -> None:
         self.closed = True

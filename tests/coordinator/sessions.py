@@ -39,3 +39,16 @@ async def welcomed(
     answer = worker_pb2.ChallengeResponse(signature=signed)
     await call.write(worker_pb2.WorkerMessage(challenge_response=answer))
     return call, (await call.read()).welcome
+
+
+async def next_ack(call: Call, credited: list[int] | None = None) -> worker_pb2.ResultAck:
+    """The next ResultAck; a Credited message before it (the node was paid in that commit)
+    is noted in `credited`."""
+    while True:
+        message = await call.read()
+        assert isinstance(message, worker_pb2.CoordinatorMessage), message
+        if message.WhichOneof("body") == "credited":
+            if credited is not None:
+                credited.append(message.credited.total)
+            continue
+        return message.result_ack

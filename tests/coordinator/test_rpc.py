@@ -20,6 +20,7 @@ from sparegrid.v1 import (
 )
 from sparegrid.wire import REGISTER_TAG, Signer
 from tests.coordinator.conftest import Served, code_of
+from tests.coordinator.sessions import next_ack
 
 
 def echo_spec(tasks: int, kind: str = "echo") -> client_pb2.SubmitJobRequest:
@@ -257,7 +258,7 @@ async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
             )
         )
     )
-    ack = (await call.read()).result_ack
+    ack = await next_ack(call)
     assert ack.batch_id == 1 and all(v.accepted for v in ack.verdicts)
     done = await client.GetJob(
         client_pb2.GetJobRequest(job_id=job.job_id), metadata=served.auth(served.alice_key)

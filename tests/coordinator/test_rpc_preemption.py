@@ -7,6 +7,7 @@ from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, wo
 from sparegrid.wire import REGISTER_TAG, Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served
+from tests.coordinator.sessions import next_ack
 
 Call = aio.StreamStreamCall  # type: ignore[type-arg]
 
@@ -54,7 +55,7 @@ async def test_reset_credit_preempted_failure_and_paid_verdict(served: Served) -
     )
     failures = worker_pb2.Failures(batch_id=1, failures=[failure])
     await call.write(worker_pb2.WorkerMessage(failures=failures))
-    ack = (await call.read()).result_ack
+    ack = await next_ack(call)
     assert ack.batch_id == 1 and ack.verdicts[0].accepted
     await call.write(credit(1))
     [again] = (await call.read()).assign.assignments
@@ -74,7 +75,7 @@ async def test_reset_credit_preempted_failure_and_paid_verdict(served: Served) -
         inline_outputs={sha256_hex(out): out},
     )
     await call.write(worker_pb2.WorkerMessage(results=results))
-    ack = (await call.read()).result_ack
+    ack = await next_ack(call)
     assert ack.verdicts[0].accepted and ack.verdicts[0].credit == 1
     node = served.app.store.get_node(signer.node_id)
     assert node is not None and node.tasks_failed == 0

@@ -15,7 +15,7 @@ from sparegrid.v1 import (
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch, verify_countersignature
 from tests.coordinator.conftest import Served, code_of
-from tests.coordinator.sessions import session
+from tests.coordinator.sessions import next_ack, session, welcomed
 
 
 async def test_a_worker_proves_its_owner_with_the_owners_key(served: Served) -> None:
@@ -103,11 +103,16 @@ async def test_the_owner_sees_its_nodes_credit_and_why(served: Served) -> None:
         inline_outputs={sha256_hex(out): out},
     )
     await call.write(worker_pb2.WorkerMessage(results=results))
-    assert all(v.accepted for v in (await call.read()).result_ack.verdicts)
+    credited: list[int] = []
+    assert all(v.accepted for v in (await next_ack(call, credited)).verdicts)
     view = await client.GetNodeCredit(
         client_pb2.GetNodeCreditRequest(node_id=node_id), metadata=alice
     )
     assert view.owner == "alice" and view.balance == 2 and view.standing == "active"
+    assert credited == [2]  # the worker is told the ledger's figure, as the owner sees it
+    call.cancel()
+    _, welcome = await welcomed(served, signer, served.alice_key)
+    assert welcome.credited == 2  # and again at each session start
     assert {(e.job_id, e.amount) for e in view.entries} == {(job.job_id, 1)}
     assert all(e.task_id.startswith(job.job_id) and "unchecked" in e.reason for e in view.entries)
     with pytest.raises(aio.AioRpcError) as err:
@@ -245,7 +250,7 @@ async def test_an_upload_names_only_attempts_of_its_own_node(served: Served) -> 
         batch_id=1, statements=statements, signature=sign_batch(signer, statements)
     )
     await call.write(worker_pb2.WorkerMessage(results=results))
-    verdicts = (await call.read()).result_ack.verdicts
+    verdicts = (await next_ack(call)).verdicts
     assert [(v.accepted, v.code) for v in verdicts] == [
         (True, ""),
         (False, "OUTPUT_NOT_UPLOADED"),

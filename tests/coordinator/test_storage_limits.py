@@ -32,7 +32,7 @@ from sparegrid.v1 import (
 from sparegrid.wire import Signer
 from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
-from tests.coordinator.sessions import session
+from tests.coordinator.sessions import next_ack, session
 
 KiB = 1 << 10
 QUOTAS = QuotaConfig(
@@ -347,7 +347,7 @@ async def test_outputs_stay_for_the_retention_after_their_job_ends(grid: Served)
         batch_id=1, statements=statements, signature=sign_batch(signer, statements)
     )
     await call.write(worker_pb2.WorkerMessage(results=results))  # type: ignore[attr-defined]
-    ack = (await call.read()).result_ack  # type: ignore[attr-defined]
+    ack = await next_ack(call)
     assert all(v.accepted for v in ack.verdicts)
     job = grid.app.store.get_job(found[attempts[0]].job_id)
     assert job is not None and job.finished_at == clock(grid).now()

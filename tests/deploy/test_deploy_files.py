@@ -7,6 +7,9 @@ import inspect
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ KNOWN_KEYS = {
         *("TimeoutStopSec", "Nice", "CPUSchedulingPolicy", "IOSchedulingClass"),
         *("IOSchedulingPriority", "CPUWeight", "IOWeight", "NoNewPrivileges", "ProtectSystem"),
         *("ProtectHome", "PrivateTmp", "ReadWritePaths", "WorkingDirectory"),
+        *("LoadCredential", "RestartPreventExitStatus"),
     },
     "Install": {"WantedBy"},
 }
@@ -329,3 +333,60 @@ def _exported_metrics(tmp_path: Path) -> set[str]:
 
 def _names(text: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+
+
+def _header_commands(path: Path) -> list[str]:
+    """The install steps in a unit's header comment: `#   command   # note` lines."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("#   ")]
+    return [line[4:].split("  #", 1)[0].strip() for line in lines]
+
+
+def test_worker_unit_install_steps_match_the_unit_and_the_readme(tmp_path: Path) -> None:
+    """pipx puts `sparegrid` where ExecStart runs it; the owner key goes, 0600, where
+    LoadCredential takes it from, and the worker reads its copy through the setting the
+    unit names; the README gives the same steps."""
+    path = DEPLOY / "sparegrid-worker.service"
+    unit, steps = parse_unit(path), _header_commands(path)
+    command = shlex.split(values(unit, "Service", "ExecStart")[0])
+    program = Path(command[0])
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert program.name in scripts  # the console script the wheel installs
+    [pipx] = [s for s in steps if " pipx install " in s]
+    assert f"PIPX_BIN_DIR={program.parent} " in pipx and "'sparegrid[worker]'" in pipx
+    [user] = values(unit, "Service", "User")
+    assert any(s.startswith("useradd ") and s.endswith(f" {user}") for s in steps)
+    [credential] = values(unit, "Service", "LoadCredential")
+    name, key_file = credential.split(":", 1)
+    assert f"install -D -m 0600 owner.key {key_file}" in steps
+    env = dict(v.split("=", 1) for v in values(unit, "Service", "Environment"))
+    assert env["SPAREGRID_WORKER_OWNER_KEY_FILE"] == f"%d/{name}"  # %d: the credentials dir
+    assert f"systemctl enable --now {path.stem}" in steps
+    assert values(unit, "Service", "RestartPreventExitStatus") == ["2"]  # a bad setting
+    readme = (ROOT / "README.md").read_text()
+    for step in steps:
+        assert step in readme, f"the README does not give the unit's step {step!r}"
+    # as systemd runs it: the credentials dir holds the key, the settings find it
+    (tmp_path / name).write_text("sg_owner_key\n")
+    root = argparse.ArgumentParser(prog="sparegrid")
+    register(root.add_subparsers(dest="command", required=True))
+    args = root.parse_args(command[1:])
+    service_env = {k: v.replace("%d", str(tmp_path)) for k, v in env.items()}
+    service_env["SPAREGRID_WORKER_DATA_DIR"] = str(tmp_path / "data")
+    service_env["SPAREGRID_WORKER_CONFIG"] = str(DEPLOY / "worker.toml")
+    assert layered(args, service_env).owner_key == "sg_owner_key"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_itself_accepts_the_units(tmp_path: Path) -> None:
+    for name in ("sparegrid-worker.service", "sparegrid-coordinator.service"):
+        text = (DEPLOY / name).read_text()
+        # the program is not installed here: systemd checks that it exists
+        text = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", text, flags=re.MULTILINE)
+        (tmp_path / name).write_text(text)
+        done = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and "Unknown" not in done.stderr, done.stderr

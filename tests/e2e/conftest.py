@@ -109,6 +109,8 @@ class Cluster:
             str(self.root / name),
             "--name",
             name,
+            "--devices",
+            "cpu",  # these workers run CPU executors, on a machine with or without a GPU
             *extra,
             env=env,
         )

@@ -83,5 +83,5 @@ def test_owner_takes_the_gpu_task_is_preempted_and_finishes_elsewhere(
         check=True,
         env=cluster.env,
     )
-    assert "credit earned: 1 today, 1 in total" in shown.stdout
+    assert "credit: 1 in the coordinator's ledger, +1 today" in shown.stdout
     assert admin.ledger_check().balanced

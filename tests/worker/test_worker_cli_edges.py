@@ -175,6 +175,8 @@ def test_sighup_rereads_the_settings_file(tmp_path: Path) -> None:
         "127.0.0.1:9",
         "--sandbox",
         "off",
+        "--devices",
+        "cpu",
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -57,14 +57,19 @@ def test_cache_trims_the_least_recently_used_blobs_it_does_not_need(tmp_path: Pa
 
 
 def test_earnings_start_a_new_day(tmp_path: Path) -> None:
+    """Today's credit is the ledger's figure less what it was when the day began here."""
     now = [datetime(2026, 11, 30, 23, 59)]
     earnings = Earnings(tmp_path / "earnings.json", lambda: now[0])
-    earnings.add(5)
+    earnings.credited(100)  # Welcome: paid before
+    earnings.credited(105)
     now[0] += timedelta(minutes=2)
-    earnings.add(2)
-    assert (earnings.snapshot()["today"], earnings.snapshot()["total"]) == (2, 7)
+    earnings.credited(107)
+    earnings.took(2)
+    assert (earnings.snapshot()["today"], earnings.snapshot()["total"]) == (2, 107)
     again = Earnings(tmp_path / "earnings.json", lambda: now[0])
-    assert (again.today, again.total, again.results) == (2, 7, 2)
+    assert (again.today, again.total, again.accepted) == (2, 107, 2)
+    again.credited(50)  # a ledger restored from a backup: never a negative day
+    assert (again.today, again.total) == (0, 50)
 
 
 async def test_a_task_over_its_vram_share_is_stopped_and_counted(

@@ -136,7 +136,10 @@ async def test_no_lease_outside_the_window_or_when_a_task_cannot_finish_in_it(
 async def test_status_socket_and_credit_earned(
     tmp_path: Path, coordinator: FakeCoordinator
 ) -> None:
+    """The credit shown is the coordinator's ledger figure (Welcome, then Credited), never
+    a sum of the acks: a result validated later, in another node's batch, is paid then."""
     coordinator.ack_results = False
+    coordinator.credited = 40  # paid before this session
     async with running_worker(config(tmp_path, coordinator)) as (worker, _):
         session = await coordinator.session()
         session.assign(assignment("a1"), assignment("a2"))
@@ -148,14 +151,19 @@ async def test_status_socket_and_credit_earned(
         ]
         ack = worker_pb2.ResultAck(batch_id=batch.results.batch_id, verdicts=verdicts)
         session.send(worker_pb2.CoordinatorMessage(result_ack=ack))
-        await wait_until(lambda: worker.earnings.total == 3)
+        await wait_until(lambda: worker.earnings.accepted == 1)
+        assert worker.earnings.total == 40  # an ack's credit is not the ledger's figure
+        session.send(worker_pb2.CoordinatorMessage(credited=worker_pb2.Credited(total=56)))
+        await wait_until(lambda: worker.earnings.total == 56)
         snapshot = await asyncio.to_thread(read_status, tmp_path / "status.sock")
-        assert snapshot["credit"]["today"] == 3 and snapshot["credit"]["results"] == 1
+        assert snapshot["credit"]["today"] == 16 and snapshot["credit"]["accepted"] == 1
         assert snapshot["devices"][0]["state"] == "idle-waiting"
         assert any("BAD_OUTPUT" in e["message"] for e in snapshot["errors"])
         table = render(snapshot)
-        assert "credit earned: 3 today, 3 in total" in table and "isolation of tasks:" in table
+        assert "credit: 56 in the coordinator's ledger, +16 today" in table
+        assert "isolation of tasks:" in table
         assert "0: idle-waiting" in status_line(snapshot)
+        assert "credit: 56 (+16 today)" in status_line(snapshot)
     saved = json.loads((tmp_path / "earnings.json").read_text())
-    assert (saved["today"], saved["total"]) == (3, 3)
+    assert (saved["day_start"], saved["total"], saved["accepted"]) == (40, 56, 1)
     assert not (tmp_path / "status.sock").exists()

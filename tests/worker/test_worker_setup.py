@@ -153,7 +153,7 @@ _CLI = (
 
 async def test_worker_run_drains_on_sigterm(tmp_path: Path, coordinator: FakeCoordinator) -> None:
     args = ["worker", "run", "--coordinator", coordinator.address, "--data-dir", str(tmp_path)]
-    env = {**os.environ, "SPAREGRID_WORKER_NAME": "cli-node"}
+    env = {**os.environ, "SPAREGRID_WORKER_NAME": "cli-node", "SPAREGRID_WORKER_DEVICES": "cpu"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

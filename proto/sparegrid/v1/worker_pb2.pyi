@@ -407,6 +407,7 @@ class Welcome(_message.Message):
     CANCELLED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     STANDING_FIELD_NUMBER: _builtins.int
     STANDING_REASON_FIELD_NUMBER: _builtins.int
+    CREDITED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_token: _builtins.str
     """for BlobService calls of this session"""
@@ -416,6 +417,10 @@ class Welcome(_message.Message):
     coordinator ends the session of a node it quarantines or bans.
     """
     standing_reason: _builtins.str
+    credited: _builtins.int
+    """the node's credit in the coordinator's ledger: what it has been paid in all, the same
+    figure `admin nodes` and `worker credit` show. Later payments come as Credited.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -439,10 +444,11 @@ class Welcome(_message.Message):
         cancelled_attempts: _abc.Iterable[_builtins.str] | None = ...,
         standing: _builtins.str = ...,
         standing_reason: _builtins.str = ...,
+        credited: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token", "standing", b"standing", "standing_reason", b"standing_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "credited", b"credited", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token", "standing", b"standing", "standing_reason", b"standing_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,6 +601,29 @@ class Cancel(_message.Message):
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
 @_typing.final
+class Credited(_message.Message):
+    """The node was paid (a result of it validated, perhaps in another node's batch): its
+    credit in the coordinator's ledger is now `total`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Credited: _TypeAlias = Credited  # noqa: Y015
+
+@_typing.final
 class CoordinatorMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -603,6 +632,7 @@ class CoordinatorMessage(_message.Message):
     ASSIGN_FIELD_NUMBER: _builtins.int
     RESULT_ACK_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    CREDITED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def challenge(self) -> Global___Challenge: ...
     @_builtins.property
@@ -613,6 +643,8 @@ class CoordinatorMessage(_message.Message):
     def result_ack(self) -> Global___ResultAck: ...
     @_builtins.property
     def cancel(self) -> Global___Cancel: ...
+    @_builtins.property
+    def credited(self) -> Global___Credited: ...
     def __init__(
         self,
         *,
@@ -621,12 +653,13 @@ class CoordinatorMessage(_message.Message):
         assign: Global___Assign | None = ...,
         result_ack: Global___ResultAck | None = ...,
         cancel: Global___Cancel | None = ...,
+        credited: Global___Credited | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "body", b"body", "cancel", b"cancel", "challenge", b"challenge", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "body", b"body", "cancel", b"cancel", "challenge", b"challenge", "credited", b"credited", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "body", b"body", "cancel", b"cancel", "challenge", b"challenge", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "body", b"body", "cancel", b"cancel", "challenge", b"challenge", "credited", b"credited", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["challenge", "welcome", "assign", "result_ack", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["challenge", "welcome", "assign", "result_ack", "cancel", "credited"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -163,6 +163,8 @@ class Demo:
                     data_dir,
                     "--name",
                     f"demo-node{i}",
+                    "--devices",
+                    "cpu",  # the demo's kinds need no GPU: lend the CPU, on any machine
                     env={"SPAREGRID_OWNER_KEY": owner_key},
                 )
             online = self.wait_for_nodes(admin, n)

@@ -32,7 +32,7 @@ from sparegrid.worker.node.status import (
 )
 from sparegrid.worker.policy.pause import PauseError, check_seconds
 from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
-from sparegrid.worker.startup import check_devices
+from sparegrid.worker.startup import choose_devices
 
 if TYPE_CHECKING:
     from sparegrid.worker.daemon import Worker
@@ -249,7 +249,8 @@ def credit_command(args: argparse.Namespace) -> int:
         print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
         return 1
     standing = view.standing + (f" ({view.standing_reason})" if view.standing_reason else "")
-    print(f"node {view.node_id}, owner {view.owner}: {view.balance} credit, {standing}")
+    print(f"node {view.node_id}, owner {view.owner}, {standing}")
+    print(f"credit: {view.balance} in the coordinator's ledger")
     print(f"{view.validated} results validated, {view.invalid} invalid")
     for e in view.entries:
         when = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"
@@ -260,9 +261,8 @@ def credit_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from(args, os.environ)
+        detection = choose_devices(config, detect_devices())  # before a key is made
         signer = load_identity(config.data_dir)
-        detection = detect_devices()
-        check_devices(config, detection.devices)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
 from sparegrid.worker.policy.rules import MiB, PolicySettings
@@ -53,7 +54,9 @@ class WorkerConfig:
     batch_window: float = 0.002
     batch_max: int = 256
     # -- when and how much of each GPU this node lends (see sparegrid.worker.policy) ----
-    devices: tuple[int, ...] | None = None  # device indices to use; None: all
+    # GPU indices to use; None: all; "cpu": lend the CPU of a machine without a GPU (a
+    # worker that finds no GPU refuses to start unless its volunteer chose this)
+    devices: tuple[int, ...] | Literal["cpu"] | None = None
     idle_seconds: float = 60.0
     max_utilization: float = 10.0
     max_other_memory_mib: int = 256
@@ -132,7 +135,7 @@ class WorkerConfig:
     def policy(self) -> PolicySettings:
         """The rules' settings; only valid settings get here."""
         return PolicySettings(
-            enabled=None if self.devices is None else frozenset(self.devices),
+            enabled=frozenset(self.devices) if isinstance(self.devices, tuple) else None,
             idle_seconds=self.idle_seconds,
             max_utilization=self.max_utilization,
             max_other_memory=self.max_other_memory_mib * MiB,
@@ -200,11 +203,11 @@ def _data_dir_problem(data_dir: Path) -> str:
     return ""
 
 
-def _devices_problem(devices: tuple[int, ...] | None) -> str:
-    if devices is None:
+def _devices_problem(devices: tuple[int, ...] | Literal["cpu"] | None) -> str:
+    if devices is None or devices == "cpu":
         return ""
     if not devices or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
-        return f"devices must be device indices like 0,2, got {devices!r}"
+        return f"devices must be GPU indices like 0,2, all or cpu, got {devices!r}"
     return ""
 
 

@@ -50,6 +50,7 @@ from sparegrid.worker.startup import (
     apply_power_cap,
     check_devices,
     check_isolation,
+    choose_devices,
     make_monitor,
     policy_settings,
     sandbox_settings,
@@ -93,7 +94,9 @@ class Worker:
         device_state: DeviceStateSource | None = None,
     ) -> None:
         self.config = config
-        self.devices = tuple(devices) if devices is not None else detect_devices().devices
+        if devices is None:
+            devices = choose_devices(config, detect_devices()).devices
+        self.devices = tuple(devices)
         check_devices(config, self.devices)
         self.signer: Signer = load_identity(config.data_dir)
         self.executors = executors if executors is not None else ExecutorRegistry.discover()
@@ -325,6 +328,7 @@ class Worker:
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
         self.standing = (welcome.standing or "active", welcome.standing_reason)
+        self.earnings.credited(welcome.credited)
         if self.standing[0] != "active":
             what = {
                 "pending": "waits for an operator to approve it (`sparegrid admin node approve`)",
@@ -358,15 +362,17 @@ class Worker:
             self._on_ack(message.result_ack)
         elif body == "cancel":
             self._tasks.cancel(message.cancel.attempt_ids, message.cancel.reason)
+        elif body == "credited":
+            self.earnings.credited(message.credited.total)
         else:
             _log.warning("ignoring an unexpected %s message from the coordinator", body)
 
     def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
         if not self._outbox.ack(ack.batch_id):
             _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        earned = [v.credit for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
-        if earned:
-            self.earnings.add(sum(earned), len(earned))
+        taken = [v for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
+        if taken:  # paid now or once validated: the credit comes in Credited messages
+            self.earnings.took(len(taken))
         for verdict in ack.verdicts:
             if not verdict.accepted:
                 _log.warning(

@@ -162,13 +162,13 @@ class _SnapshotCollector(Collector):
         credit = snapshot.get("credit", {})
         yield CounterMetricFamily(
             "sparegrid_worker_credit_earned",
-            "Credit the coordinator paid this node (kept across restarts)",
+            "This node's credit in the coordinator's ledger, as last heard from it",
             value=float(credit.get("total", 0)),
         )
         yield CounterMetricFamily(
-            "sparegrid_worker_results_paid",
-            "Results the coordinator paid this node for",
-            value=float(credit.get("results", 0)),
+            "sparegrid_worker_results_accepted",
+            "Results the coordinator accepted from this node (paid at once or once validated)",
+            value=float(credit.get("accepted", 0)),
         )
         yield GaugeMetricFamily(
             "sparegrid_worker_cache_bytes", "Bytes in the input cache", value=float(cache)

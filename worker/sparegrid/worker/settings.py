@@ -11,7 +11,7 @@ the client tools (`SPAREGRID_COORDINATOR`, `SPAREGRID_TLS_CA`). The layering its
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sparegrid.wire.config import (
     ConfigError,
@@ -38,16 +38,20 @@ def _prefetch(value: object) -> int | None:
     return _int(value)
 
 
-def _devices(value: object) -> tuple[int, ...] | None:
+def _devices(value: object) -> tuple[int, ...] | Literal["cpu"] | None:
     if isinstance(value, list):
+        if [str(v).strip().lower() for v in value] == ["cpu"]:
+            return "cpu"
         return tuple(_int(v) for v in value)
     text = str(value).strip().lower()
     if text == "all":
         return None
+    if text == "cpu":
+        return "cpu"
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError("is not a list of device indices like 0,2 (or all)") from None
+        raise ValueError("is not a list of GPU indices like 0,2, all or cpu") from None
 
 
 def _windows(value: object) -> tuple[str, ...]:
@@ -90,7 +94,13 @@ SETTINGS = (
         key="log_format",
         metavar="FORMAT",
     ),
-    Setting("devices", _devices, "devices to use, e.g. 0,2 (default: all)", metavar="LIST"),
+    Setting(
+        "devices",
+        _devices,
+        "GPUs to use, e.g. 0,2 (default: all); cpu lends the CPU of a machine without a GPU "
+        "(the worker will not start there without it)",
+        metavar="LIST",
+    ),
     Setting(
         "idle_seconds",
         _float,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sparegrid.wire.clock import Clock
 from sparegrid.worker.config import ConfigError, WorkerConfig
-from sparegrid.worker.node.devices import DeviceInfo
+from sparegrid.worker.node.devices import Detection, DeviceInfo, cpu_device
 from sparegrid.worker.policy import DeviceStateSource, IdleSource, PolicySettings
 from sparegrid.worker.policy.monitor import DeviceMonitor, make_source
 from sparegrid.worker.policy.nvml import NvmlSource
@@ -116,9 +116,34 @@ def apply_power_cap(
             _log.warning(problem)
 
 
+NO_GPU = (
+    "no GPU found; lending the CPU needs --devices cpu "
+    '(or devices = ["cpu"] in the settings file, or SPAREGRID_WORKER_DEVICES=cpu)'
+)
+
+
+def choose_devices(config: WorkerConfig, found: Detection) -> Detection:
+    """What to lend of the devices found: a CPU only when the volunteer chose it
+    (`--devices cpu`, then the CPU alone even beside GPUs), never silently."""
+    if config.devices == "cpu":
+        cpu = next((d for d in found.devices if d.kind == "cpu"), None) or cpu_device()
+        if cpu in found.devices:
+            return found
+        return Detection((cpu,), f"{found.summary}; lending the CPU only (--devices cpu)")
+    if not any(d.kind == "cuda" for d in found.devices):
+        raise ConfigError(f"{NO_GPU}. {found.summary}")
+    check_devices(config, found.devices)
+    return found
+
+
 def check_devices(config: WorkerConfig, devices: Sequence[DeviceInfo]) -> None:
-    """--devices may name only devices this machine has."""
+    """--devices may name only devices this machine has (cpu: only CPU devices)."""
     if config.devices is None:
+        return
+    if config.devices == "cpu":
+        gpus = [str(d.index) for d in devices if d.kind != "cpu"]
+        if gpus:
+            raise ConfigError(f"--devices cpu lends only a CPU, but GPU(s) {', '.join(gpus)} given")
         return
     have = sorted(d.index for d in devices)
     missing = sorted(set(config.devices) - set(have))

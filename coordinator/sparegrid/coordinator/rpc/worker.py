@@ -15,7 +15,7 @@ from grpc import aio
 from packaging.version import InvalidVersion, Version
 
 from sparegrid.coordinator.app import App, Settings
-from sparegrid.coordinator.domain import Attempt, Node, Task
+from sparegrid.coordinator.domain import Attempt, Node, Task, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.errors import streaming
@@ -69,6 +69,10 @@ class QueueSink:
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None:
         self._held.append(Msg(cancel=worker_pb2.Cancel(attempt_ids=attempt_ids, reason=reason)))
+        self._unflushed.add(self)
+
+    def credited(self, total: int) -> None:
+        self._held.append(Msg(credited=worker_pb2.Credited(total=total)))
         self._unflushed.add(self)
 
     def flush(self) -> None:
@@ -205,17 +209,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         running = list(first.hello.running_attempts)
         budget = first.hello.max_attempt_seconds
 
-        def attach() -> tuple[list[str], list[str]]:
+        def attach() -> tuple[list[str], list[str], int]:
             app.store.upsert_node(node)
             if app.identities.needs_approval:
                 app.reputations.hold_for_approval(node.id)
-            return app.scheduler.connect(node, sink, running, budget)
+            resumed, cancelled = app.scheduler.connect(node, sink, running, budget)
+            return resumed, cancelled, app.store.balance(node_account(node.id))
 
         app.sinks.add(sink)
         token = secrets.token_urlsafe(32)
         reader: asyncio.Task[None] | None = None
         try:
-            resumed, cancelled = await app.call(attach)
+            resumed, cancelled, credited = await app.call(attach)
             app.session_tokens[token] = node.id
             log.info("node %s (%s) connected, %d device(s)", node.id, node.name, len(node.devices))
             reader = asyncio.create_task(self._read(node, incoming, sink))
@@ -230,6 +235,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     cancelled_attempts=cancelled,
                     standing=standing.standing.value,
                     standing_reason=standing.reason,
+                    credited=credited,
                 )
             )
             while (message := await sink.queue.get()) is not _CLOSE:

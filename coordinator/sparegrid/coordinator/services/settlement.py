@@ -56,6 +56,7 @@ class Settled:
     finished: list[ActiveJob] = field(default_factory=list)
     jobs: set[str] = field(default_factory=set)
     paid: dict[str, int] = field(default_factory=dict)  # attempt -> credit paid now
+    credited: set[str] = field(default_factory=set)  # nodes paid: each is told its total
     # decisions taken, by (job kind, outcome): what the metrics count
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -155,13 +156,13 @@ class Settlement:
             self.reject(decision.losers, f"task {task.id}: {decision.detail}", active, task)
             self._fail(active, task, decision.detail, out)
             return
-        out.paid.update(self._accept(active, task, decision))
+        self._accept(active, task, decision, out)
         if active.open_tasks == 0:
             out.finished.append(active)
         self._after_check(task, decision, out)
 
-    def _accept(self, active: ActiveJob, task: Task, decision: Decision) -> dict[str, int]:
-        """Pays every agreeing replica and countersigns the receipt; attempt -> credit."""
+    def _accept(self, active: ActiveJob, task: Task, decision: Decision, out: Settled) -> None:
+        """Pays every agreeing replica (into `out`) and countersigns the receipt."""
         sched, job = self.scheduler, active.job
         cost = job.task_cost(task.work)
         winners, losers = decision.winners, decision.losers
@@ -211,7 +212,10 @@ class Settlement:
         active.open_tasks -= 1
         active.succeeded += 1
         sched.forget_replicas(active, task.id)
-        return {w.attempt_id: c for w, c, new in zip(winners, costs, paid, strict=True) if new}
+        for w, c, new in zip(winners, costs, paid, strict=True):
+            if new:
+                out.paid[w.attempt_id] = c
+                out.credited.add(w.node_id)
 
     # --- vouching: results accepted on their node's record (vouching.py) ---------------
 
@@ -275,7 +279,7 @@ class Settlement:
             decision.detail = "no node of another owner was online to check its node"
         else:
             decision.detail += f"; vouched for by a check of its node on task {check.id}"
-        out.paid.update(self._accept(active, held.task, decision))
+        self._accept(active, held.task, decision, out)
         self.store.update_tasks([held.task])
         out.jobs.add(active.job.id)
         if active.open_tasks == 0:
@@ -327,7 +331,7 @@ class Settlement:
                 decision = Decision(
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [held[0]]
                 )
-                self._accept(active, task, decision)
+                self._accept(active, task, decision, out)
                 self.store.update_tasks([task])
                 out.jobs.add(active.job.id)
                 if active.open_tasks == 0 and not active.failed:

@@ -50,7 +50,8 @@ def detect_devices(
     load_torch: Loader = lambda: _import("torch"),
     cpuinfo: Path = Path("/proc/cpuinfo"),
 ) -> Detection:
-    """NVML first, then torch.cuda, else one CPU device; never raises."""
+    """NVML first, then torch.cuda, else one CPU device (lent only with --devices cpu:
+    `startup.check_found`); never raises."""
     reasons: list[str] = []
     for backend, probe, loader in (
         ("nvml", probe_nvml, load_nvml),
@@ -63,7 +64,7 @@ def detect_devices(
             continue
         return Detection(tuple(devices), _found_summary(devices, reasons))
     cpu = cpu_device(cpuinfo)
-    summary = f"cpu: no usable GPU ({'; '.join(reasons)}); offering 1 CPU device ({cpu.name})"
+    summary = f"cpu: no usable GPU ({'; '.join(reasons)}); the CPU is {cpu.name}"
     return Detection((cpu,), summary)
 
 

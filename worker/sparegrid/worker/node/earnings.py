@@ -1,5 +1,8 @@
-"""Credit this node has earned, as the coordinator reported it in its acks: today and in
-total, kept in DATA_DIR/earnings.json so a restart does not forget it."""
+"""This node's credit: the figure the coordinator's ledger holds for it (its Welcome and
+Credited messages), the same one `worker credit` and `admin nodes` show, never a tally
+of our own. Today's part is that figure less what it was when the day began here. Kept
+in DATA_DIR/earnings.json so `worker status` shows the last figure heard before the
+worker connects again."""
 
 import contextlib
 import json
@@ -14,36 +17,59 @@ class Earnings:
         self.path = path
         self._now = now
         self.day = ""
-        self.today = 0
-        self.total = 0
-        self.results = 0
+        self.total = 0  # the coordinator's ledger, as last heard
+        self.day_start = 0  # the ledger figure when `day` began
+        self.accepted = 0  # results the coordinator took in (paid at once or once validated)
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             raw = json.loads(path.read_text())
-            self.day, self.today = str(raw["day"]), int(raw["today"])
-            self.total, self.results = int(raw["total"]), int(raw["results"])
+            self.day, self.total = str(raw["day"]), int(raw["total"])
+            self.day_start = int(raw.get("day_start", self.total))
+            self.accepted = int(raw.get("accepted", 0))
+
+    @property
+    def today(self) -> int:
+        self._roll()
+        return self.total - self.day_start
 
     def _roll(self) -> None:
         day = self._now().date().isoformat()
-        if day != self.day:
-            self.day, self.today = day, 0
+        if self.day and day != self.day:
+            self.day, self.day_start = day, self.total
 
-    def add(self, credit: int, results: int = 1) -> None:
+    def credited(self, total: int) -> None:
+        """The coordinator says the ledger holds `total` for this node."""
         self._roll()
-        self.today += credit
-        self.total += credit
-        self.results += results
+        if not self.day:  # the first figure heard: what came before is not today's
+            self.day, self.day_start = self._now().date().isoformat(), total
+        elif total < self.day_start:  # another coordinator, or its ledger restored
+            self.day_start = total
+        self.total = total
+        self._save()
+
+    def took(self, results: int) -> None:
+        """The coordinator accepted `results` more results of this node."""
+        self.accepted += results
         self._save()
 
     def snapshot(self) -> dict[str, int | str]:
-        self._roll()
-        return {"today": self.today, "total": self.total, "results": self.results, "day": self.day}
+        return {
+            "today": self.today,
+            "total": self.total,
+            "accepted": self.accepted,
+            "day": self.day,
+        }
 
     def _save(self) -> None:
-        data = {"day": self.day, "today": self.today, "total": self.total, "results": self.results}
+        data = {
+            "day": self.day,
+            "total": self.total,
+            "day_start": self.day_start,
+            "accepted": self.accepted,
+        }
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
         except OSError:
-            pass  # the tally is a convenience; the coordinator's ledger is the record
+            pass  # a copy for display; the coordinator's ledger is the record

@@ -236,8 +236,9 @@ def render(snapshot: Snapshot) -> str:
         f"node {snapshot.get('node_id')} ({snapshot.get('name')}), coordinator "
         f"{snapshot.get('coordinator')}: {connected}{draining}",
         *_standing_line(snapshot.get("standing") or {}),
-        f"credit earned: {credit.get('today', 0)} today, {credit.get('total', 0)} in total "
-        f"({credit.get('results', 0)} results accepted)",
+        f"credit: {credit.get('total', 0)} in the coordinator's ledger, "
+        f"{credit.get('today', 0):+d} today ({credit.get('accepted', 0)} results accepted; "
+        "a result is paid once validated)",
         f"work windows: {snapshot.get('windows')}; GPU readings: {snapshot.get('device_state')}; "
         f"keyboard and mouse: {snapshot.get('user_input', 'none')}",
         f"paused by the volunteer: {_pause(snapshot.get('pause'))}",
@@ -263,13 +264,11 @@ def _pause(pause: Any) -> str:
 
 
 def status_line(snapshot: Snapshot) -> str:
-    """One line for a terminal: each device's state and the credit earned today."""
+    """One line for a terminal: each device's state and the node's credit."""
     devices = " | ".join(
         f"{d['index']}: {d['state']}" + (f" {d['tasks'][0]['kind']}" if d.get("tasks") else "")
         for d in snapshot.get("devices", [])
     )
     credit = snapshot.get("credit", {})
     link = "" if snapshot.get("connected") else " | not connected"
-    return (
-        f"{devices} | credit today {credit.get('today', 0)}, total {credit.get('total', 0)}{link}"
-    )
+    return f"{devices} | credit: {credit.get('total', 0)} ({credit.get('today', 0):+d} today){link}"

@@ -115,6 +115,7 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
         self.ack_results = ack_results
         self.resume = True  # Welcome resumes every attempt the worker reports running
         self.standing = ("active", "")  # what Welcome says of the node's standing, and why
+        self.credited = 0  # the node's credit in the ledger, as Welcome says it
         self.blobs: dict[str, bytes] = {}
         self.uploads: list[str] = []
         self.downloads: list[tuple[str, int]] = []
@@ -201,6 +202,7 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
             cancelled_attempts=[] if self.resume else running,
             standing=self.standing[0],
             standing_reason=self.standing[1],
+            credited=self.credited,
         )
         welcome.heartbeat_interval.FromMilliseconds(int(self.heartbeat_seconds * 1000))
         welcome.lease_duration.FromSeconds(60)

@@ -38,6 +38,9 @@ class SessionSink(Protocol):
 
     def cancel(self, attempt_ids: list[str], reason: str) -> None: ...
 
+    def credited(self, total: int) -> None:
+        """The node was paid: `total` is its credit in the ledger now."""
+
     def close(self) -> None:
         """Ends the session (a newer one of the same node took over)."""
 
