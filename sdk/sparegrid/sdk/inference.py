@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparegrid.sdk import inputfiles
 from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.models import DeviceKind, Requirements
 from sparegrid.sdk.results import TaskResult
-from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import EXPORT_HINT, NotExported, ProgramInfo, UnsafeProgram, inspect_pt2
 from sparegrid.wire.tensors import BadTensors, header_of
 from sparegrid.wire.tensors import check_shard as check_shard_header
 
@@ -78,9 +79,24 @@ def export_program(model: Any, example: "tuple[torch.Tensor, ...]", dest: Path) 
     return dest
 
 
+def _check_module(model: Any) -> None:
+    if isinstance(model, Mapping):
+        raise InvalidArgumentError(
+            "MODEL_NOT_EXPORTED", f"the model is a dict (a state dict?), not a model: {EXPORT_HINT}"
+        )
+    if not isinstance(model, _torch().nn.Module):
+        raise InvalidArgumentError(
+            "BAD_MODEL",
+            f"the model is a {type(model).__name__}: pass an nn.Module, or the path of a "
+            "program saved with torch.export.save",
+        )
+
+
 def check_program(path: Path) -> ProgramInfo:
     try:
         return inspect_pt2(path)
+    except NotExported as exc:
+        raise InvalidArgumentError("MODEL_NOT_EXPORTED", f"{path}: {exc}") from None
     except UnsafeProgram as exc:
         raise InvalidArgumentError("UNSAFE_MODEL", str(exc)) from None
 
@@ -120,17 +136,7 @@ def _batches(inputs: Any) -> Iterator[Any]:
     """The inputs as a stream of batches (one batch when given whole)."""
     torch = _torch()
     if isinstance(inputs, str | os.PathLike):
-        from safetensors.torch import load_file
-
-        path = Path(inputs)
-        if not path.is_file():
-            raise InvalidArgumentError("BAD_INPUTS", f"inputs file {path} does not exist")
-        try:
-            yield load_file(str(path))
-        except Exception as exc:
-            raise InvalidArgumentError(
-                "BAD_INPUTS", f"{path} is not a safetensors file: {exc}"
-            ) from None
+        yield from inputfiles.batches(Path(inputs))
     elif isinstance(inputs, torch.Tensor | tuple | list | Mapping):
         yield inputs
     elif isinstance(inputs, Iterable):
@@ -175,11 +181,17 @@ def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) 
 # --- submit -----------------------------------------------------------------------------
 
 
-def check_options(precision: str, batch_size: int) -> None:
+def check_options(precision: str, batch_size: int, min_vram_gb: float = 0) -> None:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     if not 1 <= batch_size <= MAX_EXPORT_BATCH:
-        raise InvalidArgumentError("BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}")
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}, got {batch_size}"
+        )
+    if not 0 <= min_vram_gb < 2**33:  # also refuses NaN
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"min_vram_gb must be 0 (any) or more GiB, got {min_vram_gb}"
+        )
 
 
 class Plan:
@@ -192,7 +204,8 @@ class Plan:
         batches = _batches(inputs)
         first = next(batches, None)
         if first is None:
-            raise InvalidArgumentError("BAD_INPUTS", "no inputs")
+            held = f": {inputs} holds no samples" if isinstance(inputs, str | os.PathLike) else ""
+            raise InvalidArgumentError("BAD_INPUTS", f"no inputs{held}")
         if isinstance(model, str | os.PathLike):
             self.program_path = Path(model)
             if not self.program_path.is_file():
@@ -200,6 +213,7 @@ class Plan:
                     "BAD_MODEL", f"model file {self.program_path} does not exist"
                 )
         else:
+            _check_module(model)
             example = tuple(_named(first, None, "inputs").values())
             self.program_path = export_program(
                 model, tuple(t[:batch_size] for t in example), tmp / "model.pt2"
