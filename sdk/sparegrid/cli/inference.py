@@ -6,7 +6,7 @@ from typing import Any
 
 from sparegrid.cli import output
 from sparegrid.sdk import Client, InvalidArgumentError, Job, TaskResult, TaskState
-from sparegrid.sdk.inference import PRECISIONS
+from sparegrid.sdk.inference import PRECISIONS, check_options
 
 MERGED = "outputs.safetensors"
 
@@ -47,6 +47,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("BAD_INPUT", f"--model: no such file {args.model}")
     if not Path(args.inputs).exists():
         raise InvalidArgumentError("BAD_INPUT", f"--inputs: no such file or folder {args.inputs}")
+    check_options(args.precision, args.batch_size, args.min_vram, args.shard_batches)
 
 
 def submit(client: Client, args: argparse.Namespace) -> Job:

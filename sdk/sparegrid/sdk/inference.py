@@ -181,7 +181,9 @@ def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) 
 # --- submit -----------------------------------------------------------------------------
 
 
-def check_options(precision: str, batch_size: int, min_vram_gb: float = 0) -> None:
+def check_options(
+    precision: str, batch_size: int, min_vram_gb: float = 0, shard_batches: int | None = None
+) -> None:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     if not 1 <= batch_size <= MAX_EXPORT_BATCH:
@@ -191,6 +193,10 @@ def check_options(precision: str, batch_size: int, min_vram_gb: float = 0) -> No
     if not 0 <= min_vram_gb < 2**33:  # also refuses NaN
         raise InvalidArgumentError(
             "BAD_PARAMS", f"min_vram_gb must be 0 (any) or more GiB, got {min_vram_gb}"
+        )
+    if shard_batches is not None and shard_batches < 1:
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"shard_batches must be at least 1, got {shard_batches}"
         )
 
 
@@ -261,9 +267,7 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
 
 def _shard_samples(first: Any, batch_size: int, shard_batches: int | None) -> int:
     if shard_batches is not None:
-        if shard_batches < 1:
-            raise InvalidArgumentError("BAD_PARAMS", "shard_batches must be at least 1")
-        return batch_size * shard_batches
+        return batch_size * max(1, shard_batches)  # checked in check_options
     tensors = _named(first, None, "inputs").values()
     per_sample = sum(t[:1].numel() * t.element_size() for t in tensors)
     fits = SHARD_BYTES // max(1, per_sample * batch_size)
