@@ -327,3 +327,14 @@ def test_a_table_larger_than_what_is_held_streams_in_bounded_memory(
     assert size > 128 << 20 and made == groups * rows_per_group // (1024 * 4)
     assert arrow_peak < size // 8, (arrow_peak, size)
     assert rss_growth < size // 3, (rss_growth, size)  # ~40 MB measured
+
+
+def test_a_table_whose_columns_are_not_the_programs_inputs_is_refused_naming_it(
+    two_heads_pt2: Path, tmp_path: Path
+) -> None:
+    x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(16, np.float32)), 8)
+    pq.write_table(pa.table({"x": x, "label": pa.array([1, 2])}), tmp_path / "t.parquet")
+    message = refusal(two_heads_pt2, tmp_path / "t.parquet", tmp_path)
+    assert message == (
+        f"{tmp_path / 't.parquet'}: inputs are named ['label', 'x'], the program's ['x', 'y']"
+    )

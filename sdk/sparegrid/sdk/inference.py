@@ -227,7 +227,11 @@ class Plan:
         self.program = check_program(self.program_path)
         self.batch_size = batch_size
         names = [s.name for s in self.program.inputs]
-        named = (_named(b, names, f"batch {i}") for i, b in enumerate(_chain(first, batches)))
+        is_path = isinstance(inputs, str | os.PathLike)
+        named = (
+            _named(b, names, str(inputs) if is_path else f"batch {i}")
+            for i, b in enumerate(_chain(first, batches))
+        )
         samples = _shard_samples(first, batch_size, shard_batches)
         self._shards = enumerate(_shards(named, samples))
 

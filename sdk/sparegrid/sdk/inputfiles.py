@@ -54,7 +54,7 @@ def batches(path: Path) -> Iterator[Batch]:
     if path.is_dir():
         return _safetensors(_folder(path))
     if not path.is_file():
-        raise bad(f"inputs {path} do not exist")
+        raise bad(f"inputs: no such file or folder {path}")
     with path.open("rb") as f:
         head = f.read(8)
     if head.startswith(PARQUET_MAGIC):
