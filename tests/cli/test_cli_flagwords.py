@@ -35,6 +35,14 @@ def test_every_mapped_flag_is_a_flag_of_job_submit() -> None:
             "verification policy: replicas must be 0 (adaptive) or 2 to 16, got 1",
             "verification policy: --replicas must be 0 (adaptive) or 2 to 16, got 1",
         ),
+        (
+            "generate job: 'temperature' must be from 0 to 2, got 3",
+            "generate job: --temperature must be from 0 to 2, got 3",
+        ),
+        (
+            "render job: 'resolution' values must be 1..65536, got 0",
+            "render job: --resolution values must be 1..65536, got 0",
+        ),
         # words that are not used as names stay
         ("inputs disagree on the number of samples", "inputs disagree on the number of samples"),
         ("params.tasks must be at least 1", "params.tasks must be at least 1"),

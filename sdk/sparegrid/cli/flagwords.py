@@ -26,6 +26,9 @@ FLAGS = {
     "chunk": "--chunk",
     "samples": "--samples",
     "depth": "--depth",
+    "resolution": "--resolution",
+    "tiles": "--tiles",
+    "temperature": "--temperature",
     "sleep_ms": "--sleep-ms",
     "tasks": "--tasks",
 }
@@ -34,7 +37,7 @@ FLAGS = {
 def _pattern(name: str) -> re.Pattern[str]:
     word = re.escape(name)
     alone = rf"(?<![\w'.\-]){word}\b"  # not part of a longer name, a quote or params.NAME
-    forms = [rf"'{word}'(?= must)", rf"{alone}=(?=[^\s,;)])", rf"{alone}(?= must)"]
+    forms = [rf"'{word}'(?= (?:values )?must)", rf"{alone}=(?=[^\s,;)])", rf"{alone}(?= must)"]
     if "_" in name:
         forms.append(rf"{alone}(?!')")
     return re.compile("|".join(forms))
