@@ -162,7 +162,9 @@ def _parquet(path: Path) -> Iterator[Batch]:
 
     pq: Any = pyarrow.parquet  # partly typed
     try:
-        table = pq.ParquetFile(path)
+        # pre_buffer (pyarrow's default) would read every row group ahead of the first
+        # batch; a read buffer lets a column chunk be read page by page
+        table = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         columns = _columns(pa, table.schema_arrow, path)
     except (pa.ArrowException, OSError) as exc:
         raise bad(f"{path}: not a Parquet file pyarrow can read: {exc}") from None
