@@ -7,8 +7,9 @@
 
 `model` is an `nn.Module` (exported here with `torch.export`, with a dynamic batch
 dimension; the example is the first batch of `inputs`) or the path of a saved `.pt2`.
-`inputs` is a tensor, a tuple or dict of tensors (by the program's input names), a
-safetensors file, or an iterable of such batches. Inputs are cut into shards of whole
+`inputs` is a tensor, a tuple or dict of tensors (by the program's input names), an
+iterable of such batches, or the path of a safetensors file, a folder of them or a Parquet
+or Arrow table (`sparegrid.sdk.inputfiles`, read a slice at a time). Inputs are cut into shards of whole
 batches, each a safetensors file and a task. The program and every shard are checked here
 with the same rules the coordinator and the workers apply, before anything is uploaded.
 
