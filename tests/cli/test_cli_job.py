@@ -328,7 +328,7 @@ async def test_inference_submit_checks_its_files_before_connecting(
 ) -> None:
     missing = await cli("job", "submit", "inference", "--model", str(tmp_path / "m.pt2"))
     assert missing.code == 1
-    assert "needs --model PT2 and --inputs SAFETENSORS [BAD_PARAMS]" in missing.err
+    assert "needs --model PT2 and --inputs PATH [BAD_PARAMS]" in missing.err
     absent = await cli(
         "job",
         "submit",

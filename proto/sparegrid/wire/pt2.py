@@ -115,10 +115,29 @@ _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what torch's reader
 class UnsafeProgram(ValueError):
     """The archive holds something that would run code, or that this network does not run."""
 
-    def __init__(self, entry: str, reason: str) -> None:
-        super().__init__(f"refused .pt2 entry {entry!r}: {reason}")
+    def __init__(self, entry: str, reason: str, message: str = "") -> None:
+        super().__init__(message or f"refused .pt2 entry {entry!r}: {reason}")
         self.entry = entry
         self.reason = reason
+
+
+EXPORT_HINT = (
+    "export the model and save the program instead: "
+    'torch.export.save(torch.export.export(model, (example,)), "model.pt2")'
+)
+
+
+class NotExported(UnsafeProgram):
+    """A `torch.save` file (a state dict or a pickled module), or a plain pickle: loading
+    it would unpickle it, and it holds no program to run. Told from the archive's entry
+    names or the file's first byte, never by unpickling."""
+
+    def __init__(self, entry: str) -> None:
+        reason = (
+            "a torch.save file (a state dict or a pickled nn.Module), not a torch.export "
+            "program; it is never unpickled here"
+        )
+        super().__init__(entry, reason, f"the model is {reason}: {EXPORT_HINT}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +198,19 @@ def open_archive(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except _UNREADABLE as exc:  # UnicodeDecodeError is a ValueError
+        if _starts_as_pickle(path):
+            raise NotExported(path.name) from None
         raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
+
+
+def _starts_as_pickle(path: Path) -> bool:
+    """A pickle of protocol 2 or later (legacy torch.save, pickle.dump) opens with PROTO."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def inspect_pt2(path: Path) -> ProgramInfo:
@@ -191,6 +222,9 @@ def inspect_pt2(path: Path) -> ProgramInfo:
 def check_archive(archive: zipfile.ZipFile, size: int) -> CheckedArchive:
     """Checks an open archive of `size` bytes; raises UnsafeProgram naming what is refused."""
     infos = archive.infolist()
+    for info in infos:  # torch.save's zip: <root>/data.pkl, the pickle of the whole object
+        if info.filename.rpartition("/")[2] == "data.pkl":
+            raise NotExported(info.filename)
     root = _check_entries(infos, size)
     names = {i.filename[len(root) + 1 :]: i for i in infos if not i.is_dir()}
     model = _check_layout(root, names)

@@ -6,7 +6,7 @@ from typing import Any
 
 from sparegrid.cli import output
 from sparegrid.sdk import Client, InvalidArgumentError, Job, TaskResult, TaskState
-from sparegrid.sdk.inference import PRECISIONS
+from sparegrid.sdk.inference import PRECISIONS, check_options
 
 MERGED = "outputs.safetensors"
 
@@ -17,7 +17,10 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
         "--model", metavar="PT2", help="the program (torch.export.save); generate: a model DIR"
     )
     group.add_argument(
-        "--inputs", metavar="SAFETENSORS", help="inputs by the program's input names"
+        "--inputs",
+        metavar="PATH",
+        help="inputs by the program's input names: a safetensors file, a folder of them "
+        "(joined in file-name order), or a Parquet or Arrow table (a column per input)",
     )
     group.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size (64)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(fp32)")
@@ -38,11 +41,13 @@ def check_args(args: argparse.Namespace) -> None:
     """What can be checked here, before connecting to anything."""
     if not args.model or not args.inputs:
         raise InvalidArgumentError(
-            "BAD_PARAMS", "an inference job needs --model PT2 and --inputs SAFETENSORS"
+            "BAD_PARAMS", "an inference job needs --model PT2 and --inputs PATH"
         )
-    for flag, path in (("--model", args.model), ("--inputs", args.inputs)):
-        if not Path(path).is_file():
-            raise InvalidArgumentError("BAD_INPUT", f"{flag}: no such file {path}")
+    if not Path(args.model).is_file():
+        raise InvalidArgumentError("BAD_INPUT", f"--model: no such file {args.model}")
+    if not Path(args.inputs).exists():
+        raise InvalidArgumentError("BAD_INPUT", f"--inputs: no such file or folder {args.inputs}")
+    check_options(args.precision, args.batch_size, args.min_vram, args.shard_batches)
 
 
 def submit(client: Client, args: argparse.Namespace) -> Job:

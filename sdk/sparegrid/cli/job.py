@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparegrid.cli import common, costs, fetch, inference, logs, output
+from sparegrid.cli import common, costs, fetch, flagwords, inference, logs, output
 from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
 from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
-from sparegrid.sdk import Client, InvalidArgumentError, JobState
+from sparegrid.sdk import Client, InvalidArgumentError, JobState, SparegridError
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 JOB_ID_HELP = "the id `job submit` printed (`sparegrid job list` shows them)"
@@ -225,6 +225,14 @@ def upload(client: Client, name: str, path: Path) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
+    """Submits a job; an error that names a parameter of the SDK names its flag instead."""
+    try:
+        return _submit(args)
+    except SparegridError as exc:
+        raise flagwords.in_flags(exc) from None
+
+
+def _submit(args: argparse.Namespace) -> int:
     if args.json and not args.dry_run:
         raise InvalidArgumentError("BAD_FLAGS", "--json goes with --dry-run")
     if args.dry_run and args.wait:

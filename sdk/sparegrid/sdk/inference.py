@@ -7,8 +7,9 @@
 
 `model` is an `nn.Module` (exported here with `torch.export`, with a dynamic batch
 dimension; the example is the first batch of `inputs`) or the path of a saved `.pt2`.
-`inputs` is a tensor, a tuple or dict of tensors (by the program's input names), a
-safetensors file, or an iterable of such batches. Inputs are cut into shards of whole
+`inputs` is a tensor, a tuple or dict of tensors (by the program's input names), an
+iterable of such batches, or the path of a safetensors file, a folder of them or a Parquet
+or Arrow table (`sparegrid.sdk.inputfiles`, read a slice at a time). Inputs are cut into shards of whole
 batches, each a safetensors file and a task. The program and every shard are checked here
 with the same rules the coordinator and the workers apply, before anything is uploaded.
 
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparegrid.sdk import inputfiles
 from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.models import DeviceKind, Requirements
 from sparegrid.sdk.results import TaskResult
-from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import EXPORT_HINT, NotExported, ProgramInfo, UnsafeProgram, inspect_pt2
 from sparegrid.wire.tensors import BadTensors, header_of
 from sparegrid.wire.tensors import check_shard as check_shard_header
 
@@ -78,9 +80,24 @@ def export_program(model: Any, example: "tuple[torch.Tensor, ...]", dest: Path) 
     return dest
 
 
+def _check_module(model: Any) -> None:
+    if isinstance(model, Mapping):
+        raise InvalidArgumentError(
+            "MODEL_NOT_EXPORTED", f"the model is a dict (a state dict?), not a model: {EXPORT_HINT}"
+        )
+    if not isinstance(model, _torch().nn.Module):
+        raise InvalidArgumentError(
+            "BAD_MODEL",
+            f"the model is a {type(model).__name__}: pass an nn.Module, or the path of a "
+            "program saved with torch.export.save",
+        )
+
+
 def check_program(path: Path) -> ProgramInfo:
     try:
         return inspect_pt2(path)
+    except NotExported as exc:
+        raise InvalidArgumentError("MODEL_NOT_EXPORTED", f"{path}: {exc}") from None
     except UnsafeProgram as exc:
         raise InvalidArgumentError("UNSAFE_MODEL", str(exc)) from None
 
@@ -120,17 +137,7 @@ def _batches(inputs: Any) -> Iterator[Any]:
     """The inputs as a stream of batches (one batch when given whole)."""
     torch = _torch()
     if isinstance(inputs, str | os.PathLike):
-        from safetensors.torch import load_file
-
-        path = Path(inputs)
-        if not path.is_file():
-            raise InvalidArgumentError("BAD_INPUTS", f"inputs file {path} does not exist")
-        try:
-            yield load_file(str(path))
-        except Exception as exc:
-            raise InvalidArgumentError(
-                "BAD_INPUTS", f"{path} is not a safetensors file: {exc}"
-            ) from None
+        yield from inputfiles.batches(Path(inputs))
     elif isinstance(inputs, torch.Tensor | tuple | list | Mapping):
         yield inputs
     elif isinstance(inputs, Iterable):
@@ -175,11 +182,23 @@ def check_shard(program: ProgramInfo, data: bytes, batch_size: int, label: str) 
 # --- submit -----------------------------------------------------------------------------
 
 
-def check_options(precision: str, batch_size: int) -> None:
+def check_options(
+    precision: str, batch_size: int, min_vram_gb: float = 0, shard_batches: int | None = None
+) -> None:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     if not 1 <= batch_size <= MAX_EXPORT_BATCH:
-        raise InvalidArgumentError("BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}")
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"batch_size must be 1..{MAX_EXPORT_BATCH}, got {batch_size}"
+        )
+    if not 0 <= min_vram_gb < 2**33:  # also refuses NaN
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"min_vram_gb must be 0 (any) or more GiB, got {min_vram_gb}"
+        )
+    if shard_batches is not None and shard_batches < 1:
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"shard_batches must be at least 1, got {shard_batches}"
+        )
 
 
 class Plan:
@@ -192,7 +211,8 @@ class Plan:
         batches = _batches(inputs)
         first = next(batches, None)
         if first is None:
-            raise InvalidArgumentError("BAD_INPUTS", "no inputs")
+            held = f": {inputs} holds no samples" if isinstance(inputs, str | os.PathLike) else ""
+            raise InvalidArgumentError("BAD_INPUTS", f"no inputs{held}")
         if isinstance(model, str | os.PathLike):
             self.program_path = Path(model)
             if not self.program_path.is_file():
@@ -200,6 +220,7 @@ class Plan:
                     "BAD_MODEL", f"model file {self.program_path} does not exist"
                 )
         else:
+            _check_module(model)
             example = tuple(_named(first, None, "inputs").values())
             self.program_path = export_program(
                 model, tuple(t[:batch_size] for t in example), tmp / "model.pt2"
@@ -207,7 +228,11 @@ class Plan:
         self.program = check_program(self.program_path)
         self.batch_size = batch_size
         names = [s.name for s in self.program.inputs]
-        named = (_named(b, names, f"batch {i}") for i, b in enumerate(_chain(first, batches)))
+        is_path = isinstance(inputs, str | os.PathLike)
+        named = (
+            _named(b, names, str(inputs) if is_path else f"batch {i}")
+            for i, b in enumerate(_chain(first, batches))
+        )
         samples = _shard_samples(first, batch_size, shard_batches)
         self._shards = enumerate(_shards(named, samples))
 
@@ -247,9 +272,7 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
 
 def _shard_samples(first: Any, batch_size: int, shard_batches: int | None) -> int:
     if shard_batches is not None:
-        if shard_batches < 1:
-            raise InvalidArgumentError("BAD_PARAMS", "shard_batches must be at least 1")
-        return batch_size * shard_batches
+        return batch_size * max(1, shard_batches)  # checked in check_options
     tensors = _named(first, None, "inputs").values()
     per_sample = sum(t[:1].numel() * t.element_size() for t in tensors)
     fits = SHARD_BYTES // max(1, per_sample * batch_size)

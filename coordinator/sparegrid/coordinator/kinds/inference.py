@@ -21,7 +21,7 @@ from sparegrid.coordinator.kinds.base import (
     check_keys,
     int_param,
 )
-from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import NotExported, ProgramInfo, UnsafeProgram, inspect_pt2
 from sparegrid.wire.tensors import BadTensors, check_shard, read_header
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -90,6 +90,8 @@ def _split_inputs(inputs: dict[str, FileRef]) -> tuple[FileRef, list[FileRef]]:
 def _inspect(files: Files, model: FileRef) -> ProgramInfo:
     try:
         return inspect_pt2(files.path(model.digest))
+    except NotExported as exc:
+        raise invalid("MODEL_NOT_EXPORTED", f"inference job: input 'model': {exc}") from None
     except UnsafeProgram as exc:
         raise invalid("UNSAFE_MODEL", f"inference job: input 'model': {exc}") from None
 

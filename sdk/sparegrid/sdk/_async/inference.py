@@ -70,7 +70,7 @@ async def submit(
     keep_logs: bool = False,
 ) -> "AsyncInferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
-    check_options(precision, batch_size)
+    check_options(precision, batch_size, min_vram_gb, shard_batches)
     with tempfile.TemporaryDirectory(prefix="sparegrid-infer-") as tmp:
         plan = await aoffload(Plan, model, inputs, batch_size, shard_batches, Path(tmp))
         digests = {"model": await client.upload(plan.program_path)}

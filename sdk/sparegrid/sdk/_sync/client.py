@@ -440,9 +440,11 @@ class Client(_SyncBase):
         """Runs a model over inputs on the network; see sparegrid.sdk.inference.
 
         `model`: an nn.Module (exported here, dynamic batch) or a saved .pt2 path;
-        `inputs`: a tensor, tuple/dict of tensors, a safetensors path, or an iterable of
-        batches. `precision`: fp32, tf32, bf16 or fp16, applied on the worker. `compile`:
-        the worker compiles the program (minutes, once per node and model; then faster).
+        `inputs`: a tensor, tuple/dict of tensors, an iterable of batches, or a path: a
+        safetensors file, a folder of them, or a Parquet or Arrow table (see
+        sparegrid.sdk.inputfiles). `precision`: fp32, tf32, bf16 or fp16, applied on the
+        worker. `compile`: the worker compiles the program (minutes, once per node and
+        model; then faster).
         `replicas`/`quorum`: the verification policy, as for `submit`.
         """
         return inference.submit(

@@ -72,7 +72,7 @@ def submit(
     keep_logs: bool = False,
 ) -> "InferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
-    check_options(precision, batch_size)
+    check_options(precision, batch_size, min_vram_gb, shard_batches)
     with tempfile.TemporaryDirectory(prefix="sparegrid-infer-") as tmp:
         plan = offload(Plan, model, inputs, batch_size, shard_batches, Path(tmp))
         digests = {"model": client.upload(plan.program_path)}
