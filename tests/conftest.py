@@ -65,9 +65,11 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Skipped when moto is not installed, but in CI (CI set) that fails instead."""
+    """Skipped when moto is not installed, but in CI (CI set) that fails instead. One per
+    module: a server left running would be a stray child to the tests that check for them
+    (tests/worker/conftest.py)."""
     if not all(importlib.util.find_spec(m) for m in ("moto", "flask", "boto3")):
         if os.environ.get("CI"):
             pytest.fail(MOTO_MISSING)

@@ -66,10 +66,10 @@ async def fail(
 
 
 async def verdict_of(call: Call) -> worker_pb2.AttemptVerdict:
-    """The next acknowledgement's one verdict (a cancel of the job's other tasks may
-    come first)."""
+    """The next acknowledgement's one verdict (a cancel of the job's other tasks, or the
+    node's new credit total, may come first)."""
     while not (message := await call.read()).HasField("result_ack"):
-        assert message.HasField("cancel") or message.HasField("assign")
+        assert message.WhichOneof("body") in ("cancel", "assign", "credited"), message
     [verdict] = message.result_ack.verdicts
     return verdict
 

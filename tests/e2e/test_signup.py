@@ -60,6 +60,8 @@ def test_a_volunteer_signs_up_and_their_worker_works_for_their_account(
         "vol-node",
         "--owner-key-file",
         str(key_file),
+        "--devices",
+        "cpu",
         env={"XDG_CONFIG_HOME": volunteer["XDG_CONFIG_HOME"]},
     )
     with AdminClient(address, api_key=cluster.admin_key) as admin:

@@ -299,7 +299,12 @@ class DeviceRunner:
         code = await child.reap()
         why = child.killed
         if why is None:
-            _log.warning("child for device %d died: %s", self.device.index, describe_exit(code))
+            _log.warning(
+                "child for device %d died: %s%s",
+                self.device.index,
+                describe_exit(code),
+                self._last_words(child.last_log),
+            )
             serial = self._blame(running)
             if serial is None:
                 return  # it died between tasks: the batch goes to a fresh child
@@ -316,6 +321,15 @@ class DeviceRunner:
             outcome = Outcome(why.serial, cancelled=True)
         if self._pending.pop(outcome.serial, None) is not None:
             on_outcome(self._redacted(outcome))
+
+    def _last_words(self, log: bytes | None) -> str:
+        """The last line the child wrote, redacted, for the volunteer's log: why it died
+        (a render over the memory limit says so) without reading the task's log."""
+        lines = (self._redact(log) or b"").decode(errors="replace").strip().splitlines()
+        if not lines:
+            return ""
+        last = "".join(ch if ch.isprintable() else "?" for ch in lines[-1][-300:])
+        return f"; it last wrote: {last}"
 
     def _blame(self, running: tuple[int, float] | None) -> int | None:
         """The task a child died running; after repeated deaths between tasks, the first."""
