@@ -19,7 +19,9 @@ def test_a_model_runs_on_two_workers_and_comes_back_in_order(cluster) -> None:
     torch.manual_seed(0)
     model = Encoder().eval()
     x = torch.randn(40, 3, 16, 16)
-    job = client.infer(model, x, batch_size=4, shard_batches=2)  # 5 shards of 2 batches
+    # 5 shards of 2 batches; the job options a submit takes reach the job
+    job = client.infer(model, x, batch_size=4, shard_batches=2, priority=7, max_attempts=2)
+    assert client.get_job(job.job.id).snapshot.priority == 7
     streamed = list(job.stream(timeout=120))
     with torch.inference_mode():
         expected = model(x)

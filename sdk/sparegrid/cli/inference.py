@@ -65,6 +65,9 @@ def submit(client: Client, args: argparse.Namespace) -> Job:
         name=args.name,
         replicas=args.replicas,
         quorum=args.quorum,
+        max_attempts=args.max_attempts,
+        priority=args.priority,
+        webhook_url=args.webhook,
         keep_logs=args.keep_logs,
     ).job
 

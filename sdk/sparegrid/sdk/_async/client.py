@@ -437,6 +437,9 @@ class AsyncClient(_AsyncBase):
         name: str = "",
         replicas: int = 0,
         quorum: int = 0,
+        max_attempts: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         keep_logs: bool = False,
     ) -> AsyncInferenceJob:
         """Runs a model over inputs on the network; see sparegrid.sdk.inference.
@@ -447,7 +450,8 @@ class AsyncClient(_AsyncBase):
         sparegrid.sdk.inputfiles). `precision`: fp32, tf32, bf16 or fp16, applied on the
         worker. `compile`: the worker compiles the program (minutes, once per node and
         model; then faster).
-        `replicas`/`quorum`: the verification policy, as for `submit`.
+        `replicas`/`quorum`, `max_attempts`, `priority`, `webhook_url`, `keep_logs`: as
+        for `submit`.
         """
         return await inference.submit(
             self,
@@ -463,6 +467,9 @@ class AsyncClient(_AsyncBase):
             name=name,
             replicas=replicas,
             quorum=quorum,
+            max_attempts=max_attempts,
+            priority=priority,
+            webhook_url=webhook_url,
             keep_logs=keep_logs,
         )
 

@@ -44,6 +44,8 @@ class AsyncInferenceClient(Protocol):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         keep_logs: bool = False,
     ) -> AsyncJob: ...
 
@@ -67,6 +69,9 @@ async def submit(
     name: str = "",
     replicas: int = 0,
     quorum: int = 0,
+    max_attempts: int = 0,
+    priority: int = 0,
+    webhook_url: str = "",
     keep_logs: bool = False,
 ) -> "AsyncInferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
@@ -82,8 +87,11 @@ async def submit(
         digests,
         name=name,
         requirements=job_requirements(device, min_vram_gb),
+        max_attempts=max_attempts,
         replicas=replicas,
         quorum=quorum,
+        priority=priority,
+        webhook_url=webhook_url,
         keep_logs=keep_logs,
     )
     return AsyncInferenceJob(client, job, batch_size)

@@ -435,6 +435,9 @@ class Client(_SyncBase):
         name: str = "",
         replicas: int = 0,
         quorum: int = 0,
+        max_attempts: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         keep_logs: bool = False,
     ) -> InferenceJob:
         """Runs a model over inputs on the network; see sparegrid.sdk.inference.
@@ -445,7 +448,8 @@ class Client(_SyncBase):
         sparegrid.sdk.inputfiles). `precision`: fp32, tf32, bf16 or fp16, applied on the
         worker. `compile`: the worker compiles the program (minutes, once per node and
         model; then faster).
-        `replicas`/`quorum`: the verification policy, as for `submit`.
+        `replicas`/`quorum`, `max_attempts`, `priority`, `webhook_url`, `keep_logs`: as
+        for `submit`.
         """
         return inference.submit(
             self,
@@ -461,6 +465,9 @@ class Client(_SyncBase):
             name=name,
             replicas=replicas,
             quorum=quorum,
+            max_attempts=max_attempts,
+            priority=priority,
+            webhook_url=webhook_url,
             keep_logs=keep_logs,
         )
 

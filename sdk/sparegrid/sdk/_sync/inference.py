@@ -46,6 +46,8 @@ class InferenceClient(Protocol):
         idempotency_key: str | None = None,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         keep_logs: bool = False,
     ) -> Job: ...
 
@@ -69,6 +71,9 @@ def submit(
     name: str = "",
     replicas: int = 0,
     quorum: int = 0,
+    max_attempts: int = 0,
+    priority: int = 0,
+    webhook_url: str = "",
     keep_logs: bool = False,
 ) -> "InferenceJob":
     """Checks and uploads the program and each shard (one in memory at a time), submits."""
@@ -84,8 +89,11 @@ def submit(
         digests,
         name=name,
         requirements=job_requirements(device, min_vram_gb),
+        max_attempts=max_attempts,
         replicas=replicas,
         quorum=quorum,
+        priority=priority,
+        webhook_url=webhook_url,
         keep_logs=keep_logs,
     )
     return InferenceJob(client, job, batch_size)
