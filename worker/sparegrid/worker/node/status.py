@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -59,6 +60,30 @@ class StatusUnavailable(Exception):
     """No daemon answers on the socket; the message says what to do."""
 
 
+def _private_socket(path: Path) -> socket.socket:
+    """A listening socket at `path` that only this user can connect to, made without
+    touching the umask (it is the whole process's: an await under a changed umask once
+    left it at 0o177 for everything the process created after). It is bound in a fresh
+    0700 directory, made 0600 there, then moved into place."""
+    staging = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = staging / "s"
+    try:
+        sock.bind(str(bound))
+        os.chmod(bound, 0o600)
+        os.replace(bound, path)
+        sock.listen(100)
+    except OSError:
+        sock.close()
+        with contextlib.suppress(OSError):
+            bound.unlink()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(staging)
+    return sock
+
+
 class StatusServer:
     def __init__(
         self, path: Path, snapshot: Callable[[], Snapshot], command: Command | None = None
@@ -76,13 +101,11 @@ class StatusServer:
             if self.path.is_socket():
                 self.path.unlink()  # left by a daemon that did not stop cleanly
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._answer, path=str(self.path))
+            sock = _private_socket(self.path)
         except OSError as exc:
             return f"cannot listen on {self.path}: {exc}"
-        finally:
-            os.umask(old_umask)
+        self._server = await asyncio.start_unix_server(self._answer, sock=sock)
         return ""
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
