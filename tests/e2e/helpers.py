@@ -1,6 +1,9 @@
 """Starting a cluster of real processes and waiting on it, for the end-to-end tests."""
 
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
 
 from sparegrid.sdk import AdminClient, Client
 
@@ -27,3 +30,22 @@ def setup(
     _, key = admin.create_account("alice", credit=credit)
     wait_for(lambda: online_nodes(admin) == workers, what=f"{workers} workers online")
     return admin, Client(cluster.address, api_key=key)
+
+
+def run_cli(
+    env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`sparegrid ARGS` as a user runs it: a separate process with `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "sparegrid.cli.main", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def client_env(cluster, key: str) -> dict[str, str]:
+    """The cluster's environment with its coordinator and a client's API key set."""
+    return cluster.env | {"SPAREGRID_COORDINATOR": cluster.address, "SPAREGRID_API_KEY": key}

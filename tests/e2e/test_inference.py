@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparegrid.sdk import AsyncClient, InvalidArgumentError
-from tests.e2e.helpers import setup
+from tests.e2e.helpers import client_env, run_cli, setup
 from tests.inference.models import Encoder, read, rewrite
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +96,6 @@ def test_bad_inference_submits_are_refused_and_change_nothing(cluster, tmp_path:
 @pytest.mark.timeout(180)  # three CLI processes, each importing torch
 def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     from safetensors.torch import load_file, save_file
 
@@ -111,19 +110,10 @@ def test_the_cli_submits_a_saved_program_and_writes_merged_outputs(cluster, tmp_
     )
     x = torch.randn(10, 3, 16, 16)
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    env = cluster.env | {
-        "SPAREGRID_COORDINATOR": cluster.address,
-        "SPAREGRID_API_KEY": client.connection.api_key,
-    }
+    env = client_env(cluster, client.connection.api_key)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sparegrid.cli.main", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(env, *args)
 
     submitted = cli(
         "job",

@@ -3,7 +3,6 @@ refusals a user meets, through real coordinator and worker processes: the SDK, a
 CLI in its own words."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save, save_file
 
 from sparegrid.sdk import InvalidArgumentError
-from tests.e2e.helpers import setup
+from tests.e2e.helpers import client_env, run_cli, setup
 from tests.inference.models import TwoHeads
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -104,20 +103,10 @@ def test_bad_files_and_a_state_dict_submit_nothing(cluster, tmp_path: Path) -> N
 
 def test_the_cli_takes_a_folder_and_speaks_in_flags(cluster, tmp_path: Path) -> None:
     _, client = setup(cluster, workers=1)
-    env = cluster.env | {
-        "SPAREGRID_COORDINATOR": cluster.address,
-        "SPAREGRID_API_KEY": client.connection.api_key,
-    }
+    env = client_env(cluster, client.connection.api_key)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sparegrid.cli.main", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(env, *args)
 
     torch.manual_seed(0)
     model = TwoHeads().eval()

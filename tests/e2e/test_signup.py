@@ -4,27 +4,19 @@ worker proves it belongs to the new account with the key the signup saved."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sparegrid.sdk import AdminClient
 from tests.e2e.conftest import Cluster
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import run_cli, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=90,
-    )
+    return run_cli(env, *args, timeout=90)
 
 
 def test_a_volunteer_signs_up_and_their_worker_works_for_their_account(

@@ -3,7 +3,6 @@ task's traceback comes back signed with the worker's paths redacted, to its owne
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import sparegrid.worker
 from sparegrid.sdk import JobState
 from sparegrid.sdk.inference import job_params
 from tests.e2e.conftest import Cluster
-from tests.e2e.helpers import online_nodes, setup, wait_for
+from tests.e2e.helpers import client_env, online_nodes, run_cli, setup, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +30,7 @@ class Lookup(torch.nn.Module):
 
 
 def cli(cluster: Cluster, key: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = cluster.env | {"SPAREGRID_COORDINATOR": cluster.address, "SPAREGRID_API_KEY": key}
-    return subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(client_env(cluster, key), *args)
 
 
 def test_a_failing_inference_tasks_traceback_reaches_job_logs_redacted(
