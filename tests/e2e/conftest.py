@@ -5,13 +5,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 START_TIMEOUT = 30.0
+POSTGRES_ENV = "SPAREGRID_TEST_POSTGRES"
 
 
 @dataclass
@@ -150,3 +153,30 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for proc in c.procs:
             if proc.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 print(f"--- {proc.name} exited {proc.popen.returncode}:\n{proc.tail()}")
+
+
+@pytest.fixture
+def database() -> Iterator[tuple[str, str]]:
+    """(server DSN, DSN of a fresh database of this test), dropped after."""
+    server = os.environ.get(POSTGRES_ENV, "")
+    if not server:
+        pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL DSN to run this test")
+    import psycopg
+    from psycopg import sql
+
+    name = f"sparegrid_loss_{uuid.uuid4().hex[:12]}"
+    for attempt in range(20):  # CREATE DATABASE fails while another session uses template1
+        try:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            break
+        except psycopg.errors.ObjectInUse:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
+    try:
+        yield server, urlunsplit(urlsplit(server)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(name)))

@@ -49,3 +49,16 @@ def run_cli(
 def client_env(cluster, key: str) -> dict[str, str]:
     """The cluster's environment with its coordinator and a client's API key set."""
     return cluster.env | {"SPAREGRID_COORDINATOR": cluster.address, "SPAREGRID_API_KEY": key}
+
+
+def node_payments(dsn: str, job_id: str) -> list[tuple[str, int, int]]:
+    """(task id, credits to node accounts, how many such entries) per task of the job."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT task_id, SUM(amount), COUNT(*) FROM entries WHERE job_id = %s"
+            " AND account LIKE 'node:%%' AND amount > 0 GROUP BY task_id",
+            (job_id,),
+        ).fetchall()
+    return [(task_id, int(total), int(n)) for task_id, total, n in rows]

@@ -3,50 +3,19 @@
 task paid once. Real coordinator and worker processes, a database of the test's own: only
 that database's connections are ever terminated."""
 
-import os
 import time
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.test_cluster import setup, wait_for
+from tests.e2e.helpers import node_payments, setup, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-POSTGRES_ENV = "SPAREGRID_TEST_POSTGRES"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    """(server DSN, DSN of a fresh database of this test), dropped after."""
-    server = os.environ.get(POSTGRES_ENV, "")
-    if not server:
-        pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL DSN to run the database-loss tests")
-    import psycopg
-    from psycopg import sql
-
-    name = f"sparegrid_loss_{uuid.uuid4().hex[:12]}"
-    for attempt in range(20):  # CREATE DATABASE fails while another session uses template1
-        try:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            break
-        except psycopg.errors.ObjectInUse:
-            if attempt == 19:
-                raise
-            time.sleep(0.5)
-    try:
-        yield server, urlunsplit(urlsplit(server)._replace(path="/" + name))
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
 
 
 def terminate(server: str, dsn: str) -> int:
@@ -67,19 +36,6 @@ def health(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-
-
-def node_payments(dsn: str, job_id: str) -> list[tuple[str, int, int]]:
-    """(task id, credits to node accounts, how many such entries) per task of the job."""
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT task_id, SUM(amount), COUNT(*) FROM entries WHERE job_id = %s"
-            " AND account LIKE 'node:%%' AND amount > 0 GROUP BY task_id",
-            (job_id,),
-        ).fetchall()
-    return [(task_id, int(total), int(n)) for task_id, total, n in rows]
 
 
 def test_killed_database_connections_pause_the_coordinator_and_the_job_finishes(

@@ -48,7 +48,7 @@ from sparegrid.coordinator.services.webhooks import (
     check_url,
     post,
 )
-from sparegrid.coordinator.store.base import Store, StoreUnavailable
+from sparegrid.coordinator.store.base import Store, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.submit import Pacer, Submitter
 from sparegrid.wire import Signer
 
@@ -213,6 +213,10 @@ class App:
         # False while the database is lost: calls are refused, health says NOT_SERVING
         self.serving = True
         self.serving_changed: list[Callable[[bool], None]] = []  # health (server.py)
+        # set when another coordinator took the database over while this one was cut off
+        # from it: `serve` then stops, and the process exits 1 naming it
+        self.taken_over: StoreTaken | None = None
+        self.on_taken_over: Callable[[], None] = lambda: None
         self._recovery: asyncio.Task[None] | None = None
         self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
@@ -280,7 +284,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            self.write_seen()
+            if self.taken_over is None:  # else the database is the other coordinator's
+                self.write_seen()
         except Exception:
             log.exception("writing when %d node(s) were last seen failed", len(self.seen))
         self.store.close()
@@ -430,6 +435,11 @@ class App:
             try:
                 self.store.reconnect()
                 self._reload()
+            except StoreTaken as exc:
+                log.error("%s: it took over while this one was cut off; stopping", exc)
+                self.taken_over = exc
+                self.on_taken_over()
+                return
             except Exception as exc:
                 self._lost = exc
                 log.warning("the database is still unavailable (%s); next try in %.1fs", exc, delay)

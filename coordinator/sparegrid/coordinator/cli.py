@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -16,7 +17,7 @@ from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.store import open_store
-from sparegrid.coordinator.store.base import Store, StoreError
+from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
 from sparegrid.coordinator.web import serve as operations
 from sparegrid.wire.config import ConfigError, to_duration
 
@@ -92,10 +93,13 @@ def _user_key_file(host: str, port: int) -> Path:
     return base / "sparegrid" / "admin" / f"{host}_{port}.key"
 
 
+STANDBY_POLL_SECONDS = 1.0  # how often a standing-by coordinator tries to take over
+
+
 def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings = serving.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(serving.database_url)
+    store = open_store(serving.database_url, exclusive=True)
     try:
         return App(store, settings), store
     except BaseException:
@@ -103,9 +107,35 @@ def open_app(serving: ServeConfig) -> tuple[App, Store]:
         raise
 
 
+async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Store] | None:
+    """The app, once this coordinator holds the database. While another coordinator
+    serves from the same PostgreSQL database, this one stands by, not listening (clients
+    and workers given both addresses stay with the one that answers), and takes over
+    within a second of that one's end. None when stopped while standing by."""
+    waiting = False
+    while True:
+        try:
+            return open_app(serving)
+        except StoreTaken as exc:
+            if not waiting:
+                log.warning("standing by: %s; this one serves when that one stops", exc)
+                waiting = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
+            return None
+
+
 async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     keep_freed_memory()  # the coordinator process is ours to tune; see blobs.py
-    app, store = open_app(serving)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    taken = await take_over(serving, stop)
+    if taken is None:
+        return
+    app, store = taken
+    app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
     tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     try:
@@ -138,15 +168,13 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
         "TLS" if tls else "plaintext",
         key_file,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await operations.stop(http)
     await server.stop(grace=2)
     await app.stop()
+    if app.taken_over is not None:
+        raise app.taken_over  # exits 1: a supervisor restarts it, to stand by
 
 
 def serve_command(args: argparse.Namespace) -> int:

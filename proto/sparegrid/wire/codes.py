@@ -94,6 +94,7 @@ class ErrorCode(StrEnum):
     UPLOAD_IN_PROGRESS = "UPLOAD_IN_PROGRESS"
     WORKER_TOO_OLD = "WORKER_TOO_OLD"
     # raised by the SDK and the CLI themselves
+    BAD_ADDRESS = "BAD_ADDRESS"  # a list of coordinators gRPC cannot take
     BAD_FLAGS = "BAD_FLAGS"
     BAD_FRAMES = "BAD_FRAMES"
     BAD_INPUT = "BAD_INPUT"

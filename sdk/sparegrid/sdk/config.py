@@ -13,6 +13,7 @@ import grpc
 from grpc import aio
 
 from sparegrid.sdk.errors import AuthenticationError, SparegridError
+from sparegrid.wire.targets import TargetError, grpc_target
 from sparegrid.wire.tls import env_flag, system_roots
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -242,14 +243,23 @@ class Connection:
             ) from exc
         return grpc.ssl_channel_credentials(root_certificates=pem)
 
+    @property
+    def target(self) -> str:
+        """The gRPC target: the address, or for a list of coordinators (IP:PORT,IP:PORT)
+        one that connects to whichever of them serves."""
+        try:
+            return grpc_target(self.address)
+        except TargetError as exc:
+            raise SparegridError("BAD_ADDRESS", str(exc)) from exc
+
     def channel(self) -> grpc.Channel:
         creds = self.credentials()
         if creds is None:
-            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        return grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
+            return grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(self.target, creds, options=CHANNEL_OPTIONS)
 
     def aio_channel(self) -> aio.Channel:
         creds = self.credentials()
         if creds is None:
-            return aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        return aio.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
+            return aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        return aio.secure_channel(self.target, creds, options=CHANNEL_OPTIONS)

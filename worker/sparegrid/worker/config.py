@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
+from sparegrid.wire.targets import TargetError, grpc_target
 from sparegrid.worker.policy.rules import MiB, PolicySettings
 from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
 
@@ -178,9 +179,13 @@ class WorkerConfig:
 
 
 def _address_problem(address: str) -> str:
+    """Why `address` (HOST:PORT, or a list of coordinators, IP:PORT,IP:PORT) will not
+    do, or ""."""
     try:
-        parse_address(address)
-    except ConfigError as exc:
+        for part in address.split(","):
+            parse_address(part)
+        grpc_target(address)
+    except (ConfigError, TargetError) as exc:
         return str(exc)
     return ""
 

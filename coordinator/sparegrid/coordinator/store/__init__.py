@@ -18,11 +18,12 @@ ACCEPTED = (
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, exclusive: bool = False) -> Store:
     """Opens the store a URL names; see ACCEPTED. Raises ValueError for anything else.
 
     As in SQLAlchemy, the path of a sqlite URL follows its third slash: four slashes
-    make it absolute.
+    make it absolute. exclusive (a serving coordinator): on PostgreSQL, the store holds
+    the coordinators' lock on the database, StoreTaken while another coordinator does.
     """
     match = _SCHEME.match(url)
     scheme = match.group(1).lower() if match else ""
@@ -33,7 +34,7 @@ def open_store(url: str) -> Store:
     if scheme in ("postgresql", "postgres") and url.startswith(f"{scheme}://"):
         from sparegrid.coordinator.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, exclusive=exclusive)
     if scheme or not url:
         raise ValueError(f"unknown store URL {url!r}; use {ACCEPTED}")
     from sparegrid.coordinator.store.sqlite import SqliteStore

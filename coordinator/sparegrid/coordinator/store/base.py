@@ -39,6 +39,11 @@ class StoreUnavailable(StoreError):
     Nothing of the call that met it was written."""
 
 
+class StoreTaken(StoreError):
+    """Another coordinator holds the database (it serves from it; this one stands by, or,
+    having been cut off from it, has been taken over and must stop)."""
+
+
 class Conflict(StoreError):
     """A unique value (account name, idempotency key of a job) is taken."""
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sparegrid.coordinator.domain import Task
 from sparegrid.coordinator.store import rows as r
-from sparegrid.coordinator.store.base import StoreError, StoreUnavailable
+from sparegrid.coordinator.store.base import StoreError, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.store.engine import Connection, Dialect
 from sparegrid.coordinator.store.sql import SqlStore
 
@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     import psycopg
 
 APPLICATION_NAME = "sparegrid-coordinator"
+# The advisory lock a serving coordinator holds on its connection, one per schema: two
+# coordinators never serve from one database at once (their queues live in memory).
+_HOLD = "SELECT pg_try_advisory_lock(hashtext('sparegrid-coordinator:' || current_schema()))"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -25,9 +28,16 @@ class PostgresStore(SqlStore):
     names itself `sparegrid-coordinator` (application_name) unless the DSN names it.
     A connection the server or the network dropped makes every call raise
     StoreUnavailable, naming the database, until `reconnect()` succeeds.
+
+    exclusive (a serving coordinator): the connection holds an advisory lock on the
+    database (its schema) for as long as it lives, and every connection, the first and
+    each reconnection, takes it before anything is read or written; StoreTaken when
+    another coordinator holds it. All writes go through the connection that holds the
+    lock, so a coordinator cut off from the database cannot write beside the one that
+    took over: its lock ended with its connection.
     """
 
-    def __init__(self, dsn: str, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, schema: str | None = None, exclusive: bool = False) -> None:
         try:
             import psycopg
         except ImportError as e:
@@ -36,7 +46,7 @@ class PostgresStore(SqlStore):
             ) from e
         if schema is not None and not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")
-        self._dsn, self._schema = dsn, schema
+        self._dsn, self._schema, self._exclusive = dsn, schema, exclusive
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self.database = (
             f"PostgreSQL database {info.get('dbname') or info.get('user') or '?'} on "
@@ -46,6 +56,11 @@ class PostgresStore(SqlStore):
             conn = self._connect()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
+        try:
+            self._hold(conn)
+        except BaseException:
+            conn.close()
+            raise
         dialect = Dialect(
             types={
                 "real": "DOUBLE PRECISION",
@@ -82,6 +97,15 @@ class PostgresStore(SqlStore):
             raise
         return conn
 
+    def _hold(self, conn: "psycopg.Connection[tuple[Any, ...]]") -> None:
+        """Takes the coordinators' lock on this connection (exclusive stores only)."""
+        if not self._exclusive:
+            return
+        row = conn.execute(_HOLD).fetchone()
+        if not (row and row[0]):
+            where = f"schema {self._schema} of the " if self._schema else ""
+            raise StoreTaken(f"another coordinator is serving from the {where}{self.database}")
+
     def _lost(self, exc: Exception) -> bool:
         import psycopg
 
@@ -100,6 +124,11 @@ class PostgresStore(SqlStore):
                 conn = self._connect()
             except self._dialect.error as exc:
                 raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
+            try:
+                self._hold(conn)
+            except BaseException:
+                conn.close()
+                raise
             old, self._pg, self._conn = self._pg, conn, cast(Connection, conn)
             self._pipe, self._pipelined, self._unsynced = None, False, False
             self._depth, self._doomed, self._broken = 0, None, False

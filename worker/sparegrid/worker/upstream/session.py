@@ -19,6 +19,7 @@ import grpc.aio
 from sparegrid.v1 import worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, Signer
 from sparegrid.wire.metadata import retry_after_seconds
+from sparegrid.wire.targets import grpc_target
 from sparegrid.wire.tls import client_credentials_roots
 from sparegrid.worker.config import MAX_MESSAGE_BYTES, WorkerConfig
 from sparegrid.worker.errors import SessionError
@@ -53,10 +54,10 @@ def open_channel(config: WorkerConfig) -> grpc.aio.Channel:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
     if config.tls_ca is None and not config.tls:
-        return grpc.aio.insecure_channel(config.coordinator, options=options)
+        return grpc.aio.insecure_channel(grpc_target(config.coordinator), options=options)
     roots = client_credentials_roots(config.tls_ca)  # the CA file, else the system's roots
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.aio.secure_channel(config.coordinator, credentials, options=options)
+    return grpc.aio.secure_channel(grpc_target(config.coordinator), credentials, options=options)
 
 
 Call = grpc.aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]

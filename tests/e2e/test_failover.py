@@ -1,0 +1,93 @@
+"""Two coordinators over one PostgreSQL database: one serves, the other stands by without
+listening. Workers and clients are given both addresses. When the serving one is
+SIGKILLed mid-job, the other takes over within seconds, the workers and the client follow
+it, and the job finishes with every task paid once and the ledger balanced. Real
+processes, a database of the test's own."""
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from sparegrid.sdk import AdminClient, Client
+from tests.e2e.conftest import Cluster
+from tests.e2e.helpers import node_payments, online_nodes, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(240)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_standby_takes_over_a_killed_coordinator_and_the_job_finishes(
+    cluster: Cluster, database: tuple[str, str], tmp_path: Path
+) -> None:
+    _, dsn = database
+    first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    cluster.address = first
+    cluster.start_coordinator("--database", dsn)
+    standby_dir = tmp_path / "coord-b"
+    standby_dir.mkdir()
+    # coordinators over one database share the key that countersigns results
+    shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
+    standby = cluster.spawn(
+        "coordinator-b",
+        "coordinator",
+        "serve",
+        "--listen",
+        second,
+        "--data-dir",
+        str(standby_dir),
+        "--heartbeat",
+        "0.5",
+        "--lease",
+        "3",
+        "--reconnect-grace",
+        "2",
+        "--database",
+        dsn,
+    )
+    wait_for(lambda: "standing by" in standby.tail(), what="the second coordinator standing by")
+    assert "another coordinator is serving from the PostgreSQL database" in standby.tail()
+    assert not listening(int(second.rpartition(":")[2]))  # clients stay with the first
+
+    both = f"{first},{second}"
+    cluster.address = both  # what the workers are given
+    for name in ("node1", "node2"):
+        cluster.start_worker(name, owner="volunteer")  # one owner: each task paid once
+    with AdminClient(both, api_key=cluster.admin_key) as admin:
+        _, key = admin.create_account("alice", credit=10_000)
+        wait_for(lambda: online_nodes(admin) == 2, what="2 workers online")
+    with Client(both, api_key=key) as client:
+        job = client.echo("through a failover", tasks=60, sleep_ms=100)
+        wait_for(lambda: job.refresh().counts.succeeded >= 10, timeout=60, what="10 tasks done")
+        assert cluster.coordinator is not None
+        killed = time.monotonic()
+        cluster.kill(cluster.coordinator)  # SIGKILL
+        wait_for(lambda: (standby_dir / "coordinator.addr").exists(), timeout=10, what="takeover")
+        took_over = time.monotonic() - killed
+        done = job.wait(timeout=150)
+        assert done.state == "succeeded", (done.error, done.waiting)
+        assert len(done.results()) == 60
+        paid = node_payments(dsn, job.id)
+        assert len(paid) == 60 and all(n == 1 for _, _, n in paid)  # each task paid once
+        assert client.account().balance == 10_000 - sum(total for _, total, _ in paid)
+    with AdminClient(both, api_key=cluster.admin_key) as admin:
+        assert admin.ledger_check().balanced
+        assert online_nodes(admin) == 2  # both workers followed it
+    print(f"the standby served {took_over:.1f} s after the first coordinator was killed")
+    assert standby.popen.poll() is None
