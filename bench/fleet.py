@@ -17,6 +17,9 @@ Scenarios (each a separate coordinator, measured from outside through /proc):
 - tasks: an echo job of 20,000 tiny tasks on N workers (default worker settings), tasks/s;
 - churn: the same while every worker cuts its stream every 2-6 s;
 - crash: the same, with the coordinator SIGKILLed mid-run and restarted on the same port.
+- failover (PostgreSQL): the same with two coordinators over the database, the workers and
+  the client given both; the serving one is SIGKILLed at 40% and the standby takes over.
+  Reports how long until the standby served, and until the job moved again.
 
 After each task scenario: the job succeeded, every task succeeded exactly once in the
 store, no node was paid twice for one task, and `admin ledger check` balances.
@@ -31,6 +34,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -78,8 +82,12 @@ class Coordinator:
         return self.root / "coord"
 
     def start(self) -> None:
-        addr = self.data / "coordinator.addr"
-        addr.unlink(missing_ok=True)
+        self.launch()
+        self.wait_serving()
+
+    def launch(self) -> None:
+        (self.data / "coordinator.addr").unlink(missing_ok=True)
+        self.data.mkdir(parents=True, exist_ok=True)
         log = (self.root / "coordinator.log").open("ab")
         self.proc = subprocess.Popen(
             [
@@ -102,6 +110,13 @@ class Coordinator:
             start_new_session=True,
             env=coordinator_env(self.src),
         )
+
+    def serving(self) -> bool:
+        return (self.data / "coordinator.addr").exists()
+
+    def wait_serving(self) -> None:
+        assert self.proc is not None
+        addr = self.data / "coordinator.addr"
         deadline = time.monotonic() + 60
         while not addr.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -285,7 +300,20 @@ def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> di
     """An echo job of `args.tasks` tasks on `count` workers of their own owner accounts."""
     url, schema = database_url(args.database, root)
     coord = Coordinator(root, url, args.src)
+    standby = None
+    if scenario == "failover":  # fixed ports: the list is given before the standby listens
+        coord.port = free_port()
+        standby = Coordinator(root / "standby", url, args.src, port=free_port())
     coord.start()
+    address = coord.address
+    if standby is not None:
+        standby.data.mkdir(parents=True)
+        # coordinators over one database share the key that countersigns results
+        key = standby.data / "coordinator.key"
+        key.write_bytes((coord.data / "coordinator.key").read_bytes())
+        key.chmod(0o600)
+        standby.launch()
+        address = f"{coord.address},{standby.address}"
     row: dict[str, Any] = {"scenario": scenario, "nodes": count, "database": args.database}
     row["coordinator"] = args.src_label
     fleet = None
@@ -294,13 +322,12 @@ def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> di
             keys = [admin.create_account(f"vol{i}", credit=0)[1] for i in range(count)]
             _, client_key = admin.create_account("bench", credit=10**12)
         churn = (2.0, 6.0) if scenario == "churn" else None
-        fleet = Fleet(
-            root, coord.address, count, min(args.procs, count), args.prefetch, churn, keys
-        )
+        fleet = Fleet(root, address, count, min(args.procs, count), args.prefetch, churn, keys)
         deadline = time.monotonic() + args.register_timeout
         while fleet.totals()["registered"] < count and time.monotonic() < deadline:
             time.sleep(0.2)
-        with Client(coord.address, api_key=client_key) as client:
+        killed_at = 0.0
+        with Client(address, api_key=client_key) as client:
             cpu0, start = coord.cpu_seconds(), time.perf_counter()
             job = client.echo("", tasks=args.tasks)
             killed = False
@@ -313,14 +340,23 @@ def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> di
                 done = current.counts.done
                 if current.finished:
                     break
-                if scenario == "crash" and not killed and done >= args.tasks * 0.4:
+                if scenario in ("crash", "failover") and not killed and done >= args.tasks * 0.4:
                     row["killed_at_tasks"] = done
                     cpu_before = coord.cpu_seconds()
+                    killed_at = time.monotonic()
                     coord.kill()
-                    coord.start()  # same port, same database
+                    if standby is None:
+                        coord.start()  # same port, same database
+                    else:
+                        while not standby.serving():
+                            time.sleep(0.02)
+                        row["standby_serving_s"] = round(time.monotonic() - killed_at, 2)
+                        coord = standby  # its CPU from here on; the audit reads its store
                     cpu0 -= cpu_before  # the new process starts its CPU count at 0
                     killed = True
                     continue
+                if killed_at and "moving_again_s" not in row and done > row["killed_at_tasks"]:
+                    row["moving_again_s"] = round(time.monotonic() - killed_at, 2)
                 if time.perf_counter() - start > args.job_timeout:
                     raise RuntimeError(f"job not done after {args.job_timeout}s: {current}")
                 time.sleep(0.1)
@@ -339,8 +375,17 @@ def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> di
         if fleet is not None:
             fleet.stop()
         coord.kill(signal.SIGTERM)
+        if standby is not None:
+            standby.kill(signal.SIGTERM)
         drop_schema(schema)
     return row
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def audit(coord: Coordinator, job_id: str, database: str, url: str) -> dict[str, Any]:
@@ -405,6 +450,14 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 f"{r['state']:>11}{'yes' if once else 'NO':>6}{r['paid_twice']:>8}"
                 f"{'yes' if r['ledger_balanced'] else 'NO':>9}{r['reconnects']:>8}"
             )
+    for r in rows:
+        if r["scenario"] == "failover":
+            lines.append(
+                f"failover ({r['coordinator']}, {r['nodes']} nodes): killed at "
+                f"{r.get('killed_at_tasks')} tasks; the standby served after "
+                f"{r.get('standby_serving_s')} s, the job moved again after "
+                f"{r.get('moving_again_s')} s"
+            )
     lines.append("")
     lines.append("targets: 10,000 idle sessions <= 25% of a core, RSS <= 1.5 GB, all registered")
     lines.append("within 30 s with 0 errors; every task once, none paid twice, ledger balanced")
@@ -427,6 +480,9 @@ def main() -> int:
     parser.add_argument("--tasks-at", type=ints, default=[10, 100, 1000], help="fleet sizes")
     parser.add_argument("--churn", type=ints, default=[100], help="fleet sizes")
     parser.add_argument("--crash", type=ints, default=[100], help="fleet sizes")
+    parser.add_argument(
+        "--failover", type=ints, default=[], help="fleet sizes (with --database postgres)"
+    )
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--procs", type=int, default=4, help="simulator processes")
@@ -446,6 +502,9 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     plan = [("idle", n) for n in args.idle] + [("tasks", n) for n in args.tasks_at]
     plan += [("churn", n) for n in args.churn] + [("crash", n) for n in args.crash]
+    if args.failover and args.database != "postgres":
+        parser.error("--failover needs --database postgres (one coordinator serves a database)")
+    plan += [("failover", n) for n in args.failover]
     sources = [("main", args.baseline_src)] if args.baseline_src else []
     sources.append(("this", ""))
     runs = [(s, n, label, src) for s, n in plan for label, src in sources]

@@ -27,6 +27,7 @@ import grpc.aio
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
+from sparegrid.wire.targets import grpc_target
 from sparegrid.worker.executors.base import DeviceRef, ExecTask
 from sparegrid.worker.executors.builtin import EchoExecutor
 from sparegrid.worker.executors.registry import ExecutorSpec
@@ -72,7 +73,7 @@ class SimWorker:
     async def run(self) -> None:
         sim, registered, failures = self.sim, False, 0
         while not sim.stopping:
-            channel = grpc.aio.insecure_channel(sim.address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(grpc_target(sim.address), options=CHANNEL_OPTIONS)
             delay = 0.0
             try:
                 message = worker_pb2.WorkerMessage()

@@ -91,3 +91,25 @@ def test_a_standby_takes_over_a_killed_coordinator_and_the_job_finishes(
         assert online_nodes(admin) == 2  # both workers followed it
     print(f"the standby served {took_over:.1f} s after the first coordinator was killed")
     assert standby.popen.poll() is None
+
+
+def test_a_standby_without_the_serving_ones_key_says_so_at_once(
+    cluster: Cluster, database: tuple[str, str], tmp_path: Path
+) -> None:
+    _, dsn = database
+    cluster.start_coordinator("--database", dsn)
+    standby_dir = tmp_path / "coord-b"
+
+    def standby(name: str) -> str:
+        proc = cluster.spawn(
+            name, "coordinator", "serve", "--listen", "127.0.0.1:0",
+            "--data-dir", str(standby_dir), "--database", dsn,
+        )  # fmt: skip
+        assert proc.popen.wait(timeout=60) == 1  # not standing by for a takeover it would fail
+        return proc.tail()
+
+    assert "needs its key: copy coordinator.key" in standby("no-key")
+    assert not (standby_dir / "coordinator.key").exists()  # none made up in its place
+    shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
+    (standby_dir / "coordinator.key").chmod(0o644)
+    assert "is readable by others (mode 644)" in standby("loose-key")

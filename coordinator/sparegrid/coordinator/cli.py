@@ -19,6 +19,7 @@ from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
 from sparegrid.coordinator.web import serve as operations
+from sparegrid.wire import Signer
 from sparegrid.wire.config import ConfigError, to_duration
 
 log = logging.getLogger("sparegrid.coordinator")
@@ -107,6 +108,18 @@ def open_app(serving: ServeConfig) -> tuple[App, Store]:
         raise
 
 
+def check_standby_key(path: Path, taken: StoreTaken) -> None:
+    """A standby signs with the serving coordinator's key once it takes over (clients pin
+    it): its copy must be here, and readable by this user only, before it stands by, not
+    found wanting at the takeover."""
+    if not path.exists():
+        raise StoreError(
+            f"{taken}; a coordinator standing by for it needs its key: copy coordinator.key "
+            f"from that coordinator's data directory to {path} (mode 600)"
+        )
+    Signer.load_or_create(path)  # refuses a key others can read, or not a key
+
+
 async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Store] | None:
     """The app, once this coordinator holds the database. While another coordinator
     serves from the same PostgreSQL database, this one stands by, not listening (clients
@@ -118,6 +131,7 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             return open_app(serving)
         except StoreTaken as exc:
             if not waiting:
+                check_standby_key(serving.settings.key_path, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
                 waiting = True
         with contextlib.suppress(TimeoutError):
