@@ -309,9 +309,10 @@ def tasks(root: Path, count: int, args: argparse.Namespace, scenario: str) -> di
     if standby is not None:
         standby.data.mkdir(parents=True)
         # coordinators over one database share the key that countersigns results
-        key = standby.data / "coordinator.key"
-        key.write_bytes((coord.data / "coordinator.key").read_bytes())
-        key.chmod(0o600)
+        for name in ("coordinator.key", "admin.key"):  # as an operator copies them
+            key = standby.data / name
+            key.write_bytes((coord.data / name).read_bytes())
+            key.chmod(0o600)
         standby.launch()
         address = f"{coord.address},{standby.address}"
     row: dict[str, Any] = {"scenario": scenario, "nodes": count, "database": args.database}
