@@ -135,6 +135,14 @@ SERVICE_SCHEMA = {
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "pid": {"type": "string"},
+        "networks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"aliases": {"type": "array", "items": {"type": "string"}}},
+            },
+        },
         "stop_grace_period": {"type": "string", "pattern": r"^\d+(s|m)$"},
         "deploy": {
             "type": "object",
@@ -211,6 +219,37 @@ def test_compose_file_has_the_whole_stack() -> None:
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert worker["environment"]["SPAREGRID_COORDINATOR"] == "coordinator:50051"
     assert worker["depends_on"] == ["coordinator"]
+
+
+def test_the_ha_compose_file_runs_two_coordinators_over_one_database_and_a_bucket() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.ha.yaml").read_text())
+    jsonschema.validate(compose, COMPOSE_SCHEMA)
+    services = compose["services"]
+    assert set(services) >= {"coordinator-a", "coordinator-b", "postgres", "minio", "bucket"}
+    a, b = services["coordinator-a"], services["coordinator-b"]
+    assert a["environment"] == b["environment"]  # one database, one bucket
+    assert a["environment"]["SPAREGRID_COORDINATOR_BLOBS"].startswith("s3://")
+    assert a["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert a["volumes"] == b["volumes"] == ["coordinator-data:/data"]  # the keys, shared
+    assert {p.split(":")[-1] for p in a["ports"] + b["ports"]} == {"50051"}
+    assert len({p for p in a["ports"] + b["ports"]}) == 2
+    for service in (a, b):
+        assert service["networks"]["default"]["aliases"] == ["coordinator"]
+    assert services["worker"]["environment"]["SPAREGRID_COORDINATOR"] == "coordinator:50051"
+    for name, service in services.items():
+        for depended in service.get("depends_on", []):
+            assert depended in services, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (
+                (DEPLOY / source).exists()
+                if source.startswith(".")
+                else source in compose["volumes"]
+            )
+        built = {s["image"] for s in services.values() if "build" in s}
+        if "build" not in service and service["image"] not in built:
+            assert ":" in service["image"] and not service["image"].endswith(":latest")
+    assert "s3" in (DEPLOY / "Dockerfile.coordinator").read_text()  # boto3 in the image
 
 
 def test_the_schema_catches_a_typo() -> None:
