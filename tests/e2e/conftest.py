@@ -52,13 +52,10 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_coordinator(self, *extra: str) -> str:
-        data = self.root / "coord"
-        addr_file = data / "coordinator.addr"
-        addr_file.unlink(missing_ok=True)
-        listen = self.address or "127.0.0.1:0"
-        self.coordinator = self.spawn(
-            "coordinator",
+    def spawn_coordinator(self, name: str, data: Path, listen: str, *extra: str) -> Proc:
+        """A coordinator process with the tests' short heartbeat and lease, not waited on."""
+        return self.spawn(
+            name,
             "coordinator",
             "serve",
             "--listen",
@@ -72,6 +69,14 @@ class Cluster:
             "--reconnect-grace",
             "2",
             *extra,
+        )
+
+    def start_coordinator(self, *extra: str) -> str:
+        data = self.root / "coord"
+        addr_file = data / "coordinator.addr"
+        addr_file.unlink(missing_ok=True)
+        self.coordinator = self.spawn_coordinator(
+            "coordinator", data, self.address or "127.0.0.1:0", *extra
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not addr_file.exists():

@@ -44,23 +44,7 @@ def test_a_standby_takes_over_a_killed_coordinator_and_the_job_finishes(
     standby_dir.mkdir()
     # coordinators over one database share the key that countersigns results
     shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
-    standby = cluster.spawn(
-        "coordinator-b",
-        "coordinator",
-        "serve",
-        "--listen",
-        second,
-        "--data-dir",
-        str(standby_dir),
-        "--heartbeat",
-        "0.5",
-        "--lease",
-        "3",
-        "--reconnect-grace",
-        "2",
-        "--database",
-        dsn,
-    )
+    standby = cluster.spawn_coordinator("coordinator-b", standby_dir, second, "--database", dsn)
     wait_for(lambda: "standing by" in standby.tail(), what="the second coordinator standing by")
     assert "another coordinator is serving from the PostgreSQL database" in standby.tail()
     assert not listening(int(second.rpartition(":")[2]))  # clients stay with the first
@@ -101,10 +85,7 @@ def test_a_standby_without_the_serving_ones_key_says_so_at_once(
     standby_dir = tmp_path / "coord-b"
 
     def standby(name: str) -> str:
-        proc = cluster.spawn(
-            name, "coordinator", "serve", "--listen", "127.0.0.1:0",
-            "--data-dir", str(standby_dir), "--database", dsn,
-        )  # fmt: skip
+        proc = cluster.spawn_coordinator(name, standby_dir, "127.0.0.1:0", "--database", dsn)
         assert proc.popen.wait(timeout=60) == 1  # not standing by for a takeover it would fail
         return proc.tail()
 
