@@ -88,9 +88,34 @@ def test_worker_credit_with_a_bad_key_file_says_which_file(
     )
     assert done.returncode == 2
     if content is None:
-        assert f"--owner-key-file {key_file}" in done.stderr
+        assert "--owner-key-file" in done.stderr and f"{key_file}: No such file" in done.stderr
     else:  # an empty file is no key
         assert "no owner key" in done.stderr
+
+
+def test_an_owner_key_file_others_can_read_is_warned_of(tmp_path: Path) -> None:
+    key_file = tmp_path / "owner.key"
+    key_file.write_text("sg_not-a-real-key\n")
+    key_file.chmod(0o644)
+    args = ["--owner-key-file", str(key_file), "--coordinator", "127.0.0.1:9"]
+    done = subprocess.run(
+        sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node"), *args),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert f"owner key file {key_file} is readable by other users (mode 644)" in done.stderr
+    assert f"chmod 600 {key_file}" in done.stderr
+    key_file.chmod(0o600)
+    again = subprocess.run(
+        sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node"), *args),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert "readable by other users" not in again.stderr
 
 
 @pytest.mark.parametrize("limit", [{"max_temp": 80.0}, {"power_cap": 150.0}])

@@ -31,7 +31,14 @@ from sparegrid.worker.node.status import (
     status_line,
 )
 from sparegrid.worker.policy.pause import PauseError, check_seconds
-from sparegrid.worker.settings import ENV_CONFIG, ENV_OWNER_KEY, add_flags, layered, read_file
+from sparegrid.worker.settings import (
+    ENV_CONFIG,
+    ENV_OWNER_KEY,
+    add_flags,
+    layered,
+    read_file,
+    read_owner_key,
+)
 from sparegrid.worker.startup import choose_devices
 
 if TYPE_CHECKING:
@@ -230,9 +237,9 @@ def credit_command(args: argparse.Namespace) -> int:
     key = os.environ.get(ENV_OWNER_KEY) or os.environ.get("SPAREGRID_API_KEY") or None
     if args.owner_key_file is not None:
         try:
-            key = args.owner_key_file.read_text().strip() or None
-        except OSError as exc:
-            print(f"error: --owner-key-file {args.owner_key_file}: {exc.strerror}", file=sys.stderr)
+            key = read_owner_key(args.owner_key_file) or None
+        except ConfigError as exc:
+            print(f"error: --owner-key-file: {exc}", file=sys.stderr)
             return 2
     if key is None:
         print(

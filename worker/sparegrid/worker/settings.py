@@ -9,6 +9,7 @@ the client tools (`SPAREGRID_COORDINATOR`, `SPAREGRID_TLS_CA`). The layering its
 """
 
 import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -251,7 +252,22 @@ def _owner_key(path: Path | None, env: Mapping[str, str]) -> str:
     """The owner's API key: from --owner-key-file, else SPAREGRID_OWNER_KEY; "" for none."""
     if path is None:
         return env.get(ENV_OWNER_KEY, "").strip()
+    return read_owner_key(path)
+
+
+def read_owner_key(path: Path) -> str:
+    """The API key in an owner key file; ConfigError when it cannot be read. A file other
+    users may read is said on stderr (the key acts as the account: its credit, its jobs),
+    not refused: a container's secret files are often mode 0444."""
     try:
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        mode = path.stat().st_mode & 0o777
     except OSError as exc:
         raise ConfigError(f"cannot read owner key file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        print(
+            f"warning: owner key file {path} is readable by other users (mode {mode:o}); "
+            f"anyone who reads it acts as your account: chmod 600 {path}",
+            file=sys.stderr,
+        )
+    return key
