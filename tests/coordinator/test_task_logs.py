@@ -11,6 +11,7 @@ from grpc import aio
 from sparegrid.cli.logs import printable
 from sparegrid.cli.main import main
 from sparegrid.coordinator.domain import AttemptState, TaskState
+from sparegrid.coordinator.rpc import client as rpc_client
 from sparegrid.coordinator.services import results
 from sparegrid.sdk import Client, NotFoundError
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
@@ -234,3 +235,31 @@ async def test_a_job_keeps_a_bounded_number_of_logs(
     call.cancel()
     kept = served.app.store.task_logs(job_id)
     assert sorted(x.attempt_id for x in kept) == sorted(a.attempt_id for a in assignments[:2])
+
+
+async def test_logs_come_in_pages_so_no_reply_holds_them_all(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc_client, "LOGS_PAGE", 2)  # a page holds 32 logs of 64 KiB
+    job_id = await submit(served, tasks=3, max_attempts=3)
+    signer = Signer.generate()
+    call, _, assignments = await assigned(served, signer, count=3)
+    for a in assignments:
+        assert (await fail(call, a, log_for(signer, a, "EXECUTOR_ERROR", TRACE))).accepted
+    call.cancel()
+    stub = client_pb2_grpc.ClientServiceStub(served.channel)
+    sizes, token = [], ""
+    while True:
+        request = client_pb2.GetTaskLogsRequest(job_id=job_id, all_tasks=True, page_token=token)
+        page = await stub.GetTaskLogs(request, metadata=served.auth(served.bob_key))
+        sizes.append(len(page.logs))
+        token = page.next_page_token
+        if not token:
+            break
+    assert sizes == [2, 1]
+    every = await asyncio.to_thread(logs_of, served, served.bob_key, job_id)
+    assert sorted(x.attempt_id for x in every) == sorted(a.attempt_id for a in assignments)
+    bad = client_pb2.GetTaskLogsRequest(job_id=job_id, all_tasks=True, page_token="x" * 30)
+    with pytest.raises(aio.AioRpcError) as err:
+        await stub.GetTaskLogs(bad, metadata=served.auth(served.bob_key))
+    assert code_of(err.value) == "BAD_PAGE_TOKEN"

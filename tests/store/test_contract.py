@@ -662,3 +662,5 @@ def test_task_logs_are_kept_once_per_attempt_by_task_then_arrival(store: Store) 
     assert store.task_logs("j1", 7) == [] and store.task_logs("nope") == []
     assert store.task_logs("j2") == [_log("b1", "j2", 0, 1.0)]  # every byte as stored
     assert (store.task_log_count("j1"), store.task_log_count("j2")) == (3, 1)
+    pages = [store.task_logs("j1", offset=i, limit=2) for i in (0, 2, 4)]
+    assert [[x.attempt_id for x in page] for page in pages] == [["a2", "a1"], ["a3"], []]

@@ -890,20 +890,24 @@ class GetTaskLogsRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ALL_TASKS_FIELD_NUMBER: _builtins.int
     TASK_INDEX_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     all_tasks: _builtins.bool
     """false: only the task of index `task_index`"""
     task_index: _builtins.int
+    page_token: _builtins.str
+    """next_page_token of the page before; "" for the first"""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         all_tasks: _builtins.bool = ...,
         task_index: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tasks", b"all_tasks", "job_id", b"job_id", "task_index", b"task_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tasks", b"all_tasks", "job_id", b"job_id", "page_token", b"page_token", "task_index", b"task_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -960,6 +964,9 @@ class GetTaskLogsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """"" after the last page (a page holds at most 32 logs)"""
     @_builtins.property
     def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptLog]:
         """by task index, then as received"""
@@ -968,10 +975,11 @@ class GetTaskLogsResponse(_message.Message):
         self,
         *,
         logs: _abc.Iterable[Global___AttemptLog] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -269,9 +269,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.GetTaskLogsResponse:
         account = account_of(context, self.app.accounts)
         index = None if request.all_tasks else request.task_index
-        logs = self.app.jobs.logs(account, request.job_id, index)
-        return client_pb2.GetTaskLogsResponse(logs=[convert.attempt_log_to_pb(x) for x in logs])
+        offset = max(_page_start(request.page_token), 0)  # logs of the pages before
+        logs = self.app.jobs.logs(account, request.job_id, index, offset, LOGS_PAGE)
+        token = str(offset + len(logs)) if len(logs) == LOGS_PAGE else ""
+        return client_pb2.GetTaskLogsResponse(
+            logs=[convert.attempt_log_to_pb(x) for x in logs], next_page_token=token
+        )
 
+
+# Logs in one GetTaskLogs page: at most 32 x 64 KiB of text (a job keeps 1,000), so that
+# no reply nears gRPC's message limit, and no call reads them all on the event loop.
+LOGS_PAGE = 32
 
 # A page token is the index of the last task of the page before: ASCII digits, and no
 # index reaches 2^31 (a job has at most MAX_TASKS_PER_JOB tasks). Anything else is refused

@@ -531,14 +531,16 @@ class Jobs:
         if job.id not in self._scheduler.jobs:
             self._scheduler.sweep_again(job)
 
-    def logs(self, account: Account, job_id: str, task_index: int | None) -> list[AttemptLog]:
-        """The logs of the account's job (or of one of its tasks)."""
+    def logs(
+        self, account: Account, job_id: str, task_index: int | None, offset: int, limit: int
+    ) -> list[AttemptLog]:
+        """A page of the logs of the account's job (or of one of its tasks)."""
         job = self.get(account, job_id)
         if task_index is not None and not 0 <= task_index < job.task_count:
             raise invalid(
                 "BAD_TASK", f"job {job_id} has tasks 0 to {job.task_count - 1}, not {task_index}"
             )
-        return self._store.task_logs(job.id, task_index)
+        return self._store.task_logs(job.id, task_index, offset, limit)
 
     def results(self, account: Account, job_id: str, after: int, limit: int) -> list[Task]:
         job = self.get(account, job_id)

@@ -271,8 +271,11 @@ class Store(Protocol):
 
     def task_log_count(self, job_id: str) -> int: ...
 
-    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
-        """A job's logs (or one task's), by task index, then as received."""
+    def task_logs(
+        self, job_id: str, task_index: int | None = None, offset: int = 0, limit: int = 0
+    ) -> list[AttemptLog]:
+        """A job's logs (or one task's), by task index, then as received: `limit` of them
+        (0: all) after the first `offset`."""
         ...
 
     # webhook calls owed (services/webhooks.py)

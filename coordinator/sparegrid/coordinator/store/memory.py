@@ -552,14 +552,17 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         with self._lock:
             return sum(1 for log in self._s.task_logs.values() if log.job_id == job_id)
 
-    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
+    def task_logs(
+        self, job_id: str, task_index: int | None = None, offset: int = 0, limit: int = 0
+    ) -> list[AttemptLog]:
         with self._lock:
             found = [
                 log
                 for log in self._s.task_logs.values()
                 if log.job_id == job_id and task_index in (None, log.task_index)
             ]
-            return _copies(sorted(found, key=lambda log: (log.task_index, log.received_at)))
+            found.sort(key=lambda log: (log.task_index, log.received_at, log.attempt_id))
+            return _copies(found[offset : offset + limit] if limit else found[offset:])
 
     def add_webhook(self, delivery: Delivery) -> None:
         with self._lock:

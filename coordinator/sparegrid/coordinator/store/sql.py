@@ -582,14 +582,18 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
             rows = self._query("SELECT COUNT(*) FROM task_logs WHERE job_id = ?", (job_id,))
         return int(rows[0][0])
 
-    def task_logs(self, job_id: str, task_index: int | None = None) -> list[AttemptLog]:
+    def task_logs(
+        self, job_id: str, task_index: int | None = None, offset: int = 0, limit: int = 0
+    ) -> list[AttemptLog]:
         where, params = "job_id = ?", list[object]([job_id])
         if task_index is not None:
             where, params = "job_id = ? AND task_index = ?", [job_id, task_index]
+        page = " LIMIT ? OFFSET ?" if limit else ""
+        params += [limit, offset] if limit else []
         with self._atomic():
             rows = self._query(
                 f"SELECT {r.TASK_LOG_COLUMNS} FROM task_logs WHERE {where}"
-                " ORDER BY task_index, received_at",
+                " ORDER BY task_index, received_at, attempt_id" + page,
                 params,
             )
         return [r.task_log_from(row) for row in rows]

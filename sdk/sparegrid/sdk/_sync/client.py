@@ -531,11 +531,17 @@ class Client(_SyncBase):
         """The logs workers returned for the job's attempts (or task `task`'s): failed
         ones, and successful ones when the job was submitted with `keep_logs`. Each is
         checked here against its node's signature: `verified` says whether it held."""
-        request = client_pb2.GetTaskLogsRequest(
-            job_id=job_id, all_tasks=task is None, task_index=task or 0
-        )
-        response = self._unary(self._jobs.GetTaskLogs, request)
-        return [convert.attempt_log(job_id, msg) for msg in response.logs]
+        logs: list[AttemptLog] = []
+        token = ""
+        while True:
+            request = client_pb2.GetTaskLogsRequest(
+                job_id=job_id, all_tasks=task is None, task_index=task or 0, page_token=token
+            )
+            response = self._unary(self._jobs.GetTaskLogs, request)
+            logs += [convert.attempt_log(job_id, msg) for msg in response.logs]
+            token = response.next_page_token
+            if not token:
+                return logs
 
     def retry_job(self, job_id: str) -> Job:
         """Runs the tasks of a failed or cancelled job that did not succeed again."""
