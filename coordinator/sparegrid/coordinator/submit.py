@@ -83,9 +83,7 @@ class Submitter:
             first, task = running
             self._jobs.check_same(spec, first, "a job still being submitted")
             return await asyncio.shield(task)
-        if self._jobs.remote_blobs:
-            await asyncio.to_thread(self._jobs.look_up_inputs, spec.inputs)
-        draft = self._jobs.prepare(account, spec)
+        draft = await self.prepare(account, spec)
         if isinstance(draft, Job):
             return draft
         # the submit goes on if its caller goes away: the job may be durable by then
@@ -96,6 +94,13 @@ class Submitter:
             self._running[key] = (spec, task)
             task.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(task)
+
+    async def prepare(self, account: Account, spec: JobSpec) -> Draft | Job:
+        """Jobs.prepare, the inputs looked up first in a worker thread where a look is a
+        request to a bucket (so that prepare, on the event loop, sends none)."""
+        if self._jobs.remote_blobs:
+            await asyncio.to_thread(self._jobs.look_up_inputs, spec.inputs)
+        return self._jobs.prepare(account, spec)
 
     async def retry(self, account: Account, job_id: str) -> Job:
         """Retries an ended job; a large one's tasks are queued again a slice per group

@@ -106,9 +106,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         spec = convert.spec_from_pb(client_pb2.SubmitJobRequest(spec=request.spec))
         spec.idempotency_key = ""  # an estimate never returns (or names) a job
         jobs = self.app.jobs
-        if jobs.remote_blobs:
-            await asyncio.to_thread(jobs.look_up_inputs, spec.inputs)
-        draft = jobs.prepare(account, spec)
+        draft = await self.app.submitter.prepare(account, spec)
         assert isinstance(draft, Draft)  # no idempotency key: never a recorded job
         found = await asyncio.to_thread(lambda: estimate(jobs.plan(draft)))
         kind = jobs.kinds[spec.kind]
