@@ -10,7 +10,8 @@ node with a rare hardware fault is not shut out for life.
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sparegrid.coordinator.clock import Clock
@@ -49,6 +50,7 @@ class Reputations:
         self.config = config
         self._rng = rng or random.Random()
         self._cache: dict[str, Reputation] = {}
+        self._unsaved: dict[str, Reputation] | None = None  # inside `batched`
 
     def load(self) -> None:
         self._cache = {r.node_id: r for r in self._store.get_reputations()}
@@ -171,6 +173,25 @@ class Reputations:
                 strikes=rep.strikes,
             )
 
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Saves what changes inside once, at its end: one statement for a batch of
+        results, not one per result. Nothing is saved when the block fails (the store
+        transaction around it rolls back)."""
+        if self._unsaved is not None:  # nested: the outer block saves
+            yield
+            return
+        self._unsaved = {}
+        try:
+            yield
+        except BaseException:
+            self._unsaved = None
+            raise
+        unsaved, self._unsaved = self._unsaved, None
+        self._save(list(unsaved.values()))
+
     def _save(self, reps: list[Reputation]) -> None:
-        if reps:
+        if self._unsaved is not None:
+            self._unsaved.update((rep.node_id, rep) for rep in reps)
+        elif reps:
             self._store.put_reputations(reps)

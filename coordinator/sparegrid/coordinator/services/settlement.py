@@ -61,6 +61,20 @@ class Settled:
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
+@dataclass
+class Writes:
+    """What one settle writes, gathered and written once at its end: a batch of results
+    costs a few statements, not a few per result (each a round trip on PostgreSQL).
+    Objects are kept, not copies, so each row is written as it ends up."""
+
+    replicas: dict[str, Replica] = field(default_factory=dict)  # new, by attempt id
+    changed: dict[str, Replica] = field(default_factory=dict)  # stored before, changed
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    payments: list[Payment] = field(default_factory=list)
+    owners: dict[str, set[str]] = field(default_factory=dict)  # account -> blob digests
+
+
 class Settlement:
     def __init__(
         self,
@@ -73,7 +87,7 @@ class Settlement:
     ) -> None:
         self.identities = identities
         self.vouching = vouching
-        self._batch: dict[str, Attempt] = {}
+        self._writes = Writes()
         self.canaries = canaries
         self.scheduler = scheduler
         self.store = scheduler.store
@@ -84,18 +98,22 @@ class Settlement:
         self, node_id: str, owner: str, candidates: list[Candidate], read: Reader
     ) -> Settled:
         """Records each candidate as a held result and applies its task's decision."""
-        sched, store = self.scheduler, self.store
+        with self.verifier.reputations.batched():
+            return self._settle(node_id, owner, candidates, read)
+
+    def _settle(
+        self, node_id: str, owner: str, candidates: list[Candidate], read: Reader
+    ) -> Settled:
+        sched = self.scheduler
         now = sched.clock.now()
         out = Settled()
-        touched: dict[str, Task] = {}
-        attempts: list[Attempt] = []
-        self._batch = {c.attempt.id: c.attempt for c in candidates}
+        writes = self._writes = Writes()
+        writes.attempts.update((c.attempt.id, c.attempt) for c in candidates)
         for c in candidates:
             active = sched.jobs[c.task.job_id]
             sched.took(active, c.attempt)
             move_attempt(c.attempt, AttemptState.SUCCEEDED)
             c.attempt.finished_at = now
-            attempts.append(c.attempt)
             out.released.append(c.attempt)
             replica = Replica(
                 c.attempt.id,
@@ -108,7 +126,7 @@ class Settlement:
                 created_at=now,
                 params=c.attempt.params,
             )
-            store.add_replicas([replica])
+            writes.replicas[replica.attempt_id] = replica
             sched.hold_replica(active, replica)
             results = active.replicas.get(c.task.id, [])
             excluded = active.excluded.get(c.task.id, set())
@@ -121,18 +139,52 @@ class Settlement:
                 functools.partial(sched.others_online, active, excluded),
                 known,
             )
-            touched[c.task.id] = c.task
+            writes.tasks[c.task.id] = c.task
             out.jobs.add(active.job.id)
             out.outcomes[active.job.kind, decision.outcome.value] += 1
             if decision.evidence is not None:
                 self._dispute(c.task, decision, now)
             self._apply(active, c, decision, out)
-        store.update_attempts(attempts + out.superseded)
-        store.update_tasks(list(touched.values()))
-        store.add_node_counts(node_id, len(candidates), 0)
-        for job_id in out.jobs:
-            store.update_job(sched.jobs[job_id].job)
+        self._write(out)
+        self.store.add_node_counts(node_id, len(candidates), 0)
         return out
+
+    def _write(self, out: Settled) -> None:
+        """Writes what the settle gathered (Writes), and pays: what each payment booked
+        (False: that attempt was paid already) goes into `out` and the job's spending."""
+        writes, store = self._writes, self.store
+        self._writes = Writes()
+        if writes.replicas:
+            store.add_replicas(list(writes.replicas.values()))
+        if writes.payments:
+            booked = self.scheduler.ledger.pay(writes.payments)
+            for payment, new in zip(writes.payments, booked, strict=True):
+                if new:
+                    payment.job.cost_spent += payment.amount
+                    out.paid[payment.attempt_id] = payment.amount
+                    out.credited.add(payment.node_id)
+        changed = [r for k, r in writes.changed.items() if k not in writes.replicas]
+        if changed:
+            store.update_replicas(changed)
+        if writes.attempts:
+            store.update_attempts(list(writes.attempts.values()))
+        if writes.tasks:
+            store.update_tasks(list(writes.tasks.values()))
+        for account, digests in writes.owners.items():
+            store.add_blob_owners(sorted(digests), account)
+        for job_id in out.jobs:
+            store.update_job(self.scheduler.jobs[job_id].job)
+
+    def _attempts(self, ids: list[str]) -> list[Attempt]:
+        """The attempts, as this settle changed them so far; the others from the store."""
+        writes = self._writes
+        missing = [i for i in ids if i not in writes.attempts]
+        if missing:
+            writes.attempts.update((a.id, a) for a in self.store.get_attempts(missing))
+        return [writes.attempts[i] for i in dict.fromkeys(ids) if i in writes.attempts]
+
+    def _replicas_changed(self, replicas: list[Replica]) -> None:
+        self._writes.changed.update((r.attempt_id, r) for r in replicas)
 
     def _apply(self, active: ActiveJob, c: Candidate, decision: Decision, out: Settled) -> None:
         task = c.task
@@ -150,6 +202,7 @@ class Settlement:
             move_attempt(other, AttemptState.CANCELLED)
             other.finished_at = self.scheduler.clock.now()
             out.superseded.append(other)
+            self._writes.attempts[other.id] = other
         self.canaries.known.pop(task.id, None)
         if decision.outcome == Outcome.FAILED:
             # only a known answer fails a task with a loser: proof of a wrong result
@@ -162,25 +215,23 @@ class Settlement:
         self._after_check(task, decision, out)
 
     def _accept(self, active: ActiveJob, task: Task, decision: Decision, out: Settled) -> None:
-        """Pays every agreeing replica (into `out`) and countersigns the receipt."""
-        sched, job = self.scheduler, active.job
+        """Pays every agreeing replica (at the settle's end, into `out`) and countersigns
+        the receipt."""
+        sched, job, writes = self.scheduler, active.job, self._writes
         cost = job.task_cost(task.work)
         winners, losers = decision.winners, decision.losers
-        costs = [job.task_cost(work_of(task, w)) for w in winners]  # a spot check: its crop
-        paid = sched.ledger.pay(
-            [
-                Payment(job, task.id, w.attempt_id, w.node_id, c, _reason(decision))
-                for w, c in zip(winners, costs, strict=True)
-            ]
-        )
-        job.cost_spent += sum(c for c, new in zip(costs, paid, strict=True) if new)
+        why = _reason(decision)
+        writes.payments += [  # a spot check's winner is paid for its crop
+            Payment(job, task.id, w.attempt_id, w.node_id, job.task_cost(work_of(task, w)), why)
+            for w in winners
+        ]
         agreeing = [w.node_id for w in winners]
         first = winners[0]
         results = active.replicas.get(task.id, [])
         for replica in results:
             if any(replica is w for w in winners):
                 replica.state = ReplicaState.VALID
-        self.store.update_replicas(results)
+        self._replicas_changed(results)
         reason = f"outvoted on task {task.id}: {decision.detail}"
         self.reject(losers, reason, active, task if decision.confirmed else None)
         reputations = self.verifier.reputations
@@ -208,14 +259,11 @@ class Settlement:
         move_task(task, TaskState.SUCCEEDED)
         task.node_id, task.outputs = first.node_id, first.outputs
         task.receipt = countersign(self.signer, receipt, validation).SerializeToString()
-        self.store.add_blob_owners(sorted({r.digest for r in first.outputs}), job.account_id)
+        writes.owners.setdefault(job.account_id, set()).update(r.digest for r in first.outputs)
+        writes.tasks[task.id] = task
         active.open_tasks -= 1
         active.succeeded += 1
         sched.forget_replicas(active, task.id)
-        for w, c, new in zip(winners, costs, paid, strict=True):
-            if new:
-                out.paid[w.attempt_id] = c
-                out.credited.add(w.node_id)
 
     # --- vouching: results accepted on their node's record (vouching.py) ---------------
 
@@ -280,7 +328,6 @@ class Settlement:
         else:
             decision.detail += f"; vouched for by a check of its node on task {check.id}"
         self._accept(active, held.task, decision, out)
-        self.store.update_tasks([held.task])
         out.jobs.add(active.job.id)
         if active.open_tasks == 0:
             out.finished.append(active)
@@ -294,14 +341,12 @@ class Settlement:
         results = active.replicas.pop(held.task.id, [])
         for replica in results:
             replica.state = ReplicaState.INVALID
-        attempts = self.store.get_attempts([r.attempt_id for r in results])
-        for attempt in attempts:
+        for attempt in self._attempts([r.attempt_id for r in results]):
             if attempt.state == AttemptState.SUCCEEDED:
                 move_attempt(attempt, AttemptState.REJECTED)
                 attempt.error_code = "DISCARDED"
                 attempt.error = "held for a later check of its node, which failed one"
-        self.store.update_attempts(attempts)
-        self.store.update_replicas(results)
+        self._replicas_changed(results)
         active.queue.appendleft(held.task)
 
     def settle_stranded(self) -> Settled:
@@ -310,7 +355,12 @@ class Settlement:
         can run: a single held result of a vetted owner is accepted unchecked. Anything
         else stays queued and the job says why (waiting): an anonymous result needs a vetted
         check, and results that disagree need a node of another owner to decide."""
+        with self.verifier.reputations.batched():
+            return self._settle_stranded()
+
+    def _settle_stranded(self) -> Settled:
         sched, out = self.scheduler, Settled()
+        self._writes = Writes()
         vetted = self.verifier.vetted
         self.pick_overdue()
         for active in list(sched.jobs.values()):
@@ -332,12 +382,10 @@ class Settlement:
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [held[0]]
                 )
                 self._accept(active, task, decision, out)
-                self.store.update_tasks([task])
                 out.jobs.add(active.job.id)
                 if active.open_tasks == 0 and not active.failed:
                     out.finished.append(active)
-        for job_id in out.jobs:
-            self.store.update_job(sched.jobs[job_id].job)
+        self._write(out)
         return out
 
     def _dispute(self, task: Task, decision: Decision, now: float) -> None:
@@ -409,10 +457,7 @@ class Settlement:
             return
         if active is not None and proven is not None:
             self._slash(active, proven, losers, reason)
-        batch = self._batch
-        earlier = [r.attempt_id for r in losers if r.attempt_id not in batch]
-        stored = {a.id: a for a in self.store.get_attempts(earlier)}
-        stored.update((r.attempt_id, batch[r.attempt_id]) for r in losers if r.attempt_id in batch)
+        stored = {a.id: a for a in self._attempts([r.attempt_id for r in losers])}
         for node_id in {r.node_id for r in losers}:
             for held in self.vouching.discard(node_id):
                 self._rerun(held)
@@ -424,8 +469,7 @@ class Settlement:
                 attempt.error_code, attempt.error = "INVALID_RESULT", reason[:2000]
             self.verifier.reputations.invalid(loser.node_id, reason)
             self.scheduler.shrink(loser.node_id, reset=True)
-        self.store.update_attempts(list(stored.values()))
-        self.store.update_replicas(losers)
+        self._replicas_changed(losers)
 
     def _slash(self, active: ActiveJob, task: Task, losers: list[Replica], reason: str) -> None:
         identities = self.identities
