@@ -46,7 +46,7 @@ def job(
         idempotency_key=key,
     )
     ts = [
-        Task(f"{job_id}-t{i}", job_id, i, bytes([i]), [FileRef(f"in{i}", f"d{i}", i)])
+        Task(f"{job_id}-t{i}", job_id, i, bytes([i % 256]), [FileRef(f"in{i}", f"d{i}", i)])
         for i in range(tasks)
     ]
     return j, ts

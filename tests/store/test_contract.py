@@ -14,6 +14,7 @@ from sparegrid.coordinator.domain import (
     JobState,
     Posting,
     Replica,
+    ReplicaState,
     Task,
     TaskState,
     Transaction,
@@ -30,6 +31,7 @@ from tests.store.builders import (
     job,
     leased_job,
     node,
+    replica,
     transfer,
 )
 
@@ -411,6 +413,46 @@ def test_update_attempts_writes_outcome(store: Store) -> None:
     store.update_attempts([a1])
     assert store.get_attempts(["a1"]) == [a1]
     assert store.get_attempts(["a2"])[0].state == AttemptState.RUNNING
+
+
+def test_hundreds_of_rows_in_one_call_are_each_written(store: Store) -> None:
+    """Calls of many rows (a settle of a large batch) read back row for row: 300 tasks,
+    attempts and replicas, with values that are all NULL in a column and mixed in others."""
+    ts = leased_job(store, tasks=300)
+    leased = store.lease_tasks([attempt(f"a{i}", t, deadline=float(i)) for i, t in enumerate(ts)])
+    assert len(leased) == 300
+    for i, a in enumerate(leased):
+        a.state = AttemptState.SUCCEEDED if i % 3 else AttemptState.REJECTED
+        a.finished_at = None if i % 2 else 50.0 + i
+        a.error_code = "" if i % 3 else "INVALID_RESULT"
+    store.update_attempts(leased)
+    stored = {a.id: a for a in store.get_attempts([a.id for a in leased])}
+    assert [stored[a.id] for a in leased] == leased
+    for i, t in enumerate(ts):
+        t.state, t.attempts, t.node_id = TaskState.SUCCEEDED, 1, f"n{i % 7}"
+        t.outputs, t.receipt = [FileRef("out", f"d-{i}", i)], bytes([i % 256]) * (i % 5)
+    store.update_tasks(ts)
+    assert store.list_tasks("j1") == ts
+    replicas = [replica(a.id, a.task_id, at=float(i)) for i, a in enumerate(leased)]
+    store.add_replicas(replicas)
+    for r in replicas[::2]:
+        r.state = ReplicaState.VALID
+    store.update_replicas(replicas)
+    kept = {r.attempt_id: r for r in store.get_replicas([t.id for t in ts])}
+    assert [kept[r.attempt_id] for r in replicas] == replicas
+
+
+def test_a_row_given_twice_in_one_call_ends_as_the_last_says(store: Store) -> None:
+    (task,) = leased_job(store, tasks=1)
+    (leased,) = store.lease_tasks([attempt("a1", task)])
+    first = Attempt(**{**vars(leased), "state": AttemptState.SUCCEEDED, "finished_at": 3.0})
+    last = Attempt(**{**vars(leased), "state": AttemptState.REJECTED, "error": "outvoted"})
+    store.update_attempts([first, last])
+    assert store.get_attempts(["a1"]) == [last]
+    done = Task(**{**vars(task), "state": TaskState.SUCCEEDED, "node_id": "n1"})
+    failed = Task(**{**vars(task), "state": TaskState.FAILED, "error": "no agreement"})
+    store.update_tasks([done, failed])
+    assert store.list_tasks("j1") == [failed]
 
 
 def test_node_failures_count_failed_expired_and_rejected(store: Store) -> None:

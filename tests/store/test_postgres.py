@@ -1,13 +1,17 @@
-"""PostgreSQL only: a pipelined transaction never commits part of itself, and a lost
-connection raises StoreUnavailable naming the database until `reconnect()`."""
+"""PostgreSQL only: a pipelined transaction never commits part of itself, a lost
+connection raises StoreUnavailable naming the database until `reconnect()`, and many rows
+go as a few statements."""
+
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from sparegrid.coordinator.domain import MINT
+from sparegrid.coordinator.domain import MINT, AttemptState
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.engine import TransactionDoomed
 from sparegrid.coordinator.store.postgres import APPLICATION_NAME, PostgresStore
-from tests.store.builders import ALICE, BOB, grant
+from tests.store.builders import ALICE, BOB, attempt, grant, leased_job
 from tests.store.conftest import Backends
 
 pytestmark = pytest.mark.postgres
@@ -77,3 +81,26 @@ def test_a_database_that_cannot_be_reached_at_start_is_named() -> None:
 
     with pytest.raises(StoreUnavailable, match="cannot reach the PostgreSQL database nowhere on"):
         open_store("postgresql://postgres@127.0.0.1:1/nowhere")
+
+
+def test_many_rows_go_as_a_few_statements(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle of a large batch writes each table with a statement per power of two of
+    rows (300 = 256 + 32 + 8 + 4), not one per row: a statement costs the server and the
+    driver far more than a row does."""
+    tasks = leased_job(pg, tasks=300)
+    sent: list[int] = []
+    real = pg._run_numbered
+
+    def counting(sql: str, rows: list[Sequence[Any]]) -> None:
+        sent.append(len(rows))
+        real(sql, rows)
+
+    monkeypatch.setattr(pg, "_run_numbered", counting)
+    leased = pg.lease_tasks([attempt(f"a{i}", t) for i, t in enumerate(tasks)])
+    for a in leased:
+        a.state, a.finished_at = AttemptState.SUCCEEDED, None  # a column of NULLs
+    pg.update_attempts(leased)
+    assert sent == [256, 32, 8, 4] * 2
+    assert {a.state for a in pg.get_attempts([a.id for a in leased])} == {AttemptState.SUCCEEDED}

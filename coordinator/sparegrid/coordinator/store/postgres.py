@@ -1,6 +1,7 @@
 """The SQL store on PostgreSQL through psycopg 3, imported only when a store is opened."""
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,6 +19,12 @@ APPLICATION_NAME = "sparegrid-coordinator"
 # coordinators never serve from one database at once (their queues live in memory).
 _HOLD = "SELECT pg_try_advisory_lock(hashtext('sparegrid-coordinator:' || current_schema()))"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Statements of one row that _run_many sends many rows at a time:
+# an INSERT (what comes before its VALUES group, the group, and what follows it)
+_INSERT = re.compile(r"(INSERT INTO .+? VALUES )(\([?, ]+\))(.*)", re.DOTALL)
+# an UPDATE of one row by its key (the table, what it sets, the key column)
+_UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?")
+MOST_ROWS = 256  # rows one such statement writes at most
 
 
 class PostgresStore(SqlStore):
@@ -75,6 +82,8 @@ class PostgresStore(SqlStore):
         )
         self._pg = conn
         self._pipe: AbstractContextManager[object] | None = None
+        self._numbered: dict[tuple[str, int], str] = {}  # (statement, rows) -> its SQL
+        self._raw_cursor = psycopg.RawCursor
         self._broken = False  # the connection was lost: reconnect() opens another
         # psycopg's stubs want LiteralString queries; ours are assembled from constants.
         super().__init__(cast(Connection, conn), dialect)
@@ -159,6 +168,69 @@ class PostgresStore(SqlStore):
         if pipeline is not None:
             pipeline.sync()
 
+    def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Many rows go as a few statements of many rows each (row_slices), not one per
+        row: on PostgreSQL a statement costs the server and the driver far more than a row
+        does. An INSERT takes them as one VALUES list; an UPDATE of one row by its key
+        joins them as one (the last row for a key wins, as one statement per row would)."""
+        listed = rows if isinstance(rows, list) else list(rows)
+        if len(listed) > 1:
+            insert = _INSERT.fullmatch(sql)
+            if insert is not None and "DO UPDATE" not in insert[3]:  # a row changed twice
+                for part in row_slices(listed):
+                    self._run_numbered(self._insert_sql(insert, len(part)), part)
+                return
+            update = _UPDATE.fullmatch(sql)
+            if update is not None:
+                latest = list({row[-1]: row for row in listed}.values())
+                for part in row_slices(latest):
+                    self._run_numbered(self._update_sql(update, len(part)), part)
+                return
+        super()._run_many(sql, listed)
+
+    def _insert_sql(self, insert: re.Match[str], count: int) -> str:
+        key = (insert[0], count)
+        sql = self._numbered.get(key)
+        if sql is None:
+            head, group, tail = insert.groups()
+            types = [""] * group.count("?")
+            sql = self._numbered[key] = head + _numbered_rows(types, count) + tail
+        return sql
+
+    def _update_sql(self, update: re.Match[str], count: int) -> str:
+        """UPDATE t SET a = v.a, ... FROM (VALUES ...) AS v(a, ..., key) WHERE t.key = v.key,
+        each value cast to its column's type: a VALUES list types its columns from its
+        values alone, and a column of NULLs would be text."""
+        key = (update[0], count)
+        sql = self._numbered.get(key)
+        if sql is None:
+            table, sets, column = update.groups()
+            names = [*(part.split(" = ")[0] for part in sets.split(", ")), column]
+            types = self._column_types(table)
+            sql = self._numbered[key] = (
+                f"UPDATE {table} SET {', '.join(f'{n} = v.{n}' for n in names[:-1])} FROM"
+                f" (VALUES {_numbered_rows([types[n] for n in names], count)})"
+                f" AS v({', '.join(names)}) WHERE {table}.{column} = v.{column}"
+            )
+        return sql
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        rows = self._query(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+        return {name: kind for name, kind in rows}
+
+    def _run_numbered(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        """Runs a statement with numbered placeholders ($1, $2...) through a raw cursor:
+        psycopg parses %s placeholders each time a statement of over 50 of them runs (its
+        cache stops there), milliseconds for a few hundred rows."""
+        with self._lock, self._errors():
+            with self._raw_cursor(self._pg) as cur:
+                cur.execute(sql, [v for row in rows for v in row])
+            self._unsynced = self._pipelined
+
     def _insert_tasks(self, tasks: list[Task]) -> None:
         """COPY: a large job's tasks go in several times faster than by INSERTs. COPY
         cannot run pipelined: the pipeline is left (every result read) and entered again."""
@@ -180,3 +252,24 @@ class PostgresStore(SqlStore):
             finally:
                 if resume:
                     self._pipeline(True)
+
+
+def row_slices(rows: list[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
+    """Slices of rows whose lengths are powers of two, MOST_ROWS at most: few distinct
+    statements, so each is prepared once and kept (psycopg prepares a statement on its
+    fifth run)."""
+    start = 0
+    while start < len(rows):
+        size = min(MOST_ROWS, 1 << (len(rows) - start).bit_length() - 1)
+        yield rows[start : start + size]
+        start += size
+
+
+def _numbered_rows(types: list[str], count: int) -> str:
+    """`count` VALUES groups of numbered placeholders, each cast to its type ("": none)."""
+    casts = [f"::{t}" if t else "" for t in types]
+    width = len(types)
+    return ", ".join(
+        "(" + ", ".join(f"${row * width + i + 1}{cast}" for i, cast in enumerate(casts)) + ")"
+        for row in range(count)
+    )
