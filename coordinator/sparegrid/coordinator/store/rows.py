@@ -76,7 +76,8 @@ def to_json(value: object) -> str:
 def refs_json(refs: list[FileRef]) -> str:
     if not refs:  # most tasks' outputs while queued, every echo task's inputs
         return "[]"
-    return to_json([asdict(r) for r in refs])
+    # vars, not asdict: asdict deep-copies every field (a tenth of a settle's time)
+    return to_json([vars(r) for r in refs])
 
 
 def refs_from(text: str) -> list[FileRef]:
