@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparegrid.sdk import AdminClient, Client
+from sparegrid.wire import Signer
 from tests.e2e.conftest import Cluster
 from tests.e2e.helpers import node_payments, online_nodes, wait_for
 
@@ -94,3 +95,10 @@ def test_a_standby_without_the_serving_ones_key_says_so_at_once(
     shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
     (standby_dir / "coordinator.key").chmod(0o644)
     assert "is readable by others (mode 644)" in standby("loose-key")
+    # another coordinator's key: it would countersign what clients refuse
+    (standby_dir / "coordinator.key").unlink()
+    other = Signer.load_or_create(standby_dir / "coordinator.key")
+    assert (
+        other.public_key != Signer.load_or_create(tmp_path / "coord" / "coordinator.key").public_key
+    )
+    assert "but this database's coordinators countersign with" in standby("wrong-key")

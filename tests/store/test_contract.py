@@ -706,3 +706,9 @@ def test_task_logs_are_kept_once_per_attempt_by_task_then_arrival(store: Store) 
     assert (store.task_log_count("j1"), store.task_log_count("j2")) == (3, 1)
     pages = [store.task_logs("j1", offset=i, limit=2) for i in (0, 2, 4)]
     assert [[x.attempt_id for x in page] for page in pages] == [["a2", "a1"], ["a3"], []]
+
+
+def test_the_first_claim_of_a_meta_value_stands(store: Store) -> None:
+    assert store.claim_meta("coordinator_key", "aa11") == "aa11"
+    assert store.claim_meta("coordinator_key", "bb22") == "aa11"  # another coordinator's
+    assert store.claim_meta("other", "cc33") == "cc33"

@@ -16,7 +16,7 @@ from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
-from sparegrid.coordinator.store import open_store
+from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
 from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
 from sparegrid.coordinator.web import serve as operations
 from sparegrid.wire import Signer
@@ -102,22 +102,41 @@ def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(serving.database_url, exclusive=True)
     try:
-        return App(store, settings), store
+        app = App(store, settings)
+        mine = app.signer.public_key.hex()
+        check_key(settings.key_path, app.signer, store.claim_meta(COORDINATOR_KEY, mine))
+        return app, store
     except BaseException:
         store.close()
         raise
 
 
-def check_standby_key(path: Path, taken: StoreTaken) -> None:
+def check_key(path: Path, signer: Signer, recorded: str) -> None:
+    """All the coordinators of a database countersign with one key: clients pin it and its
+    receipts name it. The first to serve from the database records its public key there;
+    one holding another key (a wrong copy on a standby, a data directory whose key was
+    made afresh) refuses to serve, rather than sign what every client would refuse."""
+    mine = signer.public_key.hex()
+    if recorded and recorded != mine:
+        raise StoreError(
+            f"{path} holds the key {mine[:16]}…, but this database's coordinators "
+            f"countersign with {recorded[:16]}… (clients pin it, and its receipts name it): "
+            "copy coordinator.key from a coordinator that served from this database (mode 600)"
+        )
+
+
+def check_standby_key(serving: ServeConfig, taken: StoreTaken) -> None:
     """A standby signs with the serving coordinator's key once it takes over (clients pin
-    it): its copy must be here, and readable by this user only, before it stands by, not
-    found wanting at the takeover."""
+    it): its copy must be here, readable by this user only, and the key the database
+    records, before it stands by, not found wanting at the takeover."""
+    path = serving.settings.key_path
     if not path.exists():
         raise StoreError(
             f"{taken}; a coordinator standing by for it needs its key: copy coordinator.key "
             f"from that coordinator's data directory to {path} (mode 600)"
         )
-    Signer.load_or_create(path)  # refuses a key others can read, or not a key
+    signer = Signer.load_or_create(path)  # refuses a key others can read, or not a key
+    check_key(path, signer, peek_meta(serving.database_url, COORDINATOR_KEY))
 
 
 async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Store] | None:
@@ -131,7 +150,7 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             return open_app(serving)
         except StoreTaken as exc:
             if not waiting:
-                check_standby_key(serving.settings.key_path, exc)
+                check_standby_key(serving, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
                 waiting = True
         with contextlib.suppress(TimeoutError):

@@ -6,7 +6,19 @@ from urllib.parse import parse_qs
 from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store, StoreError
 from sparegrid.coordinator.store.memory import MemoryStore
 
-__all__ = ["Conflict", "InsufficientFunds", "MemoryStore", "Store", "StoreError", "open_store"]
+__all__ = [
+    "COORDINATOR_KEY",
+    "Conflict",
+    "InsufficientFunds",
+    "MemoryStore",
+    "Store",
+    "StoreError",
+    "open_store",
+    "peek_meta",
+]
+
+# what `meta` holds the coordinators' countersigning public key under (hex)
+COORDINATOR_KEY = "coordinator_key"
 
 ACCEPTED = (
     "'memory:', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db'"
@@ -40,6 +52,18 @@ def open_store(url: str, exclusive: bool = False) -> Store:
     from sparegrid.coordinator.store.sqlite import SqliteStore
 
     return SqliteStore(url)
+
+
+def peek_meta(url: str, name: str) -> str:
+    """A value the database holds for all its coordinators, read without taking the
+    coordinators' lock or migrating anything (a coordinator standing by, while another
+    serves); "" when there is none. Only PostgreSQL is shared by coordinators."""
+    match = _SCHEME.match(url)
+    if match is None or match.group(1).lower() not in ("postgresql", "postgres"):
+        return ""
+    from sparegrid.coordinator.store.postgres import peek_meta as peek
+
+    return peek(url, name)
 
 
 def _open_sqlite(rest: str) -> Store:

@@ -266,6 +266,12 @@ class Store(Protocol):
     def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
         """A job's disputes, by task index."""
 
+    # what a database holds once for all its coordinators (its coordinator key)
+    def claim_meta(self, name: str, value: str) -> str:
+        """Stores `value` under `name` unless a value is stored there already; returns the
+        one stored (the first claim's)."""
+        ...
+
     # task logs (services/results.py); an attempt's second log is ignored
     def add_task_logs(self, logs: list[AttemptLog]) -> None: ...
 

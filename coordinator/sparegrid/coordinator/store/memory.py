@@ -66,6 +66,7 @@ class _State:
     disputes: dict[str, Dispute] = field(default_factory=dict)
     webhooks: dict[str, Delivery] = field(default_factory=dict)
     task_logs: dict[str, AttemptLog] = field(default_factory=dict)  # by attempt id
+    meta: dict[str, str] = field(default_factory=dict)
     inline_blobs: dict[str, bytes] = field(default_factory=dict)
     storage: StorageState = field(default_factory=StorageState)
     events: list[Event] = field(default_factory=list)  # oldest first
@@ -542,6 +543,10 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         with self._lock:
             found = [d for d in self._s.disputes.values() if d.job_id == job_id]
             return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
+
+    def claim_meta(self, name: str, value: str) -> str:
+        with self._lock:
+            return self._s.meta.setdefault(name, value)
 
     def add_task_logs(self, logs: list[AttemptLog]) -> None:
         with self._lock:

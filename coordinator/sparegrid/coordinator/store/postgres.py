@@ -273,3 +273,19 @@ def _numbered_rows(types: list[str], count: int) -> str:
         "(" + ", ".join(f"${row * width + i + 1}{cast}" for i, cast in enumerate(casts)) + ")"
         for row in range(count)
     )
+
+
+def peek_meta(dsn: str, name: str) -> str:
+    """A value of the meta table, read on a connection of its own that takes no lock and
+    migrates nothing: "" when there is none, or no such table yet (a database its serving
+    coordinator has not upgraded). StoreUnavailable when the database cannot be reached."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return ""
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot reach the database: {exc}") from exc
+    return str(row[0]) if row else ""

@@ -335,6 +335,15 @@ CREATE TABLE task_logs (
 CREATE INDEX task_logs_job ON task_logs (job_id, task_index, received_at)
 """
 
+# What a database holds once for all its coordinators: the key its coordinators countersign
+# with (services go by its public key: clients pin it, receipts name it).
+META = """
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -349,6 +358,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (10, CLIENTS),
     (11, INVITES),
     (12, TASK_LOGS),
+    (13, META),
 ]
 
 

@@ -564,6 +564,15 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
             )
         return [r.dispute_from(row) for row in rows]
 
+    def claim_meta(self, name: str, value: str) -> str:
+        with self._atomic():
+            self._run(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return str(rows[0][0])
+
     # task logs
 
     def add_task_logs(self, logs: list[AttemptLog]) -> None:
