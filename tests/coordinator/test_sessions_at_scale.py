@@ -222,6 +222,18 @@ async def test_a_burst_whose_turns_come_soon_waits_for_them_and_none_is_refused(
         await coordinator.stop()
 
 
+async def test_welcome_asks_for_a_heartbeat_every_10_s_by_default(tmp_path: Path) -> None:
+    coordinator = await serve(tmp_path)
+    try:
+        signer = Signer.generate()
+        session = await connect(coordinator.channel, hello(signer), signer)
+        assert session.welcome.heartbeat_interval.ToTimedelta().total_seconds() == 10.0
+        assert session.welcome.lease_duration.ToTimedelta().total_seconds() == 30.0
+        session._call.cancel()
+    finally:
+        await coordinator.stop()
+
+
 def test_a_worker_without_a_hint_keeps_its_backoff() -> None:
     assert reconnect_delay(None, 3.0, random.Random(1)) == 3.0
     assert reconnect_delay(OSError("reset"), 2.5, random.Random(1)) == 2.5
