@@ -25,7 +25,8 @@ def test_a_burst_then_the_rate_and_hints_that_spread_the_rest_out() -> None:
 
 def test_a_turn_within_the_hold_is_waited_for_instead_of_refused() -> None:
     clock = FakeClock()
-    admission = Admission(clock, AdmissionConfig(rate=10.0, burst=2, hold=0.5, min_wait=0.0))
+    config = AdmissionConfig(rate=10.0, burst=2, hold=0.5, tick=0.0, min_wait=0.0)
+    admission = Admission(clock, config)
     assert [admission.admit() for _ in range(2)] == [Decision(True, 0.0)] * 2
     waits = [admission.admit() for _ in range(5)]
     # the next five tokens come within half a second: each waits for its own, in order
@@ -42,7 +43,8 @@ def test_refused_ones_told_to_come_back_all_get_a_place() -> None:
     """A storm of 100 against 10 a second, a burst of 10 and a line of 2 s: each refused
     one that comes back when told is admitted, and the last one's turn is ~9 s away."""
     clock = FakeClock()
-    admission = Admission(clock, AdmissionConfig(rate=10.0, burst=10, hold=2.0, min_wait=0.0))
+    config = AdmissionConfig(rate=10.0, burst=10, hold=2.0, tick=0.0, min_wait=0.0)
+    admission = Admission(clock, config)
     decisions = [admission.admit() for _ in range(100)]
     refused = sorted(wait for admitted, wait in decisions if not admitted)
     assert len(refused) == 100 - 10 - 20
@@ -54,6 +56,21 @@ def test_refused_ones_told_to_come_back_all_get_a_place() -> None:
         assert admitted and wait <= 2.0 + 1e-6
         turns.append(hint + wait)
     assert max(turns) == pytest.approx(9.0, abs=0.05)  # 90 after the burst, at 10 a second
+
+
+def test_waits_end_on_a_tick_so_that_those_admitted_together_go_together() -> None:
+    """100 a second, a tick of 0.1 s: the ten turns within each tick go at its end (one
+    group commit for them all), none before its token."""
+    clock = FakeClock(start=1000.0)
+    clock.advance(0.03)  # off the tick
+    admission = Admission(clock, AdmissionConfig(rate=100.0, burst=1, hold=1.0, tick=0.1))
+    assert admission.admit() == Decision(True, 0.0)  # the burst: at once, not on a tick
+    waits = [admission.admit().wait for _ in range(25)]
+    ends = [round(clock.now() + wait, 6) for wait in waits]
+    assert sorted(set(ends)) == [1000.1, 1000.2, 1000.3]
+    assert [ends.count(end) for end in (1000.1, 1000.2, 1000.3)] == [7, 10, 8]
+    turns = [(i + 1) / 100 for i in range(25)]  # when each one's token is there
+    assert all(wait >= turn - 1e-9 for wait, turn in zip(waits, turns, strict=True))
 
 
 def test_no_hint_is_shorter_than_the_floor() -> None:

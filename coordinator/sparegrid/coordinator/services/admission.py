@@ -9,10 +9,14 @@ counting every refusal before it as a place taken in line, so that refused worke
 back spread out at the rate they can be admitted rather than all at once again. A refusal
 costs more than a wait (the worker dials again: a new connection and a new Hello), so the
 line held inside is what keeps a storm cheap; `hold` stays well under the worker's 30 s
-handshake timeout. Refusals are logged, at most one line per `log_every` seconds.
+handshake timeout. Waits end on a `tick` of the clock (0.1 s), so that the registrations
+whose turns fall in one tick go ahead together and are attached in one group commit, not
+one commit (and one fsync) each. Refusals are logged, at most one line per `log_every`
+seconds.
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,6 +30,7 @@ class AdmissionConfig:
     rate: float = 500.0  # registrations admitted per second (0: no limit)
     burst: int = 500  # admitted at once before the rate applies
     hold: float = 10.0  # the longest wait for a turn that is admitted rather than refused
+    tick: float = 0.1  # waits end on a multiple of this: those admitted together go together
     log_every: float = 5.0  # seconds between two log lines about refusals
     min_wait: float = 0.5  # the shortest retry hint: sooner only makes more refusals
 
@@ -64,6 +69,8 @@ class Admission:
             self._tokens -= 1.0
             self.admitted += 1
             self.waited += turn > 0
+            if turn > 0 and cfg.tick > 0:
+                turn = math.ceil((now + turn) / cfg.tick) * cfg.tick - now
             return Decision(True, turn)
         # back when its turn would fall within the hold, after those refused before it
         self._line_until = max(self._line_until + 1.0 / cfg.rate, now + turn - cfg.hold)
