@@ -15,7 +15,7 @@ def settings(*flags: str):  # type: ignore[no-untyped-def]
 
 
 def test_default_and_chosen_rate() -> None:
-    assert settings().admission == AdmissionConfig(rate=400.0, burst=400)
+    assert settings().admission == AdmissionConfig(rate=500.0, burst=500, hold=10.0)
     assert settings("--registration-rate", "50").admission == AdmissionConfig(rate=50.0, burst=50)
     assert settings("--registration-rate", "0").admission.rate == 0  # no limit
 

@@ -1,6 +1,7 @@
 """Idle sessions and registration storms over real gRPC: heartbeats write nothing until the
-bulk write (and survive a clean restart), a burst past the admission rate is refused with a
-retry hint, and every worker that honours it gets in."""
+bulk write (and survive a clean restart), a burst past the admission rate waits its turn
+when it comes soon and is refused with a retry hint past that, and every worker that
+honours the hint gets in."""
 
 import asyncio
 import functools
@@ -138,7 +139,7 @@ async def test_the_bulk_write_moves_last_seen_forward_only(tmp_path: Path) -> No
 async def test_a_registration_burst_is_refused_with_a_hint_and_all_get_in(
     tmp_path: Path,
 ) -> None:
-    admission = AdmissionConfig(rate=5.0, burst=4, min_wait=0.2)
+    admission = AdmissionConfig(rate=5.0, burst=4, hold=0.0, min_wait=0.2)
     coordinator = await serve(tmp_path, admission=admission)
     workers, refusals = 24, []
     rng = random.Random(7)
@@ -176,7 +177,7 @@ async def test_a_registration_burst_is_refused_with_a_hint_and_all_get_in(
 
 
 async def test_a_refusal_costs_no_signature_check_and_no_row(tmp_path: Path) -> None:
-    coordinator = await serve(tmp_path, admission=AdmissionConfig(rate=1.0, burst=1))
+    coordinator = await serve(tmp_path, admission=AdmissionConfig(rate=1.0, burst=1, hold=0.0))
     try:
         first, second = Signer.generate(), Signer.generate()
         session = await connect(coordinator.channel, hello(first), first)
@@ -186,6 +187,48 @@ async def test_a_refusal_costs_no_signature_check_and_no_row(tmp_path: Path) -> 
         assert retry_after(refused.value) is not None
         assert coordinator.app.store.get_node(second.node_id) is None  # nothing recorded
         assert second.node_id not in coordinator.app.scheduler.sessions
+        session._call.cancel()
+    finally:
+        await coordinator.stop()
+
+
+async def test_a_burst_whose_turns_come_soon_waits_for_them_and_none_is_refused(
+    tmp_path: Path,
+) -> None:
+    admission = AdmissionConfig(rate=10.0, burst=4, hold=2.0)
+    coordinator = await serve(tmp_path, admission=admission)
+    workers = 16
+    try:
+        started = time.monotonic()
+        sessions = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    connect(coordinator.channel, hello(signer), signer)
+                    for signer in (Signer.generate() for _ in range(workers))
+                )
+            ),
+            20,
+        )
+        took = time.monotonic() - started
+        app = coordinator.app
+        assert len(app.scheduler.sessions) == workers
+        assert app.admission.refused == 0  # every one got in on its first try
+        assert app.admission.waited == workers - admission.burst
+        # the twelve past the burst were let in at about the rate: the last after ~1.2 s
+        assert took >= (workers - admission.burst) / admission.rate * 0.8
+        for session in sessions:
+            session._call.cancel()
+    finally:
+        await coordinator.stop()
+
+
+async def test_welcome_asks_for_a_heartbeat_every_10_s_by_default(tmp_path: Path) -> None:
+    coordinator = await serve(tmp_path)
+    try:
+        signer = Signer.generate()
+        session = await connect(coordinator.channel, hello(signer), signer)
+        assert session.welcome.heartbeat_interval.ToTimedelta().total_seconds() == 10.0
+        assert session.welcome.lease_duration.ToTimedelta().total_seconds() == 30.0
         session._call.cancel()
     finally:
         await coordinator.stop()

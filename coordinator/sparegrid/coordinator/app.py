@@ -71,7 +71,7 @@ class BufferedSink(Protocol):
 @dataclass
 class Settings:
     data_dir: Path
-    heartbeat_seconds: float = 5.0
+    heartbeat_seconds: float = 10.0
     lease_seconds: float = 30.0
     reconnect_grace_seconds: float = 10.0
     reap_interval_seconds: float = 1.0

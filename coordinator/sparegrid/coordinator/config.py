@@ -123,7 +123,8 @@ SETTINGS = (
     Setting(
         "registration_rate",
         to_float,
-        "worker registrations admitted a second; more are told to retry later (0: no limit)",
+        f"worker registrations admitted a second; one whose turn comes within "
+        f"{AdmissionConfig.hold:g} s waits for it, later ones are told when to retry (0: no limit)",
         metavar="N",
         default=AdmissionConfig.rate,
     ),

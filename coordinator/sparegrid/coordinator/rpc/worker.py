@@ -182,8 +182,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # admitted at a bounded rate, before any costly step (the owner's key, the
         # signature); Hello is read first so the worker hears the refusal while reading
         # (a refusal while it writes reaches it as INTERNAL, not UNAVAILABLE)
-        wait = app.admission.admit()
-        if wait:
+        admitted, wait = app.admission.admit()
+        if not admitted:
             raise CoordinatorError(
                 ErrorKind.UNAVAILABLE,
                 "REGISTRATION_BUSY",
@@ -191,6 +191,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 f"({app.settings.admission.rate:g} a second); retry in {wait:.1f} s",
                 retry_after=wait,
             )
+        if wait:  # its turn in the line held here comes soon: cheaper than a refusal
+            await app.clock.sleep(wait)
         check_worker_version(first.hello.software.get("sparegrid", ""), app.settings)
         node = _node_from_hello(first.hello, app.clock.now())
         node.owner = self._owner(context, node.id)

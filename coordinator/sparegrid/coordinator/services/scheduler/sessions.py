@@ -41,11 +41,13 @@ class SessionsPart(SchedulerBase):
         now = self.clock.now()
         mine = {a.id: a for a in self.store.running_attempts(node.id)}
         resumed = [mine.pop(i) for i in running if i in mine]
-        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in resumed])}
-        for attempt in resumed:
-            attempt.deadline = min(now + self.config.lease_seconds, self._oldest(session, attempt))
-            self._hold(session, attempt, tasks[attempt.task_id])
-        self.store.update_attempts(resumed)
+        if resumed:  # a node that was not running anything costs no more queries
+            tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in resumed])}
+            for attempt in resumed:
+                deadline = min(now + self.config.lease_seconds, self._oldest(session, attempt))
+                attempt.deadline = deadline
+                self._hold(session, attempt, tasks[attempt.task_id])
+            self.store.update_attempts(resumed)
         # running attempts the node no longer reports were lost: it restarted (a crash, a
         # kill, a reboot) without them, which is not a failure of the node or the task
         self.lose(list(mine.values()), reason="the node restarted without it")
