@@ -77,6 +77,14 @@ def _write_secret(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Writes a file others poll for (scripts wait for coordinator.addr): renamed into
+    place, so a reader never finds it created but still empty."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def ensure_admin(app: App, data_dir: Path) -> Path:
     """Creates the admin account on first start; its key goes to DATA_DIR/admin.key."""
     key_file = data_dir / "admin.key"
@@ -192,8 +200,8 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     # local clients verify countersigned receipts against this key (pinned, as on first use)
     pin = _user_key_file(host, port).parent.parent / "coordinators" / f"{host}_{port}.pub"
     pin.parent.mkdir(parents=True, exist_ok=True)
-    pin.write_text(app.signer.public_key.hex() + "\n")
-    (data_dir / "coordinator.addr").write_text(address + "\n")
+    _write_whole(pin, app.signer.public_key.hex() + "\n")
+    _write_whole(data_dir / "coordinator.addr", address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",
         sparegrid_version(),
