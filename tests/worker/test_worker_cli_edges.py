@@ -98,23 +98,21 @@ def test_an_owner_key_file_others_can_read_is_warned_of(tmp_path: Path) -> None:
     key_file.write_text("sg_not-a-real-key\n")
     key_file.chmod(0o644)
     args = ["--owner-key-file", str(key_file), "--coordinator", "127.0.0.1:9"]
-    done = subprocess.run(
-        sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node"), *args),
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-    )
+
+    def credit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node"), *args),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+        )
+
+    done = credit()
     assert f"owner key file {key_file} is readable by other users (mode 644)" in done.stderr
     assert f"chmod 600 {key_file}" in done.stderr
     key_file.chmod(0o600)
-    again = subprocess.run(
-        sparegrid("worker", "credit", "--data-dir", str(tmp_path / "node"), *args),
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-    )
+    again = credit()
     assert "readable by other users" not in again.stderr
 
 
