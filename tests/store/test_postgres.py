@@ -104,3 +104,21 @@ def test_many_rows_go_as_a_few_statements(
     pg.update_attempts(leased)
     assert sent == [256, 32, 8, 4] * 2
     assert {a.state for a in pg.get_attempts([a.id for a in leased])} == {AttemptState.SUCCEEDED}
+
+
+def test_a_ledger_grown_from_empty_is_still_read_by_its_index(pg: PostgresStore) -> None:
+    """Postings of four transactions each, many times while the ledger is nearly empty (so
+    PostgreSQL would make and keep a plan of their key lookup costed for an empty table),
+    then thousands more: finding four keys must not read the whole ledger. With generic
+    plans it did, and the coordinator slowed as its ledger grew (autovacuum off: no ANALYZE
+    ever came to replace the plan)."""
+    for n in range(20):
+        assert pg.post_many([grant(f"early-{n}-{k}", ALICE, 1) for k in range(4)])
+    for start in range(0, 4000, 400):
+        pg.post_many([grant(f"bulk-{n}", ALICE, 1) for n in range(start, start + 400)])
+    scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'transactions'"
+    with pg.transaction():
+        ((before,),) = pg._query(scans)
+        assert pg.post_many([grant(f"late-{k}", BOB, 1) for k in range(4)]) == [True] * 4
+        ((after,),) = pg._query(scans)
+    assert after == before

@@ -25,6 +25,12 @@ _INSERT = re.compile(r"(INSERT INTO .+? VALUES )(\([?, ]+\))(.*)", re.DOTALL)
 # an UPDATE of one row by its key (the table, what it sets, the key column)
 _UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?")
 MOST_ROWS = 256  # rows one such statement writes at most
+# Every run of a prepared statement is planned for its values and the table as it is now.
+# A generic plan, which PostgreSQL may keep from the sixth run on, is costed from the
+# table's statistics when it is made: made when the tables were new and empty, and kept
+# until an ANALYZE (never, with autovacuum off), it read every ledger transaction to find
+# two idempotency keys (a sequential scan), ever slower as the ledger grew.
+_CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
 
 
 class PostgresStore(SqlStore):
@@ -97,6 +103,7 @@ class PostgresStore(SqlStore):
         # autocommit: the store sends BEGIN, COMMIT and ROLLBACK itself.
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         try:
+            conn.execute(_CUSTOM_PLANS)
             if self._schema is not None:
                 name = psycopg.sql.Identifier(self._schema)
                 conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
