@@ -491,7 +491,12 @@ def main() -> int:
     parser.add_argument("--register-timeout", type=float, default=120.0)
     parser.add_argument("--job-timeout", type=float, default=900.0)
     parser.add_argument("--settle", type=float, default=6.0)
-    parser.add_argument("--window", type=float, default=20.0, help="idle CPU measured over")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="idle CPU measured over (a whole idle heartbeat interval: every worker once)",
+    )
     parser.add_argument("--label", default="")
     parser.add_argument(
         "--baseline-src",

@@ -33,6 +33,7 @@ from sparegrid.worker.executors.builtin import EchoExecutor
 from sparegrid.worker.executors.registry import ExecutorSpec
 from sparegrid.worker.node.devices import DeviceInfo
 from sparegrid.worker.slots.child.protocol import Outcome, OutputData
+from sparegrid.worker.upstream.heartbeat import Cadence
 from sparegrid.worker.upstream.messages import hello, message_of, statement_bytes
 from sparegrid.worker.upstream.session import Session, connect, reconnect_delay, retry_after
 
@@ -130,11 +131,13 @@ class SimWorker:
         await session.serve(self._on_message, *loops)
 
     async def _heartbeats(self, session: Session) -> None:
-        interval = session.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
-        await asyncio.sleep(random.random() * interval)  # workers started at different times
+        """The worker's cadence: each interval while it holds a task, the idle one else."""
+        cadence = Cadence.asked(session.welcome, None, time.monotonic())
+        await asyncio.sleep(random.random() * cadence.busy)  # workers started at different times
         while True:
-            session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
-            await asyncio.sleep(interval)
+            if cadence.due(bool(self.outbox or self.pending), time.monotonic()):
+                session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
+            await asyncio.sleep(cadence.busy)
 
     async def _cut_later(self) -> None:
         low, high = self.sim.churn

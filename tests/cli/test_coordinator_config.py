@@ -94,6 +94,7 @@ def test_keys_may_sit_at_the_top_of_the_file(tmp_path: Path) -> None:
         ('enrollment = "closed"\n', "enrollment 'closed' is not one of open, approve, owners"),
         ('price = ["echo"]\n', "has 'echo'; a price is KIND=CREDIT[/UNITS]"),
         ("lease = 3\nheartbeat = 5\n", "must be longer than heartbeat in "),
+        ("idle_heartbeat = 5\n", "idle_heartbeat in "),
         ("spot_share = 2.0\n", "spot_share in "),
         ('min_worker_version = "latest"\n', "'latest' is not a version like 0.2"),
         ("lease = [\n", "is not valid TOML"),
@@ -165,3 +166,12 @@ def test_a_bad_blobs_url_in_the_file_names_the_key_and_the_file(
     with pytest.raises(ConfigError) as err:
         load("--config", str(path))
     assert f"blobs {value!r} {says}" in str(err.value) and str(path) in str(err.value)
+
+
+def test_idle_workers_heartbeat_every_minute_and_never_more_often_than_busy_ones() -> None:
+    assert load().settings.idle_heartbeat_seconds == 60.0
+    assert load("--idle-heartbeat", "120").settings.idle_heartbeat_seconds == 120.0
+    slow = load("--heartbeat", "90", "--lease", "300").settings
+    assert (slow.heartbeat_seconds, slow.idle_heartbeat_seconds) == (90.0, 90.0)
+    with pytest.raises(ConfigError, match=r"--idle-heartbeat \(5\) must be at least --heartbeat"):
+        load("--idle-heartbeat", "5")

@@ -222,12 +222,16 @@ async def test_a_burst_whose_turns_come_soon_waits_for_them_and_none_is_refused(
         await coordinator.stop()
 
 
-async def test_welcome_asks_for_a_heartbeat_every_10_s_by_default(tmp_path: Path) -> None:
+async def test_welcome_asks_for_a_heartbeat_every_10_s_and_every_60_s_when_idle(
+    tmp_path: Path,
+) -> None:
     coordinator = await serve(tmp_path)
     try:
         signer = Signer.generate()
         session = await connect(coordinator.channel, hello(signer), signer)
         assert session.welcome.heartbeat_interval.ToTimedelta().total_seconds() == 10.0
+        # a node holding no task: a heartbeat a minute (it renews nothing)
+        assert session.welcome.idle_heartbeat_interval.ToTimedelta().total_seconds() == 60.0
         assert session.welcome.lease_duration.ToTimedelta().total_seconds() == 30.0
         session._call.cancel()
     finally:

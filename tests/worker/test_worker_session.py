@@ -1,5 +1,6 @@
 """The worker against a fake coordinator: registration, results, credit, inputs, uploads."""
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -168,6 +169,22 @@ async def test_heartbeats_follow_the_interval(tmp_path: Path, coordinator: FakeC
     async with running_worker(make_config(tmp_path, coordinator.address)):
         session = await coordinator.session()
         await session.wait_for(is_kind("heartbeat"), count=3)
+
+
+async def test_a_worker_holding_no_task_heartbeats_at_the_idle_interval(
+    tmp_path: Path, coordinator: FakeCoordinator
+) -> None:
+    coordinator.heartbeat_seconds, coordinator.idle_heartbeat_seconds = 0.02, 0.4
+    async with running_worker(make_config(tmp_path, coordinator.address)):
+        session = await coordinator.session()
+        await asyncio.sleep(1.0)
+        idle = len(session.of_kind("heartbeat"))
+        assert 1 <= idle <= 3  # every 0.4 s, not every 0.02 s (50)
+        # a task held renews its lease at every tick
+        session.assign(assignment("slow", params={"data": "x", "sleep_ms": 600}))
+        await session.wait_statements(1)
+        busy = len(session.of_kind("heartbeat")) - idle
+    assert busy >= 10  # about 30 in 0.6 s
 
 
 async def test_interrupted_input_download_resumes(

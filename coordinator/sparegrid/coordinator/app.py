@@ -72,6 +72,10 @@ class BufferedSink(Protocol):
 class Settings:
     data_dir: Path
     heartbeat_seconds: float = 10.0
+    # a node holding no task heartbeats this often: it renews nothing, and each heartbeat
+    # costs gRPC and the event loop about 0.2 ms whatever it carries (gRPC's keepalive
+    # pings, every 30 s, find a dead connection meanwhile)
+    idle_heartbeat_seconds: float = 60.0
     lease_seconds: float = 30.0
     reconnect_grace_seconds: float = 10.0
     reap_interval_seconds: float = 1.0

@@ -114,6 +114,13 @@ SETTINGS = (
         default=_S["heartbeat_seconds"],
     ),
     Setting(
+        "idle_heartbeat",
+        to_float,
+        "seconds between heartbeats of a worker holding no task (at least --heartbeat)",
+        metavar="S",
+        default=_S["idle_heartbeat_seconds"],
+    ),
+    Setting(
         "lease",
         to_float,
         "lease seconds: a task whose node stops heartbeating goes back to the queue",
@@ -330,6 +337,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     settings = Settings(data_dir=get("data_dir", DEFAULT_DATA_DIR))
     plain = {
         "heartbeat": "heartbeat_seconds",
+        "idle_heartbeat": "idle_heartbeat_seconds",
         "lease": "lease_seconds",
         "reconnect_grace": "reconnect_grace_seconds",
         "max_blob_size": "max_blob_size",
@@ -343,6 +351,10 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     for key, attribute in plain.items():
         if key in values:
             setattr(settings, attribute, values[key])
+    if "idle_heartbeat" not in values:  # never more often than --heartbeat asks
+        settings.idle_heartbeat_seconds = max(
+            settings.idle_heartbeat_seconds, settings.heartbeat_seconds
+        )
     settings.prices.update(get("price", {}))
     rate = get("registration_rate", AdmissionConfig.rate)
     settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)))
@@ -388,6 +400,12 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
             problems.append(f"{where[name]} must be positive, got {value:g}")
     if 0 < lease <= heartbeat:
         problems.append(f"{where['lease']} must be longer than {where['heartbeat']}")
+    idle = get("idle_heartbeat", heartbeat)
+    if idle < heartbeat:
+        problems.append(
+            f"{where['idle_heartbeat']} ({idle:g}) must be at least {where['heartbeat']}"
+            f" ({heartbeat:g})"
+        )
     for name in ("canary_rate", "spot_share"):
         share = get(name, 0.0)
         if not 0.0 <= share <= 1.0:

@@ -408,6 +408,7 @@ class Welcome(_message.Message):
     STANDING_FIELD_NUMBER: _builtins.int
     STANDING_REASON_FIELD_NUMBER: _builtins.int
     CREDITED_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_token: _builtins.str
     """for BlobService calls of this session"""
@@ -433,6 +434,13 @@ class Welcome(_message.Message):
     def cancelled_attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """reported running, no longer wanted"""
 
+    @_builtins.property
+    def idle_heartbeat_interval(self) -> _duration_pb2.Duration:
+        """how often a node holding no task (none running, no result unacknowledged) heartbeats:
+        its heartbeat renews nothing, and only says it is still there. Unset: as
+        heartbeat_interval (what a coordinator before this field asked of every node).
+        """
+
     def __init__(
         self,
         *,
@@ -445,10 +453,11 @@ class Welcome(_message.Message):
         standing: _builtins.str = ...,
         standing_reason: _builtins.str = ...,
         credited: _builtins.int = ...,
+        idle_heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "credited", b"credited", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token", "standing", b"standing", "standing_reason", b"standing_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_attempts", b"cancelled_attempts", "credited", b"credited", "heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "lease_duration", b"lease_duration", "node_id", b"node_id", "resumed_attempts", b"resumed_attempts", "session_token", b"session_token", "standing", b"standing", "standing_reason", b"standing_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,6 +58,7 @@ from sparegrid.worker.startup import (
 from sparegrid.worker.upstream.backoff import Backoff
 from sparegrid.worker.upstream.batcher import ResultBatcher
 from sparegrid.worker.upstream.flow import FlowWindow
+from sparegrid.worker.upstream.heartbeat import Cadence
 from sparegrid.worker.upstream.messages import hello, statement_bytes
 from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
 from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
@@ -74,7 +75,6 @@ RELOADABLE = (
     "power_cap",
     "windows",
 )
-DEFAULT_HEARTBEAT = 10.0
 OUTPUT_REJECTED = "OUTPUT_REJECTED"
 PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
 OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
@@ -383,11 +383,13 @@ class Worker:
                 )
 
     async def _heartbeats(self, session: Session) -> None:
-        asked = session.welcome.heartbeat_interval.ToTimedelta().total_seconds()
-        interval = self.config.heartbeat_interval or asked or DEFAULT_HEARTBEAT
+        clock = self._clock
+        cadence = Cadence.asked(session.welcome, self.config.heartbeat_interval, clock.monotonic())
         while True:
-            await self._clock.sleep(interval)
-            session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
+            await clock.sleep(cadence.busy)
+            holding = bool(self._tasks.attempt_ids() or self._outbox.attempt_ids())
+            if cadence.due(holding, clock.monotonic()):
+                session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
 
     # -- flow control (Credit messages: assignments invited, not money) ------------------
 

@@ -232,6 +232,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     node_id=node.id,
                     session_token=token,
                     heartbeat_interval=_seconds(app.settings.heartbeat_seconds),
+                    idle_heartbeat_interval=_seconds(app.settings.idle_heartbeat_seconds),
                     lease_duration=_seconds(app.settings.lease_seconds),
                     resumed_attempts=resumed,
                     cancelled_attempts=cancelled,

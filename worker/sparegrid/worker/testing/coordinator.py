@@ -112,6 +112,7 @@ class FakeSession:
 class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobServiceServicer):
     def __init__(self, heartbeat_seconds: float = 5.0, ack_results: bool = True) -> None:
         self.heartbeat_seconds = heartbeat_seconds
+        self.idle_heartbeat_seconds = 0.0  # 0: Welcome names none (a coordinator before it)
         self.ack_results = ack_results
         self.resume = True  # Welcome resumes every attempt the worker reports running
         self.standing = ("active", "")  # what Welcome says of the node's standing, and why
@@ -205,6 +206,9 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
             credited=self.credited,
         )
         welcome.heartbeat_interval.FromMilliseconds(int(self.heartbeat_seconds * 1000))
+        if self.idle_heartbeat_seconds:
+            idle = welcome.idle_heartbeat_interval
+            idle.FromMilliseconds(int(self.idle_heartbeat_seconds * 1000))
         welcome.lease_duration.FromSeconds(60)
         session.welcome = welcome
         return welcome
