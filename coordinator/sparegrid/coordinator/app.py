@@ -106,6 +106,9 @@ class Settings:
     # Heartbeats move a node's last_seen in memory; it is written for all nodes at once
     # this often, and at a clean stop. A crash loses at most this much of it.
     last_seen_flush_seconds: float = 30.0
+    # how often the tables that changed much get fresh planner statistics (PostgreSQL:
+    # ANALYZE, on a connection of its own, off the event loop; see Store.refresh_statistics)
+    statistics_seconds: float = 10.0
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     events: EventConfig = field(default_factory=EventConfig)
     # tasks one account may run at once over all its jobs (0: no cap)
@@ -269,6 +272,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._cancel_sweeps()))
         self._tasks.append(asyncio.create_task(self._write_seen()))
         self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
+        self._tasks.append(asyncio.create_task(self._statistics()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
@@ -552,6 +556,19 @@ class App:
                 self._written(seen)
             except Exception:
                 log.exception("writing when nodes were last seen failed; kept for the next try")
+
+    async def _statistics(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.statistics_seconds)
+            if not self.serving:
+                continue
+            try:
+                refreshed = await asyncio.to_thread(self.store.refresh_statistics)
+            except Exception as exc:  # the next round tries again; nothing waits on it
+                log.warning("refreshing the database's planner statistics failed: %s", exc)
+            else:
+                if refreshed:
+                    log.debug("planner statistics refreshed: %s", ", ".join(refreshed))
 
     async def _sweeps(self) -> None:
         first = True

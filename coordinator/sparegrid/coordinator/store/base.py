@@ -85,6 +85,11 @@ class Store(Protocol):
         """Opens the database again after StoreUnavailable (a no-op where nothing was lost);
         raises StoreUnavailable while it cannot be reached."""
 
+    def refresh_statistics(self) -> list[str]:
+        """Gathers the query planner's statistics of the tables that changed much since
+        (PostgreSQL: ANALYZE), on a connection of its own: safe to run in another thread.
+        Returns the tables refreshed."""
+
     # accounts
     def create_account(self, account: Account) -> None:
         """Raises Conflict if the name is taken."""

@@ -101,6 +101,10 @@ class SqlEngine:
     def reconnect(self) -> None:
         """Nothing to do where the connection cannot be lost (SQLite: a local file)."""
 
+    def refresh_statistics(self) -> list[str]:
+        """Nothing to do where plans do not outlive the statistics they were made from."""
+        return []
+
     def _lost(self, exc: Exception) -> bool:
         """Whether `exc` says the connection was lost (the server or the network dropped
         it, or left it unusable)."""

@@ -103,6 +103,9 @@ class MemoryStore(MemoryStorage, MemoryInvites):
     def reconnect(self) -> None:
         pass
 
+    def refresh_statistics(self) -> list[str]:
+        return []
+
     # accounts
 
     def create_account(self, account: Account) -> None:

@@ -25,12 +25,12 @@ _INSERT = re.compile(r"(INSERT INTO .+? VALUES )(\([?, ]+\))(.*)", re.DOTALL)
 # an UPDATE of one row by its key (the table, what it sets, the key column)
 _UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?")
 MOST_ROWS = 256  # rows one such statement writes at most
-# Every run of a prepared statement is planned for its values and the table as it is now.
-# A generic plan, which PostgreSQL may keep from the sixth run on, is costed from the
-# table's statistics when it is made: made when the tables were new and empty, and kept
-# until an ANALYZE (never, with autovacuum off), it read every ledger transaction to find
-# two idempotency keys (a sequential scan), ever slower as the ledger grew.
-_CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
+# Tables whose rows changed by more than 50 + 10% since their statistics were gathered
+# (autovacuum's own threshold for an ANALYZE, on its defaults).
+_STALE = (
+    "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+    " AND n_mod_since_analyze > 50 + 0.1 * n_live_tup"
+)
 
 
 class PostgresStore(SqlStore):
@@ -103,7 +103,6 @@ class PostgresStore(SqlStore):
         # autocommit: the store sends BEGIN, COMMIT and ROLLBACK itself.
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         try:
-            conn.execute(_CUSTOM_PLANS)
             if self._schema is not None:
                 name = psycopg.sql.Identifier(self._schema)
                 conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
@@ -129,6 +128,23 @@ class PostgresStore(SqlStore):
         # timeout, are not; a new connection costs them nothing)
         self._broken = self._broken or isinstance(exc, psycopg.OperationalError)
         return self._broken or self._pg.broken or self._pg.closed
+
+    def refresh_statistics(self) -> list[str]:
+        """ANALYZEs the tables that changed much since their statistics were gathered, on a
+        connection of its own (it may run in another thread); returns their names.
+
+        PostgreSQL plans a prepared statement once for all its runs (a generic plan) from
+        the tables' statistics, and keeps that plan until they change. Made while the
+        tables were new and empty, the plan that finds a payment's idempotency keys read
+        the whole ledger (a sequential scan), ever slower as it grew, and with autovacuum
+        off no ANALYZE came to replace it. Where autovacuum runs, it finds nothing to do."""
+        import psycopg
+
+        with self._connect() as conn:
+            stale = [row[0] for row in conn.execute(_STALE).fetchall()]
+            for table in stale:
+                conn.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(table)))
+        return stale
 
     def reconnect(self) -> None:
         """Opens a new connection if the one held was lost; raises StoreUnavailable while
