@@ -4,7 +4,9 @@ Each round starts, for each engine in turn (the order alternates between rounds)
 coordinator on a fresh database and two real worker processes with the worker's DEFAULT
 settings, runs a warm-up job, then an echo job of N no-op tasks: submit -> every result
 verified, paid, done. It records tasks/s and the coordinator's CPU time (user + system,
-from /proc) per verified result, checks the ledger balances, and stops everything.
+from /proc) per verified result, and on PostgreSQL the CPU time of the server processes
+serving the coordinator when the server runs on this machine (SQLite's runs inside the
+coordinator and is counted there), checks the ledger balances, and stops everything.
 
 PostgreSQL gets a database of its own per round (`sparegrid_bench_<hex>`, dropped after),
 so nothing else on the server is touched. Medians over the rounds are printed and saved
@@ -63,6 +65,27 @@ def postgres_database(dsn: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def server_pids(database: str) -> list[int]:
+    """The PostgreSQL server processes serving the coordinator's connections to `database`
+    (its DSN), when the server runs on this machine; [] for SQLite."""
+    if not database.startswith("postgresql"):
+        return []
+    import psycopg
+
+    name = urlsplit(database).path.lstrip("/")
+    with psycopg.connect(database, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'sparegrid-coordinator'",
+            (name,),
+        ).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}/stat").exists()]
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -136,9 +159,12 @@ def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float
                 client = Client(address, api_key=key)
                 wait_online(admin, 2)
                 client.echo("", tasks=100).wait(timeout=300)  # warm up
+                server = server_pids(database)  # the database's own CPU, on this machine
                 cpu0, t0 = cpu_seconds(procs[0].pid), time.perf_counter()
+                server0 = cpu_of(server)
                 job = client.echo("", tasks=tasks).wait(timeout=1200)
                 elapsed, cpu = time.perf_counter() - t0, cpu_seconds(procs[0].pid) - cpu0
+                server_cpu = cpu_of(server) - server0
                 if job.state != "succeeded":
                     raise RuntimeError(f"{engine}: the job ended {job.state}")
                 if not admin.ledger_check().balanced:
@@ -147,7 +173,11 @@ def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float
                 admin.close()
             finally:
                 stop(procs)
-    return {"tasks_per_s": tasks / elapsed, "cpu_ms_per_result": cpu * 1000 / tasks}
+    return {
+        "tasks_per_s": tasks / elapsed,
+        "cpu_ms_per_result": cpu * 1000 / tasks,
+        "db_server_cpu_ms_per_result": server_cpu * 1000 / tasks,
+    }
 
 
 @contextmanager
@@ -191,12 +221,16 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
         f"{args.tasks} echo tasks, 2 workers with default settings, "
         f"median of {args.rounds} interleaved rounds"
         + (f"; baseline: {args.baseline}" if args.baseline else ""),
-        f"{'engine':<22}{'tasks/s':>10}{'coordinator CPU ms/result':>28}   rounds (tasks/s)",
+        f"{'engine':<22}{'tasks/s':>10}{'coordinator CPU ms/result':>28}"
+        f"{'database server CPU ms/result':>32}   rounds (tasks/s)",
     ]
     for e, rs in runs.items():
         each = ", ".join(f"{r['tasks_per_s']:.0f}" for r in rs)
+        server = med[e].get("db_server_cpu_ms_per_result", 0.0)
+        shown = f"{server:.2f}" if e.startswith("postgres") else "(in the coordinator's)"
         lines.append(
-            f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}   {each}"
+            f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}"
+            f"{shown:>32}   {each}"
         )
     for suffix in ("", " (baseline)"):
         if f"postgres{suffix}" in med:
