@@ -215,6 +215,35 @@ def test_two_coordinators_over_one_bucket_see_each_others_blobs(
     assert not b.path(digest).exists()
 
 
+def test_a_blob_published_while_another_coordinator_deletes_it_is_kept(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """b publishes the blob between a's look for other marks (none) and a's delete: b finds
+    the blob there and uploads nothing, so a must put it back."""
+    a = _store(tmp_path / "a", bucket, "coordinator-a")
+    b = _store(tmp_path / "b", bucket, "coordinator-b")
+    data = os.urandom(3000)
+    digest = _put(a, data)
+    a.discard([digest])
+    look = a._marked
+    raced: list[str] = []
+
+    def racing(found: str) -> bool:
+        marked = look(found)
+        if not raced:  # a has looked and found no other mark: b publishes now
+            raced.append(found)
+            assert _put(b, data, owner="bob") == digest  # finds it there: uploads nothing
+        return marked
+
+    a._marked = racing  # type: ignore[method-assign]
+    a.empty_trash()
+    assert raced == [digest]
+    assert b.size(digest) == len(data)
+    assert b.path(digest).read_bytes() == data
+    assert s3.keys(bucket, "shared/aside/") == []  # the copy aside is gone
+    assert s3.keys(bucket, "shared/holders/") == [f"shared/holders/{digest}/coordinator-b"]
+
+
 def test_names_that_are_not_digests_reach_neither_the_bucket_nor_the_disk(
     s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:

@@ -21,7 +21,9 @@ thumbnail) gets one from a read cache in DATA_DIR/blobs/cache, bounded by
 Collection: each coordinator marks the blobs it published or uploaded again with an empty
 object PREFIX/holders/<digest>/<holder> (the holder: its signing key's id, which
 coordinators over one database share). A collected blob loses this coordinator's mark, and
-the blob itself is deleted only when no other mark is left.
+the blob itself is deleted only when no other mark is left, by way of a copy at
+PREFIX/aside/<digest>/<holder> that is put back if another coordinator marked it meanwhile
+(`_delete`).
 """
 
 import contextlib
@@ -310,21 +312,44 @@ class S3BlobStore(BlobStore):
         return freed
 
     def _delete(self, digest: str) -> int:
-        client, bucket = self.client, self.bucket
+        """Drops this coordinator's mark; with no other mark left, deletes the blob.
+
+        Another coordinator publishing the blob meanwhile marks it, then looks for it
+        (`publish`), and uploads it only when missing: marked after the look for marks
+        here and looking before the delete, it would find the blob, upload nothing, and
+        lose it. So the blob is copied aside (a copy inside the bucket), deleted, and the
+        marks looked at again: one that came meanwhile has the copy put back. A mark that
+        comes after that second look comes with a look for the blob that finds it missing,
+        and so with an upload."""
+        client, bucket, key = self.client, self.bucket, self.key(digest)
         self.call(lambda: client.delete_object(Bucket=bucket, Key=self._mark(digest)))
-        others = self.call(
-            lambda: client.list_objects_v2(
-                Bucket=bucket, Prefix=f"{self.prefix}holders/{digest}/", MaxKeys=1
-            )
-        )
         freed = 0
-        if not others.get("KeyCount"):
-            self.call(lambda: client.delete_object(Bucket=bucket, Key=self.key(digest)))
+        aside = f"{self.prefix}aside/{digest}/{self.holder}"
+        with contextlib.suppress(FileNotFoundError):  # the blob is gone already
+            if not self._marked(digest):
+                self.call(lambda: self._copy(key, aside), missing=True)
+                self.call(lambda: client.delete_object(Bucket=bucket, Key=key))
+                if self._marked(digest):  # published meanwhile: put back
+                    self.call(lambda: self._copy(aside, key))
+                self.call(lambda: client.delete_object(Bucket=bucket, Key=aside))
         cached = self.path(digest, fetch=False)
         with contextlib.suppress(FileNotFoundError):
             freed += cached.stat().st_size
             cached.unlink()
         return freed
+
+    def _marked(self, digest: str) -> bool:
+        """Whether any coordinator marks the blob as its own."""
+        found = self.call(
+            lambda: self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=f"{self.prefix}holders/{digest}/", MaxKeys=1
+            )
+        )
+        return bool(found.get("KeyCount"))
+
+    def _copy(self, source: str, target: str) -> None:
+        """A copy inside the bucket (boto3's managed copy: in parts past 5 GiB)."""
+        self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
 
     def open(self, digest: str) -> BlobReader:
         size = self.size(digest)
