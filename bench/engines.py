@@ -18,6 +18,7 @@ under bench/results/.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -84,8 +85,13 @@ def server_pids(database: str) -> list[int]:
     return [pid for (pid,) in rows if Path(f"/proc/{pid}/stat").exists()]
 
 
-def cpu_of(pids: list[int]) -> float:
-    return sum(cpu_seconds(pid) for pid in pids)
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each process still running."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found[pid] = cpu_seconds(pid)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,7 +170,8 @@ def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float
                 server0 = cpu_of(server)
                 job = client.echo("", tasks=tasks).wait(timeout=1200)
                 elapsed, cpu = time.perf_counter() - t0, cpu_seconds(procs[0].pid) - cpu0
-                server_cpu = cpu_of(server) - server0
+                server1 = cpu_of(server)
+                server_cpu = sum(server1[pid] - server0[pid] for pid in server1.keys() & server0)
                 if job.state != "succeeded":
                     raise RuntimeError(f"{engine}: the job ended {job.state}")
                 if not admin.ledger_check().balanced:

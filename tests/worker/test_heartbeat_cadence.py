@@ -39,3 +39,9 @@ def test_a_coordinator_that_names_no_idle_interval_gets_every_tick() -> None:
 def test_the_workers_own_interval_replaces_both_and_idle_is_never_faster() -> None:
     assert (c := Cadence.asked(welcome(10_000, 60_000), 3.0, now=0.0)).idle == c.busy == 3.0
     assert Cadence(busy=10.0, idle=5.0, now=0.0).idle == 10.0
+
+
+def test_a_coordinator_asking_for_no_interval_at_all_cannot_make_the_worker_spin() -> None:
+    hostile = worker_pb2.Welcome()
+    hostile.heartbeat_interval.FromMilliseconds(-5000)
+    assert Cadence.asked(hostile, None, now=0.0).busy >= 0.01

@@ -94,12 +94,12 @@ class PostgresStore(SqlStore):
         # psycopg's stubs want LiteralString queries; ours are assembled from constants.
         super().__init__(cast(Connection, conn), dialect)
 
-    def _connect(self) -> "psycopg.Connection[tuple[Any, ...]]":
+    def _connect(self, name: str = APPLICATION_NAME) -> "psycopg.Connection[tuple[Any, ...]]":
         import psycopg
 
         dsn = self._dsn
         if "application_name" not in psycopg.conninfo.conninfo_to_dict(dsn):
-            dsn = psycopg.conninfo.make_conninfo(dsn, application_name=APPLICATION_NAME)
+            dsn = psycopg.conninfo.make_conninfo(dsn, application_name=name)
         # autocommit: the store sends BEGIN, COMMIT and ROLLBACK itself.
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         try:
@@ -140,7 +140,7 @@ class PostgresStore(SqlStore):
         off no ANALYZE came to replace it. Where autovacuum runs, it finds nothing to do."""
         import psycopg
 
-        with self._connect() as conn:
+        with self._connect(f"{APPLICATION_NAME} statistics") as conn:
             stale = [row[0] for row in conn.execute(_STALE).fetchall()]
             for table in stale:
                 conn.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(table)))

@@ -5,14 +5,15 @@ it is still there, and costs the coordinator as much as any other)."""
 from sparegrid.v1 import worker_pb2
 
 DEFAULT = 10.0  # seconds, when Welcome asks for nothing
+SHORTEST = 0.01  # seconds: a coordinator asking for less (or a negative interval) gets this
 
 
 class Cadence:
     """Ticks every `busy` seconds; `due` says whether a tick sends a heartbeat."""
 
     def __init__(self, busy: float, idle: float, now: float) -> None:
-        self.busy = busy
-        self.idle = max(idle, busy)
+        self.busy = max(busy, SHORTEST)
+        self.idle = max(idle, self.busy)
         self._sent = now
 
     @classmethod
