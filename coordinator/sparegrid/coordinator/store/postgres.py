@@ -104,9 +104,9 @@ class PostgresStore(SqlStore):
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         try:
             if self._schema is not None:
-                name = psycopg.sql.Identifier(self._schema)
-                conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
-                conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(name))
+                schema = psycopg.sql.Identifier(self._schema)
+                conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+                conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(schema))
         except BaseException:
             conn.close()
             raise
