@@ -45,7 +45,8 @@ class WorkerConfig:
     tls_ca: Path | None = None
     tls: bool = False  # TLS with the system's trust roots (tls_ca implies TLS with that CA)
     prefetch: int | None = None  # None: the window adapts to task time and round trip
-    heartbeat_interval: float | None = None  # None: the interval the coordinator asks for
+    # None: the intervals the coordinator asks for (busy and idle); a value replaces both
+    heartbeat_interval: float | None = None
     max_attempt_seconds: float = 3600.0
     inline_limit: int = DEFAULT_INLINE_LIMIT
     log_json: bool = False
