@@ -19,7 +19,7 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.blobs_s3 import BlobStoreError, S3BlobStore, open_blobs
 from sparegrid.coordinator.cli import ensure_admin
-from sparegrid.coordinator.errors import CoordinatorError
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.rpc.blob import CHUNK
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.store.sqlite import SqliteStore
@@ -242,6 +242,38 @@ def test_a_blob_published_while_another_coordinator_deletes_it_is_kept(
     assert b.path(digest).read_bytes() == data
     assert s3.keys(bucket, "shared/aside/") == []  # the copy aside is gone
     assert s3.keys(bucket, "shared/holders/") == [f"shared/holders/{digest}/coordinator-b"]
+
+
+def test_a_blob_set_aside_by_a_failed_delete_is_put_back_by_the_next_try(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """b publishes between a's look for marks and a's delete (finding the blob, so uploading
+    nothing), and the bucket fails a right after its delete: the sweep's next try finds b's
+    mark and puts the copy aside back."""
+    a = _store(tmp_path / "a", bucket, "coordinator-a")
+    b = _store(tmp_path / "b", bucket, "coordinator-b")
+    data = os.urandom(2000)
+    digest = _put(a, data)
+    a.discard([digest])
+    look, looks = a._marked, [0]
+
+    def failing(found: str) -> bool:
+        looks[0] += 1
+        if looks[0] == 2:  # after the delete, before the put-back
+            raise CoordinatorError(ErrorKind.UNAVAILABLE, "BLOB_STORE_UNAVAILABLE", "cut")
+        marked = look(found)
+        if looks[0] == 1:
+            assert _put(b, data, owner="bob") == digest
+        return marked
+
+    a._marked = failing  # type: ignore[method-assign]
+    with pytest.raises(CoordinatorError):
+        a.empty_trash()
+    assert s3.keys(bucket, "shared/aside/") == [f"shared/aside/{digest}/coordinator-a"]
+    assert s3.keys(bucket, "shared/sha256/") == []  # deleted, b's mark notwithstanding
+    a.empty_trash()  # tried again: b marks it, so the copy goes back
+    assert s3.keys(bucket, "shared/aside/") == []
+    assert b.path(digest).read_bytes() == data
 
 
 def test_names_that_are_not_digests_reach_neither_the_bucket_nor_the_disk(

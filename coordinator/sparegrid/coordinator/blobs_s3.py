@@ -320,18 +320,20 @@ class S3BlobStore(BlobStore):
         lose it. So the blob is copied aside (a copy inside the bucket), deleted, and the
         marks looked at again: one that came meanwhile has the copy put back. A mark that
         comes after that second look comes with a look for the blob that finds it missing,
-        and so with an upload."""
+        and so with an upload. A request that fails after the delete leaves the copy aside,
+        and the sweep's next try puts it back if the blob is marked by then."""
         client, bucket, key = self.client, self.bucket, self.key(digest)
         self.call(lambda: client.delete_object(Bucket=bucket, Key=self._mark(digest)))
         freed = 0
         aside = f"{self.prefix}aside/{digest}/{self.holder}"
-        with contextlib.suppress(FileNotFoundError):  # the blob is gone already
-            if not self._marked(digest):
+        if not self._marked(digest):
+            with contextlib.suppress(FileNotFoundError):  # the blob is gone already
                 self.call(lambda: self._copy(key, aside), missing=True)
                 self.call(lambda: client.delete_object(Bucket=bucket, Key=key))
-                if self._marked(digest):  # published meanwhile: put back
-                    self.call(lambda: self._copy(aside, key))
-                self.call(lambda: client.delete_object(Bucket=bucket, Key=aside))
+        if self._marked(digest):  # published meanwhile (or before a failed try): put back
+            with contextlib.suppress(FileNotFoundError):  # nothing was set aside
+                self.call(lambda: self._copy(aside, key), missing=True)
+        self.call(lambda: client.delete_object(Bucket=bucket, Key=aside))
         cached = self.path(digest, fetch=False)
         with contextlib.suppress(FileNotFoundError):
             freed += cached.stat().st_size
