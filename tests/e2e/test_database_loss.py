@@ -47,7 +47,7 @@ def test_killed_database_connections_pause_the_coordinator_and_the_job_finishes(
     job = client.echo("through a lost database", tasks=40, sleep_ms=100)
     wait_for(lambda: job.refresh().counts.succeeded >= 5, timeout=60, what="5 tasks done")
     seen: set[int] = set()
-    deadline = time.monotonic() + 3  # the database is gone for 3 s: every reconnect is cut
+    deadline = time.monotonic() + 10  # the database is gone for 10 s: every reconnect is cut
     while time.monotonic() < deadline:
         terminate(server, dsn)
         seen.add(health(cluster.address))
