@@ -121,7 +121,10 @@ def test_a_ledger_grown_from_empty_is_read_by_its_index_once_statistics_are_refr
     with pg.transaction():  # the counts of changed rows reach the server's statistics now
         pg._query("SELECT pg_stat_force_next_flush()")
     assert "transactions" in pg.refresh_statistics()
-    scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'transactions'"
+    scans = (
+        "SELECT seq_scan FROM pg_stat_xact_user_tables"
+        " WHERE schemaname = current_schema() AND relname = 'transactions'"
+    )
     with pg.transaction():
         ((before,),) = pg._query(scans)
         assert pg.post_many([grant(f"late-{k}", BOB, 1) for k in range(4)]) == [True] * 4
