@@ -68,21 +68,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return serve_config(args).settings
 
 
-def _write_secret(path: Path, text: str) -> None:
+def _write_whole(path: Path, text: str, mode: int = 0o666) -> None:
+    """Writes a temporary file, created with `mode` (less the umask), and renames it into
+    place: a reader (scripts poll for coordinator.addr) never finds the file created but
+    still empty."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+        f.write(text)
     os.replace(tmp, path)
 
 
-def _write_whole(path: Path, text: str) -> None:
-    """Writes a file others poll for (scripts wait for coordinator.addr): renamed into
-    place, so a reader never finds it created but still empty."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_secret(path: Path, text: str) -> None:
+    _write_whole(path, text + "\n", 0o600)
 
 
 def ensure_admin(app: App, data_dir: Path) -> Path:
