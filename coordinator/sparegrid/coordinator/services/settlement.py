@@ -8,7 +8,8 @@ digests); what happens next depends on the job's verification policy (verificati
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from sparegrid.coordinator.domain import (
@@ -98,8 +99,16 @@ class Settlement:
         self, node_id: str, owner: str, candidates: list[Candidate], read: Reader
     ) -> Settled:
         """Records each candidate as a held result and applies its task's decision."""
-        with self.verifier.reputations.batched():
+        with self._gathering():
             return self._settle(node_id, owner, candidates, read)
+
+    @contextmanager
+    def _gathering(self) -> Iterator[None]:
+        """One settle: what it changes is gathered afresh (Writes, and reputations) and
+        written at its end (`_write`); a settle that fails leaves nothing for the next."""
+        with self.verifier.reputations.batched():
+            self._writes = Writes()
+            yield
 
     def _settle(
         self, node_id: str, owner: str, candidates: list[Candidate], read: Reader
@@ -107,7 +116,7 @@ class Settlement:
         sched = self.scheduler
         now = sched.clock.now()
         out = Settled()
-        writes = self._writes = Writes()
+        writes = self._writes
         writes.attempts.update((c.attempt.id, c.attempt) for c in candidates)
         for c in candidates:
             active = sched.jobs[c.task.job_id]
@@ -153,7 +162,6 @@ class Settlement:
         """Writes what the settle gathered (Writes), and pays: what each payment booked
         (False: that attempt was paid already) goes into `out` and the job's spending."""
         writes, store = self._writes, self.store
-        self._writes = Writes()
         if writes.replicas:
             store.add_replicas(list(writes.replicas.values()))
         if writes.payments:
@@ -355,12 +363,11 @@ class Settlement:
         can run: a single held result of a vetted owner is accepted unchecked. Anything
         else stays queued and the job says why (waiting): an anonymous result needs a vetted
         check, and results that disagree need a node of another owner to decide."""
-        with self.verifier.reputations.batched():
+        with self._gathering():
             return self._settle_stranded()
 
     def _settle_stranded(self) -> Settled:
         sched, out = self.scheduler, Settled()
-        self._writes = Writes()
         vetted = self.verifier.vetted
         self.pick_overdue()
         for active in list(sched.jobs.values()):
