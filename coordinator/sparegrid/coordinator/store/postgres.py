@@ -89,6 +89,7 @@ class PostgresStore(SqlStore):
         self._pg = conn
         self._pipe: AbstractContextManager[object] | None = None
         self._numbered: dict[tuple[str, int], str] = {}  # (statement, rows) -> its SQL
+        self._types: dict[str, dict[str, str]] = {}  # table -> column -> its SQL type
         self._raw_cursor = psycopg.RawCursor
         self._broken = False  # the connection was lost: reconnect() opens another
         # psycopg's stubs want LiteralString queries; ours are assembled from constants.
@@ -238,12 +239,16 @@ class PostgresStore(SqlStore):
         return sql
 
     def _column_types(self, table: str) -> dict[str, str]:
-        rows = self._query(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
-            (table,),
-        )
-        return {name: kind for name, kind in rows}
+        """Read once per table (a round trip inside a transaction), not once per slice size."""
+        types = self._types.get(table)
+        if types is None:
+            rows = self._query(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
+                (table,),
+            )
+            types = self._types[table] = {name: kind for name, kind in rows}
+        return types
 
     def _run_numbered(self, sql: str, rows: list[Sequence[Any]]) -> None:
         """Runs a statement with numbered placeholders ($1, $2...) through a raw cursor:
