@@ -163,9 +163,9 @@ def test_a_payment_is_booked_once_per_attempt_however_often_it_is_made(tmp_path:
     job = app.store.get_job(job_id)
     assert job is not None
     payment = Payment(job, f"{job_id}-0", "attempt-1", "n1", 1, "validated result")
-    assert app.ledger.pay([payment]) == [True]
-    assert app.ledger.pay([payment]) == [False]
-    assert app.ledger.pay([payment, payment]) == [False, False]
+    assert app.ledger.pay([payment]).new == [True]
+    assert app.ledger.pay([payment]).new == [False]
+    assert app.ledger.pay([payment, payment]).new == [False, False]
     assert app.store.balance(node_account("n1")) == 1
     assert app.ledger.check().balanced is False  # paid outside a settlement: spent != paid
     job.cost_spent = 1

@@ -98,8 +98,13 @@ def test_post_many_books_each_new_transaction_once(store: Store) -> None:
     escrow = escrow_account("j1")
     store.post(transfer("hold", ALICE, escrow, 10))
     pays = [transfer(f"p{i}", escrow, f"node:n{i % 2}", 2, job_id="j1") for i in range(3)]
-    assert store.post_many([*pays, pays[0]]) == [True, True, True, False]
-    assert store.post_many(pays) == [False, False, False]
+    posted = store.post_many([*pays, pays[0]])
+    assert posted.new == [True, True, True, False]
+    # the balances after, of every account named: what a paid node is told it holds
+    assert posted.balances == {escrow: 4, "node:n0": 4, "node:n1": 2}
+    again = store.post_many(pays)
+    assert again.new == [False, False, False]
+    assert again.balances == posted.balances
     assert store.balances("node:") == {"node:n0": 4, "node:n1": 2}
     assert store.balance(escrow) == 4
     assert store.unbalanced_transactions() == []
@@ -112,7 +117,7 @@ def test_post_many_short_of_funds_writes_nothing(store: Store) -> None:
         store.post_many(pays)
     assert err.value.balance == 5 and err.value.needed == 6
     assert store.balances() == {MINT: -5, ALICE: 5}
-    assert store.post_many(pays[:2]) == [True, True]
+    assert store.post_many(pays[:2]).new == [True, True]
 
 
 def test_unbalanced_postings_raise_value_error(store: Store) -> None:

@@ -21,7 +21,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.services.events import EventKind, Events
 from sparegrid.coordinator.states import FINAL_JOB_STATES
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import Posted, Store
 
 
 @dataclass
@@ -111,9 +111,9 @@ class Ledger:
             flow="escrowed",
         )
 
-    def pay(self, payments: list["Payment"]) -> list[bool]:
+    def pay(self, payments: list["Payment"]) -> Posted:
         """Pays nodes for validated results from their jobs' escrow; per payment, False
-        if that attempt was paid already."""
+        if that attempt was paid already, and the balances after (nodes' included)."""
         txns = [
             self._txn(
                 f"pay:{p.task_id}:{p.attempt_id}",

@@ -20,7 +20,6 @@ from sparegrid.coordinator.domain import (
     FileRef,
     Replica,
     Task,
-    node_account,
     owner_of,
 )
 from sparegrid.coordinator.services.comparators import Reader
@@ -303,10 +302,10 @@ class Intake:
             sched._release(attempt)
         for other in settled.superseded:
             sched._release(other, cancel_reason="another node finished the task first")
-        for node_id in settled.credited:
+        for node_id, total in settled.credited.items():  # read as they were paid
             session = sched.sessions.get(node_id)
             if session is not None:
-                session.sink.credited(self.store.balance(node_account(node_id)))
+                session.sink.credited(total)
         for active in settled.finished:
             if active.job.id in sched.jobs:
                 sched.finish(active)

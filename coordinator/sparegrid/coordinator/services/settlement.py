@@ -22,6 +22,7 @@ from sparegrid.coordinator.domain import (
     ReplicaState,
     Task,
     TaskState,
+    node_account,
 )
 from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.comparators import Reader
@@ -57,7 +58,8 @@ class Settled:
     finished: list[ActiveJob] = field(default_factory=list)
     jobs: set[str] = field(default_factory=set)
     paid: dict[str, int] = field(default_factory=dict)  # attempt -> credit paid now
-    credited: set[str] = field(default_factory=set)  # nodes paid: each is told its total
+    # nodes paid, each with its balance after: each is told its total
+    credited: dict[str, int] = field(default_factory=dict)
     # decisions taken, by (job kind, outcome): what the metrics count
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -166,11 +168,12 @@ class Settlement:
             store.add_replicas(list(writes.replicas.values()))
         if writes.payments:
             booked = self.scheduler.ledger.pay(writes.payments)
-            for payment, new in zip(writes.payments, booked, strict=True):
+            for payment, new in zip(writes.payments, booked.new, strict=True):
                 if new:
                     payment.job.cost_spent += payment.amount
                     out.paid[payment.attempt_id] = payment.amount
-                    out.credited.add(payment.node_id)
+                    account = node_account(payment.node_id)
+                    out.credited[payment.node_id] = booked.balances[account]
         changed = [r for k, r in writes.changed.items() if k not in writes.replicas]
         if changed:
             store.update_replicas(changed)

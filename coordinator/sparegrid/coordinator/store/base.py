@@ -76,6 +76,15 @@ class LiveJob(NamedTuple):
     inputs: set[str]  # digests of its job-level inputs
 
 
+class Posted(NamedTuple):
+    """What post_many did: per transaction, whether it was new; and the balance, after
+    them, of every account they name (read under the transaction's row locks), so a caller
+    telling a node its total needs no read of its own."""
+
+    new: list[bool]
+    balances: dict[str, int]
+
+
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -132,8 +141,9 @@ class Store(Protocol):
         InsufficientFunds if an account other than MINT would go below zero.
         """
 
-    def post_many(self, txns: list[Transaction]) -> list[bool]:
-        """Appends many transactions at once; per transaction, whether it was new.
+    def post_many(self, txns: list[Transaction]) -> Posted:
+        """Appends many transactions at once; per transaction, whether it was new, and the
+        balances of the accounts they name, after them.
 
         A transaction whose idempotency key was posted before (or earlier in the list)
         changes nothing. Funds are checked on the net change of all the new ones together:

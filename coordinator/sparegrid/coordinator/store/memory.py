@@ -33,7 +33,7 @@ from sparegrid.coordinator.domain import (
     Transaction,
     node_account,
 )
-from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.base import Conflict, Posted
 from sparegrid.coordinator.store.memory_invites import MemoryInvites
 from sparegrid.coordinator.store.memory_storage import MemoryStorage, StorageState
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
@@ -146,9 +146,9 @@ class MemoryStore(MemoryStorage, MemoryInvites):
     # ledger
 
     def post(self, txn: Transaction) -> bool:
-        return self.post_many([txn])[0]
+        return self.post_many([txn]).new[0]
 
-    def post_many(self, txns: list[Transaction]) -> list[bool]:
+    def post_many(self, txns: list[Transaction]) -> Posted:
         with self._lock:
             fresh: list[Transaction] = []
             new: list[bool] = []
@@ -168,7 +168,8 @@ class MemoryStore(MemoryStorage, MemoryInvites):
             check_funds(total, self._s.balances)
             for txn in fresh:
                 self._append(txn)
-        return new
+            named = (a for txn in txns for a in net_changes(txn))
+            return Posted(new, {a: self._s.balances.get(a, 0) for a in named})
 
     def _append(self, txn: Transaction) -> None:
         self._s.ledger_keys.add(txn.idempotency_key)

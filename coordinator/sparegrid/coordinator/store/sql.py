@@ -23,7 +23,7 @@ from sparegrid.coordinator.domain import (
     node_account,
 )
 from sparegrid.coordinator.store import rows as r
-from sparegrid.coordinator.store.base import Conflict
+from sparegrid.coordinator.store.base import Conflict, Posted
 from sparegrid.coordinator.store.engine import CHUNK, chunks, marks
 from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
 from sparegrid.coordinator.store.sql_events import SqlEvents
@@ -93,9 +93,9 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
     # ledger
 
     def post(self, txn: Transaction) -> bool:
-        return self.post_many([txn])[0]
+        return self.post_many([txn]).new[0]
 
-    def post_many(self, txns: list[Transaction]) -> list[bool]:
+    def post_many(self, txns: list[Transaction]) -> Posted:
         changes = [net_changes(txn) for txn in txns]
         accounts = list(dict.fromkeys(a for change in changes for a in change))
         with self._atomic():
@@ -116,7 +116,8 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
             if fresh:
                 check_funds(total, balances)
                 self._append(fresh, total)
-        return new
+        after = {a: balances.get(a, 0) + total.get(a, 0) for a in accounts}
+        return Posted(new, after)
 
     def _keys_and_balances(
         self, keys: list[str], accounts: list[str]
