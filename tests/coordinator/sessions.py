@@ -13,13 +13,15 @@ from tests.coordinator.conftest import Served
 Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
 
 
-async def session(served: Served, signer: Signer, owner_key: str = "") -> tuple[Call, str]:
-    call, welcome = await welcomed(served, signer, owner_key)
+async def session(
+    served: Served, signer: Signer, owner_key: str = "", node_name: str = "raw"
+) -> tuple[Call, str]:
+    call, welcome = await welcomed(served, signer, owner_key, node_name)
     return call, welcome.node_id
 
 
 async def welcomed(
-    served: Served, signer: Signer, owner_key: str = ""
+    served: Served, signer: Signer, owner_key: str = "", node_name: str = "raw"
 ) -> tuple[Call, worker_pb2.Welcome]:
     """A session through its handshake, and the Welcome that ends it."""
     stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
@@ -28,7 +30,7 @@ async def welcomed(
         worker_pb2.WorkerMessage(
             hello=worker_pb2.Hello(
                 public_key=signer.public_key,
-                node_name="raw",
+                node_name=node_name,
                 devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
                 executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
             )

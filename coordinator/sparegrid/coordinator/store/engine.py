@@ -203,6 +203,13 @@ class SqlEngine:
         """Enters or leaves pipeline mode; leaving reads every result, raising the first
         error unless the transaction `failed` already. Not pipelined here."""
 
+    def _execute(self, cur: Cursor, sql: str, params: Sequence[Any]) -> None:
+        """Executes one statement (a backend may mend a value its database cannot hold)."""
+        cur.execute(sql, params)
+
+    def _execute_many(self, cur: Cursor, sql: str, rows: list[Sequence[Any]]) -> None:
+        cur.executemany(sql, rows)
+
     def _read_results(self) -> None:
         """Reads the results of every statement sent, raising the first error."""
 
@@ -255,7 +262,7 @@ class SqlEngine:
             cursors = [self._conn.cursor() for _ in statements]
             try:
                 for cur, (sql, params) in zip(cursors, statements, strict=True):
-                    cur.execute(self._sql(sql), params)
+                    self._execute(cur, self._sql(sql), params)
                 rows = [cur.fetchall() for cur in cursors]
             finally:
                 for cur in cursors:
@@ -300,7 +307,7 @@ class SqlEngine:
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.execute(self._sql(sql), params)
+                self._execute(cur, self._sql(sql), params)
             finally:
                 cur.close()
             self._unsynced = self._pipelined
@@ -310,7 +317,7 @@ class SqlEngine:
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.execute(self._sql(sql), params)
+                self._execute(cur, self._sql(sql), params)
                 self._unsynced = self._pipelined
                 self._sync()
                 return cur.rowcount
@@ -328,7 +335,7 @@ class SqlEngine:
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.executemany(self._sql(sql), listed)
+                self._execute_many(cur, self._sql(sql), listed)
             finally:
                 cur.close()
             self._unsynced = self._pipelined
@@ -337,7 +344,7 @@ class SqlEngine:
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
-                cur.execute(self._sql(sql), params)
+                self._execute(cur, self._sql(sql), params)
                 rows = cur.fetchall()  # pipelined: reads every result sent before too
             finally:
                 cur.close()

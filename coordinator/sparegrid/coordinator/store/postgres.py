@@ -187,6 +187,22 @@ class PostgresStore(SqlStore):
         else:
             pipe.__exit__(None, None, None)
 
+    def _execute(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
+        """PostgreSQL's text cannot hold NUL, which workers and clients may send in any
+        string (a name, an error message): psycopg refuses such a value before sending
+        anything, and the statement is sent again with each NUL as U+FFFD. A refusal left
+        to reach the transaction would fail every call of its group commit."""
+        try:
+            cur.execute(sql, params)
+        except Exception as exc:
+            if not _holds_nul(exc):
+                raise
+            cur.execute(sql, _mended(params))
+
+    def _execute_many(self, cur: Any, sql: str, rows: list[Sequence[Any]]) -> None:
+        # pipelined, rows go out one by one: a refusal could come after some were sent
+        cur.executemany(sql, [_mended(row) for row in rows])
+
     def _read_results(self) -> None:
         pipeline = self._pg._pipeline
         if pipeline is not None:
@@ -256,12 +272,14 @@ class PostgresStore(SqlStore):
         cache stops there), milliseconds for a few hundred rows."""
         with self._lock, self._errors():
             with self._raw_cursor(self._pg) as cur:
-                cur.execute(sql, [v for row in rows for v in row])
+                self._execute(cur, sql, [v for row in rows for v in row])
             self._unsynced = self._pipelined
 
     def _insert_tasks(self, tasks: list[Task]) -> None:
         """COPY: a large job's tasks go in several times faster than by INSERTs. COPY
-        cannot run pipelined: the pipeline is left (every result read) and entered again."""
+        cannot run pipelined: the pipeline is left (every result read) and entered again.
+        A new task's row holds no text a caller wrote as such (its params are bytes, its
+        file lists JSON, which writes NUL as an escape): none needs mending (_execute)."""
         if not tasks:
             return
         sql = f"COPY tasks ({r.TASK_COLUMNS}) FROM STDIN"
@@ -280,6 +298,17 @@ class PostgresStore(SqlStore):
             finally:
                 if resume:
                     self._pipeline(True)
+
+
+def _holds_nul(exc: Exception) -> bool:
+    """Whether psycopg refused a text value holding NUL (before sending it: no SQLSTATE)."""
+    import psycopg
+
+    return isinstance(exc, psycopg.DataError) and exc.sqlstate is None and "NUL" in str(exc)
+
+
+def _mended(params: Sequence[Any]) -> list[Any]:
+    return [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in params]
 
 
 def row_slices(rows: list[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
