@@ -155,6 +155,9 @@ class VerdictCode(StrEnum):
     BAD_SIGNATURE = "BAD_SIGNATURE"
     BAD_STATEMENT = "BAD_STATEMENT"
     BAD_OUTPUT = "BAD_OUTPUT"
+    # inline outputs over MAX_INLINE_OUTPUT each or MAX_INLINE_RESULT in all: an honest
+    # worker uploads them instead, so the node is struck
+    INLINE_TOO_LARGE = "INLINE_TOO_LARGE"
     NOT_LEASED = "NOT_LEASED"
     OUTPUT_NOT_UPLOADED = "OUTPUT_NOT_UPLOADED"
     STALE = "STALE"

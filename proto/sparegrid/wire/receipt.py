@@ -16,6 +16,14 @@ from sparegrid.wire.signing import (
     verify,
 )
 
+# What one result may carry: the coordinator refuses more, whatever the worker was told.
+MAX_OUTPUTS = 1024  # outputs one result names
+MAX_OUTPUT_NAME = 256  # characters of an output's name
+# bytes of one output sent inline in its batch rather than uploaded (a worker's
+# --inline-limit goes no higher), and of all one result's inline outputs together
+MAX_INLINE_OUTPUT = 4 << 20
+MAX_INLINE_RESULT = 16 << 20
+
 
 def sign_batch(signer: Signer, statements: list[bytes]) -> bytes:
     """One signature over the Merkle root of serialised ResultStatements."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from sparegrid.wire.config import ConfigError as ConfigError  # re-exported
+from sparegrid.wire.receipt import MAX_INLINE_OUTPUT
 from sparegrid.wire.targets import TargetError, grpc_target
 from sparegrid.worker.policy.rules import MiB, PolicySettings
 from sparegrid.worker.policy.windows import WindowError, Windows, parse_windows
@@ -165,7 +166,7 @@ class WorkerConfig:
             "" if self.prefetch is None else _range("prefetch", self.prefetch, 1, 1024),
             _positive("heartbeat_interval", self.heartbeat_interval),
             _positive("max_attempt_seconds", self.max_attempt_seconds),
-            _range("inline_limit", self.inline_limit, 0, MAX_MESSAGE_BYTES // 16),
+            _range("inline_limit", self.inline_limit, 0, MAX_INLINE_OUTPUT),
             _positive("drain_timeout", self.drain_timeout),
             _positive("reconnect_initial", self.reconnect_initial),
             _positive("reconnect_max", self.reconnect_max),

@@ -23,6 +23,9 @@ from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
 
 Ctx = aio.ServicerContext[Any, Any]
 MAX_PAGE = 1000
+# inline outputs one page of results carries (at least one result, of at most
+# MAX_INLINE_RESULT): a reply stays under the 64 MiB a message may hold
+PAGE_INLINE_BYTES = 32 << 20
 WATCH_MIN_INTERVAL = 0.1  # at most ten updates a second per watcher
 WATCH_MAX_INTERVAL = 5.0  # and at least one every five seconds
 
@@ -250,15 +253,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         size = min(request.page_size or MAX_PAGE, MAX_PAGE)
         after = _page_start(request.page_token)
         tasks = self.app.jobs.results(account, request.job_id, after, size)
-        results = []
+        results: list[client_pb2.TaskResult] = []
+        carried = 0
         for task in tasks:
             inline = {}
             for ref in task.outputs:
                 data = self.app.store.get_inline_blob(ref.digest)
                 if data is not None:
                     inline[ref.digest] = data
+            carried += sum(map(len, inline.values()))
+            if results and carried > PAGE_INLINE_BYTES:  # the rest on the next page
+                break
             results.append(convert.task_result_to_pb(task, inline))
-        token = str(tasks[-1].index) if len(tasks) == size else ""
+        more = len(results) < len(tasks) or len(tasks) == size
+        token = str(tasks[len(results) - 1].index) if results and more else ""
         return client_pb2.GetJobResultsResponse(results=results, next_page_token=token)
 
     @unary

@@ -29,7 +29,13 @@ from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, MerkleTree, is_digest, sha256_hex
 from sparegrid.wire.codes import FailureCode, VerdictCode
-from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.receipt import (
+    MAX_INLINE_OUTPUT,
+    MAX_INLINE_RESULT,
+    MAX_OUTPUT_NAME,
+    MAX_OUTPUTS,
+    decode_statement,
+)
 from sparegrid.wire.signing import RESULT_BATCH_TAG, verify
 from sparegrid.wire.tasklog import SUCCEEDED, LogTooLarge, verify_log
 
@@ -128,6 +134,8 @@ class Intake:
                     self.strike(node_id, f"claimed a result for {exc}")
                 elif exc.code == "OUTPUT_NOT_UPLOADED":
                     self.strike(node_id, f"claimed an output it never sent: {exc}")
+                elif exc.code == VerdictCode.INLINE_TOO_LARGE:
+                    self.strike(node_id, f"sent outputs inline past the limit: {exc}")
                 continue
             attempt = attempts[statement.attempt_id]
             if attempt.state == AttemptState.SUCCEEDED:
@@ -192,9 +200,29 @@ class Intake:
         claimed = [(i.name, i.digest) for i in statement.inputs]
         if claimed != [(ref.name, ref.digest) for ref in task.inputs]:
             raise BadResult("BAD_STATEMENT", "statement's inputs are not the task's inputs")
+        if len(statement.outputs) > MAX_OUTPUTS:
+            raise BadResult("BAD_STATEMENT", f"a result names at most {MAX_OUTPUTS} outputs")
+        carried = 0
         for out in statement.outputs:
+            if len(out.name) > MAX_OUTPUT_NAME:
+                raise BadResult(
+                    "BAD_OUTPUT", f"an output's name is at most {MAX_OUTPUT_NAME} characters"
+                )
             if not is_digest(out.digest):
                 raise BadResult("BAD_OUTPUT", f"output {out.name!r} has a malformed digest")
+            size = len(inline.get(out.digest, b""))
+            if size > MAX_INLINE_OUTPUT:
+                raise BadResult(
+                    VerdictCode.INLINE_TOO_LARGE,
+                    f"output {out.name!r} was sent inline with {size} bytes; at most "
+                    f"{MAX_INLINE_OUTPUT} go inline, larger ones are uploaded",
+                )
+            carried += size
+        if carried > MAX_INLINE_RESULT:
+            raise BadResult(
+                VerdictCode.INLINE_TOO_LARGE,
+                f"a result's inline outputs hold {carried} bytes; at most {MAX_INLINE_RESULT}",
+            )
         named = [o.digest for o in statement.outputs if o.digest not in inline]
         uploaded = self.store.uploaded(attempt.id, named)
         return [self._output(attempt, out, inline, uploaded) for out in statement.outputs]
