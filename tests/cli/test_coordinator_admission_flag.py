@@ -1,5 +1,5 @@
-"""`coordinator serve --registration-rate`: how fast worker registrations are admitted;
-`--signup-rate`: how many signup attempts one address may make a minute."""
+"""`coordinator serve --registration-rate`: how fast worker registrations are admitted, and
+`--registration-share` how much of that one address may take; `--signup-rate`: how many signup attempts one address may make a minute."""
 
 import pytest
 
@@ -23,6 +23,14 @@ def test_default_and_chosen_rate() -> None:
 def test_a_negative_rate_is_refused_by_name() -> None:
     with pytest.raises(SystemExit, match="--registration-rate must be 0 or more, got -5"):
         settings("--registration-rate", "-5")
+
+
+def test_the_share_one_address_may_take_default_chosen_and_refused() -> None:
+    assert settings().admission.share == 0.2
+    assert settings("--registration-share", "1").admission.share == 1.0  # no per-address limit
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit, match=f"--registration-share is a share .* got {bad}"):
+            settings("--registration-share", bad)
 
 
 def test_the_signup_rate_default_chosen_and_refused() -> None:

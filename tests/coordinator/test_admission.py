@@ -99,3 +99,80 @@ def test_refusals_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     assert len(lines) == 2
     assert "refused 1 registration(s)" in lines[0]
     assert "refused 999 registration(s)" in lines[1]  # all the refusals between the two
+
+
+def test_a_flood_of_refusals_does_not_push_the_hint_past_the_longest_wait() -> None:
+    """Callers refused and never back (a flood) hold no place past `max_wait`: an honest
+    worker refused during the flood is told at most that, and gets in when it comes back."""
+    clock = FakeClock()
+    config = AdmissionConfig(rate=10.0, burst=10, hold=2.0, tick=0.0, max_wait=20.0)
+    admission = Admission(clock, config)
+    for _ in range(60):  # a minute of 1,500 registrations a second
+        hints = [admission.admit().wait for _ in range(1500)]
+        assert max(hints) <= config.max_wait
+        clock.advance(1.0)
+    assert admission.refused > 88_000  # 2.5 hours of turns at 10 a second
+    for _ in range(1500):
+        admission.admit()
+    admitted, hint = admission.admit()  # an honest one, during the flood
+    assert not admitted and hint <= config.max_wait
+    clock.advance(hint)  # the flood stopped; the honest one comes back when told
+    admitted, wait = admission.admit()
+    assert admitted and wait <= config.hold
+
+
+def test_one_address_flooding_does_not_starve_the_others() -> None:
+    """One address sends 1,000 registrations every 0.1 s; meanwhile 40 workers a second
+    from other addresses get in on their first try, and the flood gets its share only."""
+
+    def run(share: float) -> tuple[int, int]:
+        clock = FakeClock()
+        config = AdmissionConfig(rate=100.0, burst=100, hold=1.0, share=share)
+        admission = Admission(clock, config)
+        flood = honest_admitted = 0
+        for step in range(100):  # ten seconds
+            flood += sum(admission.admit("203.0.113.9").admitted for _ in range(1000))
+            for i in range(4):
+                honest_admitted += admission.admit(f"198.51.100.{(step * 4 + i) % 250}").admitted
+            clock.advance(0.1)
+        return flood, honest_admitted
+
+    flood, honest = run(share=0.2)
+    assert honest == 400  # every one of them, at once or after a wait within the hold
+    assert flood <= 0.2 * (100 + 100 * 10) + 1  # its share of the burst and of the rate
+    flood, honest = run(share=1.0)  # no share per address: the flood takes the turns
+    assert honest < 40
+
+
+def test_a_refusal_past_the_share_takes_no_place_in_line() -> None:
+    clock = FakeClock()
+    config = AdmissionConfig(rate=10.0, burst=10, hold=0.0, tick=0.0, min_wait=0.0, share=0.2)
+    admission = Admission(clock, config)
+    assert [admission.admit("192.0.2.1").admitted for _ in range(3)] == [True, True, False]
+    refused, hint = admission.admit("192.0.2.1")
+    assert not refused and hint == pytest.approx(0.5)  # its own next token: 2 a second
+    assert admission.refused_share == 2
+    # others still have the burst, and the line is empty: the eighth is the first refused
+    others = [admission.admit(f"192.0.2.{i}") for i in range(2, 11)]
+    assert [d.admitted for d in others] == [True] * 8 + [False]
+    assert others[-1].wait == pytest.approx(0.1)  # the first place in line
+
+
+def test_loopback_and_unnamed_callers_have_no_share() -> None:
+    """A fleet run on one host (bench/fleetsim.py) registers at the whole rate."""
+    for address in ("127.0.0.1", "::1", ""):
+        admission = Admission(FakeClock(), AdmissionConfig(rate=100.0, burst=100, share=0.1))
+        assert all(admission.admit(address).admitted for _ in range(100))
+    admission = Admission(
+        FakeClock(), AdmissionConfig(rate=100.0, burst=100, share=0.1, exempt_loopback=False)
+    )
+    assert sum(admission.admit("127.0.0.1").admitted for _ in range(100)) == 10
+
+
+def test_addresses_remembered_are_bounded() -> None:
+    clock = FakeClock()
+    admission = Admission(clock, AdmissionConfig(rate=1000.0, burst=1000, max_addresses=100))
+    for i in range(1000):
+        admission.admit(f"10.0.{i // 250}.{i % 250}")
+        clock.advance(0.001)
+    assert len(admission._addresses) <= 100

@@ -19,7 +19,7 @@ from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.store.sqlite import SqliteStore
-from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2, worker_pb2
+from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc
 from sparegrid.wire import Signer
 from sparegrid.worker.upstream.session import Session, connect, reconnect_delay, retry_after
 from tests.coordinator.conftest import code_of
@@ -187,6 +187,35 @@ async def test_a_refusal_costs_no_signature_check_and_no_row(tmp_path: Path) -> 
         assert retry_after(refused.value) is not None
         assert coordinator.app.store.get_node(second.node_id) is None  # nothing recorded
         assert second.node_id not in coordinator.app.scheduler.sessions
+        session._call.cancel()
+    finally:
+        await coordinator.stop()
+
+
+async def test_a_malformed_hello_is_refused_at_once_and_takes_no_turn(tmp_path: Path) -> None:
+    """Garbage (no key, no device) hears INVALID_ARGUMENT / BAD_HELLO saying what is wrong,
+    and leaves the one token of a rate of 1 a second to the worker after it."""
+    coordinator = await serve(tmp_path, admission=AdmissionConfig(rate=1.0, burst=1, hold=0.0))
+    stub = worker_pb2_grpc.WorkerServiceStub(coordinator.channel)
+    signer = Signer.generate()
+    no_device = hello(signer)
+    del no_device.hello.devices[:]
+    bad = [worker_pb2.WorkerMessage(hello=worker_pb2.Hello(public_key=b"x"))] * 20 + [no_device]
+    try:
+        details = []
+        for message in bad:
+            call = stub.Session()
+            await call.write(message)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert code_of(refused.value) == "BAD_HELLO"
+            assert retry_after(refused.value) is None
+            details.append(refused.value.details() or "")
+        assert "public key is 32 bytes" in details[0] and "1 to 64 devices" in details[-1]
+        session = await connect(coordinator.channel, hello(signer), signer)  # not refused
+        admission = coordinator.app.admission
+        assert (admission.admitted, admission.refused) == (1, 0)
         session._call.cancel()
     finally:
         await coordinator.stop()

@@ -200,7 +200,11 @@ def test_the_callers_address_drops_its_port_and_an_ipv6_hosts_bits() -> None:
     assert peer_address("ipv4:10.0.0.7:52100") == "10.0.0.7"
     assert peer_address("ipv6:[2001:db8::1]:52100") == "2001:db8::/64"
     assert peer_address("ipv6:[2001:db8::ffff:2]:7") == "2001:db8::/64"  # one bucket
-    assert peer_address("ipv6:[::1]:52100") == "::/64"
+    # gRPC escapes the brackets of an IPv6 peer: the same /64, not one bucket per host
+    assert peer_address("ipv6:%5B2001:db8::1%5D:52100") == "2001:db8::/64"
+    assert peer_address("ipv6:%5B2001:db8::2%5D:52101") == "2001:db8::/64"
+    assert peer_address("ipv6:[::1]:52100") == "::1"  # loopback is one host
+    assert peer_address("ipv6:%5B::ffff:192.0.2.9%5D:7") == "192.0.2.9"  # IPv4, mapped
     assert peer_address("unix:/tmp/sock") == "/tmp/sock"
 
 

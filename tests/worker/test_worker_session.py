@@ -4,8 +4,11 @@ import asyncio
 import datetime
 import hashlib
 import ipaddress
+import random
 from pathlib import Path
 
+import grpc
+import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -13,9 +16,11 @@ from cryptography.x509.oid import NameOID
 
 from sparegrid.wire import REGISTER_TAG, node_id_for, verify
 from sparegrid.wire.clock import SystemClock
+from sparegrid.wire.metadata import RETRY_AFTER_KEY
 from sparegrid.wire.receipt import decode_statement, verify_batch
 from sparegrid.worker.testing.coordinator import FakeCoordinator, is_kind, statement_attempts
 from sparegrid.worker.testing.harness import assignment, make_config, running_worker, wait_until
+from sparegrid.worker.upstream.session import MAX_RETRY_HINT, reconnect_delay
 
 
 async def test_registration_signature_verifies(
@@ -290,3 +295,20 @@ async def test_default_window_grows_to_cover_a_slow_link_for_tiny_tasks(
         await session.wait_statements(2)
         await wait_until(lambda: session.credit(0) == 4)
         assert session.credit(0) == 4
+
+
+def test_a_retry_hint_is_obeyed_up_to_a_minute() -> None:
+    """A coordinator that tells its workers to come back in 759 s (as a flood once made
+    it do) keeps them away for at most a minute and a half (a minute, with jitter)."""
+
+    def refused(seconds: float) -> grpc.aio.AioRpcError:
+        trailers = grpc.aio.Metadata((RETRY_AFTER_KEY, str(int(seconds * 1000))))
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, "busy"
+        )
+
+    rng = random.Random(3)
+    delays = [reconnect_delay(refused(759.0), 1.0, rng) for _ in range(200)]
+    assert all(MAX_RETRY_HINT <= delay <= MAX_RETRY_HINT * 1.5 for delay in delays)
+    assert MAX_RETRY_HINT == 60.0
+    assert 5.0 <= reconnect_delay(refused(5.0), 1.0, rng) <= 7.5  # a short hint as told

@@ -136,6 +136,14 @@ SETTINGS = (
         default=AdmissionConfig.rate,
     ),
     Setting(
+        "registration_share",
+        to_float,
+        "the share of --registration-rate (and of its burst) one caller address may take "
+        "while others wait: an IPv4 address, an IPv6 /64; loopback is exempt (1: no limit)",
+        metavar="F",
+        default=AdmissionConfig.share,
+    ),
+    Setting(
         "signup_rate",
         to_float,
         "signup attempts with an invitation code one address may make a minute, after "
@@ -357,7 +365,8 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         )
     settings.prices.update(get("price", {}))
     rate = get("registration_rate", AdmissionConfig.rate)
-    settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)))
+    share = get("registration_share", AdmissionConfig.share)
+    settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)), share=share)
     settings.signups = SignupConfig(per_minute=get("signup_rate", SignupConfig.per_minute))
     settings.canaries = CanaryConfig(rate=get("canary_rate", CanaryConfig.rate))
     settings.spot_checks = SpotConfig(share=get("spot_share", SpotConfig.share))
@@ -413,6 +422,9 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
     if get("registration_rate", 0.0) < 0:
         rate = get("registration_rate")
         problems.append(f"{where['registration_rate']} must be 0 or more, got {rate:g}")
+    if not 0.0 < get("registration_share", 1.0) <= 1.0:
+        share = get("registration_share")
+        problems.append(f"{where['registration_share']} is a share above 0, up to 1, got {share:g}")
     if get("signup_rate", 1.0) <= 0:
         rate = get("signup_rate")
         problems.append(f"{where['signup_rate']} must be positive, got {rate:g}")

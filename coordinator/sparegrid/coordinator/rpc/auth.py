@@ -5,6 +5,7 @@ Every method asks for one of them first, except those named in KEYLESS, which ca
 """
 
 import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,14 +75,22 @@ def principal_of(
 def peer_address(peer: str) -> str:
     """Whom a rate limit counts the caller as: its IPv4 address, or the /64 network of its
     IPv6 address (one host is given a whole /64 and could rotate through it), without the
-    port: "ipv4:10.0.0.7:52100" -> "10.0.0.7", "ipv6:[2001:db8::1]:52100" -> "2001:db8::/64"."""
+    port: "ipv4:10.0.0.7:52100" -> "10.0.0.7", "ipv6:[2001:db8::1]:52100" -> "2001:db8::/64".
+    gRPC writes the brackets of an IPv6 peer %-escaped ("ipv6:%5B::1%5D:52100"); loopback
+    ("::1") and an IPv4 address mapped into IPv6 are single hosts, named as such."""
     _, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
     if rest.startswith("["):
         host = rest[1:].partition("]")[0]
         try:
-            return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+            ip = ipaddress.IPv6Address(host)
         except ValueError:
             return host
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ip.is_loopback:
+            return str(ip)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     host, sep, port = rest.rpartition(":")
     return host if sep and port.isdigit() else rest
 

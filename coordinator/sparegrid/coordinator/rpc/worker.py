@@ -18,6 +18,7 @@ from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.domain import Attempt, Node, Task, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
+from sparegrid.coordinator.rpc.auth import peer_address
 from sparegrid.coordinator.rpc.errors import streaming
 from sparegrid.coordinator.services.results import Failure, Verdict
 from sparegrid.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -179,10 +180,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         first = await anext(incoming, None)
         if first is None or not first.HasField("hello"):
             raise invalid("BAD_HELLO", "a worker session starts with Hello")
+        # what Hello's own fields refuse is refused first: garbage takes no turn
+        check_worker_version(first.hello.software.get("sparegrid", ""), app.settings)
+        node = _node_from_hello(first.hello, app.clock.now())
         # admitted at a bounded rate, before any costly step (the owner's key, the
         # signature); Hello is read first so the worker hears the refusal while reading
         # (a refusal while it writes reaches it as INTERNAL, not UNAVAILABLE)
-        admitted, wait = app.admission.admit()
+        admitted, wait = app.admission.admit(peer_address(context.peer() or ""))
         if not admitted:
             raise CoordinatorError(
                 ErrorKind.UNAVAILABLE,
@@ -193,8 +197,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
         if wait:  # its turn in the line held here comes soon: cheaper than a refusal
             await app.clock.sleep(wait)
-        check_worker_version(first.hello.software.get("sparegrid", ""), app.settings)
-        node = _node_from_hello(first.hello, app.clock.now())
+            node.first_seen = node.last_seen = app.clock.now()
         node.owner = self._owner(context, node.id)
         app.identities.admit(node)
         session_id, nonce = uuid.uuid4().hex, os.urandom(32)

@@ -6,15 +6,24 @@ no token but would get one within `hold` seconds is admitted with that wait: it 
 stream and goes ahead when its turn comes, which costs the coordinator a timer. One that
 would wait longer is refused with the time after which its turn would fall within `hold`,
 counting every refusal before it as a place taken in line, so that refused workers come
-back spread out at the rate they can be admitted rather than all at once again. A refusal
-costs more than a wait (the worker dials again: a new connection and a new Hello), so the
-line held inside is what keeps a storm cheap; `hold` stays well under the worker's 30 s
+back spread out at the rate they can be admitted rather than all at once again. The line
+reaches at most `max_wait` seconds ahead: refused callers that never come back (a flood)
+would otherwise push it, and every honest worker's hint, without end. A refusal costs
+more than a wait (the worker dials again: a new connection and a new Hello), so the line
+held inside is what keeps a storm cheap; `hold` stays well under the worker's 30 s
 handshake timeout. Waits end on a `tick` of the clock (0.1 s), so that the registrations
 whose turns fall in one tick go ahead together and are attached in one group commit, not
 one commit (and one fsync) each. Refusals are logged, at most one line per `log_every`
 seconds.
+
+Each caller address (an IPv4 address, an IPv6 /64) has a bucket of its own in front of
+that one, of `share` of the rate and of the burst: one address cannot take more than that
+share of the turns while others wait, and a turn its bucket does not cover is refused
+without taking a place in line. Loopback is exempt (`exempt_loopback`): a fleet run on one
+host, or a proxy on the coordinator's host, arrives from one address.
 """
 
+import ipaddress
 import logging
 import math
 from dataclasses import dataclass
@@ -33,6 +42,10 @@ class AdmissionConfig:
     tick: float = 0.1  # waits end on a multiple of this: those admitted together go together
     log_every: float = 5.0  # seconds between two log lines about refusals
     min_wait: float = 0.5  # the shortest retry hint: sooner only makes more refusals
+    max_wait: float = 20.0  # the longest retry hint: the line reaches no further ahead
+    share: float = 0.2  # of the rate and the burst, what one address may take (1: no limit)
+    exempt_loopback: bool = True  # callers on the coordinator's host have no share
+    max_addresses: int = 10_000  # addresses remembered (full buckets are forgotten first)
 
 
 class Decision(NamedTuple):
@@ -49,19 +62,29 @@ class Admission:
         self._tokens = float(config.burst)  # below 0: turns promised to those waiting
         self._updated = clock.now()
         self._line_until = self._updated  # the last place promised to a refused one
+        self._addresses: dict[str, tuple[float, float]] = {}  # address -> tokens, updated
         self.admitted = 0
         self.waited = 0  # admitted after a wait for their turn (a metric)
         self.refused = 0  # in all (a metric)
+        self.refused_share = 0  # of those, past their address's share (a metric)
         self._unlogged = 0
         self._logged_at = float("-inf")
 
-    def admit(self) -> Decision:
-        """Whether a registration may go ahead, and after how long (see Decision)."""
+    def admit(self, address: str = "") -> Decision:
+        """Whether a registration from `address` ("": not counted per address) may go
+        ahead, and after how long (see Decision)."""
         cfg = self.config
         if cfg.rate <= 0:
             self.admitted += 1
             return Decision(True, 0.0)
         now = self.clock.now()
+        if self._shared(address):
+            own = self._own_tokens(address, now)
+            if own < 1.0:  # past its share: no token taken, no place in line
+                wait = (1.0 - own) / (cfg.rate * cfg.share)
+                self.refused_share += 1
+                return self._refuse(now, min(max(wait, cfg.min_wait), cfg.max_wait))
+            self._remember(address, own - 1.0, now)  # a turn tried, admitted or not
         self._tokens = min(float(cfg.burst), self._tokens + (now - self._updated) * cfg.rate)
         self._updated = now
         turn = max(0.0, (1.0 - self._tokens) / cfg.rate)  # until its token is there
@@ -72,25 +95,58 @@ class Admission:
             if turn > 0 and cfg.tick > 0:
                 turn = math.ceil((now + turn) / cfg.tick) * cfg.tick - now
             return Decision(True, turn)
-        # back when its turn would fall within the hold, after those refused before it
-        self._line_until = max(self._line_until + 1.0 / cfg.rate, now + turn - cfg.hold)
-        wait = max(self._line_until - now, cfg.min_wait)
-        self._refused(now, wait)
-        return Decision(False, wait)
+        # back when its turn would fall within the hold, after those refused before it,
+        # but never further ahead than max_wait: a refused caller may not come back at all
+        line = max(self._line_until + 1.0 / cfg.rate, now + turn - cfg.hold)
+        self._line_until = min(line, now + cfg.max_wait)
+        return self._refuse(now, max(self._line_until - now, cfg.min_wait))
 
-    def _refused(self, now: float, wait: float) -> None:
+    def _shared(self, address: str) -> bool:
+        """Whether `address` is held to its share of the turns."""
+        cfg = self.config
+        if not address or cfg.share >= 1.0:
+            return False
+        if cfg.exempt_loopback:
+            try:
+                return not ipaddress.ip_address(address).is_loopback
+            except ValueError:  # a network (an IPv6 /64) or no address at all
+                return True
+        return True
+
+    def _own_tokens(self, address: str, now: float) -> float:
+        cfg = self.config
+        burst = max(1.0, cfg.burst * cfg.share)
+        tokens, updated = self._addresses.get(address, (burst, now))
+        return min(burst, tokens + (now - updated) * cfg.rate * cfg.share)
+
+    def _remember(self, address: str, tokens: float, now: float) -> None:
+        """Keeps an address's bucket, most recent last; past `max_addresses`, forgets the
+        buckets that are full again, then the least recently used half."""
+        self._addresses.pop(address, None)
+        if len(self._addresses) >= self.config.max_addresses:
+            burst = max(1.0, self.config.burst * self.config.share)
+            for key in [a for a in self._addresses if self._own_tokens(a, now) >= burst]:
+                del self._addresses[key]
+            if len(self._addresses) >= self.config.max_addresses:
+                for key in list(self._addresses)[: len(self._addresses) // 2 + 1]:
+                    del self._addresses[key]
+        self._addresses[address] = (tokens, now)
+
+    def _refuse(self, now: float, wait: float) -> Decision:
         cfg = self.config
         self.refused += 1
         self._unlogged += 1
         if now - self._logged_at >= cfg.log_every:
             log.warning(
                 "registration storm: refused %d registration(s) since the last note "
-                "(admitting %g a second, %d at once, a line of %g s); the latest was told to "
-                "retry in %.1f s",
+                "(admitting %g a second, %d at once, a line of %g s, %g of that to one "
+                "address); the latest was told to retry in %.1f s",
                 self._unlogged,
                 cfg.rate,
                 cfg.burst,
                 cfg.hold,
+                cfg.share,
                 wait,
             )
             self._logged_at, self._unlogged = now, 0
+        return Decision(False, wait)

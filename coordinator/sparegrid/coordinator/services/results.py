@@ -443,7 +443,7 @@ class Intake:
             failed.append(attempt)
             flags.append(failure.retryable)
         self._keep_logs(kept)
-        self.scheduler.give_back(preempted)
+        self.scheduler.preempted(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
         return verdicts
 

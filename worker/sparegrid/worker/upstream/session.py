@@ -27,6 +27,7 @@ from sparegrid.worker.upstream.blobs import BlobClient
 
 _log = logging.getLogger("sparegrid.worker.upstream.session")
 HANDSHAKE_TIMEOUT = 30.0
+MAX_RETRY_HINT = 60.0  # the most of a coordinator's retry hint a worker obeys (seconds)
 _CLOSE = object()  # queued to half-close the stream after everything before it is sent
 
 OnMessage = Callable[[worker_pb2.CoordinatorMessage], None]
@@ -41,11 +42,14 @@ def retry_after(error: grpc.aio.AioRpcError) -> float | None:
 
 
 def reconnect_delay(error: BaseException | None, backoff_delay: float, rng: random.Random) -> float:
-    """How long to wait before the next session: the coordinator's retry hint, stretched
-    by up to a half at random so that refused workers do not all return at once, else
-    the jittered backoff's delay."""
+    """How long to wait before the next session: the coordinator's retry hint (at most
+    MAX_RETRY_HINT: a coordinator misled by a flood must not park its workers for long),
+    stretched by up to a half at random so that refused workers do not all return at
+    once, else the jittered backoff's delay."""
     hint = retry_after(error) if isinstance(error, grpc.aio.AioRpcError) else None
-    return backoff_delay if hint is None else hint * (1 + rng.random() / 2)
+    if hint is None:
+        return backoff_delay
+    return min(hint, MAX_RETRY_HINT) * (1 + rng.random() / 2)
 
 
 def open_channel(config: WorkerConfig) -> grpc.aio.Channel:

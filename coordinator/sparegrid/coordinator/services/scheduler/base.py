@@ -77,6 +77,11 @@ class SchedulerConfig:
     # tasks of one account running at once at most, over all its jobs (0: no cap), so one
     # account cannot take the whole network
     max_running_per_account: int = 0
+    # A node that preempts an attempt (its own policy stopped it: PREEMPTED) is given no
+    # new task for this long. Nothing counts against it, and its policy has stopped
+    # leasing anyway; but a node that hands back every task at once could otherwise take
+    # them straight back from the front of the queue, and hoard a job's tasks for ever.
+    preempt_pause_seconds: float = 30.0
 
 
 @dataclass
@@ -202,6 +207,7 @@ class SchedulerBase:
         self._order: list[ActiveJob] | None = None  # dispatch order; None: to compute
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
+        self.preempt_paused: dict[str, float] = {}  # node id -> when it may take tasks again
         self.sweeps: dict[str, Sweep] = {}  # by job id
         # A dispatch pass looks only at sessions that may have something new (dispatch.py):
         # those whose credit or room grew (`due`, node ids in the order they became due),

@@ -189,7 +189,7 @@ class DispatchPart(SessionsPart):
         running: Counter[str] | None,
     ) -> None:
         node = session.node
-        if self.blocked(node.id):
+        if self.blocked(node.id) or self._preempt_paused(node.id, now):
             return
         room = self.window(node.id) - len(session.leases)
         vetted = self.vetted(node.owner)
@@ -228,6 +228,16 @@ class DispatchPart(SessionsPart):
                 if not credit or room <= 0:
                     break
             session.credit[index] = credit
+
+    def _preempt_paused(self, node_id: str, now: float) -> bool:
+        """Whether a node that preempted a task lately is still kept from new ones."""
+        until = self.preempt_paused.get(node_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.preempt_paused[node_id]
+        return False
 
     @staticmethod
     def _take(active: ActiveJob, owner: str, vetted: bool, count: int, memory: int) -> list[Task]:

@@ -35,6 +35,9 @@ class LeasesPart(QueuesPart):
         self.expire([a for a in expired if a.node_id in self.sessions], reason="lease expired")
         stragglers = self._stragglers()
         self._take_back(stragglers)
+        now = self.clock.now()
+        for node_id in [n for n, until in self.preempt_paused.items() if until <= now]:
+            del self.preempt_paused[node_id]  # of nodes gone since: not kept for ever
         self.expired_total += len(expired) + len(stragglers)
         return len(expired) + len(stragglers)
 
@@ -152,6 +155,16 @@ class LeasesPart(QueuesPart):
             f"; no connected device has more than {device.memory_bytes / 2**30:.1f} GiB"
         )
         return False
+
+    def preempted(self, attempts: list[Attempt]) -> None:
+        """Attempts their node's own policy stopped (owner back, too hot, window closed):
+        given back at no cost to the node, which then gets no new task for
+        `preempt_pause_seconds`, so that the tasks go to other nodes rather than back to
+        it (a node handing back every task at once would otherwise hoard them)."""
+        until = self.clock.now() + self.config.preempt_pause_seconds
+        for node_id in {a.node_id for a in attempts}:
+            self.preempt_paused[node_id] = until
+        self.give_back(attempts)
 
     def give_back(self, attempts: list[Attempt]) -> None:
         """Attempts that were no fault of their node or task: a node's own policy stopped
