@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     BLOB_STORE_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"  # the S3 bucket did not answer
     BLOB_TOO_LARGE = "BLOB_TOO_LARGE"
     DIGEST_MISMATCH = "DIGEST_MISMATCH"  # also: a download that does not hash to its digest
+    HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"  # a worker session's Hello or answer never came
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"
     INTERNAL = "INTERNAL"  # a bug: the message holds a reference id from the log
@@ -85,6 +86,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     SUBMIT_IN_PROGRESS = "SUBMIT_IN_PROGRESS"
     TOKENIZER_MISMATCH = "TOKENIZER_MISMATCH"
+    TOO_MANY_HEARTBEATS = "TOO_MANY_HEARTBEATS"  # a session flooding: it is ended
     TOO_MANY_SIGNUPS = "TOO_MANY_SIGNUPS"  # from one address: wait (retry-after-ms)
     UNKNOWN_KIND = "UNKNOWN_KIND"
     UNSAFE_MODEL = "UNSAFE_MODEL"

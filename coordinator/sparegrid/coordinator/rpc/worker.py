@@ -30,6 +30,12 @@ Ctx = aio.ServicerContext[Any, Any]
 Msg = worker_pb2.CoordinatorMessage
 MAX_DEVICES = 64
 MAX_BATCH = 10_000
+# A worker sends its Hello on connecting and its ChallengeResponse on the Challenge: a
+# stream that sends neither this long ends (else each costs the coordinator ~30 kB for ever)
+HANDSHAKE_SECONDS = 10.0
+# heartbeats in one heartbeat interval that end a session: a worker sends one, a flood
+# costs the event loop a message each
+HEARTBEAT_FLOOD = 20
 _CLOSE = object()
 
 
@@ -109,6 +115,55 @@ def _unauthenticated(message: str) -> CoordinatorError:
     return CoordinatorError(ErrorKind.UNAUTHENTICATED, "BAD_REGISTRATION", message)
 
 
+async def _handshake(
+    incoming: AsyncIterator[worker_pb2.WorkerMessage], what: str
+) -> worker_pb2.WorkerMessage | None:
+    """The next message of a session's handshake, within HANDSHAKE_SECONDS."""
+    try:
+        async with asyncio.timeout(HANDSHAKE_SECONDS):
+            return await anext(incoming, None)
+    except TimeoutError:
+        raise CoordinatorError(
+            ErrorKind.UNAVAILABLE,
+            "HANDSHAKE_TIMEOUT",
+            f"no {what} within {HANDSHAKE_SECONDS:g} s (a worker sends it at once); connect again",
+        ) from None
+
+
+class Heartbeats:
+    """Which of a session's heartbeats renew its leases (a group commit each): one within
+    a quarter interval of the last renewal does not (nor, where the lease is barely longer
+    than the interval, within half the margin), so a flood costs no commits; and past
+    HEARTBEAT_FLOOD in one interval the session ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval = settings.heartbeat_seconds
+        margin = settings.lease_seconds - settings.heartbeat_seconds
+        self.least = self.interval / 4 if margin <= 0 else min(self.interval / 4, margin / 2)
+        self._renewed = float("-inf")
+        self._window = float("-inf")
+        self._count = 0
+        self.flooding = False
+
+    def renews(self, now: float) -> bool:
+        if now - self._window >= self.interval:
+            self._window, self._count = now, 0
+        self._count += 1
+        self.flooding = self._count > HEARTBEAT_FLOOD
+        if now - self._renewed < self.least:
+            return False
+        self._renewed = now
+        return True
+
+    def flood_error(self) -> CoordinatorError:
+        return CoordinatorError(
+            ErrorKind.EXHAUSTED,
+            "TOO_MANY_HEARTBEATS",
+            f"over {HEARTBEAT_FLOOD} heartbeats in {self.interval:g} s; a worker sends one "
+            "per interval (Welcome.heartbeat_interval)",
+        )
+
+
 def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     try:
         node_id = node_id_for(hello.public_key)
@@ -177,7 +232,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[Msg]:
         app = self.app
         incoming = aiter(request_iterator)
-        first = await anext(incoming, None)
+        first = await _handshake(incoming, "Hello")
         if first is None or not first.HasField("hello"):
             raise invalid("BAD_HELLO", "a worker session starts with Hello")
         # what Hello's own fields refuse is refused first: garbage takes no turn
@@ -202,7 +257,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         app.identities.admit(node)
         session_id, nonce = uuid.uuid4().hex, os.urandom(32)
         yield Msg(challenge=worker_pb2.Challenge(nonce=nonce, session_id=session_id))
-        answer = await anext(incoming, None)
+        answer = await _handshake(incoming, "ChallengeResponse")
         if answer is None or not answer.HasField("challenge_response"):
             raise _unauthenticated("expected ChallengeResponse after Challenge")
         try:
@@ -265,12 +320,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, node: Node, incoming: AsyncIterator[worker_pb2.WorkerMessage], sink: QueueSink
     ) -> None:
         """Hands each message to the next group commit; replies follow in order."""
+        beats = Heartbeats(self.app.settings)
         try:
             async for message in incoming:
                 body = message.WhichOneof("body")
-                if body == "heartbeat" and not self.app.scheduler.holds_leases(node.id):
-                    self.app.saw(node.id)  # nothing to renew: no commit, no dispatch
-                    continue
+                if body == "heartbeat":
+                    renew = beats.renews(asyncio.get_running_loop().time())
+                    if beats.flooding:
+                        sink.queue.put_nowait(beats.flood_error())
+                        return
+                    if not renew or not self.app.scheduler.holds_leases(node.id):
+                        self.app.saw(node.id)  # nothing to renew: no commit, no dispatch
+                        continue
                 if body == "results":
                     await self._compare_ahead(node, message.results)
                 future = self.app.call(functools.partial(self._handle, node, message))
