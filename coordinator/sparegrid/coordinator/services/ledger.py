@@ -164,10 +164,13 @@ class Ledger:
         )
 
     def refund(self, job: Job, account_name: str) -> int:
-        """Returns what is left in the job's escrow to the client; the amount refunded."""
+        """Returns what is left in the job's escrow to the client; the amount refunded.
+
+        Once per end of the job: a retry holds more (cost_held grows), so each end has a
+        key of its own; a second refund of one end finds the escrow empty anyway."""
         left = self._store.balance(escrow_account(job.id))
         if left and self._post(
-            f"refund:{job.id}",
+            f"refund:{job.id}:{job.cost_held}",
             f"refund ({job.state})",
             escrow_account(job.id),
             client_account(account_name),
