@@ -144,3 +144,15 @@ def test_a_check_refutes_claims_no_honest_node_could_make(llama: Path, tmp_path:
     assert rows[0]["gap"] == float("inf")
     rows = json.loads(run_task(llama, prompts, tmp_path, claimed=[honest[0]])["check.json"])["rows"]
     assert [r["gap"] for r in rows] == [float("inf")] * 2
+
+
+def test_inputs_named_by_relative_paths_load(
+    llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker run with a relative --data-dir hands its executor relative paths: the model
+    folder the executor assembles must not resolve them inside itself."""
+    _copy(llama, tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    prompts = [Prompt("a", [1, 2, 3], 4)]
+    outputs = run_task(Path("m"), prompts, Path("."))
+    assert len(json.loads(outputs["completions.json"])["completions"]) == 1

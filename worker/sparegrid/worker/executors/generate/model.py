@@ -44,15 +44,17 @@ def load(inputs: dict[str, Path], precision: str, device: torch.device) -> Loade
     cls = getattr(transformers, config["architectures"][0])
     assert config["architectures"][0] in ARCHITECTURES
     folder = Path(tempfile.mkdtemp(prefix="model-"))
-    (folder / "config.json").symlink_to(inputs["config"])
+    # absolute: a worker run with a relative --data-dir hands relative paths, which would
+    # resolve inside the temporary folder
+    (folder / "config.json").symlink_to(inputs["config"].absolute())
     weights = sorted(n for n in inputs if n.startswith(WEIGHTS))
     if len(weights) == 1:
-        (folder / "model.safetensors").symlink_to(inputs[weights[0]])
+        (folder / "model.safetensors").symlink_to(inputs[weights[0]].absolute())
     else:
         index: dict[str, str] = {}
         for n, name in enumerate(weights):
             file = f"model-{n:05d}-of-{len(weights):05d}.safetensors"
-            (folder / file).symlink_to(inputs[name])
+            (folder / file).symlink_to(inputs[name].absolute())
             index.update({t: file for t in read_header(inputs[name])})
         text = json.dumps({"metadata": {}, "weight_map": index})
         (folder / "model.safetensors.index.json").write_text(text)
