@@ -27,6 +27,7 @@ from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, Price, parse_pri
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
+from sparegrid.coordinator.store import url_problem
 from sparegrid.wire.config import (
     ConfigError,
     Schema,
@@ -419,6 +420,8 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         share = get(name, 0.0)
         if not 0.0 <= share <= 1.0:
             problems.append(f"{where[name]} is a share from 0 to 1, got {share:g}")
+    if get("database") and (problem := url_problem(get("database"))):
+        problems.append(f"{where['database']}: {problem}")
     if get("registration_rate", 0.0) < 0:
         rate = get("registration_rate")
         problems.append(f"{where['registration_rate']} must be 0 or more, got {rate:g}")

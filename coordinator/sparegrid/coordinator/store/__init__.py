@@ -30,6 +30,19 @@ ACCEPTED = (
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
+def url_problem(url: str) -> str:
+    """Why `url` names no store open_store can open ("" when it does)."""
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if url == "memory:" or (scheme == "sqlite" and url.startswith("sqlite:///")):
+        return ""
+    if scheme in ("postgresql", "postgres") and url.startswith(f"{scheme}://"):
+        return ""
+    if scheme or not url:
+        return f"unknown store URL {url!r}; use {ACCEPTED}"
+    return ""
+
+
 def open_store(url: str, exclusive: bool = False) -> Store:
     """Opens the store a URL names; see ACCEPTED. Raises ValueError for anything else.
 
@@ -47,8 +60,8 @@ def open_store(url: str, exclusive: bool = False) -> Store:
         from sparegrid.coordinator.store.postgres import PostgresStore
 
         return PostgresStore(url, exclusive=exclusive)
-    if scheme or not url:
-        raise ValueError(f"unknown store URL {url!r}; use {ACCEPTED}")
+    if problem := url_problem(url):
+        raise ValueError(problem)
     from sparegrid.coordinator.store.sqlite import SqliteStore
 
     return SqliteStore(url)
