@@ -420,7 +420,7 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         share = get(name, 0.0)
         if not 0.0 <= share <= 1.0:
             problems.append(f"{where[name]} is a share from 0 to 1, got {share:g}")
-    if get("database") and (problem := url_problem(get("database"))):
+    if problem := url_problem(get("database", "") or "memory:"):
         problems.append(f"{where['database']}: {problem}")
     if get("registration_rate", 0.0) < 0:
         rate = get("registration_rate")
