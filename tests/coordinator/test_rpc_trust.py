@@ -150,6 +150,24 @@ async def test_ban_and_reinstate(served: Served) -> None:
     call.cancel()
 
 
+async def test_a_reinstated_node_hears_its_new_standing(served: Served) -> None:
+    """A ban ends the node's session, and so does a reinstatement: the worker hears each
+    standing in the Welcome of its next session (`worker status` shows it)."""
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    root = served.auth(served.admin_key)
+    signer = Signer.generate()
+    call, node_id = await session(served, signer, served.bob_key)
+    await admin.BanNode(admin_pb2.BanNodeRequest(node_id=node_id, reason="junk"), metadata=root)
+    assert await call.read() == aio.EOF
+    call, welcome = await welcomed(served, signer, served.bob_key)
+    assert (welcome.standing, welcome.standing_reason) == ("banned", "junk")
+    await admin.ReinstateNode(admin_pb2.ReinstateNodeRequest(node_id=node_id), metadata=root)
+    assert await call.read() == aio.EOF  # the session ends: nothing in it says so otherwise
+    call, welcome = await welcomed(served, signer, served.bob_key)
+    assert welcome.standing == "active"
+    call.cancel()
+
+
 async def test_enrollment_owners_refuses_a_node_without_an_owner_account(
     served: Served,
 ) -> None:
@@ -179,7 +197,8 @@ async def test_enrollment_approve_gives_a_new_node_work_only_once_approved(
         client_pb2.SubmitJobRequest(spec=client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}')),
         metadata=served.auth(served.bob_key),
     )
-    call, node_id = await session(served, Signer.generate(), served.alice_key)
+    signer = Signer.generate()
+    call, node_id = await session(served, signer, served.alice_key)
     await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=5)))
     listed = await admin.ListNodes(
         admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
@@ -199,6 +218,10 @@ async def test_enrollment_approve_gives_a_new_node_work_only_once_approved(
         admin_pb2.ApproveNodeRequest(node_id=node_id), metadata=served.auth(served.admin_key)
     )
     assert approved.node.standing == admin_pb2.NODE_STANDING_ACTIVE
+    assert await call.read() == aio.EOF  # its session ends: the next Welcome says "active"
+    call, welcome = await welcomed(served, signer, served.alice_key)
+    assert welcome.standing == "active"
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=5)))
     assert len((await call.read()).assign.assignments) == 1
     call.cancel()
 

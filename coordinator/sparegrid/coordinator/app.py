@@ -238,11 +238,12 @@ class App:
         self.metrics = CoordinatorMetrics(self)
         self.events.listeners.append(self.metrics.event)
         self.intake.on_settled = self.metrics.settled
-        self.reputations.on_blocked = self._end_session
+        self.reputations.on_standing = self._end_session
 
     def _end_session(self, node_id: str) -> None:
-        """A node quarantined or banned: its session ends, and the worker hears its standing
-        and why in the Welcome of the next one."""
+        """A node quarantined, banned, approved or reinstated: its session ends, and the
+        worker hears its standing and why in the Welcome of the next one (`worker status`
+        shows it)."""
         session = self.scheduler.sessions.get(node_id)
         if session is not None:
             session.sink.close()

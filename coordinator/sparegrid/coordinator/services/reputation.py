@@ -38,9 +38,9 @@ class Reputations:
     """Reputations of every node seen, cached in memory, written through to the store."""
 
     events: Events | None = None  # quarantines, bans, reinstatements and approvals
-    # called with a node's id when it is quarantined or banned (the app ends its session,
-    # so the worker hears its standing and why when it reconnects)
-    on_blocked: Callable[[str], None] | None = None
+    # called with a node's id when its standing changes: quarantined, banned, approved or
+    # reinstated (the app ends its session, so the worker hears it when it reconnects)
+    on_standing: Callable[[str], None] | None = None
 
     def __init__(
         self, store: Store, clock: Clock, config: TrustConfig, rng: random.Random | None = None
@@ -108,7 +108,7 @@ class Reputations:
             rep.reason = f"{rep.strikes} invalid results; last: {reason}"
             log.warning("node %s quarantined: %s", node_id, rep.reason)
             self._event(EventKind.QUARANTINE, rep)
-            self._blocked(node_id)
+            self._standing_changed(node_id)
         self._save([rep])
         return rep
 
@@ -116,7 +116,7 @@ class Reputations:
         rep = self._mutable(node_id)
         rep.standing, rep.reason = Standing.BANNED, reason or "banned by the operator"
         self._event(EventKind.BAN, rep)
-        self._blocked(node_id)
+        self._standing_changed(node_id)
         self._save([rep])
         return rep
 
@@ -140,6 +140,7 @@ class Reputations:
             )
         rep.standing, rep.reason = Standing.ACTIVE, reason or "approved by the operator"
         self._event(EventKind.APPROVE, rep)
+        self._standing_changed(node_id)
         self._save([rep])
         return rep
 
@@ -149,6 +150,7 @@ class Reputations:
         rep.standing, rep.strikes, rep.streak = Standing.ACTIVE, 0, 0
         rep.reason = reason or "reinstated by the operator"
         self._event(EventKind.REINSTATE, rep)
+        self._standing_changed(node_id)
         self._save([rep])
         return rep
 
@@ -159,9 +161,9 @@ class Reputations:
         rep.updated_at = self._clock.now()
         return rep
 
-    def _blocked(self, node_id: str) -> None:
-        if self.on_blocked is not None:
-            self.on_blocked(node_id)
+    def _standing_changed(self, node_id: str) -> None:
+        if self.on_standing is not None:
+            self.on_standing(node_id)
 
     def _event(self, kind: EventKind, rep: Reputation) -> None:
         if self.events is not None:
