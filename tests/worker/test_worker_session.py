@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -312,3 +313,20 @@ def test_a_retry_hint_is_obeyed_up_to_a_minute() -> None:
     assert all(MAX_RETRY_HINT <= delay <= MAX_RETRY_HINT * 1.5 for delay in delays)
     assert MAX_RETRY_HINT == 60.0
     assert 5.0 <= reconnect_delay(refused(5.0), 1.0, rng) <= 7.5  # a short hint as told
+
+
+async def test_an_owner_key_the_coordinator_does_not_know_is_named_as_such(
+    tmp_path: Path, coordinator: FakeCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The coordinator's words are for clients (SPAREGRID_API_KEY); the worker's log says
+    which of its own settings is wrong."""
+    coordinator.refusal = (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "BAD_API_KEY",
+        "the API key is not known to this coordinator; check SPAREGRID_API_KEY",
+    )
+    config = make_config(tmp_path, coordinator.address, owner_key="sg_wrong")
+    with caplog.at_level("WARNING", logger="sparegrid.worker"):
+        async with running_worker(config):
+            await wait_until(lambda: "owner key" in caplog.text)
+    assert "--owner-key-file or SPAREGRID_OWNER_KEY" in caplog.text

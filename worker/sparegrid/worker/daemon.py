@@ -146,7 +146,7 @@ class Worker:
         self._connected = asyncio.Event()
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._hinted = False  # a connection failure's likely cause was logged
+        self._hint = ""  # the likely cause of connection failures last logged
         self._draining = False
         self._forced = False
 
@@ -277,6 +277,12 @@ class Worker:
                 reason, error = f"{exc.code().name}: {exc.details()}", exc
                 if _refused(exc):  # too old: say so loudly, with what to do
                     _log.error("the coordinator refuses this worker: %s", exc.details())
+                elif _code(exc) == ErrorCode.BAD_API_KEY and self.config.owner_key:
+                    reason = (
+                        "the owner key this worker was given (--owner-key-file or "
+                        "SPAREGRID_OWNER_KEY) is not known to this coordinator: check that it "
+                        "is your account's key on this coordinator"
+                    )
             except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
@@ -286,10 +292,10 @@ class Worker:
                 return
             delay = reconnect_delay(error, backoff.next_delay(), self._rng)
             _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
-            if "UNAVAILABLE" in reason and not self._hinted:  # once until it connects
-                self._hinted = True
+            if "UNAVAILABLE" in reason:  # each new likely cause, once until it connects
                 cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
-                if cause:
+                if cause and cause != self._hint:
+                    self._hint = cause
                     _log.warning("hint: %s", cause)
             await self._clock.sleep(delay)
 
@@ -337,7 +343,7 @@ class Worker:
             }.get(self.standing[0], f"is {self.standing[0]}")
             reason = f": {welcome.standing_reason}" if welcome.standing_reason else ""
             _log.warning("the coordinator says this node %s%s", what, reason)
-        self._hinted = False
+        self._hint = ""
         self._session = session
         self._connected.set()
         if self._draining:
@@ -648,7 +654,10 @@ class Worker:
         return self._tasks.attempts_on(device)
 
 
+def _code(exc: grpc.aio.AioRpcError) -> str:
+    return str(dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, ""))
+
+
 def _refused(exc: grpc.aio.AioRpcError) -> bool:
     """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
-    code = dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, "")
-    return bool(code == ErrorCode.WORKER_TOO_OLD)
+    return _code(exc) == ErrorCode.WORKER_TOO_OLD

@@ -18,6 +18,7 @@ import grpc.aio
 
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, BadSignature, node_id_for, verify
+from sparegrid.wire.codes import CODE_METADATA_KEY
 from sparegrid.wire.receipt import decode_statement
 
 CHUNK = 1 << 20
@@ -117,6 +118,8 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
         self.resume = True  # Welcome resumes every attempt the worker reports running
         self.standing = ("active", "")  # what Welcome says of the node's standing, and why
         self.credited = 0  # the node's credit in the ledger, as Welcome says it
+        # every session refused after its Hello: (status, sparegrid code, message)
+        self.refusal: tuple[grpc.StatusCode, str, str] | None = None
         self.blobs: dict[str, bytes] = {}
         self.uploads: list[str] = []
         self.downloads: list[tuple[str, int]] = []
@@ -170,6 +173,10 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer, blob_pb2_grpc.BlobS
     ) -> AsyncIterator[worker_pb2.CoordinatorMessage]:
         requests = aiter(request_iterator)
         first = await anext(requests)
+        if self.refusal is not None:
+            status, code, words = self.refusal
+            context.set_trailing_metadata(((CODE_METADATA_KEY, code),))
+            await context.abort(status, words)
         session = FakeSession(
             first.hello, os.urandom(32), uuid.uuid4().hex, uuid.uuid4().hex, self.ack_results
         )
