@@ -142,6 +142,7 @@ async def test_a_tls_client_against_plaintext_is_told_to_drop_tls(tmp_path: Path
         assert f"the coordinator at {address} speaks plaintext, and this side TLS" in text
         code, text = await cli("job", "list", "--coordinator", address, "--tls")
     assert code == 1 and "speaks plaintext, and this side TLS: drop --tls" in text
+    assert ": OK [" not in text  # gRPC's bare "OK" for a failed handshake is said in words
 
 
 async def test_a_wrong_port_is_named_not_blamed_on_the_admin_key(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

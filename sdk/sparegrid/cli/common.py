@@ -103,8 +103,11 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
 
 
 def short_reason(message: str) -> str:
-    """gRPC's "failed to connect to all addresses; ...: Connection refused" -> the last part."""
+    """gRPC's "failed to connect to all addresses; ...: Connection refused" -> the last part;
+    a failed TLS handshake, whose last part is a bare "OK" -> said as such."""
     lower = message.lower()
+    if "handshake failed" in lower:
+        return "the TLS handshake failed"
     if any(s in lower for s in ("failed to connect", "resolving", "resolution failed")):
         return message.rsplit(": ", 1)[-1].strip("[] ")
     return message

@@ -1,5 +1,12 @@
 """`sparegrid`: one command, a group of subcommands per role."""
 
+import os
+
+# gRPC's own INFO lines (TLS handshakes that failed, GOAWAYs) reach stderr otherwise, raw,
+# beside the command's own words on what went wrong; read when grpc is first imported.
+# GRPC_VERBOSITY=INFO (or DEBUG) brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import importlib
 import sys
