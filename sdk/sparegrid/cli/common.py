@@ -17,7 +17,7 @@ from sparegrid.sdk.config import (
     resolve_tls,
     resolve_tls_ca,
 )
-from sparegrid.wire.tls import Speaks, probe
+from sparegrid.wire.tls import Speaks, answering
 from sparegrid.wire.tls import hint as tls_hint
 
 Handler = Callable[[argparse.Namespace], int]
@@ -139,10 +139,10 @@ def no_admin_key(args: argparse.Namespace) -> None:
     """NO_ADMIN_KEY is often a wrong address: say what listens there, and which addresses
     have a recorded key."""
     address = resolve_address(getattr(args, "coordinator", None))
-    speaks = probe(address)
+    where, speaks = answering(address)
     recorded = recorded_admin_keys()
     if speaks in (Speaks.NOTHING, Speaks.OTHER):
-        output.hint(tls_hint(address, uses_tls(args), speaks))
+        output.hint(tls_hint(where, uses_tls(args), speaks))
     if recorded:
         output.hint(f"`coordinator serve` recorded admin keys for: {', '.join(recorded)}")
 
