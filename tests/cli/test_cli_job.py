@@ -11,6 +11,7 @@ from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
 from sparegrid.sdk import Client, InvalidArgumentError, Job, OutputRef, TaskResult, TaskState
+from sparegrid.sdk.testing import coordinator as fake_coordinator
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
 
@@ -378,3 +379,13 @@ async def test_dry_run_against_the_fake_submits_nothing(cli: Cli, grid: FakeGrid
     found = json.loads(result.out)
     assert (found["tasks"], found["max_held"], found["affordable"]) == (3, 3, True)
     assert grid.coordinator.jobs == {}
+
+
+async def test_prices_show_a_description_with_brackets_whole(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    words = "resolution [w, h], format png|exr, tiles [n, m], [bold]as typed[/]"
+    monkeypatch.setitem(fake_coordinator.KINDS, "echo", words)
+    result = await cli("job", "prices")
+    assert result.code == 0, result.err
+    assert words in result.out
