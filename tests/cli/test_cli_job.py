@@ -198,11 +198,11 @@ async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_pat
     result = await cli("job", "results", job_id, "-o", str(tmp_path / "o"))
     assert result.code == 1
     assert "2 results written to" in result.out
-    assert "1 receipts verified" in result.out
+    assert "1 receipt verified" in result.out
     assert "task 1 (" in result.err
     verify = await cli("job", "verify", job_id)
     assert verify.code == 1
-    assert "1 receipts verified, 1 failed" in verify.out
+    assert "1 receipt verified, 1 failed" in verify.out
 
 
 async def test_verify_get_and_list(cli: Cli, grid: FakeGrid) -> None:
@@ -389,3 +389,15 @@ async def test_prices_show_a_description_with_brackets_whole(
     result = await cli("job", "prices")
     assert result.code == 0, result.err
     assert words in result.out
+
+
+async def test_messages_count_and_name_in_plain_english(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    one = await cli("job", "submit", "echo", "--tasks", "1", "--wait")
+    assert one.code == 0, one.err
+    assert ": 1 task, " in one.err and "1 tasks" not in one.err
+    job_id = one.out.splitlines()[0]
+    preview = await cli("job", "preview", job_id, "-o", str(tmp_path / "f.png"))
+    assert preview.code == 1
+    assert f"job {job_id} is an echo job; only render jobs have frames" in preview.err

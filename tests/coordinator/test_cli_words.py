@@ -1,7 +1,9 @@
 """What `sparegrid` says when a real coordinator refuses: the CLI's flags rather than the
-job params behind them."""
+job params behind them, and a hint only where it applies."""
 
 from tests.coordinator.conftest import Cli, Served
+
+SUBMIT_HINT = "submit fewer tasks"
 
 
 async def test_refused_params_name_the_flags_that_set_them(cli: Cli, served: Served) -> None:
@@ -11,4 +13,18 @@ async def test_refused_params_name_the_flags_that_set_them(cli: Cli, served: Ser
     bare = await cli("job", "submit", "checksum", "--tasks", "2", key=served.alice_key)
     assert bare.code == 1
     assert "expects inputs ['data'], got none; give each with --input NAME=PATH" in bare.err
+
+
+async def test_the_submit_hint_comes_with_submits_only(cli: Cli, served: Served) -> None:
+    submit = await cli("job", "submit", "echo", "--tasks", "500", key=served.alice_key)
+    assert submit.code == 1 and "[INSUFFICIENT_CREDIT]" in submit.err
+    assert SUBMIT_HINT in submit.err
+    dry = await cli("job", "submit", "echo", "--tasks", "500", "--dry-run", key=served.alice_key)
+    assert dry.code == 1 and SUBMIT_HINT in dry.err
+    debit = await cli("admin", "credit", "debit", "alice", "500", "--reason", "test")
+    assert debit.code == 1 and "[INSUFFICIENT_CREDIT]" in debit.err
+    assert "hint:" not in debit.err
+    stake = await cli("account", "stake", "500", key=served.alice_key)
+    assert stake.code == 1 and "[INSUFFICIENT_CREDIT]" in stake.err
+    assert "hint:" not in stake.err
 

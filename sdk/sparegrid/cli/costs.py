@@ -78,6 +78,6 @@ def show_estimate(e: Estimate, as_json: bool = False) -> int:
             f"this job holds up to {e.max_held} credit, the account has {e.balance}",
             "INSUFFICIENT_CREDIT",
         )
-        output.hint(common.HINTS["INSUFFICIENT_CREDIT"])
+        output.hint(common.COMMAND_HINTS["INSUFFICIENT_CREDIT", "job submit"])
         return 1
     return 0

@@ -108,6 +108,16 @@ def note(message: str) -> None:
     err().print(message, markup=False)
 
 
+def count(n: int, noun: str) -> str:
+    """`1 task`, `2 tasks`: a number and its noun, plural unless it is one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def a_or_an(word: str) -> str:
+    """`a render`, `an echo`: the word with its indefinite article."""
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
 def when(value: datetime | None) -> str:
     if value is None:
         return "-"

@@ -74,7 +74,8 @@ def submit(args: argparse.Namespace) -> int:
             )
         print(job.id, flush=True)
         output.note(
-            f"submitted render job {job.id}: {job.counts.total} tasks, {job.cost_held} credit held"
+            f"submitted render job {job.id}: {output.count(job.counts.total, 'task')}, "
+            f"{job.cost_held} credit held"
         )
         if args.wait:
             return follow(job, args.timeout, summary=output.err())
