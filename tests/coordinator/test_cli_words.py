@@ -1,5 +1,8 @@
 """What `sparegrid` says when a real coordinator refuses: the CLI's flags rather than the
-job params behind them, and a hint only where it applies."""
+job params behind them, a hint only where it applies, and a dry run of `job submit`
+refused for what a real submit is refused for."""
+
+import pytest
 
 from tests.coordinator.conftest import Cli, Served
 
@@ -28,3 +31,20 @@ async def test_the_submit_hint_comes_with_submits_only(cli: Cli, served: Served)
     assert stake.code == 1 and "[INSUFFICIENT_CREDIT]" in stake.err
     assert "hint:" not in stake.err
 
+
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [
+        (["--name", "n" * 201], "BAD_NAME"),
+        (["--priority", "101"], "BAD_PRIORITY"),
+        (["--webhook", "ftp://example.org/hook"], "BAD_WEBHOOK"),
+    ],
+)
+async def test_a_dry_run_refuses_what_a_submit_refuses(
+    cli: Cli, served: Served, flags: list[str], code: str
+) -> None:
+    for dry in ([], ["--dry-run"]):
+        result = await cli("job", "submit", "echo", *flags, *dry, key=served.alice_key)
+        assert result.code == 1, (dry, result.out)
+        assert f"[{code}]" in result.err, (dry, result.err)
+    assert served.app.store.list_jobs() == []

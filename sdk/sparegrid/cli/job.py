@@ -270,9 +270,12 @@ def _submit(args: argparse.Namespace) -> int:
                     args.kind,
                     params,
                     digests,
+                    name=args.name,
                     max_attempts=args.max_attempts,
                     replicas=args.replicas,
                     quorum=args.quorum,
+                    priority=args.priority,
+                    webhook_url=args.webhook,
                 )
                 return costs.show_estimate(found, args.json)
             job = client.submit(

@@ -43,9 +43,12 @@ def submit(args: argparse.Namespace) -> int:
                     chunk=args.chunk,
                     blender=args.blender,
                     backend=args.backend,
+                    name=args.name,
                     max_attempts=args.max_attempts,
                     replicas=args.replicas,
                     quorum=args.quorum,
+                    priority=args.priority,
+                    webhook_url=args.webhook,
                     on_upload=progress,
                 )
             from sparegrid.cli import costs
