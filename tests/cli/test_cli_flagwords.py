@@ -7,6 +7,7 @@ import pytest
 
 from sparegrid.cli import flagwords
 from sparegrid.cli.main import build_parser
+from sparegrid.sdk import render as sdk_render
 from tests.cli.conftest import Cli, FakeGrid
 
 
@@ -43,7 +44,21 @@ def test_every_mapped_flag_is_a_flag_of_job_submit() -> None:
             "render job: 'resolution' values must be 1..65536, got 0",
             "render job: --resolution values must be 1..65536, got 0",
         ),
+        (
+            "echo job: 'data' must be a string of at most 65536 characters",
+            "echo job: --data must be a string of at most 65536 characters",
+        ),
+        (
+            "checksum job: expects inputs ['data'], got none",
+            "checksum job: expects inputs ['data'], got none; give each with --input "
+            "NAME=PATH (PATH alone is input 'data')",
+        ),
+        (
+            "resolution '64' is not WxH, e.g. 1920x1080",
+            "--resolution '64' is not WxH, e.g. 1920x1080",
+        ),
         # words that are not used as names stay
+        ("input 'data' is given twice", "input 'data' is given twice"),
         ("inputs disagree on the number of samples", "inputs disagree on the number of samples"),
         ("params.tasks must be at least 1", "params.tasks must be at least 1"),
         ("subtasks must wait", "subtasks must wait"),
@@ -77,4 +92,35 @@ async def test_inference_flags_are_named_in_errors_and_nothing_is_sent(
     assert result.code == 1
     assert f"error: {said} [BAD_PARAMS]" in result.err
     assert "_" not in result.err.split("[")[0]  # no Python name left
+    assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--frames", "4-1"],
+            "--frames '4-1' ends before it starts: START-END goes forward, e.g. 1-4",
+        ),
+        (["--resolution", "64"], "--resolution '64' is not WxH, e.g. 1920x1080"),
+        (["--tiles", "4"], "--tiles '4' is not NxM, e.g. 4x4"),
+    ],
+)
+async def test_render_flags_are_named_in_errors_and_nothing_is_sent(
+    cli: Cli,
+    grid: FakeGrid,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    said: str,
+) -> None:
+    monkeypatch.setattr(sdk_render, "have_blender", lambda: False)  # checked without bpy
+    scene = tmp_path / "scene.blend"
+    scene.write_bytes(b"BLENDER-v402" + bytes(100))
+    given = {"--frames": "1-4", "--samples": "1", "--resolution": "64x64"}
+    given.update(zip(flags[::2], flags[1::2], strict=True))
+    argv = [x for pair in given.items() for x in pair]
+    result = await cli("job", "submit", "render", "--blend", str(scene), *argv)
+    assert result.code == 1
+    assert f"error: {said} [BAD_PARAMS]" in result.err
     assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}

@@ -11,6 +11,7 @@ from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
 from sparegrid.sdk import Client, InvalidArgumentError, Job, OutputRef, TaskResult, TaskState
+from sparegrid.sdk.testing import coordinator as fake_coordinator
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
 
@@ -197,11 +198,11 @@ async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_pat
     result = await cli("job", "results", job_id, "-o", str(tmp_path / "o"))
     assert result.code == 1
     assert "2 results written to" in result.out
-    assert "1 receipts verified" in result.out
+    assert "1 receipt verified" in result.out
     assert "task 1 (" in result.err
     verify = await cli("job", "verify", job_id)
     assert verify.code == 1
-    assert "1 receipts verified, 1 failed" in verify.out
+    assert "1 receipt verified, 1 failed" in verify.out
 
 
 async def test_verify_get_and_list(cli: Cli, grid: FakeGrid) -> None:
@@ -378,3 +379,25 @@ async def test_dry_run_against_the_fake_submits_nothing(cli: Cli, grid: FakeGrid
     found = json.loads(result.out)
     assert (found["tasks"], found["max_held"], found["affordable"]) == (3, 3, True)
     assert grid.coordinator.jobs == {}
+
+
+async def test_prices_show_a_description_with_brackets_whole(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    words = "resolution [w, h], format png|exr, tiles [n, m], [bold]as typed[/]"
+    monkeypatch.setitem(fake_coordinator.KINDS, "echo", words)
+    result = await cli("job", "prices")
+    assert result.code == 0, result.err
+    assert words in result.out
+
+
+async def test_messages_count_and_name_in_plain_english(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    one = await cli("job", "submit", "echo", "--tasks", "1", "--wait")
+    assert one.code == 0, one.err
+    assert ": 1 task, " in one.err and "1 tasks" not in one.err
+    job_id = one.out.splitlines()[0]
+    preview = await cli("job", "preview", job_id, "-o", str(tmp_path / "f.png"))
+    assert preview.code == 1
+    assert f"job {job_id} is an echo job; only render jobs have frames" in preview.err

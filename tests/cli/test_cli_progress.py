@@ -1,7 +1,9 @@
 """Progress lines and tables a user reads: labelled, within 80 columns, with an ETA."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from rich.console import Console
 
 from sparegrid.cli import output
@@ -48,3 +50,17 @@ def test_job_details_show_the_eta_while_it_runs() -> None:
     console.print(output.job_details(job(JobState.RUNNING, 4, 1, age=60)))
     text = console.export_text()
     assert "eta" in text and "3m00s" in text
+
+
+def test_wait_counts_elapsed_time_from_the_submit_in_progress_and_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`job wait` started an hour after the submit: both say an hour, not a moment."""
+    running = job(JobState.RUNNING, 10, 5, age=3600)
+    began = time.monotonic()  # when `job wait` started
+    with output.job_progress(running) as report:
+        report(running)
+    assert "elapsed 1h00m0" in capsys.readouterr().err
+    console = Console(width=100, record=True)
+    console.print(output.job_summary(running, output.job_age(running, began)))
+    assert "elapsed  1h00m0" in console.export_text()

@@ -6,7 +6,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sparegrid.sdk import AdminClient, AuthenticationError, Client, SparegridError, config
+from sparegrid.sdk import (
+    AdminClient,
+    AuthenticationError,
+    Client,
+    SparegridError,
+    VerificationError,
+    config,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +133,20 @@ def test_no_admin_key_names_all_three_options() -> None:
 def test_unreadable_admin_key_file(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError, match="cannot read admin key file"):
         config.resolve_admin_key("h:1", key_file=tmp_path / "missing.key")
+
+
+def test_a_list_of_coordinators_pins_one_key_under_each_address() -> None:
+    first, second = "10.0.0.1:50051", "10.0.0.2:50051"
+    key, other = bytes(range(32)), bytes(32)
+    assert config.pin_coordinator_key(f"{first},{second}", key) == key
+    assert [p.name for p in config.coordinator_key_paths(f"{second},{first}")] == [
+        "10.0.0.2_50051.pub",
+        "10.0.0.1_50051.pub",
+    ]
+    for path in config.coordinator_key_paths(f"{first},{second}"):
+        assert path.read_text() == key.hex() + "\n"
+    assert config.pin_coordinator_key(second, key) == key  # the standby, named alone
+    with pytest.raises(VerificationError) as info:
+        config.pin_coordinator_key(f"{second},10.0.0.3:50051", other)
+    assert info.value.code == "COORDINATOR_KEY_CHANGED"
+    assert "10.0.0.2_50051.pub" in str(info.value)

@@ -158,7 +158,7 @@ def test_a_pause_ends_at_its_deadline_and_is_kept_on_disk(tmp_path: Path) -> Non
     pause = ManualPause(tmp_path / "pause.json", clock)
     assert pause.reason() == ""
     pause.pause(3600)
-    assert pause.reason() == "until Tue 08 Dec 00:30 (or `sparegrid worker resume`)"
+    assert pause.reason() == "until Tue 08 Dec 00:30, or `sparegrid worker resume`"
     again = ManualPause(tmp_path / "pause.json", clock)  # a restart: still paused
     assert again.reason() == pause.reason()
     clock.advance(3599)

@@ -14,6 +14,11 @@ class TargetError(ValueError):
     """An address list gRPC cannot take; the message says why and what works."""
 
 
+def split_addresses(address: str) -> list[str]:
+    """The addresses a comma list names, in order; a single address is a list of one."""
+    return [part.strip() for part in address.split(",") if part.strip()] or [address]
+
+
 def grpc_target(address: str) -> str:
     """The gRPC target for `address`: itself, or for a comma list the ipv4:/ipv6: target
     naming each of its addresses."""

@@ -13,6 +13,8 @@ import socket
 import ssl
 from pathlib import Path
 
+from sparegrid.wire.targets import split_addresses
+
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
 _FRAME_SETTINGS = 0x4
@@ -49,8 +51,22 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def answering(address: str, timeout: float = 2.0) -> tuple[str, Speaks]:
+    """The first address of `address` (one, or a list of coordinators of which one serves
+    and the others stand by, not listening) where anything listens, and what it speaks;
+    `address` and NOTHING when nothing listens at any of them."""
+    for part in split_addresses(address):
+        speaks = probe(part, timeout)
+        if speaks is not Speaks.NOTHING:
+            return part, speaks
+    return address, Speaks.NOTHING
+
+
 def probe(address: str, timeout: float = 2.0) -> Speaks:
-    """What listens at HOST:PORT. Sends a TLS hello, or an HTTP/2 preface; no credential."""
+    """What listens at HOST:PORT (for a list, at the first of its addresses where anything
+    does). Sends a TLS hello, or an HTTP/2 preface; no credential."""
+    if "," in address:
+        return answering(address, timeout)[1]
     try:
         host, port = _split(address)
         with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -86,11 +102,16 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 def hint(address: str, using_tls: bool, speaks: Speaks | None = None) -> str:
     """The likely cause of a failed connection to a coordinator, and what to do; "" when
-    the probe finds nothing wrong with the address or the transport."""
-    speaks = probe(address) if speaks is None else speaks
+    the probe finds nothing wrong with the address or the transport. For a list, the
+    hint is about the first of its addresses where anything listens (with `speaks` given,
+    pass the address and what it speaks as `answering` found them)."""
+    if speaks is None:
+        address, speaks = answering(address)
     if speaks is Speaks.NOTHING:
+        parts = split_addresses(address)
+        where = f"any of {', '.join(parts)}" if len(parts) > 1 else address
         return (
-            f"nothing answers at {address}: is the address (and its port) right? Start a "
+            f"nothing answers at {where}: is the address (and its port) right? Start a "
             "coordinator with `sparegrid coordinator serve`, or point --coordinator or "
             "$SPAREGRID_COORDINATOR at a running one"
         )

@@ -279,12 +279,12 @@ def ledger_check(args: argparse.Namespace) -> int:
         check = admin.ledger_check()
     if check.balanced:
         print(
-            f"ledger balances: {check.transactions} transactions, "
+            f"ledger balances: {output.count(check.transactions, 'transaction')}, "
             f"{check.entries} entries, sum {check.total}"
         )
         return 0
     output.error(
-        f"ledger does not balance: {check.transactions} transactions, "
+        f"ledger does not balance: {output.count(check.transactions, 'transaction')}, "
         f"{check.entries} entries, sum {check.total}"
     )
     for problem in check.problems:

@@ -17,7 +17,7 @@ from sparegrid.sdk.config import (
     resolve_tls,
     resolve_tls_ca,
 )
-from sparegrid.wire.tls import Speaks, probe
+from sparegrid.wire.tls import Speaks, answering
 from sparegrid.wire.tls import hint as tls_hint
 
 Handler = Callable[[argparse.Namespace], int]
@@ -31,8 +31,6 @@ NEW_CODE = "ask the coordinator's operator for a new code (`sparegrid admin invi
 HINTS = {
     "NO_API_KEY": CREATE_ACCOUNT,
     "BAD_API_KEY": CREATE_ACCOUNT,
-    "INSUFFICIENT_CREDIT": "submit fewer tasks, or have an operator add credit with "
-    "`sparegrid admin credit grant ACCOUNT AMOUNT`",
     "JOB_NOT_FOUND": "`sparegrid job list` shows the jobs of your account",
     "ACCOUNT_NOT_FOUND": "`sparegrid admin account list` shows the accounts",
     "STAKE_LOCKED": "stop your workers; the stake unlocks once they have been away for the "
@@ -57,6 +55,28 @@ HINTS = {
     "NOT_ADMIN": "use the admin key `coordinator serve` wrote to DATA_DIR/admin.key "
     "(--admin-key-file), or the key of an account made with --admin",
 }
+ADD_CREDIT = "have an operator add credit with `sparegrid admin credit grant ACCOUNT AMOUNT`"
+# What to do about an error, for the command it means that for: (code, command) -> hint.
+# (`account stake` and `admin credit debit` refused for credit say all there is to say.)
+COMMAND_HINTS = {
+    ("INSUFFICIENT_CREDIT", "job submit"): f"submit fewer tasks, or {ADD_CREDIT}",
+    ("INSUFFICIENT_CREDIT", "job retry"): ADD_CREDIT,
+}
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed, without its arguments: `admin credit debit`."""
+    words = [getattr(args, "command", None) or ""]
+    while isinstance(getattr(args, f"{words[-1]}_command", None), str):
+        words.append(getattr(args, f"{words[-1]}_command"))
+    return " ".join(words)
+
+
+def hint_for(code: str, args: argparse.Namespace | None) -> str:
+    """What to do about an error of `code`; "" when there is nothing to add."""
+    if args is not None and (code, command_name(args)) in COMMAND_HINTS:
+        return COMMAND_HINTS[code, command_name(args)]
+    return HINTS.get(code, "")
 
 
 def connection_parent() -> argparse.ArgumentParser:
@@ -142,10 +162,10 @@ def no_admin_key(args: argparse.Namespace) -> None:
     """NO_ADMIN_KEY is often a wrong address: say what listens there, and which addresses
     have a recorded key."""
     address = resolve_address(getattr(args, "coordinator", None))
-    speaks = probe(address)
+    where, speaks = answering(address)
     recorded = recorded_admin_keys()
     if speaks in (Speaks.NOTHING, Speaks.OTHER):
-        output.hint(tls_hint(address, uses_tls(args), speaks))
+        output.hint(tls_hint(where, uses_tls(args), speaks))
     if recorded:
         output.hint(f"`coordinator serve` recorded admin keys for: {', '.join(recorded)}")
 
@@ -156,8 +176,8 @@ def failed(exc: SparegridError, args: argparse.Namespace | None = None) -> None:
         output.error(f"no API key: set ${ENV_API_KEY} to your account's key", exc.code)
     else:
         output.sparegrid_error(exc)
-    if exc.code in HINTS:
-        output.hint(HINTS[exc.code])
+    if hint_for(exc.code, args):
+        output.hint(hint_for(exc.code, args))
     if exc.code == "NO_ADMIN_KEY" and args is not None:
         no_admin_key(args)
 

@@ -4,6 +4,7 @@ import argparse
 import json
 
 from rich.table import Table
+from rich.text import Text
 
 from sparegrid.cli import common, output
 from sparegrid.sdk import Estimate, Info
@@ -18,11 +19,11 @@ def price_text(credit: int, units: int, unit: str) -> str:
 def prices_table(info: Info) -> Table:
     t = output.table("kind", "price (credit)", "work unit", "what it is")
     for k in sorted(info.kinds, key=lambda k: k.name):
-        t.add_row(
-            k.name,
+        t.add_row(  # the coordinator's words, not rich markup: "resolution [w, h]"
+            Text(k.name),
             price_text(k.price_credit, k.price_units, k.work_unit),
-            k.work_unit,
-            k.description,
+            Text(k.work_unit),
+            Text(k.description),
         )
     return t
 
@@ -77,6 +78,6 @@ def show_estimate(e: Estimate, as_json: bool = False) -> int:
             f"this job holds up to {e.max_held} credit, the account has {e.balance}",
             "INSUFFICIENT_CREDIT",
         )
-        output.hint(common.HINTS["INSUFFICIENT_CREDIT"])
+        output.hint(common.COMMAND_HINTS["INSUFFICIENT_CREDIT", "job submit"])
         return 1
     return 0

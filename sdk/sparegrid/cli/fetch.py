@@ -141,7 +141,7 @@ def results_continue(args: argparse.Namespace) -> int:
     bad = [e for e in done.entries if e["problems"] and e["state"] == "succeeded"]
     print(
         f"{done.new} new output(s) written to {out_dir}, {done.kept} already there "
-        f"(digests checked); {succeeded} of {job.counts.total} tasks done"
+        f"(digests checked); {succeeded} of {output.count(job.counts.total, 'task')} done"
     )
     for entry in bad:
         output.error(f"task {entry['task']} ({entry['task_id']}): {'; '.join(entry['problems'])}")
@@ -174,7 +174,8 @@ def preview(args: argparse.Namespace) -> int:
         job = client.get_job(args.job_id)
         if job.kind != "render":
             raise InvalidArgumentError(
-                "NOT_A_RENDER", f"job {job.id} is a {job.kind} job; only render jobs have frames"
+                "NOT_A_RENDER",
+                f"job {job.id} is {output.a_or_an(job.kind)} job; only render jobs have frames",
             )
         if args.frame is not None:
             result, name = _frame_of(job, args.frame)

@@ -4,7 +4,7 @@ The SDK's checks and the coordinator's name the Python parameters and job params
 check (`batch_size must be 1..65536`, `'chunk' must be between 1 and 10000`); a user of
 `sparegrid job submit` typed flags. `in_flags` rewrites those names in an error's message,
 only where they read as a name: an identifier with an underscore, `NAME=VALUE`, a quoted
-`'NAME'` or `NAME must`, so that a plain word such as "samples" in a sentence stays.
+`'NAME'`, `NAME must` or `NAME 'VALUE' is` (at the start), so that a plain word such as "samples" in a sentence stays.
 """
 
 import re
@@ -31,13 +31,20 @@ FLAGS = {
     "temperature": "--temperature",
     "sleep_ms": "--sleep-ms",
     "tasks": "--tasks",
+    "data": "--data",
+    "frames": "--frames",
 }
 
 
 def _pattern(name: str) -> re.Pattern[str]:
     word = re.escape(name)
     alone = rf"(?<![\w'.\-]){word}\b"  # not part of a longer name, a quote or params.NAME
-    forms = [rf"'{word}'(?= (?:values )?must)", rf"{alone}=(?=[^\s,;)])", rf"{alone}(?= must)"]
+    forms = [
+        rf"'{word}'(?= (?:values )?must)",
+        rf"{alone}=(?=[^\s,;)])",
+        rf"{alone}(?= must)",
+        rf"^{word}(?= '[^']*' \w)",  # "resolution '64' is not WxH"
+    ]
     if "_" in name:
         forms.append(rf"{alone}(?!')")
     return re.compile("|".join(forms))
@@ -46,10 +53,16 @@ def _pattern(name: str) -> re.Pattern[str]:
 _PATTERNS = {name: _pattern(name) for name in FLAGS}
 
 
+# "checksum job: expects inputs ['data'], got none": the inputs a job kind takes
+_EXPECTED_INPUTS = re.compile(r"expects inputs \[[^\]]*\], got [^;]*$")
+
+
 def rewrite(message: str) -> str:
     """`message` with each parameter name it uses as a name replaced by its flag."""
     for name, pattern in _PATTERNS.items():
         message = pattern.sub(_replacer(FLAGS[name]), message)
+    if _EXPECTED_INPUTS.search(message):
+        message += "; give each with --input NAME=PATH (PATH alone is input 'data')"
     return message
 
 

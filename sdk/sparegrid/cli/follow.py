@@ -9,7 +9,8 @@ from sparegrid.sdk import DeadlineExceededError, Job, JobState
 
 
 def follow(job: Job, timeout: float | None, summary: Console | None = None) -> int:
-    """Progress until final, then the summary. 0 succeeded, 1 failed/cancelled, 2 timeout."""
+    """Progress until final, then the summary, both counting the time since the job was
+    submitted. 0 succeeded, 1 failed/cancelled, 2 timeout."""
     summary = summary or output.out()
     start = time.monotonic()
     try:
@@ -18,7 +19,7 @@ def follow(job: Job, timeout: float | None, summary: Console | None = None) -> i
     except DeadlineExceededError as exc:
         if exc.code != "WAIT_TIMEOUT":
             raise
-        output.show(output.job_summary(job, time.monotonic() - start), summary)
+        output.show(output.job_summary(job, output.job_age(job, start)), summary)
         output.error(exc.message, exc.code)
         still_running(job)
         return 2
@@ -26,7 +27,7 @@ def follow(job: Job, timeout: float | None, summary: Console | None = None) -> i
         output.error(f"interrupted; job {job.id} goes on without you")
         still_running(job)
         return 130
-    output.show(output.job_summary(job, output.job_elapsed(job, time.monotonic() - start)), summary)
+    output.show(output.job_summary(job, output.job_age(job, start)), summary)
     return 0 if job.state is JobState.SUCCEEDED else 1
 
 

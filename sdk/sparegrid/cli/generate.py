@@ -51,7 +51,8 @@ def submit(args: argparse.Namespace) -> int:
         )
         print(job.id, flush=True)
         output.note(
-            f"submitted generate job {job.id}: {job.job.counts.total} tasks; {job.price_text()}"
+            f"submitted generate job {job.id}: {output.count(job.job.counts.total, 'task')}; "
+            f"{job.price_text()}"
         )
         if not args.wait:
             return 0

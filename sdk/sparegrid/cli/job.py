@@ -270,9 +270,12 @@ def _submit(args: argparse.Namespace) -> int:
                     args.kind,
                     params,
                     digests,
+                    name=args.name,
                     max_attempts=args.max_attempts,
                     replicas=args.replicas,
                     quorum=args.quorum,
+                    priority=args.priority,
+                    webhook_url=args.webhook,
                 )
                 return costs.show_estimate(found, args.json)
             job = client.submit(
@@ -289,7 +292,7 @@ def _submit(args: argparse.Namespace) -> int:
             )
         print(job.id, flush=True)
         output.note(
-            f"submitted {job.kind} job {job.id}: {job.counts.total} tasks, "
+            f"submitted {job.kind} job {job.id}: {output.count(job.counts.total, 'task')}, "
             f"{job.cost_held} credit held"
         )
         if args.wait:
@@ -327,13 +330,16 @@ def results(args: argparse.Namespace) -> int:
             write_index(stage, job.id, entries, merged)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
-    print(f"{len(entries)} results written to {out_dir}, {verified} receipts verified")
+    print(
+        f"{output.count(len(entries), 'result')} written to {out_dir}, "
+        f"{output.count(verified, 'receipt')} verified"
+    )
     for entry in bad:
         output.error(f"task {entry['task']} ({entry['task_id']}): {'; '.join(entry['problems'])}")
     if not job.finished:
         output.hint(
             f"job {job.id} is still {job.state.value}: {job.counts.done} of "
-            f"{job.counts.total} tasks are done; fetch again once `sparegrid job wait "
+            f"{output.count(job.counts.total, 'task')} are done; fetch again once `sparegrid job wait "
             f"{job.id}` returns"
         )
     return 1 if bad else 0
@@ -369,7 +375,7 @@ def retry(args: argparse.Namespace) -> int:
         job = client.retry_job(args.job_id)
         print(job.id)
         output.note(
-            f"{before.failed + before.cancelled} task(s) queued again; "
+            f"{output.count(before.failed + before.cancelled, 'task')} queued again; "
             f"{before.succeeded} keep their results"
         )
         return follow(job, None) if args.wait else 0
@@ -397,7 +403,7 @@ def cancel(args: argparse.Namespace) -> int:
         return 1
     print(f"{job.id}: {job.state.value}")
     output.note(
-        f"{job.counts.cancelled} tasks cancelled; {job.cost_spent} credit spent, "
+        f"{output.count(job.counts.cancelled, 'task')} cancelled; {job.cost_spent} credit spent, "
         f"{job.cost_refunded} refunded"
     )
     return 0
@@ -406,8 +412,11 @@ def cancel(args: argparse.Namespace) -> int:
 def verify(args: argparse.Namespace) -> int:
     with common.client(args) as client:
         report = client.get_job(args.job_id).verify()
-    skipped = f" ({report.skipped} tasks without a result skipped)" if report.skipped else ""
-    print(f"{report.ok} receipts verified, {len(report.failures)} failed{skipped}")
+    skipped = f" ({output.count(report.skipped, 'task')} without a result skipped)"
+    print(
+        f"{output.count(report.ok, 'receipt')} verified, {len(report.failures)} failed"
+        + (skipped if report.skipped else "")
+    )
     for failure in report.failures:
         output.error(f"task {failure.index} ({failure.task_id}): {failure.reason}")
     return 0 if report.passed else 1

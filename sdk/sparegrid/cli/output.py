@@ -20,8 +20,8 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
@@ -106,6 +106,16 @@ def hint(message: str) -> None:
 def note(message: str) -> None:
     """A status line on stderr (stdout stays for results)."""
     err().print(message, markup=False)
+
+
+def count(n: int, noun: str) -> str:
+    """`1 task`, `2 tasks`: a number and its noun, plural unless it is one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def a_or_an(word: str) -> str:
+    """`a render`, `an echo`: the word with its indefinite article."""
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
 
 
 def when(value: datetime | None) -> str:
@@ -198,7 +208,7 @@ def progress_line(job: Job, elapsed: float) -> str:
 
 
 def _plain_reporter(console: Console) -> Callable[[Job], None]:
-    began = time.monotonic()
+    began = time.monotonic()  # for a job that does not carry its creation time
     last: dict[str, Any] = {"at": 0.0, "done": -1, "waiting": ""}
 
     def report(job: Job) -> None:
@@ -209,7 +219,7 @@ def _plain_reporter(console: Console) -> Callable[[Job], None]:
         # a line when something changed, and one every PLAIN_INTERVAL * 6 regardless, so a
         # log shows the job is alive and how long is left
         if job.finished or (due and changed) or now - last["at"] >= PLAIN_INTERVAL * 6:
-            console.print(progress_line(job, now - began), markup=False)
+            console.print(progress_line(job, job_age(job, began)), markup=False)
             last.update(at=now, done=c.done, waiting=job.waiting)
 
     return report
@@ -228,7 +238,7 @@ def job_progress(job: Job) -> Iterator[Callable[[Job], None]]:
         BarColumn(bar_width=14),
         TextColumn("tasks {task.fields[tasks]}"),
         TextColumn("elapsed"),
-        TimeElapsedColumn(),
+        _JobAgeColumn(job, time.monotonic()),
         TextColumn("eta {task.fields[eta]}"),
     )
     with Progress(*columns, console=console) as progress:
@@ -258,6 +268,28 @@ def job_elapsed(job: Job, fallback: float) -> float:
     if job.created_at and job.finished_at:
         return (job.finished_at - job.created_at).total_seconds()
     return fallback
+
+
+def job_age(job: Job, began: float) -> float:
+    """Seconds since the job was submitted (to its end, once final), as the progress line
+    and the summary both count; since `began` (time.monotonic()) for a job that does not
+    carry its creation time."""
+    if job.created_at is None:
+        return time.monotonic() - began
+    if job.finished_at is not None:
+        return job_elapsed(job, 0.0)
+    return max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0)
+
+
+class _JobAgeColumn(ProgressColumn):
+    """The job's age (`job_age`), ticking between updates as rich's elapsed column does."""
+
+    def __init__(self, job: Job, began: float) -> None:
+        super().__init__()
+        self._job, self._began = job, began
+
+    def render(self, task: Any) -> Text:
+        return Text(duration(job_age(self._job, self._began)), style="progress.elapsed")
 
 
 def fields(title: str, rows: list[tuple[str, str]]) -> Table:

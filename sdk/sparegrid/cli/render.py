@@ -43,9 +43,12 @@ def submit(args: argparse.Namespace) -> int:
                     chunk=args.chunk,
                     blender=args.blender,
                     backend=args.backend,
+                    name=args.name,
                     max_attempts=args.max_attempts,
                     replicas=args.replicas,
                     quorum=args.quorum,
+                    priority=args.priority,
+                    webhook_url=args.webhook,
                     on_upload=progress,
                 )
             from sparegrid.cli import costs
@@ -74,7 +77,8 @@ def submit(args: argparse.Namespace) -> int:
             )
         print(job.id, flush=True)
         output.note(
-            f"submitted render job {job.id}: {job.counts.total} tasks, {job.cost_held} credit held"
+            f"submitted render job {job.id}: {output.count(job.counts.total, 'task')}, "
+            f"{job.cost_held} credit held"
         )
         if args.wait:
             return follow(job, args.timeout, summary=output.err())

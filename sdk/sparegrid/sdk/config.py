@@ -4,6 +4,7 @@ Resolution order, for each setting: explicit argument > environment > default; f
 key, the default is the key `sparegrid account signup` saved for the address.
 """
 
+import errno
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import grpc
 from grpc import aio
 
 from sparegrid.sdk.errors import AuthenticationError, SparegridError
-from sparegrid.wire.targets import TargetError, grpc_target
+from sparegrid.wire.targets import TargetError, grpc_target, split_addresses
 from sparegrid.wire.tls import env_flag, system_roots
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -69,19 +70,39 @@ def config_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(value) if value else Path.home() / ".config"
 
 
+def _key_files(folder: str, address: str, suffix: str, env: Mapping[str, str] | None) -> list[Path]:
+    """`$XDG_CONFIG_HOME/sparegrid/<folder>/<host>_<port><suffix>` for each address of
+    `address` (one, or a list of coordinators that serve from one database)."""
+    base = config_home(env) / "sparegrid" / folder
+    files = []
+    for part in split_addresses(address):
+        host, _, port = part.rpartition(":")
+        files.append(base / f"{host.strip('[]') or '127.0.0.1'}_{port}{suffix}")
+    return files
+
+
+def _first_existing(paths: list[Path]) -> Path:
+    return next((path for path in paths if path.exists()), paths[0])
+
+
+def admin_key_paths(address: str, env: Mapping[str, str] | None = None) -> list[Path]:
+    """`$XDG_CONFIG_HOME/sparegrid/admin/<host>_<port>.key`, written by `coordinator serve`,
+    for each address of a list of coordinators (the one serving wrote its own)."""
+    return _key_files("admin", address, ".key", env)
+
+
 def admin_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
-    """`$XDG_CONFIG_HOME/sparegrid/admin/<host>_<port>.key`, written by `coordinator serve`."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return config_home(env) / "sparegrid" / "admin" / f"{host}_{port}.key"
+    """The admin key file for `address`; for a list, the first of its addresses' files that
+    exists (else the first address's)."""
+    return _first_existing(admin_key_paths(address, env))
 
 
 def api_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_CONFIG_HOME/sparegrid/keys/<host>_<port>.key`: the API key `sparegrid account
-    signup` saved for the coordinator at `address` (sent to no other address)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return config_home(env) / "sparegrid" / "keys" / f"{host}_{port}.key"
+    signup` saved for the coordinator at `address` (sent to no other address). For a list
+    of coordinators (one database, so one account), the first of its addresses' files that
+    exists (else the first address's)."""
+    return _first_existing(_key_files("keys", address, ".key", env))
 
 
 def saved_api_key(address: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -97,25 +118,46 @@ def saved_api_key(address: str, env: Mapping[str, str] | None = None) -> str | N
 
 
 def save_api_key(address: str, api_key: str, env: Mapping[str, str] | None = None) -> Path:
-    """Writes the key for `address`, readable by this user only; FileExistsError when one
-    is saved already (it is not replaced)."""
-    path = api_key_path(address, env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(api_key + "\n")
-    return path
+    """Writes the key for `address` (for a list, for each of its addresses), readable by
+    this user only; returns the first file. FileExistsError when one is saved already (it
+    is not replaced)."""
+    paths = _key_files("keys", address, ".key", env)
+    for path in paths:
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "an API key is saved already", str(path))
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(api_key + "\n")
+    return paths[0]
 
 
 ENV_COORDINATOR_KEY = "SPAREGRID_COORDINATOR_KEY"
 
 
+def coordinator_key_paths(address: str, env: Mapping[str, str] | None = None) -> list[Path]:
+    """`$XDG_CONFIG_HOME/sparegrid/coordinators/<host>_<port>.pub` for each address of
+    `address`: the coordinator's public key (hex), written by `coordinator serve` or
+    pinned on first use."""
+    return _key_files("coordinators", address, ".pub", env)
+
+
 def coordinator_key_path(address: str, env: Mapping[str, str] | None = None) -> Path:
-    """`$XDG_CONFIG_HOME/sparegrid/coordinators/<host>_<port>.pub`: the coordinator's
-    public key (hex), written by `coordinator serve` or pinned on first use."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return config_home(env) / "sparegrid" / "coordinators" / f"{host}_{port}.pub"
+    """The pinned key's file for `address`; for a list, the first of its addresses' files
+    that exists (else the first address's)."""
+    return _first_existing(coordinator_key_paths(address, env))
+
+
+def _read_pin(source: str, text: str) -> bytes:
+    from sparegrid.sdk.errors import VerificationError
+
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise VerificationError(
+            f"{source} is not a hex Ed25519 public key", "BAD_COORDINATOR_KEY"
+        ) from None
 
 
 def pin_coordinator_key(
@@ -123,38 +165,36 @@ def pin_coordinator_key(
 ) -> bytes:
     """The key receipts must be countersigned with: SPAREGRID_COORDINATOR_KEY (hex) when
     set, else the key pinned for this address, else `offered` (from GetInfo), pinned now.
-    VerificationError when the coordinator offers a key other than the pinned one."""
+    For a list of coordinators (they countersign with one key), each address's pin must
+    hold that key, and an address without one is pinned now. VerificationError when the
+    coordinator offers a key other than a pinned one."""
     from sparegrid.sdk.errors import VerificationError
 
     explicit = _env(ENV_COORDINATOR_KEY, env)
-    path = coordinator_key_path(address, env)
     if explicit:
-        source = ENV_COORDINATOR_KEY
-        text = explicit
-    elif path.exists():
-        source, text = str(path), path.read_text().strip()
+        pins = [(ENV_COORDINATOR_KEY, _read_pin(ENV_COORDINATOR_KEY, explicit))]
+        unpinned: list[Path] = []
     else:
-        if len(offered) != 32:
+        paths = coordinator_key_paths(address, env)
+        pins = [(str(p), _read_pin(str(p), p.read_text().strip())) for p in paths if p.exists()]
+        unpinned = [p for p in paths if not p.exists()]
+    for source, pinned in pins:
+        if offered and offered != pinned:
             raise VerificationError(
-                f"coordinator {address} offers no countersigning key", "NO_COORDINATOR_KEY"
+                f"coordinator {address} now offers key {offered.hex()[:16]}…, but "
+                f"{pinned.hex()[:16]}… is pinned in {source}; if the operator really changed "
+                "it, remove the pin and verify again",
+                "COORDINATOR_KEY_CHANGED",
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(offered.hex() + "\n")
-        return offered
-    try:
-        pinned = bytes.fromhex(text)
-    except ValueError:
+    if not pins and len(offered) != 32:
         raise VerificationError(
-            f"{source} is not a hex Ed25519 public key", "BAD_COORDINATOR_KEY"
-        ) from None
-    if offered and offered != pinned:
-        raise VerificationError(
-            f"coordinator {address} now offers key {offered.hex()[:16]}…, but "
-            f"{pinned.hex()[:16]}… is pinned in {source}; if the operator really changed "
-            "it, remove the pin and verify again",
-            "COORDINATOR_KEY_CHANGED",
+            f"coordinator {address} offers no countersigning key", "NO_COORDINATOR_KEY"
         )
-    return pinned
+    if len(offered) == 32:
+        for path in unpinned:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(offered.hex() + "\n")
+    return pins[0][1] if pins else offered
 
 
 def _read_key_file(path: Path) -> str:
@@ -183,13 +223,14 @@ def resolve_admin_key(
     from_env = _env(ENV_ADMIN_KEY, env)
     if from_env:
         return from_env
-    default = admin_key_path(address, env)
-    if default.is_file():
-        return _read_key_file(default)
+    recorded = admin_key_paths(address, env)
+    for default in recorded:
+        if default.is_file():
+            return _read_key_file(default)
     raise AuthenticationError(
         "NO_ADMIN_KEY",
         "no admin key: pass --admin-key-file PATH, set SPAREGRID_ADMIN_KEY, "
-        f"or keep the key `coordinator serve` records at {default}",
+        f"or keep the key `coordinator serve` records at {' or '.join(map(str, recorded))}",
         grpc.StatusCode.UNAUTHENTICATED,
     )
 

@@ -181,8 +181,14 @@ def parse_frames(frames: "range | Sequence[int] | str | int | None") -> tuple[in
             raise InvalidArgumentError(
                 "BAD_PARAMS", f"frames {frames!r} is not N, START-END or START-END:STEP"
             )
-        start = int(m[1])
-        return start, int(m[2] or start), int(m[3] or 1)
+        start, end = int(m[1]), int(m[2] or m[1])
+        if end < start:
+            raise InvalidArgumentError(
+                "BAD_PARAMS",
+                f"frames {frames!r} ends before it starts: START-END goes forward, e.g. "
+                f"{end}-{start}",
+            )
+        return start, end, int(m[3] or 1)
     if isinstance(frames, range):
         if len(frames) == 0 or frames.step < 1:
             raise InvalidArgumentError("BAD_PARAMS", f"frames {frames!r} is empty or backwards")
@@ -196,6 +202,9 @@ def parse_frames(frames: "range | Sequence[int] | str | int | None") -> tuple[in
     return values[0], values[-1], step
 
 
+PAIR_FORMS = {"resolution": "WxH, e.g. 1920x1080", "tiles": "NxM, e.g. 4x4"}
+
+
 def parse_pair(value: "str | Sequence[int] | None", what: str) -> tuple[int, int] | None:
     """(a, b) from "1920x1080" or (1920, 1080)."""
     if value is None:
@@ -203,7 +212,8 @@ def parse_pair(value: "str | Sequence[int] | None", what: str) -> tuple[int, int
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
         if m is None:
-            raise InvalidArgumentError("BAD_PARAMS", f"{what} {value!r} is not NxM, e.g. 4x4")
+            form = PAIR_FORMS.get(what, "NxM, e.g. 4x4")
+            raise InvalidArgumentError("BAD_PARAMS", f"{what} {value!r} is not {form}")
         return int(m[1]), int(m[2])
     pair = tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) for v in pair):

@@ -259,21 +259,28 @@ class Client(_SyncBase):
         params: Mapping[str, Any] | None = None,
         inputs: Mapping[str, str] | None = None,
         *,
+        name: str = "",
         requirements: Requirements | None = None,
         max_attempts: int = 0,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
     ) -> Estimate:
-        """What `submit` with these arguments would cost: the coordinator splits and prices
-        the job as it would at submit (inputs uploaded first), and stores nothing."""
+        """What `submit` with these arguments would cost: the coordinator checks, splits and
+        prices the job as it would at submit (inputs uploaded first; a name, priority or
+        webhook it would refuse is refused here too), and stores nothing."""
         spec = convert.submit_request(
             kind,
             params,
             inputs,
+            name=name,
             requirements=requirements,
             max_attempts=max_attempts,
             replicas=replicas,
             quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
         ).spec
         request = client_pb2.EstimateJobRequest(spec=spec)
         return convert.estimate(self._unary(self._jobs.EstimateJob, request))
@@ -352,9 +359,12 @@ class Client(_SyncBase):
         chunk: int = 1,
         blender: str | None = None,
         backend: str | None = None,
+        name: str = "",
         max_attempts: int = 0,
         replicas: int = 0,
         quorum: int = 0,
+        priority: int = 0,
+        webhook_url: str = "",
         on_upload: Progress | None = None,
     ) -> Estimate:
         """What `render` with these arguments would cost; the scene is checked, packed and
@@ -376,10 +386,13 @@ class Client(_SyncBase):
             "render",
             params,
             inputs,
+            name=name,
             requirements=req,
             max_attempts=max_attempts,
             replicas=replicas,
             quorum=quorum,
+            priority=priority,
+            webhook_url=webhook_url,
         )
 
     def _render_job(

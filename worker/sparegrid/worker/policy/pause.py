@@ -97,7 +97,7 @@ class ManualPause:
         until = datetime.fromtimestamp(self.until)
         now = datetime.fromtimestamp(self._clock.now())
         shown = until.strftime("%H:%M" if until.date() == now.date() else "%a %d %b %H:%M")
-        return f"until {shown} (or {RESUME_HINT})"
+        return f"until {shown}, or {RESUME_HINT}"  # one level of brackets in `worker status`
 
     def snapshot(self) -> dict[str, Any] | None:
         """For `worker status`: None, or until when (ISO local time; None: until resumed)."""
