@@ -7,7 +7,8 @@ from sparegrid.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from sparegrid.wire import REGISTER_TAG, Signer
+from sparegrid.wire import REGISTER_TAG, Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served
 
 Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
@@ -54,3 +55,32 @@ async def next_ack(call: Call, credited: list[int] | None = None) -> worker_pb2.
                 credited.append(message.credited.total)
             continue
         return message.result_ack
+
+
+def signed_results(
+    signer: Signer,
+    held: list[worker_pb2.Assignment],
+    out: bytes,
+    name: str = "out",
+    batch_id: int = 1,
+) -> worker_pb2.WorkerMessage:
+    """A batch of results, one per assignment, each naming `out` (sent inline) as its
+    output, signed by the node."""
+    ref = common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))
+    statements = [
+        common_pb2.ResultStatement(
+            job_id=a.job_id,
+            task_id=a.task_id,
+            attempt_id=a.attempt_id,
+            node_id=signer.node_id,
+            outputs=[ref],
+        ).SerializeToString()
+        for a in held
+    ]
+    batch = worker_pb2.Results(
+        batch_id=batch_id,
+        statements=statements,
+        signature=sign_batch(signer, statements),
+        inline_outputs={ref.digest: out},
+    )
+    return worker_pb2.WorkerMessage(results=batch)

@@ -4,11 +4,11 @@ the honest worker, and a page of results stays under the size a message may hold
 import pytest
 
 from sparegrid.coordinator.rpc import client as client_rpc
-from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
+from sparegrid.v1 import client_pb2, client_pb2_grpc, worker_pb2
 from sparegrid.wire import Signer, sha256_hex
-from sparegrid.wire.receipt import MAX_INLINE_OUTPUT, sign_batch
+from sparegrid.wire.receipt import MAX_INLINE_OUTPUT
 from tests.coordinator.conftest import Served
-from tests.coordinator.sessions import Call, next_ack, session
+from tests.coordinator.sessions import Call, next_ack, session, signed_results
 
 
 async def taking(served: Served, tasks: int) -> tuple[Call, Signer, list[worker_pb2.Assignment]]:
@@ -27,35 +27,12 @@ async def taking(served: Served, tasks: int) -> tuple[Call, Signer, list[worker_
     return call, signer, list((await call.read()).assign.assignments)
 
 
-def results(
-    signer: Signer, held: list[worker_pb2.Assignment], out: bytes, name: str = "out"
-) -> worker_pb2.WorkerMessage:
-    ref = common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))
-    statements = [
-        common_pb2.ResultStatement(
-            job_id=a.job_id,
-            task_id=a.task_id,
-            attempt_id=a.attempt_id,
-            node_id=signer.node_id,
-            outputs=[ref],
-        ).SerializeToString()
-        for a in held
-    ]
-    batch = worker_pb2.Results(
-        batch_id=1,
-        statements=statements,
-        signature=sign_batch(signer, statements),
-        inline_outputs={ref.digest: out},
-    )
-    return worker_pb2.WorkerMessage(results=batch)
-
-
 async def test_an_inline_output_over_the_limit_is_refused_unpaid_and_struck(
     served: Served,
 ) -> None:
     call, signer, [held] = await taking(served, 1)
     big = b"x" * (MAX_INLINE_OUTPUT + 1)
-    await call.write(results(signer, [held], big))
+    await call.write(signed_results(signer, [held], big))
     [verdict] = (await next_ack(call)).verdicts
     assert not verdict.accepted and verdict.code == "INLINE_TOO_LARGE"
     assert "upload" in verdict.message
@@ -69,7 +46,7 @@ async def test_an_inline_output_over_the_limit_is_refused_unpaid_and_struck(
 
 async def test_an_output_name_past_the_limit_is_refused(served: Served) -> None:
     call, signer, [held] = await taking(served, 1)
-    await call.write(results(signer, [held], b"hi", name="n" * 257))
+    await call.write(signed_results(signer, [held], b"hi", name="n" * 257))
     [verdict] = (await next_ack(call)).verdicts
     assert not verdict.accepted and verdict.code == "BAD_OUTPUT"
     assert "256 characters" in verdict.message
@@ -83,7 +60,7 @@ async def test_results_with_large_inline_outputs_come_a_few_per_page(
     call, signer, held = await taking(served, 8)
     assert len(held) >= 3
     for n, assignment in enumerate(held):  # each result its own output
-        await call.write(results(signer, [assignment], bytes([n]) * 100))
+        await call.write(signed_results(signer, [assignment], bytes([n]) * 100))
         while (message := await call.read()).WhichOneof("body") != "result_ack":
             pass  # new assignments, credited
         assert message.result_ack.verdicts[0].accepted

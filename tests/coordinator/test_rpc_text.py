@@ -7,13 +7,11 @@ from sparegrid.v1 import (
     admin_pb2_grpc,
     client_pb2,
     client_pb2_grpc,
-    common_pb2,
     worker_pb2,
 )
-from sparegrid.wire import Signer, sha256_hex
-from sparegrid.wire.receipt import sign_batch
+from sparegrid.wire import Signer
 from tests.coordinator.conftest import Served
-from tests.coordinator.sessions import next_ack, session
+from tests.coordinator.sessions import next_ack, session, signed_results
 
 
 def credit(count: int) -> worker_pb2.WorkerMessage:
@@ -50,21 +48,7 @@ async def test_a_nul_in_a_workers_name_and_failure_drops_no_other_session(
     ack = await next_ack(rogue)
     assert [v.accepted for v in ack.verdicts] == [True, False]
     # the honest worker's session goes on: its result is taken and paid
-    out = b"hi"
-    statement = common_pb2.ResultStatement(
-        job_id=other.job_id,
-        task_id=other.task_id,
-        attempt_id=other.attempt_id,
-        node_id=volunteer.node_id,
-        outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
-    ).SerializeToString()
-    results = worker_pb2.Results(
-        batch_id=1,
-        statements=[statement],
-        signature=sign_batch(volunteer, [statement]),
-        inline_outputs={sha256_hex(out): out},
-    )
-    await honest.write(worker_pb2.WorkerMessage(results=results))
+    await honest.write(signed_results(volunteer, [other], b"hi"))
     assert (await next_ack(honest)).verdicts[0].accepted
     admin = admin_pb2_grpc.AdminServiceStub(served.channel)
     nodes = await admin.ListNodes(
