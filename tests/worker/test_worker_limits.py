@@ -129,3 +129,24 @@ async def test_required_isolation_that_is_incomplete_stops_the_worker(
         async with asyncio.timeout(10):
             await worker.run()
     assert not (tmp_path / "status.sock").exists()  # it stopped before serving anything
+
+
+def test_a_result_carries_inline_no_more_than_the_coordinator_takes() -> None:
+    """Each output within --inline-limit goes inline while the result's total stays within
+    MAX_INLINE_RESULT; the rest are uploaded (the coordinator strikes a node past it)."""
+    from sparegrid.wire import sha256_hex
+    from sparegrid.wire.receipt import MAX_INLINE_OUTPUT, MAX_INLINE_RESULT
+    from sparegrid.worker.daemon import split_inline
+    from sparegrid.worker.slots.child.protocol import OutputData
+
+    def output(n: int, size: int) -> OutputData:
+        data = bytes([n]) * size
+        return OutputData(f"out{n}", sha256_hex(data), size, data)
+
+    outputs = [output(n, MAX_INLINE_OUTPUT) for n in range(6)] + [output(9, 10)]
+    inline, blobs = split_inline(outputs, MAX_INLINE_OUTPUT)
+    assert sum(map(len, inline.values())) <= MAX_INLINE_RESULT
+    assert len(inline) == 4 and len(blobs) == 3  # the small one is uploaded too: no room
+    assert set(inline) | set(blobs) == {o.digest for o in outputs}
+    small, big = split_inline([output(1, 10), output(2, 100)], 64)
+    assert list(small) == [output(1, 10).digest] and list(big) == [output(2, 100).digest]

@@ -23,7 +23,7 @@ from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
 from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
-from sparegrid.wire.receipt import decode_statement
+from sparegrid.wire.receipt import MAX_INLINE_RESULT, decode_statement
 from sparegrid.wire.tasklog import SUCCEEDED, sign_log
 from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
@@ -43,7 +43,7 @@ from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.slots.child.logfile import Redactor, node_paths
-from sparegrid.worker.slots.child.protocol import Outcome
+from sparegrid.worker.slots.child.protocol import Outcome, OutputData
 from sparegrid.worker.slots.child.runner import DeviceRunner
 from sparegrid.worker.slots.child.sandbox import Report
 from sparegrid.worker.startup import (
@@ -501,9 +501,7 @@ class Worker:
             self._batcher.add_failure(failure)
             return
         statement = statement_bytes(assignment, self.node_id, device, spec, outcome)
-        limit = self.config.inline_limit
-        inline = {o.digest: o.data for o in outcome.outputs if o.size <= limit}
-        blobs = {o.digest: o.data for o in outcome.outputs if o.size > limit}
+        inline, blobs = split_inline(outcome.outputs, self.config.inline_limit)
         log = None
         if assignment.keep_logs and outcome.log is not None:
             log = self._log_of(assignment, SUCCEEDED, outcome.log)
@@ -652,6 +650,23 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
+
+
+def split_inline(
+    outputs: Sequence[OutputData], limit: int
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The outputs sent inline with their result (each at most `limit` bytes, all at most
+    MAX_INLINE_RESULT: the coordinator refuses, and strikes, more), and those uploaded."""
+    inline: dict[str, bytes] = {}
+    blobs: dict[str, bytes] = {}
+    for o in outputs:
+        if o.digest in inline or o.digest in blobs:
+            continue
+        if o.size <= limit and sum(map(len, inline.values())) + o.size <= MAX_INLINE_RESULT:
+            inline[o.digest] = o.data
+        else:
+            blobs[o.digest] = o.data
+    return inline, blobs
 
 
 def _code(exc: grpc.aio.AioRpcError) -> str:
