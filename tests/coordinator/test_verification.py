@@ -310,6 +310,23 @@ def test_a_known_answer_task_catches_nodes_that_agree_on_a_lazy_answer(tmp_path:
     assert app.ledger.check().balanced
 
 
+def test_no_known_answer_task_is_made_that_no_connected_owner_could_run(
+    tmp_path: Path,
+) -> None:
+    """On a network of two owners, a canary of what both agreed on could go to nobody: it
+    would sit queued for good (and in the queue's metrics), so none is made."""
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2 = nodes(app, "g1", "g2")
+    job_id = submit(app, 3, replicas=2, quorum=2)
+    for _ in range(3):
+        run(g1, credit=1)
+        run(g2, credit=1)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT] == []
+
+
 def one_canary(tmp_path: Path) -> tuple[App, FakeNode, FakeNode, FakeNode]:
     """g1 and g2 agree on a task, which comes back as one known-answer task."""
     from sparegrid.coordinator.services.canaries import CanaryConfig

@@ -81,6 +81,9 @@ class Canaries:
         """Maybe re-issues a task two owners agreed on as a canary; its id, or ""."""
         if self.is_canary(job) or self.rng.random() >= self.config.rate:
             return ""
+        owners = {r.owner for r in agreed}
+        if not any(s.node.owner not in owners for s in self._scheduler.sessions.values()):
+            return ""  # nobody else is connected to run it: it would only wait in the queue
         now = self._clock.now()
         account = self._ensure_account()
         canary = Job(
