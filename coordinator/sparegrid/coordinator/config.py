@@ -420,6 +420,13 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         share = get(name, 0.0)
         if not 0.0 <= share <= 1.0:
             problems.append(f"{where[name]} is a share from 0 to 1, got {share:g}")
+    listen = str(get("listen", DEFAULT_LISTEN))
+    host, sep, port = listen.rpartition(":")
+    if not (host and sep and port.isdigit() and int(port) <= 65535):
+        problems.append(
+            f"{where['listen']} is HOST:PORT (e.g. 0.0.0.0:50051; port 0 picks a free one), "
+            f"got {listen!r}"
+        )
     if problem := url_problem(get("database", "") or "memory:"):
         problems.append(f"{where['database']}: {problem}")
     if get("registration_rate", 0.0) < 0:
