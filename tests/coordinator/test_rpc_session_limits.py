@@ -76,3 +76,36 @@ async def test_a_heartbeat_flood_renews_no_more_and_ends_the_session(served: Ser
     sessions = served.app.scheduler.sessions
     assert honest_id in sessions and rogue_id not in sessions
     honest.cancel()
+
+
+async def test_a_device_index_past_the_bound_is_refused_at_hello(served: Served) -> None:
+    """An attempt stores its device index (a 32-bit column on PostgreSQL): 2^32-1 failed
+    every dispatch that leased the node a task, which dropped every worker's session."""
+    signer = Signer.generate()
+    call = worker_pb2_grpc.WorkerServiceStub(served.channel).Session()
+    device = common_pb2.Device(index=2**32 - 1, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")
+    hello = worker_pb2.Hello(public_key=signer.public_key, node_name="far", devices=[device])
+    await call.write(worker_pb2.WorkerMessage(hello=hello))
+    with pytest.raises(aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(err.value) == "BAD_HELLO" and "0 to 1023" in (err.value.details() or "")
+
+
+async def test_an_idempotency_key_past_the_bound_is_refused_and_nothing_stops(
+    served: Served,
+) -> None:
+    """A 10 kB key went into the ledger's unique index: on PostgreSQL the statement failed
+    and the coordinator, taking that for a lost database, stopped."""
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    alice = served.auth(served.alice_key)
+    with pytest.raises(aio.AioRpcError) as err:
+        await client.Stake(
+            client_pb2.StakeRequest(amount=1, idempotency_key="k" * 10_000), metadata=alice
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(err.value) == "BAD_IDEMPOTENCY_KEY"
+    staked = await client.Stake(
+        client_pb2.StakeRequest(amount=1, idempotency_key="k1"), metadata=alice
+    )
+    assert staked.stake == 1  # still serving, and nothing of the refused call was booked

@@ -2,6 +2,7 @@
 connection raises StoreUnavailable naming the database until `reconnect()`, and many rows
 go as a few statements."""
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,24 @@ def test_an_error_read_in_another_call_dooms_the_whole_transaction(pg: PostgresS
             pg.post(grant("g2", BOB, 5))  # reads: meets the earlier statement's error
     assert pg.balances() == {}
     assert pg.post(grant("g1", ALICE, 10))  # the connection is usable again
+    assert pg.balances() == {MINT: -10, ALICE: 10}
+
+
+def test_a_statement_over_a_server_limit_fails_its_transaction_not_the_connection(
+    pg: PostgresStore,
+) -> None:
+    """psycopg files some errors of a statement (an index row over 8 KiB: 54000) under
+    OperationalError, as it does a dropped connection. Taken for one, they made the
+    coordinator reconnect while its own connection still held the serving lock, and stop."""
+    pid = backend_pid(pg)
+    import psycopg
+
+    key = secrets.token_urlsafe(12_000)  # random: an index compresses a row first
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # not StoreUnavailable
+        pg.post(grant(key, ALICE, 1))
+    pg.reconnect()  # nothing to do: the connection was not lost
+    assert backend_pid(pg) == pid
+    assert pg.post(grant("g1", ALICE, 10))
     assert pg.balances() == {MINT: -10, ALICE: 10}
 
 

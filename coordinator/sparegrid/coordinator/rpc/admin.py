@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,7 +55,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GrantCreditRequest, context: Ctx
     ) -> admin_pb2.GrantCreditResponse:
         admin_of(context, self.app.accounts)
-        key = request.idempotency_key or uuid.uuid4().hex
+        key = convert.idempotency_key(request.idempotency_key)
         account = self.app.accounts.grant(request.name, request.amount, key, request.reason)
         balance = self.app.accounts.balance(account)
         return admin_pb2.GrantCreditResponse(account=convert.account_to_pb(account, balance))
@@ -207,7 +206,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DebitCreditRequest, context: Ctx
     ) -> admin_pb2.DebitCreditResponse:
         admin_of(context, self.app.accounts)
-        key = request.idempotency_key or uuid.uuid4().hex
+        key = convert.idempotency_key(request.idempotency_key)
         account = await self.app.call(
             lambda: self.app.accounts.debit(request.name, request.amount, key, request.reason)
         )

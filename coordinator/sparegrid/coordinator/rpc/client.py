@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import re
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -167,7 +166,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.StakeResponse:
         account = account_of(context, self.app.accounts)
         identities, amount = self.app.identities, request.amount
-        key = f"{account.id}:{request.idempotency_key or uuid.uuid4().hex}"
+        key = f"{account.id}:{convert.idempotency_key(request.idempotency_key)}"
         if amount >= 0:
             stake = await self.app.call(lambda: identities.add_stake(account.name, amount, key))
         else:

@@ -1,6 +1,7 @@
 """Proto <-> domain conversion, in one place."""
 
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -167,6 +168,22 @@ def invite_to_pb(invite: Invite) -> admin_pb2.Invite:
         expires_at=timestamp(invite.expires_at or None),
         revoked=invite.revoked,
     )
+
+
+# An idempotency key is stored in a unique index, whose rows PostgreSQL bounds (8 KiB): a
+# key of 10 kB failed the whole group commit
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def idempotency_key(given: str) -> str:
+    """A caller's idempotency key, or a fresh one when it gave none; INVALID_ARGUMENT past
+    MAX_IDEMPOTENCY_KEY characters."""
+    if len(given) > MAX_IDEMPOTENCY_KEY:
+        raise invalid(
+            "BAD_IDEMPOTENCY_KEY",
+            f"an idempotency key is at most {MAX_IDEMPOTENCY_KEY} characters, got {len(given)}",
+        )
+    return given or uuid.uuid4().hex
 
 
 def job_states_from_pb(states: Iterable[int]) -> list[JobState]:

@@ -29,6 +29,7 @@ log = logging.getLogger("sparegrid.coordinator.worker")
 Ctx = aio.ServicerContext[Any, Any]
 Msg = worker_pb2.CoordinatorMessage
 MAX_DEVICES = 64
+MAX_DEVICE_INDEX = 1024
 MAX_BATCH = 10_000
 # A worker sends its Hello on connecting and its ChallengeResponse on the Challenge: a
 # stream that sends neither this long ends (else each costs the coordinator ~30 kB for ever)
@@ -174,6 +175,8 @@ def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     devices = [convert.device_from_pb(d) for d in hello.devices]
     if len({d.index for d in devices}) != len(devices):
         raise invalid("BAD_HELLO", "device indices must be unique")
+    if any(d.index >= MAX_DEVICE_INDEX for d in devices):  # an attempt stores it (int4)
+        raise invalid("BAD_HELLO", f"device indices are 0 to {MAX_DEVICE_INDEX - 1}")
     return Node(
         id=node_id,
         public_key=hello.public_key,

@@ -125,9 +125,16 @@ class PostgresStore(SqlStore):
     def _lost(self, exc: Exception) -> bool:
         import psycopg
 
-        # OperationalError: the connection, not the statement (a few, such as a statement
-        # timeout, are not; a new connection costs them nothing)
-        self._broken = self._broken or isinstance(exc, psycopg.OperationalError)
+        # an OperationalError of the connection: the server's word that it is gone (SQLSTATE
+        # class 08, or 57P: shut down, terminated) or none at all (the socket failed). Not
+        # one of a statement, though psycopg files it there too: over a server limit (an
+        # index row over 8 KiB, 54000), cancelled (57014). Those fail their transaction
+        # only; taken for a lost connection they made the coordinator reconnect and stop.
+        state = getattr(exc, "sqlstate", None) or ""
+        gone = isinstance(exc, psycopg.OperationalError) and state[:2] in ("", "08", "57")
+        if state == "57014":  # query_canceled: the statement, not the connection
+            gone = False
+        self._broken = self._broken or gone
         return self._broken or self._pg.broken or self._pg.closed
 
     def refresh_statistics(self) -> list[str]:
@@ -153,6 +160,8 @@ class PostgresStore(SqlStore):
         with self._lock:
             if not (self._broken or self._pg.broken or self._pg.closed):
                 return
+            with suppress(Exception):  # its advisory lock goes with it, for the new one to take
+                self._pg.close()
             try:
                 conn = self._connect()
             except self._dialect.error as exc:
