@@ -20,7 +20,7 @@ from sparegrid.v1 import (
 )
 from sparegrid.wire import REGISTER_TAG, Signer
 from tests.coordinator.conftest import Served, code_of
-from tests.coordinator.sessions import next_ack
+from tests.coordinator.sessions import next_ack, signed_results
 
 
 def echo_spec(tasks: int, kind: str = "echo") -> client_pb2.SubmitJobRequest:
@@ -206,7 +206,6 @@ async def test_worker_with_a_bad_challenge_signature_is_refused(served: Served) 
 async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
     from sparegrid.v1 import common_pb2
     from sparegrid.wire import sha256_hex
-    from sparegrid.wire.receipt import sign_batch
 
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     job = (await client.SubmitJob(echo_spec(3), metadata=served.auth(served.alice_key))).job
@@ -238,26 +237,7 @@ async def test_worker_session_end_to_end_over_grpc(served: Served) -> None:
     assign = (await call.read()).assign
     assert len(assign.assignments) == 3
     out = b"hi"
-    statements = [
-        common_pb2.ResultStatement(
-            job_id=a.job_id,
-            task_id=a.task_id,
-            attempt_id=a.attempt_id,
-            node_id=signer.node_id,
-            outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=2)],
-        ).SerializeToString()
-        for a in assign.assignments
-    ]
-    await call.write(
-        worker_pb2.WorkerMessage(
-            results=worker_pb2.Results(
-                batch_id=1,
-                statements=statements,
-                signature=sign_batch(signer, statements),
-                inline_outputs={sha256_hex(out): out},
-            )
-        )
-    )
+    await call.write(signed_results(signer, list(assign.assignments), out))
     ack = await next_ack(call)
     assert ack.batch_id == 1 and all(v.accepted for v in ack.verdicts)
     done = await client.GetJob(
