@@ -30,17 +30,23 @@ ACCEPTED = (
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
-def url_problem(url: str) -> str:
-    """Why `url` names no store open_store can open ("" when it does)."""
+def _kind(url: str) -> str:
+    """Which store a URL names: "memory", "sqlite", "postgres", "file" (a plain path), or
+    "" (none: an unknown scheme, or nothing)."""
     match = _SCHEME.match(url)
     scheme = match.group(1).lower() if match else ""
-    if url == "memory:" or (scheme == "sqlite" and url.startswith("sqlite:///")):
-        return ""
+    if url == "memory:":
+        return "memory"
+    if scheme == "sqlite" and url.startswith("sqlite:///"):
+        return "sqlite"
     if scheme in ("postgresql", "postgres") and url.startswith(f"{scheme}://"):
-        return ""
-    if scheme or not url:
-        return f"unknown store URL {url!r}; use {ACCEPTED}"
-    return ""
+        return "postgres"
+    return "" if scheme or not url else "file"
+
+
+def url_problem(url: str) -> str:
+    """Why `url` names no store open_store can open ("" when it does)."""
+    return "" if _kind(url) else f"unknown store URL {url!r}; use {ACCEPTED}"
 
 
 def open_store(url: str, exclusive: bool = False) -> Store:
@@ -50,18 +56,17 @@ def open_store(url: str, exclusive: bool = False) -> Store:
     make it absolute. exclusive (a serving coordinator): on PostgreSQL, the store holds
     the coordinators' lock on the database, StoreTaken while another coordinator does.
     """
-    match = _SCHEME.match(url)
-    scheme = match.group(1).lower() if match else ""
-    if url == "memory:":
+    kind = _kind(url)
+    if kind == "memory":
         return MemoryStore()
-    if scheme == "sqlite" and url.startswith("sqlite:///"):
+    if kind == "sqlite":
         return _open_sqlite(url.removeprefix("sqlite:///"))
-    if scheme in ("postgresql", "postgres") and url.startswith(f"{scheme}://"):
+    if kind == "postgres":
         from sparegrid.coordinator.store.postgres import PostgresStore
 
         return PostgresStore(url, exclusive=exclusive)
-    if problem := url_problem(url):
-        raise ValueError(problem)
+    if not kind:
+        raise ValueError(url_problem(url))
     from sparegrid.coordinator.store.sqlite import SqliteStore
 
     return SqliteStore(url)
@@ -71,8 +76,7 @@ def peek_meta(url: str, name: str) -> str:
     """A value the database holds for all its coordinators, read without taking the
     coordinators' lock or migrating anything (a coordinator standing by, while another
     serves); "" when there is none. Only PostgreSQL is shared by coordinators."""
-    match = _SCHEME.match(url)
-    if match is None or match.group(1).lower() not in ("postgresql", "postgres"):
+    if _kind(url) != "postgres":
         return ""
     from sparegrid.coordinator.store.postgres import peek_meta as peek
 
