@@ -659,11 +659,13 @@ def split_inline(
     MAX_INLINE_RESULT: the coordinator refuses, and strikes, more), and those uploaded."""
     inline: dict[str, bytes] = {}
     blobs: dict[str, bytes] = {}
+    carried = 0
     for o in outputs:
         if o.digest in inline or o.digest in blobs:
             continue
-        if o.size <= limit and sum(map(len, inline.values())) + o.size <= MAX_INLINE_RESULT:
+        if o.size <= limit and carried + o.size <= MAX_INLINE_RESULT:
             inline[o.digest] = o.data
+            carried += o.size
         else:
             blobs[o.digest] = o.data
     return inline, blobs

@@ -126,15 +126,14 @@ class PostgresStore(SqlStore):
         import psycopg
 
         # an OperationalError of the connection: the server's word that it is gone (SQLSTATE
-        # class 08, or 57P: shut down, terminated) or none at all (the socket failed). Not
-        # one of a statement, though psycopg files it there too: over a server limit (an
-        # index row over 8 KiB, 54000), cancelled (57014). Those fail their transaction
-        # only; taken for a lost connection they made the coordinator reconnect and stop.
+        # class 08, or 57 but 57014: shut down, terminated) or none at all (the socket
+        # failed). Not one of a statement, though psycopg files it there too: over a server
+        # limit (an index row over 8 KiB, 54000), cancelled (57014). Those fail their
+        # transaction only; taken for a lost connection they made the coordinator
+        # reconnect and stop.
         state = getattr(exc, "sqlstate", None) or ""
-        gone = isinstance(exc, psycopg.OperationalError) and state[:2] in ("", "08", "57")
-        if state == "57014":  # query_canceled: the statement, not the connection
-            gone = False
-        self._broken = self._broken or gone
+        gone = state[:2] in ("", "08", "57") and state != "57014"
+        self._broken = self._broken or (isinstance(exc, psycopg.OperationalError) and gone)
         return self._broken or self._pg.broken or self._pg.closed
 
     def refresh_statistics(self) -> list[str]:
