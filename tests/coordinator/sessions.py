@@ -1,5 +1,7 @@
 """A worker session opened by hand over real gRPC, for RPC-level trust tests."""
 
+from collections.abc import Sequence
+
 from grpc import aio
 
 from sparegrid.v1 import (
@@ -61,19 +63,20 @@ def signed_results(
     signer: Signer,
     held: list[worker_pb2.Assignment],
     out: bytes,
-    name: str = "out",
+    names: Sequence[str] = ("out",),
     batch_id: int = 1,
 ) -> worker_pb2.WorkerMessage:
-    """A batch of results, one per assignment, each naming `out` (sent inline) as its
-    output, signed by the node."""
-    ref = common_pb2.OutputRef(name=name, digest=sha256_hex(out), size=len(out))
+    """A batch of results, one per assignment, each naming `out` (sent inline, once) as
+    its outputs `names`, signed by the node."""
+    digest = sha256_hex(out)
+    refs = [common_pb2.OutputRef(name=n, digest=digest, size=len(out)) for n in names]
     statements = [
         common_pb2.ResultStatement(
             job_id=a.job_id,
             task_id=a.task_id,
             attempt_id=a.attempt_id,
             node_id=signer.node_id,
-            outputs=[ref],
+            outputs=refs,
         ).SerializeToString()
         for a in held
     ]
@@ -81,6 +84,6 @@ def signed_results(
         batch_id=batch_id,
         statements=statements,
         signature=sign_batch(signer, statements),
-        inline_outputs={ref.digest: out},
+        inline_outputs={digest: out},
     )
     return worker_pb2.WorkerMessage(results=batch)

@@ -44,9 +44,24 @@ async def test_an_inline_output_over_the_limit_is_refused_unpaid_and_struck(
     call.cancel()
 
 
+async def test_one_inline_blob_named_by_several_outputs_counts_once(served: Served) -> None:
+    """Five outputs with the same 4 MiB content go inline as one blob (the worker sends
+    each digest once): 4 MiB, within the bound, where counting each name would refuse an
+    honest result and strike its node."""
+    call, signer, [held] = await taking(served, 1)
+    same = b"s" * MAX_INLINE_OUTPUT
+    names = [f"out{n}" for n in range(5)]
+    await call.write(signed_results(signer, [held], same, names=names))
+    [verdict] = (await next_ack(call)).verdicts
+    assert verdict.accepted, verdict.message
+    node = served.app.store.get_node(signer.node_id)
+    assert node is not None and served.app.reputations.get(node.id).strikes == 0
+    call.cancel()
+
+
 async def test_an_output_name_past_the_limit_is_refused(served: Served) -> None:
     call, signer, [held] = await taking(served, 1)
-    await call.write(signed_results(signer, [held], b"hi", name="n" * 257))
+    await call.write(signed_results(signer, [held], b"hi", names=["n" * 257]))
     [verdict] = (await next_ack(call)).verdicts
     assert not verdict.accepted and verdict.code == "BAD_OUTPUT"
     assert "256 characters" in verdict.message

@@ -202,7 +202,7 @@ class Intake:
             raise BadResult("BAD_STATEMENT", "statement's inputs are not the task's inputs")
         if len(statement.outputs) > MAX_OUTPUTS:
             raise BadResult("BAD_STATEMENT", f"a result names at most {MAX_OUTPUTS} outputs")
-        carried = 0
+        carried: dict[str, int] = {}  # inline bytes by digest: one blob named twice is sent once
         for out in statement.outputs:
             if len(out.name) > MAX_OUTPUT_NAME:
                 raise BadResult(
@@ -217,11 +217,12 @@ class Intake:
                     f"output {out.name!r} was sent inline with {size} bytes; at most "
                     f"{MAX_INLINE_OUTPUT} go inline, larger ones are uploaded",
                 )
-            carried += size
-        if carried > MAX_INLINE_RESULT:
+            carried[out.digest] = size
+        if sum(carried.values()) > MAX_INLINE_RESULT:
             raise BadResult(
                 VerdictCode.INLINE_TOO_LARGE,
-                f"a result's inline outputs hold {carried} bytes; at most {MAX_INLINE_RESULT}",
+                f"a result's inline outputs hold {sum(carried.values())} bytes; at most "
+                f"{MAX_INLINE_RESULT}",
             )
         named = [o.digest for o in statement.outputs if o.digest not in inline]
         uploaded = self.store.uploaded(attempt.id, named)
