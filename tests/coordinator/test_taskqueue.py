@@ -8,7 +8,7 @@ from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Task, TaskState
 from sparegrid.coordinator.kinds import encode_params
 from sparegrid.coordinator.services.jobs import Draft, JobSpec
-from sparegrid.coordinator.services.taskqueue import TaskQueue
+from sparegrid.coordinator.services.taskqueue import READ_SLICE, TaskQueue
 from sparegrid.coordinator.store.memory import MemoryStore
 from tests.coordinator.helpers import NO_CHECKS, FakeNode
 
@@ -31,11 +31,11 @@ def test_ranges_are_read_in_slices_only_when_taken() -> None:
     queue = TaskQueue([task(100)], [range(0, 1000)], reads)
     assert len(queue) == 1001 and reads.calls == []
     assert [t.index for t in queue.take(3)] == [100, 0, 1]
-    assert reads.calls == [(0, 64)]  # one read for at least 64 tasks, not three
+    assert reads.calls == [(0, READ_SLICE)]  # one read for a slice, not three
     assert len(queue) == 998
-    assert [t.index for t in queue.take(100)][:3] == [2, 3, 4]
-    assert reads.calls[-1] == (64, 64)  # the read-ahead went first, then 64 more
-    assert len(queue) == 898
+    assert [t.index for t in queue.take(600)][:3] == [2, 3, 4]
+    assert reads.calls[-1] == (READ_SLICE, 600 - (READ_SLICE - 2))  # what was read ahead first
+    assert len(queue) == 398
 
 
 def test_skipped_tasks_stay_at_the_front_in_order() -> None:

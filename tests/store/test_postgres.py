@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sparegrid.coordinator.domain import MINT, AttemptState
+from sparegrid.coordinator.domain import MINT, AttemptState, TaskState
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.engine import TransactionDoomed
 from sparegrid.coordinator.store.postgres import APPLICATION_NAME, PostgresStore
@@ -123,6 +123,42 @@ def test_many_rows_go_as_a_few_statements(
     pg.update_attempts(leased)
     assert sent == [256, 32, 8, 4] * 2
     assert {a.state for a in pg.get_attempts([a.id for a in leased])} == {AttemptState.SUCCEEDED}
+
+
+def test_a_lease_in_a_transaction_waits_for_no_reply_and_a_task_not_queued_dooms_it(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a group commit the tasks a dispatch pass leases are those memory holds as
+    queued: the lease reads nothing back (no round trip), and a task the store holds as
+    not queued fails the transaction, naming what happened, rather than leasing it."""
+    tasks = leased_job(pg, tasks=3)
+    pg.lease_tasks([attempt("a1", tasks[0])])
+    reads: list[str] = []
+    real = pg._query
+
+    def reading(sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        reads.append(sql)
+        return real(sql, params)
+
+    monkeypatch.setattr(pg, "_query", reading)
+    with pg.transaction():
+        won = pg.lease_tasks([attempt("a2", tasks[1])])
+    assert [a.id for a in won] == ["a2"] and reads == []
+    monkeypatch.undo()
+    import psycopg
+
+    with pytest.raises(psycopg.Error, match="not queued in the store"), pg.transaction():
+        pg.lease_tasks([attempt("a3", tasks[2]), attempt("a4", tasks[0])])
+    assert [(t.state, t.attempts) for t in pg.list_tasks(tasks[0].job_id)] == [
+        (TaskState.LEASED, 1),
+        (TaskState.LEASED, 1),
+        (TaskState.QUEUED, 0),  # nothing of the failed lease was written
+    ]
+    assert pg.get_attempts(["a3", "a4"]) == []
+    # outside a transaction of its own caller, a lease still says which tasks it won
+    assert [a.id for a in pg.lease_tasks([attempt("a5", tasks[2]), attempt("a6", tasks[0])])] == [
+        "a5"
+    ]
 
 
 def test_a_ledger_grown_from_empty_is_read_by_its_index_once_statistics_are_refreshed(

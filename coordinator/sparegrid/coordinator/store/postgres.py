@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import TYPE_CHECKING, Any, cast
 
-from sparegrid.coordinator.domain import Task
+from sparegrid.coordinator.domain import Task, TaskState
 from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import StoreError, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.store.engine import Connection, Dialect
@@ -25,6 +25,14 @@ _INSERT = re.compile(r"(INSERT INTO .+? VALUES )(\([?, ]+\))(.*)", re.DOTALL)
 # an UPDATE of one row by its key (the table, what it sets, the key column)
 _UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?")
 MOST_ROWS = 256  # rows one such statement writes at most
+# A dispatch pass's lease inside a group commit, sent without waiting for its result
+# (_lease_queued): a task not queued fails it, and the whole transaction with it.
+_LEASE_ALL = (
+    "WITH leased AS (UPDATE tasks SET state = ?, attempts = attempts + 1"
+    " WHERE state = ? AND id = ANY(?) RETURNING id)"
+    " SELECT CASE WHEN COUNT(*) = ? THEN 0 ELSE ('sparegrid: a dispatch pass leased '"
+    " || (? - COUNT(*)) || ' task(s) that are not queued in the store')::int END FROM leased"
+)
 # Tables whose rows changed by more than 50 + 10% since their statistics were gathered
 # (autovacuum's own threshold for an ANALYZE, on its defaults).
 _STALE = (
@@ -194,6 +202,20 @@ class PostgresStore(SqlStore):
             pipe.__exit__(StoreError, StoreError("rolled back"), None)
         else:
             pipe.__exit__(None, None, None)
+
+    def _lease_queued(self, task_ids: list[str]) -> set[str]:
+        """Inside a group commit (pipelined, a caller's transaction) the tasks a dispatch
+        pass leases are those it holds as queued in memory, which mirrors the store (one
+        coordinator writes it): the lease goes out without waiting for its result, instead
+        of costing every pass a round trip to learn which tasks it won. A task the store
+        holds as not queued fails the statement, so memory and store never part: the
+        group commit fails and memory is reloaded (App._failed_commit)."""
+        if not self._pipelined or self._method_transaction:
+            return super()._lease_queued(task_ids)
+        count = len(task_ids)
+        queued = TaskState.QUEUED.value
+        self._run(_LEASE_ALL, (TaskState.LEASED.value, queued, task_ids, count, count))
+        return set(task_ids)
 
     def _execute(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
         """PostgreSQL's text cannot hold NUL, which workers and clients may send in any

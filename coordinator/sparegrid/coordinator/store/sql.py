@@ -377,7 +377,9 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
             )
 
     def lease_tasks(self, attempts: list[Attempt]) -> list[Attempt]:
-        with self._atomic(), self._conflicts("an attempt id is taken"):
+        # an attempt's id is random: a violation would be a bug, which dooms a caller's
+        # transaction (lazy) rather than cost a round trip to tell it apart
+        with self._atomic(), self._conflicts("an attempt id is taken", lazy=True):
             queued = self._lease_queued(list(dict.fromkeys(a.task_id for a in attempts)))
             leased: list[Attempt] = []
             for attempt in attempts:
@@ -502,7 +504,8 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
     # verification
 
     def add_replicas(self, replicas: list[Replica]) -> None:
-        with self._atomic(), self._conflicts("an attempt holds a replica already"):
+        # settlement takes one result per attempt (Intake skips one settled before)
+        with self._atomic(), self._conflicts("an attempt holds a replica already", lazy=True):
             self._run_many(
                 f"INSERT INTO replicas ({r.REPLICA_COLUMNS})"
                 f" VALUES ({r.placeholders(r.REPLICA_COLUMNS)})",
