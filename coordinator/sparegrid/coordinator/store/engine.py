@@ -231,18 +231,21 @@ class SqlEngine:
         statement after an error until the transaction rolls back. Pipelined, the block's
         results are read at its end. An error read there may be a statement's sent before
         the block: then the block's SAVEPOINT never ran, rolling back to it fails in turn,
-        and that error dooms the transaction. `lazy`, inside a caller's transaction: the
-        results are not read here, and a violation (a race between coordinators, as a
-        random id cannot collide) dooms the transaction rather than raise Conflict.
+        and that error dooms the transaction. `lazy`, inside a caller's pipelined
+        transaction: the results are not read here, and a violation (a bug, as a random id
+        cannot collide) dooms the transaction rather than raise Conflict; nor is there a
+        savepoint (two statements more for the server), as the block is undone with its
+        caller's.
         """
         if self._doomed is not None:
             raise self._doom_error(self._doomed)
-        nested = self._depth > 0  # store methods add no depth of their own (_atomic)
+        lazy = lazy and self._pipelined and not self._method_transaction
+        nested = self._depth > 0 and not lazy  # store methods add no depth (_atomic)
         if nested:
             self._run("SAVEPOINT store_call")
         try:
             yield
-            if not (lazy and self._pipelined and not self._method_transaction):
+            if not lazy:
                 self._sync()
         except BaseException as e:
             if isinstance(e, self._dialect.integrity_error):

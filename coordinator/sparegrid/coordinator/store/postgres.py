@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sparegrid.coordinator.domain import Task, TaskState
 from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import StoreError, StoreTaken, StoreUnavailable
-from sparegrid.coordinator.store.engine import Connection, Dialect
+from sparegrid.coordinator.store.engine import Connection, Dialect, chunks, marks
 from sparegrid.coordinator.store.sql import SqlStore
 
 if TYPE_CHECKING:
@@ -26,10 +26,12 @@ _INSERT = re.compile(r"(INSERT INTO .+? VALUES )(\([?, ]+\))(.*)", re.DOTALL)
 _UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?")
 MOST_ROWS = 256  # rows one such statement writes at most
 # A dispatch pass's lease inside a group commit, sent without waiting for its result
-# (_lease_queued): a task not queued fails it, and the whole transaction with it.
+# (_lease_queued): a task not queued fails it, and the whole transaction with it. An IN
+# list, as in the lease that reads its result: `id = ANY(array)` cost the server 0.13 ms
+# more per task leased (0.34 against 0.21 ms of its CPU per result, bench/engines.py).
 _LEASE_ALL = (
     "WITH leased AS (UPDATE tasks SET state = ?, attempts = attempts + 1"
-    " WHERE state = ? AND id = ANY(?) RETURNING id)"
+    " WHERE state = ? AND id IN ({}) RETURNING id)"
     " SELECT CASE WHEN COUNT(*) = ? THEN 0 ELSE ('sparegrid: a dispatch pass leased '"
     " || (? - COUNT(*)) || ' task(s) that are not queued in the store')::int END FROM leased"
 )
@@ -212,9 +214,10 @@ class PostgresStore(SqlStore):
         group commit fails and memory is reloaded (App._failed_commit)."""
         if not self._pipelined or self._method_transaction:
             return super()._lease_queued(task_ids)
-        count = len(task_ids)
-        queued = TaskState.QUEUED.value
-        self._run(_LEASE_ALL, (TaskState.LEASED.value, queued, task_ids, count, count))
+        leased, queued = TaskState.LEASED.value, TaskState.QUEUED.value
+        for chunk in chunks(task_ids):
+            count = len(chunk)
+            self._run(_LEASE_ALL.format(marks(count)), (leased, queued, *chunk, count, count))
         return set(task_ids)
 
     def _execute(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
