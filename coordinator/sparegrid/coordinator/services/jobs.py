@@ -19,7 +19,13 @@ from sparegrid.coordinator.domain import (
     client_account,
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
-from sparegrid.coordinator.kinds import JobKind, TaskPlan, decode_params, encode_params
+from sparegrid.coordinator.kinds import (
+    JobKind,
+    TaskPlan,
+    check_job_work,
+    decode_params,
+    encode_params,
+)
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.jobspec import JobSpec as JobSpec  # re-exported
 from sparegrid.coordinator.services.jobspec import spec_differences, spec_of
@@ -254,7 +260,11 @@ class Jobs:
             webhook_url=spec.webhook_url,
             keep_logs=spec.keep_logs,
         )
-        job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
+        work = cost = 0
+        for p in plans:
+            work, cost = work + p.work, cost + job.task_cost(p.work)
+        check_job_work(draft.kind, work)  # a task's work is a BIGINT
+        job.cost_held = cost * job.max_paid_results
         return Planned(account, job, plans)
 
     def affordable(self, planned: "Planned") -> None:
