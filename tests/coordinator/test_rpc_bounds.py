@@ -17,6 +17,7 @@ from sparegrid.v1 import (
     blob_pb2_grpc,
     client_pb2,
     client_pb2_grpc,
+    common_pb2,
     worker_pb2,
 )
 from sparegrid.wire import Signer
@@ -92,3 +93,16 @@ async def test_a_job_of_more_work_than_64_bits_hold_is_refused_and_drops_no_sess
     assert code_of(err.value) == "BAD_PARAMS"
     await is_paid(honest, volunteer, held)
     assert served.app.store.list_jobs(served.app.accounts.get("bob").id) == []
+
+
+async def test_a_state_named_70000_times_lists_jobs_and_drops_no_session(
+    served: Served,
+) -> None:
+    honest, volunteer, held = await honest_worker(served)
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    # each state named was a bound parameter: PostgreSQL takes 65,535 in a statement, and
+    # its refusal read as a lost database
+    wanted = admin_pb2.ListAllJobsRequest(states=[common_pb2.JOB_STATE_RUNNING] * 70_000)
+    listed = await admin.ListAllJobs(wanted, metadata=served.auth(served.admin_key))
+    assert [job.state for job in listed.jobs] == [common_pb2.JOB_STATE_RUNNING]
+    await is_paid(honest, volunteer, held)
