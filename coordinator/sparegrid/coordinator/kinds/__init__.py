@@ -6,6 +6,7 @@ a module here and one line in BUILTIN_KINDS.
 """
 
 from sparegrid.coordinator.kinds.base import (
+    MAX_JOB_WORK,
     JobKind,
     TaskPlan,
     check_job_work,
@@ -21,6 +22,7 @@ BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render(),
 
 __all__ = [
     "BUILTIN_KINDS",
+    "MAX_JOB_WORK",
     "JobKind",
     "TaskPlan",
     "check_job_work",

@@ -20,6 +20,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.kinds import (
+    MAX_JOB_WORK,
     JobKind,
     TaskPlan,
     check_job_work,
@@ -105,8 +106,9 @@ class Price:
     units: int = 1
 
     def __post_init__(self) -> None:
-        if self.credit < 1 or self.units < 1:
-            raise ValueError(f"a price is positive credit per positive units, not {self}")
+        if not (1 <= self.credit <= MAX_JOB_WORK and 1 <= self.units <= MAX_JOB_WORK):
+            # a job's row keeps both as BIGINTs: PostgreSQL refused each submit's group commit
+            raise ValueError(f"a price is 1 to 2^63 - 1 credit per 1 to 2^63 - 1 units, not {self}")
 
     def __str__(self) -> str:
         return f"{self.credit}/{self.units}" if self.units != 1 else str(self.credit)
