@@ -93,6 +93,7 @@ def test_keys_may_sit_at_the_top_of_the_file(tmp_path: Path) -> None:
         ("stored_quota = true\n", "stored_quota True is not a size"),
         ('enrollment = "closed"\n', "enrollment 'closed' is not one of open, approve, owners"),
         ('price = ["echo"]\n', "has 'echo'; a price is KIND=CREDIT[/UNITS]"),
+        ('price = ["render=1/9223372036854775808"]\n', "1 to 2^63 - 1 credit per 1 to 2^63 - 1"),
         ("lease = 3\nheartbeat = 5\n", "must be longer than heartbeat in "),
         ("idle_heartbeat = 5\n", "idle_heartbeat in "),
         ("spot_share = 2.0\n", "spot_share in "),

@@ -5,7 +5,14 @@ job is refused at submit, before anything is charged or sent to a volunteer. A n
 a module here and one line in BUILTIN_KINDS.
 """
 
-from sparegrid.coordinator.kinds.base import JobKind, TaskPlan, decode_params, encode_params
+from sparegrid.coordinator.kinds.base import (
+    MAX_JOB_WORK,
+    JobKind,
+    TaskPlan,
+    check_job_work,
+    decode_params,
+    encode_params,
+)
 from sparegrid.coordinator.kinds.diagnostics import Checksum, Echo
 from sparegrid.coordinator.kinds.generate import Generate
 from sparegrid.coordinator.kinds.inference import Inference
@@ -13,4 +20,12 @@ from sparegrid.coordinator.kinds.render import Render
 
 BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render(), Generate())
 
-__all__ = ["BUILTIN_KINDS", "JobKind", "TaskPlan", "decode_params", "encode_params"]
+__all__ = [
+    "BUILTIN_KINDS",
+    "MAX_JOB_WORK",
+    "JobKind",
+    "TaskPlan",
+    "check_job_work",
+    "decode_params",
+    "encode_params",
+]

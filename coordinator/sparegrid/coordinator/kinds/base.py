@@ -14,6 +14,10 @@ from sparegrid.coordinator.domain import FileRef
 from sparegrid.coordinator.errors import CoordinatorError, invalid
 
 MAX_TASKS_PER_JOB = 1_000_000
+# Work units of one job, its tasks' together. A task's are stored as a signed 64-bit integer,
+# which PostgreSQL refuses to exceed (failing every call of the group commit that wrote
+# it), and an estimate sends the job's sum as an unsigned one.
+MAX_JOB_WORK = (1 << 63) - 1
 
 
 @dataclass
@@ -71,6 +75,17 @@ class JobKind(Protocol):
 
 def bad(kind: str, message: str) -> CoordinatorError:
     return invalid("BAD_PARAMS", f"{kind} job: {message}")
+
+
+def check_job_work(kind: "JobKind", work: int) -> None:
+    """Refuses a job whose tasks come to more than MAX_JOB_WORK work units."""
+    if work > MAX_JOB_WORK:
+        unit = getattr(kind, "work_unit", "unit")
+        raise bad(
+            kind.name,
+            f"its tasks come to more than {MAX_JOB_WORK:,} {unit}s of work (2^63 - 1), the "
+            "most one job may hold: split it into smaller jobs",
+        )
 
 
 def int_param(

@@ -19,7 +19,14 @@ from sparegrid.coordinator.domain import (
     client_account,
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
-from sparegrid.coordinator.kinds import JobKind, TaskPlan, decode_params, encode_params
+from sparegrid.coordinator.kinds import (
+    MAX_JOB_WORK,
+    JobKind,
+    TaskPlan,
+    check_job_work,
+    decode_params,
+    encode_params,
+)
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.jobspec import JobSpec as JobSpec  # re-exported
 from sparegrid.coordinator.services.jobspec import spec_differences, spec_of
@@ -99,8 +106,9 @@ class Price:
     units: int = 1
 
     def __post_init__(self) -> None:
-        if self.credit < 1 or self.units < 1:
-            raise ValueError(f"a price is positive credit per positive units, not {self}")
+        if not (1 <= self.credit <= MAX_JOB_WORK and 1 <= self.units <= MAX_JOB_WORK):
+            # a job's row keeps both as BIGINTs: PostgreSQL refused each submit's group commit
+            raise ValueError(f"a price is 1 to 2^63 - 1 credit per 1 to 2^63 - 1 units, not {self}")
 
     def __str__(self) -> str:
         return f"{self.credit}/{self.units}" if self.units != 1 else str(self.credit)
@@ -254,7 +262,11 @@ class Jobs:
             webhook_url=spec.webhook_url,
             keep_logs=spec.keep_logs,
         )
-        job.cost_held = sum(job.task_cost(p.work) for p in plans) * job.max_paid_results
+        work = cost = 0
+        for p in plans:
+            work, cost = work + p.work, cost + job.task_cost(p.work)
+        check_job_work(draft.kind, work)  # a task's work is a BIGINT
+        job.cost_held = cost * job.max_paid_results
         return Planned(account, job, plans)
 
     def affordable(self, planned: "Planned") -> None:
