@@ -168,6 +168,7 @@ class App:
         )
         self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
+        self.quotas = Quotas(store, self.clock, settings.quotas)
         self.intake = Intake(
             self.scheduler,
             self.blobs,
@@ -179,6 +180,7 @@ class App:
                 self.identities,
                 Vouching(self.clock, settings.vouching, self.reputations.check_rate),
             ),
+            self.quotas,
         )
         self.jobs = Jobs(
             store,
@@ -194,7 +196,6 @@ class App:
                 check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
-        self.quotas = Quotas(store, self.clock, settings.quotas)
         self.sweeper = Sweeper(
             store,
             self.blobs,

@@ -7,7 +7,8 @@ the retention, names it as an input, a task's input or output, or a replica's ou
 references are read job by job in short steps (`collect_blobs` yields between them, so the
 coordinator serves meanwhile); the last step, which deletes, runs at once and checks again
 what may have changed in between: a later use, and jobs that became live since the walk
-began. A collected blob is forgotten by the store first and then renamed out of sight.
+began. A collected blob is forgotten by the store first and then renamed out of sight; one
+kept in the database (an output sent inline with its result) goes with its record.
 
 These are plain synchronous steps on the store and the blob files; app.py runs them in
 its background sweep.
@@ -143,8 +144,8 @@ class Sweeper:
                     for refs in self._task_refs(job_id):
                         needed |= refs
             doomed = sorted(d for d in candidates if d in still and d not in needed)
-            store.drop_blobs(doomed)
-        self._blobs.discard(doomed)
+            inline = store.drop_blobs(doomed)
+        self._blobs.discard([d for d in doomed if d not in inline])
         swept.blobs += len(doomed)
         swept.blob_bytes += sum(candidates[d] for d in doomed)
         if doomed:
