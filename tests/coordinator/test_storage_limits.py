@@ -17,7 +17,7 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.clock import FakeClock
-from sparegrid.coordinator.domain import AttemptState
+from sparegrid.coordinator.domain import AttemptState, JobState
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.quotas import QuotaConfig
@@ -474,6 +474,39 @@ async def test_a_job_submitted_during_the_walk_keeps_its_inputs(grid: Served) ->
     for _ in steps:
         pass
     assert swept.blobs == 0 and app.blobs.size(digest) == len(data)
+
+
+@pytest.mark.parametrize("tasks", [1, 3])  # written at once; a slice per group commit
+async def test_a_sweep_while_a_submit_is_in_flight_keeps_its_inputs(
+    grid: Served, tasks: int
+) -> None:
+    """A submit checks its inputs, plans its job in a worker thread and writes it in a
+    later group commit (a large job over several, hidden until the last): a sweep in
+    between found the input named by no job and collected it, and the job was written
+    naming a deleted blob."""
+    app, alice = grid.app, grid.auth(grid.alice_key)
+    app.submitter.step = 2  # a job of 3 tasks is written in slices
+    data = os.urandom(10 * KiB)
+    await upload(grid, alice, data)
+    digest = hashlib.sha256(data).hexdigest()
+    clock(grid).advance(4 * DAY)  # unused for longer than the retention
+    account = app.store.get_account_by_name("alice")
+    assert account is not None
+    params = f'{{"tasks": {tasks}}}'.encode()
+    spec = JobSpec(kind="checksum", params=params, inputs={"data": digest})
+    submit = asyncio.create_task(app.submit(account, spec))
+    await asyncio.sleep(0)  # its inputs checked; its plan not begun
+    if tasks > app.submitter.step:  # until its job is written, hidden
+        while not app.store.list_jobs(account.id, states=[JobState.SUBMITTING], limit=1):
+            await asyncio.sleep(0)
+    swept = Swept()
+    for _ in app.sweeper.collect_blobs(swept):  # a whole sweep, between two steps
+        pass
+    assert swept.blobs == 0 and app.blobs.size(digest) == len(data)
+    job = await submit
+    assert job.task_count == tasks and job.inputs == {"data": digest}
+    assert (await app.sweep()).blobs == 0  # its job holds it now
+    assert app.submitter.held() == set()
 
 
 async def test_nodes_that_never_worked_are_forgotten(grid: Served) -> None:

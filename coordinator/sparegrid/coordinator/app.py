@@ -196,6 +196,7 @@ class App:
                 check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
+        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.sweeper = Sweeper(
             store,
             self.blobs,
@@ -203,8 +204,8 @@ class App:
             settings.sweeps,
             connected=lambda: set(self.scheduler.sessions),
             nodes_deleted=self.reputations.load,
+            held=self.submitter.held,
         )
-        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
         self._observe()
         self._sweep_wanted = asyncio.Event()
