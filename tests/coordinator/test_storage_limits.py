@@ -17,6 +17,7 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.clock import FakeClock
+from sparegrid.coordinator.domain import AttemptState, JobState
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.quotas import QuotaConfig
@@ -29,7 +30,7 @@ from sparegrid.v1 import (
     common_pb2,
     worker_pb2,
 )
-from sparegrid.wire import Signer
+from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
 from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
 from tests.coordinator.sessions import next_ack, session
@@ -256,6 +257,101 @@ async def test_anonymous_nodes_share_one_pool_and_owned_nodes_their_owner(grid: 
         node[3].cancel()  # type: ignore[attr-defined]
 
 
+# --- outputs sent inline -----------------------------------------------------------------
+
+
+async def inline_results(
+    grid: Served, signer: Signer, call: object, outs: dict[str, bytes], batch_id: int = 1
+) -> list[worker_pb2.AttemptVerdict]:
+    """One signed batch: a result per attempt, its output `outs[attempt]` sent inline."""
+    found = {a.id: a for a in grid.app.store.get_attempts(list(outs))}
+    statements = [
+        common_pb2.ResultStatement(
+            job_id=found[attempt_id].job_id,
+            task_id=found[attempt_id].task_id,
+            attempt_id=attempt_id,
+            node_id=signer.node_id,
+            outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(data), size=len(data))],
+        ).SerializeToString()
+        for attempt_id, data in outs.items()
+    ]
+    results = worker_pb2.Results(
+        batch_id=batch_id,
+        statements=statements,
+        signature=sign_batch(signer, statements),
+        inline_outputs={sha256_hex(data): data for data in outs.values()},
+    )
+    await call.write(worker_pb2.WorkerMessage(results=results))  # type: ignore[attr-defined]
+    while (message := await call.read()).WhichOneof("body") != "result_ack":  # type: ignore[attr-defined]
+        pass  # new assignments, credited
+    return list(message.result_ack.verdicts)
+
+
+async def test_inline_outputs_count_against_the_node_owners_stored_quota(grid: Served) -> None:
+    """A worker's outputs sent inline went into the database charged to nobody: up to
+    16 MiB per task it was given."""
+    app = grid.app
+    signer, _, attempts, call = await leased_node(grid, grid.alice_key)
+    first, second = os.urandom(350 * KiB), os.urandom(350 * KiB)
+    outs = dict(zip(attempts, (first, second), strict=True))
+    taken, over = await inline_results(grid, signer, call, outs)
+    assert taken.accepted, taken.message
+    assert not over.accepted and over.code == "QUOTA_EXCEEDED" and over.credit == 0
+    assert "account 'alice'" in over.message and "--stored-quota" in over.message
+    assert app.store.get_inline_blob(sha256_hex(second)) is None  # nothing kept
+    assert app.store.usage("alice") == (0, 350 * KiB)
+    assert app.reputations.get(signer.node_id).strikes == 0  # an honest node may be full
+    [attempt] = app.store.get_attempts([attempts[1]])
+    assert attempt.state == AttemptState.RUNNING  # still open for a result that fits
+    # the blob charged already is charged once: a result naming it again adds nothing
+    [again] = await inline_results(grid, signer, call, {attempts[1]: first}, batch_id=2)
+    assert again.accepted, again.message
+    assert app.store.usage("alice") == (0, 350 * KiB)
+    call.cancel()  # type: ignore[attr-defined]
+
+
+async def test_inline_outputs_of_anonymous_nodes_count_against_their_pool(grid: Served) -> None:
+    uploader, sender = await leased_node(grid), await leased_node(grid)
+    md = session_md(grid, uploader[1])
+    data = os.urandom(150 * KiB)
+    error = await refused(upload(grid, md, data, stop=1, attempt_ids=(uploader[2][0],)))
+    assert code_of(error) == "UPLOAD_INCOMPLETE"  # 150 KiB in flight
+    signer, call = sender[0], sender[3]
+    [verdict] = await inline_results(grid, signer, call, {sender[2][0]: os.urandom(300 * KiB)})
+    assert verdict.code == "QUOTA_EXCEEDED"  # 150 KiB in flight and 300 KiB over 400 KiB
+    assert "without an owner account together" in verdict.message
+    assert "SPAREGRID_OWNER_KEY" in verdict.message
+    fits = os.urandom(200 * KiB)
+    [verdict] = await inline_results(grid, signer, call, {sender[2][0]: fits}, batch_id=2)
+    assert verdict.accepted, verdict.message
+    assert grid.app.store.usage(f"node:{signer.node_id}") == (0, 200 * KiB)
+    assert grid.app.store.anonymous_usage() == (150 * KiB, 200 * KiB)
+    for node in (uploader, sender):
+        node[3].cancel()  # type: ignore[attr-defined]
+
+
+async def test_inline_outputs_are_collected_with_their_jobs_blobs(grid: Served) -> None:
+    """Kept in the database for good before: now kept while their job needs them, as
+    uploaded outputs are, and then deleted."""
+    app = grid.app
+    signer, _, attempts, call = await leased_node(grid, grid.alice_key)
+    outs = {attempt: os.urandom(100 * KiB) for attempt in attempts}
+    assert all(v.accepted for v in await inline_results(grid, signer, call, outs))
+    [attempt] = app.store.get_attempts(attempts[:1])
+    job = app.store.get_job(attempt.job_id)
+    assert job is not None and job.finished_at == clock(grid).now()
+    clock(grid).advance(3 * DAY - 10)  # within the retention after the job ended
+    assert (await app.sweep()).blobs == 0
+    assert app.store.usage("alice") == (0, 200 * KiB)
+    clock(grid).advance(20)
+    swept = await app.sweep()
+    assert (swept.blobs, swept.blob_bytes) == (2, 200 * KiB)
+    assert all(app.store.get_inline_blob(sha256_hex(data)) is None for data in outs.values())
+    assert app.store.usage("alice") == (0, 0)
+    assert not list((app.blobs.root / "trash").iterdir())  # no file to delete
+    call.cancel()  # type: ignore[attr-defined]
+
+
 # --- sweeps ------------------------------------------------------------------------------
 
 
@@ -378,6 +474,39 @@ async def test_a_job_submitted_during_the_walk_keeps_its_inputs(grid: Served) ->
     for _ in steps:
         pass
     assert swept.blobs == 0 and app.blobs.size(digest) == len(data)
+
+
+@pytest.mark.parametrize("tasks", [1, 3])  # written at once; a slice per group commit
+async def test_a_sweep_while_a_submit_is_in_flight_keeps_its_inputs(
+    grid: Served, tasks: int
+) -> None:
+    """A submit checks its inputs, plans its job in a worker thread and writes it in a
+    later group commit (a large job over several, hidden until the last): a sweep in
+    between found the input named by no job and collected it, and the job was written
+    naming a deleted blob."""
+    app, alice = grid.app, grid.auth(grid.alice_key)
+    app.submitter.step = 2  # a job of 3 tasks is written in slices
+    data = os.urandom(10 * KiB)
+    await upload(grid, alice, data)
+    digest = hashlib.sha256(data).hexdigest()
+    clock(grid).advance(4 * DAY)  # unused for longer than the retention
+    account = app.store.get_account_by_name("alice")
+    assert account is not None
+    params = f'{{"tasks": {tasks}}}'.encode()
+    spec = JobSpec(kind="checksum", params=params, inputs={"data": digest})
+    submit = asyncio.create_task(app.submit(account, spec))
+    await asyncio.sleep(0)  # its inputs checked; its plan not begun
+    if tasks > app.submitter.step:  # until its job is written, hidden
+        while not app.store.list_jobs(account.id, states=[JobState.SUBMITTING], limit=1):
+            await asyncio.sleep(0)
+    swept = Swept()
+    for _ in app.sweeper.collect_blobs(swept):  # a whole sweep, between two steps
+        pass
+    assert swept.blobs == 0 and app.blobs.size(digest) == len(data)
+    job = await submit
+    assert job.task_count == tasks and job.inputs == {"data": digest}
+    assert (await app.sweep()).blobs == 0  # its job holds it now
+    assert app.submitter.held() == set()
 
 
 async def test_nodes_that_never_worked_are_forgotten(grid: Served) -> None:

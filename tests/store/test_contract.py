@@ -537,8 +537,8 @@ def test_blob_owners(store: Store) -> None:
 
 
 def test_inline_blobs(store: Store) -> None:
-    store.put_inline_blobs({"d1": b"\x00\xffdata", "d2": b""})
-    store.put_inline_blobs({"d1": b"\x00\xffdata"})
+    store.put_inline_blobs({"d1": b"\x00\xffdata", "d2": b""}, now=1.0)
+    store.put_inline_blobs({"d1": b"\x00\xffdata"}, now=2.0)
     assert store.get_inline_blob("d1") == b"\x00\xffdata"
     assert store.get_inline_blob("d2") == b""
     assert store.get_inline_blob("d3") is None
@@ -553,7 +553,7 @@ def write_everything(store: Store) -> None:
     ts = leased_job(store)
     store.lease_tasks([attempt("a1", ts[0])])
     store.upsert_node(node("n1"))
-    store.put_inline_blobs({"d1": b"x"})
+    store.put_inline_blobs({"d1": b"x"}, now=1.0, holder="alice")
     store.add_blob_owners(["d1"], "acc-alice")
 
 
@@ -565,6 +565,7 @@ def assert_nothing_written(store: Store) -> None:
     assert store.queued_tasks() == [] and store.get_attempts(["a1"]) == []
     assert store.list_nodes() == []
     assert store.get_inline_blob("d1") is None and not store.blob_owned("d1", "acc-alice")
+    assert store.usage("alice") == (0, 0) and store.stale_blobs(before=10.0) == []
 
 
 def test_transaction_rolls_back_everything_on_error(store: Store) -> None:

@@ -62,6 +62,29 @@ def test_blobs_are_found_by_last_use_and_dropped_with_their_charges(store: Store
     assert not store.blob_owned(A, "acc-alice") and store.blob_owned(B, "acc-alice")
 
 
+def test_inline_blobs_are_recorded_charged_and_dropped_like_uploads(store: Store) -> None:
+    """Outputs sent inline are blobs kept in the database: a use now, a charge to the
+    node's holder (once per blob), and bytes dropped with their record."""
+    store.put_inline_blobs({A: b"a" * 10, B: b"b" * 4}, now=10.0, holder="node:n1", anonymous=True)
+    store.put_inline_blobs({A: b"a" * 10}, now=12.0, holder="node:n1", anonymous=True)  # once
+    store.put_inline_blobs({A: b"a" * 10}, now=11.0, holder="carol")
+    store.put_inline_blobs({}, now=13.0, holder="carol")
+    assert store.usage("node:n1") == Usage(0, 14) and store.anonymous_usage() == Usage(0, 14)
+    assert store.usage("carol") == Usage(0, 10)
+    assert store.charged("node:n1", [A, B, C]) == {A, B} and store.charged("carol", [B]) == set()
+    assert store.stale_blobs(before=100.0) == [(B, 4), (A, 10)]  # A last used at 12.0
+    store.record_blob(C, 3, now=14.0)  # a file, whose bytes also come inline: a file still
+    store.put_inline_blobs({C: b"ccc"}, now=15.0)
+    assert store.drop_blobs([A, C, "nope"]) == {A}  # C has a file to delete
+    assert store.get_inline_blob(A) is None and store.get_inline_blob(C) is None
+    assert store.get_inline_blob(B) == b"b" * 4
+    assert store.usage("carol") == Usage(0, 0) and store.usage("node:n1") == Usage(0, 4)
+    assert store.expire_charges(before=100.0) == 1
+    assert store.anonymous_usage() == Usage(0, 0) and store.get_inline_blob(B) == b"b" * 4
+    assert store.adopt_blobs([(B, 4, 1.0)]) == 0  # found as a file too: no longer inline only
+    assert store.drop_blobs([B]) == set()
+
+
 def test_files_stored_before_blobs_were_recorded_are_adopted(store: Store) -> None:
     store.record_blob(A, 100, now=50.0)
     assert store.adopt_blobs([(A, 100, 1.0), (B, 7, 2.0), (B, 7, 2.0)]) == 1

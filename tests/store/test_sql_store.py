@@ -1,6 +1,7 @@
 """What only the SQL stores do: migrations, SQLite settings, and open_store's URLs."""
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,29 @@ def test_reopening_applies_only_missing_migrations(
     assert [a.name for a in upgraded.list_accounts()] == ["alice", "migrated"]
     # Run again, the insert would clash on the account name.
     assert open_sql_store().schema_version() == LATEST + 1
+
+
+def test_inline_blobs_kept_before_they_were_recorded_are_recorded_once(
+    open_sql_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 14 records the inline blobs of older versions as used at the upgrade, so
+    the sweep collects them one retention later, unless a job needs them."""
+    inline, both = "1" * 64, "2" * 64
+    monkeypatch.setattr(SqlEngine, "migrations", MIGRATIONS[:13])
+    old = open_sql_store()
+    assert old.schema_version() == 13
+    with old.transaction():
+        for digest in (inline, both):
+            old._run("INSERT INTO inline_blobs (digest, data) VALUES (?, ?)", (digest, b"xyz"))
+        old._run("INSERT INTO blobs (digest, size, used_at) VALUES (?, 3, 5.0)", (both,))
+    old.close()
+    monkeypatch.setattr(SqlEngine, "migrations", MIGRATIONS)
+    before = time.time()
+    store = open_sql_store()
+    assert store.stale_blobs(before=before - 10) == [(both, 3)]  # kept its own last use
+    assert store.stale_blobs(before=time.time() + 10) == [(both, 3), (inline, 3)]
+    assert store.drop_blobs([inline, both]) == {inline}  # `both` has a file to delete
+    assert store.get_inline_blob(inline) is None and store.get_inline_blob(both) is None
 
 
 def test_a_failing_migration_changes_nothing(

@@ -168,6 +168,7 @@ class App:
         )
         self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
+        self.quotas = Quotas(store, self.clock, settings.quotas)
         self.intake = Intake(
             self.scheduler,
             self.blobs,
@@ -179,6 +180,7 @@ class App:
                 self.identities,
                 Vouching(self.clock, settings.vouching, self.reputations.check_rate),
             ),
+            self.quotas,
         )
         self.jobs = Jobs(
             store,
@@ -194,7 +196,7 @@ class App:
                 check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
-        self.quotas = Quotas(store, self.clock, settings.quotas)
+        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.sweeper = Sweeper(
             store,
             self.blobs,
@@ -202,8 +204,8 @@ class App:
             settings.sweeps,
             connected=lambda: set(self.scheduler.sessions),
             nodes_deleted=self.reputations.load,
+            held=self.submitter.held,
         )
-        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
         self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
         self._observe()
         self._sweep_wanted = asyncio.Event()

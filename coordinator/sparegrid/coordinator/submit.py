@@ -11,11 +11,16 @@ wrote, a slice at a time; one cut short by a stop is deleted at the next start. 
 a large job queues its tasks again a slice at a time while the job stays ended (so they
 count as cancelled), then holds their cost and queues the job in one transaction; one that
 fails or is cut short has them swept back to cancelled.
+
+From the moment a submit finds its inputs stored until its job is shown (or given up), it
+holds them: the storage sweep (services/sweeper.py) keeps a blob a submit holds, which no
+job in the store names yet.
 """
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -73,6 +78,7 @@ class Submitter:
         self._running: dict[tuple[str, str], tuple[JobSpec, asyncio.Task[Job]]] = {}
         self._tasks: set[asyncio.Task[Job]] = set()  # every submit and retry in progress
         self._retrying: set[str] = set()  # job ids
+        self._held: Counter[str] = Counter()  # input digests of submits in flight
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
         """The job, once it is durable; an identical submit while one is being written
@@ -90,10 +96,25 @@ class Submitter:
         task = asyncio.create_task(self._submit(draft))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # held from the check that found them (prepare, on this turn of the loop) until the
+        # job is shown: until then no job in the store names them
+        inputs = [ref.digest for ref in draft.inputs.values()]
+        self._held.update(inputs)
+        task.add_done_callback(lambda _: self._release(inputs))
         if spec.idempotency_key:
             self._running[key] = (spec, task)
             task.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(task)
+
+    def held(self) -> set[str]:
+        """Input digests of submits in flight: checked as stored, no live job's yet."""
+        return set(self._held)
+
+    def _release(self, digests: list[str]) -> None:
+        for digest in digests:
+            self._held[digest] -= 1
+            if self._held[digest] <= 0:
+                del self._held[digest]
 
     async def prepare(self, account: Account, spec: JobSpec) -> Draft | Job:
         """Jobs.prepare, the inputs looked up first in a worker thread where a look is a

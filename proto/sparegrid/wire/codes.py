@@ -163,6 +163,9 @@ class VerdictCode(StrEnum):
     INLINE_TOO_LARGE = "INLINE_TOO_LARGE"
     NOT_LEASED = "NOT_LEASED"
     OUTPUT_NOT_UPLOADED = "OUTPUT_NOT_UPLOADED"
+    # inline outputs that would put the node's owner (or the anonymous nodes together) over
+    # the stored quota, which they count against as uploads do: refused, not struck
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     STALE = "STALE"
     TASK_DONE = "TASK_DONE"
 

@@ -12,6 +12,10 @@ upload until the blob is collected or the retention has passed (a blob a job sti
 then is kept for the job). Uploading a stored blob again, or asking whether it is stored,
 charges it afresh. An upload must fit both: its size and what is in flight within the
 in-flight quota, and those and what is stored within the stored quota.
+
+A worker's outputs sent inline with its result, rather than uploaded, are blobs kept in the
+database: they count as uploads of the node's holder, stored from the result's acceptance,
+and a result whose inline outputs do not fit the stored quota is refused (InlineCharges).
 """
 
 from dataclasses import dataclass
@@ -69,16 +73,14 @@ class Quotas:
 
     def _check(self, holder: Holder, size: int) -> None:
         config, store = self.config, self._store
-        if holder.anonymous:
-            whose, hint = f"anonymous node {holder.name.removeprefix('node:')}", _OWNER_HINT
-        else:
-            whose, hint = f"account {holder.name!r} (its nodes included)", _OPERATOR_HINT
-        _fit(whose, size, store.usage(holder.name), config.in_flight, config.stored, "", hint)
+        whose, hint = _whose(holder)
+        what = f"upload of {_size(size)}"
+        _fit(whose, what, store.usage(holder.name), config.in_flight, config.stored, "", hint)
         if holder.anonymous:
             pool = store.anonymous_usage()
             in_flight, stored = config.anonymous_in_flight, config.anonymous_stored
             whose = "nodes without an owner account together"
-            _fit(whose, size, pool, in_flight, stored, "anonymous-", _OWNER_HINT)
+            _fit(whose, what, pool, in_flight, stored, "anonymous-", _OWNER_HINT)
 
     def abandoned(self, uploader: str, digest: str) -> None:
         """Its partial file is gone (a wrong digest, expiry): its reservation ends."""
@@ -93,14 +95,71 @@ class Quotas:
             name, anonymous = (holder.name, holder.anonymous) if holder else ("", False)
             store.record_blob(digest, size, self._now(), name, anonymous)
 
+    def inline(self, holder: Holder) -> "InlineCharges":
+        """Charges for the inline outputs of one batch of results from a node of `holder`."""
+        return InlineCharges(self._store, self.config, holder)
+
     def _now(self) -> float:
         return self._clock.now()
 
 
+class InlineCharges:
+    """What the inline outputs of one batch of results add to its node's holder, checked
+    result by result against the stored quotas (the anonymous pool's too). A blob is
+    charged to a holder once: one charged already, or by an earlier result of the batch,
+    adds nothing. Only results that passed every other check are counted, so a batch
+    costs a read per result that carries an unseen blob, and the holder's usage once; the
+    batch's writes (Store.put_inline_blobs) come after all its checks."""
+
+    def __init__(self, store: Store, config: QuotaConfig, holder: Holder) -> None:
+        self._store = store
+        self._config = config
+        self.holder = holder
+        self._charged: set[str] = set()  # digests charged to the holder, before or by this batch
+        self._usage: list[Usage] | None = None  # the holder's, then the pool's
+        self.added = 0  # bytes the batch's results taken so far add
+
+    def take(self, sizes: dict[str, int]) -> None:
+        """Counts one result's inline outputs (size by digest); QUOTA_EXCEEDED, counting
+        nothing, when they do not fit."""
+        unseen = [digest for digest in sizes if digest not in self._charged]
+        if unseen:
+            self._charged |= self._store.charged(self.holder.name, unseen)
+        size = sum(n for digest, n in sizes.items() if digest not in self._charged)
+        if size:
+            self._check(size)
+        self._charged |= sizes.keys()
+        self.added += size
+
+    def _check(self, size: int) -> None:
+        store, config, holder = self._store, self._config, self.holder
+        if self._usage is None:
+            self._usage = [store.usage(holder.name)]
+            if holder.anonymous:
+                self._usage.append(store.anonymous_usage())
+        what = f"result with {_size(size)} of outputs sent inline"
+        extra = self.added + size
+        whose, hint = _whose(holder)
+        # what is in flight counts against the stored quota too, as for an upload
+        held = [u.in_flight + u.stored + extra for u in self._usage]
+        _fit(whose, what, Usage(0, held[0]), 0, config.stored, "", hint)
+        if holder.anonymous:
+            whose = "nodes without an owner account together"
+            stored = config.anonymous_stored
+            _fit(whose, what, Usage(0, held[1]), 0, stored, "anonymous-", _OWNER_HINT)
+
+
+def _whose(holder: Holder) -> tuple[str, str]:
+    """The holder in words, and how it gets more room."""
+    if holder.anonymous:
+        return f"anonymous node {holder.name.removeprefix('node:')}", _OWNER_HINT
+    return f"account {holder.name!r} (its nodes included)", _OPERATOR_HINT
+
+
 def _fit(
-    whose: str, size: int, usage: Usage, in_flight: int, stored: int, flag: str, hint: str
+    whose: str, what: str, usage: Usage, in_flight: int, stored: int, flag: str, hint: str
 ) -> None:
-    """QUOTA_EXCEEDED, naming the quota and how to get more, when usage (the new upload
+    """QUOTA_EXCEEDED, naming the quota and how to get more, when usage (what is refused
     included) is over either quota."""
     if usage.in_flight > in_flight:
         problem = (
@@ -110,14 +169,12 @@ def _fit(
         )
     elif usage.in_flight + usage.stored > stored:
         problem = (
-            f"{whose} would hold {_size(usage.in_flight + usage.stored)} of uploads, over the "
-            f"quota of {_size(stored)} (--{flag}stored-quota): an upload counts until it is "
-            "collected, or for --blob-retention after it"
+            f"{whose} would hold {_size(usage.in_flight + usage.stored)} of uploads (outputs "
+            f"sent inline included), over the quota of {_size(stored)} (--{flag}stored-quota): "
+            "an upload counts until it is collected, or for --blob-retention after it"
         )
     else:
         return
     raise CoordinatorError(
-        ErrorKind.EXHAUSTED,
-        "QUOTA_EXCEEDED",
-        f"upload of {_size(size)} refused: {problem}; or {hint}",
+        ErrorKind.EXHAUSTED, "QUOTA_EXCEEDED", f"{what} refused: {problem}; or {hint}"
     )

@@ -22,7 +22,9 @@ from sparegrid.coordinator.domain import (
     Task,
     owner_of,
 )
+from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.comparators import Reader
+from sparegrid.coordinator.services.quotas import Holder, InlineCharges, Quotas
 from sparegrid.coordinator.services.scheduler import NodeSession, Scheduler
 from sparegrid.coordinator.services.settlement import Candidate, Settled, Settlement
 from sparegrid.coordinator.states import FINAL_TASK_STATES, move_attempt
@@ -73,11 +75,14 @@ class BadResult(Exception):
 
 
 class Intake:
-    def __init__(self, scheduler: Scheduler, blobs: BlobStore, settlement: Settlement) -> None:
+    def __init__(
+        self, scheduler: Scheduler, blobs: BlobStore, settlement: Settlement, quotas: Quotas
+    ) -> None:
         self.scheduler = scheduler
         self.store = scheduler.store
         self.blobs = blobs
         self.settlement = settlement
+        self.quotas = quotas  # inline outputs count against the node holder's stored quota
         self.on_settled: Callable[[Settled], None] | None = None  # the metrics count them
 
     def results(
@@ -89,7 +94,8 @@ class Intake:
         logs: list[common_pb2.TaskLog] | None = None,
     ) -> list[Verdict]:
         """Verifies and records a batch; returns a verdict per statement. A result whose
-        log does not check out is refused whole (nothing of it is recorded)."""
+        log does not check out, or whose inline outputs do not fit its node's stored
+        quota, is refused whole (nothing of it is recorded)."""
         session = self.scheduler.sessions.get(node_id)
         node = session.node if session is not None else self.store.get_node(node_id)
         if node is None or not statements:
@@ -103,6 +109,7 @@ class Intake:
             return [Verdict("", False, "BAD_SIGNATURE", str(exc))]
         decoded = [_decode(data) for data in statements]
         attempts, tasks = self._lookup(session, [s.attempt_id for s in decoded if s is not None])
+        charges = self.quotas.inline(Holder.of(owner_of(node)))
         by_attempt = {_log_attempt(log): log for log in logs or ()}
         verdicts: list[Verdict] = []
         accepted: list[Candidate] = []
@@ -128,6 +135,8 @@ class Intake:
                         raise BadResult(VerdictCode.BAD_LOG, "a result's log names a failure")
                     if self._keeps_logs(attempt.job_id):
                         kept.append(checked)
+                if attempts[statement.attempt_id].state != AttemptState.SUCCEEDED:
+                    _charge(charges, outputs, inline)
             except BadResult as exc:
                 verdicts.append(Verdict(statement.attempt_id, False, exc.code, str(exc)))
                 if exc.code == "NOT_LEASED":
@@ -153,7 +162,8 @@ class Intake:
             accepted.append(Candidate(attempt, task, outputs, receipt.SerializeToString()))
             verdicts.append(Verdict(attempt.id, True))
         taken = {c.attempt.id for c in accepted}
-        paid = self._accept(node_id, accepted, inline, [k for k in kept if k.attempt_id in taken])
+        logs_kept = [k for k in kept if k.attempt_id in taken]
+        paid = self._accept(node_id, accepted, inline, charges.holder, logs_kept)
         self.scheduler.returned(node_id, len(accepted))
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
@@ -303,21 +313,22 @@ class Intake:
         node_id: str,
         accepted: list[Candidate],
         inline: dict[str, bytes],
+        holder: Holder,
         logs: list[AttemptLog] | None = None,
     ) -> dict[str, int]:
-        """Settles the results; returns the credit paid now, by attempt (a result held for a
-        cross-check is paid later, when validated)."""
+        """Settles the results, their inline outputs kept and charged to the node's holder;
+        returns the credit paid now, by attempt (a result held for a cross-check is paid
+        later, when validated)."""
         if not accepted:
             return {}
-        sched, store = self.scheduler, self.store
-        session = sched.sessions.get(node_id)
-        node = session.node if session is not None else store.get_node(node_id)
-        owner = owner_of(node) if node is not None else f"node:{node_id}"
+        store = self.store
         with store.transaction():
             used = {ref.digest for c in accepted for ref in c.outputs}
-            store.put_inline_blobs({d: inline[d] for d in used if d in inline})
+            kept = {d: inline[d] for d in used if d in inline}
+            now = self.scheduler.clock.now()
+            store.put_inline_blobs(kept, now, holder.name, holder.anonymous)
             self._keep_logs(logs or [])
-            settled = self.settlement.settle(node_id, owner, accepted, self._reader(inline))
+            settled = self.settlement.settle(node_id, holder.name, accepted, self._reader(inline))
         self._settled(settled)
         log.debug("node %s: %d result(s) taken in", node_id, len(accepted))
         return settled.paid
@@ -476,6 +487,17 @@ class Intake:
                 log.warning("node %s sent a task log that was refused: %s", node_id, exc)
                 found[attempt.id] = exc
         return found
+
+
+def _charge(charges: InlineCharges, outputs: list[FileRef], inline: dict[str, bytes]) -> None:
+    """Counts a result's inline outputs against its node's stored quota; BadResult
+    (QUOTA_EXCEEDED, not a strike: an honest node over its quota sends this too) when they
+    do not fit."""
+    sizes = {ref.digest: ref.size for ref in outputs if ref.digest in inline}
+    try:
+        charges.take(sizes)
+    except CoordinatorError as exc:
+        raise BadResult(VerdictCode.QUOTA_EXCEEDED, exc.message) from None
 
 
 def _log_attempt(log: common_pb2.TaskLog) -> str:

@@ -6,8 +6,10 @@ or asked about by an owner) within the retention; a job not finished, or finishe
 the retention, names it as an input, a task's input or output, or a replica's output. The
 references are read job by job in short steps (`collect_blobs` yields between them, so the
 coordinator serves meanwhile); the last step, which deletes, runs at once and checks again
-what may have changed in between: a later use, and jobs that became live since the walk
-began. A collected blob is forgotten by the store first and then renamed out of sight.
+what may have changed in between: a later use, jobs that became live since the walk
+began, and the inputs of submits in flight (checked, their job not written yet, or a large
+one written but not shown: `held`). A collected blob is forgotten by the store first and then renamed out of sight; one
+kept in the database (an output sent inline with its result) goes with its record.
 
 These are plain synchronous steps on the store and the blob files; app.py runs them in
 its background sweep.
@@ -54,6 +56,7 @@ class Sweeper:
         config: SweepConfig,
         connected: Callable[[], set[str]],
         nodes_deleted: Callable[[], None] = lambda: None,
+        held: Callable[[], set[str]] = set,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -61,6 +64,7 @@ class Sweeper:
         self.config = config
         self._connected = connected  # ids of nodes with a session now
         self._nodes_deleted = nodes_deleted  # e.g. reload what services keep of nodes
+        self._held = held  # digests submits in flight hold (submit.py): kept
 
     def expire_partials(self, files: list[tuple[str, str, float]]) -> int:
         """Deletes unfinished uploads untouched for --upload-expiry, found by their record
@@ -129,7 +133,8 @@ class Sweeper:
         """A deleting step, run at once. A candidate used since the walk began is kept,
         and so is one named by a job that became live meanwhile: a job submitted since
         names blobs through its job-level inputs only (a kind plans its tasks' inputs from
-        them; outputs come later, each a fresh use), a job retried since is walked now."""
+        them; outputs come later, each a fresh use), a job retried since is walked now, and
+        so is one held by a submit in flight: checked, and not yet written as a live job."""
         store = self._store
         cutoff = began - self.config.blob_retention
         with store.transaction():
@@ -142,9 +147,10 @@ class Sweeper:
                 if job.created_at < began:
                     for refs in self._task_refs(job_id):
                         needed |= refs
+            needed |= self._held()
             doomed = sorted(d for d in candidates if d in still and d not in needed)
-            store.drop_blobs(doomed)
-        self._blobs.discard(doomed)
+            inline = store.drop_blobs(doomed)
+        self._blobs.discard([d for d in doomed if d not in inline])
         swept.blobs += len(doomed)
         swept.blob_bytes += sum(candidates[d] for d in doomed)
         if doomed:

@@ -321,7 +321,12 @@ class Store(Protocol):
     def uploaded(self, attempt_id: str, digests: list[str]) -> set[str]:
         """Those of the digests that the attempt's node uploaded for it."""
 
-    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None: ...
+    def put_inline_blobs(
+        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+    ) -> None:
+        """Keeps small blobs (outputs sent inline with results) in the database, each
+        recorded as a blob used now, to be collected as any blob is (drop_blobs), and with
+        a holder, charged to it as record_blob charges an upload."""
 
     def get_inline_blob(self, digest: str) -> bytes | None: ...
 
@@ -347,6 +352,9 @@ class Store(Protocol):
         """A stored blob was uploaded or named again now: its last use becomes `now`, and
         with a holder, the holder is charged its size (once per blob) from now."""
 
+    def charged(self, holder: str, digests: list[str]) -> set[str]:
+        """Those of the digests charged to the holder now."""
+
     def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
         """Records stored blobs (digest, size, last use) not recorded yet (files written
         before blobs were recorded); returns how many were new."""
@@ -363,8 +371,10 @@ class Store(Protocol):
     def blob_uses(self, digests: list[str], before: float) -> list[str]:
         """Those of the recorded digests last used before `before`."""
 
-    def drop_blobs(self, digests: list[str]) -> None:
-        """Forgets the blobs: their record, their charges and who may read them."""
+    def drop_blobs(self, digests: list[str]) -> set[str]:
+        """Forgets the blobs: their record, their charges, who may read them, and the bytes
+        of those kept in the database. Returns those that were kept there only (no file to
+        delete)."""
 
     def expire_charges(self, before: float) -> int:
         """Ends the charges of uploads made before `before` (a blob still stored then is

@@ -39,7 +39,7 @@ class Connection(Protocol):
 
 @dataclass(frozen=True)
 class Dialect:
-    types: dict[str, str]  # fills {real}, {blob} and {serial} in schema scripts
+    types: dict[str, str]  # fills {real}, {blob}, {serial} and {now} in schema scripts
     begin: str  # the statement that opens a transaction
     lock_rows: str  # appended to a SELECT to lock the rows it reads
     placeholder: str  # "?" or "%s"

@@ -601,11 +601,6 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         with self._lock:
             return {d for d in digests if (attempt_id, d) in self._s.uploads}
 
-    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
-        with self._lock:
-            for digest, data in blobs.items():
-                self._s.inline_blobs.setdefault(digest, bytes(data))
-
     def get_inline_blob(self, digest: str) -> bytes | None:
         with self._lock:
             return self._s.inline_blobs.get(digest)

@@ -33,6 +33,7 @@ class StorageState:
     partials: dict[tuple[str, str], _Partial] = field(default_factory=dict)  # uploader, digest
     blobs: dict[str, tuple[int, float]] = field(default_factory=dict)  # size, last use
     charges: dict[tuple[str, str], _Charge] = field(default_factory=dict)  # holder, digest
+    inline_only: set[str] = field(default_factory=set)  # bytes in inline_blobs, no file
 
 
 class MemoryStorage:
@@ -66,14 +67,36 @@ class MemoryStorage:
             storage = self._s.storage
             _, used_at = storage.blobs.get(digest, (0, now))
             storage.blobs[digest] = (size, max(used_at, now))
+            storage.inline_only.discard(digest)
             if holder:
                 storage.charges[holder, digest] = _Charge(anonymous, size, now)
+
+    def put_inline_blobs(
+        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+    ) -> None:
+        with self._lock:
+            storage = self._s.storage
+            for digest, data in blobs.items():
+                self._s.inline_blobs.setdefault(digest, bytes(data))
+                if digest in storage.blobs:
+                    size, used_at = storage.blobs[digest]
+                    storage.blobs[digest] = (size, max(used_at, now))
+                else:
+                    storage.blobs[digest] = (len(data), now)
+                    storage.inline_only.add(digest)
+                if holder:
+                    storage.charges[holder, digest] = _Charge(anonymous, len(data), now)
+
+    def charged(self, holder: str, digests: list[str]) -> set[str]:
+        with self._lock:
+            return {d for d in digests if (holder, d) in self._s.storage.charges}
 
     def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
         with self._lock:
             known = self._s.storage.blobs
             fresh = {digest: (size, at) for digest, size, at in blobs if digest not in known}
             known.update(fresh)
+            self._s.storage.inline_only -= {digest for digest, _, _ in blobs}
             return len(fresh)
 
     def usage(self, holder: str) -> Usage:
@@ -104,14 +127,18 @@ class MemoryStorage:
             blobs = self._s.storage.blobs
             return sorted(d for d in set(digests) if d in blobs and blobs[d][1] < before)
 
-    def drop_blobs(self, digests: list[str]) -> None:
+    def drop_blobs(self, digests: list[str]) -> set[str]:
         with self._lock:
             gone = set(digests)
             storage = self._s.storage
+            inline = gone & storage.inline_only & storage.blobs.keys()
             for digest in gone:
                 storage.blobs.pop(digest, None)
+                self._s.inline_blobs.pop(digest, None)
+            storage.inline_only -= gone
             storage.charges = {k: c for k, c in storage.charges.items() if k[1] not in gone}
             self._s.blob_owners = {o for o in self._s.blob_owners if o[0] not in gone}
+            return inline
 
     def expire_charges(self, before: float) -> int:
         with self._lock:

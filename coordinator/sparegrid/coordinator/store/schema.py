@@ -3,7 +3,7 @@
 Scripts are written once. Statements are separated by ";" and hold no other ";". The
 column types that differ between the two are named by placeholders the dialect fills in:
 {real} for unix-second times, {blob} for bytes and {serial} for an auto-numbered primary
-key. Lists and dicts are JSON text. Append new migrations; never edit an applied one.
+key; {now} is the time a script runs, in unix seconds. Lists and dicts are JSON text. Append new migrations; never edit an applied one.
 """
 
 SCHEMA_VERSION_TABLE = """
@@ -344,6 +344,18 @@ CREATE TABLE meta (
 )
 """
 
+# Outputs sent inline with results are blobs kept in the database: each is recorded in
+# blobs (kept_inline: its bytes are in inline_blobs only, with no file to delete) so that
+# it is collected like any other blob, and charged to the node's holder (blob_charges).
+# Those kept before are recorded as used now: kept for one retention from the upgrade,
+# then only while a job needs them.
+INLINE_CHARGES = """
+ALTER TABLE blobs ADD COLUMN kept_inline BOOLEAN NOT NULL DEFAULT FALSE;
+INSERT INTO blobs (digest, size, used_at, kept_inline)
+    SELECT i.digest, length(i.data), {now}, TRUE FROM inline_blobs i
+    WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = i.digest)
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -359,6 +371,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (11, INVITES),
     (12, TASK_LOGS),
     (13, META),
+    (14, INLINE_CHARGES),
 ]
 
 

@@ -686,14 +686,6 @@ class SqlStore(SqlStorage, SqlEvents, SqlInvites):
         wanted = set(digests)
         return {row[0] for row in rows if row[0] in wanted}
 
-    def put_inline_blobs(self, blobs: dict[str, bytes]) -> None:
-        with self._atomic():
-            self._run_many(
-                "INSERT INTO inline_blobs (digest, data) VALUES (?, ?)"
-                " ON CONFLICT (digest) DO NOTHING",
-                list(blobs.items()),
-            )
-
     def get_inline_blob(self, digest: str) -> bytes | None:
         with self._atomic():
             rows = self._query("SELECT data FROM inline_blobs WHERE digest = ?", (digest,))

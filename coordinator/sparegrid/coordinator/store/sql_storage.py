@@ -91,26 +91,63 @@ class SqlStorage(SqlEngine):
                 "INSERT INTO blobs (digest, size, used_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (digest) DO UPDATE SET size = excluded.size,"
                 " used_at = CASE WHEN blobs.used_at > excluded.used_at THEN blobs.used_at"
-                " ELSE excluded.used_at END",
+                " ELSE excluded.used_at END, kept_inline = FALSE",
                 (digest, size, now),
             )
-            if not holder:
-                return
-            deltas = _Deltas()
-            deltas.add(holder, anonymous, stored=size)
-            for old_anonymous, old_size in self._query(
-                "SELECT anonymous, size FROM blob_charges WHERE holder = ? AND digest = ?",
-                (holder, digest),
-            ):
-                deltas.add(holder, bool(old_anonymous), stored=-int(old_size))
-            self._run(
-                "INSERT INTO blob_charges (holder, digest, anonymous, size, charged_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (holder, digest) DO UPDATE"
-                " SET anonymous = excluded.anonymous, size = excluded.size,"
-                " charged_at = excluded.charged_at",
-                (holder, digest, anonymous, size, now),
+            if holder:
+                self._charge(holder, anonymous, {digest: size}, now)
+
+    def put_inline_blobs(
+        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+    ) -> None:
+        if not blobs:
+            return
+        sizes = {digest: len(data) for digest, data in sorted(blobs.items())}
+        with self._atomic():
+            self._run_many(
+                "INSERT INTO inline_blobs (digest, data) VALUES (?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                sorted(blobs.items()),
             )
-            self._add_usage(deltas)
+            self._run_many(  # a blob stored as a file too stays one (kept_inline false)
+                "INSERT INTO blobs (digest, size, used_at, kept_inline) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET"
+                " used_at = CASE WHEN blobs.used_at > excluded.used_at THEN blobs.used_at"
+                " ELSE excluded.used_at END",
+                [(digest, size, now, True) for digest, size in sizes.items()],
+            )
+            if holder:
+                self._charge(holder, anonymous, sizes, now)
+
+    def _charge(self, holder: str, anonymous: bool, sizes: dict[str, int], now: float) -> None:
+        """Charges the holder each blob's size from now, once per blob (a charge it has of
+        the blob is renewed)."""
+        deltas = _Deltas()
+        for size in sizes.values():
+            deltas.add(holder, anonymous, stored=size)
+        for old_anonymous, old_size in self._query_in(
+            "SELECT anonymous, size FROM blob_charges WHERE holder = ? AND digest IN (*)",
+            list(sizes),
+            (holder,),
+        ):
+            deltas.add(holder, bool(old_anonymous), stored=-int(old_size))
+        self._run_many(
+            "INSERT INTO blob_charges (holder, digest, anonymous, size, charged_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (holder, digest) DO UPDATE"
+            " SET anonymous = excluded.anonymous, size = excluded.size,"
+            " charged_at = excluded.charged_at",
+            [(holder, digest, anonymous, size, now) for digest, size in sizes.items()],
+        )
+        self._add_usage(deltas)
+
+    def charged(self, holder: str, digests: list[str]) -> set[str]:
+        with self._atomic():
+            rows = self._query_in(
+                "SELECT digest FROM blob_charges WHERE holder = ? AND digest IN (*)",
+                digests,
+                (holder,),
+            )
+        return {row[0] for row in rows}
 
     def adopt_blobs(self, blobs: list[tuple[str, int, float]]) -> int:
         found = {digest: (digest, size, used_at) for digest, size, used_at in blobs}
@@ -123,6 +160,12 @@ class SqlStorage(SqlEngine):
             }
             fresh = [row for digest, row in found.items() if digest not in known]
             self._run_many("INSERT INTO blobs (digest, size, used_at) VALUES (?, ?, ?)", fresh)
+            for chunk in chunks(sorted(known)):  # kept inline, and found as a file too
+                self._run(
+                    "UPDATE blobs SET kept_inline = FALSE WHERE kept_inline"
+                    f" AND digest IN ({marks(len(chunk))})",
+                    chunk,
+                )
         return len(fresh)
 
     def usage(self, holder: str) -> Usage:
@@ -166,8 +209,9 @@ class SqlStorage(SqlEngine):
             )
         return sorted(row[0] for row in rows)
 
-    def drop_blobs(self, digests: list[str]) -> None:
+    def drop_blobs(self, digests: list[str]) -> set[str]:
         deltas = _Deltas()
+        inline: set[str] = set()
         with self._atomic():
             for chunk in chunks(digests):
                 where = f"digest IN ({marks(len(chunk))})"
@@ -176,9 +220,17 @@ class SqlStorage(SqlEngine):
                     chunk,
                 ):
                     deltas.add(holder, bool(anonymous), stored=-int(size))
-                self._run(f"DELETE FROM blobs WHERE {where}", chunk)
+                inline.update(
+                    row[0]
+                    for row in self._query(
+                        f"DELETE FROM blobs WHERE {where} RETURNING digest, kept_inline", chunk
+                    )
+                    if row[1]
+                )
                 self._run(f"DELETE FROM blob_owners WHERE {where}", chunk)
+                self._run(f"DELETE FROM inline_blobs WHERE {where}", chunk)
             self._add_usage(deltas)
+        return inline
 
     def expire_charges(self, before: float) -> int:
         deltas = _Deltas()

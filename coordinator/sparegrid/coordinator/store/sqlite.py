@@ -26,7 +26,12 @@ from sparegrid.coordinator.store.sql import SqlStore
 log = logging.getLogger("sparegrid.coordinator.store")
 
 SQLITE = Dialect(
-    types={"real": "REAL", "blob": "BLOB", "serial": "INTEGER PRIMARY KEY"},
+    types={
+        "real": "REAL",
+        "blob": "BLOB",
+        "serial": "INTEGER PRIMARY KEY",
+        "now": "CAST(strftime('%s', 'now') AS REAL)",
+    },
     # IMMEDIATE takes the write lock at once, so a transaction that reads and then
     # writes never fails half-way with SQLITE_BUSY.
     begin="BEGIN IMMEDIATE",
