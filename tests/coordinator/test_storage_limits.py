@@ -310,6 +310,27 @@ async def test_inline_outputs_count_against_the_node_owners_stored_quota(grid: S
     call.cancel()  # type: ignore[attr-defined]
 
 
+async def test_a_batchs_inline_outputs_are_looked_up_in_one_read(
+    grid: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which inline blobs are charged already is read once for the batch (on PostgreSQL a
+    read is a round trip), not once per result; and only for what its results name."""
+    app = grid.app
+    signer, _, attempts, call = await leased_node(grid, grid.alice_key)
+    looked: list[list[str]] = []
+    real = app.store.charged
+
+    def counting(holder: str, digests: list[str]) -> set[str]:
+        looked.append(sorted(digests))
+        return real(holder, digests)
+
+    monkeypatch.setattr(app.store, "charged", counting)
+    outs = {attempt: os.urandom(10 * KiB) for attempt in attempts}
+    assert all(v.accepted for v in await inline_results(grid, signer, call, outs))
+    assert looked == [sorted(sha256_hex(data) for data in outs.values())]
+    call.cancel()  # type: ignore[attr-defined]
+
+
 async def test_inline_outputs_of_anonymous_nodes_count_against_their_pool(grid: Served) -> None:
     uploader, sender = await leased_node(grid), await leased_node(grid)
     md = session_md(grid, uploader[1])

@@ -18,6 +18,7 @@ database: they count as uploads of the node's holder, stored from the result's a
 and a result whose inline outputs do not fit the stored quota is refused (InlineCharges).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sparegrid.coordinator.clock import Clock
@@ -107,24 +108,31 @@ class InlineCharges:
     """What the inline outputs of one batch of results add to its node's holder, checked
     result by result against the stored quotas (the anonymous pool's too). A blob is
     charged to a holder once: one charged already, or by an earlier result of the batch,
-    adds nothing. Only results that passed every other check are counted, so a batch
-    costs a read per result that carries an unseen blob, and the holder's usage once; the
-    batch's writes (Store.put_inline_blobs) come after all its checks."""
+    adds nothing. Only results that passed every other check are counted. A batch costs
+    two reads at most: which of its inline blobs are charged already (`look_up`, once),
+    and the holder's usage; its writes (Store.put_inline_blobs) come after all its checks."""
 
     def __init__(self, store: Store, config: QuotaConfig, holder: Holder) -> None:
         self._store = store
         self._config = config
         self.holder = holder
         self._charged: set[str] = set()  # digests charged to the holder, before or by this batch
+        self._looked: set[str] = set()  # digests whose charge was read
         self._usage: list[Usage] | None = None  # the holder's, then the pool's
         self.added = 0  # bytes the batch's results taken so far add
+
+    def look_up(self, digests: Iterable[str]) -> None:
+        """Reads which of `digests` are charged to the holder already, in one query: the
+        blobs a whole batch sends inline, before its results are taken one by one."""
+        fresh = [digest for digest in digests if digest not in self._looked]
+        if fresh:
+            self._charged |= self._store.charged(self.holder.name, fresh)
+            self._looked.update(fresh)
 
     def take(self, sizes: dict[str, int]) -> None:
         """Counts one result's inline outputs (size by digest); QUOTA_EXCEEDED, counting
         nothing, when they do not fit."""
-        unseen = [digest for digest in sizes if digest not in self._charged]
-        if unseen:
-            self._charged |= self._store.charged(self.holder.name, unseen)
+        self.look_up(sizes)
         size = sum(n for digest, n in sizes.items() if digest not in self._charged)
         if size:
             self._check(size)

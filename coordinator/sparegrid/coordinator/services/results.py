@@ -110,6 +110,7 @@ class Intake:
         decoded = [_decode(data) for data in statements]
         attempts, tasks = self._lookup(session, [s.attempt_id for s in decoded if s is not None])
         charges = self.quotas.inline(Holder.of(owner_of(node)))
+        charges.look_up(_named_inline(node_id, decoded, attempts, inline))  # one read
         by_attempt = {_log_attempt(log): log for log in logs or ()}
         verdicts: list[Verdict] = []
         accepted: list[Candidate] = []
@@ -487,6 +488,26 @@ class Intake:
                 log.warning("node %s sent a task log that was refused: %s", node_id, exc)
                 found[attempt.id] = exc
         return found
+
+
+def _named_inline(
+    node_id: str,
+    decoded: "list[common_pb2.ResultStatement | None]",
+    attempts: dict[str, Attempt],
+    inline: dict[str, bytes],
+) -> list[str]:
+    """The inline blobs that the batch's results for this node's unsettled attempts name
+    (at most MAX_OUTPUTS each): whose charges are read in one query, not one per result;
+    never more than what the node's own leases can claim, whatever else the batch holds."""
+    named: dict[str, None] = {}
+    for statement in decoded:
+        attempt = attempts.get(statement.attempt_id) if statement is not None else None
+        if statement is None or attempt is None:
+            continue
+        if attempt.node_id == node_id and attempt.state != AttemptState.SUCCEEDED:
+            outputs = statement.outputs[:MAX_OUTPUTS]
+            named.update((out.digest, None) for out in outputs if out.digest in inline)
+    return list(named)
 
 
 def _charge(charges: InlineCharges, outputs: list[FileRef], inline: dict[str, bytes]) -> None:
