@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -314,20 +315,28 @@ async def test_a_batchs_inline_outputs_are_looked_up_in_one_read(
     grid: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Which inline blobs are charged already is read once for the batch (on PostgreSQL a
-    read is a round trip), not once per result; and only for what its results name."""
+    read is a round trip), not once per result nor again when they are written; and only
+    for what its results name that holds bytes: an empty output costs no read."""
     app = grid.app
     signer, _, attempts, call = await leased_node(grid, grid.alice_key)
-    looked: list[list[str]] = []
-    real = app.store.charged
+    reads: list[str] = []
+    real = app.store._query  # type: ignore[attr-defined]
 
-    def counting(holder: str, digests: list[str]) -> set[str]:
-        looked.append(sorted(digests))
-        return real(holder, digests)
+    def counting(sql: str, params: Any = ()) -> list[Any]:
+        if "blob_charges" in sql:
+            reads.append(sql)
+        return real(sql, params)
 
-    monkeypatch.setattr(app.store, "charged", counting)
+    monkeypatch.setattr(app.store, "_query", counting)
     outs = {attempt: os.urandom(10 * KiB) for attempt in attempts}
     assert all(v.accepted for v in await inline_results(grid, signer, call, outs))
-    assert looked == [sorted(sha256_hex(data) for data in outs.values())]
+    assert len(reads) == 1 and app.store.usage("alice") == (0, 20 * KiB)
+    call.cancel()  # type: ignore[attr-defined]
+    reads.clear()
+    signer, _, attempts, call = await leased_node(grid, grid.alice_key)
+    outs = {attempt: b"" for attempt in attempts}
+    assert all(v.accepted for v in await inline_results(grid, signer, call, outs))
+    assert reads == [] and app.store.usage("alice") == (0, 20 * KiB)
     call.cancel()  # type: ignore[attr-defined]
 
 

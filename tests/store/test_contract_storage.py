@@ -85,6 +85,18 @@ def test_inline_blobs_are_recorded_charged_and_dropped_like_uploads(store: Store
     assert store.drop_blobs([B]) == set()
 
 
+def test_inline_blobs_charged_by_a_caller_that_says_which_are_fresh(store: Store) -> None:
+    """A batch of results knows which of its blobs it read as charged already: told so,
+    the store charges the same as when it reads them itself."""
+    store.put_inline_blobs({A: b"a" * 10}, now=10.0, holder="carol")
+    both = {A: b"a" * 10, B: b"b" * 4, C: b""}
+    store.put_inline_blobs(both, now=11.0, holder="carol", fresh={B, C})
+    assert store.usage("carol") == Usage(0, 14)
+    assert store.charged("carol", [A, B, C]) == {A, B, C}
+    store.put_inline_blobs(both, now=12.0, holder="carol", fresh=set())  # all renewed
+    assert store.usage("carol") == Usage(0, 14)
+
+
 def test_files_stored_before_blobs_were_recorded_are_adopted(store: Store) -> None:
     store.record_blob(A, 100, now=50.0)
     assert store.adopt_blobs([(A, 100, 1.0), (B, 7, 2.0), (B, 7, 2.0)]) == 1

@@ -110,7 +110,9 @@ class InlineCharges:
     charged to a holder once: one charged already, or by an earlier result of the batch,
     adds nothing. Only results that passed every other check are counted. A batch costs
     two reads at most: which of its inline blobs are charged already (`look_up`, once),
-    and the holder's usage; its writes (Store.put_inline_blobs) come after all its checks."""
+    and the holder's usage; its writes (Store.put_inline_blobs, told which blobs are
+    `fresh`) come after all its checks. An empty output costs nothing and is looked up
+    for nothing."""
 
     def __init__(self, store: Store, config: QuotaConfig, holder: Holder) -> None:
         self._store = store
@@ -118,26 +120,35 @@ class InlineCharges:
         self.holder = holder
         self._charged: set[str] = set()  # digests charged to the holder, before or by this batch
         self._looked: set[str] = set()  # digests whose charge was read
+        self._before: set[str] = set()  # of those, the ones charged before this batch
         self._usage: list[Usage] | None = None  # the holder's, then the pool's
         self.added = 0  # bytes the batch's results taken so far add
 
     def look_up(self, digests: Iterable[str]) -> None:
         """Reads which of `digests` are charged to the holder already, in one query: the
         blobs a whole batch sends inline, before its results are taken one by one."""
-        fresh = [digest for digest in digests if digest not in self._looked]
-        if fresh:
-            self._charged |= self._store.charged(self.holder.name, fresh)
-            self._looked.update(fresh)
+        unread = [digest for digest in digests if digest not in self._looked]
+        if unread:
+            before = self._store.charged(self.holder.name, unread)
+            self._before |= before
+            self._charged |= before
+            self._looked.update(unread)
 
     def take(self, sizes: dict[str, int]) -> None:
         """Counts one result's inline outputs (size by digest); QUOTA_EXCEEDED, counting
         nothing, when they do not fit."""
+        sizes = {digest: size for digest, size in sizes.items() if size}
         self.look_up(sizes)
         size = sum(n for digest, n in sizes.items() if digest not in self._charged)
         if size:
             self._check(size)
         self._charged |= sizes.keys()
         self.added += size
+
+    def fresh(self, digests: Iterable[str]) -> set[str]:
+        """Those of the digests (taken, or empty) that were not charged to the holder
+        before this batch."""
+        return {digest for digest in digests if digest not in self._before}
 
     def _check(self, size: int) -> None:
         store, config, holder = self._store, self._config, self.holder

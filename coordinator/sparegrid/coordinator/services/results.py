@@ -164,7 +164,7 @@ class Intake:
             verdicts.append(Verdict(attempt.id, True))
         taken = {c.attempt.id for c in accepted}
         logs_kept = [k for k in kept if k.attempt_id in taken]
-        paid = self._accept(node_id, accepted, inline, charges.holder, logs_kept)
+        paid = self._accept(node_id, accepted, inline, charges, logs_kept)
         self.scheduler.returned(node_id, len(accepted))
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
@@ -314,7 +314,7 @@ class Intake:
         node_id: str,
         accepted: list[Candidate],
         inline: dict[str, bytes],
-        holder: Holder,
+        charges: InlineCharges,
         logs: list[AttemptLog] | None = None,
     ) -> dict[str, int]:
         """Settles the results, their inline outputs kept and charged to the node's holder;
@@ -327,7 +327,9 @@ class Intake:
             used = {ref.digest for c in accepted for ref in c.outputs}
             kept = {d: inline[d] for d in used if d in inline}
             now = self.scheduler.clock.now()
-            store.put_inline_blobs(kept, now, holder.name, holder.anonymous)
+            holder = charges.holder
+            fresh = charges.fresh(kept)
+            store.put_inline_blobs(kept, now, holder.name, holder.anonymous, fresh)
             self._keep_logs(logs or [])
             settled = self.settlement.settle(node_id, holder.name, accepted, self._reader(inline))
         self._settled(settled)
@@ -506,7 +508,7 @@ def _named_inline(
             continue
         if attempt.node_id == node_id and attempt.state != AttemptState.SUCCEEDED:
             outputs = statement.outputs[:MAX_OUTPUTS]
-            named.update((out.digest, None) for out in outputs if out.digest in inline)
+            named.update((out.digest, None) for out in outputs if inline.get(out.digest))
     return list(named)
 
 

@@ -322,11 +322,18 @@ class Store(Protocol):
         """Those of the digests that the attempt's node uploaded for it."""
 
     def put_inline_blobs(
-        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+        self,
+        blobs: dict[str, bytes],
+        now: float,
+        holder: str = "",
+        anonymous: bool = False,
+        fresh: set[str] | None = None,
     ) -> None:
         """Keeps small blobs (outputs sent inline with results) in the database, each
         recorded as a blob used now, to be collected as any blob is (drop_blobs), and with
-        a holder, charged to it as record_blob charges an upload."""
+        a holder, charged to it as record_blob charges an upload. `fresh`, when the caller
+        read it in this transaction: those of the blobs not charged to the holder yet (the
+        others' charges are renewed), which spares the store reading it again."""
 
     def get_inline_blob(self, digest: str) -> bytes | None: ...
 

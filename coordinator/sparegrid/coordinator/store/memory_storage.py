@@ -72,7 +72,12 @@ class MemoryStorage:
                 storage.charges[holder, digest] = _Charge(anonymous, size, now)
 
     def put_inline_blobs(
-        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+        self,
+        blobs: dict[str, bytes],
+        now: float,
+        holder: str = "",
+        anonymous: bool = False,
+        fresh: set[str] | None = None,  # read here for nothing: charges are exact anyway
     ) -> None:
         with self._lock:
             storage = self._s.storage

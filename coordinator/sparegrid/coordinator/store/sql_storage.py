@@ -98,7 +98,12 @@ class SqlStorage(SqlEngine):
                 self._charge(holder, anonymous, {digest: size}, now)
 
     def put_inline_blobs(
-        self, blobs: dict[str, bytes], now: float, holder: str = "", anonymous: bool = False
+        self,
+        blobs: dict[str, bytes],
+        now: float,
+        holder: str = "",
+        anonymous: bool = False,
+        fresh: set[str] | None = None,
     ) -> None:
         if not blobs:
             return
@@ -117,20 +122,33 @@ class SqlStorage(SqlEngine):
                 [(digest, size, now, True) for digest, size in sizes.items()],
             )
             if holder:
-                self._charge(holder, anonymous, sizes, now)
+                self._charge(holder, anonymous, sizes, now, fresh)
 
-    def _charge(self, holder: str, anonymous: bool, sizes: dict[str, int], now: float) -> None:
+    def _charge(
+        self,
+        holder: str,
+        anonymous: bool,
+        sizes: dict[str, int],
+        now: float,
+        fresh: set[str] | None = None,
+    ) -> None:
         """Charges the holder each blob's size from now, once per blob (a charge it has of
-        the blob is renewed)."""
+        the blob is renewed). What it adds is read from its charges, unless the caller says
+        which blobs are `fresh` (an empty one adds nothing either way)."""
         deltas = _Deltas()
-        for size in sizes.values():
-            deltas.add(holder, anonymous, stored=size)
-        for old_anonymous, old_size in self._query_in(
-            "SELECT anonymous, size FROM blob_charges WHERE holder = ? AND digest IN (*)",
-            list(sizes),
-            (holder,),
-        ):
-            deltas.add(holder, bool(old_anonymous), stored=-int(old_size))
+        if fresh is not None:
+            for digest, size in sizes.items():
+                if digest in fresh:
+                    deltas.add(holder, anonymous, stored=size)
+        else:
+            for size in sizes.values():
+                deltas.add(holder, anonymous, stored=size)
+            for old_anonymous, old_size in self._query_in(
+                "SELECT anonymous, size FROM blob_charges WHERE holder = ? AND digest IN (*)",
+                [digest for digest, size in sizes.items() if size],
+                (holder,),
+            ):
+                deltas.add(holder, bool(old_anonymous), stored=-int(old_size))
         self._run_many(
             "INSERT INTO blob_charges (holder, digest, anonymous, size, charged_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (holder, digest) DO UPDATE"
