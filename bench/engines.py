@@ -8,13 +8,18 @@ from /proc) per verified result, and on PostgreSQL the CPU time of the server pr
 serving the coordinator when the server runs on this machine (SQLite's runs inside the
 coordinator and is counted there), checks the ledger balances, and stops everything.
 
+With --db-delay-ms, a third engine, `postgres-far`, reaches the same server through a
+latency-injecting TCP proxy (bench/slowlink.py's, the delay each way): a database on
+another machine, where every round trip the coordinator waits for costs the link's time.
+The round trip measured through the proxy is printed with the table.
+
 PostgreSQL gets a database of its own per round (`sparegrid_bench_<hex>`, dropped after),
 so nothing else on the server is touched. Medians over the rounds are printed and saved
 under bench/results/.
 
     SPAREGRID_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/test \\
         python bench/engines.py [--tasks 2000] [--rounds 3] [--tag main]
-            [--baseline ../main/.venv/bin/python]
+            [--baseline ../main/.venv/bin/python] [--db-delay-ms 0.5]
 """
 
 import argparse
@@ -35,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dispatch import stop
+from slowlink import SlowLink
 
 from sparegrid.sdk import AdminClient, Client
 
@@ -150,15 +156,23 @@ def wait_online(admin: AdminClient, count: int) -> None:
         time.sleep(0.1)
 
 
-def one_round(engine: str, python: str, dsn: str, tasks: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="sparegrid-engines-") as tmp:
+def one_round(
+    engine: str, python: str, dsn: str, tasks: int, delay: float = 0.0
+) -> dict[str, float]:
+    with (
+        tempfile.TemporaryDirectory(prefix="sparegrid-engines-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         root = Path(tmp)
         with (
             postgres_database(dsn)
-            if engine == "postgres"
+            if engine.startswith("postgres")
             else _fixed(f"sqlite:///{root / 'coord' / 'coordinator.db'}")
         ) as database:
-            address, procs = start(root, python, database, workers=2)
+            served = database
+            if engine == "postgres-far":
+                served = stack.enter_context(far(database, delay))
+            address, procs = start(root, python, served, workers=2)
             try:
                 admin = AdminClient(address, api_key=(root / "coord/admin.key").read_text().strip())
                 _, key = admin.create_account("bench", credit=10**12)
@@ -192,6 +206,28 @@ def _fixed(value: str) -> Iterator[str]:
     yield value
 
 
+@contextmanager
+def far(database: str, delay: float) -> Iterator[str]:
+    """`database` (a DSN) reached through a proxy delaying every chunk `delay` s each way."""
+    parts = urlsplit(database)
+    with SlowLink(f"{parts.hostname}:{parts.port or 5432}", delay) as link:
+        user = f"{parts.username}@" if parts.username else ""
+        yield urlunsplit(parts._replace(netloc=f"{user}{link.address}"))
+
+
+def round_trip_ms(dsn: str, delay: float) -> float:
+    """The median time of `SELECT 1` through the proxy: the round trip it makes."""
+    import psycopg
+
+    with far(dsn, delay) as through, psycopg.connect(through, autocommit=True) as conn:
+        times = []
+        for _ in range(50):
+            began = time.perf_counter()
+            conn.execute("SELECT 1").fetchall()
+            times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -203,17 +239,28 @@ def main() -> int:
         help="also run both engines with this interpreter (another checkout's venv), "
         "interleaved in the same rounds",
     )
+    parser.add_argument(
+        "--db-delay-ms",
+        type=float,
+        default=0.0,
+        help="also run PostgreSQL through a proxy delaying each way by this much (postgres-far)",
+    )
     args = parser.parse_args()
     dsn = os.environ.get("SPAREGRID_TEST_POSTGRES", "")
     if not dsn:
         parser.error("set SPAREGRID_TEST_POSTGRES to a PostgreSQL server's DSN")
-    configs = [(e, sys.executable) for e in ENGINES]
+    engines = ENGINES + (("postgres-far",) if args.db_delay_ms else ())
+    delay = args.db_delay_ms / 1000
+    if delay:
+        args.round_trip_ms = round_trip_ms(dsn, delay)
+        print(f"round trip to the database through the proxy: {args.round_trip_ms:.2f} ms")
+    configs = [(e, sys.executable) for e in engines]
     if args.baseline:
-        configs += [(f"{e} (baseline)", args.baseline) for e in ENGINES]
+        configs += [(f"{e} (baseline)", args.baseline) for e in engines]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     for n in range(args.rounds):
         for name, python in configs if n % 2 == 0 else configs[::-1]:
-            result = one_round(name.split()[0], python, dsn, args.tasks)
+            result = one_round(name.split()[0], python, dsn, args.tasks, delay)
             print(f"round {n + 1} {name}: {result}", flush=True)
             runs[name].append(result)
     report(runs, args)
@@ -227,7 +274,13 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
         f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{args.tasks} echo tasks, 2 workers with default settings, "
         f"median of {args.rounds} interleaved rounds"
-        + (f"; baseline: {args.baseline}" if args.baseline else ""),
+        + (f"; baseline: {args.baseline}" if args.baseline else "")
+        + (
+            f"; postgres-far: {args.db_delay_ms} ms each way through a proxy, a round trip "
+            f"of {args.round_trip_ms:.2f} ms measured"
+            if args.db_delay_ms
+            else ""
+        ),
         f"{'engine':<22}{'tasks/s':>10}{'coordinator CPU ms/result':>28}"
         f"{'database server CPU ms/result':>32}   rounds (tasks/s)",
     ]
@@ -239,10 +292,14 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
             f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}"
             f"{shown:>32}   {each}"
         )
-    for suffix in ("", " (baseline)"):
-        if f"postgres{suffix}" in med:
-            ratio = med[f"postgres{suffix}"]["tasks_per_s"] / med[f"sqlite{suffix}"]["tasks_per_s"]
-            lines.append(f"{'postgres / sqlite' + suffix:<32}{ratio:>6.2f}x   target >= 1.00x")
+    for engine in ("postgres", "postgres-far"):
+        for suffix in ("", " (baseline)"):
+            if f"{engine}{suffix}" in med:
+                ratio = (
+                    med[f"{engine}{suffix}"]["tasks_per_s"] / med[f"sqlite{suffix}"]["tasks_per_s"]
+                )
+                named = f"{engine} / sqlite{suffix}"
+                lines.append(f"{named:<32}{ratio:>6.2f}x   target >= 1.00x")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)
