@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from sparegrid.coordinator.domain import MAX_BALANCE
 from sparegrid.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -105,4 +106,47 @@ async def test_a_state_named_70000_times_lists_jobs_and_drops_no_session(
     wanted = admin_pb2.ListAllJobsRequest(states=[common_pb2.JOB_STATE_RUNNING] * 70_000)
     listed = await admin.ListAllJobs(wanted, metadata=served.auth(served.admin_key))
     assert [job.state for job in listed.jobs] == [common_pb2.JOB_STATE_RUNNING]
+    await is_paid(honest, volunteer, held)
+
+
+async def test_credit_past_what_the_ledger_holds_is_refused_and_drops_no_session(
+    served: Served,
+) -> None:
+    """More than 2^63 - 1 credit issued in all took the mint's balance past a BIGINT: on
+    PostgreSQL every signup after failed its group commit; SQLite kept a float."""
+    honest, volunteer, held = await honest_worker(served)
+    app, room = served.app, 5
+    app.ledger.grant("alice", MAX_BALANCE - app.accounts.issued() - room, key="whale")
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    md = served.auth(served.admin_key)
+    refusals = [
+        admin.GrantCredit(admin_pb2.GrantCreditRequest(name="bob", amount=room + 1), metadata=md),
+        admin.CreateAccount(
+            admin_pb2.CreateAccountRequest(name="dave", initial_credit=room + 1), metadata=md
+        ),
+        # 10^20 credit in all: refused before any code is handed out
+        admin.CreateInvite(admin_pb2.CreateInviteRequest(uses=100_000, credit=10**15), metadata=md),
+        admin.CreateInvite(admin_pb2.CreateInviteRequest(uses=2, credit=room), metadata=md),
+    ]
+    for call in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert code_of(err.value) == "CREDIT_LIMIT"
+        assert "2^63 - 1" in (err.value.details() or "")
+    invite = admin_pb2.CreateInviteRequest(uses=1, credit=room)
+    code = (await admin.CreateInvite(invite, metadata=md)).code
+    await admin.GrantCredit(admin_pb2.GrantCreditRequest(name="bob", amount=1), metadata=md)
+    # the invitation fitted when it was made; its signup, in a group commit, does not now
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Signup(client_pb2.SignupRequest(code=code, name="erin"))
+    assert code_of(err.value) == "CREDIT_LIMIT" and "ask its operator" in (
+        err.value.details() or ""
+    )
+    [unused] = (await admin.ListInvites(admin_pb2.ListInvitesRequest(), metadata=md)).invites
+    assert unused.used == 0
+    assert [a.name for a in app.store.list_accounts()] == ["admin", "alice", "bob", "carol"]
+    assert app.accounts.balance(app.accounts.get("bob")) == 101
+    assert app.ledger.check().balanced
     await is_paid(honest, volunteer, held)
