@@ -327,6 +327,24 @@ def test_no_known_answer_task_is_made_that_no_connected_owner_could_run(
     assert [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT] == []
 
 
+def test_no_known_answer_task_is_made_once_the_ledger_can_issue_no_more(tmp_path: Path) -> None:
+    """A canary is paid for by a grant: one past the 2^63 - 1 credit the ledger holds in
+    all is refused, and the result it was offered for is settled as ever, without one."""
+    from sparegrid.coordinator.domain import MAX_BALANCE
+    from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+
+    app = make_app(tmp_path, trust=ALWAYS_CHECK, canaries=CanaryConfig(rate=1.0))
+    g1, g2, _ = nodes(app, "g1", "g2", "g3")
+    job_id = submit(app, 1, replicas=2, quorum=2)
+    app.ledger.grant("alice", MAX_BALANCE - app.accounts.issued(), key="all of it")
+    run(g1)
+    run(g2)
+    assert app.store.get_job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert [j for j in app.scheduler.jobs.values() if j.owner == CANARY_ACCOUNT] == []
+    assert credit_of(app, g1) == credit_of(app, g2) == 1
+    assert app.ledger.check().balanced
+
+
 def one_canary(tmp_path: Path) -> tuple[App, FakeNode, FakeNode, FakeNode]:
     """g1 and g2 agree on a task, which comes back as one known-answer task."""
     from sparegrid.coordinator.services.canaries import CanaryConfig

@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from sparegrid.coordinator.domain import (
+    MAX_BALANCE,
     MINT,
     Account,
     Attempt,
@@ -21,7 +22,7 @@ from sparegrid.coordinator.domain import (
     escrow_account,
     node_account,
 )
-from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+from sparegrid.coordinator.store.base import BalanceOverflow, Conflict, InsufficientFunds, Store
 from tests.store.builders import (
     ALICE,
     BOB,
@@ -118,6 +119,28 @@ def test_post_many_short_of_funds_writes_nothing(store: Store) -> None:
     assert err.value.balance == 5 and err.value.needed == 6
     assert store.balances() == {MINT: -5, ALICE: 5}
     assert store.post_many(pays[:2]).new == [True, True]
+
+
+def test_a_balance_past_what_a_bigint_holds_is_refused_writing_nothing(store: Store) -> None:
+    """More than 2^63 - 1 credit issued in all took the mint's balance past a BIGINT:
+    PostgreSQL failed the whole group commit, SQLite kept a float."""
+    store.post(grant("g1", ALICE, MAX_BALANCE - 10))
+    with pytest.raises(BalanceOverflow) as err:
+        store.post_many([grant("g2", BOB, 6), grant("g3", BOB, 5)])
+    assert (err.value.account, err.value.balance, err.value.change) == (
+        MINT,
+        -(MAX_BALANCE - 10),
+        -11,
+    )
+    assert store.balances() == {MINT: -(MAX_BALANCE - 10), ALICE: MAX_BALANCE - 10}
+    assert store.ledger_totals() == (1, 2, 0)
+    assert store.post(grant("g2", BOB, 10)), "a refused post must not use up its key"
+    assert store.balances() == {MINT: -MAX_BALANCE, ALICE: MAX_BALANCE - 10, BOB: 10}
+    with pytest.raises(BalanceOverflow):
+        store.post(grant("g4", ALICE, 1))
+    store.post(transfer("t1", BOB, ALICE, 10))  # one account may hold it all
+    assert store.balance(ALICE) == MAX_BALANCE
+    assert store.computed_balances() == store.balances()
 
 
 def test_unbalanced_postings_raise_value_error(store: Store) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sparegrid.coordinator.domain import MINT, AttemptState, TaskState
-from sparegrid.coordinator.store.base import StoreUnavailable
+from sparegrid.coordinator.store.base import StoreError, StoreUnavailable
 from sparegrid.coordinator.store.engine import TransactionDoomed
 from sparegrid.coordinator.store.postgres import APPLICATION_NAME, PostgresStore
 from tests.store.builders import ALICE, BOB, attempt, grant, leased_job
@@ -186,3 +186,36 @@ def test_a_ledger_grown_from_empty_is_read_by_its_index_once_statistics_are_refr
         ((after,),) = pg._query(scans)
     assert after == before
     assert "transactions" not in pg.refresh_statistics()  # nothing changed much since
+
+
+def test_a_database_not_in_utf8_is_refused_before_anything_is_written(
+    backends: Backends,
+) -> None:
+    """A LATIN1 database refused text it cannot encode: a node named "✓" never connected
+    (INTERNAL), and inside a group commit every call of the group failed with it."""
+    import psycopg
+    from psycopg import sql
+
+    dsn = backends.postgres_dsn()
+    name = f"sparegrid_latin1_{secrets.token_hex(6)}"
+    database = sql.Identifier(name)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
+                " TEMPLATE template0"
+            ).format(database)
+        )
+    try:
+        latin1 = psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        with pytest.raises(StoreError) as err:
+            PostgresStore(latin1, exclusive=True)
+        message = str(err.value)
+        assert f"PostgreSQL database {name} on" in message and "LATIN1, not UTF8" in message
+        assert "ENCODING 'UTF8' TEMPLATE template0" in message
+        with psycopg.connect(latin1, autocommit=True) as conn:  # nothing was made there
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert tables.fetchone() == (0,)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))

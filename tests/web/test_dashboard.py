@@ -81,6 +81,8 @@ def test_a_client_sees_only_its_own_jobs_and_names_render_as_text(site: Site) ->
     assert "<script>" not in page.text and "<img src=x" not in page.text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page.text
     assert job.id not in bob.get("/client").text
+    past = alice.get(f"/jobs/{job.id}/frames/{1 << 64}.png")  # SQLite: no such number (500)
+    assert past.status_code == 404
     for path in (f"/jobs/{job.id}", f"/jobs/{job.id}/frames/0.png"):
         hidden = bob.get(path)
         assert hidden.status_code == 404, path

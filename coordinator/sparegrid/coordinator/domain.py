@@ -293,6 +293,10 @@ class LedgerEntry:
 
 # Ledger account names. Only MINT may go below zero: it is where granted credit comes from.
 MINT = "mint"
+# The most a balance may hold either way (the mint's below zero: all the credit issued),
+# what the store's BIGINT columns hold. PostgreSQL refuses more, failing the whole group
+# commit that wrote it; SQLite turned the sum into a float.
+MAX_BALANCE = (1 << 63) - 1
 
 
 def client_account(account_name: str) -> str:

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     BLOB_NOT_FOUND = "BLOB_NOT_FOUND"
     BLOB_STORE_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"  # the S3 bucket did not answer
     BLOB_TOO_LARGE = "BLOB_TOO_LARGE"
+    CREDIT_LIMIT = "CREDIT_LIMIT"  # a grant past the 2^63 - 1 credit the ledger holds in all
     DIGEST_MISMATCH = "DIGEST_MISMATCH"  # also: a download that does not hash to its digest
     HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"  # a worker session's Hello or answer never came
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"

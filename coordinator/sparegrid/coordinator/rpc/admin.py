@@ -19,6 +19,7 @@ from sparegrid.wire.codes import NODE_STATES, NodeState
 Ctx = aio.ServicerContext[Any, Any]
 EVENTS_PAGE = 500  # events per message
 FOLLOW_POLL_SECONDS = 1.0  # a follower also reads the store this often (other coordinators)
+MAX_SEQ = (1 << 63) - 1  # an event's number is a BIGINT
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -246,17 +247,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
         admin_of(context, self.app.accounts)
         store, limit = self.app.store, min(request.limit or 50, 10_000)
-        if request.after_seq:
-            events = store.list_events(request.after_seq, limit, job_id=request.job_id)
+        # no event is numbered past a BIGINT: SQLite refused a larger number (INTERNAL)
+        after = min(request.after_seq, MAX_SEQ)
+        if after:
+            events = store.list_events(after, limit, job_id=request.job_id)
         else:
             events = store.list_events(limit=limit, newest=True, job_id=request.job_id)
-        last = events[-1].seq if events else request.after_seq
+        last = events[-1].seq if events else after
         for start in range(0, len(events), EVENTS_PAGE):
             page = events[start : start + EVENTS_PAGE]
             yield admin_pb2.WatchEventsResponse(events=[convert.event_to_pb(e) for e in page])
         if not request.follow:
             return
-        if not events and not request.after_seq:  # nothing yet: start from what comes next
+        if not events and not after:  # nothing yet: start from what comes next
             latest = store.list_events(limit=1, newest=True)
             last = latest[-1].seq if latest else 0
         woken = asyncio.Event()
@@ -286,7 +289,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateInviteRequest, context: Ctx
     ) -> admin_pb2.CreateInviteResponse:
         admin_of(context, self.app.accounts)
-        expires_in = request.expires_in.ToTimedelta().total_seconds()
+        # not ToTimedelta(), which overflows past 999,999,999 days: the service says what is wrong
+        expires_in = request.expires_in.seconds + request.expires_in.nanos / 1e9
         invite, code = await self.app.call(
             lambda: self.app.invites.create(request.uses, expires_in, request.credit, request.note)
         )

@@ -13,10 +13,16 @@ import secrets
 import uuid
 
 from sparegrid.coordinator.clock import Clock
-from sparegrid.coordinator.domain import REVOKED_KEY, Account, client_account
+from sparegrid.coordinator.domain import (
+    MAX_BALANCE,
+    MINT,
+    REVOKED_KEY,
+    Account,
+    client_account,
+)
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.services.ledger import Ledger
-from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store
+from sparegrid.coordinator.store.base import BalanceOverflow, Conflict, InsufficientFunds, Store
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_GRANT = 10**15
@@ -76,13 +82,35 @@ class Accounts:
             raise CoordinatorError(
                 ErrorKind.EXISTS, "ACCOUNT_EXISTS", f"an account named {name!r} exists already"
             ) from None
+        except BalanceOverflow:
+            raise self.over_limit(credit, f"account {name!r} was not created") from None
         return account, key
 
     def grant(self, name: str, amount: int, key: str, reason: str) -> Account:
         account = self.get(name)
         check_amount(amount, allow_zero=False)
-        self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
+        try:
+            self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
+        except BalanceOverflow:
+            raise self.over_limit(amount, "nothing was granted") from None
         return account
+
+    def issued(self) -> int:
+        """The credit the mint has issued and not taken back: what all accounts hold."""
+        return -self._store.balance(MINT)
+
+    def over_limit(self, amount: int, outcome: str) -> CoordinatorError:
+        """The refusal of a grant that would take the credit issued in all past what the
+        ledger holds (a BIGINT: on PostgreSQL the balance failed every group commit)."""
+        issued = self.issued()
+        return CoordinatorError(
+            ErrorKind.PRECONDITION,
+            "CREDIT_LIMIT",
+            f"{issued} credit is issued already; {amount} more would pass {MAX_BALANCE} "
+            f"(2^63 - 1), the most the ledger holds in all: {outcome}. At most "
+            f"{MAX_BALANCE - issued} more can be granted; `sparegrid admin credit debit` "
+            "takes unused credit back",
+        )
 
     def debit(self, name: str, amount: int, key: str, reason: str) -> Account:
         """Takes credit back to the mint; refused, booking nothing, beyond the balance."""

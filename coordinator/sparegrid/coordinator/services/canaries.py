@@ -26,7 +26,7 @@ from sparegrid.coordinator.domain import (
 from sparegrid.coordinator.services.accounts import hash_key
 from sparegrid.coordinator.services.ledger import Ledger
 from sparegrid.coordinator.services.scheduler import Scheduler
-from sparegrid.coordinator.store.base import Store
+from sparegrid.coordinator.store.base import BalanceOverflow, Store
 
 CANARY_ACCOUNT = "sparegrid-canary"
 
@@ -121,12 +121,15 @@ class Canaries:
                 now,
             )
             references.append(reference)
-        self._store.create_job(canary, [copy])
         short = canary.cost_held - self._store.balance(client_account(CANARY_ACCOUNT))
         if short > 0:  # refunds of earlier canaries pay for later ones first
-            self._ledger.grant(
-                CANARY_ACCOUNT, short, f"canary:{canary.id}", "funds known-answer tasks"
-            )
+            try:  # before anything is written: a grant past the ledger's limit skips it
+                self._ledger.grant(
+                    CANARY_ACCOUNT, short, f"canary:{canary.id}", "funds known-answer tasks"
+                )
+            except BalanceOverflow:
+                return ""
+        self._store.create_job(canary, [copy])
         self._ledger.hold(canary, CANARY_ACCOUNT)
         self._store.add_replicas(references)
         self._scheduler.add_job(canary, CANARY_ACCOUNT, [copy])

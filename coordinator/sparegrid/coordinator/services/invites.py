@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from sparegrid.coordinator.clock import Clock
-from sparegrid.coordinator.domain import Account, Invite
+from sparegrid.coordinator.domain import MAX_BALANCE, Account, Invite
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.services.accounts import Accounts, check_amount, check_name
 from sparegrid.coordinator.services.events import EventKind, Events
@@ -121,6 +121,7 @@ class Invites:
                 f"not in {expires_in:g} s",
             )
         check_amount(credit, allow_zero=True)
+        self._check_room(uses, credit)
         if len(note) > NOTE_LIMIT:
             raise invalid("BAD_NOTE", f"a note holds at most {NOTE_LIMIT} characters")
         code, now = new_code(), self._clock.now()
@@ -135,6 +136,20 @@ class Invites:
         )
         self._store.add_invite(invite)
         return invite, code
+
+    def _check_room(self, uses: int, credit: int) -> None:
+        """Refuses an invitation whose signups together would grant more credit than the
+        ledger can still issue: its last signups would be refused (CREDIT_LIMIT)."""
+        issued = self._accounts.issued()
+        if uses * credit > MAX_BALANCE - issued:
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "CREDIT_LIMIT",
+                f"an invitation for {uses} signups at {credit} credit each grants "
+                f"{uses * credit} credit in all; the ledger holds at most {MAX_BALANCE} "
+                f"(2^63 - 1), of which {issued} is issued already: at most "
+                f"{MAX_BALANCE - issued} more. Allow fewer signups or less credit each",
+            )
 
     def list(self) -> list[Invite]:
         return self._store.list_invites()
@@ -169,9 +184,7 @@ class Invites:
             if not self._store.use_invite(code_hash, self._clock.now()):
                 self._usable(code_hash)  # changed since it was read: says how
                 raise _used_up(invite)
-            account, key = self._accounts.create(
-                name, invite.credit, reason=f"signup with invitation {invite.id}"
-            )
+            account, key = self._create(name, invite)
             self._events.emit(
                 EventKind.SIGNUP,
                 f"account {name!r} signed up with invitation {invite.id} ({invite.credit} credit)",
@@ -181,6 +194,24 @@ class Invites:
             )
         invite.used += 1
         return SignedUp(account, key, invite)
+
+    def _create(self, name: str, invite: Invite) -> tuple[Account, str]:
+        """The signup's account, granted the invitation's credit; refused (CREDIT_LIMIT)
+        when the credit issued in all would pass what the ledger holds."""
+        try:
+            return self._accounts.create(
+                name, invite.credit, reason=f"signup with invitation {invite.id}"
+            )
+        except CoordinatorError as exc:
+            if exc.code != "CREDIT_LIMIT":
+                raise
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "CREDIT_LIMIT",
+                f"invitation {invite.id} grants {invite.credit} credit, more than this "
+                f"coordinator can issue now (the ledger holds at most {MAX_BALANCE} in all): "
+                "no account was created and the code was not used; ask its operator",
+            ) from None
 
     def _usable(self, code_hash: str) -> Invite:
         """The invitation the code opens, if it is usable now; else why not."""

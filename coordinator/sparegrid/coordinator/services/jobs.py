@@ -9,6 +9,7 @@ from typing import Any
 from sparegrid.coordinator.blobs import BlobStore, check_digest
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.domain import (
+    MAX_BALANCE,
     Account,
     AttemptLog,
     FileRef,
@@ -267,6 +268,7 @@ class Jobs:
             work, cost = work + p.work, cost + job.task_cost(p.work)
         check_job_work(draft.kind, work)  # a task's work is a BIGINT
         job.cost_held = cost * job.max_paid_results
+        _check_hold(job)
         return Planned(account, job, plans)
 
     def affordable(self, planned: "Planned") -> None:
@@ -519,6 +521,14 @@ class Jobs:
                 ErrorKind.PRECONDITION, "NOTHING_TO_RETRY", f"every task of job {job.id} succeeded"
             )
         hold = reopened.cost * job.max_paid_results
+        if job.cost_held + hold > MAX_BALANCE:  # every run's hold adds to its row's BIGINT
+            raise CoordinatorError(
+                ErrorKind.PRECONDITION,
+                "JOB_NOT_RETRYABLE",
+                f"job {job.id} has held {job.cost_held} credit over its runs; running "
+                f"{reopened.count} task(s) again would hold {hold} more, past {MAX_BALANCE} "
+                "(2^63 - 1), the most a job records: submit them as a new job",
+            )
         balance = self._store.balance(client_account(account.name))
         if hold > balance:
             raise CoordinatorError(
@@ -562,6 +572,19 @@ class Jobs:
                 if task.state == TaskState.QUEUED:
                     task.state = TaskState.CANCELLED
         return tasks
+
+
+def _check_hold(job: Job) -> None:
+    """Refuses a job whose escrow would pass what any account holds: its row keeps the
+    hold as a BIGINT, and an estimate sends it as an int64 (INTERNAL, past it)."""
+    if job.cost_held > MAX_BALANCE:
+        raise invalid(
+            "BAD_PARAMS",
+            f"{job.kind} job: it would hold {job.cost_held} credit in escrow (up to "
+            f"{job.max_paid_results} paid results per task at {job.price_credit}/"
+            f"{job.price_units} credit per work unit), past {MAX_BALANCE} (2^63 - 1), the "
+            "most the ledger holds: split it into smaller jobs",
+        )
 
 
 def _short(account: Account, job: Job, balance: int) -> CoordinatorError:

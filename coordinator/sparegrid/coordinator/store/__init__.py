@@ -3,11 +3,18 @@
 import re
 from urllib.parse import parse_qs
 
-from sparegrid.coordinator.store.base import Conflict, InsufficientFunds, Store, StoreError
+from sparegrid.coordinator.store.base import (
+    BalanceOverflow,
+    Conflict,
+    InsufficientFunds,
+    Store,
+    StoreError,
+)
 from sparegrid.coordinator.store.memory import MemoryStore
 
 __all__ = [
     "COORDINATOR_KEY",
+    "BalanceOverflow",
     "Conflict",
     "InsufficientFunds",
     "MemoryStore",

@@ -58,6 +58,17 @@ class InsufficientFunds(StoreError):
         self.needed = needed
 
 
+class BalanceOverflow(StoreError):
+    """A posting would take an account's balance past MAX_BALANCE either way: above it, or
+    (the mint, which issued the credit) below minus it."""
+
+    def __init__(self, account: str, balance: int, change: int) -> None:
+        super().__init__(f"{account} holds {balance}; {change:+} would pass 2^63 - 1")
+        self.account = account
+        self.balance = balance
+        self.change = change
+
+
 # The anonymous nodes' pool among the holders' totals: no account or node has this name.
 ANONYMOUS_POOL = "*anonymous"
 
@@ -137,8 +148,9 @@ class Store(Protocol):
         """Appends a transaction and updates balances.
 
         Returns False, changing nothing, when a transaction with the same idempotency key
-        was posted before. Raises ValueError if the postings do not sum to zero, and
-        InsufficientFunds if an account other than MINT would go below zero.
+        was posted before. Raises ValueError if the postings do not sum to zero,
+        InsufficientFunds if an account other than MINT would go below zero, and
+        BalanceOverflow if a balance would pass MAX_BALANCE either way.
         """
 
     def post_many(self, txns: list[Transaction]) -> Posted:
@@ -148,7 +160,7 @@ class Store(Protocol):
         A transaction whose idempotency key was posted before (or earlier in the list)
         changes nothing. Funds are checked on the net change of all the new ones together:
         InsufficientFunds (nothing written) if that takes an account other than MINT below
-        zero.
+        zero, BalanceOverflow (nothing written) if it takes a balance past MAX_BALANCE.
         """
 
     def balance(self, account: str) -> int:

@@ -80,6 +80,7 @@ class PostgresStore(SqlStore):
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot reach the {self.database}: {exc}") from exc
         try:
+            self._check_encoding(conn)
             self._hold(conn)
         except BaseException:
             conn.close()
@@ -123,6 +124,21 @@ class PostgresStore(SqlStore):
             conn.close()
             raise
         return conn
+
+    def _check_encoding(self, conn: "psycopg.Connection[tuple[Any, ...]]") -> None:
+        """Refuses a database not in UTF-8, before anything is read or written: it refuses
+        text it cannot encode (a node named "✓" could never connect, meeting INTERNAL),
+        and inside a group commit that failed every call of the group."""
+        row = conn.execute("SELECT current_database(), current_setting('server_encoding')")
+        name, encoding = row.fetchone() or ("?", "?")
+        if encoding != "UTF8":
+            raise StoreError(
+                f"the {self.database} is encoded in {encoding}, not UTF8: it cannot hold "
+                "every name and message that workers and clients send. Serve from a database "
+                f"in UTF-8, made with CREATE DATABASE {name}_utf8 ENCODING 'UTF8' "
+                "TEMPLATE template0 (adding LOCALE 'C.UTF-8' where the server's default "
+                "locale is not UTF-8)"
+            )
 
     def _hold(self, conn: "psycopg.Connection[tuple[Any, ...]]") -> None:
         """Takes the coordinators' lock on this connection (exclusive stores only)."""

@@ -2,8 +2,8 @@
 
 from collections.abc import Mapping
 
-from sparegrid.coordinator.domain import MINT, AttemptState, Transaction
-from sparegrid.coordinator.store.base import InsufficientFunds
+from sparegrid.coordinator.domain import MAX_BALANCE, MINT, AttemptState, Transaction
+from sparegrid.coordinator.store.base import BalanceOverflow, InsufficientFunds
 
 # Attempt states that count against a node in node_failures.
 FAILED_ATTEMPT_STATES = (AttemptState.FAILED, AttemptState.EXPIRED, AttemptState.REJECTED)
@@ -24,8 +24,12 @@ def net_changes(txn: Transaction) -> dict[str, int]:
 
 
 def check_funds(changes: Mapping[str, int], balances: Mapping[str, int]) -> None:
-    """Raises InsufficientFunds for the first account other than MINT that would go below 0."""
+    """Raises InsufficientFunds for the first account other than MINT that would go below 0,
+    and BalanceOverflow for one whose balance would pass MAX_BALANCE either way (the mint's
+    once more than 2^63 - 1 credit is issued in all): a BIGINT holds no more."""
     for account, change in changes.items():
         balance = balances.get(account, 0)
         if account != MINT and balance + change < 0:
             raise InsufficientFunds(account, balance, -change)
+        if not -MAX_BALANCE <= balance + change <= MAX_BALANCE:
+            raise BalanceOverflow(account, balance, change)

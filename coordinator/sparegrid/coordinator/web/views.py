@@ -191,7 +191,10 @@ def _pngs(task: Task) -> list[FileRef]:
 
 def thumbnail_source(app: App, job: Job, index: int) -> tuple[str, bytes | None] | None:
     """The first PNG output of the job's task `index`, if it succeeded with one: its digest,
-    and its bytes when the store keeps them inline (else `read_blob` them off the loop)."""
+    and its bytes when the store keeps them inline (else `read_blob` them off the loop).
+    An index past the job's tasks is none (SQLite refused one past a BIGINT: a 500)."""
+    if index >= job.task_count:
+        return None
     tasks = app.store.list_tasks(job.id, after_index=index - 1, limit=1)
     if not tasks or tasks[0].index != index or tasks[0].state != TaskState.SUCCEEDED:
         return None
