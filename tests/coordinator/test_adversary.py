@@ -8,6 +8,7 @@ import pytest
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import (
+    AttemptState,
     Device,
     Job,
     JobState,
@@ -272,10 +273,15 @@ def test_a_result_cannot_claim_a_blob_it_did_not_upload(tmp_path: Path) -> None:
     assert alice is not None and not app.store.blob_owned(digest, alice.id)
     assert app.reputations.get(thief.id).strikes == 1
     assert app.store.get_job(job_id).state == JobState.RUNNING  # type: ignore[union-attr]
-    # the same output, uploaded by the node for that attempt, is accepted
+    # the attempt ended with its refusal, and its task is queued for another node: an
+    # upload afterwards does not make the same result count
+    [ended] = app.store.get_attempts([attempt.id])
+    assert (ended.state, ended.error_code) == (AttemptState.FAILED, "OUTPUT_NOT_UPLOADED")
+    assert app.store.get_tasks([task.id])[0].state == TaskState.QUEUED
     app.store.add_uploads([(attempt.id, digest)])
     verdicts = app.intake.results(thief.id, [statement], sign_batch(thief.signer, [statement]), {})
-    assert [v.accepted for v in verdicts] == [True]
+    assert [(v.accepted, v.code, v.credit) for v in verdicts] == [(False, "STALE", 0)]
+    assert not app.store.blob_owned(digest, alice.id)
 
 
 # --- disputes explain themselves, and never cancel the job -----------------------------------

@@ -18,7 +18,7 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.clock import FakeClock
-from sparegrid.coordinator.domain import AttemptState, JobState
+from sparegrid.coordinator.domain import AttemptState, JobState, TaskState
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.quotas import QuotaConfig
@@ -262,9 +262,15 @@ async def test_anonymous_nodes_share_one_pool_and_owned_nodes_their_owner(grid: 
 
 
 async def inline_results(
-    grid: Served, signer: Signer, call: object, outs: dict[str, bytes], batch_id: int = 1
+    grid: Served,
+    signer: Signer,
+    call: object,
+    outs: dict[str, bytes],
+    batch_id: int = 1,
+    assigned: list[worker_pb2.Assignment] | None = None,
 ) -> list[worker_pb2.AttemptVerdict]:
-    """One signed batch: a result per attempt, its output `outs[attempt]` sent inline."""
+    """One signed batch: a result per attempt, its output `outs[attempt]` sent inline.
+    Assignments that come before its answer are put in `assigned`."""
     found = {a.id: a for a in grid.app.store.get_attempts(list(outs))}
     statements = [
         common_pb2.ResultStatement(
@@ -284,7 +290,8 @@ async def inline_results(
     )
     await call.write(worker_pb2.WorkerMessage(results=results))  # type: ignore[attr-defined]
     while (message := await call.read()).WhichOneof("body") != "result_ack":  # type: ignore[attr-defined]
-        pass  # new assignments, credited
+        if assigned is not None:  # else new assignments, credited: not looked at
+            assigned += message.assign.assignments
     return list(message.result_ack.verdicts)
 
 
@@ -302,13 +309,35 @@ async def test_inline_outputs_count_against_the_node_owners_stored_quota(grid: S
     assert app.store.get_inline_blob(sha256_hex(second)) is None  # nothing kept
     assert app.store.usage("alice") == (0, 350 * KiB)
     assert app.reputations.get(signer.node_id).strikes == 0  # an honest node may be full
+    # the worker sends no other result for the attempt: it ends, given back, and its task
+    # is queued again, never for a node of alice's (she has no room for its output)
     [attempt] = app.store.get_attempts([attempts[1]])
-    assert attempt.state == AttemptState.RUNNING  # still open for a result that fits
-    # the blob charged already is charged once: a result naming it again adds nothing
+    assert (attempt.state, attempt.error_code) == (AttemptState.FAILED, "QUOTA_EXCEEDED")
+    [task] = app.store.get_tasks([attempt.task_id])
+    assert (task.state, task.attempts) == (TaskState.QUEUED, 0)
+    app.scheduler.dispatch()  # alice's node has credit left: it is not given the task
+    assert app.store.get_tasks([attempt.task_id])[0].state == TaskState.QUEUED
+    # a result for the ended attempt, even one that fits, is refused and charges nothing
     [again] = await inline_results(grid, signer, call, {attempts[1]: first}, batch_id=2)
-    assert again.accepted, again.message
+    assert (again.accepted, again.code, again.credit) == (False, "STALE", 0)
     assert app.store.usage("alice") == (0, 350 * KiB)
-    call.cancel()  # type: ignore[attr-defined]
+    # a node of another owner takes the task at once, and the job ends, each result paid
+    # once and the refused one not at all
+    other = Signer.generate()
+    other_call, _ = await session(grid, other, grid.bob_key)
+    grant = worker_pb2.Credit(device_index=0, count=1)
+    await other_call.write(worker_pb2.WorkerMessage(credit=grant))
+    [held] = (await other_call.read()).assign.assignments
+    assert held.task_id == task.id
+    [taken] = await inline_results(grid, other, other_call, {held.attempt_id: b"ok"})
+    assert taken.accepted and taken.credit == 1, taken.message
+    job = app.store.get_job(task.job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    paid = {f"node:{signer.node_id}": 1, f"node:{other.node_id}": 1}
+    assert app.store.balances("node:") == paid
+    assert app.store.balance("client:bob") == 1000 - 2
+    for each in (call, other_call):
+        each.cancel()  # type: ignore[attr-defined]
 
 
 async def test_a_batchs_inline_outputs_are_looked_up_in_one_read(
@@ -347,12 +376,20 @@ async def test_inline_outputs_of_anonymous_nodes_count_against_their_pool(grid: 
     error = await refused(upload(grid, md, data, stop=1, attempt_ids=(uploader[2][0],)))
     assert code_of(error) == "UPLOAD_INCOMPLETE"  # 150 KiB in flight
     signer, call = sender[0], sender[3]
-    [verdict] = await inline_results(grid, signer, call, {sender[2][0]: os.urandom(300 * KiB)})
+    assigned: list[worker_pb2.Assignment] = []
+    outs = {sender[2][0]: os.urandom(300 * KiB)}
+    [verdict] = await inline_results(grid, signer, call, outs, assigned=assigned)
     assert verdict.code == "QUOTA_EXCEEDED"  # 150 KiB in flight and 300 KiB over 400 KiB
     assert "without an owner account together" in verdict.message
     assert "SPAREGRID_OWNER_KEY" in verdict.message
+    # its attempt ended: the node, with room again, is given another task (not that one)
+    while not assigned:
+        assigned += (await call.read()).assign.assignments  # type: ignore[attr-defined]
+    [held] = assigned
+    [refused_attempt] = grid.app.store.get_attempts([sender[2][0]])
+    assert held.task_id != refused_attempt.task_id
     fits = os.urandom(200 * KiB)
-    [verdict] = await inline_results(grid, signer, call, {sender[2][0]: fits}, batch_id=2)
+    [verdict] = await inline_results(grid, signer, call, {held.attempt_id: fits}, batch_id=2)
     assert verdict.accepted, verdict.message
     assert grid.app.store.usage(f"node:{signer.node_id}") == (0, 200 * KiB)
     assert grid.app.store.anonymous_usage() == (150 * KiB, 200 * KiB)

@@ -131,9 +131,9 @@ async def test_a_failed_tasks_log_is_kept_and_read_by_the_jobs_owner_alone(
 
 
 async def test_a_rogue_workers_bad_logs_are_refused_and_change_nothing(served: Served) -> None:
-    job_id = await submit(served)
+    job_id = await submit(served, tasks=2, max_attempts=2)
     signer = Signer.generate()
-    call, node_id, [a] = await assigned(served, signer)
+    call, node_id, [a, b] = await assigned(served, signer, count=2)
     store = served.app.store
     balances = store.balances()
     stranger = Signer.generate()
@@ -157,12 +157,20 @@ async def test_a_rogue_workers_bad_logs_are_refused_and_change_nothing(served: S
             verdict = await fail(call, a, log)
             assert (verdict.accepted, verdict.code) == (False, code)
             assert "log" in verdict.message
-    # nor does a result with a bad log succeed, for a job that keeps logs or not
-    verdict = await succeed(call, signer, node_id, a, tampered)
-    assert (verdict.accepted, verdict.code) == (False, "BAD_LOG")
     [attempt] = store.get_attempts([a.attempt_id])
     [task] = store.get_tasks([a.task_id])
     assert attempt.state == AttemptState.RUNNING and task.state == TaskState.LEASED
+    # nor does a result with a bad log succeed, for a job that keeps logs or not: it is
+    # paid nothing, and ends its attempt (a worker sends no other result for it), its
+    # task queued again
+    forged = log_for(signer, b, SUCCEEDED, b"fine\n")
+    forged.text = b"all is well"
+    verdict = await succeed(call, signer, node_id, b, forged)
+    assert (verdict.accepted, verdict.code) == (False, "BAD_LOG")
+    [attempt] = store.get_attempts([b.attempt_id])
+    [task] = store.get_tasks([b.task_id])
+    assert (attempt.state, attempt.error_code) == (AttemptState.FAILED, "BAD_LOG")
+    assert task.state == TaskState.QUEUED
     assert store.balances() == balances and store.task_logs(job_id) == []
     # the same failure with its log as signed is taken
     assert (await fail(call, a, log_for(signer, a, "EXECUTOR_ERROR", TRACE))).accepted

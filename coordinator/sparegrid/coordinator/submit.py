@@ -14,7 +14,8 @@ fails or is cut short has them swept back to cancelled.
 
 From the moment a submit finds its inputs stored until its job is shown (or given up), it
 holds them: the storage sweep (services/sweeper.py) keeps a blob a submit holds, which no
-job in the store names yet.
+job in the store names yet. A retry does the same from the check that finds its job's
+inputs still stored (else it is refused, changing nothing) until it ends.
 """
 
 import asyncio
@@ -78,7 +79,7 @@ class Submitter:
         self._running: dict[tuple[str, str], tuple[JobSpec, asyncio.Task[Job]]] = {}
         self._tasks: set[asyncio.Task[Job]] = set()  # every submit and retry in progress
         self._retrying: set[str] = set()  # job ids
-        self._held: Counter[str] = Counter()  # input digests of submits in flight
+        self._held: Counter[str] = Counter()  # input digests of submits and retries in flight
 
     async def submit(self, account: Account, spec: JobSpec) -> Job:
         """The job, once it is durable; an identical submit while one is being written
@@ -107,7 +108,8 @@ class Submitter:
         return await asyncio.shield(task)
 
     def held(self) -> set[str]:
-        """Input digests of submits in flight: checked as stored, no live job's yet."""
+        """Input digests of submits and retries in flight: checked as stored, no live
+        job's yet."""
         return set(self._held)
 
     def _release(self, digests: list[str]) -> None:
@@ -124,22 +126,33 @@ class Submitter:
         return self._jobs.prepare(account, spec)
 
     async def retry(self, account: Account, job_id: str) -> Job:
-        """Retries an ended job; a large one's tasks are queued again a slice per group
-        commit, then one transaction holds their cost and queues the job."""
+        """Retries an ended job whose inputs are all still stored; a large one's tasks are
+        queued again a slice per group commit, then one transaction holds their cost and
+        queues the job. The inputs are held from the check until the retry ends, as a
+        submit's are: until the job is queued again, no live job names them."""
         job = self._jobs.retryable(account, job_id)
-        if job.task_count - max(job.tasks_succeeded, 0) <= self.step:
-            return await self._call(lambda: self._jobs.retry(account, job_id))
+        if self._jobs.remote_blobs:
+            await asyncio.to_thread(self._jobs.look_up_inputs, job.inputs)
+            job = self._jobs.retryable(account, job_id)  # it may have changed meanwhile
         if job.id in self._retrying:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
                 "JOB_NOT_RETRYABLE",
                 f"job {job.id} is being retried already",
             )
+        inputs = self._jobs.retry_inputs(account, job)  # no await between: a sweep's step
+        self._held.update(inputs)  # runs whole, before the check or after the hold
+        if job.task_count - max(job.tasks_succeeded, 0) <= self.step:
+            try:
+                return await self._call(lambda: self._jobs.retry(account, job_id))
+            finally:
+                self._release(inputs)
         task = asyncio.create_task(self._retry_large(account, job))
         self._retrying.add(job.id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._retrying.discard(job.id))
+        task.add_done_callback(lambda _: self._release(inputs))
         return await asyncio.shield(task)
 
     async def _retry_large(self, account: Account, job: Job) -> Job:
@@ -148,7 +161,10 @@ class Submitter:
             while start < job.task_count:
 
                 def step(first: int = start, size: int = pacer.size) -> int:
-                    return self._jobs.reopen(job, first, first + size, reopened)
+                    held = set(reopened.inputs)
+                    stop = self._jobs.reopen(account, job, first, first + size, reopened)
+                    self._held.update(reopened.inputs - held)
+                    return stop
 
                 start = await self._call(step)
                 pacer.adjust(self._commits.last_group_seconds)
@@ -158,6 +174,8 @@ class Submitter:
         except BaseException:
             await self._call(lambda: self._jobs.abandon_retry(job))
             raise
+        finally:
+            self._release(list(reopened.inputs))
 
     async def stop(self) -> None:
         """Cancels submits in progress; what they wrote is deleted at the next start."""

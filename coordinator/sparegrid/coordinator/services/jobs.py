@@ -66,6 +66,9 @@ class Reopened:
     cost: int = 0
     count: int = 0
     runs: list[range] = field(default_factory=list)
+    # inputs its tasks name beyond the job's own (none for the built-in kinds, which plan
+    # tasks from the job's inputs), checked as stored: held while the retry is in flight
+    inputs: set[str] = field(default_factory=set)
 
     def add(self, index: int, cost: int) -> None:
         self.cost += cost
@@ -480,9 +483,10 @@ class Jobs:
         the tasks that succeeded stay. In one go: `Submitter.retry` does a large job's in
         slices, with `reopen` and `publish_retry`."""
         job = self.retryable(account, job_id)
+        self.retry_inputs(account, job)
         reopened = Reopened()
         try:
-            self.reopen(job, 0, job.task_count, reopened)
+            self.reopen(account, job, 0, job.task_count, reopened)
             return self.publish_retry(account, job, reopened)
         except BaseException:  # the caller's transaction undoes the writes
             self.abandon_retry(job)
@@ -498,14 +502,46 @@ class Jobs:
             )
         return job
 
-    def reopen(self, job: Job, start: int, stop: int, reopened: Reopened) -> int:
+    def retry_inputs(self, account: Account, job: Job) -> list[str]:
+        """The job's inputs, each still stored and the account's; else refuses the retry
+        (BLOB_NOT_FOUND, naming them), changing nothing: the sweep deletes a finished
+        job's inputs --blob-retention after it ended, and tasks queued without them would
+        only fail on every worker that tried to download them."""
+        self._check_stored(account, job, sorted(job.inputs.items()))
+        return sorted(set(job.inputs.values()))
+
+    def _check_stored(self, account: Account, job: Job, named: list[tuple[str, str]]) -> None:
+        missing = [
+            f"{name!r} (blob {digest})"
+            for name, digest in named
+            if self._blobs.size(digest) is None or not self._store.blob_owned(digest, account.id)
+        ]
+        if missing:
+            listed = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
+            raise not_found(
+                "BLOB_NOT_FOUND",
+                f"job {job.id} cannot be retried: its input(s) {listed} are no longer stored "
+                "(a finished job's inputs are deleted --blob-retention after it ended); "
+                "submit the job again with its inputs uploaded, or upload the same files "
+                "again and retry",
+            )
+
+    def reopen(self, account: Account, job: Job, start: int, stop: int, reopened: Reopened) -> int:
         """Queues the tasks [start, stop) of an ended job that did not succeed again (in the
         store; the job stays ended until `publish_retry`, so they count as cancelled, and a
-        stop before then has them swept back); returns `stop`."""
+        stop before then has them swept back); returns `stop`. Refuses, before writing,
+        a slice whose tasks name an input that is not stored (`retry_inputs`)."""
         self._scheduler.sweeps.pop(job.id, None)  # its queued tasks are queued again
         tasks = self._store.list_tasks(job.id, after_index=start - 1, limit=stop - start)
         # a queued task of a finished job is one its end has not swept to cancelled yet
         again = [t for t in tasks if t.state in RETRYABLE_TASKS or t.state == TaskState.QUEUED]
+        known = set(job.inputs.values()) | reopened.inputs
+        extra = {ref.digest: ref.name for t in again for ref in t.inputs if ref.digest not in known}
+        if extra:
+            self._check_stored(account, job, sorted((n, d) for d, n in extra.items()))
+            reopened.inputs |= extra.keys()
         for task in again:
             if task.state != TaskState.QUEUED:
                 reopen_task(task)

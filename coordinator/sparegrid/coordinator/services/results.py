@@ -95,7 +95,8 @@ class Intake:
     ) -> list[Verdict]:
         """Verifies and records a batch; returns a verdict per statement. A result whose
         log does not check out, or whose inline outputs do not fit its node's stored
-        quota, is refused whole (nothing of it is recorded)."""
+        quota, is refused whole (nothing of it is recorded); a refused result of a running
+        attempt of this node ends the attempt (`_refused`)."""
         session = self.scheduler.sessions.get(node_id)
         node = session.node if session is not None else self.store.get_node(node_id)
         if node is None or not statements:
@@ -115,6 +116,7 @@ class Intake:
         verdicts: list[Verdict] = []
         accepted: list[Candidate] = []
         kept: list[AttemptLog] = []
+        refused: list[Attempt] = []
         seen: set[str] = set()
         for index, statement in enumerate(decoded):
             if statement is None:
@@ -146,6 +148,10 @@ class Intake:
                     self.strike(node_id, f"claimed an output it never sent: {exc}")
                 elif exc.code == VerdictCode.INLINE_TOO_LARGE:
                     self.strike(node_id, f"sent outputs inline past the limit: {exc}")
+                ended = attempts.get(statement.attempt_id)
+                if ended is not None and _ends_attempt(node_id, ended, exc.code):
+                    ended.error_code, ended.error = exc.code, str(exc)[:2000]
+                    refused.append(ended)
                 continue
             attempt = attempts[statement.attempt_id]
             if attempt.state == AttemptState.SUCCEEDED:
@@ -166,7 +172,26 @@ class Intake:
         logs_kept = [k for k in kept if k.attempt_id in taken]
         paid = self._accept(node_id, accepted, inline, charges, logs_kept)
         self.scheduler.returned(node_id, len(accepted))
+        self._refused(refused)
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
+
+    def _refused(self, attempts: list[Attempt]) -> None:
+        """Ends the attempts whose result was refused: the worker never sends another
+        result for an attempt (it logs the verdict and forgets it), so the task goes on
+        now, not when the lease reaches its maximum age. A result refused for the node's
+        owner's quota gives its attempt back (no fault of the task's); any other counts
+        as a failed attempt, as a failure the worker reported would."""
+        if not attempts:
+            return
+        now = self.scheduler.clock.now()
+        for attempt in attempts:
+            move_attempt(attempt, AttemptState.FAILED)
+            attempt.finished_at = now
+        log.info("%d attempt(s) ended: their results were refused", len(attempts))
+        quota = [a for a in attempts if a.error_code == VerdictCode.QUOTA_EXCEEDED]
+        self.scheduler.turned_away(quota)
+        failed = [a for a in attempts if a.error_code != VerdictCode.QUOTA_EXCEEDED]
+        self.scheduler.settle_failures(failed, retryable=True)
 
     def _lookup(
         self, session: NodeSession | None, attempt_ids: list[str]
@@ -510,6 +535,23 @@ def _named_inline(
             outputs = statement.outputs[:MAX_OUTPUTS]
             named.update((out.digest, None) for out in outputs if inline.get(out.digest))
     return list(named)
+
+
+# Refusals that say nothing of the attempt itself: it ended already (STALE), or its task
+# did (TASK_DONE). Every other refusal of a result for a running attempt leased to the
+# sending node ends the attempt: a worker never sends a second result for one.
+_KEEPS_ATTEMPT = frozenset({VerdictCode.STALE, VerdictCode.TASK_DONE})
+
+
+def _ends_attempt(node_id: str, attempt: Attempt, code: str) -> bool:
+    """Whether a refused result ends its attempt: only an attempt of the sending node
+    that is still running (a statement naming another node's attempt changes nothing of
+    it, and a late result for an expired lease has nothing left to end)."""
+    return (
+        attempt.node_id == node_id
+        and attempt.state == AttemptState.RUNNING
+        and code not in _KEEPS_ATTEMPT
+    )
 
 
 def _charge(charges: InlineCharges, outputs: list[FileRef], inline: dict[str, bytes]) -> None:

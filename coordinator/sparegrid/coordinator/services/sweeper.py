@@ -7,9 +7,10 @@ the retention, names it as an input, a task's input or output, or a replica's ou
 references are read job by job in short steps (`collect_blobs` yields between them, so the
 coordinator serves meanwhile); the last step, which deletes, runs at once and checks again
 what may have changed in between: a later use, jobs that became live since the walk
-began, and the inputs of submits in flight (checked, their job not written yet, or a large
-one written but not shown: `held`). A collected blob is forgotten by the store first and then renamed out of sight; one
-kept in the database (an output sent inline with its result) goes with its record.
+began, and the inputs of submits and retries in flight (checked, their job not written
+yet, a large one written but not shown, or a retried one not queued again yet: `held`). A
+collected blob is forgotten by the store first and then renamed out of sight; one kept in
+the database (an output sent inline with its result) goes with its record.
 
 These are plain synchronous steps on the store and the blob files; app.py runs them in
 its background sweep.
@@ -64,7 +65,7 @@ class Sweeper:
         self.config = config
         self._connected = connected  # ids of nodes with a session now
         self._nodes_deleted = nodes_deleted  # e.g. reload what services keep of nodes
-        self._held = held  # digests submits in flight hold (submit.py): kept
+        self._held = held  # digests submits and retries in flight hold (submit.py): kept
 
     def expire_partials(self, files: list[tuple[str, str, float]]) -> int:
         """Deletes unfinished uploads untouched for --upload-expiry, found by their record

@@ -166,6 +166,38 @@ class LeasesPart(QueuesPart):
             self.preempt_paused[node_id] = until
         self.give_back(attempts)
 
+    def turned_away(self, attempts: list[Attempt]) -> None:
+        """Failed attempts whose result was refused for a reason that is no fault of their
+        task nor a sign of a dishonest node (the node's owner is over its stored quota):
+        their tasks go back to the front of the queue with the attempt given back, never
+        to that owner again; each counts against its node within the job (two keep it off
+        the job, as for any failure), and nothing else does."""
+        if not attempts:
+            return
+        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
+        requeue: list[tuple[ActiveJob, Task]] = []
+        with self.store.transaction():
+            self.store.update_attempts(attempts)
+            for attempt in attempts:
+                active = self.jobs.get(attempt.job_id)
+                task = tasks[attempt.task_id]
+                self._release(attempt)
+                if active is None or task.state != TaskState.LEASED:
+                    continue
+                session = self.sessions.get(attempt.node_id)
+                owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
+                active.excluded.setdefault(task.id, set()).add(owner)
+                active.node_failures[attempt.node_id] += 1
+                task.attempts = max(task.attempts - 1, 0)
+                move_task(task, TaskState.QUEUED)
+                requeue.append((active, task))
+            self.store.update_tasks(list(tasks.values()))
+        for active, task in requeue:
+            active.queue.appendleft(task)
+        log.info(
+            "%d refused attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue)
+        )
+
     def give_back(self, attempts: list[Attempt]) -> None:
         """Attempts that were no fault of their node or task: a node's own policy stopped
         them (owner back, too hot, window closed), or they were lost with their node. Their
