@@ -448,8 +448,10 @@ class Intake:
         self.scheduler.shrink(node_id, reset=True)
 
     def failures(self, node_id: str, failures: list[Failure]) -> list[Verdict]:
-        """Records failed attempts. A failure whose log does not check out is refused
-        (the attempt stays leased to the node until it expires)."""
+        """Records failed attempts. A failure whose log does not check out is recorded
+        without it, its verdict refusing the log: the failure is the node's own to give
+        (it ends nothing but its own attempt), and a worker sends no other, so keeping the
+        attempt leased would hold its task until the lease's maximum age."""
         attempts = {a.id: a for a in self.store.get_attempts([f.attempt_id for f in failures])}
         logs = self._failure_logs(node_id, failures, attempts)
         kept: list[AttemptLog] = []
@@ -466,9 +468,11 @@ class Intake:
                 continue
             task_log = logs.get(attempt.id)
             if isinstance(task_log, BadResult):
-                verdicts.append(Verdict(attempt.id, False, task_log.code, str(task_log)))
-                continue
-            verdicts.append(Verdict(attempt.id, True))
+                why = f"{task_log}; the failure is recorded without its log"
+                verdicts.append(Verdict(attempt.id, False, task_log.code, why))
+                task_log = None
+            else:
+                verdicts.append(Verdict(attempt.id, True))
             if attempt.state != AttemptState.RUNNING:
                 continue  # reported before, or the lease was taken back already
             is_preempted = failure.code == PREEMPTED
