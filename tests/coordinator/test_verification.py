@@ -185,6 +185,46 @@ def test_adaptive_trusts_a_proven_node_once_a_later_check_vouches(tmp_path: Path
     assert app.ledger.check().balanced
 
 
+@pytest.mark.parametrize("seed", range(4))  # the check picked at once, or later
+def test_a_trusted_nodes_late_result_is_compared_with_the_next_not_held(
+    tmp_path: Path, seed: int
+) -> None:
+    """A trusted node's result arriving after its lease ran out, its task already given
+    to another node: it was held for a later check of its node besides, so the task was
+    both running and held. The other node's result was accepted, the job succeeded, and
+    then the held copy was cancelled over it (the client found its task cancelled), or
+    put back in the queue as a stale copy (on PostgreSQL, a lease the database refused,
+    failing a whole group commit). Now it waits among the task's replicas and is compared
+    with the next result, both paid."""
+    app = make_app(tmp_path, trust=TrustConfig(warmup=2, floor=0.05))
+    app.intake.settlement.vouching.rng = random.Random(seed)
+    a, b = FakeNode(app, "a", owner="o1"), FakeNode(app, "b", owner="o2")
+    app.reputations.validated([a.id] * 1000)  # a's record lets its results be held
+    a.connect(credit=0)
+    b.connect(credit=0)
+    job_id = submit(app, 1)
+    app.scheduler.grant(a.id, 0, 1)
+    app.scheduler.dispatch()
+    late = a.sink.take()
+    app.clock.advance(app.settings.lease_seconds + 1)
+    assert app.scheduler.reap() == 1  # a's lease ran out: the task goes to b
+    app.scheduler.grant(b.id, 0, 1)
+    app.scheduler.dispatch()
+    given = b.sink.take()  # leased to b, not answered yet
+    assert len(given) == 1
+    assert all(v.accepted for v in a.answer(late))  # late, and trusted
+    assert all(v.accepted for v in b.answer(given))
+    app.clock.advance(10**6)
+    app.intake.settlement.pick_overdue()
+    for node in (a, b):
+        assert run(node, credit=5) == 0  # nothing left to lease
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert app.store.task_counts(job_id)[TaskState.SUCCEEDED] == 1
+    assert credit_of(app, a) == 1 and credit_of(app, b) == 1  # both did it, both agree
+    assert app.ledger.check().balanced
+
+
 def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
     app = make_app(tmp_path, trust=ALWAYS_CHECK)
     bad, g1, g2 = nodes(app, "bad", "g1", "g2")

@@ -204,8 +204,11 @@ class Settlement:
                 move_task(task, TaskState.QUEUED)
                 if decision.outcome == Outcome.PENDING:
                     active.queue.appendleft(task)
-            if decision.outcome == Outcome.HELD:
-                self._hold(active, task, decision)
+                else:
+                    self._hold(active, task, decision)
+            # else a late result (its lease ran out): its task is queued again or running
+            # elsewhere, and is never held besides; the result waits among the task's
+            # replicas for the next one, and is compared and paid with it
             return
         self._drop_from_queue(active, task)
         other = active.running.get(task.id)
