@@ -2,6 +2,7 @@
 its policy, or failed."""
 
 from collections import deque
+from collections.abc import Callable
 
 from sparegrid.coordinator.domain import (
     Attempt,
@@ -172,37 +173,29 @@ class LeasesPart(QueuesPart):
         their tasks go back to the front of the queue with the attempt given back, never
         to that owner again; each counts against its node within the job (two keep it off
         the job, as for any failure), and nothing else does."""
-        if not attempts:
-            return
-        tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
-        requeue: list[tuple[ActiveJob, Task]] = []
-        with self.store.transaction():
-            self.store.update_attempts(attempts)
-            for attempt in attempts:
-                active = self.jobs.get(attempt.job_id)
-                task = tasks[attempt.task_id]
-                self._release(attempt)
-                if active is None or task.state != TaskState.LEASED:
-                    continue
-                session = self.sessions.get(attempt.node_id)
-                owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
-                active.excluded.setdefault(task.id, set()).add(owner)
-                active.node_failures[attempt.node_id] += 1
-                task.attempts = max(task.attempts - 1, 0)
-                move_task(task, TaskState.QUEUED)
-                requeue.append((active, task))
-            self.store.update_tasks(list(tasks.values()))
-        for active, task in requeue:
-            active.queue.appendleft(task)
-        log.info(
-            "%d refused attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue)
-        )
+        self._requeue(attempts, "refused attempt(s)", self._turn_away)
+
+    def _turn_away(self, active: ActiveJob, attempt: Attempt, task: Task) -> None:
+        session = self.sessions.get(attempt.node_id)
+        owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
+        active.excluded.setdefault(task.id, set()).add(owner)
+        active.node_failures[attempt.node_id] += 1
 
     def give_back(self, attempts: list[Attempt]) -> None:
         """Attempts that were no fault of their node or task: a node's own policy stopped
         them (owner back, too hot, window closed), or they were lost with their node. Their
         tasks go back to the front of the queue with the attempt given back, and nothing
         counts against the node (no failure count, no exclusion from the job)."""
+        self._requeue(attempts, "attempt(s)")
+
+    def _requeue(
+        self,
+        attempts: list[Attempt],
+        what: str,
+        blame: Callable[[ActiveJob, Attempt, Task], None] | None = None,
+    ) -> None:
+        """Gives the attempts back: each task still leased goes to the front of its queue,
+        the attempt not counted; `blame` says what counts against the node instead."""
         if not attempts:
             return
         tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
@@ -215,13 +208,15 @@ class LeasesPart(QueuesPart):
                 self._release(attempt)
                 if active is None or task.state != TaskState.LEASED:
                     continue
+                if blame is not None:
+                    blame(active, attempt, task)
                 task.attempts = max(task.attempts - 1, 0)
                 move_task(task, TaskState.QUEUED)
                 requeue.append((active, task))
             self.store.update_tasks(list(tasks.values()))
         for active, task in requeue:
             active.queue.appendleft(task)
-        log.info("%d attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue))
+        log.info("%d %s given back, %d task(s) re-queued", len(attempts), what, len(requeue))
 
     def settle_failures(
         self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False
