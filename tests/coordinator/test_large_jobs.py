@@ -224,3 +224,30 @@ async def test_a_large_retry_that_cannot_be_paid_sweeps_its_tasks_back(big: Big)
     got = await big.stub.GetJob(client_pb2.GetJobRequest(job_id=job.job_id), metadata=big.alice)
     assert got.job.state == common_pb2.JOB_STATE_CANCELLED
     assert big.app.store.balance(client_account("alice")) == 3 * TASKS - 30
+
+
+async def test_a_reload_during_a_large_retry_sweeps_none_of_its_tasks(big: Big) -> None:
+    """A failed group commit (any caller's) reloads memory from the database; a large retry
+    then being written had its job, still ended in the store, marked for the sweep, which
+    cancelled the tasks the retry had queued again. The retry went on and queued a job
+    whose cancelled tasks counted as open: it never finished."""
+    app = big.app
+    job = (await big.stub.SubmitJob(echo(TASKS), metadata=big.alice)).job
+    await big.stub.CancelJob(client_pb2.CancelJobRequest(job_id=job.job_id), metadata=big.alice)
+    while app.scheduler.sweeps:
+        await asyncio.sleep(0.01)
+    retry = asyncio.ensure_future(
+        big.stub.RetryJob(client_pb2.RetryJobRequest(job_id=job.job_id), metadata=big.alice)
+    )
+    while not app.store.task_counts(job.job_id)[TaskState.QUEUED]:  # a slice queued again
+        await asyncio.sleep(0)
+
+    def reload_and_sweep() -> None:  # as after a failed group commit, the sweep running
+        app._reload()  # before the retry's next slice
+        app.scheduler.sweep(TASKS)
+
+    await app.call(reload_and_sweep)
+    again = (await retry).job
+    assert again.state == common_pb2.JOB_STATE_QUEUED and again.counts.queued == TASKS
+    assert app.store.task_counts(job.job_id)[TaskState.QUEUED] == TASKS
+    assert app.scheduler.jobs[job.job_id].open_tasks == TASKS

@@ -413,10 +413,15 @@ class App:
                 future.exception()  # logged above: not again by each unread future
 
     def _reload(self) -> None:
-        """Reloads what the services keep in memory from the store."""
+        """Reloads what the services keep in memory from the store. A job a large retry is
+        queuing again still looks ended in the store, with queued tasks: it is not to be
+        swept, or the tasks the retry queued would be cancelled under it (the retry
+        publishes them or sweeps them back itself)."""
         self.reputations.load()
         self.identities.load()
         self.scheduler.resync()
+        for job_id in self.submitter.retrying():
+            self.scheduler.sweeps.pop(job_id, None)
         self.canaries.load()
 
     def _pause(self, exc: Exception) -> None:

@@ -107,6 +107,10 @@ class Submitter:
             task.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(task)
 
+    def retrying(self) -> set[str]:
+        """Ids of the jobs whose large retry is being written."""
+        return set(self._retrying)
+
     def held(self) -> set[str]:
         """Input digests of submits and retries in flight: checked as stored, no live
         job's yet."""
