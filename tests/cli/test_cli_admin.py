@@ -37,6 +37,9 @@ async def test_admin_key_lookup_order(
     env_wins = await cli("admin", "nodes")
     assert env_wins.code == 1
     assert "[BAD_API_KEY]" in env_wins.err  # the environment beats the recorded file
+    # the hint is about the admin key, not $SPAREGRID_API_KEY or making an account
+    assert "does not know the admin key" in env_wins.err
+    assert "admin account create" not in env_wins.err
     key_file = tmp_path / "admin.key"
     key_file.write_text(ADMIN_KEY + "\n")
     assert (await cli("admin", "nodes", "--admin-key-file", str(key_file))).code == 0

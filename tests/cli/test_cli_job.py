@@ -4,9 +4,11 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sparegrid.cli import job as job_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
@@ -291,6 +293,34 @@ async def test_results_of_a_running_job_say_so(cli: Cli, grid: FakeGrid, tmp_pat
     assert result.code == 0
     assert f"job {job_id} is still running" in result.err
     assert f"`sparegrid job wait {job_id}`" in result.err
+
+
+async def test_results_count_what_was_written_not_every_task_listed(
+    cli: Cli, grid: FakeGrid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator lists a running job's unfinished tasks too (results.json keeps them,
+    without outputs): "4 results written" was said of a job with 1 of 4 tasks done."""
+    job_id = (await cli("job", "submit", "echo", "--tasks", "4", "--wait")).out.splitlines()[0]
+    real = job_cli.write_result
+
+    def odd_ones_unfinished(client: Any, result: Any, stage: Path) -> dict[str, Any]:
+        entry = real(client, result, stage)
+        if entry["task"] % 2:
+            entry.update(state="leased", verified=False, outputs=[], receipt=None)
+        return entry
+
+    monkeypatch.setattr(job_cli, "write_result", odd_ones_unfinished)
+    out_dir = tmp_path / "out"
+    result = await cli("job", "results", job_id, "-o", str(out_dir))
+    assert result.code == 0
+    assert result.out.strip() == f"2 results written to {out_dir} (of 4 tasks), 2 receipts verified"
+
+
+async def test_logs_of_a_task_past_any_job_is_refused_here(cli: Cli) -> None:
+    result = await cli("job", "logs", "j", "--task", str(2**40))
+    assert result.code == 1
+    assert "no job has that many tasks" in result.err
+    assert "Traceback" not in result.err
 
 
 async def test_list_without_jobs(cli: Cli, grid: FakeGrid) -> None:

@@ -133,3 +133,58 @@ def test_coordinator_serve_takes_the_spot_share() -> None:
 
     args = cli_main.build_parser().parse_args(["coordinator", "serve", "--spot-share", "0"])
     assert _settings(args).spot_checks.share == 0.0
+
+
+def test_an_unknown_flag_is_refused_with_the_command_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not the top level's `usage: sparegrid [-h] [--version] COMMAND ...`."""
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["job", "submit", "echo", "--count", "5"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sparegrid job submit ")
+    assert "sparegrid job submit: error: unrecognized arguments: --count 5" in err
+
+
+def test_a_known_command_keeps_no_parser_in_its_arguments() -> None:
+    args = cli_main.build_parser().parse_args(["job", "list"])
+    assert callable(args.func)
+    with pytest.raises(SystemExit):  # and main() drops it before the handler runs
+        cli_main.main(["job", "list", "--help"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["job", "submit", "echo", "--priority", str(2**31)], "--priority: 2147483648 is past"),
+        (["job", "submit", "echo", "--max-attempts", "-1"], "--max-attempts: -1 is below"),
+        (["job", "submit", "echo", "--replicas", str(2**32)], "--replicas: 4294967296 is past"),
+        (["job", "submit", "echo", "--quorum", str(2**32)], "--quorum: 4294967296 is past"),
+        (["job", "list", "--limit", str(2**32)], "--limit: 4294967296 is past"),
+        (["account", "stake", str(2**63)], "CREDIT: 9223372036854775808 is past"),
+        (["account", "unstake", str(2**63)], "CREDIT: 9223372036854775808 is past"),
+        (["admin", "credit", "grant", "n", str(10**20)], "AMOUNT: 100000000000000000000 is past"),
+        (["admin", "credit", "debit", "n", str(10**20)], "AMOUNT: 100000000000000000000 is past"),
+        (
+            ["admin", "account", "create", "n", "--credit", str(2**63)],
+            "--credit: 9223372036854775808",
+        ),
+        (["admin", "invite", "create", "--credit", str(2**63)], "--credit: 9223372036854775808"),
+        (["admin", "invite", "create", "--uses", str(2**32)], "--uses: 4294967296 is past"),
+        (["admin", "jobs", "list", "--limit", str(2**32)], "--limit: 4294967296 is past"),
+        (["admin", "ledger", "entries", "--limit", "-1"], "--limit: -1 is below"),
+    ],
+    ids=lambda a: " ".join(a[:3]) if isinstance(a, list) else "",
+)
+def test_a_number_past_what_the_request_holds_is_refused_naming_its_flag(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It met a ValueError (a traceback) where the request was built, before anything was
+    sent; the coordinator's own bounds (a priority of -100 to 100) lie within these."""
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {says}" in err
+    assert "Traceback" not in err

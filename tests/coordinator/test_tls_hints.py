@@ -168,6 +168,19 @@ async def test_a_wrong_port_is_named_not_blamed_on_the_admin_key(tmp_path: Path,
         assert code == 1 and "nothing answers at" in text
 
 
+async def test_an_address_written_as_a_url_or_without_a_port_is_told_so(cli) -> None:  # type: ignore[no-untyped-def]
+    """gRPC's words were "Misformatted domain name" and "Connection refused" (it dialled
+    443), with the hint asking whether anything runs there."""
+    with free_port() as port:
+        code, text = await cli("job", "list", "--coordinator", f"http://127.0.0.1:{port}/")
+        assert code == 1
+        assert "is a URL; a coordinator's address is HOST:PORT, without http://" in text
+        assert f"(--coordinator 127.0.0.1:{port})" in text
+    code, text = await cli("job", "list", "--coordinator", "localhost")
+    assert code == 1
+    assert "localhost names no port" in text and "--coordinator localhost:50051" in text
+
+
 async def test_a_worker_uses_system_roots_and_logs_the_likely_cause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

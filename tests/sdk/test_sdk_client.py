@@ -22,6 +22,7 @@ from sparegrid.sdk import (
     PermissionDeniedError,
     TaskState,
     UnavailableError,
+    convert,
 )
 from sparegrid.sdk.retry import NO_RETRY, RetryPolicy
 from sparegrid.sdk.testing import FakeCoordinator, serve_fake
@@ -214,3 +215,19 @@ async def test_async_wait_awaits_a_coroutine_callback(client: AsyncClient) -> No
 
     job = await (await client.echo("x", tasks=2)).wait(timeout=10, on_progress=on_progress)
     assert job.finished and seen[-1] == 2
+
+
+def test_an_invitation_expiry_past_a_request_is_refused_before_sending() -> None:
+    """Past a timedelta it was an OverflowError (`admin invite create --expires
+    9999999999999999999999s` showed a traceback); within, a Duration of whole seconds and
+    nanoseconds that the coordinator bounds (ten years, BAD_EXPIRY)."""
+    for seconds in (1e22, float("inf"), float(2**63)):
+        with pytest.raises(InvalidArgumentError) as info:
+            convert.invite_request(1, seconds, 0, "")
+        assert info.value.code == "BAD_EXPIRY"
+    request = convert.invite_request(2, 90.5, 3, "n")
+    assert (request.expires_in.seconds, request.expires_in.nanos) == (90, 500_000_000)
+    assert (request.uses, request.credit, request.note) == (2, 3, "n")
+    assert not convert.invite_request(1, 0, 0, "").HasField("expires_in")
+    far = convert.invite_request(1, 8.6e9, 0, "")  # past ten years: the coordinator refuses
+    assert far.expires_in.seconds == 8_600_000_000

@@ -235,7 +235,7 @@ SETTINGS = (
     Setting(
         "stored_quota",
         to_size,
-        "bytes an account (its nodes included) may hold in blobs it uploaded, each until collected or for --blob-retention after upload",
+        "bytes an account (its nodes included) may hold in blobs it uploaded and outputs its nodes sent inline, each until collected or for --blob-retention after upload",
         metavar="SIZE",
         default=_gib(_Q.stored),
     ),
@@ -249,7 +249,7 @@ SETTINGS = (
     Setting(
         "anonymous_stored_quota",
         to_size,
-        "bytes all nodes without an owner account may hold together in blobs they uploaded",
+        "bytes all nodes without an owner account may hold together in blobs they uploaded and outputs they sent inline",
         metavar="SIZE",
         default=_gib(_Q.anonymous_stored),
     ),

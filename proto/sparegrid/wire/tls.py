@@ -100,6 +100,25 @@ def _read(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _form(parts: list[str]) -> str:
+    """What is wrong with how an address is written, when that is why nothing answered: a
+    URL's scheme (gRPC reads `http://h:1` as a host name, "Misformatted domain name"), or
+    no port (gRPC then dials 443)."""
+    for part in parts:
+        scheme, sep, rest = part.partition("://")
+        if sep and scheme.lower() in ("http", "https", "grpc", "grpcs"):
+            return (
+                f"{part} is a URL; a coordinator's address is HOST:PORT, without "
+                f"{scheme}:// (--coordinator {rest.rstrip('/')})"
+            )
+        if ":" not in part:
+            return (
+                f"{part} names no port; a coordinator's address is HOST:PORT (--coordinator "
+                f"{part}:50051 for one serving on the default port)"
+            )
+    return ""
+
+
 def hint(address: str, using_tls: bool, speaks: Speaks | None = None) -> str:
     """The likely cause of a failed connection to a coordinator, and what to do; "" when
     the probe finds nothing wrong with the address or the transport. For a list, the
@@ -109,6 +128,8 @@ def hint(address: str, using_tls: bool, speaks: Speaks | None = None) -> str:
         address, speaks = answering(address)
     if speaks is Speaks.NOTHING:
         parts = split_addresses(address)
+        if form := _form(parts):
+            return form
         where = f"any of {', '.join(parts)}" if len(parts) > 1 else address
         return (
             f"nothing answers at {where}: is the address (and its port) right? Start a "

@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
         ),
     ):
         p = commands.add_parser(name, parents=[conn], help=text)
-        p.add_argument("amount", type=int, metavar="CREDIT", help="how much credit")
+        p.add_argument(
+            "amount", type=common.whole(common.INT64), metavar="CREDIT", help="how much credit"
+        )
         p.set_defaults(func=func)
     p = commands.add_parser(
         "signup",

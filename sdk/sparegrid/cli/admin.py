@@ -19,7 +19,13 @@ def register(subparsers: Any) -> None:
     account = accounts.add_subparsers(dest="account_command", metavar="COMMAND", required=True)
     p = account.add_parser("create", parents=parents, help="create an account; prints its key")
     p.add_argument("name", metavar="NAME", help="account name")
-    p.add_argument("--credit", type=int, default=0, metavar="N", help="initial credit (0)")
+    p.add_argument(
+        "--credit",
+        type=common.whole(common.INT64),
+        default=0,
+        metavar="N",
+        help="initial credit (0)",
+    )
     p.add_argument("--admin", action="store_true", help="make it an admin account")
     p.set_defaults(func=account_create)
     p = account.add_parser("list", parents=parents, help="list accounts")
@@ -47,7 +53,9 @@ def register(subparsers: Any) -> None:
     credit = credits.add_subparsers(dest="credit_command", metavar="COMMAND", required=True)
     p = credit.add_parser("grant", parents=parents, help="add credit to an account")
     p.add_argument("name", metavar="NAME", help="account name")
-    p.add_argument("amount", metavar="AMOUNT", type=int, help="credit to add")
+    p.add_argument(
+        "amount", metavar="AMOUNT", type=common.whole(common.INT64), help="credit to add"
+    )
     p.add_argument(
         "--reason",
         default="granted by an operator",
@@ -58,7 +66,9 @@ def register(subparsers: Any) -> None:
         "debit", parents=parents, help="take credit from an account (not beyond its balance)"
     )
     p.add_argument("name", metavar="NAME", help="account name")
-    p.add_argument("amount", metavar="AMOUNT", type=int, help="credit to take")
+    p.add_argument(
+        "amount", metavar="AMOUNT", type=common.whole(common.INT64), help="credit to take"
+    )
     p.add_argument("--reason", required=True, help="shown in the ledger")
     p.set_defaults(func=credit_debit)
 
@@ -73,7 +83,13 @@ def register(subparsers: Any) -> None:
         choices=[s.value for s in JobState if s != JobState.UNSPECIFIED],
         help="only jobs in this state (repeatable)",
     )
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N jobs (100)")
+    p.add_argument(
+        "--limit",
+        type=common.whole(common.UINT32),
+        default=100,
+        metavar="N",
+        help="at most N jobs (100)",
+    )
     output.add_json_flag(p)
     p.set_defaults(func=jobs_list)
     p = jobs.add_parser("cancel", parents=parents, help="cancel any account's job")
@@ -106,7 +122,13 @@ def register(subparsers: Any) -> None:
     p = ledger.add_parser("entries", parents=parents, help="list ledger entries")
     p.add_argument("--account", default="", metavar="NAME", help="only this account")
     p.add_argument("--job", default="", metavar="JOB_ID", help="only this job")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (100)")
+    p.add_argument(
+        "--limit",
+        type=common.whole(common.UINT32),
+        default=100,
+        metavar="N",
+        help="at most N entries (100)",
+    )
     output.add_json_flag(p)
     p.set_defaults(func=ledger_entries)
 

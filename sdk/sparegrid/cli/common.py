@@ -22,6 +22,33 @@ from sparegrid.wire.tls import hint as tls_hint
 
 Handler = Callable[[argparse.Namespace], int]
 
+# What the request's field holds, for a number a flag passes on: past it, building the
+# request failed with a ValueError (a traceback) before anything was sent.
+INT32 = (-(2**31), 2**31 - 1)
+UINT32 = (0, 2**32 - 1)
+INT64 = (-(2**63 - 1), 2**63 - 1)  # symmetric: `account unstake N` sends -N
+
+
+def whole(bounds: tuple[int, int]) -> Callable[[str], int]:
+    """An argparse type: a whole number within `bounds`, the field the request carries it
+    in. A number past them is refused naming the flag; what the coordinator takes within
+    them, it says itself."""
+    low, high = bounds
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text} is past the largest it takes ({high:,})")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below the smallest it takes ({low:,})")
+        return value
+
+    return parse
+
+
 CREATE_ACCOUNT = (
     "an operator creates an account and its key with `sparegrid admin account create NAME`, "
     "or gives you an invitation code for `sparegrid account signup --code CODE`"
@@ -61,7 +88,16 @@ ADD_CREDIT = "have an operator add credit with `sparegrid admin credit grant ACC
 COMMAND_HINTS = {
     ("INSUFFICIENT_CREDIT", "job submit"): f"submit fewer tasks, or {ADD_CREDIT}",
     ("INSUFFICIENT_CREDIT", "job retry"): ADD_CREDIT,
+    ("BLOB_NOT_FOUND", "job retry"): "`sparegrid job submit KIND --input ... --dry-run` with "
+    "the same files uploads them and submits nothing; then retry",
 }
+# An admin command's key comes from --admin-key-file, $SPAREGRID_ADMIN_KEY or the file
+# `coordinator serve` recorded, whatever the coordinator's words say about the API key.
+ADMIN_KEY_UNKNOWN = (
+    "this coordinator does not know the admin key (--admin-key-file, $SPAREGRID_ADMIN_KEY, or "
+    "the one `coordinator serve` recorded for this address): use the DATA_DIR/admin.key of "
+    "the coordinator at this address"
+)
 
 
 def command_name(args: argparse.Namespace) -> str:
@@ -76,6 +112,8 @@ def hint_for(code: str, args: argparse.Namespace | None) -> str:
     """What to do about an error of `code`; "" when there is nothing to add."""
     if args is not None and (code, command_name(args)) in COMMAND_HINTS:
         return COMMAND_HINTS[code, command_name(args)]
+    if args is not None and code == "BAD_API_KEY" and command_name(args).startswith("admin "):
+        return ADMIN_KEY_UNKNOWN
     return HINTS.get(code, "")
 
 

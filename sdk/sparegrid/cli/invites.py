@@ -29,7 +29,7 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: an invitation allows at least 1 signup")
-    return value
+    return common.whole(common.UINT32)(text)
 
 
 def register(admin: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -45,7 +45,11 @@ def register(admin: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="it stops working this long from now: 7d, 24h, 90m (default: never)",
     )
     p.add_argument(
-        "--credit", type=int, default=0, metavar="C", help="credit for each account it creates (0)"
+        "--credit",
+        type=common.whole(common.INT64),
+        default=0,
+        metavar="C",
+        help="credit for each account it creates (0)",
     )
     p.add_argument("--note", default="", metavar="TEXT", help="shown in `admin invite list`")
     p.set_defaults(func=create)

@@ -37,18 +37,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--params", metavar="JSON", help="params as a JSON object")
     p.add_argument("--name", default="", help="a label for the job")
     p.add_argument(
-        "--max-attempts", type=int, default=0, metavar="N", help="tries per task (0: default)"
+        "--max-attempts",
+        type=common.whole(common.UINT32),
+        default=0,
+        metavar="N",
+        help="tries per task (0: default)",
     )
     p.add_argument(
         "--replicas",
-        type=int,
+        type=common.whole(common.UINT32),
         default=0,
         metavar="K",
         help="run each task on K nodes of different owners (with --quorum; default: the "
         "adaptive policy, which cross-checks new and unproven nodes)",
     )
     p.add_argument(
-        "--quorum", type=int, default=0, metavar="M", help="M of the K results must agree"
+        "--quorum",
+        type=common.whole(common.UINT32),
+        default=0,
+        metavar="M",
+        help="M of the K results must agree",
     )
     p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
     p.add_argument(
@@ -63,7 +71,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="with --dry-run: the estimate as JSON")
     p.add_argument(
         "--priority",
-        type=int,
+        type=common.whole(common.INT32),
         default=0,
         metavar="P",
         help="order among your own jobs, -100 to 100: higher runs first (0)",
@@ -167,7 +175,13 @@ def register(subparsers: Any) -> None:
     logs.add_parser(jobs, [conn], JOB_ID_HELP)
 
     p = jobs.add_parser("list", parents=[conn], help="list your recent jobs")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
+    p.add_argument(
+        "--limit",
+        type=common.whole(common.UINT32),
+        default=20,
+        metavar="N",
+        help="at most N jobs (20)",
+    )
     output.add_json_flag(p)
     p.set_defaults(func=list_jobs)
 
@@ -330,8 +344,11 @@ def results(args: argparse.Namespace) -> int:
             write_index(stage, job.id, entries, merged)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
+    # results.json lists every task; only those that succeeded have outputs written
+    written = sum(1 for e in entries if e["state"] == "succeeded")
+    of = "" if written == len(entries) else f" (of {output.count(len(entries), 'task')})"
     print(
-        f"{output.count(len(entries), 'result')} written to {out_dir}, "
+        f"{output.count(written, 'result')} written to {out_dir}{of}, "
         f"{output.count(verified, 'receipt')} verified"
     )
     for entry in bad:

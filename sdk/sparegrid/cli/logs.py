@@ -40,6 +40,10 @@ def show(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "BAD_TASK", f"--task is a task index (0 or more), got {args.task}"
         )
+    if args.task is not None and args.task > common.UINT32[1]:  # past what the request holds
+        raise InvalidArgumentError(
+            "BAD_TASK", f"--task {args.task}: no job has that many tasks (at most 1,000,000)"
+        )
     with common.client(args) as client:
         logs = client.task_logs(args.job_id, task=args.task)
     if args.json:

@@ -67,6 +67,17 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        """Records the innermost parser that ran (the command's), so `main` can refuse an
+        unknown flag with that command's usage rather than the top level's."""
+        namespace, extras = super().parse_known_args(*args, **kwargs)
+        if not hasattr(namespace, LEAF):
+            setattr(namespace, LEAF, self)
+        return namespace, extras
+
+
+LEAF = "_sparegrid_parser"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -87,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    command_parser: argparse.ArgumentParser = getattr(args, LEAF, parser)
+    delattr(args, LEAF)
+    if extras:  # argparse's own parse_args would show the top level's usage for these
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     handler: common.Handler = args.func
     return common.run(handler, args)
 

@@ -4,6 +4,7 @@ Shared by the sync and the asyncio clients so neither repeats this logic.
 """
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -111,6 +112,24 @@ def submit_request(
     return client_pb2.SubmitJobRequest(
         spec=spec, idempotency_key=idempotency_key or new_idempotency_key()
     )
+
+
+def invite_request(
+    uses: int, expires_in: float, credit: int, note: str
+) -> admin_pb2.CreateInviteRequest:
+    """`expires_in` seconds (0: never) go as a Duration's whole seconds and nanoseconds, an
+    int64: a time past that is refused here (BAD_EXPIRY, as the coordinator refuses one past
+    ten years) rather than overflowing a timedelta (an OverflowError)."""
+    request = admin_pb2.CreateInviteRequest(uses=uses, credit=credit, note=note)
+    if expires_in:
+        if not math.isfinite(expires_in) or abs(expires_in) >= 2**63:
+            raise InvalidArgumentError(
+                "BAD_EXPIRY",
+                f"an invitation expires within ten years, or never; not in {expires_in:g} s",
+            )
+        request.expires_in.seconds = math.trunc(expires_in)
+        request.expires_in.nanos = int((expires_in - math.trunc(expires_in)) * 1e9)
+    return request
 
 
 def grant_request(

@@ -675,10 +675,8 @@ class AdminClient(_SyncBase):
         """Issues an invitation code for `uses` signups (`signup`), each granted `credit`,
         expiring `expires_in` (seconds, or a timedelta) from now, or never (0); returns its
         record and the code (shown this once)."""
-        request = admin_pb2.CreateInviteRequest(uses=uses, credit=credit, note=note)
         seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
-        if seconds:
-            request.expires_in.FromTimedelta(timedelta(seconds=seconds))
+        request = convert.invite_request(uses, seconds, credit, note)
         response = self._unary(self._admin.CreateInvite, request, idempotent=False)
         return convert.invite(response.invite), response.code
 
