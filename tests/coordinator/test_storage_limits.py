@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -310,13 +311,16 @@ async def test_inline_outputs_count_against_the_node_owners_stored_quota(grid: S
     assert app.store.usage("alice") == (0, 350 * KiB)
     assert app.reputations.get(signer.node_id).strikes == 0  # an honest node may be full
     # the worker sends no other result for the attempt: it ends, given back, and its task
-    # is queued again, never for a node of alice's (she has no room for its output)
+    # is queued again; alice's nodes get no task for a while (she has no room for outputs),
+    # and her client hears why its job waits
     [attempt] = app.store.get_attempts([attempts[1]])
     assert (attempt.state, attempt.error_code) == (AttemptState.FAILED, "QUOTA_EXCEEDED")
     [task] = app.store.get_tasks([attempt.task_id])
     assert (task.state, task.attempts) == (TaskState.QUEUED, 0)
     app.scheduler.dispatch()  # alice's node has credit left: it is not given the task
     assert app.store.get_tasks([attempt.task_id])[0].state == TaskState.QUEUED
+    waiting = app.scheduler.waiting(app.scheduler.jobs[attempt.job_id])
+    assert "1 owner(s) over their stored quota" in waiting, waiting
     # a result for the ended attempt, even one that fits, is refused and charges nothing
     [again] = await inline_results(grid, signer, call, {attempts[1]: first}, batch_id=2)
     assert (again.accepted, again.code, again.credit) == (False, "STALE", 0)
@@ -338,6 +342,34 @@ async def test_inline_outputs_count_against_the_node_owners_stored_quota(grid: S
     assert app.store.balance("client:bob") == 1000 - 2
     for each in (call, other_call):
         each.cancel()  # type: ignore[attr-defined]
+
+
+async def test_an_owner_over_its_quota_takes_work_again_once_it_has_room(grid: Served) -> None:
+    """A full owner's nodes kept off its jobs for good before (each refusal counted as a
+    failure of the node within the job): with every owner full, a job stalled for ever,
+    saying it needed "a node that has not failed its tasks". Now the owner is tried again
+    after a pause, and the job ends once there is room."""
+    app = grid.app
+    signer, _, attempts, call = await leased_node(grid, grid.alice_key)
+    too_big = {attempt: os.urandom(700 * KiB // 2) for attempt in attempts}
+    too_big[attempts[1]] = os.urandom(700 * KiB)  # past the 600 KiB quota on its own
+    first, over = await inline_results(grid, signer, call, too_big)
+    assert first.accepted and over.code == "QUOTA_EXCEEDED"
+    [attempt] = app.store.get_attempts([attempts[1]])
+    job = app.scheduler.jobs[attempt.job_id]
+    assert "over their stored quota" in app.scheduler.waiting(job)
+    app.quotas.config = replace(app.quotas.config, stored=2 << 20)  # the operator makes room
+    clock(grid).advance(app.scheduler.config.full_owner_pause_seconds)
+    await call.write(worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=1)))  # type: ignore[attr-defined]
+    while not (assigned := (await call.read()).assign.assignments):  # type: ignore[attr-defined]
+        pass
+    assert [a.task_id for a in assigned] == [attempt.task_id]  # the same task, tried again
+    [taken] = await inline_results(grid, signer, call, {assigned[0].attempt_id: b"ok"}, 2)
+    assert taken.accepted, taken.message
+    done = app.store.get_job(attempt.job_id)
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert app.ledger.check().balanced
+    call.cancel()  # type: ignore[attr-defined]
 
 
 async def test_a_batchs_inline_outputs_are_looked_up_in_one_read(
@@ -382,12 +414,19 @@ async def test_inline_outputs_of_anonymous_nodes_count_against_their_pool(grid: 
     assert verdict.code == "QUOTA_EXCEEDED"  # 150 KiB in flight and 300 KiB over 400 KiB
     assert "without an owner account together" in verdict.message
     assert "SPAREGRID_OWNER_KEY" in verdict.message
-    # its attempt ended: the node, with room again, is given another task (not that one)
+    # its attempt ended, given back; its owner (this node alone: it has no owner account)
+    # is given no task for a while, then tried again
+    app = grid.app
+    [refused_attempt] = app.store.get_attempts([sender[2][0]])
+    assert refused_attempt.state == AttemptState.FAILED and assigned == []
+    [task] = app.store.get_tasks([refused_attempt.task_id])
+    assert (task.state, task.attempts) == (TaskState.QUEUED, 0)
+    clock(grid).advance(app.scheduler.config.full_owner_pause_seconds)
+    grant = worker_pb2.Credit(device_index=0, count=1)
+    await call.write(worker_pb2.WorkerMessage(credit=grant))  # type: ignore[attr-defined]
     while not assigned:
         assigned += (await call.read()).assign.assignments  # type: ignore[attr-defined]
-    [held] = assigned
-    [refused_attempt] = grid.app.store.get_attempts([sender[2][0]])
-    assert held.task_id != refused_attempt.task_id
+    held = assigned[0]
     fits = os.urandom(200 * KiB)
     [verdict] = await inline_results(grid, signer, call, {held.attempt_id: fits}, batch_id=2)
     assert verdict.accepted, verdict.message

@@ -82,6 +82,10 @@ class SchedulerConfig:
     # leasing anyway; but a node that hands back every task at once could otherwise take
     # them straight back from the front of the queue, and hoard a job's tasks for ever.
     preempt_pause_seconds: float = 30.0
+    # An owner whose stored quota could not keep a result of its node (QUOTA_EXCEEDED) is
+    # given no task on any of its nodes for this long, then tried again: a sweep frees
+    # room as the retention passes, or the operator raises the quota.
+    full_owner_pause_seconds: float = 60.0
 
 
 @dataclass
@@ -208,6 +212,7 @@ class SchedulerBase:
         self.sessions: dict[str, NodeSession] = {}
         self.windows: dict[str, float] = {}  # node id -> tasks it may hold at once
         self.preempt_paused: dict[str, float] = {}  # node id -> when it may take tasks again
+        self.full_owners: dict[str, float] = {}  # owner (owner_of) -> when it is tried again
         self.sweeps: dict[str, Sweep] = {}  # by job id
         # A dispatch pass looks only at sessions that may have something new (dispatch.py):
         # those whose credit or room grew (`due`, node ids in the order they became due),

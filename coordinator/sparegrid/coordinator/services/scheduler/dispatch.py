@@ -12,6 +12,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
     new_id,
+    owner_of,
 )
 from sparegrid.coordinator.services.scheduler.base import (
     ActiveJob,
@@ -189,7 +190,7 @@ class DispatchPart(SessionsPart):
         running: Counter[str] | None,
     ) -> None:
         node = session.node
-        if self.blocked(node.id) or self._preempt_paused(node.id, now):
+        if self.blocked(node.id) or self._preempt_paused(node.id, now) or self.full(node, now):
             return
         room = self.window(node.id) - len(session.leases)
         vetted = self.vetted(node.owner)
@@ -228,6 +229,11 @@ class DispatchPart(SessionsPart):
                 if not credit or room <= 0:
                     break
             session.credit[index] = credit
+
+    def full(self, node: Node, now: float) -> bool:
+        """Whether the node's owner was over its stored quota lately (turned_away)."""
+        until = self.full_owners.get(owner_of(node))
+        return until is not None and now < until
 
     def _preempt_paused(self, node_id: str, now: float) -> bool:
         """Whether a node that preempted a task lately is still kept from new ones."""

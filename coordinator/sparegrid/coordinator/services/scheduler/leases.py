@@ -10,6 +10,7 @@ from sparegrid.coordinator.domain import (
     JobState,
     Task,
     TaskState,
+    owner_of,
 )
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
@@ -39,6 +40,8 @@ class LeasesPart(QueuesPart):
         now = self.clock.now()
         for node_id in [n for n, until in self.preempt_paused.items() if until <= now]:
             del self.preempt_paused[node_id]  # of nodes gone since: not kept for ever
+        for owner in [o for o, until in self.full_owners.items() if until <= now]:
+            del self.full_owners[owner]
         self.expired_total += len(expired) + len(stragglers)
         return len(expired) + len(stragglers)
 
@@ -168,18 +171,20 @@ class LeasesPart(QueuesPart):
         self.give_back(attempts)
 
     def turned_away(self, attempts: list[Attempt]) -> None:
-        """Failed attempts whose result was refused for a reason that is no fault of their
-        task nor a sign of a dishonest node (the node's owner is over its stored quota):
-        their tasks go back to the front of the queue with the attempt given back, never
-        to that owner again; each counts against its node within the job (two keep it off
-        the job, as for any failure), and nothing else does."""
-        self._requeue(attempts, "refused attempt(s)", self._turn_away)
-
-    def _turn_away(self, active: ActiveJob, attempt: Attempt, task: Task) -> None:
-        session = self.sessions.get(attempt.node_id)
-        owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
-        active.excluded.setdefault(task.id, set()).add(owner)
-        active.node_failures[attempt.node_id] += 1
+        """Attempts whose result was refused for no fault of their task nor sign of a
+        dishonest node: the node's owner is over its stored quota. Given back at no cost,
+        as a preempted attempt is, and that owner (every node of it is as full) gets no
+        task for `full_owner_pause_seconds`, then is tried again: its tasks go to other
+        owners meanwhile, checks do not wait on it, and it takes work again once a sweep or
+        the operator makes room, rather than staying off the job for good."""
+        if not attempts:
+            return
+        until = self.clock.now() + self.config.full_owner_pause_seconds
+        for attempt in attempts:
+            session = self.sessions.get(attempt.node_id)
+            owner = owner_of(session.node) if session is not None else f"node:{attempt.node_id}"
+            self.full_owners[owner] = until
+        self.give_back(attempts)
 
     def give_back(self, attempts: list[Attempt]) -> None:
         """Attempts that were no fault of their node or task: a node's own policy stopped

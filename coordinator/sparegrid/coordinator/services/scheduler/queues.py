@@ -12,6 +12,7 @@ from sparegrid.coordinator.domain import (
     ReplicaState,
     Task,
     TaskState,
+    owner_of,
 )
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
@@ -142,10 +143,13 @@ class QueuesPart(DispatchPart):
 
     def _offered(self) -> Iterator[tuple[NodeSession, Device]]:
         """The devices of connected nodes that may get work: not draining, not quarantined
-        or banned (a device its volunteer paused is among them)."""
+        or banned, their owner not over its stored quota (a device its volunteer paused is
+        among them)."""
+        now = self.clock.now()
         for session in self.sessions.values():
-            if not session.draining and not self.blocked(session.node.id):
-                yield from ((session, device) for device in session.node.devices)
+            node = session.node
+            if not session.draining and not self.blocked(node.id) and not self.full(node, now):
+                yield from ((session, device) for device in node.devices)
 
     def waiting(self, active: ActiveJob) -> str:
         """Why the job's queued tasks cannot all run on the nodes connected now, in words
@@ -183,6 +187,14 @@ class QueuesPart(DispatchPart):
             )
         if closest[1]:
             return f"no connected node can run it: it needs {closest[1]}"
+        now = self.clock.now()
+        full = {owner_of(s.node) for s in self.sessions.values() if self.full(s.node, now)}
+        if full:
+            return (
+                f"the connected nodes belong to {len(full)} owner(s) over their stored quota "
+                "(--stored-quota; results they keep count against it): they take work "
+                "again once a sweep or the operator makes room"
+            )
         return "no worker is connected"
 
     def _held_waiting(self, active: ActiveJob, limit: int = 100) -> str:
