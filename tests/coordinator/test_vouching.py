@@ -11,7 +11,6 @@ from sparegrid.coordinator.services.reputation import TrustConfig
 from tests.coordinator.helpers import FakeNode, make_app, make_client
 from tests.coordinator.verifying import credit_of, run, submit
 
-
 Item = tuple[Attempt, Task, str]
 
 
