@@ -142,8 +142,9 @@ class SettlementModel(RuleBasedStateMachine):
         ),
         canary_rate=st.sampled_from([0.0, 0.5, 1.0]),
         seed=st.integers(0, 2**32 - 1),
+        trusted=st.sets(st.integers(0, len(FLEET) - 1)),
     )
-    def setup(self, trust: TrustConfig, canary_rate: float, seed: int) -> None:
+    def setup(self, trust: TrustConfig, canary_rate: float, seed: int, trusted: set[int]) -> None:
         settings = Settings(
             data_dir=self.tmp,
             trust=trust,
@@ -160,6 +161,8 @@ class SettlementModel(RuleBasedStateMachine):
             key = Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)
             fake = FakeNode(app, name, owner=owner, signer=Signer(key))
             self.workers.append(Worker(fake, honest))
+        for n in sorted(trusted):  # a record that lets results be held from the start
+            app.reputations.validated([self.workers[n].id] * 1000)
         for w in self.workers:
             self._connect(w, credit=2, running=[])
         self._after()
@@ -303,6 +306,26 @@ class SettlementModel(RuleBasedStateMachine):
             for item in items:
                 del w.held[item[0].id]
                 w.sent.append((item, output))
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1), lie=st.booleans(), late=st.booleans())
+    def work(self, n: int, lie: bool, late: bool) -> None:
+        """A node takes what it may and answers all it holds, after its leases ran out
+        when `late` (their tasks already given to others, or queued again)."""
+        w = self.workers[n]
+        if self._connected(w):
+            self.a.scheduler.grant(w.id, 0, 2)
+            self._after()
+        if late:
+            self.a.clock.advance(self.a.settings.lease_seconds + 1)  # type: ignore[attr-defined]
+            self.a.scheduler.reap()
+            self._after()
+        if w.held:
+            items = list(w.held.values())
+            output = b"wrong" if lie and not w.honest else RIGHT
+            self._expect(w.fake.answer(items, output))
+            w.held.clear()
+            w.sent += [(item, output) for item in items]
         self._after()
 
     @rule(n=st.integers(0, len(FLEET) - 1), pick=st.integers(0, 100))
@@ -506,6 +529,11 @@ class SettlementModel(RuleBasedStateMachine):
             if not app.scheduler.jobs:
                 break
             for w in self.workers:
+                if app.reputations.blocked(w.id):  # struck again for a lie of before
+                    app.reputations.reinstate(w.id, "the model's drain")
+                    self._after()
+                if not self._connected(w):
+                    self._connect(w, credit=0, running=list(w.held))
                 app.scheduler.grant(w.id, 0, 8)
                 self._after()
                 for attempt_id in w.cancelled:
@@ -530,8 +558,8 @@ class SettlementModel(RuleBasedStateMachine):
 
 
 SettlementModel.TestCase.settings = settings(
-    max_examples=EXAMPLES or 30,
-    stateful_step_count=40,
+    max_examples=EXAMPLES or 40,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     print_blob=True,
