@@ -55,11 +55,13 @@ class FakeNode:
         kinds: tuple[str, ...] = ("echo", "checksum"),
         device: Device | None = None,
         owner: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         """`owner`: the account the node proves; by default one of its own, so that each
-        fake node is a vetted owner of its own; "" for a node without an owner account."""
+        fake node is a vetted owner of its own; "" for a node without an owner account.
+        `signer`: its key (a fixed one keeps a generated test's node ids the same)."""
         self.app = app
-        self.signer = Signer.generate()
+        self.signer = signer or Signer.generate()
         self.id = self.signer.node_id
         if owner is None:
             owner = f"owner-{self.id}"

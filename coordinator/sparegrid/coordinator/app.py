@@ -164,7 +164,7 @@ class App:
             check_params=self.spot_checks.params_for,
             vetted=self.identities.vetted,
             proven=lambda node_id: self.reputations.get(node_id).validated,
-            ended=lambda job: self.webhooks.job_ended(job),
+            ended=self._job_ended,
         )
         self.verifier = Verifier(self.reputations, Comparators(), self.identities.vetted)
         self.canaries = Canaries(store, self.ledger, self.scheduler, self.clock, settings.canaries)
@@ -230,6 +230,12 @@ class App:
         self._lost: Exception = StoreUnavailable("the database is lost")
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _job_ended(self, job: Job) -> None:
+        """In the transaction that ends a job: its webhook is owed, and checks of held
+        results among its tasks will give no answer (settlement.py)."""
+        self.webhooks.job_ended(job)
+        self.intake.settlement.job_ended(job.id)
 
     def _observe(self) -> None:
         """Events from the services that make them, and the metrics counting them."""

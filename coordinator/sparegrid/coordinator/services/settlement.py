@@ -222,6 +222,7 @@ class Settlement:
             # only a known answer fails a task with a loser: proof of a wrong result
             self.reject(decision.losers, f"task {task.id}: {decision.detail}", active, task)
             self._fail(active, task, decision.detail, out)
+            self._after_check(task, decision, out)  # a check that failed vouches for none
             return
         self._accept(active, task, decision, out)
         if active.open_tasks == 0:
@@ -289,10 +290,20 @@ class Settlement:
             self._send_to_check(picked)
 
     def _send_to_check(self, held: Held) -> None:
-        """A held result goes to a node of another owner: the check of its node."""
+        """A held result goes to a node of another owner: the check of its node. One no
+        longer held (never so after `job_ended`) is no check: the results it would have
+        vouched for wait for another."""
         active = self.scheduler.jobs.get(held.job_id)
         if active is not None and active.held.pop(held.task.id, None) is not None:
             active.queue.appendleft(held.task)
+        else:
+            self.vouching.unpick(held.task.id)
+
+    def job_ended(self, job_id: str) -> None:
+        """A job ended (cancelled, failed, done): its held results are forgotten, and a
+        check of a node among its tasks, which will now give no answer, no longer keeps
+        the node's other held results waiting: they wait for another check."""
+        self.vouching.ended(job_id)
 
     def check_idle(self, job_ids: Iterable[str]) -> None:
         """After the commit, once leases are given back: see `_check_idle`."""
@@ -395,6 +406,7 @@ class Settlement:
                     Outcome.ACCEPTED, common_pb2.VALIDATION_METHOD_UNCHECKED, detail, [held[0]]
                 )
                 self._accept(active, task, decision, out)
+                self._after_check(task, decision, out)  # unchecked: so are those it vouches
                 out.jobs.add(active.job.id)
                 if active.open_tasks == 0 and not active.failed:
                     out.finished.append(active)

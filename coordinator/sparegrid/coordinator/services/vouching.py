@@ -12,8 +12,10 @@ result will be checked, so a node that cheats on everything from some day on has
 accepted past its first check.
 
 A held result waits at most `wait_seconds` (or until its job has nothing else left to run)
-before a check is picked for its node, so a client never waits long for it. After a
-restart, held results are queued for an ordinary check.
+before a check is picked for its node, so a client never waits long for it. A check that
+ends without an answer (its job ended: cancelled, failed) leaves the results it would have
+vouched for waiting for another check of their node; the held results of a job that ended
+are forgotten. After a restart, held results are queued for an ordinary check.
 """
 
 import random
@@ -47,6 +49,7 @@ class Pick:
 
     node_id: str
     vouched: list[Held] = field(default_factory=list)
+    job_id: str = ""  # the job of the result being checked
 
 
 class Vouching:
@@ -82,8 +85,29 @@ class Vouching:
             return None
         chosen = self.rng.choice(among)
         rest = [h for h in mine if h is not chosen]
-        self.picks[chosen.task.id] = Pick(node_id, rest)
+        self.picks[chosen.task.id] = Pick(node_id, rest, chosen.job_id)
         return chosen
+
+    def unpick(self, task_id: str) -> None:
+        """A pick that will give no answer: the results it vouched for wait for another."""
+        pick = self.picks.pop(task_id, None)
+        if pick is not None and pick.vouched:
+            mine = self.held.get(pick.node_id, []) + pick.vouched
+            self.held[pick.node_id] = sorted(mine, key=lambda h: h.since)
+
+    def ended(self, job_id: str) -> None:
+        """A job ended: its held results are forgotten, and a check among its tasks will
+        give no answer."""
+        for node_id in list(self.held):
+            kept = [h for h in self.held[node_id] if h.job_id != job_id]
+            if kept:
+                self.held[node_id] = kept
+            else:
+                del self.held[node_id]
+        for pick in self.picks.values():
+            pick.vouched = [h for h in pick.vouched if h.job_id != job_id]
+        for task_id in [t for t, p in self.picks.items() if p.job_id == job_id]:
+            self.unpick(task_id)
 
     def checked(self, task_id: str) -> Pick | None:
         """The pick a task's check decided, if the task was one."""

@@ -256,8 +256,8 @@ class QueuesPart(DispatchPart):
         cancelled = list(active.held.values())
         if len(active.queue) > self.config.sweep_above:
             self.sweeps[job.id] = Sweep(job.id, job.task_count, active.queue)
-        else:
-            cancelled += active.queue.materialised()
+        else:  # those not read yet too (a retry's): a few, read at once
+            cancelled += active.queue.take(len(active.queue))
         leftover = list(active.running.values())
         if leftover:
             cancelled += self.store.get_tasks([a.task_id for a in leftover])

@@ -1,0 +1,567 @@
+"""A stateful model of scheduling, verification and settlement: random sequences of what
+clients, workers, the reaper and the operator do, on the in-memory store with a fake
+clock, with the coordinator's invariants checked after every step and its liveness at the
+end (every job ends once nodes keep working honestly).
+
+The fleet: honest nodes of three owners (two nodes of one of them), a node of a fourth
+owner that may lie, and a node without an owner account that may lie. Each example draws
+the trust settings (never checked, trusted soon, always checked), the canary rate and the
+seeds of every random choice the coordinator makes, so that it can be replayed and shrunk.
+
+`SPAREGRID_MODEL_EXAMPLES=5000 .venv/bin/python -m pytest -q tests/coordinator/
+test_settlement_model.py` runs it longer (the per-test timeout is lifted then).
+"""
+
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.clock import FakeClock
+from sparegrid.coordinator.domain import (
+    Account,
+    Attempt,
+    AttemptState,
+    JobState,
+    ReplicaState,
+    Task,
+    TaskState,
+    client_account,
+    escrow_account,
+)
+from sparegrid.coordinator.errors import CoordinatorError
+from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.ledger import Payment
+from sparegrid.coordinator.services.reputation import TrustConfig
+from sparegrid.coordinator.services.results import PREEMPTED, Failure, Verdict
+from sparegrid.coordinator.services.scheduler import ActiveJob
+from sparegrid.coordinator.services.taskqueue import TaskQueue
+from sparegrid.coordinator.states import FINAL_JOB_STATES, FINAL_TASK_STATES
+from sparegrid.coordinator.store.base import Posted
+from sparegrid.coordinator.store.memory import MemoryStore
+from sparegrid.wire import Signer
+from tests.coordinator.helpers import FakeNode, FakeSink
+
+EXAMPLES = int(os.environ.get("SPAREGRID_MODEL_EXAMPLES", "0"))
+RIGHT = b"ok"
+CLIENTS = ("alice", "bob")
+GRANTED = 10**6  # each client's credit
+# (name, owner, honest): "" is a node without an owner account
+FLEET = (
+    ("h1", "o1", True),
+    ("h2", "o2", True),
+    ("h3", "o3", True),
+    ("h1b", "o1", True),
+    ("liar", "o4", False),
+    ("anon", "", False),
+)
+HONEST_OWNERS = 3
+DRAIN_ROUNDS = 80  # rounds of the final drain, each 31 s of the fake clock
+WAIT_LIMIT = 600.0  # a job none of whose tasks can run fails after this long
+# what a result for a task the node holds may be refused with: the task or attempt ended
+ENDED = {"STALE", "TASK_DONE"}
+
+Item = tuple[Attempt, Task, str]
+
+
+@dataclass
+class Worker:
+    """A worker as the model plays it: what it holds and what it sent."""
+
+    fake: FakeNode
+    honest: bool
+    held: dict[str, Item] = field(default_factory=dict)  # assignments not answered yet
+    sent: list[tuple[Item, bytes]] = field(default_factory=list)
+    cancelled: set[str] = field(default_factory=set)  # attempts the coordinator cancelled
+    sinks: list[FakeSink] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.fake.id
+
+
+def queued_ids(active: ActiveJob) -> set[str]:
+    """Every task id in a job's queue, the unread ranges of a large or retried job too."""
+    queue: TaskQueue = active.queue
+    found = {t.id for t in queue.materialised()}
+    for item in queue._order:
+        if isinstance(item, range):
+            found.update(f"{active.job.id}-{i}" for i in item)
+    return found
+
+
+def describe(app: App, active: ActiveJob) -> str:
+    """A job still open, for a failure's message."""
+    job = active.job
+    replicas = {
+        t: [(r.node_id[:6], r.owner, r.state.value) for r in rs]
+        for t, rs in active.replicas.items()
+    }
+    return (
+        f"job {job.id} ({job.replicas}/{job.quorum}, owner {active.owner}, max_attempts "
+        f"{job.max_attempts}): {job.state}, queued {sorted(queued_ids(active))}, held "
+        f"{sorted(active.held)}, running {sorted(active.running)}, replicas {replicas}, "
+        f"excluded {active.excluded}, node failures {dict(active.node_failures)}, "
+        f"waiting {app.scheduler.waiting(active)!r}, vouching {app.intake.settlement.vouching.held}"
+        f" picks {list(app.intake.settlement.vouching.picks)}"
+    )
+
+
+class SettlementModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="sparegrid-model-"))
+        self.app: App | None = None
+        self.workers: list[Worker] = []
+        self.accounts: dict[str, Account] = {}
+        self.jobs: list[tuple[str, str]] = []  # (client, job id)
+        self.accepted: Counter[str] = Counter()  # task id -> times accepted
+        self.paid: list[Payment] = []  # every payment booked
+
+    # --- setting up ----------------------------------------------------------------------
+
+    @initialize(
+        trust=st.sampled_from(
+            [
+                TrustConfig(warmup=0, floor=0.0),  # never checked
+                TrustConfig(warmup=2, floor=0.05),  # trusted soon, held results
+                TrustConfig(warmup=2, floor=0.5),
+                TrustConfig(warmup=10**9),  # always checked
+            ]
+        ),
+        canary_rate=st.sampled_from([0.0, 0.5, 1.0]),
+        seed=st.integers(0, 2**32 - 1),
+        trusted=st.sets(st.integers(0, len(FLEET) - 1)),
+    )
+    def setup(self, trust: TrustConfig, canary_rate: float, seed: int, trusted: set[int]) -> None:
+        settings = Settings(
+            data_dir=self.tmp,
+            trust=trust,
+            canaries=CanaryConfig(rate=canary_rate),
+            wait_limit_seconds=WAIT_LIMIT,
+        )
+        self.seed = seed
+        self._open(App(MemoryStore(), settings, clock=FakeClock()))
+        app = self.app
+        assert app is not None
+        for name in CLIENTS:
+            self.accounts[name], _ = app.accounts.create(name, GRANTED)
+        for i, (name, owner, honest) in enumerate(FLEET):
+            key = Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)
+            fake = FakeNode(app, name, owner=owner, signer=Signer(key))
+            self.workers.append(Worker(fake, honest))
+        for n in sorted(trusted):  # a record that lets results be held from the start
+            app.reputations.validated([self.workers[n].id] * 1000)
+        for w in self.workers:
+            self._connect(w, credit=2, running=[])
+        self._after()
+
+    def _open(self, app: App) -> None:
+        """Starts the services of an app (new, or restarted over the same store), its
+        random choices seeded, its payments and acceptances recorded."""
+        app.start_services()
+        rng = random.Random(self.seed)
+        app.reputations._rng = random.Random(rng.random())
+        app.intake.settlement.vouching.rng = random.Random(rng.random())
+        app.canaries.rng = random.Random(rng.random())
+        app.spot_checks.rng = random.Random(rng.random())
+        pay = app.ledger.pay
+
+        def paying(payments: list[Payment]) -> Posted:
+            booked = pay(payments)
+            self.paid += [p for p, new in zip(payments, booked.new, strict=True) if new]
+            return booked
+
+        app.ledger.pay = paying  # type: ignore[method-assign]
+        settlement = app.intake.settlement
+        accept = settlement._accept
+
+        def accepting(active: ActiveJob, task: Task, *args: object) -> None:
+            self.accepted[task.id] += 1
+            accept(active, task, *args)  # type: ignore[arg-type]
+
+        settlement._accept = accepting  # type: ignore[method-assign]
+        self.app = app
+        for w in self.workers:
+            w.fake.app = app
+
+    @property
+    def a(self) -> App:
+        assert self.app is not None
+        return self.app
+
+    def _connect(self, w: Worker, credit: int, running: list[str]) -> None:
+        sink = FakeSink()
+        w.fake.sink = sink
+        w.sinks.append(sink)
+        _, cancelled = w.fake.connect(credit=credit, running=running)
+        for attempt_id in cancelled:
+            w.held.pop(attempt_id, None)
+
+    def _after(self) -> None:
+        """What follows every step: a dispatch pass (as a group commit kicks one), the
+        workers take their assignments and cancels, and a session the coordinator closed
+        (a node quarantined) ends as its stream would."""
+        app = self.a
+        app.scheduler.dispatch()
+        for w in self.workers:
+            for sink in w.sinks:
+                for item in sink.take():
+                    w.held[item[0].id] = item
+                w.cancelled.update(sink.cancelled)
+                sink.cancelled.clear()
+            session = app.scheduler.sessions.get(w.id)
+            if session is not None and session.sink.closed:  # type: ignore[attr-defined]
+                app.scheduler.disconnect(w.id, session.sink)
+            w.sinks = [s for s in w.sinks if not s.closed or s is w.fake.sink]
+
+    def _connected(self, w: Worker) -> bool:
+        return w.id in self.a.scheduler.sessions
+
+    # --- clients ---------------------------------------------------------------------------
+
+    @rule(
+        client=st.sampled_from(CLIENTS),
+        tasks=st.integers(1, 4),
+        policy=st.sampled_from([(0, 0), (0, 0), (2, 2), (3, 2)]),
+        max_attempts=st.sampled_from([0, 1, 2]),
+    )
+    def submit(self, client: str, tasks: int, policy: tuple[int, int], max_attempts: int) -> None:
+        params = f'{{"tasks": {tasks}, "data": "hi"}}'.encode()
+        replicas, quorum = policy
+        spec = JobSpec(
+            kind="echo", params=params, replicas=replicas, quorum=quorum, max_attempts=max_attempts
+        )
+        job = self.a.jobs.submit(self.accounts[client], spec)
+        self.jobs.append((client, job.id))
+        self._after()
+
+    @rule(pick=st.integers(0, 100))
+    def cancel(self, pick: int) -> None:
+        if self.jobs:
+            client, job_id = self.jobs[pick % len(self.jobs)]
+            self.a.jobs.cancel(self.accounts[client], job_id)
+        self._after()
+
+    @rule(pick=st.integers(0, 100))
+    def retry(self, pick: int) -> None:
+        if self.jobs:
+            client, job_id = self.jobs[pick % len(self.jobs)]
+            try:
+                self.a.jobs.retry(self.accounts[client], job_id)
+            except CoordinatorError as exc:
+                assert exc.code in ("JOB_NOT_RETRYABLE", "NOTHING_TO_RETRY"), exc
+        self._after()
+
+    # --- workers ---------------------------------------------------------------------------
+
+    @rule(n=st.integers(0, len(FLEET) - 1), credit=st.integers(0, 4), keep=st.booleans())
+    def connect(self, n: int, credit: int, keep: bool) -> None:
+        """Connects, or reconnects: with what the worker holds, or restarted without it."""
+        w = self.workers[n]
+        if not keep:
+            w.held.clear()
+        self._connect(w, credit, list(w.held))
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1))
+    def disconnect(self, n: int) -> None:
+        w = self.workers[n]
+        self.a.scheduler.disconnect(w.id, w.fake.sink)
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1), credit=st.integers(1, 4))
+    def grant(self, n: int, credit: int) -> None:
+        w = self.workers[n]
+        if self._connected(w):
+            self.a.scheduler.grant(w.id, 0, credit)
+        self._after()
+
+    @rule(
+        n=st.integers(0, len(FLEET) - 1),
+        count=st.integers(1, 3),
+        lie=st.booleans(),
+        wrong=st.sampled_from([b"wrong", b"junk"]),
+    )
+    def answer(self, n: int, count: int, lie: bool, wrong: bytes) -> None:
+        """Returns results for what the node holds (late ones too: a lease that ran out
+        stays with the worker until it answers); a lying node may return a wrong one."""
+        w = self.workers[n]
+        items = list(w.held.values())[:count]
+        if items:
+            output = wrong if lie and not w.honest else RIGHT
+            verdicts = w.fake.answer(items, output)
+            self._expect(verdicts)
+            for item in items:
+                del w.held[item[0].id]
+                w.sent.append((item, output))
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1), lie=st.booleans(), late=st.booleans())
+    def work(self, n: int, lie: bool, late: bool) -> None:
+        """A node takes what it may and answers all it holds, after its leases ran out
+        when `late` (their tasks already given to others, or queued again)."""
+        w = self.workers[n]
+        if self._connected(w):
+            self.a.scheduler.grant(w.id, 0, 2)
+            self._after()
+        if late:
+            self.a.clock.advance(self.a.settings.lease_seconds + 1)  # type: ignore[attr-defined]
+            self.a.scheduler.reap()
+            self._after()
+        if w.held:
+            items = list(w.held.values())
+            output = b"wrong" if lie and not w.honest else RIGHT
+            self._expect(w.fake.answer(items, output))
+            w.held.clear()
+            w.sent += [(item, output) for item in items]
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1), pick=st.integers(0, 100))
+    def resend(self, n: int, pick: int) -> None:
+        """A batch sent again (its ack was lost): accepted once, never paid twice."""
+        w = self.workers[n]
+        if w.sent:
+            item, output = w.sent[pick % len(w.sent)]
+            self._expect(w.fake.answer([item], output))
+        self._after()
+
+    @rule(
+        n=st.integers(0, len(FLEET) - 1),
+        code=st.sampled_from(["ERR", PREEMPTED, "OUT_OF_MEMORY"]),
+        retryable=st.booleans(),
+    )
+    def fail(self, n: int, code: str, retryable: bool) -> None:
+        w = self.workers[n]
+        if w.held:
+            attempt_id = next(iter(w.held))
+            del w.held[attempt_id]
+            failure = Failure(attempt_id, code, "model", retryable)
+            [verdict] = self.a.intake.failures(w.id, [failure])
+            assert verdict.accepted, verdict
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1))
+    def obey_cancels(self, n: int) -> None:
+        w = self.workers[n]
+        for attempt_id in w.cancelled:
+            w.held.pop(attempt_id, None)
+        w.cancelled.clear()
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1))
+    def heartbeat(self, n: int) -> None:
+        self.a.scheduler.heartbeat(self.workers[n].id)
+        self._after()
+
+    @rule(n=st.integers(0, len(FLEET) - 1), results=st.sampled_from([3, 25, 1000]))
+    def earn_trust(self, n: int, results: int) -> None:
+        """The node's record: results other owners confirmed (its check rate falls)."""
+        self.a.reputations.validated([self.workers[n].id] * results)
+        self._after()
+
+    # --- the coordinator's own loops -------------------------------------------------------
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 11.0, 31.0, 61.0]))
+    def advance(self, seconds: float) -> None:
+        """Time passes and the reaper runs: leases expire, held results are picked for a
+        check, stranded ones settled."""
+        self.a.clock.advance(seconds)  # type: ignore[attr-defined]
+        self.a._reap()
+        self._after()
+
+    @rule()
+    def check_idle(self) -> None:
+        settlement = self.a.intake.settlement
+        settlement.pick_overdue()
+        settlement.check_idle(list(self.a.scheduler.jobs))
+        self._after()
+
+    @rule()
+    def restart(self) -> None:
+        """The coordinator restarts over the same store: every session ends, and each
+        worker reconnects with what it still holds."""
+        old = self.a
+        self._open(App(old.store, old.settings, clock=old.clock))
+        for w in self.workers:
+            w.sinks = []
+            self._connect(w, credit=1, running=list(w.held))
+        self._after()
+
+    # --- what must hold --------------------------------------------------------------------
+
+    def _expect(self, verdicts: list[Verdict]) -> None:
+        """A result for an attempt the node was given is accepted, or refused because the
+        attempt or its task ended; nothing an honest worker sends is anything else."""
+        for v in verdicts:
+            assert v.accepted or v.code in ENDED, v
+
+    @invariant()
+    def consistent(self) -> None:
+        if self.app is None:
+            return
+        self.check()
+
+    def check(self) -> None:
+        app = self.a
+        store, sched = app.store, app.scheduler
+        report = app.ledger.check()
+        assert report.balanced, report.problems
+        twice = [t for t, n in self.accepted.items() if n > 1]
+        assert not twice, f"tasks accepted twice: {twice}"
+        for w in self.workers:
+            if w.honest:
+                rep = app.reputations.get(w.id)
+                assert rep.invalid == 0, f"honest node {w.fake.node.name} struck: {rep.reason}"
+        running = {a.id: a for a in store.running_attempts()}
+        for job in store.list_jobs(limit=10**6):
+            self._check_job(job.id, running)
+        for attempt in running.values():
+            active = sched.jobs.get(attempt.job_id)
+            assert active is not None, f"attempt {attempt.id} runs for ended job {attempt.job_id}"
+            mine = active.running.get(attempt.task_id)
+            assert mine is not None and mine.id == attempt.id, (
+                f"running attempt {attempt.id} of task {attempt.task_id} not in memory"
+            )
+        for session in sched.sessions.values():
+            for attempt_id, lease in session.leases.items():
+                assert attempt_id in running, f"lease {attempt_id} not running in the store"
+                active = sched.jobs.get(lease.task.job_id)
+                assert active is not None and active.running.get(lease.task.id) is lease.attempt
+        self._check_payments()
+        self._check_clients()
+
+    def _check_job(self, job_id: str, running: dict[str, Attempt]) -> None:
+        app = self.a
+        store, sched = app.store, app.scheduler
+        job = store.get_job(job_id)
+        assert job is not None
+        tasks = store.list_tasks(job_id, limit=10**6)
+        states = Counter(t.state for t in tasks)
+        active = sched.jobs.get(job_id)
+        if job.state == JobState.SUCCEEDED:
+            assert states[TaskState.SUCCEEDED] == len(tasks), f"job {job_id} succeeded: {states}"
+        if job.state in FINAL_JOB_STATES:
+            assert active is None
+            assert all(t.state in FINAL_TASK_STATES for t in tasks), f"ended job {job_id}: {states}"
+            assert (job.tasks_succeeded, job.tasks_failed) == (
+                states[TaskState.SUCCEEDED],
+                states[TaskState.FAILED],
+            ), f"job {job_id} counts {job.tasks_succeeded}/{job.tasks_failed}, tasks {states}"
+            return
+        assert active is not None, f"job {job_id} is {job.state} but not scheduled"
+        counts = active.counts()
+        for state in TaskState:
+            assert counts[state] == states[state], f"job {job_id}: memory {counts}, store {states}"
+        queued = queued_ids(active)
+        held = set(active.held)
+        leased = set(active.running)
+        assert not queued & held, f"tasks both queued and held: {queued & held}"
+        assert not queued & leased, f"tasks both queued and leased: {queued & leased}"
+        assert not held & leased, f"tasks both held and leased: {held & leased}"
+        by_state = {s: {t.id for t in tasks if t.state == s} for s in TaskState}
+        assert queued | held == by_state[TaskState.QUEUED], (
+            f"job {job_id}: queue {queued}, held {held}, QUEUED in the store "
+            f"{by_state[TaskState.QUEUED]}"
+        )
+        assert leased == by_state[TaskState.LEASED]
+        for task_id, attempt in active.running.items():
+            assert attempt.id in running, f"attempt {attempt.id} of {task_id} not running"
+
+    def _check_payments(self) -> None:
+        """No attempt paid twice; each paid for a result of a task accepted, and valid."""
+        store = self.a.store
+        attempts = Counter(p.attempt_id for p in self.paid)
+        twice = [a for a, n in attempts.items() if n > 1]
+        assert not twice, f"attempts paid twice: {twice}"
+        tasks = {t.id: t for t in store.get_tasks(sorted({p.task_id for p in self.paid}))}
+        stored = {a.id: a for a in store.get_attempts(sorted(attempts))}
+        replicas = {r.attempt_id: r for r in store.get_replicas(sorted(tasks))}
+        for p in self.paid:
+            assert tasks[p.task_id].state == TaskState.SUCCEEDED, f"paid for {p.task_id}: {p}"
+            assert stored[p.attempt_id].state == AttemptState.SUCCEEDED, stored[p.attempt_id]
+            assert replicas[p.attempt_id].state == ReplicaState.VALID, replicas[p.attempt_id]
+
+    def _check_clients(self) -> None:
+        """What each client was granted is its balance, its jobs' escrow, and what its
+        jobs paid."""
+        store = self.a.store
+        paid = store.payments_by_job()
+        for name, account in self.accounts.items():
+            jobs = [j.id for j in store.list_jobs(account.id, limit=10**6)]
+            escrow = sum(store.balance(escrow_account(j)) for j in jobs)
+            spent = sum(paid.get(j, 0) for j in jobs)
+            balance = store.balance(client_account(name))
+            assert balance + escrow + spent == GRANTED, (name, balance, escrow, spent)
+
+    # --- liveness --------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        try:
+            if self.app is not None:
+                self.drain()
+                self.check()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def drain(self) -> None:
+        """From now on every node works honestly (the operator reinstated any it
+        quarantined): every job must end within a bounded number of rounds."""
+        app = self.a
+        for w in self.workers:
+            if app.reputations.blocked(w.id):
+                app.reputations.reinstate(w.id, "the model's drain")
+            self._after()
+            self._connect(w, credit=0, running=list(w.held))
+            self._after()
+        for _ in range(DRAIN_ROUNDS):
+            if not app.scheduler.jobs:
+                break
+            for w in self.workers:
+                if app.reputations.blocked(w.id):  # struck again for a lie of before
+                    app.reputations.reinstate(w.id, "the model's drain")
+                    self._after()
+                if not self._connected(w):
+                    self._connect(w, credit=0, running=list(w.held))
+                app.scheduler.grant(w.id, 0, 8)
+                self._after()
+                for attempt_id in w.cancelled:
+                    w.held.pop(attempt_id, None)
+                w.cancelled.clear()
+                if w.held:
+                    items = list(w.held.values())
+                    self._expect(w.fake.answer(items, RIGHT))
+                    w.held.clear()
+                self._after()
+            app.clock.advance(31.0)  # type: ignore[attr-defined]
+            app._reap()
+            self._after()
+        left = [describe(app, a) for a in app.scheduler.jobs.values()]
+        assert not left, "jobs still open after the drain:\n" + "\n".join(left)
+        open_jobs = store_open = [
+            j.id for j in app.store.list_jobs(limit=10**6) if j.state not in FINAL_JOB_STATES
+        ]
+        assert not open_jobs, f"jobs not ended in the store: {store_open}"
+        assert app.store.running_attempts() == []
+        assert app.store.balance(client_account(CANARY_ACCOUNT)) >= 0
+
+
+SettlementModel.TestCase.settings = settings(
+    max_examples=EXAMPLES or 40,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+TestSettlementModel = pytest.mark.timeout(0 if EXAMPLES else 60)(SettlementModel.TestCase)
