@@ -225,6 +225,49 @@ def test_a_trusted_nodes_late_result_is_compared_with_the_next_not_held(
     assert app.ledger.check().balanced
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_held_result_decided_by_a_late_one_is_vouched_for_by_no_check(
+    tmp_path: Path, seed: int
+) -> None:
+    """A trusted node's result held for a later check of its node, when another node's
+    late result for the same task arrived and agreed: the task was accepted then, and
+    again when the check of the trusted node vouched for its held results (each of its
+    winners paid twice over, the job's open tasks counted down twice). Found by the
+    settlement model (tests/coordinator/test_settlement_model.py)."""
+    app = make_app(tmp_path, trust=TrustConfig(warmup=2, floor=0.05))
+    app.reputations.wants_check = lambda node_id: False  # a's results are never checked
+    app.intake.settlement.vouching.rng = random.Random(seed)
+    app.intake.settlement.vouching._check_rate = lambda node_id: 0.0  # no check picked at once
+    a, b = FakeNode(app, "a", owner="o1"), FakeNode(app, "b", owner="o2")
+    app.reputations.validated([a.id] * 1000)  # a's results are held for a check of a
+    a.connect(credit=0)
+    b.connect(credit=0)
+    job_id = submit(app, 2)
+    app.scheduler.grant(b.id, 0, 1)
+    app.scheduler.dispatch()
+    late = b.sink.take()  # b's lease of the first task runs out
+    app.clock.advance(app.settings.lease_seconds + 1)
+    assert app.scheduler.reap() == 1
+    assert run(a, credit=2) == 2  # both held for a check of a (one may be that check)
+    assert all(v.accepted for v in b.answer(late))  # agrees with a's result: decided
+    app.clock.advance(10**6)
+    app.intake.settlement.pick_overdue()  # a check of a: its other held result
+    while run(b, credit=5):
+        pass
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert (job.tasks_succeeded, app.store.task_counts(job_id)[TaskState.SUCCEEDED]) == (2, 2)
+    [first] = app.store.get_tasks([late[0][1].id])  # decided by b's late result, as it was
+    validation = verify_countersignature(
+        common_pb2.Receipt.FromString(first.receipt), app.signer.public_key
+    )
+    assert validation.method == common_pb2.VALIDATION_METHOD_CROSS_CHECKED
+    assert credit_of(app, a) == 2  # once for each task
+    assert app.ledger.check().balanced
+    for node in (a, b):
+        assert run(node, credit=5) == 0  # nothing requeued behind the job's end
+
+
 def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
     app = make_app(tmp_path, trust=ALWAYS_CHECK)
     bad, g1, g2 = nodes(app, "bad", "g1", "g2")

@@ -211,6 +211,8 @@ class Settlement:
             # replicas for the next one, and is compared and paid with it
             return
         self._drop_from_queue(active, task)
+        if active.held.pop(task.id, None) is not None:  # decided by a late result instead
+            self.vouching.forget(task.id)  # of the check of its node: vouched for by none
         other = active.running.get(task.id)
         if other is not None and other.id != c.attempt.id:
             move_attempt(other, AttemptState.CANCELLED)

@@ -109,6 +109,18 @@ class Vouching:
         for task_id in [t for t, p in self.picks.items() if p.job_id == job_id]:
             self.unpick(task_id)
 
+    def forget(self, task_id: str) -> None:
+        """A held result's task was decided otherwise (a late result of another node was
+        compared with it): no check is to vouch for it any more."""
+        for node_id in list(self.held):
+            kept = [h for h in self.held[node_id] if h.task.id != task_id]
+            if kept:
+                self.held[node_id] = kept
+            else:
+                del self.held[node_id]
+        for pick in self.picks.values():
+            pick.vouched = [h for h in pick.vouched if h.task.id != task_id]
+
     def checked(self, task_id: str) -> Pick | None:
         """The pick a task's check decided, if the task was one."""
         return self.picks.pop(task_id, None)
