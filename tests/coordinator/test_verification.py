@@ -268,6 +268,35 @@ def test_a_held_result_decided_by_a_late_one_is_vouched_for_by_no_check(
         assert run(node, credit=5) == 0  # nothing requeued behind the job's end
 
 
+@pytest.mark.parametrize("order", ["late first", "late last"])
+def test_two_attempts_of_one_task_in_one_batch_decide_it_once(tmp_path: Path, order: str) -> None:
+    """A slow node whose lease ran out took the same task again, and returned both
+    results in one batch: the first decided the task and cancelled the other attempt, and
+    settling the second raised (an attempt cannot go from cancelled to succeeded), failing
+    the whole batch; in the other order the task was decided twice. Found by the
+    settlement model."""
+    app = make_app(tmp_path)
+    (a,) = nodes(app, "o1")
+    job_id = submit(app, 1)
+    app.scheduler.grant(a.id, 0, 1)
+    app.scheduler.dispatch()
+    first = a.sink.take()
+    app.clock.advance(app.settings.lease_seconds + 1)
+    assert app.scheduler.reap() == 1  # the task comes back, to the same node
+    app.scheduler.grant(a.id, 0, 1)
+    app.scheduler.dispatch()
+    second = a.sink.take()
+    assert [t.id for _, t, _ in second] == [t.id for _, t, _ in first]
+    both = first + second if order == "late first" else second + first
+    verdicts = a.answer(both)
+    assert all(v.accepted for v in verdicts)
+    assert sum(v.credit for v in verdicts) == 1  # paid once
+    job = app.store.get_job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED and job.tasks_succeeded == 1
+    assert credit_of(app, a) == 1 and app.ledger.check().balanced
+    assert run(a, credit=5) == 0
+
+
 def test_repeated_invalid_results_quarantine_the_node(tmp_path: Path) -> None:
     app = make_app(tmp_path, trust=ALWAYS_CHECK)
     bad, g1, g2 = nodes(app, "bad", "g1", "g2")

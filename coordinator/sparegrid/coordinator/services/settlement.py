@@ -120,7 +120,13 @@ class Settlement:
         out = Settled()
         writes = self._writes
         writes.attempts.update((c.attempt.id, c.attempt) for c in candidates)
+        decided: set[str] = set()  # tasks an earlier result of this batch decided
         for c in candidates:
+            # a node holding two attempts of one task (its first lease ran out, the task
+            # came back to it) may return both in one batch: the first decides the task
+            # (and cancels the other, still running); the second is too late to count
+            if c.task.id in decided or c.attempt.state == AttemptState.CANCELLED:
+                continue
             active = sched.jobs[c.task.job_id]
             sched.took(active, c.attempt)
             move_attempt(c.attempt, AttemptState.SUCCEEDED)
@@ -156,6 +162,8 @@ class Settlement:
             if decision.evidence is not None:
                 self._dispute(c.task, decision, now)
             self._apply(active, c, decision, out)
+            if decision.outcome in (Outcome.ACCEPTED, Outcome.FAILED):
+                decided.add(c.task.id)
         self._write(out)
         self.store.add_node_counts(node_id, len(candidates), 0)
         return out
