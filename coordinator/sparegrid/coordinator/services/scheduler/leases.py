@@ -2,7 +2,6 @@
 its policy, or failed."""
 
 from collections import deque
-from collections.abc import Callable
 
 from sparegrid.coordinator.domain import (
     Attempt,
@@ -191,16 +190,6 @@ class LeasesPart(QueuesPart):
         them (owner back, too hot, window closed), or they were lost with their node. Their
         tasks go back to the front of the queue with the attempt given back, and nothing
         counts against the node (no failure count, no exclusion from the job)."""
-        self._requeue(attempts, "attempt(s)")
-
-    def _requeue(
-        self,
-        attempts: list[Attempt],
-        what: str,
-        blame: Callable[[ActiveJob, Attempt, Task], None] | None = None,
-    ) -> None:
-        """Gives the attempts back: each task still leased goes to the front of its queue,
-        the attempt not counted; `blame` says what counts against the node instead."""
         if not attempts:
             return
         tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
@@ -213,15 +202,13 @@ class LeasesPart(QueuesPart):
                 self._release(attempt)
                 if active is None or task.state != TaskState.LEASED:
                     continue
-                if blame is not None:
-                    blame(active, attempt, task)
                 task.attempts = max(task.attempts - 1, 0)
                 move_task(task, TaskState.QUEUED)
                 requeue.append((active, task))
             self.store.update_tasks(list(tasks.values()))
         for active, task in requeue:
             active.queue.appendleft(task)
-        log.info("%d %s given back, %d task(s) re-queued", len(attempts), what, len(requeue))
+        log.info("%d attempt(s) given back, %d task(s) re-queued", len(attempts), len(requeue))
 
     def settle_failures(
         self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False
