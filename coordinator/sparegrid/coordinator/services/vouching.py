@@ -98,28 +98,25 @@ class Vouching:
     def ended(self, job_id: str) -> None:
         """A job ended: its held results are forgotten, and a check among its tasks will
         give no answer."""
-        for node_id in list(self.held):
-            kept = [h for h in self.held[node_id] if h.job_id != job_id]
-            if kept:
-                self.held[node_id] = kept
-            else:
-                del self.held[node_id]
-        for pick in self.picks.values():
-            pick.vouched = [h for h in pick.vouched if h.job_id != job_id]
+        self._drop(lambda h: h.job_id == job_id)
         for task_id in [t for t, p in self.picks.items() if p.job_id == job_id]:
             self.unpick(task_id)
 
     def forget(self, task_id: str) -> None:
         """A held result's task was decided otherwise (a late result of another node was
         compared with it): no check is to vouch for it any more."""
+        self._drop(lambda h: h.task.id == task_id)
+
+    def _drop(self, gone: Callable[[Held], bool]) -> None:
+        """Forgets the held results `gone` picks, waiting or vouched for by a pick."""
         for node_id in list(self.held):
-            kept = [h for h in self.held[node_id] if h.task.id != task_id]
+            kept = [h for h in self.held[node_id] if not gone(h)]
             if kept:
                 self.held[node_id] = kept
             else:
                 del self.held[node_id]
         for pick in self.picks.values():
-            pick.vouched = [h for h in pick.vouched if h.task.id != task_id]
+            pick.vouched = [h for h in pick.vouched if not gone(h)]
 
     def checked(self, task_id: str) -> Pick | None:
         """The pick a task's check decided, if the task was one."""
