@@ -187,6 +187,12 @@ class SqlEngine:
                 finally:
                     self._method_transaction = False
 
+    def _deferred(self) -> bool:
+        """Whether writes may go unread until the commit: inside a caller's pipelined
+        transaction (a group commit), where an error dooms the whole transaction anyway,
+        not a store method's own (whose caller hears its outcome at once)."""
+        return self._pipelined and not self._method_transaction
+
     # what a backend may add around the outermost transaction (sqlite.py counts commits;
     # postgres.py pipelines)
 
@@ -239,7 +245,7 @@ class SqlEngine:
         """
         if self._doomed is not None:
             raise self._doom_error(self._doomed)
-        lazy = lazy and self._pipelined and not self._method_transaction
+        lazy = lazy and self._deferred()
         nested = self._depth > 0 and not lazy  # store methods add no depth (_atomic)
         if nested:
             self._run("SAVEPOINT store_call")

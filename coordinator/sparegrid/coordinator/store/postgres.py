@@ -229,7 +229,7 @@ class PostgresStore(SqlStore):
         of costing every pass a round trip to learn which tasks it won. A task the store
         holds as not queued fails the statement, so memory and store never part: the
         group commit fails and memory is reloaded (App._failed_commit)."""
-        if not self._pipelined or self._method_transaction:
+        if not self._deferred():
             return super()._lease_queued(task_ids)
         leased, queued = TaskState.LEASED.value, TaskState.QUEUED.value
         for chunk in chunks(task_ids):
