@@ -118,9 +118,9 @@ class InlineCharges:
         self._store = store
         self._config = config
         self.holder = holder
-        self._charged: set[str] = set()  # digests charged to the holder, before or by this batch
         self._looked: set[str] = set()  # digests whose charge was read
         self._before: set[str] = set()  # of those, the ones charged before this batch
+        self._taken: set[str] = set()  # digests the batch's results taken so far carry
         self._usage: list[Usage] | None = None  # the holder's, then the pool's
         self.added = 0  # bytes the batch's results taken so far add
 
@@ -129,9 +129,7 @@ class InlineCharges:
         blobs a whole batch sends inline, before its results are taken one by one."""
         unread = [digest for digest in digests if digest not in self._looked]
         if unread:
-            before = self._store.charged(self.holder.name, unread)
-            self._before |= before
-            self._charged |= before
+            self._before |= self._store.charged(self.holder.name, unread)
             self._looked.update(unread)
 
     def take(self, sizes: dict[str, int]) -> None:
@@ -139,10 +137,10 @@ class InlineCharges:
         nothing, when they do not fit."""
         sizes = {digest: size for digest, size in sizes.items() if size}
         self.look_up(sizes)
-        size = sum(n for digest, n in sizes.items() if digest not in self._charged)
+        size = sum(n for d, n in sizes.items() if d not in self._before and d not in self._taken)
         if size:
             self._check(size)
-        self._charged |= sizes.keys()
+        self._taken |= sizes.keys()
         self.added += size
 
     def fresh(self, digests: Iterable[str]) -> set[str]:
