@@ -9,7 +9,6 @@ from sparegrid.coordinator.domain import (
     JobState,
     Task,
     TaskState,
-    owner_of,
 )
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
@@ -169,20 +168,17 @@ class LeasesPart(QueuesPart):
             self.preempt_paused[node_id] = until
         self.give_back(attempts)
 
-    def turned_away(self, attempts: list[Attempt]) -> None:
+    def turned_away(self, attempts: list[Attempt], owner: str) -> None:
         """Attempts whose result was refused for no fault of their task nor sign of a
         dishonest node: the node's owner is over its stored quota. Given back at no cost,
         as a preempted attempt is, and that owner (every node of it is as full) gets no
         task for `full_owner_pause_seconds`, then is tried again: its tasks go to other
         owners meanwhile, checks do not wait on it, and it takes work again once a sweep or
-        the operator makes room, rather than staying off the job for good."""
+        the operator makes room, rather than staying off the job for good. `owner`: their
+        node's (owner_of), which the refusal named."""
         if not attempts:
             return
-        until = self.clock.now() + self.config.full_owner_pause_seconds
-        for attempt in attempts:
-            session = self.sessions.get(attempt.node_id)
-            owner = owner_of(session.node) if session is not None else f"node:{attempt.node_id}"
-            self.full_owners[owner] = until
+        self.full_owners[owner] = self.clock.now() + self.config.full_owner_pause_seconds
         self.give_back(attempts)
 
     def give_back(self, attempts: list[Attempt]) -> None:
