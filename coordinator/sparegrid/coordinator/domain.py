@@ -291,12 +291,15 @@ class LedgerEntry:
     created_at: float
 
 
+# The most a store's BIGINT column holds (credit, work units, event numbers): PostgreSQL
+# refuses more, failing the whole group commit that wrote it; SQLite turns it into a float
+# or refuses it.
+MAX_BIGINT = (1 << 63) - 1
+
 # Ledger account names. Only MINT may go below zero: it is where granted credit comes from.
 MINT = "mint"
-# The most a balance may hold either way (the mint's below zero: all the credit issued),
-# what the store's BIGINT columns hold. PostgreSQL refuses more, failing the whole group
-# commit that wrote it; SQLite turned the sum into a float.
-MAX_BALANCE = (1 << 63) - 1
+# The most a balance may hold either way (the mint's below zero: all the credit issued).
+MAX_BALANCE = MAX_BIGINT
 
 
 def client_account(account_name: str) -> str:

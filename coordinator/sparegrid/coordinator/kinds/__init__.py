@@ -6,7 +6,6 @@ a module here and one line in BUILTIN_KINDS.
 """
 
 from sparegrid.coordinator.kinds.base import (
-    MAX_JOB_WORK,
     JobKind,
     TaskPlan,
     check_job_work,
@@ -22,7 +21,6 @@ BUILTIN_KINDS: tuple[JobKind, ...] = (Echo(), Checksum(), Inference(), Render(),
 
 __all__ = [
     "BUILTIN_KINDS",
-    "MAX_JOB_WORK",
     "JobKind",
     "TaskPlan",
     "check_job_work",

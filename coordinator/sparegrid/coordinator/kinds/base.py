@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, overload
 
-from sparegrid.coordinator.domain import FileRef
+from sparegrid.coordinator.domain import MAX_BIGINT, FileRef
 from sparegrid.coordinator.errors import CoordinatorError, invalid
 
 MAX_TASKS_PER_JOB = 1_000_000
-# Work units of one job, its tasks' together. A task's are stored as a signed 64-bit integer,
-# which PostgreSQL refuses to exceed (failing every call of the group commit that wrote
-# it), and an estimate sends the job's sum as an unsigned one.
-MAX_JOB_WORK = (1 << 63) - 1
+# Work units of one job, its tasks' together: a task's are a BIGINT, and an estimate sends
+# the job's sum as an unsigned 64-bit integer.
+MAX_JOB_WORK = MAX_BIGINT
 
 
 @dataclass

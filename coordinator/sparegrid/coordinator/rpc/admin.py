@@ -8,7 +8,15 @@ from typing import Any
 from grpc import aio
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Account, Event, Job, Node, client_account, node_account
+from sparegrid.coordinator.domain import (
+    MAX_BIGINT,
+    Account,
+    Event,
+    Job,
+    Node,
+    client_account,
+    node_account,
+)
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
@@ -19,7 +27,6 @@ from sparegrid.wire.codes import NODE_STATES, NodeState
 Ctx = aio.ServicerContext[Any, Any]
 EVENTS_PAGE = 500  # events per message
 FOLLOW_POLL_SECONDS = 1.0  # a follower also reads the store this often (other coordinators)
-MAX_SEQ = (1 << 63) - 1  # an event's number is a BIGINT
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -248,7 +255,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         admin_of(context, self.app.accounts)
         store, limit = self.app.store, min(request.limit or 50, 10_000)
         # no event is numbered past a BIGINT: SQLite refused a larger number (INTERNAL)
-        after = min(request.after_seq, MAX_SEQ)
+        after = min(request.after_seq, MAX_BIGINT)
         if after:
             events = store.list_events(after, limit, job_id=request.job_id)
         else:

@@ -10,6 +10,7 @@ from sparegrid.coordinator.blobs import BlobStore, check_digest
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.domain import (
     MAX_BALANCE,
+    MAX_BIGINT,
     Account,
     AttemptLog,
     FileRef,
@@ -21,7 +22,6 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.kinds import (
-    MAX_JOB_WORK,
     JobKind,
     TaskPlan,
     check_job_work,
@@ -110,7 +110,7 @@ class Price:
     units: int = 1
 
     def __post_init__(self) -> None:
-        if not (1 <= self.credit <= MAX_JOB_WORK and 1 <= self.units <= MAX_JOB_WORK):
+        if not (1 <= self.credit <= MAX_BIGINT and 1 <= self.units <= MAX_BIGINT):
             # a job's row keeps both as BIGINTs: PostgreSQL refused each submit's group commit
             raise ValueError(f"a price is 1 to 2^63 - 1 credit per 1 to 2^63 - 1 units, not {self}")
 
