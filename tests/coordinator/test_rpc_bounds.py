@@ -69,6 +69,15 @@ async def upload(served: Served, key: str, data: bytes) -> str:
     return digest
 
 
+def huge_render(scene: str, frames: int) -> client_pb2.JobSpec:
+    """One task of `frames` frames at 65,536 x 65,536 pixels and 2^24 samples each."""
+    params = {"frame_start": 1, "frame_end": frames, "chunk": frames, "samples": 1 << 24}
+    params["resolution"] = [65536, 65536]
+    return client_pb2.JobSpec(
+        kind="render", params=json.dumps(params).encode(), inputs={"scene": scene}
+    )
+
+
 async def test_a_job_of_more_work_than_64_bits_hold_is_refused_and_drops_no_session(
     served: Served,
 ) -> None:
@@ -79,11 +88,7 @@ async def test_a_job_of_more_work_than_64_bits_hold_is_refused_and_drops_no_sess
     scene = await upload(served, served.bob_key, SCENE)
     # one task of 1,000 frames, 65,536 x 65,536 pixels at 2^24 samples: 7.2e19
     # pixel-samples of work, past a BIGINT; 2.2e13 credit at the default price
-    params = {"frame_start": 1, "frame_end": 1000, "chunk": 1000, "samples": 1 << 24}
-    params["resolution"] = [65536, 65536]
-    spec = client_pb2.JobSpec(
-        kind="render", params=json.dumps(params).encode(), inputs={"scene": scene}
-    )
+    spec = huge_render(scene, frames=1000)
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     md = served.auth(served.bob_key)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -177,11 +182,7 @@ async def test_numbers_past_64_bits_in_three_calls_are_refused_not_internal(
     # 65,536 x 65,536 pixels and 2^24 samples (work within 2^63 - 1) would hold 1.4e19
     served.app.settings.prices["render"] = Price(1, 2)
     scene = await upload(served, served.bob_key, SCENE)
-    params = {"frame_start": 1, "frame_end": 127, "chunk": 127, "samples": 1 << 24}
-    params["resolution"] = [65536, 65536]
-    spec = client_pb2.JobSpec(
-        kind="render", params=json.dumps(params).encode(), inputs={"scene": scene}
-    )
+    spec = huge_render(scene, frames=127)
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     bob = served.auth(served.bob_key)
     for call in (
