@@ -2,6 +2,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,29 +46,50 @@ def open_backend(kind: str, tmp_path: Path, schema: str) -> Store:
     return PostgresStore(os.environ["SPAREGRID_TEST_POSTGRES"], schema=schema)
 
 
-@pytest.fixture(params=_stores())
-async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
-    """A coordinator on loopback, on SQLite and (when configured) on PostgreSQL."""
+@asynccontextmanager
+async def serving(
+    kind: str, tmp_path: Path, make: Callable[[Store], App]
+) -> AsyncIterator[tuple[App, str, aio.Channel]]:
+    """A coordinator on loopback over a fresh store of `kind` ("sqlite", "postgres": a
+    schema of its own, dropped after), the app built by `make` before it serves."""
     schema = f"t_{uuid.uuid4().hex}"
-    store = open_backend(request.param, tmp_path, schema)
-    app = App(store, Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0))
-    key_file = ensure_admin(app, tmp_path)
-    _, alice_key = app.accounts.create("alice", 100)
-    _, bob_key = app.accounts.create("bob", 100)
+    app = make(open_backend(kind, tmp_path, schema))
     server, port = await build_server(app, "127.0.0.1:0")
     app.start()
     await server.start()
     address = f"127.0.0.1:{port}"
     channel = aio.insecure_channel(address, options=[("grpc.max_send_message_length", 128 << 20)])
     try:
-        yield Served(app, address, channel, key_file.read_text().strip(), alice_key, bob_key)
+        yield app, address, channel
     finally:
         await channel.close()
         await server.stop(grace=None)
         await app.stop()
         await asyncio.sleep(0)
-        if request.param == "postgres":
+        if kind == "postgres":
             drop_schema(schema)
+
+
+@pytest.fixture(params=_stores())
+async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
+    """A coordinator on loopback, on SQLite and (when configured) on PostgreSQL."""
+    settings = Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0)
+    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
+        app,
+        address,
+        channel,
+    ):
+        yield accounts_of(app, address, channel, tmp_path)
+
+
+def accounts_of(
+    app: App, address: str, channel: aio.Channel, tmp_path: Path, credit: int = 100
+) -> Served:
+    """The admin, alice and bob (new accounts granted `credit` each) of a served app."""
+    key_file = ensure_admin(app, tmp_path)
+    _, alice_key = app.accounts.create("alice", credit)
+    _, bob_key = app.accounts.create("bob", credit)
+    return Served(app, address, channel, key_file.read_text().strip(), alice_key, bob_key)
 
 
 def drop_schema(schema: str) -> None:

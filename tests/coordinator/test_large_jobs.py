@@ -4,7 +4,6 @@ and its end marks its queued tasks cancelled a slice at a time afterwards."""
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,10 @@ from grpc import aio
 
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.domain import JobState, TaskState, client_account
-from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
-from tests.coordinator.conftest import _stores, code_of, drop_schema, open_backend
+from tests.coordinator.conftest import _stores, code_of, open_backend, serving
 
 TASKS = 20_000
 
@@ -38,27 +37,19 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture(params=_stores())
 async def big(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Big]:
-    schema = f"t_{uuid.uuid4().hex}"
-    app = App(open_backend(request.param, tmp_path, schema), settings(tmp_path))
-    _, alice = app.accounts.create("alice", 3 * TASKS)
-    _, bob = app.accounts.create("bob", 0)
-    server, port = await build_server(app, "127.0.0.1:0")
-    app.start()
-    await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+
+    def make(store: Store) -> App:
+        return App(store, settings(tmp_path))
+
+    async with serving(request.param, tmp_path, make) as (app, _, channel):
+        _, alice = app.accounts.create("alice", 3 * TASKS)
+        _, bob = app.accounts.create("bob", 0)
         yield Big(
             app,
             client_pb2_grpc.ClientServiceStub(channel),
             (("authorization", f"Bearer {alice}"),),
             (("authorization", f"Bearer {bob}"),),
         )
-    finally:
-        await channel.close()
-        await server.stop(grace=None)
-        await app.stop()
-        if request.param == "postgres":
-            drop_schema(schema)
 
 
 def echo(tasks: int, key: str = "") -> client_pb2.SubmitJobRequest:

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from grpc import aio
 from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import JobState, TaskState
-from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
+from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, client_pb2, client_pb2_grpc, common_pb2
-from tests.coordinator.conftest import _stores, code_of, drop_schema, open_backend
+from tests.coordinator.conftest import _stores, code_of, serving
 
 
 class Grid:
@@ -66,29 +65,19 @@ class Grid:
 
 @pytest.fixture(params=_stores())
 async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Grid]:
-    schema = f"t_{uuid.uuid4().hex}"
-    store = open_backend(request.param, tmp_path, schema)
     settings = Settings(
         data_dir=tmp_path,
         sweeps=SweepConfig(interval=1e9),
         reap_interval_seconds=1e9,
         max_attempt_seconds=30 * DAY,
     )
-    app = App(store, settings, clock=FakeClock(time.time()))
-    _, alice_key = app.accounts.create("alice", 1000)
-    server, port = await build_server(app, "127.0.0.1:0")
-    app.start()
-    await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+
+    def make(store: Store) -> App:
+        return App(store, settings, clock=FakeClock(time.time()))
+
+    async with serving(request.param, tmp_path, make) as (app, _, channel):
+        _, alice_key = app.accounts.create("alice", 1000)
         yield Grid(app, channel, alice_key)
-    finally:
-        await channel.close()
-        await server.stop(grace=None)
-        await app.stop()
-        await asyncio.sleep(0)
-        if request.param == "postgres":
-            drop_schema(schema)
 
 
 async def test_a_retry_whose_inputs_were_deleted_is_refused_and_changes_nothing(

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,13 +16,12 @@ import pytest
 from grpc import aio
 
 from sparegrid.coordinator.app import App, Settings
-from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import AttemptState, JobState, TaskState
-from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
+from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import (
     blob_pb2,
     blob_pb2_grpc,
@@ -34,7 +32,7 @@ from sparegrid.v1 import (
 )
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
-from tests.coordinator.conftest import Served, _stores, code_of, drop_schema, open_backend
+from tests.coordinator.conftest import Served, _stores, accounts_of, code_of, serving
 from tests.coordinator.sessions import next_ack, session
 
 KiB = 1 << 10
@@ -47,8 +45,6 @@ Metadata = tuple[tuple[str, str], ...]
 @pytest.fixture(params=_stores())
 async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     """A coordinator with small quotas and a fake clock; sweeps run when a test says."""
-    schema = f"t_{uuid.uuid4().hex}"
-    store = open_backend(request.param, tmp_path, schema)
     settings = Settings(
         data_dir=tmp_path,
         max_blob_size=200 * KiB,
@@ -57,26 +53,13 @@ async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         reap_interval_seconds=1e9,  # the fake clock jumps days: no lease runs out here
         max_attempt_seconds=30 * DAY,
     )
-    # fake time from now on: files' times (partial uploads, blobs) are real ones
-    app = App(store, settings, clock=FakeClock(time.time()))
-    key_file = ensure_admin(app, tmp_path)
-    _, alice_key = app.accounts.create("alice", 1000)
-    _, bob_key = app.accounts.create("bob", 1000)
-    server, port = await build_server(app, "127.0.0.1:0")
-    app.start()
-    await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Served(
-            app, f"127.0.0.1:{port}", channel, key_file.read_text().strip(), alice_key, bob_key
-        )
-    finally:
-        await channel.close()
-        await server.stop(grace=None)
-        await app.stop()
-        await asyncio.sleep(0)
-        if request.param == "postgres":
-            drop_schema(schema)
+
+    def make(store: Store) -> App:
+        # fake time from now on: files' times (partial uploads, blobs) are real ones
+        return App(store, settings, clock=FakeClock(time.time()))
+
+    async with serving(request.param, tmp_path, make) as (app, address, channel):
+        yield accounts_of(app, address, channel, tmp_path, credit=1000)
 
 
 def clock(grid: Served) -> FakeClock:
