@@ -32,6 +32,7 @@ from sparegrid.v1 import (
 )
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
+from sparegrid.worker.testing.harness import wait_until
 from tests.coordinator.conftest import Served, _stores, accounts_of, code_of, serving
 from tests.coordinator.sessions import next_ack, session
 
@@ -382,6 +383,37 @@ async def test_a_batchs_inline_outputs_are_looked_up_in_one_read(
     assert all(v.accepted for v in await inline_results(grid, signer, call, outs))
     assert reads == [] and app.store.usage("alice") == (0, 20 * KiB)
     call.cancel()  # type: ignore[attr-defined]
+
+
+async def test_a_full_anonymous_pool_keeps_every_node_without_an_owner_from_new_tasks(
+    grid: Served,
+) -> None:
+    """A refusal for the pool's quota paused only the node refused: each fresh node key, a
+    node without an owner account, could take a task, do it and have its result refused,
+    one task a minute per key, while the pool stayed full."""
+    app = grid.app
+    signer, _, [attempt_id], call = await leased_node(grid)
+    [verdict] = await inline_results(grid, signer, call, {attempt_id: os.urandom(450 * KiB)})
+    assert verdict.code == "QUOTA_EXCEEDED"  # its own 600 KiB quota, not the 400 KiB pool's
+    assert "without an owner account together" in verdict.message
+    [attempt] = app.store.get_attempts([attempt_id])
+    fresh = Signer.generate()
+    fresh_call, _ = await session(grid, fresh)
+    grant = worker_pb2.Credit(device_index=0, count=2)
+    await fresh_call.write(worker_pb2.WorkerMessage(credit=grant))
+    sessions = app.scheduler.sessions.values()
+    await wait_until(lambda: any(s.node.id == fresh.node_id and s.granted for s in sessions))
+    app.scheduler.dispatch()
+    tasks = app.store.list_tasks(attempt.job_id)
+    assert [t.state for t in tasks] == [TaskState.QUEUED] * 2  # the fresh key got neither
+    waiting = app.scheduler.waiting(app.scheduler.jobs[attempt.job_id])
+    assert "over their stored quota" in waiting, waiting
+    owned, _ = await session(grid, Signer.generate(), grid.alice_key)  # a node with an owner
+    await owned.write(worker_pb2.WorkerMessage(credit=grant))
+    assigned = (await owned.read()).assign.assignments
+    assert {a.task_id for a in assigned} == {t.id for t in tasks}  # takes them at once
+    for each in (call, fresh_call, owned):
+        each.cancel()  # type: ignore[attr-defined]
 
 
 async def test_inline_outputs_of_anonymous_nodes_count_against_their_pool(grid: Served) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.identity import is_anonymous
-from sparegrid.coordinator.store.base import Store, Usage
+from sparegrid.coordinator.store.base import ANONYMOUS_POOL, Store, Usage
 
 GiB = 1 << 30
 
@@ -123,6 +123,7 @@ class InlineCharges:
         self._taken: set[str] = set()  # digests the batch's results taken so far carry
         self._usage: list[Usage] | None = None  # the holder's, then the pool's
         self.added = 0  # bytes the batch's results taken so far add
+        self.full: set[str] = set()  # whose quotas refused a result: the holder, the pool
 
     def look_up(self, digests: Iterable[str]) -> None:
         """Reads which of `digests` are charged to the holder already, in one query: the
@@ -159,11 +160,17 @@ class InlineCharges:
         whose, hint = _whose(holder)
         # what is in flight counts against the stored quota too, as for an upload
         held = [u.in_flight + u.stored + extra for u in self._usage]
-        _fit(whose, what, Usage(0, held[0]), 0, config.stored, "", hint)
-        if holder.anonymous:
-            whose = "nodes without an owner account together"
-            stored = config.anonymous_stored
-            _fit(whose, what, Usage(0, held[1]), 0, stored, "anonymous-", _OWNER_HINT)
+        over = holder.name
+        try:
+            _fit(whose, what, Usage(0, held[0]), 0, config.stored, "", hint)
+            if holder.anonymous:
+                over = ANONYMOUS_POOL
+                whose = "nodes without an owner account together"
+                stored = config.anonymous_stored
+                _fit(whose, what, Usage(0, held[1]), 0, stored, "anonymous-", _OWNER_HINT)
+        except CoordinatorError:
+            self.full.add(over)
+            raise
 
 
 def _whose(holder: Holder) -> tuple[str, str]:

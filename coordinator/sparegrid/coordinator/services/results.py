@@ -172,10 +172,10 @@ class Intake:
         logs_kept = [k for k in kept if k.attempt_id in taken]
         paid = self._accept(node_id, accepted, inline, charges, logs_kept)
         self.scheduler.returned(node_id, len(accepted))
-        self._refused(refused, charges.holder.name)
+        self._refused(refused, charges.full)
         return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
 
-    def _refused(self, attempts: list[Attempt], owner: str) -> None:
+    def _refused(self, attempts: list[Attempt], full: set[str]) -> None:
         """Ends the attempts whose result was refused: the worker never sends another
         result for an attempt (it logs the verdict and forgets it), so the task goes on
         now, not when the lease reaches its maximum age. A result refused for the node's
@@ -189,7 +189,7 @@ class Intake:
             attempt.finished_at = now
         log.info("%d attempt(s) ended: their results were refused", len(attempts))
         quota = [a for a in attempts if a.error_code == VerdictCode.QUOTA_EXCEEDED]
-        self.scheduler.turned_away(quota, owner)
+        self.scheduler.turned_away(quota, full)
         failed = [a for a in attempts if a.error_code != VerdictCode.QUOTA_EXCEEDED]
         self.scheduler.settle_failures(failed, retryable=True)
 

@@ -14,12 +14,14 @@ from sparegrid.coordinator.domain import (
     new_id,
     owner_of,
 )
+from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.scheduler.base import (
     ActiveJob,
     NodeSession,
 )
 from sparegrid.coordinator.services.scheduler.sessions import SessionsPart
 from sparegrid.coordinator.states import move_job
+from sparegrid.coordinator.store.base import ANONYMOUS_POOL
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -231,9 +233,11 @@ class DispatchPart(SessionsPart):
             session.credit[index] = credit
 
     def full(self, node: Node, now: float) -> bool:
-        """Whether the node's owner was over its stored quota lately (turned_away)."""
-        until = self.full_owners.get(owner_of(node))
-        return until is not None and now < until
+        """Whether the node's owner was over its stored quota lately (turned_away), or,
+        for a node without an owner account, the pool of all such nodes was."""
+        owner = owner_of(node)
+        holders = (owner, ANONYMOUS_POOL) if is_anonymous(owner) else (owner,)
+        return any(now < self.full_owners.get(holder, now) for holder in holders)
 
     def _preempt_paused(self, node_id: str, now: float) -> bool:
         """Whether a node that preempted a task lately is still kept from new ones."""

@@ -168,17 +168,20 @@ class LeasesPart(QueuesPart):
             self.preempt_paused[node_id] = until
         self.give_back(attempts)
 
-    def turned_away(self, attempts: list[Attempt], owner: str) -> None:
+    def turned_away(self, attempts: list[Attempt], full: set[str]) -> None:
         """Attempts whose result was refused for no fault of their task nor sign of a
         dishonest node: the node's owner is over its stored quota. Given back at no cost,
         as a preempted attempt is, and that owner (every node of it is as full) gets no
         task for `full_owner_pause_seconds`, then is tried again: its tasks go to other
         owners meanwhile, checks do not wait on it, and it takes work again once a sweep or
-        the operator makes room, rather than staying off the job for good. `owner`: their
-        node's (owner_of), which the refusal named."""
+        the operator makes room, rather than staying off the job for good. `full`: the
+        holders whose quotas the refusals named, the node's owner (owner_of) or, for a node
+        without an owner account, the pool of all such nodes (ANONYMOUS_POOL): a fresh node
+        key then cannot take a task only to have its result refused."""
         if not attempts:
             return
-        self.full_owners[owner] = self.clock.now() + self.config.full_owner_pause_seconds
+        until = self.clock.now() + self.config.full_owner_pause_seconds
+        self.full_owners.update(dict.fromkeys(full, until))
         self.give_back(attempts)
 
     def give_back(self, attempts: list[Attempt]) -> None:
