@@ -407,7 +407,7 @@ async def test_a_full_anonymous_pool_keeps_every_node_without_an_owner_from_new_
     tasks = app.store.list_tasks(attempt.job_id)
     assert [t.state for t in tasks] == [TaskState.QUEUED] * 2  # the fresh key got neither
     waiting = app.scheduler.waiting(app.scheduler.jobs[attempt.job_id])
-    assert "over their stored quota" in waiting, waiting
+    assert "share --anonymous-stored-quota, full" in waiting, waiting
     owned, _ = await session(grid, Signer.generate(), grid.alice_key)  # a node with an owner
     await owned.write(worker_pb2.WorkerMessage(credit=grant))
     assigned = (await owned.read()).assign.assignments

@@ -236,8 +236,12 @@ class DispatchPart(SessionsPart):
         """Whether the node's owner was over its stored quota lately (turned_away), or,
         for a node without an owner account, the pool of all such nodes was."""
         owner = owner_of(node)
-        holders = (owner, ANONYMOUS_POOL) if is_anonymous(owner) else (owner,)
-        return any(now < self.full_owners.get(holder, now) for holder in holders)
+        paused = now < self.full_owners.get(owner, now)
+        return paused or (is_anonymous(owner) and self.pool_full(now))
+
+    def pool_full(self, now: float) -> bool:
+        """Whether the anonymous pool's stored quota refused a result lately."""
+        return now < self.full_owners.get(ANONYMOUS_POOL, now)
 
     def _preempt_paused(self, node_id: str, now: float) -> bool:
         """Whether a node that preempted a task lately is still kept from new ones."""

@@ -190,10 +190,13 @@ class QueuesPart(DispatchPart):
         now = self.clock.now()
         full = {owner_of(s.node) for s in self.sessions.values() if self.full(s.node, now)}
         if full:
+            pool = ""
+            if self.pool_full(now):
+                pool = "; nodes without an owner account share --anonymous-stored-quota, full"
             return (
                 f"the connected nodes belong to {len(full)} owner(s) over their stored quota "
-                "(--stored-quota; results they keep count against it): they take work "
-                "again once a sweep or the operator makes room"
+                f"(--stored-quota; results they keep count against it{pool}): they take "
+                "work again once a sweep or the operator makes room"
             )
         return "no worker is connected"
 
