@@ -33,11 +33,14 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     config = layered(parse("--config", str(toml)), {})
     assert (config.max_vram, config.max_temp, config.devices) == (0.5, 70.0, (0, 1))
     assert config.windows == ("sat-sun",) and config.cache_size == 20 << 30
+    assert config.min_free_disk == 1 << 30  # the default floor
     env = {"SPAREGRID_WORKER_MAX_VRAM": "0.6", "SPAREGRID_WORKER_CONFIG": str(toml)}
     config = layered(parse(), env)
     assert (config.max_vram, config.max_temp) == (0.6, 70.0)
     config = layered(parse("--max-vram", "0.8", "--devices", "0,2", "--max-temp", "80"), env)
     assert (config.max_vram, config.devices, config.max_temp) == (0.8, (0, 2), 80.0)
+    config = layered(parse("--min-free-disk", "5GiB"), {"SPAREGRID_WORKER_MIN_FREE_DISK": "0"})
+    assert config.min_free_disk == 5 << 30
 
 
 def test_a_worker_table_is_read_too(tmp_path: Path) -> None:
@@ -81,6 +84,7 @@ def test_log_format_json_and_the_older_variable() -> None:
         (["--windows", "weekdays"], {}, "time window 'weekdays' is not valid"),
         (["--cache-size", "1KB"], {}, "cache_size must be at least"),
         (["--cache-size", "big"], {}, "cache_size 'big' is not a size like 512MiB"),
+        (["--min-free-disk", "most"], {}, "min_free_disk 'most' is not a size like 512MiB"),
         (["--device-state", "magic"], {}, "device_state must be auto, nvml, none or file:PATH"),
         (["--sandbox", "maybe"], {}, "sandbox must be one of auto, require, off"),
         (["--poll-interval", "5"], {}, "poll_interval must be a number from 0.01 to 1"),

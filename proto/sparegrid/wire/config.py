@@ -52,6 +52,14 @@ def to_size(value: object) -> int:
     return int(number * _UNITS[unit])
 
 
+def show_size(n: int) -> str:
+    """Bytes in words, to one decimal: "1.5 GiB", "300.0 KiB", "12 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def to_duration(value: object) -> float:
     """Seconds from 30, 2.5, "90m", "24h" or "3d"."""
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -75,6 +75,7 @@ class WorkerConfig:
     input_source: str = "auto"  # auto | x11 | logind | none
     # -- limits on disk, network and the executor process ----------------------------
     cache_size: int | None = None  # bytes
+    min_free_disk: int = 1 << 30  # bytes free on the data directory's disk, or pause; 0: off
     max_download_rate: int | None = None  # bytes per second
     max_upload_rate: int | None = None
     sandbox: str = "auto"  # auto | require | off
@@ -123,6 +124,7 @@ class WorkerConfig:
                 "input_source", self.input_source, ("auto", "x11", "logind", "none")
             ),
             "cache_size": _min_size("cache_size", self.cache_size, 64 * MiB),
+            "min_free_disk": _min_size("min_free_disk", self.min_free_disk, 0),
             "max_download_rate": _min_size("max_download_rate", self.max_download_rate, 64 << 10),
             "max_upload_rate": _min_size("max_upload_rate", self.max_upload_rate, 64 << 10),
             "sandbox": _choice("sandbox", self.sandbox, ("auto", "require", "off")),

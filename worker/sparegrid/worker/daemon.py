@@ -39,6 +39,7 @@ from sparegrid.worker.policy import (
     Decision,
     DeviceStateSource,
 )
+from sparegrid.worker.policy.disk import DiskGuard
 from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
@@ -119,6 +120,9 @@ class Worker:
         )
         self.pause = ManualPause(config.data_dir / "pause.json", self._clock)
         self._monitor.paused = self.pause.reason
+        self.disk = DiskGuard(config.data_dir, config.min_free_disk, self._clock)
+        self._monitor.disk_low = self.disk.reason
+        self._batcher.write_failed = self._write_failed
         self._durations = {d.index: deque[float](maxlen=8) for d in self.devices}
         self._since: dict[str, float] = {}
         self._last_done: dict[int, float] = {}
@@ -305,7 +309,7 @@ class Worker:
             # finished attempts waiting to be acknowledged are still ours: report them too,
             # or a restarted coordinator would take their leases back and re-run them
             await self._batcher.flush()
-            running = self._tasks.attempt_ids() + self._outbox.attempt_ids()
+            running = self._held()
             message = hello(
                 self.signer.public_key,
                 self.config.name,
@@ -388,12 +392,22 @@ class Worker:
                     verdict.message,
                 )
 
+    def _held(self) -> list[str]:
+        """Attempts this node holds: running, or finished and not yet acknowledged."""
+        return self._tasks.attempt_ids() + self._batcher.attempt_ids() + self._outbox.attempt_ids()
+
+    def _write_failed(self, exc: OSError) -> None:
+        """The outbox could not be written: for want of room, every device pauses now (its
+        running tasks handed back) rather than at the next look at the disk."""
+        if self.disk.failed(exc):
+            self._monitor.poke()
+
     async def _heartbeats(self, session: Session) -> None:
         clock = self._clock
         cadence = Cadence.asked(session.welcome, self.config.heartbeat_interval, clock.monotonic())
         while True:
             await clock.sleep(cadence.busy)
-            holding = bool(self._tasks.attempt_ids() or self._outbox.attempt_ids())
+            holding = bool(self._held())
             if cadence.due(holding, clock.monotonic()):
                 session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
 

@@ -182,6 +182,12 @@ SETTINGS = (
         "largest size of the input cache, e.g. 20GiB (default: no limit)",
         metavar="SIZE",
     ),
+    Setting(
+        "min_free_disk",
+        parse_size,
+        "pause while the disk of DATA_DIR has less free space, e.g. 5GiB (default 1GiB; 0: off)",
+        metavar="SIZE",
+    ),
     Setting("max_download_rate", parse_size, "download limit, e.g. 10MB/s", metavar="RATE"),
     Setting("max_upload_rate", parse_size, "upload limit, e.g. 5MB/s", metavar="RATE"),
     Setting(

@@ -25,6 +25,7 @@ from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.store.base import ANONYMOUS_POOL, Store, Usage
+from sparegrid.wire.config import show_size
 
 GiB = 1 << 30
 
@@ -51,13 +52,6 @@ _OWNER_HINT = "start the worker with an owner account's key (SPAREGRID_OWNER_KEY
 _OPERATOR_HINT = "ask the coordinator's operator to raise it"
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
 class Quotas:
     def __init__(self, store: Store, clock: Clock, config: QuotaConfig) -> None:
         self._store = store
@@ -75,7 +69,7 @@ class Quotas:
     def _check(self, holder: Holder, size: int) -> None:
         config, store = self.config, self._store
         whose, hint = _whose(holder)
-        what = f"upload of {_size(size)}"
+        what = f"upload of {show_size(size)}"
         _fit(whose, what, store.usage(holder.name), config.in_flight, config.stored, "", hint)
         if holder.anonymous:
             pool = store.anonymous_usage()
@@ -155,7 +149,7 @@ class InlineCharges:
             self._usage = [store.usage(holder.name)]
             if holder.anonymous:
                 self._usage.append(store.anonymous_usage())
-        what = f"result with {_size(size)} of outputs sent inline"
+        what = f"result with {show_size(size)} of outputs sent inline"
         extra = self.added + size
         whose, hint = _whose(holder)
         # what is in flight counts against the stored quota too, as for an upload
@@ -187,14 +181,14 @@ def _fit(
     included) is over either quota."""
     if usage.in_flight > in_flight:
         problem = (
-            f"{whose} would have {_size(usage.in_flight)} of uploads in flight, over the "
-            f"quota of {_size(in_flight)} (--{flag}in-flight-quota): finish or give up other "
+            f"{whose} would have {show_size(usage.in_flight)} of uploads in flight, over the "
+            f"quota of {show_size(in_flight)} (--{flag}in-flight-quota): finish or give up other "
             "uploads (an unfinished one lapses after --upload-expiry)"
         )
     elif usage.in_flight + usage.stored > stored:
         problem = (
-            f"{whose} would hold {_size(usage.in_flight + usage.stored)} of uploads (outputs "
-            f"sent inline included), over the quota of {_size(stored)} (--{flag}stored-quota): "
+            f"{whose} would hold {show_size(usage.in_flight + usage.stored)} of uploads (outputs "
+            f"sent inline included), over the quota of {show_size(stored)} (--{flag}stored-quota): "
             "an upload counts until it is collected, or for --blob-retention after it"
         )
     else:

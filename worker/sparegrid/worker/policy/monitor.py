@@ -47,6 +47,7 @@ class DeviceMonitor:
         self._proc = proc
         self._wake = asyncio.Event()
         self.paused: Callable[[], str] = str  # the volunteer's pause in force, or ""
+        self.disk_low: Callable[[], str] = str  # why the disk has too little room, or ""
 
     def poll(self) -> dict[int, Decision]:
         """Reads every device once, decides, and returns the decisions that changed."""
@@ -58,7 +59,7 @@ class DeviceMonitor:
         ours = self._our_pids()
         window_left = self.settings.windows.seconds_left(local_time(self._clock))
         mono = self._clock.monotonic()
-        paused = self.paused()
+        paused, disk_low = self.paused(), self.disk_low()
         changed = {}
         for index, policy in self.policies.items():
             decision = policy.evaluate(
@@ -69,6 +70,7 @@ class DeviceMonitor:
                 window_left,
                 self._input_idle,
                 paused,
+                disk_low,
             )
             old = self.decisions[index]
             self.decisions[index] = decision

@@ -25,6 +25,7 @@ class Mode(StrEnum):
     WAITING = "idle-waiting"
     OWNER_ACTIVE = "paused: owner active"
     PAUSED = "paused: by the volunteer"
+    DISK_LOW = "paused: disk low"
     TOO_HOT = "paused: too hot"
     POWER = "paused: over power cap"
     UNREADABLE = "paused: device unreadable"
@@ -83,13 +84,14 @@ class DevicePolicy:
         window_left: float,
         input_idle: float | None = None,  # seconds since the desktop user's last input
         paused: str = "",  # the volunteer's pause in force: until when; "" if none
+        disk_low: str = "",  # why the data directory's disk has too little room; "" if not
     ) -> Decision:
         s = self.settings
         owner = self._owner_activity(state, is_ours, running)
         recent_input = input_idle is not None and input_idle < s.input_idle_seconds
         if not owner and recent_input:
             owner = f"keyboard or mouse used {input_idle:.0f}s ago"
-        if owner or state.error or paused:
+        if owner or state.error or paused or disk_low:
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = mono
@@ -103,6 +105,8 @@ class DevicePolicy:
             return decide(Mode.DISABLED, "not in the devices this node may use")
         if paused:
             return decide(Mode.PAUSED, paused)
+        if disk_low:
+            return decide(Mode.DISK_LOW, disk_low)
         if window_left <= 0:
             return decide(Mode.OUTSIDE_WINDOW, f"windows: {s.windows.describe()}")
         if state.error:

@@ -3,18 +3,19 @@
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sparegrid.v1 import common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock
-from sparegrid.wire.receipt import sign_batch
+from sparegrid.wire.receipt import decode_statement, sign_batch
 from sparegrid.worker.upstream.messages import message_of
 from sparegrid.worker.upstream.outbox import Outbox
 
 _log = logging.getLogger("sparegrid.worker.upstream.batcher")
+RETRY_SECONDS = 5.0  # a batch the outbox could not take is tried again this much later
 # Inline bytes per Results message, well under the channel's 64 MiB message limit.
 MAX_INLINE_BYTES = 16 * 1024 * 1024
 
@@ -54,6 +55,9 @@ class ResultBatcher:
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.Task[None] | None = None
+        # told when the outbox could not be written (a full disk): the batch is kept
+        self.write_failed: Callable[[OSError], object] = lambda exc: None
 
     def add_result(
         self,
@@ -74,11 +78,18 @@ class ResultBatcher:
     def __len__(self) -> int:
         return len(self._results) + len(self._failures)
 
+    def attempt_ids(self) -> list[str]:
+        """Attempts whose outcome waits here, not yet in the outbox: still held."""
+        ids = [decode_statement(r.statement).attempt_id for r in self._results]
+        return ids + [f.attempt_id for f in self._failures]
+
     def _full(self) -> bool:
         full = len(self._results) >= self._max or self._inline_size >= MAX_INLINE_BYTES
         return full or len(self._failures) >= self._max
 
     def _schedule(self) -> None:
+        if self._retry is not None:  # the outbox could not be written: tried again then
+            return
         if self._full():
             self._spawn(self.flush(force=False))
         elif self._timer is None:
@@ -112,10 +123,8 @@ class ResultBatcher:
                     continue
                 results = self._take_results()
                 failures = self._take_failures()
-                try:
-                    await self._put(results, failures)
-                except OSError:
-                    _log.exception("could not write a batch to the outbox; its tasks are lost")
+                if not await self._put(results, failures):
+                    return
 
     def _take_results(self) -> list[_Result]:
         """The next batch: at most `max_items` results and MAX_INLINE_BYTES inline (or one)."""
@@ -138,26 +147,64 @@ class ResultBatcher:
         taken, self._failures = self._failures[:count], self._failures[count:]
         return taken
 
-    async def _put(self, results: list[_Result], failures: list[worker_pb2.TaskFailure]) -> None:
-        if results:
-            statements = [r.statement for r in results]
-            body = worker_pb2.Results(
-                batch_id=self._outbox.next_batch_id(),
-                statements=statements,
-                signature=sign_batch(self._signer, statements),
-                inline_outputs={d: b for r in results for d, b in r.inline.items()},
-                logs=[r.log for r in results if r.log is not None],
-            )
-            blobs = {d: b for r in results for d, b in r.blobs.items()}
-            await self._outbox.put(message_of(body), blobs)
-        if failures:
-            failed = worker_pb2.Failures(batch_id=self._outbox.next_batch_id(), failures=failures)
-            await self._outbox.put(message_of(failed), {})
+    async def _put(self, results: list[_Result], failures: list[worker_pb2.TaskFailure]) -> bool:
+        """Writes a batch of each to the outbox; False when one could not be written (a
+        full disk): what was not written is kept, first in line, and tried again later."""
+        try:
+            if results:
+                blobs = {d: b for r in results for d, b in r.blobs.items()}
+                await self._outbox.put(self._signed(results), blobs)
+                results = []
+            if failures:
+                body = worker_pb2.Failures(batch_id=self._outbox.next_batch_id(), failures=failures)
+                await self._outbox.put(message_of(body), {})
+        except OSError as exc:
+            self._keep(results, failures, exc)
+            return False
+        return True
+
+    def _signed(self, results: list[_Result]) -> worker_pb2.WorkerMessage:
+        statements = [r.statement for r in results]
+        body = worker_pb2.Results(
+            batch_id=self._outbox.next_batch_id(),
+            statements=statements,
+            signature=sign_batch(self._signer, statements),
+            inline_outputs={d: b for r in results for d, b in r.inline.items()},
+            logs=[r.log for r in results if r.log is not None],
+        )
+        return message_of(body)
+
+    def _keep(
+        self, results: list[_Result], failures: list[worker_pb2.TaskFailure], exc: OSError
+    ) -> None:
+        """A batch the outbox could not take goes back to the front of the line, and the
+        line is flushed again after RETRY_SECONDS: its tasks' outcomes are not lost to a
+        disk that filled for a while (they stay held: see attempt_ids)."""
+        self._results[:0] = results
+        self._inline_size += sum(r.inline_size for r in results)
+        self._failures[:0] = failures
+        _log.error(
+            "could not write %d outcome(s) to the outbox (%s); trying again in %.0fs",
+            len(results) + len(failures),
+            exc,
+            RETRY_SECONDS,
+        )
+        self.write_failed(exc)
+        if self._retry is None:
+            self._retry = self._spawn(self._flush_again())
+
+    async def _flush_again(self) -> None:
+        await self._clock.sleep(RETRY_SECONDS)
+        self._retry = None
+        await self.flush(force=False)
 
     async def close(self) -> None:
         """Flushes what is left; a pending timer is cancelled."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for waiting in (self._timer, self._retry):
+            if waiting is not None:
+                waiting.cancel()
+        self._timer = self._retry = None
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+        if self:
+            _log.error("%d outcome(s) could not be written to the outbox: lost", len(self))

@@ -116,9 +116,10 @@ class Outbox:
         self._entries[entry.batch_id] = entry
 
     def next_batch_id(self) -> int:
-        if self._next_id >= self._reserved_to:
-            self._reserved_to = self._next_id + _ID_BLOCK
-            write_atomic(self._seq_path, str(self._reserved_to).encode())
+        if self._next_id >= self._reserved_to:  # reserved once on disk (a full one refuses)
+            reserved = self._next_id + _ID_BLOCK
+            write_atomic(self._seq_path, str(reserved).encode())
+            self._reserved_to = reserved
         batch_id = self._next_id
         self._next_id += 1
         return batch_id
