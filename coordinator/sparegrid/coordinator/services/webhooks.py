@@ -9,7 +9,8 @@ derived by the coordinator from its own key and the account id, never the API ke
 receiver that verifies calls holds nothing that could submit jobs.
 
 SSRF: a URL must be http or https; its host, once resolved, must not be a loopback,
-private, link-local or otherwise reserved address unless the operator allows them
+private, link-local or otherwise reserved address, nor an IPv6 address with such an IPv4
+address inside (NAT64, 6to4, IPv4-compatible), unless the operator allows them
 (`--webhook-allow-private`). The call connects to the very address that was checked, so a
 name that resolves differently the second time (DNS rebinding) cannot slip through.
 
@@ -63,10 +64,21 @@ def account_secret(signer: Signer, account_id: str) -> bytes:
     return hashlib.sha256(signer.sign(SECRET_TAG, account_id.encode())).digest()
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel may
+# reach: NAT64's well-known prefix, IPv4-compatible (::a.b.c.d) and SIIT (::ffff:0:a.b.c.d).
+# Python counts these as global whatever the IPv4 address in them.
+_EMBEDS_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+
+
 def _blocked(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:  # fec0::/10, deprecated but routed on some networks
+            return True
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _EMBEDS_IPV4):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        ip = embedded or ip
     return not ip.is_global or ip.is_multicast
 
 
