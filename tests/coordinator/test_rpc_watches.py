@@ -1,6 +1,7 @@
-"""WatchJob streams: one account may hold MAX_WATCHES open at once (each is a stream and a
-read of its job every few seconds), another account's watches are not counted against
-it, and a watch that ends gives its place back."""
+"""Long streams, WatchJob and a follow of WatchEvents: one account may hold MAX_WATCHES
+job watches open at once (each is a stream and a read of its job every few seconds),
+another account's are not counted against it, and a watch that ends gives its place
+back; a key revoked or rotated, or an account disabled, ends the streams it had open."""
 
 import asyncio
 
@@ -8,7 +9,7 @@ import grpc
 import pytest
 
 from sparegrid.coordinator.rpc.client import MAX_WATCHES
-from sparegrid.v1 import client_pb2, client_pb2_grpc
+from sparegrid.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc
 from tests.coordinator.conftest import Served, code_of
 
 
@@ -53,3 +54,44 @@ async def test_one_account_holds_a_bounded_number_of_watches(served: Served) -> 
     again.cancel()
     for call in calls[1:]:
         call.cancel()
+
+
+async def _ended(call) -> grpc.aio.AioRpcError:
+    """The error a stream ends with, reading past what it sends until then."""
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async with asyncio.timeout(10):
+            while True:
+                if await call.read() is grpc.aio.EOF:
+                    raise AssertionError("the stream ended without an error")
+    return ended.value
+
+
+async def test_revoking_an_admins_key_ends_its_follow_of_events(served: Served) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    root = served.auth(served.admin_key)
+    made = await admin.CreateAccount(
+        admin_pb2.CreateAccountRequest(name="ops", is_admin=True), metadata=root
+    )
+    follow = admin.WatchEvents(
+        admin_pb2.WatchEventsRequest(follow=True), metadata=served.auth(made.api_key)
+    )
+    await follow.read()  # the events so far
+    await admin.RevokeKey(admin_pb2.RevokeKeyRequest(name="ops"), metadata=root)
+    stub = client_pb2_grpc.ClientServiceStub(served.channel)
+    await _job(stub, served.auth(served.alice_key))  # an event it must not see
+    error = await _ended(follow)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(error) == "BAD_API_KEY"
+    assert "rotated or revoked" in (error.details() or "")
+
+
+async def test_disabling_an_account_ends_its_job_watches(served: Served) -> None:
+    stub = client_pb2_grpc.ClientServiceStub(served.channel)
+    alice = served.auth(served.alice_key)
+    watch = await _watching(stub, await _job(stub, alice), alice)
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    request = admin_pb2.SetAccountDisabledRequest(name="alice", disabled=True)
+    await admin.SetAccountDisabled(request, metadata=served.auth(served.admin_key))
+    error = await _ended(watch)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(error) == "ACCOUNT_DISABLED"

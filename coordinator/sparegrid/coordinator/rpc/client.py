@@ -244,6 +244,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             last = None
             while True:
                 event.clear()
+                account = self.app.accounts.recheck(account)  # its key revoked: it ends
                 job = self.app.jobs.get(account, request.job_id)
                 snapshot = self._job_pb(job, account)
                 if snapshot != last:
