@@ -133,6 +133,14 @@ def test_an_estimate_cannot_read_or_probe_another_accounts_blob(tmp_path) -> Non
         ("http://10.1.2.3/hook", "private or loopback"),
         ("http://[::1]/hook", "private or loopback"),
         ("http://169.254.169.254/latest/meta-data", "private or loopback"),
+        # IPv6 addresses with a private IPv4 address inside: NAT64, 6to4, IPv4-compatible,
+        # SIIT; and site-local
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "private or loopback"),
+        ("http://[64:ff9b::10.0.0.1]/hook", "private or loopback"),
+        ("http://[2002:7f00:1::1]/hook", "private or loopback"),
+        ("http://[::127.0.0.1]/hook", "private or loopback"),
+        ("http://[::ffff:0:192.168.1.1]/hook", "private or loopback"),
+        ("http://[fec0::1]/hook", "private or loopback"),
         ("http://localhost/hook", "private or loopback"),
         ("https://example.com:99999/", "bad port"),
         ("https://example.com/" + "a" * 2000, "longer than"),
@@ -152,6 +160,7 @@ def test_bad_webhook_url_is_refused_at_submit(tmp_path, url: str, why: str) -> N
 def test_private_webhook_allowed_only_by_the_operator() -> None:
     check_url("http://127.0.0.1:8080/hook", allow_private=True)
     check_url("https://hooks.example.com/sparegrid", allow_private=False)
+    check_url("https://[64:ff9b::8.8.8.8]/", allow_private=False)  # NAT64 to a public one
     with pytest.raises(CoordinatorError, match="--webhook-allow-private"):
         check_url("http://192.168.1.5/", allow_private=False)
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -42,6 +43,7 @@ from sparegrid.coordinator.services.verification import Verifier
 from sparegrid.coordinator.services.vouching import VouchConfig, Vouching
 from sparegrid.coordinator.services.waits import WaitLimit
 from sparegrid.coordinator.services.webhooks import (
+    CALL_THREADS,
     WebhookConfig,
     Webhooks,
     account_secret,
@@ -148,6 +150,7 @@ class App:
         self.identities = Identities(store, self.ledger, self.clock, settings.identity)
         self.spot_checks = SpotChecks(settings.spot_checks, read=self._read_output)
         self.webhooks = Webhooks(store, self.clock, settings.webhooks)
+        self._webhook_calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="webhook")
         self.scheduler = Scheduler(
             store,
             self.ledger,
@@ -305,6 +308,7 @@ class App:
                 self.write_seen()
         except Exception:
             log.exception("writing when %d node(s) were last seen failed", len(self.seen))
+        self._webhook_calls.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
     def call(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
@@ -509,7 +513,7 @@ class App:
             if not self.webhooks.wanted():
                 continue
             try:
-                due = await self.call(self.webhooks.due)
+                due = await self.call(lambda: self.webhooks.due(CALL_THREADS))
                 if due:
                     await asyncio.gather(*(self._deliver(d) for d in due))
             except Exception:
@@ -517,7 +521,11 @@ class App:
 
     async def _deliver(self, delivery: Delivery) -> None:
         secret = account_secret(self.signer, delivery.account_id)
-        error = await asyncio.to_thread(post, delivery, secret, self.settings.webhooks)
+        loop = asyncio.get_running_loop()
+        # not the default executor: uploads, estimates and pages must not wait for receivers
+        error = await loop.run_in_executor(
+            self._webhook_calls, post, delivery, secret, self.settings.webhooks
+        )
         if error:
             log.warning(
                 "webhook for job %s (try %d) failed: %s",

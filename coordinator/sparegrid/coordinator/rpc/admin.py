@@ -252,7 +252,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: Ctx
     ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         store, limit = self.app.store, min(request.limit or 50, 10_000)
         # no event is numbered past a BIGINT: SQLite refused a larger number (INTERNAL)
         after = min(request.after_seq, MAX_BIGINT)
@@ -282,6 +282,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), FOLLOW_POLL_SECONDS)
                 woken.clear()
+                # a key revoked or rotated, or the account disabled, ends the follow
+                operator = self.app.accounts.recheck(operator)
                 new = store.list_events(last, EVENTS_PAGE, job_id=request.job_id)
                 if new:
                     last = new[-1].seq

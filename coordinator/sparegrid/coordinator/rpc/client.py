@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from grpc import aio
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Account, Job, TaskState, escrow_account, node_account
-from sparegrid.coordinator.errors import invalid, not_found
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import account_of, keyless
 from sparegrid.coordinator.rpc.errors import streaming, unary
@@ -27,12 +28,16 @@ MAX_PAGE = 1000
 PAGE_INLINE_BYTES = 32 << 20
 WATCH_MIN_INTERVAL = 0.1  # at most ten updates a second per watcher
 WATCH_MAX_INTERVAL = 5.0  # and at least one every five seconds
+# watches one account may hold open at once on this coordinator: each is a stream and a
+# read of its job every few seconds (one account held 16,000: half a core, 500 MB)
+MAX_WATCHES = 256
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def __init__(self, app: App, version: str) -> None:
         self.app = app
         self.version = version
+        self._watches: Counter[str] = Counter()  # account id -> WatchJob calls open
 
     def _job_pb(self, job: Job, owner: Account) -> common_pb2.Job:
         jobs = self.app.jobs
@@ -226,11 +231,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> AsyncIterator[client_pb2.WatchJobResponse]:
         account = account_of(context, self.app.accounts)
         job = self.app.jobs.get(account, request.job_id)
+        if self._watches[account.id] >= MAX_WATCHES:
+            raise CoordinatorError(
+                ErrorKind.EXHAUSTED,
+                "TOO_MANY_WATCHES",
+                f"account {account.name!r} is watching {MAX_WATCHES} jobs already, the most "
+                "one account may at once; end a watch first, or poll with GetJob/ListJobs",
+            )
+        self._watches[account.id] += 1
         event = self.app.watch(job.id)
         try:
             last = None
             while True:
                 event.clear()
+                account = self.app.accounts.recheck(account)  # its key revoked: it ends
                 job = self.app.jobs.get(account, request.job_id)
                 snapshot = self._job_pb(job, account)
                 if snapshot != last:
@@ -243,6 +257,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     await asyncio.wait_for(event.wait(), WATCH_MAX_INTERVAL)
         finally:
             self.app.unwatch(job.id, event)
+            self._watches[account.id] -= 1
+            if not self._watches[account.id]:
+                del self._watches[account.id]
 
     @unary
     async def GetJobResults(

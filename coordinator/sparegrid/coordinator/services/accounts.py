@@ -8,6 +8,7 @@ enabled admin account that has a key.
 """
 
 import hashlib
+import hmac
 import re
 import secrets
 import uuid
@@ -57,6 +58,26 @@ class Accounts:
                 f"account {account.name!r} is disabled by the operator of this coordinator",
             )
         return account
+
+    def recheck(self, account: Account) -> Account:
+        """The account as it is now, for a stream that authenticated it when it began:
+        refused as its key would be now once that key was rotated or revoked, or the
+        account disabled, so that such a change ends the streams it had open."""
+        now = self._store.get_account(account.id)
+        if now is None or not hmac.compare_digest(now.key_hash, account.key_hash):
+            raise CoordinatorError(
+                ErrorKind.UNAUTHENTICATED,
+                "BAD_API_KEY",
+                f"the API key of account {account.name!r} this call began with was rotated or "
+                "revoked since; call again with the account's current key",
+            )
+        if now.disabled:
+            raise CoordinatorError(
+                ErrorKind.PERMISSION,
+                "ACCOUNT_DISABLED",
+                f"account {now.name!r} is disabled by the operator of this coordinator",
+            )
+        return now
 
     def create(
         self, name: str, credit: int, is_admin: bool = False, reason: str = "grant"

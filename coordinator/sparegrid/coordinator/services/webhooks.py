@@ -9,9 +9,15 @@ derived by the coordinator from its own key and the account id, never the API ke
 receiver that verifies calls holds nothing that could submit jobs.
 
 SSRF: a URL must be http or https; its host, once resolved, must not be a loopback,
-private, link-local or otherwise reserved address unless the operator allows them
+private, link-local or otherwise reserved address, nor an IPv6 address with such an IPv4
+address inside (NAT64, 6to4, IPv4-compatible), unless the operator allows them
 (`--webhook-allow-private`). The call connects to the very address that was checked, so a
 name that resolves differently the second time (DNS rebinding) cannot slip through.
+
+A receiver cannot hold the coordinator: a call ends `timeout` seconds after it began, its
+socket cut, whatever the receiver sends (http.client's own timeout bounds each read, and a
+receiver trickling a byte every few seconds kept a call open for good), and calls run on
+threads of their own (`CALL_THREADS`), never on those that uploads and pages wait for.
 """
 
 import contextlib
@@ -21,6 +27,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +44,7 @@ from sparegrid.wire.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, signature
 SECRET_TAG = b"sparegrid/webhook-secret/v1\x00"
 MAX_URL = 2000
 RECHECK = 60.0  # seconds between looks for calls other coordinators left owed
+CALL_THREADS = 16  # calls made at once (App's pool), and the most taken up in one round
 
 
 @dataclass
@@ -56,10 +64,21 @@ def account_secret(signer: Signer, account_id: str) -> bytes:
     return hashlib.sha256(signer.sign(SECRET_TAG, account_id.encode())).digest()
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel may
+# reach: NAT64's well-known prefix, IPv4-compatible (::a.b.c.d) and SIIT (::ffff:0:a.b.c.d).
+# Python counts these as global whatever the IPv4 address in them.
+_EMBEDS_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+
+
 def _blocked(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:  # fec0::/10, deprecated but routed on some networks
+            return True
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _EMBEDS_IPV4):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        ip = embedded or ip
     return not ip.is_global or ip.is_multicast
 
 
@@ -176,22 +195,71 @@ class Webhooks:
         self._store.update_webhook(delivery)
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
+class _Deadline:
+    """Cuts a call's socket once `seconds` have passed since the call began."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._cut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._cut()
+
+    def _cut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # a blocked read returns at once
+
+
+class _Pinned(http.client.HTTPConnection):
+    """HTTP to an address already checked; its socket watched by the call's deadline."""
+
+    def __init__(
+        self, host: str, address: str, port: int, timeout: float, deadline: _Deadline
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+        self._deadline = deadline
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self._deadline.watch(sock)
+        return sock
+
+    def connect(self) -> None:
+        self.sock = self._open()
+
+
+class _PinnedHTTPS(_Pinned):
     """HTTPS to an address already checked, with the URL's host name for SNI and the
     certificate check."""
 
-    def __init__(self, host: str, address: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        context = ssl.create_default_context()
+        self.sock = context.wrap_socket(self._open(), server_hostname=self.host)
 
 
 def post(delivery: Delivery, secret: bytes, config: WebhookConfig) -> str:
-    """Calls the URL once (blocking: run it on a thread); "" on a 2xx answer, else why
-    not."""
+    """Calls the URL once (blocking: run it on a thread), for at most `config.timeout`
+    seconds; "" on a 2xx answer, else why not."""
     parts = urlsplit(delivery.url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -202,11 +270,6 @@ def post(delivery: Delivery, secret: bytes, config: WebhookConfig) -> str:
     addresses = [str(info[4][0]) for info in infos]
     if not config.allow_private and any(_blocked(a) for a in addresses):
         return f"{host} resolves to a private or loopback address; refused"
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = _PinnedHTTPS(host, addresses[0], port, config.timeout)
-    else:
-        conn = http.client.HTTPConnection(addresses[0], port, timeout=config.timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {
         "Host": parts.netloc,
@@ -215,11 +278,17 @@ def post(delivery: Delivery, secret: bytes, config: WebhookConfig) -> str:
         DELIVERY_HEADER: delivery.id,
         SIGNATURE_HEADER: signature(secret, int(time.time()), delivery.body),
     }
-    try:
-        conn.request("POST", path, body=delivery.body, headers=headers)
-        status = conn.getresponse().status
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
-    return "" if 200 <= status < 300 else f"HTTP {status}"
+    kind = _PinnedHTTPS if parts.scheme == "https" else _Pinned
+    with _Deadline(config.timeout) as deadline:
+        conn = kind(host, addresses[0], port, config.timeout, deadline)
+        try:
+            conn.request("POST", path, body=delivery.body, headers=headers)
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = "" if 200 <= status < 300 else f"HTTP {status}"
+        finally:
+            conn.close()
+    # a cut call may still parse as an answer (its headers end where the socket did)
+    return f"no whole answer within {config.timeout:g} s" if deadline.expired else error
