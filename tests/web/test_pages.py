@@ -11,7 +11,7 @@ import pytest
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.web.dashboard import Dashboard
-from sparegrid.coordinator.web.sessions import Sessions
+from sparegrid.coordinator.web.sessions import MAX_ACCOUNT_SESSIONS, Sessions
 from tests.coordinator.helpers import FakeNode, echo, make_app
 from tests.coordinator.verifying import nodes, run, submit
 
@@ -97,6 +97,19 @@ def test_sessions_expire_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     later = time.time() + 61
     monkeypatch.setattr(time, "time", lambda: later)
     assert sessions.get(tokens[3]) is None
+
+
+def test_one_account_signing_in_again_and_again_ends_only_its_own_oldest_sessions() -> None:
+    """Any valid key signing in 10,000 times pushed every other account out, the admins'
+    sessions included: the limit was on all sessions together."""
+    sessions = Sessions(ttl=60, limit=40)
+    admin = sessions.open("admin", "h")
+    mallory = [sessions.open("mallory", "h") for _ in range(100)]
+    assert sessions.get(admin) is not None
+    assert sum(sessions.get(t) is not None for t in mallory) == MAX_ACCOUNT_SESSIONS
+    assert sessions.get(mallory[0]) is None and sessions.get(mallory[-1]) is not None
+    sessions.close(mallory[-1])
+    assert sessions.get(mallory[-1]) is None
 
 
 async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:

@@ -238,8 +238,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 f"account {account.name!r} is watching {MAX_WATCHES} jobs already, the most "
                 "one account may at once; end a watch first, or poll with GetJob/ListJobs",
             )
-        self._watches[account.id] += 1
         event = self.app.watch(job.id)
+        self._watches[account.id] += 1
         try:
             last = None
             while True:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 COOKIE = "sparegrid_session"
 TTL_SECONDS = 12 * 3600
 MAX_SESSIONS = 10_000
+# one account's sessions: its oldest ends past this, not another account's (one key signing
+# in 10,000 times ended every other account's session, the admins' included)
+MAX_ACCOUNT_SESSIONS = 32
 FAILURES_ALLOWED = 10  # failed sign-ins per address per window
 FAILURE_WINDOW = 60.0
 MAX_ADDRESSES = 10_000
@@ -39,16 +42,31 @@ class Sessions:
         self.ttl = ttl
         self.limit = limit
         self._by_hash: OrderedDict[str, Session] = OrderedDict()
+        self._of: dict[str, list[str]] = {}  # account id -> its sessions' hashes, oldest first
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def open(self, account_id: str, key_hash: str) -> str:
-        """A new session's token (for the cookie); the oldest session goes past the limit."""
+        """A new session's token (for the cookie). Past MAX_ACCOUNT_SESSIONS the account's
+        oldest session ends; past the limit, the oldest of all."""
         token = secrets.token_urlsafe(32)
         digest = _hash(token)
         self._by_hash[digest] = Session(account_id, key_hash, digest, time.time() + self.ttl)
+        mine = self._of.setdefault(account_id, [])
+        mine.append(digest)
+        if len(mine) > MAX_ACCOUNT_SESSIONS:
+            self._drop(mine[0])
         while len(self._by_hash) > self.limit:
-            self._by_hash.popitem(last=False)
+            self._drop(next(iter(self._by_hash)))
         return token
+
+    def _drop(self, digest: str) -> None:
+        session = self._by_hash.pop(digest, None)
+        if session is None:
+            return
+        mine = self._of[session.account_id]
+        mine.remove(digest)
+        if not mine:
+            del self._of[session.account_id]
 
     def get(self, token: str) -> Session | None:
         if not token or len(token) > 100:
@@ -58,12 +76,12 @@ class Sessions:
         if session is None or not hmac.compare_digest(session.token_hash, digest):
             return None
         if session.expires < time.time():
-            del self._by_hash[digest]
+            self._drop(digest)
             return None
         return session
 
     def close(self, token: str) -> None:
-        self._by_hash.pop(_hash(token), None)
+        self._drop(_hash(token))
 
     def limited(self, address: str) -> bool:
         """Whether this address failed to sign in too often lately."""
