@@ -2,8 +2,11 @@
 a fake clock): disputes with their evidence, why a node is quarantined, earnings per day,
 sessions that end with their key, and the sign-in's limits."""
 
+import asyncio
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,6 +113,40 @@ def test_one_account_signing_in_again_and_again_ends_only_its_own_oldest_session
     assert sessions.get(mallory[0]) is None and sessions.get(mallory[-1]) is not None
     sessions.close(mallory[-1])
     assert sessions.get(mallory[-1]) is None
+
+
+async def test_pages_wait_on_the_dashboards_own_threads_not_on_the_coordinators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages and thumbnails were made on the threads that uploads and the coordinator's own
+    work wait for: any signed-in account asking for many large frames at once held them."""
+    app = make_app(tmp_path)
+    _, key = app.accounts.create("alice", 10)
+    dashboard = Dashboard(app)
+    release = threading.Event()
+    real = dashboard.env.get_template
+
+    class Slow:  # a page that takes long to make (the base template it extends does not)
+        def __init__(self, name: str) -> None:
+            self.template = real(name)
+
+        def render(self, **values: object) -> str:
+            release.wait(10)
+            return self.template.render(**values)
+
+    def slow(name: str, *parent: Any) -> Any:
+        return real(name, *parent) if parent else Slow(name)
+
+    async with http(dashboard) as client:
+        await sign_in(client, key)
+        monkeypatch.setattr(dashboard.env, "get_template", slow)
+        pages = [asyncio.ensure_future(client.get("/client")) for _ in range(12)]
+        try:
+            await asyncio.sleep(0.2)  # every page is being made, or waits to be
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 2) == "free"
+        finally:
+            release.set()
+        assert [(await page).status_code for page in pages] == [200] * 12
 
 
 async def test_a_huge_sign_in_form_is_cut_and_refused(tmp_path: Path) -> None:

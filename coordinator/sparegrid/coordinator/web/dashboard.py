@@ -16,8 +16,11 @@ import asyncio
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -39,6 +42,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_FORM_BYTES = 4096
 REFRESH_SECONDS = 5
 THUMBS_KEPT = 256
+THREADS = 2  # the dashboard's own, for pages and thumbnails
+T = TypeVar("T")
 STYLE = (TEMPLATES / "style.css").read_text()
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; "
@@ -71,6 +76,10 @@ class Dashboard:
         )
         self.env.filters.update(when=_when, duration=views.duration)
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # pages and thumbnails are made on threads of their own: any signed-in account
+        # asking for many large frames at once waits on these, not on the threads that
+        # uploads and the coordinator's own work wait for
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="dashboard")
         self.asgi = Starlette(
             routes=[
                 Route("/", self.home),
@@ -88,6 +97,9 @@ class Dashboard:
             middleware=[Middleware(_Headers)],
         )
 
+    async def _off(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
+
     # rendering and who is asking
 
     async def _page(
@@ -98,7 +110,7 @@ class Dashboard:
         template = self.env.get_template(name)
         values.setdefault("refresh", 0)
         values["account"] = self._account(request)
-        html = await asyncio.to_thread(template.render, **values)
+        html = await self._off(partial(template.render, **values))
         return HTMLResponse(html, status_code=status)
 
     def _account(self, request: Request) -> Account | None:
@@ -266,11 +278,11 @@ class Dashboard:
             found = views.thumbnail_source(self.app, job, index)
             digest, source = found if found is not None else ("", None)
             if found is not None and source is None:
-                source = await asyncio.to_thread(views.read_blob, self.app.blobs, digest)
+                source = await self._off(partial(views.read_blob, self.app.blobs, digest))
             if source is None:
                 return PlainTextResponse("not found", 404)
             try:
-                thumb = await asyncio.to_thread(views.make_thumbnail, source)
+                thumb = await self._off(partial(views.make_thumbnail, source))
             except ValueError:
                 return PlainTextResponse("this frame does not decode as a PNG", 404)
             self._thumbs[key] = thumb
