@@ -56,6 +56,15 @@ def test_a_wrong_key_is_refused_and_counted(site: Site) -> None:
     assert forged_cookie.get("/client").headers["location"] == "/login"
 
 
+def test_another_sites_form_cannot_sign_anyone_out(site: Site) -> None:
+    alice = site.browser(site.alice_key)
+    forged = alice.post("/logout", headers={"origin": "https://evil.example"})
+    assert forged.status_code == 403 and "set-cookie" not in forged.headers
+    assert alice.get("/client").status_code == 200  # still signed in
+    assert alice.post("/logout").status_code == 303  # from the dashboard's own page
+    assert alice.get("/client").headers["location"] == "/login"
+
+
 def test_role_pages_refuse_who_they_are_not_for(site: Site) -> None:
     alice = site.browser(site.alice_key)
     refused = alice.get("/operator")

@@ -157,8 +157,7 @@ class Dashboard:
         return await self._page("login.html", request, error="")
 
     async def login(self, request: Request) -> Response:
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if _from_another_site(request):
             return PlainTextResponse("sign-in from another site is refused", 403)
         address = request.client.host if request.client else "?"
         if self.sessions.limited(address):
@@ -189,6 +188,8 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
+        if _from_another_site(request):  # another site's form must not sign anyone out
+            return PlainTextResponse("sign-out from another site is refused", 403)
         self.sessions.close(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/login", 303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
@@ -289,6 +290,12 @@ class Dashboard:
             while len(self._thumbs) > THUMBS_KEPT:
                 self._thumbs.popitem(last=False)
         return Response(thumb, media_type="image/png")
+
+
+def _from_another_site(request: Request) -> bool:
+    """A form posted from another site's page (its Origin names that site)."""
+    origin = request.headers.get("origin")
+    return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
 
 
 async def _body(request: Request) -> bytes:
