@@ -169,6 +169,30 @@ async def test_a_resumed_upload_keeps_its_reservation(grid: Served) -> None:
     assert grid.app.store.usage("alice") == (150 * KiB, 150 * KiB)
 
 
+async def test_a_resumed_upload_cannot_announce_less_than_it_has_sent(grid: Served) -> None:
+    """Resuming with size 1 and no chunks published the whole partial file, reserved and
+    charged as 1 byte: any account stored past its quotas, 16 GiB a blob."""
+    alice = grid.auth(grid.alice_key)
+    body = os.urandom(150 * KiB)
+    error = await refused(upload(grid, alice, body, size=len(body) + 1))  # one byte short
+    assert code_of(error) == "UPLOAD_INCOMPLETE"
+    digest = hashlib.sha256(body).hexdigest()
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+
+    async def lie() -> AsyncIterator[blob_pb2.UploadBlobRequest]:
+        header = blob_pb2.BlobHeader(digest=digest, size=1, offset=len(body))
+        yield blob_pb2.UploadBlobRequest(header=header)
+
+    error = await refused(stub.UploadBlob(lie(), metadata=alice))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(error) == "SIZE_MISMATCH"
+    assert f"{len(body)} bytes stored already" in (error.details() or "")
+    assert grid.app.blobs.size(digest) is None  # nothing published
+    assert grid.app.store.usage("alice") == (len(body) + 1, 0)  # the reservation as it was
+    stat = await stub.StatBlob(blob_pb2.StatBlobRequest(digest=digest), metadata=alice)
+    assert (stat.exists, stat.partial_size) == (False, len(body))  # still to resume
+
+
 async def test_stored_uploads_count_until_the_stored_quota(grid: Served) -> None:
     alice = grid.auth(grid.alice_key)
     for _ in range(3):

@@ -150,6 +150,30 @@ def other_scenes(out: Path, host: Path) -> None:
     save(out / "library.blend")
 
 
+def image_scenes(out: Path, host: Path) -> None:
+    """Packed images that still read the disk: a sequence reads frames other than the
+    packed one from its path, a tiled image the tiles it has no packed file for."""
+    for name, file in (("secret_0001.png", "image_sequence"), ("tile.1001.png", "image_tiles")):
+        base()
+        planted = bpy.data.images.new("planted", 4, 4)
+        planted.filepath_raw, planted.file_format = str(host / name), "PNG"
+        planted.save()
+        image = bpy.data.images.load(str(host / name))
+        image.pack()
+        if file == "image_sequence":
+            image.source = "SEQUENCE"
+        else:
+            image.source = "TILED"
+            image.tiles.new(1002)  # a tile with no packed file: tile.1002.png from disk
+        material = bpy.data.objects["Cube"].material_slots[0].material
+        texture = material.node_tree.nodes.new("ShaderNodeTexImage")
+        texture.image = image
+        material.node_tree.links.new(
+            texture.outputs[0], material.node_tree.nodes["Principled BSDF"].inputs[0]
+        )
+        save(out / f"{file}.blend")
+
+
 def main(out: Path) -> None:
     host = out / "host"
     plant(host)
@@ -158,6 +182,7 @@ def main(out: Path) -> None:
     (host / "secret.osl").write_text("shader camera() {}\n")
     import_scenes(out, host)
     other_scenes(out, host)
+    image_scenes(out, host)
 
 
 if __name__ == "__main__":

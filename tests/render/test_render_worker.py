@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,30 @@ def test_exr_timing_attributes_are_zeroed_in_place() -> None:
     assert len(scrubbed) == len(data)
     assert b"render_time\0string\0\x08\0\0\x0000:00.00" in scrubbed
     assert b"Blender 5.0.1" in scrubbed and scrubbed.endswith(b"pixels 12:34.56")
+
+
+def test_blender_leaves_the_volunteers_home_alone(tmp_path: Path) -> None:
+    """BLENDER_USER_EXTENSIONS was left out: Blender read and wrote its extensions cache
+    in the volunteer's ~/.config/blender (Landlock refused it; without Landlock it went)."""
+    home, profile = tmp_path / "home", tmp_path / "profile"
+    home.mkdir()
+    code = """
+        import sys
+        from pathlib import Path
+        from sparegrid.worker.executors.render.blender import load_bpy
+        bpy = load_bpy(Path(sys.argv[1]))
+        scene = str(Path(sys.argv[1]) / "scene.blend")
+        bpy.ops.wm.save_as_mainfile(filepath=scene)
+        bpy.ops.wm.open_mainfile(filepath=scene, load_ui=False, use_scripts=False)
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(profile)],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "BLENDER_"))}
+        | {"HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (home / ".config" / "blender").exists()

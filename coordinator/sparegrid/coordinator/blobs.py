@@ -159,6 +159,7 @@ class Upload:
         self.size = size
         self._partial = store.partial_path(digest, owner)
         have = self._partial.stat().st_size if self._partial.exists() else 0
+        store.check_partial(digest, size, owner, have)
         if offset != have:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
@@ -303,6 +304,18 @@ class BlobStore:
                 "BLOB_TOO_LARGE",
                 f"blob of {size} bytes is over this coordinator's limit of "
                 f"{self.max_blob_size} bytes",
+            )
+
+    def check_partial(self, digest: str, size: int, owner: str, have: int | None = None) -> None:
+        """SIZE_MISMATCH when the uploader's partial file already holds more than the size
+        now announced: resuming with a smaller size would publish the whole file while
+        the quotas reserve and charge only the size announced."""
+        have = self.partial_size(digest, owner) if have is None else have
+        if have > size:
+            raise invalid(
+                "SIZE_MISMATCH",
+                f"upload of {digest} has {have} bytes stored already, more than the {size} "
+                "announced: announce the blob's whole size",
             )
 
     def begin(self, digest: str, size: int, offset: int, owner: str) -> Upload:

@@ -11,7 +11,9 @@ only. Refused, with the list of what was found:
 - a non-empty path in any RNA property that Blender reads while loading or rendering
   (`READ_PATHS`), on a datablock with users, unless that datablock is packed or the
   property is not in use (an IES or OSL node in internal mode, a cache not baked, a
-  Geometry Nodes bake packed into the file);
+  Geometry Nodes bake packed into the file; an image sequence or movie, packed or not,
+  and a tiled image with a tile not packed: Blender reads those frames and tiles from
+  the path);
 - a point cache kept on disk (`use_disk_cache`).
 
 Every path property of Blender's RNA is either in `READ_PATHS` or in `NOT_READ` (paths
@@ -276,8 +278,16 @@ def _packed(struct: Any, parent: Any, value: str) -> bool:
 
 
 def _image(struct: Any, parent: Any, value: str) -> bool:
-    reads = _get(struct, "source") in ("FILE", "SEQUENCE", "MOVIE", "TILED")
-    return _packed(struct, parent, value) or not reads
+    """Packed data stands in for one file only: a sequence or a movie reads its other
+    frames from the path (packing one frame exempted them all), and a tiled image reads
+    from disk every tile it has no packed file for."""
+    source = _get(struct, "source")
+    if source == "TILED":
+        packed = {_get(p, "tile_number") for p in _get(struct, "packed_files") or ()}
+        return all(_get(t, "number") in packed for t in _get(struct, "tiles") or ())
+    if source in ("SEQUENCE", "MOVIE"):
+        return False
+    return source != "FILE" or _packed(struct, parent, value)
 
 
 def _library(struct: Any, parent: Any, value: str) -> bool:

@@ -156,6 +156,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
                 ErrorKind.ABORTED, "UPLOAD_IN_PROGRESS", f"blob {digest} is being uploaded already"
             )
         app.blobs.check_size(size)
+        app.blobs.check_partial(digest, size, key[0])  # before its reservation is renewed
         app.blobs.uploading.add(key)
         try:
             await app.call(lambda: app.quotas.begin(key[0], digest, holder, size))

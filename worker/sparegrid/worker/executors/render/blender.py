@@ -33,7 +33,12 @@ _find_library = functools.cache(ctypes.util.find_library)  # runs ldconfig: once
 def load_bpy(home: Path) -> Any:
     """Imports bpy with a private, empty user profile, then resets to factory settings."""
     home.mkdir(parents=True, exist_ok=True)
-    for var in ("BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_DATAFILES"):
+    for var in (
+        "BLENDER_USER_CONFIG",
+        "BLENDER_USER_SCRIPTS",
+        "BLENDER_USER_DATAFILES",
+        "BLENDER_USER_EXTENSIONS",  # else ~/.config/blender/VERSION/extensions/.cache
+    ):
         os.environ[var] = str(home)
     os.environ.pop("BLENDER_SYSTEM_SCRIPTS", None)
     bpy = importlib.import_module("bpy")
