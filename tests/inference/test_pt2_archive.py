@@ -144,6 +144,25 @@ def test_sizes_declared_beyond_the_archive_are_refused(encoder_pt2: Path, tmp_pa
         inspect_pt2(path)
 
 
+def test_entries_that_share_their_bytes_are_refused(encoder_pt2: Path, tmp_path: Path) -> None:
+    """Entries pointing at the same compressed bytes each passed the ratio check: a zip bomb
+    of overlapping entries unpacked to far more than any one entry's limit."""
+    path = tmp_path / "overlap.pt2"
+    data = bytearray(encoder_pt2.read_bytes())
+    first = _central_entry(bytes(data), b"encoder/data/weights/weight_2")
+    again = _central_entry(bytes(data), b"encoder/data/weights/weight_3")
+    offset, compressed, plain = (
+        struct.unpack_from("<I", data, first + 42)[0],
+        *struct.unpack_from("<II", data, first + 20),
+    )
+    struct.pack_into("<II", data, again + 20, compressed, plain)
+    struct.pack_into("<I", data, again + 42, offset)  # weight_3 is weight_2's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsafeProgram, match="overlaps"):
+        inspect_pt2(path)
+    inspect_pt2(encoder_pt2)  # the program as exported has no such entries
+
+
 def _edit_weights(source: Path, dest: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     config = json.loads(read(source, "data/weights/model_weights_config.json"))
     change(config["config"])

@@ -35,6 +35,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,22 @@ def _check_entries(infos: list[zipfile.ZipInfo], size: int) -> str:
         roots.add(name.split("/")[0])
     if len(roots) != 1:
         raise UnsafeProgram(", ".join(sorted(roots)), "a .pt2 archive has exactly one top folder")
+    _check_apart(infos)
     return roots.pop()
+
+
+def _check_apart(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuses entries whose bytes overlap in the archive: several entries unpacking the
+    same compressed bytes, each within the ratio, make a zip bomb of a small upload (one
+    entry's local header is at least 30 bytes and its name before its data)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    for before, entry in pairwise(ordered):
+        end = before.header_offset + 30 + len(before.filename.encode()) + before.compress_size
+        if entry.header_offset < end:
+            raise UnsafeProgram(
+                entry.filename,
+                f"entry overlaps {before.filename!r} in the archive (a zip bomb?)",
+            )
 
 
 def _check_entry(info: zipfile.ZipInfo, size: int) -> None:
