@@ -37,6 +37,8 @@ async def test_admin_key_lookup_order(
     env_wins = await cli("admin", "nodes")
     assert env_wins.code == 1
     assert "[BAD_API_KEY]" in env_wins.err  # the environment beats the recorded file
+    # the error line names the admin key too, not the coordinator's "check SPAREGRID_API_KEY"
+    assert env_wins.err.startswith("error: the admin key is not known to this coordinator")
     # the hint is about the admin key, not $SPAREGRID_API_KEY or making an account
     assert "does not know the admin key" in env_wins.err
     assert "admin account create" not in env_wins.err

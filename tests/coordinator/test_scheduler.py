@@ -297,6 +297,7 @@ def test_a_job_that_cannot_run_says_why(tmp_path) -> None:
     small = Requirements(min_memory_bytes=1 << 20)
     assert waiting(JobSpec(**echo3, requirements=small)).endswith(  # type: ignore[arg-type]
         "it needs a GPU with 1 MiB of memory or more"
+        " (a CPU counts only for a job kept on CPUs: --device cpu, device='cpu')"
     )
     blender = JobSpec(**echo3, requirements=Requirements(software={"blender": "5.0"}))  # type: ignore[arg-type]
     assert waiting(blender).endswith("it needs blender 5.0")

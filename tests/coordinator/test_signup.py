@@ -69,6 +69,8 @@ async def test_a_code_signs_up_an_account_with_its_credit_through_the_ledger(
         assert [(e.amount, e.reason) for e in entries] == [
             (40, f"signup with invitation {invite.id}")
         ]
+        # `admin ledger entries --account vol1`: the account's name finds the same entries
+        assert await operator.ledger_entries(account="vol1") == entries
         events = [e for e in await operator.events() if e.kind == "account.signup"]
         assert [(e.account, e.data["invite"], e.data["credit"]) for e in events] == [
             ("vol1", invite.id, 40)

@@ -130,6 +130,19 @@ def test_a_folder_with_one_odd_file_is_refused_naming_it(
     assert str(folder) in message
 
 
+def test_a_file_of_no_input_format_is_refused_naming_the_formats(
+    two_heads_pt2: Path, tmp_path: Path
+) -> None:
+    """Random bytes used to be read as a safetensors header: 'header of 1516... bytes is
+    implausible', which told the user nothing about what --inputs takes."""
+    path = tmp_path / "file.bin"
+    path.write_bytes(bytes(range(7, 256)) * 4)
+    assert refusal(two_heads_pt2, path, tmp_path) == (
+        f"{path} is not a safetensors file, nor a Parquet or Arrow table (told by its first "
+        "bytes); inputs are one of those, or a folder of safetensors files"
+    )
+
+
 def test_an_empty_folder_is_refused(two_heads_pt2: Path, tmp_path: Path) -> None:
     folder = _folder(tmp_path, {"notes.txt": b"hello"})
     message = refusal(two_heads_pt2, folder, tmp_path)

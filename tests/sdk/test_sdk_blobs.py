@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.sdk import AsyncClient, Client, NotFoundError, OutputRef, VerificationError
+from sparegrid.sdk import (
+    AsyncClient,
+    Client,
+    InvalidArgumentError,
+    NotFoundError,
+    OutputRef,
+    VerificationError,
+)
 from sparegrid.sdk.retry import RetryPolicy
 from sparegrid.sdk.testing import InMemoryBlobService, serve_blobs, signed_results
 from sparegrid.wire import sha256_hex
@@ -46,6 +53,19 @@ async def test_upload_then_dedup(
     assert service.bytes_received == len(DATA)  # the second upload sent no bytes
     assert service.uploads == 1
     assert service.authorizations[0] == "Bearer k1"
+
+
+async def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
+    blobs: tuple[InMemoryBlobService, str], client: AsyncClient, tmp_path: Path
+) -> None:
+    """`client.checksum("nope.bin")` raised a bare FileNotFoundError from deep in the
+    upload, where `client.render("nope.blend")` and the CLI give a BAD_INPUT error."""
+    for path, why in ((tmp_path / "nope.bin", "does not exist"), (tmp_path, "is a directory")):
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.checksum(path, tasks=3)
+        assert caught.value.code == "BAD_INPUT"
+        assert caught.value.message.startswith(f"cannot upload {path}: it {why}")
+    assert blobs[0].uploads == 0
 
 
 async def test_upload_file_resumes_from_partial(

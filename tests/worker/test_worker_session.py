@@ -330,3 +330,20 @@ async def test_an_owner_key_the_coordinator_does_not_know_is_named_as_such(
         async with running_worker(config):
             await wait_until(lambda: "owner key" in caplog.text)
     assert "--owner-key-file or SPAREGRID_OWNER_KEY" in caplog.text
+
+
+async def test_the_stop_line_says_what_the_node_earned(
+    tmp_path: Path, coordinator: FakeCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A volunteer who stops the worker sees its credit in the last line it prints, as
+    `worker status` words it, without a second command."""
+    config = make_config(tmp_path, coordinator.address)
+    with caplog.at_level("INFO", logger="sparegrid.worker"):
+        async with running_worker(config) as (worker, _):
+            await coordinator.session()
+            worker.earnings.credited(161)  # the fake's Welcome said 0: all of it is today's
+    stopped = [r.getMessage() for r in caplog.records if " stopped; " in r.getMessage()]
+    assert stopped == [
+        f"worker {worker.node_id} stopped; 0 batch(es) left in the outbox; "
+        "credit: 161 in the coordinator's ledger, +161 today"
+    ]

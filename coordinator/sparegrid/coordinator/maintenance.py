@@ -14,8 +14,10 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +96,7 @@ def _run(action: Any, args: argparse.Namespace) -> int:
     try:
         return int(action(_target(args), args))
     except MaintenanceError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -236,7 +238,12 @@ def restore(source: Path, target: Target) -> int:
             "the database is PostgreSQL: restore it with pg_restore from the dump taken "
             "with the backup"
         )
-    print("start it with `sparegrid coordinator serve`, then check `sparegrid admin ledger check`")
+    serve = f"sparegrid coordinator serve --data-dir {shlex.quote(str(data_dir))}"
+    if target.sqlite_path != data_dir / DATABASE:  # PostgreSQL, or SQLite elsewhere
+        serve += f" --database {shlex.quote(target.database)}"
+    print(
+        f"hint: start it with `{serve}`, then check `sparegrid admin ledger check`", file=sys.stderr
+    )
     return 0
 
 

@@ -120,7 +120,12 @@ def register(subparsers: Any) -> None:
     p = ledger.add_parser("check", parents=parents, help="check that the ledger balances")
     p.set_defaults(func=ledger_check)
     p = ledger.add_parser("entries", parents=parents, help="list ledger entries")
-    p.add_argument("--account", default="", metavar="NAME", help="only this account")
+    p.add_argument(
+        "--account",
+        default="",
+        metavar="NAME",
+        help="only this account's entries (a ledger id such as node:NODE_ID also works)",
+    )
     p.add_argument("--job", default="", metavar="JOB_ID", help="only this job")
     p.add_argument(
         "--limit",

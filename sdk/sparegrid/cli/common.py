@@ -108,11 +108,16 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
+def is_admin_command(args: argparse.Namespace | None) -> bool:
+    """Whether the command sends the admin key (`sparegrid admin ...`)."""
+    return args is not None and command_name(args).startswith("admin ")
+
+
 def hint_for(code: str, args: argparse.Namespace | None) -> str:
     """What to do about an error of `code`; "" when there is nothing to add."""
     if args is not None and (code, command_name(args)) in COMMAND_HINTS:
         return COMMAND_HINTS[code, command_name(args)]
-    if args is not None and code == "BAD_API_KEY" and command_name(args).startswith("admin "):
+    if code == "BAD_API_KEY" and is_admin_command(args):
         return ADMIN_KEY_UNKNOWN
     return HINTS.get(code, "")
 
@@ -212,6 +217,10 @@ def failed(exc: SparegridError, args: argparse.Namespace | None = None) -> None:
     """One `error:` line in the user's terms, then what to do when we know it."""
     if exc.code == "NO_API_KEY":
         output.error(f"no API key: set ${ENV_API_KEY} to your account's key", exc.code)
+    elif exc.code == "BAD_API_KEY" and is_admin_command(args):
+        # the coordinator's words ("check SPAREGRID_API_KEY") are for clients; an admin
+        # command sent the admin key
+        output.error("the admin key is not known to this coordinator", exc.code)
     else:
         output.sparegrid_error(exc)
     if hint_for(exc.code, args):

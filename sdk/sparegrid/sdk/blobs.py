@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sparegrid.sdk.errors import VerificationError
+from sparegrid.sdk.errors import InvalidArgumentError, VerificationError
 from sparegrid.v1 import blob_pb2
 from sparegrid.wire import sha256_hex
 from sparegrid.wire.fileio import O_DIRECT, Appender
@@ -76,6 +76,9 @@ class BlobSource:
             data = bytes(source)
             return cls(digest=sha256_hex(data), size=len(data), data=data)
         path = Path(source)
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise InvalidArgumentError("BAD_INPUT", f"cannot upload {path}: it {what}")
         digest, size = hash_file(path)
         return cls(digest=digest, size=size, path=path)
 

@@ -56,11 +56,16 @@ def batches(path: Path) -> Iterator[Batch]:
     if not path.is_file():
         raise bad(f"inputs: no such file or folder {path}")
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     if head.startswith(PARQUET_MAGIC):
         return _parquet(path)
     if head.startswith((ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC)):
         return _arrow(path, stream=not head.startswith(ARROW_FILE_MAGIC))
+    if head[8:9] != b"{":  # a safetensors file: a header length, then its JSON header
+        raise bad(
+            f"{path} is not a safetensors file, nor a Parquet or Arrow table (told by its "
+            "first bytes); inputs are one of those, or a folder of safetensors files"
+        )
     return _safetensors([path])
 
 

@@ -249,7 +249,12 @@ class Worker:
         self._monitor.close()
         logging.getLogger("sparegrid.worker").removeHandler(self.errors)
         _log.info(
-            "worker %s stopped; %d batch(es) left in the outbox", self.node_id, len(self._outbox)
+            "worker %s stopped; %d batch(es) left in the outbox; credit: %d in the "
+            "coordinator's ledger, %+d today",
+            self.node_id,
+            len(self._outbox),
+            self.earnings.total,
+            self.earnings.today,
         )
 
     async def _drain(self) -> None:

@@ -168,7 +168,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListLedgerEntriesResponse:
         admin_of(context, self.app.accounts)
         entries = self.app.store.ledger_entries(
-            request.account, request.job_id, min(request.limit or 100, 10_000)
+            convert.ledger_account(request.account),
+            request.job_id,
+            min(request.limit or 100, 10_000),
         )
         disputes = self.app.store.get_disputes(request.job_id) if request.job_id else []
         return admin_pb2.ListLedgerEntriesResponse(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sparegrid.coordinator.domain import (
+    MINT,
     Account,
     AttemptLog,
     Device,
@@ -23,6 +24,7 @@ from sparegrid.coordinator.domain import (
     Requirements,
     Task,
     TaskState,
+    client_account,
 )
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.services.jobs import JobSpec
@@ -287,3 +289,12 @@ def attempt_log_to_pb(log: AttemptLog) -> client_pb2.AttemptLog:
         public_key=log.public_key,
         received_at=timestamp(log.received_at),
     )
+
+
+def ledger_account(name: str) -> str:
+    """The ledger account an operator names: an account's name (`alice`, as `admin ledger
+    entries --account` takes it) is its client account; a ledger id (`node:...`,
+    `escrow:...`, `mint`) is itself. Account names hold no ':'."""
+    if not name or name == MINT or ":" in name:
+        return name
+    return client_account(name)

@@ -45,7 +45,12 @@ def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
         and (device.kind == "cpu" or device.memory_bytes < req.min_memory_bytes)
     ):
         # a memory requirement is device memory: a CPU's RAM is no GPU's memory
-        return 2, f"a GPU with {_memory(req.min_memory_bytes)} of memory or more"
+        needs = f"a GPU with {_memory(req.min_memory_bytes)} of memory or more"
+        if device.kind == "cpu" and device.memory_bytes >= req.min_memory_bytes:
+            # say how to use the CPU that could hold it (a generate job asks memory for its
+            # model): without it a CPU-only network leaves the job waiting a day, unexplained
+            needs += " (a CPU counts only for a job kept on CPUs: --device cpu, device='cpu')"
+        return 2, needs
     if req.min_compute_capability and (
         device.kind != "cuda"
         or version_tuple(device.compute_capability) < version_tuple(req.min_compute_capability)

@@ -1,0 +1,42 @@
+"""`coordinator backup | restore` as an operator reads them: errors on stderr (they went to
+stdout, so `backup ... > log` hid them), and a restore that says how to start the restored
+directory (it said `coordinator serve`, which serves ./sparegrid-coordinator instead)."""
+
+from pathlib import Path
+
+import pytest
+
+from sparegrid.cli.main import main
+from sparegrid.coordinator.store.sqlite import SqliteStore
+
+
+def test_a_backup_of_no_database_fails_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["coordinator", "backup", str(tmp_path / "b"), "--data-dir", str(tmp_path / "x")])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: no database at {tmp_path / 'x' / 'coordinator.db'}")
+
+
+def test_a_restore_names_the_directory_to_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "coord"
+    data.mkdir()
+    SqliteStore(data / "coordinator.db").close()
+    backup = tmp_path / "backup"
+    assert main(["coordinator", "backup", str(backup), "--data-dir", str(data)]) == 0
+    capsys.readouterr()
+    fresh = tmp_path / "coord restored"
+    assert main(["coordinator", "restore", str(backup), "--data-dir", str(fresh)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"restored {backup} into {fresh} (0 blob(s))\n"
+    assert err == (
+        f"hint: start it with `sparegrid coordinator serve --data-dir '{fresh}'`, then check "
+        "`sparegrid admin ledger check`\n"
+    )
+    again = main(["coordinator", "restore", str(backup), "--data-dir", str(fresh)])
+    out, err = capsys.readouterr()
+    assert again == 1 and out == ""
+    assert err.startswith(f"error: {fresh} already holds coordinator.db")
