@@ -90,6 +90,19 @@ async def test_a_session_ends_with_its_account_and_expires(tmp_path: Path) -> No
         assert not dashboard.sessions._by_hash  # and it is gone
 
 
+async def test_a_job_cancelled_before_any_task_ran_shows_no_progress(tmp_path: Path) -> None:
+    """Its cancelled tasks counted as ended: the client's page said 100%."""
+    app = make_app(tmp_path)
+    alice, key = app.accounts.create("alice", 100)
+    job_id = echo(app, alice, 3)
+    app.jobs.cancel(alice, job_id)
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, key)
+        page = (await client.get("/client")).text
+    row = page[page.index(f'href="/jobs/{job_id}"') :]
+    assert 'value="0.000"></progress> 0%' in row[: row.index("</tr>")]
+
+
 def test_sessions_expire_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     sessions = Sessions(ttl=60, limit=3)
     tokens = [sessions.open(f"a{i}", "h") for i in range(4)]

@@ -49,7 +49,7 @@ class JobRow:
     failed: int
     running: int
     queued: int
-    progress: float  # 0..1 of tasks ended
+    progress: float  # 0..1 of tasks that succeeded or failed
     eta: str  # "" when finished or not yet known
     waiting: str = ""  # why no node takes its tasks, when none does
 
@@ -139,7 +139,7 @@ def job_row(app: App, job: Job, owner: str = "", explain: bool = False) -> JobRo
     counts = app.jobs.counts(job)
     done = counts[TaskState.SUCCEEDED]
     failed = counts[TaskState.FAILED]
-    ended = done + failed + counts[TaskState.CANCELLED]
+    ended = done + failed  # a cancelled task made no progress: a job cancelled at once is 0%
     row = JobRow(
         job,
         owner,
