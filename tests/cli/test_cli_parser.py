@@ -188,3 +188,27 @@ def test_a_number_past_what_the_request_holds_is_refused_naming_its_flag(
     err = capsys.readouterr().err
     assert f"error: argument {says}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [
+        (
+            ["--coordinator", "10.0.0.1:50051", "job", "list"],
+            "sparegrid job list --coordinator 10.0.0.1:50051",
+        ),
+        (
+            ["--coordinator", "grid:50051", "admin", "jobs", "list", "--json"],
+            "sparegrid admin jobs list --coordinator grid:50051 --json",
+        ),
+    ],
+)
+def test_a_flag_before_the_command_is_refused_with_the_line_as_meant(
+    argv: list[str], meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse took the flag's value for a command: "invalid choice: '10.0.0.1:50051'"."""
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: flags go after the command: {meant}" in err and "invalid choice" not in err

@@ -97,8 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Refuses flags written before the command (`sparegrid --coordinator X job list`),
+    which argparse took for a command named X, with the line as it is meant."""
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help", "--version"):
+        return
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    at = next((i for i, word in enumerate(argv) if word in commands), None)
+    if at is None:
+        return
+    words = [argv[at]]
+    for word in argv[at + 1 :]:  # the command's own words: `job list`, `admin jobs list`
+        if word.startswith("-"):
+            break
+        words.append(word)
+    rest = argv[at + len(words) :]
+    meant = " ".join(["sparegrid", *words, *argv[:at], *rest])
+    parser.error(f"flags go after the command: {meant}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _flags_first(parser, sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     command_parser: argparse.ArgumentParser = getattr(args, LEAF, parser)
     delattr(args, LEAF)
