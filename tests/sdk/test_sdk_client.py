@@ -198,6 +198,19 @@ def test_async_client_made_outside_a_loop() -> None:
     assert asyncio.run(use()) == "UNAVAILABLE"
 
 
+def test_a_coordinator_that_is_not_there_is_said_so() -> None:
+    """The SDK's error was gRPC's alone: "failed to connect to all addresses; last error:
+    UNAVAILABLE: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused"."""
+    with (
+        Client("127.0.0.1:1", "k", retry=NO_RETRY) as client,
+        pytest.raises(UnavailableError) as info,
+    ):
+        client.info()
+    message = info.value.message
+    assert message.startswith("cannot reach the coordinator (is it running, and is its address")
+    assert "127.0.0.1:1" in message and message.endswith("Connection refused")
+
+
 async def test_async_results_from_reads_one_page_from_a_task_on(client: AsyncClient) -> None:
     job = await (await client.echo("hi", tasks=5)).wait(timeout=10)
     page = await client.results_from(job.id, 3)

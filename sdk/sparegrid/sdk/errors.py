@@ -135,4 +135,10 @@ def from_rpc_error(exc: grpc.RpcError) -> SparegridError:
     status = exc.code()
     message = exc.details() or status.name.lower().replace("_", " ")
     code = _code_from_metadata(exc.trailing_metadata()) or status.name
+    if status == grpc.StatusCode.UNAVAILABLE and message.startswith(_NO_CONNECTION):
+        message = f"{UNREACHABLE}: {message}"  # gRPC's words alone say nothing of what to do
     return error_class(status)(code, message, status)
+
+
+_NO_CONNECTION = ("failed to connect to all addresses", "DNS resolution failed")
+UNREACHABLE = "cannot reach the coordinator (is it running, and is its address right?)"
