@@ -17,6 +17,7 @@ def test_a_backup_of_no_database_fails_on_stderr(
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert err.startswith(f"error: no database at {tmp_path / 'x' / 'coordinator.db'}")
+    assert "a coordinator on PostgreSQL: give its --database postgresql://... too" in err
 
 
 def test_a_restore_names_the_directory_to_serve(

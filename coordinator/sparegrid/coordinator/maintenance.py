@@ -120,7 +120,10 @@ def backup(target: Target, dest: Path) -> int:
         raise MaintenanceError(f"{dest} exists and is not an empty directory; pick a new one")
     db = target.sqlite_path
     if db is not None and not db.is_file():
-        raise MaintenanceError(f"no database at {db}: is --data-dir (or --database) right?")
+        raise MaintenanceError(
+            f"no database at {db}: is --data-dir right? (a coordinator on PostgreSQL: give "
+            "its --database postgresql://... too)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     started = time.time()
     manifest: dict[str, Any] = {"created_at": started, "schema_version": 0}
