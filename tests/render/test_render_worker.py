@@ -230,3 +230,4 @@ def test_blender_leaves_the_volunteers_home_alone(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (home / ".config" / "blender").exists()
+    assert not (home / ".cache").exists()  # its thumbnails folders went there too

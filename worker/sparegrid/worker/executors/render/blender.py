@@ -40,6 +40,7 @@ def load_bpy(home: Path) -> Any:
         "BLENDER_USER_EXTENSIONS",  # else ~/.config/blender/VERSION/extensions/.cache
     ):
         os.environ[var] = str(home)
+    os.environ["XDG_CACHE_HOME"] = str(home / "cache")  # else ~/.cache/thumbnails
     os.environ.pop("BLENDER_SYSTEM_SCRIPTS", None)
     bpy = importlib.import_module("bpy")
     bpy.ops.wm.read_factory_settings(use_empty=True)
