@@ -341,6 +341,7 @@ async def test_the_stop_line_says_what_the_node_earned(
     with caplog.at_level("INFO", logger="sparegrid.worker"):
         async with running_worker(config) as (worker, _):
             await coordinator.session()
+            await wait_until(lambda: worker.earnings.day)  # the Welcome (0) was heard first
             worker.earnings.credited(161)  # the fake's Welcome said 0: all of it is today's
     stopped = [r.getMessage() for r in caplog.records if " stopped; " in r.getMessage()]
     assert stopped == [
