@@ -68,6 +68,22 @@ class Commits:
         self.dispatched = kick
         return value
 
+    def call_all(self, fns: list[Callable[[], T]], kick: bool = False) -> list[T]:
+        """Their values once their group commit (one: they arrive in one turn of the event
+        loop, as several workers' messages may) is durable."""
+        app = self.app
+        assert app is not None
+
+        async def called() -> list[T]:
+            futures = [app.call(fn) for fn in fns]
+            if kick:
+                app.kick()
+            return list(await asyncio.gather(*futures))
+
+        values = self.run(called())
+        self.dispatched = kick
+        return values
+
     def run(self, work: Awaitable[T]) -> T:
         """Runs a coroutine of the app (a submit) on the loop."""
         self.dispatched = False

@@ -169,13 +169,19 @@ class SettlementModel(RuleBasedStateMachine):
         canary_rate=st.sampled_from([0.0, 0.5, 1.0]),
         seed=st.integers(0, 2**32 - 1),
         trusted=st.sets(st.integers(0, len(FLEET) - 1)),
+        bulk_above=st.sampled_from([2000, 1]),
     )
-    def setup(self, trust: TrustConfig, canary_rate: float, seed: int, trusted: set[int]) -> None:
+    def setup(
+        self, trust: TrustConfig, canary_rate: float, seed: int, trusted: set[int], bulk_above: int
+    ) -> None:
+        """`bulk_above` 1: a job of more tasks is written, retried and swept as a large one
+        is, a slice per group commit."""
         settings = Settings(
             data_dir=self.tmp,
             trust=trust,
             canaries=CanaryConfig(rate=canary_rate),
             wait_limit_seconds=WAIT_LIMIT,
+            bulk_above=bulk_above,
         )
         self.seed = seed
         self._open(App(self._store(), settings, clock=FakeClock()))
@@ -452,6 +458,15 @@ class SettlementModel(RuleBasedStateMachine):
         self._call(check)
         self._after()
 
+    @rule(limit=st.integers(1, 3))
+    def sweep(self, limit: int) -> None:
+        """A step of the sweep that cancels an ended large job's queued tasks in the store
+        (App._cancel_sweeps runs them after the commit that asked for one)."""
+        sched = self.a.scheduler
+        if sched.sweeps:
+            self._call(functools.partial(sched.sweep, limit))
+        self._after()
+
     @rule()
     def restart(self) -> None:
         """The coordinator restarts over the same store: every session ends, and each
@@ -505,11 +520,14 @@ class SettlementModel(RuleBasedStateMachine):
             assert mine is not None and mine.id == attempt.id, (
                 f"running attempt {attempt.id} of task {attempt.task_id} not in memory"
             )
-        for session in sched.sessions.values():
-            for attempt_id, lease in session.leases.items():
-                assert attempt_id in running, f"lease {attempt_id} not running in the store"
-                active = sched.jobs.get(lease.task.job_id)
-                assert active is not None and active.running.get(lease.task.id) is lease.attempt
+        leases = [lease for s in sched.sessions.values() for lease in s.leases.values()]
+        leased = {t.id: t for t in store.get_tasks([lease.task.id for lease in leases])}
+        for lease in leases:
+            assert lease.attempt.id in running, f"lease {lease.attempt.id} not running in the store"
+            active = sched.jobs.get(lease.task.job_id)
+            assert active is not None and active.running.get(lease.task.id) is lease.attempt
+            stored = leased[lease.task.id]
+            assert lease.task.attempts == stored.attempts, (lease.task, stored)
         self._check_payments()
         self._check_clients()
 
@@ -525,7 +543,10 @@ class SettlementModel(RuleBasedStateMachine):
             assert states[TaskState.SUCCEEDED] == len(tasks), f"job {job_id} succeeded: {states}"
         if job.state in FINAL_JOB_STATES:
             assert active is None
-            assert all(t.state in FINAL_TASK_STATES for t in tasks), f"ended job {job_id}: {states}"
+            sweep = sched.sweeps.get(job_id)  # its queued tasks cancelled a slice at a time
+            unswept = [t for t in tasks if sweep is not None and t.index >= sweep.start]
+            final = [t for t in tasks if t not in unswept]
+            assert all(t.state in FINAL_TASK_STATES for t in final), f"ended job {job_id}: {states}"
             assert (job.tasks_succeeded, job.tasks_failed) == (
                 states[TaskState.SUCCEEDED],
                 states[TaskState.FAILED],
@@ -549,6 +570,14 @@ class SettlementModel(RuleBasedStateMachine):
         assert leased == by_state[TaskState.LEASED]
         for task_id, attempt in active.running.items():
             assert attempt.id in running, f"attempt {attempt.id} of {task_id} not running"
+            assert attempt == running[attempt.id], (attempt, running[attempt.id])
+        stored = {t.id: t for t in tasks}
+        for task in [*active.queue.materialised(), *active.held.values()]:
+            mine = (task.state, task.attempts)
+            assert mine == (stored[task.id].state, stored[task.id].attempts), (
+                task,
+                stored[task.id],
+            )
 
     def _check_payments(self) -> None:
         """No attempt paid twice; each paid for a result of a task accepted, and valid."""
@@ -614,21 +643,25 @@ class SettlementModel(RuleBasedStateMachine):
                     self._after()
                 if not self._connected(w):
                     self._connect(w, credit=0, running=list(w.held))
-                self._call(functools.partial(app.scheduler.grant, w.id, 0, 8), kick=True)
-                self._after()
+            grant = app.scheduler.grant  # every worker's messages in one group commit
+            self.commits.call_all([functools.partial(grant, w.id, 0, 8) for w in self.workers])
+            self._after()
+            answering = []
+            for w in self.workers:
                 for attempt_id in w.cancelled:
                     w.held.pop(attempt_id, None)
                 w.cancelled.clear()
                 if w.held:
-                    items = list(w.held.values())
-                    self._expect(
-                        self._call(functools.partial(w.fake.answer, items, RIGHT), kick=True)
-                    )
+                    answering.append(functools.partial(w.fake.answer, list(w.held.values()), RIGHT))
                     w.held.clear()
-                self._after()
+            for verdicts in self.commits.call_all(answering, kick=True):
+                self._expect(verdicts)
+            self._after()
             app.clock.advance(31.0)  # type: ignore[attr-defined]
             self._call(app._reap)
             self._after()
+        while app.scheduler.sweeps:
+            self._call(functools.partial(app.scheduler.sweep, 100))
         left = [describe(app, a) for a in app.scheduler.jobs.values()]
         assert not left, "jobs still open after the drain:\n" + "\n".join(left)
         open_jobs = store_open = [
