@@ -100,5 +100,14 @@ class Commits:
         )
 
     def close(self) -> None:
+        """Cancels what still runs on the loop (a retry a failure cut short) and closes it."""
+
+        async def cancelled() -> None:
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+        self.loop.run_until_complete(cancelled())
         self.loop.run_until_complete(self.loop.shutdown_default_executor())
         self.loop.close()

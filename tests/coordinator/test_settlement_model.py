@@ -21,6 +21,7 @@ test_settlement_model.py` runs it longer (the per-test timeout is lifted then);
 that store, each example on a fresh database.
 """
 
+import asyncio
 import functools
 import os
 import random
@@ -49,6 +50,7 @@ from sparegrid.coordinator.domain import (
     Account,
     Attempt,
     AttemptState,
+    Job,
     JobState,
     ReplicaState,
     Task,
@@ -154,6 +156,7 @@ class SettlementModel(RuleBasedStateMachine):
         self.jobs: list[tuple[str, str]] = []  # (client, job id)
         self.accepted: Counter[str] = Counter()  # task id -> times accepted
         self.paid: list[Payment] = []  # every payment booked
+        self.retries: list[asyncio.Task[Job]] = []  # retries not ended yet
 
     # --- setting up ----------------------------------------------------------------------
 
@@ -272,6 +275,7 @@ class SettlementModel(RuleBasedStateMachine):
         the workers take their assignments and cancels, and a session the coordinator
         closed (a node quarantined) ends as its stream would."""
         app = self.a
+        self._retried()
         if not self.commits.dispatched:  # none since the last commit: nothing new to lease
             self._call(lambda: None, kick=True)
         for w in self.workers:
@@ -284,6 +288,15 @@ class SettlementModel(RuleBasedStateMachine):
             if session is not None and session.sink.closed:  # type: ignore[attr-defined]
                 self._call(functools.partial(app.scheduler.disconnect, w.id, session.sink))
             w.sinks = [s for s in w.sinks if not s.closed or s is w.fake.sink]
+
+    def _retried(self) -> None:
+        """Retries that ended: retried, or refused for a reason a client may be given."""
+        for retry in [r for r in self.retries if r.done()]:
+            self.retries.remove(retry)
+            error = None if retry.cancelled() else retry.exception()
+            if error is not None:
+                assert isinstance(error, CoordinatorError), error
+                assert error.code in ("JOB_NOT_RETRYABLE", "NOTHING_TO_RETRY"), error
 
     def _reinstate(self, w: Worker) -> bool:
         """The operator reinstates the node if it is quarantined or banned."""
@@ -321,14 +334,16 @@ class SettlementModel(RuleBasedStateMachine):
             self._call(lambda: self.a.jobs.cancel(self.accounts[client], job_id))
         self._after()
 
-    @rule(pick=st.integers(0, 100))
-    def retry(self, pick: int) -> None:
+    @rule(pick=st.integers(0, 100), wait=st.booleans())
+    def retry(self, pick: int, wait: bool) -> None:
+        """A client retries a job; a large one's retry goes on, a slice per group commit,
+        between the steps that follow unless `wait`."""
         if self.jobs:
             client, job_id = self.jobs[pick % len(self.jobs)]
-            try:
-                self._run(self.a.submitter.retry(self.accounts[client], job_id))
-            except CoordinatorError as exc:
-                assert exc.code in ("JOB_NOT_RETRYABLE", "NOTHING_TO_RETRY"), exc
+            retry = self.a.submitter.retry(self.accounts[client], job_id)
+            self.retries.append(self.commits.loop.create_task(retry))
+            if wait:
+                self._run(asyncio.wait(self.retries))
         self._after()
 
     # --- workers ---------------------------------------------------------------------------
@@ -472,6 +487,12 @@ class SettlementModel(RuleBasedStateMachine):
         """The coordinator restarts over the same store: every session ends, and each
         worker reconnects with what it still holds."""
         old = self.a
+        self._run(old.submitter.stop())  # retries in progress end with it
+        for retry in self.retries:
+            retry.cancel()
+        if self.retries:
+            self._run(asyncio.wait(self.retries))
+        self._retried()
         store = old.store
         if self.kind != "memory":  # what memory holds is read back from the database
             store.close()
@@ -630,6 +651,8 @@ class SettlementModel(RuleBasedStateMachine):
         """From now on every node works honestly (the operator reinstated any it
         quarantined): every job must end within a bounded number of rounds."""
         app = self.a
+        if self.retries:
+            self._run(asyncio.wait(self.retries))
         for w in self.workers:
             self._reinstate(w)
             self._after()
