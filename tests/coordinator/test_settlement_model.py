@@ -29,7 +29,6 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -48,15 +47,9 @@ from sparegrid.coordinator.app import App, Settings
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import (
     Account,
-    Attempt,
-    AttemptState,
     Job,
-    JobState,
-    ReplicaState,
     Task,
-    TaskState,
     client_account,
-    escrow_account,
 )
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, CanaryConfig
@@ -65,14 +58,20 @@ from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import PREEMPTED, Failure, Verdict
 from sparegrid.coordinator.services.scheduler import ActiveJob
-from sparegrid.coordinator.services.taskqueue import TaskQueue
-from sparegrid.coordinator.states import FINAL_JOB_STATES, FINAL_TASK_STATES
+from sparegrid.coordinator.states import FINAL_JOB_STATES
 from sparegrid.coordinator.store.base import Posted, Store
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.wire import Signer
 from tests.coordinator.commits import Commits
 from tests.coordinator.conftest import _stores, drop_schema, open_backend
 from tests.coordinator.helpers import FakeNode, FakeSink
+from tests.coordinator.model_parts import (
+    Worker,
+    check_clients,
+    check_job,
+    check_payments,
+    describe,
+)
 
 EXAMPLES = int(os.environ.get("SPAREGRID_MODEL_EXAMPLES", "0"))
 STORE = os.environ.get("SPAREGRID_MODEL_STORE", "memory")  # memory, sqlite or postgres
@@ -93,51 +92,6 @@ DRAIN_ROUNDS = 80  # rounds of the final drain, each 31 s of the fake clock
 WAIT_LIMIT = 600.0  # a job none of whose tasks can run fails after this long
 # what a result for a task the node holds may be refused with: the task or attempt ended
 ENDED = {"STALE", "TASK_DONE"}
-
-Item = tuple[Attempt, Task, str]
-
-
-@dataclass
-class Worker:
-    """A worker as the model plays it: what it holds and what it sent."""
-
-    fake: FakeNode
-    honest: bool
-    held: dict[str, Item] = field(default_factory=dict)  # assignments not answered yet
-    sent: list[tuple[Item, bytes]] = field(default_factory=list)
-    cancelled: set[str] = field(default_factory=set)  # attempts the coordinator cancelled
-    sinks: list[FakeSink] = field(default_factory=list)
-
-    @property
-    def id(self) -> str:
-        return self.fake.id
-
-
-def queued_ids(active: ActiveJob) -> set[str]:
-    """Every task id in a job's queue, the unread ranges of a large or retried job too."""
-    queue: TaskQueue = active.queue
-    found = {t.id for t in queue.materialised()}
-    for item in queue._order:
-        if isinstance(item, range):
-            found.update(f"{active.job.id}-{i}" for i in item)
-    return found
-
-
-def describe(app: App, active: ActiveJob) -> str:
-    """A job still open, for a failure's message."""
-    job = active.job
-    replicas = {
-        t: [(r.node_id[:6], r.owner, r.state.value) for r in rs]
-        for t, rs in active.replicas.items()
-    }
-    return (
-        f"job {job.id} ({job.replicas}/{job.quorum}, owner {active.owner}, max_attempts "
-        f"{job.max_attempts}): {job.state}, queued {sorted(queued_ids(active))}, held "
-        f"{sorted(active.held)}, running {sorted(active.running)}, replicas {replicas}, "
-        f"excluded {active.excluded}, node failures {dict(active.node_failures)}, "
-        f"waiting {app.scheduler.waiting(active)!r}, vouching {app.intake.settlement.vouching.held}"
-        f" picks {list(app.intake.settlement.vouching.picks)}"
-    )
 
 
 class SettlementModel(RuleBasedStateMachine):
@@ -533,7 +487,7 @@ class SettlementModel(RuleBasedStateMachine):
                 assert rep.invalid == 0, f"honest node {w.fake.node.name} struck: {rep.reason}"
         running = {a.id: a for a in store.running_attempts()}
         for job in store.list_jobs(limit=10**6):
-            self._check_job(job.id, running)
+            check_job(app, job.id, running)
         for attempt in running.values():
             active = sched.jobs.get(attempt.job_id)
             assert active is not None, f"attempt {attempt.id} runs for ended job {attempt.job_id}"
@@ -549,82 +503,8 @@ class SettlementModel(RuleBasedStateMachine):
             assert active is not None and active.running.get(lease.task.id) is lease.attempt
             stored = leased[lease.task.id]
             assert lease.task.attempts == stored.attempts, (lease.task, stored)
-        self._check_payments()
-        self._check_clients()
-
-    def _check_job(self, job_id: str, running: dict[str, Attempt]) -> None:
-        app = self.a
-        store, sched = app.store, app.scheduler
-        job = store.get_job(job_id)
-        assert job is not None
-        tasks = store.list_tasks(job_id, limit=10**6)
-        states = Counter(t.state for t in tasks)
-        active = sched.jobs.get(job_id)
-        if job.state == JobState.SUCCEEDED:
-            assert states[TaskState.SUCCEEDED] == len(tasks), f"job {job_id} succeeded: {states}"
-        if job.state in FINAL_JOB_STATES:
-            assert active is None
-            sweep = sched.sweeps.get(job_id)  # its queued tasks cancelled a slice at a time
-            unswept = [t for t in tasks if sweep is not None and t.index >= sweep.start]
-            final = [t for t in tasks if t not in unswept]
-            assert all(t.state in FINAL_TASK_STATES for t in final), f"ended job {job_id}: {states}"
-            assert (job.tasks_succeeded, job.tasks_failed) == (
-                states[TaskState.SUCCEEDED],
-                states[TaskState.FAILED],
-            ), f"job {job_id} counts {job.tasks_succeeded}/{job.tasks_failed}, tasks {states}"
-            return
-        assert active is not None, f"job {job_id} is {job.state} but not scheduled"
-        counts = active.counts()
-        for state in TaskState:
-            assert counts[state] == states[state], f"job {job_id}: memory {counts}, store {states}"
-        queued = queued_ids(active)
-        held = set(active.held)
-        leased = set(active.running)
-        assert not queued & held, f"tasks both queued and held: {queued & held}"
-        assert not queued & leased, f"tasks both queued and leased: {queued & leased}"
-        assert not held & leased, f"tasks both held and leased: {held & leased}"
-        by_state = {s: {t.id for t in tasks if t.state == s} for s in TaskState}
-        assert queued | held == by_state[TaskState.QUEUED], (
-            f"job {job_id}: queue {queued}, held {held}, QUEUED in the store "
-            f"{by_state[TaskState.QUEUED]}"
-        )
-        assert leased == by_state[TaskState.LEASED]
-        for task_id, attempt in active.running.items():
-            assert attempt.id in running, f"attempt {attempt.id} of {task_id} not running"
-            assert attempt == running[attempt.id], (attempt, running[attempt.id])
-        stored = {t.id: t for t in tasks}
-        for task in [*active.queue.materialised(), *active.held.values()]:
-            mine = (task.state, task.attempts)
-            assert mine == (stored[task.id].state, stored[task.id].attempts), (
-                task,
-                stored[task.id],
-            )
-
-    def _check_payments(self) -> None:
-        """No attempt paid twice; each paid for a result of a task accepted, and valid."""
-        store = self.a.store
-        attempts = Counter(p.attempt_id for p in self.paid)
-        twice = [a for a, n in attempts.items() if n > 1]
-        assert not twice, f"attempts paid twice: {twice}"
-        tasks = {t.id: t for t in store.get_tasks(sorted({p.task_id for p in self.paid}))}
-        stored = {a.id: a for a in store.get_attempts(sorted(attempts))}
-        replicas = {r.attempt_id: r for r in store.get_replicas(sorted(tasks))}
-        for p in self.paid:
-            assert tasks[p.task_id].state == TaskState.SUCCEEDED, f"paid for {p.task_id}: {p}"
-            assert stored[p.attempt_id].state == AttemptState.SUCCEEDED, stored[p.attempt_id]
-            assert replicas[p.attempt_id].state == ReplicaState.VALID, replicas[p.attempt_id]
-
-    def _check_clients(self) -> None:
-        """What each client was granted is its balance, its jobs' escrow, and what its
-        jobs paid."""
-        store = self.a.store
-        paid = store.payments_by_job()
-        for name, account in self.accounts.items():
-            jobs = [j.id for j in store.list_jobs(account.id, limit=10**6)]
-            escrow = sum(store.balance(escrow_account(j)) for j in jobs)
-            spent = sum(paid.get(j, 0) for j in jobs)
-            balance = store.balance(client_account(name))
-            assert balance + escrow + spent == GRANTED, (name, balance, escrow, spent)
+        check_payments(store, self.paid)
+        check_clients(store, self.accounts, GRANTED)
 
     # --- liveness --------------------------------------------------------------------------
 
