@@ -158,7 +158,7 @@ class Upload:
         self.digest = digest
         self.size = size
         self._partial = store.partial_path(digest, owner)
-        have = self._partial.stat().st_size if self._partial.exists() else 0
+        have = store.partial_size(digest, owner)
         store.check_partial(digest, size, owner, have)
         if offset != have:
             raise CoordinatorError(
