@@ -61,8 +61,8 @@ async def test_python_example_runs(
 
 def test_the_readme_prices_are_the_defaults() -> None:
     """One source of truth: the README's table, `coordinator serve --help` and `job prices`
-    (tests/e2e/test_clients.py) all show jobs.DEFAULT_PRICES."""
-    from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, prices_text
+    (tests/e2e/test_clients.py) all show prices.DEFAULT_PRICES."""
+    from sparegrid.coordinator.services.prices import DEFAULT_PRICES, prices_text
 
     table = README.read_text().split("### Prices", 1)[1].split("###", 1)[0]
     rows = re.findall(r"^\| (\w+) \| ([\d/]+) \|", table, flags=re.MULTILINE)

@@ -8,7 +8,8 @@ import numpy as np
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Attempt, Task
-from sparegrid.coordinator.services.jobs import JobSpec, Price
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.prices import Price
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import Verdict
 from sparegrid.v1 import common_pb2

@@ -335,7 +335,7 @@ def test_a_task_without_agreement_fails_alone_and_retry_runs_only_it(tmp_path: P
     alice = app.store.get_account_by_name("alice")
     assert alice is not None
     held = job.cost_held
-    retried = app.jobs.retry(alice, job_id)
+    retried = app.retries.retry(alice, job_id)
     assert retried.state == JobState.QUEUED and retried.cost_held == held + 2
     assert app.store.task_counts(job_id)[TaskState.QUEUED] == 1  # task 1 keeps its result
     run(fleet_[2], credit=1)
@@ -344,7 +344,7 @@ def test_a_task_without_agreement_fails_alone_and_retry_runs_only_it(tmp_path: P
     assert job is not None and job.state == JobState.SUCCEEDED and job.error == ""
     assert app.ledger.check().balanced
     with pytest.raises(CoordinatorError) as err:
-        app.jobs.retry(alice, job_id)
+        app.retries.retry(alice, job_id)
     assert err.value.code == "JOB_NOT_RETRYABLE"
 
 

@@ -11,7 +11,8 @@ import pytest
 from sparegrid.coordinator.domain import Delivery, JobState
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.estimate import estimate
-from sparegrid.coordinator.services.jobs import JobSpec, Price
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.prices import Price
 from sparegrid.coordinator.services.webhooks import (
     WebhookConfig,
     account_secret,

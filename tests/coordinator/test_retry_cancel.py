@@ -22,7 +22,7 @@ def test_a_retried_job_cancelled_before_its_tasks_ran_again_has_them_cancelled(
     assert alice is not None
     assert run(node, credit=1) == 1
     app.jobs.cancel(alice, job_id)
-    app.jobs.retry(alice, job_id)  # no node had room: none of them read back yet
+    app.retries.retry(alice, job_id)  # no node had room: none of them read back yet
     app.jobs.cancel(alice, job_id)
     job = app.store.get_job(job_id)
     assert job is not None and job.state == JobState.CANCELLED

@@ -8,7 +8,7 @@ import pytest
 
 from sparegrid.coordinator.domain import MAX_BALANCE, JobState, client_account, escrow_account
 from sparegrid.coordinator.errors import CoordinatorError
-from sparegrid.coordinator.services.jobs import Price
+from sparegrid.coordinator.services.prices import Price
 from tests.coordinator.helpers import make_app, make_client
 from tests.coordinator.verifying import nodes, run, submit
 
@@ -21,7 +21,7 @@ def test_every_end_of_a_retried_job_refunds_what_is_left(tmp_path: Path) -> None
     assert alice is not None
     app.jobs.cancel(alice, job_id)
     for _ in range(2):  # retried, one task run, cancelled again: twice
-        app.jobs.retry(alice, job_id)
+        app.retries.retry(alice, job_id)
         assert run(node, credit=1) == 1
         app.jobs.cancel(alice, job_id)
         job = app.store.get_job(job_id)
@@ -43,7 +43,7 @@ def test_a_retry_whose_hold_would_pass_what_a_job_records_is_refused(tmp_path: P
     job_id = submit(app, 2)  # 2 tasks, up to 3 paid results each: 6 x 2^60 held
     app.jobs.cancel(alice, job_id)
     with pytest.raises(CoordinatorError) as err:
-        app.jobs.retry(alice, job_id)
+        app.retries.retry(alice, job_id)
     assert err.value.code == "JOB_NOT_RETRYABLE" and "2^63 - 1" in err.value.message
     job = app.store.get_job(job_id)
     assert job is not None and job.state == JobState.CANCELLED and job.cost_held == 6 << 60

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from sparegrid.coordinator.domain import MAX_BALANCE
-from sparegrid.coordinator.services.jobs import Price
+from sparegrid.coordinator.services.prices import Price
 from sparegrid.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -44,7 +44,7 @@ def test_a_job_retried_during_the_walk_keeps_its_outputs(tmp_path: Path) -> None
     swept = Swept()
     steps = app.sweeper.collect_blobs(swept)
     next(steps)
-    app.jobs.retry(alice, job_id)
+    app.retries.retry(alice, job_id)
     for _ in steps:
         pass
     assert swept.blobs == 0 and app.blobs.size(output) == 16

@@ -359,7 +359,7 @@ def test_bad_policies_are_refused_and_change_nothing(tmp_path: Path) -> None:
 
 
 def test_credit_follows_work_units_and_the_price_table(tmp_path: Path) -> None:
-    from sparegrid.coordinator.services.jobs import Price
+    from sparegrid.coordinator.services.prices import Price
 
     app = make_app(tmp_path, prices={"checksum": Price(3, 1000)})
     account = make_client(app)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.services.jobs import DEFAULT_PRICES
+from sparegrid.coordinator.services.prices import DEFAULT_PRICES
 from sparegrid.sdk import AdminClient, AsyncClient, Client, InvalidArgumentError, JobState
 from sparegrid.wire.webhook import verify
 from tests.e2e.conftest import Cluster

@@ -24,17 +24,13 @@ from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.events import EventConfig, Events
 from sparegrid.coordinator.services.identity import Identities, IdentityConfig
 from sparegrid.coordinator.services.invites import Invites, SignupConfig
-from sparegrid.coordinator.services.jobs import (
-    DEFAULT_PRICES,
-    Jobs,
-    JobsConfig,
-    JobSpec,
-    Price,
-)
+from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec
 from sparegrid.coordinator.services.ledger import Ledger
+from sparegrid.coordinator.services.prices import DEFAULT_PRICES, Price
 from sparegrid.coordinator.services.quotas import QuotaConfig, Quotas
 from sparegrid.coordinator.services.reputation import Reputations, TrustConfig
 from sparegrid.coordinator.services.results import Intake
+from sparegrid.coordinator.services.retries import Retries
 from sparegrid.coordinator.services.scheduler import Scheduler, SchedulerConfig
 from sparegrid.coordinator.services.settlement import Settlement
 from sparegrid.coordinator.services.spotcheck import SpotChecks, SpotConfig
@@ -87,7 +83,7 @@ class Settings:
     blobs: str = "local"
     # with blobs in a bucket: local copies kept for code that needs a file (blobs_s3.py)
     blob_cache_size: int = 10 << 30
-    # credit per work units, by kind (jobs.DEFAULT_PRICES says what each unit is)
+    # credit per work units, by kind (prices.DEFAULT_PRICES says what each unit is)
     prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     default_max_attempts: int = 3
     # a job of more tasks is written a slice per group commit (submit.py), and one ending
@@ -199,7 +195,8 @@ class App:
                 check_webhook=lambda url: check_url(url, settings.webhooks.allow_private),
             ),
         )
-        self.submitter = Submitter(self.jobs, store, self, settings.bulk_above)
+        self.retries = Retries(self.jobs, store, self.ledger, self.scheduler, self.blobs)
+        self.submitter = Submitter(self.jobs, self.retries, store, self, settings.bulk_above)
         self.sweeper = Sweeper(
             store,
             self.blobs,

@@ -23,7 +23,7 @@ from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.invites import SignupConfig
-from sparegrid.coordinator.services.jobs import DEFAULT_PRICES, Price, parse_price, prices_text
+from sparegrid.coordinator.services.prices import DEFAULT_PRICES, Price, parse_price, prices_text
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig

@@ -27,7 +27,8 @@ from typing import Protocol, TypeVar
 
 from sparegrid.coordinator.domain import Account, Job, Task
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
-from sparegrid.coordinator.services.jobs import Draft, Jobs, JobSpec, Planned, Reopened
+from sparegrid.coordinator.services.jobs import Draft, Jobs, JobSpec, Planned
+from sparegrid.coordinator.services.retries import Reopened, Retries
 from sparegrid.coordinator.store.base import Store
 
 log = logging.getLogger("sparegrid.coordinator.submit")
@@ -70,8 +71,11 @@ class Pacer:
 class Submitter:
     """Runs submits for the servicer: at most one per idempotency key at a time."""
 
-    def __init__(self, jobs: Jobs, store: Store, commits: GroupCommits, step: int) -> None:
+    def __init__(
+        self, jobs: Jobs, retries: Retries, store: Store, commits: GroupCommits, step: int
+    ) -> None:
         self._jobs = jobs
+        self._retries = retries
         self._store = store
         self._commits = commits
         self._call = commits.call
@@ -134,21 +138,21 @@ class Submitter:
         queued again a slice per group commit, then one transaction holds their cost and
         queues the job. The inputs are held from the check until the retry ends, as a
         submit's are: until the job is queued again, no live job names them."""
-        job = self._jobs.retryable(account, job_id)
+        job = self._retries.retryable(account, job_id)
         if self._jobs.remote_blobs:
             await asyncio.to_thread(self._jobs.look_up_inputs, job.inputs)
-            job = self._jobs.retryable(account, job_id)  # it may have changed meanwhile
+            job = self._retries.retryable(account, job_id)  # it may have changed meanwhile
         if job.id in self._retrying:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
                 "JOB_NOT_RETRYABLE",
                 f"job {job.id} is being retried already",
             )
-        inputs = self._jobs.retry_inputs(account, job)  # no await between: a sweep's step
+        inputs = self._retries.retry_inputs(account, job)  # no await between: a sweep's step
         self._held.update(inputs)  # runs whole, before the check or after the hold
         if job.task_count - max(job.tasks_succeeded, 0) <= self.step:
             try:
-                return await self._call(lambda: self._jobs.retry(account, job_id))
+                return await self._call(lambda: self._retries.retry(account, job_id))
             finally:
                 self._release(inputs)
         task = asyncio.create_task(self._retry_large(account, job))
@@ -166,17 +170,17 @@ class Submitter:
 
                 def step(first: int = start, size: int = pacer.size) -> int:
                     held = set(reopened.inputs)
-                    stop = self._jobs.reopen(account, job, first, first + size, reopened)
+                    stop = self._retries.reopen(account, job, first, first + size, reopened)
                     self._held.update(reopened.inputs - held)
                     return stop
 
                 start = await self._call(step)
                 pacer.adjust(self._commits.last_group_seconds)
-            return await self._call(lambda: self._jobs.publish_retry(account, job, reopened))
+            return await self._call(lambda: self._retries.publish_retry(account, job, reopened))
         except asyncio.CancelledError:
             raise  # stopping: the next start sweeps the tasks it queued back
         except BaseException:
-            await self._call(lambda: self._jobs.abandon_retry(job))
+            await self._call(lambda: self._retries.abandon_retry(job))
             raise
         finally:
             self._release(list(reopened.inputs))
