@@ -967,6 +967,7 @@ class WatchEventsRequest(_message.Message):
     FOLLOW_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """the latest this many first (default 50, at most 10,000)"""
     follow: _builtins.bool
@@ -975,6 +976,10 @@ class WatchEventsRequest(_message.Message):
     """instead of the latest: those recorded after this seq"""
     job_id: _builtins.str
     """only this job's"""
+    kind: _builtins.str
+    """only events of this kind ("admin", "job.finished") or family ("node": node.banned,
+    node.quarantined, ...); one that names none is refused (BAD_EVENT_KIND)
+    """
     def __init__(
         self,
         *,
@@ -982,10 +987,11 @@ class WatchEventsRequest(_message.Message):
         follow: _builtins.bool = ...,
         after_seq: _builtins.int = ...,
         job_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "follow", b"follow", "job_id", b"job_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "follow", b"follow", "job_id", b"job_id", "kind", b"kind", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     BAD_CREDIT = "BAD_CREDIT"
     BAD_DEVICE = "BAD_DEVICE"
     BAD_DIGEST = "BAD_DIGEST"
+    BAD_EVENT_KIND = "BAD_EVENT_KIND"  # an events filter naming no kind or family
     BAD_EXPIRY = "BAD_EXPIRY"
     BAD_HELLO = "BAD_HELLO"
     BAD_IDEMPOTENCY_KEY = "BAD_IDEMPOTENCY_KEY"  # over 200 characters

@@ -1,5 +1,6 @@
-"""`sparegrid admin events [--follow] [--json]`: what the coordinator recorded for its
-operator (jobs, task failures, disputes, quarantines, bans, credit)."""
+"""`sparegrid admin events [--follow] [--json] [--kind K]`: what the coordinator recorded
+for its operator (jobs, task failures, disputes, quarantines, bans, credit, and what
+admins changed)."""
 
 import argparse
 import json
@@ -16,11 +17,18 @@ def register(admin: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = admin.add_parser(
         "events",
         parents=parents,
-        help="recent job, task-failure, dispute, quarantine, ban and ledger events",
+        help="recent job, task-failure, dispute, quarantine, ban, ledger and admin events",
     )
     p.add_argument("--follow", "-f", action="store_true", help="then print new ones as they come")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--job", default="", metavar="JOB_ID", help="only this job's")
+    p.add_argument(
+        "--kind",
+        default="",
+        metavar="KIND",
+        help="only this kind or family: admin (what admins changed), job, task.failed, "
+        "dispute, node, ledger, account.signup",
+    )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="the latest N first (50)")
     p.set_defaults(func=events)
 
@@ -49,7 +57,7 @@ def events(args: argparse.Namespace) -> int:
         return 2
     with common.admin_client(args) as admin:
         if not args.follow:
-            found = admin.events(args.limit, args.job)
+            found = admin.events(args.limit, args.job, args.kind)
             if args.json:
                 for event in found:
                     print(json.dumps(as_dict(event)), flush=True)
@@ -62,7 +70,7 @@ def events(args: argparse.Namespace) -> int:
                 output.show(t)
             return 0
         try:
-            for event in admin.follow_events(args.limit, args.job):
+            for event in admin.follow_events(args.limit, args.job, kind=args.kind):
                 if args.json:
                     print(json.dumps(as_dict(event)), flush=True)
                 else:

@@ -1,9 +1,14 @@
-"""AdminService: accounts, credit, nodes and the ledger, for admin accounts only."""
+"""AdminService: accounts, credit, nodes and the ledger, for admin accounts only.
+
+Every change an admin makes is recorded as an `admin` event in the transaction that makes
+it, naming the admin (`by`), the action and what it acted on: `sparegrid admin events
+--kind admin` is the operators' audit trail. No key or invitation code is ever in one.
+"""
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -17,30 +22,72 @@ from sparegrid.coordinator.domain import (
     client_account,
     node_account,
 )
-from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, not_found
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import admin_of
 from sparegrid.coordinator.rpc.errors import streaming, unary
+from sparegrid.coordinator.services.events import EventKind, kind_names, kinds_named
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from sparegrid.wire.codes import NODE_STATES, NodeState
 
 Ctx = aio.ServicerContext[Any, Any]
 EVENTS_PAGE = 500  # events per message
 FOLLOW_POLL_SECONDS = 1.0  # a follower also reads the store this often (other coordinators)
+T = TypeVar("T")
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    def _audit(self, operator: Account, action: str, target: str, what: str, **data: Any) -> None:
+        """Records what an admin did, in the caller's transaction."""
+        self.app.events.emit(
+            EventKind.ADMIN,
+            f"{operator.name}: {what}",
+            account=operator.name,
+            action=action,
+            by=operator.name,
+            target=target,
+            **data,
+        )
+
+    async def _audited(
+        self,
+        operator: Account,
+        action: str,
+        fn: Callable[[], T],
+        said: Callable[[T], tuple[str, str]],
+    ) -> T:
+        """Runs `fn` in the next group commit with its `admin` event: `said` gives what
+        it acted on, and the words for it."""
+
+        def run() -> T:
+            result = fn()
+            self._audit(operator, action, *said(result))
+            return result
+
+        return await self.app.call(run)
+
     @unary
     async def CreateAccount(
         self, request: admin_pb2.CreateAccountRequest, context: Ctx
     ) -> admin_pb2.CreateAccountResponse:
-        admin_of(context, self.app.accounts)
-        account, key = self.app.accounts.create(
-            request.name, request.initial_credit, request.is_admin
-        )
+        operator = admin_of(context, self.app.accounts)
+        # not in a group commit: a name taken is a conflict there, failing the whole group
+        with self.app.store.transaction():
+            account, key = self.app.accounts.create(
+                request.name, request.initial_credit, request.is_admin
+            )
+            admin = " admin" if account.is_admin else ""
+            self._audit(
+                operator,
+                "account.create",
+                account.name,
+                f"created{admin} account {account.name!r} with {request.initial_credit} credit",
+                is_admin=account.is_admin,
+                credit=request.initial_credit,
+            )
         balance = self.app.accounts.balance(account)
         return admin_pb2.CreateAccountResponse(
             account=convert.account_to_pb(account, balance), api_key=key
@@ -62,9 +109,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GrantCredit(
         self, request: admin_pb2.GrantCreditRequest, context: Ctx
     ) -> admin_pb2.GrantCreditResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         key = convert.idempotency_key(request.idempotency_key)
-        account = self.app.accounts.grant(request.name, request.amount, key, request.reason)
+        with self.app.store.transaction():
+            account, posted = self.app.accounts.grant(
+                request.name, request.amount, key, request.reason
+            )
+            if posted:  # a grant made again with its key books nothing
+                self._audit(
+                    operator,
+                    "credit.grant",
+                    account.name,
+                    f"granted {request.amount} credit to {account.name!r}"
+                    f" ({request.reason or 'grant'})",
+                    amount=request.amount,
+                )
         balance = self.app.accounts.balance(account)
         return admin_pb2.GrantCreditResponse(account=convert.account_to_pb(account, balance))
 
@@ -117,20 +176,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def BanNode(
         self, request: admin_pb2.BanNodeRequest, context: Ctx
     ) -> admin_pb2.BanNodeResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         node = self._node(request.node_id)
         reason = request.reason[:500] or "banned by the operator"
-        await self.app.call(lambda: self.app.reputations.ban(node.id, reason))
+        await self._audited(
+            operator,
+            "node.ban",
+            lambda: self.app.reputations.ban(node.id, reason),
+            lambda _: (node.id, f"banned node {node.id} ({reason})"),
+        )
         return admin_pb2.BanNodeResponse(node=self._node_pb(node))
 
     @unary
     async def ReinstateNode(
         self, request: admin_pb2.ReinstateNodeRequest, context: Ctx
     ) -> admin_pb2.ReinstateNodeResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         node = self._node(request.node_id)
         reason = request.reason[:500] or "reinstated by the operator"
-        await self.app.call(lambda: self.app.reputations.reinstate(node.id, reason))
+        await self._audited(
+            operator,
+            "node.reinstate",
+            lambda: self.app.reputations.reinstate(node.id, reason),
+            lambda _: (node.id, f"reinstated node {node.id} ({reason})"),
+        )
         self.app.kick()
         return admin_pb2.ReinstateNodeResponse(node=self._node_pb(node))
 
@@ -138,11 +207,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ApproveNode(
         self, request: admin_pb2.ApproveNodeRequest, context: Ctx
     ) -> admin_pb2.ApproveNodeResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         node = self._node(request.node_id)
         reason = request.reason[:500] or "approved by the operator"
         try:
-            await self.app.call(lambda: self.app.reputations.approve(node.id, reason))
+            await self._audited(
+                operator,
+                "node.approve",
+                lambda: self.app.reputations.approve(node.id, reason),
+                lambda _: (node.id, f"approved node {node.id} ({reason})"),
+            )
         except ValueError as exc:
             raise CoordinatorError(ErrorKind.PRECONDITION, "NOT_PENDING", str(exc)) from None
         self.app.kick()
@@ -185,9 +259,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetAccountDisabled(
         self, request: admin_pb2.SetAccountDisabledRequest, context: Ctx
     ) -> admin_pb2.SetAccountDisabledResponse:
-        admin_of(context, self.app.accounts)
-        account = await self.app.call(
-            lambda: self.app.accounts.set_disabled(request.name, request.disabled)
+        operator = admin_of(context, self.app.accounts)
+        verb = "disable" if request.disabled else "enable"
+        account = await self._audited(
+            operator,
+            f"account.{verb}",
+            lambda: self.app.accounts.set_disabled(request.name, request.disabled),
+            lambda a: (a.name, f"{verb}d account {a.name!r}"),
         )
         if account.disabled:  # its nodes' sessions end; reconnecting, they are refused
             for session in list(self.app.scheduler.sessions.values()):
@@ -199,27 +277,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RotateKey(
         self, request: admin_pb2.RotateKeyRequest, context: Ctx
     ) -> admin_pb2.RotateKeyResponse:
-        admin_of(context, self.app.accounts)
-        account, key = await self.app.call(lambda: self.app.accounts.rotate_key(request.name))
+        operator = admin_of(context, self.app.accounts)
+        account, key = await self._audited(
+            operator,
+            "key.rotate",
+            lambda: self.app.accounts.rotate_key(request.name),
+            lambda made: (made[0].name, f"rotated the API key of account {made[0].name!r}"),
+        )
         return admin_pb2.RotateKeyResponse(account=self._account_pb(account), api_key=key)
 
     @unary
     async def RevokeKey(
         self, request: admin_pb2.RevokeKeyRequest, context: Ctx
     ) -> admin_pb2.RevokeKeyResponse:
-        admin_of(context, self.app.accounts)
-        account = await self.app.call(lambda: self.app.accounts.revoke_key(request.name))
+        operator = admin_of(context, self.app.accounts)
+        account = await self._audited(
+            operator,
+            "key.revoke",
+            lambda: self.app.accounts.revoke_key(request.name),
+            lambda a: (a.name, f"revoked the API key of account {a.name!r}"),
+        )
         return admin_pb2.RevokeKeyResponse(account=self._account_pb(account))
 
     @unary
     async def DebitCredit(
         self, request: admin_pb2.DebitCreditRequest, context: Ctx
     ) -> admin_pb2.DebitCreditResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         key = convert.idempotency_key(request.idempotency_key)
-        account = await self.app.call(
-            lambda: self.app.accounts.debit(request.name, request.amount, key, request.reason)
-        )
+
+        def debit() -> Account:
+            account, posted = self.app.accounts.debit(
+                request.name, request.amount, key, request.reason
+            )
+            if posted:  # a debit made again with its key books nothing
+                what = f"debited {request.amount} credit from {account.name!r}"
+                what += f" ({request.reason or 'debit'})"
+                self._audit(operator, "credit.debit", account.name, what, amount=request.amount)
+            return account
+
+        account = await self.app.call(debit)
         return admin_pb2.DebitCreditResponse(account=self._account_pb(account))
 
     def _job_pb(self, job: Job, owners: dict[str, str]) -> common_pb2.Job:
@@ -247,7 +344,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CancelAnyJobResponse:
         operator = admin_of(context, self.app.accounts)
         reason = request.reason[:500] or f"cancelled by operator {operator.name!r}"
-        job = await self.app.call(lambda: self.app.jobs.cancel_any(request.job_id, reason))
+        job = await self._audited(
+            operator,
+            "job.cancel",
+            lambda: self.app.jobs.cancel_any(request.job_id, reason),
+            lambda j: (j.id, f"cancelled job {j.id} ({reason})"),
+        )
         return admin_pb2.CancelAnyJobResponse(job=self._job_pb(job, self._owners()))
 
     @streaming
@@ -256,12 +358,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin_pb2.WatchEventsResponse]:
         operator = admin_of(context, self.app.accounts)
         store, limit = self.app.store, min(request.limit or 50, 10_000)
+        kinds = kinds_named(request.kind) if request.kind else None
+        if request.kind and kinds is None:
+            raise invalid(
+                "BAD_EVENT_KIND",
+                f"no event kind is {request.kind[:100]!r}; kinds: {kind_names()}",
+            )
         # no event is numbered past a BIGINT: SQLite refused a larger number (INTERNAL)
         after = min(request.after_seq, MAX_BIGINT)
         if after:
-            events = store.list_events(after, limit, job_id=request.job_id)
+            events = store.list_events(after, limit, job_id=request.job_id, kinds=kinds)
         else:
-            events = store.list_events(limit=limit, newest=True, job_id=request.job_id)
+            events = store.list_events(limit=limit, newest=True, job_id=request.job_id, kinds=kinds)
         last = events[-1].seq if events else after
         for start in range(0, len(events), EVENTS_PAGE):
             page = events[start : start + EVENTS_PAGE]
@@ -286,7 +394,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 woken.clear()
                 # a key revoked or rotated, or the account disabled, ends the follow
                 operator = self.app.accounts.recheck(operator)
-                new = store.list_events(last, EVENTS_PAGE, job_id=request.job_id)
+                new = store.list_events(last, EVENTS_PAGE, job_id=request.job_id, kinds=kinds)
                 if new:
                     last = new[-1].seq
                     yield admin_pb2.WatchEventsResponse(
@@ -299,11 +407,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateInvite(
         self, request: admin_pb2.CreateInviteRequest, context: Ctx
     ) -> admin_pb2.CreateInviteResponse:
-        admin_of(context, self.app.accounts)
+        operator = admin_of(context, self.app.accounts)
         # not ToTimedelta(), which overflows past 999,999,999 days: the service says what is wrong
         expires_in = request.expires_in.seconds + request.expires_in.nanos / 1e9
-        invite, code = await self.app.call(
-            lambda: self.app.invites.create(request.uses, expires_in, request.credit, request.note)
+        invite, code = await self._audited(
+            operator,
+            "invite.create",
+            lambda: self.app.invites.create(request.uses, expires_in, request.credit, request.note),
+            lambda made: (
+                made[0].id,
+                f"created invitation {made[0].id}: {made[0].uses} signup(s), "
+                f"{made[0].credit} credit each",
+            ),
         )
         return admin_pb2.CreateInviteResponse(invite=convert.invite_to_pb(invite), code=code)
 
@@ -319,6 +434,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeInvite(
         self, request: admin_pb2.RevokeInviteRequest, context: Ctx
     ) -> admin_pb2.RevokeInviteResponse:
-        admin_of(context, self.app.accounts)
-        invite = await self.app.call(lambda: self.app.invites.revoke(request.id))
+        operator = admin_of(context, self.app.accounts)
+        invite = await self._audited(
+            operator,
+            "invite.revoke",
+            lambda: self.app.invites.revoke(request.id),
+            lambda i: (i.id, f"revoked invitation {i.id}"),
+        )
         return admin_pb2.RevokeInviteResponse(invite=convert.invite_to_pb(invite))

@@ -107,14 +107,15 @@ class Accounts:
             raise self.over_limit(credit, f"account {name!r} was not created") from None
         return account, key
 
-    def grant(self, name: str, amount: int, key: str, reason: str) -> Account:
+    def grant(self, name: str, amount: int, key: str, reason: str) -> tuple[Account, bool]:
+        """Grants credit from the mint; False if a grant with this key was made before."""
         account = self.get(name)
         check_amount(amount, allow_zero=False)
         try:
-            self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
+            posted = self._ledger.grant(name, amount, key=f"grant:{key}", reason=reason or "grant")
         except BalanceOverflow:
             raise self.over_limit(amount, "nothing was granted") from None
-        return account
+        return account, posted
 
     def issued(self) -> int:
         """The credit the mint has issued and not taken back: what all accounts hold."""
@@ -133,12 +134,13 @@ class Accounts:
             "takes unused credit back",
         )
 
-    def debit(self, name: str, amount: int, key: str, reason: str) -> Account:
-        """Takes credit back to the mint; refused, booking nothing, beyond the balance."""
+    def debit(self, name: str, amount: int, key: str, reason: str) -> tuple[Account, bool]:
+        """Takes credit back to the mint; refused, booking nothing, beyond the balance.
+        False if a debit with this key was made before."""
         account = self.get(name)
         check_amount(amount, allow_zero=False)
         try:
-            self._ledger.debit(name, amount, key=f"debit:{key}", reason=reason or "debit")
+            posted = self._ledger.debit(name, amount, key=f"debit:{key}", reason=reason or "debit")
         except InsufficientFunds as exc:
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
@@ -146,7 +148,7 @@ class Accounts:
                 f"account {name!r} holds {exc.balance} credit; a debit of {amount} would take "
                 "it below zero (nothing was debited)",
             ) from None
-        return account
+        return account, posted
 
     def set_disabled(self, name: str, disabled: bool) -> Account:
         account = self.get(name)

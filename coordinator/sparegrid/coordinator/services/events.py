@@ -35,6 +35,22 @@ class EventKind(StrEnum):
     APPROVE = "node.approved"
     LEDGER = "ledger"  # a grant, escrow, refund, stake or slash (payments are metrics)
     SIGNUP = "account.signup"  # an account created with an invitation code
+    # what an admin changed: data["action"] (account.create, key.rotate, node.ban, ...),
+    # data["by"] the admin account, data["target"] what it acted on
+    ADMIN = "admin"
+
+
+def kinds_named(name: str) -> list[str] | None:
+    """The event kinds `name` stands for: one kind, or a family (`node`: node.banned,
+    node.quarantined, ...); None if it names none."""
+    kinds = [k.value for k in EventKind if k.value == name or k.value.startswith(name + ".")]
+    return kinds or None
+
+
+def kind_names() -> str:
+    """Every kind and family, for an error that names what may be asked for."""
+    names = {k.value for k in EventKind} | {k.value.split(".")[0] for k in EventKind}
+    return ", ".join(sorted(names))
 
 
 @dataclass

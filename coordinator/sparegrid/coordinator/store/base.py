@@ -428,9 +428,11 @@ class Store(Protocol):
         newest: bool = False,
         job_id: str = "",
         node_ids: list[str] | None = None,
+        kinds: list[str] | None = None,
     ) -> list[Event]:
         """Events with seq > after, oldest first; with `newest`, the latest `limit` of them
-        (still oldest first). Filtered by job id, or by any of the node ids, when given."""
+        (still oldest first). Filtered by job id, by any of the node ids and by any of the
+        kinds, when given."""
 
     def trim_events(self, keep: int) -> int:
         """Deletes all but the latest `keep` events; returns how many."""

@@ -620,6 +620,7 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         newest: bool = False,
         job_id: str = "",
         node_ids: list[str] | None = None,
+        kinds: list[str] | None = None,
     ) -> list[Event]:
         with self._lock:
             nodes = set(node_ids) if node_ids is not None else None
@@ -629,6 +630,7 @@ class MemoryStore(MemoryStorage, MemoryInvites):
                 if e.seq > after
                 and (not job_id or e.job_id == job_id)
                 and (nodes is None or e.node_id in nodes)
+                and (kinds is None or e.kind in kinds)
             ]
             return _copies(found[-limit:] if newest else found[:limit])
 

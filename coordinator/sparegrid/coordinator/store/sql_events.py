@@ -55,6 +55,7 @@ class SqlEvents(SqlEngine):
         newest: bool = False,
         job_id: str = "",
         node_ids: list[str] | None = None,
+        kinds: list[str] | None = None,
     ) -> list[Event]:
         where: list[str] = ["seq > ?"]
         params: list[object] = [after]
@@ -66,6 +67,11 @@ class SqlEvents(SqlEngine):
                 return []
             where.append(f"node_id IN ({marks(len(node_ids))})")
             params.extend(node_ids)
+        if kinds is not None:
+            if not kinds:
+                return []
+            where.append(f"kind IN ({marks(len(kinds))})")
+            params.extend(kinds)
         order = "DESC" if newest else "ASC"
         with self.transaction():
             rows = self._query(

@@ -788,9 +788,10 @@ class AdminClient(_SyncBase):
         response = self._unary(self._admin.ListLedgerEntries, request)
         return [convert.dispute(d) for d in response.disputes]
 
-    def events(self, limit: int = 50, job_id: str = "") -> list[Event]:
-        """The latest recorded events (of one job, with `job_id`), oldest first."""
-        request = admin_pb2.WatchEventsRequest(limit=limit, job_id=job_id)
+    def events(self, limit: int = 50, job_id: str = "", kind: str = "") -> list[Event]:
+        """The latest recorded events, oldest first: of one job with `job_id`, of one kind
+        or family with `kind` ("admin": what admins changed; "node": node.banned, ...)."""
+        request = admin_pb2.WatchEventsRequest(limit=limit, job_id=job_id, kind=kind)
         stream = self._admin.WatchEvents(
             request, metadata=self.connection.metadata, timeout=self.timeout
         )
@@ -800,12 +801,17 @@ class AdminClient(_SyncBase):
             raise from_rpc_error(exc) from None
 
     def follow_events(
-        self, limit: int = 50, job_id: str = "", on_following: Callable[[], None] | None = None
+        self,
+        limit: int = 50,
+        job_id: str = "",
+        on_following: Callable[[], None] | None = None,
+        kind: str = "",
     ) -> Iterator[Event]:
         """The latest `limit` events, then each new one as it is recorded, for ever;
         reconnects (resuming after the last one seen) when the coordinator goes away.
-        `on_following` is called each time the stream is open and following."""
-        request = admin_pb2.WatchEventsRequest(limit=limit, follow=True, job_id=job_id)
+        `on_following` is called each time the stream is open and following; `job_id`
+        and `kind` filter as in `events`."""
+        request = admin_pb2.WatchEventsRequest(limit=limit, follow=True, job_id=job_id, kind=kind)
         while True:
             stream = self._admin.WatchEvents(request, metadata=self.connection.metadata)
             try:
