@@ -111,6 +111,9 @@ class ActiveJob:
     # how long its attempts took, by device kind (the latest 100): what a straggler is
     durations: dict[str, deque[float]] = field(default_factory=dict)
     straggled: set[str] = field(default_factory=set)  # tasks taken back from a straggler
+    # tasks a node of no vetted owner failed while a vetted one could run them: its failure
+    # was not counted, and they go to nodes of vetted owners only (LeasesPart._doubt)
+    doubted: set[str] = field(default_factory=set)
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
     # attempts per task lost with their node (it restarted without them, or went away and
     # did not come back): given back, up to the job's attempt limit (Scheduler.lose)

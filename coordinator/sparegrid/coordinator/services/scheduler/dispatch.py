@@ -263,13 +263,14 @@ class DispatchPart(SessionsPart):
         """Up to `count` queued tasks an owner's device may run, from the front of the
         queue: never to an owner that has returned a result for the task already, a task
         held for a check never to a node whose result would not count, nor to a device with
-        no more memory than one the task ran out of."""
+        no more memory than one the task ran out of, a task whose failure was doubted
+        never to a node of no vetted owner."""
         if not active.excluded and not active.needs_memory:
             return active.queue.take(count)
 
         def skip(task: Task) -> bool:
             too_small = memory < active.needs_memory.get(task.id, 0)
-            held = not vetted and bool(active.replicas.get(task.id))
+            held = not vetted and (bool(active.replicas.get(task.id)) or task.id in active.doubted)
             return too_small or held or owner in active.excluded.get(task.id, ())
 
         return active.queue.take(count, skip)

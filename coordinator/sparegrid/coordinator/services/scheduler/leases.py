@@ -9,6 +9,7 @@ from sparegrid.coordinator.domain import (
     JobState,
     Task,
     TaskState,
+    owner_of,
 )
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.scheduler.base import (
@@ -229,6 +230,10 @@ class LeasesPart(QueuesPart):
                 if active is None or task.state != TaskState.LEASED:
                     continue  # the job ended, or another attempt finished the task
                 active.node_failures[attempt.node_id] += 1
+                if self._doubt(active, task, attempt):
+                    self._failed_event(active, task, attempt, final=False)
+                    requeue.append((active, task))
+                    continue
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
@@ -250,6 +255,24 @@ class LeasesPart(QueuesPart):
             if active.job.id in self.jobs:
                 self.finish(active, JobState.FAILED, error)
         log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
+
+    def _doubt(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+        """A failure is the node's claim, and a node key costs nothing: one of a node with
+        no vetted owner is not counted while a node of a vetted owner that could run the
+        job is online (else one fresh key could fail any job: a failure it calls final, or
+        enough of them, used to end the task and with it the job). The task goes back to
+        the front of the queue with the attempt given back, for vetted owners' nodes only;
+        the node is kept off the task, and counts the failure against the job as any
+        other (two keep it off the job). True if so."""
+        node = self.store.get_node(attempt.node_id)
+        owner = owner_of(node) if node is not None else f"node:{attempt.node_id}"
+        if self.vetted(owner) or not self.others_online(active, set()):
+            return False
+        task.attempts = max(task.attempts - 1, 0)
+        active.excluded.setdefault(task.id, set()).add(owner)
+        active.doubted.add(task.id)
+        move_task(task, TaskState.QUEUED)
+        return True
 
     def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:
         if self.events is None:

@@ -126,6 +126,7 @@ class QueuesPart(DispatchPart):
         active.replicas.pop(task_id, None)
         active.excluded.pop(task_id, None)
         active.results.pop(task_id, None)
+        active.doubted.discard(task_id)
 
     def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
         """Whether a connected node of a vetted owner not in `owners` could run the job's

@@ -1,0 +1,152 @@
+"""A failure is the node's claim, and a node key costs nothing: over real gRPC, on SQLite
+and PostgreSQL, a node without an owner account cannot fail a client's job, by a failure
+it calls final or by failing the task again and again under fresh keys, while a node of a
+vetted owner could run it; the task runs there instead, and is paid once. A vetted
+owner's node's failure still ends the task as before, and with no vetted node online an
+anonymous node's failure counts as it always did."""
+
+import asyncio
+
+import pytest
+
+from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
+from sparegrid.wire import Signer, sha256_hex
+from sparegrid.wire.receipt import sign_batch
+from tests.coordinator.conftest import Served
+from tests.coordinator.sessions import Call, next_ack, session
+
+
+def credit(count: int) -> worker_pb2.WorkerMessage:
+    return worker_pb2.WorkerMessage(credit=worker_pb2.Credit(device_index=0, count=count))
+
+
+async def submit(served: Served, tasks: int = 1, max_attempts: int = 3) -> str:
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    spec = client_pb2.JobSpec(
+        kind="echo", params=f'{{"tasks": {tasks}}}'.encode(), max_attempts=max_attempts
+    )
+    request = client_pb2.SubmitJobRequest(spec=spec)
+    job = (await client.SubmitJob(request, metadata=served.auth(served.alice_key))).job
+    return job.job_id
+
+
+async def fail(call: Call, attempt_id: str, batch: int, retryable: bool) -> None:
+    failure = worker_pb2.TaskFailure(
+        attempt_id=attempt_id, code="BAD_INPUT", message="the input is bad", retryable=retryable
+    )
+    failures = worker_pb2.Failures(batch_id=batch, failures=[failure])
+    await call.write(worker_pb2.WorkerMessage(failures=failures))
+    await next_ack(call)
+
+
+async def succeed(
+    call: Call, signer: Signer, assignment: worker_pb2.Assignment, batch: int
+) -> None:
+    out = b"ok"
+    statement = common_pb2.ResultStatement(
+        job_id=assignment.job_id,
+        task_id=assignment.task_id,
+        attempt_id=assignment.attempt_id,
+        node_id=signer.node_id,
+        outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
+    ).SerializeToString()
+    results = worker_pb2.Results(
+        batch_id=batch,
+        statements=[statement],
+        signature=sign_batch(signer, [statement]),
+        inline_outputs={sha256_hex(out): out},
+    )
+    await call.write(worker_pb2.WorkerMessage(results=results))
+    assert (await next_ack(call)).verdicts[0].accepted
+
+
+async def heartbeats(call: Call) -> None:
+    while True:  # the lease of a busy node is renewed
+        await call.write(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
+        await asyncio.sleep(1.0)
+
+
+async def state(served: Served, job_id: str) -> str:
+    await asyncio.sleep(0.2)
+    return served.app.store.get_job(job_id).state.value
+
+
+async def test_fresh_keys_cannot_fail_a_job_while_a_vetted_node_could_run_it(
+    served: Served,
+) -> None:
+    vetted = Signer.generate()
+    honest, _ = await session(served, vetted, owner_key=served.bob_key, node_name="bob's")
+    job_id = await submit(served, tasks=2)
+    await honest.write(credit(1))  # bob's node takes one task, and is busy with it
+    [first] = (await honest.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(honest))
+    sybil, _ = await session(served, Signer.generate(), node_name="sybil")
+    await sybil.write(credit(1))
+    [assignment] = (await sybil.read()).assign.assignments
+    assert assignment.task_id != first.task_id
+    await fail(sybil, assignment.attempt_id, 1, retryable=False)  # "the input is bad"
+    assert await state(served, job_id) == "running"
+    for n in range(3):  # fresh keys, as many as the job's attempts: none is given the task
+        call, _ = await session(served, Signer.generate(), node_name=f"sybil{n}")
+        await call.write(credit(1))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call.read(), 0.5)
+        call.cancel()
+    beating.cancel()
+    await succeed(honest, vetted, first, 1)
+    await honest.write(credit(1))
+    [second] = (await asyncio.wait_for(honest.read(), 10)).assign.assignments
+    assert second.task_id == assignment.task_id
+    await succeed(honest, vetted, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
+    paid = served.app.store.balances("node:")
+    assert paid == {f"node:{vetted.node_id}": 2}  # the vetted node, once a task; no sybil
+    events = [e for e in served.app.store.list_events(job_id=job_id) if e.kind == "task.failed"]
+    assert len(events) == 1 and not events[0].data["final"]
+
+
+async def test_a_vetted_owners_final_failure_still_ends_the_task(served: Served) -> None:
+    signer = Signer.generate()
+    call, _ = await session(served, signer, owner_key=served.bob_key)
+    await session(served, Signer.generate(), owner_key=served.alice_key)  # another owner
+    job_id = await submit(served)
+    await call.write(credit(1))
+    [assignment] = (await call.read()).assign.assignments
+    await fail(call, assignment.attempt_id, 1, retryable=False)
+    assert await state(served, job_id) == "failed"
+    assert "BAD_INPUT: the input is bad" in served.app.store.get_job(job_id).error
+
+
+async def test_with_no_vetted_node_online_an_anonymous_failure_counts(served: Served) -> None:
+    call, _ = await session(served, Signer.generate())
+    job_id = await submit(served)
+    await call.write(credit(1))
+    [assignment] = (await call.read()).assign.assignments
+    await fail(call, assignment.attempt_id, 1, retryable=False)
+    assert await state(served, job_id) == "failed"
+
+
+async def test_a_fresh_key_sitting_on_a_lease_cannot_fail_the_job(served: Served) -> None:
+    vetted = Signer.generate()
+    honest, _ = await session(served, vetted, owner_key=served.bob_key, node_name="bob's")
+    job_id = await submit(served, tasks=2, max_attempts=1)  # one attempt per task
+    await honest.write(credit(1))
+    [first] = (await honest.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(honest))
+    sybil, _ = await session(served, Signer.generate(), node_name="silent")
+    await sybil.write(credit(1))
+    [held] = (await sybil.read()).assign.assignments  # taken, and never heartbeated
+    deadline = asyncio.get_running_loop().time() + 20
+    while served.app.store.get_attempts([held.attempt_id])[0].state.value == "running":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    assert await state(served, job_id) == "running"  # the lease ran out: not counted
+    beating.cancel()
+    await succeed(honest, vetted, first, 1)
+    await honest.write(credit(1))
+    [second] = (await asyncio.wait_for(honest.read(), 10)).assign.assignments
+    assert second.task_id == held.task_id
+    await succeed(honest, vetted, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
