@@ -39,6 +39,14 @@ def test_a_config_larger_than_its_weights_is_refused_at_submit(cluster, tmp_path
     with pytest.raises(InvalidArgumentError) as caught:
         client.generate(wide, PROMPTS, max_tokens=2, device="cpu")
     assert caught.value.code == "MODEL_MISMATCH" and "[300, 64]" in caught.value.message
+    kernel = edit_config(
+        build(tmp_path / "kernel", tokenizer=tokenizer), experts_implementation="hub/kernel"
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.generate(kernel, PROMPTS, max_tokens=2, device="cpu")
+    assert caught.value.code == "UNSUPPORTED_MODEL" and "experts_implementation" in str(
+        caught.value
+    )
 
     # straight to the coordinator, past the SDK's checks: the same rule
     from sparegrid.wire.llm import model_files
