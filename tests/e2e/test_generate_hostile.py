@@ -135,3 +135,18 @@ def test_prompts_are_split_by_their_padded_size(cluster, tmp_path: Path) -> None
         client.submit("generate", {"max_tokens": 1, "task_tokens": 1000}, digests)
     assert caught.value.code == "PROMPT_TOO_LONG" and "raise task_tokens" in caught.value.message
     assert admin.ledger_check().balanced
+
+
+def test_the_memory_a_job_asks_for_counts_its_logits(cluster, tmp_path: Path) -> None:
+    _, client = setup(cluster, workers=1)
+    # 8-wide embeddings over a million ids: 64 MB of weights, but every position a task
+    # scores takes 4 MB of logits; a task of 16,384 tokens needs 64 GB, more than this
+    # machine has: the job waits, saying so, rather than run a worker out of memory
+    model = build(tmp_path / "wide", hidden=8, layers=1, vocab=1_000_000)
+    job = client.generate(model, PROMPTS, max_tokens=2, device="cpu").job
+
+    def waiting() -> str:
+        return job.refresh().waiting
+
+    wait_for(lambda: "a CPU with 61.3 GiB of memory" in waiting(), what="why the job waits")
+    assert job.refresh().state in ("queued", "running") and job.counts.succeeded == 0

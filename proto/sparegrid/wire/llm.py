@@ -75,13 +75,17 @@ class ModelInfo:
     config: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def memory_bytes(self, precision: str, tokens: int) -> int:
-        """Device memory to hold the weights at `precision` and a KV cache of `tokens`."""
+        """Device memory to hold the weights at `precision`, a KV cache of `tokens` and
+        their logits: a check's prefill scores every position of a task against the whole
+        vocabulary (a model of 8 wide embeddings over 1M ids is 64 MB of weights and 4 MB
+        of logits per token)."""
         per = PRECISIONS.get(precision, 4)
         heads = int(self.config.get("num_attention_heads") or 1)
         kv_heads = int(self.config.get("num_key_value_heads") or heads)
         head_dim = int(self.config.get("head_dim") or self.hidden_size // heads)
         kv = 2 * self.layers * kv_heads * head_dim * per * tokens
-        return self.parameters * per + kv + (256 << 20)  # plus the runtime's own
+        logits = tokens * self.vocab_size * 4  # float32 where sampling reads them
+        return self.parameters * per + kv + logits + (256 << 20)  # plus the runtime's own
 
 
 def check_config(raw: bytes) -> dict[str, Any]:
