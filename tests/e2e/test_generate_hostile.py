@@ -48,6 +48,19 @@ def test_a_config_larger_than_its_weights_is_refused_at_submit(cluster, tmp_path
         caught.value
     )
 
+    # a pre-tokenizer that backtracks without end: the tokenizer gives up (Oniguruma's
+    # retry limit) and the SDK says so, rather than raise a Rust panic at the user
+    redos = build(tmp_path / "redos", tokenizer=tokenizer)
+    spec = json.loads((redos / "tokenizer.json").read_text())
+    pattern = {"Regex": "(a+)+$"}
+    spec["pre_tokenizer"] = {"type": "Split", "pattern": pattern, "behavior": "Isolated"}
+    spec["pre_tokenizer"]["invert"] = False
+    (redos / "tokenizer.json").write_text(json.dumps(spec))
+    long = [{"custom_id": "a", "body": {"prompt": "a" * 40 + "b"}}]
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.generate(redos, long, max_tokens=2, device="cpu")
+    assert caught.value.code == "BAD_TOKENIZER" and "retry-limit" in caught.value.message
+
     # straight to the coordinator, past the SDK's checks: the same rule
     from sparegrid.wire.llm import model_files
 
@@ -150,3 +163,31 @@ def test_the_memory_a_job_asks_for_counts_its_logits(cluster, tmp_path: Path) ->
 
     wait_for(lambda: "a CPU with 61.3 GiB of memory" in waiting(), what="why the job waits")
     assert job.refresh().state in ("queued", "running") and job.counts.succeeded == 0
+
+
+def peak_memory(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmHWM")
+
+
+def test_a_tokenizer_of_millions_of_ids_costs_the_coordinator_little(
+    cluster, tmp_path: Path
+) -> None:
+    admin, client = setup(cluster, workers=0)
+    from sparegrid.wire.llm import model_files
+
+    model = build(tmp_path / "llama")
+    digests = {n: client.upload(p) for n, p in model_files(model).items()}
+    # 31M ids in 62 MiB, under the 64 MiB a tokenizer.json may be: counted as a range of
+    # ids it took the coordinator 1.5 GB and 15 s of one submit
+    digests["tokenizer"] = client.upload(b'{"model":{"vocab":[' + b"0," * (31 << 20) + b"0]}}")
+    digests["prompts_000000"] = client.upload(b'{"custom_id":"a","input_ids":[1,2]}\n')
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.submit("generate", {"max_tokens": 2}, digests)
+    assert caught.value.code == "TOKENIZER_MISMATCH" and "32505856" in caught.value.message
+    assert cluster.coordinator is not None
+    assert peak_memory(cluster.coordinator.popen.pid) < 1 << 30
+    assert client.list_jobs() == [] and admin.ledger_check().balanced
