@@ -43,16 +43,16 @@ def requests(texts: list[str], chat_every: int = 2) -> list[dict[str, Any]]:
 
 
 def split(prompts: list[list[int]], limit: int, budget: int) -> list[list[int]]:
-    """Prompt indexes by task, as the coordinator splits them (kinds/generate.py)."""
+    """Prompt indexes by task, as the coordinator splits them (kinds/generate.py): each
+    task's prompts padded to its longest, plus `limit`, within `budget`."""
     tasks: list[list[int]] = [[]]
-    used = 0
+    width = 0
     for i, p in enumerate(prompts):
-        cost = len(p) + limit
-        if tasks[-1] and used + cost > budget:
+        if tasks[-1] and (len(tasks[-1]) + 1) * (max(width, len(p)) + limit) > budget:
             tasks.append([])
-            used = 0
+            width = 0
         tasks[-1].append(i)
-        used += cost
+        width = max(width, len(p))
     return tasks
 
 

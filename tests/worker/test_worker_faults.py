@@ -158,3 +158,23 @@ async def test_a_child_that_cannot_start_fails_its_tasks(
         [failure] = await session.wait_failures(1)
     assert (failure.code, failure.retryable) == ("EXECUTOR_CRASHED", True)
     assert "Resource temporarily unavailable" in failure.message
+
+
+async def test_a_task_that_breaks_its_device_fails_alone(
+    tmp_path: Path, coordinator: FakeCoordinator
+) -> None:
+    # A CUDA device-side assert (an index out of range in a client's program) leaves the
+    # process's CUDA context unusable: every later task on that device would fail too
+    async with running_worker(make_config(tmp_path, coordinator.address)):
+        session = await coordinator.session()
+        session.assign(
+            assignment("bad", kind="devicefault", params={"break": True}),
+            assignment("after", kind="devicefault", params={}),
+            assignment("again", kind="devicefault", params={}),
+        )
+        [failure] = await session.wait_failures(1)
+        assert (failure.attempt_id, failure.code) == ("bad", "EXECUTOR_ERROR")
+        assert "device-side assert" in failure.message
+        done = statement_attempts(await asyncio.wait_for(session.wait_statements(2), 30))
+        assert sorted(done) == ["after", "again"]
+        assert session.failures() == [failure]

@@ -13,6 +13,7 @@ chat template): a prompts file is JSON lines of `{"custom_id", "input_ids", "max
 """
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ ARCHITECTURES = {
 # config keys that would load code or kernels from elsewhere (the Hub, other packages)
 CODE_KEYS = frozenset(
     {"quantization_config", "_attn_implementation", "attn_implementation", "custom_pipelines"}
+    | {"experts_implementation", "_experts_implementation"}  # a Hub kernel by name
 )
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONFIG, TOKENIZER, WEIGHTS = "config", "tokenizer", "weights_"
@@ -42,6 +44,9 @@ DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8"
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}
 MAX_PROMPT_LINE = 4 << 20
 MAX_PROMPTS_FILE = 256 << 20
+# a task's prompts padded to the longest, plus room for the most any may generate
+MAX_TASK_TOKENS = 1 << 18
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class BadModel(ValueError):
@@ -70,13 +75,17 @@ class ModelInfo:
     config: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def memory_bytes(self, precision: str, tokens: int) -> int:
-        """Device memory to hold the weights at `precision` and a KV cache of `tokens`."""
+        """Device memory to hold the weights at `precision`, a KV cache of `tokens` and
+        their logits: a check's prefill scores every position of a task against the whole
+        vocabulary (a model of 8 wide embeddings over 1M ids is 64 MB of weights and 4 MB
+        of logits per token)."""
         per = PRECISIONS.get(precision, 4)
         heads = int(self.config.get("num_attention_heads") or 1)
         kv_heads = int(self.config.get("num_key_value_heads") or heads)
         head_dim = int(self.config.get("head_dim") or self.hidden_size // heads)
         kv = 2 * self.layers * kv_heads * head_dim * per * tokens
-        return self.parameters * per + kv + (256 << 20)  # plus the runtime's own
+        logits = tokens * self.vocab_size * 4  # float32 where sampling reads them
+        return self.parameters * per + kv + logits + (256 << 20)  # plus the runtime's own
 
 
 def check_config(raw: bytes) -> dict[str, Any]:
@@ -122,13 +131,15 @@ def tokenizer_size(raw: bytes) -> int:
     try:
         spec = json.loads(raw)
         vocab = spec["model"]["vocab"]
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [int(t["id"]) for t in spec.get("added_tokens") or []]
+        # a list's ids are its positions: counted, not built (a 64 MiB list of ids built
+        # as a range took the coordinator 1.5 GB and 15 s)
+        ids = vocab.values() if isinstance(vocab, dict) else [len(vocab) - 1] if vocab else []
+        added = [int(t["id"]) for t in spec.get("added_tokens") or []]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise BadModel("BAD_TOKENIZER", f"tokenizer.json is not a tokenizers file: {exc}") from None
-    if not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+    if not ids or not all(isinstance(i, int) and i >= 0 for i in (*ids, *added)):
         raise BadModel("BAD_TOKENIZER", "tokenizer.json has no vocabulary")
-    return max(ids) + 1
+    return max(max(ids), *added, 0) + 1
 
 
 def _eos(config: dict[str, Any]) -> tuple[int, ...]:
@@ -171,6 +182,7 @@ def _info(config: dict[str, Any], size: int, tensors: dict[str, TensorHeader]) -
             "MODEL_MISMATCH",
             f"the embedding has {rows} rows but config.json says vocab_size {vocab}",
         )
+    check_sizes(config, tensors)
     if size > vocab:
         raise BadModel(
             "TOKENIZER_MISMATCH",
@@ -197,6 +209,34 @@ def _info(config: dict[str, Any], size: int, tensors: dict[str, TensorHeader]) -
         eos=_eos(config),
         config=config,
     )
+
+
+def check_sizes(config: dict[str, Any], tensors: Mapping[str, TensorHeader]) -> None:
+    """The weights are the model config.json describes: the embedding is vocab_size x
+    hidden_size and there are weights for exactly its num_hidden_layers layers. A worker
+    builds the model from config.json and fills what the weights lack with new memory, so
+    a config larger than its weights (10,000 layers beside the weights of 2) would make a
+    worker allocate far more than the weights, and the job's memory estimate, say."""
+    embedding = [
+        t for n, t in tensors.items() if n.endswith(("embed_tokens.weight", "embed_in.weight"))
+    ]
+    want = (int(config["vocab_size"]), int(config["hidden_size"]))
+    if not embedding or embedding[0].shape != want:
+        shape = list(embedding[0].shape) if embedding else "missing"
+        raise BadModel(
+            "MODEL_MISMATCH",
+            f"the token embedding is {shape} but config.json says vocab_size x hidden_size "
+            f"{list(want)}: the weights belong to another model",
+        )
+    layers = int(config["num_hidden_layers"])
+    found = {int(m.group(1)) for n in tensors if (m := _LAYER.search(n))}
+    if found != set(range(layers)):
+        have = f"layers {min(found)} to {max(found)} ({len(found)})" if found else "no layers"
+        raise BadModel(
+            "MODEL_MISMATCH",
+            f"config.json says num_hidden_layers {layers} but the weights hold {have}: "
+            "the weights belong to another model",
+        )
 
 
 def model_files(folder: Path) -> dict[str, Path]:

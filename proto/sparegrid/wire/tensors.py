@@ -82,7 +82,22 @@ def parse_header(header: bytes, data_size: int, label: str = "tensors") -> dict[
         tensors[name] = _tensor(label, name, meta, data_size)
     if not tensors:
         raise BadTensors(f"{label}: holds no tensors")
+    _check_layout(tensors, data_size, label)
     return tensors
+
+
+def _check_layout(tensors: dict[str, TensorHeader], data_size: int, label: str) -> None:
+    """The tensors' bytes follow one another and fill the file, as the safetensors library
+    demands when it loads one: a file with overlaps, gaps or trailing bytes passes no check
+    here that a worker's load then refuses."""
+    at = 0
+    for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if t.begin != at:
+            why = "overlap another's" if t.begin < at else f"leave bytes {at}..{t.begin} unused"
+            raise BadTensors(f"{label}: tensor {t.name!r} bytes {t.begin}..{t.end} {why}")
+        at = t.end
+    if at != data_size:
+        raise BadTensors(f"{label}: {data_size - at} bytes after the last tensor")
 
 
 def _tensor(label: str, name: str, meta: object, data_size: int) -> TensorHeader:

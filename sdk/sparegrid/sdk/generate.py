@@ -120,7 +120,14 @@ class Tokenizer:
         )
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+        except BaseException as exc:  # tokenizers panics (a BaseException) on a bad regex
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise InvalidArgumentError(
+                "BAD_TOKENIZER", f"tokenizer.json failed on a prompt: {exc}"
+            ) from None
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

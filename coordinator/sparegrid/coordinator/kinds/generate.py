@@ -3,8 +3,8 @@
 Inputs: the model's files ("config", "tokenizer", "weights_000", ...: JSON and
 safetensors, never code; sparegrid.wire.llm) and "prompts_000000", ... (JSON lines of
 token ids, tokenized by the client). Each prompts file is split into tasks of whole
-prompts by token count: a task's prompt tokens plus the tokens it may generate stay
-within `task_tokens`. A task's inputs are the model's config and weights and its prompts
+prompts by token count: a task's prompts padded to its longest, plus room for the most
+tokens any may generate (what a worker's batch holds), stay within `task_tokens`. A task's inputs are the model's config and weights and its prompts
 file; its params name its lines. Its credit units are weighted tokens: every prompt token
 counts 1 and every token it may generate `OUT_WEIGHT` (decoding one at a time is what
 costs).
@@ -30,6 +30,7 @@ from sparegrid.coordinator.kinds.base import (
 from sparegrid.wire.llm import (
     CONFIG,
     MAX_PROMPTS_FILE,
+    MAX_TASK_TOKENS,
     PRECISIONS,
     TOKENIZER,
     BadModel,
@@ -63,7 +64,7 @@ class Generate:
         check_keys(NAME, params, {"max_tokens", "temperature", "seed", "precision", "task_tokens"})
         max_tokens = int_param(NAME, params, "max_tokens", 256, 1, MAX_NEW_TOKENS)
         seed = int_param(NAME, params, "seed", 0, 0, 2**63 - 1)
-        budget = int_param(NAME, params, "task_tokens", 16_384, 1, 1 << 18)
+        budget = int_param(NAME, params, "task_tokens", 16_384, 1, MAX_TASK_TOKENS)
         temperature = params.get("temperature", 0.0)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise bad(NAME, "'temperature' must be a number")
@@ -114,13 +115,26 @@ def _chunk_plans(
         )
     except BadPrompts as exc:
         raise invalid(exc.code, f"{NAME} job: {exc}") from None
-    plans, start, used = [], 0, 0
+    # A worker decodes a task's prompts as one batch, each left-padded to the longest and
+    # given room for the most tokens any may generate: that padded size, not the sum of the
+    # prompts', is what its KV cache and activations hold, and what must stay in budget
+    # (one prompt of 4,000 tokens and 6,000 of one, summing to 16k, pad to 24M).
+    plans, start, width, new = [], 0, 0, 0
     for end, prompt in enumerate(prompts):
-        cost = len(prompt.input_ids) + prompt.max_tokens
-        if end > start and used + cost > budget:
+        if len(prompt.input_ids) + prompt.max_tokens > budget:
+            raise invalid(
+                "PROMPT_TOO_LONG",
+                f"{NAME} job: {label} line {end + 1} ({prompt.custom_id}): "
+                f"{len(prompt.input_ids)} prompt tokens + {prompt.max_tokens} to generate "
+                f"exceed the task budget of {budget} tokens; raise task_tokens (at most "
+                f"{MAX_TASK_TOKENS})",
+            )
+        wide = max(width, len(prompt.input_ids))
+        most = max(new, prompt.max_tokens)
+        if end > start and (end + 1 - start) * (wide + most) > budget:
             plans.append(_plan(common, index, chunk, model, prompts, start, end))
-            start, used = end, 0
-        used += cost
+            start, wide, most = end, len(prompt.input_ids), prompt.max_tokens
+        width, new = wide, most
     plans.append(_plan(common, index, chunk, model, prompts, start, len(prompts)))
     return plans
 

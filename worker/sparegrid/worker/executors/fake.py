@@ -35,6 +35,27 @@ class RaisingExecutor:
         raise RuntimeError("this executor always fails")
 
 
+class AcceleratorError(RuntimeError):
+    """Named as torch names the error of a broken CUDA context."""
+
+
+class DeviceFaultExecutor:
+    """A device whose context a task can break, as a CUDA device-side assert does: with
+    params {"break": true} it raises, and so does every later task in the same process;
+    otherwise it returns "pid", the process that ran it."""
+
+    name: ClassVar[str] = "devicefault"
+    version: ClassVar[str] = "1.0"
+    broken = False
+
+    def run(self, task: ExecTask) -> list[ExecOutput]:
+        if json.loads(task.params or b"{}").get("break"):
+            DeviceFaultExecutor.broken = True
+        if DeviceFaultExecutor.broken:
+            raise AcceleratorError("CUDA error: device-side assert triggered")
+        return [ExecOutput("pid", str(os.getpid()).encode())]
+
+
 class ChattyExecutor:
     """Writes what a failing executor might, by every route (stderr, stdout, a warning, a
     program it starts), naming its inputs, scratch directory and home; then raises, or

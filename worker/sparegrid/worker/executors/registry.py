@@ -40,6 +40,7 @@ FAKE_TARGETS = (
     "sparegrid.worker.executors.fake:CrashExecutor",
     "sparegrid.worker.executors.fake:RaisingExecutor",
     "sparegrid.worker.executors.fake:ChattyExecutor",
+    "sparegrid.worker.executors.fake:DeviceFaultExecutor",
 )
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 import transformers
 
-from sparegrid.wire.llm import BadPrompts, read_prompts
+from sparegrid.wire.llm import MAX_TASK_TOKENS, BadPrompts, read_prompts
 from sparegrid.worker.executors.base import (
     BAD_INPUT,
     BAD_PARAMS,
@@ -106,7 +106,15 @@ class GenerateExecutor:
         start, end = params["lines"]
         if not 0 <= start < end <= len(prompts):
             raise ExecutorError(BAD_PARAMS, f"lines {start}..{end} are not in the prompts file")
-        return prompts[start:end]
+        chosen = prompts[start:end]
+        width = max(len(p.input_ids) for p in chosen) + max(p.max_tokens for p in chosen)
+        if len(chosen) * width > MAX_TASK_TOKENS:  # the coordinator splits within this
+            raise ExecutorError(
+                BAD_PARAMS,
+                f"{len(chosen)} prompts padded to {width} tokens are over the "
+                f"{MAX_TASK_TOKENS} tokens a task may hold",
+            )
+        return chosen
 
 
 def _padded(

@@ -5,6 +5,11 @@ Outcomes on the original stdout; what executors print goes to the log file (logf
 emptied as each task starts, and its tail comes back with the task's outcome. Results of
 quick tasks are sent together, at most FLUSH_SECONDS after the first is ready. It exits
 when stdin closes; SIGINT and SIGTERM are ignored because the daemon decides when to stop.
+
+A task that breaks its device's context (a CUDA device-side assert, an illegal memory
+access: torch raises `AcceleratorError`, and every later CUDA call in the process fails)
+fails alone: the child sends what it has and exits, and the daemon starts a fresh one for
+the rest, rather than fail every later task, of every client, on that device.
 """
 
 import contextlib
@@ -45,6 +50,8 @@ from sparegrid.worker.slots.child.protocol import (
 from sparegrid.worker.slots.child.sandbox import SandboxSettings, apply_from_env, before_task
 
 FLUSH_SECONDS = 0.002
+# exceptions after which the device is unusable in this process (torch.AcceleratorError)
+DEVICE_BREAKING = frozenset({"AcceleratorError"})
 
 
 class FrameReader:
@@ -104,6 +111,7 @@ class Child:
         self._state = state
         self._executors: dict[str, Executor] = {}
         self._cancelled: set[int] = set()
+        self._device_broken = False
         self.sandbox: SandboxSettings | None = None
 
     def serve(self) -> None:
@@ -133,6 +141,9 @@ class Child:
             if i + 1 < len(tasks):
                 self._prepare(tasks[i + 1])
             ready.append(self._run_or_skip(task))
+            if self._device_broken:  # the rest of the batch goes to a fresh child
+                self._send(ready)
+                os._exit(0)
             if time.monotonic() - since >= FLUSH_SECONDS:
                 self._send(ready)
                 ready, since = [], time.monotonic()
@@ -194,6 +205,7 @@ class Child:
             return Outcome(task.serial, code=exc.code, message=exc.message, retryable=exc.retryable)
         except Exception as exc:
             traceback.print_exc()  # into the task's log
+            self._device_broken = type(exc).__name__ in DEVICE_BREAKING
             message = f"{task.kind} executor raised {type(exc).__name__}: {exc}"
             return Outcome(task.serial, code=EXECUTOR_ERROR, message=message, retryable=True)
         finally:
