@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 from prometheus_client import generate_latest
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Attempt, Device, Node, Task
 from sparegrid.coordinator.services.events import EventKind
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.coordinator.web import views
 from sparegrid.coordinator.web.dashboard import Dashboard

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import (
     Attempt,
@@ -50,6 +50,7 @@ from sparegrid.coordinator.domain import (
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer, sha256_hex

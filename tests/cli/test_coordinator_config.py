@@ -7,10 +7,10 @@ import pytest
 
 from sparegrid.cli import main as cli_main
 from sparegrid.coordinator import config
-from sparegrid.coordinator.app import Settings
 from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.services.identity import Enrollment
 from sparegrid.coordinator.services.prices import Price
+from sparegrid.coordinator.settings import Settings
 from sparegrid.wire.config import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -11,9 +11,10 @@ import pytest
 from grpc import aio
 
 from sparegrid.cli.main import main
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.coordinator.store.sqlite import SqliteStore
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Account, Attempt, Device, Node, Task
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import Verdict
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import Signer, sha256_hex

@@ -16,12 +16,13 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs_s3 import BlobStoreError, S3BlobStore, open_blobs
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.rpc.blob import CHUNK
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 from tests.conftest import S3Server

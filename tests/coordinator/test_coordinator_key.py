@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import Settings
 from sparegrid.coordinator.cli import open_app
 from sparegrid.coordinator.config import ServeConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY
 from sparegrid.coordinator.store.base import StoreError
 

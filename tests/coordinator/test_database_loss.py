@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.memory import MemoryStore
 from tests.coordinator.commits import connected

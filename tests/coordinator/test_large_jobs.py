@@ -12,9 +12,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import JobState, TaskState, client_account
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
 from tests.coordinator.conftest import _stores, code_of, open_backend, serving

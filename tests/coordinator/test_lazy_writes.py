@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import TaskState
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.settings import Settings
 from tests.coordinator.commits import connected
 from tests.coordinator.conftest import drop_schema, open_backend
 

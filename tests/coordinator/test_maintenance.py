@@ -10,8 +10,9 @@ from typing import ClassVar
 import pytest
 
 from sparegrid.cli.main import main
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.cli import ensure_admin
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.schema import MIGRATIONS
 from sparegrid.coordinator.store.sqlite import SqliteStore
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import JobState, TaskState
 from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, client_pb2, client_pb2_grpc, common_pb2
 from tests.coordinator.conftest import _stores, code_of, serving

@@ -259,8 +259,9 @@ async def test_health_is_served(served: Served) -> None:
 
 
 async def test_a_taken_address_is_refused_not_shared(served: Served, tmp_path) -> None:
-    from sparegrid.coordinator.app import App, Settings
+    from sparegrid.coordinator.app import App
     from sparegrid.coordinator.server import build_server
+    from sparegrid.coordinator.settings import Settings
     from sparegrid.coordinator.store.memory import MemoryStore
 
     other = App(MemoryStore(), Settings(data_dir=tmp_path / "other"))

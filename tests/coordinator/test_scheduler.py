@@ -343,7 +343,8 @@ def test_disconnect_gives_grace_then_requeues(tmp_path) -> None:
 
 
 def test_restart_rebuilds_queue_from_store(tmp_path) -> None:
-    from sparegrid.coordinator.app import App, Settings
+    from sparegrid.coordinator.app import App
+    from sparegrid.coordinator.settings import Settings
 
     app = make_app(tmp_path)
     alice = make_client(app)

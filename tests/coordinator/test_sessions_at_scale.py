@@ -14,10 +14,11 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.server import build_server
 from sparegrid.coordinator.services.admission import AdmissionConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc
 from sparegrid.wire import Signer

@@ -43,7 +43,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import (
     Account,
@@ -58,6 +58,7 @@ from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.reputation import TrustConfig
 from sparegrid.coordinator.services.results import PREEMPTED, Failure, Verdict
 from sparegrid.coordinator.services.scheduler import ActiveJob
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.states import FINAL_JOB_STATES
 from sparegrid.coordinator.store.base import Posted, Store
 from sparegrid.coordinator.store.memory import MemoryStore

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import MINT, Posting, Transaction
+from sparegrid.coordinator.settings import Settings
 from tests.coordinator.conftest import drop_schema, open_backend
 
 pytestmark = pytest.mark.skipif(

@@ -15,12 +15,13 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import AttemptState, JobState, TaskState
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import (
     blob_pb2,

@@ -3,12 +3,13 @@ rest; and a large job through the scheduler, its tasks read only as they are lea
 
 from pathlib import Path
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import Task, TaskState
 from sparegrid.coordinator.kinds import encode_params
 from sparegrid.coordinator.services.jobs import Draft, JobSpec
 from sparegrid.coordinator.services.taskqueue import READ_SLICE, TaskQueue
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.memory import MemoryStore
 from tests.coordinator.helpers import NO_CHECKS, FakeNode
 

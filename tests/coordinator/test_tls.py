@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.server import Tls, build_server
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.sdk import AsyncClient
 from sparegrid.sdk.errors import SparegridError

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from sparegrid.cli.main import main
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import Tls, build_server
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.sdk import AsyncClient, SparegridError
 from sparegrid.sdk.config import admin_key_path

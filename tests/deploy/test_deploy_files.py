@@ -353,7 +353,8 @@ def _exported_metrics(tmp_path: Path) -> set[str]:
     """Every series name the coordinator's and the worker's registries expose."""
     from prometheus_client import generate_latest
 
-    from sparegrid.coordinator.app import App, Settings
+    from sparegrid.coordinator.app import App
+    from sparegrid.coordinator.settings import Settings
     from sparegrid.coordinator.store.memory import MemoryStore
     from sparegrid.worker import metrics as worker_metrics
 

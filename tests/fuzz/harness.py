@@ -22,9 +22,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from hypothesis import strategies as st
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import (
     admin_pb2,

@@ -136,7 +136,7 @@ def test_a_result_carries_inline_no_more_than_the_coordinator_takes() -> None:
     MAX_INLINE_RESULT; the rest are uploaded (the coordinator strikes a node past it)."""
     from sparegrid.wire import sha256_hex
     from sparegrid.wire.receipt import MAX_INLINE_OUTPUT, MAX_INLINE_RESULT
-    from sparegrid.worker.daemon import split_inline
+    from sparegrid.worker.daemon_results import split_inline
     from sparegrid.worker.slots.child.protocol import OutputData
 
     def output(n: int, size: int) -> OutputData:

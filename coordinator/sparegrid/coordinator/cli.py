@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sparegrid.coordinator import config, maintenance
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
 from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
 from sparegrid.coordinator.web import serve as operations

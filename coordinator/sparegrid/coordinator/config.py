@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparegrid.coordinator.app import Settings
 from sparegrid.coordinator.blobs_s3 import parse_url
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
@@ -27,6 +26,7 @@ from sparegrid.coordinator.services.prices import DEFAULT_PRICES, Price, parse_p
 from sparegrid.coordinator.services.quotas import QuotaConfig
 from sparegrid.coordinator.services.spotcheck import SpotConfig
 from sparegrid.coordinator.services.sweeper import SweepConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import url_problem
 from sparegrid.wire.config import (
     ConfigError,

@@ -12,22 +12,15 @@ import logging
 import random
 import shutil
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import grpc
-import grpc.aio
-
-from sparegrid.v1 import common_pb2, worker_pb2
+from sparegrid.v1 import worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.wire.clock import Clock, SystemClock, local_time
-from sparegrid.wire.codes import CODE_METADATA_KEY, ErrorCode, FailureCode, VerdictCode
-from sparegrid.wire.receipt import MAX_INLINE_RESULT, decode_statement
-from sparegrid.wire.tasklog import SUCCEEDED, sign_log
-from sparegrid.wire.tls import hint as tls_hint
 from sparegrid.worker.config import WorkerConfig
-from sparegrid.worker.errors import BlobRejected, BlobUnavailable, SessionError
+from sparegrid.worker.daemon_session import WorkerSession
 from sparegrid.worker.executors.registry import ExecutorRegistry
 from sparegrid.worker.metrics import WorkerMetrics
 from sparegrid.worker.node.devices import DeviceInfo, detect_devices
@@ -35,16 +28,12 @@ from sparegrid.worker.node.earnings import Earnings
 from sparegrid.worker.node.identity import load_identity
 from sparegrid.worker.node.snapshot import status_snapshot
 from sparegrid.worker.node.status import RecentErrors, StatusServer
-from sparegrid.worker.policy import (
-    Decision,
-    DeviceStateSource,
-)
+from sparegrid.worker.policy import DeviceStateSource
 from sparegrid.worker.policy.disk import DiskGuard
 from sparegrid.worker.policy.pause import ManualPause, PauseError
 from sparegrid.worker.slots.attempts import Phase, Slot, TaskManager
 from sparegrid.worker.slots.cache import BlobCache
 from sparegrid.worker.slots.child.logfile import Redactor, node_paths
-from sparegrid.worker.slots.child.protocol import Outcome, OutputData
 from sparegrid.worker.slots.child.runner import DeviceRunner
 from sparegrid.worker.slots.child.sandbox import Report
 from sparegrid.worker.startup import (
@@ -56,14 +45,11 @@ from sparegrid.worker.startup import (
     policy_settings,
     sandbox_settings,
 )
-from sparegrid.worker.upstream.backoff import Backoff
 from sparegrid.worker.upstream.batcher import ResultBatcher
 from sparegrid.worker.upstream.flow import FlowWindow
-from sparegrid.worker.upstream.heartbeat import Cadence
-from sparegrid.worker.upstream.messages import hello, statement_bytes
-from sparegrid.worker.upstream.outbox import Outbox, OutboxEntry, output_attempts
-from sparegrid.worker.upstream.ratelimit import RateLimiter, throttle
-from sparegrid.worker.upstream.session import Session, connect, open_channel, reconnect_delay
+from sparegrid.worker.upstream.outbox import Outbox
+from sparegrid.worker.upstream.ratelimit import RateLimiter
+from sparegrid.worker.upstream.session import Session
 
 _log = logging.getLogger("sparegrid.worker")
 # the limits `Worker.reload` (SIGHUP) takes into force without a restart
@@ -76,14 +62,13 @@ RELOADABLE = (
     "power_cap",
     "windows",
 )
-OUTPUT_REJECTED = "OUTPUT_REJECTED"
-PREEMPTED = FailureCode.PREEMPTED.value  # by this node's policy: re-queued, not held against it
-OVER_VRAM_SHARE = "OVER_VRAM_SHARE"  # the task needs more GPU memory than this node lends
 
 
-class Worker:
+class Worker(WorkerSession):
     """The daemon. `devices` default to `detect_devices()`, `executors` to the built-ins
-    plus plugins, `clock` to the system clock; tests pass fakes for each."""
+    plus plugins, `clock` to the system clock; tests pass fakes for each. Its session is
+    in daemon_session.py, its results in daemon_results.py, its Credit grants in
+    daemon_flow.py."""
 
     def __init__(
         self,
@@ -154,10 +139,6 @@ class Worker:
         self._draining = False
         self._forced = False
 
-    @property
-    def node_id(self) -> str:
-        return self.signer.node_id
-
     def _runner(self, device: DeviceInfo) -> DeviceRunner:
         work_root = self.config.data_dir / "work" / str(device.index)
         targets = self.executors.targets()
@@ -180,10 +161,6 @@ class Worker:
     def _device_busy(self, device: int) -> bool:
         slot = self._tasks.slots.get(device)
         return slot is not None and slot.runner.busy
-
-    def decision(self, device: int) -> Decision | None:
-        """What the policy says about a device now."""
-        return self._monitor.decisions.get(device)
 
     def attempt_phases(self) -> dict[str, Phase]:
         """Each held attempt and where it is: fetching, queued or running."""
@@ -272,323 +249,7 @@ class Worker:
             _log.warning("drain timed out; %d batch(es) stay in the outbox", len(self._outbox))
         self._stopped.set()
 
-    # -- the session --------------------------------------------------------------------
-
-    async def _connect_loop(self) -> None:
-        backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
-        uses_tls = self.config.tls or self.config.tls_ca is not None
-        while True:
-            error: BaseException | None = None
-            try:
-                await self._run_session(backoff)
-                reason = "the coordinator ended the session"
-            except grpc.aio.AioRpcError as exc:
-                reason, error = f"{exc.code().name}: {exc.details()}", exc
-                if _refused(exc):  # too old: say so loudly, with what to do
-                    _log.error("the coordinator refuses this worker: %s", exc.details())
-                elif _code(exc) == ErrorCode.BAD_API_KEY and self.config.owner_key:
-                    reason = (
-                        "the owner key this worker was given (--owner-key-file or "
-                        "SPAREGRID_OWNER_KEY) is not known to this coordinator: check that it "
-                        "is your account's key on this coordinator"
-                    )
-            except (SessionError, BlobUnavailable, TimeoutError, OSError) as exc:
-                reason = str(exc) or type(exc).__name__
-            except Exception as exc:  # a bug must not end the worker: log it and reconnect
-                _log.exception("session failed unexpectedly")
-                reason = repr(exc)
-            if self._stopped.is_set():
-                return
-            delay = reconnect_delay(error, backoff.next_delay(), self._rng)
-            _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
-            if "UNAVAILABLE" in reason:  # each new likely cause, once until it connects
-                cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
-                if cause and cause != self._hint:
-                    self._hint = cause
-                    _log.warning("hint: %s", cause)
-            await self._clock.sleep(delay)
-
-    async def _run_session(self, backoff: Backoff) -> None:
-        channel = open_channel(self.config)
-        try:
-            # finished attempts waiting to be acknowledged are still ours: report them too,
-            # or a restarted coordinator would take their leases back and re-run them
-            await self._batcher.flush()
-            running = self._held()
-            message = hello(
-                self.signer.public_key,
-                self.config.name,
-                self.lent_devices(),
-                self.executors.specs(),
-                running,
-                self.config.max_attempt_seconds,
-            )
-            session = await connect(channel, message, self.signer, self.config.owner_key)
-            session.blobs.upload_limit = self._upload_limit
-            backoff.reset()
-            self._start_session(session)
-            loops = (self._heartbeats(session), self._send_outbox(session))
-            await session.serve(self._on_message, *loops)
-        finally:
-            self._session = None
-            self._connected.clear()
-            await channel.close()
-
-    def _start_session(self, session: Session) -> None:
-        welcome = session.welcome
-        if welcome.node_id and welcome.node_id != self.node_id:
-            _log.warning("coordinator calls this node %s, not %s", welcome.node_id, self.node_id)
-        resumed = set(welcome.resumed_attempts)
-        dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
-        self._tasks.cancel(dropped, "the coordinator did not resume it")
-        _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
-        self.standing = (welcome.standing or "active", welcome.standing_reason)
-        self.earnings.credited(welcome.credited)
-        if self.standing[0] != "active":
-            what = {
-                "pending": "waits for an operator to approve it (`sparegrid admin node approve`)",
-                "quarantined": "is quarantined and gets no work until an operator reinstates it",
-                "banned": "is banned and gets no work until an operator reinstates it",
-            }.get(self.standing[0], f"is {self.standing[0]}")
-            reason = f": {welcome.standing_reason}" if welcome.standing_reason else ""
-            _log.warning("the coordinator says this node %s%s", what, reason)
-        self._hint = ""
-        self._session = session
-        self._connected.set()
-        if self._draining:
-            session.post(worker_pb2.WorkerMessage(drain=worker_pb2.Drain()))
-        self._flow.reset()
-        for device in self.devices:
-            self._grant(device.index)
-
-    def _on_message(self, message: worker_pb2.CoordinatorMessage) -> None:
-        body = message.WhichOneof("body")
-        if body == "assign":
-            for assignment in message.assign.assignments:
-                self._flow.assigned(assignment.device_index, self._clock.monotonic())
-                decision = self.decision(assignment.device_index)
-                if decision is not None and not decision.may_work:
-                    # leased before the coordinator heard that the device paused
-                    self._preempted(assignment, decision)
-                    continue
-                self._since[assignment.attempt_id] = self._clock.monotonic()
-                self._tasks.accept(assignment)
-        elif body == "result_ack":
-            self._on_ack(message.result_ack)
-        elif body == "cancel":
-            self._tasks.cancel(message.cancel.attempt_ids, message.cancel.reason)
-        elif body == "credited":
-            self.earnings.credited(message.credited.total)
-        else:
-            _log.warning("ignoring an unexpected %s message from the coordinator", body)
-
-    def _on_ack(self, ack: worker_pb2.ResultAck) -> None:
-        if not self._outbox.ack(ack.batch_id):
-            _log.debug("ack for batch %d, which is not pending", ack.batch_id)
-        taken = [v for v in ack.verdicts if v.accepted and v.code != VerdictCode.DUPLICATE]
-        if taken:  # paid now or once validated: the credit comes in Credited messages
-            self.earnings.took(len(taken))
-        for verdict in ack.verdicts:
-            if not verdict.accepted:
-                _log.warning(
-                    "result of attempt %s rejected: %s %s",
-                    verdict.attempt_id,
-                    verdict.code,
-                    verdict.message,
-                )
-
-    def _held(self) -> list[str]:
-        """Attempts this node holds: running, or finished and not yet acknowledged."""
-        return self._tasks.attempt_ids() + self._batcher.attempt_ids() + self._outbox.attempt_ids()
-
-    def _write_failed(self, exc: OSError) -> None:
-        """The outbox could not be written: for want of room, every device pauses now (its
-        running tasks handed back) rather than at the next look at the disk."""
-        if self.disk.failed(exc):
-            self._monitor.poke()
-
-    async def _heartbeats(self, session: Session) -> None:
-        clock = self._clock
-        cadence = Cadence.asked(session.welcome, self.config.heartbeat_interval, clock.monotonic())
-        while True:
-            await clock.sleep(cadence.busy)
-            holding = bool(self._held())
-            if cadence.due(holding, clock.monotonic()):
-                session.post(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
-
-    # -- flow control (Credit messages: assignments invited, not money) ------------------
-
-    def _grant(self, device: int) -> None:
-        if self._draining or self._session is None or not self._may_lease(device):
-            return
-        count = self._flow.top_up(device, self._tasks.held(device), self._clock.monotonic())
-        if count:
-            credit = worker_pb2.Credit(device_index=device, count=count)
-            self._session.post(worker_pb2.WorkerMessage(credit=credit))
-
-    def _grant_all(self) -> None:
-        for device in self.devices:
-            self._grant(device.index)
-
-    def _may_lease(self, device: int) -> bool:
-        """The policy lets the device work, and a task can finish before its window closes."""
-        decision = self.decision(device)
-        if decision is None or not decision.may_work:
-            return False
-        return decision.window_left >= self.task_estimate(device)
-
-    def task_estimate(self, device: int) -> float:
-        """How long the next task may take: the longest of the last few, or the setting."""
-        recent = self._durations.get(device)
-        return max(recent) if recent else self.config.task_estimate
-
-    def _revoke(self, device: int) -> None:
-        self._flow.revoke(device)
-        if self._session is not None:
-            credit = worker_pb2.Credit(device_index=device, count=0, reset=True)
-            self._session.post(worker_pb2.WorkerMessage(credit=credit))
-
-    def _on_policy(self, device: int, decision: Decision) -> None:
-        """The monitor saw a device change: lease again, or stop its work now."""
-        if decision.may_work and not decision.over_vram:
-            self._grant(device)
-            return
-        if not decision.may_work:
-            self._revoke(device)
-            reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
-            stopped = self._tasks.preempt(device, PREEMPTED, reason)
-        else:  # the device may work, but its task uses more GPU memory than lent
-            share = f"{self.config.max_vram:.0%}"
-            reason = f"the task used more than the {share} of GPU memory this node lends"
-            stopped = self._tasks.preempt(device, OVER_VRAM_SHARE, reason)
-        if stopped:
-            _log.warning(
-                "device %d: stopped %d task(s) (%s)",
-                device,
-                len(stopped),
-                reason,
-                extra={"device": device, "attempts": stopped},
-            )
-
-    def _preempted(self, assignment: worker_pb2.Assignment, decision: Decision) -> None:
-        reason = decision.mode.value + (f": {decision.reason}" if decision.reason else "")
-        outcome = Outcome(0, code=PREEMPTED, message=reason, retryable=True)
-        self._report(assignment, None, outcome)
-
-    def _timed(self, device: int, since: float | None) -> None:
-        """What the task cost the device: from its arrival, or the previous task's end if
-        later (a busy device's time between results), for the flow window."""
-        now = self._clock.monotonic()
-        if since is not None:
-            self._flow.finished(device, now - max(since, self._last_done.get(device, since)))
-        self._last_done[device] = now
-
-    def _released(self, device: int) -> None:
-        """A task on `device` ended; grant its credit back once this burst of outcomes is in."""
-        if not self._owed:
-            asyncio.get_running_loop().call_soon(self._grant_owed)
-        self._owed.add(device)
-
-    def _grant_owed(self) -> None:
-        owed, self._owed = self._owed, set()
-        for device in sorted(owed):
-            self._grant(device)
-
-    # -- results --------------------------------------------------------------------------
-
-    def _report(
-        self, assignment: worker_pb2.Assignment, device: DeviceInfo | None, outcome: Outcome
-    ) -> None:
-        spec = self.executors.get(assignment.kind)
-        since = self._since.pop(assignment.attempt_id, None)
-        self.metrics.report(assignment.kind, device.index if device else None, outcome)
-        if outcome.ok and device is not None:
-            self._durations[device.index].append(outcome.duration_us / 1e6)
-            self._timed(device.index, since)
-        if not outcome.ok or device is None or spec is None:
-            failure = worker_pb2.TaskFailure(
-                attempt_id=assignment.attempt_id,
-                code=outcome.code,
-                message=outcome.message,
-                retryable=outcome.retryable,
-            )
-            if outcome.log is not None:
-                failure.log.CopyFrom(self._log_of(assignment, outcome.code, outcome.log))
-            _log.info(
-                "attempt %s failed: %s %s", assignment.attempt_id, outcome.code, outcome.message
-            )
-            self._batcher.add_failure(failure)
-            return
-        statement = statement_bytes(assignment, self.node_id, device, spec, outcome)
-        inline, blobs = split_inline(outcome.outputs, self.config.inline_limit)
-        log = None
-        if assignment.keep_logs and outcome.log is not None:
-            log = self._log_of(assignment, SUCCEEDED, outcome.log)
-        self._batcher.add_result(statement, inline, blobs, log)
-
-    def _log_of(
-        self, assignment: worker_pb2.Assignment, outcome: str, text: bytes
-    ) -> common_pb2.TaskLog:
-        """The attempt's log (redacted by its runner), signed by this node."""
-        a = assignment
-        return sign_log(self.signer, a.job_id, a.task_id, a.attempt_id, outcome, text)
-
-    async def _send_outbox(self, session: Session) -> None:
-        """Sends every pending batch once per session, oldest first, as they appear."""
-        sent: set[int] = set()
-        while True:
-            changed = self._outbox.change_event()
-            for entry in self._outbox.pending():
-                if entry.batch_id in sent:
-                    continue
-                sent.add(entry.batch_id)
-                if await self._upload(session, entry):
-                    session.post(entry.message)
-            await changed.wait()
-
-    async def _upload(self, session: Session, entry: OutboxEntry) -> bool:
-        """Uploads the batch's large outputs; False if the coordinator refused one."""
-        try:
-            for digest, attempt_ids in output_attempts(entry.message).items():
-                await session.blobs.upload(digest, self._outbox.blob_path(digest), attempt_ids)
-        except BlobRejected as exc:
-            self._give_up(entry, str(exc))
-            return False
-        return True
-
-    def _give_up(self, entry: OutboxEntry, reason: str) -> None:
-        """A batch that can never be delivered becomes failures for its attempts."""
-        _log.error(
-            "batch %d cannot be delivered (%s); reporting its tasks failed", entry.batch_id, reason
-        )
-        for data in entry.message.results.statements:
-            attempt_id = decode_statement(data).attempt_id
-            message = f"the coordinator refused an output upload: {reason}"
-            self._batcher.add_failure(
-                worker_pb2.TaskFailure(
-                    attempt_id=attempt_id, code=OUTPUT_REJECTED, message=message, retryable=True
-                )
-            )
-        self._outbox.ack(entry.batch_id)
-
-    async def _fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
-        """Input bytes from the coordinator, waiting for a session if there is none."""
-        await self._connected.wait()
-        session = self._session
-        if session is None:
-            raise BlobUnavailable("the session ended before the download started")
-        async for chunk in session.blobs.download(digest, offset):
-            await throttle(self._download_limit, len(chunk))
-            yield chunk
-
     # -- what the volunteer sees --------------------------------------------------------
-
-    def lent_devices(self) -> tuple[DeviceInfo, ...]:
-        """The devices as offered to the coordinator: memory scaled to --max-vram."""
-        share = self.config.max_vram
-        return tuple(
-            dataclasses.replace(d, memory_bytes=int(d.memory_bytes * share)) for d in self.devices
-        )
 
     def status(self) -> dict[str, Any]:
         snapshot = status_snapshot(self)
@@ -669,31 +330,3 @@ class Worker:
 
     def tasks_on(self, device: int) -> list[tuple[worker_pb2.Assignment, Phase]]:
         return self._tasks.attempts_on(device)
-
-
-def split_inline(
-    outputs: Sequence[OutputData], limit: int
-) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The outputs sent inline with their result (each at most `limit` bytes, all at most
-    MAX_INLINE_RESULT: the coordinator refuses, and strikes, more), and those uploaded."""
-    inline: dict[str, bytes] = {}
-    blobs: dict[str, bytes] = {}
-    carried = 0
-    for o in outputs:
-        if o.digest in inline or o.digest in blobs:
-            continue
-        if o.size <= limit and carried + o.size <= MAX_INLINE_RESULT:
-            inline[o.digest] = o.data
-            carried += o.size
-        else:
-            blobs[o.digest] = o.data
-    return inline, blobs
-
-
-def _code(exc: grpc.aio.AioRpcError) -> str:
-    return str(dict(exc.trailing_metadata() or ()).get(CODE_METADATA_KEY, ""))
-
-
-def _refused(exc: grpc.aio.AioRpcError) -> bool:
-    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
-    return _code(exc) == ErrorCode.WORKER_TOO_OLD

@@ -14,13 +14,14 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from packaging.version import InvalidVersion, Version
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Attempt, Node, Task, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import peer_address
 from sparegrid.coordinator.rpc.errors import streaming
 from sparegrid.coordinator.services.results import Failure, Verdict
+from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from sparegrid.wire import REGISTER_TAG, BadSignature, node_id_for, verify
 

@@ -12,8 +12,8 @@ yet, a large one written but not shown, or a retried one not queued again yet: `
 collected blob is forgotten by the store first and then renamed out of sight; one kept in
 the database (an output sent inline with its result) goes with its record.
 
-These are plain synchronous steps on the store and the blob files; app.py runs them in
-its background sweep.
+These are plain synchronous steps on the store and the blob files; background.py runs
+them in its background sweep.
 """
 
 import logging

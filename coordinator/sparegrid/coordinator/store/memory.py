@@ -8,75 +8,33 @@ whole state at the outermost begin and puts it back if an exception escapes.
 import copy
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sparegrid.coordinator.domain import (
-    Account,
     Attempt,
-    AttemptLog,
     AttemptState,
     Delivery,
-    Dispute,
     Event,
-    Invite,
     Job,
     JobState,
-    LedgerEntry,
     Node,
-    Replica,
-    Reputation,
     Task,
     TaskState,
-    Transaction,
-    node_account,
 )
-from sparegrid.coordinator.store.base import Conflict, Posted
+from sparegrid.coordinator.store.base import Conflict
 from sparegrid.coordinator.store.memory_invites import MemoryInvites
-from sparegrid.coordinator.store.memory_storage import MemoryStorage, StorageState
-from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES, check_funds, net_changes
-
-T = TypeVar("T")
-_AccountMatch = Callable[[Account], bool]
-_EntryKey = Callable[[LedgerEntry], str]
-
-
-def _copies(items: list[T]) -> list[T]:
-    return [copy.deepcopy(item) for item in items]
+from sparegrid.coordinator.store.memory_ledger import MemoryLedger
+from sparegrid.coordinator.store.memory_results import MemoryResults
+from sparegrid.coordinator.store.memory_state import _copies, _State
+from sparegrid.coordinator.store.memory_storage import MemoryStorage
+from sparegrid.coordinator.store.rules import FAILED_ATTEMPT_STATES
 
 
-@dataclass
-class _State:
-    accounts: dict[str, Account] = field(default_factory=dict)
-    ledger_keys: set[str] = field(default_factory=set)  # idempotency keys posted
-    ledger_ids: set[str] = field(default_factory=set)  # transaction ids posted
-    entries: list[LedgerEntry] = field(default_factory=list)  # oldest first
-    balances: dict[str, int] = field(default_factory=dict)
-    jobs: dict[str, Job] = field(default_factory=dict)
-    tasks: dict[str, Task] = field(default_factory=dict)
-    job_tasks: dict[str, list[str]] = field(default_factory=dict)  # task ids by index
-    attempts: dict[str, Attempt] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
-    replicas: dict[str, Replica] = field(default_factory=dict)  # by attempt id
-    reputations: dict[str, Reputation] = field(default_factory=dict)
-    blob_owners: set[tuple[str, str]] = field(default_factory=set)
-    uploads: set[tuple[str, str]] = field(default_factory=set)
-    disputes: dict[str, Dispute] = field(default_factory=dict)
-    webhooks: dict[str, Delivery] = field(default_factory=dict)
-    task_logs: dict[str, AttemptLog] = field(default_factory=dict)  # by attempt id
-    meta: dict[str, str] = field(default_factory=dict)
-    inline_blobs: dict[str, bytes] = field(default_factory=dict)
-    storage: StorageState = field(default_factory=StorageState)
-    events: list[Event] = field(default_factory=list)  # oldest first
-    event_seq: int = 0
-    invites: dict[str, Invite] = field(default_factory=dict)
-
-
-class MemoryStore(MemoryStorage, MemoryInvites):
-    """The fake store; its storage bookkeeping is in memory_storage.py, its invitation
-    codes in memory_invites.py."""
+class MemoryStore(MemoryLedger, MemoryResults, MemoryStorage, MemoryInvites):
+    """The fake store; its accounts and ledger are in memory_ledger.py, its replicas,
+    reputations, disputes and attempt logs in memory_results.py, its storage bookkeeping
+    in memory_storage.py, its invitation codes in memory_invites.py."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -105,137 +63,6 @@ class MemoryStore(MemoryStorage, MemoryInvites):
 
     def refresh_statistics(self) -> list[str]:
         return []
-
-    # accounts
-
-    def create_account(self, account: Account) -> None:
-        with self._lock:
-            for other in self._s.accounts.values():
-                if account.name == other.name:
-                    raise Conflict(f"account name {account.name!r} is taken")
-                if account.key_hash == other.key_hash:
-                    raise Conflict("an account with this API key exists")
-            if account.id in self._s.accounts:
-                raise Conflict(f"account id {account.id!r} is taken")
-            self._s.accounts[account.id] = copy.deepcopy(account)
-
-    def get_account(self, account_id: str) -> Account | None:
-        with self._lock:
-            return copy.deepcopy(self._s.accounts.get(account_id))
-
-    def get_account_by_name(self, name: str) -> Account | None:
-        return self._find_account(lambda a: a.name == name)
-
-    def get_account_by_key_hash(self, key_hash: str) -> Account | None:
-        return self._find_account(lambda a: a.key_hash == key_hash)
-
-    def _find_account(self, match: _AccountMatch) -> Account | None:
-        with self._lock:
-            found = [a for a in self._s.accounts.values() if match(a)]
-            return copy.deepcopy(found[0]) if found else None
-
-    def list_accounts(self) -> list[Account]:
-        with self._lock:
-            return _copies(sorted(self._s.accounts.values(), key=lambda a: a.name))
-
-    def update_account(self, account: Account) -> None:
-        with self._lock:
-            if account.id in self._s.accounts:
-                self._s.accounts[account.id] = copy.deepcopy(account)
-
-    # ledger
-
-    def post(self, txn: Transaction) -> bool:
-        return self.post_many([txn]).new[0]
-
-    def post_many(self, txns: list[Transaction]) -> Posted:
-        with self._lock:
-            fresh: list[Transaction] = []
-            new: list[bool] = []
-            keys = set(self._s.ledger_keys)
-            total: dict[str, int] = {}
-            for txn in txns:
-                changes = net_changes(txn)
-                new.append(txn.idempotency_key not in keys)
-                if not new[-1]:
-                    continue
-                if txn.id in self._s.ledger_ids:
-                    raise Conflict(f"transaction id {txn.id!r} is taken")
-                keys.add(txn.idempotency_key)
-                fresh.append(txn)
-                for account, change in changes.items():
-                    total[account] = total.get(account, 0) + change
-            check_funds(total, self._s.balances)
-            for txn in fresh:
-                self._append(txn)
-            named = (a for txn in txns for a in net_changes(txn))
-            return Posted(new, {a: self._s.balances.get(a, 0) for a in named})
-
-    def _append(self, txn: Transaction) -> None:
-        self._s.ledger_keys.add(txn.idempotency_key)
-        self._s.ledger_ids.add(txn.id)
-        self._s.entries.extend(
-            LedgerEntry(
-                transaction_id=txn.id,
-                account=p.account,
-                amount=p.amount,
-                reason=txn.reason,
-                job_id=txn.job_id,
-                task_id=txn.task_id,
-                created_at=txn.created_at,
-            )
-            for p in txn.postings
-        )
-        for account, change in net_changes(txn).items():
-            self._s.balances[account] = self._s.balances.get(account, 0) + change
-
-    def balance(self, account: str) -> int:
-        with self._lock:
-            return self._s.balances.get(account, 0)
-
-    def balances(self, prefix: str = "") -> dict[str, int]:
-        with self._lock:
-            return {a: b for a, b in self._s.balances.items() if a.startswith(prefix)}
-
-    def ledger_entries(
-        self, account: str = "", job_id: str = "", limit: int = 100
-    ) -> list[LedgerEntry]:
-        with self._lock:
-            numbered = [
-                (e.created_at, n, e)
-                for n, e in enumerate(self._s.entries)
-                if (not account or e.account == account) and (not job_id or e.job_id == job_id)
-            ]
-            numbered.sort(key=lambda t: (t[0], t[1]), reverse=True)
-            return _copies([e for _, _, e in numbered[:limit]])
-
-    def ledger_totals(self) -> tuple[int, int, int]:
-        with self._lock:
-            entries = self._s.entries
-            return len(self._s.ledger_keys), len(entries), sum(e.amount for e in entries)
-
-    def unbalanced_transactions(self) -> list[tuple[str, int]]:
-        sums = self._sum_entries(lambda e: e.transaction_id)
-        return sorted((txn_id, total) for txn_id, total in sums.items() if total != 0)
-
-    def computed_balances(self) -> dict[str, int]:
-        return self._sum_entries(lambda e: e.account)
-
-    def payments_by_job(self) -> dict[str, int]:
-        prefix = node_account("")
-        with self._lock:
-            paid: dict[str, int] = {}
-            for e in self._s.entries:
-                if e.job_id and e.account.startswith(prefix):
-                    paid[e.job_id] = paid.get(e.job_id, 0) + e.amount
-            return paid
-
-    def _sum_entries(self, key: _EntryKey) -> dict[str, int]:
-        with self._lock:
-            sums: dict[str, int] = {}
-            for e in self._s.entries:
-                sums[key(e)] = sums.get(key(e), 0) + e.amount
-            return sums
 
     # jobs and tasks
 
@@ -493,41 +320,6 @@ class MemoryStore(MemoryStorage, MemoryInvites):
                 stored.tasks_succeeded += succeeded
                 stored.tasks_failed += failed
 
-    # verification
-
-    def add_replicas(self, replicas: list[Replica]) -> None:
-        with self._lock:
-            ids = [p.attempt_id for p in replicas]
-            if len(set(ids)) < len(ids) or set(ids) & self._s.replicas.keys():
-                raise Conflict("an attempt holds a replica already")
-            for replica in replicas:
-                self._s.replicas[replica.attempt_id] = copy.deepcopy(replica)
-
-    def update_replicas(self, replicas: list[Replica]) -> None:
-        with self._lock:
-            for replica in replicas:
-                stored = self._s.replicas.get(replica.attempt_id)
-                if stored is not None:
-                    stored.state = replica.state
-
-    def get_replicas(self, task_ids: list[str]) -> list[Replica]:
-        wanted = set(task_ids)
-        with self._lock:
-            found = [p for p in self._s.replicas.values() if p.task_id in wanted]
-            found.sort(key=lambda p: (p.created_at, p.attempt_id))
-            return _copies(found)
-
-    def get_reputations(self, node_ids: list[str] | None = None) -> list[Reputation]:
-        with self._lock:
-            reps = self._s.reputations
-            ids = reps.keys() if node_ids is None else set(node_ids) & reps.keys()
-            return _copies([reps[i] for i in sorted(ids)])
-
-    def put_reputations(self, reputations: list[Reputation]) -> None:
-        with self._lock:
-            for reputation in reputations:
-                self._s.reputations[reputation.node_id] = copy.deepcopy(reputation)
-
     # blobs
 
     def add_blob_owners(self, digests: list[str], account_id: str) -> None:
@@ -538,40 +330,9 @@ class MemoryStore(MemoryStorage, MemoryInvites):
         with self._lock:
             return (digest, account_id) in self._s.blob_owners
 
-    def put_disputes(self, disputes: list[Dispute]) -> None:
-        with self._lock:
-            for dispute in disputes:
-                self._s.disputes[dispute.task_id] = copy.deepcopy(dispute)
-
-    def get_disputes(self, job_id: str, limit: int = 100) -> list[Dispute]:
-        with self._lock:
-            found = [d for d in self._s.disputes.values() if d.job_id == job_id]
-            return _copies(sorted(found, key=lambda d: d.task_index)[:limit])
-
     def claim_meta(self, name: str, value: str) -> str:
         with self._lock:
             return self._s.meta.setdefault(name, value)
-
-    def add_task_logs(self, logs: list[AttemptLog]) -> None:
-        with self._lock:
-            for log in logs:
-                self._s.task_logs.setdefault(log.attempt_id, copy.deepcopy(log))
-
-    def task_log_count(self, job_id: str) -> int:
-        with self._lock:
-            return sum(1 for log in self._s.task_logs.values() if log.job_id == job_id)
-
-    def task_logs(
-        self, job_id: str, task_index: int | None = None, offset: int = 0, limit: int = 0
-    ) -> list[AttemptLog]:
-        with self._lock:
-            found = [
-                log
-                for log in self._s.task_logs.values()
-                if log.job_id == job_id and task_index in (None, log.task_index)
-            ]
-            found.sort(key=lambda log: (log.task_index, log.received_at, log.attempt_id))
-            return _copies(found[offset : offset + limit] if limit else found[offset:])
 
     def add_webhook(self, delivery: Delivery) -> None:
         with self._lock:

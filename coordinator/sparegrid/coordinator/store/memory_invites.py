@@ -8,7 +8,7 @@ from sparegrid.coordinator.domain import Invite
 from sparegrid.coordinator.store.base import Conflict
 
 if TYPE_CHECKING:
-    from sparegrid.coordinator.store.memory import _State
+    from sparegrid.coordinator.store.memory_state import _State
 
 
 class MemoryInvites:

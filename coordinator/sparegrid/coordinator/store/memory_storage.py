@@ -8,7 +8,7 @@ from sparegrid.coordinator.domain import JobState, Reputation, Standing, node_ac
 from sparegrid.coordinator.store.base import LiveJob, Usage
 
 if TYPE_CHECKING:
-    from sparegrid.coordinator.store.memory import _State
+    from sparegrid.coordinator.store.memory_state import _State
 
 _LIVE = (JobState.QUEUED, JobState.RUNNING)
 

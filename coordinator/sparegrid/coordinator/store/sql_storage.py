@@ -1,7 +1,8 @@
 """The SQL store's storage bookkeeping: upload quotas, blobs by last use, idle nodes.
 
-Kept apart from sql.py, which holds the records the scheduler and the ledger work on;
-these are read and written by uploads and by the coordinator's background sweeps.
+Kept apart from sql.py and sql_ledger.py, which hold the records the scheduler and the
+ledger work on; these are read and written by uploads and by the coordinator's background
+sweeps.
 """
 
 import json

@@ -6,8 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from sparegrid.coordinator.app import App, Settings
+from sparegrid.coordinator.app import App
 from sparegrid.coordinator.services.events import EventConfig
+from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.web.http import HttpServer, metrics_app
 
 EVENTS_LOGGER = "sparegrid.events"
