@@ -7,10 +7,11 @@ with Client() as client:  # SPAREGRID_COORDINATOR, SPAREGRID_API_KEY
     report = job.verify()
 """
 
-from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient
+from sparegrid.sdk._async.admin import AsyncAdminClient
+from sparegrid.sdk._async.client import AsyncClient
 from sparegrid.sdk._async.inference import AsyncInferenceJob
 from sparegrid.sdk._async.job import AsyncJob
-from sparegrid.sdk._sync.client import signup
+from sparegrid.sdk._sync.admin import signup
 from sparegrid.sdk._sync.inference import InferenceJob
 from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.blobs import DEFAULT_CHUNK_SIZE

@@ -4,6 +4,7 @@ The same API as the sync clients with awaitable methods; both are written once, 
 `sparegrid.sdk._async`, and the sync flavour is generated from it.
 """
 
-from sparegrid.sdk._async.client import AsyncAdminClient, AsyncClient, signup
+from sparegrid.sdk._async.admin import AsyncAdminClient, signup
+from sparegrid.sdk._async.client import AsyncClient
 
 __all__ = ["AsyncAdminClient", "AsyncClient", "signup"]

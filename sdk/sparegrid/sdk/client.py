@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparegrid.sdk._sync.client import DEFAULT_TIMEOUT, AdminClient
+from sparegrid.sdk._sync.admin import AdminClient
+from sparegrid.sdk._sync.client import DEFAULT_TIMEOUT
 from sparegrid.sdk._sync.client import Client as _GeneratedClient
 from sparegrid.sdk.config import PathLike
 
