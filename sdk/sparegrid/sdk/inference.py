@@ -18,7 +18,9 @@ This module holds the work both flavours share (export, shards, checks, decoding
 submit and the job handles are `sparegrid.sdk._async.inference` and its generated twin.
 """
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -71,13 +73,34 @@ def export_program(model: Any, example: "tuple[torch.Tensor, ...]", dest: Path) 
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     shapes = tuple({0: batch} for _ in example)
     try:
-        program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
+        with _quiet_tracer():
+            program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
     except Exception as exc:
+        taken = ", ".join(_shape_text(t) for t in example)
         raise InvalidArgumentError(
-            "EXPORT_FAILED", f"torch.export could not export the model: {exc}"
+            "EXPORT_FAILED",
+            f"torch.export could not export the model with inputs {taken} (a batch of the "
+            f"inputs): {str(exc).rstrip('.')}; check that the inputs' shape and dtype are what the model takes",
         ) from exc
     torch.export.save(program, dest)
     return dest
+
+
+def _shape_text(tensor: "torch.Tensor") -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}"
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Keeps torch's own log of a failed trace (a traceback per failing operator) off the
+    user's terminal: the error raised says what failed."""
+    tracer = logging.getLogger("torch._subclasses.fake_tensor")
+    was = tracer.disabled
+    tracer.disabled = True
+    try:
+        yield
+    finally:
+        tracer.disabled = was
 
 
 def _check_module(model: Any) -> None:
