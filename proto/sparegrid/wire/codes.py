@@ -118,6 +118,7 @@ class ErrorCode(StrEnum):
     NO_ADMIN_KEY = "NO_ADMIN_KEY"
     NO_CLIENT = "NO_CLIENT"
     NO_TILES = "NO_TILES"
+    NOT_A_RESULTS_DIR = "NOT_A_RESULTS_DIR"  # job verify --dir: no results.json there
     OUTPUT_EXISTS = "OUTPUT_EXISTS"
     OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
     PYARROW_MISSING = "PYARROW_MISSING"
