@@ -110,6 +110,7 @@ class ErrorCode(StrEnum):
     BAD_TLS_CA = "BAD_TLS_CA"
     BLENDER_FAILED = "BLENDER_FAILED"
     EXPORT_FAILED = "EXPORT_FAILED"
+    FRAME_NOT_FOUND = "FRAME_NOT_FOUND"  # job preview --frame N of a finished job without it
     FRAME_NOT_READY = "FRAME_NOT_READY"
     KEY_SAVED = "KEY_SAVED"  # signup: a key for that coordinator is saved already
     MISSING_FILES = "MISSING_FILES"
