@@ -256,3 +256,27 @@ def test_a_second_worker_on_the_same_data_dir_is_refused(tmp_path: Path) -> None
         first.send_signal(signal.SIGINT)
         first.wait(timeout=60)
     assert first.returncode == 0
+
+
+def test_a_coordinator_never_reached_is_said_so_not_a_lost_session(tmp_path: Path) -> None:
+    """A mistyped address on the first start: no session was ever there to lose."""
+    run = ("worker", "run", "--devices", "cpu", "--data-dir", str(tmp_path / "node"))
+    worker = subprocess.Popen(
+        sparegrid(*run, "--coordinator", "127.0.0.1:9"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    assert worker.stderr is not None
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "trying again" not in line and "reconnecting" not in line:
+            assert time.monotonic() < deadline and worker.poll() is None
+            line = worker.stderr.readline()
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.communicate(timeout=60)
+    assert "cannot connect to the coordinator at 127.0.0.1:9 (UNAVAILABLE" in line, line
+    assert "session lost" not in line
