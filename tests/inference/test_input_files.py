@@ -2,6 +2,7 @@
 read a slice at a time into the shards the coordinator expects; bad files are refused,
 naming the file or the column, before a shard is made."""
 
+import importlib.abc
 import os
 import subprocess
 import sys
@@ -259,6 +260,31 @@ def test_without_pyarrow_the_error_says_what_to_install(
         shards(two_heads_pt2, tmp_path / "t.parquet", tmp_path)
     assert caught.value.code == "PYARROW_MISSING"
     assert "pip install 'sparegrid[arrow]'" in caught.value.message
+
+
+class _NumpyTooOld(importlib.abc.MetaPathFinder):
+    """pyarrow 26 as it imports beside bpy's NumPy 1.26."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name == "pyarrow":
+            raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.26.4")
+
+
+def test_a_pyarrow_for_another_numpy_is_named_with_the_version_that_fits(
+    two_heads_pt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sparegrid[arrow]` beside `sparegrid[render]` once pulled a pyarrow that needs NumPy
+    2, which bpy's NumPy 1 cannot give; the hint to install sparegrid[arrow] went round."""
+    x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(16, np.float32)), 8)
+    pq.write_table(pa.table({"x": x, "y": x}), tmp_path / "t.parquet")
+    for name in [m for m in sys.modules if m == "pyarrow" or m.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NumpyTooOld(), *sys.meta_path])
+    with pytest.raises(InvalidArgumentError) as caught:
+        shards(two_heads_pt2, tmp_path / "t.parquet", tmp_path)
+    assert caught.value.code == "PYARROW_MISSING"
+    assert "installed but does not load here" in caught.value.message
+    assert "pip install 'pyarrow>=17,<26'" in caught.value.message
 
 
 # --- streaming: a large table is read record batch by record batch ----------------------

@@ -166,7 +166,10 @@ def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, 
     second = cli(cluster, "job", "preview", anim.id, "--frame", "2", "-o", str(tmp_path / "2.png"))
     assert second.returncode == 0 and "frame_0002.png" in second.stdout
     missing = cli(cluster, "job", "preview", anim.id, "--frame", "9", "-o", str(tmp_path / "9.png"))
-    assert missing.returncode == 1 and "[FRAME_NOT_READY]" in missing.stderr
+    assert missing.returncode == 1 and "[FRAME_NOT_FOUND]" in missing.stderr
+    assert (
+        f"job {anim.id} ended (succeeded) without a frame 9; its frames: 1, 2, 3" in missing.stderr
+    )
     assert not (tmp_path / "9.png").exists()
 
 

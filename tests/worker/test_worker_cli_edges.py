@@ -227,3 +227,56 @@ def test_sighup_rereads_the_settings_file(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "settings not reloaded, the limits in force stay" in err and "max_temp" in err
+
+
+def test_a_second_worker_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """Two workers on one data directory would be one node twice: each would end the
+    other's session, and the second's exit would take the first's status socket with it."""
+    data = tmp_path / "node"
+    run = ("worker", "run", "--devices", "cpu", "--data-dir", str(data))
+    run += ("--coordinator", "127.0.0.1:9")  # nothing there: the first keeps trying
+    first = subprocess.Popen(
+        sparegrid(*run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "status.sock").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the first did not start"
+            time.sleep(0.1)
+        second = subprocess.run(
+            sparegrid(*run), capture_output=True, text=True, env=clean_env(), timeout=60
+        )
+        assert second.returncode == 2
+        assert f"another worker (pid {first.pid}) is running with data directory {data}" in (
+            second.stderr
+        )
+        assert "Traceback" not in second.stderr
+        assert read_status(data / "status.sock")["node_id"]  # the first still answers
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert first.returncode == 0
+
+
+def test_a_coordinator_never_reached_is_said_so_not_a_lost_session(tmp_path: Path) -> None:
+    """A mistyped address on the first start: no session was ever there to lose."""
+    run = ("worker", "run", "--devices", "cpu", "--data-dir", str(tmp_path / "node"))
+    worker = subprocess.Popen(
+        sparegrid(*run, "--coordinator", "127.0.0.1:9"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    assert worker.stderr is not None
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "trying again" not in line and "reconnecting" not in line:
+            assert time.monotonic() < deadline and worker.poll() is None
+            line = worker.stderr.readline()
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.communicate(timeout=60)
+    assert "cannot connect to the coordinator at 127.0.0.1:9 (UNAVAILABLE" in line, line
+    assert "session lost" not in line

@@ -90,6 +90,21 @@ def test_log_format_json_and_the_older_variable() -> None:
         (["--poll-interval", "5"], {}, "poll_interval must be a number from 0.01 to 1"),
         (["--max-download-rate", "10"], {}, "max_download_rate must be at least 65536 bytes"),
         (["--log-format", "xml"], {}, "log_format 'xml' must be text or json"),
+        (
+            ["--prefetch", "0"],
+            {},
+            "prefetch must be an integer from 1 to 1024, got 0 (from --prefetch)",
+        ),
+        (
+            ["--coordinator", "grid:99999"],
+            {},
+            "a port is 1..65535 (from --coordinator)",
+        ),
+        (
+            [],
+            {"SPAREGRID_WORKER_NAME": " "},
+            "1-64 printable characters (from SPAREGRID_WORKER_NAME)",
+        ),
     ],
 )
 def test_bad_settings_say_what_and_where(flags: list[str], env: dict[str, str], says: str) -> None:
@@ -111,6 +126,7 @@ def test_every_problem_is_listed_at_once() -> None:
         ("max_vram = [", "is not valid TOML"),
         ("maxvram = 0.8", "unknown setting(s) maxvram"),
         ("max_vram = true", "max_vram True is not a number"),
+        ("prefetch = 0", "prefetch must be an integer from 1 to 1024, got 0 (from prefetch in "),
     ],
 )
 def test_bad_files(tmp_path: Path, text: str, says: str) -> None:

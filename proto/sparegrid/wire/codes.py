@@ -111,6 +111,7 @@ class ErrorCode(StrEnum):
     BAD_TLS_CA = "BAD_TLS_CA"
     BLENDER_FAILED = "BLENDER_FAILED"
     EXPORT_FAILED = "EXPORT_FAILED"
+    FRAME_NOT_FOUND = "FRAME_NOT_FOUND"  # job preview --frame N of a finished job without it
     FRAME_NOT_READY = "FRAME_NOT_READY"
     KEY_SAVED = "KEY_SAVED"  # signup: a key for that coordinator is saved already
     MISSING_FILES = "MISSING_FILES"
@@ -119,6 +120,7 @@ class ErrorCode(StrEnum):
     NO_ADMIN_KEY = "NO_ADMIN_KEY"
     NO_CLIENT = "NO_CLIENT"
     NO_TILES = "NO_TILES"
+    NOT_A_RESULTS_DIR = "NOT_A_RESULTS_DIR"  # job verify --dir: no results.json there
     OUTPUT_EXISTS = "OUTPUT_EXISTS"
     OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
     PYARROW_MISSING = "PYARROW_MISSING"

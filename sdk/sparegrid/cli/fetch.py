@@ -153,12 +153,25 @@ def results_continue(args: argparse.Namespace) -> int:
 
 
 def _frame_of(job: Job, number: int) -> tuple[TaskResult, str]:
+    frames: list[int] = []
     for result in job.results():
         if result.state is not TaskState.SUCCEEDED:
             continue
         for ref in result.outputs:
-            if sdk_render.frame_number(ref.name) == number:
+            frame = sdk_render.frame_number(ref.name)
+            if frame == number:
                 return result, ref.name
+            if frame is not None:
+                frames.append(frame)
+    if job.finished:  # it never will have that frame
+        shown = ", ".join(str(f) for f in sorted(frames)[:20]) + (
+            ", ..." if len(frames) > 20 else ""
+        )
+        raise InvalidArgumentError(
+            "FRAME_NOT_FOUND",
+            f"job {job.id} ended ({job.state.value}) without a frame {number}; its frames: "
+            f"{shown or 'none'}",
+        )
     raise InvalidArgumentError(
         "FRAME_NOT_READY",
         f"job {job.id} has no finished frame {number} yet; `sparegrid job results "

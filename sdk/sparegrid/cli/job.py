@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparegrid.cli import common, costs, fetch, flagwords, inference, logs, output
+from sparegrid.cli import common, costs, fetch, flagwords, inference, logs, offline, output
 from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
 from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
 from sparegrid.sdk import Client, InvalidArgumentError, JobState, SparegridError
+from sparegrid.sdk.config import resolve_address
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 JOB_ID_HELP = "the id `job submit` printed (`sparegrid job list` shows them)"
@@ -150,13 +151,26 @@ def register(subparsers: Any) -> None:
     for name, func, text in (
         ("get", get, "show a job"),
         ("cancel", cancel, "cancel a job; its unused credit comes back"),
-        ("verify", verify, "check every receipt of a job"),
     ):
         p = jobs.add_parser(name, parents=[conn], help=text)
         p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
         if name == "get":
             output.add_json_flag(p)
         p.set_defaults(func=func)
+
+    p = jobs.add_parser(
+        "verify",
+        parents=[conn],
+        help="check every receipt of a job, or offline those `job results` wrote (--dir)",
+        description="Checks every receipt of JOB_ID as the coordinator returns them; or, with "
+        "--dir DIR and no JOB_ID, offline: each receipt in DIR, the coordinator's "
+        "countersignature (the key pinned for --coordinator, or $SPAREGRID_COORDINATOR_KEY) "
+        "and that each output file in DIR has the digest its receipt states. Exit 1 when "
+        "one does not check out.",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", nargs="?", help=JOB_ID_HELP)
+    p.add_argument("--dir", type=Path, metavar="DIR", help="a directory `job results` wrote")
+    p.set_defaults(func=verify)
 
     p = jobs.add_parser(
         "retry", parents=[conn], help="run the tasks of a failed or cancelled job again"
@@ -427,6 +441,12 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    if (args.job_id is None) == (args.dir is None):
+        raise InvalidArgumentError(
+            "BAD_FLAGS", "give a JOB_ID, or --dir DIR to check a results directory offline"
+        )
+    if args.dir is not None:
+        return offline.report(args.dir, resolve_address(args.coordinator))
     with common.client(args) as client:
         report = client.get_job(args.job_id).verify()
     skipped = f" ({output.count(report.skipped, 'task')} without a result skipped)"

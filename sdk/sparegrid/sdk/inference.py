@@ -18,7 +18,9 @@ This module holds the work both flavours share (export, shards, checks, decoding
 submit and the job handles are `sparegrid.sdk._async.inference` and its generated twin.
 """
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -71,13 +73,64 @@ def export_program(model: Any, example: "tuple[torch.Tensor, ...]", dest: Path) 
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     shapes = tuple({0: batch} for _ in example)
     try:
-        program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
+        with _quiet_tracer():
+            program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
     except Exception as exc:
+        taken = ", ".join(_shape_text(t) for t in example)
         raise InvalidArgumentError(
-            "EXPORT_FAILED", f"torch.export could not export the model: {exc}"
+            "EXPORT_FAILED",
+            f"torch.export could not export the model with inputs {taken} (a batch of the "
+            f"inputs): {str(exc).rstrip('.')}; check that the inputs' shape and dtype are what the model takes",
         ) from exc
+    mixed = _mixed_dtypes(program)
+    if mixed:
+        taken = ", ".join(_shape_text(t) for t in example)
+        raise InvalidArgumentError(
+            "BAD_INPUTS",
+            f"the model cannot take inputs {taken}: {mixed}; give the inputs the dtype of the "
+            "model's weights (e.g. inputs.float())",
+        )
     torch.export.save(program, dest)
     return dest
+
+
+# operators that refuse integer tensors beside floating ones, which tracing does not check
+# (the kernels refuse at run time, on the volunteer's machine, after the job is charged)
+_SAME_DTYPE = frozenset({"linear", "mm", "addmm", "bmm", "baddbmm", "matmul"})
+
+
+def _mixed_dtypes(program: Any) -> str:
+    """Why an operator of the exported graph would refuse its tensors' dtypes, or ""."""
+    torch = _torch()
+    for node in program.graph.nodes:
+        op = str(node.target).split(".")
+        if node.op != "call_function" or len(op) < 2 or op[1] not in _SAME_DTYPE:
+            continue
+        values = [getattr(a, "meta", {}).get("val") for a in node.args]
+        dtypes = list(dict.fromkeys(v.dtype for v in values if isinstance(v, torch.Tensor)))
+        # floating dtypes that differ meet at the job's precision on the worker (bf16 and
+        # fp16 cast the module and the floating inputs); an integer tensor never does
+        if len({d.is_floating_point for d in dtypes}) > 1:
+            names = " and ".join(str(d).removeprefix("torch.") for d in dtypes)
+            return f"its {op[1]} would get tensors of {names}"
+    return ""
+
+
+def _shape_text(tensor: "torch.Tensor") -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}"
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Keeps torch's own log of a failed trace (a traceback per failing operator) off the
+    user's terminal: the error raised says what failed."""
+    tracer = logging.getLogger("torch._subclasses.fake_tensor")
+    was = tracer.disabled
+    tracer.disabled = True
+    try:
+        yield
+    finally:
+        tracer.disabled = was
 
 
 def _check_module(model: Any) -> None:

@@ -153,10 +153,21 @@ class Column:
 def _pyarrow() -> Any:
     try:
         import pyarrow
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise InvalidArgumentError(
             "PYARROW_MISSING",
             f"Parquet and Arrow inputs need pyarrow: pip install 'sparegrid[arrow]' ({exc})",
+        ) from None
+    except ImportError as exc:  # installed, but built for another NumPy (or broken)
+        fix = (
+            " pip install 'pyarrow>=17,<26' (pyarrow 26 needs NumPy 2; bpy 5.0.1 needs NumPy 1)"
+            if "numpy" in str(exc).lower()
+            else " reinstall it: pip install --force-reinstall 'sparegrid[arrow]'"
+        )
+        raise InvalidArgumentError(
+            "PYARROW_MISSING",
+            f"Parquet and Arrow inputs need pyarrow, which is installed but does not load "
+            f"here ({exc}):{fix}",
         ) from None
     return pyarrow
 

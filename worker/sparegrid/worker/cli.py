@@ -22,7 +22,7 @@ from sparegrid.wire.config import to_duration
 from sparegrid.worker.config import DEFAULT_COORDINATOR, ConfigError, WorkerConfig
 from sparegrid.worker.logs import configure_logging
 from sparegrid.worker.node.devices import DeviceInfo, detect_devices
-from sparegrid.worker.node.identity import load_identity
+from sparegrid.worker.node.identity import load_identity, lock_data_dir
 from sparegrid.worker.node.status import (
     StatusUnavailable,
     read_status,
@@ -269,6 +269,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from(args, os.environ)
         detection = choose_devices(config, detect_devices())  # before a key is made
+        lock_data_dir(config.data_dir)  # held until this process ends
         signer = load_identity(config.data_dir)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

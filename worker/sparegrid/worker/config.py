@@ -161,11 +161,14 @@ class WorkerConfig:
         return self.status_socket or self.data_dir / "status.sock"
 
     def _problems(self) -> list[str]:
-        return [
-            _address_problem(self.coordinator),
-            _name_problem(self.name),
-            _tls_problem(self.tls_ca),
-            "" if self.prefetch is None else _range("prefetch", self.prefetch, 1, 1024),
+        settable = {
+            "coordinator": _address_problem(self.coordinator),
+            "name": _name_problem(self.name),
+            "tls_ca": _tls_problem(self.tls_ca),
+            "prefetch": "" if self.prefetch is None else _range("prefetch", self.prefetch, 1, 1024),
+            "data_dir": _data_dir_problem(self.data_dir),
+        }
+        return [self._from(name, problem) for name, problem in settable.items()] + [
             _positive("heartbeat_interval", self.heartbeat_interval),
             _positive("max_attempt_seconds", self.max_attempt_seconds),
             _range("inline_limit", self.inline_limit, 0, MAX_INLINE_OUTPUT),
@@ -174,7 +177,6 @@ class WorkerConfig:
             _positive("reconnect_max", self.reconnect_max),
             _positive("batch_window", self.batch_window),
             _range("batch_max", self.batch_max, 1, 10_000),
-            _data_dir_problem(self.data_dir),
         ]
 
     @property
@@ -196,7 +198,7 @@ def _address_problem(address: str) -> str:
 
 def _name_problem(name: str) -> str:
     if not name.strip() or len(name) > 64 or not name.isprintable():
-        return f"node name {name!r} must be 1-64 printable characters (--name)"
+        return f"node name {name!r} must be 1-64 printable characters"
     return ""
 
 

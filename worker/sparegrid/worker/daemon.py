@@ -133,6 +133,7 @@ class Worker(WorkerSession):
         self._owed: set[int] = set()
         self._session: Session | None = None
         self._connected = asyncio.Event()
+        self._welcomed = False  # this attempt got as far as the coordinator's welcome
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._hint = ""  # the likely cause of connection failures last logged

@@ -36,12 +36,14 @@ class WorkerSession(WorkerResults):
     _upload_limit: RateLimiter | None
     _stopped: asyncio.Event
     _hint: str
+    _welcomed: bool  # this attempt got as far as the coordinator's welcome
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
         uses_tls = self.config.tls or self.config.tls_ca is not None
         while True:
             error: BaseException | None = None
+            self._welcomed = False
             try:
                 await self._run_session(backoff)
                 reason = "the coordinator ended the session"
@@ -63,7 +65,15 @@ class WorkerSession(WorkerResults):
             if self._stopped.is_set():
                 return
             delay = reconnect_delay(error, backoff.next_delay(), self._rng)
-            _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            if self._welcomed:
+                _log.warning("session lost (%s); reconnecting in %.1fs", reason, delay)
+            else:
+                _log.warning(
+                    "cannot connect to the coordinator at %s (%s); trying again in %.1fs",
+                    self.config.coordinator,
+                    reason,
+                    delay,
+                )
             if "UNAVAILABLE" in reason:  # each new likely cause, once until it connects
                 cause = await asyncio.to_thread(tls_hint, self.config.coordinator, uses_tls)
                 if cause and cause != self._hint:
@@ -105,6 +115,7 @@ class WorkerSession(WorkerResults):
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
+        self._welcomed = True
         self.standing = (welcome.standing or "active", welcome.standing_reason)
         self.earnings.credited(welcome.credited)
         if self.standing[0] != "active":
