@@ -1,7 +1,8 @@
 """The data directory of a running coordinator is removed (an `rm -rf` in the wrong
-place, a tmp cleaner): the coordinator acknowledges nothing more, since all it committed
-would vanish when it exits. Submits are refused, saying why; results stay in the
-workers' outboxes. Real processes, SQLite."""
+place, a tmp cleaner). On SQLite the coordinator acknowledges nothing more, since all it
+committed would vanish when it exits: submits are refused, saying why; results stay in
+the workers' outboxes. On PostgreSQL the database is safe but the blobs are gone: an
+upload is refused, saying so. Real processes."""
 
 import shutil
 
@@ -27,3 +28,16 @@ def test_a_removed_data_directory_is_refused_not_written_into(cluster) -> None:
     assert "restore the data directory from a backup and restart" in refused.value.message
     assert cluster.coordinator.popen.poll() is None  # up, holding what it has
     assert "was removed or replaced" in cluster.coordinator.tail()
+
+
+def test_a_removed_blob_directory_is_named_to_uploaders(cluster, database) -> None:
+    _, dsn = database
+    _, client = setup(cluster, workers=0, extra=("--database", dsn))
+    shutil.rmtree(cluster.root / "coord")
+
+    with pytest.raises(UnavailableError) as refused:
+        client.upload(b"after the rm")
+    assert refused.value.code == "BLOB_STORE_UNAVAILABLE"
+    blobs = cluster.root / "coord" / "blobs"
+    assert f"the coordinator's blob directory {blobs} is gone" in refused.value.message
+    assert client.echo("the database is fine", tasks=1).id  # what needs no blob goes on

@@ -186,6 +186,15 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
                 await asyncio.to_thread(upload.finish)
             finally:
                 upload.close()
+        except FileNotFoundError as exc:
+            if app.blobs.root.is_dir():
+                raise
+            raise CoordinatorError(  # removed under it: nothing to write into, or to serve
+                ErrorKind.UNAVAILABLE,
+                "BLOB_STORE_UNAVAILABLE",
+                f"the coordinator's blob directory {app.blobs.root} is gone, with the blobs "
+                "it held: its operator must restore the data directory from a backup",
+            ) from exc
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
