@@ -11,6 +11,7 @@ import pytest
 from sparegrid.cli.main import build_parser
 from sparegrid.coordinator.domain import Account, Posting, Transaction, client_account
 from sparegrid.coordinator.store import open_store
+from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.sqlite import SqliteStore, StoreDamaged
 
 PAGE = 4096
@@ -49,6 +50,25 @@ def test_commits_are_counted_once_each_and_reads_are_not(tmp_path: Path) -> None
     again = SqliteStore(path)  # a clean reopen: nothing to report
     assert again.balance(client_account("alice")) == 15
     again.close()
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_file_removed_or_replaced_under_the_store_takes_no_commit(
+    tmp_path: Path, how: str
+) -> None:
+    path = tmp_path / "coordinator.db"
+    store = SqliteStore(path)
+    store.post(grant(1))
+    shutil.copy(path, tmp_path / "copy.db")
+    path.unlink()
+    if how == "replaced":  # a copy put in its place is another file: the writes went on
+        os.replace(tmp_path / "copy.db", path)  # into the old one, which it lacks
+    with pytest.raises(StoreUnavailable, match=f"the database file {path} was removed or replaced"):
+        store.post(grant(2))
+    assert store.balance(client_account("alice")) == 1  # the write rolled back
+    with pytest.raises(StoreUnavailable):
+        store.reconnect()  # the coordinator stays paused
+    store.close()
 
 
 def test_a_torn_wal_that_lost_acknowledged_commits_is_refused(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from sparegrid.wire import Signer
 log = logging.getLogger("sparegrid.coordinator")
 
 ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
+STALL_SECONDS = 2.0  # a reaper pass later than this past its interval skips (_reaper)
 
 
 class Background(GroupCommit):
@@ -39,9 +40,18 @@ class Background(GroupCommit):
     _webhook_calls: ThreadPoolExecutor
 
     async def _reaper(self) -> None:
+        interval = self.settings.reap_interval_seconds
+        last, skipped = self.clock.now(), False
         while True:
-            await asyncio.sleep(self.settings.reap_interval_seconds)
-            if not self.serving:
+            await asyncio.sleep(interval)
+            # A pass this late means the process was stopped (a paused VM, SIGSTOP, a swap
+            # storm), and the heartbeats that renewed its leases meanwhile wait unread in
+            # its sockets: expiring first held its own stall against healthy nodes (their
+            # windows halved, kept off their jobs). One pass is left out to read them.
+            now = self.clock.now()
+            stalled, last = now - last > interval + STALL_SECONDS and not skipped, now
+            skipped = stalled
+            if not self.serving or stalled:
                 continue
             try:
                 await self.call(self._reap)

@@ -76,7 +76,8 @@ async def build_server(app: App, listen: str, tls: Tls | None = None) -> tuple[a
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # workers ping every 11 s to find a silent link (upstream/session.py)
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             # a second coordinator on a taken address must fail, not share the port
             ("grpc.so_reuseport", 0),

@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     BLOB_TOO_LARGE = "BLOB_TOO_LARGE"
     CREDIT_LIMIT = "CREDIT_LIMIT"  # a grant past the 2^63 - 1 credit the ledger holds in all
     DIGEST_MISMATCH = "DIGEST_MISMATCH"  # also: a download that does not hash to its digest
+    DISK_FULL = "DISK_FULL"  # the coordinator's disk, during an upload: nothing of it is kept
     HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"  # a worker session's Hello or answer never came
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"

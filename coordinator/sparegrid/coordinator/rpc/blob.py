@@ -7,6 +7,7 @@ uploading node's owner.
 """
 
 import asyncio
+import errno
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -185,6 +186,28 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
                 await asyncio.to_thread(upload.finish)
             finally:
                 upload.close()
+        except FileNotFoundError as exc:
+            if app.blobs.root.is_dir():
+                raise
+            raise CoordinatorError(  # removed under it: nothing to write into, or to serve
+                ErrorKind.UNAVAILABLE,
+                "BLOB_STORE_UNAVAILABLE",
+                f"the coordinator's blob directory {app.blobs.root} is gone, with the blobs "
+                "it held: its operator must restore the data directory from a backup",
+            ) from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The part kept would hold the last of the disk, and the database's writes,
+            # which share it, would stop every call: it goes, and so does its reservation.
+            await asyncio.to_thread(app.blobs.drop_partial, uploader, digest)
+            await asyncio.shield(app.call(lambda: app.quotas.abandoned(uploader, digest)))
+            raise CoordinatorError(
+                ErrorKind.EXHAUSTED,
+                "DISK_FULL",
+                f"the coordinator's disk is full: upload of {digest} stopped; try again once "
+                "its operator has made room",
+            ) from exc
         except BaseException:
             if app.blobs.partial_mtime(uploader, digest) is None:
                 await asyncio.shield(app.call(lambda: app.quotas.abandoned(uploader, digest)))

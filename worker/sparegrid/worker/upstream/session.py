@@ -28,6 +28,20 @@ from sparegrid.worker.upstream.blobs import BlobClient
 _log = logging.getLogger("sparegrid.worker.upstream.session")
 HANDSHAKE_TIMEOUT = 30.0
 MAX_RETRY_HINT = 60.0  # the most of a coordinator's retry hint a worker obeys (seconds)
+# A link that goes silent (a router off the network, a coordinator's machine gone) ends no
+# TCP connection, and the coordinator answers no heartbeat: without pings of its own a
+# worker kept writing into the dead connection for as long as TCP retries (many minutes),
+# never reaching a standby. With them it drops the session within about 20 s and dials
+# again. A ping unanswered for 10 s ends the connection (gRPC's default waits a minute for
+# the flow-control pings it sends itself). Coordinators permit a ping every 10 s (every
+# 5 s since this came in: server.py).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 11_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),  # an idle worker sends data once a minute
+]
 _CLOSE = object()  # queued to half-close the stream after everything before it is sent
 
 OnMessage = Callable[[worker_pb2.CoordinatorMessage], None]
@@ -56,6 +70,7 @@ def open_channel(config: WorkerConfig) -> grpc.aio.Channel:
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *KEEPALIVE_OPTIONS,
     ]
     if config.tls_ca is None and not config.tls:
         return grpc.aio.insecure_channel(grpc_target(config.coordinator), options=options)
