@@ -348,3 +348,30 @@ async def test_the_stop_line_says_what_the_node_earned(
         f"worker {worker.node_id} stopped; 0 batch(es) left in the outbox; "
         "credit: 161 in the coordinator's ledger, +161 today"
     ]
+
+
+async def test_a_forced_stop_says_which_tasks_it_stopped(
+    tmp_path: Path, coordinator: FakeCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped at once (a second Ctrl-C) mid-task, the worker says it left running tasks
+    for the coordinator to run again, rather than only that its outbox is empty."""
+    config = make_config(tmp_path, coordinator.address)
+    with caplog.at_level("INFO", logger="sparegrid.worker"):
+        async with running_worker(config) as (worker, _):
+            session = await coordinator.session()
+            session.assign(assignment("slow", params={"data": "x", "sleep_ms": 60_000}))
+            await wait_until(lambda: worker.attempt_phases().get("slow") is not None)
+    [stopped] = [r.getMessage() for r in caplog.records if " stopped; " in r.getMessage()]
+    assert "; 1 running task(s) stopped (the coordinator runs them again); credit: " in stopped
+
+
+async def test_a_worker_that_never_connected_does_not_quote_a_ledger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path, "127.0.0.1:9")  # nothing listens there
+    with caplog.at_level("INFO", logger="sparegrid.worker"):
+        async with running_worker(config):
+            await wait_until(lambda: "cannot connect to the coordinator" in caplog.text)
+    [stopped] = [r.getMessage() for r in caplog.records if " stopped; " in r.getMessage()]
+    assert stopped.endswith("it never reached the coordinator at 127.0.0.1:9")
+    assert "ledger" not in stopped

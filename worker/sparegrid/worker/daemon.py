@@ -134,6 +134,7 @@ class Worker(WorkerSession):
         self._session: Session | None = None
         self._connected = asyncio.Event()
         self._welcomed = False  # this attempt got as far as the coordinator's welcome
+        self._reached = False  # some attempt of this run did
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._hint = ""  # the likely cause of connection failures last logged
@@ -219,6 +220,7 @@ class Worker(WorkerSession):
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        stopped = len(self._tasks.attempt_ids())  # a drain leaves none; a forced stop may
         await self._tasks.close(force=self._forced)
         await self._batcher.close()
         await self._cache.close()
@@ -226,13 +228,23 @@ class Worker(WorkerSession):
         await self.metrics.close()
         self._monitor.close()
         logging.getLogger("sparegrid.worker").removeHandler(self.errors)
+        running = (
+            f"; {stopped} running task(s) stopped (the coordinator runs them again)"
+            if stopped
+            else ""
+        )
+        credit = (
+            f"credit: {self.earnings.total} in the coordinator's ledger, "
+            f"{self.earnings.today:+d} today"
+            if self._reached
+            else f"it never reached the coordinator at {self.config.coordinator}"
+        )
         _log.info(
-            "worker %s stopped; %d batch(es) left in the outbox; credit: %d in the "
-            "coordinator's ledger, %+d today",
+            "worker %s stopped; %d batch(es) left in the outbox%s; %s",
             self.node_id,
             len(self._outbox),
-            self.earnings.total,
-            self.earnings.today,
+            running,
+            credit,
         )
 
     async def _drain(self) -> None:

@@ -37,6 +37,7 @@ class WorkerSession(WorkerResults):
     _stopped: asyncio.Event
     _hint: str
     _welcomed: bool  # this attempt got as far as the coordinator's welcome
+    _reached: bool  # some attempt of this run did
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
@@ -115,7 +116,7 @@ class WorkerSession(WorkerResults):
         dropped = [a for a in self._tasks.attempt_ids() if a not in resumed]
         self._tasks.cancel(dropped, "the coordinator did not resume it")
         _log.info("connected to %s as node %s", self.config.coordinator, self.node_id)
-        self._welcomed = True
+        self._welcomed = self._reached = True
         self.standing = (welcome.standing or "active", welcome.standing_reason)
         self.earnings.credited(welcome.credited)
         if self.standing[0] != "active":
