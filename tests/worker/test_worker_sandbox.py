@@ -4,6 +4,8 @@ where it does not). The control case shows the same executor can when isolation 
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,20 @@ async def test_without_isolation_the_same_executor_gets_out(
     assert report[f"write {tmp_path / 'outside.txt'}"] == "done"
     assert next(v for k, v in report.items() if k.startswith("connect")) == "done"
     assert (tmp_path / "outside.txt").read_text() == "escaped"
+
+
+def test_the_executor_is_the_oom_killers_first_pick(tmp_path: Path) -> None:
+    """A task that takes all the machine's memory is what the kernel ends when it runs out,
+    never the volunteer's browser or game: the child raises its own OOM score to the top."""
+    code = (
+        "from sparegrid.worker.slots.child.sandbox import SandboxSettings, set_limits\n"
+        f"print(set_limits(SandboxSettings(scratch={str(tmp_path)!r})))\n"
+        "print(open('/proc/self/oom_score_adj').read().strip())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    report, score = done.stdout.strip().splitlines()
+    assert "first for the OOM killer" in report and score == "1000"
+    here = Path("/proc/self/oom_score_adj").read_text().strip()
+    assert here != "1000"  # the daemon (this process) is left as it was

@@ -11,7 +11,10 @@ What it does, each step where the kernel allows it without root:
   and signals to processes outside the sandbox are refused (ABI 6+);
 - `PR_SET_NO_NEW_PRIVS`, so nothing it runs can gain privileges;
 - rlimits: open files, largest file written, no core dumps, optionally address space,
-  and a CPU-time budget per task.
+  and a CPU-time budget per task;
+- the kernel's OOM killer picks it first (`oom_score_adj` 1000): a task that takes all of
+  the machine's memory (no `--task-memory`, or one set too high) is what the kernel ends,
+  never the volunteer's own programs.
 
 The daemon passes the settings in `SPAREGRID_SANDBOX` (JSON). `probe()` runs the same
 steps in a throwaway process and says what works here; the daemon logs it and shows it in
@@ -257,9 +260,21 @@ def set_limits(settings: SandboxSettings) -> str:
     except (OSError, ValueError) as exc:
         return f"unavailable: setrlimit failed ({exc})"
     memory = f", {settings.memory >> 20} MiB address space" if settings.memory else ""
+    oom = ", first for the OOM killer" if _first_for_the_oom_killer() else ""
     return (
-        f"ok ({settings.open_files} open files, {settings.output_size >> 20} MiB per file{memory})"
+        f"ok ({settings.open_files} open files, {settings.output_size >> 20} MiB per file"
+        f"{memory}{oom})"
     )
+
+
+def _first_for_the_oom_killer() -> bool:
+    """Makes this process the kernel's first pick when memory runs out (raising one's own
+    score needs no privilege); False where there is no such file."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        return False
+    return True
 
 
 def before_task(settings: SandboxSettings | None) -> None:
