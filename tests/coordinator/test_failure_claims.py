@@ -9,11 +9,10 @@ import asyncio
 
 import pytest
 
-from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
-from sparegrid.wire import Signer, sha256_hex
-from sparegrid.wire.receipt import sign_batch
+from sparegrid.v1 import client_pb2, client_pb2_grpc, worker_pb2
+from sparegrid.wire import Signer
 from tests.coordinator.conftest import Served
-from tests.coordinator.sessions import Call, next_ack, session
+from tests.coordinator.sessions import Call, next_ack, session, signed_results
 
 
 def credit(count: int) -> worker_pb2.WorkerMessage:
@@ -42,21 +41,7 @@ async def fail(call: Call, attempt_id: str, batch: int, retryable: bool) -> None
 async def succeed(
     call: Call, signer: Signer, assignment: worker_pb2.Assignment, batch: int
 ) -> None:
-    out = b"ok"
-    statement = common_pb2.ResultStatement(
-        job_id=assignment.job_id,
-        task_id=assignment.task_id,
-        attempt_id=assignment.attempt_id,
-        node_id=signer.node_id,
-        outputs=[common_pb2.OutputRef(name="out", digest=sha256_hex(out), size=len(out))],
-    ).SerializeToString()
-    results = worker_pb2.Results(
-        batch_id=batch,
-        statements=[statement],
-        signature=sign_batch(signer, [statement]),
-        inline_outputs={sha256_hex(out): out},
-    )
-    await call.write(worker_pb2.WorkerMessage(results=results))
+    await call.write(signed_results(signer, [assignment], b"ok", batch_id=batch))
     assert (await next_ack(call)).verdicts[0].accepted
 
 
