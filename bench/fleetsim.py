@@ -35,11 +35,18 @@ from sparegrid.worker.node.devices import DeviceInfo
 from sparegrid.worker.slots.child.protocol import Outcome, OutputData
 from sparegrid.worker.upstream.heartbeat import Cadence
 from sparegrid.worker.upstream.messages import hello, message_of, statement_bytes
-from sparegrid.worker.upstream.session import Session, connect, reconnect_delay, retry_after
+from sparegrid.worker.upstream.session import (
+    KEEPALIVE_OPTIONS,
+    Session,
+    connect,
+    reconnect_delay,
+    retry_after,
+)
 
 DEVICE = DeviceInfo(index=0, kind="cpu", name="fleet-sim")
 ECHO = ExecutorSpec("echo", EchoExecutor.version, "sparegrid.worker.executors.builtin:EchoExecutor")
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+# as a worker's channel: its keepalive pings (every 11 s) cost the coordinator too
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), *KEEPALIVE_OPTIONS]
 
 
 # --- one simulator process: many workers on one event loop ---------------------------------
