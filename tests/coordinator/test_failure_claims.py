@@ -1,8 +1,9 @@
 """A failure is the node's claim, and a node key costs nothing: over real gRPC, on SQLite
 and PostgreSQL, a node without an owner account cannot fail a client's job, by a failure
 it calls final or by failing the task again and again under fresh keys, while a node of a
-vetted owner could run it; the task runs there instead, and is paid once. A vetted
-owner's node's failure still ends the task as before, and with no vetted node online an
+vetted owner could run it; the task runs there instead, and is paid once. A failure a
+vetted owner's node calls final ends the task once a node of a second owner says so too,
+or at once when no other owner's node could run it; with no vetted node online an
 anonymous node's failure counts as it always did."""
 
 import asyncio
@@ -91,10 +92,39 @@ async def test_fresh_keys_cannot_fail_a_job_while_a_vetted_node_could_run_it(
     assert len(events) == 1 and not events[0].data["final"]
 
 
-async def test_a_vetted_owners_final_failure_still_ends_the_task(served: Served) -> None:
+async def test_a_final_failure_needs_a_second_owner_while_one_could_run_the_task(
+    served: Served,
+) -> None:
+    """One owner account's word does not end a job: its node's final failure counts as a
+    failure (the task runs again), and only another owner's word too ends it."""
+    bobs, alices = Signer.generate(), Signer.generate()
+    bob, _ = await session(served, bobs, owner_key=served.bob_key, node_name="bob's")
+    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
+    job_id = await submit(served, tasks=2)
+    await alice.write(credit(1))  # alice's node takes a task: it is taking work
+    [held] = (await alice.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(alice))
+    await bob.write(credit(1))
+    [claimed] = (await bob.read()).assign.assignments
+    await fail(bob, claimed.attempt_id, 1, retryable=False)
+    assert await state(served, job_id) == "running"  # bob's word alone
+    beating.cancel()
+    await succeed(alice, alices, held, 1)
+    await alice.write(credit(1))
+    [again] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
+    assert again.task_id == claimed.task_id
+    await fail(alice, again.attempt_id, 2, retryable=False)  # a second owner says so too
+    assert await state(served, job_id) == "failed"
+    assert "BAD_INPUT: the input is bad" in served.app.store.get_job(job_id).error
+    assert served.app.ledger.check().balanced
+
+
+async def test_with_no_other_owner_taking_work_a_vetted_final_failure_ends_the_task(
+    served: Served,
+) -> None:
     signer = Signer.generate()
     call, _ = await session(served, signer, owner_key=served.bob_key)
-    await session(served, Signer.generate(), owner_key=served.alice_key)  # another owner
+    await session(served, Signer.generate(), owner_key=served.alice_key)  # takes no work
     job_id = await submit(served)
     await call.write(credit(1))
     [assignment] = (await call.read()).assign.assignments

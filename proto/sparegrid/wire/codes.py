@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     BAD_SESSION = "BAD_SESSION"
     BAD_STATE = "BAD_STATE"
     BAD_TASK = "BAD_TASK"
+    BAD_TOKENIZER = "BAD_TOKENIZER"  # a tokenizer.json that cannot be loaded (its regex panics)
     BAD_UPLOAD = "BAD_UPLOAD"
     BAD_USES = "BAD_USES"
     BAD_WEBHOOK = "BAD_WEBHOOK"

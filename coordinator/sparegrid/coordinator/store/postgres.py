@@ -157,7 +157,10 @@ class PostgresStore(SqlStore):
         # failed). Not one of a statement, though psycopg files it there too: over a server
         # limit (an index row over 8 KiB, 54000), cancelled (57014). Those fail their
         # transaction only; taken for a lost connection they made the coordinator
-        # reconnect and stop.
+        # reconnect and stop. Nor is PipelineAborted (no SQLSTATE either): a statement sent
+        # after an earlier one's error, whose transaction that error dooms.
+        if isinstance(exc, psycopg.errors.PipelineAborted):
+            return self._broken or self._pg.broken or self._pg.closed
         state = getattr(exc, "sqlstate", None) or ""
         gone = state[:2] in ("", "08", "57") and state != "57014"
         self._broken = self._broken or (isinstance(exc, psycopg.OperationalError) and gone)

@@ -237,6 +237,8 @@ class LeasesPart(QueuesPart):
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
+                elif not again:
+                    again = self._second_opinion(active, task, attempt)
                 final = not (again and failures < active.job.max_attempts)
                 self._failed_event(active, task, attempt, final)
                 if not final:
@@ -264,15 +266,35 @@ class LeasesPart(QueuesPart):
         the front of the queue with the attempt given back, for vetted owners' nodes only;
         the node is kept off the task, and counts the failure against the job as any
         other (two keep it off the job). True if so."""
-        node = self.store.get_node(attempt.node_id)
-        owner = owner_of(node) if node is not None else f"node:{attempt.node_id}"
+        owner = self._owner(attempt.node_id)
         if self.vetted(owner) or not self.others_online(active, set()):
             return False
         task.attempts = max(task.attempts - 1, 0)
-        active.excluded.setdefault(task.id, set()).add(owner)
+        active.avoided.setdefault(task.id, set()).add(owner)
         active.doubted.add(task.id)
         move_task(task, TaskState.QUEUED)
         return True
+
+    def _second_opinion(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+        """A failure its node calls final (not retryable: the input is bad) ends the task,
+        and with it the job, only once nodes of two owners said so, or when no node of
+        another vetted owner could run it: one owner account's word would end any job it
+        got a task of. Until then it counts as any failure (the task runs again, until its
+        attempts run out). True if it is to run again."""
+        owner = self._owner(attempt.node_id)
+        said = active.final_claims.setdefault(task.id, set())
+        said.add(owner)
+        return len(said) < 2 and self.others_online(active, self._kept_off(active, task, said))
+
+    @staticmethod
+    def _kept_off(active: ActiveJob, task: Task, owners: set[str]) -> set[str]:
+        """`owners` and those the task goes to no more (the nodes' owners that returned a
+        result for it, or a node of no vetted owner that failed it)."""
+        return owners | active.excluded.get(task.id, set()) | active.avoided.get(task.id, set())
+
+    def _owner(self, node_id: str) -> str:
+        node = self.store.get_node(node_id)
+        return owner_of(node) if node is not None else f"node:{node_id}"
 
     def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:
         if self.events is None:
