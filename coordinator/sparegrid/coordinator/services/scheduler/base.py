@@ -114,9 +114,6 @@ class ActiveJob:
     # tasks a node of no vetted owner failed while a vetted one could run them: its failure
     # was not counted, and they go to nodes of vetted owners only (LeasesPart._doubt)
     doubted: set[str] = field(default_factory=set)
-    # nodes of no vetted owner that failed a task, which it goes to no more (_doubt);
-    # unlike `excluded`, this has no say in who may check another owner's result for it
-    avoided: dict[str, set[str]] = field(default_factory=dict)
     # owners whose nodes called a task's failure final: two end it (_second_opinion)
     final_claims: dict[str, set[str]] = field(default_factory=dict)
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job

@@ -265,14 +265,13 @@ class DispatchPart(SessionsPart):
         held for a check never to a node whose result would not count, nor to a device with
         no more memory than one the task ran out of, a task whose failure was doubted
         never to a node of no vetted owner."""
-        if not active.excluded and not active.needs_memory and not active.avoided:
+        if not active.excluded and not active.needs_memory and not active.doubted:
             return active.queue.take(count)
 
         def skip(task: Task) -> bool:
             too_small = memory < active.needs_memory.get(task.id, 0)
             held = not vetted and (bool(active.replicas.get(task.id)) or task.id in active.doubted)
-            kept_off = owner in active.excluded.get(task.id, ())
-            return too_small or held or kept_off or owner in active.avoided.get(task.id, ())
+            return too_small or held or owner in active.excluded.get(task.id, ())
 
         return active.queue.take(count, skip)
 

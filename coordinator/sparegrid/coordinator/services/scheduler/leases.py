@@ -230,7 +230,8 @@ class LeasesPart(QueuesPart):
                 if active is None or task.state != TaskState.LEASED:
                     continue  # the job ended, or another attempt finished the task
                 active.node_failures[attempt.node_id] += 1
-                if self._doubt(active, task, attempt):
+                owner = self._owner(attempt.node_id)
+                if self._doubt(active, task, owner):
                     self._failed_event(active, task, attempt, final=False)
                     requeue.append((active, task))
                     continue
@@ -238,7 +239,7 @@ class LeasesPart(QueuesPart):
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
                 elif not again:
-                    again = self._second_opinion(active, task, attempt)
+                    again = self._second_opinion(active, task, owner)
                 final = not (again and failures < active.job.max_attempts)
                 self._failed_event(active, task, attempt, final)
                 if not final:
@@ -258,42 +259,37 @@ class LeasesPart(QueuesPart):
                 self.finish(active, JobState.FAILED, error)
         log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
 
-    def _doubt(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+    def _doubt(self, active: ActiveJob, task: Task, owner: str) -> bool:
         """A failure is the node's claim, and a node key costs nothing: one of a node with
         no vetted owner is not counted while a node of a vetted owner that could run the
         job is online (else one fresh key could fail any job: a failure it calls final, or
         enough of them, used to end the task and with it the job). The task goes back to
-        the front of the queue with the attempt given back, for vetted owners' nodes only;
-        the node is kept off the task, and counts the failure against the job as any
-        other (two keep it off the job). True if so."""
-        owner = self._owner(attempt.node_id)
+        the front of the queue with the attempt given back, for vetted owners' nodes only
+        (so no fresh key gets it again); the node counts the failure against the job as
+        any other (two keep it off the job). True if so."""
         if self.vetted(owner) or not self.others_online(active, set()):
             return False
         task.attempts = max(task.attempts - 1, 0)
-        active.avoided.setdefault(task.id, set()).add(owner)
         active.doubted.add(task.id)
         move_task(task, TaskState.QUEUED)
         return True
 
-    def _second_opinion(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
+    def _second_opinion(self, active: ActiveJob, task: Task, owner: str) -> bool:
         """A failure its node calls final (not retryable: the input is bad) ends the task,
         and with it the job, only once nodes of two owners said so, or when no node of
         another vetted owner could run it: one owner account's word would end any job it
         got a task of. Until then it counts as any failure (the task runs again, until its
         attempts run out). True if it is to run again."""
-        owner = self._owner(attempt.node_id)
         said = active.final_claims.setdefault(task.id, set())
         said.add(owner)
-        return len(said) < 2 and self.others_online(active, self._kept_off(active, task, said))
-
-    @staticmethod
-    def _kept_off(active: ActiveJob, task: Task, owners: set[str]) -> set[str]:
-        """`owners` and those the task goes to no more (the nodes' owners that returned a
-        result for it, or a node of no vetted owner that failed it)."""
-        return owners | active.excluded.get(task.id, set()) | active.avoided.get(task.id, set())
+        return len(said) < 2 and self.others_online(
+            active, said | active.excluded.get(task.id, set())
+        )
 
     def _owner(self, node_id: str) -> str:
-        node = self.store.get_node(node_id)
+        """Who answers for a node: read from its session (no query) while it is connected."""
+        session = self.sessions.get(node_id)
+        node = session.node if session is not None else self.store.get_node(node_id)
         return owner_of(node) if node is not None else f"node:{node_id}"
 
     def _failed_event(self, active: ActiveJob, task: Task, attempt: Attempt, final: bool) -> None:

@@ -82,7 +82,7 @@ class QueuesPart(DispatchPart):
         if len(queue) <= self.config.sweep_above:
             return queue
         tasks = list(queue.materialised())
-        kept = active.excluded.keys() | active.needs_memory.keys() | active.avoided.keys()
+        kept = active.excluded.keys() | active.needs_memory.keys() | active.doubted
         runs: list[range] = []
         for index in sorted(t.index for t in tasks if t.id not in kept):
             if runs and runs[-1].stop == index:
@@ -128,7 +128,6 @@ class QueuesPart(DispatchPart):
         active.results.pop(task_id, None)
         active.doubted.discard(task_id)
         active.final_claims.pop(task_id, None)
-        active.avoided.pop(task_id, None)
 
     def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
         """Whether a connected node of a vetted owner not in `owners` could run the job's
