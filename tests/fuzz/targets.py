@@ -26,7 +26,8 @@ from sparegrid.sdk.errors import SparegridError
 from sparegrid.sdk.render import _image_depth
 from sparegrid.v1 import common_pb2
 from sparegrid.wire import BadSignature, Signer
-from sparegrid.wire.pt2 import UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import inspect_pt2
+from sparegrid.wire.pt2zip import UnsafeProgram
 from sparegrid.wire.receipt import (
     decode_statement,
     make_receipts,

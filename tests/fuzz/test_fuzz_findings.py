@@ -14,7 +14,8 @@ from sparegrid.coordinator.services.images import decode_png
 from sparegrid.sdk.errors import SparegridError
 from sparegrid.sdk.render import _image_depth
 from sparegrid.v1 import client_pb2
-from sparegrid.wire.pt2 import UnsafeProgram, check_archive, inspect_pt2
+from sparegrid.wire.pt2 import check_archive, inspect_pt2
+from sparegrid.wire.pt2zip import UnsafeProgram
 from sparegrid.wire.tensors import BadTensors, header_of
 from tests.fuzz.harness import started
 from tests.fuzz.inputs import PT2_SEED

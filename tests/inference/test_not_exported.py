@@ -14,7 +14,8 @@ from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.kinds.inference import Inference
 from sparegrid.sdk import InvalidArgumentError
 from sparegrid.sdk.inference import Plan
-from sparegrid.wire.pt2 import NotExported, inspect_pt2
+from sparegrid.wire.pt2 import inspect_pt2
+from sparegrid.wire.pt2zip import NotExported
 from tests.inference.models import TwoHeads
 
 HINT = 'torch.export.save(torch.export.export(model, (example,)), "model.pt2")'

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.export.pt2_archive._package import PT2ArchiveReader
 
-from sparegrid.wire.pt2 import UnsafeProgram, check_archive, inspect_pt2
+from sparegrid.wire.pt2 import check_archive, inspect_pt2
+from sparegrid.wire.pt2zip import UnsafeProgram
 from sparegrid.wire.tensors import BadTensors, header_of, read_header
 from sparegrid.worker.executors.inference.loader import load_program, sanitized_copy
 from tests.inference.models import read, rewrite

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
 from sparegrid.wire.pt2ops import ZEROED_BY_WORKER, refused_operator
+from sparegrid.wire.pt2zip import UnsafeProgram
 from sparegrid.worker.executors.inference import loader
 from tests.inference.models import export, read, rewrite
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from sparegrid.wire.pt2 import UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import inspect_pt2
+from sparegrid.wire.pt2zip import UnsafeProgram
 from tests.inference.models import read, rewrite
 
 

@@ -16,12 +16,9 @@ the standard library only, against an allow-list:
   on sizes) except those `sparegrid.wire.pt2ops` refuses (files, uninitialised memory,
   unchecked views), and every symbolic expression made only of integers, symbols and a
   fixed set of sympy functions;
-- the archive itself: each name once, compared without case (torch's zip reader finds an
-  entry by a case-insensitive binary search, Python's takes the last copy: a repeated
-  name would let one copy be checked and another loaded), plain files only (no symbolic
-  links), no name that escapes the archive, and no size it declares beyond the bytes the
-  file holds. `check_archive` returns the bytes it checked, so the worker loads a copy
-  built from exactly those.
+- the archive itself (`sparegrid.wire.pt2zip`): each name once, plain files only, no
+  name that escapes it, no size beyond the file's, no zip bomb. `check_archive` returns
+  the bytes it checked, so the worker loads a copy built from exactly those.
 
 The same rules run in the SDK (before upload), the coordinator (at submit) and the worker
 (before load), so a refusal names the offending entry at the earliest point.
@@ -29,22 +26,24 @@ The same rules run in the SDK (before upload), the coordinator (at submit) and t
 
 import json
 import re
-import stat
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from sparegrid.wire.pt2ops import refused_operator
+from sparegrid.wire.pt2zip import (
+    NotExported,
+    UnsafeProgram,
+    check_entries,
+    open_archive,
+    read_entry,
+)
 
 MAX_PROGRAM_JSON = 64 << 20  # bytes of models/<name>.json (a ViT-B program: ~1 MB)
 MAX_MARKER = 4096  # bytes of a format marker (archive_format, byteorder, ...)
-MAX_ARCHIVE_ENTRIES = 200_000
-MAX_COMPRESSION_RATIO = 200  # a zip bomb inflates far more
 MAX_DIMS = 64
 
 # torch/_export/serde/schema.py ScalarType -> safetensors dtype name
@@ -110,35 +109,6 @@ _SYMBOL = re.compile(r"Symbol\('([A-Za-z_][A-Za-z0-9_]*)'")
 _RANGE_SYMBOL = re.compile(r"[A-Za-z_]{1,32}[0-9]{0,6}")
 _PAYLOAD_NAME = re.compile(r"(weight|tensor)_\d+")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what torch's reader inflates
-
-
-class UnsafeProgram(ValueError):
-    """The archive holds something that would run code, or that this network does not run."""
-
-    def __init__(self, entry: str, reason: str, message: str = "") -> None:
-        super().__init__(message or f"refused .pt2 entry {entry!r}: {reason}")
-        self.entry = entry
-        self.reason = reason
-
-
-EXPORT_HINT = (
-    "export the model and save the program instead: "
-    'torch.export.save(torch.export.export(model, (example,)), "model.pt2")'
-)
-
-
-class NotExported(UnsafeProgram):
-    """A `torch.save` file (a state dict or a pickled module), or a plain pickle: loading
-    it would unpickle it, and it holds no program to run. Told from the archive's entry
-    names or the file's first byte, never by unpickling."""
-
-    def __init__(self, entry: str) -> None:
-        reason = (
-            "a torch.save file (a state dict or a pickled nn.Module), not a torch.export "
-            "program; it is never unpickled here"
-        )
-        super().__init__(entry, reason, f"the model is {reason}: {EXPORT_HINT}")
 
 
 @dataclass(frozen=True)
@@ -189,31 +159,6 @@ class CheckedArchive:
     dropped: list[str]
 
 
-# what zipfile raises for an archive it cannot open: a bad central directory, a version
-# it does not know (NotImplementedError), a name flagged UTF-8 that is not (UnicodeError)
-_UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
-
-
-def open_archive(path: Path) -> zipfile.ZipFile:
-    """The archive at `path`, open; UnsafeProgram if it is not one zipfile can read."""
-    try:
-        return zipfile.ZipFile(path)
-    except _UNREADABLE as exc:  # UnicodeDecodeError is a ValueError
-        if _starts_as_pickle(path):
-            raise NotExported(path.name) from None
-        raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
-
-
-def _starts_as_pickle(path: Path) -> bool:
-    """A pickle of protocol 2 or later (legacy torch.save, pickle.dump) opens with PROTO."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(2)
-    except OSError:
-        return False
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-
-
 def inspect_pt2(path: Path) -> ProgramInfo:
     """Checks the archive at `path`; raises UnsafeProgram naming what is refused."""
     with open_archive(path) as archive:
@@ -226,23 +171,23 @@ def check_archive(archive: zipfile.ZipFile, size: int) -> CheckedArchive:
     for info in infos:  # torch.save's zip: <root>/data.pkl, the pickle of the whole object
         if info.filename.rpartition("/")[2] == "data.pkl":
             raise NotExported(info.filename)
-    root = _check_entries(infos, size)
+    root = check_entries(infos, size)
     names = {i.filename[len(root) + 1 :]: i for i in infos if not i.is_dir()}
     model = _check_layout(root, names)
     checked: dict[str, bytes] = {}
     for name, info in names.items():
         if name.startswith(("archive_", "byteorder", ".data/")):
-            checked[info.filename] = _read(archive, info, MAX_MARKER)
+            checked[info.filename] = read_entry(archive, info, MAX_MARKER)
     for folder, config in (
         ("weights", f"weights/{model}_weights_config.json"),
         ("constants", f"constants/{model}_constants_config.json"),
     ):
         if f"data/{config}" in names:
-            raw = _read(archive, names[f"data/{config}"], MAX_PROGRAM_JSON)
+            raw = read_entry(archive, names[f"data/{config}"], MAX_PROGRAM_JSON)
             _check_payload_config(root, f"data/{folder}", names, f"{root}/data/{config}", raw)
             checked[f"{root}/data/{config}"] = raw
     entry = f"{root}/models/{model}.json"
-    raw = _read(archive, names[f"models/{model}.json"], MAX_PROGRAM_JSON)
+    raw = read_entry(archive, names[f"models/{model}.json"], MAX_PROGRAM_JSON)
     program = _check_program(entry, _parse_json(entry, raw), root, model)
     checked[entry] = raw
     payloads = [
@@ -252,67 +197,6 @@ def check_archive(archive: zipfile.ZipFile, size: int) -> CheckedArchive:
     ]
     dropped = [i.filename for i in names.values() if i.filename.endswith(".pt")]
     return CheckedArchive(program, checked, payloads, dropped)
-
-
-def _check_entries(infos: list[zipfile.ZipInfo], size: int) -> str:
-    if not infos:
-        raise UnsafeProgram("", "the archive is empty")
-    if len(infos) > MAX_ARCHIVE_ENTRIES:
-        raise UnsafeProgram("", f"the archive has {len(infos)} entries")
-    roots = set()
-    seen: dict[str, str] = {}
-    for info in infos:
-        _check_entry(info, size)
-        name = info.filename
-        if name.lower() in seen:
-            raise UnsafeProgram(
-                name,
-                f"the name appears more than once (also as {seen[name.lower()]!r}); zip "
-                "readers disagree on which copy counts, so one could be checked and another "
-                "loaded",
-            )
-        seen[name.lower()] = name
-        roots.add(name.split("/")[0])
-    if len(roots) != 1:
-        raise UnsafeProgram(", ".join(sorted(roots)), "a .pt2 archive has exactly one top folder")
-    _check_apart(infos)
-    return roots.pop()
-
-
-def _check_apart(infos: list[zipfile.ZipInfo]) -> None:
-    """Refuses entries whose bytes overlap in the archive: several entries unpacking the
-    same compressed bytes, each within the ratio, make a zip bomb of a small upload (one
-    entry's local header is at least 30 bytes and its name before its data)."""
-    ordered = sorted(infos, key=lambda i: i.header_offset)
-    for before, entry in pairwise(ordered):
-        end = before.header_offset + 30 + len(before.filename.encode()) + before.compress_size
-        if entry.header_offset < end:
-            raise UnsafeProgram(
-                entry.filename,
-                f"entry overlaps {before.filename!r} in the archive (a zip bomb?)",
-            )
-
-
-def _check_entry(info: zipfile.ZipInfo, size: int) -> None:
-    name = info.filename
-    parts = name.split("/")
-    if info.orig_filename != name or not (name.isascii() and name.isprintable()):
-        raise UnsafeProgram(name, "entry name holds a NUL, a control or a non-ASCII character")
-    if name.startswith("/") or "\\" in name or ".." in parts or len(parts) < 2:
-        raise UnsafeProgram(name, "entry path is absolute, escapes the archive or has no root")
-    kind = stat.S_IFMT(info.external_attr >> 16)
-    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UnsafeProgram(name, "entry is a symbolic link or a special file, not a plain file")
-    if info.flag_bits & 0x1 or info.compress_type not in _ZIP_METHODS:
-        raise UnsafeProgram(name, "entry is encrypted or compressed with an unknown method")
-    if info.header_offset + info.compress_size > size:
-        raise UnsafeProgram(
-            name, f"entry declares {info.compress_size} bytes; the archive has {size}"
-        )
-    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-        raise UnsafeProgram(name, "entry is stored, but declares two different sizes")
-    if info.compress_size and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
-        raise UnsafeProgram(name, "compression ratio is implausible (a zip bomb?)")
 
 
 def _check_layout(root: str, names: dict[str, zipfile.ZipInfo]) -> str:
@@ -354,19 +238,6 @@ def _why_refused(name: str) -> str:
     if "custom_obj" in name or "opaque_obj" in name:
         return "custom and opaque objects are unpickled at load"
     return "not part of a plain torch.export program (only weights and tensor constants are)"
-
-
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    if info.file_size > limit:
-        raise UnsafeProgram(info.filename, f"{info.file_size} bytes, more than {limit}")
-    try:
-        with archive.open(info) as f:
-            data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
-        raise UnsafeProgram(info.filename, f"cannot be read: {exc}") from None
-    if len(data) != info.file_size:
-        raise UnsafeProgram(info.filename, "holds more or fewer bytes than it declares")
-    return data
 
 
 def _parse_json(entry: str, raw: bytes) -> Any:

@@ -31,7 +31,8 @@ from sparegrid.sdk import inputfiles
 from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.models import DeviceKind, Requirements
 from sparegrid.sdk.results import TaskResult
-from sparegrid.wire.pt2 import EXPORT_HINT, NotExported, ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
+from sparegrid.wire.pt2zip import EXPORT_HINT, NotExported, UnsafeProgram
 from sparegrid.wire.tensors import BadTensors, header_of
 from sparegrid.wire.tensors import check_shard as check_shard_header
 

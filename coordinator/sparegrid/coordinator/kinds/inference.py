@@ -21,7 +21,8 @@ from sparegrid.coordinator.kinds.base import (
     check_keys,
     int_param,
 )
-from sparegrid.wire.pt2 import NotExported, ProgramInfo, UnsafeProgram, inspect_pt2
+from sparegrid.wire.pt2 import ProgramInfo, inspect_pt2
+from sparegrid.wire.pt2zip import NotExported, UnsafeProgram
 from sparegrid.wire.tensors import BadTensors, check_shard, read_header
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save
 from torch.utils import _pytree as pytree
 
 from sparegrid.wire.codes import FailureCode
-from sparegrid.wire.pt2 import ProgramInfo, UnsafeProgram
+from sparegrid.wire.pt2 import ProgramInfo
+from sparegrid.wire.pt2zip import UnsafeProgram
 from sparegrid.worker.executors.base import (
     BAD_INPUT,
     BAD_PARAMS,

@@ -35,15 +35,9 @@ from typing import Any
 import torch
 from torch.export.passes import move_to_device_pass
 
-from sparegrid.wire.pt2 import (
-    ALLOWED_HELPERS,
-    CheckedArchive,
-    ProgramInfo,
-    UnsafeProgram,
-    check_archive,
-    open_archive,
-)
+from sparegrid.wire.pt2 import ALLOWED_HELPERS, CheckedArchive, ProgramInfo, check_archive
 from sparegrid.wire.pt2ops import refused_operator
+from sparegrid.wire.pt2zip import UnsafeProgram, open_archive
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
