@@ -24,9 +24,20 @@ ENV_ADMIN_KEY = "SPAREGRID_ADMIN_KEY"
 ENV_TLS_CA = "SPAREGRID_TLS_CA"
 ENV_TLS = "SPAREGRID_TLS"  # 1: TLS with the system's trust roots (no CA file needed)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A link that goes silent (a laptop's Wi-Fi gone, a coordinator's machine cut off) ends
+# no TCP connection: without pings a watch or a transfer waited on it for as long as TCP
+# retries, never trying a second coordinator of the list. While a call is open the channel
+# pings every 15 s and drops the connection when one is unanswered for 10 s; the call then
+# fails UNAVAILABLE and is retried on a fresh connection. An idle channel sends none
+# (coordinators permit a ping every 5 s: coordinator/server.py).
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),  # a watch sends nothing after its request
 )
 NO_API_KEY_MESSAGE = "no API key: set SPAREGRID_API_KEY or pass api_key="
 PathLike = str | os.PathLike[str]
