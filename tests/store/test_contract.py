@@ -432,6 +432,21 @@ def test_expired_attempts_and_renewed_leases(store: Store) -> None:
     assert {a.deadline for a in store.get_attempts(["a1", "a2"])} == {70.0}
 
 
+def test_shift_running_moves_only_running_attempts(store: Store) -> None:
+    ts = leased_job(store)
+    store.lease_tasks([attempt("a1", ts[0], deadline=20.0), attempt("a2", ts[1], deadline=30.0)])
+    done = store.get_attempts(["a2"])[0]
+    done.state = AttemptState.SUCCEEDED
+    store.update_attempts([done])
+    before = store.get_attempts(["a1"])[0]
+    assert store.shift_running(3600.0) == 1
+    after = {a.id: a for a in store.get_attempts(["a1", "a2"])}
+    a1, a2 = after["a1"], after["a2"]
+    assert (a1.created_at, a1.deadline) == (before.created_at + 3600.0, 3620.0)
+    assert a2.deadline == 30.0
+    assert [a.id for a in store.expired_attempts(now=3000.0)] == []
+
+
 def test_update_attempts_writes_outcome(store: Store) -> None:
     ts = leased_job(store)
     store.lease_tasks([attempt("a1", ts[0]), attempt("a2", ts[1])])

@@ -22,6 +22,29 @@ log = logging.getLogger("sparegrid.coordinator")
 
 ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
 STALL_SECONDS = 2.0  # a reaper pass later than this past its interval skips (_reaper)
+CLOCK_STEP_SECONDS = 1.0  # wall time this far off monotonic time between passes: a step
+
+
+class PassClock:
+    """What the clocks did between two reaper passes: a pass more than STALL_SECONDS late
+    by monotonic time (the process was stopped: a paused VM, SIGSTOP, a swap storm) skips,
+    once; and wall time that moved more or less than monotonic time by CLOCK_STEP_SECONDS
+    or more is a step of the wall clock (an NTP correction, a machine resumed from sleep,
+    an operator's `date -s`), which leases, stored in wall time, must follow."""
+
+    def __init__(self, clock: Clock, interval: float) -> None:
+        self._clock, self._interval = clock, interval
+        self._mono, self._wall = clock.monotonic(), clock.now()
+        self._skipped = False
+
+    def next(self) -> tuple[bool, float]:
+        """(whether this pass skips, the wall clock's step since the last pass, or 0)."""
+        mono, wall = self._clock.monotonic(), self._clock.now()
+        took = mono - self._mono
+        step = (wall - self._wall) - took
+        skip = took > self._interval + STALL_SECONDS and not self._skipped
+        self._mono, self._wall, self._skipped = mono, wall, skip
+        return skip, step if abs(step) >= CLOCK_STEP_SECONDS else 0.0
 
 
 class Background(GroupCommit):
@@ -41,16 +64,18 @@ class Background(GroupCommit):
 
     async def _reaper(self) -> None:
         interval = self.settings.reap_interval_seconds
-        last, skipped = self.clock.now(), False
+        passes = PassClock(self.clock, interval)
         while True:
             await asyncio.sleep(interval)
-            # A pass this late means the process was stopped (a paused VM, SIGSTOP, a swap
-            # storm), and the heartbeats that renewed its leases meanwhile wait unread in
-            # its sockets: expiring first held its own stall against healthy nodes (their
-            # windows halved, kept off their jobs). One pass is left out to read them.
-            now = self.clock.now()
-            stalled, last = now - last > interval + STALL_SECONDS and not skipped, now
-            skipped = stalled
+            # A late pass means the process was stopped, and the heartbeats that renewed
+            # its leases meanwhile wait unread in its sockets: expiring first held its own
+            # stall against healthy nodes (their windows halved, kept off their jobs). One
+            # pass is left out to read them. A step of the wall clock moves the leases
+            # with it: a step forward expired every lease at once, each counted against
+            # its node and its task's attempts.
+            stalled, step = passes.next()
+            if step and self.serving:
+                await self._clock_stepped(step)
             if not self.serving or stalled:
                 continue
             try:
@@ -103,6 +128,18 @@ class Background(GroupCommit):
                 error,
             )
         await self.call(lambda: self.webhooks.outcome(delivery, error))
+
+    async def _clock_stepped(self, step: float) -> None:
+        try:
+            moved = await self.call(lambda: self.scheduler.clock_stepped(step))
+        except Exception:
+            log.exception("moving the leases after a step of the wall clock failed")
+            return
+        log.warning(
+            "the wall clock stepped %+.1f s; %d running attempt(s) keep the time they had left",
+            step,
+            moved,
+        )
 
     def _reap(self) -> None:
         self.scheduler.reap()

@@ -250,6 +250,10 @@ class Store(Protocol):
         """Moves the deadline of every RUNNING attempt of the node to `deadline`, or to its
         created_at + max_age when that is sooner; returns how many."""
 
+    def shift_running(self, seconds: float) -> int:
+        """Moves the created_at and deadline of every RUNNING attempt by `seconds` (the
+        wall clock stepped); returns how many."""
+
     def update_attempts(self, attempts: list[Attempt]) -> None:
         """Writes state, deadline, finished_at, error_code and error."""
 

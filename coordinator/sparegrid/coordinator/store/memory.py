@@ -263,6 +263,14 @@ class MemoryStore(MemoryLedger, MemoryResults, MemoryStorage, MemoryInvites):
                     renewed += 1
             return renewed
 
+    def shift_running(self, seconds: float) -> int:
+        with self._lock:
+            running = [a for a in self._s.attempts.values() if a.state == AttemptState.RUNNING]
+            for a in running:
+                a.created_at += seconds
+                a.deadline += seconds
+            return len(running)
+
     def update_attempts(self, attempts: list[Attempt]) -> None:
         with self._lock:
             for attempt in attempts:

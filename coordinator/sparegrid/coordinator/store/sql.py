@@ -243,6 +243,14 @@ class SqlStore(SqlLedger, SqlResults, SqlStorage, SqlEvents, SqlInvites):
                 (max_age, deadline, max_age, deadline, node_id, _RUNNING),
             )
 
+    def shift_running(self, seconds: float) -> int:
+        with self._atomic():
+            return self._count(
+                "UPDATE attempts SET created_at = created_at + ?, deadline = deadline + ?"
+                " WHERE state = ?",
+                (seconds, seconds, _RUNNING),
+            )
+
     def update_attempts(self, attempts: list[Attempt]) -> None:
         with self._atomic():
             self._run_many(

@@ -44,6 +44,23 @@ class LeasesPart(QueuesPart):
         self.expired_total += len(expired) + len(stragglers)
         return len(expired) + len(stragglers)
 
+    def clock_stepped(self, seconds: float) -> int:
+        """The wall clock stepped by `seconds` (an NTP correction, a machine resumed from
+        sleep): every running attempt's start and deadline, and the pauses kept until a
+        time, move with it, so no lease runs out and no attempt straggles for time that
+        did not pass, and a lease does not outlive its node by the step backwards either.
+        Returns how many attempts moved."""
+        attempts = {id(a): a for active in self.jobs.values() for a in active.running.values()}
+        for session in self.sessions.values():
+            attempts.update((id(lease.attempt), lease.attempt) for lease in session.leases.values())
+        for attempt in attempts.values():
+            attempt.created_at += seconds
+            attempt.deadline += seconds
+        for until in (self.preempt_paused, self.full_owners):
+            for key in until:
+                until[key] += seconds
+        return self.store.shift_running(seconds)
+
     def took(self, active: ActiveJob, attempt: Attempt) -> None:
         """An attempt returned its result: how long it took, for what a straggler is."""
         session = self.sessions.get(attempt.node_id)
