@@ -117,6 +117,9 @@ class ActiveJob:
     # owners whose nodes called a task's failure final: two end it (_second_opinion)
     final_claims: dict[str, set[str]] = field(default_factory=dict)
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
+    # the node and device that last made others_online true: tried first next time, so
+    # the question asked for each result costs one look, not a walk over every session
+    online_hint: tuple[str, int] | None = None
     # attempts per task lost with their node (it restarted without them, or went away and
     # did not come back): given back, up to the job's attempt limit (Scheduler.lose)
     lost: Counter[str] = field(default_factory=Counter)

@@ -135,23 +135,51 @@ class QueuesPart(DispatchPart):
         there, and its volunteer has not paused it (owner at the keyboard, too hot, outside
         its window). A check never waits on a device that may stay paused for hours, nor on
         a node that connects and never takes work."""
-        return any(
+        if self._hinted(active, owners):
+            return True
+        for session, device in self._offered():
+            if self._could_check(active, owners, session, device):
+                active.online_hint = (session.node.id, device.index)
+                return True
+        return False
+
+    def _hinted(self, active: ActiveJob, owners: set[str]) -> bool:
+        """Whether the device that answered last time answers again."""
+        if active.online_hint is None:
+            return False
+        node_id, index = active.online_hint
+        session = self.sessions.get(node_id)
+        device = session.device(index) if session is not None else None
+        return (
+            session is not None
+            and device is not None
+            and self._offers(session, self.clock.now())
+            and self._could_check(active, owners, session, device)
+        )
+
+    def _could_check(
+        self, active: ActiveJob, owners: set[str], session: NodeSession, device: Device
+    ) -> bool:
+        return (
             session.node.owner not in owners
             and self.vetted(session.node.owner)
             and session.taking_work(device.index)
             and self._eligible(active, session.node, device)
-            for session, device in self._offered()
         )
 
+    def _offers(self, session: NodeSession, now: float) -> bool:
+        """Whether the node may get work: not draining, not quarantined or banned, its
+        owner not over its stored quota."""
+        node = session.node
+        return not session.draining and not self.blocked(node.id) and not self.full(node, now)
+
     def _offered(self) -> Iterator[tuple[NodeSession, Device]]:
-        """The devices of connected nodes that may get work: not draining, not quarantined
-        or banned, their owner not over its stored quota (a device its volunteer paused is
-        among them)."""
+        """The devices of connected nodes that may get work (`_offers`; a device its
+        volunteer paused is among them)."""
         now = self.clock.now()
         for session in self.sessions.values():
-            node = session.node
-            if not session.draining and not self.blocked(node.id) and not self.full(node, now):
-                yield from ((session, device) for device in node.devices)
+            if self._offers(session, now):
+                yield from ((session, device) for device in session.node.devices)
 
     def waiting(self, active: ActiveJob) -> str:
         """Why the job's queued tasks cannot all run on the nodes connected now, in words
