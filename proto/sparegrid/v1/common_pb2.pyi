@@ -500,6 +500,9 @@ class Receipt(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
     COORDINATOR_SIGNATURE_FIELD_NUMBER: _builtins.int
+    VALIDATION_INDEX_FIELD_NUMBER: _builtins.int
+    VALIDATION_COUNT_FIELD_NUMBER: _builtins.int
+    VALIDATION_PROOF_FIELD_NUMBER: _builtins.int
     statement: _builtins.bytes
     leaf_index: _builtins.int
     leaf_count: _builtins.int
@@ -508,8 +511,17 @@ class Receipt(_message.Message):
     validation: _builtins.bytes
     """serialised Validation, exactly as signed"""
     coordinator_signature: _builtins.bytes
+    """the coordinator's signature: over the Merkle root of the validations it countersigned
+    together (one job's, in one settle), this one leaf validation_index of
+    validation_count, with validation_proof its path; with validation_count 0 (receipts
+    countersigned before batches), over the validation alone
+    """
+    validation_index: _builtins.int
+    validation_count: _builtins.int
     @_builtins.property
     def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def validation_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
@@ -521,10 +533,13 @@ class Receipt(_message.Message):
         public_key: _builtins.bytes = ...,
         validation: _builtins.bytes = ...,
         coordinator_signature: _builtins.bytes = ...,
+        validation_index: _builtins.int = ...,
+        validation_count: _builtins.int = ...,
+        validation_proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_signature", b"coordinator_signature", "leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "proof", b"proof", "public_key", b"public_key", "signature", b"signature", "statement", b"statement", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_signature", b"coordinator_signature", "leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "proof", b"proof", "public_key", b"public_key", "signature", b"signature", "statement", b"statement", "validation", b"validation", "validation_count", b"validation_count", "validation_index", b"validation_index", "validation_proof", b"validation_proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

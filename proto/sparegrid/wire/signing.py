@@ -13,6 +13,8 @@ REGISTER_TAG = b"sparegrid/v1/register\x00"
 RESULT_BATCH_TAG = b"sparegrid/v1/result-batch\x00"
 # the coordinator's countersignature over a Validation of one result
 VALIDATION_TAG = b"sparegrid/v1/validation\x00"
+# the coordinator's countersignature over the Merkle root of several Validations
+VALIDATION_BATCH_TAG = b"sparegrid/v1/validation-batch\x00"
 # a node's LogStatement: the log of one attempt (wire/tasklog.py)
 TASK_LOG_TAG = b"sparegrid/v1/task-log\x00"
 

@@ -35,8 +35,9 @@ from sparegrid.coordinator.services.verification import Decision, Outcome, Verif
 from sparegrid.coordinator.services.vouching import Held, Vouching
 from sparegrid.coordinator.states import move_attempt, move_task
 from sparegrid.v1 import common_pb2
+from sparegrid.v1.common_pb2 import Receipt, Validation
 from sparegrid.wire import Signer
-from sparegrid.wire.receipt import countersign
+from sparegrid.wire.receipt import countersign_batch
 
 log = logging.getLogger("sparegrid.coordinator.settlement")
 
@@ -76,6 +77,8 @@ class Writes:
     tasks: dict[str, Task] = field(default_factory=dict)
     payments: list[Payment] = field(default_factory=list)
     owners: dict[str, set[str]] = field(default_factory=dict)  # account -> blob digests
+    # receipts to countersign, by job: one signature for each job's (_countersign)
+    receipts: dict[str, list[tuple[Task, Receipt, Validation]]] = field(default_factory=dict)
 
 
 class Settlement:
@@ -172,6 +175,7 @@ class Settlement:
         """Writes what the settle gathered (Writes), and pays: what each payment booked
         (False: that attempt was paid already) goes into `out` and the job's spending."""
         writes, store = self._writes, self.store
+        self._countersign(writes.receipts)
         if writes.replicas:
             store.add_replicas(list(writes.replicas.values()))
         if writes.payments:
@@ -193,6 +197,16 @@ class Settlement:
             store.add_blob_owners(sorted(digests), account)
         for job_id in out.jobs:
             store.update_job(self.scheduler.jobs[job_id].job)
+
+    def _countersign(self, receipts: dict[str, list[tuple[Task, Receipt, Validation]]]) -> None:
+        """Countersigns the receipts of the tasks this settle accepted, with one signature
+        per job (over their Merkle root; countersign_batch), not one per task: a signature
+        was a fifth of the coordinator's CPU per result with tiny tasks."""
+        for signing in receipts.values():
+            pairs = [(receipt, validation) for _, receipt, validation in signing]
+            signed = countersign_batch(self.signer, pairs)
+            for (task, _, _), receipt in zip(signing, signed, strict=True):
+                task.receipt = receipt.SerializeToString()
 
     def _attempts(self, ids: list[str]) -> list[Attempt]:
         """The attempts, as this settle changed them so far; the others from the store."""
@@ -283,7 +297,7 @@ class Settlement:
         receipt = common_pb2.Receipt.FromString(first.receipt)
         move_task(task, TaskState.SUCCEEDED)
         task.node_id, task.outputs = first.node_id, first.outputs
-        task.receipt = countersign(self.signer, receipt, validation).SerializeToString()
+        writes.receipts.setdefault(job.id, []).append((task, receipt, validation))
         writes.owners.setdefault(job.account_id, set()).update(r.digest for r in first.outputs)
         writes.tasks[task.id] = task
         active.open_tasks -= 1
