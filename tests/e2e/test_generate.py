@@ -153,6 +153,10 @@ def test_bad_generate_jobs_are_refused_and_change_nothing(cluster, tmp_path: Pat
     batch.write_text(json.dumps(good[0]) + "\n" + "{not json\n")
     err = refused(batch)
     assert err.code == "BAD_PROMPTS" and "line 2" in err.message
+    err = refused([{"custom_id": "a", "body": {"prompt": "hi", "n": 2}}])
+    assert err.code == "BAD_PROMPTS" and "n 2 is not supported" in err.message
+    err = refused([{"custom_id": "a", "body": {"prompt": "hi", "temperature": 0.5}}])
+    assert err.code == "BAD_PROMPTS" and "differs from the job's 0.0" in err.message
 
     long = [{"custom_id": "long", "body": {"prompt": "hello world " * 40}}]
     err = refused(long)

@@ -56,8 +56,55 @@ def _bad(path: Path | str, number: int, why: str) -> InvalidArgumentError:
     return InvalidArgumentError("BAD_PROMPTS", f"{path} line {number}: {why}")
 
 
-def read_batch(lines: Iterable[str], path: Path | str = "prompts") -> list[dict[str, Any]]:
-    """A batch file's requests, each checked; errors name the line."""
+# What a request's body may set that changes what comes back, and what a job does with it
+# ("" when the job cannot do it at all): any other value is refused, naming the line,
+# rather than ignored. Other fields (model, user, metadata, ...) change nothing here.
+_NEUTRAL: dict[str, Any] = {
+    "n": 1,
+    "top_p": 1,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "stream": False,
+    "logprobs": False,
+    "stop": None,
+    "logit_bias": None,
+    "tools": None,
+    "tool_choice": None,
+    "top_logprobs": None,
+}
+_UNSUPPORTED = {
+    "n": "each request gets one completion (repeat it under other custom_ids for more)",
+    "stream": "completions come back as the job's tasks finish, not streamed",
+    "stop": "generation stops at the end-of-sequence token or max_tokens only",
+}
+
+
+def _options(path: Path | str, number: int, body: dict[str, Any], job: dict[str, Any]) -> None:
+    """Refuses a request option this job would not honour: one the network does not run,
+    or a temperature or seed other than the job's (they are set per job)."""
+    for key, neutral in _NEUTRAL.items():
+        value = body.get(key)
+        if key in body and value != neutral and value not in (None, [], {}, ""):
+            why = _UNSUPPORTED.get(key, "generation jobs do not support it")
+            raise _bad(path, number, f"{key} {value!r} is not supported: {why}")
+    format_ = body.get("response_format")
+    if format_ not in (None, {"type": "text"}):
+        raise _bad(path, number, "response_format is not supported: completions are text")
+    for key, value in job.items():
+        if key in body and body[key] is not None and body[key] != value:
+            raise _bad(
+                path,
+                number,
+                f"{key} {body[key]!r} differs from the job's {value!r}: it is set for the "
+                f"whole job (--{key} on the command line, {key}= in the SDK)",
+            )
+
+
+def read_batch(
+    lines: Iterable[str], path: Path | str = "prompts", **job: Any
+) -> list[dict[str, Any]]:
+    """A batch file's requests, each checked; errors name the line. `job`: the options
+    set for the whole job (temperature, seed) that a request may repeat but not change."""
     requests, seen = [], set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -83,6 +130,7 @@ def read_batch(lines: Iterable[str], path: Path | str = "prompts") -> list[dict[
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if limit is not None and (type(limit) is not int or limit < 1):
             raise _bad(path, number, "max_tokens must be a positive integer")
+        _options(path, number, body, job)
         if item["custom_id"] in seen:
             raise _bad(path, number, f"custom_id {item['custom_id']!r} is used twice")
         seen.add(item["custom_id"])
@@ -189,10 +237,11 @@ def submit(
     if isinstance(prompts, str | Path):
         path: Path | str = Path(prompts)
         with open(prompts, encoding="utf-8") as f:
-            requests = read_batch(f, path)
+            requests = read_batch(f, path, temperature=temperature, seed=seed)
     else:
         path = "prompts"
-        requests = read_batch((json.dumps(r) for r in prompts), path)
+        lines = (json.dumps(r) for r in prompts)
+        requests = read_batch(lines, path, temperature=temperature, seed=seed)
     tokenizer = Tokenizer(model_dir)
     encoded = tokenize(requests, tokenizer, info, max_tokens, path)
     digests = {n: client.upload(p) for n, p in files.items()}
