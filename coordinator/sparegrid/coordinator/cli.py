@@ -102,12 +102,46 @@ def _user_key_file(host: str, port: int) -> Path:
     return base / "sparegrid" / "admin" / f"{host}_{port}.key"
 
 
+# A coordinator listening on every address (0.0.0.0, [::]) serves this machine's clients at
+# loopback too, where commands look by default (--coordinator 127.0.0.1:50051): its admin
+# key and its pin are recorded for those addresses as well.
+_LOOPBACK_OF = {"0.0.0.0": ("127.0.0.1",), "::": ("127.0.0.1", "::1")}
+
+
+def _record_for_this_user(signer: Signer, key_file: Path, host: str, port: int) -> None:
+    """The admin key (for admin commands) and the coordinator's public key (the pin local
+    clients verify countersigned receipts against, as on first use), recorded under
+    $XDG_CONFIG_HOME/sparegrid/ for each address this machine reaches the coordinator at."""
+    for local in (host, *_LOOPBACK_OF.get(host, ())):
+        if key_file.exists():
+            _write_secret(_user_key_file(local, port), key_file.read_text().strip())
+        pin = _user_key_file(local, port).parent.parent / "coordinators" / f"{local}_{port}.pub"
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        _write_whole(pin, signer.public_key.hex() + "\n")
+
+
 STANDBY_POLL_SECONDS = 1.0  # how often a standing-by coordinator tries to take over
+
+
+def make_private_dir(path: Path) -> None:
+    """The data directory, made readable by this user only: it holds the clients' inputs and
+    outputs and the database (their jobs, the ledger). One made before is left as it is, with
+    a warning when others may read it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o007:
+        log.warning(
+            "%s is readable by other users (mode %o): it holds the clients' data and the "
+            "ledger; run: chmod 700 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings = serving.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     store = open_store(serving.database_url, exclusive=True)
     try:
         app = App(store, settings)
@@ -194,13 +228,8 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     gc.freeze()
     await server.start()
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
-    address = f"{host}:{port}"
-    if key_file.exists():
-        _write_secret(_user_key_file(host, port), key_file.read_text().strip())
-    # local clients verify countersigned receipts against this key (pinned, as on first use)
-    pin = _user_key_file(host, port).parent.parent / "coordinators" / f"{host}_{port}.pub"
-    pin.parent.mkdir(parents=True, exist_ok=True)
-    _write_whole(pin, app.signer.public_key.hex() + "\n")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    _record_for_this_user(app.signer, key_file, host, port)
     _write_whole(data_dir / "coordinator.addr", address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",

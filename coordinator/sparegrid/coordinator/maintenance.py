@@ -124,7 +124,7 @@ def backup(target: Target, dest: Path) -> int:
             f"no database at {db}: is --data-dir right? (a coordinator on PostgreSQL: give "
             "its --database postgresql://... too)"
         )
-    dest.mkdir(parents=True, exist_ok=True)
+    _private_dir(dest)
     started = time.time()
     manifest: dict[str, Any] = {"created_at": started, "schema_version": 0}
     if db is not None:
@@ -150,10 +150,24 @@ def backup(target: Target, dest: Path) -> int:
     return 0
 
 
+def _private_dir(path: Path) -> None:
+    """A backup, or a restored data directory, readable by this user only: it holds the
+    keys, the database (every client's jobs, the ledger) and the clients' blobs. `path`
+    holds no backup or coordinator yet (both commands refuse one that does), so it is ours
+    to tighten."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.chmod(0o700)
+    except PermissionError:
+        log.warning("cannot make %s private (chmod 700): others may read what it holds", path)
+
+
 def _copy_sqlite(source: Path, dest: Path) -> int:
     """An online copy through SQLite's backup API: one consistent snapshot, the WAL's
-    committed transactions included, while the coordinator goes on writing."""
+    committed transactions included, while the coordinator goes on writing. The copy is
+    created readable by this user only (SQLite gives its journal the same mode)."""
     src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     out = sqlite3.connect(dest)
     try:
         src.backup(out)
@@ -179,9 +193,10 @@ def _copy_keys(data_dir: Path, dest: Path) -> list[str]:
 
 
 def _copy_secret(source: Path, dest: Path) -> None:
+    """A copy readable by this user only (a key, a database)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(source.read_bytes())
+    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _copy_blobs(source: Path, dest: Path) -> int:
@@ -227,10 +242,10 @@ def restore(source: Path, target: Target) -> int:
             )
         if db.exists():
             raise MaintenanceError(f"{db} exists: restore into a new place, or move it aside")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     if manifest.get("database") == "sqlite" and db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / DATABASE, db)
+        _copy_secret(source / DATABASE, db)
     for name in KEYS:  # only these names, whatever the manifest says
         if name in manifest.get("keys", []) and (source / name).is_file():
             _copy_secret(source / name, data_dir / name)

@@ -1,0 +1,58 @@
+"""An operator's first steps on a real coordinator process: the admin commands and the
+pinned key found at the address this machine reaches the coordinator at, whatever address
+it listens on, and a data directory other users cannot read."""
+
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.helpers import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_coordinator_on_every_address_is_administered_at_loopback(cluster: Cluster) -> None:
+    """`--listen 0.0.0.0:50051`, the usual way to let workers of other machines in, recorded
+    the admin key under 0.0.0.0 only: `sparegrid admin ...` (127.0.0.1:50051 by default)
+    then failed with NO_ADMIN_KEY on the coordinator's own machine."""
+    cluster.address = "0.0.0.0:0"
+    address = cluster.start_coordinator()
+    port = address.rpartition(":")[2]
+    local = f"127.0.0.1:{port}"
+    env = cluster.env | {"SPAREGRID_COORDINATOR": local}
+    made = run_cli(env, "admin", "account", "create", "alice", "--credit", "10")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    listed = run_cli(env | {"SPAREGRID_API_KEY": key}, "job", "list")
+    assert listed.returncode == 0, listed.stderr
+    pins = cluster.root / "config" / "sparegrid" / "coordinators"
+    assert (pins / f"127.0.0.1_{port}.pub").read_text() == (
+        pins / f"0.0.0.0_{port}.pub"
+    ).read_text()
+    # the data directory holds every client's jobs and blobs: no other user reads it
+    assert stat.S_IMODE((cluster.root / "coord").stat().st_mode) == 0o700
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_coordinator_writes_an_address_clients_can_use(cluster: Cluster) -> None:
+    """`--listen [::1]:PORT` wrote `::1:PORT` to coordinator.addr and its log: given to a
+    command, that failed with "Misformatted domain name"."""
+    cluster.address = "[::1]:0"
+    address = cluster.start_coordinator()
+    assert address.startswith("[::1]:")
+    assert f"serving on {address} (plaintext)" in Path(cluster.root / "coordinator.log").read_text()
+    nodes = run_cli(cluster.env, "admin", "nodes", "--coordinator", address)
+    assert nodes.returncode == 0, nodes.stderr
+    assert "no node has connected yet" in nodes.stdout + nodes.stderr
