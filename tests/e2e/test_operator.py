@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Cluster
-from tests.e2e.helpers import run_cli
+from tests.e2e.helpers import run_cli, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,34 @@ def test_an_ipv6_coordinator_writes_an_address_clients_can_use(cluster: Cluster)
     cluster.address = "[::1]:0"
     address = cluster.start_coordinator()
     assert address.startswith("[::1]:")
-    assert f"serving on {address} (plaintext)" in Path(cluster.root / "coordinator.log").read_text()
+    log = Path(cluster.root / "coordinator.log")
+    wait_for(lambda: f"serving on {address} (plaintext)" in log.read_text(), what="its log line")
     nodes = run_cli(cluster.env, "admin", "nodes", "--coordinator", address)
     assert nodes.returncode == 0, nodes.stderr
     assert "no node has connected yet" in nodes.stdout + nodes.stderr
+
+
+def test_a_second_coordinator_on_one_sqlite_file_stops_at_start(cluster: Cluster) -> None:
+    """`coordinator serve` run again on a data directory already served (another port, a
+    second unit, a restore test gone wrong) served beside the first: two coordinators, each
+    leasing the same queued tasks from its own memory. Now the second one stops at start,
+    naming the first one's process, and the first goes on serving."""
+    address = cluster.start_coordinator()
+    first = cluster.coordinator
+    assert first is not None
+    second = run_cli(
+        cluster.env,
+        "coordinator",
+        "serve",
+        "--data-dir",
+        str(cluster.root / "coord"),
+        "--listen",
+        "127.0.0.1:0",
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"another coordinator (process {first.popen.pid}) is serving from" in second.stderr
+    assert "SQLite takes one coordinator per file" in second.stderr
+    assert (cluster.root / "coord" / "coordinator.addr").read_text().strip() == address
+    env = cluster.env | {"SPAREGRID_COORDINATOR": address}
+    assert run_cli(env, "admin", "ledger", "check").returncode == 0

@@ -308,9 +308,12 @@ def migrate(target: Target, check: bool) -> int:
             "start)"
         )
         return 1
-    from sparegrid.coordinator.store import open_store
+    from sparegrid.coordinator.store import StoreError, open_store
 
-    open_store(target.database).close()  # opening applies the migrations
+    try:  # opening applies the migrations; exclusive: never under a serving coordinator
+        open_store(target.database, exclusive=True).close()
+    except StoreError as exc:
+        raise MaintenanceError(f"{exc}; stop the coordinator, then migrate") from None
     print(f"migrated the schema from version {current} to {latest}")
     return 0
 
