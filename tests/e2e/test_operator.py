@@ -2,12 +2,15 @@
 pinned key found at the address this machine reaches the coordinator at, whatever address
 it listens on, and a data directory other users cannot read."""
 
+import shutil
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from sparegrid.coordinator.cli import STANDBY_POLL_SECONDS
 from tests.e2e.conftest import Cluster
 from tests.e2e.helpers import run_cli, wait_for
 
@@ -83,3 +86,29 @@ def test_a_second_coordinator_on_one_sqlite_file_stops_at_start(cluster: Cluster
     assert (cluster.root / "coord" / "coordinator.addr").read_text().strip() == address
     env = cluster.env | {"SPAREGRID_COORDINATOR": address}
     assert run_cli(env, "admin", "ledger", "check").returncode == 0
+
+
+@pytest.mark.postgres
+def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
+    cluster: Cluster, database: tuple[str, str], tmp_path: Path
+) -> None:
+    """The README's standby, given copies of the keys and its own data directory, kept
+    blobs there: after a takeover every task whose input went to the other coordinator
+    failed INPUT_UNAVAILABLE and its job stalled, with no word at start. Now the standby
+    says so once, as it says once that others can read its data directory."""
+    _, dsn = database
+    cluster.start_coordinator("--database", dsn)
+    standby_dir = tmp_path / "coord-b"
+    standby_dir.mkdir(mode=0o755)
+    standby_dir.chmod(0o755)
+    shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
+    standby = cluster.spawn_coordinator(
+        "coordinator-b", standby_dir, "127.0.0.1:0", "--database", dsn
+    )
+    wait_for(lambda: "standing by" in standby.tail(), what="the second coordinator standing by")
+    time.sleep(3 * STANDBY_POLL_SECONDS)  # it tries for the lock every second meanwhile
+    log = standby.log.read_text()
+    assert log.count("give every coordinator of this database the same --blobs s3://") == 1
+    assert "inputs and outputs uploaded to the other are missing" in log
+    assert log.count("is readable by other users (mode 755)") == 1
+    assert standby.popen.poll() is None

@@ -120,13 +120,21 @@ def _record_for_this_user(signer: Signer, key_file: Path, host: str, port: int) 
         _write_whole(pin, signer.public_key.hex() + "\n")
 
 
-STANDBY_POLL_SECONDS = 1.0  # how often a standing-by coordinator tries to take over
+STANDBY_POLL_SECONDS = 1.0
+# A standby with blobs in its own data directory served, after a takeover, jobs whose inputs
+# were in the other one's: every attempt failed INPUT_UNAVAILABLE and the jobs stalled.
+LOCAL_BLOBS_STANDBY = (
+    "this coordinator keeps blobs in %s (--blobs local), not where the serving one keeps "
+    "them: after a takeover, inputs and outputs uploaded to the other are missing (tasks "
+    "fail INPUT_UNAVAILABLE, results cannot be fetched); give every coordinator of this "
+    "database the same --blobs s3://BUCKET/PREFIX"
+)  # how often a standing-by coordinator tries to take over
 
 
 def make_private_dir(path: Path) -> None:
     """The data directory, made readable by this user only: it holds the clients' inputs and
     outputs and the database (their jobs, the ledger). One made before is left as it is, with
-    a warning when others may read it."""
+    a warning (once, at start) when others may read it."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777
     if mode & 0o007:
@@ -141,7 +149,7 @@ def make_private_dir(path: Path) -> None:
 
 def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings = serving.settings
-    make_private_dir(settings.data_dir)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = open_store(serving.database_url, exclusive=True)
     try:
         app = App(store, settings)
@@ -186,6 +194,7 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
     within a second of that one's end. None when stopped while standing by."""
+    make_private_dir(serving.settings.data_dir)
     waiting = False
     while True:
         try:
@@ -194,6 +203,8 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             if not waiting:
                 check_standby_key(serving, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
+                if serving.settings.blobs == "local":
+                    log.warning(LOCAL_BLOBS_STANDBY, serving.settings.data_dir / "blobs")
                 waiting = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
