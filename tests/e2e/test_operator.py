@@ -6,6 +6,7 @@ import shutil
 import socket
 import stat
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,15 +52,22 @@ def _has_ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
 def test_an_ipv6_coordinator_writes_an_address_clients_can_use(cluster: Cluster) -> None:
     """`--listen [::1]:PORT` wrote `::1:PORT` to coordinator.addr and its log: given to a
-    command, that failed with "Misformatted domain name"."""
+    command, that failed with "Misformatted domain name". metrics.addr and web.addr, and
+    the log's URLs (http://::1:PORT), were no address curl takes either."""
     cluster.address = "[::1]:0"
-    address = cluster.start_coordinator()
+    on_v6 = ("--metrics-addr", "::1", "--metrics-port", "0", "--web-addr", "::1", "--web-port", "0")
+    address = cluster.start_coordinator(*on_v6)
     assert address.startswith("[::1]:")
     log = Path(cluster.root / "coordinator.log")
     wait_for(lambda: f"serving on {address} (plaintext)" in log.read_text(), what="its log line")
     nodes = run_cli(cluster.env, "admin", "nodes", "--coordinator", address)
     assert nodes.returncode == 0, nodes.stderr
     assert "no node has connected yet" in nodes.stdout + nodes.stderr
+    for name, path in (("metrics", "/metrics"), ("web", "/login")):
+        at = (cluster.root / "coord" / f"{name}.addr").read_text().strip()
+        assert at.startswith("[::1]:")
+        with urllib.request.urlopen(f"http://{at}{path}", timeout=10) as response:
+            assert response.status == 200
 
 
 def test_a_second_coordinator_on_one_sqlite_file_stops_at_start(cluster: Cluster) -> None:
