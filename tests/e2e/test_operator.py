@@ -63,6 +63,8 @@ def test_an_ipv6_coordinator_writes_an_address_clients_can_use(cluster: Cluster)
     nodes = run_cli(cluster.env, "admin", "nodes", "--coordinator", address)
     assert nodes.returncode == 0, nodes.stderr
     assert "no node has connected yet" in nodes.stdout + nodes.stderr
+    wrong = run_cli(cluster.env, "admin", "nodes", "--coordinator", "127.0.0.1:1")
+    assert f"recorded admin keys for: {address}" in wrong.stderr  # as --coordinator takes it
     for name, path in (("metrics", "/metrics"), ("web", "/login")):
         at = (cluster.root / "coord" / f"{name}.addr").read_text().strip()
         assert at.startswith("[::1]:")

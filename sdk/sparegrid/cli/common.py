@@ -197,8 +197,14 @@ def recorded_admin_keys() -> list[str]:
     folder = admin_key_path("127.0.0.1:1").parent
     if not folder.is_dir():
         return []
-    names = sorted(p.stem for p in folder.glob("*.key"))
-    return [name.replace("_", ":") if name.count("_") == 1 else name for name in names]
+    found = []
+    for name in sorted(p.stem for p in folder.glob("*.key")):
+        host, sep, port = name.rpartition("_")
+        if not sep or not port.isdigit():
+            found.append(name)
+        else:  # as --coordinator takes it: [::1]:50051 for an IPv6 host
+            found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return found
 
 
 def no_admin_key(args: argparse.Namespace) -> None:
