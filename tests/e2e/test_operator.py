@@ -3,6 +3,7 @@ pinned key found at the address this machine reaches the coordinator at, whateve
 it listens on, and a data directory other users cannot read."""
 
 import shutil
+import signal
 import socket
 import stat
 import time
@@ -122,3 +123,33 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     assert "inputs and outputs uploaded to the other are missing" in log
     assert log.count("is readable by other users (mode 755)") == 1
     assert standby.popen.poll() is None
+
+
+def test_rotating_the_admins_own_key_keeps_admin_commands_working(cluster: Cluster) -> None:
+    """`sparegrid admin key rotate admin` printed a new key, and from then on every admin
+    command failed with BAD_API_KEY: they read the old key `coordinator serve` recorded,
+    and a restarted coordinator recorded the old DATA_DIR/admin.key again. Now the command
+    saves the new key where it read the old one, and a coordinator whose admin.key went
+    stale says so and leaves the recorded key alone."""
+    address = cluster.start_coordinator()
+    env = cluster.env | {"SPAREGRID_COORDINATOR": address}
+    rotated = run_cli(env, "admin", "key", "rotate", "admin")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = rotated.stdout.strip()
+    recorded = cluster.root / "config" / "sparegrid" / "admin" / f"{address.replace(':', '_')}.key"
+    assert f"saved it in {recorded}, where admin commands read the admin key" in rotated.stderr
+    assert recorded.read_text().strip() == new_key
+    assert stat.S_IMODE(recorded.stat().st_mode) == 0o600
+    assert run_cli(env, "admin", "nodes").returncode == 0
+    assert cluster.coordinator is not None
+    cluster.kill(cluster.coordinator, signal.SIGTERM)
+    cluster.start_coordinator()  # same data directory, same address
+    assert run_cli(env, "admin", "nodes").returncode == 0
+    log = cluster.root / "coordinator.log"
+    wait_for(lambda: "no longer opens an admin account" in log.read_text(), what="the warning")
+    # another account's key: shown once, nothing saved
+    made = run_cli(env, "admin", "account", "create", "bob")
+    other = run_cli(env, "admin", "key", "rotate", "bob")
+    assert made.returncode == other.returncode == 0
+    assert "shown only this once" in other.stderr and "saved it" not in other.stderr
+    assert recorded.read_text().strip() == new_key

@@ -14,6 +14,7 @@ from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
+from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
@@ -97,6 +98,28 @@ def ensure_admin(app: App, data_dir: Path) -> Path:
     return key_file
 
 
+def usable_admin_key(app: App, key_file: Path) -> str | None:
+    """The key DATA_DIR/admin.key holds, if it still opens an enabled admin account; None
+    when it is missing, or when it was rotated (`admin key rotate admin`) or revoked since:
+    recording such a key for admin commands put back the stale one they had replaced."""
+    if not key_file.exists():
+        return None
+    key = key_file.read_text().strip()
+    try:
+        account = app.accounts.authenticate(key)
+    except CoordinatorError:
+        account = None
+    if account is None or not account.is_admin:
+        log.warning(
+            "%s no longer opens an admin account (its key was rotated or revoked, or the "
+            "account disabled): put the current admin key in it; admin commands on this "
+            "machine keep the key they have",
+            key_file,
+        )
+        return None
+    return key
+
+
 def _user_key_file(host: str, port: int) -> Path:
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "sparegrid" / "admin" / f"{host}_{port}.key"
@@ -108,13 +131,13 @@ def _user_key_file(host: str, port: int) -> Path:
 _LOOPBACK_OF = {"0.0.0.0": ("127.0.0.1",), "::": ("127.0.0.1", "::1")}
 
 
-def _record_for_this_user(signer: Signer, key_file: Path, host: str, port: int) -> None:
+def _record_for_this_user(signer: Signer, admin_key: str | None, host: str, port: int) -> None:
     """The admin key (for admin commands) and the coordinator's public key (the pin local
     clients verify countersigned receipts against, as on first use), recorded under
     $XDG_CONFIG_HOME/sparegrid/ for each address this machine reaches the coordinator at."""
     for local in (host, *_LOOPBACK_OF.get(host, ())):
-        if key_file.exists():
-            _write_secret(_user_key_file(local, port), key_file.read_text().strip())
+        if admin_key:
+            _write_secret(_user_key_file(local, port), admin_key)
         pin = _user_key_file(local, port).parent.parent / "coordinators" / f"{local}_{port}.pub"
         pin.parent.mkdir(parents=True, exist_ok=True)
         _write_whole(pin, signer.public_key.hex() + "\n")
@@ -240,7 +263,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     await server.start()
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    _record_for_this_user(app.signer, key_file, host, port)
+    _record_for_this_user(app.signer, usable_admin_key(app, key_file), host, port)
     _write_whole(data_dir / "coordinator.addr", address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",

@@ -4,15 +4,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sparegrid.cli import output
 from sparegrid.sdk import AdminClient, Client, SparegridError, UnavailableError
 from sparegrid.sdk.config import (
     ENV_ADDRESS,
+    ENV_ADMIN_KEY,
     ENV_API_KEY,
     ENV_TLS,
     ENV_TLS_CA,
     admin_key_path,
+    admin_key_paths,
     resolve_address,
     resolve_tls,
     resolve_tls_ca,
@@ -163,6 +166,34 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
     return AdminClient(
         args.coordinator, key_file=args.admin_key_file, tls_ca=args.tls_ca, tls=args.tls
     )
+
+
+def admin_key_source(args: argparse.Namespace) -> Path | None:
+    """The file the admin key of this command was read from (--admin-key-file, else the
+    one `coordinator serve` recorded), or None when it came from $SPAREGRID_ADMIN_KEY."""
+    if args.admin_key_file:
+        return Path(args.admin_key_file)
+    if os.environ.get(ENV_ADMIN_KEY, "").strip():
+        return None
+    address = resolve_address(getattr(args, "coordinator", None))
+    return next((p for p in admin_key_paths(address) if p.is_file()), None)
+
+
+def admin_account_name(args: argparse.Namespace) -> str:
+    """The name of the account whose key this admin command sends."""
+    source = admin_key_source(args)
+    key = source.read_text().strip() if source is not None else None
+    with Client(args.coordinator, api_key=key, tls_ca=args.tls_ca, tls=args.tls) as mine:
+        return mine.account().name
+
+
+def replace_key_file(path: Path, key: str) -> None:
+    """Puts `key` in `path` in one step, readable by this user only."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
 
 
 def short_reason(message: str) -> str:
