@@ -72,3 +72,27 @@ def test_backups_and_restored_directories_are_readable_by_this_user_only(
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_database_password_is_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The PostgreSQL backup's pg_dump hint and the restore's `serve` hint printed the URL
+    as given, password included: kept out of `ps` through $SPAREGRID_DATABASE, it ended
+    up in the terminal and in whatever log took the command's output."""
+    url = "postgresql://grid:hunter2@db.example:5432/grid"
+    data = tmp_path / "coord"
+    data.mkdir()
+    (data / "coordinator.key").write_bytes(b"k" * 32)
+    backup = tmp_path / "backup"
+    argv = ["--data-dir", str(data), "--database", url]
+    assert main(["coordinator", "backup", str(backup), *argv]) == 0
+    out, err = capsys.readouterr()
+    assert "'postgresql://grid@db.example:5432/grid'" in out
+    assert "$PGPASSWORD or ~/.pgpass" in err
+    fresh = tmp_path / "restored"
+    argv = ["--data-dir", str(fresh), "--database", url]
+    assert main(["coordinator", "restore", str(backup), *argv]) == 0
+    out2, err2 = capsys.readouterr()
+    assert "--database postgresql://grid@db.example:5432/grid`" in err2
+    assert "hunter2" not in out + err + out2 + err2

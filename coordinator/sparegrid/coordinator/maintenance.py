@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sparegrid.coordinator import config
 from sparegrid.coordinator.store.schema import MIGRATIONS
@@ -91,6 +92,25 @@ def _target(args: argparse.Namespace) -> Target:
     return Target(serving.settings.data_dir, serving.database_url)
 
 
+PASSWORD_LEFT_OUT = (
+    "hint: the database's password is left out of what is shown here; give it through "
+    "$PGPASSWORD or ~/.pgpass (and the URL through $SPAREGRID_DATABASE), not on a command line"
+)
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit to print: its password, if it holds one, left out (pg_dump, psql
+    and the coordinator read it from $PGPASSWORD or ~/.pgpass instead)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
 def _run(action: Any, args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(message)s")
     try:
@@ -140,8 +160,10 @@ def backup(target: Target, dest: Path) -> int:
         print(
             f"saved {what} in {dest}; the database is PostgreSQL: back it up with pg_dump, "
             f"e.g. pg_dump --format=custom --file {dest / 'coordinator.pgdump'} "
-            f"'{target.database}' (restore it with pg_restore)"
+            f"'{shown_url(target.database)}' (restore it with pg_restore)"
         )
+        if shown_url(target.database) != target.database:
+            print(PASSWORD_LEFT_OUT, file=sys.stderr)
     else:
         print(
             f"backed up {db} (schema {manifest['schema_version']}) and {what} to {dest} "
@@ -258,10 +280,12 @@ def restore(source: Path, target: Target) -> int:
         )
     serve = f"sparegrid coordinator serve --data-dir {shlex.quote(str(data_dir))}"
     if target.sqlite_path != data_dir / DATABASE:  # PostgreSQL, or SQLite elsewhere
-        serve += f" --database {shlex.quote(target.database)}"
+        serve += f" --database {shlex.quote(shown_url(target.database))}"
     print(
         f"hint: start it with `{serve}`, then check `sparegrid admin ledger check`", file=sys.stderr
     )
+    if shown_url(target.database) != target.database:
+        print(PASSWORD_LEFT_OUT, file=sys.stderr)
     return 0
 
 
