@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparegrid.coordinator.cli import STANDBY_POLL_SECONDS
+from sparegrid.sdk import AdminClient, Client
 from tests.e2e.conftest import Cluster
 from tests.e2e.helpers import run_cli, wait_for
 
@@ -106,7 +107,8 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     """The README's standby, given copies of the keys and its own data directory, kept
     blobs there: after a takeover every task whose input went to the other coordinator
     failed INPUT_UNAVAILABLE and its job stalled, with no word at start. Now the standby
-    says so once, as it says once that others can read its data directory."""
+    says so once, as it says once that others can read its data directory, and when it
+    takes over it names the unfinished jobs whose inputs it lacks."""
     _, dsn = database
     cluster.start_coordinator("--database", dsn)
     standby_dir = tmp_path / "coord-b"
@@ -123,6 +125,18 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     assert "inputs and outputs uploaded to the other are missing" in log
     assert log.count("is readable by other users (mode 755)") == 1
     assert standby.popen.poll() is None
+    # and when it takes over, it names the jobs whose inputs it lacks
+    data = tmp_path / "input.bin"
+    data.write_bytes(bytes(range(256)) * 64)
+    with AdminClient(cluster.address, api_key=cluster.admin_key) as admin:
+        _, key = admin.create_account("alice", credit=1000)
+    with Client(cluster.address, api_key=key) as client:
+        job = client.checksum(data, tasks=4)  # no worker: it stays queued
+    assert cluster.coordinator is not None
+    cluster.kill(cluster.coordinator)  # SIGKILL
+    wait_for(lambda: (standby_dir / "coordinator.addr").exists(), what="the takeover")
+    wait_for(lambda: job.id in standby.log.read_text(), what="the missing inputs named")
+    assert "1 unfinished job(s) have inputs that are not in" in standby.log.read_text()
 
 
 def test_rotating_the_admins_own_key_keeps_admin_commands_working(cluster: Cluster) -> None:

@@ -14,6 +14,7 @@ from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
+from sparegrid.coordinator.domain import JobState
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
@@ -234,6 +235,36 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             return None
 
 
+def report_missing_inputs(app: App, limit: int = 10_000) -> int:
+    """Logs, as an error, the unfinished jobs whose inputs this coordinator's local blob
+    store lacks (a standby that took over from one keeping blobs in its own data
+    directory, a data directory restored without its blobs): their tasks would fail
+    INPUT_UNAVAILABLE and the jobs stall, which said nothing at start. How many."""
+    if app.settings.blobs != "local":
+        return 0
+    jobs = app.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=limit)
+    missing = {
+        digest
+        for job in jobs
+        for digest in job.inputs.values()
+        if app.blobs.size(digest) is None and app.store.get_inline_blob(digest) is None
+    }
+    if missing:
+        stalled = [job.id for job in jobs if missing.intersection(job.inputs.values())]
+        log.error(
+            "%d unfinished job(s) have inputs that are not in %s (%d blob(s), e.g. %s): their "
+            "tasks fail INPUT_UNAVAILABLE. Were they uploaded to another coordinator of this "
+            "database? Give every coordinator the same --blobs s3://BUCKET/PREFIX, or copy "
+            "the blobs here; jobs: %s",
+            len(stalled),
+            app.blobs.root,
+            len(missing),
+            sorted(missing)[0],
+            ", ".join(stalled[:10]) + (" ..." if len(stalled) > 10 else ""),
+        )
+    return len(missing)
+
+
 async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     keep_freed_memory()  # the coordinator process is ours to tune; see blobs.py
     stop = asyncio.Event()
@@ -254,6 +285,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
         store.close()
         raise
     key_file = ensure_admin(app, data_dir)
+    report_missing_inputs(app)
     app.start()
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
