@@ -14,6 +14,7 @@ import pytest
 
 from sparegrid.coordinator.cli import STANDBY_POLL_SECONDS
 from sparegrid.sdk import AdminClient, Client
+from tests.coordinator.certs import self_signed
 from tests.e2e.conftest import Cluster
 from tests.e2e.helpers import run_cli, wait_for
 
@@ -167,3 +168,28 @@ def test_rotating_the_admins_own_key_keeps_admin_commands_working(cluster: Clust
     assert made.returncode == other.returncode == 0
     assert "shown only this once" in other.stderr and "saved it" not in other.stderr
     assert recorded.read_text().strip() == new_key
+
+
+def test_a_swapped_tls_pair_is_named_not_blamed_on_the_address(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """`--tls-cert privkey.pem --tls-key fullchain.pem` (or a missing file) stopped the
+    start with "cannot listen on ...: the address is in use (another coordinator?)", or a
+    bare "[Errno 2] No such file"; now the flags and files are named, before anything is
+    opened, and a key others can read is warned about."""
+    cert, key = self_signed(tmp_path)
+    data = tmp_path / "coord"
+    serve = ("coordinator", "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0")
+    swapped = run_cli(cluster.env, *serve, "--tls-cert", str(key), "--tls-key", str(cert))
+    assert swapped.returncode == 1
+    assert f"--tls-cert {key} and --tls-key {cert} do not load" in swapped.stderr
+    assert "are they swapped, or not a pair?" in swapped.stderr
+    assert "address is in use" not in swapped.stderr
+    assert not (data / "coordinator.db").exists()
+    missing = run_cli(cluster.env, *serve, "--tls-cert", str(cert), "--tls-key", "nosuch.pem")
+    assert missing.returncode == 1 and "--tls-key nosuch.pem: no such file" in missing.stderr
+    key.chmod(0o644)
+    cluster.address = "127.0.0.1:0"
+    cluster.start_coordinator("--tls-cert", str(cert), "--tls-key", str(key))
+    log = cluster.root / "coordinator.log"
+    assert f"{key}, the TLS private key, is readable by others (mode 644)" in log.read_text()

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -235,6 +236,31 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             return None
 
 
+def check_tls(tls: Tls) -> None:
+    """The certificate and key load, and match; OSError naming the flag and the file if not
+    (gRPC said "cannot listen ...: the address is in use" for a swapped or damaged pair).
+    A key other users can read is served, with a warning."""
+    for flag, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key)):
+        if not path.is_file():
+            raise OSError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+    except (ssl.SSLError, OSError) as exc:
+        raise OSError(
+            f"--tls-cert {tls.cert} and --tls-key {tls.key} do not load as a certificate "
+            f"(PEM, the chain first) and its private key ({exc}): are they swapped, or not "
+            "a pair?"
+        ) from None
+    mode = tls.key.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "%s, the TLS private key, is readable by others (mode %o): run chmod 600 %s",
+            tls.key,
+            mode,
+            tls.key,
+        )
+
+
 def report_missing_inputs(app: App, limit: int = 10_000) -> int:
     """Logs, as an error, the unfinished jobs whose inputs this coordinator's local blob
     store lacks (a standby that took over from one keeping blobs in its own data
@@ -271,13 +297,15 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
+    if tls is not None:
+        check_tls(tls)  # before standing by: a takeover must not find the pair wanting
     taken = await take_over(serving, stop)
     if taken is None:
         return
     app, store = taken
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
-    tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     try:
         server, port = await build_server(app, serving.listen, tls)
         http = await operations.start(app, args, data_dir)
