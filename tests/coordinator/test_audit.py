@@ -123,3 +123,17 @@ async def test_the_kind_filter_takes_a_kind_or_family_and_refuses_others(
     assert typo.code == 1
     assert "[BAD_EVENT_KIND]" in typo.err and "no event kind is 'admn'" in typo.err
     assert "admin" in typo.err and "node" in typo.err  # it names what may be asked for
+
+
+async def test_an_empty_filtered_listing_says_what_it_was_narrowed_to(
+    cli: Cli, served: Served
+) -> None:
+    """`admin events --kind node` on a coordinator with events, none of them a node's,
+    said "no events recorded yet", as if the coordinator had recorded nothing."""
+    assert (await cli("admin", "account", "create", "erin", "--credit", "1")).code == 0
+    none = await cli("admin", "events", "--kind", "node")
+    assert none.code == 0
+    assert "no events of kind 'node' among those kept" in none.err
+    assert "recorded yet" not in none.err
+    other = await cli("admin", "events", "--job", "0" * 32)
+    assert f"no events of job {'0' * 32} among those kept" in other.err

@@ -190,3 +190,24 @@ def test_a_hostile_backup_writes_nothing_outside_the_data_directory(
     assert code == 0, out
     assert not (tmp_path / "nested" / "escaped").exists()
     assert sorted(p.name for p in fresh.iterdir()) == ["admin.key", "coordinator.db"]
+
+
+def test_migrate_refuses_a_database_a_coordinator_serves_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`coordinator migrate` beside a running coordinator changed the schema under it; now
+    it stops, saying to stop the coordinator first, and changes nothing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    OldStore(data / "coordinator.db").close()
+    serving = OldStore(data / "coordinator.db", exclusive=True)  # what `serve` holds
+    try:
+        code, out = run(capsys, "migrate", "--data-dir", str(data))
+        assert code == 1
+        assert f"another coordinator (process {os.getpid()}) is serving from" in out
+        assert "stop the coordinator, then migrate" in out
+        assert schema_version(data / "coordinator.db") == LATEST - 1
+    finally:
+        serving.close()
+    assert run(capsys, "migrate", "--data-dir", str(data))[0] == 0
+    assert schema_version(data / "coordinator.db") == LATEST

@@ -56,6 +56,25 @@ def test_a_wrong_key_is_refused_and_counted(site: Site) -> None:
     assert forged_cookie.get("/client").headers["location"] == "/login"
 
 
+def test_behind_a_tls_proxy_sign_in_says_what_the_proxy_must_pass_on(site: Site) -> None:
+    """Behind a TLS-terminating proxy that passed no scheme, the operator's own sign-in was
+    refused as "from another site", which sent them hunting for an attacker."""
+    http = site.browser()
+    proxied = {"host": "grid.example.org", "origin": "https://grid.example.org"}
+    refused = http.post("/login", data={"api_key": site.admin_key}, headers=proxied)
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    assert "posted from https://grid.example.org" in refused.text
+    assert "this dashboard is http://grid.example.org" in refused.text
+    assert "proxy_set_header X-Forwarded-Proto $scheme" in refused.text
+    # the proxy (on loopback, which the dashboard trusts for it) passing the scheme on
+    passed = http.post(
+        "/login",
+        data={"api_key": site.admin_key},
+        headers={**proxied, "x-forwarded-proto": "https"},
+    )
+    assert passed.status_code == 303 and "Secure" in passed.headers["set-cookie"]
+
+
 def test_another_sites_form_cannot_sign_anyone_out(site: Site) -> None:
     alice = site.browser(site.alice_key)
     forged = alice.post("/logout", headers={"origin": "https://evil.example"})

@@ -152,7 +152,8 @@ _CLI = (
 
 
 async def test_worker_run_drains_on_sigterm(tmp_path: Path, coordinator: FakeCoordinator) -> None:
-    args = ["worker", "run", "--coordinator", coordinator.address, "--data-dir", str(tmp_path)]
+    data = tmp_path / "node"
+    args = ["worker", "run", "--coordinator", coordinator.address, "--data-dir", str(data)]
     env = {**os.environ, "SPAREGRID_WORKER_NAME": "cli-node", "SPAREGRID_WORKER_DEVICES": "cpu"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -179,6 +180,8 @@ async def test_worker_run_drains_on_sigterm(tmp_path: Path, coordinator: FakeCoo
     assert session.node_id in out.decode() and "cpu" in out.decode()
     await session.wait_for(is_kind("drain"))
     assert session.statements()
+    # its cache and outbox hold the clients' inputs and outputs: other users read none
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
 
 
 def test_json_log_lines_carry_extra_fields() -> None:

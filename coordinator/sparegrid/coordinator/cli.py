@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
+from sparegrid.coordinator.domain import JobState
+from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
@@ -97,17 +100,81 @@ def ensure_admin(app: App, data_dir: Path) -> Path:
     return key_file
 
 
+def usable_admin_key(app: App, key_file: Path) -> str | None:
+    """The key DATA_DIR/admin.key holds, if it still opens an enabled admin account; None
+    when it is missing, or when it was rotated (`admin key rotate admin`) or revoked since:
+    recording such a key for admin commands put back the stale one they had replaced."""
+    if not key_file.exists():
+        return None
+    key = key_file.read_text().strip()
+    try:
+        account = app.accounts.authenticate(key)
+    except CoordinatorError:
+        account = None
+    if account is None or not account.is_admin:
+        log.warning(
+            "%s no longer opens an admin account (its key was rotated or revoked, or the "
+            "account disabled): put the current admin key in it; admin commands on this "
+            "machine keep the key they have",
+            key_file,
+        )
+        return None
+    return key
+
+
 def _user_key_file(host: str, port: int) -> Path:
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "sparegrid" / "admin" / f"{host}_{port}.key"
 
 
-STANDBY_POLL_SECONDS = 1.0  # how often a standing-by coordinator tries to take over
+# A coordinator listening on every address (0.0.0.0, [::]) serves this machine's clients at
+# loopback too, where commands look by default (--coordinator 127.0.0.1:50051): its admin
+# key and its pin are recorded for those addresses as well.
+_LOOPBACK_OF = {"0.0.0.0": ("127.0.0.1",), "::": ("127.0.0.1", "::1")}
+
+
+def _record_for_this_user(signer: Signer, admin_key: str | None, host: str, port: int) -> None:
+    """The admin key (for admin commands) and the coordinator's public key (the pin local
+    clients verify countersigned receipts against, as on first use), recorded under
+    $XDG_CONFIG_HOME/sparegrid/ for each address this machine reaches the coordinator at."""
+    for local in (host, *_LOOPBACK_OF.get(host, ())):
+        if admin_key:
+            _write_secret(_user_key_file(local, port), admin_key)
+        pin = _user_key_file(local, port).parent.parent / "coordinators" / f"{local}_{port}.pub"
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        _write_whole(pin, signer.public_key.hex() + "\n")
+
+
+STANDBY_POLL_SECONDS = 1.0
+# A standby with blobs in its own data directory served, after a takeover, jobs whose inputs
+# were in the other one's: every attempt failed INPUT_UNAVAILABLE and the jobs stalled.
+LOCAL_BLOBS_STANDBY = (
+    "this coordinator keeps blobs in %s (--blobs local), not where the serving one keeps "
+    "them: after a takeover, inputs and outputs uploaded to the other are missing (tasks "
+    "fail INPUT_UNAVAILABLE, results cannot be fetched); give every coordinator of this "
+    "database the same --blobs s3://BUCKET/PREFIX"
+)  # how often a standing-by coordinator tries to take over
+
+
+def make_private_dir(path: Path) -> None:
+    """The data directory, made readable by this user only: it holds the clients' inputs and
+    outputs and the database (their jobs, the ledger). One made before is left as it is, with
+    a warning (once, at start) when others may read it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o007:
+        log.warning(
+            "%s is readable by other users (mode %o): it holds the clients' data and the "
+            "ledger; run: chmod 700 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def open_app(serving: ServeConfig) -> tuple[App, Store]:
     settings = serving.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = open_store(serving.database_url, exclusive=True)
     try:
         app = App(store, settings)
@@ -152,6 +219,7 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
     within a second of that one's end. None when stopped while standing by."""
+    make_private_dir(serving.settings.data_dir)
     waiting = False
     while True:
         try:
@@ -160,10 +228,67 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             if not waiting:
                 check_standby_key(serving, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
+                if serving.settings.blobs == "local":
+                    log.warning(LOCAL_BLOBS_STANDBY, serving.settings.data_dir / "blobs")
                 waiting = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
             return None
+
+
+def check_tls(tls: Tls) -> None:
+    """The certificate and key load, and match; OSError naming the flag and the file if not
+    (gRPC said "cannot listen ...: the address is in use" for a swapped or damaged pair).
+    A key other users can read is served, with a warning."""
+    for flag, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key)):
+        if not path.is_file():
+            raise OSError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+    except (ssl.SSLError, OSError) as exc:
+        raise OSError(
+            f"--tls-cert {tls.cert} and --tls-key {tls.key} do not load as a certificate "
+            f"(PEM, the chain first) and its private key ({exc}): are they swapped, or not "
+            "a pair?"
+        ) from None
+    mode = tls.key.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "%s, the TLS private key, is readable by others (mode %o): run chmod 600 %s",
+            tls.key,
+            mode,
+            tls.key,
+        )
+
+
+def report_missing_inputs(app: App, limit: int = 10_000) -> int:
+    """Logs, as an error, the unfinished jobs whose inputs this coordinator's local blob
+    store lacks (a standby that took over from one keeping blobs in its own data
+    directory, a data directory restored without its blobs): their tasks would fail
+    INPUT_UNAVAILABLE and the jobs stall, which said nothing at start. How many."""
+    if app.settings.blobs != "local":
+        return 0
+    jobs = app.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=limit)
+    missing = {
+        digest
+        for job in jobs
+        for digest in job.inputs.values()
+        if app.blobs.size(digest) is None and app.store.get_inline_blob(digest) is None
+    }
+    if missing:
+        stalled = [job.id for job in jobs if missing.intersection(job.inputs.values())]
+        log.error(
+            "%d unfinished job(s) have inputs that are not in %s (%d blob(s), e.g. %s): their "
+            "tasks fail INPUT_UNAVAILABLE. Were they uploaded to another coordinator of this "
+            "database? Give every coordinator the same --blobs s3://BUCKET/PREFIX, or copy "
+            "the blobs here; jobs: %s",
+            len(stalled),
+            app.blobs.root,
+            len(missing),
+            sorted(missing)[0],
+            ", ".join(stalled[:10]) + (" ..." if len(stalled) > 10 else ""),
+        )
+    return len(missing)
 
 
 async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
@@ -172,13 +297,15 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
+    if tls is not None:
+        check_tls(tls)  # before standing by: a takeover must not find the pair wanting
     taken = await take_over(serving, stop)
     if taken is None:
         return
     app, store = taken
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
-    tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     try:
         server, port = await build_server(app, serving.listen, tls)
         http = await operations.start(app, args, data_dir)
@@ -186,6 +313,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
         store.close()
         raise
     key_file = ensure_admin(app, data_dir)
+    report_missing_inputs(app)
     app.start()
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
@@ -194,13 +322,8 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     gc.freeze()
     await server.start()
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
-    address = f"{host}:{port}"
-    if key_file.exists():
-        _write_secret(_user_key_file(host, port), key_file.read_text().strip())
-    # local clients verify countersigned receipts against this key (pinned, as on first use)
-    pin = _user_key_file(host, port).parent.parent / "coordinators" / f"{host}_{port}.pub"
-    pin.parent.mkdir(parents=True, exist_ok=True)
-    _write_whole(pin, app.signer.public_key.hex() + "\n")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    _record_for_this_user(app.signer, usable_admin_key(app, key_file), host, port)
     _write_whole(data_dir / "coordinator.addr", address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",

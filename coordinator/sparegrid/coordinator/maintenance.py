@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sparegrid.coordinator import config
 from sparegrid.coordinator.store.schema import MIGRATIONS
@@ -91,6 +92,25 @@ def _target(args: argparse.Namespace) -> Target:
     return Target(serving.settings.data_dir, serving.database_url)
 
 
+PASSWORD_LEFT_OUT = (
+    "hint: the database's password is left out of what is shown here; give it through "
+    "$PGPASSWORD or ~/.pgpass (and the URL through $SPAREGRID_DATABASE), not on a command line"
+)
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit to print: its password, if it holds one, left out (pg_dump, psql
+    and the coordinator read it from $PGPASSWORD or ~/.pgpass instead)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
 def _run(action: Any, args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(message)s")
     try:
@@ -124,7 +144,7 @@ def backup(target: Target, dest: Path) -> int:
             f"no database at {db}: is --data-dir right? (a coordinator on PostgreSQL: give "
             "its --database postgresql://... too)"
         )
-    dest.mkdir(parents=True, exist_ok=True)
+    _private_dir(dest)
     started = time.time()
     manifest: dict[str, Any] = {"created_at": started, "schema_version": 0}
     if db is not None:
@@ -140,8 +160,10 @@ def backup(target: Target, dest: Path) -> int:
         print(
             f"saved {what} in {dest}; the database is PostgreSQL: back it up with pg_dump, "
             f"e.g. pg_dump --format=custom --file {dest / 'coordinator.pgdump'} "
-            f"'{target.database}' (restore it with pg_restore)"
+            f"'{shown_url(target.database)}' (restore it with pg_restore)"
         )
+        if shown_url(target.database) != target.database:
+            print(PASSWORD_LEFT_OUT, file=sys.stderr)
     else:
         print(
             f"backed up {db} (schema {manifest['schema_version']}) and {what} to {dest} "
@@ -150,10 +172,24 @@ def backup(target: Target, dest: Path) -> int:
     return 0
 
 
+def _private_dir(path: Path) -> None:
+    """A backup, or a restored data directory, readable by this user only: it holds the
+    keys, the database (every client's jobs, the ledger) and the clients' blobs. `path`
+    holds no backup or coordinator yet (both commands refuse one that does), so it is ours
+    to tighten."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.chmod(0o700)
+    except PermissionError:
+        log.warning("cannot make %s private (chmod 700): others may read what it holds", path)
+
+
 def _copy_sqlite(source: Path, dest: Path) -> int:
     """An online copy through SQLite's backup API: one consistent snapshot, the WAL's
-    committed transactions included, while the coordinator goes on writing."""
+    committed transactions included, while the coordinator goes on writing. The copy is
+    created readable by this user only (SQLite gives its journal the same mode)."""
     src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     out = sqlite3.connect(dest)
     try:
         src.backup(out)
@@ -179,9 +215,10 @@ def _copy_keys(data_dir: Path, dest: Path) -> list[str]:
 
 
 def _copy_secret(source: Path, dest: Path) -> None:
+    """A copy readable by this user only (a key, a database)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(source.read_bytes())
+    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _copy_blobs(source: Path, dest: Path) -> int:
@@ -227,10 +264,10 @@ def restore(source: Path, target: Target) -> int:
             )
         if db.exists():
             raise MaintenanceError(f"{db} exists: restore into a new place, or move it aside")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     if manifest.get("database") == "sqlite" and db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / DATABASE, db)
+        _copy_secret(source / DATABASE, db)
     for name in KEYS:  # only these names, whatever the manifest says
         if name in manifest.get("keys", []) and (source / name).is_file():
             _copy_secret(source / name, data_dir / name)
@@ -243,10 +280,12 @@ def restore(source: Path, target: Target) -> int:
         )
     serve = f"sparegrid coordinator serve --data-dir {shlex.quote(str(data_dir))}"
     if target.sqlite_path != data_dir / DATABASE:  # PostgreSQL, or SQLite elsewhere
-        serve += f" --database {shlex.quote(target.database)}"
+        serve += f" --database {shlex.quote(shown_url(target.database))}"
     print(
         f"hint: start it with `{serve}`, then check `sparegrid admin ledger check`", file=sys.stderr
     )
+    if shown_url(target.database) != target.database:
+        print(PASSWORD_LEFT_OUT, file=sys.stderr)
     return 0
 
 
@@ -293,9 +332,12 @@ def migrate(target: Target, check: bool) -> int:
             "start)"
         )
         return 1
-    from sparegrid.coordinator.store import open_store
+    from sparegrid.coordinator.store import StoreError, open_store
 
-    open_store(target.database).close()  # opening applies the migrations
+    try:  # opening applies the migrations; exclusive: never under a serving coordinator
+        open_store(target.database, exclusive=True).close()
+    except StoreError as exc:
+        raise MaintenanceError(f"{exc}; stop the coordinator, then migrate") from None
     print(f"migrated the schema from version {current} to {latest}")
     return 0
 

@@ -189,12 +189,22 @@ def account_enable(args: argparse.Namespace) -> int:
 
 def key_rotate(args: argparse.Namespace) -> int:
     with common.admin_client(args) as admin:
+        own = common.admin_key_source(args)
+        caller = common.admin_account_name(args) if own is not None else ""
         account, key = admin.rotate_key(args.name)
     print(key, flush=True)
     output.note(f"account {account.name!r} has a new API key; the old one no longer works")
-    output.hint("the key above is shown only this once")
+    if own is not None and account.name == caller:
+        # the key this command was given: admin commands would all fail with the old one
+        common.replace_key_file(own, key)
+        output.note(f"saved it in {own}, where admin commands read the admin key")
+    else:
+        output.hint("the key above is shown only this once")
     if account.name == "admin":
-        output.hint("replace the old key in the coordinator's DATA_DIR/admin.key with it")
+        output.hint(
+            "replace the old key in the coordinator's DATA_DIR/admin.key with it (a "
+            "restarted coordinator records that file's key for admin commands)"
+        )
     return 0
 
 

@@ -4,15 +4,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sparegrid.cli import output
 from sparegrid.sdk import AdminClient, Client, SparegridError, UnavailableError
 from sparegrid.sdk.config import (
     ENV_ADDRESS,
+    ENV_ADMIN_KEY,
     ENV_API_KEY,
     ENV_TLS,
     ENV_TLS_CA,
     admin_key_path,
+    admin_key_paths,
     resolve_address,
     resolve_tls,
     resolve_tls_ca,
@@ -165,6 +168,34 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
     )
 
 
+def admin_key_source(args: argparse.Namespace) -> Path | None:
+    """The file the admin key of this command was read from (--admin-key-file, else the
+    one `coordinator serve` recorded), or None when it came from $SPAREGRID_ADMIN_KEY."""
+    if args.admin_key_file:
+        return Path(args.admin_key_file)
+    if os.environ.get(ENV_ADMIN_KEY, "").strip():
+        return None
+    address = resolve_address(getattr(args, "coordinator", None))
+    return next((p for p in admin_key_paths(address) if p.is_file()), None)
+
+
+def admin_account_name(args: argparse.Namespace) -> str:
+    """The name of the account whose key this admin command sends."""
+    source = admin_key_source(args)
+    key = source.read_text().strip() if source is not None else None
+    with Client(args.coordinator, api_key=key, tls_ca=args.tls_ca, tls=args.tls) as mine:
+        return mine.account().name
+
+
+def replace_key_file(path: Path, key: str) -> None:
+    """Puts `key` in `path` in one step, readable by this user only."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+
+
 def short_reason(message: str) -> str:
     """gRPC's "failed to connect to all addresses; ...: Connection refused" -> the last part;
     a failed TLS handshake, whose last part is a bare "OK" -> said as such."""
@@ -197,8 +228,14 @@ def recorded_admin_keys() -> list[str]:
     folder = admin_key_path("127.0.0.1:1").parent
     if not folder.is_dir():
         return []
-    names = sorted(p.stem for p in folder.glob("*.key"))
-    return [name.replace("_", ":") if name.count("_") == 1 else name for name in names]
+    found = []
+    for name in sorted(p.stem for p in folder.glob("*.key")):
+        host, sep, port = name.rpartition("_")
+        if not sep or not port.isdigit():
+            found.append(name)
+        else:  # as --coordinator takes it: [::1]:50051 for an IPv6 host
+            found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return found
 
 
 def no_admin_key(args: argparse.Namespace) -> None:

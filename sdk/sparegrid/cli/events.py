@@ -51,6 +51,15 @@ def _line(event: Event) -> Text:
     return Text(f"{output.when(event.at)}  {event.kind:<17} {event.message}")
 
 
+def _none_found(args: argparse.Namespace) -> str:
+    """What an empty listing means: "none yet" only when nothing narrowed it."""
+    narrowed = [f"of kind {args.kind!r}"] if args.kind else []
+    narrowed += [f"of job {args.job}"] if args.job else []
+    if not narrowed:
+        return "no events recorded yet"
+    return f"no events {' and '.join(narrowed)} among those kept (--kind, --job narrow them)"
+
+
 def events(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 10_000:
         output.error(f"--limit takes 1 to 10000, got {args.limit}")
@@ -62,7 +71,7 @@ def events(args: argparse.Namespace) -> int:
                 for event in found:
                     print(json.dumps(as_dict(event)), flush=True)
             elif not found:
-                output.note("no events recorded yet")
+                output.note(_none_found(args))
             else:
                 t = output.table("time", "kind", "message", "id")
                 for e in found:

@@ -61,13 +61,14 @@ def open_store(url: str, exclusive: bool = False) -> Store:
 
     As in SQLAlchemy, the path of a sqlite URL follows its third slash: four slashes
     make it absolute. exclusive (a serving coordinator): on PostgreSQL, the store holds
-    the coordinators' lock on the database, StoreTaken while another coordinator does.
+    the coordinators' lock on the database, StoreTaken while another coordinator does; on
+    SQLite, a lock on the file, StoreError while another coordinator holds it.
     """
     kind = _kind(url)
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
-        return _open_sqlite(url.removeprefix("sqlite:///"))
+        return _open_sqlite(url.removeprefix("sqlite:///"), exclusive)
     if kind == "postgres":
         from sparegrid.coordinator.store.postgres import PostgresStore
 
@@ -76,7 +77,7 @@ def open_store(url: str, exclusive: bool = False) -> Store:
         raise ValueError(url_problem(url))
     from sparegrid.coordinator.store.sqlite import SqliteStore
 
-    return SqliteStore(url)
+    return SqliteStore(url, exclusive=exclusive)
 
 
 def peek_meta(url: str, name: str) -> str:
@@ -90,7 +91,7 @@ def peek_meta(url: str, name: str) -> str:
     return peek(url, name)
 
 
-def _open_sqlite(rest: str) -> Store:
+def _open_sqlite(rest: str, exclusive: bool) -> Store:
     from sparegrid.coordinator.store.sqlite import SqliteStore
 
     path, _, query = rest.partition("?")
@@ -105,4 +106,5 @@ def _open_sqlite(rest: str) -> Store:
         path,
         synchronous="FULL" if synchronous == "FULL" else "NORMAL",
         check="quick" if check == "quick" else "full" if check == "full" else "off",
+        exclusive=exclusive,
     )

@@ -18,8 +18,14 @@ there is still the one the store opened. A database file removed (an `rm -rf` of
 directory, a tmp cleaner) or replaced under a running coordinator took every later commit
 into a file that vanishes at exit, acknowledged as if it were kept; now the commit fails
 and the coordinator refuses calls (STORE_UNAVAILABLE) until it is restarted.
+
+A serving coordinator (exclusive) holds an flock on `<db>-lock` for as long as the store is
+open (the kernel drops it when the process ends, SIGKILL included): a second `coordinator
+serve` on the same file, which served beside the first, each dispatching the same tasks
+from its own memory, now stops at start naming the first one's process.
 """
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -73,6 +79,7 @@ class SqliteStore(SqlStore):
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 5000,
         check: Check = "quick",
+        exclusive: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
@@ -80,11 +87,16 @@ class SqliteStore(SqlStore):
             raise ValueError(f"check must be 'quick', 'full' or 'off', not {check!r}")
         self.path = os.fspath(path)
         self._seq_fd = -1
+        self._lock_fd = _take_lock(self.path) if exclusive and self.path != ":memory:" else -1
         self._seq = 0  # write transactions committed, as far as this store knows
         self._pending: int | None = None  # the count the transaction being committed takes
         self._changes = 0
         self._counting = False
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             for pragma in (
                 "journal_mode = WAL",
@@ -97,12 +109,14 @@ class SqliteStore(SqlStore):
                 self._check(conn, _PRAGMA[check])
         except sqlite3.DatabaseError as exc:
             conn.close()
+            self._release_lock()
             raise StoreDamaged(
                 f"{self.path} cannot be read as a SQLite database ({exc}): restore it from a "
                 "backup (README, 'The data directory')"
             ) from exc
         except BaseException:
             conn.close()
+            self._release_lock()
             raise
         self._conn_sqlite = conn
         self._file = None if self.path == ":memory:" else _identity(self.path)
@@ -211,6 +225,35 @@ class SqliteStore(SqlStore):
                 os.close(self._seq_fd)
                 self._seq_fd = -1
             super().close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the file drops its flock
+            self._lock_fd = -1
+
+
+def _take_lock(path: str) -> int:
+    """An exclusive flock on `<path>-lock`, naming this process in it; StoreError naming the
+    process that holds it already."""
+    lock_path = path + "-lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"another coordinator (process {holder}) is serving from {path}: SQLite takes one "
+            "coordinator per file; stop that one first, or give this one a data directory "
+            "of its own (--data-dir)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _identity(path: str) -> tuple[int, int] | None:

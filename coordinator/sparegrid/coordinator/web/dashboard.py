@@ -158,7 +158,7 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         if _from_another_site(request):
-            return PlainTextResponse("sign-in from another site is refused", 403)
+            return _another_site(request, "sign-in")
         address = request.client.host if request.client else "?"
         if self.sessions.limited(address):
             return await self._page(
@@ -189,7 +189,7 @@ class Dashboard:
 
     async def logout(self, request: Request) -> Response:
         if _from_another_site(request):  # another site's form must not sign anyone out
-            return PlainTextResponse("sign-out from another site is refused", 403)
+            return _another_site(request, "sign-out")
         self.sessions.close(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/login", 303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
@@ -296,6 +296,19 @@ def _from_another_site(request: Request) -> bool:
     """A form posted from another site's page (its Origin names that site)."""
     origin = request.headers.get("origin")
     return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _another_site(request: Request, what: str) -> Response:
+    """The refusal, naming both addresses: behind a proxy that passes on neither the Host
+    header nor the scheme, the dashboard's own form looks as if posted from elsewhere."""
+    return PlainTextResponse(
+        f"{what} from another site is refused: the form was posted from "
+        f"{request.headers.get('origin')}, and this dashboard is "
+        f"{request.url.scheme}://{request.url.netloc}. Behind a proxy, pass on the Host "
+        "header and the scheme (nginx: proxy_set_header Host $host; proxy_set_header "
+        "X-Forwarded-Proto $scheme)",
+        403,
+    )
 
 
 async def _body(request: Request) -> bytes:

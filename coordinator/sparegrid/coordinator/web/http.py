@@ -68,7 +68,13 @@ class HttpServer:
                 self._task.result()  # raises what stopped it
                 raise OSError(f"the {self.what} server did not start")
             await asyncio.sleep(0.01)
-        log.info("%s on http://%s:%d", self.what, self.host, self.port)
+        log.info("%s on http://%s", self.what, self.address)
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT as a URL or curl takes it ([::1]:PORT for an IPv6 host)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     async def stop(self) -> None:
         self._server.should_exit = True

@@ -90,7 +90,7 @@ async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[Http
         for server in servers:
             await server.start()
             name = "metrics" if server.what == "metrics" else "web"
-            (data_dir / f"{name}.addr").write_text(f"{server.host}:{server.port}\n")
+            (data_dir / f"{name}.addr").write_text(f"{server.address}\n")
     except BaseException:
         await stop(servers)
         raise
