@@ -145,7 +145,7 @@ def _record_for_this_user(signer: Signer, admin_key: str | None, host: str, port
         _write_whole(pin, signer.public_key.hex() + "\n")
 
 
-STANDBY_POLL_SECONDS = 1.0
+STANDBY_POLL_SECONDS = 1.0  # how often a standing-by coordinator tries to take over
 # A standby with blobs in its own data directory served, after a takeover, jobs whose inputs
 # were in the other one's: every attempt failed INPUT_UNAVAILABLE and the jobs stalled.
 LOCAL_BLOBS_STANDBY = (
@@ -153,7 +153,7 @@ LOCAL_BLOBS_STANDBY = (
     "them: after a takeover, inputs and outputs uploaded to the other are missing (tasks "
     "fail INPUT_UNAVAILABLE, results cannot be fetched); give every coordinator of this "
     "database the same --blobs s3://BUCKET/PREFIX"
-)  # how often a standing-by coordinator tries to take over
+)
 
 
 def make_private_dir(path: Path) -> None:
