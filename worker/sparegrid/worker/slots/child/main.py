@@ -165,10 +165,10 @@ class Child:
         return ExecTask(task.params, dict(task.inputs), self._scratch, self._init.device)
 
     def _run_or_skip(self, task: ChildTask) -> Outcome:
-        self._take_cancels()
         self._state.set_running(task.serial, time.monotonic())
-        # Checked again after publishing the serial: a cancel sent before the daemon read
-        # the state is seen here, and one sent after it finds this task running and kills us.
+        # Checked after publishing the serial: a cancel sent before the daemon read the
+        # state is seen here, and one sent after it finds this task running and kills us.
+        # (One look: a cancel that came before the serial was published is in the pipe.)
         self._take_cancels()
         try:
             if task.serial in self._cancelled:
