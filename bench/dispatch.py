@@ -40,11 +40,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def spawn(
-    root: Path, name: str, *args: str, env: dict[str, str] | None = None
+    root: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
     log = (root / f"{name}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "sparegrid.cli.main", *args],
+        [python, "-m", "sparegrid.cli.main", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -53,10 +57,16 @@ def spawn(
 
 
 def start_cluster(
-    root: Path, workers: int, prefetch: int | None, sync: str, extra: tuple[str, ...] = ()
+    root: Path,
+    workers: int,
+    prefetch: int | None,
+    sync: str,
+    extra: tuple[str, ...] = (),
+    python: str = sys.executable,
 ) -> tuple[str, list[Any]]:
-    """A coordinator (with `extra` flags) and `workers` worker processes; (address, procs).
-    Workers get `--prefetch` only when it is given: None runs them with the defaults."""
+    """A coordinator (with `extra` flags) and `workers` worker processes, run by `python`;
+    (address, procs). Workers get `--prefetch` only when it is given: None runs them with
+    the defaults."""
     data = root / "coord"
     database = f"sqlite:///{data / 'coordinator.db'}?synchronous={sync}"
     procs = [
@@ -74,6 +84,7 @@ def start_cluster(
             "--log-level",
             "WARNING",
             *extra,
+            python=python,
         )
     ]
     addr = data / "coordinator.addr"
@@ -103,6 +114,7 @@ def start_cluster(
                 "cpu",  # the CPU executors these benchmarks measure, on any machine
                 *(("--prefetch", str(prefetch)) if prefetch is not None else ()),
                 env={"SPAREGRID_OWNER_KEY": owner_key},
+                python=python,
             )
         )
     admin.close()

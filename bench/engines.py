@@ -3,8 +3,9 @@
 Each round starts, for each engine in turn (the order alternates between rounds), a real
 coordinator on a fresh database and two real worker processes with the worker's DEFAULT
 settings, runs a warm-up job, then an echo job of N no-op tasks: submit -> every result
-verified, paid, done. It records tasks/s and the coordinator's CPU time (user + system,
-from /proc) per verified result, and on PostgreSQL the CPU time of the server processes
+verified, paid, done. It records tasks/s and the CPU time (user + system, from /proc) per
+verified result of the coordinator, of the two worker processes and of their executor
+children (all of each kind together, so per task wherever it ran), and on PostgreSQL the CPU time of the server processes
 serving the coordinator when the server runs on this machine (SQLite's runs inside the
 coordinator and is counted there), checks the ledger balances, and stops everything.
 
@@ -100,6 +101,18 @@ def cpu_of(pids: list[int]) -> dict[int, float]:
     return found
 
 
+def children_of(pids: list[int]) -> list[int]:
+    """The processes whose parent is one of `pids` (a worker's executor children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[1]) in pids:
+                    found.append(int(entry.name))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -180,12 +193,20 @@ def one_round(
                 wait_online(admin, 2)
                 client.echo("", tasks=100).wait(timeout=300)  # warm up
                 server = server_pids(database)  # the database's own CPU, on this machine
+                workers = [p.pid for p in procs[1:]]
+                kinds = {"worker": workers, "child": children_of(workers), "server": server}
                 cpu0, t0 = cpu_seconds(procs[0].pid), time.perf_counter()
-                server0 = cpu_of(server)
+                before = {kind: cpu_of(pids) for kind, pids in kinds.items()}
                 job = client.echo("", tasks=tasks).wait(timeout=1200)
                 elapsed, cpu = time.perf_counter() - t0, cpu_seconds(procs[0].pid) - cpu0
-                server1 = cpu_of(server)
-                server_cpu = sum(server1[pid] - server0[pid] for pid in server1.keys() & server0)
+                after = {kind: cpu_of(pids) for kind, pids in kinds.items()}
+                spent = {
+                    kind: sum(
+                        after[kind][pid] - before[kind][pid]
+                        for pid in after[kind].keys() & before[kind]
+                    )
+                    for kind in kinds
+                }
                 if job.state != "succeeded":
                     raise RuntimeError(f"{engine}: the job ended {job.state}")
                 if not admin.ledger_check().balanced:
@@ -197,7 +218,9 @@ def one_round(
     return {
         "tasks_per_s": tasks / elapsed,
         "cpu_ms_per_result": cpu * 1000 / tasks,
-        "db_server_cpu_ms_per_result": server_cpu * 1000 / tasks,
+        "worker_cpu_ms_per_result": spent["worker"] * 1000 / tasks,
+        "child_cpu_ms_per_result": spent["child"] * 1000 / tasks,
+        "db_server_cpu_ms_per_result": spent["server"] * 1000 / tasks,
     }
 
 
@@ -240,16 +263,24 @@ def main() -> int:
         "interleaved in the same rounds",
     )
     parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="which of sqlite,postgres to run (default both)",
+    )
+    parser.add_argument(
         "--db-delay-ms",
         type=float,
         default=0.0,
         help="also run PostgreSQL through a proxy delaying each way by this much (postgres-far)",
     )
     args = parser.parse_args()
+    chosen = tuple(e for e in ENGINES if e in args.engines.split(","))
+    if not chosen or "sqlite" not in chosen:
+        parser.error("--engines must include sqlite (the others are compared with it)")
     dsn = os.environ.get("SPAREGRID_TEST_POSTGRES", "")
-    if not dsn:
+    if not dsn and (chosen != ("sqlite",) or args.db_delay_ms):
         parser.error("set SPAREGRID_TEST_POSTGRES to a PostgreSQL server's DSN")
-    engines = ENGINES + (("postgres-far",) if args.db_delay_ms else ())
+    engines = chosen + (("postgres-far",) if args.db_delay_ms else ())
     delay = args.db_delay_ms / 1000
     if delay:
         args.round_trip_ms = round_trip_ms(dsn, delay)
@@ -281,16 +312,20 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
             if args.db_delay_ms
             else ""
         ),
-        f"{'engine':<22}{'tasks/s':>10}{'coordinator CPU ms/result':>28}"
-        f"{'database server CPU ms/result':>32}   rounds (tasks/s)",
+        "CPU ms per verified result (medians): coordinator; the 2 worker processes; their "
+        "executor children; the database server (SQLite's is in the coordinator's)",
+        f"{'engine':<22}{'tasks/s':>10}{'coordinator':>13}{'workers':>9}{'children':>10}"
+        f"{'db server':>11}   rounds (tasks/s)",
     ]
     for e, rs in runs.items():
         each = ", ".join(f"{r['tasks_per_s']:.0f}" for r in rs)
         server = med[e].get("db_server_cpu_ms_per_result", 0.0)
-        shown = f"{server:.2f}" if e.startswith("postgres") else "(in the coordinator's)"
+        shown = f"{server:.3f}" if e.startswith("postgres") else "-"
+        worker = med[e].get("worker_cpu_ms_per_result", 0.0)
+        child = med[e].get("child_cpu_ms_per_result", 0.0)
         lines.append(
-            f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>28.2f}"
-            f"{shown:>32}   {each}"
+            f"{e:<22}{med[e]['tasks_per_s']:>10,.0f}{med[e]['cpu_ms_per_result']:>13.3f}"
+            f"{worker:>9.3f}{child:>10.3f}{shown:>11}   {each}"
         )
     for engine in ("postgres", "postgres-far"):
         for suffix in ("", " (baseline)"):
@@ -300,6 +335,10 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
                 )
                 named = f"{engine} / sqlite{suffix}"
                 lines.append(f"{named:<32}{ratio:>6.2f}x   target >= 1.00x")
+    for engine in ENGINES:
+        if f"{engine} (baseline)" in med:
+            ratio = med[engine]["tasks_per_s"] / med[f"{engine} (baseline)"]["tasks_per_s"]
+            lines.append(f"{engine + ' / its baseline':<32}{ratio:>6.2f}x")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

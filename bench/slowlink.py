@@ -7,6 +7,7 @@ with **default settings** (no --prefetch) running an echo job of `--tasks` tiny 
 through the link and on loopback, and (unless --no-peers) Ray on the same no-op tasks.
 
     python bench/slowlink.py [--tasks 1000] [--delay-ms 150] [--rounds 3]
+        [--baseline ../other/.venv/bin/python] [--no-slow] [--pinned 0] [--no-peers]
 
 Prints a table (medians) and saves it under bench/results/ (json + txt).
 """
@@ -128,12 +129,14 @@ def run_tasks(address: str, admin_address: str, root: Path, tasks: int) -> float
     return tasks / elapsed
 
 
-def one_round(tasks: int, delay: float | None, prefetch: int | None = None) -> float:
+def one_round(
+    tasks: int, delay: float | None, prefetch: int | None = None, python: str = sys.executable
+) -> float:
     """2 workers (default settings unless `prefetch` pins the window), through a slow link
-    if `delay` is given; tasks per second."""
+    if `delay` is given, everything run by `python`; tasks per second."""
     with tempfile.TemporaryDirectory(prefix="sparegrid-slowlink-") as tmp:
         root = Path(tmp)
-        address, procs = start_cluster(root, workers=0, prefetch=None, sync="FULL")
+        address, procs = start_cluster(root, workers=0, prefetch=None, sync="FULL", python=python)
         try:
             with contextlib.ExitStack() as stack:
                 target = address
@@ -158,6 +161,7 @@ def one_round(tasks: int, delay: float | None, prefetch: int | None = None) -> f
                             "cpu",
                             *(("--prefetch", str(prefetch)) if prefetch else ()),
                             env={"SPAREGRID_OWNER_KEY": owner_key},
+                            python=python,
                         )
                     )
                 admin.close()
@@ -175,11 +179,29 @@ def main() -> int:
     parser.add_argument(
         "--pinned", type=int, default=256, help="also loopback with --prefetch N (0: skip)"
     )
+    parser.add_argument("--no-slow", action="store_true", help="loopback only (no proxy)")
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also loopback with this interpreter (another checkout's), in the same rounds",
+    )
     args = parser.parse_args()
-    runs: dict[str, list[float]] = {"loopback": [], "slow link": [], "pinned": [], "ray": []}
-    for _ in range(args.rounds):
-        runs["loopback"].append(one_round(args.tasks, None))
-        runs["slow link"].append(one_round(args.tasks, args.delay_ms / 1000))
+    runs: dict[str, list[float]] = {
+        "loopback": [],
+        "baseline": [],
+        "slow link": [],
+        "pinned": [],
+        "ray": [],
+    }
+    for n in range(args.rounds):
+        if args.baseline:  # which goes first alternates
+            pair = [("loopback", sys.executable), ("baseline", args.baseline)]
+            for name, python in pair if n % 2 == 0 else pair[::-1]:
+                runs[name].append(one_round(args.tasks, None, python=python))
+        else:
+            runs["loopback"].append(one_round(args.tasks, None))
+        if not args.no_slow:
+            runs["slow link"].append(one_round(args.tasks, args.delay_ms / 1000))
         if args.pinned:
             runs["pinned"].append(one_round(args.tasks, None, args.pinned))
         if not args.no_peers:
@@ -196,12 +218,21 @@ def report(runs: dict[str, list[float]], args: argparse.Namespace) -> None:
     lines = [
         f"sparegrid slow-link benchmark — {platform.node()}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {args.tasks} tiny tasks, 2 workers with "
-        f"default settings, {args.rounds} rounds interleaved, medians",
+        f"default settings, {args.rounds} rounds interleaved, medians"
+        + (f"; baseline: {args.baseline}" if args.baseline else ""),
         f"{'measure':<44}{'value':>12}  target",
         f"{'tasks/s on loopback':<44}{med['loopback']:>12,.0f}",
-        f"{f'tasks/s over a {rtt:.0f} ms round trip':<44}{med['slow link']:>12,.0f}",
-        f"{'  slow link / loopback':<44}{med['slow link'] / med['loopback']:>11.2f}x  >= 0.5x",
     ]
+    if "baseline" in med:
+        lines += [
+            f"{'tasks/s on loopback, baseline':<44}{med['baseline']:>12,.0f}",
+            f"{'  loopback / baseline':<44}{med['loopback'] / med['baseline']:>11.2f}x",
+        ]
+    if "slow link" in med:
+        lines += [
+            f"{f'tasks/s over a {rtt:.0f} ms round trip':<44}{med['slow link']:>12,.0f}",
+            f"{'  slow link / loopback':<44}{med['slow link'] / med['loopback']:>11.2f}x  >= 0.5x",
+        ]
     if "pinned" in med:
         lines += [
             f"{f'tasks/s on loopback, --prefetch {args.pinned}':<44}{med['pinned']:>12,.0f}",
@@ -212,6 +243,8 @@ def report(runs: dict[str, list[float]], args: argparse.Namespace) -> None:
             f"{'ray no-op tasks/s (same run)':<44}{med['ray']:>12,.0f}",
             f"{'  sparegrid loopback / ray':<44}{med['loopback'] / med['ray']:>11.2f}x  >= 3x",
         ]
+        if "baseline" in med:
+            lines.append(f"{'  baseline loopback / ray':<44}{med['baseline'] / med['ray']:>11.2f}x")
     else:
         lines.append(f"{'ray no-op tasks/s':<44}{'not measured':>12}")
     text = "\n".join(lines)

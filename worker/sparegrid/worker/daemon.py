@@ -223,6 +223,7 @@ class Worker(WorkerSession):
         stopped = len(self._tasks.attempt_ids())  # a drain leaves none; a forced stop may
         await self._tasks.close(force=self._forced)
         await self._batcher.close()
+        self.earnings.flush()
         await self._cache.close()
         await self._status.close()
         await self.metrics.close()

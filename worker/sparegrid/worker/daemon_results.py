@@ -95,6 +95,8 @@ class WorkerResults(WorkerFlow):
 
     async def _upload(self, session: Session, entry: OutboxEntry) -> bool:
         """Uploads the batch's large outputs; False if the coordinator refused one."""
+        if not entry.blobs:  # every output inline: no statement need be decoded again
+            return True
         try:
             for digest, attempt_ids in output_attempts(entry.message).items():
                 await session.blobs.upload(digest, self._outbox.blob_path(digest), attempt_ids)

@@ -2,14 +2,18 @@
 Credited messages), the same one `worker credit` and `admin nodes` show, never a tally
 of our own. Today's part is that figure less what it was when the day began here. Kept
 in DATA_DIR/earnings.json so `worker status` shows the last figure heard before the
-worker connects again."""
+worker connects again. Written at most once a second while the worker runs (a figure
+comes with every batch's acknowledgement), and when it stops."""
 
+import asyncio
 import contextlib
 import json
 import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+
+SAVE_SECONDS = 1.0  # the most the file lags the figures while an event loop runs
 
 
 class Earnings:
@@ -20,6 +24,7 @@ class Earnings:
         self.total = 0  # the coordinator's ledger, as last heard
         self.day_start = 0  # the ledger figure when `day` began
         self.accepted = 0  # results the coordinator took in (paid at once or once validated)
+        self._due: asyncio.TimerHandle | None = None  # the save after a change
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             raw = json.loads(path.read_text())
             self.day, self.total = str(raw["day"]), int(raw["total"])
@@ -44,12 +49,12 @@ class Earnings:
         elif total < self.day_start:  # another coordinator, or its ledger restored
             self.day_start = total
         self.total = total
-        self._save()
+        self._changed()
 
     def took(self, results: int) -> None:
         """The coordinator accepted `results` more results of this node."""
         self.accepted += results
-        self._save()
+        self._changed()
 
     def snapshot(self) -> dict[str, int | str]:
         return {
@@ -58,6 +63,24 @@ class Earnings:
             "accepted": self.accepted,
             "day": self.day,
         }
+
+    def _changed(self) -> None:
+        """Saves soon (at once when no event loop runs)."""
+        if self._due is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._save()
+            return
+        self._due = loop.call_later(SAVE_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Saves a change not yet saved (the worker calls it as it stops)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+            self._save()
 
     def _save(self) -> None:
         data = {

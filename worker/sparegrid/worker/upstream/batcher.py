@@ -54,6 +54,7 @@ class ResultBatcher:
         self._failures: list[worker_pb2.TaskFailure] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
+        self._queued = False  # a flush is on its way to the lock: it takes everything
         self._flushes: set[asyncio.Task[None]] = set()
         self._retry: asyncio.Task[None] | None = None
         # told when the outbox could not be written (a full disk): the batch is kept
@@ -91,7 +92,9 @@ class ResultBatcher:
         if self._retry is not None:  # the outbox could not be written: tried again then
             return
         if self._full():
-            self._spawn(self.flush(force=False))
+            if not self._queued:  # not one flush task per result while the batch is full
+                self._queued = True
+                self._spawn(self.flush(force=False))
         elif self._timer is None:
             self._timer = self._spawn(self._flush_later())
 
@@ -115,6 +118,7 @@ class ResultBatcher:
         growing queue of small ones.
         """
         async with self._lock:
+            self._queued = False
             while self._results or self._failures:
                 if not force and len(self._outbox) >= self._max_unacked and not self._full():
                     changed = self._outbox.change_event()

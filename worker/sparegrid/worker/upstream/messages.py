@@ -76,22 +76,25 @@ def statement_bytes(
     executor: ExecutorSpec,
     outcome: Outcome,
 ) -> bytes:
-    """Serialises the statement once; these exact bytes are hashed, signed and sent."""
-    statement = common_pb2.ResultStatement(
-        job_id=assignment.job_id,
-        task_id=assignment.task_id,
-        attempt_id=assignment.attempt_id,
-        node_id=node_id,
-        inputs=list(assignment.inputs),
-        outputs=[
-            common_pb2.OutputRef(name=o.name, digest=o.digest, size=o.size) for o in outcome.outputs
-        ],
-        metrics=common_pb2.Metrics(
-            duration_us=outcome.duration_us, device_index=device.index, device_name=device.name
-        ),
-        executor=executor.name,
-        executor_version=executor.version,
-    )
+    """Serialises the statement once; these exact bytes are hashed, signed and sent.
+    Fields are set one by one: keyword arguments and lists of sub-messages cost about
+    twice as much, some microseconds per task."""
+    statement = common_pb2.ResultStatement()
+    statement.job_id = assignment.job_id
+    statement.task_id = assignment.task_id
+    statement.attempt_id = assignment.attempt_id
+    statement.node_id = node_id
+    if assignment.inputs:
+        statement.inputs.extend(assignment.inputs)
+    add_output = statement.outputs.add
+    for o in outcome.outputs:
+        add_output(name=o.name, digest=o.digest, size=o.size)
+    metrics = statement.metrics
+    metrics.duration_us = outcome.duration_us
+    metrics.device_index = device.index
+    metrics.device_name = device.name
+    statement.executor = executor.name
+    statement.executor_version = executor.version
     return statement.SerializeToString(deterministic=True)
 
 

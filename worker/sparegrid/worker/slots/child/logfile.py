@@ -8,7 +8,7 @@ when the child dies mid-task the daemon reads it. `Redactor` then swaps this nod
 for placeholders and keeps the last MAX_LOG_BYTES.
 """
 
-import contextlib
+import fcntl
 import os
 import re
 import sys
@@ -33,6 +33,9 @@ class LogFile:
     def create(cls, directory: Path) -> "LogFile":
         fd, path = tempfile.mkstemp(prefix="slot-", suffix=".log", dir=directory)
         os.unlink(path)
+        # Appending: writes go to the end wherever the offset is, so emptying the file is
+        # all a reset needs (stdout, stderr and the executor's programs share it).
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         return cls(fd)
 
     def capture(self) -> None:
@@ -42,16 +45,20 @@ class LogFile:
         os.dup2(self.fd, 2)
 
     def reset(self) -> None:
-        """Empties the file for the next task. The descriptors share one offset, so
-        moving it to the start moves it for stdout, stderr and the executor's programs."""
+        """Empties the file for the next task (a look first: most tasks write nothing).
+        The descriptors share one offset, so moving it to the start moves it for stdout,
+        stderr and the executor's programs, should one turn O_APPEND off."""
         _flush()
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
+        if os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
 
     def tail(self) -> bytes:
         """The last READ_BYTES written since the last reset."""
         _flush()
         size = os.fstat(self.fd).st_size
+        if not size:
+            return b""
         return os.pread(self.fd, min(size, READ_BYTES), max(size - READ_BYTES, 0))
 
     def close(self) -> None:
@@ -61,8 +68,10 @@ class LogFile:
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105 (not contextlib.suppress: this runs twice per task)
                 stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
 class Redactor:
@@ -87,6 +96,8 @@ class Redactor:
         """The log to send, or None when there is none (or the child sent no bytes)."""
         if not isinstance(raw, bytes):
             return None
+        if not raw:
+            return raw
         text = raw[-READ_BYTES:]
         if self._paths:
             names = dict(self._paths)

@@ -13,7 +13,6 @@ the rest, rather than fail every later task, of every client, on that device.
 """
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import select
@@ -110,6 +109,8 @@ class Child:
         self._out_fd = out_fd
         self._state = state
         self._executors: dict[str, Executor] = {}
+        self._scratch = init.work_root / "scratch"  # one per child, emptied after each task
+        self._scratch_made = False
         self._cancelled: set[int] = set()
         self._device_broken = False
         self.sandbox: SandboxSettings | None = None
@@ -161,15 +162,13 @@ class Child:
             pass
 
     def _exec_task(self, task: ChildTask) -> ExecTask:
-        return ExecTask(
-            task.params, dict(task.inputs), self._init.work_root / "scratch", self._init.device
-        )
+        return ExecTask(task.params, dict(task.inputs), self._scratch, self._init.device)
 
     def _run_or_skip(self, task: ChildTask) -> Outcome:
-        self._take_cancels()
         self._state.set_running(task.serial, time.monotonic())
-        # Checked again after publishing the serial: a cancel sent before the daemon read
-        # the state is seen here, and one sent after it finds this task running and kills us.
+        # Checked after publishing the serial: a cancel sent before the daemon read the
+        # state is seen here, and one sent after it finds this task running and kills us.
+        # (One look: a cancel that came before the serial was published is in the pipe.)
         self._take_cancels()
         try:
             if task.serial in self._cancelled:
@@ -178,8 +177,7 @@ class Child:
             if self._log is None:
                 return self._run(task)
             self._log.reset()
-            outcome = self._run(task)
-            return dataclasses.replace(outcome, log=self._log.tail())
+            return self._run(task).with_log(self._log.tail())
         finally:
             self._state.clear()
 
@@ -192,12 +190,12 @@ class Child:
         return self._executors[kind]
 
     def _run(self, task: ChildTask) -> Outcome:
-        # one scratch directory per child, emptied after each task that used it
-        workdir = self._init.work_root / "scratch"
         started = time.perf_counter_ns()
         try:
             executor = self._executor(task.kind)
-            workdir.mkdir(parents=True, exist_ok=True)
+            if not self._scratch_made:  # made once; again only if a task removed it
+                self._scratch.mkdir(parents=True, exist_ok=True)
+                self._scratch_made = True
             outputs = executor.run(self._exec_task(task))
             duration_us = (time.perf_counter_ns() - started) // 1000
             return Outcome(task.serial, _output_data(outputs), duration_us)
@@ -209,18 +207,24 @@ class Child:
             message = f"{task.kind} executor raised {type(exc).__name__}: {exc}"
             return Outcome(task.serial, code=EXECUTOR_ERROR, message=message, retryable=True)
         finally:
-            _empty(workdir)
+            self._scratch_made = _empty(self._scratch)
 
 
-def _empty(directory: Path) -> None:
-    """Removes what a task left in its scratch directory (cheap when it left nothing)."""
-    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+def _empty(directory: Path) -> bool:
+    """Removes what a task left in its scratch directory (cheap when it left nothing);
+    False if the directory itself is gone."""
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return False
+    with entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+    return True
 
 
 def _output_data(outputs: list[ExecOutput]) -> list[OutputData]:

@@ -72,6 +72,22 @@ class Outcome:
     def ok(self) -> bool:
         return not self.code and not self.cancelled
 
+    def with_log(self, log: bytes | None) -> "Outcome":
+        """This outcome with `log` in its place (dataclasses.replace, without its cost
+        per task)."""
+        if log is self.log:
+            return self
+        return Outcome(
+            self.serial,
+            self.outputs,
+            self.duration_us,
+            self.code,
+            self.message,
+            self.retryable,
+            self.cancelled,
+            log,
+        )
+
 
 def encode_frame(obj: object) -> bytes:
     payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)

@@ -8,7 +8,6 @@ runs past the time limit, or is cancelled while running, is stopped by killing t
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -292,7 +291,7 @@ class DeviceRunner:
     def _redacted(self, outcome: Outcome) -> Outcome:
         """The outcome with its log's paths redacted and cut to size (the child may have
         sent anything in its place)."""
-        return dataclasses.replace(outcome, log=self._redact(outcome.log))
+        return outcome.with_log(self._redact(outcome.log))
 
     async def _after_death(self, child: ChildProcess, on_outcome: OnOutcome) -> None:
         running = child.state.running()

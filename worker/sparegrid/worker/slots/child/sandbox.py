@@ -283,11 +283,12 @@ def before_task(settings: SandboxSettings | None) -> None:
         return
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = usage.ru_utime + usage.ru_stime
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    current, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = int(used + settings.cpu_seconds) + 1
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    if soft != current:  # whole seconds: a run of tiny tasks mostly finds it set
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def apply(settings: SandboxSettings) -> Report:
