@@ -141,7 +141,8 @@ class LeasesPart(QueuesPart):
 
     def _needs_more_memory(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
         """Records that `task` needs a device with more memory than the one it ran out of;
-        False (with the task's error set) when no connected node has such a device."""
+        False (with the task's error set, and the need forgotten) when no connected node
+        has such a device."""
         session = self.sessions.get(attempt.node_id)
         device = session.device(attempt.device_index) if session is not None else None
         if device is None or device.memory_bytes <= 0:
@@ -154,6 +155,10 @@ class LeasesPart(QueuesPart):
                 for d in other.node.devices
             ):
                 return True
+        # that it needs more than any device holds is its node's word, as a failure called
+        # final is (a node may claim any memory): the need is forgotten, and the claim
+        # waits for a second owner (_second_opinion)
+        del active.needs_memory[task.id]
         attempt.error += (
             f"; no connected device has more than {device.memory_bytes / 2**30:.1f} GiB"
         )
@@ -235,12 +240,15 @@ class LeasesPart(QueuesPart):
                     self._failed_event(active, task, attempt, final=False)
                     requeue.append((active, task))
                     continue
+                active.failed_by.setdefault(task.id, set()).add(owner)
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
-                elif not again:
+                if not again:  # called final, or out of memory on the largest device
                     again = self._second_opinion(active, task, owner)
-                final = not (again and failures < active.job.max_attempts)
+                if again and failures >= active.job.max_attempts:
+                    again = self._spent_by_one(active, task, owner)
+                final = not again
                 self._failed_event(active, task, attempt, final)
                 if not final:
                     move_task(task, TaskState.QUEUED)
@@ -275,16 +283,31 @@ class LeasesPart(QueuesPart):
         return True
 
     def _second_opinion(self, active: ActiveJob, task: Task, owner: str) -> bool:
-        """A failure its node calls final (not retryable: the input is bad) ends the task,
-        and with it the job, only once nodes of two owners said so, or when no node of
-        another vetted owner could run it: one owner account's word would end any job it
-        got a task of. Until then it counts as any failure (the task runs again, until its
-        attempts run out). True if it is to run again."""
+        """A failure its node calls final (not retryable: the input is bad), or out of
+        memory on a device no connected device outgrows (a node may claim any memory),
+        ends the task, and with it the job, only once nodes of two owners said so, or when
+        no node of another vetted owner could run it: one owner account's word would end
+        any job it got a task of. Until then it counts as any failure (the task runs
+        again). True if it is to run again."""
         said = active.final_claims.setdefault(task.id, set())
         said.add(owner)
         return len(said) < 2 and self.others_online(
             active, said | active.excluded.get(task.id, set())
         )
+
+    def _spent_by_one(self, active: ActiveJob, task: Task, owner: str) -> bool:
+        """The task's attempts ran out. That ends it only once nodes of two owners failed
+        it, or when no node of another vetted owner could run it: one owner account with
+        many nodes would otherwise fail any job it got a task of, each node winning the task
+        and failing it (or sitting on its lease) in turn. Until then its owner is kept off
+        the task, which runs on for the others. True if it is to run again."""
+        if len(active.failed_by.get(task.id, ())) >= 2:
+            return False
+        excluded = active.excluded.setdefault(task.id, set())
+        if not self.others_online(active, excluded | {owner}):
+            return False
+        excluded.add(owner)
+        return True
 
     def _owner(self, node_id: str) -> str:
         """Who answers for a node: read from its session (no query) while it is connected."""
