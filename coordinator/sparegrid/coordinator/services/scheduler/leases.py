@@ -45,13 +45,26 @@ class LeasesPart(QueuesPart):
         return len(expired) + len(stragglers)
 
     def took(self, active: ActiveJob, attempt: Attempt) -> None:
-        """An attempt returned its result: how long it took, for what a straggler is."""
+        """An attempt returned its result: how long it took is noted, and counts towards
+        what a straggler is once the result is accepted (`validated`)."""
         session = self.sessions.get(attempt.node_id)
         device = session.device(attempt.device_index) if session is not None else None
         active.returned[attempt.node_id] += 1
         if device is not None:
-            kept = active.durations.setdefault(device.kind, deque(maxlen=100))
-            kept.append(self.clock.now() - attempt.created_at)
+            active.timings[attempt.id] = (device.kind, self.clock.now() - attempt.created_at)
+
+    def validated(self, active: ActiveJob, accepted: list[str], refused: list[str]) -> None:
+        """Results were accepted or refused: only the time an accepted one took counts
+        towards what a straggler is. Made-up results come back at once, and fresh keys
+        answering a job's first tasks so would make every honest node running a task
+        over the floor a straggler, and keep it off the job."""
+        for attempt_id in refused:
+            active.timings.pop(attempt_id, None)
+        for attempt_id in accepted:
+            timing = active.timings.pop(attempt_id, None)
+            if timing is not None:
+                kind, seconds = timing
+                active.durations.setdefault(kind, deque(maxlen=100)).append(seconds)
 
     def _take_back(self, stragglers: list[tuple[Attempt, str]]) -> None:
         """Stragglers lose their lease: their tasks go back to the front of the queue,
