@@ -5,8 +5,9 @@ vetted owner could run it; the task runs there instead, and is paid once. A fail
 vetted owner's node calls final ends the task once a node of a second owner says so too,
 or at once when no other owner's node could run it; so does one that ran out of the memory
 of a device larger than any other (a claimed 1 TiB GPU); a task whose attempts one owner's
-nodes spent alone goes on without that owner. With no vetted node online an anonymous
-node's failure counts as it always did."""
+nodes spent alone goes on without that owner, and one a node hands back (PREEMPTED) goes
+to none of its owner's nodes again. With no vetted node online an anonymous node's failure
+counts as it always did."""
 
 import asyncio
 
@@ -245,6 +246,38 @@ async def test_out_of_memory_on_a_claimed_huge_device_does_not_end_the_task(
     beating.cancel()
     await succeed(alice, alices, first, 1)
     await alice.write(credit(1))  # alice's CPU has less memory than bob claimed
+    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
+    assert second.task_id == claimed.task_id
+    await succeed(alice, alices, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
+
+
+async def test_one_owners_nodes_cannot_pass_a_task_round_by_preempting_it(
+    served: Served,
+) -> None:
+    """A node that hands a task back (PREEMPTED: its owner came back) pays nothing for it,
+    and is paused: so its owner's other nodes could take the task in turn, each holding it
+    until just short of a straggler, and hold it for ever. Once handed back, the task goes
+    to no node of that owner while another owner's node could run it."""
+    alices = Signer.generate()
+    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
+    job_id = await submit(served, tasks=2)
+    await alice.write(credit(1))
+    [first] = (await alice.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(alice))
+    bob1, _ = await session(served, Signer.generate(), served.bob_key, "bob1")
+    await bob1.write(credit(1))
+    [claimed] = (await bob1.read()).assign.assignments
+    bob2, _ = await session(served, Signer.generate(), served.bob_key, "bob2")
+    await bob2.write(credit(1))  # waits with credit: nothing is queued
+    await fail(bob1, claimed.attempt_id, 1, True, "PREEMPTED", "paused: owner active")
+    with pytest.raises(TimeoutError):  # not handed on to bob's other node
+        await asyncio.wait_for(bob2.read(), 0.5)
+    await leave(served, [bob1, bob2])
+    beating.cancel()
+    await succeed(alice, alices, first, 1)
+    await alice.write(credit(1))
     [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
     assert second.task_id == claimed.task_id
     await succeed(alice, alices, second, 2)

@@ -181,10 +181,16 @@ class LeasesPart(QueuesPart):
         """Attempts their node's own policy stopped (owner back, too hot, window closed):
         given back at no cost to the node, which then gets no new task for
         `preempt_pause_seconds`, so that the tasks go to other nodes rather than back to
-        it (a node handing back every task at once would otherwise hoard them)."""
+        it (a node handing back every task at once would otherwise hoard them); and no
+        node of its owner gets that task again while another owner's node could run it
+        (nodes of one owner each holding it until just short of a straggler, then handing
+        it back, would otherwise hold it for ever, never counted against any)."""
         until = self.clock.now() + self.config.preempt_pause_seconds
-        for node_id in {a.node_id for a in attempts}:
-            self.preempt_paused[node_id] = until
+        for attempt in attempts:
+            self.preempt_paused[attempt.node_id] = until
+            active = self.jobs.get(attempt.job_id)
+            if active is not None:
+                self._keep_off(active, attempt.task_id, self._owner(attempt.node_id))
         self.give_back(attempts)
 
     def turned_away(self, attempts: list[Attempt], full: set[str]) -> None:
@@ -314,12 +320,14 @@ class LeasesPart(QueuesPart):
         many nodes would otherwise fail any job it got a task of, each node winning the task
         and failing it (or sitting on its lease) in turn. Until then its owner is kept off
         the task, which runs on for the others. True if it is to run again."""
-        if len(active.failed_by.get(task.id, ())) >= 2:
+        return len(active.failed_by.get(task.id, ())) < 2 and self._keep_off(active, task.id, owner)
+
+    def _keep_off(self, active: ActiveJob, task_id: str, owner: str) -> bool:
+        """Keeps an owner's nodes off a task while a node of another vetted owner could run
+        it; True if so."""
+        if not self.others_online(active, active.excluded.get(task_id, set()) | {owner}):
             return False
-        excluded = active.excluded.setdefault(task.id, set())
-        if not self.others_online(active, excluded | {owner}):
-            return False
-        excluded.add(owner)
+        active.excluded.setdefault(task_id, set()).add(owner)
         return True
 
     def _owner(self, node_id: str) -> str:
