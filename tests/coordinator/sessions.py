@@ -16,17 +16,29 @@ from tests.coordinator.conftest import Served
 Call = aio.StreamStreamCall[worker_pb2.WorkerMessage, worker_pb2.CoordinatorMessage]
 
 
+CPU = common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")
+
+
 async def session(
-    served: Served, signer: Signer, owner_key: str = "", node_name: str = "raw"
+    served: Served,
+    signer: Signer,
+    owner_key: str = "",
+    node_name: str = "raw",
+    devices: Sequence[common_pb2.Device] = (CPU,),
 ) -> tuple[Call, str]:
-    call, welcome = await welcomed(served, signer, owner_key, node_name)
+    call, welcome = await welcomed(served, signer, owner_key, node_name, devices)
     return call, welcome.node_id
 
 
 async def welcomed(
-    served: Served, signer: Signer, owner_key: str = "", node_name: str = "raw"
+    served: Served,
+    signer: Signer,
+    owner_key: str = "",
+    node_name: str = "raw",
+    devices: Sequence[common_pb2.Device] = (CPU,),
 ) -> tuple[Call, worker_pb2.Welcome]:
-    """A session through its handshake, and the Welcome that ends it."""
+    """A session through its handshake, and the Welcome that ends it; the node offers
+    `devices` (one CPU unless told)."""
     stub = worker_pb2_grpc.WorkerServiceStub(served.channel)
     call: Call = stub.Session(metadata=served.auth(owner_key) if owner_key else None)
     await call.write(
@@ -34,7 +46,7 @@ async def welcomed(
             hello=worker_pb2.Hello(
                 public_key=signer.public_key,
                 node_name=node_name,
-                devices=[common_pb2.Device(index=0, kind=common_pb2.DEVICE_KIND_CPU, name="cpu")],
+                devices=devices,
                 executors=[worker_pb2.ExecutorInfo(name="echo", version="1")],
             )
         )

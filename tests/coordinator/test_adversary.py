@@ -458,3 +458,33 @@ def test_a_hoarder_loses_its_tasks_once_they_run_far_longer_than_the_others(
     assert job is not None and job.state == JobState.SUCCEEDED
     assert set(app.store.node_failures(job_id)) == {hoarder.id}  # kept off the job
     assert app.scheduler.window(hoarder.id) <= 2
+
+
+def test_made_up_results_returned_at_once_make_no_honest_node_a_straggler(
+    tmp_path: Path,
+) -> None:
+    """Fresh keys answering a job's first tasks at once with made-up results (on "GPUs"
+    of the kind honest nodes have) do not set what a straggler is: only accepted results'
+    times count, so an honest node's tasks that take minutes are not taken back at the
+    60 s floor, nor is it kept off the job."""
+    gpu = Device(index=0, kind="cuda", name="gpu", memory_bytes=24 << 30)
+    app = make_app(tmp_path, lease_seconds=30.0)
+    honest = FakeNode(app, "honest", owner="carol", device=gpu)
+    honest.connect(credit=0)
+    job_id = submit(app, 20)
+    for n in range(10):
+        liar = FakeNode(app, f"liar{n}", owner="", device=gpu)
+        liar.connect(credit=1)
+        assert all(v.accepted for v in liar.answer(liar.sink.take(), b"made up"))
+    app.scheduler.grant(honest.id, 0, 4)
+    app.scheduler.dispatch()
+    held = honest.sink.take()
+    assert len(held) == 4
+    for _ in range(30):  # each of its tasks takes five minutes
+        app.clock.advance(10)  # type: ignore[attr-defined]
+        app.scheduler.heartbeat(honest.id)
+        app.scheduler.reap()
+    attempts = app.store.get_attempts([a.id for a, _, _ in held])
+    assert {a.state for a in attempts} == {AttemptState.RUNNING}
+    assert all(v.accepted for v in honest.answer(held))
+    assert honest.id not in app.store.node_failures(job_id)  # the liars' were outvoted

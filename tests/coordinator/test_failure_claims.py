@@ -3,14 +3,16 @@ and PostgreSQL, a node without an owner account cannot fail a client's job, by a
 it calls final or by failing the task again and again under fresh keys, while a node of a
 vetted owner could run it; the task runs there instead, and is paid once. A failure a
 vetted owner's node calls final ends the task once a node of a second owner says so too,
-or at once when no other owner's node could run it; with no vetted node online an
-anonymous node's failure counts as it always did."""
+or at once when no other owner's node could run it; so does one that ran out of the memory
+of a device larger than any other (a claimed 1 TiB GPU); and a task a node hands back
+(PREEMPTED) goes to none of its owner's nodes again. With no vetted node online an anonymous node's failure
+counts as it always did."""
 
 import asyncio
 
 import pytest
 
-from sparegrid.v1 import client_pb2, client_pb2_grpc, worker_pb2
+from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2
 from sparegrid.wire import Signer
 from tests.coordinator.conftest import Served
 from tests.coordinator.sessions import Call, next_ack, session, signed_results
@@ -30,9 +32,16 @@ async def submit(served: Served, tasks: int = 1, max_attempts: int = 3) -> str:
     return job.job_id
 
 
-async def fail(call: Call, attempt_id: str, batch: int, retryable: bool) -> None:
+async def fail(
+    call: Call,
+    attempt_id: str,
+    batch: int,
+    retryable: bool,
+    code: str = "BAD_INPUT",
+    message: str = "the input is bad",
+) -> None:
     failure = worker_pb2.TaskFailure(
-        attempt_id=attempt_id, code="BAD_INPUT", message="the input is bad", retryable=retryable
+        attempt_id=attempt_id, code=code, message=message, retryable=retryable
     )
     failures = worker_pb2.Failures(batch_id=batch, failures=[failure])
     await call.write(worker_pb2.WorkerMessage(failures=failures))
@@ -50,6 +59,16 @@ async def heartbeats(call: Call) -> None:
     while True:  # the lease of a busy node is renewed
         await call.write(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat()))
         await asyncio.sleep(1.0)
+
+
+async def leave(served: Served, calls: list[Call]) -> None:
+    """Ends the sessions, and waits until the coordinator has let them go."""
+    for call in calls:
+        call.cancel()
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(served.app.scheduler.sessions) > 1:  # the other node's stays
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
 
 
 async def state(served: Served, job_id: str) -> str:
@@ -163,5 +182,68 @@ async def test_a_fresh_key_sitting_on_a_lease_cannot_fail_the_job(served: Served
     [second] = (await asyncio.wait_for(honest.read(), 10)).assign.assignments
     assert second.task_id == held.task_id
     await succeed(honest, vetted, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
+
+
+async def test_out_of_memory_on_a_claimed_huge_device_does_not_end_the_task(
+    served: Served,
+) -> None:
+    """A node that claims a 1 TiB GPU and says a task ran out of its memory does not end
+    the task (no connected device has more) while another owner's node could run it: that
+    is its owner's word alone, as a failure it calls final is."""
+    alices = Signer.generate()
+    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
+    job_id = await submit(served, tasks=2)
+    await alice.write(credit(1))
+    [first] = (await alice.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(alice))
+    huge = common_pb2.Device(
+        index=0, kind=common_pb2.DEVICE_KIND_CUDA, name="H9000", memory_bytes=1 << 40
+    )
+    bob, _ = await session(served, Signer.generate(), served.bob_key, "bob's", devices=[huge])
+    await bob.write(credit(1))
+    [claimed] = (await bob.read()).assign.assignments
+    await fail(bob, claimed.attempt_id, 1, True, "CUDA_OOM", "out of memory on the H9000")
+    assert await state(served, job_id) == "running"
+    await leave(served, [bob])  # gone: alice's results are not held for bob to check
+    beating.cancel()
+    await succeed(alice, alices, first, 1)
+    await alice.write(credit(1))  # alice's CPU has less memory than bob claimed
+    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
+    assert second.task_id == claimed.task_id
+    await succeed(alice, alices, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
+
+
+async def test_one_owners_nodes_cannot_pass_a_task_round_by_preempting_it(
+    served: Served,
+) -> None:
+    """A node that hands a task back (PREEMPTED: its owner came back) pays nothing for it,
+    and is paused: so its owner's other nodes could take the task in turn, each holding it
+    until just short of a straggler, and hold it for ever. Once handed back, the task goes
+    to no node of that owner while another owner's node could run it."""
+    alices = Signer.generate()
+    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
+    job_id = await submit(served, tasks=2)
+    await alice.write(credit(1))
+    [first] = (await alice.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(alice))
+    bob1, _ = await session(served, Signer.generate(), served.bob_key, "bob1")
+    await bob1.write(credit(1))
+    [claimed] = (await bob1.read()).assign.assignments
+    bob2, _ = await session(served, Signer.generate(), served.bob_key, "bob2")
+    await bob2.write(credit(1))  # waits with credit: nothing is queued
+    await fail(bob1, claimed.attempt_id, 1, True, "PREEMPTED", "paused: owner active")
+    with pytest.raises(TimeoutError):  # not handed on to bob's other node
+        await asyncio.wait_for(bob2.read(), 0.5)
+    await leave(served, [bob1, bob2])
+    beating.cancel()
+    await succeed(alice, alices, first, 1)
+    await alice.write(credit(1))
+    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
+    assert second.task_id == claimed.task_id
+    await succeed(alice, alices, second, 2)
     assert await state(served, job_id) == "succeeded"
     assert served.app.ledger.check().balanced

@@ -273,6 +273,7 @@ class Settlement:
         self._replicas_changed(results)
         reason = f"outvoted on task {task.id}: {decision.detail}"
         self.reject(losers, reason, active, task if decision.confirmed else None)
+        sched.validated(active, [w.attempt_id for w in winners], [r.attempt_id for r in losers])
         reputations = self.verifier.reputations
         confirmed = {r.node_id for r in decision.confirmed}
         reputations.validated([n for n in agreeing if n in confirmed])

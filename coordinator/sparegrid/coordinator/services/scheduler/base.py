@@ -108,8 +108,11 @@ class ActiveJob:
     # tasks whose result waits for a later check of its node to vouch for it (vouching.py):
     # queued in the store, out of the queue here
     held: dict[str, Task] = field(default_factory=dict)
-    # how long its attempts took, by device kind (the latest 100): what a straggler is
+    # how long its accepted results took, by device kind (the latest 100): what a
+    # straggler is
     durations: dict[str, deque[float]] = field(default_factory=dict)
+    # how long results not yet accepted took, by attempt id: (device kind, seconds)
+    timings: dict[str, tuple[str, float]] = field(default_factory=dict)
     straggled: set[str] = field(default_factory=set)  # tasks taken back from a straggler
     # tasks a node of no vetted owner failed while a vetted one could run them: its failure
     # was not counted, and they go to nodes of vetted owners only (LeasesPart._doubt)

@@ -62,13 +62,26 @@ class LeasesPart(QueuesPart):
         return self.store.shift_running(seconds)
 
     def took(self, active: ActiveJob, attempt: Attempt) -> None:
-        """An attempt returned its result: how long it took, for what a straggler is."""
+        """An attempt returned its result: how long it took is noted, and counts towards
+        what a straggler is once the result is accepted (`validated`)."""
         session = self.sessions.get(attempt.node_id)
         device = session.device(attempt.device_index) if session is not None else None
         active.returned[attempt.node_id] += 1
         if device is not None:
-            kept = active.durations.setdefault(device.kind, deque(maxlen=100))
-            kept.append(self.clock.now() - attempt.created_at)
+            active.timings[attempt.id] = (device.kind, self.clock.now() - attempt.created_at)
+
+    def validated(self, active: ActiveJob, accepted: list[str], refused: list[str]) -> None:
+        """Results were accepted or refused: only the time an accepted one took counts
+        towards what a straggler is. Made-up results come back at once, and fresh keys
+        answering a job's first tasks so would make every honest node running a task
+        over the floor a straggler, and keep it off the job."""
+        for attempt_id in refused:
+            active.timings.pop(attempt_id, None)
+        for attempt_id in accepted:
+            timing = active.timings.pop(attempt_id, None)
+            if timing is not None:
+                kind, seconds = timing
+                active.durations.setdefault(kind, deque(maxlen=100)).append(seconds)
 
     def _take_back(self, stragglers: list[tuple[Attempt, str]]) -> None:
         """Stragglers lose their lease: their tasks go back to the front of the queue,
@@ -168,7 +181,8 @@ class LeasesPart(QueuesPart):
 
     def _needs_more_memory(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
         """Records that `task` needs a device with more memory than the one it ran out of;
-        False (with the task's error set) when no connected node has such a device."""
+        False (with the task's error set, and the need forgotten) when no connected node
+        has such a device."""
         session = self.sessions.get(attempt.node_id)
         device = session.device(attempt.device_index) if session is not None else None
         if device is None or device.memory_bytes <= 0:
@@ -181,6 +195,10 @@ class LeasesPart(QueuesPart):
                 for d in other.node.devices
             ):
                 return True
+        # that it needs more than any device holds is its node's word, as a failure called
+        # final is (a node may claim any memory): the need is forgotten, and the claim
+        # waits for a second owner (_second_opinion)
+        del active.needs_memory[task.id]
         attempt.error += (
             f"; no connected device has more than {device.memory_bytes / 2**30:.1f} GiB"
         )
@@ -190,10 +208,16 @@ class LeasesPart(QueuesPart):
         """Attempts their node's own policy stopped (owner back, too hot, window closed):
         given back at no cost to the node, which then gets no new task for
         `preempt_pause_seconds`, so that the tasks go to other nodes rather than back to
-        it (a node handing back every task at once would otherwise hoard them)."""
+        it (a node handing back every task at once would otherwise hoard them); and no
+        node of its owner gets that task again while another owner's node could run it
+        (nodes of one owner each holding it until just short of a straggler, then handing
+        it back, would otherwise hold it for ever, never counted against any)."""
         until = self.clock.now() + self.config.preempt_pause_seconds
-        for node_id in {a.node_id for a in attempts}:
-            self.preempt_paused[node_id] = until
+        for attempt in attempts:
+            self.preempt_paused[attempt.node_id] = until
+            active = self.jobs.get(attempt.job_id)
+            if active is not None:
+                self._keep_off(active, attempt.task_id, self._owner(attempt.node_id))
         self.give_back(attempts)
 
     def turned_away(self, attempts: list[Attempt], full: set[str]) -> None:
@@ -265,7 +289,7 @@ class LeasesPart(QueuesPart):
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
-                elif not again:
+                if not again:  # called final, or out of memory on the largest device
                     again = self._second_opinion(active, task, owner)
                 final = not (again and failures < active.job.max_attempts)
                 self._failed_event(active, task, attempt, final)
@@ -302,16 +326,23 @@ class LeasesPart(QueuesPart):
         return True
 
     def _second_opinion(self, active: ActiveJob, task: Task, owner: str) -> bool:
-        """A failure its node calls final (not retryable: the input is bad) ends the task,
-        and with it the job, only once nodes of two owners said so, or when no node of
-        another vetted owner could run it: one owner account's word would end any job it
-        got a task of. Until then it counts as any failure (the task runs again, until its
-        attempts run out). True if it is to run again."""
+        """A failure its node calls final (not retryable: the input is bad), or out of
+        memory on a device no connected device outgrows (a node may claim any memory),
+        ends the task, and with it the job, only once nodes of two owners said so, or when
+        no node of another vetted owner could run it: one owner account's word would end
+        any job it got a task of. Until then it counts as any failure (the task runs
+        again). True if it is to run again."""
         said = active.final_claims.setdefault(task.id, set())
         said.add(owner)
         return len(said) < 2 and self.others_online(
             active, said | active.excluded.get(task.id, set())
         )
+
+    def _keep_off(self, active: ActiveJob, task_id: str, owner: str) -> None:
+        """Keeps an owner's nodes off a task while a node of another vetted owner could run
+        it."""
+        if self.others_online(active, active.excluded.get(task_id, set()) | {owner}):
+            active.excluded.setdefault(task_id, set()).add(owner)
 
     def _owner(self, node_id: str) -> str:
         """Who answers for a node: read from its session (no query) while it is connected."""
