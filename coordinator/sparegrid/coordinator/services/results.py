@@ -233,6 +233,10 @@ class Intake:
             raise BadResult("STALE", f"attempt {attempt.id} is {attempt.state}")
         if task.state in FINAL_TASK_STATES:
             raise BadResult("TASK_DONE", f"task {task.id} is {task.state} already")
+        if task.job_id not in self.scheduler.jobs:
+            # a large job's queued tasks are marked cancelled a slice at a time after it
+            # ends: a late result for an expired lease of one of them found it still queued
+            raise BadResult("TASK_DONE", f"job {task.job_id} has ended")
         claimed = [(i.name, i.digest) for i in statement.inputs]
         if claimed != [(ref.name, ref.digest) for ref in task.inputs]:
             raise BadResult("BAD_STATEMENT", "statement's inputs are not the task's inputs")
