@@ -4,8 +4,9 @@ it calls final or by failing the task again and again under fresh keys, while a 
 vetted owner could run it; the task runs there instead, and is paid once. A failure a
 vetted owner's node calls final ends the task once a node of a second owner says so too,
 or at once when no other owner's node could run it; so does one that ran out of the memory
-of a device larger than any other (a claimed 1 TiB GPU); and a task a node hands back
-(PREEMPTED) goes to none of its owner's nodes again. With no vetted node online an anonymous node's failure
+of a device larger than any other (a claimed 1 TiB GPU); a task whose attempts one owner's
+nodes spent alone goes on without that owner, and one a node hands back (PREEMPTED) goes
+to none of its owner's nodes again. With no vetted node online an anonymous node's failure
 counts as it always did."""
 
 import asyncio
@@ -182,6 +183,41 @@ async def test_a_fresh_key_sitting_on_a_lease_cannot_fail_the_job(served: Served
     [second] = (await asyncio.wait_for(honest.read(), 10)).assign.assignments
     assert second.task_id == held.task_id
     await succeed(honest, vetted, second, 2)
+    assert await state(served, job_id) == "succeeded"
+    assert served.app.ledger.check().balanced
+
+
+async def test_one_owners_nodes_cannot_use_up_a_tasks_attempts(served: Served) -> None:
+    """Failures an owner's nodes call retryable (a network error, a crash) run the task
+    again; once its attempts are spent by one owner alone, that owner is kept off the task
+    and a node of another owner runs it: only a second owner's failure too ends it."""
+    alices = Signer.generate()
+    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
+    job_id = await submit(served, tasks=2)
+    await alice.write(credit(1))  # alice's node takes a task, and is busy with it
+    [first] = (await alice.read()).assign.assignments
+    beating = asyncio.create_task(heartbeats(alice))
+    claimed, bobs = "", []
+    for n in range(3):  # as many of bob's nodes as the job's attempts
+        bob, _ = await session(served, Signer.generate(), served.bob_key, f"bob{n}")
+        bobs.append(bob)
+        await bob.write(credit(1))
+        [assignment] = (await bob.read()).assign.assignments
+        assert claimed in ("", assignment.task_id)
+        claimed = assignment.task_id
+        await fail(bob, assignment.attempt_id, 1, True, "EXECUTOR_CRASHED", "the network broke")
+        assert await state(served, job_id) == "running"
+    bob, _ = await session(served, Signer.generate(), served.bob_key, "bob3")
+    await bob.write(credit(1))
+    with pytest.raises(TimeoutError):  # bob is off the task now
+        await asyncio.wait_for(bob.read(), 0.5)
+    await leave(served, [*bobs, bob])  # gone: alice's results are not held for bob to check
+    beating.cancel()
+    await succeed(alice, alices, first, 1)
+    await alice.write(credit(1))
+    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
+    assert second.task_id == claimed
+    await succeed(alice, alices, second, 2)
     assert await state(served, job_id) == "succeeded"
     assert served.app.ledger.check().balanced
 

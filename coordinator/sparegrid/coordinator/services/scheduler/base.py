@@ -119,6 +119,9 @@ class ActiveJob:
     doubted: set[str] = field(default_factory=set)
     # owners whose nodes called a task's failure final: two end it (_second_opinion)
     final_claims: dict[str, set[str]] = field(default_factory=dict)
+    # owners whose nodes' failures of a task counted: its attempts running out ends it only
+    # once there are two (_spent_by_one)
+    failed_by: dict[str, set[str]] = field(default_factory=dict)
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
     # the node and device that last made others_online true: tried first next time, so
     # the question asked for each result costs one look, not a walk over every session

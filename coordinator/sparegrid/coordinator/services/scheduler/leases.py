@@ -286,12 +286,15 @@ class LeasesPart(QueuesPart):
                     self._failed_event(active, task, attempt, final=False)
                     requeue.append((active, task))
                     continue
+                active.failed_by.setdefault(task.id, set()).add(owner)
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
                 if not again:  # called final, or out of memory on the largest device
                     again = self._second_opinion(active, task, owner)
-                final = not (again and failures < active.job.max_attempts)
+                if again and failures >= active.job.max_attempts:
+                    again = self._spent_by_one(active, task, owner)
+                final = not again
                 self._failed_event(active, task, attempt, final)
                 if not final:
                     move_task(task, TaskState.QUEUED)
@@ -338,11 +341,21 @@ class LeasesPart(QueuesPart):
             active, said | active.excluded.get(task.id, set())
         )
 
-    def _keep_off(self, active: ActiveJob, task_id: str, owner: str) -> None:
+    def _spent_by_one(self, active: ActiveJob, task: Task, owner: str) -> bool:
+        """The task's attempts ran out. That ends it only once nodes of two owners failed
+        it, or when no node of another vetted owner could run it: one owner account with
+        many nodes would otherwise fail any job it got a task of, each node winning the task
+        and failing it (or sitting on its lease) in turn. Until then its owner is kept off
+        the task, which runs on for the others. True if it is to run again."""
+        return len(active.failed_by.get(task.id, ())) < 2 and self._keep_off(active, task.id, owner)
+
+    def _keep_off(self, active: ActiveJob, task_id: str, owner: str) -> bool:
         """Keeps an owner's nodes off a task while a node of another vetted owner could run
-        it."""
-        if self.others_online(active, active.excluded.get(task_id, set()) | {owner}):
-            active.excluded.setdefault(task_id, set()).add(owner)
+        it; True if so."""
+        if not self.others_online(active, active.excluded.get(task_id, set()) | {owner}):
+            return False
+        active.excluded.setdefault(task_id, set()).add(owner)
+        return True
 
     def _owner(self, node_id: str) -> str:
         """Who answers for a node: read from its session (no query) while it is connected."""

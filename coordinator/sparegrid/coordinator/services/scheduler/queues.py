@@ -128,6 +128,7 @@ class QueuesPart(DispatchPart):
         active.results.pop(task_id, None)
         active.doubted.discard(task_id)
         active.final_claims.pop(task_id, None)
+        active.failed_by.pop(task_id, None)
 
     def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
         """Whether a connected node of a vetted owner not in `owners` could run the job's
