@@ -77,6 +77,39 @@ async def state(served: Served, job_id: str) -> str:
     return served.app.store.get_job(job_id).state.value
 
 
+class Alice:
+    """alice's node, holding the first of a 2-task job's tasks and heartbeating, while
+    bob's nodes try the other; `finish` runs both on alice's node once bob's are gone."""
+
+    def __init__(self, served: Served) -> None:
+        self.served, self.signer = served, Signer.generate()
+
+    async def start(self) -> "Alice":
+        served = self.served
+        self.call, _ = await session(
+            served, self.signer, owner_key=served.alice_key, node_name="alice's"
+        )
+        self.job_id = await submit(served, tasks=2)
+        await self.call.write(credit(1))  # alice's node takes a task, and is busy with it
+        [self.first] = (await self.call.read()).assign.assignments
+        self.beating = asyncio.create_task(heartbeats(self.call))
+        return self
+
+    async def finish(self, bobs: list[Call], task_id: str) -> None:
+        """bob's nodes leave (alice's results are not held for them to check), and alice's
+        node runs its task and then the one bob's held: the job succeeds, balanced."""
+        served = self.served
+        await leave(served, bobs)
+        self.beating.cancel()
+        await succeed(self.call, self.signer, self.first, 1)
+        await self.call.write(credit(1))
+        [second] = (await asyncio.wait_for(self.call.read(), 10)).assign.assignments
+        assert second.task_id == task_id
+        await succeed(self.call, self.signer, second, 2)
+        assert await state(served, self.job_id) == "succeeded"
+        assert served.app.ledger.check().balanced
+
+
 async def test_fresh_keys_cannot_fail_a_job_while_a_vetted_node_could_run_it(
     served: Served,
 ) -> None:
@@ -191,12 +224,8 @@ async def test_one_owners_nodes_cannot_use_up_a_tasks_attempts(served: Served) -
     """Failures an owner's nodes call retryable (a network error, a crash) run the task
     again; once its attempts are spent by one owner alone, that owner is kept off the task
     and a node of another owner runs it: only a second owner's failure too ends it."""
-    alices = Signer.generate()
-    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
-    job_id = await submit(served, tasks=2)
-    await alice.write(credit(1))  # alice's node takes a task, and is busy with it
-    [first] = (await alice.read()).assign.assignments
-    beating = asyncio.create_task(heartbeats(alice))
+    alice = await Alice(served).start()
+    job_id = alice.job_id
     claimed, bobs = "", []
     for n in range(3):  # as many of bob's nodes as the job's attempts
         bob, _ = await session(served, Signer.generate(), served.bob_key, f"bob{n}")
@@ -211,15 +240,7 @@ async def test_one_owners_nodes_cannot_use_up_a_tasks_attempts(served: Served) -
     await bob.write(credit(1))
     with pytest.raises(TimeoutError):  # bob is off the task now
         await asyncio.wait_for(bob.read(), 0.5)
-    await leave(served, [*bobs, bob])  # gone: alice's results are not held for bob to check
-    beating.cancel()
-    await succeed(alice, alices, first, 1)
-    await alice.write(credit(1))
-    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
-    assert second.task_id == claimed
-    await succeed(alice, alices, second, 2)
-    assert await state(served, job_id) == "succeeded"
-    assert served.app.ledger.check().balanced
+    await alice.finish([*bobs, bob], claimed)
 
 
 async def test_out_of_memory_on_a_claimed_huge_device_does_not_end_the_task(
@@ -228,12 +249,8 @@ async def test_out_of_memory_on_a_claimed_huge_device_does_not_end_the_task(
     """A node that claims a 1 TiB GPU and says a task ran out of its memory does not end
     the task (no connected device has more) while another owner's node could run it: that
     is its owner's word alone, as a failure it calls final is."""
-    alices = Signer.generate()
-    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
-    job_id = await submit(served, tasks=2)
-    await alice.write(credit(1))
-    [first] = (await alice.read()).assign.assignments
-    beating = asyncio.create_task(heartbeats(alice))
+    alice = await Alice(served).start()
+    job_id = alice.job_id
     huge = common_pb2.Device(
         index=0, kind=common_pb2.DEVICE_KIND_CUDA, name="H9000", memory_bytes=1 << 40
     )
@@ -242,15 +259,7 @@ async def test_out_of_memory_on_a_claimed_huge_device_does_not_end_the_task(
     [claimed] = (await bob.read()).assign.assignments
     await fail(bob, claimed.attempt_id, 1, True, "CUDA_OOM", "out of memory on the H9000")
     assert await state(served, job_id) == "running"
-    await leave(served, [bob])  # gone: alice's results are not held for bob to check
-    beating.cancel()
-    await succeed(alice, alices, first, 1)
-    await alice.write(credit(1))  # alice's CPU has less memory than bob claimed
-    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
-    assert second.task_id == claimed.task_id
-    await succeed(alice, alices, second, 2)
-    assert await state(served, job_id) == "succeeded"
-    assert served.app.ledger.check().balanced
+    await alice.finish([bob], claimed.task_id)  # alice's CPU, less memory than bob claimed
 
 
 async def test_one_owners_nodes_cannot_pass_a_task_round_by_preempting_it(
@@ -260,12 +269,7 @@ async def test_one_owners_nodes_cannot_pass_a_task_round_by_preempting_it(
     and is paused: so its owner's other nodes could take the task in turn, each holding it
     until just short of a straggler, and hold it for ever. Once handed back, the task goes
     to no node of that owner while another owner's node could run it."""
-    alices = Signer.generate()
-    alice, _ = await session(served, alices, owner_key=served.alice_key, node_name="alice's")
-    job_id = await submit(served, tasks=2)
-    await alice.write(credit(1))
-    [first] = (await alice.read()).assign.assignments
-    beating = asyncio.create_task(heartbeats(alice))
+    alice = await Alice(served).start()
     bob1, _ = await session(served, Signer.generate(), served.bob_key, "bob1")
     await bob1.write(credit(1))
     [claimed] = (await bob1.read()).assign.assignments
@@ -274,12 +278,4 @@ async def test_one_owners_nodes_cannot_pass_a_task_round_by_preempting_it(
     await fail(bob1, claimed.attempt_id, 1, True, "PREEMPTED", "paused: owner active")
     with pytest.raises(TimeoutError):  # not handed on to bob's other node
         await asyncio.wait_for(bob2.read(), 0.5)
-    await leave(served, [bob1, bob2])
-    beating.cancel()
-    await succeed(alice, alices, first, 1)
-    await alice.write(credit(1))
-    [second] = (await asyncio.wait_for(alice.read(), 10)).assign.assignments
-    assert second.task_id == claimed.task_id
-    await succeed(alice, alices, second, 2)
-    assert await state(served, job_id) == "succeeded"
-    assert served.app.ledger.check().balanced
+    await alice.finish([bob1, bob2], claimed.task_id)
