@@ -73,13 +73,12 @@ class Background(GroupCommit):
             # pass is left out to read them. A step of the wall clock moves the leases
             # with it: a step forward expired every lease at once, each counted against
             # its node and its task's attempts.
-            stalled, step = passes.next()
-            if step and self.serving:
-                await self._clock_stepped(step)
-            if not self.serving or stalled:
+            # The clocks are read inside the group commit that reaps, so that no step
+            # falls between reading them and judging a lease.
+            if not self.serving:
                 continue
             try:
-                await self.call(self._reap)
+                await self.call(lambda: self._pass(passes))
             except Exception:
                 log.exception("reaping expired leases failed")
             self.kick()
@@ -129,17 +128,19 @@ class Background(GroupCommit):
             )
         await self.call(lambda: self.webhooks.outcome(delivery, error))
 
-    async def _clock_stepped(self, step: float) -> None:
-        try:
-            moved = await self.call(lambda: self.scheduler.clock_stepped(step))
-        except Exception:
-            log.exception("moving the leases after a step of the wall clock failed")
-            return
-        log.warning(
-            "the wall clock stepped %+.1f s; %d running attempt(s) keep the time they had left",
-            step,
-            moved,
-        )
+    def _pass(self, passes: PassClock) -> None:
+        """One reaper pass: a step of the wall clock is followed first; a late pass
+        skips."""
+        stalled, step = passes.next()
+        if step:
+            moved = self.scheduler.clock_stepped(step)
+            log.warning(
+                "the wall clock stepped %+.1f s; %d running attempt(s) keep the time they had left",
+                step,
+                moved,
+            )
+        if not stalled:
+            self._reap()
 
     def _reap(self) -> None:
         self.scheduler.reap()
