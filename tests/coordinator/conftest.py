@@ -32,7 +32,7 @@ class Served:
         return (("authorization", f"Bearer {key}"),)
 
 
-def _stores() -> list[str]:
+def store_kinds() -> list[str]:
     backends = ["sqlite"]
     if os.environ.get("SPAREGRID_TEST_POSTGRES"):
         backends.append("postgres")
@@ -71,7 +71,7 @@ async def serving(
             drop_schema(schema)
 
 
-@pytest.fixture(params=_stores())
+@pytest.fixture(params=store_kinds())
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     """A coordinator on loopback, on SQLite and (when configured) on PostgreSQL."""
     settings = Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0)

@@ -1,5 +1,6 @@
 """The wall clock steps (an NTP correction, a machine resumed from sleep, `date -s`):
-leases are kept in wall time, so the reaper moves every running attempt with the step.
+leases are kept in wall time, so every group commit first moves every running attempt with
+a step it sees.
 A step forward must not expire every lease at once (each counted against its node and
 its task), nor a step back let a dead node hold its tasks for the hour it went back."""
 
@@ -12,6 +13,7 @@ import pytest
 from sparegrid.coordinator.background import PassClock
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import AttemptState, JobState
+from sparegrid.coordinator.groupcommit import WallSteps
 from tests.coordinator.helpers import FakeNode, echo, make_app, make_client
 
 HOUR = 3600.0
@@ -81,18 +83,57 @@ async def test_after_a_step_back_a_silent_nodes_lease_still_runs_out(tmp_path: P
         await app.stop()
 
 
-def test_a_pass_tells_a_stall_from_a_step() -> None:
+async def test_a_heartbeat_right_after_a_step_back_renews_its_lease_once(
+    tmp_path: Path,
+) -> None:
+    """The heartbeat's group commit follows the step before it renews: a reaper pass
+    after it must not move the renewed lease back by the step once more (it would expire
+    at once)."""
+    app = make_app(tmp_path, reap_interval_seconds=0.05)
+    clock = app.clock
+    assert isinstance(clock, FakeClock)
+    alice = make_client(app)
+    node = FakeNode(app, "n1")
+    node.connect(credit=1)
+    echo(app, alice, 1)
+    app.scheduler.dispatch()
+    [(attempt, _, _)] = node.sink.take()
+    app.start()
+    await asyncio.sleep(0.2)  # the reaper runs
+    try:
+        clock.set_wall(clock.now() - HOUR)
+        await app.call(lambda: app.scheduler.heartbeat(node.id))  # before the next pass
+        renewed = clock.now() + app.settings.lease_seconds
+        await asyncio.sleep(0.2)  # passes after it
+        [after] = app.store.get_attempts([attempt.id])
+        assert after.state == AttemptState.RUNNING
+        assert after.deadline == pytest.approx(renewed, abs=1.0)
+        assert app.scheduler.expired_total == 0
+    finally:
+        await app.stop()
+
+
+def test_a_pass_late_by_monotonic_time_skips_once() -> None:
     clock = FakeClock()
     passes = PassClock(clock, interval=1.0)
     clock.advance(1.0)
-    assert passes.next() == (False, 0.0)
+    assert not passes.late()
     clock.advance(10.0)  # the process was stopped: both clocks moved
-    assert passes.next() == (True, 0.0)
+    assert passes.late()
     clock.advance(10.0)
-    assert passes.next() == (False, 0.0)  # skips once, not twice in a row
+    assert not passes.late()  # skips once, not twice in a row
+    clock.set_wall(clock.now() - 120.0)  # a step of the wall clock is no stall
     clock.advance(1.0)
+    assert not passes.late()
+
+
+def test_wall_steps_tell_a_step_from_time_passing() -> None:
+    clock = FakeClock()
+    steps = WallSteps(clock)
+    clock.advance(10.0)  # both clocks moved (a stop, or time passing)
+    assert steps.step() == 0.0
     clock.set_wall(clock.now() - 120.0)
-    assert passes.next() == (False, -120.0)
-    clock.advance(1.0)
+    assert steps.step() == -120.0
+    assert steps.step() == 0.0  # counted once
     clock.set_wall(clock.now() + 0.2)  # a small correction is no step
-    assert passes.next() == (False, 0.0)
+    assert steps.step() == 0.0

@@ -34,9 +34,9 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
     down = {"commits": 1, "reconnects": 2}  # the commit fails, then two reconnects do
 
     @contextmanager
-    def flaky() -> Iterator[None]:
+    def flaky(defer_commit: bool = False) -> Iterator[None]:
         outer = store._depth == 0
-        with real():
+        with real(defer_commit):
             yield
             if outer and down["commits"]:
                 down["commits"] -= 1

@@ -18,7 +18,7 @@ from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import client_pb2, client_pb2_grpc, common_pb2
-from tests.coordinator.conftest import _stores, code_of, open_backend, serving
+from tests.coordinator.conftest import code_of, open_backend, serving, store_kinds
 
 TASKS = 20_000
 
@@ -36,7 +36,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, bulk_above=50)
 
 
-@pytest.fixture(params=_stores())
+@pytest.fixture(params=store_kinds())
 async def big(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Big]:
 
     def make(store: Store) -> App:

@@ -20,7 +20,7 @@ from sparegrid.coordinator.services.sweeper import DAY, SweepConfig, Swept
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import Store
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, client_pb2, client_pb2_grpc, common_pb2
-from tests.coordinator.conftest import _stores, code_of, serving
+from tests.coordinator.conftest import code_of, serving, store_kinds
 
 
 class Grid:
@@ -64,7 +64,7 @@ class Grid:
         return response
 
 
-@pytest.fixture(params=_stores())
+@pytest.fixture(params=store_kinds())
 async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Grid]:
     settings = Settings(
         data_dir=tmp_path,

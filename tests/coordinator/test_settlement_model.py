@@ -64,7 +64,7 @@ from sparegrid.coordinator.store.base import Posted, Store
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.wire import Signer
 from tests.coordinator.commits import Commits
-from tests.coordinator.conftest import _stores, drop_schema, open_backend
+from tests.coordinator.conftest import drop_schema, open_backend, store_kinds
 from tests.coordinator.helpers import FakeNode, FakeSink
 from tests.coordinator.model_parts import (
     Worker,
@@ -590,7 +590,7 @@ SettlementModel.TestCase.settings = settings(
 TestSettlementModel = pytest.mark.timeout(0 if EXAMPLES else 60)(SettlementModel.TestCase)
 
 
-@pytest.mark.parametrize("store", _stores())
+@pytest.mark.parametrize("store", store_kinds())
 def test_memory_and_the_database_never_part(store: str) -> None:
     """A few examples on each SQL store (PostgreSQL's when SPAREGRID_TEST_POSTGRES is
     set): no group commit fails, and memory agrees with the database after every step.

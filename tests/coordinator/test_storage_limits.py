@@ -34,7 +34,7 @@ from sparegrid.v1 import (
 from sparegrid.wire import Signer, sha256_hex
 from sparegrid.wire.receipt import sign_batch
 from sparegrid.worker.testing.harness import wait_until
-from tests.coordinator.conftest import Served, _stores, accounts_of, code_of, serving
+from tests.coordinator.conftest import Served, accounts_of, code_of, serving, store_kinds
 from tests.coordinator.sessions import next_ack, session
 
 KiB = 1 << 10
@@ -44,7 +44,7 @@ QUOTAS = QuotaConfig(
 Metadata = tuple[tuple[str, str], ...]
 
 
-@pytest.fixture(params=_stores())
+@pytest.fixture(params=store_kinds())
 async def grid(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     """A coordinator with small quotas and a fake clock; sweeps run when a test says."""
     settings = Settings(

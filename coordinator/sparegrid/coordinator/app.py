@@ -12,7 +12,7 @@ from sparegrid.coordinator.background import Background
 from sparegrid.coordinator.blobs_s3 import open_blobs
 from sparegrid.coordinator.clock import Clock, SystemClock
 from sparegrid.coordinator.domain import Account, Job
-from sparegrid.coordinator.groupcommit import BufferedSink
+from sparegrid.coordinator.groupcommit import BufferedSink, WallSteps
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.admission import Admission
@@ -145,6 +145,9 @@ class App(Background):
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False
         self._kick_pending = False
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self.wall_steps = WallSteps(self.clock)
+        self._commit: asyncio.Future[None] | None = None
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
         # False while the database is lost: calls are refused, health says NOT_SERVING
         self.serving = True
@@ -233,6 +236,8 @@ class App(Background):
         except Exception:
             log.exception("writing when %d node(s) were last seen failed", len(self.seen))
         self._webhook_calls.shutdown(wait=False, cancel_futures=True)
+        await self.wait_committed()
+        self._committer.shutdown()
         self.store.close()
 
     def watch(self, job_id: str) -> asyncio.Event:

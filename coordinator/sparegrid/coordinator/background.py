@@ -22,29 +22,23 @@ log = logging.getLogger("sparegrid.coordinator")
 
 ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
 STALL_SECONDS = 2.0  # a reaper pass later than this past its interval skips (_reaper)
-CLOCK_STEP_SECONDS = 1.0  # wall time this far off monotonic time between passes: a step
 
 
 class PassClock:
-    """What the clocks did between two reaper passes: a pass more than STALL_SECONDS late
-    by monotonic time (the process was stopped: a paused VM, SIGSTOP, a swap storm) skips,
-    once; and wall time that moved more or less than monotonic time by CLOCK_STEP_SECONDS
-    or more is a step of the wall clock (an NTP correction, a machine resumed from sleep,
-    an operator's `date -s`), which leases, stored in wall time, must follow."""
+    """Whether a reaper pass is more than STALL_SECONDS late by monotonic time (the process
+    was stopped: a paused VM, SIGSTOP, a swap storm): it skips, once. (Steps of the wall
+    clock are followed by every group commit: groupcommit.py's WallSteps.)"""
 
     def __init__(self, clock: Clock, interval: float) -> None:
         self._clock, self._interval = clock, interval
-        self._mono, self._wall = clock.monotonic(), clock.now()
+        self._mono = clock.monotonic()
         self._skipped = False
 
-    def next(self) -> tuple[bool, float]:
-        """(whether this pass skips, the wall clock's step since the last pass, or 0)."""
-        mono, wall = self._clock.monotonic(), self._clock.now()
-        took = mono - self._mono
-        step = (wall - self._wall) - took
-        skip = took > self._interval + STALL_SECONDS and not self._skipped
-        self._mono, self._wall, self._skipped = mono, wall, skip
-        return skip, step if abs(step) >= CLOCK_STEP_SECONDS else 0.0
+    def late(self) -> bool:
+        mono = self._clock.monotonic()
+        took, self._mono = mono - self._mono, mono
+        self._skipped = took > self._interval + STALL_SECONDS and not self._skipped
+        return self._skipped
 
 
 class Background(GroupCommit):
@@ -70,11 +64,8 @@ class Background(GroupCommit):
             # A late pass means the process was stopped, and the heartbeats that renewed
             # its leases meanwhile wait unread in its sockets: expiring first held its own
             # stall against healthy nodes (their windows halved, kept off their jobs). One
-            # pass is left out to read them. A step of the wall clock moves the leases
-            # with it: a step forward expired every lease at once, each counted against
-            # its node and its task's attempts.
-            # The clocks are read inside the group commit that reaps, so that no step
-            # falls between reading them and judging a lease.
+            # pass is left out to read them. (A step of the wall clock is followed at the
+            # start of every group commit, this one's included: groupcommit.py.)
             if not self.serving:
                 continue
             try:
@@ -129,17 +120,8 @@ class Background(GroupCommit):
         await self.call(lambda: self.webhooks.outcome(delivery, error))
 
     def _pass(self, passes: PassClock) -> None:
-        """One reaper pass: a step of the wall clock is followed first; a late pass
-        skips."""
-        stalled, step = passes.next()
-        if step:
-            moved = self.scheduler.clock_stepped(step)
-            log.warning(
-                "the wall clock stepped %+.1f s; %d running attempt(s) keep the time they had left",
-                step,
-                moved,
-            )
-        if not stalled:
+        """One reaper pass; a late one skips."""
+        if not passes.late():
             self._reap()
 
     def _reap(self) -> None:

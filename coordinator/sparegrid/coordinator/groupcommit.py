@@ -6,8 +6,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, store_unavailable
 from sparegrid.coordinator.services.canaries import Canaries
 from sparegrid.coordinator.services.events import Events
@@ -23,6 +25,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("sparegrid.coordinator")
 
 T = TypeVar("T")
+
+
+CLOCK_STEP_SECONDS = 1.0  # wall time this far off monotonic time since the last look: a step
+
+
+class WallSteps:
+    """Steps of the wall clock (an NTP correction, a machine resumed from sleep, an
+    operator's `date -s`): wall time that moved more or less than monotonic time by
+    CLOCK_STEP_SECONDS or more since the last look. Leases are kept in wall time, so they
+    must follow: a step forward expired every lease at once, each counted against its node
+    and its task's attempts, and a step back let a silent node keep its tasks."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._mono, self._wall = clock.monotonic(), clock.now()
+
+    def step(self) -> float:
+        """The step since the last look, or 0."""
+        mono, wall = self._clock.monotonic(), self._clock.now()
+        step = (wall - self._wall) - (mono - self._mono)
+        self._mono, self._wall = mono, wall
+        return step if abs(step) >= CLOCK_STEP_SECONDS else 0.0
+
+
+class CancelledCommit(Exception):
+    """The commit's thread was stopped before it committed."""
 
 
 class BufferedSink(Protocol):
@@ -62,6 +90,9 @@ class GroupCommit:
     taken_over: StoreTaken | None
     on_taken_over: Callable[[], None]
     _inbox: list[tuple[Callable[[], Any], "asyncio.Future[Any]"]]
+    wall_steps: WallSteps
+    _committer: Executor  # the one thread that commits
+    _commit: "asyncio.Future[None] | None"  # the commit under way
     _group_scheduled: bool
     _kick_pending: bool
     _sweep_wanted: asyncio.Event
@@ -94,19 +125,15 @@ class GroupCommit:
         self._schedule()
 
     def _schedule(self) -> None:
-        if not self._group_scheduled:
+        if not self._group_scheduled and self._commit is None:
             self._group_scheduled = True
             asyncio.get_running_loop().call_soon(self._commit_group)
 
     def _commit_group(self) -> None:
+        """Runs the calls queued, then leaves the COMMIT to a thread of its own: while the
+        disk syncs (or PostgreSQL answers), the loop reads the next results, and the next
+        group starts once this one is durable."""
         began = time.perf_counter()
-        try:
-            self._run_group()
-        finally:
-            self.last_group_seconds = time.perf_counter() - began
-            self.metrics.group_commit.observe(self.last_group_seconds)
-
-    def _run_group(self) -> None:
         self._group_scheduled = False
         items, self._inbox = self._inbox, []
         if self._stopped:  # shutting down: the store is closed, nothing more happens
@@ -117,7 +144,8 @@ class GroupCommit:
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self.events.deferred = True  # written once, with the group (services/events.py)
         try:
-            with self.store.transaction():
+            with self.store.transaction(defer_commit=True):
+                self._follow_wall_clock()
                 for fn, future in items:
                     mark = self.events.mark()
                     try:
@@ -131,27 +159,76 @@ class GroupCommit:
                     with self.metrics.dispatch.time():
                         self.scheduler.dispatch()
                 self.events.flush()
-        except Exception as exc:  # the commit failed: nothing in this group happened
-            log.exception("group commit of %d call(s) failed", len(items))
-            self.events.deferred = False
-            self.events.discard()
-            self._failed_commit(exc, [future for _, future in items])
+        except Exception as exc:  # nothing in this group happened
+            self._group_failed(exc, items)
             return
-        self.events.deferred = False
-        unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
-        self.unflushed.clear()
-        for sink in unflushed:  # only the workers this commit has messages for
-            sink.flush()
-        self.events.published()
-        if self.scheduler.sweeps:
-            self._sweep_wanted.set()
-        for future, value, error in done:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
+        finally:
+            self.events.deferred = False
+            self.last_group_seconds = time.perf_counter() - began
+            self.metrics.group_commit.observe(self.last_group_seconds)
+        commit = asyncio.get_running_loop().run_in_executor(
+            self._committer, self.store.finish_commit
+        )
+        self._commit = commit
+        commit.add_done_callback(lambda _: self._committed(commit, items, done))
+
+    def _follow_wall_clock(self) -> None:
+        """First in every group commit, so that no lease is judged or renewed across a step
+        of the wall clock: running attempts keep the time they had left."""
+        step = self.wall_steps.step()
+        if step:
+            moved = self.scheduler.clock_stepped(step)
+            log.warning(
+                "the wall clock stepped %+.1f s; %d running attempt(s) keep the time they had left",
+                step,
+                moved,
+            )
+
+    def _committed(
+        self,
+        commit: "asyncio.Future[None]",
+        items: list[tuple[Callable[[], Any], "asyncio.Future[Any]"]],
+        done: list[tuple["asyncio.Future[Any]", Any, BaseException | None]],
+    ) -> None:
+        """The group is durable (or failed): workers hear what it decided, callers their
+        answers, and the next group may start."""
+        self._commit = None
+        error = None if commit.cancelled() else commit.exception()
+        if commit.cancelled() or error is not None:
+            self._group_failed(error or CancelledCommit("the commit was cancelled"), items)
+        else:
+            unflushed = list(self.unflushed)  # the sinks hold this set: cleared in place
+            self.unflushed.clear()
+            for sink in unflushed:  # only the workers this commit has messages for
+                sink.flush()
+            self.events.published()
+            if self.scheduler.sweeps:
+                self._sweep_wanted.set()
+            for future, value, failure in done:
+                if future.done():
+                    continue
+                if failure is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(failure)
+        if self._inbox or self._kick_pending:
+            self._schedule()
+
+    async def wait_committed(self) -> None:
+        """Returns once no commit is under way (a stop closes the store after it)."""
+        while self._commit is not None:
+            await asyncio.wait([self._commit])
+            await asyncio.sleep(0)  # its done callback runs first
+
+    def _group_failed(
+        self, exc: BaseException, items: list[tuple[Callable[[], Any], "asyncio.Future[Any]"]]
+    ) -> None:
+        log.error("group commit of %d call(s) failed", len(items), exc_info=exc)
+        self.events.discard()
+        self._failed_commit(
+            exc if isinstance(exc, Exception) else CancelledCommit(str(exc)),
+            [future for _, future in items],
+        )
 
     def _failed_commit(self, exc: Exception, futures: list["asyncio.Future[Any]"]) -> None:
         """Memory is ahead of what is durable: it is reloaded from the store, workers

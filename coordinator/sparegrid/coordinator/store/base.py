@@ -97,7 +97,14 @@ class Posted(NamedTuple):
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractContextManager[None]: ...
+    def transaction(self, defer_commit: bool = False) -> AbstractContextManager[None]:
+        """All-or-nothing; nested, a savepoint. With `defer_commit` the outermost one ends
+        without committing, and `finish_commit` commits it (from another thread)."""
+        ...
+
+    def finish_commit(self) -> None:
+        """Commits what `transaction(defer_commit=True)` left open; raises, the transaction
+        rolled back, if that fails."""
 
     def close(self) -> None: ...
 

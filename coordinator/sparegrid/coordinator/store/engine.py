@@ -60,6 +60,34 @@ def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+class CommitGate:
+    """The connection's re-entrant lock, closed while a commit is left to another thread:
+    until that thread has committed, any other thread that takes the lock waits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._open = threading.Event()
+        self._open.set()
+        self.committer: int | None = None  # the thread let in while closed
+
+    def __enter__(self) -> None:
+        while True:
+            self._lock.acquire()
+            if self._open.is_set() or self.committer == threading.get_ident():
+                return
+            self._lock.release()
+            self._open.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+
 class SqlEngine:
     """A connection guarded by a re-entrant lock, with nesting transactions.
 
@@ -79,7 +107,7 @@ class SqlEngine:
     def __init__(self, conn: Connection, dialect: Dialect) -> None:
         self._conn = conn
         self._dialect = dialect
-        self._lock = threading.RLock()
+        self._lock = CommitGate()
         self._depth = 0
         self._translated: dict[str, str] = {}
         self._pipelined = False  # statements go out without waiting for their results
@@ -111,7 +139,7 @@ class SqlEngine:
         return False
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, defer_commit: bool = False) -> Iterator[None]:
         with self._lock:
             if self._depth:  # nested: a savepoint, so a failure undoes only this block
                 self._depth += 1
@@ -135,21 +163,51 @@ class SqlEngine:
                 self._run(self._dialect.begin)
                 self._began()
                 yield
-                if self._doomed is not None:
-                    raise self._doom_error(self._doomed)
-                self._committing()
-                self._run("COMMIT")
-                with self._errors():
-                    self._pipeline(False)  # reads every result, the COMMIT's included
             except BaseException:
-                with suppress(Exception):  # keep the original error, not a failed rollback
-                    self._pipeline(False, failed=True)
-                    self._run("ROLLBACK")
+                self._abort()
                 raise
-            finally:
-                self._depth = 0
-                self._doomed = None
-            self._committed()
+            if defer_commit:
+                self._lock.close()  # until finish_commit, no other thread gets in
+                return
+            self._commit()
+
+    def finish_commit(self) -> None:
+        """Commits the transaction that `transaction(defer_commit=True)` left open, from
+        any thread (the group commit's own, so the event loop runs on while the disk
+        syncs or the server answers). Until it is done every other thread's statement
+        waits, so none joins the transaction or reads around it. A failure rolls the
+        transaction back and raises."""
+        self._lock.committer = threading.get_ident()
+        try:
+            with self._lock:
+                self._commit()
+        finally:
+            self._lock.committer = None
+            self._lock.open()
+
+    def _commit(self) -> None:
+        try:
+            if self._doomed is not None:
+                raise self._doom_error(self._doomed)
+            self._committing()
+            self._run("COMMIT")
+            with self._errors():
+                self._pipeline(False)  # reads every result, the COMMIT's included
+        except BaseException:
+            self._abort()
+            raise
+        self._depth = 0
+        self._doomed = None
+        self._committed()
+
+    def _abort(self) -> None:
+        try:
+            with suppress(Exception):  # keep the original error, not a failed rollback
+                self._pipeline(False, failed=True)
+                self._run("ROLLBACK")
+        finally:
+            self._depth = 0
+            self._doomed = None
 
     def _doom_error(self, doomed: BaseException) -> StoreError:
         if isinstance(doomed, Exception) and self._lost(doomed):

@@ -42,7 +42,7 @@ class MemoryStore(MemoryLedger, MemoryResults, MemoryStorage, MemoryInvites):
         self._s = _State()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, defer_commit: bool = False) -> Iterator[None]:
         with self._lock:
             snapshot = copy.deepcopy(self._s)  # nested too: a failure undoes only its block
             self._depth += 1
@@ -54,6 +54,9 @@ class MemoryStore(MemoryLedger, MemoryResults, MemoryStorage, MemoryInvites):
                 raise
             finally:
                 self._depth -= 1
+
+    def finish_commit(self) -> None:
+        """Nothing is left to commit: memory holds what a transaction did at its end."""
 
     def close(self) -> None:
         pass
