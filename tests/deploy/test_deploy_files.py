@@ -305,6 +305,7 @@ def test_prometheus_scrapes_the_ports_the_flags_open() -> None:
         "sparegrid-coordinator": [f"coordinator:{args.metrics_port}"],
         "sparegrid-worker": [f"worker:{worker_port}"],
     }
+    assert "coordinator" in args.metrics_hosts  # /metrics answers to the name scraped
     # the dashboard is published on this machine only; metrics are not published at all
     assert args.web_port in _hosts_and_ports(compose, "coordinator")
     assert args.metrics_port not in _hosts_and_ports(compose, "coordinator")

@@ -73,6 +73,7 @@ def test_behind_a_tls_proxy_sign_in_says_what_the_proxy_must_pass_on(site: Site)
         headers={**proxied, "x-forwarded-proto": "https"},
     )
     assert passed.status_code == 303 and "Secure" in passed.headers["set-cookie"]
+    assert passed.headers["set-cookie"].startswith("__Host-sparegrid_session=")
 
 
 def test_another_sites_form_cannot_sign_anyone_out(site: Site) -> None:

@@ -108,6 +108,16 @@ def test_series_move_while_a_job_runs(site: Site, tmp_path) -> None:  # type: ig
     assert sum(value(w, "sparegrid_worker_cache_bytes") for w in worker_after) > 0  # the scene
 
 
+def test_metrics_refuse_a_name_another_site_could_rebind(site: Site) -> None:
+    """A page of another site, its name rebound to 127.0.0.1, sends its own name as Host."""
+    port = site.metrics.rsplit(":", 1)[1].split("/")[0]
+    refused = httpx.get(site.metrics, headers={"host": f"rebound.example:{port}"}, timeout=10)
+    assert refused.status_code == 403 and "--metrics-host rebound.example" in refused.text
+    assert "sparegrid_" not in refused.text
+    local = httpx.get(site.metrics, headers={"host": f"localhost:{port}"}, timeout=10)
+    assert local.status_code == 200 and "sparegrid_jobs_active" in local.text
+
+
 def test_metrics_stay_off_unless_asked_and_a_taken_port_fails(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -270,15 +270,20 @@ async def test_cli_pause_snooze_resume_against_a_running_worker(
         assert worker.pause.paused and worker.pause.until is None
         await asyncio.to_thread(main, ["worker", "resume", *data])
         capsys.readouterr()
-        for bad, why in (
-            ("--for=-2h", "is not a duration like"),
-            ("--for=0", "must be more than 0 seconds"),
-            ("--for=soon", "is not a duration like"),
-            ("--for=400d", "must be at most 366 days"),
+        for command, bad, why in (
+            ("pause", ["--for=-2h"], "must be more than 0 seconds: give a duration like 90m"),
+            # argparse took "-1h" for an option: "expected one argument"
+            ("pause", ["--for", "-1h"], "must be more than 0 seconds: give a duration like"),
+            ("snooze", ["--for", "-.5d"], "must be more than 0 seconds"),
+            ("pause", ["--for", "-30"], "must be more than 0 seconds"),
+            ("pause", ["--for=0"], "must be more than 0 seconds: give one like 90m, 2h or 1d"),
+            ("pause", ["--for", "soon"], "is not a duration like 3d, 24h, 90m or 300"),
+            ("pause", ["--for=400d"], "must be at most 366 days"),
         ):
-            code = await asyncio.to_thread(main, ["worker", "pause", bad, *data])
+            code = await asyncio.to_thread(main, ["worker", command, *bad, *data])
             err = capsys.readouterr().err
             assert code == 2 and err.startswith("error: --for ") and why in err, (bad, err)
+            assert err.count("\n") == 1 and err.endswith("; nothing was paused\n"), err
             assert not worker.pause.paused
 
 

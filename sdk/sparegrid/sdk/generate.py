@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparegrid.sdk import chat_template
 from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
 from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState
 from sparegrid.wire.llm import (
@@ -146,6 +147,7 @@ class Tokenizer:
     def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
+        self.folder = folder
         self.tokenizer = HFTokenizer.from_file(str(folder / "tokenizer.json"))
         config_path = folder / "tokenizer_config.json"
         self.config: dict[str, Any] = {}
@@ -154,18 +156,21 @@ class Tokenizer:
         self.template = self.config.get("chat_template")
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        if not isinstance(self.template, str):
-            lines = [f"{m['role']}: {m['content']}" for m in messages]
-            return "\n".join([*lines, "assistant:"])
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        return self.render_all([messages])[0]
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    def render_all(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        """Each conversation as the model's chat template renders it, in a child process
+        with a time and memory limit (chat_template.py): the template is the model
+        folder's, not ours. TemplateFailed if it fails, loops or grows too large."""
+        if not isinstance(self.template, str):
+            return [
+                "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
+                for messages in conversations
+            ]
         special = {
             k: v for k, v in self.config.items() if k.endswith("_token") and isinstance(v, str)
         }
-        return env.from_string(self.template).render(
-            messages=messages, add_generation_prompt=True, **special
-        )
+        return chat_template.render(self.template, special, conversations)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -196,10 +201,17 @@ def tokenize(
     max_tokens: int,
     path: Path | str,
 ) -> list[Prompt]:
+    chats = [i for i, item in enumerate(requests) if "messages" in item["body"]]
+    try:
+        rendered = tokenizer.render_all([requests[i]["body"]["messages"] for i in chats])
+    except chat_template.TemplateFailed as exc:
+        index = chats[exc.index] if exc.index >= 0 else -1
+        raise _template_error(tokenizer, path, index, exc) from None
+    texts = dict(zip(chats, rendered, strict=True))
     prompts = []
-    for item in requests:
+    for index, item in enumerate(requests):
         body = item["body"]
-        text = tokenizer.render(body["messages"]) if "messages" in body else body["prompt"]
+        text = texts[index] if index in texts else body["prompt"]
         limit = min(
             max_tokens, body.get("max_completion_tokens", body.get("max_tokens")) or max_tokens
         )
@@ -211,6 +223,21 @@ def tokenize(
             exc.code, str(exc).replace(f"{path} line", f"{path} request")
         ) from None
     return prompts
+
+
+def _template_error(
+    tokenizer: Tokenizer, path: Path | str, index: int, exc: "chat_template.TemplateFailed"
+) -> InvalidArgumentError:
+    """A template that fails on one request's messages: BAD_PROMPTS naming the request.
+    One that does not compile, loops or grows too large: BAD_MODEL naming its file."""
+    source = tokenizer.folder / "tokenizer_config.json"
+    if exc.kind == "render" and index >= 0:
+        return InvalidArgumentError("BAD_PROMPTS", f"{path} request {index + 1}: {exc} ({source})")
+    where = f" (rendering request {index + 1} of {path})" if index >= 0 else ""
+    return InvalidArgumentError(
+        "BAD_MODEL",
+        f"{source}: {exc}{where}; nothing was uploaded. Is this model folder from a source you trust?",
+    )
 
 
 def submit(

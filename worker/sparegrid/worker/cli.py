@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -116,8 +117,12 @@ def _control_commands(commands: "argparse._SubParsersAction[Any]") -> None:
         _data_dir_flag(parser)
         parser.add_argument("--status-socket", type=Path, metavar="PATH", help="the socket")
         parser.add_argument("--config", type=Path, metavar="TOML", help="the settings file")
-    pause.set_defaults(func=pause_command)
-    snooze.set_defaults(func=pause_command)
+    for parser in (pause, snooze):
+        # `--for -1h` is a (wrong) value, answered by pause_command: argparse takes only
+        # "-1" or "-1.5" for a negative number, and anything else that starts with "-"
+        # for an option, ending in "expected one argument"
+        parser._negative_number_matcher = re.compile(r"^-\.?\d")
+        parser.set_defaults(func=pause_command)
     resume.set_defaults(func=resume_command)
 
 
@@ -195,13 +200,19 @@ def pause_command(args: argparse.Namespace) -> int:
         try:
             seconds = check_seconds(to_duration(args.duration))
         except ValueError as exc:  # PauseError too
-            print(f"error: --for {args.duration!r} {_why(exc)}", file=sys.stderr)
+            print(f"error: --for {args.duration!r} {_why(args.duration, exc)}", file=sys.stderr)
             return 2
     return _control(args, {"pause": seconds})
 
 
-def _why(exc: ValueError) -> str:
-    return str(exc).replace("the pause length ", "") if isinstance(exc, PauseError) else str(exc)
+def _why(duration: str, exc: ValueError) -> str:
+    if duration.strip().startswith("-"):
+        why = "must be more than 0 seconds: give a duration like 90m, 2h or 1d"
+    elif isinstance(exc, PauseError):
+        why = str(exc).replace("the pause length ", "") + ": give one like 90m, 2h or 1d"
+    else:
+        why = str(exc)  # "is not a duration like 3d, 24h, 90m or 300 (seconds)"
+    return f"{why}; nothing was paused"
 
 
 def resume_command(args: argparse.Namespace) -> int:

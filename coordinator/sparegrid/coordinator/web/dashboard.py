@@ -36,7 +36,7 @@ from sparegrid.coordinator.domain import Account, Job, JobState
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.accounts import hash_key
 from sparegrid.coordinator.web import views
-from sparegrid.coordinator.web.sessions import COOKIE, Sessions
+from sparegrid.coordinator.web.sessions import Sessions, cookie_name
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_FORM_BYTES = 4096
@@ -114,7 +114,7 @@ class Dashboard:
         return HTMLResponse(html, status_code=status)
 
     def _account(self, request: Request) -> Account | None:
-        session = self.sessions.get(request.cookies.get(COOKIE, ""))
+        session = self.sessions.get(request.cookies.get(cookie_name(request.url.scheme), ""))
         if session is None:
             return None
         account = self.app.store.get_account(session.account_id)
@@ -123,7 +123,7 @@ class Dashboard:
             or account.disabled
             or not hmac.compare_digest(account.key_hash, session.key_hash)
         ):
-            self.sessions.close(request.cookies.get(COOKIE, ""))
+            self.sessions.close(request.cookies.get(cookie_name(request.url.scheme), ""))
             return None  # disabled, or its key was rotated or revoked since
         return account
 
@@ -177,7 +177,7 @@ class Dashboard:
         token = self.sessions.open(account.id, account.key_hash)
         response = RedirectResponse("/", 303)
         response.set_cookie(
-            COOKIE,
+            cookie_name(request.url.scheme),
             token,
             max_age=int(self.sessions.ttl),
             path="/",
@@ -190,9 +190,15 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         if _from_another_site(request):  # another site's form must not sign anyone out
             return _another_site(request, "sign-out")
-        self.sessions.close(request.cookies.get(COOKIE, ""))
+        self.sessions.close(request.cookies.get(cookie_name(request.url.scheme), ""))
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(
+            cookie_name(request.url.scheme),
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
         return response
 
     async def style(self, request: Request) -> Response:

@@ -3,15 +3,16 @@
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -84,10 +85,47 @@ class HttpServer:
         self._sock.close()
 
 
-def metrics_app(registry: CollectorRegistry) -> Starlette:
-    """GET /metrics: the registry in Prometheus' text format."""
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port, brackets or trailing dot, lower case."""
+    name = header.strip().lower()
+    if name.startswith("["):  # [v6] or [v6]:PORT
+        return name[1:].partition("]")[0]
+    if name.count(":") == 1:
+        name = name.partition(":")[0]
+    return name.rstrip(".")
+
+
+def host_allowed(header: str | None, names: frozenset[str]) -> bool:
+    """Whether a request's Host header names this server in a way no other site can: an IP
+    address, localhost, or a name the operator listed. A page of another site that rebinds
+    its own name to this address (DNS rebinding) sends that name, and is refused."""
+    if header is None:
+        return True  # not from a browser: every browser sends Host
+    name = host_name(header)
+    if name in names or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def metrics_app(registry: CollectorRegistry, hosts: Iterable[str] = ()) -> Starlette:
+    """GET /metrics: the registry in Prometheus' text format, for a Host header that
+    `host_allowed` accepts with `hosts` (the names given to --metrics-host and the
+    listen address)."""
+    names = frozenset(host_name(h) for h in hosts)
 
     async def metrics(request: Request) -> Response:
+        header = request.headers.get("host")
+        if not host_allowed(header, names):
+            return PlainTextResponse(
+                f"refused: the Host header {header!r} is not this metrics endpoint's name. "
+                "Scrape it by IP address or localhost, or let the coordinator answer to "
+                f"this name with --metrics-host {host_name(header or '')}",
+                403,
+            )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/metrics", metrics)])

@@ -20,6 +20,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _host(text: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    if not name or any(not (c.isalnum() or c in "-.") for c in name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a host name (letters, digits, '-' and '.', e.g. metrics.example.org)"
+        )
+    return name
+
+
 def add_flags(serve: argparse.ArgumentParser) -> None:
     env = os.environ.get
     ports = {name: env(f"SPAREGRID_{name.upper()}_PORT", "") for name in ("metrics", "web")}
@@ -42,6 +51,18 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
             metavar="HOST",
             help=f"address for --{name}-port [%(default)s]",
         )
+    group.add_argument(
+        "--metrics-host",
+        dest="metrics_hosts",
+        type=_host,
+        action="append",
+        default=[_host(h) for h in env("SPAREGRID_METRICS_HOSTS", "").split(",") if h.strip()],
+        metavar="NAME",
+        help="a DNS name Prometheus scrapes /metrics by (repeat for more; "
+        "SPAREGRID_METRICS_HOSTS takes a comma list). IP addresses, localhost and "
+        "--metrics-addr are always answered; other names are refused, so a web page "
+        "that rebinds its own name to this address cannot read the metrics",
+    )
     group.add_argument(
         "--event-retention",
         type=int,
@@ -75,7 +96,7 @@ async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[Http
         if args.metrics_port is not None:
             servers.append(
                 HttpServer(
-                    metrics_app(app.metrics.registry),
+                    metrics_app(app.metrics.registry, [args.metrics_addr, *args.metrics_hosts]),
                     args.metrics_addr,
                     args.metrics_port,
                     "metrics",

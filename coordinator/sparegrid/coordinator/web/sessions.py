@@ -25,6 +25,14 @@ FAILURE_WINDOW = 60.0
 MAX_ADDRESSES = 10_000
 
 
+def cookie_name(scheme: str) -> str:
+    """The session cookie's name: over HTTPS with the `__Host-` prefix, so a browser takes
+    it only Secure, for Path=/ and without a Domain, and no sibling subdomain or plain-HTTP
+    page can set one in its place; over plain HTTP, where a browser refuses that prefix,
+    the bare name."""
+    return f"__Host-{COOKIE}" if scheme == "https" else COOKIE
+
+
 @dataclass
 class Session:
     account_id: str
