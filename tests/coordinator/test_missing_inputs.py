@@ -19,11 +19,11 @@ from sparegrid.coordinator.domain import JobState, TaskState, escrow_account
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, client_pb2, client_pb2_grpc, common_pb2
-from tests.coordinator.conftest import _stores, serving
+from tests.coordinator.conftest import serving, store_kinds
 from tests.coordinator.helpers import NO_CHECKS, FakeNode
 
 
-@pytest.fixture(params=_stores())
+@pytest.fixture(params=store_kinds())
 async def grid(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[App, aio.Channel]]:

@@ -292,7 +292,8 @@ def fail_missing_inputs(app: App) -> int:
             "coordinator of this database, or the data directory was restored without its "
             "blobs. The tasks that did not run cost nothing; submit the job again"
         )
-        app.scheduler.finish(active, JobState.FAILED, error)
+        with app.store.transaction():  # the job, its tasks and its refund: all or nothing
+            app.scheduler.finish(active, JobState.FAILED, error)
         failed.append(active.job.id)
     if failed:
         log.error(
