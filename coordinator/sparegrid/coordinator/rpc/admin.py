@@ -7,6 +7,7 @@ it, naming the admin (`by`), the action and what it acted on: `sparegrid admin e
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -384,6 +385,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         def wake(_: Event) -> None:
             woken.set()
 
+        def read(operator: Account, last: int) -> tuple[Account, list[Event]]:
+            operator = self.app.accounts.recheck(operator)
+            return operator, store.list_events(
+                last, EVENTS_PAGE, job_id=request.job_id, kinds=kinds
+            )
+
         listeners = self.app.events.listeners
         listeners.append(wake)
         try:
@@ -392,9 +399,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), FOLLOW_POLL_SECONDS)
                 woken.clear()
-                # a key revoked or rotated, or the account disabled, ends the follow
-                operator = self.app.accounts.recheck(operator)
-                new = store.list_events(last, EVENTS_PAGE, job_id=request.job_id, kinds=kinds)
+                # a key revoked or rotated, or the account disabled, ends the follow; read
+                # in a group commit, so the loop never waits for one under way
+                operator, new = await self.app.call(functools.partial(read, operator, last))
                 if new:
                     last = new[-1].seq
                     yield admin_pb2.WatchEventsResponse(

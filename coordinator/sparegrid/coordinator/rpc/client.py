@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -240,13 +241,19 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             )
         event = self.app.watch(job.id)
         self._watches[account.id] += 1
+
+        def look(account: Account) -> tuple[Account, Job, common_pb2.Job]:
+            """In a group commit, so the loop never waits for one under way to read, and
+            the watcher hears only what is durable."""
+            account = self.app.accounts.recheck(account)  # its key revoked: it ends
+            job = self.app.jobs.get(account, request.job_id)
+            return account, job, self._job_pb(job, account)
+
         try:
             last = None
             while True:
                 event.clear()
-                account = self.app.accounts.recheck(account)  # its key revoked: it ends
-                job = self.app.jobs.get(account, request.job_id)
-                snapshot = self._job_pb(job, account)
+                account, job, snapshot = await self.app.call(functools.partial(look, account))
                 if snapshot != last:
                     yield client_pb2.WatchJobResponse(job=snapshot)
                     last = snapshot
