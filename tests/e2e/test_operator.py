@@ -109,7 +109,8 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     blobs there: after a takeover every task whose input went to the other coordinator
     failed INPUT_UNAVAILABLE and its job stalled, with no word at start. Now the standby
     says so once, as it says once that others can read its data directory, and when it
-    takes over it names the unfinished jobs whose inputs it lacks."""
+    takes over it fails the unfinished jobs whose inputs it lacks, at once and naming
+    the blob (they stalled until the wait limit), their held credit refunded."""
     _, dsn = database
     cluster.start_coordinator("--database", dsn)
     standby_dir = tmp_path / "coord-b"
@@ -126,18 +127,29 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     assert "inputs and outputs uploaded to the other are missing" in log
     assert log.count("is readable by other users (mode 755)") == 1
     assert standby.popen.poll() is None
-    # and when it takes over, it names the jobs whose inputs it lacks
+    # and when it takes over, it fails the jobs whose inputs it lacks
     data = tmp_path / "input.bin"
     data.write_bytes(bytes(range(256)) * 64)
     with AdminClient(cluster.address, api_key=cluster.admin_key) as admin:
         _, key = admin.create_account("alice", credit=1000)
     with Client(cluster.address, api_key=key) as client:
         job = client.checksum(data, tasks=4)  # no worker: it stays queued
+        assert client.account().held > 0
     assert cluster.coordinator is not None
     cluster.kill(cluster.coordinator)  # SIGKILL
     wait_for(lambda: (standby_dir / "coordinator.addr").exists(), what="the takeover")
     wait_for(lambda: job.id in standby.log.read_text(), what="the missing inputs named")
-    assert "1 unfinished job(s) have inputs that are not in" in standby.log.read_text()
+    assert "failed 1 unfinished job(s) whose inputs are not in" in standby.log.read_text()
+    address = (standby_dir / "coordinator.addr").read_text().strip()
+    with Client(address, api_key=key) as client:
+        ended = client.get_job(job.id).snapshot
+        assert ended.state == "failed", ended
+        assert ended.error.startswith("INPUT_UNAVAILABLE: input 'data' (blob ")
+        account = client.account()  # no task ran: nothing spent, nothing held
+        assert (account.balance, account.held) == (1000, 0)
+    env = cluster.env | {"SPAREGRID_COORDINATOR": address, "SPAREGRID_ADMIN_KEY": cluster.admin_key}
+    checked = run_cli(env, "admin", "ledger", "check")
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_rotating_the_admins_own_key_keeps_admin_commands_working(cluster: Cluster) -> None:

@@ -261,34 +261,51 @@ def check_tls(tls: Tls) -> None:
         )
 
 
-def report_missing_inputs(app: App, limit: int = 10_000) -> int:
-    """Logs, as an error, the unfinished jobs whose inputs this coordinator's local blob
-    store lacks (a standby that took over from one keeping blobs in its own data
-    directory, a data directory restored without its blobs): their tasks would fail
-    INPUT_UNAVAILABLE and the jobs stall, which said nothing at start. How many."""
+def fail_missing_inputs(app: App) -> int:
+    """Fails, with INPUT_UNAVAILABLE, the unfinished jobs whose inputs this coordinator's
+    local blob store lacks (a standby that took over from one keeping blobs in its own
+    data directory, a data directory restored without its blobs). No task of theirs can
+    run here: every attempt failed INPUT_UNAVAILABLE and the job stalled until the wait
+    limit, with one line in the log. Their clients keep what ran and get the rest of
+    their held credit back. After `app.start()` (the jobs loaded). How many jobs."""
     if app.settings.blobs != "local":
         return 0
-    jobs = app.store.list_jobs(states=[JobState.QUEUED, JobState.RUNNING], limit=limit)
-    missing = {
-        digest
-        for job in jobs
-        for digest in job.inputs.values()
-        if app.blobs.size(digest) is None and app.store.get_inline_blob(digest) is None
-    }
-    if missing:
-        stalled = [job.id for job in jobs if missing.intersection(job.inputs.values())]
-        log.error(
-            "%d unfinished job(s) have inputs that are not in %s (%d blob(s), e.g. %s): their "
-            "tasks fail INPUT_UNAVAILABLE. Were they uploaded to another coordinator of this "
-            "database? Give every coordinator the same --blobs s3://BUCKET/PREFIX, or copy "
-            "the blobs here; jobs: %s",
-            len(stalled),
-            app.blobs.root,
-            len(missing),
-            sorted(missing)[0],
-            ", ".join(stalled[:10]) + (" ..." if len(stalled) > 10 else ""),
+    present: dict[str, bool] = {}
+
+    def here(digest: str) -> bool:
+        if digest not in present:
+            present[digest] = (
+                app.blobs.size(digest) is not None or app.store.get_inline_blob(digest) is not None
+            )
+        return present[digest]
+
+    failed: list[str] = []
+    for active in list(app.scheduler.jobs.values()):
+        lacking = sorted((n, d) for n, d in active.job.inputs.items() if not here(d))
+        if not lacking:
+            continue
+        name, digest = lacking[0]
+        more = f" (and {len(lacking) - 1} more input(s))" if len(lacking) > 1 else ""
+        error = (
+            f"INPUT_UNAVAILABLE: input {name!r} (blob {digest}){more} is not on the "
+            f"coordinator serving now (blobs in {app.blobs.root}): it was uploaded to another "
+            "coordinator of this database, or the data directory was restored without its "
+            "blobs. The tasks that did not run cost nothing; submit the job again"
         )
-    return len(missing)
+        app.scheduler.finish(active, JobState.FAILED, error)
+        failed.append(active.job.id)
+    if failed:
+        log.error(
+            "failed %d unfinished job(s) whose inputs are not in %s (%d blob(s), e.g. %s): "
+            "were they uploaded to another coordinator of this database? Give every "
+            "coordinator the same --blobs s3://BUCKET/PREFIX; jobs: %s",
+            len(failed),
+            app.blobs.root,
+            sum(1 for ok in present.values() if not ok),
+            min(d for d, ok in present.items() if not ok),
+            ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""),
+        )
+    return len(failed)
 
 
 async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
@@ -313,8 +330,8 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
         store.close()
         raise
     key_file = ensure_admin(app, data_dir)
-    report_missing_inputs(app)
     app.start()
+    fail_missing_inputs(app)  # before a worker can connect and fail their tasks
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
     # loop for tens of milliseconds each (bench/submit_stall.py).
