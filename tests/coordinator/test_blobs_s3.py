@@ -19,14 +19,18 @@ from grpc import aio
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs_s3 import BlobStoreError, S3BlobStore, open_blobs
 from sparegrid.coordinator.cli import ensure_admin
+from sparegrid.coordinator.domain import JobState, escrow_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.rpc.blob import CHUNK
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.services.jobs import JobSpec
+from sparegrid.coordinator.services.results import Failure
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc
 from tests.conftest import S3Server
 from tests.coordinator.conftest import code_of
+from tests.coordinator.helpers import FakeNode
 
 DATA = os.urandom(9 << 20 | 333)
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -111,6 +115,41 @@ async def test_a_cut_upload_resumes_and_lands_in_the_bucket_once_verified(
     assert stat.exists and stat.size == len(DATA)
     for offset in (0, 1, CHUNK + 7, len(DATA) - 1, len(DATA)):  # ranged GETs, chunk by chunk
         assert await _download(coordinator, DIGEST, offset) == DATA[offset:]
+
+
+async def test_an_input_the_bucket_lost_fails_its_job_once_a_node_reports_it(
+    coordinator: Coordinator, s3: S3Server, bucket: str
+) -> None:
+    """A lifecycle rule deletes a running job's input: the coordinator asks the bucket
+    (not the size it remembers) when a node reports the input unavailable, and fails the
+    job naming the blob."""
+    app = coordinator.app
+    data = os.urandom(1000)
+    digest = hashlib.sha256(data).hexdigest()
+    await _upload(coordinator, data, digest)
+    carol, _ = app.accounts.create("carol", 10**9)
+    app.store.add_blob_owners([digest], carol.id)
+    spec = JobSpec(kind="checksum", params=b'{"tasks": 2}', inputs={"data": digest})
+    job_id = app.jobs.submit(carol, spec).id
+    node = FakeNode(app, "n1", kinds=("checksum",))
+    node.connect(credit=2)
+    [(attempt, _, _), *_] = node.sink.take()
+    s3.client().delete_object(Bucket=bucket, Key=f"pfx/sha256/{digest[:2]}/{digest}")
+    assert app.blobs.size(digest) == len(data)  # still remembered
+    failure = Failure(attempt.id, "INPUT_UNAVAILABLE", "could not fetch an input", True)
+    assert app.intake.failures(node.id, [failure])[0].accepted
+    for _ in range(200):  # the bucket is asked off the event loop
+        job = app.store.get_job(job_id)
+        if job is not None and job.state == JobState.FAILED:
+            break
+        await asyncio.sleep(0.05)
+    assert job is not None and job.state == JobState.FAILED
+    assert job.error.startswith(f"INPUT_UNAVAILABLE: input 'data' (blob {digest}) was removed")
+    assert f"s3://{bucket}/pfx" in job.error
+    assert app.store.balance(escrow_account(job_id)) == 0
+    assert app.blobs.size(digest) is None  # forgotten
+    report = app.ledger.check()
+    assert report.balanced, report.problems
 
 
 async def test_a_verified_upload_the_bucket_refused_is_kept_and_published_on_resume(

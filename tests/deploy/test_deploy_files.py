@@ -292,6 +292,7 @@ def test_prometheus_scrapes_the_ports_the_flags_open() -> None:
     worker_env = compose["services"]["worker"]["environment"]
     worker_port = int(worker_env["SPAREGRID_WORKER_METRICS_PORT"])
     assert worker_env["SPAREGRID_WORKER_METRICS_ADDR"] == "0.0.0.0"
+    assert "worker" in worker_env["SPAREGRID_WORKER_METRICS_HOSTS"].split(",")  # name scraped
     prometheus = compose["services"]["prometheus"]
     [config_mount] = [v for v in prometheus["volumes"] if v.startswith("./prometheus.yml:")]
     config_path = config_mount.split(":")[1]

@@ -108,6 +108,7 @@ class App(Background):
             ),
             self.quotas,
         )
+        self.intake.missing_inputs.call = self.call  # a bucket is looked in off the loop
         self.jobs = Jobs(
             store,
             self.ledger,

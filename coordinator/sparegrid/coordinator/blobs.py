@@ -291,6 +291,17 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    def exists(self, digest: str) -> bool:
+        """Whether the blob is stored now, looked up afresh (S3: not from the sizes
+        remembered): a cleanup, a disk error or a bucket's lifecycle rule may have removed
+        it since it was stored."""
+        return self.size(digest) is not None
+
+    @property
+    def where(self) -> str:
+        """Where the blobs are, as messages name it."""
+        return str(self.root)
+
     def partial_size(self, digest: str, owner: str) -> int:
         try:
             return self.partial_path(digest, owner).stat().st_size

@@ -239,6 +239,23 @@ class S3BlobStore(BlobStore):
         self._remember(digest, size)
         return size
 
+    def exists(self, digest: str) -> bool:
+        """Asks the bucket, not the sizes remembered; forgets the size of a blob it lacks.
+        BLOB_STORE_UNAVAILABLE when the bucket does not answer."""
+        with self._trash:
+            if digest in self._doomed or digest in self._deleting:
+                return False
+        try:
+            head = self.call(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=self.key(digest)),
+                missing=True,
+            )
+        except FileNotFoundError:
+            self._forget([digest])
+            return False
+        self._remember(digest, int(head["ContentLength"]))
+        return True
+
     def _remember(self, digest: str, size: int) -> None:
         with self._trash:
             if digest in self._doomed or digest in self._deleting:

@@ -15,9 +15,9 @@ from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
-from sparegrid.coordinator.domain import JobState
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
+from sparegrid.coordinator.services.inputs import fail_job, lacking
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
@@ -279,22 +279,18 @@ def fail_missing_inputs(app: App) -> int:
             )
         return present[digest]
 
+    why = (
+        f"is not on the coordinator serving now (blobs in {app.blobs.root}): it was uploaded "
+        "to another coordinator of this database, or the data directory was restored without "
+        "its blobs. The tasks that did not run cost nothing; submit the job again"
+    )
     failed: list[str] = []
     for active in list(app.scheduler.jobs.values()):
-        lacking = sorted((n, d) for n, d in active.job.inputs.items() if not here(d))
-        if not lacking:
-            continue
-        name, digest = lacking[0]
-        more = f" (and {len(lacking) - 1} more input(s))" if len(lacking) > 1 else ""
-        error = (
-            f"INPUT_UNAVAILABLE: input {name!r} (blob {digest}){more} is not on the "
-            f"coordinator serving now (blobs in {app.blobs.root}): it was uploaded to another "
-            "coordinator of this database, or the data directory was restored without its "
-            "blobs. The tasks that did not run cost nothing; submit the job again"
-        )
-        with app.store.transaction():  # the job, its tasks and its refund: all or nothing
-            app.scheduler.finish(active, JobState.FAILED, error)
-        failed.append(active.job.id)
+        missing = lacking(active.job.inputs, here)
+        if missing:
+            with app.store.transaction():  # the job, its tasks and its refund: all or nothing
+                fail_job(app.scheduler, active, missing, why)
+            failed.append(active.job.id)
     if failed:
         log.error(
             "failed %d unfinished job(s) whose inputs are not in %s (%d blob(s), e.g. %s): "

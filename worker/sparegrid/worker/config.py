@@ -85,6 +85,8 @@ class WorkerConfig:
     status_socket: Path | None = None  # default: DATA_DIR/status.sock
     metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: any free port
     metrics_addr: str = "127.0.0.1"
+    # names /metrics answers to besides IP addresses, localhost and metrics_addr
+    metrics_hosts: tuple[str, ...] = ()
     # where each setting came from (flag, environment, file), for error messages
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # API key of the account that owns this node (SPAREGRID_OWNER_KEY); empty: none

@@ -198,7 +198,9 @@ class Worker(WorkerSession):
             _log.warning("%s; `sparegrid worker status` will not reach this worker", problem)
         self._monitor.poll()  # the first decisions, before anything is leased
         if self.config.metrics_port is not None:
-            await self.metrics.start(self.config.metrics_addr, self.config.metrics_port)
+            await self.metrics.start(
+                self.config.metrics_addr, self.config.metrics_port, self.config.metrics_hosts
+            )
         for shown in status_snapshot(self)["devices"]:
             reason = f" ({shown['reason']})" if shown["reason"] else ""
             _log.info("device %d (%s): %s%s", shown["index"], shown["name"], shown["state"], reason)

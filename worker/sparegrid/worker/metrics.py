@@ -1,6 +1,7 @@
 """The worker's Prometheus metrics (`worker run --metrics-port`, off by default).
 
-prometheus_client serves them from a thread of its own. That thread never touches the
+`metrics_http` serves them from a thread of its own, to a Host header no other site can
+rebind (an IP address, localhost, --metrics-addr, --metrics-host). That thread never touches the
 daemon: once a second the event loop puts a fresh status snapshot (what `worker status`
 shows) where the collector reads it, and task outcomes are counted as they are reported
 (prometheus_client's counters are thread-safe). Label values come from closed sets only:
@@ -12,15 +13,16 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sparegrid.worker.executors.registry import ExecutorRegistry
+from sparegrid.worker.metrics_http import MetricsServer
 from sparegrid.worker.node.snapshot import StatusView, status_snapshot
 from sparegrid.worker.policy.rules import Mode
 from sparegrid.worker.slots.child.protocol import Outcome
@@ -74,7 +76,7 @@ class WorkerMetrics:
         self.cache_bytes = 0
         self.port = 0
         self._lock = threading.Lock()
-        self._server: Any = None
+        self._server: MetricsServer | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.registry.register(_SnapshotCollector(self))
 
@@ -95,17 +97,18 @@ class WorkerMetrics:
         known = {d.index for d in self.worker.devices}
         return str(device) if device in known else OTHER
 
-    async def start(self, addr: str, port: int) -> None:
-        """Serves /metrics; the bound port goes to DATA_DIR/metrics.addr."""
+    async def start(self, addr: str, port: int, hosts: Iterable[str] = ()) -> None:
+        """Serves /metrics to IP addresses, localhost, `addr` and the names in `hosts`;
+        the bound port goes to DATA_DIR/metrics.addr."""
         self._take_snapshot()
         try:
-            self._server, _ = start_http_server(port, addr, registry=self.registry)
+            self._server = MetricsServer(self.registry, addr, port, hosts)
         except OSError as exc:
             raise OSError(
                 f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; "
                 "pick another --metrics-port"
             ) from None
-        self.port = self._server.server_port
+        self.port = self._server.port
         data_dir = self.worker.config.data_dir
         (data_dir / "metrics.addr").write_text(f"{addr}:{self.port}\n")
         self._refresh = asyncio.create_task(self._refreshing())
@@ -116,8 +119,7 @@ class WorkerMetrics:
             self._refresh.cancel()
             await asyncio.gather(self._refresh, return_exceptions=True)
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            await asyncio.to_thread(self._server.close)
 
     async def _refreshing(self) -> None:
         while True:

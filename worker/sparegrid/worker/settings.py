@@ -24,7 +24,9 @@ from sparegrid.wire.config import (
     to_path,
     to_size,
     to_str,
+    to_str_list,
 )
+from sparegrid.wire.hosts import to_host
 from sparegrid.worker.config import WorkerConfig
 
 ENV_CONFIG = "SPAREGRID_WORKER_CONFIG"
@@ -59,6 +61,10 @@ def _windows(value: object) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(_str(v) for v in value)
     return tuple(part.strip() for part in str(value).split(";") if part.strip())
+
+
+def _hosts(value: object) -> tuple[str, ...]:
+    return tuple(to_host(name) for name in to_str_list(value))
 
 
 def _log_format(value: object) -> bool:
@@ -226,6 +232,18 @@ SETTINGS = (
         metavar="PORT",
     ),
     Setting("metrics_addr", _str, "address for --metrics-port (default 127.0.0.1)", metavar="HOST"),
+    Setting(
+        "metrics_hosts",
+        _hosts,
+        "a DNS name Prometheus scrapes /metrics by (repeat for more; a comma list in the "
+        "environment, a list in the file). IP addresses, localhost and --metrics-addr are "
+        "always answered; other names are refused, so a web page that rebinds its own name "
+        "to this address cannot read the metrics",
+        key="metrics_host",
+        env="SPAREGRID_WORKER_METRICS_HOSTS",
+        metavar="NAME",
+        repeat=True,
+    ),
 )
 SCHEMA = Schema(SETTINGS, "SPAREGRID_WORKER_", "worker", ENV_CONFIG, "worker")
 

@@ -24,6 +24,7 @@ from sparegrid.coordinator.domain import (
 )
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.comparators import Reader
+from sparegrid.coordinator.services.inputs import MissingInputs
 from sparegrid.coordinator.services.quotas import Holder, InlineCharges, Quotas
 from sparegrid.coordinator.services.scheduler import NodeSession, Scheduler
 from sparegrid.coordinator.services.settlement import Candidate, Settled, Settlement
@@ -84,6 +85,7 @@ class Intake:
         self.settlement = settlement
         self.quotas = quotas  # inline outputs count against the node holder's stored quota
         self.on_settled: Callable[[Settled], None] | None = None  # the metrics count them
+        self.missing_inputs = MissingInputs(scheduler, blobs)  # INPUT_UNAVAILABLE failures
 
     def results(
         self,
@@ -493,6 +495,7 @@ class Intake:
         self._keep_logs(kept)
         self.scheduler.preempted(preempted)
         self.scheduler.settle_failures(failed, retryable=flags)
+        self.missing_inputs.unavailable(failed)
         return verdicts
 
     def _failure_logs(

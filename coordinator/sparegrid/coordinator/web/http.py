@@ -3,7 +3,6 @@
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Iterator
@@ -15,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
+
+from sparegrid.wire.hosts import host_allowed, host_name
 
 log = logging.getLogger("sparegrid.coordinator.web")
 MAX_CONNECTIONS = 64
@@ -83,32 +84,6 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._sock.close()
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port, brackets or trailing dot, lower case."""
-    name = header.strip().lower()
-    if name.startswith("["):  # [v6] or [v6]:PORT
-        return name[1:].partition("]")[0]
-    if name.count(":") == 1:
-        name = name.partition(":")[0]
-    return name.rstrip(".")
-
-
-def host_allowed(header: str | None, names: frozenset[str]) -> bool:
-    """Whether a request's Host header names this server in a way no other site can: an IP
-    address, localhost, or a name the operator listed. A page of another site that rebinds
-    its own name to this address (DNS rebinding) sends that name, and is refused."""
-    if header is None:
-        return True  # not from a browser: every browser sends Host
-    name = host_name(header)
-    if name in names or name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def metrics_app(registry: CollectorRegistry, hosts: Iterable[str] = ()) -> Starlette:

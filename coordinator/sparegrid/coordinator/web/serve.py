@@ -10,6 +10,7 @@ from sparegrid.coordinator.app import App
 from sparegrid.coordinator.services.events import EventConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.web.http import HttpServer, metrics_app
+from sparegrid.wire.hosts import to_host
 
 EVENTS_LOGGER = "sparegrid.events"
 
@@ -21,12 +22,12 @@ def _port(text: str) -> int:
 
 
 def _host(text: str) -> str:
-    name = text.strip().lower().rstrip(".")
-    if not name or any(not (c.isalnum() or c in "-.") for c in name):
+    try:
+        return to_host(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a host name (letters, digits, '-' and '.', e.g. metrics.example.org)"
-        )
-    return name
+        ) from exc
 
 
 def add_flags(serve: argparse.ArgumentParser) -> None:
