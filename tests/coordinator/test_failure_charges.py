@@ -176,6 +176,21 @@ def test_on_the_memory_store_agreeing_timeouts_are_paid_once_and_preempting_neve
     assert app.store.balance(client_account("alice")) == 100 - 2 * PRICE
     assert app.ledger.check().balanced
     assert bob.sink.totals == [PRICE] and carol.sink.totals == [PRICE]  # each told once
+    # the client runs it again (job retry --failed): new attempts fail, and are paid; the
+    # first run's are not paid again
+    app.retries.retry(alice, job_id)
+    for node in (bob, carol):
+        node.connect(credit=1)
+        [(attempt, _, _)] = node.sink.take()
+        app.intake.failures(node.id, [Failure(attempt.id, "EXECUTOR_ERROR", "raised", True)])
+    job = app.store.get_job(job_id)
+    assert job.state.value == "failed" and job.cost_spent == 4 * PRICE
+    assert app.store.balances("node:") == {
+        f"node:{bob.id}": 2 * PRICE,
+        f"node:{carol.id}": 2 * PRICE,
+    }
+    assert app.store.balance(client_account("alice")) == 100 - 4 * PRICE
+    assert app.ledger.check().balanced
 
 
 def test_a_timeout_on_a_node_that_stops_tasks_sooner_than_allowed_is_not_charged(

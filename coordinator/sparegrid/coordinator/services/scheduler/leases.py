@@ -350,7 +350,7 @@ class LeasesPart(QueuesPart):
             return []
         job = active.job
         codes = ", ".join(sorted({a.error_code for a in faults.values()}))
-        why = f"failed task ({codes}), {len(faults)} owners' nodes agreed: the client's fault"
+        why = f"failed task ({codes}): nodes of {len(faults)} owners agreed it was the task's fault"
         agreed = list(faults.values())[: job.max_paid_results]
         cost = job.task_cost(task.work)
         return [Payment(job, task.id, a.id, a.node_id, cost, why) for a in agreed]
