@@ -79,14 +79,19 @@ class FakeNode:
         )
 
     def connect(
-        self, credit: int = 10, running: list[str] | None = None, taking_work: bool = True
+        self,
+        credit: int = 10,
+        running: list[str] | None = None,
+        taking_work: bool = True,
+        budget: float = 0.0,
     ) -> tuple[list[str], list[str]]:
         """Registers and grants `credit` per device. With no credit, the node still counts
         as taking work (a checker), as a worker whose credit is spent does, unless
-        `taking_work` is False (a session that never grants any)."""
+        `taking_work` is False (a session that never grants any). `budget`: the seconds
+        it says it lets a task run (0: not said)."""
         self.node.last_seen = self.app.clock.now()  # as a Hello records it
         self.app.store.upsert_node(self.node)
-        out = self.app.scheduler.connect(self.node, self.sink, running or [])
+        out = self.app.scheduler.connect(self.node, self.sink, running or [], budget)
         session = self.app.scheduler.sessions[self.id]
         for device in self.node.devices:
             self.app.scheduler.grant(self.id, device.index, credit)

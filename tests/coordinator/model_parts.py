@@ -18,7 +18,7 @@ from sparegrid.coordinator.domain import (
     escrow_account,
 )
 from sparegrid.coordinator.services.ledger import Payment
-from sparegrid.coordinator.services.scheduler import ActiveJob
+from sparegrid.coordinator.services.scheduler import TASK_FAULTS, ActiveJob
 from sparegrid.coordinator.services.taskqueue import TaskQueue
 from sparegrid.coordinator.states import FINAL_JOB_STATES, FINAL_TASK_STATES
 from sparegrid.coordinator.store.base import Store
@@ -120,14 +120,21 @@ def check_job(app: App, job_id: str, running: dict[str, Attempt]) -> None:
 
 
 def check_payments(store: Store, paid: list[Payment]) -> None:
-    """No attempt paid twice; each paid for a result of a task accepted, and valid."""
+    """No attempt paid twice; each paid for a result of a task accepted, and valid, or
+    for a failure that was the task's own, which a node of another owner's failed too."""
     attempts = Counter(p.attempt_id for p in paid)
     twice = [a for a, n in attempts.items() if n > 1]
     assert not twice, f"attempts paid twice: {twice}"
     tasks = {t.id: t for t in store.get_tasks(sorted({p.task_id for p in paid}))}
     stored = {a.id: a for a in store.get_attempts(sorted(attempts))}
     replicas = {r.attempt_id: r for r in store.get_replicas(sorted(tasks))}
-    for p in paid:
+    faults = [p for p in paid if stored[p.attempt_id].state == AttemptState.FAILED]
+    results = [p for p in paid if stored[p.attempt_id].state != AttemptState.FAILED]
+    for p in faults:
+        assert stored[p.attempt_id].error_code in TASK_FAULTS, stored[p.attempt_id]
+        agreed = [f for f in faults if f.task_id == p.task_id and f.node_id != p.node_id]
+        assert agreed, f"a failure paid that no other node's agreed with: {p}"
+    for p in results:
         assert tasks[p.task_id].state == TaskState.SUCCEEDED, f"paid for {p.task_id}: {p}"
         assert stored[p.attempt_id].state == AttemptState.SUCCEEDED, stored[p.attempt_id]
         assert replicas[p.attempt_id].state == ReplicaState.VALID, replicas[p.attempt_id]

@@ -375,7 +375,7 @@ class SettlementModel(RuleBasedStateMachine):
 
     @rule(
         n=st.integers(0, len(FLEET) - 1),
-        code=st.sampled_from(["ERR", PREEMPTED, "OUT_OF_MEMORY"]),
+        code=st.sampled_from(["ERR", PREEMPTED, "OUT_OF_MEMORY", "TIMEOUT"]),
         retryable=st.booleans(),
     )
     def fail(self, n: int, code: str, retryable: bool) -> None:

@@ -8,6 +8,7 @@ Sessions are reached through `SessionSink`, so this module never touches gRPC.
 from sparegrid.coordinator.services.scheduler.base import (
     NODE_LOST,
     OUT_OF_MEMORY,
+    TASK_FAULTS,
     ActiveJob,
     Lease,
     NodeSession,
@@ -21,6 +22,7 @@ from sparegrid.coordinator.services.scheduler.leases import LeasesPart
 __all__ = [
     "NODE_LOST",
     "OUT_OF_MEMORY",
+    "TASK_FAULTS",
     "ActiveJob",
     "Lease",
     "NodeSession",

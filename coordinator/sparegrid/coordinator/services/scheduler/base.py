@@ -27,6 +27,21 @@ from sparegrid.wire.codes import FailureCode
 
 OUT_OF_MEMORY = FailureCode.OUT_OF_MEMORY  # a worker's executor ran out of device memory
 NODE_LOST = "NODE_LOST"  # the attempt was lost with its node: given back, not a failure
+# Failures that are the task's own, not its node's: it ran past the node's time limit, its
+# executor raised on it, its input or params are bad. A task that fails for good with such
+# failures from nodes of two vetted owners is charged to its client, and those nodes paid
+# (LeasesPart._charge). Never its node's: out of memory, preempted, lost, its executor
+# process died (a host's memory, a driver: not told apart from the task), a lease run out;
+# nor a TIMEOUT on a node that lets a task run less than the coordinator allows.
+TIMEOUT = FailureCode.TIMEOUT
+TASK_FAULTS = frozenset(
+    {
+        FailureCode.TIMEOUT,
+        FailureCode.EXECUTOR_ERROR,
+        FailureCode.BAD_INPUT,
+        FailureCode.BAD_PARAMS,
+    }
+)
 
 log = logging.getLogger("sparegrid.coordinator.scheduler")
 
@@ -122,6 +137,9 @@ class ActiveJob:
     # owners whose nodes' failures of a task counted: its attempts running out ends it only
     # once there are two (_spent_by_one)
     failed_by: dict[str, set[str]] = field(default_factory=dict)
+    # per task, the first attempt of each vetted owner that failed it for the task's own
+    # fault (TASK_FAULTS): paid once two owners agree and the task fails for good
+    faults: dict[str, dict[str, Attempt]] = field(default_factory=dict)
     returned: Counter[str] = field(default_factory=Counter)  # results per node, this job
     # the node and device that last made others_online true: tried first next time, so
     # the question asked for each result costs one look, not a walk over every session
@@ -237,6 +255,12 @@ class SchedulerBase:
         self.rescan_wanted = False
         self.scanned = 0  # sessions examined by dispatch passes, in all (a metric)
         self.connects = itertools.count(1)
+
+    def full_age(self, seconds: float = 0.0) -> float:
+        """How long an attempt may run, renewals included, on a node that lets a task run
+        `seconds` (by default as long as the coordinator allows: --max-attempt-seconds):
+        that, plus a quarter and a lease for transfers."""
+        return (seconds or self.config.max_attempt_seconds) * 1.25 + self.config.lease_seconds
 
     def lose(self, attempts: list[Attempt], reason: str) -> None:
         """Attempts lost with their node (leases.py)."""

@@ -6,15 +6,20 @@ from collections import deque
 from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
+    Job,
     JobState,
     Task,
     TaskState,
+    node_account,
     owner_of,
 )
 from sparegrid.coordinator.services.events import EventKind
+from sparegrid.coordinator.services.ledger import Payment
 from sparegrid.coordinator.services.scheduler.base import (
     NODE_LOST,
     OUT_OF_MEMORY,
+    TASK_FAULTS,
+    TIMEOUT,
     ActiveJob,
     log,
 )
@@ -271,6 +276,7 @@ class LeasesPart(QueuesPart):
         tasks = {t.id: t for t in self.store.get_tasks([a.task_id for a in attempts])}
         requeue: list[tuple[ActiveJob, Task]] = []
         doomed: list[tuple[ActiveJob, str]] = []
+        charges: list[Payment] = []
         with self.store.transaction():
             self.store.update_attempts(attempts)
             for attempt, again in zip(attempts, flags, strict=True):
@@ -287,6 +293,8 @@ class LeasesPart(QueuesPart):
                     requeue.append((active, task))
                     continue
                 active.failed_by.setdefault(task.id, set()).add(owner)
+                if self._task_fault(attempt) and self.vetted(owner):
+                    active.faults.setdefault(task.id, {}).setdefault(owner, attempt)
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
@@ -305,13 +313,65 @@ class LeasesPart(QueuesPart):
                     active.open_tasks -= 1
                     active.failed += 1
                     doomed.append((active, f"task {task.index} failed: {task.error}"))
+                    charges += self._charge(active, task)
             self.store.update_tasks(list(tasks.values()))
+            credited = self._pay_faults(charges)
+        for node_id, total in credited.items():
+            session = self.sessions.get(node_id)
+            if session is not None:
+                session.sink.credited(total)
         for active, task in requeue:
             active.queue.appendleft(task)
         for active, error in doomed:
             if active.job.id in self.jobs:
                 self.finish(active, JobState.FAILED, error)
         log.info("%d attempt(s) failed or expired, %d re-queued", len(attempts), len(requeue))
+
+    def _task_fault(self, attempt: Attempt) -> bool:
+        """Whether a failure is the task's own (TASK_FAULTS). A TIMEOUT is only on a node
+        that let the task run as long as the coordinator allows (--max-attempt-seconds):
+        one that stops tasks sooner chose to."""
+        if attempt.error_code not in TASK_FAULTS:
+            return False
+        if attempt.error_code != TIMEOUT:
+            return True
+        session = self.sessions.get(attempt.node_id)
+        return session is not None and session.max_age >= self.full_age()
+
+    def _charge(self, active: ActiveJob, task: Task) -> list[Payment]:
+        """A task failed for good. When nodes of two vetted owners failed it for its own
+        fault (TASK_FAULTS: it ran past their time limit, its executor raised on it, its
+        input is bad), its client pays, as for agreeing results: each such owner's first
+        failing attempt is paid the task's price, up to the results the escrow holds per
+        task. One owner's word alone pays nothing (a node failing everything would be paid
+        for nothing); nor does a failure that is the node's (out of memory, preempted)."""
+        faults = active.faults.pop(task.id, {})
+        if len(faults) < 2:
+            return []
+        job = active.job
+        codes = ", ".join(sorted({a.error_code for a in faults.values()}))
+        why = f"failed task ({codes}): nodes of {len(faults)} owners agreed it was the task's fault"
+        agreed = list(faults.values())[: job.max_paid_results]
+        cost = job.task_cost(task.work)
+        return [Payment(job, task.id, a.id, a.node_id, cost, why) for a in agreed]
+
+    def _pay_faults(self, charges: list[Payment]) -> dict[str, int]:
+        """Pays the failures `_charge` found, once each (keyed by attempt, as a result's
+        payment is), in the caller's transaction; returns the paid nodes' totals."""
+        if not charges:
+            return {}
+        booked = self.ledger.pay(charges)
+        credited: dict[str, int] = {}
+        jobs: dict[str, Job] = {}
+        for payment, new in zip(charges, booked.new, strict=True):
+            if new:
+                payment.job.cost_spent += payment.amount
+                jobs[payment.job.id] = payment.job
+                credited[payment.node_id] = booked.balances[node_account(payment.node_id)]
+        for job in jobs.values():
+            self.store.update_job(job)
+        log.info("%d failed attempt(s) paid by their jobs' clients", sum(booked.new))
+        return credited
 
     def _doubt(self, active: ActiveJob, task: Task, owner: str) -> bool:
         """A failure is the node's claim, and a node key costs nothing: one of a node with

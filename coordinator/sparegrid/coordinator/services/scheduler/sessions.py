@@ -34,7 +34,7 @@ class SessionsPart(SchedulerBase):
             node,
             sink,
             credit={d.index: 0 for d in node.devices},
-            max_age=max_age * 1.25 + self.config.lease_seconds,
+            max_age=self.full_age(max_age),
             seq=next(self.connects),
         )
         self.sessions[node.id] = session
