@@ -8,20 +8,41 @@ failing everything would be paid for nothing), nor does a failure that is the no
 store."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from sparegrid.coordinator.app import App
+from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import client_account, escrow_account
 from sparegrid.coordinator.services.jobspec import JobSpec
+from sparegrid.coordinator.services.prices import Price
 from sparegrid.coordinator.services.results import Failure
+from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import client_pb2, client_pb2_grpc, worker_pb2
 from sparegrid.wire import Signer
-from tests.coordinator.conftest import Served
+from tests.coordinator.conftest import Served, accounts_of, serving, store_kinds
 from tests.coordinator.helpers import FakeNode, make_app, make_client
 from tests.coordinator.sessions import Call, next_ack, session, signed_results
 
 PRICE = 1  # an echo task's
+HOUR = 3600.0  # the coordinator's default --max-attempt-seconds
+LIMIT = 0.5  # the coordinator's --max-attempt-seconds here: a failure after it is paid whole
+
+
+@pytest.fixture(params=store_kinds())
+async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
+    """As conftest's, with a time limit short enough to run out in a test."""
+    settings = Settings(
+        data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0, max_attempt_seconds=LIMIT
+    )
+    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
+        app,
+        address,
+        channel,
+    ):
+        yield accounts_of(app, address, channel, tmp_path)
 
 
 def credit() -> worker_pb2.WorkerMessage:
@@ -42,7 +63,11 @@ async def take(call: Call) -> worker_pb2.Assignment:
     return assignment
 
 
-async def fail(call: Call, assignment: worker_pb2.Assignment, code: str, batch: int) -> None:
+async def fail(
+    call: Call, assignment: worker_pb2.Assignment, code: str, batch: int, ran: float = 0.0
+) -> None:
+    """Fails an attempt `ran` seconds after now (a failure at once is paid nothing)."""
+    await asyncio.sleep(ran)
     await call.write(failure(assignment.attempt_id, code, batch))
     await next_ack(call)
 
@@ -101,10 +126,10 @@ async def test_a_task_two_owners_fail_for_its_own_fault_is_charged_and_paid_once
     pair = await Pair(served).start()
     first = await take(pair.bob)
     await pair.carol.write(credit())  # carol's node waits for work: it could run the task
-    await fail(pair.bob, first, code, 1)
+    await fail(pair.bob, first, code, 1, ran=LIMIT)
     assert served.app.store.get_job(pair.job_id).state.value == "running"
     [again] = (await asyncio.wait_for(pair.carol.read(), 10)).assign.assignments
-    await fail(pair.carol, again, code, 1)
+    await fail(pair.carol, again, code, 1, ran=LIMIT)
     assert await ended(served, pair.job_id) == "failed"
     assert pair.paid() == {"bob": PRICE, "carol": PRICE}
     assert pair.spent() == 2 * PRICE
@@ -154,6 +179,8 @@ def test_on_the_memory_store_agreeing_timeouts_are_paid_once_and_preempting_neve
     tmp_path: Path,
 ) -> None:
     app = make_app(tmp_path)
+    clock = app.clock
+    assert isinstance(clock, FakeClock)
     alice = make_client(app, credit=100)
     spec = JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=2)
     job_id = app.jobs.submit(alice, spec).id
@@ -164,10 +191,12 @@ def test_on_the_memory_store_agreeing_timeouts_are_paid_once_and_preempting_neve
     app.intake.failures(preempting.id, [Failure(attempt.id, "PREEMPTED", "owner back", True)])
     bob.connect(credit=1)
     [(first, _, _)] = bob.sink.take()
+    clock.advance(HOUR)  # ran the coordinator's whole time limit
     timeout = Failure(first.id, "TIMEOUT", "ran past 3600s", True)
     app.intake.failures(bob.id, [timeout])
     carol.connect(credit=1)
     [(second, _, _)] = carol.sink.take()
+    clock.advance(HOUR)
     app.intake.failures(carol.id, [Failure(second.id, "TIMEOUT", "ran past 3600s", True)])
     app.intake.failures(bob.id, [timeout])  # sent again
     job = app.store.get_job(job_id)
@@ -182,6 +211,7 @@ def test_on_the_memory_store_agreeing_timeouts_are_paid_once_and_preempting_neve
     for node in (bob, carol):
         node.connect(credit=1)
         [(attempt, _, _)] = node.sink.take()
+        clock.advance(HOUR)  # it raised at the end of an hour's work
         app.intake.failures(node.id, [Failure(attempt.id, "EXECUTOR_ERROR", "raised", True)])
     job = app.store.get_job(job_id)
     assert job.state.value == "failed" and job.cost_spent == 4 * PRICE
@@ -211,4 +241,28 @@ def test_a_timeout_on_a_node_that_stops_tasks_sooner_than_allowed_is_not_charged
     job = app.store.get_job(job_id)
     assert job.state.value == "failed" and job.cost_spent == 0
     assert app.store.balances("node:") == {}
+    assert app.ledger.check().balanced
+
+
+def test_failures_reported_at_once_or_halfway_are_paid_for_the_time_they_ran(
+    tmp_path: Path,
+) -> None:
+    """Two owners' nodes that fail a task at once (made-up failures, or a task that raises
+    at its start) cost its client nothing: failing tasks must not pay better than running
+    them. A failure after half the time limit is paid half the price."""
+    app = make_app(tmp_path, prices={"echo": Price(credit=10, units=1)})
+    clock = app.clock
+    assert isinstance(clock, FakeClock)
+    alice = make_client(app, credit=1000)
+    spec = JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=2)
+    for ran in (0.0, HOUR / 2):
+        job_id = app.jobs.submit(alice, spec).id
+        for node in (FakeNode(app, f"b{ran}"), FakeNode(app, f"c{ran}")):
+            node.connect(credit=1)
+            [(attempt, _, _)] = node.sink.take()
+            clock.advance(ran)
+            app.intake.failures(node.id, [Failure(attempt.id, "EXECUTOR_ERROR", "raised", True)])
+        job = app.store.get_job(job_id)
+        assert job.state.value == "failed"
+        assert job.cost_spent == (0 if ran == 0 else 2 * 5), ran
     assert app.ledger.check().balanced

@@ -341,19 +341,27 @@ class LeasesPart(QueuesPart):
     def _charge(self, active: ActiveJob, task: Task) -> list[Payment]:
         """A task failed for good. When nodes of two vetted owners failed it for its own
         fault (TASK_FAULTS: it ran past their time limit, its executor raised on it, its
-        input is bad), its client pays, as for agreeing results: each such owner's first
-        failing attempt is paid the task's price, up to the results the escrow holds per
-        task. One owner's word alone pays nothing (a node failing everything would be paid
-        for nothing); nor does a failure that is the node's (out of memory, preempted)."""
+        input is bad), its client pays for the time they spent on it: each such owner's
+        first failing attempt is paid the task's price times the share of the coordinator's
+        time limit (--max-attempt-seconds) it ran, by this coordinator's clock, up to the
+        results the escrow holds per task. A failure reported at once costs nothing, so
+        failing tasks pays no better than running them; one owner's word alone pays
+        nothing (a node failing everything would be paid for nothing), nor does a failure
+        that is the node's (out of memory, preempted)."""
         faults = active.faults.pop(task.id, {})
         if len(faults) < 2:
             return []
         job = active.job
         codes = ", ".join(sorted({a.error_code for a in faults.values()}))
         why = f"failed task ({codes}): nodes of {len(faults)} owners agreed it was the task's fault"
-        agreed = list(faults.values())[: job.max_paid_results]
-        cost = job.task_cost(task.work)
-        return [Payment(job, task.id, a.id, a.node_id, cost, why) for a in agreed]
+        cost, limit = job.task_cost(task.work), self.config.max_attempt_seconds
+        charges = []
+        for attempt in list(faults.values())[: job.max_paid_results]:
+            ran = (attempt.finished_at or self.clock.now()) - attempt.created_at
+            amount = int(cost * min(max(ran, 0.0), limit) // limit)
+            if amount > 0:
+                charges.append(Payment(job, task.id, attempt.id, attempt.node_id, amount, why))
+        return charges
 
     def _pay_faults(self, charges: list[Payment]) -> dict[str, int]:
         """Pays the failures `_charge` found, once each (keyed by attempt, as a result's
