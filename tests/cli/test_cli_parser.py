@@ -190,6 +190,21 @@ def test_a_number_past_what_the_request_holds_is_refused_naming_its_flag(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+@pytest.mark.parametrize("command", [["job", "wait", "j"], ["job", "submit", "echo", "--wait"]])
+def test_a_timeout_that_is_no_time_to_wait_is_refused(
+    command: list[str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`job wait J --timeout -1` waited a moment and said the job 'did not finish within
+    -1s' (exit 2, as a real timeout): a usage error, before anything is asked."""
+    with pytest.raises(SystemExit) as info:
+        cli_main.main([*command, "--timeout", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --timeout: " in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "meant"),
     [

@@ -1,6 +1,7 @@
 """What every command shares: the connection flags, clients built from them, error exits."""
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -50,6 +51,17 @@ def whole(bounds: tuple[int, int]) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a time to wait, in seconds, above 0 (`--timeout 0.5`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} seconds: give a time above 0, such as 60")
+    return value
 
 
 CREATE_ACCOUNT = (

@@ -61,7 +61,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
     p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
+        "--timeout",
+        type=common.seconds,
+        metavar="SECONDS",
+        help="with --wait: give up after SECONDS",
     )
     p.add_argument(
         "--dry-run",
@@ -105,7 +108,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
     p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 2)"
+        "--timeout", type=common.seconds, metavar="SECONDS", help="give up after SECONDS (exit 2)"
     )
     p.set_defaults(func=wait)
 
