@@ -12,7 +12,15 @@ from sparegrid.cli import job as job_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
-from sparegrid.sdk import Client, InvalidArgumentError, Job, OutputRef, TaskResult, TaskState
+from sparegrid.sdk import (
+    Client,
+    InvalidArgumentError,
+    Job,
+    OutputRef,
+    TaskResult,
+    TaskState,
+    UnavailableError,
+)
 from sparegrid.sdk.testing import coordinator as fake_coordinator
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
@@ -171,6 +179,32 @@ async def test_interrupted_wait_says_the_job_goes_on(
     assert f"`sparegrid job cancel {job_id}`" in result.err
     assert "Traceback" not in result.err
     assert grid.coordinator.jobs[job_id].msg.state == common_pb2.JOB_STATE_RUNNING
+
+
+async def test_a_coordinator_gone_while_waiting_says_the_job_is_kept(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said `cannot reach coordinator ...` with the hint of a wrong address ("Start a
+    coordinator with `sparegrid coordinator serve`"), not that the job is still there."""
+    grid.coordinator.tick = 1.0
+    job_id = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+
+    def gone(self: Job, timeout: float | None = None, on_progress: object = None) -> Job:
+        raise UnavailableError(
+            "UNAVAILABLE",
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+            "Failed to connect to remote host: Connection refused",
+        )
+
+    monkeypatch.setattr(Job, "wait", gone)
+    result = await cli("job", "wait", job_id)
+    assert result.code == 1
+    assert (
+        f"error: the coordinator stopped answering while job {job_id} ran: "
+        "Connection refused [UNAVAILABLE]"
+    ) in result.err
+    assert f"`sparegrid job wait {job_id}` follows it again" in result.err
+    assert "coordinator serve" not in result.err
 
 
 async def test_results_writes_outputs_receipts_and_index(

@@ -103,8 +103,8 @@ def register(subparsers: Any) -> None:
         parents=[conn],
         help="follow a job until it is final",
         description="Follows a job until it is final, then prints a summary. Exit status: "
-        "0 succeeded, 1 failed or cancelled, 2 --timeout reached, 130 interrupted "
-        "(the job goes on).",
+        "0 succeeded, 1 failed or cancelled (or the coordinator stopped answering), "
+        "2 --timeout reached, 130 interrupted (the job goes on).",
     )
     p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
     p.add_argument(
