@@ -227,6 +227,32 @@ async def test_results_writes_outputs_receipts_and_index(
     assert first["outputs"][0]["file"] == "task_00000/data"
 
 
+async def test_results_of_a_failed_or_cancelled_job_say_why_tasks_have_none(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    """It said only `1 result written to out (of 2 tasks)`, exit 0: nothing said the job had
+    failed, or where to look."""
+    grid.coordinator.fail_indices = {0}
+    failed = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.strip()
+    result = await cli("job", "results", failed, "-o", str(tmp_path / "f"))
+    assert result.code == 0
+    assert (
+        result.out.strip()
+        == f"1 result written to {tmp_path / 'f'} (of 2 tasks), 1 receipt verified"
+    )
+    assert f"hint: job {failed} failed: no result for 1 task; " in result.err
+    assert f"`sparegrid job logs {failed}`" in result.err
+
+    grid.coordinator.fail_indices = set()
+    grid.coordinator.tick = 1.0
+    slow = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+    await cli("job", "cancel", slow)
+    result = await cli("job", "results", slow, "-o", str(tmp_path / "c"))
+    assert result.code == 0
+    assert f"hint: job {slow} was cancelled" in result.err
+    assert "job logs" not in result.err
+
+
 async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_path: Path) -> None:
     job_id = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.splitlines()[0]
     forged = grid.coordinator.jobs[job_id].results[1]

@@ -376,6 +376,15 @@ def results(args: argparse.Namespace) -> int:
             f"{output.count(job.counts.total, 'task')} are done; fetch again once `sparegrid job wait "
             f"{job.id}` returns"
         )
+    elif written < job.counts.total:  # a failed or cancelled job: say why the rest is missing
+        ended = "was cancelled" if job.state is JobState.CANCELLED else job.state.value
+        why = f" ({job.error})" if job.error else ""
+        logs = f"; `sparegrid job logs {job.id}` shows what its failed tasks wrote"
+        output.hint(
+            f"job {job.id} {ended}{why}: no result for "
+            f"{output.count(job.counts.total - written, 'task')}"
+            f"{logs if job.state is JobState.FAILED else ''}"
+        )
     return 1 if bad else 0
 
 
