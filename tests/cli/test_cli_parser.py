@@ -227,3 +227,19 @@ def test_a_flag_before_the_command_is_refused_with_the_line_as_meant(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"error: flags go after the command: {meant}" in err and "invalid choice" not in err
+
+
+@pytest.mark.parametrize("command", ["stake", "unstake"])
+def test_a_refused_stake_hints_at_the_clients_own_account(command: str) -> None:
+    """`account unstake 100000` (more than staked) hinted at `sparegrid admin credit
+    debit`, an operator's command, under the coordinator's 'has 10 staked, not 100000'."""
+    from sparegrid.cli import common
+
+    args = cli_main.build_parser().parse_args(["account", command, "5"])
+    said = common.hint_for("BAD_AMOUNT", args)
+    assert "`sparegrid account` shows your" in said
+    assert "admin" not in said
+    admin = cli_main.build_parser().parse_args(
+        ["admin", "credit", "debit", "n", "5", "--reason", "r"]
+    )
+    assert "credit debit" in common.hint_for("BAD_AMOUNT", admin)

@@ -103,6 +103,9 @@ ADD_CREDIT = "have an operator add credit with `sparegrid admin credit grant ACC
 COMMAND_HINTS = {
     ("INSUFFICIENT_CREDIT", "job submit"): f"submit fewer tasks, or {ADD_CREDIT}",
     ("INSUFFICIENT_CREDIT", "job retry"): ADD_CREDIT,
+    # the BAD_AMOUNT hint is an operator's (credit debit); a client's stake is its own
+    ("BAD_AMOUNT", "account stake"): "`sparegrid account` shows your balance and stake",
+    ("BAD_AMOUNT", "account unstake"): "`sparegrid account` shows your stake",
     ("BLOB_NOT_FOUND", "job retry"): "`sparegrid job submit KIND --input ... --dry-run` with "
     "the same files uploads them and submits nothing; then retry",
 }
