@@ -79,8 +79,7 @@ HINTS = {
     "lock time",
     "QUORUM_UNREACHABLE": "ask for fewer replicas (--replicas), or the adaptive policy (the "
     "default)",
-    "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state; only a failed or "
-    "cancelled job is retried",
+    "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state",
     "ACCOUNT_DISABLED": "an operator disabled this account; `sparegrid admin account enable "
     "NAME` enables it again",
     "LAST_ADMIN": "create another admin account first: `sparegrid admin account create NAME "
