@@ -152,6 +152,9 @@ async def test_wait_exit_codes(cli: Cli, grid: FakeGrid) -> None:
     assert (await cli("job", "wait", slow)).code == 1
     again = await cli("job", "cancel", slow)  # cancelling a cancelled job: still cancelled
     assert (again.code, again.out.strip()) == (0, f"{slow}: cancelled")
+    # it said "20 tasks cancelled; ..." again, as if this cancel had cancelled them
+    assert f"job {slow} was already cancelled; nothing changed (" in again.err
+    assert "tasks cancelled" not in again.err
 
 
 async def test_cancel_a_finished_job_changes_nothing(cli: Cli, grid: FakeGrid) -> None:

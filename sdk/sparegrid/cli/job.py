@@ -440,15 +440,18 @@ def list_jobs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     """Exit 0 once the job is cancelled (now or before); 1 if it had already ended otherwise."""
     with common.client(args) as client:
-        job = client.cancel(args.job_id)
+        before = client.get_job(args.job_id)
+        again = before.state is JobState.CANCELLED  # a second cancel: say it changed nothing
+        job = before if again else client.cancel(args.job_id)
     if job.state is not JobState.CANCELLED:
         output.error(f"job {job.id} already {job.state.value}; nothing to cancel", "JOB_FINISHED")
         return 1
     print(f"{job.id}: {job.state.value}")
-    output.note(
-        f"{output.count(job.counts.cancelled, 'task')} cancelled; {job.cost_spent} credit spent, "
-        f"{job.cost_refunded} refunded"
-    )
+    done = f"{job.cost_spent} credit spent, {job.cost_refunded} refunded"
+    if again:
+        output.note(f"job {job.id} was already cancelled; nothing changed ({done})")
+    else:
+        output.note(f"{output.count(job.counts.cancelled, 'task')} cancelled; {done}")
     return 0
 
 
