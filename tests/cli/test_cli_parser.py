@@ -243,3 +243,17 @@ def test_a_refused_stake_hints_at_the_clients_own_account(command: str) -> None:
         ["admin", "credit", "debit", "n", "5", "--reason", "r"]
     )
     assert "credit debit" in common.hint_for("BAD_AMOUNT", admin)
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loading the coordinator's and worker's groups takes a second or so; a Ctrl-C then
+    (`sparegrid job wait J`, then a change of mind) printed a 30-line import traceback."""
+
+    def slow_import(name: str) -> ModuleType:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", slow_import)
+    assert cli_main.main(["job", "list"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
