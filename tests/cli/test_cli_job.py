@@ -12,7 +12,15 @@ from sparegrid.cli import job as job_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
-from sparegrid.sdk import Client, InvalidArgumentError, Job, OutputRef, TaskResult, TaskState
+from sparegrid.sdk import (
+    Client,
+    InvalidArgumentError,
+    Job,
+    OutputRef,
+    TaskResult,
+    TaskState,
+    UnavailableError,
+)
 from sparegrid.sdk.testing import coordinator as fake_coordinator
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
@@ -144,6 +152,9 @@ async def test_wait_exit_codes(cli: Cli, grid: FakeGrid) -> None:
     assert (await cli("job", "wait", slow)).code == 1
     again = await cli("job", "cancel", slow)  # cancelling a cancelled job: still cancelled
     assert (again.code, again.out.strip()) == (0, f"{slow}: cancelled")
+    # it said "20 tasks cancelled; ..." again, as if this cancel had cancelled them
+    assert f"job {slow} was already cancelled; nothing changed (" in again.err
+    assert "tasks cancelled" not in again.err
 
 
 async def test_cancel_a_finished_job_changes_nothing(cli: Cli, grid: FakeGrid) -> None:
@@ -173,6 +184,32 @@ async def test_interrupted_wait_says_the_job_goes_on(
     assert grid.coordinator.jobs[job_id].msg.state == common_pb2.JOB_STATE_RUNNING
 
 
+async def test_a_coordinator_gone_while_waiting_says_the_job_is_kept(
+    cli: Cli, grid: FakeGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said `cannot reach coordinator ...` with the hint of a wrong address ("Start a
+    coordinator with `sparegrid coordinator serve`"), not that the job is still there."""
+    grid.coordinator.tick = 1.0
+    job_id = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+
+    def gone(self: Job, timeout: float | None = None, on_progress: object = None) -> Job:
+        raise UnavailableError(
+            "UNAVAILABLE",
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+            "Failed to connect to remote host: Connection refused",
+        )
+
+    monkeypatch.setattr(Job, "wait", gone)
+    result = await cli("job", "wait", job_id)
+    assert result.code == 1
+    assert (
+        f"error: the coordinator stopped answering while job {job_id} ran: "
+        "Connection refused [UNAVAILABLE]"
+    ) in result.err
+    assert f"`sparegrid job wait {job_id}` follows it again" in result.err
+    assert "coordinator serve" not in result.err
+
+
 async def test_results_writes_outputs_receipts_and_index(
     cli: Cli, grid: FakeGrid, tmp_path: Path
 ) -> None:
@@ -191,6 +228,32 @@ async def test_results_writes_outputs_receipts_and_index(
     assert first["node"] == grid.coordinator.signer.node_id
     assert first["outputs"][0]["digest"] == hashlib.sha256(b"hey").hexdigest()
     assert first["outputs"][0]["file"] == "task_00000/data"
+
+
+async def test_results_of_a_failed_or_cancelled_job_say_why_tasks_have_none(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    """It said only `1 result written to out (of 2 tasks)`, exit 0: nothing said the job had
+    failed, or where to look."""
+    grid.coordinator.fail_indices = {0}
+    failed = (await cli("job", "submit", "echo", "--tasks", "2", "--wait")).out.strip()
+    result = await cli("job", "results", failed, "-o", str(tmp_path / "f"))
+    assert result.code == 0
+    assert (
+        result.out.strip()
+        == f"1 result written to {tmp_path / 'f'} (of 2 tasks), 1 receipt verified"
+    )
+    assert f"hint: job {failed} failed: no result for 1 task; " in result.err
+    assert f"`sparegrid job logs {failed}`" in result.err
+
+    grid.coordinator.fail_indices = set()
+    grid.coordinator.tick = 1.0
+    slow = (await cli("job", "submit", "echo", "--tasks", "20")).out.strip()
+    await cli("job", "cancel", slow)
+    result = await cli("job", "results", slow, "-o", str(tmp_path / "c"))
+    assert result.code == 0
+    assert f"hint: job {slow} was cancelled" in result.err
+    assert "job logs" not in result.err
 
 
 async def test_results_report_a_forged_receipt(cli: Cli, grid: FakeGrid, tmp_path: Path) -> None:

@@ -190,6 +190,21 @@ def test_a_number_past_what_the_request_holds_is_refused_naming_its_flag(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+@pytest.mark.parametrize("command", [["job", "wait", "j"], ["job", "submit", "echo", "--wait"]])
+def test_a_timeout_that_is_no_time_to_wait_is_refused(
+    command: list[str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`job wait J --timeout -1` waited a moment and said the job 'did not finish within
+    -1s' (exit 2, as a real timeout): a usage error, before anything is asked."""
+    with pytest.raises(SystemExit) as info:
+        cli_main.main([*command, "--timeout", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --timeout: " in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "meant"),
     [
@@ -212,3 +227,33 @@ def test_a_flag_before_the_command_is_refused_with_the_line_as_meant(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"error: flags go after the command: {meant}" in err and "invalid choice" not in err
+
+
+@pytest.mark.parametrize("command", ["stake", "unstake"])
+def test_a_refused_stake_hints_at_the_clients_own_account(command: str) -> None:
+    """`account unstake 100000` (more than staked) hinted at `sparegrid admin credit
+    debit`, an operator's command, under the coordinator's 'has 10 staked, not 100000'."""
+    from sparegrid.cli import common
+
+    args = cli_main.build_parser().parse_args(["account", command, "5"])
+    said = common.hint_for("BAD_AMOUNT", args)
+    assert "`sparegrid account` shows your" in said
+    assert "admin" not in said
+    admin = cli_main.build_parser().parse_args(
+        ["admin", "credit", "debit", "n", "5", "--reason", "r"]
+    )
+    assert "credit debit" in common.hint_for("BAD_AMOUNT", admin)
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loading the coordinator's and worker's groups takes a second or so; a Ctrl-C then
+    (`sparegrid job wait J`, then a change of mind) printed a 30-line import traceback."""
+
+    def slow_import(name: str) -> ModuleType:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", slow_import)
+    assert cli_main.main(["job", "list"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

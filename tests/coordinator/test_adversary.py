@@ -346,6 +346,10 @@ def test_a_task_without_agreement_fails_alone_and_retry_runs_only_it(tmp_path: P
     with pytest.raises(CoordinatorError) as err:
         app.retries.retry(alice, job_id)
     assert err.value.code == "JOB_NOT_RETRYABLE"
+    # not "job J is succeeded"
+    assert err.value.message == (
+        f"job {job_id} already succeeded: only a failed or cancelled job is retried"
+    )
 
 
 # --- stake and slashing ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,14 @@ def test_an_idle_coordinator_does_not_read_the_store_for_webhooks(tmp_path) -> N
     assert app.webhooks.due() == [] and not app.webhooks.wanted()
     app.clock.advance(1.0)
     assert app.webhooks.wanted() and len(app.webhooks.due()) == 1  # its retry
+
+
+def test_a_job_the_account_cannot_pay_for_says_what_it_costs(tmp_path: Path) -> None:
+    """A newcomer's first submit on an account with no credit said '(1 tasks, ...)'."""
+    app = make_app(tmp_path)
+    bob = make_client(app, "bob", credit=0)
+    with pytest.raises(CoordinatorError) as err:
+        echo(app, bob, 1)
+    assert err.value.code == "INSUFFICIENT_CREDIT"
+    assert err.value.message.startswith("job costs up to 3 credit (1 task, up to 3 paid ")
+    assert "account 'bob' holds 0" in err.value.message

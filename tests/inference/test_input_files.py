@@ -382,5 +382,7 @@ def test_a_table_whose_columns_are_not_the_programs_inputs_is_refused_naming_it(
     pq.write_table(pa.table({"x": x, "label": pa.array([1, 2])}), tmp_path / "t.parquet")
     message = refusal(two_heads_pt2, tmp_path / "t.parquet", tmp_path)
     assert message == (
-        f"{tmp_path / 't.parquet'}: inputs are named ['label', 'x'], the program's ['x', 'y']"
+        f"{tmp_path / 't.parquet'}: inputs are named ['label', 'x'], the program's ['x', 'y']: "
+        "name the tensors (a file's tensors, a table's columns, a dict's keys) as the program "
+        "names its inputs"
     )

@@ -87,6 +87,21 @@ async def test_wait_timeout(fake: tuple[FakeCoordinator, str, str], client: Asyn
     assert job.state is JobState.CANCELLED
 
 
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf")])
+async def test_a_wait_timeout_that_is_no_time_is_refused(
+    fake: tuple[FakeCoordinator, str, str], client: AsyncClient, timeout: float
+) -> None:
+    """`job.wait(timeout=-1)` waited and said the job 'did not finish within -1s', as a
+    real timeout does; nan never timed out at all."""
+    fake[0].tick = 1.0
+    job = await client.echo("slow", tasks=50)
+    with pytest.raises(InvalidArgumentError) as info:
+        await job.wait(timeout=timeout)
+    assert info.value.code == "BAD_TIMEOUT"
+    assert "timeout must be 0 or more seconds" in info.value.message
+    await job.cancel()
+
+
 async def test_failed_tasks_are_skipped_by_verify(
     fake: tuple[FakeCoordinator, str, str], client: AsyncClient
 ) -> None:

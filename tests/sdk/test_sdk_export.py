@@ -41,3 +41,21 @@ def test_integer_inputs_to_a_float_model_are_refused_before_the_job_is_charged()
         "float32; give the inputs the dtype of the model's weights "
         "(e.g. inputs.float())"
     )
+
+
+def test_a_model_file_that_is_no_archive_is_refused_as_not_exported(tmp_path: Path) -> None:
+    """A text file, an ONNX model or a truncated download given as `model`: the newcomer is
+    told it is not a torch.export program and how to make one, not that an 'entry' of it
+    is unsafe."""
+    junk = tmp_path / "model.pt2"
+    junk.write_text("hello\n")
+    with (
+        Client("127.0.0.1:9", api_key="sg_unused") as client,
+        pytest.raises(InvalidArgumentError) as caught,
+    ):
+        client.infer(junk, torch.randn(8, 16), batch_size=4)
+    assert caught.value.code == "MODEL_NOT_EXPORTED"
+    assert "not a torch.export program" in caught.value.message
+    assert caught.value.message.endswith(
+        'torch.export.save(torch.export.export(model, (example,)), "model.pt2")'
+    )

@@ -326,10 +326,14 @@ async def test_an_owner_key_the_coordinator_does_not_know_is_named_as_such(
         "the API key is not known to this coordinator; check SPAREGRID_API_KEY",
     )
     config = make_config(tmp_path, coordinator.address, owner_key="sg_wrong")
-    with caplog.at_level("WARNING", logger="sparegrid.worker"):
+    with caplog.at_level("INFO", logger="sparegrid.worker"):
         async with running_worker(config):
             await wait_until(lambda: "owner key" in caplog.text)
     assert "--owner-key-file or SPAREGRID_OWNER_KEY" in caplog.text
+    # stopped, it does not say it "never reached the coordinator": it did, and was refused
+    [stopped] = [r.getMessage() for r in caplog.records if " stopped; " in r.getMessage()]
+    assert f"; the coordinator at {coordinator.address} refused it: the owner key " in stopped
+    assert "never reached" not in stopped
 
 
 async def test_the_stop_line_says_what_the_node_earned(

@@ -110,6 +110,7 @@ class ErrorCode(StrEnum):
     BAD_OUTPUT = "BAD_OUTPUT"
     BAD_RESULT = "BAD_RESULT"
     BAD_TILE = "BAD_TILE"
+    BAD_TIMEOUT = "BAD_TIMEOUT"  # job.wait(timeout=-1): no time to wait
     BAD_TLS_CA = "BAD_TLS_CA"
     BLENDER_FAILED = "BLENDER_FAILED"
     EXPORT_FAILED = "EXPORT_FAILED"

@@ -37,11 +37,12 @@ EXPORT_HINT = (
 
 class NotExported(UnsafeProgram):
     """A `torch.save` file (a state dict or a pickled module), or a plain pickle: loading
-    it would unpickle it, and it holds no program to run. Told from the archive's entry
+    it would unpickle it, and it holds no program to run; or any other file that is no
+    zip archive at all. Told from the archive's entry
     names or the file's first byte, never by unpickling."""
 
-    def __init__(self, entry: str) -> None:
-        reason = (
+    def __init__(self, entry: str, reason: str = "") -> None:
+        reason = reason or (
             "a torch.save file (a state dict or a pickled nn.Module), not a torch.export "
             "program; it is never unpickled here"
         )
@@ -60,7 +61,9 @@ def open_archive(path: Path) -> zipfile.ZipFile:
     except _UNREADABLE as exc:  # UnicodeDecodeError is a ValueError
         if _starts_as_pickle(path):
             raise NotExported(path.name) from None
-        raise UnsafeProgram(path.name, f"not a .pt2 (zip) archive: {exc}") from None
+        # any other file (a text file, an ONNX model, a truncated download) holds no program
+        reason = f"not a torch.export program: it is not a .pt2 (zip) archive ({exc})"
+        raise NotExported(path.name, reason) from None
 
 
 def _starts_as_pickle(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """What every command shares: the connection flags, clients built from them, error exits."""
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -52,6 +53,17 @@ def whole(bounds: tuple[int, int]) -> Callable[[str], int]:
     return parse
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a time to wait, in seconds, above 0 (`--timeout 0.5`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} seconds: give a time above 0, such as 60")
+    return value
+
+
 CREATE_ACCOUNT = (
     "an operator creates an account and its key with `sparegrid admin account create NAME`, "
     "or gives you an invitation code for `sparegrid account signup --code CODE`"
@@ -67,8 +79,7 @@ HINTS = {
     "lock time",
     "QUORUM_UNREACHABLE": "ask for fewer replicas (--replicas), or the adaptive policy (the "
     "default)",
-    "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state; only a failed or "
-    "cancelled job is retried",
+    "JOB_NOT_RETRYABLE": "`sparegrid job get JOB_ID` shows its state",
     "ACCOUNT_DISABLED": "an operator disabled this account; `sparegrid admin account enable "
     "NAME` enables it again",
     "LAST_ADMIN": "create another admin account first: `sparegrid admin account create NAME "
@@ -91,6 +102,9 @@ ADD_CREDIT = "have an operator add credit with `sparegrid admin credit grant ACC
 COMMAND_HINTS = {
     ("INSUFFICIENT_CREDIT", "job submit"): f"submit fewer tasks, or {ADD_CREDIT}",
     ("INSUFFICIENT_CREDIT", "job retry"): ADD_CREDIT,
+    # the BAD_AMOUNT hint is an operator's (credit debit); a client's stake is its own
+    ("BAD_AMOUNT", "account stake"): "`sparegrid account` shows your balance and stake",
+    ("BAD_AMOUNT", "account unstake"): "`sparegrid account` shows your stake",
     ("BLOB_NOT_FOUND", "job retry"): "`sparegrid job submit KIND --input ... --dry-run` with "
     "the same files uploads them and submits nothing; then retry",
 }

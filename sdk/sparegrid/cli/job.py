@@ -61,7 +61,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--wait", action="store_true", help="wait for the job, as `job wait`")
     p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="with --wait: give up after SECONDS"
+        "--timeout",
+        type=common.seconds,
+        metavar="SECONDS",
+        help="with --wait: give up after SECONDS",
     )
     p.add_argument(
         "--dry-run",
@@ -100,12 +103,12 @@ def register(subparsers: Any) -> None:
         parents=[conn],
         help="follow a job until it is final",
         description="Follows a job until it is final, then prints a summary. Exit status: "
-        "0 succeeded, 1 failed or cancelled, 2 --timeout reached, 130 interrupted "
-        "(the job goes on).",
+        "0 succeeded, 1 failed or cancelled (or the coordinator stopped answering), "
+        "2 --timeout reached, 130 interrupted (the job goes on).",
     )
     p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
     p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 2)"
+        "--timeout", type=common.seconds, metavar="SECONDS", help="give up after SECONDS (exit 2)"
     )
     p.set_defaults(func=wait)
 
@@ -373,6 +376,15 @@ def results(args: argparse.Namespace) -> int:
             f"{output.count(job.counts.total, 'task')} are done; fetch again once `sparegrid job wait "
             f"{job.id}` returns"
         )
+    elif written < job.counts.total:  # a failed or cancelled job: say why the rest is missing
+        ended = "was cancelled" if job.state is JobState.CANCELLED else job.state.value
+        why = f" ({job.error})" if job.error else ""
+        logs = f"; `sparegrid job logs {job.id}` shows what its failed tasks wrote"
+        output.hint(
+            f"job {job.id} {ended}{why}: no result for "
+            f"{output.count(job.counts.total - written, 'task')}"
+            f"{logs if job.state is JobState.FAILED else ''}"
+        )
     return 1 if bad else 0
 
 
@@ -428,15 +440,18 @@ def list_jobs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     """Exit 0 once the job is cancelled (now or before); 1 if it had already ended otherwise."""
     with common.client(args) as client:
-        job = client.cancel(args.job_id)
+        before = client.get_job(args.job_id)
+        again = before.state is JobState.CANCELLED  # a second cancel: say it changed nothing
+        job = before if again else client.cancel(args.job_id)
     if job.state is not JobState.CANCELLED:
         output.error(f"job {job.id} already {job.state.value}; nothing to cancel", "JOB_FINISHED")
         return 1
     print(f"{job.id}: {job.state.value}")
-    output.note(
-        f"{output.count(job.counts.cancelled, 'task')} cancelled; {job.cost_spent} credit spent, "
-        f"{job.cost_refunded} refunded"
-    )
+    done = f"{job.cost_spent} credit spent, {job.cost_refunded} refunded"
+    if again:
+        output.note(f"job {job.id} was already cancelled; nothing changed ({done})")
+    else:
+        output.note(f"{output.count(job.counts.cancelled, 'task')} cancelled; {done}")
     return 0
 
 

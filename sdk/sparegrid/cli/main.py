@@ -13,7 +13,10 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from sparegrid.cli import account, admin, common, demo, job, output
+try:  # the SDK, grpc and rich load here: a Ctrl-C meanwhile stops quietly, not a traceback
+    from sparegrid.cli import account, admin, common, demo, job, output
+except KeyboardInterrupt:
+    sys.exit(130)
 
 DAEMON_GROUPS = (
     ("coordinator", "sparegrid.coordinator.cli", "run the coordinator"),
@@ -117,7 +120,10 @@ def _flags_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the coordinator's and worker's groups
+    except KeyboardInterrupt:  # Ctrl-C while the command starts: 130, as later, no traceback
+        return 130
     _flags_first(parser, sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     command_parser: argparse.ArgumentParser = getattr(args, LEAF, parser)

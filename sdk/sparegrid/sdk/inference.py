@@ -167,7 +167,10 @@ def _named(batch: Any, names: list[str] | None, where: str) -> "dict[str, torch.
         tensors = dict(batch)
         if names is not None and set(tensors) != set(names):
             raise InvalidArgumentError(
-                "BAD_INPUTS", f"{where}: inputs are named {sorted(tensors)}, the program's {names}"
+                "BAD_INPUTS",
+                f"{where}: inputs are named {sorted(tensors)}, the program's {names}: name "
+                "the tensors (a file's tensors, a table's columns, a dict's keys) as the "
+                "program names its inputs",
             )
     elif isinstance(batch, tuple | list):
         if names is not None and len(batch) != len(names):

@@ -5,11 +5,17 @@ connection drops (UNAVAILABLE) or the stream ends early, the watcher reconnects 
 backoff; the first message of a new stream is the job's current state, so nothing is lost.
 """
 
+import math
 import time
 
 import grpc
 
-from sparegrid.sdk.errors import DeadlineExceededError, UnavailableError, from_rpc_error
+from sparegrid.sdk.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnavailableError,
+    from_rpc_error,
+)
 from sparegrid.sdk.models import JobSnapshot
 from sparegrid.sdk.retry import Attempts, RetryPolicy
 from sparegrid.v1 import client_pb2
@@ -17,6 +23,11 @@ from sparegrid.v1 import client_pb2
 
 class WatchState:
     def __init__(self, job_id: str, policy: RetryPolicy, timeout: float | None) -> None:
+        if timeout is not None and not 0 <= timeout < math.inf:  # nan too
+            raise InvalidArgumentError(
+                "BAD_TIMEOUT",
+                f"timeout must be 0 or more seconds (None waits without a limit), got {timeout}",
+            )
         self.job_id = job_id
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout

@@ -135,6 +135,7 @@ class Worker(WorkerSession):
         self._connected = asyncio.Event()
         self._welcomed = False  # this attempt got as far as the coordinator's welcome
         self._reached = False  # some attempt of this run did
+        self._refusal = ""  # why the coordinator refused this run's last attempt, if it did
         self._drain_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._hint = ""  # the likely cause of connection failures last logged
@@ -240,6 +241,8 @@ class Worker(WorkerSession):
             f"credit: {self.earnings.total} in the coordinator's ledger, "
             f"{self.earnings.today:+d} today"
             if self._reached
+            else f"the coordinator at {self.config.coordinator} refused it: {self._refusal}"
+            if self._refusal
             else f"it never reached the coordinator at {self.config.coordinator}"
         )
         _log.info(

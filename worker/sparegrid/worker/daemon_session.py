@@ -38,6 +38,7 @@ class WorkerSession(WorkerResults):
     _hint: str
     _welcomed: bool  # this attempt got as far as the coordinator's welcome
     _reached: bool  # some attempt of this run did
+    _refusal: str  # why the coordinator refused the last attempt (a code it answered with)
 
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
@@ -63,6 +64,9 @@ class WorkerSession(WorkerResults):
             except Exception as exc:  # a bug must not end the worker: log it and reconnect
                 _log.exception("session failed unexpectedly")
                 reason = repr(exc)
+            # it answered, refusing (an owner key it does not know): the stop line says so
+            coded = isinstance(error, grpc.aio.AioRpcError) and _code(error)
+            self._refusal = reason if coded and not self._welcomed else ""
             if self._stopped.is_set():
                 return
             delay = reconnect_delay(error, backoff.next_delay(), self._rng)

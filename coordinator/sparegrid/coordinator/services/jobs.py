@@ -449,7 +449,8 @@ def _short(account: Account, job: Job, balance: int) -> CoordinatorError:
     return CoordinatorError(
         ErrorKind.PRECONDITION,
         "INSUFFICIENT_CREDIT",
-        f"job costs up to {job.cost_held} credit ({job.task_count} tasks, up to {paid} "
+        f"job costs up to {job.cost_held} credit ({job.task_count} "
+        f"task{'' if job.task_count == 1 else 's'}, up to {paid} "
         f"paid results each under the {policy_text(job)} policy), "
         f"account {account.name!r} holds {balance}",
     )

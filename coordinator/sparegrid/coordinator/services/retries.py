@@ -71,10 +71,13 @@ class Retries:
     def retryable(self, account: Account, job_id: str) -> Job:
         job = self._jobs.get(account, job_id)
         if job.id in self._scheduler.jobs or job.state not in RETRYABLE:
+            state = (
+                "already succeeded" if job.state is JobState.SUCCEEDED else f"is {job.state.value}"
+            )
             raise CoordinatorError(
                 ErrorKind.PRECONDITION,
                 "JOB_NOT_RETRYABLE",
-                f"job {job.id} is {job.state.value}: only a failed or cancelled job is retried",
+                f"job {job.id} {state}: only a failed or cancelled job is retried",
             )
         return job
 
