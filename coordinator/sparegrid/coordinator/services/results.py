@@ -8,7 +8,7 @@ batch changes commits in one transaction, before the node is acknowledged.
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -175,7 +175,10 @@ class Intake:
         paid = self._accept(node_id, accepted, inline, charges, logs_kept)
         self.scheduler.returned(node_id, len(accepted))
         self._refused(refused, charges.full)
-        return [replace(v, credit=paid.get(v.attempt_id, 0)) if v.accepted else v for v in verdicts]
+        for verdict in verdicts:  # made here, for this batch: set in place
+            if verdict.accepted:
+                verdict.credit = paid.get(verdict.attempt_id, 0)
+        return verdicts
 
     def _refused(self, attempts: list[Attempt], full: set[str]) -> None:
         """Ends the attempts whose result was refused: the worker never sends another
