@@ -359,7 +359,7 @@ def dispute_from(row: Row) -> Dispute:
 
 
 WEBHOOK_COLUMNS = (
-    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at"
+    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at, tried_at"
 )
 
 
@@ -375,6 +375,7 @@ def webhook_params(d: Delivery) -> Params:
         d.state,
         d.last_error,
         d.created_at,
+        d.tried_at,
     )
 
 
@@ -390,6 +391,7 @@ def webhook_from(row: Row) -> Delivery:
         state=row[7],
         last_error=row[8],
         created_at=float(row[9]),
+        tried_at=float(row[10]),
     )
 
 
