@@ -141,6 +141,7 @@ def test_the_sdk_types_every_status_the_coordinator_sends() -> None:
     [
         (codes.JOB_STATES, codes.JobState),
         (codes.TASK_STATES, codes.TaskState),
+        (codes.WEBHOOK_STATES, codes.WebhookState),
         (codes.STANDINGS, codes.Standing),
         (codes.NODE_STATES, codes.NodeState),
         (codes.DEVICE_KINDS, codes.DeviceKind),
@@ -162,3 +163,4 @@ def test_both_sides_name_the_states_alike() -> None:
     assert set(codes.TaskState) < set(models.TaskState)
     assert set(codes.Standing) == set(domain.Standing)
     assert set(codes.DeviceKind) < set(models.DeviceKind)
+    assert set(codes.WebhookState) < set(models.WebhookState)

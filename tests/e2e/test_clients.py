@@ -263,6 +263,8 @@ def test_webhook_is_signed_retried_and_survives_a_restart(cluster) -> None:
     assert event["event"] == "job.succeeded" and event["job"]["id"] == job.id
     time.sleep(1.0)
     assert len(Hook.calls) == 2  # delivered: not called again
+    call = job.refresh().webhook  # and its owner sees so
+    assert call is not None and (call.state.value, call.attempts) == ("delivered", 2)
 
     server.shutdown()
     server.server_close()  # the receiver is down

@@ -718,13 +718,14 @@ def test_webhook_deliveries_are_due_in_time_order_until_settled(store: Store) ->
     assert [d.id for d in store.due_webhooks(25.0, 10)] == ["d-soon", "d-late"]
     soon.attempts, soon.next_at, soon.last_error = 1, 30.0, "HTTP 500"
     store.update_webhook(soon)
-    late.state, late.attempts = "delivered", 1
+    late.state, late.attempts, late.tried_at = "delivered", 1, 21.5
     store.update_webhook(late)
     assert store.due_webhooks(25.0, 10) == []
     [again] = store.due_webhooks(30.0, 10)
     assert (again.attempts, again.last_error, again.body) == (1, "HTTP 500", b"soon")
     [delivered] = store.get_webhooks("j1")
     assert (delivered.state, delivered.body) == ("delivered", b"\x00late")
+    assert (delivered.tried_at, again.tried_at) == (21.5, 0.0)  # when each was last called
 
 
 # task logs

@@ -190,3 +190,28 @@ async def test_disabling_rotating_or_revoking_ends_dashboard_sessions(tmp_path: 
         await sign_in(client, new_key)
         app.accounts.revoke_key("alice")
         assert (await client.get("/client")).headers["location"] == "/login"
+
+
+async def test_the_job_page_shows_its_webhook_call_as_text(tmp_path: Path) -> None:
+    from sparegrid.coordinator.services.jobs import JobSpec
+
+    app = make_app(tmp_path)
+    alice, key = app.accounts.create("alice", 100)
+    spec = JobSpec(kind="echo", params=b'{"tasks": 1}', webhook_url="https://hooks.example.com/x")
+    job_id = app.jobs.submit(alice, spec).id
+    async with http(Dashboard(app)) as client:
+        await sign_in(client, key)
+
+        async def shown() -> str:
+            page = (await client.get(f"/jobs/{job_id}")).text
+            return page[page.index('id="job-webhook">') :].split("</td>")[0]
+
+        assert "called when it ends" in await shown()
+        app.jobs.cancel(alice, job_id)  # ended: its call is owed
+        [call] = app.store.get_webhooks(job_id)
+        app.webhooks.outcome(call, "HTTP 503 <b>down</b>")
+        text = await shown()
+        assert "pending, attempt 2 of 10 at " in text
+        assert "(last: HTTP 503 &lt;b&gt;down&lt;/b&gt;)" in text
+        app.webhooks.outcome(call, "")
+        assert "delivered after 2 attempts (" in await shown()

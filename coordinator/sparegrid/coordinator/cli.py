@@ -17,7 +17,7 @@ from sparegrid.coordinator.blobs import keep_freed_memory
 from sparegrid.coordinator.config import ServeConfig
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.server import Tls, build_server, sparegrid_version
-from sparegrid.coordinator.services.inputs import fail_job, lacking
+from sparegrid.coordinator.services.inputs import fail_job, held, lacking
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
@@ -274,9 +274,7 @@ def fail_missing_inputs(app: App) -> int:
 
     def here(digest: str) -> bool:
         if digest not in present:
-            present[digest] = (
-                app.blobs.size(digest) is not None or app.store.get_inline_blob(digest) is not None
-            )
+            present[digest] = held(app.blobs, app.store, digest)
         return present[digest]
 
     why = (

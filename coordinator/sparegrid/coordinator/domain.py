@@ -369,6 +369,7 @@ class Delivery:
     state: str = "pending"  # pending, delivered, failed
     last_error: str = ""
     created_at: float = 0.0
+    tried_at: float = 0.0  # when the last call was made; 0 before the first
 
 
 @dataclass

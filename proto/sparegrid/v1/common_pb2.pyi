@@ -127,6 +127,31 @@ VALIDATION_METHOD_SPOT_CHECKED: ValidationMethod.ValueType  # 7
 """adaptive: another owner's node re-rendered a"""
 Global___ValidationMethod: _TypeAlias = ValidationMethod  # noqa: Y015
 
+class _WebhookState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_STATE_UNSPECIFIED: _WebhookState.ValueType  # 0
+    WEBHOOK_STATE_PENDING: _WebhookState.ValueType  # 1
+    """not answered with a 2xx yet; tried again at next_attempt_at"""
+    WEBHOOK_STATE_DELIVERED: _WebhookState.ValueType  # 2
+    """answered with a 2xx"""
+    WEBHOOK_STATE_FAILED: _WebhookState.ValueType  # 3
+    """every attempt failed: the coordinator gave up"""
+
+class WebhookState(_WebhookState, metaclass=_WebhookStateEnumTypeWrapper): ...
+
+WEBHOOK_STATE_UNSPECIFIED: WebhookState.ValueType  # 0
+WEBHOOK_STATE_PENDING: WebhookState.ValueType  # 1
+"""not answered with a 2xx yet; tried again at next_attempt_at"""
+WEBHOOK_STATE_DELIVERED: WebhookState.ValueType  # 2
+"""answered with a 2xx"""
+WEBHOOK_STATE_FAILED: WebhookState.ValueType  # 3
+"""every attempt failed: the coordinator gave up"""
+Global___WebhookState: _TypeAlias = WebhookState  # noqa: Y015
+
 @_typing.final
 class Device(_message.Message):
     """One compute device a worker offers; each device is one slot."""
@@ -599,6 +624,7 @@ class Job(_message.Message):
     WAITING_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     HAS_WEBHOOK_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -626,6 +652,12 @@ class Job(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def webhook(self) -> Global___WebhookDelivery:
+        """the call of that webhook once the job ended, to its owner only (GetJob, CancelJob,
+        RetryJob); unset when the job has no webhook, has not ended, or in ListJobs
+        """
+
     def __init__(
         self,
         *,
@@ -645,14 +677,66 @@ class Job(_message.Message):
         waiting: _builtins.str = ...,
         priority: _builtins.int = ...,
         has_webhook: _builtins.bool = ...,
+        webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """The webhook call owed for a job that ended, as its owner may see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    state: Global___WebhookState.ValueType
+    attempts: _builtins.int
+    """calls made so far"""
+    max_attempts: _builtins.int
+    """calls made at most before the coordinator gives up"""
+    last_error: _builtins.str
+    """why the last call failed (e.g. "HTTP 503", "ConnectionRefusedError: ..."), at most 300
+    characters, printable; empty once delivered or before the first call
+    """
+    delivery_id: _builtins.str
+    """X-Sparegrid-Delivery of every call"""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """while pending"""
+
+    @_builtins.property
+    def last_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """the last call; once delivered, the one that was"""
+
+    def __init__(
+        self,
+        *,
+        state: Global___WebhookState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        delivery_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_attempt_at", b"last_attempt_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivery_id", b"delivery_id", "last_attempt_at", b"last_attempt_at", "last_error", b"last_error", "max_attempts", b"max_attempts", "next_attempt_at", b"next_attempt_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
 
 @_typing.final
 class Dispute(_message.Message):

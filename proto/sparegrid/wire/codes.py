@@ -197,6 +197,12 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class WebhookState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class Standing(StrEnum):
     ACTIVE = "active"
     QUARANTINED = "quarantined"
@@ -221,6 +227,11 @@ JOB_STATES: Final[Mapping[str, common_pb2.JobState.ValueType]] = {
     JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
     JobState.FAILED: common_pb2.JOB_STATE_FAILED,
     JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
+}
+WEBHOOK_STATES: Final[Mapping[str, common_pb2.WebhookState.ValueType]] = {
+    WebhookState.PENDING: common_pb2.WEBHOOK_STATE_PENDING,
+    WebhookState.DELIVERED: common_pb2.WEBHOOK_STATE_DELIVERED,
+    WebhookState.FAILED: common_pb2.WEBHOOK_STATE_FAILED,
 }
 TASK_STATES: Final[Mapping[str, common_pb2.TaskState.ValueType]] = {
     TaskState.QUEUED: common_pb2.TASK_STATE_QUEUED,

@@ -27,7 +27,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sparegrid.sdk import Dispute, Job, JobSnapshot, SparegridError
+from sparegrid.sdk import (
+    Dispute,
+    Job,
+    JobSnapshot,
+    SparegridError,
+    WebhookDelivery,
+    WebhookState,
+)
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 PIPE_WIDTH = 1000  # piped tables keep their natural width: ids are never cut
@@ -340,11 +347,26 @@ def job_details(job: Job) -> Table:
         ("owner", job.snapshot.owner or "-"),
         *_job_rows(job),
         *([("priority", str(job.snapshot.priority))] if job.snapshot.priority else []),
-        *([("webhook", "called when it ends")] if job.snapshot.has_webhook else []),
+        *([("webhook", webhook_text(job.webhook))] if job.snapshot.has_webhook else []),
         ("created", when(job.created_at)),
         ("finished", finished),
     ]
     return _fields(f"job {job.id}", rows)
+
+
+def webhook_text(call: WebhookDelivery | None) -> str:
+    """`delivered after 2 attempts (...)`, `failed after 10 attempts: HTTP 503`, `pending,
+    attempt 3 of 10 at ... (last: ...)`; `called when it ends` before the job ended."""
+    if call is None:
+        return "called when it ends"
+    attempts = count(call.attempts, "attempt")
+    if call.state is WebhookState.DELIVERED:
+        return f"delivered after {attempts} ({when(call.last_attempt_at)})"
+    if call.state is WebhookState.FAILED:
+        return f"failed after {attempts}: {call.last_error or 'no reason given'}"
+    last = f" (last: {call.last_error})" if call.last_error else ""
+    at = when(call.next_attempt_at)
+    return f"{call.state.value}, attempt {call.attempts + 1} of {call.max_attempts} at {at}{last}"
 
 
 def jobs_table(jobs: Sequence[Job | JobSnapshot], owners: bool = False) -> Table:

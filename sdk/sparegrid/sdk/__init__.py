@@ -58,6 +58,8 @@ from sparegrid.sdk.models import (
     TaskState,
     VerificationFailure,
     VerifyReport,
+    WebhookDelivery,
+    WebhookState,
 )
 from sparegrid.sdk.results import TaskResult
 from sparegrid.sdk.retry import RetryPolicy
@@ -113,5 +115,7 @@ __all__ = [
     "VerificationError",
     "VerificationFailure",
     "VerifyReport",
+    "WebhookDelivery",
+    "WebhookState",
     "signup",
 ]

@@ -34,6 +34,8 @@ from sparegrid.sdk.models import (
     OutputRef,
     Requirements,
     TaskState,
+    WebhookDelivery,
+    WebhookState,
 )
 from sparegrid.sdk.results import AsyncFetch, Fetch, TaskResult
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
@@ -41,6 +43,7 @@ from sparegrid.wire import BadSignature, codes, tasklog
 
 _JOB_STATES = {v: JobState(k) for k, v in codes.JOB_STATES.items()}
 _TASK_STATES = {v: TaskState(k) for k, v in codes.TASK_STATES.items()}
+_WEBHOOK_STATES = {v: WebhookState(k) for k, v in codes.WEBHOOK_STATES.items()}
 _DEVICE_KINDS = {DeviceKind.ANY: common_pb2.DEVICE_KIND_UNSPECIFIED} | {
     DeviceKind(k): v for k, v in codes.DEVICE_KINDS.items()
 }
@@ -173,6 +176,19 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         waiting=msg.waiting,
         priority=msg.priority,
         has_webhook=msg.has_webhook,
+        webhook=webhook_delivery(msg.webhook) if msg.HasField("webhook") else None,
+    )
+
+
+def webhook_delivery(msg: common_pb2.WebhookDelivery) -> WebhookDelivery:
+    return WebhookDelivery(
+        state=_WEBHOOK_STATES.get(msg.state, WebhookState.UNSPECIFIED),
+        attempts=msg.attempts,
+        max_attempts=msg.max_attempts,
+        last_error=msg.last_error,
+        next_attempt_at=timestamp(msg, "next_attempt_at"),
+        last_attempt_at=timestamp(msg, "last_attempt_at"),
+        delivery_id=msg.delivery_id,
     )
 
 

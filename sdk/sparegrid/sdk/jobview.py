@@ -3,7 +3,7 @@
 
 from datetime import datetime
 
-from sparegrid.sdk.models import JobCounts, JobSnapshot, JobState
+from sparegrid.sdk.models import JobCounts, JobSnapshot, JobState, WebhookDelivery
 
 
 class JobView:
@@ -55,6 +55,12 @@ class JobView:
     def waiting(self) -> str:
         """Why queued tasks cannot run on the nodes connected now; "" when they can."""
         return self._snapshot.waiting
+
+    @property
+    def webhook(self) -> WebhookDelivery | None:
+        """Its webhook's call once it ended (state, attempts, last error, next attempt);
+        None without a webhook, before it ended, or from a list or watch: `refresh()`."""
+        return self._snapshot.webhook
 
     @property
     def created_at(self) -> datetime | None:

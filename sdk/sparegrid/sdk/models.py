@@ -31,6 +31,13 @@ class TaskState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class WebhookState(enum.StrEnum):
+    UNSPECIFIED = "unspecified"
+    PENDING = "pending"  # not answered with a 2xx yet: tried again at next_attempt_at
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt failed: the coordinator gave up
+
+
 class DeviceKind(enum.StrEnum):
     ANY = "any"
     CPU = "cpu"
@@ -53,6 +60,20 @@ class JobCounts:
 
 
 @dataclass(frozen=True)
+class WebhookDelivery:
+    """The call of a job's webhook once the job ended, as the coordinator last reported
+    it to the job's owner (`client.get_job`, `job.refresh()`)."""
+
+    state: WebhookState
+    attempts: int  # calls made so far
+    max_attempts: int  # calls made at most before the coordinator gives up
+    last_error: str = ""  # why the last call failed, e.g. "HTTP 503"; "" once delivered
+    next_attempt_at: datetime | None = None  # while pending
+    last_attempt_at: datetime | None = None  # once delivered: when it was
+    delivery_id: str = ""  # the X-Sparegrid-Delivery header of every call
+
+
+@dataclass(frozen=True)
 class JobSnapshot:
     """A job as the coordinator last reported it."""
 
@@ -71,6 +92,9 @@ class JobSnapshot:
     waiting: str = ""
     priority: int = 0  # order among the account's own jobs
     has_webhook: bool = False
+    # its webhook's call, from get_job, cancel and retry_job; None when it has no webhook,
+    # has not ended yet, or came from a list or a watch
+    webhook: WebhookDelivery | None = None
 
     @property
     def finished(self) -> bool:

@@ -40,9 +40,16 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self.version = version
         self._watches: Counter[str] = Counter()  # account id -> WatchJob calls open
 
-    def _job_pb(self, job: Job, owner: Account) -> common_pb2.Job:
+    def _job_pb(self, job: Job, owner: Account, webhook: bool = False) -> common_pb2.Job:
+        """The job for its owner; with its webhook call where `webhook` (a read of the
+        store: not for lists, nor for each update of a watch)."""
         jobs = self.app.jobs
-        return convert.job_to_pb(job, jobs.counts(job), owner.name, jobs.waiting(job.id))
+        pb = convert.job_to_pb(job, jobs.counts(job), owner.name, jobs.waiting(job.id))
+        delivery = self.app.webhooks.latest(job) if webhook else None
+        if delivery is not None:
+            max_attempts = self.app.webhooks.config.max_attempts
+            pb.webhook.CopyFrom(convert.delivery_to_pb(delivery, max_attempts))
+        return pb
 
     @unary
     async def GetInfo(
@@ -190,7 +197,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         before = self.app.jobs.counts(self.app.jobs.get(account, request.job_id))
         job = await self.app.submitter.retry(account, request.job_id)
         retried = before.get(TaskState.FAILED, 0) + before.get(TaskState.CANCELLED, 0)
-        return client_pb2.RetryJobResponse(job=self._job_pb(job, account), retried=retried)
+        return client_pb2.RetryJobResponse(
+            job=self._job_pb(job, account, webhook=True), retried=retried
+        )
 
     @unary
     async def SubmitJob(
@@ -208,7 +217,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         account = account_of(context, self.app.accounts)
         job = self.app.jobs.get(account, request.job_id)
         disputes = [convert.dispute_to_pb(d) for d in self.app.store.get_disputes(job.id)]
-        return client_pb2.GetJobResponse(job=self._job_pb(job, account), disputes=disputes)
+        return client_pb2.GetJobResponse(
+            job=self._job_pb(job, account, webhook=True), disputes=disputes
+        )
 
     @unary
     async def ListJobs(
@@ -224,7 +235,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> client_pb2.CancelJobResponse:
         account = account_of(context, self.app.accounts)
         job = await self.app.call(lambda: self.app.jobs.cancel(account, request.job_id))
-        return client_pb2.CancelJobResponse(job=self._job_pb(job, account))
+        return client_pb2.CancelJobResponse(job=self._job_pb(job, account, webhook=True))
 
     @streaming
     async def WatchJob(

@@ -11,6 +11,7 @@ from sparegrid.coordinator.domain import (
     MINT,
     Account,
     AttemptLog,
+    Delivery,
     Device,
     Dispute,
     Event,
@@ -29,7 +30,15 @@ from sparegrid.coordinator.domain import (
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
-from sparegrid.wire.codes import DEVICE_KINDS, JOB_STATES, STANDINGS, TASK_STATES, names
+from sparegrid.wire.codes import (
+    DEVICE_KINDS,
+    JOB_STATES,
+    STANDINGS,
+    TASK_STATES,
+    WEBHOOK_STATES,
+    WebhookState,
+    names,
+)
 
 # requirements: DEVICE_KIND_UNSPECIFIED is "" (any kind)
 _DEVICE_KINDS: dict[int, str] = {common_pb2.DEVICE_KIND_UNSPECIFIED: ""} | names(DEVICE_KINDS)
@@ -126,6 +135,21 @@ def job_to_pb(
         waiting=waiting,
         priority=job.priority,
         has_webhook=bool(job.webhook_url),
+    )
+
+
+def delivery_to_pb(delivery: Delivery, max_attempts: int) -> common_pb2.WebhookDelivery:
+    """A job's webhook call as its owner sees it: never the URL's body sent, nor the
+    secret; the error already cleaned (services/webhooks.py's public_error)."""
+    pending = delivery.state == WebhookState.PENDING
+    return common_pb2.WebhookDelivery(
+        state=WEBHOOK_STATES.get(delivery.state, common_pb2.WEBHOOK_STATE_UNSPECIFIED),
+        attempts=delivery.attempts,
+        max_attempts=max(max_attempts, delivery.attempts),
+        last_error=delivery.last_error,
+        next_attempt_at=timestamp(delivery.next_at) if pending else None,
+        last_attempt_at=timestamp(delivery.tried_at) if delivery.tried_at else None,
+        delivery_id=delivery.id,
     )
 
 

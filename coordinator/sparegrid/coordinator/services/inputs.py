@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.domain import Attempt, JobState
 from sparegrid.coordinator.services.scheduler import ActiveJob, Scheduler
+from sparegrid.coordinator.store.base import Store
 from sparegrid.wire.codes import FailureCode
 
 log = logging.getLogger("sparegrid.coordinator.inputs")
@@ -31,6 +32,13 @@ GONE_WHILE_SERVING = (
     "cleanup, a disk error, a bucket's lifecycle rule), and nodes cannot fetch it. The "
     "tasks that did not run cost nothing; upload it and submit the job again"
 )
+
+
+def held(blobs: BlobStore, store: Store, digest: str) -> bool:
+    """Whether this coordinator holds the blob: in its blob store, looked up afresh, or
+    kept in the database (outputs sent inline with results, which later jobs may take as
+    inputs). What both moments above ask of a local store."""
+    return blobs.exists(digest) or store.get_inline_blob(digest) is not None
 
 
 def lacking(inputs: Mapping[str, str], here: Callable[[str], bool]) -> list[tuple[str, str]]:
@@ -76,7 +84,7 @@ class MissingInputs:
             return
         if not self.blobs.remote:
             try:
-                self._fail(job_ids, self._here)
+                self._fail(job_ids, lambda digest: held(self.blobs, self.store, digest))
             except OSError as exc:  # the disk cannot say: the tasks retry
                 log.warning("could not look for inputs nodes reported unavailable: %s", exc)
             return
@@ -96,9 +104,6 @@ class MissingInputs:
             self._asked = {d: t for d, t in self._asked.items() if now - t < RECHECK_SECONDS}
         looked = asyncio.get_running_loop().run_in_executor(None, self._look, digests)
         looked.add_done_callback(lambda done: self._looked(job_ids, done))
-
-    def _here(self, digest: str) -> bool:
-        return self.blobs.exists(digest) or self.store.get_inline_blob(digest) is not None
 
     def _look(self, digests: Collection[str]) -> set[str]:
         """In a worker thread: the digests the bucket lacks."""

@@ -18,6 +18,9 @@ A receiver cannot hold the coordinator: a call ends `timeout` seconds after it b
 socket cut, whatever the receiver sends (http.client's own timeout bounds each read, and a
 receiver trickling a byte every few seconds kept a call open for good), and calls run on
 threads of their own (`CALL_THREADS`), never on those that uploads and pages wait for.
+
+The job's owner sees its call (`latest`, shown by GetJob): state, attempts, when the next
+one is, and why the last one failed, as `public_error` cleans it.
 """
 
 import contextlib
@@ -25,6 +28,7 @@ import hashlib
 import http.client
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -39,12 +43,19 @@ from sparegrid.coordinator.domain import Delivery, Job
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.store.base import Store
 from sparegrid.wire import Signer
+from sparegrid.wire.codes import WebhookState
 from sparegrid.wire.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, signature
 
 SECRET_TAG = b"sparegrid/webhook-secret/v1\x00"
 MAX_URL = 2000
 RECHECK = 60.0  # seconds between looks for calls other coordinators left owed
 CALL_THREADS = 16  # calls made at once (App's pool), and the most taken up in one round
+MAX_ERROR = 300  # characters of a call's error its job's owner sees
+
+# what an exception's text may say of the coordinator's machine: OpenSSL's source line
+# ("(_ssl.c:1006)") and file paths (a CA bundle's, a module's)
+_SOURCE_LINE = re.compile(r"\s*\(_?[\w.]+\.c:\d+\)")
+_FILE_PATH = re.compile(r"(?<![\w/.:])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 
 @dataclass
@@ -109,6 +120,18 @@ def check_url(url: str, allow_private: bool) -> None:
             f"webhook URL {url!r} points to a private or loopback address; the operator "
             "allows those with `sparegrid coordinator serve --webhook-allow-private`",
         )
+
+
+def public_error(error: str) -> str:
+    """Why a call failed, as the job's owner may read it. The error is made here from the
+    call to the owner's own URL (a status, an exception naming the receiver's status line
+    or the connection's fate), never from the request, so it holds neither the signature
+    nor the secret; what an exception may say of this machine (file paths, OpenSSL's
+    source lines) is cut out, characters that could drive a terminal are replaced (the
+    receiver chooses its status line), and it is kept to MAX_ERROR characters."""
+    text = _FILE_PATH.sub("<path>", _SOURCE_LINE.sub("", error))
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "\u2026"
 
 
 def event_body(job: Job, delivery_id: str) -> bytes:
@@ -183,16 +206,30 @@ class Webhooks:
         """Records a call: delivered when `error` is empty, else tried again later, or
         given up after the last attempt."""
         delivery.attempts += 1
-        delivery.last_error = error
+        delivery.last_error = public_error(error)
+        delivery.tried_at = self._clock.now()
         if not error:
-            delivery.state = "delivered"
+            delivery.state = WebhookState.DELIVERED
         elif delivery.attempts >= self.config.max_attempts:
-            delivery.state = "failed"
+            delivery.state = WebhookState.FAILED
         else:
             delay = self.config.first_delay * 2 ** (delivery.attempts - 1)
             delivery.next_at = self._clock.now() + min(delay, self.config.max_delay)
             self._next = min(self._next or delivery.next_at, delivery.next_at)
         self._store.update_webhook(delivery)
+
+    def latest(self, job: Job) -> Delivery | None:
+        """The job's last webhook call owed, for its owner (the caller checked that) to
+        see; None when the job has no webhook or has not ended. A job retried and ended
+        again owes a call each time: the last tells how the job stands now."""
+        if not job.webhook_url:
+            return None
+        found = self._store.get_webhooks(job.id)
+        if not found:
+            return None
+        last = max(found, key=lambda d: d.created_at)
+        last.last_error = public_error(last.last_error)  # recorded before it was cleaned
+        return last
 
 
 class _Deadline:

@@ -366,7 +366,7 @@ def dispute_from(row: Row) -> Dispute:
 
 
 WEBHOOK_COLUMNS = (
-    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at"
+    "id, job_id, account_id, url, body, attempts, next_at, state, last_error, created_at, tried_at"
 )
 
 
@@ -382,6 +382,7 @@ def webhook_params(d: Delivery) -> Params:
         d.state,
         d.last_error,
         d.created_at,
+        d.tried_at,
     )
 
 
@@ -397,6 +398,7 @@ def webhook_from(row: Row) -> Delivery:
         state=row[7],
         last_error=row[8],
         created_at=float(row[9]),
+        tried_at=float(row[10]),
     )
 
 

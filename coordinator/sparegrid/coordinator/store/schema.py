@@ -356,6 +356,12 @@ INSERT INTO blobs (digest, size, used_at, kept_inline)
     WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = i.digest)
 """
 
+# When each webhook call was last made, for its job's owner to see (GetJob); 0 before the
+# first call, and for calls recorded before this column.
+WEBHOOK_TRIED = """
+ALTER TABLE webhooks ADD COLUMN tried_at {real} NOT NULL DEFAULT 0
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -372,6 +378,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (12, TASK_LOGS),
     (13, META),
     (14, INLINE_CHARGES),
+    (15, WEBHOOK_TRIED),
 ]
 
 

@@ -343,13 +343,14 @@ class SqlStore(SqlLedger, SqlResults, SqlStorage, SqlEvents, SqlInvites):
     def update_webhook(self, delivery: Delivery) -> None:
         with self.transaction():
             self._run(
-                "UPDATE webhooks SET attempts = ?, next_at = ?, state = ?, last_error = ?"
-                " WHERE id = ?",
+                "UPDATE webhooks SET attempts = ?, next_at = ?, state = ?, last_error = ?,"
+                " tried_at = ? WHERE id = ?",
                 (
                     delivery.attempts,
                     delivery.next_at,
                     delivery.state,
                     delivery.last_error,
+                    delivery.tried_at,
                     delivery.id,
                 ),
             )

@@ -17,6 +17,7 @@ from sparegrid.coordinator.app import App
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.domain import (
     Account,
+    Delivery,
     Dispute,
     Event,
     FileRef,
@@ -98,6 +99,8 @@ class JobPage:
     frames: list[Frame]
     events: list[Event]
     disputes: list[Dispute]
+    webhook: Delivery | None = None  # its webhook's call once it ended (the error cleaned)
+    webhook_attempts: int = 0  # calls made at most
 
 
 @dataclass
@@ -182,6 +185,8 @@ def job_page(app: App, job: Job, owner: str) -> JobPage:
         frames,
         store.list_events(limit=EVENTS_SHOWN, newest=True, job_id=job.id)[::-1],
         store.get_disputes(job.id, limit=20),
+        app.webhooks.latest(job),
+        app.webhooks.config.max_attempts,
     )
 
 
