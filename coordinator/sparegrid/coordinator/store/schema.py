@@ -356,6 +356,15 @@ INSERT INTO blobs (digest, size, used_at, kept_inline)
     WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = i.digest)
 """
 
+# What each failed attempt counted for with the scheduler (domain.Claim: a failure called
+# final, counted against its owner, the task's own fault, doubted, its owner kept off the
+# task), so that a restart or a standby taking over rebuilds it; indexed by job for the
+# few attempts that carry any, read when the job is loaded (0: before, or nothing).
+FAILURE_CLAIMS = """
+ALTER TABLE attempts ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX attempts_claims ON attempts (job_id) WHERE claims <> 0
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -372,6 +381,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (12, TASK_LOGS),
     (13, META),
     (14, INLINE_CHARGES),
+    (15, FAILURE_CLAIMS),
 ]
 
 
