@@ -3,7 +3,7 @@
 import itertools
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntFlag, StrEnum
 
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
@@ -40,6 +40,22 @@ class AttemptState(StrEnum):
     EXPIRED = "expired"  # lease ran out or the node went away
     CANCELLED = "cancelled"  # the job was cancelled or another attempt won
     REJECTED = "rejected"  # the node's result did not verify
+
+
+class Claim(IntFlag):
+    """What a failed (or taken back) attempt counted for with the scheduler
+    (services/scheduler/leases.py), kept with the attempt so that a coordinator that
+    restarts, or a standby that takes over, rebuilds it (QueuesPart.load): each is a
+    decision made on what was online then, which cannot be made again from the store."""
+
+    COUNTED = 1  # its owner's failure counted (ActiveJob.failed_by)
+    FINAL = 2  # its node called the failure final (ActiveJob.final_claims)
+    FAULT = 4  # its owner's first failure for the task's own fault (ActiveJob.faults)
+    DOUBTED = 8  # a failure of a node of no vetted owner not counted (ActiveJob.doubted)
+    KEPT_OFF = 16  # its owner was kept off the task (ActiveJob.excluded)
+
+
+NO_CLAIMS = Claim(0)
 
 
 @dataclass
@@ -155,6 +171,7 @@ class Attempt:
     error: str = ""
     # what the node was asked to run when not the task's params: a spot check's crop
     params: bytes = b""
+    claims: Claim = NO_CLAIMS  # what its failure counted for (Claim)
 
 
 @dataclass

@@ -157,6 +157,7 @@ class Retries:
         job.tasks_succeeded = job.tasks_failed = -1
         with self._store.transaction():
             self._store.update_job(job)
+            self._store.clear_claims(job.id)  # its tasks' earlier failures count no more
             self._ledger.hold(job, account.name, hold, key=f":retry:{uuid.uuid4().hex}")
         # its tasks are read from the store as nodes take them (taskqueue.py)
         self._scheduler.add_job(job, account.name, [], unread=reopened.runs)

@@ -262,7 +262,16 @@ class Store(Protocol):
         wall clock stepped); returns how many."""
 
     def update_attempts(self, attempts: list[Attempt]) -> None:
-        """Writes state, deadline, finished_at, error_code and error."""
+        """Writes state, deadline, finished_at, error_code, error and claims."""
+
+    def failure_claims(self, job_ids: list[str]) -> list[tuple[Attempt, str]]:
+        """The attempts of the jobs' queued or leased tasks that carry claims (what their
+        failure counted for), oldest first, each with the owner its node answers for now
+        (owner_of; "node:<id>" for a node not known). One query for all the jobs, reading
+        only such attempts: a job's other attempts, a million of them, are not touched."""
+
+    def clear_claims(self, job_id: str) -> None:
+        """Forgets what the job's attempts counted for: a retry runs its tasks afresh."""
 
     def node_failures(self, job_id: str) -> dict[str, int]:
         """Per node id, its FAILED, EXPIRED or REJECTED attempts on the job."""

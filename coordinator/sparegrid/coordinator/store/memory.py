@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from sparegrid.coordinator.domain import (
+    NO_CLAIMS,
     Attempt,
     AttemptState,
     Delivery,
@@ -21,6 +22,7 @@ from sparegrid.coordinator.domain import (
     Node,
     Task,
     TaskState,
+    owner_of,
 )
 from sparegrid.coordinator.store.base import Conflict
 from sparegrid.coordinator.store.memory_invites import MemoryInvites
@@ -284,6 +286,31 @@ class MemoryStore(MemoryLedger, MemoryResults, MemoryStorage, MemoryInvites):
                     stored.finished_at = attempt.finished_at
                     stored.error_code = attempt.error_code
                     stored.error = attempt.error
+                    stored.claims = attempt.claims
+
+    def failure_claims(self, job_ids: list[str]) -> list[tuple[Attempt, str]]:
+        wanted, open_states = set(job_ids), (TaskState.QUEUED, TaskState.LEASED)
+        with self._lock:
+            found = [
+                a
+                for a in self._s.attempts.values()
+                if a.claims and a.job_id in wanted and self._s.tasks[a.task_id].state in open_states
+            ]
+            found.sort(key=lambda a: (a.created_at, a.id))
+            nodes = self._s.nodes
+            return [
+                (
+                    copy.copy(a),
+                    owner_of(nodes[a.node_id]) if a.node_id in nodes else f"node:{a.node_id}",
+                )
+                for a in found
+            ]
+
+    def clear_claims(self, job_id: str) -> None:
+        with self._lock:
+            for a in self._s.attempts.values():
+                if a.job_id == job_id:
+                    a.claims = NO_CLAIMS
 
     def node_failures(self, job_id: str) -> dict[str, int]:
         with self._lock:

@@ -15,6 +15,7 @@ from sparegrid.coordinator.domain import (
     Attempt,
     AttemptLog,
     AttemptState,
+    Claim,
     Delivery,
     Device,
     Dispute,
@@ -50,7 +51,7 @@ TASK_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "id, task_id, job_id, node_id, device_index, deadline, state, created_at, finished_at,"
-    " error_code, error, params"
+    " error_code, error, params, claims"
 )
 NODE_COLUMNS = (
     "id, public_key, name, devices, software, executors, first_seen, last_seen,"
@@ -224,6 +225,7 @@ def attempt_params(a: Attempt) -> Params:
         a.error_code,
         a.error,
         a.params,
+        int(a.claims),
     )
 
 
@@ -241,6 +243,7 @@ def attempt_from(row: Row) -> Attempt:
         error_code=row[9],
         error=row[10],
         params=bytes(row[11] or b""),
+        claims=Claim(int(row[12])),
     )
 
 

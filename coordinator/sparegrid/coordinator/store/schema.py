@@ -362,6 +362,15 @@ WEBHOOK_TRIED = """
 ALTER TABLE webhooks ADD COLUMN tried_at {real} NOT NULL DEFAULT 0
 """
 
+# What each failed attempt counted for with the scheduler (domain.Claim: a failure called
+# final, counted against its owner, the task's own fault, doubted, its owner kept off the
+# task), so that a restart or a standby taking over rebuilds it; indexed by job for the
+# few attempts that carry any, read when the job is loaded (0: before, or nothing).
+FAILURE_CLAIMS = """
+ALTER TABLE attempts ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX attempts_claims ON attempts (job_id) WHERE claims <> 0
+"""
+
 # (version, script), applied in order; schema_version records each one applied.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, INITIAL),
@@ -379,6 +388,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (13, META),
     (14, INLINE_CHARGES),
     (15, WEBHOOK_TRIED),
+    (16, FAILURE_CLAIMS),
 ]
 
 

@@ -255,12 +255,38 @@ class SqlStore(SqlLedger, SqlResults, SqlStorage, SqlEvents, SqlInvites):
         with self._atomic():
             self._run_many(
                 "UPDATE attempts SET state = ?, deadline = ?, finished_at = ?, error_code = ?,"
-                " error = ? WHERE id = ?",
+                " error = ?, claims = ? WHERE id = ?",
                 [
-                    (a.state.value, a.deadline, a.finished_at, a.error_code, a.error, a.id)
+                    (
+                        a.state.value,
+                        a.deadline,
+                        a.finished_at,
+                        a.error_code,
+                        a.error,
+                        int(a.claims),
+                        a.id,
+                    )
                     for a in attempts
                 ],
             )
+
+    def failure_claims(self, job_ids: list[str]) -> list[tuple[Attempt, str]]:
+        open_states = (TaskState.QUEUED.value, TaskState.LEASED.value)
+        columns = ", ".join(f"a.{c.strip()}" for c in r.ATTEMPT_COLUMNS.split(","))
+        with self._atomic():
+            rows = self._query_in(
+                f"SELECT {columns}, n.owner FROM attempts a JOIN tasks t ON t.id = a.task_id"
+                " LEFT JOIN nodes n ON n.id = a.node_id"
+                " WHERE a.claims <> 0 AND t.state IN (?, ?) AND a.job_id IN (*)",
+                list(dict.fromkeys(job_ids)),
+                open_states,
+            )
+        found = [(r.attempt_from(row), row[-1] or f"node:{row[3]}") for row in rows]
+        return sorted(found, key=lambda pair: (pair[0].created_at, pair[0].id))
+
+    def clear_claims(self, job_id: str) -> None:
+        with self._atomic():
+            self._run("UPDATE attempts SET claims = 0 WHERE job_id = ? AND claims <> 0", (job_id,))
 
     def node_failures(self, job_id: str) -> dict[str, int]:
         states = [s.value for s in FAILED_ATTEMPT_STATES]

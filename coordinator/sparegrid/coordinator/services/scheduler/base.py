@@ -129,6 +129,10 @@ class ActiveJob:
     # how long results not yet accepted took, by attempt id: (device kind, seconds)
     timings: dict[str, tuple[str, float]] = field(default_factory=dict)
     straggled: set[str] = field(default_factory=set)  # tasks taken back from a straggler
+    # What a failure counted for below (doubted, final_claims, failed_by, faults, and the
+    # owners `excluded` keeps off a task for failing or handing it back) is also written
+    # with its attempt (domain.Claim), and rebuilt when a restart loads the job
+    # (QueuesPart._load_claims); `excluded` for held results is rebuilt from the replicas.
     # tasks a node of no vetted owner failed while a vetted one could run them: its failure
     # was not counted, and they go to nodes of vetted owners only (LeasesPart._doubt)
     doubted: set[str] = field(default_factory=set)

@@ -6,6 +6,7 @@ from collections import deque
 from sparegrid.coordinator.domain import (
     Attempt,
     AttemptState,
+    Claim,
     Job,
     JobState,
     Task,
@@ -106,6 +107,7 @@ class LeasesPart(QueuesPart):
             session = self.sessions.get(attempt.node_id)
             owner = session.node.owner if session is not None else f"node:{attempt.node_id}"
             active.excluded.setdefault(task.id, set()).add(owner)
+            attempt.claims |= Claim.KEPT_OFF
             self._release(attempt, cancel_reason=reason)
             self.shrink(attempt.node_id)
             active.node_failures[attempt.node_id] += 1
@@ -221,8 +223,10 @@ class LeasesPart(QueuesPart):
         for attempt in attempts:
             self.preempt_paused[attempt.node_id] = until
             active = self.jobs.get(attempt.job_id)
-            if active is not None:
-                self._keep_off(active, attempt.task_id, self._owner(attempt.node_id))
+            if active is not None and self._keep_off(
+                active, attempt.task_id, self._owner(attempt.node_id)
+            ):
+                attempt.claims |= Claim.KEPT_OFF  # written with it (give_back)
         self.give_back(attempts)
 
     def turned_away(self, attempts: list[Attempt], full: set[str]) -> None:
@@ -269,7 +273,8 @@ class LeasesPart(QueuesPart):
     def settle_failures(
         self, attempts: list[Attempt], retryable: bool | list[bool], tell_node: bool = False
     ) -> None:
-        """Records failed or expired attempts; re-queues their tasks or fails their jobs."""
+        """Records failed or expired attempts; re-queues their tasks or fails their jobs.
+        What each counted for is written with it (Claim), for a restart to rebuild."""
         if not attempts:
             return
         flags = [retryable] * len(attempts) if isinstance(retryable, bool) else retryable
@@ -278,7 +283,6 @@ class LeasesPart(QueuesPart):
         doomed: list[tuple[ActiveJob, str]] = []
         charges: list[Payment] = []
         with self.store.transaction():
-            self.store.update_attempts(attempts)
             for attempt, again in zip(attempts, flags, strict=True):
                 self.store.add_node_counts(attempt.node_id, 0, 1)
                 active = self.jobs.get(attempt.job_id)
@@ -289,19 +293,23 @@ class LeasesPart(QueuesPart):
                 active.node_failures[attempt.node_id] += 1
                 owner = self._owner(attempt.node_id)
                 if self._doubt(active, task, owner):
+                    attempt.claims |= Claim.DOUBTED
                     self._failed_event(active, task, attempt, final=False)
                     requeue.append((active, task))
                     continue
                 active.failed_by.setdefault(task.id, set()).add(owner)
-                if self._task_fault(attempt) and self.vetted(owner):
-                    active.faults.setdefault(task.id, {}).setdefault(owner, attempt)
+                attempt.claims |= Claim.COUNTED
+                if self._first_fault(active, task, attempt, owner):
+                    active.faults.setdefault(task.id, {})[owner] = attempt
+                    attempt.claims |= Claim.FAULT
                 failures = task.attempts - active.results[task.id]
                 if attempt.error_code == OUT_OF_MEMORY and again:
                     again = self._needs_more_memory(active, task, attempt)
                 if not again:  # called final, or out of memory on the largest device
+                    attempt.claims |= Claim.FINAL
                     again = self._second_opinion(active, task, owner)
                 if again and failures >= active.job.max_attempts:
-                    again = self._spent_by_one(active, task, owner)
+                    again = self._spent_by_one(active, task, attempt, owner)
                 final = not again
                 self._failed_event(active, task, attempt, final)
                 if not final:
@@ -314,6 +322,7 @@ class LeasesPart(QueuesPart):
                     active.failed += 1
                     doomed.append((active, f"task {task.index} failed: {task.error}"))
                     charges += self._charge(active, task)
+            self.store.update_attempts(attempts)  # with what each counted for (Claim)
             self.store.update_tasks(list(tasks.values()))
             credited = self._pay_faults(charges)
         for node_id, total in credited.items():
@@ -337,6 +346,12 @@ class LeasesPart(QueuesPart):
             return True
         session = self.sessions.get(attempt.node_id)
         return session is not None and session.max_age >= self.full_age()
+
+    def _first_fault(self, active: ActiveJob, task: Task, attempt: Attempt, owner: str) -> bool:
+        """Whether a failure is the first of a vetted owner's for the task's own fault:
+        the one `_charge` pays that owner for."""
+        known = active.faults.get(task.id, {})
+        return owner not in known and self.vetted(owner) and self._task_fault(attempt)
 
     def _charge(self, active: ActiveJob, task: Task) -> list[Payment]:
         """A task failed for good. When nodes of two vetted owners failed it for its own
@@ -409,13 +424,18 @@ class LeasesPart(QueuesPart):
             active, said | active.excluded.get(task.id, set())
         )
 
-    def _spent_by_one(self, active: ActiveJob, task: Task, owner: str) -> bool:
+    def _spent_by_one(self, active: ActiveJob, task: Task, attempt: Attempt, owner: str) -> bool:
         """The task's attempts ran out. That ends it only once nodes of two owners failed
         it, or when no node of another vetted owner could run it: one owner account with
         many nodes would otherwise fail any job it got a task of, each node winning the task
         and failing it (or sitting on its lease) in turn. Until then its owner is kept off
         the task, which runs on for the others. True if it is to run again."""
-        return len(active.failed_by.get(task.id, ())) < 2 and self._keep_off(active, task.id, owner)
+        if len(active.failed_by.get(task.id, ())) >= 2:
+            return False
+        if not self._keep_off(active, task.id, owner):
+            return False
+        attempt.claims |= Claim.KEPT_OFF
+        return True
 
     def _keep_off(self, active: ActiveJob, task_id: str, owner: str) -> bool:
         """Keeps an owner's nodes off a task while a node of another vetted owner could run

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 from sparegrid.coordinator.domain import (
     AttemptState,
+    Claim,
     Device,
     Job,
     JobState,
@@ -66,6 +67,7 @@ class QueuesPart(DispatchPart):
         self.store.update_attempts(running)
         for job_id, loaded in self.jobs.items():
             loaded.node_failures.update(self.store.node_failures(job_id))
+        self._load_claims()
         open_ids = [t.id for a in self.jobs.values() for t in a.queue.materialised()]
         open_ids += [a.task_id for a in running if a.job_id in self.jobs]
         for replica in self.store.get_replicas(open_ids):
@@ -74,6 +76,25 @@ class QueuesPart(DispatchPart):
             active_job.queue = self._compact(active_job)
             if active_job.open_tasks == 0:
                 self.finish(active_job)
+
+    def _load_claims(self) -> None:
+        """What the failures of the open tasks counted for, as written with each attempt
+        (Claim): a restart, or a standby taking over, would otherwise forget that an owner
+        called a task's failure final, failed it, was kept off it, or is owed for its
+        timeout, and let that owner take the task again, or ask a second owner's claim
+        to be made twice. Decisions made on what was online then are kept, not made again."""
+        for attempt, owner in self.store.failure_claims(list(self.jobs)):
+            active, task_id, claims = self.jobs[attempt.job_id], attempt.task_id, attempt.claims
+            if Claim.DOUBTED in claims:
+                active.doubted.add(task_id)
+            if Claim.COUNTED in claims:
+                active.failed_by.setdefault(task_id, set()).add(owner)
+            if Claim.FINAL in claims:
+                active.final_claims.setdefault(task_id, set()).add(owner)
+            if Claim.FAULT in claims:  # oldest first: each owner's first is the one paid
+                active.faults.setdefault(task_id, {}).setdefault(owner, attempt)
+            if Claim.KEPT_OFF in claims:
+                active.excluded.setdefault(task_id, set()).add(owner)
 
     def _compact(self, active: ActiveJob) -> TaskQueue:
         """A large job's queue as ranges of task indexes, read back from the store when
@@ -129,6 +150,7 @@ class QueuesPart(DispatchPart):
         active.doubted.discard(task_id)
         active.final_claims.pop(task_id, None)
         active.failed_by.pop(task_id, None)
+        active.faults.pop(task_id, None)
 
     def others_online(self, active: ActiveJob, owners: set[str]) -> bool:
         """Whether a connected node of a vetted owner not in `owners` could run the job's
