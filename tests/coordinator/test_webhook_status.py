@@ -6,6 +6,7 @@ capped and holds nothing of the coordinator's machine."""
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,16 +149,23 @@ async def test_a_job_without_a_webhook_shows_none(served: Served, cli: Cli) -> N
     assert json.loads(as_json.out)["job"]["webhook"] is None
 
 
-async def test_a_receivers_long_answer_is_cut_short(served: Served, receiver: Receiver) -> None:
+async def test_a_receivers_long_answer_is_cut_short(
+    served: Served, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owner reads it capped, and so does the operator: a client's receiver answering
+    every call with 5,000 characters and a terminal escape fills no log."""
     allow_loopback(served)
-    receiver.failures, receiver.status_line = 1, b"HTTP/1.1 5030 " + b"x" * 5000
-    async with AsyncClient(served.address, api_key=served.alice_key) as alice:
-        job = await until(
-            await ended_job(alice, receiver.url), lambda w: w.attempts >= 1, "the call"
-        )
+    receiver.failures, receiver.status_line = 1, b"HTTP/1.1 5030 \x1b[2J" + b"x" * 5000
+    with caplog.at_level(logging.WARNING, logger="sparegrid.coordinator"):
+        async with AsyncClient(served.address, api_key=served.alice_key) as alice:
+            job = await until(
+                await ended_job(alice, receiver.url), lambda w: w.attempts >= 1, "the call"
+            )
     assert job.webhook is not None
     error = job.webhook.last_error
     assert error.startswith("BadStatusLine: ") and len(error) == MAX_ERROR
+    logged = [r.getMessage() for r in caplog.records if "webhook for job" in r.getMessage()]
+    assert logged and all(len(m) < MAX_ERROR + 100 and "\x1b" not in m for m in logged), logged
 
 
 async def test_an_https_call_to_a_plain_receiver_names_no_source_file(

@@ -13,7 +13,13 @@ from sparegrid.coordinator.groupcommit import GroupCommit
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.sweeper import Sweeper, Swept
 from sparegrid.coordinator.services.waits import WaitLimit
-from sparegrid.coordinator.services.webhooks import CALL_THREADS, Webhooks, account_secret, post
+from sparegrid.coordinator.services.webhooks import (
+    CALL_THREADS,
+    Webhooks,
+    account_secret,
+    post,
+    public_error,
+)
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.submit import Pacer
 from sparegrid.wire import Signer
@@ -110,12 +116,12 @@ class Background(GroupCommit):
         error = await loop.run_in_executor(
             self._webhook_calls, post, delivery, secret, self.settings.webhooks
         )
-        if error:
+        if error:  # the receiver picks its status line: kept short and printable here too
             log.warning(
                 "webhook for job %s (try %d) failed: %s",
                 delivery.job_id,
                 delivery.attempts + 1,
-                error,
+                public_error(error),
             )
         await self.call(lambda: self.webhooks.outcome(delivery, error))
 
