@@ -353,7 +353,7 @@ def results(args: argparse.Namespace) -> int:
         with staged(out_dir) as stage:
             merged = None
             if job.kind == "render":
-                entries = render_cli.write_results(client, items, stage)
+                entries = render_cli.write_results(client, items, stage, out_dir)
             else:
                 entries = [write_result(client, r, stage) for r in items]
             if job.kind == "inference":

@@ -89,10 +89,14 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> list[dict[str, Any]]:
+def write_results(
+    client: Client, items: list[TaskResult], out_dir: Path, shown: Path | None = None
+) -> list[dict[str, Any]]:
     """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
     receipts under out_dir/receipts/. Every output is digest-checked as it is written; one
-    that does not match is a problem of its task, and the others are still written."""
+    that does not match is a problem of its task, and the others are still written.
+    `shown` is the directory the user named, when out_dir is a staging directory that is
+    renamed to it afterwards: messages name where the files will be, not where they are."""
     entries = []
     tiles: list[Path] = []
     unwritten = 0  # tiles whose bytes did not match their digest
@@ -121,17 +125,17 @@ def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> lis
         entries.append(record(result, out_dir, files, problems))
     complete = all(e["state"] == "succeeded" for e in entries) and not unwritten
     if tiles and complete:
-        stitch(tiles, out_dir)
+        stitch(tiles, out_dir, shown)
     return entries
 
 
-def stitch(tiles: list[Path], out_dir: Path) -> None:
+def stitch(tiles: list[Path], out_dir: Path, shown: Path | None = None) -> None:
     width, height = sdk_render.frame_size(tiles)
     ext = tiles[0].suffix
     frame = out_dir / f"still{ext}"
     if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
         output.hint(
-            f"tiles are in {out_dir / 'tiles'}; stitching EXR tiles into {frame.name} needs "
+            f"tiles are in {(shown or out_dir) / 'tiles'}; stitching EXR tiles into {frame.name} needs "
             "bpy: pip install 'sparegrid[render]' (Python 3.11)"
         )
         return
