@@ -58,6 +58,14 @@ def test_defaults_come_from_the_scene() -> None:
     assert params["depth"] == 8 and "tiles" not in params
 
 
+def test_the_scenes_frame_step_is_a_default_too() -> None:
+    """A scene set to render every 2nd frame renders (and is charged for) half of them,
+    as Blender's own Render Animation would; frames= given keeps the step given."""
+    every_other = SceneInfo(1, 240, 1920, 1080, 128, "5.0.1", [], [], frame_step=2)
+    assert build_params(every_other, **DEFAULTS)["frame_step"] == 2
+    assert build_params(every_other, **{**DEFAULTS, "frames": "1-10"})["frame_step"] == 1
+
+
 def test_frames_outside_the_scene_are_refused() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         build_params(SCENE, **{**DEFAULTS, "frames": "200-300"})

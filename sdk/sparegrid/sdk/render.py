@@ -50,6 +50,7 @@ class SceneInfo:
     missing: list[str]
     camera: bool = True
     unpackable: list[str] = field(default_factory=list)
+    frame_step: int = 1  # Blender renders every Nth frame of the range: so do the defaults
 
 
 def _tool_command(args: Sequence[str]) -> list[str]:
@@ -125,6 +126,7 @@ def inspect_scene(path: Path) -> SceneInfo:
         list(info["missing"]),
         bool(info["camera"]),
         list(info.get("unpackable", [])),
+        max(1, int(info.get("frame_step", 1))),
     )
 
 
@@ -243,7 +245,7 @@ def build_params(
     span = parse_frames(frames)
     size = parse_pair(resolution, "resolution")
     if info is not None:
-        span = span or (info.frame_start, info.frame_end, 1)
+        span = span or (info.frame_start, info.frame_end, info.frame_step)
         size = size or (info.width, info.height)
         samples = samples if samples is not None else info.samples
         start, end, _ = span
