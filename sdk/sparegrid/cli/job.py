@@ -268,6 +268,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_FLAGS", "--json goes with --dry-run")
     if args.dry_run and args.wait:
         raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --wait")
+    render_cli.check_flags(args)
     if args.kind == "render":
         return render_cli.submit(args)
     if args.kind == "generate":
