@@ -200,7 +200,9 @@ def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, 
     still = cli(cluster, "job", "preview", tiled.id, "-o", str(tmp_path / "still.png"))
     assert still.returncode == 1 and "[NO_FRAMES]" in still.stderr
     assert f"job {tiled.id} renders one still in tiles" in still.stderr
-    assert f"`sparegrid job results {tiled.id} -o DIR` stitches" in still.stderr
+    assert f"`sparegrid job results {tiled.id} -o DIR` stitches the tiles into DIR/still.png" in (
+        still.stderr
+    )
     assert "job wait" not in still.stderr and not (tmp_path / "still.png").exists()
 
 

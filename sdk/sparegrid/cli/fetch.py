@@ -182,16 +182,18 @@ def _frame_of(job: Job, number: int) -> tuple[TaskResult, str]:
 def _no_frame(job: Job, items: list[TaskResult]) -> int:
     """Why there is no frame to preview, and what to do: wait for a running job; a tiled
     still's tiles are not frames (its results stitch them); a job that ended has none."""
-    tiled = any(sdk_render.TILE_NAME.fullmatch(ref.name) for r in items for ref in r.outputs)
-    if tiled:
+    tiles = [
+        ref.name for r in items for ref in r.outputs if sdk_render.TILE_NAME.fullmatch(ref.name)
+    ]
+    if tiles:
         output.error(
             f"job {job.id} renders one still in tiles, and a preview shows whole frames",
             "NO_FRAMES",
         )
         done = "once it has finished" if not job.finished else "now"
         output.hint(
-            f"`sparegrid job results {job.id} -o DIR` stitches the tiles into DIR/still.png "
-            f"(or still.exr) {done}"
+            f"`sparegrid job results {job.id} -o DIR` stitches the tiles into "
+            f"DIR/still{Path(tiles[0]).suffix} {done}"
         )
     elif job.finished:
         output.error(
