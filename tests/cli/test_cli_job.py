@@ -494,3 +494,27 @@ async def test_messages_count_and_name_in_plain_english(
     preview = await cli("job", "preview", job_id, "-o", str(tmp_path / "f.png"))
     assert preview.code == 1
     assert f"job {job_id} is an echo job; only render jobs have frames" in preview.err
+
+
+async def test_flags_of_another_kind_are_refused_not_dropped(
+    cli: Cli, grid: FakeGrid, tmp_path: Path
+) -> None:
+    """`--tasks` on a render job, or `--frames` on a checksum job, used to be dropped
+    without a word: the job ran, not as asked. Now nothing is uploaded or submitted."""
+    scene = tmp_path / "shot.blend"
+    scene.write_bytes(b"BLENDER-v500RENDH")
+    on_render = await cli("job", "submit", "render", "--blend", str(scene), "--tasks", "5")
+    assert on_render.code == 1
+    assert "error: render jobs do not use --tasks: the scene is --blend FILE" in on_render.err
+    assert "[BAD_FLAGS]" in on_render.err
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"x" * 10)
+    on_checksum = await cli(
+        "job", "submit", "checksum", "--input", str(path), "--frames", "1-4", "--chunk", "2"
+    )
+    assert on_checksum.code == 1
+    assert (
+        "error: --frames, --chunk are for render jobs (`job submit render`); a checksum job "
+        "does not use them [BAD_FLAGS]"
+    ) in on_checksum.err
+    assert grid.coordinator.blobs.blobs == {} and grid.coordinator.jobs == {}

@@ -18,6 +18,16 @@ HERE = Path(__file__).parent
 SIZE = {"samples": 4, "resolution": "48x36"}
 
 
+# `sparegrid` as run where bpy is not installed (find_spec is how the CLI asks)
+NO_BPY_CLI = """
+import importlib.util, sys
+find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "bpy" else find(name, *a)
+from sparegrid.cli.main import main
+sys.exit(main())
+"""
+
+
 def compare(a: Path, b: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, str(HERE / "imagediff.py"), str(a), str(b)],
@@ -115,6 +125,21 @@ def test_tiled_still_matches_the_untiled_frame(grid, scenes, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert compare(frame, out / "still.exr")["max"] == 0.0
 
+    # without bpy the tiles are kept, and the hint names where they are (not the
+    # staging directory they were written to before it took DIR's name)
+    bare = tmp_path / "bare"
+    argv = ["job", "results", tiled.id, "-o", str(bare), "--coordinator", cluster.address]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_BPY_CLI, *argv],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"tiles are in {bare / 'tiles'}; stitching EXR tiles" in done.stderr
+    assert len(list((bare / "tiles").glob("*.exr"))) == 6 and not (bare / "still.exr").exists()
+
 
 def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, tmp_path) -> None:
     """A tiled PNG still is stitched by `job results` without Blender's help (Pillow and
@@ -171,6 +196,14 @@ def test_png_tiles_stitch_on_the_client_and_preview_saves_a_frame(grid, scenes, 
         f"job {anim.id} ended (succeeded) without a frame 9; its frames: 1, 2, 3" in missing.stderr
     )
     assert not (tmp_path / "9.png").exists()
+    # a tiled still has tiles, not frames: said so, with the command that stitches them
+    still = cli(cluster, "job", "preview", tiled.id, "-o", str(tmp_path / "still.png"))
+    assert still.returncode == 1 and "[NO_FRAMES]" in still.stderr
+    assert f"job {tiled.id} renders one still in tiles" in still.stderr
+    assert f"`sparegrid job results {tiled.id} -o DIR` stitches the tiles into DIR/still.png" in (
+        still.stderr
+    )
+    assert "job wait" not in still.stderr and not (tmp_path / "still.png").exists()
 
 
 def test_python_in_the_scene_never_runs(grid, scenes) -> None:
@@ -211,6 +244,12 @@ def test_external_files_are_packed_or_refused(grid, scenes) -> None:
     assert job.state == "failed"
     (result,) = job.results()
     assert "not packed" in result.error and "no-such-texture.png" in result.error
+    # its preview says it ended without a frame, rather than to wait for one
+    cluster = grid[0]
+    shown = cli(cluster, "job", "preview", job.id, "-o", str(cluster.root / "none.png"))
+    assert shown.returncode == 1 and "[NO_FRAMES]" in shown.stderr
+    assert f"job {job.id} ended (failed) without a finished frame" in shown.stderr
+    assert "job wait" not in shown.stderr
 
 
 def test_bad_input_is_rejected_at_submit(grid, scenes, tmp_path) -> None:

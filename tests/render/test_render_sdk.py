@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from sparegrid.cli import flagwords
 from sparegrid.sdk import InvalidArgumentError
 from sparegrid.sdk.render import (
     SceneInfo,
@@ -57,11 +58,36 @@ def test_defaults_come_from_the_scene() -> None:
     assert params["depth"] == 8 and "tiles" not in params
 
 
+def test_the_scenes_frame_step_is_a_default_too() -> None:
+    """A scene set to render every 2nd frame renders (and is charged for) half of them,
+    as Blender's own Render Animation would; frames= given keeps the step given."""
+    every_other = SceneInfo(1, 240, 1920, 1080, 128, "5.0.1", [], [], frame_step=2)
+    assert build_params(every_other, **DEFAULTS)["frame_step"] == 2
+    assert build_params(every_other, **{**DEFAULTS, "frames": "1-10"})["frame_step"] == 1
+
+
 def test_frames_outside_the_scene_are_refused() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         build_params(SCENE, **{**DEFAULTS, "frames": "200-300"})
     assert info.value.code == "BAD_FRAMES"
     assert "frames 200-300 are outside the scene's frame range 1-240" in info.value.message
+
+
+def test_one_frame_outside_the_scene_is_named_as_a_frame() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        build_params(SCENE, **{**DEFAULTS, "frames": 0})
+    assert info.value.code == "BAD_FRAMES"
+    assert info.value.message.startswith("frame 0 is outside the scene's frame range 1-240; ")
+    assert "Frame Range" in info.value.message
+
+
+def test_tiles_of_an_animation_say_to_choose_the_frame() -> None:
+    """`--tiles 2x2` alone takes the scene's whole range: the user is told to pick one."""
+    with pytest.raises(InvalidArgumentError) as info:
+        build_params(SCENE, **{**DEFAULTS, "tiles": "2x2"})
+    message = flagwords.in_flags(info.value).message
+    assert "got frames 1-240 (the scene's range); choose the frame, e.g. --frames 1" in message
+    assert build_params(SCENE, **{**DEFAULTS, "tiles": "2x2", "frames": 7})["tiles"] == [2, 2]
 
 
 def test_without_blender_the_settings_must_be_given() -> None:
@@ -83,6 +109,9 @@ def test_not_a_blend_file(tmp_path: Path) -> None:
         check_blend_file(path)
     with pytest.raises(InvalidArgumentError, match=r"no such \.blend file"):
         check_blend_file(tmp_path / "nope.blend")
+    # a folder of scenes is named as one, not said not to exist
+    with pytest.raises(InvalidArgumentError, match=r"is a directory; name the \.blend file"):
+        check_blend_file(tmp_path)
 
 
 def test_blender_requirement() -> None:
@@ -91,8 +120,10 @@ def test_blender_requirement() -> None:
     with pytest.raises(InvalidArgumentError, match=r"not like 5\.0"):
         requirements_software("five")
     assert requirements_software("5.0", "OptiX") == {"blender": "5.0", "cycles-optix": "5.0"}
-    with pytest.raises(InvalidArgumentError, match="needs a Blender version too"):
+    with pytest.raises(InvalidArgumentError, match="needs a Blender version too") as info:
         requirements_software(None, "cuda")
+    # the CLI's user is told the flag that gives it
+    assert "e.g. --blender 5.0" in flagwords.in_flags(info.value).message
     with pytest.raises(InvalidArgumentError, match="unknown backend 'metal'"):
         requirements_software("5.0", "metal")
 

@@ -131,12 +131,14 @@ def test_worker_advertises_render_and_its_blender_only_with_bpy() -> None:
     assert software_versions()["blender"].startswith("5.0")
     proc = run_python(
         """
-        import importlib.abc, logging, sys
+        import importlib.abc, importlib.util, logging, sys
         class NoBpy(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
                 if name == "bpy":
                     raise ModuleNotFoundError("No module named 'bpy'")
         sys.meta_path.insert(0, NoBpy())
+        find = importlib.util.find_spec  # as where bpy is not installed: None, not a raise
+        importlib.util.find_spec = lambda name, *a: None if name == "bpy" else find(name, *a)
         logging.basicConfig()
         from sparegrid.worker.executors.registry import ExecutorRegistry
         print(sorted(s.name for s in ExecutorRegistry.discover().specs()))
@@ -147,6 +149,9 @@ def test_worker_advertises_render_and_its_blender_only_with_bpy() -> None:
     assert "render" not in offered  # generate is offered too where transformers is installed
     assert {"checksum", "echo", "inference"} <= set(offered)
     assert "skipping executor plugin render" in proc.stderr
+    # a volunteer is told what it costs and how to install it, as README's pipx line does
+    assert "so this node takes no render jobs" in proc.stderr
+    assert "pipx install --python python3.11 'sparegrid[worker,render]'" in proc.stderr
 
 
 def test_blender_stays_warm_across_tasks_of_one_scene(scenes: Path, tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ class ErrorCode(StrEnum):
     NOT_A_RENDER = "NOT_A_RENDER"
     NO_ADMIN_KEY = "NO_ADMIN_KEY"
     NO_CLIENT = "NO_CLIENT"
+    NO_FRAMES = "NO_FRAMES"  # job preview of a tiled still, or of a job that ended frameless
     NO_TILES = "NO_TILES"
     NOT_A_RESULTS_DIR = "NOT_A_RESULTS_DIR"  # job verify --dir: no results.json there
     OUTPUT_EXISTS = "OUTPUT_EXISTS"

@@ -93,15 +93,16 @@ def client(context: Any) -> Any:
 def render_args(scene: Any) -> dict[str, Any]:
     """The SDK's render arguments from the panel, the scene's own values where 0."""
     s = scene.sparegrid
-    scale = scene.render.resolution_percentage / 100
-    width = s.resolution_x or round(scene.render.resolution_x * scale)
-    height = s.resolution_y or round(scene.render.resolution_y * scale)
+    percent = scene.render.resolution_percentage  # Blender's size: rounded down, as here
+    width = s.resolution_x or scene.render.resolution_x * percent // 100
+    height = s.resolution_y or scene.render.resolution_y * percent // 100
     tiled = s.tiles_x * s.tiles_y > 1
     start = s.frame_start or scene.frame_start
     end = s.frame_end or scene.frame_end
+    step = max(1, scene.frame_step)  # Render Animation renders every Nth frame: so does this
     samples = s.samples or getattr(getattr(scene, "cycles", None), "samples", 0) or None
     return {
-        "frames": f"{scene.frame_current}" if tiled else f"{start}-{end}",
+        "frames": f"{scene.frame_current}" if tiled else f"{start}-{end}:{step}",
         "samples": samples,
         "resolution": (width, height),
         "format": s.file_format,

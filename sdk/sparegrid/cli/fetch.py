@@ -179,6 +179,34 @@ def _frame_of(job: Job, number: int) -> tuple[TaskResult, str]:
     )
 
 
+def _no_frame(job: Job, items: list[TaskResult]) -> int:
+    """Why there is no frame to preview, and what to do: wait for a running job; a tiled
+    still's tiles are not frames (its results stitch them); a job that ended has none."""
+    tiles = [
+        ref.name for r in items for ref in r.outputs if sdk_render.TILE_NAME.fullmatch(ref.name)
+    ]
+    if tiles:
+        output.error(
+            f"job {job.id} renders one still in tiles, and a preview shows whole frames",
+            "NO_FRAMES",
+        )
+        done = "once it has finished" if not job.finished else "now"
+        output.hint(
+            f"`sparegrid job results {job.id} -o DIR` stitches the tiles into "
+            f"DIR/still{Path(tiles[0]).suffix} {done}"
+        )
+    elif job.finished:
+        output.error(
+            f"job {job.id} ended ({job.state.value}) without a finished frame", "NO_FRAMES"
+        )
+        if job.error:
+            output.hint(f"why: {job.error}")
+    else:
+        output.error(f"job {job.id} has no finished frame yet", "FRAME_NOT_READY")
+        output.hint(f"`sparegrid job wait {job.id}` follows it")
+    return 1
+
+
 def preview(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
@@ -193,11 +221,10 @@ def preview(args: argparse.Namespace) -> int:
         if args.frame is not None:
             result, name = _frame_of(job, args.frame)
         else:
-            found = sdk_render.latest_frame_ref(job.results())
+            items = job.results()
+            found = sdk_render.latest_frame_ref(items)
             if found is None:
-                output.error(f"job {job.id} has no finished frame yet", "FRAME_NOT_READY")
-                output.hint(f"`sparegrid job wait {job.id}` follows it")
-                return 1
+                return _no_frame(job, items)
             result, name = found
         problems = problems_of(client, result)
         if problems:

@@ -33,6 +33,7 @@ FLAGS = {
     "tasks": "--tasks",
     "data": "--data",
     "frames": "--frames",
+    "blender": "--blender",
 }
 
 

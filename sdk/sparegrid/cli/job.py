@@ -268,6 +268,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("BAD_FLAGS", "--json goes with --dry-run")
     if args.dry_run and args.wait:
         raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --wait")
+    render_cli.check_flags(args)
     if args.kind == "render":
         return render_cli.submit(args)
     if args.kind == "generate":
@@ -353,7 +354,7 @@ def results(args: argparse.Namespace) -> int:
         with staged(out_dir) as stage:
             merged = None
             if job.kind == "render":
-                entries = render_cli.write_results(client, items, stage)
+                entries = render_cli.write_results(client, items, stage, out_dir)
             else:
                 entries = [write_result(client, r, stage) for r in items]
             if job.kind == "inference":

@@ -17,17 +17,51 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", metavar="A-B[:STEP]", help="frames to render (the scene's range)")
     g.add_argument("--samples", type=int, metavar="N", help="Cycles samples (the scene's)")
     g.add_argument("--resolution", metavar="WxH", help="e.g. 1920x1080 (the scene's)")
-    g.add_argument("--format", default="png", metavar="png|exr", help="png or exr")
+    g.add_argument("--format", metavar="png|exr", help="png or exr (png)")
     g.add_argument("--depth", type=int, metavar="BITS", help="png: 8 or 16; exr: 16 or 32")
     g.add_argument("--tiles", metavar="NxM", help="split one still frame into NxM tiles")
-    g.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per task (1)")
+    g.add_argument("--chunk", type=int, metavar="N", help="frames per task (1)")
     g.add_argument("--blender", metavar="MAJOR.MINOR", help="only nodes with this Blender")
     g.add_argument("--backend", metavar="optix|cuda|cpu", help="with --blender: only nodes with it")
+
+
+# `job submit` options only render jobs read, and those they do not: given to the other
+# kind, either would be dropped without a word, and the job would not be the one asked for
+RENDER_FLAGS: tuple[str, ...] = ("blend", "frames", "samples", "resolution", "format", "depth")
+RENDER_FLAGS += ("tiles", "chunk", "blender", "backend")
+NOT_RENDER_FLAGS: tuple[str, ...] = ("tasks", "input", "data", "sleep_ms", "params")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) not in (None, [])]
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuses a flag of render jobs on another kind's submit, and the reverse."""
+    if args.kind == "render":
+        stray = _given(args, NOT_RENDER_FLAGS)
+        if stray:
+            raise InvalidArgumentError(
+                "BAD_FLAGS",
+                f"render jobs do not use {', '.join(stray)}: the scene is --blend FILE, and "
+                "--frames, --chunk or --tiles make its tasks",
+            )
+    else:
+        stray = _given(args, RENDER_FLAGS)
+        if stray:
+            raise InvalidArgumentError(
+                "BAD_FLAGS",
+                f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for render jobs "
+                f"(`job submit render`); {output.a_or_an(args.kind)} job does not use "
+                f"{'it' if len(stray) == 1 else 'them'}",
+            )
 
 
 def submit(args: argparse.Namespace) -> int:
     if not args.blend:
         raise InvalidArgumentError("BAD_INPUT", "a render job needs --blend FILE (the scene)")
+    args.format = "png" if args.format is None else args.format
+    args.chunk = 1 if args.chunk is None else args.chunk
     blend = Path(args.blend)
     with common.client(args) as client:
         if args.dry_run:
@@ -89,10 +123,14 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> list[dict[str, Any]]:
+def write_results(
+    client: Client, items: list[TaskResult], out_dir: Path, shown: Path | None = None
+) -> list[dict[str, Any]]:
     """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
     receipts under out_dir/receipts/. Every output is digest-checked as it is written; one
-    that does not match is a problem of its task, and the others are still written."""
+    that does not match is a problem of its task, and the others are still written.
+    `shown` is the directory the user named, when out_dir is a staging directory that is
+    renamed to it afterwards: messages name where the files will be, not where they are."""
     entries = []
     tiles: list[Path] = []
     unwritten = 0  # tiles whose bytes did not match their digest
@@ -121,17 +159,17 @@ def write_results(client: Client, items: list[TaskResult], out_dir: Path) -> lis
         entries.append(record(result, out_dir, files, problems))
     complete = all(e["state"] == "succeeded" for e in entries) and not unwritten
     if tiles and complete:
-        stitch(tiles, out_dir)
+        stitch(tiles, out_dir, shown)
     return entries
 
 
-def stitch(tiles: list[Path], out_dir: Path) -> None:
+def stitch(tiles: list[Path], out_dir: Path, shown: Path | None = None) -> None:
     width, height = sdk_render.frame_size(tiles)
     ext = tiles[0].suffix
     frame = out_dir / f"still{ext}"
     if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
         output.hint(
-            f"tiles are in {out_dir / 'tiles'}; stitching EXR tiles into {frame.name} needs "
+            f"tiles are in {(shown or out_dir) / 'tiles'}; stitching EXR tiles into {frame.name} needs "
             "bpy: pip install 'sparegrid[render]' (Python 3.11)"
         )
         return

@@ -50,6 +50,7 @@ class SceneInfo:
     missing: list[str]
     camera: bool = True
     unpackable: list[str] = field(default_factory=list)
+    frame_step: int = 1  # Blender renders every Nth frame of the range: so do the defaults
 
 
 def _tool_command(args: Sequence[str]) -> list[str]:
@@ -94,6 +95,8 @@ def _tool(*args: str) -> dict[str, Any]:
 
 
 def check_blend_file(path: Path) -> None:
+    if path.is_dir():
+        raise InvalidArgumentError("BAD_INPUT", f"{path} is a directory; name the .blend file")
     if not path.is_file():
         raise InvalidArgumentError("BAD_INPUT", f"no such .blend file: {path}")
     with path.open("rb") as f:
@@ -123,6 +126,7 @@ def inspect_scene(path: Path) -> SceneInfo:
         list(info["missing"]),
         bool(info["camera"]),
         list(info.get("unpackable", [])),
+        max(1, int(info.get("frame_step", 1))),
     )
 
 
@@ -241,21 +245,23 @@ def build_params(
     span = parse_frames(frames)
     size = parse_pair(resolution, "resolution")
     if info is not None:
-        span = span or (info.frame_start, info.frame_end, 1)
+        span = span or (info.frame_start, info.frame_end, info.frame_step)
         size = size or (info.width, info.height)
         samples = samples if samples is not None else info.samples
         start, end, _ = span
         if start < info.frame_start or end > info.frame_end:
+            asked = f"frame {start} is" if start == end else f"frames {start}-{end} are"
             raise InvalidArgumentError(
                 "BAD_FRAMES",
-                f"frames {start}-{end} are outside the scene's frame range "
-                f"{info.frame_start}-{info.frame_end}",
+                f"{asked} outside the scene's frame range {info.frame_start}-"
+                f"{info.frame_end}; choose frames within it, or widen the range in Blender "
+                "(Output Properties > Frame Range) and save",
             )
     if span is None or size is None or samples is None:
         raise InvalidArgumentError(
             "BAD_PARAMS",
             "frames, resolution and samples are needed when bpy is not installed here to read "
-            "them from the scene (pip install bpy==5.0.1)",
+            "them from the scene (pip install 'sparegrid[render]': bpy 5.0.1, CPython 3.11 only)",
         )
     params: dict[str, Any] = {
         "frame_start": span[0],
@@ -269,6 +275,13 @@ def build_params(
     }
     tile_pair = parse_pair(tiles, "tiles")
     if tile_pair is not None:
+        if span[0] != span[1]:  # the scene's range, most often: frames was left out
+            whose = " (the scene's range)" if frames is None else ""
+            raise InvalidArgumentError(
+                "BAD_PARAMS",
+                f"tiles split one still frame, got frames {span[0]}-{span[1]}{whose}; "
+                f"choose the frame, e.g. frames={span[0]}",
+            )
         params["tiles"] = list(tile_pair)
     return params
 
@@ -411,7 +424,8 @@ def requirements_software(blender: str | None, backend: str | None = None) -> di
     if not blender:
         if backend:
             raise InvalidArgumentError(
-                "BAD_PARAMS", f"backend {backend!r} needs a Blender version too, e.g. 5.0"
+                "BAD_PARAMS",
+                f"backend {backend!r} needs a Blender version too, e.g. blender=5.0",
             )
         return {}
     m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", blender.strip())

@@ -22,7 +22,11 @@ from sparegrid.worker.executors.base import BAD_PARAMS, ExecOutput, ExecTask, Ex
 from sparegrid.worker.executors.params import check_inputs, load_params
 
 if importlib.util.find_spec("bpy") is None:
-    raise ImportError("bpy (Blender as a Python module) is not installed: pip install bpy==5.0.1")
+    raise ImportError(
+        "bpy (Blender as a Python module) is not installed, so this node takes no render "
+        "jobs; to take them, install sparegrid[render] (bpy 5.0.1, CPython 3.11 only), e.g. "
+        "pipx install --python python3.11 'sparegrid[worker,render]'"
+    )
 
 BLENDER_VERSION = metadata.version("bpy")
 MEMORY_ENV = "SPAREGRID_RENDER_MAX_MEMORY_MB"
