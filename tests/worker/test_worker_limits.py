@@ -2,6 +2,8 @@
 isolation, and the credit tally's day boundary."""
 
 import asyncio
+import importlib.util
+import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -150,3 +152,21 @@ def test_a_result_carries_inline_no_more_than_the_coordinator_takes() -> None:
     assert set(inline) | set(blobs) == {o.digest for o in outputs}
     small, big = split_inline([output(1, 10), output(2, 100)], 64)
     assert list(small) == [output(1, 10).digest] and list(big) == [output(2, 100).digest]
+
+
+async def test_the_start_line_names_the_job_kinds_the_node_takes(
+    tmp_path: Path, coordinator: FakeCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A volunteer sees at start which jobs its node will run (render only with bpy, and
+    with which Blender), not only when a job of a kind it lacks never comes."""
+    worker = Worker(make_config(tmp_path, coordinator.address), devices=fake_devices())
+    with caplog.at_level(logging.INFO, logger="sparegrid.worker"):
+        task = asyncio.create_task(worker.run())
+        try:
+            await wait_until(lambda: "takes " in caplog.text)
+        finally:
+            worker.shutdown(force=True)
+            await asyncio.wait_for(task, 10)
+    line = next(r.getMessage() for r in caplog.records if "starting:" in r.getMessage())
+    assert "takes checksum, echo, " in line and line.endswith(" jobs"), line
+    assert ("render (Blender 5." in line) == (importlib.util.find_spec("bpy") is not None), line

@@ -180,10 +180,11 @@ class Worker(WorkerSession):
         shutil.rmtree(self.config.data_dir / "work", ignore_errors=True)
         pending = self._outbox.load()
         _log.info(
-            "worker %s starting: %d device(s), %d batch(es) in the outbox",
+            "worker %s starting: %d device(s), %d batch(es) in the outbox; takes %s jobs",
             self.node_id,
             len(self.devices),
             pending,
+            self.executors.describe(),
         )
         if not self.config.owner_key:
             _log.warning(

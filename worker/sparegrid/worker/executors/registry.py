@@ -128,6 +128,17 @@ class ExecutorRegistry:
     def targets(self) -> Mapping[str, str]:
         return {name: spec.target for name, spec in self._specs.items()}
 
+    def describe(self) -> str:
+        """The job kinds this node takes, for its volunteer: "checksum, echo, inference,
+        render (Blender 5.0.1)"; a kind missing here (render without bpy) is one whose
+        executor could not load, which the log said when it was looked for."""
+        return ", ".join(_described(spec) for spec in self.specs()) or "no"
+
+
+def _described(spec: ExecutorSpec) -> str:
+    _, _, blender = spec.version.partition("+blender")
+    return f"{spec.name} (Blender {blender})" if blender else spec.name
+
 
 def _entry_point_specs(group: str) -> list[ExecutorSpec]:
     specs = []
