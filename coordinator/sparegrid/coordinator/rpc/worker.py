@@ -274,6 +274,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         budget = first.hello.max_attempt_seconds
 
         def attach() -> tuple[list[str], list[str], int]:
+            app.identities.keep_owner(node, app.store.get_node(node.id))  # once it proved its key
             app.store.upsert_node(node)
             if app.identities.needs_approval:
                 app.reputations.hold_for_approval(node.id)
