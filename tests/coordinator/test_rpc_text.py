@@ -105,3 +105,28 @@ async def test_a_nodes_failure_reaches_the_clients_terminal_without_escapes(
     [name] = [n.name for n in nodes.nodes if n.node_id == rogue_id]
     assert name.isprintable() and name.startswith("n?]0;pwned")
     rogue.cancel()
+
+
+async def test_an_output_named_with_escapes_is_refused_and_paid_nothing(
+    served: Served,
+) -> None:
+    """An output's name is signed with the result, so it cannot be made printable as a
+    failure's text is: a result naming one with a terminal escape (which `job results`
+    would list) is refused BAD_OUTPUT, its attempt ends, and its node is paid nothing."""
+    signer = Signer.generate()
+    rogue, rogue_id = await session(served, signer, served.bob_key)
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=2)
+    await client.SubmitJob(
+        client_pb2.SubmitJobRequest(spec=spec), metadata=served.auth(served.alice_key)
+    )
+    await rogue.write(credit(1))
+    [taken] = (await rogue.read()).assign.assignments
+    await rogue.write(signed_results(signer, [taken], b"hi", names=("\x1b[2Jout",)))
+    [verdict] = (await next_ack(rogue)).verdicts
+    assert (verdict.accepted, verdict.code) == (False, "BAD_OUTPUT")
+    assert "not printable" in verdict.message
+    [attempt] = served.app.store.get_attempts([taken.attempt_id])
+    assert attempt.state.value == "failed"
+    assert served.app.store.balance(f"node:{rogue_id}") == 0
+    rogue.cancel()

@@ -254,6 +254,8 @@ class Intake:
                 raise BadResult(
                     "BAD_OUTPUT", f"an output's name is at most {MAX_OUTPUT_NAME} characters"
                 )
+            if not out.name.isprintable():  # signed, so not rewritten: the client lists it
+                raise BadResult("BAD_OUTPUT", f"output {out.name!r} is not printable text")
             if not is_digest(out.digest):
                 raise BadResult("BAD_OUTPUT", f"output {out.name!r} has a malformed digest")
             size = len(inline.get(out.digest, b""))
