@@ -7,6 +7,7 @@ from sparegrid.v1 import (
     admin_pb2_grpc,
     client_pb2,
     client_pb2_grpc,
+    common_pb2,
     worker_pb2,
 )
 from sparegrid.wire import Signer
@@ -55,8 +56,77 @@ async def test_a_nul_in_a_workers_name_and_failure_drops_no_other_session(
         admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
     )
     names = {n.node_id: n.name for n in nodes.nodes}
-    assert names[rogue_id] in ("evil\x00name", "evil\ufffdname")  # PostgreSQL: U+FFFD
+    assert names[rogue_id] == "evil?name"  # what an operator's terminal shows
     [failed] = served.app.store.get_attempts([taken.attempt_id])
-    assert failed.state.value == "failed" and failed.error.endswith("failed")
+    assert failed.state.value == "failed" and failed.error == "it?failed"
+    assert failed.error_code == "BAD?CODE"
     honest.cancel()
+    rogue.cancel()
+
+
+async def test_a_nodes_failure_reaches_the_clients_terminal_without_escapes(
+    served: Served,
+) -> None:
+    """A rogue node fails alice's task with a message (and a code) that would clear her
+    terminal, retitle its window and reverse the text after it, and names itself so for
+    the operator: `job get` and `admin nodes` show each such character as "?"."""
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202eevil\r\nerror: forged"
+    rogue, rogue_id = await session(
+        served, Signer.generate(), served.bob_key, node_name=f"n{hostile}"
+    )
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=1)
+    job_id = (
+        await client.SubmitJob(
+            client_pb2.SubmitJobRequest(spec=spec), metadata=served.auth(served.alice_key)
+        )
+    ).job.job_id
+    await rogue.write(credit(1))
+    [taken] = (await rogue.read()).assign.assignments
+    failure = worker_pb2.TaskFailure(
+        attempt_id=taken.attempt_id, code="BAD_INPUT\x1b[8m", message=hostile, retryable=False
+    )
+    await rogue.write(
+        worker_pb2.WorkerMessage(failures=worker_pb2.Failures(batch_id=1, failures=[failure]))
+    )
+    assert (await next_ack(rogue)).verdicts[0].accepted
+    job = (
+        await client.GetJob(
+            client_pb2.GetJobRequest(job_id=job_id), metadata=served.auth(served.alice_key)
+        )
+    ).job
+    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert "?]0;pwned??[2J?evil??error: forged" in job.error
+    assert "BAD_INPUT?[8m" in job.error
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+    nodes = await admin.ListNodes(
+        admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
+    )
+    [name] = [n.name for n in nodes.nodes if n.node_id == rogue_id]
+    assert name.isprintable() and name.startswith("n?]0;pwned")
+    rogue.cancel()
+
+
+async def test_an_output_named_with_escapes_is_refused_and_paid_nothing(
+    served: Served,
+) -> None:
+    """An output's name is signed with the result, so it cannot be made printable as a
+    failure's text is: a result naming one with a terminal escape (which `job results`
+    would list) is refused BAD_OUTPUT, its attempt ends, and its node is paid nothing."""
+    signer = Signer.generate()
+    rogue, rogue_id = await session(served, signer, served.bob_key)
+    client = client_pb2_grpc.ClientServiceStub(served.channel)
+    spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=2)
+    await client.SubmitJob(
+        client_pb2.SubmitJobRequest(spec=spec), metadata=served.auth(served.alice_key)
+    )
+    await rogue.write(credit(1))
+    [taken] = (await rogue.read()).assign.assignments
+    await rogue.write(signed_results(signer, [taken], b"hi", names=("\x1b[2Jout",)))
+    [verdict] = (await next_ack(rogue)).verdicts
+    assert (verdict.accepted, verdict.code) == (False, "BAD_OUTPUT")
+    assert "not printable" in verdict.message
+    [attempt] = served.app.store.get_attempts([taken.attempt_id])
+    assert attempt.state.value == "failed"
+    assert served.app.store.balance(f"node:{rogue_id}") == 0
     rogue.cancel()

@@ -45,6 +45,39 @@ async def test_a_wrong_owner_key_is_refused(served: Served) -> None:
     assert list(nodes.nodes) == []
 
 
+async def test_a_node_key_answers_for_the_first_owner_it_proved(served: Served) -> None:
+    """A node of alice's reconnecting with bob's key, or with none, is refused and stays
+    alice's: its failures, read back after a restart as its owner's, would otherwise
+    count as a second owner's beside alice's next one (ending a task on one owner's
+    word, or paying one owner's timeouts twice). With alice's key it connects again; an
+    anonymous node may prove an account later."""
+    admin = admin_pb2_grpc.AdminServiceStub(served.channel)
+
+    async def owners() -> dict[str, str]:
+        nodes = await admin.ListNodes(
+            admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
+        )
+        return {n.node_id: n.owner for n in nodes.nodes}
+
+    signer, later = Signer.generate(), Signer.generate()
+    call, node_id = await session(served, signer, served.alice_key)
+    call.cancel()
+    for key in (served.bob_key, ""):
+        with pytest.raises(aio.AioRpcError) as err:
+            await session(served, signer, key)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(err.value) == "NODE_OWNER_CHANGED"
+        assert "--data-dir" in (err.value.details() or "")
+        assert await owners() == {node_id: "alice"}
+    call, _ = await session(served, signer, served.alice_key)
+    call.cancel()
+    call, later_id = await session(served, later)
+    call.cancel()
+    call, _ = await session(served, later, served.bob_key)
+    call.cancel()
+    assert (await owners())[later_id] == "bob"
+
+
 async def test_info_offers_the_countersigning_key_and_prices(served: Served) -> None:
     stub = client_pb2_grpc.ClientServiceStub(served.channel)
     info = await stub.GetInfo(client_pb2.GetInfoRequest(), metadata=served.auth(served.bob_key))

@@ -207,6 +207,13 @@ def owner_of(node: Node) -> str:
     return node.owner or f"node:{node.id}"
 
 
+def printable(text: str) -> str:
+    """`text` with every character that could drive a terminal (ESC, CR, BEL, bidi
+    overrides, line breaks) as "?": for what a node or a webhook's receiver chose, which
+    a client's or an operator's terminal shows (rich passes ESC through)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 class Standing(StrEnum):
     ACTIVE = "active"
     QUARANTINED = "quarantined"  # too many invalid results: no work until reinstated

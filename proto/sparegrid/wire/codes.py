@@ -75,6 +75,7 @@ class ErrorCode(StrEnum):
     MODEL_MISMATCH = "MODEL_MISMATCH"
     MODEL_NOT_EXPORTED = "MODEL_NOT_EXPORTED"  # also raised by the SDK before upload
     NODE_NOT_FOUND = "NODE_NOT_FOUND"
+    NODE_OWNER_CHANGED = "NODE_OWNER_CHANGED"  # a node key proves one owner account for good
     NOTHING_TO_RETRY = "NOTHING_TO_RETRY"
     NOT_ADMIN = "NOT_ADMIN"
     NOT_LEASED = "NOT_LEASED"

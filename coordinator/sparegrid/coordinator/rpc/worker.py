@@ -15,7 +15,7 @@ from grpc import aio
 from packaging.version import InvalidVersion, Version
 
 from sparegrid.coordinator.app import App
-from sparegrid.coordinator.domain import Attempt, Node, Task, node_account
+from sparegrid.coordinator.domain import Attempt, Node, Task, node_account, printable
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import peer_address
@@ -181,7 +181,7 @@ def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     return Node(
         id=node_id,
         public_key=hello.public_key,
-        name=hello.node_name[:100],
+        name=printable(hello.node_name[:100]),  # shown in operators' terminals (admin nodes)
         devices=devices,
         software={k[:64]: v[:64] for k, v in list(hello.software.items())[:64]},
         executors={e.name[:64]: e.version[:64] for e in hello.executors[:256]},
@@ -274,6 +274,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         budget = first.hello.max_attempt_seconds
 
         def attach() -> tuple[list[str], list[str], int]:
+            app.identities.keep_owner(node, app.store.get_node(node.id))  # once it proved its key
             app.store.upsert_node(node)
             if app.identities.needs_approval:
                 app.reputations.hold_for_approval(node.id)

@@ -137,6 +137,25 @@ class Identities:
                 "the account's API key (SPAREGRID_OWNER_KEY or --owner-key-file)",
             )
 
+    def keep_owner(self, node: Node, known: Node | None) -> None:
+        """Refuses a node key that proved an owner account before and now proves another,
+        or none: a node answers for one owner for good. What its failures counted for is
+        kept with its attempts and read back, after a restart, as its owner's (Claim):
+        a node moved to a second account, or to none, would then count its owner's claim
+        that a task is bad, or its timeout owed pay, as a second owner's, and with that
+        owner's next one end the task or be paid twice. A node that was anonymous may
+        prove an account later (its owner is added, not swapped)."""
+        if known is None or is_anonymous(known.owner) or known.owner == node.owner:
+            return
+        raise CoordinatorError(
+            ErrorKind.PERMISSION,
+            "NODE_OWNER_CHANGED",
+            f"node {node.id} belongs to another owner account than the key it sent "
+            "proves (or it sent none): start it with the API key of the account it "
+            "registered with (SPAREGRID_OWNER_KEY or --owner-key-file), or with a new "
+            "--data-dir (a new node key) to run it for this account",
+        )
+
     @property
     def needs_approval(self) -> bool:
         return self.config.enrollment == Enrollment.APPROVE

@@ -21,6 +21,7 @@ from sparegrid.coordinator.domain import (
     Replica,
     Task,
     owner_of,
+    printable,
 )
 from sparegrid.coordinator.errors import CoordinatorError
 from sparegrid.coordinator.services.comparators import Reader
@@ -253,6 +254,8 @@ class Intake:
                 raise BadResult(
                     "BAD_OUTPUT", f"an output's name is at most {MAX_OUTPUT_NAME} characters"
                 )
+            if not out.name.isprintable():  # signed, so not rewritten: the client lists it
+                raise BadResult("BAD_OUTPUT", f"output {out.name!r} is not printable text")
             if not is_digest(out.digest):
                 raise BadResult("BAD_OUTPUT", f"output {out.name!r} has a malformed digest")
             size = len(inline.get(out.digest, b""))
@@ -487,7 +490,9 @@ class Intake:
             is_preempted = failure.code == PREEMPTED
             move_attempt(attempt, AttemptState.CANCELLED if is_preempted else AttemptState.FAILED)
             attempt.finished_at = now
-            attempt.error_code, attempt.error = failure.code[:64], failure.message[:2000]
+            # the node's words reach the client's terminal (job get, events): no escapes
+            attempt.error_code = printable(failure.code[:64])
+            attempt.error = printable(failure.message[:2000])
             if task_log is not None:
                 kept.append(task_log)
             if is_preempted:

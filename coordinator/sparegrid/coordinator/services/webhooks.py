@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sparegrid.coordinator.clock import Clock
-from sparegrid.coordinator.domain import Delivery, Job
+from sparegrid.coordinator.domain import Delivery, Job, printable
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.store.base import Store
 from sparegrid.wire import Signer
@@ -130,7 +130,7 @@ def public_error(error: str) -> str:
     source lines) is cut out, characters that could drive a terminal are replaced (the
     receiver chooses its status line), and it is kept to MAX_ERROR characters."""
     text = _FILE_PATH.sub("<path>", _SOURCE_LINE.sub("", error))
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    text = printable(text)
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "\u2026"
 
 
