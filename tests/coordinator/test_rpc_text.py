@@ -96,7 +96,7 @@ async def test_a_nodes_failure_reaches_the_clients_terminal_without_escapes(
         )
     ).job
     assert job.state == common_pb2.JOB_STATE_FAILED
-    assert "?]0;pwned??[2J?evil??error: forged" in job.error
+    assert "?]0;pwned??[2J?evil? error: forged" in job.error
     assert "BAD_INPUT?[8m" in job.error
     admin = admin_pb2_grpc.AdminServiceStub(served.channel)
     nodes = await admin.ListNodes(

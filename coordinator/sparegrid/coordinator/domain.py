@@ -209,9 +209,10 @@ def owner_of(node: Node) -> str:
 
 def printable(text: str) -> str:
     """`text` with every character that could drive a terminal (ESC, CR, BEL, bidi
-    overrides, line breaks) as "?": for what a node or a webhook's receiver chose, which
-    a client's or an operator's terminal shows (rich passes ESC through)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+    overrides) as "?", and line breaks and tabs as spaces (a traceback's lines stay
+    readable on one line): for what a node or a webhook's receiver chose, which a
+    client's or an operator's terminal shows (rich passes ESC through)."""
+    return "".join(c if c.isprintable() else " " if c in "\n\t" else "?" for c in text)
 
 
 class Standing(StrEnum):
