@@ -71,8 +71,11 @@ async def test_a_nodes_failure_reaches_the_clients_terminal_without_escapes(
     terminal, retitle its window and reverse the text after it, and names itself so for
     the operator: `job get` and `admin nodes` show each such character as "?"."""
     hostile = "\x1b]0;pwned\x07\x1b[2J\u202eevil\r\nerror: forged"
+    device = common_pb2.Device(
+        index=0, kind=common_pb2.DEVICE_KIND_CPU, name=f"cpu{hostile}", driver_version="\x1b[8m1"
+    )
     rogue, rogue_id = await session(
-        served, Signer.generate(), served.bob_key, node_name=f"n{hostile}"
+        served, Signer.generate(), served.bob_key, node_name=f"n{hostile}", devices=[device]
     )
     client = client_pb2_grpc.ClientServiceStub(served.channel)
     spec = client_pb2.JobSpec(kind="echo", params=b'{"tasks": 1}', max_attempts=1)
@@ -102,8 +105,11 @@ async def test_a_nodes_failure_reaches_the_clients_terminal_without_escapes(
     nodes = await admin.ListNodes(
         admin_pb2.ListNodesRequest(), metadata=served.auth(served.admin_key)
     )
-    [name] = [n.name for n in nodes.nodes if n.node_id == rogue_id]
-    assert name.isprintable() and name.startswith("n?]0;pwned")
+    [node] = [n for n in nodes.nodes if n.node_id == rogue_id]
+    assert node.name.isprintable() and node.name.startswith("n?]0;pwned")
+    [shown] = node.devices  # its device's name and driver too
+    assert shown.name.startswith("cpu?]0;pwned") and shown.name.isprintable()
+    assert shown.driver_version == "?[8m1"
     rogue.cancel()
 
 

@@ -26,6 +26,7 @@ from sparegrid.coordinator.domain import (
     Task,
     TaskState,
     client_account,
+    printable,
 )
 from sparegrid.coordinator.errors import invalid
 from sparegrid.coordinator.services.jobs import JobSpec
@@ -62,12 +63,13 @@ def device_from_pb(d: common_pb2.Device) -> Device:
     return Device(
         index=d.index,
         kind=device_kind(d.kind) or "cpu",
-        name=d.name[:200],
-        uuid=d.uuid[:100],
+        # a node's words, shown in operators' terminals (admin nodes): no escapes
+        name=printable(d.name[:200]),
+        uuid=printable(d.uuid[:100]),
         memory_bytes=d.memory_bytes,
-        compute_capability=d.compute_capability[:16],
-        driver_version=d.driver_version[:64],
-        backend=d.backend[:32],
+        compute_capability=printable(d.compute_capability[:16]),
+        driver_version=printable(d.driver_version[:64]),
+        backend=printable(d.backend[:32]),
     )
 
 

@@ -183,8 +183,12 @@ def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
         public_key=hello.public_key,
         name=printable(hello.node_name[:100]),  # shown in operators' terminals (admin nodes)
         devices=devices,
-        software={k[:64]: v[:64] for k, v in list(hello.software.items())[:64]},
-        executors={e.name[:64]: e.version[:64] for e in hello.executors[:256]},
+        software={
+            printable(k[:64]): printable(v[:64]) for k, v in list(hello.software.items())[:64]
+        },
+        executors={
+            printable(e.name[:64]): printable(e.version[:64]) for e in hello.executors[:256]
+        },
         first_seen=now,
         last_seen=now,
     )
