@@ -337,3 +337,22 @@ async def test_bad_cli_flags_exit_2_and_issue_nothing(cli: Cli, served: Served) 
             await cli("admin", "invite", "create", *argv)
         assert exit_.value.code == 2, argv
     assert served.app.store.list_invites() == []
+
+
+async def test_an_invitation_whose_credit_pays_the_stake_is_issued_with_a_warning(
+    cli: Cli, served: Served
+) -> None:
+    """With --min-stake, votes cost stake; an invitation granting at least that much credit
+    hands whoever holds it that many voting owners for nothing. It is still issued (a
+    client needs credit to run jobs), but the operator is told so, in words, and told
+    nothing when the credit is below the stake."""
+    served.app.identities.config.min_stake = 50
+    free = await cli("admin", "invite", "create", "--uses", "3", "--credit", "50")
+    assert free.code == 0 and free.out.strip().startswith("sgi_")
+    assert "warning:" in free.err and "--min-stake" in free.err and "3 owners" in free.err
+    below = await cli("admin", "invite", "create", "--uses", "3", "--credit", "49")
+    assert below.code == 0 and "warning:" not in below.err
+    async with admin(served) as operator:
+        made, _ = await operator.create_invite(uses=1, credit=80)
+    assert "an owner who paid" in made.warning
+    assert len(served.app.store.list_invites()) == 3  # each was issued

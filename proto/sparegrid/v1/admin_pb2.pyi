@@ -1102,8 +1102,13 @@ class CreateInviteResponse(_message.Message):
 
     INVITE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """shown once; the coordinator keeps only its hash"""
+    warning: _builtins.str
+    """what the operator should know of the invitation as made, in words ("" when nothing):
+    its credit pays a --min-stake, so each signup can vote as a paying owner
+    """
     @_builtins.property
     def invite(self) -> Global___Invite: ...
     def __init__(
@@ -1111,10 +1116,11 @@ class CreateInviteResponse(_message.Message):
         *,
         invite: Global___Invite | None = ...,
         code: _builtins.str = ...,
+        warning: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["invite", b"invite"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "invite", b"invite"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "invite", b"invite", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

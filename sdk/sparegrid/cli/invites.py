@@ -85,6 +85,8 @@ def create(args: argparse.Namespace) -> int:
         "the code above is shown only this once; whoever holds it signs up with "
         "`sparegrid account signup --code CODE`"
     )
+    if invite.warning:
+        output.warning(invite.warning)
     return 0
 
 

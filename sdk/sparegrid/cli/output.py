@@ -110,6 +110,11 @@ def hint(message: str) -> None:
     err().print(f"[dim]hint:[/] {escape(message)}")
 
 
+def warning(message: str) -> None:
+    """`warning: <what to know>` on stderr: it worked, but not as one may think."""
+    err().print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
 def note(message: str) -> None:
     """A status line on stderr (stdout stays for results)."""
     err().print(message, markup=False)

@@ -178,6 +178,9 @@ class Invite:
     created_at: datetime | None = None
     expires_at: datetime | None = None  # None: never
     revoked: bool = False
+    # what the coordinator warned of when it was made (`create_invite` only): its credit
+    # pays the stake a vote costs, so each signup can vote as a paying owner
+    warning: str = ""
 
     @property
     def left(self) -> int:

@@ -427,7 +427,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 f"{made[0].credit} credit each",
             ),
         )
-        return admin_pb2.CreateInviteResponse(invite=convert.invite_to_pb(invite), code=code)
+        return admin_pb2.CreateInviteResponse(
+            invite=convert.invite_to_pb(invite),
+            code=code,
+            warning=self.app.identities.free_stake(invite.credit, invite.uses),
+        )
 
     @unary
     async def ListInvites(

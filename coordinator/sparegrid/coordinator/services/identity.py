@@ -137,6 +137,22 @@ class Identities:
                 "the account's API key (SPAREGRID_OWNER_KEY or --owner-key-file)",
             )
 
+    def free_stake(self, credit: int, uses: int) -> str:
+        """What an invitation granting `credit` to each of `uses` signups gives away, when
+        that credit pays the stake votes cost (--min-stake): each signup can stake it and
+        count as a paying owner, so its holder gets that many votes for nothing. "" when
+        it does not."""
+        least = self.config.min_stake
+        if least <= 0 or credit < least:
+            return ""
+        owners = "an owner" if uses == 1 else f"{uses} owners"
+        return (
+            f"each signup is granted {credit} credit, at least the {least} stake a vote "
+            f"costs (--min-stake): whoever holds the code can stake it and vote as "
+            f"{owners} who paid would; grant less than {least}, or create the accounts "
+            "yourself"
+        )
+
     def keep_owner(self, node: Node, known: Node | None) -> None:
         """Refuses a node key that proved an owner account before and now proves another,
         or none: a node answers for one owner for good. What its failures counted for is

@@ -2,6 +2,7 @@
 
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -124,7 +125,8 @@ class AsyncAdminClient(_AsyncBase):
         seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
         request = convert.invite_request(uses, seconds, credit, note)
         response = await self._unary(self._admin.CreateInvite, request, idempotent=False)
-        return convert.invite(response.invite), response.code
+        made = replace(convert.invite(response.invite), warning=response.warning)
+        return made, response.code
 
     async def invites(self) -> list[Invite]:
         """Every invitation issued, newest first."""
