@@ -176,6 +176,7 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         waiting=msg.waiting,
         priority=msg.priority,
         has_webhook=msg.has_webhook,
+        still=msg.still,
         webhook=webhook_delivery(msg.webhook) if msg.HasField("webhook") else None,
     )
 
