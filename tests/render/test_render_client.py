@@ -98,3 +98,17 @@ def test_frames_as_a_list_on_the_command_line(grid, scenes) -> None:
     assert uneven.returncode != 0
     assert "frames '1,2,4' are not evenly spaced" in uneven.stderr
     assert "a list like 1,3,5 is 1-5:2" in uneven.stderr
+
+
+def test_a_dry_run_says_when_no_connected_node_has_the_blender_asked(grid, scenes) -> None:
+    cluster, _ = grid
+    common = ("job", "submit", "render", "--blend", str(scenes / "anim.blend"), "--frames", "1")
+    size = ("--samples", "2", "--resolution", "64x48", "--dry-run")
+    other = cli(cluster, *common, *size, "--blender", "4.2")
+    assert other.returncode == 0, other.stderr
+    assert "would wait" in other.stdout
+    assert "no connected node can run it: it needs blender 4.2" in other.stdout
+    found = json.loads(cli(cluster, *common, *size, "--blender", "4.2", "--json").stdout)
+    assert found["waiting"] == "no connected node can run it: it needs blender 4.2"
+    same = cli(cluster, *common, *size, "--blender", "5.0")
+    assert same.returncode == 0 and "would wait" not in same.stdout

@@ -258,6 +258,7 @@ def estimate(msg: client_pb2.EstimateJobResponse) -> Estimate:
         policy=msg.policy,
         balance=msg.balance,
         rounding=msg.rounding,
+        waiting=msg.waiting,
     )
 
 

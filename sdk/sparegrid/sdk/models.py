@@ -207,6 +207,8 @@ class Estimate:
     policy: str
     balance: int
     rounding: str = ""  # what whole-credit rounding does to this job; "" when nothing
+    # why no node connected now could run it (as Job.waiting says); "" when one can
+    waiting: str = ""
 
     @property
     def affordable(self) -> bool:
