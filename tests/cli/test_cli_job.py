@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from sparegrid.cli import job as job_cli
-from sparegrid.cli import render as render_cli
 from sparegrid.cli.job import parse_inputs
 from sparegrid.cli.results import safe_name
 from sparegrid.sdk import (
@@ -21,6 +20,7 @@ from sparegrid.sdk import (
     TaskState,
     UnavailableError,
 )
+from sparegrid.sdk._sync.frames import write_render_results
 from sparegrid.sdk.testing import coordinator as fake_coordinator
 from sparegrid.v1 import common_pb2
 from tests.cli.conftest import Cli, FakeGrid
@@ -457,7 +457,8 @@ async def test_render_results_keep_going_past_a_bad_frame(grid: FakeGrid, tmp_pa
 
     items = [frame(1, good, good), frame(2, bad, good), frame(3, good, good)]
     with Client(grid.address, grid.api_key) as client:
-        entries = await asyncio.to_thread(render_cli.write_results, client, items, tmp_path)
+        written = await asyncio.to_thread(write_render_results, client, items, tmp_path)
+    entries = written.entries
     assert [e["task"] for e in entries] == [1, 2, 3]
     assert (tmp_path / "frame_0001.png").read_bytes() == good
     assert (tmp_path / "frame_0003.png").read_bytes() == good

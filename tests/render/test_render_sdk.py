@@ -31,6 +31,8 @@ DEFAULTS |= {"depth": None, "tiles": None, "chunk": 1}
         (range(1, 241), (1, 240, 1)),
         (range(1, 10, 4), (1, 9, 4)),
         ([3, 5, 7], (3, 7, 2)),
+        ("1,3,5", (1, 5, 2)),  # the CLI's --frames 1,3,5: a list, as the SDK takes one
+        (" 4, 5 ", (4, 5, 1)),
         (None, None),
     ],
 )
@@ -38,10 +40,19 @@ def test_frames(frames, expected) -> None:
     assert parse_frames(frames) == expected
 
 
-@pytest.mark.parametrize("frames", ["1..5", "a-b", range(5, 1), [], [1, 2, 4], True])
+@pytest.mark.parametrize(
+    "frames", ["1..5", "a-b", range(5, 1), [], [1, 2, 4], True, "1,a", "1,,3", "5,3,1"]
+)
 def test_bad_frames(frames) -> None:
     with pytest.raises(InvalidArgumentError):
         parse_frames(frames)
+
+
+def test_an_uneven_frame_list_says_what_is_supported() -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_frames("1,2,5")
+    assert "frames '1,2,5' are not evenly spaced" in caught.value.message
+    assert "a list like 1,3,5 is 1-5:2" in caught.value.message
 
 
 def test_pairs() -> None:

@@ -787,6 +787,7 @@ class EstimateJobResponse(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     ROUNDING_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     tasks: _builtins.int
     work_units: _builtins.int
     """summed over the tasks, in `work_unit`s"""
@@ -810,6 +811,10 @@ class EstimateJobResponse(_message.Message):
     """What rounding does to this job: each validated result costs whole credit, at least
     1; "" when it changes nothing.
     """
+    waiting: _builtins.str
+    """why no node connected now could run it, as Job.waiting says it once submitted (no
+    worker connected, a requirement no node meets: "it needs blender 4.2"); "" when one can
+    """
     def __init__(
         self,
         *,
@@ -825,10 +830,11 @@ class EstimateJobResponse(_message.Message):
         policy: _builtins.str = ...,
         balance: _builtins.int = ...,
         rounding: _builtins.str = ...,
+        waiting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credit_per_pass", b"credit_per_pass", "exact_credit", b"exact_credit", "max_held", b"max_held", "max_paid_results", b"max_paid_results", "policy", b"policy", "price_credit", b"price_credit", "price_units", b"price_units", "rounding", b"rounding", "tasks", b"tasks", "work_unit", b"work_unit", "work_units", b"work_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credit_per_pass", b"credit_per_pass", "exact_credit", b"exact_credit", "max_held", b"max_held", "max_paid_results", b"max_paid_results", "policy", b"policy", "price_credit", b"price_credit", "price_units", b"price_units", "rounding", b"rounding", "tasks", b"tasks", "waiting", b"waiting", "work_unit", b"work_unit", "work_units", b"work_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -625,6 +625,7 @@ class Job(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     HAS_WEBHOOK_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    STILL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -646,6 +647,10 @@ class Job(_message.Message):
     """order among the account's own jobs"""
     has_webhook: _builtins.bool
     """a webhook is called when it ends"""
+    still: _builtins.str
+    """a render job that tiles one still: the file its results stitch into ("still.png",
+    "still.exr"), so a client knows before any tile is done; empty for any other job
+    """
     @_builtins.property
     def counts(self) -> Global___JobCounts: ...
     @_builtins.property
@@ -678,10 +683,11 @@ class Job(_message.Message):
         priority: _builtins.int = ...,
         has_webhook: _builtins.bool = ...,
         webhook: Global___WebhookDelivery | None = ...,
+        still: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "waiting", b"waiting", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "still", b"still", "waiting", b"waiting", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -255,7 +255,7 @@ class SPAREGRID_OT_fetch(_SparegridOperator):
 
     def run(self, context: Any) -> None:
         from sparegrid.cli.fetch import check_continue_dir, fetch_new, write_index
-        from sparegrid.cli.render import stitch
+        from sparegrid.sdk.resultfiles import stitch_still
 
         s = context.scene.sparegrid
         out = Path(bpy.path.abspath(s.output_dir))
@@ -270,7 +270,7 @@ class SPAREGRID_OT_fetch(_SparegridOperator):
                 and done.entries
                 and all(e["state"] == "succeeded" for e in done.entries)
             ):
-                stitch(sorted(done.tiles), out)
+                stitch_still(done.tiles, out)
             write_index(out, job, done.entries)
         s.fetched = f"{done.new} new, {done.kept} already in {out}"
         self.report({"INFO"}, s.fetched)

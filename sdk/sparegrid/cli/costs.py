@@ -63,6 +63,8 @@ def estimate_rows(e: Estimate) -> list[tuple[str, str]]:
     ]
     if e.rounding:
         rows.append(("rounding", e.rounding))
+    if e.waiting:  # submitted now, it would wait (and fail after --wait-limit) for this
+        rows.append(("would wait", e.waiting))
     return rows
 
 

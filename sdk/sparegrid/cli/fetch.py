@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sparegrid.cli import common, output
-from sparegrid.cli.render import stitch
 from sparegrid.cli.results import problems_of, record, safe_name
 from sparegrid.sdk import Client, InvalidArgumentError, Job, TaskResult, TaskState
 from sparegrid.sdk import render as sdk_render
+from sparegrid.sdk.resultfiles import stitch_still
 
 HASH_BLOCK = 1 << 20
 
@@ -135,7 +135,8 @@ def results_continue(args: argparse.Namespace) -> int:
         done = fetch_new(client, job, items, out_dir)
         complete = job.finished and all(e["state"] == "succeeded" for e in done.entries)
         if done.tiles and complete:
-            stitch(sorted(done.tiles), out_dir)
+            still, note = stitch_still(done.tiles, out_dir)
+            (output.note if still else output.hint)(note)
         write_index(out_dir, job, done.entries)
     succeeded = sum(1 for e in done.entries if e["state"] == "succeeded")
     bad = [e for e in done.entries if e["problems"] and e["state"] == "succeeded"]
@@ -179,22 +180,25 @@ def _frame_of(job: Job, number: int) -> tuple[TaskResult, str]:
     )
 
 
+def _tiled(job: Job, still: str) -> None:
+    output.error(
+        f"job {job.id} renders one still in tiles, and a preview shows whole frames",
+        "NO_FRAMES",
+    )
+    done = "once it has finished" if not job.finished else "now"
+    output.hint(
+        f"`sparegrid job results {job.id} -o DIR` stitches the tiles into DIR/{still} {done}"
+    )
+
+
 def _no_frame(job: Job, items: list[TaskResult]) -> int:
     """Why there is no frame to preview, and what to do: wait for a running job; a tiled
     still's tiles are not frames (its results stitch them); a job that ended has none."""
     tiles = [
         ref.name for r in items for ref in r.outputs if sdk_render.TILE_NAME.fullmatch(ref.name)
     ]
-    if tiles:
-        output.error(
-            f"job {job.id} renders one still in tiles, and a preview shows whole frames",
-            "NO_FRAMES",
-        )
-        done = "once it has finished" if not job.finished else "now"
-        output.hint(
-            f"`sparegrid job results {job.id} -o DIR` stitches the tiles into "
-            f"DIR/still{Path(tiles[0]).suffix} {done}"
-        )
+    if job.still or tiles:  # still: the coordinator says so before any tile is done
+        _tiled(job, job.still or f"still{Path(tiles[0]).suffix}")
     elif job.finished:
         output.error(
             f"job {job.id} ended ({job.state.value}) without a finished frame", "NO_FRAMES"
@@ -218,6 +222,9 @@ def preview(args: argparse.Namespace) -> int:
                 "NOT_A_RENDER",
                 f"job {job.id} is {output.a_or_an(job.kind)} job; only render jobs have frames",
             )
+        if job.still:  # a tiled still: no frame, running or done
+            _tiled(job, job.still)
+            return 1
         if args.frame is not None:
             result, name = _frame_of(job, args.frame)
         else:

@@ -10,9 +10,10 @@ from sparegrid.cli import common, costs, fetch, flagwords, inference, logs, offl
 from sparegrid.cli import generate as generate_cli
 from sparegrid.cli import render as render_cli
 from sparegrid.cli.follow import follow
-from sparegrid.cli.results import check_output_dir, staged, write_index, write_result
+from sparegrid.cli.results import write_result
 from sparegrid.sdk import Client, InvalidArgumentError, JobState, SparegridError
 from sparegrid.sdk.config import resolve_address
+from sparegrid.sdk.resultfiles import check_output_dir, staged, write_index
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 JOB_ID_HELP = "the id `job submit` printed (`sparegrid job list` shows them)"
@@ -350,16 +351,17 @@ def results(args: argparse.Namespace) -> int:
     check_output_dir(out_dir, args.force)
     with common.client(args) as client:
         job = client.get_job(args.job_id)  # an unknown job fails here, before any write
-        items = client.results(job.id)
-        with staged(out_dir) as stage:
-            merged = None
-            if job.kind == "render":
-                entries = render_cli.write_results(client, items, stage, out_dir)
-            else:
+        if job.kind == "render":  # as the SDK's Job.write_frames writes them
+            frames = job.write_frames(out_dir, force=args.force)
+            entries = frames.entries
+            if frames.note:
+                (output.note if frames.still else output.hint)(frames.note)
+        else:
+            items = client.results(job.id)
+            with staged(out_dir) as stage:
                 entries = [write_result(client, r, stage) for r in items]
-            if job.kind == "inference":
-                merged = inference.write_merged(items, stage)
-            write_index(stage, job.id, entries, merged)
+                merged = inference.write_merged(items, stage) if job.kind == "inference" else None
+                write_index(stage, job.id, entries, merged)
     verified = sum(1 for e in entries if e["verified"])
     bad = [e for e in entries if not e["verified"] and e["state"] == "succeeded"]
     # results.json lists every task; only those that succeeded have outputs written

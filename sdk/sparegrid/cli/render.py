@@ -1,20 +1,22 @@
-"""`sparegrid job submit render ...` options, and render results as frame_NNNN files."""
+"""`sparegrid job submit render ...` options. Render results are written as frame_NNNN
+files by the SDK (`Job.write_frames`, sparegrid.sdk._async.frames), for the CLI too."""
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from sparegrid.cli import common, output
 from sparegrid.cli.follow import follow
-from sparegrid.cli.results import problems_of, record
-from sparegrid.sdk import Client, InvalidArgumentError, TaskResult, VerificationError
-from sparegrid.sdk import render as sdk_render
+from sparegrid.sdk import InvalidArgumentError
 
 
 def add_submit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("render jobs (KIND render)")
     g.add_argument("--blend", metavar="FILE", help="the scene (.blend); external files are packed")
-    g.add_argument("--frames", metavar="A-B[:STEP]", help="frames to render (the scene's range)")
+    g.add_argument(
+        "--frames",
+        metavar="A-B[:STEP]",
+        help="frames to render, or an evenly spaced list 1,3,5 (the scene's range)",
+    )
     g.add_argument("--samples", type=int, metavar="N", help="Cycles samples (the scene's)")
     g.add_argument("--resolution", metavar="WxH", help="e.g. 1920x1080 (the scene's)")
     g.add_argument("--format", metavar="png|exr", help="png or exr (png)")
@@ -121,57 +123,3 @@ def submit(args: argparse.Namespace) -> int:
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
-
-
-def write_results(
-    client: Client, items: list[TaskResult], out_dir: Path, shown: Path | None = None
-) -> list[dict[str, Any]]:
-    """Frames as out_dir/frame_NNNN.ext (tiles under out_dir/tiles/, then stitched),
-    receipts under out_dir/receipts/. Every output is digest-checked as it is written; one
-    that does not match is a problem of its task, and the others are still written.
-    `shown` is the directory the user named, when out_dir is a staging directory that is
-    renamed to it afterwards: messages name where the files will be, not where they are."""
-    entries = []
-    tiles: list[Path] = []
-    unwritten = 0  # tiles whose bytes did not match their digest
-    for result in items:
-        problems = problems_of(client, result)
-        files: dict[str, str] = {}
-        for ref in result.outputs:
-            is_tile = sdk_render.TILE_NAME.fullmatch(ref.name) is not None
-            if not is_tile and sdk_render.FRAME_NAME.fullmatch(ref.name) is None:
-                problems.append(f"unexpected output name {ref.name!r}")
-                continue
-            dest = out_dir / ("tiles" if is_tile else "") / ref.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                if ref.digest in result.inline_outputs:
-                    dest.write_bytes(result.output(ref.name))
-                else:
-                    client.download(ref.digest, dest)
-            except VerificationError as exc:
-                problems.append(exc.message)
-                unwritten += is_tile
-                continue
-            files[ref.name] = str(dest.relative_to(out_dir))
-            if is_tile:
-                tiles.append(dest)
-        entries.append(record(result, out_dir, files, problems))
-    complete = all(e["state"] == "succeeded" for e in entries) and not unwritten
-    if tiles and complete:
-        stitch(tiles, out_dir, shown)
-    return entries
-
-
-def stitch(tiles: list[Path], out_dir: Path, shown: Path | None = None) -> None:
-    width, height = sdk_render.frame_size(tiles)
-    ext = tiles[0].suffix
-    frame = out_dir / f"still{ext}"
-    if ext == ".exr" and not sdk_render.have_blender():  # PNG tiles need no Blender
-        output.hint(
-            f"tiles are in {(shown or out_dir) / 'tiles'}; stitching EXR tiles into {frame.name} needs "
-            "bpy: pip install 'sparegrid[render]' (Python 3.11)"
-        )
-        return
-    sdk_render.stitch_tiles(tiles, frame, width, height)
-    output.note(f"stitched {len(tiles)} tiles into {frame.name} ({width}x{height})")

@@ -176,6 +176,7 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         waiting=msg.waiting,
         priority=msg.priority,
         has_webhook=msg.has_webhook,
+        still=msg.still,
         webhook=webhook_delivery(msg.webhook) if msg.HasField("webhook") else None,
     )
 
@@ -257,6 +258,7 @@ def estimate(msg: client_pb2.EstimateJobResponse) -> Estimate:
         policy=msg.policy,
         balance=msg.balance,
         rounding=msg.rounding,
+        waiting=msg.waiting,
     )
 
 

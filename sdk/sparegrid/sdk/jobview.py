@@ -63,6 +63,12 @@ class JobView:
         return self._snapshot.webhook
 
     @property
+    def still(self) -> str:
+        """A render job tiling one still: the file `write_frames` (`sparegrid job results`)
+        stitches its tiles into, e.g. "still.png"; "" for any other job."""
+        return self._snapshot.still
+
+    @property
     def created_at(self) -> datetime | None:
         return self._snapshot.created_at
 

@@ -95,6 +95,9 @@ class JobSnapshot:
     # its webhook's call, from get_job, cancel and retry_job; None when it has no webhook,
     # has not ended yet, or came from a list or a watch
     webhook: WebhookDelivery | None = None
+    # a render job tiling one still: the file its results stitch into ("still.png"); ""
+    # for any other job. Such a job has no frame to preview, before or after it is done
+    still: str = ""
 
     @property
     def finished(self) -> bool:
@@ -204,6 +207,8 @@ class Estimate:
     policy: str
     balance: int
     rounding: str = ""  # what whole-credit rounding does to this job; "" when nothing
+    # why no node connected now could run it (as Job.waiting says); "" when one can
+    waiting: str = ""
 
     @property
     def affordable(self) -> bool:

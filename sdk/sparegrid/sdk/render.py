@@ -172,13 +172,15 @@ def packed(path: Path, info: SceneInfo | None) -> Iterator[Path]:
 
 
 def parse_frames(frames: "range | Sequence[int] | str | int | None") -> tuple[int, int, int] | None:
-    """(start, end, step) from 7, "1-240", "1-240:2", range(1, 241) or [1, 2, 3]."""
+    """(start, end, step) from 7, "1-240", "1-240:2", "1,3,5", range(1, 241) or [1, 2, 3]."""
     if frames is None:
         return None
     if isinstance(frames, bool):
         raise InvalidArgumentError("BAD_PARAMS", f"frames must be a range, got {frames!r}")
     if isinstance(frames, int):
         return frames, frames, 1
+    if isinstance(frames, str) and "," in frames:
+        return _frame_list(frames)
     if isinstance(frames, str):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?(?::\s*(\d+)\s*)?", frames)
         if m is None:
@@ -203,6 +205,26 @@ def parse_frames(frames: "range | Sequence[int] | str | int | None") -> tuple[in
     step = values[1] - values[0] if len(values) > 1 else 1
     if step < 1 or values != list(range(values[0], values[-1] + 1, step)):
         raise InvalidArgumentError("BAD_PARAMS", "frames must be evenly spaced and increasing")
+    return values[0], values[-1], step
+
+
+def _frame_list(frames: str) -> tuple[int, int, int]:
+    """ "1,3,5" as 1-5:2: a job renders one evenly spaced run, so a list must be one."""
+    parts = [p.strip() for p in frames.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise InvalidArgumentError(
+            "BAD_PARAMS",
+            f"frames {frames!r} is not N, START-END, START-END:STEP or a list N,N,N",
+        )
+    values = [int(p) for p in parts]
+    step = values[1] - values[0] if len(values) > 1 else 1
+    if step < 1 or values != list(range(values[0], values[-1] + 1, step)):
+        raise InvalidArgumentError(
+            "BAD_PARAMS",
+            f"frames {frames!r} are not evenly spaced and increasing: a job renders "
+            "START-END:STEP (a list like 1,3,5 is 1-5:2); render other frames as "
+            "another job",
+        )
     return values[0], values[-1], step
 
 

@@ -11,6 +11,7 @@ Input "scene" is the .blend file (external files packed). One task renders one c
 frames, or one tile; its credit units (`work`) are pixels x samples.
 """
 
+import json
 import math
 import random
 from typing import Any
@@ -207,3 +208,17 @@ class Render:
                 )
             )
         return plans
+
+
+def still_name(params: bytes) -> str:
+    """The file a tiled still's results stitch into ("still.png"), "" for any other job:
+    told to its owner (Job.still) so a preview of a running tiled job says at once that
+    tiles are not frames. Params were checked at submit; anything odd reads as untiled."""
+    try:
+        decoded = json.loads(params) if params else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    if not isinstance(decoded, dict) or not decoded.get("tiles"):
+        return ""
+    fmt = decoded.get("format", "png")
+    return f"still.{fmt}" if fmt in ("png", "exr") else ""

@@ -138,6 +138,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             policy=found.policy,
             balance=self.app.accounts.balance(account),
             rounding=found.rounding,
+            waiting=jobs.unmet(draft.spec),
         )
 
     @unary

@@ -29,6 +29,7 @@ from sparegrid.coordinator.domain import (
     printable,
 )
 from sparegrid.coordinator.errors import invalid
+from sparegrid.coordinator.kinds.render import still_name
 from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.v1 import admin_pb2, client_pb2, common_pb2
 from sparegrid.wire.codes import (
@@ -137,6 +138,7 @@ def job_to_pb(
         waiting=waiting,
         priority=job.priority,
         has_webhook=bool(job.webhook_url),
+        still=still_name(job.params) if job.kind == "render" else "",
     )
 
 

@@ -371,6 +371,11 @@ class Jobs:
             reason = self._scheduler.capped(active.owner)
         return reason
 
+    def unmet(self, spec: JobSpec) -> str:
+        """Why a job not submitted yet (an estimate) could run on no node connected now;
+        "" when some device meets its requirements."""
+        return self._scheduler.unmet(spec)
+
     def cancel(self, account: Account, job_id: str) -> Job:
         job = self.get(account, job_id)
         active = self._scheduler.jobs.get(job.id)

@@ -3,12 +3,17 @@
 """Job handles: a snapshot of a job plus the client it came from, to refresh, wait, verify."""
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
+from sparegrid.sdk._sync.frames import write_render_results
 from sparegrid.sdk.backend import HookResult, callback
+from sparegrid.sdk.config import PathLike
+from sparegrid.sdk.errors import InvalidArgumentError
 from sparegrid.sdk.jobview import JobView
 from sparegrid.sdk.models import JobSnapshot, VerifyReport
 from sparegrid.sdk.render import latest_frame_ref
+from sparegrid.sdk.resultfiles import RenderFiles, check_output_dir, staged, write_index
 from sparegrid.sdk.results import TaskResult, verify_all
 
 
@@ -20,6 +25,7 @@ class SyncJobClient(Protocol):
     def results(self, job_id: str) -> list[TaskResult]: ...
     def cancel(self, job_id: str) -> "Job": ...
     def coordinator_key(self) -> bytes: ...
+    def download(self, digest: str, dest: PathLike) -> Path: ...
 
 
 class Job(JobView):
@@ -64,6 +70,27 @@ class Job(JobView):
             return None
         result, name = found
         return name, result.output(name)
+
+    def write_frames(self, out_dir: PathLike, *, force: bool = False) -> RenderFiles:
+        """Writes a render job's results into `out_dir` as `sparegrid job results -o DIR`
+        does: frame_NNNN.ext, a tiled still's tiles under tiles/ stitched into still.ext
+        once every tile is in, receipts/ and results.json. Each receipt is verified and each
+        output digest-checked; a task that does not check out is in `.problems`, and the
+        others are still written. `out_dir` must be new or empty unless `force`; a failure
+        (the coordinator gone, say) leaves nothing behind."""
+        if self.kind != "render":
+            raise InvalidArgumentError(
+                "NOT_A_RENDER",
+                f"job {self.id} is a {self.kind} job; write_frames writes render jobs' "
+                "frames (`results()` gives any job's outputs)",
+            )
+        out = Path(out_dir)
+        check_output_dir(out, force)
+        items = self.results()
+        with staged(out) as stage:
+            written = write_render_results(self._client, items, stage, out)
+            write_index(stage, self.id, written.entries)
+        return written
 
     def cancel(self) -> "Job":
         cancelled = self._client.cancel(self.id)

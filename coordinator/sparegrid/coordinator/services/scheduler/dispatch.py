@@ -2,6 +2,7 @@
 tasks to sessions with credit in one store transaction."""
 
 from collections import Counter
+from typing import Protocol
 
 from sparegrid.coordinator.domain import (
     Attempt,
@@ -9,6 +10,7 @@ from sparegrid.coordinator.domain import (
     Job,
     JobState,
     Node,
+    Requirements,
     Task,
     TaskState,
     new_id,
@@ -28,7 +30,16 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
-def misfit(job: Job, node: Node, device: Device) -> tuple[int, str]:
+class Needs(Protocol):
+    """What misfit reads of a job: a Job, or a JobSpec not submitted (an estimate)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def requirements(self) -> Requirements: ...
+
+
+def misfit(job: Needs, node: Node, device: Device) -> tuple[int, str]:
     """The first of a job's requirements a device of a node does not meet, as (how many it
     met before that one, what the job needs); (met, "") when the device fits."""
     req = job.requirements

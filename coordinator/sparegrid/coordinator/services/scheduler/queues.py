@@ -21,7 +21,7 @@ from sparegrid.coordinator.services.scheduler.base import (
     NodeSession,
     Sweep,
 )
-from sparegrid.coordinator.services.scheduler.dispatch import DispatchPart
+from sparegrid.coordinator.services.scheduler.dispatch import DispatchPart, Needs, misfit
 from sparegrid.coordinator.services.taskqueue import Reader, TaskQueue
 from sparegrid.coordinator.states import FINAL_JOB_STATES, move_attempt, move_job, move_task
 
@@ -252,6 +252,20 @@ class QueuesPart(DispatchPart):
                 "work again once a sweep or the operator makes room"
             )
         return "no worker is connected"
+
+    def unmet(self, job: Needs) -> str:
+        """Why a job of these needs could not run on any node connected now, in the words
+        `waiting` uses; "" when a device fits (busy or paused: it may still wait). For an
+        estimate, before anything is charged: the requirements only, not quorum or quota."""
+        closest = (-1, "")
+        for session, device in self._offered():
+            met, need = misfit(job, session.node, device)
+            if not need:
+                return ""
+            closest = max(closest, (met, need))
+        if closest[1]:
+            return f"no connected node can run it: it needs {closest[1]}"
+        return "" if self.sessions else "no worker is connected"
 
     def _held_waiting(self, active: ActiveJob, limit: int = 100) -> str:
         """Why tasks whose results wait for a check or a decision cannot get one now."""
