@@ -24,6 +24,23 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_out(out: Path, wait: bool) -> None:
+    """--out is checked before anything is submitted: finding it unusable only once the
+    job has run and been paid for would lose the completions or someone's file."""
+    if not wait:
+        raise InvalidArgumentError(
+            "BAD_FLAGS",
+            "--out is written as the job ends, decoded here with the model's tokenizer: "
+            "add --wait (or use the SDK's GenerateJob.write_batch_output)",
+        )
+    if out.exists() or out.is_symlink():
+        raise InvalidArgumentError(
+            "BAD_FLAGS", f"--out {out} already exists; remove it or name another file"
+        )
+    if not out.parent.is_dir():
+        raise InvalidArgumentError("BAD_FLAGS", f"--out {out}: no such folder {out.parent}")
+
+
 def submit(args: argparse.Namespace) -> int:
     if not args.model or not args.prompts:
         raise InvalidArgumentError(
@@ -31,6 +48,8 @@ def submit(args: argparse.Namespace) -> int:
         )
     if not Path(args.prompts).is_file():
         raise InvalidArgumentError("BAD_INPUT", f"--prompts: no such file {args.prompts}")
+    if args.out:
+        check_out(Path(args.out), args.wait)
     precision = args.precision if args.precision != "tf32" else "fp32"
     with common.client(args) as client:
         output.note(f"checking {args.model}, tokenizing {args.prompts} and uploading")
