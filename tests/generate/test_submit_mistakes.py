@@ -122,6 +122,7 @@ def test_the_cli_names_the_flags(capsys: pytest.CaptureFixture[str], tmp_path: P
     [
         ([], "--out is written as the job ends"),
         (["--wait"], "already exists; remove it or name another file"),
+        (["--dry-run"], "--dry-run submits nothing: drop --out"),
     ],
 )
 def test_an_out_file_that_could_not_be_written_is_refused_before_submit(

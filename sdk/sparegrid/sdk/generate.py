@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparegrid.sdk import chat_template
 from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
-from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState
+from sparegrid.sdk.models import DeviceKind, Estimate, JobState, Requirements, TaskState
 from sparegrid.wire.llm import (
     MAX_NEW_TOKENS,
     MAX_TASK_TOKENS,
@@ -289,7 +289,19 @@ def _template_error(
     )
 
 
-def submit(
+@dataclass(frozen=True)
+class Prepared:
+    """A generation job checked, tokenized and uploaded: what a submit or an estimate sends."""
+
+    params: dict[str, Any]
+    digests: dict[str, str]
+    requirements: Requirements
+    tokenizer: Tokenizer
+    requests: list[dict[str, Any]]
+    prompts: list[Prompt]
+
+
+def prepare(
     client: "Client",
     model_dir: Path,
     prompts: "Path | Iterable[dict[str, Any]]",
@@ -301,11 +313,7 @@ def submit(
     device: str = "",
     min_vram_gb: float = 0,
     task_tokens: int | None = None,
-    name: str = "",
-    replicas: int = 0,
-    quorum: int = 0,
-    keep_logs: bool = False,
-) -> "GenerateJob":
+) -> Prepared:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     check_job(max_tokens, temperature, seed, task_tokens)
@@ -341,17 +349,58 @@ def submit(
         device_kind=DeviceKind(device) if device else DeviceKind.ANY,
         min_memory_bytes=max(need, int(min_vram_gb * 2**30)),
     )
+    return Prepared(params, digests, requirements, tokenizer, requests, encoded)
+
+
+def submit(
+    client: "Client",
+    model_dir: Path,
+    prompts: "Path | Iterable[dict[str, Any]]",
+    *,
+    name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
+    keep_logs: bool = False,
+    **options: Any,
+) -> "GenerateJob":
+    """Submits the job; `options` are prepare()'s (max_tokens, temperature, seed, ...)."""
+    ready = prepare(client, model_dir, prompts, **options)
     job = client.submit(
         "generate",
-        params,
-        digests,
+        ready.params,
+        ready.digests,
         name=name,
-        requirements=requirements,
+        requirements=ready.requirements,
         replicas=replicas,
         quorum=quorum,
         keep_logs=keep_logs,
     )
-    return GenerateJob(client, job, tokenizer, requests, encoded)
+    return GenerateJob(client, job, ready.tokenizer, ready.requests, ready.prompts)
+
+
+def estimate(
+    client: "Client",
+    model_dir: Path,
+    prompts: "Path | Iterable[dict[str, Any]]",
+    *,
+    name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
+    **options: Any,
+) -> Estimate:
+    """What submit() would hold and charge, from the coordinator's own split and prices;
+    the model and prompts are uploaded (as a render's estimate uploads its inputs), and no
+    job is made."""
+    ready = prepare(client, model_dir, prompts, **options)
+    return client.estimate(
+        "generate",
+        ready.params,
+        ready.digests,
+        name=name,
+        requirements=ready.requirements,
+        replicas=replicas,
+        quorum=quorum,
+    )
 
 
 class GenerateJob:
@@ -483,4 +532,4 @@ def batch_line(request: dict[str, Any], done: Completion, job_id: str) -> dict[s
     }
 
 
-__all__ = ["Completion", "GenerateJob", "read_batch", "submit"]
+__all__ = ["Completion", "GenerateJob", "estimate", "read_batch", "submit"]
