@@ -138,6 +138,29 @@ def test_the_cli_submits_a_batch_file_and_writes_the_batch_output(cluster, tmp_p
     assert all(line["response"]["status_code"] == 200 for line in lines)
 
 
+def test_a_dry_run_prices_a_generate_job_and_submits_nothing(cluster, tmp_path: Path) -> None:
+    admin, client = setup(cluster, workers=0)
+    model = build(tmp_path / "llama")
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text("".join(json.dumps(r) + "\n" for r in requests(TEXTS[:3])))
+    cmd = [sys.executable, "-m", "sparegrid.cli.main", "job", "submit", "generate",
+           "--model", str(model), "--prompts", str(batch), "--max-tokens", "6",
+           "--device", "cpu", "--dry-run", "--json"]  # fmt: skip
+    env = {**cluster.env, "SPAREGRID_API_KEY": client.connection.api_key,
+           "SPAREGRID_COORDINATOR": cluster.address}  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr  # it used to be refused: not available yet
+    found = json.loads(done.stdout)
+    assert found["tasks"] == 1 and found["work_unit"] == "token" and found["affordable"]
+    assert client.list_jobs() == []
+    sdk = client.generate_estimate(model, batch, max_tokens=6, device="cpu")
+    assert sdk.max_held == found["max_held"]
+    job = client.generate(model, batch, max_tokens=6, device="cpu")
+    assert job.job.cost_held == found["max_held"]  # what the estimate said
+    job.job.cancel()
+    assert admin.ledger_check().balanced
+
+
 def test_bad_generate_jobs_are_refused_and_change_nothing(cluster, tmp_path: Path) -> None:
     admin, client = setup(cluster, workers=0)
     tokenizer = train_tokenizer()

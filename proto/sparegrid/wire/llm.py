@@ -46,6 +46,7 @@ MAX_PROMPT_LINE = 4 << 20
 MAX_PROMPTS_FILE = 256 << 20
 # a task's prompts padded to the longest, plus room for the most any may generate
 MAX_TASK_TOKENS = 1 << 18
+MAX_NEW_TOKENS = 32_768  # a request's tokens to generate, at most
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from sparegrid.cli import common, output
+from sparegrid.cli import common, costs, output
 from sparegrid.cli.follow import follow
 from sparegrid.sdk import InvalidArgumentError
 
@@ -24,6 +24,23 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_out(out: Path, wait: bool) -> None:
+    """--out is checked before anything is submitted: finding it unusable only once the
+    job has run and been paid for would lose the completions or someone's file."""
+    if not wait:
+        raise InvalidArgumentError(
+            "BAD_FLAGS",
+            "--out is written as the job ends, decoded here with the model's tokenizer: "
+            "add --wait (or use the SDK's GenerateJob.write_batch_output)",
+        )
+    if out.exists() or out.is_symlink():
+        raise InvalidArgumentError(
+            "BAD_FLAGS", f"--out {out} already exists; remove it or name another file"
+        )
+    if not out.parent.is_dir():
+        raise InvalidArgumentError("BAD_FLAGS", f"--out {out}: no such folder {out.parent}")
+
+
 def submit(args: argparse.Namespace) -> int:
     if not args.model or not args.prompts:
         raise InvalidArgumentError(
@@ -31,24 +48,29 @@ def submit(args: argparse.Namespace) -> int:
         )
     if not Path(args.prompts).is_file():
         raise InvalidArgumentError("BAD_INPUT", f"--prompts: no such file {args.prompts}")
+    if args.out and args.dry_run:
+        raise InvalidArgumentError("BAD_FLAGS", "--dry-run submits nothing: drop --out")
+    if args.out:
+        check_out(Path(args.out), args.wait)
     precision = args.precision if args.precision != "tf32" else "fp32"
+    options = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "precision": precision,
+        "device": args.device,
+        "min_vram_gb": args.min_vram,
+        "task_tokens": args.task_tokens,
+        "name": args.name,
+        "replicas": args.replicas,
+        "quorum": args.quorum,
+    }
     with common.client(args) as client:
         output.note(f"checking {args.model}, tokenizing {args.prompts} and uploading")
-        job = client.generate(
-            args.model,
-            args.prompts,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            seed=args.seed,
-            precision=precision,
-            device=args.device,
-            min_vram_gb=args.min_vram,
-            task_tokens=args.task_tokens,
-            name=args.name,
-            replicas=args.replicas,
-            quorum=args.quorum,
-            keep_logs=args.keep_logs,
-        )
+        if args.dry_run:
+            found = client.generate_estimate(args.model, args.prompts, **options)
+            return costs.show_estimate(found, args.json)
+        job = client.generate(args.model, args.prompts, keep_logs=args.keep_logs, **options)
         print(job.id, flush=True)
         output.note(
             f"submitted generate job {job.id}: {output.count(job.job.counts.total, 'task')}; "

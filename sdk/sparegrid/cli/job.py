@@ -273,13 +273,6 @@ def _submit(args: argparse.Namespace) -> int:
     if args.kind == "render":
         return render_cli.submit(args)
     if args.kind == "generate":
-        if args.dry_run:
-            raise InvalidArgumentError(
-                "BAD_FLAGS",
-                "--dry-run is not available for generate jobs yet; `job submit generate` "
-                "prints the tokens and the credit it holds, and `sparegrid job prices` the "
-                "price per 1,000 weighted tokens",
-            )
         return generate_cli.submit(args)
     params = parse_params(args)
     inputs = parse_inputs(args.input)

@@ -1,7 +1,7 @@
 """The synchronous clients, on grpc's sync API: `Client` for jobs and blobs, `AdminClient`.
 
 Generated from the asyncio clients (`sparegrid.sdk._async.client`) by scripts/unasync,
-except `Client.generate`, which is sync-only for now (the tokenizer and the model folder's
+except `Client.generate` and `Client.generate_estimate`, which are sync-only for now (the tokenizer and the model folder's
 upload run in the caller's thread; an asyncio flavour is not written yet).
 """
 
@@ -17,6 +17,7 @@ from sparegrid.sdk.config import PathLike
 
 if TYPE_CHECKING:
     from sparegrid.sdk.generate import GenerateJob
+    from sparegrid.sdk.models import Estimate
 
 __all__ = ["DEFAULT_TIMEOUT", "AdminClient", "Client", "PathLike"]
 
@@ -40,3 +41,17 @@ class Client(_GeneratedClient):
 
         path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts
         return generate.submit(self, Path(model_dir), path, **options)
+
+    def generate_estimate(
+        self,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str] | Iterable[dict[str, Any]]",
+        **options: Any,
+    ) -> "Estimate":
+        """What `generate` with these arguments would cost (tasks, tokens, credit held),
+        priced by the coordinator; the model and prompts are checked and uploaded as a
+        submit would, and no job is made. Takes generate's options but keep_logs."""
+        from sparegrid.sdk import generate
+
+        path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts
+        return generate.estimate(self, Path(model_dir), path, **options)

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from sparegrid.sdk import chat_template
 from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
-from sparegrid.sdk.models import DeviceKind, JobState, Requirements, TaskState
+from sparegrid.sdk.models import DeviceKind, Estimate, JobState, Requirements, TaskState
 from sparegrid.wire.llm import (
+    MAX_NEW_TOKENS,
+    MAX_TASK_TOKENS,
     PRECISIONS,
     BadModel,
     BadPrompts,
@@ -101,6 +103,52 @@ def _options(path: Path | str, number: int, body: dict[str, Any], job: dict[str,
             )
 
 
+def _endpoint(path: Path | str, number: int, item: dict[str, Any], body: dict[str, Any]) -> None:
+    """A line's method and url, where it names them, must be a request this job runs: a
+    line meant for /v1/embeddings, or a chat body sent to /v1/completions, is refused
+    rather than answered as something it did not ask for."""
+    method, url = item.get("method"), item.get("url")
+    if method is not None and method != "POST":
+        raise _bad(path, number, f"method {method!r}: a Batch request is a POST")
+    if url is None:
+        return
+    if url not in (CHAT, TEXT):
+        raise _bad(path, number, f"url {url!r} is not run here; use {CHAT} or {TEXT}")
+    if (url == CHAT) != ("messages" in body):
+        wants, has = ("messages", "a prompt") if url == CHAT else ("a prompt", "messages")
+        raise _bad(path, number, f"a request to {url} takes {wants}; this body has {has}")
+
+
+def _utf8_lines(raw: Iterable[bytes], path: Path | str) -> Iterator[str]:
+    for number, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(path, number, "not UTF-8 text; a batch file is JSON lines") from None
+
+
+def check_job(max_tokens: int, temperature: float, seed: int, task_tokens: int | None) -> None:
+    """The coordinator's bounds on a job's params, checked before anything is uploaded."""
+    if type(max_tokens) is not int or not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"max_tokens must be from 1 to {MAX_NEW_TOKENS}, got {max_tokens}"
+        )
+    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+    if not number or not 0 <= temperature <= 2:
+        why = "0 is greedy" if number else "a number"
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"temperature must be from 0 to 2 ({why}), got {temperature}"
+        )
+    if type(seed) is not int or not 0 <= seed < 2**63:
+        raise InvalidArgumentError("BAD_PARAMS", f"seed must be from 0 to 2**63-1, got {seed}")
+    if task_tokens is not None and (
+        type(task_tokens) is not int or not 1 <= task_tokens <= MAX_TASK_TOKENS
+    ):
+        raise InvalidArgumentError(
+            "BAD_PARAMS", f"task_tokens must be from 1 to {MAX_TASK_TOKENS}, got {task_tokens}"
+        )
+
+
 def read_batch(
     lines: Iterable[str], path: Path | str = "prompts", **job: Any
 ) -> list[dict[str, Any]]:
@@ -119,6 +167,7 @@ def read_batch(
         body = item.get("body")
         if not isinstance(body, dict):
             raise _bad(path, number, "no request body")
+        _endpoint(path, number, item, body)
         messages, prompt = body.get("messages"), body.get("prompt")
         ok_chat = isinstance(messages, list) and all(
             isinstance(m, dict)
@@ -130,7 +179,7 @@ def read_batch(
             raise _bad(path, number, "the body needs messages (role, content) or a prompt")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if limit is not None and (type(limit) is not int or limit < 1):
-            raise _bad(path, number, "max_tokens must be a positive integer")
+            raise _bad(path, number, "body.max_tokens must be a positive integer")
         _options(path, number, body, job)
         if item["custom_id"] in seen:
             raise _bad(path, number, f"custom_id {item['custom_id']!r} is used twice")
@@ -240,7 +289,19 @@ def _template_error(
     )
 
 
-def submit(
+@dataclass(frozen=True)
+class Prepared:
+    """A generation job checked, tokenized and uploaded: what a submit or an estimate sends."""
+
+    params: dict[str, Any]
+    digests: dict[str, str]
+    requirements: Requirements
+    tokenizer: Tokenizer
+    requests: list[dict[str, Any]]
+    prompts: list[Prompt]
+
+
+def prepare(
     client: "Client",
     model_dir: Path,
     prompts: "Path | Iterable[dict[str, Any]]",
@@ -252,23 +313,21 @@ def submit(
     device: str = "",
     min_vram_gb: float = 0,
     task_tokens: int | None = None,
-    name: str = "",
-    replicas: int = 0,
-    quorum: int = 0,
-    keep_logs: bool = False,
-) -> "GenerateJob":
+) -> Prepared:
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
+    check_job(max_tokens, temperature, seed, task_tokens)
     model_dir = Path(model_dir)
     files, info = check(model_dir)
     if isinstance(prompts, str | Path):
         path: Path | str = Path(prompts)
-        with open(prompts, encoding="utf-8") as f:
-            requests = read_batch(f, path, temperature=temperature, seed=seed)
+        with open(prompts, "rb") as f:
+            lines = _utf8_lines(f, path)
+            requests = read_batch(lines, path, temperature=temperature, seed=seed)
     else:
         path = "prompts"
-        lines = (json.dumps(r) for r in prompts)
-        requests = read_batch(lines, path, temperature=temperature, seed=seed)
+        dumped = (json.dumps(r) for r in prompts)
+        requests = read_batch(dumped, path, temperature=temperature, seed=seed)
     tokenizer = Tokenizer(model_dir)
     encoded = tokenize(requests, tokenizer, info, max_tokens, path)
     digests = {n: client.upload(p) for n, p in files.items()}
@@ -290,17 +349,58 @@ def submit(
         device_kind=DeviceKind(device) if device else DeviceKind.ANY,
         min_memory_bytes=max(need, int(min_vram_gb * 2**30)),
     )
+    return Prepared(params, digests, requirements, tokenizer, requests, encoded)
+
+
+def submit(
+    client: "Client",
+    model_dir: Path,
+    prompts: "Path | Iterable[dict[str, Any]]",
+    *,
+    name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
+    keep_logs: bool = False,
+    **options: Any,
+) -> "GenerateJob":
+    """Submits the job; `options` are prepare()'s (max_tokens, temperature, seed, ...)."""
+    ready = prepare(client, model_dir, prompts, **options)
     job = client.submit(
         "generate",
-        params,
-        digests,
+        ready.params,
+        ready.digests,
         name=name,
-        requirements=requirements,
+        requirements=ready.requirements,
         replicas=replicas,
         quorum=quorum,
         keep_logs=keep_logs,
     )
-    return GenerateJob(client, job, tokenizer, requests, encoded)
+    return GenerateJob(client, job, ready.tokenizer, ready.requests, ready.prompts)
+
+
+def estimate(
+    client: "Client",
+    model_dir: Path,
+    prompts: "Path | Iterable[dict[str, Any]]",
+    *,
+    name: str = "",
+    replicas: int = 0,
+    quorum: int = 0,
+    **options: Any,
+) -> Estimate:
+    """What submit() would hold and charge, from the coordinator's own split and prices;
+    the model and prompts are uploaded (as a render's estimate uploads its inputs), and no
+    job is made."""
+    ready = prepare(client, model_dir, prompts, **options)
+    return client.estimate(
+        "generate",
+        ready.params,
+        ready.digests,
+        name=name,
+        requirements=ready.requirements,
+        replicas=replicas,
+        quorum=quorum,
+    )
 
 
 class GenerateJob:
@@ -432,4 +532,4 @@ def batch_line(request: dict[str, Any], done: Completion, job_id: str) -> dict[s
     }
 
 
-__all__ = ["Completion", "GenerateJob", "read_batch", "submit"]
+__all__ = ["Completion", "GenerateJob", "estimate", "read_batch", "submit"]

@@ -29,6 +29,7 @@ from sparegrid.coordinator.kinds.base import (
 )
 from sparegrid.wire.llm import (
     CONFIG,
+    MAX_NEW_TOKENS,
     MAX_PROMPTS_FILE,
     MAX_TASK_TOKENS,
     PRECISIONS,
@@ -42,7 +43,6 @@ from sparegrid.wire.llm import (
 
 NAME = "generate"
 OUT_WEIGHT = 4
-MAX_NEW_TOKENS = 32_768
 FINGERPRINT_EVERY = 8  # a fingerprint every this many generated tokens, and at the last
 FINGERPRINT_K = 32  # of the largest hidden-state entries
 _PROMPTS = re.compile(r"prompts_(\d{6})")
