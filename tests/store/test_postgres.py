@@ -199,31 +199,33 @@ def test_a_ledger_grown_from_empty_is_read_by_its_index_once_statistics_are_refr
     assert "transactions" not in pg.refresh_statistics()  # nothing changed much since
 
 
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
 def test_a_database_not_in_utf8_is_refused_before_anything_is_written(
-    backends: Backends,
+    backends: Backends, encoding: str
 ) -> None:
     """A LATIN1 database refused text it cannot encode: a node named "✓" never connected
-    (INTERNAL), and inside a group commit every call of the group failed with it."""
+    (INTERNAL), and inside a group commit every call of the group failed with it. A
+    SQL_ASCII one answers in bytes, which the message once showed as b'SQL_ASCII'."""
     import psycopg
     from psycopg import sql
 
     dsn = backends.postgres_dsn()
-    name = f"sparegrid_latin1_{secrets.token_hex(6)}"
+    name = f"sparegrid_{encoding.lower()}_{secrets.token_hex(6)}"
     database = sql.Identifier(name)
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(
             sql.SQL(
-                "CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
-                " TEMPLATE template0"
-            ).format(database)
+                "CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ).format(database, sql.Literal(encoding))
         )
     try:
         latin1 = psycopg.conninfo.make_conninfo(dsn, dbname=name)
         with pytest.raises(StoreError) as err:
             PostgresStore(latin1, exclusive=True)
         message = str(err.value)
-        assert f"PostgreSQL database {name} on" in message and "LATIN1, not UTF8" in message
-        assert "ENCODING 'UTF8' TEMPLATE template0" in message
+        assert f"PostgreSQL database {name} on" in message
+        assert f"encoded in {encoding}, not UTF8" in message and "b'" not in message
+        assert f"CREATE DATABASE {name}_utf8 ENCODING 'UTF8' TEMPLATE template0" in message
         with psycopg.connect(latin1, autocommit=True) as conn:  # nothing was made there
             tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
             assert tables.fetchone() == (0,)

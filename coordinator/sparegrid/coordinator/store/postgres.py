@@ -130,7 +130,11 @@ class PostgresStore(SqlStore):
         text it cannot encode (a node named "✓" could never connect, meeting INTERNAL),
         and inside a group commit that failed every call of the group."""
         row = conn.execute("SELECT current_database(), current_setting('server_encoding')")
-        name, encoding = row.fetchone() or ("?", "?")
+        # a SQL_ASCII database answers text as bytes: shown as they are, not as b'...'
+        name, encoding = (
+            v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
+            for v in row.fetchone() or ("?", "?")
+        )
         if encoding != "UTF8":
             raise StoreError(
                 f"the {self.database} is encoded in {encoding}, not UTF8: it cannot hold "
