@@ -72,3 +72,40 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
     assert store.get_job(job.id) is not None
     assert len(sink.queue.get_nowait().assign.assignments) == 3  # type: ignore[union-attr]
     await app.stop()
+
+
+async def test_a_lost_database_is_logged_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator who terminated the coordinator's backend (a documented outage) found two
+    tracebacks in its log, the group commit's and the lease reaper's that was in it: now
+    each says what failed in a line, beside `lost the database: ...`."""
+    store = MemoryStore()
+    settings = Settings(data_dir=tmp_path, reap_interval_seconds=0.01)
+    app = App(store, settings, clock=FakeClock())
+    app.scheduler.load()
+    real = store.transaction
+    down = {"commits": 1}
+
+    @contextmanager
+    def flaky(defer_commit: bool = False) -> Iterator[None]:
+        outer = store._depth == 0
+        with real(defer_commit):
+            yield
+            if outer and down["commits"]:
+                down["commits"] -= 1
+                raise StoreUnavailable(LOST)
+
+    store.transaction = flaky  # type: ignore[method-assign]
+    caplog.set_level("INFO")
+    reaper = asyncio.create_task(app._reaper())
+    for _ in range(200):
+        if any("reaping expired leases failed" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    reaper.cancel()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("lost the database: " + LOST) for m in messages)
+    assert "reaping expired leases failed: the database is lost" in " ".join(messages)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    await app.stop()
