@@ -126,6 +126,8 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     assert log.count("give every coordinator of this database the same --blobs s3://") == 1
     assert "inputs and outputs uploaded to the other are missing" in log
     assert log.count("is readable by other users (mode 755)") == 1
+    # given no admin.key, it says so now, while it can still be copied, not at the takeover
+    assert log.count(f"{standby_dir / 'admin.key'} is missing: once this one serves") == 1
     assert standby.popen.poll() is None
     # and when it takes over, it fails the jobs whose inputs it lacks
     data = tmp_path / "input.bin"
@@ -139,6 +141,7 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     cluster.kill(cluster.coordinator)  # SIGKILL
     wait_for(lambda: (standby_dir / "coordinator.addr").exists(), what="the takeover")
     wait_for(lambda: job.id in standby.log.read_text(), what="the missing inputs named")
+    assert f"admin key: none ({standby_dir / 'admin.key'} is missing)" in standby.log.read_text()
     assert "failed 1 unfinished job(s) whose inputs are not in" in standby.log.read_text()
     address = (standby_dir / "coordinator.addr").read_text().strip()
     with Client(address, api_key=key) as client:

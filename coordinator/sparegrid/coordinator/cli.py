@@ -228,6 +228,13 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             if not waiting:
                 check_standby_key(serving, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
+                admin_key = serving.settings.data_dir / "admin.key"
+                if not admin_key.exists():  # found at the takeover, it was too late to copy
+                    log.warning(
+                        "%s is missing: once this one serves, admin commands need it; copy "
+                        "admin.key from the serving coordinator's data directory (mode 600)",
+                        admin_key,
+                    )
                 if serving.settings.blobs == "local":
                     log.warning(LOCAL_BLOBS_STANDBY, serving.settings.data_dir / "blobs")
                 waiting = True
@@ -342,7 +349,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
         sparegrid_version(),
         address,
         "TLS" if tls else "plaintext",
-        key_file,
+        key_file if key_file.exists() else f"none ({key_file} is missing)",
     )
     await stop.wait()
     log.info("shutting down")
