@@ -109,3 +109,41 @@ async def test_a_lost_database_is_logged_without_tracebacks(
     assert "reaping expired leases failed: the database is lost" in " ".join(messages)
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     await app.stop()
+
+
+async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby whose connection was terminated just after it took the lock (found with
+    pg_terminate_backend on the walk) exited 1, leaving no coordinator standing by; now it
+    says so and stands by again, and serves once the database answers."""
+    from types import SimpleNamespace
+
+    from sparegrid.coordinator import cli
+    from sparegrid.coordinator.store.base import StoreTaken
+
+    settings = Settings(data_dir=tmp_path / "coord")
+    tries: list[str] = []
+
+    def open_app(serving: object) -> tuple[App, MemoryStore]:
+        tries.append("try")
+        if len(tries) == 1:
+            raise StoreTaken("another coordinator is serving from the PostgreSQL database")
+        store = MemoryStore()
+        if len(tries) == 2:  # taken over, then cut off before the admin account is read
+
+            def lost(name: str) -> None:
+                raise StoreUnavailable(LOST)
+
+            store.get_account_by_name = lost  # type: ignore[method-assign]
+        return App(store, settings, clock=FakeClock()), store
+
+    monkeypatch.setattr(cli, "open_app", open_app)
+    monkeypatch.setattr(cli, "check_standby_key", lambda serving, taken: None)
+    monkeypatch.setattr(cli, "STANDBY_POLL_SECONDS", 0.01)
+    serving = SimpleNamespace(settings=settings)
+    taken = await cli.take_over(serving, asyncio.Event())  # type: ignore[arg-type]
+    assert taken is not None and len(tries) == 3
+    assert (tmp_path / "coord" / "admin.key").exists()  # made once it could be
+    assert f"lost the database while taking over ({LOST}); standing by again" in caplog.text
+    await taken[0].stop()

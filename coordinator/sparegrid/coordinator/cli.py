@@ -21,7 +21,7 @@ from sparegrid.coordinator.services.inputs import fail_job, held, lacking
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
-from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
+from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.web import serve as operations
 from sparegrid.wire import Signer
 from sparegrid.wire.config import ConfigError, to_duration
@@ -218,12 +218,19 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
     """The app, once this coordinator holds the database. While another coordinator
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
-    within a second of that one's end. None when stopped while standing by."""
+    within a second of that one's end. None when stopped while standing by. The admin
+    account is checked here too, before anything listens: a standby that loses the
+    database while taking over (a database failover, its backend terminated) stands by
+    again, where it exited."""
     make_private_dir(serving.settings.data_dir)
     waiting = False
     while True:
         try:
-            return open_app(serving)
+            return _opened(serving)
+        except StoreUnavailable as exc:
+            if not waiting:
+                raise
+            log.warning("lost the database while taking over (%s); standing by again", exc)
         except StoreTaken as exc:
             if not waiting:
                 check_standby_key(serving, exc)
@@ -241,6 +248,16 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
             return None
+
+
+def _opened(serving: ServeConfig) -> tuple[App, Store]:
+    app, store = open_app(serving)
+    try:
+        ensure_admin(app, serving.settings.data_dir)
+    except BaseException:
+        store.close()
+        raise
+    return app, store
 
 
 def check_tls(tls: Tls) -> None:
@@ -331,7 +348,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     except OSError:
         store.close()
         raise
-    key_file = ensure_admin(app, data_dir)
+    key_file = data_dir / "admin.key"  # made, if need be, by take_over
     app.start()
     fail_missing_inputs(app)  # before a worker can connect and fail their tasks
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
