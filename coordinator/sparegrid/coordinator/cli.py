@@ -219,8 +219,8 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
     within a second of that one's end. None when stopped while standing by. The admin
-    account is checked here too, before anything listens: a standby that loses the
-    database while taking over (a database failover, its backend terminated) stands by
+    account is checked and the app started here too, before anything listens: a standby
+    that loses the database while taking over (a database failover, its backend terminated) stands by
     again, where it exited."""
     make_private_dir(serving.settings.data_dir)
     waiting = False
@@ -251,9 +251,11 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
 
 
 def _opened(serving: ServeConfig) -> tuple[App, Store]:
+    """The app, its admin account made if need be, and started (the queues loaded)."""
     app, store = open_app(serving)
     try:
         ensure_admin(app, serving.settings.data_dir)
+        app.start()  # its background work starts once what it needs is loaded
     except BaseException:
         store.close()
         raise
@@ -339,17 +341,16 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     taken = await take_over(serving, stop)
     if taken is None:
         return
-    app, store = taken
+    app, _ = taken
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
     try:
         server, port = await build_server(app, serving.listen, tls)
         http = await operations.start(app, args, data_dir)
     except OSError:
-        store.close()
+        await app.stop()  # its background work too; closes the store
         raise
     key_file = data_dir / "admin.key"  # made, if need be, by take_over
-    app.start()
     fail_missing_inputs(app)  # before a worker can connect and fail their tasks
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
