@@ -125,23 +125,20 @@ async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_aga
     settings = Settings(data_dir=tmp_path / "coord")
     tries: list[str] = []
 
+    def cut(*args: object) -> None:
+        raise StoreUnavailable(LOST)
+
     def open_app(serving: object) -> tuple[App, MemoryStore]:
         tries.append("try")
         if len(tries) == 1:
             raise StoreTaken("another coordinator is serving from the PostgreSQL database")
         store = MemoryStore()
         if len(tries) == 2:  # taken over, then cut off before the admin account is read
-
-            def lost(name: str) -> None:
-                raise StoreUnavailable(LOST)
-
-            store.get_account_by_name = lost  # type: ignore[method-assign]
+            store.get_account_by_name = cut  # type: ignore[method-assign,assignment]
+        if len(tries) == 4:  # cut off while reading the admin key to record
+            store.get_account_by_key_hash = cut  # type: ignore[method-assign,assignment]
         app = App(store, settings, clock=FakeClock())
         if len(tries) == 3:  # cut off while loading the queues
-
-            def cut() -> None:
-                raise StoreUnavailable(LOST)
-
             app.start_services = cut  # type: ignore[method-assign]
         return app, store
 
@@ -150,7 +147,8 @@ async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_aga
     monkeypatch.setattr(cli, "STANDBY_POLL_SECONDS", 0.01)
     serving = SimpleNamespace(settings=settings)
     taken = await cli.take_over(serving, asyncio.Event())  # type: ignore[arg-type]
-    assert taken is not None and len(tries) == 4
+    assert taken is not None and len(tries) == 5
     assert (tmp_path / "coord" / "admin.key").exists()  # made once it could be
-    assert caplog.text.count(f"lost the database while taking over ({LOST}); standing by") == 2
-    await taken[0].stop()
+    assert caplog.text.count(f"lost the database while taking over ({LOST}); standing by") == 3
+    assert taken.admin_key == (tmp_path / "coord" / "admin.key").read_text().strip()
+    await taken.app.stop()

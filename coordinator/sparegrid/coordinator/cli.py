@@ -10,6 +10,7 @@ import signal
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
@@ -214,7 +215,14 @@ def check_standby_key(serving: ServeConfig, taken: StoreTaken) -> None:
     check_key(path, signer, peek_meta(serving.database_url, COORDINATOR_KEY))
 
 
-async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Store] | None:
+class Opened(NamedTuple):
+    app: App
+    store: Store
+    key_file: Path  # DATA_DIR/admin.key
+    admin_key: str | None  # what it holds, if it opens an admin account: recorded for users
+
+
+async def take_over(serving: ServeConfig, stop: asyncio.Event) -> Opened | None:
     """The app, once this coordinator holds the database. While another coordinator
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
@@ -250,16 +258,19 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Sto
             return None
 
 
-def _opened(serving: ServeConfig) -> tuple[App, Store]:
-    """The app, its admin account made if need be, and started (the queues loaded)."""
+def _opened(serving: ServeConfig) -> Opened:
+    """The app, its admin account made if need be, started (the queues loaded), the jobs
+    it cannot run failed, and the admin key to record: all that reads the database before
+    this coordinator listens."""
     app, store = open_app(serving)
     try:
-        ensure_admin(app, serving.settings.data_dir)
+        key_file = ensure_admin(app, serving.settings.data_dir)
         app.start()  # its background work starts once what it needs is loaded
+        fail_missing_inputs(app)  # before a worker can connect and fail their tasks
+        return Opened(app, store, key_file, usable_admin_key(app, key_file))
     except BaseException:
         store.close()
         raise
-    return app, store
 
 
 def check_tls(tls: Tls) -> None:
@@ -341,7 +352,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     taken = await take_over(serving, stop)
     if taken is None:
         return
-    app, _ = taken
+    app, key_file = taken.app, taken.key_file
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
     try:
@@ -350,8 +361,6 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     except OSError:
         await app.stop()  # its background work too; closes the store
         raise
-    key_file = data_dir / "admin.key"  # made, if need be, by take_over
-    fail_missing_inputs(app)  # before a worker can connect and fail their tasks
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
     # loop for tens of milliseconds each (bench/submit_stall.py).
@@ -360,7 +369,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     await server.start()
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    _record_for_this_user(app.signer, usable_admin_key(app, key_file), host, port)
+    _record_for_this_user(app.signer, taken.admin_key, host, port)
     _write_whole(data_dir / "coordinator.addr", address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",
