@@ -39,7 +39,7 @@ def log_failure(what: str) -> None:
         isinstance(exc, CoordinatorError) and exc.kind == ErrorKind.UNAVAILABLE
     )
     if lost:
-        log.warning("%s: the database is lost; tried again once it is back", what)
+        log.warning("%s (the database is lost)", what)
     else:
         log.exception(what)
 
