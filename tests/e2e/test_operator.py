@@ -117,10 +117,12 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     standby_dir.mkdir(mode=0o755)
     standby_dir.chmod(0o755)
     shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
+    (standby_dir / "coordinator.addr").write_text("127.0.0.1:1\n")  # left by an earlier run
     standby = cluster.spawn_coordinator(
         "coordinator-b", standby_dir, "127.0.0.1:0", "--database", dsn
     )
     wait_for(lambda: "standing by" in standby.tail(), what="the second coordinator standing by")
+    assert not (standby_dir / "coordinator.addr").exists()  # it does not serve there: gone
     time.sleep(3 * STANDBY_POLL_SECONDS)  # it tries for the lock every second meanwhile
     log = standby.log.read_text()
     assert log.count("give every coordinator of this database the same --blobs s3://") == 1

@@ -349,6 +349,10 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     if tls is not None:
         check_tls(tls)  # before standing by: a takeover must not find the pair wanting
+    # an address left by an earlier run is not where this one serves (it may stand by):
+    # scripts that wait for the file, and operators who read it, would be told it serves
+    address_file = serving.settings.data_dir / "coordinator.addr"
+    address_file.unlink(missing_ok=True)
     taken = await take_over(serving, stop)
     if taken is None:
         return
@@ -370,7 +374,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     _record_for_this_user(app.signer, taken.admin_key, host, port)
-    _write_whole(data_dir / "coordinator.addr", address + "\n")
+    _write_whole(address_file, address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",
         sparegrid_version(),
