@@ -349,13 +349,15 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     if tls is not None:
         check_tls(tls)  # before standing by: a takeover must not find the pair wanting
-    # an address left by an earlier run is not where this one serves (it may stand by):
-    # scripts that wait for the file, and operators who read it, would be told it serves
-    address_file = serving.settings.data_dir / "coordinator.addr"
-    address_file.unlink(missing_ok=True)
     taken = await take_over(serving, stop)
     if taken is None:
         return
+    # addresses an earlier run left are not where this one serves (metrics and dashboard
+    # may be off now); removed only once this one holds the database, not while a second
+    # process refused on the same data directory (or standing by) runs
+    address_file = serving.settings.data_dir / "coordinator.addr"
+    for name in ("coordinator.addr", "metrics.addr", "web.addr"):
+        (serving.settings.data_dir / name).unlink(missing_ok=True)
     app, key_file = taken.app, taken.key_file
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
@@ -384,6 +386,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     )
     await stop.wait()
     log.info("shutting down")
+    address_file.unlink(missing_ok=True)  # nothing serves there now
     await operations.stop(http)
     await server.stop(grace=2)
     await app.stop()
