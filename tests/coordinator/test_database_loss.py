@@ -72,3 +72,83 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
     assert store.get_job(job.id) is not None
     assert len(sink.queue.get_nowait().assign.assignments) == 3  # type: ignore[union-attr]
     await app.stop()
+
+
+async def test_a_lost_database_is_logged_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator who terminated the coordinator's backend (a documented outage) found two
+    tracebacks in its log, the group commit's and the lease reaper's that was in it: now
+    each says what failed in a line, beside `lost the database: ...`."""
+    store = MemoryStore()
+    settings = Settings(data_dir=tmp_path, reap_interval_seconds=0.01)
+    app = App(store, settings, clock=FakeClock())
+    app.scheduler.load()
+    real = store.transaction
+    down = {"commits": 1}
+
+    @contextmanager
+    def flaky(defer_commit: bool = False) -> Iterator[None]:
+        outer = store._depth == 0
+        with real(defer_commit):
+            yield
+            if outer and down["commits"]:
+                down["commits"] -= 1
+                raise StoreUnavailable(LOST)
+
+    store.transaction = flaky  # type: ignore[method-assign]
+    caplog.set_level("INFO")
+    reaper = asyncio.create_task(app._reaper())
+    for _ in range(200):
+        if any("reaping expired leases failed" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    reaper.cancel()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("lost the database: " + LOST) for m in messages)
+    assert "reaping expired leases failed (the database is lost)" in " ".join(messages)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    await app.stop()
+
+
+async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby whose connection was terminated just after it took the lock (found with
+    pg_terminate_backend on the walk) exited 1, leaving no coordinator standing by; now it
+    says so and stands by again, and serves once the database answers."""
+    from types import SimpleNamespace
+
+    from sparegrid.coordinator import cli
+    from sparegrid.coordinator.store.base import StoreTaken
+
+    settings = Settings(data_dir=tmp_path / "coord")
+    tries: list[str] = []
+
+    def cut(*args: object) -> None:
+        raise StoreUnavailable(LOST)
+
+    def open_app(serving: object) -> tuple[App, MemoryStore]:
+        tries.append("try")
+        if len(tries) == 1:
+            raise StoreTaken("another coordinator is serving from the PostgreSQL database")
+        store = MemoryStore()
+        if len(tries) == 2:  # taken over, then cut off before the admin account is read
+            store.get_account_by_name = cut  # type: ignore[method-assign,assignment]
+        if len(tries) == 4:  # cut off while reading the admin key to record
+            store.get_account_by_key_hash = cut  # type: ignore[method-assign,assignment]
+        app = App(store, settings, clock=FakeClock())
+        if len(tries) == 3:  # cut off while loading the queues
+            app.start_services = cut  # type: ignore[method-assign]
+        return app, store
+
+    monkeypatch.setattr(cli, "open_app", open_app)
+    monkeypatch.setattr(cli, "check_standby_key", lambda serving, taken: None)
+    monkeypatch.setattr(cli, "STANDBY_POLL_SECONDS", 0.01)
+    serving = SimpleNamespace(settings=settings)
+    taken = await cli.take_over(serving, asyncio.Event())  # type: ignore[arg-type]
+    assert taken is not None and len(tries) == 5
+    assert (tmp_path / "coord" / "admin.key").exists()  # made once it could be
+    assert caplog.text.count(f"lost the database while taking over ({LOST}); standing by") == 3
+    assert taken.admin_key == (tmp_path / "coord" / "admin.key").read_text().strip()
+    await taken.app.stop()

@@ -165,6 +165,18 @@ def test_postgres_backup_points_to_pg_dump_and_keeps_keys(
         assert code == 0, out
         assert "pg_dump --format=custom" in out and "pg_restore" in out
         assert (tmp_path / "b" / "admin.key").read_text() == (data / "admin.key").read_text()
+        # restored without --database, its hint started an empty SQLite coordinator
+        code, out = run(capsys, "restore", str(tmp_path / "b"), "--data-dir", str(tmp_path / "r"))
+        assert code == 1 and "backup of a coordinator on PostgreSQL: give --database" in out
+        assert not (tmp_path / "r").exists()
+        restored = ("restore", str(tmp_path / "b"), "--data-dir", str(tmp_path / "r"))
+        code, out = run(capsys, *restored, "--database", url)
+        assert code == 0, out
+        dump = tmp_path / "b" / "coordinator.pgdump"
+        assert f"pg_restore --no-owner --dbname '{url}' {dump}" in " ".join(out.split())
+        assert f"--data-dir {tmp_path / 'r'} --database {url}`" in out
+        code, out = run(capsys, "migrate", "--check", "--data-dir", str(data))  # no --database
+        assert code == 1 and "on PostgreSQL: give its --database postgresql://" in out
     finally:
         store.close()
         drop_schema(schema)

@@ -20,7 +20,7 @@ from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.memory import MemoryStore
 from sparegrid.sdk import AsyncClient, SparegridError
 from sparegrid.sdk.config import admin_key_path
-from sparegrid.wire.tls import Speaks, probe
+from sparegrid.wire.tls import Speaks, hint, probe
 from sparegrid.worker.testing.harness import make_config, running_worker, wait_until
 from tests.coordinator.certs import self_signed
 
@@ -45,6 +45,15 @@ def free_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def test_nothing_answering_may_be_a_standby() -> None:
+    """An operator who ran `admin nodes --coordinator B` against a coordinator standing by
+    (it does not listen) was told to start a coordinator, though one was running."""
+    with free_port() as port:
+        text = hint(f"127.0.0.1:{port}", using_tls=False)
+    assert "a coordinator standing by listens only once it takes over" in text
+    assert "give every coordinator's address, A,B" in text
 
 
 @contextlib.asynccontextmanager

@@ -117,6 +117,8 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     standby_dir.mkdir(mode=0o755)
     standby_dir.chmod(0o755)
     shutil.copy(tmp_path / "coord" / "coordinator.key", standby_dir / "coordinator.key")
+    for name in ("coordinator.addr", "metrics.addr", "web.addr"):  # left by an earlier run
+        (standby_dir / name).write_text("127.0.0.1:1\n")
     standby = cluster.spawn_coordinator(
         "coordinator-b", standby_dir, "127.0.0.1:0", "--database", dsn
     )
@@ -126,6 +128,8 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
     assert log.count("give every coordinator of this database the same --blobs s3://") == 1
     assert "inputs and outputs uploaded to the other are missing" in log
     assert log.count("is readable by other users (mode 755)") == 1
+    # given no admin.key, it says so now, while it can still be copied, not at the takeover
+    assert log.count(f"{standby_dir / 'admin.key'} is missing: once this one serves") == 1
     assert standby.popen.poll() is None
     # and when it takes over, it fails the jobs whose inputs it lacks
     data = tmp_path / "input.bin"
@@ -137,8 +141,14 @@ def test_a_standby_says_once_what_its_own_blob_folder_would_lose(
         assert client.account().held > 0
     assert cluster.coordinator is not None
     cluster.kill(cluster.coordinator)  # SIGKILL
-    wait_for(lambda: (standby_dir / "coordinator.addr").exists(), what="the takeover")
+    wait_for(lambda: "coordinator serving on" in standby.log.read_text(), what="the takeover")
     wait_for(lambda: job.id in standby.log.read_text(), what="the missing inputs named")
+    # what the earlier run left is gone: it serves no metrics, nor at 127.0.0.1:1
+    assert sorted(p.name for p in standby_dir.iterdir() if p.suffix == ".addr") == [
+        "coordinator.addr"
+    ]
+    assert (standby_dir / "coordinator.addr").read_text().strip() != "127.0.0.1:1"
+    assert f"admin key: none ({standby_dir / 'admin.key'} is missing)" in standby.log.read_text()
     assert "failed 1 unfinished job(s) whose inputs are not in" in standby.log.read_text()
     address = (standby_dir / "coordinator.addr").read_text().strip()
     with Client(address, api_key=key) as client:

@@ -178,6 +178,33 @@ async def test_results_gather_into_one_batch_while_the_coordinator_is_behind(
     await batcher.close()
 
 
+async def test_a_lost_session_s_flush_is_not_stuck_behind_one_waiting_for_acks(
+    tmp_path: Path,
+) -> None:
+    """A worker whose coordinator was SIGKILLed while results waited for acknowledgement
+    flushes everything before reconnecting; that flush used to wait forever for the lock
+    held by a flush waiting for acks only a session could bring: the worker never
+    reconnected to the standby that took over (found failing over on PostgreSQL)."""
+    signer = Signer.generate()
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    clock = FakeClock()
+    batcher = ResultBatcher(signer, outbox, clock, window=0.5, max_items=100, max_unacked=1)
+    first = common_pb2.ResultStatement(attempt_id="a0").SerializeToString()
+    batcher.add_result(first, {}, {})
+    async with asyncio.timeout(10):
+        while len(outbox) != 1:
+            await outbox.change_event().wait()
+    later = common_pb2.ResultStatement(attempt_id="a1").SerializeToString()
+    batcher.add_result(later, {}, {})  # waits for the first batch's ack, which never comes
+    for _ in range(10):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await batcher.flush()  # what a worker does before it reconnects
+    assert len(outbox) == 2 and len(batcher) == 0
+    await batcher.close()
+
+
 def test_a_deep_flow_window_is_refilled_in_quarters() -> None:
     from sparegrid.worker.upstream.flow import FlowWindow
 

@@ -4,11 +4,13 @@ delivering webhooks, writing when nodes were last seen, refreshing planner stati
 import asyncio
 import functools
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from sparegrid.coordinator.blobs import BlobStore
 from sparegrid.coordinator.clock import Clock
 from sparegrid.coordinator.domain import Delivery
+from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.groupcommit import GroupCommit
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.sweeper import Sweeper, Swept
@@ -21,10 +23,26 @@ from sparegrid.coordinator.services.webhooks import (
     public_error,
 )
 from sparegrid.coordinator.settings import Settings
+from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.submit import Pacer
 from sparegrid.wire import Signer
 
 log = logging.getLogger("sparegrid.coordinator")
+
+
+def log_failure(what: str) -> None:
+    """Logs the exception being handled by a background loop. A lost database is logged
+    once where it was met (`lost the database: ...`, groupcommit.py) and is an outage, not
+    a bug: each loop that meets it after says so in one line, with no traceback."""
+    exc = sys.exc_info()[1]
+    lost = isinstance(exc, StoreUnavailable) or (
+        isinstance(exc, CoordinatorError) and exc.kind == ErrorKind.UNAVAILABLE
+    )
+    if lost:
+        log.warning("%s (the database is lost)", what)
+    else:
+        log.exception(what)
+
 
 ADOPT_STEP = 5000  # blob files recorded in one step of a sweep
 STALL_SECONDS = 2.0  # a reaper pass later than this past its interval skips (_reaper)
@@ -77,7 +95,7 @@ class Background(GroupCommit):
             try:
                 await self.call(lambda: self._pass(passes))
             except Exception:
-                log.exception("reaping expired leases failed")
+                log_failure("reaping expired leases failed")
             self.kick()
 
     async def _cancel_sweeps(self) -> None:
@@ -92,7 +110,7 @@ class Background(GroupCommit):
                     await self.call(lambda: self.scheduler.sweep(pacer.size))
                     pacer.adjust(self.last_group_seconds)
                 except Exception:
-                    log.exception("sweeping the tasks of ended jobs failed")
+                    log_failure("sweeping the tasks of ended jobs failed")
                     await asyncio.sleep(self.settings.reap_interval_seconds)
 
     async def _deliver_webhooks(self) -> None:
@@ -107,7 +125,7 @@ class Background(GroupCommit):
                 if due:
                     await asyncio.gather(*(self._deliver(d) for d in due))
             except Exception:
-                log.exception("delivering webhooks failed; the next round tries again")
+                log_failure("delivering webhooks failed; the next round tries again")
 
     async def _deliver(self, delivery: Delivery) -> None:
         secret = account_secret(self.signer, delivery.account_id)
@@ -172,7 +190,7 @@ class Background(GroupCommit):
                 await self.call(functools.partial(self._touch, seen))
                 self._written(seen)
             except Exception:
-                log.exception("writing when nodes were last seen failed; kept for the next try")
+                log_failure("writing when nodes were last seen failed; kept for the next try")
 
     async def _statistics(self) -> None:
         while True:
@@ -197,7 +215,7 @@ class Background(GroupCommit):
                 await self.sweep(adopt=first)
                 first = False
             except Exception:
-                log.exception("the storage sweep failed; the next one tries again")
+                log_failure("the storage sweep failed; the next one tries again")
 
     async def sweep(self, adopt: bool = False) -> Swept:
         """Deletes what has expired: unfinished uploads, blobs no job needs, nodes that

@@ -10,6 +10,7 @@ import signal
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from sparegrid.coordinator import config, maintenance
 from sparegrid.coordinator.app import App
@@ -21,7 +22,7 @@ from sparegrid.coordinator.services.inputs import fail_job, held, lacking
 from sparegrid.coordinator.services.webhooks import WebhookConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store import COORDINATOR_KEY, open_store, peek_meta
-from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken
+from sparegrid.coordinator.store.base import Store, StoreError, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.web import serve as operations
 from sparegrid.wire import Signer
 from sparegrid.wire.config import ConfigError, to_duration
@@ -214,26 +215,62 @@ def check_standby_key(serving: ServeConfig, taken: StoreTaken) -> None:
     check_key(path, signer, peek_meta(serving.database_url, COORDINATOR_KEY))
 
 
-async def take_over(serving: ServeConfig, stop: asyncio.Event) -> tuple[App, Store] | None:
+class Opened(NamedTuple):
+    app: App
+    store: Store
+    key_file: Path  # DATA_DIR/admin.key
+    admin_key: str | None  # what it holds, if it opens an admin account: recorded for users
+
+
+async def take_over(serving: ServeConfig, stop: asyncio.Event) -> Opened | None:
     """The app, once this coordinator holds the database. While another coordinator
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
-    within a second of that one's end. None when stopped while standing by."""
+    within a second of that one's end. None when stopped while standing by. The admin
+    account is checked and the app started here too, before anything listens: a standby
+    that loses the database while taking over (a database failover, its backend terminated) stands by
+    again, where it exited."""
     make_private_dir(serving.settings.data_dir)
     waiting = False
     while True:
         try:
-            return open_app(serving)
+            return _opened(serving)
+        except StoreUnavailable as exc:
+            if not waiting:
+                raise
+            log.warning("lost the database while taking over (%s); standing by again", exc)
         except StoreTaken as exc:
             if not waiting:
                 check_standby_key(serving, exc)
                 log.warning("standing by: %s; this one serves when that one stops", exc)
+                admin_key = serving.settings.data_dir / "admin.key"
+                if not admin_key.exists():  # found at the takeover, it was too late to copy
+                    log.warning(
+                        "%s is missing: once this one serves, admin commands need it; copy "
+                        "admin.key from the serving coordinator's data directory (mode 600)",
+                        admin_key,
+                    )
                 if serving.settings.blobs == "local":
                     log.warning(LOCAL_BLOBS_STANDBY, serving.settings.data_dir / "blobs")
                 waiting = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
             return None
+
+
+def _opened(serving: ServeConfig) -> Opened:
+    """The app, its admin account made if need be, started (the queues loaded), the jobs
+    it cannot run failed, and the admin key to record: all that reads the database before
+    this coordinator listens."""
+    app, store = open_app(serving)
+    try:
+        key_file = ensure_admin(app, serving.settings.data_dir)
+        app.start()  # its background work starts once what it needs is loaded
+        fail_missing_inputs(app)  # before a worker can connect and fail their tasks
+        return Opened(app, store, key_file, usable_admin_key(app, key_file))
+    except BaseException:
+        store.close()
+        raise
 
 
 def check_tls(tls: Tls) -> None:
@@ -315,18 +352,21 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     taken = await take_over(serving, stop)
     if taken is None:
         return
-    app, store = taken
+    # addresses an earlier run left are not where this one serves (metrics and dashboard
+    # may be off now); removed only once this one holds the database, not while a second
+    # process refused on the same data directory (or standing by) runs
+    address_file = serving.settings.data_dir / "coordinator.addr"
+    for name in ("coordinator.addr", "metrics.addr", "web.addr"):
+        (serving.settings.data_dir / name).unlink(missing_ok=True)
+    app, key_file = taken.app, taken.key_file
     app.on_taken_over = stop.set
     data_dir = serving.settings.data_dir
     try:
         server, port = await build_server(app, serving.listen, tls)
         http = await operations.start(app, args, data_dir)
     except OSError:
-        store.close()
+        await app.stop()  # its background work too; closes the store
         raise
-    key_file = ensure_admin(app, data_dir)
-    app.start()
-    fail_missing_inputs(app)  # before a worker can connect and fail their tasks
     # What start-up made (modules, the loaded queues) lives for good: frozen, it stays out
     # of the collector's full passes, which otherwise walk all of it and hold the event
     # loop for tens of milliseconds each (bench/submit_stall.py).
@@ -335,17 +375,18 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     await server.start()
     host = serving.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    _record_for_this_user(app.signer, usable_admin_key(app, key_file), host, port)
-    _write_whole(data_dir / "coordinator.addr", address + "\n")
+    _record_for_this_user(app.signer, taken.admin_key, host, port)
+    _write_whole(address_file, address + "\n")
     log.info(
         "sparegrid %s coordinator serving on %s (%s); admin key: %s",
         sparegrid_version(),
         address,
         "TLS" if tls else "plaintext",
-        key_file,
+        key_file if key_file.exists() else f"none ({key_file} is missing)",
     )
     await stop.wait()
     log.info("shutting down")
+    address_file.unlink(missing_ok=True)  # nothing serves there now
     await operations.stop(http)
     await server.stop(grace=2)
     await app.stop()

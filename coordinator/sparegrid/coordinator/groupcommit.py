@@ -223,7 +223,10 @@ class GroupCommit:
     def _group_failed(
         self, exc: BaseException, items: list[tuple[Callable[[], Any], "asyncio.Future[Any]"]]
     ) -> None:
-        log.error("group commit of %d call(s) failed", len(items), exc_info=exc)
+        if isinstance(exc, StoreUnavailable):  # an outage, logged by _pause: no traceback
+            log.warning("group commit of %d call(s) failed: the database is lost", len(items))
+        else:
+            log.error("group commit of %d call(s) failed", len(items), exc_info=exc)
         self.events.discard()
         self._failed_commit(
             exc if isinstance(exc, Exception) else CancelledCommit(str(exc)),

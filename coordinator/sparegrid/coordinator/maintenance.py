@@ -33,6 +33,7 @@ log = logging.getLogger("sparegrid.coordinator")
 
 MANIFEST = "backup.json"
 DATABASE = "coordinator.db"
+PG_DUMP = "coordinator.pgdump"  # where backup's pg_dump hint writes, and restore looks
 KEYS = ("coordinator.key", "admin.key")
 _WHERE = frozenset({"data_dir", "database"})
 
@@ -159,7 +160,7 @@ def backup(target: Target, dest: Path) -> int:
     if db is None:
         print(
             f"saved {what} in {dest}; the database is PostgreSQL: back it up with pg_dump, "
-            f"e.g. pg_dump --format=custom --file {dest / 'coordinator.pgdump'} "
+            f"e.g. pg_dump --format=custom --file {dest / PG_DUMP} "
             f"'{shown_url(target.database)}' (restore it with pg_restore)"
         )
         if shown_url(target.database) != target.database:
@@ -264,6 +265,11 @@ def restore(source: Path, target: Target) -> int:
             )
         if db.exists():
             raise MaintenanceError(f"{db} exists: restore into a new place, or move it aside")
+    elif db is not None:  # its serve hint started an empty SQLite coordinator with the old key
+        raise MaintenanceError(
+            f"{source} is the backup of a coordinator on PostgreSQL: give --database "
+            "postgresql://USER@HOST/DB, the database its pg_dump is restored into"
+        )
     _private_dir(data_dir)
     if manifest.get("database") == "sqlite" and db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -274,9 +280,13 @@ def restore(source: Path, target: Target) -> int:
     blobs = _copy_blobs(source / "blobs", data_dir / "blobs")
     print(f"restored {source} into {data_dir} ({blobs} blob(s))")
     if manifest.get("database") != "sqlite":
+        dump = source / PG_DUMP
+        where = "" if dump.is_file() else " (the file its pg_dump wrote)"
         print(
-            "the database is PostgreSQL: restore it with pg_restore from the dump taken "
-            "with the backup"
+            "the database is PostgreSQL: restore the dump taken with the backup into a new "
+            "UTF-8 database (createdb --encoding UTF8 --template template0 NAME), e.g. "
+            f"pg_restore --no-owner --dbname '{shown_url(target.database)}' "
+            f"{shlex.quote(str(dump))}{where}"
         )
     serve = f"sparegrid coordinator serve --data-dir {shlex.quote(str(data_dir))}"
     if target.sqlite_path != data_dir / DATABASE:  # PostgreSQL, or SQLite elsewhere
@@ -312,7 +322,10 @@ def migrate(target: Target, check: bool) -> int:
     latest = MIGRATIONS[-1][0]
     current = _schema_version(target)
     if current is None:
-        print(f"no database at {target.database}; `coordinator serve` creates it")
+        print(
+            f"no database at {target.database}; `coordinator serve` creates it (a "
+            "coordinator on PostgreSQL: give its --database postgresql://... too)"
+        )
         return 1 if check else 0
     if current > latest:
         print(

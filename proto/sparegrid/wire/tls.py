@@ -134,7 +134,8 @@ def hint(address: str, using_tls: bool, speaks: Speaks | None = None) -> str:
         return (
             f"nothing answers at {where}: is the address (and its port) right? Start a "
             "coordinator with `sparegrid coordinator serve`, or point --coordinator or "
-            "$SPAREGRID_COORDINATOR at a running one"
+            "$SPAREGRID_COORDINATOR at a running one (a coordinator standing by listens "
+            "only once it takes over: give every coordinator's address, A,B)"
         )
     if speaks is Speaks.TLS and not using_tls:
         return (

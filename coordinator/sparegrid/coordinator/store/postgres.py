@@ -1,5 +1,6 @@
 """The SQL store on PostgreSQL through psycopg 3, imported only when a store is opened."""
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
@@ -10,6 +11,17 @@ from sparegrid.coordinator.store import rows as r
 from sparegrid.coordinator.store.base import StoreError, StoreTaken, StoreUnavailable
 from sparegrid.coordinator.store.engine import Connection, Dialect, chunks, marks
 from sparegrid.coordinator.store.sql import SqlStore
+
+
+def _not_a_dead_pipeline(record: logging.LogRecord) -> bool:
+    """psycopg warns when it cannot end a pipeline on a connection already lost ("error
+    ignored terminating <psycopg.Pipeline [BAD]>: the connection is lost"): the store
+    names the loss itself (`lost the PostgreSQL database ...`), and the coordinator logs
+    it once; the warning only left operators wondering what else had gone wrong."""
+    return not record.getMessage().startswith("error ignored terminating <psycopg.Pipeline")
+
+
+logging.getLogger("psycopg").addFilter(_not_a_dead_pipeline)
 
 if TYPE_CHECKING:
     import psycopg
@@ -130,7 +142,11 @@ class PostgresStore(SqlStore):
         text it cannot encode (a node named "✓" could never connect, meeting INTERNAL),
         and inside a group commit that failed every call of the group."""
         row = conn.execute("SELECT current_database(), current_setting('server_encoding')")
-        name, encoding = row.fetchone() or ("?", "?")
+        # a SQL_ASCII database answers text as bytes: shown as they are, not as b'...'
+        name, encoding = (
+            v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
+            for v in row.fetchone() or ("?", "?")
+        )
         if encoding != "UTF8":
             raise StoreError(
                 f"the {self.database} is encoded in {encoding}, not UTF8: it cannot hold "

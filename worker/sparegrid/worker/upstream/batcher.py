@@ -116,19 +116,25 @@ class ResultBatcher:
         still unacknowledged: when the coordinator falls behind, results gather into
         fewer, larger batches (one signature, one fsync and one commit each) instead of a
         growing queue of small ones.
+
+        The wait for acknowledgements is made without the lock: a forced flush (what a
+        worker does when its session is lost, before it reconnects) must not queue behind
+        a flush waiting for acks that only a new session can bring.
         """
-        async with self._lock:
-            self._queued = False
-            while self._results or self._failures:
-                if not force and len(self._outbox) >= self._max_unacked and not self._full():
-                    changed = self._outbox.change_event()
-                    if len(self._outbox) >= self._max_unacked:
-                        await changed.wait()
-                    continue
-                results = self._take_results()
-                failures = self._take_failures()
-                if not await self._put(results, failures):
+        while True:
+            async with self._lock:
+                self._queued = False
+                while self._results or self._failures:
+                    if not force and len(self._outbox) >= self._max_unacked and not self._full():
+                        break
+                    results = self._take_results()
+                    failures = self._take_failures()
+                    if not await self._put(results, failures):
+                        return
+                else:
                     return
+                changed = self._outbox.change_event()
+            await changed.wait()
 
     def _take_results(self) -> list[_Result]:
         """The next batch: at most `max_items` results and MAX_INLINE_BYTES inline (or one)."""
