@@ -22,16 +22,10 @@ from tests.coordinator.commits import connected
 LOST = "lost the PostgreSQL database sparegrid on db.example:5432: server closed the connection"
 
 
-async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Path) -> None:
-    store = MemoryStore()
-    app = App(store, Settings(data_dir=tmp_path), clock=FakeClock())
-    app.scheduler.load()
-    alice, _ = app.accounts.create("alice", 100)
-    sink = connected(app)
-    heard: list[bool] = []
-    app.serving_changed.append(heard.append)
+def fail_commits(store: MemoryStore, down: dict[str, int]) -> None:
+    """The store's next `down["commits"]` outermost transactions lose the database as they
+    commit, whatever they did."""
     real = store.transaction
-    down = {"commits": 1, "reconnects": 2}  # the commit fails, then two reconnects do
 
     @contextmanager
     def flaky(defer_commit: bool = False) -> Iterator[None]:
@@ -42,12 +36,25 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
                 down["commits"] -= 1
                 raise StoreUnavailable(LOST)
 
+    store.transaction = flaky  # type: ignore[method-assign]
+
+
+async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Path) -> None:
+    store = MemoryStore()
+    app = App(store, Settings(data_dir=tmp_path), clock=FakeClock())
+    app.scheduler.load()
+    alice, _ = app.accounts.create("alice", 100)
+    sink = connected(app)
+    heard: list[bool] = []
+    app.serving_changed.append(heard.append)
+    down = {"commits": 1, "reconnects": 2}  # the commit fails, then two reconnects do
+    fail_commits(store, down)
+
     def reconnect() -> None:
         if down["reconnects"]:
             down["reconnects"] -= 1
             raise StoreUnavailable("cannot reach the PostgreSQL database sparegrid")
 
-    store.transaction = flaky  # type: ignore[method-assign]
     store.reconnect = reconnect  # type: ignore[method-assign]
     spec = JobSpec(kind="echo", params=b'{"tasks": 3}')
     with pytest.raises(CoordinatorError) as err:
@@ -84,19 +91,7 @@ async def test_a_lost_database_is_logged_without_tracebacks(
     settings = Settings(data_dir=tmp_path, reap_interval_seconds=0.01)
     app = App(store, settings, clock=FakeClock())
     app.scheduler.load()
-    real = store.transaction
-    down = {"commits": 1}
-
-    @contextmanager
-    def flaky(defer_commit: bool = False) -> Iterator[None]:
-        outer = store._depth == 0
-        with real(defer_commit):
-            yield
-            if outer and down["commits"]:
-                down["commits"] -= 1
-                raise StoreUnavailable(LOST)
-
-    store.transaction = flaky  # type: ignore[method-assign]
+    fail_commits(store, {"commits": 1})
     caplog.set_level("INFO")
     reaper = asyncio.create_task(app._reaper())
     for _ in range(200):
