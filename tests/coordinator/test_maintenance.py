@@ -1,6 +1,7 @@
 """`coordinator backup | restore | migrate [--check]`: refusals that change nothing, a
 backup of a running coordinator's SQLite file in WAL mode, and schema checks."""
 
+import json
 import os
 import sqlite3
 import uuid
@@ -223,3 +224,36 @@ def test_migrate_refuses_a_database_a_coordinator_serves_from(
         serving.close()
     assert run(capsys, "migrate", "--data-dir", str(data))[0] == 0
     assert schema_version(data / "coordinator.db") == LATEST
+
+
+@pytest.mark.skipif(not os.environ.get("SPAREGRID_TEST_POSTGRES"), reason="needs PostgreSQL")
+def test_a_postgres_backup_records_its_schema_and_a_private_dump_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backup.json of a coordinator on PostgreSQL said schema 0 whatever the database held,
+    and the pg_dump command it printed wrote a dump others could read beside the private
+    keys: it records the schema read from the database, and the command keeps the dump
+    private (umask 077)."""
+    from sparegrid.coordinator.store.postgres import PostgresStore
+    from sparegrid.coordinator.store.schema import MIGRATIONS
+    from tests.coordinator.conftest import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex}"
+    base = os.environ["SPAREGRID_TEST_POSTGRES"]
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    data = tmp_path / "data"
+    data.mkdir()
+    store = PostgresStore(base, schema=schema)
+    try:
+        ensure_admin(App(store, Settings(data_dir=data)), data)
+        code, out = run(
+            capsys, "backup", str(tmp_path / "b"), "--data-dir", str(data), "--database", url
+        )
+        assert code == 0, out
+        manifest = json.loads((tmp_path / "b" / "backup.json").read_text())
+        assert manifest["database"] == "postgresql"
+        assert manifest["schema_version"] == max(v for v, _ in MIGRATIONS) > 0
+        assert "(umask 077; pg_dump --format=custom" in " ".join(out.split())
+    finally:
+        store.close()
+        drop_schema(schema)
