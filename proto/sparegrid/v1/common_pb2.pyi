@@ -608,6 +608,26 @@ Global___JobCounts: _TypeAlias = JobCounts  # noqa: Y015
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
@@ -626,6 +646,8 @@ class Job(_message.Message):
     HAS_WEBHOOK_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
     STILL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
     name: _builtins.str
@@ -651,6 +673,7 @@ class Job(_message.Message):
     """a render job that tiles one still: the file its results stitch into ("still.png",
     "still.exr"), so a client knows before any tile is done; empty for any other job
     """
+    params: _builtins.bytes
     @_builtins.property
     def counts(self) -> Global___JobCounts: ...
     @_builtins.property
@@ -661,6 +684,13 @@ class Job(_message.Message):
     def webhook(self) -> Global___WebhookDelivery:
         """the call of that webhook once the job ended, to its owner only (GetJob, CancelJob,
         RetryJob); unset when the job has no webhook, has not ended, or in ListJobs
+        """
+
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """what it was submitted with, to its owner in GetJob only (unset in lists, watches and
+        other answers): input name -> blob digest, and the params JSON. A client re-attaching
+        to a generate job checks its model and prompts files against these digests
         """
 
     def __init__(
@@ -684,10 +714,12 @@ class Job(_message.Message):
         has_webhook: _builtins.bool = ...,
         webhook: Global___WebhookDelivery | None = ...,
         still: _builtins.str = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        params: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "finished_at", b"finished_at", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "still", b"still", "waiting", b"waiting", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_held", b"cost_held", "cost_spent", b"cost_spent", "counts", b"counts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "has_webhook", b"has_webhook", "inputs", b"inputs", "job_id", b"job_id", "kind", b"kind", "name", b"name", "owner", b"owner", "params", b"params", "priority", b"priority", "quorum", b"quorum", "replicas", b"replicas", "state", b"state", "still", b"still", "waiting", b"waiting", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

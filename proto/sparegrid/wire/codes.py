@@ -121,6 +121,9 @@ class ErrorCode(StrEnum):
     MISSING_FILES = "MISSING_FILES"
     NEEDS_BLENDER = "NEEDS_BLENDER"
     NOT_A_RENDER = "NOT_A_RENDER"
+    NOT_A_GENERATE_JOB = "NOT_A_GENERATE_JOB"  # completions re-attached to another kind
+    INPUT_MISMATCH = "INPUT_MISMATCH"  # a model or prompts file other than the job's
+    JOB_NOT_FINISHED = "JOB_NOT_FINISHED"  # job results --batch-out of a running job
     NO_ADMIN_KEY = "NO_ADMIN_KEY"
     NO_CLIENT = "NO_CLIENT"
     NO_FRAMES = "NO_FRAMES"  # job preview of a tiled still, or of a job that ended frameless

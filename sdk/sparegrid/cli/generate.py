@@ -1,11 +1,12 @@
 """`sparegrid job submit generate ...`: a language model over an OpenAI Batch JSONL file."""
 
 import argparse
+import os
 from pathlib import Path
 
 from sparegrid.cli import common, costs, output
 from sparegrid.cli.follow import follow
-from sparegrid.sdk import InvalidArgumentError
+from sparegrid.sdk import InvalidArgumentError, Job, JobState
 
 
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
@@ -83,3 +84,56 @@ def submit(args: argparse.Namespace) -> int:
             written = job.write_batch_output(Path(args.out), timeout=args.timeout)
             output.note(f"wrote {written} completions to {args.out}")
         return status
+
+
+def batch_out(args: argparse.Namespace) -> int:
+    """`job results J --batch-out FILE --model DIR --prompts JSONL`: what `submit --wait
+    --out` would have written, for a submitter that did not stay (sparegrid.sdk.attach).
+    As `job results` does, it does not wait for a running job: it says so and writes
+    nothing, since a file of some completions would not be the job's output."""
+    if args.output or args.resume or args.force:
+        raise InvalidArgumentError(
+            "BAD_FLAGS", "--batch-out writes one file: drop -o, --force and --continue"
+        )
+    if not (args.batch_out and args.model and args.prompts):
+        raise InvalidArgumentError(
+            "BAD_FLAGS",
+            "--batch-out JSONL needs the job's --model DIR and --prompts JSONL (the "
+            "completions are decoded here with its tokenizer, in its requests' order)",
+        )
+    out = Path(args.batch_out)
+    check_out(out, wait=True)
+    with common.client(args) as client:
+        job = client.generate_attach(args.job_id, args.model, args.prompts)
+        if job.state is not JobState.SUCCEEDED:
+            raise _unfinished(job.job)
+        # staged beside it, then linked into place: a failure leaves no partial file, and
+        # a file made there meanwhile is not overwritten
+        stage = out.with_name(f".{out.name}.{os.getpid()}.part")
+        try:
+            written = job.write_batch_output(stage)
+            os.link(stage, out)
+        except FileExistsError:
+            raise InvalidArgumentError(
+                "BAD_FLAGS", f"--batch-out {out} already exists; remove it or name another file"
+            ) from None
+        finally:
+            stage.unlink(missing_ok=True)
+    output.note(f"wrote {written} completions to {out}")
+    return 0
+
+
+def _unfinished(job: Job) -> InvalidArgumentError:
+    if not job.finished:
+        return InvalidArgumentError(
+            "JOB_NOT_FINISHED",
+            f"job {job.id} is still {job.state.value}: {job.counts.done} of "
+            f"{output.count(job.counts.total, 'task')} are done; run this again once "
+            f"`sparegrid job wait {job.id}` returns. Nothing was written",
+        )
+    why = f" ({job.error})" if job.error else ""
+    return InvalidArgumentError(
+        "JOB_NOT_FINISHED",
+        f"job {job.id} {job.state.value}{why}: it has no complete Batch output. Nothing was "
+        f"written; `sparegrid job results {job.id} -o DIR` writes the tasks that succeeded",
+    )

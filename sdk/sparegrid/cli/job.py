@@ -122,10 +122,18 @@ def register(subparsers: Any) -> None:
         "empty); nothing is written unless every result could be fetched.",
     )
     p.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to create")
+    p.add_argument("-o", "--output", metavar="DIR", help="directory to create")
     p.add_argument(
         "--force", action="store_true", help="write into DIR even if it holds files already"
     )
+    p.add_argument(
+        "--batch-out",
+        metavar="JSONL",
+        help="a generate job's completions as the OpenAI Batch output, as `submit --wait "
+        "--out` writes it (instead of -o); needs the job's --model DIR and --prompts JSONL",
+    )
+    p.add_argument("--model", metavar="DIR", help="with --batch-out: the job's model folder")
+    p.add_argument("--prompts", metavar="JSONL", help="with --batch-out: the job's batch file")
     p.add_argument(
         "--continue",
         dest="resume",
@@ -338,6 +346,10 @@ def wait(args: argparse.Namespace) -> int:
 
 
 def results(args: argparse.Namespace) -> int:
+    if args.batch_out or args.model or args.prompts:
+        return generate_cli.batch_out(args)
+    if not args.output:
+        raise InvalidArgumentError("BAD_FLAGS", "name the directory to write: -o DIR")
     if args.resume:
         return fetch.results_continue(args)
     out_dir = Path(args.output)

@@ -1,7 +1,7 @@
 """The synchronous clients, on grpc's sync API: `Client` for jobs and blobs, `AdminClient`.
 
 Generated from the asyncio clients (`sparegrid.sdk._async.client`) by scripts/unasync,
-except `Client.generate` and `Client.generate_estimate`, which are sync-only for now (the tokenizer and the model folder's
+except `Client.generate`, `Client.generate_attach` and `Client.generate_estimate`, which are sync-only for now (the tokenizer and the model folder's
 upload run in the caller's thread; an asyncio flavour is not written yet).
 """
 
@@ -41,6 +41,19 @@ class Client(_GeneratedClient):
 
         path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts
         return generate.submit(self, Path(model_dir), path, **options)
+
+    def generate_attach(
+        self,
+        job_id: str,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str]",
+    ) -> "GenerateJob":
+        """The GenerateJob of a generate job submitted earlier (whose submitter went away),
+        given the same model folder and batch file; both are checked against the job's
+        input digests first (sparegrid.sdk.attach). Nothing is uploaded or charged."""
+        from sparegrid.sdk.attach import attach
+
+        return attach(self, job_id, Path(model_dir), Path(prompts))
 
     def generate_estimate(
         self,

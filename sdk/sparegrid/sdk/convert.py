@@ -177,6 +177,8 @@ def job_snapshot(msg: common_pb2.Job) -> JobSnapshot:
         priority=msg.priority,
         has_webhook=msg.has_webhook,
         still=msg.still,
+        inputs=dict(msg.inputs),
+        params=msg.params,
         webhook=webhook_delivery(msg.webhook) if msg.HasField("webhook") else None,
     )
 

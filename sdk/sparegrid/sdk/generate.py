@@ -301,6 +301,29 @@ class Prepared:
     prompts: list[Prompt]
 
 
+def _requests(
+    prompts: "Path | Iterable[dict[str, Any]]", temperature: float, seed: int
+) -> tuple[list[dict[str, Any]], Path | str]:
+    """The batch file's requests (or the dicts given), checked, and the name errors use."""
+    if isinstance(prompts, str | Path):
+        path = Path(prompts)
+        with open(path, "rb") as f:
+            return read_batch(_utf8_lines(f, path), path, temperature=temperature, seed=seed), path
+    dumped = (json.dumps(r) for r in prompts)
+    return read_batch(dumped, "prompts", temperature=temperature, seed=seed), "prompts"
+
+
+def prompt_files(encoded: list[Prompt]) -> list[tuple[str, bytes]]:
+    """The job's prompt inputs, by input name: PROMPTS_PER_FILE tokenized prompts each."""
+    return [
+        (
+            f"prompts_{index // PROMPTS_PER_FILE:06d}",
+            encode_prompts(encoded[index : index + PROMPTS_PER_FILE]),
+        )
+        for index in range(0, len(encoded), PROMPTS_PER_FILE)
+    ]
+
+
 def prepare(
     client: "Client",
     model_dir: Path,
@@ -319,23 +342,15 @@ def prepare(
     check_job(max_tokens, temperature, seed, task_tokens)
     model_dir = Path(model_dir)
     files, info = check(model_dir)
-    if isinstance(prompts, str | Path):
-        path: Path | str = Path(prompts)
-        with open(prompts, "rb") as f:
-            lines = _utf8_lines(f, path)
-            requests = read_batch(lines, path, temperature=temperature, seed=seed)
-    else:
-        path = "prompts"
-        dumped = (json.dumps(r) for r in prompts)
-        requests = read_batch(dumped, path, temperature=temperature, seed=seed)
+    requests, path = _requests(prompts, temperature, seed)
     tokenizer = Tokenizer(model_dir)
     encoded = tokenize(requests, tokenizer, info, max_tokens, path)
     digests = {n: client.upload(p) for n, p in files.items()}
     with tempfile.TemporaryDirectory(prefix="sparegrid-generate-") as tmp:
-        for index in range(0, len(encoded), PROMPTS_PER_FILE):
-            chunk = Path(tmp) / f"prompts_{index // PROMPTS_PER_FILE:06d}.jsonl"
-            chunk.write_bytes(encode_prompts(encoded[index : index + PROMPTS_PER_FILE]))
-            digests[chunk.stem] = client.upload(chunk)
+        for name, data in prompt_files(encoded):
+            chunk = Path(tmp) / f"{name}.jsonl"
+            chunk.write_bytes(data)
+            digests[name] = client.upload(chunk)
     params: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": temperature,

@@ -98,6 +98,10 @@ class JobSnapshot:
     # a render job tiling one still: the file its results stitch into ("still.png"); ""
     # for any other job. Such a job has no frame to preview, before or after it is done
     still: str = ""
+    # what it was submitted with (input name -> digest, the params JSON), from get_job
+    # only; empty from a list, a watch, submit or cancel
+    inputs: dict[str, str] = field(default_factory=dict, hash=False)
+    params: bytes = b""
 
     @property
     def finished(self) -> bool:

@@ -218,9 +218,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         account = account_of(context, self.app.accounts)
         job = self.app.jobs.get(account, request.job_id)
         disputes = [convert.dispute_to_pb(d) for d in self.app.store.get_disputes(job.id)]
-        return client_pb2.GetJobResponse(
-            job=self._job_pb(job, account, webhook=True), disputes=disputes
-        )
+        pb = self._job_pb(job, account, webhook=True)
+        pb.inputs.update(job.inputs)  # GetJob only: a generate job is re-attached by these
+        pb.params = job.params
+        return client_pb2.GetJobResponse(job=pb, disputes=disputes)
 
     @unary
     async def ListJobs(
