@@ -4,26 +4,20 @@ before any tile is done, and --frames as a list."""
 import asyncio
 import json
 import subprocess
-import sys
 
 import pytest
 
 from sparegrid.sdk import AsyncClient, InvalidArgumentError
 from sparegrid.sdk.resultfiles import RenderFiles
 from tests.e2e.conftest import Cluster
+from tests.e2e.helpers import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 SIZE = {"samples": 2, "resolution": "64x48"}
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", *args, "--coordinator", cluster.address],
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        check=False,
-    )
+    return run_cli(cluster.env, *args, "--coordinator", cluster.address, timeout=300)
 
 
 def test_write_frames_writes_a_tiled_still_as_job_results_does(grid, scenes, tmp_path) -> None:

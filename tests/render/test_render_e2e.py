@@ -12,6 +12,7 @@ from sparegrid.sdk import AsyncClient, InvalidArgumentError, SparegridError
 from sparegrid.sdk.render import stitch_tiles
 from sparegrid.v1 import common_pb2
 from tests.e2e.conftest import Cluster
+from tests.e2e.helpers import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 HERE = Path(__file__).parent
@@ -39,13 +40,7 @@ def compare(a: Path, b: Path) -> dict:
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sparegrid.cli.main", *args, "--coordinator", cluster.address],
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        check=False,
-    )
+    return run_cli(cluster.env, *args, "--coordinator", cluster.address, timeout=300)
 
 
 def test_animation_across_two_workers_comes_back_complete_and_in_order(
