@@ -13,6 +13,7 @@ Batch output format.
 """
 
 import json
+import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -509,12 +510,21 @@ class GenerateJob:
         )
 
     def write_batch_output(self, path: Path, timeout: float | None = None) -> int:
-        """Writes the OpenAI Batch output JSONL (one line per request, in order)."""
+        """Writes the OpenAI Batch output JSONL (one line per request, in order). It is
+        written beside `path` and moved there once whole: a wait cut short (Ctrl-C, a
+        failed job, a lost coordinator) leaves no partial file, and a file already at
+        `path` stays as it was until the whole output replaces it."""
+        path = Path(path)
+        stage = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         written = 0
-        with open(path, "w", encoding="utf-8") as f:
-            for request, done in zip(self.requests, self.completions(timeout), strict=False):
-                f.write(json.dumps(batch_line(request, done, self.job.id)) + "\n")
-                written += 1
+        try:
+            with open(stage, "w", encoding="utf-8") as f:
+                for request, done in zip(self.requests, self.completions(timeout), strict=False):
+                    f.write(json.dumps(batch_line(request, done, self.job.id)) + "\n")
+                    written += 1
+            os.replace(stage, path)
+        finally:
+            stage.unlink(missing_ok=True)
         return written
 
     def verify(self) -> Any:
