@@ -119,6 +119,7 @@ async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_aga
 
     settings = Settings(data_dir=tmp_path / "coord")
     tries: list[str] = []
+    apps: list[App] = []
 
     def cut(*args: object) -> None:
         raise StoreUnavailable(LOST)
@@ -133,6 +134,7 @@ async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_aga
         if len(tries) == 4:  # cut off while reading the admin key to record
             store.get_account_by_key_hash = cut  # type: ignore[method-assign,assignment]
         app = App(store, settings, clock=FakeClock())
+        apps.append(app)
         if len(tries) == 3:  # cut off while loading the queues
             app.start_services = cut  # type: ignore[method-assign]
         return app, store
@@ -146,4 +148,9 @@ async def test_a_standby_that_loses_the_database_while_taking_over_stands_by_aga
     assert (tmp_path / "coord" / "admin.key").exists()  # made once it could be
     assert caplog.text.count(f"lost the database while taking over ({LOST}); standing by") == 3
     assert taken.admin_key == (tmp_path / "coord" / "admin.key").read_text().strip()
+    # the app of the attempt cut off after it started runs nothing: a leftover reaper or
+    # recovery would write to a closed store, reconnect, and take the database back
+    await asyncio.sleep(0.05)
+    left = [t for a in apps if a is not taken.app for t in a._tasks if not t.done()]
+    assert left == [] and len(apps) == 4
     await taken.app.stop()

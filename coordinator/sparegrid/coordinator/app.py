@@ -215,6 +215,16 @@ class App(Background):
         self._tasks.append(asyncio.create_task(self._statistics()))
         self._sweep_wanted.set()  # ended jobs a stop left unswept
 
+    def abandon(self) -> None:
+        """Undoes a start() cut short before the event loop ran again (a standby cut off
+        from the database while taking over): the background work it created is cancelled
+        before its first step, so no leftover app of an attempt writes, reconnects or takes
+        the database from the one that serves; the caller closes the store."""
+        for task in self._tasks:
+            task.cancel()
+        self._webhook_calls.shutdown(wait=False, cancel_futures=True)
+        self._committer.shutdown(wait=False)
+
     async def submit(self, account: Account, spec: JobSpec) -> Job:
         """Submits a job without holding the event loop long (submit.py); resolves once
         the job is durable."""

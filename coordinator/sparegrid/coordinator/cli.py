@@ -269,6 +269,7 @@ def _opened(serving: ServeConfig) -> Opened:
         fail_missing_inputs(app)  # before a worker can connect and fail their tasks
         return Opened(app, store, key_file, usable_admin_key(app, key_file))
     except BaseException:
+        app.abandon()  # nothing awaited since start(): none of its tasks ran
         store.close()
         raise
 
