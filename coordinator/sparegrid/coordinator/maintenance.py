@@ -153,7 +153,10 @@ def backup(target: Target, dest: Path) -> int:
         manifest["schema_version"] = _copy_sqlite(db, dest / DATABASE)
     else:  # the schema the database had when the keys were saved: a record for a restore
         manifest["database"] = "postgresql"
-        manifest["schema_version"] = _schema_version(target) or 0
+        try:  # the keys are saved even where the database cannot be reached from here
+            manifest["schema_version"] = _schema_version(target) or 0
+        except MaintenanceError:
+            manifest["schema_version"] = None
     manifest["keys"] = _copy_keys(target.data_dir, dest)
     manifest["blobs"] = _copy_blobs(target.data_dir / "blobs", dest / "blobs")
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -161,7 +164,8 @@ def backup(target: Target, dest: Path) -> int:
     if db is None:
         print(
             f"saved {what} in {dest}; the database is PostgreSQL (schema "
-            f"{manifest['schema_version']}): back it up with pg_dump, e.g. (umask 077; "
+            f"{manifest['schema_version'] or 'unknown: not reachable from here'}): back it "
+            "up with pg_dump, e.g. (umask 077; "
             f"pg_dump --format=custom --file {dest / PG_DUMP} "
             f"'{shown_url(target.database)}') (restore it with pg_restore); umask 077 keeps "
             "the dump readable by you only, as the rest of the backup is"

@@ -4,6 +4,7 @@ Results a script may read go to stdout; progress, hints and errors go to stderr.
 """
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import enum
@@ -81,6 +82,11 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if isinstance(value, bytes):  # a job's params (JSON text); anything else as base64
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode()
     return value
 
 
