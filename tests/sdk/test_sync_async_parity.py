@@ -56,7 +56,7 @@ def _shape(fn: Callable[..., Any]) -> list[tuple[str, Any, str, str]]:
 
 
 # sync only for now, and said so in its docstring: AsyncClient.generate is not written yet
-SYNC_ONLY = {"generate", "generate_estimate"}
+SYNC_ONLY = {"generate", "generate_estimate", "generate_attach"}
 
 
 def _public(cls: type) -> dict[str, Any]:
