@@ -202,6 +202,23 @@ async def test_an_old_worker_is_refused_and_its_log_says_why(
         await wait_until(lambda: bool(served.app.scheduler.sessions))
 
 
+async def test_a_node_started_with_another_owners_key_is_refused_and_its_log_says_what_to_do(
+    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    alices = make_config(tmp_path / "w", served.address, owner_key=served.alice_key)
+    async with running_worker(alices):
+        await wait_until(lambda: bool(served.app.scheduler.sessions))
+    await wait_until(lambda: not served.app.scheduler.sessions)
+    bobs = make_config(tmp_path / "w", served.address, owner_key=served.bob_key)  # same key
+    async with running_worker(bobs):
+        await wait_until(lambda: "refuses this worker" in caplog.text)
+    assert not served.app.scheduler.sessions
+    line = next(r for r in caplog.records if "refuses this worker" in r.getMessage())
+    assert line.levelno == logging.ERROR
+    assert "--data-dir" in line.getMessage() and "SPAREGRID_OWNER_KEY" in line.getMessage()
+
+
 async def test_a_disabled_owners_nodes_are_cut_off_and_refused(
     cli: Cli, served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -208,5 +208,6 @@ def _code(exc: grpc.aio.AioRpcError) -> str:
 
 
 def _refused(exc: grpc.aio.AioRpcError) -> bool:
-    """The coordinator will refuse this worker until someone acts (WORKER_TOO_OLD)."""
-    return _code(exc) == ErrorCode.WORKER_TOO_OLD
+    """The coordinator will refuse this worker until its volunteer acts: a newer worker
+    (WORKER_TOO_OLD), or the owner key its node key answers to (NODE_OWNER_CHANGED)."""
+    return _code(exc) in (ErrorCode.WORKER_TOO_OLD, ErrorCode.NODE_OWNER_CHANGED)
