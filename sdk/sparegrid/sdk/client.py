@@ -36,7 +36,8 @@ class Client(_GeneratedClient):
         sparegrid.sdk.generate. Options: max_tokens (256), temperature (0), seed, precision
         (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas, quorum,
         keep_logs.
-        `.completions()` yields them in request order."""
+        `.completions()` yields them in request order. An account holding less than the
+        least the job costs is refused (INSUFFICIENT_CREDIT) before anything is uploaded."""
         from sparegrid.sdk import generate
 
         path = Path(prompts) if isinstance(prompts, str | os.PathLike) else prompts

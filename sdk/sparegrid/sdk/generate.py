@@ -16,12 +16,13 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparegrid.sdk import chat_template
+from sparegrid.sdk.credit import OUT_WEIGHT, check_credit
 from sparegrid.sdk.errors import InvalidArgumentError, JobFailedError
 from sparegrid.sdk.models import DeviceKind, Estimate, JobState, Requirements, TaskState
 from sparegrid.wire.llm import (
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from sparegrid.sdk.job import Job
 
 PROMPTS_PER_FILE = 4096
-OUT_WEIGHT = 4  # as the coordinator prices them (kinds/generate.py)
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 
 
@@ -337,7 +337,10 @@ def prepare(
     device: str = "",
     min_vram_gb: float = 0,
     task_tokens: int | None = None,
+    before_upload: Callable[[list[Prompt]], None] | None = None,
 ) -> Prepared:
+    """Checks and tokenizes a job, then uploads its model and prompts; `before_upload`
+    sees the tokenized prompts first (a submit checks the account's credit there)."""
     if precision not in PRECISIONS:
         raise InvalidArgumentError("BAD_PARAMS", f"precision must be one of {list(PRECISIONS)}")
     check_job(max_tokens, temperature, seed, task_tokens)
@@ -346,6 +349,8 @@ def prepare(
     requests, path = _requests(prompts, temperature, seed)
     tokenizer = Tokenizer(model_dir)
     encoded = tokenize(requests, tokenizer, info, max_tokens, path)
+    if before_upload is not None:
+        before_upload(encoded)
     digests = {n: client.upload(p) for n, p in files.items()}
     with tempfile.TemporaryDirectory(prefix="sparegrid-generate-") as tmp:
         for name, data in prompt_files(encoded):
@@ -379,8 +384,15 @@ def submit(
     keep_logs: bool = False,
     **options: Any,
 ) -> "GenerateJob":
-    """Submits the job; `options` are prepare()'s (max_tokens, temperature, seed, ...)."""
-    ready = prepare(client, model_dir, prompts, **options)
+    """Submits the job; `options` are prepare()'s (max_tokens, temperature, seed, ...).
+    An account that cannot pay even the least the job costs is refused before anything is
+    uploaded (INSUFFICIENT_CREDIT, sparegrid.sdk.credit); the coordinator checks again."""
+
+    def afford(encoded: list[Prompt]) -> None:
+        files = -(-len(encoded) // PROMPTS_PER_FILE)
+        check_credit(client, encoded, files, replicas, quorum)
+
+    ready = prepare(client, model_dir, prompts, before_upload=afford, **options)
     job = client.submit(
         "generate",
         ready.params,
