@@ -43,6 +43,22 @@ async def test_metrics_refuse_a_host_another_site_could_rebind() -> None:
         assert "--metrics-host rebound.example" in refused.text
 
 
+async def test_ready_answers_what_it_is_told_and_refuses_a_rebound_host_too() -> None:
+    registry = CollectorRegistry()
+    answer = (False, "standing by: another coordinator is serving from the PostgreSQL ...")
+    app = web_http.metrics_app(registry, ["127.0.0.1"], ready=lambda: answer)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9464") as http:
+        standby = await http.get("/ready")
+        assert standby.status_code == 503 and standby.text == answer[1] + "\n"
+        refused = await http.get("/ready", headers={"host": "rebound.example:9464"})
+        assert refused.status_code == 403 and "PostgreSQL" not in refused.text
+        answer = (True, "serving from the PostgreSQL ...")
+        assert (await http.get("/ready")).status_code == 200
+    async with _metrics(["127.0.0.1"]) as http:  # an endpoint told nothing has no /ready
+        assert (await http.get("/ready")).status_code == 404
+
+
 def test_the_rule_for_host_headers() -> None:
     names = frozenset({"grid.example.org"})
     assert web_http.host_allowed(None, names)  # no browser leaves Host out

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -222,14 +222,19 @@ class Opened(NamedTuple):
     admin_key: str | None  # what it holds, if it opens an admin account: recorded for users
 
 
-async def take_over(serving: ServeConfig, stop: asyncio.Event) -> Opened | None:
+async def take_over(
+    serving: ServeConfig,
+    stop: asyncio.Event,
+    standing_by: Callable[[str], Awaitable[None]] | None = None,
+) -> Opened | None:
     """The app, once this coordinator holds the database. While another coordinator
     serves from the same PostgreSQL database, this one stands by, not listening (clients
     and workers given both addresses stay with the one that answers), and takes over
     within a second of that one's end. None when stopped while standing by. The admin
     account is checked and the app started here too, before anything listens: a standby
     that loses the database while taking over (a database failover, its backend terminated) stands by
-    again, where it exited."""
+    again, where it exited. standing_by, when given, is awaited once it starts standing by,
+    with what it stands by for (the database, named without its password)."""
     make_private_dir(serving.settings.data_dir)
     waiting = False
     while True:
@@ -253,6 +258,8 @@ async def take_over(serving: ServeConfig, stop: asyncio.Event) -> Opened | None:
                 if serving.settings.blobs == "local":
                     log.warning(LOCAL_BLOBS_STANDBY, serving.settings.data_dir / "blobs")
                 waiting = True
+                if standing_by is not None:
+                    await standing_by(str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
             return None
@@ -350,7 +357,11 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     tls = Tls(serving.tls_cert, serving.tls_key) if serving.tls_cert and serving.tls_key else None
     if tls is not None:
         check_tls(tls)  # before standing by: a takeover must not find the pair wanting
-    taken = await take_over(serving, stop)
+    standby = operations.Standby(args)  # its /metrics and /ready, while it stands by
+    try:
+        taken = await take_over(serving, stop, standby.start)
+    finally:
+        await standby.stop()  # the port is free for the serving endpoint
     if taken is None:
         return
     # addresses an earlier run left are not where this one serves (metrics and dashboard
@@ -364,7 +375,7 @@ async def serve(serving: ServeConfig, args: argparse.Namespace) -> None:
     data_dir = serving.settings.data_dir
     try:
         server, port = await build_server(app, serving.listen, tls)
-        http = await operations.start(app, args, data_dir)
+        http = await operations.start(app, args, data_dir, standby.port)
     except OSError:
         await app.stop()  # its background work too; closes the store
         raise

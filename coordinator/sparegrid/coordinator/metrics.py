@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,28 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 def bounded(value: str, allowed: Iterable[str]) -> str:
     """`value` when it is one of `allowed`, else "other"."""
     return value if value in allowed else OTHER
+
+
+def role_metrics(registry: CollectorRegistry, serving: bool) -> None:
+    """What this coordinator is now, the same series whether it serves or stands by, so one
+    alert rule covers both (`sum(sparegrid_coordinator_serving) != 1` across the
+    coordinators of a database; a standby that is gone is `up == 0`): the gauges, and the
+    process' own (CPU, memory, open files, start time; read from /proc when scraped)."""
+    Gauge(
+        "sparegrid_coordinator_serving",
+        "1 when this coordinator serves from its database, 0 while it stands by for another",
+        registry=registry,
+    ).set(1 if serving else 0)
+    role = Gauge(
+        "sparegrid_coordinator_role",
+        "1 for what this coordinator is now (serving, or standby: another one holds the "
+        "database), 0 for the other",
+        ["role"],
+        registry=registry,
+    )
+    role.labels("serving").set(1 if serving else 0)
+    role.labels("standby").set(0 if serving else 1)
+    ProcessCollector(registry=registry)
 
 
 class CoordinatorMetrics:
@@ -104,6 +126,7 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.registry.register(_StateCollector(self))
+        role_metrics(r, serving=True)
         self._tasks: list[asyncio.Task[None]] = []
 
     # counted as it happens

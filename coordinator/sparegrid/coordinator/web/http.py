@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -86,21 +86,43 @@ class HttpServer:
         self._sock.close()
 
 
-def metrics_app(registry: CollectorRegistry, hosts: Iterable[str] = ()) -> Starlette:
+def metrics_app(
+    registry: CollectorRegistry,
+    hosts: Iterable[str] = (),
+    ready: Callable[[], tuple[bool, str]] | None = None,
+) -> Starlette:
     """GET /metrics: the registry in Prometheus' text format, for a Host header that
     `host_allowed` accepts with `hosts` (the names given to --metrics-host and the
-    listen address)."""
+    listen address). With `ready`, GET /ready too: 200 when it says (True, why), 503 when
+    (False, why), `why` the body (a load balancer or probe tells a standby from the
+    coordinator that serves); the same Host rule, since the body names the database."""
     names = frozenset(host_name(h) for h in hosts)
 
-    async def metrics(request: Request) -> Response:
+    def refused(request: Request) -> Response | None:
         header = request.headers.get("host")
-        if not host_allowed(header, names):
-            return PlainTextResponse(
-                f"refused: the Host header {header!r} is not this metrics endpoint's name. "
-                "Scrape it by IP address or localhost, or let the coordinator answer to "
-                f"this name with --metrics-host {host_name(header or '')}",
-                403,
-            )
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if host_allowed(header, names):
+            return None
+        return PlainTextResponse(
+            f"refused: the Host header {header!r} is not this metrics endpoint's name. "
+            "Scrape it by IP address or localhost, or let the coordinator answer to "
+            f"this name with --metrics-host {host_name(header or '')}",
+            403,
+        )
 
-    return Starlette(routes=[Route("/metrics", metrics)])
+    async def metrics(request: Request) -> Response:
+        return refused(request) or Response(
+            generate_latest(registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    routes = [Route("/metrics", metrics)]
+    if ready is not None:
+        answer = ready
+
+        async def readiness(request: Request) -> Response:
+            if (no := refused(request)) is not None:
+                return no
+            ok, why = answer()
+            return PlainTextResponse(why + "\n", 200 if ok else 503)
+
+        routes.append(Route("/ready", readiness))
+    return Starlette(routes=routes)

@@ -1,4 +1,5 @@
-"""`coordinator serve`'s flags for metrics, the dashboard and events, and starting them."""
+"""`coordinator serve`'s flags for metrics, the dashboard and events, and starting them (and,
+while it stands by, its /metrics and /ready)."""
 
 import argparse
 import logging
@@ -6,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from sparegrid.coordinator.app import App
+from sparegrid.coordinator.metrics import role_metrics
 from sparegrid.coordinator.services.events import EventConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.web.http import HttpServer, metrics_app
@@ -90,16 +94,26 @@ def log_events(stream: object = None) -> None:
     events.propagate = False
 
 
-async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[HttpServer]:
-    """Starts the HTTP servers asked for; each one's address goes to DATA_DIR/NAME.addr."""
+async def start(
+    app: App, args: argparse.Namespace, data_dir: Path, metrics_port: int | None = None
+) -> list[HttpServer]:
+    """Starts the HTTP servers asked for; each one's address goes to DATA_DIR/NAME.addr.
+    metrics_port: the one the standby endpoint had (--metrics-port 0 picked it), if any."""
     servers: list[HttpServer] = []
+    if metrics_port is None:
+        metrics_port = args.metrics_port
     try:
-        if args.metrics_port is not None:
+        if metrics_port is not None:
+            serving = f"serving from the {getattr(app.store, 'database', 'database')}"
             servers.append(
                 HttpServer(
-                    metrics_app(app.metrics.registry, [args.metrics_addr, *args.metrics_hosts]),
+                    metrics_app(
+                        app.metrics.registry,
+                        [args.metrics_addr, *args.metrics_hosts],
+                        ready=lambda: (True, serving),
+                    ),
                     args.metrics_addr,
-                    args.metrics_port,
+                    metrics_port,
                     "metrics",
                 )
             )
@@ -116,9 +130,46 @@ async def start(app: App, args: argparse.Namespace, data_dir: Path) -> list[Http
     except BaseException:
         await stop(servers)
         raise
-    if args.metrics_port is not None:
+    if metrics_port is not None:
         app.metrics.start()
     return servers
+
+
+class Standby:
+    """While this coordinator stands by, what it serves on the --metrics address, if one is
+    given: /metrics with `sparegrid_coordinator_serving 0` (and the role and process
+    gauges), and /ready answering 503 with what it stands by for, so monitoring tells a
+    standby from a dead process. It writes no address file: a standby may share the
+    serving one's data directory, whose metrics.addr it would overwrite. `stop` frees the
+    port before the serving endpoint binds it; `port` is the one to bind then (the one
+    --metrics-port 0 picked here, so the address stays the same)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.port: int | None = args.metrics_port
+        self._server: HttpServer | None = None
+
+    async def start(self, why: str) -> None:
+        """why: the database it stands by for (StoreTaken's message, with no password)."""
+        args = self.args
+        if args.metrics_port is None or self._server is not None:
+            return
+        registry = CollectorRegistry(auto_describe=True)
+        role_metrics(registry, serving=False)
+        body = f"standing by: {why}; this one serves when that one stops"
+        server = HttpServer(
+            metrics_app(registry, [args.metrics_addr, *args.metrics_hosts], lambda: (False, body)),
+            args.metrics_addr,
+            args.metrics_port,
+            "standby metrics",
+        )
+        await server.start()
+        self._server, self.port = server, server.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()  # its socket closed: the port is free again
+            self._server = None
 
 
 async def stop(servers: list[HttpServer]) -> None:
