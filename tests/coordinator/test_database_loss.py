@@ -17,6 +17,7 @@ from sparegrid.coordinator.services.jobs import JobSpec
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.memory import MemoryStore
+from sparegrid.coordinator.web.serve import readiness
 from tests.coordinator.commits import connected
 
 LOST = "lost the PostgreSQL database sparegrid on db.example:5432: server closed the connection"
@@ -62,6 +63,7 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
     assert err.value.kind == ErrorKind.UNAVAILABLE and err.value.code == "STORE_UNAVAILABLE"
     assert "lost the PostgreSQL database sparegrid" in err.value.message
     assert not app.serving and heard == [False]
+    assert readiness(app)() == (False, "lost the database: calls are refused until it is back")
     assert sink.queue.qsize() == 1  # the session was closed: no lease went out
     assert app.scheduler.sessions == {}  # workers reconnect and resume their leases
     with pytest.raises(CoordinatorError) as refused:  # refused at once, nothing run
@@ -72,6 +74,7 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
             break
         await asyncio.sleep(0.05)
     assert app.serving and heard == [False, True] and down["reconnects"] == 0
+    assert readiness(app)() == (True, "serving from the database")  # /ready says 200 again
     assert store.list_jobs() == [] and store.balance("client:alice") == 100
     app.sinks.discard(sink)
     sink = connected(app)

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -104,13 +105,12 @@ async def start(
         metrics_port = args.metrics_port
     try:
         if metrics_port is not None:
-            serving = f"serving from the {getattr(app.store, 'database', 'database')}"
             servers.append(
                 HttpServer(
                     metrics_app(
                         app.metrics.registry,
                         [args.metrics_addr, *args.metrics_hosts],
-                        ready=lambda: (True, serving),
+                        ready=readiness(app),
                     ),
                     args.metrics_addr,
                     metrics_port,
@@ -133,6 +133,19 @@ async def start(
     if metrics_port is not None:
         app.metrics.start()
     return servers
+
+
+def readiness(app: App) -> Callable[[], tuple[bool, str]]:
+    """What the serving coordinator's /ready answers: ready while it serves, 503 while its
+    database is lost (as gRPC health says NOT_SERVING then), until it is back."""
+    database = getattr(app.store, "database", "database")
+
+    def ready() -> tuple[bool, str]:
+        if app.serving:
+            return True, f"serving from the {database}"
+        return False, f"lost the {database}: calls are refused until it is back"
+
+    return ready
 
 
 class Standby:
