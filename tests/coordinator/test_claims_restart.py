@@ -1,8 +1,9 @@
 """What a task's failures counted for survives a coordinator restart, or a standby taking
 over the database: an owner's failure called final still waits for one more owner's (and
-one more is enough), an owner kept off a task stays off it, and a vetted owner's timeout
+one more is enough), an owner kept off a task stays off it, a vetted owner's timeout
 before the restart is still paid with another owner's after it, once, with the client
-charged as if nothing had restarted. On the memory store, SQLite and PostgreSQL, each
+charged as if nothing had restarted, and a task that ran out of memory on a device goes
+to a larger one only. On the memory store, SQLite and PostgreSQL, each
 restart a new coordinator over the database opened afresh."""
 
 import uuid
@@ -13,7 +14,7 @@ import pytest
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
-from sparegrid.coordinator.domain import Account, JobState, client_account
+from sparegrid.coordinator.domain import Account, Device, JobState, TaskState, client_account
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.jobspec import JobSpec
 from sparegrid.coordinator.services.results import Failure
@@ -25,6 +26,7 @@ from tests.coordinator.helpers import NO_CHECKS, FakeNode
 
 HOUR = 3600.0  # the coordinator's default --max-attempt-seconds: a timeout after it is paid
 PRICE = 1  # an echo task's
+GIB = 1 << 30
 
 
 class Coordinators:
@@ -210,3 +212,94 @@ def test_a_timeout_before_a_restart_is_paid_with_another_owners_after_it_once(
     fail(carol, fourth, "TIMEOUT", retryable=True)
     assert state(app, job_id) == JobState.FAILED
     charged(2)
+
+
+def gpu(gib: int) -> Device:
+    return Device(index=0, kind="cuda", name=f"{gib} GiB GPU", memory_bytes=gib * GIB)
+
+
+def run(node: FakeNode) -> None:
+    """The node asks for a task, gets it, and returns its result."""
+    node.app.scheduler.grant(node.id, 0, 1)
+    node.app.scheduler.dispatch()
+    [(attempt, task, kind)] = node.sink.take()
+    assert node.answer([(attempt, task, kind)])[0].accepted
+
+
+def test_a_task_out_of_memory_before_a_restart_goes_to_a_larger_device_only_after_it(
+    coordinators: Coordinators,
+) -> None:
+    """A task runs out of memory on an 8 GiB GPU while a 24 GiB one is connected, a
+    restart: the 8 GiB node reconnects first and is not given the task again (it was,
+    to run out of memory again, until its attempts ran out and failed the job), nor is
+    another 8 GiB node; the task waits, its job running, not failed for want of a
+    larger device that has not reconnected yet; the 24 GiB node reconnects and runs
+    it, and the job succeeds."""
+    app = coordinators.app
+    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
+    same = FakeNode(app, "same", device=gpu(8), owner="owner-c")
+    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
+    big.connect(credit=0)
+    _, job_id = submit(app, max_attempts=3)
+    small.connect(credit=0)
+    fail(small, take(small), "CUDA_OOM", retryable=True)
+    assert state(app, job_id) == JobState.RUNNING
+    app = coordinators.restart()
+    for node in (small, same):
+        node.app = app
+        node.connect(credit=5)
+        assert node.sink.take() == []  # 8 GiB was not enough
+    [task] = app.store.list_tasks(job_id)
+    assert task.state == TaskState.QUEUED and state(app, job_id) == JobState.RUNNING
+    big.app = app
+    big.connect(credit=0)
+    run(big)
+    assert state(app, job_id) == JobState.SUCCEEDED
+    assert app.ledger.check().balanced
+
+
+def test_out_of_memory_on_the_largest_device_after_a_restart_forgets_the_need_for_good(
+    coordinators: Coordinators,
+) -> None:
+    """The task runs out of memory on an 8 GiB GPU, a restart; then on the 24 GiB one,
+    with no larger device connected: as without the restart, the attempt says so, the
+    task is not failed on one owner's word while another owner's node could run it, and
+    the need for more memory is forgotten: after another restart the 8 GiB node gets the
+    task again, and runs it."""
+    app = coordinators.app
+    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
+    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
+    big.connect(credit=0)
+    _, job_id = submit(app, max_attempts=5)
+    small.connect(credit=0)
+    fail(small, take(small), "CUDA_OOM", retryable=True)
+    app = coordinators.restart(small, big)
+    attempt_id = take(big)
+    fail(big, attempt_id, "CUDA_OOM", retryable=True)
+    [attempt] = app.store.get_attempts([attempt_id])
+    assert "no connected device has more than 24.0 GiB" in attempt.error
+    assert state(app, job_id) == JobState.RUNNING
+    app = coordinators.restart(small, big)
+    run(small)
+    assert state(app, job_id) == JobState.SUCCEEDED
+    assert app.ledger.check().balanced
+
+
+def test_a_retried_job_forgets_that_its_task_ran_out_of_memory(
+    coordinators: Coordinators,
+) -> None:
+    """The task runs out of memory on an 8 GiB GPU, its client cancels the job and
+    retries it, a restart: the retry runs its tasks afresh, and the 8 GiB node gets the
+    task again (the client may have made it smaller)."""
+    app = coordinators.app
+    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
+    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
+    big.connect(credit=0)
+    alice, job_id = submit(app, max_attempts=3)
+    small.connect(credit=0)
+    fail(small, take(small), "CUDA_OOM", retryable=True)
+    app.jobs.cancel(alice, job_id)
+    app.retries.retry(alice, job_id)
+    app = coordinators.restart(small)
+    run(small)
+    assert state(app, job_id) == JobState.SUCCEEDED

@@ -53,6 +53,9 @@ class Claim(IntFlag):
     FAULT = 4  # its owner's first failure for the task's own fault (ActiveJob.faults)
     DOUBTED = 8  # a failure of a node of no vetted owner not counted (ActiveJob.doubted)
     KEPT_OFF = 16  # its owner was kept off the task (ActiveJob.excluded)
+    # it ran out of memory on its device: the task needs a larger one (ActiveJob.needs_memory),
+    # or, with FINAL, no connected device was larger and the need was forgotten
+    OUT_OF_MEMORY = 32
 
 
 NO_CLAIMS = Claim(0)

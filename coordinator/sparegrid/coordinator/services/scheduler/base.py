@@ -118,7 +118,9 @@ class ActiveJob:
     replicas: dict[str, list[Replica]] = field(default_factory=dict)
     excluded: dict[str, set[str]] = field(default_factory=dict)
     results: Counter[str] = field(default_factory=Counter)
-    # tasks that ran out of device memory: the least memory a device needs to take them
+    # tasks that ran out of device memory: the least memory a device needs to take them;
+    # written with the attempt too (Claim.OUT_OF_MEMORY) and rebuilt at load, from the
+    # memory the failing node's stored device has
     needs_memory: dict[str, int] = field(default_factory=dict)
     # tasks whose result waits for a later check of its node to vouch for it (vouching.py):
     # queued in the store, out of the queue here

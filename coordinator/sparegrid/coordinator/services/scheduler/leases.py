@@ -189,11 +189,14 @@ class LeasesPart(QueuesPart):
     def _needs_more_memory(self, active: ActiveJob, task: Task, attempt: Attempt) -> bool:
         """Records that `task` needs a device with more memory than the one it ran out of;
         False (with the task's error set, and the need forgotten) when no connected node
-        has such a device."""
+        has such a device. Either is written with the attempt (Claim.OUT_OF_MEMORY; with
+        FINAL when forgotten), for a restart to rebuild the need (QueuesPart._load_claims):
+        else the task went back to the devices it had run out of memory on."""
         session = self.sessions.get(attempt.node_id)
         device = session.device(attempt.device_index) if session is not None else None
         if device is None or device.memory_bytes <= 0:
             return True
+        attempt.claims |= Claim.OUT_OF_MEMORY
         need = max(active.needs_memory.get(task.id, 0), device.memory_bytes + 1)
         active.needs_memory[task.id] = need
         for other in self.sessions.values():

@@ -4,11 +4,13 @@ job waits, and ending a job (its leftover tasks swept a range at a time)."""
 from collections.abc import Iterator
 
 from sparegrid.coordinator.domain import (
+    Attempt,
     AttemptState,
     Claim,
     Device,
     Job,
     JobState,
+    Node,
     Replica,
     ReplicaState,
     Task,
@@ -81,8 +83,11 @@ class QueuesPart(DispatchPart):
         """What the failures of the open tasks counted for, as written with each attempt
         (Claim): a restart, or a standby taking over, would otherwise forget that an owner
         called a task's failure final, failed it, was kept off it, or is owed for its
-        timeout, and let that owner take the task again, or ask a second owner's claim
-        to be made twice. Decisions made on what was online then are kept, not made again."""
+        timeout, or that the task ran out of memory on a device, and let that owner take
+        the task again, ask a second owner's claim to be made twice, or give the task back
+        to devices as small. Decisions made on what was online then are kept, not made
+        again."""
+        nodes: dict[str, Node | None] = {}
         for attempt, owner in self.store.failure_claims(list(self.jobs)):
             active, task_id, claims = self.jobs[attempt.job_id], attempt.task_id, attempt.claims
             if Claim.DOUBTED in claims:
@@ -95,6 +100,32 @@ class QueuesPart(DispatchPart):
                 active.faults.setdefault(task_id, {}).setdefault(owner, attempt)
             if Claim.KEPT_OFF in claims:
                 active.excluded.setdefault(task_id, set()).add(owner)
+            if Claim.OUT_OF_MEMORY in claims:
+                self._load_need(active, attempt, nodes)
+
+    def _load_need(
+        self, active: ActiveJob, attempt: Attempt, nodes: dict[str, Node | None]
+    ) -> None:
+        """An attempt that ran out of device memory (oldest first, as they were settled):
+        its task needs more memory than the device its node has stored at that index, or,
+        with FINAL, no connected device was larger then and the need was forgotten
+        (LeasesPart._needs_more_memory). A node or device no longer known adds nothing.
+        A need no connected device meets does not fail the task here: nodes reconnect
+        after a restart over time, and until one large enough does, the task waits.
+        `nodes`: those read so far, each read once."""
+        task_id = attempt.task_id
+        if Claim.FINAL in attempt.claims:
+            active.needs_memory.pop(task_id, None)
+            return
+        if attempt.node_id not in nodes:
+            nodes[attempt.node_id] = self.store.get_node(attempt.node_id)
+        node = nodes[attempt.node_id]
+        devices = node.devices if node is not None else []
+        device = next((d for d in devices if d.index == attempt.device_index), None)
+        if device is None or device.memory_bytes <= 0:
+            return
+        need = max(active.needs_memory.get(task_id, 0), device.memory_bytes + 1)
+        active.needs_memory[task_id] = need
 
     def _compact(self, active: ActiveJob) -> TaskQueue:
         """A large job's queue as ranges of task indexes, read back from the store when
