@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
@@ -64,6 +65,7 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
     assert "lost the PostgreSQL database sparegrid" in err.value.message
     assert not app.serving and heard == [False]
     assert readiness(app)() == (False, "lost the database: calls are refused until it is back")
+    assert "sparegrid_database_up 0.0" in generate_latest(app.metrics.registry).decode()
     assert sink.queue.qsize() == 1  # the session was closed: no lease went out
     assert app.scheduler.sessions == {}  # workers reconnect and resume their leases
     with pytest.raises(CoordinatorError) as refused:  # refused at once, nothing run
@@ -75,6 +77,7 @@ async def test_a_lost_database_pauses_and_the_coordinator_recovers(tmp_path: Pat
         await asyncio.sleep(0.05)
     assert app.serving and heard == [False, True] and down["reconnects"] == 0
     assert readiness(app)() == (True, "serving from the database")  # /ready says 200 again
+    assert "sparegrid_database_up 1.0" in generate_latest(app.metrics.registry).decode()
     assert store.list_jobs() == [] and store.balance("client:alice") == 100
     app.sinks.discard(sink)
     sink = connected(app)

@@ -315,6 +315,25 @@ def test_prometheus_scrapes_the_ports_the_flags_open() -> None:
     assert "--database" not in compose["services"]["coordinator"]["command"]  # not in `ps`
 
 
+def test_prometheus_loads_the_alert_rules_and_they_watch_real_metrics(tmp_path: Path) -> None:
+    prometheus = _compose()["services"]["prometheus"]
+    mounts = dict(v.split(":")[:2] for v in prometheus["volumes"] if v.startswith("./"))
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert config["rule_files"] == [mounts["./alerts.yml"]]
+    rules = [
+        r for g in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"] for r in g["rules"]
+    ]
+    watched = {name for r in rules for name in re.findall(r"\bsparegrid_[a-z_]+", r["expr"])}
+    exported = _exported_metrics(tmp_path)
+    assert watched and not watched - exported, (
+        f"alerts on metrics nothing exports: {watched - exported}"
+    )
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    for rule in rules:
+        assert rule["annotations"]["summary"] and rule["annotations"]["action"], rule["alert"]
+        assert set(re.findall(r'job="([^"]+)"', rule["expr"])) <= jobs, rule["alert"]
+
+
 def test_grafana_reads_prometheus_and_the_dashboard_queries_real_metrics(
     tmp_path: Path,
 ) -> None:

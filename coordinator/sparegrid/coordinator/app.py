@@ -135,6 +135,8 @@ class App(Background):
             held=self.submitter.held,
         )
         self.waits = WaitLimit(self.scheduler, self.clock, settings.wait_limit_seconds)
+        # False while the database is lost: calls are refused, health says NOT_SERVING
+        self.serving = True
         self._observe()
         self._sweep_wanted = asyncio.Event()
         self.session_tokens: dict[str, str] = {}  # token -> node id
@@ -150,8 +152,6 @@ class App(Background):
         self.wall_steps = WallSteps(self.clock)
         self._commit: asyncio.Future[None] | None = None
         self.last_group_seconds = 0.0  # how long the last group commit held the loop
-        # False while the database is lost: calls are refused, health says NOT_SERVING
-        self.serving = True
         self.serving_changed: list[Callable[[bool], None]] = []  # health (server.py)
         # set when another coordinator took the database over while this one was cut off
         # from it: `serve` then stops, and the process exits 1 naming it

@@ -228,6 +228,12 @@ class _StateCollector(Collector):
         sessions.add_metric(["active"], len(sched.sessions) - draining)
         sessions.add_metric(["draining"], draining)
         yield sessions
+        yield GaugeMetricFamily(
+            "sparegrid_database_up",
+            "1 while the coordinator reaches its database, 0 while it is lost (calls are "
+            "refused, health says NOT_SERVING, until it is back)",
+            value=1 if app.serving else 0,
+        )
         yield CounterMetricFamily(
             "sparegrid_tasks_leased", "Tasks leased to nodes", value=sched.leased_total
         )
