@@ -226,6 +226,18 @@ def run(node: FakeNode) -> None:
     assert node.answer([(attempt, task, kind)])[0].accepted
 
 
+def out_of_memory_on_8_gib(app: App, max_attempts: int) -> tuple[FakeNode, FakeNode, Account, str]:
+    """A 24 GiB node of owner-b connected, a job of one task that then runs out of memory on
+    an 8 GiB node of owner-a: the two nodes, the job's client and the job's id."""
+    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
+    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
+    big.connect(credit=0)
+    client, job_id = submit(app, max_attempts=max_attempts)
+    small.connect(credit=0)
+    fail(small, take(small), "CUDA_OOM", retryable=True)
+    return small, big, client, job_id
+
+
 def test_a_task_out_of_memory_before_a_restart_goes_to_a_larger_device_only_after_it(
     coordinators: Coordinators,
 ) -> None:
@@ -236,13 +248,8 @@ def test_a_task_out_of_memory_before_a_restart_goes_to_a_larger_device_only_afte
     larger device that has not reconnected yet; the 24 GiB node reconnects and runs
     it, and the job succeeds."""
     app = coordinators.app
-    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
+    small, big, _, job_id = out_of_memory_on_8_gib(app, max_attempts=3)
     same = FakeNode(app, "same", device=gpu(8), owner="owner-c")
-    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
-    big.connect(credit=0)
-    _, job_id = submit(app, max_attempts=3)
-    small.connect(credit=0)
-    fail(small, take(small), "CUDA_OOM", retryable=True)
     assert state(app, job_id) == JobState.RUNNING
     app = coordinators.restart()
     for node in (small, same):
@@ -267,12 +274,7 @@ def test_out_of_memory_on_the_largest_device_after_a_restart_forgets_the_need_fo
     the need for more memory is forgotten: after another restart the 8 GiB node gets the
     task again, and runs it."""
     app = coordinators.app
-    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
-    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
-    big.connect(credit=0)
-    _, job_id = submit(app, max_attempts=5)
-    small.connect(credit=0)
-    fail(small, take(small), "CUDA_OOM", retryable=True)
+    small, big, _, job_id = out_of_memory_on_8_gib(app, max_attempts=5)
     app = coordinators.restart(small, big)
     attempt_id = take(big)
     fail(big, attempt_id, "CUDA_OOM", retryable=True)
@@ -292,12 +294,7 @@ def test_a_retried_job_forgets_that_its_task_ran_out_of_memory(
     retries it, a restart: the retry runs its tasks afresh, and the 8 GiB node gets the
     task again (the client may have made it smaller)."""
     app = coordinators.app
-    small = FakeNode(app, "small", device=gpu(8), owner="owner-a")
-    big = FakeNode(app, "big", device=gpu(24), owner="owner-b")
-    big.connect(credit=0)
-    alice, job_id = submit(app, max_attempts=3)
-    small.connect(credit=0)
-    fail(small, take(small), "CUDA_OOM", retryable=True)
+    small, _, alice, job_id = out_of_memory_on_8_gib(app, max_attempts=3)
     app.jobs.cancel(alice, job_id)
     app.retries.retry(alice, job_id)
     app = coordinators.restart(small)
