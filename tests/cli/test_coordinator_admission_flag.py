@@ -1,5 +1,7 @@
 """`coordinator serve --registration-rate`: how fast worker registrations are admitted, and
-`--registration-share` how much of that one address may take; `--signup-rate`: how many signup attempts one address may make a minute."""
+`--registration-share` how much of that one address may take; `--anonymous-sessions-per-address`:
+the sessions without an owner key one address may hold; `--signup-rate`: how many signup
+attempts one address may make a minute."""
 
 import pytest
 
@@ -38,3 +40,12 @@ def test_the_signup_rate_default_chosen_and_refused() -> None:
     assert settings("--signup-rate", "30").signups.per_minute == 30.0
     with pytest.raises(SystemExit, match="--signup-rate must be positive, got 0"):
         settings("--signup-rate", "0")
+
+
+def test_anonymous_sessions_per_address_default_chosen_and_refused() -> None:
+    assert settings().admission.anonymous_sessions == 1000
+    assert settings("--anonymous-sessions-per-address", "0").admission.anonymous_sessions == 0
+    chosen = settings("--anonymous-sessions-per-address", "5000", "--registration-rate", "50")
+    assert chosen.admission == AdmissionConfig(rate=50.0, burst=50, anonymous_sessions=5000)
+    with pytest.raises(SystemExit, match=r"--anonymous-sessions-per-address is 0 \(no limit\)"):
+        settings("--anonymous-sessions-per-address", "-1")

@@ -145,6 +145,14 @@ SETTINGS = (
         default=AdmissionConfig.share,
     ),
     Setting(
+        "anonymous_sessions_per_address",
+        to_int,
+        "worker sessions without an owner account's key one caller address may hold at "
+        "once: an IPv4 address, an IPv6 /64; loopback is exempt (0: no limit)",
+        metavar="N",
+        default=AdmissionConfig.anonymous_sessions,
+    ),
+    Setting(
         "signup_rate",
         to_float,
         "signup attempts with an invitation code one address may make a minute, after "
@@ -367,7 +375,10 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     settings.prices.update(get("price", {}))
     rate = get("registration_rate", AdmissionConfig.rate)
     share = get("registration_share", AdmissionConfig.share)
-    settings.admission = AdmissionConfig(rate=rate, burst=max(1, int(rate)), share=share)
+    sessions = get("anonymous_sessions_per_address", AdmissionConfig.anonymous_sessions)
+    settings.admission = AdmissionConfig(
+        rate=rate, burst=max(1, int(rate)), share=share, anonymous_sessions=sessions
+    )
     settings.signups = SignupConfig(per_minute=get("signup_rate", SignupConfig.per_minute))
     settings.canaries = CanaryConfig(rate=get("canary_rate", CanaryConfig.rate))
     settings.spot_checks = SpotConfig(share=get("spot_share", SpotConfig.share))
@@ -435,6 +446,11 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
     if not 0.0 < get("registration_share", 1.0) <= 1.0:
         share = get("registration_share")
         problems.append(f"{where['registration_share']} is a share above 0, up to 1, got {share:g}")
+    if get("anonymous_sessions_per_address", 0) < 0:
+        n = get("anonymous_sessions_per_address")
+        problems.append(
+            f"{where['anonymous_sessions_per_address']} is 0 (no limit) or more, got {n}"
+        )
     if get("signup_rate", 1.0) <= 0:
         rate = get("signup_rate")
         problems.append(f"{where['signup_rate']} must be positive, got {rate:g}")

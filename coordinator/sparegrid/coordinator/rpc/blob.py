@@ -4,12 +4,21 @@ A client reads only blobs it uploaded or its jobs produced; a worker reads only 
 inputs of tasks leased to it, and uploads only outputs of attempts it is running. Every
 upload counts against its holder's quotas (services/quotas.py): the account, or the
 uploading node's owner.
+
+An open transfer holds a file descriptor and chunks in memory (an upload's staging buffer
+and those received; a download reads up to READ_AHEAD chunks ahead) and, for an upload,
+two threads, for as long as its caller keeps it open, sending nothing or reading nothing. The quotas
+bound bytes, not calls (an upload announcing one byte reserves one), so one account may
+hold at most MAX_TRANSFERS uploads and downloads open at once, and one worker node as many
+uploads; a worker's downloads, the inputs of the tasks leased to it (all fetched at once),
+are not counted.
 """
 
 import asyncio
+import contextlib
 import errno
-from collections import deque
-from collections.abc import AsyncIterator
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from grpc import aio
@@ -30,6 +39,10 @@ CHUNK = (4 << 20) - 4096
 READ_AHEAD = 3  # chunks read while one is sent
 WRITE_AHEAD = 4  # chunks received while earlier ones are written
 MAX_OUTPUT_OF = 10_000  # attempts one upload may be an output of (a batch's results)
+# uploads and downloads one account (a worker node: uploads) may hold open at once. The
+# SDK and the worker make one at a time. Without a bound, 300 uploads of one key, each
+# held open after one 4 MiB chunk, held 293 descriptors, 586 threads and about 6 GB
+MAX_TRANSFERS = 16
 
 
 def _uploader(principal: Account | WorkerPrincipal) -> str:
@@ -42,6 +55,30 @@ def _uploader(principal: Account | WorkerPrincipal) -> str:
 class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
+        self._open: Counter[str] = Counter()  # _uploader(principal) -> transfers open
+
+    @contextlib.contextmanager
+    def _transfer(self, principal: Account | WorkerPrincipal) -> Iterator[None]:
+        """Counts an open transfer of its caller's for as long as it lasts; refuses one
+        past MAX_TRANSFERS (TOO_MANY_TRANSFERS), before it opens or reserves anything."""
+        who = _uploader(principal)
+        if self._open[who] >= MAX_TRANSFERS:
+            if isinstance(principal, Account):
+                what = f"account {principal.name!r} has {MAX_TRANSFERS} uploads and downloads"
+            else:
+                what = f"node {principal.node_id} has {MAX_TRANSFERS} uploads"
+            raise CoordinatorError(
+                ErrorKind.EXHAUSTED,
+                "TOO_MANY_TRANSFERS",
+                f"{what} open already, the most it may hold at once; finish or cancel one first",
+            )
+        self._open[who] += 1
+        try:
+            yield
+        finally:
+            self._open[who] -= 1
+            if not self._open[who]:
+                del self._open[who]
 
     def _principal(self, context: Ctx) -> Account | WorkerPrincipal:
         return principal_of(context, self.app.accounts, self.app.session_tokens)
@@ -138,6 +175,14 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         self, request_iterator: AsyncIterator[blob_pb2.UploadBlobRequest], context: Ctx
     ) -> blob_pb2.UploadBlobResponse:
         principal = self._principal(context)
+        with self._transfer(principal):
+            return await self._upload(principal, request_iterator)
+
+    async def _upload(
+        self,
+        principal: Account | WorkerPrincipal,
+        request_iterator: AsyncIterator[blob_pb2.UploadBlobRequest],
+    ) -> blob_pb2.UploadBlobResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise invalid("BAD_UPLOAD", "an upload starts with a header (digest, size, offset)")
@@ -219,6 +264,19 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         self, request: blob_pb2.DownloadBlobRequest, context: Ctx
     ) -> AsyncIterator[blob_pb2.DownloadBlobResponse]:
         principal = self._principal(context)
+        # a worker's are the inputs of the tasks leased to it: bounded by those
+        counted = isinstance(principal, Account)
+        with self._transfer(principal) if counted else contextlib.nullcontext():
+            download = self._download(principal, request)
+            try:
+                async for message in download:
+                    yield message
+            finally:
+                await download.aclose()  # its file is closed before its place is given back
+
+    async def _download(
+        self, principal: Account | WorkerPrincipal, request: blob_pb2.DownloadBlobRequest
+    ) -> AsyncGenerator[blob_pb2.DownloadBlobResponse, None]:
         digest = check_digest(request.digest)
         if not self._readable(principal, digest):
             raise not_found("BLOB_NOT_FOUND", f"blob {digest} not found")

@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -38,6 +38,10 @@ HANDSHAKE_SECONDS = 10.0
 # heartbeats in one heartbeat interval that end a session: a worker sends one, a flood
 # costs the event loop a message each
 HEARTBEAT_FLOOD = 20
+# how long a worker refused for its address's sessions is asked to wait: one of the others
+# must end first
+SESSIONS_RETRY_SECONDS = 30.0
+REFUSAL_READ_SECONDS = 1.0  # how long a refused session's Hello is waited for
 _CLOSE = object()
 
 
@@ -166,6 +170,15 @@ class Heartbeats:
         )
 
 
+def _sends_key(context: Ctx) -> bool:
+    """Whether the worker sent an owner account's API key (checked later, once admitted)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return scheme.lower() == "bearer" and bool(token.strip())
+    return False
+
+
 def _node_from_hello(hello: worker_pb2.Hello, now: float) -> Node:
     try:
         node_id = node_id_for(hello.public_key)
@@ -238,6 +251,42 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Session(
         self, request_iterator: AsyncIterator[worker_pb2.WorkerMessage], context: Ctx
     ) -> AsyncIterator[Msg]:
+        """A session sent without an owner account's key counts against its caller's
+        address from its start to its end, handshake included: a node key costs nothing,
+        so one address could otherwise hold sessions without end (about 50 kB each, and
+        a node row each)."""
+        address = peer_address(context.peer() or "")
+        anonymous = not _sends_key(context)
+        if anonymous and not self.app.admission.open_session(address):
+            # its Hello is read first, if it comes at once (a refusal while the worker
+            # writes reaches it as INTERNAL), but no longer: this stream is not counted
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFUSAL_READ_SECONDS):
+                    await anext(aiter(request_iterator), None)
+            limit = self.app.admission.config.anonymous_sessions
+            raise CoordinatorError(
+                ErrorKind.EXHAUSTED,
+                "TOO_MANY_SESSIONS",
+                f"{address} holds {limit} worker sessions without an owner account's key "
+                "already, the most one address may; start workers with an owner account's "
+                "key (SPAREGRID_OWNER_KEY), whose sessions are not counted, or ask the "
+                "operator to raise --anonymous-sessions-per-address",
+                retry_after=SESSIONS_RETRY_SECONDS,
+            )
+        session = self._session(request_iterator, context)
+        try:
+            async for message in session:
+                yield message
+        finally:
+            try:
+                await session.aclose()
+            finally:
+                if anonymous:
+                    self.app.admission.close_session(address)
+
+    async def _session(
+        self, request_iterator: AsyncIterator[worker_pb2.WorkerMessage], context: Ctx
+    ) -> AsyncGenerator[Msg, None]:
         app = self.app
         incoming = aiter(request_iterator)
         first = await _handshake(incoming, "Hello")

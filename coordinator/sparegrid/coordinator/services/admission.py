@@ -21,6 +21,11 @@ that one, of `share` of the rate and of the burst: one address cannot take more 
 share of the turns while others wait, and a turn its bucket does not cover is refused
 without taking a place in line. Loopback is exempt (`exempt_loopback`): a fleet run on one
 host, or a proxy on the coordinator's host, arrives from one address.
+
+An address may also hold at most `anonymous_sessions` worker sessions open at once that
+sent no owner account's key, counted from their first message: a node key costs nothing,
+so without it one address could hold sessions (and node rows) without end. An owner's
+sessions are not counted: its account is what the operator gave out.
 """
 
 import ipaddress
@@ -46,6 +51,9 @@ class AdmissionConfig:
     share: float = 0.2  # of the rate and the burst, what one address may take (1: no limit)
     exempt_loopback: bool = True  # callers on the coordinator's host have no share
     max_addresses: int = 10_000  # addresses remembered (full buckets are forgotten first)
+    # sessions without an owner account's key one address may hold open at once, their
+    # handshakes included (0: no limit); loopback is exempt where `exempt_loopback`
+    anonymous_sessions: int = 1_000
 
 
 class Decision(NamedTuple):
@@ -69,6 +77,26 @@ class Admission:
         self.refused_share = 0  # of those, past their address's share (a metric)
         self._unlogged = 0
         self._logged_at = float("-inf")
+        self.sessions: dict[str, int] = {}  # address -> anonymous sessions open
+
+    def open_session(self, address: str) -> bool:
+        """Counts a session without an owner's key from `address` until `close_session`;
+        False (not counted) when the address holds `anonymous_sessions` already."""
+        cfg = self.config
+        if not cfg.anonymous_sessions or not address or self._loopback_exempt(address):
+            return True
+        held = self.sessions.get(address, 0)
+        if held >= cfg.anonymous_sessions:
+            return False
+        self.sessions[address] = held + 1
+        return True
+
+    def close_session(self, address: str) -> None:
+        held = self.sessions.get(address, 0)
+        if held > 1:
+            self.sessions[address] = held - 1
+        else:
+            self.sessions.pop(address, None)
 
     def admit(self, address: str = "") -> Decision:
         """Whether a registration from `address` ("": not counted per address) may go
@@ -106,12 +134,15 @@ class Admission:
         cfg = self.config
         if not address or cfg.share >= 1.0:
             return False
-        if cfg.exempt_loopback:
-            try:
-                return not ipaddress.ip_address(address).is_loopback
-            except ValueError:  # a network (an IPv6 /64) or no address at all
-                return True
-        return True
+        return not self._loopback_exempt(address)
+
+    def _loopback_exempt(self, address: str) -> bool:
+        if not self.config.exempt_loopback:
+            return False
+        try:
+            return ipaddress.ip_address(address).is_loopback
+        except ValueError:  # a network (an IPv6 /64) or no address at all
+            return False
 
     def _own_tokens(self, address: str, now: float) -> float:
         cfg = self.config
