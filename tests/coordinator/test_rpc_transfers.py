@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 from grpc import aio
 
 from sparegrid.coordinator.rpc.blob import MAX_TRANSFERS
+from sparegrid.sdk.aio import AsyncClient
 from sparegrid.v1 import blob_pb2, blob_pb2_grpc, client_pb2, client_pb2_grpc, worker_pb2
 from sparegrid.wire import Signer
 from sparegrid.worker.testing.harness import wait_until
@@ -110,6 +112,27 @@ async def test_one_account_holds_a_bounded_number_of_transfers_open(served: Serv
         call.cancel()
     digest = hashlib.sha256(kept).hexdigest()
     assert await _retried(lambda: _download(stub, alice, digest)) == kept
+
+
+async def test_the_sdk_waits_for_a_place_when_its_account_holds_every_one(
+    served: Served, tmp_path: Path
+) -> None:
+    """A program running more transfers at once than an account may hold, under one key:
+    the SDK tries again (TOO_MANY_TRANSFERS is transient) and the one over goes through
+    once another ends, rather than fail the user's job."""
+    stub = blob_pb2_grpc.BlobServiceStub(served.channel)
+    held = [_held_upload(stub, served.auth(served.alice_key)) for _ in range(MAX_TRANSFERS)]
+    await wait_until(lambda: served.app.store.usage("alice").in_flight == MAX_TRANSFERS * SIZE)
+    path = tmp_path / "input.bin"
+    path.write_bytes(os.urandom(1000))
+    async with AsyncClient(served.address, served.alice_key) as client:
+        upload = asyncio.ensure_future(client.upload(path))
+        await asyncio.sleep(0.3)  # refused, and trying again
+        assert not upload.done()
+        held[0].cancel()
+        assert await asyncio.wait_for(upload, 30) == hashlib.sha256(path.read_bytes()).hexdigest()
+    for call in held[1:]:
+        call.cancel()
 
 
 async def test_a_worker_node_holds_a_bounded_number_of_uploads_open(served: Served) -> None:

@@ -1,7 +1,9 @@
 """Which failures are retried, and the jittered exponential backoff between tries.
 
 Only transient failures are retried: UNAVAILABLE, and DEADLINE_EXCEEDED on idempotent
-calls. RESOURCE_EXHAUSTED is a limit (a quota, a blob too large) that waiting does not lift.
+calls. RESOURCE_EXHAUSTED is a limit (a quota, a blob too large) that waiting does not lift,
+but for TOO_MANY_TRANSFERS: the account's other uploads and downloads open at once, one of
+which ends soon (a program running many under one key waits for a place).
 """
 
 import asyncio
@@ -37,7 +39,7 @@ WATCH_RECONNECT = RetryPolicy(max_attempts=12, initial_backoff=0.2, max_backoff=
 
 
 def is_transient(err: SparegridError, idempotent: bool) -> bool:
-    if err.status == grpc.StatusCode.UNAVAILABLE:
+    if err.status == grpc.StatusCode.UNAVAILABLE or err.code == "TOO_MANY_TRANSFERS":
         return True
     return err.status == grpc.StatusCode.DEADLINE_EXCEEDED and idempotent
 
