@@ -4,14 +4,13 @@ commits, and a damaged page. Both stop the coordinator with one line naming the 
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 from sparegrid.cli.main import build_parser
 from sparegrid.coordinator.domain import Account, Posting, Transaction, client_account
-from sparegrid.coordinator.store import open_store, sqlite
+from sparegrid.coordinator.store import open_store
 from sparegrid.coordinator.store.base import StoreUnavailable
 from sparegrid.coordinator.store.sqlite import SqliteStore, StoreDamaged
 
@@ -72,58 +71,9 @@ def test_a_file_removed_or_replaced_under_the_store_takes_no_commit(
     store.close()
 
 
-def hold_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The WAL stays as the commits left it: the checkpointer is not woken."""
-    monkeypatch.setattr(sqlite, "CHECKPOINT_SECONDS", 3600.0)
-    monkeypatch.setattr(sqlite, "CHECKPOINT_COMMITS", 10**9)
-
-
-def without_wal(path: Path, into: Path) -> SqliteStore:
-    """The database file alone, opened elsewhere: what was copied out of the WAL."""
-    into.mkdir()
-    shutil.copy(path, into / path.name)
-    return SqliteStore(into / path.name, check="off")
-
-
-def test_commits_leave_the_wal_to_the_checkpointer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No commit copies the WAL into the database file, however large it grows (SQLite's
-    automatic checkpoint did, inside the COMMIT past each 1,000 pages, and the group
-    commit waited for it); the store's checkpointer does, beside the commits."""
-    hold_checkpoints(monkeypatch)
-    path = tmp_path / "coordinator.db"
-    store = SqliteStore(path)
-    blobs = {f"{n:064x}": os.urandom(PAGE * 10) for n in range(150)}  # 1,500 pages and more
-    for digest, data in blobs.items():
-        store.put_inline_blobs({digest: data}, now=1.0)
-    assert Path(f"{path}-wal").stat().st_size > 1500 * FRAME
-    copy = without_wal(path, tmp_path / "before")
-    assert all(copy.get_inline_blob(d) is None for d in blobs)  # all of it still in the WAL
-    copy.close()
-    monkeypatch.setattr(sqlite, "CHECKPOINT_COMMITS", 1)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    store.put_inline_blobs({"f" * 64: b"wake"}, now=1.0)
-    for _ in range(500):
-        if checkpointer.checkpoints:
-            break
-        time.sleep(0.02)
-    copy = without_wal(path, tmp_path / "after")
-    assert all(copy.get_inline_blob(d) == data for d, data in blobs.items())
-    copy.close()
-    store.close()
-    reopened = SqliteStore(path)
-    assert reopened.get_inline_blob("f" * 64) == b"wake"
-    reopened.close()
-
-
-def test_a_torn_wal_that_lost_acknowledged_commits_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_torn_wal_that_lost_acknowledged_commits_is_refused(tmp_path: Path) -> None:
     """A crash tore the -wal file: SQLite replayed what was whole and dropped the rest,
     silently, taking results that had been acknowledged and paid with it."""
-    hold_checkpoints(monkeypatch)  # the crash comes before the checkpointer copied them
     path = tmp_path / "live" / "coordinator.db"
     path.parent.mkdir()
     store = SqliteStore(path)

@@ -19,11 +19,6 @@ directory, a tmp cleaner) or replaced under a running coordinator took every lat
 into a file that vanishes at exit, acknowledged as if it were kept; now the commit fails
 and the coordinator refuses calls (STORE_UNAVAILABLE) until it is restarted.
 
-The WAL is copied into the database file by a thread and a connection of their own
-(Checkpointer), never by a commit: SQLite's automatic checkpoint ran inside the COMMIT that
-took the WAL past 1,000 pages, copying it and syncing the file there, and the group commit
-waited for it.
-
 A serving coordinator (exclusive) holds an flock on `<db>-lock` for as long as the store is
 open (the kernel drops it when the process ends, SIGKILL included): a second `coordinator
 serve` on the same file, which served beside the first, each dispatching the same tasks
@@ -34,7 +29,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import threading
 from typing import Literal
 
 from sparegrid.coordinator.store.base import StoreError, StoreUnavailable
@@ -63,63 +57,6 @@ Synchronous = Literal["FULL", "NORMAL"]
 Check = Literal["quick", "full", "off"]
 _PRAGMA = {"quick": "quick_check", "full": "integrity_check"}
 _SEQ_WIDTH = 20
-
-
-CHECKPOINT_COMMITS = 64  # commits after which the checkpointer is woken
-CHECKPOINT_SECONDS = 1.0  # and at least this often, when anything was committed
-
-
-class Checkpointer:
-    """Copies the WAL into the database file (`PRAGMA wal_checkpoint(PASSIVE)`) from its own
-    thread and connection, after every CHECKPOINT_COMMITS commits or each second there
-    were any. The store's own connection checkpoints nothing (`wal_autocheckpoint = 0`):
-    the automatic checkpoint ran inside a COMMIT, and every 1,000 pages of WAL one group
-    commit waited tens to hundreds of milliseconds for the copy and the file's fsync,
-    against a millisecond or two for a commit. A passive checkpoint waits for no writer
-    or reader; SQLite reuses the WAL from its start once all of it is copied. Durability is
-    unchanged: each commit still syncs the WAL."""
-
-    def __init__(self, path: str, busy_timeout_ms: int) -> None:
-        self.path = path
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}").close()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._commits = 0  # since the last checkpoint
-        self.checkpoints = 0
-        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self._thread.start()
-
-    def committed(self) -> None:
-        """A commit wrote to the WAL (called by the committing thread)."""
-        self._commits += 1
-        if self._commits >= CHECKPOINT_COMMITS:
-            self._wake.set()
-
-    def _run(self) -> None:
-        failing = False
-        while not self._stopped:
-            self._wake.wait(CHECKPOINT_SECONDS)
-            self._wake.clear()
-            if self._stopped or not self._commits:
-                continue
-            self._commits = 0
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-                self.checkpoints += 1
-                failing = False
-            except sqlite3.Error as exc:  # a full disk: the WAL grows until it passes
-                if not failing:
-                    log.warning(
-                        "copying %s's WAL into it failed (%s); trying again", self.path, exc
-                    )
-                failing = True
-
-    def close(self) -> None:
-        self._stopped = True
-        self._wake.set()
-        self._thread.join()
-        self._conn.close()
 
 
 class StoreDamaged(StoreError):
@@ -166,7 +103,6 @@ class SqliteStore(SqlStore):
                 f"synchronous = {synchronous}",
                 f"busy_timeout = {int(busy_timeout_ms)}",
                 "foreign_keys = ON",
-                "wal_autocheckpoint = 0",  # the Checkpointer's, not a commit's
             ):
                 conn.execute(f"PRAGMA {pragma}").close()
             if check != "off":
@@ -184,12 +120,9 @@ class SqliteStore(SqlStore):
             raise
         self._conn_sqlite = conn
         self._file = None if self.path == ":memory:" else _identity(self.path)
-        self._checkpointer: Checkpointer | None = None
         super().__init__(conn, SQLITE)
         try:
             self._start_counting()
-            if self.path != ":memory:":
-                self._checkpointer = Checkpointer(self.path, busy_timeout_ms)
         except BaseException:
             self.close()
             raise
@@ -284,14 +217,9 @@ class SqliteStore(SqlStore):
         if self._pending is not None:
             self._seq, self._pending = self._pending, None
             self._witness()
-            if self._checkpointer is not None:
-                self._checkpointer.committed()
 
     def close(self) -> None:
         with self._lock:
-            if self._checkpointer is not None:  # first: the last connection closed checkpoints
-                self._checkpointer.close()
-                self._checkpointer = None
             if self._seq_fd >= 0:
                 os.fsync(self._seq_fd)
                 os.close(self._seq_fd)
