@@ -83,6 +83,8 @@ def start_cluster(
             database,
             "--log-level",
             "WARNING",
+            "--client-call-rate",  # the latency probes call as fast as they are answered
+            "0",
             *extra,
             python=python,
         )

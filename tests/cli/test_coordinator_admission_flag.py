@@ -1,12 +1,14 @@
 """`coordinator serve --registration-rate`: how fast worker registrations are admitted, and
 `--registration-share` how much of that one address may take; `--anonymous-sessions-per-address`:
 the sessions without an owner key one address may hold; `--signup-rate`: how many signup
-attempts one address may make a minute."""
+attempts one address may make a minute; `--client-call-rate` how many client calls one
+account may make a second."""
 
 import pytest
 
 from sparegrid.cli import main as cli_main
 from sparegrid.coordinator.services.admission import AdmissionConfig
+from sparegrid.coordinator.services.calls import CallConfig
 from sparegrid.coordinator.services.invites import SignupConfig
 
 
@@ -49,3 +51,13 @@ def test_anonymous_sessions_per_address_default_chosen_and_refused() -> None:
     assert chosen.admission == AdmissionConfig(rate=50.0, burst=50, anonymous_sessions=5000)
     with pytest.raises(SystemExit, match=r"--anonymous-sessions-per-address is 0 \(no limit\)"):
         settings("--anonymous-sessions-per-address", "-1")
+
+
+def test_the_client_call_rate_default_chosen_and_refused() -> None:
+    """`--client-call-rate`: the client calls one account may make a second, after ten
+    seconds' worth at once."""
+    assert settings().calls == CallConfig(rate=50.0, burst=500)
+    assert settings("--client-call-rate", "200").calls == CallConfig(rate=200.0, burst=2000)
+    assert settings("--client-call-rate", "0").calls.rate == 0  # no limit
+    with pytest.raises(SystemExit, match=r"--client-call-rate is 0 \(no limit\) or more, got -1"):
+        settings("--client-call-rate", "-1")

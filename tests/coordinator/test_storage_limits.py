@@ -676,3 +676,39 @@ async def wait_disconnected(app: App, node_ids: list[str]) -> None:
     async with asyncio.timeout(5):
         while set(node_ids) & set(app.scheduler.sessions):
             await asyncio.sleep(0.01)
+
+
+async def test_asking_about_a_blob_again_and_again_writes_once_a_minute(
+    grid: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each StatBlob of a blob its caller holds renewed it in a group commit: a loop of
+    questions was a loop of writes. A question renews it at most once a minute; the blob
+    stays used within a minute of every question, so it is kept as long as before."""
+    alice, app = grid.auth(grid.alice_key), grid.app
+    data = os.urandom(10 * KiB)
+    await upload(grid, alice, data)
+    digest = hashlib.sha256(data).hexdigest()
+    writes: list[str] = []
+    record = app.store.record_blob
+
+    def counted(digest: str, *args: Any) -> None:
+        writes.append(digest)
+        record(digest, *args)
+
+    monkeypatch.setattr(app.store, "record_blob", counted)
+    stub = blob_pb2_grpc.BlobServiceStub(grid.channel)
+    request = blob_pb2.StatBlobRequest(digest=digest)
+    for _ in range(50):
+        assert (await stub.StatBlob(request, metadata=alice)).exists
+    assert writes == [digest]
+    for _ in range(10):  # five minutes of a question every 30 s
+        clock(grid).advance(30)
+        assert (await stub.StatBlob(request, metadata=alice)).exists
+    assert writes == [digest] * 6
+    bob = grid.auth(grid.bob_key)  # bob, who does not hold it, renews nothing
+    assert not (await stub.StatBlob(request, metadata=bob)).exists
+    assert len(writes) == 6
+    clock(grid).advance(3 * DAY - 60)  # the retention less a minute after the last question
+    assert (await app.sweep()).blobs == 0 and app.blobs.size(digest) == len(data)
+    assert (await stub.StatBlob(request, metadata=alice)).exists  # and it is renewed again
+    assert len(writes) == 7

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sparegrid.coordinator.app import App
 from sparegrid.coordinator.cli import ensure_admin
 from sparegrid.coordinator.server import build_server
+from sparegrid.coordinator.services.calls import CallConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.coordinator.store.sqlite import SqliteStore
 from sparegrid.v1 import (
@@ -100,7 +101,9 @@ class Coordinator:
 
     async def _start(self) -> None:
         store = SqliteStore(self.root / "coordinator.db", synchronous="NORMAL")
-        self.app = App(store, Settings(data_dir=self.root, max_blob_size=1 << 20))
+        # no limit on how often an account calls: a fuzz run makes thousands a second
+        calls = CallConfig(rate=0)
+        self.app = App(store, Settings(data_dir=self.root, max_blob_size=1 << 20, calls=calls))
         self.keys["admin"] = ensure_admin(self.app, self.root).read_text().strip()
         for name, credit in (("alice", 10_000), ("bob", 0)):
             self.keys[name] = self.app.accounts.create(name, credit)[1]

@@ -16,6 +16,7 @@ from sparegrid.coordinator.groupcommit import BufferedSink, WallSteps
 from sparegrid.coordinator.kinds import BUILTIN_KINDS
 from sparegrid.coordinator.services.accounts import Accounts
 from sparegrid.coordinator.services.admission import Admission
+from sparegrid.coordinator.services.calls import CallLimiter
 from sparegrid.coordinator.services.canaries import CANARY_ACCOUNT, Canaries
 from sparegrid.coordinator.services.comparators import Comparators
 from sparegrid.coordinator.services.events import Events
@@ -23,7 +24,7 @@ from sparegrid.coordinator.services.identity import Identities
 from sparegrid.coordinator.services.invites import Invites
 from sparegrid.coordinator.services.jobs import Jobs, JobsConfig, JobSpec
 from sparegrid.coordinator.services.ledger import Ledger
-from sparegrid.coordinator.services.quotas import Quotas
+from sparegrid.coordinator.services.quotas import Quotas, Renewals
 from sparegrid.coordinator.services.reputation import Reputations
 from sparegrid.coordinator.services.results import Intake
 from sparegrid.coordinator.services.retries import Retries
@@ -144,6 +145,8 @@ class App(Background):
         self.unflushed: set[BufferedSink] = set()  # those holding messages for the commit
         self.seen: dict[str, float] = {}  # node id -> last_seen not yet written
         self.admission = Admission(self.clock, settings.admission)
+        self.calls = CallLimiter(self.clock, settings.calls)  # each account's client calls
+        self.renewals = Renewals(self.clock, settings.sweeps.blob_retention)
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._inbox: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._group_scheduled = False

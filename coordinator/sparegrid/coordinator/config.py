@@ -19,6 +19,7 @@ from typing import Any
 
 from sparegrid.coordinator.blobs_s3 import parse_url
 from sparegrid.coordinator.services.admission import AdmissionConfig
+from sparegrid.coordinator.services.calls import CALL_BURST_SECONDS, CallConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.identity import Enrollment, IdentityConfig
 from sparegrid.coordinator.services.invites import SignupConfig
@@ -151,6 +152,15 @@ SETTINGS = (
         "once: an IPv4 address, an IPv6 /64; loopback is exempt (0: no limit)",
         metavar="N",
         default=AdmissionConfig.anonymous_sessions,
+    ),
+    Setting(
+        "client_call_rate",
+        to_float,
+        "client calls one account may make a second, after ten seconds' worth at once (a "
+        "page of results or jobs counts a call per 100 items); more are told when to try "
+        "again; admins and streams (watches, uploads, downloads) are not counted (0: no limit)",
+        metavar="N",
+        default=CallConfig.rate,
     ),
     Setting(
         "signup_rate",
@@ -379,6 +389,8 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     settings.admission = AdmissionConfig(
         rate=rate, burst=max(1, int(rate)), share=share, anonymous_sessions=sessions
     )
+    calls = get("client_call_rate", CallConfig.rate)
+    settings.calls = CallConfig(rate=calls, burst=max(1, int(calls * CALL_BURST_SECONDS)))
     settings.signups = SignupConfig(per_minute=get("signup_rate", SignupConfig.per_minute))
     settings.canaries = CanaryConfig(rate=get("canary_rate", CanaryConfig.rate))
     settings.spot_checks = SpotConfig(share=get("spot_share", SpotConfig.share))
@@ -451,6 +463,9 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
         problems.append(
             f"{where['anonymous_sessions_per_address']} is 0 (no limit) or more, got {n}"
         )
+    if get("client_call_rate", 0.0) < 0:
+        rate = get("client_call_rate")
+        problems.append(f"{where['client_call_rate']} is 0 (no limit) or more, got {rate:g}")
     if get("signup_rate", 1.0) <= 0:
         rate = get("signup_rate")
         problems.append(f"{where['signup_rate']} must be positive, got {rate:g}")

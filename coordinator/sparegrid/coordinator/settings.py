@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparegrid.coordinator.services.admission import AdmissionConfig
+from sparegrid.coordinator.services.calls import CallConfig
 from sparegrid.coordinator.services.canaries import CanaryConfig
 from sparegrid.coordinator.services.events import EventConfig
 from sparegrid.coordinator.services.identity import IdentityConfig
@@ -66,6 +67,8 @@ class Settings:
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     # signups with an invitation code: attempts allowed per caller address
     signups: SignupConfig = field(default_factory=SignupConfig)
+    # unary client calls one account may make (services/calls.py); admins are not counted
+    calls: CallConfig = field(default_factory=CallConfig)
 
     @property
     def key_path(self) -> Path:

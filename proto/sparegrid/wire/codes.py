@@ -92,6 +92,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     SUBMIT_IN_PROGRESS = "SUBMIT_IN_PROGRESS"
     TOKENIZER_MISMATCH = "TOKENIZER_MISMATCH"
+    TOO_MANY_CALLS = "TOO_MANY_CALLS"  # an account calling past its rate: wait (retry-after-ms)
     TOO_MANY_HEARTBEATS = "TOO_MANY_HEARTBEATS"  # a session flooding: it is ended
     TOO_MANY_SESSIONS = "TOO_MANY_SESSIONS"  # one address's sessions without an owner key
     TOO_MANY_SIGNUPS = "TOO_MANY_SIGNUPS"  # from one address: wait (retry-after-ms)

@@ -6,17 +6,21 @@ and the gRPC `status`.
 """
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from sparegrid.wire import codes
+from sparegrid.wire.metadata import retry_after_seconds
 
 CODE_METADATA_KEY = codes.CODE_METADATA_KEY
 
 
 class SparegridError(Exception):
     """Root of every error the SDK raises."""
+
+    # seconds the coordinator asked the caller to wait before trying again, if it did
+    retry_after: float | None = None
 
     def __init__(
         self, code: str, message: str, status: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -137,7 +141,9 @@ def from_rpc_error(exc: grpc.RpcError) -> SparegridError:
     code = _code_from_metadata(exc.trailing_metadata()) or status.name
     if status == grpc.StatusCode.UNAVAILABLE and message.startswith(_NO_CONNECTION):
         message = f"{UNREACHABLE}: {message}"  # gRPC's words alone say nothing of what to do
-    return error_class(status)(code, message, status)
+    err = error_class(status)(code, message, status)
+    err.retry_after = retry_after_seconds(cast(Any, exc.trailing_metadata()))
+    return err
 
 
 _NO_CONNECTION = ("failed to connect to all addresses", "DNS resolution failed")

@@ -3,7 +3,12 @@
 Only transient failures are retried: UNAVAILABLE, and DEADLINE_EXCEEDED on idempotent
 calls. RESOURCE_EXHAUSTED is a limit (a quota, a blob too large) that waiting does not lift,
 but for TOO_MANY_TRANSFERS: the account's other uploads and downloads open at once, one of
-which ends soon (a program running many under one key waits for a place).
+which ends soon (a program running many under one key waits for a place). And for
+TOO_MANY_CALLS: the account called faster than the coordinator serves one account, which
+refused the call before doing anything and said when its turn comes (`retry-after-ms`).
+The call waits that long (and a little more, at random, so that calls told the same time
+come back apart), for up to MAX_THROTTLED_WAIT seconds in all, without counting a
+failure: a program's burst of calls slows down to the account's rate instead of failing.
 """
 
 import asyncio
@@ -34,6 +39,8 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+# the longest one call waits, in all, for turns its account was refused (TOO_MANY_CALLS)
+MAX_THROTTLED_WAIT = 120.0
 # A watch outlives blips and coordinator restarts: about half a minute of reconnecting.
 WATCH_RECONNECT = RetryPolicy(max_attempts=12, initial_backoff=0.2, max_backoff=5.0)
 
@@ -51,12 +58,19 @@ class Attempts:
         self.policy = policy
         self.idempotent = idempotent
         self.failures = 0
+        self.throttled = 0.0  # seconds waited for the account's turn (TOO_MANY_CALLS)
 
     def succeeded(self) -> None:
         self.failures = 0
+        self.throttled = 0.0
 
     def failed(self, err: SparegridError) -> float:
         """The delay before the next try; raises `err` when it is not to be retried."""
+        if err.code == "TOO_MANY_CALLS" and self.policy.max_attempts > 1:
+            wait = (err.retry_after or self.policy.initial_backoff) * random.uniform(1.0, 1.5)
+            if self.throttled + wait <= MAX_THROTTLED_WAIT:
+                self.throttled += wait
+                return wait
         self.failures += 1
         if self.failures >= self.policy.max_attempts or not is_transient(err, self.idempotent):
             raise err

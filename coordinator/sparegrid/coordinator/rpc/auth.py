@@ -14,6 +14,7 @@ from grpc import aio
 from sparegrid.coordinator.domain import Account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind
 from sparegrid.coordinator.services.accounts import Accounts
+from sparegrid.coordinator.services.calls import CallLimiter
 
 # The only methods that take no credential (tests/coordinator/test_signup.py checks that
 # every other one refuses a call without a key).
@@ -46,6 +47,16 @@ def account_of(context: aio.ServicerContext[Any, Any], accounts: Accounts) -> Ac
     if scheme != "bearer" or not token:
         raise _missing()
     return accounts.authenticate(token)
+
+
+def caller_of(
+    context: aio.ServicerContext[Any, Any], accounts: Accounts, calls: CallLimiter, cost: int = 1
+) -> Account:
+    """The account of a unary client call, which takes `cost` of its tokens (refused,
+    TOO_MANY_CALLS, when it calls faster than services/calls.py allows)."""
+    account = account_of(context, accounts)
+    calls.admit(account, cost)
+    return account
 
 
 def admin_of(context: aio.ServicerContext[Any, Any], accounts: Accounts) -> Account:

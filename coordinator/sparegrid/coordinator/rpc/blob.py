@@ -160,12 +160,17 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         self, request: blob_pb2.StatBlobRequest, context: Ctx
     ) -> blob_pb2.StatBlobResponse:
         principal = self._principal(context)
+        if isinstance(principal, Account):
+            self.app.calls.admit(principal)  # a unary client call (services/calls.py)
         digest = check_digest(request.digest)
         size = await self._size(digest)
         if size is not None and self._readable(principal, digest):
-            if isinstance(principal, Account):  # about to use it: keep it, charged again
+            renewals = self.app.renewals
+            if isinstance(principal, Account) and renewals.due(principal.id, digest):
+                # about to use it: keep it, charged again (once a while: quotas.Renewals)
                 holder = self._holder(principal)
                 await self.app.call(lambda: self._stored(principal, holder, digest, size, []))
+                renewals.renewed(principal.id, digest)
             return blob_pb2.StatBlobResponse(exists=True, size=size)
         partial = self.app.blobs.partial_size(digest, _uploader(principal))
         return blob_pb2.StatBlobResponse(exists=False, partial_size=partial)

@@ -14,8 +14,9 @@ from sparegrid.coordinator.app import App
 from sparegrid.coordinator.domain import Account, Job, TaskState, escrow_account, node_account
 from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid, not_found
 from sparegrid.coordinator.rpc import convert
-from sparegrid.coordinator.rpc.auth import account_of, keyless
+from sparegrid.coordinator.rpc.auth import account_of, caller_of, keyless
 from sparegrid.coordinator.rpc.errors import streaming, unary
+from sparegrid.coordinator.services.calls import page_cost
 from sparegrid.coordinator.services.estimate import estimate
 from sparegrid.coordinator.services.jobs import Draft
 from sparegrid.coordinator.services.webhooks import account_secret
@@ -32,6 +33,9 @@ WATCH_MAX_INTERVAL = 5.0  # and at least one every five seconds
 # watches one account may hold open at once on this coordinator: each is a stream and a
 # read of its job every few seconds (one account held 16,000: half a core, 500 MB)
 MAX_WATCHES = 256
+# tokens an estimate takes of its account's calls (services/calls.py): it plans the whole
+# job, up to a million tasks, as a submit does
+ESTIMATE_COST = 10
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
@@ -39,6 +43,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self.app = app
         self.version = version
         self._watches: Counter[str] = Counter()  # account id -> WatchJob calls open
+
+    def _caller(self, context: Ctx, cost: int = 1) -> Account:
+        """The caller's account, `cost` taken from its calls (services/calls.py)."""
+        return caller_of(context, self.app.accounts, self.app.calls, cost)
 
     def _job_pb(self, job: Job, owner: Account, webhook: bool = False) -> common_pb2.Job:
         """The job for its owner; with its webhook call where `webhook` (a read of the
@@ -55,7 +63,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetInfo(
         self, request: client_pb2.GetInfoRequest, context: Ctx
     ) -> client_pb2.GetInfoResponse:
-        account_of(context, self.app.accounts)
+        self._caller(context)
         kinds = []
         for k in self.app.jobs.kinds.values():
             price = self.app.jobs.price(k.name)
@@ -79,7 +87,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetNodeCredit(
         self, request: client_pb2.GetNodeCreditRequest, context: Ctx
     ) -> client_pb2.GetNodeCreditResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context, page_cost(min(request.limit or 100, 10_000)))
         node = self.app.store.get_node(request.node_id) if request.node_id else None
         if node is None or (node.owner != account.name and not account.is_admin):
             raise not_found(
@@ -117,7 +125,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def EstimateJob(
         self, request: client_pb2.EstimateJobRequest, context: Ctx
     ) -> client_pb2.EstimateJobResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context, ESTIMATE_COST)
         spec = convert.spec_from_pb(client_pb2.SubmitJobRequest(spec=request.spec))
         spec.idempotency_key = ""  # an estimate never returns (or names) a job
         jobs = self.app.jobs
@@ -145,7 +153,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetAccount(
         self, request: client_pb2.GetAccountRequest, context: Ctx
     ) -> client_pb2.GetAccountResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         held = sum(
             self.app.store.balance(escrow_account(a.job.id))
             for a in self.app.scheduler.jobs.values()
@@ -178,7 +186,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def Stake(
         self, request: client_pb2.StakeRequest, context: Ctx
     ) -> client_pb2.StakeResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         identities, amount = self.app.identities, request.amount
         key = f"{account.id}:{convert.idempotency_key(request.idempotency_key)}"
         if amount >= 0:
@@ -194,7 +202,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def RetryJob(
         self, request: client_pb2.RetryJobRequest, context: Ctx
     ) -> client_pb2.RetryJobResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         before = self.app.jobs.counts(self.app.jobs.get(account, request.job_id))
         job = await self.app.submitter.retry(account, request.job_id)
         retried = before.get(TaskState.FAILED, 0) + before.get(TaskState.CANCELLED, 0)
@@ -206,7 +214,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def SubmitJob(
         self, request: client_pb2.SubmitJobRequest, context: Ctx
     ) -> client_pb2.SubmitJobResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         spec = convert.spec_from_pb(request)
         job = await self.app.submit(account, spec)
         return client_pb2.SubmitJobResponse(job=self._job_pb(job, account))
@@ -215,7 +223,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetJob(
         self, request: client_pb2.GetJobRequest, context: Ctx
     ) -> client_pb2.GetJobResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         job = self.app.jobs.get(account, request.job_id)
         disputes = [convert.dispute_to_pb(d) for d in self.app.store.get_disputes(job.id)]
         pb = self._job_pb(job, account, webhook=True)
@@ -227,7 +235,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def ListJobs(
         self, request: client_pb2.ListJobsRequest, context: Ctx
     ) -> client_pb2.ListJobsResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context, page_cost(min(request.limit or 100, MAX_PAGE)))
         jobs = self.app.jobs.list_jobs(account, request.limit or 100)
         return client_pb2.ListJobsResponse(jobs=[self._job_pb(j, account) for j in jobs])
 
@@ -235,7 +243,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def CancelJob(
         self, request: client_pb2.CancelJobRequest, context: Ctx
     ) -> client_pb2.CancelJobResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         job = await self.app.call(lambda: self.app.jobs.cancel(account, request.job_id))
         return client_pb2.CancelJobResponse(job=self._job_pb(job, account, webhook=True))
 
@@ -285,7 +293,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetJobResults(
         self, request: client_pb2.GetJobResultsRequest, context: Ctx
     ) -> client_pb2.GetJobResultsResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context, page_cost(min(request.page_size or MAX_PAGE, MAX_PAGE)))
         size = min(request.page_size or MAX_PAGE, MAX_PAGE)
         after = _page_start(request.page_token)
         tasks = self.app.jobs.results(account, request.job_id, after, size)
@@ -309,7 +317,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def GetTaskLogs(
         self, request: client_pb2.GetTaskLogsRequest, context: Ctx
     ) -> client_pb2.GetTaskLogsResponse:
-        account = account_of(context, self.app.accounts)
+        account = self._caller(context)
         index = None if request.all_tasks else request.task_index
         offset = max(_page_start(request.page_token), 0)  # logs of the pages before
         logs = self.app.jobs.logs(account, request.job_id, index, offset, LOGS_PAGE)

@@ -196,3 +196,37 @@ def _fit(
     raise CoordinatorError(
         ErrorKind.EXHAUSTED, "QUOTA_EXCEEDED", f"{what} refused: {problem}; or {hint}"
     )
+
+
+# An account asking about a blob it holds renews it (its use and its charge) at most this
+# often, and at most a tenth of the retention: a question asked again meanwhile writes
+# nothing (a loop of StatBlob was a loop of group commits), and the blob it keeps stays
+# used within a tenth of the retention of every question, far from being collected.
+RENEW_SECONDS = 60.0
+RENEWALS_KEPT = 100_000  # (account, blob) pairs remembered; past it the oldest go
+
+
+class Renewals:
+    """When each account last renewed each blob by asking about it (in memory: after a
+    restart the first question renews again)."""
+
+    def __init__(self, clock: Clock, retention: float) -> None:
+        self._clock = clock
+        self.interval = min(RENEW_SECONDS, retention / 10)
+        self._at: dict[tuple[str, str], float] = {}  # (account id, digest) -> renewed at
+
+    def due(self, account_id: str, digest: str) -> bool:
+        """Whether a question about the blob renews it: none did within the interval."""
+        at = self._at.get((account_id, digest))
+        return at is None or self._clock.now() - at >= self.interval
+
+    def renewed(self, account_id: str, digest: str) -> None:
+        """The renewal was written (in a group commit) now."""
+        key, now = (account_id, digest), self._clock.now()
+        self._at.pop(key, None)  # the most recent last, for the trim below
+        self._at[key] = now
+        if len(self._at) > RENEWALS_KEPT:
+            for old in [k for k, t in self._at.items() if now - t >= self.interval]:
+                del self._at[old]
+            while len(self._at) > RENEWALS_KEPT * 9 // 10:  # the least recent go
+                del self._at[next(iter(self._at))]
