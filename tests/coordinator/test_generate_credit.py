@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sparegrid.sdk import Client, FailedPreconditionError
+from sparegrid.sdk import AsyncClient, Client, FailedPreconditionError
 from tests.coordinator.conftest import Cli, Served
 from tests.generate.models import build, train_tokenizer
 
@@ -110,3 +110,22 @@ async def test_the_precheck_never_refuses_what_the_coordinator_accepts(
         await generate(served, short_key, llama, prompts, **options)
     assert refused.value.code == "INSUFFICIENT_CREDIT"
     assert refused.value.message.startswith(f"job costs up to {priced.max_held} credit")
+
+
+async def test_asyncio_is_refused_before_any_upload_in_the_same_words(
+    served: Served, llama: Path, tmp_path: Path
+) -> None:
+    _, key = served.app.accounts.create("frank", 5)
+    prompts = batch(tmp_path / "batch.jsonl")
+    before = stored(served)
+    with pytest.raises(FailedPreconditionError) as sync_refused:
+        await generate(served, key, llama, prompts, max_tokens=128)
+
+    async with AsyncClient(served.address, key) as client:
+        with pytest.raises(FailedPreconditionError) as refused:
+            await client.generate(llama, prompts, device="cpu", max_tokens=128)
+    assert refused.value.code == "INSUFFICIENT_CREDIT"
+    assert refused.value.message == sync_refused.value.message
+    assert "account 'frank' holds 5" in refused.value.message
+    assert stored(served) == before  # not one byte of the model or prompts
+    assert served.app.store.list_jobs(limit=100) == []

@@ -9,19 +9,21 @@ prompts by tokenizing them again exactly as the submit did (with the job's own
 max_tokens, temperature and seed) and hashing the prompt files a submit would upload.
 Nothing is uploaded. A file that differs is named in the refusal; completions decoded with
 another tokenizer, or paired with other requests, would be wrong without looking wrong.
+
+The checks hash and tokenize (blocking work): `AsyncClient.generate_attach` runs them
+through `aoffload`, and `Client.generate_attach` is generated from it.
 """
 
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sparegrid.sdk.batchfile import Tokenizer, _requests, check, prompt_files, tokenize
 from sparegrid.sdk.blobs import hash_file
 from sparegrid.sdk.errors import InvalidArgumentError
-from sparegrid.sdk.generate import GenerateJob, Tokenizer, _requests, check, prompt_files, tokenize
-
-if TYPE_CHECKING:
-    from sparegrid.sdk.client import Client
+from sparegrid.sdk.models import JobSnapshot
+from sparegrid.wire.llm import Prompt
 
 
 def _differs(job_id: str, what: str, why: str) -> InvalidArgumentError:
@@ -30,28 +32,27 @@ def _differs(job_id: str, what: str, why: str) -> InvalidArgumentError:
     )
 
 
-def attach(client: "Client", job_id: str, model_dir: Path, prompts: Path) -> GenerateJob:
-    """The GenerateJob of an existing generate job of this account, for `completions()`
-    and `write_batch_output()` as the submitting process would have had them. A job of
-    another kind is refused (NOT_A_GENERATE_JOB), one of another account is not found
-    (JOB_NOT_FOUND), and a model folder or prompts file other than the job's is refused
-    naming the file (INPUT_MISMATCH). The job may still be running: completions() waits."""
-    job = client.get_job(job_id)
+def match_inputs(
+    job: JobSnapshot, model_dir: Path, prompts: Path
+) -> tuple[Tokenizer, list[dict[str, Any]], list[Prompt]]:
+    """The tokenizer, requests and tokenized prompts of a generate job (a snapshot from
+    get_job), for its completions to be decoded as the submitting process would have. A
+    job of another kind is refused (NOT_A_GENERATE_JOB), and a model folder or prompts file
+    other than the job's is refused naming the file (INPUT_MISMATCH)."""
     if job.kind != "generate":
         raise InvalidArgumentError(
             "NOT_A_GENERATE_JOB",
             f"job {job.id} is a {job.kind} job; only generate jobs have completions to "
             f"decode (`sparegrid job results {job.id} -o DIR` writes any job's outputs)",
         )
-    snapshot = job.snapshot
-    if not snapshot.inputs or not snapshot.params:
+    if not job.inputs or not job.params:
         raise InvalidArgumentError(
             "INPUT_MISMATCH",
             f"the coordinator did not say what job {job.id} was submitted with (an older "
             "coordinator?), so the model and prompts cannot be checked; nothing was written",
         )
-    params: dict[str, Any] = json.loads(snapshot.params)
-    inputs = dict(snapshot.inputs)
+    params: dict[str, Any] = json.loads(job.params)
+    inputs = dict(job.inputs)
     model_dir, prompts = Path(model_dir), Path(prompts)
     files, info = check(model_dir)
     model_inputs = {n: d for n, d in inputs.items() if not n.startswith("prompts_")}
@@ -81,7 +82,7 @@ def attach(client: "Client", job_id: str, model_dir: Path, prompts: Path) -> Gen
             f"its {len(requests)} requests, tokenized with {model_dir}'s tokenizer and chat "
             "template, do not hash to the job's prompts input",
         )
-    return GenerateJob(client, job, tokenizer, requests, encoded)
+    return tokenizer, requests, encoded
 
 
-__all__ = ["attach"]
+__all__ = ["match_inputs"]

@@ -4,7 +4,8 @@
 submit learns whether the account can pay: a long upload wasted, then a refusal. The
 client tokenizes the prompts itself, so it can price the job before uploading anything,
 at the prices the coordinator publishes (GetInfo), and compare that with the account's
-balance (GetAccount).
+balance (GetAccount). The job calls (sparegrid.sdk._async.generate) fetch both and call
+`check_balance`.
 
 The price here is a lower bound, never more than the coordinator would hold: the
 coordinator splits prompts into tasks and rounds each task's credit up, and the sum of
@@ -13,15 +14,11 @@ would refuse too. It is advice: the coordinator's own check at submit stays, sin
 balance can change between the two.
 """
 
-from typing import TYPE_CHECKING
-
 import grpc
 
-from sparegrid.sdk.errors import FailedPreconditionError, UnimplementedError
+from sparegrid.sdk.errors import FailedPreconditionError
+from sparegrid.sdk.models import Account, Info
 from sparegrid.wire.llm import Prompt
-
-if TYPE_CHECKING:
-    from sparegrid.sdk.client import Client
 
 KIND = "generate"
 OUT_WEIGHT = 4  # a generated token counts 4 units, as the coordinator prices it
@@ -39,18 +36,13 @@ def least_credit(
     return credit * (replicas or ADAPTIVE_PAID)
 
 
-def check_credit(
-    client: "Client", prompts: list[Prompt], files: int, replicas: int = 0, quorum: int = 0
+def check_balance(
+    info: Info, account: Account, prompts: list[Prompt], files: int, replicas: int, quorum: int
 ) -> None:
     """Raises INSUFFICIENT_CREDIT, as the coordinator's submit would, when the account
     holds less than the least this job costs. A coordinator that does not publish a price
-    for generation, or does not offer the calls, is left to decide at submit."""
-    try:
-        kinds = {k.name: k for k in client.info().kinds}
-        account = client.account()
-    except UnimplementedError:
-        return
-    kind = kinds.get(KIND)
+    for generation is left to decide at submit."""
+    kind = {k.name: k for k in info.kinds}.get(KIND)
     if kind is None or kind.price_units < 1:
         return
     least = least_credit(prompts, kind.price_credit, kind.price_units, files, replicas)

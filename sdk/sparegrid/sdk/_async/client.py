@@ -1,5 +1,5 @@
 """The client: `AsyncClient` for jobs and blobs (`AsyncAdminClient`, for operators, is in
-admin.py).
+admin.py; generation jobs' calls are in generate.py).
 
 Requests, responses, blob handling and retry decisions come from modules both flavours
 share (convert, blobs, retry, watch); blocking work (hashing, packing a scene, tensors)
@@ -7,8 +7,9 @@ runs through `aoffload`.
 """
 
 import functools
+import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -59,6 +60,7 @@ from sparegrid.v1 import (
 )
 
 if TYPE_CHECKING:
+    from sparegrid.sdk._async.generate import AsyncGenerateJob
     from sparegrid.sdk.backend import AsyncUnary
 
 Req = TypeVar("Req")
@@ -472,6 +474,46 @@ class AsyncClient(_AsyncBase):
             webhook_url=webhook_url,
             keep_logs=keep_logs,
         )
+
+    async def generate(
+        self,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str] | Iterable[dict[str, Any]]",
+        **options: Any,
+    ) -> "AsyncGenerateJob":
+        """Decodes OpenAI Batch requests (a JSONL path, or the requests as dicts) with the
+        language model in `model_dir` (config.json, tokenizer.json, safetensors); see
+        sparegrid.sdk.generate. Options: max_tokens (256), temperature (0), seed,
+        precision (fp32, bf16, fp16), device, min_vram_gb, task_tokens, name, replicas,
+        quorum, keep_logs. `.completions()` yields them in request order. An account holding
+        less than the least the job costs is refused (INSUFFICIENT_CREDIT) before anything
+        is uploaded."""
+        from sparegrid.sdk._async import generate
+
+        return await generate.submit(self, Path(model_dir), prompts, **options)
+
+    async def generate_estimate(
+        self,
+        model_dir: "str | os.PathLike[str]",
+        prompts: "str | os.PathLike[str] | Iterable[dict[str, Any]]",
+        **options: Any,
+    ) -> Estimate:
+        """What `generate` with these arguments would cost (tasks, tokens, credit held),
+        priced by the coordinator; the model and prompts are checked and uploaded as a
+        submit would, and no job is made. Takes generate's options but keep_logs."""
+        from sparegrid.sdk._async import generate
+
+        return await generate.estimate(self, Path(model_dir), prompts, **options)
+
+    async def generate_attach(
+        self, job_id: str, model_dir: "str | os.PathLike[str]", prompts: "str | os.PathLike[str]"
+    ) -> "AsyncGenerateJob":
+        """The AsyncGenerateJob of a generate job submitted earlier (whose submitter went
+        away), given the same model folder and batch file; both are checked against the
+        job's input digests first (sparegrid.sdk.attach). Nothing is uploaded or charged."""
+        from sparegrid.sdk._async import generate
+
+        return await generate.attach(self, job_id, Path(model_dir), Path(prompts))
 
     async def get_job(self, job_id: str) -> AsyncJob:
         request = client_pb2.GetJobRequest(job_id=job_id)
