@@ -1,6 +1,7 @@
 """`coordinator serve --registration-rate`: how fast worker registrations are admitted, and
 `--registration-share` how much of that one address may take; `--anonymous-sessions-per-address`:
-the sessions without an owner key one address may hold; `--signup-rate`: how many signup
+the sessions without an owner key one address may hold; `--new-anonymous-nodes-per-address`:
+the node keys never seen before, without an owner key, one address may bring; `--signup-rate`: how many signup
 attempts one address may make a minute."""
 
 import pytest
@@ -49,3 +50,14 @@ def test_anonymous_sessions_per_address_default_chosen_and_refused() -> None:
     assert chosen.admission == AdmissionConfig(rate=50.0, burst=50, anonymous_sessions=5000)
     with pytest.raises(SystemExit, match=r"--anonymous-sessions-per-address is 0 \(no limit\)"):
         settings("--anonymous-sessions-per-address", "-1")
+
+
+def test_new_anonymous_nodes_per_address_default_chosen_and_refused() -> None:
+    assert settings().admission.new_anonymous_nodes == 1000
+    assert settings("--new-anonymous-nodes-per-address", "0").admission.new_anonymous_nodes == 0
+    chosen = settings("--new-anonymous-nodes-per-address", "50", "--registration-rate", "50")
+    assert chosen.admission == AdmissionConfig(rate=50.0, burst=50, new_anonymous_nodes=50)
+    with pytest.raises(
+        SystemExit, match=r"--new-anonymous-nodes-per-address is 0 \(no limit\) or more, got -1"
+    ):
+        settings("--new-anonymous-nodes-per-address", "-1")
