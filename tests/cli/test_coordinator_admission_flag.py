@@ -1,8 +1,9 @@
 """`coordinator serve --registration-rate`: how fast worker registrations are admitted, and
 `--registration-share` how much of that one address may take; `--anonymous-sessions-per-address`:
-the sessions without an owner key one address may hold; `--signup-rate`: how many signup
-attempts one address may make a minute; `--client-call-rate` how many client calls one
-account may make a second."""
+the sessions without an owner key one address may hold; `--new-anonymous-nodes-per-address`:
+the node keys never seen before, without an owner key, one address may bring; `--signup-rate`:
+how many signup attempts one address may make a minute; `--client-call-rate` how many client
+calls one account may make a second."""
 
 import pytest
 
@@ -61,3 +62,14 @@ def test_the_client_call_rate_default_chosen_and_refused() -> None:
     assert settings("--client-call-rate", "0").calls.rate == 0  # no limit
     with pytest.raises(SystemExit, match=r"--client-call-rate is 0 \(no limit\) or more, got -1"):
         settings("--client-call-rate", "-1")
+
+
+def test_new_anonymous_nodes_per_address_default_chosen_and_refused() -> None:
+    assert settings().admission.new_anonymous_nodes == 1000
+    assert settings("--new-anonymous-nodes-per-address", "0").admission.new_anonymous_nodes == 0
+    chosen = settings("--new-anonymous-nodes-per-address", "50", "--registration-rate", "50")
+    assert chosen.admission == AdmissionConfig(rate=50.0, burst=50, new_anonymous_nodes=50)
+    with pytest.raises(
+        SystemExit, match=r"--new-anonymous-nodes-per-address is 0 \(no limit\) or more, got -1"
+    ):
+        settings("--new-anonymous-nodes-per-address", "-1")

@@ -163,6 +163,15 @@ SETTINGS = (
         default=CallConfig.rate,
     ),
     Setting(
+        "new_anonymous_nodes_per_address",
+        to_int,
+        "node keys never seen before, of workers without an owner account's key, one caller "
+        "address may bring at once, and as many more an hour: an IPv4 address, an IPv6 /64; "
+        "known keys are not counted, loopback is exempt (0: no limit)",
+        metavar="N",
+        default=AdmissionConfig.new_anonymous_nodes,
+    ),
+    Setting(
         "signup_rate",
         to_float,
         "signup attempts with an invitation code one address may make a minute, after "
@@ -386,8 +395,13 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     rate = get("registration_rate", AdmissionConfig.rate)
     share = get("registration_share", AdmissionConfig.share)
     sessions = get("anonymous_sessions_per_address", AdmissionConfig.anonymous_sessions)
+    new_nodes = get("new_anonymous_nodes_per_address", AdmissionConfig.new_anonymous_nodes)
     settings.admission = AdmissionConfig(
-        rate=rate, burst=max(1, int(rate)), share=share, anonymous_sessions=sessions
+        rate=rate,
+        burst=max(1, int(rate)),
+        share=share,
+        anonymous_sessions=sessions,
+        new_anonymous_nodes=new_nodes,
     )
     calls = get("client_call_rate", CallConfig.rate)
     settings.calls = CallConfig(rate=calls, burst=max(1, int(calls * CALL_BURST_SECONDS)))
@@ -466,6 +480,11 @@ def _problems(values: dict[str, Any], where: dict[str, str]) -> list[str]:
     if get("client_call_rate", 0.0) < 0:
         rate = get("client_call_rate")
         problems.append(f"{where['client_call_rate']} is 0 (no limit) or more, got {rate:g}")
+    if get("new_anonymous_nodes_per_address", 0) < 0:
+        n = get("new_anonymous_nodes_per_address")
+        problems.append(
+            f"{where['new_anonymous_nodes_per_address']} is 0 (no limit) or more, got {n}"
+        )
     if get("signup_rate", 1.0) <= 0:
         rate = get("signup_rate")
         problems.append(f"{where['signup_rate']} must be positive, got {rate:g}")

@@ -94,6 +94,7 @@ class ErrorCode(StrEnum):
     TOKENIZER_MISMATCH = "TOKENIZER_MISMATCH"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"  # an account calling past its rate: wait (retry-after-ms)
     TOO_MANY_HEARTBEATS = "TOO_MANY_HEARTBEATS"  # a session flooding: it is ended
+    TOO_MANY_NEW_NODES = "TOO_MANY_NEW_NODES"  # one address's new keys without an owner key
     TOO_MANY_SESSIONS = "TOO_MANY_SESSIONS"  # one address's sessions without an owner key
     TOO_MANY_SIGNUPS = "TOO_MANY_SIGNUPS"  # from one address: wait (retry-after-ms)
     TOO_MANY_TRANSFERS = "TOO_MANY_TRANSFERS"  # one account's uploads and downloads open at once

@@ -20,6 +20,7 @@ from sparegrid.coordinator.errors import CoordinatorError, ErrorKind, invalid
 from sparegrid.coordinator.rpc import convert
 from sparegrid.coordinator.rpc.auth import peer_address
 from sparegrid.coordinator.rpc.errors import streaming
+from sparegrid.coordinator.services.identity import is_anonymous
 from sparegrid.coordinator.services.results import Failure, Verdict
 from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -298,7 +299,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # admitted at a bounded rate, before any costly step (the owner's key, the
         # signature); Hello is read first so the worker hears the refusal while reading
         # (a refusal while it writes reaches it as INTERNAL, not UNAVAILABLE)
-        admitted, wait = app.admission.admit(peer_address(context.peer() or ""))
+        address = peer_address(context.peer() or "")
+        admitted, wait = app.admission.admit(address)
         if not admitted:
             raise CoordinatorError(
                 ErrorKind.UNAVAILABLE,
@@ -327,7 +329,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         budget = first.hello.max_attempt_seconds
 
         def attach() -> tuple[list[str], list[str], int]:
-            app.identities.keep_owner(node, app.store.get_node(node.id))  # once it proved its key
+            known = app.store.get_node(node.id)
+            if known is None and is_anonymous(node.owner):
+                self._count_new_node(address)  # before its row is written
+            app.identities.keep_owner(node, known)  # once it proved its key
             app.store.upsert_node(node)
             if app.identities.needs_approval:
                 app.reputations.hold_for_approval(node.id)
@@ -373,6 +378,27 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             with contextlib.suppress(Exception):
                 await asyncio.shield(detach)
             log.info("node %s disconnected", node.id)
+
+    def _count_new_node(self, address: str) -> None:
+        """Counts a node key never seen before, of a node without an owner account's key,
+        against its caller's address; past the address's bound, refused before any row is
+        written: one address opening sessions under fresh keys one after another would
+        otherwise add a node row each time, millions a day."""
+        wait = self.app.admission.new_nodes.take(address)
+        if not wait:
+            return
+        limit = self.app.admission.config.new_anonymous_nodes
+        raise CoordinatorError(
+            ErrorKind.EXHAUSTED,
+            "TOO_MANY_NEW_NODES",
+            f"{address} brings node keys never seen before, without an owner account's "
+            f"key, faster than one address may ({limit} at once, then {limit} an hour); "
+            f"retry in {wait:.0f} s, start workers with an owner account's key "
+            "(SPAREGRID_OWNER_KEY), whose nodes are not counted, or ask the operator to "
+            "raise --new-anonymous-nodes-per-address. A worker that keeps its key (its "
+            "--data-dir) is never counted again",
+            retry_after=wait,
+        )
 
     async def _read(
         self, node: Node, incoming: AsyncIterator[worker_pb2.WorkerMessage], sink: QueueSink

@@ -26,6 +26,14 @@ An address may also hold at most `anonymous_sessions` worker sessions open at on
 sent no owner account's key, counted from their first message: a node key costs nothing,
 so without it one address could hold sessions (and node rows) without end. An owner's
 sessions are not counted: its account is what the operator gave out.
+
+Nor may one address bring node keys never seen before without end: closing each session
+and opening the next under a fresh key, it would add a node row each time (100 a second at
+its share, millions a day, each kept a day by the sweeper), filling the database and
+slowing every query over nodes. Each address has a second bucket, of `new_anonymous_nodes`
+new keys at once and as many more an hour (NewNodes). Only a node without an owner
+account's key whose key the coordinator has no row for takes from it: a worker that
+restarts keeps its key and is never counted, and an owner's nodes are not counted.
 """
 
 import ipaddress
@@ -54,6 +62,9 @@ class AdmissionConfig:
     # sessions without an owner account's key one address may hold open at once, their
     # handshakes included (0: no limit); loopback is exempt where `exempt_loopback`
     anonymous_sessions: int = 1_000
+    # node keys never seen before, of nodes without an owner account's key, one address
+    # may bring at once, and as many more an hour (0: no limit); loopback is exempt too
+    new_anonymous_nodes: int = 1_000
 
 
 class Decision(NamedTuple):
@@ -78,6 +89,7 @@ class Admission:
         self._unlogged = 0
         self._logged_at = float("-inf")
         self.sessions: dict[str, int] = {}  # address -> anonymous sessions open
+        self.new_nodes = NewNodes(clock, config)
 
     def open_session(self, address: str) -> bool:
         """Counts a session without an owner's key from `address` until `close_session`;
@@ -137,12 +149,7 @@ class Admission:
         return not self._loopback_exempt(address)
 
     def _loopback_exempt(self, address: str) -> bool:
-        if not self.config.exempt_loopback:
-            return False
-        try:
-            return ipaddress.ip_address(address).is_loopback
-        except ValueError:  # a network (an IPv6 /64) or no address at all
-            return False
+        return _loopback_exempt(self.config, address)
 
     def _own_tokens(self, address: str, now: float) -> float:
         cfg = self.config
@@ -181,3 +188,71 @@ class Admission:
             )
             self._logged_at, self._unlogged = now, 0
         return Decision(False, wait)
+
+
+def _loopback_exempt(config: AdmissionConfig, address: str) -> bool:
+    """Whether `address` is on the coordinator's host and the config exempts it."""
+    if not config.exempt_loopback:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a network (an IPv6 /64) or no address at all
+        return False
+
+
+class NewNodes:
+    """The node keys never seen before one address may bring, without an owner account's
+    key: a token bucket per address of `new_anonymous_nodes` at once (a lab behind one NAT
+    address registering together) and as many more an hour.
+
+    The buckets kept are bounded, so that a caller rotating addresses cannot grow them
+    without end: a bucket full again is the same as none and is forgotten first, then the
+    least recently used half, once `max_addresses` are kept."""
+
+    def __init__(self, clock: Clock, config: AdmissionConfig) -> None:
+        self.clock = clock
+        self.config = config
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> tokens, updated
+        self.refused = 0  # a metric
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    @property
+    def burst(self) -> float:
+        return float(self.config.new_anonymous_nodes)
+
+    def take(self, address: str) -> float:
+        """Counts a new key from `address`: 0 when it may bring one, else the seconds until
+        it may (nothing counted)."""
+        cfg = self.config
+        if cfg.new_anonymous_nodes <= 0 or not address or _loopback_exempt(cfg, address):
+            return 0.0
+        now = self.clock.now()
+        tokens = self._tokens(address, now)
+        if tokens < 1.0 - 1e-9:  # one told to come back when its key is due finds it
+            self.refused += 1
+            self._unlogged += 1
+            if now - self._logged_at >= cfg.log_every:
+                log.warning(
+                    "refused %d new node key(s) without an owner account's key since the "
+                    "last note, past what one address may bring (%d at once, as many an "
+                    "hour: --new-anonymous-nodes-per-address); the latest from %s",
+                    self._unlogged,
+                    cfg.new_anonymous_nodes,
+                    address,
+                )
+                self._logged_at, self._unlogged = now, 0
+            return max((1.0 - tokens) * 3600.0 / self.burst, cfg.min_wait)
+        self.buckets.pop(address, None)  # most recent last
+        if len(self.buckets) >= cfg.max_addresses:
+            for key in [a for a in self.buckets if self._tokens(a, now) >= self.burst]:
+                del self.buckets[key]
+            if len(self.buckets) >= cfg.max_addresses:
+                for key in list(self.buckets)[: len(self.buckets) // 2 + 1]:
+                    del self.buckets[key]
+        self.buckets[address] = (tokens - 1.0, now)
+        return 0.0
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, updated = self.buckets.get(address, (self.burst, now))
+        return min(self.burst, tokens + max(0.0, now - updated) * self.burst / 3600.0)
