@@ -75,7 +75,15 @@ async def serving(
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     """A coordinator on loopback, on SQLite and (when configured) on PostgreSQL."""
     settings = Settings(data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0)
-    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
+    async with served_with(request.param, tmp_path, settings) as served:
+        yield served
+
+
+@asynccontextmanager
+async def served_with(kind: str, tmp_path: Path, settings: Settings) -> AsyncIterator[Served]:
+    """A coordinator with these settings on the store `kind`, with its admin, alice and bob
+    (accounts_of): for a test module's own `served`-like fixture."""
+    async with serving(kind, tmp_path, lambda store: App(store, settings)) as (
         app,
         address,
         channel,

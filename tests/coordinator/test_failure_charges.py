@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from sparegrid.coordinator.app import App
 from sparegrid.coordinator.clock import FakeClock
 from sparegrid.coordinator.domain import client_account, escrow_account
 from sparegrid.coordinator.services.jobspec import JobSpec
@@ -22,7 +21,7 @@ from sparegrid.coordinator.services.results import Failure
 from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import client_pb2, client_pb2_grpc, worker_pb2
 from sparegrid.wire import Signer
-from tests.coordinator.conftest import Served, accounts_of, serving, store_kinds
+from tests.coordinator.conftest import Served, served_with, store_kinds
 from tests.coordinator.helpers import FakeNode, make_app, make_client
 from tests.coordinator.sessions import Call, next_ack, session, signed_results
 
@@ -37,12 +36,8 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     settings = Settings(
         data_dir=tmp_path, max_blob_size=10 << 20, lease_seconds=5.0, max_attempt_seconds=LIMIT
     )
-    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
-        app,
-        address,
-        channel,
-    ):
-        yield accounts_of(app, address, channel, tmp_path)
+    async with served_with(request.param, tmp_path, settings) as served:
+        yield served
 
 
 def credit() -> worker_pb2.WorkerMessage:

@@ -14,14 +14,13 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.v1 import worker_pb2_grpc
 from sparegrid.wire import Signer
 from sparegrid.wire.metadata import retry_after_seconds
 from sparegrid.worker.testing.harness import wait_until
-from tests.coordinator.conftest import Served, accounts_of, code_of, serving, store_kinds
+from tests.coordinator.conftest import Served, code_of, served_with, store_kinds
 from tests.coordinator.sessions import welcomed
 
 LIMIT = 3
@@ -32,12 +31,8 @@ async def counted(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """A coordinator that counts loopback callers as it counts any other address."""
     admission = AdmissionConfig(exempt_loopback=False, anonymous_sessions=LIMIT)
     settings = Settings(data_dir=tmp_path, admission=admission)
-    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
-        app,
-        address,
-        channel,
-    ):
-        yield accounts_of(app, address, channel, tmp_path)
+    async with served_with(request.param, tmp_path, settings) as served:
+        yield served
 
 
 async def _refused(served: Served) -> aio.AioRpcError:

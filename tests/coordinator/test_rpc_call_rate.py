@@ -14,14 +14,13 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App
 from sparegrid.coordinator.services.calls import CallConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.sdk import Client
 from sparegrid.sdk.aio import AsyncClient
 from sparegrid.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc
 from sparegrid.wire.metadata import retry_after_seconds
-from tests.coordinator.conftest import Served, accounts_of, code_of, serving, store_kinds
+from tests.coordinator.conftest import Served, code_of, served_with, store_kinds
 
 RATE, BURST = 5.0, 12
 
@@ -31,12 +30,8 @@ async def limited(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """A coordinator letting each account make BURST client calls at once, then RATE a
     second."""
     settings = Settings(data_dir=tmp_path, calls=CallConfig(rate=RATE, burst=BURST))
-    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
-        app,
-        address,
-        channel,
-    ):
-        yield accounts_of(app, address, channel, tmp_path)
+    async with served_with(request.param, tmp_path, settings) as served:
+        yield served
 
 
 async def _refused(call: "asyncio.Future[object] | object") -> aio.AioRpcError:

@@ -14,12 +14,11 @@ import grpc
 import pytest
 from grpc import aio
 
-from sparegrid.coordinator.app import App
 from sparegrid.coordinator.services.admission import AdmissionConfig
 from sparegrid.coordinator.settings import Settings
 from sparegrid.wire import Signer, node_id_for
 from sparegrid.wire.metadata import retry_after_seconds
-from tests.coordinator.conftest import Served, accounts_of, code_of, serving, store_kinds
+from tests.coordinator.conftest import Served, code_of, served_with, store_kinds
 from tests.coordinator.sessions import session
 
 LIMIT = 3
@@ -30,12 +29,8 @@ async def counted(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """A coordinator that counts loopback callers as it counts any other address."""
     admission = AdmissionConfig(exempt_loopback=False, new_anonymous_nodes=LIMIT)
     settings = Settings(data_dir=tmp_path, admission=admission)
-    async with serving(request.param, tmp_path, lambda store: App(store, settings)) as (
-        app,
-        address,
-        channel,
-    ):
-        yield accounts_of(app, address, channel, tmp_path)
+    async with served_with(request.param, tmp_path, settings) as served:
+        yield served
 
 
 async def _one_after_another(served: Served, signers: list[Signer], owner_key: str = "") -> None:
