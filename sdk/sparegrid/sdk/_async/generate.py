@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from sparegrid.sdk._async.inference import AsyncInferenceClient
 from sparegrid.sdk._async.job import AsyncJob
 from sparegrid.sdk.attach import match_inputs
 from sparegrid.sdk.backend import aoffload
@@ -25,7 +26,6 @@ from sparegrid.sdk.batchfile import (
     decode_completions,
     prepare,
 )
-from sparegrid.sdk.blobs import BlobInput, Progress
 from sparegrid.sdk.credit import OUT_WEIGHT, check_balance
 from sparegrid.sdk.errors import JobFailedError, UnimplementedError
 from sparegrid.sdk.models import (
@@ -37,31 +37,12 @@ from sparegrid.sdk.models import (
     TaskState,
     VerifyReport,
 )
-from sparegrid.sdk.results import TaskResult
 from sparegrid.wire.llm import Prompt
 
 
-class AsyncGenerateClient(Protocol):
-    """What a generation job needs of its client."""
-
-    async def upload(self, source: BlobInput, *, on_progress: Progress | None = None) -> str: ...
-
-    async def submit(
-        self,
-        kind: str,
-        params: Mapping[str, Any] | None = None,
-        inputs: Mapping[str, str] | None = None,
-        *,
-        name: str = "",
-        requirements: Requirements | None = None,
-        max_attempts: int = 0,
-        idempotency_key: str | None = None,
-        replicas: int = 0,
-        quorum: int = 0,
-        priority: int = 0,
-        webhook_url: str = "",
-        keep_logs: bool = False,
-    ) -> AsyncJob: ...
+class AsyncGenerateClient(AsyncInferenceClient, Protocol):
+    """What a generation job needs of its client: an inference job's calls (upload, submit,
+    watch, results_from), and pricing, the job, and the account's balance."""
 
     async def estimate(
         self,
@@ -79,10 +60,6 @@ class AsyncGenerateClient(Protocol):
     ) -> Estimate: ...
 
     async def get_job(self, job_id: str) -> AsyncJob: ...
-
-    def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[AsyncJob]: ...
-
-    async def results_from(self, job_id: str, start: int, limit: int = 64) -> list[TaskResult]: ...
 
     async def info(self) -> Info: ...
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from sparegrid.sdk._sync.inference import InferenceClient
 from sparegrid.sdk._sync.job import Job
 from sparegrid.sdk.attach import match_inputs
 from sparegrid.sdk.backend import offload
@@ -27,7 +28,6 @@ from sparegrid.sdk.batchfile import (
     decode_completions,
     prepare,
 )
-from sparegrid.sdk.blobs import BlobInput, Progress
 from sparegrid.sdk.credit import OUT_WEIGHT, check_balance
 from sparegrid.sdk.errors import JobFailedError, UnimplementedError
 from sparegrid.sdk.models import (
@@ -39,31 +39,12 @@ from sparegrid.sdk.models import (
     TaskState,
     VerifyReport,
 )
-from sparegrid.sdk.results import TaskResult
 from sparegrid.wire.llm import Prompt
 
 
-class GenerateClient(Protocol):
-    """What a generation job needs of its client."""
-
-    def upload(self, source: BlobInput, *, on_progress: Progress | None = None) -> str: ...
-
-    def submit(
-        self,
-        kind: str,
-        params: Mapping[str, Any] | None = None,
-        inputs: Mapping[str, str] | None = None,
-        *,
-        name: str = "",
-        requirements: Requirements | None = None,
-        max_attempts: int = 0,
-        idempotency_key: str | None = None,
-        replicas: int = 0,
-        quorum: int = 0,
-        priority: int = 0,
-        webhook_url: str = "",
-        keep_logs: bool = False,
-    ) -> Job: ...
+class GenerateClient(InferenceClient, Protocol):
+    """What a generation job needs of its client: an inference job's calls (upload, submit,
+    watch, results_from), and pricing, the job, and the account's balance."""
 
     def estimate(
         self,
@@ -81,10 +62,6 @@ class GenerateClient(Protocol):
     ) -> Estimate: ...
 
     def get_job(self, job_id: str) -> Job: ...
-
-    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]: ...
-
-    def results_from(self, job_id: str, start: int, limit: int = 64) -> list[TaskResult]: ...
 
     def info(self) -> Info: ...
 
