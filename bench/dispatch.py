@@ -83,8 +83,6 @@ def start_cluster(
             database,
             "--log-level",
             "WARNING",
-            "--client-call-rate",  # the latency probes call as fast as they are answered
-            "0",
             *extra,
             python=python,
         )
@@ -341,7 +339,14 @@ def main() -> int:
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sparegrid-bench-") as tmp:
         root = Path(tmp)
-        address, procs = start_cluster(root, workers=2, prefetch=args.prefetch, sync=args.sync)
+        # the latency probes submit as fast as they are answered: past one account's rate
+        address, procs = start_cluster(
+            root,
+            workers=2,
+            prefetch=args.prefetch,
+            sync=args.sync,
+            extra=("--client-call-rate", "0"),
+        )
         try:
             admin = AdminClient(address, api_key=(root / "coord/admin.key").read_text().strip())
             _, key = admin.create_account("bench", credit=10**12)
